@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs every Debian package fsched needs to build, test and benchmark.
+# Idempotent; run as root on Debian 12.
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+pkgs=(
+  build-essential g++ cmake ninja-build pkg-config
+  libzstd-dev libxxhash-dev nlohmann-json3-dev libcli11-dev libspdlog-dev libfmt-dev
+  libgtest-dev libgmock-dev libbenchmark-dev
+  python3 python3-pytest
+  xz-utils coreutils bash procps passwd
+)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
