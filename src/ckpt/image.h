@@ -33,6 +33,9 @@ inline constexpr std::size_t kChunkRawBytes = 4u << 20;
 // Writes an image. Not thread-safe; append_pages() may hand full chunks to an
 // internal worker thread so that compression overlaps with reading the job's memory.
 // Memory use is bounded by a few chunks whatever the image size.
+// A failure in the worker is reported by the next append_pages() or commit(). Once a
+// call has thrown (except commit() refusing a non-object manifest) the writer stays
+// failed: every further call throws; destroy it to remove DIR.tmp.
 class ImageWriter {
  public:
   // Creates DIR.tmp (mode 0700; a stale DIR.tmp from a crashed dump is removed first).
@@ -61,13 +64,15 @@ class ImageWriter {
   virtual const std::filesystem::path& path() const = 0;
 };
 
-// Reads the logical page stream of an image sequentially.
+// Reads the logical page stream of an image sequentially. It does not depend on the
+// ImageReader that made it staying alive. After a chunk error every read() throws.
 class PageReader {
  public:
   virtual ~PageReader() = default;
   // Fills `out` with the next out.size() bytes of the stream. Throws fsched::Error
   // naming the chunk index and pages.img offset on a checksum mismatch, a zstd error
-  // or a stream shorter than requested.
+  // or a stream shorter than requested. A read past the end of the stream throws
+  // before consuming anything.
   virtual void read(std::span<std::byte> out) = 0;
 };
 
@@ -76,9 +81,10 @@ class ImageReader {
  public:
   // Reads manifest.json and manifest.xxh3 and checks the checksum, that the manifest
   // parses and that format_version == kImageFormatVersion.
-  // Throws fsched::Error with the path and what is wrong ("not a checkpoint image:
-  // DIR/manifest.json missing", "manifest checksum mismatch", "image format 2, this
-  // engine reads 1", ...).
+  // Throws fsched::Error with the path and what is wrong ("DIR is not a checkpoint
+  // image (no manifest.json)", "manifest checksum mismatch", "image format 2, this
+  // engine reads 1", ...). Also checks that the chunk table is well-formed (offsets
+  // contiguous from 0, sizes in range, totals consistent); it does not read pages.img.
   static std::unique_ptr<ImageReader> open(const std::filesystem::path& dir);
 
   virtual ~ImageReader() = default;

@@ -1,0 +1,783 @@
+// Unit tests of the checkpoint image format (src/ckpt/image.h), on real files in a
+// temporary directory under /tmp.
+#include "ckpt/image.h"
+
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include <algorithm>
+#include <cstring>
+#include <fstream>
+#include <iterator>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <fmt/format.h>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "common/error.h"
+
+namespace fsched::ckpt {
+namespace {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+using ::testing::AllOf;
+using ::testing::HasSubstr;
+
+constexpr std::size_t kChunk = kChunkRawBytes;
+
+// A fresh directory under /tmp, removed with its contents at the end of the test.
+class TempDir {
+ public:
+  TempDir() {
+    std::string tmpl = "/tmp/fsched_image_test.XXXXXX";
+    if (!::mkdtemp(tmpl.data())) throw std::runtime_error("mkdtemp failed");
+    path_ = tmpl;
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path_, ec);
+  }
+  const fs::path& path() const { return path_; }
+
+ private:
+  fs::path path_;
+};
+
+std::vector<std::byte> random_bytes(std::size_t n, std::uint64_t seed) {
+  std::vector<std::byte> v(n);
+  std::mt19937_64 rng(seed);
+  std::size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    std::uint64_t x = rng();
+    std::memcpy(v.data() + i, &x, 8);
+  }
+  for (; i < n; ++i) v[i] = static_cast<std::byte>(rng());
+  return v;
+}
+
+// Highly compressible: a short text repeated, with a counter every 4 KiB "page".
+std::vector<std::byte> repetitive_bytes(std::size_t n) {
+  static const std::string pattern = "fsched checkpoint page data 0123456789 ";
+  std::vector<std::byte> v(n);
+  for (std::size_t i = 0; i < n; ++i) v[i] = static_cast<std::byte>(pattern[i % pattern.size()]);
+  for (std::size_t i = 0; i + 8 <= n; i += 4096) {
+    std::uint64_t page = i / 4096;
+    std::memcpy(v.data() + i, &page, 8);
+  }
+  return v;
+}
+
+std::string read_text(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  if (!in) throw std::runtime_error("cannot open " + p.string());
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+void write_text(const fs::path& p, const std::string& s) {
+  std::ofstream out(p, std::ios::binary | std::ios::trunc);
+  out << s;
+  if (!out) throw std::runtime_error("cannot write " + p.string());
+}
+
+std::string xxh3_hex(const std::string& s) {
+  return fmt::format("{:016x}", XXH3_64bits(s.data(), s.size()));
+}
+
+// Rewrites manifest.json with `m` and a matching manifest.xxh3, as a tamperer would.
+void rewrite_manifest(const fs::path& dir, const json& m) {
+  std::string text = m.dump(1);
+  write_text(dir / "manifest.json", text);
+  write_text(dir / "manifest.xxh3", xxh3_hex(text) + "\n");
+}
+
+json read_manifest(const fs::path& dir) { return json::parse(read_text(dir / "manifest.json")); }
+
+// Writes `data` as an image at `dir`, appending in pieces of `piece` bytes.
+void write_image(const fs::path& dir, const std::vector<std::byte>& data, int level = 1,
+                 std::size_t piece = 1u << 20, json manifest = json::object()) {
+  auto w = ImageWriter::create(dir, level);
+  std::span<const std::byte> rest(data);
+  while (!rest.empty()) {
+    std::size_t n = std::min(piece, rest.size());
+    w->append_pages(rest.first(n));
+    rest = rest.subspan(n);
+  }
+  EXPECT_EQ(w->logical_bytes(), data.size());
+  w->commit(std::move(manifest));
+  EXPECT_EQ(w->path(), dir);
+}
+
+// Reads the whole stream with reads of rotating odd sizes.
+std::vector<std::byte> read_all(const ImageReader& r, std::size_t n,
+                                std::vector<std::size_t> sizes = {1, 7, 4093, (1u << 20) + 3,
+                                                                  kChunk - 5, 3 * kChunk + 1}) {
+  std::vector<std::byte> out(n);
+  auto pr = r.pages();
+  std::size_t pos = 0, k = 0;
+  while (pos < n) {
+    std::size_t len = std::min(sizes[k++ % sizes.size()], n - pos);
+    pr->read(std::span(out).subspan(pos, len));
+    pos += len;
+  }
+  return out;
+}
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "(no fsched::Error thrown)";
+}
+
+mode_t mode_of(const fs::path& p) {
+  struct stat st;
+  if (::stat(p.c_str(), &st) != 0) throw std::runtime_error("stat failed: " + p.string());
+  return st.st_mode & 07777;
+}
+
+std::uint64_t size_of(const fs::path& p) { return fs::file_size(p); }
+
+// Flips one bit of the file at `offset`.
+void flip_bit(const fs::path& p, std::uint64_t offset) {
+  std::fstream f(p, std::ios::in | std::ios::out | std::ios::binary);
+  f.seekg(static_cast<std::streamoff>(offset));
+  char c;
+  f.get(c);
+  c ^= 0x10;
+  f.seekp(static_cast<std::streamoff>(offset));
+  f.put(c);
+  ASSERT_TRUE(f.good());
+}
+
+// ---------------------------------------------------------------------------
+// Round trips
+
+struct RoundTripCase {
+  std::size_t size;
+  bool random;
+};
+
+class RoundTrip : public ::testing::TestWithParam<RoundTripCase> {};
+
+TEST_P(RoundTrip, WriteReadVerify) {
+  const auto [size, random] = GetParam();
+  TempDir tmp;
+  fs::path dir = tmp.path() / "img";
+  auto data = random ? random_bytes(size, size + 1) : repetitive_bytes(size);
+  write_image(dir, data, 1, 1000003, json{{"job", "test"}, {"pid", 42}});
+
+  EXPECT_FALSE(fs::exists(tmp.path() / "img.tmp"));
+  auto r = ImageReader::open(dir);
+  EXPECT_EQ(r->path(), dir);
+  const json& m = r->manifest();
+  EXPECT_EQ(m["job"], "test");
+  EXPECT_EQ(m["pid"], 42);
+  EXPECT_EQ(m["format_version"], kImageFormatVersion);
+  EXPECT_EQ(m["engine_version"], FSCHED_TEST_ENGINE_VERSION);
+  EXPECT_EQ(m["pages_logical_bytes"], size);
+  EXPECT_EQ(m["pages_stored_bytes"], size_of(dir / "pages.img"));
+  const std::size_t nchunks = (size + kChunk - 1) / kChunk;
+  ASSERT_EQ(m["chunks"].size(), nchunks);
+  std::uint64_t off = 0;
+  for (std::size_t i = 0; i < nchunks; ++i) {
+    const json& c = m["chunks"][i];
+    EXPECT_EQ(c["offset"], off) << i;
+    EXPECT_EQ(c["raw"], i + 1 < nchunks ? kChunk : size - i * kChunk) << i;
+    EXPECT_EQ(c["xxh3"].get<std::string>().size(), 16u);
+    off += c["stored"].get<std::uint64_t>();
+  }
+  EXPECT_EQ(off, size_of(dir / "pages.img"));
+
+  r->verify_chunks();
+  EXPECT_EQ(read_all(*r, size), data);
+  // Reads in one go too.
+  EXPECT_EQ(read_all(*r, size, {size + 1}), data);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Sizes, RoundTrip,
+    ::testing::Values(RoundTripCase{0, true}, RoundTripCase{1, true}, RoundTripCase{4095, false},
+                      RoundTripCase{kChunk - 1, true}, RoundTripCase{kChunk, true},
+                      RoundTripCase{kChunk, false}, RoundTripCase{kChunk + 1, true},
+                      RoundTripCase{kChunk + 1, false}, RoundTripCase{7 * kChunk + 12345, true},
+                      RoundTripCase{9 * kChunk + 3, false}),
+    [](const auto& p) {
+      return fmt::format("{}_{}", p.param.size, p.param.random ? "random" : "repetitive");
+    });
+
+TEST(ImageTest, ManyTinyAppendsAndLargeAppends) {
+  TempDir tmp;
+  auto data = random_bytes(3 * kChunk + 777, 5);
+  fs::path dir = tmp.path() / "img";
+  {
+    auto w = ImageWriter::create(dir, 3);
+    std::size_t pos = 0;
+    // Tiny appends up to the middle of chunk 0, one large append crossing three chunk
+    // boundaries, then 5000 single bytes.
+    for (; pos < 10000; pos += 7) w->append_pages(std::span(data).subspan(pos, 7));
+    const std::size_t large = data.size() - pos - 5000;
+    w->append_pages(std::span(data).subspan(pos, large));
+    pos += large;
+    for (; pos < data.size(); ++pos) w->append_pages(std::span(data).subspan(pos, 1));
+    EXPECT_EQ(pos, data.size());
+    w->append_pages({});  // empty append is a no-op
+    EXPECT_EQ(w->logical_bytes(), data.size());
+    w->commit(json::object());
+    EXPECT_EQ(w->stored_bytes(), size_of(dir / "pages.img"));
+  }
+  auto r = ImageReader::open(dir);
+  r->verify_chunks();
+  EXPECT_EQ(read_all(*r, data.size(), {4096, 4096 * 3 + 1, 5}), data);
+}
+
+TEST(ImageTest, ZeroByteImage) {
+  TempDir tmp;
+  fs::path dir = tmp.path() / "img";
+  write_image(dir, {});
+  EXPECT_EQ(size_of(dir / "pages.img"), 0u);
+  auto r = ImageReader::open(dir);
+  EXPECT_TRUE(r->manifest()["chunks"].empty());
+  r->verify_chunks();
+  auto pr = r->pages();
+  pr->read({});  // reading nothing at the end is fine
+  std::byte b;
+  EXPECT_THAT(error_of([&] { pr->read(std::span(&b, 1)); }), HasSubstr("past the end"));
+}
+
+TEST(ImageTest, NegativeAndHighLevelsRoundTrip) {
+  for (int level : {-5, 9}) {
+    TempDir tmp;
+    auto data = repetitive_bytes(kChunk + 100);
+    write_image(tmp.path() / "img", data, level);
+    auto r = ImageReader::open(tmp.path() / "img");
+    r->verify_chunks();
+    EXPECT_EQ(read_all(*r, data.size()), data) << level;
+  }
+}
+
+TEST(ImageTest, InvalidLevelRefused) {
+  TempDir tmp;
+  EXPECT_THAT(error_of([&] { ImageWriter::create(tmp.path() / "img", 1000); }),
+              HasSubstr("invalid zstd level 1000"));
+  EXPECT_FALSE(fs::exists(tmp.path() / "img.tmp"));
+}
+
+TEST(ImageTest, CompressibleDataStoredMuchSmaller) {
+  TempDir tmp;
+  auto data = repetitive_bytes(4 * kChunk);
+  fs::path dir = tmp.path() / "img";
+  auto w = ImageWriter::create(dir, 1);
+  w->append_pages(data);
+  w->commit(json::object());
+  EXPECT_LT(w->stored_bytes() * 20, data.size());
+  EXPECT_EQ(size_of(dir / "pages.img"), w->stored_bytes());
+  EXPECT_EQ(ImageReader::open(dir)->manifest()["pages_stored_bytes"], w->stored_bytes());
+}
+
+TEST(ImageTest, RandomDataStoredWithSmallOverhead) {
+  TempDir tmp;
+  auto data = random_bytes(2 * kChunk, 9);
+  fs::path dir = tmp.path() / "img";
+  write_image(dir, data);
+  std::uint64_t stored = size_of(dir / "pages.img");
+  EXPECT_LE(stored, data.size() + data.size() / 1000);
+  EXPECT_GE(stored, data.size());
+}
+
+TEST(ImageTest, ReadBeyondEndThrows) {
+  TempDir tmp;
+  fs::path dir = tmp.path() / "img";
+  auto data = random_bytes(kChunk + 10, 3);
+  write_image(dir, data);
+  auto r = ImageReader::open(dir);
+  auto pr = r->pages();
+  std::vector<std::byte> out(kChunk + 5);
+  pr->read(out);
+  std::vector<std::byte> rest(6);
+  EXPECT_THAT(error_of([&] { pr->read(rest); }),
+              AllOf(HasSubstr("pages.img"), HasSubstr("past the end")));
+  // The failed read consumed nothing: the last 5 bytes are still there.
+  rest.resize(5);
+  pr->read(rest);
+  EXPECT_TRUE(std::equal(rest.begin(), rest.end(), data.end() - 5));
+  EXPECT_THROW(pr->read(std::span(rest).first(1)), Error);
+}
+
+TEST(ImageTest, PageReaderOutlivesImageReader) {
+  TempDir tmp;
+  fs::path dir = tmp.path() / "img";
+  auto data = random_bytes(2 * kChunk + 1, 4);
+  write_image(dir, data);
+  std::unique_ptr<PageReader> pr = ImageReader::open(dir)->pages();
+  std::vector<std::byte> out(data.size());
+  pr->read(out);
+  EXPECT_EQ(out, data);
+}
+
+TEST(ImageTest, AbandonedPageReaderJoinsCleanly) {
+  TempDir tmp;
+  fs::path dir = tmp.path() / "img";
+  write_image(dir, random_bytes(3 * kChunk, 4));
+  auto r = ImageReader::open(dir);
+  for (int i = 0; i < 3; ++i) {
+    auto pr = r->pages();
+    std::vector<std::byte> out(static_cast<std::size_t>(i) * kChunk / 2 + 1);
+    pr->read(out);
+  }  // destroyed while its worker may be decompressing ahead
+}
+
+// ---------------------------------------------------------------------------
+// Corruption of pages.img
+
+class CorruptPages : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = tmp_.path() / "img";
+    data_ = random_bytes(4 * kChunk + 100, 11);
+    write_image(dir_, data_);
+    chunks_ = read_manifest(dir_)["chunks"];
+    ASSERT_EQ(chunks_.size(), 5u);
+  }
+  std::uint64_t offset(std::size_t i) const { return chunks_[i]["offset"].get<std::uint64_t>(); }
+  std::uint64_t stored(std::size_t i) const { return chunks_[i]["stored"].get<std::uint64_t>(); }
+  fs::path pages() const { return dir_ / "pages.img"; }
+
+  TempDir tmp_;
+  fs::path dir_;
+  std::vector<std::byte> data_;
+  json chunks_;
+};
+
+TEST_F(CorruptPages, BitFlipDetectedByVerifyAndRead) {
+  flip_bit(pages(), offset(2) + 12345);
+  auto r = ImageReader::open(dir_);  // the manifest is intact
+  EXPECT_THAT(error_of([&] { r->verify_chunks(); }),
+              AllOf(HasSubstr("pages.img"), HasSubstr("chunk 2 "),
+                    HasSubstr(fmt::format("offset {}", offset(2))), HasSubstr("checksum mismatch")));
+
+  auto pr = r->pages();
+  std::vector<std::byte> out(2 * kChunk);
+  pr->read(out);  // chunks 0 and 1 are fine
+  EXPECT_TRUE(std::equal(out.begin(), out.end(), data_.begin()));
+  std::byte b;
+  std::string e = error_of([&] { pr->read(std::span(&b, 1)); });
+  EXPECT_THAT(e, AllOf(HasSubstr("pages.img"), HasSubstr("chunk 2 "),
+                       HasSubstr(fmt::format("offset {}", offset(2))),
+                       HasSubstr("checksum mismatch")));
+  // The reader stays failed.
+  EXPECT_EQ(error_of([&] { pr->read(std::span(&b, 1)); }), e);
+}
+
+TEST_F(CorruptPages, BitFlipInFirstByteOfLastChunk) {
+  flip_bit(pages(), offset(4));
+  auto r = ImageReader::open(dir_);
+  EXPECT_THAT(error_of([&] { r->verify_chunks(); }), HasSubstr("chunk 4 "));
+  std::vector<std::byte> out(data_.size());
+  EXPECT_THAT(error_of([&] { r->pages()->read(out); }), HasSubstr("chunk 4 "));
+}
+
+TEST_F(CorruptPages, TruncationDetected) {
+  fs::resize_file(pages(), size_of(pages()) - 10);
+  auto r = ImageReader::open(dir_);
+  EXPECT_THAT(error_of([&] { r->verify_chunks(); }),
+              AllOf(HasSubstr("pages.img"), HasSubstr("truncated"), HasSubstr("chunk 4 "),
+                    HasSubstr(fmt::format("offset {}", offset(4))), HasSubstr("10 bytes missing")));
+  std::vector<std::byte> out(data_.size());
+  EXPECT_THAT(error_of([&] { r->pages()->read(out); }),
+              AllOf(HasSubstr("chunk 4 "), HasSubstr("truncated")));
+}
+
+TEST_F(CorruptPages, MissingChunksDetected) {
+  fs::resize_file(pages(), offset(2));  // chunks 2..4 gone entirely
+  auto r = ImageReader::open(dir_);
+  EXPECT_THAT(error_of([&] { r->verify_chunks(); }),
+              AllOf(HasSubstr("truncated"), HasSubstr("chunk 2 "),
+                    HasSubstr(fmt::format("offset {}", offset(2))), HasSubstr("3 of 5 chunks")));
+}
+
+TEST_F(CorruptPages, EmptyPagesFileDetected) {
+  fs::resize_file(pages(), 0);
+  EXPECT_THAT(error_of([&] { ImageReader::open(dir_)->verify_chunks(); }),
+              AllOf(HasSubstr("truncated"), HasSubstr("chunk 0 ")));
+}
+
+TEST_F(CorruptPages, MissingPagesFileDetected) {
+  fs::remove(pages());
+  auto r = ImageReader::open(dir_);
+  EXPECT_THAT(error_of([&] { r->verify_chunks(); }),
+              AllOf(HasSubstr("pages.img"), HasSubstr("No such file")));
+  EXPECT_THAT(error_of([&] { r->pages(); }), HasSubstr("pages.img"));
+}
+
+TEST_F(CorruptPages, TrailingGarbageDetected) {
+  {
+    std::ofstream out(pages(), std::ios::binary | std::ios::app);
+    out << "garbage";
+  }
+  auto r = ImageReader::open(dir_);
+  std::uint64_t end = offset(4) + stored(4);
+  EXPECT_THAT(error_of([&] { r->verify_chunks(); }),
+              AllOf(HasSubstr("pages.img"), HasSubstr("trailing"),
+                    HasSubstr(fmt::format("offset {}", end)),
+                    HasSubstr(fmt::format("file is {} bytes", end + 7))));
+  // The page stream itself is intact.
+  EXPECT_EQ(read_all(*r, data_.size()), data_);
+}
+
+TEST_F(CorruptPages, SwappedChunksDetected) {
+  // Swap the chunk table entries' checksums: each chunk is intact but mismatches.
+  json m = read_manifest(dir_);
+  std::swap(m["chunks"][0]["xxh3"], m["chunks"][1]["xxh3"]);
+  rewrite_manifest(dir_, m);
+  auto r = ImageReader::open(dir_);
+  EXPECT_THAT(error_of([&] { r->verify_chunks(); }), HasSubstr("chunk 0 at offset 0"));
+}
+
+TEST_F(CorruptPages, WrongRawSizeDetectedOnRead) {
+  // Claim the last chunk holds 1 byte less (the totals are kept consistent).
+  json m = read_manifest(dir_);
+  m["chunks"][4]["raw"] = 99;
+  m["pages_logical_bytes"] = data_.size() - 1;
+  rewrite_manifest(dir_, m);
+  auto r = ImageReader::open(dir_);
+  r->verify_chunks();  // stored bytes are fine
+  std::vector<std::byte> out(data_.size() - 1);
+  EXPECT_THAT(error_of([&] { r->pages()->read(out); }),
+              AllOf(HasSubstr("chunk 4 "), HasSubstr("holds 100 bytes, manifest says 99")));
+}
+
+// ---------------------------------------------------------------------------
+// Manifest problems
+
+class BadManifest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = tmp_.path() / "img";
+    write_image(dir_, random_bytes(kChunk + 1, 1));
+  }
+  TempDir tmp_;
+  fs::path dir_;
+};
+
+TEST_F(BadManifest, EditedManifestFailsChecksum) {
+  std::string text = read_text(dir_ / "manifest.json");
+  auto pos = text.find("\"format_version\"");
+  ASSERT_NE(pos, std::string::npos);
+  text.insert(pos, "\"edited\": true, ");
+  write_text(dir_ / "manifest.json", text);
+  EXPECT_THAT(error_of([&] { ImageReader::open(dir_); }),
+              AllOf(HasSubstr((dir_ / "manifest.json").string()), HasSubstr("checksum mismatch")));
+}
+
+TEST_F(BadManifest, MissingChecksumFile) {
+  fs::remove(dir_ / "manifest.xxh3");
+  EXPECT_THAT(error_of([&] { ImageReader::open(dir_); }),
+              AllOf(HasSubstr((dir_ / "manifest.xxh3").string()), HasSubstr("missing")));
+}
+
+TEST_F(BadManifest, MalformedChecksumFile) {
+  write_text(dir_ / "manifest.xxh3", "not-hex\n");
+  EXPECT_THAT(error_of([&] { ImageReader::open(dir_); }),
+              AllOf(HasSubstr("manifest.xxh3"), HasSubstr("16 hex digits")));
+}
+
+TEST_F(BadManifest, ChecksumFileFormat) {
+  std::string sum = read_text(dir_ / "manifest.xxh3");
+  ASSERT_EQ(sum.size(), 17u);
+  EXPECT_EQ(sum.back(), '\n');
+  EXPECT_EQ(sum.substr(0, 16), xxh3_hex(read_text(dir_ / "manifest.json")));
+  EXPECT_EQ(sum.find_first_not_of("0123456789abcdef"), 16u);
+}
+
+TEST_F(BadManifest, MissingManifest) {
+  fs::remove(dir_ / "manifest.json");
+  EXPECT_EQ(error_of([&] { ImageReader::open(dir_); }),
+            fmt::format("{} is not a checkpoint image (no manifest.json)", dir_.string()));
+}
+
+TEST_F(BadManifest, NoSuchDirectory) {
+  EXPECT_THAT(error_of([&] { ImageReader::open(tmp_.path() / "nope"); }),
+              AllOf(HasSubstr((tmp_.path() / "nope").string()),
+                    HasSubstr("not a checkpoint image")));
+}
+
+TEST_F(BadManifest, FileInsteadOfDirectory) {
+  write_text(tmp_.path() / "file", "x");
+  EXPECT_EQ(error_of([&] { ImageReader::open(tmp_.path() / "file"); }),
+            fmt::format("{} is not a checkpoint image (not a directory)",
+                        (tmp_.path() / "file").string()));
+}
+
+TEST_F(BadManifest, WrongFormatVersionRefused) {
+  json m = read_manifest(dir_);
+  m["format_version"] = kImageFormatVersion + 1;
+  rewrite_manifest(dir_, m);
+  EXPECT_THAT(error_of([&] { ImageReader::open(dir_); }),
+              AllOf(HasSubstr(dir_.string()),
+                    HasSubstr(fmt::format("image format {}, this engine reads {}",
+                                          kImageFormatVersion + 1, kImageFormatVersion))));
+}
+
+TEST_F(BadManifest, MissingFormatVersionRefused) {
+  json m = read_manifest(dir_);
+  m.erase("format_version");
+  rewrite_manifest(dir_, m);
+  EXPECT_THAT(error_of([&] { ImageReader::open(dir_); }), HasSubstr("format_version"));
+}
+
+TEST_F(BadManifest, InvalidJsonRefused) {
+  std::string text = "{\"format_version\": 1,";
+  write_text(dir_ / "manifest.json", text);
+  write_text(dir_ / "manifest.xxh3", xxh3_hex(text) + "\n");
+  std::string e = error_of([&] { ImageReader::open(dir_); });
+  EXPECT_THAT(e, AllOf(HasSubstr("manifest.json"), HasSubstr("invalid JSON")));
+  EXPECT_EQ(e.find('\n'), std::string::npos) << e;
+}
+
+TEST_F(BadManifest, ChunkTableGapRefused) {
+  json m = read_manifest(dir_);
+  m["chunks"][1]["offset"] = m["chunks"][1]["offset"].get<std::uint64_t>() + 1;
+  rewrite_manifest(dir_, m);
+  EXPECT_THAT(error_of([&] { ImageReader::open(dir_); }),
+              AllOf(HasSubstr("chunk 1"), HasSubstr("offset")));
+}
+
+TEST_F(BadManifest, ChunkTableBadTypesRefused) {
+  json m = read_manifest(dir_);
+  m["chunks"][0]["stored"] = -1;
+  rewrite_manifest(dir_, m);
+  EXPECT_THAT(error_of([&] { ImageReader::open(dir_); }),
+              AllOf(HasSubstr("chunk 0"), HasSubstr("\"stored\"")));
+  m = read_manifest(dir_);
+  m["chunks"][0]["stored"] = 1;
+  m["chunks"][1]["xxh3"] = "xyz";
+  rewrite_manifest(dir_, m);
+  EXPECT_THAT(error_of([&] { ImageReader::open(dir_); }),
+              AllOf(HasSubstr("chunk 1"), HasSubstr("xxh3")));
+}
+
+TEST_F(BadManifest, HugeRawSizeRefused) {
+  json m = read_manifest(dir_);
+  m["chunks"][1]["raw"] = std::uint64_t{1} << 40;
+  rewrite_manifest(dir_, m);
+  EXPECT_THAT(error_of([&] { ImageReader::open(dir_); }),
+              AllOf(HasSubstr("chunk 1"), HasSubstr("out of range")));
+}
+
+TEST_F(BadManifest, WrongTotalsRefused) {
+  json m = read_manifest(dir_);
+  m["pages_logical_bytes"] = 5;
+  rewrite_manifest(dir_, m);
+  EXPECT_THAT(error_of([&] { ImageReader::open(dir_); }), HasSubstr("pages_logical_bytes"));
+}
+
+TEST_F(BadManifest, StoredSizeMismatchDetectedByVerify) {
+  // Move one byte from chunk 0 to chunk 1 in the table: offsets stay continuous and the
+  // total matches the file, but the chunk checksums no longer do.
+  json m = read_manifest(dir_);
+  m["chunks"][0]["stored"] = m["chunks"][0]["stored"].get<std::uint64_t>() - 1;
+  m["chunks"][1]["offset"] = m["chunks"][1]["offset"].get<std::uint64_t>() - 1;
+  m["chunks"][1]["stored"] = m["chunks"][1]["stored"].get<std::uint64_t>() + 1;
+  rewrite_manifest(dir_, m);
+  auto r = ImageReader::open(dir_);
+  EXPECT_THAT(error_of([&] { r->verify_chunks(); }), HasSubstr("chunk 0 at offset 0"));
+  std::byte b;
+  EXPECT_THAT(error_of([&] { r->pages()->read(std::span(&b, 1)); }), HasSubstr("chunk 0 "));
+}
+
+// ---------------------------------------------------------------------------
+// Writer: directories, modes, failure cleanup
+
+TEST(ImageWriterTest, ExistingDirRefused) {
+  TempDir tmp;
+  fs::path dir = tmp.path() / "img";
+  fs::create_directory(dir);
+  write_text(dir / "keep", "x");
+  EXPECT_THAT(error_of([&] { ImageWriter::create(dir, 1); }),
+              AllOf(HasSubstr(dir.string()), HasSubstr("already exists")));
+  EXPECT_EQ(read_text(dir / "keep"), "x");
+  EXPECT_FALSE(fs::exists(tmp.path() / "img.tmp"));
+  // Also with a trailing slash and for an existing image.
+  EXPECT_THAT(error_of([&] { ImageWriter::create(dir.string() + "/", 1); }),
+              HasSubstr("already exists"));
+}
+
+TEST(ImageWriterTest, DirCreatedWhileWritingNotReplaced) {
+  TempDir tmp;
+  fs::path dir = tmp.path() / "img";
+  auto w = ImageWriter::create(dir, 1);
+  w->append_pages(random_bytes(100, 1));
+  fs::create_directory(dir);  // someone else won the race (an empty dir)
+  EXPECT_THAT(error_of([&] { w->commit(json::object()); }), HasSubstr(dir.string()));
+  EXPECT_TRUE(fs::is_empty(dir));
+  w.reset();
+  EXPECT_FALSE(fs::exists(tmp.path() / "img.tmp"));
+}
+
+TEST(ImageWriterTest, StaleTmpRemoved) {
+  TempDir tmp;
+  fs::path dir = tmp.path() / "img";
+  fs::create_directories(tmp.path() / "img.tmp" / "sub");
+  write_text(tmp.path() / "img.tmp" / "pages.img", "stale");
+  write_text(tmp.path() / "img.tmp" / "sub" / "x", "stale");
+  auto data = random_bytes(1000, 2);
+  write_image(dir, data);
+  EXPECT_FALSE(fs::exists(tmp.path() / "img.tmp"));
+  EXPECT_FALSE(fs::exists(dir / "sub"));
+  auto r = ImageReader::open(dir);
+  r->verify_chunks();
+  EXPECT_EQ(read_all(*r, data.size()), data);
+}
+
+TEST(ImageWriterTest, DestroyedWithoutCommitLeavesNothing) {
+  TempDir tmp;
+  fs::path dir = tmp.path() / "img";
+  {
+    auto w = ImageWriter::create(dir, 3);
+    EXPECT_TRUE(fs::is_directory(tmp.path() / "img.tmp"));
+    EXPECT_FALSE(fs::exists(dir));
+    // Several full chunks so that the worker is likely busy when the writer dies.
+    w->append_pages(random_bytes(3 * kChunk + 5, 3));
+  }
+  EXPECT_FALSE(fs::exists(dir));
+  EXPECT_FALSE(fs::exists(tmp.path() / "img.tmp"));
+  EXPECT_TRUE(fs::is_empty(tmp.path()));
+}
+
+TEST(ImageWriterTest, DestroyedRightAfterCreateLeavesNothing) {
+  TempDir tmp;
+  ImageWriter::create(tmp.path() / "img", 1).reset();
+  EXPECT_TRUE(fs::is_empty(tmp.path()));
+}
+
+TEST(ImageWriterTest, MissingParentGivesErrorNamingPath) {
+  TempDir tmp;
+  fs::path dir = tmp.path() / "no" / "such" / "img";
+  EXPECT_THAT(error_of([&] { ImageWriter::create(dir, 1); }),
+              AllOf(HasSubstr(dir.string()), HasSubstr("No such file or directory")));
+  EXPECT_TRUE(fs::is_empty(tmp.path()));
+}
+
+TEST(ImageWriterTest, FileAsParentGivesErrorNamingPath) {
+  TempDir tmp;
+  write_text(tmp.path() / "file", "x");
+  fs::path dir = tmp.path() / "file" / "img";
+  Error err("none");
+  try {
+    ImageWriter::create(dir, 1);
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    err = e;
+  }
+  EXPECT_THAT(err.what(), AllOf(HasSubstr(dir.string()), HasSubstr("Not a directory")));
+  EXPECT_EQ(err.err(), ENOTDIR);
+}
+
+TEST(ImageWriterTest, ModesAreExact) {
+  TempDir tmp;
+  fs::path dir = tmp.path() / "img";
+  mode_t old = ::umask(0);  // modes must not depend on a permissive umask
+  std::unique_ptr<ImageWriter> w;
+  try {
+    w = ImageWriter::create(dir, 1);
+  } catch (...) {
+    ::umask(old);
+    throw;
+  }
+  ::umask(old);
+  EXPECT_EQ(mode_of(tmp.path() / "img.tmp"), 0700u);
+  EXPECT_EQ(mode_of(tmp.path() / "img.tmp" / "pages.img"), 0600u);
+  w->append_pages(random_bytes(kChunk + 3, 1));
+  old = ::umask(0);
+  w->commit(json::object());
+  ::umask(old);
+  EXPECT_EQ(mode_of(dir), 0700u);
+  for (const char* f : {"pages.img", "manifest.json", "manifest.xxh3"})
+    EXPECT_EQ(mode_of(dir / f), 0600u) << f;
+  std::vector<std::string> names;
+  for (const auto& e : fs::directory_iterator(dir)) names.push_back(e.path().filename());
+  std::sort(names.begin(), names.end());
+  EXPECT_EQ(names, (std::vector<std::string>{"manifest.json", "manifest.xxh3", "pages.img"}));
+}
+
+TEST(ImageWriterTest, UseAfterCommitRefused) {
+  TempDir tmp;
+  fs::path dir = tmp.path() / "img";
+  auto w = ImageWriter::create(dir, 1);
+  w->append_pages(random_bytes(10, 1));
+  w->commit(json::object());
+  EXPECT_THAT(error_of([&] { w->append_pages(random_bytes(10, 1)); }),
+              HasSubstr("already committed"));
+  EXPECT_THAT(error_of([&] { w->commit(json::object()); }), HasSubstr("already committed"));
+  w.reset();  // the destructor of a committed writer must not remove the image
+  EXPECT_NO_THROW(ImageReader::open(dir)->verify_chunks());
+}
+
+TEST(ImageWriterTest, NonObjectManifestRefused) {
+  TempDir tmp;
+  fs::path dir = tmp.path() / "img";
+  auto w = ImageWriter::create(dir, 1);
+  EXPECT_THAT(error_of([&] { w->commit(json::array()); }), HasSubstr("JSON object"));
+  EXPECT_FALSE(fs::exists(dir));
+  w->commit(json::object());  // the writer is still usable
+  EXPECT_TRUE(fs::exists(dir / "manifest.json"));
+}
+
+TEST(ImageWriterTest, ReservedKeysOverwritten) {
+  TempDir tmp;
+  fs::path dir = tmp.path() / "img";
+  write_image(dir, random_bytes(10, 1), 1, 10,
+              json{{"format_version", 99}, {"chunks", "bogus"}, {"pages_logical_bytes", 1}});
+  auto r = ImageReader::open(dir);
+  EXPECT_EQ(r->manifest()["format_version"], kImageFormatVersion);
+  EXPECT_EQ(r->manifest()["pages_logical_bytes"], 10);
+}
+
+// A write failure in the worker (here EFBIG from RLIMIT_FSIZE, which behaves like
+// ENOSPC for the writer) reaches the caller, and nothing is left behind.
+TEST(ImageWriterTest, WriteFailurePropagated) {
+  TempDir tmp;
+  fs::path dir = tmp.path() / "img";
+  auto w = ImageWriter::create(dir, 1);
+  auto data = random_bytes(kChunk, 8);
+
+  struct rlimit old_lim;
+  ASSERT_EQ(::getrlimit(RLIMIT_FSIZE, &old_lim), 0);
+  auto old_sig = ::signal(SIGXFSZ, SIG_IGN);
+  struct rlimit lim = old_lim;
+  lim.rlim_cur = kChunk + kChunk / 2;
+  ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &lim), 0);
+
+  std::string e;
+  try {
+    for (int i = 0; i < 4; ++i) w->append_pages(data);
+    w->commit(json::object());
+  } catch (const Error& ex) {
+    e = ex.what();
+  }
+  ::setrlimit(RLIMIT_FSIZE, &old_lim);
+  ::signal(SIGXFSZ, old_sig);
+
+  EXPECT_THAT(e, AllOf(HasSubstr((tmp.path() / "img.tmp" / "pages.img").string()),
+                       HasSubstr("chunk 1 "), HasSubstr(fmt::format("offset {}", w->stored_bytes())),
+                       HasSubstr("File too large")));
+  // The writer stays failed.
+  EXPECT_THAT(error_of([&] { w->commit(json::object()); }), HasSubstr("File too large"));
+  EXPECT_FALSE(fs::exists(dir));
+  w.reset();
+  EXPECT_TRUE(fs::is_empty(tmp.path()));
+}
+
+}  // namespace
+}  // namespace fsched::ckpt
