@@ -1,0 +1,93 @@
+// Dump: freeze the tree, collect every kind of state, write the image, then kill or
+// thaw the job. The order keeps the job safe: injected syscalls (which change thread
+// registers for a moment) all happen early and are undone before the long page copy,
+// so a dumper killed part-way leaves threads with their own registers.
+#include <sys/utsname.h>
+
+#include <chrono>
+#include <filesystem>
+
+#include "ckpt/engine.h"
+#include "ckpt/parts.h"
+#include "common/error.h"
+
+namespace fsched::ckpt {
+namespace {
+
+double ms_since(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t).count();
+}
+
+std::uint64_t dir_bytes(const std::filesystem::path& dir) {
+  std::uint64_t n = 0;
+  for (auto& e : std::filesystem::directory_iterator(dir))
+    if (e.is_regular_file()) n += e.file_size();
+  return n;
+}
+
+}  // namespace
+
+std::uint64_t cpu_xfeatures() {
+  std::uint32_t lo, hi;
+  asm volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+  return (std::uint64_t{hi} << 32) | lo;
+}
+
+DumpStats dump(const DumpOptions& o) {
+  check_job_root(o.pid);
+  std::error_code ec;
+  if (std::filesystem::exists(o.dir, ec))
+    fail("image directory {} already exists", o.dir.string());
+  auto t0 = std::chrono::steady_clock::now();
+  // The writer first: an unwritable location fails before the job is touched.
+  auto img = ImageWriter::create(o.dir, o.compress_level);
+
+  FrozenTree tree(o.pid);
+  auto& procs = tree.processes();
+  Manifest m;
+  utsname u{};
+  ::uname(&u);
+  m.kernel = u.release;
+  m.xfeatures = cpu_xfeatures();
+  m.xstate_size = read_xstate(procs.at(0).host_tids.at(0)).size();
+  m.dump_time_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                       std::chrono::system_clock::now().time_since_epoch())
+                       .count();
+
+  DumpStats st;
+  for (auto& p : procs) {
+    dump_ids(p);
+    dump_memory_layout(p);
+    st.threads += static_cast<int>(p.host_tids.size());
+  }
+  st.processes = static_cast<int>(procs.size());
+  for (auto& p : procs) {
+    open_injection(p);
+    dump_memory_injected(p);
+    dump_threads(p, m.xstate_size);
+    dump_signals(p);
+    dump_creds(p);
+    dump_timers(p);
+    close_injection(p);
+  }
+  for (auto& p : procs) dump_files(p, procs);
+  for (auto& p : procs) st.memory_bytes += dump_pages(p, *img);
+  for (auto& p : procs) m.processes.push_back(std::move(p.rec));
+
+  nlohmann::json j = m;
+  if (o.leave_running) {
+    tree.thaw();
+    st.freeze_ms = ms_since(t0);
+    img->commit(std::move(j));
+  } else {
+    // The job dies only once its image is durable.
+    img->commit(std::move(j));
+    tree.kill();
+    st.freeze_ms = ms_since(t0);
+  }
+  st.dump_ms = ms_since(t0);
+  st.image_bytes = dir_bytes(o.dir);
+  return st;
+}
+
+}  // namespace fsched::ckpt

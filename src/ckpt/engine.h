@@ -1,0 +1,77 @@
+// libfsched-ckpt: checkpoint and restore of a job's process tree.
+// All functions need root (CAP_SYS_PTRACE, CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE)
+// and throw fsched::Error with a one-line message naming what failed and where.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+namespace fsched::ckpt {
+
+// ---- run: start a job under the engine's init -------------------------------------
+struct RunOptions {
+  std::vector<std::string> argv;      // command and arguments (argv[0] looked up in PATH)
+  std::string stdout_path, stderr_path;  // appended to (O_APPEND); empty: inherit
+  std::string cwd;                    // working directory; empty: current
+  std::string user;                   // run as this user (uid, gid, groups); empty: caller
+  std::string status_file;            // init writes the job's exit status here; optional
+};
+// Starts fsched-init as pid 1 of a new PID namespace and session; it runs the job with
+// stdin from /dev/null. Returns the host PID of that init, a child of the caller.
+// Throws Error if the command cannot be found or the user does not exist.
+pid_t run_job(const RunOptions& opt);
+// Waits for a child init and returns the job's exit status as a shell would report
+// it: the exit code, or 128 + signal number.
+int wait_job(pid_t init_pid);
+
+// ---- dump ---------------------------------------------------------------------------
+struct DumpOptions {
+  pid_t pid = 0;                  // host PID of a job's init (from run_job)
+  std::filesystem::path dir;      // image directory to create; must not exist
+  bool leave_running = false;     // thaw the job afterwards instead of killing it
+  int compress_level = 1;         // zstd level
+};
+struct DumpStats {
+  int processes = 0, threads = 0;
+  std::uint64_t memory_bytes = 0;  // non-zero page contents stored
+  std::uint64_t image_bytes = 0;   // bytes of the image directory's files
+  double freeze_ms = 0;            // how long the job was stopped
+  double dump_ms = 0;              // the whole dump, including the durable commit
+};
+// Freezes every thread of the tree (ptrace), writes the image, then kills the job or
+// lets it continue. On any failure the job is thawed unharmed and no directory `dir`
+// exists (a partial `dir.tmp` is removed).
+DumpStats dump(const DumpOptions& opt);
+
+// ---- restore ------------------------------------------------------------------------
+struct RestoreOptions {
+  std::filesystem::path dir;
+};
+struct RestoreStats {
+  pid_t init_pid = 0;      // host PID of the restored init, a child of the caller
+  int processes = 0, threads = 0;
+  double restore_ms = 0;   // from start until the job runs again
+  double verify_ms = 0;    // of which: verifying the image before creating processes
+};
+// Verifies the image (manifest, every chunk checksum, CPU xstate features, mapped
+// files unchanged), then recreates the tree in a new PID namespace and lets it run.
+// On failure nothing it created is left alive.
+RestoreStats restore(const RestoreOptions& opt);
+
+// ---- check and show -----------------------------------------------------------------
+struct Feature {
+  std::string name;
+  bool ok = false;
+  std::string detail;
+};
+// Probes the kernel features the engine needs (like `criu check`).
+std::vector<Feature> check_kernel();
+
+// The XCR0 register of this CPU: which xstate components (SSE, AVX, AVX-512...) exist.
+std::uint64_t cpu_xfeatures();
+
+}  // namespace fsched::ckpt

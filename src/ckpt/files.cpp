@@ -1,0 +1,190 @@
+// Files: the executable, the working directory and open file descriptors (regular
+// files, directories, basic character devices), with their flags and offsets; fds
+// sharing one open file description (dup, fork) are restored shared, via
+// pidfd_getfd(2). Files open for writing are truncated back to their size at dump
+// time, so that the restored job writes no byte twice. Interfaces: /proc/PID/fd,
+// /proc/PID/fdinfo (proc(5)), kcmp(2) KCMP_FILE.
+#include <fcntl.h>
+#include <linux/kcmp.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <sstream>
+
+#include "ckpt/parts.h"
+#include "ckpt/proc.h"
+#include "common/error.h"
+
+namespace fsched::ckpt {
+namespace {
+
+const char* const kDevices[] = {"/dev/null", "/dev/zero", "/dev/full", "/dev/random",
+                                "/dev/urandom"};
+
+bool writable(const Fd& f) { return (f.flags & O_ACCMODE) != O_RDONLY; }
+
+}  // namespace
+
+FileId stat_file_id(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) < 0) fail_errno("cannot stat {}", path);
+  return FileId{st.st_ino, static_cast<std::uint64_t>(st.st_size),
+                st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec};
+}
+
+void dump_files(DumpProcess& p, std::span<DumpProcess> all) {
+  pid_t hp = p.host_pid;
+  Process& r = p.rec;
+  r.exe = read_link(fmt::format("/proc/{}/exe", hp));
+  if (r.exe.ends_with(" (deleted)"))
+    fail("process {} (pid {} in the job): its executable {} was deleted", hp, r.pid, r.exe);
+  r.exe_file = stat_file_id(r.exe);
+  r.cwd = read_link(fmt::format("/proc/{}/cwd", hp));
+  if (r.cwd.ends_with(" (deleted)"))
+    fail("process {} (pid {} in the job): its working directory {} was deleted", hp, r.pid, r.cwd);
+
+  std::vector<int> fds;
+  for (auto& e : std::filesystem::directory_iterator(fmt::format("/proc/{}/fd", hp)))
+    fds.push_back(std::stoi(e.path().filename().string()));
+  std::sort(fds.begin(), fds.end());
+  r.fds.clear();
+  for (int fd : fds) {
+    std::string link = read_link(fmt::format("/proc/{}/fd/{}", hp, fd));
+    auto where = [&] {
+      return fmt::format("process {} (pid {} in the job), fd {} -> {}", hp, r.pid, fd, link);
+    };
+    if (link.rfind("pipe:", 0) == 0) fail("{}: pipes are not supported yet", where());
+    if (link.rfind("socket:", 0) == 0) fail("{}: sockets are not supported yet", where());
+    if (link.rfind("anon_inode:", 0) == 0)
+      fail("{}: this kind of file (eventfd, epoll, timerfd, signalfd, inotify...) is not supported yet",
+           where());
+    if (link.ends_with(" (deleted)")) fail("{}: the open file was deleted (unsupported)", where());
+    struct stat st {};
+    if (::stat(fmt::format("/proc/{}/fd/{}", hp, fd).c_str(), &st) < 0)
+      fail_errno("{}: cannot stat", where());
+    Fd f;
+    f.fd = fd;
+    f.path = link;
+    std::istringstream info(read_file(fmt::format("/proc/{}/fdinfo/{}", hp, fd)));
+    std::string key;
+    while (info >> key) {
+      if (key == "pos:") info >> f.pos;
+      else if (key == "flags:") info >> std::oct >> f.flags >> std::dec;
+      else info.ignore(1 << 20, '\n');
+    }
+    if (S_ISREG(st.st_mode)) {
+      f.kind = "file";
+      f.file = FileId{st.st_ino, static_cast<std::uint64_t>(st.st_size),
+                      st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec};
+    } else if (S_ISDIR(st.st_mode)) {
+      f.kind = "dir";
+    } else if (S_ISCHR(st.st_mode)) {
+      bool ok = false;
+      for (const char* d : kDevices) ok = ok || link == d;
+      if (!ok) fail("{}: this device is not supported", where());
+      f.kind = "chr";
+    } else {
+      fail("{}: unsupported file type {:o}", where(), st.st_mode & S_IFMT);
+    }
+    // One open file description shared with an fd recorded earlier (dup, fork)?
+    if (f.kind == "file") {
+      for (auto& q : all) {
+        for (auto& g : q.rec.fds) {
+          if (f.shared_fd >= 0) break;
+          if (g.kind != "file" || g.file.ino != f.file.ino || g.path != f.path || g.shared_fd >= 0)
+            continue;
+          if (::syscall(SYS_kcmp, hp, q.host_pid, KCMP_FILE, fd, g.fd) == 0) {
+            f.shared_pid = q.rec.pid;
+            f.shared_fd = g.fd;
+          }
+        }
+        if (&q == &p) break;
+      }
+    }
+    r.fds.push_back(std::move(f));
+  }
+}
+
+void check_files(const Manifest& m) {
+  auto same = [](const std::string& path, const FileId& want, const char* what) {
+    FileId now;
+    try {
+      now = stat_file_id(path);
+    } catch (const Error& e) {
+      fail("restore refused: {} {} is missing: {}", what, path, e.what());
+    }
+    if (now.ino != want.ino || now.size != want.size || now.mtime_ns != want.mtime_ns)
+      fail("restore refused: {} {} changed since the dump (inode {} -> {}, size {} -> {}, mtime "
+           "changed: {})",
+           what, path, want.ino, now.ino, want.size, now.size,
+           now.mtime_ns != want.mtime_ns ? "yes" : "no");
+  };
+  for (auto& p : m.processes) {
+    same(p.exe, p.exe_file, "executable");
+    for (auto& v : p.vmas)
+      if (v.kind == "file") same(v.path, v.file, "mapped file");
+    for (auto& f : p.fds) {
+      if (f.kind != "file" || f.shared_fd >= 0) continue;
+      struct stat st {};
+      if (::stat(f.path.c_str(), &st) < 0)
+        fail_errno("restore refused: process {} fd {}: {} is missing", p.pid, f.fd, f.path);
+      if (writable(f) && static_cast<std::uint64_t>(st.st_size) < f.file.size)
+        fail("restore refused: process {} fd {}: {} is shorter ({} bytes) than at dump time ({} "
+             "bytes)",
+             p.pid, f.fd, f.path, st.st_size, f.file.size);
+    }
+  }
+}
+
+void truncate_written_files(const Manifest& m) {
+  for (auto& p : m.processes)
+    for (auto& f : p.fds) {
+      if (f.kind != "file" || !writable(f) || f.shared_fd >= 0) continue;
+      if (::truncate(f.path.c_str(), static_cast<off_t>(f.file.size)) < 0)
+        fail_errno("cannot truncate {} to its dump-time size {} bytes", f.path, f.file.size);
+    }
+}
+
+void restore_files(RestoreProcess& p, const InjectionArea& area,
+                   const std::map<int, pid_t>& /*ns_to_host*/) {
+  const Process& r = *p.rec;
+  Injector& inj = p.leader();
+  pid_t hp = p.host_pid;
+  std::uint64_t cwd = put_string(hp, area, 0, r.cwd);
+  inj.call_ok(fmt::format("process {}: chdir {}", r.pid, r.cwd), SYS_chdir, cwd);
+  for (const Fd& f : r.fds) {
+    std::string who = fmt::format("process {} fd {} ({})", r.pid, f.fd, f.path);
+    const std::uint64_t cloexec = (f.flags & O_CLOEXEC) ? O_CLOEXEC : 0;
+    long tmp;
+    if (f.shared_fd >= 0 && f.shared_pid == r.pid) {
+      tmp = inj.call_ok(who + ": dup", SYS_fcntl, static_cast<std::uint64_t>(f.shared_fd),
+                        F_DUPFD_CLOEXEC, 0);
+    } else if (f.shared_fd >= 0) {
+      long pidfd = inj.call_ok(who + ": pidfd_open", SYS_pidfd_open,
+                               static_cast<std::uint64_t>(f.shared_pid), 0);
+      tmp = inj.call(SYS_pidfd_getfd, static_cast<std::uint64_t>(pidfd),
+                     static_cast<std::uint64_t>(f.shared_fd), 0);
+      inj.call(SYS_close, static_cast<std::uint64_t>(pidfd));
+      if (tmp < 0) throw Error(who + ": pidfd_getfd", static_cast<int>(-tmp));
+    } else {
+      int oflags = f.flags & ~(O_CREAT | O_EXCL | O_TRUNC | O_NOCTTY);
+      std::uint64_t path = put_string(hp, area, 0, f.path);
+      tmp = inj.call_ok(who + ": open", SYS_openat, static_cast<std::uint64_t>(AT_FDCWD), path,
+                        static_cast<std::uint64_t>(oflags | O_CLOEXEC), 0);
+    }
+    if (tmp != f.fd) {
+      inj.call_ok(who + ": dup3", SYS_dup3, static_cast<std::uint64_t>(tmp),
+                  static_cast<std::uint64_t>(f.fd), cloexec);
+      inj.call(SYS_close, static_cast<std::uint64_t>(tmp));
+    } else if (!cloexec) {
+      inj.call_ok(who + ": fcntl(F_SETFD)", SYS_fcntl, static_cast<std::uint64_t>(f.fd), F_SETFD, 0);
+    }
+    if (f.shared_fd < 0 && (f.kind == "file" || f.kind == "dir") && f.pos)
+      inj.call_ok(who + ": lseek", SYS_lseek, static_cast<std::uint64_t>(f.fd),
+                  static_cast<std::uint64_t>(f.pos), SEEK_SET);
+  }
+}
+
+}  // namespace fsched::ckpt

@@ -1,0 +1,139 @@
+// The data model of a checkpoint image: what the dumper records about the job and
+// the restorer recreates. Stored as manifest.json (see image.h); page contents go
+// to the page stream in the order processes, then VMAs, appear here.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace fsched::ckpt {
+
+// Identity of a file as seen by stat(2), to detect that a file changed after dump.
+struct FileId {
+  std::uint64_t ino = 0;
+  std::uint64_t size = 0;        // bytes
+  std::int64_t mtime_ns = 0;     // st_mtim in nanoseconds since the epoch
+};
+
+// One virtual memory area, as /proc/PID/maps and smaps show it.
+struct Vma {
+  std::uint64_t start = 0, end = 0;   // [start, end) virtual addresses, page aligned
+  int prot = 0;                       // PROT_* bits
+  bool shared = false;                // MAP_SHARED
+  std::string kind;                   // "anon", "file", "heap", "stack", "vdso", "vvar", "vvar_vclock"
+  std::string path;                   // file path for kind == "file"
+  std::uint64_t pgoff = 0;            // file offset in bytes
+  FileId file;                        // identity of the mapped file
+  std::vector<std::string> vmflags;   // smaps VmFlags we restore (gd, dc, wc, hg, nh, dd)
+  // Runs of pages stored in the page stream: {first page index within the VMA, count}.
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> runs;
+};
+
+// An open file descriptor.
+struct Fd {
+  int fd = -1;
+  std::string kind;          // "file", "dir", "chr"
+  std::string path;
+  int flags = 0;             // open flags from fdinfo (O_ACCMODE, O_APPEND, O_CLOEXEC ...)
+  std::int64_t pos = 0;      // file offset in bytes
+  FileId file;               // for "file": identity and size at dump time (bytes)
+  // Same open file description as an fd restored earlier: {ns pid, fd}; {0,-1} if none.
+  int shared_pid = 0;
+  int shared_fd = -1;
+};
+
+struct SigAction {
+  int sig = 0;
+  std::uint64_t handler = 0, flags = 0, restorer = 0, mask = 0;
+};
+
+struct Thread {
+  int tid = 0;                         // TID in the job's PID namespace
+  std::vector<std::uint64_t> regs;     // struct user_regs_struct as 64-bit words
+  std::string xstate_hex;              // NT_X86_XSTATE regset
+  std::uint64_t sigmask = 0;
+  std::uint64_t rseq_addr = 0, rseq_len = 0, rseq_sig = 0;  // rseq_len 0: none
+  std::uint64_t robust_list = 0, robust_len = 0;
+  std::uint64_t clear_tid_addr = 0;    // set_tid_address(2) value
+  std::uint64_t altstack_sp = 0, altstack_size = 0;
+  int altstack_flags = 0;
+  std::string comm;                    // thread name, /proc/PID/task/TID/comm
+  std::vector<std::string> pending_hex;  // per-thread pending siginfo_t, hex
+};
+
+struct Rlimit {
+  int resource = 0;
+  std::uint64_t cur = 0, max = 0;
+};
+
+struct ItimerVal {
+  int which = 0;
+  std::uint64_t interval_sec = 0, interval_usec = 0, value_sec = 0, value_usec = 0;
+};
+
+struct Process {
+  int pid = 0, ppid = 0, pgid = 0, sid = 0;  // in the job's PID namespace; ppid 0 for init
+  int exit_signal = 17;                       // signal sent to the parent on exit
+  std::string exe;
+  FileId exe_file;
+  std::string cwd;
+  unsigned umask = 022;
+  unsigned personality = 0;
+  int dumpable = 1;
+  std::vector<unsigned> uids, gids;           // real, effective, saved, fs
+  std::vector<unsigned> groups;
+  // prctl(PR_SET_MM_MAP) fields; see prctl(2).
+  std::uint64_t start_code = 0, end_code = 0, start_data = 0, end_data = 0, start_brk = 0,
+                brk = 0, start_stack = 0, arg_start = 0, arg_end = 0, env_start = 0,
+                env_end = 0;
+  std::string auxv_hex;
+  std::vector<Vma> vmas;
+  std::vector<Fd> fds;
+  std::vector<SigAction> sigactions;
+  std::vector<Rlimit> rlimits;
+  std::vector<ItimerVal> itimers;
+  std::vector<std::string> shared_pending_hex;  // process-wide pending siginfo_t, hex
+  std::vector<Thread> threads;                // threads[0] is the thread-group leader
+};
+
+struct Manifest {
+  std::string kernel;                // uname -r at dump time
+  std::uint64_t xfeatures = 0;       // XCR0 of the dumping CPU
+  std::uint64_t xstate_size = 0;     // bytes of the NT_X86_XSTATE regset
+  std::int64_t dump_time_ns = 0;     // CLOCK_REALTIME
+  std::vector<Process> processes;    // parents before children
+};
+
+// JSON mapping of the manifest; absent keys keep their defaults.
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(FileId, ino, size, mtime_ns)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Vma, start, end, prot, shared, kind, path, pgoff,
+                                                file, vmflags, runs)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Fd, fd, kind, path, flags, pos, file, shared_pid,
+                                                shared_fd)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(SigAction, sig, handler, flags, restorer, mask)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Thread, tid, regs, xstate_hex, sigmask, rseq_addr,
+                                                rseq_len, rseq_sig, robust_list, robust_len,
+                                                clear_tid_addr, altstack_sp, altstack_size,
+                                                altstack_flags, comm, pending_hex)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Rlimit, resource, cur, max)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(ItimerVal, which, interval_sec, interval_usec,
+                                                value_sec, value_usec)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Process, pid, ppid, pgid, sid, exit_signal, exe,
+                                                exe_file, cwd, umask, personality, dumpable, uids,
+                                                gids, groups, start_code, end_code, start_data,
+                                                end_data, start_brk, brk, start_stack, arg_start,
+                                                arg_end, env_start, env_end, auxv_hex, vmas, fds,
+                                                sigactions, rlimits, itimers, shared_pending_hex,
+                                                threads)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Manifest, kernel, xfeatures, xstate_size,
+                                                dump_time_ns, processes)
+
+
+// Hex helpers for binary blobs stored in the manifest.
+std::string to_hex(const void* data, std::size_t len);
+std::vector<std::uint8_t> from_hex(const std::string& hex);
+
+}  // namespace fsched::ckpt

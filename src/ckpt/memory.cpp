@@ -1,0 +1,407 @@
+// Memory: the VMA layout and page contents of each process (dump), and rebuilding
+// the address space at the same addresses (restore). Only present pages are stored
+// (/proc/PID/pagemap, see Documentation/admin-guide/mm/pagemap.rst); of private file
+// mappings only the pages that differ from the file (the anonymous, copied-on-write
+// ones); all-zero pages are not stored at all.
+#include <fcntl.h>
+#include <linux/prctl.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "ckpt/parts.h"
+#include "ckpt/proc.h"
+#include "common/error.h"
+#include "common/fd.h"
+
+namespace fsched::ckpt {
+namespace {
+
+constexpr std::uint64_t kPage = 4096;
+constexpr std::size_t kIoBytes = 4u << 20;  // read/write memory in pieces of this size
+
+constexpr std::uint64_t kPmPresent = 1ULL << 63;
+constexpr std::uint64_t kPmSwapped = 1ULL << 62;
+constexpr std::uint64_t kPmFileOrShared = 1ULL << 61;
+
+// VmFlags that change how the kernel treats a mapping and are restored by madvise.
+const char* const kKeptVmFlags[] = {"gd", "dc", "wc", "hg", "nh", "dd"};
+
+bool has_flag(const Vma& v, const char* f) {
+  return std::find(v.vmflags.begin(), v.vmflags.end(), f) != v.vmflags.end();
+}
+
+bool is_zero_page(const std::byte* p) {
+  const auto* w = reinterpret_cast<const std::uint64_t*>(p);
+  for (std::size_t i = 0; i < kPage / 8; i += 8) {
+    if (w[i] | w[i + 1] | w[i + 2] | w[i + 3] | w[i + 4] | w[i + 5] | w[i + 6] | w[i + 7])
+      return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+void dump_memory_layout(DumpProcess& p) {
+  pid_t pid = p.host_pid;
+  auto stat = read_stat(pid);
+  auto f = [&](int i) { return std::stoull(stat.at(static_cast<std::size_t>(i))); };
+  Process& r = p.rec;
+  r.start_code = f(26);
+  r.end_code = f(27);
+  r.start_stack = f(28);
+  r.start_data = f(45);
+  r.end_data = f(46);
+  r.start_brk = f(47);
+  r.arg_start = f(48);
+  r.arg_end = f(49);
+  r.env_start = f(50);
+  r.env_end = f(51);
+  std::string auxv = read_file(fmt::format("/proc/{}/auxv", pid));
+  r.auxv_hex = to_hex(auxv.data(), auxv.size());
+
+  r.vmas.clear();
+  for (auto& m : read_smaps(pid)) {
+    if (m.path == "[vsyscall]") continue;
+    Vma v;
+    v.start = m.start;
+    v.end = m.end;
+    v.prot = (m.perms[0] == 'r' ? PROT_READ : 0) | (m.perms[1] == 'w' ? PROT_WRITE : 0) |
+             (m.perms[2] == 'x' ? PROT_EXEC : 0);
+    v.shared = m.perms[3] == 's';
+    v.pgoff = m.pgoff;
+    for (auto& fl : m.vmflags)
+      for (const char* k : kKeptVmFlags)
+        if (fl == k) v.vmflags.push_back(fl);
+    auto where = [&] {
+      return fmt::format("process {} (pid {} in the job), mapping {:#x}-{:#x} {}", pid, r.pid,
+                         m.start, m.end, m.path.empty() ? "[anon]" : m.path);
+    };
+    if (m.path == "[vdso]" || m.path == "[vvar]" || m.path == "[vvar_vclock]") {
+      v.kind = m.path.substr(1, m.path.size() - 2);
+    } else if (m.path == "[heap]") {
+      v.kind = "heap";
+    } else if (m.path == "[stack]") {
+      v.kind = "stack";
+    } else if (m.path.empty() || m.path.rfind("[anon:", 0) == 0) {
+      v.kind = "anon";
+    } else if (m.path[0] == '/') {
+      if (m.path.ends_with(" (deleted)"))
+        fail("{}: the mapped file was deleted or is shared anonymous memory (unsupported for now)",
+             where());
+      if (m.path.rfind("/memfd:", 0) == 0 || m.path.rfind("/SYSV", 0) == 0 ||
+          m.path.rfind("/dev/shm/", 0) == 0)
+        fail("{}: shared memory is not supported yet", where());
+      struct stat st {};
+      if (::stat(m.path.c_str(), &st) < 0) fail_errno("{}: cannot stat the mapped file", where());
+      if (!S_ISREG(st.st_mode)) fail("{}: mapping of a device is not supported", where());
+      if (st.st_ino != m.ino)
+        fail("{}: the file at this path was replaced after it was mapped", where());
+      v.kind = "file";
+      v.path = m.path;
+      v.file = stat_file_id(m.path);
+    } else {
+      fail("{}: unsupported special mapping", where());
+    }
+    if (v.shared && v.kind != "file")
+      fail("{}: shared anonymous memory is not supported yet", where());
+    r.vmas.push_back(std::move(v));
+  }
+}
+
+void dump_memory_injected(DumpProcess& p) {
+  p.rec.brk = static_cast<std::uint64_t>(p.inj->call_ok("brk(0)", SYS_brk, 0));
+}
+
+std::uint64_t dump_pages(DumpProcess& p, ImageWriter& img) {
+  pid_t pid = p.host_pid;
+  UniqueFd pagemap(::open(fmt::format("/proc/{}/pagemap", pid).c_str(), O_RDONLY | O_CLOEXEC));
+  if (!pagemap) fail_errno("cannot open /proc/{}/pagemap", pid);
+  UniqueFd mem;  // for mappings without read permission, which process_vm_readv refuses
+  std::vector<std::uint64_t> pm(kIoBytes / kPage);
+  std::vector<std::byte> buf(kIoBytes);
+  std::uint64_t stored = 0;
+
+  for (Vma& v : p.rec.vmas) {
+    v.runs.clear();
+    if (v.kind == "vdso" || v.kind == "vvar" || v.kind == "vvar_vclock") continue;
+    if (v.kind == "file" && v.shared) continue;  // its contents are the file's
+    const bool file = v.kind == "file";
+    const std::uint64_t npages = (v.end - v.start) / kPage;
+    for (std::uint64_t first = 0; first < npages; first += pm.size()) {
+      const std::uint64_t n = std::min<std::uint64_t>(pm.size(), npages - first);
+      const off_t off = static_cast<off_t>((v.start / kPage + first) * 8);
+      ssize_t got = ::pread(pagemap.get(), pm.data(), n * 8, off);
+      if (got != static_cast<ssize_t>(n * 8))
+        fail_errno("cannot read /proc/{}/pagemap at {:#x}", pid, v.start + first * kPage);
+      // Gather the pages to store into iovecs covering at most kIoBytes.
+      std::vector<iovec> remote;
+      std::vector<std::uint64_t> idx;  // page index (within the VMA) of each buffered page
+      for (std::uint64_t i = 0; i < n; ++i) {
+        std::uint64_t e = pm[i];
+        bool want = (e & kPmSwapped) || ((e & kPmPresent) && !(file && (e & kPmFileOrShared)));
+        if (!want) continue;
+        std::uint64_t addr = v.start + (first + i) * kPage;
+        if (!remote.empty() && reinterpret_cast<std::uint64_t>(remote.back().iov_base) +
+                                       remote.back().iov_len == addr)
+          remote.back().iov_len += kPage;
+        else
+          remote.push_back({reinterpret_cast<void*>(addr), kPage});
+        idx.push_back(first + i);
+      }
+      if (idx.empty()) continue;
+      std::size_t bytes = idx.size() * kPage;
+      if (v.prot & PROT_READ) {
+        iovec local{buf.data(), bytes};
+        // process_vm_readv takes at most IOV_MAX remote iovecs per call.
+        std::size_t done = 0;
+        for (std::size_t k = 0; k < remote.size(); k += 1024) {
+          std::size_t cnt = std::min<std::size_t>(1024, remote.size() - k);
+          std::size_t len = 0;
+          for (std::size_t j = k; j < k + cnt; ++j) len += remote[j].iov_len;
+          local = {buf.data() + done, len};
+          ssize_t r = ::process_vm_readv(pid, &local, 1, &remote[k], cnt, 0);
+          if (r != static_cast<ssize_t>(len))
+            fail_errno("cannot read memory of process {} at {:#x}", pid,
+                       reinterpret_cast<std::uint64_t>(remote[k].iov_base));
+          done += len;
+        }
+      } else {
+        if (!mem) {
+          mem.reset(::open(fmt::format("/proc/{}/mem", pid).c_str(), O_RDONLY | O_CLOEXEC));
+          if (!mem) fail_errno("cannot open /proc/{}/mem", pid);
+        }
+        std::size_t done = 0;
+        for (auto& io : remote) {
+          ssize_t r = ::pread(mem.get(), buf.data() + done, io.iov_len,
+                              static_cast<off_t>(reinterpret_cast<std::uint64_t>(io.iov_base)));
+          if (r != static_cast<ssize_t>(io.iov_len))
+            fail_errno("cannot read memory of process {} at {:#x}", pid,
+                       reinterpret_cast<std::uint64_t>(io.iov_base));
+          done += io.iov_len;
+        }
+      }
+      // Store non-zero pages, coalescing neighbours into runs and single appends.
+      std::size_t k = 0;
+      while (k < idx.size()) {
+        if (is_zero_page(buf.data() + k * kPage)) {
+          ++k;
+          continue;
+        }
+        std::size_t j = k + 1;
+        while (j < idx.size() && idx[j] == idx[j - 1] + 1 && !is_zero_page(buf.data() + j * kPage))
+          ++j;
+        img.append_pages(std::span(buf.data() + k * kPage, (j - k) * kPage));
+        stored += (j - k) * kPage;
+        if (!v.runs.empty() && v.runs.back().first + v.runs.back().second == idx[k])
+          v.runs.back().second += j - k;
+        else
+          v.runs.emplace_back(idx[k], j - k);
+        k = j;
+      }
+    }
+  }
+  return stored;
+}
+
+// ---- restore ------------------------------------------------------------------------
+
+namespace {
+
+// Moves [vvar], [vvar_vclock] and [vdso] of the helper to the saved addresses, keeping
+// their relative layout, which the vDSO code depends on.
+void move_vdso(RestoreProcess& p, const InjectionArea& area, const std::vector<MapsEntry>& cur) {
+  Injector& inj = p.leader();
+  struct Special {
+    std::uint64_t cur_start = 0, size = 0, saved_start = 0;
+    bool have_cur = false, have_saved = false;
+  };
+  std::map<std::string, Special> sp;
+  for (auto& m : cur)
+    if (m.path == "[vdso]" || m.path == "[vvar]" || m.path == "[vvar_vclock]") {
+      auto& s = sp[m.path.substr(1, m.path.size() - 2)];
+      s.cur_start = m.start;
+      s.size = m.end - m.start;
+      s.have_cur = true;
+    }
+  for (auto& v : p.rec->vmas)
+    if (v.kind == "vdso" || v.kind == "vvar" || v.kind == "vvar_vclock") {
+      auto& s = sp[v.kind];
+      if (s.have_cur && s.size != v.end - v.start)
+        fail("process {}: the [{}] area is {} bytes here but {} in the image (another kernel?)",
+             p.rec->pid, v.kind, s.size, v.end - v.start);
+      s.saved_start = v.start;
+      s.have_saved = true;
+    }
+  std::int64_t delta = 0;
+  bool first = true;
+  std::uint64_t lo = ~0ULL, hi = 0, slo = ~0ULL, shi = 0;
+  for (auto& [name, s] : sp) {
+    if (s.have_cur != s.have_saved)
+      fail("process {}: [{}] is {} the image but {} on this kernel", p.rec->pid, name,
+           s.have_saved ? "in" : "not in", s.have_cur ? "present" : "absent");
+    std::int64_t d = static_cast<std::int64_t>(s.saved_start - s.cur_start);
+    if (!first && d != delta)
+      fail("process {}: the vDSO layout differs from the image's (another kernel?)", p.rec->pid);
+    delta = d;
+    first = false;
+    lo = std::min(lo, s.cur_start);
+    hi = std::max(hi, s.cur_start + s.size);
+    slo = std::min(slo, s.saved_start);
+    shi = std::max(shi, s.saved_start + s.size);
+  }
+  if (sp.empty() || delta == 0) return;
+  auto move_all = [&](std::uint64_t from_base, std::uint64_t to_base) {
+    for (auto& [name, s] : sp) {
+      std::uint64_t from = s.cur_start - lo + from_base, to = s.cur_start - lo + to_base;
+      inj.call_ok(fmt::format("mremap of [{}] to {:#x}", name, to), SYS_mremap, from, s.size,
+                  s.size, MREMAP_MAYMOVE | MREMAP_FIXED, to);
+    }
+  };
+  if (slo < hi && lo < shi) {
+    // Overlapping move: go through a free spot right after the injection area.
+    std::uint64_t tmp = area.addr + area.size + (1ULL << 30);
+    move_all(lo, tmp);
+    move_all(tmp, slo);
+  } else {
+    move_all(lo, slo);
+  }
+}
+
+}  // namespace
+
+void restore_memory(RestoreProcess& p, const InjectionArea& area, PageReader& pages) {
+  Injector& inj = p.leader();
+  const Process& r = *p.rec;
+  pid_t hp = p.host_pid;
+
+  // 1. Drop everything the helper had but the injection area and the vDSO.
+  auto cur = read_maps(hp);
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> keep{{area.addr, area.addr + area.size}};
+  for (auto& m : cur)
+    if (m.path == "[vdso]" || m.path == "[vvar]" || m.path == "[vvar_vclock]" ||
+        m.path == "[vsyscall]")
+      keep.emplace_back(m.start, m.end);
+  std::sort(keep.begin(), keep.end());
+  std::uint64_t at = 0;
+  constexpr std::uint64_t kTop = 0x7ffffffff000ULL;
+  for (auto& [s, e] : keep) {
+    if (s >= kTop) break;
+    if (s > at) inj.call_ok("munmap of the helper's memory", SYS_munmap, at, s - at);
+    at = std::max(at, e);
+  }
+  if (at < kTop) inj.call_ok("munmap of the helper's memory", SYS_munmap, at, kTop - at);
+
+  // 2. The vDSO to its saved place.
+  move_vdso(p, area, cur);
+
+  // 3. Every saved VMA, writable for now where pages are to be filled.
+  long file_fd = -1;
+  std::string file_path;
+  auto close_file = [&] {
+    if (file_fd >= 0) inj.call(SYS_close, static_cast<std::uint64_t>(file_fd));
+    file_fd = -1;
+    file_path.clear();
+  };
+  for (const Vma& v : r.vmas) {
+    if (v.kind == "vdso" || v.kind == "vvar" || v.kind == "vvar_vclock") continue;
+    int prot = v.prot | (v.runs.empty() ? 0 : PROT_READ | PROT_WRITE);
+    int flags = MAP_FIXED | (v.shared ? MAP_SHARED : MAP_PRIVATE);
+    if (has_flag(v, "gd")) flags |= MAP_GROWSDOWN;
+    std::string what = fmt::format("process {}: mmap of {:#x}-{:#x} {}", r.pid, v.start, v.end,
+                                   v.path.empty() ? v.kind : v.path);
+    if (v.kind == "file") {
+      if (v.path != file_path) {
+        close_file();
+        int oflags = (v.shared && (v.prot & PROT_WRITE)) ? O_RDWR : O_RDONLY;
+        std::uint64_t pa = put_string(hp, area, 0, v.path);
+        file_fd = inj.call_ok(fmt::format("process {}: open {}", r.pid, v.path), SYS_openat,
+                              static_cast<std::uint64_t>(AT_FDCWD), pa,
+                              static_cast<std::uint64_t>(oflags | O_CLOEXEC));
+        file_path = v.path;
+      }
+      inj.call_ok(what, SYS_mmap, v.start, v.end - v.start, static_cast<std::uint64_t>(prot),
+                  static_cast<std::uint64_t>(flags), static_cast<std::uint64_t>(file_fd), v.pgoff);
+    } else {
+      inj.call_ok(what, SYS_mmap, v.start, v.end - v.start, static_cast<std::uint64_t>(prot),
+                  static_cast<std::uint64_t>(flags | MAP_ANONYMOUS), -1ULL, 0);
+    }
+  }
+  close_file();
+
+  // 4. Page contents, in the order they were dumped.
+  std::vector<std::byte> buf(kIoBytes);
+  for (const Vma& v : r.vmas) {
+    for (auto [first, count] : v.runs) {
+      std::uint64_t addr = v.start + first * kPage;
+      std::uint64_t left = count * kPage;
+      if (addr + left > v.end) fail("image: page run beyond mapping {:#x}-{:#x}", v.start, v.end);
+      while (left) {
+        std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(left, buf.size()));
+        pages.read(std::span(buf.data(), n));
+        remote_write(hp, addr, buf.data(), n);
+        addr += n;
+        left -= n;
+      }
+    }
+  }
+
+  // 5. Final protections and madvise(2) flags.
+  for (const Vma& v : r.vmas) {
+    if (v.kind == "vdso" || v.kind == "vvar" || v.kind == "vvar_vclock") continue;
+    int tmp = v.prot | (v.runs.empty() ? 0 : PROT_READ | PROT_WRITE);
+    if (tmp != v.prot)
+      inj.call_ok(fmt::format("mprotect {:#x}", v.start), SYS_mprotect, v.start, v.end - v.start,
+                  static_cast<std::uint64_t>(v.prot));
+    static const std::pair<const char*, int> kAdvice[] = {{"dc", MADV_DONTFORK},
+                                                          {"wc", MADV_WIPEONFORK},
+                                                          {"hg", MADV_HUGEPAGE},
+                                                          {"nh", MADV_NOHUGEPAGE},
+                                                          {"dd", MADV_DONTDUMP}};
+    for (auto [flag, adv] : kAdvice)
+      if (has_flag(v, flag))
+        inj.call_ok(fmt::format("madvise {:#x} {}", v.start, flag), SYS_madvise, v.start,
+                    v.end - v.start, static_cast<std::uint64_t>(adv));
+  }
+
+  // 6. Heap, arguments, environment, auxv and /proc/PID/exe (prctl(2) PR_SET_MM_MAP).
+  auto auxv = from_hex(r.auxv_hex);
+  constexpr std::size_t kAuxvOff = 8192, kMapOff = 4096;
+  if (auxv.size() > 2048) fail("image: auxv of process {} too large", r.pid);
+  remote_write(hp, area.data() + kAuxvOff, auxv.data(), auxv.size());
+  std::uint64_t pa = put_string(hp, area, 0, r.exe);
+  long exe_fd = inj.call_ok(fmt::format("process {}: open executable {}", r.pid, r.exe),
+                            SYS_openat, static_cast<std::uint64_t>(AT_FDCWD), pa,
+                            static_cast<std::uint64_t>(O_RDONLY | O_CLOEXEC));
+  prctl_mm_map mm{};
+  mm.start_code = r.start_code;
+  mm.end_code = r.end_code;
+  mm.start_data = r.start_data;
+  mm.end_data = r.end_data;
+  mm.start_brk = r.start_brk;
+  mm.brk = r.brk;
+  mm.start_stack = r.start_stack;
+  mm.arg_start = r.arg_start;
+  mm.arg_end = r.arg_end;
+  mm.env_start = r.env_start;
+  mm.env_end = r.env_end;
+  mm.auxv = reinterpret_cast<__u64*>(area.data() + kAuxvOff);
+  mm.auxv_size = static_cast<__u32>(auxv.size());
+  mm.exe_fd = static_cast<__u32>(exe_fd);
+  remote_write(hp, area.data() + kMapOff, &mm, sizeof mm);
+  inj.call_ok(fmt::format("process {}: prctl(PR_SET_MM_MAP)", r.pid), SYS_prctl, PR_SET_MM,
+              PR_SET_MM_MAP, area.data() + kMapOff, sizeof mm);
+  inj.call(SYS_close, static_cast<std::uint64_t>(exe_fd));
+}
+
+void unmap_injection_area(RestoreProcess& p, const InjectionArea& area) {
+  p.leader().call_ok("munmap of the injection area", SYS_munmap, area.addr, area.size);
+}
+
+}  // namespace fsched::ckpt

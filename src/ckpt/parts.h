@@ -1,0 +1,160 @@
+// Internal to the engine: the dump and the restore side of each kind of kernel
+// state, one source file each (pstree, memory, threads, files, signals, creds,
+// timers), and the per-process context that dump.cpp and restore.cpp drive them with.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "ckpt/image.h"
+#include "ckpt/inject.h"
+#include "ckpt/manifest.h"
+
+namespace fsched::ckpt {
+
+// ---- remote memory (process_vm_readv/writev(2)) --------------------------------
+void remote_read(pid_t pid, std::uint64_t addr, void* out, std::size_t len);
+void remote_write(pid_t pid, std::uint64_t addr, const void* data, std::size_t len);
+
+// ---- dump side ----------------------------------------------------------------
+
+// One process of the frozen tree.
+struct DumpProcess {
+  pid_t host_pid = 0;
+  std::vector<pid_t> host_tids;   // host TIDs, thread-group leader first
+  Process rec;                    // what goes into the manifest
+  // Syscall injection into the leader, with a scratch mapping of kScratchBytes.
+  std::unique_ptr<Injector> inj;
+  std::uint64_t gadget = 0;       // a `syscall` instruction in the job (in its vDSO)
+  std::uint64_t scratch = 0;
+};
+inline constexpr std::size_t kScratchBytes = 4 * 4096;
+
+// pstree.cpp: every thread of every process of the tree rooted at host PID `root`,
+// seized and stopped (PTRACE_SEIZE + PTRACE_INTERRUPT, re-scanning until no task
+// appears). Destruction thaws (detaches) all tasks unless kill() was called.
+class FrozenTree {
+ public:
+  explicit FrozenTree(pid_t root);
+  ~FrozenTree();
+  FrozenTree(const FrozenTree&) = delete;
+  FrozenTree& operator=(const FrozenTree&) = delete;
+
+  // Processes, parents before children (breadth first, by PID).
+  std::vector<DumpProcess>& processes() { return procs_; }
+  // SIGKILL the job's init: the kernel kills its whole PID namespace.
+  void kill();
+  // Detaches every task, letting the job continue.
+  void thaw();
+
+ private:
+  pid_t root_;
+  std::vector<DumpProcess> procs_;
+  bool done_ = false;
+};
+
+// Checks that host PID `pid` is the init of a job started by `fsched-ckpt run`;
+// throws Error saying why not.
+void check_job_root(pid_t pid);
+
+// pstree.cpp: PIDs, parent, process group, session, exit signal.
+void dump_ids(DumpProcess& p);
+// Opens the injection context of p (scratch mapping in the job); undone by close_injection.
+void open_injection(DumpProcess& p);
+void close_injection(DumpProcess& p);
+
+// memory.cpp, in three steps: the VMA layout, mm fields and auxv (before any
+// injection, which maps a scratch area); the brk, by injection; then the contents of
+// present, non-zero pages to the image's page stream, from outside the job.
+// dump_pages returns the bytes of memory stored (before compression).
+void dump_memory_layout(DumpProcess& p);
+void dump_memory_injected(DumpProcess& p);
+std::uint64_t dump_pages(DumpProcess& p, ImageWriter& img);
+// threads.cpp: registers, xstate, signal mask, rseq, robust list, TID address,
+// sigaltstack, name and pending signals of each thread.
+void dump_threads(DumpProcess& p, std::uint64_t xstate_size);
+// The NT_X86_XSTATE regset of a stopped thread (its size is the kernel's xstate size).
+std::vector<std::uint8_t> read_xstate(pid_t tid);
+// The identity (inode, size, mtime) of a path; throws Error naming it.
+FileId stat_file_id(const std::string& path);
+// files.cpp: executable, cwd and open fds. `all` lets it find fds shared between processes.
+void dump_files(DumpProcess& p, std::span<DumpProcess> all);
+// signals.cpp: signal handlers and the process-wide pending queue.
+void dump_signals(DumpProcess& p);
+// creds.cpp: uids, gids, groups, umask, personality, rlimits, dumpable.
+void dump_creds(DumpProcess& p);
+// timers.cpp: interval timers; refuses POSIX timers.
+void dump_timers(DumpProcess& p);
+
+// ---- restore side -------------------------------------------------------------
+
+struct RestoreThread {
+  const Thread* rec = nullptr;
+  pid_t host_tid = 0;
+  std::unique_ptr<Injector> inj;
+};
+
+struct RestoreProcess {
+  const Process* rec = nullptr;
+  pid_t host_pid = 0;
+  std::vector<RestoreThread> threads;  // threads[0] is the leader
+  Injector& leader() { return *threads[0].inj; }
+};
+
+// Where the restorer maps its injection area (code + data) in every process.
+struct InjectionArea {
+  std::uint64_t addr = 0;
+  std::size_t size = 0;                 // bytes
+  std::uint64_t code() const { return addr; }          // syscall; int3
+  std::uint64_t data() const { return addr + 4096; }   // scratch for arguments
+  std::size_t data_size() const { return size - 4096; }
+};
+inline constexpr std::size_t kInjectionAreaBytes = 64 * 4096;
+
+// pstree.cpp: creates every process of the manifest in a new PID namespace with its
+// saved PID, session and process group, each a stopped, seized copy of a helper that
+// holds only the injection area. Returns them in manifest order; procs[0] is init,
+// a child of the calling process.
+// On failure `procs` holds what was created so far, for the caller to kill.
+void create_tree(const Manifest& m, InjectionArea& area, std::vector<RestoreProcess>& procs);
+
+// memory.cpp: replaces the helper's address space with the saved one (pages from the
+// page stream), moves the vDSO, sets the mm fields. Leaves the injection area.
+void restore_memory(RestoreProcess& p, const InjectionArea& area, PageReader& pages);
+// Removes the injection area; the last injected syscall in the process.
+void unmap_injection_area(RestoreProcess& p, const InjectionArea& area);
+// threads.cpp: creates the other threads with their TIDs and sets every thread's
+// registers, xstate, rseq, robust list, TID address, sigaltstack, name.
+void restore_threads(RestoreProcess& p, const InjectionArea& area);
+// Queues saved pending signals (after credentials, as the job itself).
+void restore_pending_signals(RestoreProcess& p, const InjectionArea& area);
+// files.cpp
+void restore_files(RestoreProcess& p, const InjectionArea& area,
+                   const std::map<int, pid_t>& ns_to_host);
+// Verifies mapped files and the executable are unchanged (inode, size, mtime) and
+// that written files exist; throws Error naming the file.
+void check_files(const Manifest& m);
+// Truncates files the job had open for writing back to their dump-time size.
+void truncate_written_files(const Manifest& m);
+// signals.cpp
+void restore_signals(RestoreProcess& p, const InjectionArea& area);
+// creds.cpp: umask, personality, rlimits (before credentials drop) ...
+void restore_process_attrs(RestoreProcess& p, const InjectionArea& area);
+// ... and credentials in every thread, then dumpable; after this the process has
+// no privileges left for the remaining injected syscalls.
+void restore_creds(RestoreProcess& p, const InjectionArea& area);
+// timers.cpp
+void restore_timers(RestoreProcess& p, const InjectionArea& area);
+
+// Writes a NUL-terminated string into the injection area's data at offset `off`;
+// returns its address in the target.
+std::uint64_t put_string(pid_t host_pid, const InjectionArea& area, std::size_t off,
+                         const std::string& s);
+
+}  // namespace fsched::ckpt

@@ -1,0 +1,380 @@
+// Process tree: freezing the job's tree for dump, and recreating it with the saved
+// PIDs, sessions and process groups on restore (clone3(2) with set_tid).
+#include <linux/sched.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/ptrace.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <deque>
+#include <filesystem>
+#include <set>
+
+#include "ckpt/parts.h"
+#include "ckpt/proc.h"
+#include "common/error.h"
+
+namespace fsched::ckpt {
+
+void remote_read(pid_t pid, std::uint64_t addr, void* out, std::size_t len) {
+  iovec local{out, len};
+  iovec remote{reinterpret_cast<void*>(addr), len};
+  ssize_t n = ::process_vm_readv(pid, &local, 1, &remote, 1, 0);
+  if (n != static_cast<ssize_t>(len))
+    fail_errno("cannot read {} bytes at {:#x} of process {}", len, addr, pid);
+}
+
+void remote_write(pid_t pid, std::uint64_t addr, const void* data, std::size_t len) {
+  iovec local{const_cast<void*>(data), len};
+  iovec remote{reinterpret_cast<void*>(addr), len};
+  ssize_t n = ::process_vm_writev(pid, &local, 1, &remote, 1, 0);
+  if (n != static_cast<ssize_t>(len))
+    fail_errno("cannot write {} bytes at {:#x} of process {}", len, addr, pid);
+}
+
+std::uint64_t put_string(pid_t host_pid, const InjectionArea& area, std::size_t off,
+                         const std::string& s) {
+  if (off + s.size() + 1 > area.data_size()) fail("path too long for injection area: {}", s);
+  remote_write(host_pid, area.data() + off, s.c_str(), s.size() + 1);
+  return area.data() + off;
+}
+
+static int ns_pid_of(pid_t host_pid, pid_t host_tid = 0) {
+  auto st = read_status(host_tid ? host_tid : host_pid);
+  auto v = parse_ints(st["NSpid"]);
+  if (v.empty()) fail("no NSpid in /proc/{}/status", host_tid ? host_tid : host_pid);
+  return static_cast<int>(v.back());
+}
+
+void check_job_root(pid_t pid) {
+  if (pid <= 0) fail("invalid PID {}", pid);
+  if (::kill(pid, 0) < 0 && errno == ESRCH) fail("no process with PID {}", pid);
+  auto st = read_status(pid);
+  auto ns = parse_ints(st["NSpid"]);
+  std::string exe;
+  try {
+    exe = read_link(fmt::format("/proc/{}/exe", pid));
+  } catch (const Error&) {
+  }
+  if (ns.size() < 2 || ns.back() != 1 ||
+      std::filesystem::path(exe).filename().string().rfind("fsched-init", 0) != 0)
+    fail("PID {} is not a job started by fsched-ckpt run (expected the init of its PID namespace)",
+         pid);
+}
+
+// ---- freeze -----------------------------------------------------------------------
+
+static bool task_exists(pid_t pid, pid_t tid) {
+  return ::access(fmt::format("/proc/{}/task/{}", pid, tid).c_str(), F_OK) == 0;
+}
+
+// Waits for the interrupt stop of a freshly seized task. A signal that was being
+// delivered is let through first (its handler frame is set up) so that none is lost.
+static void wait_frozen(pid_t tid) {
+  for (;;) {
+    int status = wait_for_stop(tid);
+    int event = status >> 16;
+    int sig = WSTOPSIG(status);
+    if (event == PTRACE_EVENT_STOP) return;
+    if (event == 0 && sig != (SIGTRAP | 0x80)) {
+      if (::ptrace(PTRACE_CONT, tid, nullptr, reinterpret_cast<void*>(uintptr_t(sig))) < 0)
+        fail_errno("ptrace(CONT) on thread {}", tid);
+      continue;
+    }
+    fail("thread {}: unexpected stop {:#x} while freezing", tid, status);
+  }
+}
+
+FrozenTree::FrozenTree(pid_t root) : root_(root) {
+  std::set<pid_t> seized;
+  std::set<pid_t> known;
+  std::vector<pid_t> order;  // processes, breadth first
+  order.push_back(root);
+  known.insert(root);
+  // Tasks are recorded before waiting so that the destructor detaches them on error.
+  auto proc_of = [&](pid_t pid) -> DumpProcess& {
+    for (auto& p : procs_)
+      if (p.host_pid == pid) return p;
+    procs_.push_back(DumpProcess{});
+    procs_.back().host_pid = pid;
+    return procs_.back();
+  };
+  try {
+    for (bool changed = true; changed;) {
+      changed = false;
+      std::vector<pid_t> fresh;
+      for (std::size_t i = 0; i < order.size(); ++i) {
+        pid_t pid = order[i];
+        std::vector<pid_t> tids;
+        try {
+          tids = list_tasks(pid);
+        } catch (const Error&) {
+          continue;  // exited before we got to it
+        }
+        auto& dp = proc_of(pid);
+        // The leader first, whatever the order of the directory.
+        std::stable_partition(tids.begin(), tids.end(), [&](pid_t t) { return t == pid; });
+        for (pid_t tid : tids) {
+          if (seized.count(tid)) continue;
+          try {
+            seize_and_interrupt(tid, kSeizeOptions);
+          } catch (const Error& e) {
+            if (!task_exists(pid, tid)) continue;  // exited meanwhile
+            throw;
+          }
+          seized.insert(tid);
+          dp.host_tids.push_back(tid);
+          fresh.push_back(tid);
+          changed = true;
+        }
+        std::sort(dp.host_tids.begin() + 1, dp.host_tids.end());
+        for (pid_t c : list_children(pid))
+          if (known.insert(c).second) {
+            order.push_back(c);
+            changed = true;
+          }
+      }
+      for (pid_t tid : fresh) wait_frozen(tid);
+    }
+  } catch (...) {
+    thaw();
+    throw;
+  }
+  // procs_ follows discovery order, which is breadth first; drop processes that
+  // vanished before any thread was seized.
+  std::erase_if(procs_, [](const DumpProcess& p) { return p.host_tids.empty(); });
+  for (auto& p : procs_)
+    if (p.host_tids.front() != p.host_pid)
+      fail("process {}: its thread-group leader has exited (unsupported)", p.host_pid);
+}
+
+FrozenTree::~FrozenTree() { thaw(); }
+
+void FrozenTree::thaw() {
+  if (done_) return;
+  done_ = true;
+  for (auto& p : procs_) {
+    if (p.inj) {
+      try {
+        close_injection(p);
+      } catch (...) {
+      }
+    }
+    for (pid_t tid : p.host_tids) ::ptrace(PTRACE_DETACH, tid, nullptr, nullptr);
+  }
+}
+
+void FrozenTree::kill() {
+  if (done_) return;
+  done_ = true;
+  ::kill(root_, SIGKILL);
+  // Collect the exit of every task as its tracer, children and threads before their
+  // parents: a dying init waits until its namespace is empty, and a traced zombie
+  // leaves only once its tracer has seen it.
+  for (auto p = procs_.rbegin(); p != procs_.rend(); ++p)
+    for (auto t = p->host_tids.rbegin(); t != p->host_tids.rend(); ++t) {
+      int st;
+      while (::waitpid(*t, &st, __WALL) > 0 && !WIFEXITED(st) && !WIFSIGNALED(st)) {
+      }
+    }
+}
+
+void dump_ids(DumpProcess& p) {
+  auto st = read_status(p.host_pid);
+  auto stat = read_stat(p.host_pid);
+  p.rec.pid = ns_pid_of(p.host_pid);
+  auto ns_of = [&](const char* key) {
+    auto v = parse_ints(st[key]);
+    if (v.empty()) fail("no {} in /proc/{}/status", key, p.host_pid);
+    return static_cast<int>(v.back());
+  };
+  p.rec.pgid = ns_of("NSpgid");
+  p.rec.sid = ns_of("NSsid");
+  if (p.rec.pid == 1) {
+    p.rec.ppid = 0;
+  } else {
+    pid_t host_ppid = static_cast<pid_t>(std::stoll(stat[4]));
+    p.rec.ppid = ns_pid_of(host_ppid);
+  }
+  p.rec.exit_signal = std::stoi(stat[38]);
+  if (stat[3] == "Z" || stat[3] == "X")
+    fail("process {} (pid {} in the job) is a zombie: unsupported for now", p.host_pid, p.rec.pid);
+  if (p.rec.sid == 0 || p.rec.pgid == 0)
+    fail("process {} belongs to a session or process group outside the job", p.rec.pid);
+  p.rec.threads.clear();
+  for (pid_t tid : p.host_tids) {
+    Thread t;
+    t.tid = ns_pid_of(p.host_pid, tid);
+    p.rec.threads.push_back(std::move(t));
+  }
+}
+
+// ---- injection during dump ------------------------------------------------------
+
+static std::uint64_t find_syscall_insn(pid_t pid) {
+  for (auto& m : read_maps(pid)) {
+    if (m.path != "[vdso]") continue;
+    std::vector<unsigned char> code(m.end - m.start);
+    remote_read(pid, m.start, code.data(), code.size());
+    for (std::size_t i = 0; i + 1 < code.size(); ++i)
+      if (code[i] == 0x0f && code[i + 1] == 0x05) return m.start + i;
+  }
+  fail("process {}: no syscall instruction found in its vDSO", pid);
+}
+
+void open_injection(DumpProcess& p) {
+  p.gadget = find_syscall_insn(p.host_pid);
+  p.inj = std::make_unique<Injector>(p.host_pid, p.gadget);
+  long r = p.inj->call_ok("mmap of the dump scratch area", SYS_mmap, 0, kScratchBytes,
+                          PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1ULL, 0);
+  p.scratch = static_cast<std::uint64_t>(r);
+}
+
+void close_injection(DumpProcess& p) {
+  if (!p.inj) return;
+  if (p.scratch) {
+    p.inj->call(SYS_munmap, p.scratch, kScratchBytes);
+    p.scratch = 0;
+  }
+  p.inj->restore();
+  p.inj.reset();
+}
+
+// ---- restore: build the tree -------------------------------------------------------
+
+static bool overlaps(std::uint64_t a, std::uint64_t b, std::uint64_t s, std::uint64_t e) {
+  return a < e && s < b;
+}
+
+static std::uint64_t choose_area(const Manifest& m) {
+  auto own = read_maps(::getpid());
+  for (std::uint64_t cand = 0x7e0000000000ULL; cand > 0x100000000ULL; cand -= (1ULL << 32)) {
+    std::uint64_t end = cand + kInjectionAreaBytes;
+    bool clash = false;
+    for (auto& p : m.processes)
+      for (auto& v : p.vmas) clash = clash || overlaps(cand, end, v.start, v.end);
+    for (auto& v : own) clash = clash || overlaps(cand, end, v.start, v.end);
+    if (!clash) return cand;
+  }
+  fail("no free address range for the restorer's injection area");
+}
+
+// Body of the first helper, pid 1 of the new namespace: only raw syscalls, since it
+// is a clone of a multi-threaded process.
+[[noreturn]] static void helper_init_main() {
+  ::syscall(SYS_close_range, 0U, ~0U, 0U);
+  ::syscall(SYS_setsid);
+  for (;;) ::syscall(SYS_pause);
+}
+
+static constexpr unsigned kRestoreOptions =
+    PTRACE_O_TRACESYSGOOD | PTRACE_O_TRACEFORK | PTRACE_O_TRACECLONE | PTRACE_O_EXITKILL;
+
+void create_tree(const Manifest& m, InjectionArea& area, std::vector<RestoreProcess>& procs) {
+  if (m.processes.empty() || m.processes[0].pid != 1) fail("image: the first process is not pid 1");
+  area.addr = choose_area(m);
+  area.size = kInjectionAreaBytes;
+  procs.clear();
+  procs.reserve(m.processes.size());
+
+  clone_args ca{};
+  ca.flags = CLONE_NEWPID;
+  ca.exit_signal = SIGCHLD;
+  long child = ::syscall(SYS_clone3, &ca, sizeof ca);
+  if (child < 0) fail_errno("clone3(CLONE_NEWPID) for the restored init");
+  if (child == 0) helper_init_main();
+
+  RestoreProcess init;
+  init.rec = &m.processes[0];
+  init.host_pid = static_cast<pid_t>(child);
+  RestoreThread it;
+  it.rec = &m.processes[0].threads.at(0);
+  it.host_tid = init.host_pid;
+  init.threads.push_back(std::move(it));
+  procs.push_back(std::move(init));
+  // Attach only once the helper has become a session leader with no fds: after that
+  // it only sleeps, so wherever the interrupt stops it, its setup is complete.
+  for (int i = 0;; ++i) {
+    auto stat = read_stat(procs[0].host_pid);
+    if (std::stoll(stat[6]) == procs[0].host_pid) break;
+    if (i > 5000) fail("restore helper {} did not start", procs[0].host_pid);
+    ::usleep(200);
+  }
+  seize_and_interrupt(procs[0].host_pid, kRestoreOptions);
+  wait_for_stop(procs[0].host_pid);
+  procs[0].threads[0].inj = std::make_unique<Injector>(procs[0].host_pid, local_syscall_gadget());
+  Injector& i0 = procs[0].leader();
+
+  // The helper inherited the restorer's rseq registration, whose area is about to be
+  // unmapped: unregister it (rseq(2), RSEQ_FLAG_UNREGISTER).
+  __ptrace_rseq_configuration rc{};
+  if (::ptrace(static_cast<__ptrace_request>(PTRACE_GET_RSEQ_CONFIGURATION), procs[0].host_pid,
+               reinterpret_cast<void*>(sizeof rc), &rc) > 0 &&
+      rc.rseq_abi_size)
+    i0.call_ok("rseq unregister", SYS_rseq, rc.rseq_abi_pointer, rc.rseq_abi_size, 1,
+               rc.signature);
+
+  i0.call_ok("mmap of the injection area", SYS_mmap, area.addr, area.size,
+             PROT_READ | PROT_WRITE | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE,
+             -1ULL, 0);
+  const unsigned char code[] = {0x0f, 0x05, 0xcc};  // syscall; int3
+  remote_write(procs[0].host_pid, area.code(), code, sizeof code);
+  i0.set_syscall_ip(area.code());
+
+  std::map<int, std::size_t> by_pid;
+  by_pid[1] = 0;
+  for (std::size_t i = 1; i < m.processes.size(); ++i) {
+    const Process& rec = m.processes[i];
+    auto pit = by_pid.find(rec.ppid);
+    if (pit == by_pid.end())
+      fail("image: process {} comes before its parent {}", rec.pid, rec.ppid);
+    RestoreProcess& parent = procs[pit->second];
+    pid_t tid_arg = rec.pid;
+    remote_write(parent.host_pid, area.data(), &tid_arg, sizeof tid_arg);
+    clone_args args{};
+    args.exit_signal = static_cast<std::uint64_t>(rec.exit_signal);
+    args.set_tid = area.data();
+    args.set_tid_size = 1;
+    remote_write(parent.host_pid, area.data() + 64, &args, sizeof args);
+    long r = parent.leader().call(SYS_clone3, area.data() + 64, sizeof args);
+    if (r < 0)
+      throw Error(fmt::format("cannot create process {} (child of {}) with its saved PID", rec.pid,
+                              rec.ppid),
+                  static_cast<int>(-r));
+    if (r != rec.pid) fail("process {} was created with PID {}", rec.pid, r);
+    RestoreProcess np;
+    np.rec = &rec;
+    np.host_pid = parent.leader().last_child();
+    wait_for_stop(np.host_pid);
+    RestoreThread t;
+    t.rec = &rec.threads.at(0);
+    t.host_tid = np.host_pid;
+    t.inj = std::make_unique<Injector>(np.host_pid, area.code());
+    np.threads.push_back(std::move(t));
+    procs.push_back(std::move(np));
+    by_pid[rec.pid] = procs.size() - 1;
+    Injector& ci = procs.back().leader();
+    const Process& par = *parent.rec;
+    if (rec.sid == rec.pid) {
+      ci.call_ok("setsid", SYS_setsid);
+    } else if (rec.sid != par.sid) {
+      fail("process {}: its session {} has no leader in the job (unsupported)", rec.pid, rec.sid);
+    } else if (rec.pgid == rec.pid) {
+      ci.call_ok("setpgid", SYS_setpgid, 0, 0);
+    }
+  }
+  // Groups whose leader was created after a member.
+  for (auto& p : procs) {
+    const Process& rec = *p.rec;
+    if (rec.pgid != rec.pid && rec.sid != rec.pid)
+      p.leader().call_ok(fmt::format("setpgid to process group {}", rec.pgid), SYS_setpgid, 0,
+                         static_cast<std::uint64_t>(rec.pgid));
+  }
+}
+
+}  // namespace fsched::ckpt

@@ -1,0 +1,48 @@
+// Timers: the three interval timers of a process (getitimer(2)/setitimer(2), by
+// injection). POSIX timers (timer_create(2), listed in /proc/PID/timers) are refused.
+#include <sys/syscall.h>
+#include <sys/time.h>
+
+#include "ckpt/parts.h"
+#include "ckpt/proc.h"
+#include "common/error.h"
+
+namespace fsched::ckpt {
+
+void dump_timers(DumpProcess& p) {
+  std::string timers;
+  try {
+    timers = read_file(fmt::format("/proc/{}/timers", p.host_pid));
+  } catch (const Error&) {
+  }
+  if (!timers.empty())
+    fail("process {} (pid {} in the job) uses POSIX timers (timer_create): not supported yet",
+         p.host_pid, p.rec.pid);
+  p.rec.itimers.clear();
+  for (int which : {ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF}) {
+    p.inj->call_ok(fmt::format("getitimer({})", which), SYS_getitimer,
+                   static_cast<std::uint64_t>(which), p.scratch);
+    itimerval v{};
+    remote_read(p.host_pid, p.scratch, &v, sizeof v);
+    if (v.it_value.tv_sec == 0 && v.it_value.tv_usec == 0) continue;
+    p.rec.itimers.push_back({which, static_cast<std::uint64_t>(v.it_interval.tv_sec),
+                             static_cast<std::uint64_t>(v.it_interval.tv_usec),
+                             static_cast<std::uint64_t>(v.it_value.tv_sec),
+                             static_cast<std::uint64_t>(v.it_value.tv_usec)});
+  }
+}
+
+void restore_timers(RestoreProcess& p, const InjectionArea& area) {
+  for (auto& t : p.rec->itimers) {
+    itimerval v{};
+    v.it_interval.tv_sec = static_cast<time_t>(t.interval_sec);
+    v.it_interval.tv_usec = static_cast<suseconds_t>(t.interval_usec);
+    v.it_value.tv_sec = static_cast<time_t>(t.value_sec);
+    v.it_value.tv_usec = static_cast<suseconds_t>(t.value_usec);
+    remote_write(p.host_pid, area.data(), &v, sizeof v);
+    p.leader().call_ok(fmt::format("process {}: setitimer({})", p.rec->pid, t.which),
+                       SYS_setitimer, static_cast<std::uint64_t>(t.which), area.data(), 0);
+  }
+}
+
+}  // namespace fsched::ckpt

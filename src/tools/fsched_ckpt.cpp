@@ -1,0 +1,190 @@
+// fsched-ckpt: the checkpoint/restore engine's command-line tool.
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include "ckpt/engine.h"
+#include "ckpt/image.h"
+#include "ckpt/manifest.h"
+#include "common/error.h"
+
+namespace ck = fsched::ckpt;
+
+namespace {
+
+void write_pidfile(const std::string& path, pid_t pid) {
+  if (path.empty()) return;
+  std::ofstream f(path);
+  f << pid << "\n";
+  if (!f) fsched::fail("cannot write pid file {}", path);
+}
+
+std::string mib(std::uint64_t b) { return fmt::format("{:.1f} MiB", b / 1048576.0); }
+
+int show(const std::string& dir, bool json) {
+  auto img = ck::ImageReader::open(dir);
+  const auto& j = img->manifest();
+  if (json) {
+    std::cout << j.dump(2) << "\n";
+    return 0;
+  }
+  auto m = j.get<ck::Manifest>();
+  std::cout << fmt::format("image {}\n  format {} engine {} kernel {} xfeatures {:#x} xstate {} bytes\n",
+                           dir, j.value("format_version", 0), j.value("engine_version", "?"),
+                           m.kernel, m.xfeatures, m.xstate_size);
+  std::cout << fmt::format("  pages: {} stored in {} ({} chunks)\n",
+                           mib(j.value("pages_logical_bytes", 0ULL)),
+                           mib(j.value("pages_stored_bytes", 0ULL)),
+                           j.contains("chunks") ? j["chunks"].size() : 0);
+  for (auto& p : m.processes) {
+    std::uint64_t pages = 0;
+    for (auto& v : p.vmas)
+      for (auto& r : v.runs) pages += r.second;
+    std::cout << fmt::format("process {} (parent {}, pgid {}, sid {}) {} uid {} cwd {}\n", p.pid,
+                             p.ppid, p.pgid, p.sid, p.exe, p.uids.empty() ? 0 : p.uids[0], p.cwd);
+    std::cout << fmt::format("  {} threads, {} VMAs, {} stored pages ({}), {} fds, {} signal handlers\n",
+                             p.threads.size(), p.vmas.size(), pages, mib(pages * 4096), p.fds.size(),
+                             p.sigactions.size());
+    for (auto& t : p.threads)
+      std::cout << fmt::format("  thread {} \"{}\" rip {:#x}\n", t.tid, t.comm,
+                               t.regs.size() > 16 ? t.regs[16] : 0);
+    for (auto& v : p.vmas)
+      std::cout << fmt::format("  {:#014x}-{:#014x} {}{}{}{} {:>8} {}\n", v.start, v.end,
+                               v.prot & 1 ? 'r' : '-', v.prot & 2 ? 'w' : '-',
+                               v.prot & 4 ? 'x' : '-', v.shared ? 's' : 'p',
+                               [&] {
+                                 std::uint64_t n = 0;
+                                 for (auto& r : v.runs) n += r.second;
+                                 return n;
+                               }(),
+                               v.path.empty() ? "[" + v.kind + "]" : v.path);
+    for (auto& f : p.fds)
+      std::cout << fmt::format("  fd {} {} {} flags {:o} pos {}{}\n", f.fd, f.kind, f.path,
+                               f.flags, f.pos,
+                               f.shared_fd >= 0
+                                   ? fmt::format(" (shared with pid {} fd {})", f.shared_pid, f.shared_fd)
+                                   : "");
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"fsched-ckpt: transparent checkpoint/restore of batch jobs"};
+  app.require_subcommand(1);
+
+  ck::RunOptions ro;
+  bool run_detach = false;
+  std::string run_pidfile;
+  auto* run = app.add_subcommand("run", "start a job under the engine's init in a new PID namespace");
+  run->add_flag("--detach,-d", run_detach, "print the host PID of the job's init and return");
+  run->add_option("--pidfile", run_pidfile, "write the init's host PID to this file");
+  run->add_option("--stdout", ro.stdout_path, "append the job's stdout to this file");
+  run->add_option("--stderr", ro.stderr_path, "append the job's stderr to this file");
+  run->add_option("--cwd", ro.cwd, "working directory of the job");
+  run->add_option("--user", ro.user, "run the job as this user");
+  run->add_option("--status-file", ro.status_file, "the init writes the job's exit status here");
+  run->add_option("command", ro.argv, "command and arguments (after --)")->required();
+
+  ck::DumpOptions dopt;
+  bool dump_json = false;
+  std::string dump_dir;
+  auto* dump = app.add_subcommand("dump", "checkpoint a job: freeze, write the image, kill or thaw");
+  dump->add_option("--pid,-t", dopt.pid, "host PID of the job's init (from fsched-ckpt run)")->required();
+  dump->add_option("--dir,-D", dump_dir, "image directory to create")->required();
+  dump->add_flag("--leave-running,-R", dopt.leave_running, "let the job continue after the dump");
+  dump->add_option("--compress-level", dopt.compress_level, "zstd level (default 1)")
+      ->check(CLI::Range(-50, 19));
+  dump->add_flag("--json", dump_json, "print the figures as JSON");
+
+  ck::RestoreOptions res;
+  std::string res_dir, res_pidfile;
+  bool res_detach = false, res_json = false;
+  auto* restore = app.add_subcommand("restore", "recreate a job from its image and let it continue");
+  restore->add_option("--dir,-D", res_dir, "image directory")->required();
+  restore->add_flag("--detach,-d", res_detach, "print the host PID of the restored init and return");
+  restore->add_option("--pidfile", res_pidfile, "write the restored init's host PID to this file");
+  restore->add_flag("--json", res_json, "print the figures as JSON on stderr");
+
+  auto* check = app.add_subcommand("check", "check that this kernel has what the engine needs");
+
+  std::string show_dir;
+  bool show_json = false;
+  auto* showc = app.add_subcommand("show", "print what an image holds");
+  showc->add_option("--dir,-D", show_dir, "image directory")->required();
+  showc->add_flag("--json", show_json, "the whole manifest as JSON");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    if (e.get_exit_code() == 0) return app.exit(e);
+    std::cerr << "fsched-ckpt: " << e.what() << " (see --help)\n";
+    return 2;
+  }
+
+  try {
+    if (*run) {
+      pid_t pid = ck::run_job(ro);
+      write_pidfile(run_pidfile, pid);
+      if (run_detach) {
+        std::cout << pid << std::endl;
+        return 0;
+      }
+      return ck::wait_job(pid);
+    }
+    if (*dump) {
+      dopt.dir = dump_dir;
+      auto st = ck::dump(dopt);
+      if (dump_json) {
+        nlohmann::json j{{"processes", st.processes}, {"threads", st.threads},
+                         {"memory_bytes", st.memory_bytes}, {"image_bytes", st.image_bytes},
+                         {"freeze_ms", st.freeze_ms}, {"dump_ms", st.dump_ms}};
+        std::cout << j.dump() << "\n";
+      } else {
+        std::cout << fmt::format(
+            "dumped {} processes, {} threads: {} of memory, image {} in {}; frozen {:.0f} ms, total "
+            "{:.0f} ms{}\n",
+            st.processes, st.threads, mib(st.memory_bytes), mib(st.image_bytes), dump_dir,
+            st.freeze_ms, st.dump_ms, dopt.leave_running ? " (job left running)" : " (job killed)");
+      }
+      return 0;
+    }
+    if (*restore) {
+      res.dir = res_dir;
+      auto st = ck::restore(res);
+      write_pidfile(res_pidfile, st.init_pid);
+      if (res_json)
+        std::cerr << nlohmann::json{{"restore_ms", st.restore_ms}, {"verify_ms", st.verify_ms},
+                                    {"processes", st.processes}, {"threads", st.threads},
+                                    {"pid", st.init_pid}}
+                         .dump()
+                  << std::endl;
+      if (res_detach) {
+        std::cout << st.init_pid << std::endl;
+        return 0;
+      }
+      return ck::wait_job(st.init_pid);
+    }
+    if (*check) {
+      bool all = true;
+      for (auto& f : ck::check_kernel()) {
+        std::cout << fmt::format("{:<48} {}  {}\n", f.name, f.ok ? "ok" : "MISSING", f.detail);
+        all = all && f.ok;
+      }
+      std::cout << (all ? "Looks good.\n" : "Some features are missing.\n");
+      return all ? 0 : 1;
+    }
+    if (*showc) return show(show_dir, show_json);
+  } catch (const std::exception& e) {
+    std::cerr << "fsched-ckpt: " << e.what() << "\n";
+    return 1;
+  }
+  return 0;
+}
