@@ -1,0 +1,373 @@
+"""Error paths: each must fail with one clear line on stderr, leave a running job
+running (and finishing with the right output), and a refused restore must create no
+process and touch none of the job's files."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+import specs
+from ckpt_e2e import (E2E, Job, alive, job_processes, names_pid_and_fd, ns_pid, proc_state,
+                      single_error_line, watch)
+
+
+def scratch(e2e: E2E, name: str) -> Path:
+    d = e2e.images_dir / "scratch" / name
+    if d.exists():
+        shutil.rmtree(d)
+    d.mkdir(parents=True)
+    return d
+
+
+def free_pid() -> int:
+    pid = int(Path("/proc/sys/kernel/pid_max").read_text()) - 7
+    while Path(f"/proc/{pid}").exists():
+        pid -= 1
+    return pid
+
+
+def tracer_pid(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("TracerPid:"):
+            return int(line.split()[1])
+    return -1
+
+
+def assert_running_free(pids: list[int]):
+    """Every process is alive, not stopped and not traced."""
+    for p in pids:
+        assert alive(p), f"process {p} died"
+        assert proc_state(p) not in ("t", "T"), f"process {p} left stopped ({proc_state(p)})"
+        assert tracer_pid(p) == 0, f"process {p} left traced by {tracer_pid(p)}"
+
+
+def no_image(image: Path):
+    assert not image.exists(), f"a failed dump left {image}"
+    assert not Path(str(image) + ".tmp").exists(), f"a failed dump left {image}.tmp"
+
+
+# --------------------------------------------------------------------------- CLI misuse
+
+def test_check(e2e: E2E):
+    r = e2e.engine.call(["check"], 60)
+    assert r.rc == 0, r.stdout + r.stderr
+
+
+def test_dump_without_pid(e2e: E2E):
+    image = scratch(e2e, "nopid") / "img"
+    line = single_error_line(e2e.engine.call(["dump", "--dir", str(image)], 30))
+    assert "--pid" in line
+    no_image(image)
+
+
+def test_dump_nonexistent_pid(e2e: E2E):
+    pid = free_pid()
+    image = scratch(e2e, "nonexistent") / "img"
+    line = single_error_line(e2e.engine.call(["dump", "--pid", str(pid), "--dir", str(image)], 30))
+    assert re.search(rf"\b{pid}\b", line), line
+    no_image(image)
+
+
+def test_dump_process_not_started_by_run(e2e: E2E):
+    image = scratch(e2e, "notajob") / "img"
+    sleeper = subprocess.Popen(["/bin/sleep", "120"])
+    try:
+        time.sleep(0.1)
+        line = single_error_line(
+            e2e.engine.call(["dump", "--pid", str(sleeper.pid), "--dir", str(image)], 30))
+        assert re.search(rf"\b{sleeper.pid}\b", line), line
+        assert sleeper.poll() is None, "dump killed a process that is not a job"
+        assert_running_free([sleeper.pid])
+        no_image(image)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_restore_not_an_image(e2e: E2E):
+    d = scratch(e2e, "notimage")
+    (d / "readme.txt").write_text("not a checkpoint\n")
+    line = single_error_line(e2e.engine.call(["restore", "--dir", str(d)], 30))
+    assert str(d) in line, line
+
+
+def test_restore_missing_dir(e2e: E2E):
+    d = scratch(e2e, "missing") / "nothing-here"
+    line = single_error_line(e2e.engine.call(["restore", "--dir", str(d)], 30))
+    assert str(d) in line, line
+
+
+# --------------------------------------------------------------------------- failed dumps
+
+def _parent_is_file(d: Path) -> Path:
+    (d / "file").write_text("x")
+    return d / "file" / "img"
+
+
+def _parent_missing(d: Path) -> Path:
+    return d / "missing" / "img"
+
+
+def _dir_exists(d: Path) -> Path:
+    (d / "img").mkdir()
+    (d / "img" / "sentinel").write_text("keep me\n")
+    return d / "img"
+
+
+BAD_LOCATIONS = {"parent_is_file": _parent_is_file, "parent_missing": _parent_missing,
+                 "dir_exists": _dir_exists}
+
+
+@pytest.mark.parametrize("case", BAD_LOCATIONS)
+def test_dump_to_bad_location_leaves_job_running(e2e: E2E, case):
+    spec = specs.python_job("python_bad_location", steps=100)
+    ref = e2e.reference(spec)
+    job = e2e.job(spec)
+    job.start_detached()
+    job.wait_progress(ref, 0.3)
+    image = BAD_LOCATIONS[case](scratch(e2e, f"bad-{case}"))
+    r, _ = e2e.engine.dump(job.init_pid, image)
+    line = single_error_line(r)
+    assert str(image) in line or str(image.parent) in line, line
+    if case == "dir_exists":
+        assert sorted(os.listdir(image)) == ["sentinel"], "dump touched an existing directory"
+    else:
+        no_image(image)
+    assert_running_free([job.init_pid, *job.job_pids()])
+    assert job.wait_end() == ref.status
+    job.assert_matches(ref, f" after a failed dump ({case})")
+
+
+def test_dumper_killed_midway_leaves_job_running(e2e: E2E):
+    """SIGKILL the dumper while it writes 1 GiB: the job must go on, unharmed."""
+    spec = specs.memhog_job(e2e, "memhog_1g", 1024, "random")
+    ref = e2e.reference(spec)
+    job = e2e.job(spec)
+    job.start_detached()
+    job.wait_progress(ref, 0.5)  # "ready": memory filled
+    image = e2e.image("killed/memhog")
+    tmp = Path(str(image) + ".tmp")
+    dumper = subprocess.Popen([str(e2e.engine.bin), "dump", "--pid", str(job.init_pid), "--dir",
+                               str(image)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while dumper.poll() is None and time.monotonic() < deadline:
+            written = sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file()) if tmp.exists() else 0
+            if written >= 64 << 20:
+                break
+            time.sleep(0.005)
+        assert dumper.poll() is None, (
+            f"the dump ended (exit {dumper.returncode}) before it could be killed: "
+            f"{dumper.communicate()[1]}")
+        dumper.kill()
+    finally:
+        if dumper.poll() is None:
+            dumper.kill()
+        dumper.wait()
+    assert not image.exists(), "a killed dump left a complete-looking image"
+    time.sleep(0.5)
+    assert_running_free([job.init_pid, *job.job_pids()])
+    (job.work / "go").touch()
+    assert job.wait_end(120) == ref.status == 0
+    job.assert_matches(ref, " after its dumper was killed")
+
+
+@pytest.mark.parametrize("mode", ["socket", "pipechild"])
+def test_unsupported_state_refused(e2e: E2E, mode):
+    """Sockets and pipes between processes are not supported: the dump must say which
+    process and fd, and the job must go on."""
+    spec = specs.python_job(f"python_{mode}", steps=60, mode=mode)
+    ref = e2e.reference(spec)
+    job = e2e.job(spec)
+    job.start_detached()
+    job.wait_progress(ref, 0.3)
+    candidates = []
+    for pid in job.job_pids():
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith(("socket:", "pipe:")):
+                candidates += [(pid, int(fd)), (ns_pid(pid), int(fd))]
+    assert candidates, "the job holds no socket or pipe"
+    image = scratch(e2e, f"unsupported-{mode}") / "img"
+    r, _ = e2e.engine.dump(job.init_pid, image)
+    line = single_error_line(r)
+    assert names_pid_and_fd(line, candidates), f"error does not name a pid and its fd: {line}"
+    no_image(image)
+    assert_running_free([job.init_pid, *job.job_pids()])
+    assert job.wait_end() == ref.status == 0
+    job.assert_matches(ref, f" after a refused dump ({mode})")
+
+
+# --------------------------------------------------------------------------- dumps that succeed
+
+def test_dump_leave_running_then_restore(e2e: E2E):
+    """--leave-running: the job finishes normally; the image, restored afterwards, redoes
+    the rest of the run over the same files and ends the same way."""
+    spec = specs.threads_job(e2e, name="ckpt_threads_leave", rounds=120, exit_code=3)
+    ref = e2e.reference(spec)
+    job = e2e.job(spec)
+    job.start_detached()
+    job.wait_progress(ref, 0.4)
+    image = e2e.image("leave/threads")
+    stats = e2e.dump_ok(job, image, leave_running=True)
+    assert stats["processes"] == 2 and stats["threads"] == 7, stats
+    assert_running_free([job.init_pid, *job.job_pids()])
+    assert job.wait_end() == ref.status
+    job.assert_matches(ref, " left running after a dump")
+    r = e2e.restore_foreground(job, image)
+    assert r.rc == ref.status, r.stderr
+    job.assert_matches(ref, " restored after it had finished")
+
+
+def test_image_layout_and_show(e2e: E2E):
+    spec = specs.threads_job(e2e, name="ckpt_threads_show", rounds=80, exit_code=0)
+    ref = e2e.reference(spec)
+    job = e2e.job(spec)
+    job.start_detached()
+    job.wait_progress(ref, 0.5)
+    image = e2e.image("layout/threads")
+    stats = e2e.dump_ok(job, image)
+    assert stats["memory_bytes"] > 0 and stats["image_bytes"] > 0, stats
+    assert stats["freeze_ms"] <= stats["dump_ms"], stats
+    # An image holds the job's memory: only root may read it.
+    assert image.stat().st_mode & 0o777 == 0o700
+    for f in image.rglob("*"):
+        assert f.stat().st_mode & 0o777 == (0o700 if f.is_dir() else 0o600), f
+    r = e2e.engine.call(["show", "--dir", str(image)], 60)
+    assert r.rc == 0, r.stderr
+    assert "ckpt_threads" in r.stdout
+    r = e2e.engine.call(["show", "--dir", str(image), "--json"], 60)
+    assert r.rc == 0, r.stderr
+    assert isinstance(json.loads(r.stdout), dict)
+    r = e2e.restore_foreground(job, image)
+    assert r.rc == ref.status, r.stderr
+    job.assert_matches(ref)
+
+
+# --------------------------------------------------------------------------- refused restores
+
+def _flip_bit(image: Path):
+    p = image / "pages.img"
+    data = bytearray(p.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    p.write_bytes(data)
+
+
+def _truncate(image: Path):
+    p = image / "pages.img"
+    os.truncate(p, p.stat().st_size // 2)
+
+
+def _remove_pages(image: Path):
+    (image / "pages.img").unlink()
+
+
+def _edit_manifest(image: Path):
+    """Changes one digit of a number: still valid JSON, but not what was dumped."""
+    p = image / "manifest.json"
+    text = p.read_text()
+    m = re.search(r'"(?:rip|regs|start|pos|pid)"\s*:\s*\[?\s*(\d+)', text) or re.search(r":\s*(\d+)", text)
+    i = m.end(1) - 1
+    text = text[:i] + str((int(text[i]) + 1) % 10) + text[i + 1:]
+    json.loads(text)
+    p.write_text(text)
+
+
+CORRUPTIONS = {"pages_bit_flip": (_flip_bit, "pages.img"), "pages_truncated": (_truncate, "pages.img"),
+               "pages_missing": (_remove_pages, "pages.img"), "manifest_edited": (_edit_manifest, "manifest")}
+
+
+@pytest.fixture(scope="module")
+def dumped_threads(e2e: E2E):
+    spec = specs.threads_job(e2e, name="ckpt_threads_corrupt", rounds=120, exit_code=3)
+    ref = e2e.reference(spec)
+    job = e2e.job(spec)
+    job.start_detached()
+    job.wait_progress(ref, 0.5)
+    image = e2e.image("corrupt/original")
+    e2e.dump_ok(job, image)
+    return ref, job, image
+
+
+def assert_refused(e2e: E2E, job: Job, image: Path) -> str:
+    before = job.snapshot()
+    r, seen = watch([str(e2e.engine.bin), "restore", "--dir", str(image)], job.marker, 120)
+    line = single_error_line(r)
+    assert not seen, f"a refused restore created processes: {seen}"
+    assert not job_processes(job.marker)
+    assert job.snapshot() == before, "a refused restore changed the job's files"
+    return line
+
+
+@pytest.mark.parametrize("case", CORRUPTIONS)
+def test_restore_refuses_corrupt_image(e2e: E2E, dumped_threads, case):
+    ref, job, original = dumped_threads
+    image = e2e.image(f"corrupt/{case}")
+    shutil.copytree(original, image)
+    corrupt, names = CORRUPTIONS[case]
+    corrupt(image)
+    line = assert_refused(e2e, job, image)
+    assert names in line, line
+
+
+def test_restore_of_intact_image_after_refusals(e2e: E2E, dumped_threads):
+    ref, job, original = dumped_threads
+    r = e2e.restore_foreground(job, original)
+    assert r.rc == ref.status, r.stderr
+    job.assert_matches(ref)
+
+
+def _lib_setup(e2e: E2E):
+    lib = Path("/lib/x86_64-linux-gnu/liblzma.so.5")
+
+    def setup(work: Path):
+        e2e.place(e2e.data_file(5 * specs.MiB, 12), work / "input.dat")
+        (work / "lib").mkdir()
+        shutil.copy2(lib.resolve(), work / "lib" / "liblzma.so.5")
+    return setup
+
+
+@pytest.mark.parametrize("what", ["executable", "library"])
+def test_restore_refused_when_mapped_file_changed(e2e: E2E, what):
+    if what == "executable":
+        spec = specs.memhog_job(e2e, "memhog_copy", 64, exe="memhog_copy")
+        rel = "memhog_copy"
+    else:
+        spec = specs.JobSpec(name="xz_lib_copy", argv=["/usr/bin/xz", "-T1", "-6", "-k", "input.dat"],
+                             setup=_lib_setup(e2e), inputs=("input.dat", "lib/liblzma.so.5"),
+                             env={"LD_LIBRARY_PATH": "{work}/lib"}, timeout=120)
+        rel = "lib/liblzma.so.5"
+    job = e2e.job(spec)
+    changed = job.work / rel
+    job.start_detached()
+    if what == "executable":
+        deadline = time.monotonic() + 60
+        while "ready" not in job.read("stdout"):
+            assert time.monotonic() < deadline and alive(job.init_pid), job.read("stderr")
+            time.sleep(0.02)
+    else:
+        time.sleep(1.0)
+    pids = job.job_pids()
+    assert pids and any(str(changed) in Path(f"/proc/{p}/maps").read_text() for p in pids), \
+        f"{changed} is not mapped by the job"
+    image = e2e.image(f"changed/{what}")
+    e2e.dump_ok(job, image)
+    if what == "executable":
+        st = changed.stat()
+        os.utime(changed, ns=(st.st_atime_ns, st.st_mtime_ns + 2_000_000_000))  # touch
+    else:
+        with open(changed, "ab") as f:
+            f.write(b"\0")
+    line = assert_refused(e2e, job, image)
+    assert str(changed) in line, line

@@ -1,0 +1,104 @@
+"""Real programs checkpointed part-way and restored: the restored run's stdout, stderr,
+output files (content and owner) and exit status must equal the uninterrupted run's."""
+from __future__ import annotations
+
+import pytest
+
+import specs
+from ckpt_e2e import E2E, Job, proc_uids, user_ids
+
+MiB = specs.MiB
+
+# Fractions of a job's work at which it is dumped. Jobs whose progress is measured by
+# running time dump a little earlier at "late": a run can be faster than the reference.
+POINTS = {"early": 0.15, "middle": 0.5, "late": 0.85}
+TIME_POINTS = {"early": 0.15, "middle": 0.45, "late": 0.7}
+
+pytestmark = pytest.mark.slow
+
+
+def points_for(spec) -> dict[str, float]:
+    return TIME_POINTS if spec.progress[0] == "time" else POINTS
+
+
+@pytest.mark.parametrize("point", POINTS)
+def test_python_as_user(e2e: E2E, test_user, point):
+    spec = specs.python_job("python_user", user=test_user)
+    ref = _check_runs_as(e2e, spec, test_user, point)
+    # The job prints its credentials when it ends, after the restore.
+    uid, gid = user_ids(test_user)
+    assert f"done uid={uid} euid={uid} gid={gid} groups=[{gid}]" in ref.snap["stdout"].text
+
+
+@pytest.mark.parametrize("point", POINTS)
+def test_xz_single_thread_as_user(e2e: E2E, test_user, point):
+    spec = specs.xz_job(e2e, "xz_t1_user", threads=1, size=5 * MiB, user=test_user)
+    _check_runs_as(e2e, spec, test_user, point)
+
+
+def _check_runs_as(e2e: E2E, spec, user: str, point: str):
+    uid, _ = user_ids(user)
+    ref = e2e.reference(spec)
+    # The reference run really ran as the user: the files it created are the user's.
+    created = [rel for rel in ref.snap if rel.startswith("work/")]
+    assert created and all(ref.snap[rel].uid == uid for rel in created), ref.snap
+
+    def before_dump(job: Job):
+        pids = job.job_pids()
+        assert pids, "the job has no process below its init"
+        for p in pids:
+            assert proc_uids(p) == (uid,) * 4, f"job process {p} has uids {proc_uids(p)}"
+
+    stats = e2e.checkpoint_run(spec, [points_for(spec)[point]], point, before_dump=before_dump)
+    assert stats[0]["processes"] == 2, stats
+    return ref
+
+
+@pytest.mark.parametrize("point", POINTS)
+def test_sha256sum(e2e: E2E, point):
+    spec = specs.sha256_job(e2e)
+    e2e.checkpoint_run(spec, [points_for(spec)[point]], point)
+
+
+@pytest.mark.parametrize("point", TIME_POINTS)
+def test_sort_parallel(e2e: E2E, point):
+    spec = specs.sort_job(e2e)
+    e2e.checkpoint_run(spec, [points_for(spec)[point]], point)
+
+
+@pytest.mark.parametrize("point", POINTS)
+def test_xz_two_threads(e2e: E2E, point):
+    spec = specs.xz_job(e2e, "xz_t2", threads=2, size=8 * MiB)
+
+    def check(job: Job, stats: dict):
+        # xz's main thread plus two compressor threads, and the init.
+        assert stats["processes"] == 2 and stats["threads"] >= 4, stats
+    e2e.checkpoint_run(spec, [points_for(spec)[point]], point, check_dump=check)
+
+
+@pytest.mark.parametrize("point", TIME_POINTS)
+def test_bash_script(e2e: E2E, point):
+    spec = specs.bash_job(e2e)
+    ref = e2e.reference(spec)
+    assert ref.status == 5
+    e2e.checkpoint_run(spec, [points_for(spec)[point]], point)
+
+
+@pytest.mark.parametrize("point", POINTS)
+def test_ckpt_threads(e2e: E2E, point):
+    spec = specs.threads_job(e2e)
+    ref = e2e.reference(spec)
+    assert ref.status == 3
+
+    def check(job: Job, stats: dict):
+        # init + ckpt_threads with main, reader and four workers.
+        assert stats["processes"] == 2 and stats["threads"] == 7, stats
+    e2e.checkpoint_run(spec, [points_for(spec)[point]], point, check_dump=check)
+
+
+def test_ckpt_threads_chain_of_five(e2e: E2E):
+    """One job through five dump/restore cycles (restored detached, dumped again ...)."""
+    spec = specs.threads_job(e2e, name="ckpt_threads_chain", rounds=300, exit_code=0)
+    stats = e2e.checkpoint_run(spec, [0.1, 0.25, 0.4, 0.55, 0.7], "chain")
+    assert len(stats) == 5
+    assert all(s["processes"] == 2 and s["threads"] == 7 for s in stats), stats
