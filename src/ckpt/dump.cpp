@@ -72,6 +72,7 @@ DumpStats dump(const DumpOptions& o) {
   }
   for (auto& p : procs) dump_files(p, procs);
   for (auto& p : procs) st.memory_bytes += dump_pages(p, *img);
+  dump_pipes(procs, m, *img);
   for (auto& p : procs) m.processes.push_back(std::move(p.rec));
 
   nlohmann::json j = m;

@@ -55,7 +55,6 @@ void dump_files(DumpProcess& p, std::span<DumpProcess> all) {
     auto where = [&] {
       return fmt::format("process {} (pid {} in the job), fd {} -> {}", hp, r.pid, fd, link);
     };
-    if (link.rfind("pipe:", 0) == 0) fail("{}: pipes are not supported yet", where());
     if (link.rfind("socket:", 0) == 0) fail("{}: sockets are not supported yet", where());
     if (link.rfind("anon_inode:", 0) == 0)
       fail("{}: this kind of file (eventfd, epoll, timerfd, signalfd, inotify...) is not supported yet",
@@ -80,6 +79,12 @@ void dump_files(DumpProcess& p, std::span<DumpProcess> all) {
                       st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec};
     } else if (S_ISDIR(st.st_mode)) {
       f.kind = "dir";
+    } else if (S_ISFIFO(st.st_mode) && link.rfind("pipe:[", 0) == 0) {
+      f.kind = "pipe";
+      f.file = FileId{st.st_ino, 0, 0};
+      f.path.clear();
+    } else if (S_ISFIFO(st.st_mode)) {
+      fail("{}: named pipes (FIFOs) are not supported yet", where());
     } else if (S_ISCHR(st.st_mode)) {
       bool ok = false;
       for (const char* d : kDevices) ok = ok || link == d;
@@ -89,11 +94,11 @@ void dump_files(DumpProcess& p, std::span<DumpProcess> all) {
       fail("{}: unsupported file type {:o}", where(), st.st_mode & S_IFMT);
     }
     // One open file description shared with an fd recorded earlier (dup, fork)?
-    if (f.kind == "file") {
+    if (f.kind == "file" || f.kind == "pipe") {
       for (auto& q : all) {
         for (auto& g : q.rec.fds) {
           if (f.shared_fd >= 0) break;
-          if (g.kind != "file" || g.file.ino != f.file.ino || g.path != f.path || g.shared_fd >= 0)
+          if (g.kind != f.kind || g.file.ino != f.file.ino || g.path != f.path || g.shared_fd >= 0)
             continue;
           if (::syscall(SYS_kcmp, hp, q.host_pid, KCMP_FILE, fd, g.fd) == 0) {
             f.shared_pid = q.rec.pid;
@@ -147,8 +152,7 @@ void truncate_written_files(const Manifest& m) {
     }
 }
 
-void restore_files(RestoreProcess& p, const InjectionArea& area,
-                   const std::map<int, pid_t>& /*ns_to_host*/) {
+void restore_files(RestoreProcess& p, const InjectionArea& area, const PipeTable& pipes) {
   const Process& r = *p.rec;
   Injector& inj = p.leader();
   pid_t hp = p.host_pid;
@@ -161,13 +165,24 @@ void restore_files(RestoreProcess& p, const InjectionArea& area,
     if (f.shared_fd >= 0 && f.shared_pid == r.pid) {
       tmp = inj.call_ok(who + ": dup", SYS_fcntl, static_cast<std::uint64_t>(f.shared_fd),
                         F_DUPFD_CLOEXEC, 0);
-    } else if (f.shared_fd >= 0) {
+    } else if (f.shared_fd >= 0 || f.kind == "pipe") {
+      // Another process's fd: the same open file description, via pidfd_getfd(2).
+      int from_pid = f.shared_pid, from_fd = f.shared_fd;
+      if (f.shared_fd < 0) {
+        auto it = pipes.find(f.file.ino);
+        if (it == pipes.end()) fail("image: {}: pipe {} is not in the pipe table", who, f.file.ino);
+        from_pid = 1;
+        from_fd = (f.flags & O_ACCMODE) == O_RDONLY ? it->second.read_fd : it->second.write_fd;
+      }
       long pidfd = inj.call_ok(who + ": pidfd_open", SYS_pidfd_open,
-                               static_cast<std::uint64_t>(f.shared_pid), 0);
+                               static_cast<std::uint64_t>(from_pid), 0);
       tmp = inj.call(SYS_pidfd_getfd, static_cast<std::uint64_t>(pidfd),
-                     static_cast<std::uint64_t>(f.shared_fd), 0);
+                     static_cast<std::uint64_t>(from_fd), 0);
       inj.call(SYS_close, static_cast<std::uint64_t>(pidfd));
       if (tmp < 0) throw Error(who + ": pidfd_getfd", static_cast<int>(-tmp));
+      if (f.kind == "pipe" && f.shared_fd < 0)
+        inj.call_ok(who + ": fcntl(F_SETFL)", SYS_fcntl, static_cast<std::uint64_t>(tmp), F_SETFL,
+                    static_cast<std::uint64_t>(f.flags & (O_NONBLOCK | O_APPEND | O_DIRECT)));
     } else {
       int oflags = f.flags & ~(O_CREAT | O_EXCL | O_TRUNC | O_NOCTTY);
       std::uint64_t path = put_string(hp, area, 0, f.path);

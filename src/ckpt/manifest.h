@@ -35,7 +35,7 @@ struct Vma {
 // An open file descriptor.
 struct Fd {
   int fd = -1;
-  std::string kind;          // "file", "dir", "chr"
+  std::string kind;          // "file", "dir", "chr", "pipe" (file.ino: the pipe inode)
   std::string path;
   int flags = 0;             // open flags from fdinfo (O_ACCMODE, O_APPEND, O_CLOEXEC ...)
   std::int64_t pos = 0;      // file offset in bytes
@@ -99,12 +99,21 @@ struct Process {
   std::vector<Thread> threads;                // threads[0] is the thread-group leader
 };
 
+// A pipe of the job: its buffered bytes follow all pages in the page stream, in
+// the order of Manifest::pipes.
+struct Pipe {
+  std::uint64_t ino = 0;        // pipefs inode, as in "pipe:[ino]"
+  std::uint64_t capacity = 0;   // bytes, F_GETPIPE_SZ
+  std::uint64_t bytes = 0;      // bytes buffered at dump time
+};
+
 struct Manifest {
   std::string kernel;                // uname -r at dump time
   std::uint64_t xfeatures = 0;       // XCR0 of the dumping CPU
   std::uint64_t xstate_size = 0;     // bytes of the NT_X86_XSTATE regset
   std::int64_t dump_time_ns = 0;     // CLOCK_REALTIME
   std::vector<Process> processes;    // parents before children
+  std::vector<Pipe> pipes;
 };
 
 // JSON mapping of the manifest; absent keys keep their defaults.
@@ -128,8 +137,9 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Process, pid, ppid, pgid, sid, e
                                                 arg_end, env_start, env_end, auxv_hex, vmas, fds,
                                                 sigactions, rlimits, itimers, shared_pending_hex,
                                                 threads)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Pipe, ino, capacity, bytes)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Manifest, kernel, xfeatures, xstate_size,
-                                                dump_time_ns, processes)
+                                                dump_time_ns, processes, pipes)
 
 
 // Hex helpers for binary blobs stored in the manifest.

@@ -135,13 +135,26 @@ void restore_threads(RestoreProcess& p, const InjectionArea& area);
 // Queues saved pending signals (after credentials, as the job itself).
 void restore_pending_signals(RestoreProcess& p, const InjectionArea& area);
 // files.cpp
-void restore_files(RestoreProcess& p, const InjectionArea& area,
-                   const std::map<int, pid_t>& ns_to_host);
+// Pipes being restored: each is created in init (pid 1) and kept there at a
+// temporary fd until every process has taken its ends with pidfd_getfd(2).
+struct PipeEnds {
+  int read_fd = -1, write_fd = -1;  // fds in init
+};
+using PipeTable = std::map<std::uint64_t, PipeEnds>;  // by pipe inode
+void restore_files(RestoreProcess& p, const InjectionArea& area, const PipeTable& pipes);
 // Verifies mapped files and the executable are unchanged (inode, size, mtime) and
 // that written files exist; throws Error naming the file.
 void check_files(const Manifest& m);
 // Truncates files the job had open for writing back to their dump-time size.
 void truncate_written_files(const Manifest& m);
+// pipes.cpp: the pipes of the job (manifest and buffered data, which follows the
+// pages in the page stream) ...
+void dump_pipes(std::span<DumpProcess> procs, Manifest& m, ImageWriter& img);
+// ... created in init with their capacity and buffered data, ...
+PipeTable create_pipes(RestoreProcess& init, const InjectionArea& area, const Manifest& m,
+                       PageReader& pages);
+// ... and init's temporary fds closed once every process holds its ends.
+void close_pipe_temporaries(RestoreProcess& init, const PipeTable& pipes);
 // signals.cpp
 void restore_signals(RestoreProcess& p, const InjectionArea& area);
 // creds.cpp: umask, personality, rlimits (before credentials drop) ...

@@ -52,15 +52,15 @@ RestoreStats restore(const RestoreOptions& o) {
   try {
     create_tree(m, area, procs);
     auto pages = reader->pages();
-    std::map<int, pid_t> ns_to_host;
-    for (auto& p : procs) ns_to_host[p.rec->pid] = p.host_pid;
     for (auto& p : procs) restore_memory(p, area, *pages);
+    PipeTable pipes = create_pipes(procs[0], area, m, *pages);
     for (auto& p : procs) {
-      restore_files(p, area, ns_to_host);
+      restore_files(p, area, pipes);
       restore_signals(p, area);
       restore_process_attrs(p, area);
       restore_threads(p, area);
     }
+    close_pipe_temporaries(procs[0], pipes);
     for (auto& p : procs) {
       restore_creds(p, area);
       restore_pending_signals(p, area);
