@@ -2,6 +2,7 @@
 // thaw the job. The order keeps the job safe: injected syscalls (which change thread
 // registers for a moment) all happen early and are undone before the long page copy,
 // so a dumper killed part-way leaves threads with their own registers.
+#include <signal.h>
 #include <sys/utsname.h>
 
 #include <chrono>
@@ -61,15 +62,36 @@ DumpStats dump(const DumpOptions& o) {
     st.threads += static_cast<int>(p.host_tids.size());
   }
   st.processes = static_cast<int>(procs.size());
-  for (auto& p : procs) {
-    open_injection(p);
-    dump_memory_injected(p);
-    dump_threads(p, m.xstate_size);
-    dump_signals(p);
-    dump_creds(p);
-    dump_timers(p);
-    close_injection(p);
+  // While registers of the job's threads are borrowed for injected syscalls, a
+  // Ctrl-C must not kill the dumper: the kernel would resume them with those registers.
+  sigset_t term, old;
+  sigemptyset(&term);
+  for (int s : {SIGINT, SIGTERM, SIGHUP, SIGQUIT}) sigaddset(&term, s);
+  ::sigprocmask(SIG_BLOCK, &term, &old);
+  struct Unblock {
+    sigset_t* old;
+    ~Unblock() { ::sigprocmask(SIG_SETMASK, old, nullptr); }
+  } unblock{&old};
+  try {
+    for (auto& p : procs) {
+      open_injection(p);
+      dump_memory_injected(p);
+      dump_threads(p, m.xstate_size);
+      dump_signals(p);
+      dump_creds(p);
+      dump_timers(p);
+      close_injection(p);
+    }
+  } catch (...) {
+    for (auto& p : procs) {
+      try {
+        close_injection(p);
+      } catch (...) {
+      }
+    }
+    throw;
   }
+  ::sigprocmask(SIG_SETMASK, &old, nullptr);
   for (auto& p : procs) dump_files(p, procs);
   for (auto& p : procs) st.memory_bytes += dump_pages(p, *img);
   dump_pipes(procs, m, *img);

@@ -40,6 +40,10 @@ RestoreStats restore(const RestoreOptions& o) {
     fail("{}: malformed manifest: {}", o.dir.string(), e.what());
   }
   if (m.processes.empty()) fail("{}: the image holds no process", o.dir.string());
+  std::string ver = reader->manifest().value("engine_version", "");
+  if (ver != FSCHED_VERSION)
+    fail("restore refused: {} was written by engine version {}, this is {}", o.dir.string(),
+         ver.empty() ? "unknown" : ver, FSCHED_VERSION);
   check_cpu(m);
   reader->verify_chunks();
   check_files(m);

@@ -50,6 +50,25 @@ std::vector<std::string> peek_siginfo(pid_t tid, unsigned flags) {
   return out;
 }
 
+// A thread stopped inside an rseq critical section would have been sent to the
+// section's abort handler by the kernel on its way back to user space (rseq(2)); the
+// image records it as already sent there, since the restored thread starts afresh.
+void abort_rseq_critical_section(pid_t pid, const Thread& t, user_regs_struct& regs) {
+  if (!t.rseq_len) return;
+  std::uint64_t cs_ptr = 0;
+  remote_read(pid, t.rseq_addr + 8, &cs_ptr, sizeof cs_ptr);  // struct rseq.rseq_cs
+  if (!cs_ptr) return;
+  struct {
+    std::uint32_t version, flags;
+    std::uint64_t start_ip, post_commit_offset, abort_ip;
+  } cs{};
+  remote_read(pid, cs_ptr, &cs, sizeof cs);
+  if (regs.rip >= cs.start_ip && regs.rip < cs.start_ip + cs.post_commit_offset) {
+    regs.rip = cs.abort_ip;
+    regs.orig_rax = static_cast<unsigned long long>(-1);
+  }
+}
+
 }  // namespace
 
 std::vector<std::uint8_t> read_xstate(pid_t tid) {
@@ -71,7 +90,7 @@ void dump_threads(DumpProcess& p, std::uint64_t xstate_size) {
       own = std::make_unique<Injector>(tid, p.gadget);
       inj = own.get();
     }
-    t.regs = regs_to_words(inj->saved_regs());
+    user_regs_struct regs = inj->saved_regs();
     t.sigmask = inj->saved_sigmask();
     auto xs = read_xstate(tid);
     if (xs.size() != xstate_size)
@@ -85,6 +104,8 @@ void dump_threads(DumpProcess& p, std::uint64_t xstate_size) {
     t.rseq_addr = rc.rseq_abi_pointer;
     t.rseq_len = rc.rseq_abi_size;
     t.rseq_sig = rc.signature;
+    abort_rseq_critical_section(p.host_pid, t, regs);
+    t.regs = regs_to_words(regs);
 
     void* head = nullptr;
     size_t len = 0;
