@@ -658,6 +658,7 @@ def single_error_line(r: Result) -> str:
     assert r.rc != 0, f"expected failure, got exit 0; stdout: {r.stdout!r}"
     lines = r.error_lines()
     assert len(lines) == 1, f"expected one error line on stderr, got: {r.stderr!r}"
+    print(f"error line (exit {r.rc}): {lines[0]}")
     return lines[0]
 
 

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Builds fsched and runs all its tests, as root on Debian 12:
+#   1. unit tests (ctest) of the RelWithDebInfo build in build/
+#   2. the unit tests again, built with ASan/UBSan in build-asan/
+#   3. the end-to-end checkpoint/restore suite: /usr/bin/python3 -m pytest -v tests/e2e
+# Every stage runs even if an earlier one failed; the exit status is non-zero if any did.
+# Environment: FSCHED_BUILD (default build), JOBS (ninja/ctest parallelism, default nproc).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+build=${FSCHED_BUILD:-build}
+jobs=${JOBS:-$(nproc)}
+
+step() { printf '\n==== %s ====\n' "$*"; }
+die() { echo "test.sh: $*" >&2; exit 1; }
+
+step "build ($build, RelWithDebInfo)"
+cmake -G Ninja -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DBUILD_TESTING=ON || die "cmake failed"
+ninja -C "$build" -j "$jobs" || die "build failed"
+
+failed=()
+step "unit tests"
+ctest --test-dir "$build" --output-on-failure -j "$jobs" || failed+=("unit tests")
+
+step "unit tests with ASan/UBSan (build-asan)"
+if cmake -G Ninja -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFSCHED_SANITIZE=ON -DBUILD_TESTING=ON &&
+   ninja -C build-asan -j "$jobs" fsched_unit_tests; then
+  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+    build-asan/tests/unit/fsched_unit_tests || failed+=("ASan/UBSan unit tests")
+else
+  failed+=("ASan/UBSan build")
+fi
+
+step "end-to-end tests"
+FSCHED_BUILD="$PWD/$build" /usr/bin/python3 -m pytest -v --durations=15 tests/e2e || failed+=("end-to-end tests")
+
+echo
+if ((${#failed[@]})); then
+  printf 'FAILED: %s\n' "${failed[@]}"
+  exit 1
+fi
+echo "All tests passed."
