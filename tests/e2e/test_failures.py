@@ -126,6 +126,7 @@ BAD_LOCATIONS = {"parent_is_file": _parent_is_file, "parent_missing": _parent_mi
                  "dir_exists": _dir_exists}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", BAD_LOCATIONS)
 def test_dump_to_bad_location_leaves_job_running(e2e: E2E, case):
     spec = specs.python_job("python_bad_location", steps=100)
@@ -146,6 +147,7 @@ def test_dump_to_bad_location_leaves_job_running(e2e: E2E, case):
     job.assert_matches(ref, f" after a failed dump ({case})")
 
 
+@pytest.mark.slow
 def test_dumper_killed_midway_leaves_job_running(e2e: E2E):
     """SIGKILL the dumper while it writes 1 GiB: the job must go on, unharmed."""
     spec = specs.memhog_job(e2e, "memhog_1g", 1024, "random")
@@ -180,6 +182,7 @@ def test_dumper_killed_midway_leaves_job_running(e2e: E2E):
     job.assert_matches(ref, " after its dumper was killed")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["socket", "pipechild"])
 def test_unsupported_state_refused(e2e: E2E, mode):
     """Sockets and pipes between processes are not supported: the dump must say which
@@ -211,6 +214,7 @@ def test_unsupported_state_refused(e2e: E2E, mode):
 
 # --------------------------------------------------------------------------- dumps that succeed
 
+@pytest.mark.slow
 def test_dump_leave_running_then_restore(e2e: E2E):
     """--leave-running: the job finishes normally; the image, restored afterwards, redoes
     the rest of the run over the same files and ends the same way."""
@@ -230,6 +234,7 @@ def test_dump_leave_running_then_restore(e2e: E2E):
     job.assert_matches(ref, " restored after it had finished")
 
 
+@pytest.mark.slow
 def test_image_layout_and_show(e2e: E2E):
     spec = specs.threads_job(e2e, name="ckpt_threads_show", rounds=80, exit_code=0)
     ref = e2e.reference(spec)
@@ -289,12 +294,12 @@ CORRUPTIONS = {"pages_bit_flip": (_flip_bit, "pages.img"), "pages_truncated": (_
 
 
 @pytest.fixture(scope="module")
-def dumped_threads(e2e: E2E):
-    spec = specs.threads_job(e2e, name="ckpt_threads_corrupt", rounds=120, exit_code=3)
+def dumped_memhog(e2e: E2E):
+    spec = specs.memhog_job(e2e, "memhog_corrupt", 64, "random")
     ref = e2e.reference(spec)
     job = e2e.job(spec)
     job.start_detached()
-    job.wait_progress(ref, 0.5)
+    job.wait_progress(ref, 0.5)  # "ready"
     image = e2e.image("corrupt/original")
     e2e.dump_ok(job, image)
     return ref, job, image
@@ -310,9 +315,10 @@ def assert_refused(e2e: E2E, job: Job, image: Path) -> str:
     return line
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CORRUPTIONS)
-def test_restore_refuses_corrupt_image(e2e: E2E, dumped_threads, case):
-    ref, job, original = dumped_threads
+def test_restore_refuses_corrupt_image(e2e: E2E, dumped_memhog, case):
+    ref, job, original = dumped_memhog
     image = e2e.image(f"corrupt/{case}")
     shutil.copytree(original, image)
     corrupt, names = CORRUPTIONS[case]
@@ -321,43 +327,37 @@ def test_restore_refuses_corrupt_image(e2e: E2E, dumped_threads, case):
     assert names in line, line
 
 
-def test_restore_of_intact_image_after_refusals(e2e: E2E, dumped_threads):
-    ref, job, original = dumped_threads
+@pytest.mark.slow
+def test_restore_of_intact_image_after_refusals(e2e: E2E, dumped_memhog):
+    ref, job, original = dumped_memhog
+    (job.work / "go").touch()  # the restored memhog verifies its memory and ends
     r = e2e.restore_foreground(job, original)
     assert r.rc == ref.status, r.stderr
     job.assert_matches(ref)
 
 
-def _lib_setup(e2e: E2E):
-    lib = Path("/lib/x86_64-linux-gnu/liblzma.so.5")
-
-    def setup(work: Path):
-        e2e.place(e2e.data_file(5 * specs.MiB, 12), work / "input.dat")
-        (work / "lib").mkdir()
-        shutil.copy2(lib.resolve(), work / "lib" / "liblzma.so.5")
-    return setup
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize("what", ["executable", "library"])
 def test_restore_refused_when_mapped_file_changed(e2e: E2E, what):
+    """memhog run from a copy of its executable, or with a copy of libc through
+    LD_LIBRARY_PATH; the copy is changed after the dump."""
     if what == "executable":
         spec = specs.memhog_job(e2e, "memhog_copy", 64, exe="memhog_copy")
         rel = "memhog_copy"
     else:
-        spec = specs.JobSpec(name="xz_lib_copy", argv=["/usr/bin/xz", "-T1", "-6", "-k", "input.dat"],
-                             setup=_lib_setup(e2e), inputs=("input.dat", "lib/liblzma.so.5"),
-                             env={"LD_LIBRARY_PATH": "{work}/lib"}, timeout=120)
-        rel = "lib/liblzma.so.5"
+        spec = specs.memhog_job(e2e, "memhog_libc_copy", 64)
+        spec.env = {"LD_LIBRARY_PATH": "{work}/lib"}
+        spec.setup = lambda work: ((work / "lib").mkdir(),
+                                   shutil.copy2(Path("/lib/x86_64-linux-gnu/libc.so.6").resolve(),
+                                                work / "lib" / "libc.so.6"))
+        rel = "lib/libc.so.6"
     job = e2e.job(spec)
     changed = job.work / rel
     job.start_detached()
-    if what == "executable":
-        deadline = time.monotonic() + 60
-        while "ready" not in job.read("stdout"):
-            assert time.monotonic() < deadline and alive(job.init_pid), job.read("stderr")
-            time.sleep(0.02)
-    else:
-        time.sleep(1.0)
+    deadline = time.monotonic() + 60
+    while "ready" not in job.read("stdout"):
+        assert time.monotonic() < deadline and alive(job.init_pid), job.read("stderr")
+        time.sleep(0.02)
     pids = job.job_pids()
     assert pids and any(str(changed) in Path(f"/proc/{p}/maps").read_text() for p in pids), \
         f"{changed} is not mapped by the job"
