@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds fsched and runs all its tests, as root on Debian 12:
+# Builds fsched and runs all its tests, as root on Debian 12 (installing the Debian
+# packages first if any is missing):
 #   1. unit tests (ctest) of the RelWithDebInfo build in build/
 #   2. the unit tests again, built with ASan/UBSan in build-asan/
 #   3. the end-to-end checkpoint/restore suite: /usr/bin/python3 -m pytest -v tests/e2e
@@ -8,10 +9,14 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 build=${FSCHED_BUILD:-build}
+case $build in /*) ;; *) build=$PWD/$build ;; esac
 jobs=${JOBS:-$(nproc)}
 
 step() { printf '\n==== %s ====\n' "$*"; }
 die() { echo "test.sh: $*" >&2; exit 1; }
+
+step "dependencies"
+scripts/install-deps.sh || die "installing dependencies failed"
 
 step "build ($build, RelWithDebInfo)"
 cmake -G Ninja -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DBUILD_TESTING=ON || die "cmake failed"
@@ -31,7 +36,7 @@ else
 fi
 
 step "end-to-end tests"
-FSCHED_BUILD="$PWD/$build" /usr/bin/python3 -m pytest -v --durations=15 tests/e2e || failed+=("end-to-end tests")
+FSCHED_BUILD="$build" /usr/bin/python3 -m pytest -v --durations=15 tests/e2e || failed+=("end-to-end tests")
 
 echo
 if ((${#failed[@]})); then
