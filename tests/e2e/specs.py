@@ -14,8 +14,9 @@ PYTHON = "/usr/bin/python3"
 
 # A deterministic Python computation: dict updates, floating point, a growing list of
 # bytes objects and a hash; one progress line per step to stdout and to an output file
-# kept open in append mode. MODE "socket" also holds a socketpair and "pipechild" talks
-# to a /bin/cat child through pipes: state the engine does not support.
+# kept open in append mode. MODE "pipechild" talks to a /bin/cat child through two
+# pipes; "socket" holds a socketpair and "epoll" an epoll instance, which the engine
+# does not support.
 COMPUTE_PY = r'''
 import hashlib, math, os, random, sys, time
 
@@ -31,6 +32,10 @@ if mode == "socket":
     import socket
     sock = socket.socketpair()
     print("fds", sock[0].fileno(), sock[1].fileno(), flush=True)
+elif mode == "epoll":
+    import select
+    ep = select.epoll()
+    print("fds", ep.fileno(), flush=True)
 elif mode == "pipechild":
     import subprocess
     child = subprocess.Popen(["/bin/cat"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)

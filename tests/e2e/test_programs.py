@@ -54,6 +54,17 @@ def _check_runs_as(e2e: E2E, spec, user: str, point: str):
     return ref
 
 
+@pytest.mark.parametrize("point", ["early", "late"])
+def test_python_with_pipes_to_child(e2e: E2E, point):
+    """Two processes connected by pipes: python writes lines to a /bin/cat child and
+    reads them back."""
+    spec = specs.python_job("python_pipechild", steps=150, mode="pipechild")
+
+    def check(job: Job, stats: dict):
+        assert stats["processes"] == 3, stats  # init, python, cat
+    e2e.checkpoint_run(spec, [POINTS[point]], point, check_dump=check)
+
+
 @pytest.mark.parametrize("point", POINTS)
 def test_sha256sum(e2e: E2E, point):
     spec = specs.sha256_job(e2e)
