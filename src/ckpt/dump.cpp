@@ -58,6 +58,7 @@ DumpStats dump(const DumpOptions& o) {
   DumpStats st;
   for (auto& p : procs) {
     dump_ids(p);
+    if (p.zombie) continue;
     dump_memory_layout(p);
     st.threads += static_cast<int>(p.host_tids.size());
   }
@@ -74,6 +75,7 @@ DumpStats dump(const DumpOptions& o) {
   } unblock{&old};
   try {
     for (auto& p : procs) {
+      if (p.zombie) continue;
       open_injection(p);
       dump_memory_injected(p);
       dump_threads(p, m.xstate_size);
@@ -92,8 +94,10 @@ DumpStats dump(const DumpOptions& o) {
     throw;
   }
   ::sigprocmask(SIG_SETMASK, &old, nullptr);
-  for (auto& p : procs) dump_files(p, procs);
-  for (auto& p : procs) st.memory_bytes += dump_pages(p, *img);
+  for (auto& p : procs)
+    if (!p.zombie) dump_files(p, procs);
+  for (auto& p : procs)
+    if (!p.zombie) st.memory_bytes += dump_pages(p, *img);
   dump_pipes(procs, m, *img);
   for (auto& p : procs) m.processes.push_back(std::move(p.rec));
 

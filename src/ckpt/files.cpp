@@ -127,6 +127,7 @@ void check_files(const Manifest& m) {
            now.mtime_ns != want.mtime_ns ? "yes" : "no");
   };
   for (auto& p : m.processes) {
+    if (p.zombie) continue;
     same(p.exe, p.exe_file, "executable");
     for (auto& v : p.vmas)
       if (v.kind == "file") same(v.path, v.file, "mapped file");

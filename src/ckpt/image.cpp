@@ -1,28 +1,39 @@
 // Implementation of the checkpoint image format (see image.h).
 //
 // Writer: the caller copies page data into a chunk buffer; a full chunk is handed
-// to one worker thread that compresses it (one zstd frame per chunk), hashes the
-// stored bytes with XXH3-64 and write(2)s them to pages.img while the caller fills
-// the next buffer. Buffers: the one being filled, the one being compressed and the
-// compressed output, so memory stays at ~3 chunks whatever the image size.
+// to one worker thread that compresses it (one zstd frame per chunk, or the raw bytes
+// when the frame would not be meaningfully smaller), hashes the stored bytes with
+// XXH3-64 and write(2)s them to pages.img while the caller fills the next buffer.
+// Buffers: the one being filled, the one being compressed and the compressed output,
+// so memory stays at ~3 chunks whatever the image size.
 //
-// Reader: a worker thread reads, checks and decompresses chunk k+1 while the caller
-// copies out of chunk k (double buffering).
+// Reader: a worker thread copies chunk k+1's stored bytes out of pages.img (see
+// PagesFile), checks them and decompresses them while the caller consumes chunk k
+// through next() (double buffering). A raw chunk is copied straight into the buffer
+// next() hands out views of.
+//
+// Verifier: chunks are claimed in order by kVerifyThreads threads and hashed in place
+// in the mapped file where resident; errors are collected by chunk index so that the
+// first bad chunk is reported whatever the thread timing.
 #include "ckpt/image.h"
 
 #include <fcntl.h>
+#include <sched.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <xxhash.h>
 #include <zstd.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cerrno>
 #include <condition_variable>
 #include <cstdio>
 #include <cstring>
 #include <exception>
+#include <limits>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -50,14 +61,18 @@ using json = nlohmann::json;
 constexpr const char* kManifestName = "manifest.json";
 constexpr const char* kManifestSumName = "manifest.xxh3";
 constexpr const char* kPagesName = "pages.img";
-// Read size of verify_chunks().
-constexpr std::size_t kVerifyBlockBytes = 8u << 20;
+// Unit of reading pages.img: residency check, copy or pread, hash. Small enough that
+// a block just copied is still in the L2 cache when it is hashed.
+constexpr std::size_t kIoBlockBytes = 512u << 10;
+// Smallest page size we assume (sizes the mincore(2) vector).
+constexpr std::size_t kMinPageBytes = 4096;
 
 struct ChunkInfo {
   std::uint64_t offset = 0;  // in pages.img
-  std::uint64_t stored = 0;  // compressed bytes in pages.img
+  std::uint64_t stored = 0;  // bytes in pages.img
   std::uint64_t raw = 0;     // logical bytes
   std::uint64_t xxh3 = 0;    // of the stored bytes
+  bool zstd = true;          // a zstd frame; else the raw bytes (stored == raw)
 };
 
 struct ChunkTable {
@@ -65,7 +80,7 @@ struct ChunkTable {
   std::uint64_t logical_bytes = 0;
   std::uint64_t stored_bytes = 0;
   std::uint64_t max_raw = 0;
-  std::uint64_t max_stored = 0;
+  std::uint64_t max_zstd_stored = 0;  // largest stored size of a zstd chunk (0: none)
 };
 
 struct CCtxFree {
@@ -133,22 +148,6 @@ std::size_t pread_full(int fd, std::byte* p, std::size_t n, std::uint64_t offset
   std::size_t done = 0;
   while (done < n) {
     ssize_t r = ::pread(fd, p + done, n - done, static_cast<off_t>(offset + done));
-    if (r < 0) {
-      if (errno == EINTR) continue;
-      fail_errno("{}: read at offset {} failed", path.native(), offset + done);
-    }
-    if (r == 0) break;
-    done += static_cast<std::size_t>(r);
-  }
-  return done;
-}
-
-// read(2) up to n bytes, retrying short reads; returns fewer than n only at EOF.
-std::size_t read_full(int fd, std::byte* p, std::size_t n, std::uint64_t offset,
-                      const fs::path& path) {
-  std::size_t done = 0;
-  while (done < n) {
-    ssize_t r = ::read(fd, p + done, n - done);
     if (r < 0) {
       if (errno == EINTR) continue;
       fail_errno("{}: read at offset {} failed", path.native(), offset + done);
@@ -263,8 +262,9 @@ class ImageWriterImpl final : public ImageWriter {
     json chunks = json::array();
     std::uint64_t stored = 0;
     for (const ChunkInfo& c : chunks_) {
-      chunks.push_back(
-          {{"offset", c.offset}, {"stored", c.stored}, {"raw", c.raw}, {"xxh3", hex64(c.xxh3)}});
+      json e = {{"offset", c.offset}, {"stored", c.stored}, {"raw", c.raw}, {"xxh3", hex64(c.xxh3)}};
+      if (!c.zstd) e["zstd"] = false;
+      chunks.push_back(std::move(e));
       stored += c.stored;
     }
     manifest["format_version"] = kImageFormatVersion;
@@ -383,7 +383,9 @@ class ImageWriterImpl final : public ImageWriter {
     }
   }
 
-  // Worker thread: compress, hash and write one chunk.
+  // Worker thread: compress, hash and write one chunk. A chunk zstd does not shrink
+  // below kStoreRawPercent % is stored raw: the reader then skips zstd's framing and
+  // copy (it costs the writer nothing: the compression attempt is made either way).
   ChunkInfo write_chunk(const std::byte* src, std::size_t len) {
     std::size_t index = chunks_.size();  // only the worker appends to chunks_
     std::uint64_t offset = stored_.load(std::memory_order_relaxed);
@@ -395,13 +397,16 @@ class ImageWriterImpl final : public ImageWriter {
     if (ZSTD_isError(n))
       fail("{}: zstd compression of chunk {} (file offset {}, {} bytes) failed: {}",
            pages_path_.native(), index, offset, len, ZSTD_getErrorName(n));
-    std::uint64_t h = XXH3_64bits(out_.get(), n);
-    write_all(pages_fd_.get(), out_.get(), n, [&] {
+    const bool zstd = static_cast<std::uint64_t>(n) * 100 < static_cast<std::uint64_t>(len) * kStoreRawPercent;
+    const std::byte* data = zstd ? out_.get() : src;
+    if (!zstd) n = len;
+    std::uint64_t h = XXH3_64bits(data, n);
+    write_all(pages_fd_.get(), data, n, [&] {
       return fmt::format("{}: write of chunk {} at offset {}", pages_path_.native(), index,
                          offset);
     });
     stored_.store(offset + n, std::memory_order_relaxed);
-    return ChunkInfo{offset, n, len, h};
+    return ChunkInfo{offset, n, len, h, zstd};
   }
 
   const fs::path dir_, tmp_, pages_path_;
@@ -436,14 +441,116 @@ class ImageWriterImpl final : public ImageWriter {
 // ---------------------------------------------------------------------------
 // Reader
 
-// Checks one chunk's stored bytes and decompresses them into dst (c.raw bytes).
-void decode_chunk(ZSTD_DCtx* dctx, const fs::path& path, std::size_t index, const ChunkInfo& c,
-                  const std::byte* src, std::byte* dst) {
-  std::uint64_t h = XXH3_64bits(src, c.stored);
-  if (h != c.xxh3)
-    fail("{}: chunk {} at offset {}: checksum mismatch (xxh3 of {} stored bytes is {}, "
-         "manifest says {})",
-         path.native(), index, c.offset, c.stored, hex64(h), hex64(c.xxh3));
+// pages.img opened for reading. Unless mmap(2) fails it is also mapped (read-only,
+// shared): bytes whose pages are all resident in the page cache are then read from the
+// mapping -- a user-space memcpy or hashing in place, several times faster than the
+// in-kernel copy of pread(2) on the machines we measured -- and all other bytes with
+// pread(2), so that I/O errors and a short file are reported as errors, not SIGBUS.
+// (A page evicted, or the file truncated, between the residency check and the access
+// can still fault; committed images are never modified.) Thread-safe: no state
+// changes after construction.
+class PagesFile {
+ public:
+  explicit PagesFile(fs::path path) : path_(std::move(path)) {
+    fd_ = UniqueFd(::open(path_.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!fd_) fail_errno("{}: cannot open", path_.native());
+    (void)::posix_fadvise(fd_.get(), 0, 0, POSIX_FADV_SEQUENTIAL);
+    struct stat st;
+    if (::fstat(fd_.get(), &st) != 0) fail_errno("{}: cannot stat", path_.native());
+    size_ = static_cast<std::uint64_t>(st.st_size);
+    long page = ::sysconf(_SC_PAGESIZE);
+    page_ = page > 0 ? static_cast<std::size_t>(page) : kMinPageBytes;
+    if (size_ > 0 && size_ <= std::numeric_limits<std::size_t>::max() &&
+        page_ >= kMinPageBytes) {
+      void* p = ::mmap(nullptr, static_cast<std::size_t>(size_), PROT_READ, MAP_SHARED,
+                       fd_.get(), 0);
+      if (p != MAP_FAILED) map_ = static_cast<const std::byte*>(p);  // else pread only
+    }
+  }
+  ~PagesFile() {
+    if (map_) ::munmap(const_cast<std::byte*>(map_), static_cast<std::size_t>(size_));
+  }
+  PagesFile(const PagesFile&) = delete;
+  PagesFile& operator=(const PagesFile&) = delete;
+
+  const fs::path& path() const { return path_; }
+  // File size when opened.
+  std::uint64_t size() const { return size_; }
+
+  // Copies [off, off+n) into dst and feeds the copy to `state` block by block (each
+  // block hashed right after it was copied, while it is in the cache). Returns the
+  // number of bytes copied, fewer than n only at end of file. Throws on read errors.
+  std::size_t copy_hash(std::uint64_t off, std::size_t n, std::byte* dst,
+                        XXH3_state_t* state) const {
+    std::size_t done = 0;
+    while (done < n) {
+      std::size_t len = std::min(kIoBlockBytes, n - done);
+      std::size_t got = len;
+      if (const std::byte* src = resident(off + done, len))
+        std::memcpy(dst + done, src, len);
+      else
+        got = pread_full(fd_.get(), dst + done, len, off + done, path_);
+      XXH3_64bits_update(state, dst + done, got);
+      done += got;
+      if (got < len) break;
+    }
+    return done;
+  }
+
+  // Feeds [off, off+n) to `state`: in place where resident, else through `scratch`
+  // (kIoBlockBytes). Returns the bytes hashed, fewer than n only at end of file.
+  std::size_t hash(std::uint64_t off, std::size_t n, XXH3_state_t* state,
+                   std::byte* scratch) const {
+    std::size_t done = 0;
+    while (done < n) {
+      std::size_t len = std::min(kIoBlockBytes, n - done);
+      std::size_t got = len;
+      if (const std::byte* src = resident(off + done, len)) {
+        XXH3_64bits_update(state, src, len);
+      } else {
+        got = pread_full(fd_.get(), scratch, len, off + done, path_);
+        XXH3_64bits_update(state, scratch, got);
+      }
+      done += got;
+      if (got < len) break;
+    }
+    return done;
+  }
+
+ private:
+  // [off, off+n) (n <= kIoBlockBytes) in the mapping if it lies within the mapped file
+  // and all its pages are in the page cache; else nullptr.
+  const std::byte* resident(std::uint64_t off, std::size_t n) const {
+    if (!map_ || off > size_ || n > size_ - off || n == 0) return nullptr;
+    auto start = reinterpret_cast<std::uintptr_t>(map_ + off);
+    auto end = start + n;
+    start &= ~static_cast<std::uintptr_t>(page_ - 1);
+    std::array<unsigned char, kIoBlockBytes / kMinPageBytes + 2> vec;
+    std::size_t pages = (end - start + page_ - 1) / page_;
+    if (pages > vec.size()) return nullptr;
+    if (::mincore(reinterpret_cast<void*>(start), end - start, vec.data()) != 0) return nullptr;
+    for (std::size_t i = 0; i < pages; ++i)
+      if (!(vec[i] & 1)) return nullptr;
+    return map_ + off;
+  }
+
+  const fs::path path_;
+  UniqueFd fd_;
+  std::uint64_t size_ = 0;
+  std::size_t page_ = kMinPageBytes;
+  const std::byte* map_ = nullptr;
+};
+
+[[noreturn]] void fail_checksum(const fs::path& path, std::size_t index, const ChunkInfo& c,
+                                std::uint64_t h) {
+  fail("{}: chunk {} at offset {}: checksum mismatch (xxh3 of {} stored bytes is {}, "
+       "manifest says {})",
+       path.native(), index, c.offset, c.stored, hex64(h), hex64(c.xxh3));
+}
+
+// Decompresses a zstd chunk's (checked) stored bytes src into dst (c.raw bytes).
+void zstd_decode_chunk(ZSTD_DCtx* dctx, const fs::path& path, std::size_t index,
+                       const ChunkInfo& c, const std::byte* src, std::byte* dst) {
   unsigned long long content = ZSTD_getFrameContentSize(src, c.stored);
   if (content == ZSTD_CONTENTSIZE_ERROR)
     fail("{}: chunk {} at offset {}: not a zstd frame", path.native(), index, c.offset);
@@ -467,14 +574,16 @@ class PageReaderImpl final : public PageReader {
   PageReaderImpl(std::shared_ptr<const ChunkTable> table, fs::path pages_path)
       : table_(std::move(table)), path_(std::move(pages_path)) {
     if (table_->chunks.empty()) return;
-    fd_ = UniqueFd(::open(path_.c_str(), O_RDONLY | O_CLOEXEC));
-    if (!fd_) fail_errno("{}: cannot open", path_.native());
-    (void)::posix_fadvise(fd_.get(), 0, 0, POSIX_FADV_SEQUENTIAL);
-    dctx_.reset(ZSTD_createDCtx());
-    if (!dctx_) fail("{}: cannot create zstd decompression context", path_.native());
+    file_ = std::make_unique<PagesFile>(path_);
+    if (table_->max_zstd_stored > 0) {
+      dctx_.reset(ZSTD_createDCtx());
+      if (!dctx_) fail("{}: cannot create zstd decompression context", path_.native());
+      stored_buf_ = std::make_unique_for_overwrite<std::byte[]>(table_->max_zstd_stored);
+    }
+    xxh_.reset(XXH3_createState());
+    if (!xxh_) throw std::bad_alloc();
     cur_ = std::make_unique_for_overwrite<std::byte[]>(table_->max_raw);
     next_ = std::make_unique_for_overwrite<std::byte[]>(table_->max_raw);
-    stored_buf_ = std::make_unique_for_overwrite<std::byte[]>(table_->max_stored);
     request_ = true;  // chunk 0 into next_
     worker_ = std::thread([this] { worker_loop(); });
   }
@@ -489,6 +598,21 @@ class PageReaderImpl final : public PageReader {
     worker_.join();
   }
 
+  std::span<const std::byte> next(std::size_t max) override {
+    if (failed_) std::rethrow_exception(failed_);
+    if (max == 0) return {};
+    if (pos_ == table_->logical_bytes)
+      fail("{}: read at stream offset {} goes past the end of the page stream ({} bytes, "
+           "0 left)",
+           path_.native(), pos_, table_->logical_bytes);
+    if (cur_pos_ == cur_len_) next_chunk();
+    std::size_t n = std::min(max, cur_len_ - cur_pos_);
+    std::span<const std::byte> view(cur_.get() + cur_pos_, n);
+    cur_pos_ += n;
+    pos_ += n;
+    return view;
+  }
+
   void read(std::span<std::byte> out) override {
     if (failed_) std::rethrow_exception(failed_);
     std::uint64_t left = table_->logical_bytes - pos_;
@@ -497,17 +621,15 @@ class PageReaderImpl final : public PageReader {
            "({} bytes, {} left)",
            path_.native(), out.size(), pos_, table_->logical_bytes, left);
     while (!out.empty()) {
-      if (cur_pos_ == cur_len_) next_chunk();
-      std::size_t n = std::min(out.size(), cur_len_ - cur_pos_);
-      std::memcpy(out.data(), cur_.get() + cur_pos_, n);
-      cur_pos_ += n;
-      pos_ += n;
-      out = out.subspan(n);
+      std::span<const std::byte> v = next(out.size());
+      std::memcpy(out.data(), v.data(), v.size());
+      out = out.subspan(v.size());
     }
   }
 
  private:
-  // Takes the chunk the worker decoded into next_ and asks it for the one after.
+  // Takes the chunk the worker decoded into next_ and asks it for the one after (into
+  // the buffer the caller's previous views pointed into).
   void next_chunk() {
     {
       std::unique_lock lk(mu_);
@@ -525,6 +647,22 @@ class PageReaderImpl final : public PageReader {
     cv_.notify_all();
   }
 
+  // Worker: reads, checks and decodes chunk `index` into next_.
+  void decode(std::size_t index) {
+    const ChunkInfo& c = table_->chunks[index];
+    // A raw chunk goes straight into next_; the check is on the copy handed out.
+    std::byte* dst = c.zstd ? stored_buf_.get() : next_.get();
+    XXH3_64bits_reset(xxh_.get());
+    std::size_t got = file_->copy_hash(c.offset, c.stored, dst, xxh_.get());
+    if (got < c.stored)
+      fail("{}: chunk {} at offset {}: truncated: file ends at offset {}, {} of {} stored "
+           "bytes missing",
+           path_.native(), index, c.offset, c.offset + got, c.stored - got, c.stored);
+    std::uint64_t h = XXH3_64bits_digest(xxh_.get());
+    if (h != c.xxh3) fail_checksum(path_, index, c, h);
+    if (c.zstd) zstd_decode_chunk(dctx_.get(), path_, index, c, stored_buf_.get(), next_.get());
+  }
+
   void worker_loop() {
     std::size_t index = 0;
     for (;;) {
@@ -535,13 +673,7 @@ class PageReaderImpl final : public PageReader {
       }
       std::exception_ptr err;
       try {
-        const ChunkInfo& c = table_->chunks[index];
-        std::size_t got = pread_full(fd_.get(), stored_buf_.get(), c.stored, c.offset, path_);
-        if (got < c.stored)
-          fail("{}: chunk {} at offset {}: truncated: file ends at offset {}, {} of {} stored "
-               "bytes missing",
-               path_.native(), index, c.offset, c.offset + got, c.stored - got, c.stored);
-        decode_chunk(dctx_.get(), path_, index, c, stored_buf_.get(), next_.get());
+        decode(index);
       } catch (...) {
         err = std::current_exception();
       }
@@ -558,11 +690,12 @@ class PageReaderImpl final : public PageReader {
 
   const std::shared_ptr<const ChunkTable> table_;
   const fs::path path_;
-  UniqueFd fd_;
-  std::unique_ptr<ZSTD_DCtx, DCtxFree> dctx_;  // worker only
+  std::unique_ptr<PagesFile> file_;
+  std::unique_ptr<ZSTD_DCtx, DCtxFree> dctx_;        // worker only
+  std::unique_ptr<XXH3_state_t, XXH3StateFree> xxh_;  // worker only
 
   // Caller side.
-  std::unique_ptr<std::byte[]> cur_;
+  std::unique_ptr<std::byte[]> cur_;  // chunk being consumed; views point into it
   std::size_t cur_len_ = 0, cur_pos_ = 0;
   std::size_t consumed_ = 0;  // chunks taken from the worker
   std::uint64_t pos_ = 0;     // logical stream position
@@ -579,6 +712,17 @@ class PageReaderImpl final : public PageReader {
   std::exception_ptr error_;
 };
 
+// CPUs this process may run on (at least 1).
+unsigned usable_cpus() {
+  cpu_set_t set;
+  if (::sched_getaffinity(0, sizeof set, &set) == 0) {
+    int n = CPU_COUNT(&set);
+    if (n > 0) return static_cast<unsigned>(n);
+  }
+  unsigned n = std::thread::hardware_concurrency();
+  return n ? n : 1;
+}
+
 class ImageReaderImpl final : public ImageReader {
  public:
   ImageReaderImpl(fs::path dir, json manifest, std::shared_ptr<const ChunkTable> table)
@@ -589,61 +733,75 @@ class ImageReaderImpl final : public ImageReader {
   const fs::path& path() const override { return dir_; }
 
   void verify_chunks() const override {
-    UniqueFd fd(::open(pages_path_.c_str(), O_RDONLY | O_CLOEXEC));
-    if (!fd) fail_errno("{}: cannot open", pages_path_.native());
-    (void)::posix_fadvise(fd.get(), 0, 0, POSIX_FADV_SEQUENTIAL);
-    struct stat st;
-    if (::fstat(fd.get(), &st) != 0) fail_errno("{}: cannot stat", pages_path_.native());
-    const auto file_size = static_cast<std::uint64_t>(st.st_size);
-
-    std::unique_ptr<XXH3_state_t, XXH3StateFree> state(XXH3_createState());
-    if (!state) throw std::bad_alloc();
-    XXH3_64bits_reset(state.get());
-
+    PagesFile file(pages_path_);
     const auto& chunks = table_->chunks;
-    std::size_t block_size =
-        static_cast<std::size_t>(std::min<std::uint64_t>(kVerifyBlockBytes, file_size + 1));
-    auto buf = std::make_unique_for_overwrite<std::byte[]>(std::max<std::size_t>(block_size, 1));
-    std::size_t ci = 0;          // current chunk
-    std::uint64_t in_chunk = 0;  // bytes of chunk ci hashed so far
-    std::uint64_t pos = 0;       // file offset of buf[0]
-    for (;;) {
-      std::size_t n = read_full(fd.get(), buf.get(), block_size, pos, pages_path_);
-      if (n == 0) break;
-      std::size_t i = 0;
-      while (i < n) {
-        if (ci == chunks.size())
-          fail("{}: trailing bytes after the last chunk: chunk table ends at offset {} but the "
-               "file is {} bytes",
-               pages_path_.native(), pos + i, std::max(file_size, pos + n));
-        const ChunkInfo& c = chunks[ci];
-        if (in_chunk == 0 && c.offset != pos + i)
-          fail("{}: chunk {}: manifest says offset {}, previous chunks end at offset {}",
-               pages_path_.native(), ci, c.offset, pos + i);
-        std::size_t take = static_cast<std::size_t>(std::min<std::uint64_t>(n - i, c.stored - in_chunk));
-        XXH3_64bits_update(state.get(), buf.get() + i, take);
-        i += take;
-        in_chunk += take;
-        if (in_chunk == c.stored) {
-          std::uint64_t h = XXH3_64bits_digest(state.get());
-          if (h != c.xxh3)
-            fail("{}: chunk {} at offset {}: checksum mismatch (xxh3 of {} stored bytes is {}, "
-                 "manifest says {})",
-                 pages_path_.native(), ci, c.offset, c.stored, hex64(h), hex64(c.xxh3));
-          ++ci;
-          in_chunk = 0;
-          XXH3_64bits_reset(state.get());
+    const std::uint64_t file_size = file.size();
+    // Chunks wholly inside the file are hashed; the first one that is not (if any) is
+    // reported as a truncation, but only once all chunks before it are known good.
+    std::size_t complete = 0;
+    while (complete < chunks.size() &&
+           chunks[complete].offset + chunks[complete].stored <= file_size)
+      ++complete;
+
+    std::atomic<std::size_t> next{0};
+    std::mutex mu;
+    std::size_t bad = std::numeric_limits<std::size_t>::max();  // guarded by mu
+    std::atomic<std::size_t> bad_hint{bad};  // lets threads stop early
+    std::exception_ptr bad_err;              // guarded by mu; the error of chunk `bad`
+
+    auto work = [&] {
+      try {
+        std::unique_ptr<XXH3_state_t, XXH3StateFree> state(XXH3_createState());
+        if (!state) throw std::bad_alloc();
+        std::unique_ptr<std::byte[]> scratch;  // for pread, allocated on first need
+        for (;;) {
+          // Chunks are claimed in increasing order, so every chunk before the first bad
+          // one has been claimed -- and is finished before the threads are joined.
+          std::size_t i = next.fetch_add(1, std::memory_order_relaxed);
+          if (i >= complete || i > bad_hint.load(std::memory_order_relaxed)) return;
+          try {
+            const ChunkInfo& c = chunks[i];
+            if (!scratch) scratch = std::make_unique_for_overwrite<std::byte[]>(kIoBlockBytes);
+            XXH3_64bits_reset(state.get());
+            std::size_t got = file.hash(c.offset, c.stored, state.get(), scratch.get());
+            if (got < c.stored) fail_truncated(i, c.offset + got);  // shrunk meanwhile
+            std::uint64_t h = XXH3_64bits_digest(state.get());
+            if (h != c.xxh3) fail_checksum(pages_path_, i, c, h);
+          } catch (...) {
+            std::lock_guard lk(mu);
+            if (i < bad) {
+              bad = i;
+              bad_err = std::current_exception();
+              bad_hint.store(i, std::memory_order_relaxed);
+            }
+          }
         }
+      } catch (...) {  // allocation failure: report it unless a chunk error comes first
+        std::lock_guard lk(mu);
+        if (!bad_err) bad_err = std::current_exception();
+        next.store(complete, std::memory_order_relaxed);
       }
-      pos += n;
+    };
+
+    // One thread per usable CPU up to kVerifyThreads, and at least two chunks each.
+    std::size_t nthreads = std::min<std::size_t>({kVerifyThreads, usable_cpus(), complete / 2});
+    std::vector<std::thread> helpers;
+    for (std::size_t t = 1; t < nthreads; ++t) {
+      try {
+        helpers.emplace_back(work);
+      } catch (const std::system_error&) {
+        break;  // cannot start a thread: the others do its share
+      }
     }
-    if (ci < chunks.size()) {
-      const ChunkInfo& c = chunks[ci];
-      fail("{}: truncated: chunk {} at offset {} needs {} stored bytes but the file ends at "
-           "offset {} ({} bytes missing in total, {} of {} chunks incomplete)",
-           pages_path_.native(), ci, c.offset, c.stored, pos, table_->stored_bytes - pos,
-           chunks.size() - ci, chunks.size());
-    }
+    work();
+    for (auto& t : helpers) t.join();
+    if (bad_err) std::rethrow_exception(bad_err);
+
+    if (complete < chunks.size()) fail_truncated(complete, file_size);
+    if (file_size > table_->stored_bytes)
+      fail("{}: trailing bytes after the last chunk: chunk table ends at offset {} but the "
+           "file is {} bytes",
+           pages_path_.native(), table_->stored_bytes, file_size);
   }
 
   std::unique_ptr<PageReader> pages() const override {
@@ -651,6 +809,16 @@ class ImageReaderImpl final : public ImageReader {
   }
 
  private:
+  // Chunk `index` is incomplete because pages.img ends at offset `end`.
+  [[noreturn]] void fail_truncated(std::size_t index, std::uint64_t end) const {
+    const auto& chunks = table_->chunks;
+    const ChunkInfo& c = chunks[index];
+    fail("{}: truncated: chunk {} at offset {} needs {} stored bytes but the file ends at "
+         "offset {} ({} bytes missing in total, {} of {} chunks incomplete)",
+         pages_path_.native(), index, c.offset, c.stored, end, table_->stored_bytes - end,
+         chunks.size() - index, chunks.size());
+  }
+
   const fs::path dir_, pages_path_;
   const json manifest_;
   const std::shared_ptr<const ChunkTable> table_;
@@ -686,6 +854,10 @@ std::shared_ptr<const ChunkTable> parse_chunk_table(const json& m, const fs::pat
     if (h != e.end() && h->is_string()) hv = parse_hex64(h->get_ref<const std::string&>());
     if (!hv) fail("{}: {}\"xxh3\" must be a string of 16 hex digits", mpath.native(), where);
     c.xxh3 = *hv;
+    if (auto z = e.find("zstd"); z != e.end()) {
+      if (!z->is_boolean()) fail("{}: {}\"zstd\" must be true or false", mpath.native(), where);
+      c.zstd = z->get<bool>();
+    }
     if (c.offset != table->stored_bytes)
       fail("{}: {}offset {} is not where the previous chunks end ({})", mpath.native(), where,
            c.offset, table->stored_bytes);
@@ -694,10 +866,13 @@ std::shared_ptr<const ChunkTable> parse_chunk_table(const json& m, const fs::pat
     if (c.stored == 0 || c.stored > max_stored)
       fail("{}: {}stored size {} out of range 1..{}", mpath.native(), where, c.stored,
            max_stored);
+    if (!c.zstd && c.stored != c.raw)
+      fail("{}: {}stored uncompressed (\"zstd\": false) but stored size {} is not raw size {}",
+           mpath.native(), where, c.stored, c.raw);
     table->stored_bytes += c.stored;
     table->logical_bytes += c.raw;
     table->max_raw = std::max(table->max_raw, c.raw);
-    table->max_stored = std::max(table->max_stored, c.stored);
+    if (c.zstd) table->max_zstd_stored = std::max(table->max_zstd_stored, c.stored);
     table->chunks.push_back(c);
   }
   std::uint64_t logical = get_u64(m, "pages_logical_bytes", mpath, "");

@@ -1,19 +1,36 @@
 // The on-disk checkpoint image: a directory holding a versioned manifest and a
-// stream of page data stored as zstd-compressed, xxh3-checksummed chunks.
+// stream of page data stored as xxh3-checksummed chunks, each zstd-compressed or,
+// when zstd does not shrink it meaningfully, stored as is.
 //
 // Layout of an image directory DIR (files 0600, directory 0700):
 //   DIR/manifest.json   the manifest (JSON object, see manifest.h); the writer adds
 //                       "format_version", "engine_version" and the chunk table "chunks"
 //   DIR/manifest.xxh3   16 lowercase hex digits: XXH3-64 of manifest.json's bytes
-//   DIR/pages.img       concatenated chunks; each chunk is one zstd frame holding up
-//                       to kChunkRawBytes bytes of the logical page stream
+//   DIR/pages.img       concatenated chunks; each chunk holds up to kChunkRawBytes bytes
+//                       of the logical page stream
 // The page stream is one logical byte string: the dumper appends the contents of
 // memory pages in a fixed order and the restorer reads them back in that order, so
 // the manifest only needs sizes, not offsets.
 //
+// Chunk table: manifest "chunks" is an array with one object per chunk, in stream
+// order: {"offset": file offset in pages.img, "stored": bytes in pages.img, "raw":
+// logical bytes (1..kChunkRawBytes), "xxh3": 16 hex digits, XXH3-64 of the stored
+// bytes}. Offsets are contiguous from 0. A chunk is one zstd frame, except when it has
+// "zstd": false: then its stored bytes are the logical bytes themselves (stored ==
+// raw). The writer does that when zstd would keep >= kStoreRawPercent % of the bytes
+// (incompressible memory), which lets the reader skip zstd entirely. An absent "zstd"
+// key means a zstd frame (images written before the key existed).
+//
 // Crash safety: the writer builds DIR.tmp/, fsyncs every file and the directory,
 // then renames DIR.tmp to DIR and fsyncs the parent, so a directory named DIR is
 // always complete. An ImageWriter destroyed before commit() removes DIR.tmp.
+//
+// Reading: pages.img is read with mmap(2) where its pages are already in the page
+// cache (user-space copies and in-place hashing are several times faster than
+// pread(2)'s in-kernel copy) and with pread(2) otherwise, so that I/O errors and short
+// files are reported as fsched::Error. Images are never modified after commit();
+// truncating pages.img while verify_chunks() runs or a PageReader is alive can kill
+// the process with SIGBUS.
 #pragma once
 
 #include <cstddef>
@@ -29,6 +46,12 @@ namespace fsched::ckpt {
 inline constexpr int kImageFormatVersion = 1;
 // Raw (uncompressed) bytes per chunk of the page stream.
 inline constexpr std::size_t kChunkRawBytes = 4u << 20;
+// A chunk whose zstd frame would be >= this percentage of its raw size is stored
+// uncompressed ("zstd": false in the chunk table).
+inline constexpr unsigned kStoreRawPercent = 97;
+// Maximum number of threads ImageReader::verify_chunks() hashes with (it also stays
+// within the CPUs the process may run on).
+inline constexpr unsigned kVerifyThreads = 2;
 
 // Writes an image. Not thread-safe; append_pages() may hand full chunks to an
 // internal worker thread so that compression overlaps with reading the job's memory.
@@ -52,7 +75,8 @@ class ImageWriter {
 
   // Bytes appended so far (logical, uncompressed).
   virtual std::uint64_t logical_bytes() const = 0;
-  // Bytes written to pages.img so far (compressed); final after commit().
+  // Bytes written to pages.img so far (stored, i.e. compressed or raw); final after
+  // commit().
   virtual std::uint64_t stored_bytes() const = 0;
 
   // Flushes the last chunk, stores `manifest` (adding format_version, engine_version
@@ -65,14 +89,37 @@ class ImageWriter {
 };
 
 // Reads the logical page stream of an image sequentially. It does not depend on the
-// ImageReader that made it staying alive. After a chunk error every read() throws.
+// ImageReader that made it staying alive. Not thread-safe (one caller thread); a
+// worker thread reads, checks (xxh3) and decompresses chunk k+1 while the caller
+// consumes chunk k (double buffering), so at most two chunks are held in memory.
+// Every chunk is checked against the chunk table before any of its bytes is handed
+// out. After a chunk error (checksum mismatch, bad zstd frame, truncated pages.img,
+// I/O error) the reader is failed: every further next() and read() throws that error.
 class PageReader {
  public:
   virtual ~PageReader() = default;
-  // Fills `out` with the next out.size() bytes of the stream. Throws fsched::Error
-  // naming the chunk index and pages.img offset on a checksum mismatch, a zstd error
-  // or a stream shorter than requested. A read past the end of the stream throws
-  // before consuming anything.
+
+  // Zero-copy read: returns a view of the next n bytes of the stream, 1 <= n <= max,
+  // and advances the stream position by n. The bytes live in the reader's buffer of
+  // the current chunk; the view stays valid until the next call to next() or read()
+  // on this reader (whatever its outcome) or the reader's destruction, and must not
+  // be used after that. Views never span two chunks: n is min(max, bytes left in the
+  // current chunk), so with max >= kChunkRawBytes each call returns the rest of a
+  // whole chunk (kChunkRawBytes bytes, fewer only for the last chunk). When the current
+  // chunk is used up the call first takes the next one from the worker (waiting for
+  // it to be decoded) and lets the worker start on the one after it.
+  // next(0) returns an empty view and consumes nothing (it still rethrows an earlier
+  // chunk error). Throws fsched::Error if max > 0 and the stream is at its end
+  // ("... past the end of the page stream ...", consuming nothing; the reader stays
+  // usable), or naming the chunk index and pages.img offset if the next chunk is bad
+  // (see above; the reader is then failed).
+  virtual std::span<const std::byte> next(std::size_t max) = 0;
+
+  // Fills `out` with the next out.size() bytes of the stream (a copy out of the
+  // buffers next() returns views of). Throws fsched::Error naming the chunk index and
+  // pages.img offset on a checksum mismatch, a zstd error or a stream shorter than
+  // the chunk table says; bytes of `out` before the bad chunk are then filled. A read
+  // past the end of the stream throws before consuming anything.
   virtual void read(std::span<std::byte> out) = 0;
 };
 
@@ -92,12 +139,21 @@ class ImageReader {
   virtual const std::filesystem::path& path() const = 0;
 
   // Reads all of pages.img and checks every chunk's size and xxh3 against the chunk
-  // table, and that pages.img has no trailing bytes. Throws fsched::Error naming the
-  // first bad chunk (index, file offset). Does not decompress.
+  // table, and that pages.img has no trailing bytes. Does not decompress. Chunks are
+  // hashed by up to kVerifyThreads threads (the caller's and helpers), in place in the
+  // page cache where resident; the result does not depend on the thread count.
+  // Throws fsched::Error naming the first bad chunk in stream order (index, file
+  // offset): a checksum mismatch, or a truncated pages.img ("truncated: chunk I at
+  // offset O needs ... bytes missing in total, K of N chunks incomplete") when every
+  // chunk before the missing bytes is fine; else "trailing bytes after the last chunk"
+  // if pages.img is longer than the table; or the open/read error (errno) naming
+  // pages.img.
   virtual void verify_chunks() const = 0;
 
-  // A sequential reader of the logical page stream from its start. It may decompress
-  // the next chunk on a worker thread while the caller consumes the current one.
+  // A sequential reader of the logical page stream from its start (see PageReader).
+  // Opens pages.img and starts decoding chunk 0 on the reader's worker thread.
+  // Throws fsched::Error naming pages.img if it cannot be opened (unless the stream
+  // is empty: then pages.img is not opened at all).
   virtual std::unique_ptr<PageReader> pages() const = 0;
 };
 

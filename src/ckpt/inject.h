@@ -70,6 +70,8 @@ class Injector {
   // Puts back the saved registers (with fixup_syscall_restart(same_task=true) when a
   // syscall was injected) and signal mask. Idempotent.
   void restore();
+  // The thread has exited: restore() and the destructor leave it alone.
+  void abandon() { restored_ = true; }
   // Replaces what restore() puts back: used by the restorer to install the job's
   // registers and mask in a new thread.
   void set_final_state(const user_regs_struct& regs, std::uint64_t mask, bool same_task);

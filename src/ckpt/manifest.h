@@ -77,6 +77,8 @@ struct ItimerVal {
 struct Process {
   int pid = 0, ppid = 0, pgid = 0, sid = 0;  // in the job's PID namespace; ppid 0 for init
   int exit_signal = 17;                       // signal sent to the parent on exit
+  bool zombie = false;                        // exited, not yet reaped by its parent
+  int exit_status = 0;                        // for a zombie: wait status (waitpid(2) form)
   std::string exe;
   FileId exe_file;
   std::string cwd;
@@ -130,7 +132,8 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Thread, tid, regs, xstate_hex, s
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Rlimit, resource, cur, max)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(ItimerVal, which, interval_sec, interval_usec,
                                                 value_sec, value_usec)
-NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Process, pid, ppid, pgid, sid, exit_signal, exe,
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Process, pid, ppid, pgid, sid, exit_signal, zombie,
+                                                exit_status, exe,
                                                 exe_file, cwd, umask, personality, dumpable, uids,
                                                 gids, groups, start_code, end_code, start_data,
                                                 end_data, start_brk, brk, start_stack, arg_start,

@@ -27,7 +27,8 @@ void remote_write(pid_t pid, std::uint64_t addr, const void* data, std::size_t l
 // One process of the frozen tree.
 struct DumpProcess {
   pid_t host_pid = 0;
-  std::vector<pid_t> host_tids;   // host TIDs, thread-group leader first
+  std::vector<pid_t> host_tids;   // host TIDs, thread-group leader first; none for a zombie
+  bool zombie = false;
   Process rec;                    // what goes into the manifest
   // Syscall injection into the leader, with a scratch mapping of kScratchBytes.
   std::unique_ptr<Injector> inj;

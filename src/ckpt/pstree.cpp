@@ -3,6 +3,7 @@
 #include <linux/sched.h>
 #include <signal.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/ptrace.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
@@ -112,6 +113,11 @@ FrozenTree::FrozenTree(pid_t root) : root_(root) {
         pid_t pid = order[i];
         std::vector<pid_t> tids;
         try {
+          // A zombie has no thread to stop and no child; it is recreated as one.
+          if (read_stat(pid)[3] == "Z") {
+            proc_of(pid).zombie = true;
+            continue;
+          }
           tids = list_tasks(pid);
         } catch (const Error&) {
           continue;  // exited before we got to it
@@ -147,9 +153,9 @@ FrozenTree::FrozenTree(pid_t root) : root_(root) {
   }
   // procs_ follows discovery order, which is breadth first; drop processes that
   // vanished before any thread was seized.
-  std::erase_if(procs_, [](const DumpProcess& p) { return p.host_tids.empty(); });
+  std::erase_if(procs_, [](const DumpProcess& p) { return p.host_tids.empty() && !p.zombie; });
   for (auto& p : procs_)
-    if (p.host_tids.front() != p.host_pid)
+    if (!p.zombie && p.host_tids.front() != p.host_pid)
       fail("process {}: its thread-group leader has exited (unsupported)", p.host_pid);
 }
 
@@ -202,8 +208,8 @@ void dump_ids(DumpProcess& p) {
     p.rec.ppid = ns_pid_of(host_ppid);
   }
   p.rec.exit_signal = std::stoi(stat[38]);
-  if (stat[3] == "Z" || stat[3] == "X")
-    fail("process {} (pid {} in the job) is a zombie: unsupported for now", p.host_pid, p.rec.pid);
+  p.rec.zombie = p.zombie;
+  if (p.zombie) p.rec.exit_status = std::stoi(stat.at(52));
   if (p.rec.sid == 0 || p.rec.pgid == 0)
     fail("process {} belongs to a session or process group outside the job", p.rec.pid);
   p.rec.threads.clear();
@@ -270,6 +276,51 @@ static std::uint64_t choose_area(const Manifest& m) {
   ::syscall(SYS_close_range, 0U, ~0U, 0U);
   ::syscall(SYS_setsid);
   for (;;) ::syscall(SYS_pause);
+}
+
+// Ends a helper the way the saved zombie ended: exit_group(2) with its code, or death
+// by its signal (default action, no core file), leaving a zombie for its parent.
+static void make_zombie(RestoreProcess& p, const InjectionArea& area) {
+  const Process& rec = *p.rec;
+  Injector& inj = p.leader();
+  pid_t tid = p.host_pid;
+  int status = rec.exit_status;
+  std::string who = fmt::format("zombie {}", rec.pid);
+  if (WIFSIGNALED(status)) {
+    int sig = WTERMSIG(status);
+    std::uint64_t dfl[4] = {0, 0, 0, 0};  // kernel struct sigaction: SIG_DFL
+    remote_write(tid, area.data(), dfl, sizeof dfl);
+    inj.call_ok(who + ": rt_sigaction", SYS_rt_sigaction, static_cast<std::uint64_t>(sig),
+                area.data(), 0, 8);
+    std::uint64_t nocore[2] = {0, 0};
+    remote_write(tid, area.data(), nocore, sizeof nocore);
+    inj.call_ok(who + ": prlimit(RLIMIT_CORE)", SYS_prlimit64, 0, RLIMIT_CORE, area.data(), 0);
+    set_sigmask(tid, 0);
+    inj.call_ok(who + ": kill", SYS_kill, static_cast<std::uint64_t>(rec.pid),
+                static_cast<std::uint64_t>(sig));
+    if (::ptrace(PTRACE_CONT, tid, nullptr, nullptr) < 0) fail_errno("{}: ptrace(CONT)", who);
+    int st = 0;
+    for (;;) {
+      if (::waitpid(tid, &st, __WALL) < 0) fail_errno("{}: waitpid", who);
+      if (WIFSIGNALED(st) || WIFEXITED(st)) break;
+      int s = WIFSTOPPED(st) ? WSTOPSIG(st) : 0;
+      // Let the signal through at its delivery stop; other stops just continue.
+      ::ptrace(PTRACE_CONT, tid, nullptr, reinterpret_cast<void*>(uintptr_t(s == sig ? sig : 0)));
+    }
+  } else {
+    user_regs_struct r = inj.saved_regs();
+    r.rip = area.code();
+    r.rax = SYS_exit_group;
+    r.orig_rax = static_cast<unsigned long long>(-1);
+    r.rdi = static_cast<unsigned long long>(WEXITSTATUS(status));
+    set_regs(tid, r);
+    if (::ptrace(PTRACE_CONT, tid, nullptr, nullptr) < 0) fail_errno("{}: ptrace(CONT)", who);
+    int st = 0;
+    while (::waitpid(tid, &st, __WALL) >= 0 && !WIFEXITED(st) && !WIFSIGNALED(st))
+      ::ptrace(PTRACE_CONT, tid, nullptr, nullptr);
+  }
+  inj.abandon();  // the task is gone: nothing to put back
+  p.threads[0].inj.reset();
 }
 
 static constexpr unsigned kRestoreOptions =
@@ -352,7 +403,7 @@ void create_tree(const Manifest& m, InjectionArea& area, std::vector<RestoreProc
     np.host_pid = parent.leader().last_child();
     wait_for_stop(np.host_pid);
     RestoreThread t;
-    t.rec = &rec.threads.at(0);
+    t.rec = rec.zombie ? nullptr : &rec.threads.at(0);
     t.host_tid = np.host_pid;
     t.inj = std::make_unique<Injector>(np.host_pid, area.code());
     np.threads.push_back(std::move(t));
@@ -371,10 +422,13 @@ void create_tree(const Manifest& m, InjectionArea& area, std::vector<RestoreProc
   // Groups whose leader was created after a member.
   for (auto& p : procs) {
     const Process& rec = *p.rec;
+    if (rec.zombie) continue;
     if (rec.pgid != rec.pid && rec.sid != rec.pid)
       p.leader().call_ok(fmt::format("setpgid to process group {}", rec.pgid), SYS_setpgid, 0,
                          static_cast<std::uint64_t>(rec.pgid));
   }
+  for (auto& p : procs)
+    if (p.rec->zombie) make_zombie(p, area);
 }
 
 }  // namespace fsched::ckpt

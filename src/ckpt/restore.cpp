@@ -28,6 +28,21 @@ void check_cpu(const Manifest& m) {
          m.xfeatures, here);
 }
 
+// Kills the new namespace through its init and collects every task as their tracer,
+// children and threads first: a dying init waits until its namespace is empty, and a
+// traced task leaves only once its tracer has seen it exit.
+void kill_restored(std::vector<RestoreProcess>& procs) {
+  if (procs.empty()) return;
+  ::kill(procs[0].host_pid, SIGKILL);
+  for (auto p = procs.rbegin(); p != procs.rend(); ++p)
+    for (auto t = p->threads.rbegin(); t != p->threads.rend(); ++t) {
+      if (t->inj) t->inj->abandon();
+      int st;
+      while (::waitpid(t->host_tid, &st, __WALL) > 0 && !WIFEXITED(st) && !WIFSIGNALED(st)) {
+      }
+    }
+}
+
 }  // namespace
 
 RestoreStats restore(const RestoreOptions& o) {
@@ -56,31 +71,32 @@ RestoreStats restore(const RestoreOptions& o) {
   try {
     create_tree(m, area, procs);
     auto pages = reader->pages();
-    for (auto& p : procs) restore_memory(p, area, *pages);
+    std::vector<RestoreProcess*> live;  // zombies are complete once created
+    for (auto& p : procs)
+      if (!p.rec->zombie) live.push_back(&p);
+    for (auto* p : live) restore_memory(*p, area, *pages);
     PipeTable pipes = create_pipes(procs[0], area, m, *pages);
-    for (auto& p : procs) {
-      restore_files(p, area, pipes);
-      restore_signals(p, area);
-      restore_process_attrs(p, area);
-      restore_threads(p, area);
+    for (auto* p : live) {
+      restore_files(*p, area, pipes);
+      restore_signals(*p, area);
+      restore_process_attrs(*p, area);
+      restore_threads(*p, area);
     }
     close_pipe_temporaries(procs[0], pipes);
-    for (auto& p : procs) {
-      restore_creds(p, area);
-      restore_pending_signals(p, area);
-      restore_timers(p, area);
-      unmap_injection_area(p, area);
+    for (auto* p : live) {
+      restore_creds(*p, area);
+      restore_pending_signals(*p, area);
+      restore_timers(*p, area);
+      unmap_injection_area(*p, area);
     }
-    for (auto& p : procs)
-      for (auto& t : p.threads) t.inj->restore();
+    for (auto* p : live)
+      for (auto& t : p->threads) t.inj->restore();
   } catch (...) {
-    if (!procs.empty()) {
-      ::kill(procs[0].host_pid, SIGKILL);
-      ::waitpid(procs[0].host_pid, nullptr, __WALL);
-    }
+    kill_restored(procs);
     throw;
   }
   for (auto& p : procs) {
+    if (p.rec->zombie) continue;
     st.threads += static_cast<int>(p.threads.size());
     for (auto& t : p.threads) {
       t.inj.reset();  // nothing left to put back: the final state is installed
