@@ -96,6 +96,7 @@ DumpStats dump(const DumpOptions& o) {
   ::sigprocmask(SIG_SETMASK, &old, nullptr);
   for (auto& p : procs)
     if (!p.zombie) dump_files(p, procs);
+  dump_shm(procs, m, *img);
   for (auto& p : procs)
     if (!p.zombie) st.memory_bytes += dump_pages(p, *img);
   dump_pipes(procs, m, *img);

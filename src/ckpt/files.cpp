@@ -153,6 +153,17 @@ void truncate_written_files(const Manifest& m) {
     }
 }
 
+long take_fd(Injector& inj, int ns_pid, int fd, const std::string& what) {
+  long pidfd = inj.call_ok(what + ": pidfd_open", SYS_pidfd_open,
+                           static_cast<std::uint64_t>(ns_pid), 0);
+  long r = inj.call(SYS_pidfd_getfd, static_cast<std::uint64_t>(pidfd),
+                    static_cast<std::uint64_t>(fd), 0);
+  inj.call(SYS_close, static_cast<std::uint64_t>(pidfd));
+  if (r < 0) throw Error(fmt::format("{}: pidfd_getfd of fd {} of process {}", what, fd, ns_pid),
+                         static_cast<int>(-r));
+  return r;
+}
+
 void restore_files(RestoreProcess& p, const InjectionArea& area, const PipeTable& pipes) {
   const Process& r = *p.rec;
   Injector& inj = p.leader();
@@ -175,12 +186,7 @@ void restore_files(RestoreProcess& p, const InjectionArea& area, const PipeTable
         from_pid = 1;
         from_fd = (f.flags & O_ACCMODE) == O_RDONLY ? it->second.read_fd : it->second.write_fd;
       }
-      long pidfd = inj.call_ok(who + ": pidfd_open", SYS_pidfd_open,
-                               static_cast<std::uint64_t>(from_pid), 0);
-      tmp = inj.call(SYS_pidfd_getfd, static_cast<std::uint64_t>(pidfd),
-                     static_cast<std::uint64_t>(from_fd), 0);
-      inj.call(SYS_close, static_cast<std::uint64_t>(pidfd));
-      if (tmp < 0) throw Error(who + ": pidfd_getfd", static_cast<int>(-tmp));
+      tmp = take_fd(inj, from_pid, from_fd, who);
       if (f.kind == "pipe" && f.shared_fd < 0)
         inj.call_ok(who + ": fcntl(F_SETFL)", SYS_fcntl, static_cast<std::uint64_t>(tmp), F_SETFL,
                     static_cast<std::uint64_t>(f.flags & (O_NONBLOCK | O_APPEND | O_DIRECT)));

@@ -23,7 +23,9 @@ struct Vma {
   std::uint64_t start = 0, end = 0;   // [start, end) virtual addresses, page aligned
   int prot = 0;                       // PROT_* bits
   bool shared = false;                // MAP_SHARED
-  std::string kind;                   // "anon", "file", "heap", "stack", "vdso", "vvar", "vvar_vclock"
+  std::string kind;                   // "anon", "file", "heap", "stack", "vdso", "vvar", "vvar_vclock",
+                                      // "shm" (shared memory object shm_key, see ShmObject)
+  std::string shm_key;
   std::string path;                   // file path for kind == "file"
   std::uint64_t pgoff = 0;            // file offset in bytes
   FileId file;                        // identity of the mapped file
@@ -109,6 +111,18 @@ struct Pipe {
   std::uint64_t bytes = 0;      // bytes buffered at dump time
 };
 
+// A shared memory object mapped MAP_SHARED by the job: shared anonymous memory
+// (inherited across fork), a memfd, or a file in /dev/shm (POSIX shared memory and
+// semaphores). Stored once however many processes map it; its data pages come first
+// in the page stream, in the order of Manifest::shm.
+struct ShmObject {
+  std::string key;                  // "dev:inode" of the object
+  std::string path;                 // /dev/shm/NAME if it still has that name, else empty
+  unsigned mode = 0600, uid = 0, gid = 0;
+  std::uint64_t size = 0;           // bytes
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> runs;  // {first page, count} with data
+};
+
 struct Manifest {
   std::string kernel;                // uname -r at dump time
   std::uint64_t xfeatures = 0;       // XCR0 of the dumping CPU
@@ -116,12 +130,13 @@ struct Manifest {
   std::int64_t dump_time_ns = 0;     // CLOCK_REALTIME
   std::vector<Process> processes;    // parents before children
   std::vector<Pipe> pipes;
+  std::vector<ShmObject> shm;
 };
 
 // JSON mapping of the manifest; absent keys keep their defaults.
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(FileId, ino, size, mtime_ns)
-NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Vma, start, end, prot, shared, kind, path, pgoff,
-                                                file, vmflags, runs)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Vma, start, end, prot, shared, kind, shm_key, path,
+                                                pgoff, file, vmflags, runs)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Fd, fd, kind, path, flags, pos, file, shared_pid,
                                                 shared_fd)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(SigAction, sig, handler, flags, restorer, mask)
@@ -141,8 +156,9 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Process, pid, ppid, pgid, sid, e
                                                 sigactions, rlimits, itimers, shared_pending_hex,
                                                 threads)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Pipe, ino, capacity, bytes)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(ShmObject, key, path, mode, uid, gid, size, runs)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Manifest, kernel, xfeatures, xstate_size,
-                                                dump_time_ns, processes, pipes)
+                                                dump_time_ns, processes, pipes, shm)
 
 
 // Hex helpers for binary blobs stored in the manifest.

@@ -91,13 +91,16 @@ void dump_memory_layout(DumpProcess& p) {
       v.kind = "stack";
     } else if (m.path.empty() || m.path.rfind("[anon:", 0) == 0) {
       v.kind = "anon";
+    } else if (v.shared && is_shm_path(m.path)) {
+      v.kind = "shm";
+      v.shm_key = fmt::format("{}:{}", m.dev, m.ino);
     } else if (m.path[0] == '/') {
       if (m.path.ends_with(" (deleted)"))
         fail("{}: the mapped file was deleted or is shared anonymous memory (unsupported for now)",
              where());
       if (m.path.rfind("/memfd:", 0) == 0 || m.path.rfind("/SYSV", 0) == 0 ||
           m.path.rfind("/dev/shm/", 0) == 0)
-        fail("{}: shared memory is not supported yet", where());
+        fail("{}: this kind of shared memory mapping is not supported yet", where());
       struct stat st {};
       if (::stat(m.path.c_str(), &st) < 0) fail_errno("{}: cannot stat the mapped file", where());
       if (!S_ISREG(st.st_mode)) fail("{}: mapping of a device is not supported", where());
@@ -109,8 +112,8 @@ void dump_memory_layout(DumpProcess& p) {
     } else {
       fail("{}: unsupported special mapping", where());
     }
-    if (v.shared && v.kind != "file")
-      fail("{}: shared anonymous memory is not supported yet", where());
+    if (v.shared && v.kind != "file" && v.kind != "shm")
+      fail("{}: this shared mapping is not supported", where());
     r.vmas.push_back(std::move(v));
   }
 }
@@ -131,7 +134,7 @@ std::uint64_t dump_pages(DumpProcess& p, ImageWriter& img) {
   for (Vma& v : p.rec.vmas) {
     v.runs.clear();
     if (v.kind == "vdso" || v.kind == "vvar" || v.kind == "vvar_vclock") continue;
-    if (v.kind == "file" && v.shared) continue;  // its contents are the file's
+    if (v.shared) continue;  // its contents are the file's or the shm object's
     const bool file = v.kind == "file";
     const std::uint64_t npages = (v.end - v.start) / kPage;
     for (std::uint64_t first = 0; first < npages; first += pm.size()) {
@@ -276,7 +279,8 @@ void move_vdso(RestoreProcess& p, const InjectionArea& area, const std::vector<M
 
 }  // namespace
 
-void restore_memory(RestoreProcess& p, const InjectionArea& area, PageReader& pages) {
+void restore_memory(RestoreProcess& p, const InjectionArea& area, PageReader& pages,
+                    const ShmTable& shm) {
   Injector& inj = p.leader();
   const Process& r = *p.rec;
   pid_t hp = p.host_pid;
@@ -316,7 +320,14 @@ void restore_memory(RestoreProcess& p, const InjectionArea& area, PageReader& pa
     if (has_flag(v, "gd")) flags |= MAP_GROWSDOWN;
     std::string what = fmt::format("process {}: mmap of {:#x}-{:#x} {}", r.pid, v.start, v.end,
                                    v.path.empty() ? v.kind : v.path);
-    if (v.kind == "file") {
+    if (v.kind == "shm") {
+      close_file();
+      long fd = take_from_init(inj, shm_fd_in_init(shm, v.shm_key), what);
+      long mr = inj.call(SYS_mmap, v.start, v.end - v.start, static_cast<std::uint64_t>(prot),
+                        static_cast<std::uint64_t>(flags), static_cast<std::uint64_t>(fd), v.pgoff);
+      inj.call(SYS_close, static_cast<std::uint64_t>(fd));
+      if (mr < 0) throw Error(what, static_cast<int>(-mr));
+    } else if (v.kind == "file") {
       if (v.path != file_path) {
         close_file();
         int oflags = (v.shared && (v.prot & PROT_WRITE)) ? O_RDWR : O_RDONLY;

@@ -125,9 +125,29 @@ inline constexpr std::size_t kInjectionAreaBytes = 64 * 4096;
 // On failure `procs` holds what was created so far, for the caller to kill.
 void create_tree(const Manifest& m, InjectionArea& area, std::vector<RestoreProcess>& procs);
 
+// shmem.cpp: shared memory objects, kept as temporary fds in init during restore
+// (like pipes) until every process has mapped them.
+using ShmTable = std::map<std::string, int>;  // object key -> fd in init
+bool is_shm_path(const std::string& maps_path);
+// Dump: every object mapped by the tree, its data to the page stream (before pages).
+void dump_shm(std::span<DumpProcess> procs, Manifest& m, ImageWriter& img);
+// Restore: creates the objects in init and fills them (reads the page stream).
+ShmTable create_shm(RestoreProcess& init, const InjectionArea& area, const Manifest& m,
+                    PageReader& pages);
+int shm_fd_in_init(const ShmTable& t, const std::string& key);
+void close_shm_temporaries(RestoreProcess& init, const ShmTable& t);
+// Injects pidfd_open(2) + pidfd_getfd(2) in the target: its own fd (O_CLOEXEC) for
+// the open file description behind fd `fd` of process `ns_pid` of the job.
+// Throws Error("<what>: ...").
+long take_fd(Injector& inj, int ns_pid, int fd, const std::string& what);
+inline long take_from_init(Injector& inj, int init_fd, const std::string& what) {
+  return take_fd(inj, 1, init_fd, what);
+}
+
 // memory.cpp: replaces the helper's address space with the saved one (pages from the
 // page stream), moves the vDSO, sets the mm fields. Leaves the injection area.
-void restore_memory(RestoreProcess& p, const InjectionArea& area, PageReader& pages);
+void restore_memory(RestoreProcess& p, const InjectionArea& area, PageReader& pages,
+                    const ShmTable& shm);
 // Removes the injection area; the last injected syscall in the process.
 void unmap_injection_area(RestoreProcess& p, const InjectionArea& area);
 // threads.cpp: creates the other threads with their TIDs and sets every thread's

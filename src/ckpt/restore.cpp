@@ -74,7 +74,8 @@ RestoreStats restore(const RestoreOptions& o) {
     std::vector<RestoreProcess*> live;  // zombies are complete once created
     for (auto& p : procs)
       if (!p.rec->zombie) live.push_back(&p);
-    for (auto* p : live) restore_memory(*p, area, *pages);
+    ShmTable shm = create_shm(procs[0], area, m, *pages);
+    for (auto* p : live) restore_memory(*p, area, *pages, shm);
     PipeTable pipes = create_pipes(procs[0], area, m, *pages);
     for (auto* p : live) {
       restore_files(*p, area, pipes);
@@ -83,6 +84,7 @@ RestoreStats restore(const RestoreOptions& o) {
       restore_threads(*p, area);
     }
     close_pipe_temporaries(procs[0], pipes);
+    close_shm_temporaries(procs[0], shm);
     for (auto* p : live) {
       restore_creds(*p, area);
       restore_pending_signals(*p, area);

@@ -1,0 +1,146 @@
+// Shared memory: objects mapped MAP_SHARED that live only in memory — shared
+// anonymous mappings (shown as "/dev/zero (deleted)"), memfds, and files in /dev/shm
+// (POSIX shm_open(3) and sem_open(3) objects, often unlinked while mapped). Each is
+// stored once, read through /proc/PID/map_files (proc(5)), skipping holes with
+// SEEK_DATA/SEEK_HOLE (lseek(2)). On restore each is recreated in init — a memfd, or
+// the named /dev/shm file — filled by the restorer, and mapped by every process that
+// had it, so they share it again.
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "ckpt/parts.h"
+#include "common/error.h"
+#include "common/fd.h"
+
+namespace fsched::ckpt {
+namespace {
+
+constexpr std::uint64_t kPage = 4096;
+constexpr std::size_t kIo = 4u << 20;
+
+std::string named_path(const std::string& maps_path) {
+  if (maps_path.rfind("/dev/shm/", 0) == 0 && !maps_path.ends_with(" (deleted)")) return maps_path;
+  return "";
+}
+
+}  // namespace
+
+bool is_shm_path(const std::string& p) {
+  return p.rfind("/dev/zero", 0) == 0 || p.rfind("/memfd:", 0) == 0 || p.rfind("/dev/shm/", 0) == 0;
+}
+
+int shm_fd_in_init(const ShmTable& t, const std::string& key) {
+  auto it = t.find(key);
+  if (it == t.end()) fail("image: shared memory object {} is not in the image", key);
+  return it->second;
+}
+
+void dump_shm(std::span<DumpProcess> procs, Manifest& m, ImageWriter& img) {
+  std::vector<std::byte> buf(kIo);
+  for (auto& p : procs) {
+    // The maps path of each shm VMA, to tell named objects from unlinked ones.
+    for (auto& v : p.rec.vmas) {
+      if (v.kind != "shm") continue;
+      bool seen = false;
+      for (auto& o : m.shm) seen = seen || o.key == v.shm_key;
+      if (seen) continue;
+      std::string mf = fmt::format("/proc/{}/map_files/{:x}-{:x}", p.host_pid, v.start, v.end);
+      UniqueFd fd(::open(mf.c_str(), O_RDONLY | O_CLOEXEC));
+      if (!fd) fail_errno("process {}: cannot open shared memory {} ({})", p.rec.pid, mf, v.path);
+      struct stat st {};
+      if (::fstat(fd.get(), &st) < 0) fail_errno("fstat {}", mf);
+      ShmObject o;
+      o.key = v.shm_key;
+      o.path = named_path(v.path);
+      o.mode = st.st_mode & 07777;
+      o.uid = st.st_uid;
+      o.gid = st.st_gid;
+      o.size = static_cast<std::uint64_t>(st.st_size);
+      off_t pos = 0;
+      const off_t end = st.st_size;
+      while (pos < end) {
+        off_t data = ::lseek(fd.get(), pos, SEEK_DATA);
+        if (data < 0) break;  // ENXIO: only a hole is left
+        off_t hole = ::lseek(fd.get(), data, SEEK_HOLE);
+        if (hole < 0) hole = end;
+        data = data / static_cast<off_t>(kPage) * static_cast<off_t>(kPage);
+        hole = std::min<off_t>(end, (hole + static_cast<off_t>(kPage) - 1) / static_cast<off_t>(kPage) *
+                                        static_cast<off_t>(kPage));
+        for (off_t at = data; at < hole;) {
+          std::size_t n = static_cast<std::size_t>(std::min<off_t>(hole - at, static_cast<off_t>(kIo)));
+          n = (n + kPage - 1) / kPage * kPage;
+          std::fill(buf.begin(), buf.begin() + static_cast<std::ptrdiff_t>(n), std::byte{0});
+          ssize_t r = ::pread(fd.get(), buf.data(), n, at);
+          if (r < 0) fail_errno("reading shared memory {} at {}", mf, at);
+          img.append_pages(std::span(buf.data(), n));
+          std::uint64_t first = static_cast<std::uint64_t>(at) / kPage, cnt = n / kPage;
+          if (!o.runs.empty() && o.runs.back().first + o.runs.back().second == first)
+            o.runs.back().second += cnt;
+          else
+            o.runs.emplace_back(first, cnt);
+          at += static_cast<off_t>(n);
+        }
+        pos = hole;
+      }
+      m.shm.push_back(std::move(o));
+    }
+  }
+}
+
+ShmTable create_shm(RestoreProcess& init, const InjectionArea& area, const Manifest& m,
+                    PageReader& pages) {
+  ShmTable table;
+  if (m.shm.empty()) return table;
+  Injector& inj = init.leader();
+  int base = 3;
+  for (auto& f : init.rec->fds) base = std::max(base, f.fd + 1);
+  UniqueFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, init.host_pid, 0)));
+  if (!pidfd) fail_errno("pidfd_open of the restored init");
+  std::vector<std::byte> buf(kIo);
+  for (auto& o : m.shm) {
+    std::string what = fmt::format("shared memory object {}", o.path.empty() ? o.key : o.path);
+    long fd;
+    if (o.path.empty()) {
+      std::uint64_t name = put_string(init.host_pid, area, 0, "fsched-shm");
+      fd = inj.call_ok(what + ": memfd_create", SYS_memfd_create, name, MFD_CLOEXEC);
+    } else {
+      std::uint64_t path = put_string(init.host_pid, area, 0, o.path);
+      fd = inj.call_ok(what + ": open", SYS_openat, static_cast<std::uint64_t>(AT_FDCWD), path,
+                       O_RDWR | O_CREAT | O_CLOEXEC, o.mode);
+      inj.call_ok(what + ": fchown", SYS_fchown, static_cast<std::uint64_t>(fd), o.uid, o.gid);
+    }
+    inj.call_ok(what + ": ftruncate", SYS_ftruncate, static_cast<std::uint64_t>(fd), o.size);
+    long high = inj.call_ok(what + ": fcntl(F_DUPFD)", SYS_fcntl, static_cast<std::uint64_t>(fd),
+                            F_DUPFD_CLOEXEC, static_cast<std::uint64_t>(base));
+    inj.call(SYS_close, static_cast<std::uint64_t>(fd));
+    table[o.key] = static_cast<int>(high);
+
+    UniqueFd w(static_cast<int>(::syscall(SYS_pidfd_getfd, pidfd.get(), high, 0)));
+    if (!w) fail_errno("{}: pidfd_getfd from init", what);
+    for (auto [first, count] : o.runs) {
+      std::uint64_t off = first * kPage, left = count * kPage;
+      if (off + left > (o.size + kPage - 1) / kPage * kPage)
+        fail("image: {}: data beyond its size", what);
+      while (left) {
+        std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(left, buf.size()));
+        pages.read(std::span(buf.data(), n));
+        // The last page may reach past the object's size: write only what fits.
+        std::size_t keep = static_cast<std::size_t>(std::min<std::uint64_t>(n, o.size - off));
+        if (::pwrite(w.get(), buf.data(), keep, static_cast<off_t>(off)) != static_cast<ssize_t>(keep))
+          fail_errno("{}: writing its data", what);
+        off += n;
+        left -= n;
+      }
+    }
+  }
+  return table;
+}
+
+void close_shm_temporaries(RestoreProcess& init, const ShmTable& t) {
+  for (auto& [key, fd] : t) init.leader().call(SYS_close, static_cast<std::uint64_t>(fd));
+}
+
+}  // namespace fsched::ckpt
