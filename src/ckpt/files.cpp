@@ -56,24 +56,30 @@ void dump_files(DumpProcess& p, std::span<DumpProcess> all) {
       return fmt::format("process {} (pid {} in the job), fd {} -> {}", hp, r.pid, fd, link);
     };
     if (link.rfind("socket:", 0) == 0) fail("{}: sockets are not supported yet", where());
-    if (link.rfind("anon_inode:", 0) == 0)
-      fail("{}: this kind of file (eventfd, epoll, timerfd, signalfd, inotify...) is not supported yet",
-           where());
     if (link.ends_with(" (deleted)")) fail("{}: the open file was deleted (unsupported)", where());
-    struct stat st {};
-    if (::stat(fmt::format("/proc/{}/fd/{}", hp, fd).c_str(), &st) < 0)
-      fail_errno("{}: cannot stat", where());
     Fd f;
     f.fd = fd;
     f.path = link;
-    std::istringstream info(read_file(fmt::format("/proc/{}/fdinfo/{}", hp, fd)));
+    const std::string fdinfo = read_file(fmt::format("/proc/{}/fdinfo/{}", hp, fd));
+    std::istringstream info(fdinfo);
     std::string key;
     while (info >> key) {
       if (key == "pos:") info >> f.pos;
       else if (key == "flags:") info >> std::oct >> f.flags >> std::dec;
       else info.ignore(1 << 20, '\n');
     }
-    if (S_ISREG(st.st_mode)) {
+    if (link.rfind("anon_inode:", 0) == 0) {
+      if (!dump_event_fd(link, fdinfo, f))
+        fail("{}: this kind of file (inotify, fanotify, io_uring, pidfd...) is not supported yet",
+             where());
+      f.path.clear();
+    }
+    struct stat st {};
+    if (f.kind.empty() && ::stat(fmt::format("/proc/{}/fd/{}", hp, fd).c_str(), &st) < 0)
+      fail_errno("{}: cannot stat", where());
+    if (!f.kind.empty()) {
+      // an event fd, filled in above
+    } else if (S_ISREG(st.st_mode)) {
       f.kind = "file";
       f.file = FileId{st.st_ino, static_cast<std::uint64_t>(st.st_size),
                       st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec};
@@ -94,12 +100,13 @@ void dump_files(DumpProcess& p, std::span<DumpProcess> all) {
       fail("{}: unsupported file type {:o}", where(), st.st_mode & S_IFMT);
     }
     // One open file description shared with an fd recorded earlier (dup, fork)?
-    if (f.kind == "file" || f.kind == "pipe") {
+    if (f.kind != "dir" && f.kind != "chr") {
       for (auto& q : all) {
         for (auto& g : q.rec.fds) {
           if (f.shared_fd >= 0) break;
           if (g.kind != f.kind || g.file.ino != f.file.ino || g.path != f.path || g.shared_fd >= 0)
             continue;
+          if (&q == &p && g.fd == fd) continue;
           if (::syscall(SYS_kcmp, hp, q.host_pid, KCMP_FILE, fd, g.fd) == 0) {
             f.shared_pid = q.rec.pid;
             f.shared_fd = g.fd;
@@ -190,6 +197,9 @@ void restore_files(RestoreProcess& p, const InjectionArea& area, const PipeTable
       if (f.kind == "pipe" && f.shared_fd < 0)
         inj.call_ok(who + ": fcntl(F_SETFL)", SYS_fcntl, static_cast<std::uint64_t>(tmp), F_SETFL,
                     static_cast<std::uint64_t>(f.flags & (O_NONBLOCK | O_APPEND | O_DIRECT)));
+    } else if (f.kind == "eventfd" || f.kind == "epoll" || f.kind == "timerfd" ||
+               f.kind == "signalfd") {
+      tmp = create_event_fd(inj, area, hp, f, who);
     } else {
       int oflags = f.flags & ~(O_CREAT | O_EXCL | O_TRUNC | O_NOCTTY);
       std::uint64_t path = put_string(hp, area, 0, f.path);
@@ -207,6 +217,10 @@ void restore_files(RestoreProcess& p, const InjectionArea& area, const PipeTable
       inj.call_ok(who + ": lseek", SYS_lseek, static_cast<std::uint64_t>(f.fd),
                   static_cast<std::uint64_t>(f.pos), SEEK_SET);
   }
+  // Epoll targets last: they name other fds of the process.
+  for (const Fd& f : r.fds)
+    if (f.kind == "epoll" && f.shared_fd < 0)
+      add_epoll_targets(inj, area, hp, f, fmt::format("process {} epoll fd {}", r.pid, f.fd));
 }
 
 }  // namespace fsched::ckpt

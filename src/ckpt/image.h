@@ -25,12 +25,13 @@
 // then renames DIR.tmp to DIR and fsyncs the parent, so a directory named DIR is
 // always complete. An ImageWriter destroyed before commit() removes DIR.tmp.
 //
-// Reading: pages.img is read with mmap(2) where its pages are already in the page
-// cache (user-space copies and in-place hashing are several times faster than
-// pread(2)'s in-kernel copy) and with pread(2) otherwise, so that I/O errors and short
-// files are reported as fsched::Error. Images are never modified after commit();
-// truncating pages.img while verify_chunks() runs or a PageReader is alive can kill
-// the process with SIGBUS.
+// Reading: blocks of pages.img that are in the page cache are read through an
+// mmap(2) of it (user-space copies and in-place hashing are several times faster than
+// pread(2)'s in-kernel copy), other blocks with pread(2), so that a short pages.img or
+// an I/O error is reported as fsched::Error. Images are never modified after
+// commit(); truncating pages.img while verify_chunks() runs or a PageReader is alive,
+// or an I/O error on a page the kernel is still reading ahead, can instead kill the
+// process with SIGBUS.
 #pragma once
 
 #include <cstddef>
@@ -91,7 +92,8 @@ class ImageWriter {
 // Reads the logical page stream of an image sequentially. It does not depend on the
 // ImageReader that made it staying alive. Not thread-safe (one caller thread); a
 // worker thread reads, checks (xxh3) and decompresses chunk k+1 while the caller
-// consumes chunk k (double buffering), so at most two chunks are held in memory.
+// consumes chunk k (double buffering), so it holds two chunk buffers of up to
+// kChunkRawBytes (and, for images with zstd chunks, one compressed chunk).
 // Every chunk is checked against the chunk table before any of its bytes is handed
 // out. After a chunk error (checksum mismatch, bad zstd frame, truncated pages.img,
 // I/O error) the reader is failed: every further next() and read() throws that error.
@@ -131,7 +133,8 @@ class ImageReader {
   // Throws fsched::Error with the path and what is wrong ("DIR is not a checkpoint
   // image (no manifest.json)", "manifest checksum mismatch", "image format 2, this
   // engine reads 1", ...). Also checks that the chunk table is well-formed (offsets
-  // contiguous from 0, sizes in range, totals consistent); it does not read pages.img.
+  // contiguous from 0, sizes in range, "zstd" a boolean, stored == raw for a raw
+  // chunk, totals consistent); it does not read pages.img.
   static std::unique_ptr<ImageReader> open(const std::filesystem::path& dir);
 
   virtual ~ImageReader() = default;

@@ -34,10 +34,18 @@ struct Vma {
   std::vector<std::pair<std::uint64_t, std::uint64_t>> runs;
 };
 
+// A file registered in an epoll instance (epoll_ctl(2)).
+struct EpollTarget {
+  int fd = -1;                 // its fd number in the process
+  std::uint32_t events = 0;    // EPOLLIN, EPOLLET ...
+  std::uint64_t data = 0;      // epoll_data, as the kernel holds it
+};
+
 // An open file descriptor.
 struct Fd {
   int fd = -1;
-  std::string kind;          // "file", "dir", "chr", "pipe" (file.ino: the pipe inode)
+  std::string kind;          // "file", "dir", "chr", "pipe" (file.ino: the pipe inode),
+                             // "eventfd", "epoll", "timerfd", "signalfd"
   std::string path;
   int flags = 0;             // open flags from fdinfo (O_ACCMODE, O_APPEND, O_CLOEXEC ...)
   std::int64_t pos = 0;      // file offset in bytes
@@ -45,6 +53,13 @@ struct Fd {
   // Same open file description as an fd restored earlier: {ns pid, fd}; {0,-1} if none.
   int shared_pid = 0;
   int shared_fd = -1;
+  // Event fds (eventfds.cpp):
+  std::uint64_t count = 0;          // eventfd counter; timerfd expirations not yet read
+  bool semaphore = false;           // EFD_SEMAPHORE
+  int clockid = 0, settime_flags = 0;               // timerfd
+  std::uint64_t value_ns = 0, interval_ns = 0;      // timerfd: time left, period (ns)
+  std::uint64_t sigmask = 0;        // signalfd
+  std::vector<EpollTarget> targets; // epoll
 };
 
 struct SigAction {
@@ -137,8 +152,11 @@ struct Manifest {
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(FileId, ino, size, mtime_ns)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Vma, start, end, prot, shared, kind, shm_key, path,
                                                 pgoff, file, vmflags, runs)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(EpollTarget, fd, events, data)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Fd, fd, kind, path, flags, pos, file, shared_pid,
-                                                shared_fd)
+                                                shared_fd, count, semaphore, clockid,
+                                                settime_flags, value_ns, interval_ns, sigmask,
+                                                targets)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(SigAction, sig, handler, flags, restorer, mask)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Thread, tid, regs, xstate_hex, sigmask, rseq_addr,
                                                 rseq_len, rseq_sig, robust_list, robust_len,

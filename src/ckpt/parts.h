@@ -168,6 +168,16 @@ void restore_files(RestoreProcess& p, const InjectionArea& area, const PipeTable
 void check_files(const Manifest& m);
 // Truncates files the job had open for writing back to their dump-time size.
 void truncate_written_files(const Manifest& m);
+// eventfds.cpp: eventfd, epoll, timerfd and signalfd fds. dump_event_fd fills f from
+// the fd's link ("anon_inode:[eventfd]") and fdinfo text; false if not an event fd.
+bool dump_event_fd(const std::string& link, const std::string& fdinfo, Fd& f);
+// Creates the object in the process; returns its (temporary) fd number there.
+long create_event_fd(Injector& inj, const InjectionArea& area, pid_t host_pid, const Fd& f,
+                     const std::string& who);
+// Registers an epoll fd's targets; run once every other fd of the process exists.
+void add_epoll_targets(Injector& inj, const InjectionArea& area, pid_t host_pid, const Fd& f,
+                       const std::string& who);
+
 // pipes.cpp: the pipes of the job (manifest and buffered data, which follows the
 // pages in the page stream) ...
 void dump_pipes(std::span<DumpProcess> procs, Manifest& m, ImageWriter& img);
