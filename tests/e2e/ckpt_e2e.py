@@ -257,15 +257,15 @@ class Engine:
         self.build = build
         self.bin = build / "src" / "tools" / "fsched-ckpt"
 
-    def call(self, args: list[str], timeout: float, env: Optional[dict] = None) -> Result:
+    def call(self, args: list[str], timeout: float) -> Result:
         t0 = time.monotonic()
         cp = subprocess.run([str(self.bin), *args], stdin=subprocess.DEVNULL, capture_output=True,
-                            text=True, timeout=timeout, env=env)
+                            text=True, timeout=timeout)
         return Result(cp.returncode, cp.stdout, cp.stderr, time.monotonic() - t0)
 
-    def dump(self, pid: int, image: Path, *, leave_running: bool = False, timeout: float = 300,
-             extra: tuple[str, ...] = ()) -> tuple[Result, Optional[dict]]:
-        args = ["dump", "--pid", str(pid), "--dir", str(image), "--json", *extra]
+    def dump(self, pid: int, image: Path, *, leave_running: bool = False,
+             timeout: float = 300) -> tuple[Result, Optional[dict]]:
+        args = ["dump", "--pid", str(pid), "--dir", str(image), "--json"]
         if leave_running:
             args.append("--leave-running")
         r = self.call(args, timeout)
@@ -297,11 +297,11 @@ def restore_stats(stderr: str) -> Optional[dict]:
 class JobSpec:
     """A job of the end-to-end tests.
 
-    argv may contain "{work}", "{build}", "{jobdir}" placeholders. setup(work) fills the
+    argv and env values may contain a "{work}" placeholder. setup(work) fills the
     work directory with inputs (named in `inputs`, which are excluded from comparisons).
     progress says how far along a running job is, so that tests can dump it at a given
-    point: ("lines", REL) or ("bytes", REL) compares the file JOBDIR/REL to its final
-    size in the reference run; ("time",) compares the running time to the reference
+    point: ("lines", REL) compares the number of lines in JOBDIR/REL to that of the
+    reference run; ("time",) compares the running time to the reference
     run's duration.
     """
     name: str
@@ -328,8 +328,6 @@ class Reference:
         if kind == "readpos":
             return 1.0
         st = self.snap[progress[1]]
-        if kind == "bytes":
-            return float(st.size)
         if kind == "lines":
             if st.text is None:
                 raise ValueError(f"progress file {progress[1]} too large for line counting")
@@ -367,7 +365,7 @@ class Job:
                     os.chown(p, pw.pw_uid, pw.pw_gid)
 
     def fmt(self, s: str) -> str:
-        return s.format(work=self.work, build=self.env.build, jobdir=self.dir)
+        return s.format(work=self.work)
 
     def run_args(self) -> list[str]:
         args = ["--stdout", str(self.dir / "stdout"), "--stderr", str(self.dir / "stderr"),
@@ -434,8 +432,6 @@ class Job:
         if kind == "readpos":
             return self._read_position(p)
         try:
-            if kind == "bytes":
-                return p.stat().st_size / total
             with open(p, "rb") as f:
                 return f.read().count(b"\n") / total
         except FileNotFoundError:
