@@ -100,6 +100,7 @@ DumpStats dump(const DumpOptions& o) {
   for (auto& p : procs)
     if (!p.zombie) st.memory_bytes += dump_pages(p, *img);
   dump_pipes(procs, m, *img);
+  dump_sockets(procs, m, *img);
   for (auto& p : procs) m.processes.push_back(std::move(p.rec));
 
   nlohmann::json j = m;

@@ -55,7 +55,6 @@ void dump_files(DumpProcess& p, std::span<DumpProcess> all) {
     auto where = [&] {
       return fmt::format("process {} (pid {} in the job), fd {} -> {}", hp, r.pid, fd, link);
     };
-    if (link.rfind("socket:", 0) == 0) fail("{}: sockets are not supported yet", where());
     if (link.ends_with(" (deleted)")) fail("{}: the open file was deleted (unsupported)", where());
     Fd f;
     f.fd = fd;
@@ -68,7 +67,11 @@ void dump_files(DumpProcess& p, std::span<DumpProcess> all) {
       else if (key == "flags:") info >> std::oct >> f.flags >> std::dec;
       else info.ignore(1 << 20, '\n');
     }
-    if (link.rfind("anon_inode:", 0) == 0) {
+    if (link.rfind("socket:[", 0) == 0) {
+      f.kind = "unix";  // checked against the kernel's socket table by dump_sockets
+      f.file.ino = std::stoull(link.substr(8));
+      f.path.clear();
+    } else if (link.rfind("anon_inode:", 0) == 0) {
       if (!dump_event_fd(link, fdinfo, f))
         fail("{}: this kind of file (inotify, fanotify, io_uring, pidfd...) is not supported yet",
              where());
@@ -171,7 +174,8 @@ long take_fd(Injector& inj, int ns_pid, int fd, const std::string& what) {
   return r;
 }
 
-void restore_files(RestoreProcess& p, const InjectionArea& area, const PipeTable& pipes) {
+void restore_files(RestoreProcess& p, const InjectionArea& area, const PipeTable& pipes,
+                   const SocketTable& sockets) {
   const Process& r = *p.rec;
   Injector& inj = p.leader();
   pid_t hp = p.host_pid;
@@ -184,17 +188,22 @@ void restore_files(RestoreProcess& p, const InjectionArea& area, const PipeTable
     if (f.shared_fd >= 0 && f.shared_pid == r.pid) {
       tmp = inj.call_ok(who + ": dup", SYS_fcntl, static_cast<std::uint64_t>(f.shared_fd),
                         F_DUPFD_CLOEXEC, 0);
-    } else if (f.shared_fd >= 0 || f.kind == "pipe") {
+    } else if (f.shared_fd >= 0 || f.kind == "pipe" || f.kind == "unix") {
       // Another process's fd: the same open file description, via pidfd_getfd(2).
       int from_pid = f.shared_pid, from_fd = f.shared_fd;
-      if (f.shared_fd < 0) {
+      if (f.shared_fd < 0 && f.kind == "unix") {
+        auto it = sockets.find(f.file.ino);
+        if (it == sockets.end()) fail("image: {}: socket {} is not in the image", who, f.file.ino);
+        from_pid = 1;
+        from_fd = it->second;
+      } else if (f.shared_fd < 0) {
         auto it = pipes.find(f.file.ino);
         if (it == pipes.end()) fail("image: {}: pipe {} is not in the pipe table", who, f.file.ino);
         from_pid = 1;
         from_fd = (f.flags & O_ACCMODE) == O_RDONLY ? it->second.read_fd : it->second.write_fd;
       }
       tmp = take_fd(inj, from_pid, from_fd, who);
-      if (f.kind == "pipe" && f.shared_fd < 0)
+      if (f.shared_fd < 0)
         inj.call_ok(who + ": fcntl(F_SETFL)", SYS_fcntl, static_cast<std::uint64_t>(tmp), F_SETFL,
                     static_cast<std::uint64_t>(f.flags & (O_NONBLOCK | O_APPEND | O_DIRECT)));
     } else if (f.kind == "eventfd" || f.kind == "epoll" || f.kind == "timerfd" ||

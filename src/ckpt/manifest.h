@@ -45,7 +45,8 @@ struct EpollTarget {
 struct Fd {
   int fd = -1;
   std::string kind;          // "file", "dir", "chr", "pipe" (file.ino: the pipe inode),
-                             // "eventfd", "epoll", "timerfd", "signalfd"
+                             // "eventfd", "epoll", "timerfd", "signalfd",
+                             // "unix" (file.ino: the socket inode)
   std::string path;
   int flags = 0;             // open flags from fdinfo (O_ACCMODE, O_APPEND, O_CLOEXEC ...)
   std::int64_t pos = 0;      // file offset in bytes
@@ -138,6 +139,17 @@ struct ShmObject {
   std::vector<std::pair<std::uint64_t, std::uint64_t>> runs;  // {first page, count} with data
 };
 
+// A Unix socket of the job. Its queued data (bytes waiting to be read on it) follows
+// the pipes' data in the page stream, in the order of Manifest::sockets.
+struct UnixSocket {
+  std::uint64_t ino = 0;            // sockfs inode, as in "socket:[ino]"
+  int type = 1;                     // SOCK_STREAM, SOCK_DGRAM, SOCK_SEQPACKET
+  int state = 0;                    // TCP_ESTABLISHED, TCP_LISTEN, TCP_CLOSE (unconnected)
+  std::uint64_t peer = 0;           // inode of the connected peer (in the job), 0 if none
+  std::string name;                 // bound path; "@..." for abstract names
+  std::vector<std::uint64_t> queued;  // sizes in bytes of the queued messages
+};
+
 struct Manifest {
   std::string kernel;                // uname -r at dump time
   std::uint64_t xfeatures = 0;       // XCR0 of the dumping CPU
@@ -146,6 +158,7 @@ struct Manifest {
   std::vector<Process> processes;    // parents before children
   std::vector<Pipe> pipes;
   std::vector<ShmObject> shm;
+  std::vector<UnixSocket> sockets;
 };
 
 // JSON mapping of the manifest; absent keys keep their defaults.
@@ -175,8 +188,9 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Process, pid, ppid, pgid, sid, e
                                                 threads)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Pipe, ino, capacity, bytes)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(ShmObject, key, path, mode, uid, gid, size, runs)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(UnixSocket, ino, type, state, peer, name, queued)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Manifest, kernel, xfeatures, xstate_size,
-                                                dump_time_ns, processes, pipes, shm)
+                                                dump_time_ns, processes, pipes, shm, sockets)
 
 
 // Hex helpers for binary blobs stored in the manifest.

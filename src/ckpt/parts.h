@@ -162,7 +162,10 @@ struct PipeEnds {
   int read_fd = -1, write_fd = -1;  // fds in init
 };
 using PipeTable = std::map<std::uint64_t, PipeEnds>;  // by pipe inode
-void restore_files(RestoreProcess& p, const InjectionArea& area, const PipeTable& pipes);
+// Unix sockets being restored, likewise: socket inode -> fd in init.
+using SocketTable = std::map<std::uint64_t, int>;
+void restore_files(RestoreProcess& p, const InjectionArea& area, const PipeTable& pipes,
+                   const SocketTable& sockets);
 // Verifies mapped files and the executable are unchanged (inode, size, mtime) and
 // that written files exist; throws Error naming the file.
 void check_files(const Manifest& m);
@@ -177,6 +180,12 @@ long create_event_fd(Injector& inj, const InjectionArea& area, pid_t host_pid, c
 // Registers an epoll fd's targets; run once every other fd of the process exists.
 void add_epoll_targets(Injector& inj, const InjectionArea& area, pid_t host_pid, const Fd& f,
                        const std::string& who);
+
+// sockets.cpp: Unix sockets (after the pipes in the page stream).
+void dump_sockets(std::span<DumpProcess> procs, Manifest& m, ImageWriter& img);
+SocketTable create_sockets(RestoreProcess& init, const InjectionArea& area, const Manifest& m,
+                           PageReader& pages);
+void close_socket_temporaries(RestoreProcess& init, const SocketTable& t);
 
 // pipes.cpp: the pipes of the job (manifest and buffered data, which follows the
 // pages in the page stream) ...

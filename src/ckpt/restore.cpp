@@ -77,14 +77,16 @@ RestoreStats restore(const RestoreOptions& o) {
     ShmTable shm = create_shm(procs[0], area, m, *pages);
     for (auto* p : live) restore_memory(*p, area, *pages, shm);
     PipeTable pipes = create_pipes(procs[0], area, m, *pages);
+    SocketTable sockets = create_sockets(procs[0], area, m, *pages);
     for (auto* p : live) {
-      restore_files(*p, area, pipes);
+      restore_files(*p, area, pipes, sockets);
       restore_signals(*p, area);
       restore_process_attrs(*p, area);
       restore_threads(*p, area);
     }
     close_pipe_temporaries(procs[0], pipes);
     close_shm_temporaries(procs[0], shm);
+    close_socket_temporaries(procs[0], sockets);
     for (auto* p : live) {
       restore_creds(*p, area);
       restore_pending_signals(*p, area);

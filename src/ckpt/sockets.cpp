@@ -1,0 +1,258 @@
+// Unix sockets: socket pairs and connected pairs inside the job (with the data queued
+// in them), listening sockets bound to a path, and unconnected sockets. What the
+// kernel knows of each (type, state, peer, name, queue length) comes from
+// NETLINK_SOCK_DIAG (sock_diag(7), unix_diag); queued data is read with MSG_PEEK
+// (SO_PEEK_OFF for datagrams, socket(7)) through our own reference to the socket
+// (pidfd_getfd(2)), so a job that keeps running loses nothing. On restore the
+// sockets are created in init, refilled by the restorer, and taken by each process.
+// Sockets of other families (TCP, UDP, netlink...) or connected outside the job are
+// refused with the process and fd named.
+#include <fcntl.h>
+#include <linux/netlink.h>
+#include <linux/rtnetlink.h>
+#include <linux/sock_diag.h>
+#include <linux/unix_diag.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <map>
+#include <set>
+
+#include "ckpt/parts.h"
+#include "common/error.h"
+#include "common/fd.h"
+
+namespace fsched::ckpt {
+namespace {
+
+struct DiagInfo {
+  int type = 0, state = 0;
+  std::uint64_t peer = 0;
+  std::string name;
+  std::uint32_t rqueue = 0;
+};
+
+// Every AF_UNIX socket of this network namespace, by inode.
+std::map<std::uint64_t, DiagInfo> unix_sockets() {
+  UniqueFd nl(::socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG));
+  if (!nl) fail_errno("socket(NETLINK_SOCK_DIAG)");
+  struct {
+    nlmsghdr nlh;
+    unix_diag_req req;
+  } msg{};
+  msg.nlh.nlmsg_len = sizeof msg;
+  msg.nlh.nlmsg_type = SOCK_DIAG_BY_FAMILY;
+  msg.nlh.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+  msg.req.sdiag_family = AF_UNIX;
+  msg.req.udiag_states = ~0U;
+  msg.req.udiag_show = UDIAG_SHOW_NAME | UDIAG_SHOW_PEER | UDIAG_SHOW_RQLEN;
+  if (::send(nl.get(), &msg, sizeof msg, 0) != sizeof msg) fail_errno("sock_diag request");
+  std::map<std::uint64_t, DiagInfo> out;
+  std::vector<char> buf(1 << 16);
+  for (;;) {
+    ssize_t n = ::recv(nl.get(), buf.data(), buf.size(), 0);
+    if (n < 0) fail_errno("sock_diag reply");
+    for (auto* h = reinterpret_cast<nlmsghdr*>(buf.data()); NLMSG_OK(h, static_cast<unsigned>(n));
+         h = NLMSG_NEXT(h, n)) {
+      if (h->nlmsg_type == NLMSG_DONE) return out;
+      if (h->nlmsg_type == NLMSG_ERROR) fail("sock_diag: error reply");
+      auto* d = static_cast<unix_diag_msg*>(NLMSG_DATA(h));
+      DiagInfo info;
+      info.type = d->udiag_type;
+      info.state = d->udiag_state;
+      int len = static_cast<int>(h->nlmsg_len - NLMSG_LENGTH(sizeof *d));
+      for (auto* a = reinterpret_cast<rtattr*>(d + 1); RTA_OK(a, len); a = RTA_NEXT(a, len)) {
+        if (a->rta_type == UNIX_DIAG_PEER) info.peer = *static_cast<std::uint32_t*>(RTA_DATA(a));
+        if (a->rta_type == UNIX_DIAG_RQLEN)
+          info.rqueue = static_cast<unix_diag_rqlen*>(RTA_DATA(a))->udiag_rqueue;
+        if (a->rta_type == UNIX_DIAG_NAME) {
+          std::string s(static_cast<char*>(RTA_DATA(a)), RTA_PAYLOAD(a));
+          if (!s.empty() && s[0] == '\0') s[0] = '@';  // abstract name
+          info.name = s.c_str();
+        }
+      }
+      out[d->udiag_ino] = info;
+    }
+  }
+}
+
+// The data queued for reading on `sock`, message by message, without consuming it.
+std::vector<std::string> peek_queue(int sock, int type, std::uint32_t rqueue,
+                                    const std::string& who) {
+  std::vector<std::string> msgs;
+  std::vector<char> buf(std::max<std::size_t>(rqueue, 1) + 65536);
+  char ctl[CMSG_SPACE(sizeof(int) * 64)];
+  auto one = [&](std::size_t len) -> ssize_t {
+    iovec iov{buf.data(), len};
+    msghdr mh{};
+    mh.msg_iov = &iov;
+    mh.msg_iovlen = 1;
+    mh.msg_control = ctl;
+    mh.msg_controllen = sizeof ctl;
+    ssize_t r = ::recvmsg(sock, &mh, MSG_PEEK | MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+    if (r >= 0 && mh.msg_controllen) {
+      for (cmsghdr* c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+          int* fds = reinterpret_cast<int*>(CMSG_DATA(c));
+          for (std::size_t i = 0; i < (c->cmsg_len - CMSG_LEN(0)) / sizeof(int); ++i) ::close(fds[i]);
+        }
+      fail("{}: file descriptors in flight (SCM_RIGHTS) are not supported yet", who);
+    }
+    if (r >= 0 && (mh.msg_flags & MSG_TRUNC)) fail("{}: queued datagram too large", who);
+    return r;
+  };
+  if (type == SOCK_STREAM) {
+    if (!rqueue) return msgs;
+    ssize_t r = one(rqueue);
+    if (r < 0 && errno != EAGAIN) fail_errno("{}: peeking at its queue", who);
+    if (r > 0) msgs.emplace_back(buf.data(), static_cast<std::size_t>(r));
+    return msgs;
+  }
+  int old = -1;
+  socklen_t ol = sizeof old;
+  ::getsockopt(sock, SOL_SOCKET, SO_PEEK_OFF, &old, &ol);
+  int zero = 0;
+  if (::setsockopt(sock, SOL_SOCKET, SO_PEEK_OFF, &zero, sizeof zero) < 0)
+    fail_errno("{}: SO_PEEK_OFF", who);
+  for (;;) {
+    ssize_t r = one(buf.size());
+    if (r < 0) {
+      if (errno == EAGAIN) break;
+      int e = errno;
+      ::setsockopt(sock, SOL_SOCKET, SO_PEEK_OFF, &old, sizeof old);
+      throw Error(who + ": peeking at its queue", e);
+    }
+    if (r == 0) {
+      // The peek offset does not move past an empty datagram.
+      ::setsockopt(sock, SOL_SOCKET, SO_PEEK_OFF, &old, sizeof old);
+      fail("{}: an empty datagram is queued (unsupported)", who);
+    }
+    msgs.emplace_back(buf.data(), static_cast<std::size_t>(r));
+  }
+  ::setsockopt(sock, SOL_SOCKET, SO_PEEK_OFF, &old, sizeof old);
+  return msgs;
+}
+
+}  // namespace
+
+void dump_sockets(std::span<DumpProcess> procs, Manifest& m, ImageWriter& img) {
+  std::set<std::uint64_t> in_job;
+  for (auto& p : procs)
+    for (auto& f : p.rec.fds)
+      if (f.kind == "unix") in_job.insert(f.file.ino);
+  if (in_job.empty()) return;
+  auto diag = unix_sockets();
+  std::set<std::uint64_t> done;
+  for (auto& p : procs) {
+    UniqueFd pidfd;
+    for (auto& f : p.rec.fds) {
+      if (f.kind != "unix" || !done.insert(f.file.ino).second) continue;
+      std::string who =
+          fmt::format("process {} (pid {} in the job), fd {} -> socket:[{}]", p.host_pid, p.rec.pid,
+                      f.fd, f.file.ino);
+      auto it = diag.find(f.file.ino);
+      if (it == diag.end())
+        fail("{}: not a Unix socket (TCP, UDP, netlink ... sockets are not supported)", who);
+      const DiagInfo& d = it->second;
+      if (d.type != SOCK_STREAM && d.type != SOCK_DGRAM && d.type != SOCK_SEQPACKET)
+        fail("{}: unsupported socket type {}", who, d.type);
+      UnixSocket s;
+      s.ino = f.file.ino;
+      s.type = d.type;
+      s.state = d.state;
+      s.name = d.name;
+      if (d.state == TCP_LISTEN) {
+        if (d.name.empty() || d.name[0] != '/')
+          fail("{}: listening socket without a path name (unsupported)", who);
+      } else if (d.peer) {
+        if (!in_job.count(d.peer))
+          fail("{}: connected to a socket outside the job (unsupported)", who);
+        s.peer = d.peer;
+      } else if (d.state == TCP_ESTABLISHED) {
+        fail("{}: its peer is gone (unsupported)", who);
+      }
+      if (!pidfd) {
+        pidfd.reset(static_cast<int>(::syscall(SYS_pidfd_open, p.host_pid, 0)));
+        if (!pidfd) fail_errno("pidfd_open of process {}", p.host_pid);
+      }
+      if (d.state != TCP_LISTEN) {
+        UniqueFd mine(static_cast<int>(::syscall(SYS_pidfd_getfd, pidfd.get(), f.fd, 0)));
+        if (!mine) fail_errno("{}: pidfd_getfd", who);
+        for (auto& msg : peek_queue(mine.get(), d.type, d.rqueue, who)) {
+          s.queued.push_back(msg.size());
+          if (!msg.empty()) img.append_pages(std::as_bytes(std::span(msg.data(), msg.size())));
+        }
+      }
+      m.sockets.push_back(std::move(s));
+    }
+  }
+}
+
+SocketTable create_sockets(RestoreProcess& init, const InjectionArea& area, const Manifest& m,
+                           PageReader& pages) {
+  SocketTable table;
+  if (m.sockets.empty()) return table;
+  Injector& inj = init.leader();
+  int base = 3;
+  for (auto& f : init.rec->fds) base = std::max(base, f.fd + 1);
+  auto park = [&](long fd, const std::string& what) {
+    long high = inj.call_ok(what + ": fcntl(F_DUPFD)", SYS_fcntl, static_cast<std::uint64_t>(fd),
+                            F_DUPFD_CLOEXEC, static_cast<std::uint64_t>(base));
+    inj.call(SYS_close, static_cast<std::uint64_t>(fd));
+    return static_cast<int>(high);
+  };
+  for (auto& s : m.sockets) {
+    if (table.count(s.ino)) continue;
+    std::string what = fmt::format("unix socket {}", s.ino);
+    if (s.peer) {
+      inj.call_ok(what + ": socketpair", SYS_socketpair, AF_UNIX,
+                  static_cast<std::uint64_t>(s.type | SOCK_CLOEXEC), 0, area.data());
+      int fds[2];
+      remote_read(init.host_pid, area.data(), fds, sizeof fds);
+      table[s.ino] = park(fds[0], what);
+      table[s.peer] = park(fds[1], what);
+    } else {
+      long fd = inj.call_ok(what + ": socket", SYS_socket, AF_UNIX,
+                            static_cast<std::uint64_t>(s.type | SOCK_CLOEXEC), 0);
+      if (s.state == TCP_LISTEN) {
+        sockaddr_un sa{};
+        sa.sun_family = AF_UNIX;
+        if (s.name.size() >= sizeof sa.sun_path) fail("{}: path too long", what);
+        std::memcpy(sa.sun_path, s.name.c_str(), s.name.size() + 1);
+        ::unlink(s.name.c_str());  // left behind by the dumped job
+        remote_write(init.host_pid, area.data(), &sa, sizeof sa);
+        inj.call_ok(what + ": bind " + s.name, SYS_bind, static_cast<std::uint64_t>(fd), area.data(),
+                    sizeof sa);
+        inj.call_ok(what + ": listen", SYS_listen, static_cast<std::uint64_t>(fd), 128);
+      }
+      table[s.ino] = park(fd, what);
+    }
+  }
+  // Queued data: what was waiting to be read on a socket is sent again by its peer.
+  UniqueFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, init.host_pid, 0)));
+  if (!pidfd) fail_errno("pidfd_open of the restored init");
+  for (auto& s : m.sockets) {
+    if (s.queued.empty()) continue;
+    if (!s.peer) fail("image: unix socket {} has queued data but no peer", s.ino);
+    UniqueFd peer(static_cast<int>(::syscall(SYS_pidfd_getfd, pidfd.get(), table.at(s.peer), 0)));
+    if (!peer) fail_errno("pidfd_getfd of unix socket {}", s.peer);
+    for (std::uint64_t len : s.queued) {
+      std::vector<std::byte> data(len);
+      if (len) pages.read(data);
+      if (::send(peer.get(), data.data(), data.size(), MSG_DONTWAIT | MSG_NOSIGNAL) !=
+          static_cast<ssize_t>(len))
+        fail_errno("refilling the queue of unix socket {} ({} bytes)", s.ino, len);
+    }
+  }
+  return table;
+}
+
+void close_socket_temporaries(RestoreProcess& init, const SocketTable& t) {
+  for (auto& [ino, fd] : t) init.leader().call(SYS_close, static_cast<std::uint64_t>(fd));
+}
+
+}  // namespace fsched::ckpt
