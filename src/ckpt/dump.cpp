@@ -43,6 +43,7 @@ DumpStats dump(const DumpOptions& o) {
   // The writer first: an unwritable location fails before the job is touched.
   auto img = ImageWriter::create(o.dir, o.compress_level);
 
+  auto t_freeze = std::chrono::steady_clock::now();
   FrozenTree tree(o.pid);
   auto& procs = tree.processes();
   Manifest m;
@@ -106,13 +107,13 @@ DumpStats dump(const DumpOptions& o) {
   nlohmann::json j = m;
   if (o.leave_running) {
     tree.thaw();
-    st.freeze_ms = ms_since(t0);
+    st.freeze_ms = ms_since(t_freeze);
     img->commit(std::move(j));
   } else {
     // The job dies only once its image is durable.
     img->commit(std::move(j));
     tree.kill();
-    st.freeze_ms = ms_since(t0);
+    st.freeze_ms = ms_since(t_freeze);
   }
   st.dump_ms = ms_since(t0);
   st.image_bytes = dir_bytes(o.dir);
