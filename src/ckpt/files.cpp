@@ -163,6 +163,36 @@ void truncate_written_files(const Manifest& m) {
     }
 }
 
+UniqueFd grab_fd(pid_t host_pid, int fd, const std::string& what) {
+  UniqueFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, host_pid, 0)));
+  if (!pidfd) fail_errno("{}: pidfd_open of process {}", what, host_pid);
+  UniqueFd mine(static_cast<int>(::syscall(SYS_pidfd_getfd, pidfd.get(), fd, 0)));
+  if (!mine) fail_errno("{}: pidfd_getfd of fd {} of process {}", what, fd, host_pid);
+  return mine;
+}
+
+InitStash::InitStash(RestoreProcess& init) : init_(init) {
+  for (auto& f : init.rec->fds) base_ = std::max(base_, f.fd + 1);
+}
+
+int InitStash::park(long fd, const std::string& what) {
+  long high = inj().call_ok(what + ": fcntl(F_DUPFD) in init", SYS_fcntl,
+                            static_cast<std::uint64_t>(fd), F_DUPFD_CLOEXEC,
+                            static_cast<std::uint64_t>(base_));
+  inj().call(SYS_close, static_cast<std::uint64_t>(fd));
+  parked_.push_back(static_cast<int>(high));
+  return static_cast<int>(high);
+}
+
+UniqueFd InitStash::take(int init_fd, const std::string& what) const {
+  return grab_fd(init_.host_pid, init_fd, what);
+}
+
+void InitStash::close_all() {
+  for (int fd : parked_) inj().call(SYS_close, static_cast<std::uint64_t>(fd));
+  parked_.clear();
+}
+
 long take_fd(Injector& inj, int ns_pid, int fd, const std::string& what) {
   long pidfd = inj.call_ok(what + ": pidfd_open", SYS_pidfd_open,
                            static_cast<std::uint64_t>(ns_pid), 0);

@@ -15,8 +15,11 @@
 #include "ckpt/image.h"
 #include "ckpt/inject.h"
 #include "ckpt/manifest.h"
+#include "common/fd.h"
 
 namespace fsched::ckpt {
+
+class InitStash;
 
 // ---- remote memory (process_vm_readv/writev(2)) --------------------------------
 void remote_read(pid_t pid, std::uint64_t addr, void* out, std::size_t len);
@@ -132,10 +135,9 @@ bool is_shm_path(const std::string& maps_path);
 // Dump: every object mapped by the tree, its data to the page stream (before pages).
 void dump_shm(std::span<DumpProcess> procs, Manifest& m, ImageWriter& img);
 // Restore: creates the objects in init and fills them (reads the page stream).
-ShmTable create_shm(RestoreProcess& init, const InjectionArea& area, const Manifest& m,
+ShmTable create_shm(InitStash& stash, const InjectionArea& area, const Manifest& m,
                     PageReader& pages);
 int shm_fd_in_init(const ShmTable& t, const std::string& key);
-void close_shm_temporaries(RestoreProcess& init, const ShmTable& t);
 // Injects pidfd_open(2) + pidfd_getfd(2) in the target: its own fd (O_CLOEXEC) for
 // the open file description behind fd `fd` of process `ns_pid` of the job.
 // Throws Error("<what>: ...").
@@ -156,6 +158,29 @@ void restore_threads(RestoreProcess& p, const InjectionArea& area);
 // Queues saved pending signals (after credentials, as the job itself).
 void restore_pending_signals(RestoreProcess& p, const InjectionArea& area);
 // files.cpp
+// Our own copy of fd `fd` of host process `host_pid` (pidfd_getfd(2)), O_CLOEXEC.
+UniqueFd grab_fd(pid_t host_pid, int fd, const std::string& what);
+
+// Kernel objects shared between processes (pipes, shared memory, sockets) are created
+// in init (pid 1) during restore and parked there, above init's own fds, until every
+// process has taken its reference with pidfd_getfd(2); then close_all() drops them.
+class InitStash {
+ public:
+  explicit InitStash(RestoreProcess& init);
+  // Moves init's fd `fd` out of the way; returns its new number in init.
+  int park(long fd, const std::string& what);
+  // The restorer's own reference to init's fd `init_fd`, e.g. to fill a pipe.
+  UniqueFd take(int init_fd, const std::string& what) const;
+  void close_all();
+  Injector& inj() { return init_.leader(); }
+  RestoreProcess& init() { return init_; }
+
+ private:
+  RestoreProcess& init_;
+  int base_ = 3;
+  std::vector<int> parked_;
+};
+
 // Pipes being restored: each is created in init (pid 1) and kept there at a
 // temporary fd until every process has taken its ends with pidfd_getfd(2).
 struct PipeEnds {
@@ -183,18 +208,15 @@ void add_epoll_targets(Injector& inj, const InjectionArea& area, pid_t host_pid,
 
 // sockets.cpp: Unix sockets (after the pipes in the page stream).
 void dump_sockets(std::span<DumpProcess> procs, Manifest& m, ImageWriter& img);
-SocketTable create_sockets(RestoreProcess& init, const InjectionArea& area, const Manifest& m,
+SocketTable create_sockets(InitStash& stash, const InjectionArea& area, const Manifest& m,
                            PageReader& pages);
-void close_socket_temporaries(RestoreProcess& init, const SocketTable& t);
 
 // pipes.cpp: the pipes of the job (manifest and buffered data, which follows the
 // pages in the page stream) ...
 void dump_pipes(std::span<DumpProcess> procs, Manifest& m, ImageWriter& img);
-// ... created in init with their capacity and buffered data, ...
-PipeTable create_pipes(RestoreProcess& init, const InjectionArea& area, const Manifest& m,
+// ... created in init with their capacity and buffered data.
+PipeTable create_pipes(InitStash& stash, const InjectionArea& area, const Manifest& m,
                        PageReader& pages);
-// ... and init's temporary fds closed once every process holds its ends.
-void close_pipe_temporaries(RestoreProcess& init, const PipeTable& pipes);
 // signals.cpp
 void restore_signals(RestoreProcess& p, const InjectionArea& area);
 // creds.cpp: umask, personality, rlimits (before credentials drop) ...

@@ -59,33 +59,21 @@ void dump_pipes(std::span<DumpProcess> procs, Manifest& m, ImageWriter& img) {
   }
 }
 
-PipeTable create_pipes(RestoreProcess& init, const InjectionArea& area, const Manifest& m,
+PipeTable create_pipes(InitStash& stash, const InjectionArea& area, const Manifest& m,
                        PageReader& pages) {
   PipeTable table;
-  if (m.pipes.empty()) return table;
-  Injector& inj = init.leader();
-  int base = 3;
-  for (auto& f : init.rec->fds) base = std::max(base, f.fd + 1);
-  UniqueFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, init.host_pid, 0)));
-  if (!pidfd) fail_errno("pidfd_open of the restored init");
+  Injector& inj = stash.inj();
   for (auto& pp : m.pipes) {
-    inj.call_ok("pipe2 in init", SYS_pipe2, area.data(), O_CLOEXEC);
+    std::string what = fmt::format("pipe {}", pp.ino);
+    inj.call_ok(what + ": pipe2 in init", SYS_pipe2, area.data(), O_CLOEXEC);
     int fds[2];
-    remote_read(init.host_pid, area.data(), fds, sizeof fds);
-    // Out of the way of the fds init will restore.
+    remote_read(stash.init().host_pid, area.data(), fds, sizeof fds);
     PipeEnds e;
-    e.read_fd = static_cast<int>(
-        inj.call_ok("fcntl(F_DUPFD)", SYS_fcntl, static_cast<std::uint64_t>(fds[0]), F_DUPFD_CLOEXEC,
-                    static_cast<std::uint64_t>(base)));
-    e.write_fd = static_cast<int>(
-        inj.call_ok("fcntl(F_DUPFD)", SYS_fcntl, static_cast<std::uint64_t>(fds[1]), F_DUPFD_CLOEXEC,
-                    static_cast<std::uint64_t>(base)));
-    inj.call(SYS_close, static_cast<std::uint64_t>(fds[0]));
-    inj.call(SYS_close, static_cast<std::uint64_t>(fds[1]));
+    e.read_fd = stash.park(fds[0], what);
+    e.write_fd = stash.park(fds[1], what);
     table[pp.ino] = e;
 
-    UniqueFd w(static_cast<int>(::syscall(SYS_pidfd_getfd, pidfd.get(), e.write_fd, 0)));
-    if (!w) fail_errno("pidfd_getfd of pipe {} from init", pp.ino);
+    UniqueFd w = stash.take(e.write_fd, what);
     if (::fcntl(w.get(), F_SETPIPE_SZ, static_cast<int>(pp.capacity)) < 0)
       fail_errno("cannot set the capacity of pipe {} to {} bytes", pp.ino, pp.capacity);
     if (pp.bytes > pp.capacity) fail("image: pipe {} holds more than its capacity", pp.ino);
@@ -94,13 +82,6 @@ PipeTable create_pipes(RestoreProcess& init, const InjectionArea& area, const Ma
     write_all(w.get(), data.data(), data.size(), fmt::format("filling pipe {}", pp.ino));
   }
   return table;
-}
-
-void close_pipe_temporaries(RestoreProcess& init, const PipeTable& pipes) {
-  for (auto& [ino, e] : pipes) {
-    init.leader().call(SYS_close, static_cast<std::uint64_t>(e.read_fd));
-    init.leader().call(SYS_close, static_cast<std::uint64_t>(e.write_fd));
-  }
 }
 
 }  // namespace fsched::ckpt

@@ -74,19 +74,18 @@ RestoreStats restore(const RestoreOptions& o) {
     std::vector<RestoreProcess*> live;  // zombies are complete once created
     for (auto& p : procs)
       if (!p.rec->zombie) live.push_back(&p);
-    ShmTable shm = create_shm(procs[0], area, m, *pages);
+    InitStash stash(procs[0]);
+    ShmTable shm = create_shm(stash, area, m, *pages);
     for (auto* p : live) restore_memory(*p, area, *pages, shm);
-    PipeTable pipes = create_pipes(procs[0], area, m, *pages);
-    SocketTable sockets = create_sockets(procs[0], area, m, *pages);
+    PipeTable pipes = create_pipes(stash, area, m, *pages);
+    SocketTable sockets = create_sockets(stash, area, m, *pages);
     for (auto* p : live) {
       restore_files(*p, area, pipes, sockets);
       restore_signals(*p, area);
       restore_process_attrs(*p, area);
       restore_threads(*p, area);
     }
-    close_pipe_temporaries(procs[0], pipes);
-    close_shm_temporaries(procs[0], shm);
-    close_socket_temporaries(procs[0], sockets);
+    stash.close_all();
     for (auto* p : live) {
       restore_creds(*p, area);
       restore_pending_signals(*p, area);

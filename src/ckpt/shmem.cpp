@@ -90,15 +90,12 @@ void dump_shm(std::span<DumpProcess> procs, Manifest& m, ImageWriter& img) {
   }
 }
 
-ShmTable create_shm(RestoreProcess& init, const InjectionArea& area, const Manifest& m,
+ShmTable create_shm(InitStash& stash, const InjectionArea& area, const Manifest& m,
                     PageReader& pages) {
   ShmTable table;
   if (m.shm.empty()) return table;
-  Injector& inj = init.leader();
-  int base = 3;
-  for (auto& f : init.rec->fds) base = std::max(base, f.fd + 1);
-  UniqueFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, init.host_pid, 0)));
-  if (!pidfd) fail_errno("pidfd_open of the restored init");
+  Injector& inj = stash.inj();
+  RestoreProcess& init = stash.init();
   std::vector<std::byte> buf(kIo);
   for (auto& o : m.shm) {
     std::string what = fmt::format("shared memory object {}", o.path.empty() ? o.key : o.path);
@@ -113,13 +110,9 @@ ShmTable create_shm(RestoreProcess& init, const InjectionArea& area, const Manif
       inj.call_ok(what + ": fchown", SYS_fchown, static_cast<std::uint64_t>(fd), o.uid, o.gid);
     }
     inj.call_ok(what + ": ftruncate", SYS_ftruncate, static_cast<std::uint64_t>(fd), o.size);
-    long high = inj.call_ok(what + ": fcntl(F_DUPFD)", SYS_fcntl, static_cast<std::uint64_t>(fd),
-                            F_DUPFD_CLOEXEC, static_cast<std::uint64_t>(base));
-    inj.call(SYS_close, static_cast<std::uint64_t>(fd));
-    table[o.key] = static_cast<int>(high);
-
-    UniqueFd w(static_cast<int>(::syscall(SYS_pidfd_getfd, pidfd.get(), high, 0)));
-    if (!w) fail_errno("{}: pidfd_getfd from init", what);
+    int high = stash.park(fd, what);
+    table[o.key] = high;
+    UniqueFd w = stash.take(high, what);
     for (auto [first, count] : o.runs) {
       std::uint64_t off = first * kPage, left = count * kPage;
       if (off + left > (o.size + kPage - 1) / kPage * kPage)
@@ -137,10 +130,6 @@ ShmTable create_shm(RestoreProcess& init, const InjectionArea& area, const Manif
     }
   }
   return table;
-}
-
-void close_shm_temporaries(RestoreProcess& init, const ShmTable& t) {
-  for (auto& [key, fd] : t) init.leader().call(SYS_close, static_cast<std::uint64_t>(fd));
 }
 
 }  // namespace fsched::ckpt

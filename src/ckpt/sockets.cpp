@@ -148,7 +148,6 @@ void dump_sockets(std::span<DumpProcess> procs, Manifest& m, ImageWriter& img) {
   auto diag = unix_sockets();
   std::set<std::uint64_t> done;
   for (auto& p : procs) {
-    UniqueFd pidfd;
     for (auto& f : p.rec.fds) {
       if (f.kind != "unix" || !done.insert(f.file.ino).second) continue;
       std::string who =
@@ -175,13 +174,8 @@ void dump_sockets(std::span<DumpProcess> procs, Manifest& m, ImageWriter& img) {
       } else if (d.state == TCP_ESTABLISHED) {
         fail("{}: its peer is gone (unsupported)", who);
       }
-      if (!pidfd) {
-        pidfd.reset(static_cast<int>(::syscall(SYS_pidfd_open, p.host_pid, 0)));
-        if (!pidfd) fail_errno("pidfd_open of process {}", p.host_pid);
-      }
       if (d.state != TCP_LISTEN) {
-        UniqueFd mine(static_cast<int>(::syscall(SYS_pidfd_getfd, pidfd.get(), f.fd, 0)));
-        if (!mine) fail_errno("{}: pidfd_getfd", who);
+        UniqueFd mine = grab_fd(p.host_pid, f.fd, who);
         for (auto& msg : peek_queue(mine.get(), d.type, d.rqueue, who)) {
           s.queued.push_back(msg.size());
           if (!msg.empty()) img.append_pages(std::as_bytes(std::span(msg.data(), msg.size())));
@@ -192,19 +186,13 @@ void dump_sockets(std::span<DumpProcess> procs, Manifest& m, ImageWriter& img) {
   }
 }
 
-SocketTable create_sockets(RestoreProcess& init, const InjectionArea& area, const Manifest& m,
+SocketTable create_sockets(InitStash& stash, const InjectionArea& area, const Manifest& m,
                            PageReader& pages) {
   SocketTable table;
   if (m.sockets.empty()) return table;
-  Injector& inj = init.leader();
-  int base = 3;
-  for (auto& f : init.rec->fds) base = std::max(base, f.fd + 1);
-  auto park = [&](long fd, const std::string& what) {
-    long high = inj.call_ok(what + ": fcntl(F_DUPFD)", SYS_fcntl, static_cast<std::uint64_t>(fd),
-                            F_DUPFD_CLOEXEC, static_cast<std::uint64_t>(base));
-    inj.call(SYS_close, static_cast<std::uint64_t>(fd));
-    return static_cast<int>(high);
-  };
+  Injector& inj = stash.inj();
+  RestoreProcess& init = stash.init();
+  auto park = [&](long fd, const std::string& what) { return stash.park(fd, what); };
   for (auto& s : m.sockets) {
     if (table.count(s.ino)) continue;
     std::string what = fmt::format("unix socket {}", s.ino);
@@ -233,13 +221,10 @@ SocketTable create_sockets(RestoreProcess& init, const InjectionArea& area, cons
     }
   }
   // Queued data: what was waiting to be read on a socket is sent again by its peer.
-  UniqueFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, init.host_pid, 0)));
-  if (!pidfd) fail_errno("pidfd_open of the restored init");
   for (auto& s : m.sockets) {
     if (s.queued.empty()) continue;
     if (!s.peer) fail("image: unix socket {} has queued data but no peer", s.ino);
-    UniqueFd peer(static_cast<int>(::syscall(SYS_pidfd_getfd, pidfd.get(), table.at(s.peer), 0)));
-    if (!peer) fail_errno("pidfd_getfd of unix socket {}", s.peer);
+    UniqueFd peer = stash.take(table.at(s.peer), fmt::format("unix socket {}", s.peer));
     for (std::uint64_t len : s.queued) {
       std::vector<std::byte> data(len);
       if (len) pages.read(data);
@@ -249,10 +234,6 @@ SocketTable create_sockets(RestoreProcess& init, const InjectionArea& area, cons
     }
   }
   return table;
-}
-
-void close_socket_temporaries(RestoreProcess& init, const SocketTable& t) {
-  for (auto& [ino, fd] : t) init.leader().call(SYS_close, static_cast<std::uint64_t>(fd));
 }
 
 }  // namespace fsched::ckpt
