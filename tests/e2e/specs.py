@@ -15,8 +15,7 @@ PYTHON = "/usr/bin/python3"
 # A deterministic Python computation: dict updates, floating point, a growing list of
 # bytes objects and a hash; one progress line per step to stdout and to an output file
 # kept open in append mode. MODE "pipechild" talks to a /bin/cat child through two
-# pipes; "socket" holds a socketpair and "epoll" an epoll instance, which the engine
-# does not support.
+# pipes; "tcp" holds a listening TCP socket, which the engine does not support.
 COMPUTE_PY = r'''
 import hashlib, math, os, random, sys, time
 
@@ -28,14 +27,10 @@ blobs = []
 acc = 0.0
 h = hashlib.sha256()
 sock = child = None
-if mode == "socket":
+if mode == "tcp":
     import socket
-    sock = socket.socketpair()
-    print("fds", sock[0].fileno(), sock[1].fileno(), flush=True)
-elif mode == "epoll":
-    import select
-    ep = select.epoll()
-    print("fds", ep.fileno(), flush=True)
+    sock = socket.create_server(("127.0.0.1", 0))
+    print("fds", sock.fileno(), flush=True)
 elif mode == "pipechild":
     import subprocess
     child = subprocess.Popen(["/bin/cat"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
@@ -50,9 +45,6 @@ with open(out_path, "a") as out:
         blobs.append(rng.randbytes(64 * 1024))
         h.update(blobs[-1])
         line = f"step {step + 1}/{steps} acc={acc!r} keys={len(table)} sha={h.hexdigest()[:16]}"
-        if sock:
-            sock[0].send(line.encode())
-            line += " echo=" + str(len(sock[1].recv(4096)))
         if child:
             child.stdin.write(line.encode() + b"\n")
             child.stdin.flush()
