@@ -346,19 +346,18 @@ void restore_memory(RestoreProcess& p, const InjectionArea& area, PageReader& pa
   }
   close_file();
 
-  // 4. Page contents, in the order they were dumped.
-  std::vector<std::byte> buf(kIoBytes);
+  // 4. Page contents, in the order they were dumped, straight from the reader's
+  // decompressed chunks into the process.
   for (const Vma& v : r.vmas) {
     for (auto [first, count] : v.runs) {
       std::uint64_t addr = v.start + first * kPage;
       std::uint64_t left = count * kPage;
       if (addr + left > v.end) fail("image: page run beyond mapping {:#x}-{:#x}", v.start, v.end);
       while (left) {
-        std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(left, buf.size()));
-        pages.read(std::span(buf.data(), n));
-        remote_write(hp, addr, buf.data(), n);
-        addr += n;
-        left -= n;
+        auto data = pages.next(static_cast<std::size_t>(std::min<std::uint64_t>(left, kIoBytes)));
+        remote_write(hp, addr, data.data(), data.size());
+        addr += data.size();
+        left -= data.size();
       }
     }
   }
