@@ -43,8 +43,16 @@ DumpStats dump(const DumpOptions& o) {
   // The writer first: an unwritable location fails before the job is touched.
   auto img = ImageWriter::create(o.dir, o.compress_level);
 
+  DumpStats st;
   auto t_freeze = std::chrono::steady_clock::now();
+  auto lap = t_freeze;
+  auto phase = [&](const char* name) {
+    auto now = std::chrono::steady_clock::now();
+    st.phases_ms.emplace_back(name, std::chrono::duration<double, std::milli>(now - lap).count());
+    lap = now;
+  };
   FrozenTree tree(o.pid);
+  phase("seize");
   auto& procs = tree.processes();
   Manifest m;
   utsname u{};
@@ -56,7 +64,6 @@ DumpStats dump(const DumpOptions& o) {
                        std::chrono::system_clock::now().time_since_epoch())
                        .count();
 
-  DumpStats st;
   for (auto& p : procs) {
     dump_ids(p);
     if (p.zombie) continue;
@@ -97,23 +104,29 @@ DumpStats dump(const DumpOptions& o) {
   ::sigprocmask(SIG_SETMASK, &old, nullptr);
   for (auto& p : procs)
     if (!p.zombie) dump_files(p, procs);
+  phase("state");
   dump_shm(procs, m, *img);
   for (auto& p : procs)
     if (!p.zombie) st.memory_bytes += dump_pages(p, *img);
   dump_pipes(procs, m, *img);
   dump_sockets(procs, m, *img);
+  phase("pages");
   for (auto& p : procs) m.processes.push_back(std::move(p.rec));
 
   nlohmann::json j = m;
   if (o.leave_running) {
     tree.thaw();
     st.freeze_ms = ms_since(t_freeze);
+    phase("thaw");
     img->commit(std::move(j));
+    phase("commit");
   } else {
     // The job dies only once its image is durable.
     img->commit(std::move(j));
+    phase("commit");
     tree.kill();
     st.freeze_ms = ms_since(t_freeze);
+    phase("kill");
   }
   st.dump_ms = ms_since(t0);
   st.image_bytes = dir_bytes(o.dir);

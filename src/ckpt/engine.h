@@ -41,6 +41,8 @@ struct DumpStats {
   std::uint64_t image_bytes = 0;   // bytes of the image directory's files
   double freeze_ms = 0;            // how long the job was stopped
   double dump_ms = 0;              // the whole dump, including the durable commit
+  // Where the time went, in order: {"seize", ms}, {"state", ms}, {"pages", ms} ...
+  std::vector<std::pair<std::string, double>> phases_ms;
 };
 // Freezes every thread of the tree (ptrace), writes the image, then kills the job or
 // lets it continue. On any failure the job is thawed unharmed and no directory `dir`
@@ -56,6 +58,7 @@ struct RestoreStats {
   int processes = 0, threads = 0;
   double restore_ms = 0;   // from start until the job runs again
   double verify_ms = 0;    // of which: verifying the image before creating processes
+  std::vector<std::pair<std::string, double>> phases_ms;  // as in DumpStats
 };
 // Verifies the image (manifest, every chunk checksum, CPU xstate features, mapped
 // files unchanged), then recreates the tree in a new PID namespace and lets it run.

@@ -64,12 +64,20 @@ RestoreStats restore(const RestoreOptions& o) {
   check_files(m);
   RestoreStats st;
   st.verify_ms = ms_since(t0);
+  auto lap = std::chrono::steady_clock::now();
+  st.phases_ms.emplace_back("verify", st.verify_ms);
+  auto phase = [&](const char* name) {
+    auto now = std::chrono::steady_clock::now();
+    st.phases_ms.emplace_back(name, std::chrono::duration<double, std::milli>(now - lap).count());
+    lap = now;
+  };
   truncate_written_files(m);
 
   InjectionArea area;
   std::vector<RestoreProcess> procs;
   try {
     create_tree(m, area, procs);
+    phase("tree");
     auto pages = reader->pages();
     std::vector<RestoreProcess*> live;  // zombies are complete once created
     for (auto& p : procs)
@@ -77,6 +85,7 @@ RestoreStats restore(const RestoreOptions& o) {
     InitStash stash(procs[0]);
     ShmTable shm = create_shm(stash, area, m, *pages);
     for (auto* p : live) restore_memory(*p, area, *pages, shm);
+    phase("memory");
     PipeTable pipes = create_pipes(stash, area, m, *pages);
     SocketTable sockets = create_sockets(stash, area, m, *pages);
     for (auto* p : live) {
@@ -94,6 +103,7 @@ RestoreStats restore(const RestoreOptions& o) {
     }
     for (auto* p : live)
       for (auto& t : p->threads) t.inj->restore();
+    phase("state");
   } catch (...) {
     kill_restored(procs);
     throw;

@@ -146,6 +146,7 @@ int main(int argc, char** argv) {
         nlohmann::json j{{"processes", st.processes}, {"threads", st.threads},
                          {"memory_bytes", st.memory_bytes}, {"image_bytes", st.image_bytes},
                          {"freeze_ms", st.freeze_ms}, {"dump_ms", st.dump_ms}};
+        for (auto& [name, ms] : st.phases_ms) j["phases_ms"][name] = ms;
         std::cout << j.dump() << "\n";
       } else {
         std::cout << fmt::format(
@@ -160,12 +161,13 @@ int main(int argc, char** argv) {
       res.dir = res_dir;
       auto st = ck::restore(res);
       write_pidfile(res_pidfile, st.init_pid);
-      if (res_json)
-        std::cerr << nlohmann::json{{"restore_ms", st.restore_ms}, {"verify_ms", st.verify_ms},
-                                    {"processes", st.processes}, {"threads", st.threads},
-                                    {"pid", st.init_pid}}
-                         .dump()
-                  << std::endl;
+      if (res_json) {
+        nlohmann::json j{{"restore_ms", st.restore_ms}, {"verify_ms", st.verify_ms},
+                         {"processes", st.processes}, {"threads", st.threads},
+                         {"pid", st.init_pid}};
+        for (auto& [name, ms] : st.phases_ms) j["phases_ms"][name] = ms;
+        std::cerr << j.dump() << std::endl;
+      }
       if (res_detach) {
         std::cout << st.init_pid << std::endl;
         return 0;
