@@ -10,7 +10,9 @@ detached, lets it verify its memory and end, and records:
   image_mib        size of the image directory
   restore_ms       from the start of restore until the job runs again (engine's figure)
   dump_rss_mib     peak RSS of the dump process (wait4 rusage)
-  restore_rss_mib  peak RSS of the restore process (wait4 rusage)
+  restore_rss_mib  peak RSS of the restore process (wait4 rusage; includes the pages of
+                   the image file it maps)
+  dump_anon_mib, restore_anon_mib   peak anonymous RSS, sampled every 2 ms
   dump_wall_ms, restore_wall_ms   the commands' wall-clock times
 One warm-up run per workload is discarded (this VM's memory balloon makes first runs
 slow), then --runs runs; the table shows medians, --out gets every run as JSON.
@@ -62,14 +64,29 @@ class BenchError(Exception):
     pass
 
 
-def run_timed(args: list[str], timeout: float) -> tuple[int, str, str, float, int]:
-    """Runs a command; returns (rc, stdout, stderr, wall ms, peak RSS in KiB). The child is
-    reaped with wait4 for its rusage, so its output goes to files, not pipes."""
+def rss_anon_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def run_timed(args: list[str], timeout: float) -> tuple[int, str, str, float, int, int]:
+    """Runs a command; returns (rc, stdout, stderr, wall ms, peak RSS in KiB, peak
+    anonymous RSS in KiB). Peak RSS is ru_maxrss from wait4 and includes file pages the
+    command maps (restore maps the image); the anonymous peak is sampled from
+    /proc/PID/status every 2 ms. Output goes to files, not pipes, as the child is reaped
+    with wait4."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         t0 = time.monotonic()
         p = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
         deadline = t0 + timeout
+        anon = 0
         while True:
+            anon = max(anon, rss_anon_kib(p.pid))
             pid, status, ru = os.wait4(p.pid, os.WNOHANG)
             if pid:
                 break
@@ -83,7 +100,7 @@ def run_timed(args: list[str], timeout: float) -> tuple[int, str, str, float, in
         p.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
-        return p.returncode, out.read().decode(), err.read().decode(), wall, ru.ru_maxrss
+        return p.returncode, out.read().decode(), err.read().decode(), wall, ru.ru_maxrss, anon
 
 
 def alive(pid: int) -> bool:
@@ -156,7 +173,7 @@ class Bench:
         dump_args = [str(self.ckpt), "dump", "--pid", str(init), "--dir", str(image), "--json"]
         if self.level is not None:
             dump_args += ["--compress-level", str(self.level)]
-        rc, dout, derr, dwall, drss = run_timed(dump_args, 900)
+        rc, dout, derr, dwall, drss, danon = run_timed(dump_args, 900)
         if rc != 0:
             raise BenchError(f"dump of {name} failed: {derr.strip()}")
         dstats = json.loads(dout.strip().splitlines()[-1])
@@ -166,7 +183,7 @@ class Bench:
             subprocess.run(["sync"], check=True)
             Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
-        rc, rout, rerr, rwall, rrss = run_timed(
+        rc, rout, rerr, rwall, rrss, ranon = run_timed(
             [str(self.ckpt), "restore", "--dir", str(image), "--detach", "--json"], 900)
         if rc != 0:
             raise BenchError(f"restore of {name} failed: {rerr.strip()}")
@@ -187,13 +204,15 @@ class Bench:
             "memory_mib": dstats["memory_bytes"] / MiB, "image_mib": image_bytes / MiB,
             "restore_ms": rstats.get("restore_ms"),
             "dump_rss_mib": drss / 1024, "restore_rss_mib": rrss / 1024,
+            "dump_anon_mib": danon / 1024, "restore_anon_mib": ranon / 1024,
             "dump_wall_ms": dwall, "restore_wall_ms": rwall,
         }
 
 
-COLUMNS = [("memory_mib", "memory MiB", "{:.0f}"), ("freeze_ms", "freeze ms", "{:.0f}"), ("dump_ms", "dump ms", "{:.0f}"),
-           ("image_mib", "image MiB", "{:.1f}"), ("restore_ms", "restore ms", "{:.0f}"),
-           ("dump_rss_mib", "dump RSS MiB", "{:.1f}"), ("restore_rss_mib", "restore RSS MiB", "{:.1f}")]
+COLUMNS = [("memory_mib", "memory", "{:.0f}"), ("freeze_ms", "freeze ms", "{:.0f}"),
+           ("dump_ms", "dump ms", "{:.0f}"), ("image_mib", "image", "{:.1f}"),
+           ("restore_ms", "restore ms", "{:.0f}"), ("dump_rss_mib", "dump RSS", "{:.1f}"),
+           ("restore_rss_mib", "restore RSS", "{:.1f}"), ("restore_anon_mib", "restore anon", "{:.1f}")]
 
 
 def median(runs: list[dict], key: str):
@@ -202,14 +221,14 @@ def median(runs: list[dict], key: str):
 
 
 def print_table(results: list[dict]):
-    head = f"{'workload':<18}" + "".join(f"{c[1]:>16}" for c in COLUMNS)
+    head = f"{'workload':<18}" + "".join(f"{c[1]:>14}" for c in COLUMNS)
     print(head)
     print("-" * len(head))
     for res in results:
         row = f"{res['workload']:<18}"
         for key, _, fmt in COLUMNS:
             v = res["median"].get(key)
-            row += f"{(fmt.format(v) if v is not None else '-'):>16}"
+            row += f"{(fmt.format(v) if v is not None else '-'):>14}"
         print(row)
 
 
@@ -261,7 +280,8 @@ def main() -> int:
 
     print()
     print_table(results)
-    print(f"\nmedians of {runs} runs after one warm-up; total {time.monotonic() - t_start:.0f} s")
+    print(f"\nmedians of {runs} runs after one warm-up (sizes in MiB); "
+          f"total {time.monotonic() - t_start:.0f} s")
     if args.out:
         doc = {"kernel": platform.release(), "machine": platform.machine(), "cpus": os.cpu_count(),
                "runs": runs, "quick": args.quick, "compress_level": args.compress_level,
