@@ -206,6 +206,9 @@ class Bench:
             "dump_rss_mib": drss / 1024, "restore_rss_mib": rrss / 1024,
             "dump_anon_mib": danon / 1024, "restore_anon_mib": ranon / 1024,
             "dump_wall_ms": dwall, "restore_wall_ms": rwall,
+            # where the time went, as the engine reports it (JSON only)
+            "dump_phases_ms": dstats.get("phases_ms", {}),
+            "restore_phases_ms": rstats.get("phases_ms", {}),
         }
 
 
@@ -267,7 +270,7 @@ def main() -> int:
             t0 = time.monotonic()
             bench.one_run(name, kind, mib)  # warm-up, discarded
             all_runs = [bench.one_run(name, kind, mib) for _ in range(runs)]
-            med = {k: median(all_runs, k) for k in all_runs[0]}
+            med = {k: median(all_runs, k) for k, v in all_runs[0].items() if not isinstance(v, dict)}
             results.append({"workload": name, "kind": kind, "mib": mib, "runs": all_runs, "median": med})
             print(f"{name}: {runs} runs + warm-up in {time.monotonic() - t0:.0f} s", file=sys.stderr,
                   flush=True)
