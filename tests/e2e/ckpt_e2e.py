@@ -494,18 +494,18 @@ class Job:
 class E2E:
     """Session-wide state: the engine, directories, reference runs."""
 
-    def __init__(self, build: Path, base: Path):
+    def __init__(self, build: Path, base: Path, run: Path):
+        """base holds the data cache, shared by all sessions; run (under base) this
+        session's job directories and images, so that sessions do not disturb each other."""
         self.build = build
         self.engine = Engine(build)
-        self.base = base
-        self.jobs_dir = base / "jobs"
-        self.images_dir = base / "images"
+        self.jobs_dir = run / "jobs"
+        self.images_dir = run / "images"
         self.data_dir = base / "data"
         self.refs: dict[str, Reference] = {}
-        for d in (self.jobs_dir, self.images_dir, self.data_dir):
+        for d in (base, run, self.jobs_dir, self.images_dir, self.data_dir):
             d.mkdir(parents=True, exist_ok=True)
             os.chmod(d, 0o755)
-        os.chmod(base, 0o755)
 
     def program(self, name: str) -> Path:
         return self.build / "tests" / "programs" / name
@@ -516,7 +516,7 @@ class E2E:
         """A cached file written by gendata (semi-compressible text lines)."""
         p = self.data_dir / f"text-{size}-{seed}.dat"
         if not p.exists() or p.stat().st_size != size:
-            tmp = p.with_suffix(".tmp")
+            tmp = p.with_suffix(f".tmp{os.getpid()}")
             subprocess.run([str(self.program("gendata")), str(size), str(seed), str(tmp)],
                            check=True, timeout=300)
             os.chmod(tmp, 0o644)

@@ -3,8 +3,10 @@
 Environment:
   FSCHED_BUILD     build directory with src/tools/fsched-ckpt and tests/programs/*
                    (default: <repo>/build)
-  FSCHED_E2E_TMP   scratch directory for job directories, images and generated data
-                   (default: /var/tmp/fsched-e2e; needs a few GiB)
+  FSCHED_E2E_TMP   scratch directory: generated data in data/ (kept, shared), this
+                   session's job directories and images in run-<pid>/ (removed at the
+                   end unless FSCHED_E2E_KEEP is set). Default /var/tmp/fsched-e2e;
+                   needs a few GiB.
   FSCHED_E2E_USER  unprivileged user for jobs run with --user (default: fschedtest;
                    created with useradd if missing)
 Run as root: /usr/bin/python3 -m pytest -v tests/e2e
@@ -24,6 +26,19 @@ from ckpt_e2e import E2E, kill_job_processes
 REPO = Path(__file__).resolve().parents[2]
 TEST_TIME_LIMIT = int(os.environ.get("FSCHED_E2E_TEST_LIMIT", "900"))  # seconds per test
 BASE = Path(os.environ.get("FSCHED_E2E_TMP", "/var/tmp/fsched-e2e"))
+RUN = BASE / f"run-{os.getpid()}"
+
+
+def _remove_stale_runs():
+    """Removes the run directories of sessions that are gone (and their jobs)."""
+    for d in BASE.glob("run-*"):
+        try:
+            os.kill(int(d.name[4:]), 0)
+            continue  # that session is still running
+        except (ValueError, ProcessLookupError):
+            pass
+        kill_job_processes(str(d))
+        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -42,15 +57,12 @@ def build_dir() -> Path:
 def e2e(build_dir) -> E2E:
     if os.geteuid() != 0:
         pytest.fail("the end-to-end tests must run as root", pytrace=False)
-    for sub in ("jobs", "images"):
-        if (BASE / sub).exists():
-            kill_job_processes(str(BASE / sub))
-            shutil.rmtree(BASE / sub)
-    env = E2E(build_dir, BASE)
+    _remove_stale_runs()
+    env = E2E(build_dir, BASE, RUN)
     yield env
-    kill_job_processes(str(env.jobs_dir))
+    kill_job_processes(str(RUN))
     if not os.environ.get("FSCHED_E2E_KEEP"):
-        shutil.rmtree(env.images_dir, ignore_errors=True)
+        shutil.rmtree(RUN, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -76,4 +88,4 @@ def _time_limit_and_cleanup():
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
-        kill_job_processes(str(BASE / "jobs"))
+        kill_job_processes(str(RUN))
