@@ -93,7 +93,8 @@ void dump_files(DumpProcess& p, std::span<DumpProcess> all) {
       f.file = FileId{st.st_ino, 0, 0};
       f.path.clear();
     } else if (S_ISFIFO(st.st_mode)) {
-      fail("{}: named pipes (FIFOs) are not supported yet", where());
+      f.kind = "fifo";  // a named pipe: reopened by path, its buffer kept like a pipe's
+      f.file = FileId{st.st_ino, 0, 0};
     } else if (S_ISCHR(st.st_mode)) {
       bool ok = false;
       for (const char* d : kDevices) ok = ok || link == d;
@@ -241,9 +242,15 @@ void restore_files(RestoreProcess& p, const InjectionArea& area, const PipeTable
       tmp = create_event_fd(inj, area, hp, f, who);
     } else {
       int oflags = f.flags & ~(O_CREAT | O_EXCL | O_TRUNC | O_NOCTTY);
+      // A FIFO open would wait for the other side; init holds it open both ways, and
+      // the fd gets its own blocking mode back right after.
+      if (f.kind == "fifo") oflags |= O_NONBLOCK;
       std::uint64_t path = put_string(hp, area, 0, f.path);
       tmp = inj.call_ok(who + ": open", SYS_openat, static_cast<std::uint64_t>(AT_FDCWD), path,
                         static_cast<std::uint64_t>(oflags | O_CLOEXEC), 0);
+      if (f.kind == "fifo" && !(f.flags & O_NONBLOCK))
+        inj.call_ok(who + ": fcntl(F_SETFL)", SYS_fcntl, static_cast<std::uint64_t>(tmp), F_SETFL,
+                    static_cast<std::uint64_t>(f.flags & O_APPEND));
     }
     if (tmp != f.fd) {
       inj.call_ok(who + ": dup3", SYS_dup3, static_cast<std::uint64_t>(tmp),

@@ -46,7 +46,7 @@ struct Fd {
   int fd = -1;
   std::string kind;          // "file", "dir", "chr", "pipe" (file.ino: the pipe inode),
                              // "eventfd", "epoll", "timerfd", "signalfd",
-                             // "unix" (file.ino: the socket inode)
+                             // "unix" (file.ino: the socket inode), "fifo" (named pipe)
   std::string path;
   int flags = 0;             // open flags from fdinfo (O_ACCMODE, O_APPEND, O_CLOEXEC ...)
   std::int64_t pos = 0;      // file offset in bytes
@@ -125,6 +125,7 @@ struct Pipe {
   std::uint64_t ino = 0;        // pipefs inode, as in "pipe:[ino]"
   std::uint64_t capacity = 0;   // bytes, F_GETPIPE_SZ
   std::uint64_t bytes = 0;      // bytes buffered at dump time
+  std::string path;             // a named pipe (FIFO); empty for pipe(2) pipes
 };
 
 // A shared memory object mapped MAP_SHARED by the job: shared anonymous memory
@@ -186,7 +187,7 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Process, pid, ppid, pgid, sid, e
                                                 arg_end, env_start, env_end, auxv_hex, vmas, fds,
                                                 sigactions, rlimits, itimers, shared_pending_hex,
                                                 threads)
-NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Pipe, ino, capacity, bytes)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Pipe, ino, capacity, bytes, path)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(ShmObject, key, path, mode, uid, gid, size, runs)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(UnixSocket, ino, type, state, peer, name, queued)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Manifest, kernel, xfeatures, xstate_size,

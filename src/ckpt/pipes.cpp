@@ -4,6 +4,7 @@
 // with pipe2(2) inside init (pid 1), filled by the restorer through pidfd_getfd(2),
 // and every process takes its ends from init (files.cpp).
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -34,7 +35,7 @@ void dump_pipes(std::span<DumpProcess> procs, Manifest& m, ImageWriter& img) {
   std::set<std::uint64_t> seen;
   for (auto& p : procs) {
     for (auto& f : p.rec.fds) {
-      if (f.kind != "pipe" || !seen.insert(f.file.ino).second) continue;
+      if ((f.kind != "pipe" && f.kind != "fifo") || !seen.insert(f.file.ino).second) continue;
       std::string path = fmt::format("/proc/{}/fd/{}", p.host_pid, f.fd);
       UniqueFd src(::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC));
       if (!src) fail_errno("cannot open pipe {} for reading its buffer", path);
@@ -53,7 +54,8 @@ void dump_pipes(std::span<DumpProcess> procs, Manifest& m, ImageWriter& img) {
         got += static_cast<std::size_t>(r);
       }
       // A second tee would show more if the buffer holds more than one tee returns.
-      m.pipes.push_back({f.file.ino, static_cast<std::uint64_t>(cap), data.size()});
+      m.pipes.push_back({f.file.ino, static_cast<std::uint64_t>(cap), data.size(),
+                         f.kind == "fifo" ? f.path : std::string()});
       if (!data.empty()) img.append_pages(data);
     }
   }
@@ -64,13 +66,25 @@ PipeTable create_pipes(InitStash& stash, const InjectionArea& area, const Manife
   PipeTable table;
   Injector& inj = stash.inj();
   for (auto& pp : m.pipes) {
-    std::string what = fmt::format("pipe {}", pp.ino);
-    inj.call_ok(what + ": pipe2 in init", SYS_pipe2, area.data(), O_CLOEXEC);
-    int fds[2];
-    remote_read(stash.init().host_pid, area.data(), fds, sizeof fds);
+    std::string what = fmt::format("pipe {}", pp.path.empty() ? std::to_string(pp.ino) : pp.path);
     PipeEnds e;
-    e.read_fd = stash.park(fds[0], what);
-    e.write_fd = stash.park(fds[1], what);
+    if (pp.path.empty()) {
+      inj.call_ok(what + ": pipe2 in init", SYS_pipe2, area.data(), O_CLOEXEC);
+      int fds[2];
+      remote_read(stash.init().host_pid, area.data(), fds, sizeof fds);
+      e.read_fd = stash.park(fds[0], what);
+      e.write_fd = stash.park(fds[1], what);
+    } else {
+      // A named pipe: init holds it open for reading and writing (which never waits,
+      // fifo(7)) so the processes' own opens do not wait either.
+      struct stat st {};
+      if (::stat(pp.path.c_str(), &st) < 0 && ::mkfifo(pp.path.c_str(), 0600) < 0)
+        fail_errno("{}: cannot recreate the FIFO", what);
+      std::uint64_t path = put_string(stash.init().host_pid, area, 0, pp.path);
+      long fd = inj.call_ok(what + ": open in init", SYS_openat, static_cast<std::uint64_t>(AT_FDCWD),
+                            path, O_RDWR | O_NONBLOCK | O_CLOEXEC, 0);
+      e.read_fd = e.write_fd = stash.park(fd, what);
+    }
     table[pp.ino] = e;
 
     UniqueFd w = stash.take(e.write_fd, what);
