@@ -51,7 +51,19 @@ DumpStats dump(const DumpOptions& o) {
     st.phases_ms.emplace_back(name, std::chrono::duration<double, std::milli>(now - lap).count());
     lap = now;
   };
-  FrozenTree tree(o.pid);
+  // A tree caught mid-vfork cannot be frozen: thaw and try again a little later.
+  std::unique_ptr<FrozenTree> frozen;
+  for (int attempt = 1;; ++attempt) {
+    try {
+      frozen = std::make_unique<FrozenTree>(o.pid);
+      break;
+    } catch (const FreezeBusy& e) {
+      if (attempt == 5) throw Error(fmt::format("cannot freeze the job: {}", e.what()));
+      ::usleep(100000 * attempt);
+      t_freeze = lap = std::chrono::steady_clock::now();
+    }
+  }
+  FrozenTree& tree = *frozen;
   phase("seize");
   auto& procs = tree.processes();
   Manifest m;

@@ -15,6 +15,7 @@
 #include "ckpt/image.h"
 #include "ckpt/inject.h"
 #include "ckpt/manifest.h"
+#include "common/error.h"
 #include "common/fd.h"
 
 namespace fsched::ckpt {
@@ -39,6 +40,13 @@ struct DumpProcess {
   std::uint64_t scratch = 0;
 };
 inline constexpr std::size_t kScratchBytes = 4 * 4096;
+
+// A freeze that could not complete for a passing reason (a task in vfork, exiting);
+// the dump thaws the job and tries again.
+class FreezeBusy : public Error {
+ public:
+  using Error::Error;
+};
 
 // pstree.cpp: every thread of every process of the tree rooted at host PID `root`,
 // seized and stopped (PTRACE_SEIZE + PTRACE_INTERRUPT, re-scanning until no task

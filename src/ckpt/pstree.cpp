@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <deque>
 #include <filesystem>
@@ -74,21 +75,50 @@ static bool task_exists(pid_t pid, pid_t tid) {
   return ::access(fmt::format("/proc/{}/task/{}", pid, tid).c_str(), F_OK) == 0;
 }
 
-// Waits for the interrupt stop of a freshly seized task. A signal that was being
-// delivered is let through first (its handler frame is set up) so that none is lost.
-static void wait_frozen(pid_t tid) {
-  for (;;) {
-    int status = wait_for_stop(tid);
-    int event = status >> 16;
-    int sig = WSTOPSIG(status);
-    if (event == PTRACE_EVENT_STOP) return;
-    if (event == 0 && sig != (SIGTRAP | 0x80)) {
-      if (::ptrace(PTRACE_CONT, tid, nullptr, reinterpret_cast<void*>(uintptr_t(sig))) < 0)
-        fail_errno("ptrace(CONT) on thread {}", tid);
-      continue;
+// Waits, at most kFreezeWait, for the interrupt stops of freshly seized tasks. A
+// signal that was being delivered is let through first (its handler frame is set up)
+// so that none is lost. Returns the tasks that exited instead of stopping. Throws
+// FreezeBusy for a task that does not stop in time: a parent in vfork(2) cannot stop
+// until its (already frozen) child has called exec.
+static constexpr auto kFreezeWait = std::chrono::seconds(2);
+
+static std::set<pid_t> wait_frozen(const std::vector<pid_t>& tids) {
+  std::set<pid_t> pending(tids.begin(), tids.end()), exited;
+  auto deadline = std::chrono::steady_clock::now() + kFreezeWait;
+  while (!pending.empty()) {
+    for (auto it = pending.begin(); it != pending.end();) {
+      int st = 0;
+      pid_t r = ::waitpid(*it, &st, __WALL | WNOHANG);
+      if (r < 0 && errno == EINTR) continue;
+      if (r < 0) fail_errno("waitpid on thread {}", *it);
+      if (r == 0) {
+        ++it;
+        continue;
+      }
+      if (WIFEXITED(st) || WIFSIGNALED(st)) {
+        exited.insert(*it);
+        it = pending.erase(it);
+        continue;
+      }
+      int event = st >> 16, sig = WSTOPSIG(st);
+      if (event == PTRACE_EVENT_STOP) {
+        it = pending.erase(it);
+      } else if (event == 0 && sig != (SIGTRAP | 0x80)) {
+        if (::ptrace(PTRACE_CONT, *it, nullptr, reinterpret_cast<void*>(uintptr_t(sig))) < 0)
+          fail_errno("ptrace(CONT) on thread {}", *it);
+        ++it;
+      } else {
+        fail("thread {}: unexpected stop {:#x} while freezing", *it, st);
+      }
     }
-    fail("thread {}: unexpected stop {:#x} while freezing", tid, status);
+    if (pending.empty()) break;
+    if (std::chrono::steady_clock::now() > deadline)
+      throw FreezeBusy(fmt::format("thread {} did not stop within {} s (a parent waiting in vfork, or "
+                                   "an uninterruptible sleep)",
+                                   *pending.begin(), kFreezeWait.count()));
+    ::usleep(200);
   }
+  return exited;
 }
 
 FrozenTree::FrozenTree(pid_t root) : root_(root) {
@@ -138,15 +168,40 @@ FrozenTree::FrozenTree(pid_t root) : root_(root) {
           fresh.push_back(tid);
           changed = true;
         }
-        std::sort(dp.host_tids.begin() + 1, dp.host_tids.end());
+        if (dp.host_tids.size() > 1) std::sort(dp.host_tids.begin() + 1, dp.host_tids.end());
         for (pid_t c : list_children(pid))
           if (known.insert(c).second) {
             order.push_back(c);
             changed = true;
           }
       }
-      for (pid_t tid : fresh) wait_frozen(tid);
+      // Tasks that exited between seize and stop: their process may now be a zombie,
+      // or gone; the next round looks again.
+      auto exited = wait_frozen(fresh);
+      if (!exited.empty()) {
+        changed = true;
+        for (auto& p : procs_) {
+          std::erase_if(p.host_tids, [&](pid_t t) { return exited.count(t) != 0; });
+          if (p.host_tids.empty() || p.host_tids.front() != p.host_pid) {
+            std::erase_if(p.host_tids, [&](pid_t t) {
+              ::ptrace(PTRACE_DETACH, t, nullptr, nullptr);
+              return true;
+            });
+            p.zombie = false;  // re-examined next round
+          }
+        }
+      }
     }
+    // Everything is stopped now: a zombie seen before its parent stopped may have been
+    // reaped meanwhile.
+    for (auto& p : procs_)
+      if (p.zombie) {
+        try {
+          p.zombie = read_stat(p.host_pid)[3] == "Z";
+        } catch (const Error&) {
+          p.zombie = false;
+        }
+      }
   } catch (...) {
     thaw();
     throw;
@@ -161,6 +216,25 @@ FrozenTree::FrozenTree(pid_t root) : root_(root) {
 
 FrozenTree::~FrozenTree() { thaw(); }
 
+// Detaches a seized task. One that has not reached its stop yet (a parent in vfork
+// waits for its child, detached just before) cannot be detached until it stops.
+static void detach_task(pid_t tid) {
+  if (::ptrace(PTRACE_DETACH, tid, nullptr, nullptr) == 0 || errno != ESRCH) return;
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (std::chrono::steady_clock::now() < deadline) {
+    int st = 0;
+    pid_t r = ::waitpid(tid, &st, __WALL | WNOHANG);
+    if (r < 0 || (r > 0 && (WIFEXITED(st) || WIFSIGNALED(st)))) return;
+    if (r > 0) {
+      // Give back a signal caught at its delivery; an interrupt stop carries none.
+      int sig = (st >> 16) == 0 && WSTOPSIG(st) != (SIGTRAP | 0x80) ? WSTOPSIG(st) : 0;
+      ::ptrace(PTRACE_DETACH, tid, nullptr, reinterpret_cast<void*>(uintptr_t(sig)));
+      return;
+    }
+    ::usleep(500);
+  }
+}
+
 void FrozenTree::thaw() {
   if (done_) return;
   done_ = true;
@@ -171,8 +245,10 @@ void FrozenTree::thaw() {
       } catch (...) {
       }
     }
-    for (pid_t tid : p.host_tids) ::ptrace(PTRACE_DETACH, tid, nullptr, nullptr);
   }
+  // Children before parents: a vfork parent stops only after its child has run on.
+  for (auto p = procs_.rbegin(); p != procs_.rend(); ++p)
+    for (pid_t tid : p->host_tids) detach_task(tid);
 }
 
 void FrozenTree::kill() {
