@@ -299,10 +299,19 @@ class JobSpec:
 
     argv and env values may contain a "{work}" placeholder. setup(work) fills the
     work directory with inputs (named in `inputs`, which are excluded from comparisons).
-    progress says how far along a running job is, so that tests can dump it at a given
-    point: ("lines", REL) compares the number of lines in JOBDIR/REL to that of the
-    reference run; ("time",) compares the running time to the reference
-    run's duration.
+    progress says how far along a running job is (0..1), so that tests can dump it at a
+    given point:
+      ("lines", REL)      lines in JOBDIR/REL relative to the reference run's;
+      ("readpos", REL)    the read offset of the job's open descriptor of JOBDIR/REL
+                          relative to that file's size;
+      ("files", (GLOB, ...), REL, F)
+                          total size of the files matching the globs (under JOBDIR)
+                          relative to F times the size of JOBDIR/REL;
+      ("stages", REL, N)  a job of N stages, each announced by a line in JOBDIR/REL:
+                          (completed stages + time in the current one / (reference
+                          duration / N), at most 0.99) / N;
+      ("time",)           running time relative to the reference run's duration.
+    ref_setup(work) runs after setup for the reference run only.
     """
     name: str
     argv: list[str]
@@ -325,7 +334,7 @@ class Reference:
         kind = progress[0]
         if kind == "time":
             return self.seconds
-        if kind == "readpos":
+        if kind in ("readpos", "files", "stages"):
             return 1.0
         st = self.snap[progress[1]]
         if kind == "lines":
@@ -347,6 +356,7 @@ class Job:
         self.run_seconds = 0.0          # running time before the current run period
         self.running_since: Optional[float] = None
         self._input_seen_open = False
+        self._stage_lines, self._stage_since = 0, 0.0
 
     # -- set-up
 
@@ -428,9 +438,28 @@ class Job:
             if self.running_since is not None:
                 now += time.monotonic() - self.running_since
             return now / total
+        if kind == "files":
+            _, globs, rel, factor = self.spec.progress
+            done = 0
+            for pattern in globs:
+                for f in self.dir.glob(pattern):
+                    try:
+                        done += f.stat().st_size
+                    except FileNotFoundError:
+                        pass
+            return done / (factor * (self.dir / rel).stat().st_size)
         p = self.dir / self.spec.progress[1]
         if kind == "readpos":
             return self._read_position(p)
+        if kind == "stages":
+            n = self.spec.progress[2]
+            lines = self.read(self.spec.progress[1]).count("\n")
+            if lines != self._stage_lines:
+                self._stage_lines, self._stage_since = lines, time.monotonic()
+            if lines == 0:
+                return 0.0
+            in_stage = min((time.monotonic() - self._stage_since) / (ref.seconds / n), 0.99)
+            return (lines - 1 + in_stage) / n
         try:
             with open(p, "rb") as f:
                 return f.read().count(b"\n") / total

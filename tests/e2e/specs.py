@@ -101,14 +101,17 @@ def sort_job(e2e: E2E, name: str = "sort", size: int = 300 * MiB) -> JobSpec:
     return JobSpec(name=name,
                    argv=["/usr/bin/sort", "--parallel=2", "-S", "50M", "-o", "sorted.txt", "input.txt"],
                    setup=setup, inputs=("input.txt",), env={"TMPDIR": "{work}/tmp"},
-                   progress=("time",), timeout=240)
+                   # sort writes the input, sorted in chunks, to temporary files, then
+                   # merges them into the output
+                   progress=("files", ("work/tmp/*", "work/sorted.txt"), "work/input.txt", 2.0),
+                   timeout=240)
 
 
 BASH_SCRIPT = r'''#!/bin/bash
 # Runs several programs in sequence: bash sits in wait4 while each one runs.
 set -euo pipefail
 echo "stage 1: python"
-/usr/bin/python3 compute.py plain py-progress.txt 30 > py.stdout 2> py.stderr
+/usr/bin/python3 compute.py plain py-progress.txt 90 > py.stdout 2> py.stderr
 echo "stage 2: sha256sum"
 /usr/bin/sha256sum big.dat big.dat big.dat > sums.txt
 echo "stage 3: sort"
@@ -130,7 +133,7 @@ def bash_job(e2e: E2E, name: str = "bash_script") -> JobSpec:
         (work / "tmp").mkdir()
     return JobSpec(name=name, argv=["/bin/bash", "script.sh"], setup=setup,
                    inputs=("compute.py", "script.sh", "big.dat", "small.dat"),
-                   progress=("time",), timeout=300)
+                   progress=("stages", "stdout", 4), timeout=300)
 
 
 def threads_job(e2e: E2E, name: str = "ckpt_threads", rounds: int = 200, exit_code: int = 3) -> JobSpec:

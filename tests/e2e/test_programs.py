@@ -5,20 +5,17 @@ from __future__ import annotations
 import pytest
 
 import specs
-from ckpt_e2e import E2E, Job, proc_uids, user_ids
+from ckpt_e2e import E2E, Job, proc_comm, proc_uids, user_ids
 
 MiB = specs.MiB
 
-# Fractions of a job's work at which it is dumped. Jobs whose progress is measured by
-# running time dump a little earlier at "late": a run can be faster than the reference.
+# Fractions of a job's work at which it is dumped.
 POINTS = {"early": 0.15, "middle": 0.5, "late": 0.85}
-TIME_POINTS = {"early": 0.15, "middle": 0.45, "late": 0.7}
+# The bash script's four stages are python, sha256sum, sort and xz: dump it a little
+# into the first, the third and the fourth, while bash waits for that program.
+BASH_POINTS = {"early": (0.05, "python3"), "middle": (0.55, "sort"), "late": (0.8, "xz")}
 
 pytestmark = pytest.mark.slow
-
-
-def points_for(spec) -> dict[str, float]:
-    return TIME_POINTS if spec.progress[0] == "time" else POINTS
 
 
 @pytest.mark.parametrize("point", POINTS)
@@ -49,7 +46,7 @@ def _check_runs_as(e2e: E2E, spec, user: str, point: str):
         for p in pids:
             assert proc_uids(p) == (uid,) * 4, f"job process {p} has uids {proc_uids(p)}"
 
-    stats = e2e.checkpoint_run(spec, [points_for(spec)[point]], point, before_dump=before_dump)
+    stats = e2e.checkpoint_run(spec, [POINTS[point]], point, before_dump=before_dump)
     assert stats[0]["processes"] == 2, stats
     return ref
 
@@ -68,13 +65,13 @@ def test_python_with_pipes_to_child(e2e: E2E, point):
 @pytest.mark.parametrize("point", POINTS)
 def test_sha256sum(e2e: E2E, point):
     spec = specs.sha256_job(e2e)
-    e2e.checkpoint_run(spec, [points_for(spec)[point]], point)
+    e2e.checkpoint_run(spec, [POINTS[point]], point)
 
 
-@pytest.mark.parametrize("point", TIME_POINTS)
+@pytest.mark.parametrize("point", POINTS)
 def test_sort_parallel(e2e: E2E, point):
     spec = specs.sort_job(e2e)
-    e2e.checkpoint_run(spec, [points_for(spec)[point]], point)
+    e2e.checkpoint_run(spec, [POINTS[point]], point)
 
 
 @pytest.mark.parametrize("point", POINTS)
@@ -84,15 +81,20 @@ def test_xz_two_threads(e2e: E2E, point):
     def check(job: Job, stats: dict):
         # xz's main thread plus two compressor threads, and the init.
         assert stats["processes"] == 2 and stats["threads"] >= 4, stats
-    e2e.checkpoint_run(spec, [points_for(spec)[point]], point, check_dump=check)
+    e2e.checkpoint_run(spec, [POINTS[point]], point, check_dump=check)
 
 
-@pytest.mark.parametrize("point", TIME_POINTS)
+@pytest.mark.parametrize("point", BASH_POINTS)
 def test_bash_script(e2e: E2E, point):
     spec = specs.bash_job(e2e)
     ref = e2e.reference(spec)
     assert ref.status == 5
-    e2e.checkpoint_run(spec, [points_for(spec)[point]], point)
+    fraction, program = BASH_POINTS[point]
+
+    def before_dump(job: Job):
+        running = [proc_comm(p) for p in job.job_pids()]
+        assert running[:1] == ["bash"] and program in running, f"running: {running}"
+    e2e.checkpoint_run(spec, [fraction], point, before_dump=before_dump)
 
 
 @pytest.mark.parametrize("point", POINTS)
@@ -104,7 +106,7 @@ def test_ckpt_threads(e2e: E2E, point):
     def check(job: Job, stats: dict):
         # init + ckpt_threads with main, reader and four workers.
         assert stats["processes"] == 2 and stats["threads"] == 7, stats
-    e2e.checkpoint_run(spec, [points_for(spec)[point]], point, check_dump=check)
+    e2e.checkpoint_run(spec, [POINTS[point]], point, check_dump=check)
 
 
 def test_ckpt_threads_chain_of_five(e2e: E2E):
