@@ -147,6 +147,21 @@ def proc_uids(pid: int) -> Optional[tuple[int, ...]]:
     return None
 
 
+def tracer_pid(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("TracerPid:"):
+            return int(line.split()[1])
+    return -1
+
+
+def assert_running_free(pids: list[int]):
+    """Every process is alive, not stopped and not traced."""
+    for p in pids:
+        assert alive(p), f"process {p} died"
+        assert proc_state(p) not in ("t", "T"), f"process {p} left stopped ({proc_state(p)})"
+        assert tracer_pid(p) == 0, f"process {p} left traced by {tracer_pid(p)}"
+
+
 def watch(args: list[str], marker: str, timeout: float) -> tuple["Result", dict[int, str]]:
     """Runs a command, recording every process it creates and every live process of the
     job `marker` while it runs (pid -> comm)."""

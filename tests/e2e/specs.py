@@ -14,8 +14,7 @@ PYTHON = "/usr/bin/python3"
 
 # A deterministic Python computation: dict updates, floating point, a growing list of
 # bytes objects and a hash; one progress line per step to stdout and to an output file
-# kept open in append mode. MODE "pipechild" talks to a /bin/cat child through two
-# pipes; "tcp" holds a listening TCP socket, which the engine does not support.
+# kept open in append mode. MODE "pipechild" talks to a /bin/cat child through two pipes.
 COMPUTE_PY = r'''
 import hashlib, math, os, random, sys, time
 
@@ -26,12 +25,8 @@ table = {}
 blobs = []
 acc = 0.0
 h = hashlib.sha256()
-sock = child = None
-if mode == "tcp":
-    import socket
-    sock = socket.create_server(("127.0.0.1", 0))
-    print("fds", sock.fileno(), flush=True)
-elif mode == "pipechild":
+child = None
+if mode == "pipechild":
     import subprocess
     child = subprocess.Popen(["/bin/cat"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     print("fds", child.stdin.fileno(), child.stdout.fileno(), flush=True)

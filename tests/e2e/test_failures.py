@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 import specs
-from ckpt_e2e import (E2E, Job, alive, job_processes, names_pid_and_fd, ns_pid, proc_state,
-                      single_error_line, watch)
+from ckpt_e2e import (E2E, Job, alive, assert_running_free, job_processes, single_error_line,
+                      watch)
 
 
 def scratch(e2e: E2E, name: str) -> Path:
@@ -31,21 +31,6 @@ def free_pid() -> int:
     while Path(f"/proc/{pid}").exists():
         pid -= 1
     return pid
-
-
-def tracer_pid(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("TracerPid:"):
-            return int(line.split()[1])
-    return -1
-
-
-def assert_running_free(pids: list[int]):
-    """Every process is alive, not stopped and not traced."""
-    for p in pids:
-        assert alive(p), f"process {p} died"
-        assert proc_state(p) not in ("t", "T"), f"process {p} left stopped ({proc_state(p)})"
-        assert tracer_pid(p) == 0, f"process {p} left traced by {tracer_pid(p)}"
 
 
 def no_image(image: Path):
@@ -179,36 +164,6 @@ def test_dumper_killed_midway_leaves_job_running(e2e: E2E):
     (job.work / "go").touch()
     assert job.wait_end(120) == ref.status == 0
     job.assert_matches(ref, " after its dumper was killed")
-
-
-@pytest.mark.slow
-def test_unsupported_state_refused(e2e: E2E):
-    """TCP sockets are not supported: the dump must say which process and fd, and the
-    job must go on."""
-    mode = "tcp"
-    spec = specs.python_job(f"python_{mode}", steps=60, mode=mode)
-    ref = e2e.reference(spec)
-    job = e2e.job(spec)
-    job.start_detached()
-    job.wait_progress(ref, 0.3)
-    candidates = []
-    for pid in job.job_pids():
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            try:
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
-            except OSError:
-                continue
-            if target.startswith("socket:"):
-                candidates += [(pid, int(fd)), (ns_pid(pid), int(fd))]
-    assert candidates, "the job holds no socket"
-    image = scratch(e2e, f"unsupported-{mode}") / "img"
-    r, _ = e2e.engine.dump(job.init_pid, image)
-    line = single_error_line(r)
-    assert names_pid_and_fd(line, candidates), f"error does not name a pid and its fd: {line}"
-    no_image(image)
-    assert_running_free([job.init_pid, *job.job_pids()])
-    assert job.wait_end() == ref.status == 0
-    job.assert_matches(ref, f" after a refused dump ({mode})")
 
 
 # --------------------------------------------------------------------------- dumps that succeed
