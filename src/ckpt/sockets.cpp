@@ -225,13 +225,32 @@ SocketTable create_sockets(InitStash& stash, const InjectionArea& area, const Ma
     if (s.queued.empty()) continue;
     if (!s.peer) fail("image: unix socket {} has queued data but no peer", s.ino);
     UniqueFd peer = stash.take(table.at(s.peer), fmt::format("unix socket {}", s.peer));
+    // Queued bytes count against the sender's buffer, and a queue can hold a little
+    // more than a fresh socket's default: widen it while refilling (root may, with
+    // SO_SNDBUFFORCE, socket(7)), then put the default back.
+    std::uint64_t total = 0;
+    for (std::uint64_t len : s.queued) total += len;
+    int old = 0;
+    socklen_t ol = sizeof old;
+    ::getsockopt(peer.get(), SOL_SOCKET, SO_SNDBUF, &old, &ol);
+    int want = static_cast<int>(std::min<std::uint64_t>(total * 2 + 65536, 1u << 30));
+    ::setsockopt(peer.get(), SOL_SOCKET, SO_SNDBUFFORCE, &want, sizeof want);
     for (std::uint64_t len : s.queued) {
       std::vector<std::byte> data(len);
       if (len) pages.read(data);
-      if (::send(peer.get(), data.data(), data.size(), MSG_DONTWAIT | MSG_NOSIGNAL) !=
-          static_cast<ssize_t>(len))
-        fail_errno("refilling the queue of unix socket {} ({} bytes)", s.ino, len);
+      std::size_t sent = 0;
+      do {
+        ssize_t r = ::send(peer.get(), data.data() + sent, data.size() - sent,
+                           MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (r < 0 || (r == 0 && len))
+          fail_errno("refilling the queue of unix socket {} ({} of {} bytes)", s.ino, sent, len);
+        sent += static_cast<std::size_t>(r);
+        if (s.type != SOCK_STREAM && sent != len)
+          fail("refilling unix socket {}: datagram of {} bytes cut to {}", s.ino, len, sent);
+      } while (sent < len);
     }
+    int back = old / 2;  // getsockopt reports the doubled value setsockopt stores
+    ::setsockopt(peer.get(), SOL_SOCKET, SO_SNDBUFFORCE, &back, sizeof back);
   }
   return table;
 }
