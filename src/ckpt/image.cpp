@@ -64,6 +64,8 @@ constexpr const char* kPagesName = "pages.img";
 // Unit of reading pages.img: residency check, copy or pread, hash. Small enough that
 // a block just copied is still in the L2 cache when it is hashed.
 constexpr std::size_t kIoBlockBytes = 512u << 10;
+// verify_chunks() starts another thread only for this many stored bytes per thread.
+constexpr std::uint64_t kVerifyBytesPerThread = 8u << 20;
 // Smallest page size we assume (sizes the mincore(2) vector).
 constexpr std::size_t kMinPageBytes = 4096;
 
@@ -785,8 +787,12 @@ class ImageReaderImpl final : public ImageReader {
       }
     };
 
-    // One thread per usable CPU up to kVerifyThreads, and at least two chunks each.
-    std::size_t nthreads = std::min<std::size_t>({kVerifyThreads, usable_cpus(), complete / 2});
+    // One thread per usable CPU up to kVerifyThreads, each with kVerifyBytesPerThread
+    // stored bytes at least (starting a thread costs more than hashing a few MiB).
+    const std::uint64_t to_hash =
+        complete ? chunks[complete - 1].offset + chunks[complete - 1].stored : 0;
+    std::size_t nthreads = static_cast<std::size_t>(std::min<std::uint64_t>(
+        {kVerifyThreads, usable_cpus(), to_hash / kVerifyBytesPerThread}));
     std::vector<std::thread> helpers;
     for (std::size_t t = 1; t < nthreads; ++t) {
       try {

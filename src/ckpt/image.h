@@ -51,7 +51,8 @@ inline constexpr std::size_t kChunkRawBytes = 4u << 20;
 // uncompressed ("zstd": false in the chunk table).
 inline constexpr unsigned kStoreRawPercent = 97;
 // Maximum number of threads ImageReader::verify_chunks() hashes with (it also stays
-// within the CPUs the process may run on).
+// within the CPUs the process may run on, and uses one thread per 8 MiB of pages.img
+// at most, so small images are verified by the calling thread alone).
 inline constexpr unsigned kVerifyThreads = 2;
 
 // Writes an image. Not thread-safe; append_pages() may hand full chunks to an

@@ -734,6 +734,8 @@ TEST_F(CorruptPages, TruncationReportedByNext) {
                     HasSubstr("truncated")));
 }
 
+// The fixture's ~17 MiB are verified by two threads (kVerifyThreads, 8 MiB each) on a
+// machine with two CPUs or more.
 TEST_F(CorruptPages, VerifyReportsFirstOfSeveralBadChunks) {
   flip_bit(pages(), offset(4) + 1);
   flip_bit(pages(), offset(3) + 100);
