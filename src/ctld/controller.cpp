@@ -1,0 +1,825 @@
+#include "ctld/controller.h"
+
+#include <pwd.h>
+#include <grp.h>
+#include <signal.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+
+#include <spdlog/spdlog.h>
+
+#include "common/error.h"
+
+namespace fsched::ctld {
+namespace {
+
+using proto::RpcError;
+
+double now_s() {
+  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+std::string user_name(uid_t uid) {
+  if (passwd* pw = ::getpwuid(uid)) return pw->pw_name;
+  return std::to_string(uid);
+}
+
+// %j and %x in output paths, as sbatch's filename patterns.
+std::string expand_pattern(std::string_view pat, const Job& j) {
+  std::string out;
+  for (size_t i = 0; i < pat.size(); ++i) {
+    if (pat[i] == '%' && i + 1 < pat.size()) {
+      char c = pat[i + 1];
+      if (c == 'j' || c == 'A') { out += std::to_string(j.job_id); ++i; continue; }
+      if (c == 'x') { out += j.name; ++i; continue; }
+      if (c == 'u') { out += j.user; ++i; continue; }
+      if (c == '%') { out += '%'; ++i; continue; }
+    }
+    out += pat[i];
+  }
+  return out;
+}
+
+template <typename T>
+T field(const nlohmann::json& b, const char* key, T dflt) {
+  if (!b.is_object() || !b.contains(key) || b[key].is_null()) return dflt;
+  try {
+    return b[key].get<T>();
+  } catch (const nlohmann::json::exception&) {
+    throw RpcError(400, fmt::format("field '{}' has the wrong type", key));
+  }
+}
+
+}  // namespace
+
+Controller::Controller(proto::Config cfg) : cfg_(std::move(cfg)), store_(cfg_.state_save_location) {
+  for (auto& j : store_.jobs()) jobs_[j.job_id] = j;
+  for (auto& c : store_.checkpoints()) {
+    if (c.status == "Creating") {
+      c.status = "Failed";
+      c.reason = "the controller restarted while the checkpoint was being written";
+      store_.put_checkpoint(c);
+    }
+    ckpts_[c.job_id].push_back(c);
+  }
+  for (auto& n : cfg_.nodes) {
+    Node node;
+    node.name = n.name;
+    node.addr = n.addr;
+    node.port = n.port;
+    node.cpus = n.cpus;
+    node.real_memory = n.real_memory;
+    node.free_memory = n.real_memory;
+    nodes_[n.name] = node;
+  }
+  // Resources held by jobs that were running when the controller stopped.
+  for (auto& [id, j] : jobs_) {
+    if (j.state != "RUNNING") continue;
+    if (auto it = nodes_.find(j.nodes); it != nodes_.end()) {
+      it->second.alloc_cpus += j.num_cpus();
+      it->second.alloc_memory += j.mem_mb;
+      // The node is presumed up until its heartbeats say otherwise.
+      it->second.last_heartbeat = now_s();
+    }
+  }
+  spdlog::info("controller: {} jobs and {} checkpoints loaded from {}", jobs_.size(), store_.checkpoints().size(),
+               (cfg_.state_save_location / "fsched.db").string());
+}
+
+Controller::~Controller() { stop(); }
+
+void Controller::start() {
+  loop_ = std::thread([this] {
+    Lock l(mu_);
+    while (!stopping_) {
+      try {
+        schedule();
+        periodic();
+      } catch (const std::exception& e) {
+        spdlog::error("scheduler: {}", e.what());
+      }
+      wake_.wait_for(l, std::chrono::milliseconds(250));
+    }
+  });
+}
+
+void Controller::stop() {
+  {
+    Lock l(mu_);
+    if (stopping_) return;
+    stopping_ = true;
+    wake_.notify_all();
+  }
+  if (loop_.joinable()) loop_.join();
+  Lock l(mu_);
+  workers_done_.wait(l, [this] { return workers_ == 0; });
+}
+
+void Controller::spawn(std::function<void()> fn) {
+  ++workers_;
+  std::thread([this, fn = std::move(fn)] {
+    try {
+      fn();
+    } catch (const std::exception& e) {
+      spdlog::error("worker: {}", e.what());
+    }
+    Lock l(mu_);
+    if (--workers_ == 0) workers_done_.notify_all();
+  }).detach();
+}
+
+proto::Client Controller::node_client(const std::string& node, int timeout_s) const {
+  auto it = nodes_.find(node);
+  if (it == nodes_.end()) fail("node {} is not in {}", node, cfg_.file.string());
+  return proto::Client(it->second.addr, it->second.port, cfg_.munge_socket, timeout_s);
+}
+
+void Controller::save(const Job& j) { store_.put_job(j); }
+void Controller::save(const Checkpoint& c) { store_.put_checkpoint(c); }
+
+Job& Controller::job_of(const std::string& id_text) {
+  int64_t id = 0;
+  try {
+    id = std::stoll(id_text);
+  } catch (...) {
+    throw RpcError(400, "Invalid job id specified");
+  }
+  auto it = jobs_.find(id);
+  if (it == jobs_.end()) throw RpcError(404, "Invalid job id specified");
+  return it->second;
+}
+
+void Controller::check_owner(const Job& j, const proto::Caller& c) const {
+  if (!c.is_root() && c.uid != j.uid)
+    throw RpcError(403, fmt::format("Access/permission denied: job {} belongs to {}", j.job_id, j.user));
+}
+
+bool Controller::node_up(const Node& n) const {
+  return n.last_heartbeat > 0 && now_s() - n.last_heartbeat < cfg_.slurmd_timeout;
+}
+
+std::string Controller::node_state(const Node& n) const {
+  if (n.last_heartbeat == 0) return "UNKNOWN";
+  if (!node_up(n)) return "DOWN";
+  if (n.alloc_cpus == 0) return "IDLE";
+  return n.alloc_cpus >= n.cpus ? "ALLOCATED" : "MIXED";
+}
+
+nlohmann::json Controller::api(const Job& j) const {
+  double now = now_s();
+  int64_t run = j.run_time_done + (j.state == "RUNNING" && j.start_time > 0 ? static_cast<int64_t>(now - j.start_time) : 0);
+  json last = nullptr;
+  if (auto it = ckpts_.find(j.job_id); it != ckpts_.end() && !it->second.empty()) {
+    auto& c = it->second.back();
+    last = {{"checkpoint_id", c.checkpoint_id}, {"time", c.trigger_time}, {"status", c.status}};
+  }
+  int sig = j.exit_status > 128 && j.exit_status < 128 + 65 ? j.exit_status - 128 : 0;
+  return {{"job_id", j.job_id}, {"name", j.name}, {"user", j.user}, {"uid", j.uid}, {"gid", j.gid},
+          {"partition", j.partition}, {"state", j.state}, {"reason", j.reason},
+          {"submit_time", j.submit_time}, {"start_time", j.start_time}, {"end_time", j.end_time},
+          {"run_time", run}, {"time_limit", j.time_limit}, {"nodes", j.nodes},
+          {"num_nodes", 1}, {"cpus_per_task", j.cpus_per_task}, {"ntasks", j.ntasks}, {"num_cpus", j.num_cpus()},
+          {"mem_mb", j.mem_mb}, {"work_dir", j.work_dir}, {"stdout", j.stdout_path}, {"stderr", j.stderr_path},
+          {"command", (cfg_.slurmd_spool_dir / fmt::format("job{}", j.job_id) / "slurm_script").string()},
+          {"argv", j.argv}, {"checkpoint_interval", j.checkpoint_interval},
+          {"checkpoint_dir", (cfg_.checkpoint_dir / std::to_string(j.job_id)).string()},
+          {"requeue", j.requeue}, {"hold", j.hold}, {"restarts", j.restarts}, {"job_version", j.job_version},
+          {"exit_code", fmt::format("{}:{}", sig ? 0 : j.exit_status, sig)}, {"last_checkpoint", last}};
+}
+
+// ------------------------------------------------------------------ routes
+
+void Controller::add_routes(proto::Server& s) {
+  auto bind = [this](auto fn) { return [this, fn](const proto::Request& r) { return (this->*fn)(r); }; };
+  s.route("GET", "/v1/ping", [this](const proto::Request&) {
+    return json{{"cluster", cfg_.cluster_name}, {"time", now_s()}};
+  });
+  s.route("POST", "/v1/jobs", bind(&Controller::submit));
+  s.route("GET", "/v1/jobs", bind(&Controller::list_jobs));
+  s.route("GET", R"(/v1/jobs/([^/]+))", bind(&Controller::show_job));
+  s.route("POST", R"(/v1/jobs/([^/]+)/signal)", bind(&Controller::signal_job));
+  s.route("POST", R"(/v1/jobs/([^/]+)/cancel)", bind(&Controller::cancel_job));
+  s.route("POST", R"(/v1/jobs/([^/]+)/hold)", [this](const proto::Request& r) { return hold_job(r, true); });
+  s.route("POST", R"(/v1/jobs/([^/]+)/release)", [this](const proto::Request& r) { return hold_job(r, false); });
+  s.route("POST", R"(/v1/jobs/([^/]+)/requeue)", bind(&Controller::requeue_job));
+  s.route("POST", R"(/v1/jobs/([^/]+)/checkpoint)", [this](const proto::Request& r) { return checkpoint_job(r, "manual"); });
+  s.route("POST", R"(/v1/jobs/([^/]+)/vacate)", [this](const proto::Request& r) { return checkpoint_job(r, "vacate"); });
+  s.route("POST", R"(/v1/jobs/([^/]+)/restart)", bind(&Controller::restart_job));
+  s.route("GET", R"(/v1/jobs/([^/]+)/checkpoints)", bind(&Controller::list_checkpoints));
+  s.route("DELETE", R"(/v1/jobs/([^/]+)/checkpoints/(\d+))", bind(&Controller::delete_checkpoint));
+  s.route("GET", "/v1/nodes", bind(&Controller::list_nodes));
+  s.route("GET", "/v1/partitions", bind(&Controller::list_partitions));
+  s.route("POST", "/v1/nodes/register", bind(&Controller::node_heartbeat));
+  s.route("POST", "/v1/nodes/heartbeat", bind(&Controller::node_heartbeat));
+  s.route("POST", "/v1/nodes/job_ended", bind(&Controller::node_job_ended));
+}
+
+nlohmann::json Controller::submit(const proto::Request& r) {
+  const json& b = r.body;
+  if (!b.is_object()) throw RpcError(400, "submit: expected a JSON object");
+  Job j;
+  std::string script = field<std::string>(b, "script", "");
+  if (script.rfind("#!", 0) != 0)
+    throw RpcError(400, "This does not look like a batch script.  The first line must start with #! followed by the path to an interpreter.");
+  j.uid = r.caller.uid;
+  j.gid = r.caller.gid;
+  j.user = user_name(r.caller.uid);
+  j.name = field<std::string>(b, "name", "sbatch");
+  j.work_dir = field<std::string>(b, "work_dir", "");
+  if (j.work_dir.empty() || j.work_dir[0] != '/') throw RpcError(400, "work_dir must be an absolute path");
+  j.argv = field<std::vector<std::string>>(b, "argv", {});
+  j.cpus_per_task = field<int>(b, "cpus_per_task", 1);
+  j.ntasks = field<int>(b, "ntasks", 1);
+  if (j.cpus_per_task < 1 || j.ntasks < 1) throw RpcError(400, "cpus_per_task and ntasks must be at least 1");
+  j.mem_mb = field<uint64_t>(b, "mem_mb", 0);
+  j.time_limit = field<int64_t>(b, "time_limit", 0);
+  j.checkpoint_interval = field<int64_t>(b, "checkpoint_interval", 0);
+  if (j.time_limit < 0 || j.checkpoint_interval < 0) throw RpcError(400, "time_limit and checkpoint_interval must not be negative");
+  j.requeue = field<bool>(b, "requeue", true);
+  j.hold = field<bool>(b, "hold", false);
+  json env = field<json>(b, "env", json::object());
+  if (!env.is_object()) throw RpcError(400, "env must be an object of strings");
+  std::string part = field<std::string>(b, "partition", "");
+  const proto::PartitionConf* p = part.empty() ? cfg_.default_partition() : cfg_.partition(part);
+  if (!p) throw RpcError(400, fmt::format("invalid partition specified: {}", part));
+  j.partition = p->name;
+  if (p->max_time && j.time_limit > p->max_time)
+    throw RpcError(400, fmt::format("Requested time limit is invalid (exceeds MaxTime of partition {})", p->name));
+  if (!p->up) throw RpcError(400, fmt::format("Partition {} is down", p->name));
+  bool fits = false;
+  for (auto& n : p->nodes) {
+    auto* nc = cfg_.node(n);
+    if (nc && nc->cpus >= j.num_cpus() && nc->real_memory >= j.mem_mb) fits = true;
+  }
+  if (!fits) throw RpcError(400, "Requested node configuration is not available");
+
+  Lock l(mu_);
+  j.job_id = store_.next_job_id();
+  std::string out = field<std::string>(b, "stdout", "");
+  std::string err = field<std::string>(b, "stderr", "");
+  if (out.empty()) out = j.work_dir + "/slurm-%j.out";
+  j.stdout_path = expand_pattern(out, j);
+  j.stderr_path = err.empty() ? j.stdout_path : expand_pattern(err, j);
+  j.submit_time = now_s();
+  j.state = "PENDING";
+  j.reason = j.hold ? (r.caller.is_root() ? "JobHeldAdmin" : "JobHeldUser") : "None";
+  store_.put_script(j.job_id, script, env);
+  save(j);
+  jobs_[j.job_id] = j;
+  spdlog::info("job {}: submitted by {} (uid {}), name {}, partition {}, checkpoint every {} s", j.job_id, j.user,
+               j.uid, j.name, j.partition, j.checkpoint_interval);
+  wake_.notify_all();
+  return {{"job_id", j.job_id}};
+}
+
+nlohmann::json Controller::list_jobs(const proto::Request&) {
+  Lock l(mu_);
+  json arr = json::array();
+  for (auto& [id, j] : jobs_) arr.push_back(api(j));
+  return {{"jobs", std::move(arr)}};
+}
+
+nlohmann::json Controller::show_job(const proto::Request& r) {
+  Lock l(mu_);
+  return api(job_of(r.params.at(0)));
+}
+
+nlohmann::json Controller::signal_job(const proto::Request& r) {
+  Lock l(mu_);
+  Job& j = job_of(r.params.at(0));
+  check_owner(j, r.caller);
+  int sig = field<int>(r.body, "signal", SIGTERM);
+  if (sig < 1 || sig > 64) throw RpcError(400, fmt::format("invalid signal {}", sig));
+  if (j.state != "RUNNING") throw RpcError(409, fmt::format("Job {} is not running (state {})", j.job_id, j.state));
+  spdlog::info("job {}: signal {} requested by uid {}", j.job_id, sig, r.caller.uid);
+  terminate(j, sig, false);
+  return json::object();
+}
+
+void Controller::terminate(const Job& j, int signal, bool escalate) {
+  std::string node = j.nodes;
+  int64_t id = j.job_id;
+  int wait = escalate ? cfg_.kill_wait : -1;
+  spawn([this, node, id, signal, wait] {
+    try {
+      proto::Client c = [&] { Lock l(mu_); return node_client(node, 30); }();
+      c.call("POST", "/v1/node/signal", {{"job_id", id}, {"signal", signal}, {"kill_wait", wait}});
+    } catch (const std::exception& e) {
+      spdlog::warn("job {}: signal {} on node {} failed: {}", id, signal, node, e.what());
+    }
+  });
+}
+
+nlohmann::json Controller::cancel_job(const proto::Request& r) {
+  Lock l(mu_);
+  Job& j = job_of(r.params.at(0));
+  check_owner(j, r.caller);
+  if (j.state == "PENDING") {
+    j.state = "CANCELLED";
+    j.reason = "None";
+    j.end_time = now_s();
+    j.restore_from = 0;
+    save(j);
+    spdlog::info("job {}: cancelled while pending by uid {}", j.job_id, r.caller.uid);
+  } else if (j.state == "RUNNING") {
+    j.end_request = "cancel";
+    save(j);
+    spdlog::info("job {}: cancel requested by uid {}: SIGTERM, SIGKILL after {} s", j.job_id, r.caller.uid, cfg_.kill_wait);
+    terminate(j, SIGTERM, true);
+  } else {
+    throw RpcError(409, fmt::format("Job/step already completing or completed (job {} is {})", j.job_id, j.state));
+  }
+  return json::object();
+}
+
+nlohmann::json Controller::hold_job(const proto::Request& r, bool hold) {
+  Lock l(mu_);
+  Job& j = job_of(r.params.at(0));
+  check_owner(j, r.caller);
+  if (j.state != "PENDING") throw RpcError(409, fmt::format("Job {} is not pending (state {})", j.job_id, j.state));
+  if (!hold && j.reason == "JobHeldAdmin" && !r.caller.is_root())
+    throw RpcError(403, fmt::format("Access/permission denied: job {} was held by an administrator", j.job_id));
+  j.hold = hold;
+  if (hold) j.reason = r.caller.is_root() ? "JobHeldAdmin" : "JobHeldUser";
+  else if (j.reason == "JobHeldUser" || j.reason == "JobHeldAdmin") j.reason = "None";
+  save(j);
+  spdlog::info("job {}: {} by uid {}", j.job_id, hold ? "held" : "released", r.caller.uid);
+  wake_.notify_all();
+  return json::object();
+}
+
+nlohmann::json Controller::requeue_job(const proto::Request& r) {
+  Lock l(mu_);
+  Job& j = job_of(r.params.at(0));
+  check_owner(j, r.caller);
+  if (!j.requeue) throw RpcError(409, fmt::format("Job {} was submitted with --no-requeue", j.job_id));
+  if (j.state == "RUNNING") {
+    j.end_request = "requeue";
+    save(j);
+    terminate(j, SIGTERM, true);
+  } else if (j.state == "PENDING") {
+    throw RpcError(409, fmt::format("Job {} is pending already", j.job_id));
+  } else {
+    j.state = "PENDING";
+    j.reason = "None";
+    j.restarts++;
+    j.job_version++;
+    j.restore_from = 0;
+    j.run_time_done = 0;
+    j.end_time = 0;
+    save(j);
+    wake_.notify_all();
+  }
+  spdlog::info("job {}: requeued (from scratch) by uid {}", j.job_id, r.caller.uid);
+  return json::object();
+}
+
+nlohmann::json Controller::checkpoint_job(const proto::Request& r, const std::string& source) {
+  int64_t id;
+  {
+    Lock l(mu_);
+    id = job_of(r.params.at(0)).job_id;
+  }
+  std::string desc = field<std::string>(r.body, "description", "");
+  Checkpoint c = run_checkpoint(id, source, desc, &r.caller);
+  if (c.status != "Present")
+    throw RpcError(500, fmt::format("checkpoint {} of job {} {}: {}", c.checkpoint_id, id,
+                                    c.status == "Timeout" ? "timed out" : "failed", c.reason));
+  return c;
+}
+
+Checkpoint Controller::run_checkpoint(int64_t job_id, const std::string& source, const std::string& description,
+                                      const proto::Caller* who) {
+  Checkpoint c;
+  std::string node;
+  {
+    Lock l(mu_);
+    auto it = jobs_.find(job_id);
+    if (it == jobs_.end()) throw RpcError(404, "Invalid job id specified");
+    Job& j = it->second;
+    if (who) check_owner(j, *who);
+    if (cfg_.checkpoint_type == "checkpoint/none")
+      throw RpcError(409, "checkpoints are disabled (CheckpointType = checkpoint/none)");
+    if (j.state != "RUNNING" || launching_.count(job_id) || !j.end_request.empty())
+      throw RpcError(409, fmt::format("Job {} is not running (state {})", job_id, j.state));
+    if (ckpt_busy_.count(job_id)) throw RpcError(409, fmt::format("job {}: a checkpoint is already in progress", job_id));
+    c.checkpoint_id = ++j.last_checkpoint_id;
+    c.job_id = job_id;
+    c.source = source;
+    c.description = description.empty() ? (source == "periodic" ? "periodic checkpoint"
+                                           : source == "vacate" ? "created when the job was vacated"
+                                                                : "created during running")
+                                        : description;
+    c.trigger_time = now_s();
+    c.job_version = j.job_version;
+    c.location = (cfg_.checkpoint_dir / std::to_string(job_id) / std::to_string(c.checkpoint_id)).string();
+    ckpt_busy_.insert(job_id);
+    ckpts_[job_id].push_back(c);
+    save(j);
+    save(c);
+    node = j.nodes;
+    spdlog::info("job {}: checkpoint {} ({}) triggered on {}", job_id, c.checkpoint_id, source, node);
+  }
+  json reply;
+  std::string error;
+  bool timeout = false;
+  try {
+    proto::Client cl = [&] { Lock l(mu_); return node_client(node, cfg_.checkpoint_timeout + 60); }();
+    reply = cl.call("POST", "/v1/node/checkpoint",
+                    {{"job_id", job_id}, {"dir", c.location}, {"leave_running", source != "vacate"},
+                     {"timeout", cfg_.checkpoint_timeout}});
+  } catch (const RpcError& e) {
+    error = e.what();
+    timeout = e.status() == 504;
+  } catch (const std::exception& e) {
+    error = e.what();
+  }
+  Lock l(mu_);
+  ckpt_busy_.erase(job_id);
+  c.completion_time = now_s();
+  c.duration = c.completion_time - c.trigger_time;
+  if (error.empty()) {
+    c.status = "Present";
+    c.size = reply.value("size", uint64_t{0});
+    c.freeze_ms = reply.value("freeze_ms", 0.0);
+  } else {
+    c.status = timeout ? "Timeout" : "Failed";
+    c.reason = error;
+  }
+  auto& list = ckpts_[job_id];
+  for (auto& x : list)
+    if (x.checkpoint_id == c.checkpoint_id) x = c;
+  save(c);
+  Job& j = jobs_.at(job_id);
+  if (c.status == "Present") {
+    spdlog::info("job {}: checkpoint {} Present: {} bytes in {:.2f} s at {}", job_id, c.checkpoint_id, c.size,
+                 c.duration, c.location);
+    if (source == "vacate" && j.state == "RUNNING") {
+      double now = now_s();
+      release(j, now);
+      j.state = "PENDING";
+      j.reason = "Vacated";
+      j.end_time = 0;
+      spdlog::info("job {}: vacated: pending until restarted", job_id);
+    }
+    retain(j);
+  } else {
+    spdlog::warn("job {}: checkpoint {} {}: {}; the job keeps running", job_id, c.checkpoint_id, c.status, c.reason);
+  }
+  save(j);
+  wake_.notify_all();
+  return c;
+}
+
+void Controller::retain(const Job& j) {
+  auto& list = ckpts_[j.job_id];
+  int present = 0;
+  for (auto it = list.rbegin(); it != list.rend(); ++it) {
+    if (it->status != "Present") continue;
+    if (++present <= cfg_.max_epochs) continue;
+    if (it->checkpoint_id == j.restore_from) continue;  // being restored from
+    std::error_code ec;
+    std::filesystem::remove_all(it->location, ec);
+    if (ec) {
+      spdlog::warn("job {}: cannot remove checkpoint {} at {}: {}", j.job_id, it->checkpoint_id, it->location, ec.message());
+      continue;
+    }
+    it->status = "Cleared";
+    it->reason = fmt::format("retention: CRIU_MaxEpochs = {}", cfg_.max_epochs);
+    save(*it);
+    spdlog::info("job {}: checkpoint {} Cleared ({})", j.job_id, it->checkpoint_id, it->reason);
+  }
+}
+
+nlohmann::json Controller::restart_job(const proto::Request& r) {
+  Lock l(mu_);
+  Job& j = job_of(r.params.at(0));
+  check_owner(j, r.caller);
+  bool restartable = (j.state == "PENDING" && j.reason == "Vacated") || j.state == "FAILED" ||
+                     j.state == "CANCELLED" || j.state == "TIMEOUT" || j.state == "NODE_FAIL";
+  if (!restartable)
+    throw RpcError(409, fmt::format("Job {} cannot be restarted: it is {}{}", j.job_id, j.state,
+                                    j.state == "PENDING" ? " (not vacated)" : ""));
+  int64_t want = field<int64_t>(r.body, "checkpoint_id", 0);
+  int64_t chosen = 0;
+  for (auto& c : ckpts_[j.job_id]) {
+    if (want && c.checkpoint_id == want) {
+      if (c.status != "Present")
+        throw RpcError(409, fmt::format("checkpoint {} of job {} is {}, not Present", want, j.job_id, c.status));
+      chosen = want;
+    }
+    if (!want && c.status == "Present") chosen = c.checkpoint_id;
+  }
+  if (want && !chosen) throw RpcError(404, fmt::format("job {} has no checkpoint {}", j.job_id, want));
+  if (!chosen) throw RpcError(409, fmt::format("job {} has no Present checkpoint to restart from", j.job_id));
+  j.state = "PENDING";
+  j.reason = "None";
+  j.hold = false;
+  j.restore_from = chosen;
+  j.end_time = 0;
+  j.end_request.clear();
+  save(j);
+  spdlog::info("job {}: restart from checkpoint {} requested by uid {}", j.job_id, chosen, r.caller.uid);
+  wake_.notify_all();
+  return api(j);
+}
+
+nlohmann::json Controller::list_checkpoints(const proto::Request& r) {
+  Lock l(mu_);
+  Job& j = job_of(r.params.at(0));
+  return {{"checkpoints", ckpts_[j.job_id]}};
+}
+
+nlohmann::json Controller::delete_checkpoint(const proto::Request& r) {
+  Lock l(mu_);
+  Job& j = job_of(r.params.at(0));
+  check_owner(j, r.caller);
+  int64_t cid = std::stoll(r.params.at(1));
+  for (auto& c : ckpts_[j.job_id]) {
+    if (c.checkpoint_id != cid) continue;
+    if (c.status == "Creating") throw RpcError(409, fmt::format("checkpoint {} of job {} is still being written", cid, j.job_id));
+    if (j.restore_from == cid && j.state != "COMPLETED")
+      throw RpcError(409, fmt::format("checkpoint {} of job {} is being restored from", cid, j.job_id));
+    std::error_code ec;
+    std::filesystem::remove_all(c.location, ec);
+    if (ec) throw RpcError(500, fmt::format("cannot remove {}: {}", c.location, ec.message()));
+    c.status = "Cleared";
+    c.reason = fmt::format("deleted by uid {}", r.caller.uid);
+    save(c);
+    spdlog::info("job {}: checkpoint {} Cleared ({})", j.job_id, cid, c.reason);
+    return c;
+  }
+  throw RpcError(404, fmt::format("job {} has no checkpoint {}", j.job_id, cid));
+}
+
+nlohmann::json Controller::list_nodes(const proto::Request&) {
+  Lock l(mu_);
+  json arr = json::array();
+  for (auto& [name, n] : nodes_) {
+    json parts = json::array();
+    for (auto& p : cfg_.partitions)
+      if (std::find(p.nodes.begin(), p.nodes.end(), name) != p.nodes.end()) parts.push_back(p.name);
+    arr.push_back({{"name", name}, {"state", node_state(n)}, {"reason", n.reason}, {"addr", n.addr},
+                   {"port", n.port}, {"cpus", n.cpus}, {"alloc_cpus", n.alloc_cpus},
+                   {"real_memory", n.real_memory}, {"alloc_memory", n.alloc_memory},
+                   {"free_memory", n.free_memory}, {"load", n.load}, {"partitions", parts},
+                   {"last_heartbeat", n.last_heartbeat}});
+  }
+  return {{"nodes", std::move(arr)}};
+}
+
+nlohmann::json Controller::list_partitions(const proto::Request&) {
+  Lock l(mu_);
+  json arr = json::array();
+  const proto::PartitionConf* def = cfg_.default_partition();
+  for (auto& p : cfg_.partitions) {
+    int cpus = 0;
+    for (auto& n : p.nodes) cpus += nodes_.at(n).cpus;
+    arr.push_back({{"name", p.name}, {"nodes", p.nodes}, {"default", &p == def}, {"state", p.up ? "UP" : "DOWN"},
+                   {"max_time", p.max_time}, {"total_cpus", cpus}, {"total_nodes", p.nodes.size()}});
+  }
+  return {{"partitions", std::move(arr)}};
+}
+
+nlohmann::json Controller::node_heartbeat(const proto::Request& r) {
+  if (!r.caller.is_root()) throw RpcError(403, "only root (fschedd) may report for a node");
+  std::string name = field<std::string>(r.body, "name", "");
+  Lock l(mu_);
+  auto it = nodes_.find(name);
+  if (it == nodes_.end()) throw RpcError(400, fmt::format("node {} is not in {}", name, cfg_.file.string()));
+  Node& n = it->second;
+  if (!node_up(n)) spdlog::info("node {}: registered ({} CPUs, {} MiB)", name, field<int>(r.body, "cpus", n.cpus),
+                                field<uint64_t>(r.body, "real_memory", n.real_memory));
+  n.last_heartbeat = now_s();
+  n.load = field<double>(r.body, "load", 0.0);
+  n.free_memory = field<uint64_t>(r.body, "free_memory", n.real_memory);
+  wake_.notify_all();
+  return json::object();
+}
+
+void Controller::release(Job& j, double now) {
+  if (auto it = nodes_.find(j.nodes); it != nodes_.end()) {
+    it->second.alloc_cpus = std::max(0, it->second.alloc_cpus - j.num_cpus());
+    it->second.alloc_memory = it->second.alloc_memory >= j.mem_mb ? it->second.alloc_memory - j.mem_mb : 0;
+  }
+  if (j.start_time > 0) j.run_time_done += static_cast<int64_t>(std::llround(now - j.start_time));
+  j.start_time = 0;
+}
+
+nlohmann::json Controller::node_job_ended(const proto::Request& r) {
+  if (!r.caller.is_root()) throw RpcError(403, "only root (fschedd) may report for a node");
+  int64_t id = field<int64_t>(r.body, "job_id", 0);
+  int code = field<int>(r.body, "exit_status", 0);
+  std::string node = field<std::string>(r.body, "name", "");
+  Lock l(mu_);
+  auto it = jobs_.find(id);
+  if (it == jobs_.end()) return json::object();
+  Job& j = it->second;
+  // A report about a run that is already over (a repeated report, or one from a node
+  // the job has since left) changes nothing.
+  if (j.state != "RUNNING" || j.nodes != node || launching_.count(id)) return json::object();
+  double now = now_s();
+  double started = j.start_time;
+  release(j, now);
+  j.exit_status = code;
+  j.end_time = now;
+  std::string req = j.end_request;
+  j.end_request.clear();
+  if (req == "requeue") {
+    j.state = "PENDING";
+    j.reason = "None";
+    j.restarts++;
+    j.job_version++;
+    j.restore_from = 0;
+    j.run_time_done = 0;
+    j.end_time = 0;
+  } else if (req == "cancel") {
+    j.state = "CANCELLED";
+  } else if (req == "timeout") {
+    j.state = "TIMEOUT";
+  } else {
+    j.state = code == 0 ? "COMPLETED" : "FAILED";
+    j.reason = code == 0 ? "None" : "NonZeroExitCode";
+  }
+  save(j);
+  spdlog::info("job {}: ended on {} with status {} after {:.1f} s: {}", id, node, code, now - started, j.state);
+  wake_.notify_all();
+  return json::object();
+}
+
+// ------------------------------------------------------------------ scheduling
+
+void Controller::schedule() {
+  for (auto& [id, j] : jobs_) {
+    if (j.state != "PENDING" || j.hold || j.reason == "Vacated" || launching_.count(id)) continue;
+    const proto::PartitionConf* p = cfg_.partition(j.partition);
+    Node* best = nullptr;
+    for (auto& name : p ? p->nodes : std::vector<std::string>{}) {
+      Node& n = nodes_.at(name);
+      if (!node_up(n) || n.cpus - n.alloc_cpus < j.num_cpus() || n.real_memory - n.alloc_memory < j.mem_mb) continue;
+      // Least loaded first, so jobs spread over the nodes.
+      if (!best || n.alloc_cpus < best->alloc_cpus) best = &n;
+    }
+    if (!best) {
+      if (j.reason != "Resources") {
+        j.reason = "Resources";
+        save(j);
+      }
+      continue;
+    }
+    best->alloc_cpus += j.num_cpus();
+    best->alloc_memory += j.mem_mb;
+    j.nodes = best->name;
+    j.state = "RUNNING";
+    j.reason = "None";
+    j.start_time = now_s();
+    if (j.restore_from) {
+      j.restarts++;
+      j.job_version++;
+    }
+    j.next_checkpoint = j.checkpoint_interval ? j.start_time + static_cast<double>(j.checkpoint_interval) : 0;
+    save(j);
+    launching_.insert(id);
+    spdlog::info("job {}: {} on {}", id, j.restore_from ? fmt::format("restoring from checkpoint {}", j.restore_from)
+                                                        : std::string("starting"), best->name);
+    int64_t jid = id;
+    spawn([this, jid] { launch(jid); });
+  }
+}
+
+void Controller::launch(int64_t id) {
+  json req;
+  std::string node, dir;
+  int64_t from = 0;
+  {
+    Lock l(mu_);
+    Job& j = jobs_.at(id);
+    auto [script, env] = store_.script(id);
+    env["SLURM_JOB_ID"] = env["SLURM_JOBID"] = std::to_string(id);
+    env["SLURM_JOB_NAME"] = j.name;
+    env["SLURM_JOB_USER"] = j.user;
+    env["SLURM_JOB_UID"] = std::to_string(j.uid);
+    env["SLURM_JOB_GID"] = std::to_string(j.gid);
+    env["SLURM_JOB_PARTITION"] = j.partition;
+    env["SLURM_SUBMIT_DIR"] = j.work_dir;
+    env["SLURM_JOB_NODELIST"] = env["SLURM_NODELIST"] = j.nodes;
+    env["SLURMD_NODENAME"] = j.nodes;
+    env["SLURM_JOB_NUM_NODES"] = env["SLURM_NNODES"] = "1";
+    env["SLURM_CPUS_ON_NODE"] = std::to_string(j.num_cpus());
+    env["SLURM_NTASKS"] = env["SLURM_NPROCS"] = std::to_string(j.ntasks);
+    env["SLURM_CPUS_PER_TASK"] = std::to_string(j.cpus_per_task);
+    env["SLURM_CLUSTER_NAME"] = cfg_.cluster_name;
+    env["SLURM_RESTART_COUNT"] = std::to_string(j.restarts);
+    env["ENVIRONMENT"] = "BATCH";
+    if (j.mem_mb) env["SLURM_MEM_PER_NODE"] = std::to_string(j.mem_mb);
+    if (j.checkpoint_interval) env["SLURM_CHECKPOINT"] = std::to_string(j.checkpoint_interval);
+    req = {{"job_id", id}, {"name", j.name}, {"user", j.user}, {"uid", j.uid}, {"gid", j.gid},
+           {"work_dir", j.work_dir}, {"stdout", j.stdout_path}, {"stderr", j.stderr_path},
+           {"argv", j.argv}, {"script", script}, {"env", env}};
+    node = j.nodes;
+    from = j.restore_from;
+    if (from) {
+      for (auto& c : ckpts_[id])
+        if (c.checkpoint_id == from) dir = c.location;
+      req["restore_dir"] = dir;
+    }
+  }
+  std::string error;
+  try {
+    proto::Client c = [&] { Lock l(mu_); return node_client(node, cfg_.batch_start_timeout + 600); }();
+    c.call("POST", from ? "/v1/node/restore" : "/v1/node/launch", req);
+  } catch (const std::exception& e) {
+    error = e.what();
+  }
+  Lock l(mu_);
+  launching_.erase(id);
+  Job& j = jobs_.at(id);
+  if (error.empty()) {
+    if (from) {
+      spdlog::info("job {}: restored from checkpoint {} on {} (restart {}, job version {})", id, from, node,
+                   j.restarts, j.job_version);
+      j.restore_from = 0;
+      save(j);
+    } else {
+      spdlog::info("job {}: running on {}", id, node);
+    }
+    wake_.notify_all();
+    return;
+  }
+  launch_failed(j, error);
+}
+
+void Controller::launch_failed(Job& j, const std::string& why) {
+  double now = now_s();
+  release(j, now);
+  j.run_time_done = std::max<int64_t>(0, j.run_time_done);
+  if (j.restore_from) {
+    j.restarts--;
+    j.job_version--;
+    int64_t failed = j.restore_from;
+    spdlog::warn("job {}: restore from checkpoint {} on {} failed: {}", j.job_id, failed, j.nodes, why);
+    int64_t previous = 0;
+    for (auto& c : ckpts_[j.job_id]) {
+      if (c.checkpoint_id == failed) {
+        c.status = "Failed";
+        c.reason = fmt::format("restore failed: {}", why);
+        save(c);
+      } else if (c.status == "Present" && c.checkpoint_id < failed) {
+        previous = c.checkpoint_id;
+      }
+    }
+    if (previous) {
+      spdlog::info("job {}: falling back to checkpoint {}", j.job_id, previous);
+      j.restore_from = previous;
+      j.state = "PENDING";
+      j.reason = "None";
+    } else {
+      j.restore_from = 0;
+      j.state = "FAILED";
+      j.reason = "RestoreFailed";
+      j.end_time = now;
+    }
+  } else if (++j.launch_failures >= 3) {
+    spdlog::error("job {}: launch on {} failed ({}), giving up after 3 tries", j.job_id, j.nodes, why);
+    j.state = "FAILED";
+    j.reason = "LaunchFailed";
+    j.end_time = now;
+  } else {
+    spdlog::warn("job {}: launch on {} failed: {}; will retry", j.job_id, j.nodes, why);
+    j.state = "PENDING";
+    j.reason = "LaunchFailed";
+  }
+  save(j);
+  wake_.notify_all();
+}
+
+void Controller::periodic() {
+  double now = now_s();
+  for (auto& [id, j] : jobs_) {
+    if (j.state != "RUNNING" || launching_.count(id) || !j.end_request.empty()) continue;
+    if (j.time_limit > 0 && j.run_time_done + (now - j.start_time) >= static_cast<double>(j.time_limit)) {
+      spdlog::info("job {}: time limit of {} s reached", id, j.time_limit);
+      j.end_request = "timeout";
+      save(j);
+      terminate(j, SIGTERM, true);
+      continue;
+    }
+    if (j.checkpoint_interval > 0 && j.next_checkpoint > 0 && now >= j.next_checkpoint && !ckpt_busy_.count(id)) {
+      // Due points stay on the start + k*interval grid; missed ones are skipped.
+      while (j.next_checkpoint <= now) j.next_checkpoint += static_cast<double>(j.checkpoint_interval);
+      save(j);
+      int64_t jid = id;
+      spawn([this, jid] {
+        try {
+          run_checkpoint(jid, "periodic", "", nullptr);
+        } catch (const std::exception& e) {
+          spdlog::warn("job {}: periodic checkpoint not taken: {}", jid, e.what());
+        }
+      });
+    }
+  }
+}
+
+}  // namespace fsched::ctld

@@ -1,0 +1,90 @@
+// fschedctld's core: the job queue, placement of jobs on nodes, the job and
+// checkpoint lifecycle (periodic, manual and vacate checkpoints, retention,
+// restart from a checkpoint with fallback to an older one) and the RPC routes of
+// docs/scheduler.md. All state is in memory, guarded by one mutex, and written
+// through to the Store before a change is answered.
+#pragma once
+
+#include <condition_variable>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <thread>
+
+#include "ctld/state.h"
+#include "ctld/store.h"
+#include "proto/config.h"
+#include "proto/rpc.h"
+
+namespace fsched::ctld {
+
+class Controller {
+ public:
+  // Loads the state from <StateSaveLocation>/fsched.db. Checkpoints left Creating by
+  // a previous controller are marked Failed. Throws fsched::Error.
+  explicit Controller(proto::Config cfg);
+  ~Controller();
+
+  void add_routes(proto::Server& server);
+  // Starts the scheduling thread: placement, periodic checkpoints, time limits.
+  void start();
+  void stop();
+
+ private:
+  using json = nlohmann::json;
+  using Lock = std::unique_lock<std::mutex>;
+
+  // routes
+  json submit(const proto::Request& r);
+  json list_jobs(const proto::Request& r);
+  json show_job(const proto::Request& r);
+  json signal_job(const proto::Request& r);
+  json cancel_job(const proto::Request& r);
+  json hold_job(const proto::Request& r, bool hold);
+  json requeue_job(const proto::Request& r);
+  json checkpoint_job(const proto::Request& r, const std::string& source);
+  json restart_job(const proto::Request& r);
+  json list_checkpoints(const proto::Request& r);
+  json delete_checkpoint(const proto::Request& r);
+  json list_nodes(const proto::Request& r);
+  json list_partitions(const proto::Request& r);
+  json node_heartbeat(const proto::Request& r);
+  json node_job_ended(const proto::Request& r);
+
+  // lifecycle (callers hold mu_ unless said otherwise)
+  Job& job_of(const std::string& id_text);
+  void check_owner(const Job& j, const proto::Caller& c) const;
+  void save(const Job& j);
+  void save(const Checkpoint& c);
+  json api(const Job& j) const;
+  std::string node_state(const Node& n) const;
+  bool node_up(const Node& n) const;
+  void schedule();                      // place pending jobs
+  void launch(int64_t job_id);          // without mu_: sends launch or restore to the node
+  void launch_failed(Job& j, const std::string& why);
+  Checkpoint run_checkpoint(int64_t job_id, const std::string& source, const std::string& description,
+                            const proto::Caller* who);  // without mu_
+  void retain(const Job& j);
+  void terminate(const Job& j, int signal, bool escalate);  // async signal/kill on the node
+  void release(Job& j, double now);
+  void periodic();                      // due checkpoints and time limits
+  void spawn(std::function<void()> fn); // a worker thread, joined at stop()
+  proto::Client node_client(const std::string& node, int timeout_s) const;
+
+  proto::Config cfg_;
+  Store store_;
+  mutable std::mutex mu_;
+  std::condition_variable wake_;
+  std::map<int64_t, Job> jobs_;
+  std::map<int64_t, std::vector<Checkpoint>> ckpts_;  // by job, oldest first
+  std::map<std::string, Node> nodes_;
+  std::set<int64_t> ckpt_busy_;   // jobs with a checkpoint in flight
+  std::set<int64_t> launching_;   // jobs whose launch RPC is in flight
+  bool stopping_ = false;
+  std::thread loop_;
+  int workers_ = 0;
+  std::condition_variable workers_done_;
+};
+
+}  // namespace fsched::ctld

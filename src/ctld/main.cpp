@@ -1,0 +1,40 @@
+// fschedctld: the controller. `fschedctld -D` stays in the foreground, as
+// `slurmctld -D` does; without -D it daemonizes and writes SlurmctldPidFile.
+#include <CLI/CLI.hpp>
+#include <spdlog/spdlog.h>
+
+#include <iostream>
+
+#include "ctld/controller.h"
+#include "daemon/daemon.h"
+#include "proto/config.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"fschedctld: the fsched controller (job queue, placement, checkpoints)"};
+  bool foreground = false, verbose = false;
+  std::string conf;
+  app.add_flag("-D", foreground, "run in the foreground, logging to stderr unless SlurmctldLogFile is set");
+  app.add_flag("-v", verbose, "log debug messages");
+  app.add_option("-f", conf, "configuration file (default $FSCHED_CONF or /etc/fsched/fsched.conf)");
+  CLI11_PARSE(app, argc, argv);
+  try {
+    auto cfg = fsched::proto::load_config(conf.empty() ? fsched::proto::config_path() : std::filesystem::path(conf));
+    fsched::daemon::daemonize(foreground, cfg.ctld_pid_file);
+    fsched::daemon::setup_logging("fschedctld", cfg.ctld_log_file, verbose);
+    fsched::proto::Server server(cfg.munge_socket);
+    fsched::ctld::Controller ctl(cfg);
+    ctl.add_routes(server);
+    server.bind(cfg.control_addr, cfg.control_port);
+    fsched::daemon::stop_on_signals([&] { server.stop(); });
+    ctl.start();
+    spdlog::info("listening on {}:{}", cfg.control_addr, cfg.control_port);
+    server.serve();
+    ctl.stop();
+    spdlog::info("stopped");
+  } catch (const std::exception& e) {
+    std::cerr << "fschedctld: error: " << e.what() << "\n";
+    spdlog::error("{}", e.what());
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,80 @@
+// What the controller knows of jobs, their checkpoints and the nodes. The JSON
+// forms are the API's (docs/scheduler.md) and also how rows are kept in SQLite.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace fsched::ctld {
+
+struct Checkpoint {
+  int64_t checkpoint_id = 0;
+  int64_t job_id = 0;
+  std::string description;
+  double trigger_time = 0, completion_time = 0, duration = 0;  // Unix seconds, seconds
+  std::string status = "Creating";  // Creating, Present, Cleared, Timeout, Failed
+  std::string reason;               // why Failed/Timeout/Cleared
+  std::string source;               // periodic, manual, vacate
+  int64_t job_version = 1;
+  std::string location;
+  uint64_t size = 0;                // bytes
+  double freeze_ms = 0;
+};
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Checkpoint, checkpoint_id, job_id, description, trigger_time,
+                                                completion_time, duration, status, reason, source, job_version,
+                                                location, size, freeze_ms)
+
+struct Job {
+  int64_t job_id = 0;
+  std::string name, user;
+  uint32_t uid = 0, gid = 0;
+  std::string partition;
+  std::string state = "PENDING";
+  std::string reason = "None";
+  double submit_time = 0, start_time = 0, end_time = 0;
+  int64_t run_time_done = 0;        // seconds run before the current start
+  int64_t time_limit = 0;           // seconds, 0 = none
+  std::string nodes;                // where it runs or last ran
+  int cpus_per_task = 1, ntasks = 1;
+  uint64_t mem_mb = 0;
+  std::string work_dir, stdout_path, stderr_path;
+  std::vector<std::string> argv;
+  int64_t checkpoint_interval = 0;  // seconds
+  bool requeue = true, hold = false;
+  int restarts = 0;
+  int64_t job_version = 1;
+  int exit_status = 0;              // code as fsched-init reports it (128+sig if signalled)
+  int64_t last_checkpoint_id = 0;   // the newest id handed out
+  int64_t restore_from = 0;         // checkpoint to restore at the next start, 0 = start afresh
+  double next_checkpoint = 0;       // Unix time the next periodic checkpoint is due
+  std::string end_request;          // what the job's end means: cancel, requeue, timeout, ""
+  int launch_failures = 0;
+
+  int num_cpus() const { return cpus_per_task * ntasks; }
+  bool active() const { return state == "PENDING" || state == "RUNNING" || state == "COMPLETING"; }
+};
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Job, job_id, name, user, uid, gid, partition, state, reason,
+                                                submit_time, start_time, end_time, run_time_done, time_limit,
+                                                nodes, cpus_per_task, ntasks, mem_mb, work_dir, stdout_path,
+                                                stderr_path, argv, checkpoint_interval, requeue, hold, restarts,
+                                                job_version, exit_status, last_checkpoint_id, restore_from,
+                                                next_checkpoint, end_request, launch_failures)
+
+struct Node {
+  std::string name, addr;
+  uint16_t port = 0;
+  int cpus = 0;
+  uint64_t real_memory = 0, free_memory = 0;  // MiB
+  double load = 0;
+  double last_heartbeat = 0;  // Unix time; 0 = never registered
+  std::string reason;
+  int alloc_cpus = 0;
+  uint64_t alloc_memory = 0;
+};
+
+}  // namespace fsched::ctld

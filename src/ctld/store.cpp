@@ -1,0 +1,130 @@
+#include "ctld/store.h"
+
+#include "common/error.h"
+
+namespace fsched::ctld {
+namespace {
+
+// A prepared statement, finalized when it goes out of scope.
+class Stmt {
+ public:
+  Stmt(sqlite3* db, const char* sql, const std::filesystem::path& file) : db_(db) {
+    if (sqlite3_prepare_v2(db, sql, -1, &st_, nullptr) != SQLITE_OK)
+      fail("{}: {}: {}", file.string(), sql, sqlite3_errmsg(db));
+  }
+  ~Stmt() { sqlite3_finalize(st_); }
+  Stmt(const Stmt&) = delete;
+  Stmt& operator=(const Stmt&) = delete;
+  Stmt& bind(int i, int64_t v) { sqlite3_bind_int64(st_, i, v); return *this; }
+  Stmt& bind(int i, const std::string& v) {
+    sqlite3_bind_text(st_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
+    return *this;
+  }
+  // Returns true while there is a row.
+  bool step() {
+    int rc = sqlite3_step(st_);
+    if (rc == SQLITE_ROW) return true;
+    if (rc != SQLITE_DONE) fail("database: {}", sqlite3_errmsg(db_));
+    return false;
+  }
+  std::string text(int col) {
+    auto* p = sqlite3_column_text(st_, col);
+    return p ? std::string(reinterpret_cast<const char*>(p), static_cast<size_t>(sqlite3_column_bytes(st_, col)))
+             : std::string();
+  }
+  int64_t integer(int col) { return sqlite3_column_int64(st_, col); }
+
+ private:
+  sqlite3* db_;
+  sqlite3_stmt* st_ = nullptr;
+};
+
+}  // namespace
+
+Store::Store(const std::filesystem::path& dir) : file_(dir / "fsched.db") {
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) fail("cannot create StateSaveLocation {}: {}", dir.string(), ec.message());
+  if (sqlite3_open(file_.c_str(), &db_) != SQLITE_OK) {
+    std::string msg = db_ ? sqlite3_errmsg(db_) : "out of memory";
+    sqlite3_close(db_);
+    db_ = nullptr;
+    fail("cannot open {}: {}", file_.string(), msg);
+  }
+  sqlite3_busy_timeout(db_, 5000);
+  // WAL with synchronous=NORMAL survives a crash of the controller (what a restart
+  // must not lose) without an fsync per submitted job.
+  exec("PRAGMA journal_mode=WAL");
+  exec("PRAGMA synchronous=NORMAL");
+  exec("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)");
+  exec("CREATE TABLE IF NOT EXISTS jobs (job_id INTEGER PRIMARY KEY, state TEXT NOT NULL, data TEXT NOT NULL)");
+  exec("CREATE TABLE IF NOT EXISTS scripts (job_id INTEGER PRIMARY KEY, script TEXT NOT NULL, env TEXT NOT NULL)");
+  exec("CREATE TABLE IF NOT EXISTS checkpoints (job_id INTEGER NOT NULL, checkpoint_id INTEGER NOT NULL,"
+       " status TEXT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (job_id, checkpoint_id))");
+  exec("INSERT OR IGNORE INTO meta VALUES ('next_job_id', 1)");
+}
+
+Store::~Store() { sqlite3_close(db_); }
+
+void Store::exec(const char* sql) {
+  char* err = nullptr;
+  if (sqlite3_exec(db_, sql, nullptr, nullptr, &err) != SQLITE_OK) {
+    std::string msg = err ? err : "unknown error";
+    sqlite3_free(err);
+    fail("{}: {}: {}", file_.string(), sql, msg);
+  }
+}
+
+int64_t Store::next_job_id() {
+  exec("BEGIN IMMEDIATE");
+  try {
+    Stmt get(db_, "SELECT value FROM meta WHERE key='next_job_id'", file_);
+    get.step();
+    int64_t id = get.integer(0);
+    Stmt set(db_, "UPDATE meta SET value=? WHERE key='next_job_id'", file_);
+    set.bind(1, id + 1).step();
+    exec("COMMIT");
+    return id;
+  } catch (...) {
+    exec("ROLLBACK");
+    throw;
+  }
+}
+
+void Store::put_job(const Job& j) {
+  Stmt s(db_, "INSERT OR REPLACE INTO jobs VALUES (?, ?, ?)", file_);
+  s.bind(1, j.job_id).bind(2, j.state).bind(3, nlohmann::json(j).dump()).step();
+}
+
+void Store::put_script(int64_t job_id, const std::string& script, const nlohmann::json& env) {
+  Stmt s(db_, "INSERT OR REPLACE INTO scripts VALUES (?, ?, ?)", file_);
+  s.bind(1, job_id).bind(2, script).bind(3, env.dump()).step();
+}
+
+std::pair<std::string, nlohmann::json> Store::script(int64_t job_id) {
+  Stmt s(db_, "SELECT script, env FROM scripts WHERE job_id=?", file_);
+  s.bind(1, job_id);
+  if (!s.step()) fail("job {}: its script is missing from {}", job_id, file_.string());
+  return {s.text(0), nlohmann::json::parse(s.text(1))};
+}
+
+void Store::put_checkpoint(const Checkpoint& c) {
+  Stmt s(db_, "INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?)", file_);
+  s.bind(1, c.job_id).bind(2, c.checkpoint_id).bind(3, c.status).bind(4, nlohmann::json(c).dump()).step();
+}
+
+std::vector<Job> Store::jobs() {
+  std::vector<Job> out;
+  Stmt s(db_, "SELECT data FROM jobs ORDER BY job_id", file_);
+  while (s.step()) out.push_back(nlohmann::json::parse(s.text(0)).get<Job>());
+  return out;
+}
+
+std::vector<Checkpoint> Store::checkpoints() {
+  std::vector<Checkpoint> out;
+  Stmt s(db_, "SELECT data FROM checkpoints ORDER BY job_id, checkpoint_id", file_);
+  while (s.step()) out.push_back(nlohmann::json::parse(s.text(0)).get<Checkpoint>());
+  return out;
+}
+
+}  // namespace fsched::ctld

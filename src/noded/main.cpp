@@ -1,0 +1,53 @@
+// fschedd: the node daemon. `fschedd -D -N NAME` stays in the foreground.
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <spdlog/spdlog.h>
+
+#include <iostream>
+
+#include "daemon/daemon.h"
+#include "noded/node.h"
+#include "proto/config.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"fschedd: the fsched node daemon (runs, checkpoints and restores jobs)"};
+  bool foreground = false, verbose = false;
+  std::string conf, name;
+  app.add_flag("-D", foreground, "run in the foreground, logging to stderr unless SlurmdLogFile is set");
+  app.add_flag("-v", verbose, "log debug messages");
+  app.add_option("-f", conf, "configuration file (default $FSCHED_CONF or /etc/fsched/fsched.conf)");
+  app.add_option("-N", name, "this node's NodeName (default the short host name)");
+  CLI11_PARSE(app, argc, argv);
+  try {
+    auto cfg = fsched::proto::load_config(conf.empty() ? fsched::proto::config_path() : std::filesystem::path(conf));
+    if (name.empty()) {
+      char host[256] = {};
+      ::gethostname(host, sizeof host - 1);
+      name = host;
+      name = name.substr(0, name.find('.'));
+    }
+    fsched::noded::NodeDaemon node(cfg, name);
+    std::filesystem::path pid_file = cfg.slurmd_pid_file;
+    if (cfg.nodes.size() > 1) pid_file.replace_filename(pid_file.stem().string() + "-" + name + pid_file.extension().string());
+    std::filesystem::path log_file = cfg.slurmd_log_file;
+    if (!log_file.empty() && cfg.nodes.size() > 1)
+      log_file.replace_filename(log_file.stem().string() + "-" + name + log_file.extension().string());
+    fsched::daemon::daemonize(foreground, pid_file);
+    fsched::daemon::setup_logging("fschedd-" + name, log_file, verbose);
+    fsched::proto::Server server(cfg.munge_socket);
+    node.add_routes(server);
+    server.bind(node.conf().addr, node.conf().port);
+    fsched::daemon::stop_on_signals([&] { server.stop(); });
+    node.start();
+    spdlog::info("node {} listening on {}:{}", name, node.conf().addr, node.conf().port);
+    server.serve();
+    node.stop();
+    spdlog::info("stopped; jobs keep running");
+  } catch (const std::exception& e) {
+    std::cerr << "fschedd: error: " << e.what() << "\n";
+    spdlog::error("{}", e.what());
+    return 1;
+  }
+  return 0;
+}

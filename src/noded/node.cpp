@@ -1,0 +1,394 @@
+#include "noded/node.h"
+
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <fstream>
+#include <sstream>
+
+#include <spdlog/spdlog.h>
+
+#include "common/error.h"
+#include "noded/spawn.h"
+
+namespace fsched::noded {
+namespace {
+
+using proto::RpcError;
+namespace fs = std::filesystem;
+
+std::string read_file(const fs::path& p) {
+  std::ifstream in(p);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+void write_file(const fs::path& p, std::string_view text, mode_t mode) {
+  fs::path tmp = p;
+  tmp += ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc | std::ios::binary);
+    if (!(out << text) || !out.flush()) fail_errno("cannot write {}", tmp.string());
+  }
+  if (::chmod(tmp.c_str(), mode) < 0) fail_errno("chmod {}", tmp.string());
+  fs::rename(tmp, p);
+}
+
+// State letter and start time of a process, from /proc/PID/stat (proc(5)).
+bool proc_stat(pid_t pid, char& state, unsigned long long& start_ticks) {
+  std::string s = read_file(fmt::format("/proc/{}/stat", pid));
+  auto rp = s.rfind(')');
+  if (rp == std::string::npos) return false;
+  std::istringstream in(s.substr(rp + 2));
+  in >> state;
+  std::string skip;
+  for (int i = 4; i < 22; ++i) in >> skip;  // fields 4..21
+  return static_cast<bool>(in >> start_ticks);
+}
+
+bool alive(const LocalJob& j) {
+  char st = 0;
+  unsigned long long t = 0;
+  if (!proc_stat(j.pid, st, t)) return false;
+  return t == j.start_ticks && st != 'Z' && st != 'X';
+}
+
+std::map<std::string, std::string> env_of(const nlohmann::json& req) {
+  std::map<std::string, std::string> env;
+  if (req.contains("env") && req["env"].is_object())
+    for (auto& [k, v] : req["env"].items())
+      if (v.is_string()) env[k] = v.get<std::string>();
+  if (!env.count("PATH")) env["PATH"] = "/usr/local/bin:/usr/bin:/bin";
+  return env;
+}
+
+double read_loadavg() {
+  std::ifstream in("/proc/loadavg");
+  double l = 0;
+  in >> l;
+  return l;
+}
+
+uint64_t mem_available_mib() {
+  std::ifstream in("/proc/meminfo");
+  std::string key;
+  uint64_t kb = 0;
+  std::string unit;
+  while (in >> key >> kb >> unit)
+    if (key == "MemAvailable:") return kb / 1024;
+  return 0;
+}
+
+}  // namespace
+
+NodeDaemon::NodeDaemon(proto::Config cfg, std::string name) : cfg_(std::move(cfg)), name_(std::move(name)) {
+  me_ = cfg_.node(name_);
+  if (!me_) fail("node {} has no NodeName line in {}", name_, cfg_.file.string());
+  std::error_code ec;
+  fs::create_directories(cfg_.slurmd_spool_dir, ec);
+  if (ec) fail("cannot create SlurmdSpoolDir {}: {}", cfg_.slurmd_spool_dir.string(), ec.message());
+  ::chmod(cfg_.slurmd_spool_dir.c_str(), 0755);
+}
+
+NodeDaemon::~NodeDaemon() { stop(); }
+
+std::string NodeDaemon::ckpt_tool() const {
+  if (!cfg_.ckpt_tool.empty()) return cfg_.ckpt_tool;
+  fs::path self = fs::read_symlink("/proc/self/exe").parent_path();
+  for (auto p : {self / "fsched-ckpt", self / ".." / "tools" / "fsched-ckpt"})
+    if (::access(p.c_str(), X_OK) == 0) return fs::weakly_canonical(p).string();
+  fail("cannot find fsched-ckpt beside {} (set FschedCkptPath in {})", self.string(), cfg_.file.string());
+}
+
+fs::path NodeDaemon::job_dir(int64_t id) const { return cfg_.slurmd_spool_dir / fmt::format("job{}", id); }
+
+proto::Client NodeDaemon::controller(int timeout_s) const {
+  return proto::Client(cfg_.control_addr, cfg_.control_port, cfg_.munge_socket, timeout_s);
+}
+
+void NodeDaemon::persist(const LocalJob& j) const {
+  write_file(job_dir(j.job_id) / "job.json", nlohmann::json(j).dump(), 0600);
+}
+
+void NodeDaemon::add_routes(proto::Server& s) {
+  auto root_only = [](auto fn) {
+    return [fn](const proto::Request& r) {
+      if (!r.caller.is_root()) throw RpcError(403, "only the controller (root) may ask this of fschedd");
+      return fn(r);
+    };
+  };
+  s.route("POST", "/v1/node/launch", root_only([this](const proto::Request& r) { return launch(r, false); }));
+  s.route("POST", "/v1/node/restore", root_only([this](const proto::Request& r) { return launch(r, true); }));
+  s.route("POST", "/v1/node/checkpoint", root_only([this](const proto::Request& r) { return checkpoint(r); }));
+  s.route("POST", "/v1/node/signal", root_only([this](const proto::Request& r) { return signal(r); }));
+  s.route("GET", "/v1/node/jobs", [this](const proto::Request& r) { return list(r); });
+}
+
+void NodeDaemon::prepare_job_dir(const json& req) {
+  int64_t id = req.at("job_id").get<int64_t>();
+  fs::path dir = job_dir(id);
+  fs::create_directories(dir);
+  ::chmod(dir.c_str(), 0755);
+  fs::path script = dir / "slurm_script";
+  // A restored shell holds the script open and reads it by offset: on the node
+  // where it ran the file stays as it is.
+  if (!fs::exists(script)) {
+    write_file(script, req.at("script").get<std::string>(), 0700);
+    if (::chown(script.c_str(), req.at("uid").get<uid_t>(), req.at("gid").get<gid_t>()) < 0)
+      fail_errno("chown {}", script.string());
+  }
+  fs::remove(dir / "status");
+  fs::remove(dir / "init.pid");
+}
+
+nlohmann::json NodeDaemon::launch(const proto::Request& r, bool restore) {
+  const json& q = r.body;
+  int64_t id = q.at("job_id").get<int64_t>();
+  {
+    std::lock_guard l(mu_);
+    if (jobs_.count(id)) throw RpcError(409, fmt::format("job {} is already on node {}", id, name_));
+  }
+  prepare_job_dir(q);
+  fs::path dir = job_dir(id);
+  std::vector<std::string> argv{ckpt_tool()};
+  if (restore) {
+    argv.insert(argv.end(), {"restore", "--detach", "--pidfile", (dir / "init.pid").string(), "--dir",
+                             q.at("restore_dir").get<std::string>()});
+  } else {
+    argv.insert(argv.end(), {"run", "--detach", "--pidfile", (dir / "init.pid").string(), "--status-file",
+                             (dir / "status").string(), "--stdout", q.at("stdout").get<std::string>(), "--stderr",
+                             q.at("stderr").get<std::string>(), "--cwd", q.at("work_dir").get<std::string>(),
+                             "--user", q.at("user").get<std::string>(), "--", (dir / "slurm_script").string()});
+    for (auto& a : q.value("argv", std::vector<std::string>{})) argv.push_back(a);
+  }
+  auto env = restore ? std::map<std::string, std::string>{{"PATH", "/usr/bin:/bin"}} : env_of(q);
+  SpawnResult res = spawn_wait(argv, env, cfg_.batch_start_timeout + 600);
+  if (res.exit_code() != 0)
+    throw RpcError(500, fmt::format("{} of job {} on {} failed: {}", restore ? "restore" : "launch", id, name_,
+                                    res.error_line()));
+  LocalJob j;
+  j.job_id = id;
+  j.node = name_;
+  j.pid = static_cast<pid_t>(std::stol(read_file(dir / "init.pid")));
+  char st = 0;
+  if (!proc_stat(j.pid, st, j.start_ticks)) {
+    // It ended already: a very short job. Its status file says how.
+    j.start_ticks = 0;
+  }
+  persist(j);
+  {
+    std::lock_guard l(mu_);
+    jobs_[id] = j;
+  }
+  spdlog::info("job {}: {} as init {} ({})", id, restore ? "restored" : "started", j.pid,
+               restore ? q.at("restore_dir").get<std::string>() : q.at("user").get<std::string>());
+  return {{"pid", j.pid}};
+}
+
+nlohmann::json NodeDaemon::checkpoint(const proto::Request& r) {
+  const json& q = r.body;
+  int64_t id = q.at("job_id").get<int64_t>();
+  std::string dir = q.at("dir").get<std::string>();
+  bool leave = q.value("leave_running", true);
+  int timeout = q.value("timeout", cfg_.checkpoint_timeout);
+  pid_t pid;
+  {
+    std::lock_guard l(mu_);
+    auto it = jobs_.find(id);
+    if (it == jobs_.end() || it->second.ended) throw RpcError(409, fmt::format("job {} is not running on {}", id, name_));
+    if (it->second.vacating) throw RpcError(409, fmt::format("job {} is being vacated", id));
+    if (!leave) it->second.vacating = true;
+    pid = it->second.pid;
+  }
+  auto undo = [&] {
+    std::lock_guard l(mu_);
+    if (auto it = jobs_.find(id); it != jobs_.end()) it->second.vacating = false;
+  };
+  fs::path parent = fs::path(dir).parent_path();
+  std::error_code ec;
+  fs::create_directories(parent, ec);
+  // Images hold the job's memory: root only (DESIGN.md, issue 4).
+  ::chmod(parent.c_str(), 0700);
+  if (ec || !fs::is_directory(parent)) {
+    undo();
+    throw RpcError(500, fmt::format("cannot create checkpoint directory {}: {}", parent.string(), ec.message()));
+  }
+  std::vector<std::string> argv{ckpt_tool(), "dump", "--pid", std::to_string(pid), "--dir", dir, "--json"};
+  if (leave) argv.push_back("--leave-running");
+  spdlog::info("job {}: dumping to {} ({})", id, dir, leave ? "leave running" : "vacate");
+  SpawnResult res = spawn_wait(argv, {{"PATH", "/usr/bin:/bin"}}, timeout);
+  if (res.timed_out) {
+    undo();
+    fs::remove_all(dir + ".tmp", ec);
+    spdlog::warn("job {}: dump to {} exceeded CheckpointTimeout ({} s) and was stopped", id, dir, timeout);
+    throw RpcError(504, fmt::format("the dump took longer than CheckpointTimeout ({} s) and was stopped", timeout));
+  }
+  if (res.exit_code() != 0) {
+    undo();
+    spdlog::warn("job {}: dump to {} failed: {}", id, dir, res.error_line());
+    throw RpcError(500, res.error_line());
+  }
+  json st = json::parse(res.out, nullptr, false);
+  if (!leave) {
+    std::lock_guard l(mu_);
+    jobs_.erase(id);
+    fs::remove_all(job_dir(id), ec);
+  }
+  spdlog::info("job {}: dumped to {}", id, dir);
+  return {{"size", st.is_object() ? st.value("image_bytes", uint64_t{0}) : 0},
+          {"freeze_ms", st.is_object() ? st.value("freeze_ms", 0.0) : 0.0},
+          {"dump_ms", st.is_object() ? st.value("dump_ms", 0.0) : 0.0}};
+}
+
+nlohmann::json NodeDaemon::signal(const proto::Request& r) {
+  int64_t id = r.body.at("job_id").get<int64_t>();
+  int sig = r.body.value("signal", SIGTERM);
+  int kill_wait = r.body.value("kill_wait", -1);
+  LocalJob j;
+  {
+    std::lock_guard l(mu_);
+    auto it = jobs_.find(id);
+    if (it == jobs_.end() || it->second.ended) throw RpcError(409, fmt::format("job {} is not running on {}", id, name_));
+    j = it->second;
+  }
+  // fsched-init passes the signal on to the job's process group.
+  if (alive(j) && ::kill(j.pid, sig) < 0) throw RpcError(500, fmt::format("kill({}, {}): {}", j.pid, sig, strerror(errno)));
+  spdlog::info("job {}: signal {} sent to init {}", id, sig, j.pid);
+  if (kill_wait >= 0) {
+    std::thread([j, kill_wait] {
+      auto end = std::chrono::steady_clock::now() + std::chrono::seconds(kill_wait);
+      while (std::chrono::steady_clock::now() < end && alive(j))
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      if (alive(j)) {
+        spdlog::info("job {}: still running after KillWait ({} s): SIGKILL", j.job_id, kill_wait);
+        ::kill(j.pid, SIGKILL);
+      }
+    }).detach();
+  }
+  return json::object();
+}
+
+nlohmann::json NodeDaemon::list(const proto::Request&) {
+  std::lock_guard l(mu_);
+  json arr = json::array();
+  for (auto& [id, j] : jobs_)
+    arr.push_back({{"job_id", id}, {"pid", j.pid}, {"running", !j.ended}, {"exit_status", j.exit_status}});
+  return {{"jobs", arr}};
+}
+
+void NodeDaemon::adopt(const fs::path& spool) {
+  std::error_code ec;
+  for (auto& e : fs::directory_iterator(spool, ec)) {
+    auto f = e.path() / "job.json";
+    if (!fs::exists(f)) continue;
+    try {
+      LocalJob j = json::parse(read_file(f)).get<LocalJob>();
+      if (j.node != name_) continue;
+      jobs_[j.job_id] = j;
+      spdlog::info("job {}: found again (init {}, {})", j.job_id, j.pid, alive(j) ? "running" : "ended");
+    } catch (const std::exception& ex) {
+      spdlog::warn("{}: unreadable, ignored: {}", f.string(), ex.what());
+    }
+  }
+}
+
+nlohmann::json NodeDaemon::status() const {
+  json jobs = json::array();
+  {
+    std::lock_guard l(mu_);
+    for (auto& [id, j] : jobs_) jobs.push_back({{"job_id", id}, {"running", !j.ended}});
+  }
+  long cpus = ::sysconf(_SC_NPROCESSORS_ONLN);
+  return {{"name", name_}, {"cpus", me_->cpus}, {"host_cpus", cpus}, {"real_memory", me_->real_memory},
+          {"free_memory", mem_available_mib()}, {"load", read_loadavg()}, {"jobs", jobs}};
+}
+
+void NodeDaemon::start() {
+  {
+    std::lock_guard l(mu_);
+    adopt(cfg_.slurmd_spool_dir);
+  }
+  watcher_ = std::thread([this] { watch(); });
+  beater_ = std::thread([this] { heartbeat(); });
+}
+
+void NodeDaemon::stop() {
+  {
+    std::lock_guard l(mu_);
+    if (stopping_) return;
+    stopping_ = true;
+  }
+  if (watcher_.joinable()) watcher_.join();
+  if (beater_.joinable()) beater_.join();
+}
+
+void NodeDaemon::watch() {
+  for (;;) {
+    std::vector<LocalJob> to_report;
+    {
+      std::lock_guard l(mu_);
+      if (stopping_) return;
+      for (auto& [id, j] : jobs_) {
+        if (j.vacating) continue;
+        if (!j.ended && !alive(j)) {
+          j.ended = true;
+          std::string s = read_file(job_dir(id) / "status");
+          // No status file: the init itself was killed (scancel's SIGKILL).
+          j.exit_status = s.empty() ? 128 + SIGKILL : std::stoi(s);
+          spdlog::info("job {}: ended with status {}", id, j.exit_status);
+          try {
+            persist(j);
+          } catch (const std::exception& e) {
+            spdlog::warn("job {}: {}", id, e.what());
+          }
+        }
+        if (j.ended) to_report.push_back(j);
+      }
+    }
+    for (auto& j : to_report) {
+      try {
+        controller(10).call("POST", "/v1/nodes/job_ended",
+                            {{"name", name_}, {"job_id", j.job_id}, {"exit_status", j.exit_status}});
+        std::lock_guard l(mu_);
+        jobs_.erase(j.job_id);
+        std::error_code ec;
+        fs::remove_all(job_dir(j.job_id), ec);
+      } catch (const std::exception& e) {
+        // The controller is away: the report waits in the spool directory.
+        spdlog::debug("job {}: end not reported yet: {}", j.job_id, e.what());
+      }
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+}
+
+void NodeDaemon::heartbeat() {
+  bool registered = false;
+  auto last = std::chrono::steady_clock::now() - std::chrono::hours(1);
+  for (;;) {
+    {
+      std::lock_guard l(mu_);
+      if (stopping_) return;
+    }
+    auto now = std::chrono::steady_clock::now();
+    // Until the controller has heard of us, knock every second.
+    auto period = registered ? std::chrono::seconds(cfg_.heartbeat_interval) : std::chrono::seconds(1);
+    if (now - last >= period) {
+      last = now;
+      try {
+        controller(10).call("POST", registered ? "/v1/nodes/heartbeat" : "/v1/nodes/register", status());
+        if (!registered) spdlog::info("registered with the controller at {}:{}", cfg_.control_addr, cfg_.control_port);
+        registered = true;
+      } catch (const std::exception& e) {
+        if (registered) spdlog::warn("heartbeat to the controller failed: {}", e.what());
+        registered = false;
+      }
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+}
+
+}  // namespace fsched::noded

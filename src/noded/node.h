@@ -1,0 +1,75 @@
+// fschedd's core: runs the jobs the controller places on this node through the
+// engine CLI (fsched-ckpt run/dump/restore), watches them end, and reports to the
+// controller. A job is not a child of fschedd: its init is detached, and what
+// fschedd knows of it lives in <SlurmdSpoolDir>/job<ID>/ so that a restarted
+// fschedd finds its jobs again (and the exit status of those that ended meanwhile,
+// which fsched-init writes to the job's status file).
+#pragma once
+
+#include <sys/types.h>
+
+#include <filesystem>
+#include <map>
+#include <mutex>
+#include <set>
+#include <string>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "proto/config.h"
+#include "proto/rpc.h"
+
+namespace fsched::noded {
+
+struct LocalJob {
+  int64_t job_id = 0;
+  pid_t pid = 0;                  // host PID of the job's init
+  unsigned long long start_ticks = 0;  // its start time (/proc/PID/stat field 22), against PID reuse
+  std::string node;
+  bool vacating = false;          // being dumped in kill mode: its end is not a job end
+  bool ended = false;             // ended, report not yet acknowledged
+  int exit_status = 0;
+};
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(LocalJob, job_id, pid, start_ticks, node, ended, exit_status)
+
+class NodeDaemon {
+ public:
+  // name: this node's NodeName in the config. Throws fsched::Error when the node
+  // is not configured or the spool directory cannot be created.
+  NodeDaemon(proto::Config cfg, std::string name);
+  ~NodeDaemon();
+
+  void add_routes(proto::Server& s);
+  // Adopts the jobs found in the spool directory, then starts the heartbeat and
+  // the watcher threads.
+  void start();
+  void stop();
+  const proto::NodeConf& conf() const { return *me_; }
+
+ private:
+  using json = nlohmann::json;
+  json launch(const proto::Request& r, bool restore);
+  json checkpoint(const proto::Request& r);
+  json signal(const proto::Request& r);
+  json list(const proto::Request& r);
+  std::filesystem::path job_dir(int64_t id) const;
+  void prepare_job_dir(const json& req);
+  void adopt(const std::filesystem::path& spool);
+  void persist(const LocalJob& j) const;
+  void watch();       // thread: notices ended jobs and reports them
+  void heartbeat();   // thread
+  json status() const;
+  std::string ckpt_tool() const;
+  proto::Client controller(int timeout_s) const;
+
+  proto::Config cfg_;
+  const proto::NodeConf* me_;
+  std::string name_;
+  mutable std::mutex mu_;
+  std::map<int64_t, LocalJob> jobs_;
+  bool stopping_ = false;
+  std::thread watcher_, beater_;
+};
+
+}  // namespace fsched::noded

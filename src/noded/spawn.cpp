@@ -1,0 +1,120 @@
+#include "noded/spawn.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+
+#include "common/error.h"
+#include "common/fd.h"
+
+namespace fsched::noded {
+
+int SpawnResult::exit_code() const {
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+  return 255;
+}
+
+std::string SpawnResult::error_line() const {
+  std::string_view s = err;
+  while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.remove_suffix(1);
+  auto nl = s.rfind('\n');
+  std::string line(nl == std::string_view::npos ? s : s.substr(nl + 1));
+  if (line.empty()) line = timed_out ? "timed out" : "exited with status " + std::to_string(exit_code());
+  return line;
+}
+
+namespace {
+
+struct Pipe {
+  UniqueFd r, w;
+  Pipe() {
+    int p[2];
+    if (::pipe2(p, O_CLOEXEC) < 0) fail_errno("pipe2");
+    r = UniqueFd(p[0]);
+    w = UniqueFd(p[1]);
+  }
+};
+
+// Reads what is there without blocking; returns false at end of file.
+bool drain(int fd, std::string& into) {
+  char buf[8192];
+  for (;;) {
+    ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n > 0) {
+      into.append(buf, static_cast<size_t>(n));
+      continue;
+    }
+    if (n == 0) return false;
+    return errno == EAGAIN || errno == EINTR;
+  }
+}
+
+}  // namespace
+
+SpawnResult spawn_wait(const std::vector<std::string>& argv, const std::map<std::string, std::string>& env,
+                       double timeout_s) {
+  Pipe out, err;
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_adddup2(&fa, out.w.get(), 1);
+  posix_spawn_file_actions_adddup2(&fa, err.w.get(), 2);
+  // The daemon's sockets and files must not leak into the job that fsched-ckpt
+  // starts: the engine would find them in the job at its first checkpoint.
+  posix_spawn_file_actions_addclosefrom_np(&fa, 3);
+  posix_spawnattr_t at;
+  posix_spawnattr_init(&at);
+  sigset_t none, dflt;
+  sigemptyset(&none);
+  sigemptyset(&dflt);
+  for (int s : {SIGTERM, SIGINT, SIGHUP, SIGPIPE, SIGCHLD, SIGUSR1, SIGUSR2}) sigaddset(&dflt, s);
+  posix_spawnattr_setsigmask(&at, &none);
+  posix_spawnattr_setsigdefault(&at, &dflt);
+  posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSID);
+  std::vector<std::string> envs;
+  for (auto& [k, v] : env) envs.push_back(k + "=" + v);
+  std::vector<char*> cargv, cenv;
+  for (auto& a : argv) cargv.push_back(const_cast<char*>(a.c_str()));
+  cargv.push_back(nullptr);
+  for (auto& e : envs) cenv.push_back(e.data());
+  cenv.push_back(nullptr);
+  pid_t pid = 0;
+  int rc = ::posix_spawn(&pid, argv.at(0).c_str(), &fa, &at, cargv.data(), cenv.data());
+  posix_spawn_file_actions_destroy(&fa);
+  posix_spawnattr_destroy(&at);
+  if (rc != 0) throw Error("cannot start " + argv[0], rc);
+  out.w.reset();
+  err.w.reset();
+  ::fcntl(out.r.get(), F_SETFL, O_NONBLOCK);
+  ::fcntl(err.r.get(), F_SETFL, O_NONBLOCK);
+
+  SpawnResult res;
+  auto start = std::chrono::steady_clock::now();
+  bool out_open = true, err_open = true;
+  for (;;) {
+    // The child may hand a pipe end to a process that outlives it (a detached job
+    // init keeps it until it redirects its stdio), so its exit, not EOF, ends this.
+    pid_t w = ::waitpid(pid, &res.status, WNOHANG);
+    if (w == pid) break;
+    double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    if (timeout_s > 0 && elapsed > timeout_s && !res.timed_out) {
+      res.timed_out = true;
+      ::kill(pid, SIGKILL);
+    }
+    pollfd p[2] = {{out_open ? out.r.get() : -1, POLLIN, 0}, {err_open ? err.r.get() : -1, POLLIN, 0}};
+    ::poll(p, 2, 50);
+    if (out_open) out_open = drain(out.r.get(), res.out);
+    if (err_open) err_open = drain(err.r.get(), res.err);
+  }
+  if (out_open) drain(out.r.get(), res.out);
+  if (err_open) drain(err.r.get(), res.err);
+  return res;
+}
+
+}  // namespace fsched::noded

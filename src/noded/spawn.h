@@ -1,0 +1,26 @@
+// Running the engine's CLI (fsched-ckpt) from fschedd: a clean child (no inherited
+// fds beyond stdio, default signal mask and dispositions, the given environment)
+// whose output is collected, killed if it overruns its time.
+#pragma once
+
+#include <map>
+#include <string>
+#include <vector>
+
+namespace fsched::noded {
+
+struct SpawnResult {
+  int status = 0;          // wait status (waitpid)
+  bool timed_out = false;  // killed with SIGKILL after timeout_s
+  std::string out, err;    // what it wrote to stdout and stderr
+  int exit_code() const;   // exit code, or 128 + signal
+  std::string error_line() const;  // the last non-empty line of err, for messages
+};
+
+// argv[0] is the program's path. env: the complete environment. timeout_s <= 0:
+// no limit. Throws fsched::Error when the program cannot be started
+// (posix_spawn(3)).
+SpawnResult spawn_wait(const std::vector<std::string>& argv, const std::map<std::string, std::string>& env,
+                       double timeout_s);
+
+}  // namespace fsched::noded

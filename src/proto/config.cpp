@@ -1,0 +1,295 @@
+#include "proto/config.h"
+
+#include <charconv>
+#include <cstdlib>
+#include <fstream>
+#include <map>
+#include <sstream>
+
+#include "common/error.h"
+
+namespace fsched::proto {
+namespace {
+
+std::string_view trim(std::string_view s) {
+  while (!s.empty() && std::isspace(static_cast<unsigned char>(s.front()))) s.remove_prefix(1);
+  while (!s.empty() && std::isspace(static_cast<unsigned char>(s.back()))) s.remove_suffix(1);
+  return s;
+}
+
+std::string lower(std::string_view s) {
+  std::string r(s);
+  for (auto& c : r) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return r;
+}
+
+// Keeps the place being parsed so that every error says FILE:LINE.
+struct Cursor {
+  const std::filesystem::path& file;
+  int line = 0;
+  template <typename... Args>
+  [[noreturn]] void error(fmt::format_string<Args...> f, Args&&... args) const {
+    throw Error(fmt::format("{}:{}: {}", file.string(), line, fmt::format(f, std::forward<Args>(args)...)));
+  }
+};
+
+int64_t to_int(const Cursor& at, std::string_view key, std::string_view v, int64_t lo, int64_t hi) {
+  int64_t n = 0;
+  auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
+  if (ec != std::errc{} || p != v.data() + v.size() || n < lo || n > hi)
+    at.error("{} = {}: expected an integer from {} to {}", key, v, lo, hi);
+  return n;
+}
+
+double to_ratio(const Cursor& at, std::string_view key, std::string_view v) {
+  std::string s(v);
+  char* end = nullptr;
+  double d = std::strtod(s.c_str(), &end);
+  if (s.empty() || *end != '\0' || !(d >= 0.0 && d <= 1.0))
+    at.error("{} = {}: expected a ratio from 0.0 to 1.0", key, v);
+  return d;
+}
+
+bool to_bool(const Cursor& at, std::string_view key, std::string_view v) {
+  auto l = lower(v);
+  if (l == "yes" || l == "true" || l == "1") return true;
+  if (l == "no" || l == "false" || l == "0") return false;
+  at.error("{} = {}: expected YES or NO", key, v);
+}
+
+// MaxTime is INFINITE/UNLIMITED or minutes, as Slurm writes it in slurm.conf.
+int64_t to_max_time(const Cursor& at, std::string_view v) {
+  auto l = lower(v);
+  if (l == "infinite" || l == "unlimited") return 0;
+  return to_int(at, "MaxTime", v, 1, int64_t{1} << 40) * 60;
+}
+
+// "Key=Value Key=Value" words of NodeName/PartitionName lines.
+std::vector<std::pair<std::string, std::string>> words(const Cursor& at, std::string_view s) {
+  std::vector<std::pair<std::string, std::string>> out;
+  std::istringstream in{std::string(s)};
+  std::string w;
+  while (in >> w) {
+    auto eq = w.find('=');
+    if (eq == std::string::npos || eq == 0 || eq + 1 == w.size())
+      at.error("'{}': expected Key=Value", w);
+    out.emplace_back(w.substr(0, eq), w.substr(eq + 1));
+  }
+  return out;
+}
+
+void node_line(Config& c, const Cursor& at, std::string_view rest) {
+  auto kv = words(at, rest);
+  std::vector<std::string> names = expand_hostlist(kv.at(0).second);
+  NodeConf proto;
+  for (size_t i = 1; i < kv.size(); ++i) {
+    auto& [k, v] = kv[i];
+    auto key = lower(k);
+    if (key == "cpus" || key == "procs") proto.cpus = static_cast<int>(to_int(at, k, v, 1, 1 << 20));
+    else if (key == "realmemory") proto.real_memory = static_cast<uint64_t>(to_int(at, k, v, 1, int64_t{1} << 40));
+    else if (key == "nodeaddr") proto.addr = v;
+    else if (key == "port") proto.port = static_cast<uint16_t>(to_int(at, k, v, 1, 65535));
+    else if (key == "state" || key == "sockets" || key == "corespersocket" || key == "threadspercore" ||
+             key == "boards" || key == "nodehostname" || key == "weight" || key == "feature")
+      ;  // accepted for slurm.conf compatibility, not used
+    else at.error("NodeName line: unknown key '{}'", k);
+  }
+  for (auto& n : names) {
+    if (n == "DEFAULT") continue;
+    if (c.node(n)) at.error("NodeName {} is defined twice", n);
+    NodeConf nc = proto;
+    nc.name = n;
+    c.nodes.push_back(std::move(nc));
+  }
+}
+
+void partition_line(Config& c, const Cursor& at, std::string_view rest) {
+  auto kv = words(at, rest);
+  PartitionConf p;
+  p.name = kv.at(0).second;
+  if (c.partition(p.name)) at.error("PartitionName {} is defined twice", p.name);
+  for (size_t i = 1; i < kv.size(); ++i) {
+    auto& [k, v] = kv[i];
+    auto key = lower(k);
+    if (key == "nodes") p.nodes = lower(v) == "all" ? std::vector<std::string>{"ALL"} : expand_hostlist(v);
+    else if (key == "default") p.is_default = to_bool(at, k, v);
+    else if (key == "maxtime") p.max_time = to_max_time(at, v);
+    else if (key == "state") {
+      auto l = lower(v);
+      if (l != "up" && l != "down") at.error("PartitionName {}: State={}: expected UP or DOWN", p.name, v);
+      p.up = l == "up";
+    } else at.error("PartitionName line: unknown key '{}'", k);
+  }
+  c.partitions.push_back(std::move(p));
+}
+
+}  // namespace
+
+const NodeConf* Config::node(std::string_view name) const {
+  for (auto& n : nodes)
+    if (n.name == name) return &n;
+  return nullptr;
+}
+
+const PartitionConf* Config::partition(std::string_view name) const {
+  for (auto& p : partitions)
+    if (p.name == name) return &p;
+  return nullptr;
+}
+
+const PartitionConf* Config::default_partition() const {
+  for (auto& p : partitions)
+    if (p.is_default) return &p;
+  return partitions.empty() ? nullptr : &partitions.front();
+}
+
+std::filesystem::path config_path() {
+  const char* e = std::getenv("FSCHED_CONF");
+  return e && *e ? std::filesystem::path(e) : std::filesystem::path("/etc/fsched/fsched.conf");
+}
+
+std::vector<std::string> expand_hostlist(std::string_view list) {
+  std::vector<std::string> out;
+  size_t i = 0;
+  while (i < list.size()) {
+    // A comma inside brackets belongs to the range, not to the list.
+    size_t j = i;
+    int depth = 0;
+    while (j < list.size() && (list[j] != ',' || depth > 0)) {
+      if (list[j] == '[') ++depth;
+      if (list[j] == ']') --depth;
+      ++j;
+    }
+    std::string_view item = trim(list.substr(i, j - i));
+    i = j + 1;
+    if (item.empty()) continue;
+    auto lb = item.find('[');
+    if (lb == std::string_view::npos) {
+      out.emplace_back(item);
+      continue;
+    }
+    auto rb = item.find(']', lb);
+    if (rb == std::string_view::npos) fail("host list '{}': unbalanced '['", list);
+    std::string prefix(item.substr(0, lb)), suffix(item.substr(rb + 1));
+    std::string_view ranges = item.substr(lb + 1, rb - lb - 1);
+    size_t k = 0;
+    while (k <= ranges.size()) {
+      size_t e = ranges.find(',', k);
+      if (e == std::string_view::npos) e = ranges.size();
+      std::string_view r = ranges.substr(k, e - k);
+      k = e + 1;
+      auto dash = r.find('-');
+      std::string_view a = r.substr(0, dash), b = dash == std::string_view::npos ? r : r.substr(dash + 1);
+      unsigned lo = 0, hi = 0;
+      auto ra = std::from_chars(a.data(), a.data() + a.size(), lo);
+      auto rb2 = std::from_chars(b.data(), b.data() + b.size(), hi);
+      if (a.empty() || b.empty() || ra.ec != std::errc{} || rb2.ec != std::errc{} ||
+          ra.ptr != a.data() + a.size() || rb2.ptr != b.data() + b.size() || hi < lo || hi - lo > 100000)
+        fail("host list '{}': bad range '{}'", list, r);
+      for (unsigned n = lo; n <= hi; ++n)
+        out.push_back(prefix + fmt::format("{:0{}}", n, a.size()) + suffix);
+    }
+  }
+  return out;
+}
+
+Config parse_config(std::string_view text, const std::filesystem::path& file) {
+  Config c;
+  c.file = file;
+  Cursor at{file};
+  std::map<std::string, int> seen;  // key -> line, to refuse a key set twice
+  std::istringstream in{std::string(text)};
+  std::string raw;
+  while (std::getline(in, raw)) {
+    ++at.line;
+    std::string_view line = raw;
+    if (auto h = line.find('#'); h != std::string_view::npos) line = line.substr(0, h);
+    line = trim(line);
+    if (line.empty()) continue;
+    auto eq = line.find('=');
+    if (eq == std::string_view::npos) at.error("'{}': expected Key = Value", line);
+    std::string key(trim(line.substr(0, eq)));
+    std::string_view value = trim(line.substr(eq + 1));
+    std::string lk = lower(key);
+    if (value.empty()) at.error("{}: missing value", key);
+    if (lk != "nodename" && lk != "partitionname") {
+      if (auto it = seen.find(lk); it != seen.end()) at.error("{} is already set on line {}", key, it->second);
+      seen[lk] = at.line;
+    }
+    std::string v(value);
+    if (lk == "clustername") c.cluster_name = v;
+    else if (lk == "controlmachine" || lk == "slurmctldhost") c.control_machine = v;
+    else if (lk == "controladdr") c.control_addr = v;
+    else if (lk == "controlport" || lk == "slurmctldport") c.control_port = static_cast<uint16_t>(to_int(at, key, v, 1, 65535));
+    else if (lk == "slurmdport") c.slurmd_port = static_cast<uint16_t>(to_int(at, key, v, 1, 65535));
+    else if (lk == "statesavelocation") c.state_save_location = v;
+    else if (lk == "slurmdspooldir") c.slurmd_spool_dir = v;
+    else if (lk == "checkpointdir") c.checkpoint_dir = v;
+    else if (lk == "checkpointtype") {
+      if (v != "checkpoint/fsched" && v != "checkpoint/criu" && v != "checkpoint/none")
+        at.error("CheckpointType = {}: expected checkpoint/fsched (or checkpoint/criu, its synonym) or checkpoint/none", v);
+      c.checkpoint_type = v;
+    } else if (lk == "criu_maxepochs") c.max_epochs = static_cast<int>(to_int(at, key, v, 1, 1000000));
+    else if (lk == "criu_incremental") c.incremental = to_bool(at, key, v);
+    else if (lk == "criu_fullevery") c.full_every = static_cast<int>(to_int(at, key, v, 1, 1000000));
+    else if (lk == "criu_predump") c.pre_dump = to_bool(at, key, v);
+    else if (lk == "criu_predumpdelay") c.pre_dump_delay = static_cast<int>(to_int(at, key, v, 0, 86400));
+    else if (lk == "criu_loadaware") c.load_aware = to_bool(at, key, v);
+    else if (lk == "criu_loadthresholdcpu") c.load_threshold_cpu = to_ratio(at, key, v);
+    else if (lk == "criu_loadthresholdio") c.load_threshold_io = to_ratio(at, key, v);
+    else if (lk == "criu_loadthresholdmemory") c.load_threshold_memory = to_ratio(at, key, v);
+    else if (lk == "checkpointtimeout") c.checkpoint_timeout = static_cast<int>(to_int(at, key, v, 1, 86400 * 7));
+    else if (lk == "killwait") c.kill_wait = static_cast<int>(to_int(at, key, v, 0, 65535));
+    else if (lk == "slurmdtimeout") c.slurmd_timeout = static_cast<int>(to_int(at, key, v, 1, 65535));
+    else if (lk == "slurmctldtimeout") c.slurmctld_timeout = static_cast<int>(to_int(at, key, v, 1, 65535));
+    else if (lk == "batchstarttimeout") c.batch_start_timeout = static_cast<int>(to_int(at, key, v, 1, 65535));
+    else if (lk == "heartbeatinterval") c.heartbeat_interval = static_cast<int>(to_int(at, key, v, 1, 3600));
+    else if (lk == "authtype") {
+      if (v != "auth/munge") at.error("AuthType = {}: only auth/munge is supported", v);
+      c.auth_type = v;
+    } else if (lk == "authinfo") c.auth_info = v;
+    else if (lk == "mungesocket") c.munge_socket = v;
+    else if (lk == "slurmctldlogfile") c.ctld_log_file = v;
+    else if (lk == "slurmctldpidfile") c.ctld_pid_file = v;
+    else if (lk == "slurmdlogfile") c.slurmd_log_file = v;
+    else if (lk == "slurmdpidfile") c.slurmd_pid_file = v;
+    else if (lk == "fschedckptpath") c.ckpt_tool = v;
+    else if (lk == "nodename") node_line(c, at, "NodeName=" + v);
+    else if (lk == "partitionname") partition_line(c, at, "PartitionName=" + v);
+    else at.error("unknown key '{}'", key);
+  }
+  auto where = [&](const char* what) { fail("{}: {}", file.string(), what); };
+  if (c.control_machine.empty()) where("ControlMachine is required");
+  if (c.state_save_location.empty()) where("StateSaveLocation is required");
+  if (c.nodes.empty()) where("at least one NodeName line is required");
+  if (c.control_addr.empty()) c.control_addr = c.control_machine;
+  if (c.checkpoint_dir.empty()) c.checkpoint_dir = c.state_save_location / "checkpoint";
+  for (auto& n : c.nodes) {
+    if (n.addr.empty()) n.addr = n.name;
+    if (!n.port) n.port = c.slurmd_port;
+  }
+  for (auto& p : c.partitions) {
+    if (p.nodes.size() == 1 && p.nodes[0] == "ALL") {
+      p.nodes.clear();
+      for (auto& n : c.nodes) p.nodes.push_back(n.name);
+    }
+    for (auto& n : p.nodes)
+      if (!c.node(n)) fail("{}: PartitionName {}: node {} has no NodeName line", file.string(), p.name, n);
+  }
+  if (c.partitions.empty()) {
+    PartitionConf p{.name = "debug", .is_default = true};
+    for (auto& n : c.nodes) p.nodes.push_back(n.name);
+    c.partitions.push_back(std::move(p));
+  }
+  return c;
+}
+
+Config load_config(const std::filesystem::path& file) {
+  std::ifstream in(file);
+  if (!in) throw Error(fmt::format("cannot read configuration {}", file.string()), errno);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return parse_config(ss.str(), file);
+}
+
+}  // namespace fsched::proto

@@ -1,0 +1,95 @@
+// How the daemons and commands talk: JSON over HTTP/1.1 on TCP (cpp-httplib), each
+// request carrying a MUNGE credential whose payload binds it to the request, as
+// Slurm authenticates its RPCs. The routes are listed in docs/scheduler.md.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "common/error.h"
+
+namespace fsched::proto {
+
+// The HTTP header that carries the MUNGE credential.
+inline constexpr const char* kAuthHeader = "X-Fsched-Munge";
+
+// An error the other side reported: HTTP status and its one-line message.
+class RpcError : public Error {
+ public:
+  RpcError(int status, const std::string& what) : Error(what), status_(status) {}
+  int status() const noexcept { return status_; }
+
+ private:
+  int status_;
+};
+
+// Who sent a request, as MUNGE vouches for it.
+struct Caller {
+  uid_t uid = 0;
+  gid_t gid = 0;
+  bool is_root() const { return uid == 0; }
+};
+
+class Client {
+ public:
+  // host: name or address; port: TCP port; munge_socket: munged's socket ("" for
+  // libmunge's default); timeout_s: seconds to wait for a reply.
+  Client(std::string host, uint16_t port, std::string munge_socket = {}, int timeout_s = 60);
+  ~Client();
+  Client(Client&&) noexcept;
+
+  // Sends METHOD path with a JSON body (GET and DELETE send none) and returns the
+  // reply's JSON. Throws RpcError with the server's message on a 4xx/5xx reply, and
+  // fsched::Error "cannot reach HOST:PORT: ..." when no connection or no reply came.
+  nlohmann::json call(std::string_view method, std::string_view path,
+                      const nlohmann::json& body = nullptr);
+
+  void set_timeout(int seconds);
+  std::string where() const;  // "host:port"
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// A request as a handler sees it.
+struct Request {
+  Caller caller;
+  std::vector<std::string> params;  // the route's regex captures, in order
+  nlohmann::json body;              // null when the request had none
+  std::string query(std::string_view key) const;  // URL query parameter, "" if absent
+  std::vector<std::pair<std::string, std::string>> query_params;
+};
+
+class Server {
+ public:
+  using Handler = std::function<nlohmann::json(const Request&)>;
+
+  explicit Server(std::string munge_socket = {});
+  ~Server();
+
+  // pattern: an ECMAScript regex matched against the whole path, e.g.
+  // R"(/v1/jobs/(\d+))". A handler returns the reply's JSON or throws RpcError (its
+  // status is sent) or fsched::Error (sent as 500); both reach the client as one line.
+  void route(std::string_view method, std::string_view pattern, Handler h);
+
+  // Binds addr:port (throws fsched::Error naming them when it cannot) and serves on
+  // a pool of threads until stop().
+  void bind(const std::string& addr, uint16_t port);
+  void serve();
+  void stop();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace fsched::proto
