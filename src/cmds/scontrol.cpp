@@ -1,0 +1,275 @@
+// scontrol: shows jobs, nodes and partitions, and acts on jobs: checkpoint
+// create/vacate/restart/list/delete, requeue, hold, release.
+#include <algorithm>
+#include <iostream>
+#include <map>
+
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+
+#include "cmds/cmd_common.h"
+#include "cmds/format.h"
+#include "common/error.h"
+
+namespace cmds = fsched::cmds;
+using fsched::fail;
+using nlohmann::json;
+
+namespace {
+
+// Slurm's "Key=Value" arguments, keys compared without case. allowed: the keys
+// this action takes, as spelled in its help. Returns them under those spellings.
+std::map<std::string, std::string> parse_settings(const std::vector<std::string>& words,
+                                                  std::vector<std::string_view> allowed) {
+  std::map<std::string, std::string> out;
+  for (const auto& w : words) {
+    auto eq = w.find('=');
+    std::string key = w.substr(0, eq);
+    auto it = std::find_if(allowed.begin(), allowed.end(),
+                           [&](std::string_view a) { return cmds::iequals(a, key); });
+    if (eq == std::string::npos || it == allowed.end()) {
+      std::string expected;
+      for (auto a : allowed) expected += fmt::format("{}{}=...", expected.empty() ? "" : " or ", a);
+      fail("Invalid argument: {}{}", w,
+           allowed.empty() ? " (this command takes none)" : " (expected " + expected + ")");
+    }
+    out[std::string(*it)] = w.substr(eq + 1);
+  }
+  return out;
+}
+
+int64_t checkpoint_id(const std::string& text) {
+  try {
+    return cmds::parse_job_id(text);
+  } catch (const fsched::Error&) {
+    fail("Invalid checkpoint id specified: {}", text);
+  }
+}
+
+std::string job_path(int64_t id, std::string_view rest = "") {
+  return fmt::format("/v1/jobs/{}{}", id, rest);
+}
+
+// The entity of `show`: job(s), node(s), partition(s), any case.
+std::string show_entity(const std::string& word) {
+  for (std::string_view e : {"job", "node", "partition"})
+    if (cmds::iequals(word, e) || cmds::iequals(word, std::string(e) + "s")) return std::string(e);
+  fail("Invalid entity: {} (expected job, node or partition)", word);
+}
+
+// Finds the item named `name` in list, or all of them when name is "".
+std::vector<json> select_named(const json& list, const std::string& name, std::string_view what) {
+  std::vector<json> out;
+  for (const auto& item : list)
+    if (name.empty() || item.value("name", "") == name) out.push_back(item);
+  if (!name.empty() && out.empty()) fail("{} {} not found", what, name);
+  return out;
+}
+
+// Clearer messages than CLI11's for a missing or unknown command or action.
+void check_words(int argc, char** argv) {
+  std::vector<std::string_view> words;
+  for (int i = 1; i < argc; ++i) {
+    std::string_view a = argv[i];
+    if (a == "-h" || a == "--help") return;  // CLI11 prints the help
+    if (!a.starts_with("-")) words.push_back(a);
+  }
+  auto one_of = [](std::string_view w, std::initializer_list<std::string_view> list) {
+    return std::any_of(list.begin(), list.end(),
+                       [&](std::string_view c) { return cmds::iequals(c, w); });
+  };
+  if (words.empty())
+    fail("no command given: use show, checkpoint, requeue, hold or release (see --help)");
+  if (!one_of(words[0], {"show", "checkpoint", "requeue", "hold", "release"}))
+    fail("invalid command: {} (use show, checkpoint, requeue, hold or release)", words[0]);
+  if (cmds::iequals(words[0], "show") && words.size() < 2)
+    fail("show needs what to show: job [ID], node [NAME] or partition [NAME]");
+  if (cmds::iequals(words[0], "checkpoint")) {
+    if (words.size() < 2 || !one_of(words[1], {"create", "vacate", "restart", "list", "delete"}))
+      fail("checkpoint needs an action: create, vacate, restart, list or delete, then a job id");
+    if (words.size() < 3) fail("checkpoint {} needs a job id", words[1]);
+  }
+  if (one_of(words[0], {"requeue", "hold", "release"}) && words.size() < 2)
+    fail("{} needs a job id", words[0]);
+}
+
+// A subcommand and its help.
+struct Action {
+  std::string_view name, help;
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"scontrol: view and modify fsched jobs, nodes and partitions", "scontrol"};
+  app.fallthrough();  // lets --json follow the subcommand's words
+  app.require_subcommand(1);
+  bool as_json = false;
+  app.add_flag("--json", as_json, "Print the API's JSON instead of Slurm's text");
+
+  std::string entity, name;
+  auto* show = app.add_subcommand("show", "show job [ID] | node [NAME] | partition [NAME]");
+  show->add_option("entity", entity, "job, node or partition")->required();
+  show->add_option("name", name, "A job id, node or partition name (default: all)");
+
+  std::string job;
+  std::vector<std::string> settings;
+  auto* ckpt = app.add_subcommand("checkpoint", "Checkpoint operations on a job");
+  ckpt->require_subcommand(1);
+  for (const Action& a : {
+           Action{"create", "checkpoint create ID [Description=TEXT]: checkpoint the running job"},
+           Action{"vacate",
+                  "checkpoint vacate ID [Description=TEXT]: checkpoint the job, then stop it "
+                  "(it becomes pending, reason Vacated)"},
+           Action{"restart",
+                  "checkpoint restart ID [CheckpointId=N]: restore the job from its last (or the "
+                  "given) checkpoint"},
+           Action{"list", "checkpoint list ID [--json]: the job's checkpoints, oldest first"},
+           Action{"delete", "checkpoint delete ID CheckpointId=N: delete a checkpoint's files"},
+       }) {
+    auto* sub = ckpt->add_subcommand(std::string(a.name), std::string(a.help));
+    sub->add_option("job_id", job, "Job id")->required();
+    sub->add_option("settings", settings, "Key=Value arguments");
+  }
+
+  std::vector<std::string> ids;
+  for (const Action& a : {
+           Action{"requeue", "requeue ID[,ID...]: put jobs back in the queue (running ones are "
+                             "stopped and start again)"},
+           Action{"hold", "hold ID[,ID...]: keep pending jobs from starting"},
+           Action{"release", "release ID[,ID...]: let held jobs start"},
+       }) {
+    auto* sub = app.add_subcommand(std::string(a.name), std::string(a.help));
+    sub->add_option("job_id", ids, "Job ids (also comma-separated)")->required();
+  }
+  for (auto* sub : app.get_subcommands({})) sub->ignore_case();
+  for (auto* sub : ckpt->get_subcommands({})) sub->ignore_case();
+
+  return cmds::run("scontrol", app, [&]() -> int {
+    check_words(argc, argv);
+    app.parse(argc, argv);
+
+    auto config = cmds::load_config();
+    auto client = cmds::controller(config);
+    // A checkpoint's reply waits for the dump, which the controller bounds by
+    // CheckpointTimeout.
+    int slow_timeout = config.checkpoint_timeout + 60;
+
+    if (show->parsed()) {
+      std::string what = show_entity(entity);
+      if (what == "job") {
+        std::vector<json> jobs;
+        if (!name.empty()) {
+          jobs.push_back(client.call("GET", job_path(cmds::parse_job_id(name))));
+        } else {
+          json all = client.call("GET", "/v1/jobs").at("jobs");
+          jobs.assign(all.begin(), all.end());
+          std::sort(jobs.begin(), jobs.end(), [](const json& a, const json& b) {
+            return a.value("job_id", int64_t{0}) < b.value("job_id", int64_t{0});
+          });
+        }
+        if (as_json) {
+          std::cout << json::object({{"jobs", jobs}}).dump(2) << std::endl;
+        } else if (jobs.empty()) {
+          std::cout << "No jobs in the system" << std::endl;
+        } else {
+          for (const auto& j : jobs) std::cout << cmds::show_job(j);
+        }
+      } else if (what == "node") {
+        auto nodes = select_named(client.call("GET", "/v1/nodes").at("nodes"), name, "Node");
+        if (as_json)
+          std::cout << json::object({{"nodes", nodes}}).dump(2) << std::endl;
+        else
+          for (const auto& n : nodes) std::cout << cmds::show_node(n);
+      } else {
+        auto parts = select_named(client.call("GET", "/v1/partitions").at("partitions"), name,
+                                  "Partition");
+        if (as_json)
+          std::cout << json::object({{"partitions", parts}}).dump(2) << std::endl;
+        else
+          for (const auto& p : parts) std::cout << cmds::show_partition(p);
+      }
+      std::cout.flush();
+      return 0;
+    }
+
+    if (ckpt->parsed()) {
+      int64_t id = cmds::parse_job_id(job);
+      std::string action = ckpt->get_subcommands().at(0)->get_name();
+      if (action == "create" || action == "vacate") {
+        auto s = parse_settings(settings, {"Description"});
+        client.set_timeout(slow_timeout);
+        json c = client.call("POST", job_path(id, action == "create" ? "/checkpoint" : "/vacate"),
+                             {{"description", s.count("Description") ? s["Description"] : ""}});
+        if (as_json)
+          std::cout << c.dump(2) << std::endl;
+        else
+          std::cout << cmds::checkpoint_summary(c) << std::endl;
+      } else if (action == "restart") {
+        auto s = parse_settings(settings, {"CheckpointId"});
+        json body = json::object();
+        if (s.count("CheckpointId")) body["checkpoint_id"] = checkpoint_id(s["CheckpointId"]);
+        json j = client.call("POST", job_path(id, "/restart"), body);
+        if (as_json) {
+          std::cout << j.dump(2) << std::endl;
+        } else {
+          // The reply is the job, which does not say which checkpoint it will be
+          // restored from: the one asked for, else (the controller's rule) the
+          // newest Present one. last_checkpoint will not do: it may be a Failed one.
+          json from = body.value("checkpoint_id", json());
+          if (from.is_null()) from = j.value("restore_from", json());
+          if (from.is_null()) {
+            try {
+              for (const auto& c :
+                   client.call("GET", job_path(id, "/checkpoints")).at("checkpoints"))
+                if (c.value("status", "") == "Present") from = c.value("checkpoint_id", json());
+            } catch (const std::exception&) {
+              // The restart is done; only its message is the poorer.
+            }
+          }
+          if (from.is_null())
+            std::cout << fmt::format("Job {} restarting", id) << std::endl;
+          else
+            std::cout << fmt::format("Job {} restarting from checkpoint {}", id, from.dump())
+                      << std::endl;
+        }
+      } else if (action == "list") {
+        parse_settings(settings, {});
+        json list = client.call("GET", job_path(id, "/checkpoints"));
+        if (as_json) {
+          std::cout << list.dump(2) << std::endl;
+        } else {
+          std::vector<json> cs(list.at("checkpoints").begin(), list.at("checkpoints").end());
+          std::cout << cmds::checkpoint_table(cs) << std::flush;
+        }
+      } else {  // delete
+        auto s = parse_settings(settings, {"CheckpointId"});
+        if (!s.count("CheckpointId")) fail("checkpoint delete needs CheckpointId=N");
+        json c = client.call("DELETE", job_path(id, fmt::format("/checkpoints/{}",
+                                                                checkpoint_id(s["CheckpointId"]))));
+        if (as_json)
+          std::cout << c.dump(2) << std::endl;
+        else
+          std::cout << cmds::checkpoint_summary(c) << std::endl;
+      }
+      return 0;
+    }
+
+    // requeue, hold, release: Slurm prints nothing when they work, and goes on to
+    // the next job when one fails.
+    std::string action = app.get_subcommands().at(0)->get_name();
+    std::vector<int64_t> jobs;
+    for (const auto& i : ids)
+      for (auto id : cmds::parse_job_ids(i)) jobs.push_back(id);
+    int status = 0;
+    for (auto id : jobs) {
+      try {
+        client.call("POST", job_path(id, "/" + action), json::object());
+      } catch (const fsched::proto::RpcError& e) {
+        cmds::print_error("scontrol", fmt::format("{} of job {}: {}", action, id, e.what()));
+        status = 1;
+      }
+    }
+    return status;
+  });
+}
