@@ -186,7 +186,8 @@ nlohmann::json Controller::api(const Job& j) const {
           {"argv", j.argv}, {"checkpoint_interval", j.checkpoint_interval},
           {"checkpoint_dir", (cfg_.checkpoint_dir / std::to_string(j.job_id)).string()},
           {"requeue", j.requeue}, {"hold", j.hold}, {"restarts", j.restarts}, {"job_version", j.job_version},
-          {"exit_code", fmt::format("{}:{}", sig ? 0 : j.exit_status, sig)}, {"last_checkpoint", last}};
+          {"exit_code", fmt::format("{}:{}", sig ? 0 : j.exit_status, sig)}, {"last_checkpoint", last},
+          {"restore_from", j.restore_from}};
 }
 
 // ------------------------------------------------------------------ routes
@@ -255,18 +256,17 @@ nlohmann::json Controller::submit(const proto::Request& r) {
   }
   if (!fits) throw RpcError(400, "Requested node configuration is not available");
 
-  Lock l(mu_);
-  j.job_id = store_.next_job_id();
   std::string out = field<std::string>(b, "stdout", "");
   std::string err = field<std::string>(b, "stderr", "");
   if (out.empty()) out = j.work_dir + "/slurm-%j.out";
-  j.stdout_path = expand_pattern(out, j);
-  j.stderr_path = err.empty() ? j.stdout_path : expand_pattern(err, j);
   j.submit_time = now_s();
   j.state = "PENDING";
   j.reason = j.hold ? (r.caller.is_root() ? "JobHeldAdmin" : "JobHeldUser") : "None";
-  store_.put_script(j.job_id, script, env);
-  save(j);
+  Lock l(mu_);
+  store_.submit(j, script, env, [&](Job& x) {
+    x.stdout_path = expand_pattern(out, x);
+    x.stderr_path = err.empty() ? x.stdout_path : expand_pattern(err, x);
+  });
   jobs_[j.job_id] = j;
   spdlog::info("job {}: submitted by {} (uid {}), name {}, partition {}, checkpoint every {} s", j.job_id, j.user,
                j.uid, j.name, j.partition, j.checkpoint_interval);

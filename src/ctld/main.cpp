@@ -17,10 +17,12 @@ int main(int argc, char** argv) {
   app.add_flag("-v", verbose, "log debug messages");
   app.add_option("-f", conf, "configuration file (default $FSCHED_CONF or /etc/fsched/fsched.conf)");
   CLI11_PARSE(app, argc, argv);
+  bool logging = false;
   try {
     auto cfg = fsched::proto::load_config(conf.empty() ? fsched::proto::config_path() : std::filesystem::path(conf));
     fsched::daemon::daemonize(foreground, cfg.ctld_pid_file);
     fsched::daemon::setup_logging("fschedctld", cfg.ctld_log_file, verbose);
+    logging = true;
     fsched::proto::Server server(cfg.munge_socket);
     fsched::ctld::Controller ctl(cfg);
     ctl.add_routes(server);
@@ -33,7 +35,8 @@ int main(int argc, char** argv) {
     spdlog::info("stopped");
   } catch (const std::exception& e) {
     std::cerr << "fschedctld: error: " << e.what() << "\n";
-    spdlog::error("{}", e.what());
+    // Once the daemon logs to a file, the error goes there too; before, stderr has it.
+    if (logging) spdlog::error("{}", e.what());
     return 1;
   }
   return 0;

@@ -75,16 +75,20 @@ void Store::exec(const char* sql) {
   }
 }
 
-int64_t Store::next_job_id() {
+void Store::submit(Job& j, const std::string& script, const nlohmann::json& env,
+                   const std::function<void(Job&)>& fill) {
   exec("BEGIN IMMEDIATE");
   try {
     Stmt get(db_, "SELECT value FROM meta WHERE key='next_job_id'", file_);
     get.step();
-    int64_t id = get.integer(0);
+    j.job_id = get.integer(0);
+    fill(j);
     Stmt set(db_, "UPDATE meta SET value=? WHERE key='next_job_id'", file_);
-    set.bind(1, id + 1).step();
+    set.bind(1, j.job_id + 1).step();
+    Stmt sc(db_, "INSERT OR REPLACE INTO scripts VALUES (?, ?, ?)", file_);
+    sc.bind(1, j.job_id).bind(2, script).bind(3, env.dump()).step();
+    put_job(j);
     exec("COMMIT");
-    return id;
   } catch (...) {
     exec("ROLLBACK");
     throw;
@@ -94,11 +98,6 @@ int64_t Store::next_job_id() {
 void Store::put_job(const Job& j) {
   Stmt s(db_, "INSERT OR REPLACE INTO jobs VALUES (?, ?, ?)", file_);
   s.bind(1, j.job_id).bind(2, j.state).bind(3, nlohmann::json(j).dump()).step();
-}
-
-void Store::put_script(int64_t job_id, const std::string& script, const nlohmann::json& env) {
-  Stmt s(db_, "INSERT OR REPLACE INTO scripts VALUES (?, ?, ?)", file_);
-  s.bind(1, job_id).bind(2, script).bind(3, env.dump()).step();
 }
 
 std::pair<std::string, nlohmann::json> Store::script(int64_t job_id) {

@@ -6,6 +6,7 @@
 #include <sqlite3.h>
 
 #include <filesystem>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -21,13 +22,14 @@ class Store {
   Store(const Store&) = delete;
   Store& operator=(const Store&) = delete;
 
-  // The next job id; ids are never reused, even across restarts.
-  int64_t next_job_id();
+  // Gives the job its id (ids are never reused, even across restarts) and stores it
+  // with its script and environment in one transaction. fill runs once the id is
+  // known, to derive what depends on it (output paths with %j).
+  void submit(Job& j, const std::string& script, const nlohmann::json& env, const std::function<void(Job&)>& fill);
 
   void put_job(const Job& j);
   // The submitted script and environment are kept apart from the job row: they are
   // read only to launch it, so 10,000 queued jobs cost the controller little memory.
-  void put_script(int64_t job_id, const std::string& script, const nlohmann::json& env);
   std::pair<std::string, nlohmann::json> script(int64_t job_id);
   void put_checkpoint(const Checkpoint& c);
 

@@ -19,6 +19,7 @@ int main(int argc, char** argv) {
   app.add_option("-f", conf, "configuration file (default $FSCHED_CONF or /etc/fsched/fsched.conf)");
   app.add_option("-N", name, "this node's NodeName (default the short host name)");
   CLI11_PARSE(app, argc, argv);
+  bool logging = false;
   try {
     auto cfg = fsched::proto::load_config(conf.empty() ? fsched::proto::config_path() : std::filesystem::path(conf));
     if (name.empty()) {
@@ -35,6 +36,7 @@ int main(int argc, char** argv) {
       log_file.replace_filename(log_file.stem().string() + "-" + name + log_file.extension().string());
     fsched::daemon::daemonize(foreground, pid_file);
     fsched::daemon::setup_logging("fschedd-" + name, log_file, verbose);
+    logging = true;
     fsched::proto::Server server(cfg.munge_socket);
     node.add_routes(server);
     server.bind(node.conf().addr, node.conf().port);
@@ -46,7 +48,8 @@ int main(int argc, char** argv) {
     spdlog::info("stopped; jobs keep running");
   } catch (const std::exception& e) {
     std::cerr << "fschedd: error: " << e.what() << "\n";
-    spdlog::error("{}", e.what());
+    // Once the daemon logs to a file, the error goes there too; before, stderr has it.
+    if (logging) spdlog::error("{}", e.what());
     return 1;
   }
   return 0;

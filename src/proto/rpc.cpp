@@ -80,6 +80,9 @@ Client::Client(std::string host, uint16_t port, std::string munge_socket, int ti
   impl_->http.set_connection_timeout(5);
   set_timeout(timeout_s);
   impl_->http.set_keep_alive(true);
+  // Small request, small reply: without TCP_NODELAY the second request on a kept-alive
+  // connection waits for the peer's delayed ACK (40 ms).
+  impl_->http.set_tcp_nodelay(true);
 }
 Client::~Client() = default;
 Client::Client(Client&&) noexcept = default;
@@ -100,7 +103,13 @@ nlohmann::json Client::call(std::string_view method, std::string_view path, cons
   else if (method == "DELETE") res = impl_->http.Delete(p, headers);
   else if (method == "POST") res = impl_->http.Post(p, headers, b, "application/json");
   else fail("rpc: unsupported method {}", method);
-  if (!res) fail("cannot reach {}: {}", where(), httplib::to_string(res.error()));
+  if (!res) {
+    auto e = res.error();
+    std::string why = e == httplib::Error::Connection ? "connection refused or timed out; is the daemon running?"
+                      : e == httplib::Error::Read    ? "no reply (the daemon closed the connection or timed out)"
+                                                     : httplib::to_string(e);
+    fail("cannot reach {}: {}", where(), why);
+  }
   nlohmann::json reply = nlohmann::json::parse(res->body, nullptr, false);
   if (res->status >= 400) {
     std::string msg = reply.is_object() && reply.contains("error") ? reply["error"].get<std::string>()
@@ -176,6 +185,7 @@ Server::Server(std::string munge_socket) : impl_(std::make_unique<Impl>()) {
   impl_->http.Delete(".*", d);
   // Checkpoints and restores hold a worker for as long as they take.
   impl_->http.new_task_queue = [] { return new httplib::ThreadPool(32); };
+  impl_->http.set_tcp_nodelay(true);
   impl_->http.set_read_timeout(30);
   impl_->http.set_write_timeout(30);
 }

@@ -1,5 +1,7 @@
 // sbatch's option model: #SBATCH lines, command-line precedence, defaults and the
 // submit request of docs/scheduler.md.
+#include <algorithm>
+
 #include <gtest/gtest.h>
 
 #include <CLI/CLI.hpp>
@@ -277,4 +279,38 @@ TEST(Common, Users) {
   EXPECT_EQ(cmds::group_name(0), "root");
   EXPECT_EQ(cmds::user_name(4000000000u), "4000000000");
   EXPECT_THROW(cmds::user_id("no-such-user-xyz"), fsched::Error);
+}
+
+TEST(Common, RunPrintsOneErrorLine) {
+  CLI::App app{"t", "t"};
+  testing::internal::CaptureStderr();
+  int rc = cmds::run("squeue", app, []() -> int { fsched::fail("first\nsecond"); });
+  EXPECT_EQ(rc, 1);
+  EXPECT_EQ(testing::internal::GetCapturedStderr(), "squeue: error: first second\n");
+
+  testing::internal::CaptureStderr();
+  rc = cmds::run("scontrol", app, []() -> int {
+    throw fsched::proto::RpcError(404, "Invalid job id specified");
+  });
+  EXPECT_EQ(rc, 1);
+  EXPECT_EQ(testing::internal::GetCapturedStderr(), "scontrol: error: Invalid job id specified\n");
+
+  EXPECT_EQ(cmds::run("x", app, [] { return 3; }), 3);
+}
+
+TEST(Common, RunHelpAndParseErrors) {
+  CLI::App app{"t", "t"};
+  int n = 0;
+  app.add_option("-n", n);
+  testing::internal::CaptureStdout();
+  const char* help[] = {"t", "--help"};
+  EXPECT_EQ(cmds::run("t", app, [&] { app.parse(2, help); return 0; }), 0);
+  EXPECT_NE(testing::internal::GetCapturedStdout().find("-n"), std::string::npos);
+
+  testing::internal::CaptureStderr();
+  const char* bad[] = {"t", "-n", "x"};
+  EXPECT_EQ(cmds::run("t", app, [&] { app.parse(3, bad); return 0; }), 1);
+  std::string err = testing::internal::GetCapturedStderr();
+  EXPECT_EQ(err.rfind("t: error: ", 0), 0u) << err;
+  EXPECT_EQ(std::count(err.begin(), err.end(), '\n'), 1) << err;
 }

@@ -254,3 +254,64 @@ def test_daemon_restarts_lose_nothing(e2e: E2E, cluster: Cluster, test_user, ref
     c.wait_state(jid, "COMPLETED", timeout=240)
     assert_same_as_reference(d, jid, reference, test_user)
     assert "found again" in c.log(f"fschedd-{node}.log")
+
+
+def test_restart_falls_back_when_the_newest_image_is_corrupt(e2e: E2E, cluster: Cluster, test_user, reference):
+    c = cluster
+    d = workdir(e2e, "fallback", test_user)
+    jid = c.sbatch("job.sh", STEPS, DELAY, user=test_user, cwd=d)
+    c.wait_for(lambda: progress(d, jid) >= 8, 60, "progress")
+    c.cmd("scontrol", "checkpoint", "create", jid)
+    c.wait_for(lambda: progress(d, jid) >= 16, 60, "progress")
+    c.cmd("scontrol", "checkpoint", "vacate", jid)
+    good, newest = c.checkpoints(jid)
+    pages = Path(newest["location"]) / "pages.img"
+    with open(pages, "r+b") as f:  # one flipped bit in the page data
+        f.seek(pages.stat().st_size // 2)
+        b = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([b[0] ^ 0x10]))
+    c.cmd("scontrol", "checkpoint", "restart", jid)
+    c.wait_state(jid, "COMPLETED", timeout=240)
+    cks = c.checkpoints(jid)
+    assert cks[1]["status"] == "Failed" and "restore failed" in cks[1]["reason"], cks[1]
+    assert "checksum" in cks[1]["reason"] or "xxh3" in cks[1]["reason"], cks[1]["reason"]
+    assert cks[0]["status"] == "Present"
+    assert_same_as_reference(d, jid, reference, test_user)
+    log = c.log()
+    assert f"job {jid}: falling back to checkpoint {good['checkpoint_id']}" in log
+
+
+def test_requeue_hold_release_signal_and_time_limit(e2e: E2E, cluster: Cluster, test_user, reference):
+    c = cluster
+    d = workdir(e2e, "requeue", test_user)
+    jid = c.sbatch("-H", "job.sh", STEPS, 0.1, user=test_user, cwd=d)
+    job = c.wait_state(jid, "PENDING", timeout=10)
+    assert job["reason"] == "JobHeldUser", job
+    time.sleep(1)
+    assert c.job(jid)["state"] == "PENDING", "a held job does not start"
+    c.cmd("scontrol", "release", jid, user=test_user)
+    c.wait_state(jid, "RUNNING", timeout=30)
+    c.wait_for(lambda: progress(d, jid) >= 5, 60, "progress")
+    # Requeue starts again from scratch (seed 002: requeue is not restore).
+    c.cmd("scontrol", "requeue", jid, user=test_user)
+    job = c.wait_state(jid, "RUNNING", timeout=60)
+    c.wait_state(jid, "COMPLETED", timeout=240)
+    job = c.job(jid)
+    assert job["restarts"] == 1, job
+    text = (d / f"slurm-{jid}.out").read_text()
+    assert text.count("job starts") == 2 and text.endswith("job done\n"), text[-200:]
+
+    # scancel --signal reaches the job's processes: bash dies of SIGUSR1.
+    d2 = workdir(e2e, "signal", test_user)
+    jid2 = c.sbatch("job.sh", STEPS, DELAY, user=test_user, cwd=d2)
+    c.wait_for(lambda: progress(d2, jid2) >= 3, 60, "progress")
+    c.cmd("scancel", "--signal=USR1", jid2, user=test_user)
+    job = c.wait_state(jid2, ("FAILED", "COMPLETED"), timeout=60)
+    assert job["state"] == "FAILED" and job["exit_code"] == "0:10", job
+
+    # A time limit ends the job as TIMEOUT.
+    d3 = workdir(e2e, "timelimit", test_user)
+    jid3 = c.sbatch("--time=0:03", "job.sh", STEPS, DELAY, user=test_user, cwd=d3)
+    job = c.wait_state(jid3, "TIMEOUT", timeout=60)
+    assert 3 <= job["run_time"] <= 12, job
