@@ -28,9 +28,11 @@ ctest --test-dir "$build" --output-on-failure -j "$jobs" || failed+=("unit tests
 
 step "unit tests with ASan/UBSan (build-asan)"
 if cmake -G Ninja -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFSCHED_SANITIZE=ON -DBUILD_TESTING=ON &&
-   ninja -C build-asan -j "$jobs" fsched_unit_tests; then
+   ninja -C build-asan -j "$jobs" fsched_unit_tests fsched_cmds_tests; then
   UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
     build-asan/tests/unit/fsched_unit_tests || failed+=("ASan/UBSan unit tests")
+  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+    build-asan/tests/cmds/fsched_cmds_tests || failed+=("ASan/UBSan command tests")
 else
   failed+=("ASan/UBSan build")
 fi

@@ -49,7 +49,18 @@ int main(int argc, char** argv) {
     cmds::parse_squeue_format(format);
 
     auto config = cmds::load_config();
-    json reply = cmds::controller(config).call("GET", "/v1/jobs");
+    // Let the controller drop what will not be shown (most of its jobs are finished
+    // ones); with -j the whole list is needed to tell an unknown id from a filtered one.
+    std::string path = "/v1/jobs";
+    if (filter.job_ids.empty()) {
+      std::vector<std::string> st = filter.states;
+      if (st.empty()) st = {"PENDING", "RUNNING", "COMPLETING"};
+      if (std::find(st.begin(), st.end(), "ALL") == st.end()) {
+        path += "?state=";
+        for (size_t i = 0; i < st.size(); ++i) path += (i ? "," : "") + st[i];
+      }
+    }
+    json reply = cmds::controller(config).call("GET", path);
     std::vector<json> selected;
     for (const auto& job : reply.at("jobs"))
       if (cmds::job_selected(job, filter)) selected.push_back(job);

@@ -1,5 +1,6 @@
 #include "ctld/controller.h"
 
+#include <malloc.h>
 #include <pwd.h>
 #include <grp.h>
 #include <signal.h>
@@ -55,7 +56,7 @@ T field(const nlohmann::json& b, const char* key, T dflt) {
 }  // namespace
 
 Controller::Controller(proto::Config cfg) : cfg_(std::move(cfg)), store_(cfg_.state_save_location) {
-  for (auto& j : store_.jobs()) jobs_[j.job_id] = j;
+  for (auto& j : store_.jobs()) jobs_[j.job_id] = std::move(j);
   for (auto& c : store_.checkpoints()) {
     if (c.status == "Creating") {
       c.status = "Failed";
@@ -84,6 +85,8 @@ Controller::Controller(proto::Config cfg) : cfg_(std::move(cfg)), store_(cfg_.st
       it->second.last_heartbeat = now_s();
     }
   }
+  // What loading parsed is garbage now; give it back to the system.
+  ::malloc_trim(0);
   spdlog::info("controller: {} jobs and {} checkpoints loaded from {}", jobs_.size(), store_.checkpoints().size(),
                (cfg_.state_save_location / "fsched.db").string());
 }
@@ -198,7 +201,7 @@ void Controller::add_routes(proto::Server& s) {
     return json{{"cluster", cfg_.cluster_name}, {"time", now_s()}};
   });
   s.route("POST", "/v1/jobs", bind(&Controller::submit));
-  s.route("GET", "/v1/jobs", bind(&Controller::list_jobs));
+  s.route_raw("GET", "/v1/jobs", [this](const proto::Request& r) { return list_jobs(r); });
   s.route("GET", R"(/v1/jobs/([^/]+))", bind(&Controller::show_job));
   s.route("POST", R"(/v1/jobs/([^/]+)/signal)", bind(&Controller::signal_job));
   s.route("POST", R"(/v1/jobs/([^/]+)/cancel)", bind(&Controller::cancel_job));
@@ -274,11 +277,34 @@ nlohmann::json Controller::submit(const proto::Request& r) {
   return {{"job_id", j.job_id}};
 }
 
-nlohmann::json Controller::list_jobs(const proto::Request&) {
+std::string Controller::list_jobs(const proto::Request& r) {
+  // ?state=PENDING,RUNNING narrows the list on the controller's side: squeue's
+  // default view then costs nothing for the thousands of finished jobs.
+  std::string states = r.query("state");
+  auto wanted = [&](const Job& j) {
+    if (states.empty()) return true;
+    size_t pos = 0;
+    while (pos <= states.size()) {
+      size_t e = states.find(',', pos);
+      if (e == std::string::npos) e = states.size();
+      if (states.compare(pos, e - pos, j.state) == 0) return true;
+      pos = e + 1;
+    }
+    return false;
+  };
+  // One job's JSON tree at a time: the whole list as a tree would cost the
+  // controller ~10x the text's size.
+  std::string out = R"({"jobs":[)";
   Lock l(mu_);
-  json arr = json::array();
-  for (auto& [id, j] : jobs_) arr.push_back(api(j));
-  return {{"jobs", std::move(arr)}};
+  bool first = true;
+  for (auto& [id, j] : jobs_) {
+    if (!wanted(j)) continue;
+    if (!first) out += ',';
+    first = false;
+    out += api(j).dump();
+  }
+  out += "]}";
+  return out;
 }
 
 nlohmann::json Controller::show_job(const proto::Request& r) {

@@ -37,7 +37,7 @@ class Controller {
 
   // routes
   json submit(const proto::Request& r);
-  json list_jobs(const proto::Request& r);
+  std::string list_jobs(const proto::Request& r);
   json show_job(const proto::Request& r);
   json signal_job(const proto::Request& r);
   json cancel_job(const proto::Request& r);

@@ -133,6 +133,7 @@ struct Server::Impl {
     std::string method;
     std::regex re;
     Handler h;
+    RawHandler raw;
   };
   std::string munge_socket;
   httplib::Server http;
@@ -164,9 +165,13 @@ struct Server::Impl {
         r.body = nlohmann::json::parse(req.body, nullptr, false);
         if (r.body.is_discarded()) throw RpcError(400, "request body is not JSON");
       }
-      nlohmann::json out = found->h(r);
       res.status = 200;
-      res.set_content(out.is_null() ? std::string("{}") : out.dump(), "application/json");
+      if (found->raw) {
+        res.set_content(found->raw(r), "application/json");
+      } else {
+        nlohmann::json out = found->h(r);
+        res.set_content(out.is_null() ? std::string("{}") : out.dump(), "application/json");
+      }
     } catch (const RpcError& e) {
       reply_error(res, e.status(), e.what());
     } catch (const nlohmann::json::exception& e) {
@@ -192,7 +197,11 @@ Server::Server(std::string munge_socket) : impl_(std::make_unique<Impl>()) {
 Server::~Server() = default;
 
 void Server::route(std::string_view method, std::string_view pattern, Handler h) {
-  impl_->routes.push_back({std::string(method), std::regex(std::string(pattern)), std::move(h)});
+  impl_->routes.push_back({std::string(method), std::regex(std::string(pattern)), std::move(h), {}});
+}
+
+void Server::route_raw(std::string_view method, std::string_view pattern, RawHandler h) {
+  impl_->routes.push_back({std::string(method), std::regex(std::string(pattern)), {}, std::move(h)});
 }
 
 void Server::bind(const std::string& addr, uint16_t port) {

@@ -81,6 +81,11 @@ class Server {
   // status is sent) or fsched::Error (sent as 500); both reach the client as one line.
   void route(std::string_view method, std::string_view pattern, Handler h);
 
+  // Like route, for replies too large to build as one JSON tree (a list of 10,000
+  // jobs): the handler returns the serialized JSON text.
+  using RawHandler = std::function<std::string(const Request&)>;
+  void route_raw(std::string_view method, std::string_view pattern, RawHandler h);
+
   // Binds addr:port (throws fsched::Error naming them when it cannot) and serves on
   // a pool of threads until stop().
   void bind(const std::string& addr, uint16_t port);
