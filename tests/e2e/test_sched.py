@@ -315,3 +315,55 @@ def test_requeue_hold_release_signal_and_time_limit(e2e: E2E, cluster: Cluster, 
     jid3 = c.sbatch("--time=0:03", "job.sh", STEPS, DELAY, user=test_user, cwd=d3)
     job = c.wait_state(jid3, "TIMEOUT", timeout=60)
     assert 3 <= job["run_time"] <= 12, job
+
+
+def test_restart_on_another_node(e2e: E2E, cluster: Cluster, test_user, reference):
+    c = cluster
+    d = workdir(e2e, "migrate", test_user)
+    jid = c.sbatch("-c", 2, "job.sh", STEPS, DELAY, user=test_user, cwd=d)
+    first = c.wait_state(jid, "RUNNING")["nodes"]
+    c.wait_for(lambda: progress(d, jid) >= 8, 60, "progress")
+    c.cmd("scontrol", "checkpoint", "vacate", jid, user=test_user)
+    # Other jobs take the whole node the vacated one ran on, and only that one.
+    filler = d / "filler.sh"
+    filler.write_text("#!/bin/bash\nsleep 300\n")
+    blockers = []
+    for _ in c.node_ports:
+        blockers.append(c.sbatch("-c", 2, filler, cwd=d))
+        if c.wait_state(blockers[-1], "RUNNING")["nodes"] == first:
+            break
+    for b in blockers:
+        if c.job(b)["nodes"] != first:
+            c.cmd("scancel", b)
+            c.wait_state(b, "CANCELLED", timeout=30)
+    c.cmd("scontrol", "checkpoint", "restart", jid, user=test_user)
+    job = c.wait_state(jid, "RUNNING", timeout=60)
+    assert job["nodes"] != first, f"restored on {job['nodes']}, the node it was vacated from is busy"
+    c.wait_state(jid, "COMPLETED", timeout=240)
+    assert_same_as_reference(d, jid, reference, test_user)
+    for b in blockers:
+        c.cmd("scancel", b, check=False)
+
+
+def test_checkpoint_timeout(e2e: E2E, build_dir, test_user):
+    c = Cluster(build_dir, e2e.jobs_dir.parent / "cluster-timeout", CheckpointTimeout=1).start()
+    try:
+        d = workdir(e2e, "timeout", test_user)
+        memhog = build_dir / "tests/programs/memhog"
+        (d / "hog.sh").write_text(f"#!/bin/bash\nexec {memhog} 2048 random --go-file go\n")
+        jid = c.sbatch("hog.sh", user=test_user, cwd=d)
+        c.wait_for(lambda: "ready" in (d / f"slurm-{jid}.out").read_text()
+                   if (d / f"slurm-{jid}.out").exists() else False, 120, "memhog to fill its memory")
+        r = c.cmd("scontrol", "checkpoint", "create", jid, user=test_user, check=False)
+        assert r.returncode != 0 and "CheckpointTimeout" in r.stderr, r.stderr
+        ck = c.checkpoints(jid)[-1]
+        assert ck["status"] == "Timeout" and "CheckpointTimeout" in ck["reason"], ck
+        loc = Path(ck["location"])
+        assert not loc.exists() and not Path(str(loc) + ".tmp").exists(), "a timed-out dump leaves no image"
+        assert c.job(jid)["state"] == "RUNNING"
+        (d / "go").touch()  # memhog checks its 2 GiB and ends
+        c.wait_state(jid, "COMPLETED", timeout=120)
+        out = (d / f"slurm-{jid}.out").read_text()
+        assert "ok " in out and "mismatch" not in out, out
+    finally:
+        c.stop()
