@@ -619,10 +619,33 @@ nlohmann::json Controller::node_heartbeat(const proto::Request& r) {
   if (!node_up(n)) spdlog::info("node {}: registered ({} CPUs, {} MiB)", name, field<int>(r.body, "cpus", n.cpus),
                                 field<uint64_t>(r.body, "real_memory", n.real_memory));
   n.last_heartbeat = now_s();
+  reconcile(name, field<json>(r.body, "jobs", json::array()));
   n.load = field<double>(r.body, "load", 0.0);
   n.free_memory = field<uint64_t>(r.body, "free_memory", n.real_memory);
   wake_.notify_all();
   return json::object();
+}
+
+void Controller::reconcile(const std::string& node, const json& reported) {
+  std::set<int64_t> there;
+  for (auto& x : reported)
+    if (x.is_object()) there.insert(x.value("job_id", int64_t{0}));
+  double now = now_s();
+  for (auto& [id, j] : jobs_) {
+    // A job the node does not know although it was placed there a while ago: its
+    // launch never happened (the controller stopped during it) or the node lost it.
+    // Recent starts are left alone: the report may predate them.
+    if (j.state != "RUNNING" || j.nodes != node || there.count(id) || launching_.count(id) || ckpt_busy_.count(id) ||
+        now - j.start_time < 30)
+      continue;
+    spdlog::warn("job {}: node {} does not know it: NODE_FAIL", id, node);
+    release(j, now);
+    j.state = "NODE_FAIL";
+    j.reason = "NodeFail";
+    j.end_time = now;
+    j.end_request.clear();
+    save(j);
+  }
 }
 
 void Controller::release(Job& j, double now) {
@@ -638,6 +661,7 @@ nlohmann::json Controller::node_job_ended(const proto::Request& r) {
   if (!r.caller.is_root()) throw RpcError(403, "only root (fschedd) may report for a node");
   int64_t id = field<int64_t>(r.body, "job_id", 0);
   int code = field<int>(r.body, "exit_status", 0);
+  bool lost = field<bool>(r.body, "lost", false);
   std::string node = field<std::string>(r.body, "name", "");
   Lock l(mu_);
   auto it = jobs_.find(id);
@@ -665,6 +689,10 @@ nlohmann::json Controller::node_job_ended(const proto::Request& r) {
     j.state = "CANCELLED";
   } else if (req == "timeout") {
     j.state = "TIMEOUT";
+  } else if (lost) {
+    // Restartable from its last checkpoint (scontrol checkpoint restart).
+    j.state = "NODE_FAIL";
+    j.reason = "NodeFail";
   } else {
     j.state = code == 0 ? "COMPLETED" : "FAILED";
     j.reason = code == 0 ? "None" : "NonZeroExitCode";

@@ -287,8 +287,14 @@ void NodeDaemon::adopt(const fs::path& spool) {
     try {
       LocalJob j = json::parse(read_file(f)).get<LocalJob>();
       if (j.node != name_) continue;
+      if (!j.ended && !alive(j) && read_file(e.path() / "status").empty()) {
+        j.ended = j.lost = true;
+        j.exit_status = 128 + SIGKILL;
+        persist(j);
+      }
       jobs_[j.job_id] = j;
-      spdlog::info("job {}: found again (init {}, {})", j.job_id, j.pid, alive(j) ? "running" : "ended");
+      spdlog::info("job {}: found again (init {}, {})", j.job_id, j.pid,
+                   alive(j) ? "running" : j.lost ? "lost: dead without an exit status" : "ended");
     } catch (const std::exception& ex) {
       spdlog::warn("{}: unreadable, ignored: {}", f.string(), ex.what());
     }
@@ -351,7 +357,8 @@ void NodeDaemon::watch() {
     for (auto& j : to_report) {
       try {
         controller(10).call("POST", "/v1/nodes/job_ended",
-                            {{"name", name_}, {"job_id", j.job_id}, {"exit_status", j.exit_status}});
+                            {{"name", name_}, {"job_id", j.job_id}, {"exit_status", j.exit_status},
+                             {"lost", j.lost}});
         std::lock_guard l(mu_);
         jobs_.erase(j.job_id);
         std::error_code ec;

@@ -30,8 +30,10 @@ struct LocalJob {
   bool vacating = false;          // being dumped in kill mode: its end is not a job end
   bool ended = false;             // ended, report not yet acknowledged
   int exit_status = 0;
+  bool lost = false;              // found dead with no exit status when fschedd started:
+                                  // the node went down (or the init was killed) meanwhile
 };
-NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(LocalJob, job_id, pid, start_ticks, node, ended, exit_status)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(LocalJob, job_id, pid, start_ticks, node, ended, exit_status, lost)
 
 class NodeDaemon {
  public:

@@ -4,8 +4,10 @@ Every job's output is compared byte for byte with an uninterrupted run of the sa
 script."""
 from __future__ import annotations
 
+import json
 import os
 import pwd
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -367,3 +369,23 @@ def test_checkpoint_timeout(e2e: E2E, build_dir, test_user):
         assert "ok " in out and "mismatch" not in out, out
     finally:
         c.stop()
+
+
+def test_job_lost_with_its_node_restarts_from_checkpoint(e2e: E2E, cluster: Cluster, test_user, reference):
+    c = cluster
+    d = workdir(e2e, "lost", test_user)
+    jid = c.sbatch("--checkpoint=0:03", "job.sh", STEPS, DELAY, user=test_user, cwd=d)
+    c.wait_checkpoints(jid, 1)
+    node = c.job(jid)["nodes"]
+    init = json.loads((c.root / "spool" / f"job{jid}" / "job.json").read_text())["pid"]
+    # The node goes down: its daemon and the job die together.
+    c.kill_node(node, signal.SIGKILL)
+    os.kill(init, signal.SIGKILL)
+    c.wait_for(lambda: not Path(f"/proc/{init}").exists() or
+               Path(f"/proc/{init}/stat").read_text().split()[2] == "Z", 10, "the job to die")
+    c.start_node(node)
+    job = c.wait_state(jid, "NODE_FAIL", timeout=30)
+    assert job["reason"] == "NodeFail", job
+    c.cmd("scontrol", "checkpoint", "restart", jid, user=test_user)
+    c.wait_state(jid, "COMPLETED", timeout=240)
+    assert_same_as_reference(d, jid, reference, test_user)
