@@ -50,13 +50,6 @@ int run(std::string_view prog, CLI::App& app, const std::function<int()>& body) 
   return 1;
 }
 
-bool iequals(std::string_view a, std::string_view b) {
-  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
-           return std::tolower(static_cast<unsigned char>(x)) ==
-                  std::tolower(static_cast<unsigned char>(y));
-         });
-}
-
 std::vector<std::string> split_list(std::string_view list, char sep) {
   std::vector<std::string> out;
   size_t start = 0;

@@ -2,6 +2,8 @@
 // the controller, Slurm's way of reporting errors, and job id / user / signal parsing.
 #pragma once
 
+#include "common/text.h"
+
 #include <sys/types.h>
 
 #include <cstdint>
@@ -61,7 +63,6 @@ std::string group_name(gid_t gid);
 // in any case. Returns its number; throws fsched::Error "Invalid signal: TEXT".
 int parse_signal(std::string_view text);
 
-// Case-insensitive ASCII equality.
-bool iequals(std::string_view a, std::string_view b);
+using fsched::iequals;
 
 }  // namespace fsched::cmds

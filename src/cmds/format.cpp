@@ -10,6 +10,7 @@
 
 #include "cmds/cmd_common.h"
 #include "common/error.h"
+#include "common/text.h"
 #include "proto/timefmt.h"
 
 namespace fsched::cmds {
@@ -54,12 +55,6 @@ std::string or_null(std::string s) { return s.empty() ? "(null)" : s; }
 std::string upper(std::string_view s) {
   std::string out(s);
   for (auto& c : out) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
-  return out;
-}
-
-std::string lower(std::string_view s) {
-  std::string out(s);
-  for (auto& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   return out;
 }
 

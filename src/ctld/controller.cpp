@@ -376,6 +376,17 @@ nlohmann::json Controller::hold_job(const proto::Request& r, bool hold) {
   return json::object();
 }
 
+// Back to the queue, to start again from scratch (seed 002: requeue is not restore).
+void Controller::requeue_fresh(Job& j) {
+  j.state = "PENDING";
+  j.reason = "None";
+  j.restarts++;
+  j.job_version++;
+  j.restore_from = 0;
+  j.run_time_done = 0;
+  j.end_time = 0;
+}
+
 nlohmann::json Controller::requeue_job(const proto::Request& r) {
   Lock l(mu_);
   Job& j = job_of(r.params.at(0));
@@ -388,13 +399,7 @@ nlohmann::json Controller::requeue_job(const proto::Request& r) {
   } else if (j.state == "PENDING") {
     throw RpcError(409, fmt::format("Job {} is pending already", j.job_id));
   } else {
-    j.state = "PENDING";
-    j.reason = "None";
-    j.restarts++;
-    j.job_version++;
-    j.restore_from = 0;
-    j.run_time_done = 0;
-    j.end_time = 0;
+    requeue_fresh(j);
     save(j);
     wake_.notify_all();
   }
@@ -678,13 +683,7 @@ nlohmann::json Controller::node_job_ended(const proto::Request& r) {
   std::string req = j.end_request;
   j.end_request.clear();
   if (req == "requeue") {
-    j.state = "PENDING";
-    j.reason = "None";
-    j.restarts++;
-    j.job_version++;
-    j.restore_from = 0;
-    j.run_time_done = 0;
-    j.end_time = 0;
+    requeue_fresh(j);
   } else if (req == "cancel") {
     j.state = "CANCELLED";
   } else if (req == "timeout") {

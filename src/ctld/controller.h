@@ -68,6 +68,7 @@ class Controller {
   void retain(const Job& j);
   void terminate(const Job& j, int signal, bool escalate);  // async signal/kill on the node
   void release(Job& j, double now);
+  void requeue_fresh(Job& j);
   void reconcile(const std::string& node, const json& reported_jobs);
   void periodic();                      // due checkpoints and time limits
   void spawn(std::function<void()> fn); // a worker thread, joined at stop()

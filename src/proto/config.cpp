@@ -7,21 +7,10 @@
 #include <sstream>
 
 #include "common/error.h"
+#include "common/text.h"
 
 namespace fsched::proto {
 namespace {
-
-std::string_view trim(std::string_view s) {
-  while (!s.empty() && std::isspace(static_cast<unsigned char>(s.front()))) s.remove_prefix(1);
-  while (!s.empty() && std::isspace(static_cast<unsigned char>(s.back()))) s.remove_suffix(1);
-  return s;
-}
-
-std::string lower(std::string_view s) {
-  std::string r(s);
-  for (auto& c : r) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return r;
-}
 
 // Keeps the place being parsed so that every error says FILE:LINE.
 struct Cursor {
