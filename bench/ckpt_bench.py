@@ -3,7 +3,8 @@
 
 For each workload -- memhog holding 64, 512 and 2048 MiB of random (incompressible)
 and of text (compressible) memory, and a Python process holding ~200 MiB of objects --
-it runs the job under `fsched-ckpt run --detach`, dumps it (killing it), restores it
+and a tree of 16 memhog processes of 64 MiB each beside one memhog of 1024 MiB, it
+runs the job under `fsched-ckpt run --detach`, dumps it (killing it), restores it
 detached, lets it verify its memory and end, and records:
   freeze_ms        how long the job was stopped (engine's figure)
   dump_ms          the whole dump including the durable commit (engine's figure)
@@ -58,6 +59,20 @@ after = digest()
 print("ok %016x" % after if after == before else "mismatch", flush=True)
 sys.exit(0 if after == before else 1)
 '''
+
+
+TREE = 16  # processes of the tree workload
+
+
+def ready(kind: str, text: str) -> bool:
+    return text.count("ready") >= (TREE if kind == "tree16" else 1)
+
+
+def verified(kind: str, text: str) -> bool:
+    lines = text.strip().splitlines()
+    if kind == "tree16":
+        return sum(ln.startswith("ok ") for ln in lines) == TREE and "mismatch" not in text
+    return bool(lines) and lines[-1].startswith("ok ")
 
 
 class BenchError(Exception):
@@ -144,6 +159,9 @@ class Bench:
                     pass
 
     def job_argv(self, work: Path, kind: str, mib: int) -> list[str]:
+        if kind == "tree16":  # bash with 16 memhog children, mib/16 MiB each
+            return ["/bin/bash", "-c", f'for i in $(seq {TREE}); do "{self.memhog}" {mib // TREE} random '
+                    f'--go-file "{work / "go"}" & done; wait']
         if kind == "python":
             (work / "hog.py").write_text(PY_HOG)
             return ["/usr/bin/python3", str(work / "hog.py"), str(mib), str(work / "go")]
@@ -165,7 +183,7 @@ class Bench:
             raise BenchError(f"run failed: {cp.stderr.strip()}")
         init = int(cp.stdout.split()[0])
         self.inits.add(init)
-        wait_for(lambda: out.exists() and "ready" in out.read_text(), 600, f"{name} to be ready")
+        wait_for(lambda: out.exists() and ready(kind, out.read_text()), 600, f"{name} to be ready")
         if self.drop_caches:
             subprocess.run(["sync"], check=True)
             Path("/proc/sys/vm/drop_caches").write_text("3\n")
@@ -195,9 +213,8 @@ class Bench:
         self.inits.add(rinit)
         (work / "go").touch()
         wait_for(lambda: not alive(rinit), 600, f"restored {name} to verify its memory and end")
-        last = out.read_text().strip().splitlines()[-1]
-        if not last.startswith("ok "):
-            raise BenchError(f"restored {name} failed its memory check: {last!r}")
+        if not verified(kind, out.read_text()):
+            raise BenchError(f"restored {name} failed its memory check: {out.read_text()[-300:]!r}")
         shutil.rmtree(image)
         return {
             "freeze_ms": dstats["freeze_ms"], "dump_ms": dstats["dump_ms"],
@@ -242,6 +259,7 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=5, help="measured runs per workload (default 5)")
     ap.add_argument("--quick", action="store_true",
                     help="only 64 MiB memhog (random, text) and a 50 MiB Python process, 3 runs")
+    ap.add_argument("--only", action="append", help="run the workloads whose name contains this (repeatable)")
     ap.add_argument("--scratch", default="/tmp/fsched-bench", help="job and image directory")
     ap.add_argument("--compress-level", type=int, help="zstd level passed to dump")
     ap.add_argument("--drop-caches", action="store_true",
@@ -258,7 +276,11 @@ def main() -> int:
     else:
         workloads = [(f"memhog-{m}-{k}", k, m) for m in (64, 512, 2048) for k in ("random", "text")]
         workloads.append(("python-200", "python", 200))
+        # Issue 3: freezing a 16-process tree vs one process with the same memory.
+        workloads += [("memhog-1024-random", "random", 1024), ("tree-16x64-random", "tree16", 1024)]
         runs = args.runs
+    if args.only:
+        workloads = [w for w in workloads if any(o in w[0] for o in args.only)]
 
     scratch = Path(args.scratch)
     scratch.mkdir(parents=True, exist_ok=True)
