@@ -6,6 +6,7 @@
 #include <signal.h>
 
 #include <algorithm>
+#include <charconv>
 #include <chrono>
 #include <cmath>
 
@@ -144,11 +145,8 @@ void Controller::save(const Checkpoint& c) { store_.put_checkpoint(c); }
 
 Job& Controller::job_of(const std::string& id_text) {
   int64_t id = 0;
-  try {
-    id = std::stoll(id_text);
-  } catch (...) {
-    throw RpcError(400, "Invalid job id specified");
-  }
+  auto [p, ec] = std::from_chars(id_text.data(), id_text.data() + id_text.size(), id);
+  if (ec != std::errc{} || p != id_text.data() + id_text.size()) throw RpcError(400, "Invalid job id specified");
   auto it = jobs_.find(id);
   if (it == jobs_.end()) throw RpcError(404, "Invalid job id specified");
   return it->second;
@@ -202,17 +200,17 @@ void Controller::add_routes(proto::Server& s) {
   });
   s.route("POST", "/v1/jobs", bind(&Controller::submit));
   s.route_raw("GET", "/v1/jobs", [this](const proto::Request& r) { return list_jobs(r); });
-  s.route("GET", R"(/v1/jobs/([^/]+))", bind(&Controller::show_job));
-  s.route("POST", R"(/v1/jobs/([^/]+)/signal)", bind(&Controller::signal_job));
-  s.route("POST", R"(/v1/jobs/([^/]+)/cancel)", bind(&Controller::cancel_job));
-  s.route("POST", R"(/v1/jobs/([^/]+)/hold)", [this](const proto::Request& r) { return hold_job(r, true); });
-  s.route("POST", R"(/v1/jobs/([^/]+)/release)", [this](const proto::Request& r) { return hold_job(r, false); });
-  s.route("POST", R"(/v1/jobs/([^/]+)/requeue)", bind(&Controller::requeue_job));
-  s.route("POST", R"(/v1/jobs/([^/]+)/checkpoint)", [this](const proto::Request& r) { return checkpoint_job(r, "manual"); });
-  s.route("POST", R"(/v1/jobs/([^/]+)/vacate)", [this](const proto::Request& r) { return checkpoint_job(r, "vacate"); });
-  s.route("POST", R"(/v1/jobs/([^/]+)/restart)", bind(&Controller::restart_job));
-  s.route("GET", R"(/v1/jobs/([^/]+)/checkpoints)", bind(&Controller::list_checkpoints));
-  s.route("DELETE", R"(/v1/jobs/([^/]+)/checkpoints/(\d+))", bind(&Controller::delete_checkpoint));
+  s.route("GET", "/v1/jobs/{}", bind(&Controller::show_job));
+  s.route("POST", "/v1/jobs/{}/signal", bind(&Controller::signal_job));
+  s.route("POST", "/v1/jobs/{}/cancel", bind(&Controller::cancel_job));
+  s.route("POST", "/v1/jobs/{}/hold", [this](const proto::Request& r) { return hold_job(r, true); });
+  s.route("POST", "/v1/jobs/{}/release", [this](const proto::Request& r) { return hold_job(r, false); });
+  s.route("POST", "/v1/jobs/{}/requeue", bind(&Controller::requeue_job));
+  s.route("POST", "/v1/jobs/{}/checkpoint", [this](const proto::Request& r) { return checkpoint_job(r, "manual"); });
+  s.route("POST", "/v1/jobs/{}/vacate", [this](const proto::Request& r) { return checkpoint_job(r, "vacate"); });
+  s.route("POST", "/v1/jobs/{}/restart", bind(&Controller::restart_job));
+  s.route("GET", "/v1/jobs/{}/checkpoints", bind(&Controller::list_checkpoints));
+  s.route("DELETE", "/v1/jobs/{}/checkpoints/{}", bind(&Controller::delete_checkpoint));
   s.route("GET", "/v1/nodes", bind(&Controller::list_nodes));
   s.route("GET", "/v1/partitions", bind(&Controller::list_partitions));
   s.route("POST", "/v1/nodes/register", bind(&Controller::node_heartbeat));
@@ -567,7 +565,10 @@ nlohmann::json Controller::delete_checkpoint(const proto::Request& r) {
   Lock l(mu_);
   Job& j = job_of(r.params.at(0));
   check_owner(j, r.caller);
-  int64_t cid = std::stoll(r.params.at(1));
+  int64_t cid = 0;
+  if (auto [p, ec] = std::from_chars(r.params.at(1).data(), r.params.at(1).data() + r.params.at(1).size(), cid);
+      ec != std::errc{} || p != r.params.at(1).data() + r.params.at(1).size())
+    throw RpcError(400, fmt::format("invalid checkpoint id '{}'", r.params.at(1)));
   for (auto& c : ckpts_[j.job_id]) {
     if (c.checkpoint_id != cid) continue;
     if (c.status == "Creating") throw RpcError(409, fmt::format("checkpoint {} of job {} is still being written", cid, j.job_id));

@@ -4,7 +4,6 @@
 
 #include <cstdlib>
 #include <mutex>
-#include <regex>
 
 #include <httplib.h>
 
@@ -56,6 +55,28 @@ Caller decode_cred(const std::string& socket, const std::string& cred, const std
   if (e != EMUNGE_SUCCESS) throw RpcError(401, fmt::format("authentication failed: {}", munge_ctx_strerror(m.ctx)));
   if (got != expected) throw RpcError(401, "authentication failed: the credential was made for another request");
   return Caller{uid, gid};
+}
+
+std::vector<std::string> split_path(std::string_view path) {
+  std::vector<std::string> out;
+  size_t i = 0;
+  while (i < path.size()) {
+    size_t j = path.find('/', i);
+    if (j == std::string_view::npos) j = path.size();
+    if (j > i) out.emplace_back(path.substr(i, j - i));
+    i = j + 1;
+  }
+  return out;
+}
+
+bool match(const std::vector<std::string>& pattern, const std::vector<std::string>& path,
+           std::vector<std::string>& captured) {
+  if (pattern.size() != path.size()) return false;
+  for (size_t i = 0; i < path.size(); ++i) {
+    if (pattern[i] == "{}") captured.push_back(path[i]);
+    else if (pattern[i] != path[i]) return false;
+  }
+  return true;
 }
 
 void reply_error(httplib::Response& res, int status, const std::string& msg) {
@@ -131,7 +152,7 @@ std::string Request::query(std::string_view key) const {
 struct Server::Impl {
   struct Route {
     std::string method;
-    std::regex re;
+    std::vector<std::string> segments;  // "{}" matches any one segment
     Handler h;
     RawHandler raw;
   };
@@ -142,13 +163,16 @@ struct Server::Impl {
   void dispatch(const httplib::Request& req, httplib::Response& res) {
     try {
       const Route* found = nullptr;
-      std::smatch m;
+      std::vector<std::string> captured;
       bool path_known = false;
+      auto path = split_path(req.path);
       for (auto& r : routes) {
-        if (!std::regex_match(req.path, m, r.re)) continue;
+        std::vector<std::string> caps;
+        if (!match(r.segments, path, caps)) continue;
         path_known = true;
         if (r.method == req.method) {
           found = &r;
+          captured = std::move(caps);
           break;
         }
       }
@@ -159,7 +183,7 @@ struct Server::Impl {
       Request r;
       r.caller = decode_cred(munge_socket, req.get_header_value(kAuthHeader),
                              payload_of(req.method, req.path, req.body));
-      for (size_t i = 1; i < m.size(); ++i) r.params.push_back(m[i].str());
+      r.params = std::move(captured);
       for (auto& [k, v] : req.params) r.query_params.emplace_back(k, v);
       if (!req.body.empty()) {
         r.body = nlohmann::json::parse(req.body, nullptr, false);
@@ -197,11 +221,11 @@ Server::Server(std::string munge_socket) : impl_(std::make_unique<Impl>()) {
 Server::~Server() = default;
 
 void Server::route(std::string_view method, std::string_view pattern, Handler h) {
-  impl_->routes.push_back({std::string(method), std::regex(std::string(pattern)), std::move(h), {}});
+  impl_->routes.push_back({std::string(method), split_path(pattern), std::move(h), {}});
 }
 
 void Server::route_raw(std::string_view method, std::string_view pattern, RawHandler h) {
-  impl_->routes.push_back({std::string(method), std::regex(std::string(pattern)), {}, std::move(h)});
+  impl_->routes.push_back({std::string(method), split_path(pattern), {}, std::move(h)});
 }
 
 void Server::bind(const std::string& addr, uint16_t port) {

@@ -63,7 +63,7 @@ class Client {
 // A request as a handler sees it.
 struct Request {
   Caller caller;
-  std::vector<std::string> params;  // the route's regex captures, in order
+  std::vector<std::string> params;  // the path segments matched by the route's {}, in order
   nlohmann::json body;              // null when the request had none
   std::string query(std::string_view key) const;  // URL query parameter, "" if absent
   std::vector<std::pair<std::string, std::string>> query_params;
@@ -76,8 +76,8 @@ class Server {
   explicit Server(std::string munge_socket = {});
   ~Server();
 
-  // pattern: an ECMAScript regex matched against the whole path, e.g.
-  // R"(/v1/jobs/(\d+))". A handler returns the reply's JSON or throws RpcError (its
+  // pattern: the path, where a segment "{}" matches any one segment, e.g.
+  // "/v1/jobs/{}/checkpoints". A handler returns the reply's JSON or throws RpcError (its
   // status is sent) or fsched::Error (sent as 500); both reach the client as one line.
   void route(std::string_view method, std::string_view pattern, Handler h);
 
