@@ -118,6 +118,8 @@ DumpStats dump(const DumpOptions& o) {
     if (!p.zombie) dump_files(p, procs);
   phase("state");
   dump_shm(procs, m, *img);
+  dump_deleted_files(procs, m, *img);
+  dump_sysv_shm(procs, m, *img);
   for (auto& p : procs)
     if (!p.zombie) st.memory_bytes += dump_pages(p, *img);
   dump_pipes(procs, m, *img);

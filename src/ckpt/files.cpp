@@ -2,7 +2,8 @@
 // files, directories, basic character devices), with their flags and offsets; fds
 // sharing one open file description (dup, fork) are restored shared, via
 // pidfd_getfd(2). Files open for writing are truncated back to their size at dump
-// time, so that the restored job writes no byte twice. Interfaces: /proc/PID/fd,
+// time, so that the restored job writes no byte twice. Files deleted while open are
+// kept in the image and recreated (deleted.cpp). Interfaces: /proc/PID/fd,
 // /proc/PID/fdinfo (proc(5)), kcmp(2) KCMP_FILE.
 #include <fcntl.h>
 #include <linux/kcmp.h>
@@ -10,6 +11,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <cstring>
 #include <filesystem>
 #include <sstream>
 
@@ -24,6 +26,16 @@ const char* const kDevices[] = {"/dev/null", "/dev/zero", "/dev/full", "/dev/ran
                                 "/dev/urandom"};
 
 bool writable(const Fd& f) { return (f.flags & O_ACCMODE) != O_RDONLY; }
+
+// Open flags that give an fd its saved status again. fdinfo keeps the flags of the
+// open that created the file: O_CREAT and the like must not act a second time, and a
+// file made with O_TMPFILE (Python's tempfile.TemporaryFile, for one) still shows
+// O_TMPFILE, which includes O_DIRECTORY.
+int reopen_flags(const Fd& f) {
+  int fl = f.flags & ~(O_CREAT | O_EXCL | O_TRUNC | O_NOCTTY);
+  if ((f.flags & O_TMPFILE) == O_TMPFILE) fl &= ~O_TMPFILE;
+  return fl;
+}
 
 }  // namespace
 
@@ -55,10 +67,32 @@ void dump_files(DumpProcess& p, std::span<DumpProcess> all) {
     auto where = [&] {
       return fmt::format("process {} (pid {} in the job), fd {} -> {}", hp, r.pid, fd, link);
     };
-    if (link.ends_with(" (deleted)")) fail("{}: the open file was deleted (unsupported)", where());
     Fd f;
     f.fd = fd;
     f.path = link;
+    if (link.ends_with(" (deleted)")) {
+      // Unlinked while open: its contents go into the image (deleted.cpp). A file whose
+      // name really ends so, or one still linked elsewhere, is not that.
+      struct stat st {};
+      if (::stat(fmt::format("/proc/{}/fd/{}", hp, fd).c_str(), &st) < 0)
+        fail_errno("{}: cannot stat", where());
+      struct stat named {};
+      bool real_name = ::stat(link.c_str(), &named) == 0 && named.st_dev == st.st_dev &&
+                       named.st_ino == st.st_ino;
+      if (!real_name) {
+        std::string was = link.substr(0, link.size() - std::strlen(" (deleted)"));
+        if (!S_ISREG(st.st_mode))
+          fail("{}: this deleted file (type {:o}) is not supported", where(), st.st_mode & S_IFMT);
+        if (st.st_nlink > 0 && was.rfind("/memfd:", 0) != 0)
+          fail("{}: the file was renamed or deleted but has {} other hard link(s): not supported",
+               where(), st.st_nlink);
+        f.kind = "file";
+        f.path = was;
+        f.deleted_key = file_key(st.st_dev, st.st_ino);
+        f.file = FileId{st.st_ino, static_cast<std::uint64_t>(st.st_size),
+                        st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec};
+      }
+    }
     const std::string fdinfo = read_file(fmt::format("/proc/{}/fdinfo/{}", hp, fd));
     std::istringstream info(fdinfo);
     std::string key;
@@ -72,8 +106,8 @@ void dump_files(DumpProcess& p, std::span<DumpProcess> all) {
       f.file.ino = std::stoull(link.substr(8));
       f.path.clear();
     } else if (link.rfind("anon_inode:", 0) == 0) {
-      if (!dump_event_fd(link, fdinfo, f))
-        fail("{}: this kind of file (inotify, fanotify, io_uring, pidfd...) is not supported yet",
+      if (!dump_event_fd(link, fdinfo, f) && !dump_inotify_fd(link, fdinfo, f, where()))
+        fail("{}: this kind of file (fanotify, io_uring, pidfd...) is not supported yet",
              where());
       f.path.clear();
     }
@@ -81,7 +115,7 @@ void dump_files(DumpProcess& p, std::span<DumpProcess> all) {
     if (f.kind.empty() && ::stat(fmt::format("/proc/{}/fd/{}", hp, fd).c_str(), &st) < 0)
       fail_errno("{}: cannot stat", where());
     if (!f.kind.empty()) {
-      // an event fd, filled in above
+      // an event fd or a deleted file, filled in above
     } else if (S_ISREG(st.st_mode)) {
       f.kind = "file";
       f.file = FileId{st.st_ino, static_cast<std::uint64_t>(st.st_size),
@@ -141,9 +175,9 @@ void check_files(const Manifest& m) {
     if (p.zombie) continue;
     same(p.exe, p.exe_file, "executable");
     for (auto& v : p.vmas)
-      if (v.kind == "file") same(v.path, v.file, "mapped file");
+      if (v.kind == "file" && v.deleted_key.empty()) same(v.path, v.file, "mapped file");
     for (auto& f : p.fds) {
-      if (f.kind != "file" || f.shared_fd >= 0) continue;
+      if (f.kind != "file" || f.shared_fd >= 0 || !f.deleted_key.empty()) continue;
       struct stat st {};
       if (::stat(f.path.c_str(), &st) < 0)
         fail_errno("restore refused: process {} fd {}: {} is missing", p.pid, f.fd, f.path);
@@ -158,7 +192,7 @@ void check_files(const Manifest& m) {
 void truncate_written_files(const Manifest& m) {
   for (auto& p : m.processes)
     for (auto& f : p.fds) {
-      if (f.kind != "file" || !writable(f) || f.shared_fd >= 0) continue;
+      if (f.kind != "file" || !writable(f) || f.shared_fd >= 0 || !f.deleted_key.empty()) continue;
       if (::truncate(f.path.c_str(), static_cast<off_t>(f.file.size)) < 0)
         fail_errno("cannot truncate {} to its dump-time size {} bytes", f.path, f.file.size);
     }
@@ -206,7 +240,7 @@ long take_fd(Injector& inj, int ns_pid, int fd, const std::string& what) {
 }
 
 void restore_files(RestoreProcess& p, const InjectionArea& area, const PipeTable& pipes,
-                   const SocketTable& sockets) {
+                   const SocketTable& sockets, const ShmTable& objects) {
   const Process& r = *p.rec;
   Injector& inj = p.leader();
   pid_t hp = p.host_pid;
@@ -240,8 +274,21 @@ void restore_files(RestoreProcess& p, const InjectionArea& area, const PipeTable
     } else if (f.kind == "eventfd" || f.kind == "epoll" || f.kind == "timerfd" ||
                f.kind == "signalfd") {
       tmp = create_event_fd(inj, area, hp, f, who);
+    } else if (f.kind == "inotify") {
+      tmp = create_inotify_fd(inj, hp, f, who);
+    } else if (!f.deleted_key.empty()) {
+      // The file recreated in init, reopened through /proc/self/fd so that this fd has
+      // an open file description of its own, with its own flags and offset.
+      long held = take_from_init(inj, shm_fd_in_init(objects, f.deleted_key), who);
+      std::uint64_t path = put_string(hp, area, 0, fmt::format("/proc/self/fd/{}", held));
+      tmp = inj.call(SYS_openat, static_cast<std::uint64_t>(AT_FDCWD), path,
+                     // (through a /proc link, which O_NOFOLLOW would refuse)
+                     static_cast<std::uint64_t>((reopen_flags(f) & ~O_NOFOLLOW) | O_CLOEXEC),
+                     0);
+      inj.call(SYS_close, static_cast<std::uint64_t>(held));
+      if (tmp < 0) throw Error(who + ": reopening the recreated deleted file", static_cast<int>(-tmp));
     } else {
-      int oflags = f.flags & ~(O_CREAT | O_EXCL | O_TRUNC | O_NOCTTY);
+      int oflags = reopen_flags(f);
       // A FIFO open would wait for the other side; init holds it open both ways, and
       // the fd gets its own blocking mode back right after.
       if (f.kind == "fifo") oflags |= O_NONBLOCK;

@@ -24,9 +24,16 @@ struct Vma {
   int prot = 0;                       // PROT_* bits
   bool shared = false;                // MAP_SHARED
   std::string kind;                   // "anon", "file", "heap", "stack", "vdso", "vvar", "vvar_vclock",
-                                      // "shm" (shared memory object shm_key, see ShmObject)
+                                      // "shm" (shared memory object shm_key, see ShmObject),
+                                      // "sysv" (SysV segment, see SysvShm)
   std::string shm_key;
   std::string path;                   // file path for kind == "file"
+  // A "file" mapping of a file deleted while mapped: the DeletedFile with this key
+  // (its path is then only where the file was).
+  std::string deleted_key;
+  // kind "sysv": a SysV shared memory attach (shmat(2)) of segment shm_key (its shmid);
+  // the attach's SHM_RDONLY / SHM_EXEC flags.
+  int shmat_flags = 0;
   std::uint64_t pgoff = 0;            // file offset in bytes
   FileId file;                        // identity of the mapped file
   std::vector<std::string> vmflags;   // smaps VmFlags we restore (gd, dc, wc, hg, nh, dd)
@@ -41,16 +48,32 @@ struct EpollTarget {
   std::uint64_t data = 0;      // epoll_data, as the kernel holds it
 };
 
+// A watch of an inotify instance, as /proc/PID/fdinfo shows it (proc(5)), with the
+// path the dumper found for the watched inode.
+struct InotifyWatch {
+  int wd = 0;                  // watch descriptor
+  std::uint64_t ino = 0;       // watched inode
+  std::uint64_t sdev = 0;      // its file system's device, kernel encoding (major << 20 | minor)
+  std::uint32_t mask = 0;      // IN_* events and flags (IN_ONESHOT, IN_EXCL_UNLINK)
+  int handle_type = 0;         // file handle (name_to_handle_at(2)) of the inode
+  std::string handle_hex;
+  std::string path;
+};
+
 // An open file descriptor.
 struct Fd {
   int fd = -1;
   std::string kind;          // "file", "dir", "chr", "pipe" (file.ino: the pipe inode),
                              // "eventfd", "epoll", "timerfd", "signalfd",
-                             // "unix" (file.ino: the socket inode), "fifo" (named pipe)
+                             // "unix" (file.ino: the socket inode), "fifo" (named pipe),
+                             // "inotify"
   std::string path;
   int flags = 0;             // open flags from fdinfo (O_ACCMODE, O_APPEND, O_CLOEXEC ...)
   std::int64_t pos = 0;      // file offset in bytes
   FileId file;               // for "file": identity and size at dump time (bytes)
+  // A "file" unlinked while open: key of its DeletedFile (or of a ShmObject, when the
+  // job also maps it as shared memory); path is where the file was.
+  std::string deleted_key;
   // Same open file description as an fd restored earlier: {ns pid, fd}; {0,-1} if none.
   int shared_pid = 0;
   int shared_fd = -1;
@@ -61,6 +84,7 @@ struct Fd {
   std::uint64_t value_ns = 0, interval_ns = 0;      // timerfd: time left, period (ns)
   std::uint64_t sigmask = 0;        // signalfd
   std::vector<EpollTarget> targets; // epoll
+  std::vector<InotifyWatch> watches;  // inotify, by wd
 };
 
 struct SigAction {
@@ -140,6 +164,31 @@ struct ShmObject {
   std::vector<std::pair<std::uint64_t, std::uint64_t>> runs;  // {first page, count} with data
 };
 
+// A regular file the job holds open or mapped after it was unlinked (deleted while
+// open): its contents are in the image, stored once however many fds and mappings
+// refer to it. Data follows the shm objects' in the page stream, in the order of
+// Manifest::deleted_files. Restored as a new unlinked file in the same directory.
+struct DeletedFile {
+  std::string key;                  // "major:minor:inode", as for ShmObject
+  std::string path;                 // where it was, without " (deleted)"
+  unsigned mode = 0600, uid = 0, gid = 0;
+  std::uint64_t size = 0;           // bytes
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> runs;  // {first page, count} with data
+};
+
+// A SysV shared memory segment (shmget(2)) of the job's IPC namespace, attached or not.
+// Its present pages follow the deleted files' data in the page stream, in the order of
+// Manifest::sysv_shm. Restored with the same shmid (kernel.shm_next_id) in the
+// restored job's new IPC namespace.
+struct SysvShm {
+  int id = -1;                      // shmid
+  int key = 0;                      // IPC_PRIVATE (0) for a private or removed segment
+  std::uint64_t size = 0;           // bytes, shm_segsz
+  unsigned mode = 0600, uid = 0, gid = 0;
+  bool removed = false;             // IPC_RMID done, still attached (SHM_DEST)
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> runs;  // {first page, count} with data
+};
+
 // A Unix socket of the job. Its queued data (bytes waiting to be read on it) follows
 // the pipes' data in the page stream, in the order of Manifest::sockets.
 struct UnixSocket {
@@ -159,18 +208,24 @@ struct Manifest {
   std::vector<Process> processes;    // parents before children
   std::vector<Pipe> pipes;
   std::vector<ShmObject> shm;
+  std::vector<DeletedFile> deleted_files;
+  std::vector<SysvShm> sysv_shm;
   std::vector<UnixSocket> sockets;
 };
 
 // JSON mapping of the manifest; absent keys keep their defaults.
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(FileId, ino, size, mtime_ns)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Vma, start, end, prot, shared, kind, shm_key, path,
-                                                pgoff, file, vmflags, runs)
+                                                deleted_key, shmat_flags, pgoff, file, vmflags,
+                                                runs)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(EpollTarget, fd, events, data)
-NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Fd, fd, kind, path, flags, pos, file, shared_pid,
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(InotifyWatch, wd, ino, sdev, mask, handle_type,
+                                                handle_hex, path)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Fd, fd, kind, path, flags, pos, file, deleted_key,
+                                                shared_pid,
                                                 shared_fd, count, semaphore, clockid,
                                                 settime_flags, value_ns, interval_ns, sigmask,
-                                                targets)
+                                                targets, watches)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(SigAction, sig, handler, flags, restorer, mask)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Thread, tid, regs, xstate_hex, sigmask, rseq_addr,
                                                 rseq_len, rseq_sig, robust_list, robust_len,
@@ -189,9 +244,13 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Process, pid, ppid, pgid, sid, e
                                                 threads)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Pipe, ino, capacity, bytes, path)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(ShmObject, key, path, mode, uid, gid, size, runs)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(DeletedFile, key, path, mode, uid, gid, size, runs)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(SysvShm, id, key, size, mode, uid, gid, removed,
+                                                runs)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(UnixSocket, ino, type, state, peer, name, queued)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Manifest, kernel, xfeatures, xstate_size,
-                                                dump_time_ns, processes, pipes, shm, sockets)
+                                                dump_time_ns, processes, pipes, shm, deleted_files,
+                                                sysv_shm, sockets)
 
 
 // Hex helpers for binary blobs stored in the manifest.

@@ -7,6 +7,7 @@
 #include <linux/prctl.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/shm.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
@@ -95,11 +96,29 @@ void dump_memory_layout(DumpProcess& p) {
       v.kind = "shm";
       v.shm_key = fmt::format("{}:{}", m.dev, m.ino);
     } else if (m.path[0] == '/') {
-      if (m.path.ends_with(" (deleted)"))
-        fail("{}: the mapped file was deleted or is shared anonymous memory (unsupported for now)",
-             where());
-      if (m.path.rfind("/memfd:", 0) == 0 || m.path.rfind("/SYSV", 0) == 0 ||
-          m.path.rfind("/dev/shm/", 0) == 0)
+      if (m.path.rfind("/SYSV", 0) == 0 && v.shared) {
+        // A shmat(2) attach; the inode number is the shmid. The segment itself is
+        // dumped from the job's IPC namespace (sysvshm.cpp).
+        v.kind = "sysv";
+        v.shm_key = std::to_string(m.ino);
+        bool may_write = std::find(m.vmflags.begin(), m.vmflags.end(), "mw") != m.vmflags.end();
+        v.shmat_flags = (may_write ? 0 : SHM_RDONLY) | ((v.prot & PROT_EXEC) ? SHM_EXEC : 0);
+        r.vmas.push_back(std::move(v));
+        continue;
+      }
+      if (m.path.rfind("/SYSV", 0) == 0)
+        fail("{}: this kind of shared memory mapping is not supported yet", where());
+      if (m.path.ends_with(" (deleted)")) {
+        // Deleted while mapped (or a memfd mapped privately): its contents are stored
+        // once with the deleted files (deleted.cpp), the mapping maps the copy.
+        v.kind = "file";
+        v.path = m.path.substr(0, m.path.size() - std::strlen(" (deleted)"));
+        v.deleted_key = fmt::format("{}:{}", m.dev, m.ino);
+        v.file = FileId{m.ino, 0, 0};
+        r.vmas.push_back(std::move(v));
+        continue;
+      }
+      if (m.path.rfind("/memfd:", 0) == 0 || m.path.rfind("/dev/shm/", 0) == 0)
         fail("{}: this kind of shared memory mapping is not supported yet", where());
       struct stat st {};
       if (::stat(m.path.c_str(), &st) < 0) fail_errno("{}: cannot stat the mapped file", where());
@@ -320,9 +339,20 @@ void restore_memory(RestoreProcess& p, const InjectionArea& area, PageReader& pa
     if (has_flag(v, "gd")) flags |= MAP_GROWSDOWN;
     std::string what = fmt::format("process {}: mmap of {:#x}-{:#x} {}", r.pid, v.start, v.end,
                                    v.path.empty() ? v.kind : v.path);
-    if (v.kind == "shm") {
+    if (v.kind == "sysv") {
+      // One shmat(2) maps the whole segment, at the start of its first piece; the
+      // other pieces of the attach (split by mprotect) come with it.
       close_file();
-      long fd = take_from_init(inj, shm_fd_in_init(shm, v.shm_key), what);
+      if (v.pgoff != 0) continue;
+      long got = inj.call(SYS_shmat, static_cast<std::uint64_t>(std::stol(v.shm_key)), v.start,
+                          static_cast<std::uint64_t>(v.shmat_flags));
+      if (got < 0) throw Error(what + ": shmat", static_cast<int>(-got));
+      if (static_cast<std::uint64_t>(got) != v.start)
+        fail("{}: shmat attached it at {:#x}", what, got);
+    } else if (v.kind == "shm" || !v.deleted_key.empty()) {
+      close_file();
+      long fd = take_from_init(
+          inj, shm_fd_in_init(shm, v.kind == "shm" ? v.shm_key : v.deleted_key), what);
       long mr = inj.call(SYS_mmap, v.start, v.end - v.start, static_cast<std::uint64_t>(prot),
                         static_cast<std::uint64_t>(flags), static_cast<std::uint64_t>(fd), v.pgoff);
       inj.call(SYS_close, static_cast<std::uint64_t>(fd));
@@ -366,6 +396,9 @@ void restore_memory(RestoreProcess& p, const InjectionArea& area, PageReader& pa
   for (const Vma& v : r.vmas) {
     if (v.kind == "vdso" || v.kind == "vvar" || v.kind == "vvar_vclock") continue;
     int tmp = v.prot | (v.runs.empty() ? 0 : PROT_READ | PROT_WRITE);
+    if (v.kind == "sysv")
+      tmp = PROT_READ | ((v.shmat_flags & SHM_RDONLY) ? 0 : PROT_WRITE) |
+            ((v.shmat_flags & SHM_EXEC) ? PROT_EXEC : 0);
     if (tmp != v.prot)
       inj.call_ok(fmt::format("mprotect {:#x}", v.start), SYS_mprotect, v.start, v.end - v.start,
                   static_cast<std::uint64_t>(v.prot));

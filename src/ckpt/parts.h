@@ -137,7 +137,8 @@ inline constexpr std::size_t kInjectionAreaBytes = 64 * 4096;
 void create_tree(const Manifest& m, InjectionArea& area, std::vector<RestoreProcess>& procs);
 
 // shmem.cpp: shared memory objects, kept as temporary fds in init during restore
-// (like pipes) until every process has mapped them.
+// (like pipes) until every process has mapped them. Deleted files (deleted.cpp) are
+// kept in the same table: their keys ("major:minor:inode") never clash.
 using ShmTable = std::map<std::string, int>;  // object key -> fd in init
 bool is_shm_path(const std::string& maps_path);
 // Dump: every object mapped by the tree, its data to the page stream (before pages).
@@ -146,6 +147,30 @@ void dump_shm(std::span<DumpProcess> procs, Manifest& m, ImageWriter& img);
 ShmTable create_shm(InitStash& stash, const InjectionArea& area, const Manifest& m,
                     PageReader& pages);
 int shm_fd_in_init(const ShmTable& t, const std::string& key);
+// Appends the data of the first `size` bytes of file `fd` to the page stream in whole
+// pages, skipping holes (SEEK_DATA/SEEK_HOLE); returns the {first page, count} runs
+// stored. `buf` is the I/O buffer (a multiple of the page size).
+std::vector<std::pair<std::uint64_t, std::uint64_t>> append_file_data(
+    int fd, std::uint64_t size, ImageWriter& img, std::vector<std::byte>& buf,
+    const std::string& what);
+// The restore side: writes those runs from the page stream into `fd`.
+void fill_file_data(int fd, std::uint64_t size,
+                    const std::vector<std::pair<std::uint64_t, std::uint64_t>>& runs,
+                    PageReader& pages, std::vector<std::byte>& buf, const std::string& what);
+
+// deleted.cpp: regular files unlinked while open or mapped. file_key names a file
+// like the shm objects' keys ("major:minor:inode" from its stat).
+std::string file_key(dev_t dev, ino_t ino);
+// Dump: the contents of every deleted file the tree refers to (fds and "file" VMAs
+// with a deleted_key), once each, to the page stream (after the shm objects'); files
+// that are also shm objects are not stored twice.
+void dump_deleted_files(std::span<DumpProcess> procs, Manifest& m, ImageWriter& img);
+// Restore: each one recreated in init as an unlinked file in its old directory and
+// filled; added to `table` under its key.
+void create_deleted_files(InitStash& stash, const InjectionArea& area, const Manifest& m,
+                          PageReader& pages, ShmTable& table);
+// Verification before any process exists: the directories to recreate them in.
+void check_deleted_files(const Manifest& m);
 // Injects pidfd_open(2) + pidfd_getfd(2) in the target: its own fd (O_CLOEXEC) for
 // the open file description behind fd `fd` of process `ns_pid` of the job.
 // Throws Error("<what>: ...").
@@ -198,7 +223,7 @@ using PipeTable = std::map<std::uint64_t, PipeEnds>;  // by pipe inode
 // Unix sockets being restored, likewise: socket inode -> fd in init.
 using SocketTable = std::map<std::uint64_t, int>;
 void restore_files(RestoreProcess& p, const InjectionArea& area, const PipeTable& pipes,
-                   const SocketTable& sockets);
+                   const SocketTable& sockets, const ShmTable& objects);
 // Verifies mapped files and the executable are unchanged (inode, size, mtime) and
 // that written files exist; throws Error naming the file.
 void check_files(const Manifest& m);
@@ -213,6 +238,30 @@ long create_event_fd(Injector& inj, const InjectionArea& area, pid_t host_pid, c
 // Registers an epoll fd's targets; run once every other fd of the process exists.
 void add_epoll_targets(Injector& inj, const InjectionArea& area, pid_t host_pid, const Fd& f,
                        const std::string& who);
+
+// sysvshm.cpp: SysV shared memory segments of the job's IPC namespace. Dump: every
+// segment (after the deleted files' data in the page stream); refuses a job that
+// shares the host's IPC namespace and maps a segment, and SysV semaphores and message
+// queues. Needs the layout of every process (kind "sysv" VMAs).
+void dump_sysv_shm(std::span<DumpProcess> procs, Manifest& m, ImageWriter& img);
+// Restore: creates the segments with their shmids in init's (new) IPC namespace and
+// fills them; the processes attach them in restore_memory.
+void create_sysv_shm(const RestoreProcess& init, const Manifest& m, PageReader& pages);
+// Once every process has attached its segments: removes the ones removed at dump time.
+void finish_sysv_shm(const RestoreProcess& init, const Manifest& m);
+
+// inotify.cpp: inotify instances. parse_inotify_fdinfo reads the "inotify wd:..." lines
+// of an fdinfo text (proc(5)), sorted by wd; throws Error on a malformed line.
+std::vector<InotifyWatch> parse_inotify_fdinfo(const std::string& fdinfo);
+// Fills f for an "anon_inode:inotify" fd: its watches with the paths of the watched
+// inodes (through their file handles); false if the link is not an inotify one.
+bool dump_inotify_fd(const std::string& link, const std::string& fdinfo, Fd& f,
+                     const std::string& where);
+// Creates the instance in the process with the same watches and watch descriptors;
+// returns its (temporary) fd number there.
+long create_inotify_fd(Injector& inj, pid_t host_pid, const Fd& f, const std::string& who);
+// Verification before restore: every watched path exists.
+void check_inotify_watches(const Manifest& m);
 
 // sockets.cpp: Unix sockets (after the pipes in the page stream).
 void dump_sockets(std::span<DumpProcess> procs, Manifest& m, ImageWriter& img);

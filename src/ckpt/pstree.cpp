@@ -410,10 +410,11 @@ void create_tree(const Manifest& m, InjectionArea& area, std::vector<RestoreProc
   procs.reserve(m.processes.size());
 
   clone_args ca{};
-  ca.flags = CLONE_NEWPID;
+  // The job's own IPC namespace, as `fsched-ckpt run` gives it (sysvshm.cpp).
+  ca.flags = CLONE_NEWPID | CLONE_NEWIPC;
   ca.exit_signal = SIGCHLD;
   long child = ::syscall(SYS_clone3, &ca, sizeof ca);
-  if (child < 0) fail_errno("clone3(CLONE_NEWPID) for the restored init");
+  if (child < 0) fail_errno("clone3(CLONE_NEWPID | CLONE_NEWIPC) for the restored init");
   if (child == 0) helper_init_main();
 
   RestoreProcess init;

@@ -62,6 +62,8 @@ RestoreStats restore(const RestoreOptions& o) {
   check_cpu(m);
   reader->verify_chunks();
   check_files(m);
+  check_deleted_files(m);
+  check_inotify_watches(m);
   RestoreStats st;
   st.verify_ms = ms_since(t0);
   auto lap = std::chrono::steady_clock::now();
@@ -84,12 +86,15 @@ RestoreStats restore(const RestoreOptions& o) {
       if (!p.rec->zombie) live.push_back(&p);
     InitStash stash(procs[0]);
     ShmTable shm = create_shm(stash, area, m, *pages);
+    create_deleted_files(stash, area, m, *pages, shm);
+    create_sysv_shm(procs[0], m, *pages);
     for (auto* p : live) restore_memory(*p, area, *pages, shm);
+    finish_sysv_shm(procs[0], m);
     phase("memory");
     PipeTable pipes = create_pipes(stash, area, m, *pages);
     SocketTable sockets = create_sockets(stash, area, m, *pages);
     for (auto* p : live) {
-      restore_files(*p, area, pipes, sockets);
+      restore_files(*p, area, pipes, sockets, shm);
       restore_signals(*p, area);
       restore_process_attrs(*p, area);
       restore_threads(*p, area);

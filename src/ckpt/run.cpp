@@ -1,5 +1,6 @@
 // Launching a job under fsched-init, pid 1 of a new PID namespace (clone3(2) with
-// CLONE_NEWPID), so that its PIDs are free again whenever and wherever it is restored.
+// CLONE_NEWPID), so that its PIDs are free again whenever and wherever it is restored,
+// and of a new IPC namespace (CLONE_NEWIPC), for the same reason with SysV ids.
 #include <linux/sched.h>
 #include <pwd.h>
 #include <signal.h>
@@ -47,10 +48,12 @@ pid_t run_job(const RunOptions& opt) {
   cargv.push_back(nullptr);
 
   clone_args ca{};
-  ca.flags = CLONE_NEWPID;
+  // A new IPC namespace too: SysV shared memory ids can then be kept across a
+  // restore (sysvshm.cpp), and the job's SysV objects are its own.
+  ca.flags = CLONE_NEWPID | CLONE_NEWIPC;
   ca.exit_signal = SIGCHLD;
   long pid = ::syscall(SYS_clone3, &ca, sizeof ca);
-  if (pid < 0) fail_errno("clone3(CLONE_NEWPID)");
+  if (pid < 0) fail_errno("clone3(CLONE_NEWPID | CLONE_NEWIPC)");
   if (pid == 0) {
     ::execv(init.c_str(), cargv.data());
     ::_exit(127);

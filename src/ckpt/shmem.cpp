@@ -32,6 +32,60 @@ bool is_shm_path(const std::string& p) {
   return p.rfind("/dev/zero", 0) == 0 || p.rfind("/memfd:", 0) == 0 || p.rfind("/dev/shm/", 0) == 0;
 }
 
+std::vector<std::pair<std::uint64_t, std::uint64_t>> append_file_data(
+    int fd, std::uint64_t size, ImageWriter& img, std::vector<std::byte>& buf,
+    const std::string& what) {
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> runs;
+  off_t pos = 0;
+  const off_t end = static_cast<off_t>(size);
+  const off_t page = static_cast<off_t>(kPage);
+  while (pos < end) {
+    off_t data = ::lseek(fd, pos, SEEK_DATA);
+    if (data < 0) break;  // ENXIO: only a hole is left
+    off_t hole = ::lseek(fd, data, SEEK_HOLE);
+    if (hole < 0) hole = end;
+    data = data / page * page;
+    hole = std::min<off_t>(end, (hole + page - 1) / page * page);
+    for (off_t at = data; at < hole;) {
+      std::size_t n = static_cast<std::size_t>(
+          std::min<off_t>(hole - at, static_cast<off_t>(buf.size())));
+      n = (n + kPage - 1) / kPage * kPage;
+      std::fill(buf.begin(), buf.begin() + static_cast<std::ptrdiff_t>(n), std::byte{0});
+      ssize_t r = ::pread(fd, buf.data(), n, at);
+      if (r < 0) fail_errno("reading {} at {}", what, at);
+      img.append_pages(std::span(buf.data(), n));
+      std::uint64_t first = static_cast<std::uint64_t>(at) / kPage, cnt = n / kPage;
+      if (!runs.empty() && runs.back().first + runs.back().second == first)
+        runs.back().second += cnt;
+      else
+        runs.emplace_back(first, cnt);
+      at += static_cast<off_t>(n);
+    }
+    pos = hole;
+  }
+  return runs;
+}
+
+void fill_file_data(int fd, std::uint64_t size,
+                    const std::vector<std::pair<std::uint64_t, std::uint64_t>>& runs,
+                    PageReader& pages, std::vector<std::byte>& buf, const std::string& what) {
+  for (auto [first, count] : runs) {
+    std::uint64_t off = first * kPage, left = count * kPage;
+    if (off + left > (size + kPage - 1) / kPage * kPage)
+      fail("image: {}: data beyond its size", what);
+    while (left) {
+      std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(left, buf.size()));
+      pages.read(std::span(buf.data(), n));
+      // The last page may reach past the object's size: write only what fits.
+      std::size_t keep = static_cast<std::size_t>(std::min<std::uint64_t>(n, size - off));
+      if (::pwrite(fd, buf.data(), keep, static_cast<off_t>(off)) != static_cast<ssize_t>(keep))
+        fail_errno("{}: writing its data", what);
+      off += n;
+      left -= n;
+    }
+  }
+}
+
 int shm_fd_in_init(const ShmTable& t, const std::string& key) {
   auto it = t.find(key);
   if (it == t.end()) fail("image: shared memory object {} is not in the image", key);
@@ -59,32 +113,7 @@ void dump_shm(std::span<DumpProcess> procs, Manifest& m, ImageWriter& img) {
       o.uid = st.st_uid;
       o.gid = st.st_gid;
       o.size = static_cast<std::uint64_t>(st.st_size);
-      off_t pos = 0;
-      const off_t end = st.st_size;
-      while (pos < end) {
-        off_t data = ::lseek(fd.get(), pos, SEEK_DATA);
-        if (data < 0) break;  // ENXIO: only a hole is left
-        off_t hole = ::lseek(fd.get(), data, SEEK_HOLE);
-        if (hole < 0) hole = end;
-        data = data / static_cast<off_t>(kPage) * static_cast<off_t>(kPage);
-        hole = std::min<off_t>(end, (hole + static_cast<off_t>(kPage) - 1) / static_cast<off_t>(kPage) *
-                                        static_cast<off_t>(kPage));
-        for (off_t at = data; at < hole;) {
-          std::size_t n = static_cast<std::size_t>(std::min<off_t>(hole - at, static_cast<off_t>(kIo)));
-          n = (n + kPage - 1) / kPage * kPage;
-          std::fill(buf.begin(), buf.begin() + static_cast<std::ptrdiff_t>(n), std::byte{0});
-          ssize_t r = ::pread(fd.get(), buf.data(), n, at);
-          if (r < 0) fail_errno("reading shared memory {} at {}", mf, at);
-          img.append_pages(std::span(buf.data(), n));
-          std::uint64_t first = static_cast<std::uint64_t>(at) / kPage, cnt = n / kPage;
-          if (!o.runs.empty() && o.runs.back().first + o.runs.back().second == first)
-            o.runs.back().second += cnt;
-          else
-            o.runs.emplace_back(first, cnt);
-          at += static_cast<off_t>(n);
-        }
-        pos = hole;
-      }
+      o.runs = append_file_data(fd.get(), o.size, img, buf, mf);
       m.shm.push_back(std::move(o));
     }
   }
@@ -113,21 +142,7 @@ ShmTable create_shm(InitStash& stash, const InjectionArea& area, const Manifest&
     int high = stash.park(fd, what);
     table[o.key] = high;
     UniqueFd w = stash.take(high, what);
-    for (auto [first, count] : o.runs) {
-      std::uint64_t off = first * kPage, left = count * kPage;
-      if (off + left > (o.size + kPage - 1) / kPage * kPage)
-        fail("image: {}: data beyond its size", what);
-      while (left) {
-        std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(left, buf.size()));
-        pages.read(std::span(buf.data(), n));
-        // The last page may reach past the object's size: write only what fits.
-        std::size_t keep = static_cast<std::size_t>(std::min<std::uint64_t>(n, o.size - off));
-        if (::pwrite(w.get(), buf.data(), keep, static_cast<off_t>(off)) != static_cast<ssize_t>(keep))
-          fail_errno("{}: writing its data", what);
-        off += n;
-        left -= n;
-      }
-    }
+    fill_file_data(w.get(), o.size, o.runs, pages, buf, what);
   }
   return table;
 }

@@ -63,6 +63,13 @@ class Cluster:
         lines.append(f"PartitionName=debug Nodes={','.join(self.node_ports)} Default=YES MaxTime=INFINITE State=UP")
         self.conf_path.write_text("\n".join(lines) + "\n")
         os.chmod(self.conf_path, 0o644)
+        # Users run the commands from a copy: the build may sit where they cannot reach
+        # (a checkout under /root).
+        self.bin = root / "bin"
+        self.bin.mkdir()
+        os.chmod(self.bin, 0o755)
+        for prog in ("sbatch", "squeue", "scontrol", "scancel", "sinfo"):
+            shutil.copy2(build / "src/cmds" / prog, self.bin / prog)
         self.env = dict(os.environ, FSCHED_CONF=str(self.conf_path))
         self.ctld: subprocess.Popen | None = None
         self.nodes: dict[str, subprocess.Popen] = {}
@@ -116,7 +123,7 @@ class Cluster:
     # -------------------------------------------------------------- commands
     def cmd(self, prog: str, *args, user: str | None = None, check=True, cwd=None, timeout=600,
             input: str | None = None) -> subprocess.CompletedProcess:
-        argv = [str(self.build / "src/cmds" / prog), *map(str, args)]
+        argv = [str(self.bin / prog), *map(str, args)]
         if user:
             argv = ["runuser", "-u", user, "--", *argv]
         r = subprocess.run(argv, env=self.env, cwd=cwd, capture_output=True, text=True, timeout=timeout,

@@ -5,7 +5,7 @@ asyncio (subprocesses, timers, epoll, a socketpair), and ckpt_ipc (shared anonym
 memory with a process-shared mutex, stream and datagram socketpairs, eventfd, epoll,
 timerfd). The restored run's stdout, stderr, output files (content and owner) and exit
 status must equal the uninterrupted run's. Also: state the engine refuses (a TCP socket,
-an inotify fd) makes the dump fail with a clear message and leaves the job running."""
+a pidfd) makes the dump fail with a clear message and leaves the job running."""
 from __future__ import annotations
 
 import json
@@ -618,7 +618,7 @@ def test_ckpt_ipc_chain_of_five(e2e: E2E):
 # --------------------------------------------------------------------------- refused state
 
 UNSUPPORTED_PY = r'''
-import ctypes, hashlib, os, socket, sys, time
+import hashlib, os, signal, socket, sys, time
 
 mode, steps = sys.argv[1], int(sys.argv[2])
 h = hashlib.sha256()
@@ -626,11 +626,12 @@ if mode == "tcp":
     listener = socket.create_server(("127.0.0.1", 0))
     addr = listener.getsockname()
     fd = listener.fileno()
-elif mode == "inotify":
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = libc.inotify_init1(os.O_CLOEXEC)
-    if fd < 0 or libc.inotify_add_watch(fd, os.getcwd().encode(), 0x100 | 0x200) < 0:
-        raise OSError(ctypes.get_errno(), "inotify")
+elif mode == "pidfd":
+    child = os.fork()
+    if child == 0:
+        time.sleep(3600)
+        os._exit(0)
+    fd = os.pidfd_open(child)
 print("fd", fd, flush=True)
 for step in range(steps):
     for i in range(3000):
@@ -644,13 +645,14 @@ for step in range(steps):
                 c.sendall(line.encode())
                 line += " echo " + str(len(a.recv(4096)))
     else:
-        # The watch still works: create and remove a file, read both events.
-        with open("watched.tmp", "w"):
-            pass
-        os.unlink("watched.tmp")
-        line += " events " + str(len(os.read(fd, 4096)) > 0)
+        # The pidfd still works: the child is alive.
+        signal.pidfd_send_signal(fd, 0)
+        line += " child alive"
     print(line, flush=True)
     time.sleep(0.05)
+if mode == "pidfd":
+    signal.pidfd_send_signal(fd, signal.SIGKILL)
+    os.waitpid(child, 0)
 print("end", mode, flush=True)
 '''
 
@@ -680,7 +682,7 @@ def tracer_pid(pid: int) -> int:
 
 
 @pytest.mark.parametrize("mode,prefix,word", [("tcp", "socket:", "TCP"),
-                                              ("inotify", "anon_inode:inotify", "inotify")])
+                                              ("pidfd", "anon_inode:[pidfd]", "pidfd")])
 def test_unsupported_state_refused(e2e: E2E, mode, prefix, word):
     spec = JobSpec(name=f"ipc_refused_{mode}", argv=[PYTHON, "{work}/hold.py", mode, "80"],
                    setup=lambda work: (work / "hold.py").write_text(UNSUPPORTED_PY), inputs=("hold.py",),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import shutil
 import signal
 import subprocess
 import time
@@ -351,7 +352,8 @@ def test_checkpoint_timeout(e2e: E2E, build_dir, test_user):
     c = Cluster(build_dir, e2e.jobs_dir.parent / "cluster-timeout", CheckpointTimeout=1).start()
     try:
         d = workdir(e2e, "timeout", test_user)
-        memhog = build_dir / "tests/programs/memhog"
+        memhog = d / "memhog"  # a copy the user can reach wherever the build is
+        shutil.copy2(build_dir / "tests/programs/memhog", memhog)
         (d / "hog.sh").write_text(f"#!/bin/bash\nexec {memhog} 2048 random --go-file go\n")
         jid = c.sbatch("hog.sh", user=test_user, cwd=d)
         c.wait_for(lambda: "ready" in (d / f"slurm-{jid}.out").read_text()

@@ -1,0 +1,162 @@
+// Deleted files: regular files the job still holds open or mapped after they were
+// unlinked (bash here-documents, tmpfile(3), Python's tempfile.TemporaryFile, programs
+// that open and unlink their scratch files), and memfds held only as fds. No path
+// leads to them any more, so their contents go into the image: read through
+// /proc/PID/fd/N or /proc/PID/map_files (proc(5)), which open the inode itself,
+// holes skipped as for shared memory. On restore each is created again as an unlinked
+// file in the directory it was in (open(2) O_TMPFILE, or create + unlink where the
+// file system lacks it) — so it takes space on the same file system as before — with
+// its mode and owner, and parked in init like the shm objects; every fd reopens it
+// through /proc/self/fd (a new open file description with that fd's own flags) and
+// every mapping maps it.
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <filesystem>
+#include <random>
+
+#include "ckpt/parts.h"
+#include "common/error.h"
+#include "common/fd.h"
+
+namespace fsched::ckpt {
+namespace {
+
+constexpr std::size_t kIo = 4u << 20;
+constexpr const char* kMemfd = "/memfd:";
+
+bool is_memfd(const std::string& path) { return path.rfind(kMemfd, 0) == 0; }
+
+std::string parent_dir(const std::string& path) {
+  auto dir = std::filesystem::path(path).parent_path().string();
+  return dir.empty() ? "/" : dir;
+}
+
+// A new unlinked regular file in `dir`, open for reading and writing.
+UniqueFd create_unlinked(const std::string& dir, unsigned mode, const std::string& what) {
+  UniqueFd fd(::open(dir.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, mode));
+  if (fd) return fd;
+  // Not every file system has O_TMPFILE (the kernel answers EOPNOTSUPP, or EISDIR
+  // when it predates the flag): a name of our own, unlinked at once.
+  if (errno != EOPNOTSUPP && errno != EISDIR && errno != EINVAL)
+    fail_errno("{}: cannot create it again in {}", what, dir);
+  std::random_device rd;
+  for (int attempt = 0; attempt < 100; ++attempt) {
+    std::string name = fmt::format("{}/.fsched-deleted-{:08x}", dir, rd());
+    fd.reset(::open(name.c_str(), O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, mode));
+    if (!fd && errno == EEXIST) continue;
+    if (!fd) fail_errno("{}: cannot create {}", what, name);
+    if (::unlink(name.c_str()) < 0) {
+      int e = errno;
+      fd.reset();
+      ::unlink(name.c_str());
+      throw Error(fmt::format("{}: cannot unlink {}", what, name), e);
+    }
+    return fd;
+  }
+  fail("{}: no free temporary name in {}", what, dir);
+}
+
+}  // namespace
+
+std::string file_key(dev_t dev, ino_t ino) {
+  // The form /proc/PID/maps gives a mapped file ("fd:01" and the inode), so that a
+  // deleted file the job both maps and holds open is recognised as one file.
+  return fmt::format("{:02x}:{:02x}:{}", major(dev), minor(dev), ino);
+}
+
+void dump_deleted_files(std::span<DumpProcess> procs, Manifest& m, ImageWriter& img) {
+  std::vector<std::byte> buf(kIo);
+  auto known = [&](const std::string& key) {
+    for (auto& o : m.shm)
+      if (o.key == key) return true;
+    for (auto& d : m.deleted_files)
+      if (d.key == key) return true;
+    return false;
+  };
+  auto store = [&](const DumpProcess& p, const std::string& key, const std::string& path,
+                   const std::string& source, const std::string& where) {
+    if (known(key)) return;
+    UniqueFd fd(::open(source.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!fd) fail_errno("{}: cannot open the deleted file through {}", where, source);
+    struct stat st {};
+    if (::fstat(fd.get(), &st) < 0) fail_errno("{}: fstat {}", where, source);
+    if (!S_ISREG(st.st_mode)) fail("{}: a deleted file of type {:o} is not supported", where, st.st_mode & S_IFMT);
+    if (file_key(st.st_dev, st.st_ino) != key)
+      fail("{}: {} is no longer the file seen before (process {})", where, source, p.rec.pid);
+    DeletedFile d;
+    d.key = key;
+    d.path = path;
+    d.mode = st.st_mode & 07777;
+    d.uid = st.st_uid;
+    d.gid = st.st_gid;
+    d.size = static_cast<std::uint64_t>(st.st_size);
+    d.runs = append_file_data(fd.get(), d.size, img, buf, fmt::format("{} ({})", source, path));
+    m.deleted_files.push_back(std::move(d));
+  };
+  for (auto& p : procs) {
+    if (p.zombie) continue;
+    for (auto& f : p.rec.fds)
+      if (!f.deleted_key.empty())
+        store(p, f.deleted_key, f.path, fmt::format("/proc/{}/fd/{}", p.host_pid, f.fd),
+              fmt::format("process {} (pid {} in the job), fd {} -> {} (deleted)", p.host_pid,
+                          p.rec.pid, f.fd, f.path));
+    for (auto& v : p.rec.vmas)
+      if (!v.deleted_key.empty())
+        store(p, v.deleted_key, v.path,
+              fmt::format("/proc/{}/map_files/{:x}-{:x}", p.host_pid, v.start, v.end),
+              fmt::format("process {} (pid {} in the job), mapping {:#x}-{:#x} {} (deleted)",
+                          p.host_pid, p.rec.pid, v.start, v.end, v.path));
+  }
+}
+
+void check_deleted_files(const Manifest& m) {
+  for (auto& d : m.deleted_files) {
+    if (is_memfd(d.path)) continue;
+    std::string dir = parent_dir(d.path);
+    struct stat st {};
+    if (::stat(dir.c_str(), &st) < 0)
+      fail_errno("restore refused: the directory {} of deleted file {} is missing", dir, d.path);
+    if (!S_ISDIR(st.st_mode))
+      fail("restore refused: {} (where deleted file {} was) is not a directory", dir, d.path);
+  }
+}
+
+void create_deleted_files(InitStash& stash, const InjectionArea& area, const Manifest& m,
+                          PageReader& pages, ShmTable& table) {
+  if (m.deleted_files.empty()) return;
+  std::vector<std::byte> buf(kIo);
+  for (auto& d : m.deleted_files) {
+    std::string what = fmt::format("deleted file {}", d.path);
+    UniqueFd fd;
+    if (is_memfd(d.path)) {
+      // A memfd (held as an fd only: mapped ones are shm objects) keeps its name.
+      fd.reset(static_cast<int>(::memfd_create(d.path.substr(std::strlen(kMemfd)).c_str(),
+                                               MFD_CLOEXEC)));
+      if (!fd) fail_errno("{}: memfd_create", what);
+    } else {
+      fd = create_unlinked(parent_dir(d.path), d.mode, what);
+    }
+    // The mode after the owner: fchown clears set-user-ID bits.
+    if (::fchown(fd.get(), d.uid, d.gid) < 0) fail_errno("{}: fchown to {}:{}", what, d.uid, d.gid);
+    if (::fchmod(fd.get(), d.mode) < 0) fail_errno("{}: fchmod {:o}", what, d.mode);
+    if (::ftruncate(fd.get(), static_cast<off_t>(d.size)) < 0)
+      fail_errno("{}: ftruncate to {} bytes", what, d.size);
+    fill_file_data(fd.get(), d.size, d.runs, pages, buf, what);
+    // Init takes its own reference (the restorer's is in a PID namespace init cannot
+    // see by pidfd, but /proc shows it by its host PID).
+    std::uint64_t src =
+        put_string(stash.init().host_pid, area, 0, fmt::format("/proc/{}/fd/{}", ::getpid(), fd.get()));
+    long in_init = stash.inj().call_ok(what + ": open in init", SYS_openat,
+                                       static_cast<std::uint64_t>(AT_FDCWD), src,
+                                       O_RDWR | O_CLOEXEC, 0);
+    table[d.key] = stash.park(in_init, what);
+  }
+}
+
+}  // namespace fsched::ckpt
