@@ -375,6 +375,36 @@ nlohmann::json Controller::hold_job(const proto::Request& r, bool hold) {
 }
 
 // Back to the queue, to start again from scratch (seed 002: requeue is not restore).
+std::string Controller::too_busy(const std::string& node) const {
+  if (!cfg_.load_aware) return {};
+  auto it = nodes_.find(node);
+  if (it == nodes_.end()) return {};
+  const Node& n = it->second;
+  if (n.cpu_util > cfg_.load_threshold_cpu)
+    return fmt::format("CPU utilization {:.2f} > CRIU_LoadThresholdCPU {:.2f}", n.cpu_util, cfg_.load_threshold_cpu);
+  if (n.io_wait > cfg_.load_threshold_io)
+    return fmt::format("I/O wait {:.2f} > CRIU_LoadThresholdIO {:.2f}", n.io_wait, cfg_.load_threshold_io);
+  if (n.mem_util > cfg_.load_threshold_memory)
+    return fmt::format("memory use {:.2f} > CRIU_LoadThresholdMemory {:.2f}", n.mem_util, cfg_.load_threshold_memory);
+  return {};
+}
+
+void Controller::skip_checkpoint(Job& j, const std::string& why) {
+  Checkpoint c;
+  c.checkpoint_id = ++j.last_checkpoint_id;
+  c.job_id = j.job_id;
+  c.source = "periodic";
+  c.description = "periodic checkpoint";
+  c.trigger_time = c.completion_time = now_s();
+  c.status = "Skipped";
+  c.reason = fmt::format("load-aware: node {}: {}", j.nodes, why);
+  c.job_version = j.job_version;
+  ckpts_[j.job_id].push_back(c);
+  save(j);
+  save(c);
+  spdlog::info("job {}: checkpoint {} Skipped ({})", j.job_id, c.checkpoint_id, c.reason);
+}
+
 void Controller::requeue_fresh(Job& j) {
   j.state = "PENDING";
   j.reason = "None";
@@ -596,7 +626,8 @@ nlohmann::json Controller::list_nodes(const proto::Request&) {
     arr.push_back({{"name", name}, {"state", node_state(n)}, {"reason", n.reason}, {"addr", n.addr},
                    {"port", n.port}, {"cpus", n.cpus}, {"alloc_cpus", n.alloc_cpus},
                    {"real_memory", n.real_memory}, {"alloc_memory", n.alloc_memory},
-                   {"free_memory", n.free_memory}, {"load", n.load}, {"partitions", parts},
+                   {"free_memory", n.free_memory}, {"load", n.load}, {"cpu_util", n.cpu_util},
+                   {"io_wait", n.io_wait}, {"mem_util", n.mem_util}, {"partitions", parts},
                    {"last_heartbeat", n.last_heartbeat}});
   }
   return {{"nodes", std::move(arr)}};
@@ -628,6 +659,9 @@ nlohmann::json Controller::node_heartbeat(const proto::Request& r) {
   reconcile(name, field<json>(r.body, "jobs", json::array()));
   n.load = field<double>(r.body, "load", 0.0);
   n.free_memory = field<uint64_t>(r.body, "free_memory", n.real_memory);
+  n.cpu_util = field<double>(r.body, "cpu_util", 0.0);
+  n.io_wait = field<double>(r.body, "io_wait", 0.0);
+  n.mem_util = field<double>(r.body, "mem_util", 0.0);
   wake_.notify_all();
   return json::object();
 }
@@ -864,6 +898,10 @@ void Controller::periodic() {
       // Due points stay on the start + k*interval grid; missed ones are skipped.
       while (j.next_checkpoint <= now) j.next_checkpoint += static_cast<double>(j.checkpoint_interval);
       save(j);
+      if (std::string why = too_busy(j.nodes); !why.empty()) {
+        skip_checkpoint(j, why);
+        continue;
+      }
       int64_t jid = id;
       spawn([this, jid] {
         try {

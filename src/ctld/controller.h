@@ -69,6 +69,9 @@ class Controller {
   void terminate(const Job& j, int signal, bool escalate);  // async signal/kill on the node
   void release(Job& j, double now);
   void requeue_fresh(Job& j);
+  // CRIU_LoadAware: why the node is too busy for a periodic checkpoint, "" if it is not.
+  std::string too_busy(const std::string& node) const;
+  void skip_checkpoint(Job& j, const std::string& why);  // recorded as Skipped
   void reconcile(const std::string& node, const json& reported_jobs);
   void periodic();                      // due checkpoints and time limits
   void spawn(std::function<void()> fn); // a worker thread, joined at stop()

@@ -71,6 +71,9 @@ struct Node {
   int cpus = 0;
   uint64_t real_memory = 0, free_memory = 0;  // MiB
   double load = 0;
+  // Utilization ratios (0..1) over the last heartbeat interval, for CRIU_LoadAware:
+  // busy CPU time, CPU time waiting for I/O, memory in use (1 - MemAvailable/MemTotal).
+  double cpu_util = 0, io_wait = 0, mem_util = 0;
   double last_heartbeat = 0;  // Unix time; 0 = never registered
   std::string reason;
   int alloc_cpus = 0;

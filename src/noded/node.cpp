@@ -72,6 +72,37 @@ double read_loadavg() {
   return l;
 }
 
+// Busy and iowait shares of all CPU time since the previous call (proc(5): /proc/stat
+// "cpu" line: user nice system idle iowait irq softirq steal).
+std::pair<double, double> cpu_and_iowait() {
+  static std::mutex mu;
+  static unsigned long long last_total = 0, last_idle = 0, last_iowait = 0;
+  std::ifstream in("/proc/stat");
+  std::string cpu;
+  unsigned long long v[8] = {};
+  in >> cpu;
+  for (auto& x : v) in >> x;
+  unsigned long long total = 0;
+  for (auto x : v) total += x;
+  std::lock_guard l(mu);
+  unsigned long long dt = total - last_total, di = v[3] - last_idle, dw = v[4] - last_iowait;
+  bool first = last_total == 0;
+  last_total = total;
+  last_idle = v[3];
+  last_iowait = v[4];
+  if (first || dt == 0) return {0.0, 0.0};
+  return {1.0 - static_cast<double>(di + dw) / static_cast<double>(dt), static_cast<double>(dw) / static_cast<double>(dt)};
+}
+
+uint64_t mem_total_mib() {
+  std::ifstream in("/proc/meminfo");
+  std::string key, unit;
+  uint64_t kb = 0;
+  while (in >> key >> kb >> unit)
+    if (key == "MemTotal:") return kb / 1024;
+  return 0;
+}
+
 uint64_t mem_available_mib() {
   std::ifstream in("/proc/meminfo");
   std::string key;
@@ -308,8 +339,12 @@ nlohmann::json NodeDaemon::status() const {
     for (auto& [id, j] : jobs_) jobs.push_back({{"job_id", id}, {"running", !j.ended}});
   }
   long cpus = ::sysconf(_SC_NPROCESSORS_ONLN);
+  auto [cpu_util, io_wait] = cpu_and_iowait();
+  uint64_t total = mem_total_mib(), avail = mem_available_mib();
+  double mem_util = total ? 1.0 - static_cast<double>(avail) / static_cast<double>(total) : 0.0;
   return {{"name", name_}, {"cpus", me_->cpus}, {"host_cpus", cpus}, {"real_memory", me_->real_memory},
-          {"free_memory", mem_available_mib()}, {"load", read_loadavg()}, {"jobs", jobs}};
+          {"free_memory", avail}, {"load", read_loadavg()}, {"cpu_util", cpu_util}, {"io_wait", io_wait},
+          {"mem_util", mem_util}, {"jobs", jobs}};
 }
 
 void NodeDaemon::start() {

@@ -391,3 +391,25 @@ def test_job_lost_with_its_node_restarts_from_checkpoint(e2e: E2E, cluster: Clus
     c.cmd("scontrol", "checkpoint", "restart", jid, user=test_user)
     c.wait_state(jid, "COMPLETED", timeout=240)
     assert_same_as_reference(d, jid, reference, test_user)
+
+
+def test_load_aware_skips_periodic_checkpoints(e2e: E2E, build_dir, test_user):
+    # Memory in use is always above 0.0: every periodic checkpoint is skipped, and says why.
+    c = Cluster(build_dir, e2e.jobs_dir.parent / "cluster-loadaware", CRIU_LoadAware="YES",
+                CRIU_LoadThresholdMemory="0.0").start()
+    try:
+        d = workdir(e2e, "loadaware", test_user)
+        jid = c.sbatch("--checkpoint=0:02", "job.sh", STEPS, DELAY, user=test_user, cwd=d)
+        cks = c.wait_checkpoints(jid, 2, status="Skipped", timeout=60)
+        skipped = [x for x in cks if x["status"] == "Skipped"]
+        assert all(x["source"] == "periodic" and "CRIU_LoadThresholdMemory" in x["reason"] for x in skipped), skipped
+        assert not any(Path(x["location"] or "/nonexistent").exists() for x in skipped)
+        # Load-aware skipping is for the schedule: a checkpoint asked for by hand is taken.
+        c.cmd("scontrol", "checkpoint", "create", jid, user=test_user)
+        assert c.checkpoints(jid)[-1]["status"] == "Present"
+        node = [n for n in c.node_list() if n["name"] == c.job(jid)["nodes"]][0]
+        assert 0.0 < node["mem_util"] < 1.0, node
+        c.cmd("scancel", jid)
+        c.wait_state(jid, "CANCELLED", timeout=30)
+    finally:
+        c.stop()
