@@ -106,13 +106,19 @@ echo "end"
 '''
 
 
-def test_bash_heredoc(e2e: E2E):
+def heredoc_spec(name: str) -> JobSpec:
+    """bash feeding a 12,000-line here-document (larger than a pipe, so a deleted temp
+    file in $TMPDIR) to a slow reader."""
     def setup(work: Path):
         (work / "heredoc.sh").write_text(heredoc_script(12000))
         (work / "tmp").mkdir()
-    spec = JobSpec(name="fs_heredoc", argv=[BASH, "{work}/heredoc.sh"], setup=setup,
+    return JobSpec(name=name, argv=[BASH, "{work}/heredoc.sh"], setup=setup,
                    inputs=("heredoc.sh",), env={"TMPDIR": "{work}/tmp"},
                    progress=("lines", "stdout"), timeout=120)
+
+
+def test_bash_heredoc(e2e: E2E):
+    spec = heredoc_spec("fs_heredoc")
     ref = e2e.reference(spec)
     out = ref.snap["stdout"].text
     assert ref.status == 0 and out.endswith("end\n") and "loop done 12000" in out, out[-500:]
@@ -137,12 +143,7 @@ def test_restore_refused_without_deleted_files_directory(e2e: E2E):
     from ckpt_e2e import job_processes, single_error_line, watch
     from test_ipc import dump_bounded
 
-    def setup(work: Path):
-        (work / "heredoc.sh").write_text(heredoc_script(12000))
-        (work / "tmp").mkdir()
-    spec = JobSpec(name="fs_heredoc_nodir", argv=[BASH, "{work}/heredoc.sh"], setup=setup,
-                   inputs=("heredoc.sh",), env={"TMPDIR": "{work}/tmp"},
-                   progress=("lines", "stdout"), timeout=120)
+    spec = heredoc_spec("fs_heredoc_nodir")
     ref = e2e.reference(spec)
     job = e2e.job(spec)
     job.start_detached()
