@@ -94,22 +94,13 @@ std::pair<double, double> cpu_and_iowait() {
   return {1.0 - static_cast<double>(di + dw) / static_cast<double>(dt), static_cast<double>(dw) / static_cast<double>(dt)};
 }
 
-uint64_t mem_total_mib() {
+// A /proc/meminfo field ("MemTotal:", "MemAvailable:") in MiB; 0 if absent.
+uint64_t meminfo_mib(std::string_view field) {
   std::ifstream in("/proc/meminfo");
   std::string key, unit;
   uint64_t kb = 0;
   while (in >> key >> kb >> unit)
-    if (key == "MemTotal:") return kb / 1024;
-  return 0;
-}
-
-uint64_t mem_available_mib() {
-  std::ifstream in("/proc/meminfo");
-  std::string key;
-  uint64_t kb = 0;
-  std::string unit;
-  while (in >> key >> kb >> unit)
-    if (key == "MemAvailable:") return kb / 1024;
+    if (key == field) return kb / 1024;
   return 0;
 }
 
@@ -340,7 +331,7 @@ nlohmann::json NodeDaemon::status() const {
   }
   long cpus = ::sysconf(_SC_NPROCESSORS_ONLN);
   auto [cpu_util, io_wait] = cpu_and_iowait();
-  uint64_t total = mem_total_mib(), avail = mem_available_mib();
+  uint64_t total = meminfo_mib("MemTotal:"), avail = meminfo_mib("MemAvailable:");
   double mem_util = total ? 1.0 - static_cast<double>(avail) / static_cast<double>(total) : 0.0;
   return {{"name", name_}, {"cpus", me_->cpus}, {"host_cpus", cpus}, {"real_memory", me_->real_memory},
           {"free_memory", avail}, {"load", read_loadavg()}, {"cpu_util", cpu_util}, {"io_wait", io_wait},

@@ -21,7 +21,7 @@ import pytest
 
 from ckpt_e2e import (E2E, Job, JobSpec, Reference, alive, children, descendants,
                       kill_job_processes, names_pid_and_fd, ns_pid, proc_comm, proc_state,
-                      proc_uids, single_error_line, user_ids, wait_gone)
+                      proc_uids, single_error_line, tracer_pid, user_ids, wait_gone)
 
 MiB = 1 << 20
 PYTHON = "/usr/bin/python3"
@@ -672,13 +672,6 @@ def unsupported_candidates(job: Job, prefix: str) -> list[tuple[int, int]]:
             if target.startswith(prefix):
                 found += [(pid, int(fd)), (ns_pid(pid), int(fd))]
     return found
-
-
-def tracer_pid(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("TracerPid:"):
-            return int(line.split()[1])
-    return -1
 
 
 @pytest.mark.parametrize("mode,prefix,word", [("tcp", "socket:", "TCP"),
