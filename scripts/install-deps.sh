@@ -8,7 +8,7 @@ pkgs=(
   libzstd-dev libxxhash-dev nlohmann-json3-dev libcli11-dev libspdlog-dev libfmt-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   python3 python3-pytest
-  libsqlite3-dev sqlite3 libcpp-httplib-dev libssl-dev zlib1g-dev libbrotli-dev libmunge-dev munge
+  libsqlite3-dev sqlite3 libboost-dev libcpp-httplib-dev libssl-dev zlib1g-dev libbrotli-dev libmunge-dev munge
   xz-utils coreutils bash procps passwd make gcc gzip tar gawk
 )
 missing=()

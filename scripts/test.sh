@@ -22,6 +22,9 @@ step "build ($build, RelWithDebInfo)"
 cmake -G Ninja -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DBUILD_TESTING=ON || die "cmake failed"
 ninja -C "$build" -j "$jobs" || die "build failed"
 
+step "munged (the RPC unit tests and the scheduler tests authenticate with MUNGE)"
+scripts/start-munge.sh || die "starting munged failed"
+
 failed=()
 step "unit tests"
 ctest --test-dir "$build" --output-on-failure -j "$jobs" || failed+=("unit tests")

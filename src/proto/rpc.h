@@ -1,4 +1,4 @@
-// How the daemons and commands talk: JSON over HTTP/1.1 on TCP (cpp-httplib), each
+// How the daemons and commands talk: JSON over HTTP/1.1 on TCP, each
 // request carrying a MUNGE credential whose payload binds it to the request, as
 // Slurm authenticates its RPCs. The routes are listed in docs/scheduler.md.
 #pragma once
@@ -38,6 +38,7 @@ struct Caller {
   bool is_root() const { return uid == 0; }
 };
 
+// The client half (Boost.Beast, in fsched_proto): one TCP connection per call.
 class Client {
  public:
   // host: name or address; port: TCP port; munge_socket: munged's socket ("" for
@@ -69,6 +70,7 @@ struct Request {
   std::vector<std::pair<std::string, std::string>> query_params;
 };
 
+// The server half (cpp-httplib, in fsched_proto_server, linked by the daemons only).
 class Server {
  public:
   using Handler = std::function<nlohmann::json(const Request&)>;
@@ -86,9 +88,10 @@ class Server {
   using RawHandler = std::function<std::string(const Request&)>;
   void route_raw(std::string_view method, std::string_view pattern, RawHandler h);
 
-  // Binds addr:port (throws fsched::Error naming them when it cannot) and serves on
-  // a pool of threads until stop().
-  void bind(const std::string& addr, uint16_t port);
+  // Binds addr:port, port 0 meaning any free one, and returns the TCP port bound
+  // (throws fsched::Error naming them when it cannot). serve() then serves on a pool
+  // of threads until stop().
+  uint16_t bind(const std::string& addr, uint16_t port);
   void serve();
   void stop();
 
