@@ -21,6 +21,7 @@
 #include <sched.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 #include <xxhash.h>
 #include <zstd.h>
@@ -68,6 +69,11 @@ constexpr std::size_t kIoBlockBytes = 512u << 10;
 constexpr std::uint64_t kVerifyBytesPerThread = 8u << 20;
 // Smallest page size we assume (sizes the mincore(2) vector).
 constexpr std::size_t kMinPageBytes = 4096;
+// The writer's compressibility probe: this many slices of this many bytes per chunk.
+constexpr std::size_t kSamples = 4;
+// UIO_MAXIOV: remote iovecs per process_vm_writev(2).
+constexpr std::size_t kIovMax = 1024;
+constexpr std::size_t kSampleBytes = 16u << 10;
 
 struct ChunkInfo {
   std::uint64_t offset = 0;  // in pages.img
@@ -243,6 +249,24 @@ class ImageWriterImpl final : public ImageWriter {
     }
   }
 
+  std::span<std::byte> append_space() override {
+    check_usable();
+    if (fill_len_ == kChunkRawBytes) submit();
+    if (!fill_) fill_ = std::make_unique_for_overwrite<std::byte[]>(kChunkRawBytes);
+    return {fill_.get() + fill_len_, kChunkRawBytes - fill_len_};
+  }
+
+  void append_done(std::size_t n) override {
+    if (n > kChunkRawBytes - fill_len_)
+      fail("{}: append_done({}) beyond the {} bytes of free chunk space", dir_.native(), n,
+           kChunkRawBytes - fill_len_);
+    fill_len_ += n;
+    logical_ += n;
+    if (fill_len_ == kChunkRawBytes) submit();
+  }
+
+  void set_eager_writeback(bool on) override { eager_writeback_.store(on, std::memory_order_relaxed); }
+
   std::uint64_t logical_bytes() const override { return logical_; }
   std::uint64_t stored_bytes() const override {
     return stored_.load(std::memory_order_relaxed);
@@ -386,9 +410,25 @@ class ImageWriterImpl final : public ImageWriter {
     }
   }
 
+  // Whether zstd may shrink this chunk below kStoreRawPercent %. zstd needs about
+  // 3 ms per 4 MiB chunk to find random bytes incompressible, more than hashing and
+  // writing them together, so kSamples slices spread over the chunk are tried first;
+  // only if one of them shrinks is the whole chunk compressed. A chunk judged wrongly
+  // is merely stored raw.
+  bool may_compress(const std::byte* src, std::size_t len) {
+    if (len < kSamples * kSampleBytes * 4) return true;
+    for (std::size_t i = 0; i < kSamples; ++i) {
+      const std::byte* at = src + (len - kSampleBytes) * i / (kSamples - 1);
+      std::size_t n = ZSTD_compressCCtx(cctx_.get(), out_.get(), out_cap_, at, kSampleBytes, level_);
+      if (ZSTD_isError(n) || std::uint64_t{n} * 100 < std::uint64_t{kSampleBytes} * kStoreRawPercent)
+        return true;
+    }
+    return false;
+  }
+
   // Worker thread: compress, hash and write one chunk. A chunk zstd does not shrink
   // below kStoreRawPercent % is stored raw: the reader then skips zstd's framing and
-  // copy (it costs the writer nothing: the compression attempt is made either way).
+  // copy.
   ChunkInfo write_chunk(const std::byte* src, std::size_t len) {
     std::size_t index = chunks_.size();  // only the worker appends to chunks_
     std::uint64_t offset = stored_.load(std::memory_order_relaxed);
@@ -396,18 +436,28 @@ class ImageWriterImpl final : public ImageWriter {
       out_cap_ = ZSTD_compressBound(kChunkRawBytes);
       out_ = std::make_unique_for_overwrite<std::byte[]>(out_cap_);
     }
-    std::size_t n = ZSTD_compressCCtx(cctx_.get(), out_.get(), out_cap_, src, len, level_);
-    if (ZSTD_isError(n))
-      fail("{}: zstd compression of chunk {} (file offset {}, {} bytes) failed: {}",
-           pages_path_.native(), index, offset, len, ZSTD_getErrorName(n));
-    const bool zstd = std::uint64_t{n} * 100 < std::uint64_t{len} * kStoreRawPercent;
+    std::size_t n = len;
+    bool zstd = false;
+    if (may_compress(src, len)) {
+      n = ZSTD_compressCCtx(cctx_.get(), out_.get(), out_cap_, src, len, level_);
+      if (ZSTD_isError(n))
+        fail("{}: zstd compression of chunk {} (file offset {}, {} bytes) failed: {}",
+             pages_path_.native(), index, offset, len, ZSTD_getErrorName(n));
+      zstd = std::uint64_t{n} * 100 < std::uint64_t{len} * kStoreRawPercent;
+      if (!zstd) n = len;
+    }
     const std::byte* data = zstd ? out_.get() : src;
-    if (!zstd) n = len;
     std::uint64_t h = XXH3_64bits(data, n);
     write_all(pages_fd_.get(), data, n, [&] {
       return fmt::format("{}: write of chunk {} at offset {}", pages_path_.native(), index,
                          offset);
     });
+    // Start writing this chunk to the disk now, so that the fsync of commit() waits
+    // for the last few chunks instead of the whole image. Not while the job is frozen
+    // for a dump that thaws it before the commit: on a slow disk this call blocks.
+    if (eager_writeback_.load(std::memory_order_relaxed))
+      ::sync_file_range(pages_fd_.get(), static_cast<off_t>(offset), static_cast<off_t>(n),
+                        SYNC_FILE_RANGE_WRITE);
     stored_.store(offset + n, std::memory_order_relaxed);
     return ChunkInfo{offset, n, len, h, zstd};
   }
@@ -435,6 +485,7 @@ class ImageWriterImpl final : public ImageWriter {
   std::exception_ptr error_;
   std::vector<ChunkInfo> chunks_;
   std::atomic<std::uint64_t> stored_{0};
+  std::atomic<bool> eager_writeback_{false};
 
   // Worker only.
   std::unique_ptr<std::byte[]> out_;
@@ -481,10 +532,14 @@ class PagesFile {
   const fs::path& path() const { return path_; }
   // File size when opened.
   std::uint64_t size() const { return size_; }
+  // The whole file mapped read-only, or nullptr. Only for handing to the kernel
+  // (process_vm_writev(2) fails with EFAULT where we would get SIGBUS).
+  const std::byte* map() const { return map_; }
 
-  // Copies [off, off+n) into dst and feeds the copy to `state` block by block (each
-  // block hashed right after it was copied, while it is in the cache). Returns the
-  // number of bytes copied, fewer than n only at end of file. Throws on read errors.
+  // Copies [off, off+n) into dst and feeds the copy to `state` (unless null) block by
+  // block (each block hashed right after it was copied, while it is in the cache).
+  // Returns the number of bytes copied, fewer than n only at end of file. Throws on
+  // read errors.
   std::size_t copy_hash(std::uint64_t off, std::size_t n, std::byte* dst,
                         XXH3_state_t* state) const {
     std::size_t done = 0;
@@ -495,7 +550,7 @@ class PagesFile {
         std::memcpy(dst + done, src, len);
       else
         got = pread_full(fd_.get(), dst + done, len, off + done, path_);
-      XXH3_64bits_update(state, dst + done, got);
+      if (state) XXH3_64bits_update(state, dst + done, got);
       done += got;
       if (got < len) break;
     }
@@ -576,10 +631,11 @@ void zstd_decode_chunk(ZSTD_DCtx* dctx, const fs::path& path, std::size_t index,
 
 class PageReaderImpl final : public PageReader {
  public:
-  PageReaderImpl(std::shared_ptr<const ChunkTable> table, fs::path pages_path)
+  PageReaderImpl(std::shared_ptr<const ChunkTable> table, fs::path pages_path, bool verified)
       : table_(std::move(table)), path_(std::move(pages_path)) {
     if (table_->chunks.empty()) return;
     file_ = std::make_unique<PagesFile>(path_);
+    direct_ = verified && file_->map() != nullptr;
     if (table_->max_zstd_stored > 0) {
       dctx_.reset(ZSTD_createDCtx());
       if (!dctx_) fail("{}: cannot create zstd decompression context", path_.native());
@@ -611,11 +667,70 @@ class PageReaderImpl final : public PageReader {
            "0 left)",
            path_.native(), pos_, table_->logical_bytes);
     if (cur_pos_ == cur_len_) next_chunk();
+    if (cur_direct_) materialize();
     std::size_t n = std::min(max, cur_len_ - cur_pos_);
     std::span<const std::byte> view(cur_.get() + cur_pos_, n);
     cur_pos_ += n;
     pos_ += n;
     return view;
+  }
+
+  void copy_to_process(pid_t pid, std::span<const iovec> remote) override {
+    if (failed_) std::rethrow_exception(failed_);
+    std::uint64_t total = 0;
+    for (const iovec& r : remote) total += r.iov_len;
+    std::uint64_t left = table_->logical_bytes - pos_;
+    if (total > left)
+      fail("{}: copy of {} bytes at stream offset {} goes past the end of the page stream "
+           "({} bytes, {} left)",
+           path_.native(), total, pos_, table_->logical_bytes, left);
+    // Each call covers what is left of the current chunk or of the remote ranges,
+    // whichever ends first, split into at most kIovMax remote iovecs.
+    std::vector<iovec> part;
+    std::size_t ri = 0;        // current remote range
+    std::uint64_t rdone = 0;   // bytes of it already written
+    while (ri < remote.size()) {
+      if (remote[ri].iov_len == rdone) {
+        ++ri;
+        rdone = 0;
+        continue;
+      }
+      if (cur_pos_ == cur_len_) next_chunk();
+      const std::byte* src = cur_direct_ ? cur_direct_ + cur_pos_ : cur_.get() + cur_pos_;
+      std::size_t avail = cur_len_ - cur_pos_;
+      part.clear();
+      std::size_t len = 0;
+      std::size_t rj = ri;
+      std::uint64_t rjdone = rdone;
+      while (len < avail && rj < remote.size() && part.size() < kIovMax) {
+        std::size_t take = static_cast<std::size_t>(
+            std::min<std::uint64_t>(remote[rj].iov_len - rjdone, avail - len));
+        if (take) part.push_back({static_cast<std::byte*>(remote[rj].iov_base) + rjdone, take});
+        len += take;
+        rjdone += take;
+        if (rjdone == remote[rj].iov_len) {
+          ++rj;
+          rjdone = 0;
+        }
+      }
+      iovec local{const_cast<std::byte*>(src), len};
+      ssize_t w = ::process_vm_writev(pid, &local, 1, part.data(), part.size(), 0);
+      if (w != static_cast<ssize_t>(len)) {
+        if (w < 0) {
+          fail_errno("{}: cannot write {} bytes of the page stream at offset {} into "
+                          "process {} at {:#x}",
+                          path_.native(), len, pos_, pid,
+                          reinterpret_cast<std::uint64_t>(part[0].iov_base));
+        }
+        fail("{}: only {} of {} bytes of the page stream at offset {} reached process {} at "
+             "{:#x} (a remote range unmapped, or pages.img shortened since it was verified)",
+             path_.native(), w, len, pos_, pid, reinterpret_cast<std::uint64_t>(part[0].iov_base));
+      }
+      cur_pos_ += len;
+      pos_ += len;
+      ri = rj;
+      rdone = rjdone;
+    }
   }
 
   void read(std::span<std::byte> out) override {
@@ -644,17 +759,42 @@ class PageReaderImpl final : public PageReader {
         std::rethrow_exception(failed_);
       }
       std::swap(cur_, next_);
-      cur_len_ = table_->chunks[consumed_].raw;
+      const ChunkInfo& c = table_->chunks[consumed_];
+      cur_len_ = c.raw;
       cur_pos_ = 0;
+      cur_direct_ = is_direct(c) ? file_->map() + c.offset : nullptr;
       ++consumed_;
       if (consumed_ < table_->chunks.size()) request_ = true;
     }
     cv_.notify_all();
   }
 
+  // A raw chunk of an image whose chunks were all verified is not copied or hashed
+  // again: copy_to_process() hands it from the page cache to the kernel, and next()
+  // copies it out only if asked for it (materialize()).
+  bool is_direct(const ChunkInfo& c) const { return direct_ && !c.zstd; }
+
+  // Copies the unread rest of the current direct chunk into cur_, for next().
+  void materialize() {
+    const ChunkInfo& c = table_->chunks[consumed_ - 1];
+    std::size_t want = cur_len_ - cur_pos_;
+    std::size_t got = file_->copy_hash(c.offset + cur_pos_, want, cur_.get() + cur_pos_, nullptr);
+    if (got < want) {
+      try {
+        fail("{}: chunk {} at offset {}: truncated since it was verified: file ends at offset {}",
+             path_.native(), consumed_ - 1, c.offset, c.offset + cur_pos_ + got);
+      } catch (...) {
+        failed_ = std::current_exception();
+        throw;
+      }
+    }
+    cur_direct_ = nullptr;
+  }
+
   // Worker: reads, checks and decodes chunk `index` into next_.
   void decode(std::size_t index) {
     const ChunkInfo& c = table_->chunks[index];
+    if (is_direct(c)) return;
     // A raw chunk goes straight into next_; the check is on the copy handed out.
     std::byte* dst = c.zstd ? stored_buf_.get() : next_.get();
     XXH3_64bits_reset(xxh_.get());
@@ -701,6 +841,8 @@ class PageReaderImpl final : public PageReader {
 
   // Caller side.
   std::unique_ptr<std::byte[]> cur_;  // chunk being consumed; views point into it
+  const std::byte* cur_direct_ = nullptr;  // the current chunk in the mapped file, if direct
+  bool direct_ = false;               // raw chunks are direct (set before the worker starts)
   std::size_t cur_len_ = 0, cur_pos_ = 0;
   std::size_t consumed_ = 0;  // chunks taken from the worker
   std::uint64_t pos_ = 0;     // logical stream position
@@ -738,6 +880,7 @@ class ImageReaderImpl final : public ImageReader {
   const fs::path& path() const override { return dir_; }
 
   void verify_chunks() const override {
+    verified_ = false;
     PagesFile file(pages_path_);
     const auto& chunks = table_->chunks;
     const std::uint64_t file_size = file.size();
@@ -810,10 +953,11 @@ class ImageReaderImpl final : public ImageReader {
       fail("{}: trailing bytes after the last chunk: chunk table ends at offset {} but the "
            "file is {} bytes",
            pages_path_.native(), table_->stored_bytes, file_size);
+    verified_ = true;
   }
 
   std::unique_ptr<PageReader> pages() const override {
-    return std::make_unique<PageReaderImpl>(table_, pages_path_);
+    return std::make_unique<PageReaderImpl>(table_, pages_path_, verified_);
   }
 
  private:
@@ -830,6 +974,7 @@ class ImageReaderImpl final : public ImageReader {
   const fs::path dir_, pages_path_;
   const json manifest_;
   const std::shared_ptr<const ChunkTable> table_;
+  mutable bool verified_ = false;  // verify_chunks() found every chunk good
 };
 
 std::uint64_t get_u64(const json& obj, const char* key, const fs::path& mpath,

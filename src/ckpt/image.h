@@ -34,6 +34,9 @@
 // process with SIGBUS.
 #pragma once
 
+#include <sys/types.h>
+#include <sys/uio.h>
+
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
@@ -74,6 +77,20 @@ class ImageWriter {
   // Appends bytes to the logical page stream. Throws fsched::Error on a write
   // failure (ENOSPC, EIO) naming pages.img.
   virtual void append_pages(std::span<const std::byte> data) = 0;
+
+  // Zero-copy append, in two calls: append_space() returns the free rest of the
+  // current chunk buffer (1 to kChunkRawBytes bytes; a full chunk is handed to the
+  // worker first), the caller fills a prefix of it, and append_done(n) appends those
+  // n bytes (n <= the view's size). The view is valid until append_done(); no other
+  // call may come between the two. Throw like append_pages().
+  virtual std::span<std::byte> append_space() = 0;
+  virtual void append_done(std::size_t n) = 0;
+
+  // on: from now on, each chunk written to pages.img is also handed to the disk at
+  // once (sync_file_range(2) SYNC_FILE_RANGE_WRITE), so that commit()'s fsync has
+  // little left to wait for. That call can block on a slow disk, so a dump keeps it
+  // off while a job that is to be thawed before the commit is frozen. Default off.
+  virtual void set_eager_writeback(bool on) = 0;
 
   // Bytes appended so far (logical, uncompressed).
   virtual std::uint64_t logical_bytes() const = 0;
@@ -124,6 +141,14 @@ class PageReader {
   // the chunk table says; bytes of `out` before the bad chunk are then filled. A read
   // past the end of the stream throws before consuming anything.
   virtual void read(std::span<std::byte> out) = 0;
+
+  // Writes the next sum(remote[i].iov_len) bytes of the stream into process pid's
+  // memory, filling the remote ranges in order (process_vm_writev(2); the ranges must
+  // be mapped and writable). When the reader comes from an ImageReader whose
+  // verify_chunks() succeeded, raw chunks go from the page cache of pages.img straight
+  // to the process, neither copied nor hashed again. Throws fsched::Error like read(),
+  // or with errno and the address when the kernel refuses the write (ESRCH, EFAULT).
+  virtual void copy_to_process(pid_t pid, std::span<const iovec> remote) = 0;
 };
 
 // Opens an image for restore or inspection.

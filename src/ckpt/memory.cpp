@@ -26,6 +26,7 @@ namespace {
 
 constexpr std::uint64_t kPage = 4096;
 constexpr std::size_t kIoBytes = 4u << 20;  // read/write memory in pieces of this size
+constexpr std::size_t kIovMax = 1024;       // UIO_MAXIOV: iovecs per process_vm_readv(2)
 
 constexpr std::uint64_t kPmPresent = 1ULL << 63;
 constexpr std::uint64_t kPmSwapped = 1ULL << 62;
@@ -147,7 +148,8 @@ std::uint64_t dump_pages(DumpProcess& p, ImageWriter& img) {
   if (!pagemap) fail_errno("cannot open /proc/{}/pagemap", pid);
   UniqueFd mem;  // for mappings without read permission, which process_vm_readv refuses
   std::vector<std::uint64_t> pm(kIoBytes / kPage);
-  std::vector<std::byte> buf(kIoBytes);
+  std::vector<std::byte> one_page(kPage);
+  std::vector<iovec> remote;
   std::uint64_t stored = 0;
 
   for (Vma& v : p.rec.vmas) {
@@ -156,76 +158,99 @@ std::uint64_t dump_pages(DumpProcess& p, ImageWriter& img) {
     if (v.shared) continue;  // its contents are the file's or the shm object's
     const bool file = v.kind == "file";
     const std::uint64_t npages = (v.end - v.start) / kPage;
+
+    // Reads the pages idx[k, k + n) of this VMA to dst.
+    auto read_pages = [&](const std::vector<std::uint64_t>& idx, std::size_t k, std::size_t n,
+                          std::byte* dst) {
+      remote.clear();
+      for (std::size_t i = k; i < k + n; ++i) {
+        std::uint64_t addr = v.start + idx[i] * kPage;
+        if (!remote.empty() && reinterpret_cast<std::uint64_t>(remote.back().iov_base) +
+                                       remote.back().iov_len == addr)
+          remote.back().iov_len += kPage;
+        else
+          remote.push_back({reinterpret_cast<void*>(addr), kPage});
+      }
+      std::size_t done = 0;
+      if (v.prot & PROT_READ) {
+        // process_vm_readv takes at most kIovMax remote iovecs per call.
+        for (std::size_t r = 0; r < remote.size(); r += kIovMax) {
+          std::size_t cnt = std::min<std::size_t>(kIovMax, remote.size() - r);
+          std::size_t len = 0;
+          for (std::size_t j = r; j < r + cnt; ++j) len += remote[j].iov_len;
+          iovec local{dst + done, len};
+          ssize_t got = ::process_vm_readv(pid, &local, 1, &remote[r], cnt, 0);
+          if (got != static_cast<ssize_t>(len))
+            fail_errno("cannot read memory of process {} at {:#x}", pid,
+                       reinterpret_cast<std::uint64_t>(remote[r].iov_base));
+          done += len;
+        }
+        return;
+      }
+      if (!mem) {
+        mem.reset(::open(fmt::format("/proc/{}/mem", pid).c_str(), O_RDONLY | O_CLOEXEC));
+        if (!mem) fail_errno("cannot open /proc/{}/mem", pid);
+      }
+      for (auto& io : remote) {
+        ssize_t got = ::pread(mem.get(), dst + done, io.iov_len,
+                              static_cast<off_t>(reinterpret_cast<std::uint64_t>(io.iov_base)));
+        if (got != static_cast<ssize_t>(io.iov_len))
+          fail_errno("cannot read memory of process {} at {:#x}", pid,
+                     reinterpret_cast<std::uint64_t>(io.iov_base));
+        done += io.iov_len;
+      }
+    };
+    // Drops the all-zero pages among the n just read to dst, moving the others down,
+    // and records them as runs of the VMA; returns the bytes kept.
+    auto keep_nonzero = [&](const std::vector<std::uint64_t>& idx, std::size_t k, std::size_t n,
+                            std::byte* dst) {
+      std::size_t kept = 0;
+      for (std::size_t i = 0; i < n; ++i) {
+        std::byte* page = dst + i * kPage;
+        if (is_zero_page(page)) continue;
+        if (kept != i) std::memmove(dst + kept * kPage, page, kPage);
+        ++kept;
+        std::uint64_t at = idx[k + i];
+        if (!v.runs.empty() && v.runs.back().first + v.runs.back().second == at)
+          ++v.runs.back().second;
+        else
+          v.runs.emplace_back(at, 1);
+      }
+      return kept * kPage;
+    };
+
+    std::vector<std::uint64_t> idx;  // page index (within the VMA) of each page to store
     for (std::uint64_t first = 0; first < npages; first += pm.size()) {
       const std::uint64_t n = std::min<std::uint64_t>(pm.size(), npages - first);
       const off_t off = static_cast<off_t>((v.start / kPage + first) * 8);
       ssize_t got = ::pread(pagemap.get(), pm.data(), n * 8, off);
       if (got != static_cast<ssize_t>(n * 8))
         fail_errno("cannot read /proc/{}/pagemap at {:#x}", pid, v.start + first * kPage);
-      // Gather the pages to store into iovecs covering at most kIoBytes.
-      std::vector<iovec> remote;
-      std::vector<std::uint64_t> idx;  // page index (within the VMA) of each buffered page
+      idx.clear();
       for (std::uint64_t i = 0; i < n; ++i) {
         std::uint64_t e = pm[i];
-        bool want = (e & kPmSwapped) || ((e & kPmPresent) && !(file && (e & kPmFileOrShared)));
-        if (!want) continue;
-        std::uint64_t addr = v.start + (first + i) * kPage;
-        if (!remote.empty() && reinterpret_cast<std::uint64_t>(remote.back().iov_base) +
-                                       remote.back().iov_len == addr)
-          remote.back().iov_len += kPage;
-        else
-          remote.push_back({reinterpret_cast<void*>(addr), kPage});
-        idx.push_back(first + i);
+        if ((e & kPmSwapped) || ((e & kPmPresent) && !(file && (e & kPmFileOrShared))))
+          idx.push_back(first + i);
       }
-      if (idx.empty()) continue;
-      std::size_t bytes = idx.size() * kPage;
-      if (v.prot & PROT_READ) {
-        iovec local{buf.data(), bytes};
-        // process_vm_readv takes at most IOV_MAX remote iovecs per call.
-        std::size_t done = 0;
-        for (std::size_t k = 0; k < remote.size(); k += 1024) {
-          std::size_t cnt = std::min<std::size_t>(1024, remote.size() - k);
-          std::size_t len = 0;
-          for (std::size_t j = k; j < k + cnt; ++j) len += remote[j].iov_len;
-          local = {buf.data() + done, len};
-          ssize_t r = ::process_vm_readv(pid, &local, 1, &remote[k], cnt, 0);
-          if (r != static_cast<ssize_t>(len))
-            fail_errno("cannot read memory of process {} at {:#x}", pid,
-                       reinterpret_cast<std::uint64_t>(remote[k].iov_base));
-          done += len;
+      // Read straight into the writer's chunk buffer: one copy of the job's memory
+      // fewer than reading into a buffer of our own.
+      for (std::size_t k = 0; k < idx.size();) {
+        auto space = img.append_space();
+        std::size_t fit = std::min(space.size() / kPage, idx.size() - k);
+        std::size_t kept;
+        if (fit == 0) {  // less than a page left in the chunk (after an unaligned append)
+          read_pages(idx, k, 1, one_page.data());
+          img.append_done(0);
+          kept = keep_nonzero(idx, k, 1, one_page.data());
+          img.append_pages(std::span(one_page.data(), kept));
+          fit = 1;
+        } else {
+          read_pages(idx, k, fit, space.data());
+          kept = keep_nonzero(idx, k, fit, space.data());
+          img.append_done(kept);
         }
-      } else {
-        if (!mem) {
-          mem.reset(::open(fmt::format("/proc/{}/mem", pid).c_str(), O_RDONLY | O_CLOEXEC));
-          if (!mem) fail_errno("cannot open /proc/{}/mem", pid);
-        }
-        std::size_t done = 0;
-        for (auto& io : remote) {
-          ssize_t r = ::pread(mem.get(), buf.data() + done, io.iov_len,
-                              static_cast<off_t>(reinterpret_cast<std::uint64_t>(io.iov_base)));
-          if (r != static_cast<ssize_t>(io.iov_len))
-            fail_errno("cannot read memory of process {} at {:#x}", pid,
-                       reinterpret_cast<std::uint64_t>(io.iov_base));
-          done += io.iov_len;
-        }
-      }
-      // Store non-zero pages, coalescing neighbours into runs and single appends.
-      std::size_t k = 0;
-      while (k < idx.size()) {
-        if (is_zero_page(buf.data() + k * kPage)) {
-          ++k;
-          continue;
-        }
-        std::size_t j = k + 1;
-        while (j < idx.size() && idx[j] == idx[j - 1] + 1 && !is_zero_page(buf.data() + j * kPage))
-          ++j;
-        img.append_pages(std::span(buf.data() + k * kPage, (j - k) * kPage));
-        stored += (j - k) * kPage;
-        if (!v.runs.empty() && v.runs.back().first + v.runs.back().second == idx[k])
-          v.runs.back().second += j - k;
-        else
-          v.runs.emplace_back(idx[k], j - k);
-        k = j;
+        stored += kept;
+        k += fit;
       }
     }
   }
@@ -376,21 +401,18 @@ void restore_memory(RestoreProcess& p, const InjectionArea& area, PageReader& pa
   }
   close_file();
 
-  // 4. Page contents, in the order they were dumped, straight from the reader's
-  // decompressed chunks into the process.
+  // 4. Page contents, in the order they were dumped: every run of every VMA in a few
+  // process_vm_writev(2) calls, from the reader's chunks or the image's page cache.
+  std::vector<iovec> runs;
   for (const Vma& v : r.vmas) {
     for (auto [first, count] : v.runs) {
       std::uint64_t addr = v.start + first * kPage;
-      std::uint64_t left = count * kPage;
-      if (addr + left > v.end) fail("image: page run beyond mapping {:#x}-{:#x}", v.start, v.end);
-      while (left) {
-        auto data = pages.next(static_cast<std::size_t>(std::min<std::uint64_t>(left, kIoBytes)));
-        remote_write(hp, addr, data.data(), data.size());
-        addr += data.size();
-        left -= data.size();
-      }
+      if (addr >= v.end || count > (v.end - addr) / kPage)
+        fail("image: page run beyond mapping {:#x}-{:#x}", v.start, v.end);
+      runs.push_back({reinterpret_cast<void*>(addr), count * kPage});
     }
   }
+  pages.copy_to_process(hp, runs);
 
   // 5. Final protections and madvise(2) flags.
   for (const Vma& v : r.vmas) {

@@ -6,6 +6,7 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <span>
@@ -60,8 +61,11 @@ class FrozenTree {
 
   // Processes, parents before children (breadth first, by PID).
   std::vector<DumpProcess>& processes() { return procs_; }
-  // SIGKILL the job's init: the kernel kills its whole PID namespace.
-  void kill();
+  // SIGKILL the job's init: the kernel kills its whole PID namespace. `killed` is
+  // called once the signal is sent (the job can no longer run: its freeze is over),
+  // before the tasks are reaped, which for a large job takes a while (the kernel
+  // frees its memory).
+  void kill(const std::function<void()>& killed = {});
   // Detaches every task, letting the job continue.
   void thaw();
 

@@ -251,10 +251,11 @@ void FrozenTree::thaw() {
     for (pid_t tid : p->host_tids) detach_task(tid);
 }
 
-void FrozenTree::kill() {
+void FrozenTree::kill(const std::function<void()>& killed) {
   if (done_) return;
   done_ = true;
   ::kill(root_, SIGKILL);
+  if (killed) killed();
   // Collect the exit of every task as its tracer, children and threads before their
   // parents: a dying init waits until its namespace is empty, and a traced zombie
   // leaves only once its tracer has seen it.

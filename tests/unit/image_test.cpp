@@ -551,6 +551,66 @@ TEST(ImageTest, IncompressibleChunksStoredRaw) {
   EXPECT_TRUE(read_all(*r, data.size()) == data);
 }
 
+// The writer probes a few slices of each chunk before compressing it: a chunk whose
+// first half is random but whose second half compresses well must still be
+// compressed, and one random except for a compressible middle too.
+TEST(ImageTest, ChunkCompressibleOnlyInPartsIsCompressed) {
+  TempDir tmp;
+  fs::path dir = tmp.path() / "img";
+  auto data = random_bytes(kChunk / 2, 3);
+  auto text = repetitive_bytes(kChunk / 2);
+  data.insert(data.end(), text.begin(), text.end());
+  auto middle = random_bytes(kChunk, 4);
+  auto patch = repetitive_bytes(kChunk / 4);
+  std::copy(patch.begin(), patch.end(), middle.begin() + kChunk / 3);
+  data.insert(data.end(), middle.begin(), middle.end());
+  write_image(dir, data);
+  json m = read_manifest(dir);
+  ASSERT_EQ(m["chunks"].size(), 2u);
+  for (const json& c : m["chunks"]) {
+    EXPECT_FALSE(c.contains("zstd")) << c;
+    EXPECT_LT(c["stored"].get<std::uint64_t>(), kChunk * 85 / 100) << c;
+  }
+  auto r = ImageReader::open(dir);
+  r->verify_chunks();
+  EXPECT_TRUE(read_all(*r, data.size()) == data);
+}
+
+// append_space()/append_done(): the caller writes into the chunk buffer itself, in
+// pieces that do not line up with chunks, mixed with append_pages().
+TEST(ImageTest, ZeroCopyAppendsMixWithCopies) {
+  TempDir tmp;
+  fs::path dir = tmp.path() / "img";
+  auto data = random_bytes(3 * kChunk + 12345, 6);
+  auto w = ImageWriter::create(dir, 1);
+  std::size_t pos = 0, k = 0;
+  const std::size_t pieces[] = {4096, 100000, kChunk, 1, 3 * 4096 + 5};
+  while (pos < data.size()) {
+    std::size_t want = std::min(pieces[k++ % std::size(pieces)], data.size() - pos);
+    if (k % 3 == 0) {
+      w->append_pages(std::span(data).subspan(pos, want));
+      pos += want;
+      continue;
+    }
+    auto space = w->append_space();
+    ASSERT_GE(space.size(), 1u);
+    ASSERT_LE(space.size(), kChunk);
+    std::size_t n = std::min(want, space.size());
+    std::memcpy(space.data(), data.data() + pos, n);
+    w->append_done(n);
+    pos += n;
+  }
+  // An append_done() beyond the space handed out is refused.
+  auto space = w->append_space();
+  EXPECT_THAT(error_of([&] { w->append_done(space.size() + 1); }), HasSubstr("beyond"));
+  w->append_done(0);
+  EXPECT_EQ(w->logical_bytes(), data.size());
+  w->commit(json::object());
+  auto r = ImageReader::open(dir);
+  r->verify_chunks();
+  EXPECT_TRUE(read_all(*r, data.size()) == data);
+}
+
 TEST(ImageTest, ExplicitZstdTrueAccepted) {
   TempDir tmp;
   fs::path dir = tmp.path() / "img";
@@ -1188,6 +1248,121 @@ TEST(ImageWriterTest, WriteFailurePropagated) {
   w.reset();
   EXPECT_TRUE(fs::is_empty(tmp.path()));
 }
+
+// ---------------------------------------------------------------------------
+// copy_to_process(): the stream written into a process's memory (here our own, which
+// process_vm_writev(2) accepts), through the verified direct path and the checked one.
+
+namespace copy_to_process_test {
+
+// Random, text and random chunks, then a partial text chunk: raw and zstd chunks mixed.
+std::vector<std::byte> mixed_stream() {
+  auto data = random_bytes(kChunk, 11);
+  for (auto part : {repetitive_bytes(kChunk), random_bytes(kChunk, 12), repetitive_bytes(kChunk / 3)})
+    data.insert(data.end(), part.begin(), part.end());
+  return data;
+}
+
+// Remote ranges of odd sizes with gaps between them, covering `total` bytes of `dst`.
+std::vector<iovec> scattered(std::vector<std::byte>& dst, std::size_t total) {
+  std::vector<iovec> out;
+  std::size_t at = 0, used = 0, k = 0;
+  const std::size_t sizes[] = {4096, 3 * 4096, kChunk + 4096, 1, 999983, 2 * kChunk};
+  while (used < total) {
+    std::size_t n = std::min(sizes[k++ % std::size(sizes)], total - used);
+    out.push_back({dst.data() + at, n});
+    used += n;
+    at += n + 4096;  // a gap that must stay untouched
+  }
+  return out;
+}
+
+void check_copy(const ImageReader& r, const std::vector<std::byte>& data) {
+  std::vector<std::byte> dst(data.size() + 64 * 4096, std::byte{0x5a});
+  auto ranges = scattered(dst, data.size());
+  r.pages()->copy_to_process(::getpid(), ranges);
+  std::size_t pos = 0;
+  for (const iovec& io : ranges) {
+    ASSERT_EQ(std::memcmp(io.iov_base, data.data() + pos, io.iov_len), 0) << "at stream offset " << pos;
+    pos += io.iov_len;
+    auto* gap = static_cast<std::byte*>(io.iov_base) + io.iov_len;
+    if (gap < dst.data() + dst.size()) ASSERT_EQ(*gap, std::byte{0x5a});
+  }
+}
+
+TEST(ImageCopyToProcess, VerifiedAndUnverifiedImagesCopyTheSameBytes) {
+  TempDir tmp;
+  fs::path dir = tmp.path() / "img";
+  auto data = mixed_stream();
+  write_image(dir, data);
+  auto r = ImageReader::open(dir);
+  check_copy(*r, data);  // checked path: every chunk hashed on the way
+  r->verify_chunks();
+  check_copy(*r, data);  // direct path for the raw chunks
+}
+
+TEST(ImageCopyToProcess, MixesWithNextAndRead) {
+  TempDir tmp;
+  fs::path dir = tmp.path() / "img";
+  auto data = mixed_stream();
+  write_image(dir, data);
+  auto r = ImageReader::open(dir);
+  r->verify_chunks();
+  auto pr = r->pages();
+  std::vector<std::byte> got(data.size());
+  // Part of raw chunk 0 to the process, its rest through next() (copied out of the
+  // mapped file), then chunks 1 and 2 and part of 3 to the process, the rest by read().
+  iovec a{got.data(), 5000};
+  pr->copy_to_process(::getpid(), std::span(&a, 1));
+  auto v = pr->next(kAll);
+  ASSERT_EQ(v.size(), kChunk - 5000);
+  std::memcpy(got.data() + 5000, v.data(), v.size());
+  iovec b{got.data() + kChunk, 2 * kChunk + 77};
+  pr->copy_to_process(::getpid(), std::span(&b, 1));
+  pr->read(std::span(got).subspan(3 * kChunk + 77));
+  EXPECT_TRUE(got == data);
+  EXPECT_THAT(error_of([&] {
+                iovec c{got.data(), 1};
+                pr->copy_to_process(::getpid(), std::span(&c, 1));
+              }),
+              HasSubstr("past the end"));
+}
+
+TEST(ImageCopyToProcess, UnmappedTargetNamesAddressAndErrno) {
+  TempDir tmp;
+  fs::path dir = tmp.path() / "img";
+  auto data = mixed_stream();
+  write_image(dir, data);
+  auto r = ImageReader::open(dir);
+  r->verify_chunks();
+  // A page we map and unmap again, so that nothing is there.
+  void* hole = ::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  ASSERT_NE(hole, MAP_FAILED);
+  ::munmap(hole, 4096);
+  iovec io{hole, 4096};
+  EXPECT_THAT(error_of([&] { r->pages()->copy_to_process(::getpid(), std::span(&io, 1)); }),
+              AllOf(HasSubstr("pages.img"), HasSubstr(fmt::format("{:#x}", reinterpret_cast<std::uint64_t>(hole))),
+                    HasSubstr("Bad address")));
+}
+
+TEST(ImageCopyToProcess, FileTruncatedAfterVerifyIsAnErrorNotACrash) {
+  TempDir tmp;
+  fs::path dir = tmp.path() / "img";
+  auto data = mixed_stream();
+  write_image(dir, data);
+  auto r = ImageReader::open(dir);
+  r->verify_chunks();
+  auto pr = r->pages();
+  // Chunk 0 is raw: cut pages.img in its middle after the reader mapped it.
+  ASSERT_EQ(::truncate((dir / "pages.img").c_str(), kChunk / 2), 0);
+  std::vector<std::byte> dst(kChunk);
+  iovec io{dst.data(), kChunk};
+  EXPECT_THAT(error_of([&] { pr->copy_to_process(::getpid(), std::span(&io, 1)); }),
+              AllOf(HasSubstr("pages.img: only 2097152 of 4194304 bytes"),
+                    HasSubstr("shortened since it was verified")));
+}
+
+}  // namespace copy_to_process_test
 
 }  // namespace
 }  // namespace fsched::ckpt
