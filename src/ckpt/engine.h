@@ -33,7 +33,11 @@ struct DumpOptions {
   pid_t pid = 0;                  // host PID of a job's init (from run_job)
   std::filesystem::path dir;      // image directory to create; must not exist
   bool leave_running = false;     // thaw the job afterwards instead of killing it
-  int compress_level = 1;         // zstd level
+  // zstd level. A fast (negative) level by default: the job stays frozen while its
+  // memory is compressed. python3 holding 215 MiB (bench/ckpt_bench.py python-200,
+  // medians of 3): level 1 dumps in 659 ms to 119.9 MiB, level -7 in 433 ms to
+  // 132.8 MiB; repetitive text is still stored >100x smaller.
+  int compress_level = -7;
 };
 struct DumpStats {
   int processes = 0, threads = 0;

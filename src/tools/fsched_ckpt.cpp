@@ -100,7 +100,7 @@ int main(int argc, char** argv) {
   dump->add_option("--pid,-t", dopt.pid, "host PID of the job's init (from fsched-ckpt run)")->required();
   dump->add_option("--dir,-D", dump_dir, "image directory to create")->required();
   dump->add_flag("--leave-running,-R", dopt.leave_running, "let the job continue after the dump");
-  dump->add_option("--compress-level", dopt.compress_level, "zstd level (default 1)")
+  dump->add_option("--compress-level", dopt.compress_level, "zstd level, 1..19 or negative for faster (default -7)")
       ->check(CLI::Range(-50, 19));
   dump->add_flag("--json", dump_json, "print the figures as JSON");
 
