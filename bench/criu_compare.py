@@ -42,14 +42,13 @@ import platform
 import re
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ckpt_bench import PY_HOG, BenchError, alive, dir_bytes, ready, run_timed, verified, wait_for  # noqa: E402
+from ckpt_bench import PY_HOG, BenchError, alive, dir_bytes, median, ready, run_timed, verified, wait_for  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 MiB = 1 << 20
@@ -361,11 +360,6 @@ COLUMNS = [("dump_ms", "dump ms", "{:.0f}"), ("frozen_ms", "frozen ms", "{:.0f}"
            ("restore_ms", "restore ms", "{:.0f}"), ("image_mib", "image MiB", "{:.1f}"),
            ("dump_wall_ms", "dump wall", "{:.0f}"), ("restore_wall_ms", "restore wall", "{:.0f}"),
            ("fsync_ms", "criu fsync", "{:.0f}")]
-
-
-def median(runs: list[dict], key: str):
-    vals = [r[key] for r in runs if r.get(key) is not None]
-    return statistics.median(vals) if vals else None
 
 
 def print_table(results: list[dict]):
