@@ -118,6 +118,15 @@ def run_timed(args: list[str], timeout: float) -> tuple[int, str, str, float, in
         return p.returncode, out.read().decode(), err.read().decode(), wall, ru.ru_maxrss, anon
 
 
+def restore_stats(stderr: str) -> dict:
+    """The JSON figures `fsched-ckpt restore --json` prints on stderr (the last such line)."""
+    stats = {}
+    for line in stderr.splitlines():
+        if line.strip().startswith("{"):
+            stats = json.loads(line)
+    return stats
+
+
 def alive(pid: int) -> bool:
     try:
         st = Path(f"/proc/{pid}/stat").read_text()
@@ -205,10 +214,7 @@ class Bench:
             [str(self.ckpt), "restore", "--dir", str(image), "--detach", "--json"], 900)
         if rc != 0:
             raise BenchError(f"restore of {name} failed: {rerr.strip()}")
-        rstats = {}
-        for line in rerr.splitlines():
-            if line.strip().startswith("{"):
-                rstats = json.loads(line)
+        rstats = restore_stats(rerr)
         rinit = int(rout.split()[0])
         self.inits.add(rinit)
         (work / "go").touch()

@@ -48,7 +48,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ckpt_bench import PY_HOG, BenchError, alive, dir_bytes, median, ready, run_timed, verified, wait_for  # noqa: E402
+from ckpt_bench import (PY_HOG, BenchError, alive, dir_bytes, median, ready,  # noqa: E402
+                         restore_stats, run_timed, verified, wait_for)
 
 REPO = Path(__file__).resolve().parents[1]
 MiB = 1 << 20
@@ -270,10 +271,7 @@ class Compare:
             [str(self.ckpt), "restore", "--dir", str(image), "--detach", "--json"], TIMEOUT_S)
         if rc != 0:
             raise BenchError(f"fsched: restore of {name} failed (status {rc}):\n{tail(rerr)}")
-        rstats = {}
-        for line in rerr.splitlines():
-            if line.strip().startswith("{"):
-                rstats = json.loads(line)
+        rstats = restore_stats(rerr)
         if rstats.get("restore_ms") is None:
             raise BenchError(f"fsched: restore of {name} printed no restore_ms:\n{tail(rerr)}")
         rinit = int(rout.split()[0])
