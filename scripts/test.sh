@@ -14,6 +14,12 @@ jobs=${JOBS:-$(nproc)}
 
 step() { printf '\n==== %s ====\n' "$*"; }
 die() { echo "test.sh: $*" >&2; exit 1; }
+# The failing tests and sanitizer reports of a gtest log, on one line: CI keeps only the
+# tail of the output, so the final summary must say what failed.
+sanitizer_summary() {
+  grep -E '^\[  FAILED  \] [A-Za-z]|ERROR: (Address|Leak)Sanitizer|Sanitizer: CHECK failed|runtime error:' "$1" |
+    sed -e 's/^\[  FAILED  \] //' -e 's/ ([0-9]* ms)$//' | sort -u | head -8 | paste -sd ';' -
+}
 
 step "dependencies"
 scripts/install-deps.sh || die "installing dependencies failed"
@@ -27,15 +33,16 @@ scripts/start-munge.sh || die "starting munged failed"
 
 failed=()
 step "unit tests"
-ctest --test-dir "$build" --output-on-failure -j "$jobs" || failed+=("unit tests")
+ctest --test-dir "$build" --output-on-failure -j "$jobs" ||
+  failed+=("unit tests: $(cut -d: -f2 "$build/Testing/Temporary/LastTestsFailed.log" 2>/dev/null | head -8 | paste -sd ';' -)")
 
 step "unit tests with ASan/UBSan (build-asan)"
 if cmake -G Ninja -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFSCHED_SANITIZE=ON -DBUILD_TESTING=ON &&
    ninja -C build-asan -j "$jobs" fsched_unit_tests fsched_cmds_tests; then
-  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-    build-asan/tests/unit/fsched_unit_tests || failed+=("ASan/UBSan unit tests")
-  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-    build-asan/tests/cmds/fsched_cmds_tests || failed+=("ASan/UBSan command tests")
+  for t in unit/fsched_unit_tests cmds/fsched_cmds_tests; do
+    UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 build-asan/tests/$t 2>&1 | tee "build-asan/${t##*/}.log"
+    ((PIPESTATUS[0] == 0)) || failed+=("ASan/UBSan ${t##*/}: $(sanitizer_summary "build-asan/${t##*/}.log")")
+  done
 else
   failed+=("ASan/UBSan build")
 fi

@@ -1328,21 +1328,23 @@ TEST(ImageCopyToProcess, MixesWithNextAndRead) {
               HasSubstr("past the end"));
 }
 
-TEST(ImageCopyToProcess, UnmappedTargetNamesAddressAndErrno) {
+TEST(ImageCopyToProcess, UnwritableTargetNamesAddressAndErrno) {
   TempDir tmp;
   fs::path dir = tmp.path() / "img";
   auto data = mixed_stream();
   write_image(dir, data);
   auto r = ImageReader::open(dir);
   r->verify_chunks();
-  // A page we map and unmap again, so that nothing is there.
-  void* hole = ::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  // A PROT_NONE page stays reserved while the copy runs. An address we unmapped could
+  // be mapped again by another thread (the reader's worker, ASan's allocator) before the
+  // copy, which would then write the image over that thread's memory.
+  void* hole = ::mmap(nullptr, 4096, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   ASSERT_NE(hole, MAP_FAILED);
-  ::munmap(hole, 4096);
   iovec io{hole, 4096};
   EXPECT_THAT(error_of([&] { r->pages()->copy_to_process(::getpid(), std::span(&io, 1)); }),
               AllOf(HasSubstr("pages.img"), HasSubstr(fmt::format("{:#x}", reinterpret_cast<std::uint64_t>(hole))),
                     HasSubstr("Bad address")));
+  ::munmap(hole, 4096);
 }
 
 TEST(ImageCopyToProcess, FileTruncatedAfterVerifyIsAnErrorNotACrash) {
