@@ -41,7 +41,7 @@ DumpStats dump(const DumpOptions& o) {
     fail("image directory {} already exists", o.dir.string());
   auto t0 = std::chrono::steady_clock::now();
   // The writer first: an unwritable location fails before the job is touched.
-  auto img = ImageWriter::create(o.dir, o.compress_level);
+  auto img = ImageWriter::create(o.dir, o.compress_level, o.direct_io);
   // A job to be killed stays frozen until its image is durable: overlap the disk
   // writes with the dump. One to be thawed first must not wait for the disk.
   img->set_eager_writeback(!o.leave_running);

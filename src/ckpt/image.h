@@ -15,7 +15,10 @@
 // Chunk table: manifest "chunks" is an array with one object per chunk, in stream
 // order: {"offset": file offset in pages.img, "stored": bytes in pages.img, "raw":
 // logical bytes (1..kChunkRawBytes), "xxh3": 16 hex digits, XXH3-64 of the stored
-// bytes}. Offsets are contiguous from 0. A chunk is one zstd frame, except when it has
+// bytes}. Chunk 0 is at offset 0 and every further chunk starts at the first multiple
+// of kChunkAlignBytes after the end of the one before (the gap is zeros), so that the
+// writer can write pages.img with O_DIRECT; the file ends where the last chunk ends.
+// A chunk is one zstd frame, except when it has
 // "zstd": false: then its stored bytes are the logical bytes themselves (stored ==
 // raw). The writer does that when zstd would keep >= kStoreRawPercent % of the bytes
 // (incompressible memory), which lets the reader skip zstd entirely. An absent "zstd"
@@ -47,7 +50,11 @@
 
 namespace fsched::ckpt {
 
-inline constexpr int kImageFormatVersion = 1;
+// 2: chunks aligned to kChunkAlignBytes (1: contiguous).
+inline constexpr int kImageFormatVersion = 2;
+// Alignment of chunk offsets in pages.img, in bytes (the O_DIRECT block size of the
+// file systems we write to; see open(2), O_DIRECT).
+inline constexpr std::size_t kChunkAlignBytes = 4096;
 // Raw (uncompressed) bytes per chunk of the page stream.
 inline constexpr std::size_t kChunkRawBytes = 4u << 20;
 // A chunk whose zstd frame would be >= this percentage of its raw size is stored
@@ -68,9 +75,14 @@ class ImageWriter {
  public:
   // Creates DIR.tmp (mode 0700; a stale DIR.tmp from a crashed dump is removed first).
   // zstd_level: zstd compression level (1..19, or negative for the fast levels).
+  // direct_io: write pages.img with O_DIRECT (open(2)), from the writer's aligned
+  // buffers straight to the disk, bypassing the page cache; each chunk write then
+  // waits for the disk. Falls back to buffered writes where the file system refuses
+  // O_DIRECT (EINVAL).
   // Throws fsched::Error naming the path if DIR already exists or DIR.tmp cannot be
   // created (EACCES, ENOSPC, ENOENT of the parent ...).
-  static std::unique_ptr<ImageWriter> create(const std::filesystem::path& dir, int zstd_level);
+  static std::unique_ptr<ImageWriter> create(const std::filesystem::path& dir, int zstd_level,
+                                             bool direct_io = false);
 
   virtual ~ImageWriter() = default;
 

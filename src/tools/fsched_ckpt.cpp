@@ -102,6 +102,8 @@ int main(int argc, char** argv) {
   dump->add_flag("--leave-running,-R", dopt.leave_running, "let the job continue after the dump");
   dump->add_option("--compress-level", dopt.compress_level, "zstd level, 1..19 or negative for faster (default -7)")
       ->check(CLI::Range(-50, 19));
+  dump->add_flag("--direct-io", dopt.direct_io,
+                 "write the page data with O_DIRECT, past the page cache: for images not read back soon here");
   dump->add_flag("--json", dump_json, "print the figures as JSON");
 
   ck::RestoreOptions res;

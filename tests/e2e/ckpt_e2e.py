@@ -279,8 +279,8 @@ class Engine:
         return Result(cp.returncode, cp.stdout, cp.stderr, time.monotonic() - t0)
 
     def dump(self, pid: int, image: Path, *, leave_running: bool = False,
-             timeout: float = 300) -> tuple[Result, Optional[dict]]:
-        args = ["dump", "--pid", str(pid), "--dir", str(image), "--json"]
+             timeout: float = 300, extra: tuple[str, ...] = ()) -> tuple[Result, Optional[dict]]:
+        args = ["dump", "--pid", str(pid), "--dir", str(image), "--json", *extra]
         if leave_running:
             args.append("--leave-running")
         r = self.call(args, timeout)
@@ -614,8 +614,9 @@ class E2E:
 
     # -- checkpointed runs
 
-    def dump_ok(self, job: Job, image: Path, *, leave_running: bool = False) -> dict:
-        r, stats = self.engine.dump(job.init_pid, image, leave_running=leave_running)
+    def dump_ok(self, job: Job, image: Path, *, leave_running: bool = False,
+                extra: tuple[str, ...] = ()) -> dict:
+        r, stats = self.engine.dump(job.init_pid, image, leave_running=leave_running, extra=extra)
         assert r.rc == 0, f"dump of {job.spec.name} failed ({r.rc}): {r.stderr.strip()}"
         assert image.is_dir() and (image / "manifest.json").is_file(), f"no image at {image}"
         assert not Path(str(image) + ".tmp").exists(), "dump left DIR.tmp behind"
@@ -652,12 +653,14 @@ class E2E:
 
     def checkpoint_run(self, spec: JobSpec, points: list[float], variant: str,
                        check_dump: Optional[Callable[[Job, dict], None]] = None,
-                       before_dump: Optional[Callable[[Job], None]] = None) -> list[dict]:
+                       before_dump: Optional[Callable[[Job], None]] = None,
+                       dump_args: tuple[str, ...] = ()) -> list[dict]:
         """Runs `spec` detached, dumps it (killing it) at each of `points` (fractions of
         its work), restoring it after each dump -- detached between dumps, in the
         foreground after the last one -- and checks the final outputs and exit status
         are those of the uninterrupted run. before_dump(job) runs just before each dump,
-        check_dump(job, stats) just after. Returns the dump statistics."""
+        check_dump(job, stats) just after; dump_args are added to each dump's command.
+        Returns the dump statistics."""
         ref = self.reference(spec)
         job = self.job(spec)
         job.start_detached()
@@ -668,7 +671,7 @@ class E2E:
                 if before_dump:
                     before_dump(job)
                 image = self.image(f"{spec.name}/{variant}-{i}")
-                stats = self.dump_ok(job, image)
+                stats = self.dump_ok(job, image, extra=dump_args)
                 if check_dump:
                     check_dump(job, stats)
                 all_stats.append(stats)

@@ -68,6 +68,13 @@ def test_sha256sum(e2e: E2E, point):
     e2e.checkpoint_run(spec, [POINTS[point]], point)
 
 
+def test_sha256sum_dumped_with_direct_io(e2e: E2E):
+    """Twice dumped with O_DIRECT (an image read back from the disk, not the page
+    cache), the second time from the restored run."""
+    spec = specs.sha256_job(e2e)
+    e2e.checkpoint_run(spec, [0.3, 0.6], "direct_io", dump_args=("--direct-io",))
+
+
 @pytest.mark.parametrize("point", POINTS)
 def test_sort_parallel(e2e: E2E, point):
     spec = specs.sort_job(e2e)

@@ -168,6 +168,9 @@ mode_t mode_of(const fs::path& p) {
 }
 
 std::uint64_t size_of(const fs::path& p) { return fs::file_size(p); }
+// The first multiple of kChunkAlignBytes at or after n: where the chunk after one
+// ending at n starts.
+std::uint64_t aligned(std::uint64_t n) { return (n + kChunkAlignBytes - 1) / kChunkAlignBytes * kChunkAlignBytes; }
 
 // Flips one bit of the file at `offset`.
 void flip_bit(const fs::path& p, std::uint64_t offset) {
@@ -237,12 +240,12 @@ TEST_P(RoundTrip, WriteReadVerify) {
   EXPECT_EQ(m["format_version"], kImageFormatVersion);
   EXPECT_EQ(m["engine_version"], FSCHED_TEST_ENGINE_VERSION);
   EXPECT_EQ(m["pages_logical_bytes"], size);
-  EXPECT_EQ(m["pages_stored_bytes"], size_of(dir / "pages.img"));
   const std::size_t nchunks = (size + kChunk - 1) / kChunk;
   ASSERT_EQ(m["chunks"].size(), nchunks);
-  std::uint64_t off = 0;
+  std::uint64_t off = 0, stored = 0;
   for (std::size_t i = 0; i < nchunks; ++i) {
     const json& c = m["chunks"][i];
+    off = aligned(off);  // chunks start at multiples of kChunkAlignBytes
     EXPECT_EQ(c["offset"], off) << i;
     EXPECT_EQ(c["raw"], i + 1 < nchunks ? kChunk : size - i * kChunk) << i;
     EXPECT_EQ(c["xxh3"].get<std::string>().size(), 16u);
@@ -253,8 +256,10 @@ TEST_P(RoundTrip, WriteReadVerify) {
       EXPECT_FALSE(c.contains("zstd")) << i;
     }
     off += c["stored"].get<std::uint64_t>();
+    stored += c["stored"].get<std::uint64_t>();
   }
-  EXPECT_EQ(off, size_of(dir / "pages.img"));
+  EXPECT_EQ(off, size_of(dir / "pages.img"));  // no padding after the last chunk
+  EXPECT_EQ(m["pages_stored_bytes"], stored);
 
   r->verify_chunks();
   EXPECT_EQ(read_all(*r, size), data);
@@ -340,7 +345,10 @@ TEST(ImageTest, CompressibleDataStoredMuchSmaller) {
   w->append_pages(data);
   w->commit(json::object());
   EXPECT_LT(w->stored_bytes() * 20, data.size());
-  EXPECT_EQ(size_of(dir / "pages.img"), w->stored_bytes());
+  // Chunks are aligned: the file holds the stored bytes and less than a block of zeros
+  // between every two chunks.
+  EXPECT_GE(size_of(dir / "pages.img"), w->stored_bytes());
+  EXPECT_LT(size_of(dir / "pages.img"), w->stored_bytes() + 3 * kChunkAlignBytes);
   EXPECT_EQ(ImageReader::open(dir)->manifest()["pages_stored_bytes"], w->stored_bytes());
 }
 
@@ -636,6 +644,7 @@ TEST(ImageTest, ZstdFramesOfIncompressibleDataStillRead) {
   write_image(dir, data);
   json m = read_manifest(dir);
   std::string pages;
+  std::size_t stored = 0;
   for (std::size_t i = 0; i < m["chunks"].size(); ++i) {
     json& c = m["chunks"][i];
     std::size_t raw = c["raw"].get<std::size_t>();
@@ -644,10 +653,12 @@ TEST(ImageTest, ZstdFramesOfIncompressibleDataStillRead) {
     ASSERT_FALSE(ZSTD_isError(n));
     frame.resize(n);
     EXPECT_GT(n, raw);  // zstd could not shrink it
+    pages.resize(aligned(pages.size()));
     c = json{{"offset", pages.size()}, {"stored", n}, {"raw", raw}, {"xxh3", xxh3_hex(frame)}};
     pages += frame;
+    stored += n;
   }
-  m["pages_stored_bytes"] = pages.size();
+  m["pages_stored_bytes"] = stored;
   write_text(dir / "pages.img", pages);
   rewrite_manifest(dir, m);
   auto r = ImageReader::open(dir);
@@ -1028,16 +1039,17 @@ TEST_F(BadManifest, WrongTotalsRefused) {
 }
 
 TEST_F(BadManifest, StoredSizeMismatchDetectedByVerify) {
-  // Move one byte from chunk 0 to chunk 1 in the table: offsets stay continuous and the
-  // total matches the file, but the chunk checksums no longer do. (Zstd chunks: for raw
-  // ones the table itself is refused, see RawChunkStoredSizeMismatchRefused.)
+  // Take one byte off chunk 0 in the table: chunk 1 still starts at the next aligned
+  // offset and the totals match, but chunk 0's checksum no longer does. (Zstd chunks:
+  // for raw ones the table itself is refused, see RawChunkStoredSizeMismatchRefused.)
   fs::path dir = tmp_.path() / "zimg";
   write_image(dir, repetitive_bytes(2 * kChunk));
   json m = read_manifest(dir);
   ASSERT_FALSE(m["chunks"][0].contains("zstd"));
-  m["chunks"][0]["stored"] = m["chunks"][0]["stored"].get<std::uint64_t>() - 1;
-  m["chunks"][1]["offset"] = m["chunks"][1]["offset"].get<std::uint64_t>() - 1;
-  m["chunks"][1]["stored"] = m["chunks"][1]["stored"].get<std::uint64_t>() + 1;
+  std::uint64_t end0 = m["chunks"][0]["stored"].get<std::uint64_t>();
+  ASSERT_NE(end0 % kChunkAlignBytes, 1u);  // else chunk 1 would move to an earlier block
+  m["chunks"][0]["stored"] = end0 - 1;
+  m["pages_stored_bytes"] = m["pages_stored_bytes"].get<std::uint64_t>() - 1;
   rewrite_manifest(dir, m);
   auto r = ImageReader::open(dir);
   EXPECT_THAT(error_of([&] { r->verify_chunks(); }), HasSubstr("chunk 0 at offset 0"));
@@ -1056,6 +1068,56 @@ TEST_F(BadManifest, RawChunkStoredSizeMismatchRefused) {
               AllOf(HasSubstr("chunk 0: "), HasSubstr("\"zstd\": false"),
                     HasSubstr(fmt::format("stored size {} is not raw size {}", kChunk - 1,
                                           kChunk))));
+}
+
+// O_DIRECT writes (or the buffered fallback where the file system refuses them): raw
+// and zstd chunks of odd sizes, from append_pages() and zero-copy appends, read back
+// intact from an image laid out like a buffered one.
+TEST(ImageTest, DirectIoWritesTheSameImage) {
+  TempDir tmp;
+  auto data = random_bytes(kChunk + 4097, 21);
+  for (auto part : {repetitive_bytes(kChunk + 3), random_bytes(2 * kChunk - 5, 22), repetitive_bytes(777)})
+    data.insert(data.end(), part.begin(), part.end());
+  for (bool direct : {true, false}) {
+    fs::path dir = tmp.path() / (direct ? "direct" : "buffered");
+    auto w = ImageWriter::create(dir, 1, direct);
+    std::span<const std::byte> rest(data);
+    for (bool zero_copy = false; !rest.empty(); zero_copy = !zero_copy) {
+      std::size_t n = std::min<std::size_t>(rest.size(), 1000003);
+      if (zero_copy) {
+        auto space = w->append_space();
+        n = std::min(n, space.size());
+        std::memcpy(space.data(), rest.data(), n);
+        w->append_done(n);
+      } else {
+        w->append_pages(rest.first(n));
+      }
+      rest = rest.subspan(n);
+    }
+    w->commit(json::object());
+    auto r = ImageReader::open(dir);
+    r->verify_chunks();
+    EXPECT_TRUE(read_all(*r, data.size()) == data) << dir;
+  }
+  // Same chunk table, same file size.
+  json a = read_manifest(tmp.path() / "direct"), b = read_manifest(tmp.path() / "buffered");
+  EXPECT_EQ(a["chunks"], b["chunks"]);
+  EXPECT_EQ(size_of(tmp.path() / "direct" / "pages.img"), size_of(tmp.path() / "buffered" / "pages.img"));
+}
+
+TEST_F(BadManifest, ChunkOffsetsMustBeAligned) {
+  // Chunk 1 one block later than the first aligned offset after chunk 0, then one byte
+  // earlier: both refused, naming the offsets.
+  for (std::int64_t shift : {std::int64_t{kChunkAlignBytes}, std::int64_t{-1}}) {
+    json m = read_manifest(dir_);
+    m["chunks"][1]["offset"] = m["chunks"][1]["offset"].get<std::int64_t>() + shift;
+    rewrite_manifest(dir_, m);
+    EXPECT_THAT(error_of([&] { ImageReader::open(dir_); }),
+                AllOf(HasSubstr("chunk 1: offset "),
+                      HasSubstr(fmt::format("is not the first multiple of {} after the end of "
+                                            "the previous chunks ({})",
+                                            kChunkAlignBytes, kChunk))));
+  }
 }
 
 TEST_F(BadManifest, ZstdKeyMustBeBoolean) {
@@ -1286,7 +1348,9 @@ void check_copy(const ImageReader& r, const std::vector<std::byte>& data) {
     ASSERT_EQ(std::memcmp(io.iov_base, data.data() + pos, io.iov_len), 0) << "at stream offset " << pos;
     pos += io.iov_len;
     auto* gap = static_cast<std::byte*>(io.iov_base) + io.iov_len;
-    if (gap < dst.data() + dst.size()) ASSERT_EQ(*gap, std::byte{0x5a});
+    if (gap < dst.data() + dst.size()) {
+      ASSERT_EQ(*gap, std::byte{0x5a});
+    }
   }
 }
 
