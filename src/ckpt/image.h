@@ -169,9 +169,9 @@ class ImageReader {
   // Reads manifest.json and manifest.xxh3 and checks the checksum, that the manifest
   // parses and that format_version == kImageFormatVersion.
   // Throws fsched::Error with the path and what is wrong ("DIR is not a checkpoint
-  // image (no manifest.json)", "manifest checksum mismatch", "image format 2, this
-  // engine reads 1", ...). Also checks that the chunk table is well-formed (offsets
-  // contiguous from 0, sizes in range, "zstd" a boolean, stored == raw for a raw
+  // image (no manifest.json)", "manifest checksum mismatch", "image format 1, this
+  // engine reads 2", ...). Also checks that the chunk table is well-formed (offsets
+  // aligned as above, sizes in range, "zstd" a boolean, stored == raw for a raw
   // chunk, totals consistent); it does not read pages.img.
   static std::unique_ptr<ImageReader> open(const std::filesystem::path& dir);
 

@@ -1392,6 +1392,50 @@ TEST(ImageCopyToProcess, MixesWithNextAndRead) {
               HasSubstr("past the end"));
 }
 
+// Over kCopyHelperMinBytes (32 MiB): the raw chunks are shared with a helper thread.
+// Raw and zstd chunks alternate, so the helper's writes and ours interleave.
+std::vector<std::byte> large_stream() {
+  std::vector<std::byte> data;
+  for (int i = 0; i < 12; ++i) {
+    auto part = i % 4 == 3 ? repetitive_bytes(kChunk - 4096 * i) : random_bytes(kChunk, 30 + i);
+    data.insert(data.end(), part.begin(), part.end());
+  }
+  return data;
+}
+
+TEST(ImageCopyToProcess, LargeCopyWithHelperThread) {
+  TempDir tmp;
+  fs::path dir = tmp.path() / "img";
+  auto data = large_stream();
+  ASSERT_GT(data.size(), 32u << 20);
+  write_image(dir, data);
+  auto r = ImageReader::open(dir);
+  r->verify_chunks();
+  check_copy(*r, data);
+}
+
+TEST(ImageCopyToProcess, HelperThreadErrorIsReported) {
+  // An unwritable page in the middle of every chunk-sized stretch of the target:
+  // whichever thread fails first, the copy reports the first stretch.
+  TempDir tmp;
+  fs::path dir = tmp.path() / "img";
+  auto data = large_stream();
+  write_image(dir, data);
+  auto r = ImageReader::open(dir);
+  r->verify_chunks();
+  std::size_t len = data.size() + kChunk;
+  void* m = ::mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  ASSERT_NE(m, MAP_FAILED);
+  auto* base = static_cast<std::byte*>(m);
+  for (std::size_t o = kChunk / 2; o < len; o += kChunk) ASSERT_EQ(::mprotect(base + o, 4096, PROT_NONE), 0);
+  iovec io{base, data.size()};
+  EXPECT_THAT(error_of([&] { r->pages()->copy_to_process(::getpid(), std::span(&io, 1)); }),
+              AllOf(HasSubstr("pages.img: only 2097152 of 4194304 bytes of the page stream at offset 0 "),
+                    HasSubstr(fmt::format("reached process {} at {:#x}", ::getpid(),
+                                          reinterpret_cast<std::uint64_t>(base)))));
+  ::munmap(m, len);
+}
+
 TEST(ImageCopyToProcess, UnwritableTargetNamesAddressAndErrno) {
   TempDir tmp;
   fs::path dir = tmp.path() / "img";
