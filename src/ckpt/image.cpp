@@ -1,11 +1,12 @@
 // Implementation of the checkpoint image format (see image.h).
 //
 // Writer: the caller copies page data into a chunk buffer; a full chunk is handed
-// to one worker thread that compresses it (one zstd frame per chunk, or the raw bytes
-// when the frame would not be meaningfully smaller), hashes the stored bytes with
-// XXH3-64 and writes them to pages.img while the caller fills the next buffer.
-// Buffers: the one being filled, the one being compressed and the compressed output,
-// so memory stays at ~3 chunks whatever the image size. Chunks are aligned in pages.img
+// to one of kWriterThreads worker threads that compresses it (one zstd frame per
+// chunk, or the raw bytes when the frame would not be meaningfully smaller), hashes
+// the stored bytes with XXH3-64 and, in its turn, writes them to pages.img, while the
+// caller fills the next buffer and the other worker compresses the next chunk.
+// Buffers: the one being filled, and an input and an output buffer per worker, so
+// memory stays at ~5 chunks whatever the image size. Chunks are aligned in pages.img
 // and buffers in memory so that pages.img can be written with O_DIRECT on request.
 //
 // Reader: a worker thread copies chunk k+1's stored bytes out of pages.img (see
@@ -85,6 +86,9 @@ constexpr std::size_t kSamples = 4;
 constexpr std::size_t kIovMax = 1024;
 // copy_to_process() starts a helper thread for this many bytes at least.
 constexpr std::uint64_t kCopyHelperMinBytes = 32u << 20;
+// Compression threads of the image writer (at most one per usable CPU). The dumper
+// reads the job's memory on its own thread meanwhile.
+constexpr unsigned kWriterThreads = 2;
 constexpr std::size_t kSampleBytes = 16u << 10;
 
 struct ChunkInfo {
@@ -232,6 +236,37 @@ void write_new_file(int dirfd, const fs::path& path, std::string_view data) {
 // ---------------------------------------------------------------------------
 // Writer
 
+// CPUs this process may run on (at least 1).
+unsigned usable_cpus() {
+  cpu_set_t set;
+  if (::sched_getaffinity(0, sizeof set, &set) == 0) {
+    int n = CPU_COUNT(&set);
+    if (n > 0) return static_cast<unsigned>(n);
+  }
+  unsigned n = std::thread::hardware_concurrency();
+  return n ? n : 1;
+}
+
+// One compression thread of the writer, with its own zstd context and buffers.
+struct Worker {
+  std::thread thread;
+  std::unique_ptr<ZSTD_CCtx, CCtxFree> cctx;
+  AlignedBuffer in;        // the chunk to compress (swapped with the caller's fill buffer)
+  AlignedBuffer out;       // its zstd frame
+  std::size_t out_cap = 0;
+  std::size_t len = 0;     // bytes in `in`
+  std::uint64_t seq = 0;   // chunk index
+  bool busy = false;       // has a chunk not yet written (guarded by the writer's mu_)
+};
+
+// A chunk ready to be written: `stored` bytes at `data` (the worker's in or out).
+struct Encoded {
+  std::byte* data;
+  std::size_t stored;
+  bool zstd;
+  std::uint64_t xxh3;
+};
+
 class ImageWriterImpl final : public ImageWriter {
  public:
   ImageWriterImpl(fs::path dir, fs::path tmp, int level, bool direct_io)
@@ -263,9 +298,15 @@ class ImageWriterImpl final : public ImageWriter {
     if (!pages_fd_) fail_errno("{}: cannot create", pages_path_.native());
     if (::fchmod(pages_fd_.get(), 0600) != 0)
       fail_errno("{}: cannot chmod 0600", pages_path_.native());
-    cctx_.reset(ZSTD_createCCtx());
-    if (!cctx_) fail("{}: cannot create zstd compression context", dir_.native());
-    worker_ = std::thread([this] { worker_loop(); });
+    const unsigned n = std::max(1u, std::min(kWriterThreads, usable_cpus()));
+    for (unsigned i = 0; i < n; ++i) {
+      auto w = std::make_unique<Worker>();
+      w->cctx.reset(ZSTD_createCCtx());
+      if (!w->cctx) fail("{}: cannot create zstd compression context", dir_.native());
+      w->out_cap = align_up(ZSTD_compressBound(kChunkRawBytes));
+      workers_.push_back(std::move(w));
+    }
+    for (auto& w : workers_) w->thread = std::thread([this, wp = w.get()] { worker_loop(*wp); });
   }
 
   void append_pages(std::span<const std::byte> data) override {
@@ -315,7 +356,7 @@ class ImageWriterImpl final : public ImageWriter {
     wait_idle();
     stop_worker();
     fill_.reset();
-    work_.reset();
+    workers_.clear();
 
     json chunks = json::array();
     std::uint64_t stored = 0;
@@ -388,56 +429,74 @@ class ImageWriterImpl final : public ImageWriter {
     if (broken_) fail("{}: image writer unusable after an earlier failed commit", dir_.native());
   }
 
-  // Hands the full fill_ buffer to the worker (waiting for it to finish the previous
-  // chunk) and takes the worker's previous input buffer to fill next.
+  // Hands the full fill_ buffer to an idle worker (waiting for one) and takes that
+  // worker's previous input buffer to fill next.
   void submit() {
     {
       std::unique_lock lk(mu_);
-      cv_.wait(lk, [&] { return !job_ || error_; });
+      Worker* idle = nullptr;
+      cv_.wait(lk, [&] {
+        for (auto& w : workers_)
+          if (!w->busy) idle = w.get();
+        return idle || error_;
+      });
       if (error_) std::rethrow_exception(error_);
-      std::swap(fill_, work_);
-      job_len_ = fill_len_;
-      job_ = true;
+      std::swap(fill_, idle->in);
+      idle->len = fill_len_;
+      idle->seq = submitted_++;
+      idle->busy = true;
     }
     cv_.notify_all();
     fill_len_ = 0;
   }
 
+  // Waits until every submitted chunk is written.
   void wait_idle() {
     std::unique_lock lk(mu_);
-    cv_.wait(lk, [&] { return !job_ || error_; });
+    cv_.wait(lk, [&] { return written_ == submitted_ || error_; });
     if (error_) std::rethrow_exception(error_);
   }
 
   void stop_worker() noexcept {
-    if (!worker_.joinable()) return;
     {
       std::lock_guard lk(mu_);
       stop_ = true;
     }
     cv_.notify_all();
-    worker_.join();
+    for (auto& w : workers_)
+      if (w->thread.joinable()) w->thread.join();
   }
 
-  void worker_loop() {
+  // Compresses and hashes its chunks while the other workers do theirs, then waits for
+  // its turn to write: chunks reach pages.img in stream order.
+  void worker_loop(Worker& w) {
     for (;;) {
-      std::size_t len;
       {
         std::unique_lock lk(mu_);
-        cv_.wait(lk, [&] { return job_ || stop_; });
+        cv_.wait(lk, [&] { return w.busy || stop_; });
         if (stop_) return;  // a pending job is abandoned (destructor) or there is none
-        len = job_len_;
       }
       bool ok = true;
       try {
-        ChunkInfo info = write_chunk(work_.get(), len);
+        Encoded e = encode(w);
+        {
+          std::unique_lock lk(mu_);
+          cv_.wait(lk, [&] { return written_ == w.seq || error_ || stop_; });
+          if (error_ || stop_) {
+            w.busy = false;
+            cv_.notify_all();
+            return;
+          }
+        }
+        ChunkInfo info = write_chunk(w, e);  // alone: the other workers wait for their turn
         std::lock_guard lk(mu_);
         chunks_.push_back(info);
-        job_ = false;
+        ++written_;
+        w.busy = false;
       } catch (...) {
         std::lock_guard lk(mu_);
-        error_ = std::current_exception();
-        job_ = false;
+        if (!error_) error_ = std::current_exception();
+        w.busy = false;
         ok = false;
       }
       cv_.notify_all();
@@ -450,39 +509,43 @@ class ImageWriterImpl final : public ImageWriter {
   // writing them together, so kSamples slices spread over the chunk are tried first;
   // only if one of them shrinks is the whole chunk compressed. A chunk judged wrongly
   // is merely stored raw.
-  bool may_compress(const std::byte* src, std::size_t len) {
+  bool may_compress(Worker& w, const std::byte* src, std::size_t len) {
     if (len < kSamples * kSampleBytes * 4) return true;
     for (std::size_t i = 0; i < kSamples; ++i) {
       const std::byte* at = src + (len - kSampleBytes) * i / (kSamples - 1);
-      std::size_t n = ZSTD_compressCCtx(cctx_.get(), out_.get(), out_cap_, at, kSampleBytes, level_);
+      std::size_t n = ZSTD_compressCCtx(w.cctx.get(), w.out.get(), w.out_cap, at, kSampleBytes, level_);
       if (ZSTD_isError(n) || std::uint64_t{n} * 100 < std::uint64_t{kSampleBytes} * kStoreRawPercent)
         return true;
     }
     return false;
   }
 
-  // Worker thread: compress, hash and write one chunk. A chunk zstd does not shrink
-  // below kStoreRawPercent % is stored raw: the reader then skips zstd's framing and
-  // copy.
-  ChunkInfo write_chunk(std::byte* src, std::size_t len) {
-    std::size_t index = chunks_.size();  // only the worker appends to chunks_
-    std::uint64_t offset = align_up(file_end_);
-    if (!out_) {
-      out_cap_ = align_up(ZSTD_compressBound(kChunkRawBytes));
-      out_ = aligned_buffer(out_cap_);
-    }
+  // Worker thread: compresses and hashes chunk w.seq (w.in, w.len bytes). A chunk
+  // zstd does not shrink below kStoreRawPercent % is stored raw: the reader then skips
+  // zstd's framing and copy.
+  Encoded encode(Worker& w) {
+    if (!w.out) w.out = aligned_buffer(w.out_cap);
+    std::byte* src = w.in.get();
+    const std::size_t len = w.len;
     std::size_t n = len;
     bool zstd = false;
-    if (may_compress(src, len)) {
-      n = ZSTD_compressCCtx(cctx_.get(), out_.get(), out_cap_, src, len, level_);
+    if (may_compress(w, src, len)) {
+      n = ZSTD_compressCCtx(w.cctx.get(), w.out.get(), w.out_cap, src, len, level_);
       if (ZSTD_isError(n))
-        fail("{}: zstd compression of chunk {} (file offset {}, {} bytes) failed: {}",
-             pages_path_.native(), index, offset, len, ZSTD_getErrorName(n));
+        fail("{}: zstd compression of chunk {} (stream offset {}, {} bytes) failed: {}",
+             pages_path_.native(), w.seq, w.seq * kChunkRawBytes, len, ZSTD_getErrorName(n));
       zstd = std::uint64_t{n} * 100 < std::uint64_t{len} * kStoreRawPercent;
       if (!zstd) n = len;
     }
-    std::byte* data = zstd ? out_.get() : src;
-    std::uint64_t h = XXH3_64bits(data, n);
+    std::byte* data = zstd ? w.out.get() : src;
+    return Encoded{data, n, zstd, XXH3_64bits(data, n)};
+  }
+
+  // Worker thread, in its turn: writes chunk w.seq, encoded as e, after the last one.
+  ChunkInfo write_chunk(Worker& w, const Encoded& e) {
+    const std::uint64_t index = w.seq, offset = align_up(file_end_);
+    std::byte* data = e.data;
+    const std::size_t n = e.stored;
     // Whole blocks for O_DIRECT: both buffers' capacities are multiples of the alignment.
     std::size_t padded = static_cast<std::size_t>(align_up(n));
     std::memset(data + n, 0, padded - n);
@@ -500,7 +563,7 @@ class ImageWriterImpl final : public ImageWriter {
                         SYNC_FILE_RANGE_WRITE);
     file_end_ = offset + n;
     stored_.fetch_add(n, std::memory_order_relaxed);
-    return ChunkInfo{offset, n, len, h, zstd};
+    return ChunkInfo{offset, n, w.len, e.xxh3, e.zstd};
   }
 
   // pwrite(2) all of [p, p+n) at `off`. If the file system refuses an O_DIRECT write
@@ -533,7 +596,6 @@ class ImageWriterImpl final : public ImageWriter {
   const fs::path dir_, tmp_, pages_path_;
   const int level_;
   UniqueFd dirfd_, pages_fd_;
-  std::unique_ptr<ZSTD_CCtx, CCtxFree> cctx_;
 
   // Caller side.
   AlignedBuffer fill_;
@@ -542,22 +604,20 @@ class ImageWriterImpl final : public ImageWriter {
   bool committed_ = false;
   bool broken_ = false;
 
-  // Shared with the worker; guarded by mu_ (work_ is the worker's while job_ is set).
-  std::thread worker_;
+  // Shared with the workers; guarded by mu_ (a Worker's job fields are its own while
+  // it is busy).
+  std::vector<std::unique_ptr<Worker>> workers_;
   std::mutex mu_;
   std::condition_variable cv_;
-  AlignedBuffer work_;
-  std::size_t job_len_ = 0;
-  bool job_ = false;
+  std::uint64_t submitted_ = 0;  // chunks handed to workers
+  std::uint64_t written_ = 0;    // chunks written: the one numbered written_ is next
   bool stop_ = false;
   std::exception_ptr error_;
   std::vector<ChunkInfo> chunks_;
   std::atomic<std::uint64_t> stored_{0};
   std::atomic<bool> eager_writeback_{false};
 
-  // Worker only (and the caller after stop_worker()).
-  AlignedBuffer out_;
-  std::size_t out_cap_ = 0;
+  // The worker whose turn it is to write (and the caller after stop_worker()).
   bool direct_ = false;         // pages_fd_ has O_DIRECT
   std::uint64_t file_end_ = 0;  // end of the last chunk written
 };
@@ -704,17 +764,6 @@ void zstd_decode_chunk(ZSTD_DCtx* dctx, const fs::path& path, std::size_t index,
   if (r != c.raw)
     fail("{}: chunk {} at offset {}: decompressed to {} bytes, manifest says {}", path.native(),
          index, c.offset, r, c.raw);
-}
-
-// CPUs this process may run on (at least 1).
-unsigned usable_cpus() {
-  cpu_set_t set;
-  if (::sched_getaffinity(0, sizeof set, &set) == 0) {
-    int n = CPU_COUNT(&set);
-    if (n > 0) return static_cast<unsigned>(n);
-  }
-  unsigned n = std::thread::hardware_concurrency();
-  return n ? n : 1;
 }
 
 // One process_vm_writev(2) of `local` (the page stream from offset `pos`) to `remote`.

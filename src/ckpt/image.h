@@ -65,10 +65,11 @@ inline constexpr unsigned kStoreRawPercent = 97;
 // at most, so small images are verified by the calling thread alone).
 inline constexpr unsigned kVerifyThreads = 2;
 
-// Writes an image. Not thread-safe; append_pages() may hand full chunks to an
-// internal worker thread so that compression overlaps with reading the job's memory.
+// Writes an image. Not thread-safe; append_pages() hands full chunks to internal
+// worker threads (two, one per CPU at most) so that compression overlaps with reading
+// the job's memory and two chunks are compressed at once.
 // Memory use is bounded by a few chunks whatever the image size.
-// A failure in the worker is reported by the next append_pages() or commit(). Once a
+// A failure in a worker is reported by the next append_pages() or commit(). Once a
 // call has thrown (except commit() refusing a non-object manifest) the writer stays
 // failed: every further call throws; destroy it to remove DIR.tmp.
 class ImageWriter {
