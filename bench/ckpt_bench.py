@@ -148,7 +148,8 @@ def dir_bytes(d: Path) -> int:
 
 
 class Bench:
-    def __init__(self, build: Path, scratch: Path, drop_caches: bool, level: int | None):
+    def __init__(self, build: Path, scratch: Path, drop_caches: bool, level: int | None,
+                 direct_io: bool = False):
         self.ckpt = build / "src" / "tools" / "fsched-ckpt"
         self.memhog = build / "tests" / "programs" / "memhog"
         for p in (self.ckpt, self.memhog):
@@ -157,6 +158,7 @@ class Bench:
         self.scratch = scratch
         self.drop_caches = drop_caches
         self.level = level
+        self.direct_io = direct_io
         self.inits: set[int] = set()
 
     def cleanup(self):
@@ -200,6 +202,8 @@ class Bench:
         dump_args = [str(self.ckpt), "dump", "--pid", str(init), "--dir", str(image), "--json"]
         if self.level is not None:
             dump_args += ["--compress-level", str(self.level)]
+        if self.direct_io:
+            dump_args.append("--direct-io")
         rc, dout, derr, dwall, drss, danon = run_timed(dump_args, 900)
         if rc != 0:
             raise BenchError(f"dump of {name} failed: {derr.strip()}")
@@ -268,6 +272,8 @@ def main() -> int:
     ap.add_argument("--only", action="append", help="run the workloads whose name contains this (repeatable)")
     ap.add_argument("--scratch", default="/tmp/fsched-bench", help="job and image directory")
     ap.add_argument("--compress-level", type=int, help="zstd level passed to dump")
+    ap.add_argument("--direct-io", action="store_true",
+                    help="dump with --direct-io (O_DIRECT): restore then reads the image from the disk")
     ap.add_argument("--drop-caches", action="store_true",
                     help="drop the page cache before dump and restore (cold-cache figures)")
     args = ap.parse_args()
@@ -290,7 +296,7 @@ def main() -> int:
 
     scratch = Path(args.scratch)
     scratch.mkdir(parents=True, exist_ok=True)
-    bench = Bench(Path(args.build), scratch, args.drop_caches, args.compress_level)
+    bench = Bench(Path(args.build), scratch, args.drop_caches, args.compress_level, args.direct_io)
     results = []
     t_start = time.monotonic()
     try:
@@ -316,6 +322,7 @@ def main() -> int:
     if args.out:
         doc = {"kernel": platform.release(), "machine": platform.machine(), "cpus": os.cpu_count(),
                "runs": runs, "quick": args.quick, "compress_level": args.compress_level,
+               "direct_io": args.direct_io,
                "drop_caches": args.drop_caches, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                "results": results}
         Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")

@@ -1339,6 +1339,14 @@ std::vector<iovec> scattered(std::vector<std::byte>& dst, std::size_t total) {
   return out;
 }
 
+// Writes `data` as an image at dir, opens and verifies it.
+std::unique_ptr<ImageReader> verified_image(const fs::path& dir, const std::vector<std::byte>& data) {
+  write_image(dir, data);
+  auto r = ImageReader::open(dir);
+  r->verify_chunks();
+  return r;
+}
+
 void check_copy(const ImageReader& r, const std::vector<std::byte>& data) {
   std::vector<std::byte> dst(data.size() + 64 * 4096, std::byte{0x5a});
   auto ranges = scattered(dst, data.size());
@@ -1369,9 +1377,7 @@ TEST(ImageCopyToProcess, MixesWithNextAndRead) {
   TempDir tmp;
   fs::path dir = tmp.path() / "img";
   auto data = mixed_stream();
-  write_image(dir, data);
-  auto r = ImageReader::open(dir);
-  r->verify_chunks();
+  auto r = verified_image(dir, data);
   auto pr = r->pages();
   std::vector<std::byte> got(data.size());
   // Part of raw chunk 0 to the process, its rest through next() (copied out of the
@@ -1408,9 +1414,7 @@ TEST(ImageCopyToProcess, LargeCopyWithHelperThread) {
   fs::path dir = tmp.path() / "img";
   auto data = large_stream();
   ASSERT_GT(data.size(), 32u << 20);
-  write_image(dir, data);
-  auto r = ImageReader::open(dir);
-  r->verify_chunks();
+  auto r = verified_image(dir, data);
   check_copy(*r, data);
 }
 
@@ -1420,9 +1424,7 @@ TEST(ImageCopyToProcess, HelperThreadErrorIsReported) {
   TempDir tmp;
   fs::path dir = tmp.path() / "img";
   auto data = large_stream();
-  write_image(dir, data);
-  auto r = ImageReader::open(dir);
-  r->verify_chunks();
+  auto r = verified_image(dir, data);
   std::size_t len = data.size() + kChunk;
   void* m = ::mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   ASSERT_NE(m, MAP_FAILED);
@@ -1440,9 +1442,7 @@ TEST(ImageCopyToProcess, UnwritableTargetNamesAddressAndErrno) {
   TempDir tmp;
   fs::path dir = tmp.path() / "img";
   auto data = mixed_stream();
-  write_image(dir, data);
-  auto r = ImageReader::open(dir);
-  r->verify_chunks();
+  auto r = verified_image(dir, data);
   // A PROT_NONE page stays reserved while the copy runs. An address we unmapped could
   // be mapped again by another thread (the reader's worker, ASan's allocator) before the
   // copy, which would then write the image over that thread's memory.
@@ -1459,9 +1459,7 @@ TEST(ImageCopyToProcess, FileTruncatedAfterVerifyIsAnErrorNotACrash) {
   TempDir tmp;
   fs::path dir = tmp.path() / "img";
   auto data = mixed_stream();
-  write_image(dir, data);
-  auto r = ImageReader::open(dir);
-  r->verify_chunks();
+  auto r = verified_image(dir, data);
   auto pr = r->pages();
   // Chunk 0 is raw: cut pages.img in its middle after the reader mapped it.
   ASSERT_EQ(::truncate((dir / "pages.img").c_str(), kChunk / 2), 0);
