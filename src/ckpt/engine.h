@@ -40,7 +40,7 @@ struct DumpOptions {
   int compress_level = -7;
   // Write the page data with O_DIRECT (ImageWriter::create). A 2 GiB random job
   // dumped (killed) in 2.6-3.2 s instead of 2.5-9.4 s here, but its restore right
-  // after then reads the image from the disk (4.1-7.7 s instead of 1.5-2.0), and a
+  // after then reads the image from the disk (3.4-7.7 s instead of 1.0-2.0), and a
   // --leave-running dump stays frozen longer (2.7-3.4 s instead of 2.1-2.3: the
   // disk, not the page cache, sets the pace). For images that will not be read back
   // soon on this node; it keeps them out of the page cache.
