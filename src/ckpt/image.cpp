@@ -29,6 +29,7 @@
 #include <zstd.h>
 
 #include <algorithm>
+#include <climits>
 #include <array>
 #include <atomic>
 #include <cerrno>
@@ -82,8 +83,6 @@ constexpr std::size_t kWriteBlockBytes = 512u << 10;
 static_assert(kWriteBlockBytes % kChunkAlignBytes == 0 && kChunkRawBytes % kChunkAlignBytes == 0);
 // The writer's compressibility probe: this many slices of this many bytes per chunk.
 constexpr std::size_t kSamples = 4;
-// UIO_MAXIOV: remote iovecs per process_vm_writev(2).
-constexpr std::size_t kIovMax = 1024;
 // copy_to_process() starts a helper thread for this many bytes at least.
 constexpr std::uint64_t kCopyHelperMinBytes = 32u << 20;
 // Compression threads of the image writer (at most one per usable CPU). The dumper
@@ -123,6 +122,9 @@ std::string hex64(std::uint64_t v) { return fmt::format("{:016x}", v); }
 constexpr std::uint64_t align_up(std::uint64_t n) {
   return (n + kChunkAlignBytes - 1) / kChunkAlignBytes * kChunkAlignBytes;
 }
+// Output buffer of the writer's zstd frames: the bound for a full chunk, whole blocks
+// for O_DIRECT.
+constexpr std::size_t kFrameCapacity = align_up(ZSTD_COMPRESSBOUND(kChunkRawBytes));
 
 // Buffers that O_DIRECT can write from: kChunkAlignBytes-aligned, sizes rounded up.
 struct AlignedFree {
@@ -161,13 +163,14 @@ fs::path parent_dir(const fs::path& dir) {
   return parent.empty() ? fs::path(".") : parent;
 }
 
-// write(2) all of [p, p+n), retrying short writes and EINTR. `what` describes the
-// write for the error message ("PATH: write of chunk 3 at offset 123").
+// pwrite(2) all of [p, p+n) at file offset `off`, retrying short writes and EINTR.
+// `what` describes the write for the error message ("PATH: write of chunk 3 at offset
+// 123"); the Error carries the write's errno.
 template <typename Describe>
-void write_all(int fd, const std::byte* p, std::size_t n, Describe&& what) {
+void write_all(int fd, const std::byte* p, std::size_t n, std::uint64_t off, Describe&& what) {
   std::size_t done = 0;
   while (done < n) {
-    ssize_t w = ::write(fd, p + done, n - done);
+    ssize_t w = ::pwrite(fd, p + done, n - done, static_cast<off_t>(off + done));
     if (w < 0) {
       if (errno == EINTR) continue;
       fail_errno("{} failed after {} of {} bytes", what(), done, n);
@@ -228,7 +231,7 @@ void write_new_file(int dirfd, const fs::path& path, std::string_view data) {
                        O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
   if (!fd) fail_errno("{}: cannot create", path.native());
   if (::fchmod(fd.get(), 0600) != 0) fail_errno("{}: cannot chmod 0600", path.native());
-  write_all(fd.get(), reinterpret_cast<const std::byte*>(data.data()), data.size(),
+  write_all(fd.get(), reinterpret_cast<const std::byte*>(data.data()), data.size(), 0,
             [&] { return fmt::format("{}: write", path.native()); });
   fsync_fd(fd.get(), path);
 }
@@ -252,8 +255,7 @@ struct Worker {
   std::thread thread;
   std::unique_ptr<ZSTD_CCtx, CCtxFree> cctx;
   AlignedBuffer in;        // the chunk to compress (swapped with the caller's fill buffer)
-  AlignedBuffer out;       // its zstd frame
-  std::size_t out_cap = 0;
+  AlignedBuffer out;       // its zstd frame (kFrameCapacity bytes)
   std::size_t len = 0;     // bytes in `in`
   std::uint64_t seq = 0;   // chunk index
   bool busy = false;       // has a chunk not yet written (guarded by the writer's mu_)
@@ -303,7 +305,6 @@ class ImageWriterImpl final : public ImageWriter {
       auto w = std::make_unique<Worker>();
       w->cctx.reset(ZSTD_createCCtx());
       if (!w->cctx) fail("{}: cannot create zstd compression context", dir_.native());
-      w->out_cap = align_up(ZSTD_compressBound(kChunkRawBytes));
       workers_.push_back(std::move(w));
     }
     for (auto& w : workers_) w->thread = std::thread([this, wp = w.get()] { worker_loop(*wp); });
@@ -453,7 +454,7 @@ class ImageWriterImpl final : public ImageWriter {
   // Waits until every submitted chunk is written.
   void wait_idle() {
     std::unique_lock lk(mu_);
-    cv_.wait(lk, [&] { return written_ == submitted_ || error_; });
+    cv_.wait(lk, [&] { return chunks_.size() == submitted_ || error_; });
     if (error_) std::rethrow_exception(error_);
   }
 
@@ -481,7 +482,7 @@ class ImageWriterImpl final : public ImageWriter {
         Encoded e = encode(w);
         {
           std::unique_lock lk(mu_);
-          cv_.wait(lk, [&] { return written_ == w.seq || error_ || stop_; });
+          cv_.wait(lk, [&] { return chunks_.size() == w.seq || error_ || stop_; });
           if (error_ || stop_) {
             w.busy = false;
             cv_.notify_all();
@@ -491,7 +492,6 @@ class ImageWriterImpl final : public ImageWriter {
         ChunkInfo info = write_chunk(w, e);  // alone: the other workers wait for their turn
         std::lock_guard lk(mu_);
         chunks_.push_back(info);
-        ++written_;
         w.busy = false;
       } catch (...) {
         std::lock_guard lk(mu_);
@@ -513,7 +513,7 @@ class ImageWriterImpl final : public ImageWriter {
     if (len < kSamples * kSampleBytes * 4) return true;
     for (std::size_t i = 0; i < kSamples; ++i) {
       const std::byte* at = src + (len - kSampleBytes) * i / (kSamples - 1);
-      std::size_t n = ZSTD_compressCCtx(w.cctx.get(), w.out.get(), w.out_cap, at, kSampleBytes, level_);
+      std::size_t n = ZSTD_compressCCtx(w.cctx.get(), w.out.get(), kFrameCapacity, at, kSampleBytes, level_);
       if (ZSTD_isError(n) || std::uint64_t{n} * 100 < std::uint64_t{kSampleBytes} * kStoreRawPercent)
         return true;
     }
@@ -524,13 +524,13 @@ class ImageWriterImpl final : public ImageWriter {
   // zstd does not shrink below kStoreRawPercent % is stored raw: the reader then skips
   // zstd's framing and copy.
   Encoded encode(Worker& w) {
-    if (!w.out) w.out = aligned_buffer(w.out_cap);
+    if (!w.out) w.out = aligned_buffer(kFrameCapacity);
     std::byte* src = w.in.get();
     const std::size_t len = w.len;
     std::size_t n = len;
     bool zstd = false;
     if (may_compress(w, src, len)) {
-      n = ZSTD_compressCCtx(w.cctx.get(), w.out.get(), w.out_cap, src, len, level_);
+      n = ZSTD_compressCCtx(w.cctx.get(), w.out.get(), kFrameCapacity, src, len, level_);
       if (ZSTD_isError(n))
         fail("{}: zstd compression of chunk {} (stream offset {}, {} bytes) failed: {}",
              pages_path_.native(), w.seq, w.seq * kChunkRawBytes, len, ZSTD_getErrorName(n));
@@ -566,30 +566,18 @@ class ImageWriterImpl final : public ImageWriter {
     return ChunkInfo{offset, n, w.len, e.xxh3, e.zstd};
   }
 
-  // pwrite(2) all of [p, p+n) at `off`. If the file system refuses an O_DIRECT write
-  // (EINVAL: another alignment, or no O_DIRECT for this file), the file goes on with
-  // buffered writes.
+  // write_all() to pages.img. If the file system refuses an O_DIRECT write (EINVAL:
+  // another alignment, or no O_DIRECT for this file), the file goes on with buffered
+  // writes, from the start of the block again.
   template <typename Describe>
   void write_block(const std::byte* p, std::size_t n, std::uint64_t off, Describe&& what) {
-    std::size_t done = 0;
-    while (done < n) {
-      ssize_t w = ::pwrite(pages_fd_.get(), p + done, n - done, static_cast<off_t>(off + done));
-      if (w < 0) {
-        if (errno == EINTR) continue;
-        if (errno == EINVAL && direct_) {
-          int fl = ::fcntl(pages_fd_.get(), F_GETFL);
-          if (fl >= 0 && ::fcntl(pages_fd_.get(), F_SETFL, fl & ~O_DIRECT) == 0) {
-            direct_ = false;
-            continue;
-          }
-        }
-        fail_errno("{} failed after {} of {} bytes", what(), done, n);
-      }
-      if (w == 0) {
-        errno = ENOSPC;
-        fail_errno("{} failed after {} of {} bytes (write returned 0)", what(), done, n);
-      }
-      done += static_cast<std::size_t>(w);
+    try {
+      write_all(pages_fd_.get(), p, n, off, what);
+    } catch (const Error& e) {
+      int fl = direct_ && e.err() == EINVAL ? ::fcntl(pages_fd_.get(), F_GETFL) : -1;
+      if (fl < 0 || ::fcntl(pages_fd_.get(), F_SETFL, fl & ~O_DIRECT) != 0) throw;
+      direct_ = false;
+      write_all(pages_fd_.get(), p, n, off, what);
     }
   }
 
@@ -610,10 +598,9 @@ class ImageWriterImpl final : public ImageWriter {
   std::mutex mu_;
   std::condition_variable cv_;
   std::uint64_t submitted_ = 0;  // chunks handed to workers
-  std::uint64_t written_ = 0;    // chunks written: the one numbered written_ is next
   bool stop_ = false;
   std::exception_ptr error_;
-  std::vector<ChunkInfo> chunks_;
+  std::vector<ChunkInfo> chunks_;  // of the chunks written: chunk chunks_.size() is next
   std::atomic<std::uint64_t> stored_{0};
   std::atomic<bool> eager_writeback_{false};
 
@@ -912,9 +899,9 @@ class PageReaderImpl final : public PageReader {
            "({} bytes, {} left)",
            path_.native(), total, pos_, table_->logical_bytes, left);
     // Each call covers what is left of the current chunk or of the remote ranges,
-    // whichever ends first, split into at most kIovMax remote iovecs. Calls that read
-    // the mapping of a verified raw chunk may go to a helper thread while this one
-    // goes on: filling fresh pages of the target is the cost of a restore, and on our
+    // whichever ends first, split into at most IOV_MAX (limits.h) remote iovecs. Calls
+    // that read the mapping of a verified raw chunk may go to a helper thread while this
+    // one goes on: filling fresh pages of the target is the cost of a restore, and on our
     // 2-CPU VMs two threads wrote 2 GiB 3-5x faster than one.
     std::optional<CopyHelper> helper;
     if (direct_ && total >= kCopyHelperMinBytes && usable_cpus() > 1) helper.emplace(pid, path_);
@@ -934,7 +921,7 @@ class PageReaderImpl final : public PageReader {
       std::size_t len = 0;
       std::size_t rj = ri;
       std::uint64_t rjdone = rdone;
-      while (len < avail && rj < remote.size() && part.size() < kIovMax) {
+      while (len < avail && rj < remote.size() && part.size() < std::size_t{IOV_MAX}) {
         std::size_t take = static_cast<std::size_t>(
             std::min<std::uint64_t>(remote[rj].iov_len - rjdone, avail - len));
         if (take) part.push_back({static_cast<std::byte*>(remote[rj].iov_base) + rjdone, take});

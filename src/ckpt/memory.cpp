@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <climits>
 #include <cstring>
 
 #include "ckpt/parts.h"
@@ -26,7 +27,6 @@ namespace {
 
 constexpr std::uint64_t kPage = 4096;
 constexpr std::size_t kIoBytes = 4u << 20;  // read/write memory in pieces of this size
-constexpr std::size_t kIovMax = 1024;       // UIO_MAXIOV: iovecs per process_vm_readv(2)
 
 constexpr std::uint64_t kPmPresent = 1ULL << 63;
 constexpr std::uint64_t kPmSwapped = 1ULL << 62;
@@ -173,9 +173,9 @@ std::uint64_t dump_pages(DumpProcess& p, ImageWriter& img) {
       }
       std::size_t done = 0;
       if (v.prot & PROT_READ) {
-        // process_vm_readv takes at most kIovMax remote iovecs per call.
-        for (std::size_t r = 0; r < remote.size(); r += kIovMax) {
-          std::size_t cnt = std::min<std::size_t>(kIovMax, remote.size() - r);
+        // process_vm_readv takes at most IOV_MAX (limits.h) remote iovecs per call.
+        for (std::size_t r = 0; r < remote.size(); r += std::size_t{IOV_MAX}) {
+          std::size_t cnt = std::min<std::size_t>(IOV_MAX, remote.size() - r);
           std::size_t len = 0;
           for (std::size_t j = r; j < r + cnt; ++j) len += remote[j].iov_len;
           iovec local{dst + done, len};
