@@ -161,6 +161,14 @@ std::string error_of(const std::function<void()>& f) {
   return "(no fsched::Error thrown)";
 }
 
+// Opens the image at dir, verifies it and reads its whole page stream back: it must
+// be `data`.
+void expect_reads_back(const fs::path& dir, const std::vector<std::byte>& data) {
+  auto r = ImageReader::open(dir);
+  r->verify_chunks();
+  EXPECT_TRUE(read_all(*r, data.size()) == data) << dir;
+}
+
 mode_t mode_of(const fs::path& p) {
   struct stat st;
   if (::stat(p.c_str(), &st) != 0) throw std::runtime_error("stat failed: " + p.string());
@@ -554,9 +562,7 @@ TEST(ImageTest, IncompressibleChunksStoredRaw) {
   // The raw chunk is the data itself.
   std::string pages = read_text(dir / "pages.img");
   EXPECT_EQ(std::memcmp(pages.data(), data.data(), kChunk), 0);
-  auto r = ImageReader::open(dir);
-  r->verify_chunks();
-  EXPECT_TRUE(read_all(*r, data.size()) == data);
+  expect_reads_back(dir, data);
 }
 
 // The writer probes a few slices of each chunk before compressing it: a chunk whose
@@ -579,9 +585,7 @@ TEST(ImageTest, ChunkCompressibleOnlyInPartsIsCompressed) {
     EXPECT_FALSE(c.contains("zstd")) << c;
     EXPECT_LT(c["stored"].get<std::uint64_t>(), kChunk * 85 / 100) << c;
   }
-  auto r = ImageReader::open(dir);
-  r->verify_chunks();
-  EXPECT_TRUE(read_all(*r, data.size()) == data);
+  expect_reads_back(dir, data);
 }
 
 // append_space()/append_done(): the caller writes into the chunk buffer itself, in
@@ -614,9 +618,7 @@ TEST(ImageTest, ZeroCopyAppendsMixWithCopies) {
   w->append_done(0);
   EXPECT_EQ(w->logical_bytes(), data.size());
   w->commit(json::object());
-  auto r = ImageReader::open(dir);
-  r->verify_chunks();
-  EXPECT_TRUE(read_all(*r, data.size()) == data);
+  expect_reads_back(dir, data);
 }
 
 TEST(ImageTest, ExplicitZstdTrueAccepted) {
@@ -630,9 +632,7 @@ TEST(ImageTest, ExplicitZstdTrueAccepted) {
     c["zstd"] = true;
   }
   rewrite_manifest(dir, m);
-  auto r = ImageReader::open(dir);
-  r->verify_chunks();
-  EXPECT_TRUE(read_all(*r, data.size()) == data);
+  expect_reads_back(dir, data);
 }
 
 // An image written before raw chunks existed: incompressible data in zstd frames and
@@ -661,9 +661,7 @@ TEST(ImageTest, ZstdFramesOfIncompressibleDataStillRead) {
   m["pages_stored_bytes"] = stored;
   write_text(dir / "pages.img", pages);
   rewrite_manifest(dir, m);
-  auto r = ImageReader::open(dir);
-  r->verify_chunks();
-  EXPECT_TRUE(read_all(*r, data.size()) == data);
+  expect_reads_back(dir, data);
 }
 
 TEST(ImageTest, RawChunkWithoutZstdKeyIsTakenForAFrame) {
@@ -1095,9 +1093,7 @@ TEST(ImageTest, DirectIoWritesTheSameImage) {
       rest = rest.subspan(n);
     }
     w->commit(json::object());
-    auto r = ImageReader::open(dir);
-    r->verify_chunks();
-    EXPECT_TRUE(read_all(*r, data.size()) == data) << dir;
+    expect_reads_back(dir, data);
   }
   // Same chunk table, same file size.
   json a = read_manifest(tmp.path() / "direct"), b = read_manifest(tmp.path() / "buffered");
