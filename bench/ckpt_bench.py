@@ -245,6 +245,11 @@ COLUMNS = [("memory_mib", "memory", "{:.0f}"), ("freeze_ms", "freeze ms", "{:.0f
            ("restore_rss_mib", "restore RSS", "{:.1f}"), ("restore_anon_mib", "restore anon", "{:.1f}")]
 
 
+def machine_info() -> dict:
+    """Where a benchmark ran, for the head of its --out JSON."""
+    return {"kernel": platform.release(), "machine": platform.machine(), "cpus": os.cpu_count()}
+
+
 def median(runs: list[dict], key: str):
     vals = [r[key] for r in runs if r.get(key) is not None]
     return statistics.median(vals) if vals else None
@@ -320,8 +325,7 @@ def main() -> int:
     print(f"\nmedians of {runs} runs after one warm-up (sizes in MiB); "
           f"total {time.monotonic() - t_start:.0f} s")
     if args.out:
-        doc = {"kernel": platform.release(), "machine": platform.machine(), "cpus": os.cpu_count(),
-               "runs": runs, "quick": args.quick, "compress_level": args.compress_level,
+        doc = {**machine_info(), "runs": runs, "quick": args.quick, "compress_level": args.compress_level,
                "direct_io": args.direct_io,
                "drop_caches": args.drop_caches, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                "results": results}

@@ -38,7 +38,6 @@ import argparse
 import ctypes
 import json
 import os
-import platform
 import re
 import shutil
 import signal
@@ -48,7 +47,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ckpt_bench import (PY_HOG, BenchError, alive, dir_bytes, median, ready,  # noqa: E402
+from ckpt_bench import (PY_HOG, BenchError, alive, dir_bytes, machine_info, median, ready,  # noqa: E402
                          restore_stats, run_timed, verified, wait_for)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -445,8 +444,7 @@ def main() -> int:
     print(f"\nmedians of {args.runs} interleaved runs per engine after one warm-up each (ms; "
           f"image in MiB); started {started}, took {time.monotonic() - t_start:.0f} s")
     if args.out:
-        doc = {"kernel": platform.release(), "machine": platform.machine(), "cpus": os.cpu_count(),
-               "runs": args.runs, "time": started, "criu": {"path": args.criu, "version": cmp.criu_version},
+        doc = {**machine_info(), "runs": args.runs, "time": started, "criu": {"path": args.criu, "version": cmp.criu_version},
                "binaries": cmp.binaries, "results": results}
         Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")
     return 0
