@@ -12,7 +12,10 @@
 // Reader: a worker thread copies chunk k+1's stored bytes out of pages.img (see
 // PagesFile), checks them and decompresses them while the caller consumes chunk k
 // through next() (double buffering). A raw chunk is copied straight into the buffer
-// next() hands out views of.
+// next() hands out views of. copy_to_process() shares whole chunks with the worker
+// instead: each thread decodes a chunk and writes it into the process (SharedCopy).
+// Of a verified image, raw chunks go from the page cache straight to the kernel and
+// zstd chunks are decompressed from it, neither copied nor hashed again.
 //
 // Verifier: chunks are claimed in order by kVerifyThreads threads and hashed in place
 // in the mapped file where resident; errors are collected by chunk index so that the
@@ -83,8 +86,6 @@ constexpr std::size_t kWriteBlockBytes = 512u << 10;
 static_assert(kWriteBlockBytes % kChunkAlignBytes == 0 && kChunkRawBytes % kChunkAlignBytes == 0);
 // The writer's compressibility probe: this many slices of this many bytes per chunk.
 constexpr std::size_t kSamples = 4;
-// copy_to_process() starts a helper thread for this many bytes at least.
-constexpr std::uint64_t kCopyHelperMinBytes = 32u << 20;
 // Compression threads of the image writer (at most one per usable CPU). The dumper
 // reads the job's memory on its own thread meanwhile.
 constexpr unsigned kWriterThreads = 2;
@@ -660,6 +661,16 @@ class PagesFile {
   // (process_vm_writev(2) fails with EFAULT where we would get SIGBUS).
   const std::byte* map() const { return map_; }
 
+  // [off, off+n) in the mapping if it lies within the mapped file and all its pages
+  // are in the page cache (mincore(2)), for reading in place; else nullptr.
+  const std::byte* resident_range(std::uint64_t off, std::uint64_t n) const {
+    if (n == 0) return nullptr;
+    for (std::uint64_t done = 0; done < n; done += kIoBlockBytes)
+      if (!resident(off + done, static_cast<std::size_t>(std::min<std::uint64_t>(kIoBlockBytes, n - done))))
+        return nullptr;
+    return map_ + off;
+  }
+
   // Copies [off, off+n) into dst and feeds the copy to `state` (unless null) block by
   // block (each block hashed right after it was copied, while it is in the cache).
   // Returns the number of bytes copied, fewer than n only at end of file. Throws on
@@ -753,94 +764,179 @@ void zstd_decode_chunk(ZSTD_DCtx* dctx, const fs::path& path, std::size_t index,
          index, c.offset, r, c.raw);
 }
 
-// One process_vm_writev(2) of `local` (the page stream from offset `pos`) to `remote`.
-void write_to_process(pid_t pid, const iovec& local, std::span<const iovec> remote,
-                      std::uint64_t pos, const fs::path& path) {
-  ssize_t w = ::process_vm_writev(pid, &local, 1, remote.data(), remote.size(), 0);
-  if (w == static_cast<ssize_t>(local.iov_len)) return;
-  auto at = reinterpret_cast<std::uint64_t>(remote[0].iov_base);
-  if (w < 0)
-    fail_errno("{}: cannot write {} bytes of the page stream at offset {} into process {} at {:#x}",
-               path.native(), local.iov_len, pos, pid, at);
-  fail("{}: only {} of {} bytes of the page stream at offset {} reached process {} at {:#x} (a "
-       "remote range unmapped, or pages.img shortened since it was verified)",
-       path.native(), w, local.iov_len, pos, pid, at);
+// A position in a list of remote ranges: `done` bytes into range `ri`.
+struct RemoteCursor {
+  std::size_t ri = 0;
+  std::uint64_t done = 0;
+};
+
+// Moves c forward by n bytes (at most the bytes left after c).
+void advance(std::span<const iovec> remote, RemoteCursor& c, std::uint64_t n) {
+  while (n > 0) {
+    std::uint64_t take = std::min<std::uint64_t>(n, remote[c.ri].iov_len - c.done);
+    c.done += take;
+    n -= take;
+    if (c.done == remote[c.ri].iov_len) {
+      ++c.ri;
+      c.done = 0;
+    }
+  }
 }
 
-// A second thread for PageReader::copy_to_process(): takes one write at a time when it
-// is idle (offer() never waits), so the two threads share the work whatever their
-// speeds. Its local buffers must stay valid until finish(): only the read-only
-// mapping of pages.img is offered, never a reader buffer that is reused.
-class CopyHelper {
+// Writes len bytes from src -- the page stream from offset `pos` -- into process pid,
+// filling the remote ranges from c on, and moves c past them. One process_vm_writev(2)
+// per IOV_MAX (limits.h) remote ranges. len must not exceed the bytes left after c.
+void write_to_process(pid_t pid, const std::byte* src, std::size_t len,
+                      std::span<const iovec> remote, RemoteCursor& c, std::uint64_t pos,
+                      const fs::path& path) {
+  std::vector<iovec> part;
+  while (len > 0) {
+    part.clear();
+    std::size_t n = 0;
+    while (n < len && part.size() < std::size_t{IOV_MAX}) {
+      const iovec& r = remote[c.ri];
+      std::size_t take = static_cast<std::size_t>(std::min<std::uint64_t>(r.iov_len - c.done, len - n));
+      if (take) part.push_back({static_cast<std::byte*>(r.iov_base) + c.done, take});
+      n += take;
+      c.done += take;
+      if (c.done == r.iov_len) {
+        ++c.ri;
+        c.done = 0;
+      }
+    }
+    iovec local{const_cast<std::byte*>(src), n};
+    ssize_t w = ::process_vm_writev(pid, &local, 1, part.data(), part.size(), 0);
+    if (w != static_cast<ssize_t>(n)) {
+      auto at = reinterpret_cast<std::uint64_t>(part[0].iov_base);
+      if (w < 0)
+        fail_errno("{}: cannot write {} bytes of the page stream at offset {} into process {} "
+                   "at {:#x}",
+                   path.native(), n, pos, pid, at);
+      fail("{}: only {} of {} bytes of the page stream at offset {} reached process {} at "
+           "{:#x} (a remote range unmapped, or pages.img shortened since it was verified)",
+           path.native(), w, n, pos, pid, at);
+    }
+    src += n;
+    len -= n;
+    pos += n;
+  }
+}
+
+// Where a chunk's bytes are: `data` points to its first byte. `in_file` says that it
+// points into the mapped pages.img (see PagesFile::map()), which only the kernel may
+// read; else into the buffer the chunk was decoded into.
+struct ChunkBytes {
+  const std::byte* data = nullptr;
+  bool in_file = false;
+};
+
+// What one thread needs to turn chunks of pages.img into their raw bytes: a zstd
+// context, a buffer for stored bytes and a hash state, each made on first use.
+class ChunkDecoder {
  public:
-  CopyHelper(pid_t pid, const fs::path& path) : pid_(pid), path_(path) {
-    thread_ = std::thread([this] { loop(); });
-  }
-  ~CopyHelper() {
-    {
-      std::lock_guard lk(mu_);
-      stop_ = true;
-    }
-    cv_.notify_all();
-    thread_.join();
-  }
-  CopyHelper(const CopyHelper&) = delete;
-  CopyHelper& operator=(const CopyHelper&) = delete;
+  ChunkDecoder(const PagesFile& file, const ChunkTable& table, bool verified)
+      : file_(file), table_(table), verified_(verified && file.map() != nullptr) {}
 
-  // Hands the write to the helper if it is idle and has not failed; false otherwise
-  // (the caller then does it).
-  bool offer(const iovec& local, std::span<const iovec> remote, std::uint64_t pos) {
-    {
-      std::lock_guard lk(mu_);
-      if (busy_ || error_) return false;
-      local_ = local;
-      remote_.assign(remote.begin(), remote.end());
-      pos_ = pos;
-      busy_ = true;
+  // Chunk `index` (table.chunks[index].raw bytes). Of an image whose chunks were all
+  // verified, a raw chunk is the mapped file itself (in_file), and a zstd chunk whose
+  // pages are resident is decompressed from the mapping into `out` (max_raw bytes);
+  // neither is copied or hashed again. Any other chunk is copied out of pages.img,
+  // checked against its xxh3 and decompressed into `out` (a raw one copied there).
+  // Throws fsched::Error naming pages.img, the chunk and its offset: truncated file,
+  // checksum mismatch, bad zstd frame; or errno on a read error.
+  ChunkBytes get(std::size_t index, std::byte* out) {
+    const ChunkInfo& c = table_.chunks[index];
+    if (verified_) {
+      if (!c.zstd) return {file_.map() + c.offset, true};
+      if (const std::byte* src = file_.resident_range(c.offset, c.stored)) {
+        zstd_decode_chunk(dctx(), file_.path(), index, c, src, out);
+        return {out, false};
+      }
     }
-    cv_.notify_all();
-    return true;
-  }
-
-  // Waits for the write in progress; rethrows the helper's error, if any.
-  void finish() { finish_before(std::numeric_limits<std::uint64_t>::max()); }
-  // Likewise, but rethrows only the error of a write at a stream offset before `pos`.
-  void finish_before(std::uint64_t pos) {
-    std::unique_lock lk(mu_);
-    cv_.wait(lk, [&] { return !busy_; });
-    if (error_ && pos_ < pos) std::rethrow_exception(error_);
+    if (c.zstd && !stored_) stored_ = std::make_unique_for_overwrite<std::byte[]>(table_.max_zstd_stored);
+    std::byte* dst = c.zstd ? stored_.get() : out;
+    if (!xxh_) {
+      xxh_.reset(XXH3_createState());
+      if (!xxh_) throw std::bad_alloc();
+    }
+    XXH3_64bits_reset(xxh_.get());
+    std::size_t got = file_.copy_hash(c.offset, c.stored, dst, xxh_.get());
+    if (got < c.stored)
+      fail("{}: chunk {} at offset {}: truncated: file ends at offset {}, {} of {} stored "
+           "bytes missing",
+           file_.path().native(), index, c.offset, c.offset + got, c.stored - got, c.stored);
+    std::uint64_t h = XXH3_64bits_digest(xxh_.get());
+    if (h != c.xxh3) fail_checksum(file_.path(), index, c, h);
+    if (c.zstd) zstd_decode_chunk(dctx(), file_.path(), index, c, stored_.get(), out);
+    return {out, false};
   }
 
  private:
-  void loop() {
-    std::unique_lock lk(mu_);
+  ZSTD_DCtx* dctx() {
+    if (!dctx_) {
+      dctx_.reset(ZSTD_createDCtx());
+      if (!dctx_) fail("{}: cannot create zstd decompression context", file_.path().native());
+    }
+    return dctx_.get();
+  }
+
+  const PagesFile& file_;
+  const ChunkTable& table_;
+  const bool verified_;
+  std::unique_ptr<ZSTD_DCtx, DCtxFree> dctx_;
+  std::unique_ptr<std::byte[]> stored_;
+  std::unique_ptr<XXH3_state_t, XXH3StateFree> xxh_;
+};
+
+// Whole chunks [first, end) of one copy_to_process() call, shared between the caller's
+// thread and the reader's worker: each claims the next chunk, decodes it into its own
+// buffer and writes it into the process, so that both decompression and the filling of
+// fresh pages (the cost of a restore) run on two CPUs. Chunks are claimed in stream
+// order, so when the threads are done every chunk before the first failed one has been
+// written, and that failure is the one reported whatever the timing.
+struct SharedCopy {
+  struct Start {
+    RemoteCursor at;      // where the chunk's first byte goes
+    std::uint64_t pos;    // its stream offset
+  };
+
+  pid_t pid;
+  std::span<const iovec> remote;
+  const ChunkTable& table;
+  const fs::path& path;
+  std::size_t first = 0, end = 0;
+  std::vector<Start> starts;  // of chunks first..end-1
+
+  std::atomic<std::size_t> next{0};
+  std::atomic<std::size_t> bad_hint{std::numeric_limits<std::size_t>::max()};
+  std::mutex mu;
+  std::size_t bad = std::numeric_limits<std::size_t>::max();  // guarded by mu
+  std::exception_ptr error;                                   // of chunk `bad`; guarded by mu
+
+  // Claims and copies chunks until none is left or one before them failed.
+  void run(ChunkDecoder& dec, std::byte* buf) {
     for (;;) {
-      cv_.wait(lk, [&] { return busy_ || stop_; });
-      if (stop_) return;
-      lk.unlock();
-      std::exception_ptr err;
+      std::size_t i = next.fetch_add(1, std::memory_order_relaxed);
+      if (i >= end || i > bad_hint.load(std::memory_order_relaxed)) return;
       try {
-        write_to_process(pid_, local_, remote_, pos_, path_);
+        ChunkBytes b = dec.get(i, buf);
+        RemoteCursor at = starts[i - first].at;
+        write_to_process(pid, b.data, table.chunks[i].raw, remote, at, starts[i - first].pos,
+                         path);
       } catch (...) {
-        err = std::current_exception();
+        failed(i, std::current_exception());
       }
-      lk.lock();
-      error_ = err;
-      busy_ = false;
-      cv_.notify_all();
     }
   }
 
-  const pid_t pid_;
-  const fs::path& path_;
-  std::thread thread_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool busy_ = false, stop_ = false;  // guarded by mu_
-  std::exception_ptr error_;          // guarded by mu_
-  iovec local_{};                     // the helper's while busy_
-  std::vector<iovec> remote_;
-  std::uint64_t pos_ = 0;
+  void failed(std::size_t index, std::exception_ptr e) {
+    std::lock_guard lk(mu);
+    if (index < bad) {
+      bad = index;
+      error = std::move(e);
+      bad_hint.store(index, std::memory_order_relaxed);
+    }
+  }
 };
 
 class PageReaderImpl final : public PageReader {
@@ -849,17 +945,13 @@ class PageReaderImpl final : public PageReader {
       : table_(std::move(table)), path_(std::move(pages_path)) {
     if (table_->chunks.empty()) return;
     file_ = std::make_unique<PagesFile>(path_);
-    direct_ = verified && file_->map() != nullptr;
-    if (table_->max_zstd_stored > 0) {
-      dctx_.reset(ZSTD_createDCtx());
-      if (!dctx_) fail("{}: cannot create zstd decompression context", path_.native());
-      stored_buf_ = std::make_unique_for_overwrite<std::byte[]>(table_->max_zstd_stored);
-    }
-    xxh_.reset(XXH3_createState());
-    if (!xxh_) throw std::bad_alloc();
-    cur_ = std::make_unique_for_overwrite<std::byte[]>(table_->max_raw);
+    mine_.emplace(*file_, *table_, verified);
+    theirs_.emplace(*file_, *table_, verified);
+    share_ = usable_cpus() > 1;
+    buf_ = std::make_unique_for_overwrite<std::byte[]>(table_->max_raw);
     next_ = std::make_unique_for_overwrite<std::byte[]>(table_->max_raw);
-    request_ = true;  // chunk 0 into next_
+    task_ = Task::kDecode;  // chunk 0 into next_
+    want_ = 0;
     worker_ = std::thread([this] { worker_loop(); });
   }
 
@@ -880,10 +972,10 @@ class PageReaderImpl final : public PageReader {
       fail("{}: read at stream offset {} goes past the end of the page stream ({} bytes, "
            "0 left)",
            path_.native(), pos_, table_->logical_bytes);
-    if (cur_pos_ == cur_len_) next_chunk();
-    if (cur_direct_) materialize();
+    if (cur_pos_ == cur_len_) take_chunk(true);
+    if (cur_.in_file) materialize();
     std::size_t n = std::min(max, cur_len_ - cur_pos_);
-    std::span<const std::byte> view(cur_.get() + cur_pos_, n);
+    std::span<const std::byte> view(cur_.data + cur_pos_, n);
     cur_pos_ += n;
     pos_ += n;
     return view;
@@ -891,62 +983,26 @@ class PageReaderImpl final : public PageReader {
 
   void copy_to_process(pid_t pid, std::span<const iovec> remote) override {
     if (failed_) std::rethrow_exception(failed_);
-    std::uint64_t total = 0;
-    for (const iovec& r : remote) total += r.iov_len;
-    std::uint64_t left = table_->logical_bytes - pos_;
-    if (total > left)
+    std::uint64_t left = 0;
+    for (const iovec& r : remote) left += r.iov_len;
+    if (left > table_->logical_bytes - pos_)
       fail("{}: copy of {} bytes at stream offset {} goes past the end of the page stream "
            "({} bytes, {} left)",
-           path_.native(), total, pos_, table_->logical_bytes, left);
-    // Each call covers what is left of the current chunk or of the remote ranges,
-    // whichever ends first, split into at most IOV_MAX (limits.h) remote iovecs. Calls
-    // that read the mapping of a verified raw chunk may go to a helper thread while this
-    // one goes on: filling fresh pages of the target is the cost of a restore, and on our
-    // 2-CPU VMs two threads wrote 2 GiB 3-5x faster than one.
-    std::optional<CopyHelper> helper;
-    if (direct_ && total >= kCopyHelperMinBytes && usable_cpus() > 1) helper.emplace(pid, path_);
-    std::vector<iovec> part;
-    std::size_t ri = 0;        // current remote range
-    std::uint64_t rdone = 0;   // bytes of it already written
-    while (ri < remote.size()) {
-      if (remote[ri].iov_len == rdone) {
-        ++ri;
-        rdone = 0;
-        continue;
-      }
-      if (cur_pos_ == cur_len_) next_chunk();
-      const std::byte* src = cur_direct_ ? cur_direct_ + cur_pos_ : cur_.get() + cur_pos_;
-      std::size_t avail = cur_len_ - cur_pos_;
-      part.clear();
-      std::size_t len = 0;
-      std::size_t rj = ri;
-      std::uint64_t rjdone = rdone;
-      while (len < avail && rj < remote.size() && part.size() < std::size_t{IOV_MAX}) {
-        std::size_t take = static_cast<std::size_t>(
-            std::min<std::uint64_t>(remote[rj].iov_len - rjdone, avail - len));
-        if (take) part.push_back({static_cast<std::byte*>(remote[rj].iov_base) + rjdone, take});
-        len += take;
-        rjdone += take;
-        if (rjdone == remote[rj].iov_len) {
-          ++rj;
-          rjdone = 0;
-        }
-      }
-      iovec local{const_cast<std::byte*>(src), len};
-      if (!(helper && cur_direct_ && helper->offer(local, part, pos_))) {
-        try {
-          write_to_process(pid, local, part, pos_, path_);
-        } catch (...) {
-          if (helper) helper->finish_before(pos_);  // an earlier failure is the one to report
-          throw;
-        }
-      }
-      cur_pos_ += len;
-      pos_ += len;
-      ri = rj;
-      rdone = rjdone;
+           path_.native(), left, pos_, table_->logical_bytes, table_->logical_bytes - pos_);
+    RemoteCursor at;
+    auto from_current = [&] {
+      std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(left, cur_len_ - cur_pos_));
+      write_to_process(pid, cur_.data + cur_pos_, n, remote, at, pos_, path_);
+      cur_pos_ += n;
+      pos_ += n;
+      left -= n;
+    };
+    if (cur_pos_ < cur_len_) from_current();
+    if (share_ && left > 0) copy_shared(pid, remote, at, left);
+    while (left > 0) {
+      take_chunk(true);
+      from_current();
     }
-    if (helper) helper->finish();
   }
 
   void read(std::span<std::byte> out) override {
@@ -964,37 +1020,103 @@ class PageReaderImpl final : public PageReader {
   }
 
  private:
-  // Takes the chunk the worker decoded into next_ and asks it for the one after (into
-  // the buffer the caller's previous views pointed into).
-  void next_chunk() {
+  enum class Task { kNone, kDecode, kCopy };
+
+  // Makes the chunk the worker decoded (chunk consumed_) the current one and, if
+  // `prefetch`, asks the worker for the one after it (into the buffer the caller's
+  // previous views pointed into).
+  void take_chunk(bool prefetch) {
     {
       std::unique_lock lk(mu_);
-      cv_.wait(lk, [&] { return !request_; });
+      cv_.wait(lk, [&] { return task_ == Task::kNone; });
       if (error_) {
         failed_ = error_;
         std::rethrow_exception(failed_);
       }
-      std::swap(cur_, next_);
-      const ChunkInfo& c = table_->chunks[consumed_];
-      cur_len_ = c.raw;
+      std::swap(buf_, next_);
+      cur_ = decoded_;  // its data stays where it was: the buffers swapped owners only
+      cur_len_ = table_->chunks[consumed_].raw;
       cur_pos_ = 0;
-      cur_direct_ = is_direct(c) ? file_->map() + c.offset : nullptr;
       ++consumed_;
-      if (consumed_ < table_->chunks.size()) request_ = true;
+      if (prefetch && consumed_ < table_->chunks.size()) {
+        want_ = consumed_;
+        task_ = Task::kDecode;
+      }
     }
     cv_.notify_all();
   }
 
-  // A raw chunk of an image whose chunks were all verified is not copied or hashed
-  // again: copy_to_process() hands it from the page cache to the kernel, and next()
-  // copies it out only if asked for it (materialize()).
-  bool is_direct(const ChunkInfo& c) const { return direct_ && !c.zstd; }
+  // The whole chunks among the next `left` bytes (the current chunk used up), through
+  // a SharedCopy with the worker if there are at least two. Advances `at` and `left`
+  // past them. After a failure the reader is failed.
+  void copy_shared(pid_t pid, std::span<const iovec> remote, RemoteCursor& at,
+                   std::uint64_t& left) {
+    const auto& chunks = table_->chunks;
+    std::size_t k0 = consumed_, k1 = consumed_;
+    std::uint64_t bytes = 0;
+    while (k1 < chunks.size() && bytes + chunks[k1].raw <= left) bytes += chunks[k1++].raw;
+    if (k1 - k0 < 2) return;
 
-  // Copies the unread rest of the current direct chunk into cur_, for next().
+    // Chunk k0 is the one the worker decoded or is decoding; the others go in turn to
+    // whichever thread is free.
+    take_chunk(false);
+    SharedCopy job{pid, remote, *table_, path_};
+    job.first = k0 + 1;
+    job.end = k1;
+    job.next = k0 + 1;
+    RemoteCursor end = at;
+    std::uint64_t pos = pos_;
+    advance(remote, end, cur_len_);
+    pos += cur_len_;
+    job.starts.reserve(k1 - k0 - 1);
+    for (std::size_t k = k0 + 1; k < k1; ++k) {
+      job.starts.push_back({end, pos});
+      advance(remote, end, chunks[k].raw);
+      pos += chunks[k].raw;
+    }
+    {
+      std::lock_guard lk(mu_);
+      job_ = &job;
+      task_ = Task::kCopy;
+    }
+    cv_.notify_all();
+    try {
+      write_to_process(pid, cur_.data, cur_len_, remote, at, pos_, path_);
+    } catch (...) {
+      job.failed(k0, std::current_exception());
+    }
+    job.run(*mine_, buf_.get());  // chunk k0 is written: its buffer is free
+    {
+      std::unique_lock lk(mu_);
+      cv_.wait(lk, [&] { return task_ == Task::kNone; });
+      job_ = nullptr;
+    }
+    at = end;
+    pos_ = pos;
+    left -= bytes;
+    consumed_ = k1;
+    cur_ = {};
+    cur_len_ = cur_pos_ = 0;
+    if (job.error) {
+      failed_ = job.error;
+      std::rethrow_exception(failed_);
+    }
+    if (consumed_ < chunks.size()) {
+      {
+        std::lock_guard lk(mu_);
+        want_ = consumed_;
+        task_ = Task::kDecode;
+      }
+      cv_.notify_all();
+    }
+  }
+
+  // Copies the unread rest of the current chunk, which is in the mapped file, into
+  // the chunk buffer, for next().
   void materialize() {
     const ChunkInfo& c = table_->chunks[consumed_ - 1];
     std::size_t want = cur_len_ - cur_pos_;
-    std::size_t got = file_->copy_hash(c.offset + cur_pos_, want, cur_.get() + cur_pos_, nullptr);
+    std::size_t got = file_->copy_hash(c.offset + cur_pos_, want, buf_.get() + cur_pos_, nullptr);
     if (got < want) {
       try {
         fail("{}: chunk {} at offset {}: truncated since it was verified: file ends at offset {}",
@@ -1004,73 +1126,67 @@ class PageReaderImpl final : public PageReader {
         throw;
       }
     }
-    cur_direct_ = nullptr;
-  }
-
-  // Worker: reads, checks and decodes chunk `index` into next_.
-  void decode(std::size_t index) {
-    const ChunkInfo& c = table_->chunks[index];
-    if (is_direct(c)) return;
-    // A raw chunk goes straight into next_; the check is on the copy handed out.
-    std::byte* dst = c.zstd ? stored_buf_.get() : next_.get();
-    XXH3_64bits_reset(xxh_.get());
-    std::size_t got = file_->copy_hash(c.offset, c.stored, dst, xxh_.get());
-    if (got < c.stored)
-      fail("{}: chunk {} at offset {}: truncated: file ends at offset {}, {} of {} stored "
-           "bytes missing",
-           path_.native(), index, c.offset, c.offset + got, c.stored - got, c.stored);
-    std::uint64_t h = XXH3_64bits_digest(xxh_.get());
-    if (h != c.xxh3) fail_checksum(path_, index, c, h);
-    if (c.zstd) zstd_decode_chunk(dctx_.get(), path_, index, c, stored_buf_.get(), next_.get());
+    cur_ = {buf_.get(), false};
   }
 
   void worker_loop() {
-    std::size_t index = 0;
     for (;;) {
+      Task task;
+      std::size_t want;
+      SharedCopy* job;
       {
         std::unique_lock lk(mu_);
-        cv_.wait(lk, [&] { return request_ || stop_; });
+        cv_.wait(lk, [&] { return task_ != Task::kNone || stop_; });
         if (stop_) return;
+        task = task_;
+        want = want_;
+        job = job_;
       }
       std::exception_ptr err;
-      try {
-        decode(index);
-      } catch (...) {
-        err = std::current_exception();
+      if (task == Task::kCopy) {
+        job->run(*theirs_, next_.get());  // records its own errors
+      } else {
+        try {
+          decoded_ = theirs_->get(want, next_.get());
+        } catch (...) {
+          err = std::current_exception();
+        }
       }
       {
         std::lock_guard lk(mu_);
         error_ = err;
-        request_ = false;
+        task_ = Task::kNone;
       }
       cv_.notify_all();
       if (err) return;
-      ++index;
     }
   }
 
   const std::shared_ptr<const ChunkTable> table_;
   const fs::path path_;
   std::unique_ptr<PagesFile> file_;
-  std::unique_ptr<ZSTD_DCtx, DCtxFree> dctx_;        // worker only
-  std::unique_ptr<XXH3_state_t, XXH3StateFree> xxh_;  // worker only
+  bool share_ = false;  // more than one usable CPU: copy_to_process() uses the worker too
 
   // Caller side.
-  std::unique_ptr<std::byte[]> cur_;  // chunk being consumed; views point into it
-  const std::byte* cur_direct_ = nullptr;  // the current chunk in the mapped file, if direct
-  bool direct_ = false;               // raw chunks are direct (set before the worker starts)
+  std::optional<ChunkDecoder> mine_;  // for SharedCopy
+  std::unique_ptr<std::byte[]> buf_;  // the current chunk's buffer
+  ChunkBytes cur_;                    // the current chunk: in buf_ or in the mapped file
   std::size_t cur_len_ = 0, cur_pos_ = 0;
   std::size_t consumed_ = 0;  // chunks taken from the worker
   std::uint64_t pos_ = 0;     // logical stream position
   std::exception_ptr failed_;
 
-  // Shared; guarded by mu_ (next_ and stored_buf_ are the worker's while request_ is set).
+  // Shared; guarded by mu_. While task_ is not kNone, next_, decoded_ and theirs_ are
+  // the worker's.
   std::thread worker_;
   std::mutex mu_;
   std::condition_variable cv_;
+  std::optional<ChunkDecoder> theirs_;
   std::unique_ptr<std::byte[]> next_;
-  std::unique_ptr<std::byte[]> stored_buf_;
-  bool request_ = false;
+  ChunkBytes decoded_;             // chunk want_, once decoded
+  Task task_ = Task::kNone;
+  std::size_t want_ = 0;           // the chunk to decode (kDecode)
+  SharedCopy* job_ = nullptr;      // the copy to join (kCopy)
   bool stop_ = false;
   std::exception_ptr error_;
 };

@@ -124,7 +124,7 @@ class ImageWriter {
 // ImageReader that made it staying alive. Not thread-safe (one caller thread); a
 // worker thread reads, checks (xxh3) and decompresses chunk k+1 while the caller
 // consumes chunk k (double buffering), so it holds two chunk buffers of up to
-// kChunkRawBytes (and, for images with zstd chunks, one compressed chunk).
+// kChunkRawBytes (and, for images with zstd chunks, up to two compressed chunks).
 // Every chunk is checked against the chunk table before any of its bytes is handed
 // out. After a chunk error (checksum mismatch, bad zstd frame, truncated pages.img,
 // I/O error) the reader is failed: every further next() and read() throws that error.
@@ -134,9 +134,9 @@ class PageReader {
 
   // Zero-copy read: returns a view of the next n bytes of the stream, 1 <= n <= max,
   // and advances the stream position by n. The bytes live in the reader's buffer of
-  // the current chunk; the view stays valid until the next call to next() or read()
-  // on this reader (whatever its outcome) or the reader's destruction, and must not
-  // be used after that. Views never span two chunks: n is min(max, bytes left in the
+  // the current chunk; the view stays valid until the next call to next(), read() or
+  // copy_to_process() on this reader (whatever its outcome) or the reader's
+  // destruction, and must not be used after that. Views never span two chunks: n is min(max, bytes left in the
   // current chunk), so with max >= kChunkRawBytes each call returns the rest of a
   // whole chunk (kChunkRawBytes bytes, fewer only for the last chunk). When the current
   // chunk is used up the call first takes the next one from the worker (waiting for
@@ -157,10 +157,16 @@ class PageReader {
 
   // Writes the next sum(remote[i].iov_len) bytes of the stream into process pid's
   // memory, filling the remote ranges in order (process_vm_writev(2); the ranges must
-  // be mapped and writable). When the reader comes from an ImageReader whose
+  // be mapped and writable). When the process may run on more than one CPU
+  // (sched_getaffinity(2) when the reader was made), whole chunks are shared with the
+  // worker thread: each thread decodes a chunk and writes it, so that two CPUs fill
+  // the process's fresh pages. When the reader comes from an ImageReader whose
   // verify_chunks() succeeded, raw chunks go from the page cache of pages.img straight
-  // to the process, neither copied nor hashed again. Throws fsched::Error like read(),
-  // or with errno and the address when the kernel refuses the write (ESRCH, EFAULT).
+  // to the process and zstd chunks resident there are decompressed in place, neither
+  // copied nor hashed again. Throws fsched::Error like read(), or with errno, the
+  // stream offset and the address when the kernel refuses a write (ESRCH, EFAULT);
+  // when several chunks fail, the error is the first one in the stream. After an error
+  // in the chunks shared with the worker the reader is failed (like a chunk error).
   virtual void copy_to_process(pid_t pid, std::span<const iovec> remote) = 0;
 };
 

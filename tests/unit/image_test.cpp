@@ -3,6 +3,7 @@
 #include "ckpt/image.h"
 
 #include <fcntl.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/mman.h>
@@ -1394,8 +1395,8 @@ TEST(ImageCopyToProcess, MixesWithNextAndRead) {
               HasSubstr("past the end"));
 }
 
-// Over kCopyHelperMinBytes (32 MiB): the raw chunks are shared with a helper thread.
-// Raw and zstd chunks alternate, so the helper's writes and ours interleave.
+// 12 chunks, shared between the caller's thread and the reader's worker. Raw and zstd
+// chunks alternate, so the two threads' writes interleave.
 std::vector<std::byte> large_stream() {
   std::vector<std::byte> data;
   for (int i = 0; i < 12; ++i) {
@@ -1405,7 +1406,7 @@ std::vector<std::byte> large_stream() {
   return data;
 }
 
-TEST(ImageCopyToProcess, LargeCopyWithHelperThread) {
+TEST(ImageCopyToProcess, LargeCopySharedWithTheWorker) {
   TempDir tmp;
   fs::path dir = tmp.path() / "img";
   auto data = large_stream();
@@ -1414,7 +1415,60 @@ TEST(ImageCopyToProcess, LargeCopyWithHelperThread) {
   check_copy(*r, data);
 }
 
-TEST(ImageCopyToProcess, HelperThreadErrorIsReported) {
+TEST(ImageCopyToProcess, VerifiedImageOutOfThePageCache) {
+  // zstd chunks of a verified image are decompressed in place only where resident;
+  // the others are read (and checked) again.
+  TempDir tmp;
+  fs::path dir = tmp.path() / "img";
+  auto data = large_stream();
+  auto r = verified_image(dir, data);
+  evict(dir / "pages.img");
+  check_copy(*r, data);
+}
+
+TEST(ImageCopyToProcess, OneCpuCopiesTheSameBytes) {
+  // With one usable CPU every chunk is written from the caller's thread.
+  cpu_set_t old;
+  ASSERT_EQ(::sched_getaffinity(0, sizeof old, &old), 0);
+  int cpu = 0;
+  while (!CPU_ISSET(cpu, &old)) ++cpu;
+  cpu_set_t one;
+  CPU_ZERO(&one);
+  CPU_SET(cpu, &one);
+  ASSERT_EQ(::sched_setaffinity(0, sizeof one, &one), 0);
+  TempDir tmp;
+  auto data = large_stream();
+  check_copy(*verified_image(tmp.path() / "img", data), data);
+  ASSERT_EQ(::sched_setaffinity(0, sizeof old, &old), 0);
+}
+
+TEST(ImageCopyToProcess, FirstBadChunkIsReportedWhenShared) {
+  // Two bad chunks, a zstd one before a raw one, in an image that was not verified:
+  // whichever thread meets which, the first is reported, every chunk before it is in
+  // the process, and the reader stays failed.
+  TempDir tmp;
+  fs::path dir = tmp.path() / "img";
+  auto data = large_stream();
+  write_image(dir, data);
+  json chunks = read_manifest(dir)["chunks"];
+  ASSERT_TRUE(chunks[3].value("zstd", true));
+  ASSERT_FALSE(chunks[8].value("zstd", true));
+  auto offset = [&](int i) { return chunks[i]["offset"].get<std::uint64_t>(); };
+  flip_bit(dir / "pages.img", offset(8) + 100);
+  flip_bit(dir / "pages.img", offset(3) + 100);
+  auto r = ImageReader::open(dir);
+  auto pr = r->pages();
+  std::vector<std::byte> dst(data.size());
+  iovec io{dst.data(), dst.size()};
+  std::string e = error_of([&] { pr->copy_to_process(::getpid(), std::span(&io, 1)); });
+  EXPECT_THAT(e, AllOf(HasSubstr("pages.img: chunk 3 "), HasSubstr(fmt::format("offset {}", offset(3))),
+                       HasSubstr("checksum mismatch")));
+  EXPECT_TRUE(same(std::span(dst).first(3 * kChunk), std::span(data).first(3 * kChunk)));
+  iovec one{dst.data(), 1};
+  EXPECT_EQ(error_of([&] { pr->copy_to_process(::getpid(), std::span(&one, 1)); }), e);
+}
+
+TEST(ImageCopyToProcess, FirstUnwritableChunkIsReportedWhenShared) {
   // An unwritable page in the middle of every chunk-sized stretch of the target:
   // whichever thread fails first, the copy reports the first stretch.
   TempDir tmp;
