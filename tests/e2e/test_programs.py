@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import specs
-from ckpt_e2e import E2E, Job, proc_comm, proc_uids, user_ids
+from ckpt_e2e import E2E, Job, JobSpec, proc_comm, proc_uids, user_ids
 
 MiB = specs.MiB
 
@@ -122,3 +122,48 @@ def test_ckpt_threads_chain_of_five(e2e: E2E):
     stats = e2e.checkpoint_run(spec, [0.1, 0.25, 0.4, 0.55, 0.7], "chain")
     assert len(stats) == 5
     assert all(s["processes"] == 2 and s["threads"] == 7 for s in stats), stats
+
+
+# Signal dispositions as the kernel holds them: the program prints its own SigIgn and
+# SigCgt (proc(5)) every step, sends itself an ignored SIGUSR2 (fatal at SIG_DFL) and a
+# caught SIGUSR1, and forks a child that, with SIGCHLD ignored, is reaped by the kernel
+# (waitpid then fails with ECHILD; at SIG_DFL it would return the child's status).
+SIGNALS_PY = r'''
+import os, signal, sys, time
+caught = 0
+def on_usr1(sig, frame):
+    global caught
+    caught += 1
+signal.signal(signal.SIGUSR1, on_usr1)
+signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+signal.signal(signal.SIGRTMIN + 3, signal.SIG_IGN)
+def masks():
+    st = dict(l.split(":\t", 1) for l in open("/proc/self/status").read().splitlines() if ":\t" in l)
+    return st["SigIgn"].strip(), st["SigCgt"].strip()
+for step in range(int(sys.argv[1])):
+    os.kill(os.getpid(), signal.SIGUSR2)
+    os.kill(os.getpid(), signal.SIGUSR1)
+    pid = os.fork()
+    if pid == 0:
+        os._exit(7)
+    time.sleep(0.03)
+    try:
+        reaped = "status %d" % os.waitpid(pid, 0)[1]
+    except ChildProcessError:
+        reaped = "reaped by the kernel"
+    print("step", step, "ignored", *masks(), "caught", caught, reaped, flush=True)
+'''
+
+
+def test_python_signal_dispositions(e2e: E2E):
+    spec = JobSpec(name="py_signals", argv=[specs.PYTHON, "{work}/signals.py", "150"],
+                   setup=lambda work: (work / "signals.py").write_text(SIGNALS_PY),
+                   inputs=("signals.py",), progress=("lines", "stdout"), timeout=120)
+    ref = e2e.reference(spec)
+    out = ref.snap["stdout"].text
+    assert ref.status == 0 and "caught 150 reaped by the kernel\n" in out, out[-300:]
+
+    def check(job: Job, stats: dict):
+        assert stats["processes"] == 2, stats
+    e2e.checkpoint_run(spec, [0.3, 0.7], "twice", check_dump=check)
