@@ -199,7 +199,9 @@ class ImageReader {
   virtual void verify_chunks() const = 0;
 
   // A sequential reader of the logical page stream from its start (see PageReader).
-  // Opens pages.img and starts decoding chunk 0 on the reader's worker thread.
+  // Opens pages.img -- after a successful verify_chunks(), reuses its mapping of it,
+  // whose page tables are then filled -- and starts decoding chunk 0 on the reader's
+  // worker thread.
   // Throws fsched::Error naming pages.img if it cannot be opened (unless the stream
   // is empty: then pages.img is not opened at all).
   virtual std::unique_ptr<PageReader> pages() const = 0;
