@@ -54,17 +54,26 @@ void dump_signals(DumpProcess& p) {
 }
 
 void restore_signals(RestoreProcess& p, const InjectionArea& area) {
+  // The image's dispositions, and SIG_DFL for the signals the helper process caught or
+  // ignored (SigCgt, SigIgn: inherited from the restore's init), and SIGCHLD (see
+  // dump_signals()); no call for the others, already at SIG_DFL. Injected syscalls
+  // into a process that just got gigabytes of memory took up to 1 ms each here.
   std::vector<KernelSigaction> all(kMaxSig + 1, KernelSigaction{0, 0, 0, 0});
+  auto st = read_status(p.host_pid);
+  std::uint64_t set = status_mask(st, "SigCgt", p.host_pid) |
+                      status_mask(st, "SigIgn", p.host_pid) | (std::uint64_t{1} << (SIGCHLD - 1));
   for (auto& a : p.rec->sigactions) {
     if (a.sig < 1 || a.sig > kMaxSig) fail("image: bad signal number {}", a.sig);
     all[static_cast<std::size_t>(a.sig)] = {a.handler, a.flags, a.restorer, a.mask};
+    set |= std::uint64_t{1} << (a.sig - 1);
   }
+  static_assert((kMaxSig + 1) * sizeof(KernelSigaction) <= kInjectionAreaBytes - 4096);  // data()
+  remote_write(p.host_pid, area.data(), all.data(), all.size() * sizeof(KernelSigaction));
   for (int sig = 1; sig <= kMaxSig; ++sig) {
-    if (sig == SIGKILL || sig == SIGSTOP) continue;
-    remote_write(p.host_pid, area.data(), &all[static_cast<std::size_t>(sig)],
-                 sizeof(KernelSigaction));
+    if (sig == SIGKILL || sig == SIGSTOP || !(set >> (sig - 1) & 1)) continue;
     p.leader().call_ok(fmt::format("process {}: rt_sigaction({})", p.rec->pid, sig),
-                       SYS_rt_sigaction, static_cast<std::uint64_t>(sig), area.data(), 0, 8);
+                       SYS_rt_sigaction, static_cast<std::uint64_t>(sig),
+                       area.data() + static_cast<std::uint64_t>(sig) * sizeof(KernelSigaction), 0, 8);
   }
 }
 

@@ -2,6 +2,8 @@
 output files (content and owner) and exit status must equal the uninterrupted run's."""
 from __future__ import annotations
 
+import signal
+
 import pytest
 
 import specs
@@ -166,4 +168,10 @@ def test_python_signal_dispositions(e2e: E2E):
 
     def check(job: Job, stats: dict):
         assert stats["processes"] == 2, stats
-    e2e.checkpoint_run(spec, [0.3, 0.7], "twice", check_dump=check)
+    # Restored from a shell started with nohup: ignored signals pass through fork and
+    # exec, but the restored job must have its own dispositions, not the restorer's.
+    old = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        e2e.checkpoint_run(spec, [0.3, 0.7], "twice", check_dump=check)
+    finally:
+        signal.signal(signal.SIGHUP, old)
