@@ -826,6 +826,51 @@ void write_to_process(pid_t pid, const std::byte* src, std::size_t len,
   }
 }
 
+// Chunks [first, end) claimed in increasing order by several threads, with the error
+// of the first one that failed. Since claims go in order, every chunk before that one
+// has been claimed -- and is finished once the threads are done -- so the error kept
+// does not depend on the thread timing. Thread-safe.
+class ChunkClaims {
+ public:
+  ChunkClaims(std::size_t first, std::size_t end) : next_(first), end_(end) {}
+
+  // The next chunk to work on, or nothing once none is left or a chunk before it failed.
+  std::optional<std::size_t> claim() {
+    std::size_t i = next_.fetch_add(1, std::memory_order_relaxed);
+    if (i >= end_ || i > bad_hint_.load(std::memory_order_relaxed)) return std::nullopt;
+    return i;
+  }
+  // Chunk `index` failed with e (any index, claimed here or not).
+  void failed(std::size_t index, std::exception_ptr e) {
+    std::lock_guard lk(mu_);
+    if (index < bad_) {
+      bad_ = index;
+      error_ = std::move(e);
+      bad_hint_.store(index, std::memory_order_relaxed);
+    }
+  }
+  // A failure of no chunk (a thread's allocation): kept unless a chunk failed; ends the
+  // claims.
+  void failed_outside(std::exception_ptr e) {
+    std::lock_guard lk(mu_);
+    if (!error_) error_ = std::move(e);
+    next_.store(end_, std::memory_order_relaxed);
+  }
+  // The error kept, or null; read it once the threads are done.
+  std::exception_ptr error() const {
+    std::lock_guard lk(mu_);
+    return error_;
+  }
+
+ private:
+  std::atomic<std::size_t> next_;
+  const std::size_t end_;
+  std::atomic<std::size_t> bad_hint_{std::numeric_limits<std::size_t>::max()};  // stops claims early
+  mutable std::mutex mu_;
+  std::size_t bad_ = std::numeric_limits<std::size_t>::max();  // guarded by mu_
+  std::exception_ptr error_;                                   // guarded by mu_
+};
+
 // Where a chunk's bytes are: `data` points to its first byte. `in_file` says that it
 // points into the mapped pages.img (see PagesFile::map()), which only the kernel may
 // read; else into the buffer the chunk was decoded into.
@@ -895,50 +940,38 @@ class ChunkDecoder {
 // Whole chunks [first, end) of one copy_to_process() call, shared between the caller's
 // thread and the reader's worker: each claims the next chunk, decodes it into its own
 // buffer and writes it into the process, so that both decompression and the filling of
-// fresh pages (the cost of a restore) run on two CPUs. Chunks are claimed in stream
-// order, so when the threads are done every chunk before the first failed one has been
-// written, and that failure is the one reported whatever the timing.
+// fresh pages (the cost of a restore) run on two CPUs. The failure reported is the
+// first in the stream whatever the timing (see ChunkClaims).
 struct SharedCopy {
   struct Start {
     RemoteCursor at;      // where the chunk's first byte goes
     std::uint64_t pos;    // its stream offset
   };
 
-  pid_t pid;
-  std::span<const iovec> remote;
+  SharedCopy(pid_t target, std::span<const iovec> ranges, const ChunkTable& chunk_table,
+             const fs::path& pages_path, std::size_t first_chunk, std::size_t end_chunk)
+      : pid(target), remote(ranges), table(chunk_table), path(pages_path), first(first_chunk),
+        claims(first_chunk, end_chunk) {}
+
+  const pid_t pid;
+  const std::span<const iovec> remote;
   const ChunkTable& table;
   const fs::path& path;
-  std::size_t first = 0, end = 0;
+  const std::size_t first;
   std::vector<Start> starts;  // of chunks first..end-1
-
-  std::atomic<std::size_t> next{0};
-  std::atomic<std::size_t> bad_hint{std::numeric_limits<std::size_t>::max()};
-  std::mutex mu;
-  std::size_t bad = std::numeric_limits<std::size_t>::max();  // guarded by mu
-  std::exception_ptr error;                                   // of chunk `bad`; guarded by mu
+  ChunkClaims claims;
 
   // Claims and copies chunks until none is left or one before them failed.
   void run(ChunkDecoder& dec, std::byte* buf) {
-    for (;;) {
-      std::size_t i = next.fetch_add(1, std::memory_order_relaxed);
-      if (i >= end || i > bad_hint.load(std::memory_order_relaxed)) return;
+    while (std::optional<std::size_t> i = claims.claim()) {
       try {
-        ChunkBytes b = dec.get(i, buf);
-        RemoteCursor at = starts[i - first].at;
-        write_to_process(pid, b.data, table.chunks[i].raw, remote, at, starts[i - first].pos,
+        ChunkBytes b = dec.get(*i, buf);
+        RemoteCursor at = starts[*i - first].at;
+        write_to_process(pid, b.data, table.chunks[*i].raw, remote, at, starts[*i - first].pos,
                          path);
       } catch (...) {
-        failed(i, std::current_exception());
+        claims.failed(*i, std::current_exception());
       }
-    }
-  }
-
-  void failed(std::size_t index, std::exception_ptr e) {
-    std::lock_guard lk(mu);
-    if (index < bad) {
-      bad = index;
-      error = std::move(e);
-      bad_hint.store(index, std::memory_order_relaxed);
     }
   }
 };
@@ -1066,10 +1099,7 @@ class PageReaderImpl final : public PageReader {
     // Chunk k0 is the one the worker decoded or is decoding; the others go in turn to
     // whichever thread is free.
     take_chunk(false);
-    SharedCopy job{pid, remote, *table_, path_};
-    job.first = k0 + 1;
-    job.end = k1;
-    job.next = k0 + 1;
+    SharedCopy job(pid, remote, *table_, path_, k0 + 1, k1);
     RemoteCursor end = at;
     std::uint64_t pos = pos_;
     advance(remote, end, cur_len_);
@@ -1089,7 +1119,7 @@ class PageReaderImpl final : public PageReader {
     try {
       write_to_process(pid, cur_.data, cur_len_, remote, at, pos_, path_);
     } catch (...) {
-      job.failed(k0, std::current_exception());
+      job.claims.failed(k0, std::current_exception());
     }
     job.run(*mine_, buf_.get());  // chunk k0 is written: its buffer is free
     {
@@ -1103,8 +1133,8 @@ class PageReaderImpl final : public PageReader {
     consumed_ = k1;
     cur_ = {};
     cur_len_ = cur_pos_ = 0;
-    if (job.error) {
-      failed_ = job.error;
+    if (std::exception_ptr e = job.claims.error()) {
+      failed_ = e;
       std::rethrow_exception(failed_);
     }
     if (consumed_ < chunks.size()) {
@@ -1220,22 +1250,14 @@ class ImageReaderImpl final : public ImageReader {
            chunks[complete].offset + chunks[complete].stored <= file_size)
       ++complete;
 
-    std::atomic<std::size_t> next{0};
-    std::mutex mu;
-    std::size_t bad = std::numeric_limits<std::size_t>::max();  // guarded by mu
-    std::atomic<std::size_t> bad_hint{bad};  // lets threads stop early
-    std::exception_ptr bad_err;              // guarded by mu; the error of chunk `bad`
-
+    ChunkClaims claims(0, complete);
     auto work = [&] {
       try {
         std::unique_ptr<XXH3_state_t, XXH3StateFree> state(XXH3_createState());
         if (!state) throw std::bad_alloc();
         auto scratch = std::make_unique_for_overwrite<std::byte[]>(kIoBlockBytes);  // for pread
-        for (;;) {
-          // Chunks are claimed in increasing order, so every chunk before the first bad
-          // one has been claimed -- and is finished before the threads are joined.
-          std::size_t i = next.fetch_add(1, std::memory_order_relaxed);
-          if (i >= complete || i > bad_hint.load(std::memory_order_relaxed)) return;
+        while (std::optional<std::size_t> claimed = claims.claim()) {
+          std::size_t i = *claimed;
           try {
             const ChunkInfo& c = chunks[i];
             // The threads' interleaved chunks defeat the kernel's sequential readahead
@@ -1250,18 +1272,11 @@ class ImageReaderImpl final : public ImageReader {
             std::uint64_t h = XXH3_64bits_digest(state.get());
             if (h != c.xxh3) fail_checksum(pages_path_, i, c, h);
           } catch (...) {
-            std::lock_guard lk(mu);
-            if (i < bad) {
-              bad = i;
-              bad_err = std::current_exception();
-              bad_hint.store(i, std::memory_order_relaxed);
-            }
+            claims.failed(i, std::current_exception());
           }
         }
       } catch (...) {  // allocation failure: report it unless a chunk error comes first
-        std::lock_guard lk(mu);
-        if (!bad_err) bad_err = std::current_exception();
-        next.store(complete, std::memory_order_relaxed);
+        claims.failed_outside(std::current_exception());
       }
     };
 
@@ -1281,7 +1296,7 @@ class ImageReaderImpl final : public ImageReader {
     }
     work();
     for (auto& t : helpers) t.join();
-    if (bad_err) std::rethrow_exception(bad_err);
+    if (std::exception_ptr e = claims.error()) std::rethrow_exception(e);
 
     if (complete < chunks.size()) fail_truncated(complete, file_size);
     if (file_size > table_->file_bytes)

@@ -136,9 +136,9 @@ class PageReader {
   // and advances the stream position by n. The bytes live in the reader's buffer of
   // the current chunk; the view stays valid until the next call to next(), read() or
   // copy_to_process() on this reader (whatever its outcome) or the reader's
-  // destruction, and must not be used after that. Views never span two chunks: n is min(max, bytes left in the
-  // current chunk), so with max >= kChunkRawBytes each call returns the rest of a
-  // whole chunk (kChunkRawBytes bytes, fewer only for the last chunk). When the current
+  // destruction, and must not be used after that. Views never span two chunks: n is
+  // min(max, bytes left in the current chunk), so with max >= kChunkRawBytes each call
+  // returns the rest of a whole chunk (kChunkRawBytes bytes, fewer only for the last chunk). When the current
   // chunk is used up the call first takes the next one from the worker (waiting for
   // it to be decoded) and lets the worker start on the one after it.
   // next(0) returns an empty view and consumes nothing (it still rethrows an earlier

@@ -31,6 +31,15 @@ std::uint64_t status_mask(const std::map<std::string, std::string>& st, const ch
   return v;
 }
 
+// Bit sig-1 set for each signal that process pid catches or ignores (SigCgt, SigIgn),
+// and for SIGCHLD (see dump_signals()); never SIGKILL or SIGSTOP.
+std::uint64_t non_default_signals(pid_t pid) {
+  auto st = read_status(pid);
+  std::uint64_t set = status_mask(st, "SigCgt", pid) | status_mask(st, "SigIgn", pid) |
+                      std::uint64_t{1} << (SIGCHLD - 1);
+  return set & ~(std::uint64_t{1} << (SIGKILL - 1) | std::uint64_t{1} << (SIGSTOP - 1));
+}
+
 }  // namespace
 
 void dump_signals(DumpProcess& p) {
@@ -39,11 +48,9 @@ void dump_signals(DumpProcess& p) {
   // injected syscall costs ~0.1 ms of freeze here, and most of the 62 are at SIG_DFL,
   // where flags and mask have no effect -- except SIGCHLD's SA_NOCLDSTOP and
   // SA_NOCLDWAIT, so SIGCHLD is always asked about.
-  auto st = read_status(p.host_pid);
-  std::uint64_t set = status_mask(st, "SigCgt", p.host_pid) | status_mask(st, "SigIgn", p.host_pid) |
-                      (std::uint64_t{1} << (SIGCHLD - 1));
+  const std::uint64_t set = non_default_signals(p.host_pid);
   for (int sig = 1; sig <= kMaxSig; ++sig) {
-    if (sig == SIGKILL || sig == SIGSTOP || !(set >> (sig - 1) & 1)) continue;
+    if (!(set >> (sig - 1) & 1)) continue;
     p.inj->call_ok(fmt::format("rt_sigaction({})", sig), SYS_rt_sigaction,
                    static_cast<std::uint64_t>(sig), 0, p.scratch, 8);
     KernelSigaction ks{};
@@ -59,9 +66,7 @@ void restore_signals(RestoreProcess& p, const InjectionArea& area) {
   // dump_signals()); no call for the others, already at SIG_DFL. Injected syscalls
   // into a process that just got gigabytes of memory took up to 1 ms each here.
   std::vector<KernelSigaction> all(kMaxSig + 1, KernelSigaction{0, 0, 0, 0});
-  auto st = read_status(p.host_pid);
-  std::uint64_t set = status_mask(st, "SigCgt", p.host_pid) |
-                      status_mask(st, "SigIgn", p.host_pid) | (std::uint64_t{1} << (SIGCHLD - 1));
+  std::uint64_t set = non_default_signals(p.host_pid);
   for (auto& a : p.rec->sigactions) {
     if (a.sig < 1 || a.sig > kMaxSig) fail("image: bad signal number {}", a.sig);
     all[static_cast<std::size_t>(a.sig)] = {a.handler, a.flags, a.restorer, a.mask};
@@ -70,6 +75,7 @@ void restore_signals(RestoreProcess& p, const InjectionArea& area) {
   static_assert((kMaxSig + 1) * sizeof(KernelSigaction) <= kInjectionAreaBytes - 4096);  // data()
   remote_write(p.host_pid, area.data(), all.data(), all.size() * sizeof(KernelSigaction));
   for (int sig = 1; sig <= kMaxSig; ++sig) {
+    // SIGKILL and SIGSTOP: a (tampered) image may name them; they cannot be set.
     if (sig == SIGKILL || sig == SIGSTOP || !(set >> (sig - 1) & 1)) continue;
     p.leader().call_ok(fmt::format("process {}: rt_sigaction({})", p.rec->pid, sig),
                        SYS_rt_sigaction, static_cast<std::uint64_t>(sig),

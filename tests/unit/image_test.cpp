@@ -1436,10 +1436,13 @@ TEST(ImageCopyToProcess, OneCpuCopiesTheSameBytes) {
   CPU_ZERO(&one);
   CPU_SET(cpu, &one);
   ASSERT_EQ(::sched_setaffinity(0, sizeof one, &one), 0);
+  struct RestoreAffinity {  // also when an assertion below ends the test early
+    const cpu_set_t& set;
+    ~RestoreAffinity() { EXPECT_EQ(::sched_setaffinity(0, sizeof set, &set), 0); }
+  } restore_affinity{old};
   TempDir tmp;
   auto data = large_stream();
   check_copy(*verified_image(tmp.path() / "img", data), data);
-  ASSERT_EQ(::sched_setaffinity(0, sizeof old, &old), 0);
 }
 
 TEST(ImageCopyToProcess, FirstBadChunkIsReportedWhenShared) {
