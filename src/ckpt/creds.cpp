@@ -3,11 +3,13 @@
 // the process itself (prlimit64(2) on pid 0): root here lacks CAP_SYS_RESOURCE and
 // may not touch another user's limits. Credentials are set last (setgroups(2),
 // setresgid(2), setresuid(2) in every thread), since they drop the privileges the
-// other restore steps need.
+// other restore steps need; capabilities, securebits, no_new_privs and seccomp filters
+// around them (confine.h).
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 
+#include "ckpt/confine.h"
 #include "ckpt/parts.h"
 #include "ckpt/proc.h"
 #include "common/error.h"
@@ -70,15 +72,18 @@ void restore_creds(RestoreProcess& p, const InjectionArea& area) {
   if (r.uids.size() != 4 || r.gids.size() != 4) fail("image: bad credentials of process {}", r.pid);
   std::vector<gid_t> groups(r.groups.begin(), r.groups.end());
   if (groups.size() * sizeof(gid_t) > 4096) fail("image: too many groups in process {}", r.pid);
-  if (!groups.empty()) remote_write(p.host_pid, area.data(), groups.data(), groups.size() * sizeof(gid_t));
   for (auto& t : p.threads) {
     Injector& inj = *t.inj;
     std::string who = fmt::format("process {} thread {}", r.pid, t.rec->tid);
+    confine_before_ids(inj, t.host_tid, area, t.rec->confinement, who);
+    if (!groups.empty())
+      remote_write(p.host_pid, area.data(), groups.data(), groups.size() * sizeof(gid_t));
     inj.call_ok(who + ": setgroups", SYS_setgroups, groups.size(), area.data());
     inj.call_ok(who + ": setresgid", SYS_setresgid, r.gids[0], r.gids[1], r.gids[2]);
     inj.call_ok(who + ": setresuid", SYS_setresuid, r.uids[0], r.uids[1], r.uids[2]);
     inj.call(SYS_setfsgid, r.gids[3]);
     inj.call(SYS_setfsuid, r.uids[3]);
+    confine_after_ids(inj, t.host_tid, area, t.rec->confinement, who);
   }
   // A change of uid resets the dumpable flag (prctl(2)); the job's own value matters to
   // who may read its /proc files and attach to it.

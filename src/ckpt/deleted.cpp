@@ -20,6 +20,7 @@
 #include <filesystem>
 #include <random>
 
+#include "ckpt/fsaccess.h"
 #include "ckpt/parts.h"
 #include "common/error.h"
 #include "common/fd.h"
@@ -37,25 +38,32 @@ std::string parent_dir(const std::string& path) {
   return dir.empty() ? "/" : dir;
 }
 
-// A new unlinked regular file in `dir`, open for reading and writing.
-UniqueFd create_unlinked(const std::string& dir, unsigned mode, const std::string& what) {
-  UniqueFd fd(::open(dir.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, mode));
-  if (fd) return fd;
-  // Not every file system has O_TMPFILE (the kernel answers EOPNOTSUPP, or EISDIR
-  // when it predates the flag): a name of our own, unlinked at once.
-  if (errno != EOPNOTSUPP && errno != EISDIR && errno != EINVAL)
-    fail_errno("{}: cannot create it again in {}", what, dir);
+// A new unlinked regular file in `dir`, open for reading and writing, made by the
+// thread behind `inj` (init, acting as the file's owner in the job); returns its fd there.
+long create_unlinked(Injector& inj, pid_t host_pid, const InjectionArea& area,
+                     const std::string& dir, unsigned mode, const std::string& what) {
+  try {
+    return open_no_symlinks(inj, host_pid, area, dir, O_TMPFILE | O_RDWR, mode, what);
+  } catch (const Error& e) {
+    // Not every file system has O_TMPFILE (the kernel answers EOPNOTSUPP, or EISDIR
+    // when it predates the flag): a name of our own, unlinked at once.
+    if (e.err() != EOPNOTSUPP && e.err() != EISDIR && e.err() != EINVAL) throw;
+  }
   std::random_device rd;
   for (int attempt = 0; attempt < 100; ++attempt) {
     std::string name = fmt::format("{}/.fsched-deleted-{:08x}", dir, rd());
-    fd.reset(::open(name.c_str(), O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, mode));
-    if (!fd && errno == EEXIST) continue;
-    if (!fd) fail_errno("{}: cannot create {}", what, name);
-    if (::unlink(name.c_str()) < 0) {
-      int e = errno;
-      fd.reset();
-      ::unlink(name.c_str());
-      throw Error(fmt::format("{}: cannot unlink {}", what, name), e);
+    long fd;
+    try {
+      fd = open_no_symlinks(inj, host_pid, area, name, O_CREAT | O_EXCL | O_RDWR, mode, what);
+    } catch (const Error& e) {
+      if (e.err() == EEXIST) continue;
+      throw;
+    }
+    std::uint64_t pa = put_string(host_pid, area, 0, name);
+    long un = inj.call(SYS_unlinkat, static_cast<std::uint64_t>(AT_FDCWD), pa, 0);
+    if (un < 0) {
+      inj.call(SYS_close, static_cast<std::uint64_t>(fd));
+      throw Error(fmt::format("{}: cannot unlink {}", what, name), static_cast<int>(-un));
     }
     return fd;
   }
@@ -120,7 +128,7 @@ void check_deleted_files(const Manifest& m) {
     if (is_memfd(d.path)) continue;
     std::string dir = parent_dir(d.path);
     struct stat st {};
-    if (::stat(dir.c_str(), &st) < 0)
+    if (!probe_path(dir, st))
       fail_errno("restore refused: the directory {} of deleted file {} is missing", dir, d.path);
     if (!S_ISDIR(st.st_mode))
       fail("restore refused: {} (where deleted file {} was) is not a directory", dir, d.path);
@@ -133,29 +141,46 @@ void create_deleted_files(InitStash& stash, const InjectionArea& area, const Man
   std::vector<std::byte> buf(kIo);
   for (auto& d : m.deleted_files) {
     std::string what = fmt::format("deleted file {}", d.path);
-    UniqueFd fd;
+    Injector& inj = stash.inj();
+    const pid_t ip = stash.init().host_pid;
+    long in_init;
     if (is_memfd(d.path)) {
-      // A memfd (held as an fd only: mapped ones are shm objects) keeps its name.
-      fd.reset(static_cast<int>(::memfd_create(d.path.substr(std::strlen(kMemfd)).c_str(),
-                                               MFD_CLOEXEC)));
+      // A memfd (held as an fd only: mapped ones are shm objects) keeps its name; it
+      // has no path, so the restorer makes it and init takes its own reference (the
+      // restorer's is in a PID namespace init cannot see by pidfd, but /proc shows it
+      // by its host PID).
+      UniqueFd fd(static_cast<int>(::memfd_create(d.path.substr(std::strlen(kMemfd)).c_str(),
+                                                  MFD_CLOEXEC)));
       if (!fd) fail_errno("{}: memfd_create", what);
+      // The mode after the owner: fchown clears set-user-ID bits.
+      if (::fchown(fd.get(), d.uid, d.gid) < 0) fail_errno("{}: fchown to {}:{}", what, d.uid, d.gid);
+      if (::fchmod(fd.get(), d.mode) < 0) fail_errno("{}: fchmod {:o}", what, d.mode);
+      std::uint64_t src = put_string(ip, area, 0, fmt::format("/proc/{}/fd/{}", ::getpid(), fd.get()));
+      in_init = inj.call_ok(what + ": open in init", SYS_openat, static_cast<std::uint64_t>(AT_FDCWD),
+                            src, O_RDWR | O_CLOEXEC, 0);
     } else {
-      fd = create_unlinked(parent_dir(d.path), d.mode, what);
+      // In its old directory, which the user controls: made by init as the file's owner
+      // in the job, never through a link (fsaccess.h).
+      act_as(inj, ip, area,
+             &owner_of(m, [&](const Fd& f) { return f.deleted_key == d.key; },
+                       [&](const Vma& v) { return v.deleted_key == d.key; }),
+             what);
+      in_init = create_unlinked(inj, ip, area, parent_dir(d.path), d.mode & 0777, what);
+      struct stat st {};
+      if (::fstat(grab_fd(ip, static_cast<int>(in_init), what).get(), &st) < 0)
+        fail_errno("{}: fstat", what);
+      if (st.st_uid != d.uid || st.st_gid != d.gid)
+        inj.call_ok(fmt::format("{}: fchown to {}:{}", what, d.uid, d.gid), SYS_fchown,
+                    static_cast<std::uint64_t>(in_init), d.uid, d.gid);
+      inj.call_ok(fmt::format("{}: fchmod {:o}", what, d.mode), SYS_fchmod,
+                  static_cast<std::uint64_t>(in_init), d.mode);
+      act_as(inj, ip, area, nullptr, what);
     }
-    // The mode after the owner: fchown clears set-user-ID bits.
-    if (::fchown(fd.get(), d.uid, d.gid) < 0) fail_errno("{}: fchown to {}:{}", what, d.uid, d.gid);
-    if (::fchmod(fd.get(), d.mode) < 0) fail_errno("{}: fchmod {:o}", what, d.mode);
+    table[d.key] = stash.park(in_init, what);
+    UniqueFd fd = stash.take(table[d.key], what);
     if (::ftruncate(fd.get(), static_cast<off_t>(d.size)) < 0)
       fail_errno("{}: ftruncate to {} bytes", what, d.size);
     fill_file_data(fd.get(), d.size, d.runs, pages, buf, what);
-    // Init takes its own reference (the restorer's is in a PID namespace init cannot
-    // see by pidfd, but /proc shows it by its host PID).
-    std::uint64_t src =
-        put_string(stash.init().host_pid, area, 0, fmt::format("/proc/{}/fd/{}", ::getpid(), fd.get()));
-    long in_init = stash.inj().call_ok(what + ": open in init", SYS_openat,
-                                       static_cast<std::uint64_t>(AT_FDCWD), src,
-                                       O_RDWR | O_CLOEXEC, 0);
-    table[d.key] = stash.park(in_init, what);
   }
 }
 

@@ -9,6 +9,7 @@
 #include <filesystem>
 
 #include "ckpt/engine.h"
+#include "ckpt/fsaccess.h"
 #include "ckpt/parts.h"
 #include "common/error.h"
 
@@ -75,6 +76,7 @@ DumpStats dump(const DumpOptions& o) {
   m.kernel = u.release;
   m.xfeatures = cpu_xfeatures();
   m.xstate_size = read_xstate(procs.at(0).host_tids.at(0)).size();
+  m.boot_id = boot_id();
   m.dump_time_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
                        std::chrono::system_clock::now().time_since_epoch())
                        .count();

@@ -15,6 +15,7 @@
 #include <filesystem>
 #include <sstream>
 
+#include "ckpt/fsaccess.h"
 #include "ckpt/parts.h"
 #include "ckpt/proc.h"
 #include "common/error.h"
@@ -26,6 +27,16 @@ const char* const kDevices[] = {"/dev/null", "/dev/zero", "/dev/full", "/dev/ran
                                 "/dev/urandom"};
 
 bool writable(const Fd& f) { return (f.flags & O_ACCMODE) != O_RDONLY; }
+
+// The key of the named /dev/shm object (shmem.cpp) that fd f holds, "" if none: the
+// object is made again by name before the fds, and the fd reopens that one, whatever
+// its path holds at restore time.
+std::string named_shm_key(const Manifest& m, const Fd& f) {
+  if (f.kind != "file" || !f.deleted_key.empty()) return "";
+  for (auto& o : m.shm)
+    if (!o.path.empty() && o.path == f.path) return o.key;
+  return "";
+}
 
 // Open flags that give an fd its saved status again. fdinfo keeps the flags of the
 // open that created the file: O_CREAT and the like must not act a second time, and a
@@ -42,8 +53,7 @@ int reopen_flags(const Fd& f) {
 FileId stat_file_id(const std::string& path) {
   struct stat st {};
   if (::stat(path.c_str(), &st) < 0) fail_errno("cannot stat {}", path);
-  return FileId{st.st_ino, static_cast<std::uint64_t>(st.st_size),
-                st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec};
+  return file_id_of(st);
 }
 
 void dump_files(DumpProcess& p, std::span<DumpProcess> all) {
@@ -56,6 +66,7 @@ void dump_files(DumpProcess& p, std::span<DumpProcess> all) {
   r.cwd = read_link(fmt::format("/proc/{}/cwd", hp));
   if (r.cwd.ends_with(" (deleted)"))
     fail("process {} (pid {} in the job): its working directory {} was deleted", hp, r.pid, r.cwd);
+  r.cwd_file = stat_file_id(fmt::format("/proc/{}/cwd", hp));
 
   std::vector<int> fds;
   for (auto& e : std::filesystem::directory_iterator(fmt::format("/proc/{}/fd", hp)))
@@ -89,8 +100,7 @@ void dump_files(DumpProcess& p, std::span<DumpProcess> all) {
         f.kind = "file";
         f.path = was;
         f.deleted_key = file_key(st.st_dev, st.st_ino);
-        f.file = FileId{st.st_ino, static_cast<std::uint64_t>(st.st_size),
-                        st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec};
+        f.file = file_id_of(st);
       }
     }
     const std::string fdinfo = read_file(fmt::format("/proc/{}/fdinfo/{}", hp, fd));
@@ -118,10 +128,10 @@ void dump_files(DumpProcess& p, std::span<DumpProcess> all) {
       // an event fd or a deleted file, filled in above
     } else if (S_ISREG(st.st_mode)) {
       f.kind = "file";
-      f.file = FileId{st.st_ino, static_cast<std::uint64_t>(st.st_size),
-                      st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec};
+      f.file = file_id_of(st);
     } else if (S_ISDIR(st.st_mode)) {
       f.kind = "dir";
+      f.file = file_id_of(st);
     } else if (S_ISFIFO(st.st_mode) && link.rfind("pipe:[", 0) == 0) {
       f.kind = "pipe";
       f.file = FileId{st.st_ino, 0, 0};
@@ -158,13 +168,22 @@ void dump_files(DumpProcess& p, std::span<DumpProcess> all) {
 }
 
 void check_files(const Manifest& m) {
-  auto same = [](const std::string& path, const FileId& want, const char* what) {
-    FileId now;
-    try {
-      now = stat_file_id(path);
-    } catch (const Error& e) {
-      fail("restore refused: {} {} is missing: {}", what, path, e.what());
+  // A first look by the restorer, for a clear refusal before any process exists. What
+  // counts is the check of every fd opened in the job (restore_files, restore_memory),
+  // since the user may change files between this look and those opens.
+  auto look = [](const std::string& path, const std::string& what) {
+    struct stat st {};
+    if (!probe_path(path, st)) {
+      if (errno == ELOOP)
+        fail("restore refused: {} {} is a symbolic link or has one in its path, which the dump "
+             "did not see",
+             what, path);
+      fail_errno("restore refused: {} {} is missing", what, path);
     }
+    return file_id_of(st);
+  };
+  auto same = [&](const std::string& path, const FileId& want, const std::string& what) {
+    FileId now = look(path, what);
     if (now.ino != want.ino || now.size != want.size || now.mtime_ns != want.mtime_ns)
       fail("restore refused: {} {} changed since the dump (inode {} -> {}, size {} -> {}, mtime "
            "changed: {})",
@@ -177,25 +196,16 @@ void check_files(const Manifest& m) {
     for (auto& v : p.vmas)
       if (v.kind == "file" && v.deleted_key.empty()) same(v.path, v.file, "mapped file");
     for (auto& f : p.fds) {
-      if (f.kind != "file" || f.shared_fd >= 0 || !f.deleted_key.empty()) continue;
-      struct stat st {};
-      if (::stat(f.path.c_str(), &st) < 0)
-        fail_errno("restore refused: process {} fd {}: {} is missing", p.pid, f.fd, f.path);
-      if (writable(f) && static_cast<std::uint64_t>(st.st_size) < f.file.size)
+      if (f.kind != "file" || f.shared_fd >= 0 || !f.deleted_key.empty() ||
+          !named_shm_key(m, f).empty())
+        continue;
+      FileId now = look(f.path, fmt::format("process {} fd {}:", p.pid, f.fd));
+      if (writable(f) && now.size < f.file.size)
         fail("restore refused: process {} fd {}: {} is shorter ({} bytes) than at dump time ({} "
              "bytes)",
-             p.pid, f.fd, f.path, st.st_size, f.file.size);
+             p.pid, f.fd, f.path, now.size, f.file.size);
     }
   }
-}
-
-void truncate_written_files(const Manifest& m) {
-  for (auto& p : m.processes)
-    for (auto& f : p.fds) {
-      if (f.kind != "file" || !writable(f) || f.shared_fd >= 0 || !f.deleted_key.empty()) continue;
-      if (::truncate(f.path.c_str(), static_cast<off_t>(f.file.size)) < 0)
-        fail_errno("cannot truncate {} to its dump-time size {} bytes", f.path, f.file.size);
-    }
 }
 
 UniqueFd grab_fd(pid_t host_pid, int fd, const std::string& what) {
@@ -244,8 +254,17 @@ void restore_files(RestoreProcess& p, const InjectionArea& area, const PipeTable
   const Process& r = *p.rec;
   Injector& inj = p.leader();
   pid_t hp = p.host_pid;
-  std::uint64_t cwd = put_string(hp, area, 0, r.cwd);
-  inj.call_ok(fmt::format("process {}: chdir {}", r.pid, r.cwd), SYS_chdir, cwd);
+  const std::string& boot = p.image->boot_id;
+  {
+    // As the job (act_as in restore()): no link the dump did not see, the same directory.
+    std::string who = fmt::format("process {}: working directory", r.pid);
+    long dir = open_no_symlinks(inj, hp, area, r.cwd, O_PATH | O_DIRECTORY, 0, who);
+    FileId want = r.cwd_file;
+    want.size = 0;
+    check_identity(hp, dir, want, SizeRule::kAny, boot, who);
+    inj.call_ok(who + ": fchdir " + r.cwd, SYS_fchdir, static_cast<std::uint64_t>(dir));
+    inj.call(SYS_close, static_cast<std::uint64_t>(dir));
+  }
   for (const Fd& f : r.fds) {
     std::string who = fmt::format("process {} fd {} ({})", r.pid, f.fd, f.path);
     const std::uint64_t cloexec = (f.flags & O_CLOEXEC) ? O_CLOEXEC : 0;
@@ -276,10 +295,12 @@ void restore_files(RestoreProcess& p, const InjectionArea& area, const PipeTable
       tmp = create_event_fd(inj, area, hp, f, who);
     } else if (f.kind == "inotify") {
       tmp = create_inotify_fd(inj, hp, f, who);
-    } else if (!f.deleted_key.empty()) {
+    } else if (std::string key = !f.deleted_key.empty() ? f.deleted_key
+                                                        : named_shm_key(*p.image, f);
+               !key.empty()) {
       // The file recreated in init, reopened through /proc/self/fd so that this fd has
       // an open file description of its own, with its own flags and offset.
-      long held = take_from_init(inj, shm_fd_in_init(objects, f.deleted_key), who);
+      long held = take_from_init(inj, shm_fd_in_init(objects, key), who);
       std::uint64_t path = put_string(hp, area, 0, fmt::format("/proc/self/fd/{}", held));
       tmp = inj.call(SYS_openat, static_cast<std::uint64_t>(AT_FDCWD), path,
                      // (through a /proc link, which O_NOFOLLOW would refuse)
@@ -292,9 +313,17 @@ void restore_files(RestoreProcess& p, const InjectionArea& area, const PipeTable
       // A FIFO open would wait for the other side; init holds it open both ways, and
       // the fd gets its own blocking mode back right after.
       if (f.kind == "fifo") oflags |= O_NONBLOCK;
-      std::uint64_t path = put_string(hp, area, 0, f.path);
-      tmp = inj.call_ok(who + ": open", SYS_openat, static_cast<std::uint64_t>(AT_FDCWD), path,
-                        static_cast<std::uint64_t>(oflags | O_CLOEXEC), 0);
+      tmp = open_no_symlinks(inj, hp, area, f.path, oflags, 0, who);
+      // A FIFO may have been made anew by the restore (pipes.cpp): its type is what counts.
+      FileId want = f.file;
+      if (f.kind == "fifo") want = FileId{.mode = S_IFIFO};
+      const bool written = f.kind == "file" && writable(f);
+      check_identity(hp, tmp, want, written ? SizeRule::kAtLeast : SizeRule::kAny, boot, who);
+      // The run after the restore writes no byte twice. Through the fd just checked,
+      // as the job: a path could name another file by now.
+      if (written)
+        inj.call_ok(fmt::format("{}: ftruncate to its dump-time size {} bytes", who, f.file.size),
+                    SYS_ftruncate, static_cast<std::uint64_t>(tmp), f.file.size);
       if (f.kind == "fifo" && !(f.flags & O_NONBLOCK))
         inj.call_ok(who + ": fcntl(F_SETFL)", SYS_fcntl, static_cast<std::uint64_t>(tmp), F_SETFL,
                     static_cast<std::uint64_t>(f.flags & O_APPEND));

@@ -11,7 +11,9 @@
 
 namespace fsched::ckpt {
 
-inline constexpr unsigned kSeizeOptions = 0x1 /*TRACESYSGOOD*/;
+// PTRACE_O_TRACESYSGOOD | PTRACE_O_SUSPEND_SECCOMP: the job's own seccomp filters must
+// not see (and kill the job for) the syscalls the dump injects.
+inline constexpr unsigned kSeizeOptions = 0x1 | (1u << 21);
 
 // Attaches to thread `tid` with PTRACE_SEIZE and stops it with PTRACE_INTERRUPT,
 // waiting for the stop. Throws Error naming tid on failure (ESRCH, EPERM when

@@ -16,6 +16,11 @@ struct FileId {
   std::uint64_t ino = 0;
   std::uint64_t size = 0;        // bytes
   std::int64_t mtime_ns = 0;     // st_mtim in nanoseconds since the epoch
+  // Checked on restore against what a path opens (fsaccess.h); 0 in images older than
+  // these fields, where they are not compared.
+  std::uint64_t dev = 0;         // st_dev, compared only within the boot that dumped it
+  unsigned mode = 0;             // st_mode: file type and permissions
+  unsigned uid = 0, gid = 0;     // owner
 };
 
 // One virtual memory area, as /proc/PID/maps and smaps show it.
@@ -92,6 +97,22 @@ struct SigAction {
   std::uint64_t handler = 0, flags = 0, restorer = 0, mask = 0;
 };
 
+// One seccomp filter of a thread (seccomp(2) SECCOMP_SET_MODE_FILTER).
+struct SeccompFilter {
+  std::uint64_t flags = 0;             // SECCOMP_FILTER_FLAG_* it was installed with
+  std::string prog_hex;                // its struct sock_filter instructions, hex
+};
+
+// What confines a thread (capabilities(7), prctl(2), seccomp(2)), restored exactly so a
+// restored job never has more privilege than it had.
+struct Confinement {
+  std::uint64_t cap_inh = 0, cap_prm = 0, cap_eff = 0, cap_bnd = 0, cap_amb = 0;
+  unsigned securebits = 0;             // prctl(PR_GET_SECUREBITS)
+  bool no_new_privs = false;
+  int seccomp_mode = 0;                // 0 none, 2 filter (1, strict, is refused)
+  std::vector<SeccompFilter> filters;  // oldest first
+};
+
 struct Thread {
   int tid = 0;                         // TID in the job's PID namespace
   std::vector<std::uint64_t> regs;     // struct user_regs_struct as 64-bit words
@@ -104,6 +125,7 @@ struct Thread {
   int altstack_flags = 0;
   std::string comm;                    // thread name, /proc/PID/task/TID/comm
   std::vector<std::string> pending_hex;  // per-thread pending siginfo_t, hex
+  Confinement confinement;             // capabilities, securebits, no_new_privs, seccomp
 };
 
 struct Rlimit {
@@ -124,6 +146,7 @@ struct Process {
   std::string exe;
   FileId exe_file;
   std::string cwd;
+  FileId cwd_file;                            // identity of the working directory
   unsigned umask = 022;
   unsigned personality = 0;
   int dumpable = 1;
@@ -205,6 +228,7 @@ struct Manifest {
   std::uint64_t xfeatures = 0;       // XCR0 of the dumping CPU
   std::uint64_t xstate_size = 0;     // bytes of the NT_X86_XSTATE regset
   std::int64_t dump_time_ns = 0;     // CLOCK_REALTIME
+  std::string boot_id;               // /proc/sys/kernel/random/boot_id of the dumping host
   std::vector<Process> processes;    // parents before children
   std::vector<Pipe> pipes;
   std::vector<ShmObject> shm;
@@ -214,7 +238,7 @@ struct Manifest {
 };
 
 // JSON mapping of the manifest; absent keys keep their defaults.
-NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(FileId, ino, size, mtime_ns)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(FileId, ino, size, mtime_ns, dev, mode, uid, gid)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Vma, start, end, prot, shared, kind, shm_key, path,
                                                 deleted_key, shmat_flags, pgoff, file, vmflags,
                                                 runs)
@@ -227,16 +251,20 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Fd, fd, kind, path, flags, pos, 
                                                 settime_flags, value_ns, interval_ns, sigmask,
                                                 targets, watches)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(SigAction, sig, handler, flags, restorer, mask)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(SeccompFilter, flags, prog_hex)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Confinement, cap_inh, cap_prm, cap_eff, cap_bnd,
+                                                cap_amb, securebits, no_new_privs, seccomp_mode,
+                                                filters)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Thread, tid, regs, xstate_hex, sigmask, rseq_addr,
                                                 rseq_len, rseq_sig, robust_list, robust_len,
                                                 clear_tid_addr, altstack_sp, altstack_size,
-                                                altstack_flags, comm, pending_hex)
+                                                altstack_flags, comm, pending_hex, confinement)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Rlimit, resource, cur, max)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(ItimerVal, which, interval_sec, interval_usec,
                                                 value_sec, value_usec)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Process, pid, ppid, pgid, sid, exit_signal, zombie,
                                                 exit_status, exe,
-                                                exe_file, cwd, umask, personality, dumpable, uids,
+                                                exe_file, cwd, cwd_file, umask, personality, dumpable, uids,
                                                 gids, groups, start_code, end_code, start_data,
                                                 end_data, start_brk, brk, start_stack, arg_start,
                                                 arg_end, env_start, env_end, auxv_hex, vmas, fds,
@@ -249,7 +277,7 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(SysvShm, id, key, size, mode, ui
                                                 runs)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(UnixSocket, ino, type, state, peer, name, queued)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Manifest, kernel, xfeatures, xstate_size,
-                                                dump_time_ns, processes, pipes, shm, deleted_files,
+                                                dump_time_ns, boot_id, processes, pipes, shm, deleted_files,
                                                 sysv_shm, sockets)
 
 

@@ -17,6 +17,7 @@
 #include <climits>
 #include <cstring>
 
+#include "ckpt/fsaccess.h"
 #include "ckpt/parts.h"
 #include "ckpt/proc.h"
 #include "common/error.h"
@@ -96,6 +97,7 @@ void dump_memory_layout(DumpProcess& p) {
     } else if (v.shared && is_shm_path(m.path)) {
       v.kind = "shm";
       v.shm_key = fmt::format("{}:{}", m.dev, m.ino);
+      v.path = m.path;  // a named /dev/shm object is made again by this name (shmem.cpp)
     } else if (m.path[0] == '/') {
       if (m.path.rfind("/SYSV", 0) == 0 && v.shared) {
         // A shmat(2) attach; the inode number is the shmid. The segment itself is
@@ -128,7 +130,7 @@ void dump_memory_layout(DumpProcess& p) {
         fail("{}: the file at this path was replaced after it was mapped", where());
       v.kind = "file";
       v.path = m.path;
-      v.file = stat_file_id(m.path);
+      v.file = file_id_of(st);
     } else {
       fail("{}: unsupported special mapping", where());
     }
@@ -386,11 +388,10 @@ void restore_memory(RestoreProcess& p, const InjectionArea& area, PageReader& pa
       if (v.path != file_path) {
         close_file();
         int oflags = (v.shared && (v.prot & PROT_WRITE)) ? O_RDWR : O_RDONLY;
-        std::uint64_t pa = put_string(hp, area, 0, v.path);
-        file_fd = inj.call_ok(fmt::format("process {}: open {}", r.pid, v.path), SYS_openat,
-                              static_cast<std::uint64_t>(AT_FDCWD), pa,
-                              static_cast<std::uint64_t>(oflags | O_CLOEXEC));
+        std::string who = fmt::format("process {}: mapped file", r.pid);
+        file_fd = open_no_symlinks(inj, hp, area, v.path, oflags, 0, who);
         file_path = v.path;
+        check_identity(hp, file_fd, v.file, SizeRule::kSame, p.image->boot_id, who);
       }
       inj.call_ok(what, SYS_mmap, v.start, v.end - v.start, static_cast<std::uint64_t>(prot),
                   static_cast<std::uint64_t>(flags), static_cast<std::uint64_t>(file_fd), v.pgoff);
@@ -440,10 +441,9 @@ void restore_memory(RestoreProcess& p, const InjectionArea& area, PageReader& pa
   constexpr std::size_t kAuxvOff = 8192, kMapOff = 4096;
   if (auxv.size() > 2048) fail("image: auxv of process {} too large", r.pid);
   remote_write(hp, area.data() + kAuxvOff, auxv.data(), auxv.size());
-  std::uint64_t pa = put_string(hp, area, 0, r.exe);
-  long exe_fd = inj.call_ok(fmt::format("process {}: open executable {}", r.pid, r.exe),
-                            SYS_openat, static_cast<std::uint64_t>(AT_FDCWD), pa,
-                            static_cast<std::uint64_t>(O_RDONLY | O_CLOEXEC));
+  std::string exe_who = fmt::format("process {}: executable", r.pid);
+  long exe_fd = open_no_symlinks(inj, hp, area, r.exe, O_RDONLY, 0, exe_who);
+  check_identity(hp, exe_fd, r.exe_file, SizeRule::kSame, p.image->boot_id, exe_who);
   prctl_mm_map mm{};
   mm.start_code = r.start_code;
   mm.end_code = r.end_code;

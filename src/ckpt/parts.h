@@ -117,6 +117,7 @@ struct RestoreThread {
 };
 
 struct RestoreProcess {
+  const Manifest* image = nullptr;   // the whole image (its boot id, its other processes)
   const Process* rec = nullptr;
   pid_t host_pid = 0;
   std::vector<RestoreThread> threads;  // threads[0] is the leader
@@ -229,10 +230,10 @@ using SocketTable = std::map<std::uint64_t, int>;
 void restore_files(RestoreProcess& p, const InjectionArea& area, const PipeTable& pipes,
                    const SocketTable& sockets, const ShmTable& objects);
 // Verifies mapped files and the executable are unchanged (inode, size, mtime) and
-// that written files exist; throws Error naming the file.
+// that written files exist, without following links; throws Error naming the file.
+// restore_files() checks again what it opens, and truncates files the job had open for
+// writing back to their dump-time size through the fd it checked.
 void check_files(const Manifest& m);
-// Truncates files the job had open for writing back to their dump-time size.
-void truncate_written_files(const Manifest& m);
 // eventfds.cpp: eventfd, epoll, timerfd and signalfd fds. dump_event_fd fills f from
 // the fd's link ("anon_inode:[eventfd]") and fdinfo text; false if not an event fd.
 bool dump_event_fd(const std::string& link, const std::string& fdinfo, Fd& f);

@@ -10,6 +10,7 @@
 
 #include <set>
 
+#include "ckpt/fsaccess.h"
 #include "ckpt/parts.h"
 #include "common/error.h"
 #include "common/fd.h"
@@ -77,12 +78,19 @@ PipeTable create_pipes(InitStash& stash, const InjectionArea& area, const Manife
     } else {
       // A named pipe: init holds it open for reading and writing (which never waits,
       // fifo(7)) so the processes' own opens do not wait either.
-      struct stat st {};
-      if (::stat(pp.path.c_str(), &st) < 0 && ::mkfifo(pp.path.c_str(), 0600) < 0)
-        fail_errno("{}: cannot recreate the FIFO", what);
-      std::uint64_t path = put_string(stash.init().host_pid, area, 0, pp.path);
-      long fd = inj.call_ok(what + ": open in init", SYS_openat, static_cast<std::uint64_t>(AT_FDCWD),
-                            path, O_RDWR | O_NONBLOCK | O_CLOEXEC, 0);
+      // Made (if gone) and opened by init as the FIFO's owner in the job, never
+      // through a link: the user controls the path (fsaccess.h).
+      pid_t ip = stash.init().host_pid;
+      act_as(inj, ip, area,
+             &owner_of(m, [&](const Fd& f) { return f.kind == "fifo" && f.file.ino == pp.ino; }),
+             what);
+      std::uint64_t path = put_string(ip, area, 0, pp.path);
+      long made = inj.call(SYS_mknodat, static_cast<std::uint64_t>(AT_FDCWD), path, S_IFIFO | 0600, 0);
+      if (made < 0 && made != -EEXIST)
+        throw Error(fmt::format("{}: cannot recreate the FIFO", what), static_cast<int>(-made));
+      long fd = open_no_symlinks(inj, ip, area, pp.path, O_RDWR | O_NONBLOCK, 0, what);
+      check_identity(ip, fd, FileId{.mode = S_IFIFO}, SizeRule::kAny, m.boot_id, what);
+      act_as(inj, ip, area, nullptr, what);
       e.read_fd = e.write_fd = stash.park(fd, what);
     }
     table[pp.ino] = e;

@@ -17,6 +17,7 @@
 #include <filesystem>
 #include <set>
 
+#include "ckpt/confine.h"
 #include "ckpt/parts.h"
 #include "ckpt/proc.h"
 #include "common/error.h"
@@ -400,8 +401,11 @@ static void make_zombie(RestoreProcess& p, const InjectionArea& area) {
   p.threads[0].inj.reset();
 }
 
-static constexpr unsigned kRestoreOptions =
-    PTRACE_O_TRACESYSGOOD | PTRACE_O_TRACEFORK | PTRACE_O_TRACECLONE | PTRACE_O_EXITKILL;
+// SUSPEND_SECCOMP: the job's filters are installed before the last injected syscalls
+// (confine.h) and act once the job is released.
+static constexpr unsigned kRestoreOptions = PTRACE_O_TRACESYSGOOD | PTRACE_O_TRACEFORK |
+                                            PTRACE_O_TRACECLONE | PTRACE_O_EXITKILL |
+                                            kSuspendSeccomp;
 
 void create_tree(const Manifest& m, InjectionArea& area, std::vector<RestoreProcess>& procs) {
   if (m.processes.empty() || m.processes[0].pid != 1) fail("image: the first process is not pid 1");
@@ -419,6 +423,7 @@ void create_tree(const Manifest& m, InjectionArea& area, std::vector<RestoreProc
   if (child == 0) helper_init_main();
 
   RestoreProcess init;
+  init.image = &m;
   init.rec = &m.processes[0];
   init.host_pid = static_cast<pid_t>(child);
   RestoreThread it;
@@ -477,6 +482,7 @@ void create_tree(const Manifest& m, InjectionArea& area, std::vector<RestoreProc
                   static_cast<int>(-r));
     if (r != rec.pid) fail("process {} was created with PID {}", rec.pid, r);
     RestoreProcess np;
+    np.image = &m;
     np.rec = &rec;
     np.host_pid = parent.leader().last_child();
     wait_for_stop(np.host_pid);

@@ -10,6 +10,7 @@
 #include <csignal>
 
 #include "ckpt/engine.h"
+#include "ckpt/fsaccess.h"
 #include "ckpt/parts.h"
 #include "common/error.h"
 
@@ -73,7 +74,6 @@ RestoreStats restore(const RestoreOptions& o) {
     st.phases_ms.emplace_back(name, std::chrono::duration<double, std::milli>(now - lap).count());
     lap = now;
   };
-  truncate_written_files(m);
 
   InjectionArea area;
   std::vector<RestoreProcess> procs;
@@ -84,6 +84,11 @@ RestoreStats restore(const RestoreOptions& o) {
     std::vector<RestoreProcess*> live;  // zombies are complete once created
     for (auto& p : procs)
       if (!p.rec->zombie) live.push_back(&p);
+    // From here on every path is resolved with the job's file-system credentials
+    // (fsaccess.h); init takes those of each object's owner while it creates it.
+    for (auto* p : live)
+      if (p->rec->pid != 1)
+        act_as(p->leader(), p->host_pid, area, p->rec, fmt::format("process {}", p->rec->pid));
     InitStash stash(procs[0]);
     ShmTable shm = create_shm(stash, area, m, *pages);
     create_deleted_files(stash, area, m, *pages, shm);

@@ -11,6 +11,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "ckpt/fsaccess.h"
 #include "ckpt/parts.h"
 #include "common/error.h"
 #include "common/fd.h"
@@ -133,10 +134,26 @@ ShmTable create_shm(InitStash& stash, const InjectionArea& area, const Manifest&
       std::uint64_t name = put_string(init.host_pid, area, 0, "fsched-shm");
       fd = inj.call_ok(what + ": memfd_create", SYS_memfd_create, name, MFD_CLOEXEC);
     } else {
-      std::uint64_t path = put_string(init.host_pid, area, 0, o.path);
-      fd = inj.call_ok(what + ": open", SYS_openat, static_cast<std::uint64_t>(AT_FDCWD), path,
-                       O_RDWR | O_CREAT | O_CLOEXEC, o.mode);
-      inj.call_ok(what + ": fchown", SYS_fchown, static_cast<std::uint64_t>(fd), o.uid, o.gid);
+      // The named object again, so the job's writes reach /dev/shm/NAME as before:
+      // opened or made by init as the object's owner in the job, never through a link,
+      // and refused unless it is a regular file of the dumped owner (fsaccess.h).
+      act_as(inj, init.host_pid, area,
+             &owner_of(m, [&](const Fd& f) { return f.deleted_key == o.key; },
+                       [&](const Vma& v) { return v.kind == "shm" && v.shm_key == o.key; }),
+             what);
+      fd = open_no_symlinks(inj, init.host_pid, area, o.path, O_RDWR | O_CREAT, o.mode & 0777,
+                            what);
+      struct stat st {};
+      if (::fstat(grab_fd(init.host_pid, static_cast<int>(fd), what).get(), &st) < 0)
+        fail_errno("{}: fstat", what);
+      if (st.st_uid != o.uid || st.st_gid != o.gid)  // made by another member of the job
+        inj.call_ok(fmt::format("{}: fchown to {}:{}", what, o.uid, o.gid), SYS_fchown,
+                    static_cast<std::uint64_t>(fd), o.uid, o.gid);
+      inj.call_ok(fmt::format("{}: fchmod {:o}", what, o.mode), SYS_fchmod,
+                  static_cast<std::uint64_t>(fd), o.mode);
+      check_identity(init.host_pid, fd, FileId{.mode = S_IFREG | o.mode, .uid = o.uid, .gid = o.gid},
+                     SizeRule::kAny, m.boot_id, what);
+      act_as(inj, init.host_pid, area, nullptr, what);
     }
     inj.call_ok(what + ": ftruncate", SYS_ftruncate, static_cast<std::uint64_t>(fd), o.size);
     int high = stash.park(fd, what);

@@ -14,6 +14,7 @@
 #include <linux/unix_diag.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -22,6 +23,7 @@
 #include <map>
 #include <set>
 
+#include "ckpt/fsaccess.h"
 #include "ckpt/parts.h"
 #include "common/error.h"
 #include "common/fd.h"
@@ -211,10 +213,30 @@ SocketTable create_sockets(InitStash& stash, const InjectionArea& area, const Ma
         sa.sun_family = AF_UNIX;
         if (s.name.size() >= sizeof sa.sun_path) fail("{}: path too long", what);
         std::memcpy(sa.sun_path, s.name.c_str(), s.name.size() + 1);
-        ::unlink(s.name.c_str());  // left behind by the dumped job
+        // Bound by init as the socket's owner in the job: the user controls the path,
+        // so what a bind or an unlink there may do is what the job itself could.
+        act_as(inj, init.host_pid, area,
+               &owner_of(m, [&](const Fd& f) { return f.kind == "unix" && f.file.ino == s.ino; }),
+               what);
+        // The dumped job's socket file, left behind: removed only if it is a socket.
+        // (Looked at by init as the job, so nothing the job could not see is told.)
+        std::uint64_t pa = put_string(init.host_pid, area, 0, s.name);
+        const std::uint64_t st_at = area.data() + 4096;
+        if (inj.call(SYS_newfstatat, static_cast<std::uint64_t>(AT_FDCWD), pa, st_at,
+                     AT_SYMLINK_NOFOLLOW) == 0) {
+          struct stat st {};
+          remote_read(init.host_pid, st_at, &st, sizeof st);
+          if (!S_ISSOCK(st.st_mode))
+            fail("restore refused: {}: {} is no longer a socket; not removing it", what, s.name);
+          long un = inj.call(SYS_unlinkat, static_cast<std::uint64_t>(AT_FDCWD), pa, 0);
+          if (un < 0 && un != -ENOENT)
+            throw Error(fmt::format("{}: cannot remove the old socket file {}", what, s.name),
+                        static_cast<int>(-un));
+        }
         remote_write(init.host_pid, area.data(), &sa, sizeof sa);
         inj.call_ok(what + ": bind " + s.name, SYS_bind, static_cast<std::uint64_t>(fd), area.data(),
                     sizeof sa);
+        act_as(inj, init.host_pid, area, nullptr, what);
         inj.call_ok(what + ": listen", SYS_listen, static_cast<std::uint64_t>(fd), 128);
       }
       table[s.ino] = park(fd, what);

@@ -14,6 +14,7 @@
 
 #include <cstring>
 
+#include "ckpt/confine.h"
 #include "ckpt/parts.h"
 #include "ckpt/proc.h"
 #include "common/error.h"
@@ -127,6 +128,7 @@ void dump_threads(DumpProcess& p, std::uint64_t xstate_size) {
     t.comm = read_file(fmt::format("/proc/{}/task/{}/comm", p.host_pid, tid));
     if (!t.comm.empty() && t.comm.back() == '\n') t.comm.pop_back();
     t.pending_hex = peek_siginfo(tid, 0);
+    dump_confinement(tid, *inj, t);
   }
   p.rec.shared_pending_hex = peek_siginfo(p.host_pid, PTRACE_PEEKSIGINFO_SHARED);
 }
