@@ -9,6 +9,8 @@
 #include <cstdint>
 #include <string>
 
+#include "common/fd.h"
+
 namespace fsched::ckpt {
 
 // PTRACE_O_TRACESYSGOOD | PTRACE_O_SUSPEND_SECCOMP: the job's own seccomp filters must
@@ -40,6 +42,21 @@ void set_sigmask(pid_t tid, std::uint64_t mask);
 // orig_rax is set to -1 so the kernel does not apply the fixup a second time.
 void fixup_syscall_restart(user_regs_struct& regs, bool same_task);
 
+// Healing code in a job's process: an injected syscall's `syscall` instruction followed
+// by code that puts back the thread's signal mask and registers and resumes it where it
+// was stopped. A dump injects through it, so that a dumper killed at any instant
+// (SIGKILL, OOM) leaves no thread of the job with borrowed registers or mask: a thread
+// let go mid-call finishes the call and heals itself; one let go between calls is
+// already in its own state.
+struct HealCode {
+  std::uint64_t entry = 0;  // address of the `syscall` the injected calls run
+  std::uint64_t data = 0;   // address of the saved state the code reads (152 bytes)
+};
+// Writes the healing code into the zero padding at the end of process `pid`'s vDSO
+// [vdso_start, vdso_end) through /proc/PID/mem (a private copy of that page). Idempotent.
+// Throws Error naming the process when the vDSO has no such padding.
+HealCode install_heal_code(pid_t pid, std::uint64_t vdso_start, std::uint64_t vdso_end);
+
 // Runs system calls inside one stopped, seized thread. The thread's registers and
 // signal mask are saved on construction (all signals are blocked while injecting, so
 // no handler runs) and put back by restore() or the destructor.
@@ -48,6 +65,9 @@ class Injector {
   // syscall_ip: address of a `syscall` instruction mapped executable in the thread's
   // address space.
   Injector(pid_t tid, std::uint64_t syscall_ip);
+  // A healing injector (HealCode): the thread keeps its own registers and mask between
+  // calls, and each call borrows them only while it runs.
+  Injector(pid_t tid, const HealCode& heal);
   ~Injector();
   Injector(const Injector&) = delete;
   Injector& operator=(const Injector&) = delete;
@@ -87,6 +107,8 @@ class Injector {
   bool restored_ = false;
   bool same_task_ = true;
   pid_t last_child_ = 0;
+  std::uint64_t heal_data_ = 0;  // HealCode::data; 0 for a plain injector
+  UniqueFd mem_;                 // /proc/TID/mem, to write the healing data
 };
 
 // Address of a `syscall; int3` sequence inside this program's own text. A process

@@ -37,7 +37,7 @@ struct DumpProcess {
   Process rec;                    // what goes into the manifest
   // Syscall injection into the leader, with a scratch mapping of kScratchBytes.
   std::unique_ptr<Injector> inj;
-  std::uint64_t gadget = 0;       // a `syscall` instruction in the job (in its vDSO)
+  HealCode heal;                  // where injected syscalls run, in its vDSO (inject.h)
   std::uint64_t scratch = 0;
 };
 inline constexpr std::size_t kScratchBytes = 4 * 4096;

@@ -300,20 +300,11 @@ void dump_ids(DumpProcess& p) {
 
 // ---- injection during dump ------------------------------------------------------
 
-static std::uint64_t find_syscall_insn(pid_t pid) {
-  for (auto& m : read_maps(pid)) {
-    if (m.path != "[vdso]") continue;
-    std::vector<unsigned char> code(m.end - m.start);
-    remote_read(pid, m.start, code.data(), code.size());
-    for (std::size_t i = 0; i + 1 < code.size(); ++i)
-      if (code[i] == 0x0f && code[i + 1] == 0x05) return m.start + i;
-  }
-  fail("process {}: no syscall instruction found in its vDSO", pid);
-}
-
 void open_injection(DumpProcess& p) {
-  p.gadget = find_syscall_insn(p.host_pid);
-  p.inj = std::make_unique<Injector>(p.host_pid, p.gadget);
+  for (auto& m : read_maps(p.host_pid))
+    if (m.path == "[vdso]") p.heal = install_heal_code(p.host_pid, m.start, m.end);
+  if (!p.heal.entry) fail("process {}: it has no vDSO to inject system calls through", p.host_pid);
+  p.inj = std::make_unique<Injector>(p.host_pid, p.heal);
   long r = p.inj->call_ok("mmap of the dump scratch area", SYS_mmap, 0, kScratchBytes,
                           PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1ULL, 0);
   p.scratch = static_cast<std::uint64_t>(r);

@@ -88,7 +88,7 @@ void dump_threads(DumpProcess& p, std::uint64_t xstate_size) {
     std::unique_ptr<Injector> own;
     Injector* inj = p.inj.get();
     if (i != 0) {
-      own = std::make_unique<Injector>(tid, p.gadget);
+      own = std::make_unique<Injector>(tid, p.heal);
       inj = own.get();
     }
     user_regs_struct regs = inj->saved_regs();
