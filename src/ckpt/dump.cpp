@@ -10,6 +10,7 @@
 
 #include "ckpt/engine.h"
 #include "ckpt/fsaccess.h"
+#include "ckpt/imagekey.h"
 #include "ckpt/parts.h"
 #include "common/error.h"
 
@@ -43,6 +44,7 @@ DumpStats dump(const DumpOptions& o) {
   auto t0 = std::chrono::steady_clock::now();
   // The writer first: an unwritable location fails before the job is touched.
   auto img = ImageWriter::create(o.dir, o.compress_level, o.direct_io);
+  img->sign_with(load_or_create_image_key(image_key_path(o.key_file)));
   // A job to be killed stays frozen until its image is durable: overlap the disk
   // writes with the dump. One to be thawed first must not wait for the disk.
   img->set_eager_writeback(!o.leave_running);

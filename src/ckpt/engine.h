@@ -45,6 +45,9 @@ struct DumpOptions {
   // disk, not the page cache, sets the pace). For images that will not be read back
   // soon on this node; it keeps them out of the page cache.
   bool direct_io = false;
+  // The cluster's image key (imagekey.h) that signs the manifest; "" for
+  // $FSCHED_IMAGE_KEY or the default path. Created if missing.
+  std::string key_file;
 };
 struct DumpStats {
   int processes = 0, threads = 0;
@@ -63,6 +66,9 @@ DumpStats dump(const DumpOptions& opt);
 // ---- restore ------------------------------------------------------------------------
 struct RestoreOptions {
   std::filesystem::path dir;
+  // The cluster's image key (imagekey.h); "" for $FSCHED_IMAGE_KEY or the default path.
+  // The image's manifest HMAC is checked with it before anything else.
+  std::string key_file;
 };
 struct RestoreStats {
   pid_t init_pid = 0;      // host PID of the restored init, a child of the caller

@@ -21,6 +21,7 @@
 // in the mapped file where resident; errors are collected by chunk index so that the
 // first bad chunk is reported whatever the thread timing.
 #include "ckpt/image.h"
+#include "ckpt/imagekey.h"
 
 #include <fcntl.h>
 #include <sched.h>
@@ -67,6 +68,7 @@ using json = nlohmann::json;
 
 constexpr const char* kManifestName = "manifest.json";
 constexpr const char* kManifestSumName = "manifest.xxh3";
+constexpr const char* kManifestHmacName = "manifest.hmac";
 constexpr const char* kPagesName = "pages.img";
 // Unit of reading pages.img: residency check, copy or pread, hash. Small enough that
 // a block just copied is still in the L2 cache when it is hashed.
@@ -205,13 +207,22 @@ void fsync_fd(int fd, const fs::path& path) {
   if (::fsync(fd) != 0) fail_errno("{}: fsync failed", path.native());
 }
 
-// Reads a whole (small) file; nullopt if it (or its directory) does not exist.
-std::optional<std::string> read_small_file(const fs::path& path) {
-  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+// Reads a whole (small) file of at most `limit` bytes; nullopt if it (or its
+// directory) does not exist. Refuses anything but a regular file: a link to /dev/zero
+// would be read without end, a FIFO would block.
+std::optional<std::string> read_small_file(const fs::path& path,
+                                           std::size_t limit = kMaxManifestBytes) {
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
   if (!fd) {
     if (errno == ENOENT || errno == ENOTDIR) return std::nullopt;
+    if (errno == ELOOP) fail("{}: is a symbolic link, not an image file", path.native());
     fail_errno("{}: cannot open", path.native());
   }
+  struct stat st {};
+  if (::fstat(fd.get(), &st) < 0) fail_errno("{}: fstat", path.native());
+  if (!S_ISREG(st.st_mode)) fail("{}: not a regular file", path.native());
+  if (static_cast<std::uint64_t>(st.st_size) > limit)
+    fail("{}: {} bytes, more than the {} an image file may have", path.native(), st.st_size, limit);
   std::string out;
   char buf[64 * 1024];
   for (;;) {
@@ -222,6 +233,7 @@ std::optional<std::string> read_small_file(const fs::path& path) {
     }
     if (r == 0) break;
     out.append(buf, static_cast<std::size_t>(r));
+    if (out.size() > limit) fail("{}: grew past {} bytes while read", path.native(), limit);
   }
   return out;
 }
@@ -347,6 +359,7 @@ class ImageWriterImpl final : public ImageWriter {
     return stored_.load(std::memory_order_relaxed);
   }
   const fs::path& path() const override { return dir_; }
+  void sign_with(std::vector<std::byte> key) override { key_ = std::move(key); }
 
   void commit(json manifest) override {
     check_usable();
@@ -390,6 +403,8 @@ class ImageWriterImpl final : public ImageWriter {
     pages_fd_.reset();
     write_new_file(dirfd_.get(), tmp_ / kManifestName, text);
     write_new_file(dirfd_.get(), tmp_ / kManifestSumName, sum);
+    if (!key_.empty())
+      write_new_file(dirfd_.get(), tmp_ / kManifestHmacName, image_hmac(key_, text) + "\n");
     fsync_fd(dirfd_.get(), tmp_);
     dirfd_.reset();
 
@@ -592,6 +607,7 @@ class ImageWriterImpl final : public ImageWriter {
   std::uint64_t logical_ = 0;
   bool committed_ = false;
   bool broken_ = false;
+  std::vector<std::byte> key_;  // sign_with(): the image key for manifest.hmac
 
   // Shared with the workers; guarded by mu_ (a Worker's job fields are its own while
   // it is busy).
@@ -626,11 +642,14 @@ class ImageWriterImpl final : public ImageWriter {
 class PagesFile {
  public:
   explicit PagesFile(fs::path path) : path_(std::move(path)) {
-    fd_ = UniqueFd(::open(path_.c_str(), O_RDONLY | O_CLOEXEC));
+    fd_ = UniqueFd(::open(path_.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
+    if (!fd_ && errno == ELOOP) fail("{}: is a symbolic link, not an image file", path_.native());
     if (!fd_) fail_errno("{}: cannot open", path_.native());
-    (void)::posix_fadvise(fd_.get(), 0, 0, POSIX_FADV_SEQUENTIAL);
     struct stat st;
     if (::fstat(fd_.get(), &st) != 0) fail_errno("{}: cannot stat", path_.native());
+    // A FIFO or a device would block or never end; the chunk table bounds a file.
+    if (!S_ISREG(st.st_mode)) fail("{}: not a regular file", path_.native());
+    (void)::posix_fadvise(fd_.get(), 0, 0, POSIX_FADV_SEQUENTIAL);
     size_ = static_cast<std::uint64_t>(st.st_size);
     long page = ::sysconf(_SC_PAGESIZE);
     page_ = page > 0 ? static_cast<std::size_t>(page) : kMinPageBytes;
@@ -1425,7 +1444,8 @@ std::unique_ptr<ImageWriter> ImageWriter::create(const std::filesystem::path& di
   return w;
 }
 
-std::unique_ptr<ImageReader> ImageReader::open(const std::filesystem::path& dir_arg) {
+std::unique_ptr<ImageReader> ImageReader::open(const std::filesystem::path& dir_arg,
+                                               std::span<const std::byte> key) {
   fs::path dir = normalize_dir(dir_arg);
   fs::path mpath = dir / kManifestName;
   fs::path spath = dir / kManifestSumName;
@@ -1437,6 +1457,19 @@ std::unique_ptr<ImageReader> ImageReader::open(const std::filesystem::path& dir_
     if (!fs::exists(st)) fail("{} is not a checkpoint image (no such directory)", dir.native());
     if (!fs::is_directory(st)) fail("{} is not a checkpoint image (not a directory)", dir.native());
     fail("{} is not a checkpoint image (no manifest.json)", dir.native());
+  }
+  if (!key.empty()) {
+    // First of all: nothing of a manifest is believed before its HMAC is.
+    fs::path hpath = dir / kManifestHmacName;
+    std::optional<std::string> mac = read_small_file(hpath, 1024);
+    if (!mac) fail("{}: missing: the image is not signed with the cluster's image key", hpath.native());
+    std::string_view mv = *mac;
+    if (!mv.empty() && mv.back() == '\n') mv.remove_suffix(1);
+    std::vector<std::byte> k(key.begin(), key.end());
+    if (!hmac_equal(mv, image_hmac(k, *text)))
+      fail("{}: HMAC mismatch: the manifest or its chunk table was changed after the dump, or the "
+           "image was signed with another image key",
+           mpath.native());
   }
   std::optional<std::string> sum_text = read_small_file(spath);
   if (!sum_text) fail("{}: missing (cannot check {})", spath.native(), mpath.native());

@@ -6,6 +6,8 @@
 //   DIR/manifest.json   the manifest (JSON object, see manifest.h); the writer adds
 //                       "format_version", "engine_version" and the chunk table "chunks"
 //   DIR/manifest.xxh3   16 lowercase hex digits: XXH3-64 of manifest.json's bytes
+//   DIR/manifest.hmac   64 lowercase hex digits: HMAC-SHA256 of manifest.json's bytes
+//                       with the cluster's image key (imagekey.h), when signed
 //   DIR/pages.img       concatenated chunks; each chunk holds up to kChunkRawBytes bytes
 //                       of the logical page stream
 // The page stream is one logical byte string: the dumper appends the contents of
@@ -45,6 +47,7 @@
 #include <filesystem>
 #include <memory>
 #include <span>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -55,6 +58,8 @@ inline constexpr int kImageFormatVersion = 2;
 // Alignment of chunk offsets in pages.img, in bytes (the O_DIRECT block size of the
 // file systems we write to; see open(2), O_DIRECT).
 inline constexpr std::size_t kChunkAlignBytes = 4096;
+// Largest manifest.json a reader accepts, in bytes.
+inline constexpr std::size_t kMaxManifestBytes = 256u << 20;
 // Raw (uncompressed) bytes per chunk of the page stream.
 inline constexpr std::size_t kChunkRawBytes = 4u << 20;
 // A chunk whose zstd frame would be >= this percentage of its raw size is stored
@@ -118,6 +123,10 @@ class ImageWriter {
 
   // Path of the finished image (DIR).
   virtual const std::filesystem::path& path() const = 0;
+
+  // commit() also writes DIR/manifest.hmac: HMAC-SHA256 of manifest.json's bytes with
+  // `key` (the cluster's image key, imagekey.h), 64 hex digits and a newline.
+  virtual void sign_with(std::vector<std::byte> key) = 0;
 };
 
 // Reads the logical page stream of an image sequentially. It does not depend on the
@@ -180,7 +189,12 @@ class ImageReader {
   // engine reads 2", ...). Also checks that the chunk table is well-formed (offsets
   // aligned as above, sizes in range, "zstd" a boolean, stored == raw for a raw
   // chunk, totals consistent); it does not read pages.img.
-  static std::unique_ptr<ImageReader> open(const std::filesystem::path& dir);
+  // With a non-empty `key`, manifest.hmac must hold the HMAC of manifest.json's bytes
+  // with that key, and is checked first, before anything of the manifest is parsed
+  // ("HMAC mismatch ..."). Files are read only if they are regular files (not links,
+  // FIFOs or devices), manifest.json up to kMaxManifestBytes.
+  static std::unique_ptr<ImageReader> open(const std::filesystem::path& dir,
+                                           std::span<const std::byte> key = {});
 
   virtual ~ImageReader() = default;
   virtual const nlohmann::json& manifest() const = 0;

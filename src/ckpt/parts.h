@@ -134,6 +134,12 @@ struct InjectionArea {
 };
 inline constexpr std::size_t kInjectionAreaBytes = 64 * 4096;
 
+// validate.cpp: every semantic check of a manifest that the restore would otherwise
+// meet half-way (ids, parents before children, mappings, page runs, sizes, and that the
+// parts' data add up to `stream_bytes`, the image's page stream); throws Error("image:
+// ...") naming the part. Runs before any process is created.
+void validate_manifest(const Manifest& m, std::uint64_t stream_bytes);
+
 // pstree.cpp: creates every process of the manifest in a new PID namespace with its
 // saved PID, session and process group, each a stopped, seized copy of a helper that
 // holds only the injection area. Returns them in manifest order; procs[0] is init,

@@ -11,6 +11,7 @@
 
 #include "ckpt/engine.h"
 #include "ckpt/fsaccess.h"
+#include "ckpt/imagekey.h"
 #include "ckpt/parts.h"
 #include "common/error.h"
 
@@ -48,7 +49,7 @@ void kill_restored(std::vector<RestoreProcess>& procs) {
 
 RestoreStats restore(const RestoreOptions& o) {
   auto t0 = std::chrono::steady_clock::now();
-  auto reader = ImageReader::open(o.dir);
+  auto reader = ImageReader::open(o.dir, load_image_key(image_key_path(o.key_file)));
   Manifest m;
   try {
     m = reader->manifest().get<Manifest>();
@@ -56,6 +57,7 @@ RestoreStats restore(const RestoreOptions& o) {
     fail("{}: malformed manifest: {}", o.dir.string(), e.what());
   }
   if (m.processes.empty()) fail("{}: the image holds no process", o.dir.string());
+  validate_manifest(m, reader->manifest().value("pages_logical_bytes", std::uint64_t{0}));
   std::string ver = reader->manifest().value("engine_version", "");
   if (ver != FSCHED_VERSION)
     fail("restore refused: {} was written by engine version {}, this is {}", o.dir.string(),

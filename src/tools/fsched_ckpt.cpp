@@ -11,6 +11,7 @@
 
 #include "ckpt/engine.h"
 #include "ckpt/image.h"
+#include "ckpt/imagekey.h"
 #include "ckpt/manifest.h"
 #include "common/error.h"
 
@@ -27,8 +28,9 @@ void write_pidfile(const std::string& path, pid_t pid) {
 
 std::string mib(std::uint64_t b) { return fmt::format("{:.1f} MiB", b / 1048576.0); }
 
-int show(const std::string& dir, bool json) {
-  auto img = ck::ImageReader::open(dir);
+int show(const std::string& dir, bool json, const std::string& key_file) {
+  auto key = ck::load_image_key(ck::image_key_path(key_file));
+  auto img = ck::ImageReader::open(dir, key);
   const auto& j = img->manifest();
   if (json) {
     std::cout << j.dump(2) << "\n";
@@ -105,6 +107,9 @@ int main(int argc, char** argv) {
   dump->add_flag("--direct-io", dopt.direct_io,
                  "write the page data with O_DIRECT, past the page cache: for images not read back soon here");
   dump->add_flag("--json", dump_json, "print the figures as JSON");
+  const std::string key_help = fmt::format(
+      "the cluster's image key (default $FSCHED_IMAGE_KEY or {})", ck::kDefaultImageKeyPath);
+  dump->add_option("--key", dopt.key_file, key_help + "; made if missing");
 
   ck::RestoreOptions res;
   std::string res_dir, res_pidfile;
@@ -114,6 +119,7 @@ int main(int argc, char** argv) {
   restore->add_flag("--detach,-d", res_detach, "print the host PID of the restored init and return");
   restore->add_option("--pidfile", res_pidfile, "write the restored init's host PID to this file");
   restore->add_flag("--json", res_json, "print the figures as JSON on stderr");
+  restore->add_option("--key", res.key_file, key_help);
 
   auto* check = app.add_subcommand("check", "check that this kernel has what the engine needs");
 
@@ -122,6 +128,8 @@ int main(int argc, char** argv) {
   auto* showc = app.add_subcommand("show", "print what an image holds");
   showc->add_option("--dir,-D", show_dir, "image directory")->required();
   showc->add_flag("--json", show_json, "the whole manifest as JSON");
+  std::string show_key;
+  showc->add_option("--key", show_key, key_help);
 
   try {
     app.parse(argc, argv);
@@ -185,7 +193,7 @@ int main(int argc, char** argv) {
       std::cout << (all ? "Looks good.\n" : "Some features are missing.\n");
       return all ? 0 : 1;
     }
-    if (*showc) return show(show_dir, show_json);
+    if (*showc) return show(show_dir, show_json, show_key);
   } catch (const std::exception& e) {
     std::cerr << "fsched-ckpt: " << e.what() << "\n";
     return 1;

@@ -233,7 +233,10 @@ def _remove_pages(image: Path):
 
 
 def _edit_manifest(image: Path):
-    """Changes one digit of a number: still valid JSON, but not what was dumped."""
+    """Changes one digit of a number: still valid JSON, but not what was dumped. The
+    manifest's HMAC (root-only image key) is checked before anything else, so that is
+    what refuses it, whether or not manifest.xxh3 is rewritten to match (unit test
+    ImageHmac.ManifestEditedWithMatchingChecksumIsRefused)."""
     p = image / "manifest.json"
     text = p.read_text()
     m = re.search(r'"(?:rip|regs|start|pos|pid)"\s*:\s*\[?\s*(\d+)', text) or re.search(r":\s*(\d+)", text)
@@ -244,7 +247,7 @@ def _edit_manifest(image: Path):
 
 
 CORRUPTIONS = {"pages_bit_flip": (_flip_bit, "pages.img"), "pages_truncated": (_truncate, "pages.img"),
-               "pages_missing": (_remove_pages, "pages.img"), "manifest_edited": (_edit_manifest, "manifest")}
+               "pages_missing": (_remove_pages, "pages.img"), "manifest_edited": (_edit_manifest, "HMAC mismatch")}
 
 
 @pytest.fixture(scope="module")

@@ -354,3 +354,36 @@ def test_confinement_of_root_job(e2e: E2E):
     first = ref.snap["stdout"].text.splitlines()[0]
     assert "CapEff=0000000000000020" in first and "securebits=1" in first, first
     e2e.checkpoint_run(spec, [0.3, 0.6], "confined")
+
+
+# --------------------------------------------------------------------------- image key
+
+def test_image_key_must_be_root_only(e2e: E2E, test_user, canaries):
+    """The key that signs manifests (issue 10, image integrity) is refused unless it is a
+    root-owned 0600 regular file; a restore with another key refuses the image."""
+    job, image = dumped(e2e, job_spec(e2e, test_user, "sec_key", "plain"))
+    keydir = e2e.jobs_dir.parent / "keys"
+    shutil.rmtree(keydir, ignore_errors=True)
+    keydir.mkdir(mode=0o700)
+    key = keydir / "image.key"
+    key.write_bytes(os.urandom(32))
+    os.chmod(key, 0o600)
+
+    def show(k: Path) -> str:
+        r = e2e.engine.call(["show", "--dir", str(image), "--key", str(k)], 60)
+        return single_error_line(r)
+
+    assert "HMAC mismatch" in show(key)  # not the key that signed it
+    os.chmod(key, 0o644)
+    assert "mode 644" in show(key)
+    os.chmod(key, 0o600)
+    uid, gid = pwd.getpwnam(test_user).pw_uid, pwd.getpwnam(test_user).pw_gid
+    os.chown(key, uid, gid)
+    assert f"owned by uid {uid}" in show(key)
+    link = keydir / "link.key"
+    link.symlink_to(key)
+    assert "symbolic link" in show(link)
+    r = e2e.engine.call(["restore", "--dir", str(image), "--key", str(keydir / "none")], 60)
+    assert "cannot open" in single_error_line(r)
+    e2e.restore_detached_ok(job, image)  # the default key still opens it
+    assert job.wait_end(60) == 0

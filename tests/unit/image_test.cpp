@@ -1525,5 +1525,70 @@ TEST(ImageCopyToProcess, FileTruncatedAfterVerifyIsAnErrorNotACrash) {
 
 }  // namespace copy_to_process_test
 
+// ---- the manifest HMAC and what a reader accepts as an image file ---------------------
+
+std::vector<std::byte> key_of(char c) { return std::vector<std::byte>(32, std::byte(c)); }
+
+void write_signed(const fs::path& dir, const std::vector<std::byte>& key) {
+  auto w = ImageWriter::create(dir, 1);
+  std::vector<std::byte> data(3 * 4096, std::byte{7});
+  w->append_pages(data);
+  w->sign_with(key);
+  w->commit(json{{"note", "signed"}});
+}
+
+TEST(ImageHmac, SignedImageOpensWithItsKeyOnly) {
+  TempDir tmp;
+  fs::path dir = tmp.path() / "img";
+  write_signed(dir, key_of('a'));
+  EXPECT_EQ(read_text(dir / "manifest.hmac").size(), 65u);
+  EXPECT_EQ(ImageReader::open(dir, key_of('a'))->manifest()["note"], "signed");
+  EXPECT_THAT(error_of([&] { ImageReader::open(dir, key_of('b')); }),
+              AllOf(HasSubstr("manifest.json"), HasSubstr("HMAC mismatch")));
+}
+
+TEST(ImageHmac, ManifestEditedWithMatchingChecksumIsRefused) {
+  TempDir tmp;
+  fs::path dir = tmp.path() / "img";
+  write_signed(dir, key_of('a'));
+  json m = read_manifest(dir);
+  m["chunks"][0]["xxh3"] = "0000000000000000";
+  rewrite_manifest(dir, m);  // a consistent manifest.xxh3, as a tamperer would write
+  EXPECT_THAT(error_of([&] { ImageReader::open(dir, key_of('a')); }), HasSubstr("HMAC mismatch"));
+}
+
+TEST(ImageHmac, UnsignedImageIsRefusedWhenAKeyIsGiven) {
+  TempDir tmp;
+  fs::path dir = tmp.path() / "img";
+  write_image(dir, std::vector<std::byte>(4096, std::byte{1}));
+  EXPECT_THAT(error_of([&] { ImageReader::open(dir, key_of('a')); }),
+              AllOf(HasSubstr("manifest.hmac"), HasSubstr("not signed")));
+}
+
+TEST(ImageFiles, ManifestThatIsALinkOrAFifoIsRefused) {
+  TempDir tmp;
+  fs::path dir = tmp.path() / "img";
+  write_signed(dir, key_of('a'));
+  fs::path mp = dir / "manifest.json";
+  fs::remove(mp);
+  fs::create_symlink("/dev/zero", mp);
+  EXPECT_THAT(error_of([&] { ImageReader::open(dir); }), HasSubstr("symbolic link"));
+  fs::remove(mp);
+  ASSERT_EQ(::mkfifo(mp.c_str(), 0600), 0);
+  // Would block forever in open(2) or read(2) without O_NONBLOCK and the type check.
+  EXPECT_THAT(error_of([&] { ImageReader::open(dir); }), HasSubstr("not a regular file"));
+}
+
+TEST(ImageFiles, PagesThatAreALinkAreRefused) {
+  TempDir tmp;
+  fs::path dir = tmp.path() / "img";
+  write_signed(dir, key_of('a'));
+  fs::path pages = dir / "pages.img";
+  fs::rename(pages, tmp.path() / "elsewhere.img");
+  fs::create_symlink(tmp.path() / "elsewhere.img", pages);
+  auto r = ImageReader::open(dir, key_of('a'));
+  EXPECT_THAT(error_of([&] { r->verify_chunks(); }), HasSubstr("symbolic link"));
+}
+
 }  // namespace
 }  // namespace fsched::ckpt
