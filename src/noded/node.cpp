@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <fstream>
+#include <limits>
 #include <sstream>
 
 #include <spdlog/spdlog.h>
@@ -104,6 +105,20 @@ uint64_t meminfo_mib(std::string_view field) {
   return 0;
 }
 
+// The integer fields of the controller's requests, checked before a handler reads
+// them with get<>(), which would truncate or wrap an out-of-range value (a uid of -1
+// becoming 4294967295) (issue 10, item 12). Absent fields are the handlers' concern.
+void check_integers(const nlohmann::json& b) {
+  constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
+  constexpr int64_t kMaxUid = std::numeric_limits<uint32_t>::max() - 1;  // (uid_t)-1 means "no change"
+  proto::int_field(b, "job_id", 1, 1, kMax);
+  proto::int_field(b, "uid", 0, 0, kMaxUid);
+  proto::int_field(b, "gid", 0, 0, kMaxUid);
+  proto::int_field(b, "signal", SIGTERM, 1, 64);
+  proto::int_field(b, "kill_wait", -1, -1, 86400);
+  proto::int_field(b, "timeout", 1, 1, 7 * 86400);
+}
+
 }  // namespace
 
 NodeDaemon::NodeDaemon(proto::Config cfg, std::string name) : cfg_(std::move(cfg)), name_(std::move(name)) {
@@ -139,6 +154,7 @@ void NodeDaemon::add_routes(proto::Server& s) {
   auto root_only = [](auto fn) {
     return [fn](const proto::Request& r) {
       if (!r.caller.is_root()) throw RpcError(403, "only the controller (root) may ask this of fschedd");
+      check_integers(r.body);
       return fn(r);
     };
   };
