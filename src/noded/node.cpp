@@ -127,7 +127,11 @@ NodeDaemon::NodeDaemon(proto::Config cfg, std::string name) : cfg_(std::move(cfg
   std::error_code ec;
   fs::create_directories(cfg_.slurmd_spool_dir, ec);
   if (ec) fail("cannot create SlurmdSpoolDir {}: {}", cfg_.slurmd_spool_dir.string(), ec.message());
-  ::chmod(cfg_.slurmd_spool_dir.c_str(), 0755);
+  // Jobs run as their users exec <spool>/job<ID>/slurm_script by its path, so the
+  // directory must let them through (x); it lets nobody but root list it or read the
+  // state files in it (job.json is 0600) (issue 10, item 14).
+  if (::chmod(cfg_.slurmd_spool_dir.c_str(), 0711) < 0)
+    fail_errno("cannot chmod SlurmdSpoolDir {}", cfg_.slurmd_spool_dir.string());
 }
 
 NodeDaemon::~NodeDaemon() { stop(); }
@@ -169,7 +173,7 @@ void NodeDaemon::prepare_job_dir(const json& req) {
   int64_t id = req.at("job_id").get<int64_t>();
   fs::path dir = job_dir(id);
   fs::create_directories(dir);
-  ::chmod(dir.c_str(), 0755);
+  ::chmod(dir.c_str(), 0711);  // traversable to reach the script, not listable
   fs::path script = dir / "slurm_script";
   // A restored shell holds the script open and reads it by offset: on the node
   // where it ran the file stays as it is.
