@@ -278,7 +278,7 @@ struct Server::Impl {
   std::vector<Route> routes;
   int listen_fd = -1;
 
-  // Before the body is read: the route, the body's announced size, the credential.
+  // Before the body is read: the route, the credential, then the body's announced size.
   httplib::Server::HandlerResponse pre_route(const httplib::Request& req, httplib::Response& res) {
     if (t_current.stream) t_current.stream->head_done();
     try {
