@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 
 #include "common/error.h"
+#include "proto/rpc.h"
 #include "proto/timefmt.h"
 
 extern char** environ;
@@ -128,6 +129,10 @@ void parse_words(CLI::App& app, std::vector<std::string> words) {
 }
 
 void check_script(std::string_view script, const std::string& name) {
+  // The controller refuses larger ones too; here the user learns it before sending.
+  if (script.size() > proto::kMaxScriptBytes)
+    fail("{}: Batch script is too large: {} bytes, over the limit of {} bytes (4 MiB)", name, script.size(),
+         proto::kMaxScriptBytes);
   if (script.find_first_not_of(" \t\r\n") == std::string_view::npos)
     fail("{}: Batch script is empty!", name);
   if (script.substr(0, 2) != "#!")

@@ -9,6 +9,7 @@
 #include <charconv>
 #include <chrono>
 #include <cmath>
+#include <limits>
 
 #include <spdlog/spdlog.h>
 
@@ -53,6 +54,14 @@ T field(const nlohmann::json& b, const char* key, T dflt) {
     throw RpcError(400, fmt::format("field '{}' has the wrong type", key));
   }
 }
+
+// Bounds of the integer fields of requests (issue 10, item 12). A node has at most
+// 2^20 CPUs (NodeName CPUs= in fsched.conf), so a job can ask for no more, and their
+// product always fits an int.
+constexpr int64_t kMaxCpus = int64_t{1} << 20;
+constexpr int64_t kMaxMemMb = int64_t{1} << 40;   // as RealMemory
+constexpr int64_t kMaxSeconds = int64_t{1} << 40;  // time limits and intervals
+constexpr int64_t kMaxId = std::numeric_limits<int64_t>::max();
 
 }  // namespace
 
@@ -223,6 +232,9 @@ nlohmann::json Controller::submit(const proto::Request& r) {
   if (!b.is_object()) throw RpcError(400, "submit: expected a JSON object");
   Job j;
   std::string script = field<std::string>(b, "script", "");
+  if (script.size() > proto::kMaxScriptBytes)
+    throw RpcError(400, fmt::format("batch script is {} bytes, over the limit of {} bytes (4 MiB)", script.size(),
+                                    proto::kMaxScriptBytes));
   if (script.rfind("#!", 0) != 0)
     throw RpcError(400, "This does not look like a batch script.  The first line must start with #! followed by the path to an interpreter.");
   j.uid = r.caller.uid;
@@ -232,13 +244,17 @@ nlohmann::json Controller::submit(const proto::Request& r) {
   j.work_dir = field<std::string>(b, "work_dir", "");
   if (j.work_dir.empty() || j.work_dir[0] != '/') throw RpcError(400, "work_dir must be an absolute path");
   j.argv = field<std::vector<std::string>>(b, "argv", {});
-  j.cpus_per_task = field<int>(b, "cpus_per_task", 1);
-  j.ntasks = field<int>(b, "ntasks", 1);
-  if (j.cpus_per_task < 1 || j.ntasks < 1) throw RpcError(400, "cpus_per_task and ntasks must be at least 1");
-  j.mem_mb = field<uint64_t>(b, "mem_mb", 0);
-  j.time_limit = field<int64_t>(b, "time_limit", 0);
-  j.checkpoint_interval = field<int64_t>(b, "checkpoint_interval", 0);
-  if (j.time_limit < 0 || j.checkpoint_interval < 0) throw RpcError(400, "time_limit and checkpoint_interval must not be negative");
+  int64_t cpus_per_task = proto::int_field(b, "cpus_per_task", 1, 1, kMaxCpus);
+  int64_t ntasks = proto::int_field(b, "ntasks", 1, 1, kMaxCpus);
+  // Both are at most 2^20, so their product is exact in 64 bits.
+  if (cpus_per_task * ntasks > kMaxCpus)
+    throw RpcError(400, fmt::format("cpus_per_task × ntasks = {} × {} = {} CPUs, over the limit of {}", cpus_per_task,
+                                    ntasks, cpus_per_task * ntasks, kMaxCpus));
+  j.cpus_per_task = static_cast<int>(cpus_per_task);
+  j.ntasks = static_cast<int>(ntasks);
+  j.mem_mb = static_cast<uint64_t>(proto::int_field(b, "mem_mb", 0, 0, kMaxMemMb));
+  j.time_limit = proto::int_field(b, "time_limit", 0, 0, kMaxSeconds);
+  j.checkpoint_interval = proto::int_field(b, "checkpoint_interval", 0, 0, kMaxSeconds);
   j.requeue = field<bool>(b, "requeue", true);
   j.hold = field<bool>(b, "hold", false);
   json env = field<json>(b, "env", json::object());
@@ -310,8 +326,7 @@ nlohmann::json Controller::signal_job(const proto::Request& r) {
   Lock l(mu_);
   Job& j = job_of(r.params.at(0));
   check_owner(j, r.caller);
-  int sig = field<int>(r.body, "signal", SIGTERM);
-  if (sig < 1 || sig > 64) throw RpcError(400, fmt::format("invalid signal {}", sig));
+  int sig = static_cast<int>(proto::int_field(r.body, "signal", SIGTERM, 1, 64));
   if (j.state != "RUNNING") throw RpcError(409, fmt::format("Job {} is not running (state {})", j.job_id, j.state));
   spdlog::info("job {}: signal {} requested by uid {}", j.job_id, sig, r.caller.uid);
   terminate(j, sig, false);
@@ -557,7 +572,7 @@ nlohmann::json Controller::restart_job(const proto::Request& r) {
   if (!restartable)
     throw RpcError(409, fmt::format("Job {} cannot be restarted: it is {}{}", j.job_id, j.state,
                                     j.state == "PENDING" ? " (not vacated)" : ""));
-  int64_t want = field<int64_t>(r.body, "checkpoint_id", 0);
+  int64_t want = proto::int_field(r.body, "checkpoint_id", 0, 0, kMaxId);
   int64_t chosen = 0;
   for (auto& c : ckpts_[j.job_id]) {
     if (want && c.checkpoint_id == want) {
@@ -649,12 +664,15 @@ nlohmann::json Controller::node_heartbeat(const proto::Request& r) {
   auto it = nodes_.find(name);
   if (it == nodes_.end()) throw RpcError(400, fmt::format("node {} is not in {}", name, cfg_.file.string()));
   Node& n = it->second;
-  if (!node_up(n)) spdlog::info("node {}: registered ({} CPUs, {} MiB)", name, field<int>(r.body, "cpus", n.cpus),
-                                field<uint64_t>(r.body, "real_memory", n.real_memory));
+  int64_t cpus = proto::int_field(r.body, "cpus", n.cpus, 0, kMaxCpus);
+  int64_t real_memory = proto::int_field(r.body, "real_memory", static_cast<int64_t>(n.real_memory), 0, kMaxMemMb);
+  auto free_memory = static_cast<uint64_t>(
+      proto::int_field(r.body, "free_memory", static_cast<int64_t>(n.real_memory), 0, kMaxMemMb));
+  if (!node_up(n)) spdlog::info("node {}: registered ({} CPUs, {} MiB)", name, cpus, real_memory);
   n.last_heartbeat = now_s();
   reconcile(name, field<json>(r.body, "jobs", json::array()));
   n.load = field<double>(r.body, "load", 0.0);
-  n.free_memory = field<uint64_t>(r.body, "free_memory", n.real_memory);
+  n.free_memory = free_memory;
   n.cpu_util = field<double>(r.body, "cpu_util", 0.0);
   n.io_wait = field<double>(r.body, "io_wait", 0.0);
   n.mem_util = field<double>(r.body, "mem_util", 0.0);
@@ -695,8 +713,8 @@ void Controller::release(Job& j, double now) {
 
 nlohmann::json Controller::node_job_ended(const proto::Request& r) {
   if (!r.caller.is_root()) throw RpcError(403, "only root (fschedd) may report for a node");
-  int64_t id = field<int64_t>(r.body, "job_id", 0);
-  int code = field<int>(r.body, "exit_status", 0);
+  int64_t id = proto::int_field(r.body, "job_id", 0, 0, kMaxId);
+  int code = static_cast<int>(proto::int_field(r.body, "exit_status", 0, 0, 65535));
   bool lost = field<bool>(r.body, "lost", false);
   std::string node = field<std::string>(r.body, "name", "");
   Lock l(mu_);

@@ -25,6 +25,7 @@ int main(int argc, char** argv) {
   bool logging = false;
   try {
     auto cfg = fsched::proto::load_config(conf.empty() ? fsched::proto::config_path() : std::filesystem::path(conf));
+    fsched::proto::check_munge_socket(cfg);
     fsched::daemon::daemonize(foreground, cfg.ctld_pid_file);
     fsched::daemon::setup_logging("fschedctld", cfg.ctld_log_file, verbose);
     logging = true;

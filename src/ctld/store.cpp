@@ -1,6 +1,11 @@
 #include "ctld/store.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include "common/error.h"
+#include "common/fd.h"
 
 namespace fsched::ctld {
 namespace {
@@ -39,12 +44,27 @@ class Stmt {
   sqlite3_stmt* st_ = nullptr;
 };
 
+// Sets path's mode when it exists; throws naming it when it cannot.
+void restrict_mode(const std::filesystem::path& path, mode_t mode) {
+  if (::chmod(path.c_str(), mode) < 0 && errno != ENOENT) fail_errno("cannot chmod {:o} {}", mode, path.string());
+}
+
 }  // namespace
 
 Store::Store(const std::filesystem::path& dir) : file_(dir / "fsched.db") {
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
   if (ec) fail("cannot create StateSaveLocation {}: {}", dir.string(), ec.message());
+  // The database holds every job's script and its user's whole environment: root
+  // only (issue 10, item 14). Also tightens what an older controller left 0644.
+  restrict_mode(dir, 0700);
+  {
+    // Created 0600 before SQLite opens it: SQLite gives its -wal and -shm files the
+    // database file's mode.
+    UniqueFd f(::open(file_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
+    if (!f) fail_errno("cannot create {}", file_.string());
+  }
+  for (const char* suffix : {"", "-wal", "-shm", "-journal"}) restrict_mode(file_.string() + suffix, 0600);
   if (sqlite3_open(file_.c_str(), &db_) != SQLITE_OK) {
     std::string msg = db_ ? sqlite3_errmsg(db_) : "out of memory";
     sqlite3_close(db_);

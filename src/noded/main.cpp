@@ -22,6 +22,7 @@ int main(int argc, char** argv) {
   bool logging = false;
   try {
     auto cfg = fsched::proto::load_config(conf.empty() ? fsched::proto::config_path() : std::filesystem::path(conf));
+    fsched::proto::check_munge_socket(cfg);
     if (name.empty()) {
       char host[256] = {};
       ::gethostname(host, sizeof host - 1);

@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <fstream>
+#include <limits>
 #include <sstream>
 
 #include <spdlog/spdlog.h>
@@ -104,6 +105,20 @@ uint64_t meminfo_mib(std::string_view field) {
   return 0;
 }
 
+// The integer fields of the controller's requests, checked before a handler reads
+// them with get<>(), which would truncate or wrap an out-of-range value (a uid of -1
+// becoming 4294967295) (issue 10, item 12). Absent fields are the handlers' concern.
+void check_integers(const nlohmann::json& b) {
+  constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
+  constexpr int64_t kMaxUid = std::numeric_limits<uint32_t>::max() - 1;  // (uid_t)-1 means "no change"
+  proto::int_field(b, "job_id", 1, 1, kMax);
+  proto::int_field(b, "uid", 0, 0, kMaxUid);
+  proto::int_field(b, "gid", 0, 0, kMaxUid);
+  proto::int_field(b, "signal", SIGTERM, 1, 64);
+  proto::int_field(b, "kill_wait", -1, -1, 86400);
+  proto::int_field(b, "timeout", 1, 1, 7 * 86400);
+}
+
 }  // namespace
 
 NodeDaemon::NodeDaemon(proto::Config cfg, std::string name) : cfg_(std::move(cfg)), name_(std::move(name)) {
@@ -112,7 +127,11 @@ NodeDaemon::NodeDaemon(proto::Config cfg, std::string name) : cfg_(std::move(cfg
   std::error_code ec;
   fs::create_directories(cfg_.slurmd_spool_dir, ec);
   if (ec) fail("cannot create SlurmdSpoolDir {}: {}", cfg_.slurmd_spool_dir.string(), ec.message());
-  ::chmod(cfg_.slurmd_spool_dir.c_str(), 0755);
+  // Jobs run as their users exec <spool>/job<ID>/slurm_script by its path, so the
+  // directory must let them through (x); it lets nobody but root list it or read the
+  // state files in it (job.json is 0600) (issue 10, item 14).
+  if (::chmod(cfg_.slurmd_spool_dir.c_str(), 0711) < 0)
+    fail_errno("cannot chmod SlurmdSpoolDir {}", cfg_.slurmd_spool_dir.string());
 }
 
 NodeDaemon::~NodeDaemon() { stop(); }
@@ -139,6 +158,7 @@ void NodeDaemon::add_routes(proto::Server& s) {
   auto root_only = [](auto fn) {
     return [fn](const proto::Request& r) {
       if (!r.caller.is_root()) throw RpcError(403, "only the controller (root) may ask this of fschedd");
+      check_integers(r.body);
       return fn(r);
     };
   };
@@ -153,7 +173,7 @@ void NodeDaemon::prepare_job_dir(const json& req) {
   int64_t id = req.at("job_id").get<int64_t>();
   fs::path dir = job_dir(id);
   fs::create_directories(dir);
-  ::chmod(dir.c_str(), 0755);
+  ::chmod(dir.c_str(), 0711);  // traversable to reach the script, not listable
   fs::path script = dir / "slurm_script";
   // A restored shell holds the script open and reads it by offset: on the node
   // where it ran the file stays as it is.

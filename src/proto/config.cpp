@@ -1,6 +1,10 @@
 #include "proto/config.h"
 
+#include <sys/stat.h>
+
+#include <cerrno>
 #include <charconv>
+#include <cstring>
 #include <cstdlib>
 #include <fstream>
 #include <map>
@@ -67,9 +71,18 @@ std::vector<std::pair<std::string, std::string>> words(const Cursor& at, std::st
   return out;
 }
 
+// A host list of a NodeName= or Nodes= value; its errors say FILE:LINE.
+std::vector<std::string> hostlist_at(const Cursor& at, std::string_view key, std::string_view list) {
+  try {
+    return expand_hostlist(list);
+  } catch (const Error& e) {
+    at.error("{}={}: {}", key, list, e.what());
+  }
+}
+
 void node_line(Config& c, const Cursor& at, std::string_view rest) {
   auto kv = words(at, rest);
-  std::vector<std::string> names = expand_hostlist(kv.at(0).second);
+  std::vector<std::string> names = hostlist_at(at, "NodeName", kv.at(0).second);
   NodeConf proto;
   for (size_t i = 1; i < kv.size(); ++i) {
     auto& [k, v] = kv[i];
@@ -100,7 +113,7 @@ void partition_line(Config& c, const Cursor& at, std::string_view rest) {
   for (size_t i = 1; i < kv.size(); ++i) {
     auto& [k, v] = kv[i];
     auto key = lower(k);
-    if (key == "nodes") p.nodes = lower(v) == "all" ? std::vector<std::string>{"ALL"} : expand_hostlist(v);
+    if (key == "nodes") p.nodes = lower(v) == "all" ? std::vector<std::string>{"ALL"} : hostlist_at(at, k, v);
     else if (key == "default") p.is_default = to_bool(at, k, v);
     else if (key == "maxtime") p.max_time = to_max_time(at, v);
     else if (key == "state") {
@@ -109,6 +122,7 @@ void partition_line(Config& c, const Cursor& at, std::string_view rest) {
       p.up = l == "up";
     } else at.error("PartitionName line: unknown key '{}'", k);
   }
+  p.line = at.line;
   c.partitions.push_back(std::move(p));
 }
 
@@ -237,7 +251,10 @@ Config parse_config(std::string_view text, const std::filesystem::path& file) {
       if (v != "auth/munge") at.error("AuthType = {}: only auth/munge is supported", v);
       c.auth_type = v;
     } else if (lk == "authinfo") c.auth_info = v;
-    else if (lk == "mungesocket") c.munge_socket = v;
+    else if (lk == "mungesocket") {
+      c.munge_socket = v;
+      c.munge_socket_line = at.line;
+    }
     else if (lk == "slurmctldlogfile") c.ctld_log_file = v;
     else if (lk == "slurmctldpidfile") c.ctld_pid_file = v;
     else if (lk == "slurmdlogfile") c.slurmd_log_file = v;
@@ -263,7 +280,8 @@ Config parse_config(std::string_view text, const std::filesystem::path& file) {
       for (auto& n : c.nodes) p.nodes.push_back(n.name);
     }
     for (auto& n : p.nodes)
-      if (!c.node(n)) fail("{}: PartitionName {}: node {} has no NodeName line", file.string(), p.name, n);
+      if (!c.node(n))
+        fail("{}:{}: PartitionName {}: node {} has no NodeName line", file.string(), p.line, p.name, n);
   }
   if (c.partitions.empty()) {
     PartitionConf p{.name = "debug", .is_default = true};
@@ -271,6 +289,17 @@ Config parse_config(std::string_view text, const std::filesystem::path& file) {
     c.partitions.push_back(std::move(p));
   }
   return c;
+}
+
+void check_munge_socket(const Config& c) {
+  if (c.munge_socket.empty()) return;
+  struct stat st {};
+  std::string why;
+  if (::stat(c.munge_socket.c_str(), &st) < 0) why = std::strerror(errno);
+  else if (!S_ISSOCK(st.st_mode)) why = "not a socket";
+  if (!why.empty())
+    fail("{}:{}: MungeSocket = {}: {} (is munged running, with --socket={}?)", c.file.string(), c.munge_socket_line,
+         c.munge_socket, why, c.munge_socket);
 }
 
 Config load_config(const std::filesystem::path& file) {

@@ -24,6 +24,7 @@ struct PartitionConf {
   bool is_default = false;         // Default=YES
   int64_t max_time = 0;            // MaxTime, seconds; 0 = INFINITE
   bool up = true;                  // State=UP|DOWN
+  int line = 0;                    // of its PartitionName line, for errors
 };
 
 struct Config {
@@ -53,6 +54,7 @@ struct Config {
   std::string auth_type = "auth/munge";
   std::string auth_info;           // AuthInfo, kept as written
   std::string munge_socket;        // MungeSocket (fsched): munged's socket, default libmunge's
+  int munge_socket_line = 0;       // where MungeSocket was set, for errors
   std::filesystem::path ctld_log_file, ctld_pid_file = "/run/fschedctld.pid";
   std::filesystem::path slurmd_log_file, slurmd_pid_file = "/run/fschedd.pid";
   std::filesystem::path ckpt_tool; // FschedCkptPath: the engine CLI, default beside the daemon
@@ -72,6 +74,11 @@ std::filesystem::path config_path();
 // or a required key (ControlMachine, StateSaveLocation, a NodeName) is missing.
 Config load_config(const std::filesystem::path& file);
 Config parse_config(std::string_view text, const std::filesystem::path& file_for_errors);
+
+// The daemons' start-up check of MungeSocket: throws "FILE:LINE: MungeSocket = PATH:
+// why" when it is set and is not an existing socket, rather than failing every
+// request later.
+void check_munge_socket(const Config& c);
 
 // Expands Slurm host lists: "node[1-3],gpu7" -> node1 node2 node3 gpu7. Throws on a
 // malformed range.

@@ -21,6 +21,13 @@ namespace fsched::proto {
 // The HTTP header that carries the MUNGE credential.
 inline constexpr const char* kAuthHeader = "X-Fsched-Munge";
 
+// The largest batch script accepted, as Slurm's default (4 MiB).
+inline constexpr size_t kMaxScriptBytes = size_t{4} << 20;
+// The largest request body a daemon reads: a submission holds the script (JSON
+// escaping makes it longer) and the user's whole environment. Larger ones are
+// refused (413) before a byte of them is read.
+inline constexpr size_t kMaxBodyBytes = size_t{16} << 20;
+
 // An error the other side reported: HTTP status and its one-line message.
 class RpcError : public Error {
  public:
@@ -30,6 +37,11 @@ class RpcError : public Error {
  private:
   int status_;
 };
+
+// An integer field of a request body, checked: absent or null gives dflt; a
+// non-integer, or an integer outside [lo, hi], throws RpcError(400) naming the field,
+// its value and the range (nlohmann's get<int> would silently truncate 2^32 + 2 to 2).
+int64_t int_field(const nlohmann::json& body, std::string_view key, int64_t dflt, int64_t lo, int64_t hi);
 
 // Who sent a request, as MUNGE vouches for it.
 struct Caller {
@@ -54,7 +66,7 @@ class Client {
                       const nlohmann::json& body = nullptr);
 
   void set_timeout(int seconds);
-  std::string where() const;  // "host:port"
+  std::string where() const;  // "host:port", also the destination its credentials name
 
  private:
   struct Impl;
@@ -90,7 +102,9 @@ class Server {
 
   // Binds addr:port, port 0 meaning any free one, and returns the TCP port bound
   // (throws fsched::Error naming them when it cannot). serve() then serves on a pool
-  // of threads until stop().
+  // of threads until stop(). "addr:port" is also the destination a credential must
+  // name to be accepted here: clients must reach the daemon under the name that
+  // fsched.conf gives it (ControlAddr, NodeAddr), as the daemon binds it.
   uint16_t bind(const std::string& addr, uint16_t port);
   void serve();
   void stop();

@@ -62,6 +62,9 @@ nlohmann::json Client::call(std::string_view method, std::string_view path, cons
   if (verb != http::verb::get && verb != http::verb::post && verb != http::verb::delete_)
     fail("rpc: unsupported method {}", method);
   std::string b = body.is_null() ? std::string() : body.dump();
+  // The server would refuse it unread; say so here, where the caller sees why.
+  if (b.size() > kMaxBodyBytes)
+    fail("{} {}: the request is {} bytes, over the limit of {} bytes", method, path, b.size(), kMaxBodyBytes);
 
   // One connection per call: a daemon's worker thread is not held by an idle
   // kept-alive connection, and a retried request never reuses a credential, which
@@ -80,13 +83,18 @@ nlohmann::json Client::call(std::string_view method, std::string_view path, cons
 
   http::request<http::string_body> req{verb, beast::string_view(path.data(), path.size()), 11};
   req.set(http::field::host, impl_->host);
-  req.set(kAuthHeader, auth::encode_cred(impl_->munge_socket, auth::payload_of(method, path, b)));
+  // The credential names this daemon as we address it, the path with its query, and
+  // the body's SHA-256: it stays small however large the body is.
+  req.set(kAuthHeader, auth::encode_cred(impl_->munge_socket, auth::payload_of(method, path, where(), b)));
   req.keep_alive(false);
   if (verb == http::verb::post) {
     req.set(http::field::content_type, "application/json");
     req.body() = std::move(b);
   }
   req.prepare_payload();
+  // Beast leaves Content-Length out of an empty DELETE; the server wants it on every
+  // request that may carry a body, to bound the body before reading it.
+  if (verb != http::verb::get) req.content_length(req.body().size());
 
   stream.expires_after(std::chrono::seconds(impl_->timeout_s));
   ec = run_one(ioc, [&](auto done) { http::async_write(stream, req, done); });

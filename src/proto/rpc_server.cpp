@@ -1,14 +1,57 @@
 // The RPC server side, on cpp-httplib. Only the daemons link it: loading
 // libcpp-httplib (and the OpenSSL it brings) costs the short-lived commands
 // milliseconds per run.
+//
+// What an unauthenticated client can cost a daemon is bounded (issue 10, item 11):
+// - the request line and headers ("head") are at most kMaxHeadBytes and must arrive
+//   within kHeadDeadline of the connection's accept, or the connection is dropped
+//   (LimitedStream below: Debian's libcpp-httplib 0.11 is a compiled library, so its
+//   CPPHTTPLIB_* limits cannot be changed, and it bounds neither the number of header
+//   lines nor a line's length while reading it);
+// - the credential is checked by the pre-routing handler, before any byte of the
+//   body is read; a body over kMaxBodyBytes is refused on its Content-Length, and a
+//   chunked or length-less body is refused outright;
+// - kWorkers threads serve connections, each connection one request, and the listen
+//   backlog is kBacklog, so a few dozen slow clients neither take all workers nor fill
+//   the accept queue.
 #include "proto/rpc.h"
 
 #include <httplib.h>
+#include <netdb.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <chrono>
+#include <cstring>
+#include <limits>
+#include <optional>
 
 #include "proto/auth.h"
 
 namespace fsched::proto {
 namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Limits of what a client may send before it has proved who it is.
+constexpr size_t kMaxHeadBytes = 64 << 10;           // request line and headers
+constexpr auto kHeadDeadline = std::chrono::seconds(10);  // from accept to the end of the head
+// Seconds one read (after the head) or one write may wait for the peer.
+constexpr time_t kReadTimeoutS = 10;
+constexpr time_t kWriteTimeoutS = 30;
+// Checkpoints and restores hold a worker for as long as they take (minutes), and a
+// slow client holds one up to kHeadDeadline: enough workers that neither stalls the
+// cluster's other requests.
+constexpr size_t kWorkers = 64;
+constexpr int kBacklog = 1024;  // the kernel caps it at net.core.somaxconn
+// After a reply, at most this long and this much of an unread body is drained, so
+// that closing the socket does not reset the connection before the client has read
+// the reply (a refusal sent before the body was read).
+constexpr auto kLingerTime = std::chrono::seconds(1);
+constexpr size_t kLingerBytes = kMaxBodyBytes;
 
 std::vector<std::string> split_path(std::string_view path) {
   std::vector<std::string> out;
@@ -37,7 +80,184 @@ void reply_error(httplib::Response& res, int status, const std::string& msg) {
   res.set_content(nlohmann::json{{"error", msg}}.dump(), "application/json");
 }
 
+// Milliseconds until t, at least 0, at most cap_s seconds.
+int ms_until(Clock::time_point t, time_t cap_s) {
+  auto left = std::chrono::duration_cast<std::chrono::milliseconds>(t - Clock::now()).count();
+  return static_cast<int>(std::clamp<long long>(left, 0, static_cast<long long>(cap_s) * 1000));
+}
+
+bool wait_fd(int fd, short events, int timeout_ms) {
+  pollfd p{fd, events, 0};
+  int r;
+  do r = ::poll(&p, 1, timeout_ms);
+  while (r < 0 && errno == EINTR);
+  return r > 0;
+}
+
+// A socket stream for httplib's request parser that enforces the head's size and
+// deadline; after the head (head_done()), reads and writes wait at most their timeout.
+// Buffered, as httplib reads the head one byte per call.
+class LimitedStream final : public httplib::Stream {
+ public:
+  LimitedStream(int fd, Clock::time_point accepted) : fd_(fd), head_deadline_(accepted + kHeadDeadline) {}
+
+  void head_done() { in_head_ = false; }
+  bool head_exceeded() const { return head_exceeded_; }
+
+  bool is_readable() const override {
+    return buf_off_ < buf_len_ ||
+           wait_fd(fd_, POLLIN, in_head_ ? ms_until(head_deadline_, kReadTimeoutS) : int{kReadTimeoutS * 1000});
+  }
+  bool is_writable() const override { return wait_fd(fd_, POLLOUT, int{kWriteTimeoutS * 1000}); }
+
+  ssize_t read(char* ptr, size_t size) override {
+    if (buf_off_ == buf_len_) {
+      size_t want = buf_.size();
+      if (in_head_) {
+        if (head_read_ >= kMaxHeadBytes) {
+          head_exceeded_ = true;
+          return -1;
+        }
+        want = std::min(want, kMaxHeadBytes - head_read_);
+      }
+      // Past its deadline a head is still read while its bytes are there already:
+      // a request that waited in the queue behind slow ones is served, a slow one is not.
+      if (!is_readable()) return -1;
+      ssize_t n;
+      do n = ::recv(fd_, buf_.data(), want, 0);
+      while (n < 0 && errno == EINTR);
+      if (n <= 0) return n;
+      if (in_head_) head_read_ += static_cast<size_t>(n);
+      buf_off_ = 0;
+      buf_len_ = static_cast<size_t>(n);
+    }
+    size_t n = std::min(size, buf_len_ - buf_off_);
+    std::memcpy(ptr, buf_.data() + buf_off_, n);
+    buf_off_ += n;
+    return static_cast<ssize_t>(n);
+  }
+
+  ssize_t write(const char* ptr, size_t size) override {
+    if (!is_writable()) return -1;
+    ssize_t n;
+    do n = ::send(fd_, ptr, size, MSG_NOSIGNAL);
+    while (n < 0 && errno == EINTR);
+    return n;
+  }
+
+  void get_remote_ip_and_port(std::string& ip, int& port) const override { address(&::getpeername, ip, port); }
+  void get_local_ip_and_port(std::string& ip, int& port) const override { address(&::getsockname, ip, port); }
+  socket_t socket() const override { return fd_; }
+
+ private:
+  void address(int (*get)(int, sockaddr*, socklen_t*), std::string& ip, int& port) const {
+    sockaddr_storage a{};
+    socklen_t len = sizeof a;
+    if (get(fd_, reinterpret_cast<sockaddr*>(&a), &len) < 0) return;
+    char host[NI_MAXHOST];
+    char serv[NI_MAXSERV];
+    if (::getnameinfo(reinterpret_cast<sockaddr*>(&a), len, host, sizeof host, serv, sizeof serv,
+                      NI_NUMERICHOST | NI_NUMERICSERV) == 0) {
+      ip = host;
+      port = std::atoi(serv);
+    }
+  }
+
+  int fd_;
+  Clock::time_point head_deadline_;
+  bool in_head_ = true;
+  bool head_exceeded_ = false;
+  size_t head_read_ = 0;
+  std::array<char, 16 << 10> buf_{};
+  size_t buf_off_ = 0, buf_len_ = 0;
+};
+
+// What one worker thread is serving: set for the time of one connection. httplib calls
+// the pre-routing handler and then the route's handler on the thread that reads the
+// request, and gives them no other way to share what the first learned.
+struct Current {
+  LimitedStream* stream = nullptr;
+  Clock::time_point accepted;
+  std::optional<auth::Verified> verified;
+  std::vector<std::string> params;
+  const void* route = nullptr;
+};
+thread_local Current t_current;
+
+// The thread pool, noting when each connection was accepted (its head's deadline
+// counts from then, also while it waits for a worker).
+class Pool final : public httplib::TaskQueue {
+ public:
+  explicit Pool(size_t n) : pool_(n) {}
+  void enqueue(std::function<void()> fn) override {
+    pool_.enqueue([fn = std::move(fn), accepted = Clock::now()] {
+      t_current.accepted = accepted;
+      fn();
+    });
+  }
+  void shutdown() override { pool_.shutdown(); }
+
+ private:
+  httplib::ThreadPool pool_;
+};
+
+// httplib's server with its per-connection loop replaced: one request per connection
+// (our client opens one per call) read through a LimitedStream, then a lingering close.
+class HttpServer final : public httplib::Server {
+ private:
+  bool process_and_close_socket(socket_t sock) override {
+    bool ok = false;
+    {
+      LimitedStream strm(sock, t_current.accepted);
+      t_current.stream = &strm;
+      bool closed = false;
+      ok = process_request(strm, /*close_connection=*/true, closed, nullptr);
+      t_current = Current{};
+    }
+    linger_close(sock);
+    return ok;
+  }
+
+  // Half-closes, then drains what the client still sends (bounded), then closes:
+  // closing with unread data would reset the connection, and the client could lose
+  // the reply.
+  static void linger_close(int sock) {
+    ::shutdown(sock, SHUT_WR);
+    auto end = Clock::now() + kLingerTime;
+    size_t drained = 0;
+    char buf[16 << 10];
+    while (drained < kLingerBytes && wait_fd(sock, POLLIN, ms_until(end, 1))) {
+      ssize_t n = ::recv(sock, buf, sizeof buf, 0);
+      if (n <= 0) break;
+      drained += static_cast<size_t>(n);
+    }
+    ::close(sock);
+  }
+};
+
 }  // namespace
+
+int64_t int_field(const nlohmann::json& b, std::string_view key, int64_t dflt, int64_t lo, int64_t hi) {
+  if (!b.is_object()) return dflt;
+  auto it = b.find(key);
+  if (it == b.end() || it->is_null()) return dflt;
+  auto range = [&](const std::string& got) {
+    return RpcError(400, fmt::format("field '{}' must be an integer from {} to {}, not {}", key, lo, hi, got));
+  };
+  if (it->is_number_unsigned()) {
+    auto u = it->get<uint64_t>();
+    if (u > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) || static_cast<int64_t>(u) > hi ||
+        static_cast<int64_t>(u) < lo)
+      throw range(std::to_string(u));
+    return static_cast<int64_t>(u);
+  }
+  if (it->is_number_integer()) {
+    auto v = it->get<int64_t>();
+    if (v < lo || v > hi) throw range(std::to_string(v));
+    return v;
+  }
+  throw range(it->dump().substr(0, 40));
+}
 
 std::string Request::query(std::string_view key) const {
   for (auto& [k, v] : query_params)
@@ -53,13 +273,16 @@ struct Server::Impl {
     RawHandler raw;
   };
   std::string munge_socket;
-  httplib::Server http;
+  std::string identity;  // "addr:port" as bound: what credentials must be made for
+  HttpServer http;
   std::vector<Route> routes;
+  int listen_fd = -1;
 
-  void dispatch(const httplib::Request& req, httplib::Response& res) {
+  // Before the body is read: the route, the credential, then the body's announced size.
+  httplib::Server::HandlerResponse pre_route(const httplib::Request& req, httplib::Response& res) {
+    if (t_current.stream) t_current.stream->head_done();
     try {
       const Route* found = nullptr;
-      std::vector<std::string> captured;
       bool path_known = false;
       auto path = split_path(req.path);
       for (auto& r : routes) {
@@ -68,23 +291,63 @@ struct Server::Impl {
         path_known = true;
         if (r.method == req.method) {
           found = &r;
-          captured = std::move(caps);
+          t_current.params = std::move(caps);
           break;
         }
       }
-      if (!found) {
-        reply_error(res, path_known ? 405 : 404, fmt::format("no route {} {}", req.method, req.path));
-        return;
+      if (!found) throw RpcError(path_known ? 405 : 404, fmt::format("no route {} {}", req.method, req.path));
+      // Who is asking comes first: a client without a valid credential learns nothing more.
+      t_current.verified =
+          auth::decode_cred(munge_socket, req.get_header_value(kAuthHeader), req.method, req.target, identity);
+      if (req.has_header("Transfer-Encoding"))
+        throw RpcError(411, "a request body must come with a Content-Length (no Transfer-Encoding)");
+      uint64_t length = req.get_header_value<uint64_t>("Content-Length");
+      if (req.method != "GET" && !req.has_header("Content-Length"))
+        throw RpcError(411, fmt::format("{} {}: Content-Length required", req.method, req.path));
+      if (length > kMaxBodyBytes)
+        throw RpcError(413, fmt::format("request body of {} bytes is over the limit of {} bytes", length,
+                                        kMaxBodyBytes));
+      t_current.route = found;
+      return httplib::Server::HandlerResponse::Unhandled;
+    } catch (const RpcError& e) {
+      reply_error(res, e.status(), e.what());
+    } catch (const std::exception& e) {
+      reply_error(res, 500, e.what());
+    }
+    return httplib::Server::HandlerResponse::Handled;
+  }
+
+  // The route's handler, once pre_route accepted the request. reader: the body's
+  // reader (POST, DELETE); GET requests have no body.
+  void dispatch(const httplib::Request& req, httplib::Response& res, const httplib::ContentReader* reader) {
+    try {
+      auto* found = static_cast<const Route*>(t_current.route);
+      if (!found || !t_current.verified) throw RpcError(500, "request dispatched without a checked credential");
+      std::string body;
+      if (reader) {
+        bool over = false;
+        bool complete = (*reader)([&](const char* data, size_t n) {
+          if (body.size() + n > kMaxBodyBytes) {
+            over = true;
+            return false;
+          }
+          body.append(data, n);
+          return true;
+        });
+        if (over) throw RpcError(413, fmt::format("request body is over the limit of {} bytes", kMaxBodyBytes));
+        if (!complete) throw RpcError(400, "request body incomplete");
       }
+      if (auth::sha256_hex(body) != t_current.verified->body_sha256)
+        throw RpcError(401, "authentication failed: the credential was made for another request body");
       Request r;
-      r.caller = auth::decode_cred(munge_socket, req.get_header_value(kAuthHeader),
-                             auth::payload_of(req.method, req.path, req.body));
-      r.params = std::move(captured);
+      r.caller = t_current.verified->caller;
+      r.params = std::move(t_current.params);
       for (auto& [k, v] : req.params) r.query_params.emplace_back(k, v);
-      if (!req.body.empty()) {
-        r.body = nlohmann::json::parse(req.body, nullptr, false);
+      if (!body.empty()) {
+        r.body = nlohmann::json::parse(body, nullptr, false);
         if (r.body.is_discarded()) throw RpcError(400, "request body is not JSON");
       }
+      body = std::string();  // the parsed tree replaces it while the handler runs
       res.status = 200;
       if (found->raw) {
         res.set_content(found->raw(r), "application/json");
@@ -104,15 +367,29 @@ struct Server::Impl {
 
 Server::Server(std::string munge_socket) : impl_(std::make_unique<Impl>()) {
   impl_->munge_socket = std::move(munge_socket);
-  auto d = [this](const httplib::Request& q, httplib::Response& s) { impl_->dispatch(q, s); };
-  impl_->http.Get(".*", d);
-  impl_->http.Post(".*", d);
-  impl_->http.Delete(".*", d);
-  // Checkpoints and restores hold a worker for as long as they take.
-  impl_->http.new_task_queue = [] { return new httplib::ThreadPool(32); };
-  impl_->http.set_tcp_nodelay(true);
-  impl_->http.set_read_timeout(30);
-  impl_->http.set_write_timeout(30);
+  auto& http = impl_->http;
+  http.set_pre_routing_handler([this](const httplib::Request& q, httplib::Response& s) {
+    return impl_->pre_route(q, s);
+  });
+  http.Get(".*", [this](const httplib::Request& q, httplib::Response& s) { impl_->dispatch(q, s, nullptr); });
+  auto with_body = [this](const httplib::Request& q, httplib::Response& s, const httplib::ContentReader& rd) {
+    impl_->dispatch(q, s, &rd);
+  };
+  http.Post(".*", with_body);
+  http.Delete(".*", with_body);
+  http.new_task_queue = [] { return new Pool(kWorkers); };
+  http.set_tcp_nodelay(true);
+  http.set_read_timeout(kReadTimeoutS);
+  http.set_write_timeout(kWriteTimeoutS);
+  http.set_keep_alive_max_count(1);
+  // A second guard on the body's size, should a request reach httplib's own reader.
+  http.set_payload_max_length(kMaxBodyBytes);
+  // httplib's defaults (address reuse), and the listening socket kept to raise its
+  // backlog once bound: the library's is 5, fixed when Debian compiled it.
+  http.set_socket_options([this](socket_t s) {
+    httplib::default_socket_options(s);
+    impl_->listen_fd = s;
+  });
 }
 Server::~Server() = default;
 
@@ -128,9 +405,14 @@ uint16_t Server::bind(const std::string& addr, uint16_t port) {
   if (port == 0) {
     int any = impl_->http.bind_to_any_port(addr);
     if (any <= 0) fail_errno("cannot listen on {}:<any port>", addr);
-    return static_cast<uint16_t>(any);
+    port = static_cast<uint16_t>(any);
+  } else if (!impl_->http.bind_to_port(addr, port)) {
+    fail_errno("cannot listen on {}:{}", addr, port);
   }
-  if (!impl_->http.bind_to_port(addr, port)) fail_errno("cannot listen on {}:{}", addr, port);
+  // listen(2) again on a listening socket only changes its backlog.
+  if (impl_->listen_fd < 0 || ::listen(impl_->listen_fd, kBacklog) < 0)
+    fail_errno("cannot set the listen backlog of {}:{}", addr, port);
+  impl_->identity = fmt::format("{}:{}", addr, port);
   return port;
 }
 
