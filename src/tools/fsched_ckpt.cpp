@@ -123,6 +123,12 @@ int main(int argc, char** argv) {
   showc->add_option("--dir,-D", show_dir, "image directory")->required();
   showc->add_flag("--json", show_json, "the whole manifest as JSON");
 
+  // For fschedd: whether a checkpoint whose writer it lost track of is complete and
+  // intact (manifest checksum and format, chunk table, every chunk's xxh3).
+  std::string verify_dir;
+  auto* verifyc = app.add_subcommand("verify", "check that an image is complete and intact (no process is created)");
+  verifyc->add_option("--dir,-D", verify_dir, "image directory")->required();
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -186,6 +192,11 @@ int main(int argc, char** argv) {
       return all ? 0 : 1;
     }
     if (*showc) return show(show_dir, show_json);
+    if (*verifyc) {
+      ck::ImageReader::open(verify_dir)->verify_chunks();
+      std::cout << "image " << verify_dir << " is intact\n";
+      return 0;
+    }
   } catch (const std::exception& e) {
     std::cerr << "fsched-ckpt: " << e.what() << "\n";
     return 1;
