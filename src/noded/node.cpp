@@ -194,14 +194,7 @@ nlohmann::json NodeDaemon::launch(const proto::Request& r, bool restore) {
   int64_t id = q.at("job_id").get<int64_t>();
   {
     std::lock_guard l(mu_);
-    // A vacate done and not yet acknowledged: the controller asks for the job again,
-    // so it has taken the vacate's outcome; the dumped run is gone (finish_op made sure).
-    if (auto op = ops_.find(id); op != ops_.end() && op->second.kind == OpKind::Vacate &&
-                                 op->second.phase == OpPhase::Done && op->second.outcome == OpOutcome::Ok) {
-      ops_.erase(op);
-      oplog_.remove(id);
-      jobs_.erase(id);
-    }
+    supersede_done_op(id);
     if (ops_.count(id))
       throw RpcError(409, fmt::format("job {}: a {} is in progress on {}", id, to_string(ops_.at(id).kind), name_));
     // Never twice: a run of this job that this node still knows (running, or ended and
@@ -424,6 +417,21 @@ void NodeDaemon::recover_op(OpRecord rec) {
   finish_op(rec, oplog_.result(id));
 }
 
+void NodeDaemon::supersede_done_op(int64_t id) {
+  auto op = ops_.find(id);
+  if (op == ops_.end() || op->second.phase != OpPhase::Done) return;
+  // The controller asks something new of this job, which it does only once it holds
+  // the previous operation's outcome (a checkpoint it waits for keeps the job busy, a
+  // start it waits for keeps it from new requests): the unsent report is moot.
+  if (op->second.kind == OpKind::Vacate && op->second.outcome == OpOutcome::Ok) {
+    jobs_.erase(id);  // the dumped run is gone (finish_op made sure)
+    std::error_code ec;
+    fs::remove_all(job_dir(id), ec);
+  }
+  ops_.erase(op);
+  oplog_.remove(id);
+}
+
 void NodeDaemon::report_ops() {
   std::vector<OpRecord> done;
   {
@@ -463,6 +471,7 @@ nlohmann::json NodeDaemon::checkpoint(const proto::Request& r) {
   pid_t pid;
   {
     std::lock_guard l(mu_);
+    supersede_done_op(id);
     auto it = jobs_.find(id);
     if (it == jobs_.end() || it->second.ended) throw RpcError(409, fmt::format("job {} is not running on {}", id, name_));
     if (it->second.vacating) throw RpcError(409, fmt::format("job {} is being vacated", id));

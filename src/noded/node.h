@@ -71,7 +71,9 @@ class NodeDaemon {
   // themselves; applies it to jobs_ and records it as Done.
   void finish_op(OpRecord& rec, const std::optional<RunnerResult>& res);
   void recover_op(OpRecord rec);  // thread: waits for a runner left by an earlier fschedd
-  void report_ops();              // Done operations to the controller (POST /v1/nodes/op_done)
+  void report_ops();
+  // Drops a Done, unreported operation of job id before a new request for it (mu_ held).
+  void supersede_done_op(int64_t id);              // Done operations to the controller (POST /v1/nodes/op_done)
   // Whether dir is a complete image that passes `fsched-ckpt verify`; why if not.
   bool verify_image(const std::string& dir, std::string& why) const;
   void watch();       // thread: notices ended jobs and reports them
