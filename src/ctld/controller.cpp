@@ -892,6 +892,9 @@ void Controller::schedule() {
       j.job_version++;
     }
     j.next_checkpoint = j.checkpoint_interval ? j.start_time + static_cast<double>(j.checkpoint_interval) : 0;
+    // Stored before the RPC: a controller restarted before the node's answer came
+    // then knows to wait for the node's report rather than take the job as started.
+    j.awaiting_node = true;
     save(j);
     launching_.insert(id);
     spdlog::info("job {}: {} on {}", id, j.restore_from ? fmt::format("restoring from checkpoint {}", j.restore_from)
@@ -966,6 +969,8 @@ void Controller::launch(int64_t id) {
     return;
   }
   if (error.empty()) {
+    j.awaiting_node = false;
+    save(j);
     if (from) {
       spdlog::info("job {}: restored from checkpoint {} on {} (restart {}, job version {})", id, from, node,
                    j.restarts, j.job_version);

@@ -132,7 +132,9 @@ double unix_now() {
 }  // namespace
 
 NodeDaemon::NodeDaemon(proto::Config cfg, std::string name)
-    : cfg_(std::move(cfg)), name_(std::move(name)), oplog_(ready_spool(cfg_) / "ops") {
+    // One operation log per node: nodes of a test cluster on one host share the spool
+    // directory, and one node's log must never name another's operations.
+    : cfg_(std::move(cfg)), name_(std::move(name)), oplog_(ready_spool(cfg_) / ("ops-" + name_)) {
   me_ = cfg_.node(name_);
   if (!me_) fail("node {} has no NodeName line in {}", name_, cfg_.file.string());
 }
@@ -341,6 +343,9 @@ void NodeDaemon::finish_op(OpRecord& rec, const std::optional<RunnerResult>& res
           ::kill(it->second.pid, SIGKILL);
         }
         it->second.vacating = true;  // until the controller has the outcome
+        // Its files go now, as the vacate's last step: once the controller has the
+        // outcome it may restore the job on another node into the same spool path.
+        fs::remove_all(job_dir(id), ec);
       } else {
         it->second.vacating = false;
       }
@@ -423,11 +428,8 @@ void NodeDaemon::supersede_done_op(int64_t id) {
   // The controller asks something new of this job, which it does only once it holds
   // the previous operation's outcome (a checkpoint it waits for keeps the job busy, a
   // start it waits for keeps it from new requests): the unsent report is moot.
-  if (op->second.kind == OpKind::Vacate && op->second.outcome == OpOutcome::Ok) {
-    jobs_.erase(id);  // the dumped run is gone (finish_op made sure)
-    std::error_code ec;
-    fs::remove_all(job_dir(id), ec);
-  }
+  if (op->second.kind == OpKind::Vacate && op->second.outcome == OpOutcome::Ok)
+    jobs_.erase(id);  // the dumped run is gone and its files too (finish_op made sure)
   ops_.erase(op);
   oplog_.remove(id);
 }
@@ -454,11 +456,7 @@ void NodeDaemon::report_ops() {
     if (it == ops_.end() || it->second.phase != OpPhase::Done || it->second.started != op.started) continue;
     ops_.erase(it);
     oplog_.remove(op.job_id);
-    if (op.kind == OpKind::Vacate && op.outcome == OpOutcome::Ok) {
-      jobs_.erase(op.job_id);
-      std::error_code ec;
-      fs::remove_all(job_dir(op.job_id), ec);
-    }
+    if (op.kind == OpKind::Vacate && op.outcome == OpOutcome::Ok) jobs_.erase(op.job_id);
   }
 }
 
@@ -589,7 +587,7 @@ void NodeDaemon::start() {
   {
     std::lock_guard l(mu_);
     for (auto& op : oplog_.load()) {
-      if (op.node != name_) continue;  // another node's (a spool directory shared on one host)
+      if (op.node != name_) continue;  // not ours (a record copied from elsewhere)
       ops_[op.job_id] = op;
       if (op.phase == OpPhase::Running) unfinished.push_back(op);
     }

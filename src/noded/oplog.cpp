@@ -198,9 +198,9 @@ int op_runner_main(int argc, char** argv) {
     r.status = s.status;
     r.exit_code = s.exit_code();
     r.timed_out = s.timed_out;
+    r.error_line = s.error_line();  // before err is moved from
     r.out = std::move(s.out);
     r.err = std::move(s.err);
-    r.error_line = s.error_line();
   } catch (const std::exception& e) {
     r.exit_code = 127;
     r.error_line = e.what();

@@ -3,7 +3,7 @@
 // after its restart, waits for it and reports its true outcome (issue 10, items 8
 // and 9).
 //
-// Every operation is recorded in <SlurmdSpoolDir>/ops/job<ID>.op.json (0600, in a
+// Every operation is recorded in <SlurmdSpoolDir>/ops-<node>/job<ID>.op.json (0600, in a
 // 0700 directory, written as tmp + fsync + rename) BEFORE it starts. The engine is
 // not run by fschedd itself but by an "op runner" (fschedd --op-runner, a child in
 // its own session): it survives fschedd, waits for the engine, and writes the
@@ -82,7 +82,7 @@ void write_durably(const std::filesystem::path& path, std::string_view text, mod
 
 class OpLog {
  public:
-  // dir: <SlurmdSpoolDir>/ops, created 0700 (it names images and holds engine
+  // dir: <SlurmdSpoolDir>/ops-<node>, created 0700 (it names images and holds engine
   // output). Throws fsched::Error.
   explicit OpLog(std::filesystem::path dir);
 

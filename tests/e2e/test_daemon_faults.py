@@ -221,7 +221,7 @@ def test_fschedd_killed_during_restore(e2e, build_dir, cluster, test_user, refer
     c.cmd("scontrol", "checkpoint", "create", jid, user=test_user)
     c.cmd("scontrol", "checkpoint", "vacate", jid, user=test_user)
     c.wait_state(jid, "PENDING", timeout=30)
-    ops = c.root / "spool" / "ops" / f"job{jid}.op.json"
+    ops = c.root / "spool" / "ops-node1" / f"job{jid}.op.json"
     c.cmd("scontrol", "checkpoint", "restart", jid, user=test_user)
     c.wait_for(lambda: ops.exists() and json.loads(ops.read_text())["kind"] == "restore", 30,
                "the restore to start", interval=0.01)
