@@ -95,19 +95,25 @@ Controller::~Controller() { stop(); }
 
 void Controller::start() {
   {
-    // Images of Failed and Timeout checkpoints (and leftover DIR.tmp of finished ones)
-    // that an earlier controller did not get to remove.
+    // Images of Failed and Timeout checkpoints, and DIR.tmp leftovers of settled ones,
+    // that an earlier controller did not get to remove. Only the list is made under
+    // mu_; the file system is looked at by a worker (storage may be slow or large).
     Lock l(mu_);
-    std::error_code ec;
+    std::vector<std::pair<std::string, bool>> sweep;  // location, whole image (else DIR.tmp only)
     for (auto& [id, list] : ckpts_)
       for (auto& c : list)
-        if (c.status != "Creating" && !c.location.empty() &&
-            (((c.status == "Failed" || c.status == "Timeout") && std::filesystem::exists(c.location, ec)) ||
-             std::filesystem::exists(c.location + ".tmp", ec))) {
-          std::string tmp_only = c.location + ".tmp";
-          if (c.status == "Failed" || c.status == "Timeout") discard_image(c.location);
-          else spawn([tmp_only] { std::error_code e; std::filesystem::remove_all(tmp_only, e); });
+        if (c.status != "Creating" && !c.location.empty())
+          sweep.emplace_back(c.location, c.status == "Failed" || c.status == "Timeout");
+    spawn([sweep = std::move(sweep)] {
+      for (auto& [loc, whole] : sweep) {
+        std::error_code ec;
+        if (whole && std::filesystem::exists(loc, ec)) {
+          std::filesystem::remove_all(loc, ec);
+          if (ec) spdlog::warn("cannot remove the image {}: {}", loc, ec.message());
         }
+        if (std::filesystem::exists(loc + ".tmp", ec)) std::filesystem::remove_all(loc + ".tmp", ec);
+      }
+    });
   }
   loop_ = std::thread([this] {
     Lock l(mu_);

@@ -209,8 +209,19 @@ def test_dumper_and_fschedd_killed_image_failed_and_removed(e2e, build_dir, clus
     cks = settled(c, jid)
     assert [x["status"] for x in cks] == ["Failed"], cks
     assert_disk_matches_records(c, jid)
-    assert not Path(cks[0]["location"]).exists()
+    loc = Path(cks[0]["location"])
+    assert not loc.exists()
     finish_and_compare(c, jid, d, reference, w)
+    # A Failed image that reappears on disk (left by an older controller, say) and a
+    # stray DIR.tmp are removed when fschedctld starts; the record stays, with its reason.
+    loc.mkdir(mode=0o700)
+    (loc / "pages.img").write_bytes(b"x" * 4096)
+    Path(f"{loc}.tmp").mkdir(mode=0o700)
+    c.kill_ctld()
+    c.start_ctld()
+    c.wait_for(lambda: not loc.exists() and not Path(f"{loc}.tmp").exists(), 20, "the startup sweep")
+    after = c.checkpoints(jid)
+    assert after[0]["status"] == "Failed" and after[0]["reason"] == cks[0]["reason"], after
 
 
 @pytest.mark.parametrize("delay", [0.05, 0.3])
@@ -263,6 +274,26 @@ def test_fschedctld_killed_during_vacate(e2e, build_dir, cluster, test_user, ref
     assert_disk_matches_records(c, jid)
     c.cmd("scontrol", "checkpoint", "restart", jid, user=test_user)
     finish_and_compare(c, jid, d, reference, w)
+
+
+def test_fschedctld_killed_during_restore(e2e, build_dir, cluster, test_user, reference):
+    """The restore's answer never reaches the controller: the restarted controller keeps
+    the job where it was placed and takes the node's report, not starting it again."""
+    c = cluster
+    jid, d = start_job(c, e2e, build_dir, "ctld-restore", test_user)
+    w = Watch(d)
+    c.cmd("scontrol", "checkpoint", "vacate", jid, user=test_user)
+    c.wait_state(jid, "PENDING", timeout=30)
+    ops = c.root / "spool" / "ops-node1" / f"job{jid}.op.json"
+    c.cmd("scontrol", "checkpoint", "restart", jid, user=test_user)
+    c.wait_for(lambda: ops.exists() and json.loads(ops.read_text())["kind"] == "restore", 30,
+               "the restore to start", interval=0.01)
+    c.kill_ctld()
+    c.start_ctld()
+    c.wait_for(lambda: not c.job(jid).get("restore_from"), 60, "the restore to be confirmed")
+    assert [x["status"] for x in c.checkpoints(jid)] == ["Present"], c.checkpoints(jid)
+    finish_and_compare(c, jid, d, reference, w)
+    assert c.job(jid)["restarts"] == 1
 
 
 def test_timed_out_image_removed(e2e, build_dir, test_user):
