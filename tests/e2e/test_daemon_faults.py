@@ -170,7 +170,7 @@ def test_fschedd_killed_during_vacate(e2e, build_dir, cluster, test_user, refere
     assert c.job(jid)["restarts"] == 1
 
 
-@pytest.mark.parametrize("delay", [0.1, 0.6])
+@pytest.mark.parametrize("delay", [0.05, 0.2])
 def test_fschedd_killed_during_checkpoint(e2e, build_dir, cluster, test_user, reference, delay):
     c = cluster
     jid, d = start_job(c, e2e, build_dir, f"ckpt-{delay}", test_user)
