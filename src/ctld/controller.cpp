@@ -68,11 +68,10 @@ constexpr int64_t kMaxId = std::numeric_limits<int64_t>::max();
 Controller::Controller(proto::Config cfg) : cfg_(std::move(cfg)), store_(cfg_.state_save_location) {
   for (auto& j : store_.jobs()) jobs_[j.job_id] = std::move(j);
   for (auto& c : store_.checkpoints()) {
-    if (c.status == "Creating") {
-      c.status = "Failed";
-      c.reason = "the controller restarted while the checkpoint was being written";
-      store_.put_checkpoint(c);
-    }
+    // A dump the previous controller was waiting for goes on (or ended) on its node,
+    // which keeps its outcome until it has reported it: the checkpoint stays Creating
+    // and the job busy until then (or until the node shows it has no such dump).
+    if (c.status == "Creating") ckpt_busy_.insert(c.job_id);
     ckpts_[c.job_id].push_back(c);
   }
   for (auto& n : cfg_.nodes) {
@@ -103,7 +102,36 @@ Controller::Controller(proto::Config cfg) : cfg_(std::move(cfg)), store_(cfg_.st
 
 Controller::~Controller() { stop(); }
 
+namespace {
+// The reason of a checkpoint marked Failed because a restore from it failed. Its
+// image is kept (see launch_failed); Failed dumps and Timeouts are removed.
+constexpr std::string_view kRestoreFailedPrefix = "restore failed: ";
+bool kept_after_failed_restore(const Checkpoint& c) { return c.reason.starts_with(kRestoreFailedPrefix); }
+}  // namespace
+
 void Controller::start() {
+  {
+    // Images of Failed and Timeout checkpoints, and DIR.tmp leftovers of settled ones,
+    // that an earlier controller did not get to remove. Only the list is made under
+    // mu_; the file system is looked at by a worker (storage may be slow or large).
+    Lock l(mu_);
+    std::vector<std::pair<std::string, bool>> sweep;  // location, whole image (else DIR.tmp only)
+    for (auto& [id, list] : ckpts_)
+      for (auto& c : list)
+        if (c.status != "Creating" && !c.location.empty())
+          sweep.emplace_back(c.location, c.status == "Timeout" ||
+                                             (c.status == "Failed" && !kept_after_failed_restore(c)));
+    spawn([sweep = std::move(sweep)] {
+      for (auto& [loc, whole] : sweep) {
+        std::error_code ec;
+        if (whole && std::filesystem::exists(loc, ec)) {
+          std::filesystem::remove_all(loc, ec);
+          if (ec) spdlog::warn("cannot remove the image {}: {}", loc, ec.message());
+        }
+        if (std::filesystem::exists(loc + ".tmp", ec)) std::filesystem::remove_all(loc + ".tmp", ec);
+      }
+    });
+  }
   loop_ = std::thread([this] {
     Lock l(mu_);
     while (!stopping_) {
@@ -225,6 +253,7 @@ void Controller::add_routes(proto::Server& s) {
   s.route("POST", "/v1/nodes/register", bind(&Controller::node_heartbeat));
   s.route("POST", "/v1/nodes/heartbeat", bind(&Controller::node_heartbeat));
   s.route("POST", "/v1/nodes/job_ended", bind(&Controller::node_job_ended));
+  s.route("POST", "/v1/nodes/op_done", bind(&Controller::node_op_done));
 }
 
 nlohmann::json Controller::submit(const proto::Request& r) {
@@ -472,8 +501,9 @@ Checkpoint Controller::run_checkpoint(int64_t job_id, const std::string& source,
     if (who) check_owner(j, *who);
     if (cfg_.checkpoint_type == "checkpoint/none")
       throw RpcError(409, "checkpoints are disabled (CheckpointType = checkpoint/none)");
-    if (j.state != "RUNNING" || launching_.count(job_id) || !j.end_request.empty())
-      throw RpcError(409, fmt::format("Job {} is not running (state {})", job_id, j.state));
+    if (j.state != "RUNNING" || launching_.count(job_id) || !j.end_request.empty() || j.awaiting_node)
+      throw RpcError(409, fmt::format("Job {} is not running (state {}{})", job_id, j.state,
+                                      j.awaiting_node ? ", its start not yet confirmed by its node" : ""));
     if (ckpt_busy_.count(job_id)) throw RpcError(409, fmt::format("job {}: a checkpoint is already in progress", job_id));
     c.checkpoint_id = ++j.last_checkpoint_id;
     c.job_id = job_id;
@@ -486,6 +516,7 @@ Checkpoint Controller::run_checkpoint(int64_t job_id, const std::string& source,
     c.job_version = j.job_version;
     c.location = (cfg_.checkpoint_dir / std::to_string(job_id) / std::to_string(c.checkpoint_id)).string();
     ckpt_busy_.insert(job_id);
+    ckpt_rpc_.insert(job_id);
     ckpts_[job_id].push_back(c);
     save(j);
     save(c);
@@ -494,7 +525,7 @@ Checkpoint Controller::run_checkpoint(int64_t job_id, const std::string& source,
   }
   json reply;
   std::string error;
-  bool timeout = false;
+  bool timeout = false, answered = true;
   try {
     proto::Client cl = [&] { Lock l(mu_); return node_client(node, cfg_.checkpoint_timeout + 60); }();
     reply = cl.call("POST", "/v1/node/checkpoint",
@@ -504,29 +535,59 @@ Checkpoint Controller::run_checkpoint(int64_t job_id, const std::string& source,
     error = e.what();
     timeout = e.status() == 504;
   } catch (const std::exception& e) {
+    // No answer at all: fschedd died or the connection broke mid-way. The dump may
+    // well have completed; the node reports its outcome once it is back.
     error = e.what();
+    answered = false;
   }
   Lock l(mu_);
-  ckpt_busy_.erase(job_id);
+  ckpt_rpc_.erase(job_id);
+  if (error.empty()) {
+    settle_checkpoint(job_id, c.checkpoint_id, "Present", "", reply.value("size", uint64_t{0}),
+                      reply.value("freeze_ms", 0.0));
+  } else if (answered) {
+    settle_checkpoint(job_id, c.checkpoint_id, timeout ? "Timeout" : "Failed", error, 0, 0.0);
+  } else {
+    spdlog::warn("job {}: checkpoint {}: no answer from {} ({}); it stays Creating until the node reports how "
+                 "the dump ended", job_id, c.checkpoint_id, node, error);
+    auto current = [&]() -> const Checkpoint* {
+      for (auto& x : ckpts_[job_id])
+        if (x.checkpoint_id == c.checkpoint_id) return &x;
+      return nullptr;
+    };
+    // The caller (scontrol) gets the real outcome if the node is back in time.
+    wake_.wait_for(l, std::chrono::seconds(cfg_.checkpoint_timeout + 60),
+                   [&] { return stopping_ || !current() || current()->status != "Creating"; });
+  }
+  for (auto& x : ckpts_[job_id])
+    if (x.checkpoint_id == c.checkpoint_id) return x;
+  return c;
+}
+
+bool Controller::settle_checkpoint(int64_t job_id, int64_t checkpoint_id, const std::string& status,
+                                   const std::string& reason, uint64_t size, double freeze_ms) {
+  auto& list = ckpts_[job_id];
+  auto it = std::find_if(list.begin(), list.end(), [&](const Checkpoint& x) { return x.checkpoint_id == checkpoint_id; });
+  // Both the RPC's reply and the node's op_done carry the outcome: the first wins.
+  if (it == list.end() || it->status != "Creating") return false;
+  Checkpoint& c = *it;
   c.completion_time = now_s();
   c.duration = c.completion_time - c.trigger_time;
-  if (error.empty()) {
-    c.status = "Present";
-    c.size = reply.value("size", uint64_t{0});
-    c.freeze_ms = reply.value("freeze_ms", 0.0);
-  } else {
-    c.status = timeout ? "Timeout" : "Failed";
-    c.reason = error;
+  c.status = status;
+  c.reason = reason;
+  if (status == "Present") {
+    c.size = size;
+    c.freeze_ms = freeze_ms;
   }
-  auto& list = ckpts_[job_id];
-  for (auto& x : list)
-    if (x.checkpoint_id == c.checkpoint_id) x = c;
   save(c);
-  Job& j = jobs_.at(job_id);
+  ckpt_busy_.erase(job_id);
+  auto jit = jobs_.find(job_id);
+  if (jit == jobs_.end()) return true;
+  Job& j = jit->second;
   if (c.status == "Present") {
     spdlog::info("job {}: checkpoint {} Present: {} bytes in {:.2f} s at {}", job_id, c.checkpoint_id, c.size,
                  c.duration, c.location);
-    if (source == "vacate" && j.state == "RUNNING") {
+    if (c.source == "vacate" && j.state == "RUNNING") {
       double now = now_s();
       release(j, now);
       j.state = "PENDING";
@@ -537,10 +598,68 @@ Checkpoint Controller::run_checkpoint(int64_t job_id, const std::string& source,
     retain(j);
   } else {
     spdlog::warn("job {}: checkpoint {} {}: {}; the job keeps running", job_id, c.checkpoint_id, c.status, c.reason);
+    discard_image(c.location);
   }
   save(j);
   wake_.notify_all();
-  return c;
+  return true;
+}
+
+void Controller::discard_image(const std::string& location) {
+  if (location.empty()) return;
+  spawn([location] {
+    std::error_code ec;
+    std::filesystem::remove_all(location, ec);
+    if (ec) spdlog::warn("cannot remove the image {}: {}", location, ec.message());
+    std::filesystem::remove_all(location + ".tmp", ec);
+    if (ec) spdlog::warn("cannot remove {}.tmp: {}", location, ec.message());
+  });
+}
+
+void Controller::confirm_launch(Job& j, const std::string& how) {
+  j.awaiting_node = false;
+  if (j.restore_from) {
+    spdlog::info("job {}: restored from checkpoint {} on {} ({})", j.job_id, j.restore_from, j.nodes, how);
+    j.restore_from = 0;
+  } else {
+    spdlog::info("job {}: running on {} ({})", j.job_id, j.nodes, how);
+  }
+  save(j);
+  wake_.notify_all();
+}
+
+nlohmann::json Controller::node_op_done(const proto::Request& r) {
+  if (!r.caller.is_root()) throw RpcError(403, "only root (fschedd) may report for a node");
+  int64_t id = field<int64_t>(r.body, "job_id", 0);
+  std::string node = field<std::string>(r.body, "name", "");
+  std::string kind = field<std::string>(r.body, "kind", "");
+  std::string outcome = field<std::string>(r.body, "outcome", "");
+  std::string error = field<std::string>(r.body, "error", "");
+  std::string dir = field<std::string>(r.body, "dir", "");
+  Lock l(mu_);
+  auto it = jobs_.find(id);
+  if (it == jobs_.end()) return json::object();
+  Job& j = it->second;
+  if (kind == "checkpoint" || kind == "vacate") {
+    for (auto& c : ckpts_[id]) {
+      if (c.location != dir || c.status != "Creating") continue;
+      if (settle_checkpoint(id, c.checkpoint_id, outcome == "ok" ? "Present" : outcome == "timeout" ? "Timeout" : "Failed",
+                            error, field<uint64_t>(r.body, "size", 0), field<double>(r.body, "freeze_ms", 0.0)))
+        spdlog::info("job {}: {} outcome reported by {}: {}", id, kind, node, outcome);
+      break;
+    }
+    return json::object();
+  }
+  // launch/restore: only an unanswered RPC waits for this; an answered one has been
+  // handled by launch().
+  if (j.state != "RUNNING" || j.nodes != node || !j.awaiting_node || launching_.count(id)) return json::object();
+  if (outcome == "ok") {
+    confirm_launch(j, fmt::format("{} reported by the node", kind));
+  } else {
+    j.awaiting_node = false;
+    launch_failed(j, error);
+  }
+  return json::object();
 }
 
 void Controller::retain(const Job& j) {
@@ -670,7 +789,7 @@ nlohmann::json Controller::node_heartbeat(const proto::Request& r) {
       proto::int_field(r.body, "free_memory", static_cast<int64_t>(n.real_memory), 0, kMaxMemMb));
   if (!node_up(n)) spdlog::info("node {}: registered ({} CPUs, {} MiB)", name, cpus, real_memory);
   n.last_heartbeat = now_s();
-  reconcile(name, field<json>(r.body, "jobs", json::array()));
+  reconcile(name, field<json>(r.body, "jobs", json::array()), field<json>(r.body, "ops", json::array()));
   n.load = field<double>(r.body, "load", 0.0);
   n.free_memory = free_memory;
   n.cpu_util = field<double>(r.body, "cpu_util", 0.0);
@@ -680,24 +799,42 @@ nlohmann::json Controller::node_heartbeat(const proto::Request& r) {
   return json::object();
 }
 
-void Controller::reconcile(const std::string& node, const json& reported) {
-  std::set<int64_t> there;
+void Controller::reconcile(const std::string& node, const json& reported, const json& ops) {
+  std::set<int64_t> there, busy;
   for (auto& x : reported)
     if (x.is_object()) there.insert(x.value("job_id", int64_t{0}));
+  // Jobs with an operation under way on the node, or done and not yet reported.
+  for (auto& x : ops)
+    if (x.is_object()) busy.insert(x.value("job_id", int64_t{0}));
   double now = now_s();
   for (auto& [id, j] : jobs_) {
+    if (j.state != "RUNNING" || j.nodes != node || launching_.count(id)) continue;
+    // A launch or restore whose answer was lost: the node runs the job, so it started.
+    if (j.awaiting_node && there.count(id) && !busy.count(id)) {
+      confirm_launch(j, "found running at the node's report");
+      continue;
+    }
+    // Dumps still Creating although the node neither runs nor keeps a record of them
+    // and no RPC of ours is in flight: the request never reached the node.
+    if (!busy.count(id) && !ckpt_rpc_.count(id) && ckpt_busy_.count(id)) {
+      std::vector<int64_t> stale;
+      for (auto& c : ckpts_[id])
+        if (c.status == "Creating" && now - c.trigger_time > 30) stale.push_back(c.checkpoint_id);
+      for (int64_t cid : stale)
+        settle_checkpoint(id, cid, "Failed", fmt::format("node {} has no record of this dump: it never started", node),
+                          0, 0.0);
+    }
     // A job the node does not know although it was placed there a while ago: its
     // launch never happened (the controller stopped during it) or the node lost it.
     // Recent starts are left alone: the report may predate them.
-    if (j.state != "RUNNING" || j.nodes != node || there.count(id) || launching_.count(id) || ckpt_busy_.count(id) ||
-        now - j.start_time < 30)
-      continue;
+    if (there.count(id) || busy.count(id) || ckpt_busy_.count(id) || now - j.start_time < 30) continue;
     spdlog::warn("job {}: node {} does not know it: NODE_FAIL", id, node);
     release(j, now);
     j.state = "NODE_FAIL";
     j.reason = "NodeFail";
     j.end_time = now;
     j.end_request.clear();
+    j.awaiting_node = false;
     save(j);
   }
 }
@@ -724,6 +861,11 @@ nlohmann::json Controller::node_job_ended(const proto::Request& r) {
   // A report about a run that is already over (a repeated report, or one from a node
   // the job has since left) changes nothing.
   if (j.state != "RUNNING" || j.nodes != node || launching_.count(id)) return json::object();
+  if (j.awaiting_node) {
+    // It started (and ended) after all.
+    j.awaiting_node = false;
+    j.restore_from = 0;
+  }
   double now = now_s();
   double started = j.start_time;
   release(j, now);
@@ -782,6 +924,9 @@ void Controller::schedule() {
       j.job_version++;
     }
     j.next_checkpoint = j.checkpoint_interval ? j.start_time + static_cast<double>(j.checkpoint_interval) : 0;
+    // Stored before the RPC: a controller restarted before the node's answer came
+    // then knows to wait for the node's report rather than take the job as started.
+    j.awaiting_node = true;
     save(j);
     launching_.insert(id);
     spdlog::info("job {}: {} on {}", id, j.restore_from ? fmt::format("restoring from checkpoint {}", j.restore_from)
@@ -829,16 +974,35 @@ void Controller::launch(int64_t id) {
     }
   }
   std::string error;
+  bool answered = true;
   try {
     proto::Client c = [&] { Lock l(mu_); return node_client(node, cfg_.batch_start_timeout + 600); }();
     c.call("POST", from ? "/v1/node/restore" : "/v1/node/launch", req);
+  } catch (const RpcError& e) {
+    error = e.what();
+    // 409: the node has this job already, or an operation on it under way. Starting
+    // it elsewhere or again could run it twice: its reports decide instead.
+    answered = e.status() != 409;
   } catch (const std::exception& e) {
     error = e.what();
+    answered = false;
   }
   Lock l(mu_);
   launching_.erase(id);
   Job& j = jobs_.at(id);
+  if (!error.empty() && !answered) {
+    // fschedd died or the connection broke: the job may be running there. It stays
+    // RUNNING on that node, and the checkpoint it restores stays Present, until the
+    // node says what happened (op_done, or its job list at registration).
+    spdlog::warn("job {}: no answer to the {} on {} ({}); waiting for the node's report", id,
+                 from ? "restore" : "launch", node, error);
+    j.awaiting_node = true;
+    save(j);
+    return;
+  }
   if (error.empty()) {
+    j.awaiting_node = false;
+    save(j);
     if (from) {
       spdlog::info("job {}: restored from checkpoint {} on {} (restart {}, job version {})", id, from, node,
                    j.restarts, j.job_version);
@@ -855,6 +1019,7 @@ void Controller::launch(int64_t id) {
 
 void Controller::launch_failed(Job& j, const std::string& why) {
   double now = now_s();
+  j.awaiting_node = false;
   release(j, now);
   j.run_time_done = std::max<int64_t>(0, j.run_time_done);
   if (j.restore_from) {
@@ -866,8 +1031,11 @@ void Controller::launch_failed(Job& j, const std::string& why) {
     for (auto& c : ckpts_[j.job_id]) {
       if (c.checkpoint_id == failed) {
         c.status = "Failed";
-        c.reason = fmt::format("restore failed: {}", why);
+        c.reason = fmt::format("{}{}", kRestoreFailedPrefix, why);
         save(c);
+        // The image stays on disk: a restore also fails for reasons that are not the
+        // image's (a changed library, ENOMEM, a busy node), and a valid checkpoint is
+        // never deleted. (Telling them apart is issue 11's failure classes.)
       } else if (c.status == "Present" && c.checkpoint_id < failed) {
         previous = c.checkpoint_id;
       }
@@ -900,7 +1068,7 @@ void Controller::launch_failed(Job& j, const std::string& why) {
 void Controller::periodic() {
   double now = now_s();
   for (auto& [id, j] : jobs_) {
-    if (j.state != "RUNNING" || launching_.count(id) || !j.end_request.empty()) continue;
+    if (j.state != "RUNNING" || launching_.count(id) || !j.end_request.empty() || j.awaiting_node) continue;
     if (j.time_limit > 0 && j.run_time_done + (now - j.start_time) >= static_cast<double>(j.time_limit)) {
       spdlog::info("job {}: time limit of {} s reached", id, j.time_limit);
       j.end_request = "timeout";

@@ -22,7 +22,8 @@ namespace fsched::ctld {
 class Controller {
  public:
   // Loads the state from <StateSaveLocation>/fsched.db. Checkpoints left Creating by
-  // a previous controller are marked Failed. Throws fsched::Error.
+  // a previous controller stay Creating until their node reports how the dump ended
+  // (a daemon's death says nothing about the image). Throws fsched::Error.
   explicit Controller(proto::Config cfg);
   ~Controller();
 
@@ -51,6 +52,7 @@ class Controller {
   json list_partitions(const proto::Request& r);
   json node_heartbeat(const proto::Request& r);
   json node_job_ended(const proto::Request& r);
+  json node_op_done(const proto::Request& r);
 
   // lifecycle (callers hold mu_ unless said otherwise)
   Job& job_of(const std::string& id_text);
@@ -65,6 +67,15 @@ class Controller {
   void launch_failed(Job& j, const std::string& why);
   Checkpoint run_checkpoint(int64_t job_id, const std::string& source, const std::string& description,
                             const proto::Caller* who);  // without mu_
+  // A dump's outcome, from the checkpoint RPC's reply or the node's later report
+  // (op_done): applied once, to a checkpoint still Creating; false if it was not.
+  bool settle_checkpoint(int64_t job_id, int64_t checkpoint_id, const std::string& status, const std::string& reason,
+                         uint64_t size, double freeze_ms);
+  // The launch or restore the node confirmed after the RPC's answer was lost.
+  void confirm_launch(Job& j, const std::string& how);
+  // Removes a Failed/Timeout image (and any DIR.tmp) from disk on a worker thread,
+  // outside mu_: storage may be slow; the record keeps its status and reason.
+  void discard_image(const std::string& location);
   void retain(const Job& j);
   void terminate(const Job& j, int signal, bool escalate);  // async signal/kill on the node
   void release(Job& j, double now);
@@ -72,7 +83,7 @@ class Controller {
   // CRIU_LoadAware: why the node is too busy for a periodic checkpoint, "" if it is not.
   std::string too_busy(const std::string& node) const;
   void skip_checkpoint(Job& j, const std::string& why);  // recorded as Skipped
-  void reconcile(const std::string& node, const json& reported_jobs);
+  void reconcile(const std::string& node, const json& reported_jobs, const json& reported_ops);
   void periodic();                      // due checkpoints and time limits
   void spawn(std::function<void()> fn); // a worker thread, joined at stop()
   proto::Client node_client(const std::string& node, int timeout_s) const;
@@ -86,6 +97,7 @@ class Controller {
   std::map<std::string, Node> nodes_;
   std::set<int64_t> ckpt_busy_;   // jobs with a checkpoint in flight
   std::set<int64_t> launching_;   // jobs whose launch RPC is in flight
+  std::set<int64_t> ckpt_rpc_;    // jobs whose checkpoint RPC from this controller is in flight
   bool stopping_ = false;
   std::thread loop_;
   int workers_ = 0;

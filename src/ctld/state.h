@@ -54,6 +54,11 @@ struct Job {
   double next_checkpoint = 0;       // Unix time the next periodic checkpoint is due
   std::string end_request;          // what the job's end means: cancel, requeue, timeout, ""
   int launch_failures = 0;
+  // The launch or restore RPC ended without an answer (fschedd died or the connection
+  // broke): the job may be running on `nodes`. It stays there, RUNNING, until the
+  // node's report (op_done, or its job list at registration) settles it; it is never
+  // started again meanwhile.
+  bool awaiting_node = false;
 
   int num_cpus() const { return cpus_per_task * ntasks; }
   bool active() const { return state == "PENDING" || state == "RUNNING" || state == "COMPLETING"; }
@@ -63,7 +68,7 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Job, job_id, name, user, uid, gi
                                                 nodes, cpus_per_task, ntasks, mem_mb, work_dir, stdout_path,
                                                 stderr_path, argv, checkpoint_interval, requeue, hold, restarts,
                                                 job_version, exit_status, last_checkpoint_id, restore_from,
-                                                next_checkpoint, end_request, launch_failures)
+                                                next_checkpoint, end_request, launch_failures, awaiting_node)
 
 struct Node {
   std::string name, addr;

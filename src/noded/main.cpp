@@ -8,9 +8,13 @@
 
 #include "daemon/daemon.h"
 #include "noded/node.h"
+#include "noded/oplog.h"
 #include "proto/config.h"
 
 int main(int argc, char** argv) {
+  // fschedd re-executes itself as the runner of an engine operation, so the
+  // operation outlives a killed fschedd (src/noded/oplog.h).
+  if (argc > 1 && std::string_view(argv[1]) == "--op-runner") return fsched::noded::op_runner_main(argc, argv);
   CLI::App app{"fschedd: the fsched node daemon (runs, checkpoints and restores jobs)"};
   bool foreground = false, verbose = false;
   std::string conf, name;

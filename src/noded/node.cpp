@@ -2,6 +2,7 @@
 
 #include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -121,17 +122,40 @@ void check_integers(const nlohmann::json& b) {
 
 }  // namespace
 
-NodeDaemon::NodeDaemon(proto::Config cfg, std::string name) : cfg_(std::move(cfg)), name_(std::move(name)) {
-  me_ = cfg_.node(name_);
-  if (!me_) fail("node {} has no NodeName line in {}", name_, cfg_.file.string());
+namespace {
+// The spool directory must exist before the operation log inside it is opened.
+fs::path ready_spool(const proto::Config& cfg) {
   std::error_code ec;
-  fs::create_directories(cfg_.slurmd_spool_dir, ec);
-  if (ec) fail("cannot create SlurmdSpoolDir {}: {}", cfg_.slurmd_spool_dir.string(), ec.message());
+  fs::create_directories(cfg.slurmd_spool_dir, ec);
+  if (ec) fail("cannot create SlurmdSpoolDir {}: {}", cfg.slurmd_spool_dir.string(), ec.message());
   // Jobs run as their users exec <spool>/job<ID>/slurm_script by its path, so the
   // directory must let them through (x); it lets nobody but root list it or read the
   // state files in it (job.json is 0600) (issue 10, item 14).
-  if (::chmod(cfg_.slurmd_spool_dir.c_str(), 0711) < 0)
-    fail_errno("cannot chmod SlurmdSpoolDir {}", cfg_.slurmd_spool_dir.string());
+  if (::chmod(cfg.slurmd_spool_dir.c_str(), 0711) < 0)
+    fail_errno("cannot chmod SlurmdSpoolDir {}", cfg.slurmd_spool_dir.string());
+  return cfg.slurmd_spool_dir;
+}
+
+uint64_t tree_bytes(const fs::path& dir) {
+  uint64_t n = 0;
+  std::error_code ec;
+  for (auto it = fs::recursive_directory_iterator(dir, ec); !ec && it != fs::recursive_directory_iterator();
+       it.increment(ec))
+    if (it->is_regular_file(ec)) n += it->file_size(ec);
+  return n;
+}
+
+double unix_now() {
+  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+}  // namespace
+
+NodeDaemon::NodeDaemon(proto::Config cfg, std::string name)
+    // One operation log per node: nodes of a test cluster on one host share the spool
+    // directory, and one node's log must never name another's operations.
+    : cfg_(std::move(cfg)), name_(std::move(name)), oplog_(ready_spool(cfg_) / ("ops-" + name_)) {
+  me_ = cfg_.node(name_);
+  if (!me_) fail("node {} has no NodeName line in {}", name_, cfg_.file.string());
 }
 
 NodeDaemon::~NodeDaemon() { stop(); }
@@ -151,7 +175,8 @@ proto::Client NodeDaemon::controller(int timeout_s) const {
 }
 
 void NodeDaemon::persist(const LocalJob& j) const {
-  write_file(job_dir(j.job_id) / "job.json", nlohmann::json(j).dump(), 0600);
+  // What a restarted fschedd finds its jobs by: on disk before anyone is told the job runs.
+  write_durably(job_dir(j.job_id) / "job.json", nlohmann::json(j).dump(), 0600);
 }
 
 void NodeDaemon::add_routes(proto::Server& s) {
@@ -191,43 +216,268 @@ nlohmann::json NodeDaemon::launch(const proto::Request& r, bool restore) {
   int64_t id = q.at("job_id").get<int64_t>();
   {
     std::lock_guard l(mu_);
+    supersede_done_op(id);
+    if (ops_.count(id))
+      throw RpcError(409, fmt::format("job {}: a {} is in progress on {}", id, to_string(ops_.at(id).kind), name_));
+    // Never twice: a run of this job that this node still knows (running, or ended and
+    // not yet reported) must be gone first.
     if (jobs_.count(id)) throw RpcError(409, fmt::format("job {} is already on node {}", id, name_));
+    ops_[id] = OpRecord{.job_id = id};  // reserved: a second launch waits for this one
   }
-  prepare_job_dir(q);
   fs::path dir = job_dir(id);
-  std::vector<std::string> argv{ckpt_tool()};
-  if (restore) {
-    argv.insert(argv.end(), {"restore", "--detach", "--pidfile", (dir / "init.pid").string(), "--dir",
-                             q.at("restore_dir").get<std::string>()});
-  } else {
-    argv.insert(argv.end(), {"run", "--detach", "--pidfile", (dir / "init.pid").string(), "--status-file",
-                             (dir / "status").string(), "--stdout", q.at("stdout").get<std::string>(), "--stderr",
-                             q.at("stderr").get<std::string>(), "--cwd", q.at("work_dir").get<std::string>(),
-                             "--user", q.at("user").get<std::string>(), "--", (dir / "slurm_script").string()});
-    for (auto& a : q.value("argv", std::vector<std::string>{})) argv.push_back(a);
+  std::vector<std::string> argv;
+  OpRecord rec{.job_id = id, .kind = restore ? OpKind::Restore : OpKind::Launch, .node = name_,
+               .timeout_s = cfg_.batch_start_timeout + 600, .started = unix_now()};
+  try {
+    prepare_job_dir(q);
+    argv.push_back(ckpt_tool());
+    if (restore) {
+      rec.image_dir = q.at("restore_dir").get<std::string>();
+      argv.insert(argv.end(), {"restore", "--detach", "--pidfile", (dir / "init.pid").string(), "--dir",
+                               rec.image_dir});
+    } else {
+      argv.insert(argv.end(), {"run", "--detach", "--pidfile", (dir / "init.pid").string(), "--status-file",
+                               (dir / "status").string(), "--stdout", q.at("stdout").get<std::string>(), "--stderr",
+                               q.at("stderr").get<std::string>(), "--cwd", q.at("work_dir").get<std::string>(),
+                               "--user", q.at("user").get<std::string>(), "--", (dir / "slurm_script").string()});
+      for (auto& a : q.value("argv", std::vector<std::string>{})) argv.push_back(a);
+    }
+  } catch (...) {
+    std::lock_guard l(mu_);
+    ops_.erase(id);
+    throw;
   }
   auto env = restore ? std::map<std::string, std::string>{{"PATH", "/usr/bin:/bin"}} : env_of(q);
-  SpawnResult res = spawn_wait(argv, env, cfg_.batch_start_timeout + 600);
-  if (res.exit_code() != 0)
+  rec = run_op(std::move(rec), argv, env);
+  if (rec.outcome != OpOutcome::Ok)
     throw RpcError(500, fmt::format("{} of job {} on {} failed: {}", restore ? "restore" : "launch", id, name_,
-                                    res.error_line()));
-  LocalJob j;
-  j.job_id = id;
-  j.node = name_;
-  j.pid = static_cast<pid_t>(std::stol(read_file(dir / "init.pid")));
-  char st = 0;
-  if (!proc_stat(j.pid, st, j.start_ticks)) {
-    // It ended already: a very short job. Its status file says how.
-    j.start_ticks = 0;
+                                    rec.error));
+  return {{"pid", rec.pid}};
+}
+
+OpRecord NodeDaemon::run_op(OpRecord rec, const std::vector<std::string>& argv,
+                            const std::map<std::string, std::string>& env) {
+  int64_t id = rec.job_id;
+  auto give_up = [&](const std::string& why) {
+    std::lock_guard l(mu_);
+    ops_.erase(id);
+    if (rec.kind == OpKind::Vacate)
+      if (auto it = jobs_.find(id); it != jobs_.end()) it->second.vacating = false;
+    throw RpcError(500, fmt::format("job {}: cannot start the {}: {}", id, to_string(rec.kind), why));
+  };
+  UniqueFd lock;
+  pid_t runner = 0;
+  try {
+    lock = oplog_.try_lock(id);
+    if (!lock) {
+      std::lock_guard l(mu_);
+      ops_.erase(id);
+      throw RpcError(409, fmt::format("job {}: an earlier operation's runner still holds {}", id,
+                                      oplog_.lock_path(id).string()));
+    }
+    // Recorded before it starts: a restarted fschedd must know it may be under way.
+    oplog_.put(rec);
+  } catch (const RpcError&) {
+    throw;
+  } catch (const std::exception& e) {
+    give_up(e.what());
   }
-  persist(j);
   {
     std::lock_guard l(mu_);
-    jobs_[id] = j;
+    ops_[id] = rec;
   }
-  spdlog::info("job {}: {} as init {} ({})", id, restore ? "restored" : "started", j.pid,
-               restore ? q.at("restore_dir").get<std::string>() : q.at("user").get<std::string>());
-  return {{"pid", j.pid}};
+  spdlog::info("job {}: {} started ({})", id, to_string(rec.kind), rec.image_dir.empty() ? "-" : rec.image_dir);
+  try {
+    runner = oplog_.start_runner(id, lock, argv, env, rec.timeout_s);
+  } catch (const std::exception& e) {
+    oplog_.remove(id);
+    give_up(e.what());
+  }
+  lock.reset();  // the runner holds the flock now
+  int st = 0;
+  while (::waitpid(runner, &st, 0) < 0 && errno == EINTR) {
+  }
+  finish_op(rec, oplog_.result(id));
+  return rec;
+}
+
+bool NodeDaemon::verify_image(const std::string& dir, std::string& why) const {
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) {
+    why = fmt::format("no complete image at {} (the engine renames {}.tmp only when it is complete)", dir, dir);
+    return false;
+  }
+  try {
+    SpawnResult res = spawn_wait({ckpt_tool(), "verify", "--dir", dir}, {{"PATH", "/usr/bin:/bin"}}, 600);
+    if (res.exit_code() == 0) return true;
+    why = "image verification failed: " + res.error_line();
+  } catch (const std::exception& e) {
+    why = fmt::format("cannot verify {}: {}", dir, e.what());
+  }
+  return false;
+}
+
+void NodeDaemon::finish_op(OpRecord& rec, const std::optional<RunnerResult>& res) {
+  int64_t id = rec.job_id;
+  std::error_code ec;
+  bool engine_ok = res && res->exit_code == 0 && !res->timed_out;
+  if (rec.is_dump()) {
+    fs::path tmp = rec.image_dir + ".tmp";
+    std::string why;
+    if (engine_ok) {
+      rec.outcome = OpOutcome::Ok;
+      json st = json::parse(res->out, nullptr, false);
+      if (st.is_object()) {
+        rec.size = st.value("image_bytes", uint64_t{0});
+        rec.freeze_ms = st.value("freeze_ms", 0.0);
+        rec.dump_ms = st.value("dump_ms", 0.0);
+      }
+    } else if (res && res->timed_out) {
+      // Killed by CheckpointTimeout: whatever it left is not an image to keep.
+      rec.outcome = OpOutcome::Timeout;
+      rec.error = fmt::format("the dump took longer than CheckpointTimeout ({} s) and was stopped", rec.timeout_s);
+      fs::remove_all(rec.image_dir, ec);
+    } else if (verify_image(rec.image_dir, why)) {
+      // The engine's report is missing (or it died after the rename): the image
+      // itself, not how the RPC ended, says whether the checkpoint exists.
+      rec.outcome = OpOutcome::Ok;
+      rec.size = tree_bytes(rec.image_dir);
+      spdlog::info("job {}: {} to {} has no engine report, but the image is complete and verified", id,
+                   to_string(rec.kind), rec.image_dir);
+    } else {
+      rec.outcome = OpOutcome::Failed;
+      rec.error = res ? res->error_line : "the dump's runner ended without a result; " + why;
+      // A partial or unverifiable image is no checkpoint: remove it here, on the node
+      // that wrote it.
+      if (fs::exists(rec.image_dir, ec)) fs::remove_all(rec.image_dir, ec);
+    }
+    fs::remove_all(tmp, ec);
+    std::lock_guard l(mu_);
+    auto it = jobs_.find(id);
+    if (rec.kind == OpKind::Vacate && it != jobs_.end()) {
+      if (rec.outcome == OpOutcome::Ok) {
+        // The job continues from the image only: the dumped run must be surely gone,
+        // also if the engine died between the rename and its kill.
+        if (alive(it->second)) {
+          spdlog::warn("job {}: still running after its vacate dump: SIGKILL", id);
+          ::kill(it->second.pid, SIGKILL);
+        }
+        it->second.vacating = true;  // until the controller has the outcome
+        // Its files go now, as the vacate's last step: once the controller has the
+        // outcome it may restore the job on another node into the same spool path.
+        fs::remove_all(job_dir(id), ec);
+      } else {
+        it->second.vacating = false;
+      }
+    }
+  } else {
+    fs::path pidfile = job_dir(id) / "init.pid";
+    std::string pid_text = read_file(pidfile);
+    pid_t pid = pid_text.empty() ? 0 : static_cast<pid_t>(std::atol(pid_text.c_str()));
+    if (engine_ok && pid > 0) {
+      rec.outcome = OpOutcome::Ok;
+    } else if (!res && pid > 0) {
+      // No result, but the engine wrote the pid file, which it does only once the job
+      // (or the restored tree) exists: it runs, and is ours to track.
+      rec.outcome = OpOutcome::Ok;
+      spdlog::info("job {}: {} has no engine report, but init {} was started: tracking it", id,
+                   to_string(rec.kind), pid);
+    } else {
+      rec.outcome = OpOutcome::Failed;
+      rec.error = res ? (engine_ok ? "the engine wrote no pid file" : res->error_line)
+                      : "the runner ended without a result and no job was started";
+    }
+    if (rec.outcome == OpOutcome::Ok) {
+      LocalJob j;
+      j.job_id = id;
+      j.node = name_;
+      j.pid = pid;
+      char st = 0;
+      if (!proc_stat(j.pid, st, j.start_ticks)) j.start_ticks = 0;  // a very short job, ended already
+      rec.pid = pid;
+      try {
+        persist(j);
+      } catch (const std::exception& e) {
+        spdlog::warn("job {}: {}", id, e.what());
+      }
+      std::lock_guard l(mu_);
+      jobs_[id] = j;
+    }
+  }
+  rec.phase = OpPhase::Done;
+  try {
+    oplog_.put(rec);
+  } catch (const std::exception& e) {
+    spdlog::warn("job {}: {}", id, e.what());
+  }
+  {
+    std::lock_guard l(mu_);
+    ops_[id] = rec;
+  }
+  if (rec.outcome == OpOutcome::Ok)
+    spdlog::info("job {}: {} done{}", id, to_string(rec.kind),
+                 rec.is_dump() ? fmt::format(": {} bytes at {}", rec.size, rec.image_dir)
+                               : fmt::format(": init {}", rec.pid));
+  else
+    spdlog::warn("job {}: {} {}: {}", id, to_string(rec.kind),
+                 rec.outcome == OpOutcome::Timeout ? "timed out" : "failed", rec.error);
+}
+
+void NodeDaemon::recover_op(OpRecord rec) {
+  int64_t id = rec.job_id;
+  spdlog::info("job {}: {} was under way when fschedd stopped: waiting for it", id, to_string(rec.kind));
+  for (;;) {
+    {
+      std::lock_guard l(mu_);
+      if (stopping_) return;
+    }
+    try {
+      // The runner holds the lock for as long as it lives.
+      if (UniqueFd lock = oplog_.try_lock(id)) break;
+    } catch (const std::exception& e) {
+      spdlog::warn("job {}: {}", id, e.what());
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  finish_op(rec, oplog_.result(id));
+}
+
+void NodeDaemon::supersede_done_op(int64_t id) {
+  auto op = ops_.find(id);
+  if (op == ops_.end() || op->second.phase != OpPhase::Done) return;
+  // The controller asks something new of this job, which it does only once it holds
+  // the previous operation's outcome (a checkpoint it waits for keeps the job busy, a
+  // start it waits for keeps it from new requests): the unsent report is moot.
+  if (op->second.kind == OpKind::Vacate && op->second.outcome == OpOutcome::Ok)
+    jobs_.erase(id);  // the dumped run is gone and its files too (finish_op made sure)
+  ops_.erase(op);
+  oplog_.remove(id);
+}
+
+void NodeDaemon::report_ops() {
+  std::vector<OpRecord> done;
+  {
+    std::lock_guard l(mu_);
+    for (auto& [id, op] : ops_)
+      if (op.phase == OpPhase::Done) done.push_back(op);
+  }
+  for (auto& op : done) {
+    try {
+      json body = op.report();
+      body["name"] = name_;
+      controller(10).call("POST", "/v1/nodes/op_done", body);
+    } catch (const std::exception& e) {
+      // The controller is away: the outcome waits in the op record.
+      spdlog::debug("job {}: {} outcome not reported yet: {}", op.job_id, to_string(op.kind), e.what());
+      continue;
+    }
+    std::lock_guard l(mu_);
+    auto it = ops_.find(op.job_id);
+    if (it == ops_.end() || it->second.phase != OpPhase::Done || it->second.started != op.started) continue;
+    ops_.erase(it);
+    oplog_.remove(op.job_id);
+    if (op.kind == OpKind::Vacate && op.outcome == OpOutcome::Ok) jobs_.erase(op.job_id);
+  }
 }
 
 nlohmann::json NodeDaemon::checkpoint(const proto::Request& r) {
@@ -239,50 +489,36 @@ nlohmann::json NodeDaemon::checkpoint(const proto::Request& r) {
   pid_t pid;
   {
     std::lock_guard l(mu_);
+    supersede_done_op(id);
     auto it = jobs_.find(id);
     if (it == jobs_.end() || it->second.ended) throw RpcError(409, fmt::format("job {} is not running on {}", id, name_));
     if (it->second.vacating) throw RpcError(409, fmt::format("job {} is being vacated", id));
+    if (ops_.count(id))
+      throw RpcError(409, fmt::format("job {}: a {} is in progress", id, to_string(ops_.at(id).kind)));
     if (!leave) it->second.vacating = true;
     pid = it->second.pid;
+    ops_[id] = OpRecord{.job_id = id};  // reserved
   }
-  auto undo = [&] {
-    std::lock_guard l(mu_);
-    if (auto it = jobs_.find(id); it != jobs_.end()) it->second.vacating = false;
-  };
   fs::path parent = fs::path(dir).parent_path();
   std::error_code ec;
   fs::create_directories(parent, ec);
   // Images hold the job's memory: root only (DESIGN.md, issue 4).
   ::chmod(parent.c_str(), 0700);
   if (ec || !fs::is_directory(parent)) {
-    undo();
+    std::lock_guard l(mu_);
+    ops_.erase(id);
+    if (auto it = jobs_.find(id); it != jobs_.end()) it->second.vacating = false;
     throw RpcError(500, fmt::format("cannot create checkpoint directory {}: {}", parent.string(), ec.message()));
   }
   std::vector<std::string> argv{ckpt_tool(), "dump", "--pid", std::to_string(pid), "--dir", dir, "--json"};
   if (leave) argv.push_back("--leave-running");
   spdlog::info("job {}: dumping to {} ({})", id, dir, leave ? "leave running" : "vacate");
-  SpawnResult res = spawn_wait(argv, {{"PATH", "/usr/bin:/bin"}}, timeout);
-  if (res.timed_out) {
-    undo();
-    fs::remove_all(dir + ".tmp", ec);
-    spdlog::warn("job {}: dump to {} exceeded CheckpointTimeout ({} s) and was stopped", id, dir, timeout);
-    throw RpcError(504, fmt::format("the dump took longer than CheckpointTimeout ({} s) and was stopped", timeout));
-  }
-  if (res.exit_code() != 0) {
-    undo();
-    spdlog::warn("job {}: dump to {} failed: {}", id, dir, res.error_line());
-    throw RpcError(500, res.error_line());
-  }
-  json st = json::parse(res.out, nullptr, false);
-  if (!leave) {
-    std::lock_guard l(mu_);
-    jobs_.erase(id);
-    fs::remove_all(job_dir(id), ec);
-  }
-  spdlog::info("job {}: dumped to {}", id, dir);
-  return {{"size", st.is_object() ? st.value("image_bytes", uint64_t{0}) : 0},
-          {"freeze_ms", st.is_object() ? st.value("freeze_ms", 0.0) : 0.0},
-          {"dump_ms", st.is_object() ? st.value("dump_ms", 0.0) : 0.0}};
+  OpRecord rec{.job_id = id, .kind = leave ? OpKind::Checkpoint : OpKind::Vacate, .node = name_, .image_dir = dir,
+               .timeout_s = timeout, .started = unix_now()};
+  rec = run_op(std::move(rec), argv, {{"PATH", "/usr/bin:/bin"}});
+  if (rec.outcome == OpOutcome::Timeout) throw RpcError(504, rec.error);
+  if (rec.outcome != OpOutcome::Ok) throw RpcError(500, rec.error);
+  return {{"size", rec.size}, {"freeze_ms", rec.freeze_ms}, {"dump_ms", rec.dump_ms}};
 }
 
 nlohmann::json NodeDaemon::signal(const proto::Request& r) {
@@ -329,7 +565,12 @@ void NodeDaemon::adopt(const fs::path& spool) {
     try {
       LocalJob j = json::parse(read_file(f)).get<LocalJob>();
       if (j.node != name_) continue;
-      if (!j.ended && !alive(j) && read_file(e.path() / "status").empty()) {
+      // A job being vacated (or vacated, the controller not told yet): its death is
+      // the vacate's doing, not a lost node; the operation's outcome decides.
+      auto op = ops_.find(j.job_id);
+      j.vacating = op != ops_.end() && op->second.kind == OpKind::Vacate &&
+                   (op->second.phase == OpPhase::Running || op->second.outcome == OpOutcome::Ok);
+      if (!j.ended && !j.vacating && !alive(j) && read_file(e.path() / "status").empty()) {
         j.ended = j.lost = true;
         j.exit_status = 128 + SIGKILL;
         persist(j);
@@ -344,10 +585,13 @@ void NodeDaemon::adopt(const fs::path& spool) {
 }
 
 nlohmann::json NodeDaemon::status() const {
-  json jobs = json::array();
+  json jobs = json::array(), ops = json::array();
   {
     std::lock_guard l(mu_);
-    for (auto& [id, j] : jobs_) jobs.push_back({{"job_id", id}, {"running", !j.ended}});
+    for (auto& [id, j] : jobs_) jobs.push_back({{"job_id", id}, {"running", !j.ended}, {"vacating", j.vacating}});
+    // Operations under way or not yet reported: the controller keeps their
+    // checkpoints Creating and their jobs in place until it has the outcome.
+    for (auto& [id, op] : ops_) ops.push_back(op.report());
   }
   long cpus = ::sysconf(_SC_NPROCESSORS_ONLN);
   auto [cpu_util, io_wait] = cpu_and_iowait();
@@ -355,14 +599,23 @@ nlohmann::json NodeDaemon::status() const {
   double mem_util = total ? 1.0 - static_cast<double>(avail) / static_cast<double>(total) : 0.0;
   return {{"name", name_}, {"cpus", me_->cpus}, {"host_cpus", cpus}, {"real_memory", me_->real_memory},
           {"free_memory", avail}, {"load", read_loadavg()}, {"cpu_util", cpu_util}, {"io_wait", io_wait},
-          {"mem_util", mem_util}, {"jobs", jobs}};
+          {"mem_util", mem_util}, {"jobs", jobs}, {"ops", ops}};
 }
 
 void NodeDaemon::start() {
+  std::vector<OpRecord> unfinished;
   {
     std::lock_guard l(mu_);
+    for (auto& op : oplog_.load()) {
+      if (op.node != name_) continue;  // not ours (a record copied from elsewhere)
+      ops_[op.job_id] = op;
+      if (op.phase == OpPhase::Running) unfinished.push_back(op);
+    }
     adopt(cfg_.slurmd_spool_dir);
   }
+  // Operations a killed fschedd left running: their runners go on without us; wait
+  // for each and take its outcome as if we had never stopped.
+  for (auto& op : unfinished) recoverers_.emplace_back([this, op] { recover_op(op); });
   watcher_ = std::thread([this] { watch(); });
   beater_ = std::thread([this] { heartbeat(); });
 }
@@ -375,6 +628,8 @@ void NodeDaemon::stop() {
   }
   if (watcher_.joinable()) watcher_.join();
   if (beater_.joinable()) beater_.join();
+  for (auto& t : recoverers_)
+    if (t.joinable()) t.join();
 }
 
 void NodeDaemon::watch() {
@@ -400,6 +655,7 @@ void NodeDaemon::watch() {
         if (j.ended) to_report.push_back(j);
       }
     }
+    report_ops();
     for (auto& j : to_report) {
       try {
         controller(10).call("POST", "/v1/nodes/job_ended",

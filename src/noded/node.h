@@ -10,6 +10,8 @@
 
 #include <filesystem>
 #include <map>
+#include <optional>
+#include <vector>
 #include <mutex>
 #include <set>
 #include <string>
@@ -17,6 +19,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "noded/oplog.h"
 #include "proto/config.h"
 #include "proto/rpc.h"
 
@@ -27,7 +30,8 @@ struct LocalJob {
   pid_t pid = 0;                  // host PID of the job's init
   unsigned long long start_ticks = 0;  // its start time (/proc/PID/stat field 22), against PID reuse
   std::string node;
-  bool vacating = false;          // being dumped in kill mode: its end is not a job end
+  bool vacating = false;          // being dumped in kill mode, or dumped and the controller not yet
+                                  // told: its end is not a job end (the op record says so after a restart)
   bool ended = false;             // ended, report not yet acknowledged
   int exit_status = 0;
   bool lost = false;              // found dead with no exit status when fschedd started:
@@ -59,6 +63,19 @@ class NodeDaemon {
   void prepare_job_dir(const json& req);
   void adopt(const std::filesystem::path& spool);
   void persist(const LocalJob& j) const;
+  // Runs rec's engine command through the op runner, rec recorded durably first;
+  // returns rec completed (phase Done). The caller has reserved ops_[rec.job_id].
+  OpRecord run_op(OpRecord rec, const std::vector<std::string>& argv, const std::map<std::string, std::string>& env);
+  // Decides an ended operation's outcome from the runner's result (none if the runner
+  // left none) and, where that is missing or failed, from the image or the pid file
+  // themselves; applies it to jobs_ and records it as Done.
+  void finish_op(OpRecord& rec, const std::optional<RunnerResult>& res);
+  void recover_op(OpRecord rec);  // thread: waits for a runner left by an earlier fschedd
+  void report_ops();
+  // Drops a Done, unreported operation of job id before a new request for it (mu_ held).
+  void supersede_done_op(int64_t id);              // Done operations to the controller (POST /v1/nodes/op_done)
+  // Whether dir is a complete image that passes `fsched-ckpt verify`; why if not.
+  bool verify_image(const std::string& dir, std::string& why) const;
   void watch();       // thread: notices ended jobs and reports them
   void heartbeat();   // thread
   json status() const;
@@ -70,8 +87,11 @@ class NodeDaemon {
   std::string name_;
   mutable std::mutex mu_;
   std::map<int64_t, LocalJob> jobs_;
+  OpLog oplog_;
+  std::map<int64_t, OpRecord> ops_;  // at most one operation per job, running or not yet reported
   bool stopping_ = false;
   std::thread watcher_, beater_;
+  std::vector<std::thread> recoverers_;
 };
 
 }  // namespace fsched::noded

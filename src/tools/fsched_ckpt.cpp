@@ -131,6 +131,14 @@ int main(int argc, char** argv) {
   std::string show_key;
   showc->add_option("--key", show_key, key_help);
 
+  // For fschedd: whether a checkpoint whose writer it lost track of is complete and
+  // intact (manifest HMAC, checksum and format, chunk table, every chunk's xxh3).
+  std::string verify_dir;
+  auto* verifyc = app.add_subcommand("verify", "check that an image is complete and intact (no process is created)");
+  verifyc->add_option("--dir,-D", verify_dir, "image directory")->required();
+  std::string verify_key;
+  verifyc->add_option("--key", verify_key, key_help);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -194,6 +202,12 @@ int main(int argc, char** argv) {
       return all ? 0 : 1;
     }
     if (*showc) return show(show_dir, show_json, show_key);
+    if (*verifyc) {
+      ck::ImageReader::open(verify_dir, ck::load_image_key(ck::image_key_path(verify_key)))
+          ->verify_chunks();
+      std::cout << "image " << verify_dir << " is intact\n";
+      return 0;
+    }
   } catch (const std::exception& e) {
     std::cerr << "fsched-ckpt: " << e.what() << "\n";
     return 1;

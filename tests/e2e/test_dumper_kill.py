@@ -52,10 +52,10 @@ def test_dumper_sigkill_at_random_instants(e2e: E2E):
             killed_mid_dump += 1
         else:
             assert dumper.returncode == 0, f"trial {trial}: dump failed: {err.decode()}"
-        if trial % 2 == 1 and (image / "manifest.json").is_file():
-            # The dump committed its image before the kill landed: it stops the job (the
-            # kill may land while it reaps it). Go on from that image.
-            assert wait_gone(job.init_pid, 20), f"trial {trial}: a completed dump left the job running"
+        if trial % 2 == 1 and (image / "manifest.json").is_file() and wait_gone(job.init_pid, 3):
+            # The dump committed its image and killed the job before the kill landed (if
+            # the kill landed between the two, the job runs on: checked below). Go on
+            # from that image.
             job.paused()
             e2e.restore_detached_ok(job, image)
             restored += 1
