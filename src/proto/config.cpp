@@ -67,9 +67,18 @@ std::vector<std::pair<std::string, std::string>> words(const Cursor& at, std::st
   return out;
 }
 
+// A host list of a NodeName or PartitionName line: its errors name FILE:LINE too.
+std::vector<std::string> hostlist(const Cursor& at, std::string_view list) {
+  try {
+    return expand_hostlist(list);
+  } catch (const Error& e) {
+    at.error("{}", e.what());
+  }
+}
+
 void node_line(Config& c, const Cursor& at, std::string_view rest) {
   auto kv = words(at, rest);
-  std::vector<std::string> names = expand_hostlist(kv.at(0).second);
+  std::vector<std::string> names = hostlist(at, kv.at(0).second);
   NodeConf proto;
   for (size_t i = 1; i < kv.size(); ++i) {
     auto& [k, v] = kv[i];
@@ -100,7 +109,7 @@ void partition_line(Config& c, const Cursor& at, std::string_view rest) {
   for (size_t i = 1; i < kv.size(); ++i) {
     auto& [k, v] = kv[i];
     auto key = lower(k);
-    if (key == "nodes") p.nodes = lower(v) == "all" ? std::vector<std::string>{"ALL"} : expand_hostlist(v);
+    if (key == "nodes") p.nodes = lower(v) == "all" ? std::vector<std::string>{"ALL"} : hostlist(at, v);
     else if (key == "default") p.is_default = to_bool(at, k, v);
     else if (key == "maxtime") p.max_time = to_max_time(at, v);
     else if (key == "state") {
