@@ -106,6 +106,43 @@ uint64_t meminfo_mib(std::string_view field) {
 
 }  // namespace
 
+LaunchRequest decode_launch(const nlohmann::json& q, bool restore) {
+  LaunchRequest d;
+  d.job_id = q.at("job_id").get<int64_t>();
+  d.script = q.at("script").get<std::string>();
+  d.uid = q.at("uid").get<uid_t>();
+  d.gid = q.at("gid").get<gid_t>();
+  if (restore) {
+    d.restore_dir = q.at("restore_dir").get<std::string>();
+    d.env = {{"PATH", "/usr/bin:/bin"}};
+  } else {
+    d.stdout_path = q.at("stdout").get<std::string>();
+    d.stderr_path = q.at("stderr").get<std::string>();
+    d.work_dir = q.at("work_dir").get<std::string>();
+    d.user = q.at("user").get<std::string>();
+    d.argv = q.value("argv", std::vector<std::string>{});
+    d.env = env_of(q);
+  }
+  return d;
+}
+
+CheckpointRequest decode_checkpoint(const nlohmann::json& q, int default_timeout) {
+  CheckpointRequest d;
+  d.job_id = q.at("job_id").get<int64_t>();
+  d.dir = q.at("dir").get<std::string>();
+  d.leave_running = q.value("leave_running", true);
+  d.timeout = q.value("timeout", default_timeout);
+  return d;
+}
+
+SignalRequest decode_signal(const nlohmann::json& q) {
+  SignalRequest d;
+  d.job_id = q.at("job_id").get<int64_t>();
+  d.signal = q.value("signal", SIGTERM);
+  d.kill_wait = q.value("kill_wait", -1);
+  return d;
+}
+
 NodeDaemon::NodeDaemon(proto::Config cfg, std::string name) : cfg_(std::move(cfg)), name_(std::move(name)) {
   me_ = cfg_.node(name_);
   if (!me_) fail("node {} has no NodeName line in {}", name_, cfg_.file.string());
@@ -149,17 +186,16 @@ void NodeDaemon::add_routes(proto::Server& s) {
   s.route("GET", "/v1/node/jobs", [this](const proto::Request& r) { return list(r); });
 }
 
-void NodeDaemon::prepare_job_dir(const json& req) {
-  int64_t id = req.at("job_id").get<int64_t>();
-  fs::path dir = job_dir(id);
+void NodeDaemon::prepare_job_dir(const LaunchRequest& req) {
+  fs::path dir = job_dir(req.job_id);
   fs::create_directories(dir);
   ::chmod(dir.c_str(), 0755);
   fs::path script = dir / "slurm_script";
   // A restored shell holds the script open and reads it by offset: on the node
   // where it ran the file stays as it is.
   if (!fs::exists(script)) {
-    write_file(script, req.at("script").get<std::string>(), 0700);
-    if (::chown(script.c_str(), req.at("uid").get<uid_t>(), req.at("gid").get<gid_t>()) < 0)
+    write_file(script, req.script, 0700);
+    if (::chown(script.c_str(), req.uid, req.gid) < 0)
       fail_errno("chown {}", script.string());
   }
   fs::remove(dir / "status");
@@ -167,8 +203,8 @@ void NodeDaemon::prepare_job_dir(const json& req) {
 }
 
 nlohmann::json NodeDaemon::launch(const proto::Request& r, bool restore) {
-  const json& q = r.body;
-  int64_t id = q.at("job_id").get<int64_t>();
+  const LaunchRequest q = decode_launch(r.body, restore);
+  int64_t id = q.job_id;
   {
     std::lock_guard l(mu_);
     if (jobs_.count(id)) throw RpcError(409, fmt::format("job {} is already on node {}", id, name_));
@@ -178,16 +214,15 @@ nlohmann::json NodeDaemon::launch(const proto::Request& r, bool restore) {
   std::vector<std::string> argv{ckpt_tool()};
   if (restore) {
     argv.insert(argv.end(), {"restore", "--detach", "--pidfile", (dir / "init.pid").string(), "--dir",
-                             q.at("restore_dir").get<std::string>()});
+                             q.restore_dir});
   } else {
     argv.insert(argv.end(), {"run", "--detach", "--pidfile", (dir / "init.pid").string(), "--status-file",
-                             (dir / "status").string(), "--stdout", q.at("stdout").get<std::string>(), "--stderr",
-                             q.at("stderr").get<std::string>(), "--cwd", q.at("work_dir").get<std::string>(),
-                             "--user", q.at("user").get<std::string>(), "--", (dir / "slurm_script").string()});
-    for (auto& a : q.value("argv", std::vector<std::string>{})) argv.push_back(a);
+                             (dir / "status").string(), "--stdout", q.stdout_path, "--stderr",
+                             q.stderr_path, "--cwd", q.work_dir,
+                             "--user", q.user, "--", (dir / "slurm_script").string()});
+    for (auto& a : q.argv) argv.push_back(a);
   }
-  auto env = restore ? std::map<std::string, std::string>{{"PATH", "/usr/bin:/bin"}} : env_of(q);
-  SpawnResult res = spawn_wait(argv, env, cfg_.batch_start_timeout + 600);
+  SpawnResult res = spawn_wait(argv, q.env, cfg_.batch_start_timeout + 600);
   if (res.exit_code() != 0)
     throw RpcError(500, fmt::format("{} of job {} on {} failed: {}", restore ? "restore" : "launch", id, name_,
                                     res.error_line()));
@@ -206,16 +241,16 @@ nlohmann::json NodeDaemon::launch(const proto::Request& r, bool restore) {
     jobs_[id] = j;
   }
   spdlog::info("job {}: {} as init {} ({})", id, restore ? "restored" : "started", j.pid,
-               restore ? q.at("restore_dir").get<std::string>() : q.at("user").get<std::string>());
+               restore ? q.restore_dir : q.user);
   return {{"pid", j.pid}};
 }
 
 nlohmann::json NodeDaemon::checkpoint(const proto::Request& r) {
-  const json& q = r.body;
-  int64_t id = q.at("job_id").get<int64_t>();
-  std::string dir = q.at("dir").get<std::string>();
-  bool leave = q.value("leave_running", true);
-  int timeout = q.value("timeout", cfg_.checkpoint_timeout);
+  const CheckpointRequest q = decode_checkpoint(r.body, cfg_.checkpoint_timeout);
+  int64_t id = q.job_id;
+  const std::string& dir = q.dir;
+  bool leave = q.leave_running;
+  int timeout = q.timeout;
   pid_t pid;
   {
     std::lock_guard l(mu_);
@@ -266,9 +301,10 @@ nlohmann::json NodeDaemon::checkpoint(const proto::Request& r) {
 }
 
 nlohmann::json NodeDaemon::signal(const proto::Request& r) {
-  int64_t id = r.body.at("job_id").get<int64_t>();
-  int sig = r.body.value("signal", SIGTERM);
-  int kill_wait = r.body.value("kill_wait", -1);
+  const SignalRequest q = decode_signal(r.body);
+  int64_t id = q.job_id;
+  int sig = q.signal;
+  int kill_wait = q.kill_wait;
   LocalJob j;
   {
     std::lock_guard l(mu_);
