@@ -9,10 +9,12 @@
 #include <charconv>
 #include <chrono>
 #include <cmath>
+#include <limits>
 
 #include <spdlog/spdlog.h>
 
 #include "common/error.h"
+#include "proto/json_number.h"
 
 namespace fsched::ctld {
 namespace {
@@ -47,6 +49,9 @@ std::string expand_pattern(std::string_view pat, const Job& j) {
 template <typename T>
 T field(const nlohmann::json& b, const char* key, T dflt) {
   if (!b.is_object() || !b.contains(key) || b[key].is_null()) return dflt;
+  if constexpr (std::is_arithmetic_v<T> && !std::is_same_v<T, bool>)
+    if (!proto::json_number_fits<T>(b[key]))
+      throw RpcError(400, fmt::format("field '{}' is out of range: {}", key, b[key].dump()));
   try {
     return b[key].get<T>();
   } catch (const nlohmann::json::exception&) {
@@ -235,6 +240,8 @@ SubmitRequest decode_submit(const nlohmann::json& b, const proto::Caller& caller
   j.cpus_per_task = field<int>(b, "cpus_per_task", 1);
   j.ntasks = field<int>(b, "ntasks", 1);
   if (j.cpus_per_task < 1 || j.ntasks < 1) throw RpcError(400, "cpus_per_task and ntasks must be at least 1");
+  if (int64_t{j.cpus_per_task} * j.ntasks > std::numeric_limits<int>::max())
+    throw RpcError(400, fmt::format("cpus_per_task * ntasks ({} * {}) is too large", j.cpus_per_task, j.ntasks));
   j.mem_mb = field<uint64_t>(b, "mem_mb", 0);
   j.time_limit = field<int64_t>(b, "time_limit", 0);
   j.checkpoint_interval = field<int64_t>(b, "checkpoint_interval", 0);

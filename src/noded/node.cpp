@@ -11,6 +11,7 @@
 #include <spdlog/spdlog.h>
 
 #include "common/error.h"
+#include "proto/json_number.h"
 #include "noded/spawn.h"
 
 namespace fsched::noded {
@@ -65,6 +66,23 @@ std::map<std::string, std::string> env_of(const nlohmann::json& req) {
   return env;
 }
 
+// q[key] as the number T: a json::exception if absent or not a number, RpcError 400 if
+// out of T's range (get<T>() would be undefined or wrap).
+template <typename T>
+T number_at(const nlohmann::json& q, const char* key) {
+  const nlohmann::json& v = q.at(key);
+  if (!proto::json_number_fits<T>(v))
+    throw RpcError(400, fmt::format("field '{}' is out of range: {}", key, v.dump()));
+  return v.get<T>();
+}
+
+// Like q.value(key, dflt), range-checked like number_at().
+template <typename T>
+T number_or(const nlohmann::json& q, const char* key, T dflt) {
+  if (q.is_object() && q.contains(key)) return number_at<T>(q, key);
+  return q.value(key, dflt);
+}
+
 double read_loadavg() {
   std::ifstream in("/proc/loadavg");
   double l = 0;
@@ -108,10 +126,10 @@ uint64_t meminfo_mib(std::string_view field) {
 
 LaunchRequest decode_launch(const nlohmann::json& q, bool restore) {
   LaunchRequest d;
-  d.job_id = q.at("job_id").get<int64_t>();
+  d.job_id = number_at<int64_t>(q, "job_id");
   d.script = q.at("script").get<std::string>();
-  d.uid = q.at("uid").get<uid_t>();
-  d.gid = q.at("gid").get<gid_t>();
+  d.uid = number_at<uid_t>(q, "uid");
+  d.gid = number_at<gid_t>(q, "gid");
   if (restore) {
     d.restore_dir = q.at("restore_dir").get<std::string>();
     d.env = {{"PATH", "/usr/bin:/bin"}};
@@ -128,18 +146,18 @@ LaunchRequest decode_launch(const nlohmann::json& q, bool restore) {
 
 CheckpointRequest decode_checkpoint(const nlohmann::json& q, int default_timeout) {
   CheckpointRequest d;
-  d.job_id = q.at("job_id").get<int64_t>();
+  d.job_id = number_at<int64_t>(q, "job_id");
   d.dir = q.at("dir").get<std::string>();
   d.leave_running = q.value("leave_running", true);
-  d.timeout = q.value("timeout", default_timeout);
+  d.timeout = number_or<int>(q, "timeout", default_timeout);
   return d;
 }
 
 SignalRequest decode_signal(const nlohmann::json& q) {
   SignalRequest d;
-  d.job_id = q.at("job_id").get<int64_t>();
-  d.signal = q.value("signal", SIGTERM);
-  d.kill_wait = q.value("kill_wait", -1);
+  d.job_id = number_at<int64_t>(q, "job_id");
+  d.signal = number_or<int>(q, "signal", SIGTERM);
+  d.kill_wait = number_or<int>(q, "kill_wait", -1);
   return d;
 }
 
