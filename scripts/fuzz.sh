@@ -5,7 +5,8 @@
 # Prints per harness its executions per second and coverage (libFuzzer's final cov:/ft:
 # line and its stat:: lines); exits non-zero if a harness crashed, leaked, hung or
 # exceeded its memory limit, naming the file that reproduces it
-# (build-fuzz/tests/fuzz/fuzz_<h> FILE runs it again).
+# (build-fuzz/tests/fuzz/fuzz_<h> FILE runs it again); the failures are also listed in
+# build-fuzz/fuzz/failed.
 # Environment: FUZZ_SECONDS (per harness, default 60), FUZZ_HARNESSES (default: all of
 # tests/fuzz/fuzz_*.cpp), FUZZ_RSS_MB (-rss_limit_mb, default 2048), FUZZ_TIMEOUT (seconds
 # one input may take, default 20), FUZZ_BUILD (default build-fuzz), JOBS (ninja, default 2).
@@ -33,6 +34,8 @@ ninja -C "$build" -j "$jobs" "${harnesses[@]/#/fuzz_}" || die "building the harn
 
 failed=()
 summary=()
+mkdir -p "$build/fuzz"
+: >"$build/fuzz/failed"   # one line per failed harness, for scripts/test.sh's summary
 for h in "${harnesses[@]}"; do
   bin=$build/tests/fuzz/fuzz_$h
   work=$build/fuzz/corpus/$h      # what the fuzzer adds; the seeds stay as they are
@@ -67,6 +70,7 @@ printf '\n==== fuzzing summary (%s s per harness) ====\n' "$secs"
 printf '%s\n' "${summary[@]}"
 if ((${#failed[@]})); then
   printf 'FAILED: %s\n' "${failed[@]}"
+  printf '%s\n' "${failed[@]}" >"$build/fuzz/failed"
   exit 1
 fi
 echo "All fuzzers ran without finding a bug."
