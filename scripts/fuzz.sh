@@ -17,7 +17,9 @@ secs=${FUZZ_SECONDS:-60}
 rss=${FUZZ_RSS_MB:-2048}
 unit_timeout=${FUZZ_TIMEOUT:-20}
 jobs=${JOBS:-2}
-die() { echo "fuzz.sh: $*" >&2; exit 1; }
+mkdir -p "$build/fuzz"
+: >"$build/fuzz/failed"   # one line per failure, for scripts/test.sh's summary
+die() { echo "fuzz.sh: $*" >&2; echo "$*" >>"$build/fuzz/failed"; exit 1; }
 
 if [[ -n ${FUZZ_HARNESSES:-} ]]; then
   read -ra harnesses <<<"$FUZZ_HARNESSES"
@@ -28,14 +30,11 @@ fi
 command -v clang++ >/dev/null || die "clang++ not found (scripts/install-deps.sh installs clang)"
 
 CC=clang CXX=clang++ cmake -G Ninja -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFSCHED_FUZZ=ON \
-  -DBUILD_TESTING=OFF >"$build.cmake.log" 2>&1 || { cat "$build.cmake.log"; die "cmake failed"; }
-rm -f "$build.cmake.log"
+  -DBUILD_TESTING=OFF >"$build/fuzz/cmake.log" 2>&1 || { cat "$build/fuzz/cmake.log"; die "cmake failed"; }
 ninja -C "$build" -j "$jobs" "${harnesses[@]/#/fuzz_}" || die "building the harnesses failed"
 
 failed=()
 summary=()
-mkdir -p "$build/fuzz"
-: >"$build/fuzz/failed"   # one line per failed harness, for scripts/test.sh's summary
 for h in "${harnesses[@]}"; do
   bin=$build/tests/fuzz/fuzz_$h
   work=$build/fuzz/corpus/$h      # what the fuzzer adds; the seeds stay as they are
