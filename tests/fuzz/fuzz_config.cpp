@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <set>
 #include <string>
 #include <string_view>
 
@@ -30,9 +31,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (c.control_machine.empty() || c.state_save_location.empty() || c.nodes.empty())
       bug("accepted without a required key", std::string(text));
     if (c.partitions.empty() || !c.default_partition()) bug("no partition", std::string(text));
+    std::set<std::string> names;
+    for (auto& n : c.nodes) names.insert(n.name);
+    if (names.size() != c.nodes.size()) bug("a node defined twice", std::string(text));
     for (auto& p : c.partitions)
       for (auto& n : p.nodes)
-        if (!c.node(n)) bug("partition names an unknown node", n);
+        if (!names.count(n)) bug("partition names an unknown node", n);
     for (auto& n : c.nodes)
       if (n.port == 0 || n.addr.empty() || n.cpus < 1) bug("node without port/addr/cpus", n.name);
   } catch (const fsched::Error& e) {
