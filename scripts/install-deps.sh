@@ -10,6 +10,7 @@ pkgs=(
   python3 python3-pytest
   libsqlite3-dev sqlite3 libboost-dev libcpp-httplib-dev libssl-dev zlib1g-dev libbrotli-dev libmunge-dev munge
   xz-utils coreutils bash procps passwd make gcc gzip tar gawk
+  clang libclang-rt-14-dev    # scripts/fuzz.sh: clang, libFuzzer and the sanitizer runtimes
 )
 missing=()
 for p in "${pkgs[@]}"; do

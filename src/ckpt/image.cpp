@@ -1361,6 +1361,26 @@ std::uint64_t get_u64(const json& obj, const char* key, const fs::path& mpath,
   return it->get<std::uint64_t>();
 }
 
+// Every number of a manifest is an integer (manifest.h); a float, which the writer never
+// stores, would make its mapping to ckpt::Manifest undefined (get<int>() of 1e300).
+// The error names the first one by its JSON pointer.
+void check_integers_only(const json& m, const fs::path& mpath) {
+  std::vector<const json*> todo{&m};
+  while (!todo.empty()) {
+    const json* v = todo.back();
+    todo.pop_back();
+    if (v->is_number_float()) {
+      const json flat = m.flatten();  // {"/json/pointer": value} of every leaf
+      for (auto& [where, x] : flat.items())
+        if (x.is_number_float())
+          fail("{}: {}: {} is not an integer (every number of a manifest is)", mpath.native(),
+               where, x.dump());
+    }
+    if (v->is_structured())
+      for (const json& x : *v) todo.push_back(&x);
+  }
+}
+
 std::shared_ptr<const ChunkTable> parse_chunk_table(const json& m, const fs::path& mpath) {
   auto table = std::make_shared<ChunkTable>();
   auto it = m.find("chunks");
@@ -1489,6 +1509,7 @@ std::unique_ptr<ImageReader> ImageReader::open(const std::filesystem::path& dir_
     fail("{}: invalid JSON: {}", mpath.native(), e.what());
   }
   if (!m.is_object()) fail("{}: manifest is not a JSON object", mpath.native());
+  check_integers_only(m, mpath);
   auto fv = m.find("format_version");
   if (fv == m.end()) fail("{}: missing \"format_version\"", mpath.native());
   if (!fv->is_number_integer())

@@ -183,7 +183,8 @@ class PageReader {
 class ImageReader {
  public:
   // Reads manifest.json and manifest.xxh3 and checks the checksum, that the manifest
-  // parses and that format_version == kImageFormatVersion.
+  // parses, holds no number that is not an integer, and that format_version ==
+  // kImageFormatVersion.
   // Throws fsched::Error with the path and what is wrong ("DIR is not a checkpoint
   // image (no manifest.json)", "manifest checksum mismatch", "image format 1, this
   // engine reads 2", ...). Also checks that the chunk table is well-formed (offsets

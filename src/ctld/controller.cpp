@@ -14,6 +14,7 @@
 #include <spdlog/spdlog.h>
 
 #include "common/error.h"
+#include "proto/json_number.h"
 
 namespace fsched::ctld {
 namespace {
@@ -48,6 +49,9 @@ std::string expand_pattern(std::string_view pat, const Job& j) {
 template <typename T>
 T field(const nlohmann::json& b, const char* key, T dflt) {
   if (!b.is_object() || !b.contains(key) || b[key].is_null()) return dflt;
+  if constexpr (std::is_arithmetic_v<T> && !std::is_same_v<T, bool>)
+    if (!proto::json_number_fits<T>(b[key]))
+      throw RpcError(400, fmt::format("field '{}' is out of range: {}", key, b[key].dump()));
   try {
     return b[key].get<T>();
   } catch (const nlohmann::json::exception&) {
@@ -256,8 +260,8 @@ void Controller::add_routes(proto::Server& s) {
   s.route("POST", "/v1/nodes/op_done", bind(&Controller::node_op_done));
 }
 
-nlohmann::json Controller::submit(const proto::Request& r) {
-  const json& b = r.body;
+SubmitRequest decode_submit(const nlohmann::json& b, const proto::Caller& caller, const proto::Config& cfg) {
+  using json = nlohmann::json;
   if (!b.is_object()) throw RpcError(400, "submit: expected a JSON object");
   Job j;
   std::string script = field<std::string>(b, "script", "");
@@ -266,9 +270,9 @@ nlohmann::json Controller::submit(const proto::Request& r) {
                                     proto::kMaxScriptBytes));
   if (script.rfind("#!", 0) != 0)
     throw RpcError(400, "This does not look like a batch script.  The first line must start with #! followed by the path to an interpreter.");
-  j.uid = r.caller.uid;
-  j.gid = r.caller.gid;
-  j.user = user_name(r.caller.uid);
+  j.uid = caller.uid;
+  j.gid = caller.gid;
+  j.user = user_name(caller.uid);
   j.name = field<std::string>(b, "name", "sbatch");
   j.work_dir = field<std::string>(b, "work_dir", "");
   if (j.work_dir.empty() || j.work_dir[0] != '/') throw RpcError(400, "work_dir must be an absolute path");
@@ -289,7 +293,7 @@ nlohmann::json Controller::submit(const proto::Request& r) {
   json env = field<json>(b, "env", json::object());
   if (!env.is_object()) throw RpcError(400, "env must be an object of strings");
   std::string part = field<std::string>(b, "partition", "");
-  const proto::PartitionConf* p = part.empty() ? cfg_.default_partition() : cfg_.partition(part);
+  const proto::PartitionConf* p = part.empty() ? cfg.default_partition() : cfg.partition(part);
   if (!p) throw RpcError(400, fmt::format("invalid partition specified: {}", part));
   j.partition = p->name;
   if (p->max_time && j.time_limit > p->max_time)
@@ -297,7 +301,7 @@ nlohmann::json Controller::submit(const proto::Request& r) {
   if (!p->up) throw RpcError(400, fmt::format("Partition {} is down", p->name));
   bool fits = false;
   for (auto& n : p->nodes) {
-    auto* nc = cfg_.node(n);
+    auto* nc = cfg.node(n);
     if (nc && nc->cpus >= j.num_cpus() && nc->real_memory >= j.mem_mb) fits = true;
   }
   if (!fits) throw RpcError(400, "Requested node configuration is not available");
@@ -307,9 +311,16 @@ nlohmann::json Controller::submit(const proto::Request& r) {
   if (out.empty()) out = j.work_dir + "/slurm-%j.out";
   j.submit_time = now_s();
   j.state = "PENDING";
-  j.reason = j.hold ? (r.caller.is_root() ? "JobHeldAdmin" : "JobHeldUser") : "None";
+  j.reason = j.hold ? (caller.is_root() ? "JobHeldAdmin" : "JobHeldUser") : "None";
+  return {std::move(j), std::move(script), std::move(env), std::move(out), std::move(err)};
+}
+
+nlohmann::json Controller::submit(const proto::Request& r) {
+  SubmitRequest s = decode_submit(r.body, r.caller, cfg_);
+  Job& j = s.job;
+  const std::string &out = s.stdout_pattern, &err = s.stderr_pattern;
   Lock l(mu_);
-  store_.submit(j, script, env, [&](Job& x) {
+  store_.submit(j, s.script, s.env, [&](Job& x) {
     x.stdout_path = expand_pattern(out, x);
     x.stderr_path = err.empty() ? x.stdout_path : expand_pattern(err, x);
   });

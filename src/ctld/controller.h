@@ -19,6 +19,18 @@
 
 namespace fsched::ctld {
 
+// A submit request (POST /v1/jobs) decoded and checked against the configuration,
+// without the controller's state: the job (not yet numbered), its script and
+// environment, and the output paths with their %j patterns not yet expanded.
+// Throws proto::RpcError (400) or nlohmann::json::exception (sent as 400) on a bad body.
+struct SubmitRequest {
+  Job job;
+  std::string script;
+  nlohmann::json env;
+  std::string stdout_pattern, stderr_pattern;
+};
+SubmitRequest decode_submit(const nlohmann::json& body, const proto::Caller& caller, const proto::Config& cfg);
+
 class Controller {
  public:
   // Loads the state from <StateSaveLocation>/fsched.db. Checkpoints left Creating by

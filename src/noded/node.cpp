@@ -13,6 +13,7 @@
 #include <spdlog/spdlog.h>
 
 #include "common/error.h"
+#include "proto/json_number.h"
 #include "noded/spawn.h"
 
 namespace fsched::noded {
@@ -65,6 +66,23 @@ std::map<std::string, std::string> env_of(const nlohmann::json& req) {
       if (v.is_string()) env[k] = v.get<std::string>();
   if (!env.count("PATH")) env["PATH"] = "/usr/local/bin:/usr/bin:/bin";
   return env;
+}
+
+// q[key] as the number T: a json::exception if absent or not a number, RpcError 400 if
+// out of T's range (get<T>() would be undefined or wrap).
+template <typename T>
+T number_at(const nlohmann::json& q, const char* key) {
+  const nlohmann::json& v = q.at(key);
+  if (!proto::json_number_fits<T>(v))
+    throw RpcError(400, fmt::format("field '{}' is out of range: {}", key, v.dump()));
+  return v.get<T>();
+}
+
+// Like q.value(key, dflt), range-checked like number_at().
+template <typename T>
+T number_or(const nlohmann::json& q, const char* key, T dflt) {
+  if (q.is_object() && q.contains(key)) return number_at<T>(q, key);
+  return q.value(key, dflt);
 }
 
 double read_loadavg() {
@@ -121,6 +139,43 @@ void check_integers(const nlohmann::json& b) {
 }
 
 }  // namespace
+
+LaunchRequest decode_launch(const nlohmann::json& q, bool restore) {
+  LaunchRequest d;
+  d.job_id = number_at<int64_t>(q, "job_id");
+  d.script = q.at("script").get<std::string>();
+  d.uid = number_at<uid_t>(q, "uid");
+  d.gid = number_at<gid_t>(q, "gid");
+  if (restore) {
+    d.restore_dir = q.at("restore_dir").get<std::string>();
+    d.env = {{"PATH", "/usr/bin:/bin"}};
+  } else {
+    d.stdout_path = q.at("stdout").get<std::string>();
+    d.stderr_path = q.at("stderr").get<std::string>();
+    d.work_dir = q.at("work_dir").get<std::string>();
+    d.user = q.at("user").get<std::string>();
+    d.argv = q.value("argv", std::vector<std::string>{});
+    d.env = env_of(q);
+  }
+  return d;
+}
+
+CheckpointRequest decode_checkpoint(const nlohmann::json& q, int default_timeout) {
+  CheckpointRequest d;
+  d.job_id = number_at<int64_t>(q, "job_id");
+  d.dir = q.at("dir").get<std::string>();
+  d.leave_running = q.value("leave_running", true);
+  d.timeout = number_or<int>(q, "timeout", default_timeout);
+  return d;
+}
+
+SignalRequest decode_signal(const nlohmann::json& q) {
+  SignalRequest d;
+  d.job_id = number_at<int64_t>(q, "job_id");
+  d.signal = number_or<int>(q, "signal", SIGTERM);
+  d.kill_wait = number_or<int>(q, "kill_wait", -1);
+  return d;
+}
 
 namespace {
 // The spool directory must exist before the operation log inside it is opened.
@@ -194,17 +249,16 @@ void NodeDaemon::add_routes(proto::Server& s) {
   s.route("GET", "/v1/node/jobs", [this](const proto::Request& r) { return list(r); });
 }
 
-void NodeDaemon::prepare_job_dir(const json& req) {
-  int64_t id = req.at("job_id").get<int64_t>();
-  fs::path dir = job_dir(id);
+void NodeDaemon::prepare_job_dir(const LaunchRequest& req) {
+  fs::path dir = job_dir(req.job_id);
   fs::create_directories(dir);
   ::chmod(dir.c_str(), 0711);  // traversable to reach the script, not listable
   fs::path script = dir / "slurm_script";
   // A restored shell holds the script open and reads it by offset: on the node
   // where it ran the file stays as it is.
   if (!fs::exists(script)) {
-    write_file(script, req.at("script").get<std::string>(), 0700);
-    if (::chown(script.c_str(), req.at("uid").get<uid_t>(), req.at("gid").get<gid_t>()) < 0)
+    write_file(script, req.script, 0700);
+    if (::chown(script.c_str(), req.uid, req.gid) < 0)
       fail_errno("chown {}", script.string());
   }
   fs::remove(dir / "status");
@@ -212,8 +266,8 @@ void NodeDaemon::prepare_job_dir(const json& req) {
 }
 
 nlohmann::json NodeDaemon::launch(const proto::Request& r, bool restore) {
-  const json& q = r.body;
-  int64_t id = q.at("job_id").get<int64_t>();
+  const LaunchRequest q = decode_launch(r.body, restore);
+  int64_t id = q.job_id;
   {
     std::lock_guard l(mu_);
     supersede_done_op(id);
@@ -232,23 +286,22 @@ nlohmann::json NodeDaemon::launch(const proto::Request& r, bool restore) {
     prepare_job_dir(q);
     argv.push_back(ckpt_tool());
     if (restore) {
-      rec.image_dir = q.at("restore_dir").get<std::string>();
+      rec.image_dir = q.restore_dir;
       argv.insert(argv.end(), {"restore", "--detach", "--pidfile", (dir / "init.pid").string(), "--dir",
                                rec.image_dir});
     } else {
       argv.insert(argv.end(), {"run", "--detach", "--pidfile", (dir / "init.pid").string(), "--status-file",
-                               (dir / "status").string(), "--stdout", q.at("stdout").get<std::string>(), "--stderr",
-                               q.at("stderr").get<std::string>(), "--cwd", q.at("work_dir").get<std::string>(),
-                               "--user", q.at("user").get<std::string>(), "--", (dir / "slurm_script").string()});
-      for (auto& a : q.value("argv", std::vector<std::string>{})) argv.push_back(a);
+                               (dir / "status").string(), "--stdout", q.stdout_path, "--stderr",
+                               q.stderr_path, "--cwd", q.work_dir, "--user", q.user, "--",
+                               (dir / "slurm_script").string()});
+      for (auto& a : q.argv) argv.push_back(a);
     }
   } catch (...) {
     std::lock_guard l(mu_);
     ops_.erase(id);
     throw;
   }
-  auto env = restore ? std::map<std::string, std::string>{{"PATH", "/usr/bin:/bin"}} : env_of(q);
-  rec = run_op(std::move(rec), argv, env);
+  rec = run_op(std::move(rec), argv, q.env);
   if (rec.outcome != OpOutcome::Ok)
     throw RpcError(500, fmt::format("{} of job {} on {} failed: {}", restore ? "restore" : "launch", id, name_,
                                     rec.error));
@@ -481,11 +534,11 @@ void NodeDaemon::report_ops() {
 }
 
 nlohmann::json NodeDaemon::checkpoint(const proto::Request& r) {
-  const json& q = r.body;
-  int64_t id = q.at("job_id").get<int64_t>();
-  std::string dir = q.at("dir").get<std::string>();
-  bool leave = q.value("leave_running", true);
-  int timeout = q.value("timeout", cfg_.checkpoint_timeout);
+  const CheckpointRequest q = decode_checkpoint(r.body, cfg_.checkpoint_timeout);
+  int64_t id = q.job_id;
+  const std::string& dir = q.dir;
+  bool leave = q.leave_running;
+  int timeout = q.timeout;
   pid_t pid;
   {
     std::lock_guard l(mu_);
@@ -522,9 +575,10 @@ nlohmann::json NodeDaemon::checkpoint(const proto::Request& r) {
 }
 
 nlohmann::json NodeDaemon::signal(const proto::Request& r) {
-  int64_t id = r.body.at("job_id").get<int64_t>();
-  int sig = r.body.value("signal", SIGTERM);
-  int kill_wait = r.body.value("kill_wait", -1);
+  const SignalRequest q = decode_signal(r.body);
+  int64_t id = q.job_id;
+  int sig = q.signal;
+  int kill_wait = q.kill_wait;
   LocalJob j;
   {
     std::lock_guard l(mu_);

@@ -16,6 +16,7 @@
 #include <set>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -39,6 +40,36 @@ struct LocalJob {
 };
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(LocalJob, job_id, pid, start_ticks, node, ended, exit_status, lost)
 
+// The bodies of fschedd's routes, decoded into what the handlers use, so that they can
+// be checked without a server. Throw nlohmann::json::exception (sent as 400) on a
+// missing or mistyped field.
+struct LaunchRequest {                       // POST /v1/node/launch and /v1/node/restore
+  int64_t job_id = 0;
+  std::string script;
+  uid_t uid = 0;
+  gid_t gid = 0;
+  std::string restore_dir;                   // restore only
+  std::string stdout_path, stderr_path, work_dir, user;  // launch only
+  std::vector<std::string> argv;             // launch only: the script's arguments
+  std::map<std::string, std::string> env;    // the job's environment (restore: PATH only)
+};
+LaunchRequest decode_launch(const nlohmann::json& body, bool restore);
+
+struct CheckpointRequest {                   // POST /v1/node/checkpoint
+  int64_t job_id = 0;
+  std::string dir;
+  bool leave_running = true;
+  int timeout = 0;                           // seconds; default_timeout if absent
+};
+CheckpointRequest decode_checkpoint(const nlohmann::json& body, int default_timeout);
+
+struct SignalRequest {                       // POST /v1/node/signal
+  int64_t job_id = 0;
+  int signal = 0;
+  int kill_wait = -1;                        // seconds before SIGKILL; -1: none
+};
+SignalRequest decode_signal(const nlohmann::json& body);
+
 class NodeDaemon {
  public:
   // name: this node's NodeName in the config. Throws fsched::Error when the node
@@ -60,7 +91,7 @@ class NodeDaemon {
   json signal(const proto::Request& r);
   json list(const proto::Request& r);
   std::filesystem::path job_dir(int64_t id) const;
-  void prepare_job_dir(const json& req);
+  void prepare_job_dir(const LaunchRequest& req);
   void adopt(const std::filesystem::path& spool);
   void persist(const LocalJob& j) const;
   // Runs rec's engine command through the op runner, rec recorded durably first;

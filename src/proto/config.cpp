@@ -9,12 +9,17 @@
 #include <fstream>
 #include <map>
 #include <sstream>
+#include <unordered_set>
 
 #include "common/error.h"
 #include "common/text.h"
 
 namespace fsched::proto {
 namespace {
+
+// Names one host list may expand to, and nodes a configuration may define: bounds the
+// time and memory a malformed file can cost (a few bytes of ranges per 100,000 names).
+constexpr size_t kMaxHosts = 100000;
 
 // Keeps the place being parsed so that every error says FILE:LINE.
 struct Cursor {
@@ -80,7 +85,8 @@ std::vector<std::string> hostlist_at(const Cursor& at, std::string_view key, std
   }
 }
 
-void node_line(Config& c, const Cursor& at, std::string_view rest) {
+// names_seen: the nodes defined so far, to find a duplicate without a scan per node.
+void node_line(Config& c, std::unordered_set<std::string>& names_seen, const Cursor& at, std::string_view rest) {
   auto kv = words(at, rest);
   std::vector<std::string> names = hostlist_at(at, "NodeName", kv.at(0).second);
   NodeConf proto;
@@ -98,7 +104,8 @@ void node_line(Config& c, const Cursor& at, std::string_view rest) {
   }
   for (auto& n : names) {
     if (n == "DEFAULT") continue;
-    if (c.node(n)) at.error("NodeName {} is defined twice", n);
+    if (!names_seen.insert(n).second) at.error("NodeName {} is defined twice", n);
+    if (c.nodes.size() >= kMaxHosts) at.error("more than {} nodes", kMaxHosts);
     NodeConf nc = proto;
     nc.name = n;
     c.nodes.push_back(std::move(nc));
@@ -168,6 +175,7 @@ std::vector<std::string> expand_hostlist(std::string_view list) {
     if (item.empty()) continue;
     auto lb = item.find('[');
     if (lb == std::string_view::npos) {
+      if (out.size() >= kMaxHosts) fail("host list '{}': more than {} names", list, kMaxHosts);
       out.emplace_back(item);
       continue;
     }
@@ -189,6 +197,7 @@ std::vector<std::string> expand_hostlist(std::string_view list) {
       if (a.empty() || b.empty() || ra.ec != std::errc{} || rb2.ec != std::errc{} ||
           ra.ptr != a.data() + a.size() || rb2.ptr != b.data() + b.size() || hi < lo || hi - lo > 100000)
         fail("host list '{}': bad range '{}'", list, r);
+      if (out.size() + (hi - lo) >= kMaxHosts) fail("host list '{}': more than {} names", list, kMaxHosts);
       for (unsigned n = lo; n <= hi; ++n)
         out.push_back(prefix + fmt::format("{:0{}}", n, a.size()) + suffix);
     }
@@ -201,6 +210,7 @@ Config parse_config(std::string_view text, const std::filesystem::path& file) {
   c.file = file;
   Cursor at{file};
   std::map<std::string, int> seen;  // key -> line, to refuse a key set twice
+  std::unordered_set<std::string> node_names;
   std::istringstream in{std::string(text)};
   std::string raw;
   while (std::getline(in, raw)) {
@@ -260,7 +270,7 @@ Config parse_config(std::string_view text, const std::filesystem::path& file) {
     else if (lk == "slurmdlogfile") c.slurmd_log_file = v;
     else if (lk == "slurmdpidfile") c.slurmd_pid_file = v;
     else if (lk == "fschedckptpath") c.ckpt_tool = v;
-    else if (lk == "nodename") node_line(c, at, "NodeName=" + v);
+    else if (lk == "nodename") node_line(c, node_names, at, "NodeName=" + v);
     else if (lk == "partitionname") partition_line(c, at, "PartitionName=" + v);
     else at.error("unknown key '{}'", key);
   }
@@ -280,7 +290,7 @@ Config parse_config(std::string_view text, const std::filesystem::path& file) {
       for (auto& n : c.nodes) p.nodes.push_back(n.name);
     }
     for (auto& n : p.nodes)
-      if (!c.node(n))
+      if (!node_names.count(n))
         fail("{}:{}: PartitionName {}: node {} has no NodeName line", file.string(), p.line, p.name, n);
   }
   if (c.partitions.empty()) {

@@ -74,7 +74,8 @@ std::string format_duration(int64_t seconds) {
 }
 
 std::string format_timestamp(double unix_seconds) {
-  if (!(unix_seconds > 0)) return "Unknown";
+  // Beyond time_t's range the conversion below would be undefined: no such date.
+  if (!(unix_seconds > 0) || !(unix_seconds < 9223372036854775808.0)) return "Unknown";
   time_t t = static_cast<time_t>(std::floor(unix_seconds));
   struct tm tm {};
   if (!localtime_r(&t, &tm)) return "Unknown";
