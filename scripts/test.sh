@@ -3,7 +3,9 @@
 # packages first if any is missing):
 #   1. unit tests (ctest) of the RelWithDebInfo build in build/
 #   2. the unit tests again, built with ASan/UBSan in build-asan/
-#   3. the end-to-end checkpoint/restore suite: /usr/bin/python3 -m pytest -v tests/e2e
+#   3. the libFuzzer harnesses of tests/fuzz, built with clang in build-fuzz/, each run for
+#      FUZZ_SECONDS (default 60) from its seed corpus (scripts/fuzz.sh)
+#   4. the end-to-end checkpoint/restore suite: /usr/bin/python3 -m pytest -v tests/e2e
 # Every stage runs even if an earlier one failed; the exit status is non-zero if any did.
 # Environment: FSCHED_BUILD (default build), JOBS (ninja/ctest parallelism, default nproc).
 set -uo pipefail
@@ -46,6 +48,9 @@ if cmake -G Ninja -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFSCHED_SANIT
 else
   failed+=("ASan/UBSan build")
 fi
+
+step "fuzzing (scripts/fuzz.sh: build-fuzz, ${FUZZ_SECONDS:-60} s per harness)"
+JOBS="$jobs" scripts/fuzz.sh || failed+=("fuzzing: $(paste -sd ';' build-fuzz/fuzz/failed 2>/dev/null)")
 
 step "end-to-end tests"
 FSCHED_BUILD="$build" /usr/bin/python3 -m pytest -v --durations=15 tests/e2e || failed+=("end-to-end tests")

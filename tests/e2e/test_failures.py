@@ -3,6 +3,9 @@ running (and finishing with the right output), and a refused restore must create
 process and touch none of the job's files."""
 from __future__ import annotations
 
+import ctypes
+import hashlib
+import hmac
 import json
 import os
 import re
@@ -282,6 +285,47 @@ def test_restore_refuses_corrupt_image(e2e: E2E, dumped_memhog, case):
     corrupt(image)
     line = assert_refused(e2e, job, image)
     assert names in line, line
+
+
+def _resign(image: Path):
+    """Makes manifest.xxh3 and manifest.hmac match manifest.json again, as a buggy dumper
+    holding the image key would: only the manifest's own checks can refuse it then."""
+    text = (image / "manifest.json").read_bytes()
+    key = Path(os.environ.get("FSCHED_IMAGE_KEY", "/etc/fsched/image.key")).read_bytes()
+    (image / "manifest.hmac").write_text(hmac.new(key, text, hashlib.sha256).hexdigest() + "\n")
+    lib = ctypes.CDLL("libxxhash.so.0")  # the library the engine uses
+    lib.XXH3_64bits.restype = ctypes.c_uint64
+    lib.XXH3_64bits.argtypes = (ctypes.c_char_p, ctypes.c_size_t)
+    (image / "manifest.xxh3").write_text(f"{lib.XXH3_64bits(text, len(text)):016x}\n")
+
+
+SEMANTIC_EDITS = {
+    # A page run past the end of its mapping: the restore would write outside it.
+    "run_past_mapping": lambda m: next(v for p in m["processes"] for v in p["vmas"] if v["runs"])["runs"].append([1 << 40, 1]),
+    # A child before its parent.
+    "parent_after_child": lambda m: m["processes"][1].update(ppid=99999) if len(m["processes"]) > 1 else m["processes"][0].update(pid=7),
+    # Page data the stream does not hold: the restore would wait for it or read another part's.
+    "stream_longer_than_parts": lambda m: m.update(pages_logical_bytes=m["pages_logical_bytes"] + 4096),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", SEMANTIC_EDITS)
+def test_restore_refuses_inconsistent_manifest_before_any_process(e2e: E2E, dumped_memhog, case):
+    """Every semantic check of a manifest runs before the first process is created
+    (issue 10): a signed manifest with an impossible value is refused with one line."""
+    ref, job, original = dumped_memhog
+    image = e2e.image(f"semantic/{case}")
+    shutil.copytree(original, image)
+    m = json.loads((image / "manifest.json").read_text())
+    SEMANTIC_EDITS[case](m)
+    text = json.dumps(m, indent=1) + "\n"
+    (image / "manifest.json").write_text(text)
+    r = e2e.engine.call(["show", "--dir", str(image)], 60)
+    assert r.rc != 0  # the checksum no longer matches
+    _resign(image)
+    line = assert_refused(e2e, job, image)
+    assert "image:" in line or "manifest" in line, line
 
 
 @pytest.mark.slow
