@@ -103,12 +103,18 @@ void check_identity(pid_t host_pid, long fd, const FileId& want, SizeRule rule,
   auto refuse = [&](const std::string& what) {
     fail("restore refused: {}: {} since the dump; not the file the job had", who, what);
   };
-  if (want.ino && st.st_ino != want.ino) refuse(fmt::format("inode {} -> {}", want.ino, st.st_ino));
+  // Inode and device only where a different file would be destroyed or run: a file
+  // the job writes (truncated next), maps or executes. One it only reads may be a copy
+  // made anew (the job script in the node's spool, a file restored on another node);
+  // the job's credentials and the no-symlink rule keep it to what the user may read.
+  const bool same_file = rule != SizeRule::kAny;
+  if (same_file && want.ino && st.st_ino != want.ino)
+    refuse(fmt::format("inode {} -> {}", want.ino, st.st_ino));
   if (want.mode && (st.st_mode & S_IFMT) != (want.mode & S_IFMT))
     refuse(fmt::format("file type {:o} -> {:o}", want.mode & S_IFMT, st.st_mode & S_IFMT));
   if (want.mode && (st.st_uid != want.uid || st.st_gid != want.gid))
     refuse(fmt::format("owner {}:{} -> {}:{}", want.uid, want.gid, st.st_uid, st.st_gid));
-  if (want.dev && !dump_boot.empty() && dump_boot == boot_id() && st.st_dev != want.dev)
+  if (same_file && want.dev && !dump_boot.empty() && dump_boot == boot_id() && st.st_dev != want.dev)
     refuse(fmt::format("device {:#x} -> {:#x}", want.dev, st.st_dev));
   auto size = static_cast<std::uint64_t>(st.st_size);
   std::int64_t mtime = st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec;

@@ -50,10 +50,10 @@ const Process& owner_of(const Manifest& m, const std::function<bool(const Fd&)>&
 long open_no_symlinks(Injector& inj, pid_t host_pid, const InjectionArea& area,
                       const std::string& path, int flags, unsigned mode, const std::string& who);
 
-// What an identity check demands of a file's size and mtime besides its inode, type,
-// owner (and device, within the boot that dumped it).
+// What an identity check demands besides the file's type and owner: for kAtLeast and
+// kSame also its inode (and device, within the boot that dumped it).
 enum class SizeRule {
-  kAny,       // a file the job only reads through an fd
+  kAny,       // a file the job only reads through an fd, or a directory: may be a copy
   kAtLeast,   // a file the job wrote: truncated back to the dump's size afterwards
   kSame,      // mapped files and executables: size and mtime unchanged
 };

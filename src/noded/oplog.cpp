@@ -151,29 +151,14 @@ pid_t OpLog::start_runner(int64_t id, const UniqueFd& lock, const std::vector<st
   if (!high) fail_errno("dup of {}", lock_path(id).string());
   posix_spawn_file_actions_adddup2(&fa, high.get(), 3);
   posix_spawn_file_actions_addclosefrom_np(&fa, 4);
-  posix_spawnattr_t at;
-  posix_spawnattr_init(&at);
-  sigset_t none, dflt;
-  sigemptyset(&none);
-  sigemptyset(&dflt);
-  for (int s : {SIGTERM, SIGINT, SIGHUP, SIGPIPE, SIGCHLD, SIGUSR1, SIGUSR2}) sigaddset(&dflt, s);
-  posix_spawnattr_setsigmask(&at, &none);
-  posix_spawnattr_setsigdefault(&at, &dflt);
-  // A session of its own: signals aimed at fschedd's process group (a terminal, a
-  // service manager stopping fschedd) do not reach the operation.
-  posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSID);
-  std::vector<std::string> envs;
-  for (auto& [k, v] : env) envs.push_back(k + "=" + v);
-  std::vector<char*> cargv, cenv;
-  for (auto& a : args) cargv.push_back(a.data());
-  cargv.push_back(nullptr);
-  for (auto& e : envs) cenv.push_back(e.data());
-  cenv.push_back(nullptr);
   pid_t pid = 0;
-  int rc = ::posix_spawn(&pid, self.c_str(), &fa, &at, cargv.data(), cenv.data());
+  try {
+    pid = spawn_clean(args, env, &fa);
+  } catch (...) {
+    posix_spawn_file_actions_destroy(&fa);
+    throw;
+  }
   posix_spawn_file_actions_destroy(&fa);
-  posix_spawnattr_destroy(&at);
-  if (rc != 0) throw Error("cannot start the operation runner " + self, rc);
   return pid;
 }
 

@@ -57,6 +57,33 @@ bool drain(int fd, std::string& into) {
 
 }  // namespace
 
+pid_t spawn_clean(const std::vector<std::string>& argv, const std::map<std::string, std::string>& env,
+                  const posix_spawn_file_actions_t* fa) {
+  posix_spawnattr_t at;
+  posix_spawnattr_init(&at);
+  sigset_t none, dflt;
+  sigemptyset(&none);
+  sigemptyset(&dflt);
+  for (int s : {SIGTERM, SIGINT, SIGHUP, SIGPIPE, SIGCHLD, SIGUSR1, SIGUSR2}) sigaddset(&dflt, s);
+  posix_spawnattr_setsigmask(&at, &none);
+  posix_spawnattr_setsigdefault(&at, &dflt);
+  // A session of its own: signals aimed at fschedd's process group (a terminal, a
+  // service manager stopping fschedd) do not reach it.
+  posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSID);
+  std::vector<std::string> envs;
+  for (auto& [k, v] : env) envs.push_back(k + "=" + v);
+  std::vector<char*> cargv, cenv;
+  for (auto& a : argv) cargv.push_back(const_cast<char*>(a.c_str()));
+  cargv.push_back(nullptr);
+  for (auto& e : envs) cenv.push_back(e.data());
+  cenv.push_back(nullptr);
+  pid_t pid = 0;
+  int rc = ::posix_spawn(&pid, argv.at(0).c_str(), fa, &at, cargv.data(), cenv.data());
+  posix_spawnattr_destroy(&at);
+  if (rc != 0) throw Error("cannot start " + argv[0], rc);
+  return pid;
+}
+
 SpawnResult spawn_wait(const std::vector<std::string>& argv, const std::map<std::string, std::string>& env,
                        double timeout_s) {
   Pipe out, err;
@@ -68,27 +95,14 @@ SpawnResult spawn_wait(const std::vector<std::string>& argv, const std::map<std:
   // The daemon's sockets and files must not leak into the job that fsched-ckpt
   // starts: the engine would find them in the job at its first checkpoint.
   posix_spawn_file_actions_addclosefrom_np(&fa, 3);
-  posix_spawnattr_t at;
-  posix_spawnattr_init(&at);
-  sigset_t none, dflt;
-  sigemptyset(&none);
-  sigemptyset(&dflt);
-  for (int s : {SIGTERM, SIGINT, SIGHUP, SIGPIPE, SIGCHLD, SIGUSR1, SIGUSR2}) sigaddset(&dflt, s);
-  posix_spawnattr_setsigmask(&at, &none);
-  posix_spawnattr_setsigdefault(&at, &dflt);
-  posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSID);
-  std::vector<std::string> envs;
-  for (auto& [k, v] : env) envs.push_back(k + "=" + v);
-  std::vector<char*> cargv, cenv;
-  for (auto& a : argv) cargv.push_back(const_cast<char*>(a.c_str()));
-  cargv.push_back(nullptr);
-  for (auto& e : envs) cenv.push_back(e.data());
-  cenv.push_back(nullptr);
   pid_t pid = 0;
-  int rc = ::posix_spawn(&pid, argv.at(0).c_str(), &fa, &at, cargv.data(), cenv.data());
+  try {
+    pid = spawn_clean(argv, env, &fa);
+  } catch (...) {
+    posix_spawn_file_actions_destroy(&fa);
+    throw;
+  }
   posix_spawn_file_actions_destroy(&fa);
-  posix_spawnattr_destroy(&at);
-  if (rc != 0) throw Error("cannot start " + argv[0], rc);
   out.w.reset();
   err.w.reset();
   ::fcntl(out.r.get(), F_SETFL, O_NONBLOCK);

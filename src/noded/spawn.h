@@ -3,6 +3,9 @@
 // whose output is collected, killed if it overruns its time.
 #pragma once
 
+#include <spawn.h>
+#include <sys/types.h>
+
 #include <map>
 #include <string>
 #include <vector>
@@ -16,6 +19,12 @@ struct SpawnResult {
   int exit_code() const;   // exit code, or 128 + signal
   std::string error_line() const;  // the last non-empty line of err, for messages
 };
+
+// posix_spawn(3) of argv[0] (a path) with exactly `env`, in a session of its own, with
+// an empty signal mask and default dispositions for the signals daemons catch; `fa`
+// sets up its fds. Returns its PID; throws fsched::Error when it cannot be started.
+pid_t spawn_clean(const std::vector<std::string>& argv, const std::map<std::string, std::string>& env,
+                  const posix_spawn_file_actions_t* fa);
 
 // argv[0] is the program's path. env: the complete environment. timeout_s <= 0:
 // no limit. Throws fsched::Error when the program cannot be started
