@@ -166,14 +166,7 @@ void create_deleted_files(InitStash& stash, const InjectionArea& area, const Man
                        [&](const Vma& v) { return v.deleted_key == d.key; }),
              what);
       in_init = create_unlinked(inj, ip, area, parent_dir(d.path), d.mode & 0777, what);
-      struct stat st {};
-      if (::fstat(grab_fd(ip, static_cast<int>(in_init), what).get(), &st) < 0)
-        fail_errno("{}: fstat", what);
-      if (st.st_uid != d.uid || st.st_gid != d.gid)
-        inj.call_ok(fmt::format("{}: fchown to {}:{}", what, d.uid, d.gid), SYS_fchown,
-                    static_cast<std::uint64_t>(in_init), d.uid, d.gid);
-      inj.call_ok(fmt::format("{}: fchmod {:o}", what, d.mode), SYS_fchmod,
-                  static_cast<std::uint64_t>(in_init), d.mode);
+      set_owner_and_mode(inj, ip, in_init, d.uid, d.gid, d.mode, what);
       act_as(inj, ip, area, nullptr, what);
     }
     table[d.key] = stash.park(in_init, what);

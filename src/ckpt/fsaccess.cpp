@@ -95,11 +95,26 @@ long open_no_symlinks(Injector& inj, pid_t host_pid, const InjectionArea& area,
   return fd;
 }
 
-void check_identity(pid_t host_pid, long fd, const FileId& want, SizeRule rule,
-                    const std::string& dump_boot, const std::string& who) {
+struct stat stat_of_fd(pid_t host_pid, long fd, const std::string& who) {
   UniqueFd mine = grab_fd(host_pid, static_cast<int>(fd), who);
   struct stat st {};
   if (::fstat(mine.get(), &st) < 0) fail_errno("{}: fstat", who);
+  return st;
+}
+
+void set_owner_and_mode(Injector& inj, pid_t host_pid, long fd, unsigned uid, unsigned gid,
+                        unsigned mode, const std::string& who) {
+  struct stat st = stat_of_fd(host_pid, fd, who);
+  if (st.st_uid != uid || st.st_gid != gid)  // made by another member of the job
+    inj.call_ok(fmt::format("{}: fchown to {}:{}", who, uid, gid), SYS_fchown,
+                static_cast<std::uint64_t>(fd), uid, gid);
+  inj.call_ok(fmt::format("{}: fchmod {:o}", who, mode), SYS_fchmod,
+              static_cast<std::uint64_t>(fd), mode);
+}
+
+void check_identity(pid_t host_pid, long fd, const FileId& want, SizeRule rule,
+                    const std::string& dump_boot, const std::string& who) {
+  struct stat st = stat_of_fd(host_pid, fd, who);
   auto refuse = [&](const std::string& what) {
     fail("restore refused: {}: {} since the dump; not the file the job had", who, what);
   };

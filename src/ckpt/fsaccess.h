@@ -64,6 +64,16 @@ enum class SizeRule {
 void check_identity(pid_t host_pid, long fd, const FileId& want, SizeRule rule,
                     const std::string& dump_boot, const std::string& who);
 
+// fstat(2) of fd `fd` of host process `host_pid`, through pidfd_getfd(2); throws Error
+// naming `who`.
+struct stat stat_of_fd(pid_t host_pid, long fd, const std::string& who);
+
+// Gives fd `fd` of the thread behind `inj` (acting as the job) the owner uid:gid --
+// fchown(2) only when it differs, so the kernel refuses what the job could not do --
+// then mode `mode` (after the owner: fchown clears set-user-ID bits).
+void set_owner_and_mode(Injector& inj, pid_t host_pid, long fd, unsigned uid, unsigned gid,
+                        unsigned mode, const std::string& who);
+
 // The restorer's own look at `path` before any process exists: stat through an
 // O_PATH openat2(2) with RESOLVE_NO_SYMLINKS, so an error names a planted link and
 // never describes what it points to. Returns false with errno set on failure.

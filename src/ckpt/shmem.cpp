@@ -143,14 +143,7 @@ ShmTable create_shm(InitStash& stash, const InjectionArea& area, const Manifest&
              what);
       fd = open_no_symlinks(inj, init.host_pid, area, o.path, O_RDWR | O_CREAT, o.mode & 0777,
                             what);
-      struct stat st {};
-      if (::fstat(grab_fd(init.host_pid, static_cast<int>(fd), what).get(), &st) < 0)
-        fail_errno("{}: fstat", what);
-      if (st.st_uid != o.uid || st.st_gid != o.gid)  // made by another member of the job
-        inj.call_ok(fmt::format("{}: fchown to {}:{}", what, o.uid, o.gid), SYS_fchown,
-                    static_cast<std::uint64_t>(fd), o.uid, o.gid);
-      inj.call_ok(fmt::format("{}: fchmod {:o}", what, o.mode), SYS_fchmod,
-                  static_cast<std::uint64_t>(fd), o.mode);
+      set_owner_and_mode(inj, init.host_pid, fd, o.uid, o.gid, o.mode, what);
       check_identity(init.host_pid, fd, FileId{.mode = S_IFREG | o.mode, .uid = o.uid, .gid = o.gid},
                      SizeRule::kAny, m.boot_id, what);
       act_as(inj, init.host_pid, area, nullptr, what);
