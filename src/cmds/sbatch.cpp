@@ -45,6 +45,7 @@ int main(int argc, char** argv) {
       "arguments. #SBATCH lines at the top of the script give more options; the command "
       "line wins over them.");
   cmds::add_sbatch_options(app, help_only);
+  app.set_version_flag("-V,--version", "sbatch (fsched) " FSCHED_VERSION);
   app.prefix_command();
   return cmds::run("sbatch", app, [&] {
     // --help makes parse_sbatch throw CallForHelp, which run() answers with app's help.
@@ -55,6 +56,8 @@ int main(int argc, char** argv) {
     auto config = cmds::load_config();
     auto reply = cmds::controller(config).call("POST", "/v1/jobs", request);
     int64_t id = reply.at("job_id").get<int64_t>();
+    for (const auto& w : reply.value("warnings", nlohmann::json::array()))
+      if (w.is_string()) std::cerr << "sbatch: warning: " << w.get<std::string>() << std::endl;
     if (o.parsable)
       std::cout << id << std::endl;
     else

@@ -154,6 +154,7 @@ SbatchOptions parse_sbatch(std::span<const std::string> args,
   SbatchOptions cli;
   CLI::App first{"sbatch"};
   add_sbatch_options(first, cli);
+  first.set_version_flag("-V,--version", "sbatch (fsched) " FSCHED_VERSION);
   first.prefix_command();
   parse_words(first, {args.begin(), args.end()});
   std::vector<std::string> rest = first.remaining();
@@ -192,6 +193,7 @@ SbatchOptions parse_sbatch(std::span<const std::string> args,
   }
   CLI::App again{"sbatch"};
   add_sbatch_options(again, o);
+  again.set_version_flag("-V,--version", "sbatch (fsched) " FSCHED_VERSION);
   again.prefix_command();
   parse_words(again, {args.begin(), args.end()});
 

@@ -11,6 +11,7 @@ using nlohmann::json;
 
 int main(int argc, char** argv) {
   CLI::App app{"scancel: cancel or signal fsched jobs", "scancel"};
+  app.set_version_flag("-V,--version", "scancel (fsched) " FSCHED_VERSION);
   std::vector<std::string> ids;
   std::string signal;
   app.add_option("-s,--signal", signal,

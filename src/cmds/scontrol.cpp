@@ -71,7 +71,7 @@ void check_words(int argc, char** argv) {
   std::vector<std::string_view> words;
   for (int i = 1; i < argc; ++i) {
     std::string_view a = argv[i];
-    if (a == "-h" || a == "--help") return;  // CLI11 prints the help
+    if (a == "-h" || a == "--help" || a == "-V" || a == "--version") return;  // CLI11 answers these
     if (!a.starts_with("-")) words.push_back(a);
   }
   auto one_of = [](std::string_view w, std::initializer_list<std::string_view> list) {
@@ -102,6 +102,7 @@ struct Action {
 
 int main(int argc, char** argv) {
   CLI::App app{"scontrol: view and modify fsched jobs, nodes and partitions", "scontrol"};
+  app.set_version_flag("-V,--version", "scontrol (fsched) " FSCHED_VERSION);
   app.fallthrough();  // lets --json follow the subcommand's words
   app.require_subcommand(1);
   bool as_json = false;

@@ -13,6 +13,7 @@ using nlohmann::json;
 
 int main(int argc, char** argv) {
   CLI::App app{"sinfo: view information about fsched nodes and partitions", "sinfo"};
+  app.set_version_flag("-V,--version", "sinfo (fsched) " FSCHED_VERSION);
   // -h is --noheader in Slurm, so help is only --help.
   app.set_help_flag("--help", "Print this help message and exit");
   bool node_oriented = false, noheader = false, as_json = false;

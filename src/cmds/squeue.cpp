@@ -14,6 +14,7 @@ using nlohmann::json;
 
 int main(int argc, char** argv) {
   CLI::App app{"squeue: view information about jobs in the fsched queue", "squeue"};
+  app.set_version_flag("-V,--version", "squeue (fsched) " FSCHED_VERSION);
   // -h is --noheader in Slurm, so help is only --help.
   app.set_help_flag("--help", "Print this help message and exit");
   std::vector<std::string> jobs, users, states, partitions;

@@ -15,6 +15,7 @@
 
 #include "common/error.h"
 #include "proto/json_number.h"
+#include "proto/timefmt.h"
 
 namespace fsched::ctld {
 namespace {
@@ -328,7 +329,14 @@ nlohmann::json Controller::submit(const proto::Request& r) {
   spdlog::info("job {}: submitted by {} (uid {}), name {}, partition {}, checkpoint every {} s", j.job_id, j.user,
                j.uid, j.name, j.partition, j.checkpoint_interval);
   wake_.notify_all();
-  return {{"job_id", j.job_id}};
+  json reply = {{"job_id", j.job_id}};
+  // Accepted, but the option will do nothing: the submitter hears it (sbatch prints
+  // each warning on stderr) rather than finding no checkpoints after the job died.
+  if (j.checkpoint_interval > 0 && cfg_.checkpoint_type == "checkpoint/none")
+    reply["warnings"] = {fmt::format("--checkpoint={} has no effect: checkpoints are disabled on this cluster "
+                                     "(CheckpointType = checkpoint/none)",
+                                     proto::format_duration(j.checkpoint_interval))};
+  return reply;
 }
 
 std::string Controller::list_jobs(const proto::Request& r) {

@@ -16,6 +16,11 @@
 
 namespace fsched::daemon {
 
+std::filesystem::path default_log_file(const std::string& name, bool foreground) {
+  if (foreground) return {};
+  return std::filesystem::path("/var/log/fsched") / (name + ".log");
+}
+
 void setup_logging(const std::string& name, const std::filesystem::path& log_file, bool verbose) {
   std::shared_ptr<spdlog::logger> log;
   if (log_file.empty()) log = spdlog::stderr_logger_mt(name);

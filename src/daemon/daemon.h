@@ -8,7 +8,13 @@
 
 namespace fsched::daemon {
 
-// Logs to log_file (appending) or, when it is empty, to stderr. name prefixes lines.
+// Where a daemon logs when its configuration names no log file: in the foreground
+// (-D) to stderr (returns empty); daemonized to /var/log/fsched/<name>.log, since a
+// daemon's stderr is /dev/null and its log is where an administrator looks first.
+std::filesystem::path default_log_file(const std::string& name, bool foreground);
+
+// Logs to log_file (appending; its directory is created 0755 if missing) or, when it
+// is empty, to stderr. name prefixes lines.
 void setup_logging(const std::string& name, const std::filesystem::path& log_file, bool verbose);
 
 // Without foreground: forks, detaches from the terminal (setsid, stdio to

@@ -18,7 +18,10 @@ int main(int argc, char** argv) {
   CLI::App app{"fschedd: the fsched node daemon (runs, checkpoints and restores jobs)"};
   bool foreground = false, verbose = false;
   std::string conf, name;
-  app.add_flag("-D", foreground, "run in the foreground, logging to stderr unless SlurmdLogFile is set");
+  app.set_version_flag("--version", "fschedd (fsched) " FSCHED_VERSION);
+  app.add_flag("-D", foreground,
+               "run in the foreground, logging to stderr unless SlurmdLogFile is set (daemonized, the default "
+               "log is /var/log/fsched/fschedd-NAME.log)");
   app.add_flag("-v", verbose, "log debug messages");
   app.add_option("-f", conf, "configuration file (default $FSCHED_CONF or /etc/fsched/fsched.conf)");
   app.add_option("-N", name, "this node's NodeName (default the short host name)");
@@ -39,12 +42,16 @@ int main(int argc, char** argv) {
     std::filesystem::path log_file = cfg.slurmd_log_file;
     if (!log_file.empty() && cfg.nodes.size() > 1)
       log_file.replace_filename(log_file.stem().string() + "-" + name + log_file.extension().string());
+    if (log_file.empty()) log_file = fsched::daemon::default_log_file("fschedd-" + name, foreground);
+    // Bound before daemonizing: a busy port (another fschedd) is an error on the
+    // terminal and a non-zero exit, not a daemon that dies unseen.
+    fsched::proto::Server server(cfg.munge_socket);
+    server.bind(node.conf().addr, node.conf().port);
     fsched::daemon::daemonize(foreground, pid_file);
     fsched::daemon::setup_logging("fschedd-" + name, log_file, verbose);
     logging = true;
-    fsched::proto::Server server(cfg.munge_socket);
+    for (auto& w : cfg.warnings) spdlog::warn("{}", w);
     node.add_routes(server);
-    server.bind(node.conf().addr, node.conf().port);
     fsched::daemon::stop_on_signals([&] { server.stop(); });
     node.start();
     spdlog::info("node {} listening on {}:{}", name, node.conf().addr, node.conf().port);

@@ -29,6 +29,10 @@ struct Cursor {
   [[noreturn]] void error(fmt::format_string<Args...> f, Args&&... args) const {
     throw Error(fmt::format("{}:{}: {}", file.string(), line, fmt::format(f, std::forward<Args>(args)...)));
   }
+  // A key that parses but changes nothing: said, not silently dropped.
+  void ignored(Config& c, std::string_view key, std::string_view value, std::string_view why) const {
+    c.warnings.push_back(fmt::format("{}:{}: {} = {}: {}", file.string(), line, key, value, why));
+  }
 };
 
 int64_t to_int(const Cursor& at, std::string_view key, std::string_view v, int64_t lo, int64_t hi) {
@@ -99,7 +103,7 @@ void node_line(Config& c, std::unordered_set<std::string>& names_seen, const Cur
     else if (key == "port") proto.port = static_cast<uint16_t>(to_int(at, k, v, 1, 65535));
     else if (key == "state" || key == "sockets" || key == "corespersocket" || key == "threadspercore" ||
              key == "boards" || key == "nodehostname" || key == "weight" || key == "feature")
-      ;  // accepted for slurm.conf compatibility, not used
+      at.ignored(c, k, v, "accepted for slurm.conf compatibility, has no effect");
     else at.error("NodeName line: unknown key '{}'", k);
   }
   for (auto& n : names) {
@@ -243,10 +247,21 @@ Config parse_config(std::string_view text, const std::filesystem::path& file) {
         at.error("CheckpointType = {}: expected checkpoint/fsched (or checkpoint/criu, its synonym) or checkpoint/none", v);
       c.checkpoint_type = v;
     } else if (lk == "criu_maxepochs") c.max_epochs = static_cast<int>(to_int(at, key, v, 1, 1000000));
-    else if (lk == "criu_incremental") c.incremental = to_bool(at, key, v);
-    else if (lk == "criu_fullevery") c.full_every = static_cast<int>(to_int(at, key, v, 1, 1000000));
-    else if (lk == "criu_predump") c.pre_dump = to_bool(at, key, v);
-    else if (lk == "criu_predumpdelay") c.pre_dump_delay = static_cast<int>(to_int(at, key, v, 0, 86400));
+    // Incremental checkpoints and pre-dump are not built yet: every checkpoint is a
+    // full dump, whatever these say.
+    else if (lk == "criu_incremental") {
+      c.incremental = to_bool(at, key, v);
+      if (c.incremental) at.ignored(c, key, v, "incremental checkpoints are not implemented yet: every checkpoint is full");
+    } else if (lk == "criu_fullevery") {
+      c.full_every = static_cast<int>(to_int(at, key, v, 1, 1000000));
+      at.ignored(c, key, v, "incremental checkpoints are not implemented yet: every checkpoint is full");
+    } else if (lk == "criu_predump") {
+      c.pre_dump = to_bool(at, key, v);
+      if (c.pre_dump) at.ignored(c, key, v, "pre-dump is not implemented yet: checkpoints freeze the job for the whole dump");
+    } else if (lk == "criu_predumpdelay") {
+      c.pre_dump_delay = static_cast<int>(to_int(at, key, v, 0, 86400));
+      at.ignored(c, key, v, "pre-dump is not implemented yet");
+    }
     else if (lk == "criu_loadaware") c.load_aware = to_bool(at, key, v);
     else if (lk == "criu_loadthresholdcpu") c.load_threshold_cpu = to_ratio(at, key, v);
     else if (lk == "criu_loadthresholdio") c.load_threshold_io = to_ratio(at, key, v);
@@ -254,13 +269,19 @@ Config parse_config(std::string_view text, const std::filesystem::path& file) {
     else if (lk == "checkpointtimeout") c.checkpoint_timeout = static_cast<int>(to_int(at, key, v, 1, 86400 * 7));
     else if (lk == "killwait") c.kill_wait = static_cast<int>(to_int(at, key, v, 0, 65535));
     else if (lk == "slurmdtimeout") c.slurmd_timeout = static_cast<int>(to_int(at, key, v, 1, 65535));
-    else if (lk == "slurmctldtimeout") c.slurmctld_timeout = static_cast<int>(to_int(at, key, v, 1, 65535));
+    else if (lk == "slurmctldtimeout") {
+      c.slurmctld_timeout = static_cast<int>(to_int(at, key, v, 1, 65535));
+      at.ignored(c, key, v, "there is no backup controller to take over: has no effect");
+    }
     else if (lk == "batchstarttimeout") c.batch_start_timeout = static_cast<int>(to_int(at, key, v, 1, 65535));
     else if (lk == "heartbeatinterval") c.heartbeat_interval = static_cast<int>(to_int(at, key, v, 1, 3600));
     else if (lk == "authtype") {
       if (v != "auth/munge") at.error("AuthType = {}: only auth/munge is supported", v);
       c.auth_type = v;
-    } else if (lk == "authinfo") c.auth_info = v;
+    } else if (lk == "authinfo") {
+      c.auth_info = v;
+      at.ignored(c, key, v, "has no effect: munged's socket is set with MungeSocket");
+    }
     else if (lk == "mungesocket") {
       c.munge_socket = v;
       c.munge_socket_line = at.line;

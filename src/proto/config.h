@@ -60,6 +60,10 @@ struct Config {
   std::filesystem::path ckpt_tool; // FschedCkptPath: the engine CLI, default beside the daemon
   std::vector<NodeConf> nodes;
   std::vector<PartitionConf> partitions;
+  // "FILE:LINE: Key = value: ..." for every key that is accepted but has no effect
+  // (yet, or ever: slurm.conf keys kept for compatibility), for the daemons to log at
+  // start, so that a setting that does nothing is never silent.
+  std::vector<std::string> warnings;
 
   const NodeConf* node(std::string_view name) const;
   const PartitionConf* partition(std::string_view name) const;

@@ -384,10 +384,13 @@ Server::Server(std::string munge_socket) : impl_(std::make_unique<Impl>()) {
   http.set_keep_alive_max_count(1);
   // A second guard on the body's size, should a request reach httplib's own reader.
   http.set_payload_max_length(kMaxBodyBytes);
-  // httplib's defaults (address reuse), and the listening socket kept to raise its
-  // backlog once bound: the library's is 5, fixed when Debian compiled it.
+  // SO_REUSEADDR only, so that a restarted daemon binds over connections in
+  // TIME_WAIT. Not httplib's default SO_REUSEPORT: with it a second daemon binds the same
+  // port and both answer, each with its own state. The listening socket is kept to
+  // raise its backlog once bound: the library's is 5, fixed when Debian compiled it.
   http.set_socket_options([this](socket_t s) {
-    httplib::default_socket_options(s);
+    int yes = 1;
+    ::setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
     impl_->listen_fd = s;
   });
 }

@@ -80,6 +80,7 @@ int show(const std::string& dir, bool json, const std::string& key_file) {
 
 int main(int argc, char** argv) {
   CLI::App app{"fsched-ckpt: transparent checkpoint/restore of batch jobs"};
+  app.set_version_flag("--version", "fsched-ckpt (fsched) " FSCHED_VERSION);
   app.require_subcommand(1);
 
   ck::RunOptions ro;

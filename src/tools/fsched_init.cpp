@@ -43,6 +43,7 @@ void redirect(int fd, const std::string& path, int flags) {
 
 int main(int argc, char** argv) {
   CLI::App app{"fsched job init (internal)"};
+  app.set_version_flag("--version", "fsched-init (fsched) " FSCHED_VERSION);
   std::string out, err, cwd, user, status_file;
   std::vector<std::string> cmd;
   app.add_option("--stdout", out);

@@ -93,3 +93,18 @@ TEST(Config, HostLists) {
   EXPECT_THROW(expand_hostlist("n[1-"), fsched::Error);
   EXPECT_THROW(expand_hostlist("n[a-b]"), fsched::Error);
 }
+
+// A key that parses but does nothing is reported (the daemons log it at start).
+TEST(Config, KeysWithoutEffectAreWarnedOf) {
+  auto quiet = parse_config(std::string(kBase) + "CRIU_Incremental = no\nCRIU_PreDump=no\n", "f.conf");
+  EXPECT_THAT(quiet.warnings, testing::IsEmpty());
+  auto c = parse_config(std::string(kBase) +
+                            "CRIU_Incremental = yes\n"
+                            "AuthInfo = socket=/run/munge.sock\n"
+                            "NodeName=n9 CPUs=2 Sockets=1\n",
+                        "f.conf");
+  ASSERT_EQ(c.warnings.size(), 3u);
+  EXPECT_THAT(c.warnings[0], HasSubstr("f.conf:4: CRIU_Incremental = yes: incremental checkpoints are not implemented"));
+  EXPECT_THAT(c.warnings[1], HasSubstr("f.conf:5: AuthInfo = socket=/run/munge.sock: has no effect"));
+  EXPECT_THAT(c.warnings[2], HasSubstr("f.conf:6: Sockets = 1: accepted for slurm.conf compatibility"));
+}
