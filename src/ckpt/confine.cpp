@@ -12,8 +12,9 @@
 #include <cerrno>
 #include <cstring>
 
-#include "ckpt/parts.h"
 #include "ckpt/proc.h"
+#include "ckpt/remote.h"
+#include "ckpt/restore_context.h"
 #include "common/error.h"
 
 namespace fsched::ckpt {

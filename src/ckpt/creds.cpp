@@ -5,13 +5,15 @@
 // setresgid(2), setresuid(2) in every thread), since they drop the privileges the
 // other restore steps need; capabilities, securebits, no_new_privs and seccomp filters
 // around them (confine.h).
+#include "ckpt/creds.h"
+
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 
 #include "ckpt/confine.h"
-#include "ckpt/parts.h"
 #include "ckpt/proc.h"
+#include "ckpt/remote.h"
 #include "common/error.h"
 
 namespace fsched::ckpt {

@@ -9,6 +9,8 @@
 // its mode and owner, and parked in init like the shm objects; every fd reopens it
 // through /proc/self/fd (a new open file description with that fd's own flags) and
 // every mapping maps it.
+#include "ckpt/deleted.h"
+
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -21,7 +23,8 @@
 #include <random>
 
 #include "ckpt/fsaccess.h"
-#include "ckpt/parts.h"
+#include "ckpt/remote.h"
+#include "ckpt/shmem.h"
 #include "common/error.h"
 #include "common/fd.h"
 

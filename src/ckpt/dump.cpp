@@ -8,10 +8,22 @@
 #include <chrono>
 #include <filesystem>
 
+#include "ckpt/creds.h"
+#include "ckpt/deleted.h"
+#include "ckpt/dump_context.h"
 #include "ckpt/engine.h"
+#include "ckpt/files.h"
 #include "ckpt/fsaccess.h"
 #include "ckpt/imagekey.h"
-#include "ckpt/parts.h"
+#include "ckpt/memory.h"
+#include "ckpt/pipes.h"
+#include "ckpt/pstree.h"
+#include "ckpt/shmem.h"
+#include "ckpt/signals.h"
+#include "ckpt/sockets.h"
+#include "ckpt/sysvshm.h"
+#include "ckpt/threads.h"
+#include "ckpt/timers.h"
 #include "common/error.h"
 
 namespace fsched::ckpt {

@@ -10,8 +10,9 @@
 
 #include <cerrno>
 
-#include "ckpt/parts.h"
 #include "ckpt/proc.h"
+#include "ckpt/remote.h"
+#include "ckpt/restore_context.h"
 #include "common/error.h"
 #include "common/text.h"
 

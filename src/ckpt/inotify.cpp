@@ -7,6 +7,8 @@
 // given), so a gap left by a removed watch is reproduced by adding and removing a
 // throw-away watch. Events queued at dump time are not kept: the restored instance
 // starts with an empty queue.
+#include "ckpt/inotify.h"
+
 #include <fcntl.h>
 #include <sys/inotify.h>
 #include <sys/ioctl.h>
@@ -20,8 +22,8 @@
 #include <sstream>
 #include <vector>
 
-#include "ckpt/parts.h"
 #include "ckpt/proc.h"
+#include "ckpt/remote.h"
 #include "common/error.h"
 #include "common/fd.h"
 
@@ -145,15 +147,6 @@ std::vector<InotifyWatch> parse_inotify_fdinfo(const std::string& fdinfo) {
   return out;
 }
 
-bool dump_inotify_fd(const std::string& link, const std::string& fdinfo, Fd& f,
-                     const std::string& where) {
-  if (link != "anon_inode:inotify") return false;
-  f.kind = "inotify";
-  f.watches = parse_inotify_fdinfo(fdinfo);
-  for (auto& w : f.watches) w.path = path_of_watch(w, where);
-  return true;
-}
-
 void check_inotify_watches(const Manifest& m) {
   for (auto& p : m.processes)
     for (auto& f : p.fds)
@@ -165,13 +158,22 @@ void check_inotify_watches(const Manifest& m) {
       }
 }
 
-long create_inotify_fd(Injector& inj, pid_t host_pid, const Fd& f, const std::string& who) {
+namespace {
+
+void dump_inotify(const FdDumpCtx& c, Fd& f) {
+  f.path.clear();
+  f.watches = parse_inotify_fdinfo(c.fdinfo);
+  for (auto& w : f.watches) w.path = path_of_watch(w, c.where);
+}
+
+long open_inotify(const FdRestoreCtx& c, const Fd& f, const std::string& who) {
+  Injector& inj = c.inj();
   long fd = inj.call_ok(who + ": inotify_init1", SYS_inotify_init1,
                         static_cast<std::uint64_t>(IN_CLOEXEC | (f.flags & O_NONBLOCK)));
   if (f.watches.empty()) return fd;
   // The watches are added from here, through our own reference to the instance: many
   // syscalls when numbers have to be skipped, which need no injection.
-  UniqueFd mine = grab_fd(host_pid, static_cast<int>(fd), who);
+  UniqueFd mine = grab_fd(c.host_pid(), static_cast<int>(fd), who);
   const std::string dummy = dummy_path(f, who);
   int last = 0, filled = 0;
   for (auto& w : f.watches) {
@@ -204,5 +206,11 @@ long create_inotify_fd(Injector& inj, pid_t host_pid, const Fd& f, const std::st
   }
   return fd;
 }
+
+}  // namespace
+
+const FdOps kInotifyFdOps{.kind = FdKind::kInotify, .anon_link = "anon_inode:inotify",
+                          .dump = dump_inotify, .open = open_inotify, .finish = nullptr,
+                          .shareable = true, .seekable = false};
 
 }  // namespace fsched::ckpt

@@ -9,6 +9,9 @@
 
 #include <nlohmann/json.hpp>
 
+#include "ckpt/fd_kind.h"
+#include "ckpt/vma_kind.h"
+
 namespace fsched::ckpt {
 
 // Identity of a file as seen by stat(2), to detect that a file changed after dump.
@@ -28,11 +31,9 @@ struct Vma {
   std::uint64_t start = 0, end = 0;   // [start, end) virtual addresses, page aligned
   int prot = 0;                       // PROT_* bits
   bool shared = false;                // MAP_SHARED
-  std::string kind;                   // "anon", "file", "heap", "stack", "vdso", "vvar", "vvar_vclock",
-                                      // "shm" (shared memory object shm_key, see ShmObject),
-                                      // "sysv" (SysV segment, see SysvShm)
+  VmaKind kind = VmaKind::kAnon;      // what backs it (vma_kind.h)
   std::string shm_key;
-  std::string path;                   // file path for kind == "file"
+  std::string path;                   // file path for VmaKind::kFile
   // A "file" mapping of a file deleted while mapped: the DeletedFile with this key
   // (its path is then only where the file was).
   std::string deleted_key;
@@ -68,10 +69,7 @@ struct InotifyWatch {
 // An open file descriptor.
 struct Fd {
   int fd = -1;
-  std::string kind;          // "file", "dir", "chr", "pipe" (file.ino: the pipe inode),
-                             // "eventfd", "epoll", "timerfd", "signalfd",
-                             // "unix" (file.ino: the socket inode), "fifo" (named pipe),
-                             // "inotify"
+  FdKind kind = FdKind::kFile;  // which unit dumps and restores it (fd_kind.h, fd_ops.h)
   std::string path;
   int flags = 0;             // open flags from fdinfo (O_ACCMODE, O_APPEND, O_CLOEXEC ...)
   std::int64_t pos = 0;      // file offset in bytes

@@ -3,6 +3,8 @@
 // (/proc/PID/pagemap, see Documentation/admin-guide/mm/pagemap.rst); of private file
 // mappings only the pages that differ from the file (the anonymous, copied-on-write
 // ones); all-zero pages are not stored at all.
+#include "ckpt/memory.h"
+
 #include <fcntl.h>
 #include <linux/prctl.h>
 #include <sys/mman.h>
@@ -18,8 +20,9 @@
 #include <cstring>
 
 #include "ckpt/fsaccess.h"
-#include "ckpt/parts.h"
 #include "ckpt/proc.h"
+#include "ckpt/remote.h"
+#include "ckpt/shmem.h"
 #include "common/error.h"
 #include "common/fd.h"
 
@@ -86,23 +89,27 @@ void dump_memory_layout(DumpProcess& p) {
       return fmt::format("process {} (pid {} in the job), mapping {:#x}-{:#x} {}", pid, r.pid,
                          m.start, m.end, m.path.empty() ? "[anon]" : m.path);
     };
-    if (m.path == "[vdso]" || m.path == "[vvar]" || m.path == "[vvar_vclock]") {
-      v.kind = m.path.substr(1, m.path.size() - 2);
+    if (m.path == "[vdso]") {
+      v.kind = VmaKind::kVdso;
+    } else if (m.path == "[vvar]") {
+      v.kind = VmaKind::kVvar;
+    } else if (m.path == "[vvar_vclock]") {
+      v.kind = VmaKind::kVvarVclock;
     } else if (m.path == "[heap]") {
-      v.kind = "heap";
+      v.kind = VmaKind::kHeap;
     } else if (m.path == "[stack]") {
-      v.kind = "stack";
+      v.kind = VmaKind::kStack;
     } else if (m.path.empty() || m.path.rfind("[anon:", 0) == 0) {
-      v.kind = "anon";
+      v.kind = VmaKind::kAnon;
     } else if (v.shared && is_shm_path(m.path)) {
-      v.kind = "shm";
+      v.kind = VmaKind::kShm;
       v.shm_key = fmt::format("{}:{}", m.dev, m.ino);
       v.path = m.path;  // a named /dev/shm object is made again by this name (shmem.cpp)
     } else if (m.path[0] == '/') {
       if (m.path.rfind("/SYSV", 0) == 0 && v.shared) {
         // A shmat(2) attach; the inode number is the shmid. The segment itself is
         // dumped from the job's IPC namespace (sysvshm.cpp).
-        v.kind = "sysv";
+        v.kind = VmaKind::kSysv;
         v.shm_key = std::to_string(m.ino);
         bool may_write = std::find(m.vmflags.begin(), m.vmflags.end(), "mw") != m.vmflags.end();
         v.shmat_flags = (may_write ? 0 : SHM_RDONLY) | ((v.prot & PROT_EXEC) ? SHM_EXEC : 0);
@@ -114,7 +121,7 @@ void dump_memory_layout(DumpProcess& p) {
       if (m.path.ends_with(" (deleted)")) {
         // Deleted while mapped (or a memfd mapped privately): its contents are stored
         // once with the deleted files (deleted.cpp), the mapping maps the copy.
-        v.kind = "file";
+        v.kind = VmaKind::kFile;
         v.path = m.path.substr(0, m.path.size() - std::strlen(" (deleted)"));
         v.deleted_key = fmt::format("{}:{}", m.dev, m.ino);
         v.file = FileId{m.ino, 0, 0};
@@ -128,13 +135,13 @@ void dump_memory_layout(DumpProcess& p) {
       if (!S_ISREG(st.st_mode)) fail("{}: mapping of a device is not supported", where());
       if (st.st_ino != m.ino)
         fail("{}: the file at this path was replaced after it was mapped", where());
-      v.kind = "file";
+      v.kind = VmaKind::kFile;
       v.path = m.path;
       v.file = file_id_of(st);
     } else {
       fail("{}: unsupported special mapping", where());
     }
-    if (v.shared && v.kind != "file" && v.kind != "shm")
+    if (v.shared && v.kind != VmaKind::kFile && v.kind != VmaKind::kShm)
       fail("{}: this shared mapping is not supported", where());
     r.vmas.push_back(std::move(v));
   }
@@ -156,9 +163,9 @@ std::uint64_t dump_pages(DumpProcess& p, ImageWriter& img) {
 
   for (Vma& v : p.rec.vmas) {
     v.runs.clear();
-    if (v.kind == "vdso" || v.kind == "vvar" || v.kind == "vvar_vclock") continue;
+    if (is_kernel_mapping(v.kind)) continue;
     if (v.shared) continue;  // its contents are the file's or the shm object's
-    const bool file = v.kind == "file";
+    const bool file = v.kind == VmaKind::kFile;
     const std::uint64_t npages = (v.end - v.start) / kPage;
 
     // Reads the pages idx[k, k + n) of this VMA to dst.
@@ -280,11 +287,11 @@ void move_vdso(RestoreProcess& p, const InjectionArea& area, const std::vector<M
       s.have_cur = true;
     }
   for (auto& v : p.rec->vmas)
-    if (v.kind == "vdso" || v.kind == "vvar" || v.kind == "vvar_vclock") {
-      auto& s = sp[v.kind];
+    if (is_kernel_mapping(v.kind)) {
+      auto& s = sp[std::string(to_string(v.kind))];
       if (s.have_cur && s.size != v.end - v.start)
         fail("process {}: the [{}] area is {} bytes here but {} in the image (another kernel?)",
-             p.rec->pid, v.kind, s.size, v.end - v.start);
+             p.rec->pid, to_string(v.kind), s.size, v.end - v.start);
       s.saved_start = v.start;
       s.have_saved = true;
     }
@@ -360,13 +367,13 @@ void restore_memory(RestoreProcess& p, const InjectionArea& area, PageReader& pa
     file_path.clear();
   };
   for (const Vma& v : r.vmas) {
-    if (v.kind == "vdso" || v.kind == "vvar" || v.kind == "vvar_vclock") continue;
+    if (is_kernel_mapping(v.kind)) continue;
     int prot = v.prot | (v.runs.empty() ? 0 : PROT_READ | PROT_WRITE);
     int flags = MAP_FIXED | (v.shared ? MAP_SHARED : MAP_PRIVATE);
     if (has_flag(v, "gd")) flags |= MAP_GROWSDOWN;
     std::string what = fmt::format("process {}: mmap of {:#x}-{:#x} {}", r.pid, v.start, v.end,
-                                   v.path.empty() ? v.kind : v.path);
-    if (v.kind == "sysv") {
+                                   v.path.empty() ? std::string(to_string(v.kind)) : v.path);
+    if (v.kind == VmaKind::kSysv) {
       // One shmat(2) maps the whole segment, at the start of its first piece; the
       // other pieces of the attach (split by mprotect) come with it.
       close_file();
@@ -376,15 +383,15 @@ void restore_memory(RestoreProcess& p, const InjectionArea& area, PageReader& pa
       if (got < 0) throw Error(what + ": shmat", static_cast<int>(-got));
       if (static_cast<std::uint64_t>(got) != v.start)
         fail("{}: shmat attached it at {:#x}", what, got);
-    } else if (v.kind == "shm" || !v.deleted_key.empty()) {
+    } else if (v.kind == VmaKind::kShm || !v.deleted_key.empty()) {
       close_file();
       long fd = take_from_init(
-          inj, shm_fd_in_init(shm, v.kind == "shm" ? v.shm_key : v.deleted_key), what);
+          inj, shm_fd_in_init(shm, v.kind == VmaKind::kShm ? v.shm_key : v.deleted_key), what);
       long mr = inj.call(SYS_mmap, v.start, v.end - v.start, static_cast<std::uint64_t>(prot),
                         static_cast<std::uint64_t>(flags), static_cast<std::uint64_t>(fd), v.pgoff);
       inj.call(SYS_close, static_cast<std::uint64_t>(fd));
       if (mr < 0) throw Error(what, static_cast<int>(-mr));
-    } else if (v.kind == "file") {
+    } else if (v.kind == VmaKind::kFile) {
       if (v.path != file_path) {
         close_file();
         int oflags = (v.shared && (v.prot & PROT_WRITE)) ? O_RDWR : O_RDONLY;
@@ -417,9 +424,9 @@ void restore_memory(RestoreProcess& p, const InjectionArea& area, PageReader& pa
 
   // 5. Final protections and madvise(2) flags.
   for (const Vma& v : r.vmas) {
-    if (v.kind == "vdso" || v.kind == "vvar" || v.kind == "vvar_vclock") continue;
+    if (is_kernel_mapping(v.kind)) continue;
     int tmp = v.prot | (v.runs.empty() ? 0 : PROT_READ | PROT_WRITE);
-    if (v.kind == "sysv")
+    if (v.kind == VmaKind::kSysv)
       tmp = PROT_READ | ((v.shmat_flags & SHM_RDONLY) ? 0 : PROT_WRITE) |
             ((v.shmat_flags & SHM_EXEC) ? PROT_EXEC : 0);
     if (tmp != v.prot)

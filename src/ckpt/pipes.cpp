@@ -2,7 +2,10 @@
 // is read without consuming it: tee(2) from a second reader of the pipe (opened
 // through /proc/PID/fd/N) into a pipe of our own. On restore each pipe is created
 // with pipe2(2) inside init (pid 1), filled by the restorer through pidfd_getfd(2),
-// and every process takes its ends from init (files.cpp).
+// and every process takes its ends from init. A FIFO is reopened by its path, which
+// init holds open both ways so that no open waits.
+#include "ckpt/pipes.h"
+
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -11,7 +14,7 @@
 #include <set>
 
 #include "ckpt/fsaccess.h"
-#include "ckpt/parts.h"
+#include "ckpt/remote.h"
 #include "common/error.h"
 #include "common/fd.h"
 
@@ -30,13 +33,50 @@ void write_all(int fd, const std::byte* p, std::size_t n, const std::string& wha
   }
 }
 
+void dump_pipe(const FdDumpCtx& c, Fd& f) {
+  f.file = FileId{c.st.st_ino, 0, 0};
+  f.path.clear();
+}
+
+// A named pipe: reopened by path, its buffer kept like a pipe's.
+void dump_fifo(const FdDumpCtx& c, Fd& f) { f.file = FileId{c.st.st_ino, 0, 0}; }
+
+long open_pipe(const FdRestoreCtx& c, const Fd& f, const std::string& who) {
+  auto it = c.pipes.find(f.file.ino);
+  if (it == c.pipes.end()) fail("image: {}: pipe {} is not in the pipe table", who, f.file.ino);
+  return adopt_from_init(
+      c, (f.flags & O_ACCMODE) == O_RDONLY ? it->second.read_fd : it->second.write_fd, f, who);
+}
+
+long open_fifo(const FdRestoreCtx& c, const Fd& f, const std::string& who) {
+  Injector& inj = c.inj();
+  // A FIFO open would wait for the other side; init holds it open both ways, and
+  // the fd gets its own blocking mode back right after.
+  long fd = open_no_symlinks(inj, c.host_pid(), c.area, f.path, reopen_flags(f) | O_NONBLOCK, 0,
+                             who);
+  // It may have been made anew by the restore (create_pipes): its type is what counts.
+  check_identity(c.host_pid(), fd, FileId{.mode = S_IFIFO}, SizeRule::kAny,
+                 c.proc.image->boot_id, who);
+  if (!(f.flags & O_NONBLOCK))
+    inj.call_ok(who + ": fcntl(F_SETFL)", SYS_fcntl, static_cast<std::uint64_t>(fd), F_SETFL,
+                static_cast<std::uint64_t>(f.flags & O_APPEND));
+  return fd;
+}
+
 }  // namespace
+
+const FdOps kPipeFdOps{.kind = FdKind::kPipe, .anon_link = nullptr, .dump = dump_pipe,
+                       .open = open_pipe, .finish = nullptr, .shareable = true,
+                       .seekable = false};
+const FdOps kFifoFdOps{.kind = FdKind::kFifo, .anon_link = nullptr, .dump = dump_fifo,
+                       .open = open_fifo, .finish = nullptr, .shareable = true,
+                       .seekable = false};
 
 void dump_pipes(std::span<DumpProcess> procs, Manifest& m, ImageWriter& img) {
   std::set<std::uint64_t> seen;
   for (auto& p : procs) {
     for (auto& f : p.rec.fds) {
-      if ((f.kind != "pipe" && f.kind != "fifo") || !seen.insert(f.file.ino).second) continue;
+      if ((f.kind != FdKind::kPipe && f.kind != FdKind::kFifo) || !seen.insert(f.file.ino).second) continue;
       std::string path = fmt::format("/proc/{}/fd/{}", p.host_pid, f.fd);
       UniqueFd src(::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC));
       if (!src) fail_errno("cannot open pipe {} for reading its buffer", path);
@@ -56,7 +96,7 @@ void dump_pipes(std::span<DumpProcess> procs, Manifest& m, ImageWriter& img) {
       }
       // A second tee would show more if the buffer holds more than one tee returns.
       m.pipes.push_back({f.file.ino, static_cast<std::uint64_t>(cap), data.size(),
-                         f.kind == "fifo" ? f.path : std::string()});
+                         f.kind == FdKind::kFifo ? f.path : std::string()});
       if (!data.empty()) img.append_pages(data);
     }
   }
@@ -82,7 +122,7 @@ PipeTable create_pipes(InitStash& stash, const InjectionArea& area, const Manife
       // through a link: the user controls the path (fsaccess.h).
       pid_t ip = stash.init().host_pid;
       act_as(inj, ip, area,
-             &owner_of(m, [&](const Fd& f) { return f.kind == "fifo" && f.file.ino == pp.ino; }),
+             &owner_of(m, [&](const Fd& f) { return f.kind == FdKind::kFifo && f.file.ino == pp.ino; }),
              what);
       std::uint64_t path = put_string(ip, area, 0, pp.path);
       long made = inj.call(SYS_mknodat, static_cast<std::uint64_t>(AT_FDCWD), path, S_IFIFO | 0600, 0);

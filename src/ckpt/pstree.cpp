@@ -1,5 +1,7 @@
 // Process tree: freezing the job's tree for dump, and recreating it with the saved
 // PIDs, sessions and process groups on restore (clone3(2) with set_tid).
+#include "ckpt/pstree.h"
+
 #include <linux/sched.h>
 #include <signal.h>
 #include <sys/mman.h>
@@ -18,34 +20,11 @@
 #include <set>
 
 #include "ckpt/confine.h"
-#include "ckpt/parts.h"
 #include "ckpt/proc.h"
+#include "ckpt/remote.h"
 #include "common/error.h"
 
 namespace fsched::ckpt {
-
-void remote_read(pid_t pid, std::uint64_t addr, void* out, std::size_t len) {
-  iovec local{out, len};
-  iovec remote{reinterpret_cast<void*>(addr), len};
-  ssize_t n = ::process_vm_readv(pid, &local, 1, &remote, 1, 0);
-  if (n != static_cast<ssize_t>(len))
-    fail_errno("cannot read {} bytes at {:#x} of process {}", len, addr, pid);
-}
-
-void remote_write(pid_t pid, std::uint64_t addr, const void* data, std::size_t len) {
-  iovec local{const_cast<void*>(data), len};
-  iovec remote{reinterpret_cast<void*>(addr), len};
-  ssize_t n = ::process_vm_writev(pid, &local, 1, &remote, 1, 0);
-  if (n != static_cast<ssize_t>(len))
-    fail_errno("cannot write {} bytes at {:#x} of process {}", len, addr, pid);
-}
-
-std::uint64_t put_string(pid_t host_pid, const InjectionArea& area, std::size_t off,
-                         const std::string& s) {
-  if (off + s.size() + 1 > area.data_size()) fail("path too long for injection area: {}", s);
-  remote_write(host_pid, area.data() + off, s.c_str(), s.size() + 1);
-  return area.data() + off;
-}
 
 static int ns_pid_of(pid_t host_pid, pid_t host_tid = 0) {
   auto st = read_status(host_tid ? host_tid : host_pid);

@@ -9,10 +9,24 @@
 #include <chrono>
 #include <csignal>
 
+#include "ckpt/creds.h"
+#include "ckpt/deleted.h"
 #include "ckpt/engine.h"
+#include "ckpt/files.h"
 #include "ckpt/fsaccess.h"
 #include "ckpt/imagekey.h"
-#include "ckpt/parts.h"
+#include "ckpt/inotify.h"
+#include "ckpt/memory.h"
+#include "ckpt/pipes.h"
+#include "ckpt/pstree.h"
+#include "ckpt/restore_context.h"
+#include "ckpt/shmem.h"
+#include "ckpt/signals.h"
+#include "ckpt/sockets.h"
+#include "ckpt/sysvshm.h"
+#include "ckpt/threads.h"
+#include "ckpt/timers.h"
+#include "ckpt/validate.h"
 #include "common/error.h"
 
 namespace fsched::ckpt {

@@ -5,6 +5,8 @@
 // SEEK_DATA/SEEK_HOLE (lseek(2)). On restore each is recreated in init — a memfd, or
 // the named /dev/shm file — filled by the restorer, and mapped by every process that
 // had it, so they share it again.
+#include "ckpt/shmem.h"
+
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -12,7 +14,7 @@
 #include <unistd.h>
 
 #include "ckpt/fsaccess.h"
-#include "ckpt/parts.h"
+#include "ckpt/remote.h"
 #include "common/error.h"
 #include "common/fd.h"
 
@@ -98,7 +100,7 @@ void dump_shm(std::span<DumpProcess> procs, Manifest& m, ImageWriter& img) {
   for (auto& p : procs) {
     // The maps path of each shm VMA, to tell named objects from unlinked ones.
     for (auto& v : p.rec.vmas) {
-      if (v.kind != "shm") continue;
+      if (v.kind != VmaKind::kShm) continue;
       bool seen = false;
       for (auto& o : m.shm) seen = seen || o.key == v.shm_key;
       if (seen) continue;
@@ -139,7 +141,7 @@ ShmTable create_shm(InitStash& stash, const InjectionArea& area, const Manifest&
       // and refused unless it is a regular file of the dumped owner (fsaccess.h).
       act_as(inj, init.host_pid, area,
              &owner_of(m, [&](const Fd& f) { return f.deleted_key == o.key; },
-                       [&](const Vma& v) { return v.kind == "shm" && v.shm_key == o.key; }),
+                       [&](const Vma& v) { return v.kind == VmaKind::kShm && v.shm_key == o.key; }),
              what);
       fd = open_no_symlinks(inj, init.host_pid, area, o.path, O_RDWR | O_CREAT, o.mode & 0777,
                             what);

@@ -1,13 +1,15 @@
 // Signals: the disposition of every signal (rt_sigaction(2), read and set from
 // inside the process by injection). Per-thread masks and pending signals are saved
 // with the threads (threads.cpp).
+#include "ckpt/signals.h"
+
 #include <signal.h>
 #include <sys/syscall.h>
 
 #include <charconv>
 
-#include "ckpt/parts.h"
 #include "ckpt/proc.h"
+#include "ckpt/remote.h"
 #include "common/error.h"
 
 namespace fsched::ckpt {

@@ -7,6 +7,8 @@
 // sockets are created in init, refilled by the restorer, and taken by each process.
 // Sockets of other families (TCP, UDP, netlink...) or connected outside the job are
 // refused with the process and fd named.
+#include "ckpt/sockets.h"
+
 #include <fcntl.h>
 #include <linux/netlink.h>
 #include <linux/rtnetlink.h>
@@ -24,7 +26,7 @@
 #include <set>
 
 #include "ckpt/fsaccess.h"
-#include "ckpt/parts.h"
+#include "ckpt/remote.h"
 #include "common/error.h"
 #include "common/fd.h"
 
@@ -139,19 +141,36 @@ std::vector<std::string> peek_queue(int sock, int type, std::uint32_t rqueue,
   return msgs;
 }
 
+// The fd: its socket inode from the link "socket:[ino]"; the socket itself is
+// dumped by dump_sockets.
+void dump_unix_fd(const FdDumpCtx& c, Fd& f) {
+  f.file.ino = std::stoull(c.link.substr(8));
+  f.path.clear();
+}
+
+long open_unix_fd(const FdRestoreCtx& c, const Fd& f, const std::string& who) {
+  auto it = c.sockets.find(f.file.ino);
+  if (it == c.sockets.end()) fail("image: {}: socket {} is not in the image", who, f.file.ino);
+  return adopt_from_init(c, it->second, f, who);
+}
+
 }  // namespace
+
+const FdOps kUnixFdOps{.kind = FdKind::kUnix, .anon_link = nullptr, .dump = dump_unix_fd,
+                       .open = open_unix_fd, .finish = nullptr, .shareable = true,
+                       .seekable = false};
 
 void dump_sockets(std::span<DumpProcess> procs, Manifest& m, ImageWriter& img) {
   std::set<std::uint64_t> in_job;
   for (auto& p : procs)
     for (auto& f : p.rec.fds)
-      if (f.kind == "unix") in_job.insert(f.file.ino);
+      if (f.kind == FdKind::kUnix) in_job.insert(f.file.ino);
   if (in_job.empty()) return;
   auto diag = unix_sockets();
   std::set<std::uint64_t> done;
   for (auto& p : procs) {
     for (auto& f : p.rec.fds) {
-      if (f.kind != "unix" || !done.insert(f.file.ino).second) continue;
+      if (f.kind != FdKind::kUnix || !done.insert(f.file.ino).second) continue;
       std::string who =
           fmt::format("process {} (pid {} in the job), fd {} -> socket:[{}]", p.host_pid, p.rec.pid,
                       f.fd, f.file.ino);
@@ -216,7 +235,7 @@ SocketTable create_sockets(InitStash& stash, const InjectionArea& area, const Ma
         // Bound by init as the socket's owner in the job: the user controls the path,
         // so what a bind or an unlink there may do is what the job itself could.
         act_as(inj, init.host_pid, area,
-               &owner_of(m, [&](const Fd& f) { return f.kind == "unix" && f.file.ino == s.ino; }),
+               &owner_of(m, [&](const Fd& f) { return f.kind == FdKind::kUnix && f.file.ino == s.ino; }),
                what);
         // The dumped job's socket file, left behind: removed only if it is a socket.
         // (Looked at by init as the job, so nothing the job could not see is told.)

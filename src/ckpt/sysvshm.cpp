@@ -9,6 +9,8 @@
 // (IPC_RMID) while still attached are removed again once every process has attached
 // them. Not kept: creator ids (cuid, cgid: the restorer creates the segments), times,
 // last pid, SHM_LOCK. SysV semaphores and message queues are refused.
+#include "ckpt/sysvshm.h"
+
 #include <fcntl.h>
 #include <sched.h>
 #include <sys/ipc.h>
@@ -25,7 +27,6 @@
 #include <set>
 #include <thread>
 
-#include "ckpt/parts.h"
 #include "common/error.h"
 #include "common/fd.h"
 
@@ -91,7 +92,7 @@ void check_attaches(const DumpProcess& p, const std::map<int, std::uint64_t>& si
   const Vma* prev = nullptr;
   std::uint64_t want_end = 0;  // pages of the current attach still to come
   for (auto& v : p.rec.vmas) {
-    if (v.kind != "sysv") {
+    if (v.kind != VmaKind::kSysv) {
       if (prev && want_end)
         fail("process {} (pid {} in the job): SysV segment {} at {:#x} is partly unmapped "
              "(unsupported)", p.host_pid, p.rec.pid, prev->shm_key, prev->start);
@@ -125,7 +126,7 @@ void dump_sysv_shm(std::span<DumpProcess> procs, Manifest& m, ImageWriter& img) 
   const DumpProcess* attacher = nullptr;
   for (auto& p : procs)
     for (auto& v : p.rec.vmas)
-      if (v.kind == "sysv" && !attacher) attacher = &p;
+      if (v.kind == VmaKind::kSysv && !attacher) attacher = &p;
   if (same_ns(init)) {
     if (attacher)
       fail("process {} (pid {} in the job): maps SysV shared memory, but the job shares the "

@@ -3,6 +3,8 @@
 // creating the threads of a restored process with their saved TIDs.
 // Interfaces: ptrace(2) GETREGS/GETREGSET(NT_X86_XSTATE)/GET_RSEQ_CONFIGURATION,
 // get_robust_list(2), prctl(2) PR_GET_TID_ADDRESS, sigaltstack(2), clone3(2).
+#include "ckpt/threads.h"
+
 #include <elf.h>
 #include <linux/sched.h>
 #include <signal.h>
@@ -15,8 +17,8 @@
 #include <cstring>
 
 #include "ckpt/confine.h"
-#include "ckpt/parts.h"
 #include "ckpt/proc.h"
+#include "ckpt/remote.h"
 #include "common/error.h"
 
 namespace fsched::ckpt {

@@ -1,10 +1,12 @@
 // Timers: the three interval timers of a process (getitimer(2)/setitimer(2), by
 // injection). POSIX timers (timer_create(2), listed in /proc/PID/timers) are refused.
+#include "ckpt/timers.h"
+
 #include <sys/syscall.h>
 #include <sys/time.h>
 
-#include "ckpt/parts.h"
 #include "ckpt/proc.h"
+#include "ckpt/remote.h"
 #include "common/error.h"
 
 namespace fsched::ckpt {

@@ -2,12 +2,13 @@
 // image whose HMAC holds can still come from a buggy or older dumper, and a value the
 // restore would trust later (a page run past its mapping, a parent after its child, a
 // stream shorter than its runs) must be refused while refusing is still free.
+#include "ckpt/validate.h"
+
 #include <sys/resource.h>
 
 #include <set>
 
 #include "ckpt/image.h"
-#include "ckpt/parts.h"
 #include "common/error.h"
 
 namespace fsched::ckpt {

@@ -65,9 +65,9 @@ int show(const std::string& dir, bool json, const std::string& key_file) {
                                  for (auto& r : v.runs) n += r.second;
                                  return n;
                                }(),
-                               v.path.empty() ? "[" + v.kind + "]" : v.path);
+                               v.path.empty() ? fmt::format("[{}]", to_string(v.kind)) : v.path);
     for (auto& f : p.fds)
-      std::cout << fmt::format("  fd {} {} {} flags {:o} pos {}{}\n", f.fd, f.kind, f.path,
+      std::cout << fmt::format("  fd {} {} {} flags {:o} pos {}{}\n", f.fd, to_string(f.kind), f.path,
                                f.flags, f.pos,
                                f.shared_fd >= 0
                                    ? fmt::format(" (shared with pid {} fd {})", f.shared_pid, f.shared_fd)

@@ -109,7 +109,7 @@ TEST(Manifest, JsonRoundTrip) {
   ck::Vma v;
   v.start = 0x1000;
   v.end = 0x3000;
-  v.kind = "anon";
+  v.kind = ck::VmaKind::kAnon;
   v.runs = {{0, 2}};
   p.vmas.push_back(v);
   ck::Thread t;

@@ -5,7 +5,8 @@
 #include <gtest/gtest.h>
 
 #include "ckpt/manifest.h"
-#include "ckpt/parts.h"
+#include "ckpt/deleted.h"
+#include "ckpt/inotify.h"
 #include "common/error.h"
 
 namespace ck = fsched::ckpt;
@@ -71,11 +72,11 @@ TEST(DeletedFiles, ManifestRoundTrip) {
   m.deleted_files.push_back(d);
   ck::Process p;
   ck::Fd f;
-  f.kind = "inotify";
+  f.kind = ck::FdKind::kInotify;
   f.watches.push_back({5, 99, 0xfe00000, 0x300, 1, "00ff", "/tmp"});
   p.fds.push_back(f);
   ck::Fd g;
-  g.kind = "file";
+  g.kind = ck::FdKind::kFile;
   g.deleted_key = "fe:00:42";
   p.fds.push_back(g);
   m.processes.push_back(p);

@@ -1,0 +1,33 @@
+// Deleted files: regular files the job holds open or mapped after they were unlinked,
+// and memfds held only as fds. Their contents go into the image; on restore each is
+// recreated as an unlinked file in its old directory and kept in init (in the
+// ShmTable, under its key) for the fds and mappings that refer to it. Kernel
+// interfaces: /proc/PID/fd and /proc/PID/map_files (proc(5)), open(2) O_TMPFILE,
+// lseek(2) SEEK_DATA/SEEK_HOLE.
+#pragma once
+
+#include <sys/types.h>
+
+#include <span>
+#include <string>
+
+#include "ckpt/dump_context.h"
+#include "ckpt/image.h"
+#include "ckpt/restore_context.h"
+
+namespace fsched::ckpt {
+
+// The key naming a file like the shm objects' keys ("major:minor:inode" from its stat).
+std::string file_key(dev_t dev, ino_t ino);
+// Dump: the contents of every deleted file the tree refers to (fds and "file" VMAs
+// with a deleted_key), once each, to the page stream (after the shm objects'); files
+// that are also shm objects are not stored twice.
+void dump_deleted_files(std::span<DumpProcess> procs, Manifest& m, ImageWriter& img);
+// Verification before any process exists: the directories to recreate them in.
+void check_deleted_files(const Manifest& m);
+// Restore: each one recreated in init as an unlinked file in its old directory and
+// filled; added to `table` under its key.
+void create_deleted_files(InitStash& stash, const InjectionArea& area, const Manifest& m,
+                          PageReader& pages, ShmTable& table);
+
+}  // namespace fsched::ckpt

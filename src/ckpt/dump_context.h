@@ -1,0 +1,74 @@
+// The dump's view of the job: its frozen process tree (FrozenTree, pstree.cpp) and,
+// per process, what every kind's dump function reads and fills (DumpProcess): host
+// PID and TIDs, the manifest record, and the syscall-injection context with its
+// scratch mapping. Kernel interfaces: ptrace(2) PTRACE_SEIZE / PTRACE_INTERRUPT to
+// freeze every task; syscall injection through the process's vDSO (inject.h).
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "ckpt/inject.h"
+#include "ckpt/manifest.h"
+#include "common/error.h"
+
+namespace fsched::ckpt {
+
+// One process of the frozen tree.
+struct DumpProcess {
+  pid_t host_pid = 0;
+  std::vector<pid_t> host_tids;   // host TIDs, thread-group leader first; none for a zombie
+  bool zombie = false;
+  Process rec;                    // what goes into the manifest
+  // Syscall injection into the leader, with a scratch mapping of kScratchBytes.
+  std::unique_ptr<Injector> inj;
+  HealCode heal;                  // where injected syscalls run, in its vDSO (inject.h)
+  std::uint64_t scratch = 0;
+};
+inline constexpr std::size_t kScratchBytes = 4 * 4096;
+
+// A freeze that could not complete for a passing reason (a task in vfork, exiting);
+// the dump thaws the job and tries again.
+class FreezeBusy : public Error {
+ public:
+  using Error::Error;
+};
+
+// pstree.cpp: every thread of every process of the tree rooted at host PID `root`,
+// seized and stopped (PTRACE_SEIZE + PTRACE_INTERRUPT, re-scanning until no task
+// appears). Destruction thaws (detaches) all tasks unless kill() was called.
+// Throws FreezeBusy if a task cannot be stopped now, Error otherwise.
+class FrozenTree {
+ public:
+  explicit FrozenTree(pid_t root);
+  ~FrozenTree();
+  FrozenTree(const FrozenTree&) = delete;
+  FrozenTree& operator=(const FrozenTree&) = delete;
+
+  // Processes, parents before children (breadth first, by PID).
+  std::vector<DumpProcess>& processes() { return procs_; }
+  // SIGKILL the job's init: the kernel kills its whole PID namespace. `killed` is
+  // called once the signal is sent (the job can no longer run: its freeze is over),
+  // before the tasks are reaped, which for a large job takes a while (the kernel
+  // frees its memory).
+  void kill(const std::function<void()>& killed = {});
+  // Detaches every task, letting the job continue.
+  void thaw();
+
+ private:
+  pid_t root_;
+  std::vector<DumpProcess> procs_;
+  bool done_ = false;
+};
+
+// pstree.cpp: opens the injection context of p (p.inj, and p.scratch: a scratch
+// mapping of kScratchBytes in the job); undone by close_injection, which also puts
+// the leader's registers back. Throws Error naming the process.
+void open_injection(DumpProcess& p);
+void close_injection(DumpProcess& p);
+
+}  // namespace fsched::ckpt

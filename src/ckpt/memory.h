@@ -1,0 +1,33 @@
+// Memory: the VMA layout, mm fields (prctl(2) PR_SET_MM_MAP), auxv, brk and the
+// contents of private pages; on restore the helper's address space is replaced by
+// the saved one and the vDSO moved to its saved place. Kernel interfaces:
+// /proc/PID/smaps, /proc/PID/pagemap, /proc/PID/auxv, /proc/PID/map_files (proc(5)),
+// process_vm_readv(2)/process_vm_writev(2), mmap(2), mremap(2), madvise(2),
+// shmat(2) for SysV attaches.
+#pragma once
+
+#include <cstdint>
+
+#include "ckpt/dump_context.h"
+#include "ckpt/image.h"
+#include "ckpt/restore_context.h"
+
+namespace fsched::ckpt {
+
+// Dump, in three steps: the VMA layout, mm fields and auxv (before any injection,
+// which maps a scratch area); the brk, by injection; then the contents of present,
+// non-zero pages to the image's page stream, from outside the job. dump_pages
+// returns the bytes of memory stored (before compression).
+void dump_memory_layout(DumpProcess& p);
+void dump_memory_injected(DumpProcess& p);
+std::uint64_t dump_pages(DumpProcess& p, ImageWriter& img);
+
+// Restore: replaces the helper's address space with the saved one (pages from the
+// page stream; shared objects and deleted files mapped from `shm`), moves the vDSO,
+// sets the mm fields. Leaves the injection area.
+void restore_memory(RestoreProcess& p, const InjectionArea& area, PageReader& pages,
+                    const ShmTable& shm);
+// Removes the injection area; the last injected syscall in the process.
+void unmap_injection_area(RestoreProcess& p, const InjectionArea& area);
+
+}  // namespace fsched::ckpt

@@ -1,0 +1,42 @@
+// Shared memory objects mapped MAP_SHARED that live only in memory: shared anonymous
+// mappings, memfds, and files in /dev/shm (POSIX shm_open(3), sem_open(3)). Stored
+// once however many processes map them, recreated in init and kept there (ShmTable)
+// until every process has mapped them. Also the page-stream helpers for file data
+// that deleted.cpp shares. Kernel interfaces: /proc/PID/map_files (proc(5)),
+// lseek(2) SEEK_DATA/SEEK_HOLE, memfd_create(2), openat2(2) in /dev/shm.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "ckpt/dump_context.h"
+#include "ckpt/image.h"
+#include "ckpt/restore_context.h"
+
+namespace fsched::ckpt {
+
+// Whether a mapping's path (/proc/PID/maps) names a shared memory object.
+bool is_shm_path(const std::string& maps_path);
+// Dump: every object mapped by the tree, its data to the page stream (before pages).
+void dump_shm(std::span<DumpProcess> procs, Manifest& m, ImageWriter& img);
+// Restore: creates the objects in init and fills them (reads the page stream).
+ShmTable create_shm(InitStash& stash, const InjectionArea& area, const Manifest& m,
+                    PageReader& pages);
+// The fd in init of the object with key `key`; throws Error("image: ...") if none.
+int shm_fd_in_init(const ShmTable& t, const std::string& key);
+
+// Appends the data of the first `size` bytes of file `fd` to the page stream in whole
+// pages, skipping holes (SEEK_DATA/SEEK_HOLE); returns the {first page, count} runs
+// stored. `buf` is the I/O buffer (a multiple of the page size).
+std::vector<std::pair<std::uint64_t, std::uint64_t>> append_file_data(
+    int fd, std::uint64_t size, ImageWriter& img, std::vector<std::byte>& buf,
+    const std::string& what);
+// The restore side: writes those runs from the page stream into `fd`.
+void fill_file_data(int fd, std::uint64_t size,
+                    const std::vector<std::pair<std::uint64_t, std::uint64_t>>& runs,
+                    PageReader& pages, std::vector<std::byte>& buf, const std::string& what);
+
+}  // namespace fsched::ckpt

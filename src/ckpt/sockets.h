@@ -1,0 +1,28 @@
+// Unix sockets: socket pairs and connected pairs inside the job with the data queued
+// in them, listening sockets bound to a path, unconnected sockets; and the unix fd
+// kind (FdOps). Other families, and sockets connected outside the job, are refused.
+// Kernel interfaces: NETLINK_SOCK_DIAG (sock_diag(7), unix_diag), recvmsg(2)
+// MSG_PEEK with SO_PEEK_OFF (socket(7)), socketpair(2), bind(2), listen(2),
+// SO_SNDBUFFORCE.
+#pragma once
+
+#include <span>
+
+#include "ckpt/dump_context.h"
+#include "ckpt/fd_ops.h"
+#include "ckpt/image.h"
+#include "ckpt/restore_context.h"
+
+namespace fsched::ckpt {
+
+// Dump: every Unix socket of the job (queued data after the pipes' in the page
+// stream).
+void dump_sockets(std::span<DumpProcess> procs, Manifest& m, ImageWriter& img);
+// Restore: the sockets created in init, connected, bound and refilled.
+SocketTable create_sockets(InitStash& stash, const InjectionArea& area, const Manifest& m,
+                           PageReader& pages);
+
+// FdKind::kUnix.
+extern const FdOps kUnixFdOps;
+
+}  // namespace fsched::ckpt

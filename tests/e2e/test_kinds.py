@@ -1,0 +1,68 @@
+"""One kind of kernel state at a time: ckpt_kind holds only a pipe, a FIFO, a Unix
+socket pair, an eventfd, an epoll instance, a timerfd, a signalfd, an interval timer
+or a shared memfd, and is dumped midway and restored; its output and exit status must
+equal the uninterrupted run's. Parametrized by kind, so a failure names the kind that
+broke. (Deleted files, inotify and SysV shared memory alone: test_fsobjects.py.)"""
+from __future__ import annotations
+
+from typing import Callable
+
+import pytest
+
+from ckpt_e2e import E2E, JobSpec
+from test_ipc import checkpoint_run, fds_of_kind
+
+pytestmark = pytest.mark.slow
+
+ROUNDS = 60
+TICK_MS = 50
+SIGUSR1 = 10
+
+
+def _fds(m: dict, kind: str) -> list[dict]:
+    return [f for p in m["processes"] for f in p.get("fds", []) if f.get("kind") == kind]
+
+
+def _buffered_pipe(m: dict, named: bool) -> None:
+    assert _fds(m, "fifo" if named else "pipe"), "no such fd in the image"
+    pipes = [p for p in m["pipes"] if bool(p["path"]) == named]
+    assert len(pipes) == 1 and pipes[0]["bytes"] > 0, m["pipes"]
+
+
+def _queued_socket(m: dict) -> None:
+    assert len(fds_of_kind(m, "unix")) == 2, m["sockets"]
+    assert sum(len(s["queued"]) for s in m["sockets"]) > 0, m["sockets"]
+
+
+# What the image must hold for each kind: the program really held that state when dumped.
+KINDS: dict[str, Callable[[dict], None]] = {
+    "pipe": lambda m: _buffered_pipe(m, named=False),
+    "fifo": lambda m: _buffered_pipe(m, named=True),
+    "unix": _queued_socket,
+    "unix_dgram": _queued_socket,
+    "eventfd": lambda m: _fds(m, "eventfd") or pytest.fail("no eventfd in the image"),
+    "epoll": lambda m: [len(f["targets"]) for f in _fds(m, "epoll")] == [1]
+    or pytest.fail(f"epoll fds: {_fds(m, 'epoll')}"),
+    "timerfd": lambda m: [f["interval_ns"] for f in _fds(m, "timerfd")] == [TICK_MS * 1000000]
+    or pytest.fail(f"timerfds: {_fds(m, 'timerfd')}"),
+    "signalfd": lambda m: [f["sigmask"] for f in _fds(m, "signalfd")] == [1 << (SIGUSR1 - 1)]
+    or pytest.fail(f"signalfds: {_fds(m, 'signalfd')}"),
+    "itimer": lambda m: any(t["which"] == 0 for p in m["processes"] for t in p.get("itimers", []))
+    or pytest.fail("no ITIMER_REAL in the image"),
+    "memfd": lambda m: len(m["shm"]) == 1 or pytest.fail(f"shm objects: {m['shm']}"),
+}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_kind(e2e: E2E, kind: str):
+    spec = JobSpec(name=f"kind_{kind}",
+                   argv=[str(e2e.program("ckpt_kind")), kind, str(ROUNDS), str(TICK_MS)],
+                   progress=("lines", "stdout"), timeout=120)
+    ref = e2e.reference(spec)
+    out = ref.snap["stdout"].text
+    assert ref.status == 0 and out.endswith(f"done {kind} {ROUNDS}\n"), out[-500:]
+
+    def check(job, stats: dict, m: dict):
+        assert stats["processes"] == 2, stats  # init and ckpt_kind
+        KINDS[kind](m)
+    checkpoint_run(e2e, spec, [0.5], "middle", check_dump=check)

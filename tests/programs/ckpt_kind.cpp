@@ -1,0 +1,322 @@
+// ckpt_kind: one process that holds one kind of kernel state, for checkpoint/restore
+// tests that name the kind that broke. Output depends only on the arguments.
+//
+//   ckpt_kind KIND ROUNDS [TICK_MS]
+//
+// Each round uses the state left by the previous round, prints one line and sleeps
+// TICK_MS (default 50), so that a dump usually finds the state in use:
+//   pipe       a pipe(2) holding the previous round's record, read back and checked
+//   fifo       the same through a FIFO made in the current directory (removed at the end)
+//   unix       a SOCK_STREAM socketpair(2) holding the previous round's record
+//   unix_dgram a SOCK_DGRAM socketpair(2) holding the previous two rounds' datagrams
+//   eventfd    an eventfd(2) counter that sums the rounds, read every fourth round
+//   epoll      an epoll(7) instance watching a pipe's read end with a chosen epoll_data
+//   timerfd    a periodic timerfd (the round waits for its next expiration, no sleep)
+//   signalfd   a signalfd(2) reading the SIGUSR1 queued (sigqueue(3), with the round
+//              number) by the previous round
+//   itimer     a periodic ITIMER_REAL whose SIGALRM ends each round (no sleep)
+//   memfd      a memfd mapped MAP_SHARED: each round writes a page through the mapping
+//              and checks the previous one through the fd
+//
+// Exit status 0; 1 with a line "FAIL ..." saying what failed.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <sys/timerfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+namespace {
+
+int g_tick_ms = 50;
+
+[[noreturn]] void die(const char* what) {
+  std::printf("FAIL %s: %s\n", what, std::strerror(errno));
+  std::fflush(stdout);
+  std::exit(1);
+}
+
+[[noreturn]] void fail(const std::string& what) {
+  std::printf("FAIL %s\n", what.c_str());
+  std::fflush(stdout);
+  std::exit(1);
+}
+
+void line(const std::string& s) {
+  std::printf("%s\n", s.c_str());
+  std::fflush(stdout);
+}
+
+void tick() {
+  timespec ts{g_tick_ms / 1000, (g_tick_ms % 1000) * 1000000L};
+  while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {
+  }
+}
+
+// A record of round r: its number and a payload that depends on it.
+std::string record(int r) {
+  std::string s = "round " + std::to_string(r) + " ";
+  for (int i = 0; i < 20 + r % 50; ++i) s += static_cast<char>('a' + (r * 7 + i) % 26);
+  return s + "\n";
+}
+
+void write_all(int fd, const std::string& s) {
+  for (std::size_t off = 0; off < s.size();) {
+    ssize_t n = write(fd, s.data() + off, s.size() - off);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      die("write");
+    }
+    off += static_cast<std::size_t>(n);
+  }
+}
+
+std::string read_exact(int fd, std::size_t len) {
+  std::string s(len, '\0');
+  for (std::size_t off = 0; off < len;) {
+    ssize_t n = read(fd, s.data() + off, len - off);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) die("read");
+    off += static_cast<std::size_t>(n);
+  }
+  return s;
+}
+
+// A byte stream from `w` to `r`: each round writes its record and reads back the one
+// the previous round left queued.
+void stream(int r, int w, int rounds, const char* kind) {
+  for (int i = 1; i <= rounds; ++i) {
+    write_all(w, record(i));
+    if (i > 1) {
+      std::string got = read_exact(r, record(i - 1).size());
+      if (got != record(i - 1)) fail(std::string(kind) + ": round " + std::to_string(i) + " read " + got);
+    }
+    line(std::string(kind) + " " + std::to_string(i) + " queued " + std::to_string(record(i).size()));
+    tick();
+  }
+  if (read_exact(r, record(rounds).size()) != record(rounds)) fail(std::string(kind) + ": last record");
+}
+
+void run_pipe(int rounds) {
+  int p[2];
+  if (pipe2(p, O_CLOEXEC) < 0) die("pipe2");
+  stream(p[0], p[1], rounds, "pipe");
+}
+
+void run_fifo(int rounds) {
+  const char* path = "kind.fifo";
+  if (mkfifo(path, 0600) < 0) die("mkfifo");
+  int r = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  if (r < 0) die("open fifo for reading");
+  int w = open(path, O_WRONLY | O_CLOEXEC);
+  if (w < 0) die("open fifo for writing");
+  if (fcntl(r, F_SETFL, 0) < 0) die("fcntl");  // blocking reads from here on
+  stream(r, w, rounds, "fifo");
+  unlink(path);
+}
+
+void run_unix(int rounds) {
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) die("socketpair");
+  stream(sv[1], sv[0], rounds, "unix");
+}
+
+void run_unix_dgram(int rounds) {
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, sv) < 0) die("socketpair");
+  // Two datagrams in flight: message boundaries must survive the restore.
+  for (int i = 1; i <= rounds + 2; ++i) {
+    if (i <= rounds) {
+      std::string rec = record(i);
+      if (send(sv[0], rec.data(), rec.size(), 0) != static_cast<ssize_t>(rec.size())) die("send");
+    }
+    if (i > 2) {
+      char buf[256];
+      ssize_t n = recv(sv[1], buf, sizeof buf, 0);
+      if (n < 0) die("recv");
+      if (std::string(buf, static_cast<std::size_t>(n)) != record(i - 2))
+        fail("unix_dgram: round " + std::to_string(i) + " got another datagram");
+    }
+    if (i <= rounds) line("unix_dgram " + std::to_string(i));
+    tick();
+  }
+}
+
+void run_eventfd(int rounds) {
+  int fd = eventfd(0, EFD_CLOEXEC);
+  if (fd < 0) die("eventfd");
+  std::uint64_t sum = 0;
+  for (int i = 1; i <= rounds; ++i) {
+    std::uint64_t v = static_cast<std::uint64_t>(i) * 1000003u;
+    if (write(fd, &v, sizeof v) != sizeof v) die("eventfd write");
+    sum += v;
+    if (i % 4 == 0 || i == rounds) {
+      std::uint64_t got = 0;
+      if (read(fd, &got, sizeof got) != sizeof got) die("eventfd read");
+      if (got != sum) fail("eventfd: counter " + std::to_string(got) + ", expected " + std::to_string(sum));
+      line("eventfd " + std::to_string(i) + " counter " + std::to_string(got));
+      sum = 0;
+    } else {
+      line("eventfd " + std::to_string(i));
+    }
+    tick();
+  }
+}
+
+void run_epoll(int rounds) {
+  int p[2];
+  if (pipe2(p, O_CLOEXEC | O_NONBLOCK) < 0) die("pipe2");
+  int ep = epoll_create1(EPOLL_CLOEXEC);
+  if (ep < 0) die("epoll_create1");
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.u64 = 0x6b696e6400000000ULL | static_cast<unsigned>(p[0]);
+  if (epoll_ctl(ep, EPOLL_CTL_ADD, p[0], &ev) < 0) die("epoll_ctl");
+  for (int i = 1; i <= rounds; ++i) {
+    char c = static_cast<char>('A' + i % 26);
+    if (write(p[1], &c, 1) != 1) die("write");
+    epoll_event got{};
+    int n;
+    while ((n = epoll_wait(ep, &got, 1, -1)) < 0 && errno == EINTR) {
+    }
+    if (n != 1) die("epoll_wait");
+    if (got.data.u64 != ev.data.u64 || !(got.events & EPOLLIN)) fail("epoll: wrong event data");
+    char back = 0;
+    if (read(p[0], &back, 1) != 1 || back != c) fail("epoll: wrong byte");
+    line("epoll " + std::to_string(i) + " " + back);
+    tick();
+  }
+}
+
+void run_timerfd(int rounds) {
+  int fd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC);
+  if (fd < 0) die("timerfd_create");
+  itimerspec its{};
+  its.it_interval.tv_sec = its.it_value.tv_sec = g_tick_ms / 1000;
+  its.it_interval.tv_nsec = its.it_value.tv_nsec = (g_tick_ms % 1000) * 1000000L;
+  if (timerfd_settime(fd, 0, &its, nullptr) < 0) die("timerfd_settime");
+  for (int i = 1; i <= rounds; ++i) {
+    std::uint64_t n = 0;
+    ssize_t r;
+    while ((r = read(fd, &n, sizeof n)) < 0 && errno == EINTR) {
+    }
+    if (r != sizeof n || n == 0) die("timerfd read");
+    line("timerfd " + std::to_string(i));
+  }
+}
+
+void run_signalfd(int rounds) {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGUSR1);
+  if (sigprocmask(SIG_BLOCK, &set, nullptr) < 0) die("sigprocmask");
+  int fd = signalfd(-1, &set, SFD_CLOEXEC);
+  if (fd < 0) die("signalfd");
+  for (int i = 1; i <= rounds + 1; ++i) {
+    if (i > 1) {
+      signalfd_siginfo si{};
+      if (read(fd, &si, sizeof si) != sizeof si) die("signalfd read");
+      if (si.ssi_signo != SIGUSR1 || si.ssi_int != i - 1)
+        fail("signalfd: signal " + std::to_string(si.ssi_signo) + " value " + std::to_string(si.ssi_int));
+      line("signalfd " + std::to_string(i - 1) + " value " + std::to_string(si.ssi_int));
+    }
+    if (i <= rounds) {
+      sigval v{};
+      v.sival_int = i;
+      if (sigqueue(getpid(), SIGUSR1, v) < 0) die("sigqueue");
+      tick();
+    }
+  }
+}
+
+volatile sig_atomic_t g_alarms = 0;
+void on_alarm(int) { g_alarms = g_alarms + 1; }
+
+void run_itimer(int rounds) {
+  struct sigaction sa {};
+  sa.sa_handler = on_alarm;
+  sigemptyset(&sa.sa_mask);
+  if (sigaction(SIGALRM, &sa, nullptr) < 0) die("sigaction");
+  sigset_t alrm, old;
+  sigemptyset(&alrm);
+  sigaddset(&alrm, SIGALRM);
+  sigprocmask(SIG_BLOCK, &alrm, &old);
+  itimerval it{};
+  it.it_interval.tv_sec = it.it_value.tv_sec = g_tick_ms / 1000;
+  it.it_interval.tv_usec = it.it_value.tv_usec = (g_tick_ms % 1000) * 1000;
+  if (setitimer(ITIMER_REAL, &it, nullptr) < 0) die("setitimer");
+  for (int i = 1; i <= rounds; ++i) {
+    sig_atomic_t seen = g_alarms;
+    while (g_alarms == seen) sigsuspend(&old);
+    line("itimer " + std::to_string(i));
+  }
+}
+
+void run_memfd(int rounds) {
+  constexpr std::size_t kPage = 4096, kPages = 16;
+  int fd = memfd_create("ckpt_kind", MFD_CLOEXEC);
+  if (fd < 0) die("memfd_create");
+  if (ftruncate(fd, kPage * kPages) < 0) die("ftruncate");
+  auto* mem = static_cast<unsigned char*>(
+      mmap(nullptr, kPage * kPages, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0));
+  if (mem == MAP_FAILED) die("mmap");
+  auto fill = [](int r) { return static_cast<unsigned char>(r * 31 + 7); };
+  for (int i = 1; i <= rounds; ++i) {
+    std::memset(mem + (i % kPages) * kPage, fill(i), kPage);
+    if (i > 1) {
+      unsigned char buf[kPage];
+      if (pread(fd, buf, kPage, static_cast<off_t>(((i - 1) % kPages) * kPage)) != kPage) die("pread");
+      for (unsigned char b : buf)
+        if (b != fill(i - 1)) fail("memfd: page of round " + std::to_string(i - 1) + " changed");
+    }
+    line("memfd " + std::to_string(i));
+    tick();
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 3) {
+    std::fprintf(stderr, "usage: ckpt_kind KIND ROUNDS [TICK_MS]\n");
+    return 2;
+  }
+  const std::string kind = argv[1];
+  const int rounds = std::atoi(argv[2]);
+  if (argc > 3) g_tick_ms = std::atoi(argv[3]);
+  if (rounds < 1 || g_tick_ms < 1) {
+    std::fprintf(stderr, "ckpt_kind: ROUNDS and TICK_MS must be positive\n");
+    return 2;
+  }
+  struct Kind {
+    const char* name;
+    void (*run)(int);
+  };
+  static const Kind kKinds[] = {
+      {"pipe", run_pipe},       {"fifo", run_fifo},         {"unix", run_unix},
+      {"unix_dgram", run_unix_dgram}, {"eventfd", run_eventfd}, {"epoll", run_epoll},
+      {"timerfd", run_timerfd}, {"signalfd", run_signalfd}, {"itimer", run_itimer},
+      {"memfd", run_memfd},
+  };
+  for (const Kind& k : kKinds) {
+    if (kind != k.name) continue;
+    k.run(rounds);
+    line("done " + kind + " " + std::to_string(rounds));
+    return 0;
+  }
+  std::fprintf(stderr, "ckpt_kind: unknown kind %s\n", kind.c_str());
+  return 2;
+}
