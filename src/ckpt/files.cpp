@@ -61,11 +61,11 @@ void dump_files(DumpProcess& p, std::span<DumpProcess> all) {
   Process& r = p.rec;
   r.exe = read_link(fmt::format("/proc/{}/exe", hp));
   if (r.exe.ends_with(" (deleted)"))
-    fail("process {} (pid {} in the job): its executable {} was deleted", hp, r.pid, r.exe);
+    fail_unsupported("process {} (pid {} in the job): its executable {} was deleted", hp, r.pid, r.exe);
   r.exe_file = stat_file_id(r.exe);
   r.cwd = read_link(fmt::format("/proc/{}/cwd", hp));
   if (r.cwd.ends_with(" (deleted)"))
-    fail("process {} (pid {} in the job): its working directory {} was deleted", hp, r.pid, r.cwd);
+    fail_unsupported("process {} (pid {} in the job): its working directory {} was deleted", hp, r.pid, r.cwd);
   r.cwd_file = stat_file_id(fmt::format("/proc/{}/cwd", hp));
 
   std::vector<int> fds;
@@ -93,9 +93,9 @@ void dump_files(DumpProcess& p, std::span<DumpProcess> all) {
       if (!real_name) {
         std::string was = link.substr(0, link.size() - std::strlen(" (deleted)"));
         if (!S_ISREG(st.st_mode))
-          fail("{}: this deleted file (type {:o}) is not supported", where(), st.st_mode & S_IFMT);
+          fail_unsupported("{}: this deleted file (type {:o}) is not supported", where(), st.st_mode & S_IFMT);
         if (st.st_nlink > 0 && was.rfind("/memfd:", 0) != 0)
-          fail("{}: the file was renamed or deleted but has {} other hard link(s): not supported",
+          fail_unsupported("{}: the file was renamed or deleted but has {} other hard link(s): not supported",
                where(), st.st_nlink);
         f.kind = "file";
         f.path = was;
@@ -117,7 +117,7 @@ void dump_files(DumpProcess& p, std::span<DumpProcess> all) {
       f.path.clear();
     } else if (link.rfind("anon_inode:", 0) == 0) {
       if (!dump_event_fd(link, fdinfo, f) && !dump_inotify_fd(link, fdinfo, f, where()))
-        fail("{}: this kind of file (fanotify, io_uring, pidfd...) is not supported yet",
+        fail_unsupported("{}: this kind of file (fanotify, io_uring, pidfd...) is not supported yet",
              where());
       f.path.clear();
     }
@@ -142,10 +142,10 @@ void dump_files(DumpProcess& p, std::span<DumpProcess> all) {
     } else if (S_ISCHR(st.st_mode)) {
       bool ok = false;
       for (const char* d : kDevices) ok = ok || link == d;
-      if (!ok) fail("{}: this device is not supported", where());
+      if (!ok) fail_unsupported("{}: this device is not supported", where());
       f.kind = "chr";
     } else {
-      fail("{}: unsupported file type {:o}", where(), st.st_mode & S_IFMT);
+      fail_unsupported("{}: unsupported file type {:o}", where(), st.st_mode & S_IFMT);
     }
     // One open file description shared with an fd recorded earlier (dup, fork)?
     if (f.kind != "dir" && f.kind != "chr") {
@@ -277,12 +277,12 @@ void restore_files(RestoreProcess& p, const InjectionArea& area, const PipeTable
       int from_pid = f.shared_pid, from_fd = f.shared_fd;
       if (f.shared_fd < 0 && f.kind == "unix") {
         auto it = sockets.find(f.file.ino);
-        if (it == sockets.end()) fail("image: {}: socket {} is not in the image", who, f.file.ino);
+        if (it == sockets.end()) fail_image("image: {}: socket {} is not in the image", who, f.file.ino);
         from_pid = 1;
         from_fd = it->second;
       } else if (f.shared_fd < 0) {
         auto it = pipes.find(f.file.ino);
-        if (it == pipes.end()) fail("image: {}: pipe {} is not in the pipe table", who, f.file.ino);
+        if (it == pipes.end()) fail_image("image: {}: pipe {} is not in the pipe table", who, f.file.ino);
         from_pid = 1;
         from_fd = (f.flags & O_ACCMODE) == O_RDONLY ? it->second.read_fd : it->second.write_fd;
       }

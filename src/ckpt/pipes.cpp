@@ -98,7 +98,7 @@ PipeTable create_pipes(InitStash& stash, const InjectionArea& area, const Manife
     UniqueFd w = stash.take(e.write_fd, what);
     if (::fcntl(w.get(), F_SETPIPE_SZ, static_cast<int>(pp.capacity)) < 0)
       fail_errno("cannot set the capacity of pipe {} to {} bytes", pp.ino, pp.capacity);
-    if (pp.bytes > pp.capacity) fail("image: pipe {} holds more than its capacity", pp.ino);
+    if (pp.bytes > pp.capacity) fail_image("image: pipe {} holds more than its capacity", pp.ino);
     std::vector<std::byte> data(pp.bytes);
     pages.read(data);
     write_all(w.get(), data.data(), data.size(), fmt::format("filling pipe {}", pp.ino));
