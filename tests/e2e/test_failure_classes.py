@@ -227,3 +227,27 @@ def test_image_failure_fails_the_checkpoint_at_once(e2e: E2E, cluster2: Cluster,
     assert len(restore_attempts(c.log(), jid, cid)) == 1, "an image failure was retried"
     assert image.is_dir(), "the bad image is kept for inspection"
     assert_same_as_reference(d, jid, reference, test_user)
+
+
+def test_dump_of_unsupported_state_says_so_in_the_reason(e2e: E2E, cluster2: Cluster, test_user):
+    """The class of a failed dump reaches the checkpoint's record through fschedd."""
+    c = cluster2
+    d = workdir(e2e, "unsupported", test_user)
+    (d / "timer.py").write_text(POSIX_TIMER_PY)
+    (d / "timer.sh").write_text("#!/bin/bash\npython3 timer.py 600\n")
+    uid, gid = os.stat(d).st_uid, os.stat(d).st_gid
+    for f in ("timer.py", "timer.sh"):
+        os.chown(d / f, uid, gid)
+    jid = c.sbatch("timer.sh", user=test_user, cwd=d)
+    try:
+        c.wait_for(lambda: progress(d, jid) >= 5, 60, "progress")
+        r = c.cmd("scontrol", "checkpoint", "create", jid, check=False)
+        assert r.returncode != 0, r.stdout
+        ck = c.checkpoints(jid)[0]
+        assert ck["status"] == "Failed", ck
+        assert ck["reason"].startswith("unsupported failure: "), ck["reason"]
+        assert "POSIX timers" in ck["reason"], ck["reason"]
+        assert c.job(jid)["state"] == "RUNNING", "a refused dump must leave the job running"
+    finally:
+        c.cmd("scancel", jid, check=False)
+        c.wait_state(jid, ("CANCELLED", "COMPLETED", "FAILED"), timeout=60)
