@@ -18,7 +18,7 @@ import specs
 from ckpt_e2e import E2E, JobSpec, kill_job_processes, single_error_line
 from sched_e2e import Cluster
 from test_failures import _resign, scratch
-from test_sched import DELAY, STEPS, assert_same_as_reference, progress, reference, workdir  # noqa: F401 (fixture)
+from test_sched import DELAY, STEPS, assert_same_as_reference, progress, workdir
 
 PYTHON = "/usr/bin/python3"
 EXIT_TRANSIENT, EXIT_USAGE, EXIT_IMAGE, EXIT_UNSUPPORTED = 1, 2, 3, 4
@@ -131,6 +131,18 @@ def test_missing_executable_exits_1_then_restores(e2e: E2E, copied_exe_image):
 
 
 # --------------------------------------------------------------------------- the controller
+
+@pytest.fixture(scope="module")
+def reference(e2e: E2E, test_user) -> dict[str, bytes]:
+    """test_sched's uninterrupted run of its job script, made here in a directory of its
+    own (test_sched's fixture of the same name would make its directory twice)."""
+    d = workdir(e2e, "reference-classes", test_user)
+    with open(d / "out.txt", "wb") as out:
+        subprocess.run(["runuser", "-u", test_user, "--", "bash", "job.sh", str(STEPS), "0"], cwd=d,
+                       stdout=out, stderr=subprocess.STDOUT, check=True, timeout=300)
+    return {"out": (d / "out.txt").read_bytes(), "results.txt": (d / "results.txt").read_bytes(),
+            "results.txt.xz": (d / "results.txt.xz").read_bytes()}
+
 
 @pytest.fixture(scope="module")
 def cluster2(e2e: E2E, build_dir):
