@@ -69,7 +69,7 @@ void dump_confinement(pid_t tid, Injector& inj, Thread& t) {
   c.filters.clear();
   if (c.seccomp_mode == SECCOMP_MODE_DISABLED) return;
   if (c.seccomp_mode != SECCOMP_MODE_FILTER)
-    fail("thread {}: seccomp strict mode is not supported (only filters)", tid);
+    fail_unsupported("thread {}: seccomp strict mode is not supported (only filters)", tid);
   // Index 0 is the newest filter; the image keeps them oldest first, in install order.
   for (unsigned long i = 0;; ++i) {
     long n = ::ptrace(PTRACE_SECCOMP_GET_FILTER, tid,
@@ -103,10 +103,10 @@ void confine_before_ids(Injector& inj, pid_t host_tid, const InjectionArea& area
       auto prog = from_hex(c.filters[i].prog_hex);
       if (prog.empty() || prog.size() % sizeof(sock_filter) ||
           prog.size() / sizeof(sock_filter) > BPF_MAXINSNS)
-        fail("image: {}: seccomp filter {} is malformed", who, i);
+        fail_image("image: {}: seccomp filter {} is malformed", who, i);
       constexpr std::size_t kProgOff = 64;
       if (kProgOff + prog.size() > area.data_size())
-        fail("image: {}: seccomp filter {} too large", who, i);
+        fail_image("image: {}: seccomp filter {} too large", who, i);
       remote_write(host_tid, area.data() + kProgOff, prog.data(), prog.size());
       sock_fprog fp{};
       fp.len = static_cast<unsigned short>(prog.size() / sizeof(sock_filter));
@@ -120,7 +120,7 @@ void confine_before_ids(Injector& inj, pid_t host_tid, const InjectionArea& area
                   SYS_seccomp, SECCOMP_SET_MODE_FILTER, flags, area.data());
     }
   } else if (c.seccomp_mode != SECCOMP_MODE_DISABLED) {
-    fail("image: {}: seccomp mode {} is not supported", who, c.seccomp_mode);
+    fail_image("image: {}: seccomp mode {} is not supported", who, c.seccomp_mode);
   }
   for (int cap = 0; cap <= last_cap(); ++cap)
     if (!(c.cap_bnd >> cap & 1))

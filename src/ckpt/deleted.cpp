@@ -97,7 +97,7 @@ void dump_deleted_files(std::span<DumpProcess> procs, Manifest& m, ImageWriter& 
     if (!fd) fail_errno("{}: cannot open the deleted file through {}", where, source);
     struct stat st {};
     if (::fstat(fd.get(), &st) < 0) fail_errno("{}: fstat {}", where, source);
-    if (!S_ISREG(st.st_mode)) fail("{}: a deleted file of type {:o} is not supported", where, st.st_mode & S_IFMT);
+    if (!S_ISREG(st.st_mode)) fail_unsupported("{}: a deleted file of type {:o} is not supported", where, st.st_mode & S_IFMT);
     if (file_key(st.st_dev, st.st_ino) != key)
       fail("{}: {} is no longer the file seen before (process {})", where, source, p.rec.pid);
     DeletedFile d;

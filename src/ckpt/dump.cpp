@@ -52,7 +52,7 @@ DumpStats dump(const DumpOptions& o) {
   check_job_root(o.pid);
   std::error_code ec;
   if (std::filesystem::exists(o.dir, ec))
-    fail("image directory {} already exists", o.dir.string());
+    fail_usage("image directory {} already exists", o.dir.string());
   auto t0 = std::chrono::steady_clock::now();
   // The writer first: an unwritable location fails before the job is touched.
   auto img = ImageWriter::create(o.dir, o.compress_level, o.direct_io);

@@ -59,7 +59,7 @@ void dump_file(const FdDumpCtx& c, Fd& f) {
   // Unlinked while open: its contents go into the image (deleted.cpp).
   std::string was = c.link.substr(0, c.link.size() - std::strlen(" (deleted)"));
   if (c.st.st_nlink > 0 && was.rfind("/memfd:", 0) != 0)
-    fail("{}: the file was renamed or deleted but has {} other hard link(s): not supported",
+    fail_unsupported("{}: the file was renamed or deleted but has {} other hard link(s): not supported",
          c.where, c.st.st_nlink);
   f.path = was;
   f.deleted_key = file_key(c.st.st_dev, c.st.st_ino);
@@ -70,7 +70,7 @@ void dump_dir(const FdDumpCtx& c, Fd& f) { f.file = file_id_of(c.st); }
 void dump_chr(const FdDumpCtx& c, Fd&) {
   bool ok = false;
   for (const char* d : kDevices) ok = ok || c.link == d;
-  if (!ok) fail("{}: this device is not supported", c.where);
+  if (!ok) fail_unsupported("{}: this device is not supported", c.where);
 }
 
 // Opens f.path as the job, checks that it is the file the dump saw (`want`, by
@@ -137,7 +137,7 @@ FdKind kind_by_type(const struct stat& st, const std::string& link, const std::s
   if (S_ISDIR(st.st_mode)) return FdKind::kDir;
   if (S_ISFIFO(st.st_mode)) return link.rfind("pipe:[", 0) == 0 ? FdKind::kPipe : FdKind::kFifo;
   if (S_ISCHR(st.st_mode)) return FdKind::kChr;
-  fail("{}: unsupported file type {:o}", where, st.st_mode & S_IFMT);
+  fail_unsupported("{}: unsupported file type {:o}", where, st.st_mode & S_IFMT);
 }
 
 }  // namespace
@@ -176,11 +176,11 @@ void dump_files(DumpProcess& p, std::span<DumpProcess> all) {
   Process& r = p.rec;
   r.exe = read_link(fmt::format("/proc/{}/exe", hp));
   if (r.exe.ends_with(" (deleted)"))
-    fail("process {} (pid {} in the job): its executable {} was deleted", hp, r.pid, r.exe);
+    fail_unsupported("process {} (pid {} in the job): its executable {} was deleted", hp, r.pid, r.exe);
   r.exe_file = stat_file_id(r.exe);
   r.cwd = read_link(fmt::format("/proc/{}/cwd", hp));
   if (r.cwd.ends_with(" (deleted)"))
-    fail("process {} (pid {} in the job): its working directory {} was deleted", hp, r.pid, r.cwd);
+    fail_unsupported("process {} (pid {} in the job): its working directory {} was deleted", hp, r.pid, r.cwd);
   r.cwd_file = stat_file_id(fmt::format("/proc/{}/cwd", hp));
 
   std::vector<int> fds;
@@ -213,7 +213,7 @@ void dump_files(DumpProcess& p, std::span<DumpProcess> all) {
       for (const FdOps* o : kFdOpsTable)
         if (o->anon_link && link == o->anon_link) ops = o;
       if (!ops)
-        fail("{}: this kind of file (fanotify, io_uring, pidfd...) is not supported yet", where);
+        fail_unsupported("{}: this kind of file (fanotify, io_uring, pidfd...) is not supported yet", where);
     } else {
       if (::stat(fmt::format("/proc/{}/fd/{}", hp, fd).c_str(), &st) < 0)
         fail_errno("{}: cannot stat", where);
@@ -223,7 +223,7 @@ void dump_files(DumpProcess& p, std::span<DumpProcess> all) {
         deleted = !(::stat(link.c_str(), &named) == 0 && named.st_dev == st.st_dev &&
                     named.st_ino == st.st_ino);
         if (deleted && !S_ISREG(st.st_mode))
-          fail("{}: this deleted file (type {:o}) is not supported", where, st.st_mode & S_IFMT);
+          fail_unsupported("{}: this deleted file (type {:o}) is not supported", where, st.st_mode & S_IFMT);
       }
       ops = &fd_ops(kind_by_type(st, link, where));
     }

@@ -44,13 +44,13 @@ void act_as(Injector& inj, pid_t host_pid, const InjectionArea& area, const Proc
   unsigned fsuid = 0, fsgid = 0;
   if (as) {
     if (as->uids.size() != 4 || as->gids.size() != 4)
-      fail("image: bad credentials of process {}", as->pid);
+      fail_image("image: bad credentials of process {}", as->pid);
     groups.assign(as->groups.begin(), as->groups.end());
     fsuid = as->uids[3];
     fsgid = as->gids[3];
   }
   if (groups.size() * sizeof(gid_t) > area.data_size() / 2)
-    fail("image: too many groups in process {}", as ? as->pid : 0);
+    fail_image("image: too many groups in process {}", as ? as->pid : 0);
   if (!groups.empty())
     remote_write(host_pid, area.data(), groups.data(), groups.size() * sizeof(gid_t));
   inj.call_ok(who + ": setgroups", SYS_setgroups, groups.size(), area.data());

@@ -117,10 +117,10 @@ HealCode install_heal_code(pid_t pid, std::uint64_t vdso_start, std::uint64_t vd
   std::uint64_t image_end = eh.e_shoff + std::uint64_t{eh.e_shentsize} * eh.e_shnum;
   std::size_t at = (vdso.size() - size) & ~std::size_t{63};
   if (std::memcmp(vdso.data(), ELFMAG, SELFMAG) != 0 || image_end > at)
-    fail("process {}: its vDSO has no room for the dump's healing code", pid);
+    fail_unsupported("process {}: its vDSO has no room for the dump's healing code", pid);
   bool ours = std::memcmp(vdso.data() + at, fsched_heal_start, data_off) == 0;
   for (std::size_t i = at; i < vdso.size() && !ours; ++i)
-    if (vdso[i]) fail("process {}: the tail of its vDSO is not padding", pid);
+    if (vdso[i]) fail_unsupported("process {}: the tail of its vDSO is not padding", pid);
   // /proc/PID/mem writes even a read-only mapping, into a private copy of the page for
   // that process (ptrace(2), FOLL_FORCE); the job's vDSO code is untouched.
   if (!ours && ::pwrite(mem.get(), fsched_heal_start, size, static_cast<off_t>(vdso_start + at)) !=

@@ -70,10 +70,10 @@ std::string path_of_watch(const InotifyWatch& w, const std::string& where) {
                        kernel_major(w.sdev), kernel_minor(w.sdev));
   };
   if (w.handle_hex.empty())
-    fail("{}: the kernel shows no file handle for it (this file system cannot be watched "
+    fail_unsupported("{}: the kernel shows no file handle for it (this file system cannot be watched "
          "across a checkpoint)", what());
   UniqueFd mnt = mount_of(w.sdev);
-  if (!mnt) fail("{}: no mount of its file system is visible", what());
+  if (!mnt) fail_unsupported("{}: no mount of its file system is visible", what());
   auto bytes = from_hex(w.handle_hex);
   std::vector<unsigned char> buf(sizeof(file_handle) + bytes.size());
   auto* fh = reinterpret_cast<file_handle*>(buf.data());
@@ -84,7 +84,7 @@ std::string path_of_watch(const InotifyWatch& w, const std::string& where) {
   if (!obj) fail_errno("{}: open_by_handle_at", what());
   std::string path = read_link(fmt::format("/proc/self/fd/{}", obj.get()));
   if (path.ends_with(" (deleted)"))
-    fail("{}: the watched file {} was deleted (unsupported)", what(), path);
+    fail_unsupported("{}: the watched file {} was deleted (unsupported)", what(), path);
   struct stat st {};
   if (::lstat(path.c_str(), &st) < 0 || st.st_ino != w.ino ||
       major(st.st_dev) != kernel_major(w.sdev) || minor(st.st_dev) != kernel_minor(w.sdev))
@@ -179,18 +179,18 @@ long open_inotify(const FdRestoreCtx& c, const Fd& f, const std::string& who) {
   for (auto& w : f.watches) {
     while (last + 1 < w.wd) {
       if (++filled > kMaxFill)
-        fail("{}: inotify watch {} cannot be numbered again (too many numbers to skip)", who, w.wd);
+        fail_unsupported("{}: inotify watch {} cannot be numbered again (too many numbers to skip)", who, w.wd);
       int d = ::inotify_add_watch(mine.get(), dummy.c_str(), IN_ATTRIB);
       if (d < 0) fail_errno("{}: inotify_add_watch on {}", who, dummy);
       if (::inotify_rm_watch(mine.get(), d) < 0) fail_errno("{}: inotify_rm_watch", who);
-      if (d <= last) fail("{}: the kernel reused watch number {}: cannot reproduce watch {}", who, d, w.wd);
+      if (d <= last) fail_unsupported("{}: the kernel reused watch number {}: cannot reproduce watch {}", who, d, w.wd);
       last = d;
     }
     // The path found at dump time is the watched inode itself: never follow a link.
     int got = ::inotify_add_watch(mine.get(), w.path.c_str(), w.mask | IN_DONT_FOLLOW);
     if (got < 0) fail_errno("{}: inotify_add_watch on {}", who, w.path);
     if (got != w.wd)
-      fail("{}: the watch on {} got number {} instead of {}: the kernel's numbering cannot be "
+      fail_unsupported("{}: the watch on {} got number {} instead of {}: the kernel's numbering cannot be "
            "reproduced",
            who, w.path, got, w.wd);
     last = got;

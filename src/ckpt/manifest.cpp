@@ -19,9 +19,9 @@ std::vector<std::uint8_t> from_hex(const std::string& hex) {
   auto nib = [&](char c) -> int {
     if (c >= '0' && c <= '9') return c - '0';
     if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    fail("manifest: bad hex digit '{}'", c);
+    fail_image("manifest: bad hex digit '{}'", c);
   };
-  if (hex.size() % 2) fail("manifest: odd-length hex string");
+  if (hex.size() % 2) fail_image("manifest: odd-length hex string");
   std::vector<std::uint8_t> out(hex.size() / 2);
   for (std::size_t i = 0; i < out.size(); ++i)
     out[i] = static_cast<std::uint8_t>(nib(hex[2 * i]) << 4 | nib(hex[2 * i + 1]));

@@ -117,7 +117,7 @@ void dump_memory_layout(DumpProcess& p) {
         continue;
       }
       if (m.path.rfind("/SYSV", 0) == 0)
-        fail("{}: this kind of shared memory mapping is not supported yet", where());
+        fail_unsupported("{}: this kind of shared memory mapping is not supported yet", where());
       if (m.path.ends_with(" (deleted)")) {
         // Deleted while mapped (or a memfd mapped privately): its contents are stored
         // once with the deleted files (deleted.cpp), the mapping maps the copy.
@@ -129,20 +129,20 @@ void dump_memory_layout(DumpProcess& p) {
         continue;
       }
       if (m.path.rfind("/memfd:", 0) == 0 || m.path.rfind("/dev/shm/", 0) == 0)
-        fail("{}: this kind of shared memory mapping is not supported yet", where());
+        fail_unsupported("{}: this kind of shared memory mapping is not supported yet", where());
       struct stat st {};
       if (::stat(m.path.c_str(), &st) < 0) fail_errno("{}: cannot stat the mapped file", where());
-      if (!S_ISREG(st.st_mode)) fail("{}: mapping of a device is not supported", where());
+      if (!S_ISREG(st.st_mode)) fail_unsupported("{}: mapping of a device is not supported", where());
       if (st.st_ino != m.ino)
-        fail("{}: the file at this path was replaced after it was mapped", where());
+        fail_unsupported("{}: the file at this path was replaced after it was mapped", where());
       v.kind = VmaKind::kFile;
       v.path = m.path;
       v.file = file_id_of(st);
     } else {
-      fail("{}: unsupported special mapping", where());
+      fail_unsupported("{}: unsupported special mapping", where());
     }
     if (v.shared && v.kind != VmaKind::kFile && v.kind != VmaKind::kShm)
-      fail("{}: this shared mapping is not supported", where());
+      fail_unsupported("{}: this shared mapping is not supported", where());
     r.vmas.push_back(std::move(v));
   }
 }
@@ -416,7 +416,7 @@ void restore_memory(RestoreProcess& p, const InjectionArea& area, PageReader& pa
     for (auto [first, count] : v.runs) {
       std::uint64_t addr = v.start + first * kPage;
       if (addr >= v.end || count > (v.end - addr) / kPage)
-        fail("image: page run beyond mapping {:#x}-{:#x}", v.start, v.end);
+        fail_image("image: page run beyond mapping {:#x}-{:#x}", v.start, v.end);
       runs.push_back({reinterpret_cast<void*>(addr), count * kPage});
     }
   }
@@ -446,7 +446,7 @@ void restore_memory(RestoreProcess& p, const InjectionArea& area, PageReader& pa
   // 6. Heap, arguments, environment, auxv and /proc/PID/exe (prctl(2) PR_SET_MM_MAP).
   auto auxv = from_hex(r.auxv_hex);
   constexpr std::size_t kAuxvOff = 8192, kMapOff = 4096;
-  if (auxv.size() > 2048) fail("image: auxv of process {} too large", r.pid);
+  if (auxv.size() > 2048) fail_image("image: auxv of process {} too large", r.pid);
   remote_write(hp, area.data() + kAuxvOff, auxv.data(), auxv.size());
   std::string exe_who = fmt::format("process {}: executable", r.pid);
   long exe_fd = open_no_symlinks(inj, hp, area, r.exe, O_RDONLY, 0, exe_who);

@@ -43,7 +43,7 @@ void dump_fifo(const FdDumpCtx& c, Fd& f) { f.file = FileId{c.st.st_ino, 0, 0}; 
 
 long open_pipe(const FdRestoreCtx& c, const Fd& f, const std::string& who) {
   auto it = c.pipes.find(f.file.ino);
-  if (it == c.pipes.end()) fail("image: {}: pipe {} is not in the pipe table", who, f.file.ino);
+  if (it == c.pipes.end()) fail_image("image: {}: pipe {} is not in the pipe table", who, f.file.ino);
   return adopt_from_init(
       c, (f.flags & O_ACCMODE) == O_RDONLY ? it->second.read_fd : it->second.write_fd, f, who);
 }
@@ -138,7 +138,7 @@ PipeTable create_pipes(InitStash& stash, const InjectionArea& area, const Manife
     UniqueFd w = stash.take(e.write_fd, what);
     if (::fcntl(w.get(), F_SETPIPE_SZ, static_cast<int>(pp.capacity)) < 0)
       fail_errno("cannot set the capacity of pipe {} to {} bytes", pp.ino, pp.capacity);
-    if (pp.bytes > pp.capacity) fail("image: pipe {} holds more than its capacity", pp.ino);
+    if (pp.bytes > pp.capacity) fail_image("image: pipe {} holds more than its capacity", pp.ino);
     std::vector<std::byte> data(pp.bytes);
     pages.read(data);
     write_all(w.get(), data.data(), data.size(), fmt::format("filling pipe {}", pp.ino));

@@ -34,8 +34,8 @@ static int ns_pid_of(pid_t host_pid, pid_t host_tid = 0) {
 }
 
 void check_job_root(pid_t pid) {
-  if (pid <= 0) fail("invalid PID {}", pid);
-  if (::kill(pid, 0) < 0 && errno == ESRCH) fail("no process with PID {}", pid);
+  if (pid <= 0) fail_usage("invalid PID {}", pid);
+  if (::kill(pid, 0) < 0 && errno == ESRCH) fail_usage("no process with PID {}", pid);
   auto st = read_status(pid);
   auto ns = parse_ints(st["NSpid"]);
   std::string exe;
@@ -45,7 +45,7 @@ void check_job_root(pid_t pid) {
   }
   if (ns.size() < 2 || ns.back() != 1 ||
       std::filesystem::path(exe).filename().string().rfind("fsched-init", 0) != 0)
-    fail("PID {} is not a job started by fsched-ckpt run (expected the init of its PID namespace)",
+    fail_usage("PID {} is not a job started by fsched-ckpt run (expected the init of its PID namespace)",
          pid);
 }
 
@@ -191,7 +191,7 @@ FrozenTree::FrozenTree(pid_t root) : root_(root) {
   std::erase_if(procs_, [](const DumpProcess& p) { return p.host_tids.empty() && !p.zombie; });
   for (auto& p : procs_)
     if (!p.zombie && p.host_tids.front() != p.host_pid)
-      fail("process {}: its thread-group leader has exited (unsupported)", p.host_pid);
+      fail_unsupported("process {}: its thread-group leader has exited (unsupported)", p.host_pid);
 }
 
 FrozenTree::~FrozenTree() { thaw(); }
@@ -268,7 +268,7 @@ void dump_ids(DumpProcess& p) {
   p.rec.zombie = p.zombie;
   if (p.zombie) p.rec.exit_status = std::stoi(stat.at(52));
   if (p.rec.sid == 0 || p.rec.pgid == 0)
-    fail("process {} belongs to a session or process group outside the job", p.rec.pid);
+    fail_unsupported("process {} belongs to a session or process group outside the job", p.rec.pid);
   p.rec.threads.clear();
   for (pid_t tid : p.host_tids) {
     Thread t;
@@ -282,7 +282,7 @@ void dump_ids(DumpProcess& p) {
 void open_injection(DumpProcess& p) {
   for (auto& m : read_maps(p.host_pid))
     if (m.path == "[vdso]") p.heal = install_heal_code(p.host_pid, m.start, m.end);
-  if (!p.heal.entry) fail("process {}: it has no vDSO to inject system calls through", p.host_pid);
+  if (!p.heal.entry) fail_unsupported("process {}: it has no vDSO to inject system calls through", p.host_pid);
   p.inj = std::make_unique<Injector>(p.host_pid, p.heal);
   long r = p.inj->call_ok("mmap of the dump scratch area", SYS_mmap, 0, kScratchBytes,
                           PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1ULL, 0);
@@ -378,7 +378,7 @@ static constexpr unsigned kRestoreOptions = PTRACE_O_TRACESYSGOOD | PTRACE_O_TRA
                                             kSuspendSeccomp;
 
 void create_tree(const Manifest& m, InjectionArea& area, std::vector<RestoreProcess>& procs) {
-  if (m.processes.empty() || m.processes[0].pid != 1) fail("image: the first process is not pid 1");
+  if (m.processes.empty() || m.processes[0].pid != 1) fail_image("image: the first process is not pid 1");
   area.addr = choose_area(m);
   area.size = kInjectionAreaBytes;
   procs.clear();
@@ -436,7 +436,7 @@ void create_tree(const Manifest& m, InjectionArea& area, std::vector<RestoreProc
     const Process& rec = m.processes[i];
     auto pit = by_pid.find(rec.ppid);
     if (pit == by_pid.end())
-      fail("image: process {} comes before its parent {}", rec.pid, rec.ppid);
+      fail_image("image: process {} comes before its parent {}", rec.pid, rec.ppid);
     RestoreProcess& parent = procs[pit->second];
     pid_t tid_arg = rec.pid;
     remote_write(parent.host_pid, area.data(), &tid_arg, sizeof tid_arg);
@@ -468,7 +468,7 @@ void create_tree(const Manifest& m, InjectionArea& area, std::vector<RestoreProc
     if (rec.sid == rec.pid) {
       ci.call_ok("setsid", SYS_setsid);
     } else if (rec.sid != par.sid) {
-      fail("process {}: its session {} has no leader in the job (unsupported)", rec.pid, rec.sid);
+      fail_unsupported("process {}: its session {} has no leader in the job (unsupported)", rec.pid, rec.sid);
     } else if (rec.pgid == rec.pid) {
       ci.call_ok("setpgid", SYS_setpgid, 0, 0);
     }

@@ -68,9 +68,9 @@ RestoreStats restore(const RestoreOptions& o) {
   try {
     m = reader->manifest().get<Manifest>();
   } catch (const nlohmann::json::exception& e) {
-    fail("{}: malformed manifest: {}", o.dir.string(), e.what());
+    fail_image("{}: malformed manifest: {}", o.dir.string(), e.what());
   }
-  if (m.processes.empty()) fail("{}: the image holds no process", o.dir.string());
+  if (m.processes.empty()) fail_image("{}: the image holds no process", o.dir.string());
   validate_manifest(m, reader->manifest().value("pages_logical_bytes", std::uint64_t{0}));
   std::string ver = reader->manifest().value("engine_version", "");
   if (ver != FSCHED_VERSION)

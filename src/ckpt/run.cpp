@@ -24,7 +24,7 @@ static std::string init_binary() {
 }
 
 pid_t run_job(const RunOptions& opt) {
-  if (opt.argv.empty()) fail("no command given");
+  if (opt.argv.empty()) fail_usage("no command given");
   std::vector<std::string> args{"fsched-init"};
   auto add = [&](const char* k, const std::string& v) {
     if (!v.empty()) {

@@ -75,7 +75,7 @@ void fill_file_data(int fd, std::uint64_t size,
   for (auto [first, count] : runs) {
     std::uint64_t off = first * kPage, left = count * kPage;
     if (off + left > (size + kPage - 1) / kPage * kPage)
-      fail("image: {}: data beyond its size", what);
+      fail_image("image: {}: data beyond its size", what);
     while (left) {
       std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(left, buf.size()));
       pages.read(std::span(buf.data(), n));
@@ -91,7 +91,7 @@ void fill_file_data(int fd, std::uint64_t size,
 
 int shm_fd_in_init(const ShmTable& t, const std::string& key) {
   auto it = t.find(key);
-  if (it == t.end()) fail("image: shared memory object {} is not in the image", key);
+  if (it == t.end()) fail_image("image: shared memory object {} is not in the image", key);
   return it->second;
 }
 

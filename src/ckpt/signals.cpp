@@ -70,7 +70,7 @@ void restore_signals(RestoreProcess& p, const InjectionArea& area) {
   std::vector<KernelSigaction> all(kMaxSig + 1, KernelSigaction{0, 0, 0, 0});
   std::uint64_t set = non_default_signals(p.host_pid);
   for (auto& a : p.rec->sigactions) {
-    if (a.sig < 1 || a.sig > kMaxSig) fail("image: bad signal number {}", a.sig);
+    if (a.sig < 1 || a.sig > kMaxSig) fail_image("image: bad signal number {}", a.sig);
     all[static_cast<std::size_t>(a.sig)] = {a.handler, a.flags, a.restorer, a.mask};
     set |= std::uint64_t{1} << (a.sig - 1);
   }

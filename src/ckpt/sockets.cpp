@@ -104,9 +104,9 @@ std::vector<std::string> peek_queue(int sock, int type, std::uint32_t rqueue,
           int* fds = reinterpret_cast<int*>(CMSG_DATA(c));
           for (std::size_t i = 0; i < (c->cmsg_len - CMSG_LEN(0)) / sizeof(int); ++i) ::close(fds[i]);
         }
-      fail("{}: file descriptors in flight (SCM_RIGHTS) are not supported yet", who);
+      fail_unsupported("{}: file descriptors in flight (SCM_RIGHTS) are not supported yet", who);
     }
-    if (r >= 0 && (mh.msg_flags & MSG_TRUNC)) fail("{}: queued datagram too large", who);
+    if (r >= 0 && (mh.msg_flags & MSG_TRUNC)) fail_unsupported("{}: queued datagram too large", who);
     return r;
   };
   if (type == SOCK_STREAM) {
@@ -133,7 +133,7 @@ std::vector<std::string> peek_queue(int sock, int type, std::uint32_t rqueue,
     if (r == 0) {
       // The peek offset does not move past an empty datagram.
       ::setsockopt(sock, SOL_SOCKET, SO_PEEK_OFF, &old, sizeof old);
-      fail("{}: an empty datagram is queued (unsupported)", who);
+      fail_unsupported("{}: an empty datagram is queued (unsupported)", who);
     }
     msgs.emplace_back(buf.data(), static_cast<std::size_t>(r));
   }
@@ -150,7 +150,7 @@ void dump_unix_fd(const FdDumpCtx& c, Fd& f) {
 
 long open_unix_fd(const FdRestoreCtx& c, const Fd& f, const std::string& who) {
   auto it = c.sockets.find(f.file.ino);
-  if (it == c.sockets.end()) fail("image: {}: socket {} is not in the image", who, f.file.ino);
+  if (it == c.sockets.end()) fail_image("image: {}: socket {} is not in the image", who, f.file.ino);
   return adopt_from_init(c, it->second, f, who);
 }
 
@@ -176,10 +176,10 @@ void dump_sockets(std::span<DumpProcess> procs, Manifest& m, ImageWriter& img) {
                       f.fd, f.file.ino);
       auto it = diag.find(f.file.ino);
       if (it == diag.end())
-        fail("{}: not a Unix socket (TCP, UDP, netlink ... sockets are not supported)", who);
+        fail_unsupported("{}: not a Unix socket (TCP, UDP, netlink ... sockets are not supported)", who);
       const DiagInfo& d = it->second;
       if (d.type != SOCK_STREAM && d.type != SOCK_DGRAM && d.type != SOCK_SEQPACKET)
-        fail("{}: unsupported socket type {}", who, d.type);
+        fail_unsupported("{}: unsupported socket type {}", who, d.type);
       UnixSocket s;
       s.ino = f.file.ino;
       s.type = d.type;
@@ -187,13 +187,13 @@ void dump_sockets(std::span<DumpProcess> procs, Manifest& m, ImageWriter& img) {
       s.name = d.name;
       if (d.state == TCP_LISTEN) {
         if (d.name.empty() || d.name[0] != '/')
-          fail("{}: listening socket without a path name (unsupported)", who);
+          fail_unsupported("{}: listening socket without a path name (unsupported)", who);
       } else if (d.peer) {
         if (!in_job.count(d.peer))
-          fail("{}: connected to a socket outside the job (unsupported)", who);
+          fail_unsupported("{}: connected to a socket outside the job (unsupported)", who);
         s.peer = d.peer;
       } else if (d.state == TCP_ESTABLISHED) {
-        fail("{}: its peer is gone (unsupported)", who);
+        fail_unsupported("{}: its peer is gone (unsupported)", who);
       }
       if (d.state != TCP_LISTEN) {
         UniqueFd mine = grab_fd(p.host_pid, f.fd, who);
@@ -264,7 +264,7 @@ SocketTable create_sockets(InitStash& stash, const InjectionArea& area, const Ma
   // Queued data: what was waiting to be read on a socket is sent again by its peer.
   for (auto& s : m.sockets) {
     if (s.queued.empty()) continue;
-    if (!s.peer) fail("image: unix socket {} has queued data but no peer", s.ino);
+    if (!s.peer) fail_image("image: unix socket {} has queued data but no peer", s.ino);
     UniqueFd peer = stash.take(table.at(s.peer), fmt::format("unix socket {}", s.peer));
     // Queued bytes count against the sender's buffer, and a queue can hold a little
     // more than a fresh socket's default: widen it while refilling (root may, with

@@ -94,7 +94,7 @@ void check_attaches(const DumpProcess& p, const std::map<int, std::uint64_t>& si
   for (auto& v : p.rec.vmas) {
     if (v.kind != VmaKind::kSysv) {
       if (prev && want_end)
-        fail("process {} (pid {} in the job): SysV segment {} at {:#x} is partly unmapped "
+        fail_unsupported("process {} (pid {} in the job): SysV segment {} at {:#x} is partly unmapped "
              "(unsupported)", p.host_pid, p.rec.pid, prev->shm_key, prev->start);
       prev = nullptr;
       continue;
@@ -102,20 +102,20 @@ void check_attaches(const DumpProcess& p, const std::map<int, std::uint64_t>& si
     int id = std::stoi(v.shm_key);
     auto it = sizes.find(id);
     if (it == sizes.end())
-      fail("process {} (pid {} in the job): SysV segment {} mapped at {:#x} is not in the job's "
+      fail_unsupported("process {} (pid {} in the job): SysV segment {} mapped at {:#x} is not in the job's "
            "IPC namespace", p.host_pid, p.rec.pid, id, v.start);
     std::uint64_t len = v.end - v.start;
     bool continues = prev && want_end && prev->shm_key == v.shm_key && prev->end == v.start &&
                      v.pgoff == prev->pgoff + (prev->end - prev->start);
     if (!continues && (want_end || v.pgoff != 0))
-      fail("process {} (pid {} in the job): SysV segment {} at {:#x} is partly unmapped "
+      fail_unsupported("process {} (pid {} in the job): SysV segment {} at {:#x} is partly unmapped "
            "(unsupported)", p.host_pid, p.rec.pid, id, v.start);
     std::uint64_t total = (it->second + kPage - 1) / kPage * kPage;
     want_end = total - (v.pgoff + len);
     prev = &v;
   }
   if (prev && want_end)
-    fail("process {} (pid {} in the job): SysV segment {} at {:#x} is partly unmapped "
+    fail_unsupported("process {} (pid {} in the job): SysV segment {} at {:#x} is partly unmapped "
          "(unsupported)", p.host_pid, p.rec.pid, prev->shm_key, prev->start);
 }
 
@@ -129,7 +129,7 @@ void dump_sysv_shm(std::span<DumpProcess> procs, Manifest& m, ImageWriter& img) 
       if (v.kind == VmaKind::kSysv && !attacher) attacher = &p;
   if (same_ns(init)) {
     if (attacher)
-      fail("process {} (pid {} in the job): maps SysV shared memory, but the job shares the "
+      fail_unsupported("process {} (pid {} in the job): maps SysV shared memory, but the job shares the "
            "host's IPC namespace (not started by this version of fsched-ckpt run): its segment "
            "ids could not be kept", attacher->host_pid, attacher->rec.pid);
     return;
@@ -139,10 +139,10 @@ void dump_sysv_shm(std::span<DumpProcess> procs, Manifest& m, ImageWriter& img) 
     // Semaphores and message queues would be lost without a word.
     seminfo si {};
     if (::semctl(0, 0, SEM_INFO, &si) >= 0 && si.semusz > 0)
-      fail("the job has {} SysV semaphore set(s): not supported yet", si.semusz);
+      fail_unsupported("the job has {} SysV semaphore set(s): not supported yet", si.semusz);
     msginfo mi {};
     if (::msgctl(0, MSG_INFO, reinterpret_cast<msqid_ds*>(&mi)) >= 0 && mi.msgpool > 0)
-      fail("the job has {} SysV message queue(s): not supported yet", mi.msgpool);
+      fail_unsupported("the job has {} SysV message queue(s): not supported yet", mi.msgpool);
     shm_info info {};
     int max_idx = ::shmctl(0, SHM_INFO, reinterpret_cast<shmid_ds*>(&info));
     if (max_idx < 0) fail_errno("shmctl(SHM_INFO) in the job's IPC namespace");
@@ -219,7 +219,7 @@ void create_sysv_shm(const RestoreProcess& init, const Manifest& m, PageReader& 
       Attach a(id, 0, what);
       const std::uint64_t npages = (s.size + kPage - 1) / kPage;
       for (auto [first, count] : s.runs) {
-        if (first + count > npages) fail("image: {}: data beyond its size", what);
+        if (first + count > npages) fail_image("image: {}: data beyond its size", what);
         pages.read(std::span(a.data() + first * kPage, count * kPage));
       }
     }

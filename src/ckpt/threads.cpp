@@ -34,7 +34,7 @@ std::vector<std::uint64_t> regs_to_words(const user_regs_struct& r) {
 
 user_regs_struct words_to_regs(const std::vector<std::uint64_t>& w) {
   user_regs_struct r{};
-  if (w.size() != sizeof r / 8) fail("image: register set has {} words, expected {}", w.size(), sizeof r / 8);
+  if (w.size() != sizeof r / 8) fail_image("image: register set has {} words, expected {}", w.size(), sizeof r / 8);
   std::memcpy(&r, w.data(), sizeof r);
   return r;
 }
@@ -191,7 +191,7 @@ void restore_pending_signals(RestoreProcess& p, const InjectionArea& area) {
   const Process& r = *p.rec;
   auto queue = [&](Injector& inj, const std::string& hex, bool shared, int tid) {
     auto si = from_hex(hex);
-    if (si.size() != sizeof(siginfo_t)) fail("image: bad siginfo of process {}", r.pid);
+    if (si.size() != sizeof(siginfo_t)) fail_image("image: bad siginfo of process {}", r.pid);
     siginfo_t info;
     std::memcpy(&info, si.data(), sizeof info);
     remote_write(p.host_pid, area.data(), si.data(), si.size());

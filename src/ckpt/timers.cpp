@@ -18,7 +18,7 @@ void dump_timers(DumpProcess& p) {
   } catch (const Error&) {
   }
   if (!timers.empty())
-    fail("process {} (pid {} in the job) uses POSIX timers (timer_create): not supported yet",
+    fail_unsupported("process {} (pid {} in the job) uses POSIX timers (timer_create): not supported yet",
          p.host_pid, p.rec.pid);
   p.rec.itimers.clear();
   for (int which : {ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF}) {

@@ -71,6 +71,25 @@ template <typename... Args>
   throw Error(fmt::format(f, std::forward<Args>(args)...));
 }
 
+// fail() for an image that is bad or does not match: throws ImageError.
+template <typename... Args>
+[[noreturn]] void fail_image(fmt::format_string<Args...> f, Args&&... args) {
+  throw ImageError(fmt::format(f, std::forward<Args>(args)...));
+}
+
+// fail() for kernel state the engine cannot checkpoint or restore exactly: throws
+// UnsupportedError.
+template <typename... Args>
+[[noreturn]] void fail_unsupported(fmt::format_string<Args...> f, Args&&... args) {
+  throw UnsupportedError(fmt::format(f, std::forward<Args>(args)...));
+}
+
+// fail() for a wrong command line or request: throws UsageError.
+template <typename... Args>
+[[noreturn]] void fail_usage(fmt::format_string<Args...> f, Args&&... args) {
+  throw UsageError(fmt::format(f, std::forward<Args>(args)...));
+}
+
 template <typename... Args>
 [[noreturn]] void fail_errno(fmt::format_string<Args...> f, Args&&... args) {
   int e = errno;

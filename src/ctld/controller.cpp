@@ -14,6 +14,7 @@
 #include <spdlog/spdlog.h>
 
 #include "common/error.h"
+#include "common/failure.h"
 #include "proto/json_number.h"
 #include "proto/timefmt.h"
 
@@ -112,6 +113,25 @@ namespace {
 // image is kept (see launch_failed); Failed dumps and Timeouts are removed.
 constexpr std::string_view kRestoreFailedPrefix = "restore failed: ";
 bool kept_after_failed_restore(const Checkpoint& c) { return c.reason.starts_with(kRestoreFailedPrefix); }
+
+// Transient failures of the restore from one checkpoint after which it counts as
+// Failed: never a loop, and three tries (on other nodes when there are) are enough to
+// tell a passing cause from a lasting one that the engine could not classify.
+constexpr int kMaxTransientRestores = 3;
+// Seconds before the n-th retry: n times this, time for a passing cause to pass.
+constexpr double kRestoreRetryDelayS = 5;
+
+// A failure's reason with its class in front (docs/failures.md), so that `scontrol
+// checkpoint list` says whose fault it was; an unclassified one as it came.
+std::string classified(std::optional<FailureClass> c, const std::string& why) {
+  return c ? fmt::format("{} failure: {}", to_string(*c), why) : why;
+}
+
+// The "failure" field of a node's report: none if absent or unknown to this build.
+std::optional<FailureClass> failure_field(const nlohmann::json& b) {
+  if (!b.is_object() || !b.contains("failure") || !b["failure"].is_string()) return std::nullopt;
+  return failure_class_from_string(b["failure"].get<std::string>());
+}
 }  // namespace
 
 void Controller::start() {
@@ -544,6 +564,7 @@ Checkpoint Controller::run_checkpoint(int64_t job_id, const std::string& source,
   }
   json reply;
   std::string error;
+  std::optional<FailureClass> failure;
   bool timeout = false, answered = true;
   try {
     proto::Client cl = [&] { Lock l(mu_); return node_client(node, cfg_.checkpoint_timeout + 60); }();
@@ -552,6 +573,7 @@ Checkpoint Controller::run_checkpoint(int64_t job_id, const std::string& source,
                      {"timeout", cfg_.checkpoint_timeout}});
   } catch (const RpcError& e) {
     error = e.what();
+    failure = e.failure();
     timeout = e.status() == 504;
   } catch (const std::exception& e) {
     // No answer at all: fschedd died or the connection broke mid-way. The dump may
@@ -565,7 +587,8 @@ Checkpoint Controller::run_checkpoint(int64_t job_id, const std::string& source,
     settle_checkpoint(job_id, c.checkpoint_id, "Present", "", reply.value("size", uint64_t{0}),
                       reply.value("freeze_ms", 0.0));
   } else if (answered) {
-    settle_checkpoint(job_id, c.checkpoint_id, timeout ? "Timeout" : "Failed", error, 0, 0.0);
+    settle_checkpoint(job_id, c.checkpoint_id, timeout ? "Timeout" : "Failed",
+                      timeout ? error : classified(failure, error), 0, 0.0);
   } else {
     spdlog::warn("job {}: checkpoint {}: no answer from {} ({}); it stays Creating until the node reports how "
                  "the dump ended", job_id, c.checkpoint_id, node, error);
@@ -637,6 +660,7 @@ void Controller::discard_image(const std::string& location) {
 
 void Controller::confirm_launch(Job& j, const std::string& how) {
   j.awaiting_node = false;
+  restore_retries_.erase(j.job_id);
   if (j.restore_from) {
     spdlog::info("job {}: restored from checkpoint {} on {} ({})", j.job_id, j.restore_from, j.nodes, how);
     j.restore_from = 0;
@@ -663,7 +687,8 @@ nlohmann::json Controller::node_op_done(const proto::Request& r) {
     for (auto& c : ckpts_[id]) {
       if (c.location != dir || c.status != "Creating") continue;
       if (settle_checkpoint(id, c.checkpoint_id, outcome == "ok" ? "Present" : outcome == "timeout" ? "Timeout" : "Failed",
-                            error, field<uint64_t>(r.body, "size", 0), field<double>(r.body, "freeze_ms", 0.0)))
+                            outcome == "failed" ? classified(failure_field(r.body), error) : error,
+                            field<uint64_t>(r.body, "size", 0), field<double>(r.body, "freeze_ms", 0.0)))
         spdlog::info("job {}: {} outcome reported by {}: {}", id, kind, node, outcome);
       break;
     }
@@ -676,7 +701,7 @@ nlohmann::json Controller::node_op_done(const proto::Request& r) {
     confirm_launch(j, fmt::format("{} reported by the node", kind));
   } else {
     j.awaiting_node = false;
-    launch_failed(j, error);
+    launch_failed(j, error, failure_field(r.body));
   }
   return json::object();
 }
@@ -728,6 +753,7 @@ nlohmann::json Controller::restart_job(const proto::Request& r) {
   j.restore_from = chosen;
   j.end_time = 0;
   j.end_request.clear();
+  restore_retries_.erase(j.job_id);  // an explicit restart starts counting anew
   save(j);
   spdlog::info("job {}: restart from checkpoint {} requested by uid {}", j.job_id, chosen, r.caller.uid);
   wake_.notify_all();
@@ -917,13 +943,23 @@ nlohmann::json Controller::node_job_ended(const proto::Request& r) {
 void Controller::schedule() {
   for (auto& [id, j] : jobs_) {
     if (j.state != "PENDING" || j.hold || j.reason == "Vacated" || launching_.count(id)) continue;
+    // A restore that failed for a passing reason waits a while, then avoids the node
+    // it failed on if another one fits.
+    const RestoreRetry* retry = nullptr;
+    if (auto rit = restore_retries_.find(id); rit != restore_retries_.end() && j.restore_from == rit->second.checkpoint_id)
+      retry = &rit->second;
+    if (retry && now_s() < retry->not_before) continue;
     const proto::PartitionConf* p = cfg_.partition(j.partition);
     Node* best = nullptr;
-    for (auto& name : p ? p->nodes : std::vector<std::string>{}) {
-      Node& n = nodes_.at(name);
-      if (!node_up(n) || n.cpus - n.alloc_cpus < j.num_cpus() || n.real_memory - n.alloc_memory < j.mem_mb) continue;
-      // Least loaded first, so jobs spread over the nodes.
-      if (!best || n.alloc_cpus < best->alloc_cpus) best = &n;
+    for (bool avoid : {true, false}) {
+      for (auto& name : p ? p->nodes : std::vector<std::string>{}) {
+        Node& n = nodes_.at(name);
+        if (avoid && retry && name == retry->avoid_node) continue;
+        if (!node_up(n) || n.cpus - n.alloc_cpus < j.num_cpus() || n.real_memory - n.alloc_memory < j.mem_mb) continue;
+        // Least loaded first, so jobs spread over the nodes.
+        if (!best || n.alloc_cpus < best->alloc_cpus) best = &n;
+      }
+      if (best || !retry) break;
     }
     if (!best) {
       if (j.reason != "Resources") {
@@ -993,12 +1029,14 @@ void Controller::launch(int64_t id) {
     }
   }
   std::string error;
+  std::optional<FailureClass> failure;
   bool answered = true;
   try {
     proto::Client c = [&] { Lock l(mu_); return node_client(node, cfg_.batch_start_timeout + 600); }();
     c.call("POST", from ? "/v1/node/restore" : "/v1/node/launch", req);
   } catch (const RpcError& e) {
     error = e.what();
+    failure = e.failure();
     // 409: the node has this job already, or an operation on it under way. Starting
     // it elsewhere or again could run it twice: its reports decide instead.
     answered = e.status() != 409;
@@ -1021,6 +1059,7 @@ void Controller::launch(int64_t id) {
   }
   if (error.empty()) {
     j.awaiting_node = false;
+    restore_retries_.erase(id);
     save(j);
     if (from) {
       spdlog::info("job {}: restored from checkpoint {} on {} (restart {}, job version {})", id, from, node,
@@ -1033,10 +1072,10 @@ void Controller::launch(int64_t id) {
     wake_.notify_all();
     return;
   }
-  launch_failed(j, error);
+  launch_failed(j, error, failure);
 }
 
-void Controller::launch_failed(Job& j, const std::string& why) {
+void Controller::launch_failed(Job& j, const std::string& why, std::optional<FailureClass> failure) {
   double now = now_s();
   j.awaiting_node = false;
   release(j, now);
@@ -1045,16 +1084,47 @@ void Controller::launch_failed(Job& j, const std::string& why) {
     j.restarts--;
     j.job_version--;
     int64_t failed = j.restore_from;
-    spdlog::warn("job {}: restore from checkpoint {} on {} failed: {}", j.job_id, failed, j.nodes, why);
+    // Unclassified (an older node, no answer to read) counts as transient: not knowing
+    // better, a failure must not condemn an image.
+    FailureClass cls = failure.value_or(FailureClass::kTransient);
+    spdlog::warn("job {}: restore from checkpoint {} on {} failed ({}): {}", j.job_id, failed, j.nodes,
+                 to_string(cls), why);
+    std::string reason;
+    if (cls == FailureClass::kImage || cls == FailureClass::kUnsupported) {
+      // The image is bad or holds what the engine cannot restore: the same everywhere.
+      reason = fmt::format("{}{} failure: {}", kRestoreFailedPrefix, to_string(cls), why);
+    } else {
+      // Transient (also usage: a command line the node got wrong is no fault of the
+      // image): the checkpoint stays Present and the restore is tried again, first on
+      // another node, after a pause; after kMaxTransientRestores the image is given up.
+      RestoreRetry& rr = restore_retries_[j.job_id];
+      if (rr.checkpoint_id != failed) rr = RestoreRetry{.checkpoint_id = failed};
+      if (++rr.failures < kMaxTransientRestores) {
+        rr.avoid_node = j.nodes;
+        rr.not_before = now + kRestoreRetryDelayS * rr.failures;
+        spdlog::info("job {}: checkpoint {} stays Present; restore attempt {} of {} in {:.0f} s, not on {} if "
+                     "another node fits", j.job_id, failed, rr.failures + 1, kMaxTransientRestores,
+                     rr.not_before - now, rr.avoid_node);
+        j.state = "PENDING";
+        j.reason = "RestoreRetry";
+        save(j);
+        wake_.notify_all();
+        return;
+      }
+      reason = fmt::format("{}{} transient failures in a row, giving up on this checkpoint; the last: {}",
+                           kRestoreFailedPrefix, rr.failures, why);
+      restore_retries_.erase(j.job_id);
+    }
     int64_t previous = 0;
     for (auto& c : ckpts_[j.job_id]) {
       if (c.checkpoint_id == failed) {
         c.status = "Failed";
-        c.reason = fmt::format("{}{}", kRestoreFailedPrefix, why);
+        c.reason = reason;
         save(c);
-        // The image stays on disk: a restore also fails for reasons that are not the
-        // image's (a changed library, ENOMEM, a busy node), and a valid checkpoint is
-        // never deleted. (Telling them apart is issue 11's failure classes.)
+        // The image stays on disk although it is of no more use to the job: the
+        // class is the engine's judgement, and an administrator may want to see what
+        // broke it (or restore it by hand if the judgement was wrong); `scontrol
+        // checkpoint delete` removes it.
       } else if (c.status == "Present" && c.checkpoint_id < failed) {
         previous = c.checkpoint_id;
       }

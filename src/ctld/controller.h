@@ -9,6 +9,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <thread>
 
@@ -76,7 +77,12 @@ class Controller {
   bool node_up(const Node& n) const;
   void schedule();                      // place pending jobs
   void launch(int64_t job_id);          // without mu_: sends launch or restore to the node
-  void launch_failed(Job& j, const std::string& why);
+  // A launch or restore that failed, with the failure's class when the node named one
+  // (docs/failures.md): a restore failing for its image (or unsupported state) marks
+  // the checkpoint Failed and falls back to the previous Present one; a transient (or
+  // unclassified) failure leaves it Present and retries, on another node if one fits,
+  // at most kMaxTransientRestores times.
+  void launch_failed(Job& j, const std::string& why, std::optional<FailureClass> failure = std::nullopt);
   Checkpoint run_checkpoint(int64_t job_id, const std::string& source, const std::string& description,
                             const proto::Caller* who);  // without mu_
   // A dump's outcome, from the checkpoint RPC's reply or the node's later report
@@ -110,6 +116,15 @@ class Controller {
   std::set<int64_t> ckpt_busy_;   // jobs with a checkpoint in flight
   std::set<int64_t> launching_;   // jobs whose launch RPC is in flight
   std::set<int64_t> ckpt_rpc_;    // jobs whose checkpoint RPC from this controller is in flight
+  // Transient failures of a job's restore from one checkpoint, by job id. In memory
+  // only: a restarted controller counts anew, which still bounds the retries.
+  struct RestoreRetry {
+    int64_t checkpoint_id = 0;
+    int failures = 0;
+    std::string avoid_node;  // where the last attempt failed: another node is tried first
+    double not_before = 0;   // Unix time of the next attempt
+  };
+  std::map<int64_t, RestoreRetry> restore_retries_;
   bool stopping_ = false;
   std::thread loop_;
   int workers_ = 0;

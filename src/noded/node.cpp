@@ -13,6 +13,7 @@
 #include <spdlog/spdlog.h>
 
 #include "common/error.h"
+#include "common/failure.h"
 #include "proto/json_number.h"
 #include "noded/spawn.h"
 
@@ -83,6 +84,13 @@ template <typename T>
 T number_or(const nlohmann::json& q, const char* key, T dflt) {
   if (q.is_object() && q.contains(key)) return number_at<T>(q, key);
   return q.value(key, dflt);
+}
+
+// The reply to an operation that did not succeed: 504 for a timeout, else the status of
+// its failure class (http_status_of), the class also in the body for the controller.
+RpcError op_error(const OpRecord& rec, const std::string& msg) {
+  FailureClass c = failure_class_from_string(rec.failure).value_or(FailureClass::kTransient);
+  return RpcError(rec.outcome == OpOutcome::Timeout ? 504 : http_status_of(c), msg, c);
 }
 
 double read_loadavg() {
@@ -303,7 +311,7 @@ nlohmann::json NodeDaemon::launch(const proto::Request& r, bool restore) {
   }
   rec = run_op(std::move(rec), argv, q.env);
   if (rec.outcome != OpOutcome::Ok)
-    throw RpcError(500, fmt::format("{} of job {} on {} failed: {}", restore ? "restore" : "launch", id, name_,
+    throw op_error(rec, fmt::format("{} of job {} on {} failed: {}", restore ? "restore" : "launch", id, name_,
                                     rec.error));
   return {{"pid", rec.pid}};
 }
@@ -457,6 +465,10 @@ void NodeDaemon::finish_op(OpRecord& rec, const std::optional<RunnerResult>& res
       jobs_[id] = j;
     }
   }
+  // The engine's exit code says whose fault it was; an engine that succeeded but left
+  // no pid file, or no result at all, tells nothing against the image.
+  if (rec.outcome != OpOutcome::Ok)
+    rec.failure = to_string(engine_ok ? FailureClass::kTransient : failure_of(res));
   rec.phase = OpPhase::Done;
   try {
     oplog_.put(rec);
@@ -569,8 +581,7 @@ nlohmann::json NodeDaemon::checkpoint(const proto::Request& r) {
   OpRecord rec{.job_id = id, .kind = leave ? OpKind::Checkpoint : OpKind::Vacate, .node = name_, .image_dir = dir,
                .timeout_s = timeout, .started = unix_now()};
   rec = run_op(std::move(rec), argv, {{"PATH", "/usr/bin:/bin"}});
-  if (rec.outcome == OpOutcome::Timeout) throw RpcError(504, rec.error);
-  if (rec.outcome != OpOutcome::Ok) throw RpcError(500, rec.error);
+  if (rec.outcome != OpOutcome::Ok) throw op_error(rec, rec.error);
   return {{"size", rec.size}, {"freeze_ms", rec.freeze_ms}, {"dump_ms", rec.dump_ms}};
 }
 

@@ -14,6 +14,7 @@
 #include <spdlog/spdlog.h>
 
 #include "common/error.h"
+#include "common/failure.h"
 #include "noded/spawn.h"
 
 extern char** environ;
@@ -32,9 +33,26 @@ const char* to_string(OpKind k) {
 }
 
 nlohmann::json OpRecord::report() const {
-  return {{"job_id", job_id}, {"kind", kind},       {"phase", phase},         {"dir", image_dir},
-          {"outcome", outcome}, {"error", error},   {"size", size},           {"freeze_ms", freeze_ms},
-          {"dump_ms", dump_ms}, {"pid", pid},       {"started", started}};
+  nlohmann::json r{{"job_id", job_id}, {"kind", kind},       {"phase", phase},         {"dir", image_dir},
+                   {"outcome", outcome}, {"error", error},   {"size", size},           {"freeze_ms", freeze_ms},
+                   {"dump_ms", dump_ms}, {"pid", pid},       {"started", started}};
+  if (!failure.empty()) r["failure"] = failure;
+  return r;
+}
+
+int http_status_of(FailureClass c) {
+  switch (c) {
+    case FailureClass::kImage: return 422;        // the request's image cannot be processed
+    case FailureClass::kUnsupported: return 501;  // the engine does not implement this state
+    case FailureClass::kTransient: return 503;    // unavailable now: try later or elsewhere
+    case FailureClass::kUsage: return 500;        // fschedd built a wrong command line
+  }
+  return 500;
+}
+
+FailureClass failure_of(const std::optional<RunnerResult>& res) {
+  if (!res || res->timed_out) return FailureClass::kTransient;
+  return failure_class_of_exit(res->exit_code);
 }
 
 void write_durably(const fs::path& path, std::string_view text, mode_t mode) {

@@ -23,6 +23,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "common/error.h"
 #include "common/fd.h"
 
 namespace fsched::noded {
@@ -55,6 +56,9 @@ struct OpRecord {
   // Filled when phase == Done, and reported to the controller until it acknowledges.
   OpOutcome outcome = OpOutcome::None;
   std::string error;       // one line, for Failed/Timeout
+  // For Failed/Timeout: the failure's class by name (common/failure.h), from the
+  // engine's exit code, so that the controller knows whether the image is to blame.
+  std::string failure;
   uint64_t size = 0;       // image bytes (checkpoint/vacate)
   double freeze_ms = 0, dump_ms = 0;
   pid_t pid = 0;           // launch/restore: the job's init
@@ -64,7 +68,7 @@ struct OpRecord {
   nlohmann::json report() const;
 };
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(OpRecord, job_id, kind, phase, node, image_dir, timeout_s, started,
-                                                outcome, error, size, freeze_ms, dump_ms, pid)
+                                                outcome, error, failure, size, freeze_ms, dump_ms, pid)
 
 // What the op runner writes when the engine has ended.
 struct RunnerResult {
@@ -75,6 +79,16 @@ struct RunnerResult {
   std::string error_line;   // last line of err, for messages
 };
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(RunnerResult, status, exit_code, timed_out, out, err, error_line)
+
+// The HTTP status with which fschedd answers an engine operation that failed with
+// class c (docs/failures.md): image 422, unsupported 501, transient 503, usage 500 (a
+// command line fschedd built wrong is fschedd's own fault). A timeout is 504 and a
+// conflicting request 409, whatever the class.
+int http_status_of(FailureClass c);
+
+// The class of a failed operation from what its runner reported: the engine's exit
+// code; none (the runner left no result) or a timeout is transient.
+FailureClass failure_of(const std::optional<RunnerResult>& res);
 
 // Writes text to path atomically and durably: path.tmp, fsync, rename, fsync of the
 // directory. Throws fsched::Error with errno and the path.

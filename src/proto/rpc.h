@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -28,15 +29,31 @@ inline constexpr size_t kMaxScriptBytes = size_t{4} << 20;
 // refused (413) before a byte of them is read.
 inline constexpr size_t kMaxBodyBytes = size_t{16} << 20;
 
-// An error the other side reported: HTTP status and its one-line message.
+// An error the other side reported: HTTP status, its one-line message and, when the
+// failure was classified (fschedd's engine operations, docs/failures.md), its class,
+// sent as the "failure" field of the error body next to "error".
 class RpcError : public Error {
  public:
   RpcError(int status, const std::string& what) : Error(what), status_(status) {}
+  RpcError(int status, const std::string& what, FailureClass failure)
+      : Error(what, 0, failure), status_(status), classified_(true) {}
   int status() const noexcept { return status_; }
+  // The class the server named; none when it named none (or one this build does not
+  // know), which a reader takes as transient.
+  std::optional<FailureClass> failure() const noexcept {
+    return classified_ ? std::optional(failure_class()) : std::nullopt;
+  }
 
  private:
   int status_;
+  bool classified_ = false;
 };
+
+// The JSON body of an error reply: {"error": what} and "failure" when e names a class.
+nlohmann::json error_body(const RpcError& e);
+// The RpcError an error reply of HTTP status with JSON body reply means (reply may be
+// discarded or not an object: the message then names the status and where).
+RpcError error_from_reply(int status, const nlohmann::json& reply, std::string_view where);
 
 // An integer field of a request body, checked: absent or null gives dflt; a
 // non-integer, or an integer outside [lo, hi], throws RpcError(400) naming the field,

@@ -15,6 +15,7 @@
 #include <boost/beast/core/tcp_stream.hpp>
 #include <boost/beast/http.hpp>
 
+#include "common/failure.h"
 #include "proto/auth.h"
 
 namespace fsched::proto {
@@ -40,6 +41,24 @@ beast::error_code run_one(asio::io_context& ioc, Start start) {
 }
 
 }  // namespace
+
+// Both halves link this file (fsched_proto); the server builds its bodies with
+// error_body(), so the two ends of the "failure" field are written in one place.
+nlohmann::json error_body(const RpcError& e) {
+  nlohmann::json b{{"error", e.what()}};
+  if (auto f = e.failure()) b["failure"] = std::string(to_string(*f));
+  return b;
+}
+
+RpcError error_from_reply(int status, const nlohmann::json& reply, std::string_view where) {
+  bool obj = reply.is_object();
+  std::string msg = obj && reply.contains("error") && reply["error"].is_string()
+                        ? reply["error"].get<std::string>()
+                        : fmt::format("HTTP {} from {}", status, where);
+  if (obj && reply.contains("failure") && reply["failure"].is_string())
+    if (auto f = failure_class_from_string(reply["failure"].get<std::string>())) return RpcError(status, msg, *f);
+  return RpcError(status, msg);
+}
 
 struct Client::Impl {
   std::string host;
@@ -115,12 +134,7 @@ nlohmann::json Client::call(std::string_view method, std::string_view path, cons
   const auto& res = parser.get();
   int status = static_cast<int>(res.result_int());
   nlohmann::json reply = nlohmann::json::parse(res.body(), nullptr, false);
-  if (status >= 400) {
-    std::string msg = reply.is_object() && reply.contains("error") && reply["error"].is_string()
-                          ? reply["error"].get<std::string>()
-                          : fmt::format("HTTP {} from {}", status, where());
-    throw RpcError(status, msg);
-  }
+  if (status >= 400) throw error_from_reply(status, reply, where());
   if (reply.is_discarded()) fail("{}: reply to {} {} is not JSON", where(), method, path);
   return reply;
 }

@@ -80,6 +80,12 @@ void reply_error(httplib::Response& res, int status, const std::string& msg) {
   res.set_content(nlohmann::json{{"error", msg}}.dump(), "application/json");
 }
 
+// An RpcError's reply: its status, message and failure class (error_body()).
+void reply_error(httplib::Response& res, const RpcError& e) {
+  res.status = e.status();
+  res.set_content(error_body(e).dump(), "application/json");
+}
+
 // Milliseconds until t, at least 0, at most cap_s seconds.
 int ms_until(Clock::time_point t, time_t cap_s) {
   auto left = std::chrono::duration_cast<std::chrono::milliseconds>(t - Clock::now()).count();
@@ -310,7 +316,7 @@ struct Server::Impl {
       t_current.route = found;
       return httplib::Server::HandlerResponse::Unhandled;
     } catch (const RpcError& e) {
-      reply_error(res, e.status(), e.what());
+      reply_error(res, e);
     } catch (const std::exception& e) {
       reply_error(res, 500, e.what());
     }
@@ -356,7 +362,7 @@ struct Server::Impl {
         res.set_content(out.is_null() ? std::string("{}") : out.dump(), "application/json");
       }
     } catch (const RpcError& e) {
-      reply_error(res, e.status(), e.what());
+      reply_error(res, e);
     } catch (const nlohmann::json::exception& e) {
       reply_error(res, 400, fmt::format("bad request: {}", e.what()));
     } catch (const std::exception& e) {

@@ -14,6 +14,7 @@
 #include "ckpt/imagekey.h"
 #include "ckpt/manifest.h"
 #include "common/error.h"
+#include "common/failure.h"
 
 namespace ck = fsched::ckpt;
 
@@ -82,6 +83,17 @@ int main(int argc, char** argv) {
   CLI::App app{"fsched-ckpt: transparent checkpoint/restore of batch jobs"};
   app.set_version_flag("--version", "fsched-ckpt (fsched) " FSCHED_VERSION);
   app.require_subcommand(1);
+  // The controller decides from the exit code whether an image is still worth
+  // restoring (docs/failures.md): each class of failure has its own.
+  app.footer(fmt::format(
+      "Exit status of dump, restore, show and verify (docs/failures.md):\n"
+      "  0 success\n"
+      "  {} transient failure: may succeed later or on another node (also any unclassified error)\n"
+      "  {} usage: bad command line or option\n"
+      "  {} image: the image is bad or does not match (corrupt, unsigned, malformed)\n"
+      "  {} unsupported: the job holds state the engine cannot checkpoint or restore exactly\n"
+      "run and a foreground restore exit with the job's own status once the job runs.",
+      fsched::kExitTransient, fsched::kExitUsage, fsched::kExitImage, fsched::kExitUnsupported));
 
   ck::RunOptions ro;
   bool run_detach = false;
@@ -145,7 +157,7 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     if (e.get_exit_code() == 0) return app.exit(e);
     std::cerr << "fsched-ckpt: " << e.what() << " (see --help)\n";
-    return 2;
+    return fsched::kExitUsage;
   }
 
   try {
@@ -209,9 +221,14 @@ int main(int argc, char** argv) {
       std::cout << "image " << verify_dir << " is intact\n";
       return 0;
     }
-  } catch (const std::exception& e) {
+  } catch (const fsched::Error& e) {
     std::cerr << "fsched-ckpt: " << e.what() << "\n";
-    return 1;
+    return fsched::exit_code_of(e.failure_class());
+  } catch (const std::exception& e) {
+    // Not classified where it was thrown (out of memory, a library's error): transient,
+    // so that the controller does not condemn an image for it.
+    std::cerr << "fsched-ckpt: " << e.what() << "\n";
+    return fsched::kExitTransient;
   }
   return 0;
 }

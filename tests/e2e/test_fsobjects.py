@@ -404,6 +404,7 @@ def test_sysv_refused(e2e: E2E, mode, words):
         image = e2e.image(f"refused/{mode}")
         r, _ = e2e.engine.dump(job.init_pid, image, timeout=60)
         line = single_error_line(r)
+        assert r.rc == 4, f"exit {r.rc}, not 4 (unsupported, docs/failures.md): {line}"
         assert all(w in line for w in words), line
         assert not image.exists() and not Path(str(image) + ".tmp").exists()
         assert job.wait_end() == ref.status

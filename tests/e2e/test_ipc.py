@@ -699,6 +699,7 @@ def test_unsupported_state_refused(e2e: E2E, mode, prefix, word):
         image = e2e.image(f"refused/{mode}")
         r, _ = e2e.engine.dump(job.init_pid, image, timeout=DUMP_TIMEOUT)
         line = single_error_line(r)
+        assert r.rc == 4, f"exit {r.rc}, not 4 (unsupported, docs/failures.md): {line}"
         assert names_pid_and_fd(line, candidates), f"error does not name the pid and fd {candidates}: {line}"
         assert word in line and "not supported" in line, line
         assert not image.exists() and not Path(str(image) + ".tmp").exists(), "a failed dump left an image"
