@@ -15,6 +15,7 @@
 #include "ctld/state.h"
 #include "ctld/store.h"
 #include "proto/config.h"
+#include "proto/node_state.h"
 #include "proto/rpc.h"
 
 namespace fsched::ctld {
@@ -56,7 +57,7 @@ class Controller {
   json cancel_job(const proto::Request& r);
   json hold_job(const proto::Request& r, bool hold);
   json requeue_job(const proto::Request& r);
-  json checkpoint_job(const proto::Request& r, const std::string& source);
+  json checkpoint_job(const proto::Request& r, CheckpointSource source);
   json restart_job(const proto::Request& r);
   json list_checkpoints(const proto::Request& r);
   json delete_checkpoint(const proto::Request& r);
@@ -72,16 +73,16 @@ class Controller {
   void save(const Job& j);
   void save(const Checkpoint& c);
   json api(const Job& j) const;
-  std::string node_state(const Node& n) const;
+  proto::NodeState node_state(const Node& n) const;
   bool node_up(const Node& n) const;
   void schedule();                      // place pending jobs
   void launch(int64_t job_id);          // without mu_: sends launch or restore to the node
   void launch_failed(Job& j, const std::string& why);
-  Checkpoint run_checkpoint(int64_t job_id, const std::string& source, const std::string& description,
+  Checkpoint run_checkpoint(int64_t job_id, CheckpointSource source, const std::string& description,
                             const proto::Caller* who);  // without mu_
   // A dump's outcome, from the checkpoint RPC's reply or the node's later report
   // (op_done): applied once, to a checkpoint still Creating; false if it was not.
-  bool settle_checkpoint(int64_t job_id, int64_t checkpoint_id, const std::string& status, const std::string& reason,
+  bool settle_checkpoint(int64_t job_id, int64_t checkpoint_id, CheckpointStatus status, const std::string& reason,
                          uint64_t size, double freeze_ms);
   // The launch or restore the node confirmed after the RPC's answer was lost.
   void confirm_launch(Job& j, const std::string& how);
@@ -89,6 +90,11 @@ class Controller {
   // outside mu_: storage may be slow; the record keeps its status and reason.
   void discard_image(const std::string& location);
   void retain(const Job& j);
+  // A Present checkpoint whose image directory an administrator deleted becomes
+  // Cleared with that reason (true); one whose directory exists, or cannot be looked
+  // at just now, is left alone (false). Looks at the file system under mu_: called
+  // for one job's checkpoints when it is restarted.
+  bool clear_if_missing(Checkpoint& c);
   void terminate(const Job& j, int signal, bool escalate);  // async signal/kill on the node
   void release(Job& j, double now);
   void requeue_fresh(Job& j);
