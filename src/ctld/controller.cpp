@@ -70,7 +70,9 @@ constexpr int64_t kMaxId = std::numeric_limits<int64_t>::max();
 
 }  // namespace
 
-Controller::Controller(proto::Config cfg) : cfg_(std::move(cfg)), store_(cfg_.state_save_location) {
+Controller::Controller(proto::Config cfg, std::unique_ptr<NodeClient> node_rpc)
+    : cfg_(std::move(cfg)), node_rpc_(node_rpc ? std::move(node_rpc) : rpc_node_client(cfg_)),
+      store_(cfg_.state_save_location) {
   for (auto& j : store_.jobs()) jobs_[j.job_id] = std::move(j);
   for (auto& c : store_.checkpoints()) {
     // A dump the previous controller was waiting for goes on (or ended) on its node,
@@ -176,11 +178,25 @@ void Controller::spawn(std::function<void()> fn) {
   }).detach();
 }
 
-proto::Client Controller::node_client(const std::string& node, int timeout_s) const {
-  auto it = nodes_.find(node);
-  if (it == nodes_.end()) fail("node {} is not in {}", node, cfg_.file.string());
-  return proto::Client(it->second.addr, it->second.port, cfg_.munge_socket, timeout_s);
-}
+namespace {
+// fschedd over the authenticated RPC, at the NodeAddr:Port of fsched.conf (which does
+// not change while the controller runs, so no lock is needed to look it up).
+class RpcNodeClient final : public NodeClient {
+ public:
+  explicit RpcNodeClient(const proto::Config& cfg) : cfg_(cfg) {}
+  nlohmann::json post(const std::string& node, std::string_view path, const nlohmann::json& body,
+                      int timeout_s) override {
+    const proto::NodeConf* n = cfg_.node(node);
+    if (!n) fail("node {} is not in {}", node, cfg_.file.string());
+    return proto::Client(n->addr, n->port, cfg_.munge_socket, timeout_s).call("POST", path, body);
+  }
+
+ private:
+  const proto::Config& cfg_;
+};
+}  // namespace
+
+std::unique_ptr<NodeClient> rpc_node_client(const proto::Config& cfg) { return std::make_unique<RpcNodeClient>(cfg); }
 
 void Controller::save(const Job& j) { store_.put_job(j); }
 void Controller::save(const Checkpoint& c) { store_.put_checkpoint(c); }
@@ -388,8 +404,8 @@ void Controller::terminate(const Job& j, int signal, bool escalate) {
   int wait = escalate ? cfg_.kill_wait : -1;
   spawn([this, node, id, signal, wait] {
     try {
-      proto::Client c = [&] { Lock l(mu_); return node_client(node, 30); }();
-      c.call("POST", "/v1/node/signal", proto::SignalRequest{.job_id = id, .signal = signal, .kill_wait = wait});
+      node_rpc_->post(node, "/v1/node/signal", proto::SignalRequest{.job_id = id, .signal = signal, .kill_wait = wait},
+                      30);
     } catch (const std::exception& e) {
       spdlog::warn("job {}: signal {} on node {} failed: {}", id, signal, node, e.what());
     }
@@ -548,11 +564,11 @@ Checkpoint Controller::run_checkpoint(int64_t job_id, CheckpointSource source, c
   std::string error;
   bool timeout = false, answered = true;
   try {
-    proto::Client cl = [&] { Lock l(mu_); return node_client(node, cfg_.checkpoint_timeout + 60); }();
-    reply = cl.call("POST", "/v1/node/checkpoint",
-                    proto::CheckpointRequest{.job_id = job_id, .dir = c.location,
-                                             .leave_running = source != CheckpointSource::Vacate,
-                                             .timeout = cfg_.checkpoint_timeout});
+    reply = node_rpc_->post(node, "/v1/node/checkpoint",
+                            proto::CheckpointRequest{.job_id = job_id, .dir = c.location,
+                                                     .leave_running = source != CheckpointSource::Vacate,
+                                                     .timeout = cfg_.checkpoint_timeout},
+                            cfg_.checkpoint_timeout + 60);
   } catch (const RpcError& e) {
     error = e.what();
     timeout = e.status() == 504;
@@ -1018,8 +1034,7 @@ void Controller::launch(int64_t id) {
   std::string error;
   bool answered = true;
   try {
-    proto::Client c = [&] { Lock l(mu_); return node_client(node, cfg_.batch_start_timeout + 600); }();
-    c.call("POST", from ? "/v1/node/restore" : "/v1/node/launch", req);
+    node_rpc_->post(node, from ? "/v1/node/restore" : "/v1/node/launch", req, cfg_.batch_start_timeout + 600);
   } catch (const RpcError& e) {
     error = e.what();
     // 409: the node has this job already, or an operation on it under way. Starting

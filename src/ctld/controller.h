@@ -32,12 +32,28 @@ struct SubmitRequest {
 };
 SubmitRequest decode_submit(const nlohmann::json& body, const proto::Caller& caller, const proto::Config& cfg);
 
+// How the controller reaches fschedd: an interface so that the unit tests can put a
+// fake node in its place and drive the job lifecycle without daemons.
+class NodeClient {
+ public:
+  virtual ~NodeClient() = default;
+  // POSTs body to path (/v1/node/launch, ...) on the node named node and returns its
+  // reply, waiting at most timeout_s. Throws proto::RpcError with the node's status on
+  // an error reply, and another std::exception (fsched::Error) when no reply came:
+  // the controller tells these apart (the request may have been carried out).
+  virtual nlohmann::json post(const std::string& node, std::string_view path, const nlohmann::json& body,
+                              int timeout_s) = 0;
+};
+// The real one: proto::Client to the node's NodeAddr:Port in cfg, which must outlive it.
+std::unique_ptr<NodeClient> rpc_node_client(const proto::Config& cfg);
+
 class Controller {
  public:
   // Loads the state from <StateSaveLocation>/fsched.db. Checkpoints left Creating by
   // a previous controller stay Creating until their node reports how the dump ended
-  // (a daemon's death says nothing about the image). Throws fsched::Error.
-  explicit Controller(proto::Config cfg);
+  // (a daemon's death says nothing about the image). node_rpc: how to reach the nodes,
+  // rpc_node_client() when null. Throws fsched::Error.
+  explicit Controller(proto::Config cfg, std::unique_ptr<NodeClient> node_rpc = nullptr);
   ~Controller();
 
   void add_routes(proto::Server& server);
@@ -104,9 +120,10 @@ class Controller {
   void reconcile(const std::string& node, const json& reported_jobs, const json& reported_ops);
   void periodic();                      // due checkpoints and time limits
   void spawn(std::function<void()> fn); // a worker thread, joined at stop()
-  proto::Client node_client(const std::string& node, int timeout_s) const;
+  friend struct ControllerTestAccess;  // tests/unit/controller_test.cpp: the routes without a server
 
   proto::Config cfg_;
+  std::unique_ptr<NodeClient> node_rpc_;  // after cfg_, which the real one refers to
   Store store_;
   mutable std::mutex mu_;
   std::condition_variable wake_;
