@@ -217,8 +217,9 @@ int main(int argc, char** argv) {
           // (restore_from); the list says what it falls back to should that restore fail.
           std::vector<json> list;
           try {
-            for (const auto& c : client.call("GET", job_path(id, "/checkpoints")).at("checkpoints"))
-              list.push_back(c);
+            // Named: a range-for over a member of the temporary reply would read freed memory.
+            json reply = client.call("GET", job_path(id, "/checkpoints"));
+            for (const auto& c : reply.at("checkpoints")) list.push_back(c);
           } catch (const std::exception&) {
             // The restart is done; only its message is the poorer.
           }
