@@ -11,6 +11,9 @@
 #include "cmds/cmd_common.h"
 #include "common/error.h"
 #include "common/text.h"
+#include "proto/checkpoint_status.h"
+#include "proto/job_state.h"
+#include "proto/node_state.h"
 #include "proto/timefmt.h"
 
 namespace fsched::cmds {
@@ -70,16 +73,11 @@ std::string fit(std::string v, int width, bool right) {
   return right ? std::string(w - v.size(), ' ') + v : v + std::string(w - v.size(), ' ');
 }
 
-struct StateName {
-  std::string_view name, code;
-};
-constexpr StateName kJobStates[] = {
-    {"PENDING", "PD"},   {"RUNNING", "R"}, {"COMPLETING", "CG"}, {"COMPLETED", "CD"},
-    {"FAILED", "F"},     {"CANCELLED", "CA"}, {"TIMEOUT", "TO"}, {"NODE_FAIL", "NF"},
-};
-
+// A state the controller names and these commands do not know (a newer controller)
+// counts as not active, and prints as it is.
 bool is_active(std::string_view state) {
-  return state == "PENDING" || state == "RUNNING" || state == "COMPLETING";
+  auto s = proto::parse_enum<proto::JobState>(state);
+  return s && proto::is_active(*s);
 }
 
 std::string job_user(const json& job) {
@@ -179,13 +177,12 @@ std::string duration_seconds(double d) { return fmt::format("{:.2f}s", d); }
 // ---- small pieces -------------------------------------------------------------
 
 std::string state_code(std::string_view state) {
-  for (const auto& s : kJobStates)
-    if (s.name == state) return std::string(s.code);
+  if (auto s = proto::parse_enum<proto::JobState>(state)) return std::string(proto::short_code(*s));
   return std::string(state);
 }
 
 std::string parse_job_state(std::string_view text) {
-  for (const auto& s : kJobStates)
+  for (const auto& s : proto::kJobStateNames)
     if (iequals(text, s.name) || iequals(text, s.code)) return std::string(s.name);
   if (iequals(text, "ALL")) return "ALL";
   fail("Invalid job state specified: {}", text);
@@ -441,9 +438,10 @@ std::string show_partition(const json& partition) {
 std::string checkpoint_table(std::span<const json> checkpoints) {
   const std::vector<std::string> head = {"ID",       "DESCRIPTION", "TRIGGER_TIME",
                                          "COMPLETION_TIME", "DURATION", "STATUS",
-                                         "SOURCE",   "VERSION",     "LOCATION", "SIZE"};
+                                         "SOURCE",   "VERSION",     "LOCATION", "SIZE",
+                                         "REASON"};
   const std::vector<bool> right = {true,  false, false, false, true,
-                                   false, false, true,  false, true};
+                                   false, false, true,  false, true, false};
   std::vector<std::vector<std::string>> rows;
   for (const auto& c : checkpoints) {
     double done = real(c, "completion_time");
@@ -460,6 +458,8 @@ std::string checkpoint_table(std::span<const json> checkpoints) {
         std::to_string(num(c, "job_version")),
         str(c, "location").empty() ? "-" : str(c, "location"),
         has_size ? human_size(real(c, "size")) : "-",
+        // Last: a reason is free text, blanks included.
+        str(c, "reason").empty() ? "-" : str(c, "reason"),
     });
   }
   std::vector<size_t> width(head.size());
@@ -497,15 +497,24 @@ std::string checkpoint_summary(const json& c) {
   return s;
 }
 
+std::string restart_message(int64_t job_id, const json& job, std::span<const json> checkpoints) {
+  int64_t from = num(job, "restore_from");
+  if (from <= 0) return fmt::format("Job {} restarting", job_id);
+  std::string s = fmt::format("Job {} restarting from checkpoint {}", job_id, from);
+  int64_t fallback = 0;
+  for (const auto& c : checkpoints) {
+    int64_t id = num(c, "checkpoint_id");
+    if (str(c, "status") == proto::to_string(proto::CheckpointStatus::Present) && id < from)
+      fallback = std::max(fallback, id);
+  }
+  if (fallback) s += fmt::format(", or from checkpoint {} should its restore fail", fallback);
+  return s;
+}
+
 // ---- sinfo --------------------------------------------------------------------
 
 std::string sinfo_state(std::string_view node_state) {
-  std::string s = upper(node_state);
-  if (s == "IDLE") return "idle";
-  if (s == "MIXED") return "mix";
-  if (s == "ALLOCATED") return "alloc";
-  if (s == "DOWN") return "down";
-  if (s == "UNKNOWN") return "unk";
+  if (auto s = proto::parse_enum<proto::NodeState>(upper(node_state))) return std::string(proto::sinfo_name(*s));
   return lower(node_state);
 }
 

@@ -88,12 +88,20 @@ std::string show_node(const json& node);
 std::string show_partition(const json& partition);
 
 // `scontrol checkpoint list`: a table with the columns ID DESCRIPTION TRIGGER_TIME
-// COMPLETION_TIME DURATION STATUS SOURCE VERSION LOCATION SIZE.
+// COMPLETION_TIME DURATION STATUS SOURCE VERSION LOCATION SIZE REASON (why a
+// checkpoint is Failed, Timeout, Skipped or Cleared; "-" when there is none).
 std::string checkpoint_table(std::span<const json> checkpoints);
 
 // One checkpoint in a line: "Checkpoint 3 of job 12 is Present: /path (12.3M in 0.84s)";
 // a Failed/Timeout one gives its reason instead of the location.
 std::string checkpoint_summary(const json& checkpoint);
+
+// What `scontrol checkpoint restart` says, given the job the controller answered
+// (its restore_from: the checkpoint it will restore) and the job's checkpoints:
+// "Job 12 restarting from checkpoint 3", with ", or from checkpoint 2 should its
+// restore fail" when an older Present checkpoint is there to fall back to (the
+// controller does so by itself), or "Job 12 restarting" when restore_from is absent.
+std::string restart_message(int64_t job_id, const json& job, std::span<const json> checkpoints);
 
 // ---- sinfo --------------------------------------------------------------------
 

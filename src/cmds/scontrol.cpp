@@ -214,25 +214,17 @@ int main(int argc, char** argv) {
         if (as_json) {
           std::cout << j.dump(2) << std::endl;
         } else {
-          // The reply is the job, which does not say which checkpoint it will be
-          // restored from: the one asked for, else (the controller's rule) the
-          // newest Present one. last_checkpoint will not do: it may be a Failed one.
-          json from = body.value("checkpoint_id", json());
-          if (from.is_null()) from = j.value("restore_from", json());
-          if (from.is_null()) {
-            try {
-              for (const auto& c :
-                   client.call("GET", job_path(id, "/checkpoints")).at("checkpoints"))
-                if (c.value("status", "") == "Present") from = c.value("checkpoint_id", json());
-            } catch (const std::exception&) {
-              // The restart is done; only its message is the poorer.
-            }
+          // The reply is the job, which says which checkpoint it will be restored from
+          // (restore_from); the list says what it falls back to should that restore fail.
+          std::vector<json> list;
+          try {
+            // Named: a range-for over a member of the temporary reply would read freed memory.
+            json reply = client.call("GET", job_path(id, "/checkpoints"));
+            for (const auto& c : reply.at("checkpoints")) list.push_back(c);
+          } catch (const std::exception&) {
+            // The restart is done; only its message is the poorer.
           }
-          if (from.is_null())
-            std::cout << fmt::format("Job {} restarting", id) << std::endl;
-          else
-            std::cout << fmt::format("Job {} restarting from checkpoint {}", id, from.dump())
-                      << std::endl;
+          std::cout << cmds::restart_message(id, j, list) << std::endl;
         }
       } else if (action == "list") {
         parse_settings(settings, {});

@@ -17,6 +17,7 @@
 #include "common/failure.h"
 #include "proto/json_number.h"
 #include "proto/timefmt.h"
+#include "proto/node_requests.h"
 
 namespace fsched::ctld {
 namespace {
@@ -71,13 +72,15 @@ constexpr int64_t kMaxId = std::numeric_limits<int64_t>::max();
 
 }  // namespace
 
-Controller::Controller(proto::Config cfg) : cfg_(std::move(cfg)), store_(cfg_.state_save_location) {
+Controller::Controller(proto::Config cfg, std::unique_ptr<NodeClient> node_rpc)
+    : cfg_(std::move(cfg)), node_rpc_(node_rpc ? std::move(node_rpc) : rpc_node_client(cfg_)),
+      store_(cfg_.state_save_location) {
   for (auto& j : store_.jobs()) jobs_[j.job_id] = std::move(j);
   for (auto& c : store_.checkpoints()) {
     // A dump the previous controller was waiting for goes on (or ended) on its node,
     // which keeps its outcome until it has reported it: the checkpoint stays Creating
     // and the job busy until then (or until the node shows it has no such dump).
-    if (c.status == "Creating") ckpt_busy_.insert(c.job_id);
+    if (c.status == CheckpointStatus::Creating) ckpt_busy_.insert(c.job_id);
     ckpts_[c.job_id].push_back(c);
   }
   for (auto& n : cfg_.nodes) {
@@ -92,7 +95,7 @@ Controller::Controller(proto::Config cfg) : cfg_(std::move(cfg)), store_(cfg_.st
   }
   // Resources held by jobs that were running when the controller stopped.
   for (auto& [id, j] : jobs_) {
-    if (j.state != "RUNNING") continue;
+    if (j.state != JobState::Running) continue;
     if (auto it = nodes_.find(j.nodes); it != nodes_.end()) {
       it->second.alloc_cpus += j.num_cpus();
       it->second.alloc_memory += j.mem_mb;
@@ -143,9 +146,9 @@ void Controller::start() {
     std::vector<std::pair<std::string, bool>> sweep;  // location, whole image (else DIR.tmp only)
     for (auto& [id, list] : ckpts_)
       for (auto& c : list)
-        if (c.status != "Creating" && !c.location.empty())
-          sweep.emplace_back(c.location, c.status == "Timeout" ||
-                                             (c.status == "Failed" && !kept_after_failed_restore(c)));
+        if (c.status != CheckpointStatus::Creating && !c.location.empty())
+          sweep.emplace_back(c.location, c.status == CheckpointStatus::Timeout ||
+                                             (c.status == CheckpointStatus::Failed && !kept_after_failed_restore(c)));
     spawn([sweep = std::move(sweep)] {
       for (auto& [loc, whole] : sweep) {
         std::error_code ec;
@@ -196,11 +199,25 @@ void Controller::spawn(std::function<void()> fn) {
   }).detach();
 }
 
-proto::Client Controller::node_client(const std::string& node, int timeout_s) const {
-  auto it = nodes_.find(node);
-  if (it == nodes_.end()) fail("node {} is not in {}", node, cfg_.file.string());
-  return proto::Client(it->second.addr, it->second.port, cfg_.munge_socket, timeout_s);
-}
+namespace {
+// fschedd over the authenticated RPC, at the NodeAddr:Port of fsched.conf (which does
+// not change while the controller runs, so no lock is needed to look it up).
+class RpcNodeClient final : public NodeClient {
+ public:
+  explicit RpcNodeClient(const proto::Config& cfg) : cfg_(cfg) {}
+  nlohmann::json post(const std::string& node, std::string_view path, const nlohmann::json& body,
+                      int timeout_s) override {
+    const proto::NodeConf* n = cfg_.node(node);
+    if (!n) fail("node {} is not in {}", node, cfg_.file.string());
+    return proto::Client(n->addr, n->port, cfg_.munge_socket, timeout_s).call("POST", path, body);
+  }
+
+ private:
+  const proto::Config& cfg_;
+};
+}  // namespace
+
+std::unique_ptr<NodeClient> rpc_node_client(const proto::Config& cfg) { return std::make_unique<RpcNodeClient>(cfg); }
 
 void Controller::save(const Job& j) { store_.put_job(j); }
 void Controller::save(const Checkpoint& c) { store_.put_checkpoint(c); }
@@ -223,16 +240,17 @@ bool Controller::node_up(const Node& n) const {
   return n.last_heartbeat > 0 && now_s() - n.last_heartbeat < cfg_.slurmd_timeout;
 }
 
-std::string Controller::node_state(const Node& n) const {
-  if (n.last_heartbeat == 0) return "UNKNOWN";
-  if (!node_up(n)) return "DOWN";
-  if (n.alloc_cpus == 0) return "IDLE";
-  return n.alloc_cpus >= n.cpus ? "ALLOCATED" : "MIXED";
+proto::NodeState Controller::node_state(const Node& n) const {
+  using proto::NodeState;
+  if (n.last_heartbeat == 0) return NodeState::Unknown;
+  if (!node_up(n)) return NodeState::Down;
+  if (n.alloc_cpus == 0) return NodeState::Idle;
+  return n.alloc_cpus >= n.cpus ? NodeState::Allocated : NodeState::Mixed;
 }
 
 nlohmann::json Controller::api(const Job& j) const {
   double now = now_s();
-  int64_t run = j.run_time_done + (j.state == "RUNNING" && j.start_time > 0 ? static_cast<int64_t>(now - j.start_time) : 0);
+  int64_t run = j.run_time_done + (j.state == JobState::Running && j.start_time > 0 ? static_cast<int64_t>(now - j.start_time) : 0);
   json last = nullptr;
   if (auto it = ckpts_.find(j.job_id); it != ckpts_.end() && !it->second.empty()) {
     auto& c = it->second.back();
@@ -268,8 +286,8 @@ void Controller::add_routes(proto::Server& s) {
   s.route("POST", "/v1/jobs/{}/hold", [this](const proto::Request& r) { return hold_job(r, true); });
   s.route("POST", "/v1/jobs/{}/release", [this](const proto::Request& r) { return hold_job(r, false); });
   s.route("POST", "/v1/jobs/{}/requeue", bind(&Controller::requeue_job));
-  s.route("POST", "/v1/jobs/{}/checkpoint", [this](const proto::Request& r) { return checkpoint_job(r, "manual"); });
-  s.route("POST", "/v1/jobs/{}/vacate", [this](const proto::Request& r) { return checkpoint_job(r, "vacate"); });
+  s.route("POST", "/v1/jobs/{}/checkpoint", [this](const proto::Request& r) { return checkpoint_job(r, CheckpointSource::Manual); });
+  s.route("POST", "/v1/jobs/{}/vacate", [this](const proto::Request& r) { return checkpoint_job(r, CheckpointSource::Vacate); });
   s.route("POST", "/v1/jobs/{}/restart", bind(&Controller::restart_job));
   s.route("GET", "/v1/jobs/{}/checkpoints", bind(&Controller::list_checkpoints));
   s.route("DELETE", "/v1/jobs/{}/checkpoints/{}", bind(&Controller::delete_checkpoint));
@@ -331,7 +349,7 @@ SubmitRequest decode_submit(const nlohmann::json& b, const proto::Caller& caller
   std::string err = field<std::string>(b, "stderr", "");
   if (out.empty()) out = j.work_dir + "/slurm-%j.out";
   j.submit_time = now_s();
-  j.state = "PENDING";
+  j.state = JobState::Pending;
   j.reason = j.hold ? (caller.is_root() ? "JobHeldAdmin" : "JobHeldUser") : "None";
   return {std::move(j), std::move(script), std::move(env), std::move(out), std::move(err)};
 }
@@ -362,11 +380,18 @@ nlohmann::json Controller::submit(const proto::Request& r) {
 std::string Controller::list_jobs(const proto::Request& r) {
   // ?state=PENDING,RUNNING narrows the list on the controller's side: squeue's
   // default view then costs nothing for the thousands of finished jobs.
-  std::set<std::string, std::less<>> states;
+  std::set<JobState> states;
   std::string q = r.query("state");
   for (size_t pos = 0; pos < q.size();) {
     size_t e = std::min(q.find(',', pos), q.size());
-    if (e > pos) states.insert(q.substr(pos, e - pos));
+    if (e > pos) {
+      std::string name = q.substr(pos, e - pos);
+      auto st = proto::parse_enum<JobState>(name);
+      if (!st)
+        throw RpcError(400, fmt::format("unknown job state '{}' (expected one of {})", name,
+                                        proto::enum_names<JobState>()));
+      states.insert(*st);
+    }
     pos = e + 1;
   }
   auto wanted = [&](const Job& j) { return states.empty() || states.count(j.state) > 0; };
@@ -395,7 +420,7 @@ nlohmann::json Controller::signal_job(const proto::Request& r) {
   Job& j = job_of(r.params.at(0));
   check_owner(j, r.caller);
   int sig = static_cast<int>(proto::int_field(r.body, "signal", SIGTERM, 1, 64));
-  if (j.state != "RUNNING") throw RpcError(409, fmt::format("Job {} is not running (state {})", j.job_id, j.state));
+  if (j.state != JobState::Running) throw RpcError(409, fmt::format("Job {} is not running (state {})", j.job_id, j.state));
   spdlog::info("job {}: signal {} requested by uid {}", j.job_id, sig, r.caller.uid);
   terminate(j, sig, false);
   return json::object();
@@ -407,8 +432,8 @@ void Controller::terminate(const Job& j, int signal, bool escalate) {
   int wait = escalate ? cfg_.kill_wait : -1;
   spawn([this, node, id, signal, wait] {
     try {
-      proto::Client c = [&] { Lock l(mu_); return node_client(node, 30); }();
-      c.call("POST", "/v1/node/signal", {{"job_id", id}, {"signal", signal}, {"kill_wait", wait}});
+      node_rpc_->post(node, "/v1/node/signal", proto::SignalRequest{.job_id = id, .signal = signal, .kill_wait = wait},
+                      30);
     } catch (const std::exception& e) {
       spdlog::warn("job {}: signal {} on node {} failed: {}", id, signal, node, e.what());
     }
@@ -419,14 +444,14 @@ nlohmann::json Controller::cancel_job(const proto::Request& r) {
   Lock l(mu_);
   Job& j = job_of(r.params.at(0));
   check_owner(j, r.caller);
-  if (j.state == "PENDING") {
-    j.state = "CANCELLED";
+  if (j.state == JobState::Pending) {
+    j.state = JobState::Cancelled;
     j.reason = "None";
     j.end_time = now_s();
     j.restore_from = 0;
     save(j);
     spdlog::info("job {}: cancelled while pending by uid {}", j.job_id, r.caller.uid);
-  } else if (j.state == "RUNNING") {
+  } else if (j.state == JobState::Running) {
     j.end_request = "cancel";
     save(j);
     spdlog::info("job {}: cancel requested by uid {}: SIGTERM, SIGKILL after {} s", j.job_id, r.caller.uid, cfg_.kill_wait);
@@ -441,7 +466,7 @@ nlohmann::json Controller::hold_job(const proto::Request& r, bool hold) {
   Lock l(mu_);
   Job& j = job_of(r.params.at(0));
   check_owner(j, r.caller);
-  if (j.state != "PENDING") throw RpcError(409, fmt::format("Job {} is not pending (state {})", j.job_id, j.state));
+  if (j.state != JobState::Pending) throw RpcError(409, fmt::format("Job {} is not pending (state {})", j.job_id, j.state));
   if (!hold && j.reason == "JobHeldAdmin" && !r.caller.is_root())
     throw RpcError(403, fmt::format("Access/permission denied: job {} was held by an administrator", j.job_id));
   j.hold = hold;
@@ -472,10 +497,10 @@ void Controller::skip_checkpoint(Job& j, const std::string& why) {
   Checkpoint c;
   c.checkpoint_id = ++j.last_checkpoint_id;
   c.job_id = j.job_id;
-  c.source = "periodic";
+  c.source = CheckpointSource::Periodic;
   c.description = "periodic checkpoint";
   c.trigger_time = c.completion_time = now_s();
-  c.status = "Skipped";
+  c.status = CheckpointStatus::Skipped;
   c.reason = fmt::format("load-aware: node {}: {}", j.nodes, why);
   c.job_version = j.job_version;
   ckpts_[j.job_id].push_back(c);
@@ -485,8 +510,9 @@ void Controller::skip_checkpoint(Job& j, const std::string& why) {
 }
 
 void Controller::requeue_fresh(Job& j) {
-  j.state = "PENDING";
+  j.state = JobState::Pending;
   j.reason = "None";
+  j.start_time = 0;  // a new run from scratch: the old start no longer describes it
   j.restarts++;
   j.job_version++;
   j.restore_from = 0;
@@ -499,11 +525,11 @@ nlohmann::json Controller::requeue_job(const proto::Request& r) {
   Job& j = job_of(r.params.at(0));
   check_owner(j, r.caller);
   if (!j.requeue) throw RpcError(409, fmt::format("Job {} was submitted with --no-requeue", j.job_id));
-  if (j.state == "RUNNING") {
+  if (j.state == JobState::Running) {
     j.end_request = "requeue";
     save(j);
     terminate(j, SIGTERM, true);
-  } else if (j.state == "PENDING") {
+  } else if (j.state == JobState::Pending) {
     throw RpcError(409, fmt::format("Job {} is pending already", j.job_id));
   } else {
     requeue_fresh(j);
@@ -514,7 +540,7 @@ nlohmann::json Controller::requeue_job(const proto::Request& r) {
   return json::object();
 }
 
-nlohmann::json Controller::checkpoint_job(const proto::Request& r, const std::string& source) {
+nlohmann::json Controller::checkpoint_job(const proto::Request& r, CheckpointSource source) {
   int64_t id;
   {
     Lock l(mu_);
@@ -522,13 +548,13 @@ nlohmann::json Controller::checkpoint_job(const proto::Request& r, const std::st
   }
   std::string desc = field<std::string>(r.body, "description", "");
   Checkpoint c = run_checkpoint(id, source, desc, &r.caller);
-  if (c.status != "Present")
+  if (c.status != CheckpointStatus::Present)
     throw RpcError(500, fmt::format("checkpoint {} of job {} {}: {}", c.checkpoint_id, id,
-                                    c.status == "Timeout" ? "timed out" : "failed", c.reason));
+                                    c.status == CheckpointStatus::Timeout ? "timed out" : "failed", c.reason));
   return c;
 }
 
-Checkpoint Controller::run_checkpoint(int64_t job_id, const std::string& source, const std::string& description,
+Checkpoint Controller::run_checkpoint(int64_t job_id, CheckpointSource source, const std::string& description,
                                       const proto::Caller* who) {
   Checkpoint c;
   std::string node;
@@ -540,15 +566,15 @@ Checkpoint Controller::run_checkpoint(int64_t job_id, const std::string& source,
     if (who) check_owner(j, *who);
     if (cfg_.checkpoint_type == "checkpoint/none")
       throw RpcError(409, "checkpoints are disabled (CheckpointType = checkpoint/none)");
-    if (j.state != "RUNNING" || launching_.count(job_id) || !j.end_request.empty() || j.awaiting_node)
+    if (j.state != JobState::Running || launching_.count(job_id) || !j.end_request.empty() || j.awaiting_node)
       throw RpcError(409, fmt::format("Job {} is not running (state {}{})", job_id, j.state,
                                       j.awaiting_node ? ", its start not yet confirmed by its node" : ""));
     if (ckpt_busy_.count(job_id)) throw RpcError(409, fmt::format("job {}: a checkpoint is already in progress", job_id));
     c.checkpoint_id = ++j.last_checkpoint_id;
     c.job_id = job_id;
     c.source = source;
-    c.description = description.empty() ? (source == "periodic" ? "periodic checkpoint"
-                                           : source == "vacate" ? "created when the job was vacated"
+    c.description = description.empty() ? (source == CheckpointSource::Periodic ? "periodic checkpoint"
+                                           : source == CheckpointSource::Vacate ? "created when the job was vacated"
                                                                 : "created during running")
                                         : description;
     c.trigger_time = now_s();
@@ -567,10 +593,11 @@ Checkpoint Controller::run_checkpoint(int64_t job_id, const std::string& source,
   std::optional<FailureClass> failure;
   bool timeout = false, answered = true;
   try {
-    proto::Client cl = [&] { Lock l(mu_); return node_client(node, cfg_.checkpoint_timeout + 60); }();
-    reply = cl.call("POST", "/v1/node/checkpoint",
-                    {{"job_id", job_id}, {"dir", c.location}, {"leave_running", source != "vacate"},
-                     {"timeout", cfg_.checkpoint_timeout}});
+    reply = node_rpc_->post(node, "/v1/node/checkpoint",
+                            proto::CheckpointRequest{.job_id = job_id, .dir = c.location,
+                                                     .leave_running = source != CheckpointSource::Vacate,
+                                                     .timeout = cfg_.checkpoint_timeout},
+                            cfg_.checkpoint_timeout + 60);
   } catch (const RpcError& e) {
     error = e.what();
     failure = e.failure();
@@ -584,10 +611,10 @@ Checkpoint Controller::run_checkpoint(int64_t job_id, const std::string& source,
   Lock l(mu_);
   ckpt_rpc_.erase(job_id);
   if (error.empty()) {
-    settle_checkpoint(job_id, c.checkpoint_id, "Present", "", reply.value("size", uint64_t{0}),
+    settle_checkpoint(job_id, c.checkpoint_id, CheckpointStatus::Present, "", reply.value("size", uint64_t{0}),
                       reply.value("freeze_ms", 0.0));
   } else if (answered) {
-    settle_checkpoint(job_id, c.checkpoint_id, timeout ? "Timeout" : "Failed",
+    settle_checkpoint(job_id, c.checkpoint_id, timeout ? CheckpointStatus::Timeout : CheckpointStatus::Failed,
                       timeout ? error : classified(failure, error), 0, 0.0);
   } else {
     spdlog::warn("job {}: checkpoint {}: no answer from {} ({}); it stays Creating until the node reports how "
@@ -599,25 +626,25 @@ Checkpoint Controller::run_checkpoint(int64_t job_id, const std::string& source,
     };
     // The caller (scontrol) gets the real outcome if the node is back in time.
     wake_.wait_for(l, std::chrono::seconds(cfg_.checkpoint_timeout + 60),
-                   [&] { return stopping_ || !current() || current()->status != "Creating"; });
+                   [&] { return stopping_ || !current() || current()->status != CheckpointStatus::Creating; });
   }
   for (auto& x : ckpts_[job_id])
     if (x.checkpoint_id == c.checkpoint_id) return x;
   return c;
 }
 
-bool Controller::settle_checkpoint(int64_t job_id, int64_t checkpoint_id, const std::string& status,
+bool Controller::settle_checkpoint(int64_t job_id, int64_t checkpoint_id, CheckpointStatus status,
                                    const std::string& reason, uint64_t size, double freeze_ms) {
   auto& list = ckpts_[job_id];
   auto it = std::find_if(list.begin(), list.end(), [&](const Checkpoint& x) { return x.checkpoint_id == checkpoint_id; });
   // Both the RPC's reply and the node's op_done carry the outcome: the first wins.
-  if (it == list.end() || it->status != "Creating") return false;
+  if (it == list.end() || it->status != CheckpointStatus::Creating) return false;
   Checkpoint& c = *it;
   c.completion_time = now_s();
   c.duration = c.completion_time - c.trigger_time;
   c.status = status;
   c.reason = reason;
-  if (status == "Present") {
+  if (status == CheckpointStatus::Present) {
     c.size = size;
     c.freeze_ms = freeze_ms;
   }
@@ -626,13 +653,13 @@ bool Controller::settle_checkpoint(int64_t job_id, int64_t checkpoint_id, const 
   auto jit = jobs_.find(job_id);
   if (jit == jobs_.end()) return true;
   Job& j = jit->second;
-  if (c.status == "Present") {
+  if (c.status == CheckpointStatus::Present) {
     spdlog::info("job {}: checkpoint {} Present: {} bytes in {:.2f} s at {}", job_id, c.checkpoint_id, c.size,
                  c.duration, c.location);
-    if (c.source == "vacate" && j.state == "RUNNING") {
+    if (c.source == CheckpointSource::Vacate && j.state == JobState::Running) {
       double now = now_s();
       release(j, now);
-      j.state = "PENDING";
+      j.state = JobState::Pending;
       j.reason = "Vacated";
       j.end_time = 0;
       spdlog::info("job {}: vacated: pending until restarted", job_id);
@@ -685,8 +712,8 @@ nlohmann::json Controller::node_op_done(const proto::Request& r) {
   Job& j = it->second;
   if (kind == "checkpoint" || kind == "vacate") {
     for (auto& c : ckpts_[id]) {
-      if (c.location != dir || c.status != "Creating") continue;
-      if (settle_checkpoint(id, c.checkpoint_id, outcome == "ok" ? "Present" : outcome == "timeout" ? "Timeout" : "Failed",
+      if (c.location != dir || c.status != CheckpointStatus::Creating) continue;
+      if (settle_checkpoint(id, c.checkpoint_id, outcome == "ok" ? CheckpointStatus::Present : outcome == "timeout" ? CheckpointStatus::Timeout : CheckpointStatus::Failed,
                             outcome == "failed" ? classified(failure_field(r.body), error) : error,
                             field<uint64_t>(r.body, "size", 0), field<double>(r.body, "freeze_ms", 0.0)))
         spdlog::info("job {}: {} outcome reported by {}: {}", id, kind, node, outcome);
@@ -696,7 +723,7 @@ nlohmann::json Controller::node_op_done(const proto::Request& r) {
   }
   // launch/restore: only an unanswered RPC waits for this; an answered one has been
   // handled by launch().
-  if (j.state != "RUNNING" || j.nodes != node || !j.awaiting_node || launching_.count(id)) return json::object();
+  if (j.state != JobState::Running || j.nodes != node || !j.awaiting_node || launching_.count(id)) return json::object();
   if (outcome == "ok") {
     confirm_launch(j, fmt::format("{} reported by the node", kind));
   } else {
@@ -710,7 +737,7 @@ void Controller::retain(const Job& j) {
   auto& list = ckpts_[j.job_id];
   int present = 0;
   for (auto it = list.rbegin(); it != list.rend(); ++it) {
-    if (it->status != "Present") continue;
+    if (it->status != CheckpointStatus::Present) continue;
     if (++present <= cfg_.max_epochs) continue;
     if (it->checkpoint_id == j.restore_from) continue;  // being restored from
     std::error_code ec;
@@ -719,35 +746,50 @@ void Controller::retain(const Job& j) {
       spdlog::warn("job {}: cannot remove checkpoint {} at {}: {}", j.job_id, it->checkpoint_id, it->location, ec.message());
       continue;
     }
-    it->status = "Cleared";
+    it->status = CheckpointStatus::Cleared;
     it->reason = fmt::format("retention: CRIU_MaxEpochs = {}", cfg_.max_epochs);
     save(*it);
     spdlog::info("job {}: checkpoint {} Cleared ({})", j.job_id, it->checkpoint_id, it->reason);
   }
 }
 
+bool Controller::clear_if_missing(Checkpoint& c) {
+  std::error_code ec;
+  bool there = std::filesystem::exists(c.location, ec);
+  // Only a definite "no such directory" clears it: storage that cannot be read just
+  // now (EIO, a stale NFS handle) says nothing about the image, and the restore will.
+  if (there || (ec && ec != std::errc::no_such_file_or_directory)) return false;
+  c.status = CheckpointStatus::Cleared;
+  c.reason = fmt::format("its image directory {} is missing (removed outside fsched)", c.location);
+  save(c);
+  spdlog::warn("job {}: checkpoint {} Cleared: {}", c.job_id, c.checkpoint_id, c.reason);
+  return true;
+}
+
 nlohmann::json Controller::restart_job(const proto::Request& r) {
   Lock l(mu_);
   Job& j = job_of(r.params.at(0));
   check_owner(j, r.caller);
-  bool restartable = (j.state == "PENDING" && j.reason == "Vacated") || j.state == "FAILED" ||
-                     j.state == "CANCELLED" || j.state == "TIMEOUT" || j.state == "NODE_FAIL";
+  bool restartable = (j.state == JobState::Pending && j.reason == "Vacated") || j.state == JobState::Failed ||
+                     j.state == JobState::Cancelled || j.state == JobState::Timeout || j.state == JobState::NodeFail;
   if (!restartable)
     throw RpcError(409, fmt::format("Job {} cannot be restarted: it is {}{}", j.job_id, j.state,
-                                    j.state == "PENDING" ? " (not vacated)" : ""));
+                                    j.state == JobState::Pending ? " (not vacated)" : ""));
   int64_t want = proto::int_field(r.body, "checkpoint_id", 0, 0, kMaxId);
   int64_t chosen = 0;
+  for (auto& c : ckpts_[j.job_id])
+    if (c.status == CheckpointStatus::Present) clear_if_missing(c);
   for (auto& c : ckpts_[j.job_id]) {
     if (want && c.checkpoint_id == want) {
-      if (c.status != "Present")
+      if (c.status != CheckpointStatus::Present)
         throw RpcError(409, fmt::format("checkpoint {} of job {} is {}, not Present", want, j.job_id, c.status));
       chosen = want;
     }
-    if (!want && c.status == "Present") chosen = c.checkpoint_id;
+    if (!want && c.status == CheckpointStatus::Present) chosen = c.checkpoint_id;
   }
   if (want && !chosen) throw RpcError(404, fmt::format("job {} has no checkpoint {}", j.job_id, want));
   if (!chosen) throw RpcError(409, fmt::format("job {} has no Present checkpoint to restart from", j.job_id));
-  j.state = "PENDING";
+  j.state = JobState::Pending;
   j.reason = "None";
   j.hold = false;
   j.restore_from = chosen;
@@ -776,13 +818,13 @@ nlohmann::json Controller::delete_checkpoint(const proto::Request& r) {
     throw RpcError(400, fmt::format("invalid checkpoint id '{}'", r.params.at(1)));
   for (auto& c : ckpts_[j.job_id]) {
     if (c.checkpoint_id != cid) continue;
-    if (c.status == "Creating") throw RpcError(409, fmt::format("checkpoint {} of job {} is still being written", cid, j.job_id));
-    if (j.restore_from == cid && j.state != "COMPLETED")
+    if (c.status == CheckpointStatus::Creating) throw RpcError(409, fmt::format("checkpoint {} of job {} is still being written", cid, j.job_id));
+    if (j.restore_from == cid && j.state != JobState::Completed)
       throw RpcError(409, fmt::format("checkpoint {} of job {} is being restored from", cid, j.job_id));
     std::error_code ec;
     std::filesystem::remove_all(c.location, ec);
     if (ec) throw RpcError(500, fmt::format("cannot remove {}: {}", c.location, ec.message()));
-    c.status = "Cleared";
+    c.status = CheckpointStatus::Cleared;
     c.reason = fmt::format("deleted by uid {}", r.caller.uid);
     save(c);
     spdlog::info("job {}: checkpoint {} Cleared ({})", j.job_id, cid, c.reason);
@@ -853,7 +895,7 @@ void Controller::reconcile(const std::string& node, const json& reported, const 
     if (x.is_object()) busy.insert(x.value("job_id", int64_t{0}));
   double now = now_s();
   for (auto& [id, j] : jobs_) {
-    if (j.state != "RUNNING" || j.nodes != node || launching_.count(id)) continue;
+    if (j.state != JobState::Running || j.nodes != node || launching_.count(id)) continue;
     // A launch or restore whose answer was lost: the node runs the job, so it started.
     if (j.awaiting_node && there.count(id) && !busy.count(id)) {
       confirm_launch(j, "found running at the node's report");
@@ -864,9 +906,9 @@ void Controller::reconcile(const std::string& node, const json& reported, const 
     if (!busy.count(id) && !ckpt_rpc_.count(id) && ckpt_busy_.count(id)) {
       std::vector<int64_t> stale;
       for (auto& c : ckpts_[id])
-        if (c.status == "Creating" && now - c.trigger_time > 30) stale.push_back(c.checkpoint_id);
+        if (c.status == CheckpointStatus::Creating && now - c.trigger_time > 30) stale.push_back(c.checkpoint_id);
       for (int64_t cid : stale)
-        settle_checkpoint(id, cid, "Failed", fmt::format("node {} has no record of this dump: it never started", node),
+        settle_checkpoint(id, cid, CheckpointStatus::Failed, fmt::format("node {} has no record of this dump: it never started", node),
                           0, 0.0);
     }
     // A job the node does not know although it was placed there a while ago: its
@@ -875,7 +917,7 @@ void Controller::reconcile(const std::string& node, const json& reported, const 
     if (there.count(id) || busy.count(id) || ckpt_busy_.count(id) || now - j.start_time < 30) continue;
     spdlog::warn("job {}: node {} does not know it: NODE_FAIL", id, node);
     release(j, now);
-    j.state = "NODE_FAIL";
+    j.state = JobState::NodeFail;
     j.reason = "NodeFail";
     j.end_time = now;
     j.end_request.clear();
@@ -889,8 +931,10 @@ void Controller::release(Job& j, double now) {
     it->second.alloc_cpus = std::max(0, it->second.alloc_cpus - j.num_cpus());
     it->second.alloc_memory = it->second.alloc_memory >= j.mem_mb ? it->second.alloc_memory - j.mem_mb : 0;
   }
+  // start_time stays: scontrol show job and squeue %S show when a finished job last
+  // started. Callers release only RUNNING jobs and schedule() sets a new start, so
+  // this run is counted once.
   if (j.start_time > 0) j.run_time_done += static_cast<int64_t>(std::llround(now - j.start_time));
-  j.start_time = 0;
 }
 
 nlohmann::json Controller::node_job_ended(const proto::Request& r) {
@@ -905,7 +949,7 @@ nlohmann::json Controller::node_job_ended(const proto::Request& r) {
   Job& j = it->second;
   // A report about a run that is already over (a repeated report, or one from a node
   // the job has since left) changes nothing.
-  if (j.state != "RUNNING" || j.nodes != node || launching_.count(id)) return json::object();
+  if (j.state != JobState::Running || j.nodes != node || launching_.count(id)) return json::object();
   if (j.awaiting_node) {
     // It started (and ended) after all.
     j.awaiting_node = false;
@@ -921,15 +965,15 @@ nlohmann::json Controller::node_job_ended(const proto::Request& r) {
   if (req == "requeue") {
     requeue_fresh(j);
   } else if (req == "cancel") {
-    j.state = "CANCELLED";
+    j.state = JobState::Cancelled;
   } else if (req == "timeout") {
-    j.state = "TIMEOUT";
+    j.state = JobState::Timeout;
   } else if (lost) {
     // Restartable from its last checkpoint (scontrol checkpoint restart).
-    j.state = "NODE_FAIL";
+    j.state = JobState::NodeFail;
     j.reason = "NodeFail";
   } else {
-    j.state = code == 0 ? "COMPLETED" : "FAILED";
+    j.state = code == 0 ? JobState::Completed : JobState::Failed;
     j.reason = code == 0 ? "None" : "NonZeroExitCode";
   }
   save(j);
@@ -942,7 +986,7 @@ nlohmann::json Controller::node_job_ended(const proto::Request& r) {
 
 void Controller::schedule() {
   for (auto& [id, j] : jobs_) {
-    if (j.state != "PENDING" || j.hold || j.reason == "Vacated" || launching_.count(id)) continue;
+    if (j.state != JobState::Pending || j.hold || j.reason == "Vacated" || launching_.count(id)) continue;
     // A restore that failed for a passing reason waits a while, then avoids the node
     // it failed on if another one fits.
     const RestoreRetry* retry = nullptr;
@@ -971,7 +1015,7 @@ void Controller::schedule() {
     best->alloc_cpus += j.num_cpus();
     best->alloc_memory += j.mem_mb;
     j.nodes = best->name;
-    j.state = "RUNNING";
+    j.state = JobState::Running;
     j.reason = "None";
     j.start_time = now_s();
     if (j.restore_from) {
@@ -992,7 +1036,7 @@ void Controller::schedule() {
 }
 
 void Controller::launch(int64_t id) {
-  json req;
+  proto::LaunchRequest req;
   std::string node, dir;
   int64_t from = 0;
   {
@@ -1017,23 +1061,25 @@ void Controller::launch(int64_t id) {
     env["ENVIRONMENT"] = "BATCH";
     if (j.mem_mb) env["SLURM_MEM_PER_NODE"] = std::to_string(j.mem_mb);
     if (j.checkpoint_interval) env["SLURM_CHECKPOINT"] = std::to_string(j.checkpoint_interval);
-    req = {{"job_id", id}, {"name", j.name}, {"user", j.user}, {"uid", j.uid}, {"gid", j.gid},
-           {"work_dir", j.work_dir}, {"stdout", j.stdout_path}, {"stderr", j.stderr_path},
-           {"argv", j.argv}, {"script", script}, {"env", env}};
+    req = {.job_id = id, .name = j.name, .user = j.user, .uid = j.uid, .gid = j.gid, .work_dir = j.work_dir,
+           .stdout_path = j.stdout_path, .stderr_path = j.stderr_path, .argv = j.argv, .script = script};
+    // The submitted environment is an object of strings (anything else was never
+    // passed to the job: fschedd always dropped it).
+    for (auto& [k, v] : env.items())
+      if (v.is_string()) req.env[k] = v.get<std::string>();
     node = j.nodes;
     from = j.restore_from;
     if (from) {
       for (auto& c : ckpts_[id])
         if (c.checkpoint_id == from) dir = c.location;
-      req["restore_dir"] = dir;
+      req.restore_dir = dir;
     }
   }
   std::string error;
   std::optional<FailureClass> failure;
   bool answered = true;
   try {
-    proto::Client c = [&] { Lock l(mu_); return node_client(node, cfg_.batch_start_timeout + 600); }();
-    c.call("POST", from ? "/v1/node/restore" : "/v1/node/launch", req);
+    node_rpc_->post(node, from ? "/v1/node/restore" : "/v1/node/launch", req, cfg_.batch_start_timeout + 600);
   } catch (const RpcError& e) {
     error = e.what();
     failure = e.failure();
@@ -1105,7 +1151,7 @@ void Controller::launch_failed(Job& j, const std::string& why, std::optional<Fai
         spdlog::info("job {}: checkpoint {} stays Present; restore attempt {} of {} in {:.0f} s, not on {} if "
                      "another node fits", j.job_id, failed, rr.failures + 1, kMaxTransientRestores,
                      rr.not_before - now, rr.avoid_node);
-        j.state = "PENDING";
+        j.state = JobState::Pending;
         j.reason = "RestoreRetry";
         save(j);
         wake_.notify_all();
@@ -1118,36 +1164,36 @@ void Controller::launch_failed(Job& j, const std::string& why, std::optional<Fai
     int64_t previous = 0;
     for (auto& c : ckpts_[j.job_id]) {
       if (c.checkpoint_id == failed) {
-        c.status = "Failed";
+        c.status = CheckpointStatus::Failed;
         c.reason = reason;
         save(c);
         // The image stays on disk although it is of no more use to the job: the
         // class is the engine's judgement, and an administrator may want to see what
         // broke it (or restore it by hand if the judgement was wrong); `scontrol
         // checkpoint delete` removes it.
-      } else if (c.status == "Present" && c.checkpoint_id < failed) {
+      } else if (c.status == CheckpointStatus::Present && c.checkpoint_id < failed) {
         previous = c.checkpoint_id;
       }
     }
     if (previous) {
       spdlog::info("job {}: falling back to checkpoint {}", j.job_id, previous);
       j.restore_from = previous;
-      j.state = "PENDING";
+      j.state = JobState::Pending;
       j.reason = "None";
     } else {
       j.restore_from = 0;
-      j.state = "FAILED";
+      j.state = JobState::Failed;
       j.reason = "RestoreFailed";
       j.end_time = now;
     }
   } else if (++j.launch_failures >= 3) {
     spdlog::error("job {}: launch on {} failed ({}), giving up after 3 tries", j.job_id, j.nodes, why);
-    j.state = "FAILED";
+    j.state = JobState::Failed;
     j.reason = "LaunchFailed";
     j.end_time = now;
   } else {
     spdlog::warn("job {}: launch on {} failed: {}; will retry", j.job_id, j.nodes, why);
-    j.state = "PENDING";
+    j.state = JobState::Pending;
     j.reason = "LaunchFailed";
   }
   save(j);
@@ -1157,7 +1203,7 @@ void Controller::launch_failed(Job& j, const std::string& why, std::optional<Fai
 void Controller::periodic() {
   double now = now_s();
   for (auto& [id, j] : jobs_) {
-    if (j.state != "RUNNING" || launching_.count(id) || !j.end_request.empty() || j.awaiting_node) continue;
+    if (j.state != JobState::Running || launching_.count(id) || !j.end_request.empty() || j.awaiting_node) continue;
     if (j.time_limit > 0 && j.run_time_done + (now - j.start_time) >= static_cast<double>(j.time_limit)) {
       spdlog::info("job {}: time limit of {} s reached", id, j.time_limit);
       j.end_request = "timeout";
@@ -1176,7 +1222,7 @@ void Controller::periodic() {
       int64_t jid = id;
       spawn([this, jid] {
         try {
-          run_checkpoint(jid, "periodic", "", nullptr);
+          run_checkpoint(jid, CheckpointSource::Periodic, "", nullptr);
         } catch (const std::exception& e) {
           spdlog::warn("job {}: periodic checkpoint not taken: {}", jid, e.what());
         }

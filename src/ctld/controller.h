@@ -16,6 +16,7 @@
 #include "ctld/state.h"
 #include "ctld/store.h"
 #include "proto/config.h"
+#include "proto/node_state.h"
 #include "proto/rpc.h"
 
 namespace fsched::ctld {
@@ -32,12 +33,28 @@ struct SubmitRequest {
 };
 SubmitRequest decode_submit(const nlohmann::json& body, const proto::Caller& caller, const proto::Config& cfg);
 
+// How the controller reaches fschedd: an interface so that the unit tests can put a
+// fake node in its place and drive the job lifecycle without daemons.
+class NodeClient {
+ public:
+  virtual ~NodeClient() = default;
+  // POSTs body to path (/v1/node/launch, ...) on the node named node and returns its
+  // reply, waiting at most timeout_s. Throws proto::RpcError with the node's status on
+  // an error reply, and another std::exception (fsched::Error) when no reply came:
+  // the controller tells these apart (the request may have been carried out).
+  virtual nlohmann::json post(const std::string& node, std::string_view path, const nlohmann::json& body,
+                              int timeout_s) = 0;
+};
+// The real one: proto::Client to the node's NodeAddr:Port in cfg, which must outlive it.
+std::unique_ptr<NodeClient> rpc_node_client(const proto::Config& cfg);
+
 class Controller {
  public:
   // Loads the state from <StateSaveLocation>/fsched.db. Checkpoints left Creating by
   // a previous controller stay Creating until their node reports how the dump ended
-  // (a daemon's death says nothing about the image). Throws fsched::Error.
-  explicit Controller(proto::Config cfg);
+  // (a daemon's death says nothing about the image). node_rpc: how to reach the nodes,
+  // rpc_node_client() when null. Throws fsched::Error.
+  explicit Controller(proto::Config cfg, std::unique_ptr<NodeClient> node_rpc = nullptr);
   ~Controller();
 
   void add_routes(proto::Server& server);
@@ -57,7 +74,7 @@ class Controller {
   json cancel_job(const proto::Request& r);
   json hold_job(const proto::Request& r, bool hold);
   json requeue_job(const proto::Request& r);
-  json checkpoint_job(const proto::Request& r, const std::string& source);
+  json checkpoint_job(const proto::Request& r, CheckpointSource source);
   json restart_job(const proto::Request& r);
   json list_checkpoints(const proto::Request& r);
   json delete_checkpoint(const proto::Request& r);
@@ -73,7 +90,7 @@ class Controller {
   void save(const Job& j);
   void save(const Checkpoint& c);
   json api(const Job& j) const;
-  std::string node_state(const Node& n) const;
+  proto::NodeState node_state(const Node& n) const;
   bool node_up(const Node& n) const;
   void schedule();                      // place pending jobs
   void launch(int64_t job_id);          // without mu_: sends launch or restore to the node
@@ -83,11 +100,11 @@ class Controller {
   // unclassified) failure leaves it Present and retries, on another node if one fits,
   // at most kMaxTransientRestores times.
   void launch_failed(Job& j, const std::string& why, std::optional<FailureClass> failure = std::nullopt);
-  Checkpoint run_checkpoint(int64_t job_id, const std::string& source, const std::string& description,
+  Checkpoint run_checkpoint(int64_t job_id, CheckpointSource source, const std::string& description,
                             const proto::Caller* who);  // without mu_
   // A dump's outcome, from the checkpoint RPC's reply or the node's later report
   // (op_done): applied once, to a checkpoint still Creating; false if it was not.
-  bool settle_checkpoint(int64_t job_id, int64_t checkpoint_id, const std::string& status, const std::string& reason,
+  bool settle_checkpoint(int64_t job_id, int64_t checkpoint_id, CheckpointStatus status, const std::string& reason,
                          uint64_t size, double freeze_ms);
   // The launch or restore the node confirmed after the RPC's answer was lost.
   void confirm_launch(Job& j, const std::string& how);
@@ -95,6 +112,11 @@ class Controller {
   // outside mu_: storage may be slow; the record keeps its status and reason.
   void discard_image(const std::string& location);
   void retain(const Job& j);
+  // A Present checkpoint whose image directory an administrator deleted becomes
+  // Cleared with that reason (true); one whose directory exists, or cannot be looked
+  // at just now, is left alone (false). Looks at the file system under mu_: called
+  // for one job's checkpoints when it is restarted.
+  bool clear_if_missing(Checkpoint& c);
   void terminate(const Job& j, int signal, bool escalate);  // async signal/kill on the node
   void release(Job& j, double now);
   void requeue_fresh(Job& j);
@@ -104,9 +126,10 @@ class Controller {
   void reconcile(const std::string& node, const json& reported_jobs, const json& reported_ops);
   void periodic();                      // due checkpoints and time limits
   void spawn(std::function<void()> fn); // a worker thread, joined at stop()
-  proto::Client node_client(const std::string& node, int timeout_s) const;
+  friend struct ControllerTestAccess;  // tests/unit/controller_test.cpp: the routes without a server
 
   proto::Config cfg_;
+  std::unique_ptr<NodeClient> node_rpc_;  // after cfg_, which the real one refers to
   Store store_;
   mutable std::mutex mu_;
   std::condition_variable wake_;

@@ -10,16 +10,24 @@
 
 #include <nlohmann/json.hpp>
 
+#include "proto/checkpoint_source.h"
+#include "proto/checkpoint_status.h"
+#include "proto/job_state.h"
+
 namespace fsched::ctld {
+
+using proto::CheckpointSource;
+using proto::CheckpointStatus;
+using proto::JobState;
 
 struct Checkpoint {
   int64_t checkpoint_id = 0;
   int64_t job_id = 0;
   std::string description;
   double trigger_time = 0, completion_time = 0, duration = 0;  // Unix seconds, seconds
-  std::string status = "Creating";  // Creating, Present, Cleared, Timeout, Failed
-  std::string reason;               // why Failed/Timeout/Cleared
-  std::string source;               // periodic, manual, vacate
+  CheckpointStatus status = CheckpointStatus::Creating;
+  std::string reason;               // why Failed/Timeout/Skipped/Cleared
+  CheckpointSource source = CheckpointSource::Manual;
   int64_t job_version = 1;
   std::string location;
   uint64_t size = 0;                // bytes
@@ -34,7 +42,7 @@ struct Job {
   std::string name, user;
   uint32_t uid = 0, gid = 0;
   std::string partition;
-  std::string state = "PENDING";
+  JobState state = JobState::Pending;
   std::string reason = "None";
   double submit_time = 0, start_time = 0, end_time = 0;
   int64_t run_time_done = 0;        // seconds run before the current start
@@ -61,7 +69,7 @@ struct Job {
   bool awaiting_node = false;
 
   int num_cpus() const { return cpus_per_task * ntasks; }
-  bool active() const { return state == "PENDING" || state == "RUNNING" || state == "COMPLETING"; }
+  bool active() const { return proto::is_active(state); }
 };
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Job, job_id, name, user, uid, gid, partition, state, reason,
                                                 submit_time, start_time, end_time, run_time_done, time_limit,

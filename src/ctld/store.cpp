@@ -49,6 +49,18 @@ void restrict_mode(const std::filesystem::path& path, mode_t mode) {
   if (::chmod(path.c_str(), mode) < 0 && errno != ENOENT) fail_errno("cannot chmod {:o} {}", mode, path.string());
 }
 
+// A row's JSON as T. A row that does not parse (an unknown state written by a newer
+// controller, a damaged file) stops the load with the file and the row named, rather
+// than being taken for something else.
+template <typename T>
+T parse_row(const std::string& data, std::string_view what, int64_t job_id, const std::filesystem::path& file) {
+  try {
+    return nlohmann::json::parse(data).get<T>();
+  } catch (const nlohmann::json::exception& e) {
+    fail("{}: {} {}: {}", file.string(), what, job_id, e.what());
+  }
+}
+
 }  // namespace
 
 Store::Store(const std::filesystem::path& dir) : file_(dir / "fsched.db") {
@@ -117,7 +129,7 @@ void Store::submit(Job& j, const std::string& script, const nlohmann::json& env,
 
 void Store::put_job(const Job& j) {
   Stmt s(db_, "INSERT OR REPLACE INTO jobs VALUES (?, ?, ?)", file_);
-  s.bind(1, j.job_id).bind(2, j.state).bind(3, nlohmann::json(j).dump()).step();
+  s.bind(1, j.job_id).bind(2, std::string(to_string(j.state))).bind(3, nlohmann::json(j).dump()).step();
 }
 
 std::pair<std::string, nlohmann::json> Store::script(int64_t job_id) {
@@ -129,20 +141,20 @@ std::pair<std::string, nlohmann::json> Store::script(int64_t job_id) {
 
 void Store::put_checkpoint(const Checkpoint& c) {
   Stmt s(db_, "INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?)", file_);
-  s.bind(1, c.job_id).bind(2, c.checkpoint_id).bind(3, c.status).bind(4, nlohmann::json(c).dump()).step();
+  s.bind(1, c.job_id).bind(2, c.checkpoint_id).bind(3, std::string(to_string(c.status))).bind(4, nlohmann::json(c).dump()).step();
 }
 
 std::vector<Job> Store::jobs() {
   std::vector<Job> out;
-  Stmt s(db_, "SELECT data FROM jobs ORDER BY job_id", file_);
-  while (s.step()) out.push_back(nlohmann::json::parse(s.text(0)).get<Job>());
+  Stmt s(db_, "SELECT job_id, data FROM jobs ORDER BY job_id", file_);
+  while (s.step()) out.push_back(parse_row<Job>(s.text(1), "job", s.integer(0), file_));
   return out;
 }
 
 std::vector<Checkpoint> Store::checkpoints() {
   std::vector<Checkpoint> out;
-  Stmt s(db_, "SELECT data FROM checkpoints ORDER BY job_id, checkpoint_id", file_);
-  while (s.step()) out.push_back(nlohmann::json::parse(s.text(0)).get<Checkpoint>());
+  Stmt s(db_, "SELECT job_id, data FROM checkpoints ORDER BY job_id, checkpoint_id", file_);
+  while (s.step()) out.push_back(parse_row<Checkpoint>(s.text(1), "checkpoint of job", s.integer(0), file_));
   return out;
 }
 

@@ -60,32 +60,6 @@ bool alive(const LocalJob& j) {
   return t == j.start_ticks && st != 'Z' && st != 'X';
 }
 
-std::map<std::string, std::string> env_of(const nlohmann::json& req) {
-  std::map<std::string, std::string> env;
-  if (req.contains("env") && req["env"].is_object())
-    for (auto& [k, v] : req["env"].items())
-      if (v.is_string()) env[k] = v.get<std::string>();
-  if (!env.count("PATH")) env["PATH"] = "/usr/local/bin:/usr/bin:/bin";
-  return env;
-}
-
-// q[key] as the number T: a json::exception if absent or not a number, RpcError 400 if
-// out of T's range (get<T>() would be undefined or wrap).
-template <typename T>
-T number_at(const nlohmann::json& q, const char* key) {
-  const nlohmann::json& v = q.at(key);
-  if (!proto::json_number_fits<T>(v))
-    throw RpcError(400, fmt::format("field '{}' is out of range: {}", key, v.dump()));
-  return v.get<T>();
-}
-
-// Like q.value(key, dflt), range-checked like number_at().
-template <typename T>
-T number_or(const nlohmann::json& q, const char* key, T dflt) {
-  if (q.is_object() && q.contains(key)) return number_at<T>(q, key);
-  return q.value(key, dflt);
-}
-
 // The reply to an operation that did not succeed: 504 for a timeout, else the status of
 // its failure class (http_status_of), the class also in the body for the controller.
 RpcError op_error(const OpRecord& rec, const std::string& msg) {
@@ -149,41 +123,25 @@ void check_integers(const nlohmann::json& b) {
 }  // namespace
 
 LaunchRequest decode_launch(const nlohmann::json& q, bool restore) {
-  LaunchRequest d;
-  d.job_id = number_at<int64_t>(q, "job_id");
-  d.script = q.at("script").get<std::string>();
-  d.uid = number_at<uid_t>(q, "uid");
-  d.gid = number_at<gid_t>(q, "gid");
+  LaunchRequest d = q.get<LaunchRequest>();
   if (restore) {
-    d.restore_dir = q.at("restore_dir").get<std::string>();
+    if (d.restore_dir.empty()) throw RpcError(400, "a restore needs restore_dir, the image to restore");
+    // The restored processes have their own environment; the restorer needs a PATH only.
     d.env = {{"PATH", "/usr/bin:/bin"}};
   } else {
-    d.stdout_path = q.at("stdout").get<std::string>();
-    d.stderr_path = q.at("stderr").get<std::string>();
-    d.work_dir = q.at("work_dir").get<std::string>();
-    d.user = q.at("user").get<std::string>();
-    d.argv = q.value("argv", std::vector<std::string>{});
-    d.env = env_of(q);
+    if (!d.restore_dir.empty()) throw RpcError(400, "a launch takes no restore_dir (POST /v1/node/restore does)");
+    if (!d.env.count("PATH")) d.env["PATH"] = "/usr/local/bin:/usr/bin:/bin";
   }
   return d;
 }
 
 CheckpointRequest decode_checkpoint(const nlohmann::json& q, int default_timeout) {
-  CheckpointRequest d;
-  d.job_id = number_at<int64_t>(q, "job_id");
-  d.dir = q.at("dir").get<std::string>();
-  d.leave_running = q.value("leave_running", true);
-  d.timeout = number_or<int>(q, "timeout", default_timeout);
+  CheckpointRequest d = q.get<CheckpointRequest>();
+  if (d.timeout == 0) d.timeout = default_timeout;  // absent (check_integers refuses an explicit 0)
   return d;
 }
 
-SignalRequest decode_signal(const nlohmann::json& q) {
-  SignalRequest d;
-  d.job_id = number_at<int64_t>(q, "job_id");
-  d.signal = number_or<int>(q, "signal", SIGTERM);
-  d.kill_wait = number_or<int>(q, "kill_wait", -1);
-  return d;
-}
+SignalRequest decode_signal(const nlohmann::json& q) { return q.get<SignalRequest>(); }
 
 namespace {
 // The spool directory must exist before the operation log inside it is opened.

@@ -22,6 +22,7 @@
 
 #include "noded/oplog.h"
 #include "proto/config.h"
+#include "proto/node_requests.h"
 #include "proto/rpc.h"
 
 namespace fsched::noded {
@@ -40,34 +41,20 @@ struct LocalJob {
 };
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(LocalJob, job_id, pid, start_ticks, node, ended, exit_status, lost)
 
-// The bodies of fschedd's routes, decoded into what the handlers use, so that they can
-// be checked without a server. Throw nlohmann::json::exception (sent as 400) on a
-// missing or mistyped field.
-struct LaunchRequest {                       // POST /v1/node/launch and /v1/node/restore
-  int64_t job_id = 0;
-  std::string script;
-  uid_t uid = 0;
-  gid_t gid = 0;
-  std::string restore_dir;                   // restore only
-  std::string stdout_path, stderr_path, work_dir, user;  // launch only
-  std::vector<std::string> argv;             // launch only: the script's arguments
-  std::map<std::string, std::string> env;    // the job's environment (restore: PATH only)
-};
+// The bodies of fschedd's routes (proto/node_requests.h), decoded and checked, so that
+// they can be checked without a server. Throw nlohmann::json::exception (sent as 400)
+// on a missing or mistyped field, proto::RpcError 400 on a value out of range or a
+// field the route does not take.
+using proto::CheckpointRequest;
+using proto::LaunchRequest;
+using proto::SignalRequest;
+
+// POST /v1/node/launch (restore false: env gets a PATH if it has none) and
+// /v1/node/restore (restore true: restore_dir required, env only a PATH).
 LaunchRequest decode_launch(const nlohmann::json& body, bool restore);
-
-struct CheckpointRequest {                   // POST /v1/node/checkpoint
-  int64_t job_id = 0;
-  std::string dir;
-  bool leave_running = true;
-  int timeout = 0;                           // seconds; default_timeout if absent
-};
+// POST /v1/node/checkpoint; an absent timeout becomes default_timeout.
 CheckpointRequest decode_checkpoint(const nlohmann::json& body, int default_timeout);
-
-struct SignalRequest {                       // POST /v1/node/signal
-  int64_t job_id = 0;
-  int signal = 0;
-  int kill_wait = -1;                        // seconds before SIGKILL; -1: none
-};
+// POST /v1/node/signal.
 SignalRequest decode_signal(const nlohmann::json& body);
 
 class NodeDaemon {

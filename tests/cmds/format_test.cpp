@@ -338,16 +338,35 @@ TEST_F(Utc, CheckpointTable) {
   ASSERT_EQ(l.size(), 3u);
   EXPECT_EQ(l[0],
             "ID  DESCRIPTION     TRIGGER_TIME         COMPLETION_TIME      DURATION  STATUS    "
-            "SOURCE    VERSION  LOCATION                          SIZE");
+            "SOURCE    VERSION  LOCATION                          SIZE  REASON");
   EXPECT_EQ(l[1],
             " 3  periodic        2025-11-21T04:45:00  2025-11-21T04:45:00     0.84s  Present   "
-            "periodic        1  /var/lib/fsched/checkpoint/12/3  12.3M");
+            "periodic        1  /var/lib/fsched/checkpoint/12/3  12.3M  -");
   EXPECT_EQ(l[2],
             " 4  before upgrade  2025-11-21T04:45:00  Unknown                     -  Creating  "
-            "manual          1  /var/lib/fsched/checkpoint/12/3      -");
+            "manual          1  /var/lib/fsched/checkpoint/12/3      -  -");
   EXPECT_EQ(cmds::checkpoint_table({}),
             "ID  DESCRIPTION  TRIGGER_TIME  COMPLETION_TIME  DURATION  STATUS  SOURCE  VERSION  "
-            "LOCATION  SIZE\n");
+            "LOCATION  SIZE  REASON\n");
+}
+
+// The reason of a Failed, Timeout or Skipped checkpoint is in the table, not only in
+// --json: it is what the user needs to act on.
+TEST_F(Utc, CheckpointTableShowsReasons) {
+  json failed = doc_checkpoint();
+  failed["status"] = "Failed";
+  failed["reason"] = "process 42 uses a TCP socket";
+  json skipped = doc_checkpoint();
+  skipped["checkpoint_id"] = 4;
+  skipped["status"] = "Skipped";
+  skipped["reason"] = "load-aware: node node1: CPU utilization 0.97 > CRIU_LoadThresholdCPU 0.90";
+  std::vector<json> cs = {failed, skipped};
+  auto l = lines(cmds::checkpoint_table(cs));
+  ASSERT_EQ(l.size(), 3u);
+  EXPECT_TRUE(l[0].ends_with("SIZE  REASON")) << l[0];
+  EXPECT_TRUE(l[1].ends_with("  -  process 42 uses a TCP socket")) << l[1];
+  EXPECT_TRUE(l[2].ends_with("  -  load-aware: node node1: CPU utilization 0.97 > CRIU_LoadThresholdCPU 0.90"))
+      << l[2];
 }
 
 TEST(Checkpoint, Summary) {
@@ -398,4 +417,21 @@ TEST(Sinfo, States) {
   EXPECT_EQ(cmds::sinfo_state("DOWN"), "down");
   EXPECT_EQ(cmds::sinfo_state("UNKNOWN"), "unk");
   EXPECT_EQ(cmds::sinfo_state("DRAIN"), "drain");
+}
+
+// A restore that fails falls back to the newest older Present checkpoint: the message
+// says so rather than promising the newest one only.
+TEST(Checkpoint, RestartMessageNamesTheFallback) {
+  auto ck = [](int id, const char* status) {
+    json c = doc_checkpoint();
+    c["checkpoint_id"] = id;
+    c["status"] = status;
+    return c;
+  };
+  std::vector<json> cs = {ck(1, "Present"), ck(2, "Present"), ck(3, "Failed"), ck(4, "Present")};
+  EXPECT_EQ(cmds::restart_message(12, json{{"restore_from", 4}}, cs),
+            "Job 12 restarting from checkpoint 4, or from checkpoint 2 should its restore fail");
+  EXPECT_EQ(cmds::restart_message(12, json{{"restore_from", 1}}, cs), "Job 12 restarting from checkpoint 1");
+  EXPECT_EQ(cmds::restart_message(12, json{{"restore_from", 4}}, {}), "Job 12 restarting from checkpoint 4");
+  EXPECT_EQ(cmds::restart_message(12, json::object(), cs), "Job 12 restarting");
 }

@@ -178,6 +178,10 @@ def test_vacate_restart_twice_then_older_checkpoint(e2e: E2E, cluster: Cluster, 
     assert [x["source"] for x in c.checkpoints(jid)] == ["manual", "vacate", "vacate"]
     show = c.cmd("scontrol", "show", "job", jid).stdout
     assert "Restarts=2" in show and "JobState=COMPLETED" in show, show
+    # A finished job keeps the start of its last run (it used to read Unknown once the
+    # job had released its node).
+    assert job["start_time"] > job["submit_time"] and job["end_time"] >= job["start_time"], job
+    assert "StartTime=Unknown" not in show and "StartTime=" in show, show
 
 
 def test_failed_checkpoints_leave_the_job_running(e2e: E2E, build_dir, test_user, reference):
@@ -197,6 +201,10 @@ def test_failed_checkpoints_leave_the_job_running(e2e: E2E, build_dir, test_user
         c.wait_state(jid, "COMPLETED", timeout=240)
         assert_same_as_reference(d, jid, reference, test_user)
         assert all(x["status"] == "Failed" for x in c.checkpoints(jid))
+        # The reason shows in the table too, not only with --json.
+        table = c.cmd("scontrol", "checkpoint", "list", jid, user=test_user).stdout
+        assert table.splitlines()[0].endswith("REASON"), table
+        assert failed["reason"] in table, table
     finally:
         c.stop()
         blocker.unlink()
@@ -275,7 +283,10 @@ def test_restart_falls_back_when_the_newest_image_is_corrupt(e2e: E2E, cluster: 
         b = f.read(1)
         f.seek(-1, 1)
         f.write(bytes([b[0] ^ 0x10]))
-    c.cmd("scontrol", "checkpoint", "restart", jid)
+    r = c.cmd("scontrol", "checkpoint", "restart", jid)
+    # The restore of the newest fails later: the message names the fallback too.
+    assert (f"restarting from checkpoint {newest['checkpoint_id']}, or from checkpoint {good['checkpoint_id']} "
+            "should its restore fail") in r.stdout, r.stdout
     c.wait_state(jid, "COMPLETED", timeout=240)
     cks = c.checkpoints(jid)
     assert cks[1]["status"] == "Failed" and "restore failed" in cks[1]["reason"], cks[1]
@@ -284,6 +295,34 @@ def test_restart_falls_back_when_the_newest_image_is_corrupt(e2e: E2E, cluster: 
     assert_same_as_reference(d, jid, reference, test_user)
     log = c.log()
     assert f"job {jid}: falling back to checkpoint {good['checkpoint_id']}" in log
+
+
+def test_restart_clears_an_image_deleted_by_hand(e2e: E2E, cluster: Cluster, test_user, reference):
+    """An administrator removed the newest image's directory: the restart notices, marks
+    it Cleared with the reason and restores the older one."""
+    c = cluster
+    d = workdir(e2e, "deleted-image", test_user)
+    jid = c.sbatch("job.sh", STEPS, DELAY, user=test_user, cwd=d)
+    c.wait_for(lambda: progress(d, jid) >= 8, 60, "progress")
+    c.cmd("scontrol", "checkpoint", "create", jid)
+    c.wait_for(lambda: progress(d, jid) >= 16, 60, "progress")
+    c.cmd("scontrol", "checkpoint", "vacate", jid)
+    c.wait_state(jid, "PENDING", timeout=10)
+    good, newest = c.checkpoints(jid)
+    assert newest["status"] == "Present", newest
+    shutil.rmtree(newest["location"])
+    r = c.cmd("scontrol", "checkpoint", "restart", jid, user=test_user)
+    assert f"restarting from checkpoint {good['checkpoint_id']}" in r.stdout, r.stdout
+    gone = c.checkpoints(jid)[1]
+    assert gone["status"] == "Cleared" and "missing" in gone["reason"] and newest["location"] in gone["reason"], gone
+    table = c.cmd("scontrol", "checkpoint", "list", jid, user=test_user).stdout
+    assert "missing" in table, table
+    # Asked for by id, it is refused as what it now is.
+    r = c.cmd("scontrol", "checkpoint", "restart", jid, f"CheckpointId={newest['checkpoint_id']}", check=False)
+    assert r.returncode != 0 and ("Cleared" in r.stderr or "cannot be restarted" in r.stderr), r.stderr
+    c.wait_state(jid, "COMPLETED", timeout=240)
+    assert c.job(jid)["restarts"] == 1
+    assert_same_as_reference(d, jid, reference, test_user)
 
 
 def test_requeue_hold_release_signal_and_time_limit(e2e: E2E, cluster: Cluster, test_user, reference):

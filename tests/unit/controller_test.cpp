@@ -1,0 +1,286 @@
+// The controller's job and checkpoint lifecycle, driven through its routes with a fake
+// node in place of fschedd (NodeClient): placement and launch, launch failures and
+// their retries, restore failure falling back to an older checkpoint, a dump's outcome
+// arriving by the node's report, requeue. The scheduling thread runs as in fschedctld.
+#include <gtest/gtest.h>
+
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <functional>
+#include <future>
+#include <mutex>
+#include <thread>
+
+#include "common/error.h"
+#include "ctld/controller.h"
+
+namespace fsched::ctld {
+
+// Calls the controller's private route handlers, as the RPC server would.
+struct ControllerTestAccess {
+  static nlohmann::json submit(Controller& c, const proto::Request& r) { return c.submit(r); }
+  static nlohmann::json show(Controller& c, const proto::Request& r) { return c.show_job(r); }
+  static nlohmann::json heartbeat(Controller& c, const proto::Request& r) { return c.node_heartbeat(r); }
+  static nlohmann::json checkpoint(Controller& c, const proto::Request& r, CheckpointSource s) {
+    return c.checkpoint_job(r, s);
+  }
+  static nlohmann::json restart(Controller& c, const proto::Request& r) { return c.restart_job(r); }
+  static nlohmann::json checkpoints(Controller& c, const proto::Request& r) { return c.list_checkpoints(r); }
+  static nlohmann::json requeue(Controller& c, const proto::Request& r) { return c.requeue_job(r); }
+  static nlohmann::json job_ended(Controller& c, const proto::Request& r) { return c.node_job_ended(r); }
+  static nlohmann::json op_done(Controller& c, const proto::Request& r) { return c.node_op_done(r); }
+};
+
+namespace {
+
+using nlohmann::json;
+using A = ControllerTestAccess;
+
+// fschedd as the controller sees it: each request is recorded, and answered by
+// `answer` (which may throw as the real client does).
+struct FakeNode : NodeClient {
+  struct Call {
+    std::string node, path;
+    json body;
+  };
+  std::mutex mu;
+  std::vector<Call> calls;
+  std::function<json(const Call&)> answer = [](const Call&) { return json{{"pid", 4242}}; };
+
+  json post(const std::string& node, std::string_view path, const json& body, int) override {
+    Call c{node, std::string(path), body};
+    std::function<json(const Call&)> a;
+    {
+      std::lock_guard l(mu);
+      calls.push_back(c);
+      a = answer;
+    }
+    return a(c);
+  }
+  std::vector<Call> of(const std::string& path) {
+    std::lock_guard l(mu);
+    std::vector<Call> out;
+    for (auto& c : calls)
+      if (c.path == path) out.push_back(c);
+    return out;
+  }
+};
+
+// A dump as fschedd makes it: the image directory appears.
+json dumped(const FakeNode::Call& c) {
+  std::filesystem::create_directories(c.body.at("dir").get<std::string>());
+  return json{{"size", 4096}, {"freeze_ms", 1.5}, {"dump_ms", 3.0}};
+}
+
+class ControllerTest : public ::testing::Test {
+ protected:
+  std::filesystem::path dir;
+  FakeNode* node = nullptr;
+  std::unique_ptr<Controller> ctld;
+
+  void SetUp() override {
+    char tmpl[] = "/tmp/fsched-ctld-XXXXXX";
+    dir = ::mkdtemp(tmpl);
+    auto cfg = proto::parse_config("ControlMachine = head\n"
+                                   "StateSaveLocation = " + (dir / "state").string() + "\n"
+                                   "CheckpointDir = " + (dir / "ckpt").string() + "\n"
+                                   "SlurmdSpoolDir = " + (dir / "spool").string() + "\n"
+                                   "NodeName=n1 CPUs=4 RealMemory=8000\n"
+                                   "PartitionName=debug Nodes=n1 Default=YES\n",
+                                   dir / "fsched.conf");
+    auto fake = std::make_unique<FakeNode>();
+    node = fake.get();
+    ctld = std::make_unique<Controller>(cfg, std::move(fake));
+    A::heartbeat(*ctld, root({}, {{"name", "n1"}, {"cpus", 4}, {"real_memory", 8000}}));
+    ctld->start();
+  }
+  void TearDown() override {
+    ctld.reset();
+    std::filesystem::remove_all(dir);
+  }
+
+  static proto::Request root(std::vector<std::string> params, json body = nullptr) {
+    proto::Request r;
+    r.params = std::move(params);
+    r.body = std::move(body);
+    return r;
+  }
+  int64_t submit() {
+    return A::submit(*ctld, root({}, {{"script", "#!/bin/sh\nsleep 100\n"}, {"work_dir", dir.string()},
+                                      {"name", "t"}}))
+        .at("job_id")
+        .get<int64_t>();
+  }
+  json job(int64_t id) { return A::show(*ctld, root({std::to_string(id)})); }
+  json checkpoints(int64_t id) { return A::checkpoints(*ctld, root({std::to_string(id)})).at("checkpoints"); }
+  // Waits (5 s at most) until pred(job) holds; the job as it then is.
+  json wait_job(int64_t id, const std::function<bool(const json&)>& pred) {
+    auto end = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    json j = job(id);
+    while (!pred(j) && std::chrono::steady_clock::now() < end) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      j = job(id);
+    }
+    return j;
+  }
+  json wait_running(int64_t id) {
+    // RUNNING is set before the launch RPC; launched once its answer came.
+    return wait_job(id, [&](const json& j) {
+      return j["state"] == "RUNNING" && !node->of("/v1/node/launch").empty() && j["restore_from"] == 0;
+    });
+  }
+};
+
+TEST_F(ControllerTest, SubmittedJobIsPlacedAndLaunched) {
+  int64_t id = submit();
+  json j = wait_running(id);
+  EXPECT_EQ(j["state"], "RUNNING") << j.dump();
+  EXPECT_EQ(j["nodes"], "n1");
+  EXPECT_GT(j["start_time"].get<double>(), 0);
+  auto launches = node->of("/v1/node/launch");
+  ASSERT_EQ(launches.size(), 1u);
+  EXPECT_EQ(launches[0].node, "n1");
+  EXPECT_EQ(launches[0].body["job_id"], id);
+  EXPECT_EQ(launches[0].body["script"], "#!/bin/sh\nsleep 100\n");
+  EXPECT_EQ(launches[0].body["env"]["SLURM_JOB_ID"], std::to_string(id));
+  EXPECT_FALSE(launches[0].body.contains("restore_dir"));
+
+  // It ends: COMPLETED, and it keeps its start time.
+  A::job_ended(*ctld, root({}, {{"job_id", id}, {"exit_status", 0}, {"name", "n1"}}));
+  j = job(id);
+  EXPECT_EQ(j["state"], "COMPLETED");
+  EXPECT_GT(j["start_time"].get<double>(), 0) << "a finished job keeps its start time";
+}
+
+TEST_F(ControllerTest, LaunchFailuresAreRetriedThenTheJobFails) {
+  node->answer = [](const FakeNode::Call& c) -> json {
+    if (c.path == "/v1/node/launch") throw proto::RpcError(500, "launch of job on n1 failed: no such user");
+    return json::object();
+  };
+  int64_t id = submit();
+  json j = wait_job(id, [](const json& x) { return x["state"] == "FAILED"; });
+  EXPECT_EQ(j["state"], "FAILED") << j.dump();
+  EXPECT_EQ(j["reason"], "LaunchFailed");
+  EXPECT_EQ(node->of("/v1/node/launch").size(), 3u) << "three tries, then it gives up";
+}
+
+TEST_F(ControllerTest, RestoreFailureFallsBackToAnOlderCheckpoint) {
+  int64_t id = submit();
+  wait_running(id);
+  node->answer = [](const FakeNode::Call& c) -> json {
+    if (c.path == "/v1/node/checkpoint") return dumped(c);
+    return json{{"pid", 1}};
+  };
+  std::string sid = std::to_string(id);
+  A::checkpoint(*ctld, root({sid}, json::object()), CheckpointSource::Manual);
+  A::checkpoint(*ctld, root({sid}, json::object()), CheckpointSource::Manual);
+  json vac = A::checkpoint(*ctld, root({sid}, json::object()), CheckpointSource::Vacate);
+  EXPECT_EQ(vac["status"], "Present");
+  json j = job(id);
+  ASSERT_EQ(j["state"], "PENDING");
+  EXPECT_EQ(j["reason"], "Vacated");
+  EXPECT_FALSE(node->of("/v1/node/checkpoint").back().body["leave_running"].get<bool>());
+
+  // The newest image does not restore; the one before it does.
+  std::string bad = checkpoints(id)[2]["location"];
+  node->answer = [bad](const FakeNode::Call& c) -> json {
+    if (c.path == "/v1/node/restore" && c.body["restore_dir"] == bad)
+      throw proto::RpcError(500, "restore of job failed: pages.img: xxh3 checksum mismatch");
+    return json{{"pid", 2}};
+  };
+  json r = A::restart(*ctld, root({sid}, json::object()));
+  EXPECT_EQ(r["restore_from"], 3);
+  j = wait_job(id, [&](const json& x) { return x["state"] == "RUNNING" && x["restore_from"] == 0; });
+  EXPECT_EQ(j["state"], "RUNNING") << j.dump();
+  auto restores = node->of("/v1/node/restore");
+  ASSERT_EQ(restores.size(), 2u);
+  EXPECT_EQ(restores[0].body["restore_dir"], bad);
+  EXPECT_EQ(restores[1].body["restore_dir"], checkpoints(id)[1]["location"]);
+  json cks = checkpoints(id);
+  EXPECT_EQ(cks[2]["status"], "Failed");
+  EXPECT_NE(cks[2]["reason"].get<std::string>().find("checksum"), std::string::npos) << cks[2].dump();
+  EXPECT_EQ(cks[1]["status"], "Present");
+  EXPECT_EQ(j["restarts"], 1);
+  EXPECT_EQ(j["job_version"], 2);
+}
+
+TEST_F(ControllerTest, RestartSkipsAnImageDeletedByHand) {
+  int64_t id = submit();
+  wait_running(id);
+  node->answer = [](const FakeNode::Call& c) -> json {
+    if (c.path == "/v1/node/checkpoint") return dumped(c);
+    return json{{"pid", 1}};
+  };
+  std::string sid = std::to_string(id);
+  A::checkpoint(*ctld, root({sid}, json::object()), CheckpointSource::Manual);
+  A::checkpoint(*ctld, root({sid}, json::object()), CheckpointSource::Vacate);
+  std::string gone = checkpoints(id)[1]["location"];
+  std::filesystem::remove_all(gone);
+  json r = A::restart(*ctld, root({sid}, json::object()));
+  EXPECT_EQ(r["restore_from"], 1);
+  json c = checkpoints(id)[1];
+  EXPECT_EQ(c["status"], "Cleared");
+  EXPECT_NE(c["reason"].get<std::string>().find(gone + " is missing"), std::string::npos) << c.dump();
+}
+
+TEST_F(ControllerTest, DumpOutcomeReportedByTheNodeSettlesTheCheckpoint) {
+  int64_t id = submit();
+  wait_running(id);
+  // The connection breaks: the dump may have completed; the node will say.
+  node->answer = [](const FakeNode::Call& c) -> json {
+    if (c.path == "/v1/node/checkpoint") throw fsched::Error("cannot reach 127.0.0.1:1: connection reset");
+    return json::object();
+  };
+  std::string sid = std::to_string(id);
+  auto pending = std::async(std::launch::async, [&] {
+    return A::checkpoint(*ctld, root({sid}, json::object()), CheckpointSource::Manual);
+  });
+  json cks;
+  for (int i = 0; i < 250 && (cks = checkpoints(id)).empty(); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  ASSERT_EQ(cks.size(), 1u);
+  // Still waiting for the RPC or for the node: Creating.
+  while (node->of("/v1/node/checkpoint").empty()) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  EXPECT_EQ(checkpoints(id)[0]["status"], "Creating");
+  std::string loc = cks[0]["location"];
+  A::op_done(*ctld, root({}, {{"job_id", id}, {"name", "n1"}, {"kind", "checkpoint"}, {"outcome", "ok"},
+                              {"dir", loc}, {"size", 777}, {"freeze_ms", 2.0}}));
+  ASSERT_EQ(pending.wait_for(std::chrono::seconds(5)), std::future_status::ready);
+  json c = pending.get();
+  EXPECT_EQ(c["status"], "Present");
+  EXPECT_EQ(c["size"], 777);
+  // A second report of the same outcome changes nothing.
+  A::op_done(*ctld, root({}, {{"job_id", id}, {"name", "n1"}, {"kind", "checkpoint"}, {"outcome", "failed"},
+                              {"dir", loc}, {"error", "late"}}));
+  EXPECT_EQ(checkpoints(id)[0]["status"], "Present");
+}
+
+TEST_F(ControllerTest, RequeueStartsTheJobAgainFromScratch) {
+  int64_t id = submit();
+  double first_start = wait_running(id)["start_time"];
+  std::string sid = std::to_string(id);
+  A::requeue(*ctld, root({sid}, json::object()));
+  // The controller asks the node to stop it (SIGTERM, then SIGKILL after KillWait).
+  for (int i = 0; i < 250 && node->of("/v1/node/signal").empty(); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  auto sig = node->of("/v1/node/signal");
+  ASSERT_EQ(sig.size(), 1u);
+  EXPECT_EQ(sig[0].body["signal"], 15);
+  EXPECT_GT(sig[0].body["kill_wait"].get<int>(), 0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));  // a later start time
+  A::job_ended(*ctld, root({}, {{"job_id", id}, {"exit_status", 128 + 15}, {"name", "n1"}}));
+  json j = wait_job(id, [&](const json& x) {
+    return x["state"] == "RUNNING" && node->of("/v1/node/launch").size() == 2;
+  });
+  EXPECT_EQ(j["state"], "RUNNING") << j.dump();
+  EXPECT_EQ(j["restarts"], 1);
+  EXPECT_EQ(j["job_version"], 2);
+  EXPECT_GT(j["start_time"].get<double>(), first_start);
+  EXPECT_FALSE(node->of("/v1/node/launch").back().body.contains("restore_dir")) << "requeue is not restore";
+}
+
+}  // namespace
+}  // namespace fsched::ctld
