@@ -183,11 +183,13 @@ TEST_F(ControllerTest, RestoreFailureFallsBackToAnOlderCheckpoint) {
   EXPECT_EQ(j["reason"], "Vacated");
   EXPECT_FALSE(node->of("/v1/node/checkpoint").back().body["leave_running"].get<bool>());
 
-  // The newest image does not restore; the one before it does.
+  // The newest image does not restore, for its image (fschedd's 422 with the class);
+  // the one before it does.
   std::string bad = checkpoints(id)[2]["location"];
   node->answer = [bad](const FakeNode::Call& c) -> json {
     if (c.path == "/v1/node/restore" && c.body["restore_dir"] == bad)
-      throw proto::RpcError(500, "restore of job failed: pages.img: xxh3 checksum mismatch");
+      throw proto::RpcError(422, "restore of job failed: pages.img: xxh3 checksum mismatch",
+                            fsched::FailureClass::kImage);
     return json{{"pid", 2}};
   };
   json r = A::restart(*ctld, root({sid}, json::object()));
