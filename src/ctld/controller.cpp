@@ -566,6 +566,12 @@ Checkpoint Controller::run_checkpoint(int64_t job_id, CheckpointSource source, c
     if (who) check_owner(j, *who);
     if (cfg_.checkpoint_type == "checkpoint/none")
       throw RpcError(409, "checkpoints are disabled (CheckpointType = checkpoint/none)");
+    // A job placed a moment ago may already be running and writing output while its
+    // launch RPC has not returned: a user's checkpoint waits for that answer (bounded
+    // by BatchStartTimeout) rather than failing on a race the user cannot see.
+    if (who && j.state == JobState::Running && launching_.count(job_id))
+      wake_.wait_for(l, std::chrono::seconds(cfg_.batch_start_timeout),
+                     [&] { return stopping_ || !launching_.count(job_id); });
     if (j.state != JobState::Running || launching_.count(job_id) || !j.end_request.empty() || j.awaiting_node)
       throw RpcError(409, fmt::format("Job {} is not running (state {}{})", job_id, j.state,
                                       j.awaiting_node ? ", its start not yet confirmed by its node" : ""));
@@ -695,7 +701,17 @@ void Controller::confirm_launch(Job& j, const std::string& how) {
     spdlog::info("job {}: running on {} ({})", j.job_id, j.nodes, how);
   }
   save(j);
+  end_if_requested(j);
   wake_.notify_all();
+}
+
+void Controller::end_if_requested(const Job& j) {
+  // A cancel, requeue or time limit that came while the start was in flight signalled a
+  // job the node did not know yet: it is signalled again now that it runs.
+  if (j.end_request.empty()) return;
+  spdlog::info("job {}: {} requested while it started: SIGTERM now, SIGKILL after {} s", j.job_id,
+               j.end_request, cfg_.kill_wait);
+  terminate(j, SIGTERM, true);
 }
 
 nlohmann::json Controller::node_op_done(const proto::Request& r) {
@@ -1092,6 +1108,7 @@ void Controller::launch(int64_t id) {
   }
   Lock l(mu_);
   launching_.erase(id);
+  wake_.notify_all();  // a checkpoint request may be waiting for this answer
   Job& j = jobs_.at(id);
   if (!error.empty() && !answered) {
     // fschedd died or the connection broke: the job may be running there. It stays
@@ -1115,6 +1132,7 @@ void Controller::launch(int64_t id) {
     } else {
       spdlog::info("job {}: running on {}", id, node);
     }
+    end_if_requested(j);
     wake_.notify_all();
     return;
   }

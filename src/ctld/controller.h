@@ -108,6 +108,9 @@ class Controller {
                          uint64_t size, double freeze_ms);
   // The launch or restore the node confirmed after the RPC's answer was lost.
   void confirm_launch(Job& j, const std::string& how);
+  // Signals a job whose end (cancel, requeue, time limit) was requested while its launch
+  // or restore RPC was in flight, once that start is confirmed; nothing otherwise.
+  void end_if_requested(const Job& j);
   // Removes a Failed/Timeout image (and any DIR.tmp) from disk on a worker thread,
   // outside mu_: storage may be slow; the record keeps its status and reason.
   void discard_image(const std::string& location);

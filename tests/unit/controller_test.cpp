@@ -4,8 +4,10 @@
 // arriving by the node's report, requeue. The scheduling thread runs as in fschedctld.
 #include <gtest/gtest.h>
 
+#include <signal.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <filesystem>
 #include <functional>
@@ -31,6 +33,7 @@ struct ControllerTestAccess {
   static nlohmann::json requeue(Controller& c, const proto::Request& r) { return c.requeue_job(r); }
   static nlohmann::json job_ended(Controller& c, const proto::Request& r) { return c.node_job_ended(r); }
   static nlohmann::json op_done(Controller& c, const proto::Request& r) { return c.node_op_done(r); }
+  static nlohmann::json cancel(Controller& c, const proto::Request& r) { return c.cancel_job(r); }
 };
 
 namespace {
@@ -282,6 +285,70 @@ TEST_F(ControllerTest, RequeueStartsTheJobAgainFromScratch) {
   EXPECT_EQ(j["job_version"], 2);
   EXPECT_GT(j["start_time"].get<double>(), first_start);
   EXPECT_FALSE(node->of("/v1/node/launch").back().body.contains("restore_dir")) << "requeue is not restore";
+}
+
+
+// The launch RPC is still in flight (the job already runs on the node as far as the
+// user can tell): a cancel's signal finds no job on the node and is sent again once the
+// launch is confirmed; a checkpoint request waits for the confirmation instead of failing.
+class LaunchInFlight : public ControllerTest {
+ protected:
+  std::promise<void> release;
+  std::shared_future<void> released = release.get_future().share();
+  std::atomic<bool> launched{false};
+
+  void SetUp() override {
+    ControllerTest::SetUp();
+    node->answer = [this](const FakeNode::Call& c) -> json {
+      if (c.path == "/v1/node/launch") {
+        released.wait();
+        launched = true;
+        return json{{"pid", 7}};
+      }
+      if (c.path == "/v1/node/signal" && !launched)
+        throw proto::RpcError(409, "job 1 is not running on n1");
+      if (c.path == "/v1/node/checkpoint") return dumped(c);
+      return json::object();
+    };
+  }
+  void TearDown() override {
+    if (!launched) release.set_value();
+    ControllerTest::TearDown();
+  }
+  int64_t submit_in_flight() {
+    int64_t id = submit();
+    wait_job(id, [&](const json& j) { return j["state"] == "RUNNING" && !node->of("/v1/node/launch").empty(); });
+    EXPECT_FALSE(launched);
+    return id;
+  }
+};
+
+TEST_F(LaunchInFlight, CancelSignalsAgainOnceTheStartIsConfirmed) {
+  int64_t id = submit_in_flight();
+  A::cancel(*ctld, root({std::to_string(id)}));
+  auto end = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (node->of("/v1/node/signal").empty() && std::chrono::steady_clock::now() < end)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  ASSERT_EQ(node->of("/v1/node/signal").size(), 1u) << "the cancel sent no signal";
+  release.set_value();
+  while (node->of("/v1/node/signal").size() < 2 && std::chrono::steady_clock::now() < end)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  auto sigs = node->of("/v1/node/signal");
+  ASSERT_EQ(sigs.size(), 2u) << "the job was not signalled once its launch was confirmed";
+  EXPECT_EQ(sigs[1].body["signal"], SIGTERM);
+  EXPECT_GT(sigs[1].body["kill_wait"].get<int>(), 0) << sigs[1].body.dump();
+}
+
+TEST_F(LaunchInFlight, CheckpointWaitsForTheLaunchAnswer) {
+  int64_t id = submit_in_flight();
+  auto ck = std::async(std::launch::async, [&] {
+    return A::checkpoint(*ctld, root({std::to_string(id)}, json::object()), CheckpointSource::Manual);
+  });
+  EXPECT_EQ(ck.wait_for(std::chrono::milliseconds(300)), std::future_status::timeout)
+      << "the checkpoint did not wait for the launch";
+  release.set_value();
+  json c = ck.get();
+  EXPECT_EQ(c["status"], "Present") << c.dump();
 }
 
 }  // namespace
