@@ -122,6 +122,14 @@ struct XXH3StateFree {
 
 std::string hex64(std::uint64_t v) { return fmt::format("{:016x}", v); }
 
+// Throws ImageError: the image is bad or does not match (corrupt, tampered with, of
+// another format), which no retry anywhere can cure; unlike fail(), whose Error is
+// transient (a read error, a missing context, a process that went away).
+template <typename... Args>
+[[noreturn]] void bad_image(fmt::format_string<Args...> f, Args&&... args) {
+  throw ImageError(fmt::format(f, std::forward<Args>(args)...));
+}
+
 constexpr std::uint64_t align_up(std::uint64_t n) {
   return (n + kChunkAlignBytes - 1) / kChunkAlignBytes * kChunkAlignBytes;
 }
@@ -215,14 +223,15 @@ std::optional<std::string> read_small_file(const fs::path& path,
   UniqueFd fd(::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
   if (!fd) {
     if (errno == ENOENT || errno == ENOTDIR) return std::nullopt;
-    if (errno == ELOOP) fail("{}: is a symbolic link, not an image file", path.native());
+    if (errno == ELOOP) bad_image("{}: is a symbolic link, not an image file", path.native());
     fail_errno("{}: cannot open", path.native());
   }
   struct stat st {};
   if (::fstat(fd.get(), &st) < 0) fail_errno("{}: fstat", path.native());
-  if (!S_ISREG(st.st_mode)) fail("{}: not a regular file", path.native());
+  if (!S_ISREG(st.st_mode)) bad_image("{}: not a regular file", path.native());
   if (static_cast<std::uint64_t>(st.st_size) > limit)
-    fail("{}: {} bytes, more than the {} an image file may have", path.native(), st.st_size, limit);
+    bad_image("{}: {} bytes, more than the {} an image file may have", path.native(), st.st_size,
+              limit);
   std::string out;
   char buf[64 * 1024];
   for (;;) {
@@ -233,7 +242,7 @@ std::optional<std::string> read_small_file(const fs::path& path,
     }
     if (r == 0) break;
     out.append(buf, static_cast<std::size_t>(r));
-    if (out.size() > limit) fail("{}: grew past {} bytes while read", path.native(), limit);
+    if (out.size() > limit) bad_image("{}: grew past {} bytes while read", path.native(), limit);
   }
   return out;
 }
@@ -354,6 +363,16 @@ class ImageWriterImpl final : public ImageWriter {
 
   void set_eager_writeback(bool on) override { eager_writeback_.store(on, std::memory_order_relaxed); }
 
+  void begin_section(Section sec) override {
+    check_usable();
+    std::size_t i = section_index(sec);
+    if (!sections_.empty() && i <= section_index(sections_.back().first))
+      fail("{}: section \"{}\" begun after \"{}\": sections go in the order of sections.h, "
+           "each once",
+           dir_.native(), section_name(sec), section_name(sections_.back().first));
+    sections_.emplace_back(sec, logical_);
+  }
+
   std::uint64_t logical_bytes() const override { return logical_; }
   std::uint64_t stored_bytes() const override {
     return stored_.load(std::memory_order_relaxed);
@@ -385,6 +404,10 @@ class ImageWriterImpl final : public ImageWriter {
     manifest["format_version"] = kImageFormatVersion;
     manifest["engine_version"] = FSCHED_VERSION;
     manifest["chunks"] = std::move(chunks);
+    json sections = json::array();
+    for (auto [sec, offset] : sections_)
+      sections.push_back(SectionStart{std::string(section_name(sec)), offset});
+    manifest["sections"] = std::move(sections);
     manifest["pages_logical_bytes"] = logical_;
     manifest["pages_stored_bytes"] = stored;
 
@@ -608,6 +631,7 @@ class ImageWriterImpl final : public ImageWriter {
   bool committed_ = false;
   bool broken_ = false;
   std::vector<std::byte> key_;  // sign_with(): the image key for manifest.hmac
+  std::vector<std::pair<Section, std::uint64_t>> sections_;  // begin_section(): where each starts
 
   // Shared with the workers; guarded by mu_ (a Worker's job fields are its own while
   // it is busy).
@@ -643,12 +667,13 @@ class PagesFile {
  public:
   explicit PagesFile(fs::path path) : path_(std::move(path)) {
     fd_ = UniqueFd(::open(path_.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
-    if (!fd_ && errno == ELOOP) fail("{}: is a symbolic link, not an image file", path_.native());
+    if (!fd_ && errno == ELOOP) bad_image("{}: is a symbolic link, not an image file", path_.native());
+    if (!fd_ && errno == ENOENT) bad_image("{}: missing", path_.native());
     if (!fd_) fail_errno("{}: cannot open", path_.native());
     struct stat st;
     if (::fstat(fd_.get(), &st) != 0) fail_errno("{}: cannot stat", path_.native());
     // A FIFO or a device would block or never end; the chunk table bounds a file.
-    if (!S_ISREG(st.st_mode)) fail("{}: not a regular file", path_.native());
+    if (!S_ISREG(st.st_mode)) bad_image("{}: not a regular file", path_.native());
     (void)::posix_fadvise(fd_.get(), 0, 0, POSIX_FADV_SEQUENTIAL);
     size_ = static_cast<std::uint64_t>(st.st_size);
     long page = ::sysconf(_SC_PAGESIZE);
@@ -761,7 +786,7 @@ class PagesFile {
 
 [[noreturn]] void fail_checksum(const fs::path& path, std::size_t index, const ChunkInfo& c,
                                 std::uint64_t h) {
-  fail("{}: chunk {} at offset {}: checksum mismatch (xxh3 of {} stored bytes is {}, "
+  bad_image("{}: chunk {} at offset {}: checksum mismatch (xxh3 of {} stored bytes is {}, "
        "manifest says {})",
        path.native(), index, c.offset, c.stored, hex64(h), hex64(c.xxh3));
 }
@@ -771,19 +796,19 @@ void zstd_decode_chunk(ZSTD_DCtx* dctx, const fs::path& path, std::size_t index,
                        const ChunkInfo& c, const std::byte* src, std::byte* dst) {
   unsigned long long content = ZSTD_getFrameContentSize(src, c.stored);
   if (content == ZSTD_CONTENTSIZE_ERROR)
-    fail("{}: chunk {} at offset {}: not a zstd frame", path.native(), index, c.offset);
+    bad_image("{}: chunk {} at offset {}: not a zstd frame", path.native(), index, c.offset);
   if (content != c.raw)
-    fail("{}: chunk {} at offset {}: zstd frame holds {} bytes, manifest says {}", path.native(),
+    bad_image("{}: chunk {} at offset {}: zstd frame holds {} bytes, manifest says {}", path.native(),
          index, c.offset,
          content == ZSTD_CONTENTSIZE_UNKNOWN ? std::string("an unknown number of")
                                              : std::to_string(content),
          c.raw);
   std::size_t r = ZSTD_decompressDCtx(dctx, dst, c.raw, src, c.stored);
   if (ZSTD_isError(r))
-    fail("{}: chunk {} at offset {}: zstd decompression failed: {}", path.native(), index,
+    bad_image("{}: chunk {} at offset {}: zstd decompression failed: {}", path.native(), index,
          c.offset, ZSTD_getErrorName(r));
   if (r != c.raw)
-    fail("{}: chunk {} at offset {}: decompressed to {} bytes, manifest says {}", path.native(),
+    bad_image("{}: chunk {} at offset {}: decompressed to {} bytes, manifest says {}", path.native(),
          index, c.offset, r, c.raw);
 }
 
@@ -930,7 +955,7 @@ class ChunkDecoder {
     XXH3_64bits_reset(xxh_.get());
     std::size_t got = file_.copy_hash(c.offset, c.stored, dst, xxh_.get());
     if (got < c.stored)
-      fail("{}: chunk {} at offset {}: truncated: file ends at offset {}, {} of {} stored "
+      bad_image("{}: chunk {} at offset {}: truncated: file ends at offset {}, {} of {} stored "
            "bytes missing",
            file_.path().native(), index, c.offset, c.offset + got, c.stored - got, c.stored);
     std::uint64_t h = XXH3_64bits_digest(xxh_.get());
@@ -999,8 +1024,10 @@ class PageReaderImpl final : public PageReader {
  public:
   // file: pages.img as verify_chunks() mapped it, or null to open it.
   PageReaderImpl(std::shared_ptr<const ChunkTable> table, fs::path pages_path,
-                 std::shared_ptr<const PagesFile> file, bool verified)
-      : table_(std::move(table)), path_(std::move(pages_path)), file_(std::move(file)) {
+                 std::shared_ptr<const PagesFile> file, bool verified,
+                 std::vector<std::pair<Section, std::uint64_t>> sections)
+      : table_(std::move(table)), path_(std::move(pages_path)), file_(std::move(file)),
+        sections_(std::move(sections)) {
     if (table_->chunks.empty()) return;
     if (!file_) file_ = std::make_shared<const PagesFile>(path_);
     mine_.emplace(*file_, *table_, verified);
@@ -1027,7 +1054,7 @@ class PageReaderImpl final : public PageReader {
     if (failed_) std::rethrow_exception(failed_);
     if (max == 0) return {};
     if (pos_ == table_->logical_bytes)
-      fail("{}: read at stream offset {} goes past the end of the page stream ({} bytes, "
+      bad_image("{}: read at stream offset {} goes past the end of the page stream ({} bytes, "
            "0 left)",
            path_.native(), pos_, table_->logical_bytes);
     if (cur_pos_ == cur_len_) take_chunk(true);
@@ -1044,7 +1071,7 @@ class PageReaderImpl final : public PageReader {
     std::uint64_t left = 0;
     for (const iovec& r : remote) left += r.iov_len;
     if (left > table_->logical_bytes - pos_)
-      fail("{}: copy of {} bytes at stream offset {} goes past the end of the page stream "
+      bad_image("{}: copy of {} bytes at stream offset {} goes past the end of the page stream "
            "({} bytes, {} left)",
            path_.native(), left, pos_, table_->logical_bytes, table_->logical_bytes - pos_);
     RemoteCursor at;
@@ -1063,11 +1090,26 @@ class PageReaderImpl final : public PageReader {
     }
   }
 
+  std::uint64_t position() const override { return pos_; }
+
+  void enter_section(Section sec) override {
+    auto it = std::find_if(sections_.begin(), sections_.end(),
+                           [&](const auto& e) { return e.first == sec; });
+    if (it == sections_.end())
+      bad_image("{}: the manifest records no start of page-stream section \"{}\"",
+                path_.native(), section_name(sec));
+    if (it->second != pos_)
+      bad_image("{}: page-stream section \"{}\" starts at stream offset {} in the manifest, "
+                "but the restore reached it at offset {}: the sections before it were read "
+                "with other sizes than they were dumped",
+                path_.native(), section_name(sec), it->second, pos_);
+  }
+
   void read(std::span<std::byte> out) override {
     if (failed_) std::rethrow_exception(failed_);
     std::uint64_t left = table_->logical_bytes - pos_;
     if (out.size() > left)
-      fail("{}: read of {} bytes at stream offset {} goes past the end of the page stream "
+      bad_image("{}: read of {} bytes at stream offset {} goes past the end of the page stream "
            "({} bytes, {} left)",
            path_.native(), out.size(), pos_, table_->logical_bytes, left);
     while (!out.empty()) {
@@ -1174,7 +1216,7 @@ class PageReaderImpl final : public PageReader {
     std::size_t got = file_->copy_hash(c.offset + cur_pos_, want, buf_.get() + cur_pos_, nullptr);
     if (got < want) {
       try {
-        fail("{}: chunk {} at offset {}: truncated since it was verified: file ends at offset {}",
+        bad_image("{}: chunk {} at offset {}: truncated since it was verified: file ends at offset {}",
              path_.native(), consumed_ - 1, c.offset, c.offset + cur_pos_ + got);
       } catch (...) {
         failed_ = std::current_exception();
@@ -1220,6 +1262,7 @@ class PageReaderImpl final : public PageReader {
   const std::shared_ptr<const ChunkTable> table_;
   const fs::path path_;
   std::shared_ptr<const PagesFile> file_;
+  const std::vector<std::pair<Section, std::uint64_t>> sections_;  // manifest "sections"
   bool share_ = false;  // more than one usable CPU: copy_to_process() uses the worker too
 
   // Caller side.
@@ -1248,9 +1291,10 @@ class PageReaderImpl final : public PageReader {
 
 class ImageReaderImpl final : public ImageReader {
  public:
-  ImageReaderImpl(fs::path dir, json manifest, std::shared_ptr<const ChunkTable> table)
+  ImageReaderImpl(fs::path dir, json manifest, std::shared_ptr<const ChunkTable> table,
+                  std::vector<std::pair<Section, std::uint64_t>> sections)
       : dir_(std::move(dir)), pages_path_(dir_ / kPagesName), manifest_(std::move(manifest)),
-        table_(std::move(table)) {}
+        table_(std::move(table)), sections_(std::move(sections)) {}
 
   const json& manifest() const override { return manifest_; }
   const fs::path& path() const override { return dir_; }
@@ -1319,7 +1363,7 @@ class ImageReaderImpl final : public ImageReader {
 
     if (complete < chunks.size()) fail_truncated(complete, file_size);
     if (file_size > table_->file_bytes)
-      fail("{}: trailing bytes after the last chunk: chunk table ends at offset {} but the "
+      bad_image("{}: trailing bytes after the last chunk: chunk table ends at offset {} but the "
            "file is {} bytes",
            pages_path_.native(), table_->file_bytes, file_size);
     verified_ = true;
@@ -1328,7 +1372,7 @@ class ImageReaderImpl final : public ImageReader {
 
   std::unique_ptr<PageReader> pages() const override {
     return std::make_unique<PageReaderImpl>(table_, pages_path_, verified_ ? verified_file_ : nullptr,
-                                            verified_);
+                                            verified_, sections_);
   }
 
  private:
@@ -1336,7 +1380,7 @@ class ImageReaderImpl final : public ImageReader {
   [[noreturn]] void fail_truncated(std::size_t index, std::uint64_t end) const {
     const auto& chunks = table_->chunks;
     const ChunkInfo& c = chunks[index];
-    fail("{}: truncated: chunk {} at offset {} needs {} stored bytes but the file ends at "
+    bad_image("{}: truncated: chunk {} at offset {} needs {} stored bytes but the file ends at "
          "offset {} ({} bytes missing in total, {} of {} chunks incomplete)",
          pages_path_.native(), index, c.offset, c.stored, end, table_->file_bytes - end,
          chunks.size() - index, chunks.size());
@@ -1345,6 +1389,7 @@ class ImageReaderImpl final : public ImageReader {
   const fs::path dir_, pages_path_;
   const json manifest_;
   const std::shared_ptr<const ChunkTable> table_;
+  const std::vector<std::pair<Section, std::uint64_t>> sections_;
   mutable bool verified_ = false;  // verify_chunks() found every chunk good
   // pages.img as verify_chunks() mapped and read it: readers reuse the mapping, whose
   // page tables are then already filled.
@@ -1354,9 +1399,9 @@ class ImageReaderImpl final : public ImageReader {
 std::uint64_t get_u64(const json& obj, const char* key, const fs::path& mpath,
                       const std::string& where) {
   auto it = obj.find(key);
-  if (it == obj.end()) fail("{}: {}missing \"{}\"", mpath.native(), where, key);
+  if (it == obj.end()) bad_image("{}: {}missing \"{}\"", mpath.native(), where, key);
   if (!it->is_number_unsigned())
-    fail("{}: {}\"{}\" must be a non-negative integer, got {}", mpath.native(), where, key,
+    bad_image("{}: {}\"{}\" must be a non-negative integer, got {}", mpath.native(), where, key,
          it->dump());
   return it->get<std::uint64_t>();
 }
@@ -1373,7 +1418,7 @@ void check_integers_only(const json& m, const fs::path& mpath) {
       const json flat = m.flatten();  // {"/json/pointer": value} of every leaf
       for (auto& [where, x] : flat.items())
         if (x.is_number_float())
-          fail("{}: {}: {} is not an integer (every number of a manifest is)", mpath.native(),
+          bad_image("{}: {}: {} is not an integer (every number of a manifest is)", mpath.native(),
                where, x.dump());
     }
     if (v->is_structured())
@@ -1384,14 +1429,14 @@ void check_integers_only(const json& m, const fs::path& mpath) {
 std::shared_ptr<const ChunkTable> parse_chunk_table(const json& m, const fs::path& mpath) {
   auto table = std::make_shared<ChunkTable>();
   auto it = m.find("chunks");
-  if (it == m.end()) fail("{}: missing chunk table \"chunks\"", mpath.native());
-  if (!it->is_array()) fail("{}: \"chunks\" must be an array", mpath.native());
+  if (it == m.end()) bad_image("{}: missing chunk table \"chunks\"", mpath.native());
+  if (!it->is_array()) bad_image("{}: \"chunks\" must be an array", mpath.native());
   const std::uint64_t max_stored = ZSTD_compressBound(kChunkRawBytes);
   table->chunks.reserve(it->size());
   for (std::size_t i = 0; i < it->size(); ++i) {
     const json& e = (*it)[i];
     std::string where = fmt::format("chunk {}: ", i);
-    if (!e.is_object()) fail("{}: {}entry must be an object", mpath.native(), where);
+    if (!e.is_object()) bad_image("{}: {}entry must be an object", mpath.native(), where);
     ChunkInfo c;
     c.offset = get_u64(e, "offset", mpath, where);
     c.stored = get_u64(e, "stored", mpath, where);
@@ -1399,23 +1444,23 @@ std::shared_ptr<const ChunkTable> parse_chunk_table(const json& m, const fs::pat
     auto h = e.find("xxh3");
     std::optional<std::uint64_t> hv;
     if (h != e.end() && h->is_string()) hv = parse_hex64(h->get_ref<const std::string&>());
-    if (!hv) fail("{}: {}\"xxh3\" must be a string of 16 hex digits", mpath.native(), where);
+    if (!hv) bad_image("{}: {}\"xxh3\" must be a string of 16 hex digits", mpath.native(), where);
     c.xxh3 = *hv;
     if (auto z = e.find("zstd"); z != e.end()) {
-      if (!z->is_boolean()) fail("{}: {}\"zstd\" must be true or false", mpath.native(), where);
+      if (!z->is_boolean()) bad_image("{}: {}\"zstd\" must be true or false", mpath.native(), where);
       c.zstd = z->get<bool>();
     }
     if (c.offset != align_up(table->file_bytes))
-      fail("{}: {}offset {} is not the first multiple of {} after the end of the previous "
+      bad_image("{}: {}offset {} is not the first multiple of {} after the end of the previous "
            "chunks ({})",
            mpath.native(), where, c.offset, kChunkAlignBytes, table->file_bytes);
     if (c.raw == 0 || c.raw > kChunkRawBytes)
-      fail("{}: {}raw size {} out of range 1..{}", mpath.native(), where, c.raw, kChunkRawBytes);
+      bad_image("{}: {}raw size {} out of range 1..{}", mpath.native(), where, c.raw, kChunkRawBytes);
     if (c.stored == 0 || c.stored > max_stored)
-      fail("{}: {}stored size {} out of range 1..{}", mpath.native(), where, c.stored,
+      bad_image("{}: {}stored size {} out of range 1..{}", mpath.native(), where, c.stored,
            max_stored);
     if (!c.zstd && c.stored != c.raw)
-      fail("{}: {}stored uncompressed (\"zstd\": false) but stored size {} is not raw size {}",
+      bad_image("{}: {}stored uncompressed (\"zstd\": false) but stored size {} is not raw size {}",
            mpath.native(), where, c.stored, c.raw);
     table->stored_bytes += c.stored;
     table->file_bytes = c.offset + c.stored;
@@ -1427,12 +1472,40 @@ std::shared_ptr<const ChunkTable> parse_chunk_table(const json& m, const fs::pat
   std::uint64_t logical = get_u64(m, "pages_logical_bytes", mpath, "");
   std::uint64_t stored = get_u64(m, "pages_stored_bytes", mpath, "");
   if (logical != table->logical_bytes)
-    fail("{}: pages_logical_bytes is {} but the chunks hold {} bytes", mpath.native(), logical,
+    bad_image("{}: pages_logical_bytes is {} but the chunks hold {} bytes", mpath.native(), logical,
          table->logical_bytes);
   if (stored != table->stored_bytes)
-    fail("{}: pages_stored_bytes is {} but the chunks store {} bytes", mpath.native(), stored,
+    bad_image("{}: pages_stored_bytes is {} but the chunks store {} bytes", mpath.native(), stored,
          table->stored_bytes);
   return table;
+}
+
+// Manifest "sections", each entry {"name": a known section, "offset": integer}; the
+// order, completeness and sizes are validate_manifest()'s to check (validate.cpp).
+std::vector<std::pair<Section, std::uint64_t>> parse_sections(const json& m,
+                                                              const fs::path& mpath) {
+  auto it = m.find("sections");
+  if (it == m.end()) bad_image("{}: missing page-stream sections \"sections\"", mpath.native());
+  if (!it->is_array()) bad_image("{}: \"sections\" must be an array", mpath.native());
+  std::vector<std::pair<Section, std::uint64_t>> out;
+  for (std::size_t i = 0; i < it->size(); ++i) {
+    const json& e = (*it)[i];
+    std::string where = fmt::format("section {}: ", i);
+    if (!e.is_object()) bad_image("{}: {}entry must be an object", mpath.native(), where);
+    auto n = e.find("name");
+    if (n == e.end() || !n->is_string())
+      bad_image("{}: {}\"name\" must be a string", mpath.native(), where);
+    std::optional<Section> sec = section_from_name(n->get_ref<const std::string&>());
+    if (!sec) bad_image("{}: {}unknown section {}", mpath.native(), where, n->dump());
+    out.emplace_back(*sec, get_u64(e, "offset", mpath, where));
+  }
+  return out;
+}
+
+// Who wrote the image, for messages: "x.y.z" or "unknown".
+std::string engine_of(const json& m) {
+  auto it = m.find("engine_version");
+  return it != m.end() && it->is_string() ? it->get<std::string>() : "unknown";
 }
 
 }  // namespace
@@ -1475,50 +1548,53 @@ std::unique_ptr<ImageReader> ImageReader::open(const std::filesystem::path& dir_
     std::error_code ec;
     fs::file_status st = fs::status(dir, ec);
     if (!fs::exists(st)) fail("{} is not a checkpoint image (no such directory)", dir.native());
-    if (!fs::is_directory(st)) fail("{} is not a checkpoint image (not a directory)", dir.native());
-    fail("{} is not a checkpoint image (no manifest.json)", dir.native());
+    if (!fs::is_directory(st)) bad_image("{} is not a checkpoint image (not a directory)", dir.native());
+    bad_image("{} is not a checkpoint image (no manifest.json)", dir.native());
   }
   if (!key.empty()) {
     // First of all: nothing of a manifest is believed before its HMAC is.
     fs::path hpath = dir / kManifestHmacName;
     std::optional<std::string> mac = read_small_file(hpath, 1024);
-    if (!mac) fail("{}: missing: the image is not signed with the cluster's image key", hpath.native());
+    if (!mac) bad_image("{}: missing: the image is not signed with the cluster's image key", hpath.native());
     std::string_view mv = *mac;
     if (!mv.empty() && mv.back() == '\n') mv.remove_suffix(1);
     std::vector<std::byte> k(key.begin(), key.end());
     if (!hmac_equal(mv, image_hmac(k, *text)))
-      fail("{}: HMAC mismatch: the manifest or its chunk table was changed after the dump, or the "
+      bad_image("{}: HMAC mismatch: the manifest or its chunk table was changed after the dump, or the "
            "image was signed with another image key",
            mpath.native());
   }
   std::optional<std::string> sum_text = read_small_file(spath);
-  if (!sum_text) fail("{}: missing (cannot check {})", spath.native(), mpath.native());
+  if (!sum_text) bad_image("{}: missing (cannot check {})", spath.native(), mpath.native());
   std::string_view sv = *sum_text;
   if (!sv.empty() && sv.back() == '\n') sv.remove_suffix(1);
   std::optional<std::uint64_t> want = parse_hex64(sv);
-  if (!want) fail("{}: malformed, expected 16 hex digits", spath.native());
+  if (!want) bad_image("{}: malformed, expected 16 hex digits", spath.native());
   std::uint64_t got = XXH3_64bits(text->data(), text->size());
   if (got != *want)
-    fail("{}: manifest checksum mismatch: xxh3 is {}, manifest.xxh3 says {}", mpath.native(),
+    bad_image("{}: manifest checksum mismatch: xxh3 is {}, manifest.xxh3 says {}", mpath.native(),
          hex64(got), hex64(*want));
 
   json m;
   try {
     m = json::parse(*text);
   } catch (const json::exception& e) {
-    fail("{}: invalid JSON: {}", mpath.native(), e.what());
+    bad_image("{}: invalid JSON: {}", mpath.native(), e.what());
   }
-  if (!m.is_object()) fail("{}: manifest is not a JSON object", mpath.native());
+  if (!m.is_object()) bad_image("{}: manifest is not a JSON object", mpath.native());
   check_integers_only(m, mpath);
   auto fv = m.find("format_version");
-  if (fv == m.end()) fail("{}: missing \"format_version\"", mpath.native());
+  if (fv == m.end()) bad_image("{}: missing \"format_version\"", mpath.native());
   if (!fv->is_number_integer())
-    fail("{}: \"format_version\" must be an integer, got {}", mpath.native(), fv->dump());
+    bad_image("{}: \"format_version\" must be an integer, got {}", mpath.native(), fv->dump());
+  // Only the format decides: any engine build that wrote this format is fine.
   if (fv->get<std::int64_t>() != kImageFormatVersion)
-    fail("{}: image format {}, this engine reads {}", dir.native(), fv->get<std::int64_t>(),
-         kImageFormatVersion);
+    bad_image("{}: image format {} (written by engine {}), this engine reads format {} only",
+              dir.native(), fv->get<std::int64_t>(), engine_of(m), kImageFormatVersion);
   auto table = parse_chunk_table(m, mpath);
-  return std::make_unique<ImageReaderImpl>(dir, std::move(m), std::move(table));
+  auto sections = parse_sections(m, mpath);
+  return std::make_unique<ImageReaderImpl>(dir, std::move(m), std::move(table),
+                                           std::move(sections));
 }
 
 }  // namespace fsched::ckpt

@@ -4,15 +4,24 @@
 //
 // Layout of an image directory DIR (files 0600, directory 0700):
 //   DIR/manifest.json   the manifest (JSON object, see manifest.h); the writer adds
-//                       "format_version", "engine_version" and the chunk table "chunks"
+//                       "format_version", "engine_version", the chunk table "chunks"
+//                       and the section starts "sections"
 //   DIR/manifest.xxh3   16 lowercase hex digits: XXH3-64 of manifest.json's bytes
 //   DIR/manifest.hmac   64 lowercase hex digits: HMAC-SHA256 of manifest.json's bytes
 //                       with the cluster's image key (imagekey.h), when signed
 //   DIR/pages.img       concatenated chunks; each chunk holds up to kChunkRawBytes bytes
 //                       of the logical page stream
 // The page stream is one logical byte string: the dumper appends the contents of
-// memory pages in a fixed order and the restorer reads them back in that order, so
-// the manifest only needs sizes, not offsets.
+// memory pages, pipes and sockets in sections, in the fixed order of sections.h, and
+// the restorer reads them back in that order, so the parts of the manifest only need
+// sizes, not offsets. Manifest "sections" is an array, in stream order, of
+// {"name": section name (sections.h), "offset": logical stream offset where the
+// section starts}: the check that dump and restore agree on where each section is.
+//
+// Versions: "format_version" (kImageFormatVersion) is the version of this layout and
+// the only one a reader checks; "engine_version" is the build that wrote the image,
+// kept for diagnosis only, so that an image outlives an upgrade of the engine as long
+// as the format stays.
 //
 // Chunk table: manifest "chunks" is an array with one object per chunk, in stream
 // order: {"offset": file offset in pages.img, "stored": bytes in pages.img, "raw":
@@ -51,10 +60,16 @@
 
 #include <nlohmann/json.hpp>
 
+#include "ckpt/sections.h"
+
 namespace fsched::ckpt {
 
-// 2: chunks aligned to kChunkAlignBytes (1: contiguous).
-inline constexpr int kImageFormatVersion = 2;
+// The image format this build writes and reads. History (docs/image-format.md):
+// 1: contiguous chunks. 2: chunks aligned to kChunkAlignBytes. 3: page-stream
+// sections recorded in manifest "sections" (and, since late format 2, manifests
+// signed with the image key). A build reads exactly this format; an image of another
+// is refused with an ImageError naming both.
+inline constexpr int kImageFormatVersion = 3;
 // Alignment of chunk offsets in pages.img, in bytes (the O_DIRECT block size of the
 // file systems we write to; see open(2), O_DIRECT).
 inline constexpr std::size_t kChunkAlignBytes = 4096;
@@ -110,14 +125,19 @@ class ImageWriter {
   // off while a job that is to be thawed before the commit is frozen. Default off.
   virtual void set_eager_writeback(bool on) = 0;
 
+  // Section s of the page stream starts here, at logical_bytes(): commit() records it
+  // in manifest "sections". Sections must begin in kSectionOrder, each once (any may be
+  // empty); throws fsched::Error (a bug of the dumper) otherwise.
+  virtual void begin_section(Section s) = 0;
+
   // Bytes appended so far (logical, uncompressed).
   virtual std::uint64_t logical_bytes() const = 0;
   // Bytes written to pages.img so far (stored, i.e. compressed or raw); final after
   // commit().
   virtual std::uint64_t stored_bytes() const = 0;
 
-  // Flushes the last chunk, stores `manifest` (adding format_version, engine_version
-  // and chunks), writes manifest.xxh3, fsyncs, renames DIR.tmp to DIR.
+  // Flushes the last chunk, stores `manifest` (adding format_version, engine_version,
+  // chunks and sections), writes manifest.xxh3, fsyncs, renames DIR.tmp to DIR.
   // Throws fsched::Error on any failure; DIR then does not exist.
   virtual void commit(nlohmann::json manifest) = 0;
 
@@ -177,6 +197,15 @@ class PageReader {
   // when several chunks fail, the error is the first one in the stream. After an error
   // in the chunks shared with the worker the reader is failed (like a chunk error).
   virtual void copy_to_process(pid_t pid, std::span<const iovec> remote) = 0;
+
+  // The logical stream offset of the next byte to be read.
+  virtual std::uint64_t position() const = 0;
+
+  // The restorer is about to read section s: checks that the stream stands exactly
+  // where the manifest says s starts. Throws fsched::ImageError naming the section and
+  // both offsets if it does not (a part before it read more or less than was dumped,
+  // or the manifest lies), or if the manifest records no start for s.
+  virtual void enter_section(Section s) = 0;
 };
 
 // Opens an image for restore or inspection.
@@ -184,10 +213,13 @@ class ImageReader {
  public:
   // Reads manifest.json and manifest.xxh3 and checks the checksum, that the manifest
   // parses, holds no number that is not an integer, and that format_version ==
-  // kImageFormatVersion.
-  // Throws fsched::Error with the path and what is wrong ("DIR is not a checkpoint
-  // image (no manifest.json)", "manifest checksum mismatch", "image format 1, this
-  // engine reads 2", ...). Also checks that the chunk table is well-formed (offsets
+  // kImageFormatVersion (whatever engine_version wrote it).
+  // Throws fsched::ImageError with the path and what is wrong ("DIR is not a
+  // checkpoint image (no manifest.json)", "manifest checksum mismatch", "image format
+  // 2, this engine reads format 3", ...); fsched::Error (transient) only when DIR does
+  // not exist or a file cannot be read (errno). Also checks that "sections" is an
+  // array of {"name": a known section, "offset": integer} (the order is
+  // validate_manifest()'s), and that the chunk table is well-formed (offsets
   // aligned as above, sizes in range, "zstd" a boolean, stored == raw for a raw
   // chunk, totals consistent); it does not read pages.img.
   // With a non-empty `key`, manifest.hmac must hold the HMAC of manifest.json's bytes

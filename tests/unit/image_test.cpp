@@ -980,8 +980,37 @@ TEST_F(BadManifest, WrongFormatVersionRefused) {
   rewrite_manifest(dir_, m);
   EXPECT_THAT(error_of([&] { ImageReader::open(dir_); }),
               AllOf(HasSubstr(dir_.string()),
-                    HasSubstr(fmt::format("image format {}, this engine reads {}",
-                                          kImageFormatVersion + 1, kImageFormatVersion))));
+                    HasSubstr(fmt::format("image format {} (written by engine {}), this engine "
+                                          "reads format {} only",
+                                          kImageFormatVersion + 1, FSCHED_TEST_ENGINE_VERSION,
+                                          kImageFormatVersion))));
+}
+
+// Format 2 predates page-stream sections (and signed manifests): refused, naming both.
+TEST_F(BadManifest, FormatTwoRefusedAsImageError) {
+  ASSERT_EQ(kImageFormatVersion, 3);
+  json m = read_manifest(dir_);
+  m["format_version"] = 2;
+  m["engine_version"] = "0.9.0";
+  rewrite_manifest(dir_, m);
+  try {
+    ImageReader::open(dir_);
+    FAIL() << "format 2 accepted";
+  } catch (const ImageError& e) {
+    EXPECT_THAT(e.what(), HasSubstr("image format 2 (written by engine 0.9.0), this engine reads "
+                                    "format 3 only"));
+    EXPECT_EQ(e.failure_class(), FailureClass::kImage);
+  }
+}
+
+// Which engine wrote an image does not matter, only its format.
+TEST_F(BadManifest, OtherEngineVersionAccepted) {
+  json m = read_manifest(dir_);
+  m["engine_version"] = "0.0.1-some-other-build";
+  rewrite_manifest(dir_, m);
+  auto r = ImageReader::open(dir_);
+  r->verify_chunks();
+  EXPECT_EQ(r->manifest()["engine_version"], "0.0.1-some-other-build");
 }
 
 TEST_F(BadManifest, MissingFormatVersionRefused) {
