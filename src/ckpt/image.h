@@ -46,10 +46,15 @@
 // commit(); truncating pages.img while verify_chunks() runs or a PageReader is alive,
 // or an I/O error on a page the kernel is still reading ahead, can instead kill the
 // process with SIGBUS.
+//
+// Implementation, one file per part (the internal headers are not for the rest of the
+// engine): image_files.{h,cpp} file names and helpers; image_writer.cpp ImageWriter;
+// chunk_table.{h,cpp} the chunk table and its JSON; pages_file.{h,cpp} pages.img
+// opened and mapped for reading; chunk_decode.{h,cpp} checking and decompressing
+// chunks; page_reader.{h,cpp} PageReader; image_reader.cpp ImageReader::open() and
+// verify_chunks(). Writing pages into a process is the restore side's
+// (page_restore.h, through PageReader::deliver()).
 #pragma once
-
-#include <sys/types.h>
-#include <sys/uio.h>
 
 #include <cstddef>
 #include <cstdint>
@@ -149,6 +154,23 @@ class ImageWriter {
   virtual void sign_with(std::vector<std::byte> key) = 0;
 };
 
+// Receives bytes of the page stream from PageReader::deliver().
+class PageSink {
+ public:
+  virtual ~PageSink() = default;
+
+  // Bytes [at, at + len) of the delivery -- stream offsets P + at.., P being the reader's
+  // position when deliver() was called -- are at data (len >= 1). Every byte of a
+  // delivery is put exactly once, in stream order from the caller's thread except for
+  // whole chunks, which the reader's worker thread may put at the same time: put() must
+  // be safe to call from two threads for disjoint ranges. `data` is valid during the
+  // call only, and may point into a read-only shared mapping of pages.img: hand it to
+  // the kernel only (a system call reading it fails with EFAULT where a user-space read
+  // of a page the file lost would kill the process with SIGBUS). May throw: the
+  // delivery then fails with the first error in the stream.
+  virtual void put(const std::byte* data, std::size_t len, std::uint64_t at) = 0;
+};
+
 // Reads the logical page stream of an image sequentially. It does not depend on the
 // ImageReader that made it staying alive. Not thread-safe (one caller thread); a
 // worker thread reads, checks (xxh3) and decompresses chunk k+1 while the caller
@@ -164,7 +186,7 @@ class PageReader {
   // Zero-copy read: returns a view of the next n bytes of the stream, 1 <= n <= max,
   // and advances the stream position by n. The bytes live in the reader's buffer of
   // the current chunk; the view stays valid until the next call to next(), read() or
-  // copy_to_process() on this reader (whatever its outcome) or the reader's
+  // deliver() on this reader (whatever its outcome) or the reader's
   // destruction, and must not be used after that. Views never span two chunks: n is
   // min(max, bytes left in the current chunk), so with max >= kChunkRawBytes each call
   // returns the rest of a whole chunk (kChunkRawBytes bytes, fewer only for the last chunk). When the current
@@ -184,19 +206,22 @@ class PageReader {
   // past the end of the stream throws before consuming anything.
   virtual void read(std::span<std::byte> out) = 0;
 
-  // Writes the next sum(remote[i].iov_len) bytes of the stream into process pid's
-  // memory, filling the remote ranges in order (process_vm_writev(2); the ranges must
-  // be mapped and writable). When the process may run on more than one CPU
-  // (sched_getaffinity(2) when the reader was made), whole chunks are shared with the
-  // worker thread: each thread decodes a chunk and writes it, so that two CPUs fill
-  // the process's fresh pages. When the reader comes from an ImageReader whose
-  // verify_chunks() succeeded, raw chunks go from the page cache of pages.img straight
-  // to the process and zstd chunks resident there are decompressed in place, neither
-  // copied nor hashed again. Throws fsched::Error like read(), or with errno, the
-  // stream offset and the address when the kernel refuses a write (ESRCH, EFAULT);
-  // when several chunks fail, the error is the first one in the stream. After an error
-  // in the chunks shared with the worker the reader is failed (like a chunk error).
-  virtual void copy_to_process(pid_t pid, std::span<const iovec> remote) = 0;
+  // Hands the next `len` bytes of the stream to `sink` (see PageSink) and advances the
+  // position past them; how restore writes pages into a process (page_restore.h).
+  // When the process may run on more than one CPU (sched_getaffinity(2) when the reader
+  // was made), whole chunks are shared with the worker thread: each thread decodes a
+  // chunk and hands it to the sink, so that two CPUs do the sink's work. When the reader
+  // comes from an ImageReader whose verify_chunks() succeeded, raw chunks go from the
+  // page cache of pages.img straight to the sink and zstd chunks resident there are
+  // decompressed in place, neither copied nor hashed again. Throws like read() (an
+  // ImageError "... past the end of the page stream ..." before consuming anything if
+  // len is more than is left), or what the sink threw; when several chunks fail, the
+  // error is the first one in the stream. After an error in the chunks shared with the
+  // worker the reader is failed (like a chunk error).
+  virtual void deliver(std::uint64_t len, PageSink& sink) = 0;
+
+  // pages.img, for messages.
+  virtual const std::filesystem::path& path() const = 0;
 
   // The logical stream offset of the next byte to be read.
   virtual std::uint64_t position() const = 0;
