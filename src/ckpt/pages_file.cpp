@@ -18,7 +18,8 @@ namespace fsched::ckpt::image_detail {
 PagesFile::PagesFile(fs::path path) : path_(std::move(path)) {
   fd_ = UniqueFd(::open(path_.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
   if (!fd_ && errno == ELOOP) bad_image("{}: is a symbolic link, not an image file", path_.native());
-  if (!fd_ && errno == ENOENT) bad_image("{}: missing", path_.native());
+  // An image without its pages is a bad image, whatever node reads it.
+  if (!fd_ && errno == ENOENT) throw ImageError(fmt::format("{}: cannot open", path_.native()), ENOENT);
   if (!fd_) fail_errno("{}: cannot open", path_.native());
   struct stat st;
   if (::fstat(fd_.get(), &st) != 0) fail_errno("{}: cannot stat", path_.native());
