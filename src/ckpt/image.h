@@ -47,6 +47,13 @@
 // or an I/O error on a page the kernel is still reading ahead, can instead kill the
 // process with SIGBUS.
 //
+// Errors: whatever says the image is bad or does not match -- not an image, a bad
+// checksum or HMAC, another format, a malformed chunk or section list, a truncated or
+// corrupt chunk, a read past the end of the stream, a section entered at the wrong
+// offset -- throws fsched::ImageError (FailureClass::kImage: no retry anywhere helps);
+// a failing system call (EIO, ENOMEM, ENOSPC, ESRCH ...) throws fsched::Error with its
+// errno (transient).
+//
 // Implementation, one file per part (the internal headers are not for the rest of the
 // engine): image_files.{h,cpp} file names and helpers; image_writer.cpp ImageWriter;
 // chunk_table.{h,cpp} the chunk table and its JSON; pages_file.{h,cpp} pages.img
