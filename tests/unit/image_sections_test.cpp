@@ -144,6 +144,37 @@ TEST(Sections, UnknownSectionNameRefusedAtOpen) {
               AllOf(HasSubstr("section 2"), HasSubstr("unknown section \"sysv\"")));
 }
 
+// The class of a failure reaches the caller: a bad image is FailureClass::kImage, a
+// directory that is not there (storage not mounted on this node?) stays transient.
+TEST(ImageErrorClass, BadImagesAreImageErrors) {
+  TempDir tmp;
+  fs::path dir = tmp.path() / "img";
+  write_sectioned(dir, {1, 1, 1, 5u << 20, 1, 1});
+  auto class_of = [](const std::function<void()>& f) {
+    try {
+      f();
+    } catch (const Error& e) {
+      return e.failure_class();
+    }
+    ADD_FAILURE() << "no error";
+    return FailureClass::kUsage;
+  };
+  EXPECT_EQ(class_of([&] { ImageReader::open(tmp.path() / "nope"); }), FailureClass::kTransient);
+  {
+    std::fstream f(dir / "pages.img", std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(100);
+    f.put('\x5a');
+  }
+  auto r = ImageReader::open(dir);
+  EXPECT_EQ(class_of([&] { r->verify_chunks(); }), FailureClass::kImage);
+  std::ofstream(dir / "manifest.xxh3", std::ios::trunc) << "0000000000000000\n";
+  EXPECT_EQ(class_of([&] { ImageReader::open(dir); }), FailureClass::kImage);
+  std::ofstream(dir / "manifest.xxh3", std::ios::trunc) << "zz\n";
+  EXPECT_EQ(class_of([&] { ImageReader::open(dir); }), FailureClass::kImage);
+  fs::remove(dir / "manifest.json");
+  EXPECT_EQ(class_of([&] { ImageReader::open(dir); }), FailureClass::kImage);
+}
+
 // A manifest whose only stream data are 10 bytes in a pipe and 5 queued on a socket.
 Manifest small_manifest() {
   Manifest m;
