@@ -18,6 +18,7 @@
 #include "ckpt/memory.h"
 #include "ckpt/pipes.h"
 #include "ckpt/pstree.h"
+#include "ckpt/sections.h"
 #include "ckpt/shmem.h"
 #include "ckpt/signals.h"
 #include "ckpt/sockets.h"
@@ -136,13 +137,22 @@ DumpStats dump(const DumpOptions& o) {
   for (auto& p : procs)
     if (!p.zombie) dump_files(p, procs);
   phase("state");
-  dump_shm(procs, m, *img);
-  dump_deleted_files(procs, m, *img);
-  dump_sysv_shm(procs, m, *img);
-  for (auto& p : procs)
-    if (!p.zombie) st.memory_bytes += dump_pages(p, *img);
-  dump_pipes(procs, m, *img);
-  dump_sockets(procs, m, *img);
+  // The page stream, section by section in the one order restore reads it back in
+  // (sections.h); the writer records where each starts.
+  for (Section s : kSectionOrder) {
+    img->begin_section(s);
+    switch (s) {
+      case Section::kShm: dump_shm(procs, m, *img); break;
+      case Section::kDeletedFiles: dump_deleted_files(procs, m, *img); break;
+      case Section::kSysvShm: dump_sysv_shm(procs, m, *img); break;
+      case Section::kPages:
+        for (auto& p : procs)
+          if (!p.zombie) st.memory_bytes += dump_pages(p, *img);
+        break;
+      case Section::kPipes: dump_pipes(procs, m, *img); break;
+      case Section::kSockets: dump_sockets(procs, m, *img); break;
+    }
+  }
   phase("pages");
   for (auto& p : procs) m.processes.push_back(std::move(p.rec));
 

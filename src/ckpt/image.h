@@ -4,15 +4,24 @@
 //
 // Layout of an image directory DIR (files 0600, directory 0700):
 //   DIR/manifest.json   the manifest (JSON object, see manifest.h); the writer adds
-//                       "format_version", "engine_version" and the chunk table "chunks"
+//                       "format_version", "engine_version", the chunk table "chunks"
+//                       and the section starts "sections"
 //   DIR/manifest.xxh3   16 lowercase hex digits: XXH3-64 of manifest.json's bytes
 //   DIR/manifest.hmac   64 lowercase hex digits: HMAC-SHA256 of manifest.json's bytes
 //                       with the cluster's image key (imagekey.h), when signed
 //   DIR/pages.img       concatenated chunks; each chunk holds up to kChunkRawBytes bytes
 //                       of the logical page stream
 // The page stream is one logical byte string: the dumper appends the contents of
-// memory pages in a fixed order and the restorer reads them back in that order, so
-// the manifest only needs sizes, not offsets.
+// memory pages, pipes and sockets in sections, in the fixed order of sections.h, and
+// the restorer reads them back in that order, so the parts of the manifest only need
+// sizes, not offsets. Manifest "sections" is an array, in stream order, of
+// {"name": section name (sections.h), "offset": logical stream offset where the
+// section starts}: the check that dump and restore agree on where each section is.
+//
+// Versions: "format_version" (kImageFormatVersion) is the version of this layout and
+// the only one a reader checks; "engine_version" is the build that wrote the image,
+// kept for diagnosis only, so that an image outlives an upgrade of the engine as long
+// as the format stays.
 //
 // Chunk table: manifest "chunks" is an array with one object per chunk, in stream
 // order: {"offset": file offset in pages.img, "stored": bytes in pages.img, "raw":
@@ -37,10 +46,22 @@
 // commit(); truncating pages.img while verify_chunks() runs or a PageReader is alive,
 // or an I/O error on a page the kernel is still reading ahead, can instead kill the
 // process with SIGBUS.
+//
+// Errors: whatever says the image is bad or does not match -- not an image, a bad
+// checksum or HMAC, another format, a malformed chunk or section list, a truncated or
+// corrupt chunk, a read past the end of the stream, a section entered at the wrong
+// offset -- throws fsched::ImageError (FailureClass::kImage: no retry anywhere helps);
+// a failing system call (EIO, ENOMEM, ENOSPC, ESRCH ...) throws fsched::Error with its
+// errno (transient).
+//
+// Implementation, one file per part (the internal headers are not for the rest of the
+// engine): image_files.{h,cpp} file names and helpers; image_writer.cpp ImageWriter;
+// chunk_table.{h,cpp} the chunk table and its JSON; pages_file.{h,cpp} pages.img
+// opened and mapped for reading; chunk_decode.{h,cpp} checking and decompressing
+// chunks; page_reader.{h,cpp} PageReader; image_reader.cpp ImageReader::open() and
+// verify_chunks(). Writing pages into a process is the restore side's
+// (page_restore.h, through PageReader::deliver()).
 #pragma once
-
-#include <sys/types.h>
-#include <sys/uio.h>
 
 #include <cstddef>
 #include <cstdint>
@@ -51,10 +72,16 @@
 
 #include <nlohmann/json.hpp>
 
+#include "ckpt/sections.h"
+
 namespace fsched::ckpt {
 
-// 2: chunks aligned to kChunkAlignBytes (1: contiguous).
-inline constexpr int kImageFormatVersion = 2;
+// The image format this build writes and reads. History (docs/image-format.md):
+// 1: contiguous chunks. 2: chunks aligned to kChunkAlignBytes. 3: page-stream
+// sections recorded in manifest "sections" (and, since late format 2, manifests
+// signed with the image key). A build reads exactly this format; an image of another
+// is refused with an ImageError naming both.
+inline constexpr int kImageFormatVersion = 3;
 // Alignment of chunk offsets in pages.img, in bytes (the O_DIRECT block size of the
 // file systems we write to; see open(2), O_DIRECT).
 inline constexpr std::size_t kChunkAlignBytes = 4096;
@@ -110,14 +137,19 @@ class ImageWriter {
   // off while a job that is to be thawed before the commit is frozen. Default off.
   virtual void set_eager_writeback(bool on) = 0;
 
+  // Section s of the page stream starts here, at logical_bytes(): commit() records it
+  // in manifest "sections". Sections must begin in kSectionOrder, each once (any may be
+  // empty); throws fsched::Error (a bug of the dumper) otherwise.
+  virtual void begin_section(Section s) = 0;
+
   // Bytes appended so far (logical, uncompressed).
   virtual std::uint64_t logical_bytes() const = 0;
   // Bytes written to pages.img so far (stored, i.e. compressed or raw); final after
   // commit().
   virtual std::uint64_t stored_bytes() const = 0;
 
-  // Flushes the last chunk, stores `manifest` (adding format_version, engine_version
-  // and chunks), writes manifest.xxh3, fsyncs, renames DIR.tmp to DIR.
+  // Flushes the last chunk, stores `manifest` (adding format_version, engine_version,
+  // chunks and sections), writes manifest.xxh3, fsyncs, renames DIR.tmp to DIR.
   // Throws fsched::Error on any failure; DIR then does not exist.
   virtual void commit(nlohmann::json manifest) = 0;
 
@@ -127,6 +159,23 @@ class ImageWriter {
   // commit() also writes DIR/manifest.hmac: HMAC-SHA256 of manifest.json's bytes with
   // `key` (the cluster's image key, imagekey.h), 64 hex digits and a newline.
   virtual void sign_with(std::vector<std::byte> key) = 0;
+};
+
+// Receives bytes of the page stream from PageReader::deliver().
+class PageSink {
+ public:
+  virtual ~PageSink() = default;
+
+  // Bytes [at, at + len) of the delivery -- stream offsets P + at.., P being the reader's
+  // position when deliver() was called -- are at data (len >= 1). Every byte of a
+  // delivery is put exactly once, in stream order from the caller's thread except for
+  // whole chunks, which the reader's worker thread may put at the same time: put() must
+  // be safe to call from two threads for disjoint ranges. `data` is valid during the
+  // call only, and may point into a read-only shared mapping of pages.img: hand it to
+  // the kernel only (a system call reading it fails with EFAULT where a user-space read
+  // of a page the file lost would kill the process with SIGBUS). May throw: the
+  // delivery then fails with the first error in the stream.
+  virtual void put(const std::byte* data, std::size_t len, std::uint64_t at) = 0;
 };
 
 // Reads the logical page stream of an image sequentially. It does not depend on the
@@ -144,7 +193,7 @@ class PageReader {
   // Zero-copy read: returns a view of the next n bytes of the stream, 1 <= n <= max,
   // and advances the stream position by n. The bytes live in the reader's buffer of
   // the current chunk; the view stays valid until the next call to next(), read() or
-  // copy_to_process() on this reader (whatever its outcome) or the reader's
+  // deliver() on this reader (whatever its outcome) or the reader's
   // destruction, and must not be used after that. Views never span two chunks: n is
   // min(max, bytes left in the current chunk), so with max >= kChunkRawBytes each call
   // returns the rest of a whole chunk (kChunkRawBytes bytes, fewer only for the last chunk). When the current
@@ -164,19 +213,31 @@ class PageReader {
   // past the end of the stream throws before consuming anything.
   virtual void read(std::span<std::byte> out) = 0;
 
-  // Writes the next sum(remote[i].iov_len) bytes of the stream into process pid's
-  // memory, filling the remote ranges in order (process_vm_writev(2); the ranges must
-  // be mapped and writable). When the process may run on more than one CPU
-  // (sched_getaffinity(2) when the reader was made), whole chunks are shared with the
-  // worker thread: each thread decodes a chunk and writes it, so that two CPUs fill
-  // the process's fresh pages. When the reader comes from an ImageReader whose
-  // verify_chunks() succeeded, raw chunks go from the page cache of pages.img straight
-  // to the process and zstd chunks resident there are decompressed in place, neither
-  // copied nor hashed again. Throws fsched::Error like read(), or with errno, the
-  // stream offset and the address when the kernel refuses a write (ESRCH, EFAULT);
-  // when several chunks fail, the error is the first one in the stream. After an error
-  // in the chunks shared with the worker the reader is failed (like a chunk error).
-  virtual void copy_to_process(pid_t pid, std::span<const iovec> remote) = 0;
+  // Hands the next `len` bytes of the stream to `sink` (see PageSink) and advances the
+  // position past them; how restore writes pages into a process (page_restore.h).
+  // When the process may run on more than one CPU (sched_getaffinity(2) when the reader
+  // was made), whole chunks are shared with the worker thread: each thread decodes a
+  // chunk and hands it to the sink, so that two CPUs do the sink's work. When the reader
+  // comes from an ImageReader whose verify_chunks() succeeded, raw chunks go from the
+  // page cache of pages.img straight to the sink and zstd chunks resident there are
+  // decompressed in place, neither copied nor hashed again. Throws like read() (an
+  // ImageError "... past the end of the page stream ..." before consuming anything if
+  // len is more than is left), or what the sink threw; when several chunks fail, the
+  // error is the first one in the stream. After an error in the chunks shared with the
+  // worker the reader is failed (like a chunk error).
+  virtual void deliver(std::uint64_t len, PageSink& sink) = 0;
+
+  // pages.img, for messages.
+  virtual const std::filesystem::path& path() const = 0;
+
+  // The logical stream offset of the next byte to be read.
+  virtual std::uint64_t position() const = 0;
+
+  // The restorer is about to read section s: checks that the stream stands exactly
+  // where the manifest says s starts. Throws fsched::ImageError naming the section and
+  // both offsets if it does not (a part before it read more or less than was dumped,
+  // or the manifest lies), or if the manifest records no start for s.
+  virtual void enter_section(Section s) = 0;
 };
 
 // Opens an image for restore or inspection.
@@ -184,10 +245,13 @@ class ImageReader {
  public:
   // Reads manifest.json and manifest.xxh3 and checks the checksum, that the manifest
   // parses, holds no number that is not an integer, and that format_version ==
-  // kImageFormatVersion.
-  // Throws fsched::Error with the path and what is wrong ("DIR is not a checkpoint
-  // image (no manifest.json)", "manifest checksum mismatch", "image format 1, this
-  // engine reads 2", ...). Also checks that the chunk table is well-formed (offsets
+  // kImageFormatVersion (whatever engine_version wrote it).
+  // Throws fsched::ImageError with the path and what is wrong ("DIR is not a
+  // checkpoint image (no manifest.json)", "manifest checksum mismatch", "image format
+  // 2, this engine reads format 3", ...); fsched::Error (transient) only when DIR does
+  // not exist or a file cannot be read (errno). Also checks that "sections" is an
+  // array of {"name": a known section, "offset": integer} (the order is
+  // validate_manifest()'s), and that the chunk table is well-formed (offsets
   // aligned as above, sizes in range, "zstd" a boolean, stored == raw for a raw
   // chunk, totals consistent); it does not read pages.img.
   // With a non-empty `key`, manifest.hmac must hold the HMAC of manifest.json's bytes

@@ -1,6 +1,7 @@
 // The data model of a checkpoint image: what the dumper records about the job and
-// the restorer recreates. Stored as manifest.json (see image.h); page contents go
-// to the page stream in the order processes, then VMAs, appear here.
+// the restorer recreates. Stored as manifest.json (see image.h); page contents go to
+// the page stream in sections, in the one order of sections.h (kSectionOrder), and
+// within a section in the order its parts appear here.
 #pragma once
 
 #include <cstdint>
@@ -10,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "ckpt/fd_kind.h"
+#include "ckpt/sections.h"
 #include "ckpt/vma_kind.h"
 
 namespace fsched::ckpt {
@@ -164,7 +166,7 @@ struct Process {
   std::vector<Thread> threads;                // threads[0] is the thread-group leader
 };
 
-// A pipe of the job: its buffered bytes follow all pages in the page stream, in
+// A pipe of the job: its buffered bytes are section "pipes" of the page stream, in
 // the order of Manifest::pipes.
 struct Pipe {
   std::uint64_t ino = 0;        // pipefs inode, as in "pipe:[ino]"
@@ -175,8 +177,8 @@ struct Pipe {
 
 // A shared memory object mapped MAP_SHARED by the job: shared anonymous memory
 // (inherited across fork), a memfd, or a file in /dev/shm (POSIX shared memory and
-// semaphores). Stored once however many processes map it; its data pages come first
-// in the page stream, in the order of Manifest::shm.
+// semaphores). Stored once however many processes map it; its data pages are section
+// "shm" of the page stream, in the order of Manifest::shm.
 struct ShmObject {
   std::string key;                  // "dev:inode" of the object
   std::string path;                 // /dev/shm/NAME if it still has that name, else empty
@@ -187,7 +189,7 @@ struct ShmObject {
 
 // A regular file the job holds open or mapped after it was unlinked (deleted while
 // open): its contents are in the image, stored once however many fds and mappings
-// refer to it. Data follows the shm objects' in the page stream, in the order of
+// refer to it. Its data is section "deleted_files" of the page stream, in the order of
 // Manifest::deleted_files. Restored as a new unlinked file in the same directory.
 struct DeletedFile {
   std::string key;                  // "major:minor:inode", as for ShmObject
@@ -198,7 +200,7 @@ struct DeletedFile {
 };
 
 // A SysV shared memory segment (shmget(2)) of the job's IPC namespace, attached or not.
-// Its present pages follow the deleted files' data in the page stream, in the order of
+// Its present pages are section "sysv_shm" of the page stream, in the order of
 // Manifest::sysv_shm. Restored with the same shmid (kernel.shm_next_id) in the
 // restored job's new IPC namespace.
 struct SysvShm {
@@ -210,8 +212,8 @@ struct SysvShm {
   std::vector<std::pair<std::uint64_t, std::uint64_t>> runs;  // {first page, count} with data
 };
 
-// A Unix socket of the job. Its queued data (bytes waiting to be read on it) follows
-// the pipes' data in the page stream, in the order of Manifest::sockets.
+// A Unix socket of the job. Its queued data (bytes waiting to be read on it) is section
+// "sockets" of the page stream, in the order of Manifest::sockets.
 struct UnixSocket {
   std::uint64_t ino = 0;            // sockfs inode, as in "socket:[ino]"
   int type = 1;                     // SOCK_STREAM, SOCK_DGRAM, SOCK_SEQPACKET
@@ -233,6 +235,9 @@ struct Manifest {
   std::vector<DeletedFile> deleted_files;
   std::vector<SysvShm> sysv_shm;
   std::vector<UnixSocket> sockets;
+  // Where each section of the page stream starts, in kSectionOrder; written by
+  // ImageWriter::commit() (image.h), checked by validate_manifest().
+  std::vector<SectionStart> sections;
 };
 
 // JSON mapping of the manifest; absent keys keep their defaults.
@@ -276,7 +281,7 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(SysvShm, id, key, size, mode, ui
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(UnixSocket, ino, type, state, peer, name, queued)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Manifest, kernel, xfeatures, xstate_size,
                                                 dump_time_ns, boot_id, processes, pipes, shm, deleted_files,
-                                                sysv_shm, sockets)
+                                                sysv_shm, sockets, sections)
 
 
 // Hex helpers for binary blobs stored in the manifest.

@@ -20,6 +20,7 @@
 #include <cstring>
 
 #include "ckpt/fsaccess.h"
+#include "ckpt/page_restore.h"
 #include "ckpt/proc.h"
 #include "ckpt/remote.h"
 #include "ckpt/shmem.h"
@@ -420,7 +421,7 @@ void restore_memory(RestoreProcess& p, const InjectionArea& area, PageReader& pa
       runs.push_back({reinterpret_cast<void*>(addr), count * kPage});
     }
   }
-  pages.copy_to_process(hp, runs);
+  copy_to_process(pages, hp, runs);
 
   // 5. Final protections and madvise(2) flags.
   for (const Vma& v : r.vmas) {

@@ -20,6 +20,7 @@
 #include "ckpt/pipes.h"
 #include "ckpt/pstree.h"
 #include "ckpt/restore_context.h"
+#include "ckpt/sections.h"
 #include "ckpt/shmem.h"
 #include "ckpt/signals.h"
 #include "ckpt/sockets.h"
@@ -64,6 +65,8 @@ void kill_restored(std::vector<RestoreProcess>& procs) {
 RestoreStats restore(const RestoreOptions& o) {
   auto t0 = std::chrono::steady_clock::now();
   auto reader = ImageReader::open(o.dir, load_image_key(image_key_path(o.key_file)));
+  // ImageReader::open() has checked the format version; which engine build wrote the
+  // image does not matter (image.h, "Versions").
   Manifest m;
   try {
     m = reader->manifest().get<Manifest>();
@@ -72,10 +75,6 @@ RestoreStats restore(const RestoreOptions& o) {
   }
   if (m.processes.empty()) fail_image("{}: the image holds no process", o.dir.string());
   validate_manifest(m, reader->manifest().value("pages_logical_bytes", std::uint64_t{0}));
-  std::string ver = reader->manifest().value("engine_version", "");
-  if (ver != FSCHED_VERSION)
-    fail("restore refused: {} was written by engine version {}, this is {}", o.dir.string(),
-         ver.empty() ? "unknown" : ver, FSCHED_VERSION);
   check_cpu(m);
   reader->verify_chunks();
   check_files(m);
@@ -106,14 +105,30 @@ RestoreStats restore(const RestoreOptions& o) {
       if (p->rec->pid != 1)
         act_as(p->leader(), p->host_pid, area, p->rec, fmt::format("process {}", p->rec->pid));
     InitStash stash(procs[0]);
-    ShmTable shm = create_shm(stash, area, m, *pages);
-    create_deleted_files(stash, area, m, *pages, shm);
-    create_sysv_shm(procs[0], m, *pages);
-    for (auto* p : live) restore_memory(*p, area, *pages, shm);
-    finish_sysv_shm(procs[0], m);
-    phase("memory");
-    PipeTable pipes = create_pipes(stash, area, m, *pages);
-    SocketTable sockets = create_sockets(stash, area, m, *pages);
+    ShmTable shm;
+    PipeTable pipes;
+    SocketTable sockets;
+    // The page stream, section by section in the order dump wrote it (sections.h); the
+    // reader checks that each section starts where the dump recorded.
+    for (Section s : kSectionOrder) {
+      pages->enter_section(s);
+      switch (s) {
+        case Section::kShm: shm = create_shm(stash, area, m, *pages); break;
+        case Section::kDeletedFiles: create_deleted_files(stash, area, m, *pages, shm); break;
+        case Section::kSysvShm: create_sysv_shm(procs[0], m, *pages); break;
+        case Section::kPages:
+          for (auto* p : live) restore_memory(*p, area, *pages, shm);
+          finish_sysv_shm(procs[0], m);
+          phase("memory");
+          break;
+        case Section::kPipes: pipes = create_pipes(stash, area, m, *pages); break;
+        case Section::kSockets: sockets = create_sockets(stash, area, m, *pages); break;
+      }
+    }
+    if (pages->position() != reader->manifest().value("pages_logical_bytes", std::uint64_t{0}))
+      throw ImageError(fmt::format("{}: the restore read {} bytes of a page stream of {}",
+                                   o.dir.string(), pages->position(),
+                                   reader->manifest().value("pages_logical_bytes", std::uint64_t{0})));
     for (auto* p : live) {
       restore_files(*p, area, pipes, sockets, shm);
       restore_signals(*p, area);

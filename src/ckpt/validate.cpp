@@ -6,9 +6,12 @@
 
 #include <sys/resource.h>
 
+#include <array>
+#include <optional>
 #include <set>
 
 #include "ckpt/image.h"
+#include "ckpt/sections.h"
 #include "common/error.h"
 
 namespace fsched::ckpt {
@@ -22,8 +25,8 @@ constexpr std::size_t kMaxGroups = 1024;                // what the injection ar
 
 template <typename... Args>
 [[noreturn]] void bad(fmt::format_string<Args...> f, Args&&... args) {
-  throw Error("image: " + fmt::format(f, std::forward<Args>(args)...) +
-              " (the manifest is not one a dump writes)");
+  throw ImageError("image: " + fmt::format(f, std::forward<Args>(args)...) +
+                   " (the manifest is not one a dump writes)");
 }
 
 std::uint64_t runs_bytes(const std::vector<std::pair<std::uint64_t, std::uint64_t>>& runs,
@@ -38,24 +41,63 @@ std::uint64_t runs_bytes(const std::vector<std::pair<std::uint64_t, std::uint64_
   return total;
 }
 
+// Manifest "sections": every section of kSectionOrder, in that order, each once, at
+// offsets that grow by exactly the bytes its parts hold (`sizes`, in kSectionOrder),
+// the last one ending where the stream does (so none starts past its end).
+void check_sections(const std::vector<SectionStart>& sections,
+                    const std::array<std::uint64_t, kSectionOrder.size()>& sizes,
+                    std::uint64_t stream_bytes) {
+  std::uint64_t prev = 0;
+  for (std::size_t i = 0; i < sections.size(); ++i) {
+    const SectionStart& s = sections[i];
+    std::optional<Section> sec = section_from_name(s.name);
+    if (!sec) bad("page-stream section {}: unknown name \"{}\"", i, s.name);
+    if (i >= kSectionOrder.size() || *sec != kSectionOrder[i])
+      bad("page-stream section {} is \"{}\", expected \"{}\" (the sections go in the one "
+          "order of sections.h, each once)",
+          i, s.name, i < kSectionOrder.size() ? section_name(kSectionOrder[i]) : "none");
+    if (s.offset < prev)
+      bad("page-stream section \"{}\" starts at offset {}, before the one before it ({})", s.name,
+          s.offset, prev);
+    if (s.offset > stream_bytes)
+      bad("page-stream section \"{}\" starts at offset {}, past the end of the stream ({})",
+          s.name, s.offset, stream_bytes);
+    prev = s.offset;
+  }
+  if (sections.size() != kSectionOrder.size())
+    bad("{} page-stream sections, expected {} (\"{}\" missing)", sections.size(),
+        kSectionOrder.size(), section_name(kSectionOrder[sections.size()]));
+  for (std::size_t i = 0; i < sections.size(); ++i) {
+    std::uint64_t end = i + 1 < sections.size() ? sections[i + 1].offset : stream_bytes;
+    if (end - sections[i].offset != sizes[i])
+      bad("page-stream section \"{}\" spans {} bytes (offset {} to {}), its parts hold {}",
+          sections[i].name, end - sections[i].offset, sections[i].offset, end, sizes[i]);
+  }
+}
+
 }  // namespace
 
 void validate_manifest(const Manifest& m, std::uint64_t stream_bytes) {
   if (m.processes.empty()) bad("no process");
   if (m.processes[0].pid != 1) bad("the first process is pid {}, not 1", m.processes[0].pid);
   std::set<int> pids;
-  std::uint64_t stream = 0;
+  // Bytes of page data of each section, in kSectionOrder.
+  std::array<std::uint64_t, kSectionOrder.size()> sizes{};
+  auto section = [&](Section s) -> std::uint64_t& { return sizes[section_index(s)]; };
   for (auto& o : m.shm) {
     if (o.size > kMaxObjectBytes) bad("shared memory object {}: size {}", o.key, o.size);
-    stream += runs_bytes(o.runs, (o.size + kPage - 1) / kPage, "shared memory object " + o.key);
+    section(Section::kShm) +=
+        runs_bytes(o.runs, (o.size + kPage - 1) / kPage, "shared memory object " + o.key);
   }
   for (auto& d : m.deleted_files) {
     if (d.size > kMaxObjectBytes) bad("deleted file {}: size {}", d.path, d.size);
-    stream += runs_bytes(d.runs, (d.size + kPage - 1) / kPage, "deleted file " + d.path);
+    section(Section::kDeletedFiles) +=
+        runs_bytes(d.runs, (d.size + kPage - 1) / kPage, "deleted file " + d.path);
   }
   for (auto& s : m.sysv_shm) {
     if (s.size > kMaxObjectBytes) bad("SysV segment {}: size {}", s.id, s.size);
-    stream += runs_bytes(s.runs, (s.size + kPage - 1) / kPage, fmt::format("SysV segment {}", s.id));
+    section(Section::kSysvShm) +=
+        runs_bytes(s.runs, (s.size + kPage - 1) / kPage, fmt::format("SysV segment {}", s.id));
   }
   for (auto& p : m.processes) {
     if (p.pid < 1 || p.pid > kMaxPid || !pids.insert(p.pid).second)
@@ -90,7 +132,7 @@ void validate_manifest(const Manifest& m, std::uint64_t stream_bytes) {
         bad("{}: not page aligned, empty, out of user space or overlapping", what);
       prev_end = v.end;
       if (v.path.size() >= 4096) bad("{}: path too long", what);
-      stream += runs_bytes(v.runs, (v.end - v.start) / kPage, what);
+      section(Section::kPages) += runs_bytes(v.runs, (v.end - v.start) / kPage, what);
     }
     std::set<int> fds;
     for (auto& f : p.fds) {
@@ -104,18 +146,21 @@ void validate_manifest(const Manifest& m, std::uint64_t stream_bytes) {
   }
   for (auto& pp : m.pipes) {
     if (pp.bytes > pp.capacity || pp.capacity > (1u << 31)) bad("pipe {}: {} of {} bytes", pp.ino, pp.bytes, pp.capacity);
-    stream += pp.bytes;
+    section(Section::kPipes) += pp.bytes;
   }
   for (auto& s : m.sockets) {
     if (s.name.size() >= 108) bad("unix socket {}: name too long", s.ino);
     if (!s.queued.empty() && !s.peer) bad("unix socket {}: queued data but no peer", s.ino);
     for (std::uint64_t len : s.queued) {
       if (len > (1u << 30)) bad("unix socket {}: message of {} bytes", s.ino, len);
-      stream += len;
+      section(Section::kSockets) += len;
     }
   }
+  std::uint64_t stream = 0;
+  for (std::uint64_t n : sizes) stream += n;
   if (stream != stream_bytes)
     bad("its parts hold {} bytes of page data, the page stream has {}", stream, stream_bytes);
+  check_sections(m.sections, sizes, stream_bytes);
 }
 
 }  // namespace fsched::ckpt

@@ -1,6 +1,7 @@
 // Unit tests of the checkpoint image format (src/ckpt/image.h), on real files in a
 // temporary directory under /tmp.
 #include "ckpt/image.h"
+#include "ckpt/page_restore.h"
 
 #include <fcntl.h>
 #include <sched.h>
@@ -980,8 +981,37 @@ TEST_F(BadManifest, WrongFormatVersionRefused) {
   rewrite_manifest(dir_, m);
   EXPECT_THAT(error_of([&] { ImageReader::open(dir_); }),
               AllOf(HasSubstr(dir_.string()),
-                    HasSubstr(fmt::format("image format {}, this engine reads {}",
-                                          kImageFormatVersion + 1, kImageFormatVersion))));
+                    HasSubstr(fmt::format("image format {} (written by engine {}), this engine "
+                                          "reads format {} only",
+                                          kImageFormatVersion + 1, FSCHED_TEST_ENGINE_VERSION,
+                                          kImageFormatVersion))));
+}
+
+// Format 2 predates page-stream sections (and signed manifests): refused, naming both.
+TEST_F(BadManifest, FormatTwoRefusedAsImageError) {
+  ASSERT_EQ(kImageFormatVersion, 3);
+  json m = read_manifest(dir_);
+  m["format_version"] = 2;
+  m["engine_version"] = "0.9.0";
+  rewrite_manifest(dir_, m);
+  try {
+    ImageReader::open(dir_);
+    FAIL() << "format 2 accepted";
+  } catch (const ImageError& e) {
+    EXPECT_THAT(e.what(), HasSubstr("image format 2 (written by engine 0.9.0), this engine reads "
+                                    "format 3 only"));
+    EXPECT_EQ(e.failure_class(), FailureClass::kImage);
+  }
+}
+
+// Which engine wrote an image does not matter, only its format.
+TEST_F(BadManifest, OtherEngineVersionAccepted) {
+  json m = read_manifest(dir_);
+  m["engine_version"] = "0.0.1-some-other-build";
+  rewrite_manifest(dir_, m);
+  auto r = ImageReader::open(dir_);
+  r->verify_chunks();
+  EXPECT_EQ(r->manifest()["engine_version"], "0.0.1-some-other-build");
 }
 
 TEST_F(BadManifest, MissingFormatVersionRefused) {
@@ -1347,7 +1377,7 @@ std::unique_ptr<ImageReader> verified_image(const fs::path& dir, const std::vect
 void check_copy(const ImageReader& r, const std::vector<std::byte>& data) {
   std::vector<std::byte> dst(data.size() + 64 * 4096, std::byte{0x5a});
   auto ranges = scattered(dst, data.size());
-  r.pages()->copy_to_process(::getpid(), ranges);
+  copy_to_process(*r.pages(), ::getpid(), ranges);
   std::size_t pos = 0;
   for (const iovec& io : ranges) {
     ASSERT_EQ(std::memcmp(io.iov_base, data.data() + pos, io.iov_len), 0) << "at stream offset " << pos;
@@ -1380,17 +1410,17 @@ TEST(ImageCopyToProcess, MixesWithNextAndRead) {
   // Part of raw chunk 0 to the process, its rest through next() (copied out of the
   // mapped file), then chunks 1 and 2 and part of 3 to the process, the rest by read().
   iovec a{got.data(), 5000};
-  pr->copy_to_process(::getpid(), std::span(&a, 1));
+  copy_to_process(*pr, ::getpid(), std::span(&a, 1));
   auto v = pr->next(kAll);
   ASSERT_EQ(v.size(), kChunk - 5000);
   std::memcpy(got.data() + 5000, v.data(), v.size());
   iovec b{got.data() + kChunk, 2 * kChunk + 77};
-  pr->copy_to_process(::getpid(), std::span(&b, 1));
+  copy_to_process(*pr, ::getpid(), std::span(&b, 1));
   pr->read(std::span(got).subspan(3 * kChunk + 77));
   EXPECT_TRUE(got == data);
   EXPECT_THAT(error_of([&] {
                 iovec c{got.data(), 1};
-                pr->copy_to_process(::getpid(), std::span(&c, 1));
+                copy_to_process(*pr, ::getpid(), std::span(&c, 1));
               }),
               HasSubstr("past the end"));
 }
@@ -1463,12 +1493,12 @@ TEST(ImageCopyToProcess, FirstBadChunkIsReportedWhenShared) {
   auto pr = r->pages();
   std::vector<std::byte> dst(data.size());
   iovec io{dst.data(), dst.size()};
-  std::string e = error_of([&] { pr->copy_to_process(::getpid(), std::span(&io, 1)); });
+  std::string e = error_of([&] { copy_to_process(*pr, ::getpid(), std::span(&io, 1)); });
   EXPECT_THAT(e, AllOf(HasSubstr("pages.img: chunk 3 "), HasSubstr(fmt::format("offset {}", offset(3))),
                        HasSubstr("checksum mismatch")));
   EXPECT_TRUE(same(std::span(dst).first(3 * kChunk), std::span(data).first(3 * kChunk)));
   iovec one{dst.data(), 1};
-  EXPECT_EQ(error_of([&] { pr->copy_to_process(::getpid(), std::span(&one, 1)); }), e);
+  EXPECT_EQ(error_of([&] { copy_to_process(*pr, ::getpid(), std::span(&one, 1)); }), e);
 }
 
 TEST(ImageCopyToProcess, FirstUnwritableChunkIsReportedWhenShared) {
@@ -1484,7 +1514,7 @@ TEST(ImageCopyToProcess, FirstUnwritableChunkIsReportedWhenShared) {
   auto* base = static_cast<std::byte*>(m);
   for (std::size_t o = kChunk / 2; o < len; o += kChunk) ASSERT_EQ(::mprotect(base + o, 4096, PROT_NONE), 0);
   iovec io{base, data.size()};
-  EXPECT_THAT(error_of([&] { r->pages()->copy_to_process(::getpid(), std::span(&io, 1)); }),
+  EXPECT_THAT(error_of([&] { copy_to_process(*r->pages(), ::getpid(), std::span(&io, 1)); }),
               AllOf(HasSubstr("pages.img: only 2097152 of 4194304 bytes of the page stream at offset 0 "),
                     HasSubstr(fmt::format("reached process {} at {:#x}", ::getpid(),
                                           reinterpret_cast<std::uint64_t>(base)))));
@@ -1502,7 +1532,7 @@ TEST(ImageCopyToProcess, UnwritableTargetNamesAddressAndErrno) {
   void* hole = ::mmap(nullptr, 4096, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   ASSERT_NE(hole, MAP_FAILED);
   iovec io{hole, 4096};
-  EXPECT_THAT(error_of([&] { r->pages()->copy_to_process(::getpid(), std::span(&io, 1)); }),
+  EXPECT_THAT(error_of([&] { copy_to_process(*r->pages(), ::getpid(), std::span(&io, 1)); }),
               AllOf(HasSubstr("pages.img"), HasSubstr(fmt::format("{:#x}", reinterpret_cast<std::uint64_t>(hole))),
                     HasSubstr("Bad address")));
   ::munmap(hole, 4096);
@@ -1518,7 +1548,7 @@ TEST(ImageCopyToProcess, FileTruncatedAfterVerifyIsAnErrorNotACrash) {
   ASSERT_EQ(::truncate((dir / "pages.img").c_str(), kChunk / 2), 0);
   std::vector<std::byte> dst(kChunk);
   iovec io{dst.data(), kChunk};
-  EXPECT_THAT(error_of([&] { pr->copy_to_process(::getpid(), std::span(&io, 1)); }),
+  EXPECT_THAT(error_of([&] { copy_to_process(*pr, ::getpid(), std::span(&io, 1)); }),
               AllOf(HasSubstr("pages.img: only 2097152 of 4194304 bytes"),
                     HasSubstr("shortened since it was verified")));
 }
