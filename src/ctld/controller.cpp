@@ -139,7 +139,7 @@ std::optional<FailureClass> failure_field(const nlohmann::json& b) {
 
 void Controller::start() {
   {
-    // Images of Failed and Timeout checkpoints, and DIR.tmp leftovers of settled ones,
+    // Images of Failed, Timeout and Cleared checkpoints, and DIR.tmp leftovers of settled ones,
     // that an earlier controller did not get to remove. Only the list is made under
     // mu_; the file system is looked at by a worker (storage may be slow or large).
     Lock l(mu_);
@@ -147,7 +147,7 @@ void Controller::start() {
     for (auto& [id, list] : ckpts_)
       for (auto& c : list)
         if (c.status != CheckpointStatus::Creating && !c.location.empty())
-          sweep.emplace_back(c.location, c.status == CheckpointStatus::Timeout ||
+          sweep.emplace_back(c.location, c.status == CheckpointStatus::Timeout || c.status == CheckpointStatus::Cleared ||
                                              (c.status == CheckpointStatus::Failed && !kept_after_failed_restore(c)));
     spawn([sweep = std::move(sweep)] {
       for (auto& [loc, whole] : sweep) {
@@ -756,15 +756,13 @@ void Controller::retain(const Job& j) {
     if (it->status != CheckpointStatus::Present) continue;
     if (++present <= cfg_.max_epochs) continue;
     if (it->checkpoint_id == j.restore_from) continue;  // being restored from
-    std::error_code ec;
-    std::filesystem::remove_all(it->location, ec);
-    if (ec) {
-      spdlog::warn("job {}: cannot remove checkpoint {} at {}: {}", j.job_id, it->checkpoint_id, it->location, ec.message());
-      continue;
-    }
+    // Recorded first, removed by a worker outside mu_: an image may be many GB on slow
+    // storage, and every request waits on mu_. A removal that fails is logged and tried
+    // again at the next start (the sweep in start()).
     it->status = CheckpointStatus::Cleared;
     it->reason = fmt::format("retention: CRIU_MaxEpochs = {}", cfg_.max_epochs);
     save(*it);
+    discard_image(it->location);
     spdlog::info("job {}: checkpoint {} Cleared ({})", j.job_id, it->checkpoint_id, it->reason);
   }
 }
@@ -837,12 +835,11 @@ nlohmann::json Controller::delete_checkpoint(const proto::Request& r) {
     if (c.status == CheckpointStatus::Creating) throw RpcError(409, fmt::format("checkpoint {} of job {} is still being written", cid, j.job_id));
     if (j.restore_from == cid && j.state != JobState::Completed)
       throw RpcError(409, fmt::format("checkpoint {} of job {} is being restored from", cid, j.job_id));
-    std::error_code ec;
-    std::filesystem::remove_all(c.location, ec);
-    if (ec) throw RpcError(500, fmt::format("cannot remove {}: {}", c.location, ec.message()));
+    // Removed by a worker outside mu_, as retention does (see retain()).
     c.status = CheckpointStatus::Cleared;
     c.reason = fmt::format("deleted by uid {}", r.caller.uid);
     save(c);
+    discard_image(c.location);
     spdlog::info("job {}: checkpoint {} Cleared ({})", j.job_id, cid, c.reason);
     return c;
   }

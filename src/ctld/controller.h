@@ -111,7 +111,7 @@ class Controller {
   // Signals a job whose end (cancel, requeue, time limit) was requested while its launch
   // or restore RPC was in flight, once that start is confirmed; nothing otherwise.
   void end_if_requested(const Job& j);
-  // Removes a Failed/Timeout image (and any DIR.tmp) from disk on a worker thread,
+  // Removes an image (Failed, Timeout, Cleared; and any DIR.tmp) on a worker thread,
   // outside mu_: storage may be slow; the record keeps its status and reason.
   void discard_image(const std::string& location);
   void retain(const Job& j);

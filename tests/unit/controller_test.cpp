@@ -34,6 +34,7 @@ struct ControllerTestAccess {
   static nlohmann::json job_ended(Controller& c, const proto::Request& r) { return c.node_job_ended(r); }
   static nlohmann::json op_done(Controller& c, const proto::Request& r) { return c.node_op_done(r); }
   static nlohmann::json cancel(Controller& c, const proto::Request& r) { return c.cancel_job(r); }
+  static nlohmann::json delete_checkpoint(Controller& c, const proto::Request& r) { return c.delete_checkpoint(r); }
 };
 
 namespace {
@@ -287,6 +288,30 @@ TEST_F(ControllerTest, RequeueStartsTheJobAgainFromScratch) {
   EXPECT_FALSE(node->of("/v1/node/launch").back().body.contains("restore_dir")) << "requeue is not restore";
 }
 
+
+// `scontrol checkpoint delete`: the record is Cleared at once, the image removed by a
+// worker outside the controller's lock.
+TEST_F(ControllerTest, DeletedCheckpointIsClearedAndItsImageRemoved) {
+  int64_t id = submit();
+  wait_running(id);
+  node->answer = [](const FakeNode::Call& c) -> json {
+    if (c.path == "/v1/node/checkpoint") return dumped(c);
+    return json{{"pid", 1}};
+  };
+  std::string sid = std::to_string(id);
+  A::checkpoint(*ctld, root({sid}, json::object()), CheckpointSource::Manual);
+  std::filesystem::path loc = checkpoints(id)[0]["location"].get<std::string>();
+  ASSERT_TRUE(std::filesystem::is_directory(loc));
+  std::filesystem::create_directories(loc / "sub");  // remove_all, not rmdir
+  json c = A::delete_checkpoint(*ctld, root({sid, "1"}));
+  EXPECT_EQ(c["status"], "Cleared");
+  EXPECT_NE(c["reason"].get<std::string>().find("deleted by uid 0"), std::string::npos) << c.dump();
+  auto end = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (std::filesystem::exists(loc) && std::chrono::steady_clock::now() < end)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_FALSE(std::filesystem::exists(loc));
+  EXPECT_EQ(checkpoints(id)[0]["status"], "Cleared");
+}
 
 // The launch RPC is still in flight (the job already runs on the node as far as the
 // user can tell): a cancel's signal finds no job on the node and is sent again once the
