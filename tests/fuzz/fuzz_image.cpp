@@ -1,24 +1,31 @@
 // libFuzzer harness: the checkpoint image reader (ImageReader::open: manifest.json,
-// manifest.xxh3, the chunk table; verify_chunks(); the page stream; the manifest's
-// mapping to ckpt::Manifest as restore and show do it).
+// manifest.xxh3, the format, the chunk table and the section list; verify_chunks(); the
+// page stream through next() and deliver(), entering each section at the offset the
+// manifest records as restore does; the manifest's mapping to ckpt::Manifest and
+// validate_manifest() as restore and show do it).
 //
 // Input: manifest.json's bytes, then optionally a NUL byte and pages.img's bytes (no
 // NUL: the image has no pages.img). The harness writes them into an image directory
 // with a correct manifest.xxh3, so that the fuzzer gets past the checksum. So that it
 // also gets past the chunk checksums, a chunk whose "xxh3" is the string "fill" gets
 // the XXH3-64 of its stored bytes in pages.img (the manifest is then re-serialized).
-// A bad image must end in fsched::Error naming the image's path (json::exception for
-// the Manifest mapping, which restore turns into "malformed manifest"); anything else
-// is a bug.
+// A bad image must end in fsched::ImageError naming the image's path (json::exception
+// for the Manifest mapping, which restore turns into "malformed manifest"; an
+// ImageError "image: ..." from validate_manifest()); anything else -- a transient
+// fsched::Error, a section not entered at its recorded offset, a delivery that does not
+// hand out each byte exactly once -- is a bug.
 #include <fcntl.h>
 #include <unistd.h>
 #include <xxhash.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -27,6 +34,8 @@
 
 #include "ckpt/image.h"
 #include "ckpt/manifest.h"
+#include "ckpt/sections.h"
+#include "ckpt/validate.h"
 #include "common/error.h"
 
 namespace {
@@ -86,8 +95,57 @@ std::string fill_hashes(const std::string& text, std::string_view pages) {
 }
 
 void check_error(const fsched::Error& e, const char* step) {
+  if (!dynamic_cast<const fsched::ImageError*>(&e))
+    bug(step, fmt::format("a bad image that is not an ImageError: {}", e.what()));
   if (std::string_view(e.what()).find(image_dir().native()) == std::string_view::npos)
     bug(step, fmt::format("error does not name the image: {}", e.what()));
+}
+
+// Where the manifest says section s starts: its first entry in "sections" (open()
+// checked that the list is well-formed), as PageReader::enter_section() looks it up.
+std::optional<uint64_t> recorded_start(const json& m, fsched::ckpt::Section s) {
+  for (const json& e : m.at("sections"))
+    if (e.at("name").get_ref<const std::string&>() == fsched::ckpt::section_name(s))
+      return e.at("offset").get<uint64_t>();
+  return std::nullopt;
+}
+
+// Checks that a delivery of `len` bytes puts each byte exactly once, within [0, len).
+class CountingSink final : public fsched::ckpt::PageSink {
+ public:
+  explicit CountingSink(uint64_t len) : len_(len) {}
+  void put(const std::byte* data, size_t n, uint64_t at) override {
+    if (n == 0 || !data) bug("deliver", "empty put");
+    if (at > len_ || n > len_ - at) bug("deliver", fmt::format("put of {} at {} of {}", n, at, len_));
+    volatile std::byte sink = data[0];  // readable (ASan checks both ends)
+    sink = data[n - 1];
+    (void)sink;
+    std::lock_guard l(mu_);
+    total_ += n;
+  }
+  void check() const {
+    if (total_ != len_) bug("deliver", fmt::format("put {} bytes of {}", total_, len_));
+  }
+
+ private:
+  const uint64_t len_;
+  std::mutex mu_;
+  uint64_t total_ = 0;
+};
+
+// Advances the stream by n bytes: through next() when by_next, else deliver().
+void advance(fsched::ckpt::PageReader& pr, uint64_t n, bool by_next) {
+  if (!by_next) {
+    CountingSink sink(n);
+    pr.deliver(n, sink);
+    sink.check();
+    return;
+  }
+  for (uint64_t got = 0; got < n;) {
+    auto v = pr.next(static_cast<size_t>(std::min<uint64_t>(n - got, fsched::ckpt::kChunkRawBytes)));
+    if (v.empty()) bug("empty view before the end of the stream", std::to_string(got));
+    got += v.size();
+  }
 }
 
 }  // namespace
@@ -113,14 +171,16 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     check_error(e, "open");
     return 0;
   }
+  const uint64_t logical = r->manifest().at("pages_logical_bytes").get<uint64_t>();
   try {
     Manifest m = r->manifest().get<Manifest>();
-    (void)m;
+    validate_manifest(m, logical);
   } catch (const nlohmann::json::exception&) {
     // restore reports it as "DIR: malformed manifest: ..."
+  } catch (const fsched::ImageError&) {
+    // "image: ..." from validate_manifest()
   }
 
-  const uint64_t logical = r->manifest().at("pages_logical_bytes").get<uint64_t>();
   bool verified = false;
   try {
     r->verify_chunks();
@@ -128,19 +188,36 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   } catch (const fsched::Error& e) {
     check_error(e, "verify_chunks");
   }
-  // The page stream, verified or not (the reader checks each chunk itself then).
+  // The page stream, verified or not (the reader checks each chunk itself then),
+  // section by section as restore reads it: the sections alternately through next()
+  // and deliver(), each entered where the manifest says it starts.
   try {
     auto pr = r->pages();
-    uint64_t got = 0;
-    while (got < logical) {
-      auto v = pr->next(kChunkRawBytes);
-      if (v.empty()) bug("empty view before the end of the stream", std::to_string(got));
-      got += v.size();
+    bool by_next = (size & 1) == 0;
+    for (Section s : kSectionOrder) {
+      std::optional<uint64_t> at = recorded_start(r->manifest(), s);
+      if (!at || *at < pr->position() || *at > logical) {
+        try {
+          pr->enter_section(s);
+        } catch (const fsched::Error& e) {
+          check_error(e, "enter_section (misplaced)");
+          continue;
+        }
+        bug("entered a section the manifest does not place here", std::string(section_name(s)));
+      }
+      advance(*pr, *at - pr->position(), by_next);
+      by_next = !by_next;
+      try {
+        pr->enter_section(s);
+      } catch (const fsched::Error& e) {
+        bug("enter_section at the recorded offset", e.what());
+      }
     }
-    if (got != logical) bug("stream longer than pages_logical_bytes", std::to_string(got));
+    advance(*pr, logical - pr->position(), by_next);
+    if (pr->position() != logical) bug("stream position", std::to_string(pr->position()));
     try {
       pr->next(1);
-      bug("read past the end of the page stream", std::to_string(got));
+      bug("read past the end of the page stream", std::to_string(logical));
     } catch (const fsched::Error& e) {
       check_error(e, "next past the end");
     }

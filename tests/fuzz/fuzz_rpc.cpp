@@ -1,6 +1,9 @@
 // libFuzzer harness: decoding of the RPC request bodies that become typed structs --
 // the controller's submit (POST /v1/jobs: decode_submit, checked against a
-// configuration) and fschedd's launch, restore, checkpoint and signal requests.
+// configuration) and fschedd's launch, restore, checkpoint and signal requests
+// (decode_launch/checkpoint/signal of src/noded/node.cpp over the structs and from_json
+// of src/proto/node_requests.h). A decoded node request must come back unchanged from
+// its to_json (what the controller sends) read again by from_json.
 //
 // Input: a first line naming the route ("submit", "launch", "restore", "checkpoint",
 // "signal"; "submit root" submits as root), then the request body as sent. As the
@@ -11,6 +14,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <exception>
 #include <string>
 #include <string_view>
 
@@ -62,6 +66,19 @@ void submit(const nlohmann::json& body, bool root) {
   if (!fits) bug("accepted a job no node of its partition can hold", body.dump());
 }
 
+// What the controller would send for q, decoded again, is q.
+template <typename T>
+void round_trip(const T& q, const nlohmann::json& body) {
+  nlohmann::json sent = q;
+  T again;
+  try {
+    again = sent.get<T>();
+  } catch (const std::exception& e) {
+    bug("to_json's output refused by from_json", std::string(e.what()) + ": " + body.dump());
+  }
+  if (nlohmann::json(again) != sent) bug("to_json/from_json round trip changed the request", body.dump());
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
@@ -80,10 +97,13 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     } else if (route == "launch" || route == "restore") {
       auto q = fsched::noded::decode_launch(body, route == "restore");
       if (q.env.count("PATH") != 1) bug("launch without PATH", body.dump());
+      round_trip(q, body);
     } else if (route == "checkpoint") {
-      fsched::noded::decode_checkpoint(body, 600);
+      auto q = fsched::noded::decode_checkpoint(body, 600);
+      if (q.timeout == 0) bug("checkpoint without a timeout", body.dump());
+      round_trip(q, body);
     } else if (route == "signal") {
-      fsched::noded::decode_signal(body);
+      round_trip(fsched::noded::decode_signal(body), body);
     }
   } catch (const fsched::proto::RpcError& e) {
     if (e.status() != 400) bug("not a 400 for a bad request", e.what());
