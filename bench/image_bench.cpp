@@ -254,7 +254,7 @@ void BM_RestoreToProcess(benchmark::State& state) {
   set_counters(state, kind, img);
 }
 
-#define IMAGE_BENCH(fn)                                                        \
+#define IMAGE_BENCH(fn)                                                          \
   BENCHMARK(fn)->ArgName("data")->Arg(kRandom)->Arg(kText)->UseRealTime()->Unit( \
       benchmark::kMillisecond)
 

@@ -11,6 +11,7 @@ pkgs=(
   libsqlite3-dev sqlite3 libboost-dev libcpp-httplib-dev libssl-dev zlib1g-dev libbrotli-dev libmunge-dev munge
   xz-utils coreutils bash procps passwd make gcc gzip tar gawk
   clang libclang-rt-14-dev    # scripts/fuzz.sh: clang, libFuzzer and the sanitizer runtimes
+  clang-format                # scripts/check-format.sh (clang-format 14)
 )
 missing=()
 for p in "${pkgs[@]}"; do

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds fsched and runs all its tests, as root on Debian 12 (installing the Debian
 # packages first if any is missing):
+#   0. the formatting check of every C/C++ file against .clang-format
 #   1. unit tests (ctest) of the RelWithDebInfo build in build/
 #   2. the unit tests again, built with ASan/UBSan in build-asan/
 #   3. the libFuzzer harnesses of tests/fuzz, built with clang in build-fuzz/, each run for
@@ -34,6 +35,9 @@ step "munged (the RPC unit tests and the scheduler tests authenticate with MUNGE
 scripts/start-munge.sh || die "starting munged failed"
 
 failed=()
+step "formatting (scripts/check-format.sh: .clang-format over every C/C++ file)"
+scripts/check-format.sh || failed+=("formatting: run clang-format -i on the files listed above")
+
 step "unit tests"
 ctest --test-dir "$build" --output-on-failure -j "$jobs" ||
   failed+=("unit tests: $(cut -d: -f2 "$build/Testing/Temporary/LastTestsFailed.log" 2>/dev/null | head -8 | paste -sd ';' -)")

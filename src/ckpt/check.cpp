@@ -117,12 +117,14 @@ std::vector<Feature> check_kernel() {
     if (!pm) fail_errno("open pagemap");
     static char probe_page[4096] = {1};
     std::uint64_t e = 0;
-    if (::pread(pm.get(), &e, 8, static_cast<off_t>(reinterpret_cast<std::uint64_t>(probe_page) / 4096 * 8)) != 8)
+    if (::pread(pm.get(), &e, 8,
+                static_cast<off_t>(reinterpret_cast<std::uint64_t>(probe_page) / 4096 * 8)) != 8)
       fail_errno("read pagemap");
     if (!(e >> 63)) fail("present bit not reported");
     char dst[16];
     iovec l{dst, sizeof dst}, r{probe_page, sizeof dst};
-    if (::process_vm_readv(::getpid(), &l, 1, &r, 1, 0) != sizeof dst) fail_errno("process_vm_readv");
+    if (::process_vm_readv(::getpid(), &l, 1, &r, 1, 0) != sizeof dst)
+      fail_errno("process_vm_readv");
     return std::string("ok");
   }));
   out.push_back(probe("vDSO layout", [] {
@@ -134,11 +136,13 @@ std::vector<Feature> check_kernel() {
     return names;
   }));
   out.push_back(probe("userfaultfd (for incremental dumps)", [] {
-    UniqueFd fd(static_cast<int>(::syscall(SYS_userfaultfd, O_CLOEXEC | 1 /*UFFD_USER_MODE_ONLY*/)));
+    UniqueFd fd(
+        static_cast<int>(::syscall(SYS_userfaultfd, O_CLOEXEC | 1 /*UFFD_USER_MODE_ONLY*/)));
     if (!fd) fail_errno("userfaultfd");
     return std::string("ok");
   }));
-  out.push_back(probe("CPU xstate features", [] { return fmt::format("XCR0 {:#x}", cpu_xfeatures()); }));
+  out.push_back(
+      probe("CPU xstate features", [] { return fmt::format("XCR0 {:#x}", cpu_xfeatures()); }));
   return out;
 }
 

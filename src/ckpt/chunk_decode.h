@@ -29,8 +29,8 @@ namespace fsched::ckpt::image_detail {
 // Decompresses a zstd chunk's (checked) stored bytes src into dst (c.raw bytes).
 // Throws ImageError naming path, the chunk and its offset if src is not a zstd frame of
 // exactly c.raw bytes.
-void zstd_decode_chunk(ZSTD_DCtx* dctx, const fs::path& path, std::size_t index,
-                       const ChunkInfo& c, const std::byte* src, std::byte* dst);
+void zstd_decode_chunk(ZSTD_DCtx* dctx, const fs::path& path, std::size_t index, const ChunkInfo& c,
+                       const std::byte* src, std::byte* dst);
 
 // has been claimed -- and is finished once the threads are done -- so the error kept
 // does not depend on the thread timing. Thread-safe.
@@ -69,7 +69,8 @@ class ChunkClaims {
  private:
   std::atomic<std::size_t> next_;
   const std::size_t end_;
-  std::atomic<std::size_t> bad_hint_{std::numeric_limits<std::size_t>::max()};  // stops claims early
+  std::atomic<std::size_t> bad_hint_{
+      std::numeric_limits<std::size_t>::max()};  // stops claims early
   mutable std::mutex mu_;
   std::size_t bad_ = std::numeric_limits<std::size_t>::max();  // guarded by mu_
   std::exception_ptr error_;                                   // guarded by mu_

@@ -29,7 +29,7 @@ std::uint64_t get_u64(const json& obj, const char* key, const fs::path& mpath,
   if (it == obj.end()) bad_image("{}: {}missing \"{}\"", mpath.native(), where, key);
   if (!it->is_number_unsigned())
     bad_image("{}: {}\"{}\" must be a non-negative integer, got {}", mpath.native(), where, key,
-         it->dump());
+              it->dump());
   return it->get<std::uint64_t>();
 }
 
@@ -57,21 +57,24 @@ std::shared_ptr<const ChunkTable> parse_chunk_table(const json& m, const fs::pat
     if (!hv) bad_image("{}: {}\"xxh3\" must be a string of 16 hex digits", mpath.native(), where);
     c.xxh3 = *hv;
     if (auto z = e.find("zstd"); z != e.end()) {
-      if (!z->is_boolean()) bad_image("{}: {}\"zstd\" must be true or false", mpath.native(), where);
+      if (!z->is_boolean())
+        bad_image("{}: {}\"zstd\" must be true or false", mpath.native(), where);
       c.zstd = z->get<bool>();
     }
     if (c.offset != align_up(table->file_bytes))
-      bad_image("{}: {}offset {} is not the first multiple of {} after the end of the previous "
-           "chunks ({})",
-           mpath.native(), where, c.offset, kChunkAlignBytes, table->file_bytes);
+      bad_image(
+          "{}: {}offset {} is not the first multiple of {} after the end of the previous "
+          "chunks ({})",
+          mpath.native(), where, c.offset, kChunkAlignBytes, table->file_bytes);
     if (c.raw == 0 || c.raw > kChunkRawBytes)
-      bad_image("{}: {}raw size {} out of range 1..{}", mpath.native(), where, c.raw, kChunkRawBytes);
+      bad_image("{}: {}raw size {} out of range 1..{}", mpath.native(), where, c.raw,
+                kChunkRawBytes);
     if (c.stored == 0 || c.stored > max_stored)
       bad_image("{}: {}stored size {} out of range 1..{}", mpath.native(), where, c.stored,
-           max_stored);
+                max_stored);
     if (!c.zstd && c.stored != c.raw)
       bad_image("{}: {}stored uncompressed (\"zstd\": false) but stored size {} is not raw size {}",
-           mpath.native(), where, c.stored, c.raw);
+                mpath.native(), where, c.stored, c.raw);
     table->stored_bytes += c.stored;
     table->file_bytes = c.offset + c.stored;
     table->logical_bytes += c.raw;
@@ -83,10 +86,10 @@ std::shared_ptr<const ChunkTable> parse_chunk_table(const json& m, const fs::pat
   std::uint64_t stored = get_u64(m, "pages_stored_bytes", mpath, "");
   if (logical != table->logical_bytes)
     bad_image("{}: pages_logical_bytes is {} but the chunks hold {} bytes", mpath.native(), logical,
-         table->logical_bytes);
+              table->logical_bytes);
   if (stored != table->stored_bytes)
     bad_image("{}: pages_stored_bytes is {} but the chunks store {} bytes", mpath.native(), stored,
-         table->stored_bytes);
+              table->stored_bytes);
   return table;
 }
 

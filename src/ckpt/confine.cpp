@@ -63,28 +63,24 @@ void dump_confinement(pid_t tid, Injector& inj, Thread& t) {
   c.cap_amb = hex_field(st, "CapAmb", tid);
   c.no_new_privs = std::stoi(st["NoNewPrivs"]) != 0;
   c.seccomp_mode = std::stoi(st["Seccomp"]);
-  c.securebits = static_cast<unsigned>(
-      inj.call_ok(fmt::format("thread {}: prctl(PR_GET_SECUREBITS)", tid), SYS_prctl,
-                  PR_GET_SECUREBITS));
+  c.securebits = static_cast<unsigned>(inj.call_ok(
+      fmt::format("thread {}: prctl(PR_GET_SECUREBITS)", tid), SYS_prctl, PR_GET_SECUREBITS));
   c.filters.clear();
   if (c.seccomp_mode == SECCOMP_MODE_DISABLED) return;
   if (c.seccomp_mode != SECCOMP_MODE_FILTER)
     fail_unsupported("thread {}: seccomp strict mode is not supported (only filters)", tid);
   // Index 0 is the newest filter; the image keeps them oldest first, in install order.
   for (unsigned long i = 0;; ++i) {
-    long n = ::ptrace(PTRACE_SECCOMP_GET_FILTER, tid,
-                      reinterpret_cast<void*>(i), nullptr);
+    long n = ::ptrace(PTRACE_SECCOMP_GET_FILTER, tid, reinterpret_cast<void*>(i), nullptr);
     if (n < 0 && errno == ENOENT) break;
     if (n <= 0 || n > BPF_MAXINSNS)
       fail_errno("thread {}: ptrace(PTRACE_SECCOMP_GET_FILTER) of filter {}", tid, i);
     std::vector<sock_filter> prog(static_cast<std::size_t>(n));
-    if (::ptrace(PTRACE_SECCOMP_GET_FILTER, tid,
-                 reinterpret_cast<void*>(i), prog.data()) != n)
+    if (::ptrace(PTRACE_SECCOMP_GET_FILTER, tid, reinterpret_cast<void*>(i), prog.data()) != n)
       fail_errno("thread {}: reading seccomp filter {}", tid, i);
     __ptrace_seccomp_metadata md{};
     md.filter_off = i;
-    if (::ptrace(PTRACE_SECCOMP_GET_METADATA, tid,
-                 reinterpret_cast<void*>(sizeof md), &md) < 0)
+    if (::ptrace(PTRACE_SECCOMP_GET_METADATA, tid, reinterpret_cast<void*>(sizeof md), &md) < 0)
       fail_errno("thread {}: ptrace(PTRACE_SECCOMP_GET_METADATA) of filter {}", tid, i);
     SeccompFilter f;
     f.flags = md.flags;
@@ -114,8 +110,8 @@ void confine_before_ids(Injector& inj, pid_t host_tid, const InjectionArea& area
       remote_write(host_tid, area.data(), &fp, sizeof fp);
       // Only the flags that describe the filter; TSYNC and the listener are install-time
       // actions, and the kernel reports neither.
-      std::uint64_t flags = c.filters[i].flags & (SECCOMP_FILTER_FLAG_LOG |
-                                                  SECCOMP_FILTER_FLAG_SPEC_ALLOW);
+      std::uint64_t flags =
+          c.filters[i].flags & (SECCOMP_FILTER_FLAG_LOG | SECCOMP_FILTER_FLAG_SPEC_ALLOW);
       inj.call_ok(fmt::format("{}: seccomp(SECCOMP_SET_MODE_FILTER) of filter {}", who, i),
                   SYS_seccomp, SECCOMP_SET_MODE_FILTER, flags, area.data());
     }

@@ -19,10 +19,9 @@
 namespace fsched::ckpt {
 namespace {
 
-const char* const kRlimitNames[] = {"CPU",   "FSIZE",  "DATA",    "STACK",    "CORE",
-                                    "RSS",   "NPROC",  "NOFILE",  "MEMLOCK",  "AS",
-                                    "LOCKS", "SIGPENDING", "MSGQUEUE", "NICE", "RTPRIO",
-                                    "RTTIME"};
+const char* const kRlimitNames[] = {"CPU",      "FSIZE",  "DATA",    "STACK", "CORE",  "RSS",
+                                    "NPROC",    "NOFILE", "MEMLOCK", "AS",    "LOCKS", "SIGPENDING",
+                                    "MSGQUEUE", "NICE",   "RTPRIO",  "RTTIME"};
 
 std::vector<unsigned> to_uints(const std::vector<long long>& v) {
   return std::vector<unsigned>(v.begin(), v.end());
@@ -40,7 +39,8 @@ void dump_creds(DumpProcess& p) {
   r.umask = static_cast<unsigned>(std::stoul(st["Umask"], nullptr, 8));
   r.personality = static_cast<unsigned>(
       std::stoul(read_file(fmt::format("/proc/{}/personality", p.host_pid)), nullptr, 16));
-  r.dumpable = static_cast<int>(p.inj->call_ok("prctl(PR_GET_DUMPABLE)", SYS_prctl, PR_GET_DUMPABLE));
+  r.dumpable =
+      static_cast<int>(p.inj->call_ok("prctl(PR_GET_DUMPABLE)", SYS_prctl, PR_GET_DUMPABLE));
   r.rlimits.clear();
   for (int res = 0; res < RLIMIT_NLIMITS; ++res) {
     p.inj->call_ok(fmt::format("prlimit64(RLIMIT_{})", kRlimitNames[res]), SYS_prlimit64, 0,
@@ -57,7 +57,8 @@ void restore_process_attrs(RestoreProcess& p, const InjectionArea& area) {
   inj.call(SYS_umask, r.umask);
   inj.call_ok(fmt::format("process {}: personality", r.pid), SYS_personality, r.personality);
   for (auto& rl : r.rlimits) {
-    if (rl.resource < 0 || rl.resource >= RLIMIT_NLIMITS) fail_image("image: bad rlimit {}", rl.resource);
+    if (rl.resource < 0 || rl.resource >= RLIMIT_NLIMITS)
+      fail_image("image: bad rlimit {}", rl.resource);
     rlimit64 v{rl.cur, rl.max};
     remote_write(p.host_pid, area.data(), &v, sizeof v);
     long e = inj.call(SYS_prlimit64, 0, static_cast<std::uint64_t>(rl.resource), area.data(), 0);
@@ -71,9 +72,11 @@ void restore_process_attrs(RestoreProcess& p, const InjectionArea& area) {
 
 void restore_creds(RestoreProcess& p, const InjectionArea& area) {
   const Process& r = *p.rec;
-  if (r.uids.size() != 4 || r.gids.size() != 4) fail_image("image: bad credentials of process {}", r.pid);
+  if (r.uids.size() != 4 || r.gids.size() != 4)
+    fail_image("image: bad credentials of process {}", r.pid);
   std::vector<gid_t> groups(r.groups.begin(), r.groups.end());
-  if (groups.size() * sizeof(gid_t) > 4096) fail_image("image: too many groups in process {}", r.pid);
+  if (groups.size() * sizeof(gid_t) > 4096)
+    fail_image("image: too many groups in process {}", r.pid);
   for (auto& t : p.threads) {
     Injector& inj = *t.inj;
     std::string who = fmt::format("process {} thread {}", r.pid, t.rec->tid);

@@ -97,7 +97,9 @@ void dump_deleted_files(std::span<DumpProcess> procs, Manifest& m, ImageWriter& 
     if (!fd) fail_errno("{}: cannot open the deleted file through {}", where, source);
     struct stat st {};
     if (::fstat(fd.get(), &st) < 0) fail_errno("{}: fstat {}", where, source);
-    if (!S_ISREG(st.st_mode)) fail_unsupported("{}: a deleted file of type {:o} is not supported", where, st.st_mode & S_IFMT);
+    if (!S_ISREG(st.st_mode))
+      fail_unsupported("{}: a deleted file of type {:o} is not supported", where,
+                       st.st_mode & S_IFMT);
     if (file_key(st.st_dev, st.st_ino) != key)
       fail("{}: {} is no longer the file seen before (process {})", where, source, p.rec.pid);
     DeletedFile d;
@@ -152,21 +154,24 @@ void create_deleted_files(InitStash& stash, const InjectionArea& area, const Man
       // has no path, so the restorer makes it and init takes its own reference (the
       // restorer's is in a PID namespace init cannot see by pidfd, but /proc shows it
       // by its host PID).
-      UniqueFd fd(static_cast<int>(::memfd_create(d.path.substr(std::strlen(kMemfd)).c_str(),
-                                                  MFD_CLOEXEC)));
+      UniqueFd fd(static_cast<int>(
+          ::memfd_create(d.path.substr(std::strlen(kMemfd)).c_str(), MFD_CLOEXEC)));
       if (!fd) fail_errno("{}: memfd_create", what);
       // The mode after the owner: fchown clears set-user-ID bits.
-      if (::fchown(fd.get(), d.uid, d.gid) < 0) fail_errno("{}: fchown to {}:{}", what, d.uid, d.gid);
+      if (::fchown(fd.get(), d.uid, d.gid) < 0)
+        fail_errno("{}: fchown to {}:{}", what, d.uid, d.gid);
       if (::fchmod(fd.get(), d.mode) < 0) fail_errno("{}: fchmod {:o}", what, d.mode);
-      std::uint64_t src = put_string(ip, area, 0, fmt::format("/proc/{}/fd/{}", ::getpid(), fd.get()));
-      in_init = inj.call_ok(what + ": open in init", SYS_openat, static_cast<std::uint64_t>(AT_FDCWD),
-                            src, O_RDWR | O_CLOEXEC, 0);
+      std::uint64_t src =
+          put_string(ip, area, 0, fmt::format("/proc/{}/fd/{}", ::getpid(), fd.get()));
+      in_init = inj.call_ok(what + ": open in init", SYS_openat,
+                            static_cast<std::uint64_t>(AT_FDCWD), src, O_RDWR | O_CLOEXEC, 0);
     } else {
       // In its old directory, which the user controls: made by init as the file's owner
       // in the job, never through a link (fsaccess.h).
       act_as(inj, ip, area,
-             &owner_of(m, [&](const Fd& f) { return f.deleted_key == d.key; },
-                       [&](const Vma& v) { return v.deleted_key == d.key; }),
+             &owner_of(
+                 m, [&](const Fd& f) { return f.deleted_key == d.key; },
+                 [&](const Vma& v) { return v.deleted_key == d.key; }),
              what);
       in_init = create_unlinked(inj, ip, area, parent_dir(d.path), d.mode & 0777, what);
       set_owner_and_mode(inj, ip, in_init, d.uid, d.gid, d.mode, what);

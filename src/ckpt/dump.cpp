@@ -142,15 +142,25 @@ DumpStats dump(const DumpOptions& o) {
   for (Section s : kSectionOrder) {
     img->begin_section(s);
     switch (s) {
-      case Section::kShm: dump_shm(procs, m, *img); break;
-      case Section::kDeletedFiles: dump_deleted_files(procs, m, *img); break;
-      case Section::kSysvShm: dump_sysv_shm(procs, m, *img); break;
+      case Section::kShm:
+        dump_shm(procs, m, *img);
+        break;
+      case Section::kDeletedFiles:
+        dump_deleted_files(procs, m, *img);
+        break;
+      case Section::kSysvShm:
+        dump_sysv_shm(procs, m, *img);
+        break;
       case Section::kPages:
         for (auto& p : procs)
           if (!p.zombie) st.memory_bytes += dump_pages(p, *img);
         break;
-      case Section::kPipes: dump_pipes(procs, m, *img); break;
-      case Section::kSockets: dump_sockets(procs, m, *img); break;
+      case Section::kPipes:
+        dump_pipes(procs, m, *img);
+        break;
+      case Section::kSockets:
+        dump_sockets(procs, m, *img);
+        break;
     }
   }
   phase("pages");

@@ -21,12 +21,12 @@ namespace fsched::ckpt {
 // One process of the frozen tree.
 struct DumpProcess {
   pid_t host_pid = 0;
-  std::vector<pid_t> host_tids;   // host TIDs, thread-group leader first; none for a zombie
+  std::vector<pid_t> host_tids;  // host TIDs, thread-group leader first; none for a zombie
   bool zombie = false;
-  Process rec;                    // what goes into the manifest
+  Process rec;  // what goes into the manifest
   // Syscall injection into the leader, with a scratch mapping of kScratchBytes.
   std::unique_ptr<Injector> inj;
-  HealCode heal;                  // where injected syscalls run, in its vDSO (inject.h)
+  HealCode heal;  // where injected syscalls run, in its vDSO (inject.h)
   std::uint64_t scratch = 0;
 };
 inline constexpr std::size_t kScratchBytes = 4 * 4096;

@@ -14,11 +14,11 @@ namespace fsched::ckpt {
 
 // ---- run: start a job under the engine's init -------------------------------------
 struct RunOptions {
-  std::vector<std::string> argv;      // command and arguments (argv[0] looked up in PATH)
+  std::vector<std::string> argv;         // command and arguments (argv[0] looked up in PATH)
   std::string stdout_path, stderr_path;  // appended to (O_APPEND); empty: inherit
-  std::string cwd;                    // working directory; empty: current
-  std::string user;                   // run as this user (uid, gid, groups); empty: caller
-  std::string status_file;            // init writes the job's exit status here; optional
+  std::string cwd;                       // working directory; empty: current
+  std::string user;                      // run as this user (uid, gid, groups); empty: caller
+  std::string status_file;               // init writes the job's exit status here; optional
 };
 // Starts fsched-init as pid 1 of a new PID namespace and session; it runs the job with
 // stdin from /dev/null. Returns the host PID of that init, a child of the caller.
@@ -30,9 +30,9 @@ int wait_job(pid_t init_pid);
 
 // ---- dump ---------------------------------------------------------------------------
 struct DumpOptions {
-  pid_t pid = 0;                  // host PID of a job's init (from run_job)
-  std::filesystem::path dir;      // image directory to create; must not exist
-  bool leave_running = false;     // thaw the job afterwards instead of killing it
+  pid_t pid = 0;               // host PID of a job's init (from run_job)
+  std::filesystem::path dir;   // image directory to create; must not exist
+  bool leave_running = false;  // thaw the job afterwards instead of killing it
   // zstd level. A fast (negative) level by default: the job stays frozen while its
   // memory is compressed. python3 holding 215 MiB (bench/ckpt_bench.py python-200,
   // medians of 3): level 1 dumps in 659 ms to 119.9 MiB, level -7 in 433 ms to
@@ -71,10 +71,10 @@ struct RestoreOptions {
   std::string key_file;
 };
 struct RestoreStats {
-  pid_t init_pid = 0;      // host PID of the restored init, a child of the caller
+  pid_t init_pid = 0;  // host PID of the restored init, a child of the caller
   int processes = 0, threads = 0;
-  double restore_ms = 0;   // from start until the job runs again
-  double verify_ms = 0;    // of which: verifying the image before creating processes
+  double restore_ms = 0;  // from start until the job runs again
+  double verify_ms = 0;   // of which: verifying the image before creating processes
   std::vector<std::pair<std::string, double>> phases_ms;  // as in DumpStats
 };
 // Verifies the image (manifest, every chunk checksum, CPU xstate features, mapped

@@ -139,17 +139,33 @@ void add_epoll_targets(const FdRestoreCtx& c, const Fd& f, const std::string& wh
 
 }  // namespace
 
-const FdOps kEventfdFdOps{.kind = FdKind::kEventfd, .anon_link = "anon_inode:[eventfd]",
-                          .dump = dump_eventfd, .open = open_eventfd, .finish = nullptr,
-                          .shareable = true, .seekable = false};
-const FdOps kEpollFdOps{.kind = FdKind::kEpoll, .anon_link = "anon_inode:[eventpoll]",
-                        .dump = dump_epoll, .open = open_epoll, .finish = add_epoll_targets,
-                        .shareable = true, .seekable = false};
-const FdOps kTimerfdFdOps{.kind = FdKind::kTimerfd, .anon_link = "anon_inode:[timerfd]",
-                          .dump = dump_timerfd, .open = open_timerfd, .finish = nullptr,
-                          .shareable = true, .seekable = false};
-const FdOps kSignalfdFdOps{.kind = FdKind::kSignalfd, .anon_link = "anon_inode:[signalfd]",
-                           .dump = dump_signalfd, .open = open_signalfd, .finish = nullptr,
-                           .shareable = true, .seekable = false};
+const FdOps kEventfdFdOps{.kind = FdKind::kEventfd,
+                          .anon_link = "anon_inode:[eventfd]",
+                          .dump = dump_eventfd,
+                          .open = open_eventfd,
+                          .finish = nullptr,
+                          .shareable = true,
+                          .seekable = false};
+const FdOps kEpollFdOps{.kind = FdKind::kEpoll,
+                        .anon_link = "anon_inode:[eventpoll]",
+                        .dump = dump_epoll,
+                        .open = open_epoll,
+                        .finish = add_epoll_targets,
+                        .shareable = true,
+                        .seekable = false};
+const FdOps kTimerfdFdOps{.kind = FdKind::kTimerfd,
+                          .anon_link = "anon_inode:[timerfd]",
+                          .dump = dump_timerfd,
+                          .open = open_timerfd,
+                          .finish = nullptr,
+                          .shareable = true,
+                          .seekable = false};
+const FdOps kSignalfdFdOps{.kind = FdKind::kSignalfd,
+                           .anon_link = "anon_inode:[signalfd]",
+                           .dump = dump_signalfd,
+                           .open = open_signalfd,
+                           .finish = nullptr,
+                           .shareable = true,
+                           .seekable = false};
 
 }  // namespace fsched::ckpt

@@ -72,7 +72,8 @@ inline FdKind fd_kind_from_string(std::string_view name) {
 // string silently to the first entry.)
 inline void to_json(nlohmann::json& j, FdKind k) { j = std::string(to_string(k)); }
 inline void from_json(const nlohmann::json& j, FdKind& k) {
-  if (!j.is_string()) throw ImageError("image: a file descriptor kind is not a string: " + j.dump());
+  if (!j.is_string())
+    throw ImageError("image: a file descriptor kind is not a string: " + j.dump());
   k = fd_kind_from_string(j.get_ref<const std::string&>());
 }
 

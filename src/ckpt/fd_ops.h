@@ -23,11 +23,11 @@ struct DumpProcess;
 // What the dumper knows of one fd when its kind's dump runs.
 struct FdDumpCtx {
   const DumpProcess& proc;
-  const std::string& link;     // target of /proc/PID/fd/N ("pipe:[123]", "/tmp/x (deleted)")
-  const std::string& fdinfo;   // text of /proc/PID/fdinfo/N (proc(5))
-  const struct stat& st;       // stat(2) of /proc/PID/fd/N; zeroed for sockets and anon inodes
-  bool deleted = false;        // a regular file unlinked while open (deleted.cpp)
-  const std::string& where;    // "process H (pid P in the job), fd N -> LINK", for messages
+  const std::string& link;    // target of /proc/PID/fd/N ("pipe:[123]", "/tmp/x (deleted)")
+  const std::string& fdinfo;  // text of /proc/PID/fdinfo/N (proc(5))
+  const struct stat& st;      // stat(2) of /proc/PID/fd/N; zeroed for sockets and anon inodes
+  bool deleted = false;       // a regular file unlinked while open (deleted.cpp)
+  const std::string& where;   // "process H (pid P in the job), fd N -> LINK", for messages
 };
 
 // What the restorer hands each kind's open: the process being restored and the
@@ -37,7 +37,7 @@ struct FdRestoreCtx {
   const InjectionArea& area;
   const PipeTable& pipes;
   const SocketTable& sockets;
-  const ShmTable& objects;     // shm objects and deleted files
+  const ShmTable& objects;  // shm objects and deleted files
   Injector& inj() const { return proc.leader(); }
   pid_t host_pid() const { return proc.host_pid; }
 };

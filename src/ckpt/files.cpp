@@ -59,8 +59,9 @@ void dump_file(const FdDumpCtx& c, Fd& f) {
   // Unlinked while open: its contents go into the image (deleted.cpp).
   std::string was = c.link.substr(0, c.link.size() - std::strlen(" (deleted)"));
   if (c.st.st_nlink > 0 && was.rfind("/memfd:", 0) != 0)
-    fail_unsupported("{}: the file was renamed or deleted but has {} other hard link(s): not supported",
-         c.where, c.st.st_nlink);
+    fail_unsupported(
+        "{}: the file was renamed or deleted but has {} other hard link(s): not supported", c.where,
+        c.st.st_nlink);
   f.path = was;
   f.deleted_key = file_key(c.st.st_dev, c.st.st_ino);
 }
@@ -92,10 +93,10 @@ long open_file(const FdRestoreCtx& c, const Fd& f, const std::string& who) {
     std::uint64_t path = put_string(c.host_pid(), c.area, 0, fmt::format("/proc/self/fd/{}", held));
     long tmp = inj.call(SYS_openat, static_cast<std::uint64_t>(AT_FDCWD), path,
                         // (through a /proc link, which O_NOFOLLOW would refuse)
-                        static_cast<std::uint64_t>((reopen_flags(f) & ~O_NOFOLLOW) | O_CLOEXEC),
-                        0);
+                        static_cast<std::uint64_t>((reopen_flags(f) & ~O_NOFOLLOW) | O_CLOEXEC), 0);
     inj.call(SYS_close, static_cast<std::uint64_t>(held));
-    if (tmp < 0) throw Error(who + ": reopening the recreated deleted file", static_cast<int>(-tmp));
+    if (tmp < 0)
+      throw Error(who + ": reopening the recreated deleted file", static_cast<int>(-tmp));
     return tmp;
   }
   const bool written = writable(f);
@@ -112,23 +113,35 @@ long open_dir_or_device(const FdRestoreCtx& c, const Fd& f, const std::string& w
   return open_checked(c, f, f.file, SizeRule::kAny, who);
 }
 
-const FdOps kFileFdOps{.kind = FdKind::kFile, .anon_link = nullptr, .dump = dump_file,
-                       .open = open_file, .finish = nullptr, .shareable = true,
+const FdOps kFileFdOps{.kind = FdKind::kFile,
+                       .anon_link = nullptr,
+                       .dump = dump_file,
+                       .open = open_file,
+                       .finish = nullptr,
+                       .shareable = true,
                        .seekable = true};
 // Not shareable: a directory or device reopened by path behaves the same.
-const FdOps kDirFdOps{.kind = FdKind::kDir, .anon_link = nullptr, .dump = dump_dir,
-                      .open = open_dir_or_device, .finish = nullptr, .shareable = false,
+const FdOps kDirFdOps{.kind = FdKind::kDir,
+                      .anon_link = nullptr,
+                      .dump = dump_dir,
+                      .open = open_dir_or_device,
+                      .finish = nullptr,
+                      .shareable = false,
                       .seekable = true};
-const FdOps kChrFdOps{.kind = FdKind::kChr, .anon_link = nullptr, .dump = dump_chr,
-                      .open = open_dir_or_device, .finish = nullptr, .shareable = false,
+const FdOps kChrFdOps{.kind = FdKind::kChr,
+                      .anon_link = nullptr,
+                      .dump = dump_chr,
+                      .open = open_dir_or_device,
+                      .finish = nullptr,
+                      .shareable = false,
                       .seekable = false};
 
 // ---- the table ---------------------------------------------------------------------
 
 // In FdKind order; fd_ops() checks each entry's kind.
 constexpr std::array<const FdOps*, kFdKinds> kFdOpsTable{
-    &kFileFdOps,     &kDirFdOps,   &kChrFdOps,     &kPipeFdOps,     &kFifoFdOps,    &kUnixFdOps,
-    &kEventfdFdOps,  &kEpollFdOps, &kTimerfdFdOps, &kSignalfdFdOps, &kInotifyFdOps,
+    &kFileFdOps,    &kDirFdOps,   &kChrFdOps,     &kPipeFdOps,     &kFifoFdOps,    &kUnixFdOps,
+    &kEventfdFdOps, &kEpollFdOps, &kTimerfdFdOps, &kSignalfdFdOps, &kInotifyFdOps,
 };
 
 // The kind of an fd that is not a socket or an anonymous inode, from its stat.
@@ -176,11 +189,13 @@ void dump_files(DumpProcess& p, std::span<DumpProcess> all) {
   Process& r = p.rec;
   r.exe = read_link(fmt::format("/proc/{}/exe", hp));
   if (r.exe.ends_with(" (deleted)"))
-    fail_unsupported("process {} (pid {} in the job): its executable {} was deleted", hp, r.pid, r.exe);
+    fail_unsupported("process {} (pid {} in the job): its executable {} was deleted", hp, r.pid,
+                     r.exe);
   r.exe_file = stat_file_id(r.exe);
   r.cwd = read_link(fmt::format("/proc/{}/cwd", hp));
   if (r.cwd.ends_with(" (deleted)"))
-    fail_unsupported("process {} (pid {} in the job): its working directory {} was deleted", hp, r.pid, r.cwd);
+    fail_unsupported("process {} (pid {} in the job): its working directory {} was deleted", hp,
+                     r.pid, r.cwd);
   r.cwd_file = stat_file_id(fmt::format("/proc/{}/cwd", hp));
 
   std::vector<int> fds;
@@ -199,9 +214,12 @@ void dump_files(DumpProcess& p, std::span<DumpProcess> all) {
     std::istringstream info(fdinfo);
     std::string key;
     while (info >> key) {
-      if (key == "pos:") info >> f.pos;
-      else if (key == "flags:") info >> std::oct >> f.flags >> std::dec;
-      else info.ignore(1 << 20, '\n');
+      if (key == "pos:")
+        info >> f.pos;
+      else if (key == "flags:")
+        info >> std::oct >> f.flags >> std::dec;
+      else
+        info.ignore(1 << 20, '\n');
     }
     // Its kind: sockets and anonymous inodes by their link, the rest by file type.
     struct stat st {};
@@ -213,7 +231,8 @@ void dump_files(DumpProcess& p, std::span<DumpProcess> all) {
       for (const FdOps* o : kFdOpsTable)
         if (o->anon_link && link == o->anon_link) ops = o;
       if (!ops)
-        fail_unsupported("{}: this kind of file (fanotify, io_uring, pidfd...) is not supported yet", where);
+        fail_unsupported(
+            "{}: this kind of file (fanotify, io_uring, pidfd...) is not supported yet", where);
     } else {
       if (::stat(fmt::format("/proc/{}/fd/{}", hp, fd).c_str(), &st) < 0)
         fail_errno("{}: cannot stat", where);
@@ -223,12 +242,17 @@ void dump_files(DumpProcess& p, std::span<DumpProcess> all) {
         deleted = !(::stat(link.c_str(), &named) == 0 && named.st_dev == st.st_dev &&
                     named.st_ino == st.st_ino);
         if (deleted && !S_ISREG(st.st_mode))
-          fail_unsupported("{}: this deleted file (type {:o}) is not supported", where, st.st_mode & S_IFMT);
+          fail_unsupported("{}: this deleted file (type {:o}) is not supported", where,
+                           st.st_mode & S_IFMT);
       }
       ops = &fd_ops(kind_by_type(st, link, where));
     }
     f.kind = ops->kind;
-    ops->dump(FdDumpCtx{.proc = p, .link = link, .fdinfo = fdinfo, .st = st, .deleted = deleted,
+    ops->dump(FdDumpCtx{.proc = p,
+                        .link = link,
+                        .fdinfo = fdinfo,
+                        .st = st,
+                        .deleted = deleted,
                         .where = where},
               f);
     // One open file description shared with an fd recorded earlier (dup, fork)?
@@ -259,9 +283,10 @@ void check_files(const Manifest& m) {
     struct stat st {};
     if (!probe_path(path, st)) {
       if (errno == ELOOP)
-        fail("restore refused: {} {} is a symbolic link or has one in its path, which the dump "
-             "did not see",
-             what, path);
+        fail(
+            "restore refused: {} {} is a symbolic link or has one in its path, which the dump "
+            "did not see",
+            what, path);
       fail_errno("restore refused: {} {} is missing", what, path);
     }
     return file_id_of(st);
@@ -269,10 +294,11 @@ void check_files(const Manifest& m) {
   auto same = [&](const std::string& path, const FileId& want, const std::string& what) {
     FileId now = look(path, what);
     if (now.ino != want.ino || now.size != want.size || now.mtime_ns != want.mtime_ns)
-      fail("restore refused: {} {} changed since the dump (inode {} -> {}, size {} -> {}, mtime "
-           "changed: {})",
-           what, path, want.ino, now.ino, want.size, now.size,
-           now.mtime_ns != want.mtime_ns ? "yes" : "no");
+      fail(
+          "restore refused: {} {} changed since the dump (inode {} -> {}, size {} -> {}, mtime "
+          "changed: {})",
+          what, path, want.ino, now.ino, want.size, now.size,
+          now.mtime_ns != want.mtime_ns ? "yes" : "no");
   };
   for (auto& p : m.processes) {
     if (p.zombie) continue;
@@ -285,9 +311,10 @@ void check_files(const Manifest& m) {
         continue;
       FileId now = look(f.path, fmt::format("process {} fd {}:", p.pid, f.fd));
       if (writable(f) && now.size < f.file.size)
-        fail("restore refused: process {} fd {}: {} is shorter ({} bytes) than at dump time ({} "
-             "bytes)",
-             p.pid, f.fd, f.path, now.size, f.file.size);
+        fail(
+            "restore refused: process {} fd {}: {} is shorter ({} bytes) than at dump time ({} "
+            "bytes)",
+            p.pid, f.fd, f.path, now.size, f.file.size);
     }
   }
 }
@@ -308,8 +335,8 @@ void restore_files(RestoreProcess& p, const InjectionArea& area, const PipeTable
     inj.call_ok(who + ": fchdir " + r.cwd, SYS_fchdir, static_cast<std::uint64_t>(dir));
     inj.call(SYS_close, static_cast<std::uint64_t>(dir));
   }
-  const FdRestoreCtx ctx{.proc = p, .area = area, .pipes = pipes, .sockets = sockets,
-                         .objects = objects};
+  const FdRestoreCtx ctx{
+      .proc = p, .area = area, .pipes = pipes, .sockets = sockets, .objects = objects};
   for (const Fd& f : r.fds) {
     std::string who = fmt::format("process {} fd {} ({})", r.pid, f.fd, f.path);
     const FdOps& ops = fd_ops(f.kind);
@@ -329,7 +356,8 @@ void restore_files(RestoreProcess& p, const InjectionArea& area, const PipeTable
                   static_cast<std::uint64_t>(f.fd), cloexec);
       inj.call(SYS_close, static_cast<std::uint64_t>(tmp));
     } else if (!cloexec) {
-      inj.call_ok(who + ": fcntl(F_SETFD)", SYS_fcntl, static_cast<std::uint64_t>(f.fd), F_SETFD, 0);
+      inj.call_ok(who + ": fcntl(F_SETFD)", SYS_fcntl, static_cast<std::uint64_t>(f.fd), F_SETFD,
+                  0);
     }
     if (f.shared_fd < 0 && ops.seekable && f.pos)
       inj.call_ok(who + ": lseek", SYS_lseek, static_cast<std::uint64_t>(f.fd),

@@ -89,9 +89,10 @@ long open_no_symlinks(Injector& inj, pid_t host_pid, const InjectionArea& area,
   std::uint64_t pa = put_string(host_pid, area, 0, path);
   long fd = inj.call(SYS_openat2, static_cast<std::uint64_t>(AT_FDCWD), pa, how_at, sizeof how);
   if (fd == -ELOOP)
-    fail("restore refused: {}: {} is a symbolic link or has one in its path, which the dump did "
-         "not see",
-         who, path);
+    fail(
+        "restore refused: {}: {} is a symbolic link or has one in its path, which the dump did "
+        "not see",
+        who, path);
   if (fd < 0) throw Error(fmt::format("{}: open {}", who, path), static_cast<int>(-fd));
   return fd;
 }
@@ -109,8 +110,8 @@ void set_owner_and_mode(Injector& inj, pid_t host_pid, long fd, unsigned uid, un
   if (st.st_uid != uid || st.st_gid != gid)  // made by another member of the job
     inj.call_ok(fmt::format("{}: fchown to {}:{}", who, uid, gid), SYS_fchown,
                 static_cast<std::uint64_t>(fd), uid, gid);
-  inj.call_ok(fmt::format("{}: fchmod {:o}", who, mode), SYS_fchmod,
-              static_cast<std::uint64_t>(fd), mode);
+  inj.call_ok(fmt::format("{}: fchmod {:o}", who, mode), SYS_fchmod, static_cast<std::uint64_t>(fd),
+              mode);
 }
 
 void check_identity(pid_t host_pid, long fd, const FileId& want, SizeRule rule,
@@ -130,7 +131,8 @@ void check_identity(pid_t host_pid, long fd, const FileId& want, SizeRule rule,
     refuse(fmt::format("file type {:o} -> {:o}", want.mode & S_IFMT, st.st_mode & S_IFMT));
   if (want.mode && (st.st_uid != want.uid || st.st_gid != want.gid))
     refuse(fmt::format("owner {}:{} -> {}:{}", want.uid, want.gid, st.st_uid, st.st_gid));
-  if (same_file && want.dev && !dump_boot.empty() && dump_boot == boot_id() && st.st_dev != want.dev)
+  if (same_file && want.dev && !dump_boot.empty() && dump_boot == boot_id() &&
+      st.st_dev != want.dev)
     refuse(fmt::format("device {:#x} -> {:#x}", want.dev, st.st_dev));
   auto size = static_cast<std::uint64_t>(st.st_size);
   std::int64_t mtime = st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec;

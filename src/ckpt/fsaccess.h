@@ -45,22 +45,22 @@ const Process& owner_of(const Manifest& m, const std::function<bool(const Fd&)>&
                         const std::function<bool(const Vma&)>& vma_holds = {});
 
 // openat(2) of `path` in the target through openat2(2) with RESOLVE_NO_SYMLINKS (a
-// trailing link is refused too), with the target's credentials. Returns the fd in the target; throws
-// Error("<who>: ...") naming the path, saying so when a symlink was met (ELOOP).
+// trailing link is refused too), with the target's credentials. Returns the fd in the target;
+// throws Error("<who>: ...") naming the path, saying so when a symlink was met (ELOOP).
 long open_no_symlinks(Injector& inj, pid_t host_pid, const InjectionArea& area,
                       const std::string& path, int flags, unsigned mode, const std::string& who);
 
 // What an identity check demands besides the file's type and owner: for kAtLeast and
 // kSame also its inode (and device, within the boot that dumped it).
 enum class SizeRule {
-  kAny,       // a file the job only reads through an fd, or a directory: may be a copy
-  kAtLeast,   // a file the job wrote: truncated back to the dump's size afterwards
-  kSame,      // mapped files and executables: size and mtime unchanged
+  kAny,      // a file the job only reads through an fd, or a directory: may be a copy
+  kAtLeast,  // a file the job wrote: truncated back to the dump's size afterwards
+  kSame,     // mapped files and executables: size and mtime unchanged
 };
 
 // fstat(2)s fd `fd` of host process `host_pid` and compares it with `want` (fields
-// left 0 are not compared: old images, FIFOs recreated by the restore). `dump_boot` is the manifest's boot id.
-// Throws Error("restore refused: <who>: ...") naming what differs.
+// left 0 are not compared: old images, FIFOs recreated by the restore). `dump_boot` is the
+// manifest's boot id. Throws Error("restore refused: <who>: ...") naming what differs.
 void check_identity(pid_t host_pid, long fd, const FileId& want, SizeRule rule,
                     const std::string& dump_boot, const std::string& who);
 

@@ -196,11 +196,11 @@ class PageReader {
   // deliver() on this reader (whatever its outcome) or the reader's
   // destruction, and must not be used after that. Views never span two chunks: n is
   // min(max, bytes left in the current chunk), so with max >= kChunkRawBytes each call
-  // returns the rest of a whole chunk (kChunkRawBytes bytes, fewer only for the last chunk). When the current
-  // chunk is used up the call first takes the next one from the worker (waiting for
-  // it to be decoded) and lets the worker start on the one after it.
-  // next(0) returns an empty view and consumes nothing (it still rethrows an earlier
-  // chunk error). Throws fsched::Error if max > 0 and the stream is at its end
+  // returns the rest of a whole chunk (kChunkRawBytes bytes, fewer only for the last chunk). When
+  // the current chunk is used up the call first takes the next one from the worker (waiting for it
+  // to be decoded) and lets the worker start on the one after it. next(0) returns an empty view and
+  // consumes nothing (it still rethrows an earlier chunk error). Throws fsched::Error if max > 0
+  // and the stream is at its end
   // ("... past the end of the page stream ...", consuming nothing; the reader stays
   // usable), or naming the chunk index and pages.img offset if the next chunk is bad
   // (see above; the reader is then failed).

@@ -16,10 +16,14 @@ std::optional<std::uint64_t> parse_hex64(std::string_view s) {
   std::uint64_t v = 0;
   for (char c : s) {
     int d;
-    if (c >= '0' && c <= '9') d = c - '0';
-    else if (c >= 'a' && c <= 'f') d = c - 'a' + 10;
-    else if (c >= 'A' && c <= 'F') d = c - 'A' + 10;
-    else return std::nullopt;
+    if (c >= '0' && c <= '9')
+      d = c - '0';
+    else if (c >= 'a' && c <= 'f')
+      d = c - 'a' + 10;
+    else if (c >= 'A' && c <= 'F')
+      d = c - 'A' + 10;
+    else
+      return std::nullopt;
     v = (v << 4) | static_cast<std::uint64_t>(d);
   }
   return v;
@@ -35,7 +39,6 @@ fs::path parent_dir(const fs::path& dir) {
   fs::path parent = dir.parent_path();
   return parent.empty() ? fs::path(".") : parent;
 }
-
 
 std::size_t pread_full(int fd, std::byte* p, std::size_t n, std::uint64_t offset,
                        const fs::path& path) {
@@ -85,8 +88,8 @@ std::optional<std::string> read_small_file(const fs::path& path, std::size_t lim
 }
 
 void write_new_file(int dirfd, const fs::path& path, std::string_view data) {
-  UniqueFd fd(::openat(dirfd, path.filename().c_str(),
-                       O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
+  UniqueFd fd(
+      ::openat(dirfd, path.filename().c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
   if (!fd) fail_errno("{}: cannot create", path.native());
   if (::fchmod(fd.get(), 0600) != 0) fail_errno("{}: cannot chmod 0600", path.native());
   write_all(fd.get(), reinterpret_cast<const std::byte*>(data.data()), data.size(), 0,

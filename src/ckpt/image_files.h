@@ -82,7 +82,6 @@ void write_all(int fd, const std::byte* p, std::size_t n, std::uint64_t off, Des
   }
 }
 
-
 // pread(2) up to n bytes at `offset`, retrying short reads; returns fewer than n only
 // at end of file. Throws Error (errno) naming `path` on a read error.
 std::size_t pread_full(int fd, std::byte* p, std::size_t n, std::uint64_t offset,

@@ -39,8 +39,11 @@ class ImageReaderImpl final : public ImageReader {
  public:
   ImageReaderImpl(fs::path dir, json manifest, std::shared_ptr<const ChunkTable> table,
                   std::vector<std::pair<Section, std::uint64_t>> sections)
-      : dir_(std::move(dir)), pages_path_(dir_ / kPagesName), manifest_(std::move(manifest)),
-        table_(std::move(table)), sections_(std::move(sections)) {}
+      : dir_(std::move(dir)),
+        pages_path_(dir_ / kPagesName),
+        manifest_(std::move(manifest)),
+        table_(std::move(table)),
+        sections_(std::move(sections)) {}
 
   const json& manifest() const override { return manifest_; }
   const fs::path& path() const override { return dir_; }
@@ -93,8 +96,8 @@ class ImageReaderImpl final : public ImageReader {
     // stored bytes at least (starting a thread costs more than hashing a few MiB).
     const std::uint64_t to_hash =
         complete ? chunks[complete - 1].offset + chunks[complete - 1].stored : 0;
-    std::size_t nthreads = static_cast<std::size_t>(std::min<std::uint64_t>(
-        {kVerifyThreads, usable_cpus(), to_hash / kVerifyBytesPerThread}));
+    std::size_t nthreads = static_cast<std::size_t>(
+        std::min<std::uint64_t>({kVerifyThreads, usable_cpus(), to_hash / kVerifyBytesPerThread}));
     std::vector<std::thread> helpers;
     for (std::size_t t = 1; t < nthreads; ++t) {
       try {
@@ -109,9 +112,10 @@ class ImageReaderImpl final : public ImageReader {
 
     if (complete < chunks.size()) fail_truncated(complete, file_size);
     if (file_size > table_->file_bytes)
-      bad_image("{}: trailing bytes after the last chunk: chunk table ends at offset {} but the "
-           "file is {} bytes",
-           pages_path_.native(), table_->file_bytes, file_size);
+      bad_image(
+          "{}: trailing bytes after the last chunk: chunk table ends at offset {} but the "
+          "file is {} bytes",
+          pages_path_.native(), table_->file_bytes, file_size);
     verified_ = true;
     verified_file_ = std::move(shared_file);
   }
@@ -126,10 +130,11 @@ class ImageReaderImpl final : public ImageReader {
   [[noreturn]] void fail_truncated(std::size_t index, std::uint64_t end) const {
     const auto& chunks = table_->chunks;
     const ChunkInfo& c = chunks[index];
-    bad_image("{}: truncated: chunk {} at offset {} needs {} stored bytes but the file ends at "
-         "offset {} ({} bytes missing in total, {} of {} chunks incomplete)",
-         pages_path_.native(), index, c.offset, c.stored, end, table_->file_bytes - end,
-         chunks.size() - index, chunks.size());
+    bad_image(
+        "{}: truncated: chunk {} at offset {} needs {} stored bytes but the file ends at "
+        "offset {} ({} bytes missing in total, {} of {} chunks incomplete)",
+        pages_path_.native(), index, c.offset, c.stored, end, table_->file_bytes - end,
+        chunks.size() - index, chunks.size());
   }
 
   const fs::path dir_, pages_path_;
@@ -152,7 +157,7 @@ void check_integers_only(const json& m, const fs::path& mpath) {
       for (auto& [where, x] : flat.items())
         if (x.is_number_float())
           bad_image("{}: {}: {} is not an integer (every number of a manifest is)", mpath.native(),
-               where, x.dump());
+                    where, x.dump());
     }
     if (v->is_structured())
       for (const json& x : *v) todo.push_back(&x);
@@ -198,21 +203,25 @@ std::unique_ptr<ImageReader> ImageReader::open(const std::filesystem::path& dir_
     std::error_code ec;
     fs::file_status st = fs::status(dir, ec);
     if (!fs::exists(st)) fail("{} is not a checkpoint image (no such directory)", dir.native());
-    if (!fs::is_directory(st)) bad_image("{} is not a checkpoint image (not a directory)", dir.native());
+    if (!fs::is_directory(st))
+      bad_image("{} is not a checkpoint image (not a directory)", dir.native());
     bad_image("{} is not a checkpoint image (no manifest.json)", dir.native());
   }
   if (!key.empty()) {
     // First of all: nothing of a manifest is believed before its HMAC is.
     fs::path hpath = dir / kManifestHmacName;
     std::optional<std::string> mac = read_small_file(hpath, 1024);
-    if (!mac) bad_image("{}: missing: the image is not signed with the cluster's image key", hpath.native());
+    if (!mac)
+      bad_image("{}: missing: the image is not signed with the cluster's image key",
+                hpath.native());
     std::string_view mv = *mac;
     if (!mv.empty() && mv.back() == '\n') mv.remove_suffix(1);
     std::vector<std::byte> k(key.begin(), key.end());
     if (!hmac_equal(mv, image_hmac(k, *text)))
-      bad_image("{}: HMAC mismatch: the manifest or its chunk table was changed after the dump, or the "
-           "image was signed with another image key",
-           mpath.native());
+      bad_image(
+          "{}: HMAC mismatch: the manifest or its chunk table was changed after the dump, or the "
+          "image was signed with another image key",
+          mpath.native());
   }
   std::optional<std::string> sum_text = read_small_file(spath);
   if (!sum_text) bad_image("{}: missing (cannot check {})", spath.native(), mpath.native());
@@ -223,7 +232,7 @@ std::unique_ptr<ImageReader> ImageReader::open(const std::filesystem::path& dir_
   std::uint64_t got = XXH3_64bits(text->data(), text->size());
   if (got != *want)
     bad_image("{}: manifest checksum mismatch: xxh3 is {}, manifest.xxh3 says {}", mpath.native(),
-         hex64(got), hex64(*want));
+              hex64(got), hex64(*want));
 
   json m;
   try {

@@ -59,7 +59,9 @@ constexpr std::size_t kFrameCapacity = align_up(ZSTD_COMPRESSBOUND(kChunkRawByte
 
 // Buffers that O_DIRECT can write from: kChunkAlignBytes-aligned, sizes rounded up.
 struct AlignedFree {
-  void operator()(std::byte* p) const { ::operator delete[](p, std::align_val_t{kChunkAlignBytes}); }
+  void operator()(std::byte* p) const {
+    ::operator delete[](p, std::align_val_t{kChunkAlignBytes});
+  }
 };
 using AlignedBuffer = std::unique_ptr<std::byte[], AlignedFree>;
 AlignedBuffer aligned_buffer(std::size_t bytes) {
@@ -67,16 +69,15 @@ AlignedBuffer aligned_buffer(std::size_t bytes) {
       ::operator new[](align_up(bytes), std::align_val_t{kChunkAlignBytes})));
 }
 
-
 // One compression thread of the writer, with its own zstd context and buffers.
 struct Worker {
   std::thread thread;
   std::unique_ptr<ZSTD_CCtx, CCtxFree> cctx;
-  AlignedBuffer in;        // the chunk to compress (swapped with the caller's fill buffer)
-  AlignedBuffer out;       // its zstd frame (kFrameCapacity bytes)
-  std::size_t len = 0;     // bytes in `in`
-  std::uint64_t seq = 0;   // chunk index
-  bool busy = false;       // has a chunk not yet written (guarded by the writer's mu_)
+  AlignedBuffer in;       // the chunk to compress (swapped with the caller's fill buffer)
+  AlignedBuffer out;      // its zstd frame (kFrameCapacity bytes)
+  std::size_t len = 0;    // bytes in `in`
+  std::uint64_t seq = 0;  // chunk index
+  bool busy = false;      // has a chunk not yet written (guarded by the writer's mu_)
 };
 
 // A chunk ready to be written: `stored` bytes at `data` (the worker's in or out).
@@ -90,8 +91,11 @@ struct Encoded {
 class ImageWriterImpl final : public ImageWriter {
  public:
   ImageWriterImpl(fs::path dir, fs::path tmp, int level, bool direct_io)
-      : dir_(std::move(dir)), tmp_(std::move(tmp)), pages_path_(tmp_ / kPagesName),
-        level_(level), direct_(direct_io) {}
+      : dir_(std::move(dir)),
+        tmp_(std::move(tmp)),
+        pages_path_(tmp_ / kPagesName),
+        level_(level),
+        direct_(direct_io) {}
 
   ~ImageWriterImpl() override {
     stop_worker();
@@ -157,22 +161,23 @@ class ImageWriterImpl final : public ImageWriter {
     if (fill_len_ == kChunkRawBytes) submit();
   }
 
-  void set_eager_writeback(bool on) override { eager_writeback_.store(on, std::memory_order_relaxed); }
+  void set_eager_writeback(bool on) override {
+    eager_writeback_.store(on, std::memory_order_relaxed);
+  }
 
   void begin_section(Section sec) override {
     check_usable();
     std::size_t i = section_index(sec);
     if (!sections_.empty() && i <= section_index(sections_.back().first))
-      fail("{}: section \"{}\" begun after \"{}\": sections go in the order of sections.h, "
-           "each once",
-           dir_.native(), section_name(sec), section_name(sections_.back().first));
+      fail(
+          "{}: section \"{}\" begun after \"{}\": sections go in the order of sections.h, "
+          "each once",
+          dir_.native(), section_name(sec), section_name(sections_.back().first));
     sections_.emplace_back(sec, logical_);
   }
 
   std::uint64_t logical_bytes() const override { return logical_; }
-  std::uint64_t stored_bytes() const override {
-    return stored_.load(std::memory_order_relaxed);
-  }
+  std::uint64_t stored_bytes() const override { return stored_.load(std::memory_order_relaxed); }
   const fs::path& path() const override { return dir_; }
   void sign_with(std::vector<std::byte> key) override { key_ = std::move(key); }
 
@@ -341,8 +346,10 @@ class ImageWriterImpl final : public ImageWriter {
     if (len < kSamples * kSampleBytes * 4) return true;
     for (std::size_t i = 0; i < kSamples; ++i) {
       const std::byte* at = src + (len - kSampleBytes) * i / (kSamples - 1);
-      std::size_t n = ZSTD_compressCCtx(w.cctx.get(), w.out.get(), kFrameCapacity, at, kSampleBytes, level_);
-      if (ZSTD_isError(n) || std::uint64_t{n} * 100 < std::uint64_t{kSampleBytes} * kStoreRawPercent)
+      std::size_t n =
+          ZSTD_compressCCtx(w.cctx.get(), w.out.get(), kFrameCapacity, at, kSampleBytes, level_);
+      if (ZSTD_isError(n) ||
+          std::uint64_t{n} * 100 < std::uint64_t{kSampleBytes} * kStoreRawPercent)
         return true;
     }
     return false;

@@ -41,7 +41,7 @@ asm(".pushsection .text\n"
     ".globl fsched_heal_end\n"
     "fsched_heal_start:\n"
     "  syscall\n"
-    "  mov $14, %eax\n"                         // rt_sigprocmask(SIG_SETMASK, &mask, 0, 8)
+    "  mov $14, %eax\n"  // rt_sigprocmask(SIG_SETMASK, &mask, 0, 8)
     "  mov $2, %edi\n"
     "  lea fsched_heal_data+144(%rip), %rsi\n"
     "  xor %edx, %edx\n"
@@ -251,8 +251,8 @@ void Injector::restore() {
   set_sigmask(tid_, saved_mask_);
 }
 
-long Injector::call(long nr, std::uint64_t a1, std::uint64_t a2, std::uint64_t a3,
-                    std::uint64_t a4, std::uint64_t a5, std::uint64_t a6) {
+long Injector::call(long nr, std::uint64_t a1, std::uint64_t a2, std::uint64_t a3, std::uint64_t a4,
+                    std::uint64_t a5, std::uint64_t a6) {
   if (heal_data_) {
     // Tell the healing code what to put back should we die before we do: the state
     // restore() would install, and the thread's own mask. Registers first, then the
@@ -260,9 +260,9 @@ long Injector::call(long nr, std::uint64_t a1, std::uint64_t a2, std::uint64_t a
     // healing code when let go.
     user_regs_struct own = saved_;
     fixup_syscall_restart(own, true);
-    HealData d{own.rip, own.eflags, own.rsp, own.rax, own.rbx, own.rcx, own.rdx,
-               own.rsi, own.rdi, own.rbp, own.r8,  own.r9,  own.r10, own.r11,
-               own.r12, own.r13, own.r14, own.r15, saved_mask_};
+    HealData d{own.rip, own.eflags, own.rsp, own.rax, own.rbx,    own.rcx, own.rdx,
+               own.rsi, own.rdi,    own.rbp, own.r8,  own.r9,     own.r10, own.r11,
+               own.r12, own.r13,    own.r14, own.r15, saved_mask_};
     if (::pwrite(mem_.get(), &d, sizeof d, static_cast<off_t>(heal_data_)) != sizeof d)
       fail_errno("thread {}: writing the healing data", tid_);
   }
@@ -314,7 +314,8 @@ long Injector::call(long nr, std::uint64_t a1, std::uint64_t a2, std::uint64_t a
 long Injector::call_ok(const std::string& what, long nr, std::uint64_t a1, std::uint64_t a2,
                        std::uint64_t a3, std::uint64_t a4, std::uint64_t a5, std::uint64_t a6) {
   long r = call(nr, a1, a2, a3, a4, a5, a6);
-  if (r < 0 && r > -4096) throw Error(fmt::format("thread {}: {}", tid_, what), static_cast<int>(-r));
+  if (r < 0 && r > -4096)
+    throw Error(fmt::format("thread {}: {}", tid_, what), static_cast<int>(-r));
   return r;
 }
 

@@ -70,8 +70,10 @@ std::string path_of_watch(const InotifyWatch& w, const std::string& where) {
                        kernel_major(w.sdev), kernel_minor(w.sdev));
   };
   if (w.handle_hex.empty())
-    fail_unsupported("{}: the kernel shows no file handle for it (this file system cannot be watched "
-         "across a checkpoint)", what());
+    fail_unsupported(
+        "{}: the kernel shows no file handle for it (this file system cannot be watched "
+        "across a checkpoint)",
+        what());
   UniqueFd mnt = mount_of(w.sdev);
   if (!mnt) fail_unsupported("{}: no mount of its file system is visible", what());
   auto bytes = from_hex(w.handle_hex);
@@ -80,7 +82,8 @@ std::string path_of_watch(const InotifyWatch& w, const std::string& where) {
   fh->handle_bytes = static_cast<unsigned>(bytes.size());
   fh->handle_type = w.handle_type;
   std::memcpy(buf.data() + sizeof(file_handle), bytes.data(), bytes.size());
-  UniqueFd obj(static_cast<int>(::syscall(SYS_open_by_handle_at, mnt.get(), fh, O_PATH | O_CLOEXEC)));
+  UniqueFd obj(
+      static_cast<int>(::syscall(SYS_open_by_handle_at, mnt.get(), fh, O_PATH | O_CLOEXEC)));
   if (!obj) fail_errno("{}: open_by_handle_at", what());
   std::string path = read_link(fmt::format("/proc/self/fd/{}", obj.get()));
   if (path.ends_with(" (deleted)"))
@@ -124,12 +127,18 @@ std::vector<InotifyWatch> parse_inotify_fdinfo(const std::string& fdinfo) {
       std::string k = field.substr(0, colon), v = field.substr(colon + 1);
       try {
         // Every number is hexadecimal (fs/notify/fdinfo.c), the handle too.
-        if (k == "wd") w.wd = static_cast<int>(std::stoul(v, nullptr, 16)), have_wd = true;
-        else if (k == "ino") w.ino = std::stoull(v, nullptr, 16), have_ino = true;
-        else if (k == "sdev") w.sdev = std::stoull(v, nullptr, 16), have_sdev = true;
-        else if (k == "mask") w.mask = static_cast<std::uint32_t>(std::stoul(v, nullptr, 16)), have_mask = true;
-        else if (k == "fhandle-type") w.handle_type = static_cast<int>(std::stol(v, nullptr, 16));
-        else if (k == "f_handle") w.handle_hex = v;
+        if (k == "wd")
+          w.wd = static_cast<int>(std::stoul(v, nullptr, 16)), have_wd = true;
+        else if (k == "ino")
+          w.ino = std::stoull(v, nullptr, 16), have_ino = true;
+        else if (k == "sdev")
+          w.sdev = std::stoull(v, nullptr, 16), have_sdev = true;
+        else if (k == "mask")
+          w.mask = static_cast<std::uint32_t>(std::stoul(v, nullptr, 16)), have_mask = true;
+        else if (k == "fhandle-type")
+          w.handle_type = static_cast<int>(std::stol(v, nullptr, 16));
+        else if (k == "f_handle")
+          w.handle_hex = v;
       } catch (const std::logic_error&) {
         fail("fdinfo: bad inotify value '{}' in '{}'", field, line);
       }
@@ -179,20 +188,24 @@ long open_inotify(const FdRestoreCtx& c, const Fd& f, const std::string& who) {
   for (auto& w : f.watches) {
     while (last + 1 < w.wd) {
       if (++filled > kMaxFill)
-        fail_unsupported("{}: inotify watch {} cannot be numbered again (too many numbers to skip)", who, w.wd);
+        fail_unsupported("{}: inotify watch {} cannot be numbered again (too many numbers to skip)",
+                         who, w.wd);
       int d = ::inotify_add_watch(mine.get(), dummy.c_str(), IN_ATTRIB);
       if (d < 0) fail_errno("{}: inotify_add_watch on {}", who, dummy);
       if (::inotify_rm_watch(mine.get(), d) < 0) fail_errno("{}: inotify_rm_watch", who);
-      if (d <= last) fail_unsupported("{}: the kernel reused watch number {}: cannot reproduce watch {}", who, d, w.wd);
+      if (d <= last)
+        fail_unsupported("{}: the kernel reused watch number {}: cannot reproduce watch {}", who, d,
+                         w.wd);
       last = d;
     }
     // The path found at dump time is the watched inode itself: never follow a link.
     int got = ::inotify_add_watch(mine.get(), w.path.c_str(), w.mask | IN_DONT_FOLLOW);
     if (got < 0) fail_errno("{}: inotify_add_watch on {}", who, w.path);
     if (got != w.wd)
-      fail_unsupported("{}: the watch on {} got number {} instead of {}: the kernel's numbering cannot be "
-           "reproduced",
-           who, w.path, got, w.wd);
+      fail_unsupported(
+          "{}: the watch on {} got number {} instead of {}: the kernel's numbering cannot be "
+          "reproduced",
+          who, w.path, got, w.wd);
     last = got;
   }
   // Removing a throw-away watch queued an IN_IGNORED event for it: read them all (the
@@ -209,8 +222,12 @@ long open_inotify(const FdRestoreCtx& c, const Fd& f, const std::string& who) {
 
 }  // namespace
 
-const FdOps kInotifyFdOps{.kind = FdKind::kInotify, .anon_link = "anon_inode:inotify",
-                          .dump = dump_inotify, .open = open_inotify, .finish = nullptr,
-                          .shareable = true, .seekable = false};
+const FdOps kInotifyFdOps{.kind = FdKind::kInotify,
+                          .anon_link = "anon_inode:inotify",
+                          .dump = dump_inotify,
+                          .open = open_inotify,
+                          .finish = nullptr,
+                          .shareable = true,
+                          .seekable = false};
 
 }  // namespace fsched::ckpt

@@ -19,51 +19,51 @@ namespace fsched::ckpt {
 // Identity of a file as seen by stat(2), to detect that a file changed after dump.
 struct FileId {
   std::uint64_t ino = 0;
-  std::uint64_t size = 0;        // bytes
-  std::int64_t mtime_ns = 0;     // st_mtim in nanoseconds since the epoch
+  std::uint64_t size = 0;     // bytes
+  std::int64_t mtime_ns = 0;  // st_mtim in nanoseconds since the epoch
   // Checked on restore against what a path opens (fsaccess.h); 0 in images older than
   // these fields, where they are not compared.
-  std::uint64_t dev = 0;         // st_dev, compared only within the boot that dumped it
-  unsigned mode = 0;             // st_mode: file type and permissions
-  unsigned uid = 0, gid = 0;     // owner
+  std::uint64_t dev = 0;      // st_dev, compared only within the boot that dumped it
+  unsigned mode = 0;          // st_mode: file type and permissions
+  unsigned uid = 0, gid = 0;  // owner
 };
 
 // One virtual memory area, as /proc/PID/maps and smaps show it.
 struct Vma {
-  std::uint64_t start = 0, end = 0;   // [start, end) virtual addresses, page aligned
-  int prot = 0;                       // PROT_* bits
-  bool shared = false;                // MAP_SHARED
-  VmaKind kind = VmaKind::kAnon;      // what backs it (vma_kind.h)
+  std::uint64_t start = 0, end = 0;  // [start, end) virtual addresses, page aligned
+  int prot = 0;                      // PROT_* bits
+  bool shared = false;               // MAP_SHARED
+  VmaKind kind = VmaKind::kAnon;     // what backs it (vma_kind.h)
   std::string shm_key;
-  std::string path;                   // file path for VmaKind::kFile
+  std::string path;  // file path for VmaKind::kFile
   // A "file" mapping of a file deleted while mapped: the DeletedFile with this key
   // (its path is then only where the file was).
   std::string deleted_key;
   // kind "sysv": a SysV shared memory attach (shmat(2)) of segment shm_key (its shmid);
   // the attach's SHM_RDONLY / SHM_EXEC flags.
   int shmat_flags = 0;
-  std::uint64_t pgoff = 0;            // file offset in bytes
-  FileId file;                        // identity of the mapped file
-  std::vector<std::string> vmflags;   // smaps VmFlags we restore (gd, dc, wc, hg, nh, dd)
+  std::uint64_t pgoff = 0;           // file offset in bytes
+  FileId file;                       // identity of the mapped file
+  std::vector<std::string> vmflags;  // smaps VmFlags we restore (gd, dc, wc, hg, nh, dd)
   // Runs of pages stored in the page stream: {first page index within the VMA, count}.
   std::vector<std::pair<std::uint64_t, std::uint64_t>> runs;
 };
 
 // A file registered in an epoll instance (epoll_ctl(2)).
 struct EpollTarget {
-  int fd = -1;                 // its fd number in the process
-  std::uint32_t events = 0;    // EPOLLIN, EPOLLET ...
-  std::uint64_t data = 0;      // epoll_data, as the kernel holds it
+  int fd = -1;               // its fd number in the process
+  std::uint32_t events = 0;  // EPOLLIN, EPOLLET ...
+  std::uint64_t data = 0;    // epoll_data, as the kernel holds it
 };
 
 // A watch of an inotify instance, as /proc/PID/fdinfo shows it (proc(5)), with the
 // path the dumper found for the watched inode.
 struct InotifyWatch {
-  int wd = 0;                  // watch descriptor
-  std::uint64_t ino = 0;       // watched inode
-  std::uint64_t sdev = 0;      // its file system's device, kernel encoding (major << 20 | minor)
-  std::uint32_t mask = 0;      // IN_* events and flags (IN_ONESHOT, IN_EXCL_UNLINK)
-  int handle_type = 0;         // file handle (name_to_handle_at(2)) of the inode
+  int wd = 0;              // watch descriptor
+  std::uint64_t ino = 0;   // watched inode
+  std::uint64_t sdev = 0;  // its file system's device, kernel encoding (major << 20 | minor)
+  std::uint32_t mask = 0;  // IN_* events and flags (IN_ONESHOT, IN_EXCL_UNLINK)
+  int handle_type = 0;     // file handle (name_to_handle_at(2)) of the inode
   std::string handle_hex;
   std::string path;
 };
@@ -73,9 +73,9 @@ struct Fd {
   int fd = -1;
   FdKind kind = FdKind::kFile;  // which unit dumps and restores it (fd_kind.h, fd_ops.h)
   std::string path;
-  int flags = 0;             // open flags from fdinfo (O_ACCMODE, O_APPEND, O_CLOEXEC ...)
-  std::int64_t pos = 0;      // file offset in bytes
-  FileId file;               // for "file": identity and size at dump time (bytes)
+  int flags = 0;         // open flags from fdinfo (O_ACCMODE, O_APPEND, O_CLOEXEC ...)
+  std::int64_t pos = 0;  // file offset in bytes
+  FileId file;           // for "file": identity and size at dump time (bytes)
   // A "file" unlinked while open: key of its DeletedFile (or of a ShmObject, when the
   // job also maps it as shared memory); path is where the file was.
   std::string deleted_key;
@@ -83,13 +83,13 @@ struct Fd {
   int shared_pid = 0;
   int shared_fd = -1;
   // Event fds (eventfds.cpp):
-  std::uint64_t count = 0;          // eventfd counter; timerfd expirations not yet read
-  bool semaphore = false;           // EFD_SEMAPHORE
-  int clockid = 0, settime_flags = 0;               // timerfd
-  std::uint64_t value_ns = 0, interval_ns = 0;      // timerfd: time left, period (ns)
-  std::uint64_t sigmask = 0;        // signalfd
-  std::vector<EpollTarget> targets; // epoll
-  std::vector<InotifyWatch> watches;  // inotify, by wd
+  std::uint64_t count = 0;                      // eventfd counter; timerfd expirations not yet read
+  bool semaphore = false;                       // EFD_SEMAPHORE
+  int clockid = 0, settime_flags = 0;           // timerfd
+  std::uint64_t value_ns = 0, interval_ns = 0;  // timerfd: time left, period (ns)
+  std::uint64_t sigmask = 0;                    // signalfd
+  std::vector<EpollTarget> targets;             // epoll
+  std::vector<InotifyWatch> watches;            // inotify, by wd
 };
 
 struct SigAction {
@@ -99,33 +99,33 @@ struct SigAction {
 
 // One seccomp filter of a thread (seccomp(2) SECCOMP_SET_MODE_FILTER).
 struct SeccompFilter {
-  std::uint64_t flags = 0;             // SECCOMP_FILTER_FLAG_* it was installed with
-  std::string prog_hex;                // its struct sock_filter instructions, hex
+  std::uint64_t flags = 0;  // SECCOMP_FILTER_FLAG_* it was installed with
+  std::string prog_hex;     // its struct sock_filter instructions, hex
 };
 
 // What confines a thread (capabilities(7), prctl(2), seccomp(2)), restored exactly so a
 // restored job never has more privilege than it had.
 struct Confinement {
   std::uint64_t cap_inh = 0, cap_prm = 0, cap_eff = 0, cap_bnd = 0, cap_amb = 0;
-  unsigned securebits = 0;             // prctl(PR_GET_SECUREBITS)
+  unsigned securebits = 0;  // prctl(PR_GET_SECUREBITS)
   bool no_new_privs = false;
   int seccomp_mode = 0;                // 0 none, 2 filter (1, strict, is refused)
   std::vector<SeccompFilter> filters;  // oldest first
 };
 
 struct Thread {
-  int tid = 0;                         // TID in the job's PID namespace
-  std::vector<std::uint64_t> regs;     // struct user_regs_struct as 64-bit words
-  std::string xstate_hex;              // NT_X86_XSTATE regset
+  int tid = 0;                      // TID in the job's PID namespace
+  std::vector<std::uint64_t> regs;  // struct user_regs_struct as 64-bit words
+  std::string xstate_hex;           // NT_X86_XSTATE regset
   std::uint64_t sigmask = 0;
   std::uint64_t rseq_addr = 0, rseq_len = 0, rseq_sig = 0;  // rseq_len 0: none
   std::uint64_t robust_list = 0, robust_len = 0;
-  std::uint64_t clear_tid_addr = 0;    // set_tid_address(2) value
+  std::uint64_t clear_tid_addr = 0;  // set_tid_address(2) value
   std::uint64_t altstack_sp = 0, altstack_size = 0;
   int altstack_flags = 0;
-  std::string comm;                    // thread name, /proc/PID/task/TID/comm
+  std::string comm;                      // thread name, /proc/PID/task/TID/comm
   std::vector<std::string> pending_hex;  // per-thread pending siginfo_t, hex
-  Confinement confinement;             // capabilities, securebits, no_new_privs, seccomp
+  Confinement confinement;               // capabilities, securebits, no_new_privs, seccomp
 };
 
 struct Rlimit {
@@ -140,22 +140,21 @@ struct ItimerVal {
 
 struct Process {
   int pid = 0, ppid = 0, pgid = 0, sid = 0;  // in the job's PID namespace; ppid 0 for init
-  int exit_signal = 17;                       // signal sent to the parent on exit
-  bool zombie = false;                        // exited, not yet reaped by its parent
-  int exit_status = 0;                        // for a zombie: wait status (waitpid(2) form)
+  int exit_signal = 17;                      // signal sent to the parent on exit
+  bool zombie = false;                       // exited, not yet reaped by its parent
+  int exit_status = 0;                       // for a zombie: wait status (waitpid(2) form)
   std::string exe;
   FileId exe_file;
   std::string cwd;
-  FileId cwd_file;                            // identity of the working directory
+  FileId cwd_file;  // identity of the working directory
   unsigned umask = 022;
   unsigned personality = 0;
   int dumpable = 1;
-  std::vector<unsigned> uids, gids;           // real, effective, saved, fs
+  std::vector<unsigned> uids, gids;  // real, effective, saved, fs
   std::vector<unsigned> groups;
   // prctl(PR_SET_MM_MAP) fields; see prctl(2).
-  std::uint64_t start_code = 0, end_code = 0, start_data = 0, end_data = 0, start_brk = 0,
-                brk = 0, start_stack = 0, arg_start = 0, arg_end = 0, env_start = 0,
-                env_end = 0;
+  std::uint64_t start_code = 0, end_code = 0, start_data = 0, end_data = 0, start_brk = 0, brk = 0,
+                start_stack = 0, arg_start = 0, arg_end = 0, env_start = 0, env_end = 0;
   std::string auxv_hex;
   std::vector<Vma> vmas;
   std::vector<Fd> fds;
@@ -163,16 +162,16 @@ struct Process {
   std::vector<Rlimit> rlimits;
   std::vector<ItimerVal> itimers;
   std::vector<std::string> shared_pending_hex;  // process-wide pending siginfo_t, hex
-  std::vector<Thread> threads;                // threads[0] is the thread-group leader
+  std::vector<Thread> threads;                  // threads[0] is the thread-group leader
 };
 
 // A pipe of the job: its buffered bytes are section "pipes" of the page stream, in
 // the order of Manifest::pipes.
 struct Pipe {
-  std::uint64_t ino = 0;        // pipefs inode, as in "pipe:[ino]"
-  std::uint64_t capacity = 0;   // bytes, F_GETPIPE_SZ
-  std::uint64_t bytes = 0;      // bytes buffered at dump time
-  std::string path;             // a named pipe (FIFO); empty for pipe(2) pipes
+  std::uint64_t ino = 0;       // pipefs inode, as in "pipe:[ino]"
+  std::uint64_t capacity = 0;  // bytes, F_GETPIPE_SZ
+  std::uint64_t bytes = 0;     // bytes buffered at dump time
+  std::string path;            // a named pipe (FIFO); empty for pipe(2) pipes
 };
 
 // A shared memory object mapped MAP_SHARED by the job: shared anonymous memory
@@ -180,10 +179,10 @@ struct Pipe {
 // semaphores). Stored once however many processes map it; its data pages are section
 // "shm" of the page stream, in the order of Manifest::shm.
 struct ShmObject {
-  std::string key;                  // "dev:inode" of the object
-  std::string path;                 // /dev/shm/NAME if it still has that name, else empty
+  std::string key;   // "dev:inode" of the object
+  std::string path;  // /dev/shm/NAME if it still has that name, else empty
   unsigned mode = 0600, uid = 0, gid = 0;
-  std::uint64_t size = 0;           // bytes
+  std::uint64_t size = 0;                                     // bytes
   std::vector<std::pair<std::uint64_t, std::uint64_t>> runs;  // {first page, count} with data
 };
 
@@ -192,10 +191,10 @@ struct ShmObject {
 // refer to it. Its data is section "deleted_files" of the page stream, in the order of
 // Manifest::deleted_files. Restored as a new unlinked file in the same directory.
 struct DeletedFile {
-  std::string key;                  // "major:minor:inode", as for ShmObject
-  std::string path;                 // where it was, without " (deleted)"
+  std::string key;   // "major:minor:inode", as for ShmObject
+  std::string path;  // where it was, without " (deleted)"
   unsigned mode = 0600, uid = 0, gid = 0;
-  std::uint64_t size = 0;           // bytes
+  std::uint64_t size = 0;                                     // bytes
   std::vector<std::pair<std::uint64_t, std::uint64_t>> runs;  // {first page, count} with data
 };
 
@@ -204,32 +203,32 @@ struct DeletedFile {
 // Manifest::sysv_shm. Restored with the same shmid (kernel.shm_next_id) in the
 // restored job's new IPC namespace.
 struct SysvShm {
-  int id = -1;                      // shmid
-  int key = 0;                      // IPC_PRIVATE (0) for a private or removed segment
-  std::uint64_t size = 0;           // bytes, shm_segsz
+  int id = -1;             // shmid
+  int key = 0;             // IPC_PRIVATE (0) for a private or removed segment
+  std::uint64_t size = 0;  // bytes, shm_segsz
   unsigned mode = 0600, uid = 0, gid = 0;
-  bool removed = false;             // IPC_RMID done, still attached (SHM_DEST)
+  bool removed = false;  // IPC_RMID done, still attached (SHM_DEST)
   std::vector<std::pair<std::uint64_t, std::uint64_t>> runs;  // {first page, count} with data
 };
 
 // A Unix socket of the job. Its queued data (bytes waiting to be read on it) is section
 // "sockets" of the page stream, in the order of Manifest::sockets.
 struct UnixSocket {
-  std::uint64_t ino = 0;            // sockfs inode, as in "socket:[ino]"
-  int type = 1;                     // SOCK_STREAM, SOCK_DGRAM, SOCK_SEQPACKET
-  int state = 0;                    // TCP_ESTABLISHED, TCP_LISTEN, TCP_CLOSE (unconnected)
-  std::uint64_t peer = 0;           // inode of the connected peer (in the job), 0 if none
-  std::string name;                 // bound path; "@..." for abstract names
+  std::uint64_t ino = 0;              // sockfs inode, as in "socket:[ino]"
+  int type = 1;                       // SOCK_STREAM, SOCK_DGRAM, SOCK_SEQPACKET
+  int state = 0;                      // TCP_ESTABLISHED, TCP_LISTEN, TCP_CLOSE (unconnected)
+  std::uint64_t peer = 0;             // inode of the connected peer (in the job), 0 if none
+  std::string name;                   // bound path; "@..." for abstract names
   std::vector<std::uint64_t> queued;  // sizes in bytes of the queued messages
 };
 
 struct Manifest {
-  std::string kernel;                // uname -r at dump time
-  std::uint64_t xfeatures = 0;       // XCR0 of the dumping CPU
-  std::uint64_t xstate_size = 0;     // bytes of the NT_X86_XSTATE regset
-  std::int64_t dump_time_ns = 0;     // CLOCK_REALTIME
-  std::string boot_id;               // /proc/sys/kernel/random/boot_id of the dumping host
-  std::vector<Process> processes;    // parents before children
+  std::string kernel;              // uname -r at dump time
+  std::uint64_t xfeatures = 0;     // XCR0 of the dumping CPU
+  std::uint64_t xstate_size = 0;   // bytes of the NT_X86_XSTATE regset
+  std::int64_t dump_time_ns = 0;   // CLOCK_REALTIME
+  std::string boot_id;             // /proc/sys/kernel/random/boot_id of the dumping host
+  std::vector<Process> processes;  // parents before children
   std::vector<Pipe> pipes;
   std::vector<ShmObject> shm;
   std::vector<DeletedFile> deleted_files;
@@ -249,8 +248,7 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(EpollTarget, fd, events, data)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(InotifyWatch, wd, ino, sdev, mask, handle_type,
                                                 handle_hex, path)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Fd, fd, kind, path, flags, pos, file, deleted_key,
-                                                shared_pid,
-                                                shared_fd, count, semaphore, clockid,
+                                                shared_pid, shared_fd, count, semaphore, clockid,
                                                 settime_flags, value_ns, interval_ns, sigmask,
                                                 targets, watches)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(SigAction, sig, handler, flags, restorer, mask)
@@ -266,13 +264,12 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Rlimit, resource, cur, max)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(ItimerVal, which, interval_sec, interval_usec,
                                                 value_sec, value_usec)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Process, pid, ppid, pgid, sid, exit_signal, zombie,
-                                                exit_status, exe,
-                                                exe_file, cwd, cwd_file, umask, personality, dumpable, uids,
-                                                gids, groups, start_code, end_code, start_data,
-                                                end_data, start_brk, brk, start_stack, arg_start,
-                                                arg_end, env_start, env_end, auxv_hex, vmas, fds,
-                                                sigactions, rlimits, itimers, shared_pending_hex,
-                                                threads)
+                                                exit_status, exe, exe_file, cwd, cwd_file, umask,
+                                                personality, dumpable, uids, gids, groups,
+                                                start_code, end_code, start_data, end_data,
+                                                start_brk, brk, start_stack, arg_start, arg_end,
+                                                env_start, env_end, auxv_hex, vmas, fds, sigactions,
+                                                rlimits, itimers, shared_pending_hex, threads)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Pipe, ino, capacity, bytes, path)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(ShmObject, key, path, mode, uid, gid, size, runs)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(DeletedFile, key, path, mode, uid, gid, size, runs)
@@ -280,9 +277,8 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(SysvShm, id, key, size, mode, ui
                                                 runs)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(UnixSocket, ino, type, state, peer, name, queued)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Manifest, kernel, xfeatures, xstate_size,
-                                                dump_time_ns, boot_id, processes, pipes, shm, deleted_files,
-                                                sysv_shm, sockets, sections)
-
+                                                dump_time_ns, boot_id, processes, pipes, shm,
+                                                deleted_files, sysv_shm, sockets, sections)
 
 // Hex helpers for binary blobs stored in the manifest.
 std::string to_hex(const void* data, std::size_t len);

@@ -133,7 +133,8 @@ void dump_memory_layout(DumpProcess& p) {
         fail_unsupported("{}: this kind of shared memory mapping is not supported yet", where());
       struct stat st {};
       if (::stat(m.path.c_str(), &st) < 0) fail_errno("{}: cannot stat the mapped file", where());
-      if (!S_ISREG(st.st_mode)) fail_unsupported("{}: mapping of a device is not supported", where());
+      if (!S_ISREG(st.st_mode))
+        fail_unsupported("{}: mapping of a device is not supported", where());
       if (st.st_ino != m.ino)
         fail_unsupported("{}: the file at this path was replaced after it was mapped", where());
       v.kind = VmaKind::kFile;
@@ -175,8 +176,8 @@ std::uint64_t dump_pages(DumpProcess& p, ImageWriter& img) {
       remote.clear();
       for (std::size_t i = k; i < k + n; ++i) {
         std::uint64_t addr = v.start + idx[i] * kPage;
-        if (!remote.empty() && reinterpret_cast<std::uint64_t>(remote.back().iov_base) +
-                                       remote.back().iov_len == addr)
+        if (!remote.empty() &&
+            reinterpret_cast<std::uint64_t>(remote.back().iov_base) + remote.back().iov_len == addr)
           remote.back().iov_len += kPage;
         else
           remote.push_back({reinterpret_cast<void*>(addr), kPage});
@@ -388,8 +389,9 @@ void restore_memory(RestoreProcess& p, const InjectionArea& area, PageReader& pa
       close_file();
       long fd = take_from_init(
           inj, shm_fd_in_init(shm, v.kind == VmaKind::kShm ? v.shm_key : v.deleted_key), what);
-      long mr = inj.call(SYS_mmap, v.start, v.end - v.start, static_cast<std::uint64_t>(prot),
-                        static_cast<std::uint64_t>(flags), static_cast<std::uint64_t>(fd), v.pgoff);
+      long mr =
+          inj.call(SYS_mmap, v.start, v.end - v.start, static_cast<std::uint64_t>(prot),
+                   static_cast<std::uint64_t>(flags), static_cast<std::uint64_t>(fd), v.pgoff);
       inj.call(SYS_close, static_cast<std::uint64_t>(fd));
       if (mr < 0) throw Error(what, static_cast<int>(-mr));
     } else if (v.kind == VmaKind::kFile) {

@@ -59,7 +59,9 @@ class PageReaderImpl final : public PageReader {
   PageReaderImpl(std::shared_ptr<const ChunkTable> table, fs::path pages_path,
                  std::shared_ptr<const PagesFile> file, bool verified,
                  std::vector<std::pair<Section, std::uint64_t>> sections)
-      : table_(std::move(table)), path_(std::move(pages_path)), file_(std::move(file)),
+      : table_(std::move(table)),
+        path_(std::move(pages_path)),
+        file_(std::move(file)),
         sections_(std::move(sections)) {
     if (table_->chunks.empty()) return;
     if (!file_) file_ = std::make_shared<const PagesFile>(path_);
@@ -87,9 +89,10 @@ class PageReaderImpl final : public PageReader {
     if (failed_) std::rethrow_exception(failed_);
     if (max == 0) return {};
     if (pos_ == table_->logical_bytes)
-      bad_image("{}: read at stream offset {} goes past the end of the page stream ({} bytes, "
-           "0 left)",
-           path_.native(), pos_, table_->logical_bytes);
+      bad_image(
+          "{}: read at stream offset {} goes past the end of the page stream ({} bytes, "
+          "0 left)",
+          path_.native(), pos_, table_->logical_bytes);
     if (cur_pos_ == cur_len_) take_chunk(true);
     if (cur_.in_file) materialize();
     std::size_t n = std::min(max, cur_len_ - cur_pos_);
@@ -102,9 +105,10 @@ class PageReaderImpl final : public PageReader {
   void deliver(std::uint64_t len, PageSink& sink) override {
     if (failed_) std::rethrow_exception(failed_);
     if (len > table_->logical_bytes - pos_)
-      bad_image("{}: copy of {} bytes at stream offset {} goes past the end of the page stream "
-                "({} bytes, {} left)",
-                path_.native(), len, pos_, table_->logical_bytes, table_->logical_bytes - pos_);
+      bad_image(
+          "{}: copy of {} bytes at stream offset {} goes past the end of the page stream "
+          "({} bytes, {} left)",
+          path_.native(), len, pos_, table_->logical_bytes, table_->logical_bytes - pos_);
     std::uint64_t at = 0, left = len;
     auto from_current = [&] {
       std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(left, cur_len_ - cur_pos_));
@@ -130,22 +134,24 @@ class PageReaderImpl final : public PageReader {
     auto it = std::find_if(sections_.begin(), sections_.end(),
                            [&](const auto& e) { return e.first == sec; });
     if (it == sections_.end())
-      bad_image("{}: the manifest records no start of page-stream section \"{}\"",
-                path_.native(), section_name(sec));
+      bad_image("{}: the manifest records no start of page-stream section \"{}\"", path_.native(),
+                section_name(sec));
     if (it->second != pos_)
-      bad_image("{}: page-stream section \"{}\" starts at stream offset {} in the manifest, "
-                "but the restore reached it at offset {}: the sections before it were read "
-                "with other sizes than they were dumped",
-                path_.native(), section_name(sec), it->second, pos_);
+      bad_image(
+          "{}: page-stream section \"{}\" starts at stream offset {} in the manifest, "
+          "but the restore reached it at offset {}: the sections before it were read "
+          "with other sizes than they were dumped",
+          path_.native(), section_name(sec), it->second, pos_);
   }
 
   void read(std::span<std::byte> out) override {
     if (failed_) std::rethrow_exception(failed_);
     std::uint64_t left = table_->logical_bytes - pos_;
     if (out.size() > left)
-      bad_image("{}: read of {} bytes at stream offset {} goes past the end of the page stream "
-           "({} bytes, {} left)",
-           path_.native(), out.size(), pos_, table_->logical_bytes, left);
+      bad_image(
+          "{}: read of {} bytes at stream offset {} goes past the end of the page stream "
+          "({} bytes, {} left)",
+          path_.native(), out.size(), pos_, table_->logical_bytes, left);
     while (!out.empty()) {
       std::span<const std::byte> v = next(out.size());
       std::memcpy(out.data(), v.data(), v.size());
@@ -245,8 +251,9 @@ class PageReaderImpl final : public PageReader {
     std::size_t got = file_->copy_hash(c.offset + cur_pos_, want, buf_.get() + cur_pos_, nullptr);
     if (got < want) {
       try {
-        bad_image("{}: chunk {} at offset {}: truncated since it was verified: file ends at offset {}",
-             path_.native(), consumed_ - 1, c.offset, c.offset + cur_pos_ + got);
+        bad_image(
+            "{}: chunk {} at offset {}: truncated since it was verified: file ends at offset {}",
+            path_.native(), consumed_ - 1, c.offset, c.offset + cur_pos_ + got);
       } catch (...) {
         failed_ = std::current_exception();
         throw;
@@ -310,7 +317,7 @@ class PageReaderImpl final : public PageReader {
   std::condition_variable cv_;
   std::optional<ChunkDecoder> theirs_;
   std::unique_ptr<std::byte[]> next_;
-  ChunkBytes decoded_;             // chunk want_, once decoded
+  ChunkBytes decoded_;  // chunk want_, once decoded
   Task task_ = Task::kNone;
   std::size_t want_ = 0;           // the chunk to decode (kDecode)
   SharedDelivery* job_ = nullptr;  // the delivery to join (kDeliver)

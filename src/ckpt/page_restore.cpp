@@ -33,7 +33,8 @@ void write_to_process(pid_t pid, const std::byte* src, std::size_t len,
     std::size_t n = 0;
     while (n < len && part.size() < std::size_t{IOV_MAX}) {
       const iovec& r = remote[c.ri];
-      std::size_t take = static_cast<std::size_t>(std::min<std::uint64_t>(r.iov_len - c.done, len - n));
+      std::size_t take =
+          static_cast<std::size_t>(std::min<std::uint64_t>(r.iov_len - c.done, len - n));
       if (take) part.push_back({static_cast<std::byte*>(r.iov_base) + c.done, take});
       n += take;
       c.done += take;
@@ -47,12 +48,14 @@ void write_to_process(pid_t pid, const std::byte* src, std::size_t len,
     if (w != static_cast<ssize_t>(n)) {
       auto at = reinterpret_cast<std::uint64_t>(part[0].iov_base);
       if (w < 0)
-        fail_errno("{}: cannot write {} bytes of the page stream at offset {} into process {} "
-                   "at {:#x}",
-                   path.native(), n, pos, pid, at);
-      fail("{}: only {} of {} bytes of the page stream at offset {} reached process {} at "
-           "{:#x} (a remote range unmapped, or pages.img shortened since it was verified)",
-           path.native(), w, n, pos, pid, at);
+        fail_errno(
+            "{}: cannot write {} bytes of the page stream at offset {} into process {} "
+            "at {:#x}",
+            path.native(), n, pos, pid, at);
+      fail(
+          "{}: only {} of {} bytes of the page stream at offset {} reached process {} at "
+          "{:#x} (a remote range unmapped, or pages.img shortened since it was verified)",
+          path.native(), w, n, pos, pid, at);
     }
     src += n;
     len -= n;
@@ -77,7 +80,9 @@ class ProcessSink final : public PageSink {
     }
   }
 
-  std::uint64_t total() const { return begin_.empty() ? 0 : begin_.back() + remote_.back().iov_len; }
+  std::uint64_t total() const {
+    return begin_.empty() ? 0 : begin_.back() + remote_.back().iov_len;
+  }
 
   void put(const std::byte* data, std::size_t len, std::uint64_t at) override {
     // The last range starting at or before `at` holds it (empty ranges are skipped).
@@ -91,7 +96,7 @@ class ProcessSink final : public PageSink {
  private:
   const pid_t pid_;
   const std::span<const iovec> remote_;
-  const std::uint64_t pos_;        // stream offset of the delivery's first byte
+  const std::uint64_t pos_;  // stream offset of the delivery's first byte
   const fs::path& path_;
   std::vector<std::uint64_t> begin_;  // offset of each remote range in the delivery
 };

@@ -17,9 +17,11 @@ namespace fsched::ckpt::image_detail {
 
 PagesFile::PagesFile(fs::path path) : path_(std::move(path)) {
   fd_ = UniqueFd(::open(path_.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
-  if (!fd_ && errno == ELOOP) bad_image("{}: is a symbolic link, not an image file", path_.native());
+  if (!fd_ && errno == ELOOP)
+    bad_image("{}: is a symbolic link, not an image file", path_.native());
   // An image without its pages is a bad image, whatever node reads it.
-  if (!fd_ && errno == ENOENT) throw ImageError(fmt::format("{}: cannot open", path_.native()), ENOENT);
+  if (!fd_ && errno == ENOENT)
+    throw ImageError(fmt::format("{}: cannot open", path_.native()), ENOENT);
   if (!fd_) fail_errno("{}: cannot open", path_.native());
   struct stat st;
   if (::fstat(fd_.get(), &st) != 0) fail_errno("{}: cannot stat", path_.native());
@@ -29,10 +31,8 @@ PagesFile::PagesFile(fs::path path) : path_(std::move(path)) {
   size_ = static_cast<std::uint64_t>(st.st_size);
   long page = ::sysconf(_SC_PAGESIZE);
   page_ = page > 0 ? static_cast<std::size_t>(page) : kMinPageBytes;
-  if (size_ > 0 && size_ <= std::numeric_limits<std::size_t>::max() &&
-      page_ >= kMinPageBytes) {
-    void* p = ::mmap(nullptr, static_cast<std::size_t>(size_), PROT_READ, MAP_SHARED,
-                     fd_.get(), 0);
+  if (size_ > 0 && size_ <= std::numeric_limits<std::size_t>::max() && page_ >= kMinPageBytes) {
+    void* p = ::mmap(nullptr, static_cast<std::size_t>(size_), PROT_READ, MAP_SHARED, fd_.get(), 0);
     if (p != MAP_FAILED) map_ = static_cast<const std::byte*>(p);  // else pread only
   }
 }
@@ -51,7 +51,8 @@ void PagesFile::prefetch(std::uint64_t off, std::uint64_t n) const {
 const std::byte* PagesFile::resident_range(std::uint64_t off, std::uint64_t n) const {
   if (n == 0) return nullptr;
   for (std::uint64_t done = 0; done < n; done += kIoBlockBytes)
-    if (!resident(off + done, static_cast<std::size_t>(std::min<std::uint64_t>(kIoBlockBytes, n - done))))
+    if (!resident(off + done,
+                  static_cast<std::size_t>(std::min<std::uint64_t>(kIoBlockBytes, n - done))))
       return nullptr;
   return map_ + off;
 }

@@ -63,8 +63,7 @@ class PagesFile {
 
   // Feeds [off, off+n) to `state`: in place where resident, else through `scratch`
   // (kIoBlockBytes). Returns the bytes hashed, fewer than n only at end of file.
-  std::size_t hash(std::uint64_t off, std::size_t n, XXH3_state_t* state,
-                   std::byte* scratch) const;
+  std::size_t hash(std::uint64_t off, std::size_t n, XXH3_state_t* state, std::byte* scratch) const;
 
  private:
   // [off, off+n) (n <= kIoBlockBytes) in the mapping if it lies within the mapped file

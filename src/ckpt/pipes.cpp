@@ -43,7 +43,8 @@ void dump_fifo(const FdDumpCtx& c, Fd& f) { f.file = FileId{c.st.st_ino, 0, 0}; 
 
 long open_pipe(const FdRestoreCtx& c, const Fd& f, const std::string& who) {
   auto it = c.pipes.find(f.file.ino);
-  if (it == c.pipes.end()) fail_image("image: {}: pipe {} is not in the pipe table", who, f.file.ino);
+  if (it == c.pipes.end())
+    fail_image("image: {}: pipe {} is not in the pipe table", who, f.file.ino);
   return adopt_from_init(
       c, (f.flags & O_ACCMODE) == O_RDONLY ? it->second.read_fd : it->second.write_fd, f, who);
 }
@@ -52,11 +53,11 @@ long open_fifo(const FdRestoreCtx& c, const Fd& f, const std::string& who) {
   Injector& inj = c.inj();
   // A FIFO open would wait for the other side; init holds it open both ways, and
   // the fd gets its own blocking mode back right after.
-  long fd = open_no_symlinks(inj, c.host_pid(), c.area, f.path, reopen_flags(f) | O_NONBLOCK, 0,
-                             who);
+  long fd =
+      open_no_symlinks(inj, c.host_pid(), c.area, f.path, reopen_flags(f) | O_NONBLOCK, 0, who);
   // It may have been made anew by the restore (create_pipes): its type is what counts.
-  check_identity(c.host_pid(), fd, FileId{.mode = S_IFIFO}, SizeRule::kAny,
-                 c.proc.image->boot_id, who);
+  check_identity(c.host_pid(), fd, FileId{.mode = S_IFIFO}, SizeRule::kAny, c.proc.image->boot_id,
+                 who);
   if (!(f.flags & O_NONBLOCK))
     inj.call_ok(who + ": fcntl(F_SETFL)", SYS_fcntl, static_cast<std::uint64_t>(fd), F_SETFL,
                 static_cast<std::uint64_t>(f.flags & O_APPEND));
@@ -65,18 +66,27 @@ long open_fifo(const FdRestoreCtx& c, const Fd& f, const std::string& who) {
 
 }  // namespace
 
-const FdOps kPipeFdOps{.kind = FdKind::kPipe, .anon_link = nullptr, .dump = dump_pipe,
-                       .open = open_pipe, .finish = nullptr, .shareable = true,
+const FdOps kPipeFdOps{.kind = FdKind::kPipe,
+                       .anon_link = nullptr,
+                       .dump = dump_pipe,
+                       .open = open_pipe,
+                       .finish = nullptr,
+                       .shareable = true,
                        .seekable = false};
-const FdOps kFifoFdOps{.kind = FdKind::kFifo, .anon_link = nullptr, .dump = dump_fifo,
-                       .open = open_fifo, .finish = nullptr, .shareable = true,
+const FdOps kFifoFdOps{.kind = FdKind::kFifo,
+                       .anon_link = nullptr,
+                       .dump = dump_fifo,
+                       .open = open_fifo,
+                       .finish = nullptr,
+                       .shareable = true,
                        .seekable = false};
 
 void dump_pipes(std::span<DumpProcess> procs, Manifest& m, ImageWriter& img) {
   std::set<std::uint64_t> seen;
   for (auto& p : procs) {
     for (auto& f : p.rec.fds) {
-      if ((f.kind != FdKind::kPipe && f.kind != FdKind::kFifo) || !seen.insert(f.file.ino).second) continue;
+      if ((f.kind != FdKind::kPipe && f.kind != FdKind::kFifo) || !seen.insert(f.file.ino).second)
+        continue;
       std::string path = fmt::format("/proc/{}/fd/{}", p.host_pid, f.fd);
       UniqueFd src(::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC));
       if (!src) fail_errno("cannot open pipe {} for reading its buffer", path);
@@ -122,10 +132,12 @@ PipeTable create_pipes(InitStash& stash, const InjectionArea& area, const Manife
       // through a link: the user controls the path (fsaccess.h).
       pid_t ip = stash.init().host_pid;
       act_as(inj, ip, area,
-             &owner_of(m, [&](const Fd& f) { return f.kind == FdKind::kFifo && f.file.ino == pp.ino; }),
+             &owner_of(
+                 m, [&](const Fd& f) { return f.kind == FdKind::kFifo && f.file.ino == pp.ino; }),
              what);
       std::uint64_t path = put_string(ip, area, 0, pp.path);
-      long made = inj.call(SYS_mknodat, static_cast<std::uint64_t>(AT_FDCWD), path, S_IFIFO | 0600, 0);
+      long made =
+          inj.call(SYS_mknodat, static_cast<std::uint64_t>(AT_FDCWD), path, S_IFIFO | 0600, 0);
       if (made < 0 && made != -EEXIST)
         throw Error(fmt::format("{}: cannot recreate the FIFO", what), static_cast<int>(-made));
       long fd = open_no_symlinks(inj, ip, area, pp.path, O_RDWR | O_NONBLOCK, 0, what);

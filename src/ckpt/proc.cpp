@@ -86,7 +86,9 @@ static std::vector<pid_t> list_numeric_dir(const std::string& dir) {
   return out;
 }
 
-std::vector<pid_t> list_tasks(pid_t pid) { return list_numeric_dir(fmt::format("/proc/{}/task", pid)); }
+std::vector<pid_t> list_tasks(pid_t pid) {
+  return list_numeric_dir(fmt::format("/proc/{}/task", pid));
+}
 
 std::vector<pid_t> list_children(pid_t pid) {
   std::vector<pid_t> out;

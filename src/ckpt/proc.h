@@ -30,11 +30,11 @@ std::vector<pid_t> list_children(pid_t pid);
 
 struct MapsEntry {
   std::uint64_t start = 0, end = 0;
-  std::string perms;        // "rw-p"
+  std::string perms;  // "rw-p"
   std::uint64_t pgoff = 0;
   std::uint64_t ino = 0;
-  std::string dev;          // "fd:01"
-  std::string path;         // may be empty, "[heap]", "/usr/lib/... (deleted)"
+  std::string dev;                   // "fd:01"
+  std::string path;                  // may be empty, "[heap]", "/usr/lib/... (deleted)"
   std::vector<std::string> vmflags;  // from smaps
 };
 // /proc/PID/smaps: every VMA with its VmFlags.

@@ -45,8 +45,9 @@ void check_job_root(pid_t pid) {
   }
   if (ns.size() < 2 || ns.back() != 1 ||
       std::filesystem::path(exe).filename().string().rfind("fsched-init", 0) != 0)
-    fail_usage("PID {} is not a job started by fsched-ckpt run (expected the init of its PID namespace)",
-         pid);
+    fail_usage(
+        "PID {} is not a job started by fsched-ckpt run (expected the init of its PID namespace)",
+        pid);
 }
 
 // ---- freeze -----------------------------------------------------------------------
@@ -93,9 +94,10 @@ static std::set<pid_t> wait_frozen(const std::vector<pid_t>& tids) {
     }
     if (pending.empty()) break;
     if (std::chrono::steady_clock::now() > deadline)
-      throw FreezeBusy(fmt::format("thread {} did not stop within {} s (a parent waiting in vfork, or "
-                                   "an uninterruptible sleep)",
-                                   *pending.begin(), kFreezeWait.count()));
+      throw FreezeBusy(
+          fmt::format("thread {} did not stop within {} s (a parent waiting in vfork, or "
+                      "an uninterruptible sleep)",
+                      *pending.begin(), kFreezeWait.count()));
     ::usleep(200);
   }
   return exited;
@@ -282,7 +284,8 @@ void dump_ids(DumpProcess& p) {
 void open_injection(DumpProcess& p) {
   for (auto& m : read_maps(p.host_pid))
     if (m.path == "[vdso]") p.heal = install_heal_code(p.host_pid, m.start, m.end);
-  if (!p.heal.entry) fail_unsupported("process {}: it has no vDSO to inject system calls through", p.host_pid);
+  if (!p.heal.entry)
+    fail_unsupported("process {}: it has no vDSO to inject system calls through", p.host_pid);
   p.inj = std::make_unique<Injector>(p.host_pid, p.heal);
   long r = p.inj->call_ok("mmap of the dump scratch area", SYS_mmap, 0, kScratchBytes,
                           PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1ULL, 0);
@@ -378,7 +381,8 @@ static constexpr unsigned kRestoreOptions = PTRACE_O_TRACESYSGOOD | PTRACE_O_TRA
                                             kSuspendSeccomp;
 
 void create_tree(const Manifest& m, InjectionArea& area, std::vector<RestoreProcess>& procs) {
-  if (m.processes.empty() || m.processes[0].pid != 1) fail_image("image: the first process is not pid 1");
+  if (m.processes.empty() || m.processes[0].pid != 1)
+    fail_image("image: the first process is not pid 1");
   area.addr = choose_area(m);
   area.size = kInjectionAreaBytes;
   procs.clear();
@@ -420,8 +424,7 @@ void create_tree(const Manifest& m, InjectionArea& area, std::vector<RestoreProc
   if (::ptrace(static_cast<__ptrace_request>(PTRACE_GET_RSEQ_CONFIGURATION), procs[0].host_pid,
                reinterpret_cast<void*>(sizeof rc), &rc) > 0 &&
       rc.rseq_abi_size)
-    i0.call_ok("rseq unregister", SYS_rseq, rc.rseq_abi_pointer, rc.rseq_abi_size, 1,
-               rc.signature);
+    i0.call_ok("rseq unregister", SYS_rseq, rc.rseq_abi_pointer, rc.rseq_abi_size, 1, rc.signature);
 
   i0.call_ok("mmap of the injection area", SYS_mmap, area.addr, area.size,
              PROT_READ | PROT_WRITE | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE,
@@ -468,7 +471,8 @@ void create_tree(const Manifest& m, InjectionArea& area, std::vector<RestoreProc
     if (rec.sid == rec.pid) {
       ci.call_ok("setsid", SYS_setsid);
     } else if (rec.sid != par.sid) {
-      fail_unsupported("process {}: its session {} has no leader in the job (unsupported)", rec.pid, rec.sid);
+      fail_unsupported("process {}: its session {} has no leader in the job (unsupported)", rec.pid,
+                       rec.sid);
     } else if (rec.pgid == rec.pid) {
       ci.call_ok("setpgid", SYS_setpgid, 0, 0);
     }

@@ -43,15 +43,15 @@ UniqueFd grab_fd(pid_t host_pid, int fd, const std::string& what) {
 }
 
 long take_fd(Injector& inj, int ns_pid, int fd, const std::string& what) {
-  long pidfd = inj.call_ok(what + ": pidfd_open", SYS_pidfd_open,
-                           static_cast<std::uint64_t>(ns_pid), 0);
+  long pidfd =
+      inj.call_ok(what + ": pidfd_open", SYS_pidfd_open, static_cast<std::uint64_t>(ns_pid), 0);
   long r = inj.call(SYS_pidfd_getfd, static_cast<std::uint64_t>(pidfd),
                     static_cast<std::uint64_t>(fd), 0);
   inj.call(SYS_close, static_cast<std::uint64_t>(pidfd));
-  if (r < 0) throw Error(fmt::format("{}: pidfd_getfd of fd {} of process {}", what, fd, ns_pid),
-                         static_cast<int>(-r));
+  if (r < 0)
+    throw Error(fmt::format("{}: pidfd_getfd of fd {} of process {}", what, fd, ns_pid),
+                static_cast<int>(-r));
   return r;
 }
-
 
 }  // namespace fsched::ckpt

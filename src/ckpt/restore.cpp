@@ -40,9 +40,10 @@ double ms_since(std::chrono::steady_clock::time_point t) {
 void check_cpu(const Manifest& m) {
   std::uint64_t here = cpu_xfeatures();
   if (m.xfeatures != here)
-    fail("restore refused: the image was dumped on a CPU with xstate features {:#x}, this CPU "
-         "has {:#x}",
-         m.xfeatures, here);
+    fail(
+        "restore refused: the image was dumped on a CPU with xstate features {:#x}, this CPU "
+        "has {:#x}",
+        m.xfeatures, here);
 }
 
 // Kills the new namespace through its init and collects every task as their tracer,
@@ -113,22 +114,32 @@ RestoreStats restore(const RestoreOptions& o) {
     for (Section s : kSectionOrder) {
       pages->enter_section(s);
       switch (s) {
-        case Section::kShm: shm = create_shm(stash, area, m, *pages); break;
-        case Section::kDeletedFiles: create_deleted_files(stash, area, m, *pages, shm); break;
-        case Section::kSysvShm: create_sysv_shm(procs[0], m, *pages); break;
+        case Section::kShm:
+          shm = create_shm(stash, area, m, *pages);
+          break;
+        case Section::kDeletedFiles:
+          create_deleted_files(stash, area, m, *pages, shm);
+          break;
+        case Section::kSysvShm:
+          create_sysv_shm(procs[0], m, *pages);
+          break;
         case Section::kPages:
           for (auto* p : live) restore_memory(*p, area, *pages, shm);
           finish_sysv_shm(procs[0], m);
           phase("memory");
           break;
-        case Section::kPipes: pipes = create_pipes(stash, area, m, *pages); break;
-        case Section::kSockets: sockets = create_sockets(stash, area, m, *pages); break;
+        case Section::kPipes:
+          pipes = create_pipes(stash, area, m, *pages);
+          break;
+        case Section::kSockets:
+          sockets = create_sockets(stash, area, m, *pages);
+          break;
       }
     }
     if (pages->position() != reader->manifest().value("pages_logical_bytes", std::uint64_t{0}))
-      throw ImageError(fmt::format("{}: the restore read {} bytes of a page stream of {}",
-                                   o.dir.string(), pages->position(),
-                                   reader->manifest().value("pages_logical_bytes", std::uint64_t{0})));
+      throw ImageError(fmt::format(
+          "{}: the restore read {} bytes of a page stream of {}", o.dir.string(), pages->position(),
+          reader->manifest().value("pages_logical_bytes", std::uint64_t{0})));
     for (auto* p : live) {
       restore_files(*p, area, pipes, sockets, shm);
       restore_signals(*p, area);

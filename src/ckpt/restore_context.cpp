@@ -16,9 +16,9 @@ InitStash::InitStash(RestoreProcess& init) : init_(init) {
 }
 
 int InitStash::park(long fd, const std::string& what) {
-  long high = inj().call_ok(what + ": fcntl(F_DUPFD) in init", SYS_fcntl,
-                            static_cast<std::uint64_t>(fd), F_DUPFD_CLOEXEC,
-                            static_cast<std::uint64_t>(base_));
+  long high =
+      inj().call_ok(what + ": fcntl(F_DUPFD) in init", SYS_fcntl, static_cast<std::uint64_t>(fd),
+                    F_DUPFD_CLOEXEC, static_cast<std::uint64_t>(base_));
   inj().call(SYS_close, static_cast<std::uint64_t>(fd));
   parked_.push_back(static_cast<int>(high));
   return static_cast<int>(high);

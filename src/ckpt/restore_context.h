@@ -28,7 +28,7 @@ struct RestoreThread {
 };
 
 struct RestoreProcess {
-  const Manifest* image = nullptr;   // the whole image (its boot id, its other processes)
+  const Manifest* image = nullptr;  // the whole image (its boot id, its other processes)
   const Process* rec = nullptr;
   pid_t host_pid = 0;
   std::vector<RestoreThread> threads;  // threads[0] is the leader
@@ -38,9 +38,9 @@ struct RestoreProcess {
 // Where the restorer maps its injection area (code + data) in every process.
 struct InjectionArea {
   std::uint64_t addr = 0;
-  std::size_t size = 0;                 // bytes
-  std::uint64_t code() const { return addr; }          // syscall; int3
-  std::uint64_t data() const { return addr + 4096; }   // scratch for arguments
+  std::size_t size = 0;                               // bytes
+  std::uint64_t code() const { return addr; }         // syscall; int3
+  std::uint64_t data() const { return addr + 4096; }  // scratch for arguments
   std::size_t data_size() const { return size - 4096; }
 };
 inline constexpr std::size_t kInjectionAreaBytes = 64 * 4096;

@@ -45,12 +45,18 @@ inline constexpr std::array<Section, 6> kSectionOrder = {
 // "pipes", "sockets").
 constexpr std::string_view section_name(Section s) {
   switch (s) {
-    case Section::kShm: return "shm";
-    case Section::kDeletedFiles: return "deleted_files";
-    case Section::kSysvShm: return "sysv_shm";
-    case Section::kPages: return "pages";
-    case Section::kPipes: return "pipes";
-    case Section::kSockets: return "sockets";
+    case Section::kShm:
+      return "shm";
+    case Section::kDeletedFiles:
+      return "deleted_files";
+    case Section::kSysvShm:
+      return "sysv_shm";
+    case Section::kPages:
+      return "pages";
+    case Section::kPipes:
+      return "pipes";
+    case Section::kSockets:
+      return "sockets";
   }
   return "?";
 }

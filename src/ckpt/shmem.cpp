@@ -35,9 +35,10 @@ bool is_shm_path(const std::string& p) {
   return p.rfind("/dev/zero", 0) == 0 || p.rfind("/memfd:", 0) == 0 || p.rfind("/dev/shm/", 0) == 0;
 }
 
-std::vector<std::pair<std::uint64_t, std::uint64_t>> append_file_data(
-    int fd, std::uint64_t size, ImageWriter& img, std::vector<std::byte>& buf,
-    const std::string& what) {
+std::vector<std::pair<std::uint64_t, std::uint64_t>> append_file_data(int fd, std::uint64_t size,
+                                                                      ImageWriter& img,
+                                                                      std::vector<std::byte>& buf,
+                                                                      const std::string& what) {
   std::vector<std::pair<std::uint64_t, std::uint64_t>> runs;
   off_t pos = 0;
   const off_t end = static_cast<off_t>(size);
@@ -50,8 +51,8 @@ std::vector<std::pair<std::uint64_t, std::uint64_t>> append_file_data(
     data = data / page * page;
     hole = std::min<off_t>(end, (hole + page - 1) / page * page);
     for (off_t at = data; at < hole;) {
-      std::size_t n = static_cast<std::size_t>(
-          std::min<off_t>(hole - at, static_cast<off_t>(buf.size())));
+      std::size_t n =
+          static_cast<std::size_t>(std::min<off_t>(hole - at, static_cast<off_t>(buf.size())));
       n = (n + kPage - 1) / kPage * kPage;
       std::fill(buf.begin(), buf.begin() + static_cast<std::ptrdiff_t>(n), std::byte{0});
       ssize_t r = ::pread(fd, buf.data(), n, at);
@@ -140,14 +141,16 @@ ShmTable create_shm(InitStash& stash, const InjectionArea& area, const Manifest&
       // opened or made by init as the object's owner in the job, never through a link,
       // and refused unless it is a regular file of the dumped owner (fsaccess.h).
       act_as(inj, init.host_pid, area,
-             &owner_of(m, [&](const Fd& f) { return f.deleted_key == o.key; },
-                       [&](const Vma& v) { return v.kind == VmaKind::kShm && v.shm_key == o.key; }),
+             &owner_of(
+                 m, [&](const Fd& f) { return f.deleted_key == o.key; },
+                 [&](const Vma& v) { return v.kind == VmaKind::kShm && v.shm_key == o.key; }),
              what);
-      fd = open_no_symlinks(inj, init.host_pid, area, o.path, O_RDWR | O_CREAT, o.mode & 0777,
-                            what);
+      fd =
+          open_no_symlinks(inj, init.host_pid, area, o.path, O_RDWR | O_CREAT, o.mode & 0777, what);
       set_owner_and_mode(inj, init.host_pid, fd, o.uid, o.gid, o.mode, what);
-      check_identity(init.host_pid, fd, FileId{.mode = S_IFREG | o.mode, .uid = o.uid, .gid = o.gid},
-                     SizeRule::kAny, m.boot_id, what);
+      check_identity(init.host_pid, fd,
+                     FileId{.mode = S_IFREG | o.mode, .uid = o.uid, .gid = o.gid}, SizeRule::kAny,
+                     m.boot_id, what);
       act_as(inj, init.host_pid, area, nullptr, what);
     }
     inj.call_ok(what + ": ftruncate", SYS_ftruncate, static_cast<std::uint64_t>(fd), o.size);

@@ -31,9 +31,10 @@ int shm_fd_in_init(const ShmTable& t, const std::string& key);
 // Appends the data of the first `size` bytes of file `fd` to the page stream in whole
 // pages, skipping holes (SEEK_DATA/SEEK_HOLE); returns the {first page, count} runs
 // stored. `buf` is the I/O buffer (a multiple of the page size).
-std::vector<std::pair<std::uint64_t, std::uint64_t>> append_file_data(
-    int fd, std::uint64_t size, ImageWriter& img, std::vector<std::byte>& buf,
-    const std::string& what);
+std::vector<std::pair<std::uint64_t, std::uint64_t>> append_file_data(int fd, std::uint64_t size,
+                                                                      ImageWriter& img,
+                                                                      std::vector<std::byte>& buf,
+                                                                      const std::string& what);
 // The restore side: writes those runs from the page stream into `fd`.
 void fill_file_data(int fd, std::uint64_t size,
                     const std::vector<std::pair<std::uint64_t, std::uint64_t>>& runs,

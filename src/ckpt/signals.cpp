@@ -81,7 +81,8 @@ void restore_signals(RestoreProcess& p, const InjectionArea& area) {
     if (sig == SIGKILL || sig == SIGSTOP || !(set >> (sig - 1) & 1)) continue;
     p.leader().call_ok(fmt::format("process {}: rt_sigaction({})", p.rec->pid, sig),
                        SYS_rt_sigaction, static_cast<std::uint64_t>(sig),
-                       area.data() + static_cast<std::uint64_t>(sig) * sizeof(KernelSigaction), 0, 8);
+                       area.data() + static_cast<std::uint64_t>(sig) * sizeof(KernelSigaction), 0,
+                       8);
   }
 }
 

@@ -102,11 +102,13 @@ std::vector<std::string> peek_queue(int sock, int type, std::uint32_t rqueue,
       for (cmsghdr* c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
         if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
           int* fds = reinterpret_cast<int*>(CMSG_DATA(c));
-          for (std::size_t i = 0; i < (c->cmsg_len - CMSG_LEN(0)) / sizeof(int); ++i) ::close(fds[i]);
+          for (std::size_t i = 0; i < (c->cmsg_len - CMSG_LEN(0)) / sizeof(int); ++i)
+            ::close(fds[i]);
         }
       fail_unsupported("{}: file descriptors in flight (SCM_RIGHTS) are not supported yet", who);
     }
-    if (r >= 0 && (mh.msg_flags & MSG_TRUNC)) fail_unsupported("{}: queued datagram too large", who);
+    if (r >= 0 && (mh.msg_flags & MSG_TRUNC))
+      fail_unsupported("{}: queued datagram too large", who);
     return r;
   };
   if (type == SOCK_STREAM) {
@@ -150,14 +152,19 @@ void dump_unix_fd(const FdDumpCtx& c, Fd& f) {
 
 long open_unix_fd(const FdRestoreCtx& c, const Fd& f, const std::string& who) {
   auto it = c.sockets.find(f.file.ino);
-  if (it == c.sockets.end()) fail_image("image: {}: socket {} is not in the image", who, f.file.ino);
+  if (it == c.sockets.end())
+    fail_image("image: {}: socket {} is not in the image", who, f.file.ino);
   return adopt_from_init(c, it->second, f, who);
 }
 
 }  // namespace
 
-const FdOps kUnixFdOps{.kind = FdKind::kUnix, .anon_link = nullptr, .dump = dump_unix_fd,
-                       .open = open_unix_fd, .finish = nullptr, .shareable = true,
+const FdOps kUnixFdOps{.kind = FdKind::kUnix,
+                       .anon_link = nullptr,
+                       .dump = dump_unix_fd,
+                       .open = open_unix_fd,
+                       .finish = nullptr,
+                       .shareable = true,
                        .seekable = false};
 
 void dump_sockets(std::span<DumpProcess> procs, Manifest& m, ImageWriter& img) {
@@ -171,12 +178,12 @@ void dump_sockets(std::span<DumpProcess> procs, Manifest& m, ImageWriter& img) {
   for (auto& p : procs) {
     for (auto& f : p.rec.fds) {
       if (f.kind != FdKind::kUnix || !done.insert(f.file.ino).second) continue;
-      std::string who =
-          fmt::format("process {} (pid {} in the job), fd {} -> socket:[{}]", p.host_pid, p.rec.pid,
-                      f.fd, f.file.ino);
+      std::string who = fmt::format("process {} (pid {} in the job), fd {} -> socket:[{}]",
+                                    p.host_pid, p.rec.pid, f.fd, f.file.ino);
       auto it = diag.find(f.file.ino);
       if (it == diag.end())
-        fail_unsupported("{}: not a Unix socket (TCP, UDP, netlink ... sockets are not supported)", who);
+        fail_unsupported("{}: not a Unix socket (TCP, UDP, netlink ... sockets are not supported)",
+                         who);
       const DiagInfo& d = it->second;
       if (d.type != SOCK_STREAM && d.type != SOCK_DGRAM && d.type != SOCK_SEQPACKET)
         fail_unsupported("{}: unsupported socket type {}", who, d.type);
@@ -235,7 +242,8 @@ SocketTable create_sockets(InitStash& stash, const InjectionArea& area, const Ma
         // Bound by init as the socket's owner in the job: the user controls the path,
         // so what a bind or an unlink there may do is what the job itself could.
         act_as(inj, init.host_pid, area,
-               &owner_of(m, [&](const Fd& f) { return f.kind == FdKind::kUnix && f.file.ino == s.ino; }),
+               &owner_of(
+                   m, [&](const Fd& f) { return f.kind == FdKind::kUnix && f.file.ino == s.ino; }),
                what);
         // The dumped job's socket file, left behind: removed only if it is a socket.
         // (Looked at by init as the job, so nothing the job could not see is told.)
@@ -253,8 +261,8 @@ SocketTable create_sockets(InitStash& stash, const InjectionArea& area, const Ma
                         static_cast<int>(-un));
         }
         remote_write(init.host_pid, area.data(), &sa, sizeof sa);
-        inj.call_ok(what + ": bind " + s.name, SYS_bind, static_cast<std::uint64_t>(fd), area.data(),
-                    sizeof sa);
+        inj.call_ok(what + ": bind " + s.name, SYS_bind, static_cast<std::uint64_t>(fd),
+                    area.data(), sizeof sa);
         act_as(inj, init.host_pid, area, nullptr, what);
         inj.call_ok(what + ": listen", SYS_listen, static_cast<std::uint64_t>(fd), 128);
       }
@@ -281,8 +289,8 @@ SocketTable create_sockets(InitStash& stash, const InjectionArea& area, const Ma
       if (len) pages.read(data);
       std::size_t sent = 0;
       do {
-        ssize_t r = ::send(peer.get(), data.data() + sent, data.size() - sent,
-                           MSG_DONTWAIT | MSG_NOSIGNAL);
+        ssize_t r =
+            ::send(peer.get(), data.data() + sent, data.size() - sent, MSG_DONTWAIT | MSG_NOSIGNAL);
         if (r < 0 || (r == 0 && len))
           fail_errno("refilling the queue of unix socket {} ({} of {} bytes)", s.ino, sent, len);
         sent += static_cast<std::size_t>(r);

@@ -56,7 +56,8 @@ void in_ipc_ns(pid_t pid, const std::function<void()>& fn) {
 }
 
 bool same_ns(pid_t pid) {
-  struct stat a {}, b {};
+  struct stat a {
+  }, b{};
   if (::stat(fmt::format("/proc/{}/ns/ipc", pid).c_str(), &a) < 0)
     fail_errno("process {}: cannot stat its IPC namespace", pid);
   if (::stat("/proc/self/ns/ipc", &b) < 0) fail_errno("cannot stat our IPC namespace");
@@ -94,29 +95,37 @@ void check_attaches(const DumpProcess& p, const std::map<int, std::uint64_t>& si
   for (auto& v : p.rec.vmas) {
     if (v.kind != VmaKind::kSysv) {
       if (prev && want_end)
-        fail_unsupported("process {} (pid {} in the job): SysV segment {} at {:#x} is partly unmapped "
-             "(unsupported)", p.host_pid, p.rec.pid, prev->shm_key, prev->start);
+        fail_unsupported(
+            "process {} (pid {} in the job): SysV segment {} at {:#x} is partly unmapped "
+            "(unsupported)",
+            p.host_pid, p.rec.pid, prev->shm_key, prev->start);
       prev = nullptr;
       continue;
     }
     int id = std::stoi(v.shm_key);
     auto it = sizes.find(id);
     if (it == sizes.end())
-      fail_unsupported("process {} (pid {} in the job): SysV segment {} mapped at {:#x} is not in the job's "
-           "IPC namespace", p.host_pid, p.rec.pid, id, v.start);
+      fail_unsupported(
+          "process {} (pid {} in the job): SysV segment {} mapped at {:#x} is not in the job's "
+          "IPC namespace",
+          p.host_pid, p.rec.pid, id, v.start);
     std::uint64_t len = v.end - v.start;
     bool continues = prev && want_end && prev->shm_key == v.shm_key && prev->end == v.start &&
                      v.pgoff == prev->pgoff + (prev->end - prev->start);
     if (!continues && (want_end || v.pgoff != 0))
-      fail_unsupported("process {} (pid {} in the job): SysV segment {} at {:#x} is partly unmapped "
-           "(unsupported)", p.host_pid, p.rec.pid, id, v.start);
+      fail_unsupported(
+          "process {} (pid {} in the job): SysV segment {} at {:#x} is partly unmapped "
+          "(unsupported)",
+          p.host_pid, p.rec.pid, id, v.start);
     std::uint64_t total = (it->second + kPage - 1) / kPage * kPage;
     want_end = total - (v.pgoff + len);
     prev = &v;
   }
   if (prev && want_end)
-    fail_unsupported("process {} (pid {} in the job): SysV segment {} at {:#x} is partly unmapped "
-         "(unsupported)", p.host_pid, p.rec.pid, prev->shm_key, prev->start);
+    fail_unsupported(
+        "process {} (pid {} in the job): SysV segment {} at {:#x} is partly unmapped "
+        "(unsupported)",
+        p.host_pid, p.rec.pid, prev->shm_key, prev->start);
 }
 
 }  // namespace
@@ -129,27 +138,29 @@ void dump_sysv_shm(std::span<DumpProcess> procs, Manifest& m, ImageWriter& img) 
       if (v.kind == VmaKind::kSysv && !attacher) attacher = &p;
   if (same_ns(init)) {
     if (attacher)
-      fail_unsupported("process {} (pid {} in the job): maps SysV shared memory, but the job shares the "
-           "host's IPC namespace (not started by this version of fsched-ckpt run): its segment "
-           "ids could not be kept", attacher->host_pid, attacher->rec.pid);
+      fail_unsupported(
+          "process {} (pid {} in the job): maps SysV shared memory, but the job shares the "
+          "host's IPC namespace (not started by this version of fsched-ckpt run): its segment "
+          "ids could not be kept",
+          attacher->host_pid, attacher->rec.pid);
     return;
   }
   std::map<int, std::uint64_t> sizes;
   in_ipc_ns(init, [&] {
     // Semaphores and message queues would be lost without a word.
-    seminfo si {};
+    seminfo si{};
     if (::semctl(0, 0, SEM_INFO, &si) >= 0 && si.semusz > 0)
       fail_unsupported("the job has {} SysV semaphore set(s): not supported yet", si.semusz);
-    msginfo mi {};
+    msginfo mi{};
     if (::msgctl(0, MSG_INFO, reinterpret_cast<msqid_ds*>(&mi)) >= 0 && mi.msgpool > 0)
       fail_unsupported("the job has {} SysV message queue(s): not supported yet", mi.msgpool);
-    shm_info info {};
+    shm_info info{};
     int max_idx = ::shmctl(0, SHM_INFO, reinterpret_cast<shmid_ds*>(&info));
     if (max_idx < 0) fail_errno("shmctl(SHM_INFO) in the job's IPC namespace");
     // Pages swapped out are not resident for mincore(2): then read every page.
     const bool swapped = info.shm_swp > 0;
     for (int idx = 0; idx <= max_idx; ++idx) {
-      shmid_ds ds {};
+      shmid_ds ds{};
       int id = ::shmctl(idx, SHM_STAT_ANY, &ds);
       if (id < 0) continue;  // a free slot
       SysvShm s;
@@ -209,7 +220,7 @@ void create_sysv_shm(const RestoreProcess& init, const Manifest& m, PageReader& 
       int id = ::shmget(s.key, s.size, IPC_CREAT | IPC_EXCL | static_cast<int>(s.mode & 0777));
       if (id < 0) fail_errno("{}: shmget", what);
       if (id != s.id) fail("{}: created with id {}: the id cannot be reproduced", what, id);
-      shmid_ds ds {};
+      shmid_ds ds{};
       if (::shmctl(id, IPC_STAT, &ds) < 0) fail_errno("{}: shmctl(IPC_STAT)", what);
       ds.shm_perm.uid = s.uid;
       ds.shm_perm.gid = s.gid;

@@ -34,14 +34,15 @@ std::vector<std::uint64_t> regs_to_words(const user_regs_struct& r) {
 
 user_regs_struct words_to_regs(const std::vector<std::uint64_t>& w) {
   user_regs_struct r{};
-  if (w.size() != sizeof r / 8) fail_image("image: register set has {} words, expected {}", w.size(), sizeof r / 8);
+  if (w.size() != sizeof r / 8)
+    fail_image("image: register set has {} words, expected {}", w.size(), sizeof r / 8);
   std::memcpy(&r, w.data(), sizeof r);
   return r;
 }
 
 std::vector<std::string> peek_siginfo(pid_t tid, unsigned flags) {
   std::vector<std::string> out;
-  for (std::uint64_t off = 0;; ) {
+  for (std::uint64_t off = 0;;) {
     __ptrace_peeksiginfo_args a{off, flags, 32};
     siginfo_t si[32];
     long n = ::ptrace(static_cast<__ptrace_request>(PTRACE_PEEKSIGINFO), tid, &a, si);

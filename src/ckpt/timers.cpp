@@ -18,8 +18,9 @@ void dump_timers(DumpProcess& p) {
   } catch (const Error&) {
   }
   if (!timers.empty())
-    fail_unsupported("process {} (pid {} in the job) uses POSIX timers (timer_create): not supported yet",
-         p.host_pid, p.rec.pid);
+    fail_unsupported(
+        "process {} (pid {} in the job) uses POSIX timers (timer_create): not supported yet",
+        p.host_pid, p.rec.pid);
   p.rec.itimers.clear();
   for (int which : {ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF}) {
     p.inj->call_ok(fmt::format("getitimer({})", which), SYS_getitimer,
@@ -42,8 +43,8 @@ void restore_timers(RestoreProcess& p, const InjectionArea& area) {
     v.it_value.tv_sec = static_cast<time_t>(t.value_sec);
     v.it_value.tv_usec = static_cast<suseconds_t>(t.value_usec);
     remote_write(p.host_pid, area.data(), &v, sizeof v);
-    p.leader().call_ok(fmt::format("process {}: setitimer({})", p.rec->pid, t.which),
-                       SYS_setitimer, static_cast<std::uint64_t>(t.which), area.data(), 0);
+    p.leader().call_ok(fmt::format("process {}: setitimer({})", p.rec->pid, t.which), SYS_setitimer,
+                       static_cast<std::uint64_t>(t.which), area.data(), 0);
   }
 }
 

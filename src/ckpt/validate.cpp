@@ -20,8 +20,8 @@ namespace {
 constexpr std::uint64_t kPage = 4096;
 constexpr std::uint64_t kUserTop = 0x800000000000ULL;  // x86-64, 4-level page tables
 constexpr std::uint64_t kMaxObjectBytes = 1ULL << 44;
-constexpr int kMaxPid = 4194304;                        // PID_MAX_LIMIT
-constexpr std::size_t kMaxGroups = 1024;                // what the injection area holds
+constexpr int kMaxPid = 4194304;          // PID_MAX_LIMIT
+constexpr std::size_t kMaxGroups = 1024;  // what the injection area holds
 
 template <typename... Args>
 [[noreturn]] void bad(fmt::format_string<Args...> f, Args&&... args) {
@@ -60,8 +60,8 @@ void check_sections(const std::vector<SectionStart>& sections,
       bad("page-stream section \"{}\" starts at offset {}, before the one before it ({})", s.name,
           s.offset, prev);
     if (s.offset > stream_bytes)
-      bad("page-stream section \"{}\" starts at offset {}, past the end of the stream ({})",
-          s.name, s.offset, stream_bytes);
+      bad("page-stream section \"{}\" starts at offset {}, past the end of the stream ({})", s.name,
+          s.offset, stream_bytes);
     prev = s.offset;
   }
   if (sections.size() != kSectionOrder.size())
@@ -102,7 +102,8 @@ void validate_manifest(const Manifest& m, std::uint64_t stream_bytes) {
   for (auto& p : m.processes) {
     if (p.pid < 1 || p.pid > kMaxPid || !pids.insert(p.pid).second)
       bad("process {}: bad or repeated pid", p.pid);
-    if (p.pid != 1 && !pids.count(p.ppid)) bad("process {} comes before its parent {}", p.pid, p.ppid);
+    if (p.pid != 1 && !pids.count(p.ppid))
+      bad("process {} comes before its parent {}", p.pid, p.ppid);
     if (p.zombie) continue;
     if (p.uids.size() != 4 || p.gids.size() != 4) bad("process {}: bad credentials", p.pid);
     if (p.groups.size() > kMaxGroups) bad("process {}: {} groups", p.pid, p.groups.size());
@@ -120,7 +121,8 @@ void validate_manifest(const Manifest& m, std::uint64_t stream_bytes) {
           bad("thread {}: malformed seccomp filter", t.tid);
     }
     for (auto& rl : p.rlimits)
-      if (rl.resource < 0 || rl.resource >= RLIMIT_NLIMITS) bad("process {}: rlimit {}", p.pid, rl.resource);
+      if (rl.resource < 0 || rl.resource >= RLIMIT_NLIMITS)
+        bad("process {}: rlimit {}", p.pid, rl.resource);
     for (auto& a : p.sigactions)
       if (a.sig < 1 || a.sig > 64) bad("process {}: signal {}", p.pid, a.sig);
     if (p.auxv_hex.size() > 4096) bad("process {}: auxv too large", p.pid);
@@ -145,7 +147,8 @@ void validate_manifest(const Manifest& m, std::uint64_t stream_bytes) {
     }
   }
   for (auto& pp : m.pipes) {
-    if (pp.bytes > pp.capacity || pp.capacity > (1u << 31)) bad("pipe {}: {} of {} bytes", pp.ino, pp.bytes, pp.capacity);
+    if (pp.bytes > pp.capacity || pp.capacity > (1u << 31))
+      bad("pipe {}: {} of {} bytes", pp.ino, pp.bytes, pp.capacity);
     section(Section::kPipes) += pp.bytes;
   }
   for (auto& s : m.sockets) {

@@ -15,15 +15,15 @@
 namespace fsched::ckpt {
 
 enum class VmaKind {
-  kAnon,        // private or shared anonymous memory ("[anon:...]" included)
-  kFile,        // a mapped regular file (Vma::path; deleted_key if it was unlinked)
-  kHeap,        // [heap], the brk area
-  kStack,       // [stack] of the main thread
-  kVdso,        // [vdso], [vvar], [vvar_vclock]: mapped by the kernel, moved (not
-  kVvar,        // recreated) on restore, and never stored
+  kAnon,   // private or shared anonymous memory ("[anon:...]" included)
+  kFile,   // a mapped regular file (Vma::path; deleted_key if it was unlinked)
+  kHeap,   // [heap], the brk area
+  kStack,  // [stack] of the main thread
+  kVdso,   // [vdso], [vvar], [vvar_vclock]: mapped by the kernel, moved (not
+  kVvar,   // recreated) on restore, and never stored
   kVvarVclock,
-  kShm,         // a shared memory object (Vma::shm_key names a ShmObject)
-  kSysv,        // a SysV shared memory attach (Vma::shm_key is the shmid)
+  kShm,   // a shared memory object (Vma::shm_key names a ShmObject)
+  kSysv,  // a SysV shared memory attach (Vma::shm_key is the shmid)
 };
 
 // The one table of names: JSON (de)serialization, messages and fsched-ckpt show.

@@ -21,7 +21,8 @@ namespace fsched::cmds {
 proto::Config load_config() { return proto::load_config(proto::config_path()); }
 
 proto::Client controller(const proto::Config& config, int timeout_s) {
-  const std::string& host = config.control_addr.empty() ? config.control_machine : config.control_addr;
+  const std::string& host =
+      config.control_addr.empty() ? config.control_machine : config.control_addr;
   return proto::Client(host, config.control_port, config.munge_socket, timeout_s);
 }
 

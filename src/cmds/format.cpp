@@ -101,72 +101,121 @@ std::string nodelist_reason(const json& job) {
 
 std::string squeue_header(char spec) {
   switch (spec) {
-    case 'i': case 'A': return "JOBID";
-    case 'j': return "NAME";
-    case 'u': return "USER";
-    case 'U': return "UID";
-    case 'g': return "GROUP";
-    case 'G': return "GID";
-    case 'P': return "PARTITION";
-    case 't': return "ST";
-    case 'T': return "STATE";
-    case 'M': return "TIME";
-    case 'l': return "TIME_LIMIT";
-    case 'L': return "TIME_LEFT";
-    case 'D': return "NODES";
-    case 'R': return "NODELIST(REASON)";
-    case 'N': return "NODELIST";
-    case 'r': return "REASON";
-    case 'C': return "CPUS";
-    case 'c': return "MIN_CPUS";
-    case 'm': return "MIN_MEMORY";
-    case 'V': return "SUBMIT_TIME";
-    case 'S': return "START_TIME";
-    case 'e': return "END_TIME";
-    case 'Z': return "WORK_DIR";
-    case 'o': return "COMMAND";
-    default: return "";
+    case 'i':
+    case 'A':
+      return "JOBID";
+    case 'j':
+      return "NAME";
+    case 'u':
+      return "USER";
+    case 'U':
+      return "UID";
+    case 'g':
+      return "GROUP";
+    case 'G':
+      return "GID";
+    case 'P':
+      return "PARTITION";
+    case 't':
+      return "ST";
+    case 'T':
+      return "STATE";
+    case 'M':
+      return "TIME";
+    case 'l':
+      return "TIME_LIMIT";
+    case 'L':
+      return "TIME_LEFT";
+    case 'D':
+      return "NODES";
+    case 'R':
+      return "NODELIST(REASON)";
+    case 'N':
+      return "NODELIST";
+    case 'r':
+      return "REASON";
+    case 'C':
+      return "CPUS";
+    case 'c':
+      return "MIN_CPUS";
+    case 'm':
+      return "MIN_MEMORY";
+    case 'V':
+      return "SUBMIT_TIME";
+    case 'S':
+      return "START_TIME";
+    case 'e':
+      return "END_TIME";
+    case 'Z':
+      return "WORK_DIR";
+    case 'o':
+      return "COMMAND";
+    default:
+      return "";
   }
 }
 
 std::string squeue_value(char spec, const json& job) {
   switch (spec) {
-    case 'i': case 'A': return std::to_string(num(job, "job_id"));
-    case 'j': return str(job, "name");
-    case 'u': return job_user(job);
-    case 'U': return std::to_string(num(job, "uid"));
-    case 'g': return group_name(static_cast<gid_t>(num(job, "gid")));
-    case 'G': return std::to_string(num(job, "gid"));
-    case 'P': return str(job, "partition");
-    case 't': return state_code(str(job, "state"));
-    case 'T': return str(job, "state");
-    case 'M': return proto::format_duration(std::max<int64_t>(num(job, "run_time"), 0));
-    case 'l': return job_time_limit(job);
+    case 'i':
+    case 'A':
+      return std::to_string(num(job, "job_id"));
+    case 'j':
+      return str(job, "name");
+    case 'u':
+      return job_user(job);
+    case 'U':
+      return std::to_string(num(job, "uid"));
+    case 'g':
+      return group_name(static_cast<gid_t>(num(job, "gid")));
+    case 'G':
+      return std::to_string(num(job, "gid"));
+    case 'P':
+      return str(job, "partition");
+    case 't':
+      return state_code(str(job, "state"));
+    case 'T':
+      return str(job, "state");
+    case 'M':
+      return proto::format_duration(std::max<int64_t>(num(job, "run_time"), 0));
+    case 'l':
+      return job_time_limit(job);
     case 'L': {
       int64_t limit = num(job, "time_limit");
       if (limit <= 0) return "UNLIMITED";
       return proto::format_duration(std::max<int64_t>(limit - num(job, "run_time"), 0));
     }
-    case 'D': return std::to_string(num(job, "num_nodes", 1));
-    case 'R': return nodelist_reason(job);
-    case 'N': return str(job, "nodes");
-    case 'r': return str(job, "reason", "None");
+    case 'D':
+      return std::to_string(num(job, "num_nodes", 1));
+    case 'R':
+      return nodelist_reason(job);
+    case 'N':
+      return str(job, "nodes");
+    case 'r':
+      return str(job, "reason", "None");
     case 'C': {
       int64_t cpus = num(job, "num_cpus");
       if (cpus <= 0) cpus = num(job, "cpus_per_task", 1) * num(job, "ntasks", 1);
       return std::to_string(cpus);
     }
-    case 'c': return std::to_string(num(job, "cpus_per_task", 1));
+    case 'c':
+      return std::to_string(num(job, "cpus_per_task", 1));
     case 'm': {
       int64_t mb = num(job, "mem_mb");
       return mb > 0 ? std::to_string(mb) + "M" : "0";
     }
-    case 'V': return time_or_na(real(job, "submit_time"));
-    case 'S': return time_or_na(real(job, "start_time"));
-    case 'e': return time_or_na(real(job, "end_time"));
-    case 'Z': return str(job, "work_dir");
-    case 'o': return str(job, "command");
-    default: return "";
+    case 'V':
+      return time_or_na(real(job, "submit_time"));
+    case 'S':
+      return time_or_na(real(job, "start_time"));
+    case 'e':
+      return time_or_na(real(job, "end_time"));
+    case 'Z':
+      return str(job, "work_dir");
+    case 'o':
+      return str(job, "command");
+    default:
+      return "";
   }
 }
 
@@ -269,17 +318,14 @@ std::string compress_hostlist(std::span<const std::string> names) {
 // ---- squeue -------------------------------------------------------------------
 
 bool job_selected(const json& job, const JobFilter& filter) {
-  if (!filter.job_ids.empty() &&
-      std::find(filter.job_ids.begin(), filter.job_ids.end(), num(job, "job_id")) ==
-          filter.job_ids.end())
+  if (!filter.job_ids.empty() && std::find(filter.job_ids.begin(), filter.job_ids.end(),
+                                           num(job, "job_id")) == filter.job_ids.end())
     return false;
-  if (!filter.uids.empty() &&
-      std::find(filter.uids.begin(), filter.uids.end(), static_cast<uid_t>(num(job, "uid"))) ==
-          filter.uids.end())
+  if (!filter.uids.empty() && std::find(filter.uids.begin(), filter.uids.end(),
+                                        static_cast<uid_t>(num(job, "uid"))) == filter.uids.end())
     return false;
-  if (!filter.partitions.empty() &&
-      std::find(filter.partitions.begin(), filter.partitions.end(), str(job, "partition")) ==
-          filter.partitions.end())
+  if (!filter.partitions.empty() && std::find(filter.partitions.begin(), filter.partitions.end(),
+                                              str(job, "partition")) == filter.partitions.end())
     return false;
   std::string state = str(job, "state");
   if (filter.states.empty()) return !filter.job_ids.empty() || is_active(state);
@@ -312,9 +358,10 @@ std::vector<FormatItem> parse_squeue_format(std::string_view format) {
            format.substr(start));
     item.spec = format[i];
     if (squeue_header(item.spec).empty())
-      fail("Invalid job format specification: %{} in \"{}\" (supported: %i %A %j %u %U %g %G %P "
-           "%t %T %M %l %L %D %R %N %r %C %c %m %V %S %e %Z %o)",
-           item.spec, format);
+      fail(
+          "Invalid job format specification: %{} in \"{}\" (supported: %i %A %j %u %U %g %G %P "
+          "%t %T %M %l %L %D %R %N %r %C %c %m %V %S %e %Z %o)",
+          item.spec, format);
     items.push_back(std::move(item));
   }
   return items;
@@ -436,12 +483,11 @@ std::string show_partition(const json& partition) {
 }
 
 std::string checkpoint_table(std::span<const json> checkpoints) {
-  const std::vector<std::string> head = {"ID",       "DESCRIPTION", "TRIGGER_TIME",
-                                         "COMPLETION_TIME", "DURATION", "STATUS",
-                                         "SOURCE",   "VERSION",     "LOCATION", "SIZE",
-                                         "REASON"};
-  const std::vector<bool> right = {true,  false, false, false, true,
-                                   false, false, true,  false, true, false};
+  const std::vector<std::string> head = {
+      "ID",      "DESCRIPTION", "TRIGGER_TIME", "COMPLETION_TIME", "DURATION", "STATUS", "SOURCE",
+      "VERSION", "LOCATION",    "SIZE",         "REASON"};
+  const std::vector<bool> right = {true,  false, false, false, true, false,
+                                   false, true,  false, true,  false};
   std::vector<std::vector<std::string>> rows;
   for (const auto& c : checkpoints) {
     double done = real(c, "completion_time");
@@ -514,7 +560,8 @@ std::string restart_message(int64_t job_id, const json& job, std::span<const jso
 // ---- sinfo --------------------------------------------------------------------
 
 std::string sinfo_state(std::string_view node_state) {
-  if (auto s = proto::parse_enum<proto::NodeState>(upper(node_state))) return std::string(proto::sinfo_name(*s));
+  if (auto s = proto::parse_enum<proto::NodeState>(upper(node_state)))
+    return std::string(proto::sinfo_name(*s));
   return lower(node_state);
 }
 
@@ -548,8 +595,11 @@ std::string sinfo_table(std::span<const json> partitions, std::span<const json> 
   std::vector<Row> rows;
   for (const auto& p : partitions) {
     int64_t max_time = num(p, "max_time");
-    Row base{partition_label(p), lower(str(p, "state", "UP")),
-             max_time > 0 ? proto::format_duration(max_time) : "infinite", "n/a", {}};
+    Row base{partition_label(p),
+             lower(str(p, "state", "UP")),
+             max_time > 0 ? proto::format_duration(max_time) : "infinite",
+             "n/a",
+             {}};
     size_t first = rows.size();
     for (const auto& name : string_list(p, "nodes")) {
       std::string state = node_state_of(nodes, name);
@@ -568,8 +618,8 @@ std::string sinfo_table(std::span<const json> partitions, std::span<const json> 
   for (const auto& r : rows) pw = std::max(pw, r.partition.size());
   auto line = [&](const std::string& part, const std::string& avail, const std::string& limit,
                   const std::string& count, const std::string& state, const std::string& list) {
-    std::string s = fmt::format("{:<{}} {:>5} {:>10} {:>6} {:>6} {}", part, pw, avail, limit,
-                                count, state, list);
+    std::string s = fmt::format("{:<{}} {:>5} {:>10} {:>6} {:>6} {}", part, pw, avail, limit, count,
+                                state, list);
     rstrip(s);
     return s + "\n";
   };

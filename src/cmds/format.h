@@ -42,8 +42,7 @@ std::string compress_hostlist(std::span<const std::string> names);
 
 // ---- squeue -------------------------------------------------------------------
 
-inline constexpr std::string_view kSqueueDefaultFormat =
-    "%.18i %.9P %.8j %.8u %.2t %.10M %.6D %R";
+inline constexpr std::string_view kSqueueDefaultFormat = "%.18i %.9P %.8j %.8u %.2t %.10M %.6D %R";
 
 // Which jobs squeue shows. Empty lists select everything; states empty means
 // PENDING/RUNNING/COMPLETING unless job ids are given (then any state), as in Slurm.
@@ -59,10 +58,10 @@ bool job_selected(const json& job, const JobFilter& filter);
 
 // One "%[.][width]X" item of a format, with the literal text that follows it.
 struct FormatItem {
-  char spec = 0;          // 0 for literal text before the first item
-  int width = 0;          // 0: as wide as the value
-  bool right = false;     // "%.Nx": right-justified
-  std::string suffix;     // literal text printed after the field
+  char spec = 0;       // 0 for literal text before the first item
+  int width = 0;       // 0: as wide as the value
+  bool right = false;  // "%.Nx": right-justified
+  std::string suffix;  // literal text printed after the field
 };
 
 // Parses an squeue -o format. Supported: %i/%A JOBID, %j NAME, %u USER, %U UID,

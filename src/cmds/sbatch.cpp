@@ -51,8 +51,8 @@ int main(int argc, char** argv) {
     // --help makes parse_sbatch throw CallForHelp, which run() answers with app's help.
     std::vector<std::string> args(argv + 1, argv + argc);
     cmds::SbatchOptions o = cmds::parse_sbatch(args, read_script);
-    auto request = cmds::submit_request(o, std::filesystem::current_path(),
-                                        cmds::current_environment());
+    auto request =
+        cmds::submit_request(o, std::filesystem::current_path(), cmds::current_environment());
     auto config = cmds::load_config();
     auto reply = cmds::controller(config).call("POST", "/v1/jobs", request);
     int64_t id = reply.at("job_id").get<int64_t>();

@@ -50,8 +50,8 @@ void add_sbatch_options(CLI::App& app, SbatchOptions& o, bool with_help) {
   app.add_option("--checkpoint", o.checkpoint,
                  "Checkpoint the job every interval: M, M:S, H:M:S, D-H, D-H:M or D-H:M:S");
   auto* rq = app.add_flag("--requeue", o.requeue, "Requeue the job when its node fails (default)");
-  auto* norq = app.add_flag_callback("--no-requeue", [&o] { o.requeue = false; },
-                                     "Never requeue the job");
+  auto* norq = app.add_flag_callback(
+      "--no-requeue", [&o] { o.requeue = false; }, "Never requeue the job");
   rq->excludes(norq);
   norq->excludes(rq);
   app.add_flag("-H,--hold", o.hold, "Submit the job held (release it with scontrol release)");
@@ -82,8 +82,8 @@ std::vector<std::string> split_words(std::string_view line) {
       for (++i;; ++i) {
         if (i >= line.size()) fail("unterminated \" quote in: {}", line);
         if (line[i] == '"') break;
-        if (line[i] == '\\' && i + 1 < line.size() && std::string_view("\"\\$`").find(line[i + 1]) !=
-                                                          std::string_view::npos)
+        if (line[i] == '\\' && i + 1 < line.size() &&
+            std::string_view("\"\\$`").find(line[i + 1]) != std::string_view::npos)
           ++i;
         cur.push_back(line[i]);
       }
@@ -131,18 +131,20 @@ void parse_words(CLI::App& app, std::vector<std::string> words) {
 void check_script(std::string_view script, const std::string& name) {
   // The controller refuses larger ones too; here the user learns it before sending.
   if (script.size() > proto::kMaxScriptBytes)
-    fail("{}: Batch script is too large: {} bytes, over the limit of {} bytes (4 MiB)", name, script.size(),
-         proto::kMaxScriptBytes);
+    fail("{}: Batch script is too large: {} bytes, over the limit of {} bytes (4 MiB)", name,
+         script.size(), proto::kMaxScriptBytes);
   if (script.find_first_not_of(" \t\r\n") == std::string_view::npos)
     fail("{}: Batch script is empty!", name);
   if (script.substr(0, 2) != "#!")
-    fail("{}: This does not look like a batch script: the first line must start with #! followed "
-         "by the path to an interpreter, for instance #!/bin/sh",
-         name);
+    fail(
+        "{}: This does not look like a batch script: the first line must start with #! followed "
+        "by the path to an interpreter, for instance #!/bin/sh",
+        name);
   if (script.find("\r\n") != std::string_view::npos)
-    fail("{}: Batch script contains DOS line breaks (\\r\\n) instead of expected UNIX line breaks "
-         "(\\n)",
-         name);
+    fail(
+        "{}: Batch script contains DOS line breaks (\\r\\n) instead of expected UNIX line breaks "
+        "(\\n)",
+        name);
 }
 
 }  // namespace
@@ -205,9 +207,10 @@ SbatchOptions parse_sbatch(std::span<const std::string> args,
 
 int64_t parse_mem_mb(std::string_view text) {
   auto bad = [&]() -> int64_t {
-    fail("invalid memory specification \"{}\": use a number of MiB, optionally with a K, M, G or "
-         "T suffix",
-         text);
+    fail(
+        "invalid memory specification \"{}\": use a number of MiB, optionally with a K, M, G or "
+        "T suffix",
+        text);
   };
   size_t digits = 0;
   while (digits < text.size() && text[digits] >= '0' && text[digits] <= '9') ++digits;
@@ -216,11 +219,16 @@ int64_t parse_mem_mb(std::string_view text) {
   std::from_chars(text.data(), text.data() + digits, n);
   if (text.size() == digits) return n;
   switch (std::toupper(static_cast<unsigned char>(text[digits]))) {
-    case 'K': return (n + 1023) / 1024;  // Slurm rounds up to whole MiB
-    case 'M': return n;
-    case 'G': return n * 1024;
-    case 'T': return n * 1024 * 1024;
-    default: return bad();
+    case 'K':
+      return (n + 1023) / 1024;  // Slurm rounds up to whole MiB
+    case 'M':
+      return n;
+    case 'G':
+      return n * 1024;
+    case 'T':
+      return n * 1024 * 1024;
+    default:
+      return bad();
   }
 }
 

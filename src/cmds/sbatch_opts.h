@@ -23,21 +23,21 @@ namespace fsched::cmds {
 // The options as written, before defaults and units are applied: durations and
 // memory stay text so that an error can quote them.
 struct SbatchOptions {
-  std::string job_name;     // -J/--job-name; "" = the script's basename
-  std::string output;       // -o/--output; "" = slurm-%j.out
-  std::string error;        // -e/--error; "" = with stdout
-  std::string chdir;        // -D/--chdir; "" = the current directory
-  std::string partition;    // -p/--partition; "" = the default partition
-  std::string mem;          // --mem: number with an optional K/M/G/T suffix (MiB)
-  std::string time;         // -t/--time: a Slurm duration or UNLIMITED
-  std::string checkpoint;   // --checkpoint: a Slurm duration
-  std::string nodes;        // -N/--nodes: only 1 is supported
-  std::string wrap;         // --wrap: a command to run as "#!/bin/sh\n<wrap>"
-  int cpus_per_task = 1;    // -c/--cpus-per-task
-  int ntasks = 1;           // -n/--ntasks
-  bool requeue = true;      // --requeue / --no-requeue
-  bool hold = false;        // -H/--hold
-  bool parsable = false;    // --parsable
+  std::string job_name;    // -J/--job-name; "" = the script's basename
+  std::string output;      // -o/--output; "" = slurm-%j.out
+  std::string error;       // -e/--error; "" = with stdout
+  std::string chdir;       // -D/--chdir; "" = the current directory
+  std::string partition;   // -p/--partition; "" = the default partition
+  std::string mem;         // --mem: number with an optional K/M/G/T suffix (MiB)
+  std::string time;        // -t/--time: a Slurm duration or UNLIMITED
+  std::string checkpoint;  // --checkpoint: a Slurm duration
+  std::string nodes;       // -N/--nodes: only 1 is supported
+  std::string wrap;        // --wrap: a command to run as "#!/bin/sh\n<wrap>"
+  int cpus_per_task = 1;   // -c/--cpus-per-task
+  int ntasks = 1;          // -n/--ntasks
+  bool requeue = true;     // --requeue / --no-requeue
+  bool hold = false;       // -H/--hold
+  bool parsable = false;   // --parsable
 
   std::string script_path;               // "" = read from stdin (or --wrap)
   std::vector<std::string> script_args;  // words after the script

@@ -135,8 +135,9 @@ int main(int argc, char** argv) {
 
   std::vector<std::string> ids;
   for (const Action& a : {
-           Action{"requeue", "requeue ID[,ID...]: put jobs back in the queue (running ones are "
-                             "stopped and start again)"},
+           Action{"requeue",
+                  "requeue ID[,ID...]: put jobs back in the queue (running ones are "
+                  "stopped and start again)"},
            Action{"hold", "hold ID[,ID...]: keep pending jobs from starting"},
            Action{"release", "release ID[,ID...]: let held jobs start"},
        }) {
@@ -183,8 +184,8 @@ int main(int argc, char** argv) {
         else
           for (const auto& n : nodes) std::cout << cmds::show_node(n);
       } else {
-        auto parts = select_named(client.call("GET", "/v1/partitions").at("partitions"), name,
-                                  "Partition");
+        auto parts =
+            select_named(client.call("GET", "/v1/partitions").at("partitions"), name, "Partition");
         if (as_json)
           std::cout << json::object({{"partitions", parts}}).dump(2) << std::endl;
         else

@@ -41,12 +41,11 @@ int main(int argc, char** argv) {
     std::vector<json> node_list(nodes.begin(), nodes.end());
 
     if (as_json) {
-      std::cout << json::object({{"partitions", shown}, {"nodes", node_list}}).dump(2)
-                << std::endl;
+      std::cout << json::object({{"partitions", shown}, {"nodes", node_list}}).dump(2) << std::endl;
       return 0;
     }
     std::string table = node_oriented ? cmds::sinfo_node_table(shown, node_list)
-                                       : cmds::sinfo_table(shown, node_list);
+                                      : cmds::sinfo_table(shown, node_list);
     if (noheader) table.erase(0, table.find('\n') + 1);
     std::cout << table << std::flush;
     return 0;

@@ -70,10 +70,9 @@ int main(int argc, char** argv) {
     });
     // As Slurm: asking for one job that does not exist is an error, not an empty table.
     if (filter.job_ids.size() == 1 && selected.empty()) {
-      bool exists = std::any_of(reply.at("jobs").begin(), reply.at("jobs").end(),
-                                [&](const json& j) {
-                                  return j.value("job_id", int64_t{0}) == filter.job_ids[0];
-                                });
+      bool exists = std::any_of(
+          reply.at("jobs").begin(), reply.at("jobs").end(),
+          [&](const json& j) { return j.value("job_id", int64_t{0}) == filter.job_ids[0]; });
       if (!exists) fsched::fail("Invalid job id specified: {}", filter.job_ids[0]);
     }
 

@@ -48,13 +48,15 @@ class Error : public std::runtime_error {
 // The image is bad or does not match (FailureClass::kImage).
 class ImageError : public Error {
  public:
-  explicit ImageError(const std::string& what, int err = 0) : Error(what, err, FailureClass::kImage) {}
+  explicit ImageError(const std::string& what, int err = 0)
+      : Error(what, err, FailureClass::kImage) {}
 };
 
 // The job holds state that cannot be checkpointed exactly (FailureClass::kUnsupported).
 class UnsupportedError : public Error {
  public:
-  explicit UnsupportedError(const std::string& what, int err = 0) : Error(what, err, FailureClass::kUnsupported) {}
+  explicit UnsupportedError(const std::string& what, int err = 0)
+      : Error(what, err, FailureClass::kUnsupported) {}
 };
 
 // The command line or request is wrong (FailureClass::kUsage).

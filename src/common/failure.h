@@ -21,10 +21,14 @@ inline constexpr int kExitUnsupported = 4;  // the job holds state the engine ca
 // The exit code that reports class c.
 constexpr int exit_code_of(FailureClass c) {
   switch (c) {
-    case FailureClass::kTransient: return kExitTransient;
-    case FailureClass::kImage: return kExitImage;
-    case FailureClass::kUnsupported: return kExitUnsupported;
-    case FailureClass::kUsage: return kExitUsage;
+    case FailureClass::kTransient:
+      return kExitTransient;
+    case FailureClass::kImage:
+      return kExitImage;
+    case FailureClass::kUnsupported:
+      return kExitUnsupported;
+    case FailureClass::kUsage:
+      return kExitUsage;
   }
   return kExitTransient;
 }
@@ -34,10 +38,14 @@ constexpr int exit_code_of(FailureClass c) {
 // a failure must not condemn an image.
 constexpr FailureClass failure_class_of_exit(int code) {
   switch (code) {
-    case kExitUsage: return FailureClass::kUsage;
-    case kExitImage: return FailureClass::kImage;
-    case kExitUnsupported: return FailureClass::kUnsupported;
-    default: return FailureClass::kTransient;
+    case kExitUsage:
+      return FailureClass::kUsage;
+    case kExitImage:
+      return FailureClass::kImage;
+    case kExitUnsupported:
+      return FailureClass::kUnsupported;
+    default:
+      return FailureClass::kTransient;
   }
 }
 
@@ -45,10 +53,14 @@ constexpr FailureClass failure_class_of_exit(int code) {
 // reports) and in checkpoint reasons: "transient", "image", "unsupported", "usage".
 constexpr std::string_view to_string(FailureClass c) {
   switch (c) {
-    case FailureClass::kTransient: return "transient";
-    case FailureClass::kImage: return "image";
-    case FailureClass::kUnsupported: return "unsupported";
-    case FailureClass::kUsage: return "usage";
+    case FailureClass::kTransient:
+      return "transient";
+    case FailureClass::kImage:
+      return "image";
+    case FailureClass::kUnsupported:
+      return "unsupported";
+    case FailureClass::kUsage:
+      return "usage";
   }
   return "transient";
 }
@@ -56,7 +68,8 @@ constexpr std::string_view to_string(FailureClass c) {
 // The class named s, or none for a name this build does not know (a newer peer's
 // class), which its reader treats as transient.
 constexpr std::optional<FailureClass> failure_class_from_string(std::string_view s) {
-  for (auto c : {FailureClass::kTransient, FailureClass::kImage, FailureClass::kUnsupported, FailureClass::kUsage})
+  for (auto c : {FailureClass::kTransient, FailureClass::kImage, FailureClass::kUnsupported,
+                 FailureClass::kUsage})
     if (to_string(c) == s) return c;
   return std::nullopt;
 }

@@ -39,10 +39,26 @@ std::string expand_pattern(std::string_view pat, const Job& j) {
   for (size_t i = 0; i < pat.size(); ++i) {
     if (pat[i] == '%' && i + 1 < pat.size()) {
       char c = pat[i + 1];
-      if (c == 'j' || c == 'A') { out += std::to_string(j.job_id); ++i; continue; }
-      if (c == 'x') { out += j.name; ++i; continue; }
-      if (c == 'u') { out += j.user; ++i; continue; }
-      if (c == '%') { out += '%'; ++i; continue; }
+      if (c == 'j' || c == 'A') {
+        out += std::to_string(j.job_id);
+        ++i;
+        continue;
+      }
+      if (c == 'x') {
+        out += j.name;
+        ++i;
+        continue;
+      }
+      if (c == 'u') {
+        out += j.user;
+        ++i;
+        continue;
+      }
+      if (c == '%') {
+        out += '%';
+        ++i;
+        continue;
+      }
     }
     out += pat[i];
   }
@@ -66,14 +82,15 @@ T field(const nlohmann::json& b, const char* key, T dflt) {
 // 2^20 CPUs (NodeName CPUs= in fsched.conf), so a job can ask for no more, and their
 // product always fits an int.
 constexpr int64_t kMaxCpus = int64_t{1} << 20;
-constexpr int64_t kMaxMemMb = int64_t{1} << 40;   // as RealMemory
+constexpr int64_t kMaxMemMb = int64_t{1} << 40;    // as RealMemory
 constexpr int64_t kMaxSeconds = int64_t{1} << 40;  // time limits and intervals
 constexpr int64_t kMaxId = std::numeric_limits<int64_t>::max();
 
 }  // namespace
 
 Controller::Controller(proto::Config cfg, std::unique_ptr<NodeClient> node_rpc)
-    : cfg_(std::move(cfg)), node_rpc_(node_rpc ? std::move(node_rpc) : rpc_node_client(cfg_)),
+    : cfg_(std::move(cfg)),
+      node_rpc_(node_rpc ? std::move(node_rpc) : rpc_node_client(cfg_)),
       store_(cfg_.state_save_location) {
   for (auto& j : store_.jobs()) jobs_[j.job_id] = std::move(j);
   for (auto& c : store_.checkpoints()) {
@@ -105,8 +122,8 @@ Controller::Controller(proto::Config cfg, std::unique_ptr<NodeClient> node_rpc)
   }
   // What loading parsed is garbage now; give it back to the system.
   ::malloc_trim(0);
-  spdlog::info("controller: {} jobs and {} checkpoints loaded from {}", jobs_.size(), store_.checkpoints().size(),
-               (cfg_.state_save_location / "fsched.db").string());
+  spdlog::info("controller: {} jobs and {} checkpoints loaded from {}", jobs_.size(),
+               store_.checkpoints().size(), (cfg_.state_save_location / "fsched.db").string());
 }
 
 Controller::~Controller() { stop(); }
@@ -115,7 +132,9 @@ namespace {
 // The reason of a checkpoint marked Failed because a restore from it failed. Its
 // image is kept (see launch_failed); Failed dumps and Timeouts are removed.
 constexpr std::string_view kRestoreFailedPrefix = "restore failed: ";
-bool kept_after_failed_restore(const Checkpoint& c) { return c.reason.starts_with(kRestoreFailedPrefix); }
+bool kept_after_failed_restore(const Checkpoint& c) {
+  return c.reason.starts_with(kRestoreFailedPrefix);
+}
 
 // Transient failures of the restore from one checkpoint after which it counts as
 // Failed: never a loop, and three tries (on other nodes when there are) are enough to
@@ -147,8 +166,10 @@ void Controller::start() {
     for (auto& [id, list] : ckpts_)
       for (auto& c : list)
         if (c.status != CheckpointStatus::Creating && !c.location.empty())
-          sweep.emplace_back(c.location, c.status == CheckpointStatus::Timeout || c.status == CheckpointStatus::Cleared ||
-                                             (c.status == CheckpointStatus::Failed && !kept_after_failed_restore(c)));
+          sweep.emplace_back(
+              c.location,
+              c.status == CheckpointStatus::Timeout || c.status == CheckpointStatus::Cleared ||
+                  (c.status == CheckpointStatus::Failed && !kept_after_failed_restore(c)));
     spawn([sweep = std::move(sweep)] {
       for (auto& [loc, whole] : sweep) {
         std::error_code ec;
@@ -156,7 +177,8 @@ void Controller::start() {
           std::filesystem::remove_all(loc, ec);
           if (ec) spdlog::warn("cannot remove the image {}: {}", loc, ec.message());
         }
-        if (std::filesystem::exists(loc + ".tmp", ec)) std::filesystem::remove_all(loc + ".tmp", ec);
+        if (std::filesystem::exists(loc + ".tmp", ec))
+          std::filesystem::remove_all(loc + ".tmp", ec);
       }
     });
   }
@@ -217,7 +239,9 @@ class RpcNodeClient final : public NodeClient {
 };
 }  // namespace
 
-std::unique_ptr<NodeClient> rpc_node_client(const proto::Config& cfg) { return std::make_unique<RpcNodeClient>(cfg); }
+std::unique_ptr<NodeClient> rpc_node_client(const proto::Config& cfg) {
+  return std::make_unique<RpcNodeClient>(cfg);
+}
 
 void Controller::save(const Job& j) { store_.put_job(j); }
 void Controller::save(const Checkpoint& c) { store_.put_checkpoint(c); }
@@ -225,7 +249,8 @@ void Controller::save(const Checkpoint& c) { store_.put_checkpoint(c); }
 Job& Controller::job_of(const std::string& id_text) {
   int64_t id = 0;
   auto [p, ec] = std::from_chars(id_text.data(), id_text.data() + id_text.size(), id);
-  if (ec != std::errc{} || p != id_text.data() + id_text.size()) throw RpcError(400, "Invalid job id specified");
+  if (ec != std::errc{} || p != id_text.data() + id_text.size())
+    throw RpcError(400, "Invalid job id specified");
   auto it = jobs_.find(id);
   if (it == jobs_.end()) throw RpcError(404, "Invalid job id specified");
   return it->second;
@@ -233,7 +258,8 @@ Job& Controller::job_of(const std::string& id_text) {
 
 void Controller::check_owner(const Job& j, const proto::Caller& c) const {
   if (!c.is_root() && c.uid != j.uid)
-    throw RpcError(403, fmt::format("Access/permission denied: job {} belongs to {}", j.job_id, j.user));
+    throw RpcError(403,
+                   fmt::format("Access/permission denied: job {} belongs to {}", j.job_id, j.user));
 }
 
 bool Controller::node_up(const Node& n) const {
@@ -250,31 +276,57 @@ proto::NodeState Controller::node_state(const Node& n) const {
 
 nlohmann::json Controller::api(const Job& j) const {
   double now = now_s();
-  int64_t run = j.run_time_done + (j.state == JobState::Running && j.start_time > 0 ? static_cast<int64_t>(now - j.start_time) : 0);
+  int64_t run = j.run_time_done + (j.state == JobState::Running && j.start_time > 0
+                                       ? static_cast<int64_t>(now - j.start_time)
+                                       : 0);
   json last = nullptr;
   if (auto it = ckpts_.find(j.job_id); it != ckpts_.end() && !it->second.empty()) {
     auto& c = it->second.back();
     last = {{"checkpoint_id", c.checkpoint_id}, {"time", c.trigger_time}, {"status", c.status}};
   }
   int sig = j.exit_status > 128 && j.exit_status < 128 + 65 ? j.exit_status - 128 : 0;
-  return {{"job_id", j.job_id}, {"name", j.name}, {"user", j.user}, {"uid", j.uid}, {"gid", j.gid},
-          {"partition", j.partition}, {"state", j.state}, {"reason", j.reason},
-          {"submit_time", j.submit_time}, {"start_time", j.start_time}, {"end_time", j.end_time},
-          {"run_time", run}, {"time_limit", j.time_limit}, {"nodes", j.nodes},
-          {"num_nodes", 1}, {"cpus_per_task", j.cpus_per_task}, {"ntasks", j.ntasks}, {"num_cpus", j.num_cpus()},
-          {"mem_mb", j.mem_mb}, {"work_dir", j.work_dir}, {"stdout", j.stdout_path}, {"stderr", j.stderr_path},
-          {"command", (cfg_.slurmd_spool_dir / fmt::format("job{}", j.job_id) / "slurm_script").string()},
-          {"argv", j.argv}, {"checkpoint_interval", j.checkpoint_interval},
+  return {{"job_id", j.job_id},
+          {"name", j.name},
+          {"user", j.user},
+          {"uid", j.uid},
+          {"gid", j.gid},
+          {"partition", j.partition},
+          {"state", j.state},
+          {"reason", j.reason},
+          {"submit_time", j.submit_time},
+          {"start_time", j.start_time},
+          {"end_time", j.end_time},
+          {"run_time", run},
+          {"time_limit", j.time_limit},
+          {"nodes", j.nodes},
+          {"num_nodes", 1},
+          {"cpus_per_task", j.cpus_per_task},
+          {"ntasks", j.ntasks},
+          {"num_cpus", j.num_cpus()},
+          {"mem_mb", j.mem_mb},
+          {"work_dir", j.work_dir},
+          {"stdout", j.stdout_path},
+          {"stderr", j.stderr_path},
+          {"command",
+           (cfg_.slurmd_spool_dir / fmt::format("job{}", j.job_id) / "slurm_script").string()},
+          {"argv", j.argv},
+          {"checkpoint_interval", j.checkpoint_interval},
           {"checkpoint_dir", (cfg_.checkpoint_dir / std::to_string(j.job_id)).string()},
-          {"requeue", j.requeue}, {"hold", j.hold}, {"restarts", j.restarts}, {"job_version", j.job_version},
-          {"exit_code", fmt::format("{}:{}", sig ? 0 : j.exit_status, sig)}, {"last_checkpoint", last},
+          {"requeue", j.requeue},
+          {"hold", j.hold},
+          {"restarts", j.restarts},
+          {"job_version", j.job_version},
+          {"exit_code", fmt::format("{}:{}", sig ? 0 : j.exit_status, sig)},
+          {"last_checkpoint", last},
           {"restore_from", j.restore_from}};
 }
 
 // ------------------------------------------------------------------ routes
 
 void Controller::add_routes(proto::Server& s) {
-  auto bind = [this](auto fn) { return [this, fn](const proto::Request& r) { return (this->*fn)(r); }; };
+  auto bind = [this](auto fn) {
+    return [this, fn](const proto::Request& r) { return (this->*fn)(r); };
+  };
   s.route("GET", "/v1/ping", [this](const proto::Request&) {
     return json{{"cluster", cfg_.cluster_name}, {"time", now_s()}};
   });
@@ -283,11 +335,15 @@ void Controller::add_routes(proto::Server& s) {
   s.route("GET", "/v1/jobs/{}", bind(&Controller::show_job));
   s.route("POST", "/v1/jobs/{}/signal", bind(&Controller::signal_job));
   s.route("POST", "/v1/jobs/{}/cancel", bind(&Controller::cancel_job));
-  s.route("POST", "/v1/jobs/{}/hold", [this](const proto::Request& r) { return hold_job(r, true); });
-  s.route("POST", "/v1/jobs/{}/release", [this](const proto::Request& r) { return hold_job(r, false); });
+  s.route("POST", "/v1/jobs/{}/hold",
+          [this](const proto::Request& r) { return hold_job(r, true); });
+  s.route("POST", "/v1/jobs/{}/release",
+          [this](const proto::Request& r) { return hold_job(r, false); });
   s.route("POST", "/v1/jobs/{}/requeue", bind(&Controller::requeue_job));
-  s.route("POST", "/v1/jobs/{}/checkpoint", [this](const proto::Request& r) { return checkpoint_job(r, CheckpointSource::Manual); });
-  s.route("POST", "/v1/jobs/{}/vacate", [this](const proto::Request& r) { return checkpoint_job(r, CheckpointSource::Vacate); });
+  s.route("POST", "/v1/jobs/{}/checkpoint",
+          [this](const proto::Request& r) { return checkpoint_job(r, CheckpointSource::Manual); });
+  s.route("POST", "/v1/jobs/{}/vacate",
+          [this](const proto::Request& r) { return checkpoint_job(r, CheckpointSource::Vacate); });
   s.route("POST", "/v1/jobs/{}/restart", bind(&Controller::restart_job));
   s.route("GET", "/v1/jobs/{}/checkpoints", bind(&Controller::list_checkpoints));
   s.route("DELETE", "/v1/jobs/{}/checkpoints/{}", bind(&Controller::delete_checkpoint));
@@ -299,29 +355,34 @@ void Controller::add_routes(proto::Server& s) {
   s.route("POST", "/v1/nodes/op_done", bind(&Controller::node_op_done));
 }
 
-SubmitRequest decode_submit(const nlohmann::json& b, const proto::Caller& caller, const proto::Config& cfg) {
+SubmitRequest decode_submit(const nlohmann::json& b, const proto::Caller& caller,
+                            const proto::Config& cfg) {
   using json = nlohmann::json;
   if (!b.is_object()) throw RpcError(400, "submit: expected a JSON object");
   Job j;
   std::string script = field<std::string>(b, "script", "");
   if (script.size() > proto::kMaxScriptBytes)
-    throw RpcError(400, fmt::format("batch script is {} bytes, over the limit of {} bytes (4 MiB)", script.size(),
-                                    proto::kMaxScriptBytes));
+    throw RpcError(400, fmt::format("batch script is {} bytes, over the limit of {} bytes (4 MiB)",
+                                    script.size(), proto::kMaxScriptBytes));
   if (script.rfind("#!", 0) != 0)
-    throw RpcError(400, "This does not look like a batch script.  The first line must start with #! followed by the path to an interpreter.");
+    throw RpcError(400,
+                   "This does not look like a batch script.  The first line must start with #! "
+                   "followed by the path to an interpreter.");
   j.uid = caller.uid;
   j.gid = caller.gid;
   j.user = user_name(caller.uid);
   j.name = field<std::string>(b, "name", "sbatch");
   j.work_dir = field<std::string>(b, "work_dir", "");
-  if (j.work_dir.empty() || j.work_dir[0] != '/') throw RpcError(400, "work_dir must be an absolute path");
+  if (j.work_dir.empty() || j.work_dir[0] != '/')
+    throw RpcError(400, "work_dir must be an absolute path");
   j.argv = field<std::vector<std::string>>(b, "argv", {});
   int64_t cpus_per_task = proto::int_field(b, "cpus_per_task", 1, 1, kMaxCpus);
   int64_t ntasks = proto::int_field(b, "ntasks", 1, 1, kMaxCpus);
   // Both are at most 2^20, so their product is exact in 64 bits.
   if (cpus_per_task * ntasks > kMaxCpus)
-    throw RpcError(400, fmt::format("cpus_per_task × ntasks = {} × {} = {} CPUs, over the limit of {}", cpus_per_task,
-                                    ntasks, cpus_per_task * ntasks, kMaxCpus));
+    throw RpcError(400,
+                   fmt::format("cpus_per_task × ntasks = {} × {} = {} CPUs, over the limit of {}",
+                               cpus_per_task, ntasks, cpus_per_task * ntasks, kMaxCpus));
   j.cpus_per_task = static_cast<int>(cpus_per_task);
   j.ntasks = static_cast<int>(ntasks);
   j.mem_mb = static_cast<uint64_t>(proto::int_field(b, "mem_mb", 0, 0, kMaxMemMb));
@@ -336,7 +397,9 @@ SubmitRequest decode_submit(const nlohmann::json& b, const proto::Caller& caller
   if (!p) throw RpcError(400, fmt::format("invalid partition specified: {}", part));
   j.partition = p->name;
   if (p->max_time && j.time_limit > p->max_time)
-    throw RpcError(400, fmt::format("Requested time limit is invalid (exceeds MaxTime of partition {})", p->name));
+    throw RpcError(
+        400,
+        fmt::format("Requested time limit is invalid (exceeds MaxTime of partition {})", p->name));
   if (!p->up) throw RpcError(400, fmt::format("Partition {} is down", p->name));
   bool fits = false;
   for (auto& n : p->nodes) {
@@ -364,16 +427,17 @@ nlohmann::json Controller::submit(const proto::Request& r) {
     x.stderr_path = err.empty() ? x.stdout_path : expand_pattern(err, x);
   });
   jobs_[j.job_id] = j;
-  spdlog::info("job {}: submitted by {} (uid {}), name {}, partition {}, checkpoint every {} s", j.job_id, j.user,
-               j.uid, j.name, j.partition, j.checkpoint_interval);
+  spdlog::info("job {}: submitted by {} (uid {}), name {}, partition {}, checkpoint every {} s",
+               j.job_id, j.user, j.uid, j.name, j.partition, j.checkpoint_interval);
   wake_.notify_all();
   json reply = {{"job_id", j.job_id}};
   // Accepted, but the option will do nothing: the submitter hears it (sbatch prints
   // each warning on stderr) rather than finding no checkpoints after the job died.
   if (j.checkpoint_interval > 0 && cfg_.checkpoint_type == "checkpoint/none")
-    reply["warnings"] = {fmt::format("--checkpoint={} has no effect: checkpoints are disabled on this cluster "
-                                     "(CheckpointType = checkpoint/none)",
-                                     proto::format_duration(j.checkpoint_interval))};
+    reply["warnings"] = {
+        fmt::format("--checkpoint={} has no effect: checkpoints are disabled on this cluster "
+                    "(CheckpointType = checkpoint/none)",
+                    proto::format_duration(j.checkpoint_interval))};
   return reply;
 }
 
@@ -420,7 +484,8 @@ nlohmann::json Controller::signal_job(const proto::Request& r) {
   Job& j = job_of(r.params.at(0));
   check_owner(j, r.caller);
   int sig = static_cast<int>(proto::int_field(r.body, "signal", SIGTERM, 1, 64));
-  if (j.state != JobState::Running) throw RpcError(409, fmt::format("Job {} is not running (state {})", j.job_id, j.state));
+  if (j.state != JobState::Running)
+    throw RpcError(409, fmt::format("Job {} is not running (state {})", j.job_id, j.state));
   spdlog::info("job {}: signal {} requested by uid {}", j.job_id, sig, r.caller.uid);
   terminate(j, sig, false);
   return json::object();
@@ -432,8 +497,8 @@ void Controller::terminate(const Job& j, int signal, bool escalate) {
   int wait = escalate ? cfg_.kill_wait : -1;
   spawn([this, node, id, signal, wait] {
     try {
-      node_rpc_->post(node, "/v1/node/signal", proto::SignalRequest{.job_id = id, .signal = signal, .kill_wait = wait},
-                      30);
+      node_rpc_->post(node, "/v1/node/signal",
+                      proto::SignalRequest{.job_id = id, .signal = signal, .kill_wait = wait}, 30);
     } catch (const std::exception& e) {
       spdlog::warn("job {}: signal {} on node {} failed: {}", id, signal, node, e.what());
     }
@@ -454,10 +519,12 @@ nlohmann::json Controller::cancel_job(const proto::Request& r) {
   } else if (j.state == JobState::Running) {
     j.end_request = "cancel";
     save(j);
-    spdlog::info("job {}: cancel requested by uid {}: SIGTERM, SIGKILL after {} s", j.job_id, r.caller.uid, cfg_.kill_wait);
+    spdlog::info("job {}: cancel requested by uid {}: SIGTERM, SIGKILL after {} s", j.job_id,
+                 r.caller.uid, cfg_.kill_wait);
     terminate(j, SIGTERM, true);
   } else {
-    throw RpcError(409, fmt::format("Job/step already completing or completed (job {} is {})", j.job_id, j.state));
+    throw RpcError(409, fmt::format("Job/step already completing or completed (job {} is {})",
+                                    j.job_id, j.state));
   }
   return json::object();
 }
@@ -466,12 +533,16 @@ nlohmann::json Controller::hold_job(const proto::Request& r, bool hold) {
   Lock l(mu_);
   Job& j = job_of(r.params.at(0));
   check_owner(j, r.caller);
-  if (j.state != JobState::Pending) throw RpcError(409, fmt::format("Job {} is not pending (state {})", j.job_id, j.state));
+  if (j.state != JobState::Pending)
+    throw RpcError(409, fmt::format("Job {} is not pending (state {})", j.job_id, j.state));
   if (!hold && j.reason == "JobHeldAdmin" && !r.caller.is_root())
-    throw RpcError(403, fmt::format("Access/permission denied: job {} was held by an administrator", j.job_id));
+    throw RpcError(403, fmt::format("Access/permission denied: job {} was held by an administrator",
+                                    j.job_id));
   j.hold = hold;
-  if (hold) j.reason = r.caller.is_root() ? "JobHeldAdmin" : "JobHeldUser";
-  else if (j.reason == "JobHeldUser" || j.reason == "JobHeldAdmin") j.reason = "None";
+  if (hold)
+    j.reason = r.caller.is_root() ? "JobHeldAdmin" : "JobHeldUser";
+  else if (j.reason == "JobHeldUser" || j.reason == "JobHeldAdmin")
+    j.reason = "None";
   save(j);
   spdlog::info("job {}: {} by uid {}", j.job_id, hold ? "held" : "released", r.caller.uid);
   wake_.notify_all();
@@ -485,11 +556,14 @@ std::string Controller::too_busy(const std::string& node) const {
   if (it == nodes_.end()) return {};
   const Node& n = it->second;
   if (n.cpu_util > cfg_.load_threshold_cpu)
-    return fmt::format("CPU utilization {:.2f} > CRIU_LoadThresholdCPU {:.2f}", n.cpu_util, cfg_.load_threshold_cpu);
+    return fmt::format("CPU utilization {:.2f} > CRIU_LoadThresholdCPU {:.2f}", n.cpu_util,
+                       cfg_.load_threshold_cpu);
   if (n.io_wait > cfg_.load_threshold_io)
-    return fmt::format("I/O wait {:.2f} > CRIU_LoadThresholdIO {:.2f}", n.io_wait, cfg_.load_threshold_io);
+    return fmt::format("I/O wait {:.2f} > CRIU_LoadThresholdIO {:.2f}", n.io_wait,
+                       cfg_.load_threshold_io);
   if (n.mem_util > cfg_.load_threshold_memory)
-    return fmt::format("memory use {:.2f} > CRIU_LoadThresholdMemory {:.2f}", n.mem_util, cfg_.load_threshold_memory);
+    return fmt::format("memory use {:.2f} > CRIU_LoadThresholdMemory {:.2f}", n.mem_util,
+                       cfg_.load_threshold_memory);
   return {};
 }
 
@@ -524,7 +598,8 @@ nlohmann::json Controller::requeue_job(const proto::Request& r) {
   Lock l(mu_);
   Job& j = job_of(r.params.at(0));
   check_owner(j, r.caller);
-  if (!j.requeue) throw RpcError(409, fmt::format("Job {} was submitted with --no-requeue", j.job_id));
+  if (!j.requeue)
+    throw RpcError(409, fmt::format("Job {} was submitted with --no-requeue", j.job_id));
   if (j.state == JobState::Running) {
     j.end_request = "requeue";
     save(j);
@@ -549,13 +624,14 @@ nlohmann::json Controller::checkpoint_job(const proto::Request& r, CheckpointSou
   std::string desc = field<std::string>(r.body, "description", "");
   Checkpoint c = run_checkpoint(id, source, desc, &r.caller);
   if (c.status != CheckpointStatus::Present)
-    throw RpcError(500, fmt::format("checkpoint {} of job {} {}: {}", c.checkpoint_id, id,
-                                    c.status == CheckpointStatus::Timeout ? "timed out" : "failed", c.reason));
+    throw RpcError(
+        500, fmt::format("checkpoint {} of job {} {}: {}", c.checkpoint_id, id,
+                         c.status == CheckpointStatus::Timeout ? "timed out" : "failed", c.reason));
   return c;
 }
 
-Checkpoint Controller::run_checkpoint(int64_t job_id, CheckpointSource source, const std::string& description,
-                                      const proto::Caller* who) {
+Checkpoint Controller::run_checkpoint(int64_t job_id, CheckpointSource source,
+                                      const std::string& description, const proto::Caller* who) {
   Checkpoint c;
   std::string node;
   {
@@ -572,38 +648,46 @@ Checkpoint Controller::run_checkpoint(int64_t job_id, CheckpointSource source, c
     if (who && j.state == JobState::Running && launching_.count(job_id))
       wake_.wait_for(l, std::chrono::seconds(cfg_.batch_start_timeout),
                      [&] { return stopping_ || !launching_.count(job_id); });
-    if (j.state != JobState::Running || launching_.count(job_id) || !j.end_request.empty() || j.awaiting_node)
-      throw RpcError(409, fmt::format("Job {} is not running (state {}{})", job_id, j.state,
-                                      j.awaiting_node ? ", its start not yet confirmed by its node" : ""));
-    if (ckpt_busy_.count(job_id)) throw RpcError(409, fmt::format("job {}: a checkpoint is already in progress", job_id));
+    if (j.state != JobState::Running || launching_.count(job_id) || !j.end_request.empty() ||
+        j.awaiting_node)
+      throw RpcError(
+          409, fmt::format("Job {} is not running (state {}{})", job_id, j.state,
+                           j.awaiting_node ? ", its start not yet confirmed by its node" : ""));
+    if (ckpt_busy_.count(job_id))
+      throw RpcError(409, fmt::format("job {}: a checkpoint is already in progress", job_id));
     c.checkpoint_id = ++j.last_checkpoint_id;
     c.job_id = job_id;
     c.source = source;
-    c.description = description.empty() ? (source == CheckpointSource::Periodic ? "periodic checkpoint"
-                                           : source == CheckpointSource::Vacate ? "created when the job was vacated"
+    c.description = description.empty()
+                        ? (source == CheckpointSource::Periodic ? "periodic checkpoint"
+                           : source == CheckpointSource::Vacate ? "created when the job was vacated"
                                                                 : "created during running")
-                                        : description;
+                        : description;
     c.trigger_time = now_s();
     c.job_version = j.job_version;
-    c.location = (cfg_.checkpoint_dir / std::to_string(job_id) / std::to_string(c.checkpoint_id)).string();
+    c.location =
+        (cfg_.checkpoint_dir / std::to_string(job_id) / std::to_string(c.checkpoint_id)).string();
     ckpt_busy_.insert(job_id);
     ckpt_rpc_.insert(job_id);
     ckpts_[job_id].push_back(c);
     save(j);
     save(c);
     node = j.nodes;
-    spdlog::info("job {}: checkpoint {} ({}) triggered on {}", job_id, c.checkpoint_id, source, node);
+    spdlog::info("job {}: checkpoint {} ({}) triggered on {}", job_id, c.checkpoint_id, source,
+                 node);
   }
   json reply;
   std::string error;
   std::optional<FailureClass> failure;
   bool timeout = false, answered = true;
   try {
-    reply = node_rpc_->post(node, "/v1/node/checkpoint",
-                            proto::CheckpointRequest{.job_id = job_id, .dir = c.location,
-                                                     .leave_running = source != CheckpointSource::Vacate,
-                                                     .timeout = cfg_.checkpoint_timeout},
-                            cfg_.checkpoint_timeout + 60);
+    reply = node_rpc_->post(
+        node, "/v1/node/checkpoint",
+        proto::CheckpointRequest{.job_id = job_id,
+                                 .dir = c.location,
+                                 .leave_running = source != CheckpointSource::Vacate,
+                                 .timeout = cfg_.checkpoint_timeout},
+        cfg_.checkpoint_timeout + 60);
   } catch (const RpcError& e) {
     error = e.what();
     failure = e.failure();
@@ -617,22 +701,27 @@ Checkpoint Controller::run_checkpoint(int64_t job_id, CheckpointSource source, c
   Lock l(mu_);
   ckpt_rpc_.erase(job_id);
   if (error.empty()) {
-    settle_checkpoint(job_id, c.checkpoint_id, CheckpointStatus::Present, "", reply.value("size", uint64_t{0}),
-                      reply.value("freeze_ms", 0.0));
+    settle_checkpoint(job_id, c.checkpoint_id, CheckpointStatus::Present, "",
+                      reply.value("size", uint64_t{0}), reply.value("freeze_ms", 0.0));
   } else if (answered) {
-    settle_checkpoint(job_id, c.checkpoint_id, timeout ? CheckpointStatus::Timeout : CheckpointStatus::Failed,
+    settle_checkpoint(job_id, c.checkpoint_id,
+                      timeout ? CheckpointStatus::Timeout : CheckpointStatus::Failed,
                       timeout ? error : classified(failure, error), 0, 0.0);
   } else {
-    spdlog::warn("job {}: checkpoint {}: no answer from {} ({}); it stays Creating until the node reports how "
-                 "the dump ended", job_id, c.checkpoint_id, node, error);
+    spdlog::warn(
+        "job {}: checkpoint {}: no answer from {} ({}); it stays Creating until the node reports "
+        "how "
+        "the dump ended",
+        job_id, c.checkpoint_id, node, error);
     auto current = [&]() -> const Checkpoint* {
       for (auto& x : ckpts_[job_id])
         if (x.checkpoint_id == c.checkpoint_id) return &x;
       return nullptr;
     };
     // The caller (scontrol) gets the real outcome if the node is back in time.
-    wake_.wait_for(l, std::chrono::seconds(cfg_.checkpoint_timeout + 60),
-                   [&] { return stopping_ || !current() || current()->status != CheckpointStatus::Creating; });
+    wake_.wait_for(l, std::chrono::seconds(cfg_.checkpoint_timeout + 60), [&] {
+      return stopping_ || !current() || current()->status != CheckpointStatus::Creating;
+    });
   }
   for (auto& x : ckpts_[job_id])
     if (x.checkpoint_id == c.checkpoint_id) return x;
@@ -642,7 +731,8 @@ Checkpoint Controller::run_checkpoint(int64_t job_id, CheckpointSource source, c
 bool Controller::settle_checkpoint(int64_t job_id, int64_t checkpoint_id, CheckpointStatus status,
                                    const std::string& reason, uint64_t size, double freeze_ms) {
   auto& list = ckpts_[job_id];
-  auto it = std::find_if(list.begin(), list.end(), [&](const Checkpoint& x) { return x.checkpoint_id == checkpoint_id; });
+  auto it = std::find_if(list.begin(), list.end(),
+                         [&](const Checkpoint& x) { return x.checkpoint_id == checkpoint_id; });
   // Both the RPC's reply and the node's op_done carry the outcome: the first wins.
   if (it == list.end() || it->status != CheckpointStatus::Creating) return false;
   Checkpoint& c = *it;
@@ -660,8 +750,8 @@ bool Controller::settle_checkpoint(int64_t job_id, int64_t checkpoint_id, Checkp
   if (jit == jobs_.end()) return true;
   Job& j = jit->second;
   if (c.status == CheckpointStatus::Present) {
-    spdlog::info("job {}: checkpoint {} Present: {} bytes in {:.2f} s at {}", job_id, c.checkpoint_id, c.size,
-                 c.duration, c.location);
+    spdlog::info("job {}: checkpoint {} Present: {} bytes in {:.2f} s at {}", job_id,
+                 c.checkpoint_id, c.size, c.duration, c.location);
     if (c.source == CheckpointSource::Vacate && j.state == JobState::Running) {
       double now = now_s();
       release(j, now);
@@ -672,7 +762,8 @@ bool Controller::settle_checkpoint(int64_t job_id, int64_t checkpoint_id, Checkp
     }
     retain(j);
   } else {
-    spdlog::warn("job {}: checkpoint {} {}: {}; the job keeps running", job_id, c.checkpoint_id, c.status, c.reason);
+    spdlog::warn("job {}: checkpoint {} {}: {}; the job keeps running", job_id, c.checkpoint_id,
+                 c.status, c.reason);
     discard_image(c.location);
   }
   save(j);
@@ -695,7 +786,8 @@ void Controller::confirm_launch(Job& j, const std::string& how) {
   j.awaiting_node = false;
   restore_retries_.erase(j.job_id);
   if (j.restore_from) {
-    spdlog::info("job {}: restored from checkpoint {} on {} ({})", j.job_id, j.restore_from, j.nodes, how);
+    spdlog::info("job {}: restored from checkpoint {} on {} ({})", j.job_id, j.restore_from,
+                 j.nodes, how);
     j.restore_from = 0;
   } else {
     spdlog::info("job {}: running on {} ({})", j.job_id, j.nodes, how);
@@ -729,9 +821,13 @@ nlohmann::json Controller::node_op_done(const proto::Request& r) {
   if (kind == "checkpoint" || kind == "vacate") {
     for (auto& c : ckpts_[id]) {
       if (c.location != dir || c.status != CheckpointStatus::Creating) continue;
-      if (settle_checkpoint(id, c.checkpoint_id, outcome == "ok" ? CheckpointStatus::Present : outcome == "timeout" ? CheckpointStatus::Timeout : CheckpointStatus::Failed,
+      if (settle_checkpoint(id, c.checkpoint_id,
+                            outcome == "ok"        ? CheckpointStatus::Present
+                            : outcome == "timeout" ? CheckpointStatus::Timeout
+                                                   : CheckpointStatus::Failed,
                             outcome == "failed" ? classified(failure_field(r.body), error) : error,
-                            field<uint64_t>(r.body, "size", 0), field<double>(r.body, "freeze_ms", 0.0)))
+                            field<uint64_t>(r.body, "size", 0),
+                            field<double>(r.body, "freeze_ms", 0.0)))
         spdlog::info("job {}: {} outcome reported by {}: {}", id, kind, node, outcome);
       break;
     }
@@ -739,7 +835,8 @@ nlohmann::json Controller::node_op_done(const proto::Request& r) {
   }
   // launch/restore: only an unanswered RPC waits for this; an answered one has been
   // handled by launch().
-  if (j.state != JobState::Running || j.nodes != node || !j.awaiting_node || launching_.count(id)) return json::object();
+  if (j.state != JobState::Running || j.nodes != node || !j.awaiting_node || launching_.count(id))
+    return json::object();
   if (outcome == "ok") {
     confirm_launch(j, fmt::format("{} reported by the node", kind));
   } else {
@@ -784,8 +881,9 @@ nlohmann::json Controller::restart_job(const proto::Request& r) {
   Lock l(mu_);
   Job& j = job_of(r.params.at(0));
   check_owner(j, r.caller);
-  bool restartable = (j.state == JobState::Pending && j.reason == "Vacated") || j.state == JobState::Failed ||
-                     j.state == JobState::Cancelled || j.state == JobState::Timeout || j.state == JobState::NodeFail;
+  bool restartable = (j.state == JobState::Pending && j.reason == "Vacated") ||
+                     j.state == JobState::Failed || j.state == JobState::Cancelled ||
+                     j.state == JobState::Timeout || j.state == JobState::NodeFail;
   if (!restartable)
     throw RpcError(409, fmt::format("Job {} cannot be restarted: it is {}{}", j.job_id, j.state,
                                     j.state == JobState::Pending ? " (not vacated)" : ""));
@@ -796,13 +894,16 @@ nlohmann::json Controller::restart_job(const proto::Request& r) {
   for (auto& c : ckpts_[j.job_id]) {
     if (want && c.checkpoint_id == want) {
       if (c.status != CheckpointStatus::Present)
-        throw RpcError(409, fmt::format("checkpoint {} of job {} is {}, not Present", want, j.job_id, c.status));
+        throw RpcError(409, fmt::format("checkpoint {} of job {} is {}, not Present", want,
+                                        j.job_id, c.status));
       chosen = want;
     }
     if (!want && c.status == CheckpointStatus::Present) chosen = c.checkpoint_id;
   }
-  if (want && !chosen) throw RpcError(404, fmt::format("job {} has no checkpoint {}", j.job_id, want));
-  if (!chosen) throw RpcError(409, fmt::format("job {} has no Present checkpoint to restart from", j.job_id));
+  if (want && !chosen)
+    throw RpcError(404, fmt::format("job {} has no checkpoint {}", j.job_id, want));
+  if (!chosen)
+    throw RpcError(409, fmt::format("job {} has no Present checkpoint to restart from", j.job_id));
   j.state = JobState::Pending;
   j.reason = "None";
   j.hold = false;
@@ -811,7 +912,8 @@ nlohmann::json Controller::restart_job(const proto::Request& r) {
   j.end_request.clear();
   restore_retries_.erase(j.job_id);  // an explicit restart starts counting anew
   save(j);
-  spdlog::info("job {}: restart from checkpoint {} requested by uid {}", j.job_id, chosen, r.caller.uid);
+  spdlog::info("job {}: restart from checkpoint {} requested by uid {}", j.job_id, chosen,
+               r.caller.uid);
   wake_.notify_all();
   return api(j);
 }
@@ -827,14 +929,18 @@ nlohmann::json Controller::delete_checkpoint(const proto::Request& r) {
   Job& j = job_of(r.params.at(0));
   check_owner(j, r.caller);
   int64_t cid = 0;
-  if (auto [p, ec] = std::from_chars(r.params.at(1).data(), r.params.at(1).data() + r.params.at(1).size(), cid);
+  if (auto [p, ec] = std::from_chars(r.params.at(1).data(),
+                                     r.params.at(1).data() + r.params.at(1).size(), cid);
       ec != std::errc{} || p != r.params.at(1).data() + r.params.at(1).size())
     throw RpcError(400, fmt::format("invalid checkpoint id '{}'", r.params.at(1)));
   for (auto& c : ckpts_[j.job_id]) {
     if (c.checkpoint_id != cid) continue;
-    if (c.status == CheckpointStatus::Creating) throw RpcError(409, fmt::format("checkpoint {} of job {} is still being written", cid, j.job_id));
+    if (c.status == CheckpointStatus::Creating)
+      throw RpcError(409,
+                     fmt::format("checkpoint {} of job {} is still being written", cid, j.job_id));
     if (j.restore_from == cid && j.state != JobState::Completed)
-      throw RpcError(409, fmt::format("checkpoint {} of job {} is being restored from", cid, j.job_id));
+      throw RpcError(409,
+                     fmt::format("checkpoint {} of job {} is being restored from", cid, j.job_id));
     // Removed by a worker outside mu_, as retention does (see retain()).
     c.status = CheckpointStatus::Cleared;
     c.reason = fmt::format("deleted by uid {}", r.caller.uid);
@@ -853,11 +959,21 @@ nlohmann::json Controller::list_nodes(const proto::Request&) {
     json parts = json::array();
     for (auto& p : cfg_.partitions)
       if (std::find(p.nodes.begin(), p.nodes.end(), name) != p.nodes.end()) parts.push_back(p.name);
-    arr.push_back({{"name", name}, {"state", node_state(n)}, {"reason", n.reason}, {"addr", n.addr},
-                   {"port", n.port}, {"cpus", n.cpus}, {"alloc_cpus", n.alloc_cpus},
-                   {"real_memory", n.real_memory}, {"alloc_memory", n.alloc_memory},
-                   {"free_memory", n.free_memory}, {"load", n.load}, {"cpu_util", n.cpu_util},
-                   {"io_wait", n.io_wait}, {"mem_util", n.mem_util}, {"partitions", parts},
+    arr.push_back({{"name", name},
+                   {"state", node_state(n)},
+                   {"reason", n.reason},
+                   {"addr", n.addr},
+                   {"port", n.port},
+                   {"cpus", n.cpus},
+                   {"alloc_cpus", n.alloc_cpus},
+                   {"real_memory", n.real_memory},
+                   {"alloc_memory", n.alloc_memory},
+                   {"free_memory", n.free_memory},
+                   {"load", n.load},
+                   {"cpu_util", n.cpu_util},
+                   {"io_wait", n.io_wait},
+                   {"mem_util", n.mem_util},
+                   {"partitions", parts},
                    {"last_heartbeat", n.last_heartbeat}});
   }
   return {{"nodes", std::move(arr)}};
@@ -870,8 +986,13 @@ nlohmann::json Controller::list_partitions(const proto::Request&) {
   for (auto& p : cfg_.partitions) {
     int cpus = 0;
     for (auto& n : p.nodes) cpus += nodes_.at(n).cpus;
-    arr.push_back({{"name", p.name}, {"nodes", p.nodes}, {"default", &p == def}, {"state", p.up ? "UP" : "DOWN"},
-                   {"max_time", p.max_time}, {"total_cpus", cpus}, {"total_nodes", p.nodes.size()}});
+    arr.push_back({{"name", p.name},
+                   {"nodes", p.nodes},
+                   {"default", &p == def},
+                   {"state", p.up ? "UP" : "DOWN"},
+                   {"max_time", p.max_time},
+                   {"total_cpus", cpus},
+                   {"total_nodes", p.nodes.size()}});
   }
   return {{"partitions", std::move(arr)}};
 }
@@ -881,15 +1002,18 @@ nlohmann::json Controller::node_heartbeat(const proto::Request& r) {
   std::string name = field<std::string>(r.body, "name", "");
   Lock l(mu_);
   auto it = nodes_.find(name);
-  if (it == nodes_.end()) throw RpcError(400, fmt::format("node {} is not in {}", name, cfg_.file.string()));
+  if (it == nodes_.end())
+    throw RpcError(400, fmt::format("node {} is not in {}", name, cfg_.file.string()));
   Node& n = it->second;
   int64_t cpus = proto::int_field(r.body, "cpus", n.cpus, 0, kMaxCpus);
-  int64_t real_memory = proto::int_field(r.body, "real_memory", static_cast<int64_t>(n.real_memory), 0, kMaxMemMb);
+  int64_t real_memory =
+      proto::int_field(r.body, "real_memory", static_cast<int64_t>(n.real_memory), 0, kMaxMemMb);
   auto free_memory = static_cast<uint64_t>(
       proto::int_field(r.body, "free_memory", static_cast<int64_t>(n.real_memory), 0, kMaxMemMb));
   if (!node_up(n)) spdlog::info("node {}: registered ({} CPUs, {} MiB)", name, cpus, real_memory);
   n.last_heartbeat = now_s();
-  reconcile(name, field<json>(r.body, "jobs", json::array()), field<json>(r.body, "ops", json::array()));
+  reconcile(name, field<json>(r.body, "jobs", json::array()),
+            field<json>(r.body, "ops", json::array()));
   n.load = field<double>(r.body, "load", 0.0);
   n.free_memory = free_memory;
   n.cpu_util = field<double>(r.body, "cpu_util", 0.0);
@@ -919,15 +1043,18 @@ void Controller::reconcile(const std::string& node, const json& reported, const 
     if (!busy.count(id) && !ckpt_rpc_.count(id) && ckpt_busy_.count(id)) {
       std::vector<int64_t> stale;
       for (auto& c : ckpts_[id])
-        if (c.status == CheckpointStatus::Creating && now - c.trigger_time > 30) stale.push_back(c.checkpoint_id);
+        if (c.status == CheckpointStatus::Creating && now - c.trigger_time > 30)
+          stale.push_back(c.checkpoint_id);
       for (int64_t cid : stale)
-        settle_checkpoint(id, cid, CheckpointStatus::Failed, fmt::format("node {} has no record of this dump: it never started", node),
+        settle_checkpoint(id, cid, CheckpointStatus::Failed,
+                          fmt::format("node {} has no record of this dump: it never started", node),
                           0, 0.0);
     }
     // A job the node does not know although it was placed there a while ago: its
     // launch never happened (the controller stopped during it) or the node lost it.
     // Recent starts are left alone: the report may predate them.
-    if (there.count(id) || busy.count(id) || ckpt_busy_.count(id) || now - j.start_time < 30) continue;
+    if (there.count(id) || busy.count(id) || ckpt_busy_.count(id) || now - j.start_time < 30)
+      continue;
     spdlog::warn("job {}: node {} does not know it: NODE_FAIL", id, node);
     release(j, now);
     j.state = JobState::NodeFail;
@@ -942,7 +1069,8 @@ void Controller::reconcile(const std::string& node, const json& reported, const 
 void Controller::release(Job& j, double now) {
   if (auto it = nodes_.find(j.nodes); it != nodes_.end()) {
     it->second.alloc_cpus = std::max(0, it->second.alloc_cpus - j.num_cpus());
-    it->second.alloc_memory = it->second.alloc_memory >= j.mem_mb ? it->second.alloc_memory - j.mem_mb : 0;
+    it->second.alloc_memory =
+        it->second.alloc_memory >= j.mem_mb ? it->second.alloc_memory - j.mem_mb : 0;
   }
   // start_time stays: scontrol show job and squeue %S show when a finished job last
   // started. Callers release only RUNNING jobs and schedule() sets a new start, so
@@ -962,7 +1090,8 @@ nlohmann::json Controller::node_job_ended(const proto::Request& r) {
   Job& j = it->second;
   // A report about a run that is already over (a repeated report, or one from a node
   // the job has since left) changes nothing.
-  if (j.state != JobState::Running || j.nodes != node || launching_.count(id)) return json::object();
+  if (j.state != JobState::Running || j.nodes != node || launching_.count(id))
+    return json::object();
   if (j.awaiting_node) {
     // It started (and ended) after all.
     j.awaiting_node = false;
@@ -990,7 +1119,8 @@ nlohmann::json Controller::node_job_ended(const proto::Request& r) {
     j.reason = code == 0 ? "None" : "NonZeroExitCode";
   }
   save(j);
-  spdlog::info("job {}: ended on {} with status {} after {:.1f} s: {}", id, node, code, now - started, j.state);
+  spdlog::info("job {}: ended on {} with status {} after {:.1f} s: {}", id, node, code,
+               now - started, j.state);
   wake_.notify_all();
   return json::object();
 }
@@ -999,11 +1129,13 @@ nlohmann::json Controller::node_job_ended(const proto::Request& r) {
 
 void Controller::schedule() {
   for (auto& [id, j] : jobs_) {
-    if (j.state != JobState::Pending || j.hold || j.reason == "Vacated" || launching_.count(id)) continue;
+    if (j.state != JobState::Pending || j.hold || j.reason == "Vacated" || launching_.count(id))
+      continue;
     // A restore that failed for a passing reason waits a while, then avoids the node
     // it failed on if another one fits.
     const RestoreRetry* retry = nullptr;
-    if (auto rit = restore_retries_.find(id); rit != restore_retries_.end() && j.restore_from == rit->second.checkpoint_id)
+    if (auto rit = restore_retries_.find(id);
+        rit != restore_retries_.end() && j.restore_from == rit->second.checkpoint_id)
       retry = &rit->second;
     if (retry && now_s() < retry->not_before) continue;
     const proto::PartitionConf* p = cfg_.partition(j.partition);
@@ -1012,7 +1144,9 @@ void Controller::schedule() {
       for (auto& name : p ? p->nodes : std::vector<std::string>{}) {
         Node& n = nodes_.at(name);
         if (avoid && retry && name == retry->avoid_node) continue;
-        if (!node_up(n) || n.cpus - n.alloc_cpus < j.num_cpus() || n.real_memory - n.alloc_memory < j.mem_mb) continue;
+        if (!node_up(n) || n.cpus - n.alloc_cpus < j.num_cpus() ||
+            n.real_memory - n.alloc_memory < j.mem_mb)
+          continue;
         // Least loaded first, so jobs spread over the nodes.
         if (!best || n.alloc_cpus < best->alloc_cpus) best = &n;
       }
@@ -1035,14 +1169,17 @@ void Controller::schedule() {
       j.restarts++;
       j.job_version++;
     }
-    j.next_checkpoint = j.checkpoint_interval ? j.start_time + static_cast<double>(j.checkpoint_interval) : 0;
+    j.next_checkpoint =
+        j.checkpoint_interval ? j.start_time + static_cast<double>(j.checkpoint_interval) : 0;
     // Stored before the RPC: a controller restarted before the node's answer came
     // then knows to wait for the node's report rather than take the job as started.
     j.awaiting_node = true;
     save(j);
     launching_.insert(id);
-    spdlog::info("job {}: {} on {}", id, j.restore_from ? fmt::format("restoring from checkpoint {}", j.restore_from)
-                                                        : std::string("starting"), best->name);
+    spdlog::info("job {}: {} on {}", id,
+                 j.restore_from ? fmt::format("restoring from checkpoint {}", j.restore_from)
+                                : std::string("starting"),
+                 best->name);
     int64_t jid = id;
     spawn([this, jid] { launch(jid); });
   }
@@ -1074,8 +1211,16 @@ void Controller::launch(int64_t id) {
     env["ENVIRONMENT"] = "BATCH";
     if (j.mem_mb) env["SLURM_MEM_PER_NODE"] = std::to_string(j.mem_mb);
     if (j.checkpoint_interval) env["SLURM_CHECKPOINT"] = std::to_string(j.checkpoint_interval);
-    req = {.job_id = id, .name = j.name, .user = j.user, .uid = j.uid, .gid = j.gid, .work_dir = j.work_dir,
-           .stdout_path = j.stdout_path, .stderr_path = j.stderr_path, .argv = j.argv, .script = script};
+    req = {.job_id = id,
+           .name = j.name,
+           .user = j.user,
+           .uid = j.uid,
+           .gid = j.gid,
+           .work_dir = j.work_dir,
+           .stdout_path = j.stdout_path,
+           .stderr_path = j.stderr_path,
+           .argv = j.argv,
+           .script = script};
     // The submitted environment is an object of strings (anything else was never
     // passed to the job: fschedd always dropped it).
     for (auto& [k, v] : env.items())
@@ -1092,7 +1237,8 @@ void Controller::launch(int64_t id) {
   std::optional<FailureClass> failure;
   bool answered = true;
   try {
-    node_rpc_->post(node, from ? "/v1/node/restore" : "/v1/node/launch", req, cfg_.batch_start_timeout + 600);
+    node_rpc_->post(node, from ? "/v1/node/restore" : "/v1/node/launch", req,
+                    cfg_.batch_start_timeout + 600);
   } catch (const RpcError& e) {
     error = e.what();
     failure = e.failure();
@@ -1122,8 +1268,8 @@ void Controller::launch(int64_t id) {
     restore_retries_.erase(id);
     save(j);
     if (from) {
-      spdlog::info("job {}: restored from checkpoint {} on {} (restart {}, job version {})", id, from, node,
-                   j.restarts, j.job_version);
+      spdlog::info("job {}: restored from checkpoint {} on {} (restart {}, job version {})", id,
+                   from, node, j.restarts, j.job_version);
       j.restore_from = 0;
       save(j);
     } else {
@@ -1136,7 +1282,8 @@ void Controller::launch(int64_t id) {
   launch_failed(j, error, failure);
 }
 
-void Controller::launch_failed(Job& j, const std::string& why, std::optional<FailureClass> failure) {
+void Controller::launch_failed(Job& j, const std::string& why,
+                               std::optional<FailureClass> failure) {
   double now = now_s();
   j.awaiting_node = false;
   release(j, now);
@@ -1148,8 +1295,8 @@ void Controller::launch_failed(Job& j, const std::string& why, std::optional<Fai
     // Unclassified (an older node, no answer to read) counts as transient: not knowing
     // better, a failure must not condemn an image.
     FailureClass cls = failure.value_or(FailureClass::kTransient);
-    spdlog::warn("job {}: restore from checkpoint {} on {} failed ({}): {}", j.job_id, failed, j.nodes,
-                 to_string(cls), why);
+    spdlog::warn("job {}: restore from checkpoint {} on {} failed ({}): {}", j.job_id, failed,
+                 j.nodes, to_string(cls), why);
     std::string reason;
     if (cls == FailureClass::kImage || cls == FailureClass::kUnsupported) {
       // The image is bad or holds what the engine cannot restore: the same everywhere.
@@ -1163,17 +1310,21 @@ void Controller::launch_failed(Job& j, const std::string& why, std::optional<Fai
       if (++rr.failures < kMaxTransientRestores) {
         rr.avoid_node = j.nodes;
         rr.not_before = now + kRestoreRetryDelayS * rr.failures;
-        spdlog::info("job {}: checkpoint {} stays Present; restore attempt {} of {} in {:.0f} s, not on {} if "
-                     "another node fits", j.job_id, failed, rr.failures + 1, kMaxTransientRestores,
-                     rr.not_before - now, rr.avoid_node);
+        spdlog::info(
+            "job {}: checkpoint {} stays Present; restore attempt {} of {} in {:.0f} s, not on {} "
+            "if "
+            "another node fits",
+            j.job_id, failed, rr.failures + 1, kMaxTransientRestores, rr.not_before - now,
+            rr.avoid_node);
         j.state = JobState::Pending;
         j.reason = "RestoreRetry";
         save(j);
         wake_.notify_all();
         return;
       }
-      reason = fmt::format("{}{} transient failures in a row, giving up on this checkpoint; the last: {}",
-                           kRestoreFailedPrefix, rr.failures, why);
+      reason = fmt::format(
+          "{}{} transient failures in a row, giving up on this checkpoint; the last: {}",
+          kRestoreFailedPrefix, rr.failures, why);
       restore_retries_.erase(j.job_id);
     }
     int64_t previous = 0;
@@ -1202,7 +1353,8 @@ void Controller::launch_failed(Job& j, const std::string& why, std::optional<Fai
       j.end_time = now;
     }
   } else if (++j.launch_failures >= 3) {
-    spdlog::error("job {}: launch on {} failed ({}), giving up after 3 tries", j.job_id, j.nodes, why);
+    spdlog::error("job {}: launch on {} failed ({}), giving up after 3 tries", j.job_id, j.nodes,
+                  why);
     j.state = JobState::Failed;
     j.reason = "LaunchFailed";
     j.end_time = now;
@@ -1218,17 +1370,22 @@ void Controller::launch_failed(Job& j, const std::string& why, std::optional<Fai
 void Controller::periodic() {
   double now = now_s();
   for (auto& [id, j] : jobs_) {
-    if (j.state != JobState::Running || launching_.count(id) || !j.end_request.empty() || j.awaiting_node) continue;
-    if (j.time_limit > 0 && j.run_time_done + (now - j.start_time) >= static_cast<double>(j.time_limit)) {
+    if (j.state != JobState::Running || launching_.count(id) || !j.end_request.empty() ||
+        j.awaiting_node)
+      continue;
+    if (j.time_limit > 0 &&
+        j.run_time_done + (now - j.start_time) >= static_cast<double>(j.time_limit)) {
       spdlog::info("job {}: time limit of {} s reached", id, j.time_limit);
       j.end_request = "timeout";
       save(j);
       terminate(j, SIGTERM, true);
       continue;
     }
-    if (j.checkpoint_interval > 0 && j.next_checkpoint > 0 && now >= j.next_checkpoint && !ckpt_busy_.count(id)) {
+    if (j.checkpoint_interval > 0 && j.next_checkpoint > 0 && now >= j.next_checkpoint &&
+        !ckpt_busy_.count(id)) {
       // Due points stay on the start + k*interval grid; missed ones are skipped.
-      while (j.next_checkpoint <= now) j.next_checkpoint += static_cast<double>(j.checkpoint_interval);
+      while (j.next_checkpoint <= now)
+        j.next_checkpoint += static_cast<double>(j.checkpoint_interval);
       save(j);
       if (std::string why = too_busy(j.nodes); !why.empty()) {
         skip_checkpoint(j, why);

@@ -31,7 +31,8 @@ struct SubmitRequest {
   nlohmann::json env;
   std::string stdout_pattern, stderr_pattern;
 };
-SubmitRequest decode_submit(const nlohmann::json& body, const proto::Caller& caller, const proto::Config& cfg);
+SubmitRequest decode_submit(const nlohmann::json& body, const proto::Caller& caller,
+                            const proto::Config& cfg);
 
 // How the controller reaches fschedd: an interface so that the unit tests can put a
 // fake node in its place and drive the job lifecycle without daemons.
@@ -42,8 +43,8 @@ class NodeClient {
   // reply, waiting at most timeout_s. Throws proto::RpcError with the node's status on
   // an error reply, and another std::exception (fsched::Error) when no reply came:
   // the controller tells these apart (the request may have been carried out).
-  virtual nlohmann::json post(const std::string& node, std::string_view path, const nlohmann::json& body,
-                              int timeout_s) = 0;
+  virtual nlohmann::json post(const std::string& node, std::string_view path,
+                              const nlohmann::json& body, int timeout_s) = 0;
 };
 // The real one: proto::Client to the node's NodeAddr:Port in cfg, which must outlive it.
 std::unique_ptr<NodeClient> rpc_node_client(const proto::Config& cfg);
@@ -92,20 +93,21 @@ class Controller {
   json api(const Job& j) const;
   proto::NodeState node_state(const Node& n) const;
   bool node_up(const Node& n) const;
-  void schedule();                      // place pending jobs
-  void launch(int64_t job_id);          // without mu_: sends launch or restore to the node
+  void schedule();              // place pending jobs
+  void launch(int64_t job_id);  // without mu_: sends launch or restore to the node
   // A launch or restore that failed, with the failure's class when the node named one
   // (docs/failures.md): a restore failing for its image (or unsupported state) marks
   // the checkpoint Failed and falls back to the previous Present one; a transient (or
   // unclassified) failure leaves it Present and retries, on another node if one fits,
   // at most kMaxTransientRestores times.
-  void launch_failed(Job& j, const std::string& why, std::optional<FailureClass> failure = std::nullopt);
+  void launch_failed(Job& j, const std::string& why,
+                     std::optional<FailureClass> failure = std::nullopt);
   Checkpoint run_checkpoint(int64_t job_id, CheckpointSource source, const std::string& description,
                             const proto::Caller* who);  // without mu_
   // A dump's outcome, from the checkpoint RPC's reply or the node's later report
   // (op_done): applied once, to a checkpoint still Creating; false if it was not.
-  bool settle_checkpoint(int64_t job_id, int64_t checkpoint_id, CheckpointStatus status, const std::string& reason,
-                         uint64_t size, double freeze_ms);
+  bool settle_checkpoint(int64_t job_id, int64_t checkpoint_id, CheckpointStatus status,
+                         const std::string& reason, uint64_t size, double freeze_ms);
   // The launch or restore the node confirmed after the RPC's answer was lost.
   void confirm_launch(Job& j, const std::string& how);
   // Signals a job whose end (cancel, requeue, time limit) was requested while its launch
@@ -127,9 +129,10 @@ class Controller {
   std::string too_busy(const std::string& node) const;
   void skip_checkpoint(Job& j, const std::string& why);  // recorded as Skipped
   void reconcile(const std::string& node, const json& reported_jobs, const json& reported_ops);
-  void periodic();                      // due checkpoints and time limits
-  void spawn(std::function<void()> fn); // a worker thread, joined at stop()
-  friend struct ControllerTestAccess;  // tests/unit/controller_test.cpp: the routes without a server
+  void periodic();                       // due checkpoints and time limits
+  void spawn(std::function<void()> fn);  // a worker thread, joined at stop()
+  friend struct ControllerTestAccess;    // tests/unit/controller_test.cpp: the routes without a
+                                         // server
 
   proto::Config cfg_;
   std::unique_ptr<NodeClient> node_rpc_;  // after cfg_, which the real one refers to
@@ -139,9 +142,9 @@ class Controller {
   std::map<int64_t, Job> jobs_;
   std::map<int64_t, std::vector<Checkpoint>> ckpts_;  // by job, oldest first
   std::map<std::string, Node> nodes_;
-  std::set<int64_t> ckpt_busy_;   // jobs with a checkpoint in flight
-  std::set<int64_t> launching_;   // jobs whose launch RPC is in flight
-  std::set<int64_t> ckpt_rpc_;    // jobs whose checkpoint RPC from this controller is in flight
+  std::set<int64_t> ckpt_busy_;  // jobs with a checkpoint in flight
+  std::set<int64_t> launching_;  // jobs whose launch RPC is in flight
+  std::set<int64_t> ckpt_rpc_;   // jobs whose checkpoint RPC from this controller is in flight
   // Transient failures of a job's restore from one checkpoint, by job id. In memory
   // only: a restarted controller counts anew, which still bounds the retries.
   struct RestoreRetry {

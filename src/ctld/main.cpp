@@ -16,26 +16,30 @@ int main(int argc, char** argv) {
   bool foreground = false, verbose = false;
   std::string conf;
   app.set_version_flag("--version", "fschedctld (fsched) " FSCHED_VERSION);
-  app.add_flag("-D", foreground,
-               "run in the foreground, logging to stderr unless SlurmctldLogFile is set (daemonized, the "
-               "default log is /var/log/fsched/fschedctld.log)");
+  app.add_flag(
+      "-D", foreground,
+      "run in the foreground, logging to stderr unless SlurmctldLogFile is set (daemonized, the "
+      "default log is /var/log/fsched/fschedctld.log)");
   app.add_flag("-v", verbose, "log debug messages");
-  app.add_option("-f", conf, "configuration file (default $FSCHED_CONF or /etc/fsched/fsched.conf)");
+  app.add_option("-f", conf,
+                 "configuration file (default $FSCHED_CONF or /etc/fsched/fsched.conf)");
   CLI11_PARSE(app, argc, argv);
   // Up to 32 request threads would each get a malloc arena that keeps what it freed;
   // two arenas keep the controller's RSS near its live data.
   ::mallopt(M_ARENA_MAX, 2);
   bool logging = false;
   try {
-    auto cfg = fsched::proto::load_config(conf.empty() ? fsched::proto::config_path() : std::filesystem::path(conf));
+    auto cfg = fsched::proto::load_config(conf.empty() ? fsched::proto::config_path()
+                                                       : std::filesystem::path(conf));
     fsched::proto::check_munge_socket(cfg);
     // Bound before daemonizing: a busy port (another fschedctld) is an error on the
     // terminal and a non-zero exit, not a daemon that dies unseen.
     fsched::proto::Server server(cfg.munge_socket);
     server.bind(cfg.control_addr, cfg.control_port);
     fsched::daemon::daemonize(foreground, cfg.ctld_pid_file);
-    auto log_file = cfg.ctld_log_file.empty() ? fsched::daemon::default_log_file("fschedctld", foreground)
-                                              : cfg.ctld_log_file;
+    auto log_file = cfg.ctld_log_file.empty()
+                        ? fsched::daemon::default_log_file("fschedctld", foreground)
+                        : cfg.ctld_log_file;
     fsched::daemon::setup_logging("fschedctld", log_file, verbose);
     logging = true;
     for (auto& w : cfg.warnings) spdlog::warn("{}", w);

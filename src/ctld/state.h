@@ -26,16 +26,17 @@ struct Checkpoint {
   std::string description;
   double trigger_time = 0, completion_time = 0, duration = 0;  // Unix seconds, seconds
   CheckpointStatus status = CheckpointStatus::Creating;
-  std::string reason;               // why Failed/Timeout/Skipped/Cleared
+  std::string reason;  // why Failed/Timeout/Skipped/Cleared
   CheckpointSource source = CheckpointSource::Manual;
   int64_t job_version = 1;
   std::string location;
-  uint64_t size = 0;                // bytes
+  uint64_t size = 0;  // bytes
   double freeze_ms = 0;
 };
-NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Checkpoint, checkpoint_id, job_id, description, trigger_time,
-                                                completion_time, duration, status, reason, source, job_version,
-                                                location, size, freeze_ms)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Checkpoint, checkpoint_id, job_id, description,
+                                                trigger_time, completion_time, duration, status,
+                                                reason, source, job_version, location, size,
+                                                freeze_ms)
 
 struct Job {
   int64_t job_id = 0;
@@ -45,9 +46,9 @@ struct Job {
   JobState state = JobState::Pending;
   std::string reason = "None";
   double submit_time = 0, start_time = 0, end_time = 0;
-  int64_t run_time_done = 0;        // seconds run before the current start
-  int64_t time_limit = 0;           // seconds, 0 = none
-  std::string nodes;                // where it runs or last ran
+  int64_t run_time_done = 0;  // seconds run before the current start
+  int64_t time_limit = 0;     // seconds, 0 = none
+  std::string nodes;          // where it runs or last ran
   int cpus_per_task = 1, ntasks = 1;
   uint64_t mem_mb = 0;
   std::string work_dir, stdout_path, stderr_path;
@@ -56,11 +57,11 @@ struct Job {
   bool requeue = true, hold = false;
   int restarts = 0;
   int64_t job_version = 1;
-  int exit_status = 0;              // code as fsched-init reports it (128+sig if signalled)
-  int64_t last_checkpoint_id = 0;   // the newest id handed out
-  int64_t restore_from = 0;         // checkpoint to restore at the next start, 0 = start afresh
-  double next_checkpoint = 0;       // Unix time the next periodic checkpoint is due
-  std::string end_request;          // what the job's end means: cancel, requeue, timeout, ""
+  int exit_status = 0;             // code as fsched-init reports it (128+sig if signalled)
+  int64_t last_checkpoint_id = 0;  // the newest id handed out
+  int64_t restore_from = 0;        // checkpoint to restore at the next start, 0 = start afresh
+  double next_checkpoint = 0;      // Unix time the next periodic checkpoint is due
+  std::string end_request;         // what the job's end means: cancel, requeue, timeout, ""
   int launch_failures = 0;
   // The launch or restore RPC ended without an answer (fschedd died or the connection
   // broke): the job may be running on `nodes`. It stays there, RUNNING, until the
@@ -71,12 +72,11 @@ struct Job {
   int num_cpus() const { return cpus_per_task * ntasks; }
   bool active() const { return proto::is_active(state); }
 };
-NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Job, job_id, name, user, uid, gid, partition, state, reason,
-                                                submit_time, start_time, end_time, run_time_done, time_limit,
-                                                nodes, cpus_per_task, ntasks, mem_mb, work_dir, stdout_path,
-                                                stderr_path, argv, checkpoint_interval, requeue, hold, restarts,
-                                                job_version, exit_status, last_checkpoint_id, restore_from,
-                                                next_checkpoint, end_request, launch_failures, awaiting_node)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(
+    Job, job_id, name, user, uid, gid, partition, state, reason, submit_time, start_time, end_time,
+    run_time_done, time_limit, nodes, cpus_per_task, ntasks, mem_mb, work_dir, stdout_path,
+    stderr_path, argv, checkpoint_interval, requeue, hold, restarts, job_version, exit_status,
+    last_checkpoint_id, restore_from, next_checkpoint, end_request, launch_failures, awaiting_node)
 
 struct Node {
   std::string name, addr;

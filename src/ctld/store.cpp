@@ -20,7 +20,10 @@ class Stmt {
   ~Stmt() { sqlite3_finalize(st_); }
   Stmt(const Stmt&) = delete;
   Stmt& operator=(const Stmt&) = delete;
-  Stmt& bind(int i, int64_t v) { sqlite3_bind_int64(st_, i, v); return *this; }
+  Stmt& bind(int i, int64_t v) {
+    sqlite3_bind_int64(st_, i, v);
+    return *this;
+  }
   Stmt& bind(int i, const std::string& v) {
     sqlite3_bind_text(st_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
     return *this;
@@ -34,7 +37,8 @@ class Stmt {
   }
   std::string text(int col) {
     auto* p = sqlite3_column_text(st_, col);
-    return p ? std::string(reinterpret_cast<const char*>(p), static_cast<size_t>(sqlite3_column_bytes(st_, col)))
+    return p ? std::string(reinterpret_cast<const char*>(p),
+                           static_cast<size_t>(sqlite3_column_bytes(st_, col)))
              : std::string();
   }
   int64_t integer(int col) { return sqlite3_column_int64(st_, col); }
@@ -46,14 +50,16 @@ class Stmt {
 
 // Sets path's mode when it exists; throws naming it when it cannot.
 void restrict_mode(const std::filesystem::path& path, mode_t mode) {
-  if (::chmod(path.c_str(), mode) < 0 && errno != ENOENT) fail_errno("cannot chmod {:o} {}", mode, path.string());
+  if (::chmod(path.c_str(), mode) < 0 && errno != ENOENT)
+    fail_errno("cannot chmod {:o} {}", mode, path.string());
 }
 
 // A row's JSON as T. A row that does not parse (an unknown state written by a newer
 // controller, a damaged file) stops the load with the file and the row named, rather
 // than being taken for something else.
 template <typename T>
-T parse_row(const std::string& data, std::string_view what, int64_t job_id, const std::filesystem::path& file) {
+T parse_row(const std::string& data, std::string_view what, int64_t job_id,
+            const std::filesystem::path& file) {
   try {
     return nlohmann::json::parse(data).get<T>();
   } catch (const nlohmann::json::exception& e) {
@@ -76,7 +82,8 @@ Store::Store(const std::filesystem::path& dir) : file_(dir / "fsched.db") {
     UniqueFd f(::open(file_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
     if (!f) fail_errno("cannot create {}", file_.string());
   }
-  for (const char* suffix : {"", "-wal", "-shm", "-journal"}) restrict_mode(file_.string() + suffix, 0600);
+  for (const char* suffix : {"", "-wal", "-shm", "-journal"})
+    restrict_mode(file_.string() + suffix, 0600);
   if (sqlite3_open(file_.c_str(), &db_) != SQLITE_OK) {
     std::string msg = db_ ? sqlite3_errmsg(db_) : "out of memory";
     sqlite3_close(db_);
@@ -89,10 +96,16 @@ Store::Store(const std::filesystem::path& dir) : file_(dir / "fsched.db") {
   exec("PRAGMA journal_mode=WAL");
   exec("PRAGMA synchronous=NORMAL");
   exec("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)");
-  exec("CREATE TABLE IF NOT EXISTS jobs (job_id INTEGER PRIMARY KEY, state TEXT NOT NULL, data TEXT NOT NULL)");
-  exec("CREATE TABLE IF NOT EXISTS scripts (job_id INTEGER PRIMARY KEY, script TEXT NOT NULL, env TEXT NOT NULL)");
-  exec("CREATE TABLE IF NOT EXISTS checkpoints (job_id INTEGER NOT NULL, checkpoint_id INTEGER NOT NULL,"
-       " status TEXT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (job_id, checkpoint_id))");
+  exec(
+      "CREATE TABLE IF NOT EXISTS jobs (job_id INTEGER PRIMARY KEY, state TEXT NOT NULL, data TEXT "
+      "NOT NULL)");
+  exec(
+      "CREATE TABLE IF NOT EXISTS scripts (job_id INTEGER PRIMARY KEY, script TEXT NOT NULL, env "
+      "TEXT NOT NULL)");
+  exec(
+      "CREATE TABLE IF NOT EXISTS checkpoints (job_id INTEGER NOT NULL, checkpoint_id INTEGER NOT "
+      "NULL,"
+      " status TEXT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (job_id, checkpoint_id))");
   exec("INSERT OR IGNORE INTO meta VALUES ('next_job_id', 1)");
 }
 
@@ -129,7 +142,10 @@ void Store::submit(Job& j, const std::string& script, const nlohmann::json& env,
 
 void Store::put_job(const Job& j) {
   Stmt s(db_, "INSERT OR REPLACE INTO jobs VALUES (?, ?, ?)", file_);
-  s.bind(1, j.job_id).bind(2, std::string(to_string(j.state))).bind(3, nlohmann::json(j).dump()).step();
+  s.bind(1, j.job_id)
+      .bind(2, std::string(to_string(j.state)))
+      .bind(3, nlohmann::json(j).dump())
+      .step();
 }
 
 std::pair<std::string, nlohmann::json> Store::script(int64_t job_id) {
@@ -141,7 +157,11 @@ std::pair<std::string, nlohmann::json> Store::script(int64_t job_id) {
 
 void Store::put_checkpoint(const Checkpoint& c) {
   Stmt s(db_, "INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?)", file_);
-  s.bind(1, c.job_id).bind(2, c.checkpoint_id).bind(3, std::string(to_string(c.status))).bind(4, nlohmann::json(c).dump()).step();
+  s.bind(1, c.job_id)
+      .bind(2, c.checkpoint_id)
+      .bind(3, std::string(to_string(c.status)))
+      .bind(4, nlohmann::json(c).dump())
+      .step();
 }
 
 std::vector<Job> Store::jobs() {
@@ -154,7 +174,8 @@ std::vector<Job> Store::jobs() {
 std::vector<Checkpoint> Store::checkpoints() {
   std::vector<Checkpoint> out;
   Stmt s(db_, "SELECT job_id, data FROM checkpoints ORDER BY job_id, checkpoint_id", file_);
-  while (s.step()) out.push_back(parse_row<Checkpoint>(s.text(1), "checkpoint of job", s.integer(0), file_));
+  while (s.step())
+    out.push_back(parse_row<Checkpoint>(s.text(1), "checkpoint of job", s.integer(0), file_));
   return out;
 }
 

@@ -25,7 +25,8 @@ class Store {
   // Gives the job its id (ids are never reused, even across restarts) and stores it
   // with its script and environment in one transaction. fill runs once the id is
   // known, to derive what depends on it (output paths with %j).
-  void submit(Job& j, const std::string& script, const nlohmann::json& env, const std::function<void(Job&)>& fill);
+  void submit(Job& j, const std::string& script, const nlohmann::json& env,
+              const std::function<void(Job&)>& fill);
 
   void put_job(const Job& j);
   // The submitted script and environment are kept apart from the job row: they are

@@ -23,8 +23,10 @@ std::filesystem::path default_log_file(const std::string& name, bool foreground)
 
 void setup_logging(const std::string& name, const std::filesystem::path& log_file, bool verbose) {
   std::shared_ptr<spdlog::logger> log;
-  if (log_file.empty()) log = spdlog::stderr_logger_mt(name);
-  else log = spdlog::basic_logger_mt(name, log_file.string());
+  if (log_file.empty())
+    log = spdlog::stderr_logger_mt(name);
+  else
+    log = spdlog::basic_logger_mt(name, log_file.string());
   log->set_pattern("[%Y-%m-%dT%H:%M:%S.%e] %n %l: %v");
   log->set_level(verbose ? spdlog::level::debug : spdlog::level::info);
   log->flush_on(spdlog::level::info);
@@ -36,7 +38,8 @@ void daemonize(bool foreground, const std::filesystem::path& pid_file) {
     std::ifstream in(pid_file);
     pid_t old = 0;
     if (in >> old && old > 0 && ::kill(old, 0) == 0 && old != ::getpid())
-      fail("{} names process {}, which is running: is the daemon already started?", pid_file.string(), old);
+      fail("{} names process {}, which is running: is the daemon already started?",
+           pid_file.string(), old);
   }
   if (!foreground) {
     pid_t p = ::fork();

@@ -14,21 +14,25 @@
 int main(int argc, char** argv) {
   // fschedd re-executes itself as the runner of an engine operation, so the
   // operation outlives a killed fschedd (src/noded/oplog.h).
-  if (argc > 1 && std::string_view(argv[1]) == "--op-runner") return fsched::noded::op_runner_main(argc, argv);
+  if (argc > 1 && std::string_view(argv[1]) == "--op-runner")
+    return fsched::noded::op_runner_main(argc, argv);
   CLI::App app{"fschedd: the fsched node daemon (runs, checkpoints and restores jobs)"};
   bool foreground = false, verbose = false;
   std::string conf, name;
   app.set_version_flag("--version", "fschedd (fsched) " FSCHED_VERSION);
   app.add_flag("-D", foreground,
-               "run in the foreground, logging to stderr unless SlurmdLogFile is set (daemonized, the default "
+               "run in the foreground, logging to stderr unless SlurmdLogFile is set (daemonized, "
+               "the default "
                "log is /var/log/fsched/fschedd-NAME.log)");
   app.add_flag("-v", verbose, "log debug messages");
-  app.add_option("-f", conf, "configuration file (default $FSCHED_CONF or /etc/fsched/fsched.conf)");
+  app.add_option("-f", conf,
+                 "configuration file (default $FSCHED_CONF or /etc/fsched/fsched.conf)");
   app.add_option("-N", name, "this node's NodeName (default the short host name)");
   CLI11_PARSE(app, argc, argv);
   bool logging = false;
   try {
-    auto cfg = fsched::proto::load_config(conf.empty() ? fsched::proto::config_path() : std::filesystem::path(conf));
+    auto cfg = fsched::proto::load_config(conf.empty() ? fsched::proto::config_path()
+                                                       : std::filesystem::path(conf));
     fsched::proto::check_munge_socket(cfg);
     if (name.empty()) {
       char host[256] = {};
@@ -38,11 +42,15 @@ int main(int argc, char** argv) {
     }
     fsched::noded::NodeDaemon node(cfg, name);
     std::filesystem::path pid_file = cfg.slurmd_pid_file;
-    if (cfg.nodes.size() > 1) pid_file.replace_filename(pid_file.stem().string() + "-" + name + pid_file.extension().string());
+    if (cfg.nodes.size() > 1)
+      pid_file.replace_filename(pid_file.stem().string() + "-" + name +
+                                pid_file.extension().string());
     std::filesystem::path log_file = cfg.slurmd_log_file;
     if (!log_file.empty() && cfg.nodes.size() > 1)
-      log_file.replace_filename(log_file.stem().string() + "-" + name + log_file.extension().string());
-    if (log_file.empty()) log_file = fsched::daemon::default_log_file("fschedd-" + name, foreground);
+      log_file.replace_filename(log_file.stem().string() + "-" + name +
+                                log_file.extension().string());
+    if (log_file.empty())
+      log_file = fsched::daemon::default_log_file("fschedd-" + name, foreground);
     // Bound before daemonizing: a busy port (another fschedd) is an error on the
     // terminal and a non-zero exit, not a daemon that dies unseen.
     fsched::proto::Server server(cfg.munge_socket);

@@ -93,7 +93,8 @@ std::pair<double, double> cpu_and_iowait() {
   last_idle = v[3];
   last_iowait = v[4];
   if (first || dt == 0) return {0.0, 0.0};
-  return {1.0 - static_cast<double>(di + dw) / static_cast<double>(dt), static_cast<double>(dw) / static_cast<double>(dt)};
+  return {1.0 - static_cast<double>(di + dw) / static_cast<double>(dt),
+          static_cast<double>(dw) / static_cast<double>(dt)};
 }
 
 // A /proc/meminfo field ("MemTotal:", "MemAvailable:") in MiB; 0 if absent.
@@ -111,7 +112,8 @@ uint64_t meminfo_mib(std::string_view field) {
 // becoming 4294967295) (issue 10, item 12). Absent fields are the handlers' concern.
 void check_integers(const nlohmann::json& b) {
   constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
-  constexpr int64_t kMaxUid = std::numeric_limits<uint32_t>::max() - 1;  // (uid_t)-1 means "no change"
+  constexpr int64_t kMaxUid =
+      std::numeric_limits<uint32_t>::max() - 1;  // (uid_t)-1 means "no change"
   proto::int_field(b, "job_id", 1, 1, kMax);
   proto::int_field(b, "uid", 0, 0, kMaxUid);
   proto::int_field(b, "gid", 0, 0, kMaxUid);
@@ -125,11 +127,13 @@ void check_integers(const nlohmann::json& b) {
 LaunchRequest decode_launch(const nlohmann::json& q, bool restore) {
   LaunchRequest d = q.get<LaunchRequest>();
   if (restore) {
-    if (d.restore_dir.empty()) throw RpcError(400, "a restore needs restore_dir, the image to restore");
+    if (d.restore_dir.empty())
+      throw RpcError(400, "a restore needs restore_dir, the image to restore");
     // The restored processes have their own environment; the restorer needs a PATH only.
     d.env = {{"PATH", "/usr/bin:/bin"}};
   } else {
-    if (!d.restore_dir.empty()) throw RpcError(400, "a launch takes no restore_dir (POST /v1/node/restore does)");
+    if (!d.restore_dir.empty())
+      throw RpcError(400, "a launch takes no restore_dir (POST /v1/node/restore does)");
     if (!d.env.count("PATH")) d.env["PATH"] = "/usr/local/bin:/usr/bin:/bin";
   }
   return d;
@@ -160,8 +164,8 @@ fs::path ready_spool(const proto::Config& cfg) {
 uint64_t tree_bytes(const fs::path& dir) {
   uint64_t n = 0;
   std::error_code ec;
-  for (auto it = fs::recursive_directory_iterator(dir, ec); !ec && it != fs::recursive_directory_iterator();
-       it.increment(ec))
+  for (auto it = fs::recursive_directory_iterator(dir, ec);
+       !ec && it != fs::recursive_directory_iterator(); it.increment(ec))
     if (it->is_regular_file(ec)) n += it->file_size(ec);
   return n;
 }
@@ -186,10 +190,13 @@ std::string NodeDaemon::ckpt_tool() const {
   fs::path self = fs::read_symlink("/proc/self/exe").parent_path();
   for (auto p : {self / "fsched-ckpt", self / ".." / "tools" / "fsched-ckpt"})
     if (::access(p.c_str(), X_OK) == 0) return fs::weakly_canonical(p).string();
-  fail("cannot find fsched-ckpt beside {} (set FschedCkptPath in {})", self.string(), cfg_.file.string());
+  fail("cannot find fsched-ckpt beside {} (set FschedCkptPath in {})", self.string(),
+       cfg_.file.string());
 }
 
-fs::path NodeDaemon::job_dir(int64_t id) const { return cfg_.slurmd_spool_dir / fmt::format("job{}", id); }
+fs::path NodeDaemon::job_dir(int64_t id) const {
+  return cfg_.slurmd_spool_dir / fmt::format("job{}", id);
+}
 
 proto::Client NodeDaemon::controller(int timeout_s) const {
   return proto::Client(cfg_.control_addr, cfg_.control_port, cfg_.munge_socket, timeout_s);
@@ -203,15 +210,20 @@ void NodeDaemon::persist(const LocalJob& j) const {
 void NodeDaemon::add_routes(proto::Server& s) {
   auto root_only = [](auto fn) {
     return [fn](const proto::Request& r) {
-      if (!r.caller.is_root()) throw RpcError(403, "only the controller (root) may ask this of fschedd");
+      if (!r.caller.is_root())
+        throw RpcError(403, "only the controller (root) may ask this of fschedd");
       check_integers(r.body);
       return fn(r);
     };
   };
-  s.route("POST", "/v1/node/launch", root_only([this](const proto::Request& r) { return launch(r, false); }));
-  s.route("POST", "/v1/node/restore", root_only([this](const proto::Request& r) { return launch(r, true); }));
-  s.route("POST", "/v1/node/checkpoint", root_only([this](const proto::Request& r) { return checkpoint(r); }));
-  s.route("POST", "/v1/node/signal", root_only([this](const proto::Request& r) { return signal(r); }));
+  s.route("POST", "/v1/node/launch",
+          root_only([this](const proto::Request& r) { return launch(r, false); }));
+  s.route("POST", "/v1/node/restore",
+          root_only([this](const proto::Request& r) { return launch(r, true); }));
+  s.route("POST", "/v1/node/checkpoint",
+          root_only([this](const proto::Request& r) { return checkpoint(r); }));
+  s.route("POST", "/v1/node/signal",
+          root_only([this](const proto::Request& r) { return signal(r); }));
   s.route("GET", "/v1/node/jobs", [this](const proto::Request& r) { return list(r); });
 }
 
@@ -224,8 +236,7 @@ void NodeDaemon::prepare_job_dir(const LaunchRequest& req) {
   // where it ran the file stays as it is.
   if (!fs::exists(script)) {
     write_file(script, req.script, 0700);
-    if (::chown(script.c_str(), req.uid, req.gid) < 0)
-      fail_errno("chown {}", script.string());
+    if (::chown(script.c_str(), req.uid, req.gid) < 0) fail_errno("chown {}", script.string());
   }
   fs::remove(dir / "status");
   fs::remove(dir / "init.pid");
@@ -238,28 +249,33 @@ nlohmann::json NodeDaemon::launch(const proto::Request& r, bool restore) {
     std::lock_guard l(mu_);
     supersede_done_op(id);
     if (ops_.count(id))
-      throw RpcError(409, fmt::format("job {}: a {} is in progress on {}", id, to_string(ops_.at(id).kind), name_));
+      throw RpcError(409, fmt::format("job {}: a {} is in progress on {}", id,
+                                      to_string(ops_.at(id).kind), name_));
     // Never twice: a run of this job that this node still knows (running, or ended and
     // not yet reported) must be gone first.
-    if (jobs_.count(id)) throw RpcError(409, fmt::format("job {} is already on node {}", id, name_));
+    if (jobs_.count(id))
+      throw RpcError(409, fmt::format("job {} is already on node {}", id, name_));
     ops_[id] = OpRecord{.job_id = id};  // reserved: a second launch waits for this one
   }
   fs::path dir = job_dir(id);
   std::vector<std::string> argv;
-  OpRecord rec{.job_id = id, .kind = restore ? OpKind::Restore : OpKind::Launch, .node = name_,
-               .timeout_s = cfg_.batch_start_timeout + 600, .started = unix_now()};
+  OpRecord rec{.job_id = id,
+               .kind = restore ? OpKind::Restore : OpKind::Launch,
+               .node = name_,
+               .timeout_s = cfg_.batch_start_timeout + 600,
+               .started = unix_now()};
   try {
     prepare_job_dir(q);
     argv.push_back(ckpt_tool());
     if (restore) {
       rec.image_dir = q.restore_dir;
-      argv.insert(argv.end(), {"restore", "--detach", "--pidfile", (dir / "init.pid").string(), "--dir",
-                               rec.image_dir});
+      argv.insert(argv.end(), {"restore", "--detach", "--pidfile", (dir / "init.pid").string(),
+                               "--dir", rec.image_dir});
     } else {
-      argv.insert(argv.end(), {"run", "--detach", "--pidfile", (dir / "init.pid").string(), "--status-file",
-                               (dir / "status").string(), "--stdout", q.stdout_path, "--stderr",
-                               q.stderr_path, "--cwd", q.work_dir, "--user", q.user, "--",
-                               (dir / "slurm_script").string()});
+      argv.insert(argv.end(),
+                  {"run", "--detach", "--pidfile", (dir / "init.pid").string(), "--status-file",
+                   (dir / "status").string(), "--stdout", q.stdout_path, "--stderr", q.stderr_path,
+                   "--cwd", q.work_dir, "--user", q.user, "--", (dir / "slurm_script").string()});
       for (auto& a : q.argv) argv.push_back(a);
     }
   } catch (...) {
@@ -269,8 +285,8 @@ nlohmann::json NodeDaemon::launch(const proto::Request& r, bool restore) {
   }
   rec = run_op(std::move(rec), argv, q.env);
   if (rec.outcome != OpOutcome::Ok)
-    throw op_error(rec, fmt::format("{} of job {} on {} failed: {}", restore ? "restore" : "launch", id, name_,
-                                    rec.error));
+    throw op_error(rec, fmt::format("{} of job {} on {} failed: {}", restore ? "restore" : "launch",
+                                    id, name_, rec.error));
   return {{"pid", rec.pid}};
 }
 
@@ -282,7 +298,8 @@ OpRecord NodeDaemon::run_op(OpRecord rec, const std::vector<std::string>& argv,
     ops_.erase(id);
     if (rec.kind == OpKind::Vacate)
       if (auto it = jobs_.find(id); it != jobs_.end()) it->second.vacating = false;
-    throw RpcError(500, fmt::format("job {}: cannot start the {}: {}", id, to_string(rec.kind), why));
+    throw RpcError(500,
+                   fmt::format("job {}: cannot start the {}: {}", id, to_string(rec.kind), why));
   };
   UniqueFd lock;
   pid_t runner = 0;
@@ -305,7 +322,8 @@ OpRecord NodeDaemon::run_op(OpRecord rec, const std::vector<std::string>& argv,
     std::lock_guard l(mu_);
     ops_[id] = rec;
   }
-  spdlog::info("job {}: {} started ({})", id, to_string(rec.kind), rec.image_dir.empty() ? "-" : rec.image_dir);
+  spdlog::info("job {}: {} started ({})", id, to_string(rec.kind),
+               rec.image_dir.empty() ? "-" : rec.image_dir);
   try {
     runner = oplog_.start_runner(id, lock, argv, env, rec.timeout_s);
   } catch (const std::exception& e) {
@@ -323,11 +341,13 @@ OpRecord NodeDaemon::run_op(OpRecord rec, const std::vector<std::string>& argv,
 bool NodeDaemon::verify_image(const std::string& dir, std::string& why) const {
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) {
-    why = fmt::format("no complete image at {} (the engine renames {}.tmp only when it is complete)", dir, dir);
+    why = fmt::format(
+        "no complete image at {} (the engine renames {}.tmp only when it is complete)", dir, dir);
     return false;
   }
   try {
-    SpawnResult res = spawn_wait({ckpt_tool(), "verify", "--dir", dir}, {{"PATH", "/usr/bin:/bin"}}, 600);
+    SpawnResult res =
+        spawn_wait({ckpt_tool(), "verify", "--dir", dir}, {{"PATH", "/usr/bin:/bin"}}, 600);
     if (res.exit_code() == 0) return true;
     why = "image verification failed: " + res.error_line();
   } catch (const std::exception& e) {
@@ -354,15 +374,16 @@ void NodeDaemon::finish_op(OpRecord& rec, const std::optional<RunnerResult>& res
     } else if (res && res->timed_out) {
       // Killed by CheckpointTimeout: whatever it left is not an image to keep.
       rec.outcome = OpOutcome::Timeout;
-      rec.error = fmt::format("the dump took longer than CheckpointTimeout ({} s) and was stopped", rec.timeout_s);
+      rec.error = fmt::format("the dump took longer than CheckpointTimeout ({} s) and was stopped",
+                              rec.timeout_s);
       fs::remove_all(rec.image_dir, ec);
     } else if (verify_image(rec.image_dir, why)) {
       // The engine's report is missing (or it died after the rename): the image
       // itself, not how the RPC ended, says whether the checkpoint exists.
       rec.outcome = OpOutcome::Ok;
       rec.size = tree_bytes(rec.image_dir);
-      spdlog::info("job {}: {} to {} has no engine report, but the image is complete and verified", id,
-                   to_string(rec.kind), rec.image_dir);
+      spdlog::info("job {}: {} to {} has no engine report, but the image is complete and verified",
+                   id, to_string(rec.kind), rec.image_dir);
     } else {
       rec.outcome = OpOutcome::Failed;
       rec.error = res ? res->error_line : "the dump's runner ended without a result; " + why;
@@ -412,7 +433,8 @@ void NodeDaemon::finish_op(OpRecord& rec, const std::optional<RunnerResult>& res
       j.node = name_;
       j.pid = pid;
       char st = 0;
-      if (!proc_stat(j.pid, st, j.start_ticks)) j.start_ticks = 0;  // a very short job, ended already
+      if (!proc_stat(j.pid, st, j.start_ticks))
+        j.start_ticks = 0;  // a very short job, ended already
       rec.pid = pid;
       try {
         persist(j);
@@ -448,7 +470,8 @@ void NodeDaemon::finish_op(OpRecord& rec, const std::optional<RunnerResult>& res
 
 void NodeDaemon::recover_op(OpRecord rec) {
   int64_t id = rec.job_id;
-  spdlog::info("job {}: {} was under way when fschedd stopped: waiting for it", id, to_string(rec.kind));
+  spdlog::info("job {}: {} was under way when fschedd stopped: waiting for it", id,
+               to_string(rec.kind));
   for (;;) {
     {
       std::lock_guard l(mu_);
@@ -491,12 +514,14 @@ void NodeDaemon::report_ops() {
       controller(10).call("POST", "/v1/nodes/op_done", body);
     } catch (const std::exception& e) {
       // The controller is away: the outcome waits in the op record.
-      spdlog::debug("job {}: {} outcome not reported yet: {}", op.job_id, to_string(op.kind), e.what());
+      spdlog::debug("job {}: {} outcome not reported yet: {}", op.job_id, to_string(op.kind),
+                    e.what());
       continue;
     }
     std::lock_guard l(mu_);
     auto it = ops_.find(op.job_id);
-    if (it == ops_.end() || it->second.phase != OpPhase::Done || it->second.started != op.started) continue;
+    if (it == ops_.end() || it->second.phase != OpPhase::Done || it->second.started != op.started)
+      continue;
     ops_.erase(it);
     oplog_.remove(op.job_id);
     if (op.kind == OpKind::Vacate && op.outcome == OpOutcome::Ok) jobs_.erase(op.job_id);
@@ -514,10 +539,12 @@ nlohmann::json NodeDaemon::checkpoint(const proto::Request& r) {
     std::lock_guard l(mu_);
     supersede_done_op(id);
     auto it = jobs_.find(id);
-    if (it == jobs_.end() || it->second.ended) throw RpcError(409, fmt::format("job {} is not running on {}", id, name_));
+    if (it == jobs_.end() || it->second.ended)
+      throw RpcError(409, fmt::format("job {} is not running on {}", id, name_));
     if (it->second.vacating) throw RpcError(409, fmt::format("job {} is being vacated", id));
     if (ops_.count(id))
-      throw RpcError(409, fmt::format("job {}: a {} is in progress", id, to_string(ops_.at(id).kind)));
+      throw RpcError(409,
+                     fmt::format("job {}: a {} is in progress", id, to_string(ops_.at(id).kind)));
     if (!leave) it->second.vacating = true;
     pid = it->second.pid;
     ops_[id] = OpRecord{.job_id = id};  // reserved
@@ -531,13 +558,19 @@ nlohmann::json NodeDaemon::checkpoint(const proto::Request& r) {
     std::lock_guard l(mu_);
     ops_.erase(id);
     if (auto it = jobs_.find(id); it != jobs_.end()) it->second.vacating = false;
-    throw RpcError(500, fmt::format("cannot create checkpoint directory {}: {}", parent.string(), ec.message()));
+    throw RpcError(500, fmt::format("cannot create checkpoint directory {}: {}", parent.string(),
+                                    ec.message()));
   }
-  std::vector<std::string> argv{ckpt_tool(), "dump", "--pid", std::to_string(pid), "--dir", dir, "--json"};
+  std::vector<std::string> argv{ckpt_tool(), "dump", "--pid", std::to_string(pid),
+                                "--dir",     dir,    "--json"};
   if (leave) argv.push_back("--leave-running");
   spdlog::info("job {}: dumping to {} ({})", id, dir, leave ? "leave running" : "vacate");
-  OpRecord rec{.job_id = id, .kind = leave ? OpKind::Checkpoint : OpKind::Vacate, .node = name_, .image_dir = dir,
-               .timeout_s = timeout, .started = unix_now()};
+  OpRecord rec{.job_id = id,
+               .kind = leave ? OpKind::Checkpoint : OpKind::Vacate,
+               .node = name_,
+               .image_dir = dir,
+               .timeout_s = timeout,
+               .started = unix_now()};
   rec = run_op(std::move(rec), argv, {{"PATH", "/usr/bin:/bin"}});
   if (rec.outcome != OpOutcome::Ok) throw op_error(rec, rec.error);
   return {{"size", rec.size}, {"freeze_ms", rec.freeze_ms}, {"dump_ms", rec.dump_ms}};
@@ -552,11 +585,13 @@ nlohmann::json NodeDaemon::signal(const proto::Request& r) {
   {
     std::lock_guard l(mu_);
     auto it = jobs_.find(id);
-    if (it == jobs_.end() || it->second.ended) throw RpcError(409, fmt::format("job {} is not running on {}", id, name_));
+    if (it == jobs_.end() || it->second.ended)
+      throw RpcError(409, fmt::format("job {} is not running on {}", id, name_));
     j = it->second;
   }
   // fsched-init passes the signal on to the job's process group.
-  if (alive(j) && ::kill(j.pid, sig) < 0) throw RpcError(500, fmt::format("kill({}, {}): {}", j.pid, sig, strerror(errno)));
+  if (alive(j) && ::kill(j.pid, sig) < 0)
+    throw RpcError(500, fmt::format("kill({}, {}): {}", j.pid, sig, strerror(errno)));
   spdlog::info("job {}: signal {} sent to init {}", id, sig, j.pid);
   if (kill_wait >= 0) {
     std::thread([j, kill_wait] {
@@ -576,7 +611,8 @@ nlohmann::json NodeDaemon::list(const proto::Request&) {
   std::lock_guard l(mu_);
   json arr = json::array();
   for (auto& [id, j] : jobs_)
-    arr.push_back({{"job_id", id}, {"pid", j.pid}, {"running", !j.ended}, {"exit_status", j.exit_status}});
+    arr.push_back(
+        {{"job_id", id}, {"pid", j.pid}, {"running", !j.ended}, {"exit_status", j.exit_status}});
   return {{"jobs", arr}};
 }
 
@@ -600,7 +636,9 @@ void NodeDaemon::adopt(const fs::path& spool) {
       }
       jobs_[j.job_id] = j;
       spdlog::info("job {}: found again (init {}, {})", j.job_id, j.pid,
-                   alive(j) ? "running" : j.lost ? "lost: dead without an exit status" : "ended");
+                   alive(j) ? "running"
+                   : j.lost ? "lost: dead without an exit status"
+                            : "ended");
     } catch (const std::exception& ex) {
       spdlog::warn("{}: unreadable, ignored: {}", f.string(), ex.what());
     }
@@ -611,7 +649,8 @@ nlohmann::json NodeDaemon::status() const {
   json jobs = json::array(), ops = json::array();
   {
     std::lock_guard l(mu_);
-    for (auto& [id, j] : jobs_) jobs.push_back({{"job_id", id}, {"running", !j.ended}, {"vacating", j.vacating}});
+    for (auto& [id, j] : jobs_)
+      jobs.push_back({{"job_id", id}, {"running", !j.ended}, {"vacating", j.vacating}});
     // Operations under way or not yet reported: the controller keeps their
     // checkpoints Creating and their jobs in place until it has the outcome.
     for (auto& [id, op] : ops_) ops.push_back(op.report());
@@ -620,9 +659,17 @@ nlohmann::json NodeDaemon::status() const {
   auto [cpu_util, io_wait] = cpu_and_iowait();
   uint64_t total = meminfo_mib("MemTotal:"), avail = meminfo_mib("MemAvailable:");
   double mem_util = total ? 1.0 - static_cast<double>(avail) / static_cast<double>(total) : 0.0;
-  return {{"name", name_}, {"cpus", me_->cpus}, {"host_cpus", cpus}, {"real_memory", me_->real_memory},
-          {"free_memory", avail}, {"load", read_loadavg()}, {"cpu_util", cpu_util}, {"io_wait", io_wait},
-          {"mem_util", mem_util}, {"jobs", jobs}, {"ops", ops}};
+  return {{"name", name_},
+          {"cpus", me_->cpus},
+          {"host_cpus", cpus},
+          {"real_memory", me_->real_memory},
+          {"free_memory", avail},
+          {"load", read_loadavg()},
+          {"cpu_util", cpu_util},
+          {"io_wait", io_wait},
+          {"mem_util", mem_util},
+          {"jobs", jobs},
+          {"ops", ops}};
 }
 
 void NodeDaemon::start() {
@@ -682,7 +729,9 @@ void NodeDaemon::watch() {
     for (auto& j : to_report) {
       try {
         controller(10).call("POST", "/v1/nodes/job_ended",
-                            {{"name", name_}, {"job_id", j.job_id}, {"exit_status", j.exit_status},
+                            {{"name", name_},
+                             {"job_id", j.job_id},
+                             {"exit_status", j.exit_status},
                              {"lost", j.lost}});
         std::lock_guard l(mu_);
         jobs_.erase(j.job_id);
@@ -707,12 +756,16 @@ void NodeDaemon::heartbeat() {
     }
     auto now = std::chrono::steady_clock::now();
     // Until the controller has heard of us, knock every second.
-    auto period = registered ? std::chrono::seconds(cfg_.heartbeat_interval) : std::chrono::seconds(1);
+    auto period =
+        registered ? std::chrono::seconds(cfg_.heartbeat_interval) : std::chrono::seconds(1);
     if (now - last >= period) {
       last = now;
       try {
-        controller(10).call("POST", registered ? "/v1/nodes/heartbeat" : "/v1/nodes/register", status());
-        if (!registered) spdlog::info("registered with the controller at {}:{}", cfg_.control_addr, cfg_.control_port);
+        controller(10).call("POST", registered ? "/v1/nodes/heartbeat" : "/v1/nodes/register",
+                            status());
+        if (!registered)
+          spdlog::info("registered with the controller at {}:{}", cfg_.control_addr,
+                       cfg_.control_port);
         registered = true;
       } catch (const std::exception& e) {
         if (registered) spdlog::warn("heartbeat to the controller failed: {}", e.what());

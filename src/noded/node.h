@@ -29,17 +29,19 @@ namespace fsched::noded {
 
 struct LocalJob {
   int64_t job_id = 0;
-  pid_t pid = 0;                  // host PID of the job's init
-  unsigned long long start_ticks = 0;  // its start time (/proc/PID/stat field 22), against PID reuse
+  pid_t pid = 0;  // host PID of the job's init
+  unsigned long long start_ticks =
+      0;  // its start time (/proc/PID/stat field 22), against PID reuse
   std::string node;
-  bool vacating = false;          // being dumped in kill mode, or dumped and the controller not yet
-                                  // told: its end is not a job end (the op record says so after a restart)
-  bool ended = false;             // ended, report not yet acknowledged
+  bool vacating = false;  // being dumped in kill mode, or dumped and the controller not yet
+                          // told: its end is not a job end (the op record says so after a restart)
+  bool ended = false;     // ended, report not yet acknowledged
   int exit_status = 0;
-  bool lost = false;              // found dead with no exit status when fschedd started:
-                                  // the node went down (or the init was killed) meanwhile
+  bool lost = false;  // found dead with no exit status when fschedd started:
+                      // the node went down (or the init was killed) meanwhile
 };
-NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(LocalJob, job_id, pid, start_ticks, node, ended, exit_status, lost)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(LocalJob, job_id, pid, start_ticks, node, ended,
+                                                exit_status, lost)
 
 // The bodies of fschedd's routes (proto/node_requests.h), decoded and checked, so that
 // they can be checked without a server. Throw nlohmann::json::exception (sent as 400)
@@ -83,7 +85,8 @@ class NodeDaemon {
   void persist(const LocalJob& j) const;
   // Runs rec's engine command through the op runner, rec recorded durably first;
   // returns rec completed (phase Done). The caller has reserved ops_[rec.job_id].
-  OpRecord run_op(OpRecord rec, const std::vector<std::string>& argv, const std::map<std::string, std::string>& env);
+  OpRecord run_op(OpRecord rec, const std::vector<std::string>& argv,
+                  const std::map<std::string, std::string>& env);
   // Decides an ended operation's outcome from the runner's result (none if the runner
   // left none) and, where that is missing or failed, from the image or the pid file
   // themselves; applies it to jobs_ and records it as Done.
@@ -91,11 +94,11 @@ class NodeDaemon {
   void recover_op(OpRecord rec);  // thread: waits for a runner left by an earlier fschedd
   void report_ops();
   // Drops a Done, unreported operation of job id before a new request for it (mu_ held).
-  void supersede_done_op(int64_t id);              // Done operations to the controller (POST /v1/nodes/op_done)
+  void supersede_done_op(int64_t id);  // Done operations to the controller (POST /v1/nodes/op_done)
   // Whether dir is a complete image that passes `fsched-ckpt verify`; why if not.
   bool verify_image(const std::string& dir, std::string& why) const;
-  void watch();       // thread: notices ended jobs and reports them
-  void heartbeat();   // thread
+  void watch();      // thread: notices ended jobs and reports them
+  void heartbeat();  // thread
   json status() const;
   std::string ckpt_tool() const;
   proto::Client controller(int timeout_s) const;

@@ -24,28 +24,37 @@ namespace fs = std::filesystem;
 
 const char* to_string(OpKind k) {
   switch (k) {
-    case OpKind::Launch: return "launch";
-    case OpKind::Restore: return "restore";
-    case OpKind::Checkpoint: return "checkpoint";
-    case OpKind::Vacate: return "vacate";
+    case OpKind::Launch:
+      return "launch";
+    case OpKind::Restore:
+      return "restore";
+    case OpKind::Checkpoint:
+      return "checkpoint";
+    case OpKind::Vacate:
+      return "vacate";
   }
   return "?";
 }
 
 nlohmann::json OpRecord::report() const {
-  nlohmann::json r{{"job_id", job_id}, {"kind", kind},       {"phase", phase},         {"dir", image_dir},
-                   {"outcome", outcome}, {"error", error},   {"size", size},           {"freeze_ms", freeze_ms},
-                   {"dump_ms", dump_ms}, {"pid", pid},       {"started", started}};
+  nlohmann::json r{{"job_id", job_id}, {"kind", kind},           {"phase", phase},
+                   {"dir", image_dir}, {"outcome", outcome},     {"error", error},
+                   {"size", size},     {"freeze_ms", freeze_ms}, {"dump_ms", dump_ms},
+                   {"pid", pid},       {"started", started}};
   if (!failure.empty()) r["failure"] = failure;
   return r;
 }
 
 int http_status_of(FailureClass c) {
   switch (c) {
-    case FailureClass::kImage: return 422;        // the request's image cannot be processed
-    case FailureClass::kUnsupported: return 501;  // the engine does not implement this state
-    case FailureClass::kTransient: return 503;    // unavailable now: try later or elsewhere
-    case FailureClass::kUsage: return 500;        // fschedd built a wrong command line
+    case FailureClass::kImage:
+      return 422;  // the request's image cannot be processed
+    case FailureClass::kUnsupported:
+      return 501;  // the engine does not implement this state
+    case FailureClass::kTransient:
+      return 503;  // unavailable now: try later or elsewhere
+    case FailureClass::kUsage:
+      return 500;  // fschedd built a wrong command line
   }
   return 500;
 }
@@ -72,7 +81,8 @@ void write_durably(const fs::path& path, std::string_view text, mode_t mode) {
     // The record must be on disk before the operation it announces starts.
     if (::fsync(fd.get()) < 0) fail_errno("fsync {}", tmp.string());
   }
-  if (::rename(tmp.c_str(), path.c_str()) < 0) fail_errno("rename {} to {}", tmp.string(), path.string());
+  if (::rename(tmp.c_str(), path.c_str()) < 0)
+    fail_errno("rename {} to {}", tmp.string(), path.string());
   UniqueFd dir(::open(path.parent_path().c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (!dir || ::fsync(dir.get()) < 0) fail_errno("fsync directory {}", path.parent_path().string());
 }
@@ -90,7 +100,8 @@ std::optional<std::string> slurp(const fs::path& p) {
 }  // namespace
 
 OpLog::OpLog(fs::path dir) : dir_(std::move(dir)) {
-  if (::mkdir(dir_.c_str(), 0700) < 0 && errno != EEXIST) fail_errno("cannot create {}", dir_.string());
+  if (::mkdir(dir_.c_str(), 0700) < 0 && errno != EEXIST)
+    fail_errno("cannot create {}", dir_.string());
   struct stat st {};
   if (::lstat(dir_.c_str(), &st) < 0) fail_errno("stat {}", dir_.string());
   if (!S_ISDIR(st.st_mode)) fail("{} is not a directory", dir_.string());
@@ -98,10 +109,16 @@ OpLog::OpLog(fs::path dir) : dir_(std::move(dir)) {
 }
 
 fs::path OpLog::record_path(int64_t id) const { return dir_ / fmt::format("job{}.op.json", id); }
-fs::path OpLog::result_path(int64_t id) const { return dir_ / fmt::format("job{}.result.json", id); }
+fs::path OpLog::result_path(int64_t id) const {
+  return dir_ / fmt::format("job{}.result.json", id);
+}
 fs::path OpLog::lock_path(int64_t id) const { return dir_ / fmt::format("job{}.lock", id); }
 
-void OpLog::put(const OpRecord& r) const { write_durably(record_path(r.job_id), nlohmann::json(r).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace), 0600); }
+void OpLog::put(const OpRecord& r) const {
+  write_durably(record_path(r.job_id),
+                nlohmann::json(r).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace),
+                0600);
+}
 
 std::vector<OpRecord> OpLog::load() const {
   std::vector<OpRecord> out;
@@ -154,7 +171,8 @@ UniqueFd OpLog::try_lock(int64_t id) const {
 pid_t OpLog::start_runner(int64_t id, const UniqueFd& lock, const std::vector<std::string>& argv,
                           const std::map<std::string, std::string>& env, int timeout_s) const {
   std::string self = fs::read_symlink("/proc/self/exe").string();
-  std::vector<std::string> args{self, "--op-runner", result_path(id).string(), std::to_string(timeout_s), "--"};
+  std::vector<std::string> args{self, "--op-runner", result_path(id).string(),
+                                std::to_string(timeout_s), "--"};
   args.insert(args.end(), argv.begin(), argv.end());
   fs::remove(result_path(id));
   // The lock's open file description goes to the runner as fd 3 (dup2 clears
@@ -209,7 +227,9 @@ int op_runner_main(int argc, char** argv) {
     r.error_line = e.what();
   }
   try {
-    write_durably(result, nlohmann::json(r).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace), 0600);
+    write_durably(result,
+                  nlohmann::json(r).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace),
+                  0600);
   } catch (const std::exception&) {
     return 1;  // no result file: fschedd decides from the image and the pid file
   }

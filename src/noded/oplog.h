@@ -50,35 +50,37 @@ struct OpRecord {
   OpKind kind = OpKind::Launch;
   OpPhase phase = OpPhase::Running;
   std::string node;
-  std::string image_dir;   // checkpoint/vacate: the image written; restore: the image read
+  std::string image_dir;  // checkpoint/vacate: the image written; restore: the image read
   int timeout_s = 0;
-  double started = 0;      // Unix seconds
+  double started = 0;  // Unix seconds
   // Filled when phase == Done, and reported to the controller until it acknowledges.
   OpOutcome outcome = OpOutcome::None;
-  std::string error;       // one line, for Failed/Timeout
+  std::string error;  // one line, for Failed/Timeout
   // For Failed/Timeout: the failure's class by name (common/failure.h), from the
   // engine's exit code, so that the controller knows whether the image is to blame.
   std::string failure;
-  uint64_t size = 0;       // image bytes (checkpoint/vacate)
+  uint64_t size = 0;  // image bytes (checkpoint/vacate)
   double freeze_ms = 0, dump_ms = 0;
-  pid_t pid = 0;           // launch/restore: the job's init
+  pid_t pid = 0;  // launch/restore: the job's init
 
   bool is_dump() const { return kind == OpKind::Checkpoint || kind == OpKind::Vacate; }
   // The body of POST /v1/nodes/op_done and of an entry of the heartbeat's "ops".
   nlohmann::json report() const;
 };
-NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(OpRecord, job_id, kind, phase, node, image_dir, timeout_s, started,
-                                                outcome, error, failure, size, freeze_ms, dump_ms, pid)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(OpRecord, job_id, kind, phase, node, image_dir,
+                                                timeout_s, started, outcome, error, failure, size,
+                                                freeze_ms, dump_ms, pid)
 
 // What the op runner writes when the engine has ended.
 struct RunnerResult {
-  int status = 0;           // wait status
-  int exit_code = 0;        // exit code, or 128 + signal
-  bool timed_out = false;   // killed after timeout_s
+  int status = 0;          // wait status
+  int exit_code = 0;       // exit code, or 128 + signal
+  bool timed_out = false;  // killed after timeout_s
   std::string out, err;
-  std::string error_line;   // last line of err, for messages
+  std::string error_line;  // last line of err, for messages
 };
-NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(RunnerResult, status, exit_code, timed_out, out, err, error_line)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(RunnerResult, status, exit_code, timed_out, out,
+                                                err, error_line)
 
 // The HTTP status with which fschedd answers an engine operation that failed with
 // class c (docs/failures.md): image 422, unsupported 501, transient 503, usage 500 (a
@@ -105,9 +107,9 @@ class OpLog {
   std::filesystem::path result_path(int64_t job_id) const;
   std::filesystem::path lock_path(int64_t job_id) const;
 
-  void put(const OpRecord& r) const;               // durable before it returns
-  std::vector<OpRecord> load() const;              // unreadable records are logged and skipped
-  void remove(int64_t job_id) const;               // record, result and lock
+  void put(const OpRecord& r) const;   // durable before it returns
+  std::vector<OpRecord> load() const;  // unreadable records are logged and skipped
+  void remove(int64_t job_id) const;   // record, result and lock
   std::optional<RunnerResult> result(int64_t job_id) const;
 
   // Takes the job's lock without waiting, for a runner about to start: an empty

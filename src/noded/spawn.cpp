@@ -25,7 +25,8 @@ std::string SpawnResult::error_line() const {
   while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.remove_suffix(1);
   auto nl = s.rfind('\n');
   std::string line(nl == std::string_view::npos ? s : s.substr(nl + 1));
-  if (line.empty()) line = timed_out ? "timed out" : "exited with status " + std::to_string(exit_code());
+  if (line.empty())
+    line = timed_out ? "timed out" : "exited with status " + std::to_string(exit_code());
   return line;
 }
 
@@ -57,7 +58,8 @@ bool drain(int fd, std::string& into) {
 
 }  // namespace
 
-pid_t spawn_clean(const std::vector<std::string>& argv, const std::map<std::string, std::string>& env,
+pid_t spawn_clean(const std::vector<std::string>& argv,
+                  const std::map<std::string, std::string>& env,
                   const posix_spawn_file_actions_t* fa) {
   posix_spawnattr_t at;
   posix_spawnattr_init(&at);
@@ -69,7 +71,8 @@ pid_t spawn_clean(const std::vector<std::string>& argv, const std::map<std::stri
   posix_spawnattr_setsigdefault(&at, &dflt);
   // A session of its own: signals aimed at fschedd's process group (a terminal, a
   // service manager stopping fschedd) do not reach it.
-  posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSID);
+  posix_spawnattr_setflags(&at,
+                           POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSID);
   std::vector<std::string> envs;
   for (auto& [k, v] : env) envs.push_back(k + "=" + v);
   std::vector<char*> cargv, cenv;
@@ -84,8 +87,8 @@ pid_t spawn_clean(const std::vector<std::string>& argv, const std::map<std::stri
   return pid;
 }
 
-SpawnResult spawn_wait(const std::vector<std::string>& argv, const std::map<std::string, std::string>& env,
-                       double timeout_s) {
+SpawnResult spawn_wait(const std::vector<std::string>& argv,
+                       const std::map<std::string, std::string>& env, double timeout_s) {
   Pipe out, err;
   posix_spawn_file_actions_t fa;
   posix_spawn_file_actions_init(&fa);
@@ -116,12 +119,14 @@ SpawnResult spawn_wait(const std::vector<std::string>& argv, const std::map<std:
     // init keeps it until it redirects its stdio), so its exit, not EOF, ends this.
     pid_t w = ::waitpid(pid, &res.status, WNOHANG);
     if (w == pid) break;
-    double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    double elapsed =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     if (timeout_s > 0 && elapsed > timeout_s && !res.timed_out) {
       res.timed_out = true;
       ::kill(pid, SIGKILL);
     }
-    pollfd p[2] = {{out_open ? out.r.get() : -1, POLLIN, 0}, {err_open ? err.r.get() : -1, POLLIN, 0}};
+    pollfd p[2] = {{out_open ? out.r.get() : -1, POLLIN, 0},
+                   {err_open ? err.r.get() : -1, POLLIN, 0}};
     ::poll(p, 2, 50);
     if (out_open) out_open = drain(out.r.get(), res.out);
     if (err_open) err_open = drain(err.r.get(), res.err);

@@ -13,23 +13,24 @@
 namespace fsched::noded {
 
 struct SpawnResult {
-  int status = 0;          // wait status (waitpid)
-  bool timed_out = false;  // killed with SIGKILL after timeout_s
-  std::string out, err;    // what it wrote to stdout and stderr
-  int exit_code() const;   // exit code, or 128 + signal
+  int status = 0;                  // wait status (waitpid)
+  bool timed_out = false;          // killed with SIGKILL after timeout_s
+  std::string out, err;            // what it wrote to stdout and stderr
+  int exit_code() const;           // exit code, or 128 + signal
   std::string error_line() const;  // the last non-empty line of err, for messages
 };
 
 // posix_spawn(3) of argv[0] (a path) with exactly `env`, in a session of its own, with
 // an empty signal mask and default dispositions for the signals daemons catch; `fa`
 // sets up its fds. Returns its PID; throws fsched::Error when it cannot be started.
-pid_t spawn_clean(const std::vector<std::string>& argv, const std::map<std::string, std::string>& env,
+pid_t spawn_clean(const std::vector<std::string>& argv,
+                  const std::map<std::string, std::string>& env,
                   const posix_spawn_file_actions_t* fa);
 
 // argv[0] is the program's path. env: the complete environment. timeout_s <= 0:
 // no limit. Throws fsched::Error when the program cannot be started
 // (posix_spawn(3)).
-SpawnResult spawn_wait(const std::vector<std::string>& argv, const std::map<std::string, std::string>& env,
-                       double timeout_s);
+SpawnResult spawn_wait(const std::vector<std::string>& argv,
+                       const std::map<std::string, std::string>& env, double timeout_s);
 
 }  // namespace fsched::noded

@@ -32,7 +32,8 @@ std::string sha256_hex(std::string_view data) {
   unsigned char md[EVP_MAX_MD_SIZE];
   unsigned int len = 0;
   if (!ctx || EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr) != 1 ||
-      EVP_DigestUpdate(ctx.get(), data.data(), data.size()) != 1 || EVP_DigestFinal_ex(ctx.get(), md, &len) != 1)
+      EVP_DigestUpdate(ctx.get(), data.data(), data.size()) != 1 ||
+      EVP_DigestFinal_ex(ctx.get(), md, &len) != 1)
     fail("OpenSSL: SHA-256 failed");
   std::string hex;
   hex.reserve(2 * len);
@@ -40,12 +41,13 @@ std::string sha256_hex(std::string_view data) {
   return hex;
 }
 
-std::string payload_head(std::string_view method, std::string_view target, std::string_view destination) {
+std::string payload_head(std::string_view method, std::string_view target,
+                         std::string_view destination) {
   return fmt::format("fsched-rpc 2\n{} {}\nto {}\n", method, target, destination);
 }
 
-std::string payload_of(std::string_view method, std::string_view target, std::string_view destination,
-                       std::string_view body) {
+std::string payload_of(std::string_view method, std::string_view target,
+                       std::string_view destination, std::string_view body) {
   return payload_head(method, target, destination).append(kHashField).append(sha256_hex(body));
 }
 
@@ -62,7 +64,8 @@ std::string encode_cred(const std::string& socket, const std::string& payload) {
 
 Verified decode_cred(const std::string& socket, const std::string& cred, std::string_view method,
                      std::string_view target, std::string_view destination) {
-  if (cred.empty()) throw RpcError(401, fmt::format("authentication failed: no {} header", kAuthHeader));
+  if (cred.empty())
+    throw RpcError(401, fmt::format("authentication failed: no {} header", kAuthHeader));
   MungeCtx m(socket);
   void* buf = nullptr;
   int len = 0;
@@ -71,9 +74,11 @@ Verified decode_cred(const std::string& socket, const std::string& cred, std::st
   munge_err_t e = munge_decode(cred.c_str(), m.ctx, &buf, &len, &uid, &gid);
   std::string got(static_cast<const char*>(buf), buf ? static_cast<size_t>(len) : 0);
   std::free(buf);
-  if (e != EMUNGE_SUCCESS) throw RpcError(401, fmt::format("authentication failed: {}", munge_ctx_strerror(m.ctx)));
+  if (e != EMUNGE_SUCCESS)
+    throw RpcError(401, fmt::format("authentication failed: {}", munge_ctx_strerror(m.ctx)));
   std::string head = payload_head(method, target, destination);
-  if (got.size() != head.size() + kHashField.size() + 64 || got.compare(0, head.size(), head) != 0 ||
+  if (got.size() != head.size() + kHashField.size() + 64 ||
+      got.compare(0, head.size(), head) != 0 ||
       got.compare(head.size(), kHashField.size(), kHashField) != 0) {
     // Say which part differs when the credential is ours: a client that reached this
     // daemon under another name than the one it knows itself by sees why.
@@ -82,8 +87,9 @@ Verified decode_cred(const std::string& socket, const std::string& cred, std::st
       auto end = got.find('\n', p + 4);
       std::string_view was_to = std::string_view(got).substr(p + 4, end - p - 4);
       if (was_to != want_to)
-        throw RpcError(401, fmt::format("authentication failed: the credential was made for {}, not {}", was_to,
-                                        want_to));
+        throw RpcError(401,
+                       fmt::format("authentication failed: the credential was made for {}, not {}",
+                                   was_to, want_to));
     }
     throw RpcError(401, "authentication failed: the credential was made for another request");
   }

@@ -22,11 +22,12 @@ std::string sha256_hex(std::string_view data);
 
 // The part of the payload that names the request and its destination, which the
 // server can check before it reads the body.
-std::string payload_head(std::string_view method, std::string_view target, std::string_view destination);
+std::string payload_head(std::string_view method, std::string_view target,
+                         std::string_view destination);
 
 // The whole payload a credential for this request must carry.
-std::string payload_of(std::string_view method, std::string_view target, std::string_view destination,
-                       std::string_view body);
+std::string payload_of(std::string_view method, std::string_view target,
+                       std::string_view destination, std::string_view body);
 
 // A credential for payload from munged at socket ("" for libmunge's default).
 // Throws fsched::Error when munged cannot be reached.

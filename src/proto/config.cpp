@@ -27,10 +27,12 @@ struct Cursor {
   int line = 0;
   template <typename... Args>
   [[noreturn]] void error(fmt::format_string<Args...> f, Args&&... args) const {
-    throw Error(fmt::format("{}:{}: {}", file.string(), line, fmt::format(f, std::forward<Args>(args)...)));
+    throw Error(
+        fmt::format("{}:{}: {}", file.string(), line, fmt::format(f, std::forward<Args>(args)...)));
   }
   // A key that parses but changes nothing: said, not silently dropped.
-  void ignored(Config& c, std::string_view key, std::string_view value, std::string_view why) const {
+  void ignored(Config& c, std::string_view key, std::string_view value,
+               std::string_view why) const {
     c.warnings.push_back(fmt::format("{}:{}: {} = {}: {}", file.string(), line, key, value, why));
   }
 };
@@ -81,7 +83,8 @@ std::vector<std::pair<std::string, std::string>> words(const Cursor& at, std::st
 }
 
 // A host list of a NodeName= or Nodes= value; its errors say FILE:LINE.
-std::vector<std::string> hostlist_at(const Cursor& at, std::string_view key, std::string_view list) {
+std::vector<std::string> hostlist_at(const Cursor& at, std::string_view key,
+                                     std::string_view list) {
   try {
     return expand_hostlist(list);
   } catch (const Error& e) {
@@ -90,21 +93,28 @@ std::vector<std::string> hostlist_at(const Cursor& at, std::string_view key, std
 }
 
 // names_seen: the nodes defined so far, to find a duplicate without a scan per node.
-void node_line(Config& c, std::unordered_set<std::string>& names_seen, const Cursor& at, std::string_view rest) {
+void node_line(Config& c, std::unordered_set<std::string>& names_seen, const Cursor& at,
+               std::string_view rest) {
   auto kv = words(at, rest);
   std::vector<std::string> names = hostlist_at(at, "NodeName", kv.at(0).second);
   NodeConf proto;
   for (size_t i = 1; i < kv.size(); ++i) {
     auto& [k, v] = kv[i];
     auto key = lower(k);
-    if (key == "cpus" || key == "procs") proto.cpus = static_cast<int>(to_int(at, k, v, 1, 1 << 20));
-    else if (key == "realmemory") proto.real_memory = static_cast<uint64_t>(to_int(at, k, v, 1, int64_t{1} << 40));
-    else if (key == "nodeaddr") proto.addr = v;
-    else if (key == "port") proto.port = static_cast<uint16_t>(to_int(at, k, v, 1, 65535));
-    else if (key == "state" || key == "sockets" || key == "corespersocket" || key == "threadspercore" ||
-             key == "boards" || key == "nodehostname" || key == "weight" || key == "feature")
+    if (key == "cpus" || key == "procs")
+      proto.cpus = static_cast<int>(to_int(at, k, v, 1, 1 << 20));
+    else if (key == "realmemory")
+      proto.real_memory = static_cast<uint64_t>(to_int(at, k, v, 1, int64_t{1} << 40));
+    else if (key == "nodeaddr")
+      proto.addr = v;
+    else if (key == "port")
+      proto.port = static_cast<uint16_t>(to_int(at, k, v, 1, 65535));
+    else if (key == "state" || key == "sockets" || key == "corespersocket" ||
+             key == "threadspercore" || key == "boards" || key == "nodehostname" ||
+             key == "weight" || key == "feature")
       at.ignored(c, k, v, "accepted for slurm.conf compatibility, has no effect");
-    else at.error("NodeName line: unknown key '{}'", k);
+    else
+      at.error("NodeName line: unknown key '{}'", k);
   }
   for (auto& n : names) {
     if (n == "DEFAULT") continue;
@@ -124,14 +134,19 @@ void partition_line(Config& c, const Cursor& at, std::string_view rest) {
   for (size_t i = 1; i < kv.size(); ++i) {
     auto& [k, v] = kv[i];
     auto key = lower(k);
-    if (key == "nodes") p.nodes = lower(v) == "all" ? std::vector<std::string>{"ALL"} : hostlist_at(at, k, v);
-    else if (key == "default") p.is_default = to_bool(at, k, v);
-    else if (key == "maxtime") p.max_time = to_max_time(at, v);
+    if (key == "nodes")
+      p.nodes = lower(v) == "all" ? std::vector<std::string>{"ALL"} : hostlist_at(at, k, v);
+    else if (key == "default")
+      p.is_default = to_bool(at, k, v);
+    else if (key == "maxtime")
+      p.max_time = to_max_time(at, v);
     else if (key == "state") {
       auto l = lower(v);
-      if (l != "up" && l != "down") at.error("PartitionName {}: State={}: expected UP or DOWN", p.name, v);
+      if (l != "up" && l != "down")
+        at.error("PartitionName {}: State={}: expected UP or DOWN", p.name, v);
       p.up = l == "up";
-    } else at.error("PartitionName line: unknown key '{}'", k);
+    } else
+      at.error("PartitionName line: unknown key '{}'", k);
   }
   p.line = at.line;
   c.partitions.push_back(std::move(p));
@@ -194,14 +209,17 @@ std::vector<std::string> expand_hostlist(std::string_view list) {
       std::string_view r = ranges.substr(k, e - k);
       k = e + 1;
       auto dash = r.find('-');
-      std::string_view a = r.substr(0, dash), b = dash == std::string_view::npos ? r : r.substr(dash + 1);
+      std::string_view a = r.substr(0, dash),
+                       b = dash == std::string_view::npos ? r : r.substr(dash + 1);
       unsigned lo = 0, hi = 0;
       auto ra = std::from_chars(a.data(), a.data() + a.size(), lo);
       auto rb2 = std::from_chars(b.data(), b.data() + b.size(), hi);
       if (a.empty() || b.empty() || ra.ec != std::errc{} || rb2.ec != std::errc{} ||
-          ra.ptr != a.data() + a.size() || rb2.ptr != b.data() + b.size() || hi < lo || hi - lo > 100000)
+          ra.ptr != a.data() + a.size() || rb2.ptr != b.data() + b.size() || hi < lo ||
+          hi - lo > 100000)
         fail("host list '{}': bad range '{}'", list, r);
-      if (out.size() + (hi - lo) >= kMaxHosts) fail("host list '{}': more than {} names", list, kMaxHosts);
+      if (out.size() + (hi - lo) >= kMaxHosts)
+        fail("host list '{}': more than {} names", list, kMaxHosts);
       for (unsigned n = lo; n <= hi; ++n)
         out.push_back(prefix + fmt::format("{:0{}}", n, a.size()) + suffix);
     }
@@ -230,70 +248,102 @@ Config parse_config(std::string_view text, const std::filesystem::path& file) {
     std::string lk = lower(key);
     if (value.empty()) at.error("{}: missing value", key);
     if (lk != "nodename" && lk != "partitionname") {
-      if (auto it = seen.find(lk); it != seen.end()) at.error("{} is already set on line {}", key, it->second);
+      if (auto it = seen.find(lk); it != seen.end())
+        at.error("{} is already set on line {}", key, it->second);
       seen[lk] = at.line;
     }
     std::string v(value);
-    if (lk == "clustername") c.cluster_name = v;
-    else if (lk == "controlmachine" || lk == "slurmctldhost") c.control_machine = v;
-    else if (lk == "controladdr") c.control_addr = v;
-    else if (lk == "controlport" || lk == "slurmctldport") c.control_port = static_cast<uint16_t>(to_int(at, key, v, 1, 65535));
-    else if (lk == "slurmdport") c.slurmd_port = static_cast<uint16_t>(to_int(at, key, v, 1, 65535));
-    else if (lk == "statesavelocation") c.state_save_location = v;
-    else if (lk == "slurmdspooldir") c.slurmd_spool_dir = v;
-    else if (lk == "checkpointdir") c.checkpoint_dir = v;
+    if (lk == "clustername")
+      c.cluster_name = v;
+    else if (lk == "controlmachine" || lk == "slurmctldhost")
+      c.control_machine = v;
+    else if (lk == "controladdr")
+      c.control_addr = v;
+    else if (lk == "controlport" || lk == "slurmctldport")
+      c.control_port = static_cast<uint16_t>(to_int(at, key, v, 1, 65535));
+    else if (lk == "slurmdport")
+      c.slurmd_port = static_cast<uint16_t>(to_int(at, key, v, 1, 65535));
+    else if (lk == "statesavelocation")
+      c.state_save_location = v;
+    else if (lk == "slurmdspooldir")
+      c.slurmd_spool_dir = v;
+    else if (lk == "checkpointdir")
+      c.checkpoint_dir = v;
     else if (lk == "checkpointtype") {
       if (v != "checkpoint/fsched" && v != "checkpoint/criu" && v != "checkpoint/none")
-        at.error("CheckpointType = {}: expected checkpoint/fsched (or checkpoint/criu, its synonym) or checkpoint/none", v);
+        at.error(
+            "CheckpointType = {}: expected checkpoint/fsched (or checkpoint/criu, its synonym) or "
+            "checkpoint/none",
+            v);
       c.checkpoint_type = v;
-    } else if (lk == "criu_maxepochs") c.max_epochs = static_cast<int>(to_int(at, key, v, 1, 1000000));
+    } else if (lk == "criu_maxepochs")
+      c.max_epochs = static_cast<int>(to_int(at, key, v, 1, 1000000));
     // Incremental checkpoints and pre-dump are not built yet: every checkpoint is a
     // full dump, whatever these say.
     else if (lk == "criu_incremental") {
       c.incremental = to_bool(at, key, v);
-      if (c.incremental) at.ignored(c, key, v, "incremental checkpoints are not implemented yet: every checkpoint is full");
+      if (c.incremental)
+        at.ignored(c, key, v,
+                   "incremental checkpoints are not implemented yet: every checkpoint is full");
     } else if (lk == "criu_fullevery") {
       c.full_every = static_cast<int>(to_int(at, key, v, 1, 1000000));
-      at.ignored(c, key, v, "incremental checkpoints are not implemented yet: every checkpoint is full");
+      at.ignored(c, key, v,
+                 "incremental checkpoints are not implemented yet: every checkpoint is full");
     } else if (lk == "criu_predump") {
       c.pre_dump = to_bool(at, key, v);
-      if (c.pre_dump) at.ignored(c, key, v, "pre-dump is not implemented yet: checkpoints freeze the job for the whole dump");
+      if (c.pre_dump)
+        at.ignored(
+            c, key, v,
+            "pre-dump is not implemented yet: checkpoints freeze the job for the whole dump");
     } else if (lk == "criu_predumpdelay") {
       c.pre_dump_delay = static_cast<int>(to_int(at, key, v, 0, 86400));
       at.ignored(c, key, v, "pre-dump is not implemented yet");
-    }
-    else if (lk == "criu_loadaware") c.load_aware = to_bool(at, key, v);
-    else if (lk == "criu_loadthresholdcpu") c.load_threshold_cpu = to_ratio(at, key, v);
-    else if (lk == "criu_loadthresholdio") c.load_threshold_io = to_ratio(at, key, v);
-    else if (lk == "criu_loadthresholdmemory") c.load_threshold_memory = to_ratio(at, key, v);
-    else if (lk == "checkpointtimeout") c.checkpoint_timeout = static_cast<int>(to_int(at, key, v, 1, 86400 * 7));
-    else if (lk == "killwait") c.kill_wait = static_cast<int>(to_int(at, key, v, 0, 65535));
-    else if (lk == "slurmdtimeout") c.slurmd_timeout = static_cast<int>(to_int(at, key, v, 1, 65535));
+    } else if (lk == "criu_loadaware")
+      c.load_aware = to_bool(at, key, v);
+    else if (lk == "criu_loadthresholdcpu")
+      c.load_threshold_cpu = to_ratio(at, key, v);
+    else if (lk == "criu_loadthresholdio")
+      c.load_threshold_io = to_ratio(at, key, v);
+    else if (lk == "criu_loadthresholdmemory")
+      c.load_threshold_memory = to_ratio(at, key, v);
+    else if (lk == "checkpointtimeout")
+      c.checkpoint_timeout = static_cast<int>(to_int(at, key, v, 1, 86400 * 7));
+    else if (lk == "killwait")
+      c.kill_wait = static_cast<int>(to_int(at, key, v, 0, 65535));
+    else if (lk == "slurmdtimeout")
+      c.slurmd_timeout = static_cast<int>(to_int(at, key, v, 1, 65535));
     else if (lk == "slurmctldtimeout") {
       c.slurmctld_timeout = static_cast<int>(to_int(at, key, v, 1, 65535));
       at.ignored(c, key, v, "there is no backup controller to take over: has no effect");
-    }
-    else if (lk == "batchstarttimeout") c.batch_start_timeout = static_cast<int>(to_int(at, key, v, 1, 65535));
-    else if (lk == "heartbeatinterval") c.heartbeat_interval = static_cast<int>(to_int(at, key, v, 1, 3600));
+    } else if (lk == "batchstarttimeout")
+      c.batch_start_timeout = static_cast<int>(to_int(at, key, v, 1, 65535));
+    else if (lk == "heartbeatinterval")
+      c.heartbeat_interval = static_cast<int>(to_int(at, key, v, 1, 3600));
     else if (lk == "authtype") {
       if (v != "auth/munge") at.error("AuthType = {}: only auth/munge is supported", v);
       c.auth_type = v;
     } else if (lk == "authinfo") {
       c.auth_info = v;
       at.ignored(c, key, v, "has no effect: munged's socket is set with MungeSocket");
-    }
-    else if (lk == "mungesocket") {
+    } else if (lk == "mungesocket") {
       c.munge_socket = v;
       c.munge_socket_line = at.line;
-    }
-    else if (lk == "slurmctldlogfile") c.ctld_log_file = v;
-    else if (lk == "slurmctldpidfile") c.ctld_pid_file = v;
-    else if (lk == "slurmdlogfile") c.slurmd_log_file = v;
-    else if (lk == "slurmdpidfile") c.slurmd_pid_file = v;
-    else if (lk == "fschedckptpath") c.ckpt_tool = v;
-    else if (lk == "nodename") node_line(c, node_names, at, "NodeName=" + v);
-    else if (lk == "partitionname") partition_line(c, at, "PartitionName=" + v);
-    else at.error("unknown key '{}'", key);
+    } else if (lk == "slurmctldlogfile")
+      c.ctld_log_file = v;
+    else if (lk == "slurmctldpidfile")
+      c.ctld_pid_file = v;
+    else if (lk == "slurmdlogfile")
+      c.slurmd_log_file = v;
+    else if (lk == "slurmdpidfile")
+      c.slurmd_pid_file = v;
+    else if (lk == "fschedckptpath")
+      c.ckpt_tool = v;
+    else if (lk == "nodename")
+      node_line(c, node_names, at, "NodeName=" + v);
+    else if (lk == "partitionname")
+      partition_line(c, at, "PartitionName=" + v);
+    else
+      at.error("unknown key '{}'", key);
   }
   auto where = [&](const char* what) { fail("{}: {}", file.string(), what); };
   if (c.control_machine.empty()) where("ControlMachine is required");
@@ -312,7 +362,8 @@ Config parse_config(std::string_view text, const std::filesystem::path& file) {
     }
     for (auto& n : p.nodes)
       if (!node_names.count(n))
-        fail("{}:{}: PartitionName {}: node {} has no NodeName line", file.string(), p.line, p.name, n);
+        fail("{}:{}: PartitionName {}: node {} has no NodeName line", file.string(), p.line, p.name,
+             n);
   }
   if (c.partitions.empty()) {
     PartitionConf p{.name = "debug", .is_default = true};
@@ -326,11 +377,13 @@ void check_munge_socket(const Config& c) {
   if (c.munge_socket.empty()) return;
   struct stat st {};
   std::string why;
-  if (::stat(c.munge_socket.c_str(), &st) < 0) why = std::strerror(errno);
-  else if (!S_ISSOCK(st.st_mode)) why = "not a socket";
+  if (::stat(c.munge_socket.c_str(), &st) < 0)
+    why = std::strerror(errno);
+  else if (!S_ISSOCK(st.st_mode))
+    why = "not a socket";
   if (!why.empty())
-    fail("{}:{}: MungeSocket = {}: {} (is munged running, with --socket={}?)", c.file.string(), c.munge_socket_line,
-         c.munge_socket, why, c.munge_socket);
+    fail("{}:{}: MungeSocket = {}: {} (is munged running, with --socket={}?)", c.file.string(),
+         c.munge_socket_line, c.munge_socket, why, c.munge_socket);
 }
 
 Config load_config(const std::filesystem::path& file) {

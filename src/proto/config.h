@@ -12,10 +12,10 @@ namespace fsched::proto {
 
 struct NodeConf {
   std::string name;
-  std::string addr;         // NodeAddr, default the node's name
-  uint16_t port = 0;        // Port, default SlurmdPort
-  int cpus = 1;             // CPUs
-  uint64_t real_memory = 1; // RealMemory, MiB
+  std::string addr;          // NodeAddr, default the node's name
+  uint16_t port = 0;         // Port, default SlurmdPort
+  int cpus = 1;              // CPUs
+  uint64_t real_memory = 1;  // RealMemory, MiB
 };
 
 struct PartitionConf {
@@ -28,36 +28,36 @@ struct PartitionConf {
 };
 
 struct Config {
-  std::filesystem::path file;      // where it was read from
+  std::filesystem::path file;  // where it was read from
   std::string cluster_name = "cluster";
-  std::string control_machine;     // ControlMachine (or SlurmctldHost), required
-  std::string control_addr;        // ControlAddr, default ControlMachine
-  uint16_t control_port = 6817;    // ControlPort (SlurmctldPort)
-  uint16_t slurmd_port = 6818;     // SlurmdPort: default port of fschedd
-  std::filesystem::path state_save_location;     // required: controller's SQLite state
+  std::string control_machine;                // ControlMachine (or SlurmctldHost), required
+  std::string control_addr;                   // ControlAddr, default ControlMachine
+  uint16_t control_port = 6817;               // ControlPort (SlurmctldPort)
+  uint16_t slurmd_port = 6818;                // SlurmdPort: default port of fschedd
+  std::filesystem::path state_save_location;  // required: controller's SQLite state
   std::filesystem::path slurmd_spool_dir = "/var/spool/fschedd";  // per-job files of fschedd
-  std::filesystem::path checkpoint_dir;          // CheckpointDir, default <StateSaveLocation>/checkpoint
+  std::filesystem::path checkpoint_dir;  // CheckpointDir, default <StateSaveLocation>/checkpoint
   std::string checkpoint_type = "checkpoint/fsched";  // checkpoint/criu is accepted as a synonym
-  int max_epochs = 5;              // CRIU_MaxEpochs: checkpoints kept per job
-  bool incremental = false;        // CRIU_Incremental
-  int full_every = 10;             // CRIU_FullEvery
-  bool pre_dump = false;           // CRIU_PreDump
-  int pre_dump_delay = 5;          // CRIU_PreDumpDelay, seconds
-  bool load_aware = false;         // CRIU_LoadAware
+  int max_epochs = 5;                                 // CRIU_MaxEpochs: checkpoints kept per job
+  bool incremental = false;                           // CRIU_Incremental
+  int full_every = 10;                                // CRIU_FullEvery
+  bool pre_dump = false;                              // CRIU_PreDump
+  int pre_dump_delay = 5;                             // CRIU_PreDumpDelay, seconds
+  bool load_aware = false;                            // CRIU_LoadAware
   double load_threshold_cpu = 0.95, load_threshold_io = 0.50, load_threshold_memory = 0.85;
-  int checkpoint_timeout = 600;    // CheckpointTimeout, seconds
-  int kill_wait = 30;              // KillWait, seconds between SIGTERM and SIGKILL
-  int slurmd_timeout = 300;        // SlurmdTimeout, seconds without heartbeat before DOWN
-  int slurmctld_timeout = 120;     // SlurmctldTimeout
-  int batch_start_timeout = 10;    // BatchStartTimeout, seconds
-  int heartbeat_interval = 10;     // HeartbeatInterval (fsched): seconds between node heartbeats
+  int checkpoint_timeout = 600;  // CheckpointTimeout, seconds
+  int kill_wait = 30;            // KillWait, seconds between SIGTERM and SIGKILL
+  int slurmd_timeout = 300;      // SlurmdTimeout, seconds without heartbeat before DOWN
+  int slurmctld_timeout = 120;   // SlurmctldTimeout
+  int batch_start_timeout = 10;  // BatchStartTimeout, seconds
+  int heartbeat_interval = 10;   // HeartbeatInterval (fsched): seconds between node heartbeats
   std::string auth_type = "auth/munge";
-  std::string auth_info;           // AuthInfo, kept as written
-  std::string munge_socket;        // MungeSocket (fsched): munged's socket, default libmunge's
-  int munge_socket_line = 0;       // where MungeSocket was set, for errors
+  std::string auth_info;      // AuthInfo, kept as written
+  std::string munge_socket;   // MungeSocket (fsched): munged's socket, default libmunge's
+  int munge_socket_line = 0;  // where MungeSocket was set, for errors
   std::filesystem::path ctld_log_file, ctld_pid_file = "/run/fschedctld.pid";
   std::filesystem::path slurmd_log_file, slurmd_pid_file = "/run/fschedd.pid";
-  std::filesystem::path ckpt_tool; // FschedCkptPath: the engine CLI, default beside the daemon
+  std::filesystem::path ckpt_tool;  // FschedCkptPath: the engine CLI, default beside the daemon
   std::vector<NodeConf> nodes;
   std::vector<PartitionConf> partitions;
   // "FILE:LINE: Key = value: ..." for every key that is accepted but has no effect

@@ -27,10 +27,14 @@ struct JobStateName {
   std::string_view name, code;  // "PENDING", "PD"
 };
 inline constexpr std::array<JobStateName, 8> kJobStateNames{{
-    {JobState::Pending, "PENDING", "PD"},     {JobState::Running, "RUNNING", "R"},
-    {JobState::Completing, "COMPLETING", "CG"}, {JobState::Completed, "COMPLETED", "CD"},
-    {JobState::Failed, "FAILED", "F"},        {JobState::Cancelled, "CANCELLED", "CA"},
-    {JobState::Timeout, "TIMEOUT", "TO"},     {JobState::NodeFail, "NODE_FAIL", "NF"},
+    {JobState::Pending, "PENDING", "PD"},
+    {JobState::Running, "RUNNING", "R"},
+    {JobState::Completing, "COMPLETING", "CG"},
+    {JobState::Completed, "COMPLETED", "CD"},
+    {JobState::Failed, "FAILED", "F"},
+    {JobState::Cancelled, "CANCELLED", "CA"},
+    {JobState::Timeout, "TIMEOUT", "TO"},
+    {JobState::NodeFail, "NODE_FAIL", "NF"},
 }};
 
 template <>

@@ -79,7 +79,9 @@ void from_json(const nlohmann::json& j, E& e) {
   if (j.is_string()) v = parse_enum<E>(j.get_ref<const std::string&>());
   if (!v)
     throw nlohmann::json::other_error::create(
-        501, fmt::format("unknown {} {} (expected one of {})", NamedEnumTraits<E>::kind, j.dump(), enum_names<E>()),
+        501,
+        fmt::format("unknown {} {} (expected one of {})", NamedEnumTraits<E>::kind, j.dump(),
+                    enum_names<E>()),
         &j);
   e = *v;
 }

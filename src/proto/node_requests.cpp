@@ -15,7 +15,8 @@ using nlohmann::json;
 template <typename T>
 T number_at(const json& j, const char* key) {
   const json& v = j.at(key);
-  if (!json_number_fits<T>(v)) throw RpcError(400, fmt::format("field '{}' is out of range: {}", key, v.dump()));
+  if (!json_number_fits<T>(v))
+    throw RpcError(400, fmt::format("field '{}' is out of range: {}", key, v.dump()));
   return v.get<T>();
 }
 
@@ -32,16 +33,24 @@ T value_or(const json& j, const char* key, T dflt) {
 
 void expect_object(const json& j, const char* what) {
   if (!j.is_object())
-    throw json::type_error::create(302, fmt::format("{} request: expected an object, not {}", what, j.type_name()),
-                                   &j);
+    throw json::type_error::create(
+        302, fmt::format("{} request: expected an object, not {}", what, j.type_name()), &j);
 }
 
 }  // namespace
 
 void to_json(json& j, const LaunchRequest& r) {
-  j = {{"job_id", r.job_id}, {"name", r.name},         {"user", r.user},         {"uid", r.uid},
-       {"gid", r.gid},       {"work_dir", r.work_dir}, {"stdout", r.stdout_path}, {"stderr", r.stderr_path},
-       {"argv", r.argv},     {"script", r.script},     {"env", r.env}};
+  j = {{"job_id", r.job_id},
+       {"name", r.name},
+       {"user", r.user},
+       {"uid", r.uid},
+       {"gid", r.gid},
+       {"work_dir", r.work_dir},
+       {"stdout", r.stdout_path},
+       {"stderr", r.stderr_path},
+       {"argv", r.argv},
+       {"script", r.script},
+       {"env", r.env}};
   if (!r.restore_dir.empty()) j["restore_dir"] = r.restore_dir;
 }
 
@@ -54,9 +63,12 @@ void from_json(const json& j, LaunchRequest& r) {
   r.restore_dir = value_or<std::string>(j, "restore_dir", "");
   // A restore runs what the image holds: the launch's paths and user are not needed.
   bool restore = !r.restore_dir.empty();
-  r.stdout_path = restore ? value_or<std::string>(j, "stdout", "") : j.at("stdout").get<std::string>();
-  r.stderr_path = restore ? value_or<std::string>(j, "stderr", "") : j.at("stderr").get<std::string>();
-  r.work_dir = restore ? value_or<std::string>(j, "work_dir", "") : j.at("work_dir").get<std::string>();
+  r.stdout_path =
+      restore ? value_or<std::string>(j, "stdout", "") : j.at("stdout").get<std::string>();
+  r.stderr_path =
+      restore ? value_or<std::string>(j, "stderr", "") : j.at("stderr").get<std::string>();
+  r.work_dir =
+      restore ? value_or<std::string>(j, "work_dir", "") : j.at("work_dir").get<std::string>();
   r.user = restore ? value_or<std::string>(j, "user", "") : j.at("user").get<std::string>();
   r.name = value_or<std::string>(j, "name", "");
   r.argv = value_or<std::vector<std::string>>(j, "argv", {});

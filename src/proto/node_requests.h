@@ -27,14 +27,14 @@ namespace fsched::proto {
 // string are dropped), restore_dir.
 struct LaunchRequest {
   int64_t job_id = 0;
-  std::string name, user;                  // user: the job's user, by name
+  std::string name, user;  // user: the job's user, by name
   uid_t uid = 0;
   gid_t gid = 0;
   std::string work_dir, stdout_path, stderr_path;  // keys "work_dir", "stdout", "stderr"
-  std::vector<std::string> argv;           // the script's arguments
-  std::string script;                      // the batch script's text
-  std::map<std::string, std::string> env;  // the job's environment
-  std::string restore_dir;                 // restore only: the image to restore
+  std::vector<std::string> argv;                   // the script's arguments
+  std::string script;                              // the batch script's text
+  std::map<std::string, std::string> env;          // the job's environment
+  std::string restore_dir;                         // restore only: the image to restore
 };
 void to_json(nlohmann::json& j, const LaunchRequest& r);
 void from_json(const nlohmann::json& j, LaunchRequest& r);

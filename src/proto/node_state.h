@@ -33,7 +33,8 @@ template <>
 struct NamedEnumTraits<NodeState> {
   static constexpr std::array<EnumName<NodeState>, kNodeStateNames.size()> names = [] {
     std::array<EnumName<NodeState>, kNodeStateNames.size()> a{};
-    for (size_t i = 0; i < a.size(); ++i) a[i] = {kNodeStateNames[i].value, kNodeStateNames[i].name};
+    for (size_t i = 0; i < a.size(); ++i)
+      a[i] = {kNodeStateNames[i].value, kNodeStateNames[i].name};
     return a;
   }();
   static constexpr std::string_view kind = "node state";

@@ -58,7 +58,8 @@ RpcError error_from_reply(int status, const nlohmann::json& reply, std::string_v
 // An integer field of a request body, checked: absent or null gives dflt; a
 // non-integer, or an integer outside [lo, hi], throws RpcError(400) naming the field,
 // its value and the range (nlohmann's get<int> would silently truncate 2^32 + 2 to 2).
-int64_t int_field(const nlohmann::json& body, std::string_view key, int64_t dflt, int64_t lo, int64_t hi);
+int64_t int_field(const nlohmann::json& body, std::string_view key, int64_t dflt, int64_t lo,
+                  int64_t hi);
 
 // Who sent a request, as MUNGE vouches for it.
 struct Caller {

@@ -56,7 +56,8 @@ RpcError error_from_reply(int status, const nlohmann::json& reply, std::string_v
                         ? reply["error"].get<std::string>()
                         : fmt::format("HTTP {} from {}", status, where);
   if (obj && reply.contains("failure") && reply["failure"].is_string())
-    if (auto f = failure_class_from_string(reply["failure"].get<std::string>())) return RpcError(status, msg, *f);
+    if (auto f = failure_class_from_string(reply["failure"].get<std::string>()))
+      return RpcError(status, msg, *f);
   return RpcError(status, msg);
 }
 
@@ -68,7 +69,9 @@ struct Client::Impl {
 };
 
 Client::Client(std::string host, uint16_t port, std::string munge_socket, int timeout_s)
-    : impl_(std::make_unique<Impl>(Impl{std::move(host), port, std::move(munge_socket), timeout_s})) {}
+    : impl_(
+          std::make_unique<Impl>(Impl{std::move(host), port, std::move(munge_socket), timeout_s})) {
+}
 Client::~Client() = default;
 Client::Client(Client&&) noexcept = default;
 
@@ -76,14 +79,16 @@ void Client::set_timeout(int seconds) { impl_->timeout_s = seconds; }
 
 std::string Client::where() const { return fmt::format("{}:{}", impl_->host, impl_->port); }
 
-nlohmann::json Client::call(std::string_view method, std::string_view path, const nlohmann::json& body) {
+nlohmann::json Client::call(std::string_view method, std::string_view path,
+                            const nlohmann::json& body) {
   http::verb verb = http::string_to_verb(beast::string_view(method.data(), method.size()));
   if (verb != http::verb::get && verb != http::verb::post && verb != http::verb::delete_)
     fail("rpc: unsupported method {}", method);
   std::string b = body.is_null() ? std::string() : body.dump();
   // The server would refuse it unread; say so here, where the caller sees why.
   if (b.size() > kMaxBodyBytes)
-    fail("{} {}: the request is {} bytes, over the limit of {} bytes", method, path, b.size(), kMaxBodyBytes);
+    fail("{} {}: the request is {} bytes, over the limit of {} bytes", method, path, b.size(),
+         kMaxBodyBytes);
 
   // One connection per call: a daemon's worker thread is not held by an idle
   // kept-alive connection, and a retried request never reuses a credential, which
@@ -104,7 +109,8 @@ nlohmann::json Client::call(std::string_view method, std::string_view path, cons
   req.set(http::field::host, impl_->host);
   // The credential names this daemon as we address it, the path with its query, and
   // the body's SHA-256: it stays small however large the body is.
-  req.set(kAuthHeader, auth::encode_cred(impl_->munge_socket, auth::payload_of(method, path, where(), b)));
+  req.set(kAuthHeader,
+          auth::encode_cred(impl_->munge_socket, auth::payload_of(method, path, where(), b)));
   req.keep_alive(false);
   if (verb == http::verb::post) {
     req.set(http::field::content_type, "application/json");

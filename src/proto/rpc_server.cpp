@@ -37,7 +37,7 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 // Limits of what a client may send before it has proved who it is.
-constexpr size_t kMaxHeadBytes = 64 << 10;           // request line and headers
+constexpr size_t kMaxHeadBytes = 64 << 10;                // request line and headers
 constexpr auto kHeadDeadline = std::chrono::seconds(10);  // from accept to the end of the head
 // Seconds one read (after the head) or one write may wait for the peer.
 constexpr time_t kReadTimeoutS = 10;
@@ -69,8 +69,10 @@ bool match(const std::vector<std::string>& pattern, const std::vector<std::strin
            std::vector<std::string>& captured) {
   if (pattern.size() != path.size()) return false;
   for (size_t i = 0; i < path.size(); ++i) {
-    if (pattern[i] == "{}") captured.push_back(path[i]);
-    else if (pattern[i] != path[i]) return false;
+    if (pattern[i] == "{}")
+      captured.push_back(path[i]);
+    else if (pattern[i] != path[i])
+      return false;
   }
   return true;
 }
@@ -105,14 +107,16 @@ bool wait_fd(int fd, short events, int timeout_ms) {
 // Buffered, as httplib reads the head one byte per call.
 class LimitedStream final : public httplib::Stream {
  public:
-  LimitedStream(int fd, Clock::time_point accepted) : fd_(fd), head_deadline_(accepted + kHeadDeadline) {}
+  LimitedStream(int fd, Clock::time_point accepted)
+      : fd_(fd), head_deadline_(accepted + kHeadDeadline) {}
 
   void head_done() { in_head_ = false; }
   bool head_exceeded() const { return head_exceeded_; }
 
   bool is_readable() const override {
     return buf_off_ < buf_len_ ||
-           wait_fd(fd_, POLLIN, in_head_ ? ms_until(head_deadline_, kReadTimeoutS) : int{kReadTimeoutS * 1000});
+           wait_fd(fd_, POLLIN,
+                   in_head_ ? ms_until(head_deadline_, kReadTimeoutS) : int{kReadTimeoutS * 1000});
   }
   bool is_writable() const override { return wait_fd(fd_, POLLOUT, int{kWriteTimeoutS * 1000}); }
 
@@ -151,8 +155,12 @@ class LimitedStream final : public httplib::Stream {
     return n;
   }
 
-  void get_remote_ip_and_port(std::string& ip, int& port) const override { address(&::getpeername, ip, port); }
-  void get_local_ip_and_port(std::string& ip, int& port) const override { address(&::getsockname, ip, port); }
+  void get_remote_ip_and_port(std::string& ip, int& port) const override {
+    address(&::getpeername, ip, port);
+  }
+  void get_local_ip_and_port(std::string& ip, int& port) const override {
+    address(&::getsockname, ip, port);
+  }
   socket_t socket() const override { return fd_; }
 
  private:
@@ -243,17 +251,19 @@ class HttpServer final : public httplib::Server {
 
 }  // namespace
 
-int64_t int_field(const nlohmann::json& b, std::string_view key, int64_t dflt, int64_t lo, int64_t hi) {
+int64_t int_field(const nlohmann::json& b, std::string_view key, int64_t dflt, int64_t lo,
+                  int64_t hi) {
   if (!b.is_object()) return dflt;
   auto it = b.find(key);
   if (it == b.end() || it->is_null()) return dflt;
   auto range = [&](const std::string& got) {
-    return RpcError(400, fmt::format("field '{}' must be an integer from {} to {}, not {}", key, lo, hi, got));
+    return RpcError(
+        400, fmt::format("field '{}' must be an integer from {} to {}, not {}", key, lo, hi, got));
   };
   if (it->is_number_unsigned()) {
     auto u = it->get<uint64_t>();
-    if (u > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) || static_cast<int64_t>(u) > hi ||
-        static_cast<int64_t>(u) < lo)
+    if (u > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) ||
+        static_cast<int64_t>(u) > hi || static_cast<int64_t>(u) < lo)
       throw range(std::to_string(u));
     return static_cast<int64_t>(u);
   }
@@ -301,18 +311,20 @@ struct Server::Impl {
           break;
         }
       }
-      if (!found) throw RpcError(path_known ? 405 : 404, fmt::format("no route {} {}", req.method, req.path));
+      if (!found)
+        throw RpcError(path_known ? 405 : 404, fmt::format("no route {} {}", req.method, req.path));
       // Who is asking comes first: a client without a valid credential learns nothing more.
-      t_current.verified =
-          auth::decode_cred(munge_socket, req.get_header_value(kAuthHeader), req.method, req.target, identity);
+      t_current.verified = auth::decode_cred(munge_socket, req.get_header_value(kAuthHeader),
+                                             req.method, req.target, identity);
       if (req.has_header("Transfer-Encoding"))
-        throw RpcError(411, "a request body must come with a Content-Length (no Transfer-Encoding)");
+        throw RpcError(411,
+                       "a request body must come with a Content-Length (no Transfer-Encoding)");
       uint64_t length = req.get_header_value<uint64_t>("Content-Length");
       if (req.method != "GET" && !req.has_header("Content-Length"))
         throw RpcError(411, fmt::format("{} {}: Content-Length required", req.method, req.path));
       if (length > kMaxBodyBytes)
-        throw RpcError(413, fmt::format("request body of {} bytes is over the limit of {} bytes", length,
-                                        kMaxBodyBytes));
+        throw RpcError(413, fmt::format("request body of {} bytes is over the limit of {} bytes",
+                                        length, kMaxBodyBytes));
       t_current.route = found;
       return httplib::Server::HandlerResponse::Unhandled;
     } catch (const RpcError& e) {
@@ -325,10 +337,12 @@ struct Server::Impl {
 
   // The route's handler, once pre_route accepted the request. reader: the body's
   // reader (POST, DELETE); GET requests have no body.
-  void dispatch(const httplib::Request& req, httplib::Response& res, const httplib::ContentReader* reader) {
+  void dispatch(const httplib::Request& req, httplib::Response& res,
+                const httplib::ContentReader* reader) {
     try {
       auto* found = static_cast<const Route*>(t_current.route);
-      if (!found || !t_current.verified) throw RpcError(500, "request dispatched without a checked credential");
+      if (!found || !t_current.verified)
+        throw RpcError(500, "request dispatched without a checked credential");
       std::string body;
       if (reader) {
         bool over = false;
@@ -340,11 +354,14 @@ struct Server::Impl {
           body.append(data, n);
           return true;
         });
-        if (over) throw RpcError(413, fmt::format("request body is over the limit of {} bytes", kMaxBodyBytes));
+        if (over)
+          throw RpcError(413,
+                         fmt::format("request body is over the limit of {} bytes", kMaxBodyBytes));
         if (!complete) throw RpcError(400, "request body incomplete");
       }
       if (auth::sha256_hex(body) != t_current.verified->body_sha256)
-        throw RpcError(401, "authentication failed: the credential was made for another request body");
+        throw RpcError(401,
+                       "authentication failed: the credential was made for another request body");
       Request r;
       r.caller = t_current.verified->caller;
       r.params = std::move(t_current.params);
@@ -374,13 +391,13 @@ struct Server::Impl {
 Server::Server(std::string munge_socket) : impl_(std::make_unique<Impl>()) {
   impl_->munge_socket = std::move(munge_socket);
   auto& http = impl_->http;
-  http.set_pre_routing_handler([this](const httplib::Request& q, httplib::Response& s) {
-    return impl_->pre_route(q, s);
+  http.set_pre_routing_handler(
+      [this](const httplib::Request& q, httplib::Response& s) { return impl_->pre_route(q, s); });
+  http.Get(".*", [this](const httplib::Request& q, httplib::Response& s) {
+    impl_->dispatch(q, s, nullptr);
   });
-  http.Get(".*", [this](const httplib::Request& q, httplib::Response& s) { impl_->dispatch(q, s, nullptr); });
-  auto with_body = [this](const httplib::Request& q, httplib::Response& s, const httplib::ContentReader& rd) {
-    impl_->dispatch(q, s, &rd);
-  };
+  auto with_body = [this](const httplib::Request& q, httplib::Response& s,
+                          const httplib::ContentReader& rd) { impl_->dispatch(q, s, &rd); };
   http.Post(".*", with_body);
   http.Delete(".*", with_body);
   http.new_task_queue = [] { return new Pool(kWorkers); };

@@ -45,9 +45,10 @@ int64_t parse_duration(std::string_view text, bool allow_unlimited) {
   if (allow_unlimited && (iequals(s, "UNLIMITED") || iequals(s, "INFINITE") || s == "-1"))
     return -1;
   auto bad = [&]() -> int64_t {
-    fail("invalid time specification \"{}\": use minutes, minutes:seconds, hours:minutes:seconds, "
-         "days-hours, days-hours:minutes or days-hours:minutes:seconds{}",
-         text, allow_unlimited ? ", or UNLIMITED" : "");
+    fail(
+        "invalid time specification \"{}\": use minutes, minutes:seconds, hours:minutes:seconds, "
+        "days-hours, days-hours:minutes or days-hours:minutes:seconds{}",
+        text, allow_unlimited ? ", or UNLIMITED" : "");
   };
   // Slurm does not range-check the fields (90:00 is 90 minutes), and neither do we.
   std::vector<int64_t> f;
@@ -59,9 +60,12 @@ int64_t parse_duration(std::string_view text, bool allow_unlimited) {
   }
   if (!parse_fields(s, f)) return bad();
   switch (f.size()) {
-    case 1: return f[0] * 60;
-    case 2: return f[0] * 60 + f[1];
-    default: return f[0] * 3600 + f[1] * 60 + f[2];
+    case 1:
+      return f[0] * 60;
+    case 2:
+      return f[0] * 60 + f[1];
+    default:
+      return f[0] * 3600 + f[1] * 60 + f[2];
   }
 }
 

@@ -38,41 +38,41 @@ int show(const std::string& dir, bool json, const std::string& key_file) {
     return 0;
   }
   auto m = j.get<ck::Manifest>();
-  std::cout << fmt::format("image {}\n  format {} engine {} kernel {} xfeatures {:#x} xstate {} bytes\n",
-                           dir, j.value("format_version", 0), j.value("engine_version", "?"),
-                           m.kernel, m.xfeatures, m.xstate_size);
-  std::cout << fmt::format("  pages: {} stored in {} ({} chunks)\n",
-                           mib(j.value("pages_logical_bytes", 0ULL)),
-                           mib(j.value("pages_stored_bytes", 0ULL)),
-                           j.contains("chunks") ? j["chunks"].size() : 0);
+  std::cout << fmt::format(
+      "image {}\n  format {} engine {} kernel {} xfeatures {:#x} xstate {} bytes\n", dir,
+      j.value("format_version", 0), j.value("engine_version", "?"), m.kernel, m.xfeatures,
+      m.xstate_size);
+  std::cout << fmt::format(
+      "  pages: {} stored in {} ({} chunks)\n", mib(j.value("pages_logical_bytes", 0ULL)),
+      mib(j.value("pages_stored_bytes", 0ULL)), j.contains("chunks") ? j["chunks"].size() : 0);
   for (auto& p : m.processes) {
     std::uint64_t pages = 0;
     for (auto& v : p.vmas)
       for (auto& r : v.runs) pages += r.second;
     std::cout << fmt::format("process {} (parent {}, pgid {}, sid {}) {} uid {} cwd {}\n", p.pid,
                              p.ppid, p.pgid, p.sid, p.exe, p.uids.empty() ? 0 : p.uids[0], p.cwd);
-    std::cout << fmt::format("  {} threads, {} VMAs, {} stored pages ({}), {} fds, {} signal handlers\n",
-                             p.threads.size(), p.vmas.size(), pages, mib(pages * 4096), p.fds.size(),
-                             p.sigactions.size());
+    std::cout << fmt::format(
+        "  {} threads, {} VMAs, {} stored pages ({}), {} fds, {} signal handlers\n",
+        p.threads.size(), p.vmas.size(), pages, mib(pages * 4096), p.fds.size(),
+        p.sigactions.size());
     for (auto& t : p.threads)
       std::cout << fmt::format("  thread {} \"{}\" rip {:#x}\n", t.tid, t.comm,
                                t.regs.size() > 16 ? t.regs[16] : 0);
     for (auto& v : p.vmas)
-      std::cout << fmt::format("  {:#014x}-{:#014x} {}{}{}{} {:>8} {}\n", v.start, v.end,
-                               v.prot & 1 ? 'r' : '-', v.prot & 2 ? 'w' : '-',
-                               v.prot & 4 ? 'x' : '-', v.shared ? 's' : 'p',
-                               [&] {
-                                 std::uint64_t n = 0;
-                                 for (auto& r : v.runs) n += r.second;
-                                 return n;
-                               }(),
-                               v.path.empty() ? fmt::format("[{}]", to_string(v.kind)) : v.path);
+      std::cout << fmt::format(
+          "  {:#014x}-{:#014x} {}{}{}{} {:>8} {}\n", v.start, v.end, v.prot & 1 ? 'r' : '-',
+          v.prot & 2 ? 'w' : '-', v.prot & 4 ? 'x' : '-', v.shared ? 's' : 'p',
+          [&] {
+            std::uint64_t n = 0;
+            for (auto& r : v.runs) n += r.second;
+            return n;
+          }(),
+          v.path.empty() ? fmt::format("[{}]", to_string(v.kind)) : v.path);
     for (auto& f : p.fds)
-      std::cout << fmt::format("  fd {} {} {} flags {:o} pos {}{}\n", f.fd, to_string(f.kind), f.path,
-                               f.flags, f.pos,
-                               f.shared_fd >= 0
-                                   ? fmt::format(" (shared with pid {} fd {})", f.shared_pid, f.shared_fd)
-                                   : "");
+      std::cout << fmt::format(
+          "  fd {} {} {} flags {:o} pos {}{}\n", f.fd, to_string(f.kind), f.path, f.flags, f.pos,
+          f.shared_fd >= 0 ? fmt::format(" (shared with pid {} fd {})", f.shared_pid, f.shared_fd)
+                           : "");
   }
   return 0;
 }
@@ -98,7 +98,8 @@ int main(int argc, char** argv) {
   ck::RunOptions ro;
   bool run_detach = false;
   std::string run_pidfile;
-  auto* run = app.add_subcommand("run", "start a job under the engine's init in a new PID namespace");
+  auto* run =
+      app.add_subcommand("run", "start a job under the engine's init in a new PID namespace");
   run->add_flag("--detach,-d", run_detach, "print the host PID of the job's init and return");
   run->add_option("--pidfile", run_pidfile, "write the init's host PID to this file");
   run->add_option("--stdout", ro.stdout_path, "append the job's stdout to this file");
@@ -111,14 +112,18 @@ int main(int argc, char** argv) {
   ck::DumpOptions dopt;
   bool dump_json = false;
   std::string dump_dir;
-  auto* dump = app.add_subcommand("dump", "checkpoint a job: freeze, write the image, kill or thaw");
-  dump->add_option("--pid,-t", dopt.pid, "host PID of the job's init (from fsched-ckpt run)")->required();
+  auto* dump =
+      app.add_subcommand("dump", "checkpoint a job: freeze, write the image, kill or thaw");
+  dump->add_option("--pid,-t", dopt.pid, "host PID of the job's init (from fsched-ckpt run)")
+      ->required();
   dump->add_option("--dir,-D", dump_dir, "image directory to create")->required();
   dump->add_flag("--leave-running,-R", dopt.leave_running, "let the job continue after the dump");
-  dump->add_option("--compress-level", dopt.compress_level, "zstd level, 1..19 or negative for faster (default -7)")
+  dump->add_option("--compress-level", dopt.compress_level,
+                   "zstd level, 1..19 or negative for faster (default -7)")
       ->check(CLI::Range(-50, 19));
-  dump->add_flag("--direct-io", dopt.direct_io,
-                 "write the page data with O_DIRECT, past the page cache: for images not read back soon here");
+  dump->add_flag(
+      "--direct-io", dopt.direct_io,
+      "write the page data with O_DIRECT, past the page cache: for images not read back soon here");
   dump->add_flag("--json", dump_json, "print the figures as JSON");
   const std::string key_help = fmt::format(
       "the cluster's image key (default $FSCHED_IMAGE_KEY or {})", ck::kDefaultImageKeyPath);
@@ -127,9 +132,11 @@ int main(int argc, char** argv) {
   ck::RestoreOptions res;
   std::string res_dir, res_pidfile;
   bool res_detach = false, res_json = false;
-  auto* restore = app.add_subcommand("restore", "recreate a job from its image and let it continue");
+  auto* restore =
+      app.add_subcommand("restore", "recreate a job from its image and let it continue");
   restore->add_option("--dir,-D", res_dir, "image directory")->required();
-  restore->add_flag("--detach,-d", res_detach, "print the host PID of the restored init and return");
+  restore->add_flag("--detach,-d", res_detach,
+                    "print the host PID of the restored init and return");
   restore->add_option("--pidfile", res_pidfile, "write the restored init's host PID to this file");
   restore->add_flag("--json", res_json, "print the figures as JSON on stderr");
   restore->add_option("--key", res.key_file, key_help);
@@ -147,7 +154,8 @@ int main(int argc, char** argv) {
   // For fschedd: whether a checkpoint whose writer it lost track of is complete and
   // intact (manifest HMAC, checksum and format, chunk table, every chunk's xxh3).
   std::string verify_dir;
-  auto* verifyc = app.add_subcommand("verify", "check that an image is complete and intact (no process is created)");
+  auto* verifyc = app.add_subcommand(
+      "verify", "check that an image is complete and intact (no process is created)");
   verifyc->add_option("--dir,-D", verify_dir, "image directory")->required();
   std::string verify_key;
   verifyc->add_option("--key", verify_key, key_help);
@@ -174,14 +182,15 @@ int main(int argc, char** argv) {
       dopt.dir = dump_dir;
       auto st = ck::dump(dopt);
       if (dump_json) {
-        nlohmann::json j{{"processes", st.processes}, {"threads", st.threads},
+        nlohmann::json j{{"processes", st.processes},       {"threads", st.threads},
                          {"memory_bytes", st.memory_bytes}, {"image_bytes", st.image_bytes},
-                         {"freeze_ms", st.freeze_ms}, {"dump_ms", st.dump_ms}};
+                         {"freeze_ms", st.freeze_ms},       {"dump_ms", st.dump_ms}};
         for (auto& [name, ms] : st.phases_ms) j["phases_ms"][name] = ms;
         std::cout << j.dump() << "\n";
       } else {
         std::cout << fmt::format(
-            "dumped {} processes, {} threads: {} of memory, image {} in {}; frozen {:.0f} ms, total "
+            "dumped {} processes, {} threads: {} of memory, image {} in {}; frozen {:.0f} ms, "
+            "total "
             "{:.0f} ms{}\n",
             st.processes, st.threads, mib(st.memory_bytes), mib(st.image_bytes), dump_dir,
             st.freeze_ms, st.dump_ms, dopt.leave_running ? " (job left running)" : " (job killed)");
@@ -193,8 +202,10 @@ int main(int argc, char** argv) {
       auto st = ck::restore(res);
       write_pidfile(res_pidfile, st.init_pid);
       if (res_json) {
-        nlohmann::json j{{"restore_ms", st.restore_ms}, {"verify_ms", st.verify_ms},
-                         {"processes", st.processes}, {"threads", st.threads},
+        nlohmann::json j{{"restore_ms", st.restore_ms},
+                         {"verify_ms", st.verify_ms},
+                         {"processes", st.processes},
+                         {"threads", st.threads},
                          {"pid", st.init_pid}};
         for (auto& [name, ms] : st.phases_ms) j["phases_ms"][name] = ms;
         std::cerr << j.dump() << std::endl;

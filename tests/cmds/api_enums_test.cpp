@@ -57,8 +57,10 @@ TEST(ApiEnums, UnknownNamesAreErrorsNotTheFirstEnumerator) {
       (void)bad.get<JobState>();
       FAIL() << "accepted " << bad.dump();
     } catch (const json::exception& e) {
-      EXPECT_NE(std::string(e.what()).find("unknown job state " + bad.dump()), std::string::npos) << e.what();
-      EXPECT_NE(std::string(e.what()).find("expected one of PENDING, RUNNING"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("unknown job state " + bad.dump()), std::string::npos)
+          << e.what();
+      EXPECT_NE(std::string(e.what()).find("expected one of PENDING, RUNNING"), std::string::npos)
+          << e.what();
     }
   }
   EXPECT_THROW((void)json("present").get<CheckpointStatus>(), json::exception);

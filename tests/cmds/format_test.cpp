@@ -164,8 +164,7 @@ TEST(Squeue, DefaultTable) {
   ASSERT_EQ(l.size(), 3u) << t;
   EXPECT_EQ(l[0],
             "             JOBID PARTITION     NAME     USER ST       TIME  NODES NODELIST(REASON)");
-  EXPECT_EQ(l[1],
-            "                12     debug     test    alice  R       2:15      1 node1");
+  EXPECT_EQ(l[1], "                12     debug     test    alice  R       2:15      1 node1");
   EXPECT_EQ(l[2],
             "                13     debug averyver    alice PD       0:00      1 (Resources)");
   EXPECT_EQ(cmds::squeue_table(jobs, cmds::kSqueueDefaultFormat, false),
@@ -256,8 +255,9 @@ TEST_F(Utc, ShowJobLayout) {
   EXPECT_TRUE(has_line(t, "   StdOut=/home/alice/slurm-12.out")) << t;
   EXPECT_TRUE(has_line(t, "   Checkpoint=00:05:00 CheckpointDir=/var/lib/fsched/checkpoint/12"))
       << t;
-  EXPECT_TRUE(has_line(t, "   LastCheckpoint=3 LastCheckpointTime=2025-11-21T04:45:00 "
-                          "LastCheckpointStatus=Present"))
+  EXPECT_TRUE(has_line(t,
+                       "   LastCheckpoint=3 LastCheckpointTime=2025-11-21T04:45:00 "
+                       "LastCheckpointStatus=Present"))
       << t;
   EXPECT_EQ(t.substr(t.size() - 2), "\n\n");  // a blank line between jobs, as Slurm
 }
@@ -365,7 +365,8 @@ TEST_F(Utc, CheckpointTableShowsReasons) {
   ASSERT_EQ(l.size(), 3u);
   EXPECT_TRUE(l[0].ends_with("SIZE  REASON")) << l[0];
   EXPECT_TRUE(l[1].ends_with("  -  process 42 uses a TCP socket")) << l[1];
-  EXPECT_TRUE(l[2].ends_with("  -  load-aware: node node1: CPU utilization 0.97 > CRIU_LoadThresholdCPU 0.90"))
+  EXPECT_TRUE(l[2].ends_with(
+      "  -  load-aware: node node1: CPU utilization 0.97 > CRIU_LoadThresholdCPU 0.90"))
       << l[2];
 }
 
@@ -431,7 +432,9 @@ TEST(Checkpoint, RestartMessageNamesTheFallback) {
   std::vector<json> cs = {ck(1, "Present"), ck(2, "Present"), ck(3, "Failed"), ck(4, "Present")};
   EXPECT_EQ(cmds::restart_message(12, json{{"restore_from", 4}}, cs),
             "Job 12 restarting from checkpoint 4, or from checkpoint 2 should its restore fail");
-  EXPECT_EQ(cmds::restart_message(12, json{{"restore_from", 1}}, cs), "Job 12 restarting from checkpoint 1");
-  EXPECT_EQ(cmds::restart_message(12, json{{"restore_from", 4}}, {}), "Job 12 restarting from checkpoint 4");
+  EXPECT_EQ(cmds::restart_message(12, json{{"restore_from", 1}}, cs),
+            "Job 12 restarting from checkpoint 1");
+  EXPECT_EQ(cmds::restart_message(12, json{{"restore_from", 4}}, {}),
+            "Job 12 restarting from checkpoint 4");
   EXPECT_EQ(cmds::restart_message(12, json::object(), cs), "Job 12 restarting");
 }

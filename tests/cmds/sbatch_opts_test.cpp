@@ -94,10 +94,10 @@ TEST(ParseSbatch, DirectivesAndCommandLinePrecedence) {
       "#SBATCH --partition debug\n"
       "srun hostname\n";
   auto o = parse({"-J", "fromcli", "--mem=100", "-c4", "job.sh"}, script);
-  EXPECT_EQ(o.job_name, "fromcli");   // command line wins
-  EXPECT_EQ(o.mem, "100");            // command line wins
-  EXPECT_EQ(o.cpus_per_task, 4);      // command line wins
-  EXPECT_EQ(o.ntasks, 3);             // from the script
+  EXPECT_EQ(o.job_name, "fromcli");  // command line wins
+  EXPECT_EQ(o.mem, "100");           // command line wins
+  EXPECT_EQ(o.cpus_per_task, 4);     // command line wins
+  EXPECT_EQ(o.ntasks, 3);            // from the script
   EXPECT_EQ(o.time, "30:00");
   EXPECT_EQ(o.checkpoint, "5:00");
   EXPECT_FALSE(o.requeue);
@@ -289,9 +289,8 @@ TEST(Common, RunPrintsOneErrorLine) {
   EXPECT_EQ(testing::internal::GetCapturedStderr(), "squeue: error: first second\n");
 
   testing::internal::CaptureStderr();
-  rc = cmds::run("scontrol", app, []() -> int {
-    throw fsched::proto::RpcError(404, "Invalid job id specified");
-  });
+  rc = cmds::run("scontrol", app,
+                 []() -> int { throw fsched::proto::RpcError(404, "Invalid job id specified"); });
   EXPECT_EQ(rc, 1);
   EXPECT_EQ(testing::internal::GetCapturedStderr(), "scontrol: error: Invalid job id specified\n");
 
@@ -304,12 +303,22 @@ TEST(Common, RunHelpAndParseErrors) {
   app.add_option("-n", n);
   testing::internal::CaptureStdout();
   const char* help[] = {"t", "--help"};
-  EXPECT_EQ(cmds::run("t", app, [&] { app.parse(2, help); return 0; }), 0);
+  EXPECT_EQ(cmds::run("t", app,
+                      [&] {
+                        app.parse(2, help);
+                        return 0;
+                      }),
+            0);
   EXPECT_NE(testing::internal::GetCapturedStdout().find("-n"), std::string::npos);
 
   testing::internal::CaptureStderr();
   const char* bad[] = {"t", "-n", "x"};
-  EXPECT_EQ(cmds::run("t", app, [&] { app.parse(3, bad); return 0; }), 1);
+  EXPECT_EQ(cmds::run("t", app,
+                      [&] {
+                        app.parse(3, bad);
+                        return 0;
+                      }),
+            1);
   std::string err = testing::internal::GetCapturedStderr();
   EXPECT_EQ(err.rfind("t: error: ", 0), 0u) << err;
   EXPECT_EQ(std::count(err.begin(), err.end(), '\n'), 1) << err;

@@ -13,11 +13,11 @@ using fsched::proto::format_timestamp;
 using fsched::proto::parse_duration;
 
 TEST(ParseDuration, EveryFormatOfTheCheckpointGuide) {
-  EXPECT_EQ(parse_duration("30"), 30 * 60);                      // minutes
-  EXPECT_EQ(parse_duration("30:00"), 30 * 60);                   // minutes:seconds
-  EXPECT_EQ(parse_duration("2:30:00"), 2 * 3600 + 30 * 60);      // hours:minutes:seconds
-  EXPECT_EQ(parse_duration("1-0"), 86400);                       // days-hours
-  EXPECT_EQ(parse_duration("1-0:30"), 86400 + 30 * 60);          // days-hours:minutes
+  EXPECT_EQ(parse_duration("30"), 30 * 60);                            // minutes
+  EXPECT_EQ(parse_duration("30:00"), 30 * 60);                         // minutes:seconds
+  EXPECT_EQ(parse_duration("2:30:00"), 2 * 3600 + 30 * 60);            // hours:minutes:seconds
+  EXPECT_EQ(parse_duration("1-0"), 86400);                             // days-hours
+  EXPECT_EQ(parse_duration("1-0:30"), 86400 + 30 * 60);                // days-hours:minutes
   EXPECT_EQ(parse_duration("1-2:30:00"), 86400 + 2 * 3600 + 30 * 60);  // days-hours:minutes:seconds
   // The guide's suggested intervals.
   EXPECT_EQ(parse_duration("5:00"), 300);
@@ -47,9 +47,10 @@ TEST(ParseDuration, Unlimited) {
 }
 
 TEST(ParseDuration, MalformedThrows) {
-  for (const char* bad : {"", " ", "abc", "10m", "1.5", "-5", "+5", "1:2:3:4", "1-", "-1-2",
-                          "1-2:3:4:5", "1--2", "1-2-3", ":30", "30:", "1::2", "1-:30", "a-1",
-                          "1-a", "1 2", "1234567890", "0x10"}) {
+  for (const char* bad :
+       {"",      " ",    "abc",       "10m",  "1.5",        "-5",  "+5",  "1:2:3:4",
+        "1-",    "-1-2", "1-2:3:4:5", "1--2", "1-2-3",      ":30", "30:", "1::2",
+        "1-:30", "a-1",  "1-a",       "1 2",  "1234567890", "0x10"}) {
     EXPECT_THROW(parse_duration(bad), fsched::Error) << '"' << bad << '"';
     EXPECT_THROW(parse_duration(bad, true), fsched::Error) << '"' << bad << '"';
   }

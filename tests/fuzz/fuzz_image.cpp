@@ -60,7 +60,10 @@ const fs::path& image_dir() {
     // Removed at exit (a crash leaves it in TMPDIR; it is small). The handler runs after
     // `dir` is destroyed: it has its own copy of the name.
     static const char* top = strdup(tmpl.c_str());
-    std::atexit([] { std::error_code ec; fs::remove_all(top, ec); });
+    std::atexit([] {
+      std::error_code ec;
+      fs::remove_all(top, ec);
+    });
     return d;
   }();
   return dir;
@@ -116,7 +119,8 @@ class CountingSink final : public fsched::ckpt::PageSink {
   explicit CountingSink(uint64_t len) : len_(len) {}
   void put(const std::byte* data, size_t n, uint64_t at) override {
     if (n == 0 || !data) bug("deliver", "empty put");
-    if (at > len_ || n > len_ - at) bug("deliver", fmt::format("put of {} at {} of {}", n, at, len_));
+    if (at > len_ || n > len_ - at)
+      bug("deliver", fmt::format("put of {} at {} of {}", n, at, len_));
     volatile std::byte sink = data[0];  // readable (ASan checks both ends)
     sink = data[n - 1];
     (void)sink;
@@ -142,7 +146,8 @@ void advance(fsched::ckpt::PageReader& pr, uint64_t n, bool by_next) {
     return;
   }
   for (uint64_t got = 0; got < n;) {
-    auto v = pr.next(static_cast<size_t>(std::min<uint64_t>(n - got, fsched::ckpt::kChunkRawBytes)));
+    auto v =
+        pr.next(static_cast<size_t>(std::min<uint64_t>(n - got, fsched::ckpt::kChunkRawBytes)));
     if (v.empty()) bug("empty view before the end of the stream", std::to_string(got));
     got += v.size();
   }
@@ -160,9 +165,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
 
   const fs::path& dir = image_dir();
   write_file(dir / "manifest.json", manifest);
-  write_file(dir / "manifest.xxh3", fmt::format("{:016x}\n", XXH3_64bits(manifest.data(), manifest.size())));
-  if (nul == std::string_view::npos) ::unlink((dir / "pages.img").c_str());
-  else write_file(dir / "pages.img", pages);
+  write_file(dir / "manifest.xxh3",
+             fmt::format("{:016x}\n", XXH3_64bits(manifest.data(), manifest.size())));
+  if (nul == std::string_view::npos)
+    ::unlink((dir / "pages.img").c_str());
+  else
+    write_file(dir / "pages.img", pages);
 
   std::unique_ptr<ImageReader> r;
   try {

@@ -76,7 +76,8 @@ void round_trip(const T& q, const nlohmann::json& body) {
   } catch (const std::exception& e) {
     bug("to_json's output refused by from_json", std::string(e.what()) + ": " + body.dump());
   }
-  if (nlohmann::json(again) != sent) bug("to_json/from_json round trip changed the request", body.dump());
+  if (nlohmann::json(again) != sent)
+    bug("to_json/from_json round trip changed the request", body.dump());
 }
 
 }  // namespace

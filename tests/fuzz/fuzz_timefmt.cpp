@@ -15,7 +15,8 @@
 namespace {
 
 [[noreturn]] void bug(const char* what, std::string_view detail) {
-  std::fprintf(stderr, "fuzz_timefmt: %s: %.*s\n", what, static_cast<int>(detail.size()), detail.data());
+  std::fprintf(stderr, "fuzz_timefmt: %s: %.*s\n", what, static_cast<int>(detail.size()),
+               detail.data());
   std::abort();
 }
 

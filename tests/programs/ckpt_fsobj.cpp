@@ -289,7 +289,7 @@ constexpr std::size_t kSeg = 256 * 1024 + 100;  // not a whole number of pages
 constexpr key_t kKey = 0x0f5c4ed1;
 
 void describe_seg(const char* name, int id) {
-  shmid_ds ds {};
+  shmid_ds ds{};
   if (::shmctl(id, IPC_STAT, &ds) < 0) die("shmctl IPC_STAT");
   std::printf("%s id %d size %zu nattch %lu mode %o\n", name, id, ds.shm_segsz,
               static_cast<unsigned long>(ds.shm_nattch), ds.shm_perm.mode & 01777);

@@ -48,15 +48,15 @@
 
 namespace {
 
-constexpr int kWindow = 4;           // records in flight
-constexpr int kIncrements = 1000;    // shared-counter increments per record, per process
+constexpr int kWindow = 4;                    // records in flight
+constexpr int kIncrements = 1000;             // shared-counter increments per record, per process
 constexpr std::uint32_t kMagic = 0x49504331;  // "IPC1"
 
 struct Shared {
   pthread_mutex_t mutex;
-  std::uint64_t counter;          // only under mutex
-  std::uint64_t parent_rounds;    // only under mutex
-  std::uint64_t child_rounds;     // only under mutex
+  std::uint64_t counter;        // only under mutex
+  std::uint64_t parent_rounds;  // only under mutex
+  std::uint64_t child_rounds;   // only under mutex
   std::atomic<std::uint64_t> atomic_counter;
   std::atomic<std::uint64_t> child_bytes;
   // One slot per round, after the struct: the child's hash of that round's record.
@@ -277,11 +277,16 @@ int main(int argc, char** argv) {
       if (i + 1 >= argc) usage();
       return std::atoi(argv[++i]);
     };
-    if (a == "--exit-code") exit_code = next();
-    else if (a == "--tick-ms") tick_ms = next();
-    else if (a == "--child-sleep-us") sleep_us = next();
-    else if (a.starts_with("--")) usage();
-    else pos.push_back(a);
+    if (a == "--exit-code")
+      exit_code = next();
+    else if (a == "--tick-ms")
+      tick_ms = next();
+    else if (a == "--child-sleep-us")
+      sleep_us = next();
+    else if (a.starts_with("--"))
+      usage();
+    else
+      pos.push_back(a);
   }
   if (pos.size() > 2) usage();
   if (!pos.empty()) rounds = std::strtoull(pos[0].c_str(), nullptr, 10);
@@ -373,14 +378,15 @@ int main(int argc, char** argv) {
         bool ok = rep.round == received && rep.round < rounds && rep.hash == expected[rep.round] &&
                   sh->slot()[rep.round] == rep.hash && rep.len == record_len(rep.round);
         chain = splitmix(chain ^ rep.hash);
-        len = std::snprintf(line, sizeof line, "round %5llu len %6llu hash %016llx chain %016llx %s\n",
-                            static_cast<unsigned long long>(rep.round),
-                            static_cast<unsigned long long>(rep.len),
-                            static_cast<unsigned long long>(rep.hash),
-                            static_cast<unsigned long long>(chain), ok ? "ok" : "FAIL");
+        len = std::snprintf(
+            line, sizeof line, "round %5llu len %6llu hash %016llx chain %016llx %s\n",
+            static_cast<unsigned long long>(rep.round), static_cast<unsigned long long>(rep.len),
+            static_cast<unsigned long long>(rep.hash), static_cast<unsigned long long>(chain),
+            ok ? "ok" : "FAIL");
         if (!ok) failures++;
         if (out_fd >= 0) write_all(out_fd, line, static_cast<std::size_t>(len), who);
-        if (!ok || rep.round % 10 == 9) write_all(STDOUT_FILENO, line, static_cast<std::size_t>(len), who);
+        if (!ok || rep.round % 10 == 9)
+          write_all(STDOUT_FILENO, line, static_cast<std::size_t>(len), who);
         Ack a{rep.round, chain};
         send_dgram(dgram, &a, sizeof a, who);
         received++;
@@ -426,12 +432,11 @@ int main(int argc, char** argv) {
   tail.append(line, static_cast<std::size_t>(len));
   const bool bye_ok = bye.magic == 0x425945 && bye.records == rounds && bye.bytes == total_bytes &&
                       bye.acks == rounds;
-  len = std::snprintf(line, sizeof line,
-                      "child records %llu bytes %llu acks %llu ack_sum %016llx %s\n",
-                      static_cast<unsigned long long>(bye.records),
-                      static_cast<unsigned long long>(bye.bytes),
-                      static_cast<unsigned long long>(bye.acks),
-                      static_cast<unsigned long long>(bye.ack_sum), bye_ok ? "ok" : "FAIL");
+  len = std::snprintf(
+      line, sizeof line, "child records %llu bytes %llu acks %llu ack_sum %016llx %s\n",
+      static_cast<unsigned long long>(bye.records), static_cast<unsigned long long>(bye.bytes),
+      static_cast<unsigned long long>(bye.acks), static_cast<unsigned long long>(bye.ack_sum),
+      bye_ok ? "ok" : "FAIL");
   tail.append(line, static_cast<std::size_t>(len));
   const bool child_ok = WIFEXITED(status) && WEXITSTATUS(status) == 7;
   len = std::snprintf(line, sizeof line, "child status %d %s; events %llu; chain %016llx\n",

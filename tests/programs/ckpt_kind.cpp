@@ -102,12 +102,15 @@ void stream(int r, int w, int rounds, const char* kind) {
     write_all(w, record(i));
     if (i > 1) {
       std::string got = read_exact(r, record(i - 1).size());
-      if (got != record(i - 1)) fail(std::string(kind) + ": round " + std::to_string(i) + " read " + got);
+      if (got != record(i - 1))
+        fail(std::string(kind) + ": round " + std::to_string(i) + " read " + got);
     }
-    line(std::string(kind) + " " + std::to_string(i) + " queued " + std::to_string(record(i).size()));
+    line(std::string(kind) + " " + std::to_string(i) + " queued " +
+         std::to_string(record(i).size()));
     tick();
   }
-  if (read_exact(r, record(rounds).size()) != record(rounds)) fail(std::string(kind) + ": last record");
+  if (read_exact(r, record(rounds).size()) != record(rounds))
+    fail(std::string(kind) + ": last record");
 }
 
 void run_pipe(int rounds) {
@@ -166,7 +169,8 @@ void run_eventfd(int rounds) {
     if (i % 4 == 0 || i == rounds) {
       std::uint64_t got = 0;
       if (read(fd, &got, sizeof got) != sizeof got) die("eventfd read");
-      if (got != sum) fail("eventfd: counter " + std::to_string(got) + ", expected " + std::to_string(sum));
+      if (got != sum)
+        fail("eventfd: counter " + std::to_string(got) + ", expected " + std::to_string(sum));
       line("eventfd " + std::to_string(i) + " counter " + std::to_string(got));
       sum = 0;
     } else {
@@ -230,7 +234,8 @@ void run_signalfd(int rounds) {
       signalfd_siginfo si{};
       if (read(fd, &si, sizeof si) != sizeof si) die("signalfd read");
       if (si.ssi_signo != SIGUSR1 || si.ssi_int != i - 1)
-        fail("signalfd: signal " + std::to_string(si.ssi_signo) + " value " + std::to_string(si.ssi_int));
+        fail("signalfd: signal " + std::to_string(si.ssi_signo) + " value " +
+             std::to_string(si.ssi_int));
       line("signalfd " + std::to_string(i - 1) + " value " + std::to_string(si.ssi_int));
     }
     if (i <= rounds) {
@@ -278,7 +283,8 @@ void run_memfd(int rounds) {
     std::memset(mem + (i % kPages) * kPage, fill(i), kPage);
     if (i > 1) {
       unsigned char buf[kPage];
-      if (pread(fd, buf, kPage, static_cast<off_t>(((i - 1) % kPages) * kPage)) != kPage) die("pread");
+      if (pread(fd, buf, kPage, static_cast<off_t>(((i - 1) % kPages) * kPage)) != kPage)
+        die("pread");
       for (unsigned char b : buf)
         if (b != fill(i - 1)) fail("memfd: page of round " + std::to_string(i - 1) + " changed");
     }
@@ -306,10 +312,11 @@ int main(int argc, char** argv) {
     void (*run)(int);
   };
   static const Kind kKinds[] = {
-      {"pipe", run_pipe},       {"fifo", run_fifo},         {"unix", run_unix},
-      {"unix_dgram", run_unix_dgram}, {"eventfd", run_eventfd}, {"epoll", run_epoll},
-      {"timerfd", run_timerfd}, {"signalfd", run_signalfd}, {"itimer", run_itimer},
-      {"memfd", run_memfd},
+      {"pipe", run_pipe},       {"fifo", run_fifo},
+      {"unix", run_unix},       {"unix_dgram", run_unix_dgram},
+      {"eventfd", run_eventfd}, {"epoll", run_epoll},
+      {"timerfd", run_timerfd}, {"signalfd", run_signalfd},
+      {"itimer", run_itimer},   {"memfd", run_memfd},
   };
   for (const Kind& k : kKinds) {
     if (kind != k.name) continue;

@@ -154,7 +154,8 @@ void worker(Shared& sh, int w, WorkerResult& res) {
     {
       std::unique_lock<std::mutex> lk(sh.m);
       sh.cv.wait(lk, [&] {
-        return sh.turn >= sh.rounds || (!sh.busy && sh.turn % kWorkers == static_cast<std::uint64_t>(w));
+        return sh.turn >= sh.rounds ||
+               (!sh.busy && sh.turn % kWorkers == static_cast<std::uint64_t>(w));
       });
       if (sh.turn >= sh.rounds) break;
       sh.busy = true;
@@ -199,8 +200,8 @@ void reader(Shared& sh, int out_fd, pthread_t main_thread, double& fp_total) {
 }
 
 [[noreturn]] void usage() {
-  std::fprintf(stderr,
-               "usage: ckpt_threads [ROUNDS [OUTFILE]] [--exit-code N] [--step-ms MS] [--work N]\n");
+  std::fprintf(
+      stderr, "usage: ckpt_threads [ROUNDS [OUTFILE]] [--exit-code N] [--step-ms MS] [--work N]\n");
   std::exit(2);
 }
 
@@ -218,11 +219,16 @@ int main(int argc, char** argv) {
       if (i + 1 >= argc) usage();
       return std::atoi(argv[++i]);
     };
-    if (a == "--exit-code") exit_code = next();
-    else if (a == "--step-ms") sh.step_ms = next();
-    else if (a == "--work") sh.work = next();
-    else if (a.starts_with("--")) usage();
-    else pos.push_back(a);
+    if (a == "--exit-code")
+      exit_code = next();
+    else if (a == "--step-ms")
+      sh.step_ms = next();
+    else if (a == "--work")
+      sh.work = next();
+    else if (a.starts_with("--"))
+      usage();
+    else
+      pos.push_back(a);
   }
   if (pos.size() > 2) usage();
   if (!pos.empty()) sh.rounds = std::strtoull(pos[0].c_str(), nullptr, 10);
@@ -266,9 +272,10 @@ int main(int argc, char** argv) {
                   static_cast<unsigned long long>(results[w].local));
     tail += line;
   }
-  std::snprintf(line, sizeof line, "done rounds %llu chain %016llx signals %d fp_total %a exit %d\n",
-                static_cast<unsigned long long>(sh.rounds), static_cast<unsigned long long>(sh.chain),
-                static_cast<int>(g_signals), fp_total, exit_code);
+  std::snprintf(
+      line, sizeof line, "done rounds %llu chain %016llx signals %d fp_total %a exit %d\n",
+      static_cast<unsigned long long>(sh.rounds), static_cast<unsigned long long>(sh.chain),
+      static_cast<int>(g_signals), fp_total, exit_code);
   tail += line;
   write_all(STDOUT_FILENO, tail.data(), tail.size());
   if (out_fd >= 0) {

@@ -45,7 +45,8 @@ void say(const std::string& s) {
 }
 
 [[noreturn]] void usage() {
-  std::fprintf(stderr, "usage: memhog MIB random|text [--go-file PATH] [--seconds S] [--step-ms MS]\n");
+  std::fprintf(stderr,
+               "usage: memhog MIB random|text [--go-file PATH] [--seconds S] [--step-ms MS]\n");
   std::exit(2);
 }
 
@@ -121,10 +122,14 @@ int main(int argc, char** argv) {
   for (int i = 3; i < argc; ++i) {
     std::string a = argv[i];
     if (i + 1 >= argc) usage();
-    if (a == "--go-file") go_file = argv[++i];
-    else if (a == "--seconds") seconds = std::atol(argv[++i]);
-    else if (a == "--step-ms") step_ms = std::atol(argv[++i]);
-    else usage();
+    if (a == "--go-file")
+      go_file = argv[++i];
+    else if (a == "--seconds")
+      seconds = std::atol(argv[++i]);
+    else if (a == "--step-ms")
+      step_ms = std::atol(argv[++i]);
+    else
+      usage();
   }
   if (step_ms <= 0) usage();
 

@@ -67,28 +67,40 @@ TEST(Config, DefaultEpochsAndPartition) {
 TEST(Config, ErrorsNameFileAndLine) {
   EXPECT_THAT(error_of(std::string(kBase) + "\nFooBar = 1\n"),
               HasSubstr("/etc/fsched/fsched.conf:5: unknown key 'FooBar'"));
-  EXPECT_THAT(error_of(std::string(kBase) + "KillWait = soon\n"), HasSubstr("fsched.conf:4: KillWait = soon"));
-  EXPECT_THAT(error_of(std::string(kBase) + "CRIU_MaxEpochs = 0\n"), HasSubstr(":4: CRIU_MaxEpochs = 0"));
-  EXPECT_THAT(error_of(std::string(kBase) + "CRIU_Incremental = maybe\n"), HasSubstr("expected YES or NO"));
+  EXPECT_THAT(error_of(std::string(kBase) + "KillWait = soon\n"),
+              HasSubstr("fsched.conf:4: KillWait = soon"));
+  EXPECT_THAT(error_of(std::string(kBase) + "CRIU_MaxEpochs = 0\n"),
+              HasSubstr(":4: CRIU_MaxEpochs = 0"));
+  EXPECT_THAT(error_of(std::string(kBase) + "CRIU_Incremental = maybe\n"),
+              HasSubstr("expected YES or NO"));
   EXPECT_THAT(error_of(std::string(kBase) + "CRIU_LoadThresholdIO = 1.5\n"), HasSubstr("ratio"));
-  EXPECT_THAT(error_of(std::string(kBase) + "CheckpointType = checkpoint/blcr\n"), HasSubstr(":4: CheckpointType"));
-  EXPECT_THAT(error_of(std::string(kBase) + "KillWait\n"), HasSubstr(":4: 'KillWait': expected Key = Value"));
-  EXPECT_THAT(error_of(std::string(kBase) + "KillWait = 1\nKillWait = 2\n"), HasSubstr(":5: KillWait is already set on line 4"));
-  EXPECT_THAT(error_of(std::string(kBase) + "NodeName=n2 CPUs=1\n"), HasSubstr(":4: NodeName n2 is defined twice"));
-  EXPECT_THAT(error_of(std::string(kBase) + "NodeName=x Colour=red\n"), HasSubstr("unknown key 'Colour'"));
-  EXPECT_THAT(error_of(std::string(kBase) + "PartitionName=p Nodes=zz\n"), HasSubstr("node zz has no NodeName line"));
+  EXPECT_THAT(error_of(std::string(kBase) + "CheckpointType = checkpoint/blcr\n"),
+              HasSubstr(":4: CheckpointType"));
+  EXPECT_THAT(error_of(std::string(kBase) + "KillWait\n"),
+              HasSubstr(":4: 'KillWait': expected Key = Value"));
+  EXPECT_THAT(error_of(std::string(kBase) + "KillWait = 1\nKillWait = 2\n"),
+              HasSubstr(":5: KillWait is already set on line 4"));
+  EXPECT_THAT(error_of(std::string(kBase) + "NodeName=n2 CPUs=1\n"),
+              HasSubstr(":4: NodeName n2 is defined twice"));
+  EXPECT_THAT(error_of(std::string(kBase) + "NodeName=x Colour=red\n"),
+              HasSubstr("unknown key 'Colour'"));
+  EXPECT_THAT(error_of(std::string(kBase) + "PartitionName=p Nodes=zz\n"),
+              HasSubstr("node zz has no NodeName line"));
 }
 
 TEST(Config, RequiredKeys) {
-  EXPECT_THAT(error_of("StateSaveLocation = /x\nNodeName=a\n"), HasSubstr("ControlMachine is required"));
-  EXPECT_THAT(error_of("ControlMachine = h\nNodeName=a\n"), HasSubstr("StateSaveLocation is required"));
+  EXPECT_THAT(error_of("StateSaveLocation = /x\nNodeName=a\n"),
+              HasSubstr("ControlMachine is required"));
+  EXPECT_THAT(error_of("ControlMachine = h\nNodeName=a\n"),
+              HasSubstr("StateSaveLocation is required"));
   EXPECT_THAT(error_of("ControlMachine = h\nStateSaveLocation = /x\n"), HasSubstr("NodeName"));
 }
 
 TEST(Config, HostLists) {
   EXPECT_THAT(expand_hostlist("a,b"), ElementsAre("a", "b"));
   EXPECT_THAT(expand_hostlist("node[1-3]"), ElementsAre("node1", "node2", "node3"));
-  EXPECT_THAT(expand_hostlist("n[08-10],gpu[1,3]"), ElementsAre("n08", "n09", "n10", "gpu1", "gpu3"));
+  EXPECT_THAT(expand_hostlist("n[08-10],gpu[1,3]"),
+              ElementsAre("n08", "n09", "n10", "gpu1", "gpu3"));
   EXPECT_THROW(expand_hostlist("n[3-1]"), fsched::Error);
   EXPECT_THROW(expand_hostlist("n[1-"), fsched::Error);
   EXPECT_THROW(expand_hostlist("n[a-b]"), fsched::Error);
@@ -96,7 +108,8 @@ TEST(Config, HostLists) {
 
 // A key that parses but does nothing is reported (the daemons log it at start).
 TEST(Config, KeysWithoutEffectAreWarnedOf) {
-  auto quiet = parse_config(std::string(kBase) + "CRIU_Incremental = no\nCRIU_PreDump=no\n", "f.conf");
+  auto quiet =
+      parse_config(std::string(kBase) + "CRIU_Incremental = no\nCRIU_PreDump=no\n", "f.conf");
   EXPECT_THAT(quiet.warnings, testing::IsEmpty());
   auto c = parse_config(std::string(kBase) +
                             "CRIU_Incremental = yes\n"
@@ -104,7 +117,11 @@ TEST(Config, KeysWithoutEffectAreWarnedOf) {
                             "NodeName=n9 CPUs=2 Sockets=1\n",
                         "f.conf");
   ASSERT_EQ(c.warnings.size(), 3u);
-  EXPECT_THAT(c.warnings[0], HasSubstr("f.conf:4: CRIU_Incremental = yes: incremental checkpoints are not implemented"));
-  EXPECT_THAT(c.warnings[1], HasSubstr("f.conf:5: AuthInfo = socket=/run/munge.sock: has no effect"));
-  EXPECT_THAT(c.warnings[2], HasSubstr("f.conf:6: Sockets = 1: accepted for slurm.conf compatibility"));
+  EXPECT_THAT(
+      c.warnings[0],
+      HasSubstr("f.conf:4: CRIU_Incremental = yes: incremental checkpoints are not implemented"));
+  EXPECT_THAT(c.warnings[1],
+              HasSubstr("f.conf:5: AuthInfo = socket=/run/munge.sock: has no effect"));
+  EXPECT_THAT(c.warnings[2],
+              HasSubstr("f.conf:6: Sockets = 1: accepted for slurm.conf compatibility"));
 }

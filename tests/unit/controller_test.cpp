@@ -24,17 +24,27 @@ namespace fsched::ctld {
 struct ControllerTestAccess {
   static nlohmann::json submit(Controller& c, const proto::Request& r) { return c.submit(r); }
   static nlohmann::json show(Controller& c, const proto::Request& r) { return c.show_job(r); }
-  static nlohmann::json heartbeat(Controller& c, const proto::Request& r) { return c.node_heartbeat(r); }
+  static nlohmann::json heartbeat(Controller& c, const proto::Request& r) {
+    return c.node_heartbeat(r);
+  }
   static nlohmann::json checkpoint(Controller& c, const proto::Request& r, CheckpointSource s) {
     return c.checkpoint_job(r, s);
   }
   static nlohmann::json restart(Controller& c, const proto::Request& r) { return c.restart_job(r); }
-  static nlohmann::json checkpoints(Controller& c, const proto::Request& r) { return c.list_checkpoints(r); }
+  static nlohmann::json checkpoints(Controller& c, const proto::Request& r) {
+    return c.list_checkpoints(r);
+  }
   static nlohmann::json requeue(Controller& c, const proto::Request& r) { return c.requeue_job(r); }
-  static nlohmann::json job_ended(Controller& c, const proto::Request& r) { return c.node_job_ended(r); }
-  static nlohmann::json op_done(Controller& c, const proto::Request& r) { return c.node_op_done(r); }
+  static nlohmann::json job_ended(Controller& c, const proto::Request& r) {
+    return c.node_job_ended(r);
+  }
+  static nlohmann::json op_done(Controller& c, const proto::Request& r) {
+    return c.node_op_done(r);
+  }
   static nlohmann::json cancel(Controller& c, const proto::Request& r) { return c.cancel_job(r); }
-  static nlohmann::json delete_checkpoint(Controller& c, const proto::Request& r) { return c.delete_checkpoint(r); }
+  static nlohmann::json delete_checkpoint(Controller& c, const proto::Request& r) {
+    return c.delete_checkpoint(r);
+  }
 };
 
 namespace {
@@ -87,13 +97,20 @@ class ControllerTest : public ::testing::Test {
   void SetUp() override {
     char tmpl[] = "/tmp/fsched-ctld-XXXXXX";
     dir = ::mkdtemp(tmpl);
-    auto cfg = proto::parse_config("ControlMachine = head\n"
-                                   "StateSaveLocation = " + (dir / "state").string() + "\n"
-                                   "CheckpointDir = " + (dir / "ckpt").string() + "\n"
-                                   "SlurmdSpoolDir = " + (dir / "spool").string() + "\n"
-                                   "NodeName=n1 CPUs=4 RealMemory=8000\n"
-                                   "PartitionName=debug Nodes=n1 Default=YES\n",
-                                   dir / "fsched.conf");
+    auto cfg = proto::parse_config(
+        "ControlMachine = head\n"
+        "StateSaveLocation = " +
+            (dir / "state").string() +
+            "\n"
+            "CheckpointDir = " +
+            (dir / "ckpt").string() +
+            "\n"
+            "SlurmdSpoolDir = " +
+            (dir / "spool").string() +
+            "\n"
+            "NodeName=n1 CPUs=4 RealMemory=8000\n"
+            "PartitionName=debug Nodes=n1 Default=YES\n",
+        dir / "fsched.conf");
     auto fake = std::make_unique<FakeNode>();
     node = fake.get();
     ctld = std::make_unique<Controller>(cfg, std::move(fake));
@@ -112,13 +129,16 @@ class ControllerTest : public ::testing::Test {
     return r;
   }
   int64_t submit() {
-    return A::submit(*ctld, root({}, {{"script", "#!/bin/sh\nsleep 100\n"}, {"work_dir", dir.string()},
+    return A::submit(*ctld, root({}, {{"script", "#!/bin/sh\nsleep 100\n"},
+                                      {"work_dir", dir.string()},
                                       {"name", "t"}}))
         .at("job_id")
         .get<int64_t>();
   }
   json job(int64_t id) { return A::show(*ctld, root({std::to_string(id)})); }
-  json checkpoints(int64_t id) { return A::checkpoints(*ctld, root({std::to_string(id)})).at("checkpoints"); }
+  json checkpoints(int64_t id) {
+    return A::checkpoints(*ctld, root({std::to_string(id)})).at("checkpoints");
+  }
   // Waits (5 s at most) until pred(job) holds; the job as it then is.
   json wait_job(int64_t id, const std::function<bool(const json&)>& pred) {
     auto end = std::chrono::steady_clock::now() + std::chrono::seconds(5);
@@ -132,7 +152,8 @@ class ControllerTest : public ::testing::Test {
   json wait_running(int64_t id) {
     // RUNNING is set before the launch RPC; launched once its answer came.
     return wait_job(id, [&](const json& j) {
-      return j["state"] == "RUNNING" && !node->of("/v1/node/launch").empty() && j["restore_from"] == 0;
+      return j["state"] == "RUNNING" && !node->of("/v1/node/launch").empty() &&
+             j["restore_from"] == 0;
     });
   }
 };
@@ -160,7 +181,8 @@ TEST_F(ControllerTest, SubmittedJobIsPlacedAndLaunched) {
 
 TEST_F(ControllerTest, LaunchFailuresAreRetriedThenTheJobFails) {
   node->answer = [](const FakeNode::Call& c) -> json {
-    if (c.path == "/v1/node/launch") throw proto::RpcError(500, "launch of job on n1 failed: no such user");
+    if (c.path == "/v1/node/launch")
+      throw proto::RpcError(500, "launch of job on n1 failed: no such user");
     return json::object();
   };
   int64_t id = submit();
@@ -198,7 +220,8 @@ TEST_F(ControllerTest, RestoreFailureFallsBackToAnOlderCheckpoint) {
   };
   json r = A::restart(*ctld, root({sid}, json::object()));
   EXPECT_EQ(r["restore_from"], 3);
-  j = wait_job(id, [&](const json& x) { return x["state"] == "RUNNING" && x["restore_from"] == 0; });
+  j = wait_job(id,
+               [&](const json& x) { return x["state"] == "RUNNING" && x["restore_from"] == 0; });
   EXPECT_EQ(j["state"], "RUNNING") << j.dump();
   auto restores = node->of("/v1/node/restore");
   ASSERT_EQ(restores.size(), 2u);
@@ -206,7 +229,8 @@ TEST_F(ControllerTest, RestoreFailureFallsBackToAnOlderCheckpoint) {
   EXPECT_EQ(restores[1].body["restore_dir"], checkpoints(id)[1]["location"]);
   json cks = checkpoints(id);
   EXPECT_EQ(cks[2]["status"], "Failed");
-  EXPECT_NE(cks[2]["reason"].get<std::string>().find("checksum"), std::string::npos) << cks[2].dump();
+  EXPECT_NE(cks[2]["reason"].get<std::string>().find("checksum"), std::string::npos)
+      << cks[2].dump();
   EXPECT_EQ(cks[1]["status"], "Present");
   EXPECT_EQ(j["restarts"], 1);
   EXPECT_EQ(j["job_version"], 2);
@@ -228,7 +252,8 @@ TEST_F(ControllerTest, RestartSkipsAnImageDeletedByHand) {
   EXPECT_EQ(r["restore_from"], 1);
   json c = checkpoints(id)[1];
   EXPECT_EQ(c["status"], "Cleared");
-  EXPECT_NE(c["reason"].get<std::string>().find(gone + " is missing"), std::string::npos) << c.dump();
+  EXPECT_NE(c["reason"].get<std::string>().find(gone + " is missing"), std::string::npos)
+      << c.dump();
 }
 
 TEST_F(ControllerTest, DumpOutcomeReportedByTheNodeSettlesTheCheckpoint) {
@@ -236,7 +261,8 @@ TEST_F(ControllerTest, DumpOutcomeReportedByTheNodeSettlesTheCheckpoint) {
   wait_running(id);
   // The connection breaks: the dump may have completed; the node will say.
   node->answer = [](const FakeNode::Call& c) -> json {
-    if (c.path == "/v1/node/checkpoint") throw fsched::Error("cannot reach 127.0.0.1:1: connection reset");
+    if (c.path == "/v1/node/checkpoint")
+      throw fsched::Error("cannot reach 127.0.0.1:1: connection reset");
     return json::object();
   };
   std::string sid = std::to_string(id);
@@ -248,19 +274,29 @@ TEST_F(ControllerTest, DumpOutcomeReportedByTheNodeSettlesTheCheckpoint) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   ASSERT_EQ(cks.size(), 1u);
   // Still waiting for the RPC or for the node: Creating.
-  while (node->of("/v1/node/checkpoint").empty()) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  while (node->of("/v1/node/checkpoint").empty())
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
   std::this_thread::sleep_for(std::chrono::milliseconds(100));
   EXPECT_EQ(checkpoints(id)[0]["status"], "Creating");
   std::string loc = cks[0]["location"];
-  A::op_done(*ctld, root({}, {{"job_id", id}, {"name", "n1"}, {"kind", "checkpoint"}, {"outcome", "ok"},
-                              {"dir", loc}, {"size", 777}, {"freeze_ms", 2.0}}));
+  A::op_done(*ctld, root({}, {{"job_id", id},
+                              {"name", "n1"},
+                              {"kind", "checkpoint"},
+                              {"outcome", "ok"},
+                              {"dir", loc},
+                              {"size", 777},
+                              {"freeze_ms", 2.0}}));
   ASSERT_EQ(pending.wait_for(std::chrono::seconds(5)), std::future_status::ready);
   json c = pending.get();
   EXPECT_EQ(c["status"], "Present");
   EXPECT_EQ(c["size"], 777);
   // A second report of the same outcome changes nothing.
-  A::op_done(*ctld, root({}, {{"job_id", id}, {"name", "n1"}, {"kind", "checkpoint"}, {"outcome", "failed"},
-                              {"dir", loc}, {"error", "late"}}));
+  A::op_done(*ctld, root({}, {{"job_id", id},
+                              {"name", "n1"},
+                              {"kind", "checkpoint"},
+                              {"outcome", "failed"},
+                              {"dir", loc},
+                              {"error", "late"}}));
   EXPECT_EQ(checkpoints(id)[0]["status"], "Present");
 }
 
@@ -285,9 +321,9 @@ TEST_F(ControllerTest, RequeueStartsTheJobAgainFromScratch) {
   EXPECT_EQ(j["restarts"], 1);
   EXPECT_EQ(j["job_version"], 2);
   EXPECT_GT(j["start_time"].get<double>(), first_start);
-  EXPECT_FALSE(node->of("/v1/node/launch").back().body.contains("restore_dir")) << "requeue is not restore";
+  EXPECT_FALSE(node->of("/v1/node/launch").back().body.contains("restore_dir"))
+      << "requeue is not restore";
 }
-
 
 // `scontrol checkpoint delete`: the record is Cleared at once, the image removed by a
 // worker outside the controller's lock.
@@ -342,7 +378,9 @@ class LaunchInFlight : public ControllerTest {
   }
   int64_t submit_in_flight() {
     int64_t id = submit();
-    wait_job(id, [&](const json& j) { return j["state"] == "RUNNING" && !node->of("/v1/node/launch").empty(); });
+    wait_job(id, [&](const json& j) {
+      return j["state"] == "RUNNING" && !node->of("/v1/node/launch").empty();
+    });
     EXPECT_FALSE(launched);
     return id;
   }
@@ -367,7 +405,8 @@ TEST_F(LaunchInFlight, CancelSignalsAgainOnceTheStartIsConfirmed) {
 TEST_F(LaunchInFlight, CheckpointWaitsForTheLaunchAnswer) {
   int64_t id = submit_in_flight();
   auto ck = std::async(std::launch::async, [&] {
-    return A::checkpoint(*ctld, root({std::to_string(id)}, json::object()), CheckpointSource::Manual);
+    return A::checkpoint(*ctld, root({std::to_string(id)}, json::object()),
+                         CheckpointSource::Manual);
   });
   EXPECT_EQ(ck.wait_for(std::chrono::milliseconds(300)), std::future_status::timeout)
       << "the checkpoint did not wait for the launch";

@@ -18,15 +18,16 @@
 namespace {
 
 using fsched::FailureClass;
-constexpr FailureClass kAll[] = {FailureClass::kTransient, FailureClass::kImage, FailureClass::kUnsupported,
-                                 FailureClass::kUsage};
+constexpr FailureClass kAll[] = {FailureClass::kTransient, FailureClass::kImage,
+                                 FailureClass::kUnsupported, FailureClass::kUsage};
 
 TEST(FailureClass, ExitCodesAreTheDocumentedOnes) {
   EXPECT_EQ(fsched::exit_code_of(FailureClass::kTransient), 1);
   EXPECT_EQ(fsched::exit_code_of(FailureClass::kUsage), 2);
   EXPECT_EQ(fsched::exit_code_of(FailureClass::kImage), 3);
   EXPECT_EQ(fsched::exit_code_of(FailureClass::kUnsupported), 4);
-  for (auto c : kAll) EXPECT_EQ(fsched::failure_class_of_exit(fsched::exit_code_of(c)), c) << to_string(c);
+  for (auto c : kAll)
+    EXPECT_EQ(fsched::failure_class_of_exit(fsched::exit_code_of(c)), c) << to_string(c);
 }
 
 TEST(FailureClass, UnknownExitCodesAndSignalsAreTransient) {
@@ -119,12 +120,14 @@ TEST(FailureClass, ErrorBodyRoundTrips) {
   // Unclassified: no field, and no class read back.
   RpcError plain(409, "busy");
   EXPECT_FALSE(fsched::proto::error_body(plain).contains("failure"));
-  EXPECT_EQ(fsched::proto::error_from_reply(409, fsched::proto::error_body(plain), "x").failure(), std::nullopt);
+  EXPECT_EQ(fsched::proto::error_from_reply(409, fsched::proto::error_body(plain), "x").failure(),
+            std::nullopt);
   // A class this build does not know, or a body that is no JSON object.
   auto odd = fsched::proto::error_from_reply(503, {{"error", "e"}, {"failure", "cosmic"}}, "x");
   EXPECT_EQ(odd.failure(), std::nullopt);
   EXPECT_EQ(odd.failure_class(), FailureClass::kTransient);
-  auto junk = fsched::proto::error_from_reply(502, nlohmann::json::value_t::discarded, "node1:6818");
+  auto junk =
+      fsched::proto::error_from_reply(502, nlohmann::json::value_t::discarded, "node1:6818");
   EXPECT_STREQ(junk.what(), "HTTP 502 from node1:6818");
   EXPECT_EQ(junk.failure(), std::nullopt);
 }
@@ -135,9 +138,11 @@ TEST(FailureClass, ClassCrossesTheWire) {
   using namespace fsched::proto;
   Server server;
   server.route("POST", "/v1/node/restore", [](const Request&) -> nlohmann::json {
-    throw RpcError(422, "restore of job 5 on node1 failed: pages.img: checksum mismatch", FailureClass::kImage);
+    throw RpcError(422, "restore of job 5 on node1 failed: pages.img: checksum mismatch",
+                   FailureClass::kImage);
   });
-  server.route("GET", "/v1/plain", [](const Request&) -> nlohmann::json { throw fsched::Error("boom"); });
+  server.route("GET", "/v1/plain",
+               [](const Request&) -> nlohmann::json { throw fsched::Error("boom"); });
   uint16_t port = server.bind("127.0.0.1", 0);
   std::thread t([&] { server.serve(); });
   Client c("127.0.0.1", port, {}, 10);

@@ -60,7 +60,9 @@ std::string image_error_of(const std::function<void()>& f) {
   return "(no ImageError thrown)";
 }
 
-std::vector<std::byte> bytes(std::size_t n, char c) { return std::vector<std::byte>(n, std::byte(c)); }
+std::vector<std::byte> bytes(std::size_t n, char c) {
+  return std::vector<std::byte>(n, std::byte(c));
+}
 
 // An image with every section; section i holds sizes[i] bytes of the letter 'a' + i.
 void write_sectioned(const fs::path& dir, const std::vector<std::size_t>& sizes) {
@@ -188,7 +190,7 @@ Manifest small_manifest() {
   s.peer = 8;
   s.queued = {5};
   m.sockets.push_back(s);
-  m.sections = {{"shm", 0}, {"deleted_files", 0}, {"sysv_shm", 0},
+  m.sections = {{"shm", 0},   {"deleted_files", 0}, {"sysv_shm", 0},
                 {"pages", 0}, {"pipes", 0},         {"sockets", 10}};
   return m;
 }
@@ -235,8 +237,9 @@ TEST(Sections, ValidateRefusesOffsetsGoingBack) {
 TEST(Sections, ValidateRefusesAStartPastTheEnd) {
   Manifest m = small_manifest();
   m.sections[5].offset = 16;
-  EXPECT_THAT(image_error_of([&] { validate_manifest(m, 15); }),
-              HasSubstr("section \"sockets\" starts at offset 16, past the end of the stream (15)"));
+  EXPECT_THAT(
+      image_error_of([&] { validate_manifest(m, 15); }),
+      HasSubstr("section \"sockets\" starts at offset 16, past the end of the stream (15)"));
 }
 
 TEST(Sections, ValidateRefusesASectionOfTheWrongSize) {

@@ -180,7 +180,9 @@ mode_t mode_of(const fs::path& p) {
 std::uint64_t size_of(const fs::path& p) { return fs::file_size(p); }
 // The first multiple of kChunkAlignBytes at or after n: where the chunk after one
 // ending at n starts.
-std::uint64_t aligned(std::uint64_t n) { return (n + kChunkAlignBytes - 1) / kChunkAlignBytes * kChunkAlignBytes; }
+std::uint64_t aligned(std::uint64_t n) {
+  return (n + kChunkAlignBytes - 1) / kChunkAlignBytes * kChunkAlignBytes;
+}
 
 // Flips one bit of the file at `offset`.
 void flip_bit(const fs::path& p, std::uint64_t offset) {
@@ -442,8 +444,8 @@ TEST_P(NextTest, ViewsFollowChunksForAnyMax) {
   write_image(dir, data);
   check_storage(dir);
   auto r = ImageReader::open(dir);
-  for (std::size_t max : {std::size_t{1}, std::size_t{4093}, kChunk - 1, kChunk, kChunk + 1,
-                          10 * kChunk, kAll}) {
+  for (std::size_t max :
+       {std::size_t{1}, std::size_t{4093}, kChunk - 1, kChunk, kChunk + 1, 10 * kChunk, kAll}) {
     SCOPED_TRACE(max);
     auto pr = r->pages();
     std::vector<std::byte> out;
@@ -486,7 +488,7 @@ TEST_P(NextTest, InterleavedWithRead) {
   pr->read(std::span(buf).first(100));
   EXPECT_TRUE(same(std::span(buf).first(100), std::span(data).first(100)));
   expect_view(pr->next(kAll), 100, kChunk - 100);  // the rest of chunk 0
-  pr->read(buf);                                  // all of chunk 1 and 5 bytes of chunk 2
+  pr->read(buf);                                   // all of chunk 1 and 5 bytes of chunk 2
   EXPECT_TRUE(same(buf, std::span(data).subspan(kChunk, kChunk + 5)));
   expect_view(pr->next(10), 2 * kChunk + 5, 10);
   expect_view(pr->next(kAll), 2 * kChunk + 15, kChunk - 15);
@@ -704,9 +706,10 @@ class CorruptPages : public ::testing::Test {
 TEST_F(CorruptPages, BitFlipDetectedByVerifyAndRead) {
   flip_bit(pages(), offset(2) + 12345);
   auto r = ImageReader::open(dir_);  // the manifest is intact
-  EXPECT_THAT(error_of([&] { r->verify_chunks(); }),
-              AllOf(HasSubstr("pages.img"), HasSubstr("chunk 2 "),
-                    HasSubstr(fmt::format("offset {}", offset(2))), HasSubstr("checksum mismatch")));
+  EXPECT_THAT(
+      error_of([&] { r->verify_chunks(); }),
+      AllOf(HasSubstr("pages.img"), HasSubstr("chunk 2 "),
+            HasSubstr(fmt::format("offset {}", offset(2))), HasSubstr("checksum mismatch")));
 
   auto pr = r->pages();
   std::vector<std::byte> out(2 * kChunk);
@@ -714,9 +717,9 @@ TEST_F(CorruptPages, BitFlipDetectedByVerifyAndRead) {
   EXPECT_TRUE(std::equal(out.begin(), out.end(), data_.begin()));
   std::byte b;
   std::string e = error_of([&] { pr->read(std::span(&b, 1)); });
-  EXPECT_THAT(e, AllOf(HasSubstr("pages.img"), HasSubstr("chunk 2 "),
-                       HasSubstr(fmt::format("offset {}", offset(2))),
-                       HasSubstr("checksum mismatch")));
+  EXPECT_THAT(
+      e, AllOf(HasSubstr("pages.img"), HasSubstr("chunk 2 "),
+               HasSubstr(fmt::format("offset {}", offset(2))), HasSubstr("checksum mismatch")));
   // The reader stays failed.
   EXPECT_EQ(error_of([&] { pr->read(std::span(&b, 1)); }), e);
 }
@@ -769,10 +772,10 @@ TEST_F(CorruptPages, TrailingGarbageDetected) {
   }
   auto r = ImageReader::open(dir_);
   std::uint64_t end = offset(4) + stored(4);
-  EXPECT_THAT(error_of([&] { r->verify_chunks(); }),
-              AllOf(HasSubstr("pages.img"), HasSubstr("trailing"),
-                    HasSubstr(fmt::format("offset {}", end)),
-                    HasSubstr(fmt::format("file is {} bytes", end + 7))));
+  EXPECT_THAT(
+      error_of([&] { r->verify_chunks(); }),
+      AllOf(HasSubstr("pages.img"), HasSubstr("trailing"), HasSubstr(fmt::format("offset {}", end)),
+            HasSubstr(fmt::format("file is {} bytes", end + 7))));
   // The page stream itself is intact.
   EXPECT_EQ(read_all(*r, data_.size()), data_);
 }
@@ -786,9 +789,9 @@ TEST_F(CorruptPages, BadChunkReportedByNext) {
     EXPECT_TRUE(same(v, std::span(data_).subspan(k * kChunk, kChunk)));
   }
   std::string e = error_of([&] { pr->next(1); });
-  EXPECT_THAT(e, AllOf(HasSubstr("pages.img"), HasSubstr("chunk 2 "),
-                       HasSubstr(fmt::format("offset {}", offset(2))),
-                       HasSubstr("checksum mismatch")));
+  EXPECT_THAT(
+      e, AllOf(HasSubstr("pages.img"), HasSubstr("chunk 2 "),
+               HasSubstr(fmt::format("offset {}", offset(2))), HasSubstr("checksum mismatch")));
   // The reader stays failed, for next() of any size and for read().
   EXPECT_EQ(error_of([&] { pr->next(kAll); }), e);
   EXPECT_EQ(error_of([&] { pr->next(0); }), e);
@@ -963,9 +966,9 @@ TEST_F(BadManifest, MissingManifest) {
 }
 
 TEST_F(BadManifest, NoSuchDirectory) {
-  EXPECT_THAT(error_of([&] { ImageReader::open(tmp_.path() / "nope"); }),
-              AllOf(HasSubstr((tmp_.path() / "nope").string()),
-                    HasSubstr("not a checkpoint image")));
+  EXPECT_THAT(
+      error_of([&] { ImageReader::open(tmp_.path() / "nope"); }),
+      AllOf(HasSubstr((tmp_.path() / "nope").string()), HasSubstr("not a checkpoint image")));
 }
 
 TEST_F(BadManifest, FileInsteadOfDirectory) {
@@ -1093,10 +1096,10 @@ TEST_F(BadManifest, RawChunkStoredSizeMismatchRefused) {
   m["chunks"][1]["offset"] = m["chunks"][1]["offset"].get<std::uint64_t>() - 1;
   m["chunks"][1]["stored"] = m["chunks"][1]["stored"].get<std::uint64_t>() + 1;
   rewrite_manifest(dir_, m);
-  EXPECT_THAT(error_of([&] { ImageReader::open(dir_); }),
-              AllOf(HasSubstr("chunk 0: "), HasSubstr("\"zstd\": false"),
-                    HasSubstr(fmt::format("stored size {} is not raw size {}", kChunk - 1,
-                                          kChunk))));
+  EXPECT_THAT(
+      error_of([&] { ImageReader::open(dir_); }),
+      AllOf(HasSubstr("chunk 0: "), HasSubstr("\"zstd\": false"),
+            HasSubstr(fmt::format("stored size {} is not raw size {}", kChunk - 1, kChunk))));
 }
 
 // O_DIRECT writes (or the buffered fallback where the file system refuses them): raw
@@ -1105,7 +1108,8 @@ TEST_F(BadManifest, RawChunkStoredSizeMismatchRefused) {
 TEST(ImageTest, DirectIoWritesTheSameImage) {
   TempDir tmp;
   auto data = random_bytes(kChunk + 4097, 21);
-  for (auto part : {repetitive_bytes(kChunk + 3), random_bytes(2 * kChunk - 5, 22), repetitive_bytes(777)})
+  for (auto part :
+       {repetitive_bytes(kChunk + 3), random_bytes(2 * kChunk - 5, 22), repetitive_bytes(777)})
     data.insert(data.end(), part.begin(), part.end());
   for (bool direct : {true, false}) {
     fs::path dir = tmp.path() / (direct ? "direct" : "buffered");
@@ -1129,7 +1133,8 @@ TEST(ImageTest, DirectIoWritesTheSameImage) {
   // Same chunk table, same file size.
   json a = read_manifest(tmp.path() / "direct"), b = read_manifest(tmp.path() / "buffered");
   EXPECT_EQ(a["chunks"], b["chunks"]);
-  EXPECT_EQ(size_of(tmp.path() / "direct" / "pages.img"), size_of(tmp.path() / "buffered" / "pages.img"));
+  EXPECT_EQ(size_of(tmp.path() / "direct" / "pages.img"),
+            size_of(tmp.path() / "buffered" / "pages.img"));
 }
 
 TEST_F(BadManifest, ChunkOffsetsMustBeAligned) {
@@ -1328,9 +1333,10 @@ TEST(ImageWriterTest, WriteFailurePropagated) {
   ::setrlimit(RLIMIT_FSIZE, &old_lim);
   ::signal(SIGXFSZ, old_sig);
 
-  EXPECT_THAT(e, AllOf(HasSubstr((tmp.path() / "img.tmp" / "pages.img").string()),
-                       HasSubstr("chunk 1 "), HasSubstr(fmt::format("offset {}", w->stored_bytes())),
-                       HasSubstr("File too large")));
+  EXPECT_THAT(
+      e,
+      AllOf(HasSubstr((tmp.path() / "img.tmp" / "pages.img").string()), HasSubstr("chunk 1 "),
+            HasSubstr(fmt::format("offset {}", w->stored_bytes())), HasSubstr("File too large")));
   // The writer stays failed.
   EXPECT_THAT(error_of([&] { w->commit(json::object()); }), HasSubstr("File too large"));
   EXPECT_FALSE(fs::exists(dir));
@@ -1347,7 +1353,8 @@ namespace copy_to_process_test {
 // Random, text and random chunks, then a partial text chunk: raw and zstd chunks mixed.
 std::vector<std::byte> mixed_stream() {
   auto data = random_bytes(kChunk, 11);
-  for (auto part : {repetitive_bytes(kChunk), random_bytes(kChunk, 12), repetitive_bytes(kChunk / 3)})
+  for (auto part :
+       {repetitive_bytes(kChunk), random_bytes(kChunk, 12), repetitive_bytes(kChunk / 3)})
     data.insert(data.end(), part.begin(), part.end());
   return data;
 }
@@ -1367,7 +1374,8 @@ std::vector<iovec> scattered(std::vector<std::byte>& dst, std::size_t total) {
 }
 
 // Writes `data` as an image at dir, opens and verifies it.
-std::unique_ptr<ImageReader> verified_image(const fs::path& dir, const std::vector<std::byte>& data) {
+std::unique_ptr<ImageReader> verified_image(const fs::path& dir,
+                                            const std::vector<std::byte>& data) {
   write_image(dir, data);
   auto r = ImageReader::open(dir);
   r->verify_chunks();
@@ -1380,7 +1388,8 @@ void check_copy(const ImageReader& r, const std::vector<std::byte>& data) {
   copy_to_process(*r.pages(), ::getpid(), ranges);
   std::size_t pos = 0;
   for (const iovec& io : ranges) {
-    ASSERT_EQ(std::memcmp(io.iov_base, data.data() + pos, io.iov_len), 0) << "at stream offset " << pos;
+    ASSERT_EQ(std::memcmp(io.iov_base, data.data() + pos, io.iov_len), 0)
+        << "at stream offset " << pos;
     pos += io.iov_len;
     auto* gap = static_cast<std::byte*>(io.iov_base) + io.iov_len;
     if (gap < dst.data() + dst.size()) {
@@ -1494,8 +1503,9 @@ TEST(ImageCopyToProcess, FirstBadChunkIsReportedWhenShared) {
   std::vector<std::byte> dst(data.size());
   iovec io{dst.data(), dst.size()};
   std::string e = error_of([&] { copy_to_process(*pr, ::getpid(), std::span(&io, 1)); });
-  EXPECT_THAT(e, AllOf(HasSubstr("pages.img: chunk 3 "), HasSubstr(fmt::format("offset {}", offset(3))),
-                       HasSubstr("checksum mismatch")));
+  EXPECT_THAT(
+      e, AllOf(HasSubstr("pages.img: chunk 3 "), HasSubstr(fmt::format("offset {}", offset(3))),
+               HasSubstr("checksum mismatch")));
   EXPECT_TRUE(same(std::span(dst).first(3 * kChunk), std::span(data).first(3 * kChunk)));
   iovec one{dst.data(), 1};
   EXPECT_EQ(error_of([&] { copy_to_process(*pr, ::getpid(), std::span(&one, 1)); }), e);
@@ -1512,12 +1522,14 @@ TEST(ImageCopyToProcess, FirstUnwritableChunkIsReportedWhenShared) {
   void* m = ::mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   ASSERT_NE(m, MAP_FAILED);
   auto* base = static_cast<std::byte*>(m);
-  for (std::size_t o = kChunk / 2; o < len; o += kChunk) ASSERT_EQ(::mprotect(base + o, 4096, PROT_NONE), 0);
+  for (std::size_t o = kChunk / 2; o < len; o += kChunk)
+    ASSERT_EQ(::mprotect(base + o, 4096, PROT_NONE), 0);
   iovec io{base, data.size()};
-  EXPECT_THAT(error_of([&] { copy_to_process(*r->pages(), ::getpid(), std::span(&io, 1)); }),
-              AllOf(HasSubstr("pages.img: only 2097152 of 4194304 bytes of the page stream at offset 0 "),
-                    HasSubstr(fmt::format("reached process {} at {:#x}", ::getpid(),
-                                          reinterpret_cast<std::uint64_t>(base)))));
+  EXPECT_THAT(
+      error_of([&] { copy_to_process(*r->pages(), ::getpid(), std::span(&io, 1)); }),
+      AllOf(HasSubstr("pages.img: only 2097152 of 4194304 bytes of the page stream at offset 0 "),
+            HasSubstr(fmt::format("reached process {} at {:#x}", ::getpid(),
+                                  reinterpret_cast<std::uint64_t>(base)))));
   ::munmap(m, len);
 }
 
@@ -1533,7 +1545,8 @@ TEST(ImageCopyToProcess, UnwritableTargetNamesAddressAndErrno) {
   ASSERT_NE(hole, MAP_FAILED);
   iovec io{hole, 4096};
   EXPECT_THAT(error_of([&] { copy_to_process(*r->pages(), ::getpid(), std::span(&io, 1)); }),
-              AllOf(HasSubstr("pages.img"), HasSubstr(fmt::format("{:#x}", reinterpret_cast<std::uint64_t>(hole))),
+              AllOf(HasSubstr("pages.img"),
+                    HasSubstr(fmt::format("{:#x}", reinterpret_cast<std::uint64_t>(hole))),
                     HasSubstr("Bad address")));
   ::munmap(hole, 4096);
 }

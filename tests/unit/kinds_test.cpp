@@ -16,18 +16,22 @@ namespace {
 
 // The strings images have always held; renaming one would orphan every image.
 const std::pair<ck::VmaKind, const char*> kVmaStrings[] = {
-    {ck::VmaKind::kAnon, "anon"},   {ck::VmaKind::kFile, "file"},
-    {ck::VmaKind::kHeap, "heap"},   {ck::VmaKind::kStack, "stack"},
-    {ck::VmaKind::kVdso, "vdso"},   {ck::VmaKind::kVvar, "vvar"},
-    {ck::VmaKind::kVvarVclock, "vvar_vclock"}, {ck::VmaKind::kShm, "shm"},
+    {ck::VmaKind::kAnon, "anon"},
+    {ck::VmaKind::kFile, "file"},
+    {ck::VmaKind::kHeap, "heap"},
+    {ck::VmaKind::kStack, "stack"},
+    {ck::VmaKind::kVdso, "vdso"},
+    {ck::VmaKind::kVvar, "vvar"},
+    {ck::VmaKind::kVvarVclock, "vvar_vclock"},
+    {ck::VmaKind::kShm, "shm"},
     {ck::VmaKind::kSysv, "sysv"},
 };
 const std::pair<ck::FdKind, const char*> kFdStrings[] = {
-    {ck::FdKind::kFile, "file"},         {ck::FdKind::kDir, "dir"},
-    {ck::FdKind::kChr, "chr"},           {ck::FdKind::kPipe, "pipe"},
-    {ck::FdKind::kFifo, "fifo"},         {ck::FdKind::kUnix, "unix"},
-    {ck::FdKind::kEventfd, "eventfd"},   {ck::FdKind::kEpoll, "epoll"},
-    {ck::FdKind::kTimerfd, "timerfd"},   {ck::FdKind::kSignalfd, "signalfd"},
+    {ck::FdKind::kFile, "file"},       {ck::FdKind::kDir, "dir"},
+    {ck::FdKind::kChr, "chr"},         {ck::FdKind::kPipe, "pipe"},
+    {ck::FdKind::kFifo, "fifo"},       {ck::FdKind::kUnix, "unix"},
+    {ck::FdKind::kEventfd, "eventfd"}, {ck::FdKind::kEpoll, "epoll"},
+    {ck::FdKind::kTimerfd, "timerfd"}, {ck::FdKind::kSignalfd, "signalfd"},
     {ck::FdKind::kInotify, "inotify"},
 };
 

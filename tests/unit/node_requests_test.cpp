@@ -10,13 +10,21 @@
 
 namespace {
 
-using nlohmann::json;
 using fsched::proto::RpcError;
+using nlohmann::json;
 
 fsched::proto::LaunchRequest launch_request() {
-  return {.job_id = 7, .name = "job", .user = "alice", .uid = 1000, .gid = 100, .work_dir = "/home/alice",
-          .stdout_path = "/home/alice/o", .stderr_path = "/home/alice/e", .argv = {"a", "b c"},
-          .script = "#!/bin/sh\n", .env = {{"HOME", "/home/alice"}, {"PATH", "/opt/bin"}}};
+  return {.job_id = 7,
+          .name = "job",
+          .user = "alice",
+          .uid = 1000,
+          .gid = 100,
+          .work_dir = "/home/alice",
+          .stdout_path = "/home/alice/o",
+          .stderr_path = "/home/alice/e",
+          .argv = {"a", "b c"},
+          .script = "#!/bin/sh\n",
+          .env = {{"HOME", "/home/alice"}, {"PATH", "/opt/bin"}}};
 }
 
 int status_of(const std::function<void()>& f) {
@@ -36,7 +44,8 @@ TEST(NodeRequests, LaunchReadsBackAsWritten) {
   auto q = launch_request();
   json body = q;
   // The keys of docs/scheduler.md.
-  for (const char* key : {"job_id", "name", "user", "uid", "gid", "work_dir", "stdout", "stderr", "argv", "script", "env"})
+  for (const char* key : {"job_id", "name", "user", "uid", "gid", "work_dir", "stdout", "stderr",
+                          "argv", "script", "env"})
     EXPECT_TRUE(body.contains(key)) << key;
   EXPECT_FALSE(body.contains("restore_dir"));
   auto d = fsched::noded::decode_launch(body, false);
@@ -58,9 +67,14 @@ TEST(NodeRequests, RestoreNeedsItsImageAndNothingOfALaunch) {
   json body = q;
   auto d = fsched::noded::decode_launch(body, true);
   EXPECT_EQ(d.restore_dir, "/ckpt/7/2");
-  EXPECT_EQ(d.env, (std::map<std::string, std::string>{{"PATH", "/usr/bin:/bin"}})) << "the restorer gets a PATH only";
+  EXPECT_EQ(d.env, (std::map<std::string, std::string>{{"PATH", "/usr/bin:/bin"}}))
+      << "the restorer gets a PATH only";
   // A restore body needs no launch fields.
-  json minimal = {{"job_id", 7}, {"script", "#!/bin/sh\n"}, {"uid", 1}, {"gid", 1}, {"restore_dir", "/ckpt/7/2"}};
+  json minimal = {{"job_id", 7},
+                  {"script", "#!/bin/sh\n"},
+                  {"uid", 1},
+                  {"gid", 1},
+                  {"restore_dir", "/ckpt/7/2"}};
   EXPECT_EQ(fsched::noded::decode_launch(minimal, true).restore_dir, "/ckpt/7/2");
   // Each route takes its own body.
   EXPECT_EQ(status_of([&] { fsched::noded::decode_launch(body, false); }), 400);
@@ -71,25 +85,40 @@ TEST(NodeRequests, RestoreNeedsItsImageAndNothingOfALaunch) {
 
 TEST(NodeRequests, BadFieldsAre400) {
   json body = launch_request();
-  for (auto [key, value] : std::vector<std::pair<std::string, json>>{
-           {"uid", -1}, {"uid", 4294967296LL}, {"gid", 1e300}, {"job_id", "7"}, {"script", 3}, {"argv", "a b"}}) {
+  for (auto [key, value] : std::vector<std::pair<std::string, json>>{{"uid", -1},
+                                                                     {"uid", 4294967296LL},
+                                                                     {"gid", 1e300},
+                                                                     {"job_id", "7"},
+                                                                     {"script", 3},
+                                                                     {"argv", "a b"}}) {
     json b = body;
     b[key] = value;
-    EXPECT_EQ(status_of([&] { fsched::noded::decode_launch(b, false); }), 400) << key << " = " << value.dump();
+    EXPECT_EQ(status_of([&] { fsched::noded::decode_launch(b, false); }), 400)
+        << key << " = " << value.dump();
   }
-  for (const char* key : {"job_id", "script", "uid", "gid", "stdout", "stderr", "work_dir", "user"}) {
+  for (const char* key :
+       {"job_id", "script", "uid", "gid", "stdout", "stderr", "work_dir", "user"}) {
     json b = body;
     b.erase(key);
     EXPECT_EQ(status_of([&] { fsched::noded::decode_launch(b, false); }), 400) << "without " << key;
   }
   EXPECT_EQ(status_of([&] { fsched::noded::decode_launch(json::array(), false); }), 400);
-  EXPECT_EQ(status_of([&] { fsched::noded::decode_signal(json{{"job_id", 1}, {"signal", 1LL << 40}}); }), 400);
-  EXPECT_EQ(status_of([&] { fsched::noded::decode_checkpoint(json{{"job_id", 1}}, 600); }), 400) << "no dir";
+  EXPECT_EQ(status_of([&] {
+              fsched::noded::decode_signal(json{{"job_id", 1}, {"signal", 1LL << 40}});
+            }),
+            400);
+  EXPECT_EQ(status_of([&] {
+              fsched::noded::decode_checkpoint(json{{"job_id", 1}}, 600);
+            }),
+            400)
+      << "no dir";
 }
 
 TEST(NodeRequests, CheckpointAndSignalDefaults) {
-  json c = fsched::proto::CheckpointRequest{.job_id = 3, .dir = "/ckpt/3/1", .leave_running = false, .timeout = 90};
-  EXPECT_EQ(c, (json{{"job_id", 3}, {"dir", "/ckpt/3/1"}, {"leave_running", false}, {"timeout", 90}}));
+  json c = fsched::proto::CheckpointRequest{
+      .job_id = 3, .dir = "/ckpt/3/1", .leave_running = false, .timeout = 90};
+  EXPECT_EQ(c,
+            (json{{"job_id", 3}, {"dir", "/ckpt/3/1"}, {"leave_running", false}, {"timeout", 90}}));
   auto d = fsched::noded::decode_checkpoint(c, 600);
   EXPECT_EQ(d.timeout, 90);
   EXPECT_FALSE(d.leave_running);

@@ -34,7 +34,11 @@ TEST(OpLog, RecordsArePrivateAndRoundTrip) {
   TempDir t;
   OpLog log(t.path / "ops");
   EXPECT_EQ(mode_of(log.dir()), 0700u);
-  OpRecord r{.job_id = 7, .kind = OpKind::Vacate, .node = "node1", .image_dir = "/ckpt/7/3", .timeout_s = 60,
+  OpRecord r{.job_id = 7,
+             .kind = OpKind::Vacate,
+             .node = "node1",
+             .image_dir = "/ckpt/7/3",
+             .timeout_s = 60,
              .started = 12.5};
   log.put(r);
   EXPECT_EQ(mode_of(log.record_path(7)), 0600u);
@@ -82,7 +86,8 @@ TEST(OpLog, ResultMissingOrCorruptIsNone) {
   EXPECT_FALSE(log.result(1));
   std::ofstream(log.result_path(1)) << "garbage";
   EXPECT_FALSE(log.result(1));
-  write_durably(log.result_path(1), nlohmann::json(RunnerResult{.exit_code = 3, .error_line = "boom"}).dump(), 0600);
+  write_durably(log.result_path(1),
+                nlohmann::json(RunnerResult{.exit_code = 3, .error_line = "boom"}).dump(), 0600);
   auto r = log.result(1);
   ASSERT_TRUE(r);
   EXPECT_EQ(r->exit_code, 3);

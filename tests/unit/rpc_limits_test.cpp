@@ -38,7 +38,8 @@ UniqueFd connect_to(uint16_t port) {
   a.sin_family = AF_INET;
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   a.sin_port = htons(port);
-  if (::connect(s.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) < 0) fail_errno("connect to port {}", port);
+  if (::connect(s.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) < 0)
+    fail_errno("connect to port {}", port);
   return s;
 }
 
@@ -73,8 +74,10 @@ class RpcLimitsTest : public ::testing::Test {
  protected:
   void SetUp() override {
     server_.route("POST", "/v1/echo/{}", [](const Request& r) {
-      return nlohmann::json{{"size", r.body.is_object() ? r.body.value("blob", std::string()).size() : 0},
-                            {"uid", r.caller.uid}, {"q", r.query("q")}};
+      return nlohmann::json{
+          {"size", r.body.is_object() ? r.body.value("blob", std::string()).size() : 0},
+          {"uid", r.caller.uid},
+          {"q", r.query("q")}};
     });
     server_.route("GET", "/v1/ping", [](const Request&) { return nlohmann::json{{"ok", true}}; });
     server_.route("POST", "/v1/ints", [](const Request& r) {
@@ -93,8 +96,8 @@ class RpcLimitsTest : public ::testing::Test {
   // A raw request with a credential made for payload (none if empty).
   std::string request(std::string_view method, std::string_view target, const std::string& cred,
                       std::string_view body) {
-    std::string r = fmt::format("{} {} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n", method, target,
-                                body.size());
+    std::string r = fmt::format("{} {} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n",
+                                method, target, body.size());
     if (!cred.empty()) r += fmt::format("{}: {}\r\n", kAuthHeader, cred);
     return r.append("\r\n").append(body);
   }
@@ -131,8 +134,9 @@ TEST_F(RpcLimitsTest, OversizeBodyIsRefusedOnItsLength) {
   std::string target = "/v1/echo/1";
   auto cred = auth::encode_cred({}, auth::payload_of("POST", target, dest(), ""));
   UniqueFd s = connect_to(port_);
-  std::string head = fmt::format("POST {} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n{}: {}\r\n\r\n", target,
-                                 kMaxBodyBytes + 1, kAuthHeader, cred);
+  std::string head =
+      fmt::format("POST {} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n{}: {}\r\n\r\n", target,
+                  kMaxBodyBytes + 1, kAuthHeader, cred);
   ASSERT_TRUE(send_all(s.get(), head));
   std::string reply = read_reply(s.get(), std::chrono::seconds(5));
   EXPECT_THAT(reply, HasSubstr("HTTP/1.1 413"));
@@ -144,9 +148,10 @@ TEST_F(RpcLimitsTest, OversizeBodyIsRefusedOnItsLength) {
 TEST_F(RpcLimitsTest, ChunkedBodyIsRefused) {
   auto cred = auth::encode_cred({}, auth::payload_of("POST", "/v1/echo/1", dest(), ""));
   UniqueFd s = connect_to(port_);
-  ASSERT_TRUE(send_all(s.get(), fmt::format("POST /v1/echo/1 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
-                                            "{}: {}\r\n\r\n10000\r\n{}",
-                                            kAuthHeader, cred, std::string(0x10000, 'x'))));
+  ASSERT_TRUE(send_all(
+      s.get(), fmt::format("POST /v1/echo/1 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                           "{}: {}\r\n\r\n10000\r\n{}",
+                           kAuthHeader, cred, std::string(0x10000, 'x'))));
   std::string reply = read_reply(s.get(), std::chrono::seconds(5));
   EXPECT_THAT(reply, HasSubstr("HTTP/1.1 411"));
   EXPECT_THAT(reply, HasSubstr("no Transfer-Encoding"));
@@ -176,7 +181,8 @@ TEST_F(RpcLimitsTest, SlowClientsDoNotStallOthers) {
   std::thread dribble([&] {
     for (int n = 0; !done; ++n) {
       for (auto& s : slow) send_all(s.get(), fmt::format("X-Slow-{}: 1\r\n", n));
-      for (int i = 0; i < 10 && !done; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      for (int i = 0; i < 10 && !done; ++i)
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
   });
   std::this_thread::sleep_for(std::chrono::milliseconds(500));
@@ -191,7 +197,8 @@ TEST_F(RpcLimitsTest, SlowClientsDoNotStallOthers) {
 // Issue 10 item 13: the credential carries the body's hash, not the body, so a
 // body larger than a header may be passes (before: HTTP 400 above ~5.4 KB).
 TEST_F(RpcLimitsTest, LargeBodyPasses) {
-  auto reply = client().call("POST", "/v1/echo/1", nlohmann::json{{"blob", std::string(8 << 20, 'b')}});
+  auto reply =
+      client().call("POST", "/v1/echo/1", nlohmann::json{{"blob", std::string(8 << 20, 'b')}});
   EXPECT_EQ(reply["size"], 8u << 20);
 }
 
@@ -207,7 +214,8 @@ TEST_F(RpcLimitsTest, ClientRefusesBodyOverTheLimit) {
 }
 
 TEST_F(RpcLimitsTest, CredentialForAnotherBodyIsRefused) {
-  std::string reply = exchange("/v1/echo/1", R"({"blob":"b"})", "/v1/echo/1", dest(), R"({"blob":"a"})");
+  std::string reply =
+      exchange("/v1/echo/1", R"({"blob":"b"})", "/v1/echo/1", dest(), R"({"blob":"a"})");
   EXPECT_THAT(reply, HasSubstr("HTTP/1.1 401"));
   EXPECT_THAT(reply, HasSubstr("made for another request body"));
 }
@@ -218,7 +226,8 @@ TEST_F(RpcLimitsTest, CredentialForAnotherQueryIsRefused) {
   std::string reply = exchange("/v1/echo/1?q=b", "{}", "/v1/echo/1?q=a", dest(), "{}");
   EXPECT_THAT(reply, HasSubstr("HTTP/1.1 401"));
   EXPECT_THAT(reply, HasSubstr("made for another request"));
-  EXPECT_THAT(exchange("/v1/echo/1?q=a", "{}", "/v1/echo/1?q=a", dest(), "{}"), HasSubstr("HTTP/1.1 200"));
+  EXPECT_THAT(exchange("/v1/echo/1?q=a", "{}", "/v1/echo/1?q=a", dest(), "{}"),
+              HasSubstr("HTTP/1.1 200"));
 }
 
 TEST_F(RpcLimitsTest, CredentialForAnotherDaemonIsRefused) {
@@ -232,8 +241,9 @@ TEST_F(RpcLimitsTest, IntegerFieldsAreRangeChecked) {
   auto c = client();
   EXPECT_EQ(c.call("POST", "/v1/ints", nlohmann::json::object())["n"], 7);
   EXPECT_EQ(c.call("POST", "/v1/ints", nlohmann::json{{"n", 5}})["n"], 5);
-  for (auto bad : {nlohmann::json(4294967298LL), nlohmann::json(0), nlohmann::json(18446744073709551615ULL),
-                   nlohmann::json(1.5), nlohmann::json("3")}) {
+  for (auto bad :
+       {nlohmann::json(4294967298LL), nlohmann::json(0), nlohmann::json(18446744073709551615ULL),
+        nlohmann::json(1.5), nlohmann::json("3")}) {
     try {
       c.call("POST", "/v1/ints", nlohmann::json{{"n", bad}});
       FAIL() << "accepted " << bad.dump();
@@ -299,18 +309,22 @@ constexpr const char* kBase = "ControlMachine = h\nStateSaveLocation = /x\nNodeN
 // Issue 10's "Low" items: every fsched.conf error says FILE:LINE, and a MungeSocket
 // that is not there is refused at start.
 TEST(ConfigErrors, HostListsAndPartitionsSayFileAndLine) {
-  EXPECT_THAT(config_error(std::string(kBase) + "NodeName=m[3-1]\n"),
-              HasSubstr("/etc/fsched/fsched.conf:4: NodeName=m[3-1]: host list 'm[3-1]': bad range '3-1'"));
+  EXPECT_THAT(
+      config_error(std::string(kBase) + "NodeName=m[3-1]\n"),
+      HasSubstr("/etc/fsched/fsched.conf:4: NodeName=m[3-1]: host list 'm[3-1]': bad range '3-1'"));
   EXPECT_THAT(config_error(std::string(kBase) + "PartitionName=p Nodes=n[1-\n"),
               HasSubstr("/etc/fsched/fsched.conf:4: Nodes=n[1-: host list 'n[1-': unbalanced '['"));
-  EXPECT_THAT(config_error(std::string(kBase) + "\nPartitionName=p Nodes=zz\n"),
-              HasSubstr("/etc/fsched/fsched.conf:5: PartitionName p: node zz has no NodeName line"));
+  EXPECT_THAT(
+      config_error(std::string(kBase) + "\nPartitionName=p Nodes=zz\n"),
+      HasSubstr("/etc/fsched/fsched.conf:5: PartitionName p: node zz has no NodeName line"));
 }
 
 TEST(ConfigErrors, MissingMungeSocketIsRefused) {
-  EXPECT_THAT(config_error(std::string(kBase) + "MungeSocket = /nonexistent/munge.socket\n"),
-              HasSubstr("/etc/fsched/fsched.conf:4: MungeSocket = /nonexistent/munge.socket: No such file or "
-                        "directory (is munged running"));
+  EXPECT_THAT(
+      config_error(std::string(kBase) + "MungeSocket = /nonexistent/munge.socket\n"),
+      HasSubstr(
+          "/etc/fsched/fsched.conf:4: MungeSocket = /nonexistent/munge.socket: No such file or "
+          "directory (is munged running"));
   EXPECT_THAT(config_error(std::string(kBase) + "MungeSocket = /etc/passwd\n"),
               HasSubstr(":4: MungeSocket = /etc/passwd: not a socket"));
   EXPECT_EQ(config_error(kBase), "no error");

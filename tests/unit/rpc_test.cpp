@@ -21,10 +21,14 @@ class RpcTest : public ::testing::Test {
  protected:
   void SetUp() override {
     server_.route("POST", "/v1/echo/{}", [](const Request& r) {
-      return nlohmann::json{{"param", r.params.at(0)}, {"body", r.body}, {"uid", r.caller.uid},
-                            {"gid", r.caller.gid}, {"q", r.query("q")}};
+      return nlohmann::json{{"param", r.params.at(0)},
+                            {"body", r.body},
+                            {"uid", r.caller.uid},
+                            {"gid", r.caller.gid},
+                            {"q", r.query("q")}};
     });
-    server_.route("GET", "/v1/busy", [](const Request&) -> nlohmann::json { throw RpcError(409, "job 7 is busy"); });
+    server_.route("GET", "/v1/busy",
+                  [](const Request&) -> nlohmann::json { throw RpcError(409, "job 7 is busy"); });
     server_.route("GET", "/v1/slow", [](const Request&) {
       std::this_thread::sleep_for(std::chrono::seconds(3));
       return nlohmann::json::object();

@@ -33,8 +33,9 @@ TEST(Store, JobsScriptsAndCheckpointsSurviveReopening) {
     j.user = "alice";
     j.argv = {"x", "y z"};
     j.checkpoint_interval = 300;
-    s.submit(j, "#!/bin/bash\necho hi\n", {{"HOME", "/home/alice"}},
-             [](fsched::ctld::Job& x) { x.stdout_path = "/o/slurm-" + std::to_string(x.job_id) + ".out"; });
+    s.submit(j, "#!/bin/bash\necho hi\n", {{"HOME", "/home/alice"}}, [](fsched::ctld::Job& x) {
+      x.stdout_path = "/o/slurm-" + std::to_string(x.job_id) + ".out";
+    });
     first = j.job_id;
     fsched::ctld::Job k;
     s.submit(k, "#!/bin/sh\n", nlohmann::json::object(), [](fsched::ctld::Job&) {});
@@ -127,9 +128,11 @@ TEST(Store, StatesAreStoredByTheirNames) {
   EXPECT_EQ(sql_text(t.path, "SELECT state FROM jobs"), "NODE_FAIL");
   EXPECT_EQ(sql_text(t.path, "SELECT json_extract(data, '$.state') FROM jobs"), "NODE_FAIL");
   EXPECT_EQ(sql_text(t.path, "SELECT status FROM checkpoints"), "Skipped");
-  EXPECT_EQ(sql_text(t.path, "SELECT json_extract(data, '$.status') || ' ' || json_extract(data, '$.source') "
-                             "FROM checkpoints"),
-            "Skipped periodic");
+  EXPECT_EQ(
+      sql_text(t.path,
+               "SELECT json_extract(data, '$.status') || ' ' || json_extract(data, '$.source') "
+               "FROM checkpoints"),
+      "Skipped periodic");
 }
 
 // A row with a state this controller does not know (a newer controller's, a damaged
@@ -162,6 +165,8 @@ TEST(Store, UnknownStateInARowIsAClearError) {
     s.checkpoints();
     FAIL() << "expected an error";
   } catch (const fsched::Error& e) {
-    EXPECT_NE(std::string(e.what()).find("unknown checkpoint status \"Archived\""), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("unknown checkpoint status \"Archived\""),
+              std::string::npos)
+        << e.what();
   }
 }
