@@ -139,15 +139,34 @@ class ControllerTest : public ::testing::Test {
   json checkpoints(int64_t id) {
     return A::checkpoints(*ctld, root({std::to_string(id)})).at("checkpoints");
   }
+  // Polls pred for 5 s at most; whether it came true.
+  static bool eventually(const std::function<bool()>& pred) {
+    auto end = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    while (!pred()) {
+      if (std::chrono::steady_clock::now() >= end) return false;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return true;
+  }
   // Waits (5 s at most) until pred(job) holds; the job as it then is.
   json wait_job(int64_t id, const std::function<bool(const json&)>& pred) {
-    auto end = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-    json j = job(id);
-    while (!pred(j) && std::chrono::steady_clock::now() < end) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-      j = job(id);
-    }
+    json j;
+    eventually([&] { return pred(j = job(id)); });
     return j;
+  }
+  // A job running on n1, whose node answers checkpoints with an image directory and
+  // restores with a pid.
+  int64_t running_job_that_dumps() {
+    int64_t id = submit();
+    wait_running(id);
+    node->answer = [](const FakeNode::Call& c) -> json {
+      if (c.path == "/v1/node/checkpoint") return dumped(c);
+      return json{{"pid", 1}};
+    };
+    return id;
+  }
+  json checkpoint(const std::string& sid, CheckpointSource source) {
+    return A::checkpoint(*ctld, root({sid}, json::object()), source);
   }
   json wait_running(int64_t id) {
     // RUNNING is set before the launch RPC; launched once its answer came.
@@ -193,16 +212,11 @@ TEST_F(ControllerTest, LaunchFailuresAreRetriedThenTheJobFails) {
 }
 
 TEST_F(ControllerTest, RestoreFailureFallsBackToAnOlderCheckpoint) {
-  int64_t id = submit();
-  wait_running(id);
-  node->answer = [](const FakeNode::Call& c) -> json {
-    if (c.path == "/v1/node/checkpoint") return dumped(c);
-    return json{{"pid", 1}};
-  };
+  int64_t id = running_job_that_dumps();
   std::string sid = std::to_string(id);
-  A::checkpoint(*ctld, root({sid}, json::object()), CheckpointSource::Manual);
-  A::checkpoint(*ctld, root({sid}, json::object()), CheckpointSource::Manual);
-  json vac = A::checkpoint(*ctld, root({sid}, json::object()), CheckpointSource::Vacate);
+  checkpoint(sid, CheckpointSource::Manual);
+  checkpoint(sid, CheckpointSource::Manual);
+  json vac = checkpoint(sid, CheckpointSource::Vacate);
   EXPECT_EQ(vac["status"], "Present");
   json j = job(id);
   ASSERT_EQ(j["state"], "PENDING");
@@ -237,15 +251,10 @@ TEST_F(ControllerTest, RestoreFailureFallsBackToAnOlderCheckpoint) {
 }
 
 TEST_F(ControllerTest, RestartSkipsAnImageDeletedByHand) {
-  int64_t id = submit();
-  wait_running(id);
-  node->answer = [](const FakeNode::Call& c) -> json {
-    if (c.path == "/v1/node/checkpoint") return dumped(c);
-    return json{{"pid", 1}};
-  };
+  int64_t id = running_job_that_dumps();
   std::string sid = std::to_string(id);
-  A::checkpoint(*ctld, root({sid}, json::object()), CheckpointSource::Manual);
-  A::checkpoint(*ctld, root({sid}, json::object()), CheckpointSource::Vacate);
+  checkpoint(sid, CheckpointSource::Manual);
+  checkpoint(sid, CheckpointSource::Vacate);
   std::string gone = checkpoints(id)[1]["location"];
   std::filesystem::remove_all(gone);
   json r = A::restart(*ctld, root({sid}, json::object()));
@@ -266,9 +275,8 @@ TEST_F(ControllerTest, DumpOutcomeReportedByTheNodeSettlesTheCheckpoint) {
     return json::object();
   };
   std::string sid = std::to_string(id);
-  auto pending = std::async(std::launch::async, [&] {
-    return A::checkpoint(*ctld, root({sid}, json::object()), CheckpointSource::Manual);
-  });
+  auto pending =
+      std::async(std::launch::async, [&] { return checkpoint(sid, CheckpointSource::Manual); });
   json cks;
   for (int i = 0; i < 250 && (cks = checkpoints(id)).empty(); ++i)
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
@@ -328,24 +336,17 @@ TEST_F(ControllerTest, RequeueStartsTheJobAgainFromScratch) {
 // `scontrol checkpoint delete`: the record is Cleared at once, the image removed by a
 // worker outside the controller's lock.
 TEST_F(ControllerTest, DeletedCheckpointIsClearedAndItsImageRemoved) {
-  int64_t id = submit();
-  wait_running(id);
-  node->answer = [](const FakeNode::Call& c) -> json {
-    if (c.path == "/v1/node/checkpoint") return dumped(c);
-    return json{{"pid", 1}};
-  };
+  int64_t id = running_job_that_dumps();
   std::string sid = std::to_string(id);
-  A::checkpoint(*ctld, root({sid}, json::object()), CheckpointSource::Manual);
+  checkpoint(sid, CheckpointSource::Manual);
   std::filesystem::path loc = checkpoints(id)[0]["location"].get<std::string>();
   ASSERT_TRUE(std::filesystem::is_directory(loc));
   std::filesystem::create_directories(loc / "sub");  // remove_all, not rmdir
   json c = A::delete_checkpoint(*ctld, root({sid, "1"}));
   EXPECT_EQ(c["status"], "Cleared");
   EXPECT_NE(c["reason"].get<std::string>().find("deleted by uid 0"), std::string::npos) << c.dump();
-  auto end = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-  while (std::filesystem::exists(loc) && std::chrono::steady_clock::now() < end)
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  EXPECT_FALSE(std::filesystem::exists(loc));
+  EXPECT_TRUE(eventually([&] { return !std::filesystem::exists(loc); }))
+      << loc << " is still there";
   EXPECT_EQ(checkpoints(id)[0]["status"], "Cleared");
 }
 
@@ -389,13 +390,10 @@ class LaunchInFlight : public ControllerTest {
 TEST_F(LaunchInFlight, CancelSignalsAgainOnceTheStartIsConfirmed) {
   int64_t id = submit_in_flight();
   A::cancel(*ctld, root({std::to_string(id)}));
-  auto end = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-  while (node->of("/v1/node/signal").empty() && std::chrono::steady_clock::now() < end)
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  eventually([&] { return !node->of("/v1/node/signal").empty(); });
   ASSERT_EQ(node->of("/v1/node/signal").size(), 1u) << "the cancel sent no signal";
   release.set_value();
-  while (node->of("/v1/node/signal").size() < 2 && std::chrono::steady_clock::now() < end)
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  eventually([&] { return node->of("/v1/node/signal").size() >= 2; });
   auto sigs = node->of("/v1/node/signal");
   ASSERT_EQ(sigs.size(), 2u) << "the job was not signalled once its launch was confirmed";
   EXPECT_EQ(sigs[1].body["signal"], SIGTERM);
