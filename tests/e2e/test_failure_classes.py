@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -110,20 +111,27 @@ def test_malformed_manifest_exits_3(e2e: E2E, copied_exe_image):
     assert "malformed manifest" in line, line
 
 
+@contextmanager
+def moved_away(path: Path):
+    """path missing for the duration (renamed to PATH.away), then put back."""
+    away = path.with_name(path.name + ".away")
+    path.rename(away)
+    try:
+        yield
+    finally:
+        away.rename(path)
+
+
 def test_missing_executable_exits_1_then_restores(e2e: E2E, copied_exe_image):
     """The job's executable moved away on this node: transient. Put back, the same image
     restores and the job ends as it would have."""
     ref, job, image = copied_exe_image
     exe = job.work / "memhog_classes"
-    away = job.work / "memhog_classes.away"
-    exe.rename(away)
-    try:
+    with moved_away(exe):
         r = e2e.engine.call(["restore", "--dir", str(image)], 120)
         line = single_error_line(r)
         assert r.rc == EXIT_TRANSIENT, (r.rc, line)
         assert str(exe) in line and "missing" in line, line
-    finally:
-        away.rename(exe)
     (job.work / "go").touch()
     r = e2e.restore_foreground(job, image)
     assert r.rc == ref.status, r.stderr
@@ -175,13 +183,9 @@ def test_transient_restore_failure_keeps_the_checkpoint_and_retries_elsewhere(e2
     cid = newest["checkpoint_id"]
     # A file the job has open for writing, missing on the node for a while (an NFS mount
     # not there yet, an administrator's mistake): the restore fails, the image is fine.
-    results, away = d / "results.txt", d / "results.txt.away"
-    results.rename(away)
-    try:
+    with moved_away(d / "results.txt"):
         c.cmd("scontrol", "checkpoint", "restart", jid)
         c.wait_for(lambda: f"job {jid}: restore from checkpoint {cid} on" in c.log(), 60, "the failed restore")
-    finally:
-        away.rename(results)
     log = c.log()
     assert re.search(rf"job {jid}: restore from checkpoint {cid} on \S+ failed \(transient\)", log), log[-3000:]
     assert f"job {jid}: checkpoint {cid} stays Present" in log
@@ -200,13 +204,9 @@ def test_transient_restore_failures_are_bounded_then_fall_back(e2e: E2E, cluster
     d = workdir(e2e, "bounded", test_user)
     jid, older, newest = vacated_with_two_checkpoints(c, d, test_user)
     cid = newest["checkpoint_id"]
-    results, away = d / "results.txt", d / "results.txt.away"
-    results.rename(away)
-    try:
+    with moved_away(d / "results.txt"):
         c.cmd("scontrol", "checkpoint", "restart", jid)
         c.wait_for(lambda: c.checkpoints(jid)[1]["status"] == "Failed", 120, "the checkpoint to be given up")
-    finally:
-        away.rename(results)
     failed = c.checkpoints(jid)[1]
     assert failed["reason"].startswith("restore failed: 3 transient failures in a row"), failed
     assert "results.txt" in failed["reason"], failed
