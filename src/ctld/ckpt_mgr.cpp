@@ -1,0 +1,337 @@
+// The controller's checkpoint manager: periodic, manual and vacate checkpoints,
+// their outcome, retention, restart from a checkpoint, list and delete, and the
+// load-aware skipping of periodic checkpoints.
+#include "ctld/controller.h"
+
+#include <malloc.h>
+#include <pwd.h>
+#include <grp.h>
+#include <signal.h>
+
+#include <algorithm>
+#include <charconv>
+#include <chrono>
+#include <cmath>
+#include <limits>
+
+#include <spdlog/spdlog.h>
+
+#include "common/error.h"
+#include "common/failure.h"
+#include "proto/json_number.h"
+#include "proto/timefmt.h"
+#include "proto/node_requests.h"
+#include "ctld/controller_impl.h"
+
+namespace fsched::ctld {
+
+using proto::RpcError;
+
+// Back to the queue, to start again from scratch (seed 002: requeue is not restore).
+std::string Controller::too_busy(const std::string& node) const {
+  if (!cfg_.load_aware) return {};
+  auto it = nodes_.find(node);
+  if (it == nodes_.end()) return {};
+  const Node& n = it->second;
+  if (n.cpu_util > cfg_.load_threshold_cpu)
+    return fmt::format("CPU utilization {:.2f} > CRIU_LoadThresholdCPU {:.2f}", n.cpu_util,
+                       cfg_.load_threshold_cpu);
+  if (n.io_wait > cfg_.load_threshold_io)
+    return fmt::format("I/O wait {:.2f} > CRIU_LoadThresholdIO {:.2f}", n.io_wait,
+                       cfg_.load_threshold_io);
+  if (n.mem_util > cfg_.load_threshold_memory)
+    return fmt::format("memory use {:.2f} > CRIU_LoadThresholdMemory {:.2f}", n.mem_util,
+                       cfg_.load_threshold_memory);
+  return {};
+}
+
+void Controller::skip_checkpoint(Job& j, const std::string& why) {
+  Checkpoint c;
+  c.checkpoint_id = ++j.last_checkpoint_id;
+  c.job_id = j.job_id;
+  c.source = CheckpointSource::Periodic;
+  c.description = "periodic checkpoint";
+  c.trigger_time = c.completion_time = now_s();
+  c.status = CheckpointStatus::Skipped;
+  c.reason = fmt::format("load-aware: node {}: {}", j.nodes, why);
+  c.job_version = j.job_version;
+  ckpts_[j.job_id].push_back(c);
+  save(j);
+  save(c);
+  spdlog::info("job {}: checkpoint {} Skipped ({})", j.job_id, c.checkpoint_id, c.reason);
+}
+
+nlohmann::json Controller::checkpoint_job(const proto::Request& r, CheckpointSource source) {
+  int64_t id;
+  {
+    Lock l(mu_);
+    id = job_of(r.params.at(0)).job_id;
+  }
+  std::string desc = field<std::string>(r.body, "description", "");
+  Checkpoint c = run_checkpoint(id, source, desc, &r.caller);
+  if (c.status != CheckpointStatus::Present)
+    throw RpcError(
+        500, fmt::format("checkpoint {} of job {} {}: {}", c.checkpoint_id, id,
+                         c.status == CheckpointStatus::Timeout ? "timed out" : "failed", c.reason));
+  return c;
+}
+
+Checkpoint Controller::run_checkpoint(int64_t job_id, CheckpointSource source,
+                                      const std::string& description, const proto::Caller* who) {
+  Checkpoint c;
+  std::string node;
+  {
+    Lock l(mu_);
+    auto it = jobs_.find(job_id);
+    if (it == jobs_.end()) throw RpcError(404, "Invalid job id specified");
+    Job& j = it->second;
+    if (who) check_owner(j, *who);
+    if (cfg_.checkpoint_type == "checkpoint/none")
+      throw RpcError(409, "checkpoints are disabled (CheckpointType = checkpoint/none)");
+    // A job placed a moment ago may already be running and writing output while its
+    // launch RPC has not returned: a user's checkpoint waits for that answer (bounded
+    // by BatchStartTimeout) rather than failing on a race the user cannot see.
+    if (who && j.state == JobState::Running && launching_.count(job_id))
+      wake_.wait_for(l, std::chrono::seconds(cfg_.batch_start_timeout),
+                     [&] { return stopping_ || !launching_.count(job_id); });
+    if (j.state != JobState::Running || launching_.count(job_id) || !j.end_request.empty() ||
+        j.awaiting_node)
+      throw RpcError(
+          409, fmt::format("Job {} is not running (state {}{})", job_id, j.state,
+                           j.awaiting_node ? ", its start not yet confirmed by its node" : ""));
+    if (ckpt_busy_.count(job_id))
+      throw RpcError(409, fmt::format("job {}: a checkpoint is already in progress", job_id));
+    c.checkpoint_id = ++j.last_checkpoint_id;
+    c.job_id = job_id;
+    c.source = source;
+    c.description = description.empty()
+                        ? (source == CheckpointSource::Periodic ? "periodic checkpoint"
+                           : source == CheckpointSource::Vacate ? "created when the job was vacated"
+                                                                : "created during running")
+                        : description;
+    c.trigger_time = now_s();
+    c.job_version = j.job_version;
+    c.location =
+        (cfg_.checkpoint_dir / std::to_string(job_id) / std::to_string(c.checkpoint_id)).string();
+    ckpt_busy_.insert(job_id);
+    ckpt_rpc_.insert(job_id);
+    ckpts_[job_id].push_back(c);
+    save(j);
+    save(c);
+    node = j.nodes;
+    spdlog::info("job {}: checkpoint {} ({}) triggered on {}", job_id, c.checkpoint_id, source,
+                 node);
+  }
+  json reply;
+  std::string error;
+  std::optional<FailureClass> failure;
+  bool timeout = false, answered = true;
+  try {
+    reply = node_rpc_->post(
+        node, "/v1/node/checkpoint",
+        proto::CheckpointRequest{.job_id = job_id,
+                                 .dir = c.location,
+                                 .leave_running = source != CheckpointSource::Vacate,
+                                 .timeout = cfg_.checkpoint_timeout},
+        cfg_.checkpoint_timeout + 60);
+  } catch (const RpcError& e) {
+    error = e.what();
+    failure = e.failure();
+    timeout = e.status() == 504;
+  } catch (const std::exception& e) {
+    // No answer at all: fschedd died or the connection broke mid-way. The dump may
+    // well have completed; the node reports its outcome once it is back.
+    error = e.what();
+    answered = false;
+  }
+  Lock l(mu_);
+  ckpt_rpc_.erase(job_id);
+  if (error.empty()) {
+    settle_checkpoint(job_id, c.checkpoint_id, CheckpointStatus::Present, "",
+                      reply.value("size", uint64_t{0}), reply.value("freeze_ms", 0.0));
+  } else if (answered) {
+    settle_checkpoint(job_id, c.checkpoint_id,
+                      timeout ? CheckpointStatus::Timeout : CheckpointStatus::Failed,
+                      timeout ? error : classified(failure, error), 0, 0.0);
+  } else {
+    spdlog::warn(
+        "job {}: checkpoint {}: no answer from {} ({}); it stays Creating until the node reports "
+        "how "
+        "the dump ended",
+        job_id, c.checkpoint_id, node, error);
+    auto current = [&]() -> const Checkpoint* {
+      for (auto& x : ckpts_[job_id])
+        if (x.checkpoint_id == c.checkpoint_id) return &x;
+      return nullptr;
+    };
+    // The caller (scontrol) gets the real outcome if the node is back in time.
+    wake_.wait_for(l, std::chrono::seconds(cfg_.checkpoint_timeout + 60), [&] {
+      return stopping_ || !current() || current()->status != CheckpointStatus::Creating;
+    });
+  }
+  for (auto& x : ckpts_[job_id])
+    if (x.checkpoint_id == c.checkpoint_id) return x;
+  return c;
+}
+
+bool Controller::settle_checkpoint(int64_t job_id, int64_t checkpoint_id, CheckpointStatus status,
+                                   const std::string& reason, uint64_t size, double freeze_ms) {
+  auto& list = ckpts_[job_id];
+  auto it = std::find_if(list.begin(), list.end(),
+                         [&](const Checkpoint& x) { return x.checkpoint_id == checkpoint_id; });
+  // Both the RPC's reply and the node's op_done carry the outcome: the first wins.
+  if (it == list.end() || it->status != CheckpointStatus::Creating) return false;
+  Checkpoint& c = *it;
+  c.completion_time = now_s();
+  c.duration = c.completion_time - c.trigger_time;
+  c.status = status;
+  c.reason = reason;
+  if (status == CheckpointStatus::Present) {
+    c.size = size;
+    c.freeze_ms = freeze_ms;
+  }
+  save(c);
+  ckpt_busy_.erase(job_id);
+  auto jit = jobs_.find(job_id);
+  if (jit == jobs_.end()) return true;
+  Job& j = jit->second;
+  if (c.status == CheckpointStatus::Present) {
+    spdlog::info("job {}: checkpoint {} Present: {} bytes in {:.2f} s at {}", job_id,
+                 c.checkpoint_id, c.size, c.duration, c.location);
+    if (c.source == CheckpointSource::Vacate && j.state == JobState::Running) {
+      double now = now_s();
+      release(j, now);
+      j.state = JobState::Pending;
+      j.reason = "Vacated";
+      j.end_time = 0;
+      spdlog::info("job {}: vacated: pending until restarted", job_id);
+    }
+    retain(j);
+  } else {
+    spdlog::warn("job {}: checkpoint {} {}: {}; the job keeps running", job_id, c.checkpoint_id,
+                 c.status, c.reason);
+    discard_image(c.location);
+  }
+  save(j);
+  wake_.notify_all();
+  return true;
+}
+
+void Controller::discard_image(const std::string& location) {
+  if (location.empty()) return;
+  spawn([location] {
+    std::error_code ec;
+    std::filesystem::remove_all(location, ec);
+    if (ec) spdlog::warn("cannot remove the image {}: {}", location, ec.message());
+    std::filesystem::remove_all(location + ".tmp", ec);
+    if (ec) spdlog::warn("cannot remove {}.tmp: {}", location, ec.message());
+  });
+}
+
+void Controller::retain(const Job& j) {
+  auto& list = ckpts_[j.job_id];
+  int present = 0;
+  for (auto it = list.rbegin(); it != list.rend(); ++it) {
+    if (it->status != CheckpointStatus::Present) continue;
+    if (++present <= cfg_.max_epochs) continue;
+    if (it->checkpoint_id == j.restore_from) continue;  // being restored from
+    // Recorded first, removed by a worker outside mu_: an image may be many GB on slow
+    // storage, and every request waits on mu_. A removal that fails is logged and tried
+    // again at the next start (the sweep in start()).
+    it->status = CheckpointStatus::Cleared;
+    it->reason = fmt::format("retention: CRIU_MaxEpochs = {}", cfg_.max_epochs);
+    save(*it);
+    discard_image(it->location);
+    spdlog::info("job {}: checkpoint {} Cleared ({})", j.job_id, it->checkpoint_id, it->reason);
+  }
+}
+
+bool Controller::clear_if_missing(Checkpoint& c) {
+  std::error_code ec;
+  bool there = std::filesystem::exists(c.location, ec);
+  // Only a definite "no such directory" clears it: storage that cannot be read just
+  // now (EIO, a stale NFS handle) says nothing about the image, and the restore will.
+  if (there || (ec && ec != std::errc::no_such_file_or_directory)) return false;
+  c.status = CheckpointStatus::Cleared;
+  c.reason = fmt::format("its image directory {} is missing (removed outside fsched)", c.location);
+  save(c);
+  spdlog::warn("job {}: checkpoint {} Cleared: {}", c.job_id, c.checkpoint_id, c.reason);
+  return true;
+}
+
+nlohmann::json Controller::restart_job(const proto::Request& r) {
+  Lock l(mu_);
+  Job& j = job_of(r.params.at(0));
+  check_owner(j, r.caller);
+  bool restartable = (j.state == JobState::Pending && j.reason == "Vacated") ||
+                     j.state == JobState::Failed || j.state == JobState::Cancelled ||
+                     j.state == JobState::Timeout || j.state == JobState::NodeFail;
+  if (!restartable)
+    throw RpcError(409, fmt::format("Job {} cannot be restarted: it is {}{}", j.job_id, j.state,
+                                    j.state == JobState::Pending ? " (not vacated)" : ""));
+  int64_t want = proto::int_field(r.body, "checkpoint_id", 0, 0, kMaxId);
+  int64_t chosen = 0;
+  for (auto& c : ckpts_[j.job_id])
+    if (c.status == CheckpointStatus::Present) clear_if_missing(c);
+  for (auto& c : ckpts_[j.job_id]) {
+    if (want && c.checkpoint_id == want) {
+      if (c.status != CheckpointStatus::Present)
+        throw RpcError(409, fmt::format("checkpoint {} of job {} is {}, not Present", want,
+                                        j.job_id, c.status));
+      chosen = want;
+    }
+    if (!want && c.status == CheckpointStatus::Present) chosen = c.checkpoint_id;
+  }
+  if (want && !chosen)
+    throw RpcError(404, fmt::format("job {} has no checkpoint {}", j.job_id, want));
+  if (!chosen)
+    throw RpcError(409, fmt::format("job {} has no Present checkpoint to restart from", j.job_id));
+  j.state = JobState::Pending;
+  j.reason = "None";
+  j.hold = false;
+  j.restore_from = chosen;
+  j.end_time = 0;
+  j.end_request.clear();
+  restore_retries_.erase(j.job_id);  // an explicit restart starts counting anew
+  save(j);
+  spdlog::info("job {}: restart from checkpoint {} requested by uid {}", j.job_id, chosen,
+               r.caller.uid);
+  wake_.notify_all();
+  return api(j);
+}
+
+nlohmann::json Controller::list_checkpoints(const proto::Request& r) {
+  Lock l(mu_);
+  Job& j = job_of(r.params.at(0));
+  return {{"checkpoints", ckpts_[j.job_id]}};
+}
+
+nlohmann::json Controller::delete_checkpoint(const proto::Request& r) {
+  Lock l(mu_);
+  Job& j = job_of(r.params.at(0));
+  check_owner(j, r.caller);
+  int64_t cid = 0;
+  if (auto [p, ec] = std::from_chars(r.params.at(1).data(),
+                                     r.params.at(1).data() + r.params.at(1).size(), cid);
+      ec != std::errc{} || p != r.params.at(1).data() + r.params.at(1).size())
+    throw RpcError(400, fmt::format("invalid checkpoint id '{}'", r.params.at(1)));
+  for (auto& c : ckpts_[j.job_id]) {
+    if (c.checkpoint_id != cid) continue;
+    if (c.status == CheckpointStatus::Creating)
+      throw RpcError(409,
+                     fmt::format("checkpoint {} of job {} is still being written", cid, j.job_id));
+    if (j.restore_from == cid && j.state != JobState::Completed)
+      throw RpcError(409,
+                     fmt::format("checkpoint {} of job {} is being restored from", cid, j.job_id));
+    // Removed by a worker outside mu_, as retention does (see retain()).
+    c.status = CheckpointStatus::Cleared;
+    c.reason = fmt::format("deleted by uid {}", r.caller.uid);
+    save(c);
+    discard_image(c.location);
+    spdlog::info("job {}: checkpoint {} Cleared ({})", j.job_id, cid, c.reason);
+    return c;
+  }
+  throw RpcError(404, fmt::format("job {} has no checkpoint {}", j.job_id, cid));
+}
+
+}  // namespace fsched::ctld

@@ -1,0 +1,390 @@
+// The controller's job manager: submit, the job list, signal, cancel, hold and
+// release, requeue, and what a job's end means.
+#include "ctld/controller.h"
+
+#include <malloc.h>
+#include <pwd.h>
+#include <grp.h>
+#include <signal.h>
+
+#include <algorithm>
+#include <charconv>
+#include <chrono>
+#include <cmath>
+#include <limits>
+
+#include <spdlog/spdlog.h>
+
+#include "common/error.h"
+#include "common/failure.h"
+#include "proto/json_number.h"
+#include "proto/timefmt.h"
+#include "proto/node_requests.h"
+#include "ctld/controller_impl.h"
+
+namespace fsched::ctld {
+
+using proto::RpcError;
+
+Job& Controller::job_of(const std::string& id_text) {
+  int64_t id = 0;
+  auto [p, ec] = std::from_chars(id_text.data(), id_text.data() + id_text.size(), id);
+  if (ec != std::errc{} || p != id_text.data() + id_text.size())
+    throw RpcError(400, "Invalid job id specified");
+  auto it = jobs_.find(id);
+  if (it == jobs_.end()) throw RpcError(404, "Invalid job id specified");
+  return it->second;
+}
+
+void Controller::check_owner(const Job& j, const proto::Caller& c) const {
+  if (!c.is_root() && c.uid != j.uid)
+    throw RpcError(403,
+                   fmt::format("Access/permission denied: job {} belongs to {}", j.job_id, j.user));
+}
+
+nlohmann::json Controller::api(const Job& j) const {
+  double now = now_s();
+  int64_t run = j.run_time_done + (j.state == JobState::Running && j.start_time > 0
+                                       ? static_cast<int64_t>(now - j.start_time)
+                                       : 0);
+  json last = nullptr;
+  if (auto it = ckpts_.find(j.job_id); it != ckpts_.end() && !it->second.empty()) {
+    auto& c = it->second.back();
+    last = {{"checkpoint_id", c.checkpoint_id}, {"time", c.trigger_time}, {"status", c.status}};
+  }
+  int sig = j.exit_status > 128 && j.exit_status < 128 + 65 ? j.exit_status - 128 : 0;
+  return {{"job_id", j.job_id},
+          {"name", j.name},
+          {"user", j.user},
+          {"uid", j.uid},
+          {"gid", j.gid},
+          {"partition", j.partition},
+          {"state", j.state},
+          {"reason", j.reason},
+          {"submit_time", j.submit_time},
+          {"start_time", j.start_time},
+          {"end_time", j.end_time},
+          {"run_time", run},
+          {"time_limit", j.time_limit},
+          {"nodes", j.nodes},
+          {"num_nodes", 1},
+          {"cpus_per_task", j.cpus_per_task},
+          {"ntasks", j.ntasks},
+          {"num_cpus", j.num_cpus()},
+          {"mem_mb", j.mem_mb},
+          {"work_dir", j.work_dir},
+          {"stdout", j.stdout_path},
+          {"stderr", j.stderr_path},
+          {"command",
+           (cfg_.slurmd_spool_dir / fmt::format("job{}", j.job_id) / "slurm_script").string()},
+          {"argv", j.argv},
+          {"checkpoint_interval", j.checkpoint_interval},
+          {"checkpoint_dir", (cfg_.checkpoint_dir / std::to_string(j.job_id)).string()},
+          {"requeue", j.requeue},
+          {"hold", j.hold},
+          {"restarts", j.restarts},
+          {"job_version", j.job_version},
+          {"exit_code", fmt::format("{}:{}", sig ? 0 : j.exit_status, sig)},
+          {"last_checkpoint", last},
+          {"restore_from", j.restore_from}};
+}
+
+// ------------------------------------------------------------------ routes
+
+SubmitRequest decode_submit(const nlohmann::json& b, const proto::Caller& caller,
+                            const proto::Config& cfg) {
+  using json = nlohmann::json;
+  if (!b.is_object()) throw RpcError(400, "submit: expected a JSON object");
+  Job j;
+  std::string script = field<std::string>(b, "script", "");
+  if (script.size() > proto::kMaxScriptBytes)
+    throw RpcError(400, fmt::format("batch script is {} bytes, over the limit of {} bytes (4 MiB)",
+                                    script.size(), proto::kMaxScriptBytes));
+  if (script.rfind("#!", 0) != 0)
+    throw RpcError(400,
+                   "This does not look like a batch script.  The first line must start with #! "
+                   "followed by the path to an interpreter.");
+  j.uid = caller.uid;
+  j.gid = caller.gid;
+  j.user = user_name(caller.uid);
+  j.name = field<std::string>(b, "name", "sbatch");
+  j.work_dir = field<std::string>(b, "work_dir", "");
+  if (j.work_dir.empty() || j.work_dir[0] != '/')
+    throw RpcError(400, "work_dir must be an absolute path");
+  j.argv = field<std::vector<std::string>>(b, "argv", {});
+  int64_t cpus_per_task = proto::int_field(b, "cpus_per_task", 1, 1, kMaxCpus);
+  int64_t ntasks = proto::int_field(b, "ntasks", 1, 1, kMaxCpus);
+  // Both are at most 2^20, so their product is exact in 64 bits.
+  if (cpus_per_task * ntasks > kMaxCpus)
+    throw RpcError(400,
+                   fmt::format("cpus_per_task × ntasks = {} × {} = {} CPUs, over the limit of {}",
+                               cpus_per_task, ntasks, cpus_per_task * ntasks, kMaxCpus));
+  j.cpus_per_task = static_cast<int>(cpus_per_task);
+  j.ntasks = static_cast<int>(ntasks);
+  j.mem_mb = static_cast<uint64_t>(proto::int_field(b, "mem_mb", 0, 0, kMaxMemMb));
+  j.time_limit = proto::int_field(b, "time_limit", 0, 0, kMaxSeconds);
+  j.checkpoint_interval = proto::int_field(b, "checkpoint_interval", 0, 0, kMaxSeconds);
+  j.requeue = field<bool>(b, "requeue", true);
+  j.hold = field<bool>(b, "hold", false);
+  json env = field<json>(b, "env", json::object());
+  if (!env.is_object()) throw RpcError(400, "env must be an object of strings");
+  std::string part = field<std::string>(b, "partition", "");
+  const proto::PartitionConf* p = part.empty() ? cfg.default_partition() : cfg.partition(part);
+  if (!p) throw RpcError(400, fmt::format("invalid partition specified: {}", part));
+  j.partition = p->name;
+  if (p->max_time && j.time_limit > p->max_time)
+    throw RpcError(
+        400,
+        fmt::format("Requested time limit is invalid (exceeds MaxTime of partition {})", p->name));
+  if (!p->up) throw RpcError(400, fmt::format("Partition {} is down", p->name));
+  bool fits = false;
+  for (auto& n : p->nodes) {
+    auto* nc = cfg.node(n);
+    if (nc && nc->cpus >= j.num_cpus() && nc->real_memory >= j.mem_mb) fits = true;
+  }
+  if (!fits) throw RpcError(400, "Requested node configuration is not available");
+
+  std::string out = field<std::string>(b, "stdout", "");
+  std::string err = field<std::string>(b, "stderr", "");
+  if (out.empty()) out = j.work_dir + "/slurm-%j.out";
+  j.submit_time = now_s();
+  j.state = JobState::Pending;
+  j.reason = j.hold ? (caller.is_root() ? "JobHeldAdmin" : "JobHeldUser") : "None";
+  return {std::move(j), std::move(script), std::move(env), std::move(out), std::move(err)};
+}
+
+nlohmann::json Controller::submit(const proto::Request& r) {
+  SubmitRequest s = decode_submit(r.body, r.caller, cfg_);
+  Job& j = s.job;
+  const std::string &out = s.stdout_pattern, &err = s.stderr_pattern;
+  Lock l(mu_);
+  store_.submit(j, s.script, s.env, [&](Job& x) {
+    x.stdout_path = expand_pattern(out, x);
+    x.stderr_path = err.empty() ? x.stdout_path : expand_pattern(err, x);
+  });
+  jobs_[j.job_id] = j;
+  spdlog::info("job {}: submitted by {} (uid {}), name {}, partition {}, checkpoint every {} s",
+               j.job_id, j.user, j.uid, j.name, j.partition, j.checkpoint_interval);
+  wake_.notify_all();
+  json reply = {{"job_id", j.job_id}};
+  // Accepted, but the option will do nothing: the submitter hears it (sbatch prints
+  // each warning on stderr) rather than finding no checkpoints after the job died.
+  if (j.checkpoint_interval > 0 && cfg_.checkpoint_type == "checkpoint/none")
+    reply["warnings"] = {
+        fmt::format("--checkpoint={} has no effect: checkpoints are disabled on this cluster "
+                    "(CheckpointType = checkpoint/none)",
+                    proto::format_duration(j.checkpoint_interval))};
+  return reply;
+}
+
+std::string Controller::list_jobs(const proto::Request& r) {
+  // ?state=PENDING,RUNNING narrows the list on the controller's side: squeue's
+  // default view then costs nothing for the thousands of finished jobs.
+  std::set<JobState> states;
+  std::string q = r.query("state");
+  for (size_t pos = 0; pos < q.size();) {
+    size_t e = std::min(q.find(',', pos), q.size());
+    if (e > pos) {
+      std::string name = q.substr(pos, e - pos);
+      auto st = proto::parse_enum<JobState>(name);
+      if (!st)
+        throw RpcError(400, fmt::format("unknown job state '{}' (expected one of {})", name,
+                                        proto::enum_names<JobState>()));
+      states.insert(*st);
+    }
+    pos = e + 1;
+  }
+  auto wanted = [&](const Job& j) { return states.empty() || states.count(j.state) > 0; };
+  // One job's JSON tree at a time: the whole list as a tree would cost the
+  // controller ~10x the text's size.
+  std::string out = R"({"jobs":[)";
+  Lock l(mu_);
+  bool first = true;
+  for (auto& [id, j] : jobs_) {
+    if (!wanted(j)) continue;
+    if (!first) out += ',';
+    first = false;
+    out += api(j).dump();
+  }
+  out += "]}";
+  return out;
+}
+
+nlohmann::json Controller::show_job(const proto::Request& r) {
+  Lock l(mu_);
+  return api(job_of(r.params.at(0)));
+}
+
+nlohmann::json Controller::signal_job(const proto::Request& r) {
+  Lock l(mu_);
+  Job& j = job_of(r.params.at(0));
+  check_owner(j, r.caller);
+  int sig = static_cast<int>(proto::int_field(r.body, "signal", SIGTERM, 1, 64));
+  if (j.state != JobState::Running)
+    throw RpcError(409, fmt::format("Job {} is not running (state {})", j.job_id, j.state));
+  spdlog::info("job {}: signal {} requested by uid {}", j.job_id, sig, r.caller.uid);
+  terminate(j, sig, false);
+  return json::object();
+}
+
+void Controller::terminate(const Job& j, int signal, bool escalate) {
+  std::string node = j.nodes;
+  int64_t id = j.job_id;
+  int wait = escalate ? cfg_.kill_wait : -1;
+  spawn([this, node, id, signal, wait] {
+    try {
+      node_rpc_->post(node, "/v1/node/signal",
+                      proto::SignalRequest{.job_id = id, .signal = signal, .kill_wait = wait}, 30);
+    } catch (const std::exception& e) {
+      spdlog::warn("job {}: signal {} on node {} failed: {}", id, signal, node, e.what());
+    }
+  });
+}
+
+nlohmann::json Controller::cancel_job(const proto::Request& r) {
+  Lock l(mu_);
+  Job& j = job_of(r.params.at(0));
+  check_owner(j, r.caller);
+  if (j.state == JobState::Pending) {
+    j.state = JobState::Cancelled;
+    j.reason = "None";
+    j.end_time = now_s();
+    j.restore_from = 0;
+    save(j);
+    spdlog::info("job {}: cancelled while pending by uid {}", j.job_id, r.caller.uid);
+  } else if (j.state == JobState::Running) {
+    j.end_request = "cancel";
+    save(j);
+    spdlog::info("job {}: cancel requested by uid {}: SIGTERM, SIGKILL after {} s", j.job_id,
+                 r.caller.uid, cfg_.kill_wait);
+    terminate(j, SIGTERM, true);
+  } else {
+    throw RpcError(409, fmt::format("Job/step already completing or completed (job {} is {})",
+                                    j.job_id, j.state));
+  }
+  return json::object();
+}
+
+nlohmann::json Controller::hold_job(const proto::Request& r, bool hold) {
+  Lock l(mu_);
+  Job& j = job_of(r.params.at(0));
+  check_owner(j, r.caller);
+  if (j.state != JobState::Pending)
+    throw RpcError(409, fmt::format("Job {} is not pending (state {})", j.job_id, j.state));
+  if (!hold && j.reason == "JobHeldAdmin" && !r.caller.is_root())
+    throw RpcError(403, fmt::format("Access/permission denied: job {} was held by an administrator",
+                                    j.job_id));
+  j.hold = hold;
+  if (hold)
+    j.reason = r.caller.is_root() ? "JobHeldAdmin" : "JobHeldUser";
+  else if (j.reason == "JobHeldUser" || j.reason == "JobHeldAdmin")
+    j.reason = "None";
+  save(j);
+  spdlog::info("job {}: {} by uid {}", j.job_id, hold ? "held" : "released", r.caller.uid);
+  wake_.notify_all();
+  return json::object();
+}
+
+void Controller::requeue_fresh(Job& j) {
+  j.state = JobState::Pending;
+  j.reason = "None";
+  j.start_time = 0;  // a new run from scratch: the old start no longer describes it
+  j.restarts++;
+  j.job_version++;
+  j.restore_from = 0;
+  j.run_time_done = 0;
+  j.end_time = 0;
+}
+
+nlohmann::json Controller::requeue_job(const proto::Request& r) {
+  Lock l(mu_);
+  Job& j = job_of(r.params.at(0));
+  check_owner(j, r.caller);
+  if (!j.requeue)
+    throw RpcError(409, fmt::format("Job {} was submitted with --no-requeue", j.job_id));
+  if (j.state == JobState::Running) {
+    j.end_request = "requeue";
+    save(j);
+    terminate(j, SIGTERM, true);
+  } else if (j.state == JobState::Pending) {
+    throw RpcError(409, fmt::format("Job {} is pending already", j.job_id));
+  } else {
+    requeue_fresh(j);
+    save(j);
+    wake_.notify_all();
+  }
+  spdlog::info("job {}: requeued (from scratch) by uid {}", j.job_id, r.caller.uid);
+  return json::object();
+}
+
+void Controller::end_if_requested(const Job& j) {
+  // A cancel, requeue or time limit that came while the start was in flight signalled a
+  // job the node did not know yet: it is signalled again now that it runs.
+  if (j.end_request.empty()) return;
+  spdlog::info("job {}: {} requested while it started: SIGTERM now, SIGKILL after {} s", j.job_id,
+               j.end_request, cfg_.kill_wait);
+  terminate(j, SIGTERM, true);
+}
+
+void Controller::release(Job& j, double now) {
+  if (auto it = nodes_.find(j.nodes); it != nodes_.end()) {
+    it->second.alloc_cpus = std::max(0, it->second.alloc_cpus - j.num_cpus());
+    it->second.alloc_memory =
+        it->second.alloc_memory >= j.mem_mb ? it->second.alloc_memory - j.mem_mb : 0;
+  }
+  // start_time stays: scontrol show job and squeue %S show when a finished job last
+  // started. Callers release only RUNNING jobs and schedule() sets a new start, so
+  // this run is counted once.
+  if (j.start_time > 0) j.run_time_done += static_cast<int64_t>(std::llround(now - j.start_time));
+}
+
+nlohmann::json Controller::node_job_ended(const proto::Request& r) {
+  if (!r.caller.is_root()) throw RpcError(403, "only root (fschedd) may report for a node");
+  int64_t id = proto::int_field(r.body, "job_id", 0, 0, kMaxId);
+  int code = static_cast<int>(proto::int_field(r.body, "exit_status", 0, 0, 65535));
+  bool lost = field<bool>(r.body, "lost", false);
+  std::string node = field<std::string>(r.body, "name", "");
+  Lock l(mu_);
+  auto it = jobs_.find(id);
+  if (it == jobs_.end()) return json::object();
+  Job& j = it->second;
+  // A report about a run that is already over (a repeated report, or one from a node
+  // the job has since left) changes nothing.
+  if (j.state != JobState::Running || j.nodes != node || launching_.count(id))
+    return json::object();
+  if (j.awaiting_node) {
+    // It started (and ended) after all.
+    j.awaiting_node = false;
+    j.restore_from = 0;
+  }
+  double now = now_s();
+  double started = j.start_time;
+  release(j, now);
+  j.exit_status = code;
+  j.end_time = now;
+  std::string req = j.end_request;
+  j.end_request.clear();
+  if (req == "requeue") {
+    requeue_fresh(j);
+  } else if (req == "cancel") {
+    j.state = JobState::Cancelled;
+  } else if (req == "timeout") {
+    j.state = JobState::Timeout;
+  } else if (lost) {
+    // Restartable from its last checkpoint (scontrol checkpoint restart).
+    j.state = JobState::NodeFail;
+    j.reason = "NodeFail";
+  } else {
+    j.state = code == 0 ? JobState::Completed : JobState::Failed;
+    j.reason = code == 0 ? "None" : "NonZeroExitCode";
+  }
+  save(j);
+  spdlog::info("job {}: ended on {} with status {} after {:.1f} s: {}", id, node, code,
+               now - started, j.state);
+  wake_.notify_all();
+  return json::object();
+}
+
+// ------------------------------------------------------------------ scheduling
+
+}  // namespace fsched::ctld

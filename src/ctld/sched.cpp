@@ -1,0 +1,321 @@
+// The controller's scheduler: placing pending jobs on nodes, the launch and restore
+// RPCs and their failures (failure classes, fallback, retries), and the periodic
+// duties (due checkpoints, time limits, dead nodes).
+#include "ctld/controller.h"
+
+#include <malloc.h>
+#include <pwd.h>
+#include <grp.h>
+#include <signal.h>
+
+#include <algorithm>
+#include <charconv>
+#include <chrono>
+#include <cmath>
+#include <limits>
+
+#include <spdlog/spdlog.h>
+
+#include "common/error.h"
+#include "common/failure.h"
+#include "proto/json_number.h"
+#include "proto/timefmt.h"
+#include "proto/node_requests.h"
+#include "ctld/controller_impl.h"
+
+namespace fsched::ctld {
+
+using proto::RpcError;
+
+void Controller::confirm_launch(Job& j, const std::string& how) {
+  j.awaiting_node = false;
+  restore_retries_.erase(j.job_id);
+  if (j.restore_from) {
+    spdlog::info("job {}: restored from checkpoint {} on {} ({})", j.job_id, j.restore_from,
+                 j.nodes, how);
+    j.restore_from = 0;
+  } else {
+    spdlog::info("job {}: running on {} ({})", j.job_id, j.nodes, how);
+  }
+  save(j);
+  end_if_requested(j);
+  wake_.notify_all();
+}
+
+void Controller::schedule() {
+  for (auto& [id, j] : jobs_) {
+    if (j.state != JobState::Pending || j.hold || j.reason == "Vacated" || launching_.count(id))
+      continue;
+    // A restore that failed for a passing reason waits a while, then avoids the node
+    // it failed on if another one fits.
+    const RestoreRetry* retry = nullptr;
+    if (auto rit = restore_retries_.find(id);
+        rit != restore_retries_.end() && j.restore_from == rit->second.checkpoint_id)
+      retry = &rit->second;
+    if (retry && now_s() < retry->not_before) continue;
+    const proto::PartitionConf* p = cfg_.partition(j.partition);
+    Node* best = nullptr;
+    for (bool avoid : {true, false}) {
+      for (auto& name : p ? p->nodes : std::vector<std::string>{}) {
+        Node& n = nodes_.at(name);
+        if (avoid && retry && name == retry->avoid_node) continue;
+        if (!node_up(n) || n.cpus - n.alloc_cpus < j.num_cpus() ||
+            n.real_memory - n.alloc_memory < j.mem_mb)
+          continue;
+        // Least loaded first, so jobs spread over the nodes.
+        if (!best || n.alloc_cpus < best->alloc_cpus) best = &n;
+      }
+      if (best || !retry) break;
+    }
+    if (!best) {
+      if (j.reason != "Resources") {
+        j.reason = "Resources";
+        save(j);
+      }
+      continue;
+    }
+    best->alloc_cpus += j.num_cpus();
+    best->alloc_memory += j.mem_mb;
+    j.nodes = best->name;
+    j.state = JobState::Running;
+    j.reason = "None";
+    j.start_time = now_s();
+    if (j.restore_from) {
+      j.restarts++;
+      j.job_version++;
+    }
+    j.next_checkpoint =
+        j.checkpoint_interval ? j.start_time + static_cast<double>(j.checkpoint_interval) : 0;
+    // Stored before the RPC: a controller restarted before the node's answer came
+    // then knows to wait for the node's report rather than take the job as started.
+    j.awaiting_node = true;
+    save(j);
+    launching_.insert(id);
+    spdlog::info("job {}: {} on {}", id,
+                 j.restore_from ? fmt::format("restoring from checkpoint {}", j.restore_from)
+                                : std::string("starting"),
+                 best->name);
+    int64_t jid = id;
+    spawn([this, jid] { launch(jid); });
+  }
+}
+
+void Controller::launch(int64_t id) {
+  proto::LaunchRequest req;
+  std::string node, dir;
+  int64_t from = 0;
+  {
+    Lock l(mu_);
+    Job& j = jobs_.at(id);
+    auto [script, env] = store_.script(id);
+    env["SLURM_JOB_ID"] = env["SLURM_JOBID"] = std::to_string(id);
+    env["SLURM_JOB_NAME"] = j.name;
+    env["SLURM_JOB_USER"] = j.user;
+    env["SLURM_JOB_UID"] = std::to_string(j.uid);
+    env["SLURM_JOB_GID"] = std::to_string(j.gid);
+    env["SLURM_JOB_PARTITION"] = j.partition;
+    env["SLURM_SUBMIT_DIR"] = j.work_dir;
+    env["SLURM_JOB_NODELIST"] = env["SLURM_NODELIST"] = j.nodes;
+    env["SLURMD_NODENAME"] = j.nodes;
+    env["SLURM_JOB_NUM_NODES"] = env["SLURM_NNODES"] = "1";
+    env["SLURM_CPUS_ON_NODE"] = std::to_string(j.num_cpus());
+    env["SLURM_NTASKS"] = env["SLURM_NPROCS"] = std::to_string(j.ntasks);
+    env["SLURM_CPUS_PER_TASK"] = std::to_string(j.cpus_per_task);
+    env["SLURM_CLUSTER_NAME"] = cfg_.cluster_name;
+    env["SLURM_RESTART_COUNT"] = std::to_string(j.restarts);
+    env["ENVIRONMENT"] = "BATCH";
+    if (j.mem_mb) env["SLURM_MEM_PER_NODE"] = std::to_string(j.mem_mb);
+    if (j.checkpoint_interval) env["SLURM_CHECKPOINT"] = std::to_string(j.checkpoint_interval);
+    req = {.job_id = id,
+           .name = j.name,
+           .user = j.user,
+           .uid = j.uid,
+           .gid = j.gid,
+           .work_dir = j.work_dir,
+           .stdout_path = j.stdout_path,
+           .stderr_path = j.stderr_path,
+           .argv = j.argv,
+           .script = script};
+    // The submitted environment is an object of strings (anything else was never
+    // passed to the job: fschedd always dropped it).
+    for (auto& [k, v] : env.items())
+      if (v.is_string()) req.env[k] = v.get<std::string>();
+    node = j.nodes;
+    from = j.restore_from;
+    if (from) {
+      for (auto& c : ckpts_[id])
+        if (c.checkpoint_id == from) dir = c.location;
+      req.restore_dir = dir;
+    }
+  }
+  std::string error;
+  std::optional<FailureClass> failure;
+  bool answered = true;
+  try {
+    node_rpc_->post(node, from ? "/v1/node/restore" : "/v1/node/launch", req,
+                    cfg_.batch_start_timeout + 600);
+  } catch (const RpcError& e) {
+    error = e.what();
+    failure = e.failure();
+    // 409: the node has this job already, or an operation on it under way. Starting
+    // it elsewhere or again could run it twice: its reports decide instead.
+    answered = e.status() != 409;
+  } catch (const std::exception& e) {
+    error = e.what();
+    answered = false;
+  }
+  Lock l(mu_);
+  launching_.erase(id);
+  wake_.notify_all();  // a checkpoint request may be waiting for this answer
+  Job& j = jobs_.at(id);
+  if (!error.empty() && !answered) {
+    // fschedd died or the connection broke: the job may be running there. It stays
+    // RUNNING on that node, and the checkpoint it restores stays Present, until the
+    // node says what happened (op_done, or its job list at registration).
+    spdlog::warn("job {}: no answer to the {} on {} ({}); waiting for the node's report", id,
+                 from ? "restore" : "launch", node, error);
+    j.awaiting_node = true;
+    save(j);
+    return;
+  }
+  if (error.empty()) {
+    j.awaiting_node = false;
+    restore_retries_.erase(id);
+    save(j);
+    if (from) {
+      spdlog::info("job {}: restored from checkpoint {} on {} (restart {}, job version {})", id,
+                   from, node, j.restarts, j.job_version);
+      j.restore_from = 0;
+      save(j);
+    } else {
+      spdlog::info("job {}: running on {}", id, node);
+    }
+    end_if_requested(j);
+    wake_.notify_all();
+    return;
+  }
+  launch_failed(j, error, failure);
+}
+
+void Controller::launch_failed(Job& j, const std::string& why,
+                               std::optional<FailureClass> failure) {
+  double now = now_s();
+  j.awaiting_node = false;
+  release(j, now);
+  j.run_time_done = std::max<int64_t>(0, j.run_time_done);
+  if (j.restore_from) {
+    j.restarts--;
+    j.job_version--;
+    int64_t failed = j.restore_from;
+    // Unclassified (an older node, no answer to read) counts as transient: not knowing
+    // better, a failure must not condemn an image.
+    FailureClass cls = failure.value_or(FailureClass::kTransient);
+    spdlog::warn("job {}: restore from checkpoint {} on {} failed ({}): {}", j.job_id, failed,
+                 j.nodes, to_string(cls), why);
+    std::string reason;
+    if (cls == FailureClass::kImage || cls == FailureClass::kUnsupported) {
+      // The image is bad or holds what the engine cannot restore: the same everywhere.
+      reason = fmt::format("{}{} failure: {}", kRestoreFailedPrefix, to_string(cls), why);
+    } else {
+      // Transient (also usage: a command line the node got wrong is no fault of the
+      // image): the checkpoint stays Present and the restore is tried again, first on
+      // another node, after a pause; after kMaxTransientRestores the image is given up.
+      RestoreRetry& rr = restore_retries_[j.job_id];
+      if (rr.checkpoint_id != failed) rr = RestoreRetry{.checkpoint_id = failed};
+      if (++rr.failures < kMaxTransientRestores) {
+        rr.avoid_node = j.nodes;
+        rr.not_before = now + kRestoreRetryDelayS * rr.failures;
+        spdlog::info(
+            "job {}: checkpoint {} stays Present; restore attempt {} of {} in {:.0f} s, not on {} "
+            "if "
+            "another node fits",
+            j.job_id, failed, rr.failures + 1, kMaxTransientRestores, rr.not_before - now,
+            rr.avoid_node);
+        j.state = JobState::Pending;
+        j.reason = "RestoreRetry";
+        save(j);
+        wake_.notify_all();
+        return;
+      }
+      reason = fmt::format(
+          "{}{} transient failures in a row, giving up on this checkpoint; the last: {}",
+          kRestoreFailedPrefix, rr.failures, why);
+      restore_retries_.erase(j.job_id);
+    }
+    int64_t previous = 0;
+    for (auto& c : ckpts_[j.job_id]) {
+      if (c.checkpoint_id == failed) {
+        c.status = CheckpointStatus::Failed;
+        c.reason = reason;
+        save(c);
+        // The image stays on disk although it is of no more use to the job: the
+        // class is the engine's judgement, and an administrator may want to see what
+        // broke it (or restore it by hand if the judgement was wrong); `scontrol
+        // checkpoint delete` removes it.
+      } else if (c.status == CheckpointStatus::Present && c.checkpoint_id < failed) {
+        previous = c.checkpoint_id;
+      }
+    }
+    if (previous) {
+      spdlog::info("job {}: falling back to checkpoint {}", j.job_id, previous);
+      j.restore_from = previous;
+      j.state = JobState::Pending;
+      j.reason = "None";
+    } else {
+      j.restore_from = 0;
+      j.state = JobState::Failed;
+      j.reason = "RestoreFailed";
+      j.end_time = now;
+    }
+  } else if (++j.launch_failures >= 3) {
+    spdlog::error("job {}: launch on {} failed ({}), giving up after 3 tries", j.job_id, j.nodes,
+                  why);
+    j.state = JobState::Failed;
+    j.reason = "LaunchFailed";
+    j.end_time = now;
+  } else {
+    spdlog::warn("job {}: launch on {} failed: {}; will retry", j.job_id, j.nodes, why);
+    j.state = JobState::Pending;
+    j.reason = "LaunchFailed";
+  }
+  save(j);
+  wake_.notify_all();
+}
+
+void Controller::periodic() {
+  double now = now_s();
+  for (auto& [id, j] : jobs_) {
+    if (j.state != JobState::Running || launching_.count(id) || !j.end_request.empty() ||
+        j.awaiting_node)
+      continue;
+    if (j.time_limit > 0 &&
+        j.run_time_done + (now - j.start_time) >= static_cast<double>(j.time_limit)) {
+      spdlog::info("job {}: time limit of {} s reached", id, j.time_limit);
+      j.end_request = "timeout";
+      save(j);
+      terminate(j, SIGTERM, true);
+      continue;
+    }
+    if (j.checkpoint_interval > 0 && j.next_checkpoint > 0 && now >= j.next_checkpoint &&
+        !ckpt_busy_.count(id)) {
+      // Due points stay on the start + k*interval grid; missed ones are skipped.
+      while (j.next_checkpoint <= now)
+        j.next_checkpoint += static_cast<double>(j.checkpoint_interval);
+      save(j);
+      if (std::string why = too_busy(j.nodes); !why.empty()) {
+        skip_checkpoint(j, why);
+        continue;
+      }
+      int64_t jid = id;
+      spawn([this, jid] {
+        try {
+          run_checkpoint(jid, CheckpointSource::Periodic, "", nullptr);
+        } catch (const std::exception& e) {
+          spdlog::warn("job {}: periodic checkpoint not taken: {}", jid, e.what());
+        }
+      });
+    }
+  }
+}
+
+}  // namespace fsched::ctld
