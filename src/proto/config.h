@@ -52,7 +52,11 @@ struct Config {
   int batch_start_timeout = 10;  // BatchStartTimeout, seconds
   int heartbeat_interval = 10;   // HeartbeatInterval (fsched): seconds between node heartbeats
   std::string auth_type = "auth/munge";
-  std::string auth_info;      // AuthInfo, kept as written
+  std::string auth_info;      // AuthInfo, kept as written; its parts below
+  int cred_expire = 120;      // AuthInfo cred_expire=: seconds a launch request stays valid
+  int munge_ttl = 300;        // AuthInfo ttl=: MUNGE credential lifetime, seconds
+  int requeue_timeout = 60;   // AuthInfo requeue_timeout=: seconds a NOT_RESPONDING node
+                              // stays so before it is DOWN and its jobs are recovered
   std::string munge_socket;   // MungeSocket (fsched): munged's socket, default libmunge's
   int munge_socket_line = 0;  // where MungeSocket was set, for errors
   std::filesystem::path ctld_log_file, ctld_pid_file = "/run/fschedctld.pid";

@@ -52,6 +52,8 @@ void to_json(json& j, const LaunchRequest& r) {
        {"script", r.script},
        {"env", r.env}};
   if (!r.restore_dir.empty()) j["restore_dir"] = r.restore_dir;
+  j["generation"] = r.generation;
+  j["issued"] = r.issued;
 }
 
 void from_json(const json& j, LaunchRequest& r) {
@@ -61,6 +63,8 @@ void from_json(const json& j, LaunchRequest& r) {
   r.uid = number_at<uid_t>(j, "uid");
   r.gid = number_at<gid_t>(j, "gid");
   r.restore_dir = value_or<std::string>(j, "restore_dir", "");
+  r.generation = number_or<int64_t>(j, "generation", 0);
+  r.issued = number_or<double>(j, "issued", 0.0);
   // A restore runs what the image holds: the launch's paths and user are not needed.
   bool restore = !r.restore_dir.empty();
   r.stdout_path =
@@ -100,6 +104,22 @@ void from_json(const json& j, SignalRequest& r) {
   r.job_id = number_at<int64_t>(j, "job_id");
   r.signal = number_or<int>(j, "signal", SIGTERM);
   r.kill_wait = number_or<int>(j, "kill_wait", -1);
+}
+
+void to_json(json& j, const RunRef& r) { j = {{"job_id", r.job_id}, {"generation", r.generation}}; }
+
+void from_json(const json& j, RunRef& r) {
+  expect_object(j, "run");
+  r.job_id = number_at<int64_t>(j, "job_id");
+  r.generation = number_or<int64_t>(j, "generation", 0);
+}
+
+void to_json(json& j, const HeartbeatReply& r) { j = {{"lease", r.lease}, {"stale", r.stale}}; }
+
+void from_json(const json& j, HeartbeatReply& r) {
+  expect_object(j, "heartbeat reply");
+  r.lease = number_or<int>(j, "lease", 0);
+  r.stale = value_or<std::vector<RunRef>>(j, "stale", {});
 }
 
 }  // namespace fsched::proto

@@ -35,6 +35,14 @@ struct LaunchRequest {
   std::string script;                              // the batch script's text
   std::map<std::string, std::string> env;          // the job's environment
   std::string restore_dir;                         // restore only: the image to restore
+  // The run's generation: the controller counts every launch and restore of a job, and
+  // a node refuses or kills a run whose generation is older than one it was told of
+  // (fencing, docs/node-failure.md). 0 only from a controller that predates fencing.
+  int64_t generation = 0;
+  // When the controller issued the request (Unix time, seconds). A node refuses a
+  // request older than AuthInfo's cred_expire, so a delayed request cannot start a
+  // run the controller has given up on. 0 = not stated.
+  double issued = 0;
 };
 void to_json(nlohmann::json& j, const LaunchRequest& r);
 void from_json(const nlohmann::json& j, LaunchRequest& r);
@@ -58,5 +66,30 @@ struct SignalRequest {
 };
 void to_json(nlohmann::json& j, const SignalRequest& r);
 void from_json(const nlohmann::json& j, SignalRequest& r);
+
+// One run of a job on a node: the job and the generation of that run.
+struct RunRef {
+  int64_t job_id = 0;
+  int64_t generation = 0;
+};
+void to_json(nlohmann::json& j, const RunRef& r);
+void from_json(const nlohmann::json& j, RunRef& r);
+
+// The controller's answer to a node's heartbeat (POST /v1/nodes/heartbeat and
+// /v1/nodes/register). The node's jobs are listed in the heartbeat's "jobs" array, one
+// object per run with at least "job_id" and "generation".
+struct HeartbeatReply {
+  // Seconds, counted by the node from the moment it SENT the heartbeat, during which
+  // the node may keep its jobs running without another successful heartbeat (its
+  // lease). When the lease runs out the node freezes its jobs; the controller
+  // restores them elsewhere only after that moment has surely passed.
+  int lease = 0;
+  // Runs the node reported that are no longer the job's current run (the job was
+  // restored or requeued elsewhere, ended, or has a newer generation): the node kills
+  // them without letting them run again, and discards their state.
+  std::vector<RunRef> stale;
+};
+void to_json(nlohmann::json& j, const HeartbeatReply& r);
+void from_json(const nlohmann::json& j, HeartbeatReply& r);
 
 }  // namespace fsched::proto
