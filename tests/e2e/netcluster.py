@@ -1,0 +1,392 @@
+"""A cluster of separate hosts on one machine, for the tests of node failures: the
+controller and every node in a network namespace of its own, linked by veth pairs to
+a Linux bridge in a "switch" namespace, and every host's daemons and jobs in a cgroup
+v2 of their own. So "crash node1" is cgroup.kill of node1's cgroup (fschedd, its
+helpers and all its jobs at once), "partition node1" takes the switch side of node1's
+link down (everything keeps running but node1 reaches no one), as on real hosts.
+
+What is shared, as a cluster shares it: the file system (checkpoint directory, users'
+directories, the run directory), and munged's unix socket (a path socket is not
+network-namespaced, so one munged on the machine serves every host).
+
+Nothing of the machine's own network namespace is touched: no address, route or link
+is added there. Every name carries the prefix fse2e-<pid>-<n>- (<pid> the Python process
+that made it), and remove_stale() removes what dead processes left behind.
+
+    with NetCluster(build, root, nodes=2, HeartbeatInterval=1) as c:
+        job = c.sbatch("job.sh", user="fschedtest", cwd=workdir)
+        c.partition("node1"); ...; c.heal("node1")
+
+Run as root. Needs ip (iproute2) and nsenter (util-linux)."""
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ipaddress
+import itertools
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from sched_e2e import Cluster, start_munge
+
+PREFIX = "fse2e"
+NETNS_DIR = Path("/run/netns")
+CTLD_PORT, NODE_PORT = 6817, 6818  # Slurm's: every host has its own address, no clash
+_serial = itertools.count(1)
+
+
+# ------------------------------------------------------------------ plumbing
+def ip(*args, check=True) -> subprocess.CompletedProcess:
+    r = subprocess.run(["ip", *map(str, args)], capture_output=True, text=True, timeout=30)
+    if check and r.returncode != 0:
+        raise RuntimeError(f"ip {' '.join(map(str, args))}: {r.stderr.strip()}")
+    return r
+
+
+def cgroup2_root() -> Path:
+    """Where cgroup v2 is mounted: /sys/fs/cgroup on a pure-v2 system, often
+    /sys/fs/cgroup/unified in hybrid mode."""
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        f = line.split()
+        if len(f) > 2 and f[2] == "cgroup2":
+            return Path(f[1])
+    raise RuntimeError("no cgroup2 file system mounted (see /proc/self/mounts)")
+
+
+def cgroup_procs(cg: Path) -> list[int]:
+    """Every process in cgroup `cg` and its descendants."""
+    pids = []
+    for d, _, _ in os.walk(cg):
+        try:
+            pids += [int(p) for p in (Path(d) / "cgroup.procs").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            pass  # removed meanwhile
+    return pids
+
+
+def cgroup_populated(cg: Path) -> bool:
+    try:
+        return "populated 1" in (cg / "cgroup.events").read_text()
+    except FileNotFoundError:
+        return False
+
+
+def kill_cgroup(cg: Path, timeout: float = 30):
+    """SIGKILLs every process of `cg` and below (frozen ones too) and waits until none is
+    left."""
+    if not cg.is_dir():
+        return
+    (cg / "cgroup.kill").write_text("1")
+    deadline = time.monotonic() + timeout
+    while cgroup_populated(cg):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{cg} still holds processes {cgroup_procs(cg)} {timeout} s after cgroup.kill")
+        time.sleep(0.02)
+
+
+def remove_cgroup(cg: Path):
+    """cgroup.kill, then rmdir of `cg` and its descendants, deepest first (the daemons
+    may have made cgroups of their own below theirs)."""
+    if not cg.is_dir():
+        return
+    kill_cgroup(cg)
+    for d, _, _ in os.walk(cg, topdown=False):
+        for attempt in range(100):
+            try:
+                os.rmdir(d)
+                break
+            except FileNotFoundError:
+                break
+            except OSError:  # EBUSY for a moment while the last exits are accounted
+                time.sleep(0.02)
+        else:
+            os.rmdir(d)
+
+
+def host_links() -> set[str]:
+    """The names of the links in the machine's own network namespace."""
+    return {ln.split(":")[1].strip().split("@")[0] for ln in ip("-o", "link", "show").stdout.splitlines()}
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def remove_stale():
+    """Removes the namespaces and cgroups of runs whose process is gone (a test session
+    that was killed), as conftest._remove_stale_runs does for directories."""
+    stale = re.compile(rf"^{PREFIX}-(\d+)-")
+    cg2 = cgroup2_root()
+    for cg in cg2.glob(f"{PREFIX}-*"):
+        m = stale.match(cg.name)
+        if m and not _pid_alive(int(m.group(1))):
+            remove_cgroup(cg)
+    if NETNS_DIR.is_dir():
+        for ns in NETNS_DIR.iterdir():
+            m = stale.match(ns.name)
+            if m and not _pid_alive(int(m.group(1))):
+                ip("netns", "del", ns.name, check=False)
+
+
+def free_subnet() -> ipaddress.IPv4Network:
+    """A /24 of 10.197.0.0/16 that overlaps no route of the machine. The run's hosts
+    never see the machine's routes, but an address that also means something outside
+    would make logs ambiguous; different runs may use the same /24 (separate networks)."""
+    routes = []
+    for r in json.loads(ip("-j", "route", "show", "table", "all").stdout or "[]"):
+        dst = r.get("dst", "")
+        if dst in ("default", ""):
+            continue
+        with contextlib.suppress(ValueError):
+            routes.append(ipaddress.ip_network(dst, strict=False))
+    start = os.getpid() % 200 + 20
+    for n in itertools.chain(range(start, 250), range(20, start)):
+        net = ipaddress.ip_network(f"10.197.{n}.0/24")
+        if not any(net.overlaps(r) for r in routes if r.version == 4):
+            return net
+    raise RuntimeError("no free /24 in 10.197.0.0/16")
+
+
+# ------------------------------------------------------------------ the cluster
+class NetCluster(Cluster):
+    """Cluster (tests/e2e/sched_e2e.py) whose hosts are separate: "ctld" and node1..N
+    each in a network namespace and a cgroup of their own. The commands (cmd, sbatch,
+    ...) run in the controller's namespace."""
+
+    def __init__(self, build: Path, root: Path, nodes: int = 2, cpus: int = 2, **conf):
+        self.tag = f"{PREFIX}-{os.getpid()}-{next(_serial)}"
+        self.hosts = ["ctld", *(f"node{i + 1}" for i in range(nodes))]
+        self.subnet = free_subnet()
+        hosts_ip = self.subnet.hosts()
+        self.ips = {h: str(next(hosts_ip)) for h in self.hosts}
+        self.cg = cgroup2_root() / self.tag
+        self._up = False
+        self.saturators: dict[str, list[subprocess.Popen]] = {}
+        super().__init__(build, root, nodes=nodes, cpus=cpus, **conf)
+        # Every host has its own address: the ports Slurm uses, the same on every node.
+        self.ctld_port = CTLD_PORT
+        self.node_ports = dict.fromkeys(self.node_ports, NODE_PORT)
+        self.settings["ControlPort"] = CTLD_PORT
+        self.node_lines = [f"NodeName={n} NodeAddr={self.addr(n)} Port={NODE_PORT} CPUs={cpus} RealMemory=8000"
+                           for n in self.node_ports] + self.node_lines[-1:]
+        self.write_conf(self.conf_path)
+        # Each node its own fsched.conf, as each host has its /etc/fsched: the same but
+        # for the files a node keeps locally (its spool).
+        self.host_env = {"ctld": self.env}
+        for n in self.node_ports:
+            d = root / "hosts" / n
+            d.mkdir(parents=True)
+            os.chmod(d.parent, 0o755)
+            self.write_conf(d / "fsched.conf", SlurmdSpoolDir=d / "spool", SlurmdPidFile=d / "fschedd.pid")
+            self.host_env[n] = dict(self.env, FSCHED_CONF=str(d / "fsched.conf"))
+
+    # -------------------------------------------------------------- names
+    def addr(self, name: str) -> str:
+        """The IP of "ctld" or a node."""
+        return self.ips[name]
+
+    def netns(self, host: str) -> str:
+        """The name of `host`'s network namespace (`ip netns` / /run/netns)."""
+        return f"{self.tag}-{host}"
+
+    def cgroup(self, host: str) -> Path:
+        return self.cg / host
+
+    def _check_node(self, name: str):
+        if name not in self.node_ports:
+            raise KeyError(f"no node {name!r} (nodes: {', '.join(self.node_ports)})")
+
+    # -------------------------------------------------------------- set up, tear down
+    def _network(self):
+        sw = self.netns("switch")
+        ip("netns", "add", sw)
+        ip("-n", sw, "link", "set", "lo", "up")
+        # No STP, no forwarding delay: a healed port forwards at once.
+        ip("-n", sw, "link", "add", "br0", "type", "bridge", "stp_state", "0", "forward_delay", "0")
+        ip("-n", sw, "link", "set", "br0", "up")
+        for h in self.hosts:
+            ns = self.netns(h)
+            ip("netns", "add", ns)
+            ip("-n", ns, "link", "set", "lo", "up")
+            # Both ends made in their namespaces directly: the machine's own namespace
+            # never holds them, not even for a moment.
+            ip("-n", sw, "link", "add", f"v-{h}", "type", "veth", "peer", "name", "eth0", "netns", ns)
+            ip("-n", sw, "link", "set", f"v-{h}", "master", "br0", "up")
+            ip("-n", ns, "addr", "add", f"{self.ips[h]}/{self.subnet.prefixlen}", "dev", "eth0")
+            ip("-n", ns, "link", "set", "eth0", "up")
+
+    def start(self) -> "NetCluster":
+        remove_stale()
+        self._links_before = host_links()
+        self._up = True
+        atexit.register(self.stop)
+        try:
+            self.cg.mkdir()
+            for h in self.hosts:
+                self.cgroup(h).mkdir()
+            self._network()
+            return super().start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self):
+        """Kills every process of every host (daemons, jobs, saturators), removes the
+        namespaces (their links go with them) and the cgroups. Idempotent."""
+        if not self._up:
+            return
+        remove_cgroup(self.cg)  # everything of the run lives below it
+        for p in [self.ctld, *self.nodes.values(), *itertools.chain(*self.saturators.values())]:
+            if p:
+                p.wait()
+        self.saturators.clear()
+        for h in [*self.hosts, "switch"]:
+            if (NETNS_DIR / self.netns(h)).exists():
+                ip("netns", "del", self.netns(h))
+        self._up = False
+        atexit.unregister(self.stop)
+
+    def __enter__(self) -> "NetCluster":
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    # -------------------------------------------------------------- processes
+    def _enter(self, host: str) -> list[str]:
+        return ["nsenter", f"--net={NETNS_DIR / self.netns(host)}", "--"]
+
+    def _spawn(self, host: str, argv: list[str], **kw) -> subprocess.Popen:
+        """Starts argv in `host`'s namespace and cgroup: the child joins the cgroup
+        before nsenter execs, so nothing of it ever runs outside."""
+        procs = str(self.cgroup(host) / "cgroup.procs")
+
+        def join_cgroup():
+            with open(procs, "w") as f:
+                f.write("0")  # 0: the writing process
+        return subprocess.Popen(self._enter(host) + argv, preexec_fn=join_cgroup, **kw)
+
+    def _daemon(self, argv: list[str], log: str, host: str) -> subprocess.Popen:
+        out = open(self.root / log, "ab")
+        # cwd / as in Cluster: the per-test cleanup kills processes whose cwd is in the
+        # run directory.
+        with out:
+            return self._spawn(host, argv, cwd="/", env=self.host_env[host], stdout=out,
+                               stderr=subprocess.STDOUT)
+
+    def command_argv(self, argv: list[str]) -> list[str]:
+        return self._enter("ctld") + argv
+
+    def start_node(self, name: str):
+        """(Re)starts fschedd in its namespace and cgroup (returns at once; it registers
+        on its own)."""
+        self._check_node(name)
+        self.cgroup(name).mkdir(exist_ok=True)
+        super().start_node(name)
+
+    def start_ctld(self):
+        self.cgroup("ctld").mkdir(exist_ok=True)
+        super().start_ctld()
+
+    def kill_ctld(self, sig=signal.SIGKILL):
+        """Signals fschedctld (SIGKILL: a crash of the controller) and waits for its end."""
+        super().kill_ctld(sig)
+
+    def crash_node(self, name: str):
+        """The node dies: cgroup.kill of its cgroup, so fschedd, its helpers and all its
+        jobs get SIGKILL at once. Returns once the cgroup is empty."""
+        self._check_node(name)
+        kill_cgroup(self.cgroup(name))
+        if name in self.nodes:
+            self.nodes[name].wait()
+        for p in self.saturators.pop(name, []):
+            p.wait()
+
+    def node_pids(self, name: str) -> list[int]:
+        """Every process in the node's cgroup and below (fschedd, its helpers, jobs...)."""
+        self._check_node(name)
+        return cgroup_procs(self.cgroup(name))
+
+    def partition(self, name: str):
+        """Cuts the host's link at the switch: its processes keep running, it reaches no
+        one and no one reaches it."""
+        ip("-n", self.netns("switch"), "link", "set", f"v-{name}", "down")
+
+    def heal(self, name: str):
+        ip("-n", self.netns("switch"), "link", "set", f"v-{name}", "up")
+
+    def stop_daemon(self, name: str, sig=signal.SIGSTOP):
+        """Signals the node's fschedd process only (not its helpers or jobs)."""
+        self._check_node(name)
+        self.nodes[name].send_signal(sig)
+
+    def cont_daemon(self, name: str):
+        self.stop_daemon(name, signal.SIGCONT)
+
+    @contextlib.contextmanager
+    def saturate(self, name: str, cpus: int | None = None):
+        """Makes the node's host busy: one CPU burner per CPU of the machine (`cpus` to
+        choose) plus a writer that fsyncs every MiB it writes, all in the node's namespace
+        and cgroup (crash_node kills them too); stopped at exit."""
+        self._check_node(name)
+        burn = "while True: pass"
+        data = self.root / "hosts" / name / "saturate.dat"
+        # Rewrites the same 256 MiB over and over: the disk stays busy, the file system
+        # does not fill up.
+        write = (f"import os\nfd = os.open({str(data)!r}, os.O_WRONLY | os.O_CREAT, 0o600)\n"
+                 "buf = os.urandom(1 << 20)\ni = 0\n"
+                 "while True:\n"
+                 "    os.pwrite(fd, buf, (i % 256) << 20); os.fsync(fd); i += 1\n")
+        procs = [self._spawn(name, [sys.executable, "-c", burn], cwd="/")
+                 for _ in range(cpus or os.cpu_count())]
+        procs.append(self._spawn(name, [sys.executable, "-c", write], cwd="/"))
+        self.saturators.setdefault(name, []).extend(procs)
+        try:
+            yield procs
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                p.wait()
+                with contextlib.suppress(ValueError):
+                    self.saturators.get(name, []).remove(p)
+            data.unlink(missing_ok=True)
+
+    # -------------------------------------------------------------- looking
+    def host_run(self, host: str, argv: list[str], **kw) -> subprocess.CompletedProcess:
+        """Runs a short command in `host`'s network namespace (not its cgroup)."""
+        return subprocess.run(self._enter(host) + argv, capture_output=True, text=True, timeout=60, **kw)
+
+    def leftovers(self) -> list[str]:
+        """What of this run is still on the machine: its namespaces, links in the machine's
+        namespace that were not there before start(), its cgroups, processes whose command
+        line or environment names the run (its directory or tag). [] after stop()."""
+        left = [f"netns {ns.name}" for ns in NETNS_DIR.glob(f"{self.tag}-*")] if NETNS_DIR.is_dir() else []
+        left += [f"link {n}" for n in sorted(host_links() - getattr(self, "_links_before", set()))]
+        if self.cg.exists():
+            left.append(f"cgroup {self.cg} holding {cgroup_procs(self.cg)}")
+        marks = (str(self.root).encode(), self.tag.encode())
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            if int(pid) == os.getpid():
+                continue
+            try:
+                proc = Path("/proc", pid)
+                seen = proc.joinpath("cmdline").read_bytes() + b"\0" + proc.joinpath("environ").read_bytes()
+            except OSError:
+                continue
+            if any(m in seen for m in marks):
+                cmdline = proc.joinpath("cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                left.append(f"process {pid}: {cmdline.strip()}")
+        return left
