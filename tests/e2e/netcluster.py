@@ -390,3 +390,102 @@ class NetCluster(Cluster):
                 cmdline = proc.joinpath("cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
                 left.append(f"process {pid}: {cmdline.strip()}")
         return left
+
+
+# ------------------------------------------------------------------ manual use
+# scripts/netcluster.sh up|down|exec|crash|partition|heal|status: a NetCluster kept by a
+# background "holder" process until `down`; the other commands act on it through what
+# it wrote to DIR/netcluster.json (names are derived, the operations are stateless).
+def _state(d: Path) -> dict:
+    try:
+        return json.loads((d / "netcluster.json").read_text())
+    except FileNotFoundError:
+        raise SystemExit(f"no cluster up in {d} (scripts/netcluster.sh up first)") from None
+
+
+def _serve(args):
+    """The holder: starts the cluster, records it, waits for SIGTERM/SIGINT, stops it."""
+    conf = dict(kv.split("=", 1) for kv in args.conf)
+    c = NetCluster(Path(args.build).resolve(), Path(args.dir).resolve(), nodes=args.nodes, cpus=args.cpus, **conf)
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    signal.signal(signal.SIGINT, lambda *_: stop.append(1))
+    with c:
+        state = {"pid": os.getpid(), "tag": c.tag, "cgroup": str(c.cg), "conf": str(c.conf_path),
+                 "bin": str(c.bin), "build": str(c.build), "addrs": c.ips,
+                 "netns": {h: c.netns(h) for h in [*c.hosts, "switch"]},
+                 "host_conf": {h: e["FSCHED_CONF"] for h, e in c.host_env.items()}}
+        (c.root / "netcluster.json").write_text(json.dumps(state, indent=1))
+        while not stop:
+            time.sleep(0.2)
+    (c.root / "netcluster.json").unlink(missing_ok=True)
+
+
+def main(argv=None):
+    import argparse
+    repo = Path(__file__).resolve().parents[2]
+    ap = argparse.ArgumentParser(prog="netcluster.sh", description="A multi-host fsched cluster on this machine "
+                                 "(network namespaces + cgroups, tests/e2e/netcluster.py), for manual experiments.")
+    ap.add_argument("--dir", default="/var/tmp/fsched-netcluster", help="run directory (wiped by up)")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    up = sub.add_parser("up", help="start controller and nodes in the background")
+    for p in (up, sub.add_parser("serve", help=argparse.SUPPRESS)):
+        p.add_argument("--build", default=os.environ.get("FSCHED_BUILD", str(repo / "build")))
+        p.add_argument("--nodes", type=int, default=2)
+        p.add_argument("--cpus", type=int, default=2)
+        p.add_argument("conf", nargs="*", metavar="KEY=VALUE", help="fsched.conf settings")
+    sub.add_parser("down", help="stop everything and remove namespaces and cgroups")
+    sub.add_parser("status", help="hosts, addresses and sinfo")
+    ex = sub.add_parser("exec", help="run a command on a host (default ctld), e.g. exec squeue; exec -H node1 ip a")
+    ex.add_argument("-H", "--host", default="ctld")
+    ex.add_argument("command", nargs=argparse.REMAINDER)
+    for name in ("crash", "partition", "heal"):
+        sub.add_parser(name, help=f"{name} a node").add_argument("node")
+    args = ap.parse_args(argv)
+    d = Path(args.dir).resolve()
+
+    if args.cmd == "serve":
+        return _serve(args)
+    if args.cmd == "up":
+        if (d / "netcluster.json").exists() and _pid_alive(_state(d)["pid"]):
+            raise SystemExit(f"a cluster is already up in {d} (netcluster.sh down first)")
+        log = Path(f"{d}.holder.log")
+        with open(log, "wb") as out:
+            holder = subprocess.Popen([sys.executable, __file__, "--dir", str(d), "serve", "--build", args.build,
+                                       "--nodes", str(args.nodes), "--cpus", str(args.cpus), *args.conf],
+                                      stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                      start_new_session=True, cwd="/")
+        deadline = time.monotonic() + 60
+        while not (d / "netcluster.json").exists():
+            if holder.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"the cluster did not start; see {log}:\n{log.read_text()[-3000:]}")
+            time.sleep(0.2)
+        args.cmd = "status"
+    st = _state(d)
+    if args.cmd == "down":
+        os.kill(st["pid"], signal.SIGTERM)
+        while _pid_alive(st["pid"]):
+            time.sleep(0.2)
+        print(f"down: {st['tag']}")
+    elif args.cmd == "status":
+        print(f"holder pid {st['pid']}, names {st['tag']}-*, cgroups {st['cgroup']}")
+        for h, a in st["addrs"].items():
+            print(f"  {h:8} {a:15} netns {st['netns'][h]}")
+        print(f"commands: {Path(__file__).parents[2] / 'scripts/netcluster.sh'} --dir {d} exec sinfo "
+              f"(or nsenter --net=/run/netns/{st['netns']['ctld']} env FSCHED_CONF={st['conf']} {st['bin']}/sinfo)")
+        subprocess.run(["nsenter", f"--net=/run/netns/{st['netns']['ctld']}", "--", f"{st['bin']}/sinfo"],
+                       env=dict(os.environ, FSCHED_CONF=st["conf"]))
+    elif args.cmd == "exec":
+        argv = args.command or ["bash"]
+        if (Path(st["bin"]) / argv[0]).exists():
+            argv[0] = str(Path(st["bin"]) / argv[0])
+        os.execvpe("nsenter", ["nsenter", f"--net=/run/netns/{st['netns'][args.host]}", "--", *argv],
+                   dict(os.environ, FSCHED_CONF=st["host_conf"][args.host]))
+    elif args.cmd == "crash":
+        kill_cgroup(Path(st["cgroup"]) / args.node)
+    elif args.cmd in ("partition", "heal"):
+        ip("-n", st["netns"]["switch"], "link", "set", f"v-{args.node}", "down" if args.cmd == "partition" else "up")
+
+
+if __name__ == "__main__":
+    main()

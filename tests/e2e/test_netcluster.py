@@ -238,6 +238,7 @@ def test_nothing_left_behind(e2e: E2E, build_dir, test_user):
         sub.mkdir(parents=True)
         sleeper = c._spawn(node, ["sleep", "600"])
         (sub / "cgroup.procs").write_text(str(sleeper.pid))
+        (sub / "cgroup.freeze").write_text("1")  # as a fenced node's jobs are
         with c.saturate(other) as burners:
             assert {p.pid for p in burners} <= set(c.node_pids(other))
             assert os.stat(f"/proc/{burners[0].pid}/ns/net").st_ino == os.stat(NETNS_DIR / c.netns(other)).st_ino
