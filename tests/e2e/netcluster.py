@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
 import ipaddress
 import itertools
 import json
@@ -39,6 +40,22 @@ PREFIX = "fse2e"
 NETNS_DIR = Path("/run/netns")
 CTLD_PORT, NODE_PORT = 6817, 6818  # Slurm's: every host has its own address, no clash
 _serial = itertools.count(1)
+_libc = ctypes.CDLL(None, use_errno=True)
+CLONE_NEWNET = 0x40000000
+
+
+def setns_net(path: Path):
+    """Moves the calling process into the network namespace bound at `path`
+    (os.setns from Python 3.12 on)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if hasattr(os, "setns"):
+            os.setns(fd, CLONE_NEWNET)
+        elif _libc.setns(fd, CLONE_NEWNET) != 0:
+            e = ctypes.get_errno()
+            raise OSError(e, f"setns {path}: {os.strerror(e)}")
+    finally:
+        os.close(fd)
 
 
 # ------------------------------------------------------------------ plumbing
@@ -269,14 +286,17 @@ class NetCluster(Cluster):
         return ["nsenter", f"--net={NETNS_DIR / self.netns(host)}", "--"]
 
     def _spawn(self, host: str, argv: list[str], **kw) -> subprocess.Popen:
-        """Starts argv in `host`'s namespace and cgroup: the child joins the cgroup
-        before nsenter execs, so nothing of it ever runs outside."""
-        procs = str(self.cgroup(host) / "cgroup.procs")
+        """Starts argv in `host`'s namespace and cgroup. The child joins both between
+        fork and exec, so the program never runs outside them, and once Popen returns
+        (after the exec) its pid is in them."""
+        procs = self.cgroup(host) / "cgroup.procs"
+        netns = NETNS_DIR / self.netns(host)
 
-        def join_cgroup():
+        def enter():
             with open(procs, "w") as f:
                 f.write("0")  # 0: the writing process
-        return subprocess.Popen(self._enter(host) + argv, preexec_fn=join_cgroup, **kw)
+            setns_net(netns)
+        return subprocess.Popen(argv, preexec_fn=enter, **kw)
 
     def _daemon(self, argv: list[str], log: str, host: str) -> subprocess.Popen:
         out = open(self.root / log, "ab")

@@ -223,6 +223,51 @@ def test_stop_daemon_stops_fschedd_only(net: NetCluster, e2e: E2E, test_user):
     end_job(net, jid)
 
 
+def cpu_seconds(pid: int) -> float:
+    f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def test_saturate_loads_the_node_in_its_cgroup(net: NetCluster):
+    node = "node2"
+    data = net.root / "hosts" / node / "saturate.dat"
+    with net.saturate(node) as procs:
+        *burners, writer = procs
+        assert len(burners) == os.cpu_count()
+        assert {p.pid for p in procs} <= set(net.node_pids(node))
+        assert os.stat(f"/proc/{writer.pid}/ns/net").st_ino == os.stat(NETNS_DIR / net.netns(node)).st_ino
+        cpu0 = sum(cpu_seconds(p.pid) for p in burners)
+        time.sleep(2)
+        assert all(p.poll() is None for p in procs), "a saturator died"
+        # They burn (the two cores are shared with whatever else runs: a loose bound).
+        assert sum(cpu_seconds(p.pid) for p in burners) - cpu0 > 0.5
+        assert data.stat().st_size >= 1 << 20
+        io = dict(ln.split(": ") for ln in Path(f"/proc/{writer.pid}/io").read_text().splitlines())
+        assert int(io["write_bytes"]) >= 1 << 20, io  # reached the disk (fsync), not only the cache
+    assert all(p.returncode is not None for p in procs)
+    assert not {p.pid for p in procs} & set(net.node_pids(node))
+    assert not data.exists()
+
+
+def test_controller_restart_in_its_namespace(net: NetCluster):
+    old = net.ctld.pid
+    net.kill_ctld()
+    assert net.ctld.returncode == -signal.SIGKILL
+    assert net.cmd("sinfo", check=False).returncode != 0
+    t0 = time.monotonic()
+    net.start_ctld()
+    assert net.ctld.pid != old and net.ctld.pid in cgroup_procs_of(net, "ctld")
+    assert os.stat(f"/proc/{net.ctld.pid}/ns/net").st_ino == os.stat(NETNS_DIR / net.netns("ctld")).st_ino
+    since = time.time()
+    net.wait_for(lambda: all(n["last_heartbeat"] >= since for n in net.node_list()), 15,
+                 "both nodes to heartbeat the restarted controller")
+    print(f"controller restart: nodes heard again after {time.monotonic() - t0:.2f} s")
+
+
+def cgroup_procs_of(c: NetCluster, host: str) -> list[int]:
+    return [int(p) for p in (c.cgroup(host) / "cgroup.procs").read_text().split()]
+
+
 def test_nothing_left_behind(e2e: E2E, build_dir, test_user):
     c = NetCluster(build_dir, e2e.jobs_dir.parent / "netcluster-leftovers", nodes=2, **CONF)
     try:
