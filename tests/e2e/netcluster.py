@@ -264,16 +264,29 @@ class NetCluster(Cluster):
         namespaces (their links go with them) and the cgroups. Idempotent."""
         if not self._up:
             return
-        remove_cgroup(self.cg)  # everything of the run lives below it
-        for p in [self.ctld, *self.nodes.values(), *itertools.chain(*self.saturators.values())]:
-            if p:
-                p.wait()
-        self.saturators.clear()
-        for h in [*self.hosts, "switch"]:
-            if (NETNS_DIR / self.netns(h)).exists():
-                ip("netns", "del", self.netns(h))
         self._up = False
         atexit.unregister(self.stop)
+        errors = []
+        try:
+            remove_cgroup(self.cg)  # everything of the run lives below it
+        except (OSError, RuntimeError) as e:
+            errors.append(str(e))
+        for p in [self.ctld, *self.nodes.values(), *itertools.chain(*self.saturators.values())]:
+            try:
+                if p:
+                    p.wait(10)  # reap
+            except subprocess.TimeoutExpired:
+                errors.append(f"pid {p.pid} ({p.args[0]}) still running")
+        self.saturators.clear()
+        # The namespaces go even if a process could not be killed: the names at least
+        # do not linger (remove_stale() takes the cgroups of a dead run later).
+        for h in [*self.hosts, "switch"]:
+            if (NETNS_DIR / self.netns(h)).exists():
+                r = ip("netns", "del", self.netns(h), check=False)
+                if r.returncode:
+                    errors.append(r.stderr.strip())
+        if errors:
+            raise RuntimeError(f"NetCluster {self.tag}: stop left something behind: {'; '.join(errors)}")
 
     def __enter__(self) -> "NetCluster":
         return self.start()
