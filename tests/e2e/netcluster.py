@@ -34,7 +34,7 @@ import sys
 import time
 from pathlib import Path
 
-from sched_e2e import Cluster, start_munge
+from sched_e2e import Cluster
 
 PREFIX = "fse2e"
 NETNS_DIR = Path("/run/netns")

@@ -101,8 +101,8 @@ class Cluster:
         self.wait_for(lambda: self.cmd("sinfo", check=False).returncode == 0, 20, "fschedctld to answer")
 
     def start_node(self, name: str):
-        self.nodes[name] = self._daemon([str(self.build / "src/noded/fschedd"), "-D", "-N", name], f"fschedd-{name}.log",
-                                         name)
+        self.nodes[name] = self._daemon([str(self.build / "src/noded/fschedd"), "-D", "-N", name],
+                                        f"fschedd-{name}.log", name)
 
     def start(self) -> "Cluster":
         start_munge()
@@ -140,8 +140,8 @@ class Cluster:
         argv = [str(self.bin / prog), *map(str, args)]
         if user:
             argv = ["runuser", "-u", user, "--", *argv]
-        r = subprocess.run(self.command_argv(argv), env=self.env, cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                           input=input)
+        r = subprocess.run(self.command_argv(argv), env=self.env, cwd=cwd, capture_output=True, text=True,
+                           timeout=timeout, input=input)
         if check and r.returncode != 0:
             raise AssertionError(f"{prog} {' '.join(map(str, args))} failed ({r.returncode}): {r.stderr.strip()}")
         return r
