@@ -12,5 +12,5 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 [ "$(id -u)" = 0 ] || { echo "netcluster.sh: run as root" >&2; exit 1; }
 bash "$here/scripts/start-munge.sh"
-cd "$here/tests/e2e"
-exec /usr/bin/python3 netcluster.py "$@"
+# Not cd'ing: `exec sbatch ...` runs in the caller's directory, as sbatch would.
+exec /usr/bin/python3 "$here/tests/e2e/netcluster.py" "$@"
