@@ -202,6 +202,20 @@ def test_partition_cuts_the_network_only(net: NetCluster, e2e: E2E, test_user):
     end_job(net, jid)
 
 
+def test_partition_of_the_controller_cuts_it_from_every_node(net: NetCluster):
+    logs = {n: len(net.log(f"fschedd-{n}.log")) for n in net.node_ports}
+    net.partition("ctld")
+    try:
+        net.wait_for(lambda: all("heartbeat to the controller failed" in net.log(f"fschedd-{n}.log")[at:]
+                                 for n, at in logs.items()), 30, "every node to lose the controller")
+        assert net.cmd("sinfo").returncode == 0, "the commands run on the controller's host: they still reach it"
+    finally:
+        net.heal("ctld")
+    since = time.time()
+    net.wait_for(lambda: all(n["last_heartbeat"] >= since for n in net.node_list()), 30,
+                 "every node's heartbeats after heal")
+
+
 def test_stop_daemon_stops_fschedd_only(net: NetCluster, e2e: E2E, test_user):
     jid, node, d = start_job(net, e2e, "sigstop", test_user)
     daemon = net.nodes[node].pid
