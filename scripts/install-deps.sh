@@ -12,6 +12,7 @@ pkgs=(
   xz-utils coreutils bash procps passwd make gcc gzip tar gawk
   clang libclang-rt-14-dev    # scripts/fuzz.sh: clang, libFuzzer and the sanitizer runtimes
   clang-format                # scripts/check-format.sh (clang-format 14)
+  iproute2 util-linux         # tests/e2e/netcluster.py: ip netns, veth, bridge; nsenter
 )
 missing=()
 for p in "${pkgs[@]}"; do

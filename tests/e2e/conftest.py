@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from ckpt_e2e import E2E, kill_job_processes
+import netcluster
 
 REPO = Path(__file__).resolve().parents[2]
 TEST_TIME_LIMIT = int(os.environ.get("FSCHED_E2E_TEST_LIMIT", "900"))  # seconds per test
@@ -39,6 +40,11 @@ def _remove_stale_runs():
             pass
         kill_job_processes(str(d))
         shutil.rmtree(d, ignore_errors=True)
+    # The namespaces and cgroups of dead sessions' NetClusters (tests/e2e/netcluster.py).
+    try:
+        netcluster.remove_stale()
+    except (OSError, RuntimeError) as e:  # no cgroup2 or no ip: no NetCluster ran here either
+        print(f"netcluster.remove_stale: {e}")
 
 
 @pytest.fixture(scope="session")
