@@ -17,6 +17,7 @@
 #include "ckpt/imagekey.h"
 #include "ckpt/memory.h"
 #include "ckpt/pipes.h"
+#include "ckpt/procattr.h"
 #include "ckpt/pstree.h"
 #include "ckpt/sections.h"
 #include "ckpt/shmem.h"
@@ -121,6 +122,7 @@ DumpStats dump(const DumpOptions& o) {
       dump_threads(p, m.xstate_size);
       dump_signals(p);
       dump_creds(p);
+      dump_process_ctl(p);
       dump_timers(p);
       close_injection(p);
     }

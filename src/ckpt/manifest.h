@@ -113,6 +113,16 @@ struct Confinement {
   std::vector<SeccompFilter> filters;  // oldest first
 };
 
+// A thread's scheduling attributes (struct sched_attr, sched_setattr(2)).
+struct SchedAttr {
+  unsigned policy = 0;      // SCHED_OTHER, SCHED_BATCH, SCHED_IDLE, SCHED_FIFO, ...
+  std::uint64_t flags = 0;  // SCHED_FLAG_RESET_ON_FORK only
+  int nice = 0;             // SCHED_OTHER/SCHED_BATCH
+  unsigned priority = 0;    // SCHED_FIFO/SCHED_RR
+  std::uint64_t runtime = 0, deadline = 0, period = 0;  // SCHED_DEADLINE, ns
+  unsigned util_min = 0, util_max = 1024;               // utilization clamps
+};
+
 struct Thread {
   int tid = 0;                      // TID in the job's PID namespace
   std::vector<std::uint64_t> regs;  // struct user_regs_struct as 64-bit words
@@ -126,6 +136,9 @@ struct Thread {
   std::string comm;                      // thread name, /proc/PID/task/TID/comm
   std::vector<std::string> pending_hex;  // per-thread pending siginfo_t, hex
   Confinement confinement;               // capabilities, securebits, no_new_privs, seccomp
+  SchedAttr sched;                       // procattr.h
+  std::uint64_t timerslack_ns = 0;       // PR_GET_TIMERSLACK; 0: not recorded (older image)
+  int pdeath_signal = 0;                 // PR_GET_PDEATHSIG; 0: none
 };
 
 struct Rlimit {
@@ -163,6 +176,11 @@ struct Process {
   std::vector<ItimerVal> itimers;
   std::vector<std::string> shared_pending_hex;  // process-wide pending siginfo_t, hex
   std::vector<Thread> threads;                  // threads[0] is the thread-group leader
+  // Process-control attributes (procattr.h).
+  bool child_subreaper = false;  // PR_SET_CHILD_SUBREAPER
+  int thp_disable = 0;           // PR_GET_THP_DISABLE's value
+  std::uint64_t membarrier = 0;  // membarrier(2) registrations (MEMBARRIER_CMD_REGISTER_* bits)
+  int oom_score_adj = 0;         // /proc/PID/oom_score_adj
 };
 
 // A pipe of the job: its buffered bytes are section "pipes" of the page stream, in
@@ -256,20 +274,22 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(SeccompFilter, flags, prog_hex)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Confinement, cap_inh, cap_prm, cap_eff, cap_bnd,
                                                 cap_amb, securebits, no_new_privs, seccomp_mode,
                                                 filters)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(SchedAttr, policy, flags, nice, priority, runtime,
+                                                deadline, period, util_min, util_max)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Thread, tid, regs, xstate_hex, sigmask, rseq_addr,
                                                 rseq_len, rseq_sig, robust_list, robust_len,
                                                 clear_tid_addr, altstack_sp, altstack_size,
-                                                altstack_flags, comm, pending_hex, confinement)
+                                                altstack_flags, comm, pending_hex, confinement,
+                                                sched, timerslack_ns, pdeath_signal)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Rlimit, resource, cur, max)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(ItimerVal, which, interval_sec, interval_usec,
                                                 value_sec, value_usec)
-NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Process, pid, ppid, pgid, sid, exit_signal, zombie,
-                                                exit_status, exe, exe_file, cwd, cwd_file, umask,
-                                                personality, dumpable, uids, gids, groups,
-                                                start_code, end_code, start_data, end_data,
-                                                start_brk, brk, start_stack, arg_start, arg_end,
-                                                env_start, env_end, auxv_hex, vmas, fds, sigactions,
-                                                rlimits, itimers, shared_pending_hex, threads)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(
+    Process, pid, ppid, pgid, sid, exit_signal, zombie, exit_status, exe, exe_file, cwd, cwd_file,
+    umask, personality, dumpable, uids, gids, groups, start_code, end_code, start_data, end_data,
+    start_brk, brk, start_stack, arg_start, arg_end, env_start, env_end, auxv_hex, vmas, fds,
+    sigactions, rlimits, itimers, shared_pending_hex, threads, child_subreaper, thp_disable,
+    membarrier, oom_score_adj)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Pipe, ino, capacity, bytes, path)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(ShmObject, key, path, mode, uid, gid, size, runs)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(DeletedFile, key, path, mode, uid, gid, size, runs)

@@ -18,6 +18,7 @@
 #include "ckpt/inotify.h"
 #include "ckpt/memory.h"
 #include "ckpt/pipes.h"
+#include "ckpt/procattr.h"
 #include "ckpt/pstree.h"
 #include "ckpt/restore_context.h"
 #include "ckpt/sections.h"
@@ -149,6 +150,7 @@ RestoreStats restore(const RestoreOptions& o) {
     stash.close_all();
     for (auto* p : live) {
       restore_creds(*p, area);
+      restore_process_ctl(*p, area);
       restore_pending_signals(*p, area);
       restore_timers(*p, area);
       unmap_injection_area(*p, area);

@@ -1,10 +1,12 @@
 """One kind of kernel state at a time: ckpt_kind holds only a pipe, a FIFO, a Unix
 socket pair, an eventfd, an epoll instance, a timerfd, a signalfd, an interval timer
-or a shared memfd, and is dumped midway and restored; its output and exit status must
+a shared memfd, or a set of process-control attributes (scheduling, timer
+slack, parent-death signal, subreaper, THP, oom_score_adj, membarrier), and is dumped midway and restored; its output and exit status must
 equal the uninterrupted run's. Parametrized by kind, so a failure names the kind that
 broke. (Deleted files, inotify and SysV shared memory alone: test_fsobjects.py.)"""
 from __future__ import annotations
 
+import signal
 from typing import Callable
 
 import pytest
@@ -34,6 +36,18 @@ def _queued_socket(m: dict) -> None:
     assert sum(len(s["queued"]) for s in m["sockets"]) > 0, m["sockets"]
 
 
+def _procattrs(m: dict):
+    """The attributes ckpt_kind procattr sets are in the image (procattr.h), so that a
+    restore that passes the program's own check did not pass by luck."""
+    p = m["processes"][-1]
+    main, other = p["threads"][0], p["threads"][1]
+    got = (p["child_subreaper"], p["thp_disable"], p["oom_score_adj"], p["membarrier"] != 0,
+           main["sched"]["policy"], main["sched"]["nice"], main["sched"]["flags"],
+           main["timerslack_ns"], main["pdeath_signal"], other["sched"]["policy"],
+           other["timerslack_ns"])
+    assert got == (True, 1, 345, True, 3, 7, 1, 123456, signal.SIGUSR2, 5, 777000), got
+
+
 # What the image must hold for each kind: the program really held that state when dumped.
 KINDS: dict[str, Callable[[dict], None]] = {
     "pipe": lambda m: _buffered_pipe(m, named=False),
@@ -50,6 +64,7 @@ KINDS: dict[str, Callable[[dict], None]] = {
     "itimer": lambda m: any(t["which"] == 0 for p in m["processes"] for t in p.get("itimers", []))
     or pytest.fail("no ITIMER_REAL in the image"),
     "memfd": lambda m: len(m["shm"]) == 1 or pytest.fail(f"shm objects: {m['shm']}"),
+    "procattr": lambda m: _procattrs(m),
 }
 
 

@@ -17,13 +17,23 @@
 //   itimer     a periodic ITIMER_REAL whose SIGALRM ends each round (no sleep)
 //   memfd      a memfd mapped MAP_SHARED: each round writes a page through the mapping
 //              and checks the previous one through the fd
+//   procattr   process-control attributes set at start and checked every round: nice,
+//              SCHED_BATCH with reset-on-fork, timer slack and parent-death signal of
+//              the main thread; SCHED_IDLE and another timer slack in a second thread
+//              (which checks its own every 10 ms); child subreaper, THP disabled,
+//              oom_score_adj, a membarrier registration
 //
 // Exit status 0; 1 with a line "FAIL ..." saying what failed.
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <linux/membarrier.h>
+#include <pthread.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -293,6 +303,93 @@ void run_memfd(int rounds) {
   }
 }
 
+// sched_setattr(2)'s struct (glibc 2.36 does not declare it).
+struct SchedAttr {
+  std::uint32_t size, policy;
+  std::uint64_t flags;
+  std::int32_t nice;
+  std::uint32_t priority;
+  std::uint64_t runtime, deadline, period;
+  std::uint32_t util_min, util_max;
+};
+constexpr std::uint32_t kSchedBatch = 3, kSchedIdle = 5;
+constexpr std::uint64_t kResetOnFork = 1;
+
+void set_sched(std::uint32_t policy, int nice, std::uint64_t flags) {
+  SchedAttr a{};
+  a.size = sizeof a;
+  a.policy = policy;
+  a.nice = nice;
+  a.flags = flags;
+  if (syscall(SYS_sched_setattr, 0, &a, 0) < 0) die("sched_setattr");
+}
+
+std::string sched_of_self() {
+  SchedAttr a{};
+  if (syscall(SYS_sched_getattr, 0, &a, sizeof a, 0) < 0) die("sched_getattr");
+  return "policy " + std::to_string(a.policy) + " nice " + std::to_string(a.nice) + " flags " +
+         std::to_string(a.flags & kResetOnFork);
+}
+
+std::string timerslack_of_self() { return std::to_string(prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0)); }
+
+std::string oom_score_adj() {
+  char buf[32] = {};
+  int fd = open("/proc/self/oom_score_adj", O_RDONLY | O_CLOEXEC);
+  if (fd < 0 || read(fd, buf, sizeof buf - 1) < 0) die("oom_score_adj");
+  close(fd);
+  std::string s = buf;
+  while (!s.empty() && s.back() == '\n') s.pop_back();
+  return s;
+}
+
+// Every process-control attribute the main thread and the process hold, as one line.
+std::string procattrs() {
+  int sub = 0, pdeath = 0;
+  prctl(PR_GET_CHILD_SUBREAPER, &sub);
+  prctl(PR_GET_PDEATHSIG, &pdeath);
+  long mb = syscall(SYS_membarrier, 1 << 9 /* MEMBARRIER_CMD_GET_REGISTRATIONS */, 0, 0);
+  return sched_of_self() + " slack " + timerslack_of_self() + " pdeath " + std::to_string(pdeath) +
+         " subreaper " + std::to_string(sub) + " thp_disable " +
+         std::to_string(prctl(PR_GET_THP_DISABLE, 0, 0, 0, 0)) + " oom " + oom_score_adj() + " membarrier " +
+         std::to_string(mb);
+}
+
+void* procattr_thread(void*) {
+  set_sched(kSchedIdle, 0, 0);
+  if (prctl(PR_SET_TIMERSLACK, 777000UL) < 0) die("PR_SET_TIMERSLACK");
+  const std::string want = sched_of_self() + " slack " + timerslack_of_self();
+  for (;;) {
+    std::string now = sched_of_self() + " slack " + timerslack_of_self();
+    if (now != want) fail("procattr thread: " + now + ", expected " + want);
+    timespec ts{0, 10000000L};
+    nanosleep(&ts, nullptr);
+  }
+}
+
+void run_procattr(int rounds) {
+  set_sched(kSchedBatch, 7, kResetOnFork);
+  if (prctl(PR_SET_TIMERSLACK, 123456UL) < 0) die("PR_SET_TIMERSLACK");
+  if (prctl(PR_SET_PDEATHSIG, SIGUSR2) < 0) die("PR_SET_PDEATHSIG");
+  if (prctl(PR_SET_CHILD_SUBREAPER, 1) < 0) die("PR_SET_CHILD_SUBREAPER");
+  if (prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0) < 0) die("PR_SET_THP_DISABLE");
+  if (syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) < 0)
+    die("membarrier register");
+  int fd = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
+  if (fd < 0 || write(fd, "345", 3) != 3) die("write oom_score_adj");
+  close(fd);
+  pthread_t t;
+  if (pthread_create(&t, nullptr, procattr_thread, nullptr) != 0) die("pthread_create");
+  const std::string want = procattrs();
+  line("procattr " + want);
+  for (int i = 1; i <= rounds; ++i) {
+    std::string now = procattrs();
+    if (now != want) fail("procattr: " + now + ", expected " + want);
+    line("procattr " + std::to_string(i));
+    tick();
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -312,11 +409,12 @@ int main(int argc, char** argv) {
     void (*run)(int);
   };
   static const Kind kKinds[] = {
-      {"pipe", run_pipe},       {"fifo", run_fifo},
-      {"unix", run_unix},       {"unix_dgram", run_unix_dgram},
-      {"eventfd", run_eventfd}, {"epoll", run_epoll},
-      {"timerfd", run_timerfd}, {"signalfd", run_signalfd},
-      {"itimer", run_itimer},   {"memfd", run_memfd},
+      {"pipe", run_pipe},         {"fifo", run_fifo},
+      {"unix", run_unix},         {"unix_dgram", run_unix_dgram},
+      {"eventfd", run_eventfd},   {"epoll", run_epoll},
+      {"timerfd", run_timerfd},   {"signalfd", run_signalfd},
+      {"itimer", run_itimer},     {"memfd", run_memfd},
+      {"procattr", run_procattr},
   };
   for (const Kind& k : kKinds) {
     if (kind != k.name) continue;
