@@ -213,7 +213,7 @@ def main():
                 time.sleep(1)
             log("soak over: healing everything, waiting for the jobs in flight")
             chaos.end_all(time.time())
-            deadline = time.time() + 2 * (st + rt) + 600
+            deadline = time.time() + 2 * (st + rt) + 330  # the longest job: 400 steps of 0.5 s, plus restores
             while chaos.jobs and time.time() < deadline:
                 last = w.last()
                 if last:
