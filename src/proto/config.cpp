@@ -148,7 +148,7 @@ void auth_info(Config& c, const Cursor& at, std::string_view value) {
     size_t comma = std::min(value.find(',', i), value.size());
     std::string_view w = trim(value.substr(i, comma - i));
     i = comma + 1;
-    if (w.empty()) continue;  // "ttl=5," as Slurm takes it
+    if (w.empty()) continue;  // a trailing or doubled comma is harmless
     auto eq = w.find('=');
     if (eq == std::string_view::npos)
       at.error(
