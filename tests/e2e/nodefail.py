@@ -166,7 +166,9 @@ def is_frozen(pid: int) -> bool:
 
 class Watch:
     """Records, every `interval` s in a thread, the controller's view of every job
-    (squeue --json -t all) and node (sinfo --json), each sample with its time.time().
+    (squeue --json -t all) and node (sinfo --json), each sample with the time.time() at
+    which both answers were in: a state seen in a sample held at the latest at its time
+    (so "not before" bounds checked on sample times never fail for slow commands).
     Use as a context manager; samples are (t, {job_id: job}, {node: node})."""
 
     def __init__(self, cluster, interval: float = 0.25):
@@ -178,7 +180,6 @@ class Watch:
 
     def _run(self):
         while not self._stop.is_set():
-            t = time.time()
             try:
                 jr = self.c.cmd("squeue", "--json", "-t", "all", check=False, timeout=30)
                 jobs = {j["job_id"]: j for j in json.loads(jr.stdout)["jobs"]} if jr.returncode == 0 else None
@@ -186,7 +187,7 @@ class Watch:
             except Exception:  # the controller is down for a moment (a test kills it)
                 jobs, nodes = None, None
             if jobs is not None and nodes:
-                self.samples.append((t, jobs, nodes))
+                self.samples.append((time.time(), jobs, nodes))
             self._stop.wait(self.interval)
 
     def __enter__(self) -> "Watch":

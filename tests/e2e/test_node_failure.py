@@ -124,8 +124,9 @@ def test_crash_restores_on_the_other_node_within_the_bound(e2e, cluster_factory,
         c.wait_for(lambda: len(host_runs(trace_hosts(d))) >= 2, 60, "the restored job to write")
         running_again = time.time()
         # Not before SlurmdTimeout + requeue_timeout: the old copy had been frozen by then.
-        # (moved is a sample time: the move happened at most one sample earlier.)
-        assert moved - hb >= st + rt - w.interval - 0.5, (moved - hb, st + rt)
+        # (moved is when a sample showed it: the move happened at the latest then, and at
+        # most one sample earlier.)
+        assert moved - hb >= st + rt - 0.5, (moved - hb, st + rt)
         assert running_again - hb <= st + rt + RESTORE_SLACK, (
             f"running again {running_again - hb:.1f} s after the last heartbeat, bound {st + rt} + "
             f"{RESTORE_SLACK} s (moved at {moved - hb:.1f} s, RUNNING on {new_node} at {other - hb:.1f} s)")
@@ -245,7 +246,8 @@ def test_no_false_positives_at_the_defaults(e2e, cluster_factory, test_user):
            if n["state"] not in GOOD_STATES or n.get("not_responding")]
     assert not bad, f"false positives: {bad[:10]}"
     moved = [(round(t), j["state"], j["nodes"]) for t, jobs, _ in w.samples
-             if (j := jobs.get(jid)) and j["state"] != "COMPLETED" and (j["state"] != "RUNNING" or j["nodes"] != victim)]
+             if (j := jobs.get(jid)) and (j["state"] in ("PENDING", "NODE_FAIL", "FAILED", "CANCELLED")
+                                          or j["nodes"] not in ("", victim))]
     assert not moved, f"the job moved: {moved[:10]}"
     assert len(w.samples) > 30, "the watch saw the whole test"
     assert job["restarts"] == 0 and starts(d) == 1, job
@@ -278,8 +280,8 @@ def test_controller_killed_while_a_node_fails(e2e, cluster_factory, test_user):
         moved = w.wait(lambda jobs, nodes: jobs[a]["nodes"] != na or jobs[a]["state"] != "RUNNING",
                        ST + RT + 30, f"job {a} to leave {na}")
         # Grace: the restarted controller counts the node's last heartbeat from its start.
-        # (restarted is when it answered, a moment after it started; moved a sample time.)
-        assert moved - restarted >= ST + RT - 2.5, (moved - restarted, ST + RT)
+        # (restarted is when it answered, a moment after it started.)
+        assert moved - restarted >= ST + RT - 2, (moved - restarted, ST + RT)
         w.wait(running_on(a, node=nb), 60, f"job {a} restored on {nb}")
         ja = c.wait_state(a, "COMPLETED", timeout=180)
         jb = c.wait_state(b, "COMPLETED", timeout=180)
