@@ -23,7 +23,7 @@ proto::Config load_config() { return proto::load_config(proto::config_path()); }
 proto::Client controller(const proto::Config& config, int timeout_s) {
   const std::string& host =
       config.control_addr.empty() ? config.control_machine : config.control_addr;
-  return proto::Client(host, config.control_port, config.munge_socket, timeout_s);
+  return proto::Client(host, config.control_port, config.munge_socket, timeout_s, config.munge_ttl);
 }
 
 void print_error(std::string_view prog, std::string_view message) {

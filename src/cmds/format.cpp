@@ -458,11 +458,62 @@ std::string show_node(const json& node) {
                   num(node, "port")));
   add(fmt::format("RealMemory={} AllocMem={} FreeMem={}", num(node, "real_memory"),
                   num(node, "alloc_memory"), num(node, "free_memory")));
-  add("State=" + str(node, "state", "UNKNOWN"));
+  add("State=" + str(node, "state", "UNKNOWN") +
+      (flag(node, "not_responding") ? "+NOT_RESPONDING" : ""));
   add("Partitions=" + or_null(fmt::format("{}", fmt::join(parts, ","))));
   add("LastHeartbeat=" + proto::format_timestamp(real(node, "last_heartbeat")));
-  if (std::string reason = str(node, "reason"); !reason.empty()) add("Reason=" + reason);
+  if (std::string reason = str(node, "reason"); !reason.empty()) {
+    double t = node_reason_time(node);
+    add(t > 0 ? fmt::format("Reason={} [{}@{}]", reason, node_reason_user(node),
+                            proto::format_timestamp(t))
+              : "Reason=" + reason);
+  }
   return out + "\n";
+}
+
+std::string node_reason_user(const json& node) {
+  if (std::string u = str(node, "reason_user"); !u.empty()) return u;
+  if (const json* uid = field(node, "reason_uid"); uid && uid->is_number_integer())
+    return user_name(static_cast<uid_t>(uid->get<int64_t>()));
+  return "root";
+}
+
+double node_reason_time(const json& node) {
+  double t = real(node, "reason_time");
+  return t > 0 ? t : real(node, "down_time");
+}
+
+std::vector<std::pair<std::string, json>> node_update_requests(
+    std::span<const std::string> settings) {
+  std::string nodes, state, reason;
+  bool has_reason = false;
+  for (const auto& w : settings) {
+    auto eq = w.find('=');
+    std::string key = lower(std::string_view(w).substr(0, eq));
+    std::string value = eq == std::string::npos ? "" : w.substr(eq + 1);
+    if (eq == std::string::npos || (key != "nodename" && key != "state" && key != "reason"))
+      fail("Invalid input: {} (update takes NodeName=NODES State=DOWN|RESUME [Reason=TEXT])", w);
+    if (key == "nodename")
+      nodes = value;
+    else if (key == "state")
+      state = upper(value);
+    else {
+      reason = value;
+      has_reason = true;
+    }
+  }
+  if (nodes.empty()) fail("update needs NodeName=NODES (only nodes can be updated)");
+  if (state.empty()) fail("update needs State=DOWN or State=RESUME");
+  if (state != "DOWN" && state != "RESUME")
+    fail("Invalid node state specified: {} (expected DOWN or RESUME)", state);
+  if (state == "DOWN" && (!has_reason || trim(reason).empty()))
+    fail("You must specify a reason when DOWNING or DRAINING a node. Request denied");
+  json body{{"state", state}};
+  if (has_reason) body["reason"] = reason;
+  std::vector<std::pair<std::string, json>> out;
+  for (auto& n : proto::expand_hostlist(nodes)) out.emplace_back(n, body);
+  if (out.empty()) fail("update needs NodeName=NODES (only nodes can be updated)");
+  return out;
 }
 
 std::string show_partition(const json& partition) {
@@ -565,6 +616,10 @@ std::string sinfo_state(std::string_view node_state) {
   return lower(node_state);
 }
 
+std::string sinfo_node_state(const json& node) {
+  return sinfo_state(str(node, "state", "UNKNOWN")) + (flag(node, "not_responding") ? "*" : "");
+}
+
 namespace {
 
 std::vector<std::string> string_list(const json& j, std::string_view key) {
@@ -581,7 +636,7 @@ std::string partition_label(const json& p) {
 
 std::string node_state_of(std::span<const json> nodes, const std::string& name) {
   for (const auto& n : nodes)
-    if (str(n, "name") == name) return sinfo_state(str(n, "state", "UNKNOWN"));
+    if (str(n, "name") == name) return sinfo_node_state(n);
   return "unk";
 }
 
@@ -640,7 +695,7 @@ std::string sinfo_node_table(std::span<const json> partitions, std::span<const j
     for (const auto& p : partitions) {
       auto pn = string_list(p, "nodes");
       if (std::find(pn.begin(), pn.end(), name) == pn.end()) continue;
-      rows.push_back({name, partition_label(p), sinfo_state(str(n, "state", "UNKNOWN"))});
+      rows.push_back({name, partition_label(p), sinfo_node_state(n)});
     }
   }
   size_t nw = std::string_view("NODELIST").size(), pw = std::string_view("PARTITION").size();
@@ -656,6 +711,41 @@ std::string sinfo_node_table(std::span<const json> partitions, std::span<const j
   };
   std::string out = line("NODELIST", "NODES", "PARTITION", "STATE");
   for (const auto& r : rows) out += line(r.node, "1", r.partition, r.state);
+  return out;
+}
+
+std::string sinfo_reasons_table(std::span<const json> nodes) {
+  struct Row {
+    std::string reason, user, time;
+    std::vector<std::string> nodes;
+  };
+  std::vector<Row> rows;
+  for (const auto& n : nodes) {
+    std::string reason = str(n, "reason");
+    if (reason.empty() && upper(str(n, "state")) != "DOWN") continue;
+    Row r{reason.empty() ? "none" : reason,
+          node_reason_user(n),
+          proto::format_timestamp(node_reason_time(n)),
+          {}};
+    auto it = std::find_if(rows.begin(), rows.end(), [&](const Row& x) {
+      return x.reason == r.reason && x.user == r.user && x.time == r.time;
+    });
+    if (it == rows.end()) {
+      rows.push_back(std::move(r));
+      it = rows.end() - 1;
+    }
+    it->nodes.push_back(str(n, "name"));
+  }
+  // Slurm's "%50E %9u %19H %N": fixed widths, a longer value cut.
+  auto line = [&](const std::string& reason, const std::string& user, const std::string& time,
+                  const std::string& list) {
+    std::string s = fmt::format("{} {} {} {}", fit(reason, 50, false), fit(user, 9, false),
+                                fit(time, 19, false), list);
+    rstrip(s);
+    return s + "\n";
+  };
+  std::string out = line("REASON", "USER", "TIMESTAMP", "NODELIST");
+  for (const auto& r : rows) out += line(r.reason, r.user, r.time, compress_hostlist(r.nodes));
   return out;
 }
 

@@ -83,7 +83,26 @@ std::string squeue_table(std::span<const json> jobs, std::string_view format, bo
 std::string show_job(const json& job);
 
 // `scontrol show node` / `show partition`: Slurm's layouts; each ends with a blank line.
+// A node that is "not_responding" shows as State=IDLE+NOT_RESPONDING (DOWN+..., ...);
+// a reason as Reason=TEXT [USER@TIMESTAMP] (node_reason_user, node_reason_time).
 std::string show_node(const json& node);
+
+// Who set a node's reason: "reason_user" (a name) or "reason_uid" (a number) of the
+// node's JSON; "root" when neither is there (the controller sets "Not responding").
+std::string node_reason_user(const json& node);
+
+// When a node's reason was set: "reason_time", else "down_time" (Unix seconds); 0 if
+// neither is there.
+double node_reason_time(const json& node);
+
+// `scontrol update NodeName=LIST State=DOWN|RESUME [Reason=TEXT]` (keys in any case,
+// NodeName a host list such as node[1-2]) -> one POST /v1/nodes/NAME/update body per
+// node: {"state": "DOWN"|"RESUME", "reason": TEXT}. Throws fsched::Error with Slurm's
+// message: "You must specify a reason when DOWNING or DRAINING a node. Request denied"
+// for DOWN without a reason, "Invalid node state specified: X" for another state, and
+// usage errors for a missing NodeName or State or an unknown key.
+std::vector<std::pair<std::string, json>> node_update_requests(
+    std::span<const std::string> settings);
 std::string show_partition(const json& partition);
 
 // `scontrol checkpoint list`: a table with the columns ID DESCRIPTION TRIGGER_TIME
@@ -112,8 +131,16 @@ std::string sinfo_table(std::span<const json> partitions, std::span<const json> 
 // belongs to (among those given).
 std::string sinfo_node_table(std::span<const json> partitions, std::span<const json> nodes);
 
+// sinfo -R: "REASON USER TIMESTAMP NODELIST" (Slurm's "%50E %9u %19H %N"), one row
+// per (reason, user, time) of the nodes that are DOWN or have a reason.
+std::string sinfo_reasons_table(std::span<const json> nodes);
+
 // sinfo's state names: IDLE -> "idle", MIXED -> "mix", ALLOCATED -> "alloc",
 // DOWN -> "down", UNKNOWN -> "unk"; others lowercased.
 std::string sinfo_state(std::string_view node_state);
+
+// A node's state in sinfo: sinfo_state of its "state", with Slurm's '*' when it is
+// "not_responding" ("idle*", "alloc*", "down*").
+std::string sinfo_node_state(const json& node);
 
 }  // namespace fsched::cmds

@@ -1,5 +1,6 @@
-// scontrol: shows jobs, nodes and partitions, and acts on jobs: checkpoint
-// create/vacate/restart/list/delete, requeue, hold, release.
+// scontrol: shows jobs, nodes and partitions, acts on jobs (checkpoint
+// create/vacate/restart/list/delete, requeue, hold, release) and sets nodes DOWN or
+// back in service (update NodeName=X State=DOWN|RESUME).
 #include <algorithm>
 #include <iostream>
 #include <map>
@@ -79,9 +80,11 @@ void check_words(int argc, char** argv) {
                        [&](std::string_view c) { return cmds::iequals(c, w); });
   };
   if (words.empty())
-    fail("no command given: use show, checkpoint, requeue, hold or release (see --help)");
-  if (!one_of(words[0], {"show", "checkpoint", "requeue", "hold", "release"}))
-    fail("invalid command: {} (use show, checkpoint, requeue, hold or release)", words[0]);
+    fail("no command given: use show, update, checkpoint, requeue, hold or release (see --help)");
+  if (!one_of(words[0], {"show", "update", "checkpoint", "requeue", "hold", "release"}))
+    fail("invalid command: {} (use show, update, checkpoint, requeue, hold or release)", words[0]);
+  if (cmds::iequals(words[0], "update") && words.size() < 2)
+    fail("update needs NodeName=NODES State=DOWN|RESUME [Reason=TEXT]");
   if (cmds::iequals(words[0], "show") && words.size() < 2)
     fail("show needs what to show: job [ID], node [NAME] or partition [NAME]");
   if (cmds::iequals(words[0], "checkpoint")) {
@@ -132,6 +135,13 @@ int main(int argc, char** argv) {
     sub->add_option("job_id", job, "Job id")->required();
     sub->add_option("settings", settings, "Key=Value arguments");
   }
+
+  std::vector<std::string> update_words;
+  auto* update = app.add_subcommand(
+      "update",
+      "update NodeName=NODES State=DOWN Reason=TEXT | State=RESUME: take nodes out of service "
+      "(their jobs are requeued) or return DOWN nodes to service");
+  update->add_option("settings", update_words, "Key=Value arguments")->required();
 
   std::vector<std::string> ids;
   for (const Action& a : {
@@ -193,6 +203,20 @@ int main(int argc, char** argv) {
       }
       std::cout.flush();
       return 0;
+    }
+
+    if (update->parsed()) {
+      // Slurm prints nothing when it works, and goes on to the next node when one fails.
+      int status = 0;
+      for (const auto& [node, body] : cmds::node_update_requests(update_words)) {
+        try {
+          client.call("POST", fmt::format("/v1/nodes/{}/update", node), body);
+        } catch (const fsched::proto::RpcError& e) {
+          cmds::print_error("scontrol", fmt::format("update of node {}: {}", node, e.what()));
+          status = 1;
+        }
+      }
+      return status;
     }
 
     if (ckpt->parsed()) {

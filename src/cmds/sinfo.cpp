@@ -16,11 +16,13 @@ int main(int argc, char** argv) {
   app.set_version_flag("-V,--version", "sinfo (fsched) " FSCHED_VERSION);
   // -h is --noheader in Slurm, so help is only --help.
   app.set_help_flag("--help", "Print this help message and exit");
-  bool node_oriented = false, noheader = false, as_json = false;
+  bool node_oriented = false, noheader = false, as_json = false, reasons = false;
   std::vector<std::string> partitions;
   app.add_flag("-N,--Node", node_oriented, "One line per node (and partition)");
   app.add_flag("-h,--noheader", noheader, "Do not print the header line");
   app.add_option("-p,--partition", partitions, "Comma-separated partitions to show");
+  app.add_flag("-R,--list-reasons", reasons,
+               "List the reasons nodes are down (REASON USER TIMESTAMP NODELIST)");
   app.add_flag("--json", as_json, "Print the partitions and nodes as the API's JSON");
 
   return cmds::run("sinfo", app, [&] {
@@ -44,8 +46,20 @@ int main(int argc, char** argv) {
       std::cout << json::object({{"partitions", shown}, {"nodes", node_list}}).dump(2) << std::endl;
       return 0;
     }
-    std::string table = node_oriented ? cmds::sinfo_node_table(shown, node_list)
-                                      : cmds::sinfo_table(shown, node_list);
+    if (reasons) {
+      // Only the nodes of the partitions shown, as Slurm's -R -p does.
+      std::vector<json> in_shown;
+      for (const auto& n : node_list)
+        if (std::any_of(shown.begin(), shown.end(), [&](const json& p) {
+              auto pn = p.value("nodes", std::vector<std::string>{});
+              return std::find(pn.begin(), pn.end(), n.value("name", "")) != pn.end();
+            }))
+          in_shown.push_back(n);
+      node_list = std::move(in_shown);
+    }
+    std::string table = reasons         ? cmds::sinfo_reasons_table(node_list)
+                        : node_oriented ? cmds::sinfo_node_table(shown, node_list)
+                                        : cmds::sinfo_table(shown, node_list);
     if (noheader) table.erase(0, table.find('\n') + 1);
     std::cout << table << std::flush;
     return 0;

@@ -51,8 +51,10 @@ std::string payload_of(std::string_view method, std::string_view target,
   return payload_head(method, target, destination).append(kHashField).append(sha256_hex(body));
 }
 
-std::string encode_cred(const std::string& socket, const std::string& payload) {
+std::string encode_cred(const std::string& socket, const std::string& payload, int ttl) {
   MungeCtx m(socket);
+  if (ttl > 0 && munge_ctx_set(m.ctx, MUNGE_OPT_TTL, ttl) != EMUNGE_SUCCESS)
+    fail("munge: cannot set the credential TTL to {} s: {}", ttl, munge_ctx_strerror(m.ctx));
   char* cred = nullptr;
   munge_err_t e = munge_encode(&cred, m.ctx, payload.data(), static_cast<int>(payload.size()));
   if (e != EMUNGE_SUCCESS)

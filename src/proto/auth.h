@@ -29,9 +29,11 @@ std::string payload_head(std::string_view method, std::string_view target,
 std::string payload_of(std::string_view method, std::string_view target,
                        std::string_view destination, std::string_view body);
 
-// A credential for payload from munged at socket ("" for libmunge's default).
+// A credential for payload from munged at socket ("" for libmunge's default), valid
+// for ttl seconds (AuthInfo ttl=; 0: munged's default; munged caps it at its
+// --max-ttl). The server needs nothing for it: munged refuses an expired credential.
 // Throws fsched::Error when munged cannot be reached.
-std::string encode_cred(const std::string& socket, const std::string& payload);
+std::string encode_cred(const std::string& socket, const std::string& payload, int ttl = 0);
 
 // What a valid credential vouches for: who sent the request, and the SHA-256 (hex)
 // of the body it was made for, to be checked once the body is read.

@@ -2,6 +2,7 @@
 
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <charconv>
 #include <cstring>
@@ -123,6 +124,64 @@ void node_line(Config& c, std::unordered_set<std::string>& names_seen, const Cur
     NodeConf nc = proto;
     nc.name = n;
     c.nodes.push_back(std::move(nc));
+  }
+}
+
+// AuthInfo = cred_expire=N,ttl=N,requeue_timeout=N,socket=PATH: any order, any subset.
+// Slurm reads cred_expire, ttl and socket here; requeue_timeout is the seed's (fsched's)
+// addition. Every error says "FILE:LINE: AuthInfo = VALUE: what".
+void auth_info(Config& c, const Cursor& at, std::string_view value) {
+  c.auth_info = std::string(value);
+  struct Part {
+    std::string_view name;
+    int* field;
+    int lo, hi;
+  };
+  const Part parts[] = {
+      {"cred_expire", &c.cred_expire, 1, 86400},
+      {"ttl", &c.munge_ttl, 1, 86400},
+      // 0: DOWN (and recovery) as soon as a node is NOT_RESPONDING.
+      {"requeue_timeout", &c.requeue_timeout, 0, 86400},
+  };
+  std::unordered_set<std::string> given;
+  for (size_t i = 0; i <= value.size();) {
+    size_t comma = std::min(value.find(',', i), value.size());
+    std::string_view w = trim(value.substr(i, comma - i));
+    i = comma + 1;
+    if (w.empty()) continue;  // a trailing or doubled comma is harmless
+    auto eq = w.find('=');
+    if (eq == std::string_view::npos)
+      at.error(
+          "AuthInfo = {}: '{}': expected key=value (cred_expire=, ttl=, requeue_timeout=, "
+          "socket=)",
+          value, w);
+    std::string key = lower(trim(w.substr(0, eq)));
+    std::string_view v = trim(w.substr(eq + 1));
+    if (!given.insert(key).second) at.error("AuthInfo = {}: {} is given twice", value, key);
+    if (key == "socket") {
+      if (v.empty()) at.error("AuthInfo = {}: socket= needs a path", value);
+      if (!c.munge_socket.empty())
+        at.error("AuthInfo = {}: socket= and MungeSocket (line {}) both set munged's socket", value,
+                 c.munge_socket_line);
+      c.munge_socket = std::string(v);
+      c.munge_socket_line = at.line;
+      continue;
+    }
+    auto p = std::find_if(std::begin(parts), std::end(parts),
+                          [&](const Part& x) { return x.name == key; });
+    if (p == std::end(parts))
+      at.error(
+          "AuthInfo = {}: unknown key '{}' (expected cred_expire, ttl, requeue_timeout or "
+          "socket)",
+          value, w.substr(0, eq));
+    int64_t n = 0;
+    auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
+    if (v.empty() || ec == std::errc::invalid_argument || end != v.data() + v.size())
+      at.error("AuthInfo = {}: {}={}: not an integer", value, key, v);
+    if (ec == std::errc::result_out_of_range || n < p->lo || n > p->hi)
+      at.error("AuthInfo = {}: {}={}: out of range {} to {} (seconds)", value, key, v, p->lo,
+               p->hi);
+    *p->field = static_cast<int>(n);
   }
 }
 
@@ -323,11 +382,17 @@ Config parse_config(std::string_view text, const std::filesystem::path& file) {
       if (v != "auth/munge") at.error("AuthType = {}: only auth/munge is supported", v);
       c.auth_type = v;
     } else if (lk == "authinfo") {
-      c.auth_info = v;
-      at.ignored(c, key, v, "has no effect: munged's socket is set with MungeSocket");
+      auth_info(c, at, v);
     } else if (lk == "mungesocket") {
+      if (!c.munge_socket.empty())
+        at.error("MungeSocket = {}: munged's socket is already set by AuthInfo socket= on line {}",
+                 v, c.munge_socket_line);
       c.munge_socket = v;
       c.munge_socket_line = at.line;
+    } else if (lk == "returntoservice") {
+      if (v != "0" && v != "1")
+        at.error("ReturnToService = {}: expected 0 or 1 (Slurm's 2 is not supported)", v);
+      c.return_to_service = v == "1";
     } else if (lk == "slurmctldlogfile")
       c.ctld_log_file = v;
     else if (lk == "slurmctldpidfile")
@@ -344,6 +409,19 @@ Config parse_config(std::string_view text, const std::filesystem::path& file) {
       partition_line(c, at, "PartitionName=" + v);
     else
       at.error("unknown key '{}'", key);
+  }
+  // Checked once the whole file is read: the two keys may come in either order.
+  auto hb = seen.find("heartbeatinterval"), st = seen.find("slurmdtimeout");
+  if (hb == seen.end())  // Slurm pings every SlurmdTimeout/3
+    c.heartbeat_interval = std::clamp(c.slurmd_timeout / 3, 1, c.heartbeat_interval);
+  if (c.heartbeat_interval * 2 > c.slurmd_timeout) {
+    at.line = std::max(hb == seen.end() ? 0 : hb->second, st == seen.end() ? 0 : st->second);
+    at.error(
+        "HeartbeatInterval = {}{} and SlurmdTimeout = {}{}: HeartbeatInterval * 2 must not exceed "
+        "SlurmdTimeout, or one late heartbeat makes a healthy node NOT_RESPONDING and freezes its "
+        "jobs",
+        c.heartbeat_interval, hb == seen.end() ? " (default)" : "", c.slurmd_timeout,
+        st == seen.end() ? " (default)" : "");
   }
   auto where = [&](const char* what) { fail("{}: {}", file.string(), what); };
   if (c.control_machine.empty()) where("ControlMachine is required");

@@ -47,12 +47,27 @@ struct Config {
   double load_threshold_cpu = 0.95, load_threshold_io = 0.50, load_threshold_memory = 0.85;
   int checkpoint_timeout = 600;  // CheckpointTimeout, seconds
   int kill_wait = 30;            // KillWait, seconds between SIGTERM and SIGKILL
-  int slurmd_timeout = 300;      // SlurmdTimeout, seconds without heartbeat before DOWN
-  int slurmctld_timeout = 120;   // SlurmctldTimeout
-  int batch_start_timeout = 10;  // BatchStartTimeout, seconds
-  int heartbeat_interval = 10;   // HeartbeatInterval (fsched): seconds between node heartbeats
+  // SlurmdTimeout: seconds without a heartbeat before a node is NOT_RESPONDING; it is
+  // also the lease the controller grants a node, after which the node freezes its jobs.
+  int slurmd_timeout = 300;
+  int slurmctld_timeout = 120;  // SlurmctldTimeout
+  // BatchStartTimeout: seconds a launch or restore may take to report its job running;
+  // after that the run has failed, is killed, and the job is retried on another node.
+  int batch_start_timeout = 10;
+  // HeartbeatInterval (fsched): seconds between node heartbeats. When not set: 10, or
+  // SlurmdTimeout/3 if that is less (Slurm pings its nodes every SlurmdTimeout/3), so
+  // that a short SlurmdTimeout alone is a valid configuration. Twice it must not
+  // exceed SlurmdTimeout: one lost heartbeat must not cost a node its lease.
+  int heartbeat_interval = 10;
+  // ReturnToService (0 or 1): whether a node that was DOWN because it stopped responding
+  // returns to service by itself when it registers again. Default 1, unlike Slurm's 0:
+  // fencing (the lease and the generations) makes such a rejoin safe. A node set DOWN by
+  // an admin always needs `scontrol update NodeName=X State=RESUME`.
+  bool return_to_service = true;
   std::string auth_type = "auth/munge";
-  std::string auth_info;      // AuthInfo, kept as written; its parts below
+  // AuthInfo = cred_expire=N,ttl=N,requeue_timeout=N[,socket=PATH], kept as written;
+  // its parts below (socket= sets munge_socket, as MungeSocket does).
+  std::string auth_info;
   int cred_expire = 120;      // AuthInfo cred_expire=: seconds a launch request stays valid
   int munge_ttl = 300;        // AuthInfo ttl=: MUNGE credential lifetime, seconds
   int requeue_timeout = 60;   // AuthInfo requeue_timeout=: seconds a NOT_RESPONDING node
@@ -78,8 +93,10 @@ struct Config {
 std::filesystem::path config_path();
 
 // Parses the file. Throws fsched::Error "FILE:LINE: what is wrong" on an unknown
-// key, a malformed value or a duplicate node, and "FILE: ..." when it cannot be read
-// or a required key (ControlMachine, StateSaveLocation, a NodeName) is missing.
+// key, a malformed value (AuthInfo: "FILE:LINE: AuthInfo = VALUE: what"), a duplicate
+// node, or HeartbeatInterval * 2 > SlurmdTimeout (on the line of the later of the two),
+// and "FILE: ..." when it cannot be read or a required key (ControlMachine,
+// StateSaveLocation, a NodeName) is missing.
 Config load_config(const std::filesystem::path& file);
 Config parse_config(std::string_view text, const std::filesystem::path& file_for_errors);
 

@@ -72,8 +72,11 @@ struct Caller {
 class Client {
  public:
   // host: name or address; port: TCP port; munge_socket: munged's socket ("" for
-  // libmunge's default); timeout_s: seconds to wait for a reply.
-  Client(std::string host, uint16_t port, std::string munge_socket = {}, int timeout_s = 60);
+  // libmunge's default); timeout_s: seconds to wait for a reply; munge_ttl: lifetime
+  // of the credentials it makes, seconds (Config::munge_ttl, AuthInfo ttl=; 0:
+  // munged's default).
+  Client(std::string host, uint16_t port, std::string munge_socket = {}, int timeout_s = 60,
+         int munge_ttl = 0);
   ~Client();
   Client(Client&&) noexcept;
 

@@ -66,12 +66,13 @@ struct Client::Impl {
   uint16_t port;
   std::string munge_socket;
   int timeout_s;
+  int munge_ttl;
 };
 
-Client::Client(std::string host, uint16_t port, std::string munge_socket, int timeout_s)
-    : impl_(
-          std::make_unique<Impl>(Impl{std::move(host), port, std::move(munge_socket), timeout_s})) {
-}
+Client::Client(std::string host, uint16_t port, std::string munge_socket, int timeout_s,
+               int munge_ttl)
+    : impl_(std::make_unique<Impl>(
+          Impl{std::move(host), port, std::move(munge_socket), timeout_s, munge_ttl})) {}
 Client::~Client() = default;
 Client::Client(Client&&) noexcept = default;
 
@@ -110,7 +111,8 @@ nlohmann::json Client::call(std::string_view method, std::string_view path,
   // The credential names this daemon as we address it, the path with its query, and
   // the body's SHA-256: it stays small however large the body is.
   req.set(kAuthHeader,
-          auth::encode_cred(impl_->munge_socket, auth::payload_of(method, path, where(), b)));
+          auth::encode_cred(impl_->munge_socket, auth::payload_of(method, path, where(), b),
+                            impl_->munge_ttl));
   req.keep_alive(false);
   if (verb == http::verb::post) {
     req.set(http::field::content_type, "application/json");

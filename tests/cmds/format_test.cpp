@@ -308,6 +308,31 @@ TEST_F(Utc, ShowNode) {
   EXPECT_TRUE(has_line(cmds::show_node(n), "   Reason=Not responding"));
 }
 
+// Node failure (issue 12): Slurm's NOT_RESPONDING flag and "[user@time]" after a reason.
+TEST_F(Utc, ShowNodeNotRespondingAndDown) {
+  json n = json::parse(R"({"name": "node1", "state": "IDLE", "reason": "", "not_responding": true,
+    "partitions": ["debug"], "last_heartbeat": 1763700000})");
+  std::string t = cmds::show_node(n);
+  EXPECT_TRUE(has_line(t, "   State=IDLE+NOT_RESPONDING")) << t;
+  EXPECT_EQ(t.find("Reason="), std::string::npos) << t;
+  n["state"] = "DOWN";
+  n["reason"] = "Not responding";
+  n["down_time"] = 1795953600;  // 2026-11-29T12:00:00Z
+  t = cmds::show_node(n);
+  EXPECT_TRUE(has_line(t, "   State=DOWN+NOT_RESPONDING")) << t;
+  EXPECT_TRUE(has_line(t, "   Reason=Not responding [root@2026-11-29T12:00:00]")) << t;
+  // An admin's DOWN of a node that still answers: no flag, the admin's name and time.
+  n["not_responding"] = false;
+  n["reason"] = "disk replaced";
+  n["reason_uid"] = 0;
+  n["reason_time"] = 1795957200;
+  t = cmds::show_node(n);
+  EXPECT_TRUE(has_line(t, "   State=DOWN")) << t;
+  EXPECT_TRUE(has_line(t, "   Reason=disk replaced [root@2026-11-29T13:00:00]")) << t;
+  n["reason_user"] = "slurm";
+  EXPECT_TRUE(has_line(cmds::show_node(n), "   Reason=disk replaced [slurm@2026-11-29T13:00:00]"));
+}
+
 TEST(Show, Partition) {
   json p = json::parse(R"({"name": "debug", "nodes": ["node1", "node2"], "default": true,
     "state": "UP", "max_time": 0, "total_cpus": 4, "total_nodes": 2})");
@@ -382,6 +407,94 @@ TEST(Checkpoint, Summary) {
   cleared["status"] = "Cleared";
   EXPECT_EQ(cmds::checkpoint_summary(cleared),
             "Checkpoint 3 of job 12 is Cleared: /var/lib/fsched/checkpoint/12/3");
+}
+
+// Slurm marks a node that does not respond with '*' after its state, in both layouts;
+// a DOWN node that answers (set DOWN by an admin) has none.
+TEST(Sinfo, NotRespondingNodesGetAStar) {
+  std::vector<json> parts = {json::parse(
+      R"({"name": "debug", "nodes": ["node1", "node2", "node3", "node4"], "default": true,
+          "state": "UP", "max_time": 0})")};
+  std::vector<json> nodes = {
+      json::parse(R"({"name": "node1", "state": "IDLE", "not_responding": true})"),
+      json::parse(R"({"name": "node2", "state": "ALLOCATED", "not_responding": true})"),
+      json::parse(R"({"name": "node3", "state": "DOWN", "not_responding": true})"),
+      json::parse(R"({"name": "node4", "state": "DOWN", "not_responding": false})"),
+  };
+  EXPECT_EQ(cmds::sinfo_table(parts, nodes),
+            "PARTITION AVAIL  TIMELIMIT  NODES  STATE NODELIST\n"
+            "debug*       up   infinite      1  idle* node1\n"
+            "debug*       up   infinite      1 alloc* node2\n"
+            "debug*       up   infinite      1  down* node3\n"
+            "debug*       up   infinite      1   down node4\n");
+  EXPECT_EQ(cmds::sinfo_node_table(parts, nodes),
+            "NODELIST  NODES PARTITION STATE\n"
+            "node1         1 debug*    idle*\n"
+            "node2         1 debug*    alloc*\n"
+            "node3         1 debug*    down*\n"
+            "node4         1 debug*    down\n");
+  EXPECT_EQ(cmds::sinfo_node_state(json::parse(R"({"state": "MIXED"})")), "mix");
+}
+
+// sinfo -R: one row per (reason, user, time), the nodes as a host list.
+TEST_F(Utc, SinfoReasons) {
+  std::vector<json> nodes = {
+      json::parse(R"({"name": "node1", "state": "DOWN", "reason": "Not responding",
+                      "not_responding": true, "down_time": 1795953600})"),
+      json::parse(R"({"name": "node2", "state": "IDLE", "reason": ""})"),
+      json::parse(R"({"name": "node3", "state": "DOWN", "reason": "Not responding",
+                      "not_responding": true, "down_time": 1795953600})"),
+      json::parse(R"({"name": "node4", "state": "DOWN", "reason": "bad disk", "reason_uid": 0,
+                      "reason_time": 1795957200})"),
+  };
+  EXPECT_EQ(cmds::sinfo_reasons_table(nodes),
+            "REASON                                             USER      TIMESTAMP           "
+            "NODELIST\n"
+            "Not responding                                     root      2026-11-29T12:00:00 "
+            "node[1,3]\n"
+            "bad disk                                           root      2026-11-29T13:00:00 "
+            "node4\n");
+  std::vector<json> healthy = {json::parse(R"({"name": "node2", "state": "IDLE"})")};
+  EXPECT_EQ(cmds::sinfo_reasons_table(healthy),
+            "REASON                                             USER      TIMESTAMP           "
+            "NODELIST\n");
+}
+
+TEST(ScontrolUpdate, NodeRequests) {
+  std::vector<std::string> down = {"NodeName=node[1-2]", "State=down", "Reason=disk bad"};
+  auto r = cmds::node_update_requests(down);
+  ASSERT_EQ(r.size(), 2u);
+  EXPECT_EQ(r[0].first, "node1");
+  EXPECT_EQ(r[1].first, "node2");
+  EXPECT_EQ(r[0].second, (json{{"state", "DOWN"}, {"reason", "disk bad"}}));
+  std::vector<std::string> resume = {"nodename=node3", "STATE=Resume"};
+  r = cmds::node_update_requests(resume);
+  ASSERT_EQ(r.size(), 1u);
+  EXPECT_EQ(r[0].first, "node3");
+  EXPECT_EQ(r[0].second, (json{{"state", "RESUME"}}));
+}
+
+TEST(ScontrolUpdate, SlurmsErrors) {
+  auto error_of = [](std::vector<std::string> words) -> std::string {
+    try {
+      cmds::node_update_requests(words);
+    } catch (const fsched::Error& e) {
+      return e.what();
+    }
+    return "";
+  };
+  EXPECT_EQ(error_of({"NodeName=node1", "State=DOWN"}),
+            "You must specify a reason when DOWNING or DRAINING a node. Request denied");
+  EXPECT_EQ(error_of({"NodeName=node1", "State=DOWN", "Reason="}),
+            "You must specify a reason when DOWNING or DRAINING a node. Request denied");
+  EXPECT_EQ(error_of({"NodeName=node1", "State=DRAIN", "Reason=x"}),
+            "Invalid node state specified: DRAIN (expected DOWN or RESUME)");
+  EXPECT_EQ(error_of({"State=RESUME"}), "update needs NodeName=NODES (only nodes can be updated)");
+  EXPECT_EQ(error_of({"NodeName=node1"}), "update needs State=DOWN or State=RESUME");
+  EXPECT_EQ(error_of({"JobId=3", "TimeLimit=5"}),
+            "Invalid input: JobId=3 (update takes NodeName=NODES State=DOWN|RESUME "
+            "[Reason=TEXT])");
+  EXPECT_EQ(error_of({"NodeName=n[3-1]", "State=RESUME"}).rfind("host list 'n[3-1]'", 0), 0u);
 }
 
 TEST(Sinfo, DefaultTable) {

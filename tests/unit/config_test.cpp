@@ -116,12 +116,120 @@ TEST(Config, KeysWithoutEffectAreWarnedOf) {
                             "AuthInfo = socket=/run/munge.sock\n"
                             "NodeName=n9 CPUs=2 Sockets=1\n",
                         "f.conf");
-  ASSERT_EQ(c.warnings.size(), 3u);
+  ASSERT_EQ(c.warnings.size(), 2u);
   EXPECT_THAT(
       c.warnings[0],
       HasSubstr("f.conf:4: CRIU_Incremental = yes: incremental checkpoints are not implemented"));
   EXPECT_THAT(c.warnings[1],
-              HasSubstr("f.conf:5: AuthInfo = socket=/run/munge.sock: has no effect"));
-  EXPECT_THAT(c.warnings[2],
               HasSubstr("f.conf:6: Sockets = 1: accepted for slurm.conf compatibility"));
+  // AuthInfo and the node-failure timeouts all have an effect now: none is warned of.
+  auto nf = parse_config(std::string(kBase) +
+                             "AuthInfo = cred_expire=180,ttl=180,requeue_timeout=30\n"
+                             "BatchStartTimeout = 10\nSlurmdTimeout = 15\nReturnToService = 0\n",
+                         "f.conf");
+  EXPECT_THAT(nf.warnings, testing::IsEmpty());
+}
+
+// ---- node failure: AuthInfo, SlurmdTimeout, HeartbeatInterval, ReturnToService -------
+
+TEST(Config, NodeFailureDefaults) {
+  auto c = parse_config(kBase, "f.conf");
+  EXPECT_EQ(c.heartbeat_interval, 10);
+  EXPECT_EQ(c.slurmd_timeout, 300);
+  EXPECT_EQ(c.requeue_timeout, 60);
+  EXPECT_EQ(c.batch_start_timeout, 10);
+  EXPECT_EQ(c.cred_expire, 120);
+  EXPECT_EQ(c.munge_ttl, 300);  // munged's own default
+  EXPECT_TRUE(c.return_to_service);
+  EXPECT_EQ(c.auth_info, "");
+}
+
+// The seed's aggressive block, as written there: HeartbeatInterval is not set, and its
+// default follows SlurmdTimeout down (15 / 3 = 5) instead of refusing the block.
+TEST(Config, SeedAggressiveBlock) {
+  auto c = parse_config(std::string(kBase) +
+                            "BatchStartTimeout=10\n"
+                            "SlurmdTimeout=15\n"
+                            "AuthInfo=cred_expire=180,ttl=180,requeue_timeout=30\n",
+                        "f.conf");
+  EXPECT_EQ(c.batch_start_timeout, 10);
+  EXPECT_EQ(c.slurmd_timeout, 15);
+  EXPECT_EQ(c.cred_expire, 180);
+  EXPECT_EQ(c.munge_ttl, 180);
+  EXPECT_EQ(c.requeue_timeout, 30);
+  EXPECT_EQ(c.heartbeat_interval, 5);
+  EXPECT_EQ(c.auth_info, "cred_expire=180,ttl=180,requeue_timeout=30");
+}
+
+TEST(Config, AuthInfoPartsInAnyOrderAndSubset) {
+  auto c = parse_config(std::string(kBase) + "AuthInfo = requeue_timeout=0, TTL=60\n", "f.conf");
+  EXPECT_EQ(c.requeue_timeout, 0);
+  EXPECT_EQ(c.munge_ttl, 60);
+  EXPECT_EQ(c.cred_expire, 120);  // untouched
+  auto s =
+      parse_config(std::string(kBase) + "AuthInfo = socket=/run/m.sock,cred_expire=5\n", "f.conf");
+  EXPECT_EQ(s.munge_socket, "/run/m.sock");
+  EXPECT_EQ(s.munge_socket_line, 4);
+  EXPECT_EQ(s.cred_expire, 5);
+}
+
+TEST(Config, AuthInfoErrors) {
+  auto err = [](const std::string& value) {
+    return error_of(std::string(kBase) + "AuthInfo = " + value + "\n");
+  };
+  const std::string at = "/etc/fsched/fsched.conf:4: AuthInfo = ";
+  EXPECT_THAT(err("requeue_timeout=abc"),
+              HasSubstr(at + "requeue_timeout=abc: requeue_timeout=abc: not an integer"));
+  EXPECT_THAT(err("ttl=12s"), HasSubstr(at + "ttl=12s: ttl=12s: not an integer"));
+  EXPECT_THAT(err("ttl="), HasSubstr(at + "ttl=: ttl=: not an integer"));
+  EXPECT_THAT(err("cred_expire=0"), HasSubstr("cred_expire=0: out of range 1 to 86400"));
+  EXPECT_THAT(err("ttl=86401"), HasSubstr("ttl=86401: out of range 1 to 86400"));
+  EXPECT_THAT(err("requeue_timeout=-1"), HasSubstr("requeue_timeout=-1: out of range 0 to 86400"));
+  EXPECT_THAT(err("requeue_timeout=99999999999999999999"), HasSubstr("out of range"));
+  EXPECT_THAT(err("ttl=5,colour=red"),
+              HasSubstr(at + "ttl=5,colour=red: unknown key 'colour' (expected cred_expire"));
+  EXPECT_THAT(err("cred_expire"), HasSubstr(at + "cred_expire: 'cred_expire': expected key=value"));
+  EXPECT_THAT(err("ttl=5,cred_expire=6,ttl=7"),
+              HasSubstr(at + "ttl=5,cred_expire=6,ttl=7: ttl is given twice"));
+  EXPECT_THAT(error_of(std::string(kBase) + "MungeSocket = /a\nAuthInfo = socket=/b\n"),
+              HasSubstr(":5: AuthInfo = socket=/b: socket= and MungeSocket (line 4)"));
+  EXPECT_THAT(error_of(std::string(kBase) + "AuthInfo = socket=/b\nMungeSocket = /a\n"),
+              HasSubstr(":5: MungeSocket = /a: munged's socket is already set"));
+}
+
+TEST(Config, TimeoutValueErrors) {
+  EXPECT_THAT(error_of(std::string(kBase) + "SlurmdTimeout = 0\n"),
+              HasSubstr(":4: SlurmdTimeout = 0: expected an integer"));
+  EXPECT_THAT(error_of(std::string(kBase) + "BatchStartTimeout = soon\n"),
+              HasSubstr(":4: BatchStartTimeout = soon"));
+  EXPECT_THAT(error_of(std::string(kBase) + "HeartbeatInterval = -2\n"),
+              HasSubstr(":4: HeartbeatInterval = -2"));
+  EXPECT_THAT(error_of(std::string(kBase) + "ReturnToService = 2\n"),
+              HasSubstr(":4: ReturnToService = 2: expected 0 or 1"));
+  EXPECT_FALSE(
+      parse_config(std::string(kBase) + "ReturnToService = 0\n", "f.conf").return_to_service);
+}
+
+// One lost heartbeat must not cost a node its lease: refused with both keys named, on
+// the line of the one that came last, whichever order they are in.
+TEST(Config, HeartbeatMustFitTwiceInSlurmdTimeout) {
+  EXPECT_THAT(error_of(std::string(kBase) + "HeartbeatInterval = 8\nSlurmdTimeout = 15\n"),
+              HasSubstr("fsched.conf:5: HeartbeatInterval = 8 and SlurmdTimeout = 15: "
+                        "HeartbeatInterval * 2 must not exceed SlurmdTimeout"));
+  EXPECT_THAT(error_of(std::string(kBase) + "SlurmdTimeout = 15\nKillWait = 3\n"
+                                            "HeartbeatInterval = 8\n"),
+              HasSubstr("fsched.conf:6: HeartbeatInterval = 8 and SlurmdTimeout = 15"));
+  EXPECT_THAT(error_of(std::string(kBase) + "HeartbeatInterval = 151\n"),
+              HasSubstr(":4: HeartbeatInterval = 151 and SlurmdTimeout = 300 (default)"));
+  auto edge =
+      parse_config(std::string(kBase) + "HeartbeatInterval = 3\nSlurmdTimeout = 6\n", "f.conf");
+  EXPECT_EQ(edge.heartbeat_interval, 3);
+  EXPECT_EQ(edge.slurmd_timeout, 6);
+  // Unset HeartbeatInterval: SlurmdTimeout/3, at most 10, at least 1.
+  EXPECT_EQ(parse_config(std::string(kBase) + "SlurmdTimeout = 6\n", "f.conf").heartbeat_interval,
+            2);
+  EXPECT_EQ(parse_config(std::string(kBase) + "SlurmdTimeout = 2\n", "f.conf").heartbeat_interval,
+            1);
+  EXPECT_THAT(error_of(std::string(kBase) + "SlurmdTimeout = 1\n"),
+              HasSubstr(":4: HeartbeatInterval = 1 (default) and SlurmdTimeout = 1"));
 }

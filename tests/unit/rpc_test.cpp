@@ -10,8 +10,10 @@
 #include <thread>
 
 #include <gtest/gtest.h>
+#include <munge.h>
 
 #include "common/fd.h"
+#include "proto/auth.h"
 #include "proto/rpc.h"
 
 namespace fsched::proto {
@@ -118,6 +120,45 @@ TEST(RpcClient, NothingListeningSaysDaemonNotRunning) {
     std::string what = e.what();
     EXPECT_EQ(what.rfind("cannot reach 127.0.0.1:" + std::to_string(port) + ": ", 0), 0u) << what;
     EXPECT_NE(what.find("is the daemon running?"), std::string::npos) << what;
+  }
+}
+
+// AuthInfo ttl=: the client's credentials carry the configured lifetime, the server
+// accepts them, and munged refuses one that has outlived it.
+TEST_F(RpcTest, ClientWithShortTtlIsAccepted) {
+  EXPECT_EQ(Client("127.0.0.1", port_, {}, 10, 1).call("POST", "/v1/echo/7")["param"], "7");
+}
+
+TEST(MungeTtl, CredentialCarriesTheRequestedTtl) {
+  for (int ttl : {0, 77}) {
+    std::string cred = auth::encode_cred("", "payload", ttl);
+    munge_ctx_t ctx = munge_ctx_create();
+    ASSERT_NE(ctx, nullptr);
+    void* buf = nullptr;
+    int len = 0;
+    ASSERT_EQ(munge_decode(cred.c_str(), ctx, &buf, &len, nullptr, nullptr), EMUNGE_SUCCESS)
+        << munge_ctx_strerror(ctx);
+    std::free(buf);
+    int got = -1;
+    ASSERT_EQ(munge_ctx_get(ctx, MUNGE_OPT_TTL, &got), EMUNGE_SUCCESS);
+    munge_ctx_destroy(ctx);
+    if (ttl)
+      EXPECT_EQ(got, ttl);
+    else
+      EXPECT_GT(got, 0);  // munged's default (300 unless configured otherwise)
+  }
+}
+
+TEST(MungeTtl, ExpiredCredentialIsRefused) {
+  std::string payload = auth::payload_of("GET", "/v1/x", "h:1", "");
+  std::string cred = auth::encode_cred("", payload, 1);
+  std::this_thread::sleep_for(std::chrono::milliseconds(3000));
+  try {
+    auth::decode_cred("", cred, "GET", "/v1/x", "h:1");
+    FAIL() << "an expired credential was accepted";
+  } catch (const RpcError& e) {
+    EXPECT_EQ(e.status(), 401);
+    EXPECT_NE(std::string(e.what()).find("xpired"), std::string::npos) << e.what();
   }
 }
 
