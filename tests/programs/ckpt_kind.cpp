@@ -351,8 +351,8 @@ std::string procattrs() {
   long mb = syscall(SYS_membarrier, 1 << 9 /* MEMBARRIER_CMD_GET_REGISTRATIONS */, 0, 0);
   return sched_of_self() + " slack " + timerslack_of_self() + " pdeath " + std::to_string(pdeath) +
          " subreaper " + std::to_string(sub) + " thp_disable " +
-         std::to_string(prctl(PR_GET_THP_DISABLE, 0, 0, 0, 0)) + " oom " + oom_score_adj() + " membarrier " +
-         std::to_string(mb);
+         std::to_string(prctl(PR_GET_THP_DISABLE, 0, 0, 0, 0)) + " oom " + oom_score_adj() +
+         " membarrier " + std::to_string(mb);
 }
 
 void* procattr_thread(void*) {
