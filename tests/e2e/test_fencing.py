@@ -116,7 +116,7 @@ def start_job(c: Cluster, d: Path, user: str) -> tuple[int, Path, Path]:
     c.wait_state(jid, "RUNNING", 60)
     out = d / f"slurm-{jid}.out"
     c.wait_for(lambda: out.exists() and "tick 3\n" in out.read_text(), 60, "the job's third tick")
-    pids = [p for p in procs_in(d) if comm(p) == "bash"]
+    pids = [p for p in procs_in(d) if comm(p) == "slurm_script"]  # the script's shell
     assert pids, "the job's shell is not running"
     return jid, out, cgroup_of(pids[0])
 
@@ -152,7 +152,7 @@ def test_job_runs_in_its_run_cgroup_and_its_strays_die_with_it(e2e, cluster, tes
     fschedd = c.nodes["node1"].pid
     assert cgroup_of(fschedd) != cg and not str(cgroup_of(fschedd)).startswith(str(cg))
     pids = procs_in(d)
-    assert {comm(p) for p in pids} >= {"bash", "sleep"}, [comm(p) for p in pids]
+    assert {comm(p) for p in pids} >= {"slurm_script", "sleep"}, [comm(p) for p in pids]
     assert all(cgroup_of(p) == cg for p in pids), {p: (comm(p), cgroup_of(p)) for p in pids}
     # The detached sleep 1000 is in the job's cgroup although it left its session.
     strays = [p for p in pids if comm(p) == "sleep" and "1000" in Path(f"/proc/{p}/cmdline").read_text()]
