@@ -121,9 +121,10 @@ def start_job(c: Cluster, d: Path, user: str) -> tuple[int, Path, Path]:
     return jid, out, cgroup_of(pids[0])
 
 
-def assert_frozen_then_thawed(c: Cluster, jid: int, out: Path, cg: Path, stop, resume):
+def assert_frozen_then_thawed(c: Cluster, jid: int, out: Path, cg: Path, stop, resume, while_frozen=None):
     """stop() silences the lease; the job must freeze (cgroup frozen, output still),
-    and after resume() thaw and end with the exact expected output."""
+    and after resume() thaw and end with the exact expected output. while_frozen():
+    more checks while the job is frozen."""
     stop()
     try:
         c.wait_for(lambda: events(cg).get("frozen") == 1, SLURMD_TIMEOUT + 10, "the job's cgroup to freeze")
@@ -132,6 +133,8 @@ def assert_frozen_then_thawed(c: Cluster, jid: int, out: Path, cg: Path, stop, r
         time.sleep(1.5)
         assert out.stat().st_size == size, "a frozen job wrote output"
         assert "job done" not in out.read_text()
+        if while_frozen:
+            while_frozen()
     finally:
         resume()
     c.wait_for(lambda: events(cg).get("frozen") == 0, 30, "the job's cgroup to thaw")
@@ -165,13 +168,29 @@ def test_job_runs_in_its_run_cgroup_and_its_strays_die_with_it(e2e, cluster, tes
     c.wait_for(lambda: not cg.exists(), 10, f"{cg} to be removed")
 
 
-def test_jobs_freeze_while_the_controller_is_stopped(e2e, cluster, test_user):
+def test_jobs_freeze_while_the_controller_is_stopped(e2e, cluster, build_dir, test_user):
     c = cluster
     d = workdir(e2e, "ctld-stopped", test_user)
     jid, out, cg = start_job(c, d, test_user)
+
+    def refusals():
+        # fschedd answers, but makes no new state while it holds no lease: a dump of
+        # the frozen job and a new launch are refused as transient (503).
+        r = node_rpc(c, build_dir, "POST", "/v1/node/checkpoint",
+                     {"job_id": jid, "dir": str(c.ckpt_dir / f"fence-{jid}")})
+        assert r.returncode == 1 and r.stdout.startswith("HTTP 503") and "jobs frozen" in r.stdout, r.stdout
+        assert not (c.ckpt_dir / f"fence-{jid}").exists()
+        pw = pwd.getpwnam(test_user)
+        r = node_rpc(c, build_dir, "POST", "/v1/node/launch",
+                     {"job_id": jid + 100000, "script": JOB_SH, "uid": pw.pw_uid, "gid": pw.pw_gid,
+                      "user": test_user, "work_dir": str(d), "stdout": str(d / "x.out"),
+                      "stderr": str(d / "x.out"), "generation": 1, "issued": time.time()})
+        assert r.returncode == 1 and r.stdout.startswith("HTTP 503") and "lease" in r.stdout, r.stdout
+        assert not (d / "x.out").exists()
+
     assert_frozen_then_thawed(c, jid, out, cg,
                               lambda: c.ctld.send_signal(signal.SIGSTOP),
-                              lambda: c.ctld.send_signal(signal.SIGCONT))
+                              lambda: c.ctld.send_signal(signal.SIGCONT), refusals)
 
 
 def test_guard_freezes_jobs_while_fschedd_is_stopped(e2e, cluster, test_user):
