@@ -920,7 +920,10 @@ void NodeDaemon::check_fencing_locked(const LaunchRequest& q) const {
                                       "cred_expire ({} s): refused as stale",
                                       id, age, cfg_.cred_expire));
   }
-  if (auto it = jobs_.find(id); it != jobs_.end() && q.generation <= it->second.generation)
+  // A vacated run (dumped and killed, the controller maybe not yet told) is not one the
+  // node has: its restore may come with the same generation from an older controller.
+  if (auto it = jobs_.find(id);
+      it != jobs_.end() && !it->second.vacating && q.generation <= it->second.generation)
     throw RpcError(409, fmt::format("job {}: generation {} is not newer than generation {} that "
                                     "node {} runs: refused as stale",
                                     id, q.generation, it->second.generation, name_));
