@@ -135,6 +135,14 @@ bool Cgroup::kill_and_remove(std::chrono::milliseconds wait) {
   }
 }
 
+bool Cgroup::try_remove() {
+  if (path_.empty()) return true;
+  if (::rmdir(path_.c_str()) < 0 && errno != ENOENT) return false;
+  path_.clear();
+  dir_.reset();
+  return true;
+}
+
 void Cgroup::release() {
   path_.clear();
   dir_.reset();

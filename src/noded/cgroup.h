@@ -59,6 +59,8 @@ class Cgroup {
   // kill(), waits up to `wait` for the processes to be gone, and removes the directory.
   // Returns false (and keeps the object) when the directory stays busy.
   bool kill_and_remove(std::chrono::milliseconds wait = std::chrono::seconds(2));
+  // Removes the directory if it is empty (rmdir); false while it is busy. Kills nothing.
+  bool try_remove();
   // Forgets the directory without removing it.
   void release();
 

@@ -274,11 +274,26 @@ nlohmann::json NodeDaemon::launch(const proto::Request& r, bool restore) {
   fs::path cgroup;
   try {
     // The run's cgroup first: the engine starts inside it (and so does all it starts).
-    Cgroup cg(jobs_cg_.path() / run_cgroup_name(id, q.generation));
-    // A directory of that name with processes: a run this fschedd lost track of.
+    fs::path path = jobs_cg_.path() / run_cgroup_name(id, q.generation);
+    {
+      // The same name as a run that just ended (a restore right after its vacate, with
+      // generation 0 from a controller that predates generations): taken over, no
+      // longer to be removed.
+      std::lock_guard l(mu_);
+      for (auto& e : ending_)
+        if (e.path() == path) e.release();
+    }
+    Cgroup cg(path);
+    // Processes in it: the ended run's, still dying, or a run this fschedd lost track of.
     if (cg.populated()) {
-      spdlog::warn("job {}: cgroup {} still has processes: killing them", id, cg.path().string());
       cg.kill();
+      auto end = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+      while (cg.populated() && std::chrono::steady_clock::now() < end)
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      if (cg.populated())
+        throw RpcError(503, fmt::format("job {}: processes of an earlier run are still in {}", id,
+                                        path.string()),
+                       FailureClass::kTransient);
     }
     cgroup = cg.path();
     std::lock_guard l(mu_);
@@ -960,23 +975,13 @@ void NodeDaemon::end_run_cgroup(int64_t id) {
 }
 
 void NodeDaemon::remove_ended_cgroups() {
-  std::vector<Cgroup> todo;
-  {
-    std::lock_guard l(mu_);
-    todo.swap(ending_);
-  }
-  std::vector<Cgroup> busy;
-  for (auto& cg : todo) {
-    try {
-      if (!cg.kill_and_remove(std::chrono::milliseconds(0))) busy.push_back(std::move(cg));
-    } catch (const std::exception& e) {
-      // Gone already (removed by hand), or not writable: nothing more to do here.
-      spdlog::debug("{}", e.what());
-      cg.release();
-    }
-  }
+  // Under mu_, and without killing again: a launch may take over a directory of the
+  // same name (launch()), and must find it neither removed nor killed under it.
   std::lock_guard l(mu_);
-  for (auto& cg : busy) ending_.push_back(std::move(cg));
+  std::vector<Cgroup> busy;
+  for (auto& cg : ending_)
+    if (!cg.try_remove()) busy.push_back(std::move(cg));
+  ending_ = std::move(busy);
 }
 
 int NodeDaemon::on_heartbeat_reply(const proto::HeartbeatReply& reply,
