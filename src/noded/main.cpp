@@ -59,6 +59,9 @@ int main(int argc, char** argv) {
     fsched::daemon::setup_logging("fschedd-" + name, log_file, verbose);
     logging = true;
     for (auto& w : cfg.warnings) spdlog::warn("{}", w);
+    // Forked by the main thread, which lives as long as fschedd (the guard dies with
+    // the thread that forked it), after daemonizing, and before the first thread.
+    node.start_guard();
     node.add_routes(server);
     fsched::daemon::stop_on_signals([&] { server.stop(); });
     node.start();

@@ -10,6 +10,7 @@
 #include <limits>
 #include <sstream>
 
+#include <fmt/chrono.h>
 #include <spdlog/spdlog.h>
 
 #include "common/error.h"
@@ -181,7 +182,11 @@ NodeDaemon::NodeDaemon(proto::Config cfg, std::string name)
     : cfg_(std::move(cfg)), name_(std::move(name)), oplog_(ready_spool(cfg_) / ("ops-" + name_)) {
   me_ = cfg_.node(name_);
   if (!me_) fail("node {} has no NodeName line in {}", name_, cfg_.file.string());
+  jobs_cg_ = make_jobs_cgroup(name_);
+  lease_ = std::make_unique<Lease>(jobs_cg_.path() / "cgroup.freeze");
 }
+
+void NodeDaemon::start_guard() { lease_->start_guard(); }
 
 NodeDaemon::~NodeDaemon() { stop(); }
 
@@ -247,6 +252,7 @@ nlohmann::json NodeDaemon::launch(const proto::Request& r, bool restore) {
   int64_t id = q.job_id;
   {
     std::lock_guard l(mu_);
+    check_fencing_locked(q);
     supersede_done_op(id);
     if (ops_.count(id))
       throw RpcError(409, fmt::format("job {}: a {} is in progress on {}", id,
@@ -263,7 +269,40 @@ nlohmann::json NodeDaemon::launch(const proto::Request& r, bool restore) {
                .kind = restore ? OpKind::Restore : OpKind::Launch,
                .node = name_,
                .timeout_s = cfg_.batch_start_timeout + 600,
-               .started = unix_now()};
+               .started = unix_now(),
+               .generation = q.generation};
+  fs::path cgroup;
+  try {
+    // The run's cgroup first: the engine starts inside it (and so does all it starts).
+    fs::path path = jobs_cg_.path() / run_cgroup_name(id, q.generation);
+    {
+      // The same name as a run that just ended (a restore right after its vacate, with
+      // generation 0 from a controller that predates generations): taken over, no
+      // longer to be removed.
+      std::lock_guard l(mu_);
+      for (auto& e : ending_)
+        if (e.path() == path) e.release();
+    }
+    Cgroup cg(path);
+    // Processes in it: the ended run's, still dying, or a run this fschedd lost track of.
+    if (cg.populated()) {
+      cg.kill();
+      auto end = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+      while (cg.populated() && std::chrono::steady_clock::now() < end)
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      if (cg.populated())
+        throw RpcError(503, fmt::format("job {}: processes of an earlier run are still in {}", id,
+                                        path.string()),
+                       FailureClass::kTransient);
+    }
+    cgroup = cg.path();
+    std::lock_guard l(mu_);
+    run_cg_[id] = RunCgroup{q.generation, std::move(cg)};
+  } catch (...) {
+    std::lock_guard l(mu_);
+    ops_.erase(id);
+    throw;
+  }
   try {
     prepare_job_dir(q);
     argv.push_back(ckpt_tool());
@@ -281,9 +320,16 @@ nlohmann::json NodeDaemon::launch(const proto::Request& r, bool restore) {
   } catch (...) {
     std::lock_guard l(mu_);
     ops_.erase(id);
+    end_run_cgroup(id);
     throw;
   }
-  rec = run_op(std::move(rec), argv, q.env);
+  try {
+    rec = run_op(std::move(rec), argv, q.env, cgroup);
+  } catch (...) {
+    std::lock_guard l(mu_);
+    end_run_cgroup(id);
+    throw;
+  }
   if (rec.outcome != OpOutcome::Ok)
     throw op_error(rec, fmt::format("{} of job {} on {} failed: {}", restore ? "restore" : "launch",
                                     id, name_, rec.error));
@@ -291,7 +337,8 @@ nlohmann::json NodeDaemon::launch(const proto::Request& r, bool restore) {
 }
 
 OpRecord NodeDaemon::run_op(OpRecord rec, const std::vector<std::string>& argv,
-                            const std::map<std::string, std::string>& env) {
+                            const std::map<std::string, std::string>& env,
+                            const fs::path& cgroup) {
   int64_t id = rec.job_id;
   auto give_up = [&](const std::string& why) {
     std::lock_guard l(mu_);
@@ -325,7 +372,7 @@ OpRecord NodeDaemon::run_op(OpRecord rec, const std::vector<std::string>& argv,
   spdlog::info("job {}: {} started ({})", id, to_string(rec.kind),
                rec.image_dir.empty() ? "-" : rec.image_dir);
   try {
-    runner = oplog_.start_runner(id, lock, argv, env, rec.timeout_s);
+    runner = oplog_.start_runner(id, lock, argv, env, rec.timeout_s, cgroup);
   } catch (const std::exception& e) {
     oplog_.remove(id);
     give_up(e.what());
@@ -403,6 +450,7 @@ void NodeDaemon::finish_op(OpRecord& rec, const std::optional<RunnerResult>& res
           ::kill(it->second.pid, SIGKILL);
         }
         it->second.vacating = true;  // until the controller has the outcome
+        end_run_cgroup(id);          // and whatever the job left behind
         // Its files go now, as the vacate's last step: once the controller has the
         // outcome it may restore the job on another node into the same spool path.
         fs::remove_all(job_dir(id), ec);
@@ -427,11 +475,29 @@ void NodeDaemon::finish_op(OpRecord& rec, const std::optional<RunnerResult>& res
       rec.error = res ? (engine_ok ? "the engine wrote no pid file" : res->error_line)
                       : "the runner ended without a result and no job was started";
     }
+    bool stale = false;
+    {
+      std::lock_guard l(mu_);
+      auto sg = stale_gen_.find(id);
+      stale = sg != stale_gen_.end() && rec.generation <= sg->second;
+    }
+    if (rec.outcome == OpOutcome::Ok && stale) {
+      // Told stale while it started: it must not run (its cgroup was killed).
+      rec.outcome = OpOutcome::Failed;
+      rec.failure = to_string(FailureClass::kTransient);
+      rec.error = fmt::format("generation {} of job {} was declared stale while it started",
+                              rec.generation, id);
+    }
+    if (rec.outcome != OpOutcome::Ok) {
+      std::lock_guard l(mu_);
+      end_run_cgroup(id);
+    }
     if (rec.outcome == OpOutcome::Ok) {
       LocalJob j;
       j.job_id = id;
       j.node = name_;
       j.pid = pid;
+      j.generation = rec.generation;
       char st = 0;
       if (!proc_stat(j.pid, st, j.start_ticks))
         j.start_ticks = 0;  // a very short job, ended already
@@ -447,7 +513,7 @@ void NodeDaemon::finish_op(OpRecord& rec, const std::optional<RunnerResult>& res
   }
   // The engine's exit code says whose fault it was; an engine that succeeded but left
   // no pid file, or no result at all, tells nothing against the image.
-  if (rec.outcome != OpOutcome::Ok)
+  if (rec.outcome != OpOutcome::Ok && rec.failure.empty())
     rec.failure = to_string(engine_ok ? FailureClass::kTransient : failure_of(res));
   rec.phase = OpPhase::Done;
   try {
@@ -535,6 +601,11 @@ nlohmann::json NodeDaemon::checkpoint(const proto::Request& r) {
   bool leave = q.leave_running;
   int timeout = q.timeout;
   pid_t pid;
+  // A frozen job cannot be dumped (the dumper's ptrace requests would wait for the
+  // thaw), and a node without a lease must not make new state for the controller.
+  if (lease_->frozen() || lease_->expired())
+    throw RpcError(503, fmt::format("node {}'s lease expired: jobs frozen", name_),
+                   FailureClass::kTransient);
   {
     std::lock_guard l(mu_);
     supersede_done_op(id);
@@ -611,8 +682,11 @@ nlohmann::json NodeDaemon::list(const proto::Request&) {
   std::lock_guard l(mu_);
   json arr = json::array();
   for (auto& [id, j] : jobs_)
-    arr.push_back(
-        {{"job_id", id}, {"pid", j.pid}, {"running", !j.ended}, {"exit_status", j.exit_status}});
+    arr.push_back({{"job_id", id},
+                   {"generation", j.generation},
+                   {"pid", j.pid},
+                   {"running", !j.ended},
+                   {"exit_status", j.exit_status}});
   return {{"jobs", arr}};
 }
 
@@ -635,6 +709,14 @@ void NodeDaemon::adopt(const fs::path& spool) {
         persist(j);
       }
       jobs_[j.job_id] = j;
+      if (!j.ended) {
+        try {
+          run_cg_[j.job_id] =
+              RunCgroup{j.generation, Cgroup(jobs_cg_.path() / run_cgroup_name(j.job_id, j.generation))};
+        } catch (const std::exception& ex) {
+          spdlog::warn("job {}: {}", j.job_id, ex.what());
+        }
+      }
       spdlog::info("job {}: found again (init {}, {})", j.job_id, j.pid,
                    alive(j) ? "running"
                    : j.lost ? "lost: dead without an exit status"
@@ -650,7 +732,10 @@ nlohmann::json NodeDaemon::status() const {
   {
     std::lock_guard l(mu_);
     for (auto& [id, j] : jobs_)
-      jobs.push_back({{"job_id", id}, {"running", !j.ended}, {"vacating", j.vacating}});
+      jobs.push_back({{"job_id", id},
+                      {"generation", j.generation},
+                      {"running", !j.ended},
+                      {"vacating", j.vacating}});
     // Operations under way or not yet reported: the controller keeps their
     // checkpoints Creating and their jobs in place until it has the outcome.
     for (auto& [id, op] : ops_) ops.push_back(op.report());
@@ -680,8 +765,35 @@ void NodeDaemon::start() {
       if (op.node != name_) continue;  // not ours (a record copied from elsewhere)
       ops_[op.job_id] = op;
       if (op.phase == OpPhase::Running) unfinished.push_back(op);
+      // A launch or restore under way: its engine runs in the run's cgroup.
+      if (op.phase == OpPhase::Running && !op.is_dump()) {
+        try {
+          run_cg_[op.job_id] = RunCgroup{
+              op.generation, Cgroup(jobs_cg_.path() / run_cgroup_name(op.job_id, op.generation))};
+        } catch (const std::exception& e) {
+          spdlog::warn("job {}: {}", op.job_id, e.what());
+        }
+      }
     }
     adopt(cfg_.slurmd_spool_dir);
+    // Run cgroups of runs this node no longer knows (a spool directory wiped, an
+    // earlier fschedd killed between killing a run and removing its cgroup): strays.
+    std::set<fs::path> known;
+    for (auto& [id, rc] : run_cg_) known.insert(rc.cg.path());
+    std::error_code ec;
+    for (auto& e : fs::directory_iterator(jobs_cg_.path(), ec)) {
+      if (!e.is_directory() || known.count(e.path())) continue;
+      try {
+        Cgroup stray(e.path());
+        if (stray.populated())
+          spdlog::warn("{}: processes of a run this node does not know: killed",
+                       e.path().string());
+        stray.kill();
+        ending_.push_back(std::move(stray));
+      } catch (const std::exception& ex) {
+        spdlog::warn("{}", ex.what());
+      }
+    }
   }
   // Operations a killed fschedd left running: their runners go on without us; wait
   // for each and take its outcome as if we had never stopped.
@@ -721,11 +833,14 @@ void NodeDaemon::watch() {
           } catch (const std::exception& e) {
             spdlog::warn("job {}: {}", id, e.what());
           }
+          // The run is over: nothing it started may outlive it.
+          end_run_cgroup(id);
         }
         if (j.ended) to_report.push_back(j);
       }
     }
     report_ops();
+    remove_ended_cgroups();
     for (auto& j : to_report) {
       try {
         controller(10).call("POST", "/v1/nodes/job_ended",
@@ -758,11 +873,25 @@ void NodeDaemon::heartbeat() {
     // Until the controller has heard of us, knock every second.
     auto period =
         registered ? std::chrono::seconds(cfg_.heartbeat_interval) : std::chrono::seconds(1);
+    try {
+      if (lease_->ensure_guard())
+        spdlog::warn("the lease guard had died: started again (pid {})", lease_->guard_pid());
+    } catch (const std::exception& e) {
+      spdlog::error("{}", e.what());
+    }
+    log_lease();
     if (now - last >= period) {
       last = now;
+      proto::HeartbeatReply reply;
+      bool ok = false;
+      // The lease counts from the send: the controller counts from the receipt, later.
+      auto sent = Lease::Clock::now();
       try {
-        controller(10).call("POST", registered ? "/v1/nodes/heartbeat" : "/v1/nodes/register",
-                            status());
+        json body = status();
+        reply = controller(10)
+                    .call("POST", registered ? "/v1/nodes/heartbeat" : "/v1/nodes/register", body)
+                    .get<proto::HeartbeatReply>();
+        ok = true;
         if (!registered)
           spdlog::info("registered with the controller at {}:{}", cfg_.control_addr,
                        cfg_.control_port);
@@ -771,9 +900,175 @@ void NodeDaemon::heartbeat() {
         if (registered) spdlog::warn("heartbeat to the controller failed: {}", e.what());
         registered = false;
       }
+      if (ok) {
+        try {
+          on_heartbeat_reply(reply, sent);
+        } catch (const std::exception& e) {
+          spdlog::error("heartbeat reply: {}", e.what());
+        }
+      }
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
   }
+}
+
+
+// ------------------------------------------------------------------ fencing
+
+void NodeDaemon::check_fencing(const LaunchRequest& q) const {
+  std::lock_guard l(mu_);
+  check_fencing_locked(q);
+}
+
+void NodeDaemon::check_fencing_locked(const LaunchRequest& q) const {
+  int64_t id = q.job_id;
+  if (lease_->expired())
+    throw RpcError(503,
+                   fmt::format("node {}'s lease has expired (no successful heartbeat in time): "
+                               "no new runs until the controller answers",
+                               name_),
+                   FailureClass::kTransient);
+  if (q.issued != 0) {
+    double age = unix_now() - q.issued;
+    if (age > cfg_.cred_expire)
+      throw RpcError(409, fmt::format("job {}: request issued {:.0f} s ago, more than AuthInfo "
+                                      "cred_expire ({} s): refused as stale",
+                                      id, age, cfg_.cred_expire));
+  }
+  // A vacated run (dumped and killed, the controller maybe not yet told) is not one the
+  // node has: its restore may come with the same generation from an older controller.
+  if (auto it = jobs_.find(id);
+      it != jobs_.end() && !it->second.vacating && q.generation <= it->second.generation)
+    throw RpcError(409, fmt::format("job {}: generation {} is not newer than generation {} that "
+                                    "node {} runs: refused as stale",
+                                    id, q.generation, it->second.generation, name_));
+  if (auto it = stale_gen_.find(id); it != stale_gen_.end() && q.generation <= it->second)
+    throw RpcError(409, fmt::format("job {}: generation {} is not newer than generation {}, which "
+                                    "the controller declared stale: refused",
+                                    id, q.generation, it->second));
+}
+
+void NodeDaemon::remember_stale(int64_t id, int64_t generation) {
+  constexpr size_t kMaxStale = 4096;
+  auto [it, added] = stale_gen_.try_emplace(id, generation);
+  if (!added) {
+    it->second = std::max(it->second, generation);
+    return;
+  }
+  stale_order_.push_back(id);
+  while (stale_order_.size() > kMaxStale) {
+    stale_gen_.erase(stale_order_.front());
+    stale_order_.pop_front();
+  }
+}
+
+void NodeDaemon::end_run_cgroup(int64_t id) {
+  auto it = run_cg_.find(id);
+  if (it == run_cg_.end()) return;
+  try {
+    it->second.cg.kill();
+  } catch (const std::exception& e) {
+    spdlog::warn("job {}: {}", id, e.what());
+  }
+  ending_.push_back(std::move(it->second.cg));
+  run_cg_.erase(it);
+}
+
+void NodeDaemon::remove_ended_cgroups() {
+  // Under mu_, and without killing again: a launch may take over a directory of the
+  // same name (launch()), and must find it neither removed nor killed under it.
+  std::lock_guard l(mu_);
+  std::vector<Cgroup> busy;
+  for (auto& cg : ending_)
+    if (!cg.try_remove()) busy.push_back(std::move(cg));
+  ending_ = std::move(busy);
+}
+
+int NodeDaemon::on_heartbeat_reply(const proto::HeartbeatReply& reply,
+                                   Lease::Clock::time_point sent) {
+  int killed = 0;
+  {
+    std::lock_guard l(mu_);
+    // First the stale runs, while still frozen: thawed, they would run on for a moment
+    // beside their newer copy.
+    for (const auto& st : reply.stale) {
+      remember_stale(st.job_id, st.generation);
+      bool hit = false;
+      if (auto rc = run_cg_.find(st.job_id);
+          rc != run_cg_.end() && rc->second.generation == st.generation) {
+        end_run_cgroup(st.job_id);
+        hit = true;
+      }
+      auto it = jobs_.find(st.job_id);
+      if (it != jobs_.end() && it->second.generation == st.generation) {
+        LocalJob j = it->second;
+        if (alive(j)) ::kill(j.pid, SIGKILL);  // in case it had no cgroup (older fschedd)
+        jobs_.erase(it);
+        hit = true;
+        // Its files, unless they are already those of a newer run (the nodes of a test
+        // cluster share the spool directory).
+        std::error_code ec;
+        try {
+          LocalJob on_disk = json::parse(read_file(job_dir(j.job_id) / "job.json")).get<LocalJob>();
+          if (on_disk.node == name_ && on_disk.generation == j.generation)
+            fs::remove_all(job_dir(j.job_id), ec);
+        } catch (const std::exception&) {
+        }
+      }
+      if (hit) {
+        ++killed;
+        spdlog::warn("job {}: generation {} is stale (the controller moved or ended it): killed",
+                     st.job_id, st.generation);
+      }
+    }
+  }
+  int seconds = reply.lease > 0 ? reply.lease : cfg_.slurmd_timeout;
+  lease_->renew(sent, std::chrono::seconds(seconds));
+  if (lease_->expired()) {
+    // A reply that took longer than the lease (a stopped controller answering at
+    // last): the jobs stay frozen until a heartbeat is answered in time.
+    spdlog::warn("heartbeat answered after its lease ({} s) had run out: jobs stay frozen",
+                 seconds);
+  } else if (lease_->thaw()) {
+    spdlog::info("lease renewed: {} stale runs killed, jobs thawed", killed);
+  } else if (killed) {
+    spdlog::info("{} stale runs killed", killed);
+  }
+  frozen_logged_ = false;
+  return killed;
+}
+
+std::vector<proto::RunRef> NodeDaemon::runs() const {
+  std::lock_guard l(mu_);
+  std::vector<proto::RunRef> out;
+  for (auto& [id, j] : jobs_) out.push_back({id, j.generation});
+  return out;
+}
+
+void NodeDaemon::log_lease() {
+  int err = lease_->guard_errno();
+  if (err != guard_err_logged_ && err != 0)
+    spdlog::error("the lease guard cannot freeze the jobs: {}: {}",
+                  (jobs_cg_.path() / "cgroup.freeze").string(), Error::errno_text(err));
+  guard_err_logged_ = err;
+  if (!lease_->frozen()) return;
+  if (frozen_logged_) return;
+  frozen_logged_ = true;
+  // The guard's monotonic instant, as wall-clock time for the log.
+  auto ago = Lease::Clock::now() - lease_->frozen_at();
+  auto wall = std::chrono::system_clock::now() -
+              std::chrono::duration_cast<std::chrono::system_clock::duration>(ago);
+  auto expiry = lease_->expiry();
+  if (expiry.time_since_epoch().count() == 0)
+    spdlog::warn("no lease yet (fschedd started): jobs frozen at {:%FT%T} until the controller "
+                 "answers",
+                 fmt::localtime(std::chrono::system_clock::to_time_t(wall)));
+  else
+    spdlog::warn("lease expired at {:%FT%T}: jobs frozen",
+                 fmt::localtime(std::chrono::system_clock::to_time_t(
+                     std::chrono::system_clock::now() -
+                     std::chrono::duration_cast<std::chrono::system_clock::duration>(
+                         Lease::Clock::now() - expiry))));
 }
 
 }  // namespace fsched::noded

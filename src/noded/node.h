@@ -8,7 +8,9 @@
 
 #include <sys/types.h>
 
+#include <deque>
 #include <filesystem>
+#include <memory>
 #include <map>
 #include <optional>
 #include <vector>
@@ -20,6 +22,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "noded/cgroup.h"
+#include "noded/lease.h"
 #include "noded/oplog.h"
 #include "proto/config.h"
 #include "proto/node_requests.h"
@@ -39,9 +43,10 @@ struct LocalJob {
   int exit_status = 0;
   bool lost = false;  // found dead with no exit status when fschedd started:
                       // the node went down (or the init was killed) meanwhile
+  int64_t generation = 0;  // the run's generation (LaunchRequest.generation)
 };
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(LocalJob, job_id, pid, start_ticks, node, ended,
-                                                exit_status, lost)
+                                                exit_status, lost, generation)
 
 // The bodies of fschedd's routes (proto/node_requests.h), decoded and checked, so that
 // they can be checked without a server. Throw nlohmann::json::exception (sent as 400)
@@ -62,16 +67,36 @@ SignalRequest decode_signal(const nlohmann::json& body);
 class NodeDaemon {
  public:
   // name: this node's NodeName in the config. Throws fsched::Error when the node
-  // is not configured or the spool directory cannot be created.
+  // is not configured, the spool directory cannot be created, or the node's jobs
+  // cgroup cannot be made (cgroup.h: make_jobs_cgroup).
   NodeDaemon(proto::Config cfg, std::string name);
   ~NodeDaemon();
 
   void add_routes(proto::Server& s);
+  // Forks the lease guard (lease.h). Call it from the main thread, after daemonizing
+  // and before start(): the guard dies with the thread that forked it.
+  void start_guard();
   // Adopts the jobs found in the spool directory, then starts the heartbeat and
   // the watcher threads.
   void start();
   void stop();
   const proto::NodeConf& conf() const { return *me_; }
+  const Cgroup& jobs_cgroup() const { return jobs_cg_; }
+  const Lease& lease() const { return *lease_; }
+
+  // What a successful heartbeat (or registration) sent at `sent` does with the
+  // controller's reply: kills the runs it lists as stale (cgroup.kill; they are
+  // forgotten, not reported as ended), then renews the lease (reply.lease seconds,
+  // SlurmdTimeout when 0), then thaws the jobs if the guard froze them. Returns the
+  // number of runs killed.
+  int on_heartbeat_reply(const proto::HeartbeatReply& reply, Lease::Clock::time_point sent);
+  // The runs this node has (running, or ended and not yet reported).
+  std::vector<proto::RunRef> runs() const;
+  // Throws RpcError 409 when q may not start here because of fencing: its generation
+  // is not newer than a run of the job that the node has or was told is stale, or it
+  // was issued more than AuthInfo cred_expire seconds ago; 503 (transient) while the
+  // node's lease has expired. mu_ must not be held.
+  void check_fencing(const LaunchRequest& q) const;
 
  private:
   using json = nlohmann::json;
@@ -85,8 +110,10 @@ class NodeDaemon {
   void persist(const LocalJob& j) const;
   // Runs rec's engine command through the op runner, rec recorded durably first;
   // returns rec completed (phase Done). The caller has reserved ops_[rec.job_id].
+  // cgroup: where the engine starts (launch, restore), empty for a dump.
   OpRecord run_op(OpRecord rec, const std::vector<std::string>& argv,
-                  const std::map<std::string, std::string>& env);
+                  const std::map<std::string, std::string>& env,
+                  const std::filesystem::path& cgroup = {});
   // Decides an ended operation's outcome from the runner's result (none if the runner
   // left none) and, where that is missing or failed, from the image or the pid file
   // themselves; applies it to jobs_ and records it as Done.
@@ -100,6 +127,13 @@ class NodeDaemon {
   void watch();      // thread: notices ended jobs and reports them
   void heartbeat();  // thread
   json status() const;
+  void check_fencing_locked(const LaunchRequest& q) const;
+  // Ends the cgroup of job id's run, if it has one (mu_ held): cgroup.kill now, the
+  // directory removed by the watcher once empty.
+  void end_run_cgroup(int64_t id);
+  void remove_ended_cgroups();  // the watcher's part of end_run_cgroup
+  void remember_stale(int64_t id, int64_t generation);  // mu_ held
+  void log_lease();  // heartbeat thread: logs when the guard froze the jobs
   std::string ckpt_tool() const;
   proto::Client controller(int timeout_s) const;
 
@@ -110,6 +144,21 @@ class NodeDaemon {
   std::map<int64_t, LocalJob> jobs_;
   OpLog oplog_;
   std::map<int64_t, OpRecord> ops_;  // at most one operation per job, running or not yet reported
+  // Fencing (docs/fencing-node.md).
+  Cgroup jobs_cg_;                // the node's jobs cgroup: the guard freezes it
+  std::unique_ptr<Lease> lease_;  // shared with the guard process
+  struct RunCgroup {
+    int64_t generation = 0;
+    Cgroup cg;
+  };
+  std::map<int64_t, RunCgroup> run_cg_;  // by job: the cgroup of its run (or launch under way)
+  std::vector<Cgroup> ending_;           // killed, to be removed once empty
+  // Generations the controller said are stale, per job (newest only), bounded: the
+  // oldest entries go first. A launch of one of them, delayed in the network, is refused.
+  std::map<int64_t, int64_t> stale_gen_;
+  std::deque<int64_t> stale_order_;
+  bool frozen_logged_ = false;  // heartbeat thread only
+  int guard_err_logged_ = 0;    // heartbeat thread only
   bool stopping_ = false;
   std::thread watcher_, beater_;
   std::vector<std::thread> recoverers_;

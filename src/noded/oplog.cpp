@@ -169,10 +169,15 @@ UniqueFd OpLog::try_lock(int64_t id) const {
 }
 
 pid_t OpLog::start_runner(int64_t id, const UniqueFd& lock, const std::vector<std::string>& argv,
-                          const std::map<std::string, std::string>& env, int timeout_s) const {
+                          const std::map<std::string, std::string>& env, int timeout_s,
+                          const fs::path& cgroup) const {
   std::string self = fs::read_symlink("/proc/self/exe").string();
-  std::vector<std::string> args{self, "--op-runner", result_path(id).string(),
-                                std::to_string(timeout_s), "--"};
+  std::vector<std::string> args{self,
+                                "--op-runner",
+                                result_path(id).string(),
+                                std::to_string(timeout_s),
+                                cgroup.empty() ? "-" : cgroup.string(),
+                                "--"};
   args.insert(args.end(), argv.begin(), argv.end());
   fs::remove(result_path(id));
   // The lock's open file description goes to the runner as fd 3 (dup2 clears
@@ -199,11 +204,12 @@ pid_t OpLog::start_runner(int64_t id, const UniqueFd& lock, const std::vector<st
 }
 
 int op_runner_main(int argc, char** argv) {
-  // fschedd --op-runner RESULT TIMEOUT -- PROGRAM ARGS...
-  if (argc < 6 || std::strcmp(argv[4], "--") != 0) return 2;
+  // fschedd --op-runner RESULT TIMEOUT CGROUP|- -- PROGRAM ARGS...
+  if (argc < 7 || std::strcmp(argv[5], "--") != 0) return 2;
   fs::path result = argv[2];
   int timeout_s = std::atoi(argv[3]);
-  std::vector<std::string> cmd(argv + 5, argv + argc);
+  std::string cgroup = argv[4];
+  std::vector<std::string> cmd(argv + 6, argv + argc);
   std::map<std::string, std::string> env;
   for (char** e = environ; *e; ++e) {
     std::string_view kv = *e;
@@ -215,7 +221,12 @@ int op_runner_main(int argc, char** argv) {
   ::fcntl(3, F_SETFD, FD_CLOEXEC);
   RunnerResult r;
   try {
-    SpawnResult s = spawn_wait(cmd, env, timeout_s);
+    UniqueFd cg;
+    if (cgroup != "-") {
+      cg = UniqueFd(::open(cgroup.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+      if (!cg) fail_errno("cannot open the job's cgroup {}", cgroup);
+    }
+    SpawnResult s = spawn_wait(cmd, env, timeout_s, cg ? cg.get() : -1);
     r.status = s.status;
     r.exit_code = s.exit_code();
     r.timed_out = s.timed_out;

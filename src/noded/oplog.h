@@ -62,6 +62,7 @@ struct OpRecord {
   uint64_t size = 0;  // image bytes (checkpoint/vacate)
   double freeze_ms = 0, dump_ms = 0;
   pid_t pid = 0;  // launch/restore: the job's init
+  int64_t generation = 0;  // launch/restore: the run's generation (its cgroup's name)
 
   bool is_dump() const { return kind == OpKind::Checkpoint || kind == OpKind::Vacate; }
   // The body of POST /v1/nodes/op_done and of an entry of the heartbeat's "ops".
@@ -69,7 +70,7 @@ struct OpRecord {
 };
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(OpRecord, job_id, kind, phase, node, image_dir,
                                                 timeout_s, started, outcome, error, failure, size,
-                                                freeze_ms, dump_ms, pid)
+                                                freeze_ms, dump_ms, pid, generation)
 
 // What the op runner writes when the engine has ended.
 struct RunnerResult {
@@ -118,16 +119,19 @@ class OpLog {
 
   // Starts the op runner (self_exe --op-runner ...) in a session of its own holding
   // lock (passed as its fd 3): it runs argv with env, killing it after timeout_s
-  // (<= 0: no limit), and writes the result file. Returns the runner's pid (a child of
-  // this process). Throws fsched::Error if it cannot be started.
+  // (<= 0: no limit), and writes the result file. cgroup: when not empty, the cgroup
+  // directory in which the runner starts argv (the runner itself stays out of it, so
+  // that a frozen or killed job does not stop it from reporting). Returns the runner's
+  // pid (a child of this process). Throws fsched::Error if it cannot be started.
   pid_t start_runner(int64_t job_id, const UniqueFd& lock, const std::vector<std::string>& argv,
-                     const std::map<std::string, std::string>& env, int timeout_s) const;
+                     const std::map<std::string, std::string>& env, int timeout_s,
+                     const std::filesystem::path& cgroup = {}) const;
 
  private:
   std::filesystem::path dir_;
 };
 
-// Entry point of `fschedd --op-runner RESULT_FILE TIMEOUT_S -- PROGRAM ARGS...`
+// Entry point of `fschedd --op-runner RESULT_FILE TIMEOUT_S CGROUP|- -- PROGRAM ARGS...`
 // (argv as main() got it). Returns the process exit status.
 int op_runner_main(int argc, char** argv);
 

@@ -1,9 +1,11 @@
 #include "noded/spawn.h"
 
 #include <fcntl.h>
+#include <linux/sched.h>
 #include <poll.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -87,9 +89,85 @@ pid_t spawn_clean(const std::vector<std::string>& argv,
   return pid;
 }
 
+pid_t spawn_in_cgroup(const std::vector<std::string>& argv,
+                      const std::map<std::string, std::string>& env, const int (&stdio)[3],
+                      int cgroup_fd) {
+  // Everything the child touches is built before the clone: it may be the child of a
+  // multi-threaded process, where it may only make system calls.
+  std::vector<std::string> envs;
+  for (auto& [k, v] : env) envs.push_back(k + "=" + v);
+  std::vector<char*> cargv, cenv;
+  for (auto& a : argv) cargv.push_back(const_cast<char*>(a.c_str()));
+  cargv.push_back(nullptr);
+  for (auto& e : envs) cenv.push_back(e.data());
+  cenv.push_back(nullptr);
+  Pipe report;  // the exec's errno, if it fails; closed by a successful exec
+  // Above the stdio numbers, so that the dup2s below cannot overwrite them.
+  int fds[4] = {-1, -1, -1, -1};
+  for (int i = 0; i < 3; ++i) fds[i] = ::fcntl(stdio[i], F_DUPFD_CLOEXEC, 10);
+  fds[3] = ::fcntl(report.w.get(), F_DUPFD_CLOEXEC, 10);
+  for (int fd : fds)
+    if (fd < 0) {
+      int e = errno;
+      for (int f : fds)
+        if (f >= 0) ::close(f);
+      throw Error("cannot start " + argv.at(0) + ": dup", e);
+    }
+  const char* path = argv.at(0).c_str();
+  clone_args ca{};
+  ca.flags = CLONE_INTO_CGROUP;
+  ca.exit_signal = SIGCHLD;
+  ca.cgroup = static_cast<uint64_t>(cgroup_fd);
+  long pid = ::syscall(SYS_clone3, &ca, sizeof ca);
+  if (pid == 0) {
+    sigset_t none;
+    sigemptyset(&none);
+    struct sigaction dfl {};
+    dfl.sa_handler = SIG_DFL;
+    for (int s : {SIGTERM, SIGINT, SIGHUP, SIGPIPE, SIGCHLD, SIGUSR1, SIGUSR2})
+      ::sigaction(s, &dfl, nullptr);
+    ::sigprocmask(SIG_SETMASK, &none, nullptr);
+    ::setsid();  // as spawn_clean: out of fschedd's session
+    int rc = 0;
+    for (int i = 0; i < 3 && rc == 0; ++i)
+      if (::dup2(fds[i], i) < 0) rc = errno;
+    int rep = ::dup2(fds[3], 3) < 0 ? fds[3] : 3;
+    if (rep == 3) ::fcntl(3, F_SETFD, FD_CLOEXEC);
+    ::syscall(SYS_close_range, rep == 3 ? 4U : 3U, ~0U, 0U);
+    if (rc == 0) {
+      ::execve(path, cargv.data(), cenv.data());
+      rc = errno;
+    }
+    (void)!::write(rep, &rc, sizeof rc);
+    ::_exit(127);
+  }
+  int clone_errno = errno;
+  for (int f : fds) ::close(f);
+  if (pid < 0) throw Error("cannot start " + argv[0] + " in its cgroup: clone3", clone_errno);
+  report.w.reset();
+  int child_err = 0;
+  ssize_t n;
+  while ((n = ::read(report.r.get(), &child_err, sizeof child_err)) < 0 && errno == EINTR) {
+  }
+  if (n == sizeof child_err) {
+    while (::waitpid(static_cast<pid_t>(pid), nullptr, 0) < 0 && errno == EINTR) {
+    }
+    throw Error("cannot start " + argv[0], child_err);
+  }
+  return static_cast<pid_t>(pid);
+}
+
 SpawnResult spawn_wait(const std::vector<std::string>& argv,
-                       const std::map<std::string, std::string>& env, double timeout_s) {
+                       const std::map<std::string, std::string>& env, double timeout_s,
+                       int cgroup_fd) {
   Pipe out, err;
+  pid_t pid = 0;
+  if (cgroup_fd >= 0) {
+    UniqueFd null(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+    if (!null) fail_errno("open /dev/null");
+    const int stdio[3] = {null.get(), out.w.get(), err.w.get()};
+    pid = spawn_in_cgroup(argv, env, stdio, cgroup_fd);
+  }
   posix_spawn_file_actions_t fa;
   posix_spawn_file_actions_init(&fa);
   posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
@@ -98,9 +176,8 @@ SpawnResult spawn_wait(const std::vector<std::string>& argv,
   // The daemon's sockets and files must not leak into the job that fsched-ckpt
   // starts: the engine would find them in the job at its first checkpoint.
   posix_spawn_file_actions_addclosefrom_np(&fa, 3);
-  pid_t pid = 0;
   try {
-    pid = spawn_clean(argv, env, &fa);
+    if (pid == 0) pid = spawn_clean(argv, env, &fa);
   } catch (...) {
     posix_spawn_file_actions_destroy(&fa);
     throw;

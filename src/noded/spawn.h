@@ -27,10 +27,20 @@ pid_t spawn_clean(const std::vector<std::string>& argv,
                   const std::map<std::string, std::string>& env,
                   const posix_spawn_file_actions_t* fa);
 
+// Like spawn_clean, but the child is created inside the cgroup whose directory fd is
+// cgroup_fd (clone3 CLONE_INTO_CGROUP), so that it is there before it executes
+// anything and everything it starts is there too. stdio: the fds that become the
+// child's 0, 1 and 2; every other fd is closed. Throws fsched::Error when the clone
+// or the exec fails (the exec's errno comes back through a pipe).
+pid_t spawn_in_cgroup(const std::vector<std::string>& argv,
+                      const std::map<std::string, std::string>& env, const int (&stdio)[3],
+                      int cgroup_fd);
+
 // argv[0] is the program's path. env: the complete environment. timeout_s <= 0:
-// no limit. Throws fsched::Error when the program cannot be started
-// (posix_spawn(3)).
+// no limit. cgroup_fd >= 0: the child starts in that cgroup (spawn_in_cgroup).
+// Throws fsched::Error when the program cannot be started (posix_spawn(3)).
 SpawnResult spawn_wait(const std::vector<std::string>& argv,
-                       const std::map<std::string, std::string>& env, double timeout_s);
+                       const std::map<std::string, std::string>& env, double timeout_s,
+                       int cgroup_fd = -1);
 
 }  // namespace fsched::noded

@@ -192,6 +192,9 @@ class NetCluster(Cluster):
         self._up = False
         self.saturators: dict[str, list[subprocess.Popen]] = {}
         super().__init__(build, root, nodes=nodes, cpus=cpus, **conf)
+        # Each host has its cgroup below self.cg already (crash = kill it): fschedd makes
+        # its jobs cgroup below that one.
+        self.node_cgroups = None
         # Every host has its own address: the ports Slurm uses, the same on every node.
         self.ctld_port = CTLD_PORT
         self.node_ports = dict.fromkeys(self.node_ports, NODE_PORT)

@@ -21,6 +21,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def cgroup2_mount() -> Path | None:
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        f = line.split()
+        if len(f) > 2 and f[2] == "cgroup2":
+            return Path(f[1])
+    return None
+
+
 def start_munge():
     subprocess.run([str(REPO / "scripts/start-munge.sh")], check=True, timeout=60)
 
@@ -72,6 +80,11 @@ class Cluster:
         self.env = dict(os.environ, FSCHED_CONF=str(self.conf_path))
         self.ctld: subprocess.Popen | None = None
         self.nodes: dict[str, subprocess.Popen] = {}
+        # Each fschedd in a cgroup of this cluster's own: fschedd makes its nodes' job
+        # cgroups below its own cgroup (docs/fencing-node.md), and two clusters that
+        # run at once on this host (both with a node1) must not share them.
+        cg2 = cgroup2_mount()
+        self.node_cgroups = cg2 / f"fsched-e2e-{os.getpid()}-{root.name}" if cg2 else None
 
     def addr(self, name: str) -> str:
         """The address of host `name` ("ctld" or a node): here every host is loopback."""
@@ -101,8 +114,13 @@ class Cluster:
         self.wait_for(lambda: self.cmd("sinfo", check=False).returncode == 0, 20, "fschedctld to answer")
 
     def start_node(self, name: str):
-        self.nodes[name] = self._daemon([str(self.build / "src/noded/fschedd"), "-D", "-N", name],
-                                        f"fschedd-{name}.log", name)
+        argv = [str(self.build / "src/noded/fschedd"), "-D", "-N", name]
+        if self.node_cgroups:
+            cg = self.node_cgroups / name
+            cg.mkdir(parents=True, exist_ok=True)
+            # The shell moves itself into the cgroup, then becomes fschedd (same pid).
+            argv = ["/bin/sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', str(cg), *argv]
+        self.nodes[name] = self._daemon(argv, f"fschedd-{name}.log", name)
 
     def start(self) -> "Cluster":
         start_munge()
@@ -130,6 +148,18 @@ class Cluster:
                 except subprocess.TimeoutExpired:
                     p.kill()
                     p.wait()
+        if self.node_cgroups and self.node_cgroups.exists():
+            # Empty cgroups only (rmdir): jobs left running keep theirs.
+            for d in sorted(self.node_cgroups.rglob("*"), key=lambda p: -len(p.parts)):
+                if d.is_dir():
+                    try:
+                        d.rmdir()
+                    except OSError:
+                        pass
+            try:
+                self.node_cgroups.rmdir()
+            except OSError:
+                pass
 
     def log(self, name="fschedctld.log") -> str:
         return (self.root / name).read_text(errors="replace")
