@@ -57,6 +57,7 @@ struct Config {
   int munge_ttl = 300;        // AuthInfo ttl=: MUNGE credential lifetime, seconds
   int requeue_timeout = 60;   // AuthInfo requeue_timeout=: seconds a NOT_RESPONDING node
                               // stays so before it is DOWN and its jobs are recovered
+  bool return_to_service = true;  // ReturnToService: a node DOWN "Not responding" rejoins by itself
   std::string munge_socket;   // MungeSocket (fsched): munged's socket, default libmunge's
   int munge_socket_line = 0;  // where MungeSocket was set, for errors
   std::filesystem::path ctld_log_file, ctld_pid_file = "/run/fschedctld.pid";
