@@ -174,7 +174,7 @@ class Controller {
   std::map<int64_t, int64_t> launching_;
   // When the current unconfirmed launch or restore of a job was sent (BatchStartTimeout).
   std::map<int64_t, double> launch_sent_;
-  std::set<int64_t> ckpt_rpc_;   // jobs whose checkpoint RPC from this controller is in flight
+  std::set<int64_t> ckpt_rpc_;  // jobs whose checkpoint RPC from this controller is in flight
   // Transient failures of a job's restore from one checkpoint, by job id. In memory
   // only: a restarted controller counts anew, which still bounds the retries.
   struct RestoreRetry {

@@ -94,8 +94,8 @@ nlohmann::json Controller::api(const Job& j) const {
 void Controller::note(Job& j, const std::string& what) {
   j.history.push_back(fmt::format("{} {}", proto::format_timestamp(now_s()), what));
   if (j.history.size() > kHistoryMax)
-    j.history.erase(j.history.begin(),
-                    j.history.begin() + static_cast<std::ptrdiff_t>(j.history.size() - kHistoryMax));
+    j.history.erase(j.history.begin(), j.history.begin() + static_cast<std::ptrdiff_t>(
+                                                               j.history.size() - kHistoryMax));
 }
 
 void Controller::recover(Job& j, double now, const std::string& why) {
@@ -114,8 +114,8 @@ void Controller::recover(Job& j, double now, const std::string& why) {
     // What was asked for before the node failed: the run is over, as it would have been.
     j.state = req == "cancel" ? JobState::Cancelled : JobState::Timeout;
     j.restore_from = 0;
-    note(j, fmt::format("run {} on {} ended by the node's failure ({}): {}", gen, node, why,
-                        j.state));
+    note(j,
+         fmt::format("run {} on {} ended by the node's failure ({}): {}", gen, node, why, j.state));
     spdlog::info("job {}: {} (run {} on {} ended: {})", id, j.state, gen, node, why);
   } else if (req == "requeue") {
     requeue_fresh(j);
@@ -143,17 +143,18 @@ void Controller::recover(Job& j, double now, const std::string& why) {
       if (chosen) {
         j.restore_from = chosen;
         j.recovery_restore = true;
-        note(j, fmt::format("Requeued=NodeFail {}: to be restored from checkpoint {}", node,
-                            chosen));
+        note(j,
+             fmt::format("Requeued=NodeFail {}: to be restored from checkpoint {}", node, chosen));
         spdlog::info("job {}: requeued after the failure of {}: restore from checkpoint {}", id,
                      node, chosen);
       } else {
         requeue_fresh(j);
         j.reason = "NodeFail";
         note(j, fmt::format("Requeued=NodeFail {}: no Present checkpoint, from scratch", node));
-        spdlog::info("job {}: requeued after the failure of {}: no Present checkpoint, from "
-                     "scratch",
-                     id, node);
+        spdlog::info(
+            "job {}: requeued after the failure of {}: no Present checkpoint, from "
+            "scratch",
+            id, node);
       }
     } else {
       spdlog::info("job {}: --no-requeue: stays NODE_FAIL", id);
@@ -384,8 +385,8 @@ nlohmann::json Controller::requeue_job(const proto::Request& r) {
                                     "it again from a checkpoint",
                                     j.job_id, j.state));
   if (!j.end_request.empty() && j.end_request != "requeue")
-    throw RpcError(409, fmt::format("Job {} is already ending ({} requested)", j.job_id,
-                                    j.end_request));
+    throw RpcError(409,
+                   fmt::format("Job {} is already ending ({} requested)", j.job_id, j.end_request));
   // The run ends (SIGTERM, SIGKILL after KillWait); node_job_ended() then puts the job
   // back in the queue from scratch. If the node is silent, its DOWN does (recover()).
   j.end_request = "requeue";
@@ -433,10 +434,12 @@ nlohmann::json Controller::node_job_ended(const proto::Request& r) {
   if (j.state != JobState::Running || j.nodes != node || launching_.count(id) ||
       (gen != 0 && gen != j.generation))
     return json::object();
-  if (auto nit = nodes_.find(node); nit != nodes_.end() && nit->second.down && (lost || code != 0)) {
+  if (auto nit = nodes_.find(node);
+      nit != nodes_.end() && nit->second.down && (lost || code != 0)) {
     // Killed because its node was set DOWN: a node failure, recovered as such.
-    recover(j, now_s(), fmt::format("node {} DOWN ({}): run ended with status {}", node,
-                                    nit->second.reason, code));
+    recover(
+        j, now_s(),
+        fmt::format("node {} DOWN ({}): run ended with status {}", node, nit->second.reason, code));
     return json::object();
   }
   if (j.awaiting_node) {

@@ -53,10 +53,10 @@ void Controller::check_nodes(double now) {
       if (silent >= cfg_.slurmd_timeout && !n.not_responding) {
         n.not_responding = true;
         spdlog::warn(
-            "node {}: NOT_RESPONDING: no heartbeat for {:.0f} s (SlurmdTimeout {} s); its jobs stay "
+            "node {}: NOT_RESPONDING: no heartbeat for {:.0f} s (SlurmdTimeout {} s); its jobs "
+            "stay "
             "where they are; DOWN in {:.0f} s",
-            name, silent, cfg_.slurmd_timeout,
-            cfg_.slurmd_timeout + cfg_.requeue_timeout - silent);
+            name, silent, cfg_.slurmd_timeout, cfg_.slurmd_timeout + cfg_.requeue_timeout - silent);
       }
       if (silent >= cfg_.slurmd_timeout + cfg_.requeue_timeout)
         set_down(n, std::string(kNotResponding), now);
@@ -204,8 +204,8 @@ nlohmann::json Controller::list_nodes(const proto::Request&) {
     arr.push_back({{"name", name},
                    {"state", node_state(n)},
                    {"reason", n.reason},
-                   {"not_responding",
-                    !n.down && n.last_heartbeat > 0 && now - n.last_heartbeat >= cfg_.slurmd_timeout},
+                   {"not_responding", !n.down && n.last_heartbeat > 0 &&
+                                          now - n.last_heartbeat >= cfg_.slurmd_timeout},
                    {"down_time", n.down_time},
                    {"addr", n.addr},
                    {"port", n.port},
@@ -324,7 +324,8 @@ void Controller::reconcile(const std::string& node, const json& reported, const 
     if (j.state != JobState::Running || j.nodes != node || launching_.count(id)) continue;
     if (n.down) {
       // Killed by the node DOWN (stale in this reply): recovered once gone from its list.
-      if (!there(j) && !busy(id)) recover(j, now, fmt::format("node {} DOWN ({}): run ended", node, n.reason));
+      if (!there(j) && !busy(id))
+        recover(j, now, fmt::format("node {} DOWN ({}): run ended", node, n.reason));
       continue;
     }
     // A launch or restore whose answer was lost: the node runs the job, so it started.

@@ -255,9 +255,9 @@ void Controller::launch_failed(Job& j, const std::string& why,
             rr.avoid_node);
         j.state = JobState::Pending;
         j.reason = "RestoreRetry";
-        note(j, fmt::format("restore from checkpoint {} on {} failed ({}): {}; retry {} of {}",
-                            failed, j.nodes, to_string(cls), why, rr.failures + 1,
-                            kMaxTransientRestores));
+        note(j,
+             fmt::format("restore from checkpoint {} on {} failed ({}): {}; retry {} of {}", failed,
+                         j.nodes, to_string(cls), why, rr.failures + 1, kMaxTransientRestores));
         save(j);
         wake_.notify_all();
         return;
@@ -344,10 +344,10 @@ void Controller::check_batch_start(double now) {
     }
     std::string node = j.nodes;
     bool restore = j.restore_from != 0;
-    std::string why =
-        fmt::format("{} not confirmed running within BatchStartTimeout ({} s) and no sign of it "
-                    "at {}",
-                    restore ? "restore" : "launch", cfg_.batch_start_timeout, node);
+    std::string why = fmt::format(
+        "{} not confirmed running within BatchStartTimeout ({} s) and no sign of it "
+        "at {}",
+        restore ? "restore" : "launch", cfg_.batch_start_timeout, node);
     spdlog::warn("job {}: run {}: {}: abandoned (stale), retried elsewhere if a node fits", id,
                  j.generation, why);
     note(j, fmt::format("run {} on {}: {}", j.generation, node, why));

@@ -57,12 +57,12 @@ struct Config {
   int munge_ttl = 300;        // AuthInfo ttl=: MUNGE credential lifetime, seconds
   int requeue_timeout = 60;   // AuthInfo requeue_timeout=: seconds a NOT_RESPONDING node
                               // stays so before it is DOWN and its jobs are recovered
-  bool return_to_service = true;  // ReturnToService: a node DOWN "Not responding" rejoins by itself
   std::string munge_socket;   // MungeSocket (fsched): munged's socket, default libmunge's
   int munge_socket_line = 0;  // where MungeSocket was set, for errors
   std::filesystem::path ctld_log_file, ctld_pid_file = "/run/fschedctld.pid";
   std::filesystem::path slurmd_log_file, slurmd_pid_file = "/run/fschedd.pid";
   std::filesystem::path ckpt_tool;  // FschedCkptPath: the engine CLI, default beside the daemon
+  bool return_to_service = true;    // ReturnToService: a DOWN "Not responding" node rejoins
   std::vector<NodeConf> nodes;
   std::vector<PartitionConf> partitions;
   // "FILE:LINE: Key = value: ..." for every key that is accepted but has no effect

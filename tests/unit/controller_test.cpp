@@ -130,8 +130,7 @@ class ControllerTest : public ::testing::Test {
             (dir / "ckpt").string() +
             "\n"
             "SlurmdSpoolDir = " +
-            (dir / "spool").string() +
-            "\n" + cluster_conf,
+            (dir / "spool").string() + "\n" + cluster_conf,
         dir / "fsched.conf");
     tune(cfg);
     auto fake = std::make_unique<FakeNode>();
@@ -442,10 +441,10 @@ TEST_F(ControllerTest, LaunchCarriesTheRunsGeneration) {
   ASSERT_EQ(launches.size(), 1u);
   EXPECT_EQ(launches[0].body["generation"], 1);
   double issued = launches[0].body["issued"];
-  EXPECT_NEAR(issued, std::chrono::duration<double>(
-                          std::chrono::system_clock::now().time_since_epoch())
-                          .count(),
-              10.0);
+  EXPECT_NEAR(
+      issued,
+      std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count(),
+      10.0);
 }
 
 TEST_F(ControllerTest, RequeueOfAFinishedOrUnknownJobIsRefused) {
@@ -521,11 +520,10 @@ class Recovery : public ControllerTest {
         jobs.push_back({{"job_id", id}, {"generation", gen}, {"running", true}});
       for (auto id : node->ops[name]) ops.push_back({{"job_id", id}, {"kind", "restore"}});
     }
-    return A::heartbeat(*ctld, root({}, {{"name", name},
-                                         {"cpus", 4},
-                                         {"real_memory", 8000},
-                                         {"jobs", jobs},
-                                         {"ops", ops}}));
+    return A::heartbeat(
+        *ctld,
+        root({},
+             {{"name", name}, {"cpus", 4}, {"real_memory", 8000}, {"jobs", jobs}, {"ops", ops}}));
   }
   json beat(const std::string& name) {
     std::lock_guard l(beat_mu);
@@ -669,8 +667,7 @@ TEST_F(Recovery, RestoreOfABadImageFallsBackToTheOlderOneThenToAStartFromScratch
   EXPECT_EQ(j["restarts"], 1);
   EXPECT_EQ(j["generation"], 4) << "launch, two restores, the start from scratch";
   EXPECT_TRUE(has(j["history"], "falling back to checkpoint 1")) << j["history"].dump();
-  EXPECT_TRUE(has(j["history"], "no Present checkpoint left: from scratch"))
-      << j["history"].dump();
+  EXPECT_TRUE(has(j["history"], "no Present checkpoint left: from scratch")) << j["history"].dump();
 }
 
 TEST_F(Recovery, NoRequeueJobStaysNodeFail) {
@@ -763,8 +760,7 @@ TEST_F(Recovery, LaunchNotConfirmedWithinBatchStartTimeoutIsRetriedElsewhere) {
   };
   int64_t id = submit();
   json j = wait_job(id, [&](const json& x) {
-    return x["state"] == "RUNNING" && x["nodes"] == "n2" &&
-           node->of("/v1/node/launch").size() == 2;
+    return x["state"] == "RUNNING" && x["nodes"] == "n2" && node->of("/v1/node/launch").size() == 2;
   });
   EXPECT_EQ(j["nodes"], "n2") << j.dump();
   EXPECT_EQ(j["generation"], 2);
