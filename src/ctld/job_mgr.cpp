@@ -456,6 +456,8 @@ nlohmann::json Controller::node_job_ended(const proto::Request& r) {
   std::string req = j.end_request;
   j.end_request.clear();
   if (req == "requeue") {
+    note(j, fmt::format("Requeued (scontrol requeue) from scratch: run {} on {} ended",
+                        j.generation, node));
     requeue_fresh(j);
   } else if (req == "cancel") {
     j.state = JobState::Cancelled;

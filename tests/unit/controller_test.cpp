@@ -351,6 +351,10 @@ TEST_F(ControllerTest, RequeueStartsTheJobAgainFromScratch) {
   EXPECT_GT(j["start_time"].get<double>(), first_start);
   EXPECT_FALSE(node->of("/v1/node/launch").back().body.contains("restore_dir"))
       << "requeue is not restore";
+  ASSERT_FALSE(j["history"].empty());
+  EXPECT_NE(j["history"][0].get<std::string>().find("Requeued (scontrol requeue) from scratch"),
+            std::string::npos)
+      << j["history"].dump();
 }
 
 // `scontrol checkpoint delete`: the record is Cleared at once, the image removed by a
