@@ -51,15 +51,31 @@ Controller::Controller(proto::Config cfg, std::unique_ptr<NodeClient> node_rpc)
     node.free_memory = n.real_memory;
     nodes_[n.name] = node;
   }
+  started_ = now_s();
+  for (auto& [name, d] : store_.nodes()) {
+    auto it = nodes_.find(name);
+    if (it == nodes_.end() || !d.down) continue;  // a node no longer in fsched.conf
+    it->second.down = true;
+    it->second.reason = d.reason;
+    it->second.down_time = d.down_time;
+    spdlog::info("node {}: DOWN since {} ({})", name, proto::format_timestamp(d.down_time),
+                 d.reason);
+  }
   // Resources held by jobs that were running when the controller stopped.
   for (auto& [id, j] : jobs_) {
     if (j.state != JobState::Running) continue;
     if (auto it = nodes_.find(j.nodes); it != nodes_.end()) {
       it->second.alloc_cpus += j.num_cpus();
       it->second.alloc_memory += j.mem_mb;
-      // The node is presumed up until its heartbeats say otherwise.
-      it->second.last_heartbeat = now_s();
+      // Grace (docs/node-failure.md): the node's last heartbeat counts as the
+      // controller's start, so nothing fails before SlurmdTimeout + requeue_timeout
+      // after it; a node persisted DOWN also waits out a lease the previous controller
+      // may have renewed just before it stopped.
+      it->second.last_heartbeat = started_;
     }
+    // A start the previous controller sent and never saw confirmed: BatchStartTimeout
+    // counts from now.
+    if (j.awaiting_node) launch_sent_[id] = started_;
   }
   // What loading parsed is garbage now; give it back to the system.
   ::malloc_trim(0);
@@ -99,6 +115,9 @@ void Controller::start() {
     Lock l(mu_);
     while (!stopping_) {
       try {
+        double now = now_s();
+        check_nodes(now);
+        check_batch_start(now);
         schedule();
         periodic();
       } catch (const std::exception& e) {
@@ -185,6 +204,7 @@ void Controller::add_routes(proto::Server& s) {
   s.route("GET", "/v1/jobs/{}/checkpoints", bind(&Controller::list_checkpoints));
   s.route("DELETE", "/v1/jobs/{}/checkpoints/{}", bind(&Controller::delete_checkpoint));
   s.route("GET", "/v1/nodes", bind(&Controller::list_nodes));
+  s.route("POST", "/v1/nodes/{}/update", bind(&Controller::update_node));
   s.route("GET", "/v1/partitions", bind(&Controller::list_partitions));
   s.route("POST", "/v1/nodes/register", bind(&Controller::node_heartbeat));
   s.route("POST", "/v1/nodes/heartbeat", bind(&Controller::node_heartbeat));

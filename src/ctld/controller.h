@@ -16,6 +16,7 @@
 #include "ctld/state.h"
 #include "ctld/store.h"
 #include "proto/config.h"
+#include "proto/node_requests.h"
 #include "proto/node_state.h"
 #include "proto/rpc.h"
 
@@ -80,6 +81,8 @@ class Controller {
   json list_checkpoints(const proto::Request& r);
   json delete_checkpoint(const proto::Request& r);
   json list_nodes(const proto::Request& r);
+  // POST /v1/nodes/NAME/update {"state": "DOWN"|"RESUME", "reason": "..."}: root only.
+  json update_node(const proto::Request& r);
   json list_partitions(const proto::Request& r);
   json node_heartbeat(const proto::Request& r);
   json node_job_ended(const proto::Request& r);
@@ -129,6 +132,29 @@ class Controller {
   std::string too_busy(const std::string& node) const;
   void skip_checkpoint(Job& j, const std::string& why);  // recorded as Skipped
   void reconcile(const std::string& node, const json& reported_jobs, const json& reported_ops);
+  // The heartbeat reply's stale list: every reported run that is not its job's current
+  // run on node (job unknown, not RUNNING there, another generation, or node DOWN).
+  std::vector<proto::RunRef> stale_runs(const Node& n) const;
+  // Node timeouts, driven by the scheduling thread (not by heartbeats): NOT_RESPONDING
+  // after SlurmdTimeout of silence, DOWN after SlurmdTimeout + requeue_timeout, and the
+  // recovery of the jobs of DOWN nodes once their runs have surely ended.
+  void check_nodes(double now);
+  // Sets n DOWN with reason (persisted, logged). Its jobs' runs end: at once when the
+  // node's lease has surely expired, else they are killed (SIGKILL) and recovered when
+  // the node reports them ended or gone, or when its lease has run out.
+  void set_down(Node& n, const std::string& reason, double now);
+  // Whether the lease of n (counted by the node from a send before the controller's
+  // last receipt) has surely run out: no heartbeat for SlurmdTimeout.
+  bool lease_expired(const Node& n, double now) const;
+  // The run of j on its node ended because of the node (DOWN): NODE_FAIL recorded, then
+  // (--requeue) PENDING to be restored from the newest Present checkpoint or started
+  // from scratch; an end that was asked for (cancel, requeue, time limit) is honoured.
+  void recover(Job& j, double now, const std::string& why);
+  // BatchStartTimeout: launches and restores sent long enough ago, not confirmed, with
+  // no sign of them at the node, have failed: their run is abandoned and retried.
+  void check_batch_start(double now);
+  // Appends "TIME: what" to j's history (saved by the caller).
+  void note(Job& j, const std::string& what);
   void periodic();                       // due checkpoints and time limits
   void spawn(std::function<void()> fn);  // a worker thread, joined at stop()
   friend struct ControllerTestAccess;    // tests/unit/controller_test.cpp: the routes without a
@@ -143,8 +169,12 @@ class Controller {
   std::map<int64_t, std::vector<Checkpoint>> ckpts_;  // by job, oldest first
   std::map<std::string, Node> nodes_;
   std::set<int64_t> ckpt_busy_;  // jobs with a checkpoint in flight
-  std::set<int64_t> launching_;  // jobs whose launch RPC is in flight
-  std::set<int64_t> ckpt_rpc_;   // jobs whose checkpoint RPC from this controller is in flight
+  // Jobs whose launch or restore RPC is in flight, with that run's generation: an
+  // answer for another generation (a run abandoned meanwhile) is ignored.
+  std::map<int64_t, int64_t> launching_;
+  // When the current unconfirmed launch or restore of a job was sent (BatchStartTimeout).
+  std::map<int64_t, double> launch_sent_;
+  std::set<int64_t> ckpt_rpc_;  // jobs whose checkpoint RPC from this controller is in flight
   // Transient failures of a job's restore from one checkpoint, by job id. In memory
   // only: a restarted controller counts anew, which still bounds the retries.
   struct RestoreRetry {
@@ -154,6 +184,7 @@ class Controller {
     double not_before = 0;   // Unix time of the next attempt
   };
   std::map<int64_t, RestoreRetry> restore_retries_;
+  double started_ = 0;  // Unix time the controller was built: the nodes' grace period
   bool stopping_ = false;
   std::thread loop_;
   int workers_ = 0;

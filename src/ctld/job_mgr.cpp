@@ -86,7 +86,82 @@ nlohmann::json Controller::api(const Job& j) const {
           {"job_version", j.job_version},
           {"exit_code", fmt::format("{}:{}", sig ? 0 : j.exit_status, sig)},
           {"last_checkpoint", last},
-          {"restore_from", j.restore_from}};
+          {"restore_from", j.restore_from},
+          {"generation", j.generation},
+          {"history", j.history}};
+}
+
+void Controller::note(Job& j, const std::string& what) {
+  j.history.push_back(fmt::format("{} {}", proto::format_timestamp(now_s()), what));
+  if (j.history.size() > kHistoryMax)
+    j.history.erase(j.history.begin(), j.history.begin() + static_cast<std::ptrdiff_t>(
+                                                               j.history.size() - kHistoryMax));
+}
+
+void Controller::recover(Job& j, double now, const std::string& why) {
+  int64_t id = j.job_id;
+  std::string node = j.nodes;
+  int64_t gen = j.generation;
+  release(j, now);
+  launching_.erase(id);
+  launch_sent_.erase(id);
+  restore_retries_.erase(id);
+  j.awaiting_node = false;
+  j.end_time = now;
+  std::string req = j.end_request;
+  j.end_request.clear();
+  if (req == "cancel" || req == "timeout") {
+    // What was asked for before the node failed: the run is over, as it would have been.
+    j.state = req == "cancel" ? JobState::Cancelled : JobState::Timeout;
+    j.restore_from = 0;
+    note(j,
+         fmt::format("run {} on {} ended by the node's failure ({}): {}", gen, node, why, j.state));
+    spdlog::info("job {}: {} (run {} on {} ended: {})", id, j.state, gen, node, why);
+  } else if (req == "requeue") {
+    requeue_fresh(j);
+    note(j, fmt::format("Requeued (scontrol requeue) from scratch: run {} on {} ended: {}", gen,
+                        node, why));
+    spdlog::info("job {}: requeued from scratch (run {} on {} ended: {})", id, gen, node, why);
+  } else {
+    spdlog::warn("job {}: run {} on {} ends NODE_FAIL: {}", id, gen, node, why);
+    note(j, fmt::format("NodeFail: run {} on {}: {}", gen, node, why));
+    j.state = JobState::NodeFail;
+    j.reason = "NodeFail";
+    j.exit_status = 0;
+    j.restore_from = 0;
+    j.recovery_restore = false;
+    if (j.requeue) {
+      // The newest Present checkpoint whose image is still there; schedule() restores
+      // it (verified by the engine; launch_failed() falls back to older ones, then to a
+      // start from scratch).
+      int64_t chosen = 0;
+      for (auto& c : ckpts_[id])
+        if (c.status == CheckpointStatus::Present && !clear_if_missing(c)) chosen = c.checkpoint_id;
+      j.state = JobState::Pending;
+      j.reason = "NodeFail";  // schedule() says "Resources" while no node has room
+      j.end_time = 0;
+      if (chosen) {
+        j.restore_from = chosen;
+        j.recovery_restore = true;
+        note(j,
+             fmt::format("Requeued=NodeFail {}: to be restored from checkpoint {}", node, chosen));
+        spdlog::info("job {}: requeued after the failure of {}: restore from checkpoint {}", id,
+                     node, chosen);
+      } else {
+        requeue_fresh(j);
+        j.reason = "NodeFail";
+        note(j, fmt::format("Requeued=NodeFail {}: no Present checkpoint, from scratch", node));
+        spdlog::info(
+            "job {}: requeued after the failure of {}: no Present checkpoint, from "
+            "scratch",
+            id, node);
+      }
+    } else {
+      spdlog::info("job {}: --no-requeue: stays NODE_FAIL", id);
+    }
+  }
+  save(j);
+  wake_.notify_all();
 }
 
 // ------------------------------------------------------------------ routes
@@ -302,18 +377,23 @@ nlohmann::json Controller::requeue_job(const proto::Request& r) {
   check_owner(j, r.caller);
   if (!j.requeue)
     throw RpcError(409, fmt::format("Job {} was submitted with --no-requeue", j.job_id));
-  if (j.state == JobState::Running) {
-    j.end_request = "requeue";
-    save(j);
-    terminate(j, SIGTERM, true);
-  } else if (j.state == JobState::Pending) {
+  if (j.state == JobState::Pending)
     throw RpcError(409, fmt::format("Job {} is pending already", j.job_id));
-  } else {
-    requeue_fresh(j);
-    save(j);
-    wake_.notify_all();
-  }
-  spdlog::info("job {}: requeued (from scratch) by uid {}", j.job_id, r.caller.uid);
+  if (j.state != JobState::Running)
+    throw RpcError(409, fmt::format("Job {} has already finished ({}): only a running or pending "
+                                    "job can be requeued; use scontrol checkpoint restart to run "
+                                    "it again from a checkpoint",
+                                    j.job_id, j.state));
+  if (!j.end_request.empty() && j.end_request != "requeue")
+    throw RpcError(409,
+                   fmt::format("Job {} is already ending ({} requested)", j.job_id, j.end_request));
+  // The run ends (SIGTERM, SIGKILL after KillWait); node_job_ended() then puts the job
+  // back in the queue from scratch. If the node is silent, its DOWN does (recover()).
+  j.end_request = "requeue";
+  save(j);
+  spdlog::info("job {}: requeue (from scratch) requested by uid {}: SIGTERM, SIGKILL after {} s",
+               j.job_id, r.caller.uid, cfg_.kill_wait);
+  terminate(j, SIGTERM, true);
   return json::object();
 }
 
@@ -344,18 +424,29 @@ nlohmann::json Controller::node_job_ended(const proto::Request& r) {
   int code = static_cast<int>(proto::int_field(r.body, "exit_status", 0, 0, 65535));
   bool lost = field<bool>(r.body, "lost", false);
   std::string node = field<std::string>(r.body, "name", "");
+  int64_t gen = proto::int_field(r.body, "generation", 0, 0, kMaxId);
   Lock l(mu_);
   auto it = jobs_.find(id);
   if (it == jobs_.end()) return json::object();
   Job& j = it->second;
-  // A report about a run that is already over (a repeated report, or one from a node
-  // the job has since left) changes nothing.
-  if (j.state != JobState::Running || j.nodes != node || launching_.count(id))
+  // A report about a run that is already over (a repeated report, one from a node the
+  // job has since left, or of an older generation) changes nothing.
+  if (j.state != JobState::Running || j.nodes != node || launching_.count(id) ||
+      (gen != 0 && gen != j.generation))
     return json::object();
+  if (auto nit = nodes_.find(node);
+      nit != nodes_.end() && nit->second.down && (lost || code != 0)) {
+    // Killed because its node was set DOWN: a node failure, recovered as such.
+    recover(
+        j, now_s(),
+        fmt::format("node {} DOWN ({}): run ended with status {}", node, nit->second.reason, code));
+    return json::object();
+  }
   if (j.awaiting_node) {
     // It started (and ended) after all.
     j.awaiting_node = false;
     j.restore_from = 0;
+    launch_sent_.erase(id);
   }
   double now = now_s();
   double started = j.start_time;
@@ -365,6 +456,8 @@ nlohmann::json Controller::node_job_ended(const proto::Request& r) {
   std::string req = j.end_request;
   j.end_request.clear();
   if (req == "requeue") {
+    note(j, fmt::format("Requeued (scontrol requeue) from scratch: run {} on {} ended",
+                        j.generation, node));
     requeue_fresh(j);
   } else if (req == "cancel") {
     j.state = JobState::Cancelled;

@@ -9,6 +9,7 @@
 #include <signal.h>
 
 #include <algorithm>
+#include <cctype>
 #include <charconv>
 #include <chrono>
 #include <cmath>
@@ -28,15 +29,126 @@ namespace fsched::ctld {
 using proto::RpcError;
 
 bool Controller::node_up(const Node& n) const {
-  return n.last_heartbeat > 0 && now_s() - n.last_heartbeat < cfg_.slurmd_timeout;
+  return !n.down && n.last_heartbeat > 0 && now_s() - n.last_heartbeat < cfg_.slurmd_timeout;
 }
 
 proto::NodeState Controller::node_state(const Node& n) const {
   using proto::NodeState;
+  if (n.down) return NodeState::Down;
   if (n.last_heartbeat == 0) return NodeState::Unknown;
-  if (!node_up(n)) return NodeState::Down;
+  // A silent node keeps its state (and its jobs) until it is set DOWN; the list
+  // flags it not_responding (sinfo's "*").
   if (n.alloc_cpus == 0) return NodeState::Idle;
   return n.alloc_cpus >= n.cpus ? NodeState::Allocated : NodeState::Mixed;
+}
+
+bool Controller::lease_expired(const Node& n, double now) const {
+  return n.last_heartbeat == 0 || now - n.last_heartbeat >= cfg_.slurmd_timeout;
+}
+
+void Controller::check_nodes(double now) {
+  for (auto& [name, n] : nodes_) {
+    if (!n.down && n.last_heartbeat > 0) {
+      double silent = now - n.last_heartbeat;
+      if (silent >= cfg_.slurmd_timeout && !n.not_responding) {
+        n.not_responding = true;
+        spdlog::warn(
+            "node {}: NOT_RESPONDING: no heartbeat for {:.0f} s (SlurmdTimeout {} s); its jobs "
+            "stay "
+            "where they are; DOWN in {:.0f} s",
+            name, silent, cfg_.slurmd_timeout, cfg_.slurmd_timeout + cfg_.requeue_timeout - silent);
+      }
+      if (silent >= cfg_.slurmd_timeout + cfg_.requeue_timeout)
+        set_down(n, std::string(kNotResponding), now);
+    }
+    if (!n.down) continue;
+    // The runs of a DOWN node end once they surely have: its lease has run out (they
+    // are frozen, and killed when it comes back). Before that (an administrator's
+    // DOWN of a live node) they end by the node's report.
+    if (!lease_expired(n, now)) continue;
+    for (auto& [id, j] : jobs_)
+      if (j.state == JobState::Running && j.nodes == name)
+        recover(j, now,
+                fmt::format("node {} DOWN ({}), its lease expired at {}", name, n.reason,
+                            proto::format_timestamp(n.last_heartbeat + cfg_.slurmd_timeout)));
+  }
+}
+
+void Controller::set_down(Node& n, const std::string& reason, double now) {
+  bool was_down = n.down;
+  n.down = true;
+  n.reason = reason;
+  n.down_time = was_down ? n.down_time : now;
+  n.not_responding = false;
+  store_.put_node(n.name, NodeDown{true, n.reason, n.down_time});
+  if (was_down) {
+    spdlog::info("node {}: DOWN, reason now \"{}\"", n.name, reason);
+    return;
+  }
+  bool expired = lease_expired(n, now);
+  spdlog::warn("node {}: DOWN (reason \"{}\"){}", n.name, reason,
+               expired ? "" : "; its runs are killed and recovered once they have ended");
+  for (auto& [id, j] : jobs_) {
+    if (j.state != JobState::Running || j.nodes != n.name) continue;
+    if (expired) {
+      recover(j, now, fmt::format("node {} DOWN ({})", n.name, reason));
+    } else {
+      note(j, fmt::format("node {} set DOWN ({}): run killed", n.name, reason));
+      save(j);
+      terminate(j, SIGKILL, false);
+    }
+  }
+  wake_.notify_all();
+}
+
+nlohmann::json Controller::update_node(const proto::Request& r) {
+  // Slurm lets root and SlurmUser change a node's state; fsched has no SlurmUser key:
+  // root only.
+  if (!r.caller.is_root())
+    throw RpcError(403, "Access/permission denied: only root may update a node");
+  std::string name = r.params.at(0);
+  std::string state = field<std::string>(r.body, "state", "");
+  std::string reason = field<std::string>(r.body, "reason", "");
+  for (auto& c : state) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  if (state != "DOWN" && state != "RESUME")
+    throw RpcError(400, fmt::format("Invalid node state specified: '{}' (use DOWN or RESUME)",
+                                    field<std::string>(r.body, "state", "")));
+  Lock l(mu_);
+  auto it = nodes_.find(name);
+  if (it == nodes_.end()) throw RpcError(404, fmt::format("Invalid node name specified: {}", name));
+  Node& n = it->second;
+  double now = now_s();
+  if (state == "DOWN") {
+    if (reason.empty())
+      throw RpcError(400, "You must specify a reason when setting the state to DOWN");
+    spdlog::info("node {}: set DOWN by uid {}: {}", name, r.caller.uid, reason);
+    set_down(n, reason, now);
+  } else {
+    if (!n.down)
+      throw RpcError(409, fmt::format("Node {} is not DOWN (state {}): nothing to resume", name,
+                                      node_state(n)));
+    n.down = false;
+    n.reason.clear();
+    n.down_time = 0;
+    store_.put_node(name, NodeDown{});
+    spdlog::info("node {}: RESUME by uid {}: back in service{}", name, r.caller.uid,
+                 node_up(n) ? "" : " once it responds");
+    wake_.notify_all();
+  }
+  return json::object();
+}
+
+std::vector<proto::RunRef> Controller::stale_runs(const Node& n) const {
+  std::vector<proto::RunRef> out;
+  for (auto& [id, gen] : n.report_runs) {
+    auto it = jobs_.find(id);
+    bool current = !n.down && it != jobs_.end() && it->second.state == JobState::Running &&
+                   it->second.nodes == n.name &&
+                   // 0: a node that predates generations; its run is taken for the current one.
+                   (gen == 0 || gen == it->second.generation);
+    if (!current) out.push_back({id, gen});
+  }
+  return out;
 }
 
 nlohmann::json Controller::node_op_done(const proto::Request& r) {
@@ -68,7 +180,9 @@ nlohmann::json Controller::node_op_done(const proto::Request& r) {
   }
   // launch/restore: only an unanswered RPC waits for this; an answered one has been
   // handled by launch().
-  if (j.state != JobState::Running || j.nodes != node || !j.awaiting_node || launching_.count(id))
+  int64_t gen = proto::int_field(r.body, "generation", 0, 0, kMaxId);
+  if (j.state != JobState::Running || j.nodes != node || !j.awaiting_node || launching_.count(id) ||
+      (gen != 0 && gen != j.generation))
     return json::object();
   if (outcome == "ok") {
     confirm_launch(j, fmt::format("{} reported by the node", kind));
@@ -81,6 +195,7 @@ nlohmann::json Controller::node_op_done(const proto::Request& r) {
 
 nlohmann::json Controller::list_nodes(const proto::Request&) {
   Lock l(mu_);
+  double now = now_s();
   json arr = json::array();
   for (auto& [name, n] : nodes_) {
     json parts = json::array();
@@ -89,6 +204,9 @@ nlohmann::json Controller::list_nodes(const proto::Request&) {
     arr.push_back({{"name", name},
                    {"state", node_state(n)},
                    {"reason", n.reason},
+                   {"not_responding", !n.down && n.last_heartbeat > 0 &&
+                                          now - n.last_heartbeat >= cfg_.slurmd_timeout},
+                   {"down_time", n.down_time},
                    {"addr", n.addr},
                    {"port", n.port},
                    {"cpus", n.cpus},
@@ -137,37 +255,87 @@ nlohmann::json Controller::node_heartbeat(const proto::Request& r) {
       proto::int_field(r.body, "real_memory", static_cast<int64_t>(n.real_memory), 0, kMaxMemMb);
   auto free_memory = static_cast<uint64_t>(
       proto::int_field(r.body, "free_memory", static_cast<int64_t>(n.real_memory), 0, kMaxMemMb));
-  if (!node_up(n)) spdlog::info("node {}: registered ({} CPUs, {} MiB)", name, cpus, real_memory);
-  n.last_heartbeat = now_s();
-  reconcile(name, field<json>(r.body, "jobs", json::array()),
-            field<json>(r.body, "ops", json::array()));
+  double now = now_s();
+  if (n.down && n.reason == kNotResponding && cfg_.return_to_service) {
+    // Its jobs were recovered when it went DOWN: the reply's stale list has it kill
+    // their old runs before it takes new ones.
+    n.down = false;
+    n.reason.clear();
+    n.down_time = 0;
+    store_.put_node(name, NodeDown{});
+    spdlog::info("node {}: responding again: back in service (ReturnToService = 1)", name);
+  } else if (n.down) {
+    if (lease_expired(n, now))
+      spdlog::info("node {}: responding again but stays DOWN ({}){}", name, n.reason,
+                   n.reason == kNotResponding ? " (ReturnToService = 0)"
+                                              : ": scontrol update NodeName=... State=RESUME");
+  } else if (n.not_responding) {
+    spdlog::info("node {}: responding again after {:.0f} s of silence", name,
+                 now - n.last_heartbeat);
+  } else if (!node_up(n)) {
+    spdlog::info("node {}: registered ({} CPUs, {} MiB)", name, cpus, real_memory);
+  }
+  n.not_responding = false;
+  n.last_heartbeat = now;
+  json jobs = field<json>(r.body, "jobs", json::array());
+  json ops = field<json>(r.body, "ops", json::array());
+  n.report_time = now;
+  n.report_runs.clear();
+  n.report_ops.clear();
+  if (jobs.is_array())
+    for (auto& x : jobs)
+      if (x.is_object() && x.contains("job_id") && x["job_id"].is_number_integer())
+        n.report_runs[x["job_id"].get<int64_t>()] =
+            x.contains("generation") && x["generation"].is_number_integer()
+                ? x["generation"].get<int64_t>()
+                : 0;
+  if (ops.is_array())
+    for (auto& x : ops)
+      if (x.is_object() && x.contains("job_id") && x["job_id"].is_number_integer())
+        n.report_ops.insert(x["job_id"].get<int64_t>());
+  reconcile(name, jobs, ops);
   n.load = field<double>(r.body, "load", 0.0);
   n.free_memory = free_memory;
   n.cpu_util = field<double>(r.body, "cpu_util", 0.0);
   n.io_wait = field<double>(r.body, "io_wait", 0.0);
   n.mem_util = field<double>(r.body, "mem_util", 0.0);
+  proto::HeartbeatReply reply{.lease = cfg_.slurmd_timeout, .stale = stale_runs(n)};
+  for (auto& s : reply.stale)
+    spdlog::info("node {}: run of job {} (generation {}) is stale: the node kills it", name,
+                 s.job_id, s.generation);
   wake_.notify_all();
-  return json::object();
+  return reply;
 }
 
 void Controller::reconcile(const std::string& node, const json& reported, const json& ops) {
-  std::set<int64_t> there, busy;
-  for (auto& x : reported)
-    if (x.is_object()) there.insert(x.value("job_id", int64_t{0}));
-  // Jobs with an operation under way on the node, or done and not yet reported.
-  for (auto& x : ops)
-    if (x.is_object()) busy.insert(x.value("job_id", int64_t{0}));
+  (void)reported;
+  (void)ops;
+  const Node& n = nodes_.at(node);
+  // The runs the node has of the jobs' current generation (0: a node that predates
+  // generations), and the jobs with an operation under way on the node, or done and
+  // not yet reported.
+  auto there = [&](const Job& j) {
+    auto it = n.report_runs.find(j.job_id);
+    return it != n.report_runs.end() && (it->second == 0 || it->second == j.generation);
+  };
+  auto busy = [&](int64_t id) { return n.report_ops.count(id) > 0; };
   double now = now_s();
   for (auto& [id, j] : jobs_) {
     if (j.state != JobState::Running || j.nodes != node || launching_.count(id)) continue;
+    if (n.down) {
+      // Killed by the node DOWN (stale in this reply): recovered once gone from its list.
+      if (!there(j) && !busy(id))
+        recover(j, now, fmt::format("node {} DOWN ({}): run ended", node, n.reason));
+      continue;
+    }
     // A launch or restore whose answer was lost: the node runs the job, so it started.
-    if (j.awaiting_node && there.count(id) && !busy.count(id)) {
+    if (j.awaiting_node && there(j) && !busy(id)) {
       confirm_launch(j, "found running at the node's report");
       continue;
     }
     // Dumps still Creating although the node neither runs nor keeps a record of them
     // and no RPC of ours is in flight: the request never reached the node.
-    if (!busy.count(id) && !ckpt_rpc_.count(id) && ckpt_busy_.count(id)) {
+    if (!busy(id) && !ckpt_rpc_.count(id) && ckpt_busy_.count(id)) {
       std::vector<int64_t> stale;
       for (auto& c : ckpts_[id])
         if (c.status == CheckpointStatus::Creating && now - c.trigger_time > 30)
@@ -180,15 +348,22 @@ void Controller::reconcile(const std::string& node, const json& reported, const 
     // A job the node does not know although it was placed there a while ago: its
     // launch never happened (the controller stopped during it) or the node lost it.
     // Recent starts are left alone: the report may predate them.
-    if (there.count(id) || busy.count(id) || ckpt_busy_.count(id) || now - j.start_time < 30)
+    if (there(j) || busy(id) || ckpt_busy_.count(id) || now - j.start_time < 30) continue;
+    if (!j.end_request.empty()) {
+      // Its end was asked for (cancel, requeue, time limit): it has ended, as asked.
+      recover(j, now, fmt::format("node {} does not know run {}", node, j.generation));
       continue;
-    spdlog::warn("job {}: node {} does not know it: NODE_FAIL", id, node);
+    }
+    spdlog::warn("job {}: node {} does not know it (generation {}): NODE_FAIL", id, node,
+                 j.generation);
     release(j, now);
     j.state = JobState::NodeFail;
     j.reason = "NodeFail";
     j.end_time = now;
     j.end_request.clear();
     j.awaiting_node = false;
+    launch_sent_.erase(id);
+    note(j, fmt::format("NodeFail: node {} does not know run {}", node, j.generation));
     save(j);
   }
 }

@@ -30,10 +30,14 @@ using proto::RpcError;
 void Controller::confirm_launch(Job& j, const std::string& how) {
   j.awaiting_node = false;
   restore_retries_.erase(j.job_id);
+  launch_sent_.erase(j.job_id);
   if (j.restore_from) {
     spdlog::info("job {}: restored from checkpoint {} on {} ({})", j.job_id, j.restore_from,
                  j.nodes, how);
+    note(j, fmt::format("restored from checkpoint {} on {} (run {}, {})", j.restore_from, j.nodes,
+                        j.generation, how));
     j.restore_from = 0;
+    j.recovery_restore = false;
   } else {
     spdlog::info("job {}: running on {} ({})", j.job_id, j.nodes, how);
   }
@@ -84,17 +88,20 @@ void Controller::schedule() {
       j.restarts++;
       j.job_version++;
     }
+    // A new run: reports about earlier ones are stale from now on.
+    j.generation++;
     j.next_checkpoint =
         j.checkpoint_interval ? j.start_time + static_cast<double>(j.checkpoint_interval) : 0;
     // Stored before the RPC: a controller restarted before the node's answer came
     // then knows to wait for the node's report rather than take the job as started.
     j.awaiting_node = true;
     save(j);
-    launching_.insert(id);
-    spdlog::info("job {}: {} on {}", id,
+    launching_[id] = j.generation;
+    launch_sent_[id] = j.start_time;
+    spdlog::info("job {}: {} on {} (run {})", id,
                  j.restore_from ? fmt::format("restoring from checkpoint {}", j.restore_from)
                                 : std::string("starting"),
-                 best->name);
+                 best->name, j.generation);
     int64_t jid = id;
     spawn([this, jid] { launch(jid); });
   }
@@ -103,10 +110,11 @@ void Controller::schedule() {
 void Controller::launch(int64_t id) {
   proto::LaunchRequest req;
   std::string node, dir;
-  int64_t from = 0;
+  int64_t from = 0, gen = 0;
   {
     Lock l(mu_);
     Job& j = jobs_.at(id);
+    gen = j.generation;
     auto [script, env] = store_.script(id);
     env["SLURM_JOB_ID"] = env["SLURM_JOBID"] = std::to_string(id);
     env["SLURM_JOB_NAME"] = j.name;
@@ -135,7 +143,9 @@ void Controller::launch(int64_t id) {
            .stdout_path = j.stdout_path,
            .stderr_path = j.stderr_path,
            .argv = j.argv,
-           .script = script};
+           .script = script,
+           .generation = j.generation,
+           .issued = now_s()};
     // The submitted environment is an object of strings (anything else was never
     // passed to the job: fschedd always dropped it).
     for (auto& [k, v] : env.items())
@@ -165,9 +175,17 @@ void Controller::launch(int64_t id) {
     answered = false;
   }
   Lock l(mu_);
-  launching_.erase(id);
-  wake_.notify_all();  // a checkpoint request may be waiting for this answer
   Job& j = jobs_.at(id);
+  if (auto it = launching_.find(id); it != launching_.end() && it->second == gen)
+    launching_.erase(it);
+  wake_.notify_all();  // a checkpoint request may be waiting for this answer
+  if (j.generation != gen || j.state != JobState::Running || j.nodes != node) {
+    // The run was given up meanwhile (BatchStartTimeout, its node DOWN): if the node
+    // started it after all, the heartbeat reply's stale list has it killed.
+    spdlog::info("job {}: answer to the {} of run {} on {} ignored: that run was abandoned ({})",
+                 id, from ? "restore" : "launch", gen, node, error.empty() ? "ok" : error);
+    return;
+  }
   if (!error.empty() && !answered) {
     // fschedd died or the connection broke: the job may be running there. It stays
     // RUNNING on that node, and the checkpoint it restores stays Present, until the
@@ -181,11 +199,14 @@ void Controller::launch(int64_t id) {
   if (error.empty()) {
     j.awaiting_node = false;
     restore_retries_.erase(id);
+    launch_sent_.erase(id);
     save(j);
     if (from) {
       spdlog::info("job {}: restored from checkpoint {} on {} (restart {}, job version {})", id,
                    from, node, j.restarts, j.job_version);
+      note(j, fmt::format("restored from checkpoint {} on {} (run {})", from, node, gen));
       j.restore_from = 0;
+      j.recovery_restore = false;
       save(j);
     } else {
       spdlog::info("job {}: running on {}", id, node);
@@ -201,6 +222,7 @@ void Controller::launch_failed(Job& j, const std::string& why,
                                std::optional<FailureClass> failure) {
   double now = now_s();
   j.awaiting_node = false;
+  launch_sent_.erase(j.job_id);
   release(j, now);
   j.run_time_done = std::max<int64_t>(0, j.run_time_done);
   if (j.restore_from) {
@@ -233,6 +255,9 @@ void Controller::launch_failed(Job& j, const std::string& why,
             rr.avoid_node);
         j.state = JobState::Pending;
         j.reason = "RestoreRetry";
+        note(j,
+             fmt::format("restore from checkpoint {} on {} failed ({}): {}; retry {} of {}", failed,
+                         j.nodes, to_string(cls), why, rr.failures + 1, kMaxTransientRestores));
         save(j);
         wake_.notify_all();
         return;
@@ -258,9 +283,20 @@ void Controller::launch_failed(Job& j, const std::string& why,
     }
     if (previous) {
       spdlog::info("job {}: falling back to checkpoint {}", j.job_id, previous);
+      note(j, fmt::format("restore from checkpoint {} failed ({}); falling back to checkpoint {}",
+                          failed, reason.substr(kRestoreFailedPrefix.size()), previous));
       j.restore_from = previous;
       j.state = JobState::Pending;
       j.reason = "None";
+    } else if (j.recovery_restore) {
+      // Recovery after a node failure: no image restores, so the job starts over.
+      spdlog::info("job {}: no Present checkpoint left: starting from scratch", j.job_id);
+      note(j, fmt::format("restore from checkpoint {} failed ({}); no Present checkpoint left: "
+                          "from scratch",
+                          failed, reason.substr(kRestoreFailedPrefix.size())));
+      j.recovery_restore = false;
+      requeue_fresh(j);
+      j.reason = "NodeFail";
     } else {
       j.restore_from = 0;
       j.state = JobState::Failed;
@@ -282,6 +318,48 @@ void Controller::launch_failed(Job& j, const std::string& why,
   wake_.notify_all();
 }
 
+void Controller::check_batch_start(double now) {
+  for (auto it = launch_sent_.begin(); it != launch_sent_.end();) {
+    int64_t id = it->first;
+    double sent = it->second;
+    ++it;  // launch_failed() erases the entry
+    auto jit = jobs_.find(id);
+    if (jit == jobs_.end()) {
+      launch_sent_.erase(id);
+      continue;
+    }
+    Job& j = jit->second;
+    if (j.state != JobState::Running || !j.awaiting_node) {
+      launch_sent_.erase(id);
+      continue;
+    }
+    if (now - sent < cfg_.batch_start_timeout) continue;
+    // Signs of life since it was sent: the node's report (after the sending) shows the
+    // operation under way (a restore of a large image takes its time) or the run.
+    const Node& n = nodes_.at(j.nodes);
+    if (n.report_time > sent) {
+      if (n.report_ops.count(id)) continue;
+      auto rit = n.report_runs.find(id);
+      if (rit != n.report_runs.end() && (rit->second == 0 || rit->second == j.generation)) continue;
+    }
+    std::string node = j.nodes;
+    bool restore = j.restore_from != 0;
+    std::string why = fmt::format(
+        "{} not confirmed running within BatchStartTimeout ({} s) and no sign of it "
+        "at {}",
+        restore ? "restore" : "launch", cfg_.batch_start_timeout, node);
+    spdlog::warn("job {}: run {}: {}: abandoned (stale), retried elsewhere if a node fits", id,
+                 j.generation, why);
+    note(j, fmt::format("run {} on {}: {}", j.generation, node, why));
+    launching_.erase(id);  // the RPC's answer, if it ever comes, is for a stale run
+    launch_failed(j, why, FailureClass::kTransient);
+    if (!restore && j.state == JobState::Pending) {
+      // A launch has no checkpoint to count retries by: avoid the node all the same.
+      restore_retries_[id] = RestoreRetry{.checkpoint_id = 0, .failures = 0, .avoid_node = node};
+    }
+  }
+}
+
 void Controller::periodic() {
   double now = now_s();
   for (auto& [id, j] : jobs_) {
@@ -298,6 +376,13 @@ void Controller::periodic() {
     }
     if (j.checkpoint_interval > 0 && j.next_checkpoint > 0 && now >= j.next_checkpoint &&
         !ckpt_busy_.count(id)) {
+      if (auto nit = nodes_.find(j.nodes); nit != nodes_.end() && !node_up(nit->second)) {
+        // NOT_RESPONDING: the dump could not be asked for; the next due one may.
+        while (j.next_checkpoint <= now)
+          j.next_checkpoint += static_cast<double>(j.checkpoint_interval);
+        save(j);
+        continue;
+      }
       // Due points stay on the start + k*interval grid; missed ones are skipped.
       while (j.next_checkpoint <= now)
         j.next_checkpoint += static_cast<double>(j.checkpoint_interval);

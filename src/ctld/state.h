@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <map>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -68,6 +69,17 @@ struct Job {
   // node's report (op_done, or its job list at registration) settles it; it is never
   // started again meanwhile.
   bool awaiting_node = false;
+  // Counts the job's launches and restores: the current run is (nodes, generation).
+  // Sent to the node with each launch or restore; a report about another generation
+  // is about a run the controller has given up on (docs/node-failure.md).
+  int64_t generation = 0;
+  // A restore chosen by the recovery after a node failure (not by `scontrol checkpoint
+  // restart`): when every Present checkpoint fails, the job starts from scratch
+  // instead of ending FAILED.
+  bool recovery_restore = false;
+  // What happened to the job, one "TIME: event" line each (requeues, node failures,
+  // restores and their fallbacks), newest last; the last kHistoryMax are kept.
+  std::vector<std::string> history;
 
   int num_cpus() const { return cpus_per_task * ntasks; }
   bool active() const { return proto::is_active(state); }
@@ -76,7 +88,8 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(
     Job, job_id, name, user, uid, gid, partition, state, reason, submit_time, start_time, end_time,
     run_time_done, time_limit, nodes, cpus_per_task, ntasks, mem_mb, work_dir, stdout_path,
     stderr_path, argv, checkpoint_interval, requeue, hold, restarts, job_version, exit_status,
-    last_checkpoint_id, restore_from, next_checkpoint, end_request, launch_failures, awaiting_node)
+    last_checkpoint_id, restore_from, next_checkpoint, end_request, launch_failures, awaiting_node,
+    generation, recovery_restore, history)
 
 struct Node {
   std::string name, addr;
@@ -88,9 +101,36 @@ struct Node {
   // busy CPU time, CPU time waiting for I/O, memory in use (1 - MemAvailable/MemTotal).
   double cpu_util = 0, io_wait = 0, mem_util = 0;
   double last_heartbeat = 0;  // Unix time; 0 = never registered
+  // Set DOWN (persisted with reason and down_time): by the controller after
+  // SlurmdTimeout + requeue_timeout of silence (reason kNotResponding), or by an
+  // administrator. No job is placed on a DOWN node.
+  bool down = false;
   std::string reason;
+  double down_time = 0;  // Unix time it was set DOWN
+  // Silent for SlurmdTimeout (and not yet DOWN): its jobs stay RUNNING. Kept to log
+  // the transitions; the node list computes it from last_heartbeat.
+  bool not_responding = false;
   int alloc_cpus = 0;
   uint64_t alloc_memory = 0;
+  // The node's last report (heartbeat or registration), for BatchStartTimeout: when it
+  // came, the jobs with an operation record there, the runs (job -> generation) it has.
+  double report_time = 0;
+  std::set<int64_t> report_ops;
+  std::map<int64_t, int64_t> report_runs;
 };
+
+// What of a Node is persisted (the Store's nodes table): whether it is DOWN and why.
+struct NodeDown {
+  bool down = false;
+  std::string reason;
+  double down_time = 0;
+};
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(NodeDown, down, reason, down_time)
+
+// The reason of a node the controller set DOWN for its silence (Slurm's words). Only
+// a node DOWN for this reason returns to service by itself (ReturnToService = 1).
+inline constexpr std::string_view kNotResponding = "Not responding";
+// Entries kept in Job::history.
+inline constexpr size_t kHistoryMax = 20;
 
 }  // namespace fsched::ctld

@@ -106,6 +106,7 @@ Store::Store(const std::filesystem::path& dir) : file_(dir / "fsched.db") {
       "CREATE TABLE IF NOT EXISTS checkpoints (job_id INTEGER NOT NULL, checkpoint_id INTEGER NOT "
       "NULL,"
       " status TEXT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (job_id, checkpoint_id))");
+  exec("CREATE TABLE IF NOT EXISTS nodes (name TEXT PRIMARY KEY, data TEXT NOT NULL)");
   exec("INSERT OR IGNORE INTO meta VALUES ('next_job_id', 1)");
 }
 
@@ -162,6 +163,25 @@ void Store::put_checkpoint(const Checkpoint& c) {
       .bind(3, std::string(to_string(c.status)))
       .bind(4, nlohmann::json(c).dump())
       .step();
+}
+
+void Store::put_node(const std::string& name, const NodeDown& d) {
+  Stmt s(db_, "INSERT OR REPLACE INTO nodes VALUES (?, ?)", file_);
+  s.bind(1, name).bind(2, nlohmann::json(d).dump()).step();
+}
+
+std::map<std::string, NodeDown> Store::nodes() {
+  std::map<std::string, NodeDown> out;
+  Stmt s(db_, "SELECT name, data FROM nodes", file_);
+  while (s.step()) {
+    std::string name = s.text(0);
+    try {
+      out[name] = nlohmann::json::parse(s.text(1)).get<NodeDown>();
+    } catch (const nlohmann::json::exception& e) {
+      fail("{}: node {}: {}", file_.string(), name, e.what());
+    }
+  }
+  return out;
 }
 
 std::vector<Job> Store::jobs() {

@@ -7,6 +7,7 @@
 
 #include <filesystem>
 #include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -33,6 +34,10 @@ class Store {
   // read only to launch it, so 10,000 queued jobs cost the controller little memory.
   std::pair<std::string, nlohmann::json> script(int64_t job_id);
   void put_checkpoint(const Checkpoint& c);
+
+  // A node's DOWN state, by name; nodes() has every node stored.
+  void put_node(const std::string& name, const NodeDown& d);
+  std::map<std::string, NodeDown> nodes();
 
   std::vector<Job> jobs();
   std::vector<Checkpoint> checkpoints();

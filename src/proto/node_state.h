@@ -11,7 +11,9 @@ namespace fsched::proto {
 
 enum class NodeState {
   Unknown,    // never registered since the controller started
-  Down,       // no heartbeat within SlurmdTimeout
+  Down,       // set DOWN: silent for SlurmdTimeout + requeue_timeout, or by an administrator
+              // (persisted with its reason); a merely silent node keeps its state and is
+              // flagged "not_responding" (sinfo's "*")
   Idle,       // up, no CPU allocated
   Mixed,      // some CPUs allocated
   Allocated,  // all CPUs allocated

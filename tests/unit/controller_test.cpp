@@ -12,7 +12,9 @@
 #include <filesystem>
 #include <functional>
 #include <future>
+#include <map>
 #include <mutex>
+#include <set>
 #include <thread>
 
 #include "common/error.h"
@@ -45,6 +47,10 @@ struct ControllerTestAccess {
   static nlohmann::json delete_checkpoint(Controller& c, const proto::Request& r) {
     return c.delete_checkpoint(r);
   }
+  static nlohmann::json nodes(Controller& c) { return c.list_nodes(proto::Request{}); }
+  static nlohmann::json update_node(Controller& c, const proto::Request& r) {
+    return c.update_node(r);
+  }
 };
 
 namespace {
@@ -63,6 +69,12 @@ struct FakeNode : NodeClient {
   std::vector<Call> calls;
   std::function<json(const Call&)> answer = [](const Call&) { return json{{"pid", 4242}}; };
 
+  // What each node runs (job -> generation) and has an operation record of, as its
+  // heartbeats report them: a launch or restore that was answered starts a run, a
+  // SIGKILL ends it.
+  std::map<std::string, std::map<int64_t, int64_t>> runs;
+  std::map<std::string, std::set<int64_t>> ops;
+
   json post(const std::string& node, std::string_view path, const json& body, int) override {
     Call c{node, std::string(path), body};
     std::function<json(const Call&)> a;
@@ -71,7 +83,13 @@ struct FakeNode : NodeClient {
       calls.push_back(c);
       a = answer;
     }
-    return a(c);
+    json out = a(c);
+    std::lock_guard l(mu);
+    if (c.path == "/v1/node/launch" || c.path == "/v1/node/restore")
+      runs[node][body.at("job_id").get<int64_t>()] = body.value("generation", int64_t{0});
+    if (c.path == "/v1/node/signal" && body.value("signal", 0) == SIGKILL)
+      runs[node].erase(body.at("job_id").get<int64_t>());
+    return out;
   }
   std::vector<Call> of(const std::string& path) {
     std::lock_guard l(mu);
@@ -93,11 +111,17 @@ class ControllerTest : public ::testing::Test {
   std::filesystem::path dir;
   FakeNode* node = nullptr;
   std::unique_ptr<Controller> ctld;
+  proto::Config cfg;
+  // The cluster of fsched.conf: one node unless a derived fixture says otherwise.
+  std::string cluster_conf =
+      "NodeName=n1 CPUs=4 RealMemory=8000\n"
+      "PartitionName=debug Nodes=n1 Default=YES\n";
+  std::function<void(proto::Config&)> tune = [](proto::Config&) {};
 
   void SetUp() override {
     char tmpl[] = "/tmp/fsched-ctld-XXXXXX";
     dir = ::mkdtemp(tmpl);
-    auto cfg = proto::parse_config(
+    cfg = proto::parse_config(
         "ControlMachine = head\n"
         "StateSaveLocation = " +
             (dir / "state").string() +
@@ -106,11 +130,9 @@ class ControllerTest : public ::testing::Test {
             (dir / "ckpt").string() +
             "\n"
             "SlurmdSpoolDir = " +
-            (dir / "spool").string() +
-            "\n"
-            "NodeName=n1 CPUs=4 RealMemory=8000\n"
-            "PartitionName=debug Nodes=n1 Default=YES\n",
+            (dir / "spool").string() + "\n" + cluster_conf,
         dir / "fsched.conf");
+    tune(cfg);
     auto fake = std::make_unique<FakeNode>();
     node = fake.get();
     ctld = std::make_unique<Controller>(cfg, std::move(fake));
@@ -128,12 +150,10 @@ class ControllerTest : public ::testing::Test {
     r.body = std::move(body);
     return r;
   }
-  int64_t submit() {
-    return A::submit(*ctld, root({}, {{"script", "#!/bin/sh\nsleep 100\n"},
-                                      {"work_dir", dir.string()},
-                                      {"name", "t"}}))
-        .at("job_id")
-        .get<int64_t>();
+  int64_t submit(json extra = json::object()) {
+    json body = {{"script", "#!/bin/sh\nsleep 100\n"}, {"work_dir", dir.string()}, {"name", "t"}};
+    body.update(extra);
+    return A::submit(*ctld, root({}, body)).at("job_id").get<int64_t>();
   }
   json job(int64_t id) { return A::show(*ctld, root({std::to_string(id)})); }
   json checkpoints(int64_t id) {
@@ -331,6 +351,10 @@ TEST_F(ControllerTest, RequeueStartsTheJobAgainFromScratch) {
   EXPECT_GT(j["start_time"].get<double>(), first_start);
   EXPECT_FALSE(node->of("/v1/node/launch").back().body.contains("restore_dir"))
       << "requeue is not restore";
+  ASSERT_FALSE(j["history"].empty());
+  EXPECT_NE(j["history"][0].get<std::string>().find("Requeued (scontrol requeue) from scratch"),
+            std::string::npos)
+      << j["history"].dump();
 }
 
 // `scontrol checkpoint delete`: the record is Cleared at once, the image removed by a
@@ -411,6 +435,413 @@ TEST_F(LaunchInFlight, CheckpointWaitsForTheLaunchAnswer) {
   release.set_value();
   json c = ck.get();
   EXPECT_EQ(c["status"], "Present") << c.dump();
+}
+
+TEST_F(ControllerTest, LaunchCarriesTheRunsGeneration) {
+  int64_t id = submit();
+  json j = wait_running(id);
+  EXPECT_EQ(j["generation"], 1);
+  auto launches = node->of("/v1/node/launch");
+  ASSERT_EQ(launches.size(), 1u);
+  EXPECT_EQ(launches[0].body["generation"], 1);
+  double issued = launches[0].body["issued"];
+  EXPECT_NEAR(
+      issued,
+      std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count(),
+      10.0);
+}
+
+TEST_F(ControllerTest, RequeueOfAFinishedOrUnknownJobIsRefused) {
+  int64_t id = submit();
+  wait_running(id);
+  A::job_ended(*ctld, root({}, {{"job_id", id}, {"exit_status", 0}, {"name", "n1"}}));
+  ASSERT_EQ(job(id)["state"], "COMPLETED");
+  try {
+    A::requeue(*ctld, root({std::to_string(id)}, json::object()));
+    FAIL() << "a finished job was requeued";
+  } catch (const proto::RpcError& e) {
+    EXPECT_EQ(e.status(), 409);
+    EXPECT_NE(std::string(e.what()).find("already finished (COMPLETED)"), std::string::npos)
+        << e.what();
+  }
+  EXPECT_EQ(job(id)["state"], "COMPLETED");
+  try {
+    A::requeue(*ctld, root({"999"}, json::object()));
+    FAIL() << "an unknown job was requeued";
+  } catch (const proto::RpcError& e) {
+    EXPECT_EQ(e.status(), 404);
+  }
+}
+
+// Node failure (docs/node-failure.md) on two nodes, with SlurmdTimeout = requeue_timeout =
+// BatchStartTimeout = 1 s: the nodes in `alive` heartbeat every 100 ms, reporting the
+// runs and operation records the fake node holds.
+class Recovery : public ControllerTest {
+ protected:
+  std::mutex beat_mu;           // held while beating; rebuild() takes it
+  std::set<std::string> alive;  // guarded by beat_mu
+  std::atomic<bool> stop_beats{false};
+  std::thread beater;
+
+  void SetUp() override {
+    cluster_conf =
+        "NodeName=n1 CPUs=4 RealMemory=8000\n"
+        "NodeName=n2 CPUs=4 RealMemory=8000\n"
+        "PartitionName=debug Nodes=n1,n2 Default=YES\n";
+    tune = [](proto::Config& c) {
+      c.slurmd_timeout = 1;
+      c.requeue_timeout = 1;
+      c.batch_start_timeout = 1;
+      c.kill_wait = 1;
+    };
+    ControllerTest::SetUp();
+    set_alive({"n1"});  // n2 joins once the first job is on n1
+    beater = std::thread([this] {
+      while (!stop_beats) {
+        {
+          std::lock_guard l(beat_mu);
+          for (auto& n : alive) beat_locked(n);
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      }
+    });
+  }
+  void TearDown() override {
+    stop_beats = true;
+    if (beater.joinable()) beater.join();
+    ControllerTest::TearDown();
+  }
+  void set_alive(std::set<std::string> names) {
+    std::lock_guard l(beat_mu);
+    alive = std::move(names);
+  }
+  // One heartbeat of node, as fschedd sends it; the controller's reply.
+  json beat_locked(const std::string& name) {
+    json jobs = json::array(), ops = json::array();
+    {
+      std::lock_guard l(node->mu);
+      for (auto& [id, gen] : node->runs[name])
+        jobs.push_back({{"job_id", id}, {"generation", gen}, {"running", true}});
+      for (auto id : node->ops[name]) ops.push_back({{"job_id", id}, {"kind", "restore"}});
+    }
+    return A::heartbeat(
+        *ctld,
+        root({},
+             {{"name", name}, {"cpus", 4}, {"real_memory", 8000}, {"jobs", jobs}, {"ops", ops}}));
+  }
+  json beat(const std::string& name) {
+    std::lock_guard l(beat_mu);
+    return beat_locked(name);
+  }
+  json node_info(const std::string& name) {
+    json all = A::nodes(*ctld);
+    for (auto& n : all["nodes"])
+      if (n["name"] == name) return n;
+    return nullptr;
+  }
+  // The controller stops, and a new one starts on the same state `pause` later.
+  void rebuild(std::chrono::milliseconds pause, std::set<std::string> then_alive) {
+    std::lock_guard l(beat_mu);
+    ctld.reset();
+    std::this_thread::sleep_for(pause);
+    auto fake = std::make_unique<FakeNode>();
+    node = fake.get();
+    ctld = std::make_unique<Controller>(cfg, std::move(fake));
+    ctld->start();
+    alive = std::move(then_alive);
+  }
+  // A job running on n1 (n2 then up too) that answers dumps and restores.
+  int64_t job_on_n1(json extra = json::object()) {
+    int64_t id = submit(extra);
+    json j = wait_running(id);
+    EXPECT_EQ(j["nodes"], "n1") << j.dump();
+    set_alive({"n1", "n2"});
+    node->answer = [](const FakeNode::Call& c) -> json {
+      if (c.path == "/v1/node/checkpoint") return dumped(c);
+      return json{{"pid", 1}};
+    };
+    EXPECT_TRUE(eventually([&] { return node_info("n2")["state"] == "IDLE"; }));
+    return id;
+  }
+  static bool has(const json& history, const std::string& text) {
+    for (auto& h : history)
+      if (h.get<std::string>().find(text) != std::string::npos) return true;
+    return false;
+  }
+  static double since(std::chrono::steady_clock::time_point t0) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
+};
+
+TEST_F(Recovery, SilentNodeIsNotRespondingThenDownAndItsJobStartsOverElsewhere) {
+  int64_t id = job_on_n1();
+  set_alive({"n2"});
+  auto t0 = std::chrono::steady_clock::now();  // n1's last heartbeat was at most 100 ms before
+  ASSERT_TRUE(eventually([&] { return node_info("n1")["not_responding"] == true; }));
+  EXPECT_GE(since(t0), 0.85);
+  // NOT_RESPONDING: nothing moves yet.
+  json n1 = node_info("n1");
+  EXPECT_NE(n1["state"], "DOWN") << n1.dump();
+  json j = job(id);
+  EXPECT_EQ(j["state"], "RUNNING");
+  EXPECT_EQ(j["nodes"], "n1");
+  ASSERT_TRUE(eventually([&] { return node_info("n1")["state"] == "DOWN"; }));
+  EXPECT_GE(since(t0), 1.85) << "DOWN before SlurmdTimeout + requeue_timeout";
+  n1 = node_info("n1");
+  EXPECT_EQ(n1["reason"], "Not responding");
+  EXPECT_GT(n1["down_time"].get<double>(), 0);
+  EXPECT_FALSE(n1["not_responding"].get<bool>()) << "DOWN replaces the flag";
+  // No checkpoint: it starts over on n2, as a new run.
+  j = wait_job(id, [&](const json& x) {
+    return x["state"] == "RUNNING" && node->of("/v1/node/launch").size() == 2;
+  });
+  EXPECT_EQ(j["nodes"], "n2") << j.dump();
+  EXPECT_EQ(j["restarts"], 1);
+  EXPECT_EQ(j["generation"], 2);
+  auto launches = node->of("/v1/node/launch");
+  EXPECT_EQ(launches.back().node, "n2");
+  EXPECT_EQ(launches.back().body["generation"], 2);
+  EXPECT_TRUE(node->of("/v1/node/restore").empty());
+  EXPECT_TRUE(has(j["history"], "NodeFail: run 1 on n1")) << j["history"].dump();
+  EXPECT_TRUE(has(j["history"], "Requeued=NodeFail n1: no Present checkpoint, from scratch"))
+      << j["history"].dump();
+}
+
+TEST_F(Recovery, DownNodesJobIsRestoredFromTheNewestCheckpointAndTheNodeRejoinsClean) {
+  int64_t id = job_on_n1();
+  std::string sid = std::to_string(id);
+  checkpoint(sid, CheckpointSource::Manual);
+  checkpoint(sid, CheckpointSource::Manual);
+  set_alive({"n2"});
+  json j = wait_job(id, [&](const json& x) {
+    return x["state"] == "RUNNING" && x["restore_from"] == 0 &&
+           !node->of("/v1/node/restore").empty();
+  });
+  ASSERT_EQ(j["state"], "RUNNING") << j.dump();
+  EXPECT_EQ(j["nodes"], "n2");
+  auto restores = node->of("/v1/node/restore");
+  ASSERT_EQ(restores.size(), 1u);
+  EXPECT_EQ(restores[0].node, "n2");
+  EXPECT_EQ(restores[0].body["restore_dir"], checkpoints(id)[1]["location"]);
+  EXPECT_EQ(restores[0].body["generation"], 2);
+  EXPECT_EQ(j["restarts"], 1);
+  EXPECT_TRUE(has(j["history"], "Requeued=NodeFail n1: to be restored from checkpoint 2"))
+      << j["history"].dump();
+  EXPECT_TRUE(has(j["history"], "restored from checkpoint 2 on n2")) << j["history"].dump();
+  // n2 runs the current run: nothing of it is stale.
+  EXPECT_TRUE(beat("n2")["stale"].empty());
+  // n1 comes back, still holding the old run: it rejoins (ReturnToService = 1) and is
+  // told to kill that run.
+  json reply = beat("n1");
+  EXPECT_EQ(reply["lease"], 1);
+  ASSERT_EQ(reply["stale"].size(), 1u) << reply.dump();
+  EXPECT_EQ(reply["stale"][0]["job_id"], id);
+  EXPECT_EQ(reply["stale"][0]["generation"], 1);
+  json n1 = node_info("n1");
+  EXPECT_EQ(n1["state"], "IDLE") << n1.dump();
+  EXPECT_EQ(n1["reason"], "");
+  EXPECT_EQ(job(id)["nodes"], "n2") << "the old run's node does not get the job back";
+}
+
+TEST_F(Recovery, RestoreOfABadImageFallsBackToTheOlderOneThenToAStartFromScratch) {
+  int64_t id = job_on_n1();
+  std::string sid = std::to_string(id);
+  checkpoint(sid, CheckpointSource::Manual);
+  checkpoint(sid, CheckpointSource::Manual);
+  node->answer = [](const FakeNode::Call& c) -> json {
+    if (c.path == "/v1/node/restore")
+      throw proto::RpcError(422, "restore failed: pages.img: xxh3 checksum mismatch",
+                            fsched::FailureClass::kImage);
+    return json{{"pid", 3}};
+  };
+  set_alive({"n2"});
+  json j = wait_job(id, [&](const json& x) {
+    return x["state"] == "RUNNING" && node->of("/v1/node/launch").size() == 2;
+  });
+  ASSERT_EQ(j["state"], "RUNNING") << j.dump();
+  EXPECT_EQ(j["nodes"], "n2");
+  auto restores = node->of("/v1/node/restore");
+  ASSERT_EQ(restores.size(), 2u);
+  json cks = checkpoints(id);
+  EXPECT_EQ(restores[0].body["restore_dir"], cks[1]["location"]);
+  EXPECT_EQ(restores[1].body["restore_dir"], cks[0]["location"]);
+  EXPECT_EQ(cks[0]["status"], "Failed");
+  EXPECT_EQ(cks[1]["status"], "Failed");
+  EXPECT_FALSE(node->of("/v1/node/launch").back().body.contains("restore_dir"));
+  EXPECT_EQ(j["restarts"], 1);
+  EXPECT_EQ(j["generation"], 4) << "launch, two restores, the start from scratch";
+  EXPECT_TRUE(has(j["history"], "falling back to checkpoint 1")) << j["history"].dump();
+  EXPECT_TRUE(has(j["history"], "no Present checkpoint left: from scratch")) << j["history"].dump();
+}
+
+TEST_F(Recovery, NoRequeueJobStaysNodeFail) {
+  int64_t id = job_on_n1({{"requeue", false}});
+  set_alive({"n2"});
+  json j = wait_job(id, [](const json& x) { return x["state"] == "NODE_FAIL"; });
+  ASSERT_EQ(j["state"], "NODE_FAIL") << j.dump();
+  EXPECT_EQ(j["reason"], "NodeFail");
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  EXPECT_EQ(job(id)["state"], "NODE_FAIL");
+  EXPECT_EQ(node->of("/v1/node/launch").size(), 1u);
+}
+
+TEST_F(Recovery, AdminDownKillsTheRunsAndRequeuesAndResumeReturnsTheNode) {
+  int64_t id = job_on_n1();
+  auto update = [&](const std::string& n, json body, uid_t uid = 0) {
+    proto::Request r = root({n}, std::move(body));
+    r.caller.uid = uid;
+    return A::update_node(*ctld, r);
+  };
+  auto status_of = [&](const std::function<void()>& fn) {
+    try {
+      fn();
+    } catch (const proto::RpcError& e) {
+      return e.status();
+    }
+    return 200;
+  };
+  EXPECT_EQ(status_of([&] { update("n1", {{"state", "DOWN"}, {"reason", "x"}}, 1000); }), 403);
+  EXPECT_EQ(status_of([&] { update("n1", {{"state", "DOWN"}}); }), 400) << "DOWN needs a reason";
+  EXPECT_EQ(status_of([&] { update("n1", {{"state", "DRAIN"}, {"reason", "x"}}); }), 400);
+  EXPECT_EQ(status_of([&] { update("n9", {{"state", "DOWN"}, {"reason", "x"}}); }), 404);
+  EXPECT_EQ(status_of([&] { update("n2", {{"state", "RESUME"}}); }), 409) << "n2 is not DOWN";
+  EXPECT_EQ(job(id)["state"], "RUNNING");
+
+  update("n1", {{"state", "DOWN"}, {"reason", "bad fan"}});
+  json n1 = node_info("n1");
+  EXPECT_EQ(n1["state"], "DOWN");
+  EXPECT_EQ(n1["reason"], "bad fan");
+  ASSERT_TRUE(eventually([&] { return !node->of("/v1/node/signal").empty(); }));
+  auto sig = node->of("/v1/node/signal");
+  EXPECT_EQ(sig[0].node, "n1");
+  EXPECT_EQ(sig[0].body["signal"], SIGKILL);
+  // The node has the run killed (its next report lacks it): the job is requeued on n2.
+  json j = wait_job(id, [&](const json& x) {
+    return x["state"] == "RUNNING" && node->of("/v1/node/launch").size() == 2;
+  });
+  EXPECT_EQ(j["nodes"], "n2") << j.dump();
+  EXPECT_EQ(j["restarts"], 1);
+  // n1 heartbeats all along, and stays DOWN until RESUME.
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_EQ(node_info("n1")["state"], "DOWN");
+  update("n1", {{"state", "RESUME"}});
+  n1 = node_info("n1");
+  EXPECT_EQ(n1["state"], "IDLE") << n1.dump();
+  EXPECT_EQ(n1["reason"], "");
+}
+
+// The case: `scontrol requeue` of a job whose node is gone answered 0 and left
+// the job RUNNING. The node's DOWN now ends the run, and the job starts again from
+// scratch (a requeue, not a restore).
+TEST_F(Recovery, RequeueOfAJobOnASilentNodeStartsItAgainFromScratch) {
+  int64_t id = job_on_n1();
+  checkpoint(std::to_string(id), CheckpointSource::Manual);
+  node->answer = [](const FakeNode::Call& c) -> json {
+    if (c.path == "/v1/node/signal" && c.node == "n1")
+      throw fsched::Error("cannot reach n1: connection refused");
+    return json{{"pid", 5}};
+  };
+  set_alive({"n2"});
+  A::requeue(*ctld, root({std::to_string(id)}, json::object()));
+  EXPECT_EQ(job(id)["state"], "RUNNING");
+  json j = wait_job(id, [&](const json& x) {
+    return x["state"] == "RUNNING" && node->of("/v1/node/launch").size() == 2;
+  });
+  EXPECT_EQ(j["nodes"], "n2") << j.dump();
+  EXPECT_EQ(j["restarts"], 1);
+  EXPECT_TRUE(node->of("/v1/node/restore").empty()) << "requeue is not restore";
+  EXPECT_TRUE(has(j["history"], "Requeued (scontrol requeue) from scratch")) << j.dump();
+}
+
+TEST_F(Recovery, LaunchNotConfirmedWithinBatchStartTimeoutIsRetriedElsewhere) {
+  set_alive({"n1", "n2"});
+  ASSERT_TRUE(eventually([&] { return node_info("n2")["state"] == "IDLE"; }));
+  std::promise<void> go;
+  std::shared_future<void> gone = go.get_future().share();
+  node->answer = [gone](const FakeNode::Call& c) -> json {
+    if (c.path == "/v1/node/launch" && c.node == "n1") gone.wait();  // no answer, no record
+    return json{{"pid", 6}};
+  };
+  int64_t id = submit();
+  json j = wait_job(id, [&](const json& x) {
+    return x["state"] == "RUNNING" && x["nodes"] == "n2" && node->of("/v1/node/launch").size() == 2;
+  });
+  EXPECT_EQ(j["nodes"], "n2") << j.dump();
+  EXPECT_EQ(j["generation"], 2);
+  EXPECT_TRUE(has(j["history"], "BatchStartTimeout")) << j["history"].dump();
+  auto launches = node->of("/v1/node/launch");
+  EXPECT_EQ(launches[0].node, "n1");
+  EXPECT_EQ(launches[1].node, "n2");
+  // The late answer of the abandoned launch changes nothing, and its run is stale at n1.
+  go.set_value();
+  ASSERT_TRUE(eventually([&] {
+    std::lock_guard l(node->mu);
+    return node->runs["n1"].count(id) > 0;
+  }));
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  j = job(id);
+  EXPECT_EQ(j["nodes"], "n2");
+  EXPECT_EQ(j["state"], "RUNNING");
+  json reply = beat("n1");
+  ASSERT_EQ(reply["stale"].size(), 1u) << reply.dump();
+  EXPECT_EQ(reply["stale"][0]["generation"], 1);
+}
+
+TEST_F(Recovery, ARestoreTheNodeReportsUnderWayOutlivesBatchStartTimeout) {
+  set_alive({"n1", "n2"});
+  FakeNode* fake = node;
+  node->answer = [fake](const FakeNode::Call& c) -> json {
+    if (c.path == "/v1/node/launch") {
+      int64_t id = c.body["job_id"];
+      {
+        std::lock_guard l(fake->mu);
+        fake->ops[c.node].insert(id);
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(2500));
+      std::lock_guard l(fake->mu);
+      fake->ops[c.node].erase(id);
+    }
+    return json{{"pid", 7}};
+  };
+  int64_t id = submit();
+  json j = wait_job(id, [&](const json& x) {
+    return x["state"] == "RUNNING" && !node->of("/v1/node/launch").empty();
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(3000));
+  j = job(id);
+  EXPECT_EQ(j["state"], "RUNNING") << j.dump();
+  EXPECT_EQ(j["generation"], 1);
+  EXPECT_EQ(node->of("/v1/node/launch").size(), 1u) << "a start under way was given up";
+}
+
+TEST_F(Recovery, RestartedControllerGivesNodesAGracePeriod) {
+  int64_t id = job_on_n1();
+  // The controller is away for longer than SlurmdTimeout, and so are the heartbeats.
+  rebuild(std::chrono::milliseconds(1500), {"n2"});
+  auto t0 = std::chrono::steady_clock::now();
+  std::this_thread::sleep_for(std::chrono::milliseconds(700));
+  json j = job(id);
+  EXPECT_EQ(j["state"], "RUNNING") << "failed during the grace period: " << j.dump();
+  EXPECT_EQ(j["nodes"], "n1");
+  EXPECT_NE(node_info("n1")["state"], "DOWN");
+  ASSERT_TRUE(eventually([&] { return node_info("n1")["state"] == "DOWN"; }));
+  EXPECT_GE(since(t0), 1.8) << "DOWN before SlurmdTimeout + requeue_timeout after the start";
+  j = wait_job(id, [&](const json& x) {
+    return x["state"] == "RUNNING" && x["nodes"] == "n2" && !node->of("/v1/node/launch").empty();
+  });
+  EXPECT_EQ(j["nodes"], "n2") << j.dump();
+  EXPECT_EQ(j["generation"], 2);
+}
+
+TEST_F(Recovery, AdminDownIsKeptAcrossAControllerRestart) {
+  set_alive({"n1", "n2"});
+  A::update_node(*ctld, root({"n2"}, {{"state", "DOWN"}, {"reason", "bad disk"}}));
+  rebuild(std::chrono::milliseconds(0), {"n1", "n2"});
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  json n2 = node_info("n2");
+  EXPECT_EQ(n2["state"], "DOWN") << n2.dump();
+  EXPECT_EQ(n2["reason"], "bad disk");
+  EXPECT_GT(n2["down_time"].get<double>(), 0);
 }
 
 }  // namespace
