@@ -163,7 +163,8 @@ class RpcNodeClient final : public NodeClient {
                       int timeout_s) override {
     const proto::NodeConf* n = cfg_.node(node);
     if (!n) fail("node {} is not in {}", node, cfg_.file.string());
-    return proto::Client(n->addr, n->port, cfg_.munge_socket, timeout_s).call("POST", path, body);
+    return proto::Client(n->addr, n->port, cfg_.munge_socket, timeout_s, cfg_.munge_ttl)
+        .call("POST", path, body);
   }
 
  private:

@@ -204,7 +204,8 @@ fs::path NodeDaemon::job_dir(int64_t id) const {
 }
 
 proto::Client NodeDaemon::controller(int timeout_s) const {
-  return proto::Client(cfg_.control_addr, cfg_.control_port, cfg_.munge_socket, timeout_s);
+  return proto::Client(cfg_.control_addr, cfg_.control_port, cfg_.munge_socket, timeout_s,
+                       cfg_.munge_ttl);
 }
 
 void NodeDaemon::persist(const LocalJob& j) const {
@@ -291,9 +292,10 @@ nlohmann::json NodeDaemon::launch(const proto::Request& r, bool restore) {
       while (cg.populated() && std::chrono::steady_clock::now() < end)
         std::this_thread::sleep_for(std::chrono::milliseconds(20));
       if (cg.populated())
-        throw RpcError(503, fmt::format("job {}: processes of an earlier run are still in {}", id,
-                                        path.string()),
-                       FailureClass::kTransient);
+        throw RpcError(
+            503,
+            fmt::format("job {}: processes of an earlier run are still in {}", id, path.string()),
+            FailureClass::kTransient);
     }
     cgroup = cg.path();
     std::lock_guard l(mu_);
@@ -337,8 +339,7 @@ nlohmann::json NodeDaemon::launch(const proto::Request& r, bool restore) {
 }
 
 OpRecord NodeDaemon::run_op(OpRecord rec, const std::vector<std::string>& argv,
-                            const std::map<std::string, std::string>& env,
-                            const fs::path& cgroup) {
+                            const std::map<std::string, std::string>& env, const fs::path& cgroup) {
   int64_t id = rec.job_id;
   auto give_up = [&](const std::string& why) {
     std::lock_guard l(mu_);
@@ -711,8 +712,8 @@ void NodeDaemon::adopt(const fs::path& spool) {
       jobs_[j.job_id] = j;
       if (!j.ended) {
         try {
-          run_cg_[j.job_id] =
-              RunCgroup{j.generation, Cgroup(jobs_cg_.path() / run_cgroup_name(j.job_id, j.generation))};
+          run_cg_[j.job_id] = RunCgroup{
+              j.generation, Cgroup(jobs_cg_.path() / run_cgroup_name(j.job_id, j.generation))};
         } catch (const std::exception& ex) {
           spdlog::warn("job {}: {}", j.job_id, ex.what());
         }
@@ -786,8 +787,7 @@ void NodeDaemon::start() {
       try {
         Cgroup stray(e.path());
         if (stray.populated())
-          spdlog::warn("{}: processes of a run this node does not know: killed",
-                       e.path().string());
+          spdlog::warn("{}: processes of a run this node does not know: killed", e.path().string());
         stray.kill();
         ending_.push_back(std::move(stray));
       } catch (const std::exception& ex) {
@@ -911,7 +911,6 @@ void NodeDaemon::heartbeat() {
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
   }
 }
-
 
 // ------------------------------------------------------------------ fencing
 
@@ -1060,9 +1059,10 @@ void NodeDaemon::log_lease() {
               std::chrono::duration_cast<std::chrono::system_clock::duration>(ago);
   auto expiry = lease_->expiry();
   if (expiry.time_since_epoch().count() == 0)
-    spdlog::warn("no lease yet (fschedd started): jobs frozen at {:%FT%T} until the controller "
-                 "answers",
-                 fmt::localtime(std::chrono::system_clock::to_time_t(wall)));
+    spdlog::warn(
+        "no lease yet (fschedd started): jobs frozen at {:%FT%T} until the controller "
+        "answers",
+        fmt::localtime(std::chrono::system_clock::to_time_t(wall)));
   else
     spdlog::warn("lease expired at {:%FT%T}: jobs frozen",
                  fmt::localtime(std::chrono::system_clock::to_time_t(

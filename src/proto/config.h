@@ -77,7 +77,6 @@ struct Config {
   std::filesystem::path ctld_log_file, ctld_pid_file = "/run/fschedctld.pid";
   std::filesystem::path slurmd_log_file, slurmd_pid_file = "/run/fschedd.pid";
   std::filesystem::path ckpt_tool;  // FschedCkptPath: the engine CLI, default beside the daemon
-  bool return_to_service = true;    // ReturnToService: a DOWN "Not responding" node rejoins
   std::vector<NodeConf> nodes;
   std::vector<PartitionConf> partitions;
   // "FILE:LINE: Key = value: ..." for every key that is accepted but has no effect
