@@ -47,9 +47,10 @@ fs::path cgroup2_mount(const std::string& mounts) {
     std::string dev, dir, type;
     if (f >> dev >> dir >> type && type == "cgroup2") return dir;
   }
-  throw Error("no cgroup2 file system in /proc/self/mounts: fschedd needs cgroup v2 to fence its "
-              "jobs (mount it, e.g. at /sys/fs/cgroup/unified)",
-              ENOENT);
+  throw Error(
+      "no cgroup2 file system in /proc/self/mounts: fschedd needs cgroup v2 to fence its "
+      "jobs (mount it, e.g. at /sys/fs/cgroup/unified)",
+      ENOENT);
 }
 
 fs::path own_cgroup2(const std::string& text) {

@@ -48,8 +48,8 @@ int write_freeze(const char* file, char v) {
 static_assert(std::is_same_v<Lease::Clock, std::chrono::steady_clock>);
 
 Lease::Lease(std::filesystem::path freeze_file) : freeze_file_(freeze_file.string()) {
-  void* p = ::mmap(nullptr, sizeof(Shared), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
-                   -1, 0);
+  void* p =
+      ::mmap(nullptr, sizeof(Shared), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED) fail_errno("mmap of the lease page");
   shared_ = new (p) Shared{};
   shared_->expiry_ns = 0;
@@ -75,7 +75,8 @@ void Lease::guard_main(Shared* s, const char* freeze_file, pid_t parent) {
   // it ends with fschedd.
   struct sigaction ign {};
   ign.sa_handler = SIG_IGN;
-  for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGPIPE, SIGUSR1, SIGUSR2}) ::sigaction(sig, &ign, nullptr);
+  for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGPIPE, SIGUSR1, SIGUSR2})
+    ::sigaction(sig, &ign, nullptr);
   sigset_t none;
   sigemptyset(&none);
   ::sigprocmask(SIG_SETMASK, &none, nullptr);

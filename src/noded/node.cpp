@@ -284,19 +284,20 @@ nlohmann::json NodeDaemon::launch(const proto::Request& r, bool restore) {
       for (auto& e : ending_)
         if (e.path() == path) e.release();
     }
-    Cgroup cg(path);
-    // Processes in it: the ended run's, still dying, or a run this fschedd lost track of.
-    if (cg.populated()) {
-      cg.kill();
-      auto end = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-      while (cg.populated() && std::chrono::steady_clock::now() < end)
-        std::this_thread::sleep_for(std::chrono::milliseconds(20));
-      if (cg.populated())
+    std::error_code ec;
+    if (fs::exists(path, ec)) {
+      // Processes in it: the ended run's, still dying, or a run this fschedd lost track
+      // of. The directory is removed and made anew: a process entering a cgroup just
+      // after its cgroup.kill can still be killed by it (seen on 6.18).
+      Cgroup old(path);
+      if (old.populated()) old.kill();
+      if (!old.kill_and_remove(std::chrono::seconds(5)))
         throw RpcError(
             503,
             fmt::format("job {}: processes of an earlier run are still in {}", id, path.string()),
             FailureClass::kTransient);
     }
+    Cgroup cg(path);
     cgroup = cg.path();
     std::lock_guard l(mu_);
     run_cg_[id] = RunCgroup{q.generation, std::move(cg)};

@@ -41,8 +41,8 @@ struct LocalJob {
                           // told: its end is not a job end (the op record says so after a restart)
   bool ended = false;     // ended, report not yet acknowledged
   int exit_status = 0;
-  bool lost = false;  // found dead with no exit status when fschedd started:
-                      // the node went down (or the init was killed) meanwhile
+  bool lost = false;       // found dead with no exit status when fschedd started:
+                           // the node went down (or the init was killed) meanwhile
   int64_t generation = 0;  // the run's generation (LaunchRequest.generation)
 };
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(LocalJob, job_id, pid, start_ticks, node, ended,
@@ -131,7 +131,7 @@ class NodeDaemon {
   // Ends the cgroup of job id's run, if it has one (mu_ held): cgroup.kill now, the
   // directory removed by the watcher once empty.
   void end_run_cgroup(int64_t id);
-  void remove_ended_cgroups();  // the watcher's part of end_run_cgroup
+  void remove_ended_cgroups();                          // the watcher's part of end_run_cgroup
   void remember_stale(int64_t id, int64_t generation);  // mu_ held
   void log_lease();  // heartbeat thread: logs when the guard froze the jobs
   std::string ckpt_tool() const;

@@ -61,7 +61,7 @@ struct OpRecord {
   std::string failure;
   uint64_t size = 0;  // image bytes (checkpoint/vacate)
   double freeze_ms = 0, dump_ms = 0;
-  pid_t pid = 0;  // launch/restore: the job's init
+  pid_t pid = 0;           // launch/restore: the job's init
   int64_t generation = 0;  // launch/restore: the run's generation (its cgroup's name)
 
   bool is_dump() const { return kind == OpKind::Checkpoint || kind == OpKind::Vacate; }

@@ -82,7 +82,8 @@ std::string unique_name(const char* what) { return fmt::format("{}-{}", what, ::
 struct JobsCgroup {
   Cgroup cg;
   fs::path top;
-  explicit JobsCgroup(const std::string& node) : cg(make_jobs_cgroup(node)), top(cg.path().parent_path()) {}
+  explicit JobsCgroup(const std::string& node)
+      : cg(make_jobs_cgroup(node)), top(cg.path().parent_path()) {}
   ~JobsCgroup() {
     cg.release();
     rm_cgroup_tree(top);
@@ -117,8 +118,10 @@ TEST(Cgroup, ChildStartsInsideFreezesAndIsKilledWithTheCgroup) {
     Cgroup run(run_path);
     pid_t pid = sleeper_in(run);
     // In the cgroup from its first instruction: /proc/PID/cgroup names it.
-    std::string rel = "/" + fs::relative(run_path, cgroup2_mount(slurp("/proc/self/mounts"))).string();
-    EXPECT_NE(slurp(fmt::format("/proc/{}/cgroup", pid)).find("0::" + rel + "\n"), std::string::npos)
+    std::string rel =
+        "/" + fs::relative(run_path, cgroup2_mount(slurp("/proc/self/mounts"))).string();
+    EXPECT_NE(slurp(fmt::format("/proc/{}/cgroup", pid)).find("0::" + rel + "\n"),
+              std::string::npos)
         << slurp(fmt::format("/proc/{}/cgroup", pid));
     EXPECT_EQ(run.procs(), std::vector<pid_t>{pid});
     EXPECT_TRUE(run.populated());
