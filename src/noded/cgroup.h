@@ -42,7 +42,7 @@ class Cgroup {
 
   explicit operator bool() const { return !path_.empty(); }
   const std::filesystem::path& path() const { return path_; }
-  // An O_DIRECTORY fd of the cgroup, for clone3(CLONE_INTO_CGROUP).
+  // An O_DIRECTORY fd of the cgroup, for moving a child into it (spawn.h).
   int fd() const { return dir_.get(); }
 
   // Moves pid (0: the calling process) into this cgroup. Throws fsched::Error.

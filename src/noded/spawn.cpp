@@ -114,12 +114,21 @@ pid_t spawn_in_cgroup(const std::vector<std::string>& argv,
       throw Error("cannot start " + argv.at(0) + ": dup", e);
     }
   const char* path = argv.at(0).c_str();
+  // The child moves itself into the cgroup (cgroup.procs) before it runs anything,
+  // rather than being created there with CLONE_INTO_CGROUP: on 6.18 a child cloned into
+  // a cgroup whose cgroup.kill count differs from its parent's (fschedd's cgroup was
+  // killed once — a node crash — and the run's cgroup is new) is killed at birth.
   clone_args ca{};
-  ca.flags = CLONE_INTO_CGROUP;
   ca.exit_signal = SIGCHLD;
-  ca.cgroup = static_cast<uint64_t>(cgroup_fd);
   long pid = ::syscall(SYS_clone3, &ca, sizeof ca);
   if (pid == 0) {
+    int procs = ::openat(cgroup_fd, "cgroup.procs", O_WRONLY | O_CLOEXEC);
+    if (procs < 0 || ::write(procs, "0", 1) != 1) {
+      int e = errno;
+      (void)!::write(fds[3], &e, sizeof e);
+      ::_exit(127);
+    }
+    ::close(procs);
     sigset_t none;
     sigemptyset(&none);
     struct sigaction dfl {};

@@ -27,8 +27,8 @@ pid_t spawn_clean(const std::vector<std::string>& argv,
                   const std::map<std::string, std::string>& env,
                   const posix_spawn_file_actions_t* fa);
 
-// Like spawn_clean, but the child is created inside the cgroup whose directory fd is
-// cgroup_fd (clone3 CLONE_INTO_CGROUP), so that it is there before it executes
+// Like spawn_clean, but the child moves itself into the cgroup whose directory fd is
+// cgroup_fd (its cgroup.procs, between clone and exec), so that it is there before it executes
 // anything and everything it starts is there too. stdio: the fds that become the
 // child's 0, 1 and 2; every other fd is closed. Throws fsched::Error when the clone
 // or the exec fails (the exec's errno comes back through a pipe).

@@ -42,6 +42,21 @@ CTLD_PORT, NODE_PORT = 6817, 6818  # Slurm's: every host has its own address, no
 _serial = itertools.count(1)
 _libc = ctypes.CDLL(None, use_errno=True)
 CLONE_NEWNET = 0x40000000
+CLONE_NEWNS = 0x00020000
+MS_BIND, MS_REC, MS_PRIVATE = 0x1000, 0x4000, 0x40000
+
+
+def private_mount(source: Path, target: Path):
+    """Gives the calling process a mount namespace of its own in which `source` is
+    mounted on `target` (nothing else changes: the rest of the file system stays shared
+    with the host, mount events no longer propagate either way)."""
+    for call, args in (("unshare", (CLONE_NEWNS,)),
+                       ("mount", (None, b"/", None, MS_REC | MS_PRIVATE, None)),
+                       ("mount", (str(source).encode(), str(target).encode(), None,
+                                  MS_BIND, None))):
+        if getattr(_libc, call)(*args) != 0:
+            e = ctypes.get_errno()
+            raise OSError(e, f"{call}{args}: {os.strerror(e)}")
 
 
 def setns_net(path: Path):
@@ -202,6 +217,8 @@ class NetCluster(Cluster):
         self.node_lines = [f"NodeName={n} NodeAddr={self.addr(n)} Port={NODE_PORT} CPUs={cpus} RealMemory=8000"
                            for n in self.node_ports] + self.node_lines[-1:]
         self.write_conf(self.conf_path)
+        self.spool = root / "spool"  # empty on the host: each node mounts its own there
+        self.spool.mkdir(exist_ok=True)
         # Each node its own fsched.conf, as each host has its /etc/fsched: the same but
         # for the files a node keeps locally (its spool).
         self.host_env = {"ctld": self.env}
@@ -209,7 +226,11 @@ class NetCluster(Cluster):
             d = root / "hosts" / n
             d.mkdir(parents=True)
             os.chmod(d.parent, 0o755)
-            self.write_conf(d / "fsched.conf", SlurmdSpoolDir=d / "spool", SlurmdPidFile=d / "fschedd.pid")
+            (d / "spool").mkdir()
+            # A spool directory of its own at the same path on every node, as nodes have
+            # their local disks: a restored job's init writes its status where it was
+            # told at launch, on whichever node it now runs (see _spawn).
+            self.write_conf(d / "fsched.conf", SlurmdSpoolDir=self.spool, SlurmdPidFile=d / "fschedd.pid")
             self.host_env[n] = dict(self.env, FSCHED_CONF=str(d / "fsched.conf"))
 
     # -------------------------------------------------------------- names
@@ -308,10 +329,14 @@ class NetCluster(Cluster):
         procs = self.cgroup(host) / "cgroup.procs"
         netns = NETNS_DIR / self.netns(host)
 
+        spool = self.root / "hosts" / host / "spool"
+
         def enter():
             with open(procs, "w") as f:
                 f.write("0")  # 0: the writing process
             setns_net(netns)
+            if host != "ctld":
+                private_mount(spool, self.spool)
         return subprocess.Popen(argv, preexec_fn=enter, **kw)
 
     def _daemon(self, argv: list[str], log: str, host: str) -> subprocess.Popen:
