@@ -302,7 +302,8 @@ def test_timed_out_image_removed(e2e, build_dir, test_user):
     c = Cluster(build_dir, e2e.jobs_dir.parent / "cluster-faults-timeout", CheckpointTimeout=1).start()
     try:
         d = workdir(e2e, build_dir, "timeout", test_user)
-        (d / "job.sh").write_text(JOB_SH.replace(f"memhog {MEM_MIB}", "memhog 1024"))
+        # 3 GiB of random pages: a dump of 1 GiB sometimes finished within the 1 s.
+        (d / "job.sh").write_text(JOB_SH.replace(f"memhog {MEM_MIB}", "memhog 3072"))
         jid = c.sbatch("job.sh", user=test_user, cwd=d)
         c.wait_for(lambda: (d / f"slurm-{jid}.out").exists() and b"ready" in out_of(d, jid), 60, "ready")
         r = c.cmd("scontrol", "checkpoint", "create", jid, check=False)
