@@ -436,6 +436,11 @@ std::string show_job(const json& job) {
                     str(*last, "status", "Unknown")));
   else
     add("LastCheckpoint=NONE LastCheckpointTime=N/A LastCheckpointStatus=N/A");
+  // What happened to the job's runs (requeues, node failures, restores), oldest first:
+  // the controller keeps the last few, each "TIME what".
+  if (const json* h = field(job, "history"); h && h->is_array())
+    for (const json& e : *h)
+      if (e.is_string()) add("Event=" + e.get<std::string>());
   return out + "\n";
 }
 

@@ -287,6 +287,21 @@ TEST_F(Utc, ShowJobWithoutCheckpointsPendingHeld) {
   EXPECT_TRUE(has_line(t, "   Checkpoint=NONE CheckpointDir=/var/lib/fsched/checkpoint/12")) << t;
   EXPECT_TRUE(has_line(t, "   LastCheckpoint=NONE LastCheckpointTime=N/A LastCheckpointStatus=N/A"))
       << t;
+  EXPECT_EQ(t.find("Event="), std::string::npos) << t;  // no history, no line
+}
+
+TEST_F(Utc, ShowJobHistory) {
+  json j = doc_job();
+  j["history"] = {"2025-11-21T04:50:00 run 1 on node1 ends NODE_FAIL: node node1 DOWN",
+                  "2025-11-21T04:50:00 restored from checkpoint 3 on node2"};
+  std::string t = cmds::show_job(j);
+  auto l = lines(t);
+  ASSERT_GE(l.size(), 3u);  // the last is the blank line between jobs
+  EXPECT_EQ(l[l.size() - 3],
+            "   Event=2025-11-21T04:50:00 run 1 on node1 ends NODE_FAIL: node node1 DOWN")
+      << t;
+  EXPECT_EQ(l[l.size() - 2], "   Event=2025-11-21T04:50:00 restored from checkpoint 3 on node2")
+      << t;
 }
 
 TEST_F(Utc, ShowNode) {
