@@ -7,9 +7,9 @@ Each trial, on a two-node cluster of separate hosts (tests/e2e/netcluster.py): a
 holding --mib MiB of incompressible memory (tests/e2e/nodefail.py's PROG_PY) is
 submitted with periodic checkpoints; once one checkpoint is Present and the job has run
 on, its node is crashed (cgroup.kill of the node: fschedd and the job at once). Then,
-the parts from the controller log's millisecond stamps (its list replies can wait for a
-restore it is running, so sampled squeue states see DOWN and the move at once) and
-the end from the job's own trace file:
+the parts from the controller log's millisecond stamps (squeue/sinfo samples, a second
+or so apart under load, can see DOWN and the move in one sample) and the end from the
+job's own trace file:
 
   detection   the node's last heartbeat (T) -> the controller sets it DOWN
               (SlurmdTimeout + requeue_timeout, by design)
@@ -90,8 +90,8 @@ def trial(c: NetCluster, work: Path, user: str, k: int, mib: int, interval: floa
         w.wait(running_on(jid, not_on=victim), 300, f"job {jid} RUNNING on the other node")
         c.wait_for(lambda: len(host_runs(trace_hosts(d))) >= 2, 300, "the job to write from the other node")
         t_writes = time.time()
-    # The controller's own instants: its list replies may wait for the restore it runs,
-    # so the samples see DOWN and the move together, after the restore.
+    # The controller's own instants: the samples, a second or so apart under load, can
+    # see DOWN and the move together, after the restore.
     log = c.log()
     l_down = log_instant(log, rf"node {victim}: DOWN")
     l_sent = log_instant(log, rf"job {jid}: restoring from checkpoint")
