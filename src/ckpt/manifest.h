@@ -176,7 +176,10 @@ struct Process {
   std::vector<ItimerVal> itimers;
   std::vector<std::string> shared_pending_hex;  // process-wide pending siginfo_t, hex
   std::vector<Thread> threads;                  // threads[0] is the thread-group leader
-  // Process-control attributes (procattr.h).
+  // Process-control attributes (procattr.h). `procattr` says they were recorded: images
+  // of engines before them restore without touching them (their defaults are not what
+  // the kernel gives a new process, e.g. utilization clamps).
+  bool procattr = false;
   bool child_subreaper = false;  // PR_SET_CHILD_SUBREAPER
   int thp_disable = 0;           // PR_GET_THP_DISABLE's value
   std::uint64_t membarrier = 0;  // membarrier(2) registrations (MEMBARRIER_CMD_REGISTER_* bits)
@@ -288,8 +291,8 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(
     Process, pid, ppid, pgid, sid, exit_signal, zombie, exit_status, exe, exe_file, cwd, cwd_file,
     umask, personality, dumpable, uids, gids, groups, start_code, end_code, start_data, end_data,
     start_brk, brk, start_stack, arg_start, arg_end, env_start, env_end, auxv_hex, vmas, fds,
-    sigactions, rlimits, itimers, shared_pending_hex, threads, child_subreaper, thp_disable,
-    membarrier, oom_score_adj)
+    sigactions, rlimits, itimers, shared_pending_hex, threads, procattr, child_subreaper,
+    thp_disable, membarrier, oom_score_adj)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Pipe, ino, capacity, bytes, path)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(ShmObject, key, path, mode, uid, gid, size, runs)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(DeletedFile, key, path, mode, uid, gid, size, runs)

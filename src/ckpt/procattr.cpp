@@ -166,10 +166,12 @@ void dump_process_ctl(DumpProcess& p) {
                      who, m);
   r.membarrier = static_cast<std::uint64_t>(m);
   r.oom_score_adj = read_oom_score_adj(p.host_pid);
+  r.procattr = true;
 }
 
 void restore_process_ctl(RestoreProcess& p, const InjectionArea& area) {
   const Process& r = *p.rec;
+  if (!r.procattr) return;  // an image of an engine that did not record them
   std::string who = fmt::format("process {}", r.pid);
   Injector& leader = p.leader();
   if (r.oom_score_adj < -1000 || r.oom_score_adj > 1000)

@@ -34,7 +34,8 @@ void dump_thread_attrs(pid_t pid, pid_t tid, Injector& inj, std::uint64_t scratc
 // registrations it cannot restore or cannot read (kernel < 6.3).
 void dump_process_ctl(DumpProcess& p);
 
-// Restore, after the credentials are set (a change of credentials clears the
+// Restore (nothing for an image that did not record them: Process::procattr), after
+// the credentials are set (a change of credentials clears the
 // parent-death signal, prctl(2)): scheduling attributes (sched_setattr(2) on the host
 // TID, by the restorer, which is root), oom_score_adj (written by the restorer),
 // subreaper, THP disable, membarrier registrations, each thread's timer slack and
