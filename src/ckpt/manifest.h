@@ -121,6 +121,7 @@ struct SchedAttr {
   unsigned priority = 0;    // SCHED_FIFO/SCHED_RR
   std::uint64_t runtime = 0, deadline = 0, period = 0;  // SCHED_DEADLINE, ns
   unsigned util_min = 0, util_max = 1024;               // utilization clamps
+  bool operator==(const SchedAttr&) const = default;
 };
 
 struct Thread {

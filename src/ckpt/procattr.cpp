@@ -65,12 +65,6 @@ SchedAttr to_record(const sched_attr& a) {
   return s;
 }
 
-bool same(const SchedAttr& a, const SchedAttr& b) {
-  return a.policy == b.policy && a.flags == b.flags && a.nice == b.nice &&
-         a.priority == b.priority && a.runtime == b.runtime && a.deadline == b.deadline &&
-         a.period == b.period && a.util_min == b.util_min && a.util_max == b.util_max;
-}
-
 std::string describe(const SchedAttr& s) {
   return fmt::format("policy {} flags {:#x} nice {} priority {} util {}-{}", s.policy, s.flags,
                      s.nice, s.priority, s.util_min, s.util_max);
@@ -78,7 +72,7 @@ std::string describe(const SchedAttr& s) {
 
 void set_sched(pid_t tid, const SchedAttr& s, const std::string& who) {
   SchedAttr cur = to_record(get_sched(tid));
-  if (same(cur, s)) return;
+  if (cur == s) return;
   // A policy outside the fair class (SCHED_IDLE, the real-time ones, SCHED_DEADLINE) keeps
   // the nice value the thread had, which returns with SCHED_OTHER: set that first.
   if (s.policy != SCHED_OTHER && s.policy != SCHED_BATCH && cur.nice != s.nice) {
@@ -108,7 +102,7 @@ void set_sched(pid_t tid, const SchedAttr& s, const std::string& who) {
   if (::syscall(SYS_sched_setattr, tid, &a, 0) < 0)
     fail_errno("{}: sched_setattr({})", who, describe(s));
   SchedAttr now = to_record(get_sched(tid));
-  if (!same(now, s))
+  if (now != s)
     fail("{}: scheduling set to {}, the kernel kept {}", who, describe(s), describe(now));
 }
 

@@ -44,6 +44,23 @@ struct Pipe {
   }
 };
 
+// The argv and envp arrays of execve(2)/posix_spawn(3), built before any fork (a child
+// of a multi-threaded process may only make system calls): the "KEY=VALUE" strings and
+// the null-terminated pointer arrays into them and into `argv`, which must outlive this.
+struct ExecVectors {
+  std::vector<std::string> env_strings;
+  std::vector<char*> argv, envp;
+  ExecVectors(const std::vector<std::string>& args, const std::map<std::string, std::string>& env) {
+    for (auto& [k, v] : env) env_strings.push_back(k + "=" + v);
+    for (auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    for (auto& e : env_strings) envp.push_back(e.data());
+    envp.push_back(nullptr);
+  }
+  ExecVectors(const ExecVectors&) = delete;  // envp points into env_strings
+  ExecVectors& operator=(const ExecVectors&) = delete;
+};
+
 // Reads what is there without blocking; returns false at end of file.
 bool drain(int fd, std::string& into) {
   char buf[8192];
@@ -75,15 +92,9 @@ pid_t spawn_clean(const std::vector<std::string>& argv,
   // service manager stopping fschedd) do not reach it.
   posix_spawnattr_setflags(&at,
                            POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSID);
-  std::vector<std::string> envs;
-  for (auto& [k, v] : env) envs.push_back(k + "=" + v);
-  std::vector<char*> cargv, cenv;
-  for (auto& a : argv) cargv.push_back(const_cast<char*>(a.c_str()));
-  cargv.push_back(nullptr);
-  for (auto& e : envs) cenv.push_back(e.data());
-  cenv.push_back(nullptr);
+  const ExecVectors ev(argv, env);
   pid_t pid = 0;
-  int rc = ::posix_spawn(&pid, argv.at(0).c_str(), fa, &at, cargv.data(), cenv.data());
+  int rc = ::posix_spawn(&pid, argv.at(0).c_str(), fa, &at, ev.argv.data(), ev.envp.data());
   posix_spawnattr_destroy(&at);
   if (rc != 0) throw Error("cannot start " + argv[0], rc);
   return pid;
@@ -94,13 +105,7 @@ pid_t spawn_in_cgroup(const std::vector<std::string>& argv,
                       int cgroup_fd) {
   // Everything the child touches is built before the clone: it may be the child of a
   // multi-threaded process, where it may only make system calls.
-  std::vector<std::string> envs;
-  for (auto& [k, v] : env) envs.push_back(k + "=" + v);
-  std::vector<char*> cargv, cenv;
-  for (auto& a : argv) cargv.push_back(const_cast<char*>(a.c_str()));
-  cargv.push_back(nullptr);
-  for (auto& e : envs) cenv.push_back(e.data());
-  cenv.push_back(nullptr);
+  const ExecVectors ev(argv, env);
   Pipe report;  // the exec's errno, if it fails; closed by a successful exec
   // Above the stdio numbers, so that the dup2s below cannot overwrite them.
   int fds[4] = {-1, -1, -1, -1};
@@ -144,7 +149,7 @@ pid_t spawn_in_cgroup(const std::vector<std::string>& argv,
     if (rep == 3) ::fcntl(3, F_SETFD, FD_CLOEXEC);
     ::syscall(SYS_close_range, rep == 3 ? 4U : 3U, ~0U, 0U);
     if (rc == 0) {
-      ::execve(path, cargv.data(), cenv.data());
+      ::execve(path, ev.argv.data(), ev.envp.data());
       rc = errno;
     }
     (void)!::write(rep, &rc, sizeof rc);
