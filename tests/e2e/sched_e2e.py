@@ -33,6 +33,26 @@ def start_munge():
     subprocess.run([str(REPO / "scripts/start-munge.sh")], check=True, timeout=60)
 
 
+def live_procs_in(d: Path, comm: str | None = None) -> list[int]:
+    """Live (not zombie) processes whose cwd is d, only those named `comm` if given."""
+    found = []
+    for e in os.scandir("/proc"):
+        if not e.name.isdigit():
+            continue
+        try:
+            if comm is not None and Path(f"/proc/{e.name}/comm").read_text().strip() != comm:
+                continue
+            if os.readlink(f"/proc/{e.name}/cwd") != str(d):
+                continue
+            st = Path(f"/proc/{e.name}/stat").read_text()
+            if st[st.rfind(")") + 2] in "ZX":
+                continue
+            found.append(int(e.name))
+        except OSError:
+            pass
+    return found
+
+
 class Cluster:
     """fschedctld plus `nodes` fschedd daemons; state, spool and checkpoints under `root`."""
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from ckpt_e2e import E2E
-from sched_e2e import Cluster
+from sched_e2e import Cluster, live_procs_in
 
 MEM_MIB, SECONDS = 256, 6  # memhog's steps are counted, not timed: frozen time does not count
 
@@ -46,22 +46,7 @@ def workdir(e2e: E2E, build: Path, name: str, user: str) -> Path:
 
 def memhogs(d: Path) -> list[int]:
     """Live memhog processes of the job in d (by their cwd)."""
-    found = []
-    for e in os.scandir("/proc"):
-        if not e.name.isdigit():
-            continue
-        try:
-            if Path(f"/proc/{e.name}/comm").read_text().strip() != "memhog":
-                continue
-            if os.readlink(f"/proc/{e.name}/cwd") != str(d):
-                continue
-            st = Path(f"/proc/{e.name}/stat").read_text()
-            if st[st.rfind(")") + 2] in "ZX":
-                continue
-            found.append(int(e.name))
-        except OSError:
-            pass
-    return found
+    return live_procs_in(d, "memhog")
 
 
 class Watch:

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from ckpt_e2e import E2E
-from sched_e2e import Cluster
+from sched_e2e import Cluster, live_procs_in
 
 TICKS, DELAY = 40, 0.25
 SLURMD_TIMEOUT = 4
@@ -58,20 +58,7 @@ def cgroup_of(pid: int) -> Path:
 
 def procs_in(d: Path) -> list[int]:
     """Live processes whose cwd is d (the job's shell and what it started)."""
-    found = []
-    for e in os.scandir("/proc"):
-        if not e.name.isdigit():
-            continue
-        try:
-            if os.readlink(f"/proc/{e.name}/cwd") != str(d):
-                continue
-            st = Path(f"/proc/{e.name}/stat").read_text()
-            if st[st.rfind(")") + 2] in "ZX":
-                continue
-            found.append(int(e.name))
-        except OSError:
-            pass
-    return found
+    return live_procs_in(d)
 
 
 def comm(pid: int) -> str:
