@@ -431,9 +431,15 @@ nlohmann::json Controller::node_job_ended(const proto::Request& r) {
   Job& j = it->second;
   // A report about a run that is already over (a repeated report, one from a node the
   // job has since left, or of an older generation) changes nothing.
-  if (j.state != JobState::Running || j.nodes != node || launching_.count(id) ||
-      (gen != 0 && gen != j.generation))
+  if (j.state != JobState::Running || j.nodes != node || (gen != 0 && gen != j.generation))
     return json::object();
+  // A run that ended before its start's answer was read (a job that exits at once):
+  // fschedd keeps an unaccepted report in its spool and sends it again, so the end is
+  // settled once the start is, not dropped.
+  if (launching_.count(id))
+    throw RpcError(409, fmt::format("job {}: its start on {} is not confirmed yet; report its end "
+                                    "again",
+                                    id, node));
   if (auto nit = nodes_.find(node);
       nit != nodes_.end() && nit->second.down && (lost || code != 0)) {
     // Killed because its node was set DOWN: a node failure, recovered as such.
