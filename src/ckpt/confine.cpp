@@ -66,9 +66,10 @@ void dump_confinement(pid_t tid, Injector& inj, Thread& t) {
   c.securebits = static_cast<unsigned>(inj.call_ok(
       fmt::format("thread {}: prctl(PR_GET_SECUREBITS)", tid), SYS_prctl, PR_GET_SECUREBITS));
   c.filters.clear();
-  if (c.seccomp_mode == SECCOMP_MODE_DISABLED) return;
+  // Strict mode has nothing more to read: only read, write, _exit and sigreturn.
+  if (c.seccomp_mode == SECCOMP_MODE_DISABLED || c.seccomp_mode == SECCOMP_MODE_STRICT) return;
   if (c.seccomp_mode != SECCOMP_MODE_FILTER)
-    fail_unsupported("thread {}: seccomp strict mode is not supported (only filters)", tid);
+    fail_unsupported("thread {}: seccomp mode {} is not supported", tid, c.seccomp_mode);
   // Index 0 is the newest filter; the image keeps them oldest first, in install order.
   for (unsigned long i = 0;; ++i) {
     long n = ::ptrace(PTRACE_SECCOMP_GET_FILTER, tid, reinterpret_cast<void*>(i), nullptr);
@@ -115,6 +116,10 @@ void confine_before_ids(Injector& inj, pid_t host_tid, const InjectionArea& area
       inj.call_ok(fmt::format("{}: seccomp(SECCOMP_SET_MODE_FILTER) of filter {}", who, i),
                   SYS_seccomp, SECCOMP_SET_MODE_FILTER, flags, area.data());
     }
+  } else if (c.seccomp_mode == SECCOMP_MODE_STRICT) {
+    // The restorer's own injected syscalls still pass: the tasks are traced with
+    // PTRACE_O_SUSPEND_SECCOMP, which suspends strict mode as it does filters.
+    inj.call_ok(who + ": seccomp(SECCOMP_SET_MODE_STRICT)", SYS_seccomp, SECCOMP_SET_MODE_STRICT, 0, 0);
   } else if (c.seccomp_mode != SECCOMP_MODE_DISABLED) {
     fail_image("image: {}: seccomp mode {} is not supported", who, c.seccomp_mode);
   }

@@ -157,6 +157,9 @@ struct Process {
   int exit_signal = 17;                      // signal sent to the parent on exit
   bool zombie = false;                       // exited, not yet reaped by its parent
   int exit_status = 0;                       // for a zombie: wait status (waitpid(2) form)
+  // The signal of a job-control stop (SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU) the process
+  // was in at dump time; 0: running. Restored as a stop again (pstree.h).
+  int stop_signal = 0;
   std::string exe;
   FileId exe_file;
   std::string cwd;
@@ -289,11 +292,11 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Rlimit, resource, cur, max)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(ItimerVal, which, interval_sec, interval_usec,
                                                 value_sec, value_usec)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(
-    Process, pid, ppid, pgid, sid, exit_signal, zombie, exit_status, exe, exe_file, cwd, cwd_file,
-    umask, personality, dumpable, uids, gids, groups, start_code, end_code, start_data, end_data,
-    start_brk, brk, start_stack, arg_start, arg_end, env_start, env_end, auxv_hex, vmas, fds,
-    sigactions, rlimits, itimers, shared_pending_hex, threads, procattr, child_subreaper,
-    thp_disable, membarrier, oom_score_adj)
+    Process, pid, ppid, pgid, sid, exit_signal, zombie, exit_status, stop_signal, exe, exe_file,
+    cwd, cwd_file, umask, personality, dumpable, uids, gids, groups, start_code, end_code,
+    start_data, end_data, start_brk, brk, start_stack, arg_start, arg_end, env_start, env_end,
+    auxv_hex, vmas, fds, sigactions, rlimits, itimers, shared_pending_hex, threads, procattr,
+    child_subreaper, thp_disable, membarrier, oom_score_adj)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Pipe, ino, capacity, bytes, path)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(ShmObject, key, path, mode, uid, gid, size, runs)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(DeletedFile, key, path, mode, uid, gid, size, runs)

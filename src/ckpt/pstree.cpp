@@ -63,7 +63,10 @@ static bool task_exists(pid_t pid, pid_t tid) {
 // until its (already frozen) child has called exec.
 static constexpr auto kFreezeWait = std::chrono::seconds(2);
 
-static std::set<pid_t> wait_frozen(const std::vector<pid_t>& tids) {
+// A task already in a job-control stop reports it as its PTRACE_EVENT_STOP with the
+// stop signal (a PTRACE_INTERRUPT trap says SIGTRAP, ptrace(2) "group-stop"): that
+// signal is put in `stopped`.
+static std::set<pid_t> wait_frozen(const std::vector<pid_t>& tids, std::map<pid_t, int>& stopped) {
   std::set<pid_t> pending(tids.begin(), tids.end()), exited;
   auto deadline = std::chrono::steady_clock::now() + kFreezeWait;
   while (!pending.empty()) {
@@ -83,6 +86,8 @@ static std::set<pid_t> wait_frozen(const std::vector<pid_t>& tids) {
       }
       int event = st >> 16, sig = WSTOPSIG(st);
       if (event == PTRACE_EVENT_STOP) {
+        if (sig == SIGSTOP || sig == SIGTSTP || sig == SIGTTIN || sig == SIGTTOU)
+          stopped[*it] = sig;
         it = pending.erase(it);
       } else if (event == 0 && sig != (SIGTRAP | 0x80)) {
         if (::ptrace(PTRACE_CONT, *it, nullptr, reinterpret_cast<void*>(uintptr_t(sig))) < 0)
@@ -106,7 +111,8 @@ static std::set<pid_t> wait_frozen(const std::vector<pid_t>& tids) {
 FrozenTree::FrozenTree(pid_t root) : root_(root) {
   std::set<pid_t> seized;
   std::set<pid_t> known;
-  std::vector<pid_t> order;  // processes, breadth first
+  std::map<pid_t, int> stopped;  // task -> the job-control stop it was found in
+  std::vector<pid_t> order;      // processes, breadth first
   order.push_back(root);
   known.insert(root);
   // Tasks are recorded before waiting so that the destructor detaches them on error.
@@ -159,7 +165,7 @@ FrozenTree::FrozenTree(pid_t root) : root_(root) {
       }
       // Tasks that exited between seize and stop: their process may now be a zombie,
       // or gone; the next round looks again.
-      auto exited = wait_frozen(fresh);
+      auto exited = wait_frozen(fresh, stopped);
       if (!exited.empty()) {
         changed = true;
         for (auto& p : procs_) {
@@ -188,6 +194,10 @@ FrozenTree::FrozenTree(pid_t root) : root_(root) {
     thaw();
     throw;
   }
+  // A stop is the whole thread group's (signal(7), "job control"): any task tells.
+  for (auto& p : procs_)
+    for (pid_t t : p.host_tids)
+      if (auto it = stopped.find(t); it != stopped.end()) p.stop_signal = it->second;
   // procs_ follows discovery order, which is breadth first; drop processes that
   // vanished before any thread was seized.
   std::erase_if(procs_, [](const DumpProcess& p) { return p.host_tids.empty() && !p.zombie; });
@@ -268,7 +278,17 @@ void dump_ids(DumpProcess& p) {
   }
   p.rec.exit_signal = std::stoi(stat[38]);
   p.rec.zombie = p.zombie;
-  if (p.zombie) p.rec.exit_status = std::stoi(stat.at(52));
+  p.rec.stop_signal = p.stop_signal;
+  if (p.zombie) {
+    p.rec.exit_status = std::stoi(stat.at(52));
+    // The core-dump flag of its status comes from a core dump that happened: a restore
+    // cannot make one happen again, so the status could not be given back exactly.
+    if (WCOREDUMP(p.rec.exit_status))
+      fail_unsupported(
+          "process {} (pid {} in the job): a zombie that died by signal {} with a core dump "
+          "(its wait status cannot be reproduced)",
+          p.host_pid, p.rec.pid, WTERMSIG(p.rec.exit_status));
+  }
   if (p.rec.sid == 0 || p.rec.pgid == 0)
     fail_unsupported("process {} belongs to a session or process group outside the job", p.rec.pid);
   p.rec.threads.clear();
@@ -339,17 +359,27 @@ static void make_zombie(RestoreProcess& p, const InjectionArea& area) {
   std::string who = fmt::format("zombie {}", rec.pid);
   if (WIFSIGNALED(status)) {
     int sig = WTERMSIG(status);
-    std::uint64_t dfl[4] = {0, 0, 0, 0};  // kernel struct sigaction: SIG_DFL
-    remote_write(tid, area.data(), dfl, sizeof dfl);
-    inj.call_ok(who + ": rt_sigaction", SYS_rt_sigaction, static_cast<std::uint64_t>(sig),
-                area.data(), 0, 8);
-    std::uint64_t nocore[2] = {0, 0};
+    // SIGKILL and SIGSTOP have no disposition to set (rt_sigaction(2): EINVAL).
+    if (sig != SIGKILL && sig != SIGSTOP) {
+      std::uint64_t dfl[4] = {0, 0, 0, 0};  // kernel struct sigaction: SIG_DFL
+      remote_write(tid, area.data(), dfl, sizeof dfl);
+      inj.call_ok(who + ": rt_sigaction", SYS_rt_sigaction, static_cast<std::uint64_t>(sig),
+                  area.data(), 0, 8);
+    }
+    // 1, not 0: a core_pattern pipe ignores a limit of 0 but not 1 (core(5)), and a
+    // file core needs more than one byte.
+    std::uint64_t nocore[2] = {1, 1};
     remote_write(tid, area.data(), nocore, sizeof nocore);
     inj.call_ok(who + ": prlimit(RLIMIT_CORE)", SYS_prlimit64, 0, RLIMIT_CORE, area.data(), 0);
     set_sigmask(tid, 0);
-    inj.call_ok(who + ": kill", SYS_kill, static_cast<std::uint64_t>(rec.pid),
-                static_cast<std::uint64_t>(sig));
-    if (::ptrace(PTRACE_CONT, tid, nullptr, nullptr) < 0) fail_errno("{}: ptrace(CONT)", who);
+    if (sig == SIGKILL) {
+      // Acts at once, even on a traced task: an injected kill(2) would never return.
+      if (::kill(tid, SIGKILL) < 0) fail_errno("{}: kill", who);
+    } else {
+      inj.call_ok(who + ": kill", SYS_kill, static_cast<std::uint64_t>(rec.pid),
+                  static_cast<std::uint64_t>(sig));
+      if (::ptrace(PTRACE_CONT, tid, nullptr, nullptr) < 0) fail_errno("{}: ptrace(CONT)", who);
+    }
     int st = 0;
     for (;;) {
       if (::waitpid(tid, &st, __WALL) < 0) fail_errno("{}: waitpid", who);
@@ -478,15 +508,30 @@ void create_tree(const Manifest& m, InjectionArea& area, std::vector<RestoreProc
     }
   }
   // Groups whose leader was created after a member.
+  // Zombies too: they are helpers still, and keep their group once dead.
   for (auto& p : procs) {
     const Process& rec = *p.rec;
-    if (rec.zombie) continue;
     if (rec.pgid != rec.pid && rec.sid != rec.pid)
       p.leader().call_ok(fmt::format("setpgid to process group {}", rec.pgid), SYS_setpgid, 0,
                          static_cast<std::uint64_t>(rec.pgid));
   }
   for (auto& p : procs)
     if (p.rec->zombie) make_zombie(p, area);
+}
+
+void queue_stops(const std::vector<RestoreProcess>& procs) {
+  for (const auto& p : procs) {
+    const Process& rec = *p.rec;
+    if (rec.zombie || !rec.stop_signal) continue;
+    int sig = rec.stop_signal;
+    bool handled = std::any_of(rec.sigactions.begin(), rec.sigactions.end(),
+                               [&](const SigAction& a) { return a.sig == sig && a.handler != 0; });
+    bool blocked = std::all_of(rec.threads.begin(), rec.threads.end(),
+                               [&](const Thread& t) { return (t.sigmask >> (sig - 1) & 1) != 0; });
+    if (sig != SIGSTOP && (handled || blocked)) sig = SIGSTOP;
+    if (::kill(p.host_pid, sig) < 0)
+      fail_errno("process {}: queueing its stop signal {}", rec.pid, sig);
+  }
 }
 
 }  // namespace fsched::ckpt

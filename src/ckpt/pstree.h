@@ -30,4 +30,13 @@ void dump_ids(DumpProcess& p);
 // On failure `procs` holds what was created so far, for the caller to kill.
 void create_tree(const Manifest& m, InjectionArea& area, std::vector<RestoreProcess>& procs);
 
+// Restore, last step before the tasks are detached: a process that was in a job-control
+// stop (Process::stop_signal) gets its stop signal queued (kill(2) by the restorer), so
+// that on detach it stops again before running one instruction (a pending signal is
+// taken on the way back to user mode; signal(7)). SIGSTOP stands in for SIGTSTP,
+// SIGTTIN or SIGTTOU when the job handles or blocks that signal now. As at any stop,
+// the parent is notified (SIGCHLD, and waitpid(2) WUNTRACED reports the stop again).
+// Throws Error naming the process if kill(2) fails.
+void queue_stops(const std::vector<RestoreProcess>& procs);
+
 }  // namespace fsched::ckpt

@@ -157,6 +157,7 @@ RestoreStats restore(const RestoreOptions& o) {
     }
     for (auto* p : live)
       for (auto& t : p->threads) t.inj->restore();
+    queue_stops(procs);
     phase("state");
   } catch (...) {
     kill_restored(procs);

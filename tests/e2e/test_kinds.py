@@ -1,8 +1,10 @@
 """One kind of kernel state at a time: ckpt_kind holds only a pipe, a FIFO, a Unix
-socket pair, an eventfd, an epoll instance, a timerfd, a signalfd, an interval timer
-a shared memfd, or a set of process-control attributes (scheduling, timer
-slack, parent-death signal, subreaper, THP, oom_score_adj, membarrier), and is dumped midway and restored; its output and exit status must
-equal the uninterrupted run's. Parametrized by kind, so a failure names the kind that
+socket pair, an eventfd, an epoll instance, a timerfd, a signalfd, an interval timer,
+a shared memfd, a set of process-control attributes (scheduling, timer slack,
+parent-death signal, subreaper, THP, oom_score_adj, membarrier), children stopped by
+job control, zombies, or a thread in seccomp strict mode, and is dumped twice (the
+second time after its restore) and restored; its output and exit status must equal
+the uninterrupted run's. Parametrized by kind, so a failure names the kind that
 broke. (Deleted files, inotify and SysV shared memory alone: test_fsobjects.py.)"""
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from typing import Callable
 
 import pytest
 
-from ckpt_e2e import E2E, JobSpec
+from ckpt_e2e import E2E, JobSpec, kill_job_processes
 from test_ipc import checkpoint_run, fds_of_kind
 
 pytestmark = pytest.mark.slow
@@ -19,6 +21,7 @@ pytestmark = pytest.mark.slow
 ROUNDS = 60
 TICK_MS = 50
 SIGUSR1 = 10
+SIGSTOP, SIGTSTP = 19, 20
 
 
 def _fds(m: dict, kind: str) -> list[dict]:
@@ -48,6 +51,16 @@ def _procattrs(m: dict):
     assert got == (True, 1, 345, True, 3, 7, 1, 123456, signal.SIGUSR2, 5, 777000), got
 
 
+def _zombies(m: dict):
+    """ckpt_kind zombie's three children are zombies in the image, with their statuses
+    (waitpid(2) form) and process groups: killed by SIGKILL leading its own group,
+    exit 7 and killed by SIGUSR1 in the parent's group."""
+    parent = m["processes"][1]
+    z = [(p["exit_status"], p["pgid"] == p["pid"], p["pgid"] == parent["pgid"])
+         for p in m["processes"] if p["zombie"]]
+    assert z == [(9, True, False), (7 << 8, False, True), (SIGUSR1, False, True)], z
+
+
 # What the image must hold for each kind: the program really held that state when dumped.
 KINDS: dict[str, Callable[[dict], None]] = {
     "pipe": lambda m: _buffered_pipe(m, named=False),
@@ -65,7 +78,16 @@ KINDS: dict[str, Callable[[dict], None]] = {
     or pytest.fail("no ITIMER_REAL in the image"),
     "memfd": lambda m: len(m["shm"]) == 1 or pytest.fail(f"shm objects: {m['shm']}"),
     "procattr": lambda m: _procattrs(m),
+    "stopped": lambda m: sorted(p["stop_signal"] for p in m["processes"]) == [0, 0, SIGSTOP, SIGTSTP]
+    or pytest.fail(f"stop signals: {[p['stop_signal'] for p in m['processes']]}"),
+    "zombie": _zombies,
+    "seccomp_strict": lambda m: [t["confinement"]["seccomp_mode"] for t in m["processes"][-1]["threads"]]
+    == [0, 1] or pytest.fail(f"threads: {m['processes'][-1]['threads']}"),
 }
+
+
+# Processes in the image besides init and ckpt_kind: its children.
+CHILDREN = {"stopped": 2, "zombie": 3}
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -78,6 +100,28 @@ def test_kind(e2e: E2E, kind: str):
     assert ref.status == 0 and out.endswith(f"done {kind} {ROUNDS}\n"), out[-500:]
 
     def check(job, stats: dict, m: dict):
-        assert stats["processes"] == 2, stats  # init and ckpt_kind
+        assert stats["processes"] == 2 + CHILDREN.get(kind, 0), stats  # init and ckpt_kind
         KINDS[kind](m)
-    checkpoint_run(e2e, spec, [0.5], "middle", check_dump=check)
+    # Twice: the second dump, of the restored job, sees what the restore really rebuilt.
+    checkpoint_run(e2e, spec, [0.3, 0.6], "middle", check_dump=check)
+
+
+@pytest.mark.parametrize("kind", ["stopped", "seccomp_strict", "procattr"])
+def test_kind_survives_leave_running_dump(e2e: E2E, kind: str):
+    """A dump that lets the job go on (--leave-running) gives its state back as it
+    found it: children stay stopped, the strict-mode thread keeps echoing."""
+    spec = JobSpec(name=f"kind_lr_{kind}",
+                   argv=[str(e2e.program("ckpt_kind")), kind, str(ROUNDS), str(TICK_MS)],
+                   progress=("lines", "stdout"), timeout=120)
+    ref = e2e.reference(spec)
+    job = e2e.job(spec)
+    job.start_detached()
+    try:
+        job.wait_progress(ref, 0.4)
+        image = e2e.image(f"kind_lr/{kind}")
+        r, stats = e2e.engine.dump(job.init_pid, image, leave_running=True, timeout=60)
+        assert r.rc == 0, r.stderr
+        assert job.wait_end() == ref.status
+        job.assert_matches(ref, " after a --leave-running dump")
+    finally:
+        kill_job_processes(job.marker)

@@ -22,6 +22,14 @@
 //              the main thread; SCHED_IDLE and another timer slack in a second thread
 //              (which checks its own every 10 ms); child subreaper, THP disabled,
 //              oom_score_adj, a membarrier registration
+//   stopped    two children stopped by job control (SIGSTOP, SIGTSTP) that would write
+//              to a pipe every 5 ms if they ran: each round checks the pipe stays
+//              empty; at the end they are continued, seen running, and killed
+//   zombie     three children that died unreaped: one killed by SIGKILL as the leader
+//              of its own process group, one exited with status 7, one killed by
+//              SIGUSR1; each round checks their status (waitid WNOWAIT) and groups
+//   seccomp_strict a thread in seccomp strict mode (only read, write, exit, sigreturn)
+//              that echoes each round's record from one pipe to another
 //
 // Exit status 0; 1 with a line "FAIL ..." saying what failed.
 #include <fcntl.h>
@@ -29,6 +37,8 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <linux/membarrier.h>
+#include <linux/seccomp.h>
+#include <sys/wait.h>
 #include <pthread.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
@@ -390,6 +400,161 @@ void run_procattr(int rounds) {
   }
 }
 
+// A child that writes a byte to `w` every 5 ms while it runs.
+pid_t ticking_child(int w) {
+  pid_t c = fork();
+  if (c < 0) die("fork");
+  if (c == 0) {
+    for (;;) {
+      if (write(w, "x", 1) < 0 && errno != EAGAIN) _exit(3);
+      timespec ts{0, 5000000L};
+      nanosleep(&ts, nullptr);
+    }
+  }
+  return c;
+}
+
+void drain(int r) {
+  char buf[4096];
+  while (read(r, buf, sizeof buf) > 0) {
+  }
+}
+
+void run_stopped(int rounds) {
+  int p[2];
+  if (pipe2(p, O_CLOEXEC | O_NONBLOCK) < 0) die("pipe2");
+  pid_t kids[2] = {ticking_child(p[1]), ticking_child(p[1])};
+  const int sigs[2] = {SIGSTOP, SIGTSTP};
+  for (int i = 0; i < 2; ++i) {
+    if (kill(kids[i], sigs[i]) < 0) die("kill stop");
+    int st = 0;
+    if (waitpid(kids[i], &st, WUNTRACED) != kids[i] || !WIFSTOPPED(st) || WSTOPSIG(st) != sigs[i])
+      fail("stopped: child " + std::to_string(i) + " did not stop, status " + std::to_string(st));
+  }
+  drain(p[0]);
+  for (int i = 1; i <= rounds; ++i) {
+    tick();
+    char c;
+    ssize_t n = read(p[0], &c, 1);
+    if (n >= 0 || errno != EAGAIN)
+      fail("stopped: a stopped child ran in round " + std::to_string(i));
+    line("stopped " + std::to_string(i));
+  }
+  for (pid_t k : kids)
+    if (kill(k, SIGCONT) < 0) die("kill SIGCONT");
+  int fl = fcntl(p[0], F_GETFL);
+  fcntl(p[0], F_SETFL, fl & ~O_NONBLOCK);
+  char c;
+  if (read(p[0], &c, 1) != 1) die("read after SIGCONT");
+  for (pid_t k : kids) {
+    kill(k, SIGKILL);
+    int st = 0;
+    if (waitpid(k, &st, 0) != k || !WIFSIGNALED(st) || WTERMSIG(st) != SIGKILL)
+      fail("stopped: child ended with status " + std::to_string(st));
+  }
+}
+
+// Forks a child that runs `body` and is reaped only at the end.
+template <class F>
+pid_t child(F body) {
+  pid_t c = fork();
+  if (c < 0) die("fork");
+  if (c == 0) {
+    body();
+    _exit(99);
+  }
+  return c;
+}
+
+// What waitid(2) says of an unreaped child, without reaping it.
+std::string zombie_state(pid_t z) {
+  siginfo_t si{};
+  if (waitid(P_PID, static_cast<id_t>(z), &si, WEXITED | WNOHANG | WNOWAIT) < 0) die("waitid");
+  return "code " + std::to_string(si.si_code) + " status " + std::to_string(si.si_status) +
+         " pgid " +
+         std::to_string(getpgid(z) == z           ? 0
+                        : getpgid(z) == getpgrp() ? 1
+                                                  : -1);
+}
+
+void run_zombie(int rounds) {
+  int p[2];
+  if (pipe2(p, O_CLOEXEC) < 0) die("pipe2");
+  pid_t own = child([&] {
+    setpgid(0, 0);
+    write_all(p[1], "k");
+    pause();
+  });
+  char c;
+  if (read(p[0], &c, 1) != 1) die("read");
+  pid_t zs[3] = {own, child([] { _exit(7); }), child([] {
+                   signal(SIGUSR1, SIG_DFL);
+                   pause();
+                 })};
+  if (kill(zs[0], SIGKILL) < 0 || kill(zs[2], SIGUSR1) < 0) die("kill");
+  const std::string want[3] = {"code 2 status 9 pgid 0", "code 1 status 7 pgid 1",
+                               "code 2 status 10 pgid 1"};
+  for (int i = 0; i < 3; ++i) {
+    siginfo_t si{};
+    if (waitid(P_PID, static_cast<id_t>(zs[i]), &si, WEXITED | WNOWAIT) < 0) die("waitid");
+    if (zombie_state(zs[i]) != want[i])
+      fail("zombie " + std::to_string(i) + ": " + zombie_state(zs[i]) + ", expected " + want[i]);
+  }
+  for (int r = 1; r <= rounds; ++r) {
+    for (int i = 0; i < 3; ++i)
+      if (zombie_state(zs[i]) != want[i])
+        fail("zombie " + std::to_string(i) + " round " + std::to_string(r) + ": " +
+             zombie_state(zs[i]) + ", expected " + want[i]);
+    line("zombie " + std::to_string(r));
+    tick();
+  }
+  for (pid_t z : zs)
+    if (waitpid(z, nullptr, 0) != z) die("waitpid");
+}
+
+constexpr std::size_t kStrictRecord = 96;
+int g_strict_in = -1, g_strict_out = -1;
+
+// Only read, write and _exit from here on: seccomp strict mode kills anything else.
+void* strict_thread(void*) {
+  if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_STRICT) < 0) die("PR_SET_SECCOMP strict");
+  char buf[kStrictRecord];
+  for (;;) {
+    std::size_t got = 0;
+    while (got < sizeof buf) {
+      long n = syscall(SYS_read, g_strict_in, buf + got, sizeof buf - got);
+      if (n == -EINTR || (n < 0 && errno == EINTR)) continue;
+      if (n <= 0) syscall(SYS_exit, 0);
+      got += static_cast<std::size_t>(n);
+    }
+    for (std::size_t off = 0; off < got;) {
+      long n = syscall(SYS_write, g_strict_out, buf + off, got - off);
+      if (n <= 0) syscall(SYS_exit, 1);
+      off += static_cast<std::size_t>(n);
+    }
+  }
+}
+
+void run_seccomp_strict(int rounds) {
+  int a[2], b[2];
+  if (pipe2(a, O_CLOEXEC) < 0 || pipe2(b, O_CLOEXEC) < 0) die("pipe2");
+  g_strict_in = a[0];
+  g_strict_out = b[1];
+  pthread_t t;
+  if (pthread_create(&t, nullptr, strict_thread, nullptr) != 0) die("pthread_create");
+  for (int i = 1; i <= rounds; ++i) {
+    std::string rec = record(i);
+    rec.resize(kStrictRecord, '.');
+    write_all(a[1], rec);
+    std::string got = read_exact(b[0], kStrictRecord);
+    if (got != rec) fail("seccomp_strict: round " + std::to_string(i) + " echoed " + got);
+    line("seccomp_strict " + std::to_string(i));
+    tick();
+  }
+  close(a[1]);
+  if (pthread_join(t, nullptr) != 0) die("pthread_join");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -414,7 +579,8 @@ int main(int argc, char** argv) {
       {"eventfd", run_eventfd},   {"epoll", run_epoll},
       {"timerfd", run_timerfd},   {"signalfd", run_signalfd},
       {"itimer", run_itimer},     {"memfd", run_memfd},
-      {"procattr", run_procattr},
+      {"procattr", run_procattr}, {"stopped", run_stopped},
+      {"zombie", run_zombie},     {"seccomp_strict", run_seccomp_strict},
   };
   for (const Kind& k : kKinds) {
     if (kind != k.name) continue;

@@ -96,7 +96,9 @@ TEST(Kinds, EveryFdKindHasItsOperations) {
     EXPECT_EQ(ops.kind, kind) << name;
     EXPECT_NE(ops.dump, nullptr) << name;
     EXPECT_NE(ops.open, nullptr) << name;
-    if (ops.anon_link) EXPECT_TRUE(anon_links.insert(ops.anon_link).second) << name;
+    if (ops.anon_link) {
+      EXPECT_TRUE(anon_links.insert(ops.anon_link).second) << name;
+    }
   }
   // The event fds and inotify are recognized by their anonymous inode's name.
   EXPECT_EQ(anon_links.size(), 5u);
