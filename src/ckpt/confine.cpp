@@ -119,7 +119,8 @@ void confine_before_ids(Injector& inj, pid_t host_tid, const InjectionArea& area
   } else if (c.seccomp_mode == SECCOMP_MODE_STRICT) {
     // The restorer's own injected syscalls still pass: the tasks are traced with
     // PTRACE_O_SUSPEND_SECCOMP, which suspends strict mode as it does filters.
-    inj.call_ok(who + ": seccomp(SECCOMP_SET_MODE_STRICT)", SYS_seccomp, SECCOMP_SET_MODE_STRICT, 0, 0);
+    inj.call_ok(who + ": seccomp(SECCOMP_SET_MODE_STRICT)", SYS_seccomp, SECCOMP_SET_MODE_STRICT, 0,
+                0);
   } else if (c.seccomp_mode != SECCOMP_MODE_DISABLED) {
     fail_image("image: {}: seccomp mode {} is not supported", who, c.seccomp_mode);
   }

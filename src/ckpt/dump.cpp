@@ -16,6 +16,7 @@
 #include "ckpt/fsaccess.h"
 #include "ckpt/imagekey.h"
 #include "ckpt/memory.h"
+#include "ckpt/namespaces.h"
 #include "ckpt/pipes.h"
 #include "ckpt/procattr.h"
 #include "ckpt/pstree.h"
@@ -97,8 +98,9 @@ DumpStats dump(const DumpOptions& o) {
                        std::chrono::system_clock::now().time_since_epoch())
                        .count();
 
+  for (auto& p : procs) dump_ids(p);
+  check_namespaces(o.pid, procs);
   for (auto& p : procs) {
-    dump_ids(p);
     if (p.zombie) continue;
     dump_memory_layout(p);
     st.threads += static_cast<int>(p.host_tids.size());

@@ -24,7 +24,7 @@ struct DumpProcess {
   std::vector<pid_t> host_tids;  // host TIDs, thread-group leader first; none for a zombie
   bool zombie = false;
   int stop_signal = 0;  // the job-control stop it was in when seized (Process::stop_signal)
-  Process rec;  // what goes into the manifest
+  Process rec;          // what goes into the manifest
   // Syscall injection into the leader, with a scratch mapping of kScratchBytes.
   std::unique_ptr<Injector> inj;
   HealCode heal;  // where injected syscalls run, in its vDSO (inject.h)

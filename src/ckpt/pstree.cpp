@@ -20,6 +20,7 @@
 #include <set>
 
 #include "ckpt/confine.h"
+#include "ckpt/namespaces.h"
 #include "ckpt/proc.h"
 #include "ckpt/remote.h"
 #include "common/error.h"
@@ -345,6 +346,8 @@ static std::uint64_t choose_area(const Manifest& m) {
 // is a clone of a multi-threaded process.
 [[noreturn]] static void helper_init_main() {
   ::syscall(SYS_close_range, 0U, ~0U, 0U);
+  // The job's own /proc (namespaces.h); the restorer reads a failure from the exit code.
+  if (long e = enter_job_mount_namespace(); e < 0) ::syscall(SYS_exit_group, -e);
   ::syscall(SYS_setsid);
   for (;;) ::syscall(SYS_pause);
 }
@@ -419,11 +422,12 @@ void create_tree(const Manifest& m, InjectionArea& area, std::vector<RestoreProc
   procs.reserve(m.processes.size());
 
   clone_args ca{};
-  // The job's own IPC namespace, as `fsched-ckpt run` gives it (sysvshm.cpp).
-  ca.flags = CLONE_NEWPID | CLONE_NEWIPC;
+  // The namespaces `fsched-ckpt run` gives a job (namespaces.h).
+  ca.flags = kJobNamespaces;
   ca.exit_signal = SIGCHLD;
   long child = ::syscall(SYS_clone3, &ca, sizeof ca);
-  if (child < 0) fail_errno("clone3(CLONE_NEWPID | CLONE_NEWIPC) for the restored init");
+  if (child < 0)
+    fail_errno("clone3(CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWNS) for the restored init");
   if (child == 0) helper_init_main();
 
   RestoreProcess init;
@@ -438,6 +442,14 @@ void create_tree(const Manifest& m, InjectionArea& area, std::vector<RestoreProc
   // Attach only once the helper has become a session leader with no fds: after that
   // it only sleeps, so wherever the interrupt stops it, its setup is complete.
   for (int i = 0;; ++i) {
+    int st = 0;
+    if (::waitpid(procs[0].host_pid, &st, WNOHANG) == procs[0].host_pid) {
+      procs.clear();  // reaped: nothing left to kill
+      if (WIFEXITED(st))
+        fail("the restored init could not mount the job's own /proc: {}",
+             std::strerror(WEXITSTATUS(st)));
+      fail("the restored init died at its start (wait status {:#x})", st);
+    }
     auto stat = read_stat(procs[0].host_pid);
     if (std::stoll(stat[6]) == procs[0].host_pid) break;
     if (i > 5000) fail("restore helper {} did not start", procs[0].host_pid);

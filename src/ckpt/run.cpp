@@ -1,6 +1,7 @@
 // Launching a job under fsched-init, pid 1 of a new PID namespace (clone3(2) with
 // CLONE_NEWPID), so that its PIDs are free again whenever and wherever it is restored,
-// and of a new IPC namespace (CLONE_NEWIPC), for the same reason with SysV ids.
+// of a new IPC namespace (CLONE_NEWIPC), for the same reason with SysV ids, and of a
+// new mount namespace with a /proc of its own (namespaces.h).
 #include <linux/sched.h>
 #include <pwd.h>
 #include <signal.h>
@@ -10,7 +11,11 @@
 
 #include <filesystem>
 
+#include <cstdio>
+#include <cstring>
+
 #include "ckpt/engine.h"
+#include "ckpt/namespaces.h"
 #include "ckpt/proc.h"
 #include "common/error.h"
 
@@ -48,13 +53,16 @@ pid_t run_job(const RunOptions& opt) {
   cargv.push_back(nullptr);
 
   clone_args ca{};
-  // A new IPC namespace too: SysV shared memory ids can then be kept across a
-  // restore (sysvshm.cpp), and the job's SysV objects are its own.
-  ca.flags = CLONE_NEWPID | CLONE_NEWIPC;
+  ca.flags = kJobNamespaces;
   ca.exit_signal = SIGCHLD;
   long pid = ::syscall(SYS_clone3, &ca, sizeof ca);
-  if (pid < 0) fail_errno("clone3(CLONE_NEWPID | CLONE_NEWIPC)");
+  if (pid < 0) fail_errno("clone3(CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWNS)");
   if (pid == 0) {
+    if (long e = enter_job_mount_namespace(); e < 0) {
+      std::fprintf(stderr, "fsched-ckpt run: cannot mount the job's own /proc: %s\n",
+                   std::strerror(static_cast<int>(-e)));
+      ::_exit(127);
+    }
     ::execv(init.c_str(), cargv.data());
     ::_exit(127);
   }

@@ -13,7 +13,7 @@ from typing import Callable
 
 import pytest
 
-from ckpt_e2e import E2E, JobSpec, kill_job_processes
+from ckpt_e2e import E2E, JobSpec, alive, kill_job_processes, ns_pid, single_error_line
 from test_ipc import checkpoint_run, fds_of_kind
 
 pytestmark = pytest.mark.slow
@@ -81,13 +81,15 @@ KINDS: dict[str, Callable[[dict], None]] = {
     "stopped": lambda m: sorted(p["stop_signal"] for p in m["processes"]) == [0, 0, SIGSTOP, SIGTSTP]
     or pytest.fail(f"stop signals: {[p['stop_signal'] for p in m['processes']]}"),
     "zombie": _zombies,
+    # The program checks its /proc itself; the image has the init and the child.
+    "procfs": lambda m: None,
     "seccomp_strict": lambda m: [t["confinement"]["seccomp_mode"] for t in m["processes"][-1]["threads"]]
     == [0, 1] or pytest.fail(f"threads: {m['processes'][-1]['threads']}"),
 }
 
 
 # Processes in the image besides init and ckpt_kind: its children.
-CHILDREN = {"stopped": 2, "zombie": 3}
+CHILDREN = {"stopped": 2, "zombie": 3, "procfs": 1}
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -123,5 +125,37 @@ def test_kind_survives_leave_running_dump(e2e: E2E, kind: str):
         assert r.rc == 0, r.stderr
         assert job.wait_end() == ref.status
         job.assert_matches(ref, " after a --leave-running dump")
+    finally:
+        kill_job_processes(job.marker)
+
+
+# Kinds the engine refuses: the word the error must hold.
+REFUSED = {"userns": "user namespace"}
+
+
+@pytest.mark.parametrize("kind", REFUSED)
+def test_refused_kind(e2e: E2E, kind: str):
+    """The dump fails as unsupported (exit 4) with one line naming the process and what
+    it holds, leaves no image, and the job finishes as if nothing had happened."""
+    spec = JobSpec(name=f"kind_refused_{kind}",
+                   argv=[str(e2e.program("ckpt_kind")), kind, str(ROUNDS), str(TICK_MS)],
+                   progress=("lines", "stdout"), timeout=120)
+    ref = e2e.reference(spec)
+    assert ref.status == 0, ref.snap["stdout"].text[-500:]
+    job = e2e.job(spec)
+    job.start_detached()
+    try:
+        job.wait_progress(ref, 0.3)
+        image = e2e.image(f"kind_refused/{kind}")
+        r, _ = e2e.engine.dump(job.init_pid, image, timeout=60)
+        line = single_error_line(r)
+        assert r.rc == 4, f"exit {r.rc}, not 4 (unsupported): {line}"
+        assert REFUSED[kind] in line and "not supported" in line, line
+        pids = [(p, ns_pid(p)) for p in job.job_pids()]
+        assert any(f"process {h} (pid {n} in the job)" in line for h, n in pids), (line, pids)
+        assert not image.exists(), "a refused dump left an image"
+        assert all(alive(p) for p, _ in pids)
+        assert job.wait_end() == ref.status
+        job.assert_matches(ref, " after a refused dump")
     finally:
         kill_job_processes(job.marker)

@@ -28,6 +28,11 @@
 //   zombie     three children that died unreaped: one killed by SIGKILL as the leader
 //              of its own process group, one exited with status 7, one killed by
 //              SIGUSR1; each round checks their status (waitid WNOWAIT) and groups
+//   procfs     the job's /proc is its PID namespace's: /proc/self is getpid(), pid 1 is
+//              fsched-init, and a child is found under /proc by its pid; checked every
+//              round
+//   userns     a child in a user namespace of its own (unshare(2) CLONE_NEWUSER),
+//              which the engine refuses to dump; the child answers each round
 //   seccomp_strict a thread in seccomp strict mode (only read, write, exit, sigreturn)
 //              that echoes each round's record from one pipe to another
 //
@@ -41,6 +46,7 @@
 #include <sys/wait.h>
 #include <pthread.h>
 #include <sys/mman.h>
+#include <sched.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
@@ -512,6 +518,60 @@ void run_zombie(int rounds) {
     if (waitpid(z, nullptr, 0) != z) die("waitpid");
 }
 
+std::string slurp(const std::string& path) {
+  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return "(cannot open " + path + ": " + std::strerror(errno) + ")";
+  std::string s;
+  char buf[4096];
+  for (ssize_t n; (n = read(fd, buf, sizeof buf)) > 0;) s.append(buf, static_cast<std::size_t>(n));
+  close(fd);
+  return s;
+}
+
+std::string first_word(const std::string& s) { return s.substr(0, s.find_first_of(" \n")); }
+
+void run_procfs(int rounds) {
+  pid_t kid = child([] {
+    for (;;) pause();
+  });
+  for (int i = 1; i <= rounds; ++i) {
+    char self[64] = {};
+    if (readlink("/proc/self", self, sizeof self - 1) < 0) die("readlink /proc/self");
+    std::string me = std::to_string(getpid());
+    if (self != me) fail("procfs: /proc/self is " + std::string(self) + ", getpid() " + me);
+    if (first_word(slurp("/proc/self/stat")) != me)
+      fail("procfs: /proc/self/stat says " + first_word(slurp("/proc/self/stat")));
+    if (slurp("/proc/1/comm") != "fsched-init\n")
+      fail("procfs: /proc/1/comm is " + slurp("/proc/1/comm"));
+    std::string ks = slurp("/proc/" + std::to_string(kid) + "/stat");
+    if (first_word(ks) != std::to_string(kid)) fail("procfs: child's stat " + ks);
+    line("procfs " + std::to_string(i));
+    tick();
+  }
+  kill(kid, SIGKILL);
+  waitpid(kid, nullptr, 0);
+}
+
+void run_userns(int rounds) {
+  int ask[2], ans[2];
+  if (pipe2(ask, O_CLOEXEC) < 0 || pipe2(ans, O_CLOEXEC) < 0) die("pipe2");
+  pid_t kid = child([&] {
+    if (unshare(CLONE_NEWUSER) < 0) die("unshare(CLONE_NEWUSER)");
+    close(ask[1]);
+    close(ans[0]);
+    char c;
+    while (read(ask[0], &c, 1) == 1) write_all(ans[1], "y");
+  });
+  for (int i = 1; i <= rounds; ++i) {
+    write_all(ask[1], "?");
+    if (read_exact(ans[0], 1) != "y") fail("userns: no answer");
+    line("userns " + std::to_string(i));
+    tick();
+  }
+  close(ask[1]);
+  waitpid(kid, nullptr, 0);
+}
+
 constexpr std::size_t kStrictRecord = 96;
 int g_strict_in = -1, g_strict_out = -1;
 
@@ -581,6 +641,7 @@ int main(int argc, char** argv) {
       {"itimer", run_itimer},     {"memfd", run_memfd},
       {"procattr", run_procattr}, {"stopped", run_stopped},
       {"zombie", run_zombie},     {"seccomp_strict", run_seccomp_strict},
+      {"procfs", run_procfs},     {"userns", run_userns},
   };
   for (const Kind& k : kKinds) {
     if (kind != k.name) continue;
