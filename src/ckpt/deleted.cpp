@@ -151,20 +151,12 @@ void create_deleted_files(InitStash& stash, const InjectionArea& area, const Man
     long in_init;
     if (is_memfd(d.path)) {
       // A memfd (held as an fd only: mapped ones are shm objects) keeps its name; it
-      // has no path, so the restorer makes it and init takes its own reference (the
-      // restorer's is in a PID namespace init cannot see by pidfd, but /proc shows it
-      // by its host PID).
-      UniqueFd fd(static_cast<int>(
-          ::memfd_create(d.path.substr(std::strlen(kMemfd)).c_str(), MFD_CLOEXEC)));
-      if (!fd) fail_errno("{}: memfd_create", what);
-      // The mode after the owner: fchown clears set-user-ID bits.
-      if (::fchown(fd.get(), d.uid, d.gid) < 0)
-        fail_errno("{}: fchown to {}:{}", what, d.uid, d.gid);
-      if (::fchmod(fd.get(), d.mode) < 0) fail_errno("{}: fchmod {:o}", what, d.mode);
-      std::uint64_t src =
-          put_string(ip, area, 0, fmt::format("/proc/{}/fd/{}", ::getpid(), fd.get()));
-      in_init = inj.call_ok(what + ": open in init", SYS_openat,
-                            static_cast<std::uint64_t>(AT_FDCWD), src, O_RDWR | O_CLOEXEC, 0);
+      // has no path, so init makes it (in the job's memfd accounting, as shmem.cpp
+      // does), then owner and mode (the mode after the owner: fchown clears set-user-ID
+      // bits).
+      std::uint64_t name = put_string(ip, area, 0, d.path.substr(std::strlen(kMemfd)));
+      in_init = inj.call_ok(what + ": memfd_create in init", SYS_memfd_create, name, MFD_CLOEXEC);
+      set_owner_and_mode(inj, ip, in_init, d.uid, d.gid, d.mode, what);
     } else {
       // In its old directory, which the user controls: made by init as the file's owner
       // in the job, never through a link (fsaccess.h).

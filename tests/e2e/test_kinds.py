@@ -76,6 +76,9 @@ KINDS: dict[str, Callable[[dict], None]] = {
     or pytest.fail(f"signalfds: {_fds(m, 'signalfd')}"),
     "itimer": lambda m: any(t["which"] == 0 for p in m["processes"] for t in p.get("itimers", []))
     or pytest.fail("no ITIMER_REAL in the image"),
+    "itimer_expired": lambda m: [(t["which"], t["value_usec"], t["interval_usec"])
+                                 for p in m["processes"] for t in p.get("itimers", [])] == [(0, 0, 50000)]
+    or pytest.fail(f"itimers: {[p.get('itimers') for p in m['processes']]}"),
     "memfd": lambda m: len(m["shm"]) == 1 or pytest.fail(f"shm objects: {m['shm']}"),
     "procattr": lambda m: _procattrs(m),
     "stopped": lambda m: sorted(p["stop_signal"] for p in m["processes"]) == [0, 0, SIGSTOP, SIGTSTP]

@@ -15,6 +15,10 @@
 //   signalfd   a signalfd(2) reading the SIGUSR1 queued (sigqueue(3), with the round
 //              number) by the previous round
 //   itimer     a periodic ITIMER_REAL whose SIGALRM ends each round (no sleep)
+//   itimer_expired a periodic ITIMER_REAL that expired while SIGALRM is blocked: the
+//              kernel keeps it unarmed until the signal is taken; each round checks
+//              SIGALRM pending and the timer unarmed with its interval; at the end
+//              the signal is taken and two more periods are waited for
 //   memfd      a memfd mapped MAP_SHARED: each round writes a page through the mapping
 //              and checks the previous one through the fd
 //   procattr   process-control attributes set at start and checked every round: nice,
@@ -294,6 +298,40 @@ void run_itimer(int rounds) {
     while (g_alarms == seen) sigsuspend(&old);
     line("itimer " + std::to_string(i));
   }
+}
+
+std::string itimer_state() {
+  itimerval it{};
+  getitimer(ITIMER_REAL, &it);
+  sigset_t pend;
+  sigpending(&pend);
+  return "value " + std::to_string(it.it_value.tv_sec * 1000000 + it.it_value.tv_usec) +
+         " interval " + std::to_string(it.it_interval.tv_sec * 1000000 + it.it_interval.tv_usec) +
+         " pending " + std::to_string(sigismember(&pend, SIGALRM));
+}
+
+void run_itimer_expired(int rounds) {
+  struct sigaction sa {};
+  sa.sa_handler = on_alarm;
+  sigemptyset(&sa.sa_mask);
+  if (sigaction(SIGALRM, &sa, nullptr) < 0) die("sigaction");
+  sigset_t alrm, old;
+  sigemptyset(&alrm);
+  sigaddset(&alrm, SIGALRM);
+  sigprocmask(SIG_BLOCK, &alrm, &old);
+  itimerval it{};
+  it.it_interval.tv_usec = it.it_value.tv_usec = 50000;
+  if (setitimer(ITIMER_REAL, &it, nullptr) < 0) die("setitimer");
+  timespec ts{0, 120000000L};  // past the first expiry, whatever TICK_MS
+  while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {
+  }
+  const std::string want = "value 0 interval 50000 pending 1";
+  for (int i = 1; i <= rounds; ++i) {
+    if (itimer_state() != want) fail("itimer_expired: " + itimer_state() + ", expected " + want);
+    line("itimer_expired " + std::to_string(i));
+    tick();
+  }
+  for (sig_atomic_t end = g_alarms + 3; g_alarms < end;) sigsuspend(&old);
 }
 
 void run_memfd(int rounds) {
@@ -634,14 +672,23 @@ int main(int argc, char** argv) {
     void (*run)(int);
   };
   static const Kind kKinds[] = {
-      {"pipe", run_pipe},         {"fifo", run_fifo},
-      {"unix", run_unix},         {"unix_dgram", run_unix_dgram},
-      {"eventfd", run_eventfd},   {"epoll", run_epoll},
-      {"timerfd", run_timerfd},   {"signalfd", run_signalfd},
-      {"itimer", run_itimer},     {"memfd", run_memfd},
-      {"procattr", run_procattr}, {"stopped", run_stopped},
-      {"zombie", run_zombie},     {"seccomp_strict", run_seccomp_strict},
-      {"procfs", run_procfs},     {"userns", run_userns},
+      {"pipe", run_pipe},
+      {"fifo", run_fifo},
+      {"unix", run_unix},
+      {"unix_dgram", run_unix_dgram},
+      {"eventfd", run_eventfd},
+      {"epoll", run_epoll},
+      {"timerfd", run_timerfd},
+      {"signalfd", run_signalfd},
+      {"itimer", run_itimer},
+      {"memfd", run_memfd},
+      {"itimer_expired", run_itimer_expired},
+      {"procattr", run_procattr},
+      {"stopped", run_stopped},
+      {"zombie", run_zombie},
+      {"seccomp_strict", run_seccomp_strict},
+      {"procfs", run_procfs},
+      {"userns", run_userns},
   };
   for (const Kind& k : kKinds) {
     if (kind != k.name) continue;
