@@ -19,7 +19,7 @@
 // section starts}: the check that dump and restore agree on where each section is.
 //
 // Versions: "format_version" (kImageFormatVersion) is the version of this layout and
-// the only one a reader checks; "engine_version" is the build that wrote the image,
+// the only version a reader checks; "engine_version" is the build that wrote the image,
 // kept for diagnosis only, so that an image outlives an upgrade of the engine as long
 // as the format stays.
 //
@@ -76,12 +76,18 @@
 
 namespace fsched::ckpt {
 
-// The image format this build writes and reads. History (docs/image-format.md):
-// 1: contiguous chunks. 2: chunks aligned to kChunkAlignBytes. 3: page-stream
-// sections recorded in manifest "sections" (and, since late format 2, manifests
-// signed with the image key). A build reads exactly this format; an image of another
-// is refused with an ImageError naming both.
-inline constexpr int kImageFormatVersion = 3;
+// The image format this build writes, and the oldest it reads. History
+// (docs/image-format.md): 1: contiguous chunks. 2: chunks aligned to kChunkAlignBytes.
+// 3: page-stream sections recorded in manifest "sections" (and, since late format 2,
+// manifests signed with the image key). 4: kinds of state a format-3 engine would
+// silently drop (job-control stops, seccomp strict mode, ...): a format-3 engine must
+// refuse these images, so the format changed. A build reads formats
+// kOldestImageFormat..kImageFormatVersion (an older image lacks only state that did not
+// exist then; its fields take their defaults); another is refused with an ImageError
+// naming both. Rule: a new manifest field that an engine of the same format would
+// ignore while restoring means a new format.
+inline constexpr int kImageFormatVersion = 4;
+inline constexpr int kOldestImageFormat = 3;
 // Alignment of chunk offsets in pages.img, in bytes (the O_DIRECT block size of the
 // file systems we write to; see open(2), O_DIRECT).
 inline constexpr std::size_t kChunkAlignBytes = 4096;
@@ -244,11 +250,11 @@ class PageReader {
 class ImageReader {
  public:
   // Reads manifest.json and manifest.xxh3 and checks the checksum, that the manifest
-  // parses, holds no number that is not an integer, and that format_version ==
-  // kImageFormatVersion (whatever engine_version wrote it).
+  // parses, holds no number that is not an integer, and that format_version is
+  // kOldestImageFormat..kImageFormatVersion (whatever engine_version wrote it).
   // Throws fsched::ImageError with the path and what is wrong ("DIR is not a
   // checkpoint image (no manifest.json)", "manifest checksum mismatch", "image format
-  // 2, this engine reads format 3", ...); fsched::Error (transient) only when DIR does
+  // 2 (written by engine V), this engine reads formats 3 to 4", ...); fsched::Error (transient) only when DIR does
   // not exist or a file cannot be read (errno). Also checks that "sections" is an
   // array of {"name": a known section, "offset": integer} (the order is
   // validate_manifest()'s), and that the chunk table is well-formed (offsets

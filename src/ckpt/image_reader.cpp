@@ -247,9 +247,10 @@ std::unique_ptr<ImageReader> ImageReader::open(const std::filesystem::path& dir_
   if (!fv->is_number_integer())
     bad_image("{}: \"format_version\" must be an integer, got {}", mpath.native(), fv->dump());
   // Only the format decides: any engine build that wrote this format is fine.
-  if (fv->get<std::int64_t>() != kImageFormatVersion)
-    bad_image("{}: image format {} (written by engine {}), this engine reads format {} only",
-              dir.native(), fv->get<std::int64_t>(), engine_of(m), kImageFormatVersion);
+  if (fv->get<std::int64_t>() < kOldestImageFormat || fv->get<std::int64_t>() > kImageFormatVersion)
+    bad_image("{}: image format {} (written by engine {}), this engine reads formats {} to {}",
+              dir.native(), fv->get<std::int64_t>(), engine_of(m), kOldestImageFormat,
+              kImageFormatVersion);
   auto table = parse_chunk_table(m, mpath);
   auto sections = parse_sections(m, mpath);
   return std::make_unique<ImageReaderImpl>(dir, std::move(m), std::move(table),

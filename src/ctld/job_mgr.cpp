@@ -448,6 +448,15 @@ nlohmann::json Controller::node_job_ended(const proto::Request& r) {
         fmt::format("node {} DOWN ({}): run ended with status {}", node, nit->second.reason, code));
     return json::object();
   }
+  if (lost) {
+    // The node restarted and found the run's processes gone (they died with it): a
+    // node failure, recovered as such (a --requeue job is restored from its newest
+    // checkpoint), whether or not the node was silent long enough to be DOWN.
+    recover(
+        j, now_s(),
+        fmt::format("node {} lost run {} (its processes died with the node)", node, j.generation));
+    return json::object();
+  }
   if (j.awaiting_node) {
     // It started (and ended) after all.
     j.awaiting_node = false;
@@ -469,10 +478,6 @@ nlohmann::json Controller::node_job_ended(const proto::Request& r) {
     j.state = JobState::Cancelled;
   } else if (req == "timeout") {
     j.state = JobState::Timeout;
-  } else if (lost) {
-    // Restartable from its last checkpoint (scontrol checkpoint restart).
-    j.state = JobState::NodeFail;
-    j.reason = "NodeFail";
   } else {
     j.state = code == 0 ? JobState::Completed : JobState::Failed;
     j.reason = code == 0 ? "None" : "NonZeroExitCode";

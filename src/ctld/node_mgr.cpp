@@ -354,17 +354,12 @@ void Controller::reconcile(const std::string& node, const json& reported, const 
       recover(j, now, fmt::format("node {} does not know run {}", node, j.generation));
       continue;
     }
-    spdlog::warn("job {}: node {} does not know it (generation {}): NODE_FAIL", id, node,
-                 j.generation);
-    release(j, now);
-    j.state = JobState::NodeFail;
-    j.reason = "NodeFail";
-    j.end_time = now;
-    j.end_request.clear();
-    j.awaiting_node = false;
-    launch_sent_.erase(id);
-    note(j, fmt::format("NodeFail: node {} does not know run {}", node, j.generation));
-    save(j);
+    // The node came back without it (it restarted and its jobs died with it, before it
+    // was silent long enough to be DOWN): a node failure like any other, so a --requeue
+    // job is restored from its newest checkpoint, not left NODE_FAIL.
+    spdlog::warn("job {}: node {} does not know it (generation {})", id, node, j.generation);
+    recover(j, now,
+            fmt::format("node {} does not know run {} (its jobs were lost)", node, j.generation));
   }
 }
 

@@ -29,9 +29,10 @@ from ckpt_e2e import E2E, Engine, kill_job_processes, restore_stats
 
 # The oldest commit writing image format 3 (sections recorded in the manifest): the first
 # build whose images this build must keep restoring. Update it only together with
-# kImageFormatVersion (src/ckpt/image.h), to the first commit of the new format.
+# kOldestImageFormat (src/ckpt/image.h), to the first commit of that format.
 OLD_COMMIT = "c365215581215d42e8b269a8966cd395f2d02f66"
 OLD_FORMAT = 3
+FORMAT = 4  # what this build writes (kImageFormatVersion)
 REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.slow
@@ -159,7 +160,7 @@ def test_old_engine_image_restores(e2e: E2E, old_engine: Engine, test_key: Path)
         kill_job_processes(job.marker)
 
 
-@pytest.mark.parametrize("other", [OLD_FORMAT - 1, OLD_FORMAT + 1])
+@pytest.mark.parametrize("other", [OLD_FORMAT - 1, FORMAT + 1])
 def test_other_format_refused_naming_both(e2e: E2E, old_engine: Engine, test_key: Path,
                                           other: int):
     """An image of another format, correctly signed, is refused before anything is
@@ -171,7 +172,8 @@ def test_other_format_refused_naming_both(e2e: E2E, old_engine: Engine, test_key
         assert r.rc != 0, "an image of another format was restored"
         lines = r.error_lines()
         assert len(lines) == 1, f"expected one error line, got: {r.stderr}"
-        assert f"image format {other} " in lines[0] and f"reads format {OLD_FORMAT}" in lines[0], lines
+        assert f"image format {other} " in lines[0] and \
+            f"reads formats {OLD_FORMAT} to {FORMAT}" in lines[0], lines
         assert not job.processes(), f"processes created for a refused image: {job.processes()}"
     finally:
         kill_job_processes(job.marker)

@@ -415,10 +415,17 @@ def test_checkpoint_timeout(e2e: E2E, build_dir, test_user):
         c.stop()
 
 
-def test_job_lost_with_its_node_restarts_from_checkpoint(e2e: E2E, cluster: Cluster, test_user, reference):
+@pytest.mark.parametrize("requeue", [True, False], ids=["requeue", "no-requeue"])
+def test_job_lost_with_its_node_restarts_from_checkpoint(e2e: E2E, cluster: Cluster, test_user, reference,
+                                                         requeue: bool):
+    """The node restarts (faster than SlurmdTimeout) and finds the job's processes gone:
+    a node failure. With --requeue (the default) the job is restored from its checkpoint
+    without anyone typing anything; with --no-requeue it stays NODE_FAIL until
+    `scontrol checkpoint restart`."""
     c = cluster
-    d = workdir(e2e, "lost", test_user)
-    jid = c.sbatch("--checkpoint=0:03", "job.sh", STEPS, DELAY, user=test_user, cwd=d)
+    d = workdir(e2e, f"lost-{requeue}", test_user)
+    opt = "--requeue" if requeue else "--no-requeue"
+    jid = c.sbatch("--checkpoint=0:03", opt, "job.sh", STEPS, DELAY, user=test_user, cwd=d)
     c.wait_checkpoints(jid, 1)
     node = c.job(jid)["nodes"]
     init = json.loads((c.root / "spool" / f"job{jid}" / "job.json").read_text())["pid"]
@@ -428,9 +435,14 @@ def test_job_lost_with_its_node_restarts_from_checkpoint(e2e: E2E, cluster: Clus
     c.wait_for(lambda: not Path(f"/proc/{init}").exists() or
                Path(f"/proc/{init}/stat").read_text().split()[2] == "Z", 10, "the job to die")
     c.start_node(node)
-    job = c.wait_state(jid, "NODE_FAIL", timeout=30)
-    assert job["reason"] == "NodeFail", job
-    c.cmd("scontrol", "checkpoint", "restart", jid, user=test_user)
+    if requeue:
+        c.wait_for(lambda: c.job(jid)["restarts"] >= 1, 60, "the job to be restored")
+        show = c.cmd("scontrol", "show", "job", jid).stdout
+        assert "lost run" in show and "to be restored from checkpoint" in show, show
+    else:
+        job = c.wait_state(jid, "NODE_FAIL", timeout=30)
+        assert job["reason"] == "NodeFail", job
+        c.cmd("scontrol", "checkpoint", "restart", jid, user=test_user)
     c.wait_state(jid, "COMPLETED", timeout=240)
     assert_same_as_reference(d, jid, reference, test_user)
 

@@ -675,6 +675,27 @@ TEST_F(Recovery, DownNodesJobIsRestoredFromTheNewestCheckpointAndTheNodeRejoinsC
   EXPECT_EQ(job(id)["nodes"], "n2") << "the old run's node does not get the job back";
 }
 
+TEST_F(Recovery, RunLostByARestartedNodeIsRestoredFromItsCheckpoint) {
+  // n1 restarted (faster than SlurmdTimeout) and found the run's processes gone: it
+  // reports the run lost. A node failure all the same: restored, not left NODE_FAIL.
+  int64_t id = job_on_n1();
+  checkpoint(std::to_string(id), CheckpointSource::Manual);
+  set_alive({"n1", "n2"});
+  A::job_ended(*ctld,
+               root({}, {{"job_id", id}, {"exit_status", 0}, {"name", "n1"}, {"lost", true}}));
+  json j = wait_job(id, [&](const json& x) {
+    return x["state"] == "RUNNING" && x["restore_from"] == 0 &&
+           !node->of("/v1/node/restore").empty();
+  });
+  ASSERT_EQ(j["state"], "RUNNING") << j.dump();
+  auto restores = node->of("/v1/node/restore");
+  ASSERT_EQ(restores.size(), 1u);
+  EXPECT_EQ(restores[0].body["restore_dir"], checkpoints(id)[0]["location"]);
+  EXPECT_EQ(j["restarts"], 1);
+  EXPECT_TRUE(has(j["history"], "NodeFail: run 1 on n1: node n1 lost run 1"))
+      << j["history"].dump();
+}
+
 TEST_F(Recovery, RestoreOfABadImageFallsBackToTheOlderOneThenToAStartFromScratch) {
   int64_t id = job_on_n1();
   std::string sid = std::to_string(id);

@@ -985,14 +985,14 @@ TEST_F(BadManifest, WrongFormatVersionRefused) {
   EXPECT_THAT(error_of([&] { ImageReader::open(dir_); }),
               AllOf(HasSubstr(dir_.string()),
                     HasSubstr(fmt::format("image format {} (written by engine {}), this engine "
-                                          "reads format {} only",
+                                          "reads formats {} to {}",
                                           kImageFormatVersion + 1, FSCHED_TEST_ENGINE_VERSION,
-                                          kImageFormatVersion))));
+                                          kOldestImageFormat, kImageFormatVersion))));
 }
 
 // Format 2 predates page-stream sections (and signed manifests): refused, naming both.
 TEST_F(BadManifest, FormatTwoRefusedAsImageError) {
-  ASSERT_EQ(kImageFormatVersion, 3);
+  ASSERT_EQ(kOldestImageFormat, 3);
   json m = read_manifest(dir_);
   m["format_version"] = 2;
   m["engine_version"] = "0.9.0";
@@ -1002,7 +1002,7 @@ TEST_F(BadManifest, FormatTwoRefusedAsImageError) {
     FAIL() << "format 2 accepted";
   } catch (const ImageError& e) {
     EXPECT_THAT(e.what(), HasSubstr("image format 2 (written by engine 0.9.0), this engine reads "
-                                    "format 3 only"));
+                                    "formats 3 to 4"));
     EXPECT_EQ(e.failure_class(), FailureClass::kImage);
   }
 }
