@@ -254,14 +254,13 @@ class ImageReader {
   // kOldestImageFormat..kImageFormatVersion (whatever engine_version wrote it).
   // Throws fsched::ImageError with the path and what is wrong ("DIR is not a
   // checkpoint image (no manifest.json)", "manifest checksum mismatch", "image format
-  // 2 (written by engine V), this engine reads formats 3 to 4", ...); fsched::Error (transient) only when DIR does
-  // not exist or a file cannot be read (errno). Also checks that "sections" is an
-  // array of {"name": a known section, "offset": integer} (the order is
-  // validate_manifest()'s), and that the chunk table is well-formed (offsets
-  // aligned as above, sizes in range, "zstd" a boolean, stored == raw for a raw
-  // chunk, totals consistent); it does not read pages.img.
-  // With a non-empty `key`, manifest.hmac must hold the HMAC of manifest.json's bytes
-  // with that key, and is checked first, before anything of the manifest is parsed
+  // 2 (written by engine V), this engine reads formats 3 to 4", ...); fsched::Error (transient)
+  // only when DIR does not exist or a file cannot be read (errno). Also checks that "sections" is
+  // an array of {"name": a known section, "offset": integer} (the order is validate_manifest()'s),
+  // and that the chunk table is well-formed (offsets aligned as above, sizes in range, "zstd" a
+  // boolean, stored == raw for a raw chunk, totals consistent); it does not read pages.img. With a
+  // non-empty `key`, manifest.hmac must hold the HMAC of manifest.json's bytes with that key, and
+  // is checked first, before anything of the manifest is parsed
   // ("HMAC mismatch ..."). Files are read only if they are regular files (not links,
   // FIFOs or devices), manifest.json up to kMaxManifestBytes.
   static std::unique_ptr<ImageReader> open(const std::filesystem::path& dir,
