@@ -22,6 +22,7 @@
 #include "common/fd.h"
 
 namespace fsched::ckpt {
+
 namespace {
 
 // Restored by madvise(2) with this advice.
@@ -44,7 +45,8 @@ constexpr std::string_view kOtherRestored[] = {"gd", "nr", "lo", "lf", "sl", "mw
 //             vm.overcommit_memory counts, not what the job sees;
 //   sd        soft-dirty: a change-tracking bit for checkpointers, not the job's;
 //   gu        "maybe has guard regions": the guard pages themselves are what matters;
-//             they are looked for in pagemap, and refused.
+//             they are looked for in pagemap, recorded (Vma::guards) and installed
+//             again (and the flag with them).
 constexpr std::string_view kDerived[] = {"rd", "wr", "ex", "sh", "ms", "mr",
                                          "me", "mw", "ac", "sd", "gu"};
 
@@ -96,22 +98,31 @@ std::string where_in(int pid, const Vma& v) {
                      v.path.empty() ? std::string(to_string(v.kind)) : v.path);
 }
 
-// Whether any page of v is a guard region (pagemap bit 58, PM_GUARD_REGION, kernel 6.15;
-// Documentation/admin-guide/mm/pagemap.rst). Read only for mappings flagged "gu".
-bool has_guard_pages(pid_t pid, const Vma& v) {
-  constexpr std::uint64_t kPmGuardRegion = 1ULL << 58;
+constexpr int kMadvGuardInstall = 102;  // madvise(2), kernel 6.13; not in glibc 2.36
+
+// The guard-region pages of v in host process `pid`, as {first page, count} runs
+// (pagemap bit 58, PM_GUARD_REGION, kernel 6.15; pagemap.rst). Read only for mappings
+// flagged "gu", the only ones that can have any.
+std::vector<std::pair<std::uint64_t, std::uint64_t>> guard_runs(pid_t pid, const Vma& v) {
   UniqueFd pm(::open(fmt::format("/proc/{}/pagemap", pid).c_str(), O_RDONLY | O_CLOEXEC));
   if (!pm) fail_errno("cannot open /proc/{}/pagemap", pid);
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> runs;
   std::vector<std::uint64_t> e(512);
   for (std::uint64_t a = v.start; a < v.end;) {
     std::size_t n = std::min<std::uint64_t>(e.size(), (v.end - a) / 4096);
     ssize_t got = ::pread(pm.get(), e.data(), n * 8, static_cast<off_t>(a / 4096 * 8));
     if (got != static_cast<ssize_t>(n * 8)) fail_errno("cannot read /proc/{}/pagemap", pid);
-    for (std::size_t i = 0; i < n; ++i)
-      if (e[i] & kPmGuardRegion) return true;
+    for (std::size_t i = 0; i < n; ++i) {
+      if (!(e[i] & kPmGuardRegion)) continue;
+      std::uint64_t at = (a - v.start) / 4096 + i;
+      if (!runs.empty() && runs.back().first + runs.back().second == at)
+        ++runs.back().second;
+      else
+        runs.emplace_back(at, 1);
+    }
     a += n * 4096;
   }
-  return false;
+  return runs;
 }
 
 constexpr long kPrGetMemoryMerge = 68;  // prctl(2), kernel 6.4; not in glibc 2.36
@@ -122,8 +133,8 @@ constexpr long kSysMseal = 462;         // mseal(2), kernel 6.10; not in glibc 2
 void dump_vma_flags(pid_t pid, const MapsEntry& m, Vma& v, const std::string& where) {
   v.vmflags.clear();
   if (is_kernel_mapping(v.kind)) return;  // the kernel maps them, flags and all
-  if (has(m.vmflags, "gu") && has_guard_pages(pid, v))
-    fail_unsupported("{}: guard regions (madvise MADV_GUARD_INSTALL) are not supported", where);
+  v.guards.clear();
+  if (has(m.vmflags, "gu")) v.guards = guard_runs(pid, v);
   if (m.pkey != 0)
     fail_unsupported("{}: memory protection key {} (pkey_mprotect) is not supported", where,
                      m.pkey);
@@ -170,6 +181,14 @@ void dump_mm_locks(DumpProcess& p) {
 }
 
 void restore_vma_advice(Injector& inj, int pid, const Vma& v) {
+  for (auto [first, count] : v.guards) {
+    if (first >= (v.end - v.start) / 4096 || count > (v.end - v.start) / 4096 - first)
+      fail_image("image: {}: guard region beyond the mapping", where_in(pid, v));
+    inj.call_ok(fmt::format("{}: madvise MADV_GUARD_INSTALL of {} pages at page {}",
+                            where_in(pid, v), count, first),
+                SYS_madvise, v.start + first * 4096, count * 4096,
+                static_cast<std::uint64_t>(kMadvGuardInstall));
+  }
   for (auto [flag, adv] : kAdvised)
     if (has(v.vmflags, flag))
       inj.call_ok(fmt::format("{}: madvise {}", where_in(pid, v), flag), SYS_madvise, v.start,
@@ -215,6 +234,8 @@ void restore_vma_locks(RestoreProcess& p) {
         fail("{}: VmFlags [{}] after restore, the image has [{}]", where_in(r.pid, v),
              fmt::join(got, " "), fmt::join(want, " "));
     }
+    if (!v.guards.empty() && guard_runs(p.host_pid, v) != v.guards)
+      fail("{}: its guard regions differ from the image's after restore", where_in(r.pid, v));
   }
 }
 

@@ -7,6 +7,7 @@
 // refused at dump with an error naming the mapping.
 #pragma once
 
+#include <cstdint>
 #include <string>
 
 #include "ckpt/dump_context.h"
@@ -17,6 +18,10 @@
 namespace fsched::ckpt {
 
 class Injector;
+
+// /proc/PID/pagemap entry bit of a guard-region page (pagemap.rst, kernel 6.15); the
+// page copy skips such pages (they also show as swapped, and cannot be read).
+inline constexpr std::uint64_t kPmGuardRegion = 1ULL << 58;
 
 // Dump, one mapping of host process `pid`: records in v.vmflags the VmFlags of `m` that the restore
 // sets again; v.kind, v.shared and v.prot must be filled already. Throws UnsupportedError naming
@@ -34,8 +39,9 @@ void dump_vma_flags(pid_t pid, const MapsEntry& m, Vma& v, const std::string& wh
 // (prctl(2) PR_SET_MEMORY_MERGE), which only CAP_SYS_RESOURCE may set.
 void dump_mm_locks(DumpProcess& p);
 
-// Restore, during the memory restore (final protections set): the madvise(2) flags of
-// v, by injected madvise in the process behind `inj`. Throws Error naming the mapping.
+// Restore, during the memory restore (pages filled, final protections set): the
+// madvise(2) flags and guard regions of v, by injected madvise in the process behind
+// `inj`. Throws Error naming the mapping.
 void restore_vma_advice(Injector& inj, int pid, const Vma& v);
 
 // Restore, after restore_creds (so the job's own RLIMIT_MEMLOCK and capabilities

@@ -49,6 +49,8 @@ struct Vma {
   std::vector<std::string> vmflags;
   // Runs of pages stored in the page stream: {first page index within the VMA, count}.
   std::vector<std::pair<std::uint64_t, std::uint64_t>> runs;
+  // Guard regions (madvise(2) MADV_GUARD_INSTALL; madvise.h): {first page, count}.
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> guards;
 };
 
 // A file registered in an epoll instance (epoll_ctl(2)).
@@ -274,7 +276,7 @@ struct Manifest {
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(FileId, ino, size, mtime_ns, dev, mode, uid, gid)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Vma, start, end, prot, shared, kind, shm_key, path,
                                                 deleted_key, shmat_flags, pgoff, file, vmflags,
-                                                runs)
+                                                runs, guards)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(EpollTarget, fd, events, data)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(InotifyWatch, wd, ino, sdev, mask, handle_type,
                                                 handle_hex, path)

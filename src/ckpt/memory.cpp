@@ -274,6 +274,7 @@ std::uint64_t dump_pages(DumpProcess& p, ImageWriter& img) {
       idx.clear();
       for (std::uint64_t i = 0; i < n; ++i) {
         std::uint64_t e = pm[i];
+        if (e & kPmGuardRegion) continue;  // no page: a guard marker (v.guards)
         if ((e & kPmSwapped) || ((e & kPmPresent) && !(file && (e & kPmFileOrShared))))
           idx.push_back(first + i);
       }

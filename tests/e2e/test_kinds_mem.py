@@ -1,6 +1,6 @@
 """Memory-mapping state, one kind at a time (issue 13): ckpt_mem_kind holds only
-madvise/mlock/mseal flags, mlockall(MCL_FUTURE), sealed memfds, an executable memfd or a
-shared file mapping partly made read-only, and is dumped midway and restored; its own
+madvise/mlock/mseal flags, mlockall(MCL_FUTURE), sealed memfds, an executable memfd, a
+shared file mapping partly made read-only or guard regions (MADV_GUARD_INSTALL), and is dumped midway and restored; its own
 checks every round and its output must equal the uninterrupted run's, and the image must
 hold the state (so a pass is not luck). A mapping the engine cannot restore (a sysfs
 file) must make the dump refuse, naming it, with the job going on unharmed."""
@@ -53,6 +53,11 @@ def _shared_mprotect(m: dict) -> None:
     assert len(ro) == 1 and "mw" in ro[0]["vmflags"], pieces
 
 
+def _guard(m: dict) -> None:
+    guarded = [v["guards"] for v in _job_process(m)["vmas"] if v.get("guards")]
+    assert guarded == [[[2, 1], [5, 2]]], guarded
+
+
 KINDS: dict[str, Callable[[dict], None]] = {
     "advice": _advice,
     "mlockall": lambda m: _job_process(m)["mlockall"] & MCL_FUTURE
@@ -61,6 +66,7 @@ KINDS: dict[str, Callable[[dict], None]] = {
     "memfd_exec": _exe_memfd,
     "memfd_exec_ro": _exe_memfd,
     "shared_mprotect": _shared_mprotect,
+    "guard": _guard,
 }
 
 

@@ -27,11 +27,15 @@
 //                page of the second half and checks the file; at the end the first half
 //                is made writable again and written (which needs the mapping's
 //                may-write permission to survive)
+//   guard        an anonymous mapping with MADV_GUARD_INSTALL guard pages: each round
+//                checks which pages are guards (pagemap) and the others' contents;
+//                every 10th round a child touches a guard page, which must fault
 //   sysfs_map    a mapping of /sys/kernel/btf/vmlinux (a dump must refuse it)
 //   exec_done    (internal) what memfd_exec runs: prints "done memfd_exec N"
 //
 // Exit status 0; 1 with a line "FAIL ..." saying what failed.
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -326,6 +330,54 @@ void run_shared_mprotect(int rounds) {
   unlink(path);
 }
 
+// The guard-region pages among the kPages at mem (pagemap bit 58), as a string of
+// 'g' and '.'.
+std::string guard_pages(const unsigned char* mem, std::size_t pages) {
+  int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) die("open pagemap");
+  std::vector<std::uint64_t> e(pages);
+  off_t off = static_cast<off_t>(reinterpret_cast<std::uintptr_t>(mem) / kPage * 8);
+  if (pread(fd, e.data(), pages * 8, off) != static_cast<ssize_t>(pages * 8)) die("pread pagemap");
+  close(fd);
+  std::string s;
+  for (auto x : e) s += (x >> 58) & 1 ? 'g' : '.';
+  return s;
+}
+
+void run_guard(int rounds) {
+  constexpr std::size_t kPages = 8;
+  auto* mem = static_cast<unsigned char*>(map_anon(kPages * kPage));
+  const std::string want = "..g..gg.";
+  for (std::size_t i = 0; i < kPages; ++i)
+    if (want[i] == 'g' && madvise(mem + i * kPage, kPage, 102 /* MADV_GUARD_INSTALL */) < 0)
+      die("madvise MADV_GUARD_INSTALL");
+  for (int r = 1; r <= rounds; ++r) {
+    std::string now = guard_pages(mem, kPages);
+    if (now != want) fail("guard: guard pages " + now + ", expected " + want);
+    for (std::size_t i = 0; i < kPages; ++i) {
+      if (want[i] == 'g') continue;
+      if (r > 1 && mem[i * kPage + 100] != fill(r - 1)) fail("guard: contents changed");
+      mem[i * kPage + 100] = fill(r);
+    }
+    if (r % 10 == 0) {
+      // A guard page faults (SIGSEGV) when touched.
+      pid_t c = fork();
+      if (c < 0) die("fork");
+      if (c == 0) {
+        volatile unsigned char x = mem[2 * kPage];
+        (void)x;
+        _exit(0);
+      }
+      int st = 0;
+      if (waitpid(c, &st, 0) != c) die("waitpid");
+      if (!WIFSIGNALED(st) || WTERMSIG(st) != SIGSEGV)
+        fail("guard: touching a guard page did not fault, status " + std::to_string(st));
+    }
+    line("guard " + std::to_string(r));
+    tick();
+  }
+}
+
 void run_sysfs_map(int rounds) {
   int fd = open("/sys/kernel/btf/vmlinux", O_RDONLY | O_CLOEXEC);
   if (fd < 0) die("open /sys/kernel/btf/vmlinux");
@@ -370,6 +422,8 @@ int main(int argc, char** argv) {
     run_memfd_exec(rounds, true);
   else if (kind == "shared_mprotect")
     run_shared_mprotect(rounds);
+  else if (kind == "guard")
+    run_guard(rounds);
   else if (kind == "sysfs_map")
     run_sysfs_map(rounds);
   else {
