@@ -23,6 +23,7 @@
 #include <random>
 
 #include "ckpt/fsaccess.h"
+#include "ckpt/memfd.h"
 #include "ckpt/remote.h"
 #include "ckpt/shmem.h"
 #include "common/error.h"
@@ -109,6 +110,7 @@ void dump_deleted_files(std::span<DumpProcess> procs, Manifest& m, ImageWriter& 
     d.uid = st.st_uid;
     d.gid = st.st_gid;
     d.size = static_cast<std::uint64_t>(st.st_size);
+    d.seals = dump_seals(fd.get(), where);
     d.runs = append_file_data(fd.get(), d.size, img, buf, fmt::format("{} ({})", source, path));
     m.deleted_files.push_back(std::move(d));
   };
@@ -149,14 +151,12 @@ void create_deleted_files(InitStash& stash, const InjectionArea& area, const Man
     Injector& inj = stash.inj();
     const pid_t ip = stash.init().host_pid;
     long in_init;
-    if (is_memfd(d.path)) {
-      // A memfd (held as an fd only: mapped ones are shm objects) keeps its name; it
-      // has no path, so init makes it (in the job's memfd accounting, as shmem.cpp
-      // does), then owner and mode (the mode after the owner: fchown clears set-user-ID
-      // bits).
-      std::uint64_t name = put_string(ip, area, 0, d.path.substr(std::strlen(kMemfd)));
-      in_init = inj.call_ok(what + ": memfd_create in init", SYS_memfd_create, name, MFD_CLOEXEC);
-      set_owner_and_mode(inj, ip, in_init, d.uid, d.gid, d.mode, what);
+    const bool memfd = is_memfd(d.path);
+    if (memfd) {
+      // A memfd (held as an fd only: mapped ones are shm objects) keeps its name. Made
+      // by init itself, so that init holds the description memfd_create returns, which
+      // (unlike a reopen) has no write access that would make exec fail (memfd.h).
+      in_init = create_memfd(inj, ip, area, memfd_name(d.path), what);
     } else {
       // In its old directory, which the user controls: made by init as the file's owner
       // in the job, never through a link (fsaccess.h).
@@ -171,9 +171,16 @@ void create_deleted_files(InitStash& stash, const InjectionArea& area, const Man
     }
     table[d.key] = stash.park(in_init, what);
     UniqueFd fd = stash.take(table[d.key], what);
+    if (memfd) {
+      // The mode after the owner: fchown clears set-user-ID bits.
+      if (::fchown(fd.get(), d.uid, d.gid) < 0)
+        fail_errno("{}: fchown to {}:{}", what, d.uid, d.gid);
+      if (::fchmod(fd.get(), d.mode) < 0) fail_errno("{}: fchmod {:o}", what, d.mode);
+    }
     if (::ftruncate(fd.get(), static_cast<off_t>(d.size)) < 0)
       fail_errno("{}: ftruncate to {} bytes", what, d.size);
     fill_file_data(fd.get(), d.size, d.runs, pages, buf, what);
+    seal_before_mapping(fd.get(), d.seals, what);
   }
 }
 

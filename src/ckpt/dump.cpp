@@ -15,6 +15,7 @@
 #include "ckpt/files.h"
 #include "ckpt/fsaccess.h"
 #include "ckpt/imagekey.h"
+#include "ckpt/madvise.h"
 #include "ckpt/memory.h"
 #include "ckpt/namespaces.h"
 #include "ckpt/pipes.h"
@@ -124,6 +125,7 @@ DumpStats dump(const DumpOptions& o) {
       dump_threads(p, m.xstate_size);
       dump_signals(p);
       dump_creds(p);
+      dump_mm_locks(p);
       dump_process_ctl(p);
       dump_timers(p);
       close_injection(p);

@@ -26,6 +26,7 @@
 #include "ckpt/fd_ops.h"
 #include "ckpt/fsaccess.h"
 #include "ckpt/inotify.h"
+#include "ckpt/memfd.h"
 #include "ckpt/pipes.h"
 #include "ckpt/proc.h"
 #include "ckpt/remote.h"
@@ -86,6 +87,14 @@ long open_checked(const FdRestoreCtx& c, const Fd& f, const FileId& want, SizeRu
 long open_file(const FdRestoreCtx& c, const Fd& f, const std::string& who) {
   Injector& inj = c.inj();
   std::string key = !f.deleted_key.empty() ? f.deleted_key : named_shm_key(*c.proc.image, f);
+  if (!key.empty() && memfd_gets_original(*c.proc.image, f)) {
+    // The memfd's own description (memfd.h: a reopen would have write access, and the
+    // job's exec of it fail with ETXTBSY), with this fd's status flags.
+    long fd = take_from_init(inj, shm_fd_in_init(c.objects, key), who);
+    inj.call_ok(who + ": fcntl(F_SETFL)", SYS_fcntl, static_cast<std::uint64_t>(fd), F_SETFL,
+                static_cast<std::uint64_t>(f.flags & (O_APPEND | O_NONBLOCK | O_NOATIME)));
+    return fd;
+  }
   if (!key.empty()) {
     // The file recreated in init, reopened through /proc/self/fd so that this fd has
     // an open file description of its own, with its own flags and offset.

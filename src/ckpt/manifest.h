@@ -42,11 +42,15 @@ struct Vma {
   // kind "sysv": a SysV shared memory attach (shmat(2)) of segment shm_key (its shmid);
   // the attach's SHM_RDONLY / SHM_EXEC flags.
   int shmat_flags = 0;
-  std::uint64_t pgoff = 0;           // file offset in bytes
-  FileId file;                       // identity of the mapped file
-  std::vector<std::string> vmflags;  // smaps VmFlags we restore (gd, dc, wc, hg, nh, dd)
+  std::uint64_t pgoff = 0;  // file offset in bytes
+  FileId file;              // identity of the mapped file
+  // smaps VmFlags the restore sets and reads back (madvise.h); images older than
+  // Process::vmflags_all hold only gd, dc, hg, nh, dd.
+  std::vector<std::string> vmflags;
   // Runs of pages stored in the page stream: {first page index within the VMA, count}.
   std::vector<std::pair<std::uint64_t, std::uint64_t>> runs;
+  // Guard regions (madvise(2) MADV_GUARD_INSTALL; madvise.h): {first page, count}.
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> guards;
 };
 
 // A file registered in an epoll instance (epoll_ctl(2)).
@@ -188,6 +192,11 @@ struct Process {
   int thp_disable = 0;           // PR_GET_THP_DISABLE's value
   std::uint64_t membarrier = 0;  // membarrier(2) registrations (MEMBARRIER_CMD_REGISTER_* bits)
   int oom_score_adj = 0;         // /proc/PID/oom_score_adj
+  // Memory-mapping flags (madvise.h): `vmflags_all` says Vma::vmflags holds every flag
+  // the restore sets (older images: only gd dc hg nh dd, and only those are checked);
+  // `mlockall` is the mlockall(2) MCL_FUTURE | MCL_ONFAULT in force, 0 if none.
+  bool vmflags_all = false;
+  int mlockall = 0;
 };
 
 // A pipe of the job: its buffered bytes are section "pipes" of the page stream, in
@@ -209,6 +218,7 @@ struct ShmObject {
   unsigned mode = 0600, uid = 0, gid = 0;
   std::uint64_t size = 0;                                     // bytes
   std::vector<std::pair<std::uint64_t, std::uint64_t>> runs;  // {first page, count} with data
+  int seals = -1;  // F_GET_SEALS (memfd.h); -1: not recorded (an older engine's image)
 };
 
 // A regular file the job holds open or mapped after it was unlinked (deleted while
@@ -221,6 +231,7 @@ struct DeletedFile {
   unsigned mode = 0600, uid = 0, gid = 0;
   std::uint64_t size = 0;                                     // bytes
   std::vector<std::pair<std::uint64_t, std::uint64_t>> runs;  // {first page, count} with data
+  int seals = -1;  // F_GET_SEALS of a memfd or tmpfs file (memfd.h); -1: none or not recorded
 };
 
 // A SysV shared memory segment (shmget(2)) of the job's IPC namespace, attached or not.
@@ -268,7 +279,7 @@ struct Manifest {
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(FileId, ino, size, mtime_ns, dev, mode, uid, gid)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Vma, start, end, prot, shared, kind, shm_key, path,
                                                 deleted_key, shmat_flags, pgoff, file, vmflags,
-                                                runs)
+                                                runs, guards)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(EpollTarget, fd, events, data)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(InotifyWatch, wd, ino, sdev, mask, handle_type,
                                                 handle_hex, path)
@@ -296,10 +307,12 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(
     cwd, cwd_file, umask, personality, dumpable, uids, gids, groups, start_code, end_code,
     start_data, end_data, start_brk, brk, start_stack, arg_start, arg_end, env_start, env_end,
     auxv_hex, vmas, fds, sigactions, rlimits, itimers, shared_pending_hex, threads, procattr,
-    child_subreaper, thp_disable, membarrier, oom_score_adj)
+    child_subreaper, thp_disable, membarrier, oom_score_adj, vmflags_all, mlockall)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Pipe, ino, capacity, bytes, path)
-NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(ShmObject, key, path, mode, uid, gid, size, runs)
-NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(DeletedFile, key, path, mode, uid, gid, size, runs)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(ShmObject, key, path, mode, uid, gid, size, runs,
+                                                seals)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(DeletedFile, key, path, mode, uid, gid, size, runs,
+                                                seals)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(SysvShm, id, key, size, mode, uid, gid, removed,
                                                 runs)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(UnixSocket, ino, type, state, peer, name, queued)

@@ -6,11 +6,13 @@
 #include "ckpt/memory.h"
 
 #include <fcntl.h>
+#include <linux/magic.h>
 #include <linux/prctl.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/shm.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -20,6 +22,7 @@
 #include <cstring>
 
 #include "ckpt/fsaccess.h"
+#include "ckpt/madvise.h"
 #include "ckpt/page_restore.h"
 #include "ckpt/proc.h"
 #include "ckpt/remote.h"
@@ -37,11 +40,35 @@ constexpr std::uint64_t kPmPresent = 1ULL << 63;
 constexpr std::uint64_t kPmSwapped = 1ULL << 62;
 constexpr std::uint64_t kPmFileOrShared = 1ULL << 61;
 
-// VmFlags that change how the kernel treats a mapping and are restored by madvise.
-const char* const kKeptVmFlags[] = {"gd", "dc", "wc", "hg", "nh", "dd"};
-
 bool has_flag(const Vma& v, const char* f) {
   return std::find(v.vmflags.begin(), v.vmflags.end(), f) != v.vmflags.end();
+}
+
+// The name of the pseudo file system (proc(5), sysfs(5) ...) `path` is on, or nullptr.
+const char* pseudo_fs(const std::string& path) {
+  struct statfs sf {};
+  if (::statfs(path.c_str(), &sf) < 0) return nullptr;  // stat just worked: leave it to mmap
+  switch (static_cast<unsigned long>(sf.f_type)) {
+    case PROC_SUPER_MAGIC:
+      return "/proc (procfs)";
+    case SYSFS_MAGIC:
+      return "/sys (sysfs)";
+    case DEBUGFS_MAGIC:
+      return "debugfs";
+    case TRACEFS_MAGIC:
+      return "tracefs";
+    case SECURITYFS_MAGIC:
+      return "securityfs";
+    case BPF_FS_MAGIC:
+      return "bpffs";
+    case HUGETLBFS_MAGIC:
+      return "hugetlbfs";
+    case CGROUP_SUPER_MAGIC:
+    case CGROUP2_SUPER_MAGIC:
+      return "cgroupfs";
+    default:
+      return nullptr;
+  }
 }
 
 bool is_zero_page(const std::byte* p) {
@@ -83,12 +110,13 @@ void dump_memory_layout(DumpProcess& p) {
              (m.perms[2] == 'x' ? PROT_EXEC : 0);
     v.shared = m.perms[3] == 's';
     v.pgoff = m.pgoff;
-    for (auto& fl : m.vmflags)
-      for (const char* k : kKeptVmFlags)
-        if (fl == k) v.vmflags.push_back(fl);
     auto where = [&] {
       return fmt::format("process {} (pid {} in the job), mapping {:#x}-{:#x} {}", pid, r.pid,
                          m.start, m.end, m.path.empty() ? "[anon]" : m.path);
+    };
+    auto keep = [&] {
+      dump_vma_flags(pid, m, v, where());
+      r.vmas.push_back(std::move(v));
     };
     if (m.path == "[vdso]") {
       v.kind = VmaKind::kVdso;
@@ -114,7 +142,7 @@ void dump_memory_layout(DumpProcess& p) {
         v.shm_key = std::to_string(m.ino);
         bool may_write = std::find(m.vmflags.begin(), m.vmflags.end(), "mw") != m.vmflags.end();
         v.shmat_flags = (may_write ? 0 : SHM_RDONLY) | ((v.prot & PROT_EXEC) ? SHM_EXEC : 0);
-        r.vmas.push_back(std::move(v));
+        keep();
         continue;
       }
       if (m.path.rfind("/SYSV", 0) == 0)
@@ -126,7 +154,7 @@ void dump_memory_layout(DumpProcess& p) {
         v.path = m.path.substr(0, m.path.size() - std::strlen(" (deleted)"));
         v.deleted_key = fmt::format("{}:{}", m.dev, m.ino);
         v.file = FileId{m.ino, 0, 0};
-        r.vmas.push_back(std::move(v));
+        keep();
         continue;
       }
       if (m.path.rfind("/memfd:", 0) == 0 || m.path.rfind("/dev/shm/", 0) == 0)
@@ -135,6 +163,11 @@ void dump_memory_layout(DumpProcess& p) {
       if (::stat(m.path.c_str(), &st) < 0) fail_errno("{}: cannot stat the mapped file", where());
       if (!S_ISREG(st.st_mode))
         fail_unsupported("{}: mapping of a device is not supported", where());
+      // Files of the kernel's pseudo file systems are regular files too, but what a
+      // mapping of one shows is the kernel's, made for this process: the restore could
+      // only map whatever the path gives then.
+      if (const char* fs = pseudo_fs(m.path))
+        fail_unsupported("{}: mapping of a file of {} is not supported", where(), fs);
       if (st.st_ino != m.ino)
         fail_unsupported("{}: the file at this path was replaced after it was mapped", where());
       v.kind = VmaKind::kFile;
@@ -145,8 +178,9 @@ void dump_memory_layout(DumpProcess& p) {
     }
     if (v.shared && v.kind != VmaKind::kFile && v.kind != VmaKind::kShm)
       fail_unsupported("{}: this shared mapping is not supported", where());
-    r.vmas.push_back(std::move(v));
+    keep();
   }
+  r.vmflags_all = true;
 }
 
 void dump_memory_injected(DumpProcess& p) {
@@ -240,6 +274,7 @@ std::uint64_t dump_pages(DumpProcess& p, ImageWriter& img) {
       idx.clear();
       for (std::uint64_t i = 0; i < n; ++i) {
         std::uint64_t e = pm[i];
+        if (e & kPmGuardRegion) continue;  // no page: a guard marker (v.guards)
         if ((e & kPmSwapped) || ((e & kPmPresent) && !(file && (e & kPmFileOrShared))))
           idx.push_back(first + i);
       }
@@ -362,6 +397,7 @@ void restore_memory(RestoreProcess& p, const InjectionArea& area, PageReader& pa
 
   // 3. Every saved VMA, writable for now where pages are to be filled.
   long file_fd = -1;
+  int file_oflags = O_RDONLY;
   std::string file_path;
   auto close_file = [&] {
     if (file_fd >= 0) inj.call(SYS_close, static_cast<std::uint64_t>(file_fd));
@@ -373,6 +409,7 @@ void restore_memory(RestoreProcess& p, const InjectionArea& area, PageReader& pa
     int prot = v.prot | (v.runs.empty() ? 0 : PROT_READ | PROT_WRITE);
     int flags = MAP_FIXED | (v.shared ? MAP_SHARED : MAP_PRIVATE);
     if (has_flag(v, "gd")) flags |= MAP_GROWSDOWN;
+    if (has_flag(v, "nr")) flags |= MAP_NORESERVE;
     std::string what = fmt::format("process {}: mmap of {:#x}-{:#x} {}", r.pid, v.start, v.end,
                                    v.path.empty() ? std::string(to_string(v.kind)) : v.path);
     if (v.kind == VmaKind::kSysv) {
@@ -395,9 +432,13 @@ void restore_memory(RestoreProcess& p, const InjectionArea& area, PageReader& pa
       inj.call(SYS_close, static_cast<std::uint64_t>(fd));
       if (mr < 0) throw Error(what, static_cast<int>(-mr));
     } else if (v.kind == VmaKind::kFile) {
-      if (v.path != file_path) {
+      // A shared mapping that may be made writable (VmFlags mw: the job opened the file
+      // for writing, whatever the protection now) needs the file open for writing, or
+      // mmap refuses it, and the job's later mprotect(PROT_WRITE) would fail.
+      int oflags = (v.shared && ((v.prot & PROT_WRITE) || has_flag(v, "mw"))) ? O_RDWR : O_RDONLY;
+      if (v.path != file_path || oflags != file_oflags) {
         close_file();
-        int oflags = (v.shared && (v.prot & PROT_WRITE)) ? O_RDWR : O_RDONLY;
+        file_oflags = oflags;
         std::string who = fmt::format("process {}: mapped file", r.pid);
         file_fd = open_no_symlinks(inj, hp, area, v.path, oflags, 0, who);
         file_path = v.path;
@@ -435,15 +476,7 @@ void restore_memory(RestoreProcess& p, const InjectionArea& area, PageReader& pa
     if (tmp != v.prot)
       inj.call_ok(fmt::format("mprotect {:#x}", v.start), SYS_mprotect, v.start, v.end - v.start,
                   static_cast<std::uint64_t>(v.prot));
-    static const std::pair<const char*, int> kAdvice[] = {{"dc", MADV_DONTFORK},
-                                                          {"wc", MADV_WIPEONFORK},
-                                                          {"hg", MADV_HUGEPAGE},
-                                                          {"nh", MADV_NOHUGEPAGE},
-                                                          {"dd", MADV_DONTDUMP}};
-    for (auto [flag, adv] : kAdvice)
-      if (has_flag(v, flag))
-        inj.call_ok(fmt::format("madvise {:#x} {}", v.start, flag), SYS_madvise, v.start,
-                    v.end - v.start, static_cast<std::uint64_t>(adv));
+    restore_vma_advice(inj, r.pid, v);
   }
 
   // 6. Heap, arguments, environment, auxv and /proc/PID/exe (prctl(2) PR_SET_MM_MAP).

@@ -150,6 +150,10 @@ std::vector<MapsEntry> read_smaps(pid_t pid) {
       while (f >> w) out.back().vmflags.push_back(w);
       continue;
     }
+    if (line.rfind("ProtectionKey:", 0) == 0) {
+      if (!out.empty()) out.back().pkey = std::stoi(line.substr(14));
+      continue;
+    }
     // Header lines start with a hex address and contain '-'; field lines are "Name:  value".
     auto sp = line.find(' ');
     if (sp != std::string::npos && line[sp - 1] == ':') continue;

@@ -36,6 +36,7 @@ struct MapsEntry {
   std::string dev;                   // "fd:01"
   std::string path;                  // may be empty, "[heap]", "/usr/lib/... (deleted)"
   std::vector<std::string> vmflags;  // from smaps
+  int pkey = 0;                      // smaps "ProtectionKey" (CPUs with PKU only)
 };
 // /proc/PID/smaps: every VMA with its VmFlags.
 std::vector<MapsEntry> read_smaps(pid_t pid);

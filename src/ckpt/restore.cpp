@@ -16,6 +16,7 @@
 #include "ckpt/fsaccess.h"
 #include "ckpt/imagekey.h"
 #include "ckpt/inotify.h"
+#include "ckpt/madvise.h"
 #include "ckpt/memory.h"
 #include "ckpt/pipes.h"
 #include "ckpt/procattr.h"
@@ -147,10 +148,12 @@ RestoreStats restore(const RestoreOptions& o) {
       restore_process_attrs(*p, area);
       restore_threads(*p, area);
     }
+    seal_shm_objects(stash, m, shm);
     stash.close_all();
     for (auto* p : live) {
       restore_creds(*p, area);
       restore_process_ctl(*p, area);
+      restore_vma_locks(*p);
       restore_pending_signals(*p, area);
       restore_timers(*p, area);
       unmap_injection_area(*p, area);

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "ckpt/fsaccess.h"
+#include "ckpt/memfd.h"
 #include "ckpt/remote.h"
 #include "common/error.h"
 #include "common/fd.h"
@@ -90,6 +91,17 @@ void fill_file_data(int fd, std::uint64_t size,
   }
 }
 
+void seal_shm_objects(InitStash& stash, const Manifest& m, const ShmTable& table) {
+  auto seal = [&](const std::string& key, int seals, const std::string& what) {
+    if (seals < 0) return;
+    UniqueFd w = stash.take(shm_fd_in_init(table, key), what);
+    seal_after_mapping(w.get(), seals, what);
+  };
+  for (auto& o : m.shm)
+    seal(o.key, o.seals, fmt::format("shared memory object {}", o.path.empty() ? o.key : o.path));
+  for (auto& d : m.deleted_files) seal(d.key, d.seals, fmt::format("deleted file {}", d.path));
+}
+
 int shm_fd_in_init(const ShmTable& t, const std::string& key) {
   auto it = t.find(key);
   if (it == t.end()) fail_image("image: shared memory object {} is not in the image", key);
@@ -117,6 +129,8 @@ void dump_shm(std::span<DumpProcess> procs, Manifest& m, ImageWriter& img) {
       o.uid = st.st_uid;
       o.gid = st.st_gid;
       o.size = static_cast<std::uint64_t>(st.st_size);
+      o.seals = dump_seals(fd.get(),
+                           fmt::format("process {}: shared memory {} ({})", p.rec.pid, mf, v.path));
       o.runs = append_file_data(fd.get(), o.size, img, buf, mf);
       m.shm.push_back(std::move(o));
     }
@@ -134,8 +148,14 @@ ShmTable create_shm(InitStash& stash, const InjectionArea& area, const Manifest&
     std::string what = fmt::format("shared memory object {}", o.path.empty() ? o.key : o.path);
     long fd;
     if (o.path.empty()) {
-      std::uint64_t name = put_string(init.host_pid, area, 0, "fsched-shm");
-      fd = inj.call_ok(what + ": memfd_create", SYS_memfd_create, name, MFD_CLOEXEC);
+      // A memfd keeps its name (the job sees it in /proc/self/fd and maps); shared
+      // anonymous memory has none the job can see.
+      std::string name = "fsched-shm";
+      for (auto& p : m.processes)
+        for (auto& v : p.vmas)
+          if (v.kind == VmaKind::kShm && v.shm_key == o.key && is_memfd_path(v.path))
+            name = memfd_name(v.path);
+      fd = create_memfd(inj, init.host_pid, area, name, what);
     } else {
       // The named object again, so the job's writes reach /dev/shm/NAME as before:
       // opened or made by init as the object's owner in the job, never through a link,
@@ -157,7 +177,15 @@ ShmTable create_shm(InitStash& stash, const InjectionArea& area, const Manifest&
     int high = stash.park(fd, what);
     table[o.key] = high;
     UniqueFd w = stash.take(high, what);
+    if (o.path.empty()) {
+      // The owner and mode the job saw (the mode after the owner: fchown clears
+      // set-user-ID bits); the restorer made it as root.
+      if (::fchown(w.get(), o.uid, o.gid) < 0)
+        fail_errno("{}: fchown to {}:{}", what, o.uid, o.gid);
+      if (::fchmod(w.get(), o.mode) < 0) fail_errno("{}: fchmod {:o}", what, o.mode);
+    }
     fill_file_data(w.get(), o.size, o.runs, pages, buf, what);
+    seal_before_mapping(w.get(), o.seals, what);
   }
   return table;
 }

@@ -25,6 +25,9 @@ void dump_shm(std::span<DumpProcess> procs, Manifest& m, ImageWriter& img);
 // Restore: creates the objects in init and fills them (reads the page stream).
 ShmTable create_shm(InitStash& stash, const InjectionArea& area, const Manifest& m,
                     PageReader& pages);
+// Restore, once every process has mapped and opened them (before the stash is closed):
+// the seals that must wait for that, on shm objects and deleted files (memfd.h).
+void seal_shm_objects(InitStash& stash, const Manifest& m, const ShmTable& table);
 // The fd in init of the object with key `key`; throws Error("image: ...") if none.
 int shm_fd_in_init(const ShmTable& t, const std::string& key);
 
