@@ -13,9 +13,11 @@
 #include "ckpt/deleted.h"
 #include "ckpt/engine.h"
 #include "ckpt/files.h"
+#include "ckpt/fown.h"
 #include "ckpt/fsaccess.h"
 #include "ckpt/imagekey.h"
 #include "ckpt/inotify.h"
+#include "ckpt/locks.h"
 #include "ckpt/memory.h"
 #include "ckpt/pipes.h"
 #include "ckpt/procattr.h"
@@ -150,6 +152,9 @@ RestoreStats restore(const RestoreOptions& o) {
     stash.close_all();
     for (auto* p : live) {
       restore_creds(*p, area);
+      // With the job's credentials: a lease needs them, an fd owner records them.
+      restore_locks(*p, area);
+      restore_fd_owners(*p, area);
       restore_process_ctl(*p, area);
       restore_pending_signals(*p, area);
       restore_timers(*p, area);
