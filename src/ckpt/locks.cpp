@@ -143,14 +143,14 @@ void dump_fd_locks(const DumpProcess& p, Fd& f, const std::string& fdinfo,
     if (l.lock.kind == LockKind::kUnknown)
       fail_unsupported("{}: this kind of lock ({}) is not supported: \"{}\"", where, l.kind,
                        l.text);
-    if (l.type != "READ" && l.type != "WRITE")
-      fail_unsupported("{}: a {} in state {} {} is not supported", where, describe(l.lock), l.state,
-                       l.type);
     if (l.lock.kind == LockKind::kLease && l.state != "ACTIVE")
       // Being broken: another open waits for the holder to give it up, and the kernel
       // removes it when lease-break-time runs out; neither can be recreated.
       fail_unsupported("{}: a {} that is being broken ({}) is not supported", where,
                        describe(l.lock), l.state);
+    if (l.type != "READ" && l.type != "WRITE")
+      fail_unsupported("{}: a {} in state {} {} is not supported", where, describe(l.lock), l.state,
+                       l.type);
     // Only regular files are reopened as a description of their own that can be shared
     // again (files.cpp); a lock on a directory or a pipe would come back on another one.
     if (f.kind != FdKind::kFile)

@@ -302,6 +302,11 @@ void run_lease_breaking(int rounds) {
   if (child == 0) {
     // Starts the break and returns at once.
     int fd = open("lease.b", O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd >= 0 || errno != EWOULDBLOCK) {
+      std::printf("FAIL the open for writing of lease.b gave %d (%s), not EWOULDBLOCK\n", fd,
+                  fd >= 0 ? "opened" : std::strerror(errno));
+      std::fflush(stdout);
+    }
     _exit(fd < 0 && errno == EWOULDBLOCK ? 0 : 1);
   }
   int st;
