@@ -12,11 +12,14 @@
 #include <fcntl.h>
 #include <sys/file.h>
 #include <sys/syscall.h>
+#include <sys/sysmacros.h>
 
 #include <algorithm>
+#include <functional>
+#include <charconv>
 #include <map>
 #include <set>
-#include <sstream>
+#include <string_view>
 #include <tuple>
 #include <vector>
 
@@ -31,39 +34,57 @@ namespace {
 // One lock line as the kernel printed it.
 struct LockLine {
   FileLock lock;
-  std::string kind, state, type;  // the kernel's words
-  long pid = 0;                   // in the reader's PID namespace; -1 for OFD locks
+  std::string_view kind, state, type;  // the kernel's words (in the text parsed)
+  long pid = 0;                        // in the reader's PID namespace; -1 for OFD locks
   unsigned major = 0, minor = 0;
   std::uint64_t ino = 0;
   bool waiter = false;
-  std::string text;  // the line, for messages
+  std::string_view text;  // the line, for messages
 };
 
+// The next whitespace-separated word of `s` from `pos`; "" at the end.
+std::string_view word(std::string_view s, std::size_t& pos) {
+  while (pos < s.size() && (s[pos] == ' ' || s[pos] == '\t')) ++pos;
+  std::size_t b = pos;
+  while (pos < s.size() && s[pos] != ' ' && s[pos] != '\t') ++pos;
+  return s.substr(b, pos - b);
+}
+
+template <typename T>
+bool number(std::string_view w, T& v, int base = 10) {
+  auto [p, ec] = std::from_chars(w.data(), w.data() + w.size(), v, base);
+  return ec == std::errc() && p == w.data() + w.size();
+}
+
 // Lock lines of `text`; with `prefix` ("lock:") only the lines that start with it.
-std::vector<LockLine> parse_lock_lines(const std::string& text, const std::string& prefix) {
+// (Written for speed: a job may hold tens of thousands of locks, all in one fdinfo.)
+std::vector<LockLine> parse_lock_lines(std::string_view text, std::string_view prefix) {
   std::vector<LockLine> out;
-  std::istringstream in(text);
-  std::string line;
-  while (std::getline(in, line)) {
-    if (!prefix.empty() && line.rfind(prefix, 0) != 0) continue;
-    std::istringstream w(line.substr(prefix.size()));
-    std::vector<std::string> t;
-    for (std::string s; w >> s;) t.push_back(s);
+  for (std::size_t at = 0; at < text.size();) {
+    std::size_t eol = text.find('\n', at);
+    if (eol == std::string_view::npos) eol = text.size();
+    std::string_view line = text.substr(at, eol - at);
+    at = eol + 1;
+    if (!line.starts_with(prefix)) continue;
+    std::size_t pos = prefix.size();
+    std::string_view w = word(line, pos);
+    if (w.ends_with(":")) w = word(line, pos);  // the lock's number
     LockLine l;
-    l.text = line;
-    std::size_t i = 0;
-    if (i < t.size() && t[i].ends_with(":")) ++i;  // the lock's number
-    if (i < t.size() && t[i] == "->") {
+    if (w == "->") {
       l.waiter = true;
-      ++i;
+      w = word(line, pos);
     }
-    if (t.size() < i + 7) fail("cannot parse the kernel's lock line \"{}\"", line);
-    l.kind = t[i];
-    l.state = t[i + 1];
-    l.type = t[i + 2];
-    l.pid = std::stol(t[i + 3]);
-    if (std::sscanf(t[i + 4].c_str(), "%x:%x:%lu", &l.major, &l.minor, &l.ino) != 3)
+    l.kind = w;
+    l.state = word(line, pos);
+    l.type = word(line, pos);
+    std::string_view pid = word(line, pos), dev = word(line, pos), start = word(line, pos),
+                     end = word(line, pos);
+    std::size_t c1 = dev.find(':'), c2 = dev.rfind(':');
+    if (end.empty() || !number(pid, l.pid) || c1 == c2 || c1 == std::string_view::npos ||
+        !number(dev.substr(0, c1), l.major, 16) ||
+        !number(dev.substr(c1 + 1, c2 - c1 - 1), l.minor, 16) || !number(dev.substr(c2 + 1), l.ino))
       fail("cannot parse the kernel's lock line \"{}\"", line);
+    l.text = line;
     l.lock.kind = l.kind == "POSIX"    ? LockKind::kPosix
                   : l.kind == "OFDLCK" ? LockKind::kOfd
                   : l.kind == "FLOCK"  ? LockKind::kFlock
@@ -71,9 +92,9 @@ std::vector<LockLine> parse_lock_lines(const std::string& text, const std::strin
                                        : LockKind::kUnknown;
     l.lock.write = l.type == "WRITE";
     if (l.lock.kind == LockKind::kPosix || l.lock.kind == LockKind::kOfd) {
-      l.lock.start = std::stoull(t[i + 5]);
-      l.lock.to_eof = t[i + 6] == "EOF";
-      if (!l.lock.to_eof) l.lock.end = std::stoull(t[i + 6]);
+      l.lock.to_eof = end == "EOF";
+      if (!number(start, l.lock.start) || (!l.lock.to_eof && !number(end, l.lock.end)))
+        fail("cannot parse the kernel's lock line \"{}\"", line);
     }
     out.push_back(std::move(l));
   }
@@ -163,9 +184,16 @@ void dump_fd_locks(const DumpProcess& p, Fd& f, const std::string& fdinfo,
   std::sort(f.locks.begin(), f.locks.end());
 }
 
-void check_unattributed_locks(std::span<DumpProcess> all) {
-  // (major, minor, inode) of a file, as /proc/locks names it.
-  using FileKey = std::tuple<unsigned, unsigned, std::uint64_t>;
+namespace {
+
+// (major, minor, inode) of a file, as /proc/locks names it.
+using FileKey = std::tuple<unsigned, unsigned, std::uint64_t>;
+
+// Throws UnsupportedError for a lock of /proc/locks (`held`) that a process of the job
+// holds and no fd recorded; `key_of` gives the file of an fd with locks.
+void check_attributed(std::span<DumpProcess> all, const std::vector<LockLine>& held,
+                      const std::function<FileKey(const DumpProcess&, const Fd&)>& key_of,
+                      bool last_try, bool& lost_any) {
   std::map<long, const DumpProcess*> by_pid;
   std::map<std::pair<long, FileKey>, long> posix;    // recorded POSIX locks per process, file
   std::set<std::pair<FileKey, LockKind>> described;  // files with recorded flock / leases
@@ -174,12 +202,7 @@ void check_unattributed_locks(std::span<DumpProcess> all) {
     by_pid[p.host_pid] = &p;
     for (auto& f : p.rec.fds) {
       if (f.locks.empty()) continue;
-      // The file as the kernel's lock lines name it (stat(2)'s st_dev and st_ino may
-      // differ, on overlayfs for one): read again from this fd's own lines.
-      auto lines =
-          parse_lock_lines(read_file(fmt::format("/proc/{}/fdinfo/{}", p.host_pid, f.fd)), "lock:");
-      if (lines.empty()) continue;  // the job is frozen: cannot be, but never guess
-      FileKey k{lines[0].major, lines[0].minor, lines[0].ino};
+      FileKey k = key_of(p, f);
       path_of[k] = f.path;
       for (auto& l : f.locks) {
         if (l.kind == LockKind::kPosix)
@@ -190,17 +213,10 @@ void check_unattributed_locks(std::span<DumpProcess> all) {
     }
   }
   std::map<std::pair<long, FileKey>, long> seen;
-  for (auto& l : parse_lock_lines(read_file("/proc/locks"), "")) {
+  for (auto& l : held) {
     auto it = by_pid.find(l.pid);
     if (l.waiter || it == by_pid.end()) continue;  // OFD locks show pid -1: see fdinfo only
     FileKey k{l.major, l.minor, l.ino};
-    const DumpProcess& p = *it->second;
-    auto name = [&] {
-      auto pit = path_of.find(k);
-      return pit != path_of.end()
-                 ? pit->second
-                 : fmt::format("device {:x}:{:x} inode {}", l.major, l.minor, l.ino);
-    };
     bool lost = false;
     if (l.lock.kind == LockKind::kPosix)
       lost = ++seen[{l.pid, k}] > posix[{l.pid, k}];
@@ -208,12 +224,50 @@ void check_unattributed_locks(std::span<DumpProcess> all) {
       // A flock or lease shows the pid that took it; its description may be held by
       // another process of the job now.
       lost = !described.count({k, l.lock.kind});
-    if (lost)
-      fail_unsupported(
-          "process {} (pid {} in the job): holds a {} on {} through no fd it has open (an fd "
-          "in flight in a socket?): not supported",
-          p.host_pid, p.rec.pid, describe(l.lock), name());
+    if (!lost) continue;
+    lost_any = true;
+    if (!last_try) return;
+    const DumpProcess& p = *it->second;
+    auto pit = path_of.find(k);
+    fail_unsupported(
+        "process {} (pid {} in the job): holds a {} on {} through no fd it has open (an fd "
+        "in flight in a socket?): not supported",
+        p.host_pid, p.rec.pid, describe(l.lock),
+        pit != path_of.end() ? pit->second
+                             : fmt::format("device {:x}:{:x} inode {}", l.major, l.minor, l.ino));
   }
+}
+
+}  // namespace
+
+void check_unattributed_locks(std::span<DumpProcess> all) {
+  bool any = false;
+  for (auto& p : all)
+    for (auto& f : p.rec.fds) any = any || !f.locks.empty();
+  const std::string all_locks = read_file("/proc/locks");
+  std::vector<LockLine> held = parse_lock_lines(all_locks, "");
+  if (!any && held.empty()) return;
+  // First by stat(2)'s device and inode, which is what the kernel's lines show on most
+  // file systems; where they differ (overlayfs, for one) a lock seems lost, and the
+  // file is read again from the fd's own lock lines, which name it as /proc/locks does.
+  bool lost = false;
+  check_attributed(
+      all, held,
+      [](const DumpProcess&, const Fd& f) {
+        return FileKey{major(f.file.dev), minor(f.file.dev), f.file.ino};
+      },
+      false, lost);
+  if (!lost) return;
+  check_attributed(
+      all, held,
+      [](const DumpProcess& p, const Fd& f) {
+        auto lines = parse_lock_lines(
+            read_file(fmt::format("/proc/{}/fdinfo/{}", p.host_pid, f.fd)), "lock:");
+        // The job is frozen: its locks cannot have gone; if they had, nothing matches
+        // and the lock is reported lost, never guessed.
+        return lines.empty() ? FileKey{} : FileKey{lines[0].major, lines[0].minor, lines[0].ino};
+      },
+      true, lost);
 }
 
 void restore_locks(RestoreProcess& p, const InjectionArea& area) {
