@@ -310,7 +310,11 @@ void run_lease_breaking(int rounds) {
     _exit(fd < 0 && errno == EWOULDBLOCK ? 0 : 1);
   }
   int st;
-  if (waitpid(child, &st, 0) < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0)
+  pid_t w;
+  while ((w = waitpid(child, &st, 0)) < 0 && errno == EINTR) {
+    // the SIGIO of the break may come now
+  }
+  if (w < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0)
     fail("the open for writing did not start a lease break");
   for (int i = 0; i < 1000 && !g_sigio; ++i) usleep(1000);
   if (!g_sigio) fail("no SIGIO for the lease break");
