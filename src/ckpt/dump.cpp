@@ -16,6 +16,7 @@
 #include "ckpt/fsaccess.h"
 #include "ckpt/imagekey.h"
 #include "ckpt/madvise.h"
+#include "ckpt/locks.h"
 #include "ckpt/memory.h"
 #include "ckpt/namespaces.h"
 #include "ckpt/pipes.h"
@@ -142,6 +143,7 @@ DumpStats dump(const DumpOptions& o) {
   ::sigprocmask(SIG_SETMASK, &old, nullptr);
   for (auto& p : procs)
     if (!p.zombie) dump_files(p, procs);
+  check_unattributed_locks(procs);
   phase("state");
   // The page stream, section by section in the one order restore reads it back in
   // (sections.h); the writer records where each starts.

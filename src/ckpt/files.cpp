@@ -24,9 +24,11 @@
 #include "ckpt/deleted.h"
 #include "ckpt/eventfds.h"
 #include "ckpt/fd_ops.h"
+#include "ckpt/fown.h"
 #include "ckpt/fsaccess.h"
 #include "ckpt/inotify.h"
 #include "ckpt/memfd.h"
+#include "ckpt/locks.h"
 #include "ckpt/pipes.h"
 #include "ckpt/proc.h"
 #include "ckpt/remote.h"
@@ -280,6 +282,8 @@ void dump_files(DumpProcess& p, std::span<DumpProcess> all) {
         if (&q == &p) break;
       }
     }
+    dump_fd_locks(p, f, fdinfo, where);
+    dump_fd_owner(p, all, f, where);
     r.fds.push_back(std::move(f));
   }
 }

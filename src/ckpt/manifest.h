@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "ckpt/fd_kind.h"
+#include "ckpt/lock_kind.h"
 #include "ckpt/sections.h"
 #include "ckpt/vma_kind.h"
 
@@ -72,6 +73,17 @@ struct InotifyWatch {
   std::string path;
 };
 
+// A file lock held through an fd (locks.h), as /proc/PID/fdinfo shows it.
+struct FileLock {
+  LockKind kind = LockKind::kUnknown;
+  bool write = false;       // F_WRLCK / LOCK_EX / write lease; else read / LOCK_SH
+  std::uint64_t start = 0;  // first byte (posix, ofd)
+  std::uint64_t end = 0;    // last byte, inclusive (posix, ofd), unless to_eof
+  bool to_eof = true;       // the range runs to the end of the file (and beyond)
+  bool operator==(const FileLock&) const = default;
+  auto operator<=>(const FileLock&) const = default;
+};
+
 // An open file descriptor.
 struct Fd {
   int fd = -1;
@@ -94,6 +106,14 @@ struct Fd {
   std::uint64_t sigmask = 0;                    // signalfd
   std::vector<EpollTarget> targets;             // epoll
   std::vector<InotifyWatch> watches;            // inotify, by wd
+  // Locks and signal-driven I/O (locks.h, fown.h). Absent in images of older engines,
+  // where these defaults are what a new open gives: nothing to restore.
+  std::vector<FileLock> locks;  // posix locks this process holds through this fd; ofd,
+                                // flock and lease locks of the open file description
+                                // (recorded at its first fd only)
+  int owner_type = 0;           // F_GETOWN_EX: F_OWNER_TID, F_OWNER_PID, F_OWNER_PGRP
+  int owner = 0;                // its pid, tid or pgid in the job's PID namespace; 0 none
+  int owner_signal = 0;         // F_GETSIG; 0: SIGIO
 };
 
 struct SigAction {
@@ -283,10 +303,12 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Vma, start, end, prot, shared, k
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(EpollTarget, fd, events, data)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(InotifyWatch, wd, ino, sdev, mask, handle_type,
                                                 handle_hex, path)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(FileLock, kind, write, start, end, to_eof)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Fd, fd, kind, path, flags, pos, file, deleted_key,
                                                 shared_pid, shared_fd, count, semaphore, clockid,
                                                 settime_flags, value_ns, interval_ns, sigmask,
-                                                targets, watches)
+                                                targets, watches, locks, owner_type, owner,
+                                                owner_signal)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(SigAction, sig, handler, flags, restorer, mask)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(SeccompFilter, flags, prog_hex)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Confinement, cap_inh, cap_prm, cap_eff, cap_bnd,

@@ -13,10 +13,12 @@
 #include "ckpt/deleted.h"
 #include "ckpt/engine.h"
 #include "ckpt/files.h"
+#include "ckpt/fown.h"
 #include "ckpt/fsaccess.h"
 #include "ckpt/imagekey.h"
 #include "ckpt/inotify.h"
 #include "ckpt/madvise.h"
+#include "ckpt/locks.h"
 #include "ckpt/memory.h"
 #include "ckpt/pipes.h"
 #include "ckpt/procattr.h"
@@ -152,6 +154,9 @@ RestoreStats restore(const RestoreOptions& o) {
     stash.close_all();
     for (auto* p : live) {
       restore_creds(*p, area);
+      // With the job's credentials: a lease needs them, an fd owner records them.
+      restore_locks(*p, area);
+      restore_fd_owners(*p, area);
       restore_process_ctl(*p, area);
       restore_vma_locks(*p);
       restore_pending_signals(*p, area);

@@ -1,0 +1,124 @@
+"""File locks and fd owners, one kind at a time (issue 13): ckpt_lock_kind holds POSIX
+record locks, OFD locks, flock(2) locks, leases, or fds with a signal-driven I/O owner
+and signal, and is dumped midway and restored; its output and exit status must equal
+the uninterrupted run's. The lock kinds are checked every round from a second process
+of the job, and the image must hold the locks (so a pass is not luck). A lease being
+broken, or a flock on a directory, cannot be restored: the dump must refuse it and the
+job run on unharmed."""
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from ckpt_e2e import (E2E, JobSpec, alive, kill_job_processes, names_pid_and_fd, ns_pid,
+                      proc_state, single_error_line, tracer_pid)
+from test_ipc import DUMP_TIMEOUT, checkpoint_run
+
+pytestmark = pytest.mark.slow
+
+ROUNDS = 60
+TICK_MS = 50
+
+
+def _locks(m: dict) -> list[tuple[int, int, str, list[tuple]]]:
+    """(pid, fd, path's name, [(kind, write, start, end, to_eof)]) of every fd with locks."""
+    return [(p["pid"], f["fd"], Path(f["path"]).name,
+             [(l["kind"], l["write"], l["start"], l["end"], l["to_eof"]) for l in f["locks"]])
+            for p in m["processes"] for f in p.get("fds", []) if f.get("locks")]
+
+
+def _expect_locks(want: list[tuple[str, list[tuple]]]) -> Callable[[dict], None]:
+    """The image holds exactly these locks, by file name, each on one fd of the holder
+    (the job's last-but-one process: init, holder, checker)."""
+    def check(m: dict) -> None:
+        got = sorted((name, sorted(locks)) for pid, fd, name, locks in _locks(m))
+        assert got == sorted((n, sorted(l)) for n, l in want), got
+        holder = m["processes"][1]["pid"]
+        assert all(pid == holder for pid, *_ in _locks(m)), _locks(m)
+    return check
+
+
+def _owners(m: dict) -> None:
+    """The socket end owned by the process with SIGUSR1, the pipe end owned by its
+    second thread with SIGRTMIN, both O_ASYNC."""
+    p = m["processes"][-1]
+    owned = sorted((f["kind"], f["owner_type"], f["owner"], f["owner_signal"], bool(f["flags"] & 0o20000))
+                   for f in p["fds"] if f.get("owner"))
+    second_tid = p["threads"][1]["tid"]
+    assert owned == [("pipe", 0, second_tid, signal.SIGRTMIN, True),
+                     ("unix", 1, p["pid"], signal.SIGUSR1, True)], owned
+
+
+KINDS: dict[str, Callable[[dict], None]] = {
+    "posix": _expect_locks([("posix.lock", [("posix", True, 0, 99, False),
+                                            ("posix", True, 200, 299, False),
+                                            ("posix", False, 1000, 1999, False),
+                                            ("posix", True, 4096, 0, True)])]),
+    "ofd": _expect_locks([("ofd.lock", [("ofd", True, 0, 99, False),
+                                        ("ofd", False, 500, 599, False)])]),
+    "flock": _expect_locks([("flock.a", [("flock", True, 0, 0, True)]),
+                            ("flock.b", [("flock", False, 0, 0, True)])]),
+    "lease": _expect_locks([("lease.r", [("lease", False, 0, 0, True)]),
+                            ("lease.w", [("lease", True, 0, 0, True)])]),
+    "fown": _owners,
+}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_lock_kind(e2e: E2E, kind: str):
+    spec = JobSpec(name=f"lock_kind_{kind}",
+                   argv=[str(e2e.program("ckpt_lock_kind")), kind, str(ROUNDS), str(TICK_MS)],
+                   progress=("lines", "stdout"), timeout=120)
+    ref = e2e.reference(spec)
+    out = ref.snap["stdout"].text
+    assert ref.status == 0 and out.endswith(f"done {kind} {ROUNDS}\n"), out[-500:]
+
+    def check(job, stats: dict, m: dict):
+        # init, the holder and (for locks) its checker child
+        assert stats["processes"] == (2 if kind == "fown" else 3), stats
+        KINDS[kind](m)
+    checkpoint_run(e2e, spec, [0.3, 0.6], "middle", check_dump=check)
+
+
+@pytest.mark.parametrize("kind,name,words", [
+    ("lease_breaking", "lease.b", ("being broken",)),
+    ("flock_dir", "lockdir", ("flock write lock", "kind dir")),
+])
+def test_lock_refused(e2e: E2E, kind: str, name: str, words: tuple[str, ...]):
+    spec = JobSpec(name=f"lock_kind_{kind}",
+                   argv=[str(e2e.program("ckpt_lock_kind")), kind, "80", str(TICK_MS)],
+                   progress=("lines", "stdout"), timeout=120)
+    ref = e2e.reference(spec)
+    assert ref.status == 0 and ref.snap["stdout"].text.endswith(f"done {kind} 80\n")
+    job = e2e.job(spec)
+    job.start_detached()
+    try:
+        job.wait_progress(ref, 0.3)
+        candidates = []
+        for pid in job.job_pids():
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                try:
+                    if os.readlink(f"/proc/{pid}/fd/{fd}").endswith("/" + name):
+                        candidates += [(pid, int(fd)), (ns_pid(pid), int(fd))]
+                except OSError:
+                    continue
+        assert candidates, f"the job holds no fd of {name}"
+        image = e2e.image(f"refused/{kind}")
+        r, _ = e2e.engine.dump(job.init_pid, image, timeout=DUMP_TIMEOUT)
+        line = single_error_line(r)
+        assert r.rc == 4, f"exit {r.rc}, not 4 (unsupported, docs/failures.md): {line}"
+        assert names_pid_and_fd(line, candidates), f"error does not name the pid and fd {candidates}: {line}"
+        assert name in line and "not supported" in line and all(w in line for w in words), line
+        assert not image.exists() and not Path(str(image) + ".tmp").exists(), "a failed dump left an image"
+        for p in [job.init_pid, *job.job_pids()]:
+            assert alive(p), f"process {p} died"
+            assert proc_state(p) not in ("t", "T"), f"process {p} left stopped"
+            assert tracer_pid(p) == 0, f"process {p} left traced"
+        assert job.wait_end() == ref.status
+        job.assert_matches(ref, " after a refused dump")
+    finally:
+        kill_job_processes(job.marker)
