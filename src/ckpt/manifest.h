@@ -242,6 +242,9 @@ struct UnixSocket {
   std::uint64_t peer = 0;             // inode of the connected peer (in the job), 0 if none
   std::string name;                   // bound path; "@..." for abstract names
   std::vector<std::uint64_t> queued;  // sizes in bytes of the queued messages
+  // shutdown(2) state, the kernel's sk_shutdown (issue 13): bit 1 = no more receiving
+  // (RCV_SHUTDOWN), bit 2 = no more sending (SEND_SHUTDOWN); 0 in older images.
+  int shutdown = 0;
 };
 
 struct Manifest {
@@ -299,7 +302,8 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(ShmObject, key, path, mode, uid,
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(DeletedFile, key, path, mode, uid, gid, size, runs)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(SysvShm, id, key, size, mode, uid, gid, removed,
                                                 runs)
-NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(UnixSocket, ino, type, state, peer, name, queued)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(UnixSocket, ino, type, state, peer, name, queued,
+                                                shutdown)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Manifest, kernel, xfeatures, xstate_size,
                                                 dump_time_ns, boot_id, processes, pipes, shm,
                                                 deleted_files, sysv_shm, sockets, sections)

@@ -34,6 +34,10 @@ void write_all(int fd, const std::byte* p, std::size_t n, const std::string& wha
 }
 
 void dump_pipe(const FdDumpCtx& c, Fd& f) {
+  // Opened read-write through /proc/PID/fd: restore has only a read and a write end.
+  if ((f.flags & O_ACCMODE) == O_RDWR)
+    fail_unsupported("{}: a pipe opened for reading and writing (through /proc) is not supported",
+                     c.where);
   f.file = FileId{c.st.st_ino, 0, 0};
   f.path.clear();
 }
