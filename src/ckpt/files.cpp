@@ -221,15 +221,21 @@ void dump_files(DumpProcess& p, std::span<DumpProcess> all) {
                      r.pid, r.cwd);
   r.cwd_file = stat_file_id(fmt::format("/proc/{}/cwd", hp));
 
-  // An fd table shared with another process of the job (clone(2) CLONE_FILES): the
-  // restore would give each process a table of its own, so that an fd one opens is
-  // missing in the other.
+  // An fd table shared with another process of the job (clone(2) CLONE_FILES): with
+  // its parent, the restore creates the process so again (pstree.cpp); with another
+  // process, it cannot.
+  r.files_of_parent = false;
   for (auto& q : all) {
     if (&q == &p) break;
-    if (::syscall(SYS_kcmp, hp, q.host_pid, KCMP_FILES, 0, 0) == 0)
+    if (q.rec.pid == r.ppid && ::syscall(SYS_kcmp, hp, q.host_pid, KCMP_FILES, 0, 0) == 0)
+      r.files_of_parent = true;
+  }
+  for (auto& q : all) {
+    if (&q == &p) break;
+    if (!r.files_of_parent && ::syscall(SYS_kcmp, hp, q.host_pid, KCMP_FILES, 0, 0) == 0)
       fail_unsupported(
           "process {} (pid {} in the job) shares its file descriptor table with process {} (pid "
-          "{} in the job) (clone(2) CLONE_FILES): not supported",
+          "{} in the job), which is not its parent (clone(2) CLONE_FILES): not supported",
           hp, r.pid, q.host_pid, q.rec.pid);
   }
 
@@ -301,8 +307,6 @@ void dump_files(DumpProcess& p, std::span<DumpProcess> all) {
     // One open file description shared with an fd recorded earlier (dup, fork)? Two
     // fds of one object that kcmp(2) tells apart are separate opens, restored apart.
     if (ops->shareable) {
-      const DumpProcess* other_open = nullptr;
-      const Fd* other_fd = nullptr;
       for (auto& q : all) {
         for (auto& g : q.rec.fds) {
           if (f.shared_fd >= 0) break;
@@ -312,20 +316,10 @@ void dump_files(DumpProcess& p, std::span<DumpProcess> all) {
           if (::syscall(SYS_kcmp, hp, q.host_pid, KCMP_FILE, fd, g.fd) == 0) {
             f.shared_pid = q.rec.pid;
             f.shared_fd = g.fd;
-          } else if ((g.flags & O_ACCMODE) == (f.flags & O_ACCMODE)) {
-            other_open = &q;
-            other_fd = &g;
           }
         }
         if (&q == &p) break;
       }
-      // Pipe ends are taken from the one pipe made at restore (pipes.cpp): a second open
-      // of an end (through /proc/PID/fd) would come back merged with the first.
-      if (f.kind == FdKind::kPipe && f.shared_fd < 0 && other_open)
-        fail_unsupported(
-            "{}: a second open of this pipe end (the first is fd {} of process {}), made "
-            "through /proc/PID/fd, is not supported",
-            where, other_fd->fd, other_open->host_pid);
     }
     // An epoll watches the files at its target fd numbers in this process; those that
     // restore_files adds again by number must be the same (eventfds.cpp).
@@ -394,6 +388,8 @@ void restore_files(RestoreProcess& p, const InjectionArea& area, const PipeTable
     inj.call_ok(who + ": fchdir " + r.cwd, SYS_fchdir, static_cast<std::uint64_t>(dir));
     inj.call(SYS_close, static_cast<std::uint64_t>(dir));
   }
+  // Its fds are those of its parent, restored before it in the table they share.
+  if (r.files_of_parent) return;
   const FdRestoreCtx ctx{
       .proc = p, .area = area, .pipes = pipes, .sockets = sockets, .objects = objects};
   for (const Fd& f : r.fds) {

@@ -172,6 +172,9 @@ struct Process {
   std::string auxv_hex;
   std::vector<Vma> vmas;
   std::vector<Fd> fds;
+  // Shares its parent's fd table (clone(2) CLONE_FILES): created so again, its fds are
+  // its parent's (false in older images).
+  bool files_of_parent = false;
   std::vector<SigAction> sigactions;
   std::vector<Rlimit> rlimits;
   std::vector<ItimerVal> itimers;
@@ -296,7 +299,7 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(
     umask, personality, dumpable, uids, gids, groups, start_code, end_code, start_data, end_data,
     start_brk, brk, start_stack, arg_start, arg_end, env_start, env_end, auxv_hex, vmas, fds,
     sigactions, rlimits, itimers, shared_pending_hex, threads, procattr, child_subreaper,
-    thp_disable, membarrier, oom_score_adj)
+    thp_disable, membarrier, oom_score_adj, files_of_parent)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Pipe, ino, capacity, bytes, path)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(ShmObject, key, path, mode, uid, gid, size, runs)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(DeletedFile, key, path, mode, uid, gid, size, runs)

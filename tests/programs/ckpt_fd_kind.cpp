@@ -19,12 +19,13 @@
 //   unix_names    a socket never bound or connected, a datagram socket bound to an
 //                 abstract name and one bound to a path, a stream socket listening on an
 //                 abstract name: each round checks their names and sends through them
+//   pipe_reopen   a pipe's read end opened a second time through /proc/self/fd (as
+//                 "/dev/stdout" is), O_NONBLOCK on that open only
+//   clone_files   a child sharing the fd table (clone(2) CLONE_FILES): the parent opens
+//                 an fd each round that the child must see
 // Kinds the dump must refuse (the job runs on unharmed):
 //   epoll_closed  an epoll watching a pipe by an fd number since closed (a dup remains)
 //   proc_fd       /proc/self/stat held open and read every round
-//   pipe_reopen   a pipe's read end opened a second time through /proc/self/fd
-//   clone_files   a child sharing the fd table (clone(2) CLONE_FILES): the parent opens
-//                 an fd each round that the child must see
 //
 // Exit status 0; 1 with a line "FAIL ..." saying what failed.
 #include <fcntl.h>
