@@ -141,6 +141,13 @@ std::vector<std::string> peek_queue(int sock, int type, std::uint32_t rqueue, bo
       throw Error(who + ": peeking at its queue", e);
     }
     if (r == 0 && rcv_shut && type == SOCK_SEQPACKET && seen == rqueue) break;
+    if (r == 0 && rcv_shut) {
+      ::setsockopt(sock, SOL_SOCKET, SO_PEEK_OFF, &old, sizeof old);
+      fail_unsupported(
+          "{}: a datagram socket shut for reading (its end of queue reads as an empty "
+          "datagram) is not supported",
+          who);
+    }
     if (r == 0) {
       // The peek offset does not move past an empty datagram.
       ::setsockopt(sock, SOL_SOCKET, SO_PEEK_OFF, &old, sizeof old);
@@ -266,6 +273,12 @@ void dump_sockets(std::span<DumpProcess> procs, Manifest& m, ImageWriter& img) {
       if (d.state != TCP_LISTEN) {
         UniqueFd mine = grab_fd(p.host_pid, f.fd, who);
         for (auto& msg : peek_queue(mine.get(), d.type, d.rqueue, d.shutdown & 1, who)) {
+          // Refilled at restore by its peer: without one, the senders' addresses that
+          // recvfrom(2) reports would be lost.
+          if (!s.peer)
+            fail_unsupported(
+                "{}: data queued on a socket with no peer (sent to its name) is not supported",
+                who);
           s.queued.push_back(msg.size());
           if (!msg.empty()) img.append_pages(std::as_bytes(std::span(msg.data(), msg.size())));
         }

@@ -6,6 +6,7 @@ naming the process and fd, and the job then finishes as if never dumped."""
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Callable
 
@@ -121,6 +122,10 @@ REFUSED: dict[str, tuple[Callable[[list[int]], list[tuple[int, int]]], str]] = {
     "epoll_closed": (lambda pids: _fd_candidates(pids, lambda t: t == "anon_inode:[eventpoll]"),
                      "epoll"),
     "proc_fd": (lambda pids: _fd_candidates(pids, lambda t: t.startswith("/proc/")), "/proc"),
+    "unix_relative": (lambda pids: _fd_candidates(pids, lambda t: t.startswith("socket:")),
+                      "relative path"),
+    # Names both processes; no fd: checked below.
+    "files_sibling": (lambda pids: [(p, 0) for p in pids], "CLONE_FILES"),
 }
 
 
@@ -142,8 +147,13 @@ def test_fd_kind_refused(e2e: E2E, kind: str):
         line = single_error_line(r)
         assert r.rc == 4, f"exit {r.rc}, not 4 (unsupported, docs/failures.md): {line}"
         assert word in line and "not supported" in line, line
-        assert names_pid_and_fd(line, candidates), \
-            f"error does not name the pid and fd {candidates}: {line}"
+        if kind == "files_sibling":
+            assert len(pids) == 3, pids
+            named = [p for p in pids if re.search(rf"\b{p}\b", line)]
+            assert len(named) == 2, f"error does not name two of {pids}: {line}"
+        else:
+            assert names_pid_and_fd(line, candidates), \
+                f"error does not name the pid and fd {candidates}: {line}"
         assert not image.exists() and not Path(str(image) + ".tmp").exists(), "a failed dump left an image"
         for p in [job.init_pid, *job.job_pids()]:
             assert alive(p), f"process {p} died"

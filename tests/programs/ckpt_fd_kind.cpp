@@ -24,6 +24,9 @@
 //   clone_files   a child sharing the fd table (clone(2) CLONE_FILES): the parent opens
 //                 an fd each round that the child must see
 // Kinds the dump must refuse (the job runs on unharmed):
+//   unix_relative a datagram socket bound to a relative path
+//   files_sibling a child and the process it made with CLONE_FILES | CLONE_PARENT,
+//                 which share an fd table without being parent and child
 //   epoll_closed  an epoll watching a pipe by an fd number since closed (a dup remains)
 //   proc_fd       /proc/self/stat held open and read every round
 //
@@ -414,6 +417,54 @@ void run_clone_files(int rounds) {
     fail("the child sharing the fd table did not see an fd of its parent");
 }
 
+void run_unix_relative(int rounds) {
+  unlink("fdkind.rel.sock");
+  int s = bound(SOCK_DGRAM, "fdkind.rel.sock");
+  for (int r = 1; r <= rounds; ++r) {
+    if (name_of(s) != "fdkind.rel.sock") fail("round " + str(r) + ": named " + name_of(s));
+    line("unix_relative " + str(r));
+    tick();
+  }
+  unlink("fdkind.rel.sock");
+}
+
+int sibling_child(void*) {
+  // Shares the fd table of the process that made it, which is not its parent
+  // (CLONE_PARENT): sees the fds that one opens.
+  for (int r = 1; r <= g_clone_rounds; ++r) {
+    for (int i = 0; i < 1000 && fcntl(50 + r, F_GETFD) < 0; ++i) usleep(2000);
+    if (fcntl(50 + r, F_GETFD) < 0) _exit(3);
+  }
+  _exit(0);
+}
+
+void run_files_sibling(int rounds) {
+  g_clone_rounds = rounds;
+  pid_t a = fork();
+  if (a < 0) die("fork");
+  if (a == 0) {
+    static std::vector<char> stack(1 << 16);
+    if (clone(sibling_child, stack.data() + stack.size(), CLONE_FILES | CLONE_PARENT, nullptr) < 0)
+      _exit(4);
+    for (int r = 1; r <= rounds; ++r) {
+      int fd = open("/dev/null", O_RDONLY);
+      if (fd < 0 || dup2(fd, 50 + r) < 0) _exit(5);
+      close(fd);
+      tick();
+    }
+    _exit(0);
+  }
+  for (int r = 1; r <= rounds; ++r) {
+    line("files_sibling " + str(r));
+    tick();
+  }
+  for (int n = 0; n < 2; ++n) {
+    int st = 0;
+    if (wait(&st) < 0) die("wait");
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) fail("a child failed: " + str(st));
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -441,6 +492,8 @@ int main(int argc, char** argv) {
       {"proc_fd", run_proc_fd},
       {"pipe_reopen", run_pipe_reopen},
       {"clone_files", run_clone_files},
+      {"unix_relative", run_unix_relative},
+      {"files_sibling", run_files_sibling},
   };
   for (const Kind& k : kKinds) {
     if (kind != k.name) continue;
