@@ -5,10 +5,12 @@
 #include "ckpt/eventfds.h"
 
 #include <fcntl.h>
+#include <linux/kcmp.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/syscall.h>
 #include <sys/timerfd.h>
+#include <unistd.h>
 
 #include <cstring>
 #include <sstream>
@@ -138,6 +140,26 @@ void add_epoll_targets(const FdRestoreCtx& c, const Fd& f, const std::string& wh
 }
 
 }  // namespace
+
+void check_epoll_targets(pid_t host_pid, const Fd& f, const std::string& where) {
+  for (std::size_t i = 0; i < f.targets.size(); ++i) {
+    const EpollTarget& t = f.targets[i];
+    // The kernel finds the target by number and rank among those of that number, in
+    // the order fdinfo lists them.
+    kcmp_epoll_slot slot{};
+    slot.efd = static_cast<__u32>(f.fd);
+    slot.tfd = static_cast<__u32>(t.fd);
+    for (std::size_t j = 0; j < i; ++j) slot.toff += f.targets[j].fd == t.fd ? 1 : 0;
+    long r = ::syscall(SYS_kcmp, host_pid, host_pid, KCMP_EPOLL_TFD, t.fd, &slot);
+    if (r == 0) continue;
+    if (r < 0 && errno != EBADF && errno != ENOENT)
+      fail_errno("{}: kcmp(KCMP_EPOLL_TFD) of target fd {}", where, t.fd);
+    fail_unsupported(
+        "{}: the epoll watches a file at fd {} that is no longer open at that number (closed "
+        "or replaced, the file kept open by another fd): not supported",
+        where, t.fd);
+  }
+}
 
 const FdOps kEventfdFdOps{.kind = FdKind::kEventfd,
                           .anon_link = "anon_inode:[eventfd]",

@@ -11,7 +11,9 @@
 
 #include <fcntl.h>
 #include <linux/kcmp.h>
+#include <linux/magic.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -43,6 +45,24 @@ const char* const kDevices[] = {"/dev/null", "/dev/zero", "/dev/full", "/dev/ran
                                 "/dev/urandom"};
 
 bool writable(const Fd& f) { return (f.flags & O_ACCMODE) != O_RDONLY; }
+
+// The file status flags fcntl(2) F_SETFL changes, restored for every fd kind.
+constexpr int kStatusFlags = O_APPEND | O_NONBLOCK | O_ASYNC | O_DIRECT | O_NOATIME;
+
+// The flags of fd `fd` of process `hp`, from /proc/PID/fdinfo (proc(5)).
+int fdinfo_flags(pid_t hp, int fd, const std::string& who) {
+  std::istringstream info(read_file(fmt::format("/proc/{}/fdinfo/{}", hp, fd)));
+  std::string key;
+  while (info >> key) {
+    if (key == "flags:") {
+      int flags = 0;
+      if (info >> std::oct >> flags) return flags;
+      break;
+    }
+    info.ignore(1 << 20, '\n');
+  }
+  fail("{}: no flags in /proc/{}/fdinfo/{}", who, hp, fd);
+}
 
 // The key of the named /dev/shm object (shmem.cpp) that fd f holds, "" if none: the
 // object is made again by name before the fds, and the fd reopens that one, whatever
@@ -131,20 +151,21 @@ const FdOps kFileFdOps{.kind = FdKind::kFile,
                        .finish = nullptr,
                        .shareable = true,
                        .seekable = true};
-// Not shareable: a directory or device reopened by path behaves the same.
+// Shareable: a dup'd directory shares its readdir position and flags, a dup'd device
+// its flags.
 const FdOps kDirFdOps{.kind = FdKind::kDir,
                       .anon_link = nullptr,
                       .dump = dump_dir,
                       .open = open_dir_or_device,
                       .finish = nullptr,
-                      .shareable = false,
+                      .shareable = true,
                       .seekable = true};
 const FdOps kChrFdOps{.kind = FdKind::kChr,
                       .anon_link = nullptr,
                       .dump = dump_chr,
                       .open = open_dir_or_device,
                       .finish = nullptr,
-                      .shareable = false,
+                      .shareable = true,
                       .seekable = false};
 
 // ---- the table ---------------------------------------------------------------------
@@ -177,7 +198,9 @@ int reopen_flags(const Fd& f) {
   // fdinfo keeps the flags of the open that created the file: O_CREAT and the like
   // must not act a second time, and a file made with O_TMPFILE (Python's
   // tempfile.TemporaryFile, for one) still shows O_TMPFILE, which includes O_DIRECTORY.
-  int fl = f.flags & ~(O_CREAT | O_EXCL | O_TRUNC | O_NOCTTY);
+  // O_ASYNC given to open(2) shows in the flags but sets up no signal (open(2) BUGS):
+  // restore_files sets it with F_SETFL, which does.
+  int fl = f.flags & ~(O_CREAT | O_EXCL | O_TRUNC | O_NOCTTY | O_ASYNC);
   if ((f.flags & O_TMPFILE) == O_TMPFILE) fl &= ~O_TMPFILE;
   return fl;
 }
@@ -208,6 +231,24 @@ void dump_files(DumpProcess& p, std::span<DumpProcess> all) {
     fail_unsupported("process {} (pid {} in the job): its working directory {} was deleted", hp,
                      r.pid, r.cwd);
   r.cwd_file = stat_file_id(fmt::format("/proc/{}/cwd", hp));
+
+  // An fd table shared with another process of the job (clone(2) CLONE_FILES): with
+  // its parent, the restore creates the process so again (pstree.cpp); with another
+  // process, it cannot.
+  r.files_of_parent = false;
+  for (auto& q : all) {
+    if (&q == &p) break;
+    if (q.rec.pid == r.ppid && ::syscall(SYS_kcmp, hp, q.host_pid, KCMP_FILES, 0, 0) == 0)
+      r.files_of_parent = true;
+  }
+  for (auto& q : all) {
+    if (&q == &p) break;
+    if (!r.files_of_parent && ::syscall(SYS_kcmp, hp, q.host_pid, KCMP_FILES, 0, 0) == 0)
+      fail_unsupported(
+          "process {} (pid {} in the job) shares its file descriptor table with process {} (pid "
+          "{} in the job), which is not its parent (clone(2) CLONE_FILES): not supported",
+          hp, r.pid, q.host_pid, q.rec.pid);
+  }
 
   std::vector<int> fds;
   for (auto& e : std::filesystem::directory_iterator(fmt::format("/proc/{}/fd", hp)))
@@ -245,8 +286,16 @@ void dump_files(DumpProcess& p, std::span<DumpProcess> all) {
         fail_unsupported(
             "{}: this kind of file (fanotify, io_uring, pidfd...) is not supported yet", where);
     } else {
-      if (::stat(fmt::format("/proc/{}/fd/{}", hp, fd).c_str(), &st) < 0)
-        fail_errno("{}: cannot stat", where);
+      const std::string self = fmt::format("/proc/{}/fd/{}", hp, fd);
+      if (::stat(self.c_str(), &st) < 0) fail_errno("{}: cannot stat", where);
+      // A file of a proc(5) file system names processes by the pids of the namespace
+      // it was mounted for, and the restored job's /proc is another one.
+      struct statfs fs {};
+      if (::statfs(self.c_str(), &fs) == 0 && fs.f_type == PROC_SUPER_MAGIC)
+        fail_unsupported(
+            "{}: files of /proc are not supported (they would name other processes "
+            "after a restore)",
+            where);
       if (link.ends_with(" (deleted)")) {
         // Unlinked while open, unless the file's name really ends so.
         struct stat named {};
@@ -266,7 +315,8 @@ void dump_files(DumpProcess& p, std::span<DumpProcess> all) {
                         .deleted = deleted,
                         .where = where},
               f);
-    // One open file description shared with an fd recorded earlier (dup, fork)?
+    // One open file description shared with an fd recorded earlier (dup, fork)? Two
+    // fds of one object that kcmp(2) tells apart are separate opens, restored apart.
     if (ops->shareable) {
       for (auto& q : all) {
         for (auto& g : q.rec.fds) {
@@ -284,6 +334,9 @@ void dump_files(DumpProcess& p, std::span<DumpProcess> all) {
     }
     dump_fd_locks(p, f, fdinfo, where);
     dump_fd_owner(p, all, f, where);
+    // An epoll watches the files at its target fd numbers in this process; those that
+    // restore_files adds again by number must be the same (eventfds.cpp).
+    if (f.kind == FdKind::kEpoll && f.shared_fd < 0) check_epoll_targets(hp, f, where);
     r.fds.push_back(std::move(f));
   }
 }
@@ -348,6 +401,8 @@ void restore_files(RestoreProcess& p, const InjectionArea& area, const PipeTable
     inj.call_ok(who + ": fchdir " + r.cwd, SYS_fchdir, static_cast<std::uint64_t>(dir));
     inj.call(SYS_close, static_cast<std::uint64_t>(dir));
   }
+  // Its fds are those of its parent, restored before it in the table they share.
+  if (r.files_of_parent) return;
   const FdRestoreCtx ctx{
       .proc = p, .area = area, .pipes = pipes, .sockets = sockets, .objects = objects};
   for (const Fd& f : r.fds) {
@@ -381,6 +436,22 @@ void restore_files(RestoreProcess& p, const InjectionArea& area, const PipeTable
     const FdOps& ops = fd_ops(f.kind);
     if (ops.finish && f.shared_fd < 0)
       ops.finish(ctx, f, fmt::format("process {} {} fd {}", r.pid, to_string(f.kind), f.fd));
+  }
+  // The status flags of every fd, whatever its kind, as the kernel reports them: set
+  // again where its open left them otherwise (O_ASYNC, which open(2) does not set up;
+  // O_NONBLOCK of a kind created without it), and checked, so that no fd comes back
+  // with other flags than it had.
+  for (const Fd& f : r.fds) {
+    std::string who = fmt::format("process {} fd {} ({})", r.pid, f.fd, f.path);
+    int now = fdinfo_flags(hp, f.fd, who);
+    if ((now & kStatusFlags) != (f.flags & kStatusFlags)) {
+      inj.call_ok(who + ": fcntl(F_SETFL)", SYS_fcntl, static_cast<std::uint64_t>(f.fd), F_SETFL,
+                  static_cast<std::uint64_t>(f.flags & kStatusFlags));
+      now = fdinfo_flags(hp, f.fd, who);
+    }
+    constexpr int kChecked = kStatusFlags | O_ACCMODE | O_CLOEXEC;
+    if ((now & kChecked) != (f.flags & kChecked))
+      fail("{}: restored with flags {:o} instead of {:o}", who, now & kChecked, f.flags & kChecked);
   }
 }
 

@@ -199,6 +199,9 @@ struct Process {
   std::string auxv_hex;
   std::vector<Vma> vmas;
   std::vector<Fd> fds;
+  // Shares its parent's fd table (clone(2) CLONE_FILES): created so again, its fds are
+  // its parent's (false in older images).
+  bool files_of_parent = false;
   std::vector<SigAction> sigactions;
   std::vector<Rlimit> rlimits;
   std::vector<ItimerVal> itimers;
@@ -276,6 +279,9 @@ struct UnixSocket {
   std::uint64_t peer = 0;             // inode of the connected peer (in the job), 0 if none
   std::string name;                   // bound path; "@..." for abstract names
   std::vector<std::uint64_t> queued;  // sizes in bytes of the queued messages
+  // shutdown(2) state, the kernel's sk_shutdown (issue 13): bit 1 = no more receiving
+  // (RCV_SHUTDOWN), bit 2 = no more sending (SEND_SHUTDOWN); 0 in older images.
+  int shutdown = 0;
 };
 
 struct Manifest {
@@ -329,7 +335,7 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(
     cwd, cwd_file, umask, personality, dumpable, uids, gids, groups, start_code, end_code,
     start_data, end_data, start_brk, brk, start_stack, arg_start, arg_end, env_start, env_end,
     auxv_hex, vmas, fds, sigactions, rlimits, itimers, shared_pending_hex, threads, procattr,
-    child_subreaper, thp_disable, membarrier, oom_score_adj, vmflags_all, mlockall)
+    child_subreaper, thp_disable, membarrier, oom_score_adj, vmflags_all, mlockall, files_of_parent)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Pipe, ino, capacity, bytes, path)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(ShmObject, key, path, mode, uid, gid, size, runs,
                                                 seals)
@@ -337,7 +343,8 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(DeletedFile, key, path, mode, ui
                                                 seals)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(SysvShm, id, key, size, mode, uid, gid, removed,
                                                 runs)
-NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(UnixSocket, ino, type, state, peer, name, queued)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(UnixSocket, ino, type, state, peer, name, queued,
+                                                shutdown)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Manifest, kernel, xfeatures, xstate_size,
                                                 dump_time_ns, boot_id, processes, pipes, shm,
                                                 deleted_files, sysv_shm, sockets, sections)

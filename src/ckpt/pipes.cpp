@@ -34,6 +34,10 @@ void write_all(int fd, const std::byte* p, std::size_t n, const std::string& wha
 }
 
 void dump_pipe(const FdDumpCtx& c, Fd& f) {
+  // Opened read-write through /proc/PID/fd: restore has only a read and a write end.
+  if ((f.flags & O_ACCMODE) == O_RDWR)
+    fail_unsupported("{}: a pipe opened for reading and writing (through /proc) is not supported",
+                     c.where);
   f.file = FileId{c.st.st_ino, 0, 0};
   f.path.clear();
 }
@@ -45,6 +49,8 @@ long open_pipe(const FdRestoreCtx& c, const Fd& f, const std::string& who) {
   auto it = c.pipes.find(f.file.ino);
   if (it == c.pipes.end())
     fail_image("image: {}: pipe {} is not in the pipe table", who, f.file.ino);
+  auto again = it->second.reopened.find({c.proc.rec->pid, f.fd});
+  if (again != it->second.reopened.end()) return adopt_from_init(c, again->second, f, who);
   return adopt_from_init(
       c, (f.flags & O_ACCMODE) == O_RDONLY ? it->second.read_fd : it->second.write_fd, f, who);
 }
@@ -125,6 +131,30 @@ PipeTable create_pipes(InitStash& stash, const InjectionArea& area, const Manife
       remote_read(stash.init().host_pid, area.data(), fds, sizeof fds);
       e.read_fd = stash.park(fds[0], what);
       e.write_fd = stash.park(fds[1], what);
+      // Each further open file description of an end (the job opened /proc/self/fd/N
+      // or /dev/stdout): its own open, by init, through /proc. The first of each end is
+      // the pipe2 one. (Done by init as the restorer, root: a pipe's inode is owned by
+      // init, so the job's credentials might not open it.)
+      bool first_read = true, first_write = true;
+      for (auto& p : m.processes)
+        for (auto& f : p.fds) {
+          if (f.kind != FdKind::kPipe || f.file.ino != pp.ino || f.shared_fd >= 0) continue;
+          const bool rd = (f.flags & O_ACCMODE) == O_RDONLY;
+          bool& first = rd ? first_read : first_write;
+          if (first) {
+            first = false;
+            continue;
+          }
+          std::uint64_t path =
+              put_string(stash.init().host_pid, area, 0,
+                         fmt::format("/proc/self/fd/{}", rd ? e.read_fd : e.write_fd));
+          long fd =
+              inj.call_ok(fmt::format("{}: reopening its {} end for process {} fd {}", what,
+                                      rd ? "read" : "write", p.pid, f.fd),
+                          SYS_openat, static_cast<std::uint64_t>(AT_FDCWD), path,
+                          static_cast<std::uint64_t>((rd ? O_RDONLY : O_WRONLY) | O_CLOEXEC), 0);
+          e.reopened[{p.pid, f.fd}] = stash.park(fd, what);
+        }
     } else {
       // A named pipe: init holds it open for reading and writing (which never waits,
       // fifo(7)) so the processes' own opens do not wait either.

@@ -487,6 +487,8 @@ void create_tree(const Manifest& m, InjectionArea& area, std::vector<RestoreProc
     remote_write(parent.host_pid, area.data(), &tid_arg, sizeof tid_arg);
     clone_args args{};
     args.exit_signal = static_cast<std::uint64_t>(rec.exit_signal);
+    // One fd table with its parent, as the dump found it (files.cpp).
+    if (rec.files_of_parent) args.flags = CLONE_FILES;
     args.set_tid = area.data();
     args.set_tid_size = 1;
     remote_write(parent.host_pid, area.data() + 64, &args, sizeof args);

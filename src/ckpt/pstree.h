@@ -26,7 +26,8 @@ void dump_ids(DumpProcess& p);
 // Restore: creates every process of the manifest in a new PID namespace with its
 // saved PID, session and process group, each a stopped, seized copy of a helper that
 // holds only the injection area (chosen here, `area`). Returns them in manifest
-// order; procs[0] is init, a child of the calling process.
+// order; procs[0] is init, a child of the calling process. A process that shared its
+// parent's fd table (Process::files_of_parent) is created with CLONE_FILES.
 // On failure `procs` holds what was created so far, for the caller to kill.
 void create_tree(const Manifest& m, InjectionArea& area, std::vector<RestoreProcess>& procs);
 

@@ -13,6 +13,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "ckpt/inject.h"
@@ -72,6 +73,9 @@ using ShmTable = std::map<std::string, int>;  // object key -> fd in init
 // ... pipes and FIFOs (pipes.cpp) ...
 struct PipeEnds {
   int read_fd = -1, write_fd = -1;  // fds in init
+  // Further opens of an end (through /proc/PID/fd, as "/dev/stdout" does), each its own
+  // open file description: {job pid, fd} of the Fd -> fd in init. (pipes.cpp)
+  std::map<std::pair<int, int>, int> reopened;
 };
 using PipeTable = std::map<std::uint64_t, PipeEnds>;  // by pipe inode
 // ... and Unix sockets (sockets.cpp): socket inode -> fd in init.

@@ -1,5 +1,6 @@
 // Unix sockets: socket pairs and connected pairs inside the job (with the data queued
-// in them), listening sockets bound to a path, and unconnected sockets. What the
+// in them and their shutdown(2) state), listening sockets and unconnected sockets,
+// bound again to their path or abstract name, or never bound. What the
 // kernel knows of each (type, state, peer, name, queue length) comes from
 // NETLINK_SOCK_DIAG (sock_diag(7), unix_diag); queued data is read with MSG_PEEK
 // (SO_PEEK_OFF for datagrams, socket(7)) through our own reference to the socket
@@ -38,6 +39,7 @@ struct DiagInfo {
   std::uint64_t peer = 0;
   std::string name;
   std::uint32_t rqueue = 0;
+  int shutdown = 0;  // sk_shutdown: RCV_SHUTDOWN 1, SEND_SHUTDOWN 2
 };
 
 // Every AF_UNIX socket of this network namespace, by inode.
@@ -71,6 +73,8 @@ std::map<std::uint64_t, DiagInfo> unix_sockets() {
       int len = static_cast<int>(h->nlmsg_len - NLMSG_LENGTH(sizeof *d));
       for (auto* a = reinterpret_cast<rtattr*>(d + 1); RTA_OK(a, len); a = RTA_NEXT(a, len)) {
         if (a->rta_type == UNIX_DIAG_PEER) info.peer = *static_cast<std::uint32_t*>(RTA_DATA(a));
+        if (a->rta_type == UNIX_DIAG_SHUTDOWN)
+          info.shutdown = *static_cast<std::uint8_t*>(RTA_DATA(a));
         if (a->rta_type == UNIX_DIAG_RQLEN)
           info.rqueue = static_cast<unix_diag_rqlen*>(RTA_DATA(a))->udiag_rqueue;
         if (a->rta_type == UNIX_DIAG_NAME) {
@@ -85,7 +89,10 @@ std::map<std::uint64_t, DiagInfo> unix_sockets() {
 }
 
 // The data queued for reading on `sock`, message by message, without consuming it.
-std::vector<std::string> peek_queue(int sock, int type, std::uint32_t rqueue,
+// A socket shut for reading (shutdown(2) SHUT_RD, or its stream peer's SHUT_WR) reads 0
+// at the end of its queue: for a seqpacket socket, whose rqueue counts all queued bytes,
+// that end is told from an empty message by the bytes seen.
+std::vector<std::string> peek_queue(int sock, int type, std::uint32_t rqueue, bool rcv_shut,
                                     const std::string& who) {
   std::vector<std::string> msgs;
   std::vector<char> buf(std::max<std::size_t>(rqueue, 1) + 65536);
@@ -124,6 +131,7 @@ std::vector<std::string> peek_queue(int sock, int type, std::uint32_t rqueue,
   int zero = 0;
   if (::setsockopt(sock, SOL_SOCKET, SO_PEEK_OFF, &zero, sizeof zero) < 0)
     fail_errno("{}: SO_PEEK_OFF", who);
+  std::uint64_t seen = 0;
   for (;;) {
     ssize_t r = one(buf.size());
     if (r < 0) {
@@ -132,12 +140,21 @@ std::vector<std::string> peek_queue(int sock, int type, std::uint32_t rqueue,
       ::setsockopt(sock, SOL_SOCKET, SO_PEEK_OFF, &old, sizeof old);
       throw Error(who + ": peeking at its queue", e);
     }
+    if (r == 0 && rcv_shut && type == SOCK_SEQPACKET && seen == rqueue) break;
+    if (r == 0 && rcv_shut) {
+      ::setsockopt(sock, SOL_SOCKET, SO_PEEK_OFF, &old, sizeof old);
+      fail_unsupported(
+          "{}: a datagram socket shut for reading (its end of queue reads as an empty "
+          "datagram) is not supported",
+          who);
+    }
     if (r == 0) {
       // The peek offset does not move past an empty datagram.
       ::setsockopt(sock, SOL_SOCKET, SO_PEEK_OFF, &old, sizeof old);
       fail_unsupported("{}: an empty datagram is queued (unsupported)", who);
     }
     msgs.emplace_back(buf.data(), static_cast<std::size_t>(r));
+    seen += static_cast<std::uint64_t>(r);
   }
   ::setsockopt(sock, SOL_SOCKET, SO_PEEK_OFF, &old, sizeof old);
   return msgs;
@@ -155,6 +172,51 @@ long open_unix_fd(const FdRestoreCtx& c, const Fd& f, const std::string& who) {
   if (it == c.sockets.end())
     fail_image("image: {}: socket {} is not in the image", who, f.file.ino);
   return adopt_from_init(c, it->second, f, who);
+}
+
+// Binds socket `fd` (in init) to s.name again: a path, or an abstract name ("@...",
+// bind(2) with a leading NUL and no terminator, unix(7)).
+void bind_name(Injector& inj, pid_t init_pid, const InjectionArea& area, const Manifest& m,
+               const UnixSocket& s, long fd, const std::string& what) {
+  sockaddr_un sa{};
+  sa.sun_family = AF_UNIX;
+  if (s.name.size() >= sizeof sa.sun_path) fail("{}: name {} too long", what, s.name);
+  std::memcpy(sa.sun_path, s.name.c_str(), s.name.size() + 1);
+  socklen_t len = sizeof sa;
+  if (s.name[0] == '@') {
+    // In the network namespace, not the file system: nothing to check or remove. (The
+    // dumped job holds it until it is gone, so a restore beside it fails EADDRINUSE.)
+    sa.sun_path[0] = '\0';
+    len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + s.name.size());
+    remote_write(init_pid, area.data(), &sa, len);
+    inj.call_ok(what + ": bind " + s.name, SYS_bind, static_cast<std::uint64_t>(fd), area.data(),
+                len);
+    return;
+  }
+  // Bound by init as the socket's owner in the job: the user controls the path,
+  // so what a bind or an unlink there may do is what the job itself could.
+  act_as(inj, init_pid, area,
+         &owner_of(m, [&](const Fd& f) { return f.kind == FdKind::kUnix && f.file.ino == s.ino; }),
+         what);
+  // The dumped job's socket file, left behind: removed only if it is a socket.
+  // (Looked at by init as the job, so nothing the job could not see is told.)
+  std::uint64_t pa = put_string(init_pid, area, 0, s.name);
+  const std::uint64_t st_at = area.data() + 4096;
+  if (inj.call(SYS_newfstatat, static_cast<std::uint64_t>(AT_FDCWD), pa, st_at,
+               AT_SYMLINK_NOFOLLOW) == 0) {
+    struct stat st {};
+    remote_read(init_pid, st_at, &st, sizeof st);
+    if (!S_ISSOCK(st.st_mode))
+      fail("restore refused: {}: {} is no longer a socket; not removing it", what, s.name);
+    long un = inj.call(SYS_unlinkat, static_cast<std::uint64_t>(AT_FDCWD), pa, 0);
+    if (un < 0 && un != -ENOENT)
+      throw Error(fmt::format("{}: cannot remove the old socket file {}", what, s.name),
+                  static_cast<int>(-un));
+  }
+  remote_write(init_pid, area.data(), &sa, len);
+  inj.call_ok(what + ": bind " + s.name, SYS_bind, static_cast<std::uint64_t>(fd), area.data(),
+              len);
+  act_as(inj, init_pid, area, nullptr, what);
 }
 
 }  // namespace
@@ -192,9 +254,15 @@ void dump_sockets(std::span<DumpProcess> procs, Manifest& m, ImageWriter& img) {
       s.type = d.type;
       s.state = d.state;
       s.name = d.name;
+      s.shutdown = d.shutdown;
+      // A name is bound again at restore (create_sockets), by path or in the abstract
+      // namespace; a relative path names a file relative to a directory the kernel
+      // does not report.
+      if (!d.name.empty() && d.name[0] != '/' && d.name[0] != '@')
+        fail_unsupported("{}: bound to the relative path {} (not supported)", who, d.name);
       if (d.state == TCP_LISTEN) {
-        if (d.name.empty() || d.name[0] != '/')
-          fail_unsupported("{}: listening socket without a path name (unsupported)", who);
+        if (d.name.empty())
+          fail_unsupported("{}: listening socket without a name (not supported)", who);
       } else if (d.peer) {
         if (!in_job.count(d.peer))
           fail_unsupported("{}: connected to a socket outside the job (unsupported)", who);
@@ -204,7 +272,13 @@ void dump_sockets(std::span<DumpProcess> procs, Manifest& m, ImageWriter& img) {
       }
       if (d.state != TCP_LISTEN) {
         UniqueFd mine = grab_fd(p.host_pid, f.fd, who);
-        for (auto& msg : peek_queue(mine.get(), d.type, d.rqueue, who)) {
+        for (auto& msg : peek_queue(mine.get(), d.type, d.rqueue, d.shutdown & 1, who)) {
+          // Refilled at restore by its peer: without one, the senders' addresses that
+          // recvfrom(2) reports would be lost.
+          if (!s.peer)
+            fail_unsupported(
+                "{}: data queued on a socket with no peer (sent to its name) is not supported",
+                who);
           s.queued.push_back(msg.size());
           if (!msg.empty()) img.append_pages(std::as_bytes(std::span(msg.data(), msg.size())));
         }
@@ -234,38 +308,9 @@ SocketTable create_sockets(InitStash& stash, const InjectionArea& area, const Ma
     } else {
       long fd = inj.call_ok(what + ": socket", SYS_socket, AF_UNIX,
                             static_cast<std::uint64_t>(s.type | SOCK_CLOEXEC), 0);
-      if (s.state == TCP_LISTEN) {
-        sockaddr_un sa{};
-        sa.sun_family = AF_UNIX;
-        if (s.name.size() >= sizeof sa.sun_path) fail("{}: path too long", what);
-        std::memcpy(sa.sun_path, s.name.c_str(), s.name.size() + 1);
-        // Bound by init as the socket's owner in the job: the user controls the path,
-        // so what a bind or an unlink there may do is what the job itself could.
-        act_as(inj, init.host_pid, area,
-               &owner_of(
-                   m, [&](const Fd& f) { return f.kind == FdKind::kUnix && f.file.ino == s.ino; }),
-               what);
-        // The dumped job's socket file, left behind: removed only if it is a socket.
-        // (Looked at by init as the job, so nothing the job could not see is told.)
-        std::uint64_t pa = put_string(init.host_pid, area, 0, s.name);
-        const std::uint64_t st_at = area.data() + 4096;
-        if (inj.call(SYS_newfstatat, static_cast<std::uint64_t>(AT_FDCWD), pa, st_at,
-                     AT_SYMLINK_NOFOLLOW) == 0) {
-          struct stat st {};
-          remote_read(init.host_pid, st_at, &st, sizeof st);
-          if (!S_ISSOCK(st.st_mode))
-            fail("restore refused: {}: {} is no longer a socket; not removing it", what, s.name);
-          long un = inj.call(SYS_unlinkat, static_cast<std::uint64_t>(AT_FDCWD), pa, 0);
-          if (un < 0 && un != -ENOENT)
-            throw Error(fmt::format("{}: cannot remove the old socket file {}", what, s.name),
-                        static_cast<int>(-un));
-        }
-        remote_write(init.host_pid, area.data(), &sa, sizeof sa);
-        inj.call_ok(what + ": bind " + s.name, SYS_bind, static_cast<std::uint64_t>(fd),
-                    area.data(), sizeof sa);
-        act_as(inj, init.host_pid, area, nullptr, what);
+      if (!s.name.empty()) bind_name(inj, init.host_pid, area, m, s, fd, what);
+      if (s.state == TCP_LISTEN)
         inj.call_ok(what + ": listen", SYS_listen, static_cast<std::uint64_t>(fd), 128);
-      }
       table[s.ino] = park(fd, what);
     }
   }
@@ -300,6 +345,15 @@ SocketTable create_sockets(InitStash& stash, const InjectionArea& area, const Ma
     }
     int back = old / 2;  // getsockopt reports the doubled value setsockopt stores
     ::setsockopt(peer.get(), SOL_SOCKET, SO_SNDBUFFORCE, &back, sizeof back);
+  }
+  // shutdown(2) last, once the queues are refilled (a shut end takes no more data).
+  // For a connected stream or seqpacket pair the kernel mirrors each end's shutdown
+  // on its peer; doing both ends' again gives the same state, whichever end did it.
+  for (auto& s : m.sockets) {
+    if (!(s.shutdown & 3)) continue;
+    UniqueFd sock = stash.take(table.at(s.ino), fmt::format("unix socket {}", s.ino));
+    const int how = (s.shutdown & 3) - 1;  // 1 -> SHUT_RD, 2 -> SHUT_WR, 3 -> SHUT_RDWR
+    if (::shutdown(sock.get(), how) < 0) fail_errno("unix socket {}: shutdown({})", s.ino, how);
   }
   return table;
 }

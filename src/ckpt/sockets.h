@@ -1,6 +1,8 @@
 // Unix sockets: socket pairs and connected pairs inside the job with the data queued
-// in them, listening sockets bound to a path, unconnected sockets; and the unix fd
-// kind (FdOps). Other families, and sockets connected outside the job, are refused.
+// in them and their shutdown(2) state, listening and unconnected sockets bound again
+// to their path or abstract name (or never bound); and the unix fd kind (FdOps).
+// Other families, sockets connected outside the job, names relative paths, and data
+// queued on a socket with no peer are refused.
 // Kernel interfaces: NETLINK_SOCK_DIAG (sock_diag(7), unix_diag), recvmsg(2)
 // MSG_PEEK with SO_PEEK_OFF (socket(7)), socketpair(2), bind(2), listen(2),
 // SO_SNDBUFFORCE.

@@ -1,0 +1,165 @@
+"""File descriptor identity and flags (issue 13): ckpt_fd_kind holds one kind of fd
+state at a time and checks it every round. Restored kinds are dumped midway and
+restored; output and exit status must equal the uninterrupted run's, and the image must
+hold the state (so a pass is not luck). Refused kinds: the dump fails with exit code 4
+naming the process and fd, and the job then finishes as if never dumped."""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from ckpt_e2e import (E2E, JobSpec, alive, kill_job_processes, names_pid_and_fd, ns_pid,
+                      proc_state, single_error_line, tracer_pid)
+from test_ipc import DUMP_TIMEOUT, checkpoint_run
+
+pytestmark = pytest.mark.slow
+
+ROUNDS = 60
+TICK_MS = 50
+O_NONBLOCK, O_APPEND, O_ASYNC = 0o4000, 0o2000, 0o20000
+
+
+def _fds(m: dict, kind: str) -> list[dict]:
+    return [f for p in m["processes"] for f in p.get("fds", []) if f.get("kind") == kind]
+
+
+def _flags(m: dict):
+    """Every kind ckpt_fd_kind flags toggles is in the image, some with O_NONBLOCK or
+    O_ASYNC set (the pattern differs between fds, so one of two neighbours has it)."""
+    kinds = {"pipe", "fifo", "unix", "eventfd", "epoll", "chr", "dir"}
+    fds = [f for f in m["processes"][-1]["fds"] if f["kind"] in kinds]
+    assert {f["kind"] for f in fds} == kinds, fds
+    assert any(f["flags"] & O_NONBLOCK for f in fds) and any(f["flags"] & O_ASYNC for f in fds), fds
+    assert any(f["flags"] & O_APPEND for f in _fds(m, "pipe")), _fds(m, "pipe")
+    # The dup of the pipe's read end is recorded as sharing the first one's description.
+    assert sum(f["shared_fd"] >= 0 for f in _fds(m, "pipe")) == 1, _fds(m, "pipe")
+
+
+def _opens(m: dict):
+    fifo = _fds(m, "fifo")
+    assert len(fifo) == 3 and all(f["shared_fd"] < 0 for f in fifo), fifo  # 2 readers, 1 writer
+    files = [f for f in _fds(m, "file") if f["path"].endswith("fdkind.data")]
+    assert len(files) == 3 and sum(f["shared_fd"] >= 0 for f in files) == 1, files
+    for kind in ("dir", "chr"):
+        assert any(f["shared_fd"] >= 0 for f in _fds(m, kind)), _fds(m, kind)
+
+
+def _shutdown(m: dict):
+    assert sorted(s["shutdown"] for s in m["sockets"]) == [1, 1, 2, 2], m["sockets"]
+
+
+def _names(m: dict):
+    names = sorted(s["name"] for s in m["sockets"])
+    assert len(names) == 4 and names[0] == "", names
+    assert sum(n.startswith("@fdkind-") for n in names) == 2, names
+    assert sum(n.endswith("/fdkind.sock") for n in names) == 1, names
+
+
+def _clone_files(m: dict):
+    """The child is recorded as sharing its parent's fd table, and holds the fds its
+    parent opened (51 and up)."""
+    child = m["processes"][-1]
+    assert child["files_of_parent"] and not m["processes"][-2]["files_of_parent"], m["processes"]
+    assert any(f["fd"] > 50 for f in child["fds"]), child["fds"]
+
+
+def _pipe_reopen(m: dict):
+    """Two read ends of one pipe, each its own open file description."""
+    reads = [f for f in _fds(m, "pipe") if f["flags"] & 3 == 0]
+    assert len(reads) == 2 and reads[0]["file"]["ino"] == reads[1]["file"]["ino"], reads
+    assert all(f["shared_fd"] < 0 for f in reads), reads
+
+
+RESTORED: dict[str, Callable[[dict], None]] = {
+    "flags": _flags,
+    "opens": _opens,
+    "unix_shutdown": _shutdown,
+    "unix_names": _names,
+    "clone_files": _clone_files,
+    "pipe_reopen": _pipe_reopen,
+}
+
+
+def fd_kind_spec(e2e: E2E, kind: str, rounds: int = ROUNDS) -> JobSpec:
+    return JobSpec(name=f"fdkind_{kind}",
+                   argv=[str(e2e.program("ckpt_fd_kind")), kind, str(rounds), str(TICK_MS)],
+                   progress=("lines", "stdout"), timeout=120)
+
+
+@pytest.mark.parametrize("kind", RESTORED)
+def test_fd_kind(e2e: E2E, kind: str):
+    spec = fd_kind_spec(e2e, kind)
+    ref = e2e.reference(spec)
+    out = ref.snap["stdout"].text
+    assert ref.status == 0 and out.endswith(f"done {kind} {ROUNDS}\n"), out[-500:]
+
+    def check(job, stats: dict, m: dict):
+        # init and ckpt_fd_kind (and its CLONE_FILES child)
+        assert stats["processes"] == (3 if kind == "clone_files" else 2), stats
+        RESTORED[kind](m)
+    checkpoint_run(e2e, spec, [0.3, 0.6], "middle", check_dump=check)
+
+
+def _fd_candidates(pids: list[int], match: Callable[[str], bool]) -> list[tuple[int, int]]:
+    found = []
+    for pid in pids:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if match(target):
+                found += [(pid, int(fd)), (ns_pid(pid), int(fd))]
+    return found
+
+
+# Refused kinds: the (pid, fd) pairs the error may name, and a word it must hold.
+REFUSED: dict[str, tuple[Callable[[list[int]], list[tuple[int, int]]], str]] = {
+    "epoll_closed": (lambda pids: _fd_candidates(pids, lambda t: t == "anon_inode:[eventpoll]"),
+                     "epoll"),
+    "proc_fd": (lambda pids: _fd_candidates(pids, lambda t: t.startswith("/proc/")), "/proc"),
+    "unix_relative": (lambda pids: _fd_candidates(pids, lambda t: t.startswith("socket:")),
+                      "relative path"),
+    # Names both processes; no fd: checked below.
+    "files_sibling": (lambda pids: [(p, 0) for p in pids], "CLONE_FILES"),
+}
+
+
+@pytest.mark.parametrize("kind", REFUSED)
+def test_fd_kind_refused(e2e: E2E, kind: str):
+    spec = fd_kind_spec(e2e, kind, rounds=80)
+    ref = e2e.reference(spec)
+    out = ref.snap["stdout"].text
+    assert ref.status == 0 and out.endswith(f"done {kind} 80\n"), out[-500:]
+    job = e2e.job(spec)
+    job.start_detached()
+    try:
+        job.wait_progress(ref, 0.3)
+        pids = job.job_pids()
+        candidates, word = REFUSED[kind][0](pids), REFUSED[kind][1]
+        assert candidates, f"the job holds no fd of kind {kind}"
+        image = e2e.image(f"refused/{kind}")
+        r, _ = e2e.engine.dump(job.init_pid, image, timeout=DUMP_TIMEOUT)
+        line = single_error_line(r)
+        assert r.rc == 4, f"exit {r.rc}, not 4 (unsupported, docs/failures.md): {line}"
+        assert word in line and "not supported" in line, line
+        if kind == "files_sibling":
+            assert len(pids) == 3, pids
+            named = [p for p in pids if re.search(rf"\b{p}\b", line)]
+            assert len(named) == 2, f"error does not name two of {pids}: {line}"
+        else:
+            assert names_pid_and_fd(line, candidates), \
+                f"error does not name the pid and fd {candidates}: {line}"
+        assert not image.exists() and not Path(str(image) + ".tmp").exists(), "a failed dump left an image"
+        for p in [job.init_pid, *job.job_pids()]:
+            assert alive(p), f"process {p} died"
+            assert proc_state(p) not in ("t", "T"), f"process {p} left stopped"
+            assert tracer_pid(p) == 0, f"process {p} left traced"
+        assert job.wait_end() == ref.status
+        job.assert_matches(ref, " after a refused dump")
+    finally:
+        kill_job_processes(job.marker)
