@@ -21,6 +21,7 @@
 #include <array>
 #include <cstring>
 #include <filesystem>
+#include <set>
 #include <sstream>
 
 #include "ckpt/deleted.h"
@@ -440,16 +441,26 @@ void restore_files(RestoreProcess& p, const InjectionArea& area, const PipeTable
   // The status flags of every fd, whatever its kind, as the kernel reports them: set
   // again where its open left them otherwise (O_ASYNC, which open(2) does not set up;
   // O_NONBLOCK of a kind created without it), and checked, so that no fd comes back
-  // with other flags than it had.
+  // with other flags than it had. Except O_ASYNC of an open file description holding a
+  // lease: F_SETFL cannot set it on a regular file (no fasync), the lease sets it
+  // itself when restore_locks() takes it again, after the credentials.
+  std::set<std::pair<int, int>> leased;  // (pid, fd) of descriptions with a lease
+  for (const Process& q : p.image->processes)
+    for (const Fd& g : q.fds)
+      for (const FileLock& l : g.locks)
+        if (l.kind == LockKind::kLease) leased.insert({q.pid, g.fd});
   for (const Fd& f : r.fds) {
     std::string who = fmt::format("process {} fd {} ({})", r.pid, f.fd, f.path);
+    int settable = kStatusFlags;
+    if (leased.count({r.pid, f.fd}) || leased.count({f.shared_pid, f.shared_fd}))
+      settable &= ~O_ASYNC;
     int now = fdinfo_flags(hp, f.fd, who);
-    if ((now & kStatusFlags) != (f.flags & kStatusFlags)) {
+    if ((now & settable) != (f.flags & settable)) {
       inj.call_ok(who + ": fcntl(F_SETFL)", SYS_fcntl, static_cast<std::uint64_t>(f.fd), F_SETFL,
                   static_cast<std::uint64_t>(f.flags & kStatusFlags));
       now = fdinfo_flags(hp, f.fd, who);
     }
-    constexpr int kChecked = kStatusFlags | O_ACCMODE | O_CLOEXEC;
+    const int kChecked = settable | O_ACCMODE | O_CLOEXEC;
     if ((now & kChecked) != (f.flags & kChecked))
       fail("{}: restored with flags {:o} instead of {:o}", who, now & kChecked, f.flags & kChecked);
   }

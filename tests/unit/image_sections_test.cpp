@@ -94,7 +94,7 @@ TEST(Sections, WriterRecordsEachStart) {
             json::parse(R"([{"name":"shm","offset":0},{"name":"deleted_files","offset":3},
                             {"name":"sysv_shm","offset":3},{"name":"pages","offset":8},
                             {"name":"pipes","offset":4104},{"name":"sockets","offset":4104}])"));
-  EXPECT_EQ(r->manifest()["format_version"], 3);
+  EXPECT_EQ(r->manifest()["format_version"], kImageFormatVersion);
 }
 
 TEST(Sections, WriterRefusesAnotherOrder) {
