@@ -103,8 +103,11 @@ class Controller {
   // the checkpoint Failed and falls back to the previous Present one; a transient (or
   // unclassified) failure leaves it Present and retries, on another node if one fits,
   // at most kMaxTransientRestores times.
+  // `node_silent`: the node gave no sign of life (BatchStartTimeout): the attempt is
+  // the node's failure, not the job's, and counts toward neither limit (as Slurm
+  // requeues a job whose batch launch failed on the node's account).
   void launch_failed(Job& j, const std::string& why,
-                     std::optional<FailureClass> failure = std::nullopt);
+                     std::optional<FailureClass> failure = std::nullopt, bool node_silent = false);
   Checkpoint run_checkpoint(int64_t job_id, CheckpointSource source, const std::string& description,
                             const proto::Caller* who);  // without mu_
   // A dump's outcome, from the checkpoint RPC's reply or the node's later report

@@ -63,8 +63,8 @@ void Controller::schedule() {
       for (auto& name : p ? p->nodes : std::vector<std::string>{}) {
         Node& n = nodes_.at(name);
         if (avoid && retry && name == retry->avoid_node) continue;
-        if (!node_up(n) || n.cpus - n.alloc_cpus < j.num_cpus() ||
-            n.real_memory - n.alloc_memory < j.mem_mb)
+        if (!node_up(n) || n.unconfirmed_at > n.report_time ||
+            n.cpus - n.alloc_cpus < j.num_cpus() || n.real_memory - n.alloc_memory < j.mem_mb)
           continue;
         // Least loaded first, so jobs spread over the nodes.
         if (!best || n.alloc_cpus < best->alloc_cpus) best = &n;
@@ -218,8 +218,8 @@ void Controller::launch(int64_t id) {
   launch_failed(j, error, failure);
 }
 
-void Controller::launch_failed(Job& j, const std::string& why,
-                               std::optional<FailureClass> failure) {
+void Controller::launch_failed(Job& j, const std::string& why, std::optional<FailureClass> failure,
+                               bool node_silent) {
   double now = now_s();
   j.awaiting_node = false;
   launch_sent_.erase(j.job_id);
@@ -244,7 +244,8 @@ void Controller::launch_failed(Job& j, const std::string& why,
       // another node, after a pause; after kMaxTransientRestores the image is given up.
       RestoreRetry& rr = restore_retries_[j.job_id];
       if (rr.checkpoint_id != failed) rr = RestoreRetry{.checkpoint_id = failed};
-      if (++rr.failures < kMaxTransientRestores) {
+      if (!node_silent) ++rr.failures;
+      if (rr.failures < kMaxTransientRestores) {
         rr.avoid_node = j.nodes;
         rr.not_before = now + kRestoreRetryDelayS * rr.failures;
         spdlog::info(
@@ -303,7 +304,7 @@ void Controller::launch_failed(Job& j, const std::string& why,
       j.reason = "RestoreFailed";
       j.end_time = now;
     }
-  } else if (++j.launch_failures >= 3) {
+  } else if (!node_silent && ++j.launch_failures >= 3) {
     spdlog::error("job {}: launch on {} failed ({}), giving up after 3 tries", j.job_id, j.nodes,
                   why);
     j.state = JobState::Failed;
@@ -344,6 +345,8 @@ void Controller::check_batch_start(double now) {
     }
     std::string node = j.nodes;
     bool restore = j.restore_from != 0;
+    // Not heard from since: the node's failure (cut off, or dying), not the job's.
+    bool silent = n.report_time <= sent;
     std::string why = fmt::format(
         "{} not confirmed running within BatchStartTimeout ({} s) and no sign of it "
         "at {}",
@@ -352,7 +355,9 @@ void Controller::check_batch_start(double now) {
                  j.generation, why);
     note(j, fmt::format("run {} on {}: {}", j.generation, node, why));
     launching_.erase(id);  // the RPC's answer, if it ever comes, is for a stale run
-    launch_failed(j, why, FailureClass::kTransient);
+    // No job goes there again before the node is heard from.
+    if (silent) nodes_.at(node).unconfirmed_at = now;
+    launch_failed(j, why, FailureClass::kTransient, silent);
     if (!restore && j.state == JobState::Pending) {
       // A launch has no checkpoint to count retries by: avoid the node all the same.
       restore_retries_[id] = RestoreRetry{.checkpoint_id = 0, .failures = 0, .avoid_node = node};

@@ -115,6 +115,10 @@ struct Node {
   // The node's last report (heartbeat or registration), for BatchStartTimeout: when it
   // came, the jobs with an operation record there, the runs (job -> generation) it has.
   double report_time = 0;
+  // When a launch or restore sent here showed no sign of life within BatchStartTimeout
+  // (a node cut off, but not silent for SlurmdTimeout yet): no job is placed here until
+  // a report newer than that comes. 0: never.
+  double unconfirmed_at = 0;
   std::set<int64_t> report_ops;
   std::map<int64_t, int64_t> report_runs;
 };

@@ -514,14 +514,15 @@ class Recovery : public ControllerTest {
   std::set<std::string> alive;  // guarded by beat_mu
   std::atomic<bool> stop_beats{false};
   std::thread beater;
+  int slurmd_timeout = 1;  // s; a derived fixture may detect silence later
 
   void SetUp() override {
     cluster_conf =
         "NodeName=n1 CPUs=4 RealMemory=8000\n"
         "NodeName=n2 CPUs=4 RealMemory=8000\n"
         "PartitionName=debug Nodes=n1,n2 Default=YES\n";
-    tune = [](proto::Config& c) {
-      c.slurmd_timeout = 1;
+    tune = [this](proto::Config& c) {
+      c.slurmd_timeout = slurmd_timeout;
       c.requeue_timeout = 1;
       c.batch_start_timeout = 1;
       c.kill_wait = 1;
@@ -838,6 +839,48 @@ TEST_F(Recovery, LaunchNotConfirmedWithinBatchStartTimeoutIsRetriedElsewhere) {
   json reply = beat("n1");
   ASSERT_EQ(reply["stale"].size(), 1u) << reply.dump();
   EXPECT_EQ(reply["stale"][0]["generation"], 1);
+}
+
+// A node cut off (no heartbeat) but not silent for SlurmdTimeout yet.
+class CutOffNode : public Recovery {
+ protected:
+  CutOffNode() { slurmd_timeout = 60; }
+};
+
+TEST_F(CutOffNode, LaunchesItLosesAreNotCountedAgainstTheJobsAndNoMoreGoThere) {
+  set_alive({"n1", "n2"});
+  ASSERT_TRUE(eventually([&] { return node_info("n2")["state"] == "IDLE"; }));
+  set_alive({"n2"});  // n1 no longer heard from; its launches get no answer
+  std::promise<void> go;
+  std::shared_future<void> gone = go.get_future().share();
+  node->answer = [gone](const FakeNode::Call& c) -> json {
+    if (c.path == "/v1/node/launch" && c.node == "n1") gone.wait();
+    return json{{"pid", 6}};
+  };
+  auto to_n1 = [&] {
+    std::size_t n = 0;
+    for (auto& c : node->of("/v1/node/launch")) n += c.node == "n1";
+    return n;
+  };
+  auto running_on_n2 = [&](int64_t id) {
+    json j =
+        wait_job(id, [](const json& x) { return x["state"] == "RUNNING" && x["nodes"] == "n2"; });
+    EXPECT_EQ(j["state"], "RUNNING") << j.dump();
+    EXPECT_EQ(j["nodes"], "n2") << j.dump();
+  };
+  // The first job goes to n1 (both idle), gets no answer, and moves on at
+  // BatchStartTimeout.
+  int64_t first = submit();
+  running_on_n2(first);
+  EXPECT_EQ(to_n1(), 1u);
+  EXPECT_TRUE(has(job(first)["history"], "BatchStartTimeout")) << job(first)["history"].dump();
+  // n1 looks idle, but has not been heard from since: nothing more goes there.
+  std::vector<int64_t> ids;
+  for (int i = 0; i < 3; ++i) ids.push_back(submit());
+  for (int64_t id : ids) running_on_n2(id);
+  EXPECT_EQ(to_n1(), 1u) << "a job was placed on a node silent since it lost a launch";
+  EXPECT_EQ(node_info("n1")["state"], "IDLE") << "not silent for SlurmdTimeout yet";
+  go.set_value();
 }
 
 TEST_F(Recovery, ARestoreTheNodeReportsUnderWayOutlivesBatchStartTimeout) {
