@@ -91,7 +91,10 @@ def trial(c: NetCluster, work: Path, user: str, k: int, mib: int, interval: floa
         c.wait_for(lambda: len(host_runs(trace_hosts(d))) >= 2, 300, "the job to write from the other node")
         t_writes = time.time()
     # The controller's own instants: the samples, a second or so apart under load, can
-    # see DOWN and the move together, after the restore.
+    # see DOWN and the move together, after the restore. The restored job may write
+    # before the controller has read the restore's answer (and logged "restored").
+    c.wait_for(lambda: log_instant(c.log(), rf"job {jid}: restored from checkpoint") is not None, 60,
+               "the controller to log the restore's answer")
     log = c.log()
     l_down = log_instant(log, rf"node {victim}: DOWN")
     l_sent = log_instant(log, rf"job {jid}: restoring from checkpoint")
