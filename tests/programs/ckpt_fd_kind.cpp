@@ -53,32 +53,11 @@
 #include <string>
 #include <vector>
 
+#include "kind_prog.h"
+
 namespace {
 
-int g_tick_ms = 50;
-
-[[noreturn]] void die(const std::string& what) {
-  std::printf("FAIL %s: %s\n", what.c_str(), std::strerror(errno));
-  std::fflush(stdout);
-  std::exit(1);
-}
-
-[[noreturn]] void fail(const std::string& what) {
-  std::printf("FAIL %s\n", what.c_str());
-  std::fflush(stdout);
-  std::exit(1);
-}
-
-void line(const std::string& s) {
-  std::printf("%s\n", s.c_str());
-  std::fflush(stdout);
-}
-
-void tick() {
-  timespec ts{g_tick_ms / 1000, (g_tick_ms % 1000) * 1000000L};
-  while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {
-  }
-}
+using namespace kindprog;
 
 int check(int r, const std::string& what) {
   if (r < 0) die(what);
@@ -468,21 +447,6 @@ void run_files_sibling(int rounds) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc < 3) {
-    std::fprintf(stderr, "usage: ckpt_fd_kind KIND ROUNDS [TICK_MS]\n");
-    return 2;
-  }
-  const std::string kind = argv[1];
-  const int rounds = std::atoi(argv[2]);
-  if (argc > 3) g_tick_ms = std::atoi(argv[3]);
-  if (rounds < 1 || rounds > 900 || g_tick_ms < 1) {
-    std::fprintf(stderr, "ckpt_fd_kind: ROUNDS (1-900) and TICK_MS must be positive\n");
-    return 2;
-  }
-  struct Kind {
-    const char* name;
-    void (*run)(int);
-  };
   static const Kind kKinds[] = {
       {"flags", run_flags},
       {"opens", run_opens},
@@ -495,12 +459,5 @@ int main(int argc, char** argv) {
       {"unix_relative", run_unix_relative},
       {"files_sibling", run_files_sibling},
   };
-  for (const Kind& k : kKinds) {
-    if (kind != k.name) continue;
-    k.run(rounds);
-    line("done " + kind + " " + std::to_string(rounds));
-    return 0;
-  }
-  std::fprintf(stderr, "ckpt_fd_kind: unknown kind %s\n", kind.c_str());
-  return 2;
+  return run_kind(argc, argv, "ckpt_fd_kind", kKinds, 900);
 }

@@ -50,32 +50,11 @@
 #include <sstream>
 #include <string>
 
+#include "kind_prog.h"
+
 namespace {
 
-int g_tick_ms = 50;
-
-[[noreturn]] void die(const std::string& what) {
-  std::printf("FAIL %s: %s\n", what.c_str(), std::strerror(errno));
-  std::fflush(stdout);
-  std::exit(1);
-}
-
-[[noreturn]] void fail(const std::string& what) {
-  std::printf("FAIL %s\n", what.c_str());
-  std::fflush(stdout);
-  std::exit(1);
-}
-
-void line(const std::string& s) {
-  std::printf("%s\n", s.c_str());
-  std::fflush(stdout);
-}
-
-void tick() {
-  timespec ts{g_tick_ms / 1000, (g_tick_ms % 1000) * 1000000L};
-  while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {
-  }
-}
+using namespace kindprog;
 
 int open_file(const char* path, int flags) {
   int fd = open(path, flags | O_CLOEXEC, 0600);
@@ -430,32 +409,10 @@ void run_fown(int rounds) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc < 3) {
-    std::fprintf(stderr, "usage: ckpt_lock_kind KIND ROUNDS [TICK_MS]\n");
-    return 2;
-  }
-  const std::string kind = argv[1];
-  const int rounds = std::atoi(argv[2]);
-  if (argc > 3) g_tick_ms = std::atoi(argv[3]);
-  if (rounds < 1 || g_tick_ms < 1) {
-    std::fprintf(stderr, "ckpt_lock_kind: ROUNDS and TICK_MS must be positive\n");
-    return 2;
-  }
-  struct Kind {
-    const char* name;
-    void (*run)(int);
-  };
   static const Kind kKinds[] = {
       {"posix", run_posix},         {"ofd", run_ofd},   {"flock", run_flock},
       {"lease", run_lease},         {"fown", run_fown}, {"lease_breaking", run_lease_breaking},
       {"flock_dir", run_flock_dir},
   };
-  for (const Kind& k : kKinds) {
-    if (kind != k.name) continue;
-    k.run(rounds);
-    line("done " + kind + " " + std::to_string(rounds));
-    return 0;
-  }
-  std::fprintf(stderr, "ckpt_lock_kind: unknown kind %s\n", kind.c_str());
-  return 2;
+  return run_kind(argc, argv, "ckpt_lock_kind", kKinds);
 }

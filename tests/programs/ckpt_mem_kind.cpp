@@ -53,33 +53,13 @@
 
 extern char** environ;
 
+#include "kind_prog.h"
+
 namespace {
 
-int g_tick_ms = 50;
+using namespace kindprog;
+
 constexpr std::size_t kPage = 4096;
-
-[[noreturn]] void die(const std::string& what) {
-  std::printf("FAIL %s: %s\n", what.c_str(), std::strerror(errno));
-  std::fflush(stdout);
-  std::exit(1);
-}
-
-[[noreturn]] void fail(const std::string& what) {
-  std::printf("FAIL %s\n", what.c_str());
-  std::fflush(stdout);
-  std::exit(1);
-}
-
-void line(const std::string& s) {
-  std::printf("%s\n", s.c_str());
-  std::fflush(stdout);
-}
-
-void tick() {
-  timespec ts{g_tick_ms / 1000, (g_tick_ms % 1000) * 1000000L};
-  while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {
-  }
-}
 
 // The VmFlags of the mapping that contains `addr`, as one string; "" if none does.
 std::string vmflags_at(const void* addr) {
