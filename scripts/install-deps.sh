@@ -13,6 +13,7 @@ pkgs=(
   clang libclang-rt-14-dev    # scripts/fuzz.sh: clang, libFuzzer and the sanitizer runtimes
   clang-format                # scripts/check-format.sh (clang-format 14)
   iproute2 util-linux         # tests/e2e/netcluster.py: ip netns, veth, bridge; nsenter
+  openjdk-17-jdk-headless nodejs git perl  # tests/e2e/soak.py: real programs dumped and restored
 )
 missing=()
 for p in "${pkgs[@]}"; do

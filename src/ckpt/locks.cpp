@@ -189,6 +189,26 @@ namespace {
 // (major, minor, inode) of a file, as /proc/locks names it.
 using FileKey = std::tuple<unsigned, unsigned, std::uint64_t>;
 
+FileKey vma_key(const Vma& v) { return FileKey{major(v.file.dev), minor(v.file.dev), v.file.ino}; }
+
+// A flock lock that no fd of the job shows, on a file that process `pid` maps: the
+// mapping keeps the open file description that took it after its fd was closed (mmap(2)
+// holds a reference to the description), so it is recorded on that mapping and taken
+// again through the mapping's new description at restore. Returns false if the process
+// maps no such file (the lock is then held some other way: an fd in flight).
+bool attribute_to_mapping(std::span<DumpProcess> all, long pid, const FileKey& k,
+                          const FileLock& l) {
+  for (auto& p : all) {
+    if (p.host_pid != pid) continue;
+    for (auto& v : p.rec.vmas)
+      if (v.kind == VmaKind::kFile && v.deleted_key.empty() && vma_key(v) == k) {
+        v.flock = l.write ? LOCK_EX : LOCK_SH;
+        return true;
+      }
+  }
+  return false;
+}
+
 // Throws UnsupportedError for a lock of /proc/locks (`held`) that a process of the job
 // holds and no fd recorded; `key_of` gives the file of an fd with locks.
 void check_attributed(std::span<DumpProcess> all, const std::vector<LockLine>& held,
@@ -212,6 +232,9 @@ void check_attributed(std::span<DumpProcess> all, const std::vector<LockLine>& h
       }
     }
   }
+  for (auto& p : all)
+    for (auto& v : p.rec.vmas)
+      if (v.flock) described.insert({vma_key(v), LockKind::kFlock});
   std::map<std::pair<long, FileKey>, long> seen;
   for (auto& l : held) {
     auto it = by_pid.find(l.pid);
@@ -224,6 +247,10 @@ void check_attributed(std::span<DumpProcess> all, const std::vector<LockLine>& h
       // A flock or lease shows the pid that took it; its description may be held by
       // another process of the job now.
       lost = !described.count({k, l.lock.kind});
+    if (lost && l.lock.kind == LockKind::kFlock && attribute_to_mapping(all, l.pid, k, l.lock)) {
+      described.insert({k, LockKind::kFlock});
+      lost = false;
+    }
     if (!lost) continue;
     lost_any = true;
     if (!last_try) return;

@@ -52,6 +52,10 @@ struct Vma {
   std::vector<std::pair<std::uint64_t, std::uint64_t>> runs;
   // Guard regions (madvise(2) MADV_GUARD_INSTALL; madvise.h): {first page, count}.
   std::vector<std::pair<std::uint64_t, std::uint64_t>> guards;
+  // A flock(2) lock held through the open file description of this file mapping alone
+  // (the fd that took it was closed after mmap(2), as the JVM does with its perf data
+  // file): LOCK_SH or LOCK_EX, taken again on the file's new description; 0 if none.
+  int flock = 0;
 };
 
 // A file registered in an epoll instance (epoll_ctl(2)).
@@ -305,7 +309,7 @@ struct Manifest {
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(FileId, ino, size, mtime_ns, dev, mode, uid, gid)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Vma, start, end, prot, shared, kind, shm_key, path,
                                                 deleted_key, shmat_flags, pgoff, file, vmflags,
-                                                runs, guards)
+                                                runs, guards, flock)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(EpollTarget, fd, events, data)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(InotifyWatch, wd, ino, sdev, mask, handle_type,
                                                 handle_hex, path)

@@ -8,6 +8,7 @@
 #include <fcntl.h>
 #include <linux/magic.h>
 #include <linux/prctl.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/shm.h>
@@ -436,13 +437,26 @@ void restore_memory(RestoreProcess& p, const InjectionArea& area, PageReader& pa
       // for writing, whatever the protection now) needs the file open for writing, or
       // mmap refuses it, and the job's later mprotect(PROT_WRITE) would fail.
       int oflags = (v.shared && ((v.prot & PROT_WRITE) || has_flag(v, "mw"))) ? O_RDWR : O_RDONLY;
-      if (v.path != file_path || oflags != file_oflags) {
+      // A flock held through the mapping's own description needs a description of its
+      // own: the one the lock is taken on and the mapping keeps (locks.h).
+      if (v.path != file_path || oflags != file_oflags || v.flock) {
         close_file();
         file_oflags = oflags;
         std::string who = fmt::format("process {}: mapped file", r.pid);
         file_fd = open_no_symlinks(inj, hp, area, v.path, oflags, 0, who);
         file_path = v.path;
         check_identity(hp, file_fd, v.file, SizeRule::kSame, p.image->boot_id, who);
+      }
+      if (v.flock) {
+        if (v.flock != LOCK_SH && v.flock != LOCK_EX)
+          fail_image("image: {}: flock type {} is neither LOCK_SH nor LOCK_EX", what, v.flock);
+        long rc = inj.call(SYS_flock, static_cast<std::uint64_t>(file_fd),
+                           static_cast<std::uint64_t>(v.flock | LOCK_NB));
+        if (rc < 0)
+          throw Error(fmt::format("{}: flock {} again (a process outside the job holds a "
+                                  "conflicting lock now?)",
+                                  what, v.flock == LOCK_EX ? "LOCK_EX" : "LOCK_SH"),
+                      static_cast<int>(-rc));
       }
       inj.call_ok(what, SYS_mmap, v.start, v.end - v.start, static_cast<std::uint64_t>(prot),
                   static_cast<std::uint64_t>(flags), static_cast<std::uint64_t>(file_fd), v.pgoff);

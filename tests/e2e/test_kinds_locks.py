@@ -53,6 +53,14 @@ def _owners(m: dict) -> None:
                      ("unix", 1, p["pid"], signal.SIGUSR1, True)], owned
 
 
+def _flock_mapped(m: dict) -> None:
+    """No fd holds the lock: the holder's shared mapping of flock.m does."""
+    assert not _locks(m), _locks(m)
+    vmas = [(Path(v["path"]).name, v["shared"], v.get("flock", 0))
+            for v in m["processes"][1]["vmas"] if v.get("flock")]
+    assert vmas == [("flock.m", True, 2)], vmas  # LOCK_EX
+
+
 KINDS: dict[str, Callable[[dict], None]] = {
     "posix": _expect_locks([("posix.lock", [("posix", True, 0, 99, False),
                                             ("posix", True, 200, 299, False),
@@ -65,6 +73,7 @@ KINDS: dict[str, Callable[[dict], None]] = {
     "lease": _expect_locks([("lease.r", [("lease", False, 0, 0, True)]),
                             ("lease.w", [("lease", True, 0, 0, True)])]),
     "fown": _owners,
+    "flock_mapped": _flock_mapped,
 }
 
 

@@ -14,6 +14,10 @@
 //           checks them with F_OFD_GETLK through an open file description of its own
 //   flock   flock(2) LOCK_EX on flock.a and LOCK_SH on flock.b; the child tries LOCK_NB
 //           locks through its own opens (refused on a, shared only on b)
+//   flock_mapped  flock(2) LOCK_EX on flock.m, which is then mapped MAP_SHARED and its fd
+//           closed, as the JVM does with its perf data file: the lock lives on through
+//           the mapping's open file description; the child checks it is still refused
+//           to others, and the holder writes through the mapping each round
 //   lease   F_SETLEASE read lease on lease.r, write lease on lease.w (files the job
 //           made); the holder checks F_GETLEASE and that no break (SIGIO) came, the
 //           child finds both ACTIVE in /proc/locks by inode (opening them would break
@@ -34,6 +38,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <sys/file.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -212,6 +217,26 @@ void run_flock(int rounds) {
     return std::string();
   });
   rounds_with(c, rounds, "flock", nullptr);
+}
+
+void run_flock_mapped(int rounds) {
+  int fd = open_file("flock.m", O_RDWR | O_CREAT | O_TRUNC);
+  if (ftruncate(fd, 4096) < 0) die("ftruncate flock.m");
+  if (flock(fd, LOCK_EX | LOCK_NB) < 0) die("flock(flock.m, LOCK_EX)");
+  void* m = mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (m == MAP_FAILED) die("mmap flock.m");
+  close(fd);
+  auto* counter = static_cast<volatile int*>(m);
+  Checker c([] {
+    static int own = open_file("flock.m", O_RDONLY);
+    if (flock(own, LOCK_SH | LOCK_NB) == 0) return std::string("flock.m: LOCK_SH granted");
+    if (errno != EWOULDBLOCK) return std::string("flock.m: ") + std::strerror(errno);
+    return std::string();
+  });
+  rounds_with(c, rounds, "flock_mapped", [&](int r) {
+    if (*counter != r - 1) fail("flock.m holds " + std::to_string(*counter));
+    *counter = r;
+  });
 }
 
 // ---- leases ------------------------------------------------------------------------
@@ -410,9 +435,10 @@ void run_fown(int rounds) {
 
 int main(int argc, char** argv) {
   static const Kind kKinds[] = {
-      {"posix", run_posix},         {"ofd", run_ofd},   {"flock", run_flock},
-      {"lease", run_lease},         {"fown", run_fown}, {"lease_breaking", run_lease_breaking},
-      {"flock_dir", run_flock_dir},
+      {"posix", run_posix},         {"ofd", run_ofd},
+      {"flock", run_flock},         {"lease", run_lease},
+      {"fown", run_fown},           {"lease_breaking", run_lease_breaking},
+      {"flock_dir", run_flock_dir}, {"flock_mapped", run_flock_mapped},
   };
   return run_kind(argc, argv, "ckpt_lock_kind", kKinds);
 }
