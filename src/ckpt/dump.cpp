@@ -20,6 +20,7 @@
 #include "ckpt/memory.h"
 #include "ckpt/namespaces.h"
 #include "ckpt/pipes.h"
+#include "ckpt/placement.h"
 #include "ckpt/procattr.h"
 #include "ckpt/pstree.h"
 #include "ckpt/sections.h"
@@ -128,6 +129,7 @@ DumpStats dump(const DumpOptions& o) {
       dump_creds(p);
       dump_mm_locks(p);
       dump_process_ctl(p);
+      dump_placement(p, procs.front());
       dump_timers(p);
       close_injection(p);
     }

@@ -215,6 +215,12 @@ struct Process {
   // of engines before them restore without touching them (their defaults are not what
   // the kernel gives a new process, e.g. utilization clamps).
   bool procattr = false;
+  // Placement (placement.h); `placement` says it was recorded (older images: untouched).
+  bool placement = false;
+  std::string root;              // root directory (chroot(2)) as the host sees it; "" for "/"
+  FileId root_id;                // its identity at dump
+  std::string cgroup;            // cgroup v2 path relative to the job init's; "" for the same
+  std::string loginuid;          // /proc/PID/loginuid ("4294967295": unset); "" without audit
   bool child_subreaper = false;  // PR_SET_CHILD_SUBREAPER
   int thp_disable = 0;           // PR_GET_THP_DISABLE's value
   std::uint64_t membarrier = 0;  // membarrier(2) registrations (MEMBARRIER_CMD_REGISTER_* bits)
@@ -339,7 +345,8 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(
     cwd, cwd_file, umask, personality, dumpable, uids, gids, groups, start_code, end_code,
     start_data, end_data, start_brk, brk, start_stack, arg_start, arg_end, env_start, env_end,
     auxv_hex, vmas, fds, sigactions, rlimits, itimers, shared_pending_hex, threads, procattr,
-    child_subreaper, thp_disable, membarrier, oom_score_adj, vmflags_all, mlockall, files_of_parent)
+    child_subreaper, thp_disable, membarrier, oom_score_adj, vmflags_all, mlockall, files_of_parent,
+    placement, root, root_id, cgroup, loginuid)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Pipe, ino, capacity, bytes, path)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(ShmObject, key, path, mode, uid, gid, size, runs,
                                                 seals)

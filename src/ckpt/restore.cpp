@@ -21,6 +21,7 @@
 #include "ckpt/locks.h"
 #include "ckpt/memory.h"
 #include "ckpt/pipes.h"
+#include "ckpt/placement.h"
 #include "ckpt/procattr.h"
 #include "ckpt/pstree.h"
 #include "ckpt/restore_context.h"
@@ -149,6 +150,7 @@ RestoreStats restore(const RestoreOptions& o) {
       restore_signals(*p, area);
       restore_process_attrs(*p, area);
       restore_threads(*p, area);
+      restore_placement(*p, area);
     }
     seal_shm_objects(stash, m, shm);
     stash.close_all();

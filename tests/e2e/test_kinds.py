@@ -8,7 +8,10 @@ the uninterrupted run's. Parametrized by kind, so a failure names the kind that
 broke. (Deleted files, inotify and SysV shared memory alone: test_fsobjects.py.)"""
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
+from pathlib import Path
 from typing import Callable
 
 import pytest
@@ -88,11 +91,38 @@ KINDS: dict[str, Callable[[dict], None]] = {
     "procfs": lambda m: None,
     "seccomp_strict": lambda m: [t["confinement"]["seccomp_mode"] for t in m["processes"][-1]["threads"]]
     == [0, 1] or pytest.fail(f"threads: {m['processes'][-1]['threads']}"),
+    "chroot": lambda m: m["processes"][-1]["root"].endswith("/jail")
+    or pytest.fail(f"root directories: {[p.get('root') for p in m['processes']]}"),
+    "cgroup": lambda m: [p.get("cgroup") for p in m["processes"]] == ["", "", "kind-sub"]
+    or pytest.fail(f"cgroups: {[p.get('cgroup') for p in m['processes']]}"),
+    "loginuid": lambda m: m["processes"][-1]["loginuid"] == "4242"
+    or pytest.fail(f"login uids: {[p.get('loginuid') for p in m['processes']]}"),
 }
 
 
 # Processes in the image besides init and ckpt_kind: its children.
-CHILDREN = {"stopped": 2, "zombie": 3, "procfs": 1}
+CHILDREN = {"stopped": 2, "zombie": 3, "procfs": 1, "chroot": 1, "cgroup": 1}
+
+
+@contextlib.contextmanager
+def _own_cgroup():
+    """Runs the test (and so every job and restore it starts) in a cgroup v2 of its own
+    below this process's, which has no controllers enabled for its children (unlike the
+    root cgroup, whose children carry limits that a restore would not give back)."""
+    mount = next(l.split()[1] for l in open("/proc/self/mounts") if l.split()[2] == "cgroup2")
+    own = next(l[3:].strip() for l in open("/proc/self/cgroup") if l.startswith("0::"))
+    home = Path(mount + ("" if own == "/" else own))
+    mine = home / f"fsched-e2e-{os.getpid()}"
+    mine.mkdir(exist_ok=True)
+    (mine / "cgroup.procs").write_text(str(os.getpid()))
+    try:
+        yield
+    finally:
+        (home / "cgroup.procs").write_text(str(os.getpid()))
+        for d in sorted(mine.rglob("*"), reverse=True):
+            if d.is_dir():
+                d.rmdir()
+        mine.rmdir()
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -100,15 +130,16 @@ def test_kind(e2e: E2E, kind: str):
     spec = JobSpec(name=f"kind_{kind}",
                    argv=[str(e2e.program("ckpt_kind")), kind, str(ROUNDS), str(TICK_MS)],
                    progress=("lines", "stdout"), timeout=120)
-    ref = e2e.reference(spec)
-    out = ref.snap["stdout"].text
-    assert ref.status == 0 and out.endswith(f"done {kind} {ROUNDS}\n"), out[-500:]
+    with _own_cgroup() if kind == "cgroup" else contextlib.nullcontext():
+        ref = e2e.reference(spec)
+        out = ref.snap["stdout"].text
+        assert ref.status == 0 and out.endswith(f"done {kind} {ROUNDS}\n"), out[-500:]
 
-    def check(job, stats: dict, m: dict):
-        assert stats["processes"] == 2 + CHILDREN.get(kind, 0), stats  # init and ckpt_kind
-        KINDS[kind](m)
-    # Twice: the second dump, of the restored job, sees what the restore really rebuilt.
-    checkpoint_run(e2e, spec, [0.3, 0.6], "middle", check_dump=check)
+        def check(job, stats: dict, m: dict):
+            assert stats["processes"] == 2 + CHILDREN.get(kind, 0), stats  # init and ckpt_kind
+            KINDS[kind](m)
+        # Twice: the second dump, of the restored job, sees what the restore really rebuilt.
+        checkpoint_run(e2e, spec, [0.3, 0.6], "middle", check_dump=check)
 
 
 @pytest.mark.parametrize("kind", ["stopped", "seccomp_strict", "procattr"])

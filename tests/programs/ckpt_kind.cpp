@@ -37,6 +37,14 @@
 //              round
 //   userns     a child in a user namespace of its own (unshare(2) CLONE_NEWUSER),
 //              which the engine refuses to dump; the child answers each round
+//   chroot     a child chroot(2)ed into the directory "jail" (made here, holding a
+//              marker file): each round it answers with the marker read through "/"
+//              and whether "/" is the jail's inode; its cwd stays outside (".." works)
+//   cgroup     a child that moved itself into the cgroup v2 sub-cgroup "kind-sub" of
+//              the job's cgroup: each round it answers with its /proc/self/cgroup
+//              path, which must be the parent's plus "/kind-sub"; removed at the end
+//   loginuid   the process sets its audit login uid to 4242 (/proc/self/loginuid):
+//              checked every round
 //   seccomp_strict a thread in seccomp strict mode (only read, write, exit, sigreturn)
 //              that echoes each round's record from one pipe to another
 //
@@ -545,6 +553,14 @@ std::string slurp(const std::string& path) {
   return s;
 }
 
+std::string slurp_fd(const std::string& path) {
+  std::string s = slurp(path);
+  while (!s.empty() && s.back() == '\n') s.pop_back();
+  return s;
+}
+
+ino_t g_jail_ino = 0;
+
 std::string first_word(const std::string& s) { return s.substr(0, s.find_first_of(" \n")); }
 
 void run_procfs(int rounds) {
@@ -587,6 +603,110 @@ void run_userns(int rounds) {
   }
   close(ask[1]);
   waitpid(kid, nullptr, 0);
+}
+
+// A child that answers each byte on `ask` with answer() + "\n" on `ans`.
+template <class F>
+pid_t answering_child(int ask[2], int ans[2], F answer) {
+  return child([=] {
+    close(ask[1]);
+    close(ans[0]);
+    char c;
+    while (read(ask[0], &c, 1) == 1) write_all(ans[1], answer() + "\n");
+    _exit(0);
+  });
+}
+
+std::string ask_child(int ask, int ans) {
+  write_all(ask, "?");
+  std::string got;
+  char c;
+  while (read(ans, &c, 1) == 1 && c != '\n') got += c;
+  return got;
+}
+
+void run_chroot(int rounds) {
+  mkdir("jail", 0755);
+  int mfd = open("jail/marker", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (mfd < 0) die("create jail/marker");
+  write_all(mfd, "in the jail");
+  close(mfd);
+  struct stat jail {};
+  if (stat("jail", &jail) < 0) die("stat jail");
+  g_jail_ino = jail.st_ino;
+  int ask[2], ans[2];
+  if (pipe2(ask, O_CLOEXEC) < 0 || pipe2(ans, O_CLOEXEC) < 0) die("pipe2");
+  pid_t kid = answering_child(ask, ans, [] {
+    static bool jailed = chroot("jail") == 0;
+    if (!jailed) return std::string("chroot failed: ") + std::strerror(errno);
+    struct stat root {};
+    if (stat("/", &root) < 0) return std::string("stat /: ") + std::strerror(errno);
+    return slurp_fd("/marker") + (root.st_ino == g_jail_ino ? " root=jail" : " root=other");
+  });
+  for (int i = 1; i <= rounds; ++i) {
+    std::string got = ask_child(ask[1], ans[0]);
+    if (got != "in the jail root=jail") fail("chroot: round " + std::to_string(i) + ": " + got);
+    line("chroot " + std::to_string(i));
+    tick();
+  }
+  close(ask[1]);
+  waitpid(kid, nullptr, 0);
+}
+
+// The cgroup v2 path of this process ("0::PATH"), and where cgroup2 is mounted.
+std::string own_cgroup() {
+  std::string s = slurp_fd("/proc/self/cgroup");
+  auto at = s.find("0::");
+  if (at == std::string::npos) return "(no cgroup v2)";
+  return s.substr(at + 3, s.find('\n', at) - at - 3);
+}
+
+std::string cgroup2_mount() {
+  std::string m = slurp_fd("/proc/self/mounts");
+  auto at = m.find(" cgroup2 ");
+  if (at == std::string::npos) die("no cgroup2 mounted");
+  auto b = m.rfind(' ', at - 1);
+  return m.substr(b + 1, at - b - 1);
+}
+
+void run_cgroup(int rounds) {
+  std::string mine = own_cgroup();
+  std::string sub = cgroup2_mount() + (mine == "/" ? "" : mine) + "/kind-sub";
+  if (mkdir(sub.c_str(), 0755) < 0 && errno != EEXIST) die("mkdir " + sub);
+  std::string want = (mine == "/" ? "" : mine) + "/kind-sub";
+  int ask[2], ans[2];
+  if (pipe2(ask, O_CLOEXEC) < 0 || pipe2(ans, O_CLOEXEC) < 0) die("pipe2");
+  pid_t kid = answering_child(ask, ans, [sub] {
+    static bool moved = [&] {
+      int fd = open((sub + "/cgroup.procs").c_str(), O_WRONLY | O_CLOEXEC);
+      return fd >= 0 && write(fd, "0", 1) == 1 && close(fd) == 0;
+    }();
+    if (!moved) return std::string("cannot move into ") + sub + ": " + std::strerror(errno);
+    return own_cgroup();
+  });
+  for (int i = 1; i <= rounds; ++i) {
+    std::string got = ask_child(ask[1], ans[0]);
+    if (got != want)
+      fail("cgroup: round " + std::to_string(i) + ": child in " + got + ", not " + want);
+    if (own_cgroup() != mine) fail("cgroup: the parent moved to " + own_cgroup());
+    line("cgroup " + std::to_string(i));
+    tick();
+  }
+  close(ask[1]);
+  waitpid(kid, nullptr, 0);
+  if (rmdir(sub.c_str()) < 0) die("rmdir " + sub);
+}
+
+void run_loginuid(int rounds) {
+  int fd = open("/proc/self/loginuid", O_WRONLY | O_CLOEXEC);
+  if (fd < 0 || write(fd, "4242", 4) != 4) die("set /proc/self/loginuid");
+  close(fd);
+  for (int i = 1; i <= rounds; ++i) {
+    std::string now = slurp_fd("/proc/self/loginuid");
+    if (now != "4242") fail("loginuid: round " + std::to_string(i) + ": " + now);
+    line("loginuid " + std::to_string(i));
+    tick();
+  }
 }
 
 constexpr std::size_t kStrictRecord = 96;
@@ -653,6 +773,9 @@ int main(int argc, char** argv) {
       {"seccomp_strict", run_seccomp_strict},
       {"procfs", run_procfs},
       {"userns", run_userns},
+      {"chroot", run_chroot},
+      {"cgroup", run_cgroup},
+      {"loginuid", run_loginuid},
   };
   return run_kind(argc, argv, "ckpt_kind", kKinds);
 }
