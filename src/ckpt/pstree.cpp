@@ -53,6 +53,18 @@ void check_job_root(pid_t pid) {
 
 // ---- freeze -----------------------------------------------------------------------
 
+// A task the kernel is tearing down: a zombie or dead thread, or PF_EXITING (0x4) in
+// the flags of /proc/TID/stat (proc(5)); also true if it is already gone.
+static bool task_exiting(pid_t tid) {
+  try {
+    auto f = read_stat(tid);
+    unsigned long flags = std::stoul(f.at(9));
+    return f[3] == "Z" || f[3] == "X" || (flags & 0x4) != 0;
+  } catch (const std::exception&) {
+    return true;
+  }
+}
+
 static bool task_exists(pid_t pid, pid_t tid) {
   return ::access(fmt::format("/proc/{}/task/{}", pid, tid).c_str(), F_OK) == 0;
 }
@@ -150,6 +162,10 @@ FrozenTree::FrozenTree(pid_t root) : root_(root) {
             seize_and_interrupt(tid, kSeizeOptions);
           } catch (const Error& e) {
             if (!task_exists(pid, tid)) continue;  // exited meanwhile
+            // ptrace(2) refuses (EPERM) a task that is exiting; it is gone in a moment
+            // (a short-lived child of make or git): thaw and try again.
+            if (e.err() == EPERM && task_exiting(tid))
+              throw FreezeBusy(fmt::format("thread {} was exiting while being seized", tid));
             throw;
           }
           seized.insert(tid);
