@@ -164,7 +164,7 @@ def test_kind_survives_leave_running_dump(e2e: E2E, kind: str):
 
 
 # Kinds the engine refuses: the word the error must hold.
-REFUSED = {"userns": "user namespace"}
+REFUSED = {"userns": "user namespace", "cgroup_outside": "outside its job's cgroup"}
 
 
 @pytest.mark.parametrize("kind", REFUSED)
@@ -174,6 +174,11 @@ def test_refused_kind(e2e: E2E, kind: str):
     spec = JobSpec(name=f"kind_refused_{kind}",
                    argv=[str(e2e.program("ckpt_kind")), kind, str(ROUNDS), str(TICK_MS)],
                    progress=("lines", "stdout"), timeout=120)
+    with _own_cgroup() if kind.startswith("cgroup") else contextlib.nullcontext():
+        _refused_run(e2e, spec, kind)
+
+
+def _refused_run(e2e: E2E, spec: JobSpec, kind: str):
     ref = e2e.reference(spec)
     assert ref.status == 0, ref.snap["stdout"].text[-500:]
     job = e2e.job(spec)

@@ -43,6 +43,8 @@
 //   cgroup     a child that moved itself into the cgroup v2 sub-cgroup "kind-sub" of
 //              the job's cgroup: each round it answers with its /proc/self/cgroup
 //              path, which must be the parent's plus "/kind-sub"; removed at the end
+//   cgroup_outside the same, but the child moves into the PARENT of the job's cgroup
+//              (outside the job): a dump must refuse it
 //   loginuid   the process sets its audit login uid to 4242 (/proc/self/loginuid):
 //              checked every round
 //   seccomp_strict a thread in seccomp strict mode (only read, write, exit, sigreturn)
@@ -669,11 +671,16 @@ std::string cgroup2_mount() {
   return m.substr(b + 1, at - b - 1);
 }
 
-void run_cgroup(int rounds) {
+void cgroup_child(int rounds, bool outside) {
   std::string mine = own_cgroup();
-  std::string sub = cgroup2_mount() + (mine == "/" ? "" : mine) + "/kind-sub";
-  if (mkdir(sub.c_str(), 0755) < 0 && errno != EEXIST) die("mkdir " + sub);
   std::string want = (mine == "/" ? "" : mine) + "/kind-sub";
+  if (outside) {
+    if (mine == "/") die("cgroup_outside: the job is in the root cgroup");
+    want = mine.substr(0, mine.rfind('/'));
+    if (want.empty()) want = "/";
+  }
+  std::string sub = cgroup2_mount() + (want == "/" ? "" : want);
+  if (!outside && mkdir(sub.c_str(), 0755) < 0 && errno != EEXIST) die("mkdir " + sub);
   int ask[2], ans[2];
   if (pipe2(ask, O_CLOEXEC) < 0 || pipe2(ans, O_CLOEXEC) < 0) die("pipe2");
   pid_t kid = answering_child(ask, ans, [sub] {
@@ -694,8 +701,11 @@ void run_cgroup(int rounds) {
   }
   close(ask[1]);
   waitpid(kid, nullptr, 0);
-  if (rmdir(sub.c_str()) < 0) die("rmdir " + sub);
+  if (!outside && rmdir(sub.c_str()) < 0) die("rmdir " + sub);
 }
+
+void run_cgroup(int rounds) { cgroup_child(rounds, false); }
+void run_cgroup_outside(int rounds) { cgroup_child(rounds, true); }
 
 void run_loginuid(int rounds) {
   int fd = open("/proc/self/loginuid", O_WRONLY | O_CLOEXEC);
@@ -775,6 +785,7 @@ int main(int argc, char** argv) {
       {"userns", run_userns},
       {"chroot", run_chroot},
       {"cgroup", run_cgroup},
+      {"cgroup_outside", run_cgroup_outside},
       {"loginuid", run_loginuid},
   };
   return run_kind(argc, argv, "ckpt_kind", kKinds);
