@@ -74,6 +74,12 @@ def _pipe_reopen(m: dict):
     assert all(f["shared_fd"] < 0 for f in reads), reads
 
 
+def _dgram_shut_rd(m: dict):
+    """The end shut for reading keeps its two queued datagrams."""
+    got = sorted((s["shutdown"], s["queued"]) for s in m["sockets"])
+    assert got == [(0, []), (1, [3, 3])], m["sockets"]
+
+
 RESTORED: dict[str, Callable[[dict], None]] = {
     "flags": _flags,
     "opens": _opens,
@@ -81,6 +87,7 @@ RESTORED: dict[str, Callable[[dict], None]] = {
     "unix_names": _names,
     "clone_files": _clone_files,
     "pipe_reopen": _pipe_reopen,
+    "dgram_shut_rd": _dgram_shut_rd,
 }
 
 
@@ -124,6 +131,10 @@ REFUSED: dict[str, tuple[Callable[[list[int]], list[tuple[int, int]]], str]] = {
     "proc_fd": (lambda pids: _fd_candidates(pids, lambda t: t.startswith("/proc/")), "/proc"),
     "unix_relative": (lambda pids: _fd_candidates(pids, lambda t: t.startswith("socket:")),
                       "relative path"),
+    "pipe_rdwr": (lambda pids: _fd_candidates(pids, lambda t: t.startswith("pipe:")),
+                  "reading and writing"),
+    "dgram_no_peer": (lambda pids: _fd_candidates(pids, lambda t: t.startswith("socket:")),
+                      "no peer"),
     # Names both processes; no fd: checked below.
     "files_sibling": (lambda pids: [(p, 0) for p in pids], "CLONE_FILES"),
 }

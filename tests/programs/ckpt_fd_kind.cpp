@@ -23,12 +23,18 @@
 //                 "/dev/stdout" is), O_NONBLOCK on that open only
 //   clone_files   a child sharing the fd table (clone(2) CLONE_FILES): the parent opens
 //                 an fd each round that the child must see
+//   dgram_shut_rd a datagram socketpair end shut for reading with two datagrams still
+//                 queued, read at the end; each round a send to it must fail (EPIPE)
 // Kinds the dump must refuse (the job runs on unharmed):
 //   unix_relative a datagram socket bound to a relative path
 //   files_sibling a child and the process it made with CLONE_FILES | CLONE_PARENT,
 //                 which share an fd table without being parent and child
 //   epoll_closed  an epoll watching a pipe by an fd number since closed (a dup remains)
 //   proc_fd       /proc/self/stat held open and read every round
+//   pipe_rdwr     a pipe's read end opened again for reading AND writing through
+//                 /proc/self/fd: each round writes a byte through it and reads it back
+//   dgram_no_peer a datagram socket bound to an abstract name holding three datagrams
+//                 that an unconnected socket sent to that name, read at the end
 //
 // Exit status 0; 1 with a line "FAIL ..." saying what failed.
 #include <fcntl.h>
@@ -407,6 +413,57 @@ void run_unix_relative(int rounds) {
   unlink("fdkind.rel.sock");
 }
 
+void run_pipe_rdwr(int rounds) {
+  int p[2];
+  check(pipe2(p, O_CLOEXEC), "pipe2");
+  int rw = check(open(("/proc/self/fd/" + str(p[0])).c_str(), O_RDWR | O_CLOEXEC), "reopen O_RDWR");
+  for (int r = 1; r <= rounds; ++r) {
+    char c = static_cast<char>('a' + r % 26), got = 0;
+    if (write(rw, &c, 1) != 1 || read(p[0], &got, 1) != 1 || got != c)
+      fail("round " + str(r) + ": byte through the read-write open");
+    line("pipe_rdwr " + str(r));
+    tick();
+  }
+}
+
+void run_dgram_shut_rd(int rounds) {
+  int sv[2];
+  check(socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, sv), "socketpair");
+  check(static_cast<int>(send(sv[0], "one", 3, 0)), "send");
+  check(static_cast<int>(send(sv[0], "two", 3, 0)), "send");
+  check(shutdown(sv[1], SHUT_RD), "shutdown SHUT_RD");
+  for (int r = 1; r <= rounds; ++r) {
+    if (send(sv[0], "x", 1, MSG_NOSIGNAL | MSG_DONTWAIT) != -1 || errno != EPIPE)
+      fail("round " + str(r) + ": a send to the end shut for reading did not fail with EPIPE");
+    line("dgram_shut_rd " + str(r));
+    tick();
+  }
+  char buf[8];
+  for (const char* want : {"one", "two"})
+    if (recv(sv[1], buf, sizeof buf, MSG_DONTWAIT) != 3 || std::memcmp(buf, want, 3) != 0)
+      fail(std::string("queued datagram ") + want);
+}
+
+void run_dgram_no_peer(int rounds) {
+  timespec now{};
+  clock_gettime(CLOCK_REALTIME, &now);
+  std::string name = "@fdkind-np-" + str(getpid()) + "-" + str(static_cast<int>(now.tv_nsec));
+  int a = bound(SOCK_DGRAM, name);
+  int b = check(socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0), "socket");
+  socklen_t len;
+  sockaddr_un sa = addr(name, len);
+  for (const char* m : {"m1", "m2", "m3"})
+    check(static_cast<int>(sendto(b, m, 2, 0, reinterpret_cast<sockaddr*>(&sa), len)), "sendto");
+  for (int r = 1; r <= rounds; ++r) {
+    line("dgram_no_peer " + str(r));
+    tick();
+  }
+  char buf[8];
+  for (const char* want : {"m1", "m2", "m3"})
+    if (recv(a, buf, sizeof buf, MSG_DONTWAIT) != 2 || std::memcmp(buf, want, 2) != 0)
+      fail(std::string("queued datagram ") + want);
+}
+
 int sibling_child(void*) {
   // Shares the fd table of the process that made it, which is not its parent
   // (CLONE_PARENT): sees the fds that one opens.
@@ -458,6 +515,9 @@ int main(int argc, char** argv) {
       {"clone_files", run_clone_files},
       {"unix_relative", run_unix_relative},
       {"files_sibling", run_files_sibling},
+      {"pipe_rdwr", run_pipe_rdwr},
+      {"dgram_shut_rd", run_dgram_shut_rd},
+      {"dgram_no_peer", run_dgram_no_peer},
   };
   return run_kind(argc, argv, "ckpt_fd_kind", kKinds, 900);
 }
