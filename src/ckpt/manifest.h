@@ -292,6 +292,10 @@ struct UnixSocket {
   // shutdown(2) state, the kernel's sk_shutdown (issue 13): bit 1 = no more receiving
   // (RCV_SHUTDOWN), bit 2 = no more sending (SEND_SHUTDOWN); 0 in older images.
   int shutdown = 0;
+  // A connected stream or seqpacket socket whose peer was closed (its queue still
+  // readable, then end of file; writes fail with EPIPE): remade as a pair whose other
+  // end is closed once the queue is refilled from it.
+  bool peer_gone = false;
 };
 
 struct Manifest {
@@ -355,7 +359,7 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(DeletedFile, key, path, mode, ui
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(SysvShm, id, key, size, mode, uid, gid, removed,
                                                 runs)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(UnixSocket, ino, type, state, peer, name, queued,
-                                                shutdown)
+                                                shutdown, peer_gone)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Manifest, kernel, xfeatures, xstate_size,
                                                 dump_time_ns, boot_id, processes, pipes, shm,
                                                 deleted_files, sysv_shm, sockets, sections)

@@ -268,14 +268,17 @@ void dump_sockets(std::span<DumpProcess> procs, Manifest& m, ImageWriter& img) {
           fail_unsupported("{}: connected to a socket outside the job (unsupported)", who);
         s.peer = d.peer;
       } else if (d.state == TCP_ESTABLISHED) {
-        fail_unsupported("{}: its peer is gone (unsupported)", who);
+        // A datagram socket's peer is only where it sends; a datagram's sender is gone.
+        if (d.type == SOCK_DGRAM)
+          fail_unsupported("{}: a datagram socket whose peer is gone (not supported)", who);
+        s.peer_gone = true;
       }
       if (d.state != TCP_LISTEN) {
         UniqueFd mine = grab_fd(p.host_pid, f.fd, who);
         for (auto& msg : peek_queue(mine.get(), d.type, d.rqueue, d.shutdown & 1, who)) {
           // Refilled at restore by its peer: without one, the senders' addresses that
           // recvfrom(2) reports would be lost.
-          if (!s.peer)
+          if (!s.peer && !s.peer_gone)
             fail_unsupported(
                 "{}: data queued on a socket with no peer (sent to its name) is not supported",
                 who);
@@ -295,10 +298,24 @@ SocketTable create_sockets(InitStash& stash, const InjectionArea& area, const Ma
   Injector& inj = stash.inj();
   RestoreProcess& init = stash.init();
   auto park = [&](long fd, const std::string& what) { return stash.park(fd, what); };
+  // The other ends of pairs whose peer is gone: the restorer's references only, which
+  // it drops once their queues are refilled.
+  std::map<std::uint64_t, UniqueFd> gone;
   for (auto& s : m.sockets) {
     if (table.count(s.ino)) continue;
     std::string what = fmt::format("unix socket {}", s.ino);
-    if (s.peer) {
+    if (s.peer_gone) {
+      if (s.peer || s.type == SOCK_DGRAM || s.state != TCP_ESTABLISHED)
+        fail_image("image: {}: peer gone, but peer {}, type {}, state {}", what, s.peer, s.type,
+                   s.state);
+      inj.call_ok(what + ": socketpair", SYS_socketpair, AF_UNIX,
+                  static_cast<std::uint64_t>(s.type | SOCK_CLOEXEC), 0, area.data());
+      int fds[2];
+      remote_read(init.host_pid, area.data(), fds, sizeof fds);
+      table[s.ino] = park(fds[0], what);
+      gone[s.ino] = stash.take(fds[1], what + " (its closed peer)");
+      inj.call(SYS_close, static_cast<std::uint64_t>(fds[1]));
+    } else if (s.peer) {
       inj.call_ok(what + ": socketpair", SYS_socketpair, AF_UNIX,
                   static_cast<std::uint64_t>(s.type | SOCK_CLOEXEC), 0, area.data());
       int fds[2];
@@ -317,8 +334,11 @@ SocketTable create_sockets(InitStash& stash, const InjectionArea& area, const Ma
   // Queued data: what was waiting to be read on a socket is sent again by its peer.
   for (auto& s : m.sockets) {
     if (s.queued.empty()) continue;
-    if (!s.peer) fail_image("image: unix socket {} has queued data but no peer", s.ino);
-    UniqueFd peer = stash.take(table.at(s.peer), fmt::format("unix socket {}", s.peer));
+    if (!s.peer && !s.peer_gone)
+      fail_image("image: unix socket {} has queued data but no peer", s.ino);
+    UniqueFd peer = s.peer_gone
+                        ? std::move(gone.at(s.ino))
+                        : stash.take(table.at(s.peer), fmt::format("unix socket {}", s.peer));
     // Queued bytes count against the sender's buffer, and a queue can hold a little
     // more than a fresh socket's default: widen it while refilling (root may, with
     // SO_SNDBUFFORCE, socket(7)), then put the default back.
@@ -346,6 +366,8 @@ SocketTable create_sockets(InitStash& stash, const InjectionArea& area, const Ma
     int back = old / 2;  // getsockopt reports the doubled value setsockopt stores
     ::setsockopt(peer.get(), SOL_SOCKET, SO_SNDBUFFORCE, &back, sizeof back);
   }
+  // The closed peers go, as they went before the dump: their ends see end of file.
+  gone.clear();
   // shutdown(2) last, once the queues are refilled (a shut end takes no more data).
   // For a connected stream or seqpacket pair the kernel mirrors each end's shutdown
   // on its peer; doing both ends' again gives the same state, whichever end did it.

@@ -4,6 +4,8 @@
 // stream shorter than its runs) must be refused while refusing is still free.
 #include "ckpt/validate.h"
 
+#include <sys/socket.h>
+
 #include <sys/resource.h>
 
 #include <array>
@@ -153,7 +155,10 @@ void validate_manifest(const Manifest& m, std::uint64_t stream_bytes) {
   }
   for (auto& s : m.sockets) {
     if (s.name.size() >= 108) bad("unix socket {}: name too long", s.ino);
-    if (!s.queued.empty() && !s.peer) bad("unix socket {}: queued data but no peer", s.ino);
+    if (!s.queued.empty() && !s.peer && !s.peer_gone)
+      bad("unix socket {}: queued data but no peer", s.ino);
+    if (s.peer_gone && (s.peer || s.type == SOCK_DGRAM))
+      bad("unix socket {}: its peer is both gone and {}", s.ino, s.peer);
     for (std::uint64_t len : s.queued) {
       if (len > (1u << 30)) bad("unix socket {}: message of {} bytes", s.ino, len);
       section(Section::kSockets) += len;

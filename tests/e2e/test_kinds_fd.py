@@ -80,6 +80,12 @@ def _dgram_shut_rd(m: dict):
     assert got == [(0, []), (1, [3, 3])], m["sockets"]
 
 
+def _peer_gone(m: dict):
+    """Two sockets whose peer is gone, with what it wrote: 11 bytes, two records."""
+    got = sorted((s["type"], s["peer_gone"], s["peer"], s["queued"]) for s in m["sockets"])
+    assert got == [(1, True, 0, [11]), (5, True, 0, [4, 7])], m["sockets"]
+
+
 RESTORED: dict[str, Callable[[dict], None]] = {
     "flags": _flags,
     "opens": _opens,
@@ -88,6 +94,7 @@ RESTORED: dict[str, Callable[[dict], None]] = {
     "clone_files": _clone_files,
     "pipe_reopen": _pipe_reopen,
     "dgram_shut_rd": _dgram_shut_rd,
+    "unix_peer_gone": _peer_gone,
 }
 
 

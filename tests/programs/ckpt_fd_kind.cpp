@@ -25,6 +25,9 @@
 //                 an fd each round that the child must see
 //   dgram_shut_rd a datagram socketpair end shut for reading with two datagrams still
 //                 queued, read at the end; each round a send to it must fail (EPIPE)
+//   unix_peer_gone a stream and a seqpacket socketpair whose other end wrote and then
+//                 closed: each round a send must fail with EPIPE; at the end the data
+//                 written is read, then end of file
 // Kinds the dump must refuse (the job runs on unharmed):
 //   unix_relative a datagram socket bound to a relative path
 //   files_sibling a child and the process it made with CLONE_FILES | CLONE_PARENT,
@@ -444,6 +447,34 @@ void run_dgram_shut_rd(int rounds) {
       fail(std::string("queued datagram ") + want);
 }
 
+void run_unix_peer_gone(int rounds) {
+  int st[2], sp[2];
+  check(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, st), "socketpair stream");
+  check(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sp), "socketpair seqpacket");
+  check(static_cast<int>(send(st[1], "stream tail", 11, 0)), "send");
+  check(static_cast<int>(send(sp[1], "rec1", 4, 0)), "send");
+  check(static_cast<int>(send(sp[1], "record2", 7, 0)), "send");
+  close(st[1]);
+  close(sp[1]);
+  for (int r = 1; r <= rounds; ++r) {
+    for (int fd : {st[0], sp[0]})
+      if (send(fd, "x", 1, MSG_NOSIGNAL | MSG_DONTWAIT) != -1 || errno != EPIPE)
+        fail("round " + str(r) + ": a send to a closed peer did not fail with EPIPE");
+    line("unix_peer_gone " + str(r));
+    tick();
+  }
+  char buf[32];
+  ssize_t n = recv(st[0], buf, sizeof buf, MSG_DONTWAIT);
+  if (n != 11 || std::memcmp(buf, "stream tail", 11) != 0) fail("stream tail not read back");
+  if (recv(st[0], buf, sizeof buf, MSG_DONTWAIT) != 0) fail("no end of file on the stream");
+  for (const char* want : {"rec1", "record2"}) {
+    n = recv(sp[0], buf, sizeof buf, MSG_DONTWAIT);
+    if (n != static_cast<ssize_t>(std::strlen(want)) || std::memcmp(buf, want, n) != 0)
+      fail(std::string("seqpacket record ") + want + " not read back");
+  }
+  if (recv(sp[0], buf, sizeof buf, MSG_DONTWAIT) != 0) fail("no end of file on the seqpacket");
+}
+
 void run_dgram_no_peer(int rounds) {
   timespec now{};
   clock_gettime(CLOCK_REALTIME, &now);
@@ -518,6 +549,7 @@ int main(int argc, char** argv) {
       {"pipe_rdwr", run_pipe_rdwr},
       {"dgram_shut_rd", run_dgram_shut_rd},
       {"dgram_no_peer", run_dgram_no_peer},
+      {"unix_peer_gone", run_unix_peer_gone},
   };
   return run_kind(argc, argv, "ckpt_fd_kind", kKinds, 900);
 }
