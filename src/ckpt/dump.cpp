@@ -29,6 +29,7 @@
 #include "ckpt/sysvshm.h"
 #include "ckpt/threads.h"
 #include "ckpt/timers.h"
+#include "ckpt/posix_timers.h"
 #include "common/error.h"
 
 namespace fsched::ckpt {
@@ -129,6 +130,7 @@ DumpStats dump(const DumpOptions& o) {
       dump_mm_locks(p);
       dump_process_ctl(p);
       dump_timers(p);
+      dump_posix_timers(p);
       close_injection(p);
     }
   } catch (...) {

@@ -31,6 +31,7 @@
 #include "ckpt/fsaccess.h"
 #include "ckpt/inotify.h"
 #include "ckpt/memfd.h"
+#include "ckpt/pidfd.h"
 #include "ckpt/locks.h"
 #include "ckpt/pipes.h"
 #include "ckpt/proc.h"
@@ -174,7 +175,7 @@ const FdOps kChrFdOps{.kind = FdKind::kChr,
 // In FdKind order; fd_ops() checks each entry's kind.
 constexpr std::array<const FdOps*, kFdKinds> kFdOpsTable{
     &kFileFdOps,    &kDirFdOps,   &kChrFdOps,     &kPipeFdOps,     &kFifoFdOps,    &kUnixFdOps,
-    &kEventfdFdOps, &kEpollFdOps, &kTimerfdFdOps, &kSignalfdFdOps, &kInotifyFdOps,
+    &kEventfdFdOps, &kEpollFdOps, &kTimerfdFdOps, &kSignalfdFdOps, &kInotifyFdOps, &kPidfdFdOps,
 };
 
 // The kind of an fd that is not a socket or an anonymous inode, from its stat.
@@ -285,7 +286,7 @@ void dump_files(DumpProcess& p, std::span<DumpProcess> all) {
         if (o->anon_link && link == o->anon_link) ops = o;
       if (!ops)
         fail_unsupported(
-            "{}: this kind of file (fanotify, io_uring, pidfd...) is not supported yet", where);
+            "{}: this kind of file (fanotify, io_uring ...) is not supported yet", where);
     } else {
       const std::string self = fmt::format("/proc/{}/fd/{}", hp, fd);
       if (::stat(self.c_str(), &st) < 0) fail_errno("{}: cannot stat", where);

@@ -147,6 +147,10 @@ void dump_memory_layout(DumpProcess& p) {
       }
       if (m.path.rfind("/SYSV", 0) == 0)
         fail_unsupported("{}: this kind of shared memory mapping is not supported yet", where());
+      // The ring of an AIO context (io_setup(2)) maps a file of the kernel's aio file
+      // system; the context itself (its id is the ring's address) is the kernel's.
+      if (m.path == "/[aio] (deleted)")
+        fail_unsupported("{}: AIO context (io_setup(2)) not supported", where());
       if (m.path.ends_with(" (deleted)")) {
         // Deleted while mapped (or a memfd mapped privately): its contents are stored
         // once with the deleted files (deleted.cpp), the mapping maps the copy.
