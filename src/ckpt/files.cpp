@@ -285,8 +285,8 @@ void dump_files(DumpProcess& p, std::span<DumpProcess> all) {
       for (const FdOps* o : kFdOpsTable)
         if (o->anon_link && link == o->anon_link) ops = o;
       if (!ops)
-        fail_unsupported(
-            "{}: this kind of file (fanotify, io_uring ...) is not supported yet", where);
+        fail_unsupported("{}: this kind of file (fanotify, io_uring ...) is not supported yet",
+                         where);
     } else {
       const std::string self = fmt::format("/proc/{}/fd/{}", hp, fd);
       if (::stat(self.c_str(), &st) < 0) fail_errno("{}: cannot stat", where);

@@ -179,13 +179,13 @@ struct ItimerVal {
 
 // A POSIX timer (timer_create(2); posix_timers.h).
 struct PosixTimer {
-  int id = 0;                  // the kernel's timer id, restored as it was
-  int clockid = 0;             // as the kernel keeps it (CPU clocks of the process: negative)
-  int notify = 0;              // SIGEV_SIGNAL, SIGEV_NONE or SIGEV_THREAD_ID
-  int signo = 0;               // signal sent on expiry (SIGEV_SIGNAL, SIGEV_THREAD_ID)
-  std::uint64_t sigval = 0;    // sigev_value, as a pointer
-  int tid = 0;                 // SIGEV_THREAD_ID: the target thread's TID in the job
-  std::int64_t value_ns = 0;   // time left (0: disarmed)
+  int id = 0;                 // the kernel's timer id, restored as it was
+  int clockid = 0;            // as the kernel keeps it (CPU clocks of the process: negative)
+  int notify = 0;             // SIGEV_SIGNAL, SIGEV_NONE or SIGEV_THREAD_ID
+  int signo = 0;              // signal sent on expiry (SIGEV_SIGNAL, SIGEV_THREAD_ID)
+  std::uint64_t sigval = 0;   // sigev_value, as a pointer
+  int tid = 0;                // SIGEV_THREAD_ID: the target thread's TID in the job
+  std::int64_t value_ns = 0;  // time left (0: disarmed)
   std::int64_t interval_ns = 0;
   bool signal_pending = false;  // its signal was queued, not yet taken: fires again at restore
 };
@@ -346,8 +346,8 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Thread, tid, regs, xstate_hex, s
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Rlimit, resource, cur, max)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(ItimerVal, which, interval_sec, interval_usec,
                                                 value_sec, value_usec)
-NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(PosixTimer, id, clockid, notify, signo, sigval,
-                                                tid, value_ns, interval_ns, signal_pending)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(PosixTimer, id, clockid, notify, signo, sigval, tid,
+                                                value_ns, interval_ns, signal_pending)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(
     Process, pid, ppid, pgid, sid, exit_signal, zombie, exit_status, stop_signal, exe, exe_file,
     cwd, cwd_file, umask, personality, dumpable, uids, gids, groups, start_code, end_code,

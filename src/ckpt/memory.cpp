@@ -178,7 +178,10 @@ void dump_memory_layout(DumpProcess& p) {
       v.path = m.path;
       v.file = file_id_of(st);
     } else {
-      fail_unsupported("{}: unsupported special mapping", where());
+      fail_unsupported(
+          "{}: this special mapping (a kernel object's, e.g. io_uring rings) is not "
+          "supported",
+          where());
     }
     if (v.shared && v.kind != VmaKind::kFile && v.kind != VmaKind::kShm)
       fail_unsupported("{}: this shared mapping is not supported", where());

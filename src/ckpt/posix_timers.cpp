@@ -189,9 +189,10 @@ void dump_posix_timers(DumpProcess& p) {
             "process with {} threads: not supported (the kernel does not say which thread)",
             what, p.host_tids.size());
       case ClockUse::kRefused:
-        fail_unsupported("{} uses clock {} (an alarm clock or another process's CPU clock): not "
-                         "supported",
-                         what, pt.clock);
+        fail_unsupported(
+            "{} uses clock {} (an alarm clock or another process's CPU clock): not "
+            "supported",
+            what, pt.clock);
     }
     if (pt.notify == "none") {
       t.notify = SIGEV_NONE;
@@ -202,8 +203,8 @@ void dump_posix_timers(DumpProcess& p) {
       if (pt.to_thread) {
         auto it = std::find(p.host_tids.begin(), p.host_tids.end(), pt.host_tid);
         if (it == p.host_tids.end() || p.rec.threads.size() != p.host_tids.size())
-          fail_unsupported("{} signals thread {}, not a thread of the process: not supported",
-                           what, pt.host_tid);
+          fail_unsupported("{} signals thread {}, not a thread of the process: not supported", what,
+                           pt.host_tid);
         t.tid = p.rec.threads[static_cast<std::size_t>(it - p.host_tids.begin())].tid;
       } else if (pt.host_tid != p.host_pid) {
         fail_unsupported("{} signals process {}, not the process itself: not supported", what,
@@ -229,8 +230,8 @@ void restore_posix_timers(RestoreProcess& p, const InjectionArea& area) {
   if (timers.empty()) return;
   const std::string who = fmt::format("process {}", p.rec->pid);
   Injector& inj = p.leader();
-  inj.call_ok(who + ": prctl(PR_TIMER_CREATE_RESTORE_IDS)", SYS_prctl,
-              PR_TIMER_CREATE_RESTORE_IDS, PR_TIMER_CREATE_RESTORE_IDS_ON);
+  inj.call_ok(who + ": prctl(PR_TIMER_CREATE_RESTORE_IDS)", SYS_prctl, PR_TIMER_CREATE_RESTORE_IDS,
+              PR_TIMER_CREATE_RESTORE_IDS_ON);
   const std::uint64_t id_addr = area.data(), ev_addr = area.data() + 64,
                       its_addr = area.data() + 128;
   for (const auto& t : timers) {
@@ -244,8 +245,7 @@ void restore_posix_timers(RestoreProcess& p, const InjectionArea& area) {
     remote_write(p.host_pid, ev_addr, &ev, sizeof ev);
     remote_write(p.host_pid, id_addr, &id, sizeof id);
     inj.call_ok(what + ": timer_create", SYS_timer_create,
-                static_cast<std::uint64_t>(static_cast<std::int64_t>(t.clockid)), ev_addr,
-                id_addr);
+                static_cast<std::uint64_t>(static_cast<std::int64_t>(t.clockid)), ev_addr, id_addr);
     remote_read(p.host_pid, id_addr, &id, sizeof id);
     if (id != t.id) throw Error(fmt::format("{}: timer_create gave id {}", what, id));
     // Time left, relative; a queued signal is queued again by the timer itself.
@@ -266,8 +266,7 @@ void restore_posix_timers(RestoreProcess& p, const InjectionArea& area) {
     const std::int64_t got_interval = got.interval_sec * kNs + got.interval_nsec;
     const std::int64_t got_value = got.value_sec * kNs + got.value_nsec;
     if ((value > 0 && got_interval != t.interval_ns) ||
-        got_value > std::max(value, t.interval_ns) ||
-        (value == 0 && got_value != 0))
+        got_value > std::max(value, t.interval_ns) || (value == 0 && got_value != 0))
       throw Error(fmt::format("{}: set to {} ns left, {} ns interval; reads back {} ns, {} ns",
                               what, value, t.interval_ns, got_value, got_interval));
   }

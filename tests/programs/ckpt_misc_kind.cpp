@@ -11,7 +11,7 @@
 //                 deleted so that their ids do not start at 0: a periodic CLOCK_MONOTONIC
 //                 timer signalling SIGRTMIN with a pointer value, a one-shot
 //                 CLOCK_REALTIME timer 1000 s away (SIGEV_NONE), a disarmed
-//                 CLOCK_BOOTTIME timer, a CLOCK_PROCESS_CPUTIME_ID
+//                 CLOCK_BOOTTIME timer (SIGRTMIN+2), a CLOCK_PROCESS_CPUTIME_ID
 //                 timer aimed at the thread (SIGEV_THREAD_ID, SIGRTMIN+1, an int value).
 //                 Every round the periodic one must deliver SIGRTMIN with its id and
 //                 value (SI_TIMER), the others keep their settings (timer_gettime(2))
@@ -118,7 +118,12 @@ void run_posix_timers(int rounds) {
   sigevent none{};
   none.sigev_notify = SIGEV_NONE;
   timer_t oneshot = make_timer(CLOCK_REALTIME, &none, "oneshot");
-  timer_t disarmed = make_timer(CLOCK_BOOTTIME, &none, "disarmed");
+  // A signalling one: a disarmed SIGEV_NONE timer reports the time left before it was
+  // disarmed (posix-timers.c common_timer_get).
+  sigevent dev{};
+  dev.sigev_notify = SIGEV_SIGNAL;
+  dev.sigev_signo = rt + 2;
+  timer_t disarmed = make_timer(CLOCK_BOOTTIME, &dev, "disarmed");
   sigevent tev{};
   tev.sigev_notify = SIGEV_THREAD_ID;
   tev.sigev_signo = rt + 1;
@@ -153,8 +158,7 @@ void run_posix_timers(int rounds) {
         if (errno == EAGAIN) break;
         die("sigtimedwait");
       }
-      if (s != rt)
-        fail("signal " + str(s) + " arrived, not the periodic timer's" + at);
+      if (s != rt) fail("signal " + str(s) + " arrived, not the periodic timer's" + at);
       if (si.si_code != SI_TIMER) fail("si_code " + str(si.si_code) + ", not SI_TIMER" + at);
       if (si_timer_id(si) != timer_id(periodic))
         fail("signal of timer " + str(si_timer_id(si)) + ", not " + str(timer_id(periodic)) + at);
@@ -412,8 +416,8 @@ void run_fanotify(int rounds) {
 
 int main(int argc, char** argv) {
   static constexpr Kind kinds[] = {
-      {"posix_timers", run_posix_timers}, {"pidfd", run_pidfd},       {"pidfd_exited", run_pidfd_exited},
-      {"netlink", run_netlink},           {"aio", run_aio},           {"io_uring", run_io_uring},
+      {"posix_timers", run_posix_timers}, {"pidfd", run_pidfd}, {"pidfd_exited", run_pidfd_exited},
+      {"netlink", run_netlink},           {"aio", run_aio},     {"io_uring", run_io_uring},
       {"fanotify", run_fanotify},
   };
   return run_kind(argc, argv, "ckpt_misc_kind", kinds);
