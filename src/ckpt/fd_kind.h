@@ -29,8 +29,9 @@ enum class FdKind {
   kSignalfd,  // signalfd(2) (eventfds.cpp)
   kInotify,   // inotify(7) instance (inotify.cpp)
   kPidfd,     // pidfd_open(2) fd of a process of the job (pidfd.cpp)
+  kNetlink,   // netlink(7) socket (netlink.cpp; found by sockets.cpp)
 };
-inline constexpr std::size_t kFdKinds = 12;
+inline constexpr std::size_t kFdKinds = 13;
 
 // The one table of names, in enum order: JSON (de)serialization, messages and
 // fsched-ckpt show.
@@ -47,6 +48,7 @@ inline constexpr std::array<std::pair<FdKind, std::string_view>, kFdKinds> kFdKi
     {FdKind::kSignalfd, "signalfd"},
     {FdKind::kInotify, "inotify"},
     {FdKind::kPidfd, "pidfd"},
+    {FdKind::kNetlink, "netlink"},
 }};
 
 constexpr bool fd_kind_names_in_order() {

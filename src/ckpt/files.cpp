@@ -31,6 +31,7 @@
 #include "ckpt/fsaccess.h"
 #include "ckpt/inotify.h"
 #include "ckpt/memfd.h"
+#include "ckpt/netlink.h"
 #include "ckpt/pidfd.h"
 #include "ckpt/locks.h"
 #include "ckpt/pipes.h"
@@ -174,8 +175,9 @@ const FdOps kChrFdOps{.kind = FdKind::kChr,
 
 // In FdKind order; fd_ops() checks each entry's kind.
 constexpr std::array<const FdOps*, kFdKinds> kFdOpsTable{
-    &kFileFdOps,    &kDirFdOps,   &kChrFdOps,     &kPipeFdOps,     &kFifoFdOps,    &kUnixFdOps,
-    &kEventfdFdOps, &kEpollFdOps, &kTimerfdFdOps, &kSignalfdFdOps, &kInotifyFdOps, &kPidfdFdOps,
+    &kFileFdOps,    &kDirFdOps,     &kChrFdOps,     &kPipeFdOps,    &kFifoFdOps,
+    &kUnixFdOps,    &kEventfdFdOps, &kEpollFdOps,   &kTimerfdFdOps, &kSignalfdFdOps,
+    &kInotifyFdOps, &kPidfdFdOps,   &kNetlinkFdOps,
 };
 
 // The kind of an fd that is not a socket or an anonymous inode, from its stat.

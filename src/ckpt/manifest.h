@@ -115,6 +115,13 @@ struct Fd {
   int owner = 0;                // its pid, tid or pgid in the job's PID namespace; 0 none
   int owner_signal = 0;         // F_GETSIG; 0: SIGIO
   int pidfd_pid = 0;            // pidfd (pidfd.h): its pid (or tid) in the job's PID namespace
+  // netlink socket (netlink.h): protocol, SOCK_RAW or SOCK_DGRAM, bound port id (0: not
+  // bound), connected destination, groups (NETLINK_LIST_MEMBERSHIPS words), SOL_NETLINK
+  // flags that are on.
+  int nl_protocol = 0, nl_type = 0;
+  std::uint32_t nl_portid = 0, nl_dst_portid = 0, nl_dst_group = 0;
+  std::vector<std::uint32_t> nl_groups;
+  std::vector<int> nl_options;
 };
 
 struct SigAction {
@@ -330,7 +337,9 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Fd, fd, kind, path, flags, pos, 
                                                 shared_pid, shared_fd, count, semaphore, clockid,
                                                 settime_flags, value_ns, interval_ns, sigmask,
                                                 targets, watches, locks, owner_type, owner,
-                                                owner_signal, pidfd_pid)
+                                                owner_signal, pidfd_pid, nl_protocol, nl_type,
+                                                nl_portid, nl_dst_portid, nl_dst_group, nl_groups,
+                                                nl_options)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(SigAction, sig, handler, flags, restorer, mask)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(SeccompFilter, flags, prog_hex)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Confinement, cap_inh, cap_prm, cap_eff, cap_bnd,

@@ -1,4 +1,4 @@
-"""POSIX timers, pidfds, netlink, AIO, io_uring, fanotify (issue 13, item 3):
+"""POSIX timers, pidfds, netlink sockets, AIO, io_uring, fanotify (issue 13, item 3):
 ckpt_misc_kind holds one kind at a time and checks it every round. Restored kinds are
 dumped midway and restored, twice; output and exit status must equal the uninterrupted
 run's, and the image must hold the state (so a pass is not luck). Refused kinds: the
@@ -57,10 +57,20 @@ def _pidfd(m: dict):
         assert bool(f["flags"] & O_NONBLOCK) == (f["pidfd_pid"] == child["pid"]), f
 
 
+def _netlink(m: dict):
+    """One NETLINK_ROUTE socket with its port id and the two options on."""
+    fds = [f for f in m["processes"][-1]["fds"] if f["kind"] == "netlink"]
+    assert len(fds) == 1, m["processes"][-1]["fds"]
+    f = fds[0]
+    assert f["nl_protocol"] == 0 and f["nl_portid"] > 0, f  # NETLINK_ROUTE
+    assert sorted(f["nl_options"]) == [11, 12], f  # NETLINK_EXT_ACK, NETLINK_GET_STRICT_CHK
+
+
 RESTORED: dict[str, tuple[int, Callable[[dict], None]]] = {
     # kind: (processes in the job, with init; image check)
     "posix_timers": (2, _posix_timers),
     "pidfd": (3, _pidfd),
+    "netlink": (2, _netlink),
 }
 
 
@@ -112,7 +122,7 @@ def _maps(pids: list[int], path: str) -> list[str]:
 # and the words it must hold.
 REFUSED: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "pidfd_exited": ("fd", "anon_inode:[pidfd]", ("pidfd", "reaped")),
-    "netlink": ("fd", "socket:", ("netlink",)),
+    "netlink_queued": ("fd", "socket:", ("netlink", "queued")),
     "aio": ("map", "/[aio] (deleted)", ("AIO", "io_setup")),
     # Its rings are mapped: the mapping is what the dump meets first.
     "io_uring": ("map", "anon_inode:[io_uring]", ("io_uring",)),

@@ -21,9 +21,12 @@
 //                 "Pid:"), signal 0 must reach them, the child must not have exited
 //                 (waitid(2) P_PIDFD, WNOHANG); at the end the child is killed and
 //                 reaped through its pidfd.
+//   netlink       a NETLINK_ROUTE socket bound to a port id the kernel chose, with
+//                 NETLINK_EXT_ACK and NETLINK_GET_STRICT_CHK on, asked for the links
+//                 every round (RTM_GETLINK); port id and options checked every round
 // Kinds the dump must refuse (the job runs on unharmed):
 //   pidfd_exited  a pidfd of a child that exited and was reaped ("Pid: -1")
-//   netlink       a NETLINK_ROUTE socket asked for the links every round (RTM_GETLINK)
+//   netlink_queued  a second NETLINK_ROUTE socket that holds an answer never read
 //   aio           an AIO context (io_setup(2)) reading a file every round
 //   io_uring      an io_uring instance (io_uring_setup(2)) with its rings mapped,
 //                 running a NOP every round
@@ -315,14 +318,65 @@ bool links_have_lo(int s, unsigned seq) {
   }
 }
 
-void run_netlink(int rounds) {
+std::uint32_t port_id(int s) {
+  sockaddr_nl a{};
+  socklen_t len = sizeof a;
+  check(getsockname(s, reinterpret_cast<sockaddr*>(&a), &len), "getsockname");
+  return a.nl_pid;
+}
+
+int nl_opt(int s, int opt) {
+  int v = 0;
+  socklen_t len = sizeof v;
+  check(getsockopt(s, SOL_NETLINK, opt, &v, &len), "getsockopt");
+  return v;
+}
+
+int route_socket() {
   int s = check(socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE), "socket");
   sockaddr_nl a{};
-  a.nl_family = AF_NETLINK;
+  a.nl_family = AF_NETLINK;  // port id 0: the kernel chooses one
   check(bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a), "bind");
+  return s;
+}
+
+void run_netlink(int rounds) {
+  int s = route_socket();
+  const int one = 1;
+  check(setsockopt(s, SOL_NETLINK, NETLINK_EXT_ACK, &one, sizeof one), "NETLINK_EXT_ACK");
+  check(setsockopt(s, SOL_NETLINK, NETLINK_GET_STRICT_CHK, &one, sizeof one), "STRICT_CHK");
+  const std::uint32_t port = port_id(s);
+  if (!port) fail("no port id after bind");
   for (int r = 1; r <= rounds; ++r) {
-    if (!links_have_lo(s, static_cast<unsigned>(r))) fail("no lo among the links");
+    const std::string at = " (round " + str(r) + ")";
+    if (port_id(s) != port) fail("port id changed" + at);
+    if (!nl_opt(s, NETLINK_EXT_ACK) || !nl_opt(s, NETLINK_GET_STRICT_CHK) ||
+        nl_opt(s, NETLINK_NO_ENOBUFS))
+      fail("netlink options changed" + at);
+    if (!links_have_lo(s, static_cast<unsigned>(r))) fail("no lo among the links" + at);
     line("round " + str(r) + " netlink lo");
+    tick();
+  }
+}
+
+// A second socket keeps the answer to a request unread: it must still be there.
+void run_netlink_queued(int rounds) {
+  int s = route_socket();
+  int q = route_socket();
+  struct {
+    nlmsghdr h;
+    ifinfomsg i;
+  } req{};
+  req.h.nlmsg_len = sizeof req;
+  req.h.nlmsg_type = RTM_GETLINK;
+  req.h.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+  req.h.nlmsg_seq = 1000;
+  if (send(q, &req, sizeof req, 0) != static_cast<ssize_t>(sizeof req)) die("netlink send");
+  for (int r = 1; r <= rounds; ++r) {
+    char byte;
+    if (recv(q, &byte, 1, MSG_PEEK | MSG_DONTWAIT) < 0) die("the queued answer is gone");
+    if (!links_have_lo(s, static_cast<unsigned>(r))) fail("no lo among the links");
+    line("round " + str(r) + " netlink answer queued");
     tick();
   }
 }
@@ -416,8 +470,13 @@ void run_fanotify(int rounds) {
 
 int main(int argc, char** argv) {
   static constexpr Kind kinds[] = {
-      {"posix_timers", run_posix_timers}, {"pidfd", run_pidfd}, {"pidfd_exited", run_pidfd_exited},
-      {"netlink", run_netlink},           {"aio", run_aio},     {"io_uring", run_io_uring},
+      {"posix_timers", run_posix_timers},
+      {"pidfd", run_pidfd},
+      {"pidfd_exited", run_pidfd_exited},
+      {"netlink", run_netlink},
+      {"netlink_queued", run_netlink_queued},
+      {"aio", run_aio},
+      {"io_uring", run_io_uring},
       {"fanotify", run_fanotify},
   };
   return run_kind(argc, argv, "ckpt_misc_kind", kinds);
