@@ -79,6 +79,12 @@ bool dump_netlink(const DumpProcess& p, Fd& f, const std::string& who) {
 
 namespace {
 
+// Sockets are all dumped as Unix sockets first (their /proc link does not tell the
+// family); dump_sockets hands the netlink ones to dump_netlink.
+void dump_netlink_fd(const FdDumpCtx& c, Fd&) {
+  fail("internal: {}: a netlink socket is dumped by dump_sockets", c.where);
+}
+
 long open_netlink(const FdRestoreCtx& c, const Fd& f, const std::string& who) {
   Injector& inj = c.inj();
   const pid_t pid = c.host_pid();
@@ -131,7 +137,7 @@ long open_netlink(const FdRestoreCtx& c, const Fd& f, const std::string& who) {
 
 const FdOps kNetlinkFdOps{.kind = FdKind::kNetlink,
                           .anon_link = nullptr,
-                          .dump = nullptr,  // dump_netlink, called by dump_sockets
+                          .dump = dump_netlink_fd,
                           .open = open_netlink,
                           .finish = nullptr,
                           .shareable = true,
