@@ -30,6 +30,7 @@
 #include "ckpt/sysvshm.h"
 #include "ckpt/threads.h"
 #include "ckpt/timers.h"
+#include "ckpt/posix_timers.h"
 #include "common/error.h"
 
 namespace fsched::ckpt {
@@ -131,6 +132,7 @@ DumpStats dump(const DumpOptions& o) {
       dump_process_ctl(p);
       dump_placement(p, procs.front());
       dump_timers(p);
+      dump_posix_timers(p);
       close_injection(p);
     }
   } catch (...) {

@@ -28,8 +28,10 @@ enum class FdKind {
   kTimerfd,   // timerfd_create(2) (eventfds.cpp)
   kSignalfd,  // signalfd(2) (eventfds.cpp)
   kInotify,   // inotify(7) instance (inotify.cpp)
+  kPidfd,     // pidfd_open(2) fd of a process of the job (pidfd.cpp)
+  kNetlink,   // netlink(7) socket (netlink.cpp; found by sockets.cpp)
 };
-inline constexpr std::size_t kFdKinds = 11;
+inline constexpr std::size_t kFdKinds = 13;
 
 // The one table of names, in enum order: JSON (de)serialization, messages and
 // fsched-ckpt show.
@@ -45,6 +47,8 @@ inline constexpr std::array<std::pair<FdKind, std::string_view>, kFdKinds> kFdKi
     {FdKind::kTimerfd, "timerfd"},
     {FdKind::kSignalfd, "signalfd"},
     {FdKind::kInotify, "inotify"},
+    {FdKind::kPidfd, "pidfd"},
+    {FdKind::kNetlink, "netlink"},
 }};
 
 constexpr bool fd_kind_names_in_order() {

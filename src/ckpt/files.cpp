@@ -31,6 +31,8 @@
 #include "ckpt/fsaccess.h"
 #include "ckpt/inotify.h"
 #include "ckpt/memfd.h"
+#include "ckpt/netlink.h"
+#include "ckpt/pidfd.h"
 #include "ckpt/locks.h"
 #include "ckpt/pipes.h"
 #include "ckpt/proc.h"
@@ -173,8 +175,9 @@ const FdOps kChrFdOps{.kind = FdKind::kChr,
 
 // In FdKind order; fd_ops() checks each entry's kind.
 constexpr std::array<const FdOps*, kFdKinds> kFdOpsTable{
-    &kFileFdOps,    &kDirFdOps,   &kChrFdOps,     &kPipeFdOps,     &kFifoFdOps,    &kUnixFdOps,
-    &kEventfdFdOps, &kEpollFdOps, &kTimerfdFdOps, &kSignalfdFdOps, &kInotifyFdOps,
+    &kFileFdOps,    &kDirFdOps,     &kChrFdOps,     &kPipeFdOps,    &kFifoFdOps,
+    &kUnixFdOps,    &kEventfdFdOps, &kEpollFdOps,   &kTimerfdFdOps, &kSignalfdFdOps,
+    &kInotifyFdOps, &kPidfdFdOps,   &kNetlinkFdOps,
 };
 
 // The kind of an fd that is not a socket or an anonymous inode, from its stat.
@@ -284,8 +287,8 @@ void dump_files(DumpProcess& p, std::span<DumpProcess> all) {
       for (const FdOps* o : kFdOpsTable)
         if (o->anon_link && link == o->anon_link) ops = o;
       if (!ops)
-        fail_unsupported(
-            "{}: this kind of file (fanotify, io_uring, pidfd...) is not supported yet", where);
+        fail_unsupported("{}: this kind of file (fanotify, io_uring ...) is not supported yet",
+                         where);
     } else {
       const std::string self = fmt::format("/proc/{}/fd/{}", hp, fd);
       if (::stat(self.c_str(), &st) < 0) fail_errno("{}: cannot stat", where);

@@ -118,6 +118,14 @@ struct Fd {
   int owner_type = 0;           // F_GETOWN_EX: F_OWNER_TID, F_OWNER_PID, F_OWNER_PGRP
   int owner = 0;                // its pid, tid or pgid in the job's PID namespace; 0 none
   int owner_signal = 0;         // F_GETSIG; 0: SIGIO
+  int pidfd_pid = 0;            // pidfd (pidfd.h): its pid (or tid) in the job's PID namespace
+  // netlink socket (netlink.h): protocol, SOCK_RAW or SOCK_DGRAM, bound port id (0: not
+  // bound), connected destination, groups (NETLINK_LIST_MEMBERSHIPS words), SOL_NETLINK
+  // flags that are on.
+  int nl_protocol = 0, nl_type = 0;
+  std::uint32_t nl_portid = 0, nl_dst_portid = 0, nl_dst_group = 0;
+  std::vector<std::uint32_t> nl_groups;
+  std::vector<int> nl_options;
 };
 
 struct SigAction {
@@ -180,6 +188,19 @@ struct ItimerVal {
   std::uint64_t interval_sec = 0, interval_usec = 0, value_sec = 0, value_usec = 0;
 };
 
+// A POSIX timer (timer_create(2); posix_timers.h).
+struct PosixTimer {
+  int id = 0;                 // the kernel's timer id, restored as it was
+  int clockid = 0;            // as the kernel keeps it (CPU clocks of the process: negative)
+  int notify = 0;             // SIGEV_SIGNAL, SIGEV_NONE or SIGEV_THREAD_ID
+  int signo = 0;              // signal sent on expiry (SIGEV_SIGNAL, SIGEV_THREAD_ID)
+  std::uint64_t sigval = 0;   // sigev_value, as a pointer
+  int tid = 0;                // SIGEV_THREAD_ID: the target thread's TID in the job
+  std::int64_t value_ns = 0;  // time left (0: disarmed)
+  std::int64_t interval_ns = 0;
+  bool signal_pending = false;  // its signal was queued, not yet taken: fires again at restore
+};
+
 struct Process {
   int pid = 0, ppid = 0, pgid = 0, sid = 0;  // in the job's PID namespace; ppid 0 for init
   int exit_signal = 17;                      // signal sent to the parent on exit
@@ -230,6 +251,8 @@ struct Process {
   // `mlockall` is the mlockall(2) MCL_FUTURE | MCL_ONFAULT in force, 0 if none.
   bool vmflags_all = false;
   int mlockall = 0;
+  // POSIX timers (posix_timers.h); absent in older images, whose engines refused them.
+  std::vector<PosixTimer> posix_timers;
 };
 
 // A pipe of the job: its buffered bytes are section "pipes" of the page stream, in
@@ -328,7 +351,9 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Fd, fd, kind, path, flags, pos, 
                                                 shared_pid, shared_fd, count, semaphore, clockid,
                                                 settime_flags, value_ns, interval_ns, sigmask,
                                                 targets, watches, locks, owner_type, owner,
-                                                owner_signal)
+                                                owner_signal, pidfd_pid, nl_protocol, nl_type,
+                                                nl_portid, nl_dst_portid, nl_dst_group, nl_groups,
+                                                nl_options)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(SigAction, sig, handler, flags, restorer, mask)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(SeccompFilter, flags, prog_hex)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Confinement, cap_inh, cap_prm, cap_eff, cap_bnd,
@@ -344,13 +369,15 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Thread, tid, regs, xstate_hex, s
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Rlimit, resource, cur, max)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(ItimerVal, which, interval_sec, interval_usec,
                                                 value_sec, value_usec)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(PosixTimer, id, clockid, notify, signo, sigval, tid,
+                                                value_ns, interval_ns, signal_pending)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(
     Process, pid, ppid, pgid, sid, exit_signal, zombie, exit_status, stop_signal, exe, exe_file,
     cwd, cwd_file, umask, personality, dumpable, uids, gids, groups, start_code, end_code,
     start_data, end_data, start_brk, brk, start_stack, arg_start, arg_end, env_start, env_end,
     auxv_hex, vmas, fds, sigactions, rlimits, itimers, shared_pending_hex, threads, procattr,
     child_subreaper, thp_disable, membarrier, oom_score_adj, vmflags_all, mlockall, files_of_parent,
-    placement, root, root_id, cgroup, loginuid)
+    placement, root, root_id, cgroup, loginuid, posix_timers)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Pipe, ino, capacity, bytes, path)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(ShmObject, key, path, mode, uid, gid, size, runs,
                                                 seals)

@@ -148,6 +148,10 @@ void dump_memory_layout(DumpProcess& p) {
       }
       if (m.path.rfind("/SYSV", 0) == 0)
         fail_unsupported("{}: this kind of shared memory mapping is not supported yet", where());
+      // The ring of an AIO context (io_setup(2)) maps a file of the kernel's aio file
+      // system; the context itself (its id is the ring's address) is the kernel's.
+      if (m.path == "/[aio] (deleted)")
+        fail_unsupported("{}: AIO context (io_setup(2)) not supported", where());
       if (m.path.ends_with(" (deleted)")) {
         // Deleted while mapped (or a memfd mapped privately): its contents are stored
         // once with the deleted files (deleted.cpp), the mapping maps the copy.
@@ -175,7 +179,10 @@ void dump_memory_layout(DumpProcess& p) {
       v.path = m.path;
       v.file = file_id_of(st);
     } else {
-      fail_unsupported("{}: unsupported special mapping", where());
+      fail_unsupported(
+          "{}: this special mapping (a kernel object's, e.g. io_uring rings) is not "
+          "supported",
+          where());
     }
     if (v.shared && v.kind != VmaKind::kFile && v.kind != VmaKind::kShm)
       fail_unsupported("{}: this shared mapping is not supported", where());

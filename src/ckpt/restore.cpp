@@ -32,6 +32,7 @@
 #include "ckpt/sysvshm.h"
 #include "ckpt/threads.h"
 #include "ckpt/timers.h"
+#include "ckpt/posix_timers.h"
 #include "ckpt/validate.h"
 #include "common/error.h"
 
@@ -163,6 +164,7 @@ RestoreStats restore(const RestoreOptions& o) {
       restore_vma_locks(*p);
       restore_pending_signals(*p, area);
       restore_timers(*p, area);
+      restore_posix_timers(*p, area);
       unmap_injection_area(*p, area);
     }
     for (auto* p : live)

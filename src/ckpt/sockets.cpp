@@ -27,6 +27,7 @@
 #include <set>
 
 #include "ckpt/fsaccess.h"
+#include "ckpt/netlink.h"
 #include "ckpt/remote.h"
 #include "common/error.h"
 #include "common/fd.h"
@@ -243,9 +244,10 @@ void dump_sockets(std::span<DumpProcess> procs, Manifest& m, ImageWriter& img) {
       std::string who = fmt::format("process {} (pid {} in the job), fd {} -> socket:[{}]",
                                     p.host_pid, p.rec.pid, f.fd, f.file.ino);
       auto it = diag.find(f.file.ino);
-      if (it == diag.end())
-        fail_unsupported("{}: not a Unix socket (TCP, UDP, netlink ... sockets are not supported)",
-                         who);
+      if (it == diag.end()) {
+        if (dump_netlink(p, f, who)) continue;  // netlink.h
+        fail_unsupported("{}: not a Unix socket (TCP, UDP ... sockets are not supported)", who);
+      }
       const DiagInfo& d = it->second;
       if (d.type != SOCK_STREAM && d.type != SOCK_DGRAM && d.type != SOCK_SEQPACKET)
         fail_unsupported("{}: unsupported socket type {}", who, d.type);

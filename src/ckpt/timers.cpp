@@ -1,5 +1,5 @@
 // Timers: the three interval timers of a process (getitimer(2)/setitimer(2), by
-// injection). POSIX timers (timer_create(2), listed in /proc/PID/timers) are refused.
+// injection). POSIX timers (timer_create(2)) are posix_timers.cpp's.
 #include "ckpt/timers.h"
 
 #include <sys/syscall.h>
@@ -12,15 +12,6 @@
 namespace fsched::ckpt {
 
 void dump_timers(DumpProcess& p) {
-  std::string timers;
-  try {
-    timers = read_file(fmt::format("/proc/{}/timers", p.host_pid));
-  } catch (const Error&) {
-  }
-  if (!timers.empty())
-    fail_unsupported(
-        "process {} (pid {} in the job) uses POSIX timers (timer_create): not supported yet",
-        p.host_pid, p.rec.pid);
   p.rec.itimers.clear();
   for (int which : {ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF}) {
     p.inj->call_ok(fmt::format("getitimer({})", which), SYS_getitimer,

@@ -681,8 +681,8 @@ def unsupported_candidates(job: Job, prefix: str) -> list[tuple[int, int]]:
     return found
 
 
-@pytest.mark.parametrize("mode,prefix,word", [("tcp", "socket:", "TCP"),
-                                              ("pidfd", "anon_inode:[pidfd]", "pidfd")])
+# (pidfds are restored now: tests/e2e/test_kinds_misc.py.)
+@pytest.mark.parametrize("mode,prefix,word", [("tcp", "socket:", "TCP")])
 def test_unsupported_state_refused(e2e: E2E, mode, prefix, word):
     spec = JobSpec(name=f"ipc_refused_{mode}", argv=[PYTHON, "{work}/hold.py", mode, "80"],
                    setup=lambda work: (work / "hold.py").write_text(UNSUPPORTED_PY), inputs=("hold.py",),

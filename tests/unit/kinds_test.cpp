@@ -32,7 +32,8 @@ const std::pair<ck::FdKind, const char*> kFdStrings[] = {
     {ck::FdKind::kFifo, "fifo"},       {ck::FdKind::kUnix, "unix"},
     {ck::FdKind::kEventfd, "eventfd"}, {ck::FdKind::kEpoll, "epoll"},
     {ck::FdKind::kTimerfd, "timerfd"}, {ck::FdKind::kSignalfd, "signalfd"},
-    {ck::FdKind::kInotify, "inotify"},
+    {ck::FdKind::kInotify, "inotify"}, {ck::FdKind::kPidfd, "pidfd"},
+    {ck::FdKind::kNetlink, "netlink"},
 };
 
 // What get<T>() throws for `j`, or "" if it throws nothing.
@@ -100,8 +101,8 @@ TEST(Kinds, EveryFdKindHasItsOperations) {
       EXPECT_TRUE(anon_links.insert(ops.anon_link).second) << name;
     }
   }
-  // The event fds and inotify are recognized by their anonymous inode's name.
-  EXPECT_EQ(anon_links.size(), 5u);
+  // The event fds, inotify and pidfds are recognized by their anonymous inode's name.
+  EXPECT_EQ(anon_links.size(), 6u);
   // Only epoll has work left once every fd exists (its targets).
   EXPECT_NE(ck::fd_ops(ck::FdKind::kEpoll).finish, nullptr);
   EXPECT_EQ(ck::fd_ops(ck::FdKind::kEventfd).finish, nullptr);
