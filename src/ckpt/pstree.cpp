@@ -174,7 +174,17 @@ FrozenTree::FrozenTree(pid_t root) : root_(root) {
           changed = true;
         }
         if (dp.host_tids.size() > 1) std::sort(dp.host_tids.begin() + 1, dp.host_tids.end());
-        for (pid_t c : list_children(pid))
+        std::vector<pid_t> kids;
+        try {
+          kids = list_children(pid);
+        } catch (const Error&) {
+          // It exited after its threads were seized (a short-lived child of make or
+          // git): its children, if any, are its reaper's now, found through it.
+          if (task_exists(pid, pid) && !task_exiting(pid)) throw;
+          changed = true;
+          continue;
+        }
+        for (pid_t c : kids)
           if (known.insert(c).second) {
             order.push_back(c);
             changed = true;
