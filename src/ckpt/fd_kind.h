@@ -28,8 +28,11 @@ enum class FdKind {
   kTimerfd,   // timerfd_create(2) (eventfds.cpp)
   kSignalfd,  // signalfd(2) (eventfds.cpp)
   kInotify,   // inotify(7) instance (inotify.cpp)
+  // TCP or UDP socket, IPv4 or IPv6; Fd::file.ino is the socket inode, its state the
+  // Manifest::inet_sockets entry of that inode (inet.cpp)
+  kInet,
 };
-inline constexpr std::size_t kFdKinds = 11;
+inline constexpr std::size_t kFdKinds = 12;
 
 // The one table of names, in enum order: JSON (de)serialization, messages and
 // fsched-ckpt show.
@@ -45,6 +48,7 @@ inline constexpr std::array<std::pair<FdKind, std::string_view>, kFdKinds> kFdKi
     {FdKind::kTimerfd, "timerfd"},
     {FdKind::kSignalfd, "signalfd"},
     {FdKind::kInotify, "inotify"},
+    {FdKind::kInet, "inet"},
 }};
 
 constexpr bool fd_kind_names_in_order() {

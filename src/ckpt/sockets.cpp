@@ -6,8 +6,8 @@
 // (SO_PEEK_OFF for datagrams, socket(7)) through our own reference to the socket
 // (pidfd_getfd(2)), so a job that keeps running loses nothing. On restore the
 // sockets are created in init, refilled by the restorer, and taken by each process.
-// Sockets of other families (TCP, UDP, netlink...) or connected outside the job are
-// refused with the process and fd named.
+// Sockets of other families (netlink, packet...; TCP and UDP are inet.cpp's) or
+// connected outside the job are refused with the process and fd named.
 #include "ckpt/sockets.h"
 
 #include <fcntl.h>
@@ -244,7 +244,7 @@ void dump_sockets(std::span<DumpProcess> procs, Manifest& m, ImageWriter& img) {
                                     p.host_pid, p.rec.pid, f.fd, f.file.ino);
       auto it = diag.find(f.file.ino);
       if (it == diag.end())
-        fail_unsupported("{}: not a Unix socket (TCP, UDP, netlink ... sockets are not supported)",
+        fail_unsupported("{}: not a Unix, TCP or UDP socket (netlink, packet ... sockets are not supported)",
                          who);
       const DiagInfo& d = it->second;
       if (d.type != SOCK_STREAM && d.type != SOCK_DGRAM && d.type != SOCK_SEQPACKET)

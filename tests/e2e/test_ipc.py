@@ -629,10 +629,13 @@ import hashlib, os, signal, socket, sys, time
 
 mode, steps = sys.argv[1], int(sys.argv[2])
 h = hashlib.sha256()
-if mode == "tcp":
+if mode == "tcp_half_closed":
+    # A connection shut for writing at one end (FIN_WAIT2; its peer CLOSE_WAIT).
     listener = socket.create_server(("127.0.0.1", 0))
-    addr = listener.getsockname()
-    fd = listener.fileno()
+    conn = socket.create_connection(listener.getsockname())
+    peer, _ = listener.accept()
+    conn.shutdown(socket.SHUT_WR)
+    fd = conn.fileno()
 elif mode == "pidfd":
     child = os.fork()
     if child == 0:
@@ -644,13 +647,10 @@ for step in range(steps):
     for i in range(3000):
         h.update(f"{step} {i}".encode())
     line = f"step {step + 1}/{steps} {h.hexdigest()[:16]}"
-    if mode == "tcp":
-        # The listener still works: connect to it, echo a line through it.
-        with socket.create_connection(addr) as c:
-            a, _ = listener.accept()
-            with a:
-                c.sendall(line.encode())
-                line += " echo " + str(len(a.recv(4096)))
+    if mode == "tcp_half_closed":
+        # The half-closed connection still carries data the other way.
+        peer.sendall(line.encode())
+        line += " echo " + str(len(conn.recv(4096)))
     else:
         # The pidfd still works: the child is alive.
         signal.pidfd_send_signal(fd, 0)
@@ -681,7 +681,7 @@ def unsupported_candidates(job: Job, prefix: str) -> list[tuple[int, int]]:
     return found
 
 
-@pytest.mark.parametrize("mode,prefix,word", [("tcp", "socket:", "TCP"),
+@pytest.mark.parametrize("mode,prefix,word", [("tcp_half_closed", "socket:", "FIN_WAIT2"),
                                               ("pidfd", "anon_inode:[pidfd]", "pidfd")])
 def test_unsupported_state_refused(e2e: E2E, mode, prefix, word):
     spec = JobSpec(name=f"ipc_refused_{mode}", argv=[PYTHON, "{work}/hold.py", mode, "80"],
