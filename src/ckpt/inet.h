@@ -89,6 +89,20 @@ class InetRepair {
   friend void dump_inet(std::span<DumpProcess>, Manifest&, InetRepair&);
 };
 
+// Restore: the connections restore_files() made are left in repair mode until every
+// socket of the job exists; finish() (after restore_files of every process) takes them
+// out of it, sends what was not sent yet, sets their options and reads everything back.
+// Throws Error naming the process and fd. Destruction without finish() (a failed
+// restore) drops the restorer's references; the killed job's close sends nothing.
+class InetRestore {
+ public:
+  InetRestore();
+  ~InetRestore();
+  InetRestore(const InetRestore&) = delete;
+  InetRestore& operator=(const InetRestore&) = delete;
+  void finish();
+};
+
 // Dump: every TCP/UDP socket of the job (the fds of kind kInet) into m.inet_sockets,
 // by inode, once each. Throws UnsupportedError naming process, fd and state for what
 // cannot be restored exactly.

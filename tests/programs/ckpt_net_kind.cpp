@@ -249,6 +249,7 @@ void run_pair(int rounds, int family) {
     for (int i = 0; i < rounds; ++i) {
       check_owner(a, "child's socket");
       s.round(i);
+      tick();  // paced like the parent: both directions stay loaded
     }
     s.finish(rounds);
     _exit(0);
