@@ -60,9 +60,10 @@ struct Opt {
 
 // The options saved and restored (set where a fresh socket differs, then read back),
 // in the order they are set: IP_TOS and IPV6_TCLASS first, as they change the
-// priority too (ip(7)).
+// priority too (ip(7)). IP_TOS and IP_TTL are kept for IPv6 sockets too, which use
+// them for IPv4-mapped traffic.
 const Opt kOptions[] = {
-    {IPPROTO_IP, IP_TOS, AF_INET, 0, "IP_TOS"},
+    {IPPROTO_IP, IP_TOS, 0, 0, "IP_TOS"},
     {IPPROTO_IPV6, IPV6_TCLASS, AF_INET6, 0, "IPV6_TCLASS"},
     {SOL_SOCKET, SO_REUSEADDR, 0, 0, "SO_REUSEADDR"},
     {SOL_SOCKET, SO_REUSEPORT, 0, 0, "SO_REUSEPORT"},
@@ -91,7 +92,7 @@ const Opt kOptions[] = {
     {IPPROTO_TCP, TCP_DEFER_ACCEPT, 0, SOCK_STREAM, "TCP_DEFER_ACCEPT"},
     {IPPROTO_TCP, TCP_CONGESTION, 0, SOCK_STREAM, "TCP_CONGESTION"},
     {IPPROTO_TCP, TCP_MAXSEG, 0, SOCK_STREAM, "TCP_MAXSEG"},  // listening sockets only
-    {IPPROTO_IP, IP_TTL, AF_INET, 0, "IP_TTL"},
+    {IPPROTO_IP, IP_TTL, 0, 0, "IP_TTL"},
     {IPPROTO_IP, IP_RECVERR, AF_INET, 0, "IP_RECVERR"},
     {IPPROTO_IP, IP_PKTINFO, AF_INET, 0, "IP_PKTINFO"},
     {IPPROTO_IPV6, IPV6_V6ONLY, AF_INET6, 0, "IPV6_V6ONLY"},

@@ -30,7 +30,8 @@
 // socket will talk to. Known limit: there is no network lock (CRIU's iptables rules),
 // so data a peer OUTSIDE the job sends between the queue read and the kill would be
 // acknowledged by the dying socket and lost; InetRepair::check_unchanged() re-reads
-// every receive sequence number just before the kill and fails the dump if one moved.
+// every receive sequence number before the image is committed and fails the dump if
+// one moved (what arrives between the commit and the kill is not detected).
 //
 // Restore, why it is safe: each socket is made by an injected socket(2) in the job's
 // own process, which at that point has the job's file-system uid (act_as), so the

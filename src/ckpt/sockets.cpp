@@ -244,8 +244,9 @@ void dump_sockets(std::span<DumpProcess> procs, Manifest& m, ImageWriter& img) {
                                     p.host_pid, p.rec.pid, f.fd, f.file.ino);
       auto it = diag.find(f.file.ino);
       if (it == diag.end())
-        fail_unsupported("{}: not a Unix, TCP or UDP socket (netlink, packet ... sockets are not supported)",
-                         who);
+        fail_unsupported(
+            "{}: not a Unix, TCP or UDP socket (netlink, packet ... sockets are not supported)",
+            who);
       const DiagInfo& d = it->second;
       if (d.type != SOCK_STREAM && d.type != SOCK_DGRAM && d.type != SOCK_SEQPACKET)
         fail_unsupported("{}: unsupported socket type {}", who, d.type);

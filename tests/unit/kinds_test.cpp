@@ -32,7 +32,7 @@ const std::pair<ck::FdKind, const char*> kFdStrings[] = {
     {ck::FdKind::kFifo, "fifo"},       {ck::FdKind::kUnix, "unix"},
     {ck::FdKind::kEventfd, "eventfd"}, {ck::FdKind::kEpoll, "epoll"},
     {ck::FdKind::kTimerfd, "timerfd"}, {ck::FdKind::kSignalfd, "signalfd"},
-    {ck::FdKind::kInotify, "inotify"},
+    {ck::FdKind::kInotify, "inotify"}, {ck::FdKind::kInet, "inet"},
 };
 
 // What get<T>() throws for `j`, or "" if it throws nothing.
