@@ -17,6 +17,7 @@
 #include <net/if.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -436,8 +437,16 @@ void check_restored(int fd, const InetSocket& s, const std::string& who) {
 void send_all(int fd, const std::vector<std::uint8_t>& data, const std::string& who,
               const char* what) {
   std::size_t sent = 0;
+  int waits = 0;
   while (sent < data.size()) {
     ssize_t r = ::send(fd, data.data() + sent, data.size() - sent, MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (r < 0 && errno == EAGAIN && waits++ < 50) {
+      // A full send buffer (the unsent part, out of repair mode) drains as the peer's
+      // kernel acknowledges: wait a little, bounded, rather than fail at once.
+      pollfd pfd{fd, POLLOUT, 0};
+      ::poll(&pfd, 1, 100);
+      continue;
+    }
     if (r <= 0) fail_errno("{}: refilling its {} ({} of {} bytes)", who, what, sent, data.size());
     sent += static_cast<std::size_t>(r);
   }
