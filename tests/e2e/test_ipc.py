@@ -4,8 +4,8 @@ xz behind tar, Python multiprocessing (pipes and POSIX semaphores in /dev/shm) a
 asyncio (subprocesses, timers, epoll, a socketpair), and ckpt_ipc (shared anonymous
 memory with a process-shared mutex, stream and datagram socketpairs, eventfd, epoll,
 timerfd). The restored run's stdout, stderr, output files (content and owner) and exit
-status must equal the uninterrupted run's. Also: state the engine refuses (a TCP socket,
-a pidfd) makes the dump fail with a clear message and leaves the job running."""
+status must equal the uninterrupted run's. Also: state the engine refuses (a half-closed TCP
+connection, a pidfd) makes the dump fail with a clear message and leaves the job running."""
 from __future__ import annotations
 
 import json
