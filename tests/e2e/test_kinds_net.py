@@ -169,6 +169,9 @@ REFUSED: dict[str, str] = {
     "backlog": "waiting to be accepted",
     "close_wait": "FIN_WAIT2",  # its first fd: the end that shut down
     "udp_queued": "receive queue",
+    # Its connection was put in repair mode before the UDP socket was refused: the job
+    # must then talk on through it (repair mode undone).
+    "repair_undo": "receive queue",
 }
 
 

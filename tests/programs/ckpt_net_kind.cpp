@@ -24,6 +24,8 @@
 //   backlog    a listener with a connection always waiting in its accept queue
 //   close_wait a connection its peer (in the same process) has shut for writing
 //   udp_queued a UDP socket with a datagram always waiting in its receive queue
+//   repair_undo a connection used every round, and a UDP socket with a datagram
+//              queued: the refused dump must leave the connection usable
 //
 // Exit status 0; 1 with a line "FAIL ..." saying what failed.
 #include <arpa/inet.h>
@@ -460,6 +462,33 @@ void run_udp_queued(int rounds) {
   }
 }
 
+// A connection (dumped first, into repair mode) and then a refused UDP socket: the
+// failed dump must take the connection out of repair mode (a send in repair mode
+// fails EINVAL), so that the job talks on through it.
+void run_repair_undo(int rounds) {
+  int l = listener(AF_INET, 4);
+  int c = connect_to(AF_INET, port_of(l));
+  int a = accept(l, nullptr, nullptr);
+  if (a < 0) die("accept");
+  int u = socket(AF_INET, SOCK_DGRAM, 0), v = socket(AF_INET, SOCK_DGRAM, 0);
+  auto any = addr_of(AF_INET, 0);
+  if (bind(u, reinterpret_cast<sockaddr*>(&any), sizeof(sockaddr_in)) < 0) die("bind");
+  auto to_u = addr_of(AF_INET, port_of(u));
+  if (connect(v, reinterpret_cast<sockaddr*>(&to_u), sizeof(sockaddr_in)) < 0) die("connect");
+  if (send(v, "queued", 6, 0) < 0) die("send");  // never read
+  for (int i = 0; i < rounds; ++i) {
+    std::string msg = "undo " + std::to_string(i);
+    write_all(c, msg, "connection");
+    std::vector<char> buf(msg.size());
+    read_exact(a, buf.data(), buf.size(), "accepted");
+    if (std::string(buf.begin(), buf.end()) != msg) fail("repair_undo: data differs");
+    write_all(a, msg, "accepted");
+    read_exact(c, buf.data(), buf.size(), "connection");
+    line("round " + std::to_string(i + 1) + " repair_undo ok");
+    tick();
+  }
+}
+
 const Kind kKinds[] = {
     {"listen", run_listen},
     {"pair", [](int r) { run_pair(r, AF_INET); }},
@@ -470,6 +499,7 @@ const Kind kKinds[] = {
     {"backlog", run_backlog},
     {"close_wait", run_close_wait},
     {"udp_queued", run_udp_queued},
+    {"repair_undo", run_repair_undo},
 };
 
 }  // namespace
