@@ -15,6 +15,7 @@
 #include "ckpt/files.h"
 #include "ckpt/fsaccess.h"
 #include "ckpt/imagekey.h"
+#include "ckpt/inet.h"
 #include "ckpt/madvise.h"
 #include "ckpt/locks.h"
 #include "ckpt/memory.h"
@@ -148,6 +149,10 @@ DumpStats dump(const DumpOptions& o) {
   for (auto& p : procs)
     if (!p.zombie) dump_files(p, procs);
   check_unattributed_locks(procs);
+  // TCP connections go into repair mode here (inet.h), out of it again if the dump
+  // fails or the job runs on.
+  InetRepair inet_repair;
+  dump_inet(procs, m, inet_repair);
   phase("state");
   // The page stream, section by section in the one order restore reads it back in
   // (sections.h); the writer records where each starts.
@@ -180,15 +185,19 @@ DumpStats dump(const DumpOptions& o) {
 
   nlohmann::json j = m;
   if (o.leave_running) {
+    inet_repair.end_repair();
     tree.thaw();
     st.freeze_ms = ms_since(t_freeze);
     phase("thaw");
     img->commit(std::move(j));
     phase("commit");
   } else {
-    // The job dies only once its image is durable.
+    // The job dies only once its image is durable, and with its TCP connections as
+    // they were dumped (no network lock: inet.h).
+    inet_repair.check_unchanged();
     img->commit(std::move(j));
     phase("commit");
+    inet_repair.keep_for_kill();
     tree.kill([&] { st.freeze_ms = ms_since(t_freeze); });
     phase("kill");
   }

@@ -30,8 +30,11 @@ enum class FdKind {
   kInotify,   // inotify(7) instance (inotify.cpp)
   kPidfd,     // pidfd_open(2) fd of a process of the job (pidfd.cpp)
   kNetlink,   // netlink(7) socket (netlink.cpp; found by sockets.cpp)
+  // TCP or UDP socket, IPv4 or IPv6; Fd::file.ino is the socket inode, its state the
+  // Manifest::inet_sockets entry of that inode (inet.cpp)
+  kInet,
 };
-inline constexpr std::size_t kFdKinds = 13;
+inline constexpr std::size_t kFdKinds = 14;
 
 // The one table of names, in enum order: JSON (de)serialization, messages and
 // fsched-ckpt show.
@@ -49,6 +52,7 @@ inline constexpr std::array<std::pair<FdKind, std::string_view>, kFdKinds> kFdKi
     {FdKind::kInotify, "inotify"},
     {FdKind::kPidfd, "pidfd"},
     {FdKind::kNetlink, "netlink"},
+    {FdKind::kInet, "inet"},
 }};
 
 constexpr bool fd_kind_names_in_order() {

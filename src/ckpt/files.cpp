@@ -29,6 +29,7 @@
 #include "ckpt/fd_ops.h"
 #include "ckpt/fown.h"
 #include "ckpt/fsaccess.h"
+#include "ckpt/inet.h"
 #include "ckpt/inotify.h"
 #include "ckpt/memfd.h"
 #include "ckpt/netlink.h"
@@ -177,7 +178,7 @@ const FdOps kChrFdOps{.kind = FdKind::kChr,
 constexpr std::array<const FdOps*, kFdKinds> kFdOpsTable{
     &kFileFdOps,    &kDirFdOps,     &kChrFdOps,     &kPipeFdOps,    &kFifoFdOps,
     &kUnixFdOps,    &kEventfdFdOps, &kEpollFdOps,   &kTimerfdFdOps, &kSignalfdFdOps,
-    &kInotifyFdOps, &kPidfdFdOps,   &kNetlinkFdOps,
+    &kInotifyFdOps, &kPidfdFdOps,   &kNetlinkFdOps, &kInetFdOps,
 };
 
 // The kind of an fd that is not a socket or an anonymous inode, from its stat.
@@ -282,7 +283,9 @@ void dump_files(DumpProcess& p, std::span<DumpProcess> all) {
     bool deleted = false;
     const FdOps* ops = nullptr;
     if (link.rfind("socket:[", 0) == 0) {
-      ops = &kUnixFdOps;  // checked against the kernel's socket table by dump_sockets
+      // By family: TCP and UDP (inet.cpp); the rest are checked against the kernel's
+      // table of Unix sockets by dump_sockets.
+      ops = &socket_fd_ops(hp, fd, where);
     } else if (link.rfind("anon_inode:", 0) == 0) {
       for (const FdOps* o : kFdOpsTable)
         if (o->anon_link && link == o->anon_link) ops = o;

@@ -321,6 +321,31 @@ struct UnixSocket {
   bool peer_gone = false;
 };
 
+// A TCP or UDP socket of the job (inet.h), by inode; fds of kind "inet" name it by
+// Fd::file.ino. Absent in images of older engines (which refused these sockets).
+struct InetSockOpt {
+  int level = 0, name = 0;  // getsockopt(2) level and option
+  std::string hex;          // its value as getsockopt returned it
+};
+struct InetSocket {
+  std::uint64_t ino = 0;
+  int family = 2;    // AF_INET, AF_INET6
+  int type = 1;      // SOCK_STREAM (TCP), SOCK_DGRAM (UDP)
+  int state = 7;     // TCP state: TCP_LISTEN, TCP_ESTABLISHED; UDP: 1 connected, 7 not
+  unsigned uid = 0;  // the socket's owner (sock_i_uid), checked after restore
+  std::string local_addr, peer_addr;  // numeric (inet_ntop); "" when unbound / unconnected
+  int local_port = 0, peer_port = 0;
+  int backlog = 0;  // listen(2) backlog
+  std::vector<InetSockOpt> opts;
+  // TCP established (TCP_REPAIR): sequence numbers after the queues (TCP_QUEUE_SEQ),
+  // the queues, how much of the send queue was not sent yet, negotiated options.
+  std::uint32_t snd_seq = 0, rcv_seq = 0;
+  std::string sendq_hex, recvq_hex;
+  std::uint32_t unsent = 0;
+  std::uint32_t mss = 0, tcpi_options = 0, snd_wscale = 0, rcv_wscale = 0, timestamp = 0;
+  std::uint32_t snd_wl1 = 0, snd_wnd = 0, max_window = 0, rcv_wnd = 0, rcv_wup = 0;
+};
+
 struct Manifest {
   std::string kernel;              // uname -r at dump time
   std::uint64_t xfeatures = 0;     // XCR0 of the dumping CPU
@@ -333,6 +358,7 @@ struct Manifest {
   std::vector<DeletedFile> deleted_files;
   std::vector<SysvShm> sysv_shm;
   std::vector<UnixSocket> sockets;
+  std::vector<InetSocket> inet_sockets;  // TCP and UDP (inet.h); absent in older images
   // Where each section of the page stream starts, in kSectionOrder; written by
   // ImageWriter::commit() (image.h), checked by validate_manifest().
   std::vector<SectionStart> sections;
@@ -387,9 +413,17 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(SysvShm, id, key, size, mode, ui
                                                 runs)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(UnixSocket, ino, type, state, peer, name, queued,
                                                 shutdown, peer_gone)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(InetSockOpt, level, name, hex)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(InetSocket, ino, family, type, state, uid,
+                                                local_addr, peer_addr, local_port, peer_port,
+                                                backlog, opts, snd_seq, rcv_seq, sendq_hex,
+                                                recvq_hex, unsent, mss, tcpi_options, snd_wscale,
+                                                rcv_wscale, timestamp, snd_wl1, snd_wnd, max_window,
+                                                rcv_wnd, rcv_wup)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Manifest, kernel, xfeatures, xstate_size,
                                                 dump_time_ns, boot_id, processes, pipes, shm,
-                                                deleted_files, sysv_shm, sockets, sections)
+                                                deleted_files, sysv_shm, sockets, inet_sockets,
+                                                sections)
 
 // Hex helpers for binary blobs stored in the manifest.
 std::string to_hex(const void* data, std::size_t len);

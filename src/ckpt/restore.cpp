@@ -16,6 +16,7 @@
 #include "ckpt/fown.h"
 #include "ckpt/fsaccess.h"
 #include "ckpt/imagekey.h"
+#include "ckpt/inet.h"
 #include "ckpt/inotify.h"
 #include "ckpt/madvise.h"
 #include "ckpt/locks.h"
@@ -112,6 +113,7 @@ RestoreStats restore(const RestoreOptions& o) {
       if (p->rec->pid != 1)
         act_as(p->leader(), p->host_pid, area, p->rec, fmt::format("process {}", p->rec->pid));
     InitStash stash(procs[0]);
+    InetRestore inet;  // TCP connections in repair mode until all exist (inet.h)
     ShmTable shm;
     PipeTable pipes;
     SocketTable sockets;
@@ -153,6 +155,7 @@ RestoreStats restore(const RestoreOptions& o) {
       restore_threads(*p, area);
       restore_placement(*p, area);
     }
+    inet.finish();
     seal_shm_objects(stash, m, shm);
     stash.close_all();
     for (auto* p : live) {

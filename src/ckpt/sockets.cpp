@@ -6,8 +6,8 @@
 // (SO_PEEK_OFF for datagrams, socket(7)) through our own reference to the socket
 // (pidfd_getfd(2)), so a job that keeps running loses nothing. On restore the
 // sockets are created in init, refilled by the restorer, and taken by each process.
-// Sockets of other families (TCP, UDP, netlink...) or connected outside the job are
-// refused with the process and fd named.
+// Sockets of other families (netlink, packet...; TCP and UDP are inet.cpp's) or
+// connected outside the job are refused with the process and fd named.
 #include "ckpt/sockets.h"
 
 #include <fcntl.h>
@@ -246,7 +246,9 @@ void dump_sockets(std::span<DumpProcess> procs, Manifest& m, ImageWriter& img) {
       auto it = diag.find(f.file.ino);
       if (it == diag.end()) {
         if (dump_netlink(p, f, who)) continue;  // netlink.h
-        fail_unsupported("{}: not a Unix socket (TCP, UDP ... sockets are not supported)", who);
+        fail_unsupported(
+            "{}: not a Unix, TCP, UDP or netlink socket (packet ... sockets are not supported)",
+            who);
       }
       const DiagInfo& d = it->second;
       if (d.type != SOCK_STREAM && d.type != SOCK_DGRAM && d.type != SOCK_SEQPACKET)

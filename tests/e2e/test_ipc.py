@@ -4,8 +4,8 @@ xz behind tar, Python multiprocessing (pipes and POSIX semaphores in /dev/shm) a
 asyncio (subprocesses, timers, epoll, a socketpair), and ckpt_ipc (shared anonymous
 memory with a process-shared mutex, stream and datagram socketpairs, eventfd, epoll,
 timerfd). The restored run's stdout, stderr, output files (content and owner) and exit
-status must equal the uninterrupted run's. Also: state the engine refuses (a TCP socket,
-a pidfd) makes the dump fail with a clear message and leaves the job running."""
+status must equal the uninterrupted run's. Also: state the engine refuses (a half-closed TCP
+connection, a pidfd) makes the dump fail with a clear message and leaves the job running."""
 from __future__ import annotations
 
 import json
@@ -629,10 +629,13 @@ import hashlib, os, signal, socket, sys, time
 
 mode, steps = sys.argv[1], int(sys.argv[2])
 h = hashlib.sha256()
-if mode == "tcp":
+if mode == "tcp_half_closed":
+    # A connection shut for writing at one end (FIN_WAIT2; its peer CLOSE_WAIT).
     listener = socket.create_server(("127.0.0.1", 0))
-    addr = listener.getsockname()
-    fd = listener.fileno()
+    conn = socket.create_connection(listener.getsockname())
+    peer, _ = listener.accept()
+    conn.shutdown(socket.SHUT_WR)
+    fd = conn.fileno()
 elif mode == "pidfd":
     child = os.fork()
     if child == 0:
@@ -644,13 +647,10 @@ for step in range(steps):
     for i in range(3000):
         h.update(f"{step} {i}".encode())
     line = f"step {step + 1}/{steps} {h.hexdigest()[:16]}"
-    if mode == "tcp":
-        # The listener still works: connect to it, echo a line through it.
-        with socket.create_connection(addr) as c:
-            a, _ = listener.accept()
-            with a:
-                c.sendall(line.encode())
-                line += " echo " + str(len(a.recv(4096)))
+    if mode == "tcp_half_closed":
+        # The half-closed connection still carries data the other way.
+        peer.sendall(line.encode())
+        line += " echo " + str(len(conn.recv(4096)))
     else:
         # The pidfd still works: the child is alive.
         signal.pidfd_send_signal(fd, 0)
@@ -681,8 +681,8 @@ def unsupported_candidates(job: Job, prefix: str) -> list[tuple[int, int]]:
     return found
 
 
-# (pidfds are restored now: tests/e2e/test_kinds_misc.py.)
-@pytest.mark.parametrize("mode,prefix,word", [("tcp", "socket:", "TCP")])
+# (pidfds are restored now: tests/e2e/test_kinds_misc.py; TCP sockets: test_kinds_net.py.)
+@pytest.mark.parametrize("mode,prefix,word", [("tcp_half_closed", "socket:", "FIN_WAIT2")])
 def test_unsupported_state_refused(e2e: E2E, mode, prefix, word):
     spec = JobSpec(name=f"ipc_refused_{mode}", argv=[PYTHON, "{work}/hold.py", mode, "80"],
                    setup=lambda work: (work / "hold.py").write_text(UNSUPPORTED_PY), inputs=("hold.py",),

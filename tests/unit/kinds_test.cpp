@@ -33,7 +33,7 @@ const std::pair<ck::FdKind, const char*> kFdStrings[] = {
     {ck::FdKind::kEventfd, "eventfd"}, {ck::FdKind::kEpoll, "epoll"},
     {ck::FdKind::kTimerfd, "timerfd"}, {ck::FdKind::kSignalfd, "signalfd"},
     {ck::FdKind::kInotify, "inotify"}, {ck::FdKind::kPidfd, "pidfd"},
-    {ck::FdKind::kNetlink, "netlink"},
+    {ck::FdKind::kNetlink, "netlink"}, {ck::FdKind::kInet, "inet"},
 };
 
 // What get<T>() throws for `j`, or "" if it throws nothing.
