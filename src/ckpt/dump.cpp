@@ -29,6 +29,7 @@
 #include "ckpt/sysvshm.h"
 #include "ckpt/threads.h"
 #include "ckpt/timers.h"
+#include "ckpt/tty.h"
 #include "common/error.h"
 
 namespace fsched::ckpt {
@@ -143,6 +144,7 @@ DumpStats dump(const DumpOptions& o) {
   ::sigprocmask(SIG_SETMASK, &old, nullptr);
   for (auto& p : procs)
     if (!p.zombie) dump_files(p, procs);
+  dump_ttys(procs);  // both ends of each pty, controlling terminals (tty.h)
   check_unattributed_locks(procs);
   phase("state");
   // The page stream, section by section in the one order restore reads it back in

@@ -28,8 +28,9 @@ enum class FdKind {
   kTimerfd,   // timerfd_create(2) (eventfds.cpp)
   kSignalfd,  // signalfd(2) (eventfds.cpp)
   kInotify,   // inotify(7) instance (inotify.cpp)
+  kPty,       // pseudo-terminal master (/dev/ptmx) or slave (/dev/pts/N) (tty.cpp)
 };
-inline constexpr std::size_t kFdKinds = 11;
+inline constexpr std::size_t kFdKinds = 12;
 
 // The one table of names, in enum order: JSON (de)serialization, messages and
 // fsched-ckpt show.
@@ -45,6 +46,7 @@ inline constexpr std::array<std::pair<FdKind, std::string_view>, kFdKinds> kFdKi
     {FdKind::kTimerfd, "timerfd"},
     {FdKind::kSignalfd, "signalfd"},
     {FdKind::kInotify, "inotify"},
+    {FdKind::kPty, "pty"},
 }};
 
 constexpr bool fd_kind_names_in_order() {

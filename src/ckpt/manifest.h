@@ -114,6 +114,15 @@ struct Fd {
   int owner_type = 0;           // F_GETOWN_EX: F_OWNER_TID, F_OWNER_PID, F_OWNER_PGRP
   int owner = 0;                // its pid, tid or pgid in the job's PID namespace; 0 none
   int owner_signal = 0;         // F_GETSIG; 0: SIGIO
+  // Pseudo-terminal ends (tty.h; absent in older images, which hold none). The
+  // termios, window size and packet mode are the pair's (the slave's, as the master's
+  // ioctls show them too); f.file has the slave's owner, group and mode.
+  int pty_index = -1;       // N of /dev/pts/N
+  bool pty_master = false;  // the /dev/ptmx end; else the slave
+  std::string termios_hex;  // struct termios2 (TCGETS2)
+  std::vector<unsigned> winsize;  // TIOCGWINSZ: rows, columns, x pixels, y pixels
+  bool pty_packet = false;        // TIOCGPKT (master)
+  bool tty_exclusive = false;     // TIOCGEXCL of this end
 };
 
 struct SigAction {
@@ -220,6 +229,10 @@ struct Process {
   // `mlockall` is the mlockall(2) MCL_FUTURE | MCL_ONFAULT in force, 0 if none.
   bool vmflags_all = false;
   int mlockall = 0;
+  // Controlling terminal (tty.h): the index of the job's pty, -1 none (and in older
+  // images); for a session leader with one, the terminal's foreground process group.
+  int ctty = -1;
+  int ctty_pgrp = 0;
 };
 
 // A pipe of the job: its buffered bytes are section "pipes" of the page stream, in
@@ -314,7 +327,8 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Fd, fd, kind, path, flags, pos, 
                                                 shared_pid, shared_fd, count, semaphore, clockid,
                                                 settime_flags, value_ns, interval_ns, sigmask,
                                                 targets, watches, locks, owner_type, owner,
-                                                owner_signal)
+                                                owner_signal, pty_index, pty_master, termios_hex,
+                                                winsize, pty_packet, tty_exclusive)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(SigAction, sig, handler, flags, restorer, mask)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(SeccompFilter, flags, prog_hex)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Confinement, cap_inh, cap_prm, cap_eff, cap_bnd,
@@ -335,7 +349,8 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(
     cwd, cwd_file, umask, personality, dumpable, uids, gids, groups, start_code, end_code,
     start_data, end_data, start_brk, brk, start_stack, arg_start, arg_end, env_start, env_end,
     auxv_hex, vmas, fds, sigactions, rlimits, itimers, shared_pending_hex, threads, procattr,
-    child_subreaper, thp_disable, membarrier, oom_score_adj, vmflags_all, mlockall, files_of_parent)
+    child_subreaper, thp_disable, membarrier, oom_score_adj, vmflags_all, mlockall, files_of_parent,
+    ctty, ctty_pgrp)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Pipe, ino, capacity, bytes, path)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(ShmObject, key, path, mode, uid, gid, size, runs,
                                                 seals)
