@@ -117,9 +117,9 @@ struct Fd {
   // Pseudo-terminal ends (tty.h; absent in older images, which hold none). The
   // termios, window size and packet mode are the pair's (the slave's, as the master's
   // ioctls show them too); f.file has the slave's owner, group and mode.
-  int pty_index = -1;       // N of /dev/pts/N
-  bool pty_master = false;  // the /dev/ptmx end; else the slave
-  std::string termios_hex;  // struct termios2 (TCGETS2)
+  int pty_index = -1;             // N of /dev/pts/N
+  bool pty_master = false;        // the /dev/ptmx end; else the slave
+  std::string termios_hex;        // struct termios2 (TCGETS2)
   std::vector<unsigned> winsize;  // TIOCGWINSZ: rows, columns, x pixels, y pixels
   bool pty_packet = false;        // TIOCGPKT (master)
   bool tty_exclusive = false;     // TIOCGEXCL of this end

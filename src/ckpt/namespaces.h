@@ -25,8 +25,9 @@ inline constexpr unsigned long long kJobNamespaces = 0x20000000ULL /* CLONE_NEWP
 // In the new init, first thing: makes every mount a slave of the node's (mounts made
 // on the node still reach the job; the job's never leak out), mounts a procfs of
 // the init's PID namespace on /proc and a devpts instance of the job's own on
-// /dev/pts, its ptmx bound over /dev/ptmx (pseudo-terminals, tty.h). Raw syscalls only: the restore's init is a clone
-// of a multi-threaded process. Returns 0, or the negative errno of the step that failed.
+// /dev/pts, its ptmx bound over /dev/ptmx (pseudo-terminals, tty.h). Raw syscalls only: the
+// restore's init is a clone of a multi-threaded process. Returns 0, or the negative errno of the
+// step that failed.
 long enter_job_mount_namespace() noexcept;
 
 // Dump: checks that every process of `procs` (zombies excepted: they hold no

@@ -37,7 +37,7 @@ constexpr unsigned long kTcsets2 = _IOW('T', 0x2B, KTermios2);
 
 constexpr unsigned kTtyAuxMajor = 5;  // 5:0 /dev/tty, 5:1 /dev/console, 5:2 /dev/ptmx
 constexpr unsigned kPtsMajorFirst = 136, kPtsMajorLast = 143;  // UNIX98_PTY_SLAVE_MAJOR
-constexpr unsigned kTtyMajor = 4;                               // virtual consoles, serial
+constexpr unsigned kTtyMajor = 4;                              // virtual consoles, serial
 
 bool is_pts(unsigned maj) { return maj >= kPtsMajorFirst && maj <= kPtsMajorLast; }
 int pts_index(unsigned maj, unsigned min) {
@@ -301,9 +301,9 @@ void create_ptys(RestoreProcess& init, const InjectionArea& area) {
     std::vector<long> below;
     for (;;) {
       std::uint64_t path = put_string(hp, area, 0, "/dev/ptmx");
-      long fd = inj.call_ok(who + ": open /dev/ptmx", SYS_openat,
-                            static_cast<std::uint64_t>(AT_FDCWD), path,
-                            O_RDWR | O_NOCTTY | O_CLOEXEC, 0);
+      long fd =
+          inj.call_ok(who + ": open /dev/ptmx", SYS_openat, static_cast<std::uint64_t>(AT_FDCWD),
+                      path, O_RDWR | O_NOCTTY | O_CLOEXEC, 0);
       inj.call_ok(who + ": ioctl TIOCGPTN", SYS_ioctl, static_cast<std::uint64_t>(fd), TIOCGPTN,
                   arg);
       int got = -1;

@@ -44,7 +44,7 @@ using namespace kindprog;
 
 struct Pty {
   int master = -1, slave = -1;
-  std::string name;  // /dev/pts/N
+  std::string name;   // /dev/pts/N
   struct stat st {};  // of the slave at set-up
 };
 
@@ -180,8 +180,8 @@ void run_packet(int rounds) {
     int pkt = 0, excl = 0;
     if (ioctl(p.master, TIOCGPKT, &pkt) < 0 || ioctl(p.slave, TIOCGEXCL, &excl) < 0)
       die("TIOCGPKT/TIOCGEXCL");
-    if (!pkt || !excl) fail("packet mode " + std::to_string(pkt) + " exclusive " +
-                            std::to_string(excl));
+    if (!pkt || !excl)
+      fail("packet mode " + std::to_string(pkt) + " exclusive " + std::to_string(excl));
     std::string msg = "pkt" + std::to_string(i);
     write_all(p.slave, msg, "slave");
     // In packet mode each read starts with a control byte, TIOCPKT_DATA (0) for data.
@@ -298,9 +298,13 @@ void run_dev_tty(int rounds) {
 }
 
 constexpr Kind kKinds[] = {
-    {"pair", run_pair},         {"raw", run_raw},       {"packet", run_packet},
-    {"ctty", run_ctty},         {"master_alone", run_master_alone},
-    {"queued", run_queued},     {"dev_tty", run_dev_tty},
+    {"pair", run_pair},
+    {"raw", run_raw},
+    {"packet", run_packet},
+    {"ctty", run_ctty},
+    {"master_alone", run_master_alone},
+    {"queued", run_queued},
+    {"dev_tty", run_dev_tty},
 };
 
 }  // namespace
