@@ -14,7 +14,7 @@ from typing import Callable
 import pytest
 
 from ckpt_e2e import (E2E, JobSpec, alive, kill_job_processes, names_pid_and_fd, ns_pid,
-                      proc_state, single_error_line, tracer_pid)
+                      proc_state, single_error_line, tracer_pid, user_ids)
 from test_ipc import DUMP_TIMEOUT, checkpoint_run
 
 pytestmark = pytest.mark.slow
@@ -188,4 +188,23 @@ def test_pty_spawn_real_program(e2e: E2E):
         assert any(f["pty_master"] for f in ptys) and any(not f["pty_master"] for f in ptys), ptys
         leaders = [p for p in m["processes"] if p["ctty"] >= 0 and p["sid"] == p["pid"]]
         assert len(leaders) == 1 and leaders[0]["ctty_pgrp"] == leaders[0]["pid"], m["processes"]
+    checkpoint_run(e2e, spec, [0.3, 0.6], "middle", check_dump=check)
+
+
+@pytest.mark.parametrize("kind", ["pair", "ctty"])
+def test_tty_kind_as_user(e2e: E2E, test_user: str, kind: str):
+    """Restore runs as root for an ordinary user: the pty comes back with the user as
+    the slave's owner (the program compares stat(2) of /dev/pts/N every round with what
+    it saw at set-up; the image must hold the user's uid)."""
+    spec = tty_kind_spec(e2e, kind)
+    spec = JobSpec(name=f"ttykind_user_{kind}", argv=spec.argv, user=test_user,
+                   progress=("lines", "stdout"), timeout=120)
+    uid, _ = user_ids(test_user)
+    ref = e2e.reference(spec)
+    out = ref.snap["stdout"].text
+    assert ref.status == 0 and out.endswith(f"done {kind} {ROUNDS}\n"), out[-500:]
+
+    def check(job, stats: dict, m: dict):
+        ptys = _ptys(m)
+        assert ptys and all(f["file"]["uid"] == uid and f["file"]["gid"] == 5 for f in ptys), ptys
     checkpoint_run(e2e, spec, [0.3, 0.6], "middle", check_dump=check)
