@@ -208,3 +208,20 @@ def test_tty_kind_as_user(e2e: E2E, test_user: str, kind: str):
         ptys = _ptys(m)
         assert ptys and all(f["file"]["uid"] == uid and f["file"]["gid"] == 5 for f in ptys), ptys
     checkpoint_run(e2e, spec, [0.3, 0.6], "middle", check_dump=check)
+
+
+def test_script_real_program(e2e: E2E):
+    """util-linux script(1) -qfc (signalfd, poll, a shell below it as session leader on
+    the slave) running the interactive Python of test_pty_spawn_real_program."""
+    spec = JobSpec(name="tty_script",
+                   argv=["/usr/bin/script", "-qfc", f"/usr/bin/python3 -c '{_CHILD}'", "/dev/null"],
+                   progress=("lines", "stdout"), timeout=120)
+    ref = e2e.reference(spec)
+    out = ref.snap["stdout"].text
+    assert ref.status == 0 and "True 59 " in out, out[-500:]
+
+    def check(job, stats: dict, m: dict):
+        ptys = _ptys(m)
+        assert any(f["pty_master"] for f in ptys) and any(not f["pty_master"] for f in ptys), ptys
+        assert any(p["ctty"] >= 0 for p in m["processes"]), m["processes"]
+    checkpoint_run(e2e, spec, [0.3, 0.6], "middle", check_dump=check)
