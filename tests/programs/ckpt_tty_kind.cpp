@@ -262,6 +262,9 @@ void run_master_alone(int rounds) {
 void run_queued(int rounds) {
   Pty p = open_pty();
   write_all(p.master, "never read\n", "master");
+  // The line reaches the slave's queue through the kernel's flip buffer, a moment later.
+  for (int i = 0, n = 0; i < 2000 && (ioctl(p.slave, TIOCINQ, &n) == 0 && n != 11); ++i)
+    usleep(1000);
   for (int i = 0; i < rounds; ++i) {
     int n = 0;
     if (ioctl(p.slave, TIOCINQ, &n) < 0) die("TIOCINQ");
