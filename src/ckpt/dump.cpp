@@ -32,6 +32,7 @@
 #include "ckpt/threads.h"
 #include "ckpt/timers.h"
 #include "ckpt/posix_timers.h"
+#include "ckpt/tty.h"
 #include "common/error.h"
 
 namespace fsched::ckpt {
@@ -148,6 +149,7 @@ DumpStats dump(const DumpOptions& o) {
   ::sigprocmask(SIG_SETMASK, &old, nullptr);
   for (auto& p : procs)
     if (!p.zombie) dump_files(p, procs);
+  dump_ttys(procs);  // both ends of each pty, controlling terminals (tty.h)
   check_unattributed_locks(procs);
   // TCP connections go into repair mode here (inet.h), out of it again if the dump
   // fails or the job runs on.

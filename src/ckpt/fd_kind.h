@@ -33,8 +33,9 @@ enum class FdKind {
   // TCP or UDP socket, IPv4 or IPv6; Fd::file.ino is the socket inode, its state the
   // Manifest::inet_sockets entry of that inode (inet.cpp)
   kInet,
+  kPty,  // pseudo-terminal master (/dev/ptmx) or slave (/dev/pts/N) (tty.cpp)
 };
-inline constexpr std::size_t kFdKinds = 14;
+inline constexpr std::size_t kFdKinds = 15;
 
 // The one table of names, in enum order: JSON (de)serialization, messages and
 // fsched-ckpt show.
@@ -53,6 +54,7 @@ inline constexpr std::array<std::pair<FdKind, std::string_view>, kFdKinds> kFdKi
     {FdKind::kPidfd, "pidfd"},
     {FdKind::kNetlink, "netlink"},
     {FdKind::kInet, "inet"},
+    {FdKind::kPty, "pty"},
 }};
 
 constexpr bool fd_kind_names_in_order() {

@@ -40,6 +40,7 @@
 #include "ckpt/remote.h"
 #include "ckpt/shmem.h"
 #include "ckpt/sockets.h"
+#include "ckpt/tty.h"
 #include "common/error.h"
 
 namespace fsched::ckpt {
@@ -178,7 +179,7 @@ const FdOps kChrFdOps{.kind = FdKind::kChr,
 constexpr std::array<const FdOps*, kFdKinds> kFdOpsTable{
     &kFileFdOps,    &kDirFdOps,     &kChrFdOps,     &kPipeFdOps,    &kFifoFdOps,
     &kUnixFdOps,    &kEventfdFdOps, &kEpollFdOps,   &kTimerfdFdOps, &kSignalfdFdOps,
-    &kInotifyFdOps, &kPidfdFdOps,   &kNetlinkFdOps, &kInetFdOps,
+    &kInotifyFdOps, &kPidfdFdOps,   &kNetlinkFdOps, &kInetFdOps,    &kPtyFdOps,
 };
 
 // The kind of an fd that is not a socket or an anonymous inode, from its stat.
@@ -186,7 +187,8 @@ FdKind kind_by_type(const struct stat& st, const std::string& link, const std::s
   if (S_ISREG(st.st_mode)) return FdKind::kFile;
   if (S_ISDIR(st.st_mode)) return FdKind::kDir;
   if (S_ISFIFO(st.st_mode)) return link.rfind("pipe:[", 0) == 0 ? FdKind::kPipe : FdKind::kFifo;
-  if (S_ISCHR(st.st_mode)) return FdKind::kChr;
+  // Terminals go to tty.cpp, which takes pseudo-terminals and names what it refuses.
+  if (S_ISCHR(st.st_mode)) return is_tty_device(st) ? FdKind::kPty : FdKind::kChr;
   fail_unsupported("{}: unsupported file type {:o}", where, st.st_mode & S_IFMT);
 }
 

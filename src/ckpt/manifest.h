@@ -126,6 +126,15 @@ struct Fd {
   std::uint32_t nl_portid = 0, nl_dst_portid = 0, nl_dst_group = 0;
   std::vector<std::uint32_t> nl_groups;
   std::vector<int> nl_options;
+  // Pseudo-terminal ends (tty.h; absent in older images, which hold none). The
+  // termios, window size and packet mode are the pair's (the slave's, as the master's
+  // ioctls show them too); f.file has the slave's owner, group and mode.
+  int pty_index = -1;             // N of /dev/pts/N
+  bool pty_master = false;        // the /dev/ptmx end; else the slave
+  std::string termios_hex;        // struct termios2 (TCGETS2)
+  std::vector<unsigned> winsize;  // TIOCGWINSZ: rows, columns, x pixels, y pixels
+  bool pty_packet = false;        // TIOCGPKT (master)
+  bool tty_exclusive = false;     // TIOCGEXCL of this end
 };
 
 struct SigAction {
@@ -253,6 +262,10 @@ struct Process {
   int mlockall = 0;
   // POSIX timers (posix_timers.h); absent in older images, whose engines refused them.
   std::vector<PosixTimer> posix_timers;
+  // Controlling terminal (tty.h): the index of the job's pty, -1 none (and in older
+  // images); for a session leader with one, the terminal's foreground process group.
+  int ctty = -1;
+  int ctty_pgrp = 0;
 };
 
 // A pipe of the job: its buffered bytes are section "pipes" of the page stream, in
@@ -373,13 +386,11 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(EpollTarget, fd, events, data)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(InotifyWatch, wd, ino, sdev, mask, handle_type,
                                                 handle_hex, path)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(FileLock, kind, write, start, end, to_eof)
-NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Fd, fd, kind, path, flags, pos, file, deleted_key,
-                                                shared_pid, shared_fd, count, semaphore, clockid,
-                                                settime_flags, value_ns, interval_ns, sigmask,
-                                                targets, watches, locks, owner_type, owner,
-                                                owner_signal, pidfd_pid, nl_protocol, nl_type,
-                                                nl_portid, nl_dst_portid, nl_dst_group, nl_groups,
-                                                nl_options)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(
+    Fd, fd, kind, path, flags, pos, file, deleted_key, shared_pid, shared_fd, count, semaphore,
+    clockid, settime_flags, value_ns, interval_ns, sigmask, targets, watches, locks, owner_type,
+    owner, owner_signal, pidfd_pid, nl_protocol, nl_type, nl_portid, nl_dst_portid, nl_dst_group,
+    nl_groups, nl_options, pty_index, pty_master, termios_hex, winsize, pty_packet, tty_exclusive)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(SigAction, sig, handler, flags, restorer, mask)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(SeccompFilter, flags, prog_hex)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Confinement, cap_inh, cap_prm, cap_eff, cap_bnd,
@@ -403,7 +414,7 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(
     start_data, end_data, start_brk, brk, start_stack, arg_start, arg_end, env_start, env_end,
     auxv_hex, vmas, fds, sigactions, rlimits, itimers, shared_pending_hex, threads, procattr,
     child_subreaper, thp_disable, membarrier, oom_score_adj, vmflags_all, mlockall, files_of_parent,
-    placement, root, root_id, cgroup, loginuid, posix_timers)
+    placement, root, root_id, cgroup, loginuid, posix_timers, ctty, ctty_pgrp)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Pipe, ino, capacity, bytes, path)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(ShmObject, key, path, mode, uid, gid, size, runs,
                                                 seals)

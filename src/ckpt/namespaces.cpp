@@ -18,6 +18,18 @@ long enter_job_mount_namespace() noexcept {
   if (r < 0) return -errno;
   r = ::syscall(SYS_mount, "proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr);
   if (r < 0) return -errno;
+  // A devpts instance of the job's own (tty.h): its pty indexes start at 0 and no
+  // other job or user of the node takes one, so a restore can make each pty again
+  // with its saved index, and /dev/pts/N names the same terminal as before the dump.
+  // mode=620,gid=5: what the node's udev/systemd gives, so grantpt(3) has nothing to do.
+  r = ::syscall(SYS_mount, "devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC,
+                "newinstance,ptmxmode=0666,mode=620,gid=5");
+  if (r < 0) return -errno;
+  // /dev/ptmx is the node's (a device node, or a link to pts/ptmx): opened, it would
+  // still make ptys of the instance at /dev/pts, but binding the instance's own ptmx
+  // over it does not depend on that.
+  r = ::syscall(SYS_mount, "/dev/pts/ptmx", "/dev/ptmx", nullptr, MS_BIND, nullptr);
+  if (r < 0) return -errno;
   return 0;
 }
 

@@ -5,7 +5,8 @@
 // UTS, user, cgroup, time) is the node's, so a job process that made one of its own
 // holds state the restore would lose: the dump refuses it.
 // Kernel interfaces: /proc/PID/ns/* (namespaces(7)), clone3(2) CLONE_NEWNS, mount(2)
-// MS_SLAVE | MS_REC, proc(5) (a procfs mount shows the PID namespace of its mounter).
+// MS_SLAVE | MS_REC, proc(5) (a procfs mount shows the PID namespace of its mounter),
+// devpts newinstance (Documentation/filesystems/devpts.rst).
 #pragma once
 
 #include <sys/types.h>
@@ -22,9 +23,11 @@ inline constexpr unsigned long long kJobNamespaces = 0x20000000ULL /* CLONE_NEWP
                                                      0x00020000ULL /* CLONE_NEWNS */;
 
 // In the new init, first thing: makes every mount a slave of the node's (mounts made
-// on the node still reach the job; the job's never leak out) and mounts a procfs of
-// the init's PID namespace on /proc. Raw syscalls only: the restore's init is a clone
-// of a multi-threaded process. Returns 0, or the negative errno of the step that failed.
+// on the node still reach the job; the job's never leak out), mounts a procfs of
+// the init's PID namespace on /proc and a devpts instance of the job's own on
+// /dev/pts, its ptmx bound over /dev/ptmx (pseudo-terminals, tty.h). Raw syscalls only: the
+// restore's init is a clone of a multi-threaded process. Returns 0, or the negative errno of the
+// step that failed.
 long enter_job_mount_namespace() noexcept;
 
 // Dump: checks that every process of `procs` (zombies excepted: they hold no

@@ -23,6 +23,7 @@
 #include "ckpt/namespaces.h"
 #include "ckpt/proc.h"
 #include "ckpt/remote.h"
+#include "ckpt/tty.h"
 #include "common/error.h"
 
 namespace fsched::ckpt {
@@ -501,6 +502,8 @@ void create_tree(const Manifest& m, InjectionArea& area, std::vector<RestoreProc
   remote_write(procs[0].host_pid, area.code(), code, sizeof code);
   i0.set_syscall_ip(area.code());
 
+  // Every pty before any session leader needs its terminal (tty.h).
+  create_ptys(procs[0], area);
   std::map<int, std::size_t> by_pid;
   by_pid[1] = 0;
   for (std::size_t i = 1; i < m.processes.size(); ++i) {
@@ -538,8 +541,11 @@ void create_tree(const Manifest& m, InjectionArea& area, std::vector<RestoreProc
     by_pid[rec.pid] = procs.size() - 1;
     Injector& ci = procs.back().leader();
     const Process& par = *parent.rec;
+    if (rec.ppid == 1 && !rec.files_of_parent) drop_inherited_ptys(procs.back());
     if (rec.sid == rec.pid) {
       ci.call_ok("setsid", SYS_setsid);
+      // Before its children exist: they inherit it from it.
+      take_controlling_tty(procs.back(), area);
     } else if (rec.sid != par.sid) {
       fail_unsupported("process {}: its session {} has no leader in the job (unsupported)", rec.pid,
                        rec.sid);
@@ -555,6 +561,7 @@ void create_tree(const Manifest& m, InjectionArea& area, std::vector<RestoreProc
       p.leader().call_ok(fmt::format("setpgid to process group {}", rec.pgid), SYS_setpgid, 0,
                          static_cast<std::uint64_t>(rec.pgid));
   }
+  set_foreground_groups(procs, area);
   for (auto& p : procs)
     if (p.rec->zombie) make_zombie(p, area);
 }

@@ -26,6 +26,7 @@
 #include "ckpt/procattr.h"
 #include "ckpt/pstree.h"
 #include "ckpt/restore_context.h"
+#include "ckpt/tty.h"
 #include "ckpt/sections.h"
 #include "ckpt/shmem.h"
 #include "ckpt/signals.h"
@@ -158,6 +159,7 @@ RestoreStats restore(const RestoreOptions& o) {
     inet.finish();
     seal_shm_objects(stash, m, shm);
     stash.close_all();
+    close_ptys_in_init(procs[0]);  // the job's fds hold the masters now (tty.h)
     for (auto* p : live) {
       restore_creds(*p, area);
       // With the job's credentials: a lease needs them, an fd owner records them.

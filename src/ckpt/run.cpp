@@ -59,7 +59,7 @@ pid_t run_job(const RunOptions& opt) {
   if (pid < 0) fail_errno("clone3(CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWNS)");
   if (pid == 0) {
     if (long e = enter_job_mount_namespace(); e < 0) {
-      std::fprintf(stderr, "fsched-ckpt run: cannot mount the job's own /proc: %s\n",
+      std::fprintf(stderr, "fsched-ckpt run: cannot mount the job's own /proc and /dev/pts: %s\n",
                    std::strerror(static_cast<int>(-e)));
       ::_exit(127);
     }

@@ -34,6 +34,7 @@ const std::pair<ck::FdKind, const char*> kFdStrings[] = {
     {ck::FdKind::kTimerfd, "timerfd"}, {ck::FdKind::kSignalfd, "signalfd"},
     {ck::FdKind::kInotify, "inotify"}, {ck::FdKind::kPidfd, "pidfd"},
     {ck::FdKind::kNetlink, "netlink"}, {ck::FdKind::kInet, "inet"},
+    {ck::FdKind::kPty, "pty"},
 };
 
 // What get<T>() throws for `j`, or "" if it throws nothing.
@@ -109,4 +110,24 @@ TEST(Kinds, EveryFdKindHasItsOperations) {
   // Offsets are restored for files and directories only.
   EXPECT_TRUE(ck::fd_ops(ck::FdKind::kFile).seekable);
   EXPECT_FALSE(ck::fd_ops(ck::FdKind::kPipe).seekable);
+}
+
+// Images of engines before pseudo-terminals (tty.h) have no pty fields: their fds are
+// no pty end and their processes have no controlling terminal, whatever the defaults
+// of a new record would be otherwise.
+TEST(Kinds, OlderImagesHoldNoPtyState) {
+  nlohmann::json f = ck::Fd{};
+  for (const char* k :
+       {"pty_index", "pty_master", "termios_hex", "winsize", "pty_packet", "tty_exclusive"})
+    f.erase(k);
+  auto fd = f.get<ck::Fd>();
+  EXPECT_EQ(fd.pty_index, -1);
+  EXPECT_FALSE(fd.pty_master);
+  EXPECT_TRUE(fd.winsize.empty());
+  nlohmann::json p = ck::Process{};
+  p.erase("ctty");
+  p.erase("ctty_pgrp");
+  auto proc = p.get<ck::Process>();
+  EXPECT_EQ(proc.ctty, -1);
+  EXPECT_EQ(proc.ctty_pgrp, 0);
 }
