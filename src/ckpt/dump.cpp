@@ -21,6 +21,7 @@
 #include "ckpt/memory.h"
 #include "ckpt/namespaces.h"
 #include "ckpt/pipes.h"
+#include "ckpt/mempolicy.h"
 #include "ckpt/placement.h"
 #include "ckpt/procattr.h"
 #include "ckpt/pstree.h"
@@ -127,6 +128,7 @@ DumpStats dump(const DumpOptions& o) {
       if (p.zombie) continue;
       open_injection(p);
       dump_memory_injected(p);
+      dump_vma_mempolicies(p);
       dump_threads(p, m.xstate_size);
       dump_signals(p);
       dump_creds(p);

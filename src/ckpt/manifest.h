@@ -29,6 +29,15 @@ struct FileId {
   unsigned uid = 0, gid = 0;  // owner
 };
 
+// A NUMA memory policy as get_mempolicy(2) reports it (mempolicy.h): the mode with its
+// flags (MPOL_F_STATIC_NODES ...) and the node mask in 64-bit words, trailing zero words
+// dropped. The default ({0, {}}) is also what images before it imply.
+struct MemPolicy {
+  int mode = 0;
+  std::vector<std::uint64_t> nodes;
+  bool operator==(const MemPolicy&) const = default;
+};
+
 // One virtual memory area, as /proc/PID/maps and smaps show it.
 struct Vma {
   std::uint64_t start = 0, end = 0;  // [start, end) virtual addresses, page aligned
@@ -56,6 +65,7 @@ struct Vma {
   // (the fd that took it was closed after mmap(2), as the JVM does with its perf data
   // file): LOCK_SH or LOCK_EX, taken again on the file's new description; 0 if none.
   int flock = 0;
+  MemPolicy mempolicy;  // mbind(2) policy of its own (mempolicy.h)
 };
 
 // A file registered in an epoll instance (epoll_ctl(2)).
@@ -185,6 +195,7 @@ struct Thread {
   SchedAttr sched;                       // procattr.h
   std::uint64_t timerslack_ns = 0;       // PR_GET_TIMERSLACK; 0: not recorded (older image)
   int pdeath_signal = 0;                 // PR_GET_PDEATHSIG; 0: none
+  MemPolicy mempolicy;                   // set_mempolicy(2) policy (mempolicy.h)
 };
 
 struct Rlimit {
@@ -378,10 +389,11 @@ struct Manifest {
 };
 
 // JSON mapping of the manifest; absent keys keep their defaults.
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(MemPolicy, mode, nodes)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(FileId, ino, size, mtime_ns, dev, mode, uid, gid)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Vma, start, end, prot, shared, kind, shm_key, path,
                                                 deleted_key, shmat_flags, pgoff, file, vmflags,
-                                                runs, guards, flock)
+                                                runs, guards, flock, mempolicy)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(EpollTarget, fd, events, data)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(InotifyWatch, wd, ino, sdev, mask, handle_type,
                                                 handle_hex, path)
@@ -402,7 +414,7 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Thread, tid, regs, xstate_hex, s
                                                 rseq_len, rseq_sig, robust_list, robust_len,
                                                 clear_tid_addr, altstack_sp, altstack_size,
                                                 altstack_flags, comm, pending_hex, confinement,
-                                                sched, timerslack_ns, pdeath_signal)
+                                                sched, timerslack_ns, pdeath_signal, mempolicy)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Rlimit, resource, cur, max)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(ItimerVal, which, interval_sec, interval_usec,
                                                 value_sec, value_usec)

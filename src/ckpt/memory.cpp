@@ -24,6 +24,7 @@
 
 #include "ckpt/fsaccess.h"
 #include "ckpt/madvise.h"
+#include "ckpt/mempolicy.h"
 #include "ckpt/page_restore.h"
 #include "ckpt/proc.h"
 #include "ckpt/remote.h"
@@ -473,6 +474,12 @@ void restore_memory(RestoreProcess& p, const InjectionArea& area, PageReader& pa
     }
   }
   close_file();
+  // Memory policies before the pages are written, so that the pages land where the
+  // policy says.
+  for (const Vma& v : r.vmas)
+    if (v.mempolicy != MemPolicy{})
+      restore_vma_mempolicy(inj, hp, area, v,
+                            fmt::format("process {}: mapping {:#x}-{:#x}", r.pid, v.start, v.end));
 
   // 4. Page contents, in the order they were dumped: every run of every VMA in a few
   // process_vm_writev(2) calls, from the reader's chunks or the image's page cache.

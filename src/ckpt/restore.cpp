@@ -22,6 +22,7 @@
 #include "ckpt/locks.h"
 #include "ckpt/memory.h"
 #include "ckpt/pipes.h"
+#include "ckpt/mempolicy.h"
 #include "ckpt/placement.h"
 #include "ckpt/procattr.h"
 #include "ckpt/pstree.h"
@@ -166,6 +167,7 @@ RestoreStats restore(const RestoreOptions& o) {
       restore_locks(*p, area);
       restore_fd_owners(*p, area);
       restore_process_ctl(*p, area);
+      restore_thread_mempolicies(*p, area);
       restore_vma_locks(*p);
       restore_pending_signals(*p, area);
       restore_timers(*p, area);

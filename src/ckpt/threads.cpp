@@ -17,6 +17,7 @@
 #include <cstring>
 
 #include "ckpt/confine.h"
+#include "ckpt/mempolicy.h"
 #include "ckpt/procattr.h"
 #include "ckpt/proc.h"
 #include "ckpt/remote.h"
@@ -134,6 +135,7 @@ void dump_threads(DumpProcess& p, std::uint64_t xstate_size) {
     t.pending_hex = peek_siginfo(tid, 0);
     dump_confinement(tid, *inj, t);
     dump_thread_attrs(p.host_pid, tid, *inj, p.scratch, t);
+    dump_thread_mempolicy(p.host_pid, tid, *inj, p.scratch, t);
   }
   p.rec.shared_pending_hex = peek_siginfo(p.host_pid, PTRACE_PEEKSIGINFO_SHARED);
 }

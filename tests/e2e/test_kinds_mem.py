@@ -58,6 +58,15 @@ def _guard(m: dict) -> None:
     assert guarded == [[[2, 1], [5, 2]]], guarded
 
 
+def _numa(m: dict):
+    """The policies ckpt_mem_kind numa sets are in the image (mempolicy.h)."""
+    p = _job_process(m)
+    threads = [(t.get("mempolicy") or {}).get("mode", 0) for t in p["threads"]]
+    assert threads == [1, 2 | (1 << 15)], threads
+    vmas = [v["mempolicy"] for v in p["vmas"] if (v.get("mempolicy") or {}).get("mode")]
+    assert vmas == [{"mode": 3, "nodes": [1]}], vmas
+
+
 KINDS: dict[str, Callable[[dict], None]] = {
     "advice": _advice,
     "mlockall": lambda m: _job_process(m)["mlockall"] & MCL_FUTURE
@@ -67,6 +76,7 @@ KINDS: dict[str, Callable[[dict], None]] = {
     "memfd_exec_ro": _exe_memfd,
     "shared_mprotect": _shared_mprotect,
     "guard": _guard,
+    "numa": _numa,
 }
 
 

@@ -30,11 +30,17 @@
 //   guard        an anonymous mapping with MADV_GUARD_INSTALL guard pages: each round
 //                checks which pages are guards (pagemap) and the others' contents;
 //                every 10th round a child touches a guard page, which must fault
+//   numa         NUMA memory policies (node 0, which every machine has): the main thread
+//                MPOL_PREFERRED, a second thread MPOL_BIND with MPOL_F_STATIC_NODES
+//                (checking its own every 10 ms), the middle 8 of 16 anonymous pages
+//                MPOL_INTERLEAVE (mbind(2)); each round checks them (get_mempolicy(2))
+//                and the pages' contents
 //   sysfs_map    a mapping of /sys/kernel/btf/vmlinux (a dump must refuse it)
 //   exec_done    (internal) what memfd_exec runs: prints "done memfd_exec N"
 //
 // Exit status 0; 1 with a line "FAIL ..." saying what failed.
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
@@ -49,6 +55,7 @@
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 extern char** environ;
@@ -374,6 +381,66 @@ void run_sysfs_map(int rounds) {
 
 }  // namespace
 
+// get_mempolicy(2) of the calling thread (addr 0) or of the mapping at addr.
+std::pair<int, unsigned long> policy_of(void* addr) {
+  int mode = -1;
+  unsigned long mask[16] = {};
+  if (syscall(SYS_get_mempolicy, &mode, mask, 1024, addr, addr ? 2 /* MPOL_F_ADDR */ : 0) < 0)
+    die("get_mempolicy");
+  return {mode, mask[0]};
+}
+
+std::string policy_text(std::pair<int, unsigned long> p) {
+  return "mode " + std::to_string(p.first) + " mask " + std::to_string(p.second);
+}
+
+volatile int g_numa_bad = 0;
+volatile int g_numa_stop = 0;
+
+void* numa_thread(void*) {
+  unsigned long node0 = 1;
+  if (syscall(SYS_set_mempolicy, 2 /* MPOL_BIND */ | (1 << 15) /* MPOL_F_STATIC_NODES */, &node0,
+              64) < 0)
+    die("set_mempolicy(MPOL_BIND | MPOL_F_STATIC_NODES)");
+  while (!g_numa_stop) {
+    if (policy_of(nullptr) != std::pair<int, unsigned long>{2 | (1 << 15), 1}) g_numa_bad = 1;
+    usleep(10000);
+  }
+  return nullptr;
+}
+
+void run_numa(int rounds) {
+  unsigned long node0 = 1;
+  if (syscall(SYS_set_mempolicy, 1 /* MPOL_PREFERRED */, &node0, 64) < 0)
+    die("set_mempolicy(MPOL_PREFERRED)");
+  const long pg = sysconf(_SC_PAGESIZE);
+  auto* area = static_cast<char*>(
+      mmap(nullptr, 16 * pg, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  if (area == MAP_FAILED) die("mmap");
+  if (syscall(SYS_mbind, area + 4 * pg, 8 * pg, 3 /* MPOL_INTERLEAVE */, &node0, 64, 0) < 0)
+    die("mbind(MPOL_INTERLEAVE)");
+  for (int i = 0; i < 16; ++i) std::memset(area + i * pg, 'a' + i, static_cast<std::size_t>(pg));
+  pthread_t t;
+  if (pthread_create(&t, nullptr, numa_thread, nullptr) != 0) die("pthread_create");
+  for (int r = 1; r <= rounds; ++r) {
+    auto mine = policy_of(nullptr), mid = policy_of(area + 5 * pg), edge = policy_of(area);
+    if (mine != std::pair<int, unsigned long>{1, 1})
+      fail("round " + std::to_string(r) + ": main thread " + policy_text(mine));
+    if (mid != std::pair<int, unsigned long>{3, 1})
+      fail("round " + std::to_string(r) + ": interleaved pages " + policy_text(mid));
+    if (edge != std::pair<int, unsigned long>{0, 0})
+      fail("round " + std::to_string(r) + ": first page " + policy_text(edge));
+    if (g_numa_bad) fail("round " + std::to_string(r) + ": the second thread's policy changed");
+    for (int i = 0; i < 16; ++i)
+      if (area[i * pg] != 'a' + i || area[(i + 1) * pg - 1] != 'a' + i)
+        fail("round " + std::to_string(r) + ": page " + std::to_string(i));
+    line("numa " + std::to_string(r));
+    tick();
+  }
+  g_numa_stop = 1;
+  pthread_join(t, nullptr);
+}
+
 int main(int argc, char** argv) {
   if (argc < 3) {
     std::fprintf(stderr, "usage: ckpt_mem_kind KIND ROUNDS [TICK_MS]\n");
@@ -404,6 +471,8 @@ int main(int argc, char** argv) {
     run_shared_mprotect(rounds);
   else if (kind == "guard")
     run_guard(rounds);
+  else if (kind == "numa")
+    run_numa(rounds);
   else if (kind == "sysfs_map")
     run_sysfs_map(rounds);
   else {
