@@ -46,13 +46,14 @@ def test_usage_errors_exit_2(e2e: E2E):
     assert "docs/failures.md" in help_text and "unsupported" in help_text, help_text
 
 
-POSIX_TIMER_PY = r'''
+# A SysV semaphore set, which the engine refuses (docs/state-kinds.md); POSIX timers,
+# the example here before, are restored now.
+SYSV_SEM_PY = r'''
 import ctypes, sys, time
 libc = ctypes.CDLL(None, use_errno=True)
-timer = ctypes.c_void_p()
-# CLOCK_MONOTONIC, default notification (SIGALRM), never armed: it only exists.
-if libc.timer_create(1, None, ctypes.byref(timer)) != 0:
-    raise OSError(ctypes.get_errno(), "timer_create")
+# semget(IPC_PRIVATE, 1, IPC_CREAT | 0600), in the job's own IPC namespace.
+if libc.semget(0, 1, 0o1000 | 0o600) < 0:
+    raise OSError(ctypes.get_errno(), "semget")
 for step in range(int(sys.argv[1])):
     print("step", step, flush=True)
     time.sleep(0.05)
@@ -61,20 +62,20 @@ print("end", flush=True)
 
 
 def test_unsupported_state_exits_4(e2e: E2E):
-    spec = JobSpec(name="posix_timer", argv=[PYTHON, "{work}/timer.py", "80"],
-                   setup=lambda work: (work / "timer.py").write_text(POSIX_TIMER_PY), inputs=("timer.py",),
+    spec = JobSpec(name="sysv_sem", argv=[PYTHON, "{work}/sem.py", "80"],
+                   setup=lambda work: (work / "sem.py").write_text(SYSV_SEM_PY), inputs=("sem.py",),
                    progress=("lines", "stdout"), timeout=60)
     ref = e2e.reference(spec)
-    assert ref.status == 0, "the timer job fails on its own"
+    assert ref.status == 0, "the semaphore job fails on its own"
     job = e2e.job(spec)
     job.start_detached()
     try:
         job.wait_progress(ref, 0.3)
-        image = e2e.image("classes/posix_timer")
+        image = e2e.image("classes/sysv_sem")
         r, _ = e2e.engine.dump(job.init_pid, image, timeout=60)
         line = single_error_line(r)
         assert r.rc == EXIT_UNSUPPORTED, (r.rc, line)
-        assert "POSIX timers" in line, line
+        assert "SysV semaphore" in line, line
         assert not image.exists()
         assert job.wait_end() == ref.status  # the refused dump left it running
         job.assert_matches(ref, " after a refused dump")
@@ -245,12 +246,12 @@ def test_dump_of_unsupported_state_says_so_in_the_reason(e2e: E2E, cluster2: Clu
     """The class of a failed dump reaches the checkpoint's record through fschedd."""
     c = cluster2
     d = workdir(e2e, "unsupported", test_user)
-    (d / "timer.py").write_text(POSIX_TIMER_PY)
-    (d / "timer.sh").write_text("#!/bin/bash\npython3 timer.py 600\n")
+    (d / "sem.py").write_text(SYSV_SEM_PY)
+    (d / "sem.sh").write_text("#!/bin/bash\npython3 sem.py 600\n")
     uid, gid = os.stat(d).st_uid, os.stat(d).st_gid
-    for f in ("timer.py", "timer.sh"):
+    for f in ("sem.py", "sem.sh"):
         os.chown(d / f, uid, gid)
-    jid = c.sbatch("timer.sh", user=test_user, cwd=d)
+    jid = c.sbatch("sem.sh", user=test_user, cwd=d)
     try:
         c.wait_for(lambda: progress(d, jid) >= 5, 60, "progress")
         r = c.cmd("scontrol", "checkpoint", "create", jid, check=False)
@@ -258,7 +259,7 @@ def test_dump_of_unsupported_state_says_so_in_the_reason(e2e: E2E, cluster2: Clu
         ck = c.checkpoints(jid)[0]
         assert ck["status"] == "Failed", ck
         assert ck["reason"].startswith("unsupported failure: "), ck["reason"]
-        assert "POSIX timers" in ck["reason"], ck["reason"]
+        assert "SysV semaphore" in ck["reason"], ck["reason"]
         assert c.job(jid)["state"] == "RUNNING", "a refused dump must leave the job running"
     finally:
         c.cmd("scancel", jid, check=False)
