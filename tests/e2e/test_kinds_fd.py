@@ -142,6 +142,8 @@ REFUSED: dict[str, tuple[Callable[[list[int]], list[tuple[int, int]]], str]] = {
                   "reading and writing"),
     "dgram_no_peer": (lambda pids: _fd_candidates(pids, lambda t: t.startswith("socket:")),
                       "no peer"),
+    "dgram_peer_gone": (lambda pids: _fd_candidates(pids, lambda t: t.startswith("socket:")),
+                        "peer is gone"),
     # Names both processes; no fd: checked below.
     "files_sibling": (lambda pids: [(p, 0) for p in pids], "CLONE_FILES"),
 }

@@ -36,6 +36,8 @@
 //   proc_fd       /proc/self/stat held open and read every round
 //   pipe_rdwr     a pipe's read end opened again for reading AND writing through
 //                 /proc/self/fd: each round writes a byte through it and reads it back
+//   dgram_peer_gone a datagram socketpair end whose peer was closed (never sent to since,
+//                 so it still holds its dead peer); at the end a send fails (ECONNREFUSED)
 //   dgram_no_peer a datagram socket bound to an abstract name holding three datagrams
 //                 that an unconnected socket sent to that name, read at the end
 //
@@ -475,6 +477,18 @@ void run_unix_peer_gone(int rounds) {
   if (recv(sp[0], buf, sizeof buf, MSG_DONTWAIT) != 0) fail("no end of file on the seqpacket");
 }
 
+void run_dgram_peer_gone(int rounds) {
+  int sv[2];
+  check(socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, sv), "socketpair");
+  close(sv[1]);
+  for (int r = 1; r <= rounds; ++r) {
+    line("dgram_peer_gone " + str(r));
+    tick();
+  }
+  if (send(sv[0], "x", 1, MSG_NOSIGNAL | MSG_DONTWAIT) != -1 || errno != ECONNREFUSED)
+    fail("a send to the closed peer did not fail with ECONNREFUSED");
+}
+
 void run_dgram_no_peer(int rounds) {
   timespec now{};
   clock_gettime(CLOCK_REALTIME, &now);
@@ -549,6 +563,7 @@ int main(int argc, char** argv) {
       {"pipe_rdwr", run_pipe_rdwr},
       {"dgram_shut_rd", run_dgram_shut_rd},
       {"dgram_no_peer", run_dgram_no_peer},
+      {"dgram_peer_gone", run_dgram_peer_gone},
       {"unix_peer_gone", run_unix_peer_gone},
   };
   return run_kind(argc, argv, "ckpt_fd_kind", kKinds, 900);
