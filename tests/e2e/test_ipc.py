@@ -120,6 +120,66 @@ def restore_detached_bounded(e2e: E2E, job: Job, image: Path) -> int:
     return pid
 
 
+def fds_matching(pids: list[int], match: Callable[[str], bool]) -> list[tuple[int, int]]:
+    """(pid, fd) pairs, by host and by job pid, of the fds of `pids` whose /proc/PID/fd
+    link `match`es: what an error about one of them may name."""
+    found = []
+    for pid in pids:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if match(target):
+                found += [(pid, int(fd)), (ns_pid(pid), int(fd))]
+    return found
+
+
+def refused_dump_run(e2e: E2E, spec: JobSpec, done: str,
+                     words: tuple[str, ...] | list[str],
+                     names: Callable[[list[int]], Callable[[str], None]]):
+    """A kind the dump must refuse: `spec` runs to its end as `done` says in its
+    uninterrupted run; dumped at 30% of its work, the dump exits 4 (unsupported,
+    docs/failures.md) with one error line holding every one of `words` and "not
+    supported". names(pids), called with the job's processes before the dump, returns
+    the check that the line names what it must (process, fd, mapping). The dump leaves
+    no image, and every process alive, not stopped, not traced; the job then ends with
+    the uninterrupted run's status and outputs."""
+    ref = e2e.reference(spec)
+    out = ref.snap["stdout"].text
+    assert ref.status == 0 and out.endswith(done), out[-500:]
+    job = e2e.job(spec)
+    job.start_detached()
+    try:
+        job.wait_progress(ref, 0.3)
+        check_names = names(job.job_pids())
+        image = e2e.image(f"refused/{spec.name}")
+        r, _ = e2e.engine.dump(job.init_pid, image, timeout=DUMP_TIMEOUT)
+        line = single_error_line(r)
+        assert r.rc == 4, f"exit {r.rc}, not 4 (unsupported, docs/failures.md): {line}"
+        assert all(w in line for w in words) and "not supported" in line, line
+        check_names(line)
+        assert not image.exists() and not Path(str(image) + ".tmp").exists(), "a failed dump left an image"
+        for p in [job.init_pid, *job.job_pids()]:
+            assert alive(p), f"process {p} died"
+            assert proc_state(p) not in ("t", "T"), f"process {p} left stopped"
+            assert tracer_pid(p) == 0, f"process {p} left traced"
+        assert job.wait_end() == ref.status
+        job.assert_matches(ref, " after a refused dump")
+    finally:
+        kill_job_processes(job.marker)
+
+
+def names_one_fd(candidates: list[tuple[int, int]], what: str) -> Callable[[str], None]:
+    """The check that an error line names one of `candidates` (pid and fd)."""
+    assert candidates, f"the job holds no {what} fd"
+
+    def check(line: str):
+        assert names_pid_and_fd(line, candidates), \
+            f"error does not name the pid and fd {candidates}: {line}"
+    return check
+
+
 def checkpoint_run(e2e: E2E, spec: JobSpec, points: list[float], variant: str, *,
                    progress: Optional[Callable[[Job, Reference], float]] = None,
                    before_dump: Optional[Callable[[Job], None]] = None,

@@ -5,16 +5,13 @@ hold the state (so a pass is not luck). Refused kinds: the dump fails with exit 
 naming the process and fd, and the job then finishes as if never dumped."""
 from __future__ import annotations
 
-import os
 import re
-from pathlib import Path
 from typing import Callable
 
 import pytest
 
-from ckpt_e2e import (E2E, JobSpec, alive, kill_job_processes, names_pid_and_fd, ns_pid,
-                      proc_state, single_error_line, tracer_pid)
-from test_ipc import DUMP_TIMEOUT, checkpoint_run
+from ckpt_e2e import E2E, JobSpec
+from test_ipc import checkpoint_run, fds_matching, names_one_fd, refused_dump_run
 
 pytestmark = pytest.mark.slow
 
@@ -118,31 +115,18 @@ def test_fd_kind(e2e: E2E, kind: str):
     checkpoint_run(e2e, spec, [0.3, 0.6], "middle", check_dump=check)
 
 
-def _fd_candidates(pids: list[int], match: Callable[[str], bool]) -> list[tuple[int, int]]:
-    found = []
-    for pid in pids:
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            try:
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
-            except OSError:
-                continue
-            if match(target):
-                found += [(pid, int(fd)), (ns_pid(pid), int(fd))]
-    return found
-
-
 # Refused kinds: the (pid, fd) pairs the error may name, and a word it must hold.
 REFUSED: dict[str, tuple[Callable[[list[int]], list[tuple[int, int]]], str]] = {
-    "epoll_closed": (lambda pids: _fd_candidates(pids, lambda t: t == "anon_inode:[eventpoll]"),
+    "epoll_closed": (lambda pids: fds_matching(pids, lambda t: t == "anon_inode:[eventpoll]"),
                      "epoll"),
-    "proc_fd": (lambda pids: _fd_candidates(pids, lambda t: t.startswith("/proc/")), "/proc"),
-    "unix_relative": (lambda pids: _fd_candidates(pids, lambda t: t.startswith("socket:")),
+    "proc_fd": (lambda pids: fds_matching(pids, lambda t: t.startswith("/proc/")), "/proc"),
+    "unix_relative": (lambda pids: fds_matching(pids, lambda t: t.startswith("socket:")),
                       "relative path"),
-    "pipe_rdwr": (lambda pids: _fd_candidates(pids, lambda t: t.startswith("pipe:")),
+    "pipe_rdwr": (lambda pids: fds_matching(pids, lambda t: t.startswith("pipe:")),
                   "reading and writing"),
-    "dgram_no_peer": (lambda pids: _fd_candidates(pids, lambda t: t.startswith("socket:")),
+    "dgram_no_peer": (lambda pids: fds_matching(pids, lambda t: t.startswith("socket:")),
                       "no peer"),
-    "dgram_peer_gone": (lambda pids: _fd_candidates(pids, lambda t: t.startswith("socket:")),
+    "dgram_peer_gone": (lambda pids: fds_matching(pids, lambda t: t.startswith("socket:")),
                         "peer is gone"),
     # Names both processes; no fd: checked below.
     "files_sibling": (lambda pids: [(p, 0) for p in pids], "CLONE_FILES"),
@@ -151,35 +135,17 @@ REFUSED: dict[str, tuple[Callable[[list[int]], list[tuple[int, int]]], str]] = {
 
 @pytest.mark.parametrize("kind", REFUSED)
 def test_fd_kind_refused(e2e: E2E, kind: str):
-    spec = fd_kind_spec(e2e, kind, rounds=80)
-    ref = e2e.reference(spec)
-    out = ref.snap["stdout"].text
-    assert ref.status == 0 and out.endswith(f"done {kind} 80\n"), out[-500:]
-    job = e2e.job(spec)
-    job.start_detached()
-    try:
-        job.wait_progress(ref, 0.3)
-        pids = job.job_pids()
-        candidates, word = REFUSED[kind][0](pids), REFUSED[kind][1]
+    candidates_of, word = REFUSED[kind]
+
+    def names(pids: list[int]):
+        candidates = candidates_of(pids)
         assert candidates, f"the job holds no fd of kind {kind}"
-        image = e2e.image(f"refused/{kind}")
-        r, _ = e2e.engine.dump(job.init_pid, image, timeout=DUMP_TIMEOUT)
-        line = single_error_line(r)
-        assert r.rc == 4, f"exit {r.rc}, not 4 (unsupported, docs/failures.md): {line}"
-        assert word in line and "not supported" in line, line
-        if kind == "files_sibling":
+        if kind != "files_sibling":
+            return names_one_fd(candidates, kind)
+
+        def both(line: str):
             assert len(pids) == 3, pids
             named = [p for p in pids if re.search(rf"\b{p}\b", line)]
             assert len(named) == 2, f"error does not name two of {pids}: {line}"
-        else:
-            assert names_pid_and_fd(line, candidates), \
-                f"error does not name the pid and fd {candidates}: {line}"
-        assert not image.exists() and not Path(str(image) + ".tmp").exists(), "a failed dump left an image"
-        for p in [job.init_pid, *job.job_pids()]:
-            assert alive(p), f"process {p} died"
-            assert proc_state(p) not in ("t", "T"), f"process {p} left stopped"
-            assert tracer_pid(p) == 0, f"process {p} left traced"
-        assert job.wait_end() == ref.status
-        job.assert_matches(ref, " after a refused dump")
-    finally:
-        kill_job_processes(job.marker)
+        return both
+    refused_dump_run(e2e, fd_kind_spec(e2e, kind, rounds=80), f"done {kind} 80\n", (word,), names)

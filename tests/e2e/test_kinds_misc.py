@@ -6,15 +6,12 @@ dump fails with exit code 4 naming the process and the fd or mapping, and the jo
 finishes as if never dumped."""
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Callable
 
 import pytest
 
-from ckpt_e2e import (E2E, JobSpec, alive, kill_job_processes, names_pid_and_fd, ns_pid,
-                      proc_state, single_error_line, tracer_pid)
-from test_ipc import DUMP_TIMEOUT, checkpoint_run
+from ckpt_e2e import E2E, JobSpec, ns_pid
+from test_ipc import checkpoint_run, fds_matching, names_one_fd, refused_dump_run
 
 pytestmark = pytest.mark.slow
 
@@ -94,19 +91,6 @@ def test_misc_kind(e2e: E2E, kind: str):
     checkpoint_run(e2e, spec, [0.3, 0.6], "middle", check_dump=check)
 
 
-def _fds(pids: list[int], prefix: str) -> list[tuple[int, int]]:
-    found = []
-    for pid in pids:
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            try:
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
-            except OSError:
-                continue
-            if target.startswith(prefix):
-                found += [(pid, int(fd)), (ns_pid(pid), int(fd))]
-    return found
-
-
 def _maps(pids: list[int], path: str) -> list[str]:
     """'process PID' names of the processes that map `path` (the error names the mapping
     by its address range and path, and the process)."""
@@ -132,39 +116,16 @@ REFUSED: dict[str, tuple[str, str, tuple[str, ...]]] = {
 
 @pytest.mark.parametrize("kind", REFUSED)
 def test_misc_kind_refused(e2e: E2E, kind: str):
-    spec = misc_kind_spec(e2e, kind, rounds=80)
-    ref = e2e.reference(spec)
-    out = ref.snap["stdout"].text
-    assert ref.status == 0 and out.endswith(f"done {kind} 80\n"), out[-500:]
     what, target, words = REFUSED[kind]
-    job = e2e.job(spec)
-    job.start_detached()
-    try:
-        job.wait_progress(ref, 0.3)
-        pids = job.job_pids()
-        image = e2e.image(f"refused/{kind}")
+
+    def names(pids: list[int]):
         if what == "fd":
-            candidates = _fds(pids, target)
-            assert candidates, f"the job holds no {target} fd"
-        else:
-            names = _maps(pids, target)
-            assert names, f"the job maps no {target}"
-        r, _ = e2e.engine.dump(job.init_pid, image, timeout=DUMP_TIMEOUT)
-        line = single_error_line(r)
-        assert r.rc == 4, f"exit {r.rc}, not 4 (unsupported, docs/failures.md): {line}"
-        assert all(w in line for w in words) and "not supported" in line, line
-        if what == "fd":
-            assert names_pid_and_fd(line, candidates), \
-                f"error does not name the pid and fd {candidates}: {line}"
-        else:
-            assert target in line and any(n in line for n in names), \
-                f"error does not name the mapping of {target} in {names}: {line}"
-        assert not image.exists() and not Path(str(image) + ".tmp").exists(), "a failed dump left an image"
-        for p in [job.init_pid, *job.job_pids()]:
-            assert alive(p), f"process {p} died"
-            assert proc_state(p) not in ("t", "T"), f"process {p} left stopped"
-            assert tracer_pid(p) == 0, f"process {p} left traced"
-        assert job.wait_end() == ref.status
-        job.assert_matches(ref, " after a refused dump")
-    finally:
-        kill_job_processes(job.marker)
+            return names_one_fd(fds_matching(pids, lambda t: t.startswith(target)), target)
+        mapped = _maps(pids, target)
+        assert mapped, f"the job maps no {target}"
+
+        def mapping(line: str):
+            assert target in line and any(n in line for n in mapped), \
+                f"error does not name the mapping of {target} in {mapped}: {line}"
+        return mapping
+    refused_dump_run(e2e, misc_kind_spec(e2e, kind, rounds=80), f"done {kind} 80\n", words, names)

@@ -7,18 +7,15 @@ fd, and the job then finishes as if never dumped. Also a real program: python3's
 http.server in the job, serving a client loop in the job across dumps."""
 from __future__ import annotations
 
-import socket
 import socketserver
 import threading
-from pathlib import Path
 from typing import Callable
 
 import pytest
 
-from ckpt_e2e import (E2E, JobSpec, alive, kill_job_processes, names_pid_and_fd, ns_pid,
-                      proc_state, single_error_line, tracer_pid)
+from ckpt_e2e import E2E, JobSpec, alive, kill_job_processes, tracer_pid
 from specs import PYTHON
-from test_ipc import DUMP_TIMEOUT, checkpoint_run, manifest
+from test_ipc import checkpoint_run, fds_matching, manifest, names_one_fd, refused_dump_run
 
 pytestmark = pytest.mark.slow
 
@@ -175,48 +172,11 @@ REFUSED: dict[str, str] = {
 }
 
 
-def _socket_fds(pids: list[int]) -> list[tuple[int, int]]:
-    import os
-    found = []
-    for pid in pids:
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            try:
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
-            except OSError:
-                continue
-            if target.startswith("socket:"):
-                found += [(pid, int(fd)), (ns_pid(pid), int(fd))]
-    return found
-
-
 @pytest.mark.parametrize("kind", REFUSED)
 def test_net_kind_refused(e2e: E2E, kind: str):
-    spec = net_spec(e2e, kind, rounds=80)
-    ref = e2e.reference(spec)
-    out = ref.snap["stdout"].text
-    assert ref.status == 0 and out.endswith(f"done {kind} 80\n"), out[-500:]
-    job = e2e.job(spec)
-    job.start_detached()
-    try:
-        job.wait_progress(ref, 0.3)
-        pids = job.job_pids()
-        candidates = _socket_fds(pids)
-        assert candidates, "the job holds no socket"
-        image = e2e.image(f"refused/{kind}")
-        r, _ = e2e.engine.dump(job.init_pid, image, timeout=DUMP_TIMEOUT)
-        line = single_error_line(r)
-        assert r.rc == 4, f"exit {r.rc}, not 4 (unsupported, docs/failures.md): {line}"
-        assert REFUSED[kind] in line and "not supported" in line, line
-        assert names_pid_and_fd(line, candidates), f"error does not name the pid and fd {candidates}: {line}"
-        assert not image.exists() and not Path(str(image) + ".tmp").exists(), "a failed dump left an image"
-        for p in [job.init_pid, *job.job_pids()]:
-            assert alive(p), f"process {p} died"
-            assert proc_state(p) not in ("t", "T"), f"process {p} left stopped"
-            assert tracer_pid(p) == 0, f"process {p} left traced"
-        assert job.wait_end() == ref.status
-        job.assert_matches(ref, " after a refused dump")
-    finally:
-        kill_job_processes(job.marker)
+    refused_dump_run(e2e, net_spec(e2e, kind, rounds=80), f"done {kind} 80\n", (REFUSED[kind],),
+                     lambda pids: names_one_fd(
+                         fds_matching(pids, lambda t: t.startswith("socket:")), "socket"))
 
 
 HTTP_PY = r'''

@@ -8,14 +8,12 @@ Real programs: Python's pty.spawn running an interactive Python, dumped and rest
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Callable
 
 import pytest
 
-from ckpt_e2e import (E2E, JobSpec, alive, kill_job_processes, names_pid_and_fd, ns_pid,
-                      proc_state, single_error_line, tracer_pid, user_ids)
-from test_ipc import DUMP_TIMEOUT, checkpoint_run
+from ckpt_e2e import E2E, JobSpec, user_ids
+from test_ipc import checkpoint_run, fds_matching, names_one_fd, refused_dump_run
 
 pytestmark = pytest.mark.slow
 
@@ -101,61 +99,24 @@ def test_tty_kind(e2e: E2E, kind: str):
     checkpoint_run(e2e, spec, [0.3, 0.6], "middle", check_dump=check)
 
 
-def _fd_candidates(pids: list[int], match: Callable[[str], bool]) -> list[tuple[int, int]]:
-    found = []
-    for pid in pids:
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            try:
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
-            except OSError:
-                continue
-            if match(target):
-                found += [(pid, int(fd)), (ns_pid(pid), int(fd))]
-    return found
-
-
 def _is_master(t: str) -> bool:
     return t in ("/dev/ptmx", "/dev/pts/ptmx")
 
 
 # Refused kinds: the (pid, fd) pairs the error may name, and words it must hold.
 REFUSED: dict[str, tuple[Callable[[list[int]], list[tuple[int, int]]], str]] = {
-    "master_alone": (lambda pids: _fd_candidates(pids, _is_master), "slave"),
-    "queued": (lambda pids: _fd_candidates(pids, lambda t: _is_master(t) or t.startswith("/dev/pts/")),
+    "master_alone": (lambda pids: fds_matching(pids, _is_master), "slave"),
+    "queued": (lambda pids: fds_matching(pids, lambda t: _is_master(t) or t.startswith("/dev/pts/")),
                "queued"),
-    "dev_tty": (lambda pids: _fd_candidates(pids, lambda t: t == "/dev/tty"), "/dev/tty"),
+    "dev_tty": (lambda pids: fds_matching(pids, lambda t: t == "/dev/tty"), "/dev/tty"),
 }
 
 
 @pytest.mark.parametrize("kind", REFUSED)
 def test_tty_kind_refused(e2e: E2E, kind: str):
-    spec = tty_kind_spec(e2e, kind, rounds=80)
-    ref = e2e.reference(spec)
-    out = ref.snap["stdout"].text
-    assert ref.status == 0 and out.endswith(f"done {kind} 80\n"), out[-500:]
-    job = e2e.job(spec)
-    job.start_detached()
-    try:
-        job.wait_progress(ref, 0.3)
-        pids = job.job_pids()
-        candidates, word = REFUSED[kind][0](pids), REFUSED[kind][1]
-        assert candidates, f"the job holds no fd of kind {kind}"
-        image = e2e.image(f"refused/{kind}")
-        r, _ = e2e.engine.dump(job.init_pid, image, timeout=DUMP_TIMEOUT)
-        line = single_error_line(r)
-        assert r.rc == 4, f"exit {r.rc}, not 4 (unsupported, docs/failures.md): {line}"
-        assert word in line and "not supported" in line, line
-        assert names_pid_and_fd(line, candidates), \
-            f"error does not name the pid and fd {candidates}: {line}"
-        assert not image.exists() and not Path(str(image) + ".tmp").exists(), "a failed dump left an image"
-        for p in [job.init_pid, *job.job_pids()]:
-            assert alive(p), f"process {p} died"
-            assert proc_state(p) not in ("t", "T"), f"process {p} left stopped"
-            assert tracer_pid(p) == 0, f"process {p} left traced"
-        assert job.wait_end() == ref.status
-        job.assert_matches(ref, " after a refused dump")
-    finally:
-        kill_job_processes(job.marker)
+    candidates_of, word = REFUSED[kind]
+    refused_dump_run(e2e, tty_kind_spec(e2e, kind, rounds=80), f"done {kind} 80\n", (word,),
+                     lambda pids: names_one_fd(candidates_of(pids), kind))
 
 
 # A real interactive program on a pty: Python's pty.spawn (what `script` does: the
