@@ -7,16 +7,14 @@ broken, or a flock on a directory, cannot be restored: the dump must refuse it a
 job run on unharmed."""
 from __future__ import annotations
 
-import os
 import signal
 from pathlib import Path
 from typing import Callable
 
 import pytest
 
-from ckpt_e2e import (E2E, JobSpec, alive, kill_job_processes, names_pid_and_fd, ns_pid,
-                      proc_state, single_error_line, tracer_pid)
-from test_ipc import DUMP_TIMEOUT, checkpoint_run
+from ckpt_e2e import E2E, JobSpec
+from test_ipc import checkpoint_run, fds_matching, names_one_fd, refused_dump_run
 
 pytestmark = pytest.mark.slow
 
@@ -101,33 +99,6 @@ def test_lock_refused(e2e: E2E, kind: str, name: str, words: tuple[str, ...]):
     spec = JobSpec(name=f"lock_kind_{kind}",
                    argv=[str(e2e.program("ckpt_lock_kind")), kind, "80", str(TICK_MS)],
                    progress=("lines", "stdout"), timeout=120)
-    ref = e2e.reference(spec)
-    assert ref.status == 0 and ref.snap["stdout"].text.endswith(f"done {kind} 80\n")
-    job = e2e.job(spec)
-    job.start_detached()
-    try:
-        job.wait_progress(ref, 0.3)
-        candidates = []
-        for pid in job.job_pids():
-            for fd in os.listdir(f"/proc/{pid}/fd"):
-                try:
-                    if os.readlink(f"/proc/{pid}/fd/{fd}").endswith("/" + name):
-                        candidates += [(pid, int(fd)), (ns_pid(pid), int(fd))]
-                except OSError:
-                    continue
-        assert candidates, f"the job holds no fd of {name}"
-        image = e2e.image(f"refused/{kind}")
-        r, _ = e2e.engine.dump(job.init_pid, image, timeout=DUMP_TIMEOUT)
-        line = single_error_line(r)
-        assert r.rc == 4, f"exit {r.rc}, not 4 (unsupported, docs/failures.md): {line}"
-        assert names_pid_and_fd(line, candidates), f"error does not name the pid and fd {candidates}: {line}"
-        assert name in line and "not supported" in line and all(w in line for w in words), line
-        assert not image.exists() and not Path(str(image) + ".tmp").exists(), "a failed dump left an image"
-        for p in [job.init_pid, *job.job_pids()]:
-            assert alive(p), f"process {p} died"
-            assert proc_state(p) not in ("t", "T"), f"process {p} left stopped"
-            assert tracer_pid(p) == 0, f"process {p} left traced"
-        assert job.wait_end() == ref.status
-        job.assert_matches(ref, " after a refused dump")
-    finally:
-        kill_job_processes(job.marker)
+    refused_dump_run(e2e, spec, f"done {kind} 80\n", (name, *words),
+                     lambda pids: names_one_fd(
+                         fds_matching(pids, lambda t: t.endswith("/" + name)), name))
