@@ -11,6 +11,7 @@
 #include <map>
 #include <sstream>
 #include <string_view>
+#include <vector>
 
 #include "ckpt/fsaccess.h"
 #include "ckpt/inject.h"
@@ -57,32 +58,36 @@ std::string cg_read(const std::string& path) {
   return s;
 }
 
-// A relative cgroup path from an image: plain components only.
-bool plain_relative(std::string_view rel) {
-  if (rel.empty() || rel.front() == '/' || rel.back() == '/') return false;
-  std::size_t at = 0;
-  while (at <= rel.size()) {
+// The components of a relative path, split at every '/' (empty ones kept).
+std::vector<std::string> components(std::string_view rel) {
+  std::vector<std::string> out;
+  for (std::size_t at = 0;;) {
     std::size_t slash = rel.find('/', at);
-    if (slash == std::string_view::npos) slash = rel.size();
-    std::string_view c = rel.substr(at, slash - at);
-    if (c.empty() || c == "." || c == "..") return false;
+    out.emplace_back(rel.substr(at, slash == std::string_view::npos ? rel.npos : slash - at));
+    if (slash == std::string_view::npos) return out;
     at = slash + 1;
   }
+}
+
+// A relative cgroup path from an image: plain components only.
+bool plain_relative(std::string_view rel) {
+  if (rel.empty()) return false;
+  for (auto& c : components(rel))
+    if (c.empty() || c == "." || c == "..") return false;
   return true;
 }
 
 // Controllers enabled for the children of each cgroup from `base` down to, not
 // including, `base`/`rel`: the first non-empty cgroup.subtree_control, or "".
 std::string controllers_below(const std::string& base, const std::string& rel) {
+  auto parts = components(rel);
+  parts.pop_back();  // the cgroup itself: its own controllers are its parent's choice
   std::string dir = base;
-  std::size_t at = 0;
-  while (true) {
+  for (std::size_t i = 0;; ++i) {
     std::string ctl = cg_read(dir + "/cgroup.subtree_control");
     if (!ctl.empty()) return fmt::format("{} ({})", ctl, dir);
-    std::size_t slash = rel.find('/', at);
-    if (slash == std::string::npos) return {};
-    dir = base + "/" + rel.substr(0, slash);
-    at = slash + 1;
+    if (i == parts.size()) return {};
+    dir += "/" + parts[i];
   }
 }
 
@@ -150,17 +155,14 @@ void restore_cgroup(RestoreProcess& p, const std::string& who) {
   std::string base = ip == "/" ? mount : mount + ip;
   UniqueFd dir(::open(base.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW));
   if (!dir) fail_errno("{}: open of its job's cgroup {}", who, base);
-  std::size_t at = 0;
-  while (at <= r.cgroup.size()) {
-    std::size_t slash = r.cgroup.find('/', at);
-    if (slash == std::string::npos) slash = r.cgroup.size();
-    std::string c = r.cgroup.substr(at, slash - at);
+  std::string done = base;
+  for (auto& c : components(r.cgroup)) {
+    done += "/" + c;
     if (::mkdirat(dir.get(), c.c_str(), 0755) != 0 && errno != EEXIST)
-      fail_errno("{}: mkdir of cgroup {}/{}", who, base, r.cgroup.substr(0, slash));
+      fail_errno("{}: mkdir of cgroup {}", who, done);
     UniqueFd sub(::openat(dir.get(), c.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW));
-    if (!sub) fail_errno("{}: open of cgroup {}/{}", who, base, r.cgroup.substr(0, slash));
+    if (!sub) fail_errno("{}: open of cgroup {}", who, done);
     dir = std::move(sub);
-    at = slash + 1;
   }
   if (std::string c = controllers_below(base, r.cgroup); !c.empty())
     fail("{}: cgroup {}/{} has controllers {} enabled now: its limits would differ", who, base,

@@ -302,6 +302,14 @@ SocketTable create_sockets(InitStash& stash, const InjectionArea& area, const Ma
   Injector& inj = stash.inj();
   RestoreProcess& init = stash.init();
   auto park = [&](long fd, const std::string& what) { return stash.park(fd, what); };
+  // A connected pair of s's type made in init: its two fd numbers there.
+  auto pair = [&](const UnixSocket& s, const std::string& what) {
+    inj.call_ok(what + ": socketpair", SYS_socketpair, AF_UNIX,
+                static_cast<std::uint64_t>(s.type | SOCK_CLOEXEC), 0, area.data());
+    int fds[2];
+    remote_read(init.host_pid, area.data(), fds, sizeof fds);
+    return std::pair<int, int>{fds[0], fds[1]};
+  };
   // The other ends of pairs whose peer is gone: the restorer's references only, which
   // it drops once their queues are refilled.
   std::map<std::uint64_t, UniqueFd> gone;
@@ -312,20 +320,14 @@ SocketTable create_sockets(InitStash& stash, const InjectionArea& area, const Ma
       if (s.peer || s.type == SOCK_DGRAM || s.state != TCP_ESTABLISHED)
         fail_image("image: {}: peer gone, but peer {}, type {}, state {}", what, s.peer, s.type,
                    s.state);
-      inj.call_ok(what + ": socketpair", SYS_socketpair, AF_UNIX,
-                  static_cast<std::uint64_t>(s.type | SOCK_CLOEXEC), 0, area.data());
-      int fds[2];
-      remote_read(init.host_pid, area.data(), fds, sizeof fds);
-      table[s.ino] = park(fds[0], what);
-      gone[s.ino] = stash.take(fds[1], what + " (its closed peer)");
-      inj.call(SYS_close, static_cast<std::uint64_t>(fds[1]));
+      auto [mine, other] = pair(s, what);
+      table[s.ino] = park(mine, what);
+      gone[s.ino] = stash.take(other, what + " (its closed peer)");
+      inj.call(SYS_close, static_cast<std::uint64_t>(other));
     } else if (s.peer) {
-      inj.call_ok(what + ": socketpair", SYS_socketpair, AF_UNIX,
-                  static_cast<std::uint64_t>(s.type | SOCK_CLOEXEC), 0, area.data());
-      int fds[2];
-      remote_read(init.host_pid, area.data(), fds, sizeof fds);
-      table[s.ino] = park(fds[0], what);
-      table[s.peer] = park(fds[1], what);
+      auto [mine, other] = pair(s, what);
+      table[s.ino] = park(mine, what);
+      table[s.peer] = park(other, what);
     } else {
       long fd = inj.call_ok(what + ": socket", SYS_socket, AF_UNIX,
                             static_cast<std::uint64_t>(s.type | SOCK_CLOEXEC), 0);
