@@ -329,6 +329,28 @@ struct SysvShm {
 
 // A Unix socket of the job. Its queued data (bytes waiting to be read on it) is section
 // "sockets" of the page stream, in the order of Manifest::sockets.
+// A socket option (getsockopt(2) level and name) and its value as getsockopt returned
+// it, of a TCP, UDP (inet.h) or Unix socket (unix_opts.h).
+struct InetSockOpt {
+  int level = 0, name = 0;  // getsockopt(2) level and option
+  std::string hex;          // its value as getsockopt returned it
+};
+
+// A file in flight in a Unix socket's queue (unix(7) SCM_RIGHTS), as the receiver
+// will get it: the open file description of fd `fd` of job process `pid`, when a
+// process of the job holds it too, else (pid 0) Manifest::in_flight[file], opened
+// again by path.
+struct InFlightFd {
+  int pid = 0;
+  int fd = -1;
+  int file = -1;
+};
+// The files one queued message carries, in the order the receiver gets them.
+struct ScmRights {
+  std::uint32_t msg = 0;  // index into UnixSocket::queued
+  std::vector<InFlightFd> fds;
+};
+
 struct UnixSocket {
   std::uint64_t ino = 0;              // sockfs inode, as in "socket:[ino]"
   int type = 1;                       // SOCK_STREAM, SOCK_DGRAM, SOCK_SEQPACKET
@@ -343,14 +365,14 @@ struct UnixSocket {
   // readable, then end of file; writes fail with EPIPE): remade as a pair whose other
   // end is closed once the queue is refilled from it.
   bool peer_gone = false;
+  // Files passed with SCM_RIGHTS and not yet received (scm_rights.h), by message.
+  std::vector<ScmRights> rights;
+  // Options that differ from a fresh socket's (unix_opts.h).
+  std::vector<InetSockOpt> opts;
 };
 
 // A TCP or UDP socket of the job (inet.h), by inode; fds of kind "inet" name it by
 // Fd::file.ino. Absent in images of older engines (which refused these sockets).
-struct InetSockOpt {
-  int level = 0, name = 0;  // getsockopt(2) level and option
-  std::string hex;          // its value as getsockopt returned it
-};
 struct InetSocket {
   std::uint64_t ino = 0;
   int family = 2;    // AF_INET, AF_INET6
@@ -383,6 +405,9 @@ struct Manifest {
   std::vector<SysvShm> sysv_shm;
   std::vector<UnixSocket> sockets;
   std::vector<InetSocket> inet_sockets;  // TCP and UDP (inet.h); absent in older images
+  // Files in flight that no process of the job holds (regular files, directories,
+  // devices), which InFlightFd::file indexes; Fd::fd is unused (-1).
+  std::vector<Fd> in_flight;
   // Where each section of the page stream starts, in kSectionOrder; written by
   // ImageWriter::commit() (image.h), checked by validate_manifest().
   std::vector<SectionStart> sections;
@@ -434,9 +459,11 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(DeletedFile, key, path, mode, ui
                                                 seals)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(SysvShm, id, key, size, mode, uid, gid, removed,
                                                 runs)
-NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(UnixSocket, ino, type, state, peer, name, queued,
-                                                shutdown, peer_gone)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(InetSockOpt, level, name, hex)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(InFlightFd, pid, fd, file)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(ScmRights, msg, fds)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(UnixSocket, ino, type, state, peer, name, queued,
+                                                shutdown, peer_gone, rights, opts)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(InetSocket, ino, family, type, state, uid,
                                                 local_addr, peer_addr, local_port, peer_port,
                                                 backlog, opts, snd_seq, rcv_seq, sendq_hex,
@@ -446,7 +473,7 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(InetSocket, ino, family, type, s
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Manifest, kernel, xfeatures, xstate_size,
                                                 dump_time_ns, boot_id, processes, pipes, shm,
                                                 deleted_files, sysv_shm, sockets, inet_sockets,
-                                                sections)
+                                                in_flight, sections)
 
 // Hex helpers for binary blobs stored in the manifest.
 std::string to_hex(const void* data, std::size_t len);

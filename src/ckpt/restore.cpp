@@ -119,6 +119,7 @@ RestoreStats restore(const RestoreOptions& o) {
     ShmTable shm;
     PipeTable pipes;
     SocketTable sockets;
+    SocketRefill refill;  // queued messages, sent once every fd exists
     // The page stream, section by section in the order dump wrote it (sections.h); the
     // reader checks that each section starts where the dump recorded.
     for (Section s : kSectionOrder) {
@@ -142,7 +143,7 @@ RestoreStats restore(const RestoreOptions& o) {
           pipes = create_pipes(stash, area, m, *pages);
           break;
         case Section::kSockets:
-          sockets = create_sockets(stash, area, m, *pages);
+          sockets = create_sockets(stash, area, m, *pages, refill);
           break;
       }
     }
@@ -157,6 +158,10 @@ RestoreStats restore(const RestoreOptions& o) {
       restore_threads(*p, area);
       restore_placement(*p, area);
     }
+    refill_sockets(
+        refill, stash, procs,
+        FdRestoreCtx{
+            .proc = procs[0], .area = area, .pipes = pipes, .sockets = sockets, .objects = shm});
     inet.finish();
     seal_shm_objects(stash, m, shm);
     stash.close_all();

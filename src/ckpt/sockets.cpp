@@ -29,6 +29,8 @@
 #include "ckpt/fsaccess.h"
 #include "ckpt/netlink.h"
 #include "ckpt/remote.h"
+#include "ckpt/scm_rights.h"
+#include "ckpt/unix_opts.h"
 #include "common/error.h"
 #include "common/fd.h"
 
@@ -89,75 +91,100 @@ std::map<std::uint64_t, DiagInfo> unix_sockets() {
   }
 }
 
+// One queued message (a stream: a run of bytes), with the files it carries
+// (SCM_RIGHTS), as the dumper's own references that the peek installed.
+struct Peeked {
+  std::string data;
+  std::vector<UniqueFd> fds;
+};
+
+// Peeks at `len` bytes of `sock`'s queue from its peek offset (SO_PEEK_OFF, which the
+// peek moves on). The files a message carries come with it; a stream peek stops at
+// the end of the first buffer that carries files, as a read would.
+ssize_t peek_one(int sock, std::vector<char>& buf, std::size_t len, std::vector<UniqueFd>& fds,
+                 const std::string& who) {
+  // SCM_MAX_FD (253) files per message.
+  alignas(cmsghdr) char ctl[CMSG_SPACE(sizeof(int) * 253)];
+  iovec iov{buf.data(), len};
+  msghdr mh{};
+  mh.msg_iov = &iov;
+  mh.msg_iovlen = 1;
+  mh.msg_control = ctl;
+  mh.msg_controllen = sizeof ctl;
+  ssize_t r = ::recvmsg(sock, &mh, MSG_PEEK | MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+  if (r < 0) return r;
+  fds.clear();
+  for (cmsghdr* c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
+    if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+      const std::size_t n = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+      for (std::size_t i = 0; i < n; ++i) {
+        int fd;
+        std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+        fds.emplace_back(fd);
+      }
+    }
+  if (mh.msg_flags & MSG_CTRUNC)
+    fail_unsupported("{}: a queued message carries more files than a message may (SCM_RIGHTS)",
+                     who);
+  if (mh.msg_flags & MSG_TRUNC) fail_unsupported("{}: queued datagram too large", who);
+  return r;
+}
+
+void set_peek_off(int sock, int off, const std::string& who) {
+  if (::setsockopt(sock, SOL_SOCKET, SO_PEEK_OFF, &off, sizeof off) < 0)
+    fail_errno("{}: SO_PEEK_OFF", who);
+}
+
 // The data queued for reading on `sock`, message by message, without consuming it.
 // A socket shut for reading (shutdown(2) SHUT_RD, or its stream peer's SHUT_WR) reads 0
 // at the end of its queue: for a seqpacket socket, whose rqueue counts all queued bytes,
-// that end is told from an empty message by the bytes seen.
-std::vector<std::string> peek_queue(int sock, int type, std::uint32_t rqueue, bool rcv_shut,
-                                    const std::string& who) {
-  std::vector<std::string> msgs;
+// that end is told from an empty message by the bytes seen. A stream's queue comes as
+// runs of bytes, each ending with the buffer of a send that carried files (a read
+// stops there, and a peek too). Where that buffer starts in its run, no peek tells: a
+// peek goes on past the bytes asked for, to the next buffer with files.
+std::vector<Peeked> peek_queue(int sock, int type, std::uint32_t rqueue, bool rcv_shut,
+                               const std::string& who) {
+  std::vector<Peeked> msgs;
+  if (type == SOCK_STREAM && !rqueue) return msgs;
   std::vector<char> buf(std::max<std::size_t>(rqueue, 1) + 65536);
-  char ctl[CMSG_SPACE(sizeof(int) * 64)];
-  auto one = [&](std::size_t len) -> ssize_t {
-    iovec iov{buf.data(), len};
-    msghdr mh{};
-    mh.msg_iov = &iov;
-    mh.msg_iovlen = 1;
-    mh.msg_control = ctl;
-    mh.msg_controllen = sizeof ctl;
-    ssize_t r = ::recvmsg(sock, &mh, MSG_PEEK | MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
-    if (r >= 0 && mh.msg_controllen) {
-      for (cmsghdr* c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
-        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
-          int* fds = reinterpret_cast<int*>(CMSG_DATA(c));
-          for (std::size_t i = 0; i < (c->cmsg_len - CMSG_LEN(0)) / sizeof(int); ++i)
-            ::close(fds[i]);
-        }
-      fail_unsupported("{}: file descriptors in flight (SCM_RIGHTS) are not supported yet", who);
-    }
-    if (r >= 0 && (mh.msg_flags & MSG_TRUNC))
-      fail_unsupported("{}: queued datagram too large", who);
-    return r;
-  };
-  if (type == SOCK_STREAM) {
-    if (!rqueue) return msgs;
-    ssize_t r = one(rqueue);
-    if (r < 0 && errno != EAGAIN) fail_errno("{}: peeking at its queue", who);
-    if (r > 0) msgs.emplace_back(buf.data(), static_cast<std::size_t>(r));
-    return msgs;
-  }
   int old = -1;
   socklen_t ol = sizeof old;
   ::getsockopt(sock, SOL_SOCKET, SO_PEEK_OFF, &old, &ol);
-  int zero = 0;
-  if (::setsockopt(sock, SOL_SOCKET, SO_PEEK_OFF, &zero, sizeof zero) < 0)
-    fail_errno("{}: SO_PEEK_OFF", who);
+  set_peek_off(sock, 0, who);
+  // The job's peek offset is put back however this ends.
+  struct Restore {
+    int sock, old;
+    ~Restore() { ::setsockopt(sock, SOL_SOCKET, SO_PEEK_OFF, &old, sizeof old); }
+  } restore{sock, old};
   std::uint64_t seen = 0;
+  std::vector<UniqueFd> fds;
   for (;;) {
-    ssize_t r = one(buf.size());
+    const std::size_t want = type == SOCK_STREAM ? rqueue - seen : buf.size();
+    ssize_t r = peek_one(sock, buf, want, fds, who);
     if (r < 0) {
       if (errno == EAGAIN) break;
-      int e = errno;
-      ::setsockopt(sock, SOL_SOCKET, SO_PEEK_OFF, &old, sizeof old);
-      throw Error(who + ": peeking at its queue", e);
+      fail_errno("{}: peeking at its queue", who);
+    }
+    if (type == SOCK_STREAM) {
+      if (r == 0) break;
+      msgs.push_back(Peeked{std::string(buf.data(), static_cast<std::size_t>(r)), std::move(fds)});
+      fds.clear();
+      seen += static_cast<std::uint64_t>(r);
+      if (seen >= rqueue) break;
+      continue;
     }
     if (r == 0 && rcv_shut && type == SOCK_SEQPACKET && seen == rqueue) break;
-    if (r == 0 && rcv_shut) {
-      ::setsockopt(sock, SOL_SOCKET, SO_PEEK_OFF, &old, sizeof old);
+    if (r == 0 && rcv_shut)
       fail_unsupported(
           "{}: a datagram socket shut for reading (its end of queue reads as an empty "
           "datagram) is not supported",
           who);
-    }
-    if (r == 0) {
-      // The peek offset does not move past an empty datagram.
-      ::setsockopt(sock, SOL_SOCKET, SO_PEEK_OFF, &old, sizeof old);
-      fail_unsupported("{}: an empty datagram is queued (unsupported)", who);
-    }
-    msgs.emplace_back(buf.data(), static_cast<std::size_t>(r));
+    // The peek offset does not move past an empty datagram.
+    if (r == 0) fail_unsupported("{}: an empty datagram is queued (unsupported)", who);
+    msgs.push_back(Peeked{std::string(buf.data(), static_cast<std::size_t>(r)), std::move(fds)});
+    fds.clear();
     seen += static_cast<std::uint64_t>(r);
   }
-  ::setsockopt(sock, SOL_SOCKET, SO_PEEK_OFF, &old, sizeof old);
   return msgs;
 }
 
@@ -237,6 +264,8 @@ void dump_sockets(std::span<DumpProcess> procs, Manifest& m, ImageWriter& img) {
       if (f.kind == FdKind::kUnix) in_job.insert(f.file.ino);
   if (in_job.empty()) return;
   auto diag = unix_sockets();
+  InFlightDump in_flight(procs, m);
+  std::map<std::uint64_t, std::string> who_of;  // socket inode -> its process and fd
   std::set<std::uint64_t> done;
   for (auto& p : procs) {
     for (auto& f : p.rec.fds) {
@@ -277,8 +306,23 @@ void dump_sockets(std::span<DumpProcess> procs, Manifest& m, ImageWriter& img) {
           fail_unsupported("{}: a datagram socket whose peer is gone (not supported)", who);
         s.peer_gone = true;
       }
+      UniqueFd mine = grab_fd(p.host_pid, f.fd, who);
+      s.opts = dump_unix_opts(mine.get(), d.type, who);
+      // Out-of-band data (unix(7) MSG_OOB, Linux 5.15): a byte kept apart from the queue,
+      // or marked within it (SO_OOBINLINE), which no peek of the queue shows.
+      if (d.type == SOCK_STREAM && d.state == TCP_ESTABLISHED) {
+        char oob = 0;
+        int inl = 0;
+        socklen_t il = sizeof inl;
+        ::getsockopt(mine.get(), SOL_SOCKET, SO_OOBINLINE, &inl, &il);
+        if (::recv(mine.get(), &oob, 1, MSG_OOB | MSG_PEEK | MSG_DONTWAIT) == 1)
+          fail_unsupported("{}: out-of-band data (MSG_OOB) is queued: not supported", who);
+        if (inl && d.rqueue)
+          fail_unsupported("{}: data queued with SO_OOBINLINE on (a mark in it?): not supported",
+                           who);
+      }
+      who_of[s.ino] = who;
       if (d.state != TCP_LISTEN) {
-        UniqueFd mine = grab_fd(p.host_pid, f.fd, who);
         for (auto& msg : peek_queue(mine.get(), d.type, d.rqueue, d.shutdown & 1, who)) {
           // Refilled at restore by its peer: without one, the senders' addresses that
           // recvfrom(2) reports would be lost.
@@ -286,17 +330,36 @@ void dump_sockets(std::span<DumpProcess> procs, Manifest& m, ImageWriter& img) {
             fail_unsupported(
                 "{}: data queued on a socket with no peer (sent to its name) is not supported",
                 who);
-          s.queued.push_back(msg.size());
-          if (!msg.empty()) img.append_pages(std::as_bytes(std::span(msg.data(), msg.size())));
+          if (!msg.fds.empty())
+            s.rights.push_back(ScmRights{.msg = static_cast<std::uint32_t>(s.queued.size()),
+                                         .fds = in_flight.add(std::move(msg.fds), who)});
+          s.queued.push_back(msg.data.size());
+          if (!msg.data.empty())
+            img.append_pages(std::as_bytes(std::span(msg.data.data(), msg.data.size())));
         }
       }
       m.sockets.push_back(std::move(s));
     }
   }
+  // Queued messages that carry their senders' credentials, or will be read with them:
+  // the restore sends them again as itself.
+  std::map<std::uint64_t, const UnixSocket*> by_ino;
+  for (auto& s : m.sockets) by_ino[s.ino] = &s;
+  for (auto& s : m.sockets) {
+    if (s.queued.empty()) continue;
+    auto peer = by_ino.find(s.peer);
+    if (passes_credentials(s.opts) ||
+        (peer != by_ino.end() && passes_credentials(peer->second->opts)))
+      fail_unsupported(
+          "{}: {} message(s) queued between sockets that pass credentials (SO_PASSCRED, "
+          "SO_PASSSEC, SO_PASSPIDFD): not supported (the restore would send them as another "
+          "process)",
+          who_of[s.ino], s.queued.size());
+  }
 }
 
 SocketTable create_sockets(InitStash& stash, const InjectionArea& area, const Manifest& m,
-                           PageReader& pages) {
+                           PageReader& pages, SocketRefill& later) {
   SocketTable table;
   if (m.sockets.empty()) return table;
   Injector& inj = stash.inj();
@@ -337,13 +400,40 @@ SocketTable create_sockets(InitStash& stash, const InjectionArea& area, const Ma
       table[s.ino] = park(fd, what);
     }
   }
-  // Queued data: what was waiting to be read on a socket is sent again by its peer.
+  // Options, before anything is sent through them (a send buffer's size counts).
+  for (auto& s : m.sockets) {
+    if (s.opts.empty()) continue;
+    std::string what = fmt::format("unix socket {}", s.ino);
+    UniqueFd sock = stash.take(table.at(s.ino), what);
+    restore_unix_opts(sock.get(), s.opts, what);
+  }
+  // Queued data, read now (the page stream is read in order), sent by refill_sockets.
   for (auto& s : m.sockets) {
     if (s.queued.empty()) continue;
     if (!s.peer && !s.peer_gone)
       fail_image("image: unix socket {} has queued data but no peer", s.ino);
+    SocketRefill::Queue q{.sock = &s, .msgs = {}};
+    for (std::uint64_t len : s.queued) {
+      q.msgs.emplace_back(len);
+      if (len) pages.read(q.msgs.back());
+    }
+    later.queues.push_back(std::move(q));
+  }
+  later.gone = std::move(gone);
+  return table;
+}
+
+void refill_sockets(SocketRefill& later, InitStash& stash, std::span<RestoreProcess> procs,
+                    const FdRestoreCtx& init_ctx) {
+  const Manifest& m = *init_ctx.proc.image;
+  const SocketTable& table = init_ctx.sockets;
+  InFlightRestore in_flight(procs, init_ctx);
+  // What was waiting to be read on a socket is sent again by its peer.
+  for (auto& q : later.queues) {
+    const UnixSocket& s = *q.sock;
+    const std::string what = fmt::format("unix socket {}", s.ino);
     UniqueFd peer = s.peer_gone
-                        ? std::move(gone.at(s.ino))
+                        ? std::move(later.gone.at(s.ino))
                         : stash.take(table.at(s.peer), fmt::format("unix socket {}", s.peer));
     // Queued bytes count against the sender's buffer, and a queue can hold a little
     // more than a fresh socket's default: widen it while refilling (root may, with
@@ -355,25 +445,63 @@ SocketTable create_sockets(InitStash& stash, const InjectionArea& area, const Ma
     ::getsockopt(peer.get(), SOL_SOCKET, SO_SNDBUF, &old, &ol);
     int want = static_cast<int>(std::min<std::uint64_t>(total * 2 + 65536, 1u << 30));
     ::setsockopt(peer.get(), SOL_SOCKET, SO_SNDBUFFORCE, &want, sizeof want);
-    for (std::uint64_t len : s.queued) {
-      std::vector<std::byte> data(len);
-      if (len) pages.read(data);
+    for (std::size_t i = 0; i < q.msgs.size(); ++i) {
+      const std::vector<std::byte>& data = q.msgs[i];
+      const std::size_t len = data.size();
+      std::vector<UniqueFd> files;
+      for (const ScmRights& r : s.rights)
+        if (r.msg == i)
+          files = in_flight.files(
+              r,
+              owner_of(m,
+                       [&](const Fd& f) { return f.kind == FdKind::kUnix && f.file.ino == s.ino; }),
+              fmt::format("{} message {}", what, i));
+      // The files go with the first buffer of a send. On a stream, they go with the
+      // last kStreamFilesRun bytes of their run (where the buffer that carried them
+      // ended, scm_rights.h): sent in one buffer, the run reads as it did.
+      constexpr std::size_t kStreamFilesRun = 32768;
+      const std::size_t files_at = files.empty() || s.type != SOCK_STREAM || len <= kStreamFilesRun
+                                       ? 0
+                                       : len - kStreamFilesRun;
       std::size_t sent = 0;
       do {
-        ssize_t r =
-            ::send(peer.get(), data.data() + sent, data.size() - sent, MSG_DONTWAIT | MSG_NOSIGNAL);
+        ssize_t r;
+        if (!files.empty() && sent == files_at) {
+          std::vector<int> raw;
+          for (auto& f : files) raw.push_back(f.get());
+          std::vector<char> ctl(CMSG_SPACE(sizeof(int) * raw.size()));
+          iovec iov{const_cast<std::byte*>(data.data() + sent), len - sent};
+          msghdr mh{};
+          mh.msg_iov = &iov;
+          mh.msg_iovlen = 1;
+          mh.msg_control = ctl.data();
+          mh.msg_controllen = ctl.size();
+          cmsghdr* c = CMSG_FIRSTHDR(&mh);
+          c->cmsg_level = SOL_SOCKET;
+          c->cmsg_type = SCM_RIGHTS;
+          c->cmsg_len = CMSG_LEN(sizeof(int) * raw.size());
+          std::memcpy(CMSG_DATA(c), raw.data(), sizeof(int) * raw.size());
+          r = ::sendmsg(peer.get(), &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
+          if (r >= 0 && static_cast<std::size_t>(r) != len - sent)
+            fail("{}: refilling its queue: {} bytes with files in flight sent as {}", what,
+                 len - sent, r);
+          files.clear();
+        } else {
+          const std::size_t upto = files.empty() ? len : files_at;
+          r = ::send(peer.get(), data.data() + sent, upto - sent, MSG_DONTWAIT | MSG_NOSIGNAL);
+        }
         if (r < 0 || (r == 0 && len))
-          fail_errno("refilling the queue of unix socket {} ({} of {} bytes)", s.ino, sent, len);
+          fail_errno("refilling the queue of {} ({} of {} bytes)", what, sent, len);
         sent += static_cast<std::size_t>(r);
         if (s.type != SOCK_STREAM && sent != len)
-          fail("refilling unix socket {}: datagram of {} bytes cut to {}", s.ino, len, sent);
+          fail("refilling {}: datagram of {} bytes cut to {}", what, len, sent);
       } while (sent < len);
     }
     int back = old / 2;  // getsockopt reports the doubled value setsockopt stores
     ::setsockopt(peer.get(), SOL_SOCKET, SO_SNDBUFFORCE, &back, sizeof back);
   }
   // The closed peers go, as they went before the dump: their ends see end of file.
-  gone.clear();
+  later.gone.clear();
   // shutdown(2) last, once the queues are refilled (a shut end takes no more data).
   // For a connected stream or seqpacket pair the kernel mirrors each end's shutdown
   // on its peer; doing both ends' again gives the same state, whichever end did it.
@@ -383,7 +511,6 @@ SocketTable create_sockets(InitStash& stash, const InjectionArea& area, const Ma
     const int how = (s.shutdown & 3) - 1;  // 1 -> SHUT_RD, 2 -> SHUT_WR, 3 -> SHUT_RDWR
     if (::shutdown(sock.get(), how) < 0) fail_errno("unix socket {}: shutdown({})", s.ino, how);
   }
-  return table;
 }
 
 }  // namespace fsched::ckpt

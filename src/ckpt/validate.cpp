@@ -159,11 +159,25 @@ void validate_manifest(const Manifest& m, std::uint64_t stream_bytes) {
       bad("unix socket {}: queued data but no peer", s.ino);
     if (s.peer_gone && (s.peer || s.type == SOCK_DGRAM))
       bad("unix socket {}: its peer is both gone and {}", s.ino, s.peer);
+    for (const ScmRights& r : s.rights) {
+      if (r.msg >= s.queued.size() || r.fds.empty() || r.fds.size() > 253)
+        bad("unix socket {}: {} files in flight in message {} of {}", s.ino, r.fds.size(), r.msg,
+            s.queued.size());
+      for (const InFlightFd& x : r.fds)
+        if (x.pid ? !pids.count(x.pid) || x.fd < 0
+                  : x.file < 0 || static_cast<std::size_t>(x.file) >= m.in_flight.size())
+          bad("unix socket {}: a file in flight names process {} fd {} / file {}", s.ino, x.pid,
+              x.fd, x.file);
+    }
     for (std::uint64_t len : s.queued) {
       if (len > (1u << 30)) bad("unix socket {}: message of {} bytes", s.ino, len);
       section(Section::kSockets) += len;
     }
   }
+  for (const Fd& f : m.in_flight)
+    if ((f.kind != FdKind::kFile && f.kind != FdKind::kDir && f.kind != FdKind::kChr) ||
+        f.path.empty() || f.path[0] != '/' || f.path.size() >= 4096 || !f.deleted_key.empty())
+      bad("a file in flight: kind {}, path {}", to_string(f.kind), f.path);
   std::uint64_t stream = 0;
   for (std::uint64_t n : sizes) stream += n;
   if (stream != stream_bytes)

@@ -249,5 +249,37 @@ TEST(Sections, ValidateRefusesASectionOfTheWrongSize) {
               HasSubstr("section \"pipes\" spans 9 bytes (offset 0 to 9), its parts hold 10"));
 }
 
+// Files in flight (scm_rights.h) must name a message that exists, a process of the
+// image or an entry of Manifest::in_flight that can be opened by path.
+TEST(Sections, ValidateChecksFilesInFlight) {
+  Manifest m = small_manifest();
+  Fd f;
+  f.kind = FdKind::kFile;
+  f.path = "/tmp/x";
+  m.in_flight.push_back(f);
+  m.sockets[0].rights = {ScmRights{.msg = 0,
+                                   .fds = {InFlightFd{.pid = 1, .fd = 3, .file = -1},
+                                           InFlightFd{.pid = 0, .fd = -1, .file = 0}}}};
+  EXPECT_NO_THROW(validate_manifest(m, 15));
+  Manifest bad = m;
+  bad.sockets[0].rights[0].msg = 1;  // one message queued
+  EXPECT_THAT(image_error_of([&] { validate_manifest(bad, 15); }),
+              HasSubstr("files in flight in message 1 of 1"));
+  bad = m;
+  bad.sockets[0].rights[0].fds[0].pid = 9;
+  EXPECT_THAT(image_error_of([&] { validate_manifest(bad, 15); }),
+              HasSubstr("a file in flight names process 9"));
+  bad = m;
+  bad.sockets[0].rights[0].fds[1].file = 1;
+  EXPECT_THAT(image_error_of([&] { validate_manifest(bad, 15); }), HasSubstr("/ file 1"));
+  bad = m;
+  bad.in_flight[0].kind = FdKind::kPipe;
+  EXPECT_THAT(image_error_of([&] { validate_manifest(bad, 15); }),
+              HasSubstr("a file in flight: kind pipe"));
+  bad = m;
+  bad.in_flight[0].path = "relative";
+  EXPECT_THAT(image_error_of([&] { validate_manifest(bad, 15); }), HasSubstr("path relative"));
+}
+
 }  // namespace
 }  // namespace fsched::ckpt

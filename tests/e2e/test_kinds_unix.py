@@ -1,0 +1,129 @@
+"""Unix socket state (issue 13, item 3): files in flight, sent with SCM_RIGHTS and not
+yet received, and socket options. ckpt_unix_kind holds one kind and checks it every
+round. Restored kinds are dumped midway and restored, twice; output and exit status
+must equal the uninterrupted run's, and the image must hold the files in flight (so a
+pass is not luck). Refused kinds: the dump fails with exit code 4 naming the process
+(and the socket), and the job then finishes as if never dumped."""
+from __future__ import annotations
+
+import re
+from typing import Callable
+
+import pytest
+
+from ckpt_e2e import E2E, JobSpec, ns_pid
+from test_ipc import checkpoint_run, fds_matching, names_one_fd, refused_dump_run
+
+pytestmark = pytest.mark.slow
+
+ROUNDS = 60
+TICK_MS = 50
+SOCK_STREAM, SOCK_DGRAM, SOCK_SEQPACKET = 1, 2, 5
+
+
+def _rights(m: dict) -> dict[int, list[dict]]:
+    """Socket type -> the rights of its queued messages."""
+    return {s["type"]: s.get("rights", []) for s in m["sockets"] if s.get("rights")}
+
+
+def _held(m: dict):
+    """The stream's queue: a run of bytes ending with the send of three fds the program
+    holds, then the bytes sent after it."""
+    prog = m["processes"][-1]
+    rights = _rights(m)
+    assert list(rights) == [SOCK_STREAM], m["sockets"]
+    (r,) = rights[SOCK_STREAM]
+    stream = next(s for s in m["sockets"] if s.get("rights"))
+    assert r["msg"] == 0 and len(stream["queued"]) == 2, stream
+    assert [x["pid"] for x in r["fds"]] == [prog["pid"]] * 3, r
+    kinds = {f["fd"]: f["kind"] for f in prog["fds"]}
+    assert [kinds[x["fd"]] for x in r["fds"]] == ["pipe", "file", "unix"], (r, kinds)
+    assert not m.get("in_flight"), m.get("in_flight")
+
+
+def _alone(m: dict):
+    """A file (twice), a directory and /dev/null that only the queues hold: recorded
+    once each, the datagram's middle message naming the same file."""
+    rights = _rights(m)
+    assert sorted(rights) == [SOCK_DGRAM, SOCK_SEQPACKET], m["sockets"]
+    (sp,) = rights[SOCK_SEQPACKET]
+    (dg,) = rights[SOCK_DGRAM]
+    assert sp["msg"] == 0 and dg["msg"] == 1, (sp, dg)
+    files = [x["file"] for x in sp["fds"]]
+    assert all(x["pid"] == 0 for x in sp["fds"] + dg["fds"]), (sp, dg)
+    assert files[0] == files[1] and len(set(files)) == 3, files
+    assert [x["file"] for x in dg["fds"]] == [files[0]], dg
+    flight = m["in_flight"]
+    assert [flight[i]["kind"] for i in files[1:]] == ["file", "dir", "chr"], flight
+    f = flight[files[0]]
+    assert f["path"].endswith("/ckpt_unix_kind.dat") and f["pos"] % 7 == 0 and f["pos"] > 0, f
+    assert flight[files[3]]["path"] == "/dev/null", flight
+
+
+SOL_SOCKET = 1
+SO_PASSCRED, SO_SNDBUF, SO_RCVBUF, SO_PRIORITY, SO_RCVLOWAT = 16, 7, 8, 12, 18
+SO_RCVTIMEO, SO_SNDTIMEO, SO_TIMESTAMP, SO_PEEK_OFF = 20, 21, 29, 42
+
+
+def _opts(m: dict):
+    """The options ckpt_unix_kind unix_opts sets, on the sockets it sets them on."""
+    got = sorted(sorted(o["name"] for o in s["opts"]) for s in m["sockets"] if s.get("opts"))
+    want = sorted([[SO_SNDBUF], [SO_PASSCRED, SO_TIMESTAMP], [SO_RCVTIMEO, SO_SNDTIMEO],
+                   [SO_RCVBUF, SO_RCVLOWAT, SO_PEEK_OFF], [SO_PRIORITY]])
+    assert got == want, m["sockets"]
+    assert all(o["level"] == SOL_SOCKET for s in m["sockets"] for o in s.get("opts", []))
+
+
+RESTORED: dict[str, Callable[[dict], None]] = {
+    "scm_held": _held, "scm_alone": _alone, "unix_opts": _opts}
+
+
+def unix_kind_spec(e2e: E2E, kind: str, rounds: int = ROUNDS) -> JobSpec:
+    return JobSpec(name=f"unixkind_{kind}",
+                   argv=[str(e2e.program("ckpt_unix_kind")), kind, str(rounds), str(TICK_MS)],
+                   progress=("lines", "stdout"), timeout=120)
+
+
+@pytest.mark.parametrize("kind", RESTORED)
+def test_unix_kind(e2e: E2E, kind: str):
+    spec = unix_kind_spec(e2e, kind)
+    ref = e2e.reference(spec)
+    out = ref.snap["stdout"].text
+    assert ref.status == 0 and out.endswith(f"done {kind} {ROUNDS}\n"), out[-500:]
+
+    def check(job, stats: dict, m: dict):
+        assert stats["processes"] == 2, stats
+        RESTORED[kind](m)
+    checkpoint_run(e2e, spec, [0.3, 0.6], "middle", check_dump=check)
+
+
+def _names_process(pids: list[int]) -> Callable[[str], None]:
+    def check(line: str):
+        assert any(re.search(rf"\bprocess {p}\b", line) or f"pid {ns_pid(p)} in the job" in line
+                   for p in pids), f"error names none of {pids}: {line}"
+    return check
+
+
+# Refused kinds: the check of what the error names, and the words it must hold.
+REFUSED: dict[str, tuple[Callable[[list[int]], Callable[[str], None]], tuple[str, ...]]] = {
+    "scm_pipe": (lambda pids: names_one_fd(fds_matching(pids, lambda t: t.startswith("socket:")),
+                                           "socket"),
+                 ("pipe:", "SCM_RIGHTS", "held by no process")),
+    # The lock is met first, by the check that every lock of the job is on an fd.
+    "scm_lock": (_names_process, ("flock", "in flight")),
+    "passcred_queued": (lambda pids: names_one_fd(
+        fds_matching(pids, lambda t: t.startswith("socket:")), "socket"),
+        ("SO_PASSCRED", "queued")),
+    "sock_filter": (lambda pids: names_one_fd(
+        fds_matching(pids, lambda t: t.startswith("socket:")), "socket"),
+        ("socket filter",)),
+    "unix_oob": (lambda pids: names_one_fd(
+        fds_matching(pids, lambda t: t.startswith("socket:")), "socket"),
+        ("out-of-band",)),
+}
+
+
+@pytest.mark.parametrize("kind", REFUSED)
+def test_unix_kind_refused(e2e: E2E, kind: str):
+    names, words = REFUSED[kind]
+    refused_dump_run(e2e, unix_kind_spec(e2e, kind, rounds=80), f"done {kind} 80\n", words, names)
