@@ -127,3 +127,65 @@ REFUSED: dict[str, tuple[Callable[[list[int]], Callable[[str], None]], tuple[str
 def test_unix_kind_refused(e2e: E2E, kind: str):
     names, words = REFUSED[kind]
     refused_dump_run(e2e, unix_kind_spec(e2e, kind, rounds=80), f"done {kind} 80\n", words, names)
+
+
+# A real program passing fds: python3's socket.send_fds/recv_fds (sendmsg(2) with
+# SCM_RIGHTS) between a parent and its child over a stream and a datagram pair. The
+# parent keeps three messages ahead of the child, so that files are always in flight:
+# files it closed once sent, and a pipe both hold.
+SEND_FDS_PY = r'''
+import os, socket, sys, time
+steps = int(sys.argv[1])
+work = os.path.dirname(os.path.abspath(__file__))
+for i in range(8):
+    with open(os.path.join(work, "part%d" % i), "w") as f:
+        f.write("part %d " % i + "x" * i + "\n")
+st_p, st_c = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+dg_p, dg_c = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+r, w = os.pipe()
+go_r, go_w = os.pipe()  # the parent's go-ahead: one byte per message the child may read
+pid = os.fork()
+if pid == 0:
+    for step in range(steps):
+        os.read(go_r, 1)
+        msg, fds, _, _ = socket.recv_fds(dg_c, 64, 4)
+        data, sfds, _, _ = socket.recv_fds(st_c, 64, 4)
+        f = os.fdopen(fds[0])
+        f.seek(int(msg.split()[1]))
+        print("child", step, msg.decode(), data.decode(), f.read().strip(), len(fds), len(sfds),
+              flush=True)
+        os.write(sfds[0], b"%d" % step)  # after the line: the parent's comes next
+        f.close()
+        for fd in fds[1:] + sfds:
+            os.close(fd)
+    os._exit(0)
+for step in range(steps + 3):
+    if step < steps:
+        fd = os.open(os.path.join(work, "part%d" % (step % 8)), os.O_RDONLY)
+        socket.send_fds(dg_p, [b"file %d" % (step % 3)], [fd, fd])
+        socket.send_fds(st_p, [b"pipe %d;" % step], [w])
+        os.close(fd)
+    if step >= 3:
+        os.write(go_w, b"g")
+        print("parent", step, os.read(r, 16).decode(), flush=True)
+    time.sleep(0.03)
+os.waitpid(pid, 0)
+print("done", steps, flush=True)
+'''
+
+
+def test_python_send_fds(e2e: E2E):
+    spec = JobSpec(name="py_send_fds", argv=["/usr/bin/python3", "{work}/send_fds.py", "150"],
+                   setup=lambda work: (work / "send_fds.py").write_text(SEND_FDS_PY),
+                   inputs=("send_fds.py",), progress=("lines", "stdout"), timeout=120)
+    ref = e2e.reference(spec)
+    out = ref.snap["stdout"].text
+    assert ref.status == 0 and out.endswith("done 150\n"), out[-300:]
+
+    def check(job, stats: dict, m: dict):
+        assert stats["processes"] == 3, stats
+        rights = [r for s in m["sockets"] for r in s.get("rights", [])]
+        # Three messages ahead on each pair (the child may be mid-step: two or more).
+        assert len(rights) >= 4, m["sockets"]
+        assert any(x["pid"] == 0 for r in rights for x in r["fds"]), rights
+    checkpoint_run(e2e, spec, [0.3, 0.6], "middle", check_dump=check)
