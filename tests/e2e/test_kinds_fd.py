@@ -179,6 +179,8 @@ REFUSED: dict[str, tuple[Callable[[list[int]], list[tuple[int, int]]], str]] = {
                       "no peer"),
     "dgram_peer_gone": (lambda pids: fds_matching(pids, lambda t: t.startswith("socket:")),
                         "peer is gone"),
+    "dgram_one_way": (lambda pids: fds_matching(pids, lambda t: t.startswith("socket:")),
+                      "not connected back"),
     # Names both processes; no fd: checked below.
     "files_sibling": (lambda pids: [(p, 0) for p in pids], "CLONE_FILES"),
 }

@@ -52,6 +52,8 @@
 //                 so it still holds its dead peer); at the end a send fails (ECONNREFUSED)
 //   dgram_no_peer a datagram socket bound to an abstract name holding three datagrams
 //                 that an unconnected socket sent to that name, read at the end
+//   dgram_one_way a datagram socketpair whose one end disconnected (connect AF_UNSPEC):
+//                 the other still sends to it, which has no name to connect to again
 //
 // Exit status 0; 1 with a line "FAIL ..." saying what failed.
 #include <fcntl.h>
@@ -709,6 +711,27 @@ void run_dgram_peer_gone(int rounds) {
     fail("a send to the closed peer did not fail with ECONNREFUSED");
 }
 
+void run_dgram_one_way(int rounds) {
+  int sv[2];
+  check(socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, sv), "socketpair");
+  sockaddr unspec{};
+  unspec.sa_family = AF_UNSPEC;
+  check(connect(sv[1], &unspec, sizeof unspec), "disconnect");
+  for (int r = 1; r <= rounds; ++r) {
+    std::string rec = "one way " + str(r);
+    char buf[32];
+    if (send(sv[0], rec.data(), rec.size(), 0) != static_cast<ssize_t>(rec.size()) ||
+        recv(sv[1], buf, sizeof buf, MSG_DONTWAIT) != static_cast<ssize_t>(rec.size()))
+      die("round " + str(r) + ": datagram to the unnamed end");
+    sockaddr_un sa{};
+    socklen_t len = sizeof sa;
+    if (getpeername(sv[1], reinterpret_cast<sockaddr*>(&sa), &len) != -1 || errno != ENOTCONN)
+      fail("round " + str(r) + ": the disconnected end is connected");
+    line("dgram_one_way " + str(r));
+    tick();
+  }
+}
+
 void run_dgram_no_peer(int rounds) {
   timespec now{};
   clock_gettime(CLOCK_REALTIME, &now);
@@ -787,6 +810,7 @@ int main(int argc, char** argv) {
       {"unix_peer_gone", run_unix_peer_gone},
       {"unix_accepted", run_unix_accepted},
       {"dgram_named", run_dgram_named},
+      {"dgram_one_way", run_dgram_one_way},
   };
   return run_kind(argc, argv, "ckpt_fd_kind", kKinds, 900);
 }
