@@ -181,6 +181,8 @@ REFUSED: dict[str, tuple[Callable[[list[int]], list[tuple[int, int]]], str]] = {
                         "peer is gone"),
     "dgram_one_way": (lambda pids: fds_matching(pids, lambda t: t.startswith("socket:")),
                       "not connected back"),
+    "dgram_one_way_queued": (lambda pids: fds_matching(pids, lambda t: t.startswith("socket:")),
+                             "senders are unknown"),
     # Names both processes; no fd: checked below.
     "files_sibling": (lambda pids: [(p, 0) for p in pids], "CLONE_FILES"),
 }

@@ -54,6 +54,8 @@
 //                 that an unconnected socket sent to that name, read at the end
 //   dgram_one_way a datagram socketpair whose one end disconnected (connect AF_UNSPEC):
 //                 the other still sends to it, which has no name to connect to again
+//   dgram_one_way_queued a datagram socket connected to a bound socket that is connected
+//                 to nothing and sent it a datagram by name, queued until the end
 //
 // Exit status 0; 1 with a line "FAIL ..." saying what failed.
 #include <fcntl.h>
@@ -732,6 +734,24 @@ void run_dgram_one_way(int rounds) {
   }
 }
 
+void run_dgram_one_way_queued(int rounds) {
+  const std::string tag = run_tag();
+  const std::string na = "@fdkind-owq-a-" + tag, nb = "@fdkind-owq-b-" + tag;
+  int a = bound(SOCK_DGRAM, na), b = bound(SOCK_DGRAM, nb);
+  connected_to(SOCK_DGRAM, nb, a);  // a -> b; b is connected to nothing
+  socklen_t len;
+  sockaddr_un sa = addr(na, len);
+  check(static_cast<int>(sendto(b, "queued", 6, 0, reinterpret_cast<sockaddr*>(&sa), len)),
+        "sendto");
+  for (int r = 1; r <= rounds; ++r) {
+    line("dgram_one_way_queued " + str(r));
+    tick();
+  }
+  char buf[8];
+  if (recv(a, buf, sizeof buf, MSG_DONTWAIT) != 6 || std::memcmp(buf, "queued", 6) != 0)
+    fail("the datagram queued on the one-way socket");
+}
+
 void run_dgram_no_peer(int rounds) {
   timespec now{};
   clock_gettime(CLOCK_REALTIME, &now);
@@ -811,6 +831,7 @@ int main(int argc, char** argv) {
       {"unix_accepted", run_unix_accepted},
       {"dgram_named", run_dgram_named},
       {"dgram_one_way", run_dgram_one_way},
+      {"dgram_one_way_queued", run_dgram_one_way_queued},
   };
   return run_kind(argc, argv, "ckpt_fd_kind", kKinds, 900);
 }
