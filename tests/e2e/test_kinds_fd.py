@@ -146,10 +146,10 @@ RESTORED: dict[str, Callable[[dict], None]] = {
 }
 
 
-def fd_kind_spec(e2e: E2E, kind: str, rounds: int = ROUNDS) -> JobSpec:
-    return JobSpec(name=f"fdkind_{kind}",
+def fd_kind_spec(e2e: E2E, kind: str, rounds: int = ROUNDS, user: str | None = None) -> JobSpec:
+    return JobSpec(name=f"fdkind_{kind}" + ("_user" if user else ""),
                    argv=[str(e2e.program("ckpt_fd_kind")), kind, str(rounds), str(TICK_MS)],
-                   progress=("lines", "stdout"), timeout=120)
+                   user=user, progress=("lines", "stdout"), timeout=120)
 
 
 @pytest.mark.parametrize("kind", RESTORED)
@@ -164,6 +164,15 @@ def test_fd_kind(e2e: E2E, kind: str):
         assert stats["processes"] == (3 if kind == "clone_files" else 2), stats
         RESTORED[kind](m)
     checkpoint_run(e2e, spec, [0.3, 0.6], "middle", check_dump=check)
+
+
+def test_fd_kind_as_user(e2e: E2E, test_user):
+    """Socket names of a job of an ordinary user: the restore binds its path names and
+    connects to its path listener as that user (the program checks every name each round)."""
+    spec = fd_kind_spec(e2e, "unix_accepted", user=test_user)
+    ref = e2e.reference(spec)
+    assert ref.status == 0, ref.snap["stdout"].text[-500:]
+    checkpoint_run(e2e, spec, [0.4], "user", check_dump=lambda job, stats, m: _accepted(m))
 
 
 # Refused kinds: the (pid, fd) pairs the error may name, and a word it must hold.
