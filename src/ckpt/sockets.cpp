@@ -6,6 +6,16 @@
 // (SO_PEEK_OFF for datagrams, socket(7)) through our own reference to the socket
 // (pidfd_getfd(2)), so a job that keeps running loses nothing. On restore the
 // sockets are created in init, refilled by the restorer, and taken by each process.
+// Names come back exactly as getsockname(2) and getpeername(2) report them: a pair
+// without names is a socketpair(2); a datagram pair is one too, each end then bound
+// to its name (a datagram socket connected one way connects to its peer's name); of a
+// stream or seqpacket pair, the end whose name it got from accept(2) (the end sharing
+// its name with a listener or with other accepted sockets) is accepted again, from the
+// job's listener at that name or from a temporary one, by a client bound to the other
+// end's name if it had one. A temporary listener at a path is bound in a scratch
+// tmpfs of the restorer's own (same name bytes, another file), so the job's file
+// system stays as the dump left it. Each accepted pair is checked to be connected to
+// each other (sock_diag), so no stranger connecting to the name meanwhile gets in.
 // Sockets of other families (netlink, packet...; TCP and UDP are inet.cpp's) or
 // connected outside the job are refused with the process and fd named.
 #include "ckpt/sockets.h"
@@ -19,12 +29,17 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <poll.h>
+#include <sched.h>
+#include <sys/mount.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 #include <cstring>
+#include <exception>
 #include <map>
 #include <set>
+#include <thread>
 
 #include "ckpt/fsaccess.h"
 #include "ckpt/netlink.h"
@@ -40,13 +55,15 @@ namespace {
 struct DiagInfo {
   int type = 0, state = 0;
   std::uint64_t peer = 0;
+  bool has_peer = false;  // UNIX_DIAG_PEER present: a peer, maybe a closed one (inode 0)
   std::string name;
   std::uint32_t rqueue = 0;
   int shutdown = 0;  // sk_shutdown: RCV_SHUTDOWN 1, SEND_SHUTDOWN 2
 };
 
-// Every AF_UNIX socket of this network namespace, by inode.
-std::map<std::uint64_t, DiagInfo> unix_sockets() {
+// Every AF_UNIX socket of this network namespace, by inode; or only socket `only`
+// (an exact request: one reply, or an error if there is no such socket).
+std::map<std::uint64_t, DiagInfo> unix_sockets(std::uint64_t only = 0) {
   UniqueFd nl(::socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG));
   if (!nl) fail_errno("socket(NETLINK_SOCK_DIAG)");
   struct {
@@ -55,9 +72,11 @@ std::map<std::uint64_t, DiagInfo> unix_sockets() {
   } msg{};
   msg.nlh.nlmsg_len = sizeof msg;
   msg.nlh.nlmsg_type = SOCK_DIAG_BY_FAMILY;
-  msg.nlh.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+  msg.nlh.nlmsg_flags = only ? NLM_F_REQUEST : NLM_F_REQUEST | NLM_F_DUMP;
   msg.req.sdiag_family = AF_UNIX;
   msg.req.udiag_states = ~0U;
+  msg.req.udiag_ino = static_cast<std::uint32_t>(only);
+  msg.req.udiag_cookie[0] = msg.req.udiag_cookie[1] = ~0U;  // no cookie to check
   msg.req.udiag_show = UDIAG_SHOW_NAME | UDIAG_SHOW_PEER | UDIAG_SHOW_RQLEN;
   if (::send(nl.get(), &msg, sizeof msg, 0) != sizeof msg) fail_errno("sock_diag request");
   std::map<std::uint64_t, DiagInfo> out;
@@ -68,14 +87,20 @@ std::map<std::uint64_t, DiagInfo> unix_sockets() {
     for (auto* h = reinterpret_cast<nlmsghdr*>(buf.data()); NLMSG_OK(h, static_cast<unsigned>(n));
          h = NLMSG_NEXT(h, n)) {
       if (h->nlmsg_type == NLMSG_DONE) return out;
-      if (h->nlmsg_type == NLMSG_ERROR) fail("sock_diag: error reply");
+      if (h->nlmsg_type == NLMSG_ERROR) {
+        if (only) return out;  // no such socket (any more)
+        fail("sock_diag: error reply");
+      }
       auto* d = static_cast<unix_diag_msg*>(NLMSG_DATA(h));
       DiagInfo info;
       info.type = d->udiag_type;
       info.state = d->udiag_state;
       int len = static_cast<int>(h->nlmsg_len - NLMSG_LENGTH(sizeof *d));
       for (auto* a = reinterpret_cast<rtattr*>(d + 1); RTA_OK(a, len); a = RTA_NEXT(a, len)) {
-        if (a->rta_type == UNIX_DIAG_PEER) info.peer = *static_cast<std::uint32_t*>(RTA_DATA(a));
+        if (a->rta_type == UNIX_DIAG_PEER) {
+          info.peer = *static_cast<std::uint32_t*>(RTA_DATA(a));
+          info.has_peer = true;
+        }
         if (a->rta_type == UNIX_DIAG_SHUTDOWN)
           info.shutdown = *static_cast<std::uint8_t*>(RTA_DATA(a));
         if (a->rta_type == UNIX_DIAG_RQLEN)
@@ -87,6 +112,7 @@ std::map<std::uint64_t, DiagInfo> unix_sockets() {
         }
       }
       out[d->udiag_ino] = info;
+      if (only) return out;
     }
   }
 }
@@ -202,20 +228,30 @@ long open_unix_fd(const FdRestoreCtx& c, const Fd& f, const std::string& who) {
   return adopt_from_init(c, it->second, f, who);
 }
 
-// Binds socket `fd` (in init) to s.name again: a path, or an abstract name ("@...",
-// bind(2) with a leading NUL and no terminator, unix(7)).
-void bind_name(Injector& inj, pid_t init_pid, const InjectionArea& area, const Manifest& m,
-               const UnixSocket& s, long fd, const std::string& what) {
+// The address of a name as the image writes it: a path, or an abstract name ("@...",
+// a leading NUL and no terminator, unix(7)), so that getsockname(2) gives back exactly
+// the bytes the job bound.
+sockaddr_un unix_addr(const std::string& name, socklen_t& len, const std::string& what) {
   sockaddr_un sa{};
   sa.sun_family = AF_UNIX;
-  if (s.name.size() >= sizeof sa.sun_path) fail("{}: name {} too long", what, s.name);
-  std::memcpy(sa.sun_path, s.name.c_str(), s.name.size() + 1);
-  socklen_t len = sizeof sa;
+  if (name.empty() || name.size() >= sizeof sa.sun_path) fail("{}: bad name {}", what, name);
+  std::memcpy(sa.sun_path, name.c_str(), name.size() + 1);
+  len = sizeof sa;
+  if (name[0] == '@') {
+    sa.sun_path[0] = '\0';
+    len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + name.size());
+  }
+  return sa;
+}
+
+// Binds socket `fd` (in init) to s.name again.
+void bind_name(Injector& inj, pid_t init_pid, const InjectionArea& area, const Manifest& m,
+               const UnixSocket& s, long fd, const std::string& what) {
+  socklen_t len = 0;
+  sockaddr_un sa = unix_addr(s.name, len, what);
   if (s.name[0] == '@') {
     // In the network namespace, not the file system: nothing to check or remove. (The
     // dumped job holds it until it is gone, so a restore beside it fails EADDRINUSE.)
-    sa.sun_path[0] = '\0';
-    len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + s.name.size());
     remote_write(init_pid, area.data(), &sa, len);
     inj.call_ok(what + ": bind " + s.name, SYS_bind, static_cast<std::uint64_t>(fd), area.data(),
                 len);
@@ -247,6 +283,64 @@ void bind_name(Injector& inj, pid_t init_pid, const InjectionArea& area, const M
   act_as(inj, init_pid, area, nullptr, what);
 }
 
+// Connects socket `fd` (in init) to `name`, as the job's process `as` when it is a path
+// (the path is the user's; connect(2) needs write permission on the socket file).
+void connect_name(Injector& inj, pid_t init_pid, const InjectionArea& area, const Process& as,
+                  long fd, const std::string& name, const std::string& what) {
+  socklen_t len = 0;
+  sockaddr_un sa = unix_addr(name, len, what);
+  const bool path = name[0] != '@';
+  if (path) act_as(inj, init_pid, area, &as, what);
+  remote_write(init_pid, area.data(), &sa, len);
+  long r = inj.call(SYS_connect, static_cast<std::uint64_t>(fd), area.data(), len);
+  if (path) act_as(inj, init_pid, area, nullptr, what);
+  if (r < 0) throw Error(fmt::format("{}: connect to {}", what, name), static_cast<int>(-r));
+}
+
+// The sockfs inode of our fd `fd`, as sock_diag and "socket:[ino]" name it.
+std::uint64_t socket_ino(int fd, const std::string& what) {
+  struct stat st {};
+  if (::fstat(fd, &st) < 0) fail_errno("{}: fstat", what);
+  return st.st_ino;
+}
+
+// Binds our reference `listener` to the path `name` and connects our reference
+// `client` to it, in a thread whose root is an empty tmpfs of a mount namespace of its
+// own: the socket file is made there, not in the job's file system, which stays as the
+// dump left it (the dumped listener's file, or none), and no one else can reach it.
+// The bound name is still the bytes of `name`, which is all getsockname(2) and
+// getpeername(2) report.
+void connect_in_scratch(int listener, int client, const std::string& name,
+                        const std::string& what) {
+  std::exception_ptr err;
+  std::thread t([&] {
+    try {
+      // CLONE_FS and the new mount namespace are this thread's alone.
+      if (::unshare(CLONE_FS | CLONE_NEWNS) < 0) fail_errno("{}: unshare", what);
+      if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) < 0)
+        fail_errno("{}: making / private", what);
+      if (::mount("fsched-unix-name", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                  "mode=0700,size=64k") < 0)
+        fail_errno("{}: mounting a scratch tmpfs", what);
+      if (::chroot("/tmp") < 0 || ::chdir("/") < 0) fail_errno("{}: chroot to scratch", what);
+      for (std::size_t at = name.find('/', 1); at != std::string::npos; at = name.find('/', at + 1))
+        if (::mkdir(name.substr(0, at).c_str(), 0700) < 0 && errno != EEXIST)
+          fail_errno("{}: scratch directory {}", what, name.substr(0, at));
+      socklen_t len = 0;
+      sockaddr_un sa = unix_addr(name, len, what);
+      if (::bind(listener, reinterpret_cast<sockaddr*>(&sa), len) < 0)
+        fail_errno("{}: bind {} (scratch)", what, name);
+      if (::listen(listener, 1) < 0) fail_errno("{}: listen (scratch)", what);
+      if (::connect(client, reinterpret_cast<sockaddr*>(&sa), len) < 0)
+        fail_errno("{}: connect to {} (scratch)", what, name);
+    } catch (...) {
+      err = std::current_exception();
+    }
+  });
+  t.join();
+  if (err) std::rethrow_exception(err);
+}
+
 }  // namespace
 
 const FdOps kUnixFdOps{.kind = FdKind::kUnix,
@@ -266,6 +360,12 @@ void dump_sockets(std::span<DumpProcess> procs, Manifest& m, ImageWriter& img) {
   auto diag = unix_sockets();
   InFlightDump in_flight(procs, m);
   std::map<std::uint64_t, std::string> who_of;  // socket inode -> its process and fd
+  // A name held by more than one socket of the job: a listener's, which the sockets it
+  // accepted carry too (restore accepts them from it again).
+  std::map<std::string, int> holders;
+  for (std::uint64_t ino : in_job)
+    if (auto it = diag.find(ino); it != diag.end() && !it->second.name.empty())
+      ++holders[it->second.name];
   std::set<std::uint64_t> done;
   for (auto& p : procs) {
     for (auto& f : p.rec.fds) {
@@ -300,11 +400,39 @@ void dump_sockets(std::span<DumpProcess> procs, Manifest& m, ImageWriter& img) {
         if (!in_job.count(d.peer))
           fail_unsupported("{}: connected to a socket outside the job (unsupported)", who);
         s.peer = d.peer;
+        auto pit = diag.find(d.peer);
+        if (pit == diag.end())
+          fail("{}: its peer socket:[{}] vanished during the dump", who, d.peer);
+        const DiagInfo& peer = pit->second;
+        if (d.type == SOCK_DGRAM && peer.peer != s.ino) {
+          // Connected one way only: restore connects it to its peer's name, which it
+          // needs, and the peer's own sends go elsewhere, so it cannot refill this queue.
+          if (peer.name.empty())
+            fail_unsupported(
+                "{}: a datagram socket connected to an unnamed socket that is not connected "
+                "back to it (not supported)",
+                who);
+          if (d.rqueue)
+            fail_unsupported(
+                "{}: datagrams queued on a socket whose peer is not connected back to it "
+                "(their senders are unknown; not supported)",
+                who);
+        }
+        // Of a connected stream pair, the end whose name others share was accepted
+        // from their listener; the other end bound its own name. Both shared is a
+        // name bound twice (a path unlinked and bound again), which restore cannot tell.
+        if (d.type != SOCK_DGRAM && !d.name.empty() && !peer.name.empty() && holders[d.name] > 1 &&
+            holders[peer.name] > 1)
+          fail_unsupported(
+              "{}: connected socket named {} whose peer is named {}, both names held by other "
+              "sockets of the job (not supported)",
+              who, d.name, peer.name);
       } else if (d.state == TCP_ESTABLISHED) {
         // A datagram socket's peer is only where it sends; a datagram's sender is gone.
-        if (d.type == SOCK_DGRAM)
+        // (One that others connected to is TCP_ESTABLISHED too, with no peer: unconnected.)
+        if (d.type == SOCK_DGRAM && d.has_peer)
           fail_unsupported("{}: a datagram socket whose peer is gone (not supported)", who);
-        s.peer_gone = true;
+        if (d.type != SOCK_DGRAM) s.peer_gone = true;
       }
       UniqueFd mine = grab_fd(p.host_pid, f.fd, who);
       s.opts = dump_unix_opts(mine.get(), d.type, who);
@@ -373,9 +501,91 @@ SocketTable create_sockets(InitStash& stash, const InjectionArea& area, const Ma
     remote_read(init.host_pid, area.data(), fds, sizeof fds);
     return std::pair<int, int>{fds[0], fds[1]};
   };
+  std::map<std::uint64_t, const UnixSocket*> by_ino;
+  std::map<std::string, int> holders;  // sockets that carry each name
+  for (auto& s : m.sockets) {
+    by_ino[s.ino] = &s;
+    if (!s.name.empty()) ++holders[s.name];
+  }
+  auto peer_of = [&](const UnixSocket& s) -> const UnixSocket& {
+    auto it = by_ino.find(s.peer);
+    if (it == by_ino.end())
+      fail_image("image: unix socket {}: its peer {} is not in the image", s.ino, s.peer);
+    return *it->second;
+  };
+  // A datagram socket's peer is where it sends; the peer may send elsewhere.
+  auto one_way = [&](const UnixSocket& s) {
+    return s.type == SOCK_DGRAM && s.peer && peer_of(s).peer != s.ino;
+  };
+  // The process whose credentials act for socket s on the file system.
+  auto owner = [&](const UnixSocket& s) -> const Process& {
+    return owner_of(m, [&](const Fd& f) { return f.kind == FdKind::kUnix && f.file.ino == s.ino; });
+  };
+  // A stream or seqpacket pair whose end `acc` carries a name it got from accept(2):
+  // accepted again from a listener at that name, from a client made in init (bound to
+  // `client`'s name when it has one; client is null for a peer that is gone). The
+  // listener is the job's own when the image has one at that name (its queue is empty:
+  // no process of the job runs yet), else a temporary one, closed after the accept.
+  // Returns the accepted and the client fd in init.
+  auto accepted = [&](const UnixSocket& acc, const UnixSocket* client, const std::string& what) {
+    const auto type = static_cast<std::uint64_t>(acc.type | SOCK_CLOEXEC);
+    // Non-blocking until the fd is taken (its flags are set then): a connect never
+    // waits on a full backlog.
+    long c = inj.call_ok(what + ": socket", SYS_socket, AF_UNIX, type | SOCK_NONBLOCK, 0);
+    if (client && !client->name.empty()) bind_name(inj, init.host_pid, area, m, *client, c, what);
+    long l = -1;
+    bool temporary = true;
+    for (auto& s : m.sockets)
+      if (s.state == TCP_LISTEN && s.type == acc.type && s.name == acc.name) {
+        l = table.at(s.ino);
+        temporary = false;
+      }
+    const Process& as = owner(client ? *client : acc);
+    if (!temporary || acc.name[0] == '@') {
+      if (temporary) {
+        l = inj.call_ok(what + ": socket", SYS_socket, AF_UNIX, type, 0);
+        bind_name(inj, init.host_pid, area, m, acc, l, what);
+        inj.call_ok(what + ": listen", SYS_listen, static_cast<std::uint64_t>(l), 1);
+      }
+      connect_name(inj, init.host_pid, area, as, c, acc.name, what);
+    } else {
+      l = inj.call_ok(what + ": socket", SYS_socket, AF_UNIX, type, 0);
+      UniqueFd lref = stash.take(static_cast<int>(l), what + " (listener)");
+      UniqueFd cref = stash.take(static_cast<int>(c), what + " (client)");
+      connect_in_scratch(lref.get(), cref.get(), acc.name, what);
+    }
+    // The connection must be waiting, so the accept does not block.
+    UniqueFd lref = stash.take(static_cast<int>(l), what + " (listener)");
+    pollfd pfd{lref.get(), POLLIN, 0};
+    if (::poll(&pfd, 1, 0) != 1)
+      fail("restore refused: {}: its connection to {} did not reach the listener", what, acc.name);
+    long a = inj.call_ok(what + ": accept", SYS_accept4, static_cast<std::uint64_t>(l), 0, 0,
+                         SOCK_CLOEXEC | SOCK_NONBLOCK);
+    if (temporary) inj.call(SYS_close, static_cast<std::uint64_t>(l));
+    // What was accepted is our client, not a stranger who connected to the name first.
+    std::uint64_t a_ino = socket_ino(stash.take(static_cast<int>(a), what).get(), what);
+    std::uint64_t c_ino = socket_ino(stash.take(static_cast<int>(c), what).get(), what);
+    auto diag = unix_sockets(a_ino);
+    if (!diag.count(a_ino) || diag[a_ino].peer != c_ino)
+      fail("restore refused: {}: the connection accepted at {} is not the restore's own", what,
+           acc.name);
+    return std::pair<int, int>{static_cast<int>(a), static_cast<int>(c)};
+  };
   // The other ends of pairs whose peer is gone: the restorer's references only, which
   // it drops once their queues are refilled.
   std::map<std::uint64_t, UniqueFd> gone;
+  // Sockets on their own first (listening, unconnected, datagram connected one way),
+  // so that a listener is there when the sockets it accepted are made.
+  for (auto& s : m.sockets) {
+    if ((s.peer && !one_way(s)) || s.peer_gone) continue;
+    std::string what = fmt::format("unix socket {}", s.ino);
+    long fd = inj.call_ok(what + ": socket", SYS_socket, AF_UNIX,
+                          static_cast<std::uint64_t>(s.type | SOCK_CLOEXEC), 0);
+    if (!s.name.empty()) bind_name(inj, init.host_pid, area, m, s, fd, what);
+    if (s.state == TCP_LISTEN)
+      inj.call_ok(what + ": listen", SYS_listen, static_cast<std::uint64_t>(fd), 128);
+    table[s.ino] = park(fd, what);
+  }
   for (auto& s : m.sockets) {
     if (table.count(s.ino)) continue;
     std::string what = fmt::format("unix socket {}", s.ino);
@@ -383,22 +593,46 @@ SocketTable create_sockets(InitStash& stash, const InjectionArea& area, const Ma
       if (s.peer || s.type == SOCK_DGRAM || s.state != TCP_ESTABLISHED)
         fail_image("image: {}: peer gone, but peer {}, type {}, state {}", what, s.peer, s.type,
                    s.state);
-      auto [mine, other] = pair(s, what);
+      auto [mine, other] = s.name.empty() ? pair(s, what) : accepted(s, nullptr, what);
       table[s.ino] = park(mine, what);
       gone[s.ino] = stash.take(other, what + " (its closed peer)");
       inj.call(SYS_close, static_cast<std::uint64_t>(other));
-    } else if (s.peer) {
-      auto [mine, other] = pair(s, what);
-      table[s.ino] = park(mine, what);
-      table[s.peer] = park(other, what);
-    } else {
-      long fd = inj.call_ok(what + ": socket", SYS_socket, AF_UNIX,
-                            static_cast<std::uint64_t>(s.type | SOCK_CLOEXEC), 0);
-      if (!s.name.empty()) bind_name(inj, init.host_pid, area, m, s, fd, what);
-      if (s.state == TCP_LISTEN)
-        inj.call_ok(what + ": listen", SYS_listen, static_cast<std::uint64_t>(fd), 128);
-      table[s.ino] = park(fd, what);
+      continue;
     }
+    const UnixSocket& peer = peer_of(s);
+    if (peer.peer != s.ino)
+      fail_image("image: {}: its peer {} is connected to {}", what, peer.ino, peer.peer);
+    if (s.type == SOCK_DGRAM || (s.name.empty() && peer.name.empty())) {
+      // Each end then binds its own name (a datagram socket's name is always its own).
+      auto [mine, other] = pair(s, what);
+      if (!s.name.empty()) bind_name(inj, init.host_pid, area, m, s, mine, what);
+      if (!peer.name.empty()) bind_name(inj, init.host_pid, area, m, peer, other, what);
+      table[s.ino] = park(mine, what);
+      table[peer.ino] = park(other, what);
+      continue;
+    }
+    // The accepted end: the one whose name others share (its listener, the other
+    // sockets it accepted), else a named one. (The dump refuses both shared.)
+    bool mine_accepted =
+        !s.name.empty() && (holders[s.name] > 1 || peer.name.empty() || holders[peer.name] < 2);
+    const UnixSocket& acc = mine_accepted ? s : peer;
+    const UnixSocket& client = mine_accepted ? peer : s;
+    auto [a, c] = accepted(acc, &client, what);
+    table[acc.ino] = park(a, what);
+    table[client.ino] = park(c, what);
+  }
+  // Datagram sockets connected one way: to their peer's name, now bound.
+  for (auto& s : m.sockets) {
+    if (!one_way(s)) continue;
+    std::string what = fmt::format("unix socket {}", s.ino);
+    const UnixSocket& peer = peer_of(s);
+    if (peer.name.empty()) fail_image("image: {}: connected one way to an unnamed peer", what);
+    connect_name(inj, init.host_pid, area, owner(s), table.at(s.ino), peer.name, what);
+    std::uint64_t mine = socket_ino(stash.take(table.at(s.ino), what).get(), what);
+    std::uint64_t to = socket_ino(stash.take(table.at(peer.ino), what).get(), what);
+    auto diag = unix_sockets(mine);
+    if (!diag.count(mine) || diag[mine].peer != to)
+      fail("restore refused: {}: connecting to {} reached another socket", what, peer.name);
   }
   // Options, before anything is sent through them (a send buffer's size counts).
   for (auto& s : m.sockets) {

@@ -1,11 +1,16 @@
 // Unix sockets: socket pairs and connected pairs inside the job with the data queued
 // in them (and the files in flight there, scm_rights.h) and their shutdown(2) state, listening and
-// unconnected sockets bound again to their path or abstract name (or never bound); and the unix fd
-// kind (FdOps). Other families, sockets connected outside the job, names relative paths, and data
-// queued on a socket with no peer are refused.
+// unconnected sockets bound again to their path or abstract name (or never bound), and the names of
+// connected sockets: a name bound before connect(2), a name got from accept(2) (accepted again from
+// the job's listener, or from a temporary one), datagram sockets connected by name, one way or
+// both; and the unix fd kind (FdOps). Other families, sockets connected outside the job, names
+// relative paths, data queued on a socket with no peer or whose datagram peer sends elsewhere, a
+// datagram socket connected one way to an unnamed socket, and a stream pair whose two names are
+// both shared with other sockets are refused.
 // Kernel interfaces: NETLINK_SOCK_DIAG (sock_diag(7), unix_diag), recvmsg(2)
 // MSG_PEEK with SO_PEEK_OFF (socket(7)), socketpair(2), bind(2), listen(2),
-// SO_SNDBUFFORCE.
+// connect(2), accept4(2), unshare(2) CLONE_NEWNS with a tmpfs and chroot(2) for a
+// temporary listener's path, SO_SNDBUFFORCE.
 #pragma once
 
 #include <cstddef>

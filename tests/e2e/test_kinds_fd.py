@@ -83,6 +83,55 @@ def _peer_gone(m: dict):
     assert got == [(1, True, 0, [11]), (5, True, 0, [4, 7])], m["sockets"]
 
 
+def _accepted(m: dict):
+    """Every socket's name as the job bound it or got it from accept(2): the path
+    listener and the three sockets it accepted (one peer gone), the abstract seqpacket
+    listener and its socket, the client bound to its own path, the sockets of the two
+    closed listeners, and four unnamed clients, each connected to its accepted peer."""
+    socks = m["sockets"]
+    names = [s["name"] for s in socks]
+    assert len(socks) == 13, socks
+
+    def named(end: str) -> list[dict]:
+        return [s for s in socks if s["name"].endswith(end) or
+                (end.startswith("@") and s["name"].startswith(end))]
+    assert len(named("/fdkind-acc.sock")) == 4, names
+    assert len(named("@fdkind-acc-")) == 2, names
+    assert len(named("/fdkind-cli.sock")) == 1 and len(named("/fdkind-old.sock")) == 1, names
+    assert len(named("@fdkind-old-")) == 1 and names.count("") == 4, names
+    listeners = [s for s in socks if s["state"] == 10]
+    assert sorted((s["type"], s["name"][:1]) for s in listeners) == [(1, "/"), (5, "@")], listeners
+    gone = [s for s in socks if s["peer_gone"]]
+    assert len(gone) == 1 and gone[0]["name"].endswith("/fdkind-acc.sock"), gone
+    assert gone[0]["queued"] == [3], gone
+    by_ino = {s["ino"]: s for s in socks}
+    for s in socks:
+        if s["state"] != 10 and not s["peer_gone"]:
+            assert by_ino[s["peer"]]["peer"] == s["ino"], s
+            assert "" in (s["name"], by_ino[s["peer"]]["name"]) or \
+                {s["name"][-8:], by_ino[s["peer"]]["name"][-8:]} == {"acc.sock", "cli.sock"}, s
+    assert sorted(q for s in socks for q in s["queued"]) == [3, 5, 5], socks
+
+
+def _dgram_named(m: dict):
+    """Five named datagram sockets and one unnamed: the pair connected by name, one
+    connected one way to a socket connected to nothing, a socketpair with a bound end;
+    one datagram queued (from its peer, which refills it)."""
+    socks = m["sockets"]
+    assert len(socks) == 6 and all(s["type"] == 2 for s in socks), socks
+
+    def one(pred: Callable[[str], bool]) -> dict:
+        got = [s for s in socks if pred(s["name"])]
+        assert len(got) == 1, socks
+        return got[0]
+    d1 = one(lambda n: n.startswith("@fdkind-dg1-"))
+    d2, d3, d4 = (one(lambda n, i=i: n.endswith(f"/fdkind-dg{i}.sock")) for i in (2, 3, 4))
+    e0, e1 = one(lambda n: n.startswith("@fdkind-e1-")), one(lambda n: n == "")
+    assert [d1["peer"], d2["peer"], d3["peer"], d4["peer"]] == [d2["ino"], d1["ino"], d4["ino"], 0]
+    assert [e0["peer"], e1["peer"]] == [e1["ino"], e0["ino"]], socks
+    assert [s["queued"] for s in (d1, d2, d3, d4, e0, e1)] == [[], [5], [], [], [], []], socks
+
+
 RESTORED: dict[str, Callable[[dict], None]] = {
     "flags": _flags,
     "opens": _opens,
@@ -92,13 +141,15 @@ RESTORED: dict[str, Callable[[dict], None]] = {
     "pipe_reopen": _pipe_reopen,
     "dgram_shut_rd": _dgram_shut_rd,
     "unix_peer_gone": _peer_gone,
+    "unix_accepted": _accepted,
+    "dgram_named": _dgram_named,
 }
 
 
-def fd_kind_spec(e2e: E2E, kind: str, rounds: int = ROUNDS) -> JobSpec:
-    return JobSpec(name=f"fdkind_{kind}",
+def fd_kind_spec(e2e: E2E, kind: str, rounds: int = ROUNDS, user: str | None = None) -> JobSpec:
+    return JobSpec(name=f"fdkind_{kind}" + ("_user" if user else ""),
                    argv=[str(e2e.program("ckpt_fd_kind")), kind, str(rounds), str(TICK_MS)],
-                   progress=("lines", "stdout"), timeout=120)
+                   user=user, progress=("lines", "stdout"), timeout=120)
 
 
 @pytest.mark.parametrize("kind", RESTORED)
@@ -115,6 +166,15 @@ def test_fd_kind(e2e: E2E, kind: str):
     checkpoint_run(e2e, spec, [0.3, 0.6], "middle", check_dump=check)
 
 
+def test_fd_kind_as_user(e2e: E2E, test_user):
+    """Socket names of a job of an ordinary user: the restore binds its path names and
+    connects to its path listener as that user (the program checks every name each round)."""
+    spec = fd_kind_spec(e2e, "unix_accepted", user=test_user)
+    ref = e2e.reference(spec)
+    assert ref.status == 0, ref.snap["stdout"].text[-500:]
+    checkpoint_run(e2e, spec, [0.4], "user", check_dump=lambda job, stats, m: _accepted(m))
+
+
 # Refused kinds: the (pid, fd) pairs the error may name, and a word it must hold.
 REFUSED: dict[str, tuple[Callable[[list[int]], list[tuple[int, int]]], str]] = {
     "epoll_closed": (lambda pids: fds_matching(pids, lambda t: t == "anon_inode:[eventpoll]"),
@@ -128,6 +188,10 @@ REFUSED: dict[str, tuple[Callable[[list[int]], list[tuple[int, int]]], str]] = {
                       "no peer"),
     "dgram_peer_gone": (lambda pids: fds_matching(pids, lambda t: t.startswith("socket:")),
                         "peer is gone"),
+    "dgram_one_way": (lambda pids: fds_matching(pids, lambda t: t.startswith("socket:")),
+                      "not connected back"),
+    "dgram_one_way_queued": (lambda pids: fds_matching(pids, lambda t: t.startswith("socket:")),
+                             "senders are unknown"),
     # Names both processes; no fd: checked below.
     "files_sibling": (lambda pids: [(p, 0) for p in pids], "CLONE_FILES"),
 }

@@ -28,6 +28,18 @@
 //   unix_peer_gone a stream and a seqpacket socketpair whose other end wrote and then
 //                 closed: each round a send must fail with EPIPE; at the end the data
 //                 written is read, then end of file
+//   unix_accepted sockets accepted from a stream listener on a path (from an unbound
+//                 client, from a client bound to its own path, from a client that wrote
+//                 and closed) and from a seqpacket listener on an abstract name, and from
+//                 a path and an abstract listener since closed (the path's file left):
+//                 each round checks every socket's name and peer name, a record each
+//                 way, the left file, and a new connection to each listener; data queued
+//                 since the start is read at the end
+//   dgram_named   datagram sockets bound (abstract, path) and connected to each other by
+//                 name, one connected one way to a bound unconnected socket, and a
+//                 socketpair with one end bound afterwards: names, peer names and the
+//                 sender address of a datagram each way every round; a datagram queued
+//                 since the start is read at the end with its sender
 // Kinds the dump must refuse (the job runs on unharmed):
 //   unix_relative a datagram socket bound to a relative path
 //   files_sibling a child and the process it made with CLONE_FILES | CLONE_PARENT,
@@ -40,6 +52,10 @@
 //                 so it still holds its dead peer); at the end a send fails (ECONNREFUSED)
 //   dgram_no_peer a datagram socket bound to an abstract name holding three datagrams
 //                 that an unconnected socket sent to that name, read at the end
+//   dgram_one_way a datagram socketpair whose one end disconnected (connect AF_UNSPEC):
+//                 the other still sends to it, which has no name to connect to again
+//   dgram_one_way_queued a datagram socket connected to a bound socket that is connected
+//                 to nothing and sent it a datagram by name, queued until the end
 //
 // Exit status 0; 1 with a line "FAIL ..." saying what failed.
 #include <fcntl.h>
@@ -62,6 +78,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "kind_prog.h"
@@ -317,6 +335,212 @@ void run_unix_names(int rounds) {
   unlink(dg_path.c_str());
 }
 
+std::string peer_name_of(int fd) {
+  sockaddr_un sa{};
+  socklen_t len = sizeof sa;
+  check(getpeername(fd, reinterpret_cast<sockaddr*>(&sa), &len), "getpeername");
+  if (len <= offsetof(sockaddr_un, sun_path)) return "";
+  std::string s(sa.sun_path, len - offsetof(sockaddr_un, sun_path));
+  if (!s.empty() && s[0] == '\0') return "@" + s.substr(1);
+  return s.c_str();
+}
+
+// Socket `fd` must be named `name` and its peer `peer` (exactly those strings).
+void want_names(int fd, const std::string& name, const std::string& peer, const std::string& what,
+                int round) {
+  const std::string R = "round " + str(round) + ": " + what;
+  if (name_of(fd) != name) fail(R + " named '" + name_of(fd) + "', want '" + name + "'");
+  if (peer_name_of(fd) != peer)
+    fail(R + "'s peer named '" + peer_name_of(fd) + "', want '" + peer + "'");
+}
+
+// A run's tag for abstract names (per network namespace), kept in memory across a
+// restore, and an absolute path in the working directory.
+std::string run_tag() {
+  timespec now{};
+  clock_gettime(CLOCK_REALTIME, &now);
+  return str(getpid()) + "-" + str(static_cast<int>(now.tv_nsec));
+}
+
+std::string cwd_path(const std::string& file) {
+  char cwd[4096];
+  if (!getcwd(cwd, sizeof cwd)) die("getcwd");
+  std::string p = std::string(cwd) + "/" + file;
+  if (p.size() >= sizeof(sockaddr_un::sun_path)) fail("working directory path too long");
+  unlink(p.c_str());
+  return p;
+}
+
+int connected_to(int type, const std::string& name, int bound_fd = -1) {
+  int c = bound_fd >= 0 ? bound_fd : check(socket(AF_UNIX, type | SOCK_CLOEXEC, 0), "socket");
+  socklen_t len;
+  sockaddr_un sa = addr(name, len);
+  check(connect(c, reinterpret_cast<sockaddr*>(&sa), len), "connect " + name);
+  return c;
+}
+
+// One record each way through a connected pair (only a -> b when `back` is false).
+void both_ways(int a, int b, const std::string& rec, const std::string& what, bool back = true) {
+  char buf[64];
+  for (auto [from, to] : {std::pair{a, b}, std::pair{b, a}}) {
+    if (from == b && !back) break;
+    if (write(from, rec.data(), rec.size()) != static_cast<ssize_t>(rec.size()))
+      die(what + ": write");
+    if (read(to, buf, sizeof buf) != static_cast<ssize_t>(rec.size()) ||
+        std::string(buf, rec.size()) != rec)
+      fail(what + ": record lost: " + rec);
+  }
+}
+
+void run_unix_accepted(int rounds) {
+  signal(SIGPIPE, SIG_IGN);
+  const std::string tag = run_tag();
+  const std::string srv = cwd_path("fdkind-acc.sock"), cli = cwd_path("fdkind-cli.sock");
+  const std::string old = cwd_path("fdkind-old.sock");
+  const std::string abs = "@fdkind-acc-" + tag, abs_old = "@fdkind-old-" + tag;
+  int l1 = bound(SOCK_STREAM, srv);
+  check(listen(l1, 8), "listen");
+  int l2 = bound(SOCK_SEQPACKET, abs);
+  check(listen(l2, 8), "listen");
+  auto acc = [](int l) { return check(accept4(l, nullptr, nullptr, SOCK_CLOEXEC), "accept"); };
+  int c1 = connected_to(SOCK_STREAM, srv);  // unbound client
+  int a1 = acc(l1);
+  int c2 = connected_to(SOCK_STREAM, srv, bound(SOCK_STREAM, cli));  // bound before connect
+  int a2 = acc(l1);
+  int c3 = connected_to(SOCK_SEQPACKET, abs);
+  int a3 = acc(l2);
+  // Listeners closed once they accepted, the path one's file left behind.
+  int l3 = bound(SOCK_STREAM, old);
+  check(listen(l3, 1), "listen");
+  int c4 = connected_to(SOCK_STREAM, old);
+  int a4 = acc(l3);
+  close(l3);
+  struct stat old_st {};
+  check(stat(old.c_str(), &old_st), "stat " + old);
+  int l4 = bound(SOCK_SEQPACKET, abs_old);
+  check(listen(l4, 1), "listen");
+  int c5 = connected_to(SOCK_SEQPACKET, abs_old);
+  int a5 = acc(l4);
+  close(l4);
+  // An accepted socket whose client wrote and went.
+  int c6 = connected_to(SOCK_STREAM, srv);
+  int a6 = acc(l1);
+  if (write(c6, "bye", 3) != 3) die("write bye");
+  close(c6);
+  // Queued on an accepted socket and on a client, read at the end.
+  if (write(c2, "early", 5) != 5 || write(a3, "first", 5) != 5) die("write early");
+  for (int r = 1; r <= rounds; ++r) {
+    const std::string rec = "accepted " + str(r);
+    want_names(a1, srv, "", "accepted socket 1", r);
+    want_names(c1, "", srv, "client 1", r);
+    want_names(a2, srv, cli, "accepted socket 2", r);
+    want_names(c2, cli, srv, "bound client 2", r);
+    want_names(a3, abs, "", "abstract accepted socket", r);
+    want_names(c3, "", abs, "abstract client", r);
+    want_names(a4, old, "", "socket of a closed listener", r);
+    want_names(c4, "", old, "client of a closed listener", r);
+    want_names(a5, abs_old, "", "socket of a closed abstract listener", r);
+    want_names(c5, "", abs_old, "client of a closed abstract listener", r);
+    if (name_of(a6) != srv)
+      fail("round " + str(r) + ": accepted socket of a gone client named " + name_of(a6));
+    if (send(a6, "x", 1, MSG_NOSIGNAL | MSG_DONTWAIT) != -1 || errno != EPIPE)
+      fail("round " + str(r) + ": a send to a gone client did not fail with EPIPE");
+    both_ways(a1, c1, rec, "pair 1");
+    // The other way, "early" and "first" wait in the queues.
+    both_ways(a2, c2, rec, "pair of the bound client", false);
+    both_ways(c3, a3, rec, "abstract pair", false);
+    both_ways(a4, c4, rec, "pair of a closed listener");
+    both_ways(a5, c5, rec, "pair of a closed abstract listener");
+    // The dumped listener's file is the same file, and the listeners still take
+    // connections.
+    struct stat st {};
+    if (stat(old.c_str(), &st) < 0 || !S_ISSOCK(st.st_mode) || st.st_ino != old_st.st_ino)
+      fail("round " + str(r) + ": the closed listener's socket file changed");
+    for (auto [l, type, name] : {std::tuple{l1, SOCK_STREAM, srv}, {l2, SOCK_SEQPACKET, abs}}) {
+      int c = connected_to(type, name);
+      int a = acc(l);
+      want_names(a, name, "", "new accepted socket", r);
+      both_ways(a, c, rec, "new pair");
+      close(a);
+      close(c);
+    }
+    line("unix_accepted " + str(r));
+    tick();
+  }
+  char buf[16];
+  if (read(a2, buf, sizeof buf) != 5 || std::memcmp(buf, "early", 5) != 0) fail("early lost");
+  if (read(c3, buf, sizeof buf) != 5 || std::memcmp(buf, "first", 5) != 0) fail("first lost");
+  if (read(a6, buf, sizeof buf) != 3 || std::memcmp(buf, "bye", 3) != 0) fail("bye lost");
+  if (read(a6, buf, sizeof buf) != 0) fail("no end of file from the gone client");
+  for (const std::string* p : {&srv, &cli, &old}) unlink(p->c_str());
+}
+
+void run_dgram_named(int rounds) {
+  const std::string tag = run_tag();
+  const std::string n1 = "@fdkind-dg1-" + tag, n2 = cwd_path("fdkind-dg2.sock");
+  const std::string n3 = cwd_path("fdkind-dg3.sock"), n4 = cwd_path("fdkind-dg4.sock");
+  const std::string ne = "@fdkind-e1-" + tag;
+  // d1 and d2 bound and connected to each other by name; d3 connected one way to d4,
+  // which is connected to nothing; a socketpair whose one end was bound afterwards.
+  int d1 = bound(SOCK_DGRAM, n1), d2 = bound(SOCK_DGRAM, n2);
+  int d3 = bound(SOCK_DGRAM, n3), d4 = bound(SOCK_DGRAM, n4);
+  connected_to(SOCK_DGRAM, n2, d1);
+  connected_to(SOCK_DGRAM, n1, d2);
+  connected_to(SOCK_DGRAM, n4, d3);
+  int e[2];
+  check(socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, e), "socketpair");
+  socklen_t len;
+  sockaddr_un sa = addr(ne, len);
+  check(bind(e[0], reinterpret_cast<sockaddr*>(&sa), len), "bind " + ne);
+  if (send(d1, "early", 5, 0) != 5) die("send early");  // queued on d2 until the end
+  // One datagram from `from` to `to`, which must see it sent from `sender`.
+  auto through = [](int from, int to, const std::string& sender, const std::string& rec,
+                    const std::string& what) {
+    if (send(from, rec.data(), rec.size(), 0) != static_cast<ssize_t>(rec.size()))
+      die(what + ": send");
+    char buf[64];
+    sockaddr_un got{};
+    socklen_t gl = sizeof got;
+    ssize_t n = recvfrom(to, buf, sizeof buf, MSG_DONTWAIT, reinterpret_cast<sockaddr*>(&got), &gl);
+    if (n != static_cast<ssize_t>(rec.size()) || std::string(buf, rec.size()) != rec)
+      fail(what + ": datagram lost: " + rec);
+    std::string from_name;
+    if (gl > offsetof(sockaddr_un, sun_path)) {
+      from_name.assign(got.sun_path, gl - offsetof(sockaddr_un, sun_path));
+      from_name = from_name[0] == '\0' ? "@" + from_name.substr(1) : from_name.c_str();
+    }
+    if (from_name != sender) fail(what + ": sent from '" + from_name + "', want '" + sender + "'");
+  };
+  for (int r = 1; r <= rounds; ++r) {
+    const std::string rec = "dgram " + str(r);
+    want_names(d1, n1, n2, "d1", r);
+    want_names(d3, n3, n4, "d3", r);
+    want_names(e[0], ne, "", "bound socketpair end", r);
+    want_names(e[1], "", ne, "other socketpair end", r);
+    if (name_of(d2) != n2 || peer_name_of(d2) != n1) fail("round " + str(r) + ": d2's names");
+    sockaddr_un none{};
+    socklen_t nl = sizeof none;
+    if (name_of(d4) != n4 || getpeername(d4, reinterpret_cast<sockaddr*>(&none), &nl) != -1 ||
+        errno != ENOTCONN)
+      fail("round " + str(r) + ": d4 is named " + name_of(d4) + " or connected");
+    through(d2, d1, n2, rec, "d2 -> d1");
+    through(d3, d4, n3, rec, "d3 -> d4");
+    through(e[0], e[1], ne, rec, "bound end -> other end");
+    through(e[1], e[0], "", rec, "other end -> bound end");
+    line("dgram_named " + str(r));
+    tick();
+  }
+  // d2's queue: "early" from d1, sent before the first round.
+  char buf[16];
+  sockaddr_un got{};
+  socklen_t gl = sizeof got;
+  ssize_t n = recvfrom(d2, buf, sizeof buf, MSG_DONTWAIT, reinterpret_cast<sockaddr*>(&got), &gl);
+  if (n != 5 || std::memcmp(buf, "early", 5) != 0 || got.sun_path[0] != '\0' ||
+      std::string(got.sun_path + 1, gl - offsetof(sockaddr_un, sun_path) - 1) != n1.substr(1))
+    fail("the datagram queued on d2 was lost or its sender changed");
+  for (const std::string* p : {&n2, &n3, &n4}) unlink(p->c_str());
+}
+
 void run_epoll_closed(int rounds) {
   int p[2];
   check(pipe2(p, O_CLOEXEC), "pipe2");
@@ -489,6 +713,45 @@ void run_dgram_peer_gone(int rounds) {
     fail("a send to the closed peer did not fail with ECONNREFUSED");
 }
 
+void run_dgram_one_way(int rounds) {
+  int sv[2];
+  check(socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, sv), "socketpair");
+  sockaddr unspec{};
+  unspec.sa_family = AF_UNSPEC;
+  check(connect(sv[1], &unspec, sizeof unspec), "disconnect");
+  for (int r = 1; r <= rounds; ++r) {
+    std::string rec = "one way " + str(r);
+    char buf[32];
+    if (send(sv[0], rec.data(), rec.size(), 0) != static_cast<ssize_t>(rec.size()) ||
+        recv(sv[1], buf, sizeof buf, MSG_DONTWAIT) != static_cast<ssize_t>(rec.size()))
+      die("round " + str(r) + ": datagram to the unnamed end");
+    sockaddr_un sa{};
+    socklen_t len = sizeof sa;
+    if (getpeername(sv[1], reinterpret_cast<sockaddr*>(&sa), &len) != -1 || errno != ENOTCONN)
+      fail("round " + str(r) + ": the disconnected end is connected");
+    line("dgram_one_way " + str(r));
+    tick();
+  }
+}
+
+void run_dgram_one_way_queued(int rounds) {
+  const std::string tag = run_tag();
+  const std::string na = "@fdkind-owq-a-" + tag, nb = "@fdkind-owq-b-" + tag;
+  int a = bound(SOCK_DGRAM, na), b = bound(SOCK_DGRAM, nb);
+  connected_to(SOCK_DGRAM, nb, a);  // a -> b; b is connected to nothing
+  socklen_t len;
+  sockaddr_un sa = addr(na, len);
+  check(static_cast<int>(sendto(b, "queued", 6, 0, reinterpret_cast<sockaddr*>(&sa), len)),
+        "sendto");
+  for (int r = 1; r <= rounds; ++r) {
+    line("dgram_one_way_queued " + str(r));
+    tick();
+  }
+  char buf[8];
+  if (recv(a, buf, sizeof buf, MSG_DONTWAIT) != 6 || std::memcmp(buf, "queued", 6) != 0)
+    fail("the datagram queued on the one-way socket");
+}
+
 void run_dgram_no_peer(int rounds) {
   timespec now{};
   clock_gettime(CLOCK_REALTIME, &now);
@@ -565,6 +828,10 @@ int main(int argc, char** argv) {
       {"dgram_no_peer", run_dgram_no_peer},
       {"dgram_peer_gone", run_dgram_peer_gone},
       {"unix_peer_gone", run_unix_peer_gone},
+      {"unix_accepted", run_unix_accepted},
+      {"dgram_named", run_dgram_named},
+      {"dgram_one_way", run_dgram_one_way},
+      {"dgram_one_way_queued", run_dgram_one_way_queued},
   };
   return run_kind(argc, argv, "ckpt_fd_kind", kKinds, 900);
 }
