@@ -6,6 +6,7 @@
 #include <sys/utsname.h>
 
 #include <chrono>
+#include <future>
 #include <filesystem>
 
 #include "ckpt/creds.h"
@@ -23,6 +24,7 @@
 #include "ckpt/pipes.h"
 #include "ckpt/mempolicy.h"
 #include "ckpt/placement.h"
+#include "ckpt/proc.h"
 #include "ckpt/procattr.h"
 #include "ckpt/pstree.h"
 #include "ckpt/sections.h"
@@ -93,6 +95,9 @@ DumpStats dump(const DumpOptions& o) {
   }
   FrozenTree& tree = *frozen;
   phase("seize");
+  // The job's locks cannot change while it is frozen: /proc/locks is read meanwhile.
+  std::future<std::string> proc_locks =
+      std::async(std::launch::async, [] { return read_file("/proc/locks"); });
   auto& procs = tree.processes();
   Manifest m;
   utsname u{};
@@ -152,7 +157,7 @@ DumpStats dump(const DumpOptions& o) {
   for (auto& p : procs)
     if (!p.zombie) dump_files(p, procs);
   dump_ttys(procs);  // both ends of each pty, controlling terminals (tty.h)
-  check_unattributed_locks(procs);
+  check_unattributed_locks(procs, proc_locks.get());
   // TCP connections go into repair mode here (inet.h), out of it again if the dump
   // fails or the job runs on.
   InetRepair inet_repair;

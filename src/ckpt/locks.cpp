@@ -267,12 +267,11 @@ void check_attributed(std::span<DumpProcess> all, const std::vector<LockLine>& h
 
 }  // namespace
 
-void check_unattributed_locks(std::span<DumpProcess> all) {
+void check_unattributed_locks(std::span<DumpProcess> all, const std::string& proc_locks) {
   bool any = false;
   for (auto& p : all)
     for (auto& f : p.rec.fds) any = any || !f.locks.empty();
-  const std::string all_locks = read_file("/proc/locks");
-  std::vector<LockLine> held = parse_lock_lines(all_locks, "");
+  std::vector<LockLine> held = parse_lock_lines(proc_locks, "");
   if (!any && held.empty()) return;
   // First by stat(2)'s device and inode, which is what the kernel's lines show on most
   // file systems; where they differ (overlayfs, for one) a lock seems lost, and the

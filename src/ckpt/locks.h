@@ -33,7 +33,11 @@ void dump_fd_locks(const DumpProcess& p, Fd& f, const std::string& fdinfo,
 // UnsupportedError naming the process and file for a POSIX lock, flock or lease
 // that a process of the job holds but that no fd of the job showed (held through an fd
 // in flight in a Unix socket, for one), which the restore would lose.
-void check_unattributed_locks(std::span<DumpProcess> all);
+// `proc_locks` is the text of /proc/locks read after the job was frozen (the dump
+// reads it on another thread while it dumps memory: the kernel formats it one page per
+// read(2), walking its list from the start each time, which costs milliseconds when
+// the job holds thousands of locks).
+void check_unattributed_locks(std::span<DumpProcess> all, const std::string& proc_locks);
 
 // Restore, after fds and credentials (a lease needs the job's fsuid to own the file,
 // or CAP_LEASE, which the job must have had itself): takes every lock of p's fds again
