@@ -82,12 +82,14 @@ namespace fsched::ckpt {
 // manifests signed with the image key). 4: kinds of state a format-3 engine would
 // silently drop (job-control stops, seccomp strict mode, ...): a format-3 engine must
 // refuse these images, so the format changed. 5: more of them (a flock held through a
-// file mapping, chroot, cgroup and login uid, new fd and timer kinds). A build reads formats
+// file mapping, chroot, cgroup and login uid, new fd and timer kinds). 6: files in
+// flight in Unix sockets, Unix socket options, names of accepted and connected Unix
+// sockets; file locks as arrays. A build reads formats
 // kOldestImageFormat..kImageFormatVersion (an older image lacks only state that did not
 // exist then; its fields take their defaults); another is refused with an ImageError
 // naming both. Rule: a new manifest field that an engine of the same format would
 // ignore while restoring means a new format.
-inline constexpr int kImageFormatVersion = 5;
+inline constexpr int kImageFormatVersion = 6;
 inline constexpr int kOldestImageFormat = 3;
 // Alignment of chunk offsets in pages.img, in bytes (the O_DIRECT block size of the
 // file systems we write to; see open(2), O_DIRECT).

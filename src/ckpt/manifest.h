@@ -422,7 +422,30 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Vma, start, end, prot, shared, k
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(EpollTarget, fd, events, data)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(InotifyWatch, wd, ino, sdev, mask, handle_type,
                                                 handle_hex, path)
-NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(FileLock, kind, write, start, end, to_eof)
+// A lock as [kind, write, start, end, to_eof]: a job may hold tens of thousands, each
+// converted while the job is frozen, and an array costs far less than an object with
+// its keys (format 6). Formats 3 to 5 wrote objects, which are still read.
+inline void to_json(nlohmann::json& j, const FileLock& l) {
+  j = nlohmann::json::array({l.kind, l.write, l.start, l.end, l.to_eof});
+}
+inline void from_json(const nlohmann::json& j, FileLock& l) {
+  l = FileLock{};
+  if (j.is_array()) {
+    if (j.size() != 5)
+      throw nlohmann::json::type_error::create(302, "a lock is an array of 5 values", &j);
+    j[0].get_to(l.kind);
+    j[1].get_to(l.write);
+    j[2].get_to(l.start);
+    j[3].get_to(l.end);
+    j[4].get_to(l.to_eof);
+    return;
+  }
+  l.kind = j.value("kind", l.kind);
+  l.write = j.value("write", l.write);
+  l.start = j.value("start", l.start);
+  l.end = j.value("end", l.end);
+  l.to_eof = j.value("to_eof", l.to_eof);
+}
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(
     Fd, fd, kind, path, flags, pos, file, deleted_key, shared_pid, shared_fd, count, semaphore,
     clockid, settime_flags, value_ns, interval_ns, sigmask, targets, watches, locks, owner_type,

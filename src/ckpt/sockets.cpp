@@ -122,23 +122,35 @@ std::map<std::uint64_t, DiagInfo> unix_sockets(std::uint64_t only = 0) {
 struct Peeked {
   std::string data;
   std::vector<UniqueFd> fds;
+  std::string from;  // a datagram's sender, as recvfrom(2) names it ("@..." abstract)
 };
 
 // Peeks at `len` bytes of `sock`'s queue from its peek offset (SO_PEEK_OFF, which the
 // peek moves on). The files a message carries come with it; a stream peek stops at
 // the end of the first buffer that carries files, as a read would.
 ssize_t peek_one(int sock, std::vector<char>& buf, std::size_t len, std::vector<UniqueFd>& fds,
-                 const std::string& who) {
+                 std::string& from, const std::string& who) {
   // SCM_MAX_FD (253) files per message.
   alignas(cmsghdr) char ctl[CMSG_SPACE(sizeof(int) * 253)];
   iovec iov{buf.data(), len};
+  sockaddr_un sa{};
   msghdr mh{};
+  mh.msg_name = &sa;
+  mh.msg_namelen = sizeof sa;
   mh.msg_iov = &iov;
   mh.msg_iovlen = 1;
   mh.msg_control = ctl;
   mh.msg_controllen = sizeof ctl;
   ssize_t r = ::recvmsg(sock, &mh, MSG_PEEK | MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
   if (r < 0) return r;
+  from.clear();
+  if (mh.msg_namelen > offsetof(sockaddr_un, sun_path)) {
+    const std::size_t n =
+        std::min<std::size_t>(mh.msg_namelen - offsetof(sockaddr_un, sun_path), sizeof sa.sun_path);
+    from.assign(sa.sun_path, n);
+    if (!from.empty() && from[0] == '\0') from[0] = '@';  // abstract, as unix_sockets() names it
+    from = from.c_str();
+  }
   fds.clear();
   for (cmsghdr* c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
     if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
@@ -186,7 +198,8 @@ std::vector<Peeked> peek_queue(int sock, int type, std::uint32_t rqueue, bool rc
   std::vector<UniqueFd> fds;
   for (;;) {
     const std::size_t want = type == SOCK_STREAM ? rqueue - seen : buf.size();
-    ssize_t r = peek_one(sock, buf, want, fds, who);
+    std::string from;
+    ssize_t r = peek_one(sock, buf, want, fds, from, who);
     if (r < 0) {
       if (errno == EAGAIN) break;
       fail_errno("{}: peeking at its queue", who);
@@ -207,7 +220,8 @@ std::vector<Peeked> peek_queue(int sock, int type, std::uint32_t rqueue, bool rc
           who);
     // The peek offset does not move past an empty datagram.
     if (r == 0) fail_unsupported("{}: an empty datagram is queued (unsupported)", who);
-    msgs.push_back(Peeked{std::string(buf.data(), static_cast<std::size_t>(r)), std::move(fds)});
+    msgs.push_back(
+        Peeked{std::string(buf.data(), static_cast<std::size_t>(r)), std::move(fds), from});
     fds.clear();
     seen += static_cast<std::uint64_t>(r);
   }
@@ -458,6 +472,18 @@ void dump_sockets(std::span<DumpProcess> procs, Manifest& m, ImageWriter& img) {
             fail_unsupported(
                 "{}: data queued on a socket with no peer (sent to its name) is not supported",
                 who);
+          // Refilled from its peer, each datagram must have come from it: recvfrom(2)
+          // names the sender.
+          if (d.type == SOCK_DGRAM && s.peer) {
+            auto pd = diag.find(s.peer);
+            const std::string peer_name = pd != diag.end() ? pd->second.name : "";
+            if (msg.from != peer_name)
+              fail_unsupported(
+                  "{}: a datagram queued from {} while its peer is {}: not supported (the "
+                  "restore sends the queue from the peer)",
+                  who, msg.from.empty() ? "an unnamed socket" : msg.from,
+                  peer_name.empty() ? "unnamed" : peer_name);
+          }
           if (!msg.fds.empty())
             s.rights.push_back(ScmRights{.msg = static_cast<std::uint32_t>(s.queued.size()),
                                          .fds = in_flight.add(std::move(msg.fds), who)});

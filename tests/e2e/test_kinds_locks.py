@@ -25,7 +25,7 @@ TICK_MS = 50
 def _locks(m: dict) -> list[tuple[int, int, str, list[tuple]]]:
     """(pid, fd, path's name, [(kind, write, start, end, to_eof)]) of every fd with locks."""
     return [(p["pid"], f["fd"], Path(f["path"]).name,
-             [(l["kind"], l["write"], l["start"], l["end"], l["to_eof"]) for l in f["locks"]])
+             [tuple(l) for l in f["locks"]])  # [kind, write, start, end, to_eof]
             for p in m["processes"] for f in p.get("fds", []) if f.get("locks")]
 
 

@@ -120,6 +120,9 @@ REFUSED: dict[str, tuple[Callable[[list[int]], Callable[[str], None]], tuple[str
     "unix_oob": (lambda pids: names_one_fd(
         fds_matching(pids, lambda t: t.startswith("socket:")), "socket"),
         ("out-of-band",)),
+    "dgram_other_sender": (lambda pids: names_one_fd(
+        fds_matching(pids, lambda t: t.startswith("socket:")), "socket"),
+        ("queued from @unixkind-os-", "-sender")),
 }
 
 

@@ -28,6 +28,9 @@
 //              the credentials of its sender (this process)
 //   sock_filter a datagram socket with a classic socket filter (SO_ATTACH_FILTER)
 //   unix_oob   a stream socketpair holding an out-of-band byte (MSG_OOB), read at the end
+//   dgram_other_sender two datagram sockets bound to abstract names and connected to each
+//              other, one holding a datagram that a third named socket sent it before
+//              they connected: recvfrom(2) at the end must name that sender
 //   scm_pipe   a pipe's read end in flight whose both ends the process closed
 //   scm_lock   a regular file in flight that holds a flock(2) lock, closed by the process
 //
@@ -40,6 +43,7 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/time.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -412,14 +416,54 @@ void run_unix_oob(int rounds) {
     fail("the bytes before the out-of-band byte");
 }
 
+sockaddr_un abstract(const std::string& name, socklen_t& len) {
+  sockaddr_un sa{};
+  sa.sun_family = AF_UNIX;
+  std::memcpy(sa.sun_path + 1, name.data(), name.size());
+  len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + name.size());
+  return sa;
+}
+
+void run_dgram_other_sender(int rounds) {
+  const std::string me = "unixkind-os-" + str(getpid());
+  socklen_t la, lb, lc;
+  sockaddr_un a = abstract(me + "-peer", la), b = abstract(me, lb),
+              c = abstract(me + "-sender", lc);
+  int sa = check(socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0), "socket");
+  int sb = check(socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0), "socket");
+  int sc = check(socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0), "socket");
+  check(bind(sa, reinterpret_cast<sockaddr*>(&a), la), "bind the peer");
+  check(bind(sb, reinterpret_cast<sockaddr*>(&b), lb), "bind");
+  check(bind(sc, reinterpret_cast<sockaddr*>(&c), lc), "bind the sender");
+  // Sent before the two connect to each other (after, only the peer may send).
+  if (sendto(sc, "o", 1, 0, reinterpret_cast<sockaddr*>(&b), lb) != 1) die("sendto");
+  check(connect(sb, reinterpret_cast<sockaddr*>(&a), la), "connect");
+  check(connect(sa, reinterpret_cast<sockaddr*>(&b), lb), "connect the peer");
+  for (int r = 1; r <= rounds; ++r) {
+    line("dgram_other_sender " + str(r));
+    tick();
+  }
+  sockaddr_un from{};
+  socklen_t lf = sizeof from;
+  char ch = 0;
+  if (recvfrom(sb, &ch, 1, MSG_DONTWAIT, reinterpret_cast<sockaddr*>(&from), &lf) != 1 ||
+      lf != lc || std::memcmp(&from, &c, lc) != 0)
+    fail("the queued datagram's sender changed");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   static const Kind kKinds[] = {
-      {"scm_held", run_scm_held},       {"scm_alone", run_scm_alone},
-      {"scm_pipe", run_scm_pipe},       {"scm_lock", run_scm_lock},
-      {"unix_opts", run_unix_opts},     {"passcred_queued", run_passcred_queued},
-      {"sock_filter", run_sock_filter}, {"unix_oob", run_unix_oob},
+      {"scm_held", run_scm_held},
+      {"scm_alone", run_scm_alone},
+      {"scm_pipe", run_scm_pipe},
+      {"scm_lock", run_scm_lock},
+      {"unix_opts", run_unix_opts},
+      {"passcred_queued", run_passcred_queued},
+      {"sock_filter", run_sock_filter},
+      {"unix_oob", run_unix_oob},
+      {"dgram_other_sender", run_dgram_other_sender},
   };
   return run_kind(argc, argv, "ckpt_unix_kind", kKinds, 900);
 }

@@ -281,5 +281,20 @@ TEST(Sections, ValidateChecksFilesInFlight) {
   EXPECT_THAT(image_error_of([&] { validate_manifest(bad, 15); }), HasSubstr("path relative"));
 }
 
+// Locks are written as arrays since format 6; the objects of formats 3 to 5 still read.
+TEST(ManifestJson, FileLocksAsArraysAndObjects) {
+  FileLock l{.kind = LockKind::kPosix, .write = true, .start = 4, .end = 9, .to_eof = false};
+  json j = l;
+  EXPECT_EQ(j, json::parse(R"(["posix", true, 4, 9, false])"));
+  EXPECT_EQ(j.get<FileLock>(), l);
+  EXPECT_EQ(
+      json::parse(R"({"kind": "posix", "write": true, "start": 4, "end": 9, "to_eof": false})")
+          .get<FileLock>(),
+      l);
+  FileLock flock{.kind = LockKind::kFlock, .write = false, .start = 0, .end = 0, .to_eof = true};
+  EXPECT_EQ(json::parse(R"({"kind": "flock"})").get<FileLock>(), flock);
+  EXPECT_THROW(json::parse(R"(["posix", true, 4])").get<FileLock>(), json::exception);
+}
+
 }  // namespace
 }  // namespace fsched::ckpt
