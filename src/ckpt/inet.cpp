@@ -318,6 +318,41 @@ void refuse_unrestorable_options(int fd, int family, const std::string& who) {
   }
 }
 
+// State the kernel keeps beside the queues that a restored socket would not have: a
+// pending error (sk_err, the next call's or SO_ERROR's answer, e.g. ECONNREFUSED from
+// an ICMP error on a connected UDP socket, ECONNRESET on a reset connection) or an
+// error queue (IP_RECVERR, timestamps, zerocopy completions), and TCP urgent data
+// (send(MSG_OOB)). Both are read without changing them: poll(2) reports POLLERR for
+// either error without clearing sk_err (getsockopt SO_ERROR would clear it, so it is
+// not used); recv(MSG_OOB | MSG_PEEK) returns the urgent byte without reading it, and
+// EAGAIN when the urgent pointer has arrived before its byte. Must run before repair
+// mode (a socket in repair mode answers MSG_OOB the same, but nothing else here needs
+// it).
+void refuse_error_and_urgent(int fd, int type, int state, const std::string& who) {
+  pollfd pfd{fd, 0, 0};
+  if (::poll(&pfd, 1, 0) < 0) fail_errno("{}: poll", who);
+  if (pfd.revents & POLLERR)
+    fail_unsupported(
+        "{}: a pending socket error or a non-empty error queue (POLLERR; SO_ERROR, "
+        "IP_RECVERR) is not supported",
+        who);
+  if (type != SOCK_STREAM || state != TCP_ESTABLISHED) return;
+  char c = 0;
+  ssize_t r = ::recv(fd, &c, 1, MSG_OOB | MSG_PEEK | MSG_DONTWAIT);
+  if (r == 1 || (r < 0 && errno == EAGAIN))
+    fail_unsupported("{}: TCP urgent (out-of-band) data not yet read (MSG_OOB) is not supported",
+                     who);
+  // The urgent mark where reading is: its byte, already read out of band, is skipped by
+  // the next read (or, with SO_OOBINLINE, is read there); the restored queue would have
+  // neither the mark nor the skip.
+  int at_mark = 0;
+  if (::ioctl(fd, SIOCATMARK, &at_mark) == 0 && at_mark)
+    fail_unsupported(
+        "{}: TCP urgent (out-of-band) data: its mark at the read position (SIOCATMARK) is not "
+        "supported",
+        who);
+}
+
 void dump_inet_fd(const FdDumpCtx& c, Fd& f) {
   f.file.ino = std::stoull(c.link.substr(8));
   f.path.clear();
@@ -727,6 +762,7 @@ void dump_inet(std::span<DumpProcess> procs, Manifest& m, InetRepair& repair) {
               who, d.rqueue);
       }
       refuse_unrestorable_options(fd, s.family, who);
+      refuse_error_and_urgent(fd, s.type, s.state, who);
       for (const Opt& o : kOptions) {
         if (!applies(o, s.family, s.type, s.state)) continue;
         std::string v = get_opt(fd, o.level, o.name);

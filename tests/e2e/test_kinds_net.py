@@ -169,6 +169,12 @@ REFUSED: dict[str, str] = {
     # Its connection was put in repair mode before the UDP socket was refused: the job
     # must then talk on through it (repair mode undone).
     "repair_undo": "receive queue",
+    "urgent": "urgent (out-of-band) data",
+    "so_error": "pending socket error",
+    "bindtodevice": "bound to device lo (SO_BINDTODEVICE)",
+    "filter": "socket filter",
+    "raw": "of type 3 and protocol 1",
+    "packet": "not a Unix, TCP, UDP or netlink socket",
 }
 
 
