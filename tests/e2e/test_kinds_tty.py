@@ -109,6 +109,10 @@ REFUSED: dict[str, tuple[Callable[[list[int]], list[tuple[int, int]]], str]] = {
     "queued": (lambda pids: fds_matching(pids, lambda t: _is_master(t) or t.startswith("/dev/pts/")),
                "queued"),
     "dev_tty": (lambda pids: fds_matching(pids, lambda t: t == "/dev/tty"), "/dev/tty"),
+    "locked": (lambda pids: fds_matching(pids, _is_master), "is locked (TIOCSPTLCK"),
+    "ldisc": (lambda pids: fds_matching(pids, lambda t: t.startswith("/dev/pts/")), "not N_TTY"),
+    "slave_alone": (lambda pids: fds_matching(pids, lambda t: t.startswith("/dev/pts/")),
+                    "master of this pseudo-terminal is not open in the job"),
 }
 
 

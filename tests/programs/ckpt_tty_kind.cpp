@@ -20,6 +20,9 @@
 //   master_alone  a master whose slave was never opened
 //   queued        a line written to the master that the slave has not read
 //   dev_tty       /dev/tty held open by a process whose controlling terminal is the pty
+//   locked        a pty whose slave is open, locked again (TIOCSPTLCK) afterwards
+//   ldisc         a pty whose slave uses line discipline N_NULL (TIOCSETD)
+//   slave_alone   a pty slave whose master was closed (hung up: writes fail)
 //
 // Exit status 0; 1 with a line "FAIL ..." saying what failed.
 #include <fcntl.h>
@@ -300,6 +303,42 @@ void run_dev_tty(int rounds) {
   if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) fail("the child failed");
 }
 
+void run_locked(int rounds) {
+  Pty p = open_pty();
+  int one = 1;
+  if (ioctl(p.master, TIOCSPTLCK, &one) < 0) die("TIOCSPTLCK");
+  for (int i = 0; i < rounds; ++i) {
+    int locked = 0;
+    if (ioctl(p.master, TIOCGPTLCK, &locked) < 0) die("TIOCGPTLCK");
+    if (locked != 1) fail("locked: TIOCGPTLCK " + std::to_string(locked));
+    line("locked " + std::to_string(i));
+    tick();
+  }
+}
+
+void run_ldisc(int rounds) {
+  Pty p = open_pty();
+  const int n_null = 27;  // N_NULL (linux/tty.h, Linux 4.13)
+  if (ioctl(p.slave, TIOCSETD, &n_null) < 0) die("TIOCSETD N_NULL");
+  for (int i = 0; i < rounds; ++i) {
+    int ld = -1;
+    if (ioctl(p.slave, TIOCGETD, &ld) < 0) die("TIOCGETD");
+    if (ld != n_null) fail("ldisc: line discipline " + std::to_string(ld));
+    line("ldisc " + std::to_string(i));
+    tick();
+  }
+}
+
+void run_slave_alone(int rounds) {
+  Pty p = open_pty();
+  close(p.master);
+  for (int i = 0; i < rounds; ++i) {
+    if (write(p.slave, "x", 1) != -1) fail("slave_alone: a write to a hung-up slave succeeded");
+    line("slave_alone " + std::to_string(i));
+    tick();
+  }
+}
+
 constexpr Kind kKinds[] = {
     {"pair", run_pair},
     {"raw", run_raw},
@@ -308,6 +347,9 @@ constexpr Kind kKinds[] = {
     {"master_alone", run_master_alone},
     {"queued", run_queued},
     {"dev_tty", run_dev_tty},
+    {"locked", run_locked},
+    {"ldisc", run_ldisc},
+    {"slave_alone", run_slave_alone},
 };
 
 }  // namespace
