@@ -21,11 +21,10 @@
 // Refused with the process, fd and state named: every other TCP state (SYN_SENT,
 // FIN_WAIT*, CLOSE_WAIT, LAST_ACK, CLOSING, TIME_WAIT), a shut-down TCP or UDP
 // socket, raw, SCTP, MPTCP, ICMP and packet sockets, IPv6 link-local addresses, TCP
-// urgent data not yet read (or its mark at the read position), and a pending socket
-// error or error queue (POLLERR; found without clearing it, which SO_ERROR would).
-// Not detected: urgent data already read whose mark is still ahead in the receive
-// queue (the queue's read stops there, so the dump fails, though not as unsupported),
-// an urgent pointer in the send queue.
+// urgent data not yet read, or read out of band with its place or mark still in the
+// receive queue, and a pending socket error or error queue (POLLERR; found without
+// clearing it, which SO_ERROR would). Not detected: an urgent pointer in the send
+// queue.
 //
 // Dump: the dumper works on its own reference to each socket (pidfd_getfd(2)) while
 // the job is frozen. Established sockets are put in repair mode before anything is

@@ -171,6 +171,7 @@ REFUSED: dict[str, str] = {
     "repair_undo": "receive queue",
     "urgent": "urgent (out-of-band) data",
     "so_error": "pending socket error",
+    "urgent_read": "a byte read out of band still inside its receive queue",
     "bindtodevice": "bound to device lo (SO_BINDTODEVICE)",
     "filter": "socket filter",
     "raw": "of type 3 and protocol 1",

@@ -28,6 +28,9 @@
 //              queued: the refused dump must leave the connection usable
 //   urgent     two connections, each round sending a line and an urgent byte
 //              (MSG_OOB) on one and reading the other's: urgent data always pending
+//   urgent_read a connection whose urgent byte was read out of band (MSG_OOB) before
+//              the line sent ahead of it, which is read at the end: the mark stays
+//              inside the receive queue all the run
 //   so_error   a UDP socket connected to a port nobody listens on: each round's
 //              datagram brings back an ICMP error, pending (SO_ERROR) until the next
 //   bindtodevice a UDP socket bound to device lo (SO_BINDTODEVICE) and 127.0.0.1,
@@ -42,6 +45,7 @@
 #include <linux/filter.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -539,6 +543,32 @@ void run_urgent(int rounds) {
   }
 }
 
+void run_urgent_read(int rounds) {
+  int l = listener(AF_INET, 4);
+  int c = connect_to(AF_INET, port_of(l));
+  int a = accept(l, nullptr, nullptr);
+  if (a < 0) die("accept");
+  write_all(c, "head", "urgent_read line");
+  if (send(c, "U", 1, MSG_OOB) != 1) die("send MSG_OOB");
+  char b = 0;
+  for (int tries = 0; recv(a, &b, 1, MSG_OOB) != 1; ++tries) {
+    if (errno != EAGAIN && errno != EINTR) die("recv MSG_OOB");
+    if (tries > 5000) fail("urgent_read: no urgent byte");
+    usleep(1000);
+  }
+  if (b != 'U') fail("urgent_read: urgent byte differs");
+  for (int i = 0; i < rounds; ++i) {
+    int at_mark = 1;
+    if (ioctl(a, SIOCATMARK, &at_mark) < 0) die("SIOCATMARK");
+    if (at_mark) fail("urgent_read: at the mark before reading the line");
+    line("round " + std::to_string(i + 1) + " urgent_read ok");
+    tick();
+  }
+  char buf[4];
+  read_exact(a, buf, sizeof buf, "urgent_read line");
+  if (std::string(buf, sizeof buf) != "head") fail("urgent_read: line differs");
+}
+
 // The error of a datagram to a closed port comes back as ICMP port unreachable and
 // waits in sk_err (a connected UDP socket) until a call reports it.
 void run_so_error(int rounds) {
@@ -620,6 +650,7 @@ const Kind kKinds[] = {
     {"repair_undo", run_repair_undo},
     {"urgent", run_urgent},
     {"so_error", run_so_error},
+    {"urgent_read", run_urgent_read},
     {"bindtodevice", [](int r) { run_udp_self(r, "bindtodevice", bind_to_lo); }},
     {"filter", [](int r) { run_udp_self(r, "filter", attach_filter); }},
     {"raw", [](int r) { run_hold(r, "raw", AF_INET, SOCK_RAW, IPPROTO_ICMP); }},
