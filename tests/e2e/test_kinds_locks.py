@@ -118,7 +118,7 @@ def _names_fd(name: str) -> Callable[[list[int]], Callable[[str], None]]:
     # An OFD lock held only through a mapping: /proc/locks shows no pid for it, so it
     # cannot be told from another process's lock on the file; refused, naming the mapping.
     ("ofd_mapped", "ofd.m", ("OFD write lock", "through no fd of the job"), _names_mapping),
-])
+], ids=["lease_breaking", "flock_dir", "ofd_mapped"])
 def test_lock_refused(e2e: E2E, kind: str, name: str, words: tuple[str, ...],
                       names: Callable[[str], Callable[[list[int]], Callable[[str], None]]]):
     spec = JobSpec(name=f"lock_kind_{kind}",
