@@ -174,6 +174,8 @@ REFUSED: dict[str, str] = {
     "urgent_read": "a byte read out of band still inside its receive queue",
     "bindtodevice": "bound to device lo (SO_BINDTODEVICE)",
     "filter": "socket filter",
+    "freebind": "IP_FREEBIND or IP_TRANSPARENT",
+    "ip_options": "IP options (IP_OPTIONS)",
     "raw": "of type 3 and protocol 1",
     "packet": "not a Unix, TCP, UDP or netlink socket",
 }

@@ -36,6 +36,8 @@
 //   bindtodevice a UDP socket bound to device lo (SO_BINDTODEVICE) and 127.0.0.1,
 //              sending a datagram to itself each round
 //   filter     the same with a socket filter (SO_ATTACH_FILTER, accept all) instead
+//   freebind   the same with IP_FREEBIND instead
+//   ip_options the same with IP options (IP_OPTIONS: four NOPs) instead
 //   raw        a raw ICMP socket (SOCK_RAW) whose type is checked each round
 //   packet     a packet socket (AF_PACKET, SOCK_DGRAM, no protocol: receives nothing)
 //
@@ -625,6 +627,13 @@ void attach_filter(int fd) {
   if (setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof prog) < 0) die("SO_ATTACH_FILTER");
 }
 
+void set_freebind(int fd) { seti(fd, IPPROTO_IP, IP_FREEBIND, 1, "IP_FREEBIND"); }
+
+void set_ip_options(int fd) {
+  const unsigned char nops[4] = {1, 1, 1, 1};  // IPOPT_NOP
+  if (setsockopt(fd, IPPROTO_IP, IP_OPTIONS, nops, sizeof nops) < 0) die("IP_OPTIONS");
+}
+
 // A socket of `family`, `type` and `protocol` held and checked each round.
 void run_hold(int rounds, const char* kind, int family, int type, int protocol) {
   int fd = socket(family, type, protocol);
@@ -653,6 +662,8 @@ const Kind kKinds[] = {
     {"urgent_read", run_urgent_read},
     {"bindtodevice", [](int r) { run_udp_self(r, "bindtodevice", bind_to_lo); }},
     {"filter", [](int r) { run_udp_self(r, "filter", attach_filter); }},
+    {"freebind", [](int r) { run_udp_self(r, "freebind", set_freebind); }},
+    {"ip_options", [](int r) { run_udp_self(r, "ip_options", set_ip_options); }},
     {"raw", [](int r) { run_hold(r, "raw", AF_INET, SOCK_RAW, IPPROTO_ICMP); }},
     {"packet", [](int r) { run_hold(r, "packet", AF_PACKET, SOCK_DGRAM, 0); }},
 };
