@@ -175,6 +175,7 @@ REFUSED: dict[str, str] = {
     "bindtodevice": "bound to device lo (SO_BINDTODEVICE)",
     "filter": "socket filter",
     "freebind": "IP_FREEBIND or IP_TRANSPARENT",
+    "transparent": "IP_FREEBIND or IP_TRANSPARENT",  # the job runs as root: CAP_NET_ADMIN
     "ip_options": "IP options (IP_OPTIONS)",
     "raw": "of type 3 and protocol 1",
     "packet": "not a Unix, TCP, UDP or netlink socket",

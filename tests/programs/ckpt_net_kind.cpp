@@ -37,6 +37,7 @@
 //              sending a datagram to itself each round
 //   filter     the same with a socket filter (SO_ATTACH_FILTER, accept all) instead
 //   freebind   the same with IP_FREEBIND instead
+//   transparent the same with IP_TRANSPARENT instead (needs CAP_NET_ADMIN)
 //   ip_options the same with IP options (IP_OPTIONS: four NOPs) instead
 //   raw        a raw ICMP socket (SOCK_RAW) whose type is checked each round
 //   packet     a packet socket (AF_PACKET, SOCK_DGRAM, no protocol: receives nothing)
@@ -628,6 +629,7 @@ void attach_filter(int fd) {
 }
 
 void set_freebind(int fd) { seti(fd, IPPROTO_IP, IP_FREEBIND, 1, "IP_FREEBIND"); }
+void set_transparent(int fd) { seti(fd, IPPROTO_IP, IP_TRANSPARENT, 1, "IP_TRANSPARENT"); }
 
 void set_ip_options(int fd) {
   const unsigned char nops[4] = {1, 1, 1, 1};  // IPOPT_NOP
@@ -663,6 +665,7 @@ const Kind kKinds[] = {
     {"bindtodevice", [](int r) { run_udp_self(r, "bindtodevice", bind_to_lo); }},
     {"filter", [](int r) { run_udp_self(r, "filter", attach_filter); }},
     {"freebind", [](int r) { run_udp_self(r, "freebind", set_freebind); }},
+    {"transparent", [](int r) { run_udp_self(r, "transparent", set_transparent); }},
     {"ip_options", [](int r) { run_udp_self(r, "ip_options", set_ip_options); }},
     {"raw", [](int r) { run_hold(r, "raw", AF_INET, SOCK_RAW, IPPROTO_ICMP); }},
     {"packet", [](int r) { run_hold(r, "packet", AF_PACKET, SOCK_DGRAM, 0); }},
