@@ -310,6 +310,12 @@ void dump_files(DumpProcess& p, std::span<DumpProcess> all) {
         struct stat named {};
         deleted = !(::stat(link.c_str(), &named) == 0 && named.st_dev == st.st_dev &&
                     named.st_ino == st.st_ino);
+        // A pty slave whose master was closed: devpts removed its /dev/pts/N entry.
+        if (deleted && S_ISCHR(st.st_mode) && link.starts_with("/dev/pts/"))
+          fail_unsupported(
+              "{}: a pseudo-terminal slave whose master was closed (hung up; the master of "
+              "this pseudo-terminal is not open in the job) is not supported",
+              where);
         if (deleted && !S_ISREG(st.st_mode))
           fail_unsupported("{}: this deleted file (type {:o}) is not supported", where,
                            st.st_mode & S_IFMT);

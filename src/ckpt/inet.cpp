@@ -253,6 +253,14 @@ std::string peek_repair_queue(int fd, int queue, int len, const std::string& who
   if (len <= 0) return "";
   std::string data(static_cast<std::size_t>(len), '\0');
   ssize_t r = ::recv(fd, data.data(), data.size(), MSG_PEEK | MSG_DONTWAIT);
+  // A read of a receive queue stops at an urgent mark (tcp_recvmsg), which is where the
+  // queue holds an urgent byte already read out of band and skipped when reading gets
+  // there: the restored queue would give it back as data.
+  if (queue == TCP_RECV_QUEUE && r >= 0 && r < len)
+    fail_unsupported(
+        "{}: TCP urgent (out-of-band) data: a mark inside its receive queue (the queue reads "
+        "{} of {} bytes up to it) is not supported",
+        who, r, len);
   if (r != len)
     fail_errno("{}: reading its {} queue ({} of {} bytes)", who,
                queue == TCP_SEND_QUEUE ? "send" : "receive", r, len);
@@ -316,6 +324,55 @@ void refuse_unrestorable_options(int fd, int family, const std::string& who) {
         int_opt(fd, IPPROTO_IPV6, IPV6_TRANSPARENT) > 0)
       fail_unsupported("{}: IPV6_FREEBIND or IPV6_TRANSPARENT is not supported", who);
   }
+}
+
+// State the kernel keeps beside the queues that a restored socket would not have: a
+// pending error (sk_err, the next call's or SO_ERROR's answer, e.g. ECONNREFUSED from
+// an ICMP error on a connected UDP socket, ECONNRESET on a reset connection) or an
+// error queue (IP_RECVERR, timestamps, zerocopy completions), and TCP urgent data
+// (send(MSG_OOB)). Both are read without changing them: poll(2) reports POLLERR for
+// either error without clearing sk_err (getsockopt SO_ERROR would clear it, so it is
+// not used); recv(MSG_OOB | MSG_PEEK) returns the urgent byte without reading it, and
+// EAGAIN when the urgent pointer has arrived before its byte. Must run before repair
+// mode (a socket in repair mode answers MSG_OOB the same, but nothing else here needs
+// it).
+// `diag_rqueue`: inet_diag's count of the receive queue (rcv_nxt - copied_seq), read
+// before.
+void refuse_error_and_urgent(int fd, int type, int state, std::uint32_t diag_rqueue,
+                             const std::string& who) {
+  pollfd pfd{fd, 0, 0};
+  if (::poll(&pfd, 1, 0) < 0) fail_errno("{}: poll", who);
+  if (pfd.revents & POLLERR)
+    fail_unsupported(
+        "{}: a pending socket error or a non-empty error queue (POLLERR; SO_ERROR, "
+        "IP_RECVERR) is not supported",
+        who);
+  if (type != SOCK_STREAM || state != TCP_ESTABLISHED) return;
+  char c = 0;
+  ssize_t r = ::recv(fd, &c, 1, MSG_OOB | MSG_PEEK | MSG_DONTWAIT);
+  if (r == 1 || (r < 0 && errno == EAGAIN))
+    fail_unsupported("{}: TCP urgent (out-of-band) data not yet read (MSG_OOB) is not supported",
+                     who);
+  // The urgent mark where reading is: its byte, already read out of band, is skipped by
+  // the next read (or, with SO_OOBINLINE, is read there); the restored queue would have
+  // neither the mark nor the skip.
+  // An urgent byte already read out of band but still ahead in the queue: SIOCINQ
+  // leaves it out (reading will skip it), inet_diag counts it; the restored queue would
+  // hold the data without the byte's place or its mark. (SIOCINQ, read second, can only
+  // have grown if a peer outside the job sent more meanwhile.)
+  int inq = 0;
+  if (::ioctl(fd, SIOCINQ, &inq) < 0) fail_errno("{}: SIOCINQ", who);
+  if (diag_rqueue > static_cast<std::uint32_t>(inq))
+    fail_unsupported(
+        "{}: TCP urgent (out-of-band) data: a byte read out of band still inside its receive "
+        "queue ({} bytes queued, {} readable) is not supported",
+        who, diag_rqueue, inq);
+  int at_mark = 0;
+  if (::ioctl(fd, SIOCATMARK, &at_mark) == 0 && at_mark)
+    fail_unsupported(
+        "{}: TCP urgent (out-of-band) data: its mark at the read position (SIOCATMARK) is not "
+        "supported",
+        who);
 }
 
 void dump_inet_fd(const FdDumpCtx& c, Fd& f) {
@@ -727,6 +784,7 @@ void dump_inet(std::span<DumpProcess> procs, Manifest& m, InetRepair& repair) {
               who, d.rqueue);
       }
       refuse_unrestorable_options(fd, s.family, who);
+      refuse_error_and_urgent(fd, s.type, s.state, d.rqueue, who);
       for (const Opt& o : kOptions) {
         if (!applies(o, s.family, s.type, s.state)) continue;
         std::string v = get_opt(fd, o.level, o.name);

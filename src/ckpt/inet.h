@@ -20,7 +20,11 @@
 //    IP_TRANSPARENT, a socket filter, IP_OPTIONS) makes the dump fail.
 // Refused with the process, fd and state named: every other TCP state (SYN_SENT,
 // FIN_WAIT*, CLOSE_WAIT, LAST_ACK, CLOSING, TIME_WAIT), a shut-down TCP or UDP
-// socket, raw, SCTP, MPTCP, ICMP and packet sockets, IPv6 link-local addresses.
+// socket, raw, SCTP, MPTCP, ICMP and packet sockets, IPv6 link-local addresses, TCP
+// urgent data not yet read, or read out of band with its place or mark still in the
+// receive queue, and a pending socket error or error queue (POLLERR; found without
+// clearing it, which SO_ERROR would). Not detected: an urgent pointer in the send
+// queue.
 //
 // Dump: the dumper works on its own reference to each socket (pidfd_getfd(2)) while
 // the job is frozen. Established sockets are put in repair mode before anything is

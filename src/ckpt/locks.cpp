@@ -209,6 +209,27 @@ bool attribute_to_mapping(std::span<DumpProcess> all, long pid, const FileKey& k
   return false;
 }
 
+// An OFD lock that no fd of the job shows, on a file that a process of the job maps:
+// the mapping may be what holds it (taken, mapped, fd closed: the mapping keeps the
+// description), or another process outside the job may hold it on the same file.
+// /proc/locks shows OFD locks with pid -1, so the two cannot be told apart; restoring
+// would lose the first, recording it would take the second's lock: refused (throws
+// when `last_try`; returns true if there is such a mapping).
+bool refuse_ofd_mapped(std::span<DumpProcess> all, const FileKey& k, const LockLine& l,
+                       bool last_try) {
+  for (auto& p : all)
+    for (auto& v : p.rec.vmas) {
+      if (v.kind != VmaKind::kFile || vma_key(v) != k) continue;
+      if (!last_try) return true;
+      fail_unsupported(
+          "process {} (pid {} in the job): mapping {:x}-{:x} of {}: an {} on this file is held "
+          "through no fd of the job (through this mapping, or by another process: /proc/locks "
+          "does not say whose OFD lock it is): not supported",
+          p.host_pid, p.rec.pid, v.start, v.end, v.path, describe(l.lock));
+    }
+  return false;
+}
+
 // Throws UnsupportedError for a lock of /proc/locks (`held`) that a process of the job
 // holds and no fd recorded; `key_of` gives the file of an fd with locks.
 void check_attributed(std::span<DumpProcess> all, const std::vector<LockLine>& held,
@@ -236,7 +257,23 @@ void check_attributed(std::span<DumpProcess> all, const std::vector<LockLine>& h
     for (auto& v : p.rec.vmas)
       if (v.flock) described.insert({vma_key(v), LockKind::kFlock});
   std::map<std::pair<long, FileKey>, long> seen;
+  // OFD locks recorded per file (at the first fd of their description), against those
+  // /proc/locks lists; one more there is another description's, which may be a
+  // mapping's of the job (its fd closed) or any other process's: see refuse_ofd_mapped.
+  std::map<FileKey, long> ofd_recorded, ofd_seen;
+  for (auto& p : all)
+    for (auto& f : p.rec.fds)
+      for (auto& l : f.locks)
+        if (l.kind == LockKind::kOfd) ++ofd_recorded[key_of(p, f)];
   for (auto& l : held) {
+    if (l.lock.kind == LockKind::kOfd && !l.waiter) {
+      FileKey k{l.major, l.minor, l.ino};
+      if (++ofd_seen[k] > ofd_recorded[k] && refuse_ofd_mapped(all, k, l, last_try)) {
+        lost_any = true;
+        return;
+      }
+      continue;
+    }
     auto it = by_pid.find(l.pid);
     if (l.waiter || it == by_pid.end()) continue;  // OFD locks show pid -1: see fdinfo only
     FileKey k{l.major, l.minor, l.ino};

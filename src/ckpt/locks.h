@@ -32,7 +32,11 @@ void dump_fd_locks(const DumpProcess& p, Fd& f, const std::string& fdinfo,
 // Dump, once every process's fds are recorded: reads /proc/locks and throws
 // UnsupportedError naming the process and file for a POSIX lock, flock or lease
 // that a process of the job holds but that no fd of the job showed (held through an fd
-// in flight in a Unix socket, for one), which the restore would lose.
+// in flight in a Unix socket, for one), which the restore would lose. An OFD lock
+// shows no pid: one that no fd of the job showed, on a file the job maps, may be held
+// through that mapping (fd closed after mmap) or by any other process; refused, naming
+// the mapping and the file. (One on a file the job does not map is taken as another
+// process's: an OFD lock held only through an fd in flight is not detected.)
 // `proc_locks` is the text of /proc/locks read after the job was frozen (the dump
 // reads it on another thread while it dumps memory: the kernel formats it one page per
 // read(2), walking its list from the start each time, which costs milliseconds when

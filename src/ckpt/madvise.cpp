@@ -176,7 +176,7 @@ void dump_mm_locks(DumpProcess& p) {
     if (rl.resource == RLIMIT_MEMLOCK && rl.cur != RLIM_INFINITY && locked > rl.cur)
       fail_unsupported(
           "{}: {} bytes of locked memory (mlock) exceed its RLIMIT_MEMLOCK of {} bytes (lowered "
-          "after locking): a restore could not lock them again",
+          "after locking): a restore could not lock them again: not supported",
           who, locked, rl.cur);
 }
 

@@ -125,8 +125,8 @@ void dump_cgroup(DumpProcess& p, const DumpProcess& init, const std::string& who
           "would not be restored (not supported)",
           who, path, ip, c);
     if (std::string type = cg_read(base + "/" + rel + "/cgroup.type"); type != "domain")
-      fail_unsupported("{}: in cgroup {} of type {}: only domain cgroups are supported", who, path,
-                       type);
+      fail_unsupported("{}: in cgroup {} of type {}: not supported (only domain cgroups)", who,
+                       path, type);
     p.rec.cgroup = rel;
   }
 }

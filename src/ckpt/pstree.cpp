@@ -314,7 +314,7 @@ void dump_ids(DumpProcess& p) {
     if (WCOREDUMP(p.rec.exit_status))
       fail_unsupported(
           "process {} (pid {} in the job): a zombie that died by signal {} with a core dump "
-          "(its wait status cannot be reproduced)",
+          "(its wait status cannot be reproduced): not supported",
           p.host_pid, p.rec.pid, WTERMSIG(p.rec.exit_status));
   }
   if (p.rec.sid == 0 || p.rec.pgid == 0)

@@ -13,9 +13,11 @@
 //
 // Refused at dump (UnsupportedError naming process, fd and path): a terminal that is
 // not a pty of the job's own devpts (a terminal outside the job, serial or virtual
-// consoles), /dev/tty, a slave whose master is not open in the job, a master whose
-// slave is not open in the job, a locked pty, a line discipline other than N_TTY, data
-// queued in either direction, a controlling terminal the restore cannot give back.
+// consoles), /dev/tty, a slave whose master is not open in the job (one whose master
+// was closed has lost its /dev/pts/N name and is refused by files.cpp, as a hung-up
+// slave), a master whose slave is not open in the job, a locked pty, a line discipline
+// other than N_TTY, data queued in either direction, a controlling terminal the
+// restore cannot give back.
 //
 // Kernel interfaces: ioctl_tty(2) (TCGETS2, TIOCGWINSZ, TIOCGPKT, TIOCGEXCL, TIOCINQ,
 // TIOCOUTQ, TIOCGETD, TIOCSCTTY, TIOCSPGRP), pty(7) TIOCGPTN/TIOCSPTLCK, proc(5)

@@ -194,6 +194,8 @@ REFUSED: dict[str, tuple[Callable[[list[int]], list[tuple[int, int]]], str]] = {
                              "senders are unknown"),
     # Names both processes; no fd: checked below.
     "files_sibling": (lambda pids: [(p, 0) for p in pids], "CLONE_FILES"),
+    "dgram_shut_empty": (lambda pids: fds_matching(pids, lambda t: t.startswith("socket:")),
+                         "empty datagram"),
 }
 
 

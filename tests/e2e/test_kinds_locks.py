@@ -7,13 +7,17 @@ broken, or a flock on a directory, cannot be restored: the dump must refuse it a
 job run on unharmed."""
 from __future__ import annotations
 
+import ctypes
+import fcntl
+import os
+import re
 import signal
 from pathlib import Path
 from typing import Callable
 
 import pytest
 
-from ckpt_e2e import E2E, JobSpec
+from ckpt_e2e import E2E, JobSpec, ns_pid
 from test_ipc import checkpoint_run, fds_matching, names_one_fd, refused_dump_run
 
 pytestmark = pytest.mark.slow
@@ -91,14 +95,70 @@ def test_lock_kind(e2e: E2E, kind: str):
     checkpoint_run(e2e, spec, [0.3, 0.6], "middle", check_dump=check)
 
 
-@pytest.mark.parametrize("kind,name,words", [
-    ("lease_breaking", "lease.b", ("being broken",)),
-    ("flock_dir", "lockdir", ("flock write lock", "kind dir")),
-])
-def test_lock_refused(e2e: E2E, kind: str, name: str, words: tuple[str, ...]):
+def _names_mapping(name: str) -> Callable[[list[int]], Callable[[str], None]]:
+    """The check that an error line names a process of the job (host or job pid) and
+    its mapping of `name`."""
+    def names(pids: list[int]) -> Callable[[str], None]:
+        ids = set(pids) | {n for n in map(ns_pid, pids) if n}
+
+        def check(line: str):
+            assert "mapping" in line and any(re.search(rf"\b{p}\b", line) for p in ids), \
+                f"error does not name a process of the job {sorted(ids)} and its mapping: {line}"
+        return check
+    return names
+
+
+def _names_fd(name: str) -> Callable[[list[int]], Callable[[str], None]]:
+    return lambda pids: names_one_fd(fds_matching(pids, lambda t: t.endswith("/" + name)), name)
+
+
+@pytest.mark.parametrize("kind,name,words,names", [
+    ("lease_breaking", "lease.b", ("being broken",), _names_fd),
+    ("flock_dir", "lockdir", ("flock write lock", "kind dir"), _names_fd),
+    # An OFD lock held only through a mapping: /proc/locks shows no pid for it, so it
+    # cannot be told from another process's lock on the file; refused, naming the mapping.
+    ("ofd_mapped", "ofd.m", ("OFD write lock", "through no fd of the job"), _names_mapping),
+], ids=["lease_breaking", "flock_dir", "ofd_mapped"])
+def test_lock_refused(e2e: E2E, kind: str, name: str, words: tuple[str, ...],
+                      names: Callable[[str], Callable[[list[int]], Callable[[str], None]]]):
     spec = JobSpec(name=f"lock_kind_{kind}",
                    argv=[str(e2e.program("ckpt_lock_kind")), kind, "80", str(TICK_MS)],
                    progress=("lines", "stdout"), timeout=120)
-    refused_dump_run(e2e, spec, f"done {kind} 80\n", (name, *words),
-                     lambda pids: names_one_fd(
-                         fds_matching(pids, lambda t: t.endswith("/" + name)), name))
+    refused_dump_run(e2e, spec, f"done {kind} 80\n", (name, *words), names(name))
+
+
+def _set_owner_from_outside(pid: int, fd: int, owner: int) -> None:
+    """F_SETOWN on the open file description of fd `fd` of process `pid` (a copy taken
+    with pidfd_getfd(2)), naming `owner`, a process outside the job: as an fd inherited
+    from a parent outside the job would carry it."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    pidfd = os.pidfd_open(pid)
+    try:
+        copy = libc.syscall(438, pidfd, fd, 0)  # SYS_pidfd_getfd
+        if copy < 0:
+            raise OSError(ctypes.get_errno(), "pidfd_getfd")
+        try:
+            fcntl.fcntl(copy, fcntl.F_SETOWN, owner)
+        finally:
+            os.close(copy)
+    finally:
+        os.close(pidfd)
+
+
+def test_fown_outside_refused(e2e: E2E):
+    """An fd whose signal-driven I/O owner is a process outside the job (here the test
+    itself, set on the job's open file description from outside, with no O_ASYNC so no
+    signal goes anywhere): the dump refuses it, naming the process and fd, and the job
+    then finishes unharmed."""
+    spec = JobSpec(name="lock_kind_fown_outside",
+                   argv=[str(e2e.program("ckpt_lock_kind")), "posix", "80", str(TICK_MS)],
+                   progress=("lines", "stdout"), timeout=120)
+
+    def names(pids: list[int]) -> Callable[[str], None]:
+        fds = fds_matching(pids, lambda t: t.endswith("/posix.lock"))
+        assert fds, "the job holds no posix.lock fd"
+        _set_owner_from_outside(fds[0][0], fds[0][1], os.getpid())
+        return names_one_fd(fds, "posix.lock")
+    refused_dump_run(e2e, spec, "done posix 80\n",
+                     ("signal-driven I/O owner", f"process {os.getpid()} on the host",
+                      "not a thread, process or process group of the job"), names)

@@ -2,10 +2,11 @@
 ckpt_misc_kind holds one kind at a time and checks it every round. Restored kinds are
 dumped midway and restored, twice; output and exit status must equal the uninterrupted
 run's, and the image must hold the state (so a pass is not luck). Refused kinds: the
-dump fails with exit code 4 naming the process and the fd or mapping, and the job then
+dump fails with exit code 4 naming the process (and the fd or mapping), and the job then
 finishes as if never dumped."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
 import pytest
@@ -102,8 +103,8 @@ def _maps(pids: list[int], path: str) -> list[str]:
     return found
 
 
-# Refused kinds: what the error must name (an fd of the kind, or a mapping of a path)
-# and the words it must hold.
+# Refused kinds: what the error must name (an fd of the kind, a mapping of a path, or a
+# process of the job) and the words it must hold.
 REFUSED: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "pidfd_exited": ("fd", "anon_inode:[pidfd]", ("pidfd", "reaped")),
     "netlink_queued": ("fd", "socket:", ("netlink", "queued")),
@@ -111,16 +112,28 @@ REFUSED: dict[str, tuple[str, str, tuple[str, ...]]] = {
     # Its rings are mapped: the mapping is what the dump meets first.
     "io_uring": ("map", "anon_inode:[io_uring]", ("io_uring",)),
     "fanotify": ("fd", "anon_inode:[fanotify]", ("fanotify",)),
+    # A POSIX timer: the error names the process that holds it.
+    "timer_alarm": ("proc", "", ("POSIX timer", "an alarm clock")),
+    "timer_other_cpu": ("proc", "", ("POSIX timer", "another process's CPU clock")),
+    "timer_thread_cpu": ("proc", "", ("CLOCK_THREAD_CPUTIME_ID", "with 2 threads")),
 }
 
 
 @pytest.mark.parametrize("kind", REFUSED)
 def test_misc_kind_refused(e2e: E2E, kind: str):
     what, target, words = REFUSED[kind]
+    if kind == "timer_alarm" and not any(Path("/sys/class/rtc").glob("rtc*")):
+        pytest.skip("no RTC: the kernel refuses alarm timers (EOPNOTSUPP)")
 
     def names(pids: list[int]):
         if what == "fd":
             return names_one_fd(fds_matching(pids, lambda t: t.startswith(target)), target)
+        if what == "proc":
+            named = [f"process {p} " for p in pids]
+
+            def process(line: str):
+                assert any(n in line for n in named), f"error does not name one of {pids}: {line}"
+            return process
         mapped = _maps(pids, target)
         assert mapped, f"the job maps no {target}"
 

@@ -169,6 +169,16 @@ REFUSED: dict[str, str] = {
     # Its connection was put in repair mode before the UDP socket was refused: the job
     # must then talk on through it (repair mode undone).
     "repair_undo": "receive queue",
+    "urgent": "urgent (out-of-band) data",
+    "so_error": "pending socket error",
+    "urgent_read": "a byte read out of band still inside its receive queue",
+    "bindtodevice": "bound to device lo (SO_BINDTODEVICE)",
+    "filter": "socket filter",
+    "freebind": "IP_FREEBIND or IP_TRANSPARENT",
+    "transparent": "IP_FREEBIND or IP_TRANSPARENT",  # the job runs as root: CAP_NET_ADMIN
+    "ip_options": "IP options (IP_OPTIONS)",
+    "raw": "of type 3 and protocol 1",
+    "packet": "not a Unix, TCP, UDP or netlink socket",
 }
 
 

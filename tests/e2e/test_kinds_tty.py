@@ -109,14 +109,32 @@ REFUSED: dict[str, tuple[Callable[[list[int]], list[tuple[int, int]]], str]] = {
     "queued": (lambda pids: fds_matching(pids, lambda t: _is_master(t) or t.startswith("/dev/pts/")),
                "queued"),
     "dev_tty": (lambda pids: fds_matching(pids, lambda t: t == "/dev/tty"), "/dev/tty"),
+    "locked": (lambda pids: fds_matching(pids, _is_master), "is locked (TIOCSPTLCK"),
+    "ldisc": (lambda pids: fds_matching(pids, lambda t: t.startswith("/dev/pts/")), "not N_TTY"),
+    "slave_alone": (lambda pids: fds_matching(pids, lambda t: t.startswith("/dev/pts/")),
+                    "master of this pseudo-terminal is not open in the job"),
+    # Names the process (no fd): checked below.
+    "ctty_orphan": (lambda pids: fds_matching(pids, lambda t: t.startswith("/dev/pts/")),
+                    "differs from its parent's"),
 }
 
 
 @pytest.mark.parametrize("kind", REFUSED)
 def test_tty_kind_refused(e2e: E2E, kind: str):
     candidates_of, word = REFUSED[kind]
-    refused_dump_run(e2e, tty_kind_spec(e2e, kind, rounds=80), f"done {kind} 80\n", (word,),
-                     lambda pids: names_one_fd(candidates_of(pids), kind))
+
+    def names(pids: list[int]) -> Callable[[str], None]:
+        candidates = candidates_of(pids)
+        if kind != "ctty_orphan":
+            return names_one_fd(candidates, kind)
+        assert candidates, "the job holds no pty slave"
+        holders = sorted({pid for pid, _ in candidates})
+
+        def process(line: str):
+            assert any(f"process {p} " in line for p in holders), \
+                f"error does not name a process of {holders}: {line}"
+        return process
+    refused_dump_run(e2e, tty_kind_spec(e2e, kind, rounds=80), f"done {kind} 80\n", (word,), names)
 
 
 # A real interactive program on a pty: Python's pty.spawn (what `script` does: the

@@ -56,6 +56,9 @@
 //                 the other still sends to it, which has no name to connect to again
 //   dgram_one_way_queued a datagram socket connected to a bound socket that is connected
 //                 to nothing and sent it a datagram by name, queued until the end
+//   dgram_shut_empty a datagram socketpair end shut for reading with "one", an empty
+//                 datagram and "two" queued (a peek cannot tell the empty one from the
+//                 end of the queue), read at the end; each round a send must fail (EPIPE)
 //
 // Exit status 0; 1 with a line "FAIL ..." saying what failed.
 #include <fcntl.h>
@@ -673,6 +676,28 @@ void run_dgram_shut_rd(int rounds) {
       fail(std::string("queued datagram ") + want);
 }
 
+void run_dgram_shut_empty(int rounds) {
+  int sv[2];
+  check(socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, sv), "socketpair");
+  check(static_cast<int>(send(sv[0], "one", 3, 0)), "send");
+  check(static_cast<int>(send(sv[0], "", 0, 0)), "send empty");
+  check(static_cast<int>(send(sv[0], "two", 3, 0)), "send");
+  check(shutdown(sv[1], SHUT_RD), "shutdown SHUT_RD");
+  for (int r = 1; r <= rounds; ++r) {
+    if (send(sv[0], "x", 1, MSG_NOSIGNAL | MSG_DONTWAIT) != -1 || errno != EPIPE)
+      fail("round " + str(r) + ": a send to the end shut for reading did not fail with EPIPE");
+    line("dgram_shut_empty " + str(r));
+    tick();
+  }
+  char buf[8];
+  for (const char* want : {"one", "", "two"}) {
+    const ssize_t len = static_cast<ssize_t>(std::strlen(want));
+    if (recv(sv[1], buf, sizeof buf, MSG_DONTWAIT) != len ||
+        std::memcmp(buf, want, static_cast<size_t>(len)) != 0)
+      fail(std::string("queued datagram \"") + want + "\"");
+  }
+}
+
 void run_unix_peer_gone(int rounds) {
   int st[2], sp[2];
   check(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, st), "socketpair stream");
@@ -832,6 +857,7 @@ int main(int argc, char** argv) {
       {"dgram_named", run_dgram_named},
       {"dgram_one_way", run_dgram_one_way},
       {"dgram_one_way_queued", run_dgram_one_way_queued},
+      {"dgram_shut_empty", run_dgram_shut_empty},
   };
   return run_kind(argc, argv, "ckpt_fd_kind", kKinds, 900);
 }

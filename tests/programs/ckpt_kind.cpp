@@ -45,12 +45,21 @@
 //              path, which must be the parent's plus "/kind-sub"; removed at the end
 //   cgroup_outside the same, but the child moves into the PARENT of the job's cgroup
 //              (outside the job): a dump must refuse it
+//   cgroup_threaded the same as cgroup, but "kind-sub" is made a threaded cgroup
+//              (cgroup.type) before the child moves in: a dump must refuse it
+//   zombie_core a child that died of SIGABRT with a core dump (written to "coredir" by
+//              a core_pattern naming a file; the test skips otherwise), kept a zombie:
+//              a dump must refuse it
+//   cgroup_v1  the same as cgroup, but in the cgroup v1 "pids" hierarchy: the child
+//              moves into "kind-sub-v1" below the job's pids cgroup: a dump must refuse
+//              it (its init is in another v1 group)
 //   loginuid   the process sets its audit login uid to 4242 (/proc/self/loginuid):
 //              checked every round
 //   seccomp_strict a thread in seccomp strict mode (only read, write, exit, sigreturn)
 //              that echoes each round's record from one pipe to another
 //
 // Exit status 0; 1 with a line "FAIL ..." saying what failed.
+#include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/epoll.h>
@@ -510,6 +519,38 @@ std::string zombie_state(pid_t z) {
                                                   : -1);
 }
 
+// A child that dumped core (core_pattern: a file in its working directory "coredir")
+// and is kept a zombie; each round its status must still say so (waitid WNOWAIT).
+void run_zombie_core(int rounds) {
+  if (mkdir("coredir", 0700) < 0 && errno != EEXIST) die("mkdir coredir");
+  pid_t z = child([] {
+    rlimit rl{};
+    if (getrlimit(RLIMIT_CORE, &rl) < 0) die("getrlimit");
+    rl.rlim_cur = rl.rlim_max;
+    if (setrlimit(RLIMIT_CORE, &rl) < 0 || chdir("coredir") < 0) die("core set-up");
+    signal(SIGABRT, SIG_DFL);
+    abort();
+  });
+  for (int r = 1; r <= rounds; ++r) {
+    siginfo_t si{};
+    if (waitid(P_PID, static_cast<id_t>(z), &si, WEXITED | WNOWAIT) < 0) die("waitid");
+    if (si.si_code != CLD_DUMPED || si.si_status != SIGABRT)
+      fail("zombie_core: code " + std::to_string(si.si_code) + " status " +
+           std::to_string(si.si_status) + ", not a core dump of SIGABRT");
+    line("zombie_core " + std::to_string(r));
+    tick();
+  }
+  int st = 0;
+  if (waitpid(z, &st, 0) != z || !WCOREDUMP(st)) die("waitpid zombie_core");
+  // The core file differs from run to run: gone, so that outputs compare equal.
+  DIR* d = opendir("coredir");
+  if (!d) die("opendir coredir");
+  while (dirent* e = readdir(d))
+    if (e->d_name[0] != '.' && unlinkat(dirfd(d), e->d_name, 0) < 0) die("unlink core");
+  closedir(d);
+  if (rmdir("coredir") < 0) die("rmdir coredir");
+}
+
 void run_zombie(int rounds) {
   int p[2];
   if (pipe2(p, O_CLOEXEC) < 0) die("pipe2");
@@ -655,12 +696,29 @@ void run_chroot(int rounds) {
   waitpid(kid, nullptr, 0);
 }
 
-// The cgroup v2 path of this process ("0::PATH"), and where cgroup2 is mounted.
-std::string own_cgroup() {
-  std::string s = slurp_fd("/proc/self/cgroup");
-  auto at = s.find("0::");
-  if (at == std::string::npos) return "(no cgroup v2)";
-  return s.substr(at + 3, s.find('\n', at) - at - 3);
+// The cgroup v2 path of this process ("0::PATH"), or with `v1` its path in the v1
+// pids hierarchy ("N:pids:PATH"); and where cgroup2 is mounted.
+std::string own_cgroup(bool v1 = false) {
+  std::string s = "\n" + slurp_fd("/proc/self/cgroup");
+  const std::string key = v1 ? ":pids:" : "\n0::";
+  auto at = s.find(key);
+  if (at == std::string::npos) return v1 ? "(no pids cgroup)" : "(no cgroup v2)";
+  return s.substr(at + key.size(), s.find('\n', at + 1) - at - key.size());
+}
+
+// Where the cgroup v1 pids hierarchy is mounted.
+std::string pids_v1_mount() {
+  std::string m = slurp_fd("/proc/self/mounts");
+  for (std::size_t at = 0; at < m.size();) {
+    std::size_t eol = m.find('\n', at);
+    std::string l = m.substr(at, eol - at);
+    at = eol == std::string::npos ? m.size() : eol + 1;
+    auto a = l.find(' '), b = l.find(' ', a + 1), c = l.find(' ', b + 1), d = l.find(' ', c + 1);
+    if (l.substr(b + 1, c - b - 1) != "cgroup") continue;
+    std::string opts = "," + l.substr(c + 1, d - c - 1) + ",";
+    if (opts.find(",pids,") != std::string::npos) return l.substr(a + 1, b - a - 1);
+  }
+  die("no cgroup v1 pids hierarchy mounted");
 }
 
 std::string cgroup2_mount() {
@@ -671,31 +729,41 @@ std::string cgroup2_mount() {
   return m.substr(b + 1, at - b - 1);
 }
 
-void cgroup_child(int rounds, bool outside) {
-  std::string mine = own_cgroup();
-  std::string want = (mine == "/" ? "" : mine) + "/kind-sub";
+enum class CgroupMove { kSub, kOutside, kThreaded, kV1 };
+
+void cgroup_child(int rounds, CgroupMove how) {
+  const bool outside = how == CgroupMove::kOutside, v1 = how == CgroupMove::kV1;
+  std::string mine = own_cgroup(v1);
+  std::string want = (mine == "/" ? "" : mine) + (v1 ? "/kind-sub-v1" : "/kind-sub");
   if (outside) {
     if (mine == "/") die("cgroup_outside: the job is in the root cgroup");
     want = mine.substr(0, mine.rfind('/'));
     if (want.empty()) want = "/";
   }
-  std::string sub = cgroup2_mount() + (want == "/" ? "" : want);
+  std::string sub = (v1 ? pids_v1_mount() : cgroup2_mount()) + (want == "/" ? "" : want);
   if (!outside && mkdir(sub.c_str(), 0755) < 0 && errno != EEXIST) die("mkdir " + sub);
+  if (how == CgroupMove::kThreaded) {
+    int fd = open((sub + "/cgroup.type").c_str(), O_WRONLY | O_CLOEXEC);
+    if (fd < 0 || write(fd, "threaded", 8) != 8 || close(fd) < 0) die("threaded " + sub);
+  }
   int ask[2], ans[2];
   if (pipe2(ask, O_CLOEXEC) < 0 || pipe2(ans, O_CLOEXEC) < 0) die("pipe2");
-  pid_t kid = answering_child(ask, ans, [sub] {
+  // Into a threaded cgroup by thread: the process stays in its threaded domain, the
+  // job's cgroup.
+  const char* file = how == CgroupMove::kThreaded ? "/cgroup.threads" : "/cgroup.procs";
+  pid_t kid = answering_child(ask, ans, [sub, v1, file] {
     static bool moved = [&] {
-      int fd = open((sub + "/cgroup.procs").c_str(), O_WRONLY | O_CLOEXEC);
+      int fd = open((sub + file).c_str(), O_WRONLY | O_CLOEXEC);
       return fd >= 0 && write(fd, "0", 1) == 1 && close(fd) == 0;
     }();
     if (!moved) return std::string("cannot move into ") + sub + ": " + std::strerror(errno);
-    return own_cgroup();
+    return own_cgroup(v1);
   });
   for (int i = 1; i <= rounds; ++i) {
     std::string got = ask_child(ask[1], ans[0]);
     if (got != want)
       fail("cgroup: round " + std::to_string(i) + ": child in " + got + ", not " + want);
-    if (own_cgroup() != mine) fail("cgroup: the parent moved to " + own_cgroup());
+    if (own_cgroup(v1) != mine) fail("cgroup: the parent moved to " + own_cgroup(v1));
     line("cgroup " + std::to_string(i));
     tick();
   }
@@ -704,8 +772,10 @@ void cgroup_child(int rounds, bool outside) {
   if (!outside && rmdir(sub.c_str()) < 0) die("rmdir " + sub);
 }
 
-void run_cgroup(int rounds) { cgroup_child(rounds, false); }
-void run_cgroup_outside(int rounds) { cgroup_child(rounds, true); }
+void run_cgroup(int rounds) { cgroup_child(rounds, CgroupMove::kSub); }
+void run_cgroup_outside(int rounds) { cgroup_child(rounds, CgroupMove::kOutside); }
+void run_cgroup_threaded(int rounds) { cgroup_child(rounds, CgroupMove::kThreaded); }
+void run_cgroup_v1(int rounds) { cgroup_child(rounds, CgroupMove::kV1); }
 
 void run_loginuid(int rounds) {
   int fd = open("/proc/self/loginuid", O_WRONLY | O_CLOEXEC);
@@ -786,6 +856,9 @@ int main(int argc, char** argv) {
       {"chroot", run_chroot},
       {"cgroup", run_cgroup},
       {"cgroup_outside", run_cgroup_outside},
+      {"cgroup_threaded", run_cgroup_threaded},
+      {"cgroup_v1", run_cgroup_v1},
+      {"zombie_core", run_zombie_core},
       {"loginuid", run_loginuid},
   };
   return run_kind(argc, argv, "ckpt_kind", kKinds);

@@ -31,6 +31,11 @@
 //           a dump must refuse it
 //   flock_dir  flock(2) LOCK_EX on the directory lockdir (made here): a dump must
 //           refuse it (a directory is reopened as a new open file description)
+//   ofd_mapped  F_OFD_SETLK write lock on all of ofd.m, which is then mapped MAP_SHARED
+//           and its fd closed: the lock lives on through the mapping's open file
+//           description, which /proc/locks cannot tell from another process's OFD lock
+//           (pid -1); the child checks it is still held, the holder writes through the
+//           mapping each round; a dump must refuse it
 //
 // Exit status 0; 1 with a line "FAIL ..." saying what failed.
 #include <fcntl.h>
@@ -239,6 +244,25 @@ void run_flock_mapped(int rounds) {
   });
 }
 
+void run_ofd_mapped(int rounds) {
+  int fd = open_file("ofd.m", O_RDWR | O_CREAT | O_TRUNC);
+  if (ftruncate(fd, 4096) < 0) die("ftruncate ofd.m");
+  const Range all{0, 0, F_WRLCK};
+  set_lock(fd, F_OFD_SETLK, all, "F_OFD_SETLK");
+  void* m = mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (m == MAP_FAILED) die("mmap ofd.m");
+  close(fd);
+  auto* counter = static_cast<volatile int*>(m);
+  Checker c([&] {
+    static int own = open_file("ofd.m", O_RDWR);
+    return probe(own, F_OFD_GETLK, all, -1);
+  });
+  rounds_with(c, rounds, "ofd_mapped", [&](int r) {
+    if (*counter != r - 1) fail("ofd.m holds " + std::to_string(*counter));
+    *counter = r;
+  });
+}
+
 // ---- leases ------------------------------------------------------------------------
 
 volatile sig_atomic_t g_sigio = 0;
@@ -435,10 +459,15 @@ void run_fown(int rounds) {
 
 int main(int argc, char** argv) {
   static const Kind kKinds[] = {
-      {"posix", run_posix},         {"ofd", run_ofd},
-      {"flock", run_flock},         {"lease", run_lease},
-      {"fown", run_fown},           {"lease_breaking", run_lease_breaking},
-      {"flock_dir", run_flock_dir}, {"flock_mapped", run_flock_mapped},
+      {"posix", run_posix},
+      {"ofd", run_ofd},
+      {"flock", run_flock},
+      {"lease", run_lease},
+      {"fown", run_fown},
+      {"lease_breaking", run_lease_breaking},
+      {"flock_dir", run_flock_dir},
+      {"flock_mapped", run_flock_mapped},
+      {"ofd_mapped", run_ofd_mapped},
   };
   return run_kind(argc, argv, "ckpt_lock_kind", kKinds);
 }

@@ -36,13 +36,21 @@
 //                MPOL_INTERLEAVE (mbind(2)); each round checks them (get_mempolicy(2))
 //                and the pages' contents
 //   sysfs_map    a mapping of /sys/kernel/btf/vmlinux (a dump must refuse it)
+//   ksm_merge_any  prctl(PR_SET_MEMORY_MERGE): KSM may merge all its anonymous memory
+//                (a dump must refuse it); each round checks PR_GET_MEMORY_MERGE
+//   memlock_lowered  16 pages mlock(2)ed without CAP_IPC_LOCK (dropped from the
+//                effective set), then RLIMIT_MEMLOCK lowered to one page: a restore could
+//                not lock them again (a dump must refuse it); each round checks VmLck
 //   exec_done    (internal) what memfd_exec runs: prints "done memfd_exec N"
 //
 // Exit status 0; 1 with a line "FAIL ..." saying what failed.
 #include <fcntl.h>
+#include <linux/capability.h>
 #include <pthread.h>
 #include <signal.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -379,6 +387,47 @@ void run_sysfs_map(int rounds) {
   }
 }
 
+constexpr int kPrSetMemoryMerge = 67, kPrGetMemoryMerge = 68;  // linux/prctl.h, 6.4
+
+void run_ksm_merge_any(int rounds) {
+  if (prctl(kPrSetMemoryMerge, 1, 0, 0, 0) < 0) die("PR_SET_MEMORY_MERGE");
+  for (int i = 1; i <= rounds; ++i) {
+    if (prctl(kPrGetMemoryMerge, 0, 0, 0, 0) != 1) fail("ksm_merge_any: merge-any is off");
+    line("ksm_merge_any " + std::to_string(i));
+    tick();
+  }
+}
+
+// VmLck of /proc/self/status, in kB.
+long vm_locked_kb() {
+  std::ifstream in("/proc/self/status");
+  std::string l;
+  while (std::getline(in, l))
+    if (l.rfind("VmLck:", 0) == 0) return std::atol(l.c_str() + 6);
+  fail("no VmLck in /proc/self/status");
+}
+
+void run_memlock_lowered(int rounds) {
+  // Without CAP_IPC_LOCK, RLIMIT_MEMLOCK applies (a root job has it: drop it).
+  __user_cap_header_struct h{_LINUX_CAPABILITY_VERSION_3, 0};
+  __user_cap_data_struct d[2]{};
+  if (syscall(SYS_capget, &h, d) < 0) die("capget");
+  d[CAP_IPC_LOCK / 32].effective &= ~(1U << (CAP_IPC_LOCK % 32));
+  if (syscall(SYS_capset, &h, d) < 0) die("capset");
+  const std::size_t len = 16 * kPage;
+  void* mem = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (mem == MAP_FAILED) die("mmap");
+  if (mlock(mem, len) < 0) die("mlock");
+  rlimit rl{kPage, kPage};
+  if (setrlimit(RLIMIT_MEMLOCK, &rl) < 0) die("setrlimit RLIMIT_MEMLOCK");
+  const long want = static_cast<long>(len / 1024);
+  for (int i = 1; i <= rounds; ++i) {
+    if (vm_locked_kb() != want) fail("memlock_lowered: VmLck " + std::to_string(vm_locked_kb()));
+    line("memlock_lowered " + std::to_string(i));
+    tick();
+  }
+}
+
 }  // namespace
 
 // get_mempolicy(2) of the calling thread (addr 0) or of the mapping at addr.
@@ -475,6 +524,10 @@ int main(int argc, char** argv) {
     run_numa(rounds);
   else if (kind == "sysfs_map")
     run_sysfs_map(rounds);
+  else if (kind == "ksm_merge_any")
+    run_ksm_merge_any(rounds);
+  else if (kind == "memlock_lowered")
+    run_memlock_lowered(rounds);
   else {
     std::fprintf(stderr, "ckpt_mem_kind: unknown kind %s\n", kind.c_str());
     return 2;

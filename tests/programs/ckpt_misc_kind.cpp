@@ -32,6 +32,12 @@
 //                 running a NOP every round
 //   fanotify      a fanotify group (fanotify_init(2), FAN_REPORT_FID) watching the
 //                 working directory for created files, one every round
+//   timer_alarm   a POSIX timer on CLOCK_BOOTTIME_ALARM (SIGEV_NONE, 1000 s away),
+//                 its time left checked every round
+//   timer_other_cpu  a POSIX timer on the CPU clock of a child (clock_getcpuclockid(3)),
+//                 SIGEV_NONE, 1000 s away; the child sleeps until killed at the end
+//   timer_thread_cpu  a POSIX timer on CLOCK_THREAD_CPUTIME_ID in a process with a
+//                 second thread (which sleeps), SIGEV_NONE, 1000 s away
 //
 // Exit status 0; 1 with a line "FAIL ..." saying what failed.
 #include <fcntl.h>
@@ -39,6 +45,7 @@
 #include <linux/io_uring.h>
 #include <linux/netlink.h>
 #include <linux/rtnetlink.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sys/fanotify.h>
 #include <sys/mman.h>
@@ -211,6 +218,48 @@ void run_posix_timers(int rounds) {
     fail("cpu timer signal: code " + str(si.si_code) + " id " + str(si_timer_id(si)) + " value " +
          str(si.si_value.sival_int));
   line("cpu timer fired");
+}
+
+// A SIGEV_NONE timer on `clock`, 1000 s away, whose time left must not grow, checked
+// every round.
+void hold_timer(int rounds, clockid_t clock, const char* kind) {
+  sigevent none{};
+  none.sigev_notify = SIGEV_NONE;
+  timer_t t = make_timer(clock, &none, kind);
+  set_timer(t, 1000 * 1000000000L, 0, kind);
+  long last = 1000 * 1000000000L + 1;
+  for (int r = 1; r <= rounds; ++r) {
+    long left = ns(get_timer(t, kind).it_value);
+    if (left <= 0 || left > last) fail(std::string(kind) + ": time left " + str(left));
+    last = left;
+    line(std::string(kind) + " " + str(r));
+    tick();
+  }
+}
+
+void run_timer_alarm(int rounds) { hold_timer(rounds, CLOCK_BOOTTIME_ALARM, "timer_alarm"); }
+
+void run_timer_other_cpu(int rounds) {
+  pid_t child = fork();
+  if (child < 0) die("fork");
+  if (child == 0) {
+    for (;;) pause();
+  }
+  clockid_t clock{};
+  if (clock_getcpuclockid(child, &clock) != 0) fail("clock_getcpuclockid");
+  hold_timer(rounds, clock, "timer_other_cpu");
+  kill(child, SIGKILL);
+  waitpid(child, nullptr, 0);
+}
+
+void* sleep_forever(void*) {
+  for (;;) pause();
+}
+
+void run_timer_thread_cpu(int rounds) {
+  pthread_t t;
+  if (pthread_create(&t, nullptr, sleep_forever, nullptr) != 0) fail("pthread_create");
+  hold_timer(rounds, CLOCK_THREAD_CPUTIME_ID, "timer_thread_cpu");
 }
 
 // ------------------------------------------------------------------ pidfd
@@ -478,6 +527,9 @@ int main(int argc, char** argv) {
       {"aio", run_aio},
       {"io_uring", run_io_uring},
       {"fanotify", run_fanotify},
+      {"timer_alarm", run_timer_alarm},
+      {"timer_other_cpu", run_timer_other_cpu},
+      {"timer_thread_cpu", run_timer_thread_cpu},
   };
   return run_kind(argc, argv, "ckpt_misc_kind", kinds);
 }

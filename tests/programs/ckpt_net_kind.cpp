@@ -26,12 +26,29 @@
 //   udp_queued a UDP socket with a datagram always waiting in its receive queue
 //   repair_undo a connection used every round, and a UDP socket with a datagram
 //              queued: the refused dump must leave the connection usable
+//   urgent     two connections, each round sending a line and an urgent byte
+//              (MSG_OOB) on one and reading the other's: urgent data always pending
+//   urgent_read a connection whose urgent byte was read out of band (MSG_OOB) before
+//              the line sent ahead of it, which is read at the end: the mark stays
+//              inside the receive queue all the run
+//   so_error   a UDP socket connected to a port nobody listens on: each round's
+//              datagram brings back an ICMP error, pending (SO_ERROR) until the next
+//   bindtodevice a UDP socket bound to device lo (SO_BINDTODEVICE) and 127.0.0.1,
+//              sending a datagram to itself each round
+//   filter     the same with a socket filter (SO_ATTACH_FILTER, accept all) instead
+//   freebind   the same with IP_FREEBIND instead
+//   transparent the same with IP_TRANSPARENT instead (needs CAP_NET_ADMIN)
+//   ip_options the same with IP options (IP_OPTIONS: four NOPs) instead
+//   raw        a raw ICMP socket (SOCK_RAW) whose type is checked each round
+//   packet     a packet socket (AF_PACKET, SOCK_DGRAM, no protocol: receives nothing)
 //
 // Exit status 0; 1 with a line "FAIL ..." saying what failed.
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <linux/filter.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -489,6 +506,148 @@ void run_repair_undo(int rounds) {
   }
 }
 
+// Two connections: an urgent byte always waits on at least one of them (each round
+// sends on one before reading the other's), so a dump at any instant sees one.
+void run_urgent(int rounds) {
+  int l = listener(AF_INET, 4);
+  int c[2], a[2];
+  for (int k = 0; k < 2; ++k) {
+    c[k] = connect_to(AF_INET, port_of(l));
+    a[k] = accept(l, nullptr, nullptr);
+    if (a[k] < 0) die("accept");
+  }
+  auto send_urgent = [&](int k, int i) {
+    std::string msg = "urg " + std::to_string(i);
+    write_all(c[k], msg, "urgent line");
+    const char b = static_cast<char>('a' + i % 26);
+    if (send(c[k], &b, 1, MSG_OOB) != 1) die("send MSG_OOB");
+  };
+  auto take_urgent = [&](int k, int i) {
+    // The urgent byte (out of band), then the line before it (reading stops at the
+    // mark; the urgent byte is not in the stream).
+    char b = 0;
+    for (int tries = 0; recv(a[k], &b, 1, MSG_OOB) != 1; ++tries) {
+      if (errno != EAGAIN && errno != EINTR) die("recv MSG_OOB");
+      if (tries > 5000) fail("urgent: no urgent byte");
+      usleep(1000);
+    }
+    if (b != static_cast<char>('a' + i % 26)) fail("urgent: urgent byte differs");
+    std::string msg = "urg " + std::to_string(i);
+    std::vector<char> buf(msg.size());
+    read_exact(a[k], buf.data(), buf.size(), "urgent line");
+    if (std::string(buf.begin(), buf.end()) != msg) fail("urgent: line differs");
+  };
+  send_urgent(0, 0);
+  for (int i = 0; i < rounds; ++i) {
+    send_urgent((i + 1) % 2, i + 1);
+    take_urgent(i % 2, i);
+    line("round " + std::to_string(i + 1) + " urgent ok");
+    tick();
+  }
+}
+
+void run_urgent_read(int rounds) {
+  int l = listener(AF_INET, 4);
+  int c = connect_to(AF_INET, port_of(l));
+  int a = accept(l, nullptr, nullptr);
+  if (a < 0) die("accept");
+  write_all(c, "head", "urgent_read line");
+  if (send(c, "U", 1, MSG_OOB) != 1) die("send MSG_OOB");
+  char b = 0;
+  for (int tries = 0; recv(a, &b, 1, MSG_OOB) != 1; ++tries) {
+    if (errno != EAGAIN && errno != EINTR) die("recv MSG_OOB");
+    if (tries > 5000) fail("urgent_read: no urgent byte");
+    usleep(1000);
+  }
+  if (b != 'U') fail("urgent_read: urgent byte differs");
+  for (int i = 0; i < rounds; ++i) {
+    int at_mark = 1;
+    if (ioctl(a, SIOCATMARK, &at_mark) < 0) die("SIOCATMARK");
+    if (at_mark) fail("urgent_read: at the mark before reading the line");
+    line("round " + std::to_string(i + 1) + " urgent_read ok");
+    tick();
+  }
+  char buf[4];
+  read_exact(a, buf, sizeof buf, "urgent_read line");
+  if (std::string(buf, sizeof buf) != "head") fail("urgent_read: line differs");
+}
+
+// The error of a datagram to a closed port comes back as ICMP port unreachable and
+// waits in sk_err (a connected UDP socket) until a call reports it.
+void run_so_error(int rounds) {
+  int closed = socket(AF_INET, SOCK_DGRAM, 0);
+  auto any = addr_of(AF_INET, 0);
+  if (bind(closed, reinterpret_cast<sockaddr*>(&any), sizeof(sockaddr_in)) < 0) die("bind");
+  auto to = addr_of(AF_INET, port_of(closed));
+  close(closed);  // nobody on that port now
+  int u = socket(AF_INET, SOCK_DGRAM, 0);
+  if (connect(u, reinterpret_cast<sockaddr*>(&to), sizeof(sockaddr_in)) < 0) die("connect");
+  for (int i = 0; i < rounds; ++i) {
+    // The previous round's error, if it came back (reading it clears it).
+    int err = 0;
+    socklen_t el = sizeof err;
+    if (getsockopt(u, SOL_SOCKET, SO_ERROR, &err, &el) < 0) die("SO_ERROR");
+    if (err != 0 && err != ECONNREFUSED) fail("so_error: error " + std::to_string(err));
+    if (send(u, "ping", 4, 0) < 0 && errno != ECONNREFUSED) die("send");
+    line("round " + std::to_string(i + 1) + " so_error ok");
+    tick();
+  }
+}
+
+// A UDP socket bound to 127.0.0.1 that sends a datagram to itself each round, after
+// `setup` gave it the option the dump must refuse.
+void run_udp_self(int rounds, const char* kind, void (*setup)(int)) {
+  int u = socket(AF_INET, SOCK_DGRAM, 0);
+  if (u < 0) die("socket");
+  setup(u);
+  auto any = addr_of(AF_INET, 0);
+  if (bind(u, reinterpret_cast<sockaddr*>(&any), sizeof(sockaddr_in)) < 0) die("bind");
+  auto self = addr_of(AF_INET, port_of(u));
+  for (int i = 0; i < rounds; ++i) {
+    std::string msg = std::string(kind) + " " + std::to_string(i);
+    if (sendto(u, msg.data(), msg.size(), 0, reinterpret_cast<sockaddr*>(&self),
+               sizeof(sockaddr_in)) < 0)
+      die("sendto");
+    char buf[64];
+    ssize_t r = recv(u, buf, sizeof buf, 0);
+    if (r < 0) die("recv");
+    if (std::string(buf, static_cast<size_t>(r)) != msg)
+      fail(std::string(kind) + ": datagram differs");
+    line("round " + std::to_string(i + 1) + " " + kind + " ok");
+    tick();
+  }
+}
+
+void bind_to_lo(int fd) {
+  if (setsockopt(fd, SOL_SOCKET, SO_BINDTODEVICE, "lo", 3) < 0) die("SO_BINDTODEVICE");
+}
+
+void attach_filter(int fd) {
+  sock_filter accept_all[] = {{BPF_RET | BPF_K, 0, 0, 0xffffffffU}};
+  sock_fprog prog{1, accept_all};
+  if (setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof prog) < 0) die("SO_ATTACH_FILTER");
+}
+
+void set_freebind(int fd) { seti(fd, IPPROTO_IP, IP_FREEBIND, 1, "IP_FREEBIND"); }
+void set_transparent(int fd) { seti(fd, IPPROTO_IP, IP_TRANSPARENT, 1, "IP_TRANSPARENT"); }
+
+void set_ip_options(int fd) {
+  const unsigned char nops[4] = {1, 1, 1, 1};  // IPOPT_NOP
+  if (setsockopt(fd, IPPROTO_IP, IP_OPTIONS, nops, sizeof nops) < 0) die("IP_OPTIONS");
+}
+
+// A socket of `family`, `type` and `protocol` held and checked each round.
+void run_hold(int rounds, const char* kind, int family, int type, int protocol) {
+  int fd = socket(family, type, protocol);
+  if (fd < 0) die(std::string("socket for ") + kind);
+  for (int i = 0; i < rounds; ++i) {
+    expect(fd, SOL_SOCKET, SO_TYPE, type, "SO_TYPE");
+    expect(fd, SOL_SOCKET, SO_DOMAIN, family, "SO_DOMAIN");
+    line("round " + std::to_string(i + 1) + " " + kind + " ok");
+    tick();
+  }
+}
+
 const Kind kKinds[] = {
     {"listen", run_listen},
     {"pair", [](int r) { run_pair(r, AF_INET); }},
@@ -500,6 +659,16 @@ const Kind kKinds[] = {
     {"close_wait", run_close_wait},
     {"udp_queued", run_udp_queued},
     {"repair_undo", run_repair_undo},
+    {"urgent", run_urgent},
+    {"so_error", run_so_error},
+    {"urgent_read", run_urgent_read},
+    {"bindtodevice", [](int r) { run_udp_self(r, "bindtodevice", bind_to_lo); }},
+    {"filter", [](int r) { run_udp_self(r, "filter", attach_filter); }},
+    {"freebind", [](int r) { run_udp_self(r, "freebind", set_freebind); }},
+    {"transparent", [](int r) { run_udp_self(r, "transparent", set_transparent); }},
+    {"ip_options", [](int r) { run_udp_self(r, "ip_options", set_ip_options); }},
+    {"raw", [](int r) { run_hold(r, "raw", AF_INET, SOCK_RAW, IPPROTO_ICMP); }},
+    {"packet", [](int r) { run_hold(r, "packet", AF_PACKET, SOCK_DGRAM, 0); }},
 };
 
 }  // namespace

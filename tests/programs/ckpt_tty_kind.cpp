@@ -20,6 +20,13 @@
 //   master_alone  a master whose slave was never opened
 //   queued        a line written to the master that the slave has not read
 //   dev_tty       /dev/tty held open by a process whose controlling terminal is the pty
+//   locked        a pty whose slave is open, locked again (TIOCSPTLCK) afterwards
+//   ldisc         a pty whose slave uses line discipline N_NULL (TIOCSETD)
+//   slave_alone   a pty slave whose master was closed (hung up: writes fail)
+//   ctty_orphan   a child that did setsid(2) + TIOCSCTTY, whose own child made a
+//                 grandchild and exited: the grandchild (reparented to the job's init,
+//                 not a session leader) has the pty as its controlling terminal and its
+//                 new parent has none; both wait for the parent to close a pipe at the end
 //
 // Exit status 0; 1 with a line "FAIL ..." saying what failed.
 #include <fcntl.h>
@@ -249,6 +256,59 @@ void run_ctty(int rounds) {
   if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) fail("the session leader child failed");
 }
 
+void run_ctty_orphan(int rounds) {
+  Pty p = open_pty();
+  int done[2], ready[2];
+  if (pipe2(done, O_CLOEXEC) < 0 || pipe2(ready, O_CLOEXEC) < 0) die("pipe2");
+  pid_t leader = fork();
+  if (leader < 0) die("fork");
+  if (leader == 0) {
+    close(p.master);
+    close(done[1]);
+    close(ready[0]);
+    if (setsid() < 0) die("setsid");
+    if (ioctl(p.slave, TIOCSCTTY, 0) < 0) die("TIOCSCTTY");
+    // A middle process makes the grandchild and exits: the grandchild, reparented to
+    // the job's init, keeps the session and its terminal while its new parent has none.
+    pid_t middle = fork();
+    if (middle < 0) die("fork");
+    if (middle == 0) {
+      const pid_t me = getpid();
+      pid_t gc = fork();
+      if (gc < 0) die("fork");
+      if (gc == 0) {
+        while (getppid() == me) usleep(1000);
+        if (write(ready[1], "r", 1) != 1) _exit(1);
+        char c;
+        while (read(done[0], &c, 1) < 0 && errno == EINTR) {
+        }
+        _exit(0);
+      }
+      _exit(0);
+    }
+    close(ready[1]);
+    while (waitpid(middle, nullptr, 0) < 0 && errno == EINTR) {
+    }
+    char c;
+    while (read(done[0], &c, 1) < 0 && errno == EINTR) {
+    }
+    _exit(0);
+  }
+  close(done[0]);
+  close(ready[1]);
+  char c;
+  if (read(ready[0], &c, 1) != 1) fail("ctty_orphan: the grandchild is not ready");
+  for (int i = 0; i < rounds; ++i) {
+    line("ctty_orphan " + std::to_string(i));
+    tick();
+  }
+  close(done[1]);
+  int st = 0;
+  while (waitpid(leader, &st, 0) < 0 && errno == EINTR) {
+  }
+  if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) fail("ctty_orphan: the session leader failed");
+}
+
 void run_master_alone(int rounds) {
   int m = posix_openpt(O_RDWR | O_NOCTTY);
   if (m < 0 || grantpt(m) < 0 || unlockpt(m) < 0) die("posix_openpt");
@@ -300,6 +360,42 @@ void run_dev_tty(int rounds) {
   if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) fail("the child failed");
 }
 
+void run_locked(int rounds) {
+  Pty p = open_pty();
+  int one = 1;
+  if (ioctl(p.master, TIOCSPTLCK, &one) < 0) die("TIOCSPTLCK");
+  for (int i = 0; i < rounds; ++i) {
+    int locked = 0;
+    if (ioctl(p.master, TIOCGPTLCK, &locked) < 0) die("TIOCGPTLCK");
+    if (locked != 1) fail("locked: TIOCGPTLCK " + std::to_string(locked));
+    line("locked " + std::to_string(i));
+    tick();
+  }
+}
+
+void run_ldisc(int rounds) {
+  Pty p = open_pty();
+  const int n_null = 27;  // N_NULL (linux/tty.h, Linux 4.13)
+  if (ioctl(p.slave, TIOCSETD, &n_null) < 0) die("TIOCSETD N_NULL");
+  for (int i = 0; i < rounds; ++i) {
+    int ld = -1;
+    if (ioctl(p.slave, TIOCGETD, &ld) < 0) die("TIOCGETD");
+    if (ld != n_null) fail("ldisc: line discipline " + std::to_string(ld));
+    line("ldisc " + std::to_string(i));
+    tick();
+  }
+}
+
+void run_slave_alone(int rounds) {
+  Pty p = open_pty();
+  close(p.master);
+  for (int i = 0; i < rounds; ++i) {
+    if (write(p.slave, "x", 1) != -1) fail("slave_alone: a write to a hung-up slave succeeded");
+    line("slave_alone " + std::to_string(i));
+    tick();
+  }
+}
+
 constexpr Kind kKinds[] = {
     {"pair", run_pair},
     {"raw", run_raw},
@@ -308,6 +404,10 @@ constexpr Kind kKinds[] = {
     {"master_alone", run_master_alone},
     {"queued", run_queued},
     {"dev_tty", run_dev_tty},
+    {"locked", run_locked},
+    {"ldisc", run_ldisc},
+    {"slave_alone", run_slave_alone},
+    {"ctty_orphan", run_ctty_orphan},
 };
 
 }  // namespace
