@@ -111,6 +111,10 @@ REFUSED: dict[str, tuple[Callable[[list[int]], Callable[[str], None]], tuple[str
                  ("pipe:", "SCM_RIGHTS", "held by no process")),
     # The lock is met first, by the check that every lock of the job is on an fd.
     "scm_lock": (_names_process, ("flock", "in flight")),
+    # An OFD lock shows no pid in /proc/locks: the file in flight is met with it.
+    "scm_ofd": (lambda pids: names_one_fd(fds_matching(pids, lambda t: t.startswith("socket:")),
+                                          "socket"),
+                ("SCM_RIGHTS", "holds a lock")),
     "passcred_queued": (lambda pids: names_one_fd(
         fds_matching(pids, lambda t: t.startswith("socket:")), "socket"),
         ("SO_PASSCRED", "queued")),

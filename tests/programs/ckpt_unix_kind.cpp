@@ -33,6 +33,8 @@
 //              they connected: recvfrom(2) at the end must name that sender
 //   scm_pipe   a pipe's read end in flight whose both ends the process closed
 //   scm_lock   a regular file in flight that holds a flock(2) lock, closed by the process
+//   scm_ofd    a regular file in flight that holds an OFD lock (F_OFD_SETLK), closed by
+//              the process
 //
 // Exit status 0; 1 with a line "FAIL ..." saying what failed.
 #include <fcntl.h>
@@ -451,6 +453,35 @@ void run_dgram_other_sender(int rounds) {
     fail("the queued datagram's sender changed");
 }
 
+// A file with an OFD lock that only the queue holds (/proc/locks shows no pid for it).
+void run_scm_ofd(int rounds) {
+  make_file();
+  int sv[2];
+  check(socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, sv), "socketpair");
+  int f = check(open(kFile, O_RDWR | O_CLOEXEC), "open the file");
+  struct flock fl {};
+  fl.l_type = F_WRLCK;
+  fl.l_whence = SEEK_SET;
+  fl.l_start = 10;
+  fl.l_len = 20;
+  check(fcntl(f, F_OFD_SETLK, &fl), "F_OFD_SETLK");
+  send_files(sv[0], "o", {f});
+  close(f);
+  for (int r = 1; r <= rounds; ++r) {
+    line("scm_ofd " + str(r));
+    tick();
+  }
+  std::vector<int> got = recv_files(sv[1], "o", "the lock's message");
+  int other = check(open(kFile, O_RDWR | O_CLOEXEC), "open the file again");
+  struct flock probe {};
+  probe.l_type = F_WRLCK;
+  probe.l_whence = SEEK_SET;
+  probe.l_start = 15;
+  probe.l_len = 1;
+  if (got.size() != 1 || fcntl(other, F_OFD_GETLK, &probe) < 0 || probe.l_type != F_WRLCK)
+    fail("the file in flight lost its OFD lock");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -459,6 +490,7 @@ int main(int argc, char** argv) {
       {"scm_alone", run_scm_alone},
       {"scm_pipe", run_scm_pipe},
       {"scm_lock", run_scm_lock},
+      {"scm_ofd", run_scm_ofd},
       {"unix_opts", run_unix_opts},
       {"passcred_queued", run_passcred_queued},
       {"sock_filter", run_sock_filter},
