@@ -191,6 +191,7 @@ DumpStats dump(const DumpOptions& o) {
   }
   phase("pages");
   for (auto& p : procs) m.processes.push_back(std::move(p.rec));
+  inet_repair.settle(m);
 
   nlohmann::json j = m;
   if (o.leave_running) {

@@ -661,6 +661,7 @@ struct InetRepair::Held {
     UniqueFd fd;
     std::uint32_t rcv_seq = 0;
     std::string who;
+    std::uint64_t ino = 0;
   };
   std::vector<One> sockets;
   bool done = false;
@@ -691,6 +692,22 @@ void InetRepair::check_unchanged() const {
     if (now != h.rcv_seq)
       fail("{}: {} bytes arrived from its peer during the dump (no network lock): dump abandoned",
            h.who, now - h.rcv_seq);
+  }
+}
+
+void InetRepair::settle(Manifest& m) {
+  for (int round = 0; round < 50 && !held_->sockets.empty(); ++round) {
+    if (round) ::usleep(10000);
+    bool moved = false;
+    for (auto& h : held_->sockets)
+      moved = moved || queue_seq(h.fd.get(), TCP_RECV_QUEUE, h.who) != h.rcv_seq;
+    if (!moved) return;
+    for (auto& h : held_->sockets)
+      for (auto& s : m.inet_sockets)
+        if (s.ino == h.ino) {
+          dump_established(h.fd.get(), s, h.who);
+          h.rcv_seq = s.rcv_seq;
+        }
   }
 }
 
@@ -797,7 +814,7 @@ void dump_inet(std::span<DumpProcess> procs, Manifest& m, InetRepair& repair) {
       }
       if (s.type == SOCK_STREAM && s.state == TCP_ESTABLISHED) {
         // Repair mode from here on, until the job dies or InetRepair ends it.
-        repair.held_->sockets.push_back({std::move(mine), 0, who});
+        repair.held_->sockets.push_back({std::move(mine), 0, who, s.ino});
         dump_established(repair.held_->sockets.back().fd.get(), s, who);
         repair.held_->sockets.back().rcv_seq = s.rcv_seq;
       }

@@ -84,6 +84,14 @@ class InetRepair {
   InetRepair(const InetRepair&) = delete;
   InetRepair& operator=(const InetRepair&) = delete;
   void end_repair();
+  // A frozen job's connections can still move data between themselves (a window
+  // update sent before the freeze lets a sender inside the job go on over loopback;
+  // repair mode stops nothing). Called once the rest of the job is dumped: if any
+  // receive sequence number moved, reads the connections into m.inet_sockets again
+  // until a reading 10 ms after the last finds nothing moved (at most ~0.5 s), so that
+  // check_unchanged() need not abandon the dump. Throws Error naming a socket that
+  // cannot be read.
+  void settle(Manifest& m);
   // Fails the dump (Error) if a repaired socket received data since it was dumped.
   void check_unchanged() const;
   void keep_for_kill();
