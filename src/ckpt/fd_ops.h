@@ -7,6 +7,7 @@
 // indexes them by kind is in files.cpp.
 #pragma once
 
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 
@@ -71,6 +72,18 @@ const FdOps& fd_ops(FdKind k);
 // reference to init's fd `init_fd`, with f's file status flags (O_NONBLOCK,
 // O_APPEND, O_DIRECT) set on it. Returns its fd number in the process. (files.cpp)
 long adopt_from_init(const FdRestoreCtx& ctx, int init_fd, const Fd& f, const std::string& who);
+
+// The file status flags fcntl(2) F_SETFL changes, restored for every fd kind.
+inline constexpr int kStatusFlags = O_APPEND | O_NONBLOCK | O_ASYNC | O_DIRECT | O_NOATIME;
+
+// Sets f.pos and f.flags (octal) from the text of /proc/PID/fdinfo/N (proc(5)).
+// (files.cpp)
+void parse_fdinfo(const std::string& fdinfo, Fd& f);
+
+// The kind of an fd that is not a socket or an anonymous inode, from its stat(2) and
+// /proc link: file, directory, pipe or FIFO, pty or other character device. Throws
+// UnsupportedError naming `where` for any other file type. (files.cpp)
+FdKind kind_by_type(const struct stat& st, const std::string& link, const std::string& where);
 
 // Open flags that give an fd its saved status again when it is reopened by path:
 // f.flags without those that act only at creation. (files.cpp)

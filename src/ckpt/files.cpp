@@ -51,9 +51,6 @@ const char* const kDevices[] = {"/dev/null", "/dev/zero", "/dev/full", "/dev/ran
 
 bool writable(const Fd& f) { return (f.flags & O_ACCMODE) != O_RDONLY; }
 
-// The file status flags fcntl(2) F_SETFL changes, restored for every fd kind.
-constexpr int kStatusFlags = O_APPEND | O_NONBLOCK | O_ASYNC | O_DIRECT | O_NOATIME;
-
 // The flags of fd `fd` of process `hp`, from /proc/PID/fdinfo (proc(5)).
 int fdinfo_flags(pid_t hp, int fd, const std::string& who) {
   std::istringstream info(read_file(fmt::format("/proc/{}/fdinfo/{}", hp, fd)));
@@ -182,7 +179,8 @@ constexpr std::array<const FdOps*, kFdKinds> kFdOpsTable{
     &kInotifyFdOps, &kPidfdFdOps,   &kNetlinkFdOps, &kInetFdOps,    &kPtyFdOps,
 };
 
-// The kind of an fd that is not a socket or an anonymous inode, from its stat.
+}  // namespace
+
 FdKind kind_by_type(const struct stat& st, const std::string& link, const std::string& where) {
   if (S_ISREG(st.st_mode)) return FdKind::kFile;
   if (S_ISDIR(st.st_mode)) return FdKind::kDir;
@@ -192,7 +190,18 @@ FdKind kind_by_type(const struct stat& st, const std::string& link, const std::s
   fail_unsupported("{}: unsupported file type {:o}", where, st.st_mode & S_IFMT);
 }
 
-}  // namespace
+void parse_fdinfo(const std::string& fdinfo, Fd& f) {
+  std::istringstream info(fdinfo);
+  std::string key;
+  while (info >> key) {
+    if (key == "pos:")
+      info >> f.pos;
+    else if (key == "flags:")
+      info >> std::oct >> f.flags >> std::dec;
+    else
+      info.ignore(1 << 20, '\n');
+  }
+}
 
 const FdOps& fd_ops(FdKind k) {
   auto i = static_cast<std::size_t>(k);
@@ -270,16 +279,7 @@ void dump_files(DumpProcess& p, std::span<DumpProcess> all) {
     f.fd = fd;
     f.path = link;
     const std::string fdinfo = read_file(fmt::format("/proc/{}/fdinfo/{}", hp, fd));
-    std::istringstream info(fdinfo);
-    std::string key;
-    while (info >> key) {
-      if (key == "pos:")
-        info >> f.pos;
-      else if (key == "flags:")
-        info >> std::oct >> f.flags >> std::dec;
-      else
-        info.ignore(1 << 20, '\n');
-    }
+    parse_fdinfo(fdinfo, f);
     // Its kind: sockets and anonymous inodes by their link, the rest by file type.
     struct stat st {};
     bool deleted = false;

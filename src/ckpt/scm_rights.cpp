@@ -12,13 +12,10 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include <sstream>
-
 #include "ckpt/fsaccess.h"
 #include "ckpt/inject.h"
 #include "ckpt/proc.h"
 #include "ckpt/remote.h"
-#include "ckpt/tty.h"
 #include "common/error.h"
 
 namespace fsched::ckpt {
@@ -46,33 +43,19 @@ Fd record_alone(const DumpProcess& owner, int fd, const std::string& who) {
     fail_unsupported("{}: files of /proc are not supported", where);
   if (link.ends_with(" (deleted)"))
     fail_unsupported("{}: deleted, and held by no process of the job (not supported)", where);
-  FdKind kind;
-  if (S_ISREG(st.st_mode))
-    kind = FdKind::kFile;
-  else if (S_ISDIR(st.st_mode))
-    kind = FdKind::kDir;
-  else if (S_ISCHR(st.st_mode) && !is_tty_device(st))
-    kind = FdKind::kChr;
-  else
-    fail_unsupported("{}: this kind of file (mode {:o}) in flight is not supported", where,
-                     st.st_mode & S_IFMT);
+  const FdKind kind = kind_by_type(st, link, where);
+  if (kind != FdKind::kFile && kind != FdKind::kDir && kind != FdKind::kChr)
+    fail_unsupported("{}: this kind of file ({}) in flight is not supported", where,
+                     to_string(kind));
   Fd f;
   f.fd = -1;
   f.kind = kind;
   f.path = link;
   const std::string fdinfo = read_file(fmt::format("/proc/self/fdinfo/{}", fd));
-  std::istringstream info(fdinfo);
-  std::string key;
-  while (info >> key) {
-    if (key == "pos:")
-      info >> f.pos;
-    else if (key == "flags:")
-      info >> std::oct >> f.flags >> std::dec;
-    else if (key == "lock:")
-      fail_unsupported(
-          "{}: holds a lock (locks held only through an fd in flight are not supported)", where);
-    info.ignore(1 << 20, '\n');
-  }
+  parse_fdinfo(fdinfo, f);
+  if (fdinfo.rfind("lock:", 0) == 0 || fdinfo.find("\nlock:") != std::string::npos)
+    fail_unsupported("{}: holds a lock (locks held only through an fd in flight are not supported)",
+                     where);
   // The owner and signal of the description (fown.h) would be lost: the restore opens
   // it again.
   f_owner_ex own{};
@@ -148,9 +131,8 @@ std::vector<UniqueFd> InFlightRestore::files(const ScmRights& r, const Process& 
       if (ops.seekable && f.pos)
         inj.call_ok(of + ": lseek", SYS_lseek, static_cast<std::uint64_t>(tmp),
                     static_cast<std::uint64_t>(f.pos), SEEK_SET);
-      constexpr int kStatus = O_APPEND | O_NONBLOCK | O_ASYNC | O_DIRECT | O_NOATIME;
       inj.call_ok(of + ": fcntl(F_SETFL)", SYS_fcntl, static_cast<std::uint64_t>(tmp), F_SETFL,
-                  static_cast<std::uint64_t>(f.flags & kStatus));
+                  static_cast<std::uint64_t>(f.flags & kStatusFlags));
       act_as(inj, ip, init_.area, nullptr, of);
       UniqueFd mine = grab_fd(ip, static_cast<int>(tmp), of);
       inj.call(SYS_close, static_cast<std::uint64_t>(tmp));

@@ -87,10 +87,11 @@ void send_files(int sock, const std::string& data, const std::vector<int>& fds) 
   if (sendmsg(sock, &mh, MSG_DONTWAIT) != static_cast<ssize_t>(data.size())) die("sendmsg");
 }
 
-// Reads exactly data's length and returns the files that came with it; fails if the
-// bytes differ.
-std::vector<int> recv_files(int sock, const std::string& want, const std::string& what) {
-  std::string got(want.size(), '\0');
+// Reads `want` (offering `room` bytes more, so that a read that does not stop where it
+// should is seen) and returns the files that came with it; fails if the bytes differ.
+std::vector<int> recv_files(int sock, const std::string& want, const std::string& what,
+                            std::size_t room = 0) {
+  std::string got(want.size() + room, '\0');
   iovec iov{got.data(), got.size()};
   msghdr mh{};
   mh.msg_iov = &iov;
@@ -100,9 +101,8 @@ std::vector<int> recv_files(int sock, const std::string& want, const std::string
   mh.msg_controllen = sizeof ctl;
   ssize_t r = recvmsg(sock, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
   if (r < 0) die(what + ": recvmsg");
-  if (static_cast<std::size_t>(r) != want.size() || got != want)
-    fail(what + ": read '" + got.substr(0, static_cast<std::size_t>(r)) + "', expected '" + want +
-         "'");
+  got.resize(static_cast<std::size_t>(r));
+  if (got != want) fail(what + ": read '" + got + "', expected '" + want + "'");
   if (mh.msg_flags & MSG_CTRUNC) fail(what + ": control data truncated");
   std::vector<int> fds;
   for (cmsghdr* c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
@@ -146,28 +146,8 @@ void run_scm_held(int rounds) {
   for (int r = 1; r <= rounds; ++r) {
     const std::string w = "round " + str(r);
     // One read for more than is queued: a read stops where the files' send ended.
-    std::string want = carried + "pre" + str(r) + "files" + str(r);
-    std::vector<char> buf(want.size() + 64);
-    iovec iov{buf.data(), buf.size()};
-    msghdr mh{};
-    mh.msg_iov = &iov;
-    mh.msg_iovlen = 1;
-    alignas(cmsghdr) char ctl[CMSG_SPACE(sizeof(int) * 8)];
-    mh.msg_control = ctl;
-    mh.msg_controllen = sizeof ctl;
-    ssize_t n = recvmsg(sv[1], &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
-    if (n < 0) die(w + ": recvmsg");
-    if (std::string(buf.data(), static_cast<std::size_t>(n)) != want)
-      fail(w + ": read '" + std::string(buf.data(), static_cast<std::size_t>(n)) + "', expected '" +
-           want + "'");
-    std::vector<int> got;
-    for (cmsghdr* c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
-      for (std::size_t i = 0; c->cmsg_type == SCM_RIGHTS && i < (c->cmsg_len - CMSG_LEN(0)) / 4;
-           ++i) {
-        int fd;
-        std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
-        got.push_back(fd);
-      }
+    std::vector<int> got =
+        recv_files(sv[1], carried + "pre" + str(r) + "files" + str(r), w + ": the read", 64);
     carried = "post" + str(r);
     if (got.size() != 3) fail(w + ": " + str(static_cast<long>(got.size())) + " files, not 3");
     if (!same_file(got[0], p[1]) || !same_file(got[1], file) || !same_file(got[2], sv[0]))
