@@ -160,7 +160,7 @@ DumpStats dump(const DumpOptions& o) {
   check_unattributed_locks(procs, proc_locks.get());
   // TCP connections go into repair mode here (inet.h), out of it again if the dump
   // fails or the job runs on.
-  InetRepair inet_repair;
+  InetRepair inet_repair(o.tcp_hold_s);
   dump_inet(procs, m, inet_repair);
   phase("state");
   // The page stream, section by section in the one order restore reads it back in
@@ -191,7 +191,6 @@ DumpStats dump(const DumpOptions& o) {
   }
   phase("pages");
   for (auto& p : procs) m.processes.push_back(std::move(p.rec));
-  inet_repair.settle(m);
 
   nlohmann::json j = m;
   if (o.leave_running) {
@@ -203,12 +202,13 @@ DumpStats dump(const DumpOptions& o) {
     phase("commit");
   } else {
     // The job dies only once its image is durable, and with its TCP connections as
-    // they were dumped (no network lock: inet.h).
+    // they were dumped (locked against incoming packets: netlock.h).
     inet_repair.check_unchanged();
     img->commit(std::move(j));
     phase("commit");
-    inet_repair.keep_for_kill();
+    inet_repair.keep_for_kill();  // repair mode for the close, at the last moment
     tree.kill([&] { st.freeze_ms = ms_since(t_freeze); });
+    inet_repair.job_killed();
     phase("kill");
   }
   st.dump_ms = ms_since(t0);

@@ -48,6 +48,9 @@ struct DumpOptions {
   // The cluster's image key (imagekey.h) that signs the manifest; "" for
   // $FSCHED_IMAGE_KEY or the default path. Created if missing.
   std::string key_file;
+  // Seconds the TCP sockets of a killed job stay held, locked, for a restore on this
+  // host to take them over (netlock.h); 0 closes them at once.
+  unsigned tcp_hold_s = 120;
 };
 struct DumpStats {
   int processes = 0, threads = 0;
@@ -76,6 +79,9 @@ struct RestoreStats {
   double restore_ms = 0;  // from start until the job runs again
   double verify_ms = 0;   // of which: verifying the image before creating processes
   std::vector<std::pair<std::string, double>> phases_ms;  // as in DumpStats
+  // TCP connections: the dumped sockets taken over from the network lock's guardian
+  // (netlock.h), and those their peers had reset (the program gets ECONNRESET).
+  int tcp_taken_over = 0, tcp_reset = 0;
 };
 // Verifies the image (manifest, every chunk checksum, CPU xstate features, mapped
 // files unchanged), then recreates the tree in a new PID namespace and lets it run.

@@ -30,6 +30,7 @@
 #include <set>
 
 #include "ckpt/manifest.h"
+#include "ckpt/netlock.h"
 #include "ckpt/remote.h"
 #include "ckpt/sockets.h"
 #include "common/error.h"
@@ -39,6 +40,9 @@
 #ifndef TCP_REPAIR_ON
 #define TCP_REPAIR_ON 1
 #define TCP_REPAIR_OFF 0
+#endif
+#ifndef TCP_REPAIR_OFF_NO_WP
+#define TCP_REPAIR_OFF_NO_WP -1
 #endif
 
 namespace fsched::ckpt {
@@ -246,9 +250,12 @@ std::uint32_t queue_seq(int fd, int queue, const std::string& who) {
   return seq;
 }
 
-// The `len` bytes of queue `queue` of a repaired socket, not consumed.
-std::string peek_repair_queue(int fd, int queue, int len, const std::string& who) {
-  if (::setsockopt(fd, IPPROTO_TCP, TCP_REPAIR_QUEUE, &queue, sizeof queue) < 0)
+// The `len` bytes of a socket's queue, not consumed: its send queue (TCP_SEND_QUEUE,
+// in repair mode) or its receive queue (any other `queue`, outside repair mode: a
+// locked socket's receive queue stays as it is).
+std::string peek_queue(int fd, int queue, int len, const std::string& who) {
+  if (queue == TCP_SEND_QUEUE &&
+      ::setsockopt(fd, IPPROTO_TCP, TCP_REPAIR_QUEUE, &queue, sizeof queue) < 0)
     fail_errno("{}: TCP_REPAIR_QUEUE", who);
   if (len <= 0) return "";
   std::string data(static_cast<std::size_t>(len), '\0');
@@ -256,7 +263,7 @@ std::string peek_repair_queue(int fd, int queue, int len, const std::string& who
   // A read of a receive queue stops at an urgent mark (tcp_recvmsg), which is where the
   // queue holds an urgent byte already read out of band and skipped when reading gets
   // there: the restored queue would give it back as data.
-  if (queue == TCP_RECV_QUEUE && r >= 0 && r < len)
+  if (queue != TCP_SEND_QUEUE && r >= 0 && r < len)
     fail_unsupported(
         "{}: TCP urgent (out-of-band) data: a mark inside its receive queue (the queue reads "
         "{} of {} bytes up to it) is not supported",
@@ -264,43 +271,84 @@ std::string peek_repair_queue(int fd, int queue, int len, const std::string& who
   if (r != len)
     fail_errno("{}: reading its {} queue ({} of {} bytes)", who,
                queue == TCP_SEND_QUEUE ? "send" : "receive", r, len);
-  return to_hex(data.data(), data.size());
+  return data;
 }
 
+// Repair mode for as long as it lives. A dump holds it only while it reads: a dumper
+// killed meanwhile lets the job's threads go (ptrace), and a thread that met its
+// socket in repair mode before the guardian took it out would fail (recv EPERM). Out
+// of it, the locked socket (netlock.h) still changes nothing the image holds: nothing
+// comes in, and what a timer sends of the unsent part is sent again, the same bytes at
+// the same sequence numbers, by the restore.
+// Repair mode takes the socket's SO_REUSEADDR (sk_reuse: forced on, then off when
+// repair ends), which is put back.
+class RepairWindow {
+ public:
+  RepairWindow(int fd, const std::string& who)
+      : fd_(fd), reuse_(int_opt(fd, SOL_SOCKET, SO_REUSEADDR)) {
+    set_repair(fd, TCP_REPAIR_ON, who);
+  }
+  ~RepairWindow() {
+    int off = TCP_REPAIR_OFF_NO_WP;  // no window probe: the peer hears nothing
+    ::setsockopt(fd_, IPPROTO_TCP, TCP_REPAIR, &off, sizeof off);
+    ::setsockopt(fd_, SOL_SOCKET, SO_REUSEADDR, &reuse_, sizeof reuse_);
+  }
+  RepairWindow(const RepairWindow&) = delete;
+  RepairWindow& operator=(const RepairWindow&) = delete;
+
+ private:
+  int fd_;
+  int reuse_;
+};
+
 void dump_established(int fd, InetSocket& s, const std::string& who) {
-  set_repair(fd, TCP_REPAIR_ON, who);
   int outq = 0, unsent = 0, inq = 0;
   if (::ioctl(fd, SIOCOUTQ, &outq) < 0 || ::ioctl(fd, SIOCOUTQNSD, &unsent) < 0 ||
       ::ioctl(fd, SIOCINQ, &inq) < 0)
     fail_errno("{}: queue lengths", who);
   s.unsent = static_cast<std::uint32_t>(unsent);
-  s.snd_seq = queue_seq(fd, TCP_SEND_QUEUE, who);
-  s.sendq_hex = peek_repair_queue(fd, TCP_SEND_QUEUE, outq, who);
-  s.rcv_seq = queue_seq(fd, TCP_RECV_QUEUE, who);
-  s.recvq_hex = peek_repair_queue(fd, TCP_RECV_QUEUE, inq, who);
   tcp_info ti{};
   socklen_t tl = sizeof ti;
   if (::getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &tl) < 0) fail_errno("{}: TCP_INFO", who);
   s.tcpi_options = ti.tcpi_options;
   s.snd_wscale = ti.tcpi_snd_wscale;
   s.rcv_wscale = ti.tcpi_rcv_wscale;
-  int mss = int_opt(fd, IPPROTO_TCP, TCP_MAXSEG);  // in repair mode: mss_clamp
-  if (mss < 0) fail_errno("{}: TCP_MAXSEG", who);
-  s.mss = static_cast<std::uint32_t>(mss);
   if (s.tcpi_options & TCPI_OPT_TIMESTAMPS) {
     socklen_t l = sizeof s.timestamp;
     if (::getsockopt(fd, IPPROTO_TCP, TCP_TIMESTAMP, &s.timestamp, &l) < 0)
       fail_errno("{}: TCP_TIMESTAMP", who);
   }
-  tcp_repair_window w{};
-  socklen_t wl = sizeof w;
-  if (::getsockopt(fd, IPPROTO_TCP, TCP_REPAIR_WINDOW, &w, &wl) < 0)
-    fail_errno("{}: TCP_REPAIR_WINDOW", who);
-  s.snd_wl1 = w.snd_wl1;
-  s.snd_wnd = w.snd_wnd;
-  s.max_window = w.max_window;
-  s.rcv_wnd = w.rcv_wnd;
-  s.rcv_wup = w.rcv_wup;
+  const std::string recvq = peek_queue(fd, TCP_RECV_QUEUE, inq, who);
+  std::string sendq;
+  {
+    // Only what needs repair mode, kept short (RepairWindow).
+    RepairWindow repair(fd, who);
+    s.snd_seq = queue_seq(fd, TCP_SEND_QUEUE, who);
+    sendq = peek_queue(fd, TCP_SEND_QUEUE, outq, who);
+    s.rcv_seq = queue_seq(fd, TCP_RECV_QUEUE, who);
+    int mss = int_opt(fd, IPPROTO_TCP, TCP_MAXSEG);  // in repair mode: mss_clamp
+    if (mss < 0) fail_errno("{}: TCP_MAXSEG", who);
+    s.mss = static_cast<std::uint32_t>(mss);
+    tcp_repair_window w{};
+    socklen_t wl = sizeof w;
+    if (::getsockopt(fd, IPPROTO_TCP, TCP_REPAIR_WINDOW, &w, &wl) < 0)
+      fail_errno("{}: TCP_REPAIR_WINDOW", who);
+    s.snd_wl1 = w.snd_wl1;
+    s.snd_wnd = w.snd_wnd;
+    s.max_window = w.max_window;
+    s.rcv_wnd = w.rcv_wnd;
+    s.rcv_wup = w.rcv_wup;
+  }
+  s.sendq_hex = to_hex(sendq.data(), sendq.size());
+  s.recvq_hex = to_hex(recvq.data(), recvq.size());
+}
+
+// A socket filter of the job's: refused (and checked before the network lock puts its
+// own on the socket).
+void refuse_socket_filter(int fd, const std::string& who) {
+  socklen_t fl = 0;
+  if (::getsockopt(fd, SOL_SOCKET, SO_GET_FILTER, nullptr, &fl) == 0 && fl > 0)
+    fail_unsupported("{}: a socket filter (SO_ATTACH_FILTER / BPF) is not supported", who);
 }
 
 // Options the unit cannot restore: refused when set.
@@ -309,9 +357,6 @@ void refuse_unrestorable_options(int fd, int family, const std::string& who) {
   socklen_t dl = sizeof dev;
   if (::getsockopt(fd, SOL_SOCKET, SO_BINDTODEVICE, dev, &dl) == 0 && dl > 0 && dev[0])
     fail_unsupported("{}: bound to device {} (SO_BINDTODEVICE) is not supported", who, dev);
-  socklen_t fl = 0;
-  if (::getsockopt(fd, SOL_SOCKET, SO_GET_FILTER, nullptr, &fl) == 0 && fl > 0)
-    fail_unsupported("{}: a socket filter (SO_ATTACH_FILTER / BPF) is not supported", who);
   if (family == AF_INET) {
     if (int_opt(fd, IPPROTO_IP, IP_FREEBIND) > 0 || int_opt(fd, IPPROTO_IP, IP_TRANSPARENT) > 0)
       fail_unsupported("{}: IP_FREEBIND or IP_TRANSPARENT is not supported", who);
@@ -408,14 +453,15 @@ void restore_options(int fd, const InetSocket& s, bool only_v6only, const std::s
     const bool buf = o.level == SOL_SOCKET && (o.name == SO_RCVBUF || o.name == SO_SNDBUF);
     if (buf) {
       // getsockopt reports twice what setsockopt asked for (socket(7)). A TCP buffer
-      // larger than an unprivileged setsockopt could ask for was grown by the kernel's
-      // autotuning, which the restored socket does again.
+      // larger than an unprivileged setsockopt could ask for, or of an odd size (which
+      // no setsockopt gives), was grown by the kernel's autotuning, which the restored
+      // socket does again.
       int want = 0;
       std::memcpy(&want, v.data(), std::min(v.size(), sizeof want));
       const int limit = sysctl_int(
           o.name == SO_RCVBUF ? "/proc/sys/net/core/rmem_max" : "/proc/sys/net/core/wmem_max",
           212992);
-      if (s.type == SOCK_STREAM && want / 2 > limit) continue;
+      if (s.type == SOCK_STREAM && (want / 2 > limit || want % 2 != 0)) continue;
       want /= 2;
       if (::setsockopt(fd, o.level, o.name, &want, sizeof want) < 0)
         fail_errno("{}: setsockopt {}", who, name);
@@ -565,13 +611,63 @@ struct Pending {
   UniqueFd fd;
   const InetSocket* s;
   std::string who;
+  bool held = false;  // the dumped socket itself, taken over from the guardian
 };
 std::vector<Pending> g_pending;
+// The sockets the network lock's guardian held since the dump (netlock.h), by inode,
+// until each is given to its process or closed; and the listeners given, to unlock.
+std::map<std::uint64_t, UniqueFd> g_held;
+std::vector<UniqueFd> g_held_listeners;
+InetRestore::Counts g_counts;
+
+// Whether the held socket `fd` is exactly what the image says s was: same addresses,
+// owner and state; a connection still in repair mode with the same sequence numbers
+// and queue lengths (locked since its queues were read, nothing came or went); a
+// listener with nothing in its accept queue.
+bool held_matches(int fd, const InetSocket& s) {
+  struct stat st {};
+  tcp_info ti{};
+  socklen_t tl = sizeof ti;
+  if (::fstat(fd, &st) < 0 || st.st_uid != s.uid ||
+      ::getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &tl) < 0 || ti.tcpi_state != s.state)
+    return false;
+  try {
+    check_restored(fd, s, "held socket");
+  } catch (const Error&) {
+    return false;
+  }
+  if (s.state == TCP_LISTEN) return ti.tcpi_unacked == 0;  // sk_ack_backlog
+  if (s.state != TCP_ESTABLISHED) return false;
+  int outq = 0, inq = 0;
+  try {
+    if (queue_seq(fd, TCP_SEND_QUEUE, "") != s.snd_seq ||
+        queue_seq(fd, TCP_RECV_QUEUE, "") != s.rcv_seq)
+      return false;
+  } catch (const Error&) {
+    return false;  // not in repair mode
+  }
+  return ::ioctl(fd, SIOCOUTQ, &outq) == 0 && ::ioctl(fd, SIOCINQ, &inq) == 0 &&
+         static_cast<std::size_t>(outq) * 2 == s.sendq_hex.size() &&
+         static_cast<std::size_t>(inq) * 2 == s.recvq_hex.size();
+}
 
 long open_inet_fd(const FdRestoreCtx& c, const Fd& f, const std::string& who) {
   const InetSocket& s = socket_of(*c.proc.image, f.file.ino, who);
   if (s.family != AF_INET && s.family != AF_INET6) fail_image("image: {}: bad family", who);
   if (s.type != SOCK_STREAM && s.type != SOCK_DGRAM) fail_image("image: {}: bad type", who);
+  if (auto h = g_held.find(s.ino); h != g_held.end()) {
+    UniqueFd held = std::move(h->second);
+    g_held.erase(h);
+    if (held_matches(held.get(), s)) {
+      long there = give_fd(c.inj(), c.host_pid(), c.area, held.get(), who + " (held)");
+      if (s.state == TCP_ESTABLISHED)
+        g_pending.push_back({std::move(held), &s, who, true});
+      else
+        g_held_listeners.push_back(std::move(held));
+      return there;
+    }
+    // Closed here, silently (repair mode), which frees its address for the new one.
+  }
   // Made by the job's process, with its file-system uid (act_as): the socket is the
   // job user's.
   long tmp = c.inj().call_ok(who + ": socket", SYS_socket, static_cast<std::uint64_t>(s.family),
@@ -613,11 +709,43 @@ long open_inet_fd(const FdRestoreCtx& c, const Fd& f, const std::string& who) {
 // Out of repair mode once all exist, then what was not sent yet, options, read-back.
 void finish_pending() {
   for (Pending& p : g_pending) set_repair(p.fd.get(), TCP_REPAIR_OFF, p.who);
+  const int zero = 0;
+  for (UniqueFd& l : g_held_listeners)
+    ::setsockopt(l.get(), SOL_SOCKET, SO_DETACH_FILTER, &zero, sizeof zero);
+  g_held_listeners.clear();
   for (Pending& p : g_pending) {
+    // A peer that reset the connection meanwhile (its retransmission met no socket
+    // between the kill and this restore: no guardian held it) closed it: the program
+    // learns it from its next call (ECONNRESET), as after any network failure. Nothing
+    // is sent then, which would take that error from it.
+    tcp_info ti{};
+    socklen_t tl = sizeof ti;
+    if (::getsockopt(p.fd.get(), IPPROTO_TCP, TCP_INFO, &ti, &tl) == 0 &&
+        ti.tcpi_state == TCP_CLOSE) {
+      ++g_counts.reset;
+      continue;
+    }
+    if (p.held) {
+      ++g_counts.taken_over;
+      // Its queues and options are the dumped socket's own; it was only locked, and
+      // repair mode took its SO_REUSEADDR.
+      if (::setsockopt(p.fd.get(), SOL_SOCKET, SO_DETACH_FILTER, &zero, sizeof zero) < 0)
+        fail_errno("{}: unlocking it (SO_DETACH_FILTER)", p.who);
+      restore_options(p.fd.get(), *p.s, false, p.who);
+      verify_options(p.fd.get(), *p.s, p.who);
+      check_restored(p.fd.get(), *p.s, p.who);
+      continue;
+    }
     const std::vector<std::uint8_t> sendq = from_hex(p.s->sendq_hex);
     // The part not sent yet is sent as the program would have.
-    send_all(p.fd.get(), {sendq.end() - static_cast<std::ptrdiff_t>(p.s->unsent), sendq.end()},
-             p.who, "unsent data");
+    try {
+      send_all(p.fd.get(), {sendq.end() - static_cast<std::ptrdiff_t>(p.s->unsent), sendq.end()},
+               p.who, "unsent data");
+    } catch (const Error& e) {
+      if (e.err() != ECONNRESET && e.err() != EPIPE) throw;
+      ++g_counts.reset;  // reset at this very moment: as above, but the error is taken
+      continue;
+    }
     restore_options(p.fd.get(), *p.s, false, p.who);
     verify_options(p.fd.get(), *p.s, p.who);
     check_restored(p.fd.get(), *p.s, p.who);
@@ -635,11 +763,28 @@ const FdOps kInetFdOps{.kind = FdKind::kInet,
                        .shareable = true,
                        .seekable = false};
 
-InetRestore::InetRestore() { g_pending.clear(); }
+InetRestore::InetRestore(const Manifest& m) {
+  g_pending.clear();
+  g_counts = {};
+  g_held.clear();
+  g_held_listeners.clear();
+  for (const InetSocket& s : m.inet_sockets)
+    if (s.type == SOCK_STREAM && (s.state == TCP_ESTABLISHED || s.state == TCP_LISTEN)) {
+      g_held = take_held_sockets(m.netlock);
+      break;
+    }
+}
 // Connections not finished (a failed restore): their processes are killed with them in
-// repair mode, which sends nothing to their peers.
-InetRestore::~InetRestore() { g_pending.clear(); }
-void InetRestore::finish() { finish_pending(); }
+// repair mode, which sends nothing to their peers; held sockets not given close so.
+InetRestore::~InetRestore() {
+  g_pending.clear();
+  g_held.clear();
+  g_held_listeners.clear();
+}
+InetRestore::Counts InetRestore::finish() {
+  finish_pending();
+  return g_counts;
+}
 
 const FdOps& socket_fd_ops(pid_t host_pid, int fd, const std::string& where) {
   UniqueFd mine = grab_fd(host_pid, fd, where);
@@ -662,12 +807,15 @@ struct InetRepair::Held {
     std::uint32_t rcv_seq = 0;
     std::string who;
     std::uint64_t ino = 0;
+    int reuse = 0;  // SO_REUSEADDR, which repair mode takes
   };
   std::vector<One> sockets;
+  std::unique_ptr<NetLock> lock;  // every TCP socket of the job, from before it is read
+  bool for_kill = false;          // in repair mode again, for the kill (keep_for_kill)
   bool done = false;
 };
 
-InetRepair::InetRepair() : held_(std::make_unique<Held>()) {}
+InetRepair::InetRepair(unsigned hold_s) : held_(std::make_unique<Held>()), hold_s_(hold_s) {}
 
 InetRepair::~InetRepair() {
   try {
@@ -679,44 +827,65 @@ InetRepair::~InetRepair() {
 void InetRepair::end_repair() {
   if (held_->done) return;
   held_->done = true;
-  for (auto& h : held_->sockets) {
-    int off = TCP_REPAIR_OFF;
-    ::setsockopt(h.fd.get(), IPPROTO_TCP, TCP_REPAIR, &off, sizeof off);
-  }
+  if (held_->for_kill)
+    for (auto& h : held_->sockets) {
+      int off = TCP_REPAIR_OFF;
+      ::setsockopt(h.fd.get(), IPPROTO_TCP, TCP_REPAIR, &off, sizeof off);
+      ::setsockopt(h.fd.get(), SOL_SOCKET, SO_REUSEADDR, &h.reuse, sizeof h.reuse);
+    }
   held_->sockets.clear();
+  if (held_->lock) held_->lock->release();
 }
 
 void InetRepair::check_unchanged() const {
   for (auto& h : held_->sockets) {
-    std::uint32_t now = queue_seq(h.fd.get(), TCP_RECV_QUEUE, h.who);
+    std::uint32_t now = 0;
+    {
+      RepairWindow repair(h.fd.get(), h.who);
+      now = queue_seq(h.fd.get(), TCP_RECV_QUEUE, h.who);
+    }
     if (now != h.rcv_seq)
-      fail("{}: {} bytes arrived from its peer during the dump (no network lock): dump abandoned",
-           h.who, now - h.rcv_seq);
-  }
-}
-
-void InetRepair::settle(Manifest& m) {
-  for (int round = 0; round < 50 && !held_->sockets.empty(); ++round) {
-    if (round) ::usleep(10000);
-    bool moved = false;
-    for (auto& h : held_->sockets)
-      moved = moved || queue_seq(h.fd.get(), TCP_RECV_QUEUE, h.who) != h.rcv_seq;
-    if (!moved) return;
-    for (auto& h : held_->sockets)
-      for (auto& s : m.inet_sockets)
-        if (s.ino == h.ino) {
-          dump_established(h.fd.get(), s, h.who);
-          h.rcv_seq = s.rcv_seq;
-        }
+      fail("{}: {} bytes arrived from its peer during the dump: dump abandoned", h.who,
+           now - h.rcv_seq);
   }
 }
 
 void InetRepair::keep_for_kill() {
-  held_->done = true;
-  held_->sockets.clear();
+  held_->for_kill = true;
+  for (auto& h : held_->sockets) set_repair(h.fd.get(), TCP_REPAIR_ON, h.who);
 }
 
+void InetRepair::job_killed() {
+  held_->done = true;
+  held_->sockets.clear();
+  if (held_->lock) held_->lock->hold(hold_s_);
+}
+
+std::size_t InetRepair::locked() const { return held_->lock ? held_->lock->size() : 0; }
+
 void dump_inet(std::span<DumpProcess> procs, Manifest& m, InetRepair& repair) {
+  auto who_of = [](const DumpProcess& p, const Fd& f) {
+    return fmt::format("process {} (pid {} in the job), fd {} -> socket:[{}]", p.host_pid,
+                       p.rec.pid, f.fd, f.file.ino);
+  };
+  // The lock first (netlock.h): from here on no packet reaches a TCP socket of the job,
+  // so what is read below (accept queues, sequence numbers, queues) stays true until
+  // the job is killed or thawed.
+  std::map<std::uint64_t, UniqueFd> grabbed;
+  for (auto& p : procs) {
+    for (auto& f : p.rec.fds) {
+      if (f.kind != FdKind::kInet || grabbed.contains(f.file.ino)) continue;
+      UniqueFd mine = grab_fd(p.host_pid, f.fd, who_of(p, f));
+      refuse_socket_filter(mine.get(), who_of(p, f));
+      if (int_opt(mine.get(), SOL_SOCKET, SO_TYPE) == SOCK_STREAM) {
+        if (!repair.held_->lock)
+          repair.held_->lock = std::make_unique<NetLock>(procs[0].host_pid, repair.hold_s_);
+        repair.held_->lock->add(mine.get(), who_of(p, f));
+        m.netlock = repair.held_->lock->name();
+      }
+      grabbed.emplace(f.file.ino, std::move(mine));
+    }
+  }
   std::map<std::uint64_t, Diag> diag;
   bool have_diag = false;
   std::set<std::uint64_t> done;
@@ -727,9 +896,8 @@ void dump_inet(std::span<DumpProcess> procs, Manifest& m, InetRepair& repair) {
         diag = inet_sockets_diag();
         have_diag = true;
       }
-      const std::string who = fmt::format("process {} (pid {} in the job), fd {} -> socket:[{}]",
-                                          p.host_pid, p.rec.pid, f.fd, f.file.ino);
-      UniqueFd mine = grab_fd(p.host_pid, f.fd, who);
+      const std::string who = who_of(p, f);
+      UniqueFd mine = std::move(grabbed.at(f.file.ino));
       const int fd = mine.get();
       InetSocket s;
       s.ino = f.file.ino;
@@ -813,8 +981,8 @@ void dump_inet(std::span<DumpProcess> procs, Manifest& m, InetRepair& repair) {
         s.opts.push_back({o.level, o.name, v});
       }
       if (s.type == SOCK_STREAM && s.state == TCP_ESTABLISHED) {
-        // Repair mode from here on, until the job dies or InetRepair ends it.
-        repair.held_->sockets.push_back({std::move(mine), 0, who, s.ino});
+        const int reuse = int_opt(mine.get(), SOL_SOCKET, SO_REUSEADDR);
+        repair.held_->sockets.push_back({std::move(mine), 0, who, s.ino, reuse});
         dump_established(repair.held_->sockets.back().fd.get(), s, who);
         repair.held_->sockets.back().rcv_seq = s.rcv_seq;
       }

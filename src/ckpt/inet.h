@@ -27,15 +27,17 @@
 // queue.
 //
 // Dump: the dumper works on its own reference to each socket (pidfd_getfd(2)) while
-// the job is frozen. Established sockets are put in repair mode before anything is
-// read (a repaired socket sends nothing); InetRepair takes them out again when the
-// dump fails or the job is left running, and leaves them in repair mode when the job
-// is killed, so that their close sends no FIN or RST to the peer that the restored
-// socket will talk to. Known limit: there is no network lock (CRIU's iptables rules),
-// so data a peer OUTSIDE the job sends between the queue read and the kill would be
-// acknowledged by the dying socket and lost; InetRepair::check_unchanged() re-reads
-// every receive sequence number before the image is committed and fails the dump if
-// one moved (what arrives between the commit and the kill is not detected).
+// the job is frozen. Before anything is read, every TCP socket of the job is locked
+// against incoming packets (netlock.h): what a peer sends during the dump is not
+// acknowledged and comes again to the thawed or restored socket, and a guardian
+// process gives the sockets back if the dumper dies. A connection is in repair mode
+// (TCP_REPAIR) only while its sequence numbers, window and send queue are read, and
+// again from just before a kill, so that its close sends no FIN or RST to the peer the
+// restored socket will talk to; repair mode's hold on SO_REUSEADDR is undone each time.
+// Once the job is killed the guardian holds its sockets for a restore on this host,
+// which takes the dumped sockets over as they are (InetRestore). InetRepair::
+// check_unchanged() re-reads every receive sequence number before the image is
+// committed and fails the dump if one moved.
 //
 // Restore, why it is safe: each socket is made by an injected socket(2) in the job's
 // own process, which at that point has the job's file-system uid (act_as), so the
@@ -74,31 +76,34 @@ extern const FdOps kInetFdOps;
 // for an INET socket of another protocol (raw, SCTP, MPTCP, ICMP).
 const FdOps& socket_fd_ops(pid_t host_pid, int fd, const std::string& where);
 
-// The sockets a dump holds in repair mode. Destruction (dump failed) and
-// end_repair() (job left running) take them out of repair mode; keep_for_kill()
-// leaves them in it for the job's death.
+// The TCP sockets of a dump: locked against incoming packets (netlock.h) from before
+// they are read, and in repair mode only while each is read and, for a job to be
+// killed, from just before the kill. Destruction (dump failed) and end_repair() (job
+// left running) unlock them (and take them out of repair mode after keep_for_kill).
 class InetRepair {
  public:
-  InetRepair();
+  // hold_s: how long the sockets of a killed job are held for a restore (netlock.h).
+  explicit InetRepair(unsigned hold_s);
   ~InetRepair();
   InetRepair(const InetRepair&) = delete;
   InetRepair& operator=(const InetRepair&) = delete;
   void end_repair();
-  // A frozen job's connections can still move data between themselves (a window
-  // update sent before the freeze lets a sender inside the job go on over loopback;
-  // repair mode stops nothing). Called once the rest of the job is dumped: if any
-  // receive sequence number moved, reads the connections into m.inet_sockets again
-  // until a reading 10 ms after the last finds nothing moved (at most ~0.5 s), so that
-  // check_unchanged() need not abandon the dump. Throws Error naming a socket that
-  // cannot be read.
-  void settle(Manifest& m);
-  // Fails the dump (Error) if a repaired socket received data since it was dumped.
+  // Fails the dump (Error) if a connection received data since it was dumped (the
+  // lock makes that impossible; this is the last word before the image is committed).
   void check_unchanged() const;
+  // The job is about to be killed: its connections go into repair mode (locked still),
+  // so that their close sends nothing to the peers the restored job will talk to.
+  // Throws Error naming a socket that cannot.
   void keep_for_kill();
+  // The job is dead: the network lock's guardian holds its sockets for a restore.
+  void job_killed();
+  // How many TCP sockets the network lock holds.
+  std::size_t locked() const;
   struct Held;
 
  private:
   std::unique_ptr<Held> held_;
+  unsigned hold_s_;
   friend void dump_inet(std::span<DumpProcess>, Manifest&, InetRepair&);
 };
 
@@ -109,11 +114,18 @@ class InetRepair {
 // restore) drops the restorer's references; the killed job's close sends nothing.
 class InetRestore {
  public:
-  InetRestore();
+  // Takes over the sockets the dump's network lock still holds on this host, if any
+  // (netlock.h): open_inet_fd gives each matching one to its process as it is.
+  explicit InetRestore(const Manifest& m);
   ~InetRestore();
   InetRestore(const InetRestore&) = delete;
   InetRestore& operator=(const InetRestore&) = delete;
-  void finish();
+  // What became of the TCP connections.
+  struct Counts {
+    int taken_over = 0;  // the dumped sockets themselves, held by the network lock
+    int reset = 0;       // reset by their peers before they were restored
+  };
+  Counts finish();
 };
 
 // Dump: every TCP/UDP socket of the job (the fds of kind kInet) into m.inet_sockets,

@@ -405,6 +405,9 @@ struct Manifest {
   std::vector<SysvShm> sysv_shm;
   std::vector<UnixSocket> sockets;
   std::vector<InetSocket> inet_sockets;  // TCP and UDP (inet.h); absent in older images
+  // The abstract socket name at which the network lock's guardian holds the killed
+  // job's TCP sockets for a restore on this host (netlock.h); "" without TCP sockets.
+  std::string netlock;
   // Files in flight that no process of the job holds (regular files, directories,
   // devices), which InFlightFd::file indexes; Fd::fd is unused (-1).
   std::vector<Fd> in_flight;
@@ -496,7 +499,7 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(InetSocket, ino, family, type, s
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Manifest, kernel, xfeatures, xstate_size,
                                                 dump_time_ns, boot_id, processes, pipes, shm,
                                                 deleted_files, sysv_shm, sockets, inet_sockets,
-                                                in_flight, sections)
+                                                netlock, in_flight, sections)
 
 // Hex helpers for binary blobs stored in the manifest.
 std::string to_hex(const void* data, std::size_t len);

@@ -1,9 +1,12 @@
 // Reaching into another process: its memory and its file descriptors; see remote.h.
 #include "ckpt/remote.h"
 
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <unistd.h>
+
+#include <cstring>
 
 #include "ckpt/inject.h"
 #include "ckpt/restore_context.h"
@@ -52,6 +55,62 @@ long take_fd(Injector& inj, int ns_pid, int fd, const std::string& what) {
     throw Error(fmt::format("{}: pidfd_getfd of fd {} of process {}", what, fd, ns_pid),
                 static_cast<int>(-r));
   return r;
+}
+
+long give_fd(Injector& inj, pid_t host_pid, const InjectionArea& area, int fd,
+             const std::string& what) {
+  const std::uint64_t at = area.data();
+  inj.call_ok(what + ": socketpair", SYS_socketpair, AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, at);
+  int pair[2];
+  remote_read(host_pid, at, pair, sizeof pair);
+  struct Close {
+    Injector& inj;
+    int fd;
+    ~Close() {
+      try {
+        inj.call(SYS_close, static_cast<std::uint64_t>(fd));
+      } catch (...) {  // the process is lost anyway
+      }
+    }
+  } c0{inj, pair[0]}, c1{inj, pair[1]};
+  UniqueFd to = grab_fd(host_pid, pair[0], what);
+  char byte = 0;
+  iovec iov{&byte, 1};
+  alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int))]{};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = cbuf;
+  msg.msg_controllen = sizeof cbuf;
+  cmsghdr* c = CMSG_FIRSTHDR(&msg);
+  c->cmsg_level = SOL_SOCKET;
+  c->cmsg_type = SCM_RIGHTS;
+  c->cmsg_len = CMSG_LEN(sizeof(int));
+  std::memcpy(CMSG_DATA(c), &fd, sizeof fd);
+  if (::sendmsg(to.get(), &msg, MSG_NOSIGNAL) != 1) fail_errno("{}: sendmsg of fd {}", what, fd);
+  // The same message header in the target: iovec at +64, its byte at +96, control at +128.
+  msghdr rmsg{};
+  iovec riov{reinterpret_cast<void*>(at + 96), 1};
+  rmsg.msg_iov = reinterpret_cast<iovec*>(at + 64);
+  rmsg.msg_iovlen = 1;
+  rmsg.msg_control = reinterpret_cast<void*>(at + 128);
+  rmsg.msg_controllen = sizeof cbuf;
+  char zero[sizeof cbuf]{};
+  remote_write(host_pid, at, &rmsg, sizeof rmsg);
+  remote_write(host_pid, at + 64, &riov, sizeof riov);
+  remote_write(host_pid, at + 128, zero, sizeof zero);
+  inj.call_ok(what + ": recvmsg", SYS_recvmsg, static_cast<std::uint64_t>(pair[1]), at,
+              MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+  char got[sizeof cbuf];
+  remote_read(host_pid, at + 128, got, sizeof got);
+  cmsghdr h{};
+  std::memcpy(&h, got, sizeof h);
+  if (h.cmsg_level != SOL_SOCKET || h.cmsg_type != SCM_RIGHTS ||
+      h.cmsg_len != CMSG_LEN(sizeof(int)))
+    fail("{}: the fd sent did not arrive", what);
+  int there = -1;
+  std::memcpy(&there, got + (CMSG_DATA(c) - reinterpret_cast<unsigned char*>(cbuf)), sizeof there);
+  return there;
 }
 
 }  // namespace fsched::ckpt

@@ -39,4 +39,11 @@ inline long take_from_init(Injector& inj, int init_fd, const std::string& what) 
   return take_fd(inj, 1, init_fd, what);
 }
 
+// The other way: gives our fd `fd` to the injected process `host_pid` (SCM_RIGHTS over
+// a datagram socketpair made there, recvmsg(2) injected, the pair closed after);
+// returns its number there (O_CLOEXEC). Uses the first 256 bytes of the area's data.
+// Throws Error("<what>: ...").
+long give_fd(Injector& inj, pid_t host_pid, const InjectionArea& area, int fd,
+             const std::string& what);
+
 }  // namespace fsched::ckpt

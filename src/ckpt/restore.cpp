@@ -115,7 +115,7 @@ RestoreStats restore(const RestoreOptions& o) {
       if (p->rec->pid != 1)
         act_as(p->leader(), p->host_pid, area, p->rec, fmt::format("process {}", p->rec->pid));
     InitStash stash(procs[0]);
-    InetRestore inet;  // TCP connections in repair mode until all exist (inet.h)
+    InetRestore inet(m);  // TCP connections in repair mode until all exist (inet.h)
     ShmTable shm;
     PipeTable pipes;
     SocketTable sockets;
@@ -162,7 +162,9 @@ RestoreStats restore(const RestoreOptions& o) {
         refill, stash, procs,
         FdRestoreCtx{
             .proc = procs[0], .area = area, .pipes = pipes, .sockets = sockets, .objects = shm});
-    inet.finish();
+    auto tcp = inet.finish();
+    st.tcp_taken_over = tcp.taken_over;
+    st.tcp_reset = tcp.reset;
     seal_shm_objects(stash, m, shm);
     stash.close_all();
     close_ptys_in_init(procs[0]);  // the job's fds hold the masters now (tty.h)

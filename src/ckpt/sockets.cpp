@@ -410,6 +410,13 @@ void dump_sockets(std::span<DumpProcess> procs, Manifest& m, ImageWriter& img) {
       if (d.state == TCP_LISTEN) {
         if (d.name.empty())
           fail_unsupported("{}: listening socket without a name (not supported)", who);
+        // Waiting connections are half-made sockets no process of the job holds (their
+        // clients' ends are checked on their own): they could not be handed back.
+        if (d.rqueue)
+          fail_unsupported(
+              "{}: a listening Unix socket with {} connection(s) waiting to be accepted is not "
+              "supported",
+              who, d.rqueue);
       } else if (d.peer) {
         if (!in_job.count(d.peer))
           fail_unsupported("{}: connected to a socket outside the job (unsupported)", who);

@@ -124,6 +124,10 @@ int main(int argc, char** argv) {
   dump->add_flag(
       "--direct-io", dopt.direct_io,
       "write the page data with O_DIRECT, past the page cache: for images not read back soon here");
+  dump->add_option("--tcp-hold", dopt.tcp_hold_s,
+                   "seconds a killed job's TCP sockets stay held, locked, for a restore on this "
+                   "host to take them over (default 120; 0: closed at once)")
+      ->check(CLI::Range(0, 86400));
   dump->add_flag("--json", dump_json, "print the figures as JSON");
   const std::string key_help = fmt::format(
       "the cluster's image key (default $FSCHED_IMAGE_KEY or {})", ck::kDefaultImageKeyPath);
@@ -202,11 +206,10 @@ int main(int argc, char** argv) {
       auto st = ck::restore(res);
       write_pidfile(res_pidfile, st.init_pid);
       if (res_json) {
-        nlohmann::json j{{"restore_ms", st.restore_ms},
-                         {"verify_ms", st.verify_ms},
-                         {"processes", st.processes},
-                         {"threads", st.threads},
-                         {"pid", st.init_pid}};
+        nlohmann::json j{{"restore_ms", st.restore_ms}, {"verify_ms", st.verify_ms},
+                         {"processes", st.processes},   {"threads", st.threads},
+                         {"pid", st.init_pid},          {"tcp_taken_over", st.tcp_taken_over},
+                         {"tcp_reset", st.tcp_reset}};
         for (auto& [name, ms] : st.phases_ms) j["phases_ms"][name] = ms;
         std::cerr << j.dump() << std::endl;
       }

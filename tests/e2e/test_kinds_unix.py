@@ -127,6 +127,9 @@ REFUSED: dict[str, tuple[Callable[[list[int]], Callable[[str], None]], tuple[str
     "dgram_other_sender": (lambda pids: names_one_fd(
         fds_matching(pids, lambda t: t.startswith("socket:")), "socket"),
         ("queued from @unixkind-os-", "-sender")),
+    "unix_backlog": (lambda pids: names_one_fd(
+        fds_matching(pids, lambda t: t.startswith("socket:")), "socket"),
+        ("1 connection(s) waiting to be accepted",)),
 }
 
 

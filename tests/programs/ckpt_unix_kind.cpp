@@ -433,6 +433,28 @@ void run_dgram_other_sender(int rounds) {
     fail("the queued datagram's sender changed");
 }
 
+// A listener with a connection waiting in its accept queue whose client closed its end:
+// no process of the job holds that connection, so the dump cannot give it back.
+void run_unix_backlog(int rounds) {
+  socklen_t l;
+  sockaddr_un a = abstract("unixkind-bl-" + str(getpid()), l);
+  int lsn = check(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0), "socket");
+  check(bind(lsn, reinterpret_cast<sockaddr*>(&a), l), "bind");
+  check(listen(lsn, 4), "listen");
+  int cl = check(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0), "socket");
+  check(connect(cl, reinterpret_cast<sockaddr*>(&a), l), "connect");
+  if (write(cl, "b", 1) != 1) die("write");
+  close(cl);
+  for (int r = 1; r <= rounds; ++r) {
+    line("unix_backlog " + str(r));
+    tick();
+  }
+  int s = check(accept4(lsn, nullptr, nullptr, SOCK_CLOEXEC), "accept");
+  char buf[2];
+  if (read(s, buf, 2) != 1 || buf[0] != 'b' || read(s, buf, 1) != 0)
+    fail("the waiting connection lost its byte or its end");
+}
+
 // A file with an OFD lock that only the queue holds (/proc/locks shows no pid for it).
 void run_scm_ofd(int rounds) {
   make_file();
@@ -476,6 +498,7 @@ int main(int argc, char** argv) {
       {"sock_filter", run_sock_filter},
       {"unix_oob", run_unix_oob},
       {"dgram_other_sender", run_dgram_other_sender},
+      {"unix_backlog", run_unix_backlog},
   };
   return run_kind(argc, argv, "ckpt_unix_kind", kKinds, 900);
 }

@@ -1,0 +1,202 @@
+"""The network lock of a dump (issue 13, netlock.h): a server OUTSIDE the job streams a
+known byte pattern into a connection of the job as fast as a paced sender goes, so that
+the job's receive window is open and data is in flight during every dump.
+
+- Dumped (and killed) twice midway and restored: no byte lost, none twice -- the job
+  checks every byte against the pattern and its output must equal the uninterrupted
+  run's. Without the lock the kernel acknowledges what arrives after the queues are read
+  (lost with the killed job) or the dump gives up because a sequence number moved.
+- Its dumper SIGKILLed at random instants (while the sockets are locked and in repair
+  mode): the guardian gives them back, the job goes on unharmed, and no guardian is
+  left behind."""
+from __future__ import annotations
+
+import random
+import shutil
+import socketserver
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from ckpt_e2e import E2E, JobSpec, alive, assert_running_free, restore_stats, wait_gone
+from specs import PYTHON
+from test_ipc import checkpoint_run
+
+pytestmark = pytest.mark.slow
+
+MIB = 24
+PACE_S = 0.004  # between 64 KiB sends: ~16 MiB/s, slower than the job reads
+
+STREAM_PY = r'''
+import errno, os, socket, sys
+mib = int(sys.argv[1])
+total = mib << 20
+s = socket.create_connection(("127.0.0.1", int(os.environ["NET_PEER_PORT"])))
+s.sendall(str(total).encode())
+pat = bytes(range(256)) * 257
+got = 0
+while got < total:
+    try:
+        b = s.recv(1 << 16)
+    except OSError as e:
+        print("network error:", errno.errorcode.get(e.errno, e.errno), "after", got, "bytes",
+              flush=True)
+        sys.exit(4)
+    if not b:
+        print("EOF after", got, "bytes", flush=True)
+        sys.exit(3)
+    off = got % 256
+    if b != pat[off:off + len(b)]:
+        bad = next(i for i in range(len(b)) if b[i] != pat[off + i])
+        print("byte", got + bad, "is", b[bad], "not", pat[off + bad], flush=True)
+        sys.exit(2)
+    before, got = got, got + len(b)
+    for k in range((before >> 20) + 1, (got >> 20) + 1):
+        print("MiB", k, flush=True)
+s.close()
+print("done", mib, flush=True)
+'''
+
+
+class _Stream(socketserver.BaseRequestHandler):
+    def handle(self):
+        total = int(self.request.recv(32).decode())
+        chunk = bytes(range(256)) * 256
+        sent = 0
+        while sent < total:
+            n = min(len(chunk), total - sent)
+            self.request.sendall(chunk[:n])
+            sent += n
+            time.sleep(PACE_S)
+        while self.request.recv(65536):
+            pass
+
+
+@pytest.fixture
+def stream_server():
+    srv = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _Stream)
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield srv.server_address[1]
+    srv.shutdown()
+    srv.server_close()
+
+
+def stream_spec(port: int, name: str, mib: int = MIB) -> JobSpec:
+    return JobSpec(name=name, argv=[PYTHON, "{work}/stream_job.py", str(mib)],
+                   setup=lambda work: (work / "stream_job.py").write_text(STREAM_PY),
+                   inputs=("stream_job.py",), env={"NET_PEER_PORT": str(port)},
+                   progress=("lines", "stdout"), timeout=120)
+
+
+def _guardians(wait: float = 3.0) -> list[int]:
+    """Network lock guardians alive (zombies aside), after waiting up to `wait` s for
+    those that are ending."""
+    deadline = time.monotonic() + wait
+    while True:
+        found = []
+        for d in Path("/proc").iterdir():
+            if d.name.isdigit():
+                try:
+                    stat = (d / "stat").read_text()
+                except OSError:
+                    continue
+                comm, state = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2]
+                if comm == "fsched-netlock" and state != "Z":
+                    found.append(int(d.name))
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
+
+
+def test_stream_from_outside_across_dumps(e2e: E2E, stream_server):
+    spec = stream_spec(stream_server, "netlock_stream")
+    ref = e2e.reference(spec)
+    assert ref.status == 0 and ref.snap["stdout"].text.endswith(f"done {MIB}\n"), \
+        ref.snap["stdout"].text[-300:]
+
+    def check(job, stats: dict, m: dict):
+        est = [s for s in m.get("inet_sockets", []) if s["state"] == 1]
+        assert len(est) == 1 and est[0]["peer_port"] == stream_server, m.get("inet_sockets")
+        # The killed job's socket is held for the restore, which takes it over (below).
+        assert m["netlock"] and len(_guardians(wait=0)) == 1, (m["netlock"], _guardians(0))
+    checkpoint_run(e2e, spec, [0.3, 0.6], "middle", check_dump=check)
+    assert _guardians() == [], "a network lock guardian outlived the restore of its image"
+
+
+def test_stream_reset_when_not_held(e2e: E2E, stream_server):
+    """With --tcp-hold 0 the killed job's socket closes at once: the server's next
+    segment meets no socket and is answered with a reset. The restore still succeeds, and
+    the program gets the reset as an ordinary network error (it exits 4 saying so)."""
+    spec = stream_spec(stream_server, "netlock_reset")
+    ref = e2e.reference(spec)
+    job = e2e.job(spec)
+    job.start_detached()
+    job.wait_progress(ref, 0.3)
+    image = e2e.image("netlock_reset/0")
+    r = subprocess.run([str(e2e.engine.bin), "dump", "--pid", str(job.init_pid), "--dir",
+                        str(image), "--tcp-hold", "0"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert wait_gone(job.init_pid, 5)
+    assert _guardians() == []
+    time.sleep(2.5)  # the server retransmits (RTO >= 200 ms, doubling) into the closed port
+    job.paused()
+    r = subprocess.run([str(e2e.engine.bin), "restore", "--dir", str(image), "--json"],
+                       capture_output=True, text=True, timeout=60)
+    stats = restore_stats(r.stderr)
+    assert stats and stats["tcp_reset"] == 1 and stats["tcp_taken_over"] == 0, r.stderr
+    assert r.returncode == 4, (r.returncode, r.stderr)
+    out = job.read("stdout")
+    assert "network error: ECONNRESET" in out, out[-300:]
+
+
+def test_dumper_killed_while_locked(e2e: E2E, stream_server):
+    spec = stream_spec(stream_server, "netlock_dumper_kill", mib=4 * MIB)
+    ref = e2e.reference(spec)
+    job = e2e.job(spec)
+    job.start_detached()
+    rng = random.Random(20261206)
+    job.wait_progress(ref, 0.1)
+    whole = float("inf")
+    for n in range(2):
+        probe = e2e.image(f"netlock_kill/probe{n}")
+        t0 = time.monotonic()
+        r, _ = e2e.engine.dump(job.init_pid, probe, leave_running=True)
+        whole = min(whole, time.monotonic() - t0)
+        assert r.rc == 0, r.stderr
+        shutil.rmtree(probe)
+    killed = 0
+    for trial in range(12):
+        image = e2e.image(f"netlock_kill/{trial}")
+        args = [str(e2e.engine.bin), "dump", "--pid", str(job.init_pid), "--dir", str(image)]
+        if trial % 2 == 0:
+            args.append("--leave-running")
+        dumper = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        started = time.monotonic()
+        time.sleep(rng.uniform(0.0, whole * 0.9))
+        dumper.kill()
+        _, err = dumper.communicate()
+        if dumper.returncode == -9:
+            killed += 1
+        else:
+            whole = min(whole, time.monotonic() - started)
+            assert dumper.returncode == 0, f"trial {trial}: dump failed: {err.decode()}"
+        if trial % 2 == 1 and (image / "manifest.json").is_file() and wait_gone(job.init_pid, 3):
+            job.paused()
+            e2e.restore_detached_ok(job, image)
+        print("TRIAL", trial, dumper.returncode, (image / "manifest.json").is_file(), alive(job.init_pid), err.decode()[-200:], flush=True)
+        # A guardian is left only by a killed dump that had killed the job, for the restore
+        # above (which took its sockets) or with nothing: both end at once.
+        assert _guardians() == [], f"trial {trial}: a guardian is left"
+        assert alive(job.init_pid), (f"trial {trial}: the job is gone: "
+                                     f"{job.read('stdout')[-300:]} {job.read('stderr')[-500:]}")
+        assert_running_free([job.init_pid, *job.job_pids()])
+        shutil.rmtree(image, ignore_errors=True)
+        shutil.rmtree(Path(str(image) + ".tmp"), ignore_errors=True)
+    assert killed >= 4, f"only {killed} dumps were killed midway"
+    assert job.progress(ref) < 1.0, "the job ended before the trials did: make it longer"
+    assert job.wait_end(120) == ref.status
+    job.assert_matches(ref, " after its dumpers were killed")
