@@ -351,6 +351,15 @@ struct ScmRights {
   std::vector<InFlightFd> fds;
 };
 
+// SO_PEERCRED and SO_PEERGROUPS of a Unix socket (unix_peercred.h).
+struct PeerCred {
+  bool set = false;              // false: it has none (never connected, paired nor listening), or
+                                 // the image predates them
+  int pid = 0;                   // in the job's PID namespace; 0: not a live process of the job
+  unsigned uid = 0, gid = 0;     // effective ids of that process then
+  std::vector<unsigned> groups;  // its supplementary groups then
+};
+
 struct UnixSocket {
   std::uint64_t ino = 0;              // sockfs inode, as in "socket:[ino]"
   int type = 1;                       // SOCK_STREAM, SOCK_DGRAM, SOCK_SEQPACKET
@@ -369,6 +378,7 @@ struct UnixSocket {
   std::vector<ScmRights> rights;
   // Options that differ from a fresh socket's (unix_opts.h).
   std::vector<InetSockOpt> opts;
+  PeerCred cred;  // its peer's credentials (unix_peercred.h)
 };
 
 // A TCP or UDP socket of the job (inet.h), by inode; fds of kind "inet" name it by
@@ -488,8 +498,9 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(SysvShm, id, key, size, mode, ui
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(InetSockOpt, level, name, hex)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(InFlightFd, pid, fd, file)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(ScmRights, msg, fds)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(PeerCred, set, pid, uid, gid, groups)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(UnixSocket, ino, type, state, peer, name, queued,
-                                                shutdown, peer_gone, rights, opts)
+                                                shutdown, peer_gone, rights, opts, cred)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(InetSocket, ino, family, type, state, uid,
                                                 local_addr, peer_addr, local_port, peer_port,
                                                 backlog, opts, snd_seq, rcv_seq, sendq_hex,

@@ -143,7 +143,7 @@ RestoreStats restore(const RestoreOptions& o) {
           pipes = create_pipes(stash, area, m, *pages);
           break;
         case Section::kSockets:
-          sockets = create_sockets(stash, area, m, *pages, refill);
+          sockets = create_sockets(stash, procs, area, m, *pages, refill);
           break;
       }
     }

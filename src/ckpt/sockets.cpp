@@ -46,6 +46,7 @@
 #include "ckpt/remote.h"
 #include "ckpt/scm_rights.h"
 #include "ckpt/unix_opts.h"
+#include "ckpt/unix_peercred.h"
 #include "common/error.h"
 #include "common/fd.h"
 
@@ -325,6 +326,7 @@ std::uint64_t socket_ino(int fd, const std::string& what) {
 // The bound name is still the bytes of `name`, which is all getsockname(2) and
 // getpeername(2) report.
 void connect_in_scratch(int listener, int client, const std::string& name,
+                        const PeerCred& listener_cred, const PeerCred& client_cred,
                         const std::string& what) {
   std::exception_ptr err;
   std::thread t([&] {
@@ -333,18 +335,23 @@ void connect_in_scratch(int listener, int client, const std::string& name,
       if (::unshare(CLONE_FS | CLONE_NEWNS) < 0) fail_errno("{}: unshare", what);
       if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) < 0)
         fail_errno("{}: making / private", what);
+      // Open to all: no one else reaches this mount, and the listen and the connect
+      // below run with the peer credentials of each end (unix_peercred.h).
       if (::mount("fsched-unix-name", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
-                  "mode=0700,size=64k") < 0)
+                  "mode=0755,size=64k") < 0)
         fail_errno("{}: mounting a scratch tmpfs", what);
       if (::chroot("/tmp") < 0 || ::chdir("/") < 0) fail_errno("{}: chroot to scratch", what);
       for (std::size_t at = name.find('/', 1); at != std::string::npos; at = name.find('/', at + 1))
-        if (::mkdir(name.substr(0, at).c_str(), 0700) < 0 && errno != EEXIST)
+        if (::mkdir(name.substr(0, at).c_str(), 0755) < 0 && errno != EEXIST)
           fail_errno("{}: scratch directory {}", what, name.substr(0, at));
       socklen_t len = 0;
       sockaddr_un sa = unix_addr(name, len, what);
       if (::bind(listener, reinterpret_cast<sockaddr*>(&sa), len) < 0)
         fail_errno("{}: bind {} (scratch)", what, name);
+      if (::chmod(name.c_str(), 0777) < 0) fail_errno("{}: chmod {} (scratch)", what, name);
+      take_peer_cred_in_this_thread(listener_cred, what);
       if (::listen(listener, 1) < 0) fail_errno("{}: listen (scratch)", what);
+      take_peer_cred_in_this_thread(client_cred, what);
       if (::connect(client, reinterpret_cast<sockaddr*>(&sa), len) < 0)
         fail_errno("{}: connect to {} (scratch)", what, name);
     } catch (...) {
@@ -457,6 +464,7 @@ void dump_sockets(std::span<DumpProcess> procs, Manifest& m, ImageWriter& img) {
       }
       UniqueFd mine = grab_fd(p.host_pid, f.fd, who);
       s.opts = dump_unix_opts(mine.get(), d.type, who);
+      s.cred = dump_peer_cred(mine.get(), procs, who);
       // Out-of-band data (unix(7) MSG_OOB, Linux 5.15): a byte kept apart from the queue,
       // or marked within it (SO_OOBINLINE), which no peek of the queue shows.
       if (d.type == SOCK_STREAM && d.state == TCP_ESTABLISHED) {
@@ -519,20 +527,50 @@ void dump_sockets(std::span<DumpProcess> procs, Manifest& m, ImageWriter& img) {
   }
 }
 
-SocketTable create_sockets(InitStash& stash, const InjectionArea& area, const Manifest& m,
-                           PageReader& pages, SocketRefill& later) {
+SocketTable create_sockets(InitStash& stash, std::span<RestoreProcess> procs,
+                           const InjectionArea& area, const Manifest& m, PageReader& pages,
+                           SocketRefill& later) {
   SocketTable table;
   if (m.sockets.empty()) return table;
   Injector& inj = stash.inj();
   RestoreProcess& init = stash.init();
   auto park = [&](long fd, const std::string& what) { return stash.park(fd, what); };
-  // A connected pair of s's type made in init: its two fd numbers there.
+  // Where each socket's peer credentials were given exactly, the host pid they name
+  // (checked once all exist; unix_peercred.h).
+  std::map<std::uint64_t, pid_t> cred_pid;
+  // Runs `call(fd there)` in the process that s's peer credentials name (init when
+  // none is live), as that peer, on init's fd `fd` (-1: none): the process takes it
+  // from init for the call. Returns that process.
+  auto as_peer = [&](const PeerCred& c, long fd, const std::string& what,
+                     const std::function<void(Injector&, long)>& call) -> RestoreProcess& {
+    RestoreProcess* by = peer_cred_process(procs, c);
+    RestoreProcess& where = by ? *by : init;
+    const bool in_init = &where == &init;
+    Injector& pinj = where.leader();
+    long there = fd < 0 || in_init ? fd : take_from_init(pinj, static_cast<int>(fd), what);
+    with_peer_cred(where, area, c, in_init ? nullptr : where.rec, what, [&] { call(pinj, there); });
+    if (!in_init && there >= 0) pinj.call(SYS_close, static_cast<std::uint64_t>(there));
+    return where;
+  };
+  // A connected pair of s's type, made by the process its peer credentials name: its
+  // two fd numbers in init.
   auto pair = [&](const UnixSocket& s, const std::string& what) {
-    inj.call_ok(what + ": socketpair", SYS_socketpair, AF_UNIX,
-                static_cast<std::uint64_t>(s.type | SOCK_CLOEXEC), 0, area.data());
     int fds[2];
-    remote_read(init.host_pid, area.data(), fds, sizeof fds);
+    RestoreProcess& by = as_peer(s.cred, -1, what, [&](Injector& pinj, long) {
+      pinj.call_ok(what + ": socketpair", SYS_socketpair, AF_UNIX,
+                   static_cast<std::uint64_t>(s.type | SOCK_CLOEXEC), 0, area.data());
+      remote_read(pinj.tid(), area.data(), fds, sizeof fds);
+    });
+    if (&by != &init)
+      for (int& fd : fds) {
+        long mine = take_fd(inj, by.rec->pid, fd, what);
+        by.leader().call(SYS_close, static_cast<std::uint64_t>(fd));
+        fd = static_cast<int>(mine);
+      }
     return std::pair<int, int>{fds[0], fds[1]};
+  };
+  auto exact = [&](const UnixSocket& s) {
+    if (RestoreProcess* by = peer_cred_process(procs, s.cred)) cred_pid[s.ino] = by->host_pid;
   };
   std::map<std::uint64_t, const UnixSocket*> by_ino;
   std::map<std::string, int> holders;  // sockets that carry each name
@@ -560,6 +598,32 @@ SocketTable create_sockets(InitStash& stash, const InjectionArea& area, const Ma
   // listener is the job's own when the image has one at that name (its queue is empty:
   // no process of the job runs yet), else a temporary one, closed after the accept.
   // Returns the accepted and the client fd in init.
+  // Connects init's socket `fd` to `name` as s's peer (its connecting process, with its
+  // credentials, which are also those the path is reached with); without credentials,
+  // from init as the job's process `as`.
+  auto connect_as_peer = [&](const UnixSocket& s, const Process& as, long fd,
+                             const std::string& name, const std::string& what) {
+    if (!s.cred.set) {
+      connect_name(inj, init.host_pid, area, as, fd, name, what);
+      return;
+    }
+    socklen_t len = 0;
+    const sockaddr_un sa = unix_addr(name, len, what);
+    RestoreProcess& by = as_peer(s.cred, fd, what, [&](Injector& pinj, long there) {
+      remote_write(pinj.tid(), area.data(), &sa, len);
+      long r = pinj.call(SYS_connect, static_cast<std::uint64_t>(there), area.data(), len);
+      if (r < 0) throw Error(fmt::format("{}: connect to {}", what, name), static_cast<int>(-r));
+    });
+    if (&by != &init) cred_pid[s.ino] = by.host_pid;
+  };
+  // Listens on init's socket `fd` as `cred` says (see as_peer); true if by its own process.
+  auto listen_as = [&](const PeerCred& cred, long fd, int backlog, const std::string& what) {
+    RestoreProcess& by = as_peer(cred, fd, what, [&](Injector& pinj, long there) {
+      pinj.call_ok(what + ": listen", SYS_listen, static_cast<std::uint64_t>(there),
+                   static_cast<std::uint64_t>(backlog));
+    });
+    return &by != &init;
+  };
   auto accepted = [&](const UnixSocket& acc, const UnixSocket* client, const std::string& what) {
     const auto type = static_cast<std::uint64_t>(acc.type | SOCK_CLOEXEC);
     // Non-blocking until the fd is taken (its flags are set then): a connect never
@@ -568,24 +632,30 @@ SocketTable create_sockets(InitStash& stash, const InjectionArea& area, const Ma
     if (client && !client->name.empty()) bind_name(inj, init.host_pid, area, m, *client, c, what);
     long l = -1;
     bool temporary = true;
+    std::uint64_t listener_ino = 0;
     for (auto& s : m.sockets)
       if (s.state == TCP_LISTEN && s.type == acc.type && s.name == acc.name) {
         l = table.at(s.ino);
         temporary = false;
+        listener_ino = s.ino;
       }
     const Process& as = owner(client ? *client : acc);
+    // The client's peer credentials are those its listener recorded at listen(2).
+    const PeerCred listener_cred = client ? client->cred : PeerCred{};
     if (!temporary || acc.name[0] == '@') {
       if (temporary) {
         l = inj.call_ok(what + ": socket", SYS_socket, AF_UNIX, type, 0);
         bind_name(inj, init.host_pid, area, m, acc, l, what);
-        inj.call_ok(what + ": listen", SYS_listen, static_cast<std::uint64_t>(l), 1);
+        if (listen_as(listener_cred, l, 1, what) && client) exact(*client);
+      } else if (client && cred_pid.count(listener_ino)) {
+        exact(*client);
       }
-      connect_name(inj, init.host_pid, area, as, c, acc.name, what);
+      connect_as_peer(acc, as, c, acc.name, what);
     } else {
       l = inj.call_ok(what + ": socket", SYS_socket, AF_UNIX, type, 0);
       UniqueFd lref = stash.take(static_cast<int>(l), what + " (listener)");
       UniqueFd cref = stash.take(static_cast<int>(c), what + " (client)");
-      connect_in_scratch(lref.get(), cref.get(), acc.name, what);
+      connect_in_scratch(lref.get(), cref.get(), acc.name, listener_cred, acc.cred, what);
     }
     // The connection must be waiting, so the accept does not block.
     UniqueFd lref = stash.take(static_cast<int>(l), what + " (listener)");
@@ -604,6 +674,7 @@ SocketTable create_sockets(InitStash& stash, const InjectionArea& area, const Ma
            acc.name);
     return std::pair<int, int>{static_cast<int>(a), static_cast<int>(c)};
   };
+
   // The other ends of pairs whose peer is gone: the restorer's references only, which
   // it drops once their queues are refilled.
   std::map<std::uint64_t, UniqueFd> gone;
@@ -612,11 +683,20 @@ SocketTable create_sockets(InitStash& stash, const InjectionArea& area, const Ma
   for (auto& s : m.sockets) {
     if ((s.peer && !one_way(s)) || s.peer_gone) continue;
     std::string what = fmt::format("unix socket {}", s.ino);
-    long fd = inj.call_ok(what + ": socket", SYS_socket, AF_UNIX,
-                          static_cast<std::uint64_t>(s.type | SOCK_CLOEXEC), 0);
+    long fd = -1;
+    if (s.cred.set && s.state != TCP_LISTEN && s.type == SOCK_DGRAM) {
+      // One end of a datagram socketpair(2) whose other end is closed: paired again
+      // by its maker, the other end closed.
+      auto [mine, other] = pair(s, what);
+      inj.call(SYS_close, static_cast<std::uint64_t>(other));
+      fd = mine;
+      exact(s);
+    } else {
+      fd = inj.call_ok(what + ": socket", SYS_socket, AF_UNIX,
+                       static_cast<std::uint64_t>(s.type | SOCK_CLOEXEC), 0);
+    }
     if (!s.name.empty()) bind_name(inj, init.host_pid, area, m, s, fd, what);
-    if (s.state == TCP_LISTEN)
-      inj.call_ok(what + ": listen", SYS_listen, static_cast<std::uint64_t>(fd), 128);
+    if (s.state == TCP_LISTEN && listen_as(s.cred, fd, 128, what)) exact(s);
     table[s.ino] = park(fd, what);
   }
   for (auto& s : m.sockets) {
@@ -627,6 +707,7 @@ SocketTable create_sockets(InitStash& stash, const InjectionArea& area, const Ma
         fail_image("image: {}: peer gone, but peer {}, type {}, state {}", what, s.peer, s.type,
                    s.state);
       auto [mine, other] = s.name.empty() ? pair(s, what) : accepted(s, nullptr, what);
+      if (s.name.empty()) exact(s);
       table[s.ino] = park(mine, what);
       gone[s.ino] = stash.take(other, what + " (its closed peer)");
       inj.call(SYS_close, static_cast<std::uint64_t>(other));
@@ -638,6 +719,8 @@ SocketTable create_sockets(InitStash& stash, const InjectionArea& area, const Ma
     if (s.type == SOCK_DGRAM || (s.name.empty() && peer.name.empty())) {
       // Each end then binds its own name (a datagram socket's name is always its own).
       auto [mine, other] = pair(s, what);
+      exact(s);
+      exact(peer);
       if (!s.name.empty()) bind_name(inj, init.host_pid, area, m, s, mine, what);
       if (!peer.name.empty()) bind_name(inj, init.host_pid, area, m, peer, other, what);
       table[s.ino] = park(mine, what);
@@ -666,6 +749,15 @@ SocketTable create_sockets(InitStash& stash, const InjectionArea& area, const Ma
     auto diag = unix_sockets(mine);
     if (!diag.count(mine) || diag[mine].peer != to)
       fail("restore refused: {}: connecting to {} reached another socket", what, peer.name);
+  }
+  // Peer credentials as they were (uid, gid, groups; the pid where it was remade by its
+  // own process).
+  for (auto& s : m.sockets) {
+    if (!s.cred.set) continue;
+    std::string what = fmt::format("unix socket {}", s.ino);
+    auto it = cred_pid.find(s.ino);
+    check_peer_cred(stash.take(table.at(s.ino), what).get(), s.cred,
+                    it == cred_pid.end() ? 0 : it->second, what);
   }
   // Options, before anything is sent through them (a send buffer's size counts).
   for (auto& s : m.sockets) {

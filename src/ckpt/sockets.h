@@ -43,8 +43,11 @@ struct SocketRefill {
 
 // Restore: the sockets created in init, connected and bound; their queued messages
 // read into `later`. Returns socket inode -> fd in init.
-SocketTable create_sockets(InitStash& stash, const InjectionArea& area, const Manifest& m,
-                           PageReader& pages, SocketRefill& later);
+// Each connection is made by the process its peer credentials name (unix_peercred.h),
+// one of `procs`.
+SocketTable create_sockets(InitStash& stash, std::span<RestoreProcess> procs,
+                           const InjectionArea& area, const Manifest& m, PageReader& pages,
+                           SocketRefill& later);
 // Restore, after restore_files for every process: sends the queued messages again
 // (with their files in flight, SCM_RIGHTS), closes the peers that were gone, then
 // shuts down (shutdown(2)) what was shut down. `init_ctx` is init's, with the tables of

@@ -97,6 +97,40 @@ def test_unix_kind(e2e: E2E, kind: str):
     checkpoint_run(e2e, spec, [0.3, 0.6], "middle", check_dump=check)
 
 
+@pytest.mark.parametrize("as_user", [False, True], ids=["root", "user"])
+def test_unix_peercred(e2e: E2E, test_user, as_user: bool):
+    """SO_PEERCRED and SO_PEERGROUPS of restored sockets are their makers' (pid, uid, gid,
+    groups), not the restore's root init: socketpairs made by the parent, connections its
+    child made to its listeners. ckpt_unix_kind checks them every round, in both
+    processes; as a user, a root peer would show."""
+    import pwd
+    user = test_user if as_user else None
+    spec = JobSpec(name="unixkind_peercred" + ("_user" if as_user else ""),
+                   argv=[str(e2e.program("ckpt_unix_kind")), "peercred", str(ROUNDS),
+                         str(TICK_MS)],
+                   user=user, progress=("lines", "stdout"), timeout=120)
+    ref = e2e.reference(spec)
+    out = ref.snap["stdout"].text
+    assert ref.status == 0 and out.endswith(f"done peercred {ROUNDS}\n"), out[-500:]
+    uid = pwd.getpwnam(test_user).pw_uid if as_user else 0
+
+    def check(job, stats: dict, m: dict):
+        assert stats["processes"] == 3, stats
+        parent, child = m["processes"][-2]["pid"], m["processes"][-1]["pid"]
+        creds = [s["cred"] for s in m["sockets"] if s["cred"]["set"]]
+        # 2 pair ends x 2 pairs, 3 connections x 2 ends, 2 listeners still open.
+        assert len(creds) == 12, m["sockets"]
+        assert all(c["uid"] == uid and c["gid"] == c["groups"][0] for c in creds if as_user), creds
+        assert all(c["uid"] == 0 for c in creds if not as_user), creds
+        # The pids: the parent's and the child's. The connection accepted from the
+        # listener the parent closed is remade through a scratch path after a restore:
+        # its pid is then 0 (docs/state-kinds.md), which the program does not check.
+        gone = {s["ino"] for s in m["sockets"] if s["name"].endswith("/pc_gone.sock")}
+        gone |= {s["peer"] for s in m["sockets"] if s["ino"] in gone}
+        assert {s["cred"]["pid"] for s in m["sockets"] if s["ino"] not in gone} == {parent, child}
+    checkpoint_run(e2e, spec, [0.3, 0.6], "middle", check_dump=check)
+
+
 def _names_process(pids: list[int]) -> Callable[[str], None]:
     def check(line: str):
         assert any(re.search(rf"\bprocess {p}\b", line) or f"pid {ns_pid(p)} in the job" in line

@@ -23,6 +23,12 @@
 //              SO_RCVLOWAT, SO_TIMESTAMP, SO_PEEK_OFF), read back every round; each
 //              round a datagram goes through the pair and must bring the sender's
 //              credentials (SCM_CREDENTIALS) and a timestamp
+//   peercred   peer credentials (SO_PEERCRED pid, uid, gid; SO_PEERGROUPS) of the sockets
+//              a process and its child share: a stream and a datagram socketpair made by
+//              the parent, connections the child made to the parent's listeners at an
+//              abstract name and at a path, and one to a path listener the parent then
+//              closed (its pid is not restored: uid, gid and groups only). Each process
+//              checks its ends every round against what they said at the start
 // Kinds the dump must refuse (the job runs on unharmed):
 //   passcred_queued a datagram queued on a socket with SO_PASSCRED, read at the end with
 //              the credentials of its sender (this process)
@@ -46,12 +52,15 @@
 #include <sys/syscall.h>
 #include <sys/time.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstddef>
 #include <cstdio>
 #include <cstring>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "kind_prog.h"
@@ -455,6 +464,121 @@ void run_unix_backlog(int rounds) {
     fail("the waiting connection lost its byte or its end");
 }
 
+// SO_PEERCRED and SO_PEERGROUPS of `fd`, as "pid uid gid [groups]".
+std::string peer_cred_text(int fd, bool with_pid) {
+  ucred cr{};
+  socklen_t len = sizeof cr;
+  check(getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len), "SO_PEERCRED");
+  gid_t groups[256];
+  socklen_t gl = sizeof groups;
+  check(getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &gl), "SO_PEERGROUPS");
+  std::string t = (with_pid ? "pid " + str(cr.pid) + " " : std::string()) + "uid " + str(cr.uid) +
+                  " gid " + str(cr.gid) + " groups";
+  for (socklen_t i = 0; i < gl / sizeof(gid_t); ++i) t += " " + str(groups[i]);
+  return t;
+}
+
+struct PeerWant {
+  int fd;
+  bool with_pid;
+  std::string what, want;
+};
+
+void check_peers(const std::vector<PeerWant>& wants, int r) {
+  for (const PeerWant& w : wants) {
+    const std::string now = peer_cred_text(w.fd, w.with_pid);
+    if (now != w.want)
+      fail("round " + str(r) + ": " + w.what + ": peer " + now + ", not " + w.want);
+  }
+}
+
+int connect_to(const sockaddr_un& sa, socklen_t len, const std::string& what) {
+  int fd = check(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0), "socket");
+  check(connect(fd, reinterpret_cast<const sockaddr*>(&sa), len), "connect " + what);
+  return fd;
+}
+
+void run_peercred(int rounds) {
+  int sp[2], dg[2];
+  check(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp), "socketpair stream");
+  check(socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, dg), "socketpair dgram");
+  socklen_t la;
+  const sockaddr_un abs = abstract("unixkind-pc-" + str(getpid()), la);
+  char cwd[512];
+  if (!getcwd(cwd, sizeof cwd)) die("getcwd");
+  auto path_addr = [&](const std::string& name, socklen_t& len) {
+    sockaddr_un sa{};
+    sa.sun_family = AF_UNIX;
+    const std::string path = std::string(cwd) + "/" + name;
+    unlink(path.c_str());
+    std::memcpy(sa.sun_path, path.c_str(), path.size() + 1);
+    len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + path.size() + 1);
+    return sa;
+  };
+  socklen_t lp, lq;
+  const sockaddr_un pth = path_addr("pc_open.sock", lp), gone = path_addr("pc_gone.sock", lq);
+  int la_fd = check(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0), "socket");
+  int lp_fd = check(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0), "socket");
+  int lq_fd = check(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0), "socket");
+  check(bind(la_fd, reinterpret_cast<const sockaddr*>(&abs), la), "bind abstract");
+  check(bind(lp_fd, reinterpret_cast<const sockaddr*>(&pth), lp), "bind path");
+  check(bind(lq_fd, reinterpret_cast<const sockaddr*>(&gone), lq), "bind path (closed later)");
+  for (int l : {la_fd, lp_fd, lq_fd}) check(listen(l, 4), "listen");
+  int go[2];
+  check(pipe2(go, O_CLOEXEC), "pipe");
+  const pid_t child = fork();
+  if (child < 0) die("fork");
+  if (child == 0) {
+    close(sp[0]);
+    close(dg[0]);
+    int ca = connect_to(abs, la, "abstract");
+    int cp = connect_to(pth, lp, "path");
+    int cq = connect_to(gone, lq, "path closed later");
+    for (int l : {la_fd, lp_fd, lq_fd}) close(l);  // the parent's alone
+    close(go[1]);
+    char c;
+    if (read(go[0], &c, 1) != 1) die("wait for the parent");
+    std::vector<PeerWant> mine;
+    for (auto [fd, with_pid, what] : {std::tuple{sp[1], true, "child's stream pair end"},
+                                      {dg[1], true, "child's datagram pair end"},
+                                      {ca, true, "child's abstract connection"},
+                                      {cp, true, "child's path connection"},
+                                      {cq, false, "child's connection to a closed listener"}})
+      mine.push_back({fd, with_pid, what, peer_cred_text(fd, with_pid)});
+    for (int r = 1; r <= rounds; ++r) {
+      check_peers(mine, r);
+      tick();
+    }
+    std::_Exit(0);
+  }
+  int pa = check(accept4(la_fd, nullptr, nullptr, SOCK_CLOEXEC), "accept abstract");
+  int pp = check(accept4(lp_fd, nullptr, nullptr, SOCK_CLOEXEC), "accept path");
+  int pq = check(accept4(lq_fd, nullptr, nullptr, SOCK_CLOEXEC), "accept path (closed later)");
+  close(lq_fd);
+  close(sp[1]);
+  close(dg[1]);
+  std::vector<PeerWant> mine;
+  for (auto [fd, with_pid, what] : {std::tuple{sp[0], true, "parent's stream pair end"},
+                                    {dg[0], true, "parent's datagram pair end"},
+                                    {pa, true, "parent's abstract connection"},
+                                    {pp, true, "parent's path connection"},
+                                    {pq, false, "parent's connection from a closed listener"}})
+    mine.push_back({fd, with_pid, what, peer_cred_text(fd, with_pid)});
+  // The pairs name the parent, the connections the child.
+  if (mine[0].want.rfind("pid " + str(getpid()) + " ", 0) != 0 ||
+      mine[2].want.rfind("pid " + str(child) + " ", 0) != 0)
+    fail("peer credentials not as made: " + mine[0].want + " / " + mine[2].want);
+  if (write(go[1], "g", 1) != 1) die("start the child");
+  for (int r = 1; r <= rounds; ++r) {
+    check_peers(mine, r);
+    line("peercred " + str(r));
+    tick();
+  }
+  int status = 0;
+  if (waitpid(child, &status, 0) != child || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
+    fail("the child failed (status " + str(status) + ")");
+}
+
 // A file with an OFD lock that only the queue holds (/proc/locks shows no pid for it).
 void run_scm_ofd(int rounds) {
   make_file();
@@ -499,6 +623,7 @@ int main(int argc, char** argv) {
       {"unix_oob", run_unix_oob},
       {"dgram_other_sender", run_dgram_other_sender},
       {"unix_backlog", run_unix_backlog},
+      {"peercred", run_peercred},
   };
   return run_kind(argc, argv, "ckpt_unix_kind", kKinds, 900);
 }
