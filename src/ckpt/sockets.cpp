@@ -610,6 +610,14 @@ SocketTable create_sockets(InitStash& stash, std::span<RestoreProcess> procs,
     socklen_t len = 0;
     const sockaddr_un sa = unix_addr(name, len, what);
     RestoreProcess& by = as_peer(s.cred, fd, what, [&](Injector& pinj, long there) {
+      // A path is the user's: a root peer (a setuid program of the job) reaches it with
+      // the file-system ids of the socket's owner in the job, never as root.
+      if (name[0] != '@' && s.cred.uid == 0 && as.uids.size() == 4 && as.uids[3] != 0) {
+        pinj.call(SYS_setfsgid, as.gids.at(3));
+        pinj.call(SYS_setfsuid, as.uids[3]);
+        if (pinj.call(SYS_setfsuid, static_cast<std::uint64_t>(-1)) != as.uids[3])
+          fail("{}: cannot take fsuid {} to connect to {}", what, as.uids[3], name);
+      }
       remote_write(pinj.tid(), area.data(), &sa, len);
       long r = pinj.call(SYS_connect, static_cast<std::uint64_t>(there), area.data(), len);
       if (r < 0) throw Error(fmt::format("{}: connect to {}", what, name), static_cast<int>(-r));
