@@ -61,6 +61,34 @@ bool send_msg(int chan, const void* data, std::size_t len, int fd) {
 
 bool send_tag(int chan, char tag, int fd) { return send_msg(chan, &tag, 1, fd); }
 
+// The receiving side of send_msg: up to `len` bytes into `data` and, when the message
+// carried one, its fd in *fd (else -1). Returns recvmsg(2)'s result. Async-signal-safe.
+ssize_t recv_msg(int chan, void* data, std::size_t len, int* fd) {
+  iovec iov{data, len};
+  alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int))];
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = cbuf;
+  msg.msg_controllen = sizeof cbuf;
+  *fd = -1;
+  ssize_t r = ::recvmsg(chan, &msg, MSG_CMSG_CLOEXEC);
+  cmsghdr* c = r > 0 ? CMSG_FIRSTHDR(&msg) : nullptr;
+  if (c && c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS &&
+      c->cmsg_len == CMSG_LEN(sizeof(int)))
+    std::memcpy(fd, CMSG_DATA(c), sizeof *fd);
+  return r;
+}
+
+// The address of abstract socket name `name` (without its leading NUL).
+sockaddr_un abstract_addr(const std::string& name, socklen_t& len) {
+  sockaddr_un sa{};
+  sa.sun_family = AF_UNIX;
+  std::memcpy(sa.sun_path + 1, name.data(), name.size());
+  len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + name.size());
+  return sa;
+}
+
 void close_all_but(int a, int b, int c) {
   int keep[3] = {a, b, c};
   for (int i = 0; i < 3; ++i)
@@ -119,21 +147,10 @@ long now_ms() {
   std::size_t n = 0;
   for (;;) {
     char buf[8]{};
-    iovec iov{buf, sizeof buf};
-    alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int))];
-    msghdr msg{};
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cbuf;
-    msg.msg_controllen = sizeof cbuf;
-    ssize_t r = ::recvmsg(chan, &msg, MSG_CMSG_CLOEXEC);
+    int got = -1;
+    ssize_t r = recv_msg(chan, buf, sizeof buf, &got);
     if (r < 0 && errno == EINTR) continue;
     if (r >= 1) {
-      int got = -1;
-      cmsghdr* c = CMSG_FIRSTHDR(&msg);
-      if (c && c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS &&
-          c->cmsg_len == CMSG_LEN(sizeof(int)))
-        std::memcpy(&got, CMSG_DATA(c), sizeof got);
       if (buf[0] == kAdd && got >= 0 && n < cap) {
         // Its SO_REUSEADDR now, before the dump's repair mode takes it.
         socklen_t rl = sizeof reuse[n];
@@ -192,11 +209,10 @@ void NetLock::start_guardian() {
   for (unsigned char b : rnd) name += fmt::format("{:02x}", b);
   UniqueFd lsn(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
   if (!lsn) fail_errno("network lock: socket");
-  sockaddr_un sa{};
-  sa.sun_family = AF_UNIX;
-  std::memcpy(sa.sun_path + 1, name.data(), name.size());
-  const auto len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + name.size());
-  if (::bind(lsn.get(), reinterpret_cast<sockaddr*>(&sa), len) < 0 || ::listen(lsn.get(), 4) < 0)
+  socklen_t len = 0;
+  const sockaddr_un sa = abstract_addr(name, len);
+  if (::bind(lsn.get(), reinterpret_cast<const sockaddr*>(&sa), len) < 0 ||
+      ::listen(lsn.get(), 4) < 0)
     fail_errno("network lock: binding @{}", name);
   std::vector<int> slots(kMaxSockets, -1), reuse(kMaxSockets, 0);
   pid_t pid = ::fork();
@@ -266,11 +282,9 @@ std::map<std::uint64_t, UniqueFd> take_held_sockets(const std::string& name) {
   if (name.empty() || name.size() > sizeof(sockaddr_un::sun_path) - 1) return held;
   UniqueFd c(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
   if (!c) fail_errno("network lock: socket");
-  sockaddr_un sa{};
-  sa.sun_family = AF_UNIX;
-  std::memcpy(sa.sun_path + 1, name.data(), name.size());
-  const auto len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + name.size());
-  if (::connect(c.get(), reinterpret_cast<sockaddr*>(&sa), len) < 0) return held;
+  socklen_t len = 0;
+  const sockaddr_un sa = abstract_addr(name, len);
+  if (::connect(c.get(), reinterpret_cast<const sockaddr*>(&sa), len) < 0) return held;
   ucred cr{};
   socklen_t cl = sizeof cr;
   if (::getsockopt(c.get(), SOL_SOCKET, SO_PEERCRED, &cr, &cl) < 0 || cr.uid != 0) return held;
@@ -280,26 +294,13 @@ std::map<std::uint64_t, UniqueFd> take_held_sockets(const std::string& name) {
     if (pr < 0 && errno == EINTR) continue;
     if (pr == 0) fail("network lock: the guardian at @{} stopped answering", name);
     char tag = 0;
-    iovec iov{&tag, 1};
-    alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int))];
-    msghdr msg{};
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cbuf;
-    msg.msg_controllen = sizeof cbuf;
-    ssize_t r = ::recvmsg(c.get(), &msg, MSG_CMSG_CLOEXEC);
+    int fd = -1;
+    ssize_t r = recv_msg(c.get(), &tag, 1, &fd);
     if (r < 0 && errno == EINTR) continue;
     // A guardian ending as we connected (it had handed them to another) resets us.
     if (r == 0 || (r < 0 && errno == ECONNRESET && held.empty())) return held;
     if (r < 0) fail_errno("network lock: reading from the guardian at @{}", name);
-    UniqueFd got;
-    cmsghdr* cm = CMSG_FIRSTHDR(&msg);
-    if (cm && cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS &&
-        cm->cmsg_len == CMSG_LEN(sizeof(int))) {
-      int fd = -1;
-      std::memcpy(&fd, CMSG_DATA(cm), sizeof fd);
-      got.reset(fd);
-    }
+    UniqueFd got(fd);
     struct stat st {};
     if (tag != kHeld || !got || ::fstat(got.get(), &st) < 0 || !S_ISSOCK(st.st_mode))
       fail("network lock: the guardian at @{} sent something other than a socket", name);
