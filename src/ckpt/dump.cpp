@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <future>
+#include <optional>
 #include <filesystem>
 
 #include "ckpt/creds.h"
@@ -118,16 +119,7 @@ DumpStats dump(const DumpOptions& o) {
     st.threads += static_cast<int>(p.host_tids.size());
   }
   st.processes = static_cast<int>(procs.size());
-  // While registers of the job's threads are borrowed for injected syscalls, a
-  // Ctrl-C must not kill the dumper: the kernel would resume them with those registers.
-  sigset_t term, old;
-  sigemptyset(&term);
-  for (int s : {SIGINT, SIGTERM, SIGHUP, SIGQUIT}) sigaddset(&term, s);
-  ::sigprocmask(SIG_BLOCK, &term, &old);
-  struct Unblock {
-    sigset_t* old;
-    ~Unblock() { ::sigprocmask(SIG_SETMASK, old, nullptr); }
-  } unblock{&old};
+  std::optional<TermSignalsBlocked> blocked(std::in_place);
   try {
     for (auto& p : procs) {
       if (p.zombie) continue;
@@ -153,7 +145,7 @@ DumpStats dump(const DumpOptions& o) {
     }
     throw;
   }
-  ::sigprocmask(SIG_SETMASK, &old, nullptr);
+  blocked.reset();
   for (auto& p : procs)
     if (!p.zombie) dump_files(p, procs);
   dump_ttys(procs);  // both ends of each pty, controlling terminals (tty.h)

@@ -5,6 +5,8 @@
 // freeze every task; syscall injection through the process's vDSO (inject.h).
 #pragma once
 
+#include <signal.h>
+
 #include <sys/types.h>
 
 #include <cstdint>
@@ -71,5 +73,20 @@ class FrozenTree {
 // the leader's registers back. Throws Error naming the process.
 void open_injection(DumpProcess& p);
 void close_injection(DumpProcess& p);
+
+// While registers of the job's threads are borrowed for injected syscalls, a Ctrl-C
+// must not kill the dumper: the kernel would resume them with those registers. Blocks
+// SIGINT, SIGTERM, SIGHUP and SIGQUIT in the calling thread for its lifetime
+// (sigprocmask(2)).
+class TermSignalsBlocked {
+ public:
+  TermSignalsBlocked();
+  ~TermSignalsBlocked();
+  TermSignalsBlocked(const TermSignalsBlocked&) = delete;
+  TermSignalsBlocked& operator=(const TermSignalsBlocked&) = delete;
+
+ private:
+  sigset_t old_{};
+};
 
 }  // namespace fsched::ckpt

@@ -355,7 +355,9 @@ struct ScmRights {
 struct PeerCred {
   bool set = false;              // false: it has none (never connected, paired nor listening), or
                                  // the image predates them
-  int pid = 0;                   // in the job's PID namespace; 0: not a live process of the job
+  int pid = 0;                   // in the job's PID namespace, of a live process or one that
+                                 // had exited; 0: made outside the namespace (before format 8:
+                                 // or by a process that had exited)
   unsigned uid = 0, gid = 0;     // effective ids of that process then
   std::vector<unsigned> groups;  // its supplementary groups then
 };

@@ -340,6 +340,15 @@ void open_injection(DumpProcess& p) {
   p.scratch = static_cast<std::uint64_t>(r);
 }
 
+TermSignalsBlocked::TermSignalsBlocked() {
+  sigset_t term;
+  sigemptyset(&term);
+  for (int s : {SIGINT, SIGTERM, SIGHUP, SIGQUIT}) sigaddset(&term, s);
+  ::sigprocmask(SIG_BLOCK, &term, &old_);
+}
+
+TermSignalsBlocked::~TermSignalsBlocked() { ::sigprocmask(SIG_SETMASK, &old_, nullptr); }
+
 void close_injection(DumpProcess& p) {
   if (!p.inj) return;
   if (p.scratch) {
@@ -562,6 +571,9 @@ void create_tree(const Manifest& m, InjectionArea& area, std::vector<RestoreProc
                          static_cast<std::uint64_t>(rec.pgid));
   }
   set_foreground_groups(procs, area);
+}
+
+void make_zombies(std::vector<RestoreProcess>& procs, const InjectionArea& area) {
   for (auto& p : procs)
     if (p.rec->zombie) make_zombie(p, area);
 }

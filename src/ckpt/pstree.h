@@ -29,7 +29,13 @@ void dump_ids(DumpProcess& p);
 // order; procs[0] is init, a child of the calling process. A process that shared its
 // parent's fd table (Process::files_of_parent) is created with CLONE_FILES.
 // On failure `procs` holds what was created so far, for the caller to kill.
+// A zombie is still a live copy of its parent: make_zombies() ends it.
 void create_tree(const Manifest& m, InjectionArea& area, std::vector<RestoreProcess>& procs);
+
+// Restore, once the sockets exist (a zombie may have made some: unix_peercred.h): each
+// zombie of `procs` exits as it did (exit_group(2) with its status, or the signal that
+// killed it, without a core dump), and stays unreaped. Throws Error naming the process.
+void make_zombies(std::vector<RestoreProcess>& procs, const InjectionArea& area);
 
 // Restore, last step before the tasks are detached: a process that was in a job-control
 // stop (Process::stop_signal) gets its stop signal queued (kill(2) by the restorer), so

@@ -106,7 +106,7 @@ RestoreStats restore(const RestoreOptions& o) {
     create_tree(m, area, procs);
     phase("tree");
     auto pages = reader->pages();
-    std::vector<RestoreProcess*> live;  // zombies are complete once created
+    std::vector<RestoreProcess*> live;  // zombies are complete once made (make_zombies)
     for (auto& p : procs)
       if (!p.rec->zombie) live.push_back(&p);
     // From here on every path is resolved with the job's file-system credentials
@@ -147,6 +147,7 @@ RestoreStats restore(const RestoreOptions& o) {
           break;
       }
     }
+    make_zombies(procs, area);
     if (pages->position() != reader->manifest().value("pages_logical_bytes", std::uint64_t{0}))
       throw ImageError(fmt::format(
           "{}: the restore read {} bytes of a page stream of {}", o.dir.string(), pages->position(),

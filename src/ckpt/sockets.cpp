@@ -319,16 +319,17 @@ std::uint64_t socket_ino(int fd, const std::string& what) {
   return st.st_ino;
 }
 
-// Binds our reference `listener` to the path `name` and connects our reference
-// `client` to it, in a thread whose root is an empty tmpfs of a mount namespace of its
-// own: the socket file is made there, not in the job's file system, which stays as the
-// dump left it (the dumped listener's file, or none), and no one else can reach it.
-// The bound name is still the bytes of `name`, which is all getsockname(2) and
-// getpeername(2) report.
-void connect_in_scratch(int listener, int client, const std::string& name,
-                        const PeerCred& listener_cred, const PeerCred& client_cred,
-                        const std::string& what) {
+// Binds our reference `listener` to the path `name` in a thread whose root is an empty
+// tmpfs of a mount namespace of its own: the socket file is made there, not in the
+// job's file system, which stays as the dump left it (the dumped listener's file, or
+// none), and no one else can reach it. The bound name is still the bytes of `name`,
+// which is all getsockname(2) and getpeername(2) report. Returns an O_PATH fd of the
+// directory that holds the socket file: a process that makes it its working directory
+// (fchdir(2) works across mount namespaces) connects to the file's last component, and
+// the mount lives as long as the fd.
+UniqueFd bind_in_scratch(int listener, const std::string& name, const std::string& what) {
   std::exception_ptr err;
+  UniqueFd dir;
   std::thread t([&] {
     try {
       // CLONE_FS and the new mount namespace are this thread's alone.
@@ -336,7 +337,7 @@ void connect_in_scratch(int listener, int client, const std::string& name,
       if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) < 0)
         fail_errno("{}: making / private", what);
       // Open to all: no one else reaches this mount, and the listen and the connect
-      // below run with the peer credentials of each end (unix_peercred.h).
+      // run with the peer credentials of each end (unix_peercred.h).
       if (::mount("fsched-unix-name", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
                   "mode=0755,size=64k") < 0)
         fail_errno("{}: mounting a scratch tmpfs", what);
@@ -349,17 +350,19 @@ void connect_in_scratch(int listener, int client, const std::string& name,
       if (::bind(listener, reinterpret_cast<sockaddr*>(&sa), len) < 0)
         fail_errno("{}: bind {} (scratch)", what, name);
       if (::chmod(name.c_str(), 0777) < 0) fail_errno("{}: chmod {} (scratch)", what, name);
-      take_peer_cred_in_this_thread(listener_cred, what);
-      if (::listen(listener, 1) < 0) fail_errno("{}: listen (scratch)", what);
-      take_peer_cred_in_this_thread(client_cred, what);
-      if (::connect(client, reinterpret_cast<sockaddr*>(&sa), len) < 0)
-        fail_errno("{}: connect to {} (scratch)", what, name);
+      const std::size_t slash = name.rfind('/');
+      const std::string parent = slash == std::string::npos ? "."
+                                 : slash == 0               ? "/"
+                                                            : name.substr(0, slash);
+      dir = UniqueFd(::open(parent.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+      if (!dir) fail_errno("{}: opening scratch directory {}", what, parent);
     } catch (...) {
       err = std::current_exception();
     }
   });
   t.join();
   if (err) std::rethrow_exception(err);
+  return dir;
 }
 
 }  // namespace
@@ -464,7 +467,7 @@ void dump_sockets(std::span<DumpProcess> procs, Manifest& m, ImageWriter& img) {
       }
       UniqueFd mine = grab_fd(p.host_pid, f.fd, who);
       s.opts = dump_unix_opts(mine.get(), d.type, who);
-      s.cred = dump_peer_cred(mine.get(), procs, who);
+      s.cred = dump_peer_cred(mine.get(), p, f.fd, procs, who);
       // Out-of-band data (unix(7) MSG_OOB, Linux 5.15): a byte kept apart from the queue,
       // or marked within it (SO_OOBINLINE), which no peek of the queue shows.
       if (d.type == SOCK_STREAM && d.state == TCP_ESTABLISHED) {
@@ -538,17 +541,22 @@ SocketTable create_sockets(InitStash& stash, std::span<RestoreProcess> procs,
   // Where each socket's peer credentials were given exactly, the host pid they name
   // (checked once all exist; unix_peercred.h).
   std::map<std::uint64_t, pid_t> cred_pid;
-  // Runs `call(fd there)` in the process that s's peer credentials name (init when
-  // none is live), as that peer, on init's fd `fd` (-1: none): the process takes it
-  // from init for the call. Returns that process.
+  // Makers that had exited by the dump, for the moment (unix_peercred.h).
+  StandIns stand_ins(init, area);
+  // Runs `call(fd there)` in the process that s's peer credentials name (a stand-in
+  // for one that had exited; init when there can be none), as that peer, on init's
+  // fd `fd` (-1: none): the process takes it from init for the call. Returns that
+  // process.
   auto as_peer = [&](const PeerCred& c, long fd, const std::string& what,
                      const std::function<void(Injector&, long)>& call) -> RestoreProcess& {
-    RestoreProcess* by = peer_cred_process(procs, c);
+    RestoreProcess* by = peer_cred_maker(procs, stand_ins, c, what);
     RestoreProcess& where = by ? *by : init;
     const bool in_init = &where == &init;
     Injector& pinj = where.leader();
     long there = fd < 0 || in_init ? fd : take_from_init(pinj, static_cast<int>(fd), what);
-    with_peer_cred(where, area, c, in_init ? nullptr : where.rec, what, [&] { call(pinj, there); });
+    const Process* baseline =
+        in_init || where.rec->zombie || stand_ins.has(where) ? nullptr : where.rec;
+    with_peer_cred(where, area, c, baseline, what, [&] { call(pinj, there); });
     if (!in_init && there >= 0) pinj.call(SYS_close, static_cast<std::uint64_t>(there));
     return where;
   };
@@ -570,7 +578,8 @@ SocketTable create_sockets(InitStash& stash, std::span<RestoreProcess> procs,
     return std::pair<int, int>{fds[0], fds[1]};
   };
   auto exact = [&](const UnixSocket& s) {
-    if (RestoreProcess* by = peer_cred_process(procs, s.cred)) cred_pid[s.ino] = by->host_pid;
+    if (RestoreProcess* by = peer_cred_maker(procs, stand_ins, s.cred, ""))
+      cred_pid[s.ino] = by->host_pid;
   };
   std::map<std::uint64_t, const UnixSocket*> by_ino;
   std::map<std::string, int> holders;  // sockets that carry each name
@@ -624,6 +633,34 @@ SocketTable create_sockets(InitStash& stash, std::span<RestoreProcess> procs,
     });
     if (&by != &init) cred_pid[s.ino] = by.host_pid;
   };
+  // Connects init's socket `fd` as s's peer to the socket file at s's name that
+  // bind_in_scratch made in `dir`: from that directory, by the file's last component.
+  auto connect_from_dir = [&](const UnixSocket& s, long fd, int dir, const std::string& what) {
+    // "./": a last component that starts with '@' is still a path.
+    const std::string base = "./" + s.name.substr(s.name.rfind('/') + 1);
+    socklen_t len = 0;
+    const sockaddr_un sa = unix_addr(base, len, what);
+    RestoreProcess& by = as_peer(s.cred, fd, what, [&](Injector& pinj, long there) {
+      const pid_t pid = pinj.tid();
+      const long d = give_fd(pinj, pid, area, dir, what);
+      const long cwd =
+          pinj.call_ok(what + ": open its working directory", SYS_openat, AT_FDCWD,
+                       put_string(pid, area, 512, "."), O_PATH | O_DIRECTORY | O_CLOEXEC);
+      pinj.call_ok(what + ": fchdir to the scratch directory", SYS_fchdir,
+                   static_cast<std::uint64_t>(d));
+      remote_write(pid, area.data(), &sa, len);
+      long r = pinj.call(SYS_connect, static_cast<std::uint64_t>(there), area.data(), len);
+      // Back as root (its saved uid), which may search any directory.
+      pinj.call_ok(what + ": setresuid", SYS_setresuid, static_cast<std::uint64_t>(-1), 0,
+                   static_cast<std::uint64_t>(-1));
+      pinj.call_ok(what + ": fchdir back", SYS_fchdir, static_cast<std::uint64_t>(cwd));
+      pinj.call(SYS_close, static_cast<std::uint64_t>(cwd));
+      pinj.call(SYS_close, static_cast<std::uint64_t>(d));
+      if (r < 0)
+        throw Error(fmt::format("{}: connect to {} (scratch)", what, s.name), static_cast<int>(-r));
+    });
+    if (&by != &init) cred_pid[s.ino] = by.host_pid;
+  };
   // Listens on init's socket `fd` as `cred` says (see as_peer); true if by its own process.
   auto listen_as = [&](const PeerCred& cred, long fd, int backlog, const std::string& what) {
     RestoreProcess& by = as_peer(cred, fd, what, [&](Injector& pinj, long there) {
@@ -661,9 +698,10 @@ SocketTable create_sockets(InitStash& stash, std::span<RestoreProcess> procs,
       connect_as_peer(acc, as, c, acc.name, what);
     } else {
       l = inj.call_ok(what + ": socket", SYS_socket, AF_UNIX, type, 0);
-      UniqueFd lref = stash.take(static_cast<int>(l), what + " (listener)");
-      UniqueFd cref = stash.take(static_cast<int>(c), what + " (client)");
-      connect_in_scratch(lref.get(), cref.get(), acc.name, listener_cred, acc.cred, what);
+      UniqueFd dir = bind_in_scratch(stash.take(static_cast<int>(l), what + " (listener)").get(),
+                                     acc.name, what);
+      if (listen_as(listener_cred, l, 1, what) && client) exact(*client);
+      connect_from_dir(acc, c, dir.get(), what);
     }
     // The connection must be waiting, so the accept does not block.
     UniqueFd lref = stash.take(static_cast<int>(l), what + " (listener)");

@@ -1,11 +1,14 @@
 // Peer credentials of Unix sockets (unix_peercred.h).
 #include "ckpt/unix_peercred.h"
 
+#include <linux/sched.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <csignal>
 #include <vector>
 
 #include "ckpt/fsaccess.h"
@@ -44,7 +47,8 @@ ucred peer_ucred(int sock, const std::string& who) {
 
 }  // namespace
 
-PeerCred dump_peer_cred(int sock, std::span<const DumpProcess> procs, const std::string& who) {
+PeerCred dump_peer_cred(int sock, DumpProcess& holder, int fd, std::span<const DumpProcess> procs,
+                        const std::string& who) {
   PeerCred c;
   const ucred cr = peer_ucred(sock, who);
   // No credentials: pid 0 and the overflow ids (sk_peer_cred unset).
@@ -54,15 +58,94 @@ PeerCred dump_peer_cred(int sock, std::span<const DumpProcess> procs, const std:
   c.gid = cr.gid;
   c.groups = peer_groups(sock, who);
   for (const DumpProcess& p : procs)
-    if (p.host_pid == cr.pid && !p.zombie) c.pid = p.rec.pid;
+    if (p.host_pid == cr.pid) {  // a zombie too
+      c.pid = p.rec.pid;
+      return c;
+    }
+  // Its maker has exited (or is outside the job): the kernel still holds its pid, and
+  // the socket's holder, asked in the job's PID namespace, gets its number there (0
+  // outside it).
+  // (The dump closed its injection before the files: open it again for this call.)
+  ucred in_job{};
+  socklen_t len = sizeof in_job;
+  TermSignalsBlocked blocked;
+  const bool reopen = !holder.inj;
+  if (reopen) open_injection(holder);
+  try {
+    remote_write(holder.host_pid, holder.scratch + 64, &len, sizeof len);
+    holder.inj->call_ok(who + ": SO_PEERCRED (in the job)", SYS_getsockopt,
+                        static_cast<std::uint64_t>(fd), SOL_SOCKET, SO_PEERCRED, holder.scratch,
+                        holder.scratch + 64);
+    remote_read(holder.host_pid, holder.scratch, &in_job, sizeof in_job);
+  } catch (...) {
+    if (reopen) close_injection(holder);
+    throw;
+  }
+  if (reopen) close_injection(holder);
+  if (in_job.pid <= 0)
+    fail_unsupported(
+        "{}: its peer credentials name process {} outside the job (it made the socket, which "
+        "came into the job through SCM_RIGHTS or a fork outside it): not supported (the job "
+        "would see pid 0 before and another after a restore)",
+        who, cr.pid);
+  c.pid = in_job.pid;
   return c;
 }
 
-RestoreProcess* peer_cred_process(std::span<RestoreProcess> procs, const PeerCred& c) {
-  if (!c.set || c.pid <= 0) return nullptr;
+StandIns::~StandIns() {
+  for (auto& [pid, p] : made_) {
+    // Not one of the job's: SIGKILL acts at once, even on a traced task.
+    p.leader().abandon();
+    ::kill(p.host_pid, SIGKILL);
+    int st = 0;
+    while (::waitpid(p.host_pid, &st, __WALL) == p.host_pid && !WIFEXITED(st) && !WIFSIGNALED(st))
+      ;
+    // Released to its parent, init, as a zombie that sent no signal.
+    init_.leader().call(SYS_wait4, static_cast<std::uint64_t>(pid), 0, __WALL, 0);
+  }
+}
+
+RestoreProcess* StandIns::get(int pid, const std::string& what) {
+  if (auto it = made_.find(pid); it != made_.end()) return &it->second;
+  Injector& inj = init_.leader();
+  pid_t tid_arg = pid;
+  remote_write(init_.host_pid, area_.data(), &tid_arg, sizeof tid_arg);
+  clone_args args{};
+  args.exit_signal = 0;
+  args.set_tid = area_.data();
+  args.set_tid_size = 1;
+  remote_write(init_.host_pid, area_.data() + 64, &args, sizeof args);
+  long r = inj.call(SYS_clone3, area_.data() + 64, sizeof args);
+  if (r == -EEXIST) return nullptr;
+  if (r < 0)
+    throw Error(fmt::format("{}: a stand-in for process {}, its maker (clone3)", what, pid),
+                static_cast<int>(-r));
+  Process& rec = recs_[pid];
+  rec.pid = pid;
+  RestoreProcess& p = made_[pid];
+  p.image = init_.image;
+  p.rec = &rec;
+  p.host_pid = inj.last_child();
+  wait_for_stop(p.host_pid);
+  RestoreThread t;
+  t.host_tid = p.host_pid;
+  t.inj = std::make_unique<Injector>(p.host_pid, area_.code());
+  p.threads.push_back(std::move(t));
+  if (r != pid) fail("{}: the stand-in for process {} got pid {}", what, pid, r);
+  return &p;
+}
+
+bool StandIns::has(const RestoreProcess& p) const {
+  auto it = made_.find(p.rec->pid);
+  return it != made_.end() && &it->second == &p;
+}
+
+RestoreProcess* peer_cred_maker(std::span<RestoreProcess> procs, StandIns& stand_ins,
+                                const PeerCred& c, const std::string& what) {
+  if (!c.set || c.pid <= 0) return nullptr;  // an image of format 7 or older
   for (RestoreProcess& p : procs)
-    if (p.rec->pid == c.pid && !p.rec->zombie) return &p;
-  return nullptr;
+    if (p.rec->pid == c.pid) return &p;  // a zombie too: make_zombies() comes later
+  return stand_ins.get(c.pid, what);
 }
 
 void with_peer_cred(RestoreProcess& where, const InjectionArea& area, const PeerCred& c,

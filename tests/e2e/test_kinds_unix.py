@@ -101,7 +101,9 @@ def test_unix_kind(e2e: E2E, kind: str):
 def test_unix_peercred(e2e: E2E, test_user, as_user: bool):
     """SO_PEERCRED and SO_PEERGROUPS of restored sockets are their makers' (pid, uid, gid,
     groups), not the restore's root init: socketpairs made by the parent, connections its
-    child made to its listeners. ckpt_unix_kind checks them every round, in both
+    child made to its listeners (one of them closed: remade through a scratch path), and
+    a pair and a connection made by a process that exited before the dump (a stand-in
+    with its pid makes them again), and a pair made by a zombie. ckpt_unix_kind checks them every round, in both
     processes; as a user, a root peer would show."""
     import pwd
     user = test_user if as_user else None
@@ -115,19 +117,24 @@ def test_unix_peercred(e2e: E2E, test_user, as_user: bool):
     uid = pwd.getpwnam(test_user).pw_uid if as_user else 0
 
     def check(job, stats: dict, m: dict):
-        assert stats["processes"] == 3, stats
-        parent, child = m["processes"][-2]["pid"], m["processes"][-1]["pid"]
+        assert stats["processes"] == 4, stats
+        zombie = [p["pid"] for p in m["processes"] if p["zombie"]]
+        parent, child = [p["pid"] for p in m["processes"] if not p["zombie"]][-2:]
+        assert len(zombie) == 1, m["processes"]
         creds = [s["cred"] for s in m["sockets"] if s["cred"]["set"]]
-        # 2 pair ends x 2 pairs, 3 connections x 2 ends, 2 listeners still open.
-        assert len(creds) == 12, m["sockets"]
+        # 2 pair ends x 4 pairs (one made by a process that has exited, one by the
+        # zombie), 4 connections x 2 ends (one made by the exited process), 2 listeners
+        # still open.
+        assert len(creds) == 18, m["sockets"]
         assert all(c["uid"] == uid and c["gid"] == c["groups"][0] for c in creds if as_user), creds
         assert all(c["uid"] == 0 for c in creds if not as_user), creds
-        # The pids: the parent's and the child's. The connection accepted from the
-        # listener the parent closed is remade through a scratch path after a restore:
-        # its pid is then 0 (docs/state-kinds.md), which the program does not check.
-        gone = {s["ino"] for s in m["sockets"] if s["name"].endswith("/pc_gone.sock")}
-        gone |= {s["peer"] for s in m["sockets"] if s["ino"] in gone}
-        assert {s["cred"]["pid"] for s in m["sockets"] if s["ino"] not in gone} == {parent, child}
+        # The pids: the parent's, the child's and the exited maker's, which is no
+        # process of the image. The program checks them all after each restore, the
+        # connection remade through a scratch path (its listener closed) included.
+        pids = {c["pid"] for c in creds}
+        alive = {p["pid"] for p in m["processes"]}
+        assert {parent, child, zombie[0]} < pids and len(pids - alive) == 1 and min(pids) > 1, \
+            (pids, alive)
     checkpoint_run(e2e, spec, [0.3, 0.6], "middle", check_dump=check)
 
 
@@ -171,6 +178,41 @@ REFUSED: dict[str, tuple[Callable[[list[int]], Callable[[str], None]], tuple[str
 def test_unix_kind_refused(e2e: E2E, kind: str):
     names, words = REFUSED[kind]
     refused_dump_run(e2e, unix_kind_spec(e2e, kind, rounds=80), f"done {kind} 80\n", words, names)
+
+
+def test_unix_peercred_outside(e2e: E2E):
+    """A socketpair the job got from a process outside its PID namespace (this test,
+    through SCM_RIGHTS): the job sees pid 0 in its peer credentials, which no restored
+    process could give, so the dump refuses it, naming the socket, and the job goes on."""
+    import socket
+    import threading
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind("\0fsched-e2e-outside-maker")
+    server.listen(4)
+    stop = threading.Event()
+
+    def serve():
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            a, b = socket.socketpair()
+            socket.send_fds(conn, [b"o"], [a.fileno(), b.fileno()])
+            for s in (a, b, conn):
+                s.close()
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        refused_dump_run(e2e, unix_kind_spec(e2e, "peercred_outside", rounds=80),
+                         "done peercred_outside 80\n", ("outside the job", "peer credentials"),
+                         lambda pids: names_one_fd(
+                             fds_matching(pids, lambda t: t.startswith("socket:")), "socket"))
+    finally:
+        stop.set()
+        t.join()
+        server.close()
 
 
 # A real program passing fds: python3's socket.send_fds/recv_fds (sendmsg(2) with

@@ -23,6 +23,7 @@
 //              SO_RCVLOWAT, SO_TIMESTAMP, SO_PEEK_OFF), read back every round; each
 //              round a datagram goes through the pair and must bring the sender's
 //              credentials (SCM_CREDENTIALS) and a timestamp
+//   peercred_outside  a socketpair made outside the job (refused)
 //   peercred   peer credentials (SO_PEERCRED pid, uid, gid; SO_PEERGROUPS) of the sockets
 //              a process and its child share: a stream and a datagram socketpair made by
 //              the parent, connections the child made to the parent's listeners at an
@@ -46,6 +47,7 @@
 #include <fcntl.h>
 #include <linux/filter.h>
 #include <linux/kcmp.h>
+#include <poll.h>
 #include <sys/file.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -524,6 +526,40 @@ void run_peercred(int rounds) {
   check(bind(lp_fd, reinterpret_cast<const sockaddr*>(&pth), lp), "bind path");
   check(bind(lq_fd, reinterpret_cast<const sockaddr*>(&gone), lq), "bind path (closed later)");
   for (int l : {la_fd, lp_fd, lq_fd}) check(listen(l, 4), "listen");
+  // A maker that exits: a socketpair and a connection to the abstract listener, made by
+  // a process that is gone (reaped) by the dump; the parent holds them (SCM_RIGHTS).
+  int hand[2];
+  check(socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, hand), "socketpair (hand-over)");
+  const pid_t maker = fork();
+  if (maker < 0) die("fork");
+  if (maker == 0) {
+    int mp[2];
+    check(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, mp), "socketpair (maker)");
+    int mc = connect_to(abs, la, "abstract (maker)");
+    send_files(hand[1], "m", {mp[0], mp[1], mc});
+    std::_Exit(0);
+  }
+  int mstatus = 0;
+  if (waitpid(maker, &mstatus, 0) != maker || !WIFEXITED(mstatus) || WEXITSTATUS(mstatus) != 0)
+    fail("the maker failed (status " + str(mstatus) + ")");
+  const std::vector<int> made = recv_files(hand[0], "m", "the maker's sockets");
+  if (made.size() != 3) fail("the maker's sockets: " + str(made.size()) + " fds");
+  int ma = check(accept4(la_fd, nullptr, nullptr, SOCK_CLOEXEC), "accept the maker's");
+  // And one that stays a zombie (reaped only at the end) after making a pair.
+  const pid_t zmaker = fork();
+  if (zmaker < 0) die("fork");
+  if (zmaker == 0) {
+    int zp[2];
+    check(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, zp), "socketpair (zombie maker)");
+    send_files(hand[1], "z", {zp[0], zp[1]});
+    std::_Exit(0);
+  }
+  siginfo_t zinfo{};  // exited, left unreaped (WNOWAIT)
+  check(waitid(P_PID, static_cast<id_t>(zmaker), &zinfo, WEXITED | WNOWAIT), "waitid");
+  const std::vector<int> zmade = recv_files(hand[0], "z", "the zombie maker's sockets");
+  if (zmade.size() != 2) fail("the zombie maker's sockets: " + str(zmade.size()) + " fds");
+  close(hand[0]);
+  close(hand[1]);
   int go[2];
   check(pipe2(go, O_CLOEXEC), "pipe");
   const pid_t child = fork();
@@ -531,6 +567,9 @@ void run_peercred(int rounds) {
   if (child == 0) {
     close(sp[0]);
     close(dg[0]);
+    for (int fd : made) close(fd);
+    for (int fd : zmade) close(fd);
+    close(ma);
     int ca = connect_to(abs, la, "abstract");
     int cp = connect_to(pth, lp, "path");
     int cq = connect_to(gone, lq, "path closed later");
@@ -543,7 +582,7 @@ void run_peercred(int rounds) {
                                       {dg[1], true, "child's datagram pair end"},
                                       {ca, true, "child's abstract connection"},
                                       {cp, true, "child's path connection"},
-                                      {cq, false, "child's connection to a closed listener"}})
+                                      {cq, true, "child's connection to a closed listener"}})
       mine.push_back({fd, with_pid, what, peer_cred_text(fd, with_pid)});
     for (int r = 1; r <= rounds; ++r) {
       check_peers(mine, r);
@@ -562,12 +601,25 @@ void run_peercred(int rounds) {
                                     {dg[0], true, "parent's datagram pair end"},
                                     {pa, true, "parent's abstract connection"},
                                     {pp, true, "parent's path connection"},
-                                    {pq, false, "parent's connection from a closed listener"}})
+                                    {pq, true, "parent's connection from a closed listener"},
+                                    {made[0], true, "exited maker's stream pair end 0"},
+                                    {made[1], true, "exited maker's stream pair end 1"},
+                                    {made[2], true, "exited maker's connection"},
+                                    {ma, true, "parent's connection from the exited maker"},
+                                    {zmade[0], true, "zombie maker's stream pair end 0"},
+                                    {zmade[1], true, "zombie maker's stream pair end 1"}})
     mine.push_back({fd, with_pid, what, peer_cred_text(fd, with_pid)});
-  // The pairs name the parent, the connections the child.
-  if (mine[0].want.rfind("pid " + str(getpid()) + " ", 0) != 0 ||
-      mine[2].want.rfind("pid " + str(child) + " ", 0) != 0)
-    fail("peer credentials not as made: " + mine[0].want + " / " + mine[2].want);
+  // The pairs name the parent, the connections the child; the exited maker's pair and
+  // the connection it made name it.
+  auto starts = [](const std::string& t, pid_t pid) {
+    return t.rfind("pid " + str(pid) + " ", 0) == 0;
+  };
+  if (!starts(mine[0].want, getpid()) || !starts(mine[2].want, child) ||
+      !starts(mine[4].want, child) || !starts(mine[5].want, maker) ||
+      !starts(mine[7].want, getpid()) || !starts(mine[8].want, maker) ||
+      !starts(mine[9].want, zmaker))
+    fail("peer credentials not as made: " + mine[0].want + " / " + mine[2].want + " / " +
+         mine[5].want + " / " + mine[8].want);
   if (write(go[1], "g", 1) != 1) die("start the child");
   for (int r = 1; r <= rounds; ++r) {
     check_peers(mine, r);
@@ -577,6 +629,32 @@ void run_peercred(int rounds) {
   int status = 0;
   if (waitpid(child, &status, 0) != child || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
     fail("the child failed (status " + str(status) + ")");
+  if (waitpid(zmaker, &status, 0) != zmaker || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
+    fail("the zombie maker failed (status " + str(status) + ")");
+}
+
+// A socketpair made outside the job: a server of the test listens at the abstract name
+// "fsched-e2e-outside-maker" and sends both ends of a pair it makes to each client,
+// then closes the connection. Their peer credentials name a process outside the job's
+// PID namespace (pid 0 here), which no restore could give: the dump refuses them.
+void run_peercred_outside(int rounds) {
+  socklen_t la;
+  const sockaddr_un abs = abstract("fsched-e2e-outside-maker", la);
+  int c = connect_to(abs, la, "the outside maker");
+  pollfd pfd{c, POLLIN, 0};
+  if (poll(&pfd, 1, 10000) != 1) fail("the outside maker sent nothing");
+  const std::vector<int> got = recv_files(c, "o", "the outside maker's pair");
+  close(c);
+  if (got.size() != 2) fail("the outside maker's pair: " + str(got.size()) + " fds");
+  if (peer_cred_text(got[0], true).rfind("pid 0 ", 0) != 0)
+    fail("the outside maker's pair: peer " + peer_cred_text(got[0], true));
+  for (int r = 1; r <= rounds; ++r) {
+    line("peercred_outside " + str(r));
+    tick();
+  }
+  char b = 0;
+  if (write(got[0], "x", 1) != 1 || read(got[1], &b, 1) != 1 || b != 'x')
+    fail("the outside maker's pair carries nothing");
 }
 
 // A file with an OFD lock that only the queue holds (/proc/locks shows no pid for it).
@@ -624,6 +702,7 @@ int main(int argc, char** argv) {
       {"dgram_other_sender", run_dgram_other_sender},
       {"unix_backlog", run_unix_backlog},
       {"peercred", run_peercred},
+      {"peercred_outside", run_peercred_outside},
   };
   return run_kind(argc, argv, "ckpt_unix_kind", kKinds, 900);
 }
