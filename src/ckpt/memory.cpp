@@ -211,6 +211,11 @@ std::uint64_t dump_pages(DumpProcess& p, ImageWriter& img) {
     if (is_kernel_mapping(v.kind)) continue;
     if (v.shared) continue;  // its contents are the file's or the shm object's
     const bool file = v.kind == VmaKind::kFile;
+    // A page left out is zero after the restore only where the restore maps zeros:
+    // anonymous memory. A private mapping of a file or memory object shows the
+    // object's contents there, so a page copied on write keeps its zeros in the image.
+    const bool zero_is_hole =
+        v.kind == VmaKind::kAnon || v.kind == VmaKind::kHeap || v.kind == VmaKind::kStack;
     const std::uint64_t npages = (v.end - v.start) / kPage;
 
     // Reads the pages idx[k, k + n) of this VMA to dst.
@@ -261,7 +266,7 @@ std::uint64_t dump_pages(DumpProcess& p, ImageWriter& img) {
       std::size_t kept = 0;
       for (std::size_t i = 0; i < n; ++i) {
         std::byte* page = dst + i * kPage;
-        if (is_zero_page(page)) continue;
+        if (zero_is_hole && is_zero_page(page)) continue;
         if (kept != i) std::memmove(dst + kept * kPage, page, kPage);
         ++kept;
         std::uint64_t at = idx[k + i];

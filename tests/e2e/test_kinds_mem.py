@@ -67,6 +67,17 @@ def _numa(m: dict):
     assert vmas == [{"mode": 3, "nodes": [1]}], vmas
 
 
+def _cow_zero(m: dict):
+    """The all-zero page each private mapping of ckpt_mem_kind cow_zero copied on write
+    is stored (a zero page is left out only where the restore maps zeros anyway)."""
+    p = _job_process(m)
+    cow = [v for v in p["vmas"] if not v["shared"] and v["kind"] == "file"
+           and (v["path"].endswith("/kind.cow") or v["path"].startswith("/memfd:kind_cow"))]
+    assert len(cow) == 2, [(v["kind"], v["path"]) for v in p["vmas"]]
+    for v in cow:
+        assert [1, 2] in [list(r) for r in v["runs"]], (v["path"], v["runs"])
+
+
 KINDS: dict[str, Callable[[dict], None]] = {
     "advice": _advice,
     "mlockall": lambda m: _job_process(m)["mlockall"] & MCL_FUTURE
@@ -77,6 +88,7 @@ KINDS: dict[str, Callable[[dict], None]] = {
     "shared_mprotect": _shared_mprotect,
     "guard": _guard,
     "numa": _numa,
+    "cow_zero": _cow_zero,
 }
 
 

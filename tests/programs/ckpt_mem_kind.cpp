@@ -35,6 +35,9 @@
 //                (checking its own every 10 ms), the middle 8 of 16 anonymous pages
 //                MPOL_INTERLEAVE (mbind(2)); each round checks them (get_mempolicy(2))
 //                and the pages' contents
+//   cow_zero     MAP_PRIVATE mappings of a file (kind.cow) and of a memfd full of 'A',
+//                one page of each written with zeros, one with a byte: each round checks
+//                every byte
 //   sysfs_map    a mapping of /sys/kernel/btf/vmlinux (a dump must refuse it)
 //   ksm_merge_any  prctl(PR_SET_MEMORY_MERGE): KSM may merge all its anonymous memory
 //                (a dump must refuse it); each round checks PR_GET_MEMORY_MERGE
@@ -373,6 +376,41 @@ void run_guard(int rounds) {
   }
 }
 
+// Private mappings of a file and of a memfd, both full of 'A', whose pages the program
+// wrote (copied on write): one page all zeros, one with a few bytes. A restore that
+// left out the zero page would show the file's 'A's there again.
+void run_cow_zero(int rounds) {
+  constexpr std::size_t kPages = 4;
+  std::string data(kPages * kPage, 'A');
+  int file = open("kind.cow", O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  int mfd = memfd_create("kind_cow", MFD_CLOEXEC);
+  if (file < 0 || mfd < 0) die("open kind.cow / memfd_create");
+  for (int fd : {file, mfd})
+    if (write(fd, data.data(), data.size()) != static_cast<ssize_t>(data.size())) die("write");
+  std::vector<unsigned char*> maps;
+  for (int fd : {file, mfd}) {
+    void* m = mmap(nullptr, data.size(), PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
+    if (m == MAP_FAILED) die("mmap MAP_PRIVATE");
+    maps.push_back(static_cast<unsigned char*>(m));
+  }
+  close(file);
+  for (unsigned char* m : maps) {
+    std::memset(m + kPage, 0, kPage);  // copied, all zeros
+    m[2 * kPage + 7] = 'b';            // copied, mostly 'A'
+  }
+  for (int r = 1; r <= rounds; ++r) {
+    for (unsigned char* m : maps)
+      for (std::size_t i = 0; i < kPages * kPage; ++i) {
+        const unsigned char want = i / kPage == 1 ? 0 : i == 2 * kPage + 7 ? 'b' : 'A';
+        if (m[i] != want)
+          fail("cow_zero: byte " + std::to_string(i) + " of a private mapping is " +
+               std::to_string(m[i]) + ", not " + std::to_string(want));
+      }
+    line("cow_zero " + std::to_string(r));
+    tick();
+  }
+}
+
 void run_sysfs_map(int rounds) {
   int fd = open("/sys/kernel/btf/vmlinux", O_RDONLY | O_CLOEXEC);
   if (fd < 0) die("open /sys/kernel/btf/vmlinux");
@@ -520,6 +558,8 @@ int main(int argc, char** argv) {
     run_shared_mprotect(rounds);
   else if (kind == "guard")
     run_guard(rounds);
+  else if (kind == "cow_zero")
+    run_cow_zero(rounds);
   else if (kind == "numa")
     run_numa(rounds);
   else if (kind == "sysfs_map")
