@@ -3,6 +3,7 @@
 // registers for a moment) all happen early and are undone before the long page copy,
 // so a dumper killed part-way leaves threads with their own registers.
 #include <signal.h>
+#include <sys/random.h>
 #include <sys/utsname.h>
 
 #include <chrono>
@@ -19,6 +20,7 @@
 #include "ckpt/imagekey.h"
 #include "ckpt/inet.h"
 #include "ckpt/madvise.h"
+#include "ckpt/mem_tracking.h"
 #include "ckpt/locks.h"
 #include "ckpt/memory.h"
 #include "ckpt/namespaces.h"
@@ -61,6 +63,13 @@ std::uint64_t cpu_xfeatures() {
   return (std::uint64_t{hi} << 32) | lo;
 }
 
+// 32 hex digits from getrandom(2).
+std::string random_id() {
+  unsigned char b[16];
+  if (::getrandom(b, sizeof b, 0) != static_cast<ssize_t>(sizeof b)) fail_errno("getrandom");
+  return to_hex(b, sizeof b);
+}
+
 DumpStats dump(const DumpOptions& o) {
   check_job_root(o.pid);
   std::error_code ec;
@@ -73,6 +82,17 @@ DumpStats dump(const DumpOptions& o) {
   // A job to be killed stays frozen until its image is durable: overlap the disk
   // writes with the dump. One to be thawed first must not wait for the disk.
   img->set_eager_writeback(!o.leave_running);
+
+  // The parent, checked (signature, format) before the job is touched.
+  std::string parent_id;
+  if (!o.parent.empty()) {
+    auto parent = ImageReader::open(o.parent, load_image_key(image_key_path(o.key_file)));
+    parent_id = parent->manifest().value("image_id", std::string());
+    if (parent_id.empty())
+      fail_usage("parent image {} has no image id (made by an older engine)", o.parent.string());
+  }
+  if (o.track_mem && !o.leave_running)
+    fail_usage("--track-mem needs --leave-running (a killed job is not tracked)");
 
   DumpStats st;
   auto t_freeze = std::chrono::steady_clock::now();
@@ -101,6 +121,10 @@ DumpStats dump(const DumpOptions& o) {
       std::async(std::launch::async, [] { return read_file("/proc/locks"); });
   auto& procs = tree.processes();
   Manifest m;
+  m.image_id = random_id();
+  // Tracking: attached before the layout is read (a VMA it registered shows "uw").
+  std::optional<JobTracking> tracking;
+  if (o.track_mem || !o.parent.empty()) tracking.emplace(JobTracking::attach(procs));
   utsname u{};
   ::uname(&u);
   m.kernel = u.release;
@@ -155,6 +179,25 @@ DumpStats dump(const DumpOptions& o) {
   InetRepair inet_repair(o.tcp_hold_s);
   dump_inet(procs, m, inet_repair);
   phase("state");
+  // Incremental when the job's written bits go back to the parent's dump.
+  if (!o.parent.empty()) {
+    st.incremental = tracking->epoch() == parent_id;
+    if (!st.incremental)
+      st.full_because = tracking->epoch().empty()
+                            ? "the job's written pages are not tracked (no dump with "
+                              "--track-mem since it started or was restored)"
+                        : tracking->epoch() == "resetting"
+                            ? "a dump failed or was killed since the parent"
+                            : "the job's tracking goes back to another image than the parent";
+  }
+  if (tracking) tracking->prepare(procs);
+  if (st.incremental) {
+    m.kind = "incremental";
+    m.parent.image_id = parent_id;
+    m.parent.dir = o.parent.parent_path() == o.dir.parent_path()
+                       ? o.parent.filename().string()
+                       : std::filesystem::absolute(o.parent).string();
+  }
   // The page stream, section by section in the one order restore reads it back in
   // (sections.h); the writer records where each starts.
   for (Section s : kSectionOrder) {
@@ -171,7 +214,8 @@ DumpStats dump(const DumpOptions& o) {
         break;
       case Section::kPages:
         for (auto& p : procs)
-          if (!p.zombie) st.memory_bytes += dump_pages(p, *img);
+          if (!p.zombie)
+            st.memory_bytes += dump_pages(p, *img, tracking ? &*tracking : nullptr, st.incremental);
         break;
       case Section::kPipes:
         dump_pipes(procs, m, *img);
@@ -191,6 +235,8 @@ DumpStats dump(const DumpOptions& o) {
     st.freeze_ms = ms_since(t_freeze);
     phase("thaw");
     img->commit(std::move(j));
+    // Only now does the tracking belong to this image.
+    if (tracking && o.track_mem) tracking->commit(m.image_id);
     phase("commit");
   } else {
     // The job dies only once its image is durable, and with its TCP connections as

@@ -30,6 +30,9 @@ struct DumpProcess {
   // Syscall injection into the leader, with a scratch mapping of kScratchBytes.
   std::unique_ptr<Injector> inj;
   HealCode heal;  // where injected syscalls run, in its vDSO (inject.h)
+  // The job's init holds the engine's userfaultfds (mem_tracking.h): a mapping
+  // registered for write-protect ("uw" in VmFlags) is the engine's doing.
+  bool uffd_wp_ours = false;
   std::uint64_t scratch = 0;
 };
 inline constexpr std::size_t kScratchBytes = 4 * 4096;

@@ -51,6 +51,15 @@ struct DumpOptions {
   // Seconds the TCP sockets of a killed job stay held, locked, for a restore on this
   // host to take them over (netlock.h); 0 closes them at once.
   unsigned tcp_hold_s = 120;
+  // Track the job's written pages from this dump on (CRIU's --track-mem), so that a
+  // later dump with `parent` = this image stores only what changed
+  // (docs/incremental.md). Only with leave_running.
+  bool track_mem = false;
+  // An earlier image of the same job, which tracking started at: this image stores
+  // only the pages written since and names it as its parent. When the job's tracking
+  // does not go back to that image (another image was dumped since, a dump failed,
+  // the job was restored), the image is full and DumpStats::incremental says so.
+  std::filesystem::path parent;
 };
 struct DumpStats {
   int processes = 0, threads = 0;
@@ -60,6 +69,8 @@ struct DumpStats {
   double dump_ms = 0;              // the whole dump, including the durable commit
   // Where the time went, in order: {"seize", ms}, {"state", ms}, {"pages", ms} ...
   std::vector<std::pair<std::string, double>> phases_ms;
+  bool incremental = false;  // pages since DumpOptions::parent only
+  std::string full_because;  // why not, when a parent was given
 };
 // Freezes every thread of the tree (ptrace), writes the image, then kills the job or
 // lets it continue. On any failure the job is thawed unharmed and no directory `dir`

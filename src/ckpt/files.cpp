@@ -29,6 +29,7 @@
 #include "ckpt/fd_ops.h"
 #include "ckpt/fown.h"
 #include "ckpt/fsaccess.h"
+#include "ckpt/mem_tracking.h"
 #include "ckpt/inet.h"
 #include "ckpt/inotify.h"
 #include "ckpt/memfd.h"
@@ -273,6 +274,8 @@ void dump_files(DumpProcess& p, std::span<DumpProcess> all) {
   r.fds.clear();
   for (int fd : fds) {
     const std::string link = read_link(fmt::format("/proc/{}/fd/{}", hp, fd));
+    // The engine's own handles in the job's init (mem_tracking.h), not the job's state.
+    if (r.pid == 1 && is_tracking_handle(link)) continue;
     const std::string where =
         fmt::format("process {} (pid {} in the job), fd {} -> {}", hp, r.pid, fd, link);
     Fd f;

@@ -130,7 +130,8 @@ constexpr long kSysMseal = 462;         // mseal(2), kernel 6.10; not in glibc 2
 
 }  // namespace
 
-void dump_vma_flags(pid_t pid, const MapsEntry& m, Vma& v, const std::string& where) {
+void dump_vma_flags(pid_t pid, const MapsEntry& m, Vma& v, const std::string& where,
+                    bool uffd_wp_ours) {
   v.vmflags.clear();
   if (is_kernel_mapping(v.kind)) return;  // the kernel maps them, flags and all
   v.guards.clear();
@@ -140,6 +141,7 @@ void dump_vma_flags(pid_t pid, const MapsEntry& m, Vma& v, const std::string& wh
                      m.pkey);
   for (auto& f : m.vmflags) {
     if (in(kDerived, f) || in(kAdvised, f) || in(kOtherRestored, f)) continue;
+    if (f == "uw" && uffd_wp_ours) continue;  // the engine's tracking, not the job's
     for (auto& [name, what] : kRefused)
       if (f == name) fail_unsupported("{}: {} (VmFlags {}) is not supported", where, what, f);
     fail_unsupported("{}: VmFlags \"{}\" is unknown to this engine: not supported", where, f);

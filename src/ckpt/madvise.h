@@ -28,7 +28,8 @@ inline constexpr std::uint64_t kPmGuardRegion = 1ULL << 58;
 // the mapping (`where`) for a flag the engine cannot restore (hugetlb, device and userfaultfd
 // mappings, shadow stacks, guard regions, a memory protection key, flags this engine does not
 // know).
-void dump_vma_flags(pid_t pid, const MapsEntry& m, Vma& v, const std::string& where);
+void dump_vma_flags(pid_t pid, const MapsEntry& m, Vma& v, const std::string& where,
+                    bool uffd_wp_ours = false);
 
 // Dump, per process, with its injector open and after its credentials and thread
 // confinement are read: whether mlockall(2) MCL_FUTURE is in force (the scratch mapping

@@ -59,6 +59,10 @@ struct Vma {
   std::vector<std::string> vmflags;
   // Runs of pages stored in the page stream: {first page index within the VMA, count}.
   std::vector<std::pair<std::uint64_t, std::uint64_t>> runs;
+  // Of an incremental image (Manifest::parent): runs of pages not written since the
+  // parent image, which the restore takes from the parent chain at the same address
+  // (zero where no link has data). Pages in neither list are zero.
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> parent_runs;
   // Guard regions (madvise(2) MADV_GUARD_INSTALL; madvise.h): {first page, count}.
   std::vector<std::pair<std::uint64_t, std::uint64_t>> guards;
   // A flock(2) lock held through the open file description of this file mapping alone
@@ -404,7 +408,20 @@ struct InetSocket {
   std::uint32_t snd_wl1 = 0, snd_wnd = 0, max_window = 0, rcv_wnd = 0, rcv_wup = 0;
 };
 
+// What an image is (docs/incremental.md).
+struct ParentImage {
+  std::string dir;       // the parent's image directory, relative to this image's parent
+                         // directory when it is a sibling, else absolute
+  std::string image_id;  // its Manifest::image_id
+};
+
 struct Manifest {
+  // 32 hex digits, random, made by the dump: how an incremental image names its parent.
+  std::string image_id;
+  // "full", "incremental" (its pages since `parent` only) or "pre-dump" (private memory
+  // only, taken while the job ran; not restorable by itself). Absent: "full".
+  std::string kind = "full";
+  ParentImage parent;              // of an incremental image; empty otherwise
   std::string kernel;              // uname -r at dump time
   std::uint64_t xfeatures = 0;     // XCR0 of the dumping CPU
   std::uint64_t xstate_size = 0;   // bytes of the NT_X86_XSTATE regset
@@ -433,7 +450,7 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(MemPolicy, mode, nodes)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(FileId, ino, size, mtime_ns, dev, mode, uid, gid)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Vma, start, end, prot, shared, kind, shm_key, path,
                                                 deleted_key, shmat_flags, pgoff, file, vmflags,
-                                                runs, guards, flock, mempolicy)
+                                                runs, parent_runs, guards, flock, mempolicy)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(EpollTarget, fd, events, data)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(InotifyWatch, wd, ino, sdev, mask, handle_type,
                                                 handle_hex, path)
@@ -509,10 +526,11 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(InetSocket, ino, family, type, s
                                                 recvq_hex, unsent, mss, tcpi_options, snd_wscale,
                                                 rcv_wscale, timestamp, snd_wl1, snd_wnd, max_window,
                                                 rcv_wnd, rcv_wup)
-NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Manifest, kernel, xfeatures, xstate_size,
-                                                dump_time_ns, boot_id, processes, pipes, shm,
-                                                deleted_files, sysv_shm, sockets, inet_sockets,
-                                                netlock, in_flight, sections)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(ParentImage, dir, image_id)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Manifest, image_id, kind, parent, kernel, xfeatures,
+                                                xstate_size, dump_time_ns, boot_id, processes,
+                                                pipes, shm, deleted_files, sysv_shm, sockets,
+                                                inet_sockets, netlock, in_flight, sections)
 
 // Hex helpers for binary blobs stored in the manifest.
 std::string to_hex(const void* data, std::size_t len);

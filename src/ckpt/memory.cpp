@@ -24,6 +24,7 @@
 
 #include "ckpt/fsaccess.h"
 #include "ckpt/madvise.h"
+#include "ckpt/mem_tracking.h"
 #include "ckpt/mempolicy.h"
 #include "ckpt/page_restore.h"
 #include "ckpt/proc.h"
@@ -117,7 +118,7 @@ void dump_memory_layout(DumpProcess& p) {
                          m.start, m.end, m.path.empty() ? "[anon]" : m.path);
     };
     auto keep = [&] {
-      dump_vma_flags(pid, m, v, where());
+      dump_vma_flags(pid, m, v, where(), p.uffd_wp_ours);
       r.vmas.push_back(std::move(v));
     };
     if (m.path == "[vdso]") {
@@ -196,7 +197,8 @@ void dump_memory_injected(DumpProcess& p) {
   p.rec.brk = static_cast<std::uint64_t>(p.inj->call_ok("brk(0)", SYS_brk, 0));
 }
 
-std::uint64_t dump_pages(DumpProcess& p, ImageWriter& img) {
+std::uint64_t dump_pages(DumpProcess& p, ImageWriter& img, JobTracking* tracking,
+                         bool incremental) {
   pid_t pid = p.host_pid;
   UniqueFd pagemap(::open(fmt::format("/proc/{}/pagemap", pid).c_str(), O_RDONLY | O_CLOEXEC));
   if (!pagemap) fail_errno("cannot open /proc/{}/pagemap", pid);
@@ -208,6 +210,7 @@ std::uint64_t dump_pages(DumpProcess& p, ImageWriter& img) {
 
   for (Vma& v : p.rec.vmas) {
     v.runs.clear();
+    v.parent_runs.clear();
     if (is_kernel_mapping(v.kind)) continue;
     if (v.shared) continue;  // its contents are the file's or the shm object's
     const bool file = v.kind == VmaKind::kFile;
@@ -217,6 +220,19 @@ std::uint64_t dump_pages(DumpProcess& p, ImageWriter& img) {
     const bool zero_is_hole =
         v.kind == VmaKind::kAnon || v.kind == VmaKind::kHeap || v.kind == VmaKind::kStack;
     const std::uint64_t npages = (v.end - v.start) / kPage;
+    // Of a tracked VMA: which pages were written since the last reset (which this
+    // read also is). Untracked: all of them.
+    std::vector<std::uint8_t> unwritten;
+    if (tracking)
+      if (auto states = tracking->reset_scan(p, v.start, v.end); states && incremental) {
+        unwritten.assign(npages, 0);
+        for (const PageStates& s : *states) {
+          if (s.written || !s.present) continue;
+          const std::uint64_t first = (s.start - v.start) / kPage, n = (s.end - s.start) / kPage;
+          std::fill_n(unwritten.begin() + static_cast<std::ptrdiff_t>(first), n, 1);
+          v.parent_runs.emplace_back(first, n);
+        }
+      }
 
     // Reads the pages idx[k, k + n) of this VMA to dst.
     auto read_pages = [&](const std::vector<std::uint64_t>& idx, std::size_t k, std::size_t n,
@@ -289,6 +305,7 @@ std::uint64_t dump_pages(DumpProcess& p, ImageWriter& img) {
       for (std::uint64_t i = 0; i < n; ++i) {
         std::uint64_t e = pm[i];
         if (e & kPmGuardRegion) continue;  // no page: a guard marker (v.guards)
+        if (!unwritten.empty() && unwritten[first + i]) continue;  // the parent chain's
         if ((e & kPmSwapped) || ((e & kPmPresent) && !(file && (e & kPmFileOrShared))))
           idx.push_back(first + i);
       }

@@ -14,13 +14,20 @@
 
 namespace fsched::ckpt {
 
+class JobTracking;
+
 // Dump, in three steps: the VMA layout, mm fields and auxv (before any injection,
 // which maps a scratch area); the brk, by injection; then the contents of present,
 // non-zero pages to the image's page stream, from outside the job. dump_pages
 // returns the bytes of memory stored (before compression).
+//
+// With `tracking` (mem_tracking.h), the written state of each tracked VMA is read and
+// reset first; with `incremental` too, only its pages written since the parent image
+// are read, and those not written go to Vma::parent_runs (docs/incremental.md).
 void dump_memory_layout(DumpProcess& p);
 void dump_memory_injected(DumpProcess& p);
-std::uint64_t dump_pages(DumpProcess& p, ImageWriter& img);
+std::uint64_t dump_pages(DumpProcess& p, ImageWriter& img, JobTracking* tracking = nullptr,
+                         bool incremental = false);
 
 // Restore: replaces the helper's address space with the saved one (pages from the
 // page stream; shared objects and deleted files mapped from `shm`), moves the vDSO,

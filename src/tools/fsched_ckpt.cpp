@@ -128,6 +128,13 @@ int main(int argc, char** argv) {
                    "seconds a killed job's TCP sockets stay held, locked, for a restore on this "
                    "host to take them over (default 120; 0: closed at once)")
       ->check(CLI::Range(0, 86400));
+  dump->add_flag("--track-mem", dopt.track_mem,
+                 "track the pages the job writes from now on, for a later dump with --parent "
+                 "(needs --leave-running)");
+  std::string dump_parent;
+  dump->add_option("--parent", dump_parent,
+                   "an earlier image of the job: store only the pages written since (an "
+                   "incremental image), when the job's tracking goes back to it");
   dump->add_flag("--json", dump_json, "print the figures as JSON");
   const std::string key_help = fmt::format(
       "the cluster's image key (default $FSCHED_IMAGE_KEY or {})", ck::kDefaultImageKeyPath);
@@ -184,14 +191,19 @@ int main(int argc, char** argv) {
     }
     if (*dump) {
       dopt.dir = dump_dir;
+      dopt.parent = dump_parent;
       auto st = ck::dump(dopt);
       if (dump_json) {
         nlohmann::json j{{"processes", st.processes},       {"threads", st.threads},
                          {"memory_bytes", st.memory_bytes}, {"image_bytes", st.image_bytes},
-                         {"freeze_ms", st.freeze_ms},       {"dump_ms", st.dump_ms}};
+                         {"freeze_ms", st.freeze_ms},       {"dump_ms", st.dump_ms},
+                         {"incremental", st.incremental}};
+        if (!st.full_because.empty()) j["full_because"] = st.full_because;
         for (auto& [name, ms] : st.phases_ms) j["phases_ms"][name] = ms;
         std::cout << j.dump() << "\n";
       } else {
+        if (!st.full_because.empty())
+          std::cout << "full image, not incremental: " << st.full_because << "\n";
         std::cout << fmt::format(
             "dumped {} processes, {} threads: {} of memory, image {} in {}; frozen {:.0f} ms, "
             "total "
