@@ -122,9 +122,6 @@ DumpStats dump(const DumpOptions& o) {
   auto& procs = tree.processes();
   Manifest m;
   m.image_id = random_id();
-  // Tracking: attached before the layout is read (a VMA it registered shows "uw").
-  std::optional<JobTracking> tracking;
-  if (o.track_mem || !o.parent.empty()) tracking.emplace(JobTracking::attach(procs));
   utsname u{};
   ::uname(&u);
   m.kernel = u.release;
@@ -137,6 +134,9 @@ DumpStats dump(const DumpOptions& o) {
 
   for (auto& p : procs) dump_ids(p);
   check_namespaces(o.pid, procs);
+  // Tracking: attached before the layout is read (a VMA it registered shows "uw").
+  std::optional<JobTracking> tracking;
+  if (o.track_mem || !o.parent.empty()) tracking.emplace(JobTracking::attach(procs));
   for (auto& p : procs) {
     if (p.zombie) continue;
     dump_memory_layout(p);

@@ -27,6 +27,7 @@
 #include "ckpt/mem_tracking.h"
 #include "ckpt/mempolicy.h"
 #include "ckpt/page_restore.h"
+#include "ckpt/parent_chain.h"
 #include "ckpt/proc.h"
 #include "ckpt/remote.h"
 #include "ckpt/shmem.h"
@@ -73,6 +74,9 @@ const char* pseudo_fs(const std::string& path) {
       return nullptr;
   }
 }
+
+// Whether the restore writes pages into v (it is mapped writable until then).
+bool filled(const Vma& v) { return !v.runs.empty() || !v.parent_runs.empty(); }
 
 bool is_zero_page(const std::byte* p) {
   const auto* w = reinterpret_cast<const std::uint64_t*>(p);
@@ -401,7 +405,7 @@ void move_vdso(RestoreProcess& p, const InjectionArea& area, const std::vector<M
 }  // namespace
 
 void restore_memory(RestoreProcess& p, const InjectionArea& area, PageReader& pages,
-                    const ShmTable& shm) {
+                    const ShmTable& shm, ParentChain* chain) {
   Injector& inj = p.leader();
   const Process& r = *p.rec;
   pid_t hp = p.host_pid;
@@ -437,7 +441,7 @@ void restore_memory(RestoreProcess& p, const InjectionArea& area, PageReader& pa
   };
   for (const Vma& v : r.vmas) {
     if (is_kernel_mapping(v.kind)) continue;
-    int prot = v.prot | (v.runs.empty() ? 0 : PROT_READ | PROT_WRITE);
+    int prot = v.prot | (filled(v) ? PROT_READ | PROT_WRITE : 0);
     int flags = MAP_FIXED | (v.shared ? MAP_SHARED : MAP_PRIVATE);
     if (has_flag(v, "gd")) flags |= MAP_GROWSDOWN;
     if (has_flag(v, "nr")) flags |= MAP_NORESERVE;
@@ -515,11 +519,24 @@ void restore_memory(RestoreProcess& p, const InjectionArea& area, PageReader& pa
     }
   }
   copy_to_process(pages, hp, runs);
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> from_parent;
+  for (const Vma& v : r.vmas)
+    for (auto [first, count] : v.parent_runs) {
+      std::uint64_t addr = v.start + first * kPage;
+      if (addr >= v.end || count > (v.end - addr) / kPage)
+        fail_image("image: parent page run beyond mapping {:#x}-{:#x}", v.start, v.end);
+      from_parent.emplace_back(addr, addr + count * kPage);
+    }
+  if (!from_parent.empty()) {
+    if (!chain) fail_image("image: process {} has pages in a parent image but no parent", r.pid);
+    std::sort(from_parent.begin(), from_parent.end());
+    chain->fill(r.pid, hp, std::move(from_parent));
+  }
 
   // 5. Final protections and madvise(2) flags.
   for (const Vma& v : r.vmas) {
     if (is_kernel_mapping(v.kind)) continue;
-    int tmp = v.prot | (v.runs.empty() ? 0 : PROT_READ | PROT_WRITE);
+    int tmp = v.prot | (filled(v) ? PROT_READ | PROT_WRITE : 0);
     if (v.kind == VmaKind::kSysv)
       tmp = PROT_READ | ((v.shmat_flags & SHM_RDONLY) ? 0 : PROT_WRITE) |
             ((v.shmat_flags & SHM_EXEC) ? PROT_EXEC : 0);

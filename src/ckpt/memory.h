@@ -15,6 +15,7 @@
 namespace fsched::ckpt {
 
 class JobTracking;
+class ParentChain;
 
 // Dump, in three steps: the VMA layout, mm fields and auxv (before any injection,
 // which maps a scratch area); the brk, by injection; then the contents of present,
@@ -31,9 +32,10 @@ std::uint64_t dump_pages(DumpProcess& p, ImageWriter& img, JobTracking* tracking
 
 // Restore: replaces the helper's address space with the saved one (pages from the
 // page stream; shared objects and deleted files mapped from `shm`), moves the vDSO,
-// sets the mm fields. Leaves the injection area.
+// sets the mm fields. Leaves the injection area. The pages of an incremental image's
+// Vma::parent_runs come from `chain` (parent_chain.h), which such an image needs.
 void restore_memory(RestoreProcess& p, const InjectionArea& area, PageReader& pages,
-                    const ShmTable& shm);
+                    const ShmTable& shm, ParentChain* chain = nullptr);
 // Removes the injection area; the last injected syscall in the process.
 void unmap_injection_area(RestoreProcess& p, const InjectionArea& area);
 

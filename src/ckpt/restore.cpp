@@ -21,6 +21,7 @@
 #include "ckpt/madvise.h"
 #include "ckpt/locks.h"
 #include "ckpt/memory.h"
+#include "ckpt/parent_chain.h"
 #include "ckpt/pipes.h"
 #include "ckpt/mempolicy.h"
 #include "ckpt/placement.h"
@@ -86,7 +87,18 @@ RestoreStats restore(const RestoreOptions& o) {
   if (m.processes.empty()) fail_image("{}: the image holds no process", o.dir.string());
   validate_manifest(m, reader->manifest().value("pages_logical_bytes", std::uint64_t{0}));
   check_cpu(m);
+  if (m.kind == "pre-dump")
+    fail_usage(
+        "{} is a pre-dump: it holds memory only and is not restorable by itself (dump "
+        "with --parent {} to make an image that is)",
+        o.dir.string(), o.dir.string());
   reader->verify_chunks();
+  // Every link of an incremental image's chain, verified before any process exists.
+  std::unique_ptr<ParentChain> chain;
+  if (m.kind == "incremental")
+    chain = ParentChain::open(o.dir, m, load_image_key(image_key_path(o.key_file)));
+  else if (m.kind != "full")
+    fail_image("{}: unknown image kind \"{}\"", o.dir.string(), m.kind);
   check_files(m);
   check_deleted_files(m);
   check_inotify_watches(m);
@@ -135,7 +147,7 @@ RestoreStats restore(const RestoreOptions& o) {
           create_sysv_shm(procs[0], m, *pages);
           break;
         case Section::kPages:
-          for (auto* p : live) restore_memory(*p, area, *pages, shm);
+          for (auto* p : live) restore_memory(*p, area, *pages, shm, chain.get());
           finish_sysv_shm(procs[0], m);
           phase("memory");
           break;

@@ -1,0 +1,58 @@
+// Restore of an incremental image (docs/incremental.md): the chain of parent images
+// below it, verified before any process exists, and the pages each process takes from
+// it (Vma::parent_runs), by address: from the newest link that has data there.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <span>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "ckpt/image.h"
+#include "ckpt/manifest.h"
+
+namespace fsched::ckpt {
+
+// Most links a chain may have (an image names its parent, which names its own ...).
+inline constexpr std::size_t kMaxChainLinks = 64;
+
+class ParentChain {
+ public:
+  // Opens every link below `m`, the manifest of the image in `dir`: each parent must
+  // be a directory holding an image signed with `key` (ImageReader::open), whose
+  // chunks all verify (verify_chunks), whose image_id is the one its child names, and
+  // which is an incremental image, a full image or a pre-dump; a full image or a
+  // pre-dump ends the chain. A parent's `dir` is resolved against its child's parent
+  // directory when relative. Throws ImageError naming the link (missing, replaced by
+  // another image, damaged, a cycle or more than kMaxChainLinks links).
+  static std::unique_ptr<ParentChain> open(const std::filesystem::path& dir, const Manifest& m,
+                                           std::span<const std::byte> key);
+
+  // Writes into host process `host_pid`, process `pid` of the job, the pages of
+  // `ranges` ({start, end} byte addresses, page aligned, ascending, not overlapping) as
+  // the chain has them; where no link has data the memory is left as mapped (zeros,
+  // or a file's contents). The memory must be mapped writable. Throws Error naming
+  // the link and address when a read or a write fails.
+  void fill(int pid, pid_t host_pid, std::vector<std::pair<std::uint64_t, std::uint64_t>> ranges);
+
+  // The image directories of the links, newest first.
+  std::vector<std::filesystem::path> links() const;
+
+  ~ParentChain();
+
+ private:
+  struct Link;
+  ParentChain() = default;
+  std::vector<std::unique_ptr<Link>> links_;
+};
+
+// The directory of the parent named by `m` (an incremental image in `dir`).
+std::filesystem::path parent_dir(const std::filesystem::path& dir, const Manifest& m);
+
+}  // namespace fsched::ckpt
