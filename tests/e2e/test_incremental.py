@@ -1,0 +1,137 @@
+"""Incremental images (docs/incremental.md): a job dumped with --track-mem and then with
+--parent stores only the pages written since; restored from the newest link of a chain
+(the seed's CRIU_FullEvery=10 example: a full image and 9 incrementals) it ends with the
+uninterrupted run's output, byte for byte. A damaged link fails the restore of every
+image after it before any process exists."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import os
+import signal
+
+from ckpt_e2e import E2E, JobSpec, kill_job_processes
+from test_ipc import ProgressJob, manifest
+
+# A python3 job that rewrites a little of its 48 MiB heap buffer and of a private
+# anonymous mapping each step, grows the buffer every 10th step, maps and unmaps a
+# region and moves another with mremap (ctypes), and prints digests of all of it.
+JOB_PY = r'''
+import ctypes, hashlib, mmap, random, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+libc.mremap.restype = ctypes.c_void_p
+libc.mremap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_int]
+libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+PROT, PRIV = mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
+rnd = random.Random(7)
+buf = bytearray(rnd.randbytes(48 << 20))
+N = 4 << 20
+moved = libc.mmap(None, N, PROT, PRIV, -1, 0)
+ctypes.memmove(moved, rnd.randbytes(N), N)
+steps = int(sys.argv[1])
+for i in range(steps):
+    for k in range(20):
+        off = rnd.randrange(len(buf) - 4096)
+        buf[off:off + 100] = rnd.randbytes(100)
+    moff = rnd.randrange(N - 64)
+    ctypes.memmove(moved + moff, rnd.randbytes(64), 64)
+    if i % 10 == 5:
+        buf.extend(rnd.randbytes(1 << 20))
+    if i % 7 == 3:
+        moved = libc.mremap(moved, N, N + 4096, 1)  # MREMAP_MAYMOVE: maybe elsewhere
+        libc.munmap(moved + N, 4096)
+    tmp = libc.mmap(None, 1 << 20, PROT, PRIV, -1, 0)
+    ctypes.memmove(tmp, rnd.randbytes(1 << 20), 1 << 20)
+    d = hashlib.sha256(ctypes.string_at(tmp, 1 << 20)).hexdigest()[:8]
+    libc.munmap(tmp, 1 << 20)
+    print(i, hashlib.sha256(buf).hexdigest()[:16],
+          hashlib.sha256(ctypes.string_at(moved, N)).hexdigest()[:16], d, flush=True)
+    time.sleep(0.04)
+print("done", steps, flush=True)
+'''
+
+STEPS = 140
+
+
+def _spec(name: str) -> JobSpec:
+    return JobSpec(name=name, argv=["/usr/bin/python3", "{work}/job.py", str(STEPS)],
+                   setup=lambda work: (work / "job.py").write_text(JOB_PY),
+                   inputs=("job.py",), progress=("lines", "stdout"), timeout=180)
+
+
+def _chain(e2e: E2E, job: ProgressJob, ref, name: str, links: int) -> list[Path]:
+    """Dumps the running job `links` times, leaving it running: a full image with
+    --track-mem, then incrementals on the one before. Returns the image directories."""
+    images = []
+    for i in range(links):
+        job.wait_progress(ref, 0.1 + 0.6 * i / links)
+        image = e2e.image(f"{name}/link-{i}")
+        extra = ("--track-mem",) + (("--parent", str(images[-1])) if images else ())
+        r, st = e2e.engine.dump(job.init_pid, image, leave_running=True, extra=extra)
+        assert r.rc == 0, f"dump {i} failed ({r.rc}): {r.stderr.strip()}"
+        m = manifest(image)
+        if i == 0:
+            assert m["kind"] == "full" and not st["incremental"], (m["kind"], st)
+        else:
+            assert m["kind"] == "incremental" and st["incremental"], (m["kind"], st)
+            assert m["parent"]["image_id"] == manifest(images[-1])["image_id"]
+            # A little of the memory was written between dumps: far less is stored.
+            assert st["memory_bytes"] < 0.5 * first["memory_bytes"], (st, first)
+            parent_pages = sum(c for p in m["processes"] for v in p["vmas"]
+                               for _, c in v.get("parent_runs", []))
+            assert parent_pages * 4096 > 40 << 20, parent_pages
+        if i == 0:
+            first = st
+        images.append(image)
+    return images
+
+
+def test_incremental_chain_of_ten(e2e: E2E):
+    spec = _spec("incr_chain")
+    ref = e2e.reference(spec)
+    assert ref.status == 0 and ref.snap["stdout"].text.endswith(f"done {STEPS}\n")
+    job = ProgressJob(e2e, spec, None)
+    job.prepare()
+    job.start_detached()
+    try:
+        images = _chain(e2e, job, ref, spec.name, 10)
+        # The last one kills the job; the restore reads the whole chain.
+        job.wait_progress(ref, 0.8)
+        last = e2e.image(f"{spec.name}/last")
+        r, st = e2e.engine.dump(job.init_pid, last, extra=("--parent", str(images[-1])))
+        assert r.rc == 0 and st["incremental"], (r.stderr, st)
+        job.paused()
+        res = e2e.restore_foreground(job, last)
+        assert res.rc == ref.status, res.stderr
+        job.assert_matches(ref, " (restored from an 11-link chain)")
+    finally:
+        kill_job_processes(job.marker)
+
+
+def test_damaged_link_fails_the_restore_before_any_process(e2e: E2E):
+    spec = _spec("incr_damaged")
+    ref = e2e.reference(spec)
+    job = ProgressJob(e2e, spec, None)
+    job.prepare()
+    job.start_detached()
+    try:
+        images = _chain(e2e, job, ref, spec.name, 5)
+    finally:
+        kill_job_processes(job.marker)
+    pages = images[2] / "pages.img"
+    data = bytearray(pages.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    pages.write_bytes(bytes(data))
+    # Links 0 and 1 do not need link 2; links 3 and 4 do, and are refused up front.
+    for i, want in ((1, 0), (4, 3), (3, 3)):
+        pidfile = Path(str(images[i]) + ".pid")
+        res, pid = e2e.engine.restore_detached(images[i], pidfile)
+        if want == 0:
+            assert res.rc == 0 and pid, res.stderr
+            os.kill(pid, signal.SIGKILL)
+        else:
+            assert res.rc == want, (i, res.rc, res.stderr)
+            assert str(images[2]) in res.stderr, res.stderr
+            assert pid is None, "the refused restore made a process"
