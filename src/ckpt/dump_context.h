@@ -10,6 +10,7 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <type_traits>
 #include <functional>
 #include <memory>
 #include <vector>
@@ -91,5 +92,28 @@ class TermSignalsBlocked {
  private:
   sigset_t old_{};
 };
+
+// Runs `f` with p's injection context open, a Ctrl-C held off meanwhile: opened for
+// the call (and closed after, also when `f` throws) when the dump has already closed
+// it. Returns what `f` returns; throws what open_injection or `f` throws.
+template <class F>
+auto with_injection(DumpProcess& p, F&& f) {
+  TermSignalsBlocked blocked;
+  const bool reopen = !p.inj;
+  if (reopen) open_injection(p);
+  try {
+    if constexpr (std::is_void_v<decltype(f())>) {
+      f();
+      if (reopen) close_injection(p);
+    } else {
+      auto r = f();
+      if (reopen) close_injection(p);
+      return r;
+    }
+  } catch (...) {
+    if (reopen) close_injection(p);
+    throw;
+  }
+}
 
 }  // namespace fsched::ckpt

@@ -44,28 +44,6 @@ std::vector<int> init_fds_with_link(pid_t init, std::string_view link) {
   return out;
 }
 
-// Runs `f` with p's injection context open (opened for the call when the dump has
-// closed it), a Ctrl-C held off meanwhile.
-template <class F>
-auto with_injection(DumpProcess& p, F&& f) {
-  TermSignalsBlocked blocked;
-  const bool reopen = !p.inj;
-  if (reopen) open_injection(p);
-  try {
-    if constexpr (std::is_void_v<decltype(f())>) {
-      f();
-      if (reopen) close_injection(p);
-    } else {
-      auto r = f();
-      if (reopen) close_injection(p);
-      return r;
-    }
-  } catch (...) {
-    if (reopen) close_injection(p);
-    throw;
-  }
-}
-
 }  // namespace
 
 bool is_tracking_handle(std::string_view link) { return link == kUffdLink || link == memfd_link(); }
@@ -74,7 +52,6 @@ JobTracking JobTracking::attach(std::span<DumpProcess> procs) {
   JobTracking t;
   const DumpProcess& init = procs.front();
   if (init.rec.pid != 1) fail("internal: the job's init is not the first process");
-  t.init_host_pid_ = init.host_pid;
   for (int fd : init_fds_with_link(init.host_pid, memfd_link())) {
     t.memfd_ = grab_fd(init.host_pid, fd, "the job's tracking state");
     break;

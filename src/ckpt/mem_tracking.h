@@ -82,7 +82,6 @@ class JobTracking {
   void write_state();
 
   TrackingState state_;
-  pid_t init_host_pid_ = 0;
   UniqueFd memfd_;  // our reference to init's memfd
   struct Live {
     int pid = 0;

@@ -68,20 +68,13 @@ PeerCred dump_peer_cred(int sock, DumpProcess& holder, int fd, std::span<const D
   // (The dump closed its injection before the files: open it again for this call.)
   ucred in_job{};
   socklen_t len = sizeof in_job;
-  TermSignalsBlocked blocked;
-  const bool reopen = !holder.inj;
-  if (reopen) open_injection(holder);
-  try {
+  with_injection(holder, [&] {
     remote_write(holder.host_pid, holder.scratch + 64, &len, sizeof len);
     holder.inj->call_ok(who + ": SO_PEERCRED (in the job)", SYS_getsockopt,
                         static_cast<std::uint64_t>(fd), SOL_SOCKET, SO_PEERCRED, holder.scratch,
                         holder.scratch + 64);
     remote_read(holder.host_pid, holder.scratch, &in_job, sizeof in_job);
-  } catch (...) {
-    if (reopen) close_injection(holder);
-    throw;
-  }
-  if (reopen) close_injection(holder);
+  });
   if (in_job.pid <= 0)
     fail_unsupported(
         "{}: its peer credentials name process {} outside the job (it made the socket, which "
