@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "ckpt/engine.h"
+#include "ckpt/parent_chain.h"
 #include "ckpt/image.h"
 #include "ckpt/imagekey.h"
 #include "ckpt/manifest.h"
@@ -45,6 +46,42 @@ int show(const std::string& dir, bool json, const std::string& key_file) {
   std::cout << fmt::format(
       "  pages: {} stored in {} ({} chunks)\n", mib(j.value("pages_logical_bytes", 0ULL)),
       mib(j.value("pages_stored_bytes", 0ULL)), j.contains("chunks") ? j["chunks"].size() : 0);
+  // The chain of an incremental image: each link with the pages it holds itself.
+  auto own_pages = [](const ck::Manifest& mm) {
+    std::uint64_t n = 0, parent = 0;
+    for (auto& p : mm.processes)
+      for (auto& v : p.vmas) {
+        for (auto& r : v.runs) n += r.second;
+        for (auto& r : v.parent_runs) parent += r.second;
+      }
+    return std::pair{n, parent};
+  };
+  std::cout << fmt::format("  kind {} id {}\n", m.kind, m.image_id.empty() ? "-" : m.image_id);
+  if (m.kind == "incremental") {
+    std::cout << "  chain (newest first; pages stored in the link / taken from below):\n";
+    ck::Manifest cur = m;
+    std::filesystem::path cur_dir = dir;
+    for (std::size_t depth = 0; depth <= ck::kMaxChainLinks; ++depth) {
+      auto [own, below] = own_pages(cur);
+      std::cout << fmt::format("    {} {} {} / {} pages\n", cur_dir.string(), cur.kind, own, below);
+      if (cur.kind != "incremental") break;
+      const std::filesystem::path next = ck::parent_dir(cur_dir, cur);
+      ck::Manifest pm;
+      try {
+        pm = ck::ImageReader::open(next, key)->manifest().get<ck::Manifest>();
+      } catch (const std::exception& e) {
+        std::cout << fmt::format("    {} unreadable: {}\n", next.string(), e.what());
+        break;
+      }
+      if (pm.image_id != cur.parent.image_id) {
+        std::cout << fmt::format("    {} is image {}, not the parent {} (replaced)\n",
+                                 next.string(), pm.image_id, cur.parent.image_id);
+        break;
+      }
+      cur = std::move(pm);
+      cur_dir = next;
+    }
+  }
   for (auto& p : m.processes) {
     std::uint64_t pages = 0;
     for (auto& v : p.vmas)

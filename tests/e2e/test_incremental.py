@@ -102,6 +102,12 @@ def test_incremental_chain_of_ten(e2e: E2E):
         last = e2e.image(f"{spec.name}/last")
         r, st = e2e.engine.dump(job.init_pid, last, extra=("--parent", str(images[-1])))
         assert r.rc == 0 and st["incremental"], (r.stderr, st)
+        # show lists the chain, newest first, down to the full image.
+        sh = e2e.engine.call(["show", "--dir", str(last)], 60)
+        assert sh.rc == 0, sh.stderr
+        chain = [ln.split()[0] for ln in sh.stdout.splitlines()
+                 if ln.startswith("    /") and ln.rstrip().endswith(" pages")]
+        assert chain == [str(last)] + [str(p) for p in reversed(images)], sh.stdout[:2000]
         job.paused()
         res = e2e.restore_foreground(job, last)
         assert res.rc == ref.status, res.stderr
