@@ -70,8 +70,78 @@ std::string random_id() {
   return to_hex(b, sizeof b);
 }
 
+// Freezes the tree of `pid`. A tree caught mid-vfork cannot be frozen: thaw and try
+// again a little later (t_freeze: when the successful attempt started).
+std::unique_ptr<FrozenTree> freeze_job(pid_t pid, std::chrono::steady_clock::time_point& t_freeze) {
+  for (int attempt = 1;; ++attempt) {
+    try {
+      return std::make_unique<FrozenTree>(pid);
+    } catch (const FreezeBusy& e) {
+      if (attempt == 5) throw Error(fmt::format("cannot freeze the job: {}", e.what()));
+      ::usleep(100000 * attempt);
+      t_freeze = std::chrono::steady_clock::now();
+    }
+  }
+}
+
+DumpStats pre_dump(const DumpOptions& o) {
+  check_job_root(o.pid);
+  std::error_code ec;
+  if (std::filesystem::exists(o.dir, ec))
+    fail_usage("image directory {} already exists", o.dir.string());
+  auto t0 = std::chrono::steady_clock::now();
+  auto img = ImageWriter::create(o.dir, o.compress_level, o.direct_io);
+  img->sign_with(load_or_create_image_key(image_key_path(o.key_file)));
+  img->set_eager_writeback(false);
+  DumpStats st;
+  auto t_freeze = std::chrono::steady_clock::now();
+  auto lap = t_freeze;
+  auto phase = [&](const char* name) {
+    auto now = std::chrono::steady_clock::now();
+    st.phases_ms.emplace_back(name, std::chrono::duration<double, std::milli>(now - lap).count());
+    lap = now;
+  };
+  std::unique_ptr<FrozenTree> frozen = freeze_job(o.pid, t_freeze);
+  lap = t_freeze;
+  auto& procs = frozen->processes();
+  Manifest m;
+  m.image_id = random_id();
+  m.kind = "pre-dump";
+  m.dump_time_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                       std::chrono::system_clock::now().time_since_epoch())
+                       .count();
+  for (auto& p : procs) dump_ids(p);
+  check_namespaces(o.pid, procs);
+  JobTracking tracking = JobTracking::attach(procs);
+  for (auto& p : procs)
+    if (!p.zombie) dump_memory_layout(p);
+  tracking.prepare(procs);
+  tracking.reset_all();
+  phase("track");
+  frozen->thaw();
+  st.freeze_ms = ms_since(t_freeze);
+  phase("thaw");
+  st.processes = static_cast<int>(procs.size());
+  for (Section s : kSectionOrder) {
+    img->begin_section(s);
+    if (s == Section::kPages)
+      for (auto& p : procs)
+        if (!p.zombie) st.memory_bytes += dump_pages_running(p, *img);
+  }
+  phase("pages");
+  for (auto& p : procs) m.processes.push_back(std::move(p.rec));
+  img->commit(nlohmann::json(m));
+  tracking.commit(m.image_id);
+  phase("commit");
+  st.dump_ms = ms_since(t0);
+  st.image_bytes = dir_bytes(o.dir);
+  return st;
+}
+
 DumpStats dump(const DumpOptions& o) {
   check_job_root(o.pid);
+  if (o.track_mem && !o.leave_running)
+    fail_usage("--track-mem needs --leave-running (a killed job is not tracked)");
   std::error_code ec;
   if (std::filesystem::exists(o.dir, ec))
     fail_usage("image directory {} already exists", o.dir.string());
@@ -91,8 +161,6 @@ DumpStats dump(const DumpOptions& o) {
     if (parent_id.empty())
       fail_usage("parent image {} has no image id (made by an older engine)", o.parent.string());
   }
-  if (o.track_mem && !o.leave_running)
-    fail_usage("--track-mem needs --leave-running (a killed job is not tracked)");
 
   DumpStats st;
   auto t_freeze = std::chrono::steady_clock::now();
@@ -102,18 +170,8 @@ DumpStats dump(const DumpOptions& o) {
     st.phases_ms.emplace_back(name, std::chrono::duration<double, std::milli>(now - lap).count());
     lap = now;
   };
-  // A tree caught mid-vfork cannot be frozen: thaw and try again a little later.
-  std::unique_ptr<FrozenTree> frozen;
-  for (int attempt = 1;; ++attempt) {
-    try {
-      frozen = std::make_unique<FrozenTree>(o.pid);
-      break;
-    } catch (const FreezeBusy& e) {
-      if (attempt == 5) throw Error(fmt::format("cannot freeze the job: {}", e.what()));
-      ::usleep(100000 * attempt);
-      t_freeze = lap = std::chrono::steady_clock::now();
-    }
-  }
+  std::unique_ptr<FrozenTree> frozen = freeze_job(o.pid, t_freeze);
+  lap = t_freeze;
   FrozenTree& tree = *frozen;
   phase("seize");
   // The job's locks cannot change while it is frozen: /proc/locks is read meanwhile.

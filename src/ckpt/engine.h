@@ -77,6 +77,13 @@ struct DumpStats {
 // exists (a partial `dir.tmp` is removed).
 DumpStats dump(const DumpOptions& opt);
 
+// Pre-dump (docs/incremental.md): freezes the tree only to read its memory layout and
+// start (or reset) tracking its written pages, thaws it, then writes the private pages
+// of the running job to an image of kind "pre-dump" in `opt.dir`, which a later
+// `dump` takes as its parent. Uses pid, dir, compress_level, direct_io and key_file of
+// `opt`. Not restorable by itself. Failure: as dump().
+DumpStats pre_dump(const DumpOptions& opt);
+
 // ---- restore ------------------------------------------------------------------------
 struct RestoreOptions {
   std::filesystem::path dir;

@@ -174,6 +174,12 @@ std::optional<std::vector<PageStates>> JobTracking::reset_scan(const DumpProcess
   return std::nullopt;
 }
 
+void JobTracking::reset_all() {
+  for (Live& l : live_)
+    for (auto [s, e] : l.tracked)
+      scan_pages(l.pagemap.get(), s, e, true, fmt::format("pid {} in the job", l.pid));
+}
+
 void JobTracking::commit(const std::string& image_id) {
   state_.epoch = image_id;
   write_state();

@@ -74,6 +74,10 @@ class JobTracking {
   std::optional<std::vector<PageStates>> reset_scan(const DumpProcess& p, std::uint64_t start,
                                                     std::uint64_t end);
 
+  // Resets every tracked range (a pre-dump, before it thaws the job and reads the
+  // pages of the running job). Throws Error naming the process.
+  void reset_all();
+
   // After the image with id `image_id` was committed: the state names it.
   void commit(const std::string& image_id);
 

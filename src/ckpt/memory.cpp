@@ -21,6 +21,7 @@
 #include <algorithm>
 #include <climits>
 #include <cstring>
+#include <set>
 
 #include "ckpt/fsaccess.h"
 #include "ckpt/madvise.h"
@@ -201,10 +202,29 @@ void dump_memory_injected(DumpProcess& p) {
   p.rec.brk = static_cast<std::uint64_t>(p.inj->call_ok("brk(0)", SYS_brk, 0));
 }
 
+namespace {
+std::uint64_t dump_pages_impl(DumpProcess& p, ImageWriter& img, JobTracking* tracking,
+                              bool incremental, bool running);
+}  // namespace
+
 std::uint64_t dump_pages(DumpProcess& p, ImageWriter& img, JobTracking* tracking,
                          bool incremental) {
+  return dump_pages_impl(p, img, tracking, incremental, false);
+}
+
+std::uint64_t dump_pages_running(DumpProcess& p, ImageWriter& img) {
+  return dump_pages_impl(p, img, nullptr, false, true);
+}
+
+namespace {
+std::uint64_t dump_pages_impl(DumpProcess& p, ImageWriter& img, JobTracking* tracking,
+                              bool incremental, bool running) {
   pid_t pid = p.host_pid;
   UniqueFd pagemap(::open(fmt::format("/proc/{}/pagemap", pid).c_str(), O_RDONLY | O_CLOEXEC));
+  if (!pagemap && running && errno == ENOENT) {  // exited since the freeze: nothing to keep
+    for (Vma& v : p.rec.vmas) v.runs.clear();
+    return 0;
+  }
   if (!pagemap) fail_errno("cannot open /proc/{}/pagemap", pid);
   UniqueFd mem;  // for mappings without read permission, which process_vm_readv refuses
   std::vector<std::uint64_t> pm(kIoBytes / kPage);
@@ -224,6 +244,7 @@ std::uint64_t dump_pages(DumpProcess& p, ImageWriter& img, JobTracking* tracking
     const bool zero_is_hole =
         v.kind == VmaKind::kAnon || v.kind == VmaKind::kHeap || v.kind == VmaKind::kStack;
     const std::uint64_t npages = (v.end - v.start) / kPage;
+    std::set<std::uint64_t> unread;  // running: pages of a range unmapped meanwhile
     // Of a tracked VMA: which pages were written since the last reset (which this
     // read also is). Untracked: all of them.
     std::vector<std::uint8_t> unwritten;
@@ -251,7 +272,7 @@ std::uint64_t dump_pages(DumpProcess& p, ImageWriter& img, JobTracking* tracking
           remote.push_back({reinterpret_cast<void*>(addr), kPage});
       }
       std::size_t done = 0;
-      if (v.prot & PROT_READ) {
+      if ((v.prot & PROT_READ) && !running) {
         // process_vm_readv takes at most IOV_MAX (limits.h) remote iovecs per call.
         for (std::size_t r = 0; r < remote.size(); r += std::size_t{IOV_MAX}) {
           std::size_t cnt = std::min<std::size_t>(IOV_MAX, remote.size() - r);
@@ -271,11 +292,15 @@ std::uint64_t dump_pages(DumpProcess& p, ImageWriter& img, JobTracking* tracking
         if (!mem) fail_errno("cannot open /proc/{}/mem", pid);
       }
       for (auto& io : remote) {
-        ssize_t got = ::pread(mem.get(), dst + done, io.iov_len,
-                              static_cast<off_t>(reinterpret_cast<std::uint64_t>(io.iov_base)));
-        if (got != static_cast<ssize_t>(io.iov_len))
-          fail_errno("cannot read memory of process {} at {:#x}", pid,
-                     reinterpret_cast<std::uint64_t>(io.iov_base));
+        const auto at = reinterpret_cast<std::uint64_t>(io.iov_base);
+        ssize_t got = ::pread(mem.get(), dst + done, io.iov_len, static_cast<off_t>(at));
+        if (got != static_cast<ssize_t>(io.iov_len)) {
+          if (!running || (got >= 0 || errno != EIO))
+            fail_errno("cannot read memory of process {} at {:#x}", pid, at);
+          // Unmapped by the running job since the freeze: left out.
+          for (std::uint64_t a = at; a < at + io.iov_len; a += kPage)
+            unread.insert((a - v.start) / kPage);
+        }
         done += io.iov_len;
       }
     };
@@ -286,6 +311,7 @@ std::uint64_t dump_pages(DumpProcess& p, ImageWriter& img, JobTracking* tracking
       std::size_t kept = 0;
       for (std::size_t i = 0; i < n; ++i) {
         std::byte* page = dst + i * kPage;
+        if (!unread.empty() && unread.count(idx[k + i])) continue;
         if (zero_is_hole && is_zero_page(page)) continue;
         if (kept != i) std::memmove(dst + kept * kPage, page, kPage);
         ++kept;
@@ -337,6 +363,7 @@ std::uint64_t dump_pages(DumpProcess& p, ImageWriter& img, JobTracking* tracking
   }
   return stored;
 }
+}  // namespace
 
 // ---- restore ------------------------------------------------------------------------
 

@@ -29,6 +29,12 @@ void dump_memory_layout(DumpProcess& p);
 void dump_memory_injected(DumpProcess& p);
 std::uint64_t dump_pages(DumpProcess& p, ImageWriter& img, JobTracking* tracking = nullptr,
                          bool incremental = false);
+// Pre-dump (docs/incremental.md): the same from a job that runs again, its pages
+// write-protected beforehand (JobTracking::reset_all). Reads through /proc/PID/mem;
+// pages of a range unmapped meanwhile (EIO) are left out, which is safe: whatever is
+// mapped there at the next dump is not the tracked mapping, so all of it reads as
+// written. Throws Error on any other read failure.
+std::uint64_t dump_pages_running(DumpProcess& p, ImageWriter& img);
 
 // Restore: replaces the helper's address space with the saved one (pages from the
 // page stream; shared objects and deleted files mapped from `shm`), moves the vDSO,

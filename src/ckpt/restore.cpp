@@ -84,14 +84,14 @@ RestoreStats restore(const RestoreOptions& o) {
   } catch (const nlohmann::json::exception& e) {
     fail_image("{}: malformed manifest: {}", o.dir.string(), e.what());
   }
-  if (m.processes.empty()) fail_image("{}: the image holds no process", o.dir.string());
-  validate_manifest(m, reader->manifest().value("pages_logical_bytes", std::uint64_t{0}));
-  check_cpu(m);
   if (m.kind == "pre-dump")
     fail_usage(
         "{} is a pre-dump: it holds memory only and is not restorable by itself (dump "
         "with --parent {} to make an image that is)",
         o.dir.string(), o.dir.string());
+  if (m.processes.empty()) fail_image("{}: the image holds no process", o.dir.string());
+  validate_manifest(m, reader->manifest().value("pages_logical_bytes", std::uint64_t{0}));
+  check_cpu(m);
   reader->verify_chunks();
   // Every link of an incremental image's chain, verified before any process exists.
   std::unique_ptr<ParentChain> chain;

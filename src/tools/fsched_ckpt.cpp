@@ -177,6 +177,21 @@ int main(int argc, char** argv) {
       "the cluster's image key (default $FSCHED_IMAGE_KEY or {})", ck::kDefaultImageKeyPath);
   dump->add_option("--key", dopt.key_file, key_help + "; made if missing");
 
+  ck::DumpOptions popt;
+  std::string pre_dir;
+  bool pre_json = false;
+  auto* predump = app.add_subcommand(
+      "pre-dump",
+      "copy a running job's memory and start tracking what it writes: a later dump with "
+      "--parent DIR stores only what changed, and freezes the job for less");
+  predump->add_option("--pid,-t", popt.pid, "host PID of the job's init (from fsched-ckpt run)")
+      ->required();
+  predump->add_option("--dir,-D", pre_dir, "image directory to create")->required();
+  predump->add_option("--compress-level", popt.compress_level, "zstd level (default -7)")
+      ->check(CLI::Range(-50, 19));
+  predump->add_option("--key", popt.key_file, key_help + "; made if missing");
+  predump->add_flag("--json", pre_json, "print the figures as JSON");
+
   ck::RestoreOptions res;
   std::string res_dir, res_pidfile;
   bool res_detach = false, res_json = false;
@@ -248,6 +263,25 @@ int main(int argc, char** argv) {
             st.processes, st.threads, mib(st.memory_bytes), mib(st.image_bytes), dump_dir,
             st.freeze_ms, st.dump_ms, dopt.leave_running ? " (job left running)" : " (job killed)");
       }
+      return 0;
+    }
+    if (*predump) {
+      popt.dir = pre_dir;
+      auto st = ck::pre_dump(popt);
+      nlohmann::json j{{"processes", st.processes},
+                       {"memory_bytes", st.memory_bytes},
+                       {"image_bytes", st.image_bytes},
+                       {"freeze_ms", st.freeze_ms},
+                       {"dump_ms", st.dump_ms}};
+      for (auto& [name, ms] : st.phases_ms) j["phases_ms"][name] = ms;
+      if (pre_json)
+        std::cout << j.dump() << "\n";
+      else
+        std::cout << fmt::format(
+            "pre-dumped {} processes: {} of memory, image {} in {}; frozen "
+            "{:.0f} ms, total {:.0f} ms (job left running)\n",
+            st.processes, mib(st.memory_bytes), mib(st.image_bytes), pre_dir, st.freeze_ms,
+            st.dump_ms);
       return 0;
     }
     if (*restore) {

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import json
 import os
 import signal
 
@@ -141,3 +142,37 @@ def test_damaged_link_fails_the_restore_before_any_process(e2e: E2E):
             assert res.rc == want, (i, res.rc, res.stderr)
             assert str(images[2]) in res.stderr, res.stderr
             assert pid is None, "the refused restore made a process"
+
+
+def test_pre_dump_then_dump(e2e: E2E):
+    """pre-dump copies the memory of the running job, frozen only to start tracking; the
+    dump made on it a second later, while the job went on rewriting memory, stores only
+    what changed and restores byte-identical."""
+    spec = _spec("incr_predump")
+    ref = e2e.reference(spec)
+    job = ProgressJob(e2e, spec, None)
+    job.prepare()
+    job.start_detached()
+    try:
+        job.wait_progress(ref, 0.3)
+        pre = e2e.image(f"{spec.name}/pre")
+        r = e2e.engine.call(["pre-dump", "--pid", str(job.init_pid), "--dir", str(pre), "--json"],
+                            120)
+        assert r.rc == 0, r.stderr
+        ps = json.loads(r.stdout.strip().splitlines()[-1])
+        assert manifest(pre)["kind"] == "pre-dump"
+        assert ps["memory_bytes"] > 40 << 20, ps
+        # A pre-dump is not a restore target.
+        bad, _ = e2e.engine.restore_detached(pre, Path(str(pre) + ".pid"))
+        assert bad.rc == 2 and "pre-dump" in bad.stderr, (bad.rc, bad.stderr)
+        job.wait_progress(ref, 0.5)
+        last = e2e.image(f"{spec.name}/last")
+        r, st = e2e.engine.dump(job.init_pid, last, extra=("--parent", str(pre)))
+        assert r.rc == 0 and st["incremental"], (r.stderr, st)
+        assert st["memory_bytes"] < 0.5 * ps["memory_bytes"], (st, ps)
+        job.paused()
+        res = e2e.restore_foreground(job, last)
+        assert res.rc == ref.status, res.stderr
+        job.assert_matches(ref, " (restored on a pre-dump)")
+    finally:
+        kill_job_processes(job.marker)
