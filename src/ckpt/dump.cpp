@@ -193,8 +193,10 @@ DumpStats dump(const DumpOptions& o) {
   for (auto& p : procs) dump_ids(p);
   check_namespaces(o.pid, procs);
   // Tracking: attached before the layout is read (a VMA it registered shows "uw").
-  std::optional<JobTracking> tracking;
-  if (o.track_mem || !o.parent.empty()) tracking.emplace(JobTracking::attach(procs));
+  // Every dump attaches: a job tracked by an earlier dump has mappings registered by
+  // us ("uw"), which even a dump that does not track must accept.
+  JobTracking tracking = JobTracking::attach(procs);
+  const bool tracked = o.track_mem || !o.parent.empty();
   for (auto& p : procs) {
     if (p.zombie) continue;
     dump_memory_layout(p);
@@ -239,16 +241,16 @@ DumpStats dump(const DumpOptions& o) {
   phase("state");
   // Incremental when the job's written bits go back to the parent's dump.
   if (!o.parent.empty()) {
-    st.incremental = tracking->epoch() == parent_id;
+    st.incremental = tracking.epoch() == parent_id;
     if (!st.incremental)
-      st.full_because = tracking->epoch().empty()
+      st.full_because = tracking.epoch().empty()
                             ? "the job's written pages are not tracked (no dump with "
                               "--track-mem since it started or was restored)"
-                        : tracking->epoch() == "resetting"
+                        : tracking.epoch() == "resetting"
                             ? "a dump failed or was killed since the parent"
                             : "the job's tracking goes back to another image than the parent";
   }
-  if (tracking) tracking->prepare(procs);
+  if (tracked) tracking.prepare(procs);
   if (st.incremental) {
     m.kind = "incremental";
     m.parent.image_id = parent_id;
@@ -273,7 +275,7 @@ DumpStats dump(const DumpOptions& o) {
       case Section::kPages:
         for (auto& p : procs)
           if (!p.zombie)
-            st.memory_bytes += dump_pages(p, *img, tracking ? &*tracking : nullptr, st.incremental);
+            st.memory_bytes += dump_pages(p, *img, tracked ? &tracking : nullptr, st.incremental);
         break;
       case Section::kPipes:
         dump_pipes(procs, m, *img);
@@ -294,7 +296,7 @@ DumpStats dump(const DumpOptions& o) {
     phase("thaw");
     img->commit(std::move(j));
     // Only now does the tracking belong to this image.
-    if (tracking && o.track_mem) tracking->commit(m.image_id);
+    if (o.track_mem) tracking.commit(m.image_id);
     phase("commit");
   } else {
     // The job dies only once its image is durable, and with its TCP connections as

@@ -98,6 +98,11 @@ def test_incremental_chain_of_ten(e2e: E2E):
     job.start_detached()
     try:
         images = _chain(e2e, job, ref, spec.name, 10)
+        # A plain dump of the tracked job: full, and our registrations are no refusal.
+        plain = e2e.image(f"{spec.name}/plain")
+        r, st = e2e.engine.dump(job.init_pid, plain, leave_running=True)
+        assert r.rc == 0 and not st["incremental"] and manifest(plain)["kind"] == "full", \
+            (r.stderr, st)
         # The last one kills the job; the restore reads the whole chain.
         job.wait_progress(ref, 0.8)
         last = e2e.image(f"{spec.name}/last")

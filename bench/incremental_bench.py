@@ -1,0 +1,183 @@
+#!/usr/bin/python3
+"""Incremental images and pre-dump (issue 14, docs/incremental.md), measured side by side.
+
+A job (bench/dirty_job) holds --mib MiB of incompressible memory and rewrites --percent
+% of its pages per round. Each run, on fresh jobs:
+
+- chain: a full dump with --track-mem (left running), then after each round an
+  incremental dump on the one before, 9 of them: dump time, freeze and image size of
+  the full image against the incrementals;
+- restore: the job's state dumped both as a full image (left running) and, at once,
+  as a 10th incremental that kills it; each restored (detached, then killed): restore
+  time from the 10-link chain against the full image (target: at most 1.2x);
+- freeze: a fresh job dumped plainly (killed) against another pre-dumped, run for one
+  round, then dumped on the pre-dump (killed): freeze times (target: at most 100 ms on
+  the pre-dump, where the plain dump freezes for seconds);
+- tracking: a round's duration with the job's pages write-protected by a pre-dump just
+  before, against the same round of an untracked job (each first write to a page after
+  a reset takes a fault).
+
+Prints medians of --runs runs. Usage (as root):
+  /usr/bin/python3 bench/incremental_bench.py [--mib 2048] [--percent 5] [--runs 5]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class Job:
+    def __init__(self, ckpt: Path, prog: Path, scratch: Path, name: str, args: list[str]):
+        self.ckpt, self.dir = ckpt, scratch / name
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self.dir.mkdir(parents=True)
+        self.go = self.dir / "go"
+        self.out = self.dir / "out"
+        pidfile = self.dir / "pid"
+        # The detached init keeps no pipe of ours open: --pidfile, not its stdout.
+        subprocess.run([str(ckpt), "run", "--detach", "--pidfile", str(pidfile), "--stdout",
+                        str(self.out), "--", str(prog), *args[:3], str(self.go), *args[3:]],
+                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, check=True)
+        self.pid = int(pidfile.read_text().split()[0])
+        self.wait_line("ready")
+        self.rounds = 0
+
+    def wait_line(self, prefix: str, timeout: float = 600) -> str:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.out.exists():
+                for line in self.out.read_text().splitlines():
+                    if line.startswith(prefix):
+                        return line
+            time.sleep(0.01)
+        raise RuntimeError(f"no line {prefix!r} from the job in {self.dir}")
+
+    def round(self) -> float:
+        """Runs one round; returns its duration in ms as the job measured it."""
+        self.rounds += 1
+        self.go.touch()
+        return float(self.wait_line(f"round {self.rounds} ").split()[3])
+
+    def ckpt_json(self, args: list[str], stream: str = "stdout") -> dict:
+        r = subprocess.run([str(self.ckpt), *args], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"{args[0]} failed ({r.returncode}): {r.stderr.strip()}")
+        text = r.stdout if stream == "stdout" else r.stderr
+        return json.loads([ln for ln in text.splitlines() if ln.startswith("{")][-1])
+
+    def dump(self, image: Path, *extra: str) -> dict:
+        return self.ckpt_json(["dump", "--pid", str(self.pid), "--dir", str(image), "--json",
+                               *extra])
+
+    def kill(self):
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def restore_ms(ckpt: Path, image: Path) -> float:
+    pidfile, err = Path(str(image) + ".pid"), Path(str(image) + ".err")
+    with open(err, "w") as e:
+        r = subprocess.run([str(ckpt), "restore", "--dir", str(image), "--detach", "--json",
+                            "--pidfile", str(pidfile)],
+                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=e)
+    if r.returncode != 0:
+        raise RuntimeError(f"restore of {image} failed: {err.read_text().strip()}")
+    st = json.loads([ln for ln in err.read_text().splitlines() if ln.startswith("{")][-1])
+    os.kill(int(pidfile.read_text().split()[0]), signal.SIGKILL)
+    return st["restore_ms"]
+
+
+def one_run(ckpt: Path, prog: Path, scratch: Path, mib: int, percent: float) -> dict:
+    args = [str(mib), str(percent), "100"]
+    out: dict = {}
+    # chain and restore
+    job = Job(ckpt, prog, scratch, "chain", args)
+    images = scratch / "images"
+    shutil.rmtree(images, ignore_errors=True)
+    images.mkdir()
+    try:
+        full = job.dump(images / "link-0", "--leave-running", "--track-mem")
+        incr = []
+        for i in range(1, 10):
+            job.round()
+            incr.append(job.dump(images / f"link-{i}", "--leave-running", "--track-mem",
+                                 "--parent", str(images / f"link-{i - 1}")))
+            assert incr[-1]["incremental"], incr[-1]
+        job.round()
+        job.dump(images / "full", "--leave-running")
+        job.dump(images / "link-10", "--parent", str(images / "link-9"))
+    finally:
+        job.kill()
+    out["full_dump_ms"], out["full_freeze_ms"] = full["dump_ms"], full["freeze_ms"]
+    out["full_image_mib"] = full["image_bytes"] / 1048576
+    out["incr_dump_ms"] = statistics.median(s["dump_ms"] for s in incr)
+    out["incr_freeze_ms"] = statistics.median(s["freeze_ms"] for s in incr)
+    out["incr_image_mib"] = statistics.median(s["image_bytes"] for s in incr) / 1048576
+    out["restore_full_ms"] = restore_ms(ckpt, images / "full")
+    out["restore_chain_ms"] = restore_ms(ckpt, images / "link-10")
+    shutil.rmtree(images, ignore_errors=True)
+    images.mkdir()
+    # freeze: plain dump against pre-dump + dump
+    plain = Job(ckpt, prog, scratch, "plain", args)
+    try:
+        plain.round()
+        out["plain_freeze_ms"] = plain.dump(images / "plain")["freeze_ms"]
+    finally:
+        plain.kill()
+    pre = Job(ckpt, prog, scratch, "pre", args)
+    try:
+        pre.ckpt_json(["pre-dump", "--pid", str(pre.pid), "--dir", str(images / "pre"), "--json"])
+        # tracking: the first round after the reset, against an untracked job's
+        out["tracked_round_ms"] = pre.round()
+        out["predump_freeze_ms"] = pre.dump(images / "final", "--parent",
+                                            str(images / "pre"))["freeze_ms"]
+    finally:
+        pre.kill()
+    plain2 = Job(ckpt, prog, scratch, "untracked", args)
+    try:
+        out["untracked_round_ms"] = plain2.round()
+    finally:
+        plain2.kill()
+    shutil.rmtree(images, ignore_errors=True)
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--mib", type=int, default=2048)
+    ap.add_argument("--percent", type=float, default=5)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--build", type=Path, default=REPO / "build")
+    ap.add_argument("--scratch", type=Path, default=Path("/var/tmp/fsched-incr-bench"))
+    a = ap.parse_args()
+    ckpt = (a.build / "src/tools/fsched-ckpt").resolve()
+    prog = (a.build / "bench/dirty_job").resolve()
+    runs = [one_run(ckpt, prog, a.scratch, a.mib, a.percent) for _ in range(a.runs)]
+    med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    print(json.dumps({"runs": runs, "median": med}, indent=1))
+    print(f"{a.mib} MiB job, {a.percent}% rewritten per round; medians of {a.runs}:")
+    print(f"  dump: full {med['full_dump_ms']:.0f} ms ({med['full_image_mib']:.0f} MiB), "
+          f"incremental {med['incr_dump_ms']:.0f} ms ({med['incr_image_mib']:.0f} MiB)")
+    print(f"  freeze: plain dump {med['plain_freeze_ms']:.0f} ms, dump on a pre-dump "
+          f"{med['predump_freeze_ms']:.0f} ms")
+    print(f"  restore: full image {med['restore_full_ms']:.0f} ms, 10-link chain "
+          f"{med['restore_chain_ms']:.0f} ms "
+          f"({med['restore_chain_ms'] / med['restore_full_ms']:.2f}x)")
+    print(f"  a round after a reset {med['tracked_round_ms']:.1f} ms, untracked "
+          f"{med['untracked_round_ms']:.1f} ms")
+    shutil.rmtree(a.scratch, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
