@@ -238,6 +238,7 @@ DumpStats dump(const DumpOptions& o) {
   // fails or the job runs on.
   InetRepair inet_repair(o.tcp_hold_s);
   dump_inet(procs, m, inet_repair);
+  st.tcp_freeze = inet_repair.freeze_note();
   phase("state");
   // Incremental when the job's written bits go back to the parent's dump.
   if (!o.parent.empty()) {

@@ -71,6 +71,10 @@ struct DumpStats {
   std::vector<std::pair<std::string, double>> phases_ms;
   bool incremental = false;  // pages since DumpOptions::parent only
   std::string full_because;  // why not, when a parent was given
+  // What kept the job from running while its TCP connections were in repair mode, so
+  // that a dumper killed then cannot harm it (cgroup_freeze.h): "cgroup PATH", "none:
+  // WHY" (only ptrace), "" when the job had no connection.
+  std::string tcp_freeze;
 };
 // Freezes every thread of the tree (ptrace), writes the image, then kills the job or
 // lets it continue. On any failure the job is thawed unharmed and no directory `dir`

@@ -30,6 +30,7 @@
 #include <set>
 
 #include "ckpt/manifest.h"
+#include "ckpt/cgroup_freeze.h"
 #include "ckpt/netlock.h"
 #include "ckpt/remote.h"
 #include "ckpt/sockets.h"
@@ -276,22 +277,32 @@ std::string peek_queue(int fd, int queue, int len, const std::string& who) {
 
 // Repair mode for as long as it lives. A dump holds it only while it reads: a dumper
 // killed meanwhile lets the job's threads go (ptrace), and a thread that met its
-// socket in repair mode before the guardian took it out would fail (recv EPERM). Out
-// of it, the locked socket (netlock.h) still changes nothing the image holds: nothing
-// comes in, and what a timer sends of the unsent part is sent again, the same bytes at
-// the same sequence numbers, by the restore.
+// socket in repair mode before the guardian took it out would fail (recv EPERM), or
+// what it sends would be queued without being transmitted. So the job's cgroup, when
+// it has one of its own, is frozen for the window (cgroup_freeze.h): a thread let go
+// stays frozen until the guardian has taken the socket out of repair mode. Out of it,
+// the locked socket (netlock.h) still changes nothing the image holds: nothing comes
+// in, and what a timer sends of the unsent part is sent again, the same bytes at the
+// same sequence numbers, by the restore.
 // Repair mode takes the socket's SO_REUSEADDR (sk_reuse: forced on, then off when
 // repair ends), which is put back.
 class RepairWindow {
  public:
-  RepairWindow(int fd, const std::string& who)
-      : fd_(fd), reuse_(int_opt(fd, SOL_SOCKET, SO_REUSEADDR)) {
-    set_repair(fd, TCP_REPAIR_ON, who);
+  RepairWindow(int fd, const std::string& who, JobFreezer& freezer)
+      : fd_(fd), reuse_(int_opt(fd, SOL_SOCKET, SO_REUSEADDR)), freezer_(freezer) {
+    freezer_.freeze();
+    try {
+      set_repair(fd, TCP_REPAIR_ON, who);
+    } catch (...) {
+      freezer_.thaw();
+      throw;
+    }
   }
   ~RepairWindow() {
     int off = TCP_REPAIR_OFF_NO_WP;  // no window probe: the peer hears nothing
     ::setsockopt(fd_, IPPROTO_TCP, TCP_REPAIR, &off, sizeof off);
     ::setsockopt(fd_, SOL_SOCKET, SO_REUSEADDR, &reuse_, sizeof reuse_);
+    freezer_.thaw();
   }
   RepairWindow(const RepairWindow&) = delete;
   RepairWindow& operator=(const RepairWindow&) = delete;
@@ -299,9 +310,10 @@ class RepairWindow {
  private:
   int fd_;
   int reuse_;
+  JobFreezer& freezer_;
 };
 
-void dump_established(int fd, InetSocket& s, const std::string& who) {
+void dump_established(int fd, InetSocket& s, const std::string& who, JobFreezer& freezer) {
   int outq = 0, unsent = 0, inq = 0;
   if (::ioctl(fd, SIOCOUTQ, &outq) < 0 || ::ioctl(fd, SIOCOUTQNSD, &unsent) < 0 ||
       ::ioctl(fd, SIOCINQ, &inq) < 0)
@@ -322,7 +334,7 @@ void dump_established(int fd, InetSocket& s, const std::string& who) {
   std::string sendq;
   {
     // Only what needs repair mode, kept short (RepairWindow).
-    RepairWindow repair(fd, who);
+    RepairWindow repair(fd, who, freezer);
     s.snd_seq = queue_seq(fd, TCP_SEND_QUEUE, who);
     sendq = peek_queue(fd, TCP_SEND_QUEUE, outq, who);
     s.rcv_seq = queue_seq(fd, TCP_RECV_QUEUE, who);
@@ -811,7 +823,11 @@ struct InetRepair::Held {
   };
   std::vector<One> sockets;
   std::unique_ptr<NetLock> lock;  // every TCP socket of the job, from before it is read
-  bool for_kill = false;          // in repair mode again, for the kill (keep_for_kill)
+  // The job's cgroup, frozen while a socket is in repair mode (cgroup_freeze.h).
+  JobFreezer freezer;
+  bool freezer_checked = false;
+  bool has_connections = false;  // a connection was dumped (in repair mode a moment)
+  bool for_kill = false;         // in repair mode again, for the kill (keep_for_kill)
   bool done = false;
 };
 
@@ -833,6 +849,7 @@ void InetRepair::end_repair() {
       ::setsockopt(h.fd.get(), IPPROTO_TCP, TCP_REPAIR, &off, sizeof off);
       ::setsockopt(h.fd.get(), SOL_SOCKET, SO_REUSEADDR, &h.reuse, sizeof h.reuse);
     }
+  held_->freezer.thaw();
   held_->sockets.clear();
   if (held_->lock) held_->lock->release();
 }
@@ -841,7 +858,7 @@ void InetRepair::check_unchanged() const {
   for (auto& h : held_->sockets) {
     std::uint32_t now = 0;
     {
-      RepairWindow repair(h.fd.get(), h.who);
+      RepairWindow repair(h.fd.get(), h.who, held_->freezer);
       now = queue_seq(h.fd.get(), TCP_RECV_QUEUE, h.who);
     }
     if (now != h.rcv_seq)
@@ -852,6 +869,8 @@ void InetRepair::check_unchanged() const {
 
 void InetRepair::keep_for_kill() {
   held_->for_kill = true;
+  // Frozen until the kill (job_killed), or until end_repair() if the dump fails first.
+  if (!held_->sockets.empty()) held_->freezer.freeze();
   for (auto& h : held_->sockets) set_repair(h.fd.get(), TCP_REPAIR_ON, h.who);
 }
 
@@ -859,6 +878,13 @@ void InetRepair::job_killed() {
   held_->done = true;
   held_->sockets.clear();
   if (held_->lock) held_->lock->hold(hold_s_);
+  held_->freezer.thaw();  // SIGKILL went through the freeze; the launcher may be in it
+}
+
+std::string InetRepair::freeze_note() const {
+  if (!held_->has_connections) return {};
+  if (held_->freezer.usable()) return "cgroup " + held_->freezer.path();
+  return "none: " + held_->freezer.reason();
 }
 
 std::size_t InetRepair::locked() const { return held_->lock ? held_->lock->size() : 0; }
@@ -882,6 +908,12 @@ void dump_inet(std::span<DumpProcess> procs, Manifest& m, InetRepair& repair) {
           repair.held_->lock = std::make_unique<NetLock>(procs[0].host_pid, repair.hold_s_);
         repair.held_->lock->add(mine.get(), who_of(p, f));
         m.netlock = repair.held_->lock->name();
+        if (!repair.held_->freezer_checked) {
+          repair.held_->freezer_checked = true;
+          repair.held_->freezer = JobFreezer::for_job(procs);
+          if (repair.held_->freezer.usable())
+            repair.held_->lock->set_thaw(repair.held_->freezer.file(), who_of(p, f));
+        }
       }
       grabbed.emplace(f.file.ino, std::move(mine));
     }
@@ -983,7 +1015,8 @@ void dump_inet(std::span<DumpProcess> procs, Manifest& m, InetRepair& repair) {
       if (s.type == SOCK_STREAM && s.state == TCP_ESTABLISHED) {
         const int reuse = int_opt(mine.get(), SOL_SOCKET, SO_REUSEADDR);
         repair.held_->sockets.push_back({std::move(mine), 0, who, s.ino, reuse});
-        dump_established(repair.held_->sockets.back().fd.get(), s, who);
+        repair.held_->has_connections = true;
+        dump_established(repair.held_->sockets.back().fd.get(), s, who, repair.held_->freezer);
         repair.held_->sockets.back().rcv_seq = s.rcv_seq;
       }
       m.inet_sockets.push_back(std::move(s));

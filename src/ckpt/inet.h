@@ -99,6 +99,10 @@ class InetRepair {
   void job_killed();
   // How many TCP sockets the network lock holds.
   std::size_t locked() const;
+  // What kept the job from running while a connection was in repair mode, for
+  // DumpStats::tcp_freeze: "cgroup PATH" (cgroup_freeze.h), "none: WHY", or "" when
+  // no connection was dumped.
+  std::string freeze_note() const;
   struct Held;
 
  private:

@@ -35,6 +35,7 @@ constexpr char kAdd = 'A';      // dumper -> guardian: a socket follows (SCM_RIG
 constexpr char kDismiss = 'Q';  // dumper -> guardian: end without touching the sockets
 constexpr char kHold = 'H';     // dumper -> guardian: the job is dead; hold (+ u32 seconds)
 constexpr char kHeld = 'F';     // guardian -> restore: a held socket follows (SCM_RIGHTS)
+constexpr char kThaw = 'T';     // dumper -> guardian: the job's cgroup.freeze follows (SCM_RIGHTS)
 
 bool send_msg(int chan, const void* data, std::size_t len, int fd) {
   iovec iov{const_cast<void*>(data), len};
@@ -145,6 +146,11 @@ long now_ms() {
   close_all_but(chan, job, lsn);
   ::prctl(PR_SET_NAME, "fsched-netlock", 0, 0, 0);
   std::size_t n = 0;
+  int thaw = -1;  // cgroup.freeze of the job's cgroup (cgroup_freeze.h), once sent
+  auto thaw_job = [&thaw] {
+    if (thaw >= 0) [[maybe_unused]]
+      ssize_t w = ::pwrite(thaw, "0", 1, 0);
+  };
   for (;;) {
     char buf[8]{};
     int got = -1;
@@ -159,12 +165,17 @@ long now_ms() {
         slots[n++] = got;
         continue;
       }
+      if (buf[0] == kThaw && got >= 0 && thaw < 0) {
+        thaw = got;
+        continue;
+      }
       if (got >= 0) ::close(got);
       if (buf[0] == kDismiss) ::_exit(0);
       if (buf[0] == kHold && r == 5) {
         std::uint32_t s = 0;
         std::memcpy(&s, buf + 1, sizeof s);
         ::close(chan);
+        thaw_job();
         hold_for_restore(lsn, slots, n, s);
       }
       continue;
@@ -172,13 +183,18 @@ long now_ms() {
     // The dumper is gone without a word. A living job's sockets are given back; a dead
     // job's wait for a restore, as if the dumper had said so.
     pollfd p{job, POLLIN, 0};
-    if (::poll(&p, 1, 0) == 1) hold_for_restore(lsn, slots, n, hold_s);
+    if (::poll(&p, 1, 0) == 1) {
+      thaw_job();
+      hold_for_restore(lsn, slots, n, hold_s);
+    }
     for (std::size_t i = 0; i < n; ++i) {
       int off = TCP_REPAIR_OFF, zero = 0;
       if (::setsockopt(slots[i], IPPROTO_TCP, TCP_REPAIR, &off, sizeof off) == 0)
         ::setsockopt(slots[i], SOL_SOCKET, SO_REUSEADDR, &reuse[i], sizeof reuse[i]);
       ::setsockopt(slots[i], SOL_SOCKET, SO_DETACH_FILTER, &zero, sizeof zero);
     }
+    // Only now may the job's threads, let go by the dead dumper, run (cgroup_freeze.h).
+    thaw_job();
     ::_exit(0);
   }
 }
@@ -245,6 +261,13 @@ void NetLock::add(int fd, const std::string& who) {
   if (::setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof prog) < 0)
     fail_errno("{}: locking it against incoming packets (SO_ATTACH_FILTER)", who);
   fds_.push_back(std::move(ref));
+}
+
+void NetLock::set_thaw(int freeze_file, const std::string& who) {
+  if (done_) fail("{}: the network lock has ended", who);
+  if (guardian_ < 0) fail("{}: the network lock holds no socket yet", who);
+  if (!send_tag(chan_.get(), kThaw, freeze_file))
+    fail_errno("{}: handing the job's cgroup.freeze to the network lock's guardian", who);
 }
 
 void NetLock::end(char tag, unsigned hold_s) noexcept {

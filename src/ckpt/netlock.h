@@ -16,8 +16,10 @@
 // put in repair mode). If the dumper dies (SIGKILL by CheckpointTimeout, OOM) while
 // the job lives, the guardian sees its end of the pair close and takes every socket
 // out of repair mode (TCP_REPAIR off, tcp(7)) and out of the lock (SO_DETACH_FILTER):
-// the job goes on unharmed. It runs only async-signal-safe system calls after fork(2),
-// in memory allocated before it.
+// the job goes on unharmed. When the job has a cgroup of its own, the dump freezes it
+// around each repair window (cgroup_freeze.h) and the guardian thaws it only after
+// that, so no thread of the job runs while one of its sockets is in repair mode. It runs only
+// async-signal-safe system calls after fork(2), in memory allocated before it.
 //
 // Between the kill and the restore: once the job is killed, the guardian keeps its
 // sockets alive, still locked and in repair mode, for `hold` seconds: a peer's
@@ -59,6 +61,11 @@ class NetLock {
   // if the guardian cannot be started or reached, the filter cannot be attached, or
   // more than kMaxSockets sockets are locked.
   void add(int fd, const std::string& who);
+  // Hands the guardian `freeze_file` (cgroup.freeze of the job's cgroup, open for
+  // writing: cgroup_freeze.h), to which it writes 0 when the dumper dies, after every
+  // socket is out of repair mode; and before holding the sockets of a dead job. Call
+  // after the first add() and before the first freeze. Throws Error (errno, `who`).
+  void set_thaw(int freeze_file, const std::string& who);
   // The job goes on: every socket is unlocked (packets dropped meanwhile come again,
   // retransmitted by their senders) and the guardian ends without touching them.
   // Errors are ignored: each socket is tried.

@@ -13,6 +13,7 @@
 #include <string_view>
 #include <vector>
 
+#include "ckpt/cgroup_freeze.h"
 #include "ckpt/fsaccess.h"
 #include "ckpt/inject.h"
 #include "ckpt/proc.h"
@@ -33,22 +34,6 @@ std::vector<std::pair<std::string, std::string>> cgroup_lines(pid_t pid) {
     out.emplace_back(line.substr(0, c), line.substr(c + 1));
   }
   return out;
-}
-
-// The cgroup v2 path of a process ("0::PATH"); "" if it has none (no cgroup2).
-std::string cgroup2_path(pid_t pid) {
-  for (auto& [h, path] : cgroup_lines(pid))
-    if (h == "0:") return path;
-  return {};
-}
-
-// Where cgroup2 is mounted here (the first mount of it); "" if nowhere.
-std::string cgroup2_mount() {
-  std::ifstream in("/proc/self/mounts");
-  std::string dev, dir, type, rest;
-  while (in >> dev >> dir >> type && std::getline(in, rest))
-    if (type == "cgroup2") return dir;
-  return {};
 }
 
 // Trimmed contents of a cgroup interface file.

@@ -251,6 +251,7 @@ int main(int argc, char** argv) {
                          {"freeze_ms", st.freeze_ms},       {"dump_ms", st.dump_ms},
                          {"incremental", st.incremental}};
         if (!st.full_because.empty()) j["full_because"] = st.full_because;
+        if (!st.tcp_freeze.empty()) j["tcp_freeze"] = st.tcp_freeze;
         for (auto& [name, ms] : st.phases_ms) j["phases_ms"][name] = ms;
         std::cout << j.dump() << "\n";
       } else {

@@ -265,6 +265,18 @@ class Result:
         return [l for l in self.stderr.splitlines() if l.strip()]
 
 
+def _into_cgroup(cgroup: Optional[Path]) -> Optional[Callable[[], None]]:
+    """A preexec_fn that moves the child into cgroup v2 directory `cgroup`."""
+    if cgroup is None:
+        return None
+    procs = str(cgroup / "cgroup.procs")
+
+    def move():
+        with open(procs, "w") as f:
+            f.write(str(os.getpid()))
+    return move
+
+
 class Engine:
     """Runs the fsched-ckpt CLI. Every call is bounded by a timeout."""
 
@@ -272,10 +284,11 @@ class Engine:
         self.build = build
         self.bin = build / "src" / "tools" / "fsched-ckpt"
 
-    def call(self, args: list[str], timeout: float) -> Result:
+    def call(self, args: list[str], timeout: float, cgroup: Optional[Path] = None) -> Result:
+        """cgroup: a cgroup v2 directory the engine (and so a job it starts) runs in."""
         t0 = time.monotonic()
         cp = subprocess.run([str(self.bin), *args], stdin=subprocess.DEVNULL, capture_output=True,
-                            text=True, timeout=timeout)
+                            text=True, timeout=timeout, preexec_fn=_into_cgroup(cgroup))
         return Result(cp.returncode, cp.stdout, cp.stderr, time.monotonic() - t0)
 
     def dump(self, pid: int, image: Path, *, leave_running: bool = False,
@@ -289,8 +302,10 @@ class Engine:
             stats = json.loads(r.stdout.strip().splitlines()[-1])
         return r, stats
 
-    def restore_detached(self, image: Path, pidfile: Path, timeout: float = 300) -> tuple[Result, Optional[int]]:
-        r = self.call(["restore", "--dir", str(image), "--detach", "--pidfile", str(pidfile)], timeout)
+    def restore_detached(self, image: Path, pidfile: Path, timeout: float = 300,
+                         cgroup: Optional[Path] = None) -> tuple[Result, Optional[int]]:
+        r = self.call(["restore", "--dir", str(image), "--detach", "--pidfile", str(pidfile)], timeout,
+                      cgroup)
         pid = int(r.stdout.split()[0]) if r.rc == 0 and r.stdout.split() else None
         return r, pid
 
@@ -372,6 +387,9 @@ class Job:
         self.running_since: Optional[float] = None
         self._input_seen_open = False
         self._stage_lines, self._stage_since = 0, 0.0
+        # A cgroup v2 directory of the job's own, which its runs and restores start in
+        # (None: the test's cgroup).
+        self.cgroup: Optional[Path] = None
 
     # -- set-up
 
@@ -421,7 +439,7 @@ class Job:
         cp = subprocess.run([str(self.env.engine.bin), "run", "--detach", "--pidfile",
                              str(self.dir / "pid"), *self.run_args()],
                             stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
-                            env=self.proc_env())
+                            env=self.proc_env(), preexec_fn=_into_cgroup(self.cgroup))
         assert cp.returncode == 0, f"fsched-ckpt run --detach failed ({cp.returncode}): {cp.stderr}"
         self.init_pid = int(cp.stdout.split()[0])
         assert int((self.dir / "pid").read_text().split()[0]) == self.init_pid
@@ -629,7 +647,7 @@ class E2E:
         return stats
 
     def restore_detached_ok(self, job: Job, image: Path) -> int:
-        r, pid = self.engine.restore_detached(image, job.dir / "pid")
+        r, pid = self.engine.restore_detached(image, job.dir / "pid", cgroup=job.cgroup)
         assert r.rc == 0 and pid, f"restore --detach of {image} failed ({r.rc}): {r.stderr.strip()}"
         assert alive(pid) or job.read("status"), f"restored init {pid} is not running"
         job.resumed(pid)

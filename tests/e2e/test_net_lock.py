@@ -11,6 +11,7 @@ the job's receive window is open and data is in flight during every dump.
   left behind."""
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import socketserver
@@ -22,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from ckpt_e2e import E2E, JobSpec, alive, assert_running_free, restore_stats, wait_gone
+from netcluster import cgroup2_root, remove_cgroup
 from specs import PYTHON
 from test_ipc import checkpoint_run
 
@@ -126,6 +128,8 @@ def test_stream_from_outside_across_dumps(e2e: E2E, stream_server):
         # The killed job's socket is held for the restore, which takes it over (below).
         held = _guardians(0, before)
         assert m["netlock"] and len(held) == 1, (m["netlock"], held)
+        # In the test's cgroup, with the test itself: not the job's own, not frozen.
+        assert stats["tcp_freeze"].startswith("none: "), stats
     checkpoint_run(e2e, spec, [0.3, 0.6], "middle", check_dump=check)
     assert _guardians(besides=before) == [], "a guardian outlived the restore of its image"
 
@@ -157,11 +161,25 @@ def test_stream_reset_when_not_held(e2e: E2E, stream_server):
     assert "network error: ECONNRESET" in out, out[-300:]
 
 
-def test_dumper_killed_while_locked(e2e: E2E, stream_server):
+@pytest.fixture
+def job_cgroup():
+    """A cgroup v2 of the job's own (cgroup_freeze.h), removed with whatever is left in it."""
+    cg = cgroup2_root() / f"fsched-e2e-netlock-{os.getpid()}"
+    remove_cgroup(cg)
+    cg.mkdir()
+    yield cg
+    remove_cgroup(cg)
+
+
+def test_dumper_killed_while_locked(e2e: E2E, stream_server, job_cgroup):
+    """The job runs in a cgroup of its own, which each dump freezes while a connection is
+    in repair mode: a dumper killed then leaves the job frozen until the guardian has
+    taken the socket out of repair mode and thawed it."""
     before = frozenset(_guardians(0))
     spec = stream_spec(stream_server, "netlock_dumper_kill", mib=4 * MIB)
     ref = e2e.reference(spec)
     job = e2e.job(spec)
+    job.cgroup = job_cgroup
     job.start_detached()
     rng = random.Random(20261206)
     job.wait_progress(ref, 0.1)
@@ -169,9 +187,10 @@ def test_dumper_killed_while_locked(e2e: E2E, stream_server):
     for n in range(2):
         probe = e2e.image(f"netlock_kill/probe{n}")
         t0 = time.monotonic()
-        r, _ = e2e.engine.dump(job.init_pid, probe, leave_running=True)
+        r, stats = e2e.engine.dump(job.init_pid, probe, leave_running=True)
         whole = min(whole, time.monotonic() - t0)
         assert r.rc == 0, r.stderr
+        assert stats["tcp_freeze"] == f"cgroup /{job_cgroup.name}", stats
         shutil.rmtree(probe)
     killed = 0
     for trial in range(12):
@@ -196,6 +215,8 @@ def test_dumper_killed_while_locked(e2e: E2E, stream_server):
         # A guardian is left only by a killed dump that had killed the job, for the restore
         # above (which took its sockets) or with nothing: both end at once.
         assert _guardians(besides=before) == [], f"trial {trial}: a guardian is left"
+        assert (job_cgroup / "cgroup.freeze").read_text().strip() == "0", \
+            f"trial {trial}: the job's cgroup was left frozen"
         assert alive(job.init_pid), (f"trial {trial}: the job is gone: "
                                      f"{job.read('stdout')[-300:]} {job.read('stderr')[-500:]}")
         assert_running_free([job.init_pid, *job.job_pids()])
