@@ -540,10 +540,11 @@ std::string show_partition(const json& partition) {
 
 std::string checkpoint_table(std::span<const json> checkpoints) {
   const std::vector<std::string> head = {
-      "ID",      "DESCRIPTION", "TRIGGER_TIME", "COMPLETION_TIME", "DURATION", "STATUS", "SOURCE",
-      "VERSION", "LOCATION",    "SIZE",         "REASON"};
-  const std::vector<bool> right = {true,  false, false, false, true, false,
-                                   false, true,  false, true,  false};
+      "ID",     "DESCRIPTION", "TRIGGER_TIME", "COMPLETION_TIME", "DURATION",
+      "STATUS", "SOURCE",      "VERSION",      "LOCATION",        "SIZE",
+      "KIND",   "PARENT",      "FREEZE",       "CHAIN_SIZE",      "REASON"};
+  const std::vector<bool> right = {true,  false, false, false, true, false, false, true,
+                                   false, true,  false, true,  true, true,  false};
   std::vector<std::vector<std::string>> rows;
   for (const auto& c : checkpoints) {
     double done = real(c, "completion_time");
@@ -560,6 +561,11 @@ std::string checkpoint_table(std::span<const json> checkpoints) {
         std::to_string(num(c, "job_version")),
         str(c, "location").empty() ? "-" : str(c, "location"),
         has_size ? human_size(real(c, "size")) : "-",
+        str(c, "kind", "full"),
+        num(c, "parent_id") ? std::to_string(num(c, "parent_id")) : "-",
+        status == "Present" ? fmt::format("{:.0f}ms", real(c, "freeze_ms")) : "-",
+        // Its own image and every image it needs (docs/incremental.md).
+        has_size ? human_size(std::max(real(c, "chain_size"), real(c, "size"))) : "-",
         // Last: a reason is free text, blanks included.
         str(c, "reason").empty() ? "-" : str(c, "reason"),
     });

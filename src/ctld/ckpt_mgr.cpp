@@ -13,6 +13,7 @@
 #include <chrono>
 #include <cmath>
 #include <limits>
+#include <set>
 
 #include <spdlog/spdlog.h>
 
@@ -79,7 +80,7 @@ nlohmann::json Controller::checkpoint_job(const proto::Request& r, CheckpointSou
 Checkpoint Controller::run_checkpoint(int64_t job_id, CheckpointSource source,
                                       const std::string& description, const proto::Caller* who) {
   Checkpoint c;
-  std::string node;
+  std::string node, parent_location;
   {
     Lock l(mu_);
     auto it = jobs_.find(job_id);
@@ -113,6 +114,14 @@ Checkpoint Controller::run_checkpoint(int64_t job_id, CheckpointSource source,
     c.job_version = j.job_version;
     c.location =
         (cfg_.checkpoint_dir / std::to_string(job_id) / std::to_string(c.checkpoint_id)).string();
+    c.generation = j.generation;
+    if (cfg_.incremental) {
+      if (const Checkpoint* p = incremental_parent(j)) {
+        c.kind = CheckpointKind::Incremental;
+        c.parent_id = p->checkpoint_id;
+        parent_location = p->location;
+      }
+    }
     ckpt_busy_.insert(job_id);
     ckpt_rpc_.insert(job_id);
     ckpts_[job_id].push_back(c);
@@ -127,13 +136,18 @@ Checkpoint Controller::run_checkpoint(int64_t job_id, CheckpointSource source,
   std::optional<FailureClass> failure;
   bool timeout = false, answered = true;
   try {
-    reply = node_rpc_->post(
-        node, "/v1/node/checkpoint",
-        proto::CheckpointRequest{.job_id = job_id,
-                                 .dir = c.location,
-                                 .leave_running = source != CheckpointSource::Vacate,
-                                 .timeout = cfg_.checkpoint_timeout},
-        cfg_.checkpoint_timeout + 60);
+    reply =
+        node_rpc_->post(node, "/v1/node/checkpoint",
+                        proto::CheckpointRequest{
+                            .job_id = job_id,
+                            .dir = c.location,
+                            .leave_running = source != CheckpointSource::Vacate,
+                            .timeout = cfg_.checkpoint_timeout,
+                            .parent = parent_location,
+                            // Tracking from every dump the job survives, so the next one can be
+                            // incremental on it.
+                            .track_mem = cfg_.incremental && source != CheckpointSource::Vacate},
+                        cfg_.checkpoint_timeout + 60);
   } catch (const RpcError& e) {
     error = e.what();
     failure = e.failure();
@@ -148,11 +162,12 @@ Checkpoint Controller::run_checkpoint(int64_t job_id, CheckpointSource source,
   ckpt_rpc_.erase(job_id);
   if (error.empty()) {
     settle_checkpoint(job_id, c.checkpoint_id, CheckpointStatus::Present, "",
-                      reply.value("size", uint64_t{0}), reply.value("freeze_ms", 0.0));
+                      reply.value("size", uint64_t{0}), reply.value("freeze_ms", 0.0),
+                      reply.value("image_kind", std::string()));
   } else if (answered) {
     settle_checkpoint(job_id, c.checkpoint_id,
                       timeout ? CheckpointStatus::Timeout : CheckpointStatus::Failed,
-                      timeout ? error : classified(failure, error), 0, 0.0);
+                      timeout ? error : classified(failure, error), 0, 0.0, "");
   } else {
     spdlog::warn(
         "job {}: checkpoint {}: no answer from {} ({}); it stays Creating until the node reports "
@@ -174,8 +189,40 @@ Checkpoint Controller::run_checkpoint(int64_t job_id, CheckpointSource source,
   return c;
 }
 
+Checkpoint* Controller::find_checkpoint(int64_t job_id, int64_t id) {
+  for (auto& c : ckpts_[job_id])
+    if (c.checkpoint_id == id) return &c;
+  return nullptr;
+}
+
+std::vector<int64_t> Controller::chain_of(int64_t job_id, int64_t id) {
+  std::vector<int64_t> out;
+  // Parents are older than their children, so the walk ends; the bound guards a
+  // corrupt database row all the same.
+  while (id && out.size() <= ckpts_[job_id].size()) {
+    out.push_back(id);
+    const Checkpoint* c = find_checkpoint(job_id, id);
+    if (!c || c->kind != CheckpointKind::Incremental || c->parent_id >= id) break;
+    id = c->parent_id;
+  }
+  return out;
+}
+
+const Checkpoint* Controller::incremental_parent(const Job& j) {
+  const Checkpoint* newest = nullptr;
+  for (const auto& c : ckpts_[j.job_id])
+    if (c.status == CheckpointStatus::Present && c.generation == j.generation && c.generation)
+      newest = &c;
+  if (!newest) return nullptr;  // the run's first: full (a restore starts tracking anew)
+  // With CRIU_FullEvery = N, a full checkpoint and N - 1 incrementals on it, then full.
+  if (chain_of(j.job_id, newest->checkpoint_id).size() >= static_cast<size_t>(cfg_.full_every))
+    return nullptr;
+  return newest;
+}
+
 bool Controller::settle_checkpoint(int64_t job_id, int64_t checkpoint_id, CheckpointStatus status,
-                                   const std::string& reason, uint64_t size, double freeze_ms) {
+                                   const std::string& reason, uint64_t size, double freeze_ms,
+                                   const std::string& image_kind) {
   auto& list = ckpts_[job_id];
   auto it = std::find_if(list.begin(), list.end(),
                          [&](const Checkpoint& x) { return x.checkpoint_id == checkpoint_id; });
@@ -189,6 +236,15 @@ bool Controller::settle_checkpoint(int64_t job_id, int64_t checkpoint_id, Checkp
   if (status == CheckpointStatus::Present) {
     c.size = size;
     c.freeze_ms = freeze_ms;
+    // The engine makes a full image when the job's tracking does not go back to the
+    // parent (a failed dump since, a restore): then it needs no parent.
+    if (image_kind == "full") {
+      c.kind = CheckpointKind::Full;
+      c.parent_id = 0;
+    }
+    c.chain_size = c.size;
+    if (c.kind == CheckpointKind::Incremental)
+      if (const Checkpoint* p = find_checkpoint(job_id, c.parent_id)) c.chain_size += p->chain_size;
   }
   save(c);
   ckpt_busy_.erase(job_id);
@@ -230,19 +286,27 @@ void Controller::discard_image(const std::string& location) {
 
 void Controller::retain(const Job& j) {
   auto& list = ckpts_[j.job_id];
+  std::set<int64_t> needed;
+  auto need = [&](int64_t id) {
+    for (int64_t x : chain_of(j.job_id, id)) needed.insert(x);
+  };
   int present = 0;
   for (auto it = list.rbegin(); it != list.rend(); ++it) {
-    if (it->status != CheckpointStatus::Present) continue;
-    if (++present <= cfg_.max_epochs) continue;
-    if (it->checkpoint_id == j.restore_from) continue;  // being restored from
+    if (it->status == CheckpointStatus::Present && ++present <= cfg_.max_epochs)
+      need(it->checkpoint_id);
+    if (it->status == CheckpointStatus::Creating && it->parent_id) need(it->parent_id);
+  }
+  if (j.restore_from) need(j.restore_from);  // being restored from
+  for (auto& c : list) {
+    if (c.status != CheckpointStatus::Present || needed.contains(c.checkpoint_id)) continue;
     // Recorded first, removed by a worker outside mu_: an image may be many GB on slow
     // storage, and every request waits on mu_. A removal that fails is logged and tried
     // again at the next start (the sweep in start()).
-    it->status = CheckpointStatus::Cleared;
-    it->reason = fmt::format("retention: CRIU_MaxEpochs = {}", cfg_.max_epochs);
-    save(*it);
-    discard_image(it->location);
-    spdlog::info("job {}: checkpoint {} Cleared ({})", j.job_id, it->checkpoint_id, it->reason);
+    c.status = CheckpointStatus::Cleared;
+    c.reason = fmt::format("retention: CRIU_MaxEpochs = {}", cfg_.max_epochs);
+    save(c);
+    discard_image(c.location);
+    spdlog::info("job {}: checkpoint {} Cleared ({})", j.job_id, c.checkpoint_id, c.reason);
   }
 }
 
@@ -323,6 +387,20 @@ nlohmann::json Controller::delete_checkpoint(const proto::Request& r) {
     if (j.restore_from == cid && j.state != JobState::Completed)
       throw RpcError(409,
                      fmt::format("checkpoint {} of job {} is being restored from", cid, j.job_id));
+    // An incremental checkpoint needs its parent: deleting the parent would make every
+    // checkpoint above it unrestorable, so it is refused (docs/incremental.md).
+    std::vector<int64_t> above;
+    for (auto& x : ckpts_[j.job_id])
+      if (x.checkpoint_id != cid &&
+          (x.status == CheckpointStatus::Present || x.status == CheckpointStatus::Creating)) {
+        auto chain = chain_of(j.job_id, x.checkpoint_id);
+        if (std::find(chain.begin(), chain.end(), cid) != chain.end())
+          above.push_back(x.checkpoint_id);
+      }
+    if (!above.empty())
+      throw RpcError(409, fmt::format("checkpoint {} of job {} is the parent image of incremental "
+                                      "checkpoint(s) {}, which need it: delete those first",
+                                      cid, j.job_id, fmt::join(above, ", ")));
     // Removed by a worker outside mu_, as retention does (see retain()).
     c.status = CheckpointStatus::Cleared;
     c.reason = fmt::format("deleted by uid {}", r.caller.uid);

@@ -112,8 +112,19 @@ class Controller {
                             const proto::Caller* who);  // without mu_
   // A dump's outcome, from the checkpoint RPC's reply or the node's later report
   // (op_done): applied once, to a checkpoint still Creating; false if it was not.
+  // `image_kind`: "full" or "incremental" as the engine reported it, "" if unknown (an
+  // incremental request then stays incremental: its parent is kept).
   bool settle_checkpoint(int64_t job_id, int64_t checkpoint_id, CheckpointStatus status,
-                         const std::string& reason, uint64_t size, double freeze_ms);
+                         const std::string& reason, uint64_t size, double freeze_ms,
+                         const std::string& image_kind);
+  // Checkpoint `id` of job `job_id`, or nullptr.
+  Checkpoint* find_checkpoint(int64_t job_id, int64_t id);
+  // CRIU_Incremental: the checkpoint a new one of job `j` is to be incremental on -- the
+  // newest Present one of the job's current run, unless its chain already holds
+  // CRIU_FullEvery checkpoints -- or nullptr for a full one.
+  const Checkpoint* incremental_parent(const Job& j);
+  // Checkpoint `id` and every checkpoint below it (parent_id links), ids.
+  std::vector<int64_t> chain_of(int64_t job_id, int64_t id);
   // The launch or restore the node confirmed after the RPC's answer was lost.
   void confirm_launch(Job& j, const std::string& how);
   // Signals a job whose end (cancel, requeue, time limit) was requested while its launch
@@ -122,6 +133,9 @@ class Controller {
   // Removes an image (Failed, Timeout, Cleared; and any DIR.tmp) on a worker thread,
   // outside mu_: storage may be slow; the record keeps its status and reason.
   void discard_image(const std::string& location);
+  // CRIU_MaxEpochs: keeps the newest max_epochs Present checkpoints, every checkpoint
+  // their chains need, the one being restored from and the parents of those being
+  // written; clears the other Present ones.
   void retain(const Job& j);
   // A Present checkpoint whose image directory an administrator deleted becomes
   // Cleared with that reason (true); one whose directory exists, or cannot be looked

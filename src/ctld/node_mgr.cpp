@@ -172,7 +172,8 @@ nlohmann::json Controller::node_op_done(const proto::Request& r) {
                                                    : CheckpointStatus::Failed,
                             outcome == "failed" ? classified(failure_field(r.body), error) : error,
                             field<uint64_t>(r.body, "size", 0),
-                            field<double>(r.body, "freeze_ms", 0.0)))
+                            field<double>(r.body, "freeze_ms", 0.0),
+                            field<std::string>(r.body, "image_kind", "")))
         spdlog::info("job {}: {} outcome reported by {}: {}", id, kind, node, outcome);
       break;
     }
@@ -343,7 +344,7 @@ void Controller::reconcile(const std::string& node, const json& reported, const 
       for (int64_t cid : stale)
         settle_checkpoint(id, cid, CheckpointStatus::Failed,
                           fmt::format("node {} has no record of this dump: it never started", node),
-                          0, 0.0);
+                          0, 0.0, "");
     }
     // A job the node does not know although it was placed there a while ago: its
     // launch never happened (the controller stopped during it) or the node lost it.

@@ -11,12 +11,14 @@
 
 #include <nlohmann/json.hpp>
 
+#include "proto/checkpoint_kind.h"
 #include "proto/checkpoint_source.h"
 #include "proto/checkpoint_status.h"
 #include "proto/job_state.h"
 
 namespace fsched::ctld {
 
+using proto::CheckpointKind;
 using proto::CheckpointSource;
 using proto::CheckpointStatus;
 using proto::JobState;
@@ -31,13 +33,23 @@ struct Checkpoint {
   CheckpointSource source = CheckpointSource::Manual;
   int64_t job_version = 1;
   std::string location;
-  uint64_t size = 0;  // bytes
+  uint64_t size = 0;  // bytes of its own image
   double freeze_ms = 0;
+  // Incremental checkpoints (CRIU_Incremental, docs/incremental.md): an incremental
+  // image holds only the pages written since checkpoint parent_id (0 for a full one),
+  // and restoring it needs every checkpoint of its chain. chain_size: bytes of its own
+  // image and of every image below it.
+  CheckpointKind kind = CheckpointKind::Full;
+  int64_t parent_id = 0;
+  uint64_t chain_size = 0;
+  // The job's run (Job::generation) it was made in: only a checkpoint of the current
+  // run can be a parent, since a restore starts the job's page tracking anew.
+  int64_t generation = 0;
 };
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Checkpoint, checkpoint_id, job_id, description,
                                                 trigger_time, completion_time, duration, status,
                                                 reason, source, job_version, location, size,
-                                                freeze_ms)
+                                                freeze_ms, kind, parent_id, chain_size, generation)
 
 struct Job {
   int64_t job_id = 0;

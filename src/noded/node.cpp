@@ -419,6 +419,7 @@ void NodeDaemon::finish_op(OpRecord& rec, const std::optional<RunnerResult>& res
         rec.size = st.value("image_bytes", uint64_t{0});
         rec.freeze_ms = st.value("freeze_ms", 0.0);
         rec.dump_ms = st.value("dump_ms", 0.0);
+        rec.image_kind = st.value("incremental", false) ? "incremental" : "full";
       }
     } else if (res && res->timed_out) {
       // Killed by CheckpointTimeout: whatever it left is not an image to keep.
@@ -637,6 +638,19 @@ nlohmann::json NodeDaemon::checkpoint(const proto::Request& r) {
   std::vector<std::string> argv{ckpt_tool(), "dump", "--pid", std::to_string(pid),
                                 "--dir",     dir,    "--json"};
   if (leave) argv.push_back("--leave-running");
+  if (q.track_mem) argv.push_back("--track-mem");
+  if (!q.parent.empty()) {
+    // Incremental on an earlier checkpoint of the same job, which lives beside it (the
+    // image names its parent by that relative name: docs/incremental.md).
+    if (fs::path(q.parent).parent_path() != parent) {
+      std::lock_guard l(mu_);
+      ops_.erase(id);
+      if (auto it = jobs_.find(id); it != jobs_.end()) it->second.vacating = false;
+      throw RpcError(400, fmt::format("checkpoint of job {}: parent image {} is not beside {}", id,
+                                      q.parent, dir));
+    }
+    argv.insert(argv.end(), {"--parent", q.parent});
+  }
   spdlog::info("job {}: dumping to {} ({})", id, dir, leave ? "leave running" : "vacate");
   OpRecord rec{.job_id = id,
                .kind = leave ? OpKind::Checkpoint : OpKind::Vacate,
@@ -646,7 +660,10 @@ nlohmann::json NodeDaemon::checkpoint(const proto::Request& r) {
                .started = unix_now()};
   rec = run_op(std::move(rec), argv, {{"PATH", "/usr/bin:/bin"}});
   if (rec.outcome != OpOutcome::Ok) throw op_error(rec, rec.error);
-  return {{"size", rec.size}, {"freeze_ms", rec.freeze_ms}, {"dump_ms", rec.dump_ms}};
+  return {{"size", rec.size},
+          {"freeze_ms", rec.freeze_ms},
+          {"dump_ms", rec.dump_ms},
+          {"image_kind", rec.image_kind}};
 }
 
 nlohmann::json NodeDaemon::signal(const proto::Request& r) {

@@ -42,6 +42,7 @@ nlohmann::json OpRecord::report() const {
                    {"size", size},     {"freeze_ms", freeze_ms}, {"dump_ms", dump_ms},
                    {"pid", pid},       {"started", started}};
   if (!failure.empty()) r["failure"] = failure;
+  if (!image_kind.empty()) r["image_kind"] = image_kind;
   return r;
 }
 

@@ -61,6 +61,9 @@ struct OpRecord {
   std::string failure;
   uint64_t size = 0;  // image bytes (checkpoint/vacate)
   double freeze_ms = 0, dump_ms = 0;
+  // checkpoint/vacate: "full" or "incremental" as the engine reported it; "" when its
+  // report was lost (the image was found complete afterwards).
+  std::string image_kind;
   pid_t pid = 0;           // launch/restore: the job's init
   int64_t generation = 0;  // launch/restore: the run's generation (its cgroup's name)
 
@@ -70,7 +73,7 @@ struct OpRecord {
 };
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(OpRecord, job_id, kind, phase, node, image_dir,
                                                 timeout_s, started, outcome, error, failure, size,
-                                                freeze_ms, dump_ms, pid, generation)
+                                                freeze_ms, dump_ms, image_kind, pid, generation)
 
 // What the op runner writes when the engine has ended.
 struct RunnerResult {

@@ -337,26 +337,21 @@ Config parse_config(std::string_view text, const std::filesystem::path& file) {
       c.checkpoint_type = v;
     } else if (lk == "criu_maxepochs")
       c.max_epochs = static_cast<int>(to_int(at, key, v, 1, 1000000));
-    // Incremental checkpoints and pre-dump are not built yet: every checkpoint is a
-    // full dump, whatever these say.
+    // Incremental checkpoints (docs/incremental.md): the controller asks for a dump on
+    // the job's previous checkpoint, with a full one every CRIU_FullEvery.
     else if (lk == "criu_incremental") {
       c.incremental = to_bool(at, key, v);
-      if (c.incremental)
-        at.ignored(c, key, v,
-                   "incremental checkpoints are not implemented yet: every checkpoint is full");
     } else if (lk == "criu_fullevery") {
       c.full_every = static_cast<int>(to_int(at, key, v, 1, 1000000));
-      at.ignored(c, key, v,
-                 "incremental checkpoints are not implemented yet: every checkpoint is full");
     } else if (lk == "criu_predump") {
       c.pre_dump = to_bool(at, key, v);
       if (c.pre_dump)
-        at.ignored(
-            c, key, v,
-            "pre-dump is not implemented yet: checkpoints freeze the job for the whole dump");
+        at.ignored(c, key, v,
+                   "the scheduler does not pre-dump yet: each checkpoint freezes the job for its "
+                   "whole dump");
     } else if (lk == "criu_predumpdelay") {
       c.pre_dump_delay = static_cast<int>(to_int(at, key, v, 0, 86400));
-      at.ignored(c, key, v, "pre-dump is not implemented yet");
+      at.ignored(c, key, v, "the scheduler does not pre-dump yet");
     } else if (lk == "criu_loadaware")
       c.load_aware = to_bool(at, key, v);
     else if (lk == "criu_loadthresholdcpu")

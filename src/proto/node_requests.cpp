@@ -85,6 +85,8 @@ void from_json(const json& j, LaunchRequest& r) {
 void to_json(json& j, const CheckpointRequest& r) {
   j = {{"job_id", r.job_id}, {"dir", r.dir}, {"leave_running", r.leave_running}};
   if (r.timeout) j["timeout"] = r.timeout;
+  if (!r.parent.empty()) j["parent"] = r.parent;
+  if (r.track_mem) j["track_mem"] = true;
 }
 
 void from_json(const json& j, CheckpointRequest& r) {
@@ -93,6 +95,10 @@ void from_json(const json& j, CheckpointRequest& r) {
   r.dir = j.at("dir").get<std::string>();
   r.leave_running = value_or<bool>(j, "leave_running", true);
   r.timeout = number_or<int>(j, "timeout", 0);
+  r.parent = value_or<std::string>(j, "parent", "");
+  r.track_mem = value_or<bool>(j, "track_mem", false);
+  if (r.track_mem && !r.leave_running)
+    throw RpcError(400, "checkpoint: track_mem needs leave_running");
 }
 
 void to_json(json& j, const SignalRequest& r) {

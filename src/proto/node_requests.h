@@ -48,12 +48,19 @@ void to_json(nlohmann::json& j, const LaunchRequest& r);
 void from_json(const nlohmann::json& j, LaunchRequest& r);
 
 // POST /v1/node/checkpoint. Required: job_id, dir. Optional: leave_running (true),
-// timeout (0 when absent: the node's CRIU_Timeout).
+// timeout (0 when absent: the node's CRIU_Timeout), parent (""), track_mem (false).
 struct CheckpointRequest {
   int64_t job_id = 0;
   std::string dir;            // where the image goes (DIR.tmp until complete)
   bool leave_running = true;  // false for a vacate: the job stops once dumped
   int timeout = 0;            // seconds
+  // An earlier image of the job (its directory): the dump stores only the pages written
+  // since it (`fsched-ckpt dump --parent`), or a full image when the job's tracking does
+  // not go back to it. "" for a full image.
+  std::string parent;
+  // Track the job's written pages from this dump on, for the next incremental
+  // (`--track-mem`). Only with leave_running.
+  bool track_mem = false;
 };
 void to_json(nlohmann::json& j, const CheckpointRequest& r);
 void from_json(const nlohmann::json& j, CheckpointRequest& r);

@@ -40,7 +40,8 @@ json doc_checkpoint() {
   return json::parse(R"({"checkpoint_id": 3, "job_id": 12, "description": "periodic",
  "trigger_time": 1763700300.1, "completion_time": 1763700300.9, "duration": 0.84,
  "status": "Present", "reason": "", "source": "periodic", "job_version": 1,
- "location": "/var/lib/fsched/checkpoint/12/3", "size": 12897485})");
+ "location": "/var/lib/fsched/checkpoint/12/3", "size": 12897485,
+ "freeze_ms": 41.6})");
 }
 
 std::vector<std::string> lines(const std::string& text) {
@@ -373,21 +374,26 @@ TEST_F(Utc, CheckpointTable) {
   creating["completion_time"] = 0;
   creating["duration"] = 0;
   creating["size"] = 0;
+  creating["kind"] = "incremental";
+  creating["parent_id"] = 3;
   std::vector<json> cs = {doc_checkpoint(), creating};
   auto l = lines(cmds::checkpoint_table(cs));
   ASSERT_EQ(l.size(), 3u);
   EXPECT_EQ(l[0],
             "ID  DESCRIPTION     TRIGGER_TIME         COMPLETION_TIME      DURATION  STATUS    "
-            "SOURCE    VERSION  LOCATION                          SIZE  REASON");
+            "SOURCE    VERSION  LOCATION                          SIZE  KIND         PARENT  "
+            "FREEZE  CHAIN_SIZE  REASON");
   EXPECT_EQ(l[1],
             " 3  periodic        2025-11-21T04:45:00  2025-11-21T04:45:00     0.84s  Present   "
-            "periodic        1  /var/lib/fsched/checkpoint/12/3  12.3M  -");
+            "periodic        1  /var/lib/fsched/checkpoint/12/3  12.3M  full              -    "
+            "42ms       12.3M  -");
   EXPECT_EQ(l[2],
             " 4  before upgrade  2025-11-21T04:45:00  Unknown                     -  Creating  "
-            "manual          1  /var/lib/fsched/checkpoint/12/3      -  -");
+            "manual          1  /var/lib/fsched/checkpoint/12/3      -  incremental       3       "
+            "-           -  -");
   EXPECT_EQ(cmds::checkpoint_table({}),
             "ID  DESCRIPTION  TRIGGER_TIME  COMPLETION_TIME  DURATION  STATUS  SOURCE  VERSION  "
-            "LOCATION  SIZE  REASON\n");
+            "LOCATION  SIZE  KIND  PARENT  FREEZE  CHAIN_SIZE  REASON\n");
 }
 
 // The reason of a Failed, Timeout or Skipped checkpoint is in the table, not only in

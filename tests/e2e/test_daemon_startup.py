@@ -71,8 +71,7 @@ def test_daemonized_logs_by_default_and_warns_of_keys_that_do_nothing(e2e: E2E, 
             text = f.read()
         # This controller's lines: its warnings name this run's configuration file.
         conf = str(c.conf_path)
-        for key, why in (("CRIU_Incremental = yes", "incremental checkpoints are not implemented yet"),
-                         ("CRIU_PreDump = yes", "pre-dump is not implemented yet"),
+        for key, why in (("CRIU_PreDump = yes", "the scheduler does not pre-dump yet"),
                          ("SlurmctldTimeout = 60", "there is no backup controller to take over: has no effect")):
             assert re.search(rf"fschedctld warning: {re.escape(conf)}:\d+: {re.escape(key)}: {why}", text), \
                 f"no warning for {key} in {log}:\n{text[-3000:]}"

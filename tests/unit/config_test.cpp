@@ -112,20 +112,21 @@ TEST(Config, KeysWithoutEffectAreWarnedOf) {
       parse_config(std::string(kBase) + "CRIU_Incremental = no\nCRIU_PreDump=no\n", "f.conf");
   EXPECT_THAT(quiet.warnings, testing::IsEmpty());
   auto c = parse_config(std::string(kBase) +
-                            "CRIU_Incremental = yes\n"
+                            "CRIU_PreDump = yes\n"
                             "AuthInfo = socket=/run/munge.sock\n"
                             "NodeName=n9 CPUs=2 Sockets=1\n",
                         "f.conf");
   ASSERT_EQ(c.warnings.size(), 2u);
-  EXPECT_THAT(
-      c.warnings[0],
-      HasSubstr("f.conf:4: CRIU_Incremental = yes: incremental checkpoints are not implemented"));
+  EXPECT_THAT(c.warnings[0],
+              HasSubstr("f.conf:4: CRIU_PreDump = yes: the scheduler does not pre-dump yet"));
   EXPECT_THAT(c.warnings[1],
               HasSubstr("f.conf:6: Sockets = 1: accepted for slurm.conf compatibility"));
-  // AuthInfo and the node-failure timeouts all have an effect now: none is warned of.
+  // AuthInfo, the node-failure timeouts and incremental checkpoints all have an effect
+  // now: none is warned of.
   auto nf = parse_config(std::string(kBase) +
                              "AuthInfo = cred_expire=180,ttl=180,requeue_timeout=30\n"
-                             "BatchStartTimeout = 10\nSlurmdTimeout = 15\nReturnToService = 0\n",
+                             "BatchStartTimeout = 10\nSlurmdTimeout = 15\nReturnToService = 0\n"
+                             "CRIU_Incremental = yes\nCRIU_FullEvery = 3\n",
                          "f.conf");
   EXPECT_THAT(nf.warnings, testing::IsEmpty());
 }

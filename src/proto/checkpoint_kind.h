@@ -1,0 +1,25 @@
+// What a checkpoint's image holds (docs/incremental.md), as the API, SQLite and
+// `scontrol checkpoint list` name it.
+#pragma once
+
+#include <array>
+
+#include "proto/named_enum.h"
+
+namespace fsched::proto {
+
+enum class CheckpointKind {
+  Full,         // every page of the job: restorable alone
+  Incremental,  // the pages written since its parent checkpoint, which it needs
+};
+
+template <>
+struct NamedEnumTraits<CheckpointKind> {
+  static constexpr std::array<EnumName<CheckpointKind>, 2> names{{
+      {CheckpointKind::Full, "full"},
+      {CheckpointKind::Incremental, "incremental"},
+  }};
+  static constexpr std::string_view kind = "checkpoint kind";
+};
+
+}  // namespace fsched::proto

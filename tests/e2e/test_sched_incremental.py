@@ -1,0 +1,96 @@
+"""Incremental checkpoints through the scheduler (issue 14, docs/incremental.md): with
+CRIU_Incremental = YES and CRIU_FullEvery = 3, an unprivileged user's job gets a full
+checkpoint and two incrementals on it, then a full one again; CRIU_MaxEpochs = 2 keeps
+the newest two and every image their chains need, and nothing else on disk; deleting a
+parent that a kept checkpoint needs is refused; vacate and restart from the newest (a
+three-link chain) and, after a full checkpoint of the restored run, from that older
+incremental again. The job's output equals an uninterrupted run's, byte for byte."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from ckpt_e2e import E2E
+from sched_e2e import Cluster
+from test_sched import DELAY, STEPS, assert_same_as_reference, progress, reference, workdir  # noqa: F401
+
+
+def on_disk(c: Cluster, jid: int) -> set[int]:
+    """The checkpoint ids whose image directory exists (no DIR.tmp left either)."""
+    d = c.ckpt_dir / str(jid)
+    names = [p.name for p in d.iterdir()] if d.is_dir() else []
+    assert not [n for n in names if n.endswith(".tmp")], names
+    return {int(n) for n in names}
+
+
+def check_retention(c: Cluster, jid: int, present: set[int]):
+    """Exactly `present` are Present, and exactly their images are on disk (the Cleared
+    ones are removed by a worker of the controller)."""
+    cks = c.checkpoints(jid)
+    assert {x["checkpoint_id"] for x in cks if x["status"] == "Present"} == present, cks
+    assert all(x["status"] in ("Present", "Cleared") for x in cks), cks
+    c.wait_for(lambda: on_disk(c, jid) == present, 20,
+               f"images on disk to be those of checkpoints {sorted(present)}: {sorted(on_disk(c, jid))}")
+
+
+def test_incremental_chain_retention_and_restarts(e2e: E2E, build_dir: Path, test_user, reference):
+    c = Cluster(build_dir, e2e.jobs_dir.parent / "cluster-incremental", CRIU_Incremental="YES",
+                CRIU_FullEvery=3, CRIU_MaxEpochs=2).start()
+    try:
+        d = workdir(e2e, "incremental", test_user)
+        jid = c.sbatch("job.sh", STEPS, DELAY, user=test_user, cwd=d)
+        c.wait_state(jid, "RUNNING")
+        c.wait_for(lambda: progress(d, jid) >= 3, 60, "progress")
+        for n in range(1, 9):
+            at = progress(d, jid)
+            c.wait_for(lambda: progress(d, jid) >= at + 2, 60, "progress")
+            c.cmd("scontrol", "checkpoint", "create", jid, user=test_user)
+            x = c.checkpoints(jid)[-1]
+            assert x["checkpoint_id"] == n and x["status"] == "Present", x
+            # FullEvery = 3: full, incremental, incremental, full, ...
+            if n % 3 == 1:
+                assert x["kind"] == "full" and x["parent_id"] == 0, x
+                assert x["chain_size"] == x["size"], x
+            else:
+                assert x["kind"] == "incremental" and x["parent_id"] == n - 1, x
+                below = [y for y in c.checkpoints(jid) if y["checkpoint_id"] == n - 1][0]
+                assert x["chain_size"] == x["size"] + below["chain_size"], (x, below)
+                assert x["size"] < below["chain_size"], "an incremental stores less than its chain"
+            if n == 6:
+                # The newest two are 5 and 6, incrementals on 4: 4 is kept for them.
+                check_retention(c, jid, {4, 5, 6})
+                r = c.cmd("scontrol", "checkpoint", "delete", jid, "CheckpointId=5", user=test_user, check=False)
+                assert r.returncode != 0 and "parent image of incremental checkpoint(s) 6" in r.stderr, r.stderr
+                r = c.cmd("scontrol", "checkpoint", "delete", jid, "CheckpointId=4", user=test_user, check=False)
+                assert r.returncode != 0 and "checkpoint(s) 5, 6" in r.stderr, r.stderr
+        check_retention(c, jid, {7, 8})
+        table = c.cmd("scontrol", "checkpoint", "list", jid, user=test_user).stdout
+        assert "KIND" in table.splitlines()[0] and "CHAIN_SIZE" in table.splitlines()[0], table
+        assert re.search(r"\bincremental\s+7\s+\d+ms\s", table.splitlines()[-1]), table
+
+        # Vacate: incremental on 8 (a three-link chain), then restart from it.
+        c.cmd("scontrol", "checkpoint", "vacate", jid, user=test_user)
+        c.wait_state(jid, "PENDING", timeout=30)
+        v = c.checkpoints(jid)[-1]
+        assert v["checkpoint_id"] == 9 and v["source"] == "vacate", v
+        assert v["kind"] == "incremental" and v["parent_id"] == 8, v
+        check_retention(c, jid, {7, 8, 9})
+        c.cmd("scontrol", "checkpoint", "restart", jid, user=test_user)
+        c.wait_state(jid, "RUNNING", timeout=60)
+
+        # The restored run's first checkpoint is full: tracking starts anew with a run.
+        at = progress(d, jid)
+        c.wait_for(lambda: progress(d, jid) >= at + 3, 60, "progress after the restart")
+        c.cmd("scontrol", "checkpoint", "vacate", jid, user=test_user)
+        c.wait_state(jid, "PENDING", timeout=30)
+        f = c.checkpoints(jid)[-1]
+        assert f["checkpoint_id"] == 10 and f["kind"] == "full" and f["parent_id"] == 0, f
+        check_retention(c, jid, {7, 8, 9, 10})
+
+        # Back to the older incremental 9: what was written since is written again.
+        c.cmd("scontrol", "checkpoint", "restart", jid, "CheckpointId=9", user=test_user)
+        c.wait_state(jid, "COMPLETED", timeout=240)
+        assert c.job(jid)["restarts"] == 2
+        assert_same_as_reference(d, jid, reference, test_user)
+    finally:
+        c.stop()
