@@ -94,3 +94,47 @@ def test_incremental_chain_retention_and_restarts(e2e: E2E, build_dir: Path, tes
         assert_same_as_reference(d, jid, reference, test_user)
     finally:
         c.stop()
+
+
+def test_damaged_link_falls_back_to_a_chain_that_verifies(e2e: E2E, build_dir: Path, test_user, reference):
+    """Link 3 of a five-link chain is damaged after the vacate: the restart of the newest
+    fails before any process exists, and so do those of 4 and 3 (each marked Failed);
+    checkpoint 2, whose chain verifies, restores and the job ends as if uninterrupted."""
+    c = Cluster(build_dir, e2e.jobs_dir.parent / "cluster-incremental-damaged", CRIU_Incremental="YES",
+                CRIU_FullEvery=10, CRIU_MaxEpochs=10).start()
+    try:
+        d = workdir(e2e, "incremental-damaged", test_user)
+        jid = c.sbatch("job.sh", STEPS, DELAY, user=test_user, cwd=d)
+        c.wait_state(jid, "RUNNING")
+        for n in range(1, 5):
+            at = progress(d, jid)
+            c.wait_for(lambda: progress(d, jid) >= at + 2, 60, "progress")
+            c.cmd("scontrol", "checkpoint", "create", jid, user=test_user)
+        at = progress(d, jid)
+        c.wait_for(lambda: progress(d, jid) >= at + 2, 60, "progress")
+        c.cmd("scontrol", "checkpoint", "vacate", jid, user=test_user)
+        c.wait_state(jid, "PENDING", timeout=30)
+        cks = c.checkpoints(jid)
+        assert [x["kind"] for x in cks] == ["full"] + ["incremental"] * 4, cks
+        assert [x["parent_id"] for x in cks] == [0, 1, 2, 3, 4], cks
+        # Damage the biggest file of link 3 (its page stream) in the middle.
+        link3 = Path(cks[2]["location"])
+        victim = max((p for p in link3.iterdir() if p.is_file()), key=lambda p: p.stat().st_size)
+        data = bytearray(victim.read_bytes())
+        mid = len(data) // 2
+        data[mid:mid + 64] = bytes(b ^ 0xFF for b in data[mid:mid + 64])
+        victim.write_bytes(bytes(data))
+
+        r = c.cmd("scontrol", "checkpoint", "restart", jid, user=test_user)
+        assert "checkpoint 5" in r.stdout, r.stdout
+        c.wait_state(jid, "COMPLETED", timeout=300)
+        assert_same_as_reference(d, jid, reference, test_user)
+        cks = {x["checkpoint_id"]: x for x in c.checkpoints(jid)}
+        assert [cks[i]["status"] for i in range(1, 6)] == ["Present", "Present", "Failed", "Failed", "Failed"], cks
+        for i in (3, 4, 5):
+            # The engine names the damaged link in each refusal.
+            assert str(link3) in cks[i]["reason"], cks[i]
+        history = "\n".join(c.job(jid).get("history", []))
+        assert "falling back to checkpoint 2" in history, history
+    finally:
+        c.stop()
