@@ -136,18 +136,21 @@ Checkpoint Controller::run_checkpoint(int64_t job_id, CheckpointSource source,
   std::optional<FailureClass> failure;
   bool timeout = false, answered = true;
   try {
-    reply =
-        node_rpc_->post(node, "/v1/node/checkpoint",
-                        proto::CheckpointRequest{
-                            .job_id = job_id,
-                            .dir = c.location,
-                            .leave_running = source != CheckpointSource::Vacate,
-                            .timeout = cfg_.checkpoint_timeout,
-                            .parent = parent_location,
-                            // Tracking from every dump the job survives, so the next one can be
-                            // incremental on it.
-                            .track_mem = cfg_.incremental && source != CheckpointSource::Vacate},
-                        cfg_.checkpoint_timeout + 60);
+    reply = node_rpc_->post(
+        node, "/v1/node/checkpoint",
+        proto::CheckpointRequest{
+            .job_id = job_id,
+            .dir = c.location,
+            .leave_running = source != CheckpointSource::Vacate,
+            .timeout = cfg_.checkpoint_timeout,
+            .parent = parent_location,
+            // Tracking from every dump the job survives, so the next one can be
+            // incremental on it.
+            .track_mem = cfg_.incremental && source != CheckpointSource::Vacate,
+            // CRIU_PreDump for the checkpoints that are not incremental (an incremental
+            // one freezes the job only to store what changed already).
+            .pre_dump_delay = cfg_.pre_dump && parent_location.empty() ? cfg_.pre_dump_delay : -1},
+        cfg_.checkpoint_timeout + 60);
   } catch (const RpcError& e) {
     error = e.what();
     failure = e.failure();
@@ -163,7 +166,8 @@ Checkpoint Controller::run_checkpoint(int64_t job_id, CheckpointSource source,
   if (error.empty()) {
     settle_checkpoint(job_id, c.checkpoint_id, CheckpointStatus::Present, "",
                       reply.value("size", uint64_t{0}), reply.value("freeze_ms", 0.0),
-                      reply.value("image_kind", std::string()));
+                      reply.value("image_kind", std::string()),
+                      reply.value("pre_dump_bytes", uint64_t{0}));
   } else if (answered) {
     settle_checkpoint(job_id, c.checkpoint_id,
                       timeout ? CheckpointStatus::Timeout : CheckpointStatus::Failed,
@@ -222,7 +226,7 @@ const Checkpoint* Controller::incremental_parent(const Job& j) {
 
 bool Controller::settle_checkpoint(int64_t job_id, int64_t checkpoint_id, CheckpointStatus status,
                                    const std::string& reason, uint64_t size, double freeze_ms,
-                                   const std::string& image_kind) {
+                                   const std::string& image_kind, uint64_t pre_dump_bytes) {
   auto& list = ckpts_[job_id];
   auto it = std::find_if(list.begin(), list.end(),
                          [&](const Checkpoint& x) { return x.checkpoint_id == checkpoint_id; });
@@ -241,8 +245,11 @@ bool Controller::settle_checkpoint(int64_t job_id, int64_t checkpoint_id, Checkp
     if (image_kind == "full") {
       c.kind = CheckpointKind::Full;
       c.parent_id = 0;
+    } else if (image_kind == "pre-dump") {
+      c.kind = CheckpointKind::PreDump;
+      c.parent_id = 0;
     }
-    c.chain_size = c.size;
+    c.chain_size = c.size + (c.kind == CheckpointKind::PreDump ? pre_dump_bytes : 0);
     if (c.kind == CheckpointKind::Incremental)
       if (const Checkpoint* p = find_checkpoint(job_id, c.parent_id)) c.chain_size += p->chain_size;
   }
@@ -279,8 +286,11 @@ void Controller::discard_image(const std::string& location) {
     std::error_code ec;
     std::filesystem::remove_all(location, ec);
     if (ec) spdlog::warn("cannot remove the image {}: {}", location, ec.message());
-    std::filesystem::remove_all(location + ".tmp", ec);
-    if (ec) spdlog::warn("cannot remove {}.tmp: {}", location, ec.message());
+    // And what may lie beside it: a half-written image, a pre-dump (CRIU_PreDump).
+    for (const char* suffix : {".tmp", ".pre", ".pre.tmp"}) {
+      std::filesystem::remove_all(location + suffix, ec);
+      if (ec) spdlog::warn("cannot remove {}{}: {}", location, suffix, ec.message());
+    }
   });
 }
 

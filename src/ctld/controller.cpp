@@ -106,8 +106,11 @@ void Controller::start() {
           std::filesystem::remove_all(loc, ec);
           if (ec) spdlog::warn("cannot remove the image {}: {}", loc, ec.message());
         }
-        if (std::filesystem::exists(loc + ".tmp", ec))
-          std::filesystem::remove_all(loc + ".tmp", ec);
+        if (whole && std::filesystem::exists(loc + ".pre", ec))
+          std::filesystem::remove_all(loc + ".pre", ec);
+        for (const char* suffix : {".tmp", ".pre.tmp"})
+          if (std::filesystem::exists(loc + suffix, ec))
+            std::filesystem::remove_all(loc + suffix, ec);
       }
     });
   }

@@ -112,11 +112,12 @@ class Controller {
                             const proto::Caller* who);  // without mu_
   // A dump's outcome, from the checkpoint RPC's reply or the node's later report
   // (op_done): applied once, to a checkpoint still Creating; false if it was not.
-  // `image_kind`: "full" or "incremental" as the engine reported it, "" if unknown (an
-  // incremental request then stays incremental: its parent is kept).
+  // `image_kind`: "full", "incremental" or "pre-dump" as the node reported it, "" if
+  // unknown (an incremental request then stays incremental: its parent is kept);
+  // `pre_dump_bytes`: the size of the pre-dump image a "pre-dump" one was made on.
   bool settle_checkpoint(int64_t job_id, int64_t checkpoint_id, CheckpointStatus status,
                          const std::string& reason, uint64_t size, double freeze_ms,
-                         const std::string& image_kind);
+                         const std::string& image_kind, uint64_t pre_dump_bytes = 0);
   // Checkpoint `id` of job `job_id`, or nullptr.
   Checkpoint* find_checkpoint(int64_t job_id, int64_t id);
   // CRIU_Incremental: the checkpoint a new one of job `j` is to be incremental on -- the

@@ -173,7 +173,8 @@ nlohmann::json Controller::node_op_done(const proto::Request& r) {
                             outcome == "failed" ? classified(failure_field(r.body), error) : error,
                             field<uint64_t>(r.body, "size", 0),
                             field<double>(r.body, "freeze_ms", 0.0),
-                            field<std::string>(r.body, "image_kind", "")))
+                            field<std::string>(r.body, "image_kind", ""),
+                            field<uint64_t>(r.body, "pre_dump_bytes", 0)))
         spdlog::info("job {}: {} outcome reported by {}: {}", id, kind, node, outcome);
       break;
     }

@@ -43,6 +43,7 @@ nlohmann::json OpRecord::report() const {
                    {"pid", pid},       {"started", started}};
   if (!failure.empty()) r["failure"] = failure;
   if (!image_kind.empty()) r["image_kind"] = image_kind;
+  if (pre_dump_bytes) r["pre_dump_bytes"] = pre_dump_bytes;
   return r;
 }
 

@@ -64,6 +64,9 @@ struct OpRecord {
   // checkpoint/vacate: "full" or "incremental" as the engine reported it; "" when its
   // report was lost (the image was found complete afterwards).
   std::string image_kind;
+  // checkpoint/vacate with CRIU_PreDump: bytes of the pre-dump image (DIR.pre) the dump
+  // was made on; 0 when there was none (or the dump did not use it).
+  uint64_t pre_dump_bytes = 0;
   pid_t pid = 0;           // launch/restore: the job's init
   int64_t generation = 0;  // launch/restore: the run's generation (its cgroup's name)
 
@@ -73,7 +76,8 @@ struct OpRecord {
 };
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(OpRecord, job_id, kind, phase, node, image_dir,
                                                 timeout_s, started, outcome, error, failure, size,
-                                                freeze_ms, dump_ms, image_kind, pid, generation)
+                                                freeze_ms, dump_ms, image_kind, pre_dump_bytes, pid,
+                                                generation)
 
 // What the op runner writes when the engine has ended.
 struct RunnerResult {

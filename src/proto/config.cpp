@@ -345,13 +345,8 @@ Config parse_config(std::string_view text, const std::filesystem::path& file) {
       c.full_every = static_cast<int>(to_int(at, key, v, 1, 1000000));
     } else if (lk == "criu_predump") {
       c.pre_dump = to_bool(at, key, v);
-      if (c.pre_dump)
-        at.ignored(c, key, v,
-                   "the scheduler does not pre-dump yet: each checkpoint freezes the job for its "
-                   "whole dump");
     } else if (lk == "criu_predumpdelay") {
       c.pre_dump_delay = static_cast<int>(to_int(at, key, v, 0, 86400));
-      at.ignored(c, key, v, "the scheduler does not pre-dump yet");
     } else if (lk == "criu_loadaware")
       c.load_aware = to_bool(at, key, v);
     else if (lk == "criu_loadthresholdcpu")

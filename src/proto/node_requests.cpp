@@ -87,6 +87,7 @@ void to_json(json& j, const CheckpointRequest& r) {
   if (r.timeout) j["timeout"] = r.timeout;
   if (!r.parent.empty()) j["parent"] = r.parent;
   if (r.track_mem) j["track_mem"] = true;
+  if (r.pre_dump_delay >= 0) j["pre_dump_delay"] = r.pre_dump_delay;
 }
 
 void from_json(const json& j, CheckpointRequest& r) {
@@ -99,6 +100,12 @@ void from_json(const json& j, CheckpointRequest& r) {
   r.track_mem = value_or<bool>(j, "track_mem", false);
   if (r.track_mem && !r.leave_running)
     throw RpcError(400, "checkpoint: track_mem needs leave_running");
+  r.pre_dump_delay = number_or<int>(j, "pre_dump_delay", -1);
+  if (r.pre_dump_delay < -1 || r.pre_dump_delay > 86400)
+    throw RpcError(400,
+                   fmt::format("checkpoint: pre_dump_delay {} is out of range", r.pre_dump_delay));
+  if (r.pre_dump_delay >= 0 && !r.parent.empty())
+    throw RpcError(400, "checkpoint: a pre-dump and a parent image are exclusive");
 }
 
 void to_json(json& j, const SignalRequest& r) {

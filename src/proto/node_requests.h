@@ -48,7 +48,8 @@ void to_json(nlohmann::json& j, const LaunchRequest& r);
 void from_json(const nlohmann::json& j, LaunchRequest& r);
 
 // POST /v1/node/checkpoint. Required: job_id, dir. Optional: leave_running (true),
-// timeout (0 when absent: the node's CRIU_Timeout), parent (""), track_mem (false).
+// timeout (0 when absent: the node's CRIU_Timeout), parent (""), track_mem (false),
+// pre_dump_delay (-1).
 struct CheckpointRequest {
   int64_t job_id = 0;
   std::string dir;            // where the image goes (DIR.tmp until complete)
@@ -61,6 +62,10 @@ struct CheckpointRequest {
   // Track the job's written pages from this dump on, for the next incremental
   // (`--track-mem`). Only with leave_running.
   bool track_mem = false;
+  // CRIU_PreDump: first `fsched-ckpt pre-dump` into DIR.pre while the job runs, wait
+  // this many seconds, then dump only what changed since (DIR.pre is its parent). -1:
+  // no pre-dump. Not with `parent`.
+  int pre_dump_delay = -1;
 };
 void to_json(nlohmann::json& j, const CheckpointRequest& r);
 void from_json(const nlohmann::json& j, CheckpointRequest& r);

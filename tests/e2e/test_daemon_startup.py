@@ -59,7 +59,7 @@ def test_second_controller_on_a_busy_port_fails_at_start(e2e: E2E, build_dir: Pa
 def test_daemonized_logs_by_default_and_warns_of_keys_that_do_nothing(e2e: E2E, build_dir: Path):
     start_munge()
     root = e2e.jobs_dir.parent / "startup_log"
-    c = Cluster(build_dir, root, nodes=1, CRIU_Incremental="yes", CRIU_PreDump="yes", SlurmctldTimeout=60,
+    c = Cluster(build_dir, root, nodes=1, SlurmctldTimeout=60,
                 CheckpointType="checkpoint/none")
     log = Path("/var/log/fsched/fschedctld.log")
     before = log.stat().st_size if log.exists() else 0
@@ -71,8 +71,7 @@ def test_daemonized_logs_by_default_and_warns_of_keys_that_do_nothing(e2e: E2E, 
             text = f.read()
         # This controller's lines: its warnings name this run's configuration file.
         conf = str(c.conf_path)
-        for key, why in (("CRIU_PreDump = yes", "the scheduler does not pre-dump yet"),
-                         ("SlurmctldTimeout = 60", "there is no backup controller to take over: has no effect")):
+        for key, why in (("SlurmctldTimeout = 60", "there is no backup controller to take over: has no effect"),):
             assert re.search(rf"fschedctld warning: {re.escape(conf)}:\d+: {re.escape(key)}: {why}", text), \
                 f"no warning for {key} in {log}:\n{text[-3000:]}"
         assert re.search(rf"listening on 127\.0\.0\.1:{c.ctld_port}", text), text[-3000:]

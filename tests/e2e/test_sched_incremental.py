@@ -8,6 +8,7 @@ incremental again. The job's output equals an uninterrupted run's, byte for byte
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 from ckpt_e2e import E2E
@@ -136,5 +137,45 @@ def test_damaged_link_falls_back_to_a_chain_that_verifies(e2e: E2E, build_dir: P
             assert str(link3) in cks[i]["reason"], cks[i]
         history = "\n".join(c.job(jid).get("history", []))
         assert "falling back to checkpoint 2" in history, history
+    finally:
+        c.stop()
+
+
+def test_pre_dump_with_delay(e2e: E2E, build_dir: Path, test_user, reference):
+    """CRIU_PreDump = YES, CRIU_PreDumpDelay = 1: each checkpoint copies the job's memory
+    while it runs (DIR.pre), waits a second, then freezes it only to store what changed.
+    Retention removes a checkpoint's pre-dump with it; a vacate and restart from such a
+    checkpoint give the uninterrupted run's output."""
+    c = Cluster(build_dir, e2e.jobs_dir.parent / "cluster-pre-dump", CRIU_PreDump="YES", CRIU_PreDumpDelay=1,
+                CRIU_MaxEpochs=1).start()
+    try:
+        d = workdir(e2e, "pre-dump", test_user)
+        jid = c.sbatch("job.sh", STEPS, DELAY, user=test_user, cwd=d)
+        c.wait_state(jid, "RUNNING")
+        for n in (1, 2):
+            at = progress(d, jid)
+            c.wait_for(lambda: progress(d, jid) >= at + 3, 60, "progress")
+            c.cmd("scontrol", "checkpoint", "create", jid, user=test_user)
+            x = c.checkpoints(jid)[-1]
+            assert x["status"] == "Present" and x["kind"] == "pre-dump" and x["parent_id"] == 0, x
+            assert x["duration"] >= 1.0, "the delay is part of the checkpoint"
+            pre = Path(x["location"] + ".pre")
+            assert pre.is_dir(), f"{pre}: the pre-dump the checkpoint needs"
+            assert x["chain_size"] > x["size"], x
+        first, second = c.checkpoints(jid)
+        assert first["status"] == "Cleared", first
+        names = lambda: sorted(p.name for p in (c.ckpt_dir / str(jid)).iterdir())  # noqa: E731
+        c.wait_for(lambda: names() == ["2", "2.pre"], 20, f"only checkpoint 2 and its pre-dump on disk: {names()}")
+        show = subprocess.run([str(build_dir / "src/tools/fsched-ckpt"), "show", "--dir", second["location"]],
+                              capture_output=True, text=True, timeout=60)
+        assert show.returncode == 0 and "2.pre" in show.stdout, show.stdout + show.stderr
+
+        c.cmd("scontrol", "checkpoint", "vacate", jid, user=test_user)
+        c.wait_state(jid, "PENDING", timeout=60)
+        v = c.checkpoints(jid)[-1]
+        assert v["source"] == "vacate" and v["kind"] == "pre-dump", v
+        c.cmd("scontrol", "checkpoint", "restart", jid, user=test_user)
+        c.wait_state(jid, "COMPLETED", timeout=300)
+        assert_same_as_reference(d, jid, reference, test_user)
     finally:
         c.stop()

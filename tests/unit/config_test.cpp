@@ -112,21 +112,23 @@ TEST(Config, KeysWithoutEffectAreWarnedOf) {
       parse_config(std::string(kBase) + "CRIU_Incremental = no\nCRIU_PreDump=no\n", "f.conf");
   EXPECT_THAT(quiet.warnings, testing::IsEmpty());
   auto c = parse_config(std::string(kBase) +
-                            "CRIU_PreDump = yes\n"
+                            "SlurmctldTimeout = 60\n"
                             "AuthInfo = socket=/run/munge.sock\n"
                             "NodeName=n9 CPUs=2 Sockets=1\n",
                         "f.conf");
   ASSERT_EQ(c.warnings.size(), 2u);
-  EXPECT_THAT(c.warnings[0],
-              HasSubstr("f.conf:4: CRIU_PreDump = yes: the scheduler does not pre-dump yet"));
+  EXPECT_THAT(
+      c.warnings[0],
+      HasSubstr("f.conf:4: SlurmctldTimeout = 60: there is no backup controller to take over"));
   EXPECT_THAT(c.warnings[1],
               HasSubstr("f.conf:6: Sockets = 1: accepted for slurm.conf compatibility"));
-  // AuthInfo, the node-failure timeouts and incremental checkpoints all have an effect
-  // now: none is warned of.
+  // AuthInfo, the node-failure timeouts, incremental checkpoints and pre-dump all have
+  // an effect now: none is warned of.
   auto nf = parse_config(std::string(kBase) +
                              "AuthInfo = cred_expire=180,ttl=180,requeue_timeout=30\n"
                              "BatchStartTimeout = 10\nSlurmdTimeout = 15\nReturnToService = 0\n"
-                             "CRIU_Incremental = yes\nCRIU_FullEvery = 3\n",
+                             "CRIU_Incremental = yes\nCRIU_FullEvery = 3\n"
+                             "CRIU_PreDump = yes\nCRIU_PreDumpDelay = 2\n",
                          "f.conf");
   EXPECT_THAT(nf.warnings, testing::IsEmpty());
 }
