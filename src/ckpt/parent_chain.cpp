@@ -3,6 +3,8 @@
 
 #include <sys/uio.h>
 
+#include <climits>
+
 #include <algorithm>
 #include <set>
 
@@ -26,16 +28,14 @@ struct ParentChain::Link {
   Manifest m;
   std::map<int, std::vector<Seg>> segs;  // by pid in the job, sorted by start
   std::unique_ptr<PageReader> pages;     // forward-only; reopened to go back
-  std::vector<std::byte> skip;
 
-  // Reads `out.size()` bytes at stream offset `off`.
-  void read_at(std::uint64_t off, std::span<std::byte> out) {
+  // Moves the reader to stream offset `off` (reopening it to go back).
+  void seek(std::uint64_t off) {
     if (!pages || pages->position() > off) pages = reader->pages();
     while (pages->position() < off) {
       const std::uint64_t gap = off - pages->position();
       pages->next(static_cast<std::size_t>(std::min<std::uint64_t>(gap, kChunkRawBytes)));
     }
-    pages->read(out);
   }
 };
 
@@ -126,15 +126,69 @@ std::vector<std::filesystem::path> ParentChain::links() const {
   return out;
 }
 
+namespace {
+
+// A stretch of one link's page stream that goes into the process: stream offset,
+// remote address, length in bytes.
+struct Piece {
+  std::uint64_t off, addr, len;
+};
+
+// Hands what a link's reader delivers to the process: the needed pieces of each
+// delivered span, by process_vm_writev(2) with up to IOV_MAX (limits.h) pieces a call;
+// bytes between pieces (pages a newer link holds) are dropped. Stateless between
+// calls, so the reader's two threads may put at once.
+class ScatterSink final : public PageSink {
+ public:
+  ScatterSink(int pid, pid_t host_pid, std::span<const Piece> pieces, std::uint64_t base,
+              const std::filesystem::path& dir)
+      : pid_(pid), host_pid_(host_pid), pieces_(pieces), base_(base), dir_(dir) {}
+
+  void put(const std::byte* data, std::size_t len, std::uint64_t at) override {
+    const std::uint64_t s = base_ + at, e = s + len;
+    auto it = std::upper_bound(pieces_.begin(), pieces_.end(), s,
+                               [](std::uint64_t x, const Piece& p) { return x < p.off + p.len; });
+    std::vector<iovec> local, remote;
+    auto flush = [&] {
+      if (local.empty()) return;
+      std::uint64_t n = 0;
+      for (const iovec& v : local) n += v.iov_len;
+      ssize_t w = ::process_vm_writev(host_pid_, local.data(), local.size(), remote.data(),
+                                      remote.size(), 0);
+      if (w != static_cast<ssize_t>(n))
+        fail_errno("process {}: writing the pages at {:#x} ({} bytes) from parent image {}", pid_,
+                   reinterpret_cast<std::uint64_t>(remote.front().iov_base), n, dir_.string());
+      local.clear();
+      remote.clear();
+    };
+    for (; it != pieces_.end() && it->off < e; ++it) {
+      const std::uint64_t lo = std::max(s, it->off), hi = std::min(e, it->off + it->len);
+      local.push_back({const_cast<std::byte*>(data + (lo - s)), hi - lo});
+      remote.push_back({reinterpret_cast<void*>(it->addr + (lo - it->off)), hi - lo});
+      if (local.size() == std::size_t{IOV_MAX}) flush();
+    }
+    flush();
+  }
+
+ private:
+  const int pid_;
+  const pid_t host_pid_;
+  const std::span<const Piece> pieces_;
+  const std::uint64_t base_;  // stream offset of the delivery's first byte
+  const std::filesystem::path& dir_;
+};
+
+}  // namespace
+
 void ParentChain::fill(int pid, pid_t host_pid,
                        std::vector<std::pair<std::uint64_t, std::uint64_t>> ranges) {
-  std::vector<std::byte> buf;
   for (auto& link : links_) {
     if (ranges.empty()) return;
     std::vector<std::pair<std::uint64_t, std::uint64_t>> further;
     auto it = link->segs.find(pid);
     if (it == link->segs.end()) return;  // the process is not in this link: no data
     const std::vector<Seg>& segs = it->second;
+    std::vector<Piece> pieces;
     for (auto [a, b] : ranges) {
       // The segments overlapping [a, b), in order.
       auto s = std::upper_bound(segs.begin(), segs.end(), a,
@@ -146,20 +200,28 @@ void ParentChain::fill(int pid, pid_t host_pid,
           further.emplace_back(from, to);
           continue;
         }
-        for (std::uint64_t at = from; at < to;) {
-          const std::uint64_t n = std::min<std::uint64_t>(to - at, kChunkRawBytes);
-          buf.resize(n);
-          link->read_at(s->off + (at - s->start), buf);
-          iovec local{buf.data(), n};
-          iovec remote{reinterpret_cast<void*>(at), n};
-          if (::process_vm_writev(host_pid, &local, 1, &remote, 1, 0) != static_cast<ssize_t>(n))
-            fail_errno("process {}: writing the pages of {:#x}-{:#x} from parent image {}", pid, at,
-                       at + n, link->dir.string());
-          at += n;
-        }
+        const std::uint64_t off = s->off + (from - s->start);
+        if (!pieces.empty() && pieces.back().off + pieces.back().len == off &&
+            pieces.back().addr + pieces.back().len == from)
+          pieces.back().len += to - from;  // contiguous on both sides
+        else
+          pieces.push_back({off, from, to - from});
       }
     }
     ranges = std::move(further);
+    if (pieces.empty()) continue;
+    // A process's runs are in the stream in address order; sorted all the same, since
+    // the sink looks pieces up by stream offset.
+    std::sort(pieces.begin(), pieces.end(),
+              [](const Piece& x, const Piece& y) { return x.off < y.off; });
+    const std::uint64_t lo = pieces.front().off;
+    std::uint64_t hi = lo;
+    for (const Piece& p : pieces) hi = std::max(hi, p.off + p.len);
+    link->seek(lo);
+    // One delivery from the first piece to the end of the last: whole chunks decode
+    // on two threads, zero-copy from the page cache (PageReader::deliver).
+    ScatterSink sink(pid, host_pid, pieces, lo, link->dir);
+    link->pages->deliver(hi - lo, sink);
   }
 }
 

@@ -181,3 +181,87 @@ def test_pre_dump_then_dump(e2e: E2E):
         job.assert_matches(ref, " (restored on a pre-dump)")
     finally:
         kill_job_processes(job.marker)
+
+
+# Two processes sharing an anonymous MAP_SHARED mapping (each rewrites its own half),
+# each with a private buffer and three threads that rewrite buffers of their own in
+# lockstep with the main thread (a barrier per step), so that the output is the same
+# on every run. The child reports into child.txt, the parent on stdout; at the end the
+# parent prints the digest of the whole shared mapping.
+MP_PY = r'''
+import hashlib, mmap, os, random, sys, threading, time
+steps = int(sys.argv[1])
+S = 8 << 20
+shared = mmap.mmap(-1, S)
+shared[:] = random.Random(11).randbytes(S)
+pid = os.fork()
+me = 0 if pid == 0 else 1
+rnd = random.Random(20 + me)
+private = bytearray(rnd.randbytes(16 << 20))
+bufs = [bytearray(random.Random(30 + 3 * me + k).randbytes(4 << 20)) for k in range(3)]
+digests = [""] * 3
+start, done = threading.Barrier(4), threading.Barrier(4)
+def worker(k):
+    tr = random.Random(40 + 3 * me + k)
+    for i in range(steps):
+        start.wait()
+        for _ in range(8):
+            off = tr.randrange(len(bufs[k]) - 64)
+            bufs[k][off:off + 64] = tr.randbytes(64)
+        digests[k] = hashlib.sha256(bufs[k]).hexdigest()[:10]
+        done.wait()
+threads = [threading.Thread(target=worker, args=(k,)) for k in range(3)]
+for t in threads:
+    t.start()
+out = open("child.txt", "w") if me == 0 else sys.stdout
+half = S // 2
+for i in range(steps):
+    start.wait()
+    for _ in range(8):
+        off = me * half + rnd.randrange(half - 64)
+        shared[off:off + 64] = rnd.randbytes(64)
+        poff = rnd.randrange(len(private) - 64)
+        private[poff:poff + 64] = rnd.randbytes(64)
+    done.wait()
+    print(i, hashlib.sha256(shared[me * half:(me + 1) * half]).hexdigest()[:10],
+          hashlib.sha256(private).hexdigest()[:10], *digests, file=out, flush=True)
+    time.sleep(0.04)
+for t in threads:
+    t.join()
+if me == 0:
+    out.close()
+    os._exit(0)
+os.waitpid(pid, 0)
+print("shared", hashlib.sha256(shared).hexdigest(), flush=True)
+print("done", steps, flush=True)
+'''
+
+
+def test_incremental_chain_two_processes_shared_memory_threads(e2e: E2E):
+    """The acceptance's multi-process job with shared anonymous memory and its
+    multi-threaded job, in one: a full image and 9 incrementals left running, a 10th
+    that kills the job; the restore from the 11-link chain ends as the uninterrupted
+    run did (both processes' reports, the shared mapping's final digest)."""
+    spec = JobSpec(name="incr_mp", argv=["/usr/bin/python3", "{work}/job.py", str(STEPS)],
+                   setup=lambda work: (work / "job.py").write_text(MP_PY),
+                   inputs=("job.py",), progress=("lines", "stdout"), timeout=180)
+    ref = e2e.reference(spec)
+    assert ref.status == 0 and ref.snap["stdout"].text.endswith(f"done {STEPS}\n"), ref.snap["stdout"].text[-300:]
+    job = ProgressJob(e2e, spec, None)
+    job.prepare()
+    job.start_detached()
+    try:
+        images = _chain(e2e, job, ref, spec.name, 10)
+        m = manifest(images[-1])
+        assert len([p for p in m["processes"] if not p.get("zombie")]) >= 3, "init and both processes"
+        job.wait_progress(ref, 0.8)
+        last = e2e.image(f"{spec.name}/last")
+        r, st = e2e.engine.dump(job.init_pid, last, extra=("--parent", str(images[-1])))
+        assert r.rc == 0 and st["incremental"], (r.stderr, st)
+        assert st["threads"] >= 8, st
+        job.paused()
+        res = e2e.restore_foreground(job, last)
+        assert res.rc == ref.status, res.stderr
+        job.assert_matches(ref, " (two processes, shared memory and threads, from an 11-link chain)")
+    finally:
+        kill_job_processes(job.marker)

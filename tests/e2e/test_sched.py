@@ -71,8 +71,13 @@ def workdir(e2e: E2E, name: str, user: str) -> Path:
 
 @pytest.fixture(scope="module")
 def reference(e2e: E2E, test_user) -> dict[str, bytes]:
-    """An uninterrupted run of the job script, as the same user, without fsched."""
-    d = workdir(e2e, "reference", test_user)
+    return run_reference(e2e, test_user, "reference")
+
+
+def run_reference(e2e: E2E, test_user: str, name: str) -> dict[str, bytes]:
+    """An uninterrupted run of the job script, as the same user, without fsched, in
+    work directory `name` (one per test module)."""
+    d = workdir(e2e, name, test_user)
     with open(d / "out.txt", "wb") as out:
         subprocess.run(["runuser", "-u", test_user, "--", "bash", "job.sh", str(STEPS), "0"], cwd=d,
                        stdout=out, stderr=subprocess.STDOUT, check=True, timeout=300)

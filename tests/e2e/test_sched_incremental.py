@@ -11,9 +11,16 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from ckpt_e2e import E2E
 from sched_e2e import Cluster
-from test_sched import DELAY, STEPS, assert_same_as_reference, progress, reference, workdir  # noqa: F401
+from test_sched import DELAY, STEPS, assert_same_as_reference, progress, run_reference, workdir
+
+
+@pytest.fixture(scope="module")
+def reference(e2e: E2E, test_user) -> dict[str, bytes]:
+    return run_reference(e2e, test_user, "reference-incremental")
 
 
 def on_disk(c: Cluster, jid: int) -> set[int]:
