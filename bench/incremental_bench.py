@@ -85,7 +85,7 @@ class Job:
             pass
 
 
-def restore_ms(ckpt: Path, image: Path) -> float:
+def restore_stats(ckpt: Path, image: Path) -> dict:
     pidfile, err = Path(str(image) + ".pid"), Path(str(image) + ".err")
     with open(err, "w") as e:
         r = subprocess.run([str(ckpt), "restore", "--dir", str(image), "--detach", "--json",
@@ -95,7 +95,7 @@ def restore_ms(ckpt: Path, image: Path) -> float:
         raise RuntimeError(f"restore of {image} failed: {err.read_text().strip()}")
     st = json.loads([ln for ln in err.read_text().splitlines() if ln.startswith("{")][-1])
     os.kill(int(pidfile.read_text().split()[0]), signal.SIGKILL)
-    return st["restore_ms"]
+    return st
 
 
 def one_run(ckpt: Path, prog: Path, scratch: Path, mib: int, percent: float) -> dict:
@@ -124,8 +124,14 @@ def one_run(ckpt: Path, prog: Path, scratch: Path, mib: int, percent: float) -> 
     out["incr_dump_ms"] = statistics.median(s["dump_ms"] for s in incr)
     out["incr_freeze_ms"] = statistics.median(s["freeze_ms"] for s in incr)
     out["incr_image_mib"] = statistics.median(s["image_bytes"] for s in incr) / 1048576
-    out["restore_full_ms"] = restore_ms(ckpt, images / "full")
-    out["restore_chain_ms"] = restore_ms(ckpt, images / "link-10")
+    for name, image in (("full", images / "full"), ("chain", images / "link-10")):
+        st = restore_stats(ckpt, image)
+        out[f"restore_{name}_ms"] = st["restore_ms"]
+        # Where the time goes: verifying every link before any process exists, then
+        # the phases of the restore itself.
+        out[f"restore_{name}_verify_ms"] = st["verify_ms"]
+        for phase, ms in st.get("phases_ms", {}).items():
+            out[f"restore_{name}_{phase}_ms"] = ms
     shutil.rmtree(images, ignore_errors=True)
     images.mkdir()
     # freeze: plain dump against pre-dump + dump
@@ -173,7 +179,11 @@ def main():
           f"{med['predump_freeze_ms']:.0f} ms")
     print(f"  restore: full image {med['restore_full_ms']:.0f} ms, 10-link chain "
           f"{med['restore_chain_ms']:.0f} ms "
-          f"({med['restore_chain_ms'] / med['restore_full_ms']:.2f}x)")
+          f"({med['restore_chain_ms'] / med['restore_full_ms']:.2f}x); of which verifying "
+          f"{med['restore_full_verify_ms']:.0f} / {med['restore_chain_verify_ms']:.0f} ms")
+    print("  restore phases (full / chain): " + ", ".join(
+        f"{k[len('restore_full_'):-3]} {med[k]:.0f} / {med.get('restore_chain_' + k[len('restore_full_'):], 0):.0f}"
+        for k in med if k.startswith("restore_full_") and k.count("_") > 2 and k != "restore_full_verify_ms"))
     print(f"  a round after a reset {med['tracked_round_ms']:.1f} ms, untracked "
           f"{med['untracked_round_ms']:.1f} ms")
     shutil.rmtree(a.scratch, ignore_errors=True)
