@@ -265,16 +265,12 @@ class Result:
         return [l for l in self.stderr.splitlines() if l.strip()]
 
 
-def _into_cgroup(cgroup: Optional[Path]) -> Optional[Callable[[], None]]:
-    """A preexec_fn that moves the child into cgroup v2 directory `cgroup`."""
+def in_cgroup(cgroup: Optional[Path], argv: list[str]) -> list[str]:
+    """argv, run in cgroup v2 directory `cgroup` (None: as it is): a shell moves itself
+    there, then execs it (no preexec_fn: the tests have threads)."""
     if cgroup is None:
-        return None
-    procs = str(cgroup / "cgroup.procs")
-
-    def move():
-        with open(procs, "w") as f:
-            f.write(str(os.getpid()))
-    return move
+        return argv
+    return ["/bin/sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', str(cgroup), *argv]
 
 
 class Engine:
@@ -287,8 +283,8 @@ class Engine:
     def call(self, args: list[str], timeout: float, cgroup: Optional[Path] = None) -> Result:
         """cgroup: a cgroup v2 directory the engine (and so a job it starts) runs in."""
         t0 = time.monotonic()
-        cp = subprocess.run([str(self.bin), *args], stdin=subprocess.DEVNULL, capture_output=True,
-                            text=True, timeout=timeout, preexec_fn=_into_cgroup(cgroup))
+        cp = subprocess.run(in_cgroup(cgroup, [str(self.bin), *args]), stdin=subprocess.DEVNULL,
+                            capture_output=True, text=True, timeout=timeout)
         return Result(cp.returncode, cp.stdout, cp.stderr, time.monotonic() - t0)
 
     def dump(self, pid: int, image: Path, *, leave_running: bool = False,
@@ -436,10 +432,10 @@ class Job:
         return Result(cp.returncode, cp.stdout, cp.stderr, time.monotonic() - t0)
 
     def start_detached(self) -> int:
-        cp = subprocess.run([str(self.env.engine.bin), "run", "--detach", "--pidfile",
-                             str(self.dir / "pid"), *self.run_args()],
+        cp = subprocess.run(in_cgroup(self.cgroup, [str(self.env.engine.bin), "run", "--detach", "--pidfile",
+                                                    str(self.dir / "pid"), *self.run_args()]),
                             stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
-                            env=self.proc_env(), preexec_fn=_into_cgroup(self.cgroup))
+                            env=self.proc_env())
         assert cp.returncode == 0, f"fsched-ckpt run --detach failed ({cp.returncode}): {cp.stderr}"
         self.init_pid = int(cp.stdout.split()[0])
         assert int((self.dir / "pid").read_text().split()[0]) == self.init_pid

@@ -186,3 +186,35 @@ def test_pre_dump_with_delay(e2e: E2E, build_dir: Path, test_user, reference):
         assert_same_as_reference(d, jid, reference, test_user)
     finally:
         c.stop()
+
+
+def test_incremental_with_pre_dump(e2e: E2E, build_dir: Path, test_user, reference):
+    """Both on, CRIU_FullEvery = 2: the full checkpoints are made on a pre-dump, the
+    incrementals on the checkpoint before (their freeze is short already). A vacate
+    incremental on a pre-dumped one restores through both (N -> N-1 -> N-1.pre)."""
+    c = Cluster(build_dir, e2e.jobs_dir.parent / "cluster-incremental-pre-dump", CRIU_Incremental="YES",
+                CRIU_FullEvery=2, CRIU_PreDump="YES", CRIU_PreDumpDelay=0, CRIU_MaxEpochs=1).start()
+    try:
+        d = workdir(e2e, "incremental-pre-dump", test_user)
+        jid = c.sbatch("job.sh", STEPS, DELAY, user=test_user, cwd=d)
+        c.wait_state(jid, "RUNNING")
+        for n in (1, 2, 3):
+            at = progress(d, jid)
+            c.wait_for(lambda: progress(d, jid) >= at + 2, 60, "progress")
+            c.cmd("scontrol", "checkpoint", "create", jid, user=test_user)
+        at = progress(d, jid)
+        c.wait_for(lambda: progress(d, jid) >= at + 2, 60, "progress")
+        c.cmd("scontrol", "checkpoint", "vacate", jid, user=test_user)
+        c.wait_state(jid, "PENDING", timeout=60)
+        cks = c.checkpoints(jid)
+        assert [(x["kind"], x["parent_id"]) for x in cks] == \
+            [("pre-dump", 0), ("incremental", 1), ("pre-dump", 0), ("incremental", 3)], cks
+        # MaxEpochs = 1 keeps 4, which needs 3 and 3's pre-dump.
+        assert [x["status"] for x in cks] == ["Cleared", "Cleared", "Present", "Present"], cks
+        names = lambda: sorted(p.name for p in (c.ckpt_dir / str(jid)).iterdir())  # noqa: E731
+        c.wait_for(lambda: names() == ["3", "3.pre", "4"], 20, f"only what checkpoint 4 needs on disk: {names()}")
+        c.cmd("scontrol", "checkpoint", "restart", jid, user=test_user)
+        c.wait_state(jid, "COMPLETED", timeout=300)
+        assert_same_as_reference(d, jid, reference, test_user)
+    finally:
+        c.stop()
