@@ -116,6 +116,8 @@ std::vector<pid_t> Cgroup::procs() const {
 bool Cgroup::populated() const { return event_flag(read_file("cgroup.events"), "populated"); }
 bool Cgroup::frozen() const { return event_flag(read_file("cgroup.events"), "frozen"); }
 
+bool Cgroup::freeze_set() const { return read_file("cgroup.freeze").starts_with("1"); }
+
 void Cgroup::freeze(bool on) const { write_file("cgroup.freeze", on ? "1" : "0"); }
 
 void Cgroup::kill() const { write_file("cgroup.kill", "1"); }

@@ -52,6 +52,8 @@ class Cgroup {
   // cgroup.events: whether a process is in it or below, whether it is (effectively) frozen.
   bool populated() const;
   bool frozen() const;
+  // cgroup.freeze: whether this cgroup itself is set to be frozen (not an ancestor).
+  bool freeze_set() const;
   // Writes cgroup.freeze (1 freezes every process below, 0 thaws). Throws fsched::Error.
   void freeze(bool on) const;
   // cgroup.kill: SIGKILL to every process below, frozen ones too. Throws fsched::Error.

@@ -388,6 +388,39 @@ OpRecord NodeDaemon::run_op(OpRecord rec, const std::vector<std::string>& argv,
   return rec;
 }
 
+// A dump killed inside a TCP repair window leaves the run's cgroup frozen until the
+// network lock's guardian has taken the job's sockets out of repair mode and thawed it
+// (src/ckpt/cgroup_freeze.h), within milliseconds. Had the guardian died too, the job
+// would stay frozen for good: it is thawed here once the guardian had its moment.
+// Nothing else sets a run's own cgroup.freeze (the lease freezes "jobs", above it).
+void NodeDaemon::thaw_after_failed_dump(int64_t id) {
+  int64_t generation = 0;
+  {
+    std::lock_guard l(mu_);
+    auto it = jobs_.find(id);
+    if (it == jobs_.end() || it->second.ended) return;
+    generation = it->second.generation;
+  }
+  const fs::path path = jobs_cg_.path() / run_cgroup_name(id, generation);
+  std::error_code ec;
+  if (!fs::is_directory(path, ec)) return;
+  try {
+    Cgroup cg(path);
+    for (int i = 0; i < 20 && cg.freeze_set(); ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    if (cg.freeze_set()) {
+      cg.freeze(false);
+      spdlog::warn(
+          "job {}: its failed dump left its cgroup frozen (the network lock's guardian is gone "
+          "too): thawed",
+          id);
+    }
+    cg.release();
+  } catch (const std::exception& e) {
+    spdlog::warn("job {}: cannot check whether its failed dump left it frozen: {}", id, e.what());
+  }
+}
+
 bool NodeDaemon::verify_image(const std::string& dir, std::string& why) const {
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) {
@@ -450,6 +483,7 @@ void NodeDaemon::finish_op(OpRecord& rec, const std::optional<RunnerResult>& res
       if (fs::exists(rec.image_dir, ec)) fs::remove_all(rec.image_dir, ec);
     }
     fs::remove_all(tmp, ec);
+    if (!engine_ok) thaw_after_failed_dump(id);
     std::lock_guard l(mu_);
     auto it = jobs_.find(id);
     if (rec.kind == OpKind::Vacate && it != jobs_.end()) {

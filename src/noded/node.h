@@ -131,6 +131,9 @@ class NodeDaemon {
   // Ends the cgroup of job id's run, if it has one (mu_ held): cgroup.kill now, the
   // directory removed by the watcher once empty.
   void end_run_cgroup(int64_t id);
+  // After a dump of job id that failed or was killed: thaws its run's cgroup if the dump
+  // left it frozen (without mu_; waits up to 2 s for the network lock's guardian).
+  void thaw_after_failed_dump(int64_t id);
   void remove_ended_cgroups();                          // the watcher's part of end_run_cgroup
   void remember_stale(int64_t id, int64_t generation);  // mu_ held
   void log_lease();  // heartbeat thread: logs when the guard froze the jobs
