@@ -351,10 +351,14 @@ TEST_F(ControllerTest, RequeueStartsTheJobAgainFromScratch) {
   // The controller asks the node to stop it (SIGTERM, then SIGKILL after KillWait).
   for (int i = 0; i < 250 && node->of("/v1/node/signal").empty(); ++i)
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  // A requeue that came while the launch's answer was still on its way is signalled
+  // again once the start is confirmed (LaunchInFlight.*): one SIGTERM, or two.
   auto sig = node->of("/v1/node/signal");
-  ASSERT_EQ(sig.size(), 1u);
-  EXPECT_EQ(sig[0].body["signal"], 15);
-  EXPECT_GT(sig[0].body["kill_wait"].get<int>(), 0);
+  ASSERT_GE(sig.size(), 1u);
+  for (const auto& s : sig) {
+    EXPECT_EQ(s.body["signal"], 15);
+    EXPECT_GT(s.body["kill_wait"].get<int>(), 0);
+  }
   std::this_thread::sleep_for(std::chrono::milliseconds(50));  // a later start time
   ended(id, 128 + 15);
   json j = wait_job(id, [&](const json& x) {
