@@ -6,7 +6,6 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include <charconv>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -24,10 +23,12 @@ namespace fs = std::filesystem;
 
 // The host pid of `pid`'s parent ("PPid:" of /proc/PID/status); 0 if unknown.
 pid_t parent_of(pid_t pid) {
-  std::ifstream in(fmt::format("/proc/{}/status", pid));
-  for (std::string line; std::getline(in, line);)
-    if (line.rfind("PPid:", 0) == 0) return static_cast<pid_t>(std::atol(line.c_str() + 5));
-  return 0;
+  try {
+    const auto ids = parse_ints(read_status(pid)["PPid"]);
+    return ids.empty() ? 0 : static_cast<pid_t>(ids[0]);
+  } catch (const Error&) {
+    return 0;
+  }
 }
 
 // `rel` (a cgroup path, "/a/b") opened below the directory `base` without following a

@@ -84,25 +84,46 @@ std::unique_ptr<FrozenTree> freeze_job(pid_t pid, std::chrono::steady_clock::tim
   }
 }
 
-DumpStats pre_dump(const DumpOptions& o) {
-  check_job_root(o.pid);
+namespace {
+
+// The signed image writer of a dump or pre-dump into o.dir. An existing directory or
+// an unwritable location fails here, before the job is touched.
+std::unique_ptr<ImageWriter> create_image(const DumpOptions& o) {
   std::error_code ec;
   if (std::filesystem::exists(o.dir, ec))
     fail_usage("image directory {} already exists", o.dir.string());
-  auto t0 = std::chrono::steady_clock::now();
   auto img = ImageWriter::create(o.dir, o.compress_level, o.direct_io);
   img->sign_with(load_or_create_image_key(image_key_path(o.key_file)));
+  return img;
+}
+
+// DumpStats::phases_ms: each phase timed from the end of the one before, the first from
+// `start` (when the job was frozen).
+class PhaseLog {
+ public:
+  PhaseLog(DumpStats& st, std::chrono::steady_clock::time_point start) : st_(st), lap_(start) {}
+  void operator()(const char* name) {
+    auto now = std::chrono::steady_clock::now();
+    st_.phases_ms.emplace_back(name, std::chrono::duration<double, std::milli>(now - lap_).count());
+    lap_ = now;
+  }
+
+ private:
+  DumpStats& st_;
+  std::chrono::steady_clock::time_point lap_;
+};
+
+}  // namespace
+
+DumpStats pre_dump(const DumpOptions& o) {
+  check_job_root(o.pid);
+  auto t0 = std::chrono::steady_clock::now();
+  auto img = create_image(o);
   img->set_eager_writeback(false);
   DumpStats st;
   auto t_freeze = std::chrono::steady_clock::now();
-  auto lap = t_freeze;
-  auto phase = [&](const char* name) {
-    auto now = std::chrono::steady_clock::now();
-    st.phases_ms.emplace_back(name, std::chrono::duration<double, std::milli>(now - lap).count());
-    lap = now;
-  };
   std::unique_ptr<FrozenTree> frozen = freeze_job(o.pid, t_freeze);
-  lap = t_freeze;
+  PhaseLog phase(st, t_freeze);
   auto& procs = frozen->processes();
   Manifest m;
   m.image_id = random_id();
@@ -142,13 +163,9 @@ DumpStats dump(const DumpOptions& o) {
   check_job_root(o.pid);
   if (o.track_mem && !o.leave_running)
     fail_usage("--track-mem needs --leave-running (a killed job is not tracked)");
-  std::error_code ec;
-  if (std::filesystem::exists(o.dir, ec))
-    fail_usage("image directory {} already exists", o.dir.string());
   auto t0 = std::chrono::steady_clock::now();
   // The writer first: an unwritable location fails before the job is touched.
-  auto img = ImageWriter::create(o.dir, o.compress_level, o.direct_io);
-  img->sign_with(load_or_create_image_key(image_key_path(o.key_file)));
+  auto img = create_image(o);
   // A job to be killed stays frozen until its image is durable: overlap the disk
   // writes with the dump. One to be thawed first must not wait for the disk.
   img->set_eager_writeback(!o.leave_running);
@@ -164,14 +181,8 @@ DumpStats dump(const DumpOptions& o) {
 
   DumpStats st;
   auto t_freeze = std::chrono::steady_clock::now();
-  auto lap = t_freeze;
-  auto phase = [&](const char* name) {
-    auto now = std::chrono::steady_clock::now();
-    st.phases_ms.emplace_back(name, std::chrono::duration<double, std::milli>(now - lap).count());
-    lap = now;
-  };
   std::unique_ptr<FrozenTree> frozen = freeze_job(o.pid, t_freeze);
-  lap = t_freeze;
+  PhaseLog phase(st, t_freeze);
   FrozenTree& tree = *frozen;
   phase("seize");
   // The job's locks cannot change while it is frozen: /proc/locks is read meanwhile.

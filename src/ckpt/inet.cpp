@@ -825,7 +825,6 @@ struct InetRepair::Held {
   std::unique_ptr<NetLock> lock;  // every TCP socket of the job, from before it is read
   // The job's cgroup, frozen while a socket is in repair mode (cgroup_freeze.h).
   JobFreezer freezer;
-  bool freezer_checked = false;
   bool has_connections = false;  // a connection was dumped (in repair mode a moment)
   bool for_kill = false;         // in repair mode again, for the kill (keep_for_kill)
   bool done = false;
@@ -904,12 +903,13 @@ void dump_inet(std::span<DumpProcess> procs, Manifest& m, InetRepair& repair) {
       UniqueFd mine = grab_fd(p.host_pid, f.fd, who_of(p, f));
       refuse_socket_filter(mine.get(), who_of(p, f));
       if (int_opt(mine.get(), SOL_SOCKET, SO_TYPE) == SOCK_STREAM) {
-        if (!repair.held_->lock)
+        const bool first = !repair.held_->lock;
+        if (first)
           repair.held_->lock = std::make_unique<NetLock>(procs[0].host_pid, repair.hold_s_);
         repair.held_->lock->add(mine.get(), who_of(p, f));
         m.netlock = repair.held_->lock->name();
-        if (!repair.held_->freezer_checked) {
-          repair.held_->freezer_checked = true;
+        // The freezer's file goes to the guardian the first add() started.
+        if (first) {
           repair.held_->freezer = JobFreezer::for_job(procs);
           if (repair.held_->freezer.usable())
             repair.held_->lock->set_thaw(repair.held_->freezer.file(), who_of(p, f));
