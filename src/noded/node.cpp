@@ -681,18 +681,8 @@ nlohmann::json NodeDaemon::checkpoint(const proto::Request& r) {
                                 "--dir",     dir,    "--json"};
   if (leave) argv.push_back("--leave-running");
   if (q.track_mem) argv.push_back("--track-mem");
-  if (!q.parent.empty()) {
-    // Incremental on an earlier checkpoint of the same job, which lives beside it (the
-    // image names its parent by that relative name: docs/incremental.md).
-    if (fs::path(q.parent).parent_path() != parent) {
-      std::lock_guard l(mu_);
-      ops_.erase(id);
-      if (auto it = jobs_.find(id); it != jobs_.end()) it->second.vacating = false;
-      throw RpcError(400, fmt::format("checkpoint of job {}: parent image {} is not beside {}", id,
-                                      q.parent, dir));
-    }
-    argv.insert(argv.end(), {"--parent", q.parent});
-  }
+  // Incremental on an earlier checkpoint of the same job, beside it (decode_checkpoint).
+  if (!q.parent.empty()) argv.insert(argv.end(), {"--parent", q.parent});
   // CRIU_PreDump: the memory is copied while the job runs; the dump in the freeze then
   // stores only what changed since. A failed pre-dump costs only its time: the dump is
   // then full.

@@ -1,5 +1,7 @@
 #include "proto/node_requests.h"
 
+#include <filesystem>
+
 #include <fmt/format.h>
 
 #include "proto/json_number.h"
@@ -106,6 +108,12 @@ void from_json(const json& j, CheckpointRequest& r) {
                    fmt::format("checkpoint: pre_dump_delay {} is out of range", r.pre_dump_delay));
   if (r.pre_dump_delay >= 0 && !r.parent.empty())
     throw RpcError(400, "checkpoint: a pre-dump and a parent image are exclusive");
+  // The image names its parent by a name relative to its own directory
+  // (docs/incremental.md): an earlier checkpoint of the same job, beside it.
+  if (!r.parent.empty() &&
+      std::filesystem::path(r.parent).parent_path() != std::filesystem::path(r.dir).parent_path())
+    throw RpcError(400,
+                   fmt::format("checkpoint: parent image {} is not beside {}", r.parent, r.dir));
 }
 
 void to_json(json& j, const SignalRequest& r) {

@@ -57,7 +57,7 @@ struct CheckpointRequest {
   int timeout = 0;            // seconds
   // An earlier image of the job (its directory): the dump stores only the pages written
   // since it (`fsched-ckpt dump --parent`), or a full image when the job's tracking does
-  // not go back to it. "" for a full image.
+  // not go back to it. "" for a full image. Must be in the same directory as `dir`.
   std::string parent;
   // Track the job's written pages from this dump on, for the next incremental
   // (`--track-mem`). Only with leave_running.

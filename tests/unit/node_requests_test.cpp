@@ -112,6 +112,18 @@ TEST(NodeRequests, BadFieldsAre400) {
             }),
             400)
       << "no dir";
+  // A parent image must lie beside the new one; it excludes a pre-dump; tracking needs
+  // the job to run on.
+  for (const json& bad :
+       {json{{"job_id", 1}, {"dir", "/c/1/2"}, {"parent", "/c/9/1"}},
+        json{{"job_id", 1}, {"dir", "/c/1/2"}, {"parent", "/c/1/1"}, {"pre_dump_delay", 0}},
+        json{{"job_id", 1}, {"dir", "/c/1/2"}, {"leave_running", false}, {"track_mem", true}}})
+    EXPECT_EQ(status_of([&] { fsched::noded::decode_checkpoint(bad, 600); }), 400) << bad.dump();
+  auto ok = fsched::noded::decode_checkpoint(
+      json{{"job_id", 1}, {"dir", "/c/1/2"}, {"parent", "/c/1/1"}, {"track_mem", true}}, 600);
+  EXPECT_EQ(ok.parent, "/c/1/1");
+  EXPECT_TRUE(ok.track_mem);
+  EXPECT_EQ(ok.pre_dump_delay, -1);
 }
 
 TEST(NodeRequests, CheckpointAndSignalDefaults) {
