@@ -11,8 +11,8 @@ import json
 import os
 import signal
 
-from ckpt_e2e import E2E, JobSpec, kill_job_processes
-from test_ipc import ProgressJob, manifest
+from ckpt_e2e import E2E, Job, JobSpec, kill_job_processes
+from test_ipc import manifest
 
 # A python3 job that rewrites a little of its 48 MiB heap buffer and of a private
 # anonymous mapping each step, grows the buffer every 10th step, maps and unmaps a
@@ -62,7 +62,7 @@ def _spec(name: str) -> JobSpec:
                    inputs=("job.py",), progress=("lines", "stdout"), timeout=180)
 
 
-def _chain(e2e: E2E, job: ProgressJob, ref, name: str, links: int) -> list[Path]:
+def _chain(e2e: E2E, job: Job, ref, name: str, links: int) -> list[Path]:
     """Dumps the running job `links` times, leaving it running: a full image with
     --track-mem, then incrementals on the one before. Returns the image directories."""
     images = []
@@ -93,8 +93,7 @@ def test_incremental_chain_of_ten(e2e: E2E):
     spec = _spec("incr_chain")
     ref = e2e.reference(spec)
     assert ref.status == 0 and ref.snap["stdout"].text.endswith(f"done {STEPS}\n")
-    job = ProgressJob(e2e, spec, None)
-    job.prepare()
+    job = e2e.job(spec)
     job.start_detached()
     try:
         images = _chain(e2e, job, ref, spec.name, 10)
@@ -125,8 +124,7 @@ def test_incremental_chain_of_ten(e2e: E2E):
 def test_damaged_link_fails_the_restore_before_any_process(e2e: E2E):
     spec = _spec("incr_damaged")
     ref = e2e.reference(spec)
-    job = ProgressJob(e2e, spec, None)
-    job.prepare()
+    job = e2e.job(spec)
     job.start_detached()
     try:
         images = _chain(e2e, job, ref, spec.name, 5)
@@ -155,8 +153,7 @@ def test_pre_dump_then_dump(e2e: E2E):
     what changed and restores byte-identical."""
     spec = _spec("incr_predump")
     ref = e2e.reference(spec)
-    job = ProgressJob(e2e, spec, None)
-    job.prepare()
+    job = e2e.job(spec)
     job.start_detached()
     try:
         job.wait_progress(ref, 0.3)
@@ -247,8 +244,7 @@ def test_incremental_chain_two_processes_shared_memory_threads(e2e: E2E):
                    inputs=("job.py",), progress=("lines", "stdout"), timeout=180)
     ref = e2e.reference(spec)
     assert ref.status == 0 and ref.snap["stdout"].text.endswith(f"done {STEPS}\n"), ref.snap["stdout"].text[-300:]
-    job = ProgressJob(e2e, spec, None)
-    job.prepare()
+    job = e2e.job(spec)
     job.start_detached()
     try:
         images = _chain(e2e, job, ref, spec.name, 10)

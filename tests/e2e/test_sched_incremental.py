@@ -23,6 +23,14 @@ def reference(e2e: E2E, test_user) -> dict[str, bytes]:
     return run_reference(e2e, test_user, "reference-incremental")
 
 
+def checkpoint_after(c: Cluster, d: Path, jid: int, user: str, steps: int, action: str = "create"):
+    """Waits until the job in `d` has made `steps` more steps, then `scontrol checkpoint
+    ACTION` as `user`."""
+    at = progress(d, jid)
+    c.wait_for(lambda: progress(d, jid) >= at + steps, 60, "progress")
+    c.cmd("scontrol", "checkpoint", action, jid, user=user)
+
+
 def on_disk(c: Cluster, jid: int) -> set[int]:
     """The checkpoint ids whose image directory exists (no DIR.tmp left either)."""
     d = c.ckpt_dir / str(jid)
@@ -50,9 +58,7 @@ def test_incremental_chain_retention_and_restarts(e2e: E2E, build_dir: Path, tes
         c.wait_state(jid, "RUNNING")
         c.wait_for(lambda: progress(d, jid) >= 3, 60, "progress")
         for n in range(1, 9):
-            at = progress(d, jid)
-            c.wait_for(lambda: progress(d, jid) >= at + 2, 60, "progress")
-            c.cmd("scontrol", "checkpoint", "create", jid, user=test_user)
+            checkpoint_after(c, d, jid, test_user, 2)
             x = c.checkpoints(jid)[-1]
             assert x["checkpoint_id"] == n and x["status"] == "Present", x
             # FullEvery = 3: full, incremental, incremental, full, ...
@@ -87,9 +93,7 @@ def test_incremental_chain_retention_and_restarts(e2e: E2E, build_dir: Path, tes
         c.wait_state(jid, "RUNNING", timeout=60)
 
         # The restored run's first checkpoint is full: tracking starts anew with a run.
-        at = progress(d, jid)
-        c.wait_for(lambda: progress(d, jid) >= at + 3, 60, "progress after the restart")
-        c.cmd("scontrol", "checkpoint", "vacate", jid, user=test_user)
+        checkpoint_after(c, d, jid, test_user, 3, "vacate")
         c.wait_state(jid, "PENDING", timeout=30)
         f = c.checkpoints(jid)[-1]
         assert f["checkpoint_id"] == 10 and f["kind"] == "full" and f["parent_id"] == 0, f
@@ -115,12 +119,8 @@ def test_damaged_link_falls_back_to_a_chain_that_verifies(e2e: E2E, build_dir: P
         jid = c.sbatch("job.sh", STEPS, DELAY, user=test_user, cwd=d)
         c.wait_state(jid, "RUNNING")
         for n in range(1, 5):
-            at = progress(d, jid)
-            c.wait_for(lambda: progress(d, jid) >= at + 2, 60, "progress")
-            c.cmd("scontrol", "checkpoint", "create", jid, user=test_user)
-        at = progress(d, jid)
-        c.wait_for(lambda: progress(d, jid) >= at + 2, 60, "progress")
-        c.cmd("scontrol", "checkpoint", "vacate", jid, user=test_user)
+            checkpoint_after(c, d, jid, test_user, 2)
+        checkpoint_after(c, d, jid, test_user, 2, "vacate")
         c.wait_state(jid, "PENDING", timeout=30)
         cks = c.checkpoints(jid)
         assert [x["kind"] for x in cks] == ["full"] + ["incremental"] * 4, cks
@@ -160,9 +160,7 @@ def test_pre_dump_with_delay(e2e: E2E, build_dir: Path, test_user, reference):
         jid = c.sbatch("job.sh", STEPS, DELAY, user=test_user, cwd=d)
         c.wait_state(jid, "RUNNING")
         for n in (1, 2):
-            at = progress(d, jid)
-            c.wait_for(lambda: progress(d, jid) >= at + 3, 60, "progress")
-            c.cmd("scontrol", "checkpoint", "create", jid, user=test_user)
+            checkpoint_after(c, d, jid, test_user, 3)
             x = c.checkpoints(jid)[-1]
             assert x["status"] == "Present" and x["kind"] == "pre-dump" and x["parent_id"] == 0, x
             assert x["duration"] >= 1.0, "the delay is part of the checkpoint"
@@ -199,12 +197,8 @@ def test_incremental_with_pre_dump(e2e: E2E, build_dir: Path, test_user, referen
         jid = c.sbatch("job.sh", STEPS, DELAY, user=test_user, cwd=d)
         c.wait_state(jid, "RUNNING")
         for n in (1, 2, 3):
-            at = progress(d, jid)
-            c.wait_for(lambda: progress(d, jid) >= at + 2, 60, "progress")
-            c.cmd("scontrol", "checkpoint", "create", jid, user=test_user)
-        at = progress(d, jid)
-        c.wait_for(lambda: progress(d, jid) >= at + 2, 60, "progress")
-        c.cmd("scontrol", "checkpoint", "vacate", jid, user=test_user)
+            checkpoint_after(c, d, jid, test_user, 2)
+        checkpoint_after(c, d, jid, test_user, 2, "vacate")
         c.wait_state(jid, "PENDING", timeout=60)
         cks = c.checkpoints(jid)
         assert [(x["kind"], x["parent_id"]) for x in cks] == \
