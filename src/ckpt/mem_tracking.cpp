@@ -163,13 +163,15 @@ void JobTracking::prepare(std::span<DumpProcess> procs) {
 
 std::optional<std::vector<PageStates>> JobTracking::reset_scan(const DumpProcess& p,
                                                                std::uint64_t start,
-                                                               std::uint64_t end) {
+                                                               std::uint64_t end,
+                                                               bool report_file) {
   for (Live& l : live_) {
     if (l.pid != p.rec.pid) continue;
     for (auto [s, e] : l.tracked)
       if (s <= start && end <= e)
         return scan_pages(l.pagemap.get(), start, end, true,
-                          fmt::format("process {} (pid {} in the job)", p.host_pid, p.rec.pid));
+                          fmt::format("process {} (pid {} in the job)", p.host_pid, p.rec.pid),
+                          report_file);
   }
   return std::nullopt;
 }

@@ -70,9 +70,10 @@ class JobTracking {
 
   // The states of the pages of [start, end) of process `pid` (in the job) since the
   // last reset, resetting them; nullopt when that process or range is not tracked.
-  // Throws Error naming the process.
+  // PageStates::file is looked for with `report_file` (a private file mapping). Throws
+  // Error naming the process.
   std::optional<std::vector<PageStates>> reset_scan(const DumpProcess& p, std::uint64_t start,
-                                                    std::uint64_t end);
+                                                    std::uint64_t end, bool report_file);
 
   // Resets every tracked range (a pre-dump, before it thaws the job and reads the
   // pages of the running job). Throws Error naming the process.

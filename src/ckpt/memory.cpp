@@ -245,19 +245,15 @@ std::uint64_t dump_pages_impl(DumpProcess& p, ImageWriter& img, JobTracking* tra
         v.kind == VmaKind::kAnon || v.kind == VmaKind::kHeap || v.kind == VmaKind::kStack;
     const std::uint64_t npages = (v.end - v.start) / kPage;
     std::set<std::uint64_t> unread;  // running: pages of a range unmapped meanwhile
-    // Of a tracked VMA: which pages were written since the last reset (which this
-    // read also is). Untracked: all of them.
-    std::vector<std::uint8_t> unwritten;
-    if (tracking)
-      if (auto states = tracking->reset_scan(p, v.start, v.end); states && incremental) {
-        unwritten.assign(npages, 0);
-        for (const PageStates& s : *states) {
-          if (s.written || !s.present) continue;
-          const std::uint64_t first = (s.start - v.start) / kPage, n = (s.end - s.start) / kPage;
-          std::fill_n(unwritten.begin() + static_cast<std::ptrdiff_t>(first), n, 1);
-          v.parent_runs.emplace_back(first, n);
-        }
-      }
+    // Of a tracked VMA: the state of each page since the last reset (which this scan
+    // also is), from one walk of its page table that also says which pages hold
+    // anything, so that pagemap need not be read.
+    std::optional<std::vector<PageStates>> states;
+    if (tracking) states = tracking->reset_scan(p, v.start, v.end, file);
+    if (states && incremental)
+      for (const PageStates& s : *states)
+        if (!s.written && s.present)
+          v.parent_runs.emplace_back((s.start - v.start) / kPage, (s.end - s.start) / kPage);
 
     // Reads the pages idx[k, k + n) of this VMA to dst.
     auto read_pages = [&](const std::vector<std::uint64_t>& idx, std::size_t k, std::size_t n,
@@ -325,22 +321,9 @@ std::uint64_t dump_pages_impl(DumpProcess& p, ImageWriter& img, JobTracking* tra
     };
 
     std::vector<std::uint64_t> idx;  // page index (within the VMA) of each page to store
-    for (std::uint64_t first = 0; first < npages; first += pm.size()) {
-      const std::uint64_t n = std::min<std::uint64_t>(pm.size(), npages - first);
-      const off_t off = static_cast<off_t>((v.start / kPage + first) * 8);
-      ssize_t got = ::pread(pagemap.get(), pm.data(), n * 8, off);
-      if (got != static_cast<ssize_t>(n * 8))
-        fail_errno("cannot read /proc/{}/pagemap at {:#x}", pid, v.start + first * kPage);
-      idx.clear();
-      for (std::uint64_t i = 0; i < n; ++i) {
-        std::uint64_t e = pm[i];
-        if (e & kPmGuardRegion) continue;  // no page: a guard marker (v.guards)
-        if (!unwritten.empty() && unwritten[first + i]) continue;  // the parent chain's
-        if ((e & kPmSwapped) || ((e & kPmPresent) && !(file && (e & kPmFileOrShared))))
-          idx.push_back(first + i);
-      }
-      // Read straight into the writer's chunk buffer: one copy of the job's memory
-      // fewer than reading into a buffer of our own.
+    // Stores the pages idx names, read straight into the writer's chunk buffer: one
+    // copy of the job's memory fewer than reading into a buffer of our own.
+    auto store = [&] {
       for (std::size_t k = 0; k < idx.size();) {
         auto space = img.append_space();
         std::size_t fit = std::min(space.size() / kPage, idx.size() - k);
@@ -359,6 +342,34 @@ std::uint64_t dump_pages_impl(DumpProcess& p, ImageWriter& img, JobTracking* tra
         stored += kept;
         k += fit;
       }
+      idx.clear();
+    };
+    // A page is stored when it is the job's own (not the mapped file's) and in memory
+    // or swapped out, unless the parent chain has it (not written since the last reset).
+    if (states) {
+      for (const PageStates& s : *states) {
+        if (s.guard || !s.present || (file && s.file) || (incremental && !s.written)) continue;
+        for (std::uint64_t a = s.start; a < s.end; a += kPage) {
+          idx.push_back((a - v.start) / kPage);
+          if (idx.size() == pm.size()) store();
+        }
+      }
+      store();
+      continue;
+    }
+    for (std::uint64_t first = 0; first < npages; first += pm.size()) {
+      const std::uint64_t n = std::min<std::uint64_t>(pm.size(), npages - first);
+      const off_t off = static_cast<off_t>((v.start / kPage + first) * 8);
+      ssize_t got = ::pread(pagemap.get(), pm.data(), n * 8, off);
+      if (got != static_cast<ssize_t>(n * 8))
+        fail_errno("cannot read /proc/{}/pagemap at {:#x}", pid, v.start + first * kPage);
+      for (std::uint64_t i = 0; i < n; ++i) {
+        std::uint64_t e = pm[i];
+        if (e & kPmGuardRegion) continue;  // no page: a guard marker (v.guards)
+        if ((e & kPmSwapped) || ((e & kPmPresent) && !(file && (e & kPmFileOrShared))))
+          idx.push_back(first + i);
+      }
+      store();
     }
   }
   return stored;

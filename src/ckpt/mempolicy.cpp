@@ -74,9 +74,12 @@ void dump_thread_mempolicy(pid_t pid, pid_t tid, Injector& inj, std::uint64_t sc
   t.mempolicy = get_policy(inj, pid, scratch, 0, 0, fmt::format("thread {}", tid));
 }
 
-void dump_vma_mempolicies(DumpProcess& p) {
-  if (!numa_kernel()) return;
-  std::istringstream in(read_file(fmt::format("/proc/{}/numa_maps", p.host_pid)));
+std::string read_numa_maps(pid_t pid) {
+  return numa_kernel() ? read_file(fmt::format("/proc/{}/numa_maps", pid)) : std::string();
+}
+
+void dump_vma_mempolicies(DumpProcess& p, const std::string& numa_maps) {
+  std::istringstream in(numa_maps);
   for (std::string line; std::getline(in, line);) {
     std::istringstream w(line);
     std::string addr, policy;

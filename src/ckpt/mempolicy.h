@@ -27,11 +27,16 @@ class Injector;
 // the thread when get_mempolicy fails.
 void dump_thread_mempolicy(pid_t pid, pid_t tid, Injector& inj, std::uint64_t scratch, Thread& t);
 
-// Dump, after the process's mappings are recorded (p.rec.vmas): fills Vma::mempolicy of
-// every mapping with a policy of its own. Throws Error naming the mapping when
-// get_mempolicy fails, UnsupportedError for a policy on a mapping the engine does not
-// record.
-void dump_vma_mempolicies(DumpProcess& p);
+// Dump: /proc/PID/numa_maps of process `pid` (frozen), "" on a kernel without NUMA.
+// Reading it walks the page table of every mapping (to count pages per node): a dump
+// reads it beside other work. Throws Error when it cannot be read.
+std::string read_numa_maps(pid_t pid);
+
+// Dump, after the process's mappings are recorded (p.rec.vmas), with `numa_maps` read
+// from it by read_numa_maps while it was frozen: fills Vma::mempolicy of every mapping
+// with a policy of its own. Throws Error naming the mapping when get_mempolicy fails,
+// UnsupportedError for a policy on a mapping the engine does not record.
+void dump_vma_mempolicies(DumpProcess& p, const std::string& numa_maps);
 
 // Restore: gives mapping v (just mapped in host process `pid`, through `inj`) its
 // policy by mbind(2) and reads it back. `what` names the mapping in errors; ImageError

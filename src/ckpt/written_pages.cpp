@@ -29,8 +29,10 @@ struct PmScanArg {
 };
 constexpr unsigned long kPagemapScan = _IOWR('f', 16, PmScanArg);
 constexpr std::uint64_t kPageIsWritten = 1 << 1;
+constexpr std::uint64_t kPageIsFile = 1 << 2;
 constexpr std::uint64_t kPageIsPresent = 1 << 3;
 constexpr std::uint64_t kPageIsSwapped = 1 << 4;
+constexpr std::uint64_t kPageIsGuard = 1 << 8;
 constexpr std::uint64_t kPmScanWpMatching = 1 << 0;
 constexpr std::uint64_t kPmScanCheckWpAsync = 1 << 1;
 
@@ -54,6 +56,20 @@ bool probe() {
   a.vec = reinterpret_cast<std::uint64_t>(&r);
   a.vec_len = 1;
   a.category_anyof_mask = a.return_mask = kPageIsWritten;
+  return ::ioctl(pm.get(), kPagemapScan, &a) >= 0;
+}
+
+// Whether PAGEMAP_SCAN knows PAGE_IS_GUARD: it refuses an unknown category (EINVAL).
+bool probe_guard() {
+  UniqueFd pm(::open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC));
+  if (!pm) return false;
+  PageRegion r{};
+  PmScanArg a{};
+  a.size = sizeof a;
+  a.start = a.end = 0x10000;
+  a.vec = reinterpret_cast<std::uint64_t>(&r);
+  a.vec_len = 1;
+  a.category_anyof_mask = a.return_mask = kPageIsGuard;
   return ::ioctl(pm.get(), kPagemapScan, &a) >= 0;
 }
 
@@ -85,15 +101,23 @@ bool track_range(int uffd, std::uint64_t start, std::uint64_t end, const std::st
 }
 
 std::vector<PageStates> scan_pages(int pagemap, std::uint64_t start, std::uint64_t end, bool reset,
-                                   const std::string& what) {
+                                   const std::string& what, bool report_file) {
   std::vector<PageStates> out;
-  auto add = [&](std::uint64_t s, std::uint64_t e, bool written, bool present) {
+  static const std::uint64_t guard_mask = probe_guard() ? kPageIsGuard : 0;
+  auto add = [&](std::uint64_t s, std::uint64_t e, std::uint64_t cat) {
     if (s >= e) return;
-    if (!out.empty() && out.back().end == s && out.back().written == written &&
-        out.back().present == present)
+    PageStates st{s,
+                  e,
+                  (cat & kPageIsWritten) != 0,
+                  (cat & (kPageIsPresent | kPageIsSwapped)) != 0,
+                  (cat & kPageIsFile) != 0,
+                  (cat & kPageIsGuard) != 0};
+    if (!out.empty() && out.back().end == s && out.back().written == st.written &&
+        out.back().present == st.present && out.back().file == st.file &&
+        out.back().guard == st.guard)
       out.back().end = e;
     else
-      out.push_back({s, e, written, present});
+      out.push_back(st);
   };
   std::vector<PageRegion> vec(kRegionsPerCall);
   std::uint64_t at = start;
@@ -108,19 +132,19 @@ std::vector<PageStates> scan_pages(int pagemap, std::uint64_t start, std::uint64
     a.vec = reinterpret_cast<std::uint64_t>(vec.data());
     a.vec_len = vec.size();
     a.category_anyof_mask = kPageIsWritten | kPageIsPresent | kPageIsSwapped;
-    a.return_mask = kPageIsWritten | kPageIsPresent | kPageIsSwapped;
+    a.return_mask = kPageIsWritten | kPageIsPresent | kPageIsSwapped | guard_mask |
+                    (report_file ? kPageIsFile : 0);
     long n = ::ioctl(pagemap, kPagemapScan, &a);
     if (n < 0) fail_errno("{}: PAGEMAP_SCAN {:#x}-{:#x}", what, at, end);
     const std::uint64_t stop = std::min(a.walk_end ? a.walk_end : end, end);
     std::uint64_t cur = at;
     for (long i = 0; i < n; ++i) {
       const PageRegion& r = vec[static_cast<std::size_t>(i)];
-      add(cur, r.start, false, false);  // no category: a hole untouched since the reset
-      add(r.start, r.end, (r.categories & kPageIsWritten) != 0,
-          (r.categories & (kPageIsPresent | kPageIsSwapped)) != 0);
+      add(cur, r.start, 0);  // no category: a hole untouched since the reset
+      add(r.start, r.end, r.categories);
       cur = r.end;
     }
-    add(cur, stop, false, false);
+    add(cur, stop, 0);
     if (stop <= at) fail("{}: PAGEMAP_SCAN made no progress at {:#x}", what, at);
     at = stop;
   }

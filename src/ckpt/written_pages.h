@@ -54,20 +54,26 @@ bool track_range(int uffd, std::uint64_t start, std::uint64_t end, const std::st
 // A page that is not written holds what it held at the last reset, whatever that was
 // (a hole then is a hole still: the reset left a marker in its page table entry, which
 // PAGEMAP_SCAN counts as swapped, so `present` is set for it too).
+// `file` and `guard` tell a dump which pages hold nothing of the job's own: what
+// /proc/PID/pagemap would report as PM_FILE and PM_GUARD_REGION, from the same walk.
 struct PageStates {
   std::uint64_t start = 0, end = 0;  // [start, end), bytes, page aligned
   bool written = false;              // written since the last reset (or not tracked)
   bool present = false;  // in memory, swapped out, or a hole protected by the last reset
+  bool file = false;     // a page of the mapped file or shared object (PAGE_IS_FILE)
+  bool guard = false;    // a guard marker (MADV_GUARD_INSTALL; PAGE_IS_GUARD)
 };
 
 // The state of every page in [start, end) of the process whose /proc/PID/pagemap is
 // `pagemap`, in address order, with no gaps (a page that is neither written nor
 // present is reported as such). With `reset`, the written pages are write-protected
 // again in the same walk (PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC), so the next
-// scan reports only what was written after this one. Scans in as many calls as the
+// scan reports only what was written after this one. `file` is looked for only with
+// `report_file` (it costs a lookup per page); `guard` only on a kernel that has
+// PAGE_IS_GUARD (6.14; guard markers came with 6.13). Scans in as many calls as the
 // kernel needs (it stops at a full result vector: walk_end). Throws Error naming
 // `what` and the address on an ioctl failure.
 std::vector<PageStates> scan_pages(int pagemap, std::uint64_t start, std::uint64_t end, bool reset,
-                                   const std::string& what);
+                                   const std::string& what, bool report_file = false);
 
 }  // namespace fsched::ckpt

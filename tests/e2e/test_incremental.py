@@ -9,6 +9,7 @@ from pathlib import Path
 
 import json
 import os
+import random
 import signal
 
 from ckpt_e2e import E2E, Job, JobSpec, kill_job_processes
@@ -16,9 +17,11 @@ from test_ipc import manifest
 
 # A python3 job that rewrites a little of its 48 MiB heap buffer and of a private
 # anonymous mapping each step, grows the buffer every 10th step, maps and unmaps a
-# region and moves another with mremap (ctypes), and prints digests of all of it.
+# region and moves another with mremap (ctypes), writes to a private mapping of a
+# file (whose other pages stay the file's) and around guard pages (MADV_GUARD_INSTALL),
+# and prints digests of all of it.
 JOB_PY = r'''
-import ctypes, hashlib, mmap, random, sys, time
+import ctypes, hashlib, mmap, os, random, sys, time
 libc = ctypes.CDLL(None, use_errno=True)
 libc.mmap.restype = ctypes.c_void_p
 libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
@@ -31,8 +34,21 @@ buf = bytearray(rnd.randbytes(48 << 20))
 N = 4 << 20
 moved = libc.mmap(None, N, PROT, PRIV, -1, 0)
 ctypes.memmove(moved, rnd.randbytes(N), N)
+libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+fd = os.open(sys.argv[2], os.O_RDONLY)
+FL = os.fstat(fd).st_size
+fmap = libc.mmap(None, FL, PROT, mmap.MAP_PRIVATE, fd, 0)
+os.close(fd)
+G, P = 16 * 4096, 4096
+gmap = libc.mmap(None, G, PROT, PRIV, -1, 0)
+ctypes.memmove(gmap, rnd.randbytes(G), G)
+assert libc.madvise(gmap + 4 * P, 3 * P, 102) == 0, ctypes.get_errno()  # MADV_GUARD_INSTALL
 steps = int(sys.argv[1])
 for i in range(steps):
+    ctypes.memmove(fmap + rnd.randrange(FL - 64), rnd.randbytes(64), 64)
+    gpage = rnd.choice([0, 1, 2, 3, 7, 8, 9, 10, 11, 12, 13, 14, 15])
+    ctypes.memmove(gmap + gpage * P + rnd.randrange(P - 64), rnd.randbytes(64), 64)
+    gd = hashlib.sha256(ctypes.string_at(gmap, 4 * P) + ctypes.string_at(gmap + 7 * P, 9 * P))
     for k in range(20):
         off = rnd.randrange(len(buf) - 4096)
         buf[off:off + 100] = rnd.randbytes(100)
@@ -48,7 +64,9 @@ for i in range(steps):
     d = hashlib.sha256(ctypes.string_at(tmp, 1 << 20)).hexdigest()[:8]
     libc.munmap(tmp, 1 << 20)
     print(i, hashlib.sha256(buf).hexdigest()[:16],
-          hashlib.sha256(ctypes.string_at(moved, N)).hexdigest()[:16], d, flush=True)
+          hashlib.sha256(ctypes.string_at(moved, N)).hexdigest()[:16], d,
+          hashlib.sha256(ctypes.string_at(fmap, FL)).hexdigest()[:16], gd.hexdigest()[:8],
+          flush=True)
     time.sleep(0.04)
 print("done", steps, flush=True)
 '''
@@ -56,10 +74,16 @@ print("done", steps, flush=True)
 STEPS = 140
 
 
+def _setup(work: Path) -> None:
+    (work / "job.py").write_text(JOB_PY)
+    (work / "data.bin").write_bytes(random.Random(11).randbytes(1 << 20))
+
+
 def _spec(name: str) -> JobSpec:
-    return JobSpec(name=name, argv=["/usr/bin/python3", "{work}/job.py", str(STEPS)],
-                   setup=lambda work: (work / "job.py").write_text(JOB_PY),
-                   inputs=("job.py",), progress=("lines", "stdout"), timeout=180)
+    return JobSpec(name=name,
+                   argv=["/usr/bin/python3", "{work}/job.py", str(STEPS), "{work}/data.bin"],
+                   setup=_setup, inputs=("job.py", "data.bin"), progress=("lines", "stdout"),
+                   timeout=180)
 
 
 def _chain(e2e: E2E, job: Job, ref, name: str, links: int) -> list[Path]:
@@ -83,6 +107,14 @@ def _chain(e2e: E2E, job: Job, ref, name: str, links: int) -> list[Path]:
             parent_pages = sum(c for p in m["processes"] for v in p["vmas"]
                                for _, c in v.get("parent_runs", []))
             assert parent_pages * 4096 > 40 << 20, parent_pages
+        # The private mapping of data.bin: the pages the job wrote (since the parent)
+        # are stored, the file's own are not; the guard pages are recorded.
+        vmas = [v for p in m["processes"] for v in p["vmas"]]
+        data = [v for v in vmas if v.get("path", "").endswith("/data.bin")]
+        assert len(data) == 1, [v.get("path") for v in vmas]
+        written = sum(c for _, c in data[0].get("runs", []))
+        assert 1 <= written < 64, data[0]
+        assert [[4, 3]] in [v.get("guards") for v in vmas], "no guard pages recorded"
         if i == 0:
             first = st
         images.append(image)
