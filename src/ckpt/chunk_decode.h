@@ -3,7 +3,7 @@
 // the page reader, and the ordered claiming of chunks by several threads.
 #pragma once
 
-#include <xxhash.h>
+#include "ckpt/xxh3.h"
 #include <zstd.h>
 
 #include <atomic>

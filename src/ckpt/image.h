@@ -89,12 +89,12 @@ namespace fsched::ckpt {
 // pid in those credentials of a maker that had exited (a format-7 engine would make
 // the socket as init). 9: incremental images (Manifest::image_id, kind, parent;
 // Vma::parent_runs): a format-8 engine would restore one without its parent's pages.
-// A build reads formats
+// 10: a mapping's runs as a string (PageRuns, manifest.h). A build reads formats
 // kOldestImageFormat..kImageFormatVersion (an older image lacks only state that did not
 // exist then; its fields take their defaults); another is refused with an ImageError
 // naming both. Rule: a new manifest field that an engine of the same format would
 // ignore while restoring means a new format.
-inline constexpr int kImageFormatVersion = 9;
+inline constexpr int kImageFormatVersion = 10;
 inline constexpr int kOldestImageFormat = 3;
 // Alignment of chunk offsets in pages.img, in bytes (the O_DIRECT block size of the
 // file systems we write to; see open(2), O_DIRECT).

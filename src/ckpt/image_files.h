@@ -4,7 +4,7 @@
 #pragma once
 
 #include <unistd.h>
-#include <xxhash.h>
+#include "ckpt/xxh3.h"
 #include <zstd.h>
 
 #include <cerrno>

@@ -3,7 +3,7 @@
 // kVerifyThreads threads and hashed in place in the mapped file where resident; errors
 // are collected by chunk index so that the first bad chunk is reported whatever the
 // thread timing. Reading the page stream is page_reader.cpp's.
-#include <xxhash.h>
+#include "ckpt/xxh3.h"
 
 #include <algorithm>
 #include <memory>

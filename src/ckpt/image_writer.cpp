@@ -10,7 +10,7 @@
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include <xxhash.h>
+#include "ckpt/xxh3.h"
 #include <zstd.h>
 
 #include <algorithm>

@@ -38,6 +38,22 @@ struct MemPolicy {
   bool operator==(const MemPolicy&) const = default;
 };
 
+// Runs of pages of a mapping, {first page index within the VMA, count}, in increasing
+// order. In the manifest (format 10) a string: base64 (RFC 4648, padded) of unsigned
+// LEB128 numbers, two per run: its first page minus the end of the run before (0
+// before the first run), and its count. An incremental image of a job that writes a
+// page here and there holds tens of thousands of runs: as [first, count] arrays they
+// made its manifest ~2 MiB, whose parse was most of a chain restore's checking time.
+// Formats 3 to 9 wrote arrays, which are still read (and written for runs out of
+// order, which no dump makes). A std::vector by inheritance, for its JSON form alone.
+struct PageRuns : std::vector<std::pair<std::uint64_t, std::uint64_t>> {
+  using vector::vector;
+};
+// Throws nlohmann::json::type_error for a malformed string (bad base64, a number
+// longer than 64 bits, an odd count of numbers, a run past 2^64).
+void to_json(nlohmann::json& j, const PageRuns& r);
+void from_json(const nlohmann::json& j, PageRuns& r);
+
 // One virtual memory area, as /proc/PID/maps and smaps show it.
 struct Vma {
   std::uint64_t start = 0, end = 0;  // [start, end) virtual addresses, page aligned
@@ -58,11 +74,11 @@ struct Vma {
   // Process::vmflags_all hold only gd, dc, hg, nh, dd.
   std::vector<std::string> vmflags;
   // Runs of pages stored in the page stream: {first page index within the VMA, count}.
-  std::vector<std::pair<std::uint64_t, std::uint64_t>> runs;
+  PageRuns runs;
   // Of an incremental image (Manifest::parent): runs of pages not written since the
   // parent image, which the restore takes from the parent chain at the same address
   // (zero where no link has data). Pages in neither list are zero.
-  std::vector<std::pair<std::uint64_t, std::uint64_t>> parent_runs;
+  PageRuns parent_runs;
   // Guard regions (madvise(2) MADV_GUARD_INSTALL; madvise.h): {first page, count}.
   std::vector<std::pair<std::uint64_t, std::uint64_t>> guards;
   // A flock(2) lock held through the open file description of this file mapping alone

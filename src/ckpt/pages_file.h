@@ -2,7 +2,7 @@
 // (image_reader.cpp) and the page reader (page_reader.cpp).
 #pragma once
 
-#include <xxhash.h>
+#include "ckpt/xxh3.h"
 
 #include <cstddef>
 #include <cstdint>

@@ -11,6 +11,7 @@ every output file) that later runs are compared against.
 """
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
 import json
@@ -28,6 +29,44 @@ POLL = 0.02
 
 
 # --------------------------------------------------------------------------- processes
+
+def page_runs(value) -> list[list[int]]:
+    """A mapping's runs ("runs", "parent_runs") as [first page, count] pairs: the manifest
+    holds a base64 string of LEB128 numbers, two per run, the first relative to the end
+    of the run before (format 10, PageRuns in src/ckpt/manifest.h), or, before, arrays."""
+    if isinstance(value, list):
+        return [list(r) for r in value]
+    data, nums, at = base64.b64decode(value, validate=True), [], 0
+    while at < len(data):
+        v = shift = 0
+        while True:
+            b = data[at]
+            at += 1
+            v |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                break
+        nums.append(v)
+    runs, end = [], 0
+    for gap, count in zip(nums[::2], nums[1::2]):
+        runs.append([end + gap, count])
+        end += gap + count
+    return runs
+
+
+def encode_page_runs(runs: list[list[int]]) -> str:
+    """The manifest's form of `runs` (in increasing order), as page_runs reads it."""
+    out, end = bytearray(), 0
+    for first, count in runs:
+        for v in (first - end, count):
+            while True:
+                out.append((v & 0x7F) | (0x80 if v > 0x7F else 0))
+                v >>= 7
+                if not v:
+                    break
+        end = first + count
+    return base64.b64encode(bytes(out)).decode()
+
 
 def proc_state(pid: int) -> Optional[str]:
     """The one-letter state of a process, or None if it does not exist."""

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 import specs
-from ckpt_e2e import (E2E, Job, alive, assert_running_free, job_processes, single_error_line,
-                      watch)
+from ckpt_e2e import (E2E, Job, alive, assert_running_free, encode_page_runs, job_processes,
+                      page_runs, single_error_line, watch)
 
 
 def scratch(e2e: E2E, name: str) -> Path:
@@ -301,7 +301,7 @@ def _resign(image: Path):
 
 SEMANTIC_EDITS = {
     # A page run past the end of its mapping: the restore would write outside it.
-    "run_past_mapping": lambda m: next(v for p in m["processes"] for v in p["vmas"] if v["runs"])["runs"].append([1 << 40, 1]),
+    "run_past_mapping": lambda m: (lambda v: v.update(runs=encode_page_runs(page_runs(v["runs"]) + [[1 << 40, 1]])))(next(v for p in m["processes"] for v in p["vmas"] if page_runs(v["runs"]))),
     # A child before its parent.
     "parent_after_child": lambda m: m["processes"][1].update(ppid=99999) if len(m["processes"]) > 1 else m["processes"][0].update(pid=7),
     # Page data the stream does not hold: the restore would wait for it or read another part's.

@@ -12,7 +12,7 @@ import os
 import random
 import signal
 
-from ckpt_e2e import E2E, Job, JobSpec, kill_job_processes
+from ckpt_e2e import E2E, Job, JobSpec, kill_job_processes, page_runs
 from test_ipc import manifest
 
 # A python3 job that rewrites a little of its 48 MiB heap buffer and of a private
@@ -105,14 +105,14 @@ def _chain(e2e: E2E, job: Job, ref, name: str, links: int) -> list[Path]:
             # A little of the memory was written between dumps: far less is stored.
             assert st["memory_bytes"] < 0.5 * first["memory_bytes"], (st, first)
             parent_pages = sum(c for p in m["processes"] for v in p["vmas"]
-                               for _, c in v.get("parent_runs", []))
+                               for _, c in page_runs(v.get("parent_runs", [])))
             assert parent_pages * 4096 > 40 << 20, parent_pages
         # The private mapping of data.bin: the pages the job wrote (since the parent)
         # are stored, the file's own are not; the guard pages are recorded.
         vmas = [v for p in m["processes"] for v in p["vmas"]]
         data = [v for v in vmas if v.get("path", "").endswith("/data.bin")]
         assert len(data) == 1, [v.get("path") for v in vmas]
-        written = sum(c for _, c in data[0].get("runs", []))
+        written = sum(c for _, c in page_runs(data[0].get("runs", [])))
         assert 1 <= written < 64, data[0]
         assert [[4, 3]] in [v.get("guards") for v in vmas], "no guard pages recorded"
         if i == 0:

@@ -11,7 +11,8 @@ from typing import Callable
 
 import pytest
 
-from ckpt_e2e import E2E, JobSpec, alive, kill_job_processes, proc_state, single_error_line, tracer_pid
+from ckpt_e2e import (E2E, JobSpec, alive, kill_job_processes, page_runs, proc_state,
+                      single_error_line, tracer_pid)
 from test_ipc import DUMP_TIMEOUT, checkpoint_run
 
 pytestmark = pytest.mark.slow
@@ -75,7 +76,7 @@ def _cow_zero(m: dict):
            and (v["path"].endswith("/kind.cow") or v["path"].startswith("/memfd:kind_cow"))]
     assert len(cow) == 2, [(v["kind"], v["path"]) for v in p["vmas"]]
     for v in cow:
-        assert [1, 2] in [list(r) for r in v["runs"]], (v["path"], v["runs"])
+        assert [1, 2] in page_runs(v["runs"]), (v["path"], v["runs"])
 
 
 KINDS: dict[str, Callable[[dict], None]] = {

@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include "ckpt/inject.h"
@@ -125,6 +126,54 @@ TEST(Manifest, JsonRoundTrip) {
   EXPECT_EQ(back.processes[0].threads[0].regs, t.regs);
   EXPECT_EQ(back.pipes[0].capacity, 65536u);
   EXPECT_EQ(back.kernel, "6.18");
+}
+
+// A mapping's runs are a base64 string of LEB128 numbers (format 10); arrays, as
+// formats 3 to 9 wrote them, are still read.
+TEST(Manifest, PageRunsRoundTripAsAString) {
+  ck::PageRuns runs;
+  std::uint64_t at = 0;
+  for (std::uint64_t i = 0; i < 5000; ++i) {
+    at += i % 7 * 300 + (i % 3);
+    runs.emplace_back(at, 1 + i % 129);
+    at += 1 + i % 129;
+  }
+  runs.emplace_back(1ULL << 40, 3);
+  runs.emplace_back(~0ULL - 10, 10);  // ends at the last page number there is
+  nlohmann::json j = runs;
+  ASSERT_TRUE(j.is_string());
+  EXPECT_LT(j.get_ref<const std::string&>().size(), 5000u * 6);
+  EXPECT_EQ(nlohmann::json::parse(j.dump()).get<ck::PageRuns>(), runs);
+  EXPECT_EQ(nlohmann::json(ck::PageRuns{}).get<ck::PageRuns>(), ck::PageRuns{});
+  EXPECT_EQ(nlohmann::json::parse("[[3, 1], [9, 2]]").get<ck::PageRuns>(),
+            (ck::PageRuns{{3, 1}, {9, 2}}));
+  // Out of order (no dump makes them): kept as they are, in the older form.
+  ck::PageRuns odd{{9, 2}, {3, 1}};
+  nlohmann::json oj = odd;
+  EXPECT_TRUE(oj.is_array());
+  EXPECT_EQ(oj.get<ck::PageRuns>(), odd);
+}
+
+TEST(Manifest, MalformedPageRunsAreRefused) {
+  using ::testing::HasSubstr;
+  auto error_of = [](const nlohmann::json& j) -> std::string {
+    try {
+      j.get<ck::PageRuns>();
+    } catch (const nlohmann::json::type_error& e) {
+      return e.what();
+    }
+    return "accepted";
+  };
+  EXPECT_THAT(error_of("abc"), HasSubstr("multiple of 4"));
+  EXPECT_THAT(error_of("a!c="), HasSubstr("not base64"));
+  EXPECT_THAT(error_of("gA=="), HasSubstr("truncated number"));  // 0x80: continues
+  EXPECT_THAT(error_of("AQ=="), HasSubstr("truncated number"));  // a first page, no count
+  // ten bytes 0xff then 0x01: more than 64 bits
+  EXPECT_THAT(error_of("/////////////wE="), HasSubstr("longer than 64 bits"));
+  EXPECT_THAT(error_of(12), HasSubstr("neither a string nor an array"));
+  EXPECT_EQ(error_of(nlohmann::json(ck::PageRuns{{~0ULL - 1, 1}})), "accepted");
+  // A run from page 2^64 - 1 of 1 page: it would end past 2^64.
+  EXPECT_THAT(error_of("////////////AQE="), HasSubstr("past 2^64"));
 }
 
 TEST(Manifest, Hex) {
