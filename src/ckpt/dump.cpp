@@ -217,6 +217,9 @@ DumpStats dump(const DumpOptions& o) {
   // us ("uw"), which even a dump that does not track must accept.
   JobTracking tracking = JobTracking::attach(procs);
   const bool tracked = o.track_mem || !o.parent.empty();
+  // A job left running after an incremental dump stays tracked for the next one (as
+  // the issue asks of --parent with --leave-running), --track-mem or not.
+  const bool keep_tracking = o.leave_running && (o.track_mem || !o.parent.empty());
   for (auto& p : procs) {
     if (p.zombie) continue;
     dump_memory_layout(p);
@@ -319,7 +322,7 @@ DumpStats dump(const DumpOptions& o) {
     phase("thaw");
     img->commit(std::move(j));
     // Only now does the tracking belong to this image.
-    if (o.track_mem) tracking.commit(m.image_id);
+    if (keep_tracking) tracking.commit(m.image_id);
     phase("commit");
   } else {
     // The job dies only once its image is durable, and with its TCP connections as

@@ -53,7 +53,8 @@ struct DumpOptions {
   unsigned tcp_hold_s = 120;
   // Track the job's written pages from this dump on (CRIU's --track-mem), so that a
   // later dump with `parent` = this image stores only what changed
-  // (docs/incremental.md). Only with leave_running.
+  // (docs/incremental.md). Only with leave_running. Implied by `parent` with
+  // leave_running: an incremental dump of a job left running keeps it tracked.
   bool track_mem = false;
   // An earlier image of the same job, which tracking started at: this image stores
   // only the pages written since and names it as its parent. When the job's tracking

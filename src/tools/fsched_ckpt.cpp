@@ -167,7 +167,7 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(0, 86400));
   dump->add_flag("--track-mem", dopt.track_mem,
                  "track the pages the job writes from now on, for a later dump with --parent "
-                 "(needs --leave-running)");
+                 "(needs --leave-running; implied by --parent with --leave-running)");
   std::string dump_parent;
   dump->add_option("--parent", dump_parent,
                    "an earlier image of the job: store only the pages written since (an "
