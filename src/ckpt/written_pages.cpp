@@ -39,6 +39,22 @@ constexpr std::uint64_t kPmScanCheckWpAsync = 1 << 1;
 constexpr std::uint64_t kWanted = kUffdFeatureWpAsync | kUffdFeatureWpUnpopulated;
 constexpr std::size_t kRegionsPerCall = 512;
 
+// Whether PAGEMAP_SCAN of our own /proc/self/pagemap accepts `category`: it refuses
+// an unknown one (EINVAL). An empty range: the kernel checks the arguments and walks
+// nothing.
+bool scan_accepts(std::uint64_t category) {
+  UniqueFd pm(::open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC));
+  if (!pm) return false;
+  PageRegion r{};
+  PmScanArg a{};
+  a.size = sizeof a;
+  a.start = a.end = 0x10000;
+  a.vec = reinterpret_cast<std::uint64_t>(&r);
+  a.vec_len = 1;
+  a.category_anyof_mask = a.return_mask = category;
+  return ::ioctl(pm.get(), kPagemapScan, &a) >= 0;
+}
+
 bool probe() {
   UniqueFd u(static_cast<int>(::syscall(SYS_userfaultfd, O_CLOEXEC | UFFD_USER_MODE_ONLY)));
   if (!u) return false;
@@ -46,31 +62,7 @@ bool probe() {
   api.api = UFFD_API;
   api.features = kWanted;
   if (::ioctl(u.get(), UFFDIO_API, &api) < 0 || (api.features & kWanted) != kWanted) return false;
-  UniqueFd pm(::open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC));
-  if (!pm) return false;
-  PageRegion r{};
-  PmScanArg a{};
-  a.size = sizeof a;
-  // An empty range: the kernel checks the arguments and walks nothing.
-  a.start = a.end = 0x10000;
-  a.vec = reinterpret_cast<std::uint64_t>(&r);
-  a.vec_len = 1;
-  a.category_anyof_mask = a.return_mask = kPageIsWritten;
-  return ::ioctl(pm.get(), kPagemapScan, &a) >= 0;
-}
-
-// Whether PAGEMAP_SCAN knows PAGE_IS_GUARD: it refuses an unknown category (EINVAL).
-bool probe_guard() {
-  UniqueFd pm(::open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC));
-  if (!pm) return false;
-  PageRegion r{};
-  PmScanArg a{};
-  a.size = sizeof a;
-  a.start = a.end = 0x10000;
-  a.vec = reinterpret_cast<std::uint64_t>(&r);
-  a.vec_len = 1;
-  a.category_anyof_mask = a.return_mask = kPageIsGuard;
-  return ::ioctl(pm.get(), kPagemapScan, &a) >= 0;
+  return scan_accepts(kPageIsWritten);
 }
 
 }  // namespace
@@ -103,7 +95,7 @@ bool track_range(int uffd, std::uint64_t start, std::uint64_t end, const std::st
 std::vector<PageStates> scan_pages(int pagemap, std::uint64_t start, std::uint64_t end, bool reset,
                                    const std::string& what, bool report_file) {
   std::vector<PageStates> out;
-  static const std::uint64_t guard_mask = probe_guard() ? kPageIsGuard : 0;
+  static const std::uint64_t guard_mask = scan_accepts(kPageIsGuard) ? kPageIsGuard : 0;
   auto add = [&](std::uint64_t s, std::uint64_t e, std::uint64_t cat) {
     if (s >= e) return;
     PageStates st{s,
