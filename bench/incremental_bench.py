@@ -21,8 +21,12 @@ A job (bench/dirty_job) holds --mib MiB of incompressible memory and rewrites --
   over this much memory with a checkpoint every 60 s (each page faults at most once
   per interval).
 
+With --track-method hash every dump compares page hashes instead (page_hashes.h):
+the rounds after a dump then take no fault, and the dumps read all the memory.
+
 Prints medians of --runs runs. Usage (as root):
   /usr/bin/python3 bench/incremental_bench.py [--mib 2048] [--percent 5] [--runs 5]
+      [--track-method kernel|hash]
 """
 from __future__ import annotations
 
@@ -102,7 +106,8 @@ def restore_stats(ckpt: Path, image: Path) -> dict:
     return st
 
 
-def one_run(ckpt: Path, prog: Path, scratch: Path, mib: int, percent: float) -> dict:
+def one_run(ckpt: Path, prog: Path, scratch: Path, mib: int, percent: float,
+            method: tuple[str, ...]) -> dict:
     args = [str(mib), str(percent), "100"]
     out: dict = {}
     # chain and restore
@@ -111,17 +116,17 @@ def one_run(ckpt: Path, prog: Path, scratch: Path, mib: int, percent: float) -> 
     shutil.rmtree(images, ignore_errors=True)
     images.mkdir()
     try:
-        full = job.dump(images / "link-0", "--leave-running", "--track-mem")
+        full = job.dump(images / "link-0", "--leave-running", "--track-mem", *method)
         incr, tracked = [], []
         for i in range(1, 9):
             os.sync()
             tracked.append(job.round())
             incr.append(job.dump(images / f"link-{i}", "--leave-running", "--track-mem",
-                                 "--parent", str(images / f"link-{i - 1}")))
+                                 "--parent", str(images / f"link-{i - 1}"), *method))
             assert incr[-1]["incremental"], incr[-1]
         job.round()
         job.dump(images / "full", "--leave-running")
-        last = job.dump(images / "link-9", "--parent", str(images / "link-8"))
+        last = job.dump(images / "link-9", "--parent", str(images / "link-8"), *method)
         assert last["incremental"], last
     finally:
         job.kill()
@@ -151,9 +156,10 @@ def one_run(ckpt: Path, prog: Path, scratch: Path, mib: int, percent: float) -> 
         plain.kill()
     pre = Job(ckpt, prog, scratch, "pre", args)
     try:
-        pre.ckpt_json(["pre-dump", "--pid", str(pre.pid), "--dir", str(images / "pre"), "--json"])
+        pre.ckpt_json(["pre-dump", "--pid", str(pre.pid), "--dir", str(images / "pre"), "--json",
+                       *method])
         pre.round()
-        st = pre.dump(images / "final", "--parent", str(images / "pre"))
+        st = pre.dump(images / "final", "--parent", str(images / "pre"), *method)
         out["predump_freeze_ms"] = st["freeze_ms"]
         for phase, ms in st.get("phases_ms", {}).items():
             out[f"predump_phase_{phase}_ms"] = ms
@@ -179,13 +185,17 @@ def main():
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--build", type=Path, default=REPO / "build")
     ap.add_argument("--scratch", type=Path, default=Path("/var/tmp/fsched-incr-bench"))
+    ap.add_argument("--track-method", choices=("kernel", "hash"),
+                    help="passed to every dump and pre-dump (default: the engine's)")
     a = ap.parse_args()
+    method = ("--track-method", a.track_method) if a.track_method else ()
     ckpt = (a.build / "src/tools/fsched-ckpt").resolve()
     prog = (a.build / "bench/dirty_job").resolve()
-    runs = [one_run(ckpt, prog, a.scratch, a.mib, a.percent) for _ in range(a.runs)]
+    runs = [one_run(ckpt, prog, a.scratch, a.mib, a.percent, method) for _ in range(a.runs)]
     med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
     print(json.dumps({"runs": runs, "median": med}, indent=1))
-    print(f"{a.mib} MiB job, {a.percent}% rewritten per round; medians of {a.runs}:")
+    print(f"{a.mib} MiB job, {a.percent}% rewritten per round, tracking by "
+          f"{a.track_method or 'the default method'}; medians of {a.runs}:")
     print(f"  dump: full {med['full_dump_ms']:.0f} ms ({med['full_image_mib']:.0f} MiB), "
           f"incremental {med['incr_dump_ms']:.0f} ms ({med['incr_image_mib']:.0f} MiB)")
     print(f"  freeze: plain dump {med['plain_freeze_ms']:.0f} ms, dump on a pre-dump "

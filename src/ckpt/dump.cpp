@@ -24,6 +24,7 @@
 #include "ckpt/locks.h"
 #include "ckpt/memory.h"
 #include "ckpt/namespaces.h"
+#include "ckpt/page_hashes.h"
 #include "ckpt/pipes.h"
 #include "ckpt/mempolicy.h"
 #include "ckpt/placement.h"
@@ -39,6 +40,7 @@
 #include "ckpt/timers.h"
 #include "ckpt/posix_timers.h"
 #include "ckpt/tty.h"
+#include "ckpt/written_pages.h"
 #include "common/error.h"
 
 namespace fsched::ckpt {
@@ -113,10 +115,29 @@ class PhaseLog {
   std::chrono::steady_clock::time_point lap_;
 };
 
+// The tracking method of a dump that tracks (DumpOptions::track_method).
+TrackMethod track_method_of(const DumpOptions& o) {
+  const bool kernel = written_tracking_available();
+  TrackMethod t = o.track_method.value_or(kernel ? TrackMethod::kKernel : TrackMethod::kHash);
+  if (t == TrackMethod::kNone)
+    fail_usage("--track-method: \"none\" is not a way of tracking (kernel or hash)");
+  if (t == TrackMethod::kKernel && !kernel)
+    fail_usage(
+        "--track-method kernel: this kernel lacks userfaultfd's asynchronous write-protect "
+        "(UFFD_FEATURE_WP_ASYNC, Linux 6.7) or PAGEMAP_SCAN; use --track-method hash");
+  return t;
+}
+
+// Writes the "page_hashes" section: the hashes dump_pages gathered.
+void write_page_hashes(ImageWriter& img, const PageHashing& h) {
+  img.append_pages(std::as_bytes(std::span(h.out)));
+}
+
 }  // namespace
 
 DumpStats pre_dump(const DumpOptions& o) {
   check_job_root(o.pid);
+  const TrackMethod method = track_method_of(o);
   auto t0 = std::chrono::steady_clock::now();
   auto img = create_image(o);
   img->set_eager_writeback(false);
@@ -136,8 +157,13 @@ DumpStats pre_dump(const DumpOptions& o) {
   JobTracking tracking = JobTracking::attach(procs);
   for (auto& p : procs)
     if (!p.zombie) dump_memory_layout(p);
-  tracking.prepare(procs);
-  tracking.reset_all();
+  // With hashes nothing is tracked: the next dump compares what the pages hold.
+  std::optional<PageHashing> hashing;
+  if (method == TrackMethod::kHash) hashing.emplace();
+  if (!hashing) {
+    tracking.prepare(procs);
+    tracking.reset_all();
+  }
   phase("track");
   frozen->thaw();
   st.freeze_ms = ms_since(t_freeze);
@@ -147,12 +173,14 @@ DumpStats pre_dump(const DumpOptions& o) {
     img->begin_section(s);
     if (s == Section::kPages)
       for (auto& p : procs)
-        if (!p.zombie) st.memory_bytes += dump_pages_running(p, *img);
+        if (!p.zombie)
+          st.memory_bytes += dump_pages_running(p, *img, hashing ? &*hashing : nullptr);
+    if (s == Section::kPageHashes && hashing) write_page_hashes(*img, *hashing);
   }
   phase("pages");
   for (auto& p : procs) m.processes.push_back(std::move(p.rec));
   img->commit(nlohmann::json(m));
-  tracking.commit(m.image_id);
+  if (!hashing) tracking.commit(m.image_id);
   phase("commit");
   st.dump_ms = ms_since(t0);
   st.image_bytes = dir_bytes(o.dir);
@@ -170,15 +198,33 @@ DumpStats dump(const DumpOptions& o) {
   // writes with the dump. One to be thawed first must not wait for the disk.
   img->set_eager_writeback(!o.leave_running);
 
-  // The parent, checked (signature, format) before the job is touched.
+  const bool tracked = o.track_mem || !o.parent.empty();
+  const TrackMethod method = tracked ? track_method_of(o) : TrackMethod::kNone;
+  // The parent, checked (signature, format) before the job is touched; with hashes,
+  // its hashes read now too.
   std::string parent_id;
+  ParentHashes parent_hashes;
+  std::string hashes_unreadable;  // why the parent's hashes could not be read
   if (!o.parent.empty()) {
     auto parent = ImageReader::open(o.parent, load_image_key(image_key_path(o.key_file)));
     parent_id = parent->manifest().value("image_id", std::string());
     if (parent_id.empty())
       fail_usage("parent image {} has no image id (made by an older engine)", o.parent.string());
+    {
+      // Hashes that cannot be read make a full image (or whole shared memory), not a
+      // failed dump: the job's next checkpoint must not depend on a damaged parent.
+      try {
+        parent_hashes = ParentHashes::load(*parent, parent->manifest().get<Manifest>());
+      } catch (const Error& e) {
+        hashes_unreadable = e.what();
+      }
+    }
   }
-
+  // Shared memory is hashed by every dump that tracks (the kernel's bits cannot see
+  // it); the private mappings only with --track-method hash.
+  std::optional<PageHashing> hashing;
+  if (tracked) hashing.emplace();
+  const bool hash_vmas = method == TrackMethod::kHash;
   DumpStats st;
   auto t_freeze = std::chrono::steady_clock::now();
   std::unique_ptr<FrozenTree> frozen = freeze_job(o.pid, t_freeze);
@@ -216,10 +262,9 @@ DumpStats dump(const DumpOptions& o) {
   // Every dump attaches: a job tracked by an earlier dump has mappings registered by
   // us ("uw"), which even a dump that does not track must accept.
   JobTracking tracking = JobTracking::attach(procs);
-  const bool tracked = o.track_mem || !o.parent.empty();
   // A job left running after an incremental dump stays tracked for the next one (as
   // the issue asks of --parent with --leave-running), --track-mem or not.
-  const bool keep_tracking = o.leave_running && (o.track_mem || !o.parent.empty());
+  const bool keep_tracking = o.leave_running && tracked && method == TrackMethod::kKernel;
   for (auto& p : procs) {
     if (p.zombie) continue;
     dump_memory_layout(p);
@@ -265,8 +310,16 @@ DumpStats dump(const DumpOptions& o) {
   dump_inet(procs, m, inet_repair);
   st.tcp_freeze = inet_repair.freeze_note();
   phase("state");
-  // Incremental when the job's written bits go back to the parent's dump.
-  if (!o.parent.empty()) {
+  // Incremental when the job's written bits go back to the parent's dump, or with
+  // hashes when the parent has hashes to compare with.
+  if (!o.parent.empty() && hash_vmas) {
+    st.incremental = parent_hashes.any_mappings();
+    if (!st.incremental)
+      st.full_because = !hashes_unreadable.empty()
+                            ? "the parent image's page hashes cannot be read: " + hashes_unreadable
+                            : "the parent image holds no page hashes (it was not dumped with "
+                              "--track-method hash)";
+  } else if (!o.parent.empty()) {
     st.incremental = tracking.epoch() == parent_id;
     if (!st.incremental)
       st.full_because = tracking.epoch().empty()
@@ -276,7 +329,9 @@ DumpStats dump(const DumpOptions& o) {
                             ? "a dump failed or was killed since the parent"
                             : "the job's tracking goes back to another image than the parent";
   }
-  if (tracked) tracking.prepare(procs);
+  if (tracked && !hash_vmas) tracking.prepare(procs);
+  if (st.incremental) st.track = method;
+  if (st.incremental) hashing->parent = &parent_hashes;
   if (st.incremental) {
     m.kind = "incremental";
     m.parent.image_id = parent_id;
@@ -290,7 +345,7 @@ DumpStats dump(const DumpOptions& o) {
     img->begin_section(s);
     switch (s) {
       case Section::kShm:
-        dump_shm(procs, m, *img);
+        dump_shm(procs, m, *img, hashing ? &*hashing : nullptr);
         break;
       case Section::kDeletedFiles:
         dump_deleted_files(procs, m, *img);
@@ -301,13 +356,17 @@ DumpStats dump(const DumpOptions& o) {
       case Section::kPages:
         for (auto& p : procs)
           if (!p.zombie)
-            st.memory_bytes += dump_pages(p, *img, tracked ? &tracking : nullptr, st.incremental);
+            st.memory_bytes += dump_pages(p, *img, tracked && !hash_vmas ? &tracking : nullptr,
+                                          st.incremental, hash_vmas ? &*hashing : nullptr);
         break;
       case Section::kPipes:
         dump_pipes(procs, m, *img);
         break;
       case Section::kSockets:
         dump_sockets(procs, m, *img);
+        break;
+      case Section::kPageHashes:
+        if (hashing) write_page_hashes(*img, *hashing);
         break;
     }
   }

@@ -7,8 +7,11 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <vector>
+
+#include "ckpt/track_method.h"
 
 namespace fsched::ckpt {
 
@@ -61,6 +64,12 @@ struct DumpOptions {
   // does not go back to that image (another image was dumped since, a dump failed,
   // the job was restored), the image is full and DumpStats::incremental says so.
   std::filesystem::path parent;
+  // How the pages unchanged since the parent are found (track_method.h): the kernel's
+  // written bits (kKernel: a fault on the job's first write to each page after a dump),
+  // or hashes of every page compared with the parent's (kHash: no cost to the running
+  // job, but the dump reads and hashes all its memory while frozen). Unset: kKernel
+  // where the kernel has it (written_pages.h), else kHash. Used with track_mem or parent.
+  std::optional<TrackMethod> track_method;
 };
 struct DumpStats {
   int processes = 0, threads = 0;
@@ -70,8 +79,9 @@ struct DumpStats {
   double dump_ms = 0;              // the whole dump, including the durable commit
   // Where the time went, in order: {"seize", ms}, {"state", ms}, {"pages", ms} ...
   std::vector<std::pair<std::string, double>> phases_ms;
-  bool incremental = false;  // pages since DumpOptions::parent only
-  std::string full_because;  // why not, when a parent was given
+  bool incremental = false;                // pages since DumpOptions::parent only
+  TrackMethod track = TrackMethod::kNone;  // how those were found (kNone: a full image)
+  std::string full_because;                // why not, when a parent was given
   // What kept the job from running while its TCP connections were in repair mode, so
   // that a dumper killed then cannot harm it (cgroup_freeze.h): "cgroup PATH", "none:
   // WHY" (only ptrace), "" when the job had no connection.

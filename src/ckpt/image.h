@@ -89,12 +89,13 @@ namespace fsched::ckpt {
 // pid in those credentials of a maker that had exited (a format-7 engine would make
 // the socket as init). 9: incremental images (Manifest::image_id, kind, parent;
 // Vma::parent_runs): a format-8 engine would restore one without its parent's pages.
-// 10: a mapping's runs as a string (PageRuns, manifest.h). A build reads formats
+// 10: a mapping's runs as a string (PageRuns, manifest.h). 11: page hashes for the
+// next incremental dump (Vma::track, section "page_hashes"). A build reads formats
 // kOldestImageFormat..kImageFormatVersion (an older image lacks only state that did not
 // exist then; its fields take their defaults); another is refused with an ImageError
 // naming both. Rule: a new manifest field that an engine of the same format would
 // ignore while restoring means a new format.
-inline constexpr int kImageFormatVersion = 10;
+inline constexpr int kImageFormatVersion = 11;
 inline constexpr int kOldestImageFormat = 3;
 // Alignment of chunk offsets in pages.img, in bytes (the O_DIRECT block size of the
 // file systems we write to; see open(2), O_DIRECT).
@@ -240,6 +241,12 @@ class PageReader {
   // error is the first one in the stream. After an error in the chunks shared with the
   // worker the reader is failed (like a chunk error).
   virtual void deliver(std::uint64_t len, PageSink& sink) = 0;
+
+  // Moves forward to stream offset `off`: chunks wholly before it are neither read nor
+  // decoded (nor checked: a reader of a damaged image may pass over the damage).
+  // Throws ImageError if `off` is before position() or past the end of the stream, or
+  // the error of a chunk decoded ahead before the call.
+  virtual void skip_to(std::uint64_t off) = 0;
 
   // pages.img, for messages.
   virtual const std::filesystem::path& path() const = 0;

@@ -13,6 +13,7 @@
 #include "ckpt/fd_kind.h"
 #include "ckpt/lock_kind.h"
 #include "ckpt/sections.h"
+#include "ckpt/track_method.h"
 #include "ckpt/vma_kind.h"
 
 namespace fsched::ckpt {
@@ -79,6 +80,10 @@ struct Vma {
   // parent image, which the restore takes from the parent chain at the same address
   // (zero where no link has data). Pages in neither list are zero.
   PageRuns parent_runs;
+  // How the dump chose parent_runs (track_method.h): kHash puts a hash of each page of
+  // runs and parent_runs, in address order, in the page stream's "page_hashes"
+  // section (page_hashes.h), for the next image to compare with.
+  TrackMethod track = TrackMethod::kNone;
   // Guard regions (madvise(2) MADV_GUARD_INSTALL; madvise.h): {first page, count}.
   std::vector<std::pair<std::uint64_t, std::uint64_t>> guards;
   // A flock(2) lock held through the open file description of this file mapping alone
@@ -318,6 +323,12 @@ struct ShmObject {
   unsigned mode = 0600, uid = 0, gid = 0;
   std::uint64_t size = 0;                                     // bytes
   std::vector<std::pair<std::uint64_t, std::uint64_t>> runs;  // {first page, count} with data
+  // Of an incremental image: pages equal to the parent's (by hash), which the restore
+  // takes from the parent chain's object with the same key (parent_chain.h).
+  PageRuns parent_runs;
+  // kHash: a hash of each page of runs and parent_runs is in "page_hashes" (before
+  // the processes' mappings'), for the next image to compare with.
+  TrackMethod track = TrackMethod::kNone;
   int seals = -1;  // F_GET_SEALS (memfd.h); -1: not recorded (an older engine's image)
 };
 
@@ -466,7 +477,7 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(MemPolicy, mode, nodes)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(FileId, ino, size, mtime_ns, dev, mode, uid, gid)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Vma, start, end, prot, shared, kind, shm_key, path,
                                                 deleted_key, shmat_flags, pgoff, file, vmflags,
-                                                runs, parent_runs, guards, flock, mempolicy)
+                                                runs, parent_runs, track, guards, flock, mempolicy)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(EpollTarget, fd, events, data)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(InotifyWatch, wd, ino, sdev, mask, handle_type,
                                                 handle_hex, path)
@@ -525,7 +536,7 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(
     placement, root, root_id, cgroup, loginuid, posix_timers, ctty, ctty_pgrp)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Pipe, ino, capacity, bytes, path)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(ShmObject, key, path, mode, uid, gid, size, runs,
-                                                seals)
+                                                parent_runs, track, seals)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(DeletedFile, key, path, mode, uid, gid, size, runs,
                                                 seals)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(SysvShm, id, key, size, mode, uid, gid, removed,

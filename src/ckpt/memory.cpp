@@ -27,6 +27,7 @@
 #include "ckpt/madvise.h"
 #include "ckpt/mem_tracking.h"
 #include "ckpt/mempolicy.h"
+#include "ckpt/page_hashes.h"
 #include "ckpt/page_restore.h"
 #include "ckpt/parent_chain.h"
 #include "ckpt/proc.h"
@@ -204,21 +205,21 @@ void dump_memory_injected(DumpProcess& p) {
 
 namespace {
 std::uint64_t dump_pages_impl(DumpProcess& p, ImageWriter& img, JobTracking* tracking,
-                              bool incremental, bool running);
+                              bool incremental, PageHashing* hashing, bool running);
 }  // namespace
 
-std::uint64_t dump_pages(DumpProcess& p, ImageWriter& img, JobTracking* tracking,
-                         bool incremental) {
-  return dump_pages_impl(p, img, tracking, incremental, false);
+std::uint64_t dump_pages(DumpProcess& p, ImageWriter& img, JobTracking* tracking, bool incremental,
+                         PageHashing* hashing) {
+  return dump_pages_impl(p, img, tracking, incremental, hashing, false);
 }
 
-std::uint64_t dump_pages_running(DumpProcess& p, ImageWriter& img) {
-  return dump_pages_impl(p, img, nullptr, false, true);
+std::uint64_t dump_pages_running(DumpProcess& p, ImageWriter& img, PageHashing* hashing) {
+  return dump_pages_impl(p, img, nullptr, false, hashing, true);
 }
 
 namespace {
 std::uint64_t dump_pages_impl(DumpProcess& p, ImageWriter& img, JobTracking* tracking,
-                              bool incremental, bool running) {
+                              bool incremental, PageHashing* hashing, bool running) {
   pid_t pid = p.host_pid;
   UniqueFd pagemap(::open(fmt::format("/proc/{}/pagemap", pid).c_str(), O_RDONLY | O_CLOEXEC));
   if (!pagemap && running && errno == ENOENT) {  // exited since the freeze: nothing to keep
@@ -231,12 +232,16 @@ std::uint64_t dump_pages_impl(DumpProcess& p, ImageWriter& img, JobTracking* tra
   std::vector<std::byte> one_page(kPage);
   std::vector<iovec> remote;
   std::uint64_t stored = 0;
+  ParentHashes::Cursor parent_hash;  // of this process, in address order
+  if (hashing && hashing->parent) parent_hash = hashing->parent->cursor(p.rec.pid);
 
   for (Vma& v : p.rec.vmas) {
     v.runs.clear();
     v.parent_runs.clear();
+    v.track = TrackMethod::kNone;
     if (is_kernel_mapping(v.kind)) continue;
     if (v.shared) continue;  // its contents are the file's or the shm object's
+    if (hashing) v.track = TrackMethod::kHash;
     const bool file = v.kind == VmaKind::kFile;
     // A page left out is zero after the restore only where the restore maps zeros:
     // anonymous memory. A private mapping of a file or memory object shows the
@@ -250,6 +255,7 @@ std::uint64_t dump_pages_impl(DumpProcess& p, ImageWriter& img, JobTracking* tra
     // anything, so that pagemap need not be read.
     std::optional<std::vector<PageStates>> states;
     if (tracking) states = tracking->reset_scan(p, v.start, v.end, file);
+    if (states && incremental) v.track = TrackMethod::kKernel;
     if (states && incremental)
       for (const PageStates& s : *states)
         if (!s.written && s.present)
@@ -300,7 +306,8 @@ std::uint64_t dump_pages_impl(DumpProcess& p, ImageWriter& img, JobTracking* tra
         done += io.iov_len;
       }
     };
-    // Drops the all-zero pages among the n just read to dst, moving the others down,
+    // Drops the all-zero pages among the n just read to dst, and with hashing those
+    // the parent holds as they are (recorded as parent runs), moving the others down,
     // and records them as runs of the VMA; returns the bytes kept.
     auto keep_nonzero = [&](const std::vector<std::uint64_t>& idx, std::size_t k, std::size_t n,
                             std::byte* dst) {
@@ -309,6 +316,20 @@ std::uint64_t dump_pages_impl(DumpProcess& p, ImageWriter& img, JobTracking* tra
         std::byte* page = dst + i * kPage;
         if (!unread.empty() && unread.count(idx[k + i])) continue;
         if (zero_is_hole && is_zero_page(page)) continue;
+        if (hashing) {
+          const PageHash h = hash_page(page);
+          hashing->out.push_back(h);
+          const PageHash* was = parent_hash.find(v.start + idx[k + i] * kPage);
+          if (was && *was == h) {
+            const std::uint64_t at = idx[k + i];
+            if (!v.parent_runs.empty() &&
+                v.parent_runs.back().first + v.parent_runs.back().second == at)
+              ++v.parent_runs.back().second;
+            else
+              v.parent_runs.emplace_back(at, 1);
+            continue;
+          }
+        }
         if (kept != i) std::memmove(dst + kept * kPage, page, kPage);
         ++kept;
         std::uint64_t at = idx[k + i];

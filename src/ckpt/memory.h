@@ -16,6 +16,7 @@ namespace fsched::ckpt {
 
 class JobTracking;
 class ParentChain;
+struct PageHashing;
 
 // Dump, in three steps: the VMA layout, mm fields and auxv (before any injection,
 // which maps a scratch area); the brk, by injection; then the contents of present,
@@ -25,16 +26,20 @@ class ParentChain;
 // With `tracking` (mem_tracking.h), the written state of each tracked VMA is read and
 // reset first; with `incremental` too, only its pages written since the parent image
 // are read, and those not written go to Vma::parent_runs (docs/incremental.md).
+//
+// With `hashing` instead (page_hashes.h), every private page is read and hashed; with
+// a parent to compare with, a page equal to the parent's at its address goes to
+// Vma::parent_runs instead of being stored. Either way its hash joins hashing->out.
 void dump_memory_layout(DumpProcess& p);
 void dump_memory_injected(DumpProcess& p);
 std::uint64_t dump_pages(DumpProcess& p, ImageWriter& img, JobTracking* tracking = nullptr,
-                         bool incremental = false);
+                         bool incremental = false, PageHashing* hashing = nullptr);
 // Pre-dump (docs/incremental.md): the same from a job that runs again, its pages
 // write-protected beforehand (JobTracking::reset_all). Reads through /proc/PID/mem;
 // pages of a range unmapped meanwhile (EIO) are left out, which is safe: whatever is
 // mapped there at the next dump is not the tracked mapping, so all of it reads as
 // written. Throws Error on any other read failure.
-std::uint64_t dump_pages_running(DumpProcess& p, ImageWriter& img);
+std::uint64_t dump_pages_running(DumpProcess& p, ImageWriter& img, PageHashing* hashing = nullptr);
 
 // Restore: replaces the helper's address space with the saved one (pages from the
 // page stream; shared objects and deleted files mapped from `shm`), moves the vDSO,

@@ -128,6 +128,47 @@ class PageReaderImpl final : public PageReader {
 
   const fs::path& path() const override { return path_; }
 
+  void skip_to(std::uint64_t off) override {
+    if (failed_) std::rethrow_exception(failed_);
+    if (off < pos_ || off > table_->logical_bytes)
+      bad_image("{}: skip to stream offset {} from offset {} (stream of {} bytes)", path_.native(),
+                off, pos_, table_->logical_bytes);
+    if (off - pos_ <= cur_len_ - cur_pos_) {  // within the current chunk
+      cur_pos_ += static_cast<std::size_t>(off - pos_);
+      pos_ = off;
+      return;
+    }
+    // The chunk that holds `off`: consumed_ (being decoded ahead) or a later one.
+    const auto& chunks = table_->chunks;
+    std::uint64_t start = pos_ + (cur_len_ - cur_pos_);
+    std::size_t k = consumed_;
+    while (k < chunks.size() && start + chunks[k].raw <= off) start += chunks[k++].raw;
+    if (k != consumed_) {
+      {
+        std::unique_lock lk(mu_);
+        cv_.wait(lk, [&] { return task_ == Task::kNone; });
+        if (error_) {
+          failed_ = error_;
+          std::rethrow_exception(failed_);
+        }
+        consumed_ = k;
+        if (k < chunks.size()) {
+          want_ = k;
+          task_ = Task::kDecode;
+        }
+      }
+      cv_.notify_all();
+    }
+    cur_ = {};
+    cur_len_ = cur_pos_ = 0;
+    pos_ = start;
+    if (off > pos_) {
+      take_chunk(true);
+      cur_pos_ = static_cast<std::size_t>(off - pos_);
+      pos_ = off;
+    }
+  }
+
   std::uint64_t position() const override { return pos_; }
 
   void enter_section(Section sec) override {

@@ -2,6 +2,7 @@
 #include "ckpt/parent_chain.h"
 
 #include <sys/uio.h>
+#include <unistd.h>
 
 #include <climits>
 
@@ -15,27 +16,23 @@ namespace fsched::ckpt {
 
 constexpr std::uint64_t kPage = 4096;
 constexpr std::uint64_t kNoData = ~0ULL;  // a segment the link takes from its own parent
-
-// One stretch of a process's address space in one link: stored at `off` in the link's
-// page stream, or (off == kNoData) taken from the link's parent.
-struct Seg {
-  std::uint64_t start, end, off;
-};
+using chain_detail::Piece;
+using chain_detail::Seg;
 
 struct ParentChain::Link {
   std::filesystem::path dir;
   std::unique_ptr<ImageReader> reader;
   Manifest m;
   std::map<int, std::vector<Seg>> segs;  // by pid in the job, sorted by start
-  std::unique_ptr<PageReader> pages;     // forward-only; reopened to go back
+  // Shared memory objects by key (ShmObject::key): byte offsets in the object.
+  std::map<std::string, std::vector<Seg>> objects;
+  std::unique_ptr<PageReader> pages;  // forward-only; reopened to go back
 
-  // Moves the reader to stream offset `off` (reopening it to go back).
+  // Moves the reader to stream offset `off` (reopening it to go back), passing over
+  // the chunks before it unread.
   void seek(std::uint64_t off) {
     if (!pages || pages->position() > off) pages = reader->pages();
-    while (pages->position() < off) {
-      const std::uint64_t gap = off - pages->position();
-      pages->next(static_cast<std::size_t>(std::min<std::uint64_t>(gap, kChunkRawBytes)));
-    }
+    pages->skip_to(off);
   }
 };
 
@@ -84,6 +81,43 @@ std::map<int, std::vector<Seg>> index_link(const std::filesystem::path& dir, con
   return out;
 }
 
+// Where each run of each shared memory object starts in the link's page stream (the
+// shm section holds the objects' runs in Manifest::shm order).
+std::map<std::string, std::vector<Seg>> index_objects(const std::filesystem::path& dir,
+                                                      const Manifest& m) {
+  std::uint64_t off = kNoData;
+  for (const SectionStart& s : m.sections)
+    if (s.name == "shm") off = s.offset;
+  std::map<std::string, std::vector<Seg>> out;
+  if (m.shm.empty()) return out;
+  if (off == kNoData) fail_image("{}: no shm section", dir.string());
+  for (const ShmObject& o : m.shm) {
+    auto [it, fresh] = out.try_emplace(o.key);
+    if (!fresh) fail_image("{}: shared memory object {} twice", dir.string(), o.key);
+    auto& segs = it->second;
+    const std::uint64_t pages = (o.size + kPage - 1) / kPage;
+    auto check = [&](std::uint64_t first, std::uint64_t count) {
+      if (first > pages || count > pages - first)
+        fail_image("{}: shared memory object {}: page run beyond its size", dir.string(), o.key);
+    };
+    for (auto [first, count] : o.runs) {
+      check(first, count);
+      segs.push_back({first * kPage, (first + count) * kPage, off});
+      off += count * kPage;
+    }
+    for (auto [first, count] : o.parent_runs) {
+      check(first, count);
+      segs.push_back({first * kPage, (first + count) * kPage, kNoData});
+    }
+    std::sort(segs.begin(), segs.end(),
+              [](const Seg& a, const Seg& b) { return a.start < b.start; });
+    for (std::size_t i = 1; i < segs.size(); ++i)
+      if (segs[i].start < segs[i - 1].end)
+        fail_image("{}: shared memory object {}: page runs overlap", dir.string(), o.key);
+  }
+  return out;
+}
+
 }  // namespace
 
 std::unique_ptr<ParentChain> ParentChain::open(const std::filesystem::path& dir, const Manifest& m,
@@ -113,6 +147,7 @@ std::unique_ptr<ParentChain> ParentChain::open(const std::filesystem::path& dir,
     if (link->m.kind != "incremental" && link->m.kind != "full" && link->m.kind != "pre-dump")
       fail_image("{}: unknown image kind \"{}\"", who, link->m.kind);
     link->segs = index_link(link->dir, link->m);
+    link->objects = index_objects(link->dir, link->m);
     child_dir = link->dir;
     chain->links_.push_back(std::move(link));
     child = &chain->links_.back()->m;
@@ -127,12 +162,6 @@ std::vector<std::filesystem::path> ParentChain::links() const {
 }
 
 namespace {
-
-// A stretch of one link's page stream that goes into the process: stream offset,
-// remote address, length in bytes.
-struct Piece {
-  std::uint64_t off, addr, len;
-};
 
 // Hands what a link's reader delivers to the process: the needed pieces of each
 // delivered span, by process_vm_writev(2) with up to IOV_MAX (limits.h) pieces a call;
@@ -180,14 +209,51 @@ class ScatterSink final : public PageSink {
 
 }  // namespace
 
-void ParentChain::fill(int pid, pid_t host_pid,
-                       std::vector<std::pair<std::uint64_t, std::uint64_t>> ranges) {
+namespace {
+
+// Writes what a link's reader delivers into a shared memory object through its fd
+// (pwrite(2)): the needed pieces of each delivered span, `addr` being an offset in the
+// object; nothing past its size.
+class ObjectSink final : public PageSink {
+ public:
+  ObjectSink(int fd, std::uint64_t size, std::span<const Piece> pieces, std::uint64_t base,
+             const std::string& what)
+      : fd_(fd), size_(size), pieces_(pieces), base_(base), what_(what) {}
+
+  void put(const std::byte* data, std::size_t len, std::uint64_t at) override {
+    const std::uint64_t s = base_ + at, e = s + len;
+    auto it = std::upper_bound(pieces_.begin(), pieces_.end(), s,
+                               [](std::uint64_t x, const Piece& p) { return x < p.off + p.len; });
+    for (; it != pieces_.end() && it->off < e; ++it) {
+      const std::uint64_t lo = std::max(s, it->off), hi = std::min(e, it->off + it->len);
+      const std::uint64_t to = it->addr + (lo - it->off);
+      if (to >= size_) continue;
+      const std::size_t n = static_cast<std::size_t>(std::min(hi - lo, size_ - to));
+      if (::pwrite(fd_, data + (lo - s), n, static_cast<off_t>(to)) != static_cast<ssize_t>(n))
+        fail_errno("{}: writing {} bytes at {} from a parent image", what_, n, to);
+    }
+  }
+
+ private:
+  const int fd_;
+  const std::uint64_t size_;
+  const std::span<const Piece> pieces_;
+  const std::uint64_t base_;
+  const std::string& what_;
+};
+
+}  // namespace
+
+void ParentChain::fill_ranges(const std::function<const std::vector<Seg>*(Link&)>& segs_of,
+                              std::vector<std::pair<std::uint64_t, std::uint64_t>> ranges,
+                              const std::function<void(Link&, std::span<const Piece>, std::uint64_t,
+                                                       std::uint64_t)>& deliver) {
   for (auto& link : links_) {
     if (ranges.empty()) return;
     std::vector<std::pair<std::uint64_t, std::uint64_t>> further;
-    auto it = link->segs.find(pid);
-    if (it == link->segs.end()) return;  // the process is not in this link: no data
-    const std::vector<Seg>& segs = it->second;
+    const std::vector<Seg>* found = segs_of(*link);
+    if (!found) return;  // not in this link: no data
+    const std::vector<Seg>& segs = *found;
     std::vector<Piece> pieces;
     for (auto [a, b] : ranges) {
       // The segments overlapping [a, b), in order.
@@ -210,8 +276,7 @@ void ParentChain::fill(int pid, pid_t host_pid,
     }
     ranges = std::move(further);
     if (pieces.empty()) continue;
-    // A process's runs are in the stream in address order; sorted all the same, since
-    // the sink looks pieces up by stream offset.
+    // Sorted by stream offset, which the sinks look pieces up by.
     std::sort(pieces.begin(), pieces.end(),
               [](const Piece& x, const Piece& y) { return x.off < y.off; });
     const std::uint64_t lo = pieces.front().off;
@@ -220,9 +285,39 @@ void ParentChain::fill(int pid, pid_t host_pid,
     link->seek(lo);
     // One delivery from the first piece to the end of the last: whole chunks decode
     // on two threads, zero-copy from the page cache (PageReader::deliver).
-    ScatterSink sink(pid, host_pid, pieces, lo, link->dir);
-    link->pages->deliver(hi - lo, sink);
+    deliver(*link, pieces, lo, hi);
   }
+}
+
+void ParentChain::fill(int pid, pid_t host_pid,
+                       std::vector<std::pair<std::uint64_t, std::uint64_t>> ranges) {
+  fill_ranges(
+      [&](Link& l) -> const std::vector<Seg>* {
+        auto it = l.segs.find(pid);
+        return it == l.segs.end() ? nullptr : &it->second;
+      },
+      std::move(ranges),
+      [&](Link& l, std::span<const Piece> pieces, std::uint64_t lo, std::uint64_t hi) {
+        ScatterSink sink(pid, host_pid, pieces, lo, l.dir);
+        l.pages->deliver(hi - lo, sink);
+      });
+}
+
+void ParentChain::fill_object(const std::string& key, int fd, std::uint64_t size,
+                              const std::vector<std::pair<std::uint64_t, std::uint64_t>>& runs) {
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> ranges;
+  for (auto [first, count] : runs) ranges.emplace_back(first * kPage, (first + count) * kPage);
+  const std::string what = "shared memory object " + key;
+  fill_ranges(
+      [&](Link& l) -> const std::vector<Seg>* {
+        auto it = l.objects.find(key);
+        return it == l.objects.end() ? nullptr : &it->second;
+      },
+      std::move(ranges),
+      [&](Link& l, std::span<const Piece> pieces, std::uint64_t lo, std::uint64_t hi) {
+        ObjectSink sink(fd, size, pieces, lo, what);
+        l.pages->deliver(hi - lo, sink);
+      });
 }
 
 }  // namespace fsched::ckpt

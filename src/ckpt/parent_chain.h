@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <span>
@@ -21,6 +22,19 @@ namespace fsched::ckpt {
 
 // Most links a chain may have (an image names its parent, which names its own ...).
 inline constexpr std::size_t kMaxChainLinks = 64;
+
+namespace chain_detail {
+// One stretch of a process's address space (or of an object) in one link: stored at
+// `off` in the link's page stream, or (off == ~0) taken from the link's parent.
+struct Seg {
+  std::uint64_t start, end, off;
+};
+// A stretch of one link's page stream that goes into the process or object: stream
+// offset, address (or offset in the object), length in bytes.
+struct Piece {
+  std::uint64_t off, addr, len;
+};
+}  // namespace chain_detail
 
 class ParentChain {
  public:
@@ -41,6 +55,13 @@ class ParentChain {
   // the link and address when a read or a write fails.
   void fill(int pid, pid_t host_pid, std::vector<std::pair<std::uint64_t, std::uint64_t>> ranges);
 
+  // Writes into shared memory object `key` (ShmObject::key), open for writing as `fd`
+  // and `size` bytes long, the pages of `runs` ({first page, count}, ascending) as the
+  // chain has them (pwrite(2); nothing past `size`); where no link has data the object
+  // is left as it is. Throws Error naming the object when a read or a write fails.
+  void fill_object(const std::string& key, int fd, std::uint64_t size,
+                   const std::vector<std::pair<std::uint64_t, std::uint64_t>>& runs);
+
   // The image directories of the links, newest first.
   std::vector<std::filesystem::path> links() const;
 
@@ -48,7 +69,16 @@ class ParentChain {
 
  private:
   struct Link;
+  using Seg = chain_detail::Seg;
+  using Piece = chain_detail::Piece;
   ParentChain() = default;
+  // The common walk of fill() and fill_object(): for each link, newest first, the
+  // pieces of `ranges` it stores are handed to `deliver`; those it takes from its
+  // parent go on to the next link. `segs_of` gives a link's segments (null: none).
+  void fill_ranges(const std::function<const std::vector<Seg>*(Link&)>& segs_of,
+                   std::vector<std::pair<std::uint64_t, std::uint64_t>> ranges,
+                   const std::function<void(Link&, std::span<const Piece>, std::uint64_t,
+                                            std::uint64_t)>& deliver);
   std::vector<std::unique_ptr<Link>> links_;
 };
 

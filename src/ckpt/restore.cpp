@@ -135,10 +135,11 @@ RestoreStats restore(const RestoreOptions& o) {
     // The page stream, section by section in the order dump wrote it (sections.h); the
     // reader checks that each section starts where the dump recorded.
     for (Section s : kSectionOrder) {
+      if (s == Section::kPageHashes) break;  // for the next dump (page_hashes.h), not us
       pages->enter_section(s);
       switch (s) {
         case Section::kShm:
-          shm = create_shm(stash, area, m, *pages);
+          shm = create_shm(stash, area, m, *pages, chain.get());
           break;
         case Section::kDeletedFiles:
           create_deleted_files(stash, area, m, *pages, shm);
@@ -157,13 +158,19 @@ RestoreStats restore(const RestoreOptions& o) {
         case Section::kSockets:
           sockets = create_sockets(stash, procs, area, m, *pages, refill);
           break;
+        case Section::kPageHashes:
+          break;
       }
     }
     make_zombies(procs, area);
-    if (pages->position() != reader->manifest().value("pages_logical_bytes", std::uint64_t{0}))
-      throw ImageError(fmt::format(
-          "{}: the restore read {} bytes of a page stream of {}", o.dir.string(), pages->position(),
-          reader->manifest().value("pages_logical_bytes", std::uint64_t{0})));
+    std::uint64_t restored_end = reader->manifest().value("pages_logical_bytes", std::uint64_t{0});
+    for (const SectionStart& sec : m.sections)
+      if (sec.name == section_name(Section::kPageHashes)) restored_end = sec.offset;
+    if (pages->position() != restored_end)
+      throw ImageError(
+          fmt::format("{}: the restore read {} bytes of a page stream whose restored "
+                      "part is {}",
+                      o.dir.string(), pages->position(), restored_end));
     for (auto* p : live) {
       restore_files(*p, area, pipes, sockets, shm);
       restore_signals(*p, area);

@@ -32,17 +32,20 @@ enum class Section {
   kPages,         // every process's VMA page runs (processes, then VMAs, in order)
   kPipes,         // bytes buffered in pipes (Manifest::pipes)
   kSockets,       // messages queued on Unix sockets (Manifest::sockets)
+  kPageHashes,    // a hash of each page of the mappings with Vma::track kHash (page_hashes.h)
 };
 
 // The order of the sections in the page stream; every image of this format holds all of
-// them, each exactly once (an empty section starts where the next one does).
-inline constexpr std::array<Section, 6> kSectionOrder = {
-    Section::kShm,   Section::kDeletedFiles, Section::kSysvShm,
-    Section::kPages, Section::kPipes,        Section::kSockets,
+// them, each exactly once (an empty section starts where the next one does), except
+// that images before format 11 end without "page_hashes" (which is then empty). The
+// restore reads none of "page_hashes": only the next dump does.
+inline constexpr std::array<Section, 7> kSectionOrder = {
+    Section::kShm,   Section::kDeletedFiles, Section::kSysvShm,    Section::kPages,
+    Section::kPipes, Section::kSockets,      Section::kPageHashes,
 };
 
 // The section's name in the manifest ("shm", "deleted_files", "sysv_shm", "pages",
-// "pipes", "sockets").
+// "pipes", "sockets", "page_hashes").
 constexpr std::string_view section_name(Section s) {
   switch (s) {
     case Section::kShm:
@@ -57,6 +60,8 @@ constexpr std::string_view section_name(Section s) {
       return "pipes";
     case Section::kSockets:
       return "sockets";
+    case Section::kPageHashes:
+      return "page_hashes";
   }
   return "?";
 }

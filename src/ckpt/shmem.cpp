@@ -13,8 +13,13 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cstring>
+
 #include "ckpt/fsaccess.h"
 #include "ckpt/memfd.h"
+#include "ckpt/page_hashes.h"
+#include "ckpt/parent_chain.h"
 #include "ckpt/remote.h"
 #include "common/error.h"
 #include "common/fd.h"
@@ -71,6 +76,63 @@ std::vector<std::pair<std::uint64_t, std::uint64_t>> append_file_data(int fd, st
   return runs;
 }
 
+namespace {
+
+// Adds page `at` to runs (ascending), joining it to the last run when adjacent.
+template <typename Runs>
+void add_page(Runs& runs, std::uint64_t at) {
+  if (!runs.empty() && runs.back().first + runs.back().second == at)
+    ++runs.back().second;
+  else
+    runs.emplace_back(at, 1);
+}
+
+// append_file_data with hashes (page_hashes.h): of the object's data pages, those
+// whose hash equals the parent's at the same page go to o.parent_runs, the others
+// to the page stream and o.runs; every page's hash goes to hashing.out.
+void append_object_hashed(int fd, ShmObject& o, ImageWriter& img, std::vector<std::byte>& buf,
+                          PageHashing& hashing, const std::string& what) {
+  ParentHashes::Cursor parent;
+  if (hashing.parent) parent = hashing.parent->object_cursor(o.key);
+  const off_t end = static_cast<off_t>(o.size);
+  const off_t page = static_cast<off_t>(kPage);
+  for (off_t pos = 0; pos < end;) {
+    off_t data = ::lseek(fd, pos, SEEK_DATA);
+    if (data < 0) break;  // ENXIO: only a hole is left
+    off_t hole = ::lseek(fd, data, SEEK_HOLE);
+    if (hole < 0) hole = end;
+    data = data / page * page;
+    hole = std::min<off_t>(end, (hole + page - 1) / page * page);
+    for (off_t at = data; at < hole;) {
+      std::size_t n =
+          static_cast<std::size_t>(std::min<off_t>(hole - at, static_cast<off_t>(buf.size())));
+      n = (n + kPage - 1) / kPage * kPage;
+      std::fill(buf.begin(), buf.begin() + static_cast<std::ptrdiff_t>(n), std::byte{0});
+      if (::pread(fd, buf.data(), n, at) < 0) fail_errno("reading {} at {}", what, at);
+      std::size_t kept = 0;
+      for (std::size_t i = 0; i < n / kPage; ++i) {
+        const std::byte* pg = buf.data() + i * kPage;
+        const std::uint64_t index = static_cast<std::uint64_t>(at) / kPage + i;
+        const PageHash h = hash_page(pg);
+        hashing.out.push_back(h);
+        const PageHash* was = parent.find(index);
+        if (was && *was == h) {
+          add_page(o.parent_runs, index);
+          continue;
+        }
+        if (kept != i) std::memmove(buf.data() + kept * kPage, pg, kPage);
+        ++kept;
+        add_page(o.runs, index);
+      }
+      img.append_pages(std::span(buf.data(), kept * kPage));
+      at += static_cast<off_t>(n);
+    }
+    pos = hole;
+  }
+}
+
+}  // namespace
+
 void fill_file_data(int fd, std::uint64_t size,
                     const std::vector<std::pair<std::uint64_t, std::uint64_t>>& runs,
                     PageReader& pages, std::vector<std::byte>& buf, const std::string& what) {
@@ -108,7 +170,7 @@ int shm_fd_in_init(const ShmTable& t, const std::string& key) {
   return it->second;
 }
 
-void dump_shm(std::span<DumpProcess> procs, Manifest& m, ImageWriter& img) {
+void dump_shm(std::span<DumpProcess> procs, Manifest& m, ImageWriter& img, PageHashing* hashing) {
   std::vector<std::byte> buf(kIo);
   for (auto& p : procs) {
     // The maps path of each shm VMA, to tell named objects from unlinked ones.
@@ -131,14 +193,19 @@ void dump_shm(std::span<DumpProcess> procs, Manifest& m, ImageWriter& img) {
       o.size = static_cast<std::uint64_t>(st.st_size);
       o.seals = dump_seals(fd.get(),
                            fmt::format("process {}: shared memory {} ({})", p.rec.pid, mf, v.path));
-      o.runs = append_file_data(fd.get(), o.size, img, buf, mf);
+      if (hashing) {
+        o.track = TrackMethod::kHash;
+        append_object_hashed(fd.get(), o, img, buf, *hashing, mf);
+      } else {
+        o.runs = append_file_data(fd.get(), o.size, img, buf, mf);
+      }
       m.shm.push_back(std::move(o));
     }
   }
 }
 
 ShmTable create_shm(InitStash& stash, const InjectionArea& area, const Manifest& m,
-                    PageReader& pages) {
+                    PageReader& pages, ParentChain* chain) {
   ShmTable table;
   if (m.shm.empty()) return table;
   Injector& inj = stash.inj();
@@ -185,6 +252,10 @@ ShmTable create_shm(InitStash& stash, const InjectionArea& area, const Manifest&
       if (::fchmod(w.get(), o.mode) < 0) fail_errno("{}: fchmod {:o}", what, o.mode);
     }
     fill_file_data(w.get(), o.size, o.runs, pages, buf, what);
+    if (!o.parent_runs.empty()) {
+      if (!chain) fail_image("image: {} has pages in a parent image but no parent", what);
+      chain->fill_object(o.key, w.get(), o.size, o.parent_runs);
+    }
     seal_before_mapping(w.get(), o.seals, what);
   }
   return table;

@@ -18,13 +18,20 @@
 
 namespace fsched::ckpt {
 
+class ParentChain;
+struct PageHashing;
+
 // Whether a mapping's path (/proc/PID/maps) names a shared memory object.
 bool is_shm_path(const std::string& maps_path);
 // Dump: every object mapped by the tree, its data to the page stream (before pages).
-void dump_shm(std::span<DumpProcess> procs, Manifest& m, ImageWriter& img);
-// Restore: creates the objects in init and fills them (reads the page stream).
+// With `hashing` (page_hashes.h), each data page is hashed, and with a parent to
+// compare with, a page equal to the parent's goes to ShmObject::parent_runs instead.
+void dump_shm(std::span<DumpProcess> procs, Manifest& m, ImageWriter& img,
+              PageHashing* hashing = nullptr);
+// Restore: creates the objects in init and fills them (reads the page stream), the
+// pages of an incremental image's ShmObject::parent_runs from `chain`.
 ShmTable create_shm(InitStash& stash, const InjectionArea& area, const Manifest& m,
-                    PageReader& pages);
+                    PageReader& pages, ParentChain* chain = nullptr);
 // Restore, once every process has mapped and opened them (before the stash is closed):
 // the seals that must wait for that, on shm objects and deleted files (memfd.h).
 void seal_shm_objects(InitStash& stash, const Manifest& m, const ShmTable& table);

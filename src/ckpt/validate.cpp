@@ -13,6 +13,7 @@
 #include <set>
 
 #include "ckpt/image.h"
+#include "ckpt/page_hashes.h"
 #include "ckpt/sections.h"
 #include "common/error.h"
 
@@ -66,7 +67,10 @@ void check_sections(const std::vector<SectionStart>& sections,
           s.offset, stream_bytes);
     prev = s.offset;
   }
-  if (sections.size() != kSectionOrder.size())
+  // Images before format 11 end without "page_hashes"; one that hashes nothing may too.
+  const bool no_hashes = sections.size() + 1 == kSectionOrder.size() &&
+                         kSectionOrder.back() == Section::kPageHashes && sizes.back() == 0;
+  if (sections.size() != kSectionOrder.size() && !no_hashes)
     bad("{} page-stream sections, expected {} (\"{}\" missing)", sections.size(),
         kSectionOrder.size(), section_name(kSectionOrder[sections.size()]));
   for (std::size_t i = 0; i < sections.size(); ++i) {
@@ -88,8 +92,13 @@ void validate_manifest(const Manifest& m, std::uint64_t stream_bytes) {
   auto section = [&](Section s) -> std::uint64_t& { return sizes[section_index(s)]; };
   for (auto& o : m.shm) {
     if (o.size > kMaxObjectBytes) bad("shared memory object {}: size {}", o.key, o.size);
-    section(Section::kShm) +=
-        runs_bytes(o.runs, (o.size + kPage - 1) / kPage, "shared memory object " + o.key);
+    const std::uint64_t pages = (o.size + kPage - 1) / kPage;
+    const std::uint64_t stored = runs_bytes(o.runs, pages, "shared memory object " + o.key);
+    section(Section::kShm) += stored;
+    const std::uint64_t from_parent =
+        runs_bytes(o.parent_runs, pages, "shared memory object " + o.key + " (parent)");
+    if (o.track == TrackMethod::kHash)
+      section(Section::kPageHashes) += (stored + from_parent) / kPage * kPageHashBytes;
   }
   for (auto& d : m.deleted_files) {
     if (d.size > kMaxObjectBytes) bad("deleted file {}: size {}", d.path, d.size);
@@ -136,7 +145,12 @@ void validate_manifest(const Manifest& m, std::uint64_t stream_bytes) {
         bad("{}: not page aligned, empty, out of user space or overlapping", what);
       prev_end = v.end;
       if (v.path.size() >= 4096) bad("{}: path too long", what);
-      section(Section::kPages) += runs_bytes(v.runs, (v.end - v.start) / kPage, what);
+      const std::uint64_t pages = (v.end - v.start) / kPage;
+      section(Section::kPages) += runs_bytes(v.runs, pages, what);
+      const std::uint64_t from_parent = runs_bytes(v.parent_runs, pages, what + " (parent)");
+      if (v.track == TrackMethod::kHash)
+        section(Section::kPageHashes) +=
+            (runs_bytes(v.runs, pages, what) + from_parent) / kPage * kPageHashBytes;
     }
     std::set<int> fds;
     for (auto& f : p.fds) {

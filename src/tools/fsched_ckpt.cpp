@@ -56,14 +56,26 @@ int show(const std::string& dir, bool json, const std::string& key_file) {
       }
     return std::pair{n, parent};
   };
+  // How the link found its unchanged pages (track_method.h), over its mappings.
+  auto methods = [](const ck::Manifest& mm) {
+    std::set<std::string_view> seen;
+    for (auto& p : mm.processes)
+      for (auto& v : p.vmas)
+        if (v.track != ck::TrackMethod::kNone) seen.insert(ck::to_string(v.track));
+    std::string out;
+    for (auto name : seen) out += (out.empty() ? "" : "+") + std::string(name);
+    return out.empty() ? std::string("-") : out;
+  };
   std::cout << fmt::format("  kind {} id {}\n", m.kind, m.image_id.empty() ? "-" : m.image_id);
   if (m.kind == "incremental") {
-    std::cout << "  chain (newest first; pages stored in the link / taken from below):\n";
+    std::cout << "  chain (newest first; pages stored in the link / taken from below; "
+                 "tracking method):\n";
     ck::Manifest cur = m;
     std::filesystem::path cur_dir = dir;
     for (std::size_t depth = 0; depth <= ck::kMaxChainLinks; ++depth) {
       auto [own, below] = own_pages(cur);
-      std::cout << fmt::format("    {} {} {} / {} pages\n", cur_dir.string(), cur.kind, own, below);
+      std::cout << fmt::format("    {} {} {} / {} pages; {}\n", cur_dir.string(), cur.kind, own,
+                               below, methods(cur));
       if (cur.kind != "incremental") break;
       const std::filesystem::path next = ck::parent_dir(cur_dir, cur);
       ck::Manifest pm;
@@ -168,6 +180,14 @@ int main(int argc, char** argv) {
   dump->add_flag("--track-mem", dopt.track_mem,
                  "track the pages the job writes from now on, for a later dump with --parent "
                  "(needs --leave-running; implied by --parent with --leave-running)");
+  const char* method_help =
+      "how the pages unchanged since the parent are found: kernel (the kernel's written "
+      "bits; the job takes a fault on its first write to each page after a dump) or hash "
+      "(every page hashed and compared with the parent's: nothing between dumps, but a "
+      "longer freeze); default kernel where the kernel has it, else hash";
+  std::string dump_method, pre_method;
+  dump->add_option("--track-method", dump_method, method_help)
+      ->check(CLI::IsMember({"kernel", "hash"}));
   std::string dump_parent;
   dump->add_option("--parent", dump_parent,
                    "an earlier image of the job: store only the pages written since (an "
@@ -191,6 +211,8 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(-50, 19));
   predump->add_option("--key", popt.key_file, key_help + "; made if missing");
   predump->add_flag("--json", pre_json, "print the figures as JSON");
+  predump->add_option("--track-method", pre_method, method_help)
+      ->check(CLI::IsMember({"kernel", "hash"}));
 
   ck::RestoreOptions res;
   std::string res_dir, res_pidfile;
@@ -244,12 +266,14 @@ int main(int argc, char** argv) {
     if (*dump) {
       dopt.dir = dump_dir;
       dopt.parent = dump_parent;
+      if (!dump_method.empty()) dopt.track_method = ck::track_method_from_string(dump_method);
       auto st = ck::dump(dopt);
       if (dump_json) {
-        nlohmann::json j{{"processes", st.processes},       {"threads", st.threads},
-                         {"memory_bytes", st.memory_bytes}, {"image_bytes", st.image_bytes},
-                         {"freeze_ms", st.freeze_ms},       {"dump_ms", st.dump_ms},
-                         {"incremental", st.incremental}};
+        nlohmann::json j{
+            {"processes", st.processes},       {"threads", st.threads},
+            {"memory_bytes", st.memory_bytes}, {"image_bytes", st.image_bytes},
+            {"freeze_ms", st.freeze_ms},       {"dump_ms", st.dump_ms},
+            {"incremental", st.incremental},   {"track_method", ck::to_string(st.track)}};
         if (!st.full_because.empty()) j["full_because"] = st.full_because;
         if (!st.tcp_freeze.empty()) j["tcp_freeze"] = st.tcp_freeze;
         for (auto& [name, ms] : st.phases_ms) j["phases_ms"][name] = ms;
@@ -268,6 +292,7 @@ int main(int argc, char** argv) {
     }
     if (*predump) {
       popt.dir = pre_dir;
+      if (!pre_method.empty()) popt.track_method = ck::track_method_from_string(pre_method);
       auto st = ck::pre_dump(popt);
       nlohmann::json j{{"processes", st.processes},
                        {"memory_bytes", st.memory_bytes},

@@ -10,7 +10,10 @@ from pathlib import Path
 import json
 import os
 import random
+import shutil
 import signal
+
+import pytest
 
 from ckpt_e2e import E2E, Job, JobSpec, kill_job_processes, page_runs
 from test_ipc import manifest
@@ -86,11 +89,14 @@ def _spec(name: str) -> JobSpec:
                    timeout=180)
 
 
-def _chain(e2e: E2E, job: Job, ref, name: str, links: int, mappings: bool = False) -> list[Path]:
+def _chain(e2e: E2E, job: Job, ref, name: str, links: int, mappings: bool = False,
+           method: str | None = None, shared: bool = False) -> list[Path]:
     """Dumps the running job `links` times, leaving it running: a full image with
     --track-mem, then incrementals on the one before. With `mappings` (JOB_PY), checks
-    what each image holds of its file mapping and guard pages. Returns the image
-    directories."""
+    what each image holds of its file mapping and guard pages. With `method`, dumps
+    with --track-method METHOD and checks that each incremental's private mappings say
+    so. With `shared`, checks that the job's shared memory object is hashed and that
+    each incremental takes most of it from its parent. Returns the image directories."""
     images = []
     for i in range(links):
         job.wait_progress(ref, 0.1 + 0.6 * i / links)
@@ -98,7 +104,8 @@ def _chain(e2e: E2E, job: Job, ref, name: str, links: int, mappings: bool = Fals
         # --parent with --leave-running keeps the job tracked: --track-mem is left out
         # of every other incremental dump.
         extra = (("--track-mem",) if i % 2 == 0 else ()) + \
-            (("--parent", str(images[-1])) if images else ())
+            (("--parent", str(images[-1])) if images else ()) + \
+            (("--track-method", method) if method else ())
         r, st = e2e.engine.dump(job.init_pid, image, leave_running=True, extra=extra)
         assert r.rc == 0, f"dump {i} failed ({r.rc}): {r.stderr.strip()}"
         m = manifest(image)
@@ -112,6 +119,23 @@ def _chain(e2e: E2E, job: Job, ref, name: str, links: int, mappings: bool = Fals
             parent_pages = sum(c for p in m["processes"] for v in p["vmas"]
                                for _, c in page_runs(v.get("parent_runs", [])))
             assert parent_pages * 4096 > 40 << 20, parent_pages
+            tracks = {v.get("track", "none") for p in m["processes"] for v in p["vmas"]
+                      if not v.get("shared") and v["kind"] in ("anon", "heap", "stack")}
+            # With kernel tracking, a mapping made or moved since the parent is stored
+            # whole ("none"); hashes cover every private mapping.
+            assert (tracks == {"hash"} if method == "hash"
+                    else "kernel" in tracks and tracks <= {"kernel", "none"}), tracks
+            assert st["track_method"] == (method or "kernel"), st
+        if shared:
+            objs = m["shm"]
+            assert objs and all(o.get("track") == "hash" for o in objs), objs
+            own = sum(c for o in objs for _, c in page_runs(o.get("runs", [])))
+            below = sum(c for o in objs for _, c in page_runs(o.get("parent_runs", [])))
+            if i == 0:
+                assert below == 0 and own >= 2048, (own, below)
+            else:
+                # A few hundred of its 2048 pages were written since the parent.
+                assert below > 1000 and own < 1000, (own, below)
         # The private mapping of data.bin: the pages the job wrote (since the parent)
         # are stored, the file's own are not; the guard pages are recorded.
         if mappings:
@@ -149,8 +173,9 @@ def test_incremental_chain_of_ten(e2e: E2E):
         sh = e2e.engine.call(["show", "--dir", str(last)], 60)
         assert sh.rc == 0, sh.stderr
         chain = [ln.split()[0] for ln in sh.stdout.splitlines()
-                 if ln.startswith("    /") and ln.rstrip().endswith(" pages")]
+                 if ln.startswith("    /") and " pages; " in ln]
         assert chain == [str(last)] + [str(p) for p in reversed(images)], sh.stdout[:2000]
+        assert f"{last} incremental" in sh.stdout and "pages; kernel" in sh.stdout, sh.stdout[:2000]
         job.paused()
         res = e2e.restore_foreground(job, last)
         assert res.rc == ref.status, res.stderr
@@ -272,12 +297,15 @@ print("done", steps, flush=True)
 '''
 
 
-def test_incremental_chain_two_processes_shared_memory_threads(e2e: E2E):
+@pytest.mark.parametrize("method", ["kernel", "hash"])
+def test_incremental_chain_two_processes_shared_memory_threads(e2e: E2E, method: str):
     """The acceptance's multi-process job with shared anonymous memory and its
     multi-threaded job, in one: a full image and 9 incrementals left running, a 10th
     that kills the job; the restore from the 11-link chain ends as the uninterrupted
-    run did (both processes' reports, the shared mapping's final digest)."""
-    spec = JobSpec(name="incr_mp", argv=["/usr/bin/python3", "{work}/job.py", str(STEPS)],
+    run did (both processes' reports, the shared mapping's final digest). The shared
+    mapping's pages are compared by hash whatever the method (the kernel's written
+    bits are per process): each incremental stores only those written since."""
+    spec = JobSpec(name=f"incr_mp_{method}", argv=["/usr/bin/python3", "{work}/job.py", str(STEPS)],
                    setup=lambda work: (work / "job.py").write_text(MP_PY),
                    inputs=("job.py",), progress=("lines", "stdout"), timeout=180)
     ref = e2e.reference(spec)
@@ -285,17 +313,111 @@ def test_incremental_chain_two_processes_shared_memory_threads(e2e: E2E):
     job = e2e.job(spec)
     job.start_detached()
     try:
-        images = _chain(e2e, job, ref, spec.name, 10)
+        images = _chain(e2e, job, ref, spec.name, 10, method=method, shared=True)
         m = manifest(images[-1])
         assert len([p for p in m["processes"] if not p.get("zombie")]) >= 3, "init and both processes"
         job.wait_progress(ref, 0.8)
         last = e2e.image(f"{spec.name}/last")
-        r, st = e2e.engine.dump(job.init_pid, last, extra=("--parent", str(images[-1])))
+        r, st = e2e.engine.dump(job.init_pid, last,
+                                extra=("--parent", str(images[-1]), "--track-method", method))
         assert r.rc == 0 and st["incremental"], (r.stderr, st)
         assert st["threads"] >= 8, st
         job.paused()
         res = e2e.restore_foreground(job, last)
         assert res.rc == ref.status, res.stderr
         job.assert_matches(ref, " (two processes, shared memory and threads, from an 11-link chain)")
+    finally:
+        kill_job_processes(job.marker)
+
+
+def test_incremental_chain_by_page_hashes(e2e: E2E):
+    """The fallback where the kernel cannot report written pages (--track-method hash,
+    the default on a kernel without UFFD_FEATURE_WP_ASYNC): each dump hashes every page
+    and stores only those whose hash differs from the parent's at the same address. A
+    chain of 6 links while the job grows its heap, maps, unmaps and moves memory, then
+    a dump that kills it: the restore ends as the uninterrupted run did. A hash dump
+    on a parent made with kernel tracking is full, and says why."""
+    spec = _spec("incr_hash")
+    ref = e2e.reference(spec)
+    job = e2e.job(spec)
+    job.start_detached()
+    try:
+        images = _chain(e2e, job, ref, spec.name, 6, mappings=True, method="hash")
+        # Every private page's hash is kept: 16 bytes a page.
+        m = manifest(images[-1])
+        hashed = sum(c for p in m["processes"] for v in p["vmas"] if v.get("track") == "hash"
+                     for key in ("runs", "parent_runs") for _, c in page_runs(v.get(key, [])))
+        sec = {s["name"]: s["offset"] for s in m["sections"]}
+        assert m["pages_logical_bytes"] - sec["page_hashes"] == 16 * hashed > 0, (sec, hashed)
+        # A kernel-tracked image gives a hash dump nothing to compare with.
+        kern = e2e.image(f"{spec.name}/kernel")
+        r, st = e2e.engine.dump(job.init_pid, kern, leave_running=True,
+                                extra=("--track-mem", "--track-method", "kernel"))
+        assert r.rc == 0, r.stderr
+        full = e2e.image(f"{spec.name}/full")
+        r, st = e2e.engine.dump(job.init_pid, full, leave_running=True,
+                                extra=("--parent", str(kern), "--track-method", "hash"))
+        assert r.rc == 0 and not st["incremental"], (r.stderr, st)
+        assert "no page hashes" in st["full_because"], st
+        # Hashes that cannot be read (a bad chunk in the parent's page_hashes section,
+        # the stream's last) make a full image, not a failed dump.
+        damaged = e2e.image(f"{spec.name}/damaged")
+        shutil.copytree(images[-1], damaged)
+        pages = bytearray((damaged / "pages.img").read_bytes())
+        pages[-1] ^= 0xFF
+        (damaged / "pages.img").write_bytes(bytes(pages))
+        r, st = e2e.engine.dump(job.init_pid, e2e.image(f"{spec.name}/on-damaged"),
+                                leave_running=True,
+                                extra=("--parent", str(damaged), "--track-method", "hash"))
+        assert r.rc == 0 and not st["incremental"], (r.stderr, st)
+        assert "page hashes cannot be read" in st["full_because"] and "checksum" in \
+            st["full_because"], st
+        job.wait_progress(ref, 0.8)
+        last = e2e.image(f"{spec.name}/last")
+        r, st = e2e.engine.dump(job.init_pid, last,
+                                extra=("--parent", str(images[-1]), "--track-method", "hash"))
+        assert r.rc == 0 and st["incremental"] and st["track_method"] == "hash", (r.stderr, st)
+        sh = e2e.engine.call(["show", "--dir", str(last)], 60)
+        assert sh.rc == 0 and "pages; hash" in sh.stdout, (sh.stderr, sh.stdout[:2000])
+        job.paused()
+        res = e2e.restore_foreground(job, last)
+        assert res.rc == ref.status, res.stderr
+        job.assert_matches(ref, " (restored from a 7-link chain of page hashes)")
+    finally:
+        kill_job_processes(job.marker)
+
+
+def test_pre_dump_then_dump_by_page_hashes(e2e: E2E):
+    """pre-dump with --track-method hash leaves the job untouched (no write
+    protection): the dump on it compares hashes and restores byte-identical."""
+    spec = _spec("incr_predump_hash")
+    ref = e2e.reference(spec)
+    job = e2e.job(spec)
+    job.start_detached()
+    try:
+        job.wait_progress(ref, 0.3)
+        pre = e2e.image(f"{spec.name}/pre")
+        r = e2e.engine.call(["pre-dump", "--pid", str(job.init_pid), "--dir", str(pre), "--json",
+                             "--track-method", "hash"], 120)
+        assert r.rc == 0, r.stderr
+        ps = json.loads(r.stdout.strip().splitlines()[-1])
+        # Nothing of the job was registered with a userfaultfd.
+        pids = [str(job.init_pid)] + \
+            Path(f"/proc/{job.init_pid}/task/{job.init_pid}/children").read_text().split()
+        assert len(pids) >= 2, pids
+        for pid in pids:
+            flags = [ln for ln in Path(f"/proc/{pid}/smaps").read_text().splitlines()
+                     if ln.startswith("VmFlags:")]
+            assert not any(" uw" in f for f in flags), (pid, flags)
+        job.wait_progress(ref, 0.5)
+        last = e2e.image(f"{spec.name}/last")
+        r, st = e2e.engine.dump(job.init_pid, last,
+                                extra=("--parent", str(pre), "--track-method", "hash"))
+        assert r.rc == 0 and st["incremental"], (r.stderr, st)
+        assert st["memory_bytes"] < 0.5 * ps["memory_bytes"], (st, ps)
+        job.paused()
+        res = e2e.restore_foreground(job, last)
+        assert res.rc == ref.status, res.stderr
+        job.assert_matches(ref, " (restored on a pre-dump by page hashes)")
     finally:
         kill_job_processes(job.marker)

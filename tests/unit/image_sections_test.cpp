@@ -64,12 +64,13 @@ std::vector<std::byte> bytes(std::size_t n, char c) {
   return std::vector<std::byte>(n, std::byte(c));
 }
 
-// An image with every section; section i holds sizes[i] bytes of the letter 'a' + i.
+// An image with every section; section i holds sizes[i] bytes of the letter 'a' + i
+// (none past the end of sizes).
 void write_sectioned(const fs::path& dir, const std::vector<std::size_t>& sizes) {
   auto w = ImageWriter::create(dir, 1);
   for (std::size_t i = 0; i < kSectionOrder.size(); ++i) {
     w->begin_section(kSectionOrder[i]);
-    w->append_pages(bytes(sizes[i], static_cast<char>('a' + i)));
+    w->append_pages(bytes(i < sizes.size() ? sizes[i] : 0, static_cast<char>('a' + i)));
   }
   w->commit(json::object());
 }
@@ -81,7 +82,7 @@ TEST(Sections, NamesRoundTripInOrder) {
     EXPECT_EQ(section_from_name(section_name(s)), s);
   }
   EXPECT_EQ(names, (std::vector<std::string>{"shm", "deleted_files", "sysv_shm", "pages", "pipes",
-                                             "sockets"}));
+                                             "sockets", "page_hashes"}));
   EXPECT_FALSE(section_from_name("memory").has_value());
 }
 
@@ -93,7 +94,8 @@ TEST(Sections, WriterRecordsEachStart) {
   EXPECT_EQ(r->manifest()["sections"],
             json::parse(R"([{"name":"shm","offset":0},{"name":"deleted_files","offset":3},
                             {"name":"sysv_shm","offset":3},{"name":"pages","offset":8},
-                            {"name":"pipes","offset":4104},{"name":"sockets","offset":4104}])"));
+                            {"name":"pipes","offset":4104},{"name":"sockets","offset":4104},
+                            {"name":"page_hashes","offset":4111}])"));
   EXPECT_EQ(r->manifest()["format_version"], kImageFormatVersion);
 }
 
@@ -199,6 +201,36 @@ TEST(Sections, ValidateAcceptsWhatADumpWrites) {
   EXPECT_NO_THROW(validate_manifest(small_manifest(), 15));
 }
 
+// An image before format 11 (or one that hashed nothing) may end without
+// "page_hashes"; one with hashed mappings must hold their hashes, 16 bytes a page.
+TEST(Sections, PageHashesSectionMatchesTheHashedMappings) {
+  Manifest m = small_manifest();
+  m.sections.push_back({"page_hashes", 15});
+  EXPECT_NO_THROW(validate_manifest(m, 15));
+  Process& p = m.processes[0];
+  p.zombie = false;
+  p.uids = p.gids = {0, 0, 0, 0};
+  p.threads.push_back({});
+  p.threads[0].tid = 1;
+  p.threads[0].regs.resize(27);
+  Vma v;
+  v.start = 0x10000;
+  v.end = 0x20000;
+  v.runs = {{0, 1}};
+  v.parent_runs = {{2, 3}};
+  v.track = TrackMethod::kHash;
+  p.vmas.push_back(v);
+  // "pages" holds one page, "page_hashes" four hashes.
+  m.sections = {{"shm", 0},      {"deleted_files", 0}, {"sysv_shm", 0},      {"pages", 0},
+                {"pipes", 4096}, {"sockets", 4106},    {"page_hashes", 4111}};
+  EXPECT_NO_THROW(validate_manifest(m, 4111 + 64));
+  EXPECT_THAT(image_error_of([&] { validate_manifest(m, 4111 + 48); }),
+              HasSubstr("its parts hold 4175 bytes of page data, the page stream has 4159"));
+  m.sections.pop_back();
+  EXPECT_THAT(image_error_of([&] { validate_manifest(m, 4111 + 64); }),
+              HasSubstr("6 page-stream sections, expected 7 (\"page_hashes\" missing)"));
+}
+
 TEST(Sections, ValidateRefusesAnotherOrder) {
   Manifest m = small_manifest();
   std::swap(m.sections[4], m.sections[5]);
@@ -217,7 +249,7 @@ TEST(Sections, ValidateRefusesAMissingSection) {
   Manifest m = small_manifest();
   m.sections.pop_back();
   EXPECT_THAT(image_error_of([&] { validate_manifest(m, 15); }),
-              HasSubstr("5 page-stream sections, expected 6 (\"sockets\" missing)"));
+              HasSubstr("5 page-stream sections, expected 7 (\"sockets\" missing)"));
   m.sections.clear();  // an image without sections at all
   EXPECT_THAT(image_error_of([&] { validate_manifest(m, 15); }), HasSubstr("\"shm\" missing"));
 }

@@ -472,6 +472,35 @@ TEST_P(NextTest, ViewsFollowChunksForAnyMax) {
   }
 }
 
+// skip_to() passes over whole chunks unread; what follows is the stream's bytes, from a
+// verified image (page cache) or not, and an offset behind or past the end is refused.
+TEST_P(NextTest, SkipToLandsOnTheRightBytes) {
+  TempDir tmp;
+  fs::path dir = tmp.path() / "img";
+  const std::size_t size = 4 * kChunk + 999;
+  auto data = make(size);
+  write_image(dir, data);
+  for (bool verified : {false, true}) {
+    SCOPED_TRACE(verified);
+    auto r = ImageReader::open(dir);
+    if (verified) r->verify_chunks();
+    auto pr = r->pages();
+    std::byte b[16];
+    for (std::size_t off : {std::size_t{0}, std::size_t{20}, kChunk - 3, kChunk + 100,
+                            3 * kChunk + 17, 3 * kChunk + 4000, 4 * kChunk, size - 16}) {
+      SCOPED_TRACE(off);
+      pr->skip_to(off);
+      ASSERT_EQ(pr->position(), off);
+      pr->read(std::span(b));
+      EXPECT_TRUE(std::equal(b, b + 16, data.begin() + static_cast<std::ptrdiff_t>(off)));
+    }
+    EXPECT_THAT(error_of([&] { pr->skip_to(5); }), HasSubstr("skip to stream offset 5"));
+    EXPECT_THAT(error_of([&] { pr->skip_to(size + 1); }), HasSubstr("skip to stream offset"));
+    pr->skip_to(size);
+    EXPECT_EQ(pr->position(), size);
+  }
+}
+
 TEST_P(NextTest, InterleavedWithRead) {
   TempDir tmp;
   fs::path dir = tmp.path() / "img";
