@@ -149,7 +149,8 @@ Checkpoint Controller::run_checkpoint(int64_t job_id, CheckpointSource source,
             .track_mem = cfg_.incremental && source != CheckpointSource::Vacate,
             // CRIU_PreDump for the checkpoints that are not incremental (an incremental
             // one freezes the job only to store what changed already).
-            .pre_dump_delay = cfg_.pre_dump && parent_location.empty() ? cfg_.pre_dump_delay : -1},
+            .pre_dump_delay = cfg_.pre_dump && parent_location.empty() ? cfg_.pre_dump_delay : -1,
+            .track_method = cfg_.track_method},
         cfg_.checkpoint_timeout + 60);
   } catch (const RpcError& e) {
     error = e.what();

@@ -683,6 +683,7 @@ nlohmann::json NodeDaemon::checkpoint(const proto::Request& r) {
   if (q.track_mem) argv.push_back("--track-mem");
   // Incremental on an earlier checkpoint of the same job, beside it (decode_checkpoint).
   if (!q.parent.empty()) argv.insert(argv.end(), {"--parent", q.parent});
+  if (!q.track_method.empty()) argv.insert(argv.end(), {"--track-method", q.track_method});
   // CRIU_PreDump: the memory is copied while the job runs; the dump in the freeze then
   // stores only what changed since. A failed pre-dump costs only its time: the dump is
   // then full.
@@ -693,9 +694,11 @@ nlohmann::json NodeDaemon::checkpoint(const proto::Request& r) {
     fs::remove_all(pre + ".tmp", ec);
     std::string why;
     try {
-      SpawnResult res = spawn_wait(
-          {ckpt_tool(), "pre-dump", "--pid", std::to_string(pid), "--dir", pre, "--json"},
-          {{"PATH", "/usr/bin:/bin"}}, timeout);
+      std::vector<std::string> pre_argv{ckpt_tool(), "pre-dump", "--pid", std::to_string(pid),
+                                        "--dir",     pre,        "--json"};
+      if (!q.track_method.empty())
+        pre_argv.insert(pre_argv.end(), {"--track-method", q.track_method});
+      SpawnResult res = spawn_wait(pre_argv, {{"PATH", "/usr/bin:/bin"}}, timeout);
       if (res.exit_code() == 0 && !res.timed_out) {
         json st = json::parse(res.out, nullptr, false);
         pre_bytes = st.is_object() ? st.value("image_bytes", uint64_t{0}) : 0;

@@ -347,6 +347,11 @@ Config parse_config(std::string_view text, const std::filesystem::path& file) {
       c.pre_dump = to_bool(at, key, v);
     } else if (lk == "criu_predumpdelay") {
       c.pre_dump_delay = static_cast<int>(to_int(at, key, v, 0, 86400));
+    } else if (lk == "criu_trackmethod") {
+      std::string m = lower(v);
+      if (m != "kernel" && m != "hash")
+        at.error("CRIU_TrackMethod = {}: expected kernel or hash", v);
+      c.track_method = m;
     } else if (lk == "criu_loadaware")
       c.load_aware = to_bool(at, key, v);
     else if (lk == "criu_loadthresholdcpu")

@@ -43,7 +43,11 @@ struct Config {
   int full_every = 10;                                // CRIU_FullEvery
   bool pre_dump = false;                              // CRIU_PreDump
   int pre_dump_delay = 5;                             // CRIU_PreDumpDelay, seconds
-  bool load_aware = false;                            // CRIU_LoadAware
+  // CRIU_TrackMethod: how incremental checkpoints and pre-dumps find the unchanged
+  // pages: "kernel" (written bits), "hash" (page hashes), "" for the engine's default
+  // (kernel where the kernel has it). fsched-ckpt dump --track-method.
+  std::string track_method;
+  bool load_aware = false;  // CRIU_LoadAware
   double load_threshold_cpu = 0.95, load_threshold_io = 0.50, load_threshold_memory = 0.85;
   int checkpoint_timeout = 600;  // CheckpointTimeout, seconds
   int kill_wait = 30;            // KillWait, seconds between SIGTERM and SIGKILL

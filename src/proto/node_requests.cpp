@@ -90,6 +90,7 @@ void to_json(json& j, const CheckpointRequest& r) {
   if (!r.parent.empty()) j["parent"] = r.parent;
   if (r.track_mem) j["track_mem"] = true;
   if (r.pre_dump_delay >= 0) j["pre_dump_delay"] = r.pre_dump_delay;
+  if (!r.track_method.empty()) j["track_method"] = r.track_method;
 }
 
 void from_json(const json& j, CheckpointRequest& r) {
@@ -108,6 +109,10 @@ void from_json(const json& j, CheckpointRequest& r) {
                    fmt::format("checkpoint: pre_dump_delay {} is out of range", r.pre_dump_delay));
   if (r.pre_dump_delay >= 0 && !r.parent.empty())
     throw RpcError(400, "checkpoint: a pre-dump and a parent image are exclusive");
+  r.track_method = value_or<std::string>(j, "track_method", "");
+  if (!r.track_method.empty() && r.track_method != "kernel" && r.track_method != "hash")
+    throw RpcError(400, fmt::format("checkpoint: track_method \"{}\" is neither kernel nor hash",
+                                    r.track_method));
   // The image names its parent by a name relative to its own directory
   // (docs/incremental.md): an earlier checkpoint of the same job, beside it.
   if (!r.parent.empty() &&

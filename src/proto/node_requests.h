@@ -49,7 +49,7 @@ void from_json(const nlohmann::json& j, LaunchRequest& r);
 
 // POST /v1/node/checkpoint. Required: job_id, dir. Optional: leave_running (true),
 // timeout (0 when absent: the node's CRIU_Timeout), parent (""), track_mem (false),
-// pre_dump_delay (-1).
+// pre_dump_delay (-1), track_method ("").
 struct CheckpointRequest {
   int64_t job_id = 0;
   std::string dir;            // where the image goes (DIR.tmp until complete)
@@ -66,6 +66,9 @@ struct CheckpointRequest {
   // this many seconds, then dump only what changed since (DIR.pre is its parent). -1:
   // no pre-dump. Not with `parent`.
   int pre_dump_delay = -1;
+  // CRIU_TrackMethod for the dump and the pre-dump (`--track-method`): "kernel",
+  // "hash", or "" for the engine's default.
+  std::string track_method;
 };
 void to_json(nlohmann::json& j, const CheckpointRequest& r);
 void from_json(const nlohmann::json& j, CheckpointRequest& r);

@@ -7,6 +7,7 @@ three-link chain) and, after a full checkpoint of the restored run, from that ol
 incremental again. The job's output equals an uninterrupted run's, byte for byte."""
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -189,9 +190,11 @@ def test_pre_dump_with_delay(e2e: E2E, build_dir: Path, test_user, reference):
 def test_incremental_with_pre_dump(e2e: E2E, build_dir: Path, test_user, reference):
     """Both on, CRIU_FullEvery = 2: the full checkpoints are made on a pre-dump, the
     incrementals on the checkpoint before (their freeze is short already). A vacate
-    incremental on a pre-dumped one restores through both (N -> N-1 -> N-1.pre)."""
+    incremental on a pre-dumped one restores through both (N -> N-1 -> N-1.pre). With
+    CRIU_TrackMethod = hash: every link compares page hashes (the images say so)."""
     c = Cluster(build_dir, e2e.jobs_dir.parent / "cluster-incremental-pre-dump", CRIU_Incremental="YES",
-                CRIU_FullEvery=2, CRIU_PreDump="YES", CRIU_PreDumpDelay=0, CRIU_MaxEpochs=1).start()
+                CRIU_FullEvery=2, CRIU_PreDump="YES", CRIU_PreDumpDelay=0, CRIU_MaxEpochs=1,
+                CRIU_TrackMethod="hash").start()
     try:
         d = workdir(e2e, "incremental-pre-dump", test_user)
         jid = c.sbatch("job.sh", STEPS, DELAY, user=test_user, cwd=d)
@@ -207,6 +210,11 @@ def test_incremental_with_pre_dump(e2e: E2E, build_dir: Path, test_user, referen
         assert [x["status"] for x in cks] == ["Cleared", "Cleared", "Present", "Present"], cks
         names = lambda: sorted(p.name for p in (c.ckpt_dir / str(jid)).iterdir())  # noqa: E731
         c.wait_for(lambda: names() == ["3", "3.pre", "4"], 20, f"only what checkpoint 4 needs on disk: {names()}")
+        for name in ("3", "4"):
+            m = json.loads((c.ckpt_dir / str(jid) / name / "manifest.json").read_text())
+            tracks = {v.get("track", "none") for p in m["processes"] for v in p["vmas"]
+                      if not v.get("shared") and v["kind"] in ("anon", "heap", "stack")}
+            assert tracks == {"hash"}, (name, tracks)
         c.cmd("scontrol", "checkpoint", "restart", jid, user=test_user)
         c.wait_state(jid, "COMPLETED", timeout=300)
         assert_same_as_reference(d, jid, reference, test_user)

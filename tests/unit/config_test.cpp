@@ -128,9 +128,18 @@ TEST(Config, KeysWithoutEffectAreWarnedOf) {
                              "AuthInfo = cred_expire=180,ttl=180,requeue_timeout=30\n"
                              "BatchStartTimeout = 10\nSlurmdTimeout = 15\nReturnToService = 0\n"
                              "CRIU_Incremental = yes\nCRIU_FullEvery = 3\n"
-                             "CRIU_PreDump = yes\nCRIU_PreDumpDelay = 2\n",
+                             "CRIU_PreDump = yes\nCRIU_PreDumpDelay = 2\n"
+                             "CRIU_TrackMethod = Hash\n",
                          "f.conf");
   EXPECT_THAT(nf.warnings, testing::IsEmpty());
+  EXPECT_EQ(nf.track_method, "hash");
+  EXPECT_EQ(parse_config(kBase, "f.conf").track_method, "");
+  try {
+    parse_config(std::string(kBase) + "CRIU_TrackMethod = soft-dirty\n", "f.conf");
+    ADD_FAILURE() << "CRIU_TrackMethod = soft-dirty accepted";
+  } catch (const fsched::Error& e) {
+    EXPECT_THAT(e.what(), HasSubstr("CRIU_TrackMethod = soft-dirty: expected kernel or hash"));
+  }
 }
 
 // ---- node failure: AuthInfo, SlurmdTimeout, HeartbeatInterval, ReturnToService -------

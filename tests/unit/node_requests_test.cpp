@@ -117,13 +117,20 @@ TEST(NodeRequests, BadFieldsAre400) {
   for (const json& bad :
        {json{{"job_id", 1}, {"dir", "/c/1/2"}, {"parent", "/c/9/1"}},
         json{{"job_id", 1}, {"dir", "/c/1/2"}, {"parent", "/c/1/1"}, {"pre_dump_delay", 0}},
-        json{{"job_id", 1}, {"dir", "/c/1/2"}, {"leave_running", false}, {"track_mem", true}}})
+        json{{"job_id", 1}, {"dir", "/c/1/2"}, {"leave_running", false}, {"track_mem", true}},
+        json{{"job_id", 1}, {"dir", "/c/1/2"}, {"track_method", "soft-dirty"}},
+        json{{"job_id", 1}, {"dir", "/c/1/2"}, {"track_method", 1}}})
     EXPECT_EQ(status_of([&] { fsched::noded::decode_checkpoint(bad, 600); }), 400) << bad.dump();
   auto ok = fsched::noded::decode_checkpoint(
       json{{"job_id", 1}, {"dir", "/c/1/2"}, {"parent", "/c/1/1"}, {"track_mem", true}}, 600);
   EXPECT_EQ(ok.parent, "/c/1/1");
   EXPECT_TRUE(ok.track_mem);
   EXPECT_EQ(ok.pre_dump_delay, -1);
+  EXPECT_EQ(ok.track_method, "");
+  EXPECT_EQ(fsched::noded::decode_checkpoint(
+                json{{"job_id", 1}, {"dir", "/c/1/2"}, {"track_method", "hash"}}, 600)
+                .track_method,
+            "hash");
 }
 
 TEST(NodeRequests, CheckpointAndSignalDefaults) {
