@@ -158,12 +158,15 @@ DumpStats pre_dump(const DumpOptions& o) {
   for (auto& p : procs)
     if (!p.zombie) dump_memory_layout(p);
   // With hashes nothing is tracked: the next dump compares what the pages hold.
-  std::optional<PageHashing> hashing;
-  if (method == TrackMethod::kHash) hashing.emplace();
-  if (!hashing) {
+  // Shared memory is hashed either way (page_hashes.h); its objects are opened now,
+  // while their mappings surely exist, and read once the job runs again.
+  PageHashing hashing;
+  const bool hash_vmas = method == TrackMethod::kHash;
+  if (!hash_vmas) {
     tracking.prepare(procs);
     tracking.reset_all();
   }
+  std::vector<ShmSource> shm = open_shm(procs);
   phase("track");
   frozen->thaw();
   st.freeze_ms = ms_since(t_freeze);
@@ -171,16 +174,17 @@ DumpStats pre_dump(const DumpOptions& o) {
   st.processes = static_cast<int>(procs.size());
   for (Section s : kSectionOrder) {
     img->begin_section(s);
+    if (s == Section::kShm) dump_shm_data(shm, m, *img, &hashing);
     if (s == Section::kPages)
       for (auto& p : procs)
         if (!p.zombie)
-          st.memory_bytes += dump_pages_running(p, *img, hashing ? &*hashing : nullptr);
-    if (s == Section::kPageHashes && hashing) write_page_hashes(*img, *hashing);
+          st.memory_bytes += dump_pages_running(p, *img, hash_vmas ? &hashing : nullptr);
+    if (s == Section::kPageHashes) write_page_hashes(*img, hashing);
   }
   phase("pages");
   for (auto& p : procs) m.processes.push_back(std::move(p.rec));
   img->commit(nlohmann::json(m));
-  if (!hashing) tracking.commit(m.image_id);
+  if (!hash_vmas) tracking.commit(m.image_id);
   phase("commit");
   st.dump_ms = ms_since(t0);
   st.image_bytes = dir_bytes(o.dir);

@@ -170,14 +170,14 @@ int shm_fd_in_init(const ShmTable& t, const std::string& key) {
   return it->second;
 }
 
-void dump_shm(std::span<DumpProcess> procs, Manifest& m, ImageWriter& img, PageHashing* hashing) {
-  std::vector<std::byte> buf(kIo);
+std::vector<ShmSource> open_shm(std::span<DumpProcess> procs) {
+  std::vector<ShmSource> out;
   for (auto& p : procs) {
     // The maps path of each shm VMA, to tell named objects from unlinked ones.
     for (auto& v : p.rec.vmas) {
       if (v.kind != VmaKind::kShm) continue;
       bool seen = false;
-      for (auto& o : m.shm) seen = seen || o.key == v.shm_key;
+      for (auto& s : out) seen = seen || s.object.key == v.shm_key;
       if (seen) continue;
       std::string mf = fmt::format("/proc/{}/map_files/{:x}-{:x}", p.host_pid, v.start, v.end);
       UniqueFd fd(::open(mf.c_str(), O_RDONLY | O_CLOEXEC));
@@ -193,15 +193,30 @@ void dump_shm(std::span<DumpProcess> procs, Manifest& m, ImageWriter& img, PageH
       o.size = static_cast<std::uint64_t>(st.st_size);
       o.seals = dump_seals(fd.get(),
                            fmt::format("process {}: shared memory {} ({})", p.rec.pid, mf, v.path));
-      if (hashing) {
-        o.track = TrackMethod::kHash;
-        append_object_hashed(fd.get(), o, img, buf, *hashing, mf);
-      } else {
-        o.runs = append_file_data(fd.get(), o.size, img, buf, mf);
-      }
-      m.shm.push_back(std::move(o));
+      out.push_back({std::move(o), std::move(fd), mf});
     }
   }
+  return out;
+}
+
+void dump_shm_data(std::vector<ShmSource>& sources, Manifest& m, ImageWriter& img,
+                   PageHashing* hashing) {
+  std::vector<std::byte> buf(kIo);
+  for (ShmSource& s : sources) {
+    ShmObject& o = s.object;
+    if (hashing) {
+      o.track = TrackMethod::kHash;
+      append_object_hashed(s.fd.get(), o, img, buf, *hashing, s.what);
+    } else {
+      o.runs = append_file_data(s.fd.get(), o.size, img, buf, s.what);
+    }
+    m.shm.push_back(std::move(o));
+  }
+}
+
+void dump_shm(std::span<DumpProcess> procs, Manifest& m, ImageWriter& img, PageHashing* hashing) {
+  std::vector<ShmSource> sources = open_shm(procs);
+  dump_shm_data(sources, m, img, hashing);
 }
 
 ShmTable create_shm(InitStash& stash, const InjectionArea& area, const Manifest& m,

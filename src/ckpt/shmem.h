@@ -15,6 +15,7 @@
 #include "ckpt/dump_context.h"
 #include "ckpt/image.h"
 #include "ckpt/restore_context.h"
+#include "common/fd.h"
 
 namespace fsched::ckpt {
 
@@ -28,6 +29,16 @@ bool is_shm_path(const std::string& maps_path);
 // compare with, a page equal to the parent's goes to ShmObject::parent_runs instead.
 void dump_shm(std::span<DumpProcess> procs, Manifest& m, ImageWriter& img,
               PageHashing* hashing = nullptr);
+// The same in two steps, for a pre-dump: the objects opened while the tree is frozen
+// (their mappings may be gone later), their data read while it runs.
+struct ShmSource {
+  ShmObject object;  // without runs yet
+  UniqueFd fd;       // through /proc/PID/map_files
+  std::string what;  // that path, for messages
+};
+std::vector<ShmSource> open_shm(std::span<DumpProcess> procs);
+void dump_shm_data(std::vector<ShmSource>& sources, Manifest& m, ImageWriter& img,
+                   PageHashing* hashing);
 // Restore: creates the objects in init and fills them (reads the page stream), the
 // pages of an incremental image's ShmObject::parent_runs from `chain`.
 ShmTable create_shm(InitStash& stash, const InjectionArea& area, const Manifest& m,

@@ -421,3 +421,40 @@ def test_pre_dump_then_dump_by_page_hashes(e2e: E2E):
         job.assert_matches(ref, " (restored on a pre-dump by page hashes)")
     finally:
         kill_job_processes(job.marker)
+
+
+def test_pre_dump_then_dump_shared_memory(e2e: E2E):
+    """A pre-dump copies the shared anonymous mapping too, while the job runs (with the
+    hash of each page); the dump on it stores only the shared pages written since, and
+    the restore takes the others from the pre-dump: both processes end as the
+    uninterrupted run did."""
+    spec = JobSpec(name="incr_predump_shm",
+                   argv=["/usr/bin/python3", "{work}/job.py", str(STEPS)],
+                   setup=lambda work: (work / "job.py").write_text(MP_PY),
+                   inputs=("job.py",), progress=("lines", "stdout"), timeout=180)
+    ref = e2e.reference(spec)
+    job = e2e.job(spec)
+    job.start_detached()
+    try:
+        job.wait_progress(ref, 0.3)
+        pre = e2e.image(f"{spec.name}/pre")
+        r = e2e.engine.call(["pre-dump", "--pid", str(job.init_pid), "--dir", str(pre), "--json"],
+                            120)
+        assert r.rc == 0, r.stderr
+        objs = manifest(pre)["shm"]
+        assert len(objs) == 1 and objs[0]["track"] == "hash", objs
+        assert sum(c for _, c in page_runs(objs[0]["runs"])) == 2048, objs
+        job.wait_progress(ref, 0.5)
+        last = e2e.image(f"{spec.name}/last")
+        r, st = e2e.engine.dump(job.init_pid, last, extra=("--parent", str(pre)))
+        assert r.rc == 0 and st["incremental"], (r.stderr, st)
+        o = manifest(last)["shm"][0]
+        own = sum(c for _, c in page_runs(o.get("runs", [])))
+        below = sum(c for _, c in page_runs(o.get("parent_runs", [])))
+        assert own + below == 2048 and below > 1000, (own, below)
+        job.paused()
+        res = e2e.restore_foreground(job, last)
+        assert res.rc == ref.status, res.stderr
+        job.assert_matches(ref, " (shared memory from a pre-dump)")
+    finally:
+        kill_job_processes(job.marker)
