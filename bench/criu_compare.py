@@ -29,8 +29,14 @@ are copied to the scratch directory once at start, so that a rebuild during the 
 changes nothing. Any failure of either engine stops the benchmark with the engine's
 stderr (CRIU: its log) and exit status 1.
 
+With --leave-running both engines dump with the job left running (fsched
+--leave-running, criu -R) and the job is then killed before the restore: the freeze of a
+periodic checkpoint, where neither engine waits for the disk (fsched makes its image
+durable after the thaw). Without it, fsched's freeze of a killed job lasts until its
+image is durable, and CRIU's does not wait for that.
+
 Usage (as root): /usr/bin/python3 bench/criu_compare.py [--runs N] [--only WORKLOAD]...
-                 [--fsched-build DIR] [--criu PATH] [--out FILE]
+                 [--fsched-build DIR] [--criu PATH] [--out FILE] [--leave-running]
 """
 from __future__ import annotations
 
@@ -131,8 +137,12 @@ def stable_copy(src: Path, dst: Path, timeout: float = 600):
 
 
 class Compare:
-    def __init__(self, build: Path, criu: Path, scratch: Path):
+    def __init__(self, build: Path, criu: Path, scratch: Path, leave_running: bool = False):
         self.scratch = scratch
+        # Both engines dump with the job left running (fsched --leave-running, criu
+        # -R), which is then killed before the restore: the freeze of a periodic
+        # checkpoint, where neither waits for the disk.
+        self.leave_running = leave_running
         self.bin = scratch / "bin"
         self.bin.mkdir(parents=True, exist_ok=True)
         srcs = {"fsched-ckpt": build / "src" / "tools" / "fsched-ckpt",
@@ -258,10 +268,13 @@ class Compare:
         settle()
         load = os.getloadavg()[0]
         rc, dout, derr, dwall, _, _ = run_timed(
-            [str(self.ckpt), "dump", "--pid", str(init), "--dir", str(image), "--json"], TIMEOUT_S)
+            [str(self.ckpt), "dump", "--pid", str(init), "--dir", str(image), "--json",
+             *(["--leave-running"] if self.leave_running else [])], TIMEOUT_S)
         if rc != 0:
             raise BenchError(f"fsched: dump of {name} failed (status {rc}):\n{tail(derr)}")
         dstats = json.loads(dout.strip().splitlines()[-1])
+        if self.leave_running:
+            os.kill(init, signal.SIGKILL)  # init's death ends its PID namespace
         self.reap(init, 60, f"the dumped {name} (fsched) to end")
         image_bytes = dir_bytes(image)
 
@@ -311,7 +324,7 @@ class Compare:
         dlog.unlink(missing_ok=True)
         rc, dout, derr, dwall, _, _ = run_timed(
             [str(self.criu), "dump", "-t", str(pid), "-D", str(image), "-o", str(dlog),
-             "--display-stats"], TIMEOUT_S)
+             "--display-stats", *(["-R"] if self.leave_running else [])], TIMEOUT_S)
         if rc != 0:
             log = dlog.read_text(errors="replace") if dlog.exists() else ""
             raise BenchError(f"criu: dump of {name} failed (status {rc}):\n{tail(derr + chr(10) + log)}")
@@ -323,7 +336,10 @@ class Compare:
         # CRIU does not fsync its images, fsched's dump_ms includes its fsyncs: time
         # the fsync of CRIU's image apart, right away (JSON and the "criu fsync" column).
         fsync_ms = fsync_tree(image)
-        # The dumped task was killed by criu; reap it so that its PID is free for restore.
+        # The dumped task was killed by criu (or, left running, is killed now); reap it so
+        # that its PID is free for restore.
+        if self.leave_running:
+            p.kill()
         p.wait(timeout=60)
         self.procs.pop(pid, None)
         image_bytes = dir_bytes(image)
@@ -383,6 +399,9 @@ def main() -> int:
                          + ", ".join(w[0] for w in WORKLOADS))
     ap.add_argument("--scratch", default="/tmp/fsched-criu-compare", help="jobs' and images' directory")
     ap.add_argument("--out", help="write every run as JSON to this file")
+    ap.add_argument("--leave-running", action="store_true",
+                    help="both engines dump with the job left running (fsched --leave-running, "
+                         "criu -R), then kill it before the restore")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("criu_compare: must run as root", file=sys.stderr)
@@ -408,7 +427,7 @@ def main() -> int:
     t_start = time.monotonic()
     cmp = None
     try:
-        cmp = Compare(Path(args.fsched_build), Path(args.criu), scratch)
+        cmp = Compare(Path(args.fsched_build), Path(args.criu), scratch, args.leave_running)
         print(f"criu_compare: started {started}; {cmp.criu_version}; fsched-ckpt from "
               f"{cmp.binaries['fsched-ckpt']['from']} ({cmp.binaries['fsched-ckpt']['mtime']})",
               file=sys.stderr, flush=True)

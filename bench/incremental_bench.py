@@ -12,8 +12,9 @@ A job (bench/dirty_job) holds --mib MiB of incompressible memory and rewrites --
   time from the chain of a full image and 9 incrementals (seed 002's CRIU_FullEvery=10
   example) against the full image (target: at most 1.2x);
 - freeze: a fresh job dumped plainly (killed) against another pre-dumped, run for one
-  round, then dumped on the pre-dump (killed): freeze times (target: at most 100 ms on
-  the pre-dump, where the plain dump freezes for seconds);
+  round, then dumped on the pre-dump (killed), and a third pre-dumped and dumped left
+  running (the scheduler's periodic checkpoint with CRIU_PreDump): freeze times
+  (target: at most 100 ms on the pre-dump, where the plain dump freezes for seconds);
 - tracking: the rounds of the chain's job (each after a dump that reset the tracking:
   every first write to a page takes a fault) against the same rounds of a job never
   dumped, each round after a sync (so that no writeback of an image runs beside it):
@@ -165,6 +166,21 @@ def one_run(ckpt: Path, prog: Path, scratch: Path, mib: int, percent: float,
             out[f"predump_phase_{phase}_ms"] = ms
     finally:
         pre.kill()
+    # The scheduler's periodic checkpoint with CRIU_PreDump: the job runs on after the
+    # dump, which need not wait for the disk.
+    shutil.rmtree(images, ignore_errors=True)
+    images.mkdir()
+    pre = Job(ckpt, prog, scratch, "pre-leave", args)
+    try:
+        pre.ckpt_json(["pre-dump", "--pid", str(pre.pid), "--dir", str(images / "pre"), "--json",
+                       *method])
+        pre.round()
+        st = pre.dump(images / "final", "--leave-running", "--track-mem", "--parent",
+                      str(images / "pre"), *method)
+        assert st["incremental"], st
+        out["predump_leave_freeze_ms"] = st["freeze_ms"]
+    finally:
+        pre.kill()
     plain2 = Job(ckpt, prog, scratch, "untracked", args)
     try:
         untracked = []
@@ -200,7 +216,8 @@ def main():
           f"incremental {med['incr_dump_ms']:.0f} ms ({med['incr_image_mib']:.0f} MiB)")
     print(f"  freeze: plain dump {med['plain_freeze_ms']:.0f} ms, dump on a pre-dump "
           f"{med['predump_freeze_ms']:.0f} ms (both kill the job: the freeze ends at the kill, "
-          f"after the image is durable); incremental left running "
+          f"after the image is durable); dump on a pre-dump left running "
+          f"{med['predump_leave_freeze_ms']:.0f} ms; incremental left running "
           f"{med['incr_freeze_ms']:.0f} ms")
     print("  phases of the dump on a pre-dump: " + ", ".join(
         f"{k[len('predump_phase_'):-3]} {med[k]:.0f}" for k in med

@@ -24,6 +24,8 @@
 
 #include "ckpt/fsaccess.h"
 #include "ckpt/memfd.h"
+#include "ckpt/page_hashes.h"
+#include "ckpt/parent_chain.h"
 #include "ckpt/remote.h"
 #include "ckpt/shmem.h"
 #include "common/error.h"
@@ -82,7 +84,8 @@ std::string file_key(dev_t dev, ino_t ino) {
   return fmt::format("{:02x}:{:02x}:{}", major(dev), minor(dev), ino);
 }
 
-void dump_deleted_files(std::span<DumpProcess> procs, Manifest& m, ImageWriter& img) {
+void dump_deleted_files(std::span<DumpProcess> procs, Manifest& m, ImageWriter& img,
+                        PageHashing* hashing) {
   std::vector<std::byte> buf(kIo);
   auto known = [&](const std::string& key) {
     for (auto& o : m.shm)
@@ -111,7 +114,14 @@ void dump_deleted_files(std::span<DumpProcess> procs, Manifest& m, ImageWriter& 
     d.gid = st.st_gid;
     d.size = static_cast<std::uint64_t>(st.st_size);
     d.seals = dump_seals(fd.get(), where);
-    d.runs = append_file_data(fd.get(), d.size, img, buf, fmt::format("{} ({})", source, path));
+    const std::string what = fmt::format("{} ({})", source, path);
+    if (hashing) {
+      d.track = TrackMethod::kHash;
+      append_file_data_hashed(fd.get(), d.key, d.size, d.runs, d.parent_runs, img, buf, *hashing,
+                              what);
+    } else {
+      d.runs = append_file_data(fd.get(), d.size, img, buf, what);
+    }
     m.deleted_files.push_back(std::move(d));
   };
   for (auto& p : procs) {
@@ -143,7 +153,7 @@ void check_deleted_files(const Manifest& m) {
 }
 
 void create_deleted_files(InitStash& stash, const InjectionArea& area, const Manifest& m,
-                          PageReader& pages, ShmTable& table) {
+                          PageReader& pages, ShmTable& table, ParentChain* chain) {
   if (m.deleted_files.empty()) return;
   std::vector<std::byte> buf(kIo);
   for (auto& d : m.deleted_files) {
@@ -180,6 +190,10 @@ void create_deleted_files(InitStash& stash, const InjectionArea& area, const Man
     if (::ftruncate(fd.get(), static_cast<off_t>(d.size)) < 0)
       fail_errno("{}: ftruncate to {} bytes", what, d.size);
     fill_file_data(fd.get(), d.size, d.runs, pages, buf, what);
+    if (!d.parent_runs.empty()) {
+      if (!chain) fail_image("image: {} has pages in a parent image but no parent", what);
+      chain->fill_object(d.key, fd.get(), d.size, d.parent_runs);
+    }
     seal_before_mapping(fd.get(), d.seals, what);
   }
 }

@@ -17,17 +17,22 @@
 
 namespace fsched::ckpt {
 
+class ParentChain;
+struct PageHashing;
+
 // The key naming a file like the shm objects' keys ("major:minor:inode" from its stat).
 std::string file_key(dev_t dev, ino_t ino);
 // Dump: the contents of every deleted file the tree refers to (fds and "file" VMAs
 // with a deleted_key), once each, to the page stream (after the shm objects'); files
-// that are also shm objects are not stored twice.
-void dump_deleted_files(std::span<DumpProcess> procs, Manifest& m, ImageWriter& img);
+// that are also shm objects are not stored twice. With `hashing` (page_hashes.h), as
+// dump_shm: a page equal to the parent's goes to DeletedFile::parent_runs.
+void dump_deleted_files(std::span<DumpProcess> procs, Manifest& m, ImageWriter& img,
+                        PageHashing* hashing = nullptr);
 // Verification before any process exists: the directories to recreate them in.
 void check_deleted_files(const Manifest& m);
 // Restore: each one recreated in init as an unlinked file in its old directory and
-// filled; added to `table` under its key.
+// filled (DeletedFile::parent_runs from `chain`); added to `table` under its key.
 void create_deleted_files(InitStash& stash, const InjectionArea& area, const Manifest& m,
-                          PageReader& pages, ShmTable& table);
+                          PageReader& pages, ShmTable& table, ParentChain* chain = nullptr);
 
 }  // namespace fsched::ckpt

@@ -352,7 +352,7 @@ DumpStats dump(const DumpOptions& o) {
         dump_shm(procs, m, *img, hashing ? &*hashing : nullptr);
         break;
       case Section::kDeletedFiles:
-        dump_deleted_files(procs, m, *img);
+        dump_deleted_files(procs, m, *img, hashing ? &*hashing : nullptr);
         break;
       case Section::kSysvShm:
         dump_sysv_shm(procs, m, *img);

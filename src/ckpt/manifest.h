@@ -342,6 +342,11 @@ struct DeletedFile {
   unsigned mode = 0600, uid = 0, gid = 0;
   std::uint64_t size = 0;                                     // bytes
   std::vector<std::pair<std::uint64_t, std::uint64_t>> runs;  // {first page, count} with data
+  // As ShmObject::parent_runs and track: pages equal to the parent image's file with
+  // the same key, and whether this file's page hashes are in "page_hashes" (after the
+  // shared memory objects').
+  PageRuns parent_runs;
+  TrackMethod track = TrackMethod::kNone;
   int seals = -1;  // F_GET_SEALS of a memfd or tmpfs file (memfd.h); -1: none or not recorded
 };
 
@@ -538,7 +543,7 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Pipe, ino, capacity, bytes, path
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(ShmObject, key, path, mode, uid, gid, size, runs,
                                                 parent_runs, track, seals)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(DeletedFile, key, path, mode, uid, gid, size, runs,
-                                                seals)
+                                                parent_runs, track, seals)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(SysvShm, id, key, size, mode, uid, gid, removed,
                                                 runs)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(InetSockOpt, level, name, hex)

@@ -61,14 +61,23 @@ ParentHashes ParentHashes::load(const ImageReader& reader, const Manifest& m) {
     for (std::size_t k = first_new + 1; k < list.size(); ++k)
       if (list[k].first <= list[k - 1].first) fail_image("{}: {}: page runs overlap", who, what);
   };
-  // The section's order: the shared memory objects, then each process's mappings.
-  for (const ShmObject& o : m.shm) {
-    if (o.track != TrackMethod::kHash) continue;
-    auto [it, fresh] = out.by_object_.try_emplace(o.key);
-    if (!fresh) fail_image("{}: shared memory object {} twice", who, o.key);
-    read_hashes(it->second, 0, 1, (o.size + kPage - 1) / kPage, o.runs, o.parent_runs,
-                "shared memory object " + o.key);
-  }
+  // The section's order: the shared memory objects, the deleted files, then each
+  // process's mappings. Objects and files share one key space (a file that is both is
+  // stored once, as the object).
+  auto object = [&](const std::string& key, std::uint64_t size,
+                    const std::vector<std::pair<std::uint64_t, std::uint64_t>>& runs,
+                    const std::vector<std::pair<std::uint64_t, std::uint64_t>>& parent_runs,
+                    const std::string& what) {
+    auto [it, fresh] = out.by_object_.try_emplace(key);
+    if (!fresh) fail_image("{}: {} twice", who, what);
+    read_hashes(it->second, 0, 1, (size + kPage - 1) / kPage, runs, parent_runs, what);
+  };
+  for (const ShmObject& o : m.shm)
+    if (o.track == TrackMethod::kHash)
+      object(o.key, o.size, o.runs, o.parent_runs, "shared memory object " + o.key);
+  for (const DeletedFile& d : m.deleted_files)
+    if (d.track == TrackMethod::kHash)
+      object(d.key, d.size, d.runs, d.parent_runs, "deleted file " + d.key);
   for (const Process& p : m.processes) {
     if (p.zombie) continue;
     for (const Vma& v : p.vmas) {

@@ -5,9 +5,11 @@
 // taken from the parent chain (Vma::parent_runs), another is stored (Vma::runs). The
 // image then holds the hash of each page of both lists, in the page stream's
 // "page_hashes" section (sections.h), for the next dump: first per shared memory
-// object with ShmObject::track kHash (Manifest::shm order), then per live process in
+// object with ShmObject::track kHash (Manifest::shm order), then per deleted file with
+// DeletedFile::track kHash (Manifest::deleted_files order), then per live process in
 // manifest order, per mapping with Vma::track kHash in order, one kPageHashBytes hash
-// per page of runs and parent_runs merged in page order. Shared memory is hashed by
+// per page of runs and parent_runs merged in page order. Shared memory (and deleted
+// files) is hashed by
 // every dump that tracks, whatever the method: the kernel's written bits are per
 // process and miss writes through the object's fd. No kernel interface: the pages
 // come from memory.cpp and shmem.cpp.
@@ -71,8 +73,9 @@ class ParentHashes {
   };
   // A cursor over process `pid`'s pages, by address (none if the image has none of it).
   Cursor cursor(int pid) const;
-  // A cursor over the pages of shared memory object `key` (ShmObject::key), by page
-  // index (none if the image did not hash that object).
+  // A cursor over the pages of shared memory object or deleted file `key`
+  // (ShmObject::key, DeletedFile::key), by page index (none if the image did not hash
+  // it).
   Cursor object_cursor(const std::string& key) const;
 
  private:

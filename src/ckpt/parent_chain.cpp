@@ -81,40 +81,46 @@ std::map<int, std::vector<Seg>> index_link(const std::filesystem::path& dir, con
   return out;
 }
 
-// Where each run of each shared memory object starts in the link's page stream (the
-// shm section holds the objects' runs in Manifest::shm order).
+// Where each run of each shared memory object and deleted file starts in the link's
+// page stream: the shm section holds the objects' runs in Manifest::shm order, the
+// deleted_files section the files' in Manifest::deleted_files order. One key space
+// (a file that is also an object is stored once, as the object).
 std::map<std::string, std::vector<Seg>> index_objects(const std::filesystem::path& dir,
                                                       const Manifest& m) {
-  std::uint64_t off = kNoData;
-  for (const SectionStart& s : m.sections)
-    if (s.name == "shm") off = s.offset;
   std::map<std::string, std::vector<Seg>> out;
-  if (m.shm.empty()) return out;
-  if (off == kNoData) fail_image("{}: no shm section", dir.string());
-  for (const ShmObject& o : m.shm) {
-    auto [it, fresh] = out.try_emplace(o.key);
-    if (!fresh) fail_image("{}: shared memory object {} twice", dir.string(), o.key);
-    auto& segs = it->second;
-    const std::uint64_t pages = (o.size + kPage - 1) / kPage;
-    auto check = [&](std::uint64_t first, std::uint64_t count) {
-      if (first > pages || count > pages - first)
-        fail_image("{}: shared memory object {}: page run beyond its size", dir.string(), o.key);
-    };
-    for (auto [first, count] : o.runs) {
-      check(first, count);
-      segs.push_back({first * kPage, (first + count) * kPage, off});
-      off += count * kPage;
+  auto index = [&](const char* section, const auto& list, const char* what) {
+    if (list.empty()) return;
+    std::uint64_t off = kNoData;
+    for (const SectionStart& s : m.sections)
+      if (s.name == section) off = s.offset;
+    if (off == kNoData) fail_image("{}: no {} section", dir.string(), section);
+    for (const auto& o : list) {
+      auto [it, fresh] = out.try_emplace(o.key);
+      if (!fresh) fail_image("{}: {} {} twice", dir.string(), what, o.key);
+      auto& segs = it->second;
+      const std::uint64_t pages = (o.size + kPage - 1) / kPage;
+      auto check = [&](std::uint64_t first, std::uint64_t count) {
+        if (first > pages || count > pages - first)
+          fail_image("{}: {} {}: page run beyond its size", dir.string(), what, o.key);
+      };
+      for (auto [first, count] : o.runs) {
+        check(first, count);
+        segs.push_back({first * kPage, (first + count) * kPage, off});
+        off += count * kPage;
+      }
+      for (auto [first, count] : o.parent_runs) {
+        check(first, count);
+        segs.push_back({first * kPage, (first + count) * kPage, kNoData});
+      }
+      std::sort(segs.begin(), segs.end(),
+                [](const Seg& a, const Seg& b) { return a.start < b.start; });
+      for (std::size_t i = 1; i < segs.size(); ++i)
+        if (segs[i].start < segs[i - 1].end)
+          fail_image("{}: {} {}: page runs overlap", dir.string(), what, o.key);
     }
-    for (auto [first, count] : o.parent_runs) {
-      check(first, count);
-      segs.push_back({first * kPage, (first + count) * kPage, kNoData});
-    }
-    std::sort(segs.begin(), segs.end(),
-              [](const Seg& a, const Seg& b) { return a.start < b.start; });
-    for (std::size_t i = 1; i < segs.size(); ++i)
-      if (segs[i].start < segs[i - 1].end)
-        fail_image("{}: shared memory object {}: page runs overlap", dir.string(), o.key);
-  }
+  };
+  index("shm", m.shm, "shared memory object");
+  index("deleted_files", m.deleted_files, "deleted file");
   return out;
 }
 
@@ -307,7 +313,7 @@ void ParentChain::fill_object(const std::string& key, int fd, std::uint64_t size
                               const std::vector<std::pair<std::uint64_t, std::uint64_t>>& runs) {
   std::vector<std::pair<std::uint64_t, std::uint64_t>> ranges;
   for (auto [first, count] : runs) ranges.emplace_back(first * kPage, (first + count) * kPage);
-  const std::string what = "shared memory object " + key;
+  const std::string what = "shared memory object or deleted file " + key;
   fill_ranges(
       [&](Link& l) -> const std::vector<Seg>* {
         auto it = l.objects.find(key);

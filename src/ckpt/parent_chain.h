@@ -55,7 +55,8 @@ class ParentChain {
   // the link and address when a read or a write fails.
   void fill(int pid, pid_t host_pid, std::vector<std::pair<std::uint64_t, std::uint64_t>> ranges);
 
-  // Writes into shared memory object `key` (ShmObject::key), open for writing as `fd`
+  // Writes into shared memory object or deleted file `key` (ShmObject::key,
+  // DeletedFile::key), open for writing as `fd`
   // and `size` bytes long, the pages of `runs` ({first page, count}, ascending) as the
   // chain has them (pwrite(2); nothing past `size`); where no link has data the object
   // is left as it is. Throws Error naming the object when a read or a write fails.

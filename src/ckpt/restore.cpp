@@ -142,7 +142,7 @@ RestoreStats restore(const RestoreOptions& o) {
           shm = create_shm(stash, area, m, *pages, chain.get());
           break;
         case Section::kDeletedFiles:
-          create_deleted_files(stash, area, m, *pages, shm);
+          create_deleted_files(stash, area, m, *pages, shm, chain.get());
           break;
         case Section::kSysvShm:
           create_sysv_shm(procs[0], m, *pages);

@@ -87,14 +87,15 @@ void add_page(Runs& runs, std::uint64_t at) {
     runs.emplace_back(at, 1);
 }
 
-// append_file_data with hashes (page_hashes.h): of the object's data pages, those
-// whose hash equals the parent's at the same page go to o.parent_runs, the others
-// to the page stream and o.runs; every page's hash goes to hashing.out.
-void append_object_hashed(int fd, ShmObject& o, ImageWriter& img, std::vector<std::byte>& buf,
-                          PageHashing& hashing, const std::string& what) {
+}  // namespace
+
+void append_file_data_hashed(int fd, const std::string& key, std::uint64_t size,
+                             std::vector<std::pair<std::uint64_t, std::uint64_t>>& runs,
+                             PageRuns& parent_runs, ImageWriter& img, std::vector<std::byte>& buf,
+                             PageHashing& hashing, const std::string& what) {
   ParentHashes::Cursor parent;
-  if (hashing.parent) parent = hashing.parent->object_cursor(o.key);
-  const off_t end = static_cast<off_t>(o.size);
+  if (hashing.parent) parent = hashing.parent->object_cursor(key);
+  const off_t end = static_cast<off_t>(size);
   const off_t page = static_cast<off_t>(kPage);
   for (off_t pos = 0; pos < end;) {
     off_t data = ::lseek(fd, pos, SEEK_DATA);
@@ -117,12 +118,12 @@ void append_object_hashed(int fd, ShmObject& o, ImageWriter& img, std::vector<st
         hashing.out.push_back(h);
         const PageHash* was = parent.find(index);
         if (was && *was == h) {
-          add_page(o.parent_runs, index);
+          add_page(parent_runs, index);
           continue;
         }
         if (kept != i) std::memmove(buf.data() + kept * kPage, pg, kPage);
         ++kept;
-        add_page(o.runs, index);
+        add_page(runs, index);
       }
       img.append_pages(std::span(buf.data(), kept * kPage));
       at += static_cast<off_t>(n);
@@ -130,8 +131,6 @@ void append_object_hashed(int fd, ShmObject& o, ImageWriter& img, std::vector<st
     pos = hole;
   }
 }
-
-}  // namespace
 
 void fill_file_data(int fd, std::uint64_t size,
                     const std::vector<std::pair<std::uint64_t, std::uint64_t>>& runs,
@@ -206,7 +205,8 @@ void dump_shm_data(std::vector<ShmSource>& sources, Manifest& m, ImageWriter& im
     ShmObject& o = s.object;
     if (hashing) {
       o.track = TrackMethod::kHash;
-      append_object_hashed(s.fd.get(), o, img, buf, *hashing, s.what);
+      append_file_data_hashed(s.fd.get(), o.key, o.size, o.runs, o.parent_runs, img, buf, *hashing,
+                              s.what);
     } else {
       o.runs = append_file_data(s.fd.get(), o.size, img, buf, s.what);
     }

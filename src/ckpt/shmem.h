@@ -56,6 +56,14 @@ std::vector<std::pair<std::uint64_t, std::uint64_t>> append_file_data(int fd, st
                                                                       ImageWriter& img,
                                                                       std::vector<std::byte>& buf,
                                                                       const std::string& what);
+// The same with hashes (page_hashes.h): of the data pages of the object or file `key`,
+// those whose hash equals the parent's at the same page (hashing.parent) go to
+// `parent_runs`, the others to the page stream and `runs`; every page's hash is
+// appended to hashing.out, in page order.
+void append_file_data_hashed(int fd, const std::string& key, std::uint64_t size,
+                             std::vector<std::pair<std::uint64_t, std::uint64_t>>& runs,
+                             PageRuns& parent_runs, ImageWriter& img, std::vector<std::byte>& buf,
+                             PageHashing& hashing, const std::string& what);
 // The restore side: writes those runs from the page stream into `fd`.
 void fill_file_data(int fd, std::uint64_t size,
                     const std::vector<std::pair<std::uint64_t, std::uint64_t>>& runs,

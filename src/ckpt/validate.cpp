@@ -102,8 +102,13 @@ void validate_manifest(const Manifest& m, std::uint64_t stream_bytes) {
   }
   for (auto& d : m.deleted_files) {
     if (d.size > kMaxObjectBytes) bad("deleted file {}: size {}", d.path, d.size);
-    section(Section::kDeletedFiles) +=
-        runs_bytes(d.runs, (d.size + kPage - 1) / kPage, "deleted file " + d.path);
+    const std::uint64_t pages = (d.size + kPage - 1) / kPage;
+    const std::uint64_t stored = runs_bytes(d.runs, pages, "deleted file " + d.path);
+    section(Section::kDeletedFiles) += stored;
+    const std::uint64_t from_parent =
+        runs_bytes(d.parent_runs, pages, "deleted file " + d.path + " (parent)");
+    if (d.track == TrackMethod::kHash)
+      section(Section::kPageHashes) += (stored + from_parent) / kPage * kPageHashBytes;
   }
   for (auto& s : m.sysv_shm) {
     if (s.size > kMaxObjectBytes) bad("SysV segment {}: size {}", s.id, s.size);
