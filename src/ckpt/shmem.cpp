@@ -41,11 +41,14 @@ bool is_shm_path(const std::string& p) {
   return p.rfind("/dev/zero", 0) == 0 || p.rfind("/memfd:", 0) == 0 || p.rfind("/dev/shm/", 0) == 0;
 }
 
-std::vector<std::pair<std::uint64_t, std::uint64_t>> append_file_data(int fd, std::uint64_t size,
-                                                                      ImageWriter& img,
-                                                                      std::vector<std::byte>& buf,
-                                                                      const std::string& what) {
-  std::vector<std::pair<std::uint64_t, std::uint64_t>> runs;
+namespace {
+
+// Reads the data of the first `size` bytes of file `fd` into `buf` piece by piece, in
+// whole pages (a multiple of the page size, at most buf.size()), skipping holes
+// (SEEK_DATA/SEEK_HOLE), and hands each piece to fn(offset, bytes).
+template <typename Fn>
+void for_each_data_piece(int fd, std::uint64_t size, std::vector<std::byte>& buf,
+                         const std::string& what, Fn&& fn) {
   off_t pos = 0;
   const off_t end = static_cast<off_t>(size);
   const off_t page = static_cast<off_t>(kPage);
@@ -61,18 +64,29 @@ std::vector<std::pair<std::uint64_t, std::uint64_t>> append_file_data(int fd, st
           static_cast<std::size_t>(std::min<off_t>(hole - at, static_cast<off_t>(buf.size())));
       n = (n + kPage - 1) / kPage * kPage;
       std::fill(buf.begin(), buf.begin() + static_cast<std::ptrdiff_t>(n), std::byte{0});
-      ssize_t r = ::pread(fd, buf.data(), n, at);
-      if (r < 0) fail_errno("reading {} at {}", what, at);
-      img.append_pages(std::span(buf.data(), n));
-      std::uint64_t first = static_cast<std::uint64_t>(at) / kPage, cnt = n / kPage;
-      if (!runs.empty() && runs.back().first + runs.back().second == first)
-        runs.back().second += cnt;
-      else
-        runs.emplace_back(first, cnt);
+      if (::pread(fd, buf.data(), n, at) < 0) fail_errno("reading {} at {}", what, at);
+      fn(static_cast<std::uint64_t>(at), n);
       at += static_cast<off_t>(n);
     }
     pos = hole;
   }
+}
+
+}  // namespace
+
+std::vector<std::pair<std::uint64_t, std::uint64_t>> append_file_data(int fd, std::uint64_t size,
+                                                                      ImageWriter& img,
+                                                                      std::vector<std::byte>& buf,
+                                                                      const std::string& what) {
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> runs;
+  for_each_data_piece(fd, size, buf, what, [&](std::uint64_t at, std::size_t n) {
+    img.append_pages(std::span(buf.data(), n));
+    std::uint64_t first = at / kPage, cnt = n / kPage;
+    if (!runs.empty() && runs.back().first + runs.back().second == first)
+      runs.back().second += cnt;
+    else
+      runs.emplace_back(first, cnt);
+  });
   return runs;
 }
 
@@ -95,41 +109,24 @@ void append_file_data_hashed(int fd, const std::string& key, std::uint64_t size,
                              PageHashing& hashing, const std::string& what) {
   ParentHashes::Cursor parent;
   if (hashing.parent) parent = hashing.parent->object_cursor(key);
-  const off_t end = static_cast<off_t>(size);
-  const off_t page = static_cast<off_t>(kPage);
-  for (off_t pos = 0; pos < end;) {
-    off_t data = ::lseek(fd, pos, SEEK_DATA);
-    if (data < 0) break;  // ENXIO: only a hole is left
-    off_t hole = ::lseek(fd, data, SEEK_HOLE);
-    if (hole < 0) hole = end;
-    data = data / page * page;
-    hole = std::min<off_t>(end, (hole + page - 1) / page * page);
-    for (off_t at = data; at < hole;) {
-      std::size_t n =
-          static_cast<std::size_t>(std::min<off_t>(hole - at, static_cast<off_t>(buf.size())));
-      n = (n + kPage - 1) / kPage * kPage;
-      std::fill(buf.begin(), buf.begin() + static_cast<std::ptrdiff_t>(n), std::byte{0});
-      if (::pread(fd, buf.data(), n, at) < 0) fail_errno("reading {} at {}", what, at);
-      std::size_t kept = 0;
-      for (std::size_t i = 0; i < n / kPage; ++i) {
-        const std::byte* pg = buf.data() + i * kPage;
-        const std::uint64_t index = static_cast<std::uint64_t>(at) / kPage + i;
-        const PageHash h = hash_page(pg);
-        hashing.out.push_back(h);
-        const PageHash* was = parent.find(index);
-        if (was && *was == h) {
-          add_page(parent_runs, index);
-          continue;
-        }
-        if (kept != i) std::memmove(buf.data() + kept * kPage, pg, kPage);
-        ++kept;
-        add_page(runs, index);
+  for_each_data_piece(fd, size, buf, what, [&](std::uint64_t at, std::size_t n) {
+    std::size_t kept = 0;
+    for (std::size_t i = 0; i < n / kPage; ++i) {
+      const std::byte* pg = buf.data() + i * kPage;
+      const std::uint64_t index = at / kPage + i;
+      const PageHash h = hash_page(pg);
+      hashing.out.push_back(h);
+      const PageHash* was = parent.find(index);
+      if (was && *was == h) {
+        add_page(parent_runs, index);
+        continue;
       }
-      img.append_pages(std::span(buf.data(), kept * kPage));
-      at += static_cast<off_t>(n);
+      if (kept != i) std::memmove(buf.data() + kept * kPage, pg, kPage);
+      ++kept;
+      add_page(runs, index);
     }
-    pos = hole;
-  }
+    img.append_pages(std::span(buf.data(), kept * kPage));
+  });
 }
 
 void fill_file_data(int fd, std::uint64_t size,

@@ -90,26 +90,19 @@ void validate_manifest(const Manifest& m, std::uint64_t stream_bytes) {
   // Bytes of page data of each section, in kSectionOrder.
   std::array<std::uint64_t, kSectionOrder.size()> sizes{};
   auto section = [&](Section s) -> std::uint64_t& { return sizes[section_index(s)]; };
-  for (auto& o : m.shm) {
-    if (o.size > kMaxObjectBytes) bad("shared memory object {}: size {}", o.key, o.size);
+  // A shared memory object or deleted file: its stored pages in `sec`, and with hashes
+  // one per page it holds (stored or from the parent) in "page_hashes".
+  auto object = [&](const auto& o, Section sec, const std::string& what) {
+    if (o.size > kMaxObjectBytes) bad("{}: size {}", what, o.size);
     const std::uint64_t pages = (o.size + kPage - 1) / kPage;
-    const std::uint64_t stored = runs_bytes(o.runs, pages, "shared memory object " + o.key);
-    section(Section::kShm) += stored;
-    const std::uint64_t from_parent =
-        runs_bytes(o.parent_runs, pages, "shared memory object " + o.key + " (parent)");
+    const std::uint64_t stored = runs_bytes(o.runs, pages, what);
+    section(sec) += stored;
+    const std::uint64_t from_parent = runs_bytes(o.parent_runs, pages, what + " (parent)");
     if (o.track == TrackMethod::kHash)
       section(Section::kPageHashes) += (stored + from_parent) / kPage * kPageHashBytes;
-  }
-  for (auto& d : m.deleted_files) {
-    if (d.size > kMaxObjectBytes) bad("deleted file {}: size {}", d.path, d.size);
-    const std::uint64_t pages = (d.size + kPage - 1) / kPage;
-    const std::uint64_t stored = runs_bytes(d.runs, pages, "deleted file " + d.path);
-    section(Section::kDeletedFiles) += stored;
-    const std::uint64_t from_parent =
-        runs_bytes(d.parent_runs, pages, "deleted file " + d.path + " (parent)");
-    if (d.track == TrackMethod::kHash)
-      section(Section::kPageHashes) += (stored + from_parent) / kPage * kPageHashBytes;
-  }
+  };
+  for (auto& o : m.shm) object(o, Section::kShm, "shared memory object " + o.key);
+  for (auto& d : m.deleted_files) object(d, Section::kDeletedFiles, "deleted file " + d.path);
   for (auto& s : m.sysv_shm) {
     if (s.size > kMaxObjectBytes) bad("SysV segment {}: size {}", s.id, s.size);
     section(Section::kSysvShm) +=
