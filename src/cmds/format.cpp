@@ -473,6 +473,10 @@ std::string show_node(const json& node) {
                             proto::format_timestamp(t))
               : "Reason=" + reason);
   }
+  // Jobs a drain leaves running (their checkpoint failed), one line each.
+  if (const json* b = field(node, "drain_blocked"); b && b->is_array())
+    for (const auto& x : *b)
+      add(fmt::format("DrainBlocked=JobId={} ({})", num(x, "job_id"), str(x, "why")));
   return out + "\n";
 }
 
@@ -497,7 +501,10 @@ std::vector<std::pair<std::string, json>> node_update_requests(
     std::string key = lower(std::string_view(w).substr(0, eq));
     std::string value = eq == std::string::npos ? "" : w.substr(eq + 1);
     if (eq == std::string::npos || (key != "nodename" && key != "state" && key != "reason"))
-      fail("Invalid input: {} (update takes NodeName=NODES State=DOWN|RESUME [Reason=TEXT])", w);
+      fail(
+          "Invalid input: {} (update takes NodeName=NODES State=DOWN|DRAIN|UNDRAIN|RESUME "
+          "[Reason=TEXT])",
+          w);
     if (key == "nodename")
       nodes = value;
     else if (key == "state")
@@ -508,10 +515,10 @@ std::vector<std::pair<std::string, json>> node_update_requests(
     }
   }
   if (nodes.empty()) fail("update needs NodeName=NODES (only nodes can be updated)");
-  if (state.empty()) fail("update needs State=DOWN or State=RESUME");
-  if (state != "DOWN" && state != "RESUME")
-    fail("Invalid node state specified: {} (expected DOWN or RESUME)", state);
-  if (state == "DOWN" && (!has_reason || trim(reason).empty()))
+  if (state.empty()) fail("update needs State=DOWN, DRAIN, UNDRAIN or RESUME");
+  if (state != "DOWN" && state != "DRAIN" && state != "UNDRAIN" && state != "RESUME")
+    fail("Invalid node state specified: {} (expected DOWN, DRAIN, UNDRAIN or RESUME)", state);
+  if ((state == "DOWN" || state == "DRAIN") && (!has_reason || trim(reason).empty()))
     fail("You must specify a reason when DOWNING or DRAINING a node. Request denied");
   json body{{"state", state}};
   if (has_reason) body["reason"] = reason;

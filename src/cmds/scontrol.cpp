@@ -1,6 +1,6 @@
 // scontrol: shows jobs, nodes and partitions, acts on jobs (checkpoint
-// create/vacate/restart/list/delete, requeue, hold, release) and sets nodes DOWN or
-// back in service (update NodeName=X State=DOWN|RESUME).
+// create/vacate/restart/list/delete, requeue, hold, release) and sets nodes DOWN,
+// DRAIN or back in service (update NodeName=X State=DOWN|DRAIN|UNDRAIN|RESUME).
 #include <algorithm>
 #include <iostream>
 #include <map>
@@ -84,7 +84,7 @@ void check_words(int argc, char** argv) {
   if (!one_of(words[0], {"show", "update", "checkpoint", "requeue", "hold", "release"}))
     fail("invalid command: {} (use show, update, checkpoint, requeue, hold or release)", words[0]);
   if (cmds::iequals(words[0], "update") && words.size() < 2)
-    fail("update needs NodeName=NODES State=DOWN|RESUME [Reason=TEXT]");
+    fail("update needs NodeName=NODES State=DOWN|DRAIN|UNDRAIN|RESUME [Reason=TEXT]");
   if (cmds::iequals(words[0], "show") && words.size() < 2)
     fail("show needs what to show: job [ID], node [NAME] or partition [NAME]");
   if (cmds::iequals(words[0], "checkpoint")) {
@@ -139,8 +139,9 @@ int main(int argc, char** argv) {
   std::vector<std::string> update_words;
   auto* update = app.add_subcommand(
       "update",
-      "update NodeName=NODES State=DOWN Reason=TEXT | State=RESUME: take nodes out of service "
-      "(their jobs are requeued) or return DOWN nodes to service");
+      "update NodeName=NODES State=DOWN|DRAIN Reason=TEXT | State=UNDRAIN|RESUME: take nodes "
+      "out of service (DOWN: their jobs are requeued; DRAIN: their jobs with checkpointing move "
+      "to other nodes, the others run on) or return them to service");
   update->add_option("settings", update_words, "Key=Value arguments")->required();
 
   std::vector<std::string> ids;

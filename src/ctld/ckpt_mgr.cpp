@@ -108,7 +108,8 @@ Checkpoint Controller::run_checkpoint(int64_t job_id, CheckpointSource source,
     c.description = description.empty()
                         ? (source == CheckpointSource::Periodic ? "periodic checkpoint"
                            : source == CheckpointSource::Vacate ? "created when the job was vacated"
-                                                                : "created during running")
+                           : source == CheckpointSource::Drain ? "created when its node was drained"
+                                                               : "created during running")
                         : description;
     c.trigger_time = now_s();
     c.job_version = j.job_version;
@@ -141,12 +142,12 @@ Checkpoint Controller::run_checkpoint(int64_t job_id, CheckpointSource source,
         proto::CheckpointRequest{
             .job_id = job_id,
             .dir = c.location,
-            .leave_running = source != CheckpointSource::Vacate,
+            .leave_running = !proto::stops_job(source),
             .timeout = cfg_.checkpoint_timeout,
             .parent = parent_location,
             // Tracking from every dump the job survives, so the next one can be
             // incremental on it.
-            .track_mem = cfg_.incremental && source != CheckpointSource::Vacate,
+            .track_mem = cfg_.incremental && !proto::stops_job(source),
             // CRIU_PreDump for the checkpoints that are not incremental (an incremental
             // one freezes the job only to store what changed already).
             .pre_dump_delay = cfg_.pre_dump && parent_location.empty() ? cfg_.pre_dump_delay : -1,
@@ -269,6 +270,23 @@ bool Controller::settle_checkpoint(int64_t job_id, int64_t checkpoint_id, Checkp
       j.reason = "Vacated";
       j.end_time = 0;
       spdlog::info("job {}: vacated: pending until restarted", job_id);
+    } else if (c.source == CheckpointSource::Drain && j.state == JobState::Running) {
+      // Moved, not ended: schedule() restores it on a node with room (never a draining
+      // one); if no image of it restores, a --requeue job starts over as after a node
+      // failure rather than ending FAILED for a move it did not ask for.
+      double now = now_s();
+      release(j, now);
+      j.state = JobState::Pending;
+      j.reason = "None";
+      j.end_time = 0;
+      j.restore_from = c.checkpoint_id;
+      j.recovery_restore = j.requeue;
+      restore_retries_.erase(job_id);
+      note(j, fmt::format("vacated from {} by its drain (checkpoint {}): to be restored on "
+                          "another node",
+                          j.nodes, c.checkpoint_id));
+      spdlog::info("job {}: vacated from {} by its drain: pending until a node has room", job_id,
+                   j.nodes);
     }
     retain(j);
   } else {

@@ -54,12 +54,24 @@ Controller::Controller(proto::Config cfg, std::unique_ptr<NodeClient> node_rpc)
   started_ = now_s();
   for (auto& [name, d] : store_.nodes()) {
     auto it = nodes_.find(name);
-    if (it == nodes_.end() || !d.down) continue;  // a node no longer in fsched.conf
-    it->second.down = true;
-    it->second.reason = d.reason;
-    it->second.down_time = d.down_time;
-    spdlog::info("node {}: DOWN since {} ({})", name, proto::format_timestamp(d.down_time),
-                 d.reason);
+    if (it == nodes_.end()) continue;  // a node no longer in fsched.conf
+    Node& n = it->second;
+    if (d.down) {
+      n.down = true;
+      n.reason = d.reason;
+      n.down_time = d.down_time;
+      n.down_user = d.down_user;
+      spdlog::info("node {}: DOWN since {} ({})", name, proto::format_timestamp(d.down_time),
+                   d.reason);
+    }
+    if (d.drain) {
+      n.drain = true;
+      n.drain_reason = d.drain_reason;
+      n.drain_user = d.drain_user;
+      n.drain_time = d.drain_time;
+      spdlog::info("node {}: DRAIN since {} by {} ({})", name,
+                   proto::format_timestamp(d.drain_time), d.drain_user, d.drain_reason);
+    }
   }
   // Resources held by jobs that were running when the controller stopped.
   for (auto& [id, j] : jobs_) {
@@ -121,6 +133,7 @@ void Controller::start() {
         double now = now_s();
         check_nodes(now);
         check_batch_start(now);
+        drain_nodes(now);
         schedule();
         periodic();
       } catch (const std::exception& e) {

@@ -81,7 +81,8 @@ class Controller {
   json list_checkpoints(const proto::Request& r);
   json delete_checkpoint(const proto::Request& r);
   json list_nodes(const proto::Request& r);
-  // POST /v1/nodes/NAME/update {"state": "DOWN"|"RESUME", "reason": "..."}: root only.
+  // POST /v1/nodes/NAME/update {"state": "DOWN"|"DRAIN"|"UNDRAIN"|"RESUME", "reason":
+  // "..."}: root only. DOWN and DRAIN need a reason; RESUME ends both, UNDRAIN the drain.
   json update_node(const proto::Request& r);
   json list_partitions(const proto::Request& r);
   json node_heartbeat(const proto::Request& r);
@@ -160,7 +161,18 @@ class Controller {
   // Sets n DOWN with reason (persisted, logged). Its jobs' runs end: at once when the
   // node's lease has surely expired, else they are killed (SIGKILL) and recovered when
   // the node reports them ended or gone, or when its lease has run out.
-  void set_down(Node& n, const std::string& reason, double now);
+  void set_down(Node& n, const std::string& reason, double now, const std::string& user);
+  // Writes what of n is persisted (NodeAdmin) to the Store.
+  void persist(const Node& n);
+  // Node drain, driven by the scheduling thread: on every node set DRAIN (and not
+  // DOWN), each RUNNING job with checkpointing (--checkpoint) is vacated with a "node
+  // drain" checkpoint by a worker (vacate_for_drain); settle_checkpoint() then queues
+  // its restore, which schedule() places on another node. Jobs without checkpointing
+  // run on. A failed dump is retried (kMaxDrainAttempts) unless its failure is the
+  // image's or unsupported state; then the job keeps running there and the node says
+  // why (list_nodes' "drain_blocked").
+  void drain_nodes(double now);
+  void vacate_for_drain(int64_t job_id, const std::string& node);  // without mu_
   // Whether the lease of n (counted by the node from a send before the controller's
   // last receipt) has surely run out: no heartbeat for SlurmdTimeout.
   bool lease_expired(const Node& n, double now) const;
@@ -202,6 +214,17 @@ class Controller {
     double not_before = 0;   // Unix time of the next attempt
   };
   std::map<int64_t, RestoreRetry> restore_retries_;
+  // The drain's attempts to move a job, by job id, for its run `generation` (a new
+  // run, or a new DRAIN of the node, starts afresh). In memory: a restarted controller
+  // tries again.
+  struct DrainMove {
+    int64_t generation = 0;
+    bool in_flight = false;  // a worker is dumping it
+    int failures = 0;
+    double not_before = 0;  // Unix time of the next attempt
+    std::string blocked;    // why the drain leaves it running, "" while it tries
+  };
+  std::map<int64_t, DrainMove> drain_moves_;
   double started_ = 0;  // Unix time the controller was built: the nodes' grace period
   bool stopping_ = false;
   std::thread loop_;

@@ -91,6 +91,11 @@ inline bool kept_after_failed_restore(const Checkpoint& c) {
   return c.reason.starts_with(kRestoreFailedPrefix);
 }
 
+// Failed "node drain" dumps of a job (each kDrainRetryDelayS * n seconds after the
+// n-th) before the drain leaves it running: as for restores, a passing cause passes.
+inline constexpr int kMaxDrainAttempts = 3;
+inline constexpr double kDrainRetryDelayS = 10;
+
 // Transient failures of the restore from one checkpoint after which it counts as
 // Failed: never a loop, and three tries (on other nodes when there are) are enough to
 // tell a passing cause from a lasting one that the engine could not classify.

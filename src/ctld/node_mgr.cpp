@@ -19,6 +19,7 @@
 
 #include "common/error.h"
 #include "common/failure.h"
+#include "common/text.h"
 #include "proto/json_number.h"
 #include "proto/timefmt.h"
 #include "proto/node_requests.h"
@@ -35,6 +36,7 @@ bool Controller::node_up(const Node& n) const {
 proto::NodeState Controller::node_state(const Node& n) const {
   using proto::NodeState;
   if (n.down) return NodeState::Down;
+  if (n.drain) return n.alloc_cpus > 0 ? NodeState::Draining : NodeState::Drained;
   if (n.last_heartbeat == 0) return NodeState::Unknown;
   // A silent node keeps its state (and its jobs) until it is set DOWN; the list
   // flags it not_responding (sinfo's "*").
@@ -59,7 +61,7 @@ void Controller::check_nodes(double now) {
             name, silent, cfg_.slurmd_timeout, cfg_.slurmd_timeout + cfg_.requeue_timeout - silent);
       }
       if (silent >= cfg_.slurmd_timeout + cfg_.requeue_timeout)
-        set_down(n, std::string(kNotResponding), now);
+        set_down(n, std::string(kNotResponding), now, "root");
     }
     if (!n.down) continue;
     // The runs of a DOWN node end once they surely have: its lease has run out (they
@@ -74,13 +76,25 @@ void Controller::check_nodes(double now) {
   }
 }
 
-void Controller::set_down(Node& n, const std::string& reason, double now) {
+void Controller::persist(const Node& n) {
+  store_.put_node(n.name, NodeAdmin{.down = n.down,
+                                    .reason = n.reason,
+                                    .down_time = n.down_time,
+                                    .down_user = n.down_user,
+                                    .drain = n.drain,
+                                    .drain_reason = n.drain_reason,
+                                    .drain_user = n.drain_user,
+                                    .drain_time = n.drain_time});
+}
+
+void Controller::set_down(Node& n, const std::string& reason, double now, const std::string& user) {
   bool was_down = n.down;
   n.down = true;
   n.reason = reason;
   n.down_time = was_down ? n.down_time : now;
+  n.down_user = user;
   n.not_responding = false;
-  store_.put_node(n.name, NodeDown{true, n.reason, n.down_time});
+  persist(n);
   if (was_down) {
     spdlog::info("node {}: DOWN, reason now \"{}\"", n.name, reason);
     return;
@@ -110,32 +124,128 @@ nlohmann::json Controller::update_node(const proto::Request& r) {
   std::string state = field<std::string>(r.body, "state", "");
   std::string reason = field<std::string>(r.body, "reason", "");
   for (auto& c : state) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
-  if (state != "DOWN" && state != "RESUME")
-    throw RpcError(400, fmt::format("Invalid node state specified: '{}' (use DOWN or RESUME)",
-                                    field<std::string>(r.body, "state", "")));
+  if (state != "DOWN" && state != "DRAIN" && state != "UNDRAIN" && state != "RESUME")
+    throw RpcError(400,
+                   fmt::format("Invalid node state specified: '{}' (use DOWN, DRAIN, UNDRAIN or "
+                               "RESUME)",
+                               field<std::string>(r.body, "state", "")));
+  if ((state == "DOWN" || state == "DRAIN") && trim(reason).empty())
+    throw RpcError(400,
+                   fmt::format("You must specify a reason when setting the state to {}", state));
   Lock l(mu_);
   auto it = nodes_.find(name);
   if (it == nodes_.end()) throw RpcError(404, fmt::format("Invalid node name specified: {}", name));
   Node& n = it->second;
   double now = now_s();
+  std::string who = user_name(r.caller.uid);
   if (state == "DOWN") {
-    if (reason.empty())
-      throw RpcError(400, "You must specify a reason when setting the state to DOWN");
-    spdlog::info("node {}: set DOWN by uid {}: {}", name, r.caller.uid, reason);
-    set_down(n, reason, now);
+    spdlog::info("node {}: set DOWN by {}: {}", name, who, reason);
+    set_down(n, reason, now, who);
+  } else if (state == "DRAIN") {
+    // A new DRAIN (or a new reason) gives the jobs it left running another chance.
+    for (auto& [id, m] : drain_moves_)
+      if (auto jit = jobs_.find(id); jit != jobs_.end() && jit->second.nodes == name)
+        m = DrainMove{};
+    n.drain_time = n.drain ? n.drain_time : now;
+    n.drain = true;
+    n.drain_reason = reason;
+    n.drain_user = who;
+    persist(n);
+    int moving = 0, staying = 0;
+    for (auto& [id, j] : jobs_)
+      if (j.state == JobState::Running && j.nodes == name)
+        ++(j.checkpoint_interval > 0 && cfg_.checkpoint_type != "checkpoint/none" ? moving
+                                                                                  : staying);
+    spdlog::info(
+        "node {}: DRAIN by {}: {}; {} job(s) to move by checkpoint, {} without checkpointing run "
+        "on until they end",
+        name, who, reason, moving, staying);
+    wake_.notify_all();
   } else {
-    if (!n.down)
-      throw RpcError(409, fmt::format("Node {} is not DOWN (state {}): nothing to resume", name,
-                                      node_state(n)));
-    n.down = false;
-    n.reason.clear();
-    n.down_time = 0;
-    store_.put_node(name, NodeDown{});
-    spdlog::info("node {}: RESUME by uid {}: back in service{}", name, r.caller.uid,
+    if (!n.drain && (state == "UNDRAIN" || !n.down))
+      throw RpcError(409, fmt::format("Node {} is not {} (state {}): nothing to {}", name,
+                                      state == "UNDRAIN" ? "DRAIN" : "DOWN or DRAIN", node_state(n),
+                                      fsched::lower(state)));
+    if (state == "RESUME") {
+      n.down = false;
+      n.reason.clear();
+      n.down_time = 0;
+      n.down_user.clear();
+    }
+    n.drain = false;
+    n.drain_reason.clear();
+    n.drain_user.clear();
+    n.drain_time = 0;
+    persist(n);
+    spdlog::info("node {}: {} by {}: back in service{}", name, state, who,
                  node_up(n) ? "" : " once it responds");
     wake_.notify_all();
   }
   return json::object();
+}
+
+void Controller::drain_nodes(double now) {
+  for (auto& [name, n] : nodes_) {
+    // A DOWN node's runs are recovered by check_nodes(); a silent one cannot dump.
+    if (!n.drain || n.down || !node_up(n)) continue;
+    for (auto& [id, j] : jobs_) {
+      if (j.state != JobState::Running || j.nodes != name) continue;
+      // Without checkpointing a job runs on until it ends, as in Slurm.
+      if (j.checkpoint_interval <= 0 || cfg_.checkpoint_type == "checkpoint/none") continue;
+      if (launching_.count(id) || j.awaiting_node || !j.end_request.empty() || ckpt_busy_.count(id))
+        continue;  // not started for sure, ending anyway, or a dump under way: next round
+      DrainMove& m = drain_moves_[id];
+      if (m.generation != j.generation) m = DrainMove{.generation = j.generation};
+      if (m.in_flight || !m.blocked.empty() || now < m.not_before) continue;
+      m.in_flight = true;
+      int64_t jid = id;
+      std::string node = name;
+      spawn([this, jid, node] { vacate_for_drain(jid, node); });
+    }
+  }
+}
+
+void Controller::vacate_for_drain(int64_t id, const std::string& node) {
+  Checkpoint c;
+  std::string error;
+  bool refused = false;  // the request was not taken (the job is not in a state to dump)
+  try {
+    c = run_checkpoint(id, CheckpointSource::Drain, fmt::format("node {} drained", node), nullptr);
+  } catch (const RpcError& e) {
+    error = e.what();
+    refused = true;
+  } catch (const std::exception& e) {
+    error = e.what();
+  }
+  Lock l(mu_);
+  auto jit = jobs_.find(id);
+  auto mit = drain_moves_.find(id);
+  if (jit == jobs_.end() || mit == drain_moves_.end()) return;
+  Job& j = jit->second;
+  DrainMove& m = mit->second;
+  m.in_flight = false;
+  if (error.empty() && c.status == CheckpointStatus::Present) return;  // settle moved it
+  if (refused) {
+    m.not_before = now_s() + 1;  // it ended, or started a dump meanwhile: look again
+    return;
+  }
+  std::string why = error.empty()
+                        ? fmt::format("checkpoint {} {}: {}", c.checkpoint_id, c.status, c.reason)
+                        : error;
+  if (j.state != JobState::Running || j.nodes != node) return;
+  // The class settle_checkpoint() put in front of the reason ("unsupported failure: ...").
+  auto cls = failure_class_from_string(c.reason.substr(0, c.reason.find(" failure: ")));
+  bool lasting = cls == FailureClass::kUnsupported || cls == FailureClass::kImage;
+  if (lasting || ++m.failures >= kMaxDrainAttempts) {
+    m.blocked = why;
+    spdlog::warn("job {}: the drain of {} leaves it running there: {}", id, node, why);
+    note(j, fmt::format("drain of {}: {}; the job keeps running on {}", node, why, node));
+    save(j);
+    return;
+  }
+  m.not_before = now_s() + kDrainRetryDelayS * m.failures;
+  spdlog::info("job {}: drain of {}: {}; attempt {} of {} in {:.0f} s", id, node, why,
+               m.failures + 1, kMaxDrainAttempts, kDrainRetryDelayS * m.failures);
 }
 
 std::vector<proto::RunRef> Controller::stale_runs(const Node& n) const {
@@ -203,9 +313,24 @@ nlohmann::json Controller::list_nodes(const proto::Request&) {
     json parts = json::array();
     for (auto& p : cfg_.partitions)
       if (std::find(p.nodes.begin(), p.nodes.end(), name) != p.nodes.end()) parts.push_back(p.name);
+    // Jobs the drain leaves running, and why.
+    json blocked = json::array();
+    if (n.drain)
+      for (auto& [id, m] : drain_moves_)
+        if (!m.blocked.empty())
+          if (auto jit = jobs_.find(id); jit != jobs_.end() &&
+                                         jit->second.state == JobState::Running &&
+                                         jit->second.nodes == name)
+            blocked.push_back({{"job_id", id}, {"why", m.blocked}});
+    // The reason shown is DOWN's when the node is DOWN, else DRAIN's.
+    bool drain_reason = !n.down && n.drain;
     arr.push_back({{"name", name},
                    {"state", node_state(n)},
-                   {"reason", n.reason},
+                   {"reason", drain_reason ? n.drain_reason : n.reason},
+                   {"reason_user", drain_reason ? n.drain_user : n.down_user},
+                   {"reason_time", drain_reason ? n.drain_time : n.down_time},
+                   {"drain", n.drain},
+                   {"drain_blocked", std::move(blocked)},
                    {"not_responding", !n.down && n.last_heartbeat > 0 &&
                                           now - n.last_heartbeat >= cfg_.slurmd_timeout},
                    {"down_time", n.down_time},
@@ -264,8 +389,10 @@ nlohmann::json Controller::node_heartbeat(const proto::Request& r) {
     n.down = false;
     n.reason.clear();
     n.down_time = 0;
-    store_.put_node(name, NodeDown{});
-    spdlog::info("node {}: responding again: back in service (ReturnToService = 1)", name);
+    n.down_user.clear();
+    persist(n);
+    spdlog::info("node {}: responding again: back in service (ReturnToService = 1){}", name,
+                 n.drain ? ", still DRAIN" : "");
   } else if (n.down) {
     if (lease_expired(n, now))
       spdlog::info("node {}: responding again but stays DOWN ({}){}", name, n.reason,

@@ -63,7 +63,7 @@ void Controller::schedule() {
       for (auto& name : p ? p->nodes : std::vector<std::string>{}) {
         Node& n = nodes_.at(name);
         if (avoid && retry && name == retry->avoid_node) continue;
-        if (!node_up(n) || n.unconfirmed_at > n.report_time ||
+        if (!node_up(n) || n.drain || n.unconfirmed_at > n.report_time ||
             n.cpus - n.alloc_cpus < j.num_cpus() || n.real_memory - n.alloc_memory < j.mem_mb)
           continue;
         // Least loaded first, so jobs spread over the nodes.

@@ -118,7 +118,14 @@ struct Node {
   // administrator. No job is placed on a DOWN node.
   bool down = false;
   std::string reason;
-  double down_time = 0;  // Unix time it was set DOWN
+  double down_time = 0;   // Unix time it was set DOWN
+  std::string down_user;  // who set it DOWN (root, the controller, for its silence)
+  // Set DRAIN by an administrator (persisted, apart from DOWN, which it outlives): no
+  // job is placed here; its jobs with checkpointing are vacated and restored
+  // elsewhere, the others run on until they end.
+  bool drain = false;
+  std::string drain_reason, drain_user;
+  double drain_time = 0;  // Unix time
   // Silent for SlurmdTimeout (and not yet DOWN): its jobs stay RUNNING. Kept to log
   // the transitions; the node list computes it from last_heartbeat.
   bool not_responding = false;
@@ -135,13 +142,19 @@ struct Node {
   std::map<int64_t, int64_t> report_runs;
 };
 
-// What of a Node is persisted (the Store's nodes table): whether it is DOWN and why.
-struct NodeDown {
+// What of a Node is persisted (the Store's nodes table): whether it is DOWN or DRAIN,
+// why, by whom and since when (rows written before DRAIN existed load with drain false).
+struct NodeAdmin {
   bool down = false;
   std::string reason;
   double down_time = 0;
+  std::string down_user;
+  bool drain = false;
+  std::string drain_reason, drain_user;
+  double drain_time = 0;
 };
-NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(NodeDown, down, reason, down_time)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(NodeAdmin, down, reason, down_time, down_user,
+                                                drain, drain_reason, drain_user, drain_time)
 
 // The reason of a node the controller set DOWN for its silence (Slurm's words). Only
 // a node DOWN for this reason returns to service by itself (ReturnToService = 1).

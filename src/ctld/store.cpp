@@ -165,18 +165,18 @@ void Store::put_checkpoint(const Checkpoint& c) {
       .step();
 }
 
-void Store::put_node(const std::string& name, const NodeDown& d) {
+void Store::put_node(const std::string& name, const NodeAdmin& d) {
   Stmt s(db_, "INSERT OR REPLACE INTO nodes VALUES (?, ?)", file_);
   s.bind(1, name).bind(2, nlohmann::json(d).dump()).step();
 }
 
-std::map<std::string, NodeDown> Store::nodes() {
-  std::map<std::string, NodeDown> out;
+std::map<std::string, NodeAdmin> Store::nodes() {
+  std::map<std::string, NodeAdmin> out;
   Stmt s(db_, "SELECT name, data FROM nodes", file_);
   while (s.step()) {
     std::string name = s.text(0);
     try {
-      out[name] = nlohmann::json::parse(s.text(1)).get<NodeDown>();
+      out[name] = nlohmann::json::parse(s.text(1)).get<NodeAdmin>();
     } catch (const nlohmann::json::exception& e) {
       fail("{}: node {}: {}", file_.string(), name, e.what());
     }

@@ -36,8 +36,8 @@ class Store {
   void put_checkpoint(const Checkpoint& c);
 
   // A node's DOWN state, by name; nodes() has every node stored.
-  void put_node(const std::string& name, const NodeDown& d);
-  std::map<std::string, NodeDown> nodes();
+  void put_node(const std::string& name, const NodeAdmin& d);
+  std::map<std::string, NodeAdmin> nodes();
 
   std::vector<Job> jobs();
   std::vector<Checkpoint> checkpoints();

@@ -12,16 +12,24 @@ enum class CheckpointSource {
   Periodic,  // the job's --checkpoint interval
   Manual,    // scontrol checkpoint create: the job keeps running
   Vacate,    // scontrol checkpoint vacate: the job stops once dumped
+  Drain,     // its node was set DRAIN: the job stops once dumped and is restored elsewhere
 };
 
 template <>
 struct NamedEnumTraits<CheckpointSource> {
-  static constexpr std::array<EnumName<CheckpointSource>, 3> names{{
+  static constexpr std::array<EnumName<CheckpointSource>, 4> names{{
       {CheckpointSource::Periodic, "periodic"},
       {CheckpointSource::Manual, "manual"},
       {CheckpointSource::Vacate, "vacate"},
+      {CheckpointSource::Drain, "node drain"},
   }};
   static constexpr std::string_view kind = "checkpoint source";
 };
+
+// Whether a checkpoint from s stops the job once its image is written (the others
+// leave it running).
+constexpr bool stops_job(CheckpointSource s) {
+  return s != CheckpointSource::Periodic && s != CheckpointSource::Manual;
+}
 
 }  // namespace fsched::proto

@@ -17,18 +17,23 @@ enum class NodeState {
   Idle,       // up, no CPU allocated
   Mixed,      // some CPUs allocated
   Allocated,  // all CPUs allocated
+  Draining,   // set DRAIN (persisted with its reason): takes no new job; its jobs with
+              // checkpointing are moved to other nodes, the others run on until they end
+  Drained,    // set DRAIN and no job left on it
 };
 
 struct NodeStateName {
   NodeState value;
   std::string_view name, sinfo;  // "ALLOCATED", "alloc"
 };
-inline constexpr std::array<NodeStateName, 5> kNodeStateNames{{
+inline constexpr std::array<NodeStateName, 7> kNodeStateNames{{
     {NodeState::Unknown, "UNKNOWN", "unk"},
     {NodeState::Down, "DOWN", "down"},
     {NodeState::Idle, "IDLE", "idle"},
     {NodeState::Mixed, "MIXED", "mix"},
     {NodeState::Allocated, "ALLOCATED", "alloc"},
+    {NodeState::Draining, "DRAINING", "drng"},
+    {NodeState::Drained, "DRAINED", "drain"},
 }};
 
 template <>

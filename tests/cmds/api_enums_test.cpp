@@ -34,8 +34,8 @@ void expect_round_trip(int count) {
 TEST(ApiEnums, EveryEnumeratorHasOneNameThatReadsBack) {
   expect_round_trip<JobState>(8);
   expect_round_trip<CheckpointStatus>(6);
-  expect_round_trip<CheckpointSource>(3);
-  expect_round_trip<NodeState>(5);
+  expect_round_trip<CheckpointSource>(4);
+  expect_round_trip<NodeState>(7);
 }
 
 TEST(ApiEnums, NamesAreTheWireNames) {
@@ -45,6 +45,9 @@ TEST(ApiEnums, NamesAreTheWireNames) {
   EXPECT_EQ(json(JobState::Cancelled), "CANCELLED");
   EXPECT_EQ(json(CheckpointStatus::Present), "Present");
   EXPECT_EQ(json(CheckpointSource::Vacate), "vacate");
+  EXPECT_EQ(json(CheckpointSource::Drain), "node drain");
+  EXPECT_EQ(json(NodeState::Draining), "DRAINING");
+  EXPECT_EQ(json(NodeState::Drained), "DRAINED");
   EXPECT_EQ(json(NodeState::Allocated), "ALLOCATED");
   EXPECT_EQ(short_code(JobState::Pending), "PD");
   EXPECT_EQ(short_code(JobState::Timeout), "TO");

@@ -349,6 +349,19 @@ TEST_F(Utc, ShowNodeNotRespondingAndDown) {
   EXPECT_TRUE(has_line(cmds::show_node(n), "   Reason=disk replaced [slurm@2026-11-29T13:00:00]"));
 }
 
+// Node drain (issue 15): the drain's reason with who and when, and the jobs it leaves.
+TEST_F(Utc, ShowNodeDraining) {
+  json n = json::parse(R"({"name": "node1", "state": "DRAINING", "reason": "kernel update",
+    "reason_user": "root", "reason_time": 1795953600, "partitions": ["debug"],
+    "last_heartbeat": 1795953600,
+    "drain_blocked": [{"job_id": 7, "why": "checkpoint 2 Failed: unsupported failure: x"}]})");
+  std::string t = cmds::show_node(n);
+  EXPECT_TRUE(has_line(t, "   State=DRAINING")) << t;
+  EXPECT_TRUE(has_line(t, "   Reason=kernel update [root@2026-11-29T12:00:00]")) << t;
+  EXPECT_TRUE(has_line(t, "   DrainBlocked=JobId=7 (checkpoint 2 Failed: unsupported failure: x)"))
+      << t;
+}
+
 TEST(Show, Partition) {
   json p = json::parse(R"({"name": "debug", "nodes": ["node1", "node2"], "default": true,
     "state": "UP", "max_time": 0, "total_cpus": 4, "total_nodes": 2})");
@@ -488,6 +501,12 @@ TEST(ScontrolUpdate, NodeRequests) {
   EXPECT_EQ(r[0].first, "node1");
   EXPECT_EQ(r[1].first, "node2");
   EXPECT_EQ(r[0].second, (json{{"state", "DOWN"}, {"reason", "disk bad"}}));
+  std::vector<std::string> drain = {"NodeName=node4", "State=drain", "Reason=kernel update"};
+  r = cmds::node_update_requests(drain);
+  ASSERT_EQ(r.size(), 1u);
+  EXPECT_EQ(r[0].second, (json{{"state", "DRAIN"}, {"reason", "kernel update"}}));
+  std::vector<std::string> undrain = {"NodeName=node4", "State=UNDRAIN"};
+  EXPECT_EQ(cmds::node_update_requests(undrain)[0].second, (json{{"state", "UNDRAIN"}}));
   std::vector<std::string> resume = {"nodename=node3", "STATE=Resume"};
   r = cmds::node_update_requests(resume);
   ASSERT_EQ(r.size(), 1u);
@@ -508,12 +527,14 @@ TEST(ScontrolUpdate, SlurmsErrors) {
             "You must specify a reason when DOWNING or DRAINING a node. Request denied");
   EXPECT_EQ(error_of({"NodeName=node1", "State=DOWN", "Reason="}),
             "You must specify a reason when DOWNING or DRAINING a node. Request denied");
-  EXPECT_EQ(error_of({"NodeName=node1", "State=DRAIN", "Reason=x"}),
-            "Invalid node state specified: DRAIN (expected DOWN or RESUME)");
+  EXPECT_EQ(error_of({"NodeName=node1", "State=DRAIN"}),
+            "You must specify a reason when DOWNING or DRAINING a node. Request denied");
+  EXPECT_EQ(error_of({"NodeName=node1", "State=IDLE", "Reason=x"}),
+            "Invalid node state specified: IDLE (expected DOWN, DRAIN, UNDRAIN or RESUME)");
   EXPECT_EQ(error_of({"State=RESUME"}), "update needs NodeName=NODES (only nodes can be updated)");
-  EXPECT_EQ(error_of({"NodeName=node1"}), "update needs State=DOWN or State=RESUME");
+  EXPECT_EQ(error_of({"NodeName=node1"}), "update needs State=DOWN, DRAIN, UNDRAIN or RESUME");
   EXPECT_EQ(error_of({"JobId=3", "TimeLimit=5"}),
-            "Invalid input: JobId=3 (update takes NodeName=NODES State=DOWN|RESUME "
+            "Invalid input: JobId=3 (update takes NodeName=NODES State=DOWN|DRAIN|UNDRAIN|RESUME "
             "[Reason=TEXT])");
   EXPECT_EQ(error_of({"NodeName=n[3-1]", "State=RESUME"}).rfind("host list 'n[3-1]'", 0), 0u);
 }
@@ -551,7 +572,8 @@ TEST(Sinfo, States) {
   EXPECT_EQ(cmds::sinfo_state("ALLOCATED"), "alloc");
   EXPECT_EQ(cmds::sinfo_state("DOWN"), "down");
   EXPECT_EQ(cmds::sinfo_state("UNKNOWN"), "unk");
-  EXPECT_EQ(cmds::sinfo_state("DRAIN"), "drain");
+  EXPECT_EQ(cmds::sinfo_state("DRAINING"), "drng");
+  EXPECT_EQ(cmds::sinfo_state("DRAINED"), "drain");
 }
 
 // A restore that fails falls back to the newest older Present checkpoint: the message
