@@ -6,9 +6,10 @@
 #   2. the unit tests again, built with ASan/UBSan in build-asan/
 #   3. the libFuzzer harnesses of tests/fuzz, built with clang in build-fuzz/, each run for
 #      FUZZ_SECONDS (default 60) from its seed corpus (scripts/fuzz.sh)
-#   4. the end-to-end checkpoint/restore suite: /usr/bin/python3 -m pytest -v tests/e2e
+#   4. the end-to-end suite (tests/e2e), two test files at a time (scripts/e2e.sh)
 # Every stage runs even if an earlier one failed; the exit status is non-zero if any did.
-# Environment: FSCHED_BUILD (default build), JOBS (ninja/ctest parallelism, default nproc).
+# Environment: FSCHED_BUILD (default build), JOBS (ninja/ctest parallelism, default nproc),
+# E2E_JOBS (end-to-end files run at once, default 2).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 build=${FSCHED_BUILD:-build}
@@ -56,8 +57,8 @@ fi
 step "fuzzing (scripts/fuzz.sh: build-fuzz, ${FUZZ_SECONDS:-60} s per harness)"
 JOBS="$jobs" scripts/fuzz.sh || failed+=("fuzzing: $(paste -sd ';' build-fuzz/fuzz/failed 2>/dev/null)")
 
-step "end-to-end tests"
-FSCHED_BUILD="$build" /usr/bin/python3 -m pytest -v --durations=15 tests/e2e || failed+=("end-to-end tests")
+step "end-to-end tests (scripts/e2e.sh: ${E2E_JOBS:-2} files at a time)"
+FSCHED_BUILD="$build" scripts/e2e.sh || failed+=("end-to-end tests: $(grep -hE '^(FAILED|ERROR) ' "$build"/e2e/*.log 2>/dev/null | head -8 | paste -sd ';' -)")
 
 echo
 if ((${#failed[@]})); then

@@ -1,6 +1,6 @@
 // scontrol: shows jobs, nodes and partitions, acts on jobs (checkpoint
-// create/vacate/restart/list/delete, requeue, hold, release) and sets nodes DOWN,
-// DRAIN or back in service (update NodeName=X State=DOWN|DRAIN|UNDRAIN|RESUME).
+// create/vacate/restart/list/delete, requeue, hold, release, suspend, resume) and sets
+// nodes DOWN, DRAIN or back in service (update NodeName=X State=DOWN|DRAIN|UNDRAIN|RESUME).
 #include <algorithm>
 #include <iostream>
 #include <map>
@@ -80,9 +80,15 @@ void check_words(int argc, char** argv) {
                        [&](std::string_view c) { return cmds::iequals(c, w); });
   };
   if (words.empty())
-    fail("no command given: use show, update, checkpoint, requeue, hold or release (see --help)");
-  if (!one_of(words[0], {"show", "update", "checkpoint", "requeue", "hold", "release"}))
-    fail("invalid command: {} (use show, update, checkpoint, requeue, hold or release)", words[0]);
+    fail(
+        "no command given: use show, update, checkpoint, requeue, hold, release, suspend or resume "
+        "(see --help)");
+  if (!one_of(words[0],
+              {"show", "update", "checkpoint", "requeue", "hold", "release", "suspend", "resume"}))
+    fail(
+        "invalid command: {} (use show, update, checkpoint, requeue, hold, release, suspend or "
+        "resume)",
+        words[0]);
   if (cmds::iequals(words[0], "update") && words.size() < 2)
     fail("update needs NodeName=NODES State=DOWN|DRAIN|UNDRAIN|RESUME [Reason=TEXT]");
   if (cmds::iequals(words[0], "show") && words.size() < 2)
@@ -92,7 +98,7 @@ void check_words(int argc, char** argv) {
       fail("checkpoint needs an action: create, vacate, restart, list or delete, then a job id");
     if (words.size() < 3) fail("checkpoint {} needs a job id", words[1]);
   }
-  if (one_of(words[0], {"requeue", "hold", "release"}) && words.size() < 2)
+  if (one_of(words[0], {"requeue", "hold", "release", "suspend", "resume"}) && words.size() < 2)
     fail("{} needs a job id", words[0]);
 }
 
@@ -151,6 +157,12 @@ int main(int argc, char** argv) {
                   "stopped and start again)"},
            Action{"hold", "hold ID[,ID...]: keep pending jobs from starting"},
            Action{"release", "release ID[,ID...]: let held jobs start"},
+           Action{"suspend",
+                  "suspend ID[,ID...]: checkpoint running jobs, stop them and release their CPUs "
+                  "and memory (state SUSPENDED)"},
+           Action{"resume",
+                  "resume ID[,ID...]: restore suspended jobs from their suspend checkpoint, on "
+                  "any node with room"},
        }) {
     auto* sub = app.add_subcommand(std::string(a.name), std::string(a.help));
     sub->add_option("job_id", ids, "Job ids (also comma-separated)")->required();
@@ -274,9 +286,10 @@ int main(int argc, char** argv) {
       return 0;
     }
 
-    // requeue, hold, release: Slurm prints nothing when they work, and goes on to
-    // the next job when one fails.
+    // requeue, hold, release, suspend, resume: Slurm prints nothing when they work, and
+    // goes on to the next job when one fails.
     std::string action = app.get_subcommands().at(0)->get_name();
+    if (action == "suspend") client.set_timeout(slow_timeout);  // it waits for the dump
     std::vector<int64_t> jobs;
     for (const auto& i : ids)
       for (auto id : cmds::parse_job_ids(i)) jobs.push_back(id);

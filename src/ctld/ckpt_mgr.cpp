@@ -28,6 +28,25 @@ namespace fsched::ctld {
 
 using proto::RpcError;
 
+namespace {
+// A checkpoint's description when its request gave none.
+std::string_view default_description(CheckpointSource s) {
+  switch (s) {
+    case CheckpointSource::Periodic:
+      return "periodic checkpoint";
+    case CheckpointSource::Manual:
+      return "created during running";
+    case CheckpointSource::Vacate:
+      return "created when the job was vacated";
+    case CheckpointSource::Drain:
+      return "created when its node was drained";
+    case CheckpointSource::Suspend:
+      return "created when the job was suspended";
+  }
+  return "";
+}
+}  // namespace
+
 // Back to the queue, to start again from scratch (seed 002: requeue is not restore).
 std::string Controller::too_busy(const std::string& node) const {
   if (!cfg_.load_aware) return {};
@@ -105,12 +124,7 @@ Checkpoint Controller::run_checkpoint(int64_t job_id, CheckpointSource source,
     c.checkpoint_id = ++j.last_checkpoint_id;
     c.job_id = job_id;
     c.source = source;
-    c.description = description.empty()
-                        ? (source == CheckpointSource::Periodic ? "periodic checkpoint"
-                           : source == CheckpointSource::Vacate ? "created when the job was vacated"
-                           : source == CheckpointSource::Drain ? "created when its node was drained"
-                                                               : "created during running")
-                        : description;
+    c.description = description.empty() ? std::string(default_description(source)) : description;
     c.trigger_time = now_s();
     c.job_version = j.job_version;
     c.location =
@@ -287,6 +301,18 @@ bool Controller::settle_checkpoint(int64_t job_id, int64_t checkpoint_id, Checkp
                           j.nodes, c.checkpoint_id));
       spdlog::info("job {}: vacated from {} by its drain: pending until a node has room", job_id,
                    j.nodes);
+    } else if (c.source == CheckpointSource::Suspend && j.state == JobState::Running) {
+      double now = now_s();
+      release(j, now);
+      j.state = JobState::Suspended;
+      j.reason = "None";
+      j.end_time = 0;
+      j.restore_from = c.checkpoint_id;  // kept by retention, restored by resume
+      restore_retries_.erase(job_id);
+      note(j, fmt::format("suspended on {} (checkpoint {}): CPUs and memory released", j.nodes,
+                          c.checkpoint_id));
+      spdlog::info("job {}: suspended (checkpoint {}), {} released", job_id, c.checkpoint_id,
+                   j.nodes);
     }
     retain(j);
   } else {
@@ -356,6 +382,8 @@ nlohmann::json Controller::restart_job(const proto::Request& r) {
   Lock l(mu_);
   Job& j = job_of(r.params.at(0));
   check_owner(j, r.caller);
+  if (j.state == JobState::Suspended)
+    throw RpcError(409, fmt::format("Job {} is suspended: scontrol resume restores it", j.job_id));
   bool restartable = (j.state == JobState::Pending && j.reason == "Vacated") ||
                      j.state == JobState::Failed || j.state == JobState::Cancelled ||
                      j.state == JobState::Timeout || j.state == JobState::NodeFail;
@@ -388,6 +416,59 @@ nlohmann::json Controller::restart_job(const proto::Request& r) {
   restore_retries_.erase(j.job_id);  // an explicit restart starts counting anew
   save(j);
   spdlog::info("job {}: restart from checkpoint {} requested by uid {}", j.job_id, chosen,
+               r.caller.uid);
+  wake_.notify_all();
+  return api(j);
+}
+
+nlohmann::json Controller::suspend_job(const proto::Request& r) {
+  int64_t id;
+  {
+    Lock l(mu_);
+    Job& j = job_of(r.params.at(0));
+    check_owner(j, r.caller);
+    if (j.state == JobState::Suspended)
+      throw RpcError(409, fmt::format("Job {} is already suspended", j.job_id));
+    id = j.job_id;
+  }
+  Checkpoint c = run_checkpoint(id, CheckpointSource::Suspend,
+                                field<std::string>(r.body, "description", ""), &r.caller);
+  if (c.status != CheckpointStatus::Present)
+    throw RpcError(
+        500, fmt::format("Job {} not suspended: checkpoint {} {}: {}; it keeps running", id,
+                         c.checkpoint_id,
+                         c.status == CheckpointStatus::Timeout ? "timed out" : "failed", c.reason));
+  return c;
+}
+
+nlohmann::json Controller::resume_job(const proto::Request& r) {
+  Lock l(mu_);
+  Job& j = job_of(r.params.at(0));
+  check_owner(j, r.caller);
+  if (j.state != JobState::Suspended)
+    throw RpcError(409, fmt::format("Job {} is not suspended (state {})", j.job_id, j.state));
+  // Its suspend checkpoint; the newest Present one if that one is gone.
+  int64_t chosen = 0;
+  for (auto& c : ckpts_[j.job_id]) {
+    if (c.status != CheckpointStatus::Present || clear_if_missing(c)) continue;
+    if (chosen != j.restore_from) chosen = c.checkpoint_id;
+  }
+  if (!chosen)
+    throw RpcError(409, fmt::format("job {} has no Present checkpoint to resume from (its suspend "
+                                    "checkpoint {} is gone): scontrol requeue starts it over",
+                                    j.job_id, j.restore_from));
+  if (chosen != j.restore_from)
+    note(j, fmt::format("suspend checkpoint {} is gone: resuming from checkpoint {}",
+                        j.restore_from, chosen));
+  j.state = JobState::Pending;
+  j.reason = "None";
+  j.restore_from = chosen;
+  j.recovery_restore = false;
+  restore_retries_.erase(j.job_id);
+  note(j, fmt::format("resumed by {}: to be restored from checkpoint {}", user_name(r.caller.uid),
+                      chosen));
+  save(j);
+  spdlog::info("job {}: resume from checkpoint {} requested by uid {}", j.job_id, chosen,
                r.caller.uid);
   wake_.notify_all();
   return api(j);

@@ -218,6 +218,8 @@ void Controller::add_routes(proto::Server& s) {
   s.route("POST", "/v1/jobs/{}/vacate",
           [this](const proto::Request& r) { return checkpoint_job(r, CheckpointSource::Vacate); });
   s.route("POST", "/v1/jobs/{}/restart", bind(&Controller::restart_job));
+  s.route("POST", "/v1/jobs/{}/suspend", bind(&Controller::suspend_job));
+  s.route("POST", "/v1/jobs/{}/resume", bind(&Controller::resume_job));
   s.route("GET", "/v1/jobs/{}/checkpoints", bind(&Controller::list_checkpoints));
   s.route("DELETE", "/v1/jobs/{}/checkpoints/{}", bind(&Controller::delete_checkpoint));
   s.route("GET", "/v1/nodes", bind(&Controller::list_nodes));

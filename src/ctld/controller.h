@@ -78,6 +78,15 @@ class Controller {
   json requeue_job(const proto::Request& r);
   json checkpoint_job(const proto::Request& r, CheckpointSource source);
   json restart_job(const proto::Request& r);
+  // POST /v1/jobs/ID/suspend {"description": "..."}: owner or root. A "suspend"
+  // checkpoint that stops the job; once Present the job is SUSPENDED with its CPUs
+  // and memory released (settle_checkpoint). Replies with the checkpoint; 409 if the
+  // job is not running, 500 (the job runs on) if the dump failed.
+  json suspend_job(const proto::Request& r);
+  // POST /v1/jobs/ID/resume: owner or root. A SUSPENDED job becomes PENDING to be
+  // restored from its suspend checkpoint (or, if that one is gone, the newest Present
+  // one) on any node with room; a failed restore falls back as a restart's does.
+  json resume_job(const proto::Request& r);
   json list_checkpoints(const proto::Request& r);
   json delete_checkpoint(const proto::Request& r);
   json list_nodes(const proto::Request& r);

@@ -320,13 +320,15 @@ nlohmann::json Controller::cancel_job(const proto::Request& r) {
   Lock l(mu_);
   Job& j = job_of(r.params.at(0));
   check_owner(j, r.caller);
-  if (j.state == JobState::Pending) {
+  if (j.state == JobState::Pending || j.state == JobState::Suspended) {
+    // Nothing runs: its checkpoints stay, for scontrol checkpoint restart.
+    spdlog::info("job {}: cancelled while {} by uid {}", j.job_id,
+                 j.state == JobState::Pending ? "pending" : "suspended", r.caller.uid);
     j.state = JobState::Cancelled;
     j.reason = "None";
     j.end_time = now_s();
     j.restore_from = 0;
     save(j);
-    spdlog::info("job {}: cancelled while pending by uid {}", j.job_id, r.caller.uid);
   } else if (j.state == JobState::Running) {
     j.end_request = "cancel";
     save(j);
@@ -379,6 +381,16 @@ nlohmann::json Controller::requeue_job(const proto::Request& r) {
     throw RpcError(409, fmt::format("Job {} was submitted with --no-requeue", j.job_id));
   if (j.state == JobState::Pending)
     throw RpcError(409, fmt::format("Job {} is pending already", j.job_id));
+  if (j.state == JobState::Suspended) {
+    // Nothing runs: back to the queue at once, from scratch.
+    requeue_fresh(j);
+    note(j, "Requeued (scontrol requeue) from scratch while suspended");
+    save(j);
+    spdlog::info("job {}: requeued from scratch while suspended, by uid {}", j.job_id,
+                 r.caller.uid);
+    wake_.notify_all();
+    return json::object();
+  }
   if (j.state != JobState::Running)
     throw RpcError(409, fmt::format("Job {} has already finished ({}): only a running or pending "
                                     "job can be requeued; use scontrol checkpoint restart to run "

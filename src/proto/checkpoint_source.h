@@ -13,15 +13,17 @@ enum class CheckpointSource {
   Manual,    // scontrol checkpoint create: the job keeps running
   Vacate,    // scontrol checkpoint vacate: the job stops once dumped
   Drain,     // its node was set DRAIN: the job stops once dumped and is restored elsewhere
+  Suspend,   // scontrol suspend: the job stops once dumped, until scontrol resume
 };
 
 template <>
 struct NamedEnumTraits<CheckpointSource> {
-  static constexpr std::array<EnumName<CheckpointSource>, 4> names{{
+  static constexpr std::array<EnumName<CheckpointSource>, 5> names{{
       {CheckpointSource::Periodic, "periodic"},
       {CheckpointSource::Manual, "manual"},
       {CheckpointSource::Vacate, "vacate"},
       {CheckpointSource::Drain, "node drain"},
+      {CheckpointSource::Suspend, "suspend"},
   }};
   static constexpr std::string_view kind = "checkpoint source";
 };

@@ -20,13 +20,15 @@ enum class JobState {
   Cancelled,   // scancel
   Timeout,     // its time limit was reached
   NodeFail,    // its node lost it; restartable from a checkpoint
+  Suspended,   // scontrol suspend: checkpointed and stopped, its CPUs and memory released,
+               // until scontrol resume restores it
 };
 
 struct JobStateName {
   JobState value;
   std::string_view name, code;  // "PENDING", "PD"
 };
-inline constexpr std::array<JobStateName, 8> kJobStateNames{{
+inline constexpr std::array<JobStateName, 9> kJobStateNames{{
     {JobState::Pending, "PENDING", "PD"},
     {JobState::Running, "RUNNING", "R"},
     {JobState::Completing, "COMPLETING", "CG"},
@@ -35,6 +37,7 @@ inline constexpr std::array<JobStateName, 8> kJobStateNames{{
     {JobState::Cancelled, "CANCELLED", "CA"},
     {JobState::Timeout, "TIMEOUT", "TO"},
     {JobState::NodeFail, "NODE_FAIL", "NF"},
+    {JobState::Suspended, "SUSPENDED", "S"},
 }};
 
 template <>
@@ -63,7 +66,8 @@ constexpr std::optional<JobState> job_state_by_name_or_code(std::string_view tex
 
 // Whether a job in state s still holds or waits for resources (squeue's default view).
 constexpr bool is_active(JobState s) {
-  return s == JobState::Pending || s == JobState::Running || s == JobState::Completing;
+  return s == JobState::Pending || s == JobState::Running || s == JobState::Completing ||
+         s == JobState::Suspended;
 }
 
 }  // namespace fsched::proto

@@ -32,9 +32,9 @@ void expect_round_trip(int count) {
 }  // namespace
 
 TEST(ApiEnums, EveryEnumeratorHasOneNameThatReadsBack) {
-  expect_round_trip<JobState>(8);
+  expect_round_trip<JobState>(9);
   expect_round_trip<CheckpointStatus>(6);
-  expect_round_trip<CheckpointSource>(4);
+  expect_round_trip<CheckpointSource>(5);
   expect_round_trip<NodeState>(7);
 }
 
@@ -46,6 +46,9 @@ TEST(ApiEnums, NamesAreTheWireNames) {
   EXPECT_EQ(json(CheckpointStatus::Present), "Present");
   EXPECT_EQ(json(CheckpointSource::Vacate), "vacate");
   EXPECT_EQ(json(CheckpointSource::Drain), "node drain");
+  EXPECT_EQ(json(CheckpointSource::Suspend), "suspend");
+  EXPECT_EQ(json(JobState::Suspended), "SUSPENDED");
+  EXPECT_EQ(short_code(JobState::Suspended), "S");
   EXPECT_EQ(json(NodeState::Draining), "DRAINING");
   EXPECT_EQ(json(NodeState::Drained), "DRAINED");
   EXPECT_EQ(json(NodeState::Allocated), "ALLOCATED");
@@ -55,7 +58,7 @@ TEST(ApiEnums, NamesAreTheWireNames) {
 }
 
 TEST(ApiEnums, UnknownNamesAreErrorsNotTheFirstEnumerator) {
-  for (const json& bad : {json("SUSPENDED"), json("pending"), json(""), json(3), json(nullptr)}) {
+  for (const json& bad : {json("PREEMPTED"), json("pending"), json(""), json(3), json(nullptr)}) {
     try {
       (void)bad.get<JobState>();
       FAIL() << "accepted " << bad.dump();
@@ -75,6 +78,6 @@ TEST(ApiEnums, CommandsUseTheSharedTable) {
     EXPECT_EQ(fsched::cmds::state_code(s.name), s.code);
     EXPECT_EQ(fsched::cmds::parse_job_state(s.code), s.name);
   }
-  EXPECT_EQ(fsched::cmds::state_code("SUSPENDED"), "SUSPENDED");  // a newer controller's: as it is
+  EXPECT_EQ(fsched::cmds::state_code("PREEMPTED"), "PREEMPTED");  // a newer controller's: as it is
   for (const auto& n : kNodeStateNames) EXPECT_EQ(fsched::cmds::sinfo_state(n.name), n.sinfo);
 }

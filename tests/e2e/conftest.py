@@ -75,10 +75,15 @@ def e2e(build_dir) -> E2E:
 def test_user() -> str:
     """An unprivileged user for jobs run with --user; created if missing."""
     name = os.environ.get("FSCHED_E2E_USER", "fschedtest")
-    if subprocess.run(["id", "-u", name], capture_output=True).returncode != 0:
-        subprocess.run(["useradd", "--system", "--user-group", "--no-create-home",
-                        "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", name],
-                       check=True, capture_output=True, timeout=60)
+    exists = lambda: subprocess.run(["id", "-u", name], capture_output=True).returncode == 0
+    if not exists():
+        r = subprocess.run(["useradd", "--system", "--user-group", "--no-create-home",
+                            "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", name],
+                           capture_output=True, text=True, timeout=60)
+        # Another session running at once (scripts/e2e.sh runs files in parallel) may
+        # have created it between the check and useradd.
+        if r.returncode != 0 and not exists():
+            pytest.fail(f"useradd {name}: {r.stderr.strip()}", pytrace=False)
     return name
 
 

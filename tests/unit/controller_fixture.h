@@ -34,6 +34,8 @@ struct ControllerTestAccess {
     return c.checkpoint_job(r, s);
   }
   static nlohmann::json restart(Controller& c, const proto::Request& r) { return c.restart_job(r); }
+  static nlohmann::json suspend(Controller& c, const proto::Request& r) { return c.suspend_job(r); }
+  static nlohmann::json resume(Controller& c, const proto::Request& r) { return c.resume_job(r); }
   static nlohmann::json checkpoints(Controller& c, const proto::Request& r) {
     return c.list_checkpoints(r);
   }

@@ -149,7 +149,7 @@ TEST(Store, UnknownStateInARowIsAClearError) {
     c.checkpoint_id = 1;
     s.put_checkpoint(c);
   }
-  sql_text(t.path, "UPDATE jobs SET data = json_set(data, '$.state', 'SUSPENDED')");
+  sql_text(t.path, "UPDATE jobs SET data = json_set(data, '$.state', 'PREEMPTED')");
   sql_text(t.path, "UPDATE checkpoints SET data = json_set(data, '$.status', 'Archived')");
   fsched::ctld::Store s(t.path);
   try {
@@ -158,7 +158,7 @@ TEST(Store, UnknownStateInARowIsAClearError) {
   } catch (const fsched::Error& e) {
     std::string what = e.what();
     EXPECT_NE(what.find("fsched.db"), std::string::npos) << what;
-    EXPECT_NE(what.find("unknown job state \"SUSPENDED\""), std::string::npos) << what;
+    EXPECT_NE(what.find("unknown job state \"PREEMPTED\""), std::string::npos) << what;
     EXPECT_NE(what.find("PENDING, RUNNING"), std::string::npos) << what;
   }
   try {
