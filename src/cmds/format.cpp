@@ -55,12 +55,6 @@ bool flag(const json& j, std::string_view key, bool def = false) {
 // Slurm prints unset strings as "(null)".
 std::string or_null(std::string s) { return s.empty() ? "(null)" : s; }
 
-std::string upper(std::string_view s) {
-  std::string out(s);
-  for (auto& c : out) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
-  return out;
-}
-
 void rstrip(std::string& s) {
   while (!s.empty() && s.back() == ' ') s.pop_back();
 }

@@ -22,6 +22,13 @@ inline std::string lower(std::string_view s) {
   return out;
 }
 
+// s in upper case (ASCII).
+inline std::string upper(std::string_view s) {
+  std::string out(s);
+  for (auto& c : out) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  return out;
+}
+
 // Whether a and b are equal ignoring ASCII case.
 inline bool iequals(std::string_view a, std::string_view b) {
   return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {

@@ -42,6 +42,8 @@ std::string_view default_description(CheckpointSource s) {
       return "created when its node was drained";
     case CheckpointSource::Suspend:
       return "created when the job was suspended";
+    case CheckpointSource::Preempt:
+      return "created when the job was preempted";
   }
   return "";
 }
@@ -301,6 +303,20 @@ bool Controller::settle_checkpoint(int64_t job_id, int64_t checkpoint_id, Checkp
                           j.nodes, c.checkpoint_id));
       spdlog::info("job {}: vacated from {} by its drain: pending until a node has room", job_id,
                    j.nodes);
+    } else if (c.source == CheckpointSource::Preempt && j.state == JobState::Running) {
+      // As a drain's: restored by schedule() once room returns (after the preemptor).
+      double now = now_s();
+      release(j, now);
+      j.state = JobState::Pending;
+      j.reason = "None";
+      j.end_time = 0;
+      j.restore_from = c.checkpoint_id;
+      j.recovery_restore = j.requeue;
+      restore_retries_.erase(job_id);
+      note(j, fmt::format("{} on {} (checkpoint {}): to be restored when room returns",
+                          c.description, j.nodes, c.checkpoint_id));
+      spdlog::info("job {}: {} on {} (checkpoint {})", job_id, c.description, j.nodes,
+                   c.checkpoint_id);
     } else if (c.source == CheckpointSource::Suspend && j.state == JobState::Running) {
       double now = now_s();
       release(j, now);

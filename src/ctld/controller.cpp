@@ -135,6 +135,7 @@ void Controller::start() {
         check_batch_start(now);
         drain_nodes(now);
         schedule();
+        preempt(now);
         periodic();
       } catch (const std::exception& e) {
         spdlog::error("scheduler: {}", e.what());

@@ -182,6 +182,19 @@ class Controller {
   // why (list_nodes' "drain_blocked").
   void drain_nodes(double now);
   void vacate_for_drain(int64_t job_id, const std::string& node);  // without mu_
+  // Preemption (PreemptType = preempt/partition_prio, PreemptMode not OFF), driven by
+  // the scheduling thread after schedule(): for each job pending for resources, highest
+  // PriorityTier first, the node of its partition where stopping running jobs of lower
+  // tiers (outside PreemptExemptTime) frees room with the least lost work; those jobs
+  // are preempted by workers (preempt_job) and the node is reserved for the preemptor
+  // until they have stopped.
+  void preempt(double now);
+  // Preempts job `id` for job `by` as PreemptMode says: a "preemption" checkpoint that
+  // stops it (settle_checkpoint() queues its restore), or, with REQUEUE, CANCEL or a
+  // failed dump, requeue (cancel if --no-requeue, or with CANCEL). Without mu_.
+  void preempt_job(int64_t id, int64_t by);
+  // The PriorityTier of j's partition (0 if the partition is gone).
+  int tier_of(const Job& j) const;
   // Whether the lease of n (counted by the node from a send before the controller's
   // last receipt) has surely run out: no heartbeat for SlurmdTimeout.
   bool lease_expired(const Node& n, double now) const;
@@ -234,6 +247,11 @@ class Controller {
     std::string blocked;    // why the drain leaves it running, "" while it tries
   };
   std::map<int64_t, DrainMove> drain_moves_;
+  // Jobs being preempted (victim -> preemptor), until they are no longer RUNNING; and
+  // the node each preemptor waits on (preemptor -> node), kept from jobs of lower tiers
+  // until it is placed or its victims have all stopped. In memory.
+  std::map<int64_t, int64_t> preempting_;
+  std::map<int64_t, std::string> reserved_;
   double started_ = 0;  // Unix time the controller was built: the nodes' grace period
   bool stopping_ = false;
   std::thread loop_;

@@ -2,6 +2,7 @@
 // ckpt_mgr.cpp, node_mgr.cpp, sched.cpp): the helpers and limits they share.
 #pragma once
 
+#include <pwd.h>
 #include <sys/types.h>
 
 #include <chrono>

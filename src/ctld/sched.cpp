@@ -47,9 +47,16 @@ void Controller::confirm_launch(Job& j, const std::string& how) {
 }
 
 void Controller::schedule() {
-  for (auto& [id, j] : jobs_) {
-    if (j.state != JobState::Pending || j.hold || j.reason == "Vacated" || launching_.count(id))
-      continue;
+  // Higher PriorityTier first, then in submission order (Slurm's partition priority).
+  std::vector<Job*> order;
+  for (auto& [id, j] : jobs_)
+    if (j.state == JobState::Pending && !j.hold && j.reason != "Vacated" && !launching_.count(id))
+      order.push_back(&j);
+  std::stable_sort(order.begin(), order.end(),
+                   [&](const Job* a, const Job* b) { return tier_of(*a) > tier_of(*b); });
+  for (Job* jp : order) {
+    Job& j = *jp;
+    const int64_t id = j.job_id;
     // A restore that failed for a passing reason waits a while, then avoids the node
     // it failed on if another one fits.
     const RestoreRetry* retry = nullptr;
@@ -63,6 +70,10 @@ void Controller::schedule() {
       for (auto& name : p ? p->nodes : std::vector<std::string>{}) {
         Node& n = nodes_.at(name);
         if (avoid && retry && name == retry->avoid_node) continue;
+        // A node emptied by preemption is kept for its preemptor (preempt()).
+        if (std::any_of(reserved_.begin(), reserved_.end(),
+                        [&](const auto& r) { return r.second == name && r.first != id; }))
+          continue;
         if (!node_up(n) || n.drain || n.unconfirmed_at > n.report_time ||
             n.cpus - n.alloc_cpus < j.num_cpus() || n.real_memory - n.alloc_memory < j.mem_mb)
           continue;

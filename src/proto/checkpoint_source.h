@@ -14,16 +14,18 @@ enum class CheckpointSource {
   Vacate,    // scontrol checkpoint vacate: the job stops once dumped
   Drain,     // its node was set DRAIN: the job stops once dumped and is restored elsewhere
   Suspend,   // scontrol suspend: the job stops once dumped, until scontrol resume
+  Preempt,   // a job of a higher PriorityTier needs its resources (PreemptMode=CHECKPOINT)
 };
 
 template <>
 struct NamedEnumTraits<CheckpointSource> {
-  static constexpr std::array<EnumName<CheckpointSource>, 5> names{{
+  static constexpr std::array<EnumName<CheckpointSource>, 6> names{{
       {CheckpointSource::Periodic, "periodic"},
       {CheckpointSource::Manual, "manual"},
       {CheckpointSource::Vacate, "vacate"},
       {CheckpointSource::Drain, "node drain"},
       {CheckpointSource::Suspend, "suspend"},
+      {CheckpointSource::Preempt, "preemption"},
   }};
   static constexpr std::string_view kind = "checkpoint source";
 };

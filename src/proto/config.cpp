@@ -14,6 +14,7 @@
 
 #include "common/error.h"
 #include "common/text.h"
+#include "proto/timefmt.h"
 
 namespace fsched::proto {
 namespace {
@@ -204,7 +205,9 @@ void partition_line(Config& c, const Cursor& at, std::string_view rest) {
       if (l != "up" && l != "down")
         at.error("PartitionName {}: State={}: expected UP or DOWN", p.name, v);
       p.up = l == "up";
-    } else
+    } else if (key == "prioritytier")
+      p.priority_tier = static_cast<int>(to_int(at, k, v, 0, 65533));
+    else
       at.error("PartitionName line: unknown key '{}'", k);
   }
   p.line = at.line;
@@ -352,6 +355,27 @@ Config parse_config(std::string_view text, const std::filesystem::path& file) {
       if (m != "kernel" && m != "hash")
         at.error("CRIU_TrackMethod = {}: expected kernel or hash", v);
       c.track_method = m;
+    } else if (lk == "preempttype") {
+      if (v != "preempt/none" && v != "preempt/partition_prio")
+        at.error(
+            "PreemptType = {}: expected preempt/none or preempt/partition_prio (preempt/qos is "
+            "not supported: fsched has no QOS)",
+            v);
+      c.preempt_partition_prio = v == "preempt/partition_prio";
+    } else if (lk == "preemptmode") {
+      auto m = parse_enum<PreemptMode>(upper(v));
+      if (!m)
+        at.error(
+            "PreemptMode = {}: expected OFF, CANCEL, REQUEUE or CHECKPOINT (SUSPEND and GANG are "
+            "not supported: fsched's suspend is a checkpoint, use CHECKPOINT)",
+            v);
+      c.preempt_mode = *m;
+    } else if (lk == "preemptexempttime") {
+      try {
+        c.preempt_exempt_time = v == "-1" ? 0 : parse_duration(v);
+      } catch (const Error& e) {
+        at.error("PreemptExemptTime = {}: {}", v, e.what());
+      }
     } else if (lk == "criu_loadaware")
       c.load_aware = to_bool(at, key, v);
     else if (lk == "criu_loadthresholdcpu")
@@ -404,6 +428,19 @@ Config parse_config(std::string_view text, const std::filesystem::path& file) {
       partition_line(c, at, "PartitionName=" + v);
     else
       at.error("unknown key '{}'", key);
+  }
+  // Either preemption key alone does nothing: said at start, as for ignored keys.
+  if (auto t = seen.find("preempttype"), m = seen.find("preemptmode");
+      t != seen.end() || m != seen.end()) {
+    bool on = c.preempt_partition_prio && c.preempt_mode != PreemptMode::Off;
+    if (!on && c.preempt_partition_prio)
+      c.warnings.push_back(fmt::format(
+          "{}:{}: PreemptType = preempt/partition_prio: has no effect while PreemptMode is OFF",
+          file.string(), t->second));
+    else if (!on && c.preempt_mode != PreemptMode::Off)
+      c.warnings.push_back(fmt::format(
+          "{}:{}: PreemptMode = {}: has no effect without PreemptType = preempt/partition_prio",
+          file.string(), m->second, c.preempt_mode));
   }
   // Checked once the whole file is read: the two keys may come in either order.
   auto hb = seen.find("heartbeatinterval"), st = seen.find("slurmdtimeout");

@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "proto/preempt_mode.h"
+
 namespace fsched::proto {
 
 struct NodeConf {
@@ -24,7 +26,10 @@ struct PartitionConf {
   bool is_default = false;         // Default=YES
   int64_t max_time = 0;            // MaxTime, seconds; 0 = INFINITE
   bool up = true;                  // State=UP|DOWN
-  int line = 0;                    // of its PartitionName line, for errors
+  // PriorityTier (0..65533, default 1): pending jobs of a higher tier are placed first,
+  // and with PreemptType = preempt/partition_prio they preempt running jobs of lower tiers.
+  int priority_tier = 1;
+  int line = 0;  // of its PartitionName line, for errors
 };
 
 struct Config {
@@ -47,6 +52,13 @@ struct Config {
   // pages: "kernel" (written bits), "hash" (page hashes), "" for the engine's default
   // (kernel where the kernel has it). fsched-ckpt dump --track-method.
   std::string track_method;
+  // PreemptType = preempt/none | preempt/partition_prio: whether a job pending for
+  // resources preempts running jobs of partitions with a lower PriorityTier.
+  bool preempt_partition_prio = false;
+  PreemptMode preempt_mode = PreemptMode::Off;  // PreemptMode: how they are preempted
+  // PreemptExemptTime, seconds: a job that started (or was restored) less than this ago
+  // is not preempted. Slurm's time formats; -1 (the default) and 0: no exemption.
+  int64_t preempt_exempt_time = 0;
   bool load_aware = false;  // CRIU_LoadAware
   double load_threshold_cpu = 0.95, load_threshold_io = 0.50, load_threshold_memory = 0.85;
   int checkpoint_timeout = 600;  // CheckpointTimeout, seconds

@@ -9,6 +9,7 @@
 #include "proto/checkpoint_status.h"
 #include "proto/job_state.h"
 #include "proto/node_state.h"
+#include "proto/preempt_mode.h"
 
 namespace {
 
@@ -34,7 +35,8 @@ void expect_round_trip(int count) {
 TEST(ApiEnums, EveryEnumeratorHasOneNameThatReadsBack) {
   expect_round_trip<JobState>(9);
   expect_round_trip<CheckpointStatus>(6);
-  expect_round_trip<CheckpointSource>(5);
+  expect_round_trip<CheckpointSource>(6);
+  expect_round_trip<PreemptMode>(4);
   expect_round_trip<NodeState>(7);
 }
 
@@ -47,6 +49,7 @@ TEST(ApiEnums, NamesAreTheWireNames) {
   EXPECT_EQ(json(CheckpointSource::Vacate), "vacate");
   EXPECT_EQ(json(CheckpointSource::Drain), "node drain");
   EXPECT_EQ(json(CheckpointSource::Suspend), "suspend");
+  EXPECT_EQ(json(CheckpointSource::Preempt), "preemption");
   EXPECT_EQ(json(JobState::Suspended), "SUSPENDED");
   EXPECT_EQ(short_code(JobState::Suspended), "S");
   EXPECT_EQ(json(NodeState::Draining), "DRAINING");

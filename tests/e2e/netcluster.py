@@ -215,7 +215,7 @@ class NetCluster(Cluster):
         self.node_ports = dict.fromkeys(self.node_ports, NODE_PORT)
         self.settings["ControlPort"] = CTLD_PORT
         self.node_lines = [f"NodeName={n} NodeAddr={self.addr(n)} Port={NODE_PORT} CPUs={cpus} RealMemory=8000"
-                           for n in self.node_ports] + self.node_lines[-1:]
+                           for n in self.node_ports] + self.partition_lines
         self.write_conf(self.conf_path)
         self.spool = root / "spool"  # empty on the host: each node mounts its own there
         self.spool.mkdir(exist_ok=True)

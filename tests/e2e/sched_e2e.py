@@ -54,9 +54,12 @@ def live_procs_in(d: Path, comm: str | None = None) -> list[int]:
 
 
 class Cluster:
-    """fschedctld plus `nodes` fschedd daemons; state, spool and checkpoints under `root`."""
+    """fschedctld plus `nodes` fschedd daemons; state, spool and checkpoints under `root`.
+    `partitions`: PartitionName lines without their Nodes= (every node is in each), e.g.
+    ["PartitionName=low Default=YES PriorityTier=1"]; default one partition, debug."""
 
-    def __init__(self, build: Path, root: Path, nodes: int = 1, cpus: int = 2, **conf):
+    def __init__(self, build: Path, root: Path, nodes: int = 1, cpus: int = 2,
+                 partitions: list[str] | None = None, **conf):
         self.build = build
         self.root = root
         shutil.rmtree(root, ignore_errors=True)
@@ -87,8 +90,9 @@ class Cluster:
         self.settings = settings
         self.node_lines = [f"NodeName={name} NodeAddr={self.addr(name)} Port={port} CPUs={cpus} RealMemory=8000"
                            for name, port in self.node_ports.items()]
-        self.node_lines.append(
-            f"PartitionName=debug Nodes={','.join(self.node_ports)} Default=YES MaxTime=INFINITE State=UP")
+        self.partition_lines = [f"{p} Nodes={','.join(self.node_ports)}" for p in
+                                partitions or ["PartitionName=debug Default=YES MaxTime=INFINITE State=UP"]]
+        self.node_lines += self.partition_lines
         self.write_conf(self.conf_path)
         # Users run the commands from a copy: the build may sit where they cannot reach
         # (a checkout under /root).

@@ -245,3 +245,46 @@ TEST(Config, HeartbeatMustFitTwiceInSlurmdTimeout) {
   EXPECT_THAT(error_of(std::string(kBase) + "SlurmdTimeout = 1\n"),
               HasSubstr(":4: HeartbeatInterval = 1 (default) and SlurmdTimeout = 1"));
 }
+
+// Preemption (issue 15): Slurm's keys, their errors, and a key that does nothing alone.
+TEST(Config, Preemption) {
+  auto c = parse_config(std::string(kBase) +
+                            "PreemptType = preempt/partition_prio\n"
+                            "PreemptMode = checkpoint\n"
+                            "PreemptExemptTime = 00:02:00\n"
+                            "PartitionName=low Nodes=n[1-3] PriorityTier=1 Default=YES\n"
+                            "PartitionName=high Nodes=n[1-3] PriorityTier=10\n",
+                        "f.conf");
+  EXPECT_TRUE(c.preempt_partition_prio);
+  EXPECT_EQ(c.preempt_mode, fsched::proto::PreemptMode::Checkpoint);
+  EXPECT_EQ(c.preempt_exempt_time, 120);
+  EXPECT_EQ(c.partition("low")->priority_tier, 1);
+  EXPECT_EQ(c.partition("high")->priority_tier, 10);
+  EXPECT_THAT(c.warnings, testing::IsEmpty());
+  auto d = parse_config(kBase, "f.conf");
+  EXPECT_FALSE(d.preempt_partition_prio);
+  EXPECT_EQ(d.preempt_mode, fsched::proto::PreemptMode::Off);
+  EXPECT_EQ(d.preempt_exempt_time, 0);
+  EXPECT_EQ(
+      parse_config(std::string(kBase) + "PreemptExemptTime = -1\n", "f.conf").preempt_exempt_time,
+      0);
+
+  auto alone = parse_config(std::string(kBase) + "PreemptMode = REQUEUE\n", "f.conf");
+  ASSERT_EQ(alone.warnings.size(), 1u);
+  EXPECT_THAT(alone.warnings[0],
+              HasSubstr("f.conf:4: PreemptMode = REQUEUE: has no effect without PreemptType"));
+  auto off = parse_config(std::string(kBase) + "PreemptType = preempt/partition_prio\n", "f.conf");
+  ASSERT_EQ(off.warnings.size(), 1u);
+  EXPECT_THAT(off.warnings[0], HasSubstr("has no effect while PreemptMode is OFF"));
+
+  EXPECT_THAT(error_of(std::string(kBase) + "PreemptMode = SUSPEND,GANG\n"),
+              HasSubstr("fsched.conf:4: PreemptMode = SUSPEND,GANG: expected OFF, CANCEL, "
+                        "REQUEUE or CHECKPOINT"));
+  EXPECT_THAT(error_of(std::string(kBase) + "PreemptType = preempt/qos\n"),
+              HasSubstr("fsched.conf:4: PreemptType = preempt/qos: expected preempt/none or "
+                        "preempt/partition_prio"));
+  EXPECT_THAT(error_of(std::string(kBase) + "PreemptExemptTime = soon\n"),
+              HasSubstr("fsched.conf:4: PreemptExemptTime = soon:"));
+  EXPECT_THAT(error_of(std::string(kBase) + "PartitionName=p Nodes=n1 PriorityTier=70000\n"),
+              HasSubstr("fsched.conf:4:"));
+}

@@ -224,11 +224,14 @@ class Recovery : public ControllerTest {
   std::thread beater;
   int slurmd_timeout = 1;  // s; a derived fixture may detect silence later
 
+  // The two nodes and their partitions (a derived fixture may change it before SetUp).
+  std::string two_nodes_conf =
+      "NodeName=n1 CPUs=4 RealMemory=8000\n"
+      "NodeName=n2 CPUs=4 RealMemory=8000\n"
+      "PartitionName=debug Nodes=n1,n2 Default=YES\n";
+
   void SetUp() override {
-    cluster_conf =
-        "NodeName=n1 CPUs=4 RealMemory=8000\n"
-        "NodeName=n2 CPUs=4 RealMemory=8000\n"
-        "PartitionName=debug Nodes=n1,n2 Default=YES\n";
+    cluster_conf = two_nodes_conf;
     tune = [this](proto::Config& c) {
       c.slurmd_timeout = slurmd_timeout;
       c.requeue_timeout = 1;
