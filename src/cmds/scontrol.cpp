@@ -158,15 +158,20 @@ int main(int argc, char** argv) {
            Action{"hold", "hold ID[,ID...]: keep pending jobs from starting"},
            Action{"release", "release ID[,ID...]: let held jobs start"},
            Action{"suspend",
-                  "suspend ID[,ID...]: checkpoint running jobs, stop them and release their CPUs "
-                  "and memory (state SUSPENDED)"},
+                  "suspend [--in-place] ID[,ID...]: checkpoint running jobs, stop them and "
+                  "release their CPUs and memory (state SUSPENDED)"},
            Action{"resume",
                   "resume ID[,ID...]: restore suspended jobs from their suspend checkpoint, on "
-                  "any node with room"},
+                  "any node with room (thaw those suspended in place)"},
        }) {
     auto* sub = app.add_subcommand(std::string(a.name), std::string(a.help));
     sub->add_option("job_id", ids, "Job ids (also comma-separated)")->required();
   }
+  bool in_place = false;
+  app.get_subcommand("suspend")->add_flag(
+      "--in-place", in_place,
+      "Slurm's suspend: freeze the job where it is, keeping its CPUs and memory, instead of "
+      "checkpointing it and freeing its node");
   for (auto* sub : app.get_subcommands({})) sub->ignore_case();
   for (auto* sub : ckpt->get_subcommands({})) sub->ignore_case();
 
@@ -296,7 +301,8 @@ int main(int argc, char** argv) {
     int status = 0;
     for (auto id : jobs) {
       try {
-        client.call("POST", job_path(id, "/" + action), json::object());
+        client.call("POST", job_path(id, "/" + action),
+                    action == "suspend" && in_place ? json{{"in_place", true}} : json::object());
       } catch (const fsched::proto::RpcError& e) {
         cmds::print_error("scontrol", fmt::format("{} of job {}: {}", action, id, e.what()));
         status = 1;

@@ -447,6 +447,7 @@ nlohmann::json Controller::suspend_job(const proto::Request& r) {
       throw RpcError(409, fmt::format("Job {} is already suspended", j.job_id));
     id = j.job_id;
   }
+  if (field<bool>(r.body, "in_place", false)) return suspend_in_place(id, true, r.caller);
   Checkpoint c = run_checkpoint(id, CheckpointSource::Suspend,
                                 field<std::string>(r.body, "description", ""), &r.caller);
   if (c.status != CheckpointStatus::Present)
@@ -463,6 +464,11 @@ nlohmann::json Controller::resume_job(const proto::Request& r) {
   check_owner(j, r.caller);
   if (j.state != JobState::Suspended)
     throw RpcError(409, fmt::format("Job {} is not suspended (state {})", j.job_id, j.state));
+  if (j.suspended_in_place) {
+    int64_t id = j.job_id;
+    l.unlock();
+    return suspend_in_place(id, false, r.caller);
+  }
   // Its suspend checkpoint; the newest Present one if that one is gone.
   int64_t chosen = 0;
   for (auto& c : ckpts_[j.job_id]) {

@@ -78,15 +78,20 @@ class Controller {
   json requeue_job(const proto::Request& r);
   json checkpoint_job(const proto::Request& r, CheckpointSource source);
   json restart_job(const proto::Request& r);
-  // POST /v1/jobs/ID/suspend {"description": "..."}: owner or root. A "suspend"
-  // checkpoint that stops the job; once Present the job is SUSPENDED with its CPUs
-  // and memory released (settle_checkpoint). Replies with the checkpoint; 409 if the
-  // job is not running, 500 (the job runs on) if the dump failed.
+  // POST /v1/jobs/ID/suspend {"description": "...", "in_place": false}: owner or root. A
+  // "suspend" checkpoint that stops the job; once Present the job is SUSPENDED with its
+  // CPUs and memory released (settle_checkpoint). Replies with the checkpoint; 409 if
+  // the job is not running, 500 (the job runs on) if the dump failed. With in_place
+  // (Slurm's suspend): the node freezes the run where it is, which keeps its CPUs and
+  // memory; replies with the job.
   json suspend_job(const proto::Request& r);
   // POST /v1/jobs/ID/resume: owner or root. A SUSPENDED job becomes PENDING to be
   // restored from its suspend checkpoint (or, if that one is gone, the newest Present
-  // one) on any node with room; a failed restore falls back as a restart's does.
+  // one) on any node with room; a failed restore falls back as a restart's does. One
+  // suspended in place is thawed where it is and RUNNING again. Replies with the job.
   json resume_job(const proto::Request& r);
+  // The in-place halves of suspend_job and resume_job (without mu_).
+  json suspend_in_place(int64_t job_id, bool stop, const proto::Caller& who);
   json list_checkpoints(const proto::Request& r);
   json delete_checkpoint(const proto::Request& r);
   json list_nodes(const proto::Request& r);
@@ -154,6 +159,12 @@ class Controller {
   // for one job's checkpoints when it is restarted.
   bool clear_if_missing(Checkpoint& c);
   void terminate(const Job& j, int signal, bool escalate);  // async signal/kill on the node
+  // A job SUSPENDED in place becomes RUNNING again in the books (the time suspended moves
+  // its start forward); nothing is sent to the node. No-op for any other job.
+  void unsuspend_in_place(Job& j, double now);
+  // Async: thaws j's run on its node, then SIGTERM (SIGKILL after KillWait), for a cancel
+  // or requeue of a job suspended in place.
+  void resume_in_place_then_terminate(const Job& j);
   void release(Job& j, double now);
   void requeue_fresh(Job& j);
   // CRIU_LoadAware: why the node is too busy for a periodic checkpoint, "" if it is not.

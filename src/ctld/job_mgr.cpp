@@ -88,7 +88,8 @@ nlohmann::json Controller::api(const Job& j) const {
           {"last_checkpoint", last},
           {"restore_from", j.restore_from},
           {"generation", j.generation},
-          {"history", j.history}};
+          {"history", j.history},
+          {"suspended_in_place", j.suspended_in_place}};
 }
 
 void Controller::note(Job& j, const std::string& what) {
@@ -98,7 +99,20 @@ void Controller::note(Job& j, const std::string& what) {
                                                                j.history.size() - kHistoryMax));
 }
 
+void Controller::unsuspend_in_place(Job& j, double now) {
+  if (j.state != JobState::Suspended || !j.suspended_in_place) return;
+  // The time suspended is not run time (nor time toward the time limit or the next
+  // periodic checkpoint): the run's start moves forward by it.
+  double paused = std::max(0.0, now - j.suspend_time);
+  j.start_time += paused;
+  if (j.next_checkpoint > 0) j.next_checkpoint += paused;
+  j.state = JobState::Running;
+  j.suspended_in_place = false;
+  j.suspend_time = 0;
+}
+
 void Controller::recover(Job& j, double now, const std::string& why) {
+  unsuspend_in_place(j, now);
   int64_t id = j.job_id;
   std::string node = j.nodes;
   int64_t gen = j.generation;
@@ -302,6 +316,94 @@ nlohmann::json Controller::signal_job(const proto::Request& r) {
   return json::object();
 }
 
+nlohmann::json Controller::suspend_in_place(int64_t id, bool stop, const proto::Caller& who) {
+  std::string node;
+  int64_t gen = 0;
+  {
+    Lock l(mu_);
+    Job& j = jobs_.at(id);
+    if (stop && (j.state != JobState::Running || launching_.count(id) || j.awaiting_node ||
+                 !j.end_request.empty()))
+      throw RpcError(409, fmt::format("Job {} is not running (state {}{})", id, j.state,
+                                      j.end_request.empty() ? "" : ", ending"));
+    if (!stop && !(j.state == JobState::Suspended && j.suspended_in_place))
+      throw RpcError(409, fmt::format("Job {} is not suspended in place", id));
+    // No dump while the run is frozen or thawed (the engine freezes the same cgroup).
+    if (ckpt_busy_.count(id))
+      throw RpcError(409, fmt::format("job {}: a checkpoint (or another suspend or resume) is in "
+                                      "progress",
+                                      id));
+    ckpt_busy_.insert(id);
+    node = j.nodes;
+    gen = j.generation;
+  }
+  std::string error;
+  int status = 502;
+  auto post = [&](bool s) {
+    node_rpc_->post(node, "/v1/node/suspend",
+                    proto::SuspendRequest{.job_id = id, .generation = gen, .stop = s}, 30);
+  };
+  try {
+    post(stop);
+  } catch (const RpcError& e) {
+    error = e.what();
+    status = e.status();
+  } catch (const std::exception& e) {
+    error = e.what();
+  }
+  if (!error.empty() && stop) {
+    // It may have frozen before the answer was lost: a job the books say runs must run.
+    try {
+      post(false);
+    } catch (const std::exception& e) {
+      spdlog::warn("job {}: thaw after a failed suspend on {}: {}", id, node, e.what());
+    }
+  }
+  Lock l(mu_);
+  ckpt_busy_.erase(id);
+  Job& j = jobs_.at(id);
+  if (!error.empty())
+    throw RpcError(status, fmt::format("Job {} not {}: node {}: {}", id,
+                                       stop ? "suspended" : "resumed", node, error));
+  double now = now_s();
+  if (stop) {
+    j.state = JobState::Suspended;
+    j.suspended_in_place = true;
+    j.suspend_time = now;
+    note(j, fmt::format("suspended in place on {} by {} (frozen, CPUs and memory kept)", node,
+                        user_name(who.uid)));
+  } else {
+    unsuspend_in_place(j, now);
+    note(j, fmt::format("resumed in place on {} by {}", node, user_name(who.uid)));
+  }
+  spdlog::info("job {}: {} in place on {} by uid {}", id, stop ? "suspended" : "resumed", node,
+               who.uid);
+  save(j);
+  wake_.notify_all();
+  return api(j);
+}
+
+void Controller::resume_in_place_then_terminate(const Job& j) {
+  std::string node = j.nodes;
+  int64_t id = j.job_id, gen = j.generation;
+  int wait = cfg_.kill_wait;
+  spawn([this, node, id, gen, wait] {
+    try {
+      node_rpc_->post(node, "/v1/node/suspend",
+                      proto::SuspendRequest{.job_id = id, .generation = gen, .stop = false}, 30);
+    } catch (const std::exception& e) {
+      // SIGKILL ends frozen processes too: the escalation below still ends the run.
+      spdlog::warn("job {}: thaw on node {} failed: {}", id, node, e.what());
+    }
+    try {
+      node_rpc_->post(node, "/v1/node/signal",
+                      proto::SignalRequest{.job_id = id, .signal = SIGTERM, .kill_wait = wait}, 30);
+    } catch (const std::exception& e) {
+      spdlog::warn("job {}: signal {} on node {} failed: {}", id, SIGTERM, node, e.what());
+    }
+  });
+}
+
 void Controller::terminate(const Job& j, int signal, bool escalate) {
   std::string node = j.nodes;
   int64_t id = j.job_id;
@@ -320,6 +422,17 @@ nlohmann::json Controller::cancel_job(const proto::Request& r) {
   Lock l(mu_);
   Job& j = job_of(r.params.at(0));
   check_owner(j, r.caller);
+  if (j.state == JobState::Suspended && j.suspended_in_place) {
+    // Its frozen processes cannot act on SIGTERM: thawed first, then ended as a running
+    // job is.
+    unsuspend_in_place(j, now_s());
+    j.end_request = "cancel";
+    save(j);
+    spdlog::info("job {}: cancel requested by uid {} while suspended in place: thaw, SIGTERM",
+                 j.job_id, r.caller.uid);
+    resume_in_place_then_terminate(j);
+    return json::object();
+  }
   if (j.state == JobState::Pending || j.state == JobState::Suspended) {
     // Nothing runs: its checkpoints stay, for scontrol checkpoint restart.
     spdlog::info("job {}: cancelled while {} by uid {}", j.job_id,
@@ -381,6 +494,15 @@ nlohmann::json Controller::requeue_job(const proto::Request& r) {
     throw RpcError(409, fmt::format("Job {} was submitted with --no-requeue", j.job_id));
   if (j.state == JobState::Pending)
     throw RpcError(409, fmt::format("Job {} is pending already", j.job_id));
+  if (j.state == JobState::Suspended && j.suspended_in_place) {
+    unsuspend_in_place(j, now_s());
+    j.end_request = "requeue";
+    save(j);
+    spdlog::info("job {}: requeue requested by uid {} while suspended in place: thaw, SIGTERM",
+                 j.job_id, r.caller.uid);
+    resume_in_place_then_terminate(j);
+    return json::object();
+  }
   if (j.state == JobState::Suspended) {
     // Nothing runs: back to the queue at once, from scratch.
     requeue_fresh(j);
@@ -443,8 +565,9 @@ nlohmann::json Controller::node_job_ended(const proto::Request& r) {
   Job& j = it->second;
   // A report about a run that is already over (a repeated report, one from a node the
   // job has since left, or of an older generation) changes nothing.
-  if (j.state != JobState::Running || j.nodes != node || (gen != 0 && gen != j.generation))
-    return json::object();
+  if (!j.on_node() || j.nodes != node || (gen != 0 && gen != j.generation)) return json::object();
+  // A run suspended in place that ended anyway (killed on the node): it ran until then.
+  if (j.state == JobState::Suspended) unsuspend_in_place(j, now_s());
   // A run that ended before its start's answer was read (a job that exits at once):
   // fschedd keeps an unaccepted report in its spool and sends it again, so the end is
   // settled once the start is, not dropped.

@@ -69,7 +69,7 @@ void Controller::check_nodes(double now) {
     // DOWN of a live node) they end by the node's report.
     if (!lease_expired(n, now)) continue;
     for (auto& [id, j] : jobs_)
-      if (j.state == JobState::Running && j.nodes == name)
+      if (j.on_node() && j.nodes == name)
         recover(j, now,
                 fmt::format("node {} DOWN ({}), its lease expired at {}", name, n.reason,
                             proto::format_timestamp(n.last_heartbeat + cfg_.slurmd_timeout)));
@@ -103,7 +103,7 @@ void Controller::set_down(Node& n, const std::string& reason, double now, const 
   spdlog::warn("node {}: DOWN (reason \"{}\"){}", n.name, reason,
                expired ? "" : "; its runs are killed and recovered once they have ended");
   for (auto& [id, j] : jobs_) {
-    if (j.state != JobState::Running || j.nodes != n.name) continue;
+    if (!j.on_node() || j.nodes != n.name) continue;
     if (expired) {
       recover(j, now, fmt::format("node {} DOWN ({})", n.name, reason));
     } else {
@@ -252,7 +252,7 @@ std::vector<proto::RunRef> Controller::stale_runs(const Node& n) const {
   std::vector<proto::RunRef> out;
   for (auto& [id, gen] : n.report_runs) {
     auto it = jobs_.find(id);
-    bool current = !n.down && it != jobs_.end() && it->second.state == JobState::Running &&
+    bool current = !n.down && it != jobs_.end() && it->second.on_node() &&
                    it->second.nodes == n.name &&
                    // 0: a node that predates generations; its run is taken for the current one.
                    (gen == 0 || gen == it->second.generation);
@@ -450,7 +450,7 @@ void Controller::reconcile(const std::string& node, const json& reported, const 
   auto busy = [&](int64_t id) { return n.report_ops.count(id) > 0; };
   double now = now_s();
   for (auto& [id, j] : jobs_) {
-    if (j.state != JobState::Running || j.nodes != node || launching_.count(id)) continue;
+    if (!j.on_node() || j.nodes != node || launching_.count(id)) continue;
     if (n.down) {
       // Killed by the node DOWN (stale in this reply): recovered once gone from its list.
       if (!there(j) && !busy(id))

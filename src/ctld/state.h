@@ -92,8 +92,16 @@ struct Job {
   // What happened to the job, one "TIME: event" line each (requeues, node failures,
   // restores and their fallbacks), newest last; the last kHistoryMax are kept.
   std::vector<std::string> history;
+  // SUSPENDED in place (scontrol suspend --in-place, Slurm's suspend): its run stays on
+  // `nodes`, frozen, and keeps its CPUs and memory. suspend_time: since when (Unix time).
+  bool suspended_in_place = false;
+  double suspend_time = 0;
 
   int num_cpus() const { return cpus_per_task * ntasks; }
+  // Whether the job has a run on `nodes`: RUNNING, or SUSPENDED in place.
+  bool on_node() const {
+    return state == JobState::Running || (state == JobState::Suspended && suspended_in_place);
+  }
   bool active() const { return proto::is_active(state); }
 };
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(
@@ -101,7 +109,7 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(
     run_time_done, time_limit, nodes, cpus_per_task, ntasks, mem_mb, work_dir, stdout_path,
     stderr_path, argv, checkpoint_interval, requeue, hold, restarts, job_version, exit_status,
     last_checkpoint_id, restore_from, next_checkpoint, end_request, launch_failures, awaiting_node,
-    generation, recovery_restore, history)
+    generation, recovery_restore, history, suspended_in_place, suspend_time)
 
 struct Node {
   std::string name, addr;

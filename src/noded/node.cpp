@@ -231,6 +231,8 @@ void NodeDaemon::add_routes(proto::Server& s) {
           root_only([this](const proto::Request& r) { return checkpoint(r); }));
   s.route("POST", "/v1/node/signal",
           root_only([this](const proto::Request& r) { return signal(r); }));
+  s.route("POST", "/v1/node/suspend",
+          root_only([this](const proto::Request& r) { return suspend(r); }));
   s.route("GET", "/v1/node/jobs", [this](const proto::Request& r) { return list(r); });
 }
 

@@ -103,6 +103,11 @@ class NodeDaemon {
   json launch(const proto::Request& r, bool restore);
   json checkpoint(const proto::Request& r);
   json signal(const proto::Request& r);
+  // POST /v1/node/suspend (SuspendRequest): freezes or thaws the run's cgroup and waits
+  // (10 s at most) until cgroup.events says it is so. 409 if the node has no such run
+  // or a dump, launch or restore of it is under way; 500 if the cgroup does not settle.
+  // Defined in suspend.cpp.
+  json suspend(const proto::Request& r);
   json list(const proto::Request& r);
   std::filesystem::path job_dir(int64_t id) const;
   void prepare_job_dir(const LaunchRequest& req);

@@ -132,6 +132,17 @@ void from_json(const json& j, SignalRequest& r) {
   r.kill_wait = number_or<int>(j, "kill_wait", -1);
 }
 
+void to_json(json& j, const SuspendRequest& r) {
+  j = {{"job_id", r.job_id}, {"generation", r.generation}, {"stop", r.stop}};
+}
+
+void from_json(const json& j, SuspendRequest& r) {
+  expect_object(j, "suspend");
+  r.job_id = number_at<int64_t>(j, "job_id");
+  r.generation = number_at<int64_t>(j, "generation");
+  r.stop = value_or<bool>(j, "stop", true);
+}
+
 void to_json(json& j, const RunRef& r) { j = {{"job_id", r.job_id}, {"generation", r.generation}}; }
 
 void from_json(const json& j, RunRef& r) {

@@ -82,6 +82,17 @@ struct SignalRequest {
 void to_json(nlohmann::json& j, const SignalRequest& r);
 void from_json(const nlohmann::json& j, SignalRequest& r);
 
+// POST /v1/node/suspend. Required: job_id, generation. Optional: stop (true).
+// scontrol suspend --in-place (Slurm's suspend): the run's cgroup is frozen (stop) or
+// thawed; its processes stay in memory on the node.
+struct SuspendRequest {
+  int64_t job_id = 0;
+  int64_t generation = 0;  // the run meant; another run of the job is refused (409)
+  bool stop = true;        // true: freeze, false: thaw
+};
+void to_json(nlohmann::json& j, const SuspendRequest& r);
+void from_json(const nlohmann::json& j, SuspendRequest& r);
+
 // One run of a job on a node: the job and the generation of that run.
 struct RunRef {
   int64_t job_id = 0;

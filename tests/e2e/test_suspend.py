@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from nodefail import host_runs, make_workdir, output_problems, steps_done, trace_hosts, user_pids
+from nodefail import host_runs, is_frozen, make_workdir, output_problems, steps_done, trace_hosts, user_pids
 
 try:
     from netcluster import NetCluster
@@ -141,3 +141,33 @@ def test_suspend_refused_for_another_user_and_when_not_running(e2e, cluster, tes
     assert c.job(jid)["state"] == "RUNNING" and c.checkpoints(jid) == []
     c.cmd("scancel", jid)
     c.wait_state(jid, "CANCELLED", timeout=60)
+
+
+def test_suspend_in_place_freezes_the_job_where_it_is(e2e, cluster, test_user):
+    """Slurm's behaviour, asked for with --in-place: the job's processes stay on the node,
+    frozen, holding its CPUs; resume thaws them there; the output is byte-identical."""
+    c = cluster
+    d = workdir(e2e, "inplace", test_user)
+    jid = c.sbatch("job.sh", 60, DELAY, user=test_user, cwd=d)
+    node = c.wait_state(jid, "RUNNING", timeout=60)["nodes"]
+    c.wait_for(lambda: steps_done(d) >= 8, 60, "progress")
+    pids = user_pids(c.node_pids(node), test_user)
+    assert pids
+    assert c.cmd("scontrol", "suspend", "--in-place", jid, user=test_user).stdout == ""
+    j = c.job(jid)
+    assert j["state"] == "SUSPENDED" and j["suspended_in_place"], j
+    assert c.cmd("squeue", "-h", "-j", jid, "-o", "%t").stdout.strip() == "S"
+    assert all(is_frozen(p) for p in pids if Path(f"/proc/{p}").exists()), "not frozen"
+    assert next(n for n in c.node_list() if n["name"] == node)["alloc_cpus"] == 1
+    before = steps_done(d)
+    time.sleep(3)  # longer than a heartbeat or two: the node keeps the frozen run
+    assert steps_done(d) == before, "a suspended job made progress"
+    assert set(user_pids(c.node_pids(node), test_user)) >= {p for p in pids if Path(f"/proc/{p}").exists()}
+    c.cmd("scontrol", "resume", jid, user=test_user)
+    j = c.job(jid)
+    assert j["state"] == "RUNNING" and j["nodes"] == node and j["restarts"] == 0, j
+    c.wait_for(lambda: steps_done(d) > before, 30, "progress after the resume")
+    c.wait_state(jid, "COMPLETED", timeout=120)
+    problems = output_problems(d, jid, 60)
+    assert not problems, problems
+    assert c.checkpoints(jid) == [], "an in-place suspend takes no checkpoint"

@@ -149,5 +149,66 @@ TEST_F(Suspend, RefusedWhereItMakesNoSense) {
   EXPECT_EQ(checkpoints(id)[0]["status"], "Present") << "its checkpoint stays, for a restart";
 }
 
+// Slurm's suspend (in_place): the node freezes the run where it is; it keeps its CPUs,
+// its time does not count, resume thaws it there, and a cancel thaws it before SIGTERM.
+TEST_F(Suspend, InPlaceFreezesTheRunWhereItIsAndResumeThawsIt) {
+  int64_t id = job_on_n1();
+  proto::Request r = root({std::to_string(id)}, {{"in_place", true}});
+  json j = A::suspend(*ctld, r);
+  EXPECT_EQ(j["state"], "SUSPENDED") << j.dump();
+  EXPECT_EQ(j["suspended_in_place"], true);
+  EXPECT_TRUE(node->of("/v1/node/checkpoint").empty()) << "no checkpoint in place";
+  auto calls = node->of("/v1/node/suspend");
+  ASSERT_EQ(calls.size(), 1u);
+  EXPECT_EQ(calls[0].node, "n1");
+  EXPECT_EQ(calls[0].body["stop"], true);
+  EXPECT_EQ(calls[0].body["generation"], 1);
+  EXPECT_EQ(node_info("n1")["alloc_cpus"], 1) << "its CPUs stay allocated";
+  // Its run stays current on n1: the heartbeats do not have it killed.
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  EXPECT_TRUE(beat("n1")["stale"].empty());
+  EXPECT_EQ(job(id)["state"], "SUSPENDED");
+  EXPECT_EQ(status_of([&] { checkpoint(std::to_string(id), CheckpointSource::Manual); }), 409);
+  double run_before = job(id)["run_time"].get<double>();
+  j = resume(id);
+  EXPECT_EQ(j["state"], "RUNNING") << j.dump();
+  EXPECT_EQ(j["nodes"], "n1");
+  EXPECT_EQ(j["suspended_in_place"], false);
+  EXPECT_LE(j["run_time"].get<double>(), run_before + 1) << "the time suspended is not run time";
+  calls = node->of("/v1/node/suspend");
+  ASSERT_EQ(calls.size(), 2u);
+  EXPECT_EQ(calls[1].body["stop"], false);
+  EXPECT_TRUE(has(j["history"], "suspended in place on n1 by root")) << j["history"].dump();
+  EXPECT_TRUE(has(j["history"], "resumed in place on n1 by root")) << j["history"].dump();
+  EXPECT_EQ(j["restarts"], 0);
+
+  // Suspended in place again, then cancelled: thawed first, then SIGTERM.
+  A::suspend(*ctld, r);
+  A::cancel(*ctld, root({std::to_string(id)}, json::object()));
+  ASSERT_TRUE(eventually([&] { return !node->of("/v1/node/signal").empty(); }));
+  calls = node->of("/v1/node/suspend");
+  ASSERT_EQ(calls.size(), 4u);
+  EXPECT_EQ(calls[3].body["stop"], false);
+  EXPECT_EQ(node->of("/v1/node/signal")[0].body["signal"], SIGTERM);
+  ended(id, 143);
+  EXPECT_EQ(job(id)["state"], "CANCELLED");
+}
+
+TEST_F(Suspend, InPlaceRefusedByTheNodeChangesNothing) {
+  int64_t id = job_on_n1();
+  node->answer = [](const FakeNode::Call& c) -> json {
+    if (c.path == "/v1/node/suspend" && c.body["stop"] == true)
+      throw proto::RpcError(409, "job 1: an operation on it is under way on n1");
+    return json{{"pid", 1}};
+  };
+  proto::Request r = root({std::to_string(id)}, {{"in_place", true}});
+  EXPECT_EQ(status_of([&] { A::suspend(*ctld, r); }), 409);
+  json j = job(id);
+  EXPECT_EQ(j["state"], "RUNNING");
+  auto calls = node->of("/v1/node/suspend");
+  ASSERT_EQ(calls.size(), 2u) << "a thaw follows a failed suspend, in case it froze";
+  EXPECT_EQ(calls[1].body["stop"], false);
+}
+
 }  // namespace
 }  // namespace fsched::ctld
