@@ -145,7 +145,7 @@ nlohmann::json Controller::update_node(const proto::Request& r) {
     // A new DRAIN (or a new reason) gives the jobs it left running another chance.
     for (auto& [id, m] : drain_moves_)
       if (auto jit = jobs_.find(id); jit != jobs_.end() && jit->second.nodes == name)
-        m = DrainMove{};
+        m = DrainMove{.generation = m.generation, .in_flight = m.in_flight};
     n.drain_time = n.drain ? n.drain_time : now;
     n.drain = true;
     n.drain_reason = reason;
@@ -185,6 +185,14 @@ nlohmann::json Controller::update_node(const proto::Request& r) {
 }
 
 void Controller::drain_nodes(double now) {
+  // Attempts of jobs no longer running on a drained node are of no more use.
+  std::erase_if(drain_moves_, [&](const auto& e) {
+    auto jit = jobs_.find(e.first);
+    if (e.second.in_flight) return false;
+    if (jit == jobs_.end() || jit->second.state != JobState::Running) return true;
+    auto nit = nodes_.find(jit->second.nodes);
+    return nit == nodes_.end() || !nit->second.drain;
+  });
   for (auto& [name, n] : nodes_) {
     // A DOWN node's runs are recovered by check_nodes(); a silent one cannot dump.
     if (!n.drain || n.down || !node_up(n)) continue;
