@@ -10,6 +10,8 @@ correct output the test computes. The acceptance list of the issue for the drain
     wait pending (Resources) and move as room frees; nothing is lost
  5. bad input: draining an unknown node, a drain by a user, a drain without a reason:
     clear errors, nothing changed
+and a job the engine cannot checkpoint (unsupported state): the drain says so for that
+job and leaves it running where it is.
 """
 from __future__ import annotations
 
@@ -188,3 +190,53 @@ def test_drain_bad_input_changes_nothing(e2e, cluster, test_user):
     c.start_ctld()
     c.wait_for(lambda: len(c.node_list()) == 2 and all(n["state"] == "IDLE" for n in c.node_list()),
                60, "both nodes IDLE after a controller restart")
+
+
+# A job holding state the engine refuses to checkpoint (docs/state-kinds.md: a Unix
+# datagram socket whose connected peer is gone), printing a line every 0.25 s.
+UNSUPPORTED_SH = """#!/bin/bash
+exec python3 -c '
+import socket, sys, time
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+b.close()
+for i in range(int(sys.argv[1])):
+    print("line", i, flush=True)
+    time.sleep(0.25)
+print("done", flush=True)' "$@"
+"""
+
+
+def test_drain_leaves_a_job_it_cannot_checkpoint_running_and_says_why(e2e, cluster, test_user):
+    c = cluster
+    stuck, mover = workdir(e2e, "stuck", test_user), workdir(e2e, "mover", test_user)
+    (stuck / "job.sh").write_text(UNSUPPORTED_SH)
+    update(c, "NodeName=node2", "State=DRAIN", "Reason=keep the jobs on node1")
+    sid = c.sbatch("--checkpoint=10:00", "job.sh", 120, user=test_user, cwd=stuck)
+    mid = c.sbatch("--checkpoint=10:00", "job.sh", 60, DELAY, user=test_user, cwd=mover)
+    for jid in (sid, mid):
+        assert c.wait_state(jid, "RUNNING", timeout=60)["nodes"] == "node1"
+    update(c, "NodeName=node2", "State=UNDRAIN")
+    wait_node_state(c, "node2", "IDLE")
+    c.wait_for(lambda: steps_done(mover) >= 5, 60, "progress of the movable job")
+
+    update(c, "NodeName=node1", "State=DRAIN", "Reason=maintenance")
+    blocked = c.wait_for(lambda: node(c, "node1")["drain_blocked"], 60, "the drain to give up on a job")
+    assert [b["job_id"] for b in blocked] == [sid], blocked
+    assert "unsupported" in blocked[0]["why"] and "peer" in blocked[0]["why"], blocked
+    show = c.cmd("scontrol", "show", "node", "node1").stdout
+    assert f"DrainBlocked=JobId={sid} (" in show, show
+    j = c.job(sid)
+    assert j["state"] == "RUNNING" and j["nodes"] == "node1", j
+    assert "drain of node1:" in "\n".join(j["history"]), j["history"]
+    assert [x["status"] for x in c.checkpoints(sid)] == ["Failed"], c.checkpoints(sid)
+    # The other job moved; the stuck one finishes where it was, its output whole.
+    m = c.wait_for(lambda: (x := c.job(mid))["state"] == "RUNNING" and x["nodes"] == "node2" and x, 120,
+                   "the movable job on node2")
+    assert m["restarts"] == 1
+    assert node(c, "node1")["state"] == "DRAINING"
+    c.wait_state(sid, "COMPLETED", timeout=120)
+    out = (stuck / f"slurm-{sid}.out").read_text()
+    assert out == "".join(f"line {i}\n" for i in range(120)) + "done\n", out[-200:]
+    wait_node_state(c, "node1", "DRAINED", timeout=30)
+    c.wait_state(mid, "COMPLETED", timeout=120)
+    assert not output_problems(mover, mid, 60), output_problems(mover, mid, 60)
