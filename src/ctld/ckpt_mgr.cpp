@@ -464,6 +464,10 @@ nlohmann::json Controller::resume_job(const proto::Request& r) {
   check_owner(j, r.caller);
   if (j.state != JobState::Suspended)
     throw RpcError(409, fmt::format("Job {} is not suspended (state {})", j.job_id, j.state));
+  if (j.suspended_by)
+    throw RpcError(409, fmt::format("Job {} was suspended by the preemption of job {}: it resumes "
+                                    "by itself once its CPUs are free",
+                                    j.job_id, j.suspended_by));
   if (j.suspended_in_place) {
     int64_t id = j.job_id;
     l.unlock();

@@ -134,6 +134,7 @@ void Controller::start() {
         check_nodes(now);
         check_batch_start(now);
         drain_nodes(now);
+        resume_preempted();
         schedule();
         preempt(now);
         periodic();

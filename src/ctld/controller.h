@@ -90,8 +90,14 @@ class Controller {
   // one) on any node with room; a failed restore falls back as a restart's does. One
   // suspended in place is thawed where it is and RUNNING again. Replies with the job.
   json resume_job(const proto::Request& r);
-  // The in-place halves of suspend_job and resume_job (without mu_).
-  json suspend_in_place(int64_t job_id, bool stop, const proto::Caller& who);
+  // The in-place halves of suspend_job and resume_job (without mu_). `by`: the
+  // preemptor of a PreemptMode=SUSPEND preemption, whose suspend lends the job's CPUs
+  // to it (Job::suspended_by); 0 for a user's.
+  json suspend_in_place(int64_t job_id, bool stop, const proto::Caller& who, int64_t by = 0);
+  // PreemptMode=SUSPEND: each job suspended by a preemption whose CPUs are free again on
+  // its node (and the node not kept for a preemptor) is thawed by a worker, its CPUs
+  // counted again at once so that schedule() does not give them away meanwhile.
+  void resume_preempted();
   json list_checkpoints(const proto::Request& r);
   json delete_checkpoint(const proto::Request& r);
   json list_nodes(const proto::Request& r);
@@ -263,6 +269,8 @@ class Controller {
   // until it is placed or its victims have all stopped. In memory.
   std::map<int64_t, int64_t> preempting_;
   std::map<int64_t, std::string> reserved_;
+  // Jobs suspended by a preemption being thawed, their CPUs already counted again.
+  std::set<int64_t> resuming_;
   double started_ = 0;  // Unix time the controller was built: the nodes' grace period
   bool stopping_ = false;
   std::thread loop_;

@@ -89,7 +89,8 @@ nlohmann::json Controller::api(const Job& j) const {
           {"restore_from", j.restore_from},
           {"generation", j.generation},
           {"history", j.history},
-          {"suspended_in_place", j.suspended_in_place}};
+          {"suspended_in_place", j.suspended_in_place},
+          {"suspended_by", j.suspended_by}};
 }
 
 void Controller::note(Job& j, const std::string& what) {
@@ -106,9 +107,14 @@ void Controller::unsuspend_in_place(Job& j, double now) {
   double paused = std::max(0.0, now - j.suspend_time);
   j.start_time += paused;
   if (j.next_checkpoint > 0) j.next_checkpoint += paused;
+  // A preemption lent its CPUs: they are counted as the job's again (the caller, who
+  // made room or is ending the run, knows the node may be over-full for a moment).
+  if (j.suspended_by && !resuming_.erase(j.job_id))
+    if (auto it = nodes_.find(j.nodes); it != nodes_.end()) it->second.alloc_cpus += j.num_cpus();
   j.state = JobState::Running;
   j.suspended_in_place = false;
   j.suspend_time = 0;
+  j.suspended_by = 0;
 }
 
 void Controller::recover(Job& j, double now, const std::string& why) {
@@ -316,7 +322,8 @@ nlohmann::json Controller::signal_job(const proto::Request& r) {
   return json::object();
 }
 
-nlohmann::json Controller::suspend_in_place(int64_t id, bool stop, const proto::Caller& who) {
+nlohmann::json Controller::suspend_in_place(int64_t id, bool stop, const proto::Caller& who,
+                                            int64_t by) {
   std::string node;
   int64_t gen = 0;
   {
@@ -362,16 +369,30 @@ nlohmann::json Controller::suspend_in_place(int64_t id, bool stop, const proto::
   Lock l(mu_);
   ckpt_busy_.erase(id);
   Job& j = jobs_.at(id);
-  if (!error.empty())
+  if (!error.empty()) {
+    // A preemption's thaw that failed: its CPUs are lent again until the next try.
+    if (!stop && resuming_.erase(id))
+      if (auto it = nodes_.find(j.nodes); it != nodes_.end())
+        it->second.alloc_cpus = std::max(0, it->second.alloc_cpus - j.num_cpus());
     throw RpcError(status, fmt::format("Job {} not {}: node {}: {}", id,
                                        stop ? "suspended" : "resumed", node, error));
+  }
   double now = now_s();
   if (stop) {
     j.state = JobState::Suspended;
     j.suspended_in_place = true;
     j.suspend_time = now;
-    note(j, fmt::format("suspended in place on {} by {} (frozen, CPUs and memory kept)", node,
-                        user_name(who.uid)));
+    j.suspended_by = by;
+    if (by) {
+      Node& n = nodes_.at(node);
+      n.alloc_cpus = std::max(0, n.alloc_cpus - j.num_cpus());
+      note(j, fmt::format("preempted by job {} (SUSPEND): suspended in place on {}, its CPUs lent "
+                          "to job {}, its memory kept",
+                          by, node, by));
+    } else {
+      note(j, fmt::format("suspended in place on {} by {} (frozen, CPUs and memory kept)", node,
+                          user_name(who.uid)));
+    }
   } else {
     unsuspend_in_place(j, now);
     note(j, fmt::format("resumed in place on {} by {}", node, user_name(who.uid)));

@@ -46,10 +46,13 @@ void Controller::preempt(double now) {
                    [&](const Job* a, const Job* b) { return tier_of(*a) > tier_of(*b); });
   const bool by_checkpoint =
       cfg_.preempt_mode == PreemptMode::Checkpoint && cfg_.checkpoint_type != "checkpoint/none";
-  // Seconds of work a victim loses: none by a checkpoint (its dump costs time only),
-  // else all of it, as a requeue or cancel starts it over.
+  // Seconds of work a victim loses: none by a checkpoint (its dump costs time only) or a
+  // suspend, else all of it, as a requeue or cancel starts it over.
+  const bool by_suspend = cfg_.preempt_mode == PreemptMode::Suspend;
   auto lost = [&](const Job& v) {
-    return by_checkpoint ? 0.0 : static_cast<double>(v.run_time_done) + (now - v.start_time);
+    return by_checkpoint || by_suspend
+               ? 0.0
+               : static_cast<double>(v.run_time_done) + (now - v.start_time);
   };
   for (Job* pj : waiting) {
     const int tier = tier_of(*pj);
@@ -91,7 +94,7 @@ void Controller::preempt(double now) {
         c.victims.push_back(v);
         c.lost += lost(*v);
         free_cpus += v->num_cpus();
-        free_mem += v->mem_mb;
+        if (!by_suspend) free_mem += v->mem_mb;  // a suspended job keeps its memory
       }
       if (free_cpus < pj->num_cpus() || free_mem < pj->mem_mb || c.victims.empty()) continue;
       if (!best.node || c.lost < best.lost ||
@@ -115,8 +118,57 @@ void Controller::preempt(double now) {
   }
 }
 
+void Controller::resume_preempted() {
+  for (auto& [id, j] : jobs_) {
+    if (j.state != JobState::Suspended || !j.suspended_by || resuming_.count(id) ||
+        ckpt_busy_.count(id))
+      continue;
+    auto nit = nodes_.find(j.nodes);
+    if (nit == nodes_.end() || !node_up(nit->second)) continue;
+    Node& n = nit->second;
+    if (n.cpus - n.alloc_cpus < j.num_cpus() ||
+        std::any_of(reserved_.begin(), reserved_.end(),
+                    [&](const auto& r) { return r.second == n.name; }))
+      continue;
+    // A job of a higher tier waiting for a node like this one would preempt it again.
+    const int tier = tier_of(j);
+    bool wanted = std::any_of(jobs_.begin(), jobs_.end(), [&](const auto& e) {
+      const Job& p = e.second;
+      if (p.state != JobState::Pending || p.hold || tier_of(p) <= tier) return false;
+      const proto::PartitionConf* part = cfg_.partition(p.partition);
+      return part && std::find(part->nodes.begin(), part->nodes.end(), n.name) != part->nodes.end();
+    });
+    if (wanted) continue;
+    n.alloc_cpus += j.num_cpus();
+    resuming_.insert(id);
+    int64_t jid = id;
+    spawn([this, jid] {
+      try {
+        suspend_in_place(jid, false, proto::Caller{});
+      } catch (const std::exception& e) {
+        spdlog::warn("job {}: resume after its preemption failed: {}; tried again", jid, e.what());
+      }
+    });
+  }
+}
+
 void Controller::preempt_job(int64_t id, int64_t by) {
-  std::string why;  // why the checkpoint did not do, "" if it did or was not tried
+  std::string why;  // why the checkpoint or suspend did not do, "" if it did or was not tried
+  if (cfg_.preempt_mode == PreemptMode::Suspend) {
+    try {
+      suspend_in_place(id, true, proto::Caller{}, by);
+      return;
+    } catch (const proto::RpcError& e) {
+      if (e.status() == 409) {
+        Lock l(mu_);
+        preempting_.erase(id);
+        return;
+      }
+      why = e.what();
+    } catch (const std::exception& e) {
+      why = e.what();
+    }
+  }
   if (cfg_.preempt_mode == PreemptMode::Checkpoint) {
     if (cfg_.checkpoint_type == "checkpoint/none") {
       why = "checkpoints are disabled (CheckpointType = checkpoint/none)";
@@ -149,7 +201,9 @@ void Controller::preempt_job(int64_t id, int64_t by) {
   bool requeue = cfg_.preempt_mode != PreemptMode::Cancel && j.requeue;
   std::string what = fmt::format("preempted by job {} ({}): {}", by, cfg_.preempt_mode,
                                  requeue ? "requeued from scratch" : "cancelled");
-  if (!why.empty()) what += fmt::format(", as its checkpoint failed ({})", why);
+  if (!why.empty())
+    what += fmt::format(", as its {} failed ({})",
+                        cfg_.preempt_mode == PreemptMode::Suspend ? "suspend" : "checkpoint", why);
   spdlog::info("job {}: {}", id, what);
   note(j, what);
   j.end_request = requeue ? "requeue" : "cancel";

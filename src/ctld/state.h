@@ -96,6 +96,9 @@ struct Job {
   // `nodes`, frozen, and keeps its CPUs and memory. suspend_time: since when (Unix time).
   bool suspended_in_place = false;
   double suspend_time = 0;
+  // Suspended in place by the preemption of job `suspended_by` (PreemptMode=SUSPEND),
+  // its CPUs lent to it (not counted on its node); 0: by scontrol suspend --in-place.
+  int64_t suspended_by = 0;
 
   int num_cpus() const { return cpus_per_task * ntasks; }
   // Whether the job has a run on `nodes`: RUNNING, or SUSPENDED in place.
@@ -109,7 +112,7 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(
     run_time_done, time_limit, nodes, cpus_per_task, ntasks, mem_mb, work_dir, stdout_path,
     stderr_path, argv, checkpoint_interval, requeue, hold, restarts, job_version, exit_status,
     last_checkpoint_id, restore_from, next_checkpoint, end_request, launch_failures, awaiting_node,
-    generation, recovery_restore, history, suspended_in_place, suspend_time)
+    generation, recovery_restore, history, suspended_in_place, suspend_time, suspended_by)
 
 struct Node {
   std::string name, addr;

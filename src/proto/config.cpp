@@ -363,11 +363,13 @@ Config parse_config(std::string_view text, const std::filesystem::path& file) {
             v);
       c.preempt_partition_prio = v == "preempt/partition_prio";
     } else if (lk == "preemptmode") {
-      auto m = parse_enum<PreemptMode>(upper(v));
+      // Slurm needs GANG with SUSPEND ("SUSPEND,GANG"); fsched takes either spelling.
+      std::string u = upper(v);
+      auto m = parse_enum<PreemptMode>(u == "SUSPEND,GANG" ? "SUSPEND" : u);
       if (!m)
         at.error(
-            "PreemptMode = {}: expected OFF, CANCEL, REQUEUE or CHECKPOINT (SUSPEND and GANG are "
-            "not supported: fsched's suspend is a checkpoint, use CHECKPOINT)",
+            "PreemptMode = {}: expected OFF, CANCEL, REQUEUE, CHECKPOINT or SUSPEND[,GANG] (GANG "
+            "alone, time-slicing, is not supported)",
             v);
       c.preempt_mode = *m;
     } else if (lk == "preemptexempttime") {

@@ -16,15 +16,18 @@ enum class PreemptMode {
   Requeue,     // the job goes back to the queue and starts over (cancelled if --no-requeue)
   Checkpoint,  // the job is checkpointed, stopped and restored once room returns; if its
                // dump fails, it is requeued (cancelled if --no-requeue), as REQUEUE
+  Suspend,     // Slurm's SUSPEND,GANG: the job is frozen in place, its CPUs (not its
+               // memory) lent to the preemptor, and thawed once they are free again
 };
 
 template <>
 struct NamedEnumTraits<PreemptMode> {
-  static constexpr std::array<EnumName<PreemptMode>, 4> names{{
+  static constexpr std::array<EnumName<PreemptMode>, 5> names{{
       {PreemptMode::Off, "OFF"},
       {PreemptMode::Cancel, "CANCEL"},
       {PreemptMode::Requeue, "REQUEUE"},
       {PreemptMode::Checkpoint, "CHECKPOINT"},
+      {PreemptMode::Suspend, "SUSPEND"},
   }};
   static constexpr std::string_view kind = "preempt mode";
 };

@@ -36,7 +36,7 @@ TEST(ApiEnums, EveryEnumeratorHasOneNameThatReadsBack) {
   expect_round_trip<JobState>(9);
   expect_round_trip<CheckpointStatus>(6);
   expect_round_trip<CheckpointSource>(6);
-  expect_round_trip<PreemptMode>(4);
+  expect_round_trip<PreemptMode>(5);
   expect_round_trip<NodeState>(7);
 }
 

@@ -9,11 +9,12 @@ PROG_PY, run by the unprivileged test user.
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 
-from nodefail import make_workdir, output_problems, steps_done, trace_hosts
+from nodefail import is_frozen, make_workdir, output_problems, steps_done, trace_hosts, user_pids
 
 try:
     from netcluster import NetCluster
@@ -28,14 +29,24 @@ DELAY = 0.25
 
 
 @pytest.fixture
-def cluster(e2e, build_dir, request):
+def cluster_factory(e2e, build_dir, request):
     if NetCluster is None:
         pytest.fail(f"tests/e2e/netcluster.py is missing: {_import_error}", pytrace=False)
-    c = NetCluster(build_dir, e2e.jobs_dir.parent / f"preempt-{request.node.name[:40]}", nodes=1, cpus=2,
-                   partitions=PARTITIONS, **CONF)
-    c.start()
-    yield c
-    c.stop()
+    made = []
+
+    def make(**conf):
+        c = NetCluster(build_dir, e2e.jobs_dir.parent / f"preempt-{request.node.name[:40]}", nodes=1, cpus=2,
+                       partitions=PARTITIONS, **{**CONF, **conf})
+        made.append(c)
+        return c.start()
+    yield make
+    for c in made:
+        c.stop()
+
+
+@pytest.fixture
+def cluster(cluster_factory):
+    return cluster_factory()
 
 
 def workdir(e2e, name: str, user: str) -> Path:
@@ -72,3 +83,31 @@ def test_high_tier_job_preempts_by_checkpoint_and_nothing_is_lost(e2e, cluster, 
     # No lost work: every step ran once (the checkpoint froze the job; nothing ran
     # after it that the restore had to do again).
     assert len(trace_hosts(low_dir)) == 120, f"{len(trace_hosts(low_dir)) - 120} steps done twice"
+
+
+def test_suspend_mode_freezes_the_low_tier_job_and_thaws_it_after(e2e, cluster_factory, test_user):
+    """PreemptMode = SUSPEND,GANG: the low-tier job stays in memory, frozen, while the
+    high-tier job uses its CPUs; it is thawed (not restored) once they are free."""
+    c = cluster_factory(PreemptMode="SUSPEND,GANG")
+    low_dir, high_dir = workdir(e2e, "slow", test_user), workdir(e2e, "shigh", test_user)
+    low = c.sbatch("-p", "low", "-c", "2", "job.sh", 80, DELAY, user=test_user, cwd=low_dir)
+    c.wait_state(low, "RUNNING", timeout=60)
+    c.wait_for(lambda: steps_done(low_dir) >= 8, 60, "progress of the low-tier job")
+    pids = user_pids(c.node_pids("node1"), test_user)
+    high = c.sbatch("-p", "high", "-c", "2", "job.sh", 24, DELAY, user=test_user, cwd=high_dir)
+    c.wait_state(high, "RUNNING", timeout=30)
+    lj = c.job(low)
+    assert lj["state"] == "SUSPENDED" and lj["suspended_by"] == high, lj
+    assert all(is_frozen(p) for p in pids if Path(f"/proc/{p}").exists()), "the low-tier job is not frozen"
+    before = steps_done(low_dir)
+    time.sleep(2)  # the high-tier job runs about 6 s
+    assert c.job(high)["state"] == "RUNNING"
+    assert steps_done(low_dir) == before, "the low-tier job ran while suspended"
+    c.wait_state(high, "COMPLETED", timeout=120)
+    lj = c.wait_state(low, "RUNNING", timeout=30)
+    assert lj["restarts"] == 0 and c.checkpoints(low) == [], lj
+    c.wait_state(low, "COMPLETED", timeout=120)
+    for d, jid, steps in ((low_dir, low, 80), (high_dir, high, 24)):
+        problems = output_problems(d, jid, steps)
+        assert not problems, f"job {jid}: {problems}"
+    assert len(trace_hosts(low_dir)) == 80

@@ -277,9 +277,16 @@ TEST(Config, Preemption) {
   ASSERT_EQ(off.warnings.size(), 1u);
   EXPECT_THAT(off.warnings[0], HasSubstr("has no effect while PreemptMode is OFF"));
 
-  EXPECT_THAT(error_of(std::string(kBase) + "PreemptMode = SUSPEND,GANG\n"),
-              HasSubstr("fsched.conf:4: PreemptMode = SUSPEND,GANG: expected OFF, CANCEL, "
-                        "REQUEUE or CHECKPOINT"));
+  EXPECT_THAT(error_of(std::string(kBase) + "PreemptMode = GANG\n"),
+              HasSubstr("fsched.conf:4: PreemptMode = GANG: expected OFF, CANCEL, REQUEUE, "
+                        "CHECKPOINT or SUSPEND[,GANG]"));
+  for (const char* v : {"SUSPEND,GANG", "suspend"})
+    EXPECT_EQ(parse_config(std::string(kBase) + "PreemptType = preempt/partition_prio\n" +
+                               "PreemptMode = " + v + "\n",
+                           "f.conf")
+                  .preempt_mode,
+              fsched::proto::PreemptMode::Suspend)
+        << v;
   EXPECT_THAT(error_of(std::string(kBase) + "PreemptType = preempt/qos\n"),
               HasSubstr("fsched.conf:4: PreemptType = preempt/qos: expected preempt/none or "
                         "preempt/partition_prio"));

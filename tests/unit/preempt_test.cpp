@@ -152,6 +152,56 @@ TEST_F(Preempt, AFailedCheckpointFallsBackToRequeueOrCancel) {
   EXPECT_EQ(wait_job(h, [](const json& x) { return x["state"] == "RUNNING"; })["state"], "RUNNING");
 }
 
+class PreemptSuspend : public Preempt {
+ protected:
+  void SetUp() override {
+    mode = "SUSPEND,GANG";
+    Preempt::SetUp();
+  }
+};
+
+TEST_F(PreemptSuspend, TheVictimIsFrozenInPlaceAndThawedOnceItsCpusAreFree) {
+  auto [a, b] = fill();
+  int64_t h = submit_high();
+  json hj = wait_job(h, [](const json& x) { return x["state"] == "RUNNING"; });
+  ASSERT_EQ(hj["state"], "RUNNING") << hj.dump();
+  auto calls = node->of("/v1/node/suspend");
+  ASSERT_EQ(calls.size(), 1u);
+  EXPECT_EQ(calls[0].body["stop"], true);
+  int64_t victim = calls[0].body["job_id"];
+  EXPECT_TRUE(victim == a || victim == b);
+  EXPECT_TRUE(node->of("/v1/node/checkpoint").empty());
+  json v = job(victim);
+  EXPECT_EQ(v["state"], "SUSPENDED") << v.dump();
+  EXPECT_EQ(v["suspended_by"], h);
+  EXPECT_EQ(hj["nodes"], v["nodes"]) << "the preemptor runs on the victim's node, in its CPUs";
+  EXPECT_EQ(node_info(hj["nodes"])["alloc_cpus"], 4);
+  EXPECT_TRUE(has(v["history"], "preempted by job " + std::to_string(h) + " (SUSPEND)"))
+      << v["history"].dump();
+  // Only the preemption resumes it.
+  proto::Request r = root({std::to_string(victim)}, json::object());
+  try {
+    A::resume(*ctld, r);
+    ADD_FAILURE() << "a user resumed a job suspended by a preemption";
+  } catch (const proto::RpcError& e) {
+    EXPECT_EQ(e.status(), 409);
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(400));
+  EXPECT_EQ(job(victim)["state"], "SUSPENDED");
+
+  end(h);
+  v = wait_job(victim, [](const json& x) { return x["state"] == "RUNNING"; });
+  ASSERT_EQ(v["state"], "RUNNING") << v.dump();
+  EXPECT_EQ(v["nodes"], hj["nodes"]);
+  EXPECT_EQ(v["restarts"], 0) << "thawed, not restored";
+  EXPECT_EQ(v["suspended_by"], 0);
+  calls = node->of("/v1/node/suspend");
+  ASSERT_EQ(calls.size(), 2u);
+  EXPECT_EQ(calls[1].body["stop"], false);
+  EXPECT_EQ(node_info(v["nodes"])["alloc_cpus"], 4);
+  EXPECT_TRUE(node->of("/v1/node/restore").empty());
+}
+
 class PreemptExempt : public Preempt {
  protected:
   void SetUp() override {
