@@ -377,6 +377,13 @@ nlohmann::json Controller::suspend_in_place(int64_t id, bool stop, const proto::
     throw RpcError(status, fmt::format("Job {} not {}: node {}: {}", id,
                                        stop ? "suspended" : "resumed", node, error));
   }
+  // The run may have ended or moved during the RPC (its node set DOWN, a cancel): its
+  // books are settled already; a frozen stale run is killed by the node's stale list.
+  if (j.generation != gen || j.nodes != node ||
+      (stop ? j.state != JobState::Running
+            : !(j.state == JobState::Suspended && j.suspended_in_place)))
+    throw RpcError(409, fmt::format("Job {} changed while it was being {} (now {})", id,
+                                    stop ? "suspended" : "resumed", j.state));
   double now = now_s();
   if (stop) {
     j.state = JobState::Suspended;
