@@ -5,8 +5,10 @@
 // watches through its own reference to it (pidfd_getfd(2)), in watch-descriptor order.
 // The kernel numbers watches cyclically (the lowest free number above the last one
 // given), so a gap left by a removed watch is reproduced by adding and removing a
-// throw-away watch. Events queued at dump time are not kept: the restored instance
-// starts with an empty queue.
+// throw-away watch. Events queued and not yet read cannot be made again (the kernel
+// makes them only from what happens to the watched files): a dump of an instance whose
+// queue is not empty (FIONREAD, inotify(7)) is refused rather than losing them; the
+// next dump, once the job has read them, goes through.
 #include "ckpt/inotify.h"
 
 #include <fcntl.h>
@@ -22,6 +24,7 @@
 #include <sstream>
 #include <vector>
 
+#include "ckpt/dump_context.h"
 #include "ckpt/proc.h"
 #include "ckpt/remote.h"
 #include "common/error.h"
@@ -171,6 +174,16 @@ namespace {
 
 void dump_inotify(const FdDumpCtx& c, Fd& f) {
   f.path.clear();
+  {
+    UniqueFd mine = grab_fd(c.proc.host_pid, f.fd, c.where);
+    int pending = 0;
+    if (::ioctl(mine.get(), FIONREAD, &pending) < 0) fail_errno("{}: ioctl(FIONREAD)", c.where);
+    if (pending > 0)
+      fail(
+          "{}: {} bytes of inotify events not yet read by the job: they cannot be restored; "
+          "dump again once it has read them",
+          c.where, pending);
+  }
   f.watches = parse_inotify_fdinfo(c.fdinfo);
   for (auto& w : f.watches) w.path = path_of_watch(w, c.where);
 }

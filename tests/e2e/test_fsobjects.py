@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ckpt_e2e import E2E, Job, JobSpec, Reference, alive
+from ckpt_e2e import E2E, Job, JobSpec, Reference, alive, kill_job_processes
 from test_ipc import checkpoint_run, fds_of_kind, wait_for_process
 
 PYTHON = "/usr/bin/python3"
@@ -232,10 +232,11 @@ def test_fsobj_inotify(e2e: E2E):
     out = ref.snap["stdout"].text
     assert ref.status == 0 and out.startswith("wds a 1 c 3 f 4 top 5\n"), out[:200]
     assert out.endswith("late wd 6\ndone\n"), out[-200:]
-    # Events queued at the dump are not kept: dump while the program sleeps between
-    # rounds, with every event read.
+    # Events queued and not yet read are refused by the dump: dump while the program
+    # sleeps between rounds, with every event read, and again should a round have
+    # started in between.
     checkpoint_run(e2e, spec, [0.3, 0.6], "twice", before_dump=wait_sleeping,
-                   check_dump=check_fsobj_inotify_dump)
+                   check_dump=check_fsobj_inotify_dump, retry_dump_if="inotify events not yet read")
 
 
 INOTIFY_PY = r'''
@@ -308,7 +309,43 @@ def test_python_inotify(e2e: E2E):
                      key=lambda f: f["fd"])
         assert [[w["wd"] for w in f["watches"]] for f in ino] == [[1], [3, 4]], ino
         assert fds_of_kind(m, "epoll"), "no epoll fd"
-    checkpoint_run(e2e, spec, [0.5], "middle", before_dump=wait_sleeping, check_dump=check)
+    checkpoint_run(e2e, spec, [0.5], "middle", before_dump=wait_sleeping, check_dump=check,
+                   retry_dump_if="inotify events not yet read")
+
+
+UNREAD_PY = r'''
+import ctypes, os, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+fd = libc.inotify_init1(0)
+os.makedirs("w", exist_ok=True)
+assert libc.inotify_add_watch(fd, b"w", 0x100) == 1  # IN_CREATE
+open("w/x", "w").close()  # an event the job never reads
+print("queued", flush=True)
+time.sleep(60)
+'''
+
+
+def test_inotify_events_not_yet_read_refuse_the_dump(e2e: E2E):
+    """Unread events cannot be restored: the dump refuses, names the fd, and the job
+    runs on (docs/state-kinds.md)."""
+    spec = JobSpec(name="fs_unread", argv=[PYTHON, "{work}/unread.py"],
+                   setup=lambda work: (work / "unread.py").write_text(UNREAD_PY), inputs=("unread.py",),
+                   progress=("lines", "stdout"), timeout=120)
+    job = e2e.job(spec)
+    job.start_detached()
+    try:
+        deadline = time.monotonic() + 30
+        while "queued" not in job.read("stdout"):
+            assert time.monotonic() < deadline and alive(job.init_pid), job.read("stderr")
+            time.sleep(0.05)
+        image = e2e.image("fs_unread/refused")
+        r, _ = e2e.engine.dump(job.init_pid, image)
+        assert r.rc != 0, "the dump of a job with unread inotify events went through"
+        assert "inotify events not yet read" in r.stderr and "fd 3" in r.stderr, r.stderr
+        assert alive(job.init_pid) and job.processes(), "the refused dump ended the job"
+        assert not image.exists() and not Path(str(image) + ".tmp").exists()
+    finally:
+        kill_job_processes(job.marker)
 
 
 # --------------------------------------------------------------------------- SysV shm

@@ -85,9 +85,12 @@ def describe_processes(job: Job) -> str:
     return "; ".join(out)
 
 
-def dump_bounded(e2e: E2E, job: Job, image: Path, timeout: float = DUMP_TIMEOUT) -> dict:
+def dump_bounded(e2e: E2E, job: Job, image: Path, timeout: float = DUMP_TIMEOUT,
+                 refused_if: str = "") -> Optional[dict]:
     """E2E.dump_ok with a shorter time limit, and the job's process states in the message
-    when the dump fails or hangs (a hung dumper is killed, which lets the job go on)."""
+    when the dump fails or hangs (a hung dumper is killed, which lets the job go on).
+    None, instead of a failure, when the dump was refused with `refused_if` in its error
+    and the job runs on."""
     args = [str(e2e.engine.bin), "dump", "--pid", str(job.init_pid), "--dir", str(image), "--json"]
     p = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
@@ -99,6 +102,9 @@ def dump_bounded(e2e: E2E, job: Job, image: Path, timeout: float = DUMP_TIMEOUT)
         p.communicate()
         raise AssertionError(f"dump of {job.spec.name} did not finish in {timeout} s (dumper "
                              f"killed); the job's processes then: {states}")
+    if p.returncode != 0 and refused_if and refused_if in err:
+        assert alive(job.init_pid), f"the refused dump of {job.spec.name} ended the job: {err.strip()}"
+        return None
     assert p.returncode == 0, (f"dump of {job.spec.name} failed ({p.returncode}): {err.strip()}; "
                                f"the job's processes after it: {describe_processes(job)}")
     stats = json.loads(out.strip().splitlines()[-1])
@@ -183,12 +189,15 @@ def names_one_fd(candidates: list[tuple[int, int]], what: str) -> Callable[[str]
 def checkpoint_run(e2e: E2E, spec: JobSpec, points: list[float], variant: str, *,
                    progress: Optional[Callable[[Job, Reference], float]] = None,
                    before_dump: Optional[Callable[[Job], None]] = None,
-                   check_dump: Optional[Callable[[Job, dict, dict], None]] = None) -> list[dict]:
+                   check_dump: Optional[Callable[[Job, dict, dict], None]] = None,
+                   retry_dump_if: str = "") -> list[dict]:
     """Like E2E.checkpoint_run: runs `spec` detached, dumps it (killing it) at each of
     `points` (fractions of its work), restoring it detached between dumps and in the
     foreground after the last one, and checks outputs and exit status against the
     uninterrupted run. check_dump(job, stats, manifest) runs after each dump; every
     restored init must be pid 1 of its namespace with the job's processes below it.
+    A dump refused with `retry_dump_if` in its error (state the job is about to leave,
+    such as unread inotify events) is tried again after before_dump, 10 times at most.
     Returns the manifests of the dumps."""
     ref = e2e.reference(spec)
     job = ProgressJob(e2e, spec, progress)
@@ -198,11 +207,14 @@ def checkpoint_run(e2e: E2E, spec: JobSpec, points: list[float], variant: str, *
     try:
         for i, point in enumerate(points):
             job.wait_progress(ref, point)
-            if before_dump:
-                before_dump(job)
             image = e2e.image(f"{spec.name}/{variant}-{i}")
             images.append(image)
-            stats = dump_bounded(e2e, job, image)
+            for attempt in range(10):
+                if before_dump:
+                    before_dump(job)
+                stats = dump_bounded(e2e, job, image, refused_if=retry_dump_if if attempt < 9 else "")
+                if stats is not None:
+                    break
             m = manifest(image)
             assert len(m["processes"]) == stats["processes"], (stats, exes(m))
             if check_dump:
