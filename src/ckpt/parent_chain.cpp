@@ -7,7 +7,6 @@
 #include <climits>
 
 #include <algorithm>
-#include <future>
 #include <set>
 
 #include "ckpt/vma_kind.h"
@@ -22,9 +21,7 @@ using chain_detail::Seg;
 
 struct ParentChain::Link {
   std::filesystem::path dir;
-  // Shared with the task that verifies it (ParentChain::open), which may outlive the
-  // Link when open() fails.
-  std::shared_ptr<const ImageReader> reader;
+  std::unique_ptr<ImageReader> reader;
   Manifest m;
   std::map<int, std::vector<Seg>> segs;  // by pid in the job, sorted by start
   // Shared memory objects by key (ShmObject::key): byte offsets in the object.
@@ -135,71 +132,32 @@ std::unique_ptr<ParentChain> ParentChain::open(const std::filesystem::path& dir,
   std::set<std::string> seen{m.image_id};
   std::filesystem::path child_dir = dir;
   const Manifest* child = &m;
-  // Each link's chunks are hashed by a task of its own while the next link is found
-  // (its directory is in this link's manifest), so that the chain's verification
-  // overlaps its discovery and the small links' hashing fills the CPUs the large one
-  // leaves. Errors are still reported newest link first: before any error of link k,
-  // the verification errors of the links above it.
-  struct Pending {
-    std::future<void> done;
-    std::string who;
-  };
-  // At most this many links are hashed at once (each task hashes with up to
-  // kVerifyThreads threads of its own).
-  constexpr std::size_t kVerifyingAtOnce = 4;
-  std::vector<Pending> verifying;
-  std::size_t settled = 0;  // verifying[0, settled) are known good
-  auto settle_upto = [&](std::size_t n) {
-    for (; settled < n; ++settled) {
-      try {
-        verifying[settled].done.get();
-      } catch (const Error& e) {
-        throw ImageError(fmt::format("{}: {}", verifying[settled].who, e.what()));
-      }
-    }
-  };
-  auto settle = [&] { settle_upto(verifying.size()); };
-  auto fail_after_settling = [&](const auto& error) {
-    settle();
-    throw error;
-  };
   while (child->kind == "incremental") {
     if (chain->links_.size() == kMaxChainLinks)
-      fail_after_settling(
-          ImageError(fmt::format("{}: more than {} parent images", dir.string(), kMaxChainLinks)));
+      fail_image("{}: more than {} parent images", dir.string(), kMaxChainLinks);
     auto link = std::make_unique<Link>();
     link->dir = parent_dir(child_dir, *child);
     const std::string who =
         fmt::format("parent image {} (of {})", link->dir.string(), child_dir.string());
-    if (verifying.size() - settled >= kVerifyingAtOnce) settle_upto(settled + 1);
     try {
       link->reader = ImageReader::open(link->dir, key);
-      verifying.push_back(
-          {std::async(std::launch::async, [reader = link->reader] { reader->verify_chunks(); }),
-           who});
+      link->reader->verify_chunks();
       link->m = link->reader->manifest().get<Manifest>();
     } catch (const Error& e) {
-      fail_after_settling(ImageError(fmt::format("{}: {}", who, e.what())));
-    } catch (const nlohmann::json::exception& e) {
-      fail_after_settling(ImageError(fmt::format("{}: malformed manifest: {}", who, e.what())));
+      throw ImageError(fmt::format("{}: {}", who, e.what()));
     }
-    try {
-      if (link->m.image_id != child->parent.image_id)
-        fail_image("{}: it is image {}, not {} which its child was made on (replaced?)", who,
-                   link->m.image_id, child->parent.image_id);
-      if (!seen.insert(link->m.image_id).second) fail_image("{}: the chain loops", who);
-      if (link->m.kind != "incremental" && link->m.kind != "full" && link->m.kind != "pre-dump")
-        fail_image("{}: unknown image kind \"{}\"", who, link->m.kind);
-      link->segs = index_link(link->dir, link->m);
-      link->objects = index_objects(link->dir, link->m);
-    } catch (const ImageError& e) {
-      fail_after_settling(e);
-    }
+    if (link->m.image_id != child->parent.image_id)
+      fail_image("{}: it is image {}, not {} which its child was made on (replaced?)", who,
+                 link->m.image_id, child->parent.image_id);
+    if (!seen.insert(link->m.image_id).second) fail_image("{}: the chain loops", who);
+    if (link->m.kind != "incremental" && link->m.kind != "full" && link->m.kind != "pre-dump")
+      fail_image("{}: unknown image kind \"{}\"", who, link->m.kind);
+    link->segs = index_link(link->dir, link->m);
+    link->objects = index_objects(link->dir, link->m);
     child_dir = link->dir;
     chain->links_.push_back(std::move(link));
     child = &chain->links_.back()->m;
   }
-  settle();
   return chain;
 }
 

@@ -7,7 +7,6 @@
 #include <sys/wait.h>
 
 #include <chrono>
-#include <future>
 #include <csignal>
 
 #include "ckpt/creds.h"
@@ -93,24 +92,13 @@ RestoreStats restore(const RestoreOptions& o) {
   if (m.processes.empty()) fail_image("{}: the image holds no process", o.dir.string());
   validate_manifest(m, reader->manifest().value("pages_logical_bytes", std::uint64_t{0}));
   check_cpu(m);
-  // Every link of an incremental image's chain, verified before any process exists;
-  // the image's own chunks are hashed meanwhile (its error, if any, comes first).
+  reader->verify_chunks();
+  // Every link of an incremental image's chain, verified before any process exists.
   std::unique_ptr<ParentChain> chain;
-  if (m.kind == "incremental") {
-    const ImageReader* top = reader.get();
-    auto verified = std::async(std::launch::async, [top] { top->verify_chunks(); });
-    try {
-      chain = ParentChain::open(o.dir, m, load_image_key(image_key_path(o.key_file)));
-    } catch (...) {
-      verified.get();
-      throw;
-    }
-    verified.get();
-  } else if (m.kind == "full") {
-    reader->verify_chunks();
-  } else {
+  if (m.kind == "incremental")
+    chain = ParentChain::open(o.dir, m, load_image_key(image_key_path(o.key_file)));
+  else if (m.kind != "full")
     fail_image("{}: unknown image kind \"{}\"", o.dir.string(), m.kind);
-  }
   check_files(m);
   check_deleted_files(m);
   check_inotify_watches(m);
