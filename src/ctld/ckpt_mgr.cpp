@@ -279,56 +279,41 @@ bool Controller::settle_checkpoint(int64_t job_id, int64_t checkpoint_id, Checkp
   if (c.status == CheckpointStatus::Present) {
     spdlog::info("job {}: checkpoint {} Present: {} bytes in {:.2f} s at {}", job_id,
                  c.checkpoint_id, c.size, c.duration, c.location);
-    if (c.source == CheckpointSource::Vacate && j.state == JobState::Running) {
-      double now = now_s();
-      release(j, now);
-      j.state = JobState::Pending;
-      j.reason = "Vacated";
+    if (proto::stops_job(c.source) && j.state == JobState::Running) {
+      // The dump stopped the job: its run is over and its node's share freed.
+      release(j, now_s());
       j.end_time = 0;
-      spdlog::info("job {}: vacated: pending until restarted", job_id);
-    } else if (c.source == CheckpointSource::Drain && j.state == JobState::Running) {
-      // Moved, not ended: schedule() restores it on a node with room (never a draining
-      // one); if no image of it restores, a --requeue job starts over as after a node
-      // failure rather than ending FAILED for a move it did not ask for.
-      double now = now_s();
-      release(j, now);
-      j.state = JobState::Pending;
-      j.reason = "None";
-      j.end_time = 0;
-      j.restore_from = c.checkpoint_id;
-      j.recovery_restore = j.requeue;
-      restore_retries_.erase(job_id);
-      note(j, fmt::format("vacated from {} by its drain (checkpoint {}): to be restored on "
-                          "another node",
-                          j.nodes, c.checkpoint_id));
-      spdlog::info("job {}: vacated from {} by its drain: pending until a node has room", job_id,
-                   j.nodes);
-    } else if (c.source == CheckpointSource::Preempt && j.state == JobState::Running) {
-      // As a drain's: restored by schedule() once room returns (after the preemptor).
-      double now = now_s();
-      release(j, now);
-      j.state = JobState::Pending;
-      j.reason = "None";
-      j.end_time = 0;
-      j.restore_from = c.checkpoint_id;
-      j.recovery_restore = j.requeue;
-      restore_retries_.erase(job_id);
-      note(j, fmt::format("{} on {} (checkpoint {}): to be restored when room returns",
-                          c.description, j.nodes, c.checkpoint_id));
-      spdlog::info("job {}: {} on {} (checkpoint {})", job_id, c.description, j.nodes,
-                   c.checkpoint_id);
-    } else if (c.source == CheckpointSource::Suspend && j.state == JobState::Running) {
-      double now = now_s();
-      release(j, now);
-      j.state = JobState::Suspended;
-      j.reason = "None";
-      j.end_time = 0;
-      j.restore_from = c.checkpoint_id;  // kept by retention, restored by resume
-      restore_retries_.erase(job_id);
-      note(j, fmt::format("suspended on {} (checkpoint {}): CPUs and memory released", j.nodes,
-                          c.checkpoint_id));
-      spdlog::info("job {}: suspended (checkpoint {}), {} released", job_id, c.checkpoint_id,
-                   j.nodes);
+      if (c.source == CheckpointSource::Vacate) {
+        j.state = JobState::Pending;
+        j.reason = "Vacated";
+        spdlog::info("job {}: vacated: pending until restarted", job_id);
+      } else {
+        // Drain and preemption move the job: schedule() restores it on a node with room
+        // (never a draining one; after the preemptor). Suspend keeps it for resume.
+        // Retention keeps the checkpoint as the one to restore.
+        j.state = c.source == CheckpointSource::Suspend ? JobState::Suspended : JobState::Pending;
+        j.reason = "None";
+        j.restore_from = c.checkpoint_id;
+        restore_retries_.erase(job_id);
+        std::string what;
+        if (c.source == CheckpointSource::Suspend) {
+          what = fmt::format("suspended on {} (checkpoint {}): CPUs and memory released", j.nodes,
+                             c.checkpoint_id);
+        } else {
+          // If no image of it restores, a --requeue job starts over as after a node
+          // failure rather than ending FAILED for a move it did not ask for.
+          j.recovery_restore = j.requeue;
+          what = c.source == CheckpointSource::Drain
+                     ? fmt::format(
+                           "vacated from {} by its drain (checkpoint {}): to be "
+                           "restored on another node",
+                           j.nodes, c.checkpoint_id)
+                     : fmt::format("{} on {} (checkpoint {}): to be restored when room returns",
+                                   c.description, j.nodes, c.checkpoint_id);
+        }
+        note(j, what);
+        spdlog::info("job {}: {}", job_id, what);
+      }
     }
     retain(j);
   } else {

@@ -164,13 +164,15 @@ class Controller {
   // at just now, is left alone (false). Looks at the file system under mu_: called
   // for one job's checkpoints when it is restarted.
   bool clear_if_missing(Checkpoint& c);
-  void terminate(const Job& j, int signal, bool escalate);  // async signal/kill on the node
+  // Async signal (SIGKILL after KillWait if escalate) on j's node; thaw_first: the run
+  // is suspended in place, thawed first so that it can act on the signal.
+  void terminate(const Job& j, int signal, bool escalate, bool thaw_first = false);
   // A job SUSPENDED in place becomes RUNNING again in the books (the time suspended moves
   // its start forward); nothing is sent to the node. No-op for any other job.
   void unsuspend_in_place(Job& j, double now);
-  // Async: thaws j's run on its node, then SIGTERM (SIGKILL after KillWait), for a cancel
-  // or requeue of a job suspended in place.
-  void resume_in_place_then_terminate(const Job& j);
+  // The cancel or requeue (`request`, asked by uid `by`) of a job suspended in place:
+  // RUNNING again in the books, then thawed and ended as a running job is.
+  void end_suspended_in_place(Job& j, const std::string& request, uid_t by);
   void release(Job& j, double now);
   void requeue_fresh(Job& j);
   // CRIU_LoadAware: why the node is too busy for a periodic checkpoint, "" if it is not.

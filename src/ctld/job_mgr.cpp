@@ -411,32 +411,31 @@ nlohmann::json Controller::suspend_in_place(int64_t id, bool stop, const proto::
   return api(j);
 }
 
-void Controller::resume_in_place_then_terminate(const Job& j) {
-  std::string node = j.nodes;
-  int64_t id = j.job_id, gen = j.generation;
-  int wait = cfg_.kill_wait;
-  spawn([this, node, id, gen, wait] {
-    try {
-      node_rpc_->post(node, "/v1/node/suspend",
-                      proto::SuspendRequest{.job_id = id, .generation = gen, .stop = false}, 30);
-    } catch (const std::exception& e) {
-      // SIGKILL ends frozen processes too: the escalation below still ends the run.
-      spdlog::warn("job {}: thaw on node {} failed: {}", id, node, e.what());
-    }
-    try {
-      node_rpc_->post(node, "/v1/node/signal",
-                      proto::SignalRequest{.job_id = id, .signal = SIGTERM, .kill_wait = wait}, 30);
-    } catch (const std::exception& e) {
-      spdlog::warn("job {}: signal {} on node {} failed: {}", id, SIGTERM, node, e.what());
-    }
-  });
+void Controller::end_suspended_in_place(Job& j, const std::string& request, uid_t by) {
+  // Its frozen processes cannot act on SIGTERM: thawed first, then ended as a running
+  // job is.
+  unsuspend_in_place(j, now_s());
+  j.end_request = request;
+  save(j);
+  spdlog::info("job {}: {} requested by uid {} while suspended in place: thaw, SIGTERM", j.job_id,
+               request, by);
+  terminate(j, SIGTERM, true, true);
 }
 
-void Controller::terminate(const Job& j, int signal, bool escalate) {
+void Controller::terminate(const Job& j, int signal, bool escalate, bool thaw_first) {
   std::string node = j.nodes;
-  int64_t id = j.job_id;
+  int64_t id = j.job_id, gen = j.generation;
   int wait = escalate ? cfg_.kill_wait : -1;
-  spawn([this, node, id, signal, wait] {
+  spawn([this, node, id, gen, signal, wait, thaw_first] {
+    if (thaw_first) {
+      try {
+        node_rpc_->post(node, "/v1/node/suspend",
+                        proto::SuspendRequest{.job_id = id, .generation = gen, .stop = false}, 30);
+      } catch (const std::exception& e) {
+        // SIGKILL ends frozen processes too: an escalation still ends the run.
+        spdlog::warn("job {}: thaw on node {} failed: {}", id, node, e.what());
+      }
+    }
     try {
       node_rpc_->post(node, "/v1/node/signal",
                       proto::SignalRequest{.job_id = id, .signal = signal, .kill_wait = wait}, 30);
@@ -451,14 +450,7 @@ nlohmann::json Controller::cancel_job(const proto::Request& r) {
   Job& j = job_of(r.params.at(0));
   check_owner(j, r.caller);
   if (j.state == JobState::Suspended && j.suspended_in_place) {
-    // Its frozen processes cannot act on SIGTERM: thawed first, then ended as a running
-    // job is.
-    unsuspend_in_place(j, now_s());
-    j.end_request = "cancel";
-    save(j);
-    spdlog::info("job {}: cancel requested by uid {} while suspended in place: thaw, SIGTERM",
-                 j.job_id, r.caller.uid);
-    resume_in_place_then_terminate(j);
+    end_suspended_in_place(j, "cancel", r.caller.uid);
     return json::object();
   }
   if (j.state == JobState::Pending || j.state == JobState::Suspended) {
@@ -523,12 +515,7 @@ nlohmann::json Controller::requeue_job(const proto::Request& r) {
   if (j.state == JobState::Pending)
     throw RpcError(409, fmt::format("Job {} is pending already", j.job_id));
   if (j.state == JobState::Suspended && j.suspended_in_place) {
-    unsuspend_in_place(j, now_s());
-    j.end_request = "requeue";
-    save(j);
-    spdlog::info("job {}: requeue requested by uid {} while suspended in place: thaw, SIGTERM",
-                 j.job_id, r.caller.uid);
-    resume_in_place_then_terminate(j);
+    end_suspended_in_place(j, "requeue", r.caller.uid);
     return json::object();
   }
   if (j.state == JobState::Suspended) {

@@ -5,6 +5,7 @@
 #include <signal.h>
 
 #include <algorithm>
+#include <functional>
 
 #include <spdlog/spdlog.h>
 
@@ -154,41 +155,40 @@ void Controller::resume_preempted() {
 
 void Controller::preempt_job(int64_t id, int64_t by) {
   std::string why;  // why the checkpoint or suspend did not do, "" if it did or was not tried
-  if (cfg_.preempt_mode == PreemptMode::Suspend) {
+  // Runs the mode's way of stopping the job without losing it: true once done, or when
+  // the job was not in a state for it (409: no longer running, or a dump under way), in
+  // which case the next round decides again; false with `why` when it failed.
+  auto stopped = [&](const std::function<bool()>& how) {
     try {
-      suspend_in_place(id, true, proto::Caller{}, by);
-      return;
+      return how();
     } catch (const proto::RpcError& e) {
       if (e.status() == 409) {
         Lock l(mu_);
         preempting_.erase(id);
-        return;
+        return true;
       }
       why = e.what();
     } catch (const std::exception& e) {
       why = e.what();
     }
-  }
+    return false;
+  };
+  if (cfg_.preempt_mode == PreemptMode::Suspend && stopped([&] {
+        suspend_in_place(id, true, proto::Caller{}, by);
+        return true;
+      }))
+    return;
   if (cfg_.preempt_mode == PreemptMode::Checkpoint) {
     if (cfg_.checkpoint_type == "checkpoint/none") {
       why = "checkpoints are disabled (CheckpointType = checkpoint/none)";
-    } else {
-      try {
-        Checkpoint c = run_checkpoint(id, CheckpointSource::Preempt,
-                                      fmt::format("preempted by job {}", by), nullptr);
-        if (c.status == CheckpointStatus::Present) return;  // settle_checkpoint() requeued it
-        why = fmt::format("checkpoint {} {}: {}", c.checkpoint_id, c.status, c.reason);
-      } catch (const proto::RpcError& e) {
-        if (e.status() == 409) {
-          // Not running (any more), or a dump under way: the next round decides again.
-          Lock l(mu_);
-          preempting_.erase(id);
-          return;
-        }
-        why = e.what();
-      } catch (const std::exception& e) {
-        why = e.what();
-      }
+    } else if (stopped([&] {
+                 Checkpoint c = run_checkpoint(id, CheckpointSource::Preempt,
+                                               fmt::format("preempted by job {}", by), nullptr);
+                 if (c.status == CheckpointStatus::Present) return true;  // settle requeued it
+                 why = fmt::format("checkpoint {} {}: {}", c.checkpoint_id, c.status, c.reason);
+                 return false;
+               })) {
+      return;
     }
   }
   Lock l(mu_);
