@@ -426,6 +426,11 @@ class NetCluster(Cluster):
             data.unlink(missing_ok=True)
 
     # -------------------------------------------------------------- looking
+    def netns_link(self, host: str) -> str:
+        """The link /proc/self/ns/net has in `host` ("net:[INODE]"): what a process there
+        reads (nodefail.py's trace.log records it per step)."""
+        return self.host_run(host, ["readlink", "/proc/self/ns/net"]).stdout.strip()
+
     def host_run(self, host: str, argv: list[str], **kw) -> subprocess.CompletedProcess:
         """Runs a short command in `host`'s network namespace (not its cgroup)."""
         return subprocess.run(self._enter(host) + argv, capture_output=True, text=True, timeout=60, **kw)

@@ -66,11 +66,6 @@ def sinfo_state(c, name: str) -> str:
     return row.split()[-1]
 
 
-def host_of(c, name: str) -> str:
-    """The network namespace inode link of host `name`, as the job's trace.log records it."""
-    return c.host_run(name, ["readlink", "/proc/self/ns/net"]).stdout.strip()
-
-
 def submit_on_node1(c, jobs: list[tuple[Path, list[str], int]], user: str) -> list[int]:
     """Submits (dir, sbatch options, steps) each while node2 is drained, so all land on
     node1; node2 is back in service (UNDRAIN) once they run."""
@@ -129,7 +124,7 @@ def test_drain_moves_checkpointable_jobs_and_leaves_the_others(e2e, cluster, tes
     xid = c.sbatch("-c", "4", "job.sh", 4, DELAY, user=test_user, cwd=extra)
     assert c.wait_state(xid, ("RUNNING", "COMPLETED"), timeout=60)["nodes"] == "node1"
 
-    n1_ns, n2_ns = host_of(c, "node1"), host_of(c, "node2")
+    n1_ns, n2_ns = c.netns_link("node1"), c.netns_link("node2")
     for d, jid in zip(moving, moved_ids):
         c.wait_state(jid, "COMPLETED", timeout=180)
         problems = output_problems(d, jid, 120)

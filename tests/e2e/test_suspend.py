@@ -39,10 +39,6 @@ def workdir(e2e, name: str, user: str) -> Path:
     return make_workdir(e2e.jobs_dir.parent / "suspend", name, user)
 
 
-def host_of(c, name: str) -> str:
-    return c.host_run(name, ["readlink", "/proc/self/ns/net"]).stdout.strip()
-
-
 def suspended(c, jid: int, node: str, d: Path, user: str):
     """Checks that job jid is SUSPENDED, nothing of it runs on `node`, its CPUs are free
     and it makes no progress."""
@@ -90,7 +86,7 @@ def test_suspend_then_resume_on_another_node_twice(e2e, cluster, test_user):
     problems = output_problems(d, jid, 140, check_hosts=False)
     assert not problems, problems
     runs = host_runs(trace_hosts(d))
-    assert runs[:2] == [host_of(c, "node1"), host_of(c, "node2")], runs
+    assert runs[:2] == [c.netns_link("node1"), c.netns_link("node2")], runs
     j = c.job(jid)
     assert j["restarts"] == 2, j
     history = "\n".join(j["history"])

@@ -160,6 +160,15 @@ class ControllerTest : public ::testing::Test {
   json checkpoints(int64_t id) {
     return ControllerTestAccess::checkpoints(*ctld, root({std::to_string(id)})).at("checkpoints");
   }
+  // The HTTP status a route handler answered fn with: its RpcError's, or 200.
+  static int status_of(const std::function<void()>& fn) {
+    try {
+      fn();
+    } catch (const proto::RpcError& e) {
+      return e.status();
+    }
+    return 200;
+  }
   // Polls pred for 5 s at most; whether it came true.
   static bool eventually(const std::function<bool()>& pred) {
     auto end = std::chrono::steady_clock::now() + std::chrono::seconds(5);

@@ -447,14 +447,6 @@ TEST_F(Recovery, AdminDownKillsTheRunsAndRequeuesAndResumeReturnsTheNode) {
     r.caller.uid = uid;
     return A::update_node(*ctld, r);
   };
-  auto status_of = [&](const std::function<void()>& fn) {
-    try {
-      fn();
-    } catch (const proto::RpcError& e) {
-      return e.status();
-    }
-    return 200;
-  };
   EXPECT_EQ(status_of([&] { update("n1", {{"state", "DOWN"}, {"reason", "x"}}, 1000); }), 403);
   EXPECT_EQ(status_of([&] { update("n1", {{"state", "DOWN"}}); }), 400) << "DOWN needs a reason";
   EXPECT_EQ(status_of([&] { update("n1", {{"state", "IDLE"}, {"reason", "x"}}); }), 400);

@@ -16,14 +16,6 @@ class Drain : public Recovery {
     r.caller.uid = uid;
     return A::update_node(*ctld, r);
   }
-  int status_of(const std::function<void()>& fn) {
-    try {
-      fn();
-    } catch (const proto::RpcError& e) {
-      return e.status();
-    }
-    return 200;
-  }
   // Jobs placed on n1 while n2 is still silent, then n2 up; nodes answer dumps and
   // restores. `extras`: one submit body each.
   std::vector<int64_t> jobs_on_n1(const std::vector<json>& extras) {

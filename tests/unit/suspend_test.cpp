@@ -20,14 +20,6 @@ class Suspend : public Recovery {
     r.caller.uid = uid;
     return A::resume(*ctld, r);
   }
-  int status_of(const std::function<void()>& fn) {
-    try {
-      fn();
-    } catch (const proto::RpcError& e) {
-      return e.status();
-    }
-    return 200;
-  }
   json running_again(int64_t id) {
     return wait_job(id, [](const json& x) {
       return x["state"] == "RUNNING" && x["restore_from"] == 0 && x["restarts"].get<int>() > 0;
