@@ -239,12 +239,22 @@ def checkpoint_run(e2e: E2E, spec: JobSpec, points: list[float], variant: str, *
     return manifests
 
 
-def wait_for_process(job: Job, comms: tuple[str, ...], timeout: float = 30.0) -> int:
-    """Waits until a process of the job runs one of `comms`; returns its host pid."""
+def proc_argv(pid: int) -> list[str]:
+    """The command line of `pid`, or [] once it has gone."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
+def wait_for_process(job: Job, comms: tuple[str, ...], timeout: float = 30.0,
+                     cmdline_has: Optional[Callable[[list[str]], bool]] = None) -> int:
+    """Waits until a process of the job runs one of `comms` (and, given `cmdline_has`,
+    has a command line it accepts); returns its host pid."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for p in job.job_pids():
-            if proc_comm(p) in comms:
+            if proc_comm(p) in comms and (cmdline_has is None or cmdline_has(proc_argv(p))):
                 return p
         assert alive(job.init_pid), f"job {job.spec.name} ended; stderr: {job.read('stderr')[-2000:]}"
         time.sleep(0.005)
@@ -327,6 +337,17 @@ def test_pipeline_gzip_as_user(e2e: E2E, test_user):
 MAKE_FILES = 200
 
 
+# Files whose cc1 runs about a second (a long generated function at -O2), so a dump taken
+# while one compiles finds the compiler still there however loaded the machine is.
+MAKE_SLOW = frozenset(range(20, MAKE_FILES, 40))
+
+
+def slow_function(i: int) -> str:
+    body = "".join(f"  x = (x ^ (x >> {k % 31 + 1})) * {0x9E3779B97F4A7C15 + k}ull + {k}u;\n"
+                   for k in range(3000))
+    return f"\nuint64_t slow_{i}(uint64_t x) {{\n{body}  return x;\n}}\n"
+
+
 def write_c_project(work: Path):
     """MAKE_FILES small C files compiled into libgen.a, linked with main.c into prog,
     whose output goes to result.txt."""
@@ -352,7 +373,7 @@ uint64_t f_{n}(uint64_t seed) {{
   }}
   return acc;
 }}
-''')
+{slow_function(i) if i in MAKE_SLOW else ""}''')
     (work / "gen.h").write_text("#include <stdint.h>\n" +
                                 "".join(f"uint64_t f_{n}(uint64_t);\n" for n in names))
     (work / "main.c").write_text(
@@ -401,10 +422,14 @@ def test_make_j2(e2e: E2E, point):
     lines = ref.snap["stdout"].text.splitlines()
     assert len(lines) == MAKE_FILES + 4 and lines[-1] == "./prog > result.txt", lines[-3:]
 
+    slow_sources = tuple(f"m{i:03d}.c" for i in sorted(MAKE_SLOW))
+
     def before_dump(job: Job):
-        # A compiler is running: make's child gcc driver has forked cc1 (or as), writing
-        # or reading a temporary file in TMPDIR.
-        wait_for_process(job, ("cc1", "as"))
+        # A compiler is running: make's child gcc driver has forked cc1, writing a
+        # temporary file in TMPDIR. Waiting for a slow file's cc1 leaves about a second
+        # before it ends, so the freeze finds it.
+        wait_for_process(job, ("cc1",), timeout=120,
+                         cmdline_has=lambda argv: any(a.endswith(slow_sources) for a in argv))
 
     def check(job: Job, stats: dict, m: dict):
         names = [os.path.basename(e) for e in exes(m)]
