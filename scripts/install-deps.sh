@@ -9,6 +9,7 @@ pkgs=(
   libgtest-dev libgmock-dev libbenchmark-dev
   python3 python3-pytest
   libsqlite3-dev sqlite3 libboost-dev libcpp-httplib-dev libssl-dev zlib1g-dev libbrotli-dev libmunge-dev munge
+  libjwt-dev                  # the REST API's JSON Web Tokens (src/proto/jwt.cpp)
   xz-utils coreutils bash procps passwd make gcc gzip tar gawk
   clang libclang-rt-14-dev    # scripts/fuzz.sh: clang, libFuzzer and the sanitizer runtimes
   clang-format                # scripts/check-format.sh (clang-format 14)

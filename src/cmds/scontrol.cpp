@@ -2,6 +2,7 @@
 // create/vacate/restart/list/delete, requeue, hold, release, suspend, resume) and sets
 // nodes DOWN, DRAIN or back in service (update NodeName=X State=DOWN|DRAIN|UNDRAIN|RESUME).
 #include <algorithm>
+#include <charconv>
 #include <iostream>
 #include <map>
 
@@ -81,16 +82,18 @@ void check_words(int argc, char** argv) {
   };
   if (words.empty())
     fail(
-        "no command given: use show, update, checkpoint, requeue, hold, release, suspend or resume "
-        "(see --help)");
-  if (!one_of(words[0],
-              {"show", "update", "checkpoint", "requeue", "hold", "release", "suspend", "resume"}))
+        "no command given: use show, update, checkpoint, requeue, hold, release, suspend, resume "
+        "or token (see --help)");
+  if (!one_of(words[0], {"show", "update", "checkpoint", "requeue", "hold", "release", "suspend",
+                         "resume", "token"}))
     fail(
-        "invalid command: {} (use show, update, checkpoint, requeue, hold, release, suspend or "
-        "resume)",
+        "invalid command: {} (use show, update, checkpoint, requeue, hold, release, suspend, "
+        "resume or token)",
         words[0]);
   if (cmds::iequals(words[0], "update") && words.size() < 2)
-    fail("update needs NodeName=NODES State=DOWN|DRAIN|UNDRAIN|RESUME [Reason=TEXT]");
+    fail(
+        "update needs NodeName=NODES State=DOWN|DRAIN|UNDRAIN|RESUME [Reason=TEXT] or JobId=ID "
+        "NumRetained=N");
   if (cmds::iequals(words[0], "show") && words.size() < 2)
     fail("show needs what to show: job [ID], node [NAME] or partition [NAME]");
   if (cmds::iequals(words[0], "checkpoint")) {
@@ -147,7 +150,8 @@ int main(int argc, char** argv) {
       "update",
       "update NodeName=NODES State=DOWN|DRAIN Reason=TEXT | State=UNDRAIN|RESUME: take nodes "
       "out of service (DOWN: their jobs are requeued; DRAIN: their jobs with checkpointing move "
-      "to other nodes, the others run on) or return them to service");
+      "to other nodes, the others run on) or return them to service. update JobId=ID "
+      "NumRetained=N: keep the job's newest N checkpoints (0: the cluster's CRIU_MaxEpochs)");
   update->add_option("settings", update_words, "Key=Value arguments")->required();
 
   std::vector<std::string> ids;
@@ -172,6 +176,12 @@ int main(int argc, char** argv) {
       "--in-place", in_place,
       "Slurm's suspend: freeze the job where it is, keeping its CPUs and memory, instead of "
       "checkpointing it and freeing its node");
+  std::vector<std::string> token_words;
+  auto* token = app.add_subcommand(
+      "token",
+      "token [lifespan=SECONDS] [username=NAME]: print SLURM_JWT=... , a token for the REST API "
+      "and web console (default lifespan 1800 s; another user's token for root only)");
+  token->add_option("settings", token_words, "Key=Value arguments");
   for (auto* sub : app.get_subcommands({})) sub->ignore_case();
   for (auto* sub : ckpt->get_subcommands({})) sub->ignore_case();
 
@@ -220,6 +230,36 @@ int main(int argc, char** argv) {
           for (const auto& p : parts) std::cout << cmds::show_partition(p);
       }
       std::cout.flush();
+      return 0;
+    }
+
+    if (token->parsed()) {
+      auto s = parse_settings(token_words, {"lifespan", "username"});
+      json body = json::object();
+      if (s.count("lifespan")) {
+        try {
+          body["lifespan"] = cmds::parse_job_id(s["lifespan"]);
+        } catch (const fsched::Error&) {
+          fail("Invalid lifespan: {} (expected seconds)", s["lifespan"]);
+        }
+      }
+      if (s.count("username")) body["username"] = s["username"];
+      json t = client.call("POST", "/v1/token", body);
+      std::cout << "SLURM_JWT=" << t.at("token").get<std::string>() << std::endl;
+      return 0;
+    }
+
+    if (update->parsed() && !update_words.empty() &&
+        cmds::iequals(update_words[0].substr(0, update_words[0].find('=')), "JobId")) {
+      auto s = parse_settings(update_words, {"JobId", "NumRetained"});
+      if (!s.count("NumRetained")) fail("update JobId=ID needs NumRetained=N");
+      const std::string& v = s["NumRetained"];
+      int64_t n = 0;
+      auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
+      if (v.empty() || ec != std::errc() || end != v.data() + v.size() || n < 0)
+        fail("Invalid NumRetained: {} (expected a number of checkpoints, 0 for the default)", v);
+      client.call("POST", job_path(cmds::parse_job_id(s["JobId"]), "/update"),
+                  {{"num_retained", n}});
       return 0;
     }
 

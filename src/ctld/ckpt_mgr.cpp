@@ -347,9 +347,9 @@ void Controller::retain(const Job& j) {
     for (int64_t x : chain_of(j.job_id, id)) needed.insert(x);
   };
   int present = 0;
+  const int keep = j.num_retained ? j.num_retained : cfg_.max_epochs;
   for (auto it = list.rbegin(); it != list.rend(); ++it) {
-    if (it->status == CheckpointStatus::Present && ++present <= cfg_.max_epochs)
-      need(it->checkpoint_id);
+    if (it->status == CheckpointStatus::Present && ++present <= keep) need(it->checkpoint_id);
     if (it->status == CheckpointStatus::Creating && it->parent_id) need(it->parent_id);
   }
   if (j.restore_from) need(j.restore_from);  // being restored from
@@ -359,7 +359,8 @@ void Controller::retain(const Job& j) {
     // storage, and every request waits on mu_. A removal that fails is logged and tried
     // again at the next start (the sweep in start()).
     c.status = CheckpointStatus::Cleared;
-    c.reason = fmt::format("retention: CRIU_MaxEpochs = {}", cfg_.max_epochs);
+    c.reason = j.num_retained ? fmt::format("retention: the job keeps {}", keep)
+                              : fmt::format("retention: CRIU_MaxEpochs = {}", keep);
     save(c);
     discard_image(c.location);
     spdlog::info("job {}: checkpoint {} Cleared ({})", j.job_id, c.checkpoint_id, c.reason);

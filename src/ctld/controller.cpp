@@ -52,6 +52,7 @@ Controller::Controller(proto::Config cfg, std::unique_ptr<NodeClient> node_rpc)
     nodes_[n.name] = node;
   }
   started_ = now_s();
+  load_jwt_key();
   for (auto& [name, d] : store_.nodes()) {
     auto it = nodes_.find(name);
     if (it == nodes_.end()) continue;  // a node no longer in fsched.conf
@@ -199,34 +200,11 @@ void Controller::save(const Job& j) { store_.put_job(j); }
 void Controller::save(const Checkpoint& c) { store_.put_checkpoint(c); }
 
 void Controller::add_routes(proto::Server& s) {
+  add_user_routes(s);
   auto bind = [this](auto fn) {
     return [this, fn](const proto::Request& r) { return (this->*fn)(r); };
   };
-  s.route("GET", "/v1/ping", [this](const proto::Request&) {
-    return json{{"cluster", cfg_.cluster_name}, {"time", now_s()}};
-  });
-  s.route("POST", "/v1/jobs", bind(&Controller::submit));
-  s.route_raw("GET", "/v1/jobs", [this](const proto::Request& r) { return list_jobs(r); });
-  s.route("GET", "/v1/jobs/{}", bind(&Controller::show_job));
-  s.route("POST", "/v1/jobs/{}/signal", bind(&Controller::signal_job));
-  s.route("POST", "/v1/jobs/{}/cancel", bind(&Controller::cancel_job));
-  s.route("POST", "/v1/jobs/{}/hold",
-          [this](const proto::Request& r) { return hold_job(r, true); });
-  s.route("POST", "/v1/jobs/{}/release",
-          [this](const proto::Request& r) { return hold_job(r, false); });
-  s.route("POST", "/v1/jobs/{}/requeue", bind(&Controller::requeue_job));
-  s.route("POST", "/v1/jobs/{}/checkpoint",
-          [this](const proto::Request& r) { return checkpoint_job(r, CheckpointSource::Manual); });
-  s.route("POST", "/v1/jobs/{}/vacate",
-          [this](const proto::Request& r) { return checkpoint_job(r, CheckpointSource::Vacate); });
-  s.route("POST", "/v1/jobs/{}/restart", bind(&Controller::restart_job));
-  s.route("POST", "/v1/jobs/{}/suspend", bind(&Controller::suspend_job));
-  s.route("POST", "/v1/jobs/{}/resume", bind(&Controller::resume_job));
-  s.route("GET", "/v1/jobs/{}/checkpoints", bind(&Controller::list_checkpoints));
-  s.route("DELETE", "/v1/jobs/{}/checkpoints/{}", bind(&Controller::delete_checkpoint));
-  s.route("GET", "/v1/nodes", bind(&Controller::list_nodes));
-  s.route("POST", "/v1/nodes/{}/update", bind(&Controller::update_node));
-  s.route("GET", "/v1/partitions", bind(&Controller::list_partitions));
+  s.route("POST", "/v1/token", bind(&Controller::issue_token));
   s.route("POST", "/v1/nodes/register", bind(&Controller::node_heartbeat));
   s.route("POST", "/v1/nodes/heartbeat", bind(&Controller::node_heartbeat));
   s.route("POST", "/v1/nodes/job_ended", bind(&Controller::node_job_ended));

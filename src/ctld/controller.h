@@ -59,7 +59,14 @@ class Controller {
   explicit Controller(proto::Config cfg, std::unique_ptr<NodeClient> node_rpc = nullptr);
   ~Controller();
 
+  // The MUNGE API's routes (docs/scheduler.md): the user routes, the nodes' reports and
+  // POST /v1/token.
   void add_routes(proto::Server& server);
+  // The REST API's (docs/rest.md), on a server of its own taking the JWTs this
+  // controller issues: the user routes, GET /v1/whoami, and the web console's files
+  // from WebRoot (default: the build's web/) with /openapi.json. Throws fsched::Error
+  // when WebRoot is set and cannot be read.
+  void add_rest_routes(proto::Server& server);
   // Starts the scheduling thread: placement, periodic checkpoints, time limits.
   void start();
   void stop();
@@ -69,6 +76,22 @@ class Controller {
   using Lock = std::unique_lock<std::mutex>;
 
   // routes
+  // The routes people and their tools call, on both servers.
+  void add_user_routes(proto::Server& s);
+  // POST /v1/token {"lifespan": seconds, "username": name} (MUNGE only: scontrol token):
+  // {"token", "user", "expires"}; another user's token for root only (403); 409 when
+  // RestPort is not set.
+  json issue_token(const proto::Request& r);
+  // The REST server's check of a JWT: the caller it names; RpcError(401) otherwise.
+  proto::Caller verify_token(std::string_view token) const;
+  // Reads (or creates) the JWT key when RestPort is set (constructor).
+  void load_jwt_key();
+  // POST /v1/jobs/ID/update {"num_retained": N}: owner or root; N = 0 is CRIU_MaxEpochs.
+  // Retention runs at once. Replies with the job.
+  json update_job(const proto::Request& r);
+  // GET /v1/checkpoints/stats: {"hours": [{"hour": Unix time, "counts": {status: n}}]},
+  // the last 24 hours oldest first, by trigger time.
+  json checkpoint_stats(const proto::Request& r);
   json submit(const proto::Request& r);
   std::string list_jobs(const proto::Request& r);
   json show_job(const proto::Request& r);
@@ -232,6 +255,7 @@ class Controller {
                                          // server
 
   proto::Config cfg_;
+  std::string jwt_key_;                   // HS256 key of the REST API's tokens (RestPort set)
   std::unique_ptr<NodeClient> node_rpc_;  // after cfg_, which the real one refers to
   Store store_;
   mutable std::mutex mu_;

@@ -83,6 +83,8 @@ T field(const nlohmann::json& b, const char* key, T dflt) {
 inline constexpr int64_t kMaxCpus = int64_t{1} << 20;
 inline constexpr int64_t kMaxMemMb = int64_t{1} << 40;    // as RealMemory
 inline constexpr int64_t kMaxSeconds = int64_t{1} << 40;  // time limits and intervals
+// The most checkpoints a job may ask to keep (Job::num_retained), as CRIU_MaxEpochs.
+inline constexpr int64_t kMaxRetained = 1000000;
 inline constexpr int64_t kMaxId = std::numeric_limits<int64_t>::max();
 
 // The reason of a checkpoint marked Failed because a restore from it failed. Its

@@ -90,7 +90,8 @@ nlohmann::json Controller::api(const Job& j) const {
           {"generation", j.generation},
           {"history", j.history},
           {"suspended_in_place", j.suspended_in_place},
-          {"suspended_by", j.suspended_by}};
+          {"suspended_by", j.suspended_by},
+          {"num_retained", j.num_retained}};
 }
 
 void Controller::note(Job& j, const std::string& what) {
@@ -219,6 +220,7 @@ SubmitRequest decode_submit(const nlohmann::json& b, const proto::Caller& caller
   j.mem_mb = static_cast<uint64_t>(proto::int_field(b, "mem_mb", 0, 0, kMaxMemMb));
   j.time_limit = proto::int_field(b, "time_limit", 0, 0, kMaxSeconds);
   j.checkpoint_interval = proto::int_field(b, "checkpoint_interval", 0, 0, kMaxSeconds);
+  j.num_retained = static_cast<int>(proto::int_field(b, "num_retained", 0, 0, kMaxRetained));
   j.requeue = field<bool>(b, "requeue", true);
   j.hold = field<bool>(b, "hold", false);
   json env = field<json>(b, "env", json::object());

@@ -6,6 +6,8 @@
 #include <malloc.h>
 
 #include <iostream>
+#include <optional>
+#include <thread>
 
 #include "ctld/controller.h"
 #include "daemon/daemon.h"
@@ -36,6 +38,9 @@ int main(int argc, char** argv) {
     // terminal and a non-zero exit, not a daemon that dies unseen.
     fsched::proto::Server server(cfg.munge_socket);
     server.bind(cfg.control_addr, cfg.control_port);
+    // The REST API and console (RestPort), JWT-authenticated, on a server of its own.
+    std::optional<fsched::proto::Server> rest;
+    if (cfg.rest_port) rest.emplace().bind(cfg.rest_addr, cfg.rest_port);
     fsched::daemon::daemonize(foreground, cfg.ctld_pid_file);
     auto log_file = cfg.ctld_log_file.empty()
                         ? fsched::daemon::default_log_file("fschedctld", foreground)
@@ -45,10 +50,23 @@ int main(int argc, char** argv) {
     for (auto& w : cfg.warnings) spdlog::warn("{}", w);
     fsched::ctld::Controller ctl(cfg);
     ctl.add_routes(server);
-    fsched::daemon::stop_on_signals([&] { server.stop(); });
+    if (rest) ctl.add_rest_routes(*rest);
+    fsched::daemon::stop_on_signals([&] {
+      server.stop();
+      if (rest) rest->stop();
+    });
     ctl.start();
     spdlog::info("listening on {}:{}", cfg.control_addr, cfg.control_port);
+    std::thread rest_thread;
+    if (rest) {
+      spdlog::info("REST API and web console on http://{}:{}/", cfg.rest_addr, cfg.rest_port);
+      rest_thread = std::thread([&] { rest->serve(); });
+    }
     server.serve();
+    if (rest) {
+      rest->stop();
+      rest_thread.join();
+    }
     ctl.stop();
     spdlog::info("stopped");
   } catch (const std::exception& e) {

@@ -99,6 +99,9 @@ struct Job {
   // Suspended in place by the preemption of job `suspended_by` (PreemptMode=SUSPEND),
   // its CPUs lent to it (not counted on its node); 0: by scontrol suspend --in-place.
   int64_t suspended_by = 0;
+  // Present checkpoints kept (seed 000's state.checkpoints.num-retained; sbatch
+  // --num-retained, scontrol update NumRetained=, the console); 0: CRIU_MaxEpochs.
+  int num_retained = 0;
 
   int num_cpus() const { return cpus_per_task * ntasks; }
   // Whether the job has a run on `nodes`: RUNNING, or SUSPENDED in place.
@@ -112,7 +115,8 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(
     run_time_done, time_limit, nodes, cpus_per_task, ntasks, mem_mb, work_dir, stdout_path,
     stderr_path, argv, checkpoint_interval, requeue, hold, restarts, job_version, exit_status,
     last_checkpoint_id, restore_from, next_checkpoint, end_request, launch_failures, awaiting_node,
-    generation, recovery_restore, history, suspended_in_place, suspend_time, suspended_by)
+    generation, recovery_restore, history, suspended_in_place, suspend_time, suspended_by,
+    num_retained)
 
 struct Node {
   std::string name, addr;

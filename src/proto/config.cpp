@@ -1,5 +1,6 @@
 #include "proto/config.h"
 
+#include <arpa/inet.h>
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -64,6 +65,13 @@ bool to_bool(const Cursor& at, std::string_view key, std::string_view v) {
 }
 
 // MaxTime is INFINITE/UNLIMITED or minutes, as Slurm writes it in slurm.conf.
+// An address a socket bound to it is reachable from this host only.
+bool is_loopback(const std::string& addr) {
+  in_addr a4{};
+  if (::inet_pton(AF_INET, addr.c_str(), &a4) == 1) return (ntohl(a4.s_addr) >> 24) == 127;
+  return addr == "localhost" || addr == "::1";
+}
+
 int64_t to_max_time(const Cursor& at, std::string_view v) {
   auto l = lower(v);
   if (l == "infinite" || l == "unlimited") return 0;
@@ -424,7 +432,27 @@ Config parse_config(std::string_view text, const std::filesystem::path& file) {
       c.slurmd_pid_file = v;
     else if (lk == "fschedckptpath")
       c.ckpt_tool = v;
-    else if (lk == "nodename")
+    // The REST API and web console (docs/rest.md): plain HTTP, so loopback only.
+    else if (lk == "restport")
+      c.rest_port = static_cast<uint16_t>(to_int(at, key, v, 1, 65535));
+    else if (lk == "restaddr") {
+      if (!is_loopback(v))
+        at.error(
+            "RestAddr = {}: the REST API is served over plain HTTP, so on a loopback address "
+            "only (127.0.0.1, ::1 or localhost); reach it from elsewhere through a TLS proxy "
+            "or an SSH tunnel",
+            v);
+      c.rest_addr = v;
+    } else if (lk == "webroot")
+      c.web_root = v;
+    else if (lk == "authalttypes") {
+      if (v != "auth/jwt") at.error("AuthAltTypes = {}: only auth/jwt is supported", v);
+      c.auth_alt_types = v;
+    } else if (lk == "authaltparameters") {
+      if (!v.starts_with("jwt_key=") || v.size() == 8 || v.find(',') != std::string::npos)
+        at.error("AuthAltParameters = {}: expected jwt_key=PATH", v);
+      c.jwt_key = v.substr(8);
+    } else if (lk == "nodename")
       node_line(c, node_names, at, "NodeName=" + v);
     else if (lk == "partitionname")
       partition_line(c, at, "PartitionName=" + v);
@@ -463,6 +491,21 @@ Config parse_config(std::string_view text, const std::filesystem::path& file) {
   if (c.nodes.empty()) where("at least one NodeName line is required");
   if (c.control_addr.empty()) c.control_addr = c.control_machine;
   if (c.checkpoint_dir.empty()) c.checkpoint_dir = c.state_save_location / "checkpoint";
+  if (c.jwt_key.empty()) c.jwt_key = c.state_save_location / "jwt_hs256.key";
+  // Tokens are issued for the REST API only: JWT without it would do nothing.
+  if (c.rest_port == 0) {
+    for (auto [k, name] : {std::pair{"restaddr", "RestAddr"},
+                           {"webroot", "WebRoot"},
+                           {"authalttypes", "AuthAltTypes"},
+                           {"authaltparameters", "AuthAltParameters"}})
+      if (auto it = seen.find(k); it != seen.end())
+        c.warnings.push_back(fmt::format("{}:{}: {}: has no effect without RestPort", file.string(),
+                                         it->second, name));
+  } else if (!seen.contains("authalttypes")) {
+    at.line = seen["restport"];
+    at.error("RestPort = {}: the REST API authenticates with JWT: set AuthAltTypes = auth/jwt",
+             c.rest_port);
+  }
   for (auto& n : c.nodes) {
     if (n.addr.empty()) n.addr = n.name;
     if (!n.port) n.port = c.slurmd_port;

@@ -93,6 +93,17 @@ struct Config {
   std::filesystem::path ctld_log_file, ctld_pid_file = "/run/fschedctld.pid";
   std::filesystem::path slurmd_log_file, slurmd_pid_file = "/run/fschedd.pid";
   std::filesystem::path ckpt_tool;  // FschedCkptPath: the engine CLI, default beside the daemon
+  // RestPort (fsched, as slurmrestd's port): where fschedctld serves the REST API and the
+  // web console (docs/rest.md); 0, the default, serves neither. It needs AuthAltTypes =
+  // auth/jwt. RestAddr: the address it binds, loopback only (plain HTTP).
+  uint16_t rest_port = 0;
+  std::string rest_addr = "127.0.0.1";
+  // WebRoot (fsched): the built console's files; default the build tree's web/.
+  std::filesystem::path web_root;
+  std::string auth_alt_types;  // AuthAltTypes: "auth/jwt" or ""
+  // AuthAltParameters jwt_key=: the HS256 key tokens are signed with, root-only; default
+  // <StateSaveLocation>/jwt_hs256.key, created by fschedctld when missing.
+  std::filesystem::path jwt_key;
   std::vector<NodeConf> nodes;
   std::vector<PartitionConf> partitions;
   // "FILE:LINE: Key = value: ..." for every key that is accepted but has no effect

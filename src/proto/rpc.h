@@ -21,6 +21,9 @@ namespace fsched::proto {
 
 // The HTTP header that carries the MUNGE credential.
 inline constexpr const char* kAuthHeader = "X-Fsched-Munge";
+// The header that carries a JWT on a server that takes tokens (Server::use_tokens), as
+// slurmrestd names it.
+inline constexpr const char* kTokenHeader = "X-SLURM-USER-TOKEN";
 
 // The largest batch script accepted, as Slurm's default (4 MiB).
 inline constexpr size_t kMaxScriptBytes = size_t{4} << 20;
@@ -110,6 +113,22 @@ class Server {
 
   explicit Server(std::string munge_socket = {});
   ~Server();
+
+  // Switches the server from MUNGE credentials to bearer tokens (the REST API): a
+  // request carries its token in the header kTokenHeader (Slurm's) or as
+  // "Authorization: Bearer TOKEN"; `verify` returns who it names or throws RpcError
+  // (401). The body is not bound to the token: such a server is for people's tools,
+  // which authenticate the connection, not each request.
+  using TokenVerifier = std::function<Caller(std::string_view token)>;
+  void use_tokens(TokenVerifier verify);
+
+  // GET `url` replies `content` with Content-Type `type`, without any credential (the
+  // web console's files; nothing in them is secret). Headers sent with them forbid
+  // inline scripts and framing (Content-Security-Policy) as a second guard against
+  // script injection.
+  void file(std::string url, std::string content, std::string type);
+  // GET `from` redirects (302) to `to`, without any credential.
+  void redirect(std::string from, std::string to);
 
   // pattern: the path, where a segment "{}" matches any one segment, e.g.
   // "/v1/jobs/{}/checkpoints". A handler returns the reply's JSON or throws RpcError (its

@@ -27,6 +27,7 @@
 #include <chrono>
 #include <cstring>
 #include <limits>
+#include <map>
 #include <optional>
 
 #include "proto/auth.h"
@@ -290,6 +291,11 @@ struct Server::Impl {
   };
   std::string munge_socket;
   std::string identity;  // "addr:port" as bound: what credentials must be made for
+  TokenVerifier tokens;  // set: bearer tokens instead of MUNGE credentials
+  struct File {
+    std::string content, type, location;  // location: a redirect's target
+  };
+  std::map<std::string, File, std::less<>> files;  // by URL path
   HttpServer http;
   std::vector<Route> routes;
   int listen_fd = -1;
@@ -298,6 +304,12 @@ struct Server::Impl {
   httplib::Server::HandlerResponse pre_route(const httplib::Request& req, httplib::Response& res) {
     if (t_current.stream) t_current.stream->head_done();
     try {
+      if (auto f = files.find(req.path); f != files.end()) {
+        if (req.method != "GET" && req.method != "HEAD")
+          throw RpcError(405, fmt::format("no route {} {}", req.method, req.path));
+        serve_file(f->second, res);
+        return httplib::Server::HandlerResponse::Handled;
+      }
       const Route* found = nullptr;
       bool path_known = false;
       auto path = split_path(req.path);
@@ -314,8 +326,11 @@ struct Server::Impl {
       if (!found)
         throw RpcError(path_known ? 405 : 404, fmt::format("no route {} {}", req.method, req.path));
       // Who is asking comes first: a client without a valid credential learns nothing more.
-      t_current.verified = auth::decode_cred(munge_socket, req.get_header_value(kAuthHeader),
-                                             req.method, req.target, identity);
+      if (tokens)
+        t_current.verified = auth::Verified{tokens(token_of(req)), {}};
+      else
+        t_current.verified = auth::decode_cred(munge_socket, req.get_header_value(kAuthHeader),
+                                               req.method, req.target, identity);
       if (req.has_header("Transfer-Encoding"))
         throw RpcError(411,
                        "a request body must come with a Content-Length (no Transfer-Encoding)");
@@ -333,6 +348,34 @@ struct Server::Impl {
       reply_error(res, 500, e.what());
     }
     return httplib::Server::HandlerResponse::Handled;
+  }
+
+  static std::string token_of(const httplib::Request& req) {
+    std::string t = req.get_header_value(kTokenHeader);
+    if (t.empty()) {
+      std::string a = req.get_header_value("Authorization");
+      if (a.starts_with("Bearer ")) t = a.substr(7);
+    }
+    if (t.empty())
+      throw RpcError(401, fmt::format("authentication required: send a token from `scontrol "
+                                      "token` in the {} header",
+                                      kTokenHeader));
+    return t;
+  }
+
+  static void serve_file(const File& f, httplib::Response& res) {
+    if (!f.location.empty()) {
+      res.set_redirect(f.location);
+      return;
+    }
+    res.status = 200;
+    res.set_header("Cache-Control", "no-cache");
+    res.set_header("X-Content-Type-Options", "nosniff");
+    res.set_header("Content-Security-Policy",
+                   "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+                   "img-src 'self' data:; object-src 'none'; base-uri 'none'; "
+                   "frame-ancestors 'none'");
+    res.set_content(f.content, f.type);
   }
 
   // The route's handler, once pre_route accepted the request. reader: the body's
@@ -359,7 +402,7 @@ struct Server::Impl {
                          fmt::format("request body is over the limit of {} bytes", kMaxBodyBytes));
         if (!complete) throw RpcError(400, "request body incomplete");
       }
-      if (auth::sha256_hex(body) != t_current.verified->body_sha256)
+      if (!tokens && auth::sha256_hex(body) != t_current.verified->body_sha256)
         throw RpcError(401,
                        "authentication failed: the credential was made for another request body");
       Request r;
@@ -421,6 +464,16 @@ Server::~Server() = default;
 
 void Server::route(std::string_view method, std::string_view pattern, Handler h) {
   impl_->routes.push_back({std::string(method), split_path(pattern), std::move(h), {}});
+}
+
+void Server::use_tokens(TokenVerifier verify) { impl_->tokens = std::move(verify); }
+
+void Server::file(std::string url, std::string content, std::string type) {
+  impl_->files[std::move(url)] = {std::move(content), std::move(type), {}};
+}
+
+void Server::redirect(std::string from, std::string to) {
+  impl_->files[std::move(from)] = {{}, {}, std::move(to)};
 }
 
 void Server::route_raw(std::string_view method, std::string_view pattern, RawHandler h) {

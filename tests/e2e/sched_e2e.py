@@ -66,6 +66,7 @@ class Cluster:
         root.mkdir(parents=True)
         os.chmod(root, 0o755)
         self.ctld_port = free_port()
+        self.rest_port = free_port()  # RestPort: the REST API and web console (JWT)
         self.node_ports = {f"node{i + 1}": free_port() for i in range(nodes)}
         self.conf_path = root / "fsched.conf"
         self.ckpt_dir = Path(conf.pop("CheckpointDir", root / "checkpoint"))
@@ -74,6 +75,9 @@ class Cluster:
             "ControlMachine": "localhost",
             "ControlAddr": self.addr("ctld"),
             "ControlPort": self.ctld_port,
+            "RestPort": self.rest_port,
+            "AuthAltTypes": "auth/jwt",
+            "WebRoot": build / "web",
             "StateSaveLocation": root / "state",
             "SlurmdSpoolDir": root / "spool",
             "CheckpointDir": self.ckpt_dir,
@@ -203,6 +207,18 @@ class Cluster:
     def command_argv(self, argv: list[str]) -> list[str]:
         """How a command runs (a subclass runs it on its login host)."""
         return argv
+
+    @property
+    def rest_url(self) -> str:
+        """Where fschedctld serves the REST API and the web console (RestAddr:RestPort)."""
+        return f"http://{self.addr('ctld')}:{self.rest_port}"
+
+    def token(self, user: str | None = None, lifespan: int | None = None) -> str:
+        """A JWT for the REST API from `scontrol token`, run as `user` (root if None)."""
+        args = ["token"] + ([f"lifespan={lifespan}"] if lifespan is not None else [])
+        out = self.cmd("scontrol", *args, user=user).stdout.strip()
+        assert out.startswith("SLURM_JWT="), out
+        return out.removeprefix("SLURM_JWT=")
 
     def sbatch(self, *args, user=None, cwd=None) -> int:
         r = self.cmd("sbatch", "--parsable", *args, user=user, cwd=cwd)

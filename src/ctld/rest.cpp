@@ -1,0 +1,240 @@
+// The REST API and the web console (docs/rest.md): JWTs issued by `scontrol token`
+// over the MUNGE API, checked on the REST port; the console's files from WebRoot; and
+// the routes only the console needs (whoami, per-hour checkpoint counts).
+#include <fcntl.h>
+#include <pwd.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <map>
+
+#include <spdlog/spdlog.h>
+
+#include "common/error.h"
+#include "common/fd.h"
+#include "ctld/controller.h"
+#include "ctld/controller_impl.h"
+#include "proto/jwt.h"
+
+namespace fsched::ctld {
+namespace {
+
+// What the console's files may add up to: WebRoot holds a few hundred KiB.
+constexpr size_t kMaxWebFileBytes = size_t{16} << 20;
+constexpr size_t kMaxWebBytes = size_t{64} << 20;
+constexpr int kStatsHours = 24;  // GET /v1/checkpoints/stats
+
+// The user `name` from the passwd database, nullopt if there is none.
+std::optional<proto::Caller> lookup_user(const std::string& name) {
+  passwd pw{};
+  passwd* found = nullptr;
+  std::string buf(16384, '\0');
+  if (::getpwnam_r(name.c_str(), &pw, buf.data(), buf.size(), &found) != 0 || !found)
+    return std::nullopt;
+  return proto::Caller{found->pw_uid, found->pw_gid};
+}
+
+std::string content_type(const std::filesystem::path& p) {
+  static const std::map<std::string, std::string, std::less<>> types = {
+      {".html", "text/html; charset=utf-8"},
+      {".js", "text/javascript; charset=utf-8"},
+      {".mjs", "text/javascript; charset=utf-8"},
+      {".css", "text/css; charset=utf-8"},
+      {".json", "application/json"},
+      {".map", "application/json"},
+      {".svg", "image/svg+xml"},
+      {".png", "image/png"},
+      {".ico", "image/x-icon"},
+      {".txt", "text/plain; charset=utf-8"}};
+  auto it = types.find(p.extension().string());
+  return it == types.end() ? "application/octet-stream" : it->second;
+}
+
+// Reads the regular file `path` (not following a link), at most kMaxWebFileBytes.
+std::string read_web_file(const std::filesystem::path& path) {
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
+  if (!fd) fail_errno("WebRoot: cannot open {}", path.string());
+  struct stat st {};
+  if (::fstat(fd.get(), &st) < 0) fail_errno("WebRoot: cannot stat {}", path.string());
+  if (!S_ISREG(st.st_mode)) fail("WebRoot: {} is not a regular file", path.string());
+  if (static_cast<size_t>(st.st_size) > kMaxWebFileBytes)
+    fail("WebRoot: {} is {} bytes, over the limit of {}", path.string(), st.st_size,
+         kMaxWebFileBytes);
+  std::string out(static_cast<size_t>(st.st_size), '\0');
+  size_t got = 0;
+  while (got < out.size()) {
+    ssize_t n = ::read(fd.get(), out.data() + got, out.size() - got);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) fail_errno("WebRoot: cannot read {}", path.string());
+    if (n == 0) break;
+    got += static_cast<size_t>(n);
+  }
+  out.resize(got);
+  return out;
+}
+
+}  // namespace
+
+void Controller::load_jwt_key() {
+  if (cfg_.rest_port) jwt_key_ = proto::jwt::load_or_create_key(cfg_.jwt_key);
+}
+
+proto::Caller Controller::verify_token(std::string_view token) const {
+  auto claims = proto::jwt::verify(jwt_key_, token, static_cast<int64_t>(now_s()));
+  auto who = lookup_user(claims.user);
+  if (!who)
+    throw RpcError(401, fmt::format("authentication failed: the token names user '{}', who "
+                                    "does not exist on this host",
+                                    claims.user));
+  return *who;
+}
+
+nlohmann::json Controller::issue_token(const proto::Request& r) {
+  if (!cfg_.rest_port)
+    throw RpcError(409,
+                   "tokens are for the REST API, which is off: set RestPort (and "
+                   "AuthAltTypes = auth/jwt) in fsched.conf");
+  int64_t lifespan = proto::int_field(r.body, "lifespan", proto::jwt::kDefaultLifespan, 1,
+                                      proto::jwt::kMaxLifespan);
+  std::string user = user_name(r.caller.uid);
+  if (r.body.is_object() && r.body.contains("username") && !r.body["username"].is_null()) {
+    auto asked = field<std::string>(r.body, "username", "");
+    if (asked != user) {
+      if (!r.caller.is_root())
+        throw RpcError(403,
+                       fmt::format("only root may ask for a token of another user ({})", asked));
+      if (!lookup_user(asked)) throw RpcError(404, fmt::format("no user '{}'", asked));
+      user = asked;
+    }
+  }
+  if (!lookup_user(user))
+    throw RpcError(
+        409, fmt::format("uid {} has no user name: a token names its user by name", r.caller.uid));
+  proto::jwt::Claims c;
+  c.user = user;
+  c.issued = static_cast<int64_t>(now_s());
+  c.expires = c.issued + lifespan;
+  spdlog::info("token for {} (lifespan {} s) issued to uid {}", user, lifespan, r.caller.uid);
+  return {{"token", proto::jwt::sign(jwt_key_, c)}, {"user", user}, {"expires", c.expires}};
+}
+
+nlohmann::json Controller::update_job(const proto::Request& r) {
+  Lock lk(mu_);
+  Job& j = job_of(r.params.at(0));
+  check_owner(j, r.caller);
+  if (!r.body.is_object() || r.body.empty())
+    throw RpcError(400, "nothing to update: expected {\"num_retained\": N}");
+  for (auto& [k, v] : r.body.items())
+    if (k != "num_retained")
+      throw RpcError(400, fmt::format("field '{}' cannot be updated (only num_retained)", k));
+  j.num_retained = static_cast<int>(proto::int_field(r.body, "num_retained", 0, 0, kMaxRetained));
+  note(j, j.num_retained ? fmt::format("keeps {} checkpoints", j.num_retained)
+                         : fmt::format("keeps CRIU_MaxEpochs = {} checkpoints", cfg_.max_epochs));
+  save(j);
+  // Fewer kept: the surplus goes now, not at the next checkpoint.
+  retain(j);
+  return api(j);
+}
+
+nlohmann::json Controller::checkpoint_stats(const proto::Request&) {
+  Lock lk(mu_);
+  double now = now_s();
+  int64_t last_hour = static_cast<int64_t>(now) / 3600 * 3600;
+  int64_t first_hour = last_hour - (kStatsHours - 1) * 3600;
+  std::vector<std::map<std::string, int64_t>> counts(kStatsHours);
+  for (auto& [id, list] : ckpts_)
+    for (auto& c : list) {
+      auto hour = static_cast<int64_t>(c.trigger_time) / 3600 * 3600;
+      if (hour < first_hour || hour > last_hour) continue;
+      ++counts[static_cast<size_t>((hour - first_hour) / 3600)][std::string(to_string(c.status))];
+    }
+  json hours = json::array();
+  for (int i = 0; i < kStatsHours; ++i)
+    hours.push_back(
+        {{"hour", first_hour + int64_t{i} * 3600}, {"counts", counts[static_cast<size_t>(i)]}});
+  return {{"hours", std::move(hours)}};
+}
+
+void Controller::add_user_routes(proto::Server& s) {
+  auto bind = [this](auto fn) {
+    return [this, fn](const proto::Request& r) { return (this->*fn)(r); };
+  };
+  s.route("GET", "/v1/ping", [this](const proto::Request&) {
+    return json{{"cluster", cfg_.cluster_name}, {"time", now_s()}};
+  });
+  s.route("POST", "/v1/jobs", bind(&Controller::submit));
+  s.route_raw("GET", "/v1/jobs", [this](const proto::Request& r) { return list_jobs(r); });
+  s.route("GET", "/v1/jobs/{}", bind(&Controller::show_job));
+  s.route("POST", "/v1/jobs/{}/signal", bind(&Controller::signal_job));
+  s.route("POST", "/v1/jobs/{}/cancel", bind(&Controller::cancel_job));
+  s.route("POST", "/v1/jobs/{}/hold",
+          [this](const proto::Request& r) { return hold_job(r, true); });
+  s.route("POST", "/v1/jobs/{}/release",
+          [this](const proto::Request& r) { return hold_job(r, false); });
+  s.route("POST", "/v1/jobs/{}/requeue", bind(&Controller::requeue_job));
+  s.route("POST", "/v1/jobs/{}/checkpoint",
+          [this](const proto::Request& r) { return checkpoint_job(r, CheckpointSource::Manual); });
+  s.route("POST", "/v1/jobs/{}/vacate",
+          [this](const proto::Request& r) { return checkpoint_job(r, CheckpointSource::Vacate); });
+  s.route("POST", "/v1/jobs/{}/restart", bind(&Controller::restart_job));
+  s.route("POST", "/v1/jobs/{}/suspend", bind(&Controller::suspend_job));
+  s.route("POST", "/v1/jobs/{}/resume", bind(&Controller::resume_job));
+  s.route("POST", "/v1/jobs/{}/update", bind(&Controller::update_job));
+  s.route("GET", "/v1/jobs/{}/checkpoints", bind(&Controller::list_checkpoints));
+  s.route("DELETE", "/v1/jobs/{}/checkpoints/{}", bind(&Controller::delete_checkpoint));
+  s.route("GET", "/v1/checkpoints/stats", bind(&Controller::checkpoint_stats));
+  s.route("GET", "/v1/nodes", bind(&Controller::list_nodes));
+  s.route("POST", "/v1/nodes/{}/update", bind(&Controller::update_node));
+  s.route("GET", "/v1/partitions", bind(&Controller::list_partitions));
+}
+
+void Controller::add_rest_routes(proto::Server& s) {
+  s.use_tokens([this](std::string_view token) { return verify_token(token); });
+  add_user_routes(s);
+  s.route("GET", "/v1/whoami", [](const proto::Request& r) {
+    return json{
+        {"user", user_name(r.caller.uid)}, {"uid", r.caller.uid}, {"root", r.caller.is_root()}};
+  });
+  // The console: WebRoot's files (and one level of folders) at /console/, read once now.
+  bool explicit_root = !cfg_.web_root.empty();
+  std::filesystem::path root = explicit_root ? cfg_.web_root : FSCHED_DEFAULT_WEB_ROOT;
+  std::error_code ec;
+  if (!std::filesystem::is_directory(root, ec)) {
+    if (explicit_root) fail("WebRoot = {}: not a directory", root.string());
+    spdlog::warn("no web console: {} (the default WebRoot) is not a directory", root.string());
+    return;
+  }
+  size_t total = 0;
+  auto add = [&](const std::filesystem::path& file, const std::string& rel) {
+    std::string data = read_web_file(file);
+    total += data.size();
+    if (total > kMaxWebBytes)
+      fail("WebRoot = {}: its files add up to more than {} bytes", root.string(), kMaxWebBytes);
+    if (rel == "openapi.json") {
+      s.file("/openapi.json", data, "application/json");
+      s.file("/openapi/v3", data, "application/json");
+    }
+    if (rel == "index.html") s.file("/console/", data, content_type(file));
+    s.file("/console/" + rel, std::move(data), content_type(file));
+  };
+  size_t files = 0;
+  for (auto& e : std::filesystem::directory_iterator(root)) {
+    if (e.is_symlink()) continue;  // never followed: only what the build put there
+    if (e.is_regular_file()) {
+      add(e.path(), e.path().filename().string());
+      ++files;
+    } else if (e.is_directory()) {
+      for (auto& f : std::filesystem::directory_iterator(e.path()))
+        if (!f.is_symlink() && f.is_regular_file()) {
+          add(f.path(), e.path().filename().string() + "/" + f.path().filename().string());
+          ++files;
+        }
+    }
+  }
+  s.redirect("/", "/console/");
+  s.redirect("/console", "/console/");
+  spdlog::info("web console: {} files from {}", files, root.string());
+}
+
+}  // namespace fsched::ctld
