@@ -49,6 +49,10 @@ void add_sbatch_options(CLI::App& app, SbatchOptions& o, bool with_help) {
                  "Time limit: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S or UNLIMITED");
   app.add_option("--checkpoint", o.checkpoint,
                  "Checkpoint the job every interval: M, M:S, H:M:S, D-H, D-H:M or D-H:M:S");
+  app.add_option("--num-retained", o.num_retained,
+                 "Checkpoints of the job to keep, newest first (default: the cluster's "
+                 "CRIU_MaxEpochs)")
+      ->check(CLI::Range(0, 1000000));
   auto* rq = app.add_flag("--requeue", o.requeue, "Requeue the job when its node fails (default)");
   auto* norq = app.add_flag_callback(
       "--no-requeue", [&o] { o.requeue = false; }, "Never requeue the job");
@@ -274,6 +278,7 @@ nlohmann::json submit_request(const SbatchOptions& o, const fs::path& cwd,
       {"mem_mb", o.mem.empty() ? 0 : parse_mem_mb(o.mem)},
       {"time_limit", time_limit},
       {"checkpoint_interval", interval},
+      {"num_retained", o.num_retained},
       {"requeue", o.requeue},
       {"hold", o.hold},
   };

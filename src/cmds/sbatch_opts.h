@@ -35,6 +35,7 @@ struct SbatchOptions {
   std::string wrap;        // --wrap: a command to run as "#!/bin/sh\n<wrap>"
   int cpus_per_task = 1;   // -c/--cpus-per-task
   int ntasks = 1;          // -n/--ntasks
+  int num_retained = 0;    // --num-retained: checkpoints kept, 0 = CRIU_MaxEpochs
   bool requeue = true;     // --requeue / --no-requeue
   bool hold = false;       // -H/--hold
   bool parsable = false;   // --parsable

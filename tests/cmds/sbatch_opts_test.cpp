@@ -190,8 +190,11 @@ TEST(SubmitRequest, Defaults) {
   EXPECT_EQ(r["checkpoint_interval"], 0);
   EXPECT_EQ(r["requeue"], true);
   EXPECT_EQ(r["hold"], false);
+  EXPECT_EQ(r["num_retained"], 0);
   // Exactly the documented keys.
-  EXPECT_EQ(r.size(), 15u);
+  EXPECT_EQ(r.size(), 16u);
+  EXPECT_EQ(request(parse({"--num-retained=3", "j.sh"}, kPlain))["num_retained"], 3);
+  EXPECT_THROW(parse({"--num-retained=-1", "j.sh"}, kPlain), std::exception);
 }
 
 TEST(SubmitRequest, PathsAreMadeAbsoluteAgainstTheWorkDir) {

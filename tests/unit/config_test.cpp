@@ -295,3 +295,43 @@ TEST(Config, Preemption) {
   EXPECT_THAT(error_of(std::string(kBase) + "PartitionName=p Nodes=n1 PriorityTier=70000\n"),
               HasSubstr("fsched.conf:4:"));
 }
+
+TEST(Config, RestApi) {
+  auto d = parse_config(kBase, "f.conf");
+  EXPECT_EQ(d.rest_port, 0);
+  EXPECT_EQ(d.jwt_key, "/var/lib/fsched/jwt_hs256.key");
+  auto c = parse_config(std::string(kBase) +
+                            "RestPort = 6820\nAuthAltTypes = auth/jwt\nRestAddr = ::1\n"
+                            "AuthAltParameters = jwt_key=/etc/fsched/jwt.key\nWebRoot = /srv/web\n",
+                        "f.conf");
+  EXPECT_EQ(c.rest_port, 6820);
+  EXPECT_EQ(c.rest_addr, "::1");
+  EXPECT_EQ(c.jwt_key, "/etc/fsched/jwt.key");
+  EXPECT_EQ(c.web_root, "/srv/web");
+  EXPECT_THAT(c.warnings, testing::IsEmpty());
+  EXPECT_EQ(parse_config(std::string(kBase) + "RestPort=1\nAuthAltTypes=auth/jwt\n"
+                                              "RestAddr=127.0.0.2\n",
+                         "f.conf")
+                .rest_addr,
+            "127.0.0.2");
+
+  EXPECT_THAT(error_of(std::string(kBase) + "RestPort = 6820\n"),
+              HasSubstr("fsched.conf:4: RestPort = 6820: the REST API authenticates with JWT: "
+                        "set AuthAltTypes = auth/jwt"));
+  for (const char* addr : {"0.0.0.0", "10.1.2.3", "127.evil.example", "head"})
+    EXPECT_THAT(error_of(std::string(kBase) + "RestAddr = " + addr + "\n"),
+                HasSubstr(fmt::format("fsched.conf:4: RestAddr = {}: the REST API is served over "
+                                      "plain HTTP, so on a loopback address only",
+                                      addr)))
+        << addr;
+  EXPECT_THAT(error_of(std::string(kBase) + "AuthAltTypes = auth/munge\n"),
+              HasSubstr("fsched.conf:4: AuthAltTypes = auth/munge: only auth/jwt is supported"));
+  EXPECT_THAT(error_of(std::string(kBase) + "AuthAltParameters = key=/x\n"),
+              HasSubstr("AuthAltParameters = key=/x: expected jwt_key=PATH"));
+  // Without RestPort, the REST keys do nothing: said at start.
+  auto off =
+      parse_config(std::string(kBase) + "WebRoot = /srv/web\nAuthAltTypes = auth/jwt\n", "f.conf");
+  ASSERT_EQ(off.warnings.size(), 2u);
+  EXPECT_THAT(off.warnings[0], HasSubstr("f.conf:4: WebRoot: has no effect without RestPort"));
+  EXPECT_THAT(off.warnings[1], HasSubstr("f.conf:5: AuthAltTypes: has no effect without RestPort"));
+}
