@@ -7,7 +7,7 @@ pkgs=(
   build-essential g++ cmake ninja-build pkg-config
   libzstd-dev libxxhash-dev nlohmann-json3-dev libcli11-dev libspdlog-dev libfmt-dev
   libgtest-dev libgmock-dev libbenchmark-dev
-  python3 python3-pytest
+  python3 python3-pytest python3-jsonschema   # jsonschema: tests/e2e/test_rest_api.py
   libsqlite3-dev sqlite3 libboost-dev libcpp-httplib-dev libssl-dev zlib1g-dev libbrotli-dev libmunge-dev munge
   libjwt-dev                  # the REST API's JSON Web Tokens (src/proto/jwt.cpp)
   xz-utils coreutils bash procps passwd make gcc gzip tar gawk

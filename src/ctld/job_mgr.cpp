@@ -225,6 +225,10 @@ SubmitRequest decode_submit(const nlohmann::json& b, const proto::Caller& caller
   j.hold = field<bool>(b, "hold", false);
   json env = field<json>(b, "env", json::object());
   if (!env.is_object()) throw RpcError(400, "env must be an object of strings");
+  for (auto& [k, v] : env.items())
+    if (!v.is_string())
+      throw RpcError(400, fmt::format("env must be an object of strings: {} is {}", k,
+                                      v.dump().substr(0, 40)));
   std::string part = field<std::string>(b, "partition", "");
   const proto::PartitionConf* p = part.empty() ? cfg.default_partition() : cfg.partition(part);
   if (!p) throw RpcError(400, fmt::format("invalid partition specified: {}", part));
@@ -331,10 +335,18 @@ nlohmann::json Controller::suspend_in_place(int64_t id, bool stop, const proto::
   {
     Lock l(mu_);
     Job& j = jobs_.at(id);
+    // As for a checkpoint: a job placed a moment ago waits for its start's answer
+    // (bounded by BatchStartTimeout) rather than failing on a race the user cannot see.
+    if (stop && j.state == JobState::Running && launching_.count(id))
+      wake_.wait_for(l, std::chrono::seconds(cfg_.batch_start_timeout),
+                     [&] { return stopping_ || !launching_.count(id); });
     if (stop && (j.state != JobState::Running || launching_.count(id) || j.awaiting_node ||
                  !j.end_request.empty()))
       throw RpcError(409, fmt::format("Job {} is not running (state {}{})", id, j.state,
-                                      j.end_request.empty() ? "" : ", ending"));
+                                      !j.end_request.empty() ? ", ending"
+                                      : launching_.count(id) || j.awaiting_node
+                                          ? ", its start not yet confirmed by its node"
+                                          : ""));
     if (!stop && !(j.state == JobState::Suspended && j.suspended_in_place))
       throw RpcError(409, fmt::format("Job {} is not suspended in place", id));
     // No dump while the run is frozen or thawed (the engine freezes the same cgroup).

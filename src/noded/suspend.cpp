@@ -24,6 +24,9 @@ nlohmann::json NodeDaemon::suspend(const proto::Request& r) {
     auto it = jobs_.find(q.job_id);
     if (it == jobs_.end() || it->second.ended || it->second.generation != q.generation)
       throw RpcError(409, fmt::format("job {} has no run {} on {}", q.job_id, q.generation, name_));
+    // An operation done whose report is not yet sent: the controller holds its outcome
+    // (it sends nothing new for a job before), so it no longer counts.
+    supersede_done_op(q.job_id);
     // A dump freezes and thaws the same cgroup: the two must not cross.
     if (ops_.count(q.job_id))
       throw RpcError(409,

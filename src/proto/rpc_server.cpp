@@ -20,6 +20,7 @@
 #include <netdb.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -312,6 +313,9 @@ struct Server::Impl {
       }
       const Route* found = nullptr;
       bool path_known = false;
+      // One spelling per resource: no empty segment ("//", a trailing "/").
+      if (req.path.empty() || req.path.back() == '/' || req.path.find("//") != std::string::npos)
+        throw RpcError(404, fmt::format("no route {} {}", req.method, req.path));
       auto path = split_path(req.path);
       for (auto& r : routes) {
         std::vector<std::string> caps;
@@ -353,8 +357,9 @@ struct Server::Impl {
   static std::string token_of(const httplib::Request& req) {
     std::string t = req.get_header_value(kTokenHeader);
     if (t.empty()) {
+      // RFC 7235: the scheme's name is case-insensitive.
       std::string a = req.get_header_value("Authorization");
-      if (a.starts_with("Bearer ")) t = a.substr(7);
+      if (a.size() > 7 && strncasecmp(a.c_str(), "Bearer ", 7) == 0) t = a.substr(7);
     }
     if (t.empty())
       throw RpcError(401, fmt::format("authentication required: send a token from `scontrol "
@@ -412,6 +417,7 @@ struct Server::Impl {
       if (!body.empty()) {
         r.body = nlohmann::json::parse(body, nullptr, false);
         if (r.body.is_discarded()) throw RpcError(400, "request body is not JSON");
+        if (!r.body.is_object()) throw RpcError(400, "request body must be a JSON object");
       }
       body = std::string();  // the parsed tree replaces it while the handler runs
       res.status = 200;
@@ -443,6 +449,15 @@ Server::Server(std::string munge_socket) : impl_(std::make_unique<Impl>()) {
                           const httplib::ContentReader& rd) { impl_->dispatch(q, s, &rd); };
   http.Post(".*", with_body);
   http.Delete(".*", with_body);
+  // Replies httplib makes itself (a request it cannot parse, such as a header line
+  // over its 8 KiB) say what went wrong in the JSON every other error has.
+  http.set_error_handler([](const httplib::Request&, httplib::Response& res) {
+    if (!res.body.empty()) return;
+    reply_error(res, res.status,
+                res.status == 400 ? "malformed request: bad request line, or a header line over "
+                                    "8 KiB (a token is far shorter)"
+                                  : fmt::format("HTTP error {}", res.status));
+  });
   http.new_task_queue = [] { return new Pool(kWorkers); };
   http.set_tcp_nodelay(true);
   http.set_read_timeout(kReadTimeoutS);
