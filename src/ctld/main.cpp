@@ -40,7 +40,11 @@ int main(int argc, char** argv) {
     server.bind(cfg.control_addr, cfg.control_port);
     // The REST API and console (RestPort), JWT-authenticated, on a server of its own.
     std::optional<fsched::proto::Server> rest;
-    if (cfg.rest_port) rest.emplace().bind(cfg.rest_addr, cfg.rest_port);
+    if (cfg.rest_port) {
+      rest.emplace();
+      if (!cfg.rest_tls_cert.empty()) rest->use_tls(cfg.rest_tls_cert, cfg.rest_tls_key);
+      rest->bind(cfg.rest_addr, cfg.rest_port);
+    }
     fsched::daemon::daemonize(foreground, cfg.ctld_pid_file);
     auto log_file = cfg.ctld_log_file.empty()
                         ? fsched::daemon::default_log_file("fschedctld", foreground)
@@ -59,7 +63,8 @@ int main(int argc, char** argv) {
     spdlog::info("listening on {}:{}", cfg.control_addr, cfg.control_port);
     std::thread rest_thread;
     if (rest) {
-      spdlog::info("REST API and web console on http://{}:{}/", cfg.rest_addr, cfg.rest_port);
+      spdlog::info("REST API and web console on {}://{}:{}/",
+                   cfg.rest_tls_cert.empty() ? "http" : "https", cfg.rest_addr, cfg.rest_port);
       rest_thread = std::thread([&] { rest->serve(); });
     }
     server.serve();

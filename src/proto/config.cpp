@@ -435,15 +435,13 @@ Config parse_config(std::string_view text, const std::filesystem::path& file) {
     // The REST API and web console (docs/rest.md): plain HTTP, so loopback only.
     else if (lk == "restport")
       c.rest_port = static_cast<uint16_t>(to_int(at, key, v, 1, 65535));
-    else if (lk == "restaddr") {
-      if (!is_loopback(v))
-        at.error(
-            "RestAddr = {}: the REST API is served over plain HTTP, so on a loopback address "
-            "only (127.0.0.1, ::1 or localhost); reach it from elsewhere through a TLS proxy "
-            "or an SSH tunnel",
-            v);
+    else if (lk == "restaddr")
       c.rest_addr = v;
-    } else if (lk == "webroot")
+    else if (lk == "resttlscertfile")
+      c.rest_tls_cert = v;
+    else if (lk == "resttlskeyfile")
+      c.rest_tls_key = v;
+    else if (lk == "webroot")
       c.web_root = v;
     else if (lk == "authalttypes") {
       if (v != "auth/jwt") at.error("AuthAltTypes = {}: only auth/jwt is supported", v);
@@ -497,7 +495,9 @@ Config parse_config(std::string_view text, const std::filesystem::path& file) {
     for (auto [k, name] : {std::pair{"restaddr", "RestAddr"},
                            {"webroot", "WebRoot"},
                            {"authalttypes", "AuthAltTypes"},
-                           {"authaltparameters", "AuthAltParameters"}})
+                           {"authaltparameters", "AuthAltParameters"},
+                           {"resttlscertfile", "RestTLSCertFile"},
+                           {"resttlskeyfile", "RestTLSKeyFile"}})
       if (auto it = seen.find(k); it != seen.end())
         c.warnings.push_back(fmt::format("{}:{}: {}: has no effect without RestPort", file.string(),
                                          it->second, name));
@@ -505,6 +505,19 @@ Config parse_config(std::string_view text, const std::filesystem::path& file) {
     at.line = seen["restport"];
     at.error("RestPort = {}: the REST API authenticates with JWT: set AuthAltTypes = auth/jwt",
              c.rest_port);
+  } else if (c.rest_tls_cert.empty() != c.rest_tls_key.empty()) {
+    bool cert = !c.rest_tls_cert.empty();
+    at.line = seen[cert ? "resttlscertfile" : "resttlskeyfile"];
+    at.error("{}: TLS needs both RestTLSCertFile and RestTLSKeyFile",
+             cert ? "RestTLSCertFile" : "RestTLSKeyFile");
+  } else if (c.rest_tls_cert.empty() && !is_loopback(c.rest_addr)) {
+    // Tokens must not cross a network in clear.
+    at.line = seen["restaddr"];
+    at.error(
+        "RestAddr = {}: without TLS the REST API is served on a loopback address only "
+        "(127.0.0.1, ::1 or localhost): set RestTLSCertFile and RestTLSKeyFile, or reach it "
+        "through an SSH tunnel",
+        c.rest_addr);
   }
   for (auto& n : c.nodes) {
     if (n.addr.empty()) n.addr = n.name;

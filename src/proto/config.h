@@ -95,9 +95,12 @@ struct Config {
   std::filesystem::path ckpt_tool;  // FschedCkptPath: the engine CLI, default beside the daemon
   // RestPort (fsched, as slurmrestd's port): where fschedctld serves the REST API and the
   // web console (docs/rest.md); 0, the default, serves neither. It needs AuthAltTypes =
-  // auth/jwt. RestAddr: the address it binds, loopback only (plain HTTP).
+  // auth/jwt. RestAddr: the address it binds, loopback only unless TLS is set.
   uint16_t rest_port = 0;
   std::string rest_addr = "127.0.0.1";
+  // RestTLSCertFile, RestTLSKeyFile (fsched): PEM certificate chain and private key; with
+  // them the REST API is HTTPS and RestAddr may be any address.
+  std::filesystem::path rest_tls_cert, rest_tls_key;
   // WebRoot (fsched): the built console's files; default the build tree's web/.
   std::filesystem::path web_root;
   std::string auth_alt_types;  // AuthAltTypes: "auth/jwt" or ""

@@ -122,6 +122,13 @@ class Server {
   using TokenVerifier = std::function<Caller(std::string_view token)>;
   void use_tokens(TokenVerifier verify);
 
+  // Serves HTTPS: every connection starts with a TLS handshake (TLS 1.2 or later),
+  // bounded by the deadline of the request's head. cert_file: PEM certificate chain,
+  // key_file: its PEM private key (OpenSSL's SSL_CTX_use_certificate_chain_file(3)).
+  // Throws fsched::Error naming the file when a file cannot be loaded or the two do
+  // not match. Call before serve().
+  void use_tls(const std::string& cert_file, const std::string& key_file);
+
   // GET `url` replies `content` with Content-Type `type`, without any credential (the
   // web console's files; nothing in them is secret). Headers sent with them forbid
   // inline scripts and framing (Content-Security-Policy) as a second guard against

@@ -17,6 +17,8 @@
 #include "proto/rpc.h"
 
 #include <httplib.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 #include <netdb.h>
 #include <poll.h>
 #include <sys/socket.h>
@@ -26,9 +28,11 @@
 #include <algorithm>
 #include <array>
 #include <chrono>
+#include <climits>
 #include <cstring>
 #include <limits>
 #include <map>
+#include <memory>
 #include <optional>
 
 #include "proto/auth.h"
@@ -109,14 +113,15 @@ bool wait_fd(int fd, short events, int timeout_ms) {
 // Buffered, as httplib reads the head one byte per call.
 class LimitedStream final : public httplib::Stream {
  public:
-  LimitedStream(int fd, Clock::time_point accepted)
-      : fd_(fd), head_deadline_(accepted + kHeadDeadline) {}
+  // ssl: the connection's TLS session once its handshake is done, or null for plain TCP.
+  LimitedStream(int fd, Clock::time_point accepted, SSL* ssl = nullptr)
+      : fd_(fd), ssl_(ssl), head_deadline_(accepted + kHeadDeadline) {}
 
   void head_done() { in_head_ = false; }
   bool head_exceeded() const { return head_exceeded_; }
 
   bool is_readable() const override {
-    return buf_off_ < buf_len_ ||
+    return buf_off_ < buf_len_ || (ssl_ && ::SSL_pending(ssl_) > 0) ||
            wait_fd(fd_, POLLIN,
                    in_head_ ? ms_until(head_deadline_, kReadTimeoutS) : int{kReadTimeoutS * 1000});
   }
@@ -136,9 +141,15 @@ class LimitedStream final : public httplib::Stream {
       // a request that waited in the queue behind slow ones is served, a slow one is not.
       if (!is_readable()) return -1;
       ssize_t n;
-      do n = ::recv(fd_, buf_.data(), want, 0);
-      while (n < 0 && errno == EINTR);
-      if (n <= 0) return n;
+      if (ssl_) {
+        // The socket's SO_RCVTIMEO bounds a read that waits for the rest of a record.
+        n = ::SSL_read(ssl_, buf_.data(), static_cast<int>(want));
+        if (n <= 0) return -1;
+      } else {
+        do n = ::recv(fd_, buf_.data(), want, 0);
+        while (n < 0 && errno == EINTR);
+        if (n <= 0) return n;
+      }
       if (in_head_) head_read_ += static_cast<size_t>(n);
       buf_off_ = 0;
       buf_len_ = static_cast<size_t>(n);
@@ -151,6 +162,10 @@ class LimitedStream final : public httplib::Stream {
 
   ssize_t write(const char* ptr, size_t size) override {
     if (!is_writable()) return -1;
+    if (ssl_) {
+      int n = ::SSL_write(ssl_, ptr, static_cast<int>(std::min<size_t>(size, INT_MAX)));
+      return n > 0 ? n : -1;
+    }
     ssize_t n;
     do n = ::send(fd_, ptr, size, MSG_NOSIGNAL);
     while (n < 0 && errno == EINTR);
@@ -180,6 +195,7 @@ class LimitedStream final : public httplib::Stream {
   }
 
   int fd_;
+  SSL* ssl_;
   Clock::time_point head_deadline_;
   bool in_head_ = true;
   bool head_exceeded_ = false;
@@ -220,19 +236,56 @@ class Pool final : public httplib::TaskQueue {
 // httplib's server with its per-connection loop replaced: one request per connection
 // (our client opens one per call) read through a LimitedStream, then a lingering close.
 class HttpServer final : public httplib::Server {
+ public:
+  // Serves TLS on every connection (Server::use_tls) from now on.
+  void set_tls(SSL_CTX* ctx) { tls_ = ctx; }
+
  private:
   bool process_and_close_socket(socket_t sock) override {
     bool ok = false;
+    SslPtr ssl;
+    if (tls_) {
+      ssl = handshake(sock);
+      if (!ssl) {
+        t_current = Current{};
+        ::close(sock);
+        return false;
+      }
+    }
     {
-      LimitedStream strm(sock, t_current.accepted);
+      LimitedStream strm(sock, t_current.accepted, ssl.get());
       t_current.stream = &strm;
       bool closed = false;
       ok = process_request(strm, /*close_connection=*/true, closed, nullptr);
       t_current = Current{};
     }
+    if (ssl) ::SSL_shutdown(ssl.get());
     linger_close(sock);
     return ok;
   }
+
+  struct SslFree {
+    void operator()(SSL* s) const { ::SSL_free(s); }
+  };
+  using SslPtr = std::unique_ptr<SSL, SslFree>;
+
+  // The TLS handshake, within what is left of the head's deadline (the socket's
+  // timeouts bound each read and write of it and, after it, of the request); null if it
+  // failed or took too long.
+  SslPtr handshake(int sock) {
+    int left_ms = std::max(ms_until(t_current.accepted + kHeadDeadline, kReadTimeoutS), 1);
+    timeval tv{left_ms / 1000, (left_ms % 1000) * 1000};
+    ::setsockopt(sock, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    ::setsockopt(sock, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    SslPtr ssl(::SSL_new(tls_));
+    if (!ssl || ::SSL_set_fd(ssl.get(), sock) != 1 || ::SSL_accept(ssl.get()) != 1) return nullptr;
+    timeval rw{kReadTimeoutS, 0};
+    ::setsockopt(sock, SOL_SOCKET, SO_RCVTIMEO, &rw, sizeof rw);
+    ::setsockopt(sock, SOL_SOCKET, SO_SNDTIMEO, &rw, sizeof rw);
+    return ssl;
+  }
+
+  SSL_CTX* tls_ = nullptr;
 
   // Half-closes, then drains what the client still sends (bounded), then closes:
   // closing with unread data would reset the connection, and the client could lose
@@ -297,6 +350,10 @@ struct Server::Impl {
     std::string content, type, location;  // location: a redirect's target
   };
   std::map<std::string, File, std::less<>> files;  // by URL path
+  struct CtxFree {
+    void operator()(SSL_CTX* c) const { ::SSL_CTX_free(c); }
+  };
+  std::unique_ptr<SSL_CTX, CtxFree> tls;  // use_tls()
   HttpServer http;
   std::vector<Route> routes;
   int listen_fd = -1;
@@ -479,6 +536,29 @@ Server::~Server() = default;
 
 void Server::route(std::string_view method, std::string_view pattern, Handler h) {
   impl_->routes.push_back({std::string(method), split_path(pattern), std::move(h), {}});
+}
+
+void Server::use_tls(const std::string& cert_file, const std::string& key_file) {
+  auto openssl_error = [] {
+    char buf[256] = "unknown error";
+    if (unsigned long e = ::ERR_get_error()) ::ERR_error_string_n(e, buf, sizeof buf);
+    ::ERR_clear_error();
+    return std::string(buf);
+  };
+  std::unique_ptr<SSL_CTX, Impl::CtxFree> ctx(::SSL_CTX_new(::TLS_server_method()));
+  if (!ctx) fail("TLS: cannot make a context: {}", openssl_error());
+  ::SSL_CTX_set_min_proto_version(ctx.get(), TLS1_2_VERSION);
+  ::SSL_CTX_set_options(ctx.get(), SSL_OP_NO_RENEGOTIATION);
+  if (::SSL_CTX_use_certificate_chain_file(ctx.get(), cert_file.c_str()) != 1)
+    fail("TLS: cannot load the certificate {}: {}", cert_file, openssl_error());
+  if (::SSL_CTX_use_PrivateKey_file(ctx.get(), key_file.c_str(), SSL_FILETYPE_PEM) != 1)
+    fail("TLS: cannot load the private key {} for the certificate {}: {}", key_file, cert_file,
+         openssl_error());
+  if (::SSL_CTX_check_private_key(ctx.get()) != 1)
+    fail("TLS: the private key {} does not match the certificate {}: {}", key_file, cert_file,
+         openssl_error());
+  impl_->tls = std::move(ctx);
+  impl_->http.set_tls(impl_->tls.get());
 }
 
 void Server::use_tokens(TokenVerifier verify) { impl_->tokens = std::move(verify); }

@@ -947,3 +947,45 @@ def test_every_route_was_exercised():
     doc = load_doc()
     missing = [f"{m} {t}" for m, t, _ in operations(doc) if 200 not in SEEN.get((m, t), set())]
     assert not missing, f"never answered 200: {missing}"
+
+
+def test_tls(e2e: E2E, build_dir):
+    """With RestTLSCertFile and RestTLSKeyFile the REST port is HTTPS (and may bind a
+    non-loopback address): a client that trusts the certificate gets its replies; plain
+    HTTP gets no reply; a key that is not the certificate's stops fschedctld at start."""
+    import ssl
+    d = e2e.jobs_dir.parent / "rest-tls"
+    d.mkdir(parents=True, exist_ok=True)
+    cert, key, other = d / "cert.pem", d / "key.pem", d / "other.pem"
+    for k in (key, other):
+        subprocess.run(["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
+                        "-out", str(k)], check=True, capture_output=True)
+    subprocess.run(["openssl", "req", "-x509", "-key", str(key), "-out", str(cert), "-days", "2",
+                    "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    c = Cluster(build_dir, e2e.jobs_dir.parent / "rest-tls-cluster", nodes=1,
+                RestTLSCertFile=cert, RestTLSKeyFile=key, RestAddr="0.0.0.0").start()
+    try:
+        token = c.token()
+        ctx = ssl.create_default_context(cafile=str(cert))
+        req = urllib.request.Request(f"https://127.0.0.1:{c.rest_port}/v1/whoami",
+                                     headers={"X-SLURM-USER-TOKEN": token})
+        with urllib.request.urlopen(req, context=ctx, timeout=30) as r:
+            assert json.loads(r.read()) == {"user": "root", "uid": 0, "root": True}
+        # Plain HTTP on the TLS port: the handshake fails, no reply (and no token in clear).
+        conn = http.client.HTTPConnection("127.0.0.1", c.rest_port, timeout=15)
+        try:
+            conn.request("GET", "/v1/whoami", headers={"X-SLURM-USER-TOKEN": token})
+            with pytest.raises((http.client.HTTPException, ConnectionError, OSError)):
+                conn.getresponse()
+        finally:
+            conn.close()
+        assert "https://0.0.0.0" in c.log()
+    finally:
+        c.stop()
+    bad = c.settings | {"RestTLSKeyFile": other}
+    c.write_conf(c.conf_path, **bad)
+    r = subprocess.run([str(build_dir / "src/ctld/fschedctld"), "-D"], env=c.env, capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode != 0 and f"cannot load the private key {other} for the certificate {cert}" in r.stderr \
+        and "mismatch" in r.stderr, r.stderr

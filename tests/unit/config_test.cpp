@@ -319,11 +319,23 @@ TEST(Config, RestApi) {
               HasSubstr("fsched.conf:4: RestPort = 6820: the REST API authenticates with JWT: "
                         "set AuthAltTypes = auth/jwt"));
   for (const char* addr : {"0.0.0.0", "10.1.2.3", "127.evil.example", "head"})
-    EXPECT_THAT(error_of(std::string(kBase) + "RestAddr = " + addr + "\n"),
-                HasSubstr(fmt::format("fsched.conf:4: RestAddr = {}: the REST API is served over "
-                                      "plain HTTP, so on a loopback address only",
+    EXPECT_THAT(error_of(std::string(kBase) + "RestPort = 1\nAuthAltTypes = auth/jwt\n" +
+                         "RestAddr = " + addr + "\n"),
+                HasSubstr(fmt::format("fsched.conf:6: RestAddr = {}: without TLS the REST API is "
+                                      "served on a loopback address only",
                                       addr)))
         << addr;
+  auto tls = parse_config(std::string(kBase) +
+                              "RestPort = 1\nAuthAltTypes = auth/jwt\nRestAddr = 0.0.0.0\n"
+                              "RestTLSCertFile = /etc/fsched/c.pem\nRestTLSKeyFile = /k.pem\n",
+                          "f.conf");
+  EXPECT_EQ(tls.rest_addr, "0.0.0.0");
+  EXPECT_EQ(tls.rest_tls_cert, "/etc/fsched/c.pem");
+  EXPECT_EQ(tls.rest_tls_key, "/k.pem");
+  EXPECT_THAT(error_of(std::string(kBase) + "RestPort = 1\nAuthAltTypes = auth/jwt\n" +
+                       "RestTLSKeyFile = /k.pem\n"),
+              HasSubstr("fsched.conf:6: RestTLSKeyFile: TLS needs both RestTLSCertFile and "
+                        "RestTLSKeyFile"));
   EXPECT_THAT(error_of(std::string(kBase) + "AuthAltTypes = auth/munge\n"),
               HasSubstr("fsched.conf:4: AuthAltTypes = auth/munge: only auth/jwt is supported"));
   EXPECT_THAT(error_of(std::string(kBase) + "AuthAltParameters = key=/x\n"),
