@@ -15,6 +15,7 @@ pkgs=(
   clang-format                # scripts/check-format.sh (clang-format 14)
   iproute2 util-linux         # tests/e2e/netcluster.py: ip netns, veth, bridge; nsenter
   openjdk-17-jdk-headless nodejs git perl  # tests/e2e/soak.py: real programs dumped and restored
+  chromium                    # tests/e2e/test_console.py: the web console in headless Chromium
 )
 missing=()
 for p in "${pkgs[@]}"; do
@@ -23,4 +24,12 @@ done
 if ((${#missing[@]})); then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+# The web console's npm packages (web/package-lock.json: uPlot; playwright-core for the
+# browser tests), again whenever the lock is newer than the last install. npm comes with
+# NodeSource's nodejs; Debian's nodejs has it in a package of its own.
+command -v npm >/dev/null || apt-get install -y -qq --no-install-recommends npm
+web=$(cd "$(dirname "$0")/../web" && pwd)
+if [[ ! -f $web/node_modules/.package-lock.json || $web/package-lock.json -nt $web/node_modules/.package-lock.json ]]; then
+  (cd "$web" && npm ci --no-audit --no-fund)
 fi
