@@ -138,6 +138,10 @@ class Controller {
   void save(const Job& j);
   void save(const Checkpoint& c);
   json api(const Job& j) const;
+  // The job's JSON with `last` as its newest checkpoint (or none): needs no lock.
+  static json api(const Job& j, const Checkpoint* last, const proto::Config& cfg);
+  // j's newest checkpoint, whatever its status, or nullptr.
+  const Checkpoint* last_checkpoint(const Job& j) const;
   proto::NodeState node_state(const Node& n) const;
   bool node_up(const Node& n) const;
   void schedule();              // place pending jobs
