@@ -1,11 +1,5 @@
 // Small helpers shared by the views. Every string that comes from the server is put in
-// the page as text (textContent or escape()), never parsed as HTML.
-
-const ESC = { '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' };
-
-export function escape(s) {
-  return String(s ?? '').replace(/[&<>"']/g, (c) => ESC[c]);
-}
+// the page as text (text nodes, textContent, attribute values), never parsed as HTML.
 
 // el('td', {class: 'x', dataset: {col: 'state'}}, 'text', child...): children that are
 // strings or numbers become text nodes.
@@ -37,13 +31,13 @@ export function fmtTime(t) {
     `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
 }
 
-// Seconds as squeue prints a run time: [D-]HH:MM:SS, or M:SS under an hour.
-// The same, without the date when it is today.
+// fmtTime without the date when it is today.
 export function fmtTimeShort(t) {
   const s = fmtTime(t);
   return s && s.slice(0, 10) === fmtTime(Date.now() / 1000).slice(0, 10) ? s.slice(11) : s;
 }
 
+// Seconds as squeue prints a run time: [D-]HH:MM:SS, or M:SS under an hour.
 export function fmtDuration(s) {
   s = Math.max(0, Math.floor(s || 0));
   const d = Math.floor(s / 86400), h = Math.floor((s % 86400) / 3600);
