@@ -27,8 +27,13 @@ inline double now_s() {
   return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
 
+// The login name of uid, or its number when it has none. getpwuid_r: request threads
+// call it at once, and getpwuid's one static buffer would give one the other's name.
 inline std::string user_name(uid_t uid) {
-  if (passwd* pw = ::getpwuid(uid)) return pw->pw_name;
+  passwd pw{};
+  passwd* found = nullptr;
+  std::string buf(16384, '\0');
+  if (::getpwuid_r(uid, &pw, buf.data(), buf.size(), &found) == 0 && found) return pw.pw_name;
   return std::to_string(uid);
 }
 

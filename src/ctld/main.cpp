@@ -5,6 +5,8 @@
 
 #include <malloc.h>
 
+#include <atomic>
+#include <chrono>
 #include <iostream>
 #include <optional>
 #include <thread>
@@ -62,14 +64,23 @@ int main(int argc, char** argv) {
     ctl.start();
     spdlog::info("listening on {}:{}", cfg.control_addr, cfg.control_port);
     std::thread rest_thread;
+    std::atomic<bool> rest_done = false;
     if (rest) {
       spdlog::info("REST API and web console on {}://{}:{}/",
                    cfg.rest_tls_cert.empty() ? "http" : "https", cfg.rest_addr, cfg.rest_port);
-      rest_thread = std::thread([&] { rest->serve(); });
+      rest_thread = std::thread([&] {
+        rest->serve();
+        rest_done = true;
+      });
     }
     server.serve();
     if (rest) {
-      rest->stop();
+      // stop() before the thread has begun to serve would not stop it: asked again
+      // until it has.
+      while (!rest_done) {
+        rest->stop();
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      }
       rest_thread.join();
     }
     ctl.stop();

@@ -35,7 +35,7 @@ std::optional<proto::Caller> lookup_user(const std::string& name) {
   return proto::Caller{found->pw_uid, found->pw_gid};
 }
 
-std::string content_type(const std::filesystem::path& p) {
+std::string content_type(const std::filesystem::path& p) {  // by its extension
   static const std::map<std::string, std::string, std::less<>> types = {
       {".html", "text/html; charset=utf-8"},
       {".js", "text/javascript; charset=utf-8"},
@@ -51,6 +51,21 @@ std::string content_type(const std::filesystem::path& p) {
   return it == types.end() ? "application/octet-stream" : it->second;
 }
 
+// The console runs with the token of whoever logs in, root's too: a file of it that
+// another user could write would be that user's script in root's session. So every file
+// and folder must be fschedctld's own (its euid: root) and writable by no one else, and
+// a file readable by all (a root-only file linked in is not published).
+void check_web_owner(const std::filesystem::path& path, const struct stat& st, bool dir) {
+  if (st.st_uid != ::geteuid() || (st.st_mode & 022))
+    fail(
+        "WebRoot: {} must be owned by uid {} and writable by no one else (owner {}, mode "
+        "{:04o})",
+        path.string(), ::geteuid(), st.st_uid, st.st_mode & 07777);
+  if (!dir && !(st.st_mode & S_IROTH))
+    fail("WebRoot: {} is not readable by all (mode {:04o}): the console's files are public",
+         path.string(), st.st_mode & 07777);
+}
+
 // Reads the regular file `path` (not following a link), at most kMaxWebFileBytes.
 std::string read_web_file(const std::filesystem::path& path) {
   UniqueFd fd(::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
@@ -58,6 +73,7 @@ std::string read_web_file(const std::filesystem::path& path) {
   struct stat st {};
   if (::fstat(fd.get(), &st) < 0) fail_errno("WebRoot: cannot stat {}", path.string());
   if (!S_ISREG(st.st_mode)) fail("WebRoot: {} is not a regular file", path.string());
+  check_web_owner(path, st, false);
   if (static_cast<size_t>(st.st_size) > kMaxWebFileBytes)
     fail("WebRoot: {} is {} bytes, over the limit of {}", path.string(), st.st_size,
          kMaxWebFileBytes);
@@ -74,6 +90,36 @@ std::string read_web_file(const std::filesystem::path& path) {
   return out;
 }
 
+// WebRoot's files and those of its folders (one level), by path below root: links are
+// not followed, each file and folder passes check_web_owner, and all add up to at most
+// kMaxWebBytes. Throws fsched::Error saying which file is wrong.
+std::vector<std::pair<std::string, std::string>> read_web_root(const std::filesystem::path& root) {
+  std::vector<std::pair<std::string, std::string>> out;
+  size_t total = 0;
+  auto folder = [&](const std::filesystem::path& dir, const std::string& prefix, bool top) {
+    struct stat st {};
+    if (::lstat(dir.c_str(), &st) < 0) fail_errno("WebRoot: cannot stat {}", dir.string());
+    if (!S_ISDIR(st.st_mode)) fail("WebRoot: {} is not a directory", dir.string());
+    check_web_owner(dir, st, true);
+    std::vector<std::filesystem::path> subdirs;
+    for (auto& e : std::filesystem::directory_iterator(dir)) {
+      if (e.is_symlink()) continue;  // never followed: only what the build put there
+      if (e.is_directory()) {
+        if (top) subdirs.push_back(e.path());
+        continue;
+      }
+      std::string data = read_web_file(e.path());
+      total += data.size();
+      if (total > kMaxWebBytes)
+        fail("WebRoot: {}: its files add up to more than {} bytes", root.string(), kMaxWebBytes);
+      out.emplace_back(prefix + e.path().filename().string(), std::move(data));
+    }
+    return subdirs;
+  };
+  for (auto& d : folder(root, "", true)) folder(d, d.filename().string() + "/", false);
+  return out;
+}
+
 }  // namespace
 
 void Controller::load_jwt_key() {
@@ -87,6 +133,12 @@ proto::Caller Controller::verify_token(std::string_view token) const {
     throw RpcError(401, fmt::format("authentication failed: the token names user '{}', who "
                                     "does not exist on this host",
                                     claims.user));
+  // The name must still be the account it was issued to: a name reused by a new
+  // account, or another name service answering first, is another user.
+  if (who->uid != claims.uid)
+    throw RpcError(401, fmt::format("authentication failed: the token was issued to uid {} as "
+                                    "'{}', which is now uid {}",
+                                    claims.uid, claims.user, who->uid));
   return *who;
 }
 
@@ -97,25 +149,32 @@ nlohmann::json Controller::issue_token(const proto::Request& r) {
                    "AuthAltTypes = auth/jwt) in fsched.conf");
   int64_t lifespan = proto::int_field(r.body, "lifespan", proto::jwt::kDefaultLifespan, 1,
                                       proto::jwt::kMaxLifespan);
+  // The caller's own name must lead back to the caller: a uid without a passwd entry
+  // has its number for a name, which may be another account's name.
   std::string user = user_name(r.caller.uid);
+  auto account = lookup_user(user);
+  if (!account || account->uid != r.caller.uid)
+    throw RpcError(409, fmt::format("uid {} has no user name of its own: a token names its user "
+                                    "by name",
+                                    r.caller.uid));
   if (r.body.is_object() && r.body.contains("username") && !r.body["username"].is_null()) {
     auto asked = field<std::string>(r.body, "username", "");
     if (asked != user) {
       if (!r.caller.is_root())
         throw RpcError(403,
                        fmt::format("only root may ask for a token of another user ({})", asked));
-      if (!lookup_user(asked)) throw RpcError(404, fmt::format("no user '{}'", asked));
+      account = lookup_user(asked);
+      if (!account) throw RpcError(404, fmt::format("no user '{}'", asked));
       user = asked;
     }
   }
-  if (!lookup_user(user))
-    throw RpcError(
-        409, fmt::format("uid {} has no user name: a token names its user by name", r.caller.uid));
   proto::jwt::Claims c;
   c.user = user;
+  c.uid = account->uid;
   c.issued = static_cast<int64_t>(now_s());
   c.expires = c.issued + lifespan;
-  spdlog::info("token for {} (lifespan {} s) issued to uid {}", user, lifespan, r.caller.uid);
+  spdlog::info("token for {} (uid {}, lifespan {} s) issued to uid {}", user, c.uid, lifespan,
+               r.caller.uid);
   return {{"token", proto::jwt::sign(jwt_key_, c)}, {"user", user}, {"expires", c.expires}};
 }
 
@@ -199,42 +258,26 @@ void Controller::add_rest_routes(proto::Server& s) {
   // The console: WebRoot's files (and one level of folders) at /console/, read once now.
   bool explicit_root = !cfg_.web_root.empty();
   std::filesystem::path root = explicit_root ? cfg_.web_root : FSCHED_DEFAULT_WEB_ROOT;
-  std::error_code ec;
-  if (!std::filesystem::is_directory(root, ec)) {
-    if (explicit_root) fail("WebRoot = {}: not a directory", root.string());
-    spdlog::warn("no web console: {} (the default WebRoot) is not a directory", root.string());
+  std::vector<std::pair<std::string, std::string>> files;  // path below root, content
+  try {
+    files = read_web_root(root);
+  } catch (const Error& e) {
+    if (explicit_root) throw;
+    spdlog::warn("no web console (the default WebRoot): {}", e.what());
     return;
   }
-  size_t total = 0;
-  auto add = [&](const std::filesystem::path& file, const std::string& rel) {
-    std::string data = read_web_file(file);
-    total += data.size();
-    if (total > kMaxWebBytes)
-      fail("WebRoot = {}: its files add up to more than {} bytes", root.string(), kMaxWebBytes);
+  for (auto& [rel, data] : files) {
+    std::string type = content_type(rel);
     if (rel == "openapi.json") {
-      s.file("/openapi.json", data, "application/json");
-      s.file("/openapi/v3", data, "application/json");
+      s.file("/openapi.json", data, type);
+      s.file("/openapi/v3", data, type);
     }
-    if (rel == "index.html") s.file("/console/", data, content_type(file));
-    s.file("/console/" + rel, std::move(data), content_type(file));
-  };
-  size_t files = 0;
-  for (auto& e : std::filesystem::directory_iterator(root)) {
-    if (e.is_symlink()) continue;  // never followed: only what the build put there
-    if (e.is_regular_file()) {
-      add(e.path(), e.path().filename().string());
-      ++files;
-    } else if (e.is_directory()) {
-      for (auto& f : std::filesystem::directory_iterator(e.path()))
-        if (!f.is_symlink() && f.is_regular_file()) {
-          add(f.path(), e.path().filename().string() + "/" + f.path().filename().string());
-          ++files;
-        }
-    }
+    if (rel == "index.html") s.file("/console/", data, type);
+    s.file("/console/" + rel, std::move(data), type);
   }
   s.redirect("/", "/console/");
   s.redirect("/console", "/console/");
-  spdlog::info("web console: {} files from {}", files, root.string());
+  spdlog::info("web console: {} files from {}", files.size(), root.string());
 }
 
 }  // namespace fsched::ctld

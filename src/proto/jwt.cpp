@@ -7,8 +7,11 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdint>
 #include <memory>
 #include <string>
+
+#include <nlohmann/json.hpp>
 
 #include "common/error.h"
 #include "common/fd.h"
@@ -40,23 +43,40 @@ void write_all(int fd, const std::string& data, const std::filesystem::path& fil
   }
 }
 
+std::string random_bytes(size_t n) {
+  std::string out(n, '\0');
+  size_t got = 0;
+  while (got < out.size()) {
+    ssize_t r = ::getrandom(out.data() + got, out.size() - got, 0);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) fail_errno("cannot make a JWT key: getrandom");
+    got += static_cast<size_t>(r);
+  }
+  return out;
+}
+
 }  // namespace
 
 std::string load_or_create_key(const std::filesystem::path& file) {
+  auto dir = file.parent_path().empty() ? std::filesystem::path(".") : file.parent_path();
+  struct stat ds {};
+  if (::stat(dir.c_str(), &ds) < 0)
+    fail_errno("JWT key {}: cannot stat its directory", file.string());
+  // Sticky (as /tmp): others may write there but not rename or remove our files.
+  if (ds.st_uid != ::geteuid() || ((ds.st_mode & 022) && !(ds.st_mode & S_ISVTX)))
+    fail(
+        "JWT key {}: its directory {} must be owned by uid {} and writable by no one else "
+        "(owner {}, mode {:04o})",
+        file.string(), dir.string(), ::geteuid(), ds.st_uid, ds.st_mode & 07777);
   UniqueFd fd(::open(file.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
   if (!fd && errno == ENOENT) {
-    std::string key(kMinKeyBytes, '\0');
-    size_t got = 0;
-    while (got < key.size()) {
-      ssize_t n = ::getrandom(key.data() + got, key.size() - got, 0);
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0) fail_errno("cannot make a JWT key: getrandom");
-      got += static_cast<size_t>(n);
-    }
-    // Written whole to a new name, then linked into place: a crash leaves no short key.
+    std::string key = random_bytes(kMinKeyBytes);
+    // Written whole under a name of its own, then linked into place: a crash leaves no
+    // short key, and two controllers starting at once do not share a file.
+    std::string suffix;
+    for (unsigned char b : random_bytes(6)) suffix += fmt::format("{:02x}", b);
     auto tmp = file;
-    tmp += ".tmp";
-    ::unlink(tmp.c_str());
+    tmp += ".tmp." + suffix;
     UniqueFd out(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600));
     if (!out) fail_errno("cannot create the JWT key {}", tmp.string());
     write_all(out.get(), key, tmp);
@@ -72,6 +92,8 @@ std::string load_or_create_key(const std::filesystem::path& file) {
   struct stat st {};
   if (::fstat(fd.get(), &st) < 0) fail_errno("cannot stat the JWT key {}", file.string());
   if (!S_ISREG(st.st_mode)) fail("JWT key {}: not a regular file", file.string());
+  if (st.st_nlink != 1)
+    fail("JWT key {}: has {} links; it must have one", file.string(), st.st_nlink);
   if (st.st_uid != ::geteuid())
     fail("JWT key {}: owned by uid {}, not by uid {} (fschedctld's)", file.string(), st.st_uid,
          ::geteuid());
@@ -99,6 +121,7 @@ std::string sign(std::string_view key, const Claims& claims) {
   if (int e = ::jwt_new(&raw); e != 0) throw Error("cannot make a JWT", e);
   JwtPtr j(raw);
   int e = ::jwt_add_grant(j.get(), "sun", claims.user.c_str());
+  if (!e) e = ::jwt_add_grant_int(j.get(), "uid", static_cast<long>(claims.uid));
   if (!e) e = ::jwt_add_grant_int(j.get(), "iat", static_cast<long>(claims.issued));
   if (!e) e = ::jwt_add_grant_int(j.get(), "exp", static_cast<long>(claims.expires));
   if (!e)
@@ -124,16 +147,33 @@ Claims verify(std::string_view key, std::string_view token, int64_t now) {
   JwtPtr j(raw);
   if (::jwt_get_alg(j.get()) != JWT_ALG_HS256)
     refuse(fmt::format("token signed with {}, not HS256", ::jwt_alg_str(::jwt_get_alg(j.get()))));
+  // The claims as JSON, their types checked here: libjwt's jwt_get_grant_int reads a
+  // string or a fraction as 0 without an error.
+  std::unique_ptr<char, StrFree> grants(::jwt_get_grants_json(j.get(), nullptr));
+  auto claims = nlohmann::json::parse(grants ? grants.get() : "", nullptr, false);
+  if (!claims.is_object()) refuse("the token's claims are not a JSON object");
+  auto integer = [&](const char* name, const char* what) {
+    auto it = claims.find(name);
+    if (it == claims.end() || !it->is_number_integer())
+      refuse(fmt::format("the token has no {} (claim \"{}\", an integer)", what, name));
+    return it->get<int64_t>();
+  };
   Claims c;
-  const char* sun = ::jwt_get_grant(j.get(), "sun");
-  if (!sun || !*sun) refuse("the token names no user (claim \"sun\")");
-  c.user = sun;
-  errno = 0;
-  c.expires = ::jwt_get_grant_int(j.get(), "exp");
-  if (errno) refuse("the token has no expiry (claim \"exp\")");
-  errno = 0;
-  c.issued = ::jwt_get_grant_int(j.get(), "iat");
-  if (errno) refuse("the token has no issue time (claim \"iat\")");
+  auto sun = claims.find("sun");
+  if (sun == claims.end() || !sun->is_string() || sun->get<std::string>().empty())
+    refuse("the token names no user (claim \"sun\")");
+  c.user = sun->get<std::string>();
+  c.expires = integer("exp", "expiry");
+  c.issued = integer("iat", "issue time");
+  int64_t uid = integer("uid", "valid uid");
+  if (uid < 0 || uid > int64_t{UINT32_MAX}) refuse("the token has no valid uid (claim \"uid\")");
+  c.uid = static_cast<uint32_t>(uid);
+  if (c.issued > now + kMaxClockSkew)
+    refuse(fmt::format("the token was issued in the future ({})",
+                       format_timestamp(static_cast<double>(c.issued))));
+  if (c.expires <= c.issued || c.expires - c.issued > kMaxLifespan)
+    refuse(fmt::format("the token's lifespan ({} s) is not within 1 s to {} s",
+                       c.expires - c.issued, kMaxLifespan));
   if (now >= c.expires)
     refuse(fmt::format("the token expired at {}; get a new one with `scontrol token`",
                        format_timestamp(static_cast<double>(c.expires))));

@@ -16,6 +16,7 @@
 //   the accept queue.
 #include "proto/rpc.h"
 
+#include <fcntl.h>
 #include <httplib.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
@@ -142,8 +143,7 @@ class LimitedStream final : public httplib::Stream {
       if (!is_readable()) return -1;
       ssize_t n;
       if (ssl_) {
-        // The socket's SO_RCVTIMEO bounds a read that waits for the rest of a record.
-        n = ::SSL_read(ssl_, buf_.data(), static_cast<int>(want));
+        n = ssl_io(false, buf_.data(), want);
         if (n <= 0) return -1;
       } else {
         do n = ::recv(fd_, buf_.data(), want, 0);
@@ -162,10 +162,7 @@ class LimitedStream final : public httplib::Stream {
 
   ssize_t write(const char* ptr, size_t size) override {
     if (!is_writable()) return -1;
-    if (ssl_) {
-      int n = ::SSL_write(ssl_, ptr, static_cast<int>(std::min<size_t>(size, INT_MAX)));
-      return n > 0 ? n : -1;
-    }
+    if (ssl_) return ssl_io(true, const_cast<char*>(ptr), size);
     ssize_t n;
     do n = ::send(fd_, ptr, size, MSG_NOSIGNAL);
     while (n < 0 && errno == EINTR);
@@ -191,6 +188,23 @@ class LimitedStream final : public httplib::Stream {
                       NI_NUMERICHOST | NI_NUMERICSERV) == 0) {
       ip = host;
       port = std::atoi(serv);
+    }
+  }
+
+  // One SSL_read or SSL_write on the non-blocking socket, waiting for the socket as
+  // TLS asks, as long as the head's deadline (while in the head) or the read or write
+  // timeout allows: a peer that sends a record one byte at a time gains nothing.
+  ssize_t ssl_io(bool write, char* p, size_t size) {
+    int len = static_cast<int>(std::min<size_t>(size, INT_MAX));
+    for (;;) {
+      int n = write ? ::SSL_write(ssl_, p, len) : ::SSL_read(ssl_, p, len);
+      if (n > 0) return n;
+      int err = ::SSL_get_error(ssl_, n);
+      short ev = err == SSL_ERROR_WANT_READ ? POLLIN : err == SSL_ERROR_WANT_WRITE ? POLLOUT : 0;
+      int timeout = write      ? int{kWriteTimeoutS * 1000}
+                    : in_head_ ? ms_until(head_deadline_, kReadTimeoutS)
+                               : int{kReadTimeoutS * 1000};
+      if (!ev || !wait_fd(fd_, ev, timeout)) return -1;
     }
   }
 
@@ -269,20 +283,26 @@ class HttpServer final : public httplib::Server {
   };
   using SslPtr = std::unique_ptr<SSL, SslFree>;
 
-  // The TLS handshake, within what is left of the head's deadline (the socket's
-  // timeouts bound each read and write of it and, after it, of the request); null if it
-  // failed or took too long.
+  // The TLS handshake on the socket made non-blocking (for good: LimitedStream waits
+  // itself), within what is left of the head's deadline, however slowly the peer
+  // sends; null if it failed or took too long.
   SslPtr handshake(int sock) {
-    int left_ms = std::max(ms_until(t_current.accepted + kHeadDeadline, kReadTimeoutS), 1);
-    timeval tv{left_ms / 1000, (left_ms % 1000) * 1000};
-    ::setsockopt(sock, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    ::setsockopt(sock, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    int flags = ::fcntl(sock, F_GETFL);
+    if (flags < 0 || ::fcntl(sock, F_SETFL, flags | O_NONBLOCK) < 0) return nullptr;
     SslPtr ssl(::SSL_new(tls_));
-    if (!ssl || ::SSL_set_fd(ssl.get(), sock) != 1 || ::SSL_accept(ssl.get()) != 1) return nullptr;
-    timeval rw{kReadTimeoutS, 0};
-    ::setsockopt(sock, SOL_SOCKET, SO_RCVTIMEO, &rw, sizeof rw);
-    ::setsockopt(sock, SOL_SOCKET, SO_SNDTIMEO, &rw, sizeof rw);
-    return ssl;
+    if (!ssl || ::SSL_set_fd(ssl.get(), sock) != 1) return nullptr;
+    auto deadline = t_current.accepted + kHeadDeadline;
+    for (;;) {
+      int r = ::SSL_accept(ssl.get());
+      if (r == 1) return ssl;
+      int err = ::SSL_get_error(ssl.get(), r);
+      short ev = err == SSL_ERROR_WANT_READ ? POLLIN : err == SSL_ERROR_WANT_WRITE ? POLLOUT : 0;
+      int left = ms_until(deadline, kReadTimeoutS);
+      if (!ev || left <= 0 || !wait_fd(sock, ev, left)) {
+        ::ERR_clear_error();
+        return nullptr;
+      }
+    }
   }
 
   SSL_CTX* tls_ = nullptr;
@@ -402,10 +422,7 @@ struct Server::Impl {
         throw RpcError(413, fmt::format("request body of {} bytes is over the limit of {} bytes",
                                         length, kMaxBodyBytes));
       t_current.route = found;
-      // Replies are not compressed: Debian's httplib would compress with Brotli at its
-      // slowest level whenever a browser accepts it (17 s for a list of 10,000 jobs,
-      // against 0.16 s sent as it is). The request is httplib's own, not const.
-      const_cast<httplib::Request&>(req).headers.erase("Accept-Encoding");
+      drop_headers(req);
       return httplib::Server::HandlerResponse::Unhandled;
     } catch (const RpcError& e) {
       reply_error(res, e);
@@ -413,6 +430,18 @@ struct Server::Impl {
       reply_error(res, 500, e.what());
     }
     return httplib::Server::HandlerResponse::Handled;
+  }
+
+  // Removes what would make httplib rework a reply (the request is httplib's own, not
+  // const): Accept-Encoding, since Debian's httplib compresses with Brotli at its slowest
+  // level whenever a browser accepts it (17 s for a list of 10,000 jobs, against 0.16 s
+  // sent as it is); Range, since it applies any number of ranges to any reply (2,700
+  // ranges of a 145 KB file would build 390 MB), and no client of ours needs one.
+  static void drop_headers(const httplib::Request& req) {
+    auto& r = const_cast<httplib::Request&>(req);
+    r.headers.erase("Accept-Encoding");
+    r.headers.erase("Range");
+    r.ranges.clear();  // parsed from Range before any handler runs
   }
 
   static std::string token_of(const httplib::Request& req) {
@@ -430,7 +459,7 @@ struct Server::Impl {
   }
 
   static void serve_file(const httplib::Request& req, const File& f, httplib::Response& res) {
-    const_cast<httplib::Request&>(req).headers.erase("Accept-Encoding");  // as in pre_route
+    drop_headers(req);
     if (!f.location.empty()) {
       res.set_redirect(f.location);
       return;

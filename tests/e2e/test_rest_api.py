@@ -981,6 +981,24 @@ def test_tls(e2e: E2E, build_dir):
         finally:
             conn.close()
         assert "https://0.0.0.0" in c.log()
+        # A client that sends its handshake one byte a second is dropped when the
+        # request's 10 s head deadline has passed, not held for as long as it trickles.
+        import socket
+        hello = bytes.fromhex("16030100c8010000c40303") + bytes(200)
+        t0 = time.monotonic()
+        with socket.create_connection(("127.0.0.1", c.rest_port), timeout=30) as s:
+            try:
+                for b in hello:
+                    s.send(bytes([b]))
+                    time.sleep(1)
+                    if time.monotonic() - t0 > 25:
+                        break
+                s.settimeout(10)
+                closed = s.recv(1) == b""
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+        took = time.monotonic() - t0
+        assert closed and took < 16, f"a trickling TLS handshake held its connection {took:.0f} s"
     finally:
         c.stop()
     bad = c.settings | {"RestTLSKeyFile": other}
@@ -989,3 +1007,35 @@ def test_tls(e2e: E2E, build_dir):
                        text=True, timeout=30)
     assert r.returncode != 0 and f"cannot load the private key {other} for the certificate {cert}" in r.stderr \
         and "mismatch" in r.stderr, r.stderr
+
+
+def test_range_requests_are_ignored(api: Api, tokens: Tokens):
+    """httplib would apply any number of byte ranges to any reply (memory grows with
+    their count): Range is ignored, the whole reply is sent."""
+    many = "bytes=" + ",".join(["0-"] * 1000)
+    for path, token in (("/openapi.json", None), ("/v1/partitions", tokens.root)):
+        r = api.raw("GET", path, token, headers={"Range": many})
+        assert r.status == 200 and r.json is not None, (path, r)
+        full = api.raw("GET", path, token)
+        assert r.text == full.text, path
+
+
+def test_webroot_must_be_roots(e2e: E2E, build_dir, test_user):
+    """The console runs with the token of whoever logs in: a WebRoot file another user
+    could change would be that user's script in root's session. fschedctld refuses it."""
+    web = e2e.jobs_dir.parent / "bad-web"
+    web.mkdir(parents=True, exist_ok=True)
+    os.chmod(web, 0o755)
+    (web / "index.html").write_text("<!doctype html>")
+    os.chmod(web / "index.html", 0o644)
+    pw = pwd.getpwnam(test_user)
+    os.chown(web / "index.html", pw.pw_uid, pw.pw_gid)
+    c = Cluster(build_dir, e2e.jobs_dir.parent / "bad-web-cluster", nodes=1, WebRoot=web)
+    r = subprocess.run([str(build_dir / "src/ctld/fschedctld"), "-D"], env=c.env, capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode != 0 and f"WebRoot: {web}/index.html must be owned by uid 0" in r.stderr, r.stderr
+    os.chown(web / "index.html", 0, 0)
+    os.chmod(web / "index.html", 0o600)
+    r = subprocess.run([str(build_dir / "src/ctld/fschedctld"), "-D"], env=c.env, capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode != 0 and "is not readable by all" in r.stderr, r.stderr
