@@ -56,23 +56,13 @@ Controller::Controller(proto::Config cfg, std::unique_ptr<NodeClient> node_rpc)
   for (auto& [name, d] : store_.nodes()) {
     auto it = nodes_.find(name);
     if (it == nodes_.end()) continue;  // a node no longer in fsched.conf
-    Node& n = it->second;
-    if (d.down) {
-      n.down = true;
-      n.reason = d.reason;
-      n.down_time = d.down_time;
-      n.down_user = d.down_user;
+    static_cast<NodeAdmin&>(it->second) = d;
+    if (d.down)
       spdlog::info("node {}: DOWN since {} ({})", name, proto::format_timestamp(d.down_time),
                    d.reason);
-    }
-    if (d.drain) {
-      n.drain = true;
-      n.drain_reason = d.drain_reason;
-      n.drain_user = d.drain_user;
-      n.drain_time = d.drain_time;
+    if (d.drain)
       spdlog::info("node {}: DRAIN since {} by {} ({})", name,
                    proto::format_timestamp(d.drain_time), d.drain_user, d.drain_reason);
-    }
   }
   // Resources held by jobs that were running when the controller stopped.
   for (auto& [id, j] : jobs_) {

@@ -77,14 +77,7 @@ void Controller::check_nodes(double now) {
 }
 
 void Controller::persist(const Node& n) {
-  store_.put_node(n.name, NodeAdmin{.down = n.down,
-                                    .reason = n.reason,
-                                    .down_time = n.down_time,
-                                    .down_user = n.down_user,
-                                    .drain = n.drain,
-                                    .drain_reason = n.drain_reason,
-                                    .drain_user = n.drain_user,
-                                    .drain_time = n.drain_time});
+  store_.put_node(n.name, static_cast<const NodeAdmin&>(n));
 }
 
 void Controller::set_down(Node& n, const std::string& reason, double now, const std::string& user) {

@@ -118,16 +118,10 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(
     generation, recovery_restore, history, suspended_in_place, suspend_time, suspended_by,
     num_retained)
 
-struct Node {
-  std::string name, addr;
-  uint16_t port = 0;
-  int cpus = 0;
-  uint64_t real_memory = 0, free_memory = 0;  // MiB
-  double load = 0;
-  // Utilization ratios (0..1) over the last heartbeat interval, for CRIU_LoadAware:
-  // busy CPU time, CPU time waiting for I/O, memory in use (1 - MemAvailable/MemTotal).
-  double cpu_util = 0, io_wait = 0, mem_util = 0;
-  double last_heartbeat = 0;  // Unix time; 0 = never registered
+// What of a Node is persisted (the Store's nodes table), its base: whether it is DOWN
+// or DRAIN, why, by whom and since when (rows written before DRAIN existed load with
+// drain false).
+struct NodeAdmin {
   // Set DOWN (persisted with reason and down_time): by the controller after
   // SlurmdTimeout + requeue_timeout of silence (reason kNotResponding), or by an
   // administrator. No job is placed on a DOWN node.
@@ -141,6 +135,20 @@ struct Node {
   bool drain = false;
   std::string drain_reason, drain_user;
   double drain_time = 0;  // Unix time
+};
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(NodeAdmin, down, reason, down_time, down_user,
+                                                drain, drain_reason, drain_user, drain_time)
+
+struct Node : NodeAdmin {
+  std::string name, addr;
+  uint16_t port = 0;
+  int cpus = 0;
+  uint64_t real_memory = 0, free_memory = 0;  // MiB
+  double load = 0;
+  // Utilization ratios (0..1) over the last heartbeat interval, for CRIU_LoadAware:
+  // busy CPU time, CPU time waiting for I/O, memory in use (1 - MemAvailable/MemTotal).
+  double cpu_util = 0, io_wait = 0, mem_util = 0;
+  double last_heartbeat = 0;  // Unix time; 0 = never registered
   // Silent for SlurmdTimeout (and not yet DOWN): its jobs stay RUNNING. Kept to log
   // the transitions; the node list computes it from last_heartbeat.
   bool not_responding = false;
@@ -156,20 +164,6 @@ struct Node {
   std::set<int64_t> report_ops;
   std::map<int64_t, int64_t> report_runs;
 };
-
-// What of a Node is persisted (the Store's nodes table): whether it is DOWN or DRAIN,
-// why, by whom and since when (rows written before DRAIN existed load with drain false).
-struct NodeAdmin {
-  bool down = false;
-  std::string reason;
-  double down_time = 0;
-  std::string down_user;
-  bool drain = false;
-  std::string drain_reason, drain_user;
-  double drain_time = 0;
-};
-NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(NodeAdmin, down, reason, down_time, down_user,
-                                                drain, drain_reason, drain_user, drain_time)
 
 // The reason of a node the controller set DOWN for its silence (Slurm's words). Only
 // a node DOWN for this reason returns to service by itself (ReturnToService = 1).
