@@ -25,7 +25,7 @@ mkdir -p "$tmp/js" "$tmp/vendor"
 install -m 0644 "$web"/js/*.js "$tmp/js/"
 install -m 0644 "$uplot/uPlot.esm.js" "$uplot/uPlot.min.css" "$web/node_modules/uplot/LICENSE" "$tmp/vendor/"
 # The OpenAPI document: fschedctld serves WebRoot/openapi.json at /openapi.json.
-if [[ -f $repo/docs/openapi.json ]]; then install -m 0644 "$repo/docs/openapi.json" "$tmp/"; fi
+install -m 0644 "$repo/docs/openapi.json" "$tmp/"
 chmod 0755 "$tmp" "$tmp/js" "$tmp/vendor"
 rm -rf "$out.old"
 [[ -e $out ]] && mv "$out" "$out.old"

@@ -3,6 +3,8 @@
 
 #include <unistd.h>
 
+#include <cerrno>
+#include <cstddef>
 #include <utility>
 
 namespace fsched {
@@ -31,5 +33,19 @@ class UniqueFd {
  private:
   int fd_ = -1;
 };
+
+// Reads from fd into buf until n bytes are in or the file ends, retrying EINTR (read(2)).
+// Returns the bytes read, or -1 with errno set.
+inline ssize_t read_up_to(int fd, char* buf, std::size_t n) {
+  std::size_t got = 0;
+  while (got < n) {
+    ssize_t r = ::read(fd, buf + got, n - got);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) return -1;
+    if (r == 0) break;
+    got += static_cast<std::size_t>(r);
+  }
+  return static_cast<ssize_t>(got);
+}
 
 }  // namespace fsched

@@ -191,14 +191,11 @@ void Controller::save(const Checkpoint& c) { store_.put_checkpoint(c); }
 
 void Controller::add_routes(proto::Server& s) {
   add_user_routes(s);
-  auto bind = [this](auto fn) {
-    return [this, fn](const proto::Request& r) { return (this->*fn)(r); };
-  };
-  s.route("POST", "/v1/token", bind(&Controller::issue_token));
-  s.route("POST", "/v1/nodes/register", bind(&Controller::node_heartbeat));
-  s.route("POST", "/v1/nodes/heartbeat", bind(&Controller::node_heartbeat));
-  s.route("POST", "/v1/nodes/job_ended", bind(&Controller::node_job_ended));
-  s.route("POST", "/v1/nodes/op_done", bind(&Controller::node_op_done));
+  s.route("POST", "/v1/token", handler(&Controller::issue_token));
+  s.route("POST", "/v1/nodes/register", handler(&Controller::node_heartbeat));
+  s.route("POST", "/v1/nodes/heartbeat", handler(&Controller::node_heartbeat));
+  s.route("POST", "/v1/nodes/job_ended", handler(&Controller::node_job_ended));
+  s.route("POST", "/v1/nodes/op_done", handler(&Controller::node_op_done));
 }
 
 }  // namespace fsched::ctld

@@ -76,6 +76,10 @@ class Controller {
   using Lock = std::unique_lock<std::mutex>;
 
   // routes
+  // A route's handler: member fn of this controller.
+  proto::Server::Handler handler(json (Controller::*fn)(const proto::Request&)) {
+    return [this, fn](const proto::Request& r) { return (this->*fn)(r); };
+  }
   // The routes people and their tools call, on both servers.
   void add_user_routes(proto::Server& s);
   // POST /v1/token {"lifespan": seconds, "username": name} (MUNGE only: scontrol token):

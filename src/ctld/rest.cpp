@@ -78,15 +78,9 @@ std::string read_web_file(const std::filesystem::path& path) {
     fail("WebRoot: {} is {} bytes, over the limit of {}", path.string(), st.st_size,
          kMaxWebFileBytes);
   std::string out(static_cast<size_t>(st.st_size), '\0');
-  size_t got = 0;
-  while (got < out.size()) {
-    ssize_t n = ::read(fd.get(), out.data() + got, out.size() - got);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) fail_errno("WebRoot: cannot read {}", path.string());
-    if (n == 0) break;
-    got += static_cast<size_t>(n);
-  }
-  out.resize(got);
+  ssize_t got = read_up_to(fd.get(), out.data(), out.size());
+  if (got < 0) fail_errno("WebRoot: cannot read {}", path.string());
+  out.resize(static_cast<size_t>(got));
   return out;
 }
 
@@ -216,36 +210,33 @@ nlohmann::json Controller::checkpoint_stats(const proto::Request&) {
 }
 
 void Controller::add_user_routes(proto::Server& s) {
-  auto bind = [this](auto fn) {
-    return [this, fn](const proto::Request& r) { return (this->*fn)(r); };
-  };
   s.route("GET", "/v1/ping", [this](const proto::Request&) {
     return json{{"cluster", cfg_.cluster_name}, {"time", now_s()}};
   });
-  s.route("POST", "/v1/jobs", bind(&Controller::submit));
+  s.route("POST", "/v1/jobs", handler(&Controller::submit));
   s.route_raw("GET", "/v1/jobs", [this](const proto::Request& r) { return list_jobs(r); });
-  s.route("GET", "/v1/jobs/{}", bind(&Controller::show_job));
-  s.route("POST", "/v1/jobs/{}/signal", bind(&Controller::signal_job));
-  s.route("POST", "/v1/jobs/{}/cancel", bind(&Controller::cancel_job));
+  s.route("GET", "/v1/jobs/{}", handler(&Controller::show_job));
+  s.route("POST", "/v1/jobs/{}/signal", handler(&Controller::signal_job));
+  s.route("POST", "/v1/jobs/{}/cancel", handler(&Controller::cancel_job));
   s.route("POST", "/v1/jobs/{}/hold",
           [this](const proto::Request& r) { return hold_job(r, true); });
   s.route("POST", "/v1/jobs/{}/release",
           [this](const proto::Request& r) { return hold_job(r, false); });
-  s.route("POST", "/v1/jobs/{}/requeue", bind(&Controller::requeue_job));
+  s.route("POST", "/v1/jobs/{}/requeue", handler(&Controller::requeue_job));
   s.route("POST", "/v1/jobs/{}/checkpoint",
           [this](const proto::Request& r) { return checkpoint_job(r, CheckpointSource::Manual); });
   s.route("POST", "/v1/jobs/{}/vacate",
           [this](const proto::Request& r) { return checkpoint_job(r, CheckpointSource::Vacate); });
-  s.route("POST", "/v1/jobs/{}/restart", bind(&Controller::restart_job));
-  s.route("POST", "/v1/jobs/{}/suspend", bind(&Controller::suspend_job));
-  s.route("POST", "/v1/jobs/{}/resume", bind(&Controller::resume_job));
-  s.route("POST", "/v1/jobs/{}/update", bind(&Controller::update_job));
-  s.route("GET", "/v1/jobs/{}/checkpoints", bind(&Controller::list_checkpoints));
-  s.route("DELETE", "/v1/jobs/{}/checkpoints/{}", bind(&Controller::delete_checkpoint));
-  s.route("GET", "/v1/checkpoints/stats", bind(&Controller::checkpoint_stats));
-  s.route("GET", "/v1/nodes", bind(&Controller::list_nodes));
-  s.route("POST", "/v1/nodes/{}/update", bind(&Controller::update_node));
-  s.route("GET", "/v1/partitions", bind(&Controller::list_partitions));
+  s.route("POST", "/v1/jobs/{}/restart", handler(&Controller::restart_job));
+  s.route("POST", "/v1/jobs/{}/suspend", handler(&Controller::suspend_job));
+  s.route("POST", "/v1/jobs/{}/resume", handler(&Controller::resume_job));
+  s.route("POST", "/v1/jobs/{}/update", handler(&Controller::update_job));
+  s.route("GET", "/v1/jobs/{}/checkpoints", handler(&Controller::list_checkpoints));
+  s.route("DELETE", "/v1/jobs/{}/checkpoints/{}", handler(&Controller::delete_checkpoint));
+  s.route("GET", "/v1/checkpoints/stats", handler(&Controller::checkpoint_stats));
+  s.route("GET", "/v1/nodes", handler(&Controller::list_nodes));
+  s.route("POST", "/v1/nodes/{}/update", handler(&Controller::update_node));
+  s.route("GET", "/v1/partitions", handler(&Controller::list_partitions));
 }
 
 void Controller::add_rest_routes(proto::Server& s) {

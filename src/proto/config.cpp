@@ -432,7 +432,7 @@ Config parse_config(std::string_view text, const std::filesystem::path& file) {
       c.slurmd_pid_file = v;
     else if (lk == "fschedckptpath")
       c.ckpt_tool = v;
-    // The REST API and web console (docs/rest.md): plain HTTP, so loopback only.
+    // The REST API and web console (docs/rest.md): loopback only unless TLS is set.
     else if (lk == "restport")
       c.rest_port = static_cast<uint16_t>(to_int(at, key, v, 1, 65535));
     else if (lk == "restaddr")
@@ -501,7 +501,7 @@ Config parse_config(std::string_view text, const std::filesystem::path& file) {
       if (auto it = seen.find(k); it != seen.end())
         c.warnings.push_back(fmt::format("{}:{}: {}: has no effect without RestPort", file.string(),
                                          it->second, name));
-  } else if (!seen.contains("authalttypes")) {
+  } else if (c.auth_alt_types.empty()) {
     at.line = seen["restport"];
     at.error("RestPort = {}: the REST API authenticates with JWT: set AuthAltTypes = auth/jwt",
              c.rest_port);

@@ -105,14 +105,10 @@ std::string load_or_create_key(const std::filesystem::path& file) {
     fail("JWT key {}: {} bytes; an HS256 key must hold {} to {} bytes", file.string(), st.st_size,
          kMinKeyBytes, kMaxKeyBytes);
   std::string key(static_cast<size_t>(st.st_size), '\0');
-  size_t got = 0;
-  while (got < key.size()) {
-    ssize_t n = ::read(fd.get(), key.data() + got, key.size() - got);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) fail_errno("cannot read the JWT key {}", file.string());
-    if (n == 0) fail("JWT key {}: shorter than its size", file.string());
-    got += static_cast<size_t>(n);
-  }
+  ssize_t got = read_up_to(fd.get(), key.data(), key.size());
+  if (got < 0) fail_errno("cannot read the JWT key {}", file.string());
+  if (static_cast<size_t>(got) != key.size())
+    fail("JWT key {}: shorter than its size", file.string());
   return key;
 }
 
