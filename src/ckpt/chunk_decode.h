@@ -60,6 +60,12 @@ class ChunkClaims {
     if (!error_) error_ = std::move(e);
     next_.store(end_, std::memory_order_relaxed);
   }
+  // The index of the chunk whose error is kept (the lowest that failed), or SIZE_MAX
+  // if none failed; read it once the threads are done.
+  std::size_t first_failed() const {
+    std::lock_guard lk(mu_);
+    return bad_;
+  }
   // The error kept, or null; read it once the threads are done.
   std::exception_ptr error() const {
     std::lock_guard lk(mu_);

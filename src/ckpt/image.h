@@ -68,6 +68,7 @@
 #include <filesystem>
 #include <memory>
 #include <span>
+#include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -305,5 +306,20 @@ class ImageReader {
   // is empty: then pages.img is not opened at all).
   virtual std::unique_ptr<PageReader> pages() const = 0;
 };
+
+// One image for verify_images(): its reader, and what its errors are prefixed with
+// ("parent image DIR (of DIR)"), nothing if empty.
+struct ImageToVerify {
+  const ImageReader* reader;
+  std::string context;
+};
+
+// ImageReader::verify_chunks() of every image in `images` (readers made by
+// ImageReader::open), their chunks hashed by one pool of up to kVerifyThreads threads:
+// a chain of small images verifies at the speed of one large one. Throws what
+// verify_chunks() throws for the first image, in the given order, that fails (its
+// context prefixed, as an ImageError, when there is one); images after it may be
+// left unverified.
+void verify_images(std::span<const ImageToVerify> images);
 
 }  // namespace fsched::ckpt

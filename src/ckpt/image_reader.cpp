@@ -49,75 +49,61 @@ class ImageReaderImpl final : public ImageReader {
   const fs::path& path() const override { return dir_; }
 
   void verify_chunks() const override {
+    const ImageToVerify one{this, {}};
+    verify_images({&one, 1});
+  }
+
+  // verify_images()'s three steps for this image. begin_verify opens (and maps)
+  // pages.img; the chunks [0, complete) that lie wholly inside it are checked one by
+  // one with check_chunk (from any thread); end_verify reports a truncation or trailing
+  // bytes, or keeps the file for pages() when all is well.
+  struct Verification {
+    std::shared_ptr<const PagesFile> file;
+    std::size_t complete = 0;  // chunks wholly inside the file
+    std::uint64_t bytes = 0;   // stored bytes of those chunks
+  };
+
+  Verification begin_verify() const {
     verified_ = false;
     verified_file_.reset();
-    auto shared_file = std::make_shared<const PagesFile>(pages_path_);
-    const PagesFile& file = *shared_file;
+    Verification v;
+    v.file = std::make_shared<const PagesFile>(pages_path_);
     const auto& chunks = table_->chunks;
-    const std::uint64_t file_size = file.size();
     // Chunks wholly inside the file are hashed; the first one that is not (if any) is
     // reported as a truncation, but only once all chunks before it are known good.
-    std::size_t complete = 0;
-    while (complete < chunks.size() &&
-           chunks[complete].offset + chunks[complete].stored <= file_size)
-      ++complete;
+    const std::uint64_t file_size = v.file->size();
+    while (v.complete < chunks.size() &&
+           chunks[v.complete].offset + chunks[v.complete].stored <= file_size)
+      ++v.complete;
+    if (v.complete) v.bytes = chunks[v.complete - 1].offset + chunks[v.complete - 1].stored;
+    return v;
+  }
 
-    ChunkClaims claims(0, complete);
-    auto work = [&] {
-      try {
-        std::unique_ptr<XXH3_state_t, XXH3StateFree> state(XXH3_createState());
-        if (!state) throw std::bad_alloc();
-        auto scratch = std::make_unique_for_overwrite<std::byte[]>(kIoBlockBytes);  // for pread
-        while (std::optional<std::size_t> claimed = claims.claim()) {
-          std::size_t i = *claimed;
-          try {
-            const ChunkInfo& c = chunks[i];
-            // The threads' interleaved chunks defeat the kernel's sequential readahead
-            // on a file not in the page cache (an image written with O_DIRECT): ask for
-            // the chunks kVerifyPrefetchChunks ahead explicitly (from the disk at ~1 GB/s
-            // instead of ~0.5).
-            if (std::size_t a = i + kVerifyPrefetchChunks; a < complete)
-              file.prefetch(chunks[a].offset, chunks[a].stored);
-            XXH3_64bits_reset(state.get());
-            std::size_t got = file.hash(c.offset, c.stored, state.get(), scratch.get());
-            if (got < c.stored) fail_truncated(i, c.offset + got);  // shrunk meanwhile
-            std::uint64_t h = XXH3_64bits_digest(state.get());
-            if (h != c.xxh3) fail_checksum(pages_path_, i, c, h);
-          } catch (...) {
-            claims.failed(i, std::current_exception());
-          }
-        }
-      } catch (...) {  // allocation failure: report it unless a chunk error comes first
-        claims.failed_outside(std::current_exception());
-      }
-    };
+  void check_chunk(const Verification& v, std::size_t i, XXH3_state_t* state,
+                   std::byte* scratch) const {
+    const auto& chunks = table_->chunks;
+    const ChunkInfo& c = chunks[i];
+    // The threads' interleaved chunks defeat the kernel's sequential readahead on a
+    // file not in the page cache (an image written with O_DIRECT): ask for the chunks
+    // kVerifyPrefetchChunks ahead explicitly (from the disk at ~1 GB/s instead of ~0.5).
+    if (std::size_t a = i + kVerifyPrefetchChunks; a < v.complete)
+      v.file->prefetch(chunks[a].offset, chunks[a].stored);
+    XXH3_64bits_reset(state);
+    std::size_t got = v.file->hash(c.offset, c.stored, state, scratch);
+    if (got < c.stored) fail_truncated(i, c.offset + got);  // shrunk meanwhile
+    std::uint64_t h = XXH3_64bits_digest(state);
+    if (h != c.xxh3) fail_checksum(pages_path_, i, c, h);
+  }
 
-    // One thread per usable CPU up to kVerifyThreads, each with kVerifyBytesPerThread
-    // stored bytes at least (starting a thread costs more than hashing a few MiB).
-    const std::uint64_t to_hash =
-        complete ? chunks[complete - 1].offset + chunks[complete - 1].stored : 0;
-    std::size_t nthreads = static_cast<std::size_t>(
-        std::min<std::uint64_t>({kVerifyThreads, usable_cpus(), to_hash / kVerifyBytesPerThread}));
-    std::vector<std::thread> helpers;
-    for (std::size_t t = 1; t < nthreads; ++t) {
-      try {
-        helpers.emplace_back(work);
-      } catch (const std::system_error&) {
-        break;  // cannot start a thread: the others do its share
-      }
-    }
-    work();
-    for (auto& t : helpers) t.join();
-    if (std::exception_ptr e = claims.error()) std::rethrow_exception(e);
-
-    if (complete < chunks.size()) fail_truncated(complete, file_size);
-    if (file_size > table_->file_bytes)
+  void end_verify(Verification&& v) const {
+    if (v.complete < table_->chunks.size()) fail_truncated(v.complete, v.file->size());
+    if (v.file->size() > table_->file_bytes)
       bad_image(
           "{}: trailing bytes after the last chunk: chunk table ends at offset {} but the "
           "file is {} bytes",
-          pages_path_.native(), table_->file_bytes, file_size);
+          pages_path_.native(), table_->file_bytes, v.file->size());
     verified_ = true;
-    verified_file_ = std::move(shared_file);
+    verified_file_ = std::move(v.file);
   }
 
   std::unique_ptr<PageReader> pages() const override {
@@ -146,6 +132,90 @@ class ImageReaderImpl final : public ImageReader {
   // page tables are then already filled.
   mutable std::shared_ptr<const PagesFile> verified_file_;
 };
+
+}  // namespace
+
+void verify_images(std::span<const ImageToVerify> images) {
+  // An error of image k, prefixed with its context.
+  auto rethrow = [&](std::size_t k, std::exception_ptr e) {
+    if (images[k].context.empty()) std::rethrow_exception(e);
+    try {
+      std::rethrow_exception(e);
+    } catch (const Error& err) {
+      throw ImageError(fmt::format("{}: {}", images[k].context, err.what()));
+    }
+  };
+  std::vector<const ImageReaderImpl*> impl;
+  std::vector<ImageReaderImpl::Verification> plan;
+  // first[k]: the index of image k's chunk 0 among all the images' checked chunks, so
+  // that one ChunkClaims orders every failure: by image, then by chunk.
+  std::vector<std::size_t> first{0};
+  std::uint64_t to_hash = 0;
+  for (std::size_t k = 0; k < images.size(); ++k) {
+    impl.push_back(&dynamic_cast<const ImageReaderImpl&>(*images[k].reader));
+    try {
+      plan.push_back(impl[k]->begin_verify());
+    } catch (...) {
+      rethrow(k, std::current_exception());
+    }
+    first.push_back(first.back() + plan[k].complete);
+    to_hash += plan[k].bytes;
+  }
+
+  ChunkClaims claims(0, first.back());
+  auto work = [&] {
+    try {
+      std::unique_ptr<XXH3_state_t, XXH3StateFree> state(XXH3_createState());
+      if (!state) throw std::bad_alloc();
+      auto scratch = std::make_unique_for_overwrite<std::byte[]>(kIoBlockBytes);  // for pread
+      std::size_t k = 0;
+      while (std::optional<std::size_t> claimed = claims.claim()) {
+        std::size_t g = *claimed;
+        while (g >= first[k + 1]) ++k;  // claims rise: the image only moves forward
+        try {
+          impl[k]->check_chunk(plan[k], g - first[k], state.get(), scratch.get());
+        } catch (...) {
+          claims.failed(g, std::current_exception());
+        }
+      }
+    } catch (...) {  // allocation failure: report it unless a chunk error comes first
+      claims.failed_outside(std::current_exception());
+    }
+  };
+
+  // One thread per usable CPU up to kVerifyThreads, each with kVerifyBytesPerThread
+  // stored bytes at least (starting a thread costs more than hashing a few MiB). One
+  // pool for all the images: a chain of small incrementals keeps both threads busy
+  // instead of starting and joining a helper per link.
+  std::size_t nthreads = static_cast<std::size_t>(
+      std::min<std::uint64_t>({kVerifyThreads, usable_cpus(), to_hash / kVerifyBytesPerThread}));
+  std::vector<std::thread> helpers;
+  for (std::size_t t = 1; t < nthreads; ++t) {
+    try {
+      helpers.emplace_back(work);
+    } catch (const std::system_error&) {
+      break;  // cannot start a thread: the others do its share
+    }
+  }
+  work();
+  for (auto& t : helpers) t.join();
+
+  // In image order: a bad chunk of image k (the lowest failing index is kept, so it
+  // is the first in the stream of the first image that has one), else its truncation
+  // or trailing bytes.
+  std::exception_ptr e = claims.error();
+  if (e && claims.first_failed() == SIZE_MAX) std::rethrow_exception(e);  // no chunk's
+  for (std::size_t k = 0; k < images.size(); ++k) {
+    if (e && claims.first_failed() < first[k + 1]) rethrow(k, e);
+    try {
+      impl[k]->end_verify(std::move(plan[k]));
+    } catch (...) {
+      rethrow(k, std::current_exception());
+    }
+  }
+}
+
+namespace {
 
 void check_integers_only(const json& m, const fs::path& mpath) {
   std::vector<const json*> todo{&m};

@@ -40,13 +40,17 @@ class ParentChain {
  public:
   // Opens every link below `m`, the manifest of the image in `dir`: each parent must
   // be a directory holding an image signed with `key` (ImageReader::open), whose
-  // chunks all verify (verify_chunks), whose image_id is the one its child names, and
-  // which is an incremental image, a full image or a pre-dump; a full image or a
-  // pre-dump ends the chain. A parent's `dir` is resolved against its child's parent
+  // image_id is the one its child names, which is an incremental image, a full image
+  // or a pre-dump (a full image or a pre-dump ends the chain), and whose chunks all
+  // verify. The chunks of `head` (the reader of the image in `dir`, unless null) and
+  // of every link are verified together once all the links are open
+  // (verify_images). A parent's `dir` is resolved against its child's parent
   // directory when relative. Throws ImageError naming the link (missing, replaced by
-  // another image, damaged, a cycle or more than kMaxChainLinks links).
+  // another image, damaged, a cycle or more than kMaxChainLinks links), or what
+  // verify_chunks() throws for `head`.
   static std::unique_ptr<ParentChain> open(const std::filesystem::path& dir, const Manifest& m,
-                                           std::span<const std::byte> key);
+                                           std::span<const std::byte> key,
+                                           const ImageReader* head = nullptr);
 
   // Writes into host process `host_pid`, process `pid` of the job, the pages of
   // `ranges` ({start, end} byte addresses, page aligned, ascending, not overlapping) as

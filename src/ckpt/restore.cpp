@@ -92,12 +92,14 @@ RestoreStats restore(const RestoreOptions& o) {
   if (m.processes.empty()) fail_image("{}: the image holds no process", o.dir.string());
   validate_manifest(m, reader->manifest().value("pages_logical_bytes", std::uint64_t{0}));
   check_cpu(m);
-  reader->verify_chunks();
-  // Every link of an incremental image's chain, verified before any process exists.
+  // The image's pages and every link of an incremental image's chain, verified before
+  // any process exists.
   std::unique_ptr<ParentChain> chain;
   if (m.kind == "incremental")
-    chain = ParentChain::open(o.dir, m, load_image_key(image_key_path(o.key_file)));
-  else if (m.kind != "full")
+    chain = ParentChain::open(o.dir, m, load_image_key(image_key_path(o.key_file)), reader.get());
+  else if (m.kind == "full")
+    reader->verify_chunks();
+  else
     fail_image("{}: unknown image kind \"{}\"", o.dir.string(), m.kind);
   check_files(m);
   check_deleted_files(m);

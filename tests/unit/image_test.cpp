@@ -40,6 +40,8 @@ namespace fs = std::filesystem;
 using json = nlohmann::json;
 using ::testing::AllOf;
 using ::testing::HasSubstr;
+using ::testing::Not;
+using ::testing::StartsWith;
 
 constexpr std::size_t kChunk = kChunkRawBytes;
 constexpr std::size_t kAll = std::numeric_limits<std::size_t>::max();
@@ -855,6 +857,73 @@ TEST_F(CorruptPages, VerifyReportsBadChunkBeforeTruncation) {
   fs::resize_file(pages(), offset(3) + 10);
   EXPECT_THAT(error_of([&] { ImageReader::open(dir_)->verify_chunks(); }),
               AllOf(HasSubstr("chunk 1 "), HasSubstr("checksum mismatch")));
+}
+
+// verify_images: several images' chunks in one pool, the first failing image (in the
+// given order) reported with its context, whatever the threads' timing.
+class VerifyImages : public CorruptPages {
+ protected:
+  void SetUp() override {
+    CorruptPages::SetUp();
+    for (int i = 0; i < 3; ++i) {
+      dirs_.push_back(tmp_.path() / fmt::format("link{}", i));
+      write_image(dirs_.back(), random_bytes(2 * kChunk + 4096 * i, 20 + i));
+    }
+  }
+  // verify_images over dir_ (no context) then the three links ("link I").
+  std::string verify_all() {
+    std::vector<std::unique_ptr<ImageReader>> readers;
+    std::vector<ImageToVerify> all;
+    readers.push_back(ImageReader::open(dir_));
+    for (auto& d : dirs_) readers.push_back(ImageReader::open(d));
+    for (std::size_t i = 0; i < readers.size(); ++i)
+      all.push_back({readers[i].get(), i ? fmt::format("link {}", i - 1) : std::string()});
+    return error_of([&] { verify_images(all); });
+  }
+  fs::path link_pages(std::size_t i) const { return dirs_[i] / "pages.img"; }
+  std::uint64_t link_offset(std::size_t i, std::size_t chunk) const {
+    return read_manifest(dirs_[i])["chunks"][chunk]["offset"].get<std::uint64_t>();
+  }
+  std::vector<fs::path> dirs_;
+};
+
+TEST_F(VerifyImages, AllGoodThenReadableWithoutAnotherCheck) {
+  std::vector<std::unique_ptr<ImageReader>> readers;
+  std::vector<ImageToVerify> all;
+  for (auto& d : dirs_) readers.push_back(ImageReader::open(d));
+  for (auto& r : readers) all.push_back({r.get(), "x"});
+  verify_images(all);
+  // pages() hands out raw chunks of a verified image from the verified mapping.
+  std::vector<std::byte> out(2 * kChunk);
+  readers[0]->pages()->read(out);
+  EXPECT_TRUE(same(out, random_bytes(2 * kChunk, 20)));
+}
+
+TEST_F(VerifyImages, BadChunkOfALinkNamesTheLinkAndTheChunk) {
+  flip_bit(link_pages(1), link_offset(1, 1) + 77);
+  for (int i = 0; i < 10; ++i)  // whatever the timing of the verifier's threads
+    EXPECT_THAT(verify_all(), AllOf(StartsWith("link 1: "), HasSubstr("chunk 1 "),
+                                    HasSubstr("checksum mismatch")));
+}
+
+TEST_F(VerifyImages, FirstImageInOrderWinsOverAnEarlierChunkIndex) {
+  flip_bit(link_pages(2), link_offset(2, 0) + 1);  // chunk 0 of the last link
+  flip_bit(link_pages(0), link_offset(0, 1) + 1);  // chunk 1 of the first link
+  for (int i = 0; i < 10; ++i)
+    EXPECT_THAT(verify_all(), AllOf(StartsWith("link 0: "), HasSubstr("chunk 1 ")));
+}
+
+TEST_F(VerifyImages, TruncatedHeadBeforeABadLink) {
+  fs::resize_file(pages(), size_of(pages()) - 10);
+  flip_bit(link_pages(0), link_offset(0, 0) + 1);
+  std::string e = verify_all();
+  EXPECT_THAT(e, AllOf(HasSubstr("truncated"), HasSubstr("chunk 4 ")));
+  EXPECT_THAT(e, Not(HasSubstr("link 0")));
+}
+
+TEST_F(VerifyImages, MissingPagesOfALink) {
+  fs::remove(link_pages(2));
+  EXPECT_THAT(verify_all(), AllOf(StartsWith("link 2: "), HasSubstr("No such file")));
 }
 
 // Pages not in the page cache are read with pread(2), cached ones from a mapping; the
