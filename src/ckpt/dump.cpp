@@ -166,17 +166,19 @@ DumpStats pre_dump(const DumpOptions& o) {
   // and the SysV segments are opened now, while their mappings and fds surely exist,
   // and read once the job runs again, so that the dump on this pre-dump stores only
   // their pages written since.
+  // Opened before the reset: a job the dump would refuse (SysV semaphores ...) fails
+  // here without touching its tracking.
   PageHashing hashing;
   const bool hash_vmas = method == TrackMethod::kHash;
-  if (!hash_vmas) {
-    tracking.prepare(procs);
-    tracking.reset_all();
-  }
   std::vector<ShmSource> shm = open_shm(procs);
   std::set<std::string> shm_keys;
   for (const ShmSource& s : shm) shm_keys.insert(s.object.key);
   std::vector<DeletedSource> deleted = open_deleted_files(procs, shm_keys, true);
   SysvSources sysv = open_sysv_shm(procs);
+  if (!hash_vmas) {
+    tracking.prepare(procs);
+    tracking.reset_all();
+  }
   phase("track");
   frozen->thaw();
   st.freeze_ms = ms_since(t_freeze);

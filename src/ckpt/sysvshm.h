@@ -43,7 +43,8 @@ void dump_sysv_shm(std::span<DumpProcess> procs, Manifest& m, ImageWriter& img,
                    PageHashing* hashing = nullptr);
 // The same in two steps, for a pre-dump: the segments listed and attached while the
 // tree is frozen (the attach keeps a segment the job removes meanwhile), their data
-// read while it runs.
+// read while it runs. Meanwhile the job sees one more attach in shm_nattch (IPC_STAT),
+// as it would during a dump were it not frozen.
 struct SysvSource {
   SysvShm segment;  // without runs yet
   std::unique_ptr<SysvAttach> attach;
