@@ -18,14 +18,17 @@
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <random>
 
 #include "ckpt/fsaccess.h"
+#include "ckpt/mem_tracking.h"
 #include "ckpt/memfd.h"
 #include "ckpt/page_hashes.h"
 #include "ckpt/parent_chain.h"
+#include "ckpt/proc.h"
 #include "ckpt/remote.h"
 #include "ckpt/shmem.h"
 #include "common/error.h"
@@ -84,19 +87,54 @@ std::string file_key(dev_t dev, ino_t ino) {
   return fmt::format("{:02x}:{:02x}:{}", major(dev), minor(dev), ino);
 }
 
-void dump_deleted_files(std::span<DumpProcess> procs, Manifest& m, ImageWriter& img,
-                        PageHashing* hashing) {
-  std::vector<std::byte> buf(kIo);
-  auto known = [&](const std::string& key) {
-    for (auto& o : m.shm)
-      if (o.key == key) return true;
-    for (auto& d : m.deleted_files)
-      if (d.key == key) return true;
-    return false;
-  };
-  auto store = [&](const DumpProcess& p, const std::string& key, const std::string& path,
-                   const std::string& source, const std::string& where) {
-    if (known(key)) return;
+namespace {
+
+// The fds of host process `hp` that hold a regular file unlinked while open (the link
+// ends in " (deleted)" and no file has that name and inode): {fd, key, where it was}.
+// For a pre-dump, which does not list fds otherwise; a file the dump would refuse
+// (other hard links) is left to the dump to refuse.
+std::vector<Fd> scan_deleted_fds(pid_t hp, int pid) {
+  std::vector<Fd> out;
+  const std::string dir = fmt::format("/proc/{}/fd", hp);
+  std::error_code ec;
+  for (auto& e : std::filesystem::directory_iterator(dir, ec)) {
+    const std::string self = e.path().string();
+    std::string link;
+    try {
+      link = read_link(self);
+    } catch (const Error&) {
+      continue;  // closed meanwhile (a zombie's, or an engine's handle)
+    }
+    if (!link.ends_with(" (deleted)")) continue;
+    // The engine's own handles in the job's init (mem_tracking.h), not the job's state.
+    if (pid == 1 && is_tracking_handle(link)) continue;
+    struct stat st {
+    }, named{};
+    if (::stat(self.c_str(), &st) < 0 || !S_ISREG(st.st_mode)) continue;
+    if (::stat(link.c_str(), &named) == 0 && named.st_dev == st.st_dev && named.st_ino == st.st_ino)
+      continue;  // its name really ends so
+    const std::string was = link.substr(0, link.size() - std::strlen(" (deleted)"));
+    if (st.st_nlink > 0 && !is_memfd(was)) continue;
+    Fd f;
+    f.fd = std::stoi(e.path().filename().string());
+    f.path = was;
+    f.deleted_key = file_key(st.st_dev, st.st_ino);
+    out.push_back(std::move(f));
+  }
+  if (ec) fail_errno("process {}: cannot list {}", hp, dir);
+  std::sort(out.begin(), out.end(), [](const Fd& a, const Fd& b) { return a.fd < b.fd; });
+  return out;
+}
+
+}  // namespace
+
+std::vector<DeletedSource> open_deleted_files(std::span<DumpProcess> procs,
+                                              const std::set<std::string>& skip, bool scan_fds) {
+  std::vector<DeletedSource> out;
+  std::set<std::string> seen = skip;
+  auto open_one = [&](const DumpProcess& p, const std::string& key, const std::string& path,
+                      const std::string& source, const std::string& where) {
+    if (!seen.insert(key).second) return;
     UniqueFd fd(::open(source.c_str(), O_RDONLY | O_CLOEXEC));
     if (!fd) fail_errno("{}: cannot open the deleted file through {}", where, source);
     struct stat st {};
@@ -114,30 +152,51 @@ void dump_deleted_files(std::span<DumpProcess> procs, Manifest& m, ImageWriter& 
     d.gid = st.st_gid;
     d.size = static_cast<std::uint64_t>(st.st_size);
     d.seals = dump_seals(fd.get(), where);
-    const std::string what = fmt::format("{} ({})", source, path);
-    if (hashing) {
-      d.track = TrackMethod::kHash;
-      append_file_data_hashed(fd.get(), d.key, d.size, d.runs, d.parent_runs, img, buf, *hashing,
-                              what);
-    } else {
-      d.runs = append_file_data(fd.get(), d.size, img, buf, what);
-    }
-    m.deleted_files.push_back(std::move(d));
+    out.push_back({std::move(d), std::move(fd), fmt::format("{} ({})", source, path)});
   };
   for (auto& p : procs) {
     if (p.zombie) continue;
-    for (auto& f : p.rec.fds)
+    const std::vector<Fd> scanned =
+        scan_fds ? scan_deleted_fds(p.host_pid, p.rec.pid) : std::vector<Fd>{};
+    for (auto& f : scan_fds ? scanned : p.rec.fds)
       if (!f.deleted_key.empty())
-        store(p, f.deleted_key, f.path, fmt::format("/proc/{}/fd/{}", p.host_pid, f.fd),
-              fmt::format("process {} (pid {} in the job), fd {} -> {} (deleted)", p.host_pid,
-                          p.rec.pid, f.fd, f.path));
+        open_one(p, f.deleted_key, f.path, fmt::format("/proc/{}/fd/{}", p.host_pid, f.fd),
+                 fmt::format("process {} (pid {} in the job), fd {} -> {} (deleted)", p.host_pid,
+                             p.rec.pid, f.fd, f.path));
     for (auto& v : p.rec.vmas)
       if (!v.deleted_key.empty())
-        store(p, v.deleted_key, v.path,
-              fmt::format("/proc/{}/map_files/{:x}-{:x}", p.host_pid, v.start, v.end),
-              fmt::format("process {} (pid {} in the job), mapping {:#x}-{:#x} {} (deleted)",
-                          p.host_pid, p.rec.pid, v.start, v.end, v.path));
+        open_one(p, v.deleted_key, v.path,
+                 fmt::format("/proc/{}/map_files/{:x}-{:x}", p.host_pid, v.start, v.end),
+                 fmt::format("process {} (pid {} in the job), mapping {:#x}-{:#x} {} (deleted)",
+                             p.host_pid, p.rec.pid, v.start, v.end, v.path));
   }
+  return out;
+}
+
+void dump_deleted_files_data(std::vector<DeletedSource>& sources, Manifest& m, ImageWriter& img,
+                             PageHashing* hashing) {
+  std::vector<std::byte> buf(kIo);
+  for (DeletedSource& s : sources) {
+    DeletedFile& d = s.file;
+    if (hashing) {
+      d.track = TrackMethod::kHash;
+      append_file_data_hashed(s.fd.get(), d.key, d.size, d.runs, d.parent_runs, img, buf, *hashing,
+                              s.what);
+    } else {
+      d.runs = append_file_data(s.fd.get(), d.size, img, buf, s.what);
+    }
+    m.deleted_files.push_back(std::move(d));
+  }
+}
+
+void dump_deleted_files(std::span<DumpProcess> procs, Manifest& m, ImageWriter& img,
+                        PageHashing* hashing) {
+  // A file that is also a shm object (a memfd both mapped and held) is stored once,
+  // as the object (dump_shm ran before).
+  std::set<std::string> shm_keys;
+  for (auto& o : m.shm) shm_keys.insert(o.key);
+  std::vector<DeletedSource> sources = open_deleted_files(procs, shm_keys, false);
+  dump_deleted_files_data(sources, m, img, hashing);
 }
 
 void check_deleted_files(const Manifest& m) {

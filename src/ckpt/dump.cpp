@@ -10,6 +10,7 @@
 #include <future>
 #include <optional>
 #include <filesystem>
+#include <set>
 
 #include "ckpt/creds.h"
 #include "ckpt/deleted.h"
@@ -128,9 +129,12 @@ TrackMethod track_method_of(const DumpOptions& o) {
   return t;
 }
 
-// Writes the "page_hashes" section: the hashes dump_pages gathered.
+// Writes the "page_hashes" section: the hashes gathered in section order, then the
+// SysV segments' (page_hashes.h: after the mappings', so that the section of an image
+// without them reads as before).
 void write_page_hashes(ImageWriter& img, const PageHashing& h) {
   img.append_pages(std::as_bytes(std::span(h.out)));
+  img.append_pages(std::as_bytes(std::span(h.tail)));
 }
 
 }  // namespace
@@ -158,15 +162,23 @@ DumpStats pre_dump(const DumpOptions& o) {
   for (auto& p : procs)
     if (!p.zombie) dump_memory_layout(p);
   // With hashes nothing is tracked: the next dump compares what the pages hold.
-  // Shared memory is hashed either way (page_hashes.h); its objects are opened now,
-  // while their mappings surely exist, and read once the job runs again.
+  // Shared memory is hashed either way (page_hashes.h); its objects, the deleted files
+  // and the SysV segments are opened now, while their mappings and fds surely exist,
+  // and read once the job runs again, so that the dump on this pre-dump stores only
+  // their pages written since.
+  // Opened before the reset: a job the dump would refuse (SysV semaphores ...) fails
+  // here without touching its tracking.
   PageHashing hashing;
   const bool hash_vmas = method == TrackMethod::kHash;
+  std::vector<ShmSource> shm = open_shm(procs);
+  std::set<std::string> shm_keys;
+  for (const ShmSource& s : shm) shm_keys.insert(s.object.key);
+  std::vector<DeletedSource> deleted = open_deleted_files(procs, shm_keys, true);
+  SysvSources sysv = open_sysv_shm(procs);
   if (!hash_vmas) {
     tracking.prepare(procs);
     tracking.reset_all();
   }
-  std::vector<ShmSource> shm = open_shm(procs);
   phase("track");
   frozen->thaw();
   st.freeze_ms = ms_since(t_freeze);
@@ -175,6 +187,8 @@ DumpStats pre_dump(const DumpOptions& o) {
   for (Section s : kSectionOrder) {
     img->begin_section(s);
     if (s == Section::kShm) dump_shm_data(shm, m, *img, &hashing);
+    if (s == Section::kDeletedFiles) dump_deleted_files_data(deleted, m, *img, &hashing);
+    if (s == Section::kSysvShm) dump_sysv_shm_data(sysv, m, *img, &hashing);
     if (s == Section::kPages)
       for (auto& p : procs)
         if (!p.zombie)
@@ -224,8 +238,9 @@ DumpStats dump(const DumpOptions& o) {
       }
     }
   }
-  // Shared memory is hashed by every dump that tracks (the kernel's bits cannot see
-  // it); the private mappings only with --track-method hash.
+  // Shared memory (shm objects, deleted files, SysV segments) is hashed by every dump
+  // that tracks (the kernel's bits cannot see it); the private mappings only with
+  // --track-method hash.
   std::optional<PageHashing> hashing;
   if (tracked) hashing.emplace();
   const bool hash_vmas = method == TrackMethod::kHash;
@@ -355,7 +370,7 @@ DumpStats dump(const DumpOptions& o) {
         dump_deleted_files(procs, m, *img, hashing ? &*hashing : nullptr);
         break;
       case Section::kSysvShm:
-        dump_sysv_shm(procs, m, *img);
+        dump_sysv_shm(procs, m, *img, hashing ? &*hashing : nullptr);
         break;
       case Section::kPages:
         for (auto& p : procs)

@@ -94,7 +94,8 @@ DumpStats dump(const DumpOptions& opt);
 
 // Pre-dump (docs/incremental.md): freezes the tree only to read its memory layout and
 // start (or reset) tracking its written pages, thaws it, then writes the private pages
-// and the shared memory objects (with their page hashes) of the running job to an
+// and the shared memory objects, deleted files and SysV segments (with their page
+// hashes) of the running job to an
 // image of kind "pre-dump" in `opt.dir`, which a later `dump` takes as its parent.
 // Uses pid, dir, compress_level, direct_io, key_file and track_method of `opt`. Not
 // restorable by itself. Failure: as dump().

@@ -91,12 +91,14 @@ namespace fsched::ckpt {
 // the socket as init). 9: incremental images (Manifest::image_id, kind, parent;
 // Vma::parent_runs): a format-8 engine would restore one without its parent's pages.
 // 10: a mapping's runs as a string (PageRuns, manifest.h). 11: page hashes for the
-// next incremental dump (Vma::track, section "page_hashes"). A build reads formats
+// next incremental dump (Vma::track, section "page_hashes"). 12: SysV segments taken
+// from the parent chain (SysvShm::parent_runs, track): a format-11 engine would leave
+// those pages zero. A build reads formats
 // kOldestImageFormat..kImageFormatVersion (an older image lacks only state that did not
 // exist then; its fields take their defaults); another is refused with an ImageError
 // naming both. Rule: a new manifest field that an engine of the same format would
 // ignore while restoring means a new format.
-inline constexpr int kImageFormatVersion = 11;
+inline constexpr int kImageFormatVersion = 12;
 inline constexpr int kOldestImageFormat = 3;
 // Alignment of chunk offsets in pages.img, in bytes (the O_DIRECT block size of the
 // file systems we write to; see open(2), O_DIRECT).

@@ -361,7 +361,19 @@ struct SysvShm {
   unsigned mode = 0600, uid = 0, gid = 0;
   bool removed = false;  // IPC_RMID done, still attached (SHM_DEST)
   std::vector<std::pair<std::uint64_t, std::uint64_t>> runs;  // {first page, count} with data
+  // As ShmObject::parent_runs and track (format 12): pages equal to the parent image's
+  // segment with the same id and size (key sysv_object_key(id) in the parent chain and
+  // in the parent's hashes), and whether this segment's page hashes are in
+  // "page_hashes" (after the processes' mappings').
+  PageRuns parent_runs;
+  TrackMethod track = TrackMethod::kNone;
 };
+
+// The key of SysV segment `id` among the objects of a parent chain and of an image's
+// page hashes (ParentChain, ParentHashes): a shmid is restored as it was in the job's
+// IPC namespace, so it names the same segment from one image of a chain to the next;
+// "sysv:" keeps it apart from the "dev:inode" keys of shm objects and deleted files.
+inline std::string sysv_object_key(int id) { return "sysv:" + std::to_string(id); }
 
 // A Unix socket of the job. Its queued data (bytes waiting to be read on it) is section
 // "sockets" of the page stream, in the order of Manifest::sockets.
@@ -545,7 +557,7 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(ShmObject, key, path, mode, uid,
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(DeletedFile, key, path, mode, uid, gid, size, runs,
                                                 parent_runs, track, seals)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(SysvShm, id, key, size, mode, uid, gid, removed,
-                                                runs)
+                                                runs, parent_runs, track)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(InetSockOpt, level, name, hex)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(InFlightFd, pid, fd, file)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(ScmRights, msg, fds)

@@ -61,15 +61,16 @@ ParentHashes ParentHashes::load(const ImageReader& reader, const Manifest& m) {
     for (std::size_t k = first_new + 1; k < list.size(); ++k)
       if (list[k].first <= list[k - 1].first) fail_image("{}: {}: page runs overlap", who, what);
   };
-  // The section's order: the shared memory objects, the deleted files, then each
-  // process's mappings. Objects and files share one key space (a file that is both is
-  // stored once, as the object).
+  // The section's order: the shared memory objects, the deleted files, each process's
+  // mappings, then the SysV segments. Objects, files and segments share one key space
+  // (a file that is both is stored once, as the object; segments are "sysv:ID").
   auto object = [&](const std::string& key, std::uint64_t size,
                     const std::vector<std::pair<std::uint64_t, std::uint64_t>>& runs,
                     const std::vector<std::pair<std::uint64_t, std::uint64_t>>& parent_runs,
                     const std::string& what) {
     auto [it, fresh] = out.by_object_.try_emplace(key);
     if (!fresh) fail_image("{}: {} twice", who, what);
+    out.object_size_[key] = size;
     read_hashes(it->second, 0, 1, (size + kPage - 1) / kPage, runs, parent_runs, what);
   };
   for (const ShmObject& o : m.shm)
@@ -88,6 +89,10 @@ ParentHashes ParentHashes::load(const ImageReader& reader, const Manifest& m) {
       out.any_mappings_ = true;
     }
   }
+  for (const SysvShm& s : m.sysv_shm)
+    if (s.track == TrackMethod::kHash)
+      object(sysv_object_key(s.id), s.size, s.runs, s.parent_runs,
+             fmt::format("SysV segment {}", s.id));
   // The section is the stream's last: its parts account for all of it.
   const std::uint64_t end = reader.manifest().value("pages_logical_bytes", std::uint64_t{0});
   if (pages && pages->position() != end)
@@ -103,6 +108,12 @@ ParentHashes::Cursor ParentHashes::object_cursor(const std::string& key) const {
   c.it_ = it->second.data();
   c.end_ = c.it_ + it->second.size();
   return c;
+}
+
+ParentHashes::Cursor ParentHashes::object_cursor(const std::string& key, std::uint64_t size) const {
+  auto it = object_size_.find(key);
+  if (it == object_size_.end() || it->second != size) return Cursor{};
+  return object_cursor(key);
 }
 
 ParentHashes::Cursor ParentHashes::cursor(int pid) const {

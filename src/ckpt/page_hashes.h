@@ -7,12 +7,14 @@
 // "page_hashes" section (sections.h), for the next dump: first per shared memory
 // object with ShmObject::track kHash (Manifest::shm order), then per deleted file with
 // DeletedFile::track kHash (Manifest::deleted_files order), then per live process in
-// manifest order, per mapping with Vma::track kHash in order, one kPageHashBytes hash
-// per page of runs and parent_runs merged in page order. Shared memory (and deleted
-// files) is hashed by
-// every dump that tracks, whatever the method: the kernel's written bits are per
-// process and miss writes through the object's fd. No kernel interface: the pages
-// come from memory.cpp and shmem.cpp.
+// manifest order, per mapping with Vma::track kHash in order, then (format 12) per SysV
+// segment with SysvShm::track kHash (Manifest::sysv_shm order), one kPageHashBytes hash
+// per page of runs and parent_runs merged in page order. The segments come last, though
+// their section comes before the pages, so that the section of an image without them
+// reads as before. Shared memory (shm objects, deleted files, SysV segments) is hashed
+// by every dump that tracks, whatever the method: the kernel's written bits are per
+// process and miss writes through another mapper or the object's fd. No kernel
+// interface: the pages come from memory.cpp, shmem.cpp and sysvshm.cpp.
 //
 // Equal hashes mean equal pages up to a 128-bit collision, which only the job's own
 // data could provoke and which could then only hand the job an older copy of its own
@@ -77,19 +79,26 @@ class ParentHashes {
   // (ShmObject::key, DeletedFile::key), by page index (none if the image did not hash
   // it).
   Cursor object_cursor(const std::string& key) const;
+  // The same for an object that is taken from the parent only while its size is the
+  // same (a SysV segment, sysv_object_key: an id given again to a new segment): none
+  // if the image's object `key` had another size than `size` bytes.
+  Cursor object_cursor(const std::string& key, std::uint64_t size) const;
 
  private:
   using List = std::vector<std::pair<std::uint64_t, PageHash>>;
   bool any_mappings_ = false;
   std::map<int, List> by_pid_;
   std::map<std::string, List> by_object_;
+  std::map<std::string, std::uint64_t> object_size_;  // bytes, by key
 };
 
 // A dump's hashing: the parent's hashes to compare with (null for a full image) and
-// the hashes of the image being written, in section order.
+// the hashes of the image being written: `out` in section order, then `tail` (the
+// SysV segments', which the section holds after the processes' mappings').
 struct PageHashing {
   const ParentHashes* parent = nullptr;
   std::vector<PageHash> out;
+  std::vector<PageHash> tail;
 };
 
 }  // namespace fsched::ckpt

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <climits>
+#include <cstring>
 
 #include <algorithm>
 #include <set>
@@ -24,7 +25,8 @@ struct ParentChain::Link {
   std::unique_ptr<ImageReader> reader;
   Manifest m;
   std::map<int, std::vector<Seg>> segs;  // by pid in the job, sorted by start
-  // Shared memory objects by key (ShmObject::key): byte offsets in the object.
+  // Shared memory objects, deleted files and SysV segments by key (ShmObject::key,
+  // DeletedFile::key, sysv_object_key): byte offsets in the object.
   std::map<std::string, std::vector<Seg>> objects;
   std::unique_ptr<PageReader> pages;  // forward-only; reopened to go back
 
@@ -81,27 +83,29 @@ std::map<int, std::vector<Seg>> index_link(const std::filesystem::path& dir, con
   return out;
 }
 
-// Where each run of each shared memory object and deleted file starts in the link's
-// page stream: the shm section holds the objects' runs in Manifest::shm order, the
-// deleted_files section the files' in Manifest::deleted_files order. One key space
-// (a file that is also an object is stored once, as the object).
+// Where each run of each shared memory object, deleted file and SysV segment starts in
+// the link's page stream: the shm section holds the objects' runs in Manifest::shm
+// order, the deleted_files section the files' in Manifest::deleted_files order, the
+// sysv_shm section the segments' in Manifest::sysv_shm order. One key space (a file
+// that is also an object is stored once, as the object; a segment is "sysv:ID").
 std::map<std::string, std::vector<Seg>> index_objects(const std::filesystem::path& dir,
                                                       const Manifest& m) {
   std::map<std::string, std::vector<Seg>> out;
-  auto index = [&](const char* section, const auto& list, const char* what) {
+  auto index = [&](const char* section, const auto& list, const char* what, auto key_of) {
     if (list.empty()) return;
     std::uint64_t off = kNoData;
     for (const SectionStart& s : m.sections)
       if (s.name == section) off = s.offset;
     if (off == kNoData) fail_image("{}: no {} section", dir.string(), section);
     for (const auto& o : list) {
-      auto [it, fresh] = out.try_emplace(o.key);
-      if (!fresh) fail_image("{}: {} {} twice", dir.string(), what, o.key);
+      const std::string key = key_of(o);
+      auto [it, fresh] = out.try_emplace(key);
+      if (!fresh) fail_image("{}: {} {} twice", dir.string(), what, key);
       auto& segs = it->second;
       const std::uint64_t pages = (o.size + kPage - 1) / kPage;
       auto check = [&](std::uint64_t first, std::uint64_t count) {
         if (first > pages || count > pages - first)
-          fail_image("{}: {} {}: page run beyond its size", dir.string(), what, o.key);
+          fail_image("{}: {} {}: page run beyond its size", dir.string(), what, key);
       };
       for (auto [first, count] : o.runs) {
         check(first, count);
@@ -116,11 +120,14 @@ std::map<std::string, std::vector<Seg>> index_objects(const std::filesystem::pat
                 [](const Seg& a, const Seg& b) { return a.start < b.start; });
       for (std::size_t i = 1; i < segs.size(); ++i)
         if (segs[i].start < segs[i - 1].end)
-          fail_image("{}: {} {}: page runs overlap", dir.string(), what, o.key);
+          fail_image("{}: {} {}: page runs overlap", dir.string(), what, key);
     }
   };
-  index("shm", m.shm, "shared memory object");
-  index("deleted_files", m.deleted_files, "deleted file");
+  auto by_key = [](const auto& o) { return o.key; };
+  index("shm", m.shm, "shared memory object", by_key);
+  index("deleted_files", m.deleted_files, "deleted file", by_key);
+  index("sysv_shm", m.sysv_shm, "SysV segment",
+        [](const SysvShm& s) { return sysv_object_key(s.id); });
   return out;
 }
 
@@ -261,6 +268,39 @@ class ObjectSink final : public PageSink {
 
 }  // namespace
 
+namespace {
+
+// Copies what a link's reader delivers into memory of this process (a SysV segment
+// attached by the restorer), `addr` being an offset from `base`; nothing past `size`.
+// The reader's two threads may put at once: into distinct pieces.
+class MemorySink final : public PageSink {
+ public:
+  MemorySink(std::byte* base, std::uint64_t size, std::span<const Piece> pieces,
+             std::uint64_t stream_base)
+      : base_(base), size_(size), pieces_(pieces), stream_base_(stream_base) {}
+
+  void put(const std::byte* data, std::size_t len, std::uint64_t at) override {
+    const std::uint64_t s = stream_base_ + at, e = s + len;
+    auto it = std::upper_bound(pieces_.begin(), pieces_.end(), s,
+                               [](std::uint64_t x, const Piece& p) { return x < p.off + p.len; });
+    for (; it != pieces_.end() && it->off < e; ++it) {
+      const std::uint64_t lo = std::max(s, it->off), hi = std::min(e, it->off + it->len);
+      const std::uint64_t to = it->addr + (lo - it->off);
+      if (to >= size_) continue;
+      std::memcpy(base_ + to, data + (lo - s),
+                  static_cast<std::size_t>(std::min(hi - lo, size_ - to)));
+    }
+  }
+
+ private:
+  std::byte* const base_;
+  const std::uint64_t size_;
+  const std::span<const Piece> pieces_;
+  const std::uint64_t stream_base_;  // stream offset of the delivery's first byte
+};
+
+}  // namespace
+
 void ParentChain::fill_ranges(const std::function<const std::vector<Seg>*(Link&)>& segs_of,
                               std::vector<std::pair<std::uint64_t, std::uint64_t>> ranges,
                               const std::function<void(Link&, std::span<const Piece>, std::uint64_t,
@@ -336,6 +376,22 @@ void ParentChain::fill_object(const std::string& key, int fd, std::uint64_t size
       std::move(ranges),
       [&](Link& l, std::span<const Piece> pieces, std::uint64_t lo, std::uint64_t hi) {
         ObjectSink sink(fd, size, pieces, lo, what);
+        l.pages->deliver(hi - lo, sink);
+      });
+}
+
+void ParentChain::fill_memory(const std::string& key, std::byte* base, std::uint64_t size,
+                              const std::vector<std::pair<std::uint64_t, std::uint64_t>>& runs) {
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> ranges;
+  for (auto [first, count] : runs) ranges.emplace_back(first * kPage, (first + count) * kPage);
+  fill_ranges(
+      [&](Link& l) -> const std::vector<Seg>* {
+        auto it = l.objects.find(key);
+        return it == l.objects.end() ? nullptr : &it->second;
+      },
+      std::move(ranges),
+      [&](Link& l, std::span<const Piece> pieces, std::uint64_t lo, std::uint64_t hi) {
+        MemorySink sink(base, size, pieces, lo);
         l.pages->deliver(hi - lo, sink);
       });
 }

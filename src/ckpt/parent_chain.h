@@ -67,6 +67,15 @@ class ParentChain {
   void fill_object(const std::string& key, int fd, std::uint64_t size,
                    const std::vector<std::pair<std::uint64_t, std::uint64_t>>& runs);
 
+  // Writes into the `size` bytes of memory at `base` in this process, SysV segment
+  // `key` (sysv_object_key) as the restorer attached it, the pages of `runs` ({first
+  // page, count}, ascending) as the chain has them (memcpy; nothing past `size`); where
+  // no link has data the memory is left as it is. A segment has no fd to pwrite(2)
+  // through, and the restorer maps it anyway to fill it from the page stream. Throws
+  // Error naming the segment when a read fails.
+  void fill_memory(const std::string& key, std::byte* base, std::uint64_t size,
+                   const std::vector<std::pair<std::uint64_t, std::uint64_t>>& runs);
+
   // The image directories of the links, newest first.
   std::vector<std::filesystem::path> links() const;
 
@@ -77,7 +86,7 @@ class ParentChain {
   using Seg = chain_detail::Seg;
   using Piece = chain_detail::Piece;
   ParentChain() = default;
-  // The common walk of fill() and fill_object(): for each link, newest first, the
+  // The common walk of fill(), fill_object() and fill_memory(): for each link, newest first, the
   // pieces of `ranges` it stores are handed to `deliver`; those it takes from its
   // parent go on to the next link. `segs_of` gives a link's segments (null: none).
   void fill_ranges(const std::function<const std::vector<Seg>*(Link&)>& segs_of,

@@ -147,7 +147,7 @@ RestoreStats restore(const RestoreOptions& o) {
           create_deleted_files(stash, area, m, *pages, shm, chain.get());
           break;
         case Section::kSysvShm:
-          create_sysv_shm(procs[0], m, *pages);
+          create_sysv_shm(procs[0], m, *pages, chain.get());
           break;
         case Section::kPages:
           for (auto* p : live) restore_memory(*p, area, *pages, shm, chain.get());

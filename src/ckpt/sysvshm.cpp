@@ -4,7 +4,10 @@
 // writes the id to kernel.shm_next_id (proc(5), /proc/sys/kernel/shm_next_id) of the
 // restored job's new namespace before shmget(2). The dumper enters the job's namespace
 // in a thread of its own (setns(2)), lists every segment (SHM_STAT_ANY), attaches each
-// read-only and stores the pages that exist (mincore(2)); an attach in the job is a
+// read-only and stores the pages that exist (mincore(2)); a dump that tracks hashes
+// each such page and takes those equal to the parent image's segment of the same id
+// and size from the parent chain (the kernel's written bits are per process and see
+// no other mapper's writes: as for shm objects, shmem.h); an attach in the job is a
 // "sysv" VMA that the process shmat()s again at the same address. Segments removed
 // (IPC_RMID) while still attached are removed again once every process has attached
 // them. Not kept: creator ids (cuid, cgid: the restorer creates the segments), times,
@@ -21,12 +24,16 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <exception>
 #include <functional>
+#include <map>
 #include <set>
 #include <thread>
 
+#include "ckpt/page_hashes.h"
+#include "ckpt/parent_chain.h"
 #include "common/error.h"
 #include "common/fd.h"
 
@@ -63,22 +70,6 @@ bool same_ns(pid_t pid) {
   if (::stat("/proc/self/ns/ipc", &b) < 0) fail_errno("cannot stat our IPC namespace");
   return a.st_ino == b.st_ino && a.st_dev == b.st_dev;
 }
-
-// An attach of a segment in this thread, detached on destruction.
-class Attach {
- public:
-  Attach(int id, int flags, const std::string& what) {
-    p_ = ::shmat(id, nullptr, flags);
-    if (p_ == reinterpret_cast<void*>(-1)) fail_errno("{}: shmat", what);
-  }
-  ~Attach() { ::shmdt(p_); }
-  Attach(const Attach&) = delete;
-  Attach& operator=(const Attach&) = delete;
-  std::byte* data() const { return static_cast<std::byte*>(p_); }
-
- private:
-  void* p_;
-};
 
 bool zero_page(const std::byte* p) {
   for (std::size_t i = 0; i < kPage; ++i)
@@ -130,7 +121,15 @@ void check_attaches(const DumpProcess& p, const std::map<int, std::uint64_t>& si
 
 }  // namespace
 
-void dump_sysv_shm(std::span<DumpProcess> procs, Manifest& m, ImageWriter& img) {
+SysvAttach::SysvAttach(int id, int flags, const std::string& what) {
+  p_ = ::shmat(id, nullptr, flags);
+  if (p_ == reinterpret_cast<void*>(-1)) fail_errno("{}: shmat", what);
+}
+
+SysvAttach::~SysvAttach() { ::shmdt(p_); }
+
+SysvSources open_sysv_shm(std::span<DumpProcess> procs) {
+  SysvSources out;
   pid_t init = procs[0].host_pid;
   const DumpProcess* attacher = nullptr;
   for (auto& p : procs)
@@ -143,7 +142,7 @@ void dump_sysv_shm(std::span<DumpProcess> procs, Manifest& m, ImageWriter& img) 
           "host's IPC namespace (not started by this version of fsched-ckpt run): its segment "
           "ids could not be kept",
           attacher->host_pid, attacher->rec.pid);
-    return;
+    return out;
   }
   std::map<int, std::uint64_t> sizes;
   in_ipc_ns(init, [&] {
@@ -158,7 +157,7 @@ void dump_sysv_shm(std::span<DumpProcess> procs, Manifest& m, ImageWriter& img) 
     int max_idx = ::shmctl(0, SHM_INFO, reinterpret_cast<shmid_ds*>(&info));
     if (max_idx < 0) fail_errno("shmctl(SHM_INFO) in the job's IPC namespace");
     // Pages swapped out are not resident for mincore(2): then read every page.
-    const bool swapped = info.shm_swp > 0;
+    out.swapped = info.shm_swp > 0;
     for (int idx = 0; idx <= max_idx; ++idx) {
       shmid_ds ds{};
       int id = ::shmctl(idx, SHM_STAT_ANY, &ds);
@@ -174,36 +173,109 @@ void dump_sysv_shm(std::span<DumpProcess> procs, Manifest& m, ImageWriter& img) 
       if (s.removed) s.key = IPC_PRIVATE;
       std::string what = fmt::format("SysV shared memory segment {} (key {:#x}, {} bytes)", id,
                                      static_cast<unsigned>(s.key), s.size);
-      Attach a(id, SHM_RDONLY, what);
-      const std::uint64_t npages = (s.size + kPage - 1) / kPage;
-      std::vector<unsigned char> vec(npages);
-      if (npages && ::mincore(a.data(), npages * kPage, vec.data()) < 0)
-        fail_errno("{}: mincore", what);
-      for (std::uint64_t i = 0; i < npages;) {
-        if (!(swapped || (vec[i] & 1)) || zero_page(a.data() + i * kPage)) {
-          ++i;
-          continue;
-        }
-        std::uint64_t j = i + 1;
-        while (j < npages && j - i < kIo / kPage && (swapped || (vec[j] & 1)) &&
-               !zero_page(a.data() + j * kPage))
-          ++j;
-        img.append_pages(std::span<const std::byte>(a.data() + i * kPage, (j - i) * kPage));
-        if (!s.runs.empty() && s.runs.back().first + s.runs.back().second == i)
-          s.runs.back().second += j - i;
-        else
-          s.runs.emplace_back(i, j - i);
-        i = j;
-      }
+      auto a = std::make_unique<SysvAttach>(id, SHM_RDONLY, what);
       sizes[id] = s.size;
-      m.sysv_shm.push_back(std::move(s));
+      out.segments.push_back({std::move(s), std::move(a), std::move(what)});
     }
   });
   for (auto& p : procs)
     if (!p.zombie) check_attaches(p, sizes);
+  return out;
 }
 
-void create_sysv_shm(const RestoreProcess& init, const Manifest& m, PageReader& pages) {
+namespace {
+
+// Adds pages [first, first + count) to runs (ascending), joining the last run when
+// adjacent.
+template <typename Runs>
+void add_pages(Runs& runs, std::uint64_t first, std::uint64_t count) {
+  if (!runs.empty() && runs.back().first + runs.back().second == first)
+    runs.back().second += count;
+  else
+    runs.emplace_back(first, count);
+}
+
+// The present, non-zero pages of one segment, stored whole.
+void store_whole(const SysvSource& src, bool swapped, const std::vector<unsigned char>& resident,
+                 SysvShm& s, ImageWriter& img) {
+  const std::byte* base = src.attach->data();
+  const std::uint64_t npages = resident.size();
+  auto wanted = [&](std::uint64_t i) {
+    return (swapped || (resident[i] & 1)) && !zero_page(base + i * kPage);
+  };
+  for (std::uint64_t i = 0; i < npages;) {
+    if (!wanted(i)) {
+      ++i;
+      continue;
+    }
+    std::uint64_t j = i + 1;
+    while (j < npages && j - i < kIo / kPage && wanted(j)) ++j;
+    img.append_pages(std::span<const std::byte>(base + i * kPage, (j - i) * kPage));
+    add_pages(s.runs, i, j - i);
+    i = j;
+  }
+}
+
+// The same with hashes: each piece copied first, so that what is hashed is what is
+// stored even while the job writes the segment (a pre-dump); a page whose hash equals
+// the parent's segment's at the same index goes to parent_runs.
+void store_hashed(const SysvSource& src, bool swapped, const std::vector<unsigned char>& resident,
+                  SysvShm& s, ImageWriter& img, PageHashing& hashing, std::vector<std::byte>& buf) {
+  ParentHashes::Cursor parent;
+  if (hashing.parent) parent = hashing.parent->object_cursor(sysv_object_key(s.id), s.size);
+  const std::uint64_t npages = resident.size();
+  for (std::uint64_t at = 0; at < npages;) {
+    const std::uint64_t n = std::min<std::uint64_t>(npages - at, buf.size() / kPage);
+    std::memcpy(buf.data(), src.attach->data() + at * kPage, n * kPage);
+    std::size_t kept = 0;
+    for (std::uint64_t i = 0; i < n; ++i) {
+      const std::byte* pg = buf.data() + i * kPage;
+      if (!(swapped || (resident[at + i] & 1)) || zero_page(pg)) continue;
+      const PageHash h = hash_page(pg);
+      hashing.tail.push_back(h);
+      const PageHash* was = parent.find(at + i);
+      if (was && *was == h) {
+        add_pages(s.parent_runs, at + i, 1);
+        continue;
+      }
+      if (kept != i) std::memmove(buf.data() + kept * kPage, pg, kPage);
+      ++kept;
+      add_pages(s.runs, at + i, 1);
+    }
+    img.append_pages(std::span<const std::byte>(buf.data(), kept * kPage));
+    at += n;
+  }
+}
+
+}  // namespace
+
+void dump_sysv_shm_data(SysvSources& sources, Manifest& m, ImageWriter& img, PageHashing* hashing) {
+  std::vector<std::byte> buf;
+  if (hashing) buf.resize(kIo);
+  for (SysvSource& src : sources.segments) {
+    SysvShm& s = src.segment;
+    const std::uint64_t npages = (s.size + kPage - 1) / kPage;
+    std::vector<unsigned char> resident(npages);
+    if (npages && ::mincore(src.attach->data(), npages * kPage, resident.data()) < 0)
+      fail_errno("{}: mincore", src.what);
+    if (hashing) {
+      s.track = TrackMethod::kHash;
+      store_hashed(src, sources.swapped, resident, s, img, *hashing, buf);
+    } else {
+      store_whole(src, sources.swapped, resident, s, img);
+    }
+    m.sysv_shm.push_back(std::move(s));
+  }
+}
+
+void dump_sysv_shm(std::span<DumpProcess> procs, Manifest& m, ImageWriter& img,
+                   PageHashing* hashing) {
+  SysvSources sources = open_sysv_shm(procs);
+  dump_sysv_shm_data(sources, m, img, hashing);
+}
+
+void create_sysv_shm(const RestoreProcess& init, const Manifest& m, PageReader& pages,
+                     ParentChain* chain) {
   if (m.sysv_shm.empty()) return;
   in_ipc_ns(init.host_pid, [&] {
     for (auto& s : m.sysv_shm) {
@@ -226,12 +298,18 @@ void create_sysv_shm(const RestoreProcess& init, const Manifest& m, PageReader& 
       ds.shm_perm.gid = s.gid;
       ds.shm_perm.mode = static_cast<unsigned short>(s.mode & 0777);
       if (::shmctl(id, IPC_SET, &ds) < 0) fail_errno("{}: shmctl(IPC_SET)", what);
-      if (s.runs.empty()) continue;
-      Attach a(id, 0, what);
+      if (s.runs.empty() && s.parent_runs.empty()) continue;
+      SysvAttach a(id, 0, what);
       const std::uint64_t npages = (s.size + kPage - 1) / kPage;
       for (auto [first, count] : s.runs) {
-        if (first + count > npages) fail_image("image: {}: data beyond its size", what);
+        if (first > npages || count > npages - first)
+          fail_image("image: {}: data beyond its size", what);
         pages.read(std::span(a.data() + first * kPage, count * kPage));
+      }
+      // Before any process attaches it: the job never sees the segment half filled.
+      if (!s.parent_runs.empty()) {
+        if (!chain) fail_image("image: {} has pages in a parent image but no parent", what);
+        chain->fill_memory(sysv_object_key(s.id), a.data(), npages * kPage, s.parent_runs);
       }
     }
   });

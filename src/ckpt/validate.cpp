@@ -90,8 +90,8 @@ void validate_manifest(const Manifest& m, std::uint64_t stream_bytes) {
   // Bytes of page data of each section, in kSectionOrder.
   std::array<std::uint64_t, kSectionOrder.size()> sizes{};
   auto section = [&](Section s) -> std::uint64_t& { return sizes[section_index(s)]; };
-  // A shared memory object or deleted file: its stored pages in `sec`, and with hashes
-  // one per page it holds (stored or from the parent) in "page_hashes".
+  // A shared memory object, deleted file or SysV segment: its stored pages in `sec`,
+  // and with hashes one per page it holds (stored or from the parent) in "page_hashes".
   auto object = [&](const auto& o, Section sec, const std::string& what) {
     if (o.size > kMaxObjectBytes) bad("{}: size {}", what, o.size);
     const std::uint64_t pages = (o.size + kPage - 1) / kPage;
@@ -103,11 +103,7 @@ void validate_manifest(const Manifest& m, std::uint64_t stream_bytes) {
   };
   for (auto& o : m.shm) object(o, Section::kShm, "shared memory object " + o.key);
   for (auto& d : m.deleted_files) object(d, Section::kDeletedFiles, "deleted file " + d.path);
-  for (auto& s : m.sysv_shm) {
-    if (s.size > kMaxObjectBytes) bad("SysV segment {}: size {}", s.id, s.size);
-    section(Section::kSysvShm) +=
-        runs_bytes(s.runs, (s.size + kPage - 1) / kPage, fmt::format("SysV segment {}", s.id));
-  }
+  for (auto& s : m.sysv_shm) object(s, Section::kSysvShm, fmt::format("SysV segment {}", s.id));
   for (auto& p : m.processes) {
     if (p.pid < 1 || p.pid > kMaxPid || !pids.insert(p.pid).second)
       bad("process {}: bad or repeated pid", p.pid);

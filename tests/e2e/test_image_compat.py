@@ -32,7 +32,7 @@ from ckpt_e2e import E2E, Engine, kill_job_processes, restore_stats
 # kOldestImageFormat (src/ckpt/image.h), to the first commit of that format.
 OLD_COMMIT = "c365215581215d42e8b269a8966cd395f2d02f66"
 OLD_FORMAT = 3
-FORMAT = 11  # what this build writes (kImageFormatVersion)
+FORMAT = 12  # what this build writes (kImageFormatVersion)
 REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.slow

@@ -520,3 +520,148 @@ def test_incremental_chain_deleted_file(e2e: E2E):
         job.assert_matches(ref, " (a deleted file from a 4-link chain)")
     finally:
         kill_job_processes(job.marker)
+
+
+# A job holding a 4 MiB SysV segment (removed with IPC_RMID while attached, as programs
+# do to have it go with them) and a 4 MiB file it unlinked, rewriting a few bytes of
+# each every step; at step 60 it makes a second, 64 KiB segment it fills once. Each
+# step prints digests of all of it, so a page the restore got wrong shows.
+OBJECTS_PY = r'''
+import ctypes, hashlib, os, random, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmat.restype = ctypes.c_void_p
+libc.shmat.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
+libc.shmctl.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+def segment(size, rnd):
+    shm = libc.shmget(0, size, 0o1600)  # IPC_PRIVATE, IPC_CREAT | 0600
+    addr = libc.shmat(shm, None, 0) if shm >= 0 else None
+    if addr in (None, ctypes.c_void_p(-1).value):
+        raise OSError(ctypes.get_errno(), "shmget/shmat")
+    ctypes.memmove(addr, rnd.randbytes(size), size)
+    return shm, addr
+steps = int(sys.argv[1])
+rnd = random.Random(13)
+S = 4 << 20
+shm, seg = segment(S, rnd)
+if libc.shmctl(shm, 0, None) < 0:  # IPC_RMID: gone once detached
+    raise OSError(ctypes.get_errno(), "shmctl")
+fd = os.open("scratch.bin", os.O_CREAT | os.O_RDWR | os.O_TRUNC, 0o600)
+os.unlink("scratch.bin")
+os.write(fd, rnd.randbytes(S))
+small = None
+for i in range(steps):
+    for _ in range(4):
+        off = rnd.randrange(S - 64)
+        ctypes.memmove(seg + off, rnd.randbytes(64), 64)
+        os.pwrite(fd, rnd.randbytes(64), rnd.randrange(S - 64))
+    if i == 60:
+        small = segment(64 << 10, rnd)[1]
+    print(i, shm, hashlib.sha256(ctypes.string_at(seg, S)).hexdigest()[:16],
+          hashlib.sha256(os.pread(fd, S, 0)).hexdigest()[:16],
+          small and hashlib.sha256(ctypes.string_at(small, 64 << 10)).hexdigest()[:16],
+          flush=True)
+    time.sleep(0.04)
+print("done", steps, flush=True)
+'''
+
+
+def _objects_spec(name: str) -> JobSpec:
+    return JobSpec(name=name, argv=["/usr/bin/python3", "{work}/job.py", str(STEPS)],
+                   setup=lambda work: (work / "job.py").write_text(OBJECTS_PY),
+                   inputs=("job.py",), progress=("lines", "stdout"), timeout=180)
+
+
+def _own_below(obj: dict) -> tuple[int, int]:
+    """Pages an object's entry stores itself and takes from the parent chain."""
+    return (sum(c for _, c in page_runs(obj.get("runs", []))),
+            sum(c for _, c in page_runs(obj.get("parent_runs", []))))
+
+
+def test_incremental_chain_sysv_shm(e2e: E2E):
+    """SysV segments are compared by hash in every dump that tracks (the kernel's
+    written bits are per process): each incremental takes the pages of the 4 MiB
+    segment not rewritten since its parent from the chain, a segment the parent did not
+    have is stored whole, and the restore from a 4-link chain refills both before the
+    job attaches them: it ends as the uninterrupted run did."""
+    spec = _objects_spec("incr_sysv")
+    ref = e2e.reference(spec)
+    assert ref.status == 0 and ref.snap["stdout"].text.endswith(f"done {STEPS}\n"), \
+        ref.snap["stdout"].text[-300:]
+    job = e2e.job(spec)
+    job.start_detached()
+    try:
+        images, small_seen = [], False
+        for i in range(3):
+            # Steps ~28, ~56, ~84: the small segment (step 60) is new in the second or third.
+            job.wait_progress(ref, 0.2 + 0.2 * i)
+            image = e2e.image(f"{spec.name}/link-{i}")
+            extra = ("--track-mem",) + (("--parent", str(images[-1])) if images else ())
+            r, st = e2e.engine.dump(job.init_pid, image, leave_running=True, extra=extra)
+            assert r.rc == 0 and st["incremental"] == (i > 0), (r.stderr, st)
+            segs = {s["size"]: s for s in manifest(image)["sysv_shm"]}
+            big = segs[4 << 20]
+            assert big["removed"] and big["track"] == "hash", big
+            own, below = _own_below(big)
+            # A few dozen of its 1024 pages were rewritten since the parent.
+            assert (own, below) == (1024, 0) if i == 0 else (below > 900 and own + below == 1024), \
+                (i, own, below)
+            # The small segment: whole where it is new, then from the parent.
+            if 64 << 10 in segs:
+                assert _own_below(segs[64 << 10]) == ((0, 16) if small_seen else (16, 0)), \
+                    (i, segs[64 << 10])
+                small_seen = True
+            images.append(image)
+        assert small_seen, "the small segment is in no link"
+        job.wait_progress(ref, 0.8)
+        last = e2e.image(f"{spec.name}/last")
+        r, st = e2e.engine.dump(job.init_pid, last, extra=("--parent", str(images[-1])))
+        assert r.rc == 0 and st["incremental"], (r.stderr, st)
+        segs = {s["size"]: s for s in manifest(last)["sysv_shm"]}
+        own, below = _own_below(segs[4 << 20])
+        assert below > 900 and own + below == 1024, (own, below)
+        assert _own_below(segs[64 << 10]) == (0, 16), segs[64 << 10]
+        job.paused()
+        res = e2e.restore_foreground(job, last)
+        assert res.rc == ref.status, res.stderr
+        job.assert_matches(ref, " (SysV segments from a 4-link chain)")
+    finally:
+        kill_job_processes(job.marker)
+
+
+def test_pre_dump_then_dump_deleted_file_and_sysv_shm(e2e: E2E):
+    """A pre-dump copies the deleted file and the SysV segment too (opened while the job
+    is frozen, read and hashed while it runs): the dump on it stores only their pages
+    rewritten since, the restore takes the others from the pre-dump, and the job ends
+    as the uninterrupted run did."""
+    spec = _objects_spec("incr_predump_objects")
+    ref = e2e.reference(spec)
+    job = e2e.job(spec)
+    job.start_detached()
+    try:
+        job.wait_progress(ref, 0.3)
+        pre = e2e.image(f"{spec.name}/pre")
+        r = e2e.engine.call(["pre-dump", "--pid", str(job.init_pid), "--dir", str(pre), "--json"],
+                            120)
+        assert r.rc == 0, r.stderr
+        pm = manifest(pre)
+        files = pm["deleted_files"]
+        assert len(files) == 1 and files[0]["track"] == "hash", files
+        assert _own_below(files[0]) == (1024, 0), files
+        big = [s for s in pm["sysv_shm"] if s["size"] == 4 << 20]
+        assert len(big) == 1 and big[0]["track"] == "hash", pm["sysv_shm"]
+        assert _own_below(big[0]) == (1024, 0), big
+        job.wait_progress(ref, 0.5)
+        last = e2e.image(f"{spec.name}/last")
+        r, st = e2e.engine.dump(job.init_pid, last, extra=("--parent", str(pre)))
+        assert r.rc == 0 and st["incremental"], (r.stderr, st)
+        m = manifest(last)
+        for what, obj in (("deleted file", m["deleted_files"][0]),
+                          ("segment", {s["size"]: s for s in m["sysv_shm"]}[4 << 20])):
+            own, below = _own_below(obj)
+            assert below > 900 and own + below == 1024, (what, own, below)
+        job.paused()
+        res = e2e.restore_foreground(job, last)
+        assert res.rc == ref.status, res.stderr
+        job.assert_matches(ref, " (a deleted file and a SysV segment from a pre-dump)")
+    finally:
+        kill_job_processes(job.marker)

@@ -231,6 +231,33 @@ TEST(Sections, PageHashesSectionMatchesTheHashedMappings) {
               HasSubstr("6 page-stream sections, expected 7 (\"page_hashes\" missing)"));
 }
 
+// A SysV segment taken partly from the parent (format 12): its stored pages in
+// "sysv_shm", with hashes one per page of runs and parent_runs in "page_hashes"; a
+// parent run past the segment is refused.
+TEST(Sections, SysvSegmentRunsAndHashesAddUp) {
+  Manifest m = small_manifest();
+  SysvShm s;
+  s.id = 3;
+  s.size = 5 * 4096 - 100;  // 5 pages, the last one partly
+  s.runs = {{0, 1}};
+  s.parent_runs = {{1, 4}};
+  s.track = TrackMethod::kHash;
+  m.sysv_shm.push_back(s);
+  m.sections = {{"shm", 0},      {"deleted_files", 0}, {"sysv_shm", 0},      {"pages", 4096},
+                {"pipes", 4096}, {"sockets", 4106},    {"page_hashes", 4111}};
+  EXPECT_NO_THROW(validate_manifest(m, 4111 + 5 * 16));
+  EXPECT_THAT(image_error_of([&] { validate_manifest(m, 4111 + 16); }),
+              HasSubstr("the page stream has 4127"));
+  m.sysv_shm[0].parent_runs = {{1, 5}};
+  EXPECT_THAT(image_error_of([&] { validate_manifest(m, 4111 + 6 * 16); }),
+              HasSubstr("SysV segment 3 (parent): page run 1+5 outside its 5 pages"));
+  // Without hashes the segment adds nothing to "page_hashes".
+  m.sysv_shm[0].parent_runs = {{1, 4}};
+  m.sysv_shm[0].track = TrackMethod::kNone;
+  m.sections.pop_back();
+  EXPECT_NO_THROW(validate_manifest(m, 4111));
+}
+
 TEST(Sections, ValidateRefusesAnotherOrder) {
   Manifest m = small_manifest();
   std::swap(m.sections[4], m.sections[5]);

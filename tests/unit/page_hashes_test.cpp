@@ -41,10 +41,11 @@ class TempDir {
 
 std::vector<std::byte> page_of(char c) { return std::vector<std::byte>(4096, std::byte(c)); }
 
-// An image whose shm object "0:9" holds pages 0 and 2 (page 1 from its parent), and
-// whose process 1 has a hashed mapping at 0x10000 with pages 0-1 stored and 3 from the
-// parent, and an unhashed one: the hashes of pages 'a'..'f'. `drop` bytes are left out
-// of the section.
+// An image whose shm object "0:9" holds pages 0 and 2 (page 1 from its parent), whose
+// process 1 has a hashed mapping at 0x10000 with pages 0-1 stored and 3 from the
+// parent, and an unhashed one, and whose SysV segment 3 (2 pages) holds page 1 (page 0
+// from its parent): the hashes of pages 'a'..'h', the segment's last (after the
+// mappings'). `drop` bytes are left out of the section.
 struct Built {
   Manifest m;
   std::unique_ptr<ImageReader> reader;
@@ -73,10 +74,17 @@ Built build(const fs::path& dir, std::size_t drop = 0) {
   plain.runs = {{0, 1}};
   p.vmas.push_back(plain);
   m.processes.push_back(p);
+  SysvShm seg;
+  seg.id = 3;
+  seg.size = 2 * 4096;
+  seg.runs = {{1, 1}};
+  seg.parent_runs = {{0, 1}};
+  seg.track = TrackMethod::kHash;
+  m.sysv_shm.push_back(seg);
 
   auto w = ImageWriter::create(dir, 1);
   std::vector<std::byte> hashes;
-  for (char c : std::string("abcdef")) {
+  for (char c : std::string("abcdefgh")) {
     PageHash h = hash_page(page_of(c).data());
     hashes.insert(hashes.end(), h.begin(), h.end());
   }
@@ -84,6 +92,7 @@ Built build(const fs::path& dir, std::size_t drop = 0) {
   for (Section s : kSectionOrder) {
     w->begin_section(s);
     if (s == Section::kShm) w->append_pages(std::vector<std::byte>(2 * 4096));
+    if (s == Section::kSysvShm) w->append_pages(std::vector<std::byte>(4096));
     if (s == Section::kPages) w->append_pages(std::vector<std::byte>(3 * 4096));
     if (s == Section::kPageHashes) w->append_pages(hashes);
   }
@@ -115,6 +124,13 @@ TEST(PageHashes, ReadBackByAddressAndByObjectPage) {
   EXPECT_TRUE(is(pc.find(0x13000), 'f'));
   EXPECT_EQ(pc.find(0x30000), nullptr);
   EXPECT_EQ(h.cursor(2).find(0x10000), nullptr);
+  // The segment, by page index, after the mappings: 'g' (parent), 'h'; only while
+  // its size is the one asked for (an id given to a new segment of another size).
+  auto sc = h.object_cursor(sysv_object_key(3), 2 * 4096);
+  EXPECT_TRUE(is(sc.find(0), 'g'));
+  EXPECT_TRUE(is(sc.find(1), 'h'));
+  EXPECT_EQ(h.object_cursor(sysv_object_key(3), 3 * 4096).find(0), nullptr);
+  EXPECT_EQ(h.object_cursor(sysv_object_key(4), 2 * 4096).find(0), nullptr);
   // Not 'e' written over: different pages hash differently.
   EXPECT_FALSE(hash_page(page_of('d').data()) == hash_page(page_of('e').data()));
 }
@@ -147,6 +163,7 @@ TEST(PageHashes, ImageWithoutHashesGivesAnEmptyTable) {
   Built b = build(tmp.path() / "img");
   b.m.shm[0].track = TrackMethod::kNone;
   b.m.processes[0].vmas[0].track = TrackMethod::kNone;
+  b.m.sysv_shm[0].track = TrackMethod::kNone;
   ParentHashes h = ParentHashes::load(*b.reader, b.m);
   EXPECT_FALSE(h.any_mappings());
   EXPECT_EQ(h.cursor(1).find(0x10000), nullptr);
