@@ -48,6 +48,24 @@ std::filesystem::path parent_dir(const std::filesystem::path& dir, const Manifes
 
 namespace {
 
+bool seg_before(const Seg& a, const Seg& b) { return a.start < b.start; }
+
+// segs[begin, mid) and segs[mid, end) -- a mapping's runs and parent runs, each
+// ascending as PageRuns keeps them -- merged into one ascending stretch: linear, where
+// sorting the ~50,000 segments of a link of random rewrites took ~3.5 ms a link.
+void merge_sorted(std::vector<Seg>& segs, std::size_t begin, std::size_t mid) {
+  auto b = segs.begin() + static_cast<std::ptrdiff_t>(begin);
+  auto m = segs.begin() + static_cast<std::ptrdiff_t>(mid);
+  if (std::is_sorted(b, m, seg_before) && std::is_sorted(m, segs.end(), seg_before))
+    std::inplace_merge(b, m, segs.end(), seg_before);
+}
+
+// Sorted by start (a no-op check when the mappings were in address order).
+void sort_segs(std::vector<Seg>& segs) {
+  if (!std::is_sorted(segs.begin(), segs.end(), seg_before))
+    std::sort(segs.begin(), segs.end(), seg_before);
+}
+
 // Where each run of each process starts in the link's page stream (sections.h: the
 // pages section holds every live process's VMAs' runs, in manifest order).
 std::map<int, std::vector<Seg>> index_link(const std::filesystem::path& dir, const Manifest& m) {
@@ -61,20 +79,22 @@ std::map<int, std::vector<Seg>> index_link(const std::filesystem::path& dir, con
     auto& segs = out[p.pid];
     for (const Vma& v : p.vmas) {
       if (is_kernel_mapping(v.kind)) continue;
+      const std::size_t begin = segs.size();
       for (auto [first, count] : v.runs) {
         if (first > (v.end - v.start) / kPage || count > (v.end - v.start) / kPage - first)
           fail_image("{}: page run beyond mapping {:#x}-{:#x}", dir.string(), v.start, v.end);
         segs.push_back({v.start + first * kPage, v.start + (first + count) * kPage, off});
         off += count * kPage;
       }
+      const std::size_t mid = segs.size();
       for (auto [first, count] : v.parent_runs) {
         if (first > (v.end - v.start) / kPage || count > (v.end - v.start) / kPage - first)
           fail_image("{}: parent run beyond mapping {:#x}-{:#x}", dir.string(), v.start, v.end);
         segs.push_back({v.start + first * kPage, v.start + (first + count) * kPage, kNoData});
       }
+      merge_sorted(segs, begin, mid);
     }
-    std::sort(segs.begin(), segs.end(),
-              [](const Seg& a, const Seg& b) { return a.start < b.start; });
+    sort_segs(segs);
     for (std::size_t i = 1; i < segs.size(); ++i)
       if (segs[i].start < segs[i - 1].end)
         fail_image("{}: process {}: page runs overlap at {:#x}", dir.string(), p.pid,
@@ -112,12 +132,13 @@ std::map<std::string, std::vector<Seg>> index_objects(const std::filesystem::pat
         segs.push_back({first * kPage, (first + count) * kPage, off});
         off += count * kPage;
       }
+      const std::size_t mid = segs.size();
       for (auto [first, count] : o.parent_runs) {
         check(first, count);
         segs.push_back({first * kPage, (first + count) * kPage, kNoData});
       }
-      std::sort(segs.begin(), segs.end(),
-                [](const Seg& a, const Seg& b) { return a.start < b.start; });
+      merge_sorted(segs, 0, mid);
+      sort_segs(segs);
       for (std::size_t i = 1; i < segs.size(); ++i)
         if (segs[i].start < segs[i - 1].end)
           fail_image("{}: {} {}: page runs overlap", dir.string(), what, key);
