@@ -293,7 +293,9 @@ namespace {
 
 // Copies what a link's reader delivers into memory of this process (a SysV segment
 // attached by the restorer), `addr` being an offset from `base`; nothing past `size`.
-// The reader's two threads may put at once: into distinct pieces.
+// The reader's two threads may put at once: into distinct pieces. The copy is the
+// kernel's (process_vm_writev(2) to ourselves), as PageSink asks: `data` may be a page
+// of pages.img's mapping, which a memcpy would turn into SIGBUS if the file lost it.
 class MemorySink final : public PageSink {
  public:
   MemorySink(std::byte* base, std::uint64_t size, std::span<const Piece> pieces,
@@ -308,8 +310,10 @@ class MemorySink final : public PageSink {
       const std::uint64_t lo = std::max(s, it->off), hi = std::min(e, it->off + it->len);
       const std::uint64_t to = it->addr + (lo - it->off);
       if (to >= size_) continue;
-      std::memcpy(base_ + to, data + (lo - s),
-                  static_cast<std::size_t>(std::min(hi - lo, size_ - to)));
+      const std::size_t n = static_cast<std::size_t>(std::min(hi - lo, size_ - to));
+      iovec local{const_cast<std::byte*>(data + (lo - s)), n}, remote{base_ + to, n};
+      if (::process_vm_writev(::getpid(), &local, 1, &remote, 1, 0) != static_cast<ssize_t>(n))
+        fail_errno("SysV segment: writing {} bytes at offset {} from a parent image", n, to);
     }
   }
 
