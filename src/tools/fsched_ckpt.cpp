@@ -244,6 +244,10 @@ int main(int argc, char** argv) {
   verifyc->add_option("--dir,-D", verify_dir, "image directory")->required();
   std::string verify_key;
   verifyc->add_option("--key", verify_key, key_help);
+  bool verify_chain = false;
+  verifyc->add_flag("--chain", verify_chain,
+                    "of an incremental image, also every parent image it is restored from "
+                    "(as restore checks them: identity, signature, every chunk)");
 
   try {
     app.parse(argc, argv);
@@ -339,8 +343,21 @@ int main(int argc, char** argv) {
     }
     if (*showc) return show(show_dir, show_json, show_key);
     if (*verifyc) {
-      ck::ImageReader::open(verify_dir, ck::load_image_key(ck::image_key_path(verify_key)))
-          ->verify_chunks();
+      const std::vector<std::byte> key = ck::load_image_key(ck::image_key_path(verify_key));
+      auto reader = ck::ImageReader::open(verify_dir, key);
+      if (verify_chain && reader->manifest().value("kind", std::string()) == "incremental") {
+        ck::Manifest m;
+        try {
+          m = reader->manifest().get<ck::Manifest>();
+        } catch (const nlohmann::json::exception& e) {
+          fsched::fail_image("{}: malformed manifest: {}", verify_dir, e.what());
+        }
+        auto chain = ck::ParentChain::open(verify_dir, m, key, reader.get());
+        std::cout << "image " << verify_dir << " and its " << chain->links().size()
+                  << " parent image(s) are intact\n";
+        return 0;
+      }
+      reader->verify_chunks();
       std::cout << "image " << verify_dir << " is intact\n";
       return 0;
     }

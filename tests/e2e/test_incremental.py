@@ -208,6 +208,14 @@ def test_damaged_link_fails_the_restore_before_any_process(e2e: E2E):
             assert res.rc == want, (i, res.rc, res.stderr)
             assert str(images[2]) in res.stderr, res.stderr
             assert pid is None, "the refused restore made a process"
+    # verify checks the image itself; with --chain, every link the restore needs.
+    res = e2e.engine.call(["verify", "--dir", str(images[4])], 120)
+    assert res.rc == 0 and "is intact" in res.stdout, res.stderr
+    res = e2e.engine.call(["verify", "--chain", "--dir", str(images[4])], 120)
+    assert res.rc == 3 and str(images[2]) in res.stderr and "checksum mismatch" in res.stderr, (
+        res.rc, res.stderr)
+    res = e2e.engine.call(["verify", "--chain", "--dir", str(images[1])], 120)
+    assert res.rc == 0 and "and its 1 parent image(s) are intact" in res.stdout, res.stderr
 
 
 def test_pre_dump_then_dump(e2e: E2E):
