@@ -177,15 +177,8 @@ void dump_deleted_files_data(std::vector<DeletedSource>& sources, Manifest& m, I
                              PageHashing* hashing) {
   std::vector<std::byte> buf(kIo);
   for (DeletedSource& s : sources) {
-    DeletedFile& d = s.file;
-    if (hashing) {
-      d.track = TrackMethod::kHash;
-      append_file_data_hashed(s.fd.get(), d.key, d.size, d.runs, d.parent_runs, img, buf, *hashing,
-                              s.what);
-    } else {
-      d.runs = append_file_data(s.fd.get(), d.size, img, buf, s.what);
-    }
-    m.deleted_files.push_back(std::move(d));
+    append_object_data(s.file, s.fd.get(), img, buf, hashing, s.what);
+    m.deleted_files.push_back(std::move(s.file));
   }
 }
 

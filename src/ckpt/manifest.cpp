@@ -98,4 +98,12 @@ void from_json(const nlohmann::json& j, PageRuns& r) {
   }
 }
 
+Manifest parse_manifest(const nlohmann::json& j, const std::string& where) {
+  try {
+    return j.get<Manifest>();
+  } catch (const nlohmann::json::exception& e) {
+    fail_image("{}: malformed manifest: {}", where, e.what());
+  }
+}
+
 }  // namespace fsched::ckpt

@@ -576,6 +576,10 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Manifest, image_id, kind, parent
                                                 pipes, shm, deleted_files, sysv_shm, sockets,
                                                 inet_sockets, netlock, in_flight, sections)
 
+// `j` (an image's manifest, ImageReader::manifest()) as a Manifest. Throws ImageError
+// "WHERE: malformed manifest: ..." when a field has the wrong type.
+Manifest parse_manifest(const nlohmann::json& j, const std::string& where);
+
 // Hex helpers for binary blobs stored in the manifest.
 std::string to_hex(const void* data, std::size_t len);
 std::vector<std::uint8_t> from_hex(const std::string& hex);

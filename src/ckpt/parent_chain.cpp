@@ -208,6 +208,22 @@ std::vector<std::filesystem::path> ParentChain::links() const {
 
 namespace {
 
+// Calls f(src, len, addr) for each part of the delivered bytes [data, data + len) --
+// stream offsets s.. -- that falls in one of `pieces` (sorted by stream offset): the
+// bytes at src go to address (or object offset) addr. Bytes between pieces (pages a
+// newer link holds) are skipped.
+template <typename F>
+void for_each_piece(std::span<const Piece> pieces, const std::byte* data, std::size_t len,
+                    std::uint64_t s, F&& f) {
+  const std::uint64_t e = s + len;
+  auto it = std::upper_bound(pieces.begin(), pieces.end(), s,
+                             [](std::uint64_t x, const Piece& p) { return x < p.off + p.len; });
+  for (; it != pieces.end() && it->off < e; ++it) {
+    const std::uint64_t lo = std::max(s, it->off), hi = std::min(e, it->off + it->len);
+    f(data + (lo - s), static_cast<std::size_t>(hi - lo), it->addr + (lo - it->off));
+  }
+}
+
 // Hands what a link's reader delivers to the process: the needed pieces of each
 // delivered span, by process_vm_writev(2) with up to IOV_MAX (limits.h) pieces a call;
 // bytes between pieces (pages a newer link holds) are dropped. Stateless between
@@ -219,9 +235,6 @@ class ScatterSink final : public PageSink {
       : pid_(pid), host_pid_(host_pid), pieces_(pieces), base_(base), dir_(dir) {}
 
   void put(const std::byte* data, std::size_t len, std::uint64_t at) override {
-    const std::uint64_t s = base_ + at, e = s + len;
-    auto it = std::upper_bound(pieces_.begin(), pieces_.end(), s,
-                               [](std::uint64_t x, const Piece& p) { return x < p.off + p.len; });
     std::vector<iovec> local, remote;
     auto flush = [&] {
       if (local.empty()) return;
@@ -235,12 +248,12 @@ class ScatterSink final : public PageSink {
       local.clear();
       remote.clear();
     };
-    for (; it != pieces_.end() && it->off < e; ++it) {
-      const std::uint64_t lo = std::max(s, it->off), hi = std::min(e, it->off + it->len);
-      local.push_back({const_cast<std::byte*>(data + (lo - s)), hi - lo});
-      remote.push_back({reinterpret_cast<void*>(it->addr + (lo - it->off)), hi - lo});
-      if (local.size() == std::size_t{IOV_MAX}) flush();
-    }
+    for_each_piece(pieces_, data, len, base_ + at,
+                   [&](const std::byte* src, std::size_t n, std::uint64_t addr) {
+                     local.push_back({const_cast<std::byte*>(src), n});
+                     remote.push_back({reinterpret_cast<void*>(addr), n});
+                     if (local.size() == std::size_t{IOV_MAX}) flush();
+                   });
     flush();
   }
 
@@ -256,72 +269,29 @@ class ScatterSink final : public PageSink {
 
 namespace {
 
-// Writes what a link's reader delivers into a shared memory object through its fd
-// (pwrite(2)): the needed pieces of each delivered span, `addr` being an offset in the
-// object; nothing past its size.
+// Writes what a link's reader delivers into an object of `size` bytes, `addr` being
+// an offset in it, through `write(src, n, offset)`; nothing past its size. The reader's
+// two threads may put at once: into distinct pieces.
 class ObjectSink final : public PageSink {
  public:
-  ObjectSink(int fd, std::uint64_t size, std::span<const Piece> pieces, std::uint64_t base,
-             const std::string& what)
-      : fd_(fd), size_(size), pieces_(pieces), base_(base), what_(what) {}
+  using Write = std::function<void(const std::byte*, std::size_t, std::uint64_t)>;
+  ObjectSink(std::uint64_t size, std::span<const Piece> pieces, std::uint64_t base,
+             const Write& write)
+      : size_(size), pieces_(pieces), base_(base), write_(write) {}
 
   void put(const std::byte* data, std::size_t len, std::uint64_t at) override {
-    const std::uint64_t s = base_ + at, e = s + len;
-    auto it = std::upper_bound(pieces_.begin(), pieces_.end(), s,
-                               [](std::uint64_t x, const Piece& p) { return x < p.off + p.len; });
-    for (; it != pieces_.end() && it->off < e; ++it) {
-      const std::uint64_t lo = std::max(s, it->off), hi = std::min(e, it->off + it->len);
-      const std::uint64_t to = it->addr + (lo - it->off);
-      if (to >= size_) continue;
-      const std::size_t n = static_cast<std::size_t>(std::min(hi - lo, size_ - to));
-      if (::pwrite(fd_, data + (lo - s), n, static_cast<off_t>(to)) != static_cast<ssize_t>(n))
-        fail_errno("{}: writing {} bytes at {} from a parent image", what_, n, to);
-    }
+    for_each_piece(
+        pieces_, data, len, base_ + at, [&](const std::byte* src, std::size_t n, std::uint64_t to) {
+          if (to < size_)
+            write_(src, static_cast<std::size_t>(std::min<std::uint64_t>(n, size_ - to)), to);
+        });
   }
 
  private:
-  const int fd_;
   const std::uint64_t size_;
   const std::span<const Piece> pieces_;
-  const std::uint64_t base_;
-  const std::string& what_;
-};
-
-}  // namespace
-
-namespace {
-
-// Copies what a link's reader delivers into memory of this process (a SysV segment
-// attached by the restorer), `addr` being an offset from `base`; nothing past `size`.
-// The reader's two threads may put at once: into distinct pieces. The copy is the
-// kernel's (process_vm_writev(2) to ourselves), as PageSink asks: `data` may be a page
-// of pages.img's mapping, which a memcpy would turn into SIGBUS if the file lost it.
-class MemorySink final : public PageSink {
- public:
-  MemorySink(std::byte* base, std::uint64_t size, std::span<const Piece> pieces,
-             std::uint64_t stream_base)
-      : base_(base), size_(size), pieces_(pieces), stream_base_(stream_base) {}
-
-  void put(const std::byte* data, std::size_t len, std::uint64_t at) override {
-    const std::uint64_t s = stream_base_ + at, e = s + len;
-    auto it = std::upper_bound(pieces_.begin(), pieces_.end(), s,
-                               [](std::uint64_t x, const Piece& p) { return x < p.off + p.len; });
-    for (; it != pieces_.end() && it->off < e; ++it) {
-      const std::uint64_t lo = std::max(s, it->off), hi = std::min(e, it->off + it->len);
-      const std::uint64_t to = it->addr + (lo - it->off);
-      if (to >= size_) continue;
-      const std::size_t n = static_cast<std::size_t>(std::min(hi - lo, size_ - to));
-      iovec local{const_cast<std::byte*>(data + (lo - s)), n}, remote{base_ + to, n};
-      if (::process_vm_writev(::getpid(), &local, 1, &remote, 1, 0) != static_cast<ssize_t>(n))
-        fail_errno("SysV segment: writing {} bytes at offset {} from a parent image", n, to);
-    }
-  }
-
- private:
-  std::byte* const base_;
-  const std::uint64_t size_;
-  const std::span<const Piece> pieces_;
-  const std::uint64_t stream_base_;  // stream offset of the delivery's first byte
+  const std::uint64_t base_;  // stream offset of the delivery's first byte
+  const Write& write_;
 };
 
 }  // namespace
@@ -388,11 +358,11 @@ void ParentChain::fill(int pid, pid_t host_pid,
       });
 }
 
-void ParentChain::fill_object(const std::string& key, int fd, std::uint64_t size,
-                              const std::vector<std::pair<std::uint64_t, std::uint64_t>>& runs) {
+void ParentChain::fill_key(const std::string& key, std::uint64_t size,
+                           const std::vector<std::pair<std::uint64_t, std::uint64_t>>& runs,
+                           const ObjectWrite& write) {
   std::vector<std::pair<std::uint64_t, std::uint64_t>> ranges;
   for (auto [first, count] : runs) ranges.emplace_back(first * kPage, (first + count) * kPage);
-  const std::string what = "shared memory object or deleted file " + key;
   fill_ranges(
       [&](Link& l) -> const std::vector<Seg>* {
         auto it = l.objects.find(key);
@@ -400,25 +370,30 @@ void ParentChain::fill_object(const std::string& key, int fd, std::uint64_t size
       },
       std::move(ranges),
       [&](Link& l, std::span<const Piece> pieces, std::uint64_t lo, std::uint64_t hi) {
-        ObjectSink sink(fd, size, pieces, lo, what);
+        ObjectSink sink(size, pieces, lo, write);
         l.pages->deliver(hi - lo, sink);
       });
 }
 
+void ParentChain::fill_object(const std::string& key, int fd, std::uint64_t size,
+                              const std::vector<std::pair<std::uint64_t, std::uint64_t>>& runs) {
+  const std::string what = "shared memory object or deleted file " + key;
+  fill_key(key, size, runs, [&](const std::byte* src, std::size_t n, std::uint64_t to) {
+    if (::pwrite(fd, src, n, static_cast<off_t>(to)) != static_cast<ssize_t>(n))
+      fail_errno("{}: writing {} bytes at {} from a parent image", what, n, to);
+  });
+}
+
 void ParentChain::fill_memory(const std::string& key, std::byte* base, std::uint64_t size,
                               const std::vector<std::pair<std::uint64_t, std::uint64_t>>& runs) {
-  std::vector<std::pair<std::uint64_t, std::uint64_t>> ranges;
-  for (auto [first, count] : runs) ranges.emplace_back(first * kPage, (first + count) * kPage);
-  fill_ranges(
-      [&](Link& l) -> const std::vector<Seg>* {
-        auto it = l.objects.find(key);
-        return it == l.objects.end() ? nullptr : &it->second;
-      },
-      std::move(ranges),
-      [&](Link& l, std::span<const Piece> pieces, std::uint64_t lo, std::uint64_t hi) {
-        MemorySink sink(base, size, pieces, lo);
-        l.pages->deliver(hi - lo, sink);
-      });
+  // The kernel's copy (process_vm_writev(2) to ourselves), as PageSink asks: `src` may
+  // be a page of pages.img's mapping, which a memcpy would turn into SIGBUS if the file
+  // lost it.
+  fill_key(key, size, runs, [&](const std::byte* src, std::size_t n, std::uint64_t to) {
+    iovec local{const_cast<std::byte*>(src), n}, remote{base + to, n};
+    if (::process_vm_writev(::getpid(), &local, 1, &remote, 1, 0) != static_cast<ssize_t>(n))
+      fail_errno("SysV segment {}: writing {} bytes at offset {} from a parent image", key, n, to);
+  });
 }
 
 }  // namespace fsched::ckpt

@@ -69,7 +69,8 @@ class ParentChain {
 
   // Writes into the `size` bytes of memory at `base` in this process, SysV segment
   // `key` (sysv_object_key) as the restorer attached it, the pages of `runs` ({first
-  // page, count}, ascending) as the chain has them (memcpy; nothing past `size`); where
+  // page, count}, ascending) as the chain has them (process_vm_writev(2) to this
+  // process; nothing past `size`); where
   // no link has data the memory is left as it is. A segment has no fd to pwrite(2)
   // through, and the restorer maps it anyway to fill it from the page stream. Throws
   // Error naming the segment when a read fails.
@@ -86,6 +87,13 @@ class ParentChain {
   using Seg = chain_detail::Seg;
   using Piece = chain_detail::Piece;
   ParentChain() = default;
+  // A write of n bytes at src to offset `to` of an object (fill_key).
+  using ObjectWrite = std::function<void(const std::byte* src, std::size_t n, std::uint64_t to)>;
+  // fill_object() and fill_memory(): the pages of `runs` of object `key` (`size` bytes)
+  // as the chain has them, each stretch handed to `write` (never past `size`).
+  void fill_key(const std::string& key, std::uint64_t size,
+                const std::vector<std::pair<std::uint64_t, std::uint64_t>>& runs,
+                const ObjectWrite& write);
   // The common walk of fill(), fill_object() and fill_memory(): for each link, newest first, the
   // pieces of `ranges` it stores are handed to `deliver`; those it takes from its
   // parent go on to the next link. `segs_of` gives a link's segments (null: none).

@@ -78,12 +78,7 @@ RestoreStats restore(const RestoreOptions& o) {
   auto reader = ImageReader::open(o.dir, load_image_key(image_key_path(o.key_file)));
   // ImageReader::open() has checked the format version; which engine build wrote the
   // image does not matter (image.h, "Versions").
-  Manifest m;
-  try {
-    m = reader->manifest().get<Manifest>();
-  } catch (const nlohmann::json::exception& e) {
-    fail_image("{}: malformed manifest: {}", o.dir.string(), e.what());
-  }
+  Manifest m = parse_manifest(reader->manifest(), o.dir.string());
   if (m.kind == "pre-dump")
     fail_usage(
         "{} is a pre-dump: it holds memory only and is not restorable by itself (dump "

@@ -199,15 +199,8 @@ void dump_shm_data(std::vector<ShmSource>& sources, Manifest& m, ImageWriter& im
                    PageHashing* hashing) {
   std::vector<std::byte> buf(kIo);
   for (ShmSource& s : sources) {
-    ShmObject& o = s.object;
-    if (hashing) {
-      o.track = TrackMethod::kHash;
-      append_file_data_hashed(s.fd.get(), o.key, o.size, o.runs, o.parent_runs, img, buf, *hashing,
-                              s.what);
-    } else {
-      o.runs = append_file_data(s.fd.get(), o.size, img, buf, s.what);
-    }
-    m.shm.push_back(std::move(o));
+    append_object_data(s.object, s.fd.get(), img, buf, hashing, s.what);
+    m.shm.push_back(std::move(s.object));
   }
 }
 

@@ -64,6 +64,19 @@ void append_file_data_hashed(int fd, const std::string& key, std::uint64_t size,
                              std::vector<std::pair<std::uint64_t, std::uint64_t>>& runs,
                              PageRuns& parent_runs, ImageWriter& img, std::vector<std::byte>& buf,
                              PageHashing& hashing, const std::string& what);
+// The data of `o` (a ShmObject or a DeletedFile, open as `fd`) to the page stream:
+// with `hashing`, compared with the parent by hash (append_file_data_hashed; o.track
+// becomes kHash), else whole (append_file_data).
+template <typename Object>
+void append_object_data(Object& o, int fd, ImageWriter& img, std::vector<std::byte>& buf,
+                        PageHashing* hashing, const std::string& what) {
+  if (hashing) {
+    o.track = TrackMethod::kHash;
+    append_file_data_hashed(fd, o.key, o.size, o.runs, o.parent_runs, img, buf, *hashing, what);
+  } else {
+    o.runs = append_file_data(fd, o.size, img, buf, what);
+  }
+}
 // The restore side: writes those runs from the page stream into `fd`.
 void fill_file_data(int fd, std::uint64_t size,
                     const std::vector<std::pair<std::uint64_t, std::uint64_t>>& runs,

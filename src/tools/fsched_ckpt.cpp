@@ -346,12 +346,7 @@ int main(int argc, char** argv) {
       const std::vector<std::byte> key = ck::load_image_key(ck::image_key_path(verify_key));
       auto reader = ck::ImageReader::open(verify_dir, key);
       if (verify_chain && reader->manifest().value("kind", std::string()) == "incremental") {
-        ck::Manifest m;
-        try {
-          m = reader->manifest().get<ck::Manifest>();
-        } catch (const nlohmann::json::exception& e) {
-          fsched::fail_image("{}: malformed manifest: {}", verify_dir, e.what());
-        }
+        const ck::Manifest m = ck::parse_manifest(reader->manifest(), verify_dir);
         auto chain = ck::ParentChain::open(verify_dir, m, key, reader.get());
         std::cout << "image " << verify_dir << " and its " << chain->links().size()
                   << " parent image(s) are intact\n";
