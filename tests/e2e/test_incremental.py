@@ -89,6 +89,14 @@ def _spec(name: str) -> JobSpec:
                    timeout=180)
 
 
+def _pre_dump(e2e: E2E, job: Job, pre: Path, *extra: str) -> dict:
+    """fsched-ckpt pre-dump of the job into `pre`, which must succeed; its JSON stats."""
+    r = e2e.engine.call(["pre-dump", "--pid", str(job.init_pid), "--dir", str(pre), "--json",
+                         *extra], 120)
+    assert r.rc == 0, r.stderr
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
 def _chain(e2e: E2E, job: Job, ref, name: str, links: int, mappings: bool = False,
            method: str | None = None, shared: bool = False) -> list[Path]:
     """Dumps the running job `links` times, leaving it running: a full image with
@@ -229,10 +237,7 @@ def test_pre_dump_then_dump(e2e: E2E):
     try:
         job.wait_progress(ref, 0.3)
         pre = e2e.image(f"{spec.name}/pre")
-        r = e2e.engine.call(["pre-dump", "--pid", str(job.init_pid), "--dir", str(pre), "--json"],
-                            120)
-        assert r.rc == 0, r.stderr
-        ps = json.loads(r.stdout.strip().splitlines()[-1])
+        ps = _pre_dump(e2e, job, pre)
         assert manifest(pre)["kind"] == "pre-dump"
         assert ps["memory_bytes"] > 40 << 20, ps
         # A pre-dump is not a restore target.
@@ -405,10 +410,7 @@ def test_pre_dump_then_dump_by_page_hashes(e2e: E2E):
     try:
         job.wait_progress(ref, 0.3)
         pre = e2e.image(f"{spec.name}/pre")
-        r = e2e.engine.call(["pre-dump", "--pid", str(job.init_pid), "--dir", str(pre), "--json",
-                             "--track-method", "hash"], 120)
-        assert r.rc == 0, r.stderr
-        ps = json.loads(r.stdout.strip().splitlines()[-1])
+        ps = _pre_dump(e2e, job, pre, "--track-method", "hash")
         # Nothing of the job was registered with a userfaultfd.
         pids = [str(job.init_pid)] + \
             Path(f"/proc/{job.init_pid}/task/{job.init_pid}/children").read_text().split()
@@ -446,9 +448,7 @@ def test_pre_dump_then_dump_shared_memory(e2e: E2E):
     try:
         job.wait_progress(ref, 0.3)
         pre = e2e.image(f"{spec.name}/pre")
-        r = e2e.engine.call(["pre-dump", "--pid", str(job.init_pid), "--dir", str(pre), "--json"],
-                            120)
-        assert r.rc == 0, r.stderr
+        _pre_dump(e2e, job, pre)
         objs = manifest(pre)["shm"]
         assert len(objs) == 1 and objs[0]["track"] == "hash", objs
         assert sum(c for _, c in page_runs(objs[0]["runs"])) == 2048, objs
@@ -648,9 +648,7 @@ def test_pre_dump_then_dump_deleted_file_and_sysv_shm(e2e: E2E):
     try:
         job.wait_progress(ref, 0.3)
         pre = e2e.image(f"{spec.name}/pre")
-        r = e2e.engine.call(["pre-dump", "--pid", str(job.init_pid), "--dir", str(pre), "--json"],
-                            120)
-        assert r.rc == 0, r.stderr
+        _pre_dump(e2e, job, pre)
         pm = manifest(pre)
         files = pm["deleted_files"]
         assert len(files) == 1 and files[0]["track"] == "hash", files
