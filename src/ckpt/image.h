@@ -155,6 +155,22 @@ class ImageWriter {
   // off while a job that is to be thawed before the commit is frozen. Default off.
   virtual void set_eager_writeback(bool on) = 0;
 
+  // From now on, full chunks are kept in memory as they are, neither compressed nor
+  // written, until release_held() or commit(), as long as they fit in `budget` bytes:
+  // a dump that thaws the job before its commit then only copies the job's memory
+  // while it is frozen, and zstd and the writes run after the thaw. The buffers
+  // (budget rounded down to whole chunks) are allocated here and their pages populated
+  // (madvise(2) MADV_POPULATE_WRITE), so that the frozen copy takes no page fault.
+  // The chunk that does not fit releases the held ones, and from then on the writer
+  // works as without hold(). budget < 2 chunks: nothing is held. Throws
+  // std::bad_alloc; the writer stays usable.
+  virtual void hold(std::uint64_t budget) = 0;
+  // Hands the held chunks, in stream order, to the compression threads, and stops
+  // holding. Throws like append_pages().
+  virtual void release_held() = 0;
+  // Bytes of the page stream held in memory by hold() now.
+  virtual std::uint64_t held_bytes() const = 0;
+
   // Section s of the page stream starts here, at logical_bytes(): commit() records it
   // in manifest "sections". Sections must begin in kSectionOrder, each once (any may be
   // empty); throws fsched::Error (a bug of the dumper) otherwise.

@@ -8,6 +8,7 @@
 // pages.img and buffers in memory so that pages.img can be written with O_DIRECT on
 // request.
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include "ckpt/xxh3.h"
@@ -165,6 +166,34 @@ class ImageWriterImpl final : public ImageWriter {
     eager_writeback_.store(on, std::memory_order_relaxed);
   }
 
+  void hold(std::uint64_t budget) override {
+    check_usable();
+    const std::uint64_t n = budget / kChunkRawBytes;
+    if (n < 2) return;
+    spare_.reserve(static_cast<std::size_t>(n));
+    held_.reserve(static_cast<std::size_t>(n));
+    while (spare_.size() < n) {
+      AlignedBuffer b = aligned_buffer(kChunkRawBytes);
+      // Best effort: a kernel without it (EINVAL) leaves the faults to the copy.
+      (void)::madvise(b.get(), kChunkRawBytes, MADV_POPULATE_WRITE);
+      spare_.push_back(std::move(b));
+    }
+    if (!fill_) {  // the chunk filled first is one of them too
+      fill_ = std::move(spare_.back());
+      spare_.pop_back();
+    }
+    holding_ = true;
+  }
+
+  void release_held() override {
+    holding_ = false;
+    spare_.clear();
+    for (Held& h : held_) hand_to_worker(std::move(h.buf), h.len);  // rethrows a worker's error
+    held_.clear();
+  }
+
+  std::uint64_t held_bytes() const override { return std::uint64_t{held_.size()} * kChunkRawBytes; }
+
   void begin_section(Section sec) override {
     check_usable();
     std::size_t i = section_index(sec);
@@ -188,6 +217,7 @@ class ImageWriterImpl final : public ImageWriter {
            manifest.type_name());
     broken_ = true;  // until commit succeeds; a failed commit cannot be retried
     if (fill_len_ > 0) submit();
+    release_held();
     wait_idle();
     stop_worker();
     fill_.reset();
@@ -263,9 +293,25 @@ class ImageWriterImpl final : public ImageWriter {
     if (broken_) fail("{}: image writer unusable after an earlier failed commit", dir_.native());
   }
 
-  // Hands the full fill_ buffer to an idle worker (waiting for one) and takes that
-  // worker's previous input buffer to fill next.
+  // Hands the full fill_ buffer on, and takes an empty one to fill next: kept (hold())
+  // while the budget lasts, else to a worker after the held chunks.
   void submit() {
+    if (holding_ && !spare_.empty()) {
+      held_.push_back({std::move(fill_), fill_len_});
+      fill_ = std::move(spare_.back());
+      spare_.pop_back();
+      fill_len_ = 0;
+      return;
+    }
+    if (holding_) release_held();
+    AlignedBuffer old = hand_to_worker(std::move(fill_), fill_len_);
+    fill_ = std::move(old);
+    fill_len_ = 0;
+  }
+
+  // Hands chunk `buf` (len bytes) to an idle worker, waiting for one; returns that
+  // worker's previous input buffer (null at first).
+  AlignedBuffer hand_to_worker(AlignedBuffer buf, std::size_t len) {
     {
       std::unique_lock lk(mu_);
       Worker* idle = nullptr;
@@ -275,13 +321,13 @@ class ImageWriterImpl final : public ImageWriter {
         return idle || error_;
       });
       if (error_) std::rethrow_exception(error_);
-      std::swap(fill_, idle->in);
-      idle->len = fill_len_;
+      std::swap(buf, idle->in);
+      idle->len = len;
       idle->seq = submitted_++;
       idle->busy = true;
     }
     cv_.notify_all();
-    fill_len_ = 0;
+    return buf;
   }
 
   // Waits until every submitted chunk is written.
@@ -428,6 +474,14 @@ class ImageWriterImpl final : public ImageWriter {
   bool broken_ = false;
   std::vector<std::byte> key_;  // sign_with(): the image key for manifest.hmac
   std::vector<std::pair<Section, std::uint64_t>> sections_;  // begin_section(): where each starts
+  // hold(): full chunks kept in stream order, and the populated buffers still free.
+  struct Held {
+    AlignedBuffer buf;
+    std::size_t len;
+  };
+  bool holding_ = false;
+  std::vector<Held> held_;
+  std::vector<AlignedBuffer> spare_;  // populated, not yet filled
 
   // Shared with the workers; guarded by mu_ (a Worker's job fields are its own while
   // it is busy).
