@@ -332,6 +332,34 @@ struct ImageToVerify {
   std::string context;
 };
 
+// ImageReader::verify_chunks() of several images, added one by one: their chunks are
+// hashed by one pool of up to kVerifyThreads threads, which starts on the first
+// image's chunks while the caller opens the next (a chain's links), and which the
+// caller's thread joins in finish(). Not thread-safe (one caller).
+class ImageVerifier {
+ public:
+  ImageVerifier();
+  // Stops and joins the pool (errors are dropped) if finish() was not called.
+  ~ImageVerifier();
+  ImageVerifier(const ImageVerifier&) = delete;
+  ImageVerifier& operator=(const ImageVerifier&) = delete;
+
+  // Adds `reader` (made by ImageReader::open; it must outlive the verifier), whose
+  // errors finish() prefixes with `context` ("parent image DIR (of DIR)") unless it is
+  // empty. Opens pages.img; an error doing so is kept for finish(). Throws only
+  // std::bad_alloc.
+  void add(const ImageReader& reader, std::string context);
+  // Hashes, with the pool, until every chunk added is checked, then throws what
+  // verify_chunks() would throw for the first image, in the order added, that fails
+  // (an ImageError prefixed with its context when there is one); images after it may
+  // be left unverified. Call once.
+  void finish();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
 // ImageReader::verify_chunks() of every image in `images` (readers made by
 // ImageReader::open), their chunks hashed by one pool of up to kVerifyThreads threads:
 // a chain of small images verifies at the speed of one large one. Throws what

@@ -6,6 +6,9 @@
 #include "ckpt/xxh3.h"
 
 #include <algorithm>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
 #include <memory>
 #include <optional>
 #include <string>
@@ -135,84 +138,164 @@ class ImageReaderImpl final : public ImageReader {
 
 }  // namespace
 
-void verify_images(std::span<const ImageToVerify> images) {
-  // An error of image k, prefixed with its context.
-  auto rethrow = [&](std::size_t k, std::exception_ptr e) {
-    if (images[k].context.empty()) std::rethrow_exception(e);
-    try {
-      std::rethrow_exception(e);
-    } catch (const Error& err) {
-      throw ImageError(fmt::format("{}: {}", images[k].context, err.what()));
-    }
+// One pool of up to kVerifyThreads threads hashing the chunks of the images added so
+// far, in the order added; the caller's thread joins it in finish(). Failures are kept
+// by global chunk index (image after image), so that the first in that order wins
+// whatever the threads' timing.
+struct ImageVerifier::Impl {
+  struct Item {
+    const ImageReaderImpl* impl = nullptr;
+    std::string context;
+    ImageReaderImpl::Verification plan;
+    std::exception_ptr begin_error;  // begin_verify() failed: nothing of it is hashed
+    std::size_t first = 0;           // global index of its chunk 0
   };
-  std::vector<const ImageReaderImpl*> impl;
-  std::vector<ImageReaderImpl::Verification> plan;
-  // first[k]: the index of image k's chunk 0 among all the images' checked chunks, so
-  // that one ChunkClaims orders every failure: by image, then by chunk.
-  std::vector<std::size_t> first{0};
-  std::uint64_t to_hash = 0;
-  for (std::size_t k = 0; k < images.size(); ++k) {
-    impl.push_back(&dynamic_cast<const ImageReaderImpl&>(*images[k].reader));
-    try {
-      plan.push_back(impl[k]->begin_verify());
-    } catch (...) {
-      rethrow(k, std::current_exception());
-    }
-    first.push_back(first.back() + plan[k].complete);
-    to_hash += plan[k].bytes;
+
+  std::mutex mu;
+  std::condition_variable cv;
+  std::deque<Item> items;  // a deque: references stay valid while images are added
+  std::size_t total = 0;   // chunks added
+  std::size_t next = 0;    // the next chunk to claim
+  std::uint64_t bytes = 0;
+  bool closed = false;  // finish(): no more images
+  bool stop = false;    // abandoned, or a thread could not allocate its state
+  std::size_t bad = SIZE_MAX;
+  std::exception_ptr chunk_error;    // of chunk `bad`, the lowest that failed
+  std::exception_ptr outside_error;  // a thread's allocation
+  std::vector<std::thread> helpers;
+  bool helpers_started = false;
+
+  // The next chunk to hash: its image and index in it; nothing once closed and done,
+  // after a failure of an earlier chunk, or when stopped.
+  std::optional<std::pair<const Item*, std::size_t>> claim(std::size_t& k) {
+    std::unique_lock lk(mu);
+    cv.wait(lk, [&] { return stop || closed || (next < total && next < bad); });
+    if (stop || next >= total || next >= bad) return std::nullopt;
+    const std::size_t g = next++;
+    while (g >= items[k].first + items[k].plan.complete) ++k;  // claims rise
+    return std::pair{&items[k], g - items[k].first};
   }
 
-  ChunkClaims claims(0, first.back());
-  auto work = [&] {
+  void work() {
     try {
       std::unique_ptr<XXH3_state_t, XXH3StateFree> state(XXH3_createState());
       if (!state) throw std::bad_alloc();
       auto scratch = std::make_unique_for_overwrite<std::byte[]>(kIoBlockBytes);  // for pread
       std::size_t k = 0;
-      while (std::optional<std::size_t> claimed = claims.claim()) {
-        std::size_t g = *claimed;
-        while (g >= first[k + 1]) ++k;  // claims rise: the image only moves forward
+      while (auto c = claim(k)) {
         try {
-          impl[k]->check_chunk(plan[k], g - first[k], state.get(), scratch.get());
+          c->first->impl->check_chunk(c->first->plan, c->second, state.get(), scratch.get());
         } catch (...) {
-          claims.failed(g, std::current_exception());
+          std::lock_guard lk(mu);
+          const std::size_t g = c->first->first + c->second;
+          if (g < bad) {
+            bad = g;
+            chunk_error = std::current_exception();
+          }
         }
       }
-    } catch (...) {  // allocation failure: report it unless a chunk error comes first
-      claims.failed_outside(std::current_exception());
+    } catch (...) {  // allocation failure: reported unless a chunk error comes first
+      {
+        std::lock_guard lk(mu);
+        if (!outside_error) outside_error = std::current_exception();
+        stop = true;
+      }
+      cv.notify_all();
+    }
+  }
+
+  void stop_helpers() {
+    {
+      std::lock_guard lk(mu);
+      stop = true;
+    }
+    cv.notify_all();
+    for (auto& t : helpers) t.join();
+    helpers.clear();
+  }
+};
+
+ImageVerifier::ImageVerifier() : impl_(std::make_unique<Impl>()) {}
+
+ImageVerifier::~ImageVerifier() {
+  if (impl_) impl_->stop_helpers();
+}
+
+void ImageVerifier::add(const ImageReader& reader, std::string context) {
+  Impl& v = *impl_;
+  Impl::Item it;
+  it.impl = &dynamic_cast<const ImageReaderImpl&>(reader);
+  it.context = std::move(context);
+  try {
+    it.plan = it.impl->begin_verify();
+  } catch (...) {
+    it.begin_error = std::current_exception();
+    it.plan = {};
+  }
+  bool start = false;
+  {
+    std::lock_guard lk(v.mu);
+    it.first = v.total;
+    v.total += it.plan.complete;
+    v.bytes += it.plan.bytes;
+    v.items.push_back(std::move(it));
+    // Threads only for enough stored bytes (starting one costs more than hashing a few
+    // MiB): the first helper as soon as there is kVerifyBytesPerThread to hash, so that
+    // it hashes while the caller opens the next image.
+    start = !v.helpers_started && v.bytes >= kVerifyBytesPerThread;
+    if (start) v.helpers_started = true;
+  }
+  v.cv.notify_all();
+  if (!start) return;
+  const std::size_t n = std::min<std::size_t>(kVerifyThreads, usable_cpus());
+  for (std::size_t t = 1; t < n; ++t) {
+    try {
+      v.helpers.emplace_back([&v] { v.work(); });
+    } catch (const std::system_error&) {
+      break;  // cannot start a thread: finish()'s caller does its share
+    }
+  }
+}
+
+void ImageVerifier::finish() {
+  Impl& v = *impl_;
+  {
+    std::lock_guard lk(v.mu);
+    v.closed = true;
+  }
+  v.cv.notify_all();
+  v.work();
+  for (auto& t : v.helpers) t.join();
+  v.helpers.clear();
+
+  // An error of image k, prefixed with its context.
+  auto rethrow = [&](const Impl::Item& item, std::exception_ptr e) {
+    if (item.context.empty()) std::rethrow_exception(e);
+    try {
+      std::rethrow_exception(e);
+    } catch (const Error& err) {
+      throw ImageError(fmt::format("{}: {}", item.context, err.what()));
     }
   };
-
-  // One thread per usable CPU up to kVerifyThreads, each with kVerifyBytesPerThread
-  // stored bytes at least (starting a thread costs more than hashing a few MiB). One
-  // pool for all the images: a chain of small incrementals keeps both threads busy
-  // instead of starting and joining a helper per link.
-  std::size_t nthreads = static_cast<std::size_t>(
-      std::min<std::uint64_t>({kVerifyThreads, usable_cpus(), to_hash / kVerifyBytesPerThread}));
-  std::vector<std::thread> helpers;
-  for (std::size_t t = 1; t < nthreads; ++t) {
+  if (v.outside_error && !v.chunk_error) std::rethrow_exception(v.outside_error);
+  // In the order added: a bad chunk of image k (the lowest failing index is kept, so
+  // it is the first in the stream of the first image that has one), else its pages.img
+  // unreadable, truncated or with trailing bytes.
+  for (Impl::Item& item : v.items) {
+    if (v.chunk_error && v.bad < item.first + item.plan.complete) rethrow(item, v.chunk_error);
+    if (item.begin_error) rethrow(item, item.begin_error);
     try {
-      helpers.emplace_back(work);
-    } catch (const std::system_error&) {
-      break;  // cannot start a thread: the others do its share
-    }
-  }
-  work();
-  for (auto& t : helpers) t.join();
-
-  // In image order: a bad chunk of image k (the lowest failing index is kept, so it
-  // is the first in the stream of the first image that has one), else its truncation
-  // or trailing bytes.
-  std::exception_ptr e = claims.error();
-  if (e && claims.first_failed() == SIZE_MAX) std::rethrow_exception(e);  // no chunk's
-  for (std::size_t k = 0; k < images.size(); ++k) {
-    if (e && claims.first_failed() < first[k + 1]) rethrow(k, e);
-    try {
-      impl[k]->end_verify(std::move(plan[k]));
+      item.impl->end_verify(std::move(item.plan));
     } catch (...) {
-      rethrow(k, std::current_exception());
+      rethrow(item, std::current_exception());
     }
   }
+}
+
+void verify_images(std::span<const ImageToVerify> images) {
+  ImageVerifier v;
+  for (const ImageToVerify& i : images) v.add(*i.reader, i.context);
+  v.finish();
 }
 
 namespace {

@@ -158,6 +158,12 @@ std::unique_ptr<ParentChain> ParentChain::open(const std::filesystem::path& dir,
                                                std::span<const std::byte> key,
                                                const ImageReader* head) {
   std::unique_ptr<ParentChain> chain(new ParentChain());
+  // The pages of the head and of every link, hashed by one pool from the moment each
+  // is open: verifying link by link left a CPU idle at the end of each small link, and
+  // verifying once all were open left one idle while they were opened (~30 ms for 9
+  // links).
+  ImageVerifier verifier;
+  if (head) verifier.add(*head, {});
   std::set<std::string> seen{m.image_id};
   std::filesystem::path child_dir = dir;
   const Manifest* child = &m;
@@ -170,7 +176,7 @@ std::unique_ptr<ParentChain> ParentChain::open(const std::filesystem::path& dir,
         fmt::format("parent image {} (of {})", link->dir.string(), child_dir.string());
     try {
       link->reader = ImageReader::open(link->dir, key);
-      link->m = link->reader->manifest().get<Manifest>();
+      link->m = parse_manifest(link->reader->manifest(), link->dir.string());
     } catch (const Error& e) {
       throw ImageError(fmt::format("{}: {}", who, e.what()));
     }
@@ -185,18 +191,11 @@ std::unique_ptr<ParentChain> ParentChain::open(const std::filesystem::path& dir,
     child_dir = link->dir;
     chain->links_.push_back(std::move(link));
     child = &chain->links_.back()->m;
+    // Only once the chain owns it: the verifier's threads read it until the verifier,
+    // declared after the chain, is gone.
+    verifier.add(*chain->links_.back()->reader, who);
   }
-  // The pages of every link, and of the head, at once: verifying link by link left a
-  // CPU idle at the end of each small link.
-  std::vector<ImageToVerify> all;
-  if (head) all.push_back({head, {}});
-  std::filesystem::path below = dir;
-  for (auto& l : chain->links_) {
-    all.push_back(
-        {l->reader.get(), fmt::format("parent image {} (of {})", l->dir.string(), below.string())});
-    below = l->dir;
-  }
-  verify_images(all);
+  verifier.finish();
   return chain;
 }
 

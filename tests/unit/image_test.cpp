@@ -994,6 +994,44 @@ TEST_F(VerifyImages, MissingPagesOfALink) {
   EXPECT_THAT(verify_all(), AllOf(StartsWith("link 2: "), HasSubstr("No such file")));
 }
 
+// ImageVerifier: images added one at a time, hashed meanwhile (a chain's links as they
+// are opened); the order added decides which error is reported, not the timing.
+TEST_F(VerifyImages, AddedOneByOneAnEarlierBadChunkWinsOverALaterMissingFile) {
+  flip_bit(link_pages(0), link_offset(0, 1) + 5);
+  fs::remove(link_pages(2));
+  for (int i = 0; i < 5; ++i) {
+    std::vector<std::unique_ptr<ImageReader>> readers;
+    for (auto& d : dirs_) readers.push_back(ImageReader::open(d));
+    ImageVerifier v;
+    for (std::size_t k = 0; k < readers.size(); ++k) {
+      v.add(*readers[k], fmt::format("link {}", k));  // the missing file: kept, not thrown
+      std::this_thread::sleep_for(std::chrono::milliseconds(5 * i));
+    }
+    EXPECT_THAT(error_of([&] { v.finish(); }),
+                AllOf(StartsWith("link 0: "), HasSubstr("chunk 1 ")));
+  }
+}
+
+TEST_F(VerifyImages, AddedOneByOneAllGoodAndAbandonedVerifierJoins) {
+  std::vector<std::unique_ptr<ImageReader>> readers;
+  for (auto& d : dirs_) readers.push_back(ImageReader::open(d));
+  {
+    ImageVerifier abandoned;  // destroyed while its pool may still hash
+    for (auto& r : readers) abandoned.add(*r, "x");
+  }
+  ImageVerifier v;
+  for (auto& r : readers) v.add(*r, "x");
+  v.finish();
+  std::vector<std::byte> out(2 * kChunk + 4096 * 2);
+  readers[2]->pages()->read(out);
+  EXPECT_TRUE(same(out, random_bytes(2 * kChunk + 4096 * 2, 22)));
+  fs::remove(link_pages(1));
+  ImageVerifier w;
+  for (auto& r : readers) w.add(*r, fmt::format("again {}", &r - readers.data()));
+  EXPECT_THAT(error_of([&] { w.finish(); }),
+              AllOf(StartsWith("again 1: "), HasSubstr("No such file")));
+}
+
 // Pages not in the page cache are read with pread(2), cached ones from a mapping; the
 // results must not differ.
 TEST_F(CorruptPages, UncachedAndPartlyCachedPages) {
