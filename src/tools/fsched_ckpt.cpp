@@ -38,7 +38,7 @@ int show(const std::string& dir, bool json, const std::string& key_file) {
     std::cout << j.dump(2) << "\n";
     return 0;
   }
-  auto m = j.get<ck::Manifest>();
+  auto m = ck::parse_manifest(j, dir);
   std::cout << fmt::format(
       "image {}\n  format {} engine {} kernel {} xfeatures {:#x} xstate {} bytes\n", dir,
       j.value("format_version", 0), j.value("engine_version", "?"), m.kernel, m.xfeatures,
@@ -46,15 +46,27 @@ int show(const std::string& dir, bool json, const std::string& key_file) {
   std::cout << fmt::format(
       "  pages: {} stored in {} ({} chunks)\n", mib(j.value("pages_logical_bytes", 0ULL)),
       mib(j.value("pages_stored_bytes", 0ULL)), j.contains("chunks") ? j["chunks"].size() : 0);
-  // The chain of an incremental image: each link with the pages it holds itself.
-  auto own_pages = [](const ck::Manifest& mm) {
-    std::uint64_t n = 0, parent = 0;
+  // The chain of an incremental image: each link with the pages it holds itself, of
+  // the processes' mappings and of the shared memory objects, deleted files and SysV
+  // segments (which every dump that tracks compares by hash).
+  struct Own {
+    std::uint64_t mine = 0, below = 0;
+  };
+  auto add = [](Own& o, const auto& runs, const auto& parent_runs) {
+    for (auto& r : runs) o.mine += r.second;
+    for (auto& r : parent_runs) o.below += r.second;
+  };
+  auto own_pages = [&](const ck::Manifest& mm) {
+    Own mem, objects;
     for (auto& p : mm.processes)
-      for (auto& v : p.vmas) {
-        for (auto& r : v.runs) n += r.second;
-        for (auto& r : v.parent_runs) parent += r.second;
-      }
-    return std::pair{n, parent};
+      for (auto& v : p.vmas) add(mem, v.runs, v.parent_runs);
+    for (auto& o : mm.shm) add(objects, o.runs, o.parent_runs);
+    for (auto& o : mm.deleted_files) add(objects, o.runs, o.parent_runs);
+    for (auto& o : mm.sysv_shm) add(objects, o.runs, o.parent_runs);
+    std::string out = fmt::format("{} / {} pages", mem.mine, mem.below);
+    if (!mm.shm.empty() || !mm.deleted_files.empty() || !mm.sysv_shm.empty())
+      out += fmt::format(", shared objects {} / {} pages", objects.mine, objects.below);
+    return out;
   };
   // How the link found its unchanged pages (track_method.h), over its mappings.
   auto methods = [](const ck::Manifest& mm) {
@@ -73,14 +85,13 @@ int show(const std::string& dir, bool json, const std::string& key_file) {
     ck::Manifest cur = m;
     std::filesystem::path cur_dir = dir;
     for (std::size_t depth = 0; depth <= ck::kMaxChainLinks; ++depth) {
-      auto [own, below] = own_pages(cur);
-      std::cout << fmt::format("    {} {} {} / {} pages; {}\n", cur_dir.string(), cur.kind, own,
-                               below, methods(cur));
+      std::cout << fmt::format("    {} {} {}; {}\n", cur_dir.string(), cur.kind, own_pages(cur),
+                               methods(cur));
       if (cur.kind != "incremental") break;
       const std::filesystem::path next = ck::parent_dir(cur_dir, cur);
       ck::Manifest pm;
       try {
-        pm = ck::ImageReader::open(next, key)->manifest().get<ck::Manifest>();
+        pm = ck::parse_manifest(ck::ImageReader::open(next, key)->manifest(), next.string());
       } catch (const std::exception& e) {
         std::cout << fmt::format("    {} unreadable: {}\n", next.string(), e.what());
         break;

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import json
 import os
+import re
 import random
 import shutil
 import signal
@@ -628,6 +629,13 @@ def test_incremental_chain_sysv_shm(e2e: E2E):
         own, below = _own_below(segs[4 << 20])
         assert below > 900 and own + below == 1024, (own, below)
         assert _own_below(segs[64 << 10]) == (0, 16), segs[64 << 10]
+        # show counts the shared objects' pages too: at least the two segments' pages
+        # taken from below, next to the deleted file's.
+        sh = e2e.engine.call(["show", "--dir", str(last)], 60)
+        assert sh.rc == 0, sh.stderr
+        line = next(ln for ln in sh.stdout.splitlines() if ln.startswith(f"    {last} "))
+        m = re.search(r"shared objects (\d+) / (\d+) pages", line)
+        assert m and int(m[2]) >= below + 16 and int(m[1]) + int(m[2]) >= 2 * 1024 + 16, line
         job.paused()
         res = e2e.restore_foreground(job, last)
         assert res.rc == ref.status, res.stderr
