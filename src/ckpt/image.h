@@ -118,7 +118,8 @@ inline constexpr unsigned kVerifyThreads = 2;
 // Writes an image. Not thread-safe; append_pages() hands full chunks to internal
 // worker threads (two, one per CPU at most) so that compression overlaps with reading
 // the job's memory and two chunks are compressed at once.
-// Memory use is bounded by a few chunks whatever the image size.
+// Memory use is bounded by a few chunks whatever the image size, plus the budget of
+// hold() while it holds.
 // A failure in a worker is reported by the next append_pages() or commit(). Once a
 // call has thrown (except commit() refusing a non-object manifest) the writer stays
 // failed: every further call throws; destroy it to remove DIR.tmp.
@@ -162,13 +163,13 @@ class ImageWriter {
   // (budget rounded down to whole chunks) are allocated here and their pages populated
   // (madvise(2) MADV_POPULATE_WRITE), so that the frozen copy takes no page fault.
   // The chunk that does not fit releases the held ones, and from then on the writer
-  // works as without hold(). budget < 2 chunks: nothing is held. Throws
-  // std::bad_alloc; the writer stays usable.
+  // works as without hold(). Nothing is held when budget < 2 chunks or the buffers
+  // cannot be allocated. Throws like append_pages() if the writer failed before.
   virtual void hold(std::uint64_t budget) = 0;
   // Hands the held chunks, in stream order, to the compression threads, and stops
   // holding. Throws like append_pages().
   virtual void release_held() = 0;
-  // Bytes of the page stream held in memory by hold() now.
+  // Bytes of the full chunks hold() keeps in memory now (not the one being filled).
   virtual std::uint64_t held_bytes() const = 0;
 
   // Section s of the page stream starts here, at logical_bytes(): commit() records it

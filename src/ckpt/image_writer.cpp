@@ -20,6 +20,7 @@
 #include <cstring>
 #include <exception>
 #include <mutex>
+#include <new>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -170,13 +171,19 @@ class ImageWriterImpl final : public ImageWriter {
     check_usable();
     const std::uint64_t n = budget / kChunkRawBytes;
     if (n < 2) return;
-    spare_.reserve(static_cast<std::size_t>(n));
-    held_.reserve(static_cast<std::size_t>(n));
-    while (spare_.size() < n) {
-      AlignedBuffer b = aligned_buffer(kChunkRawBytes);
-      // Best effort: a kernel without it (EINVAL) leaves the faults to the copy.
-      (void)::madvise(b.get(), kChunkRawBytes, MADV_POPULATE_WRITE);
-      spare_.push_back(std::move(b));
+    try {
+      spare_.reserve(static_cast<std::size_t>(n));
+      held_.reserve(static_cast<std::size_t>(n));
+      while (spare_.size() < n) {
+        AlignedBuffer b = aligned_buffer(kChunkRawBytes);
+        // Best effort: a kernel without it (EINVAL) leaves the faults to the copy.
+        (void)::madvise(b.get(), kChunkRawBytes, MADV_POPULATE_WRITE);
+        spare_.push_back(std::move(b));
+      }
+    } catch (const std::bad_alloc&) {
+      spare_.clear();  // no memory for it: the dump goes on as without hold
+      spare_.shrink_to_fit();
+      return;
     }
     if (!fill_) {  // the chunk filled first is one of them too
       fill_ = std::move(spare_.back());

@@ -85,9 +85,12 @@ class Child {
         volatile char r = m[20 * kPage];
         (void)r;
       }
-      if (k == 'r') {  // moved elsewhere
-        void* to = ::mremap(m, kPages * kPage, kPages * kPage, MREMAP_MAYMOVE | MREMAP_FIXED,
-                            m + 4 * kPages * kPage);
+      if (k == 'r') {  // moved elsewhere: onto a free range the kernel picked (a fixed
+        // address above `m` could lie on the libraries, which MREMAP_FIXED would unmap)
+        void* free = ::mmap(nullptr, kPages * kPage, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        void* to = free == MAP_FAILED ? MAP_FAILED
+                                      : ::mremap(m, kPages * kPage, kPages * kPage,
+                                                 MREMAP_MAYMOVE | MREMAP_FIXED, free);
         m = static_cast<char*>(to);
         v = reinterpret_cast<std::uint64_t>(to);
       }
@@ -154,6 +157,7 @@ TEST(WrittenPages, MovedMappingIsAllWrittenAndNotTracked) {
   ASSERT_TRUE(track_range(c.uffd_.get(), a, e, "test"));
   scan_pages(c.pagemap_.get(), a, e, true, "test");
   const std::uint64_t b = c.command('r');
+  ASSERT_NE(b, reinterpret_cast<std::uint64_t>(MAP_FAILED)) << "the child's mremap failed";
   ASSERT_NE(b, a);
   // mremap(2) drops the registration (no UFFD_FEATURE_EVENT_REMAP): every page written.
   auto s = scan_pages(c.pagemap_.get(), b, b + kPages * kPage, false, "test");
