@@ -11,7 +11,6 @@
 #include <optional>
 #include <filesystem>
 #include <set>
-#include <sstream>
 
 #include "ckpt/creds.h"
 #include "ckpt/deleted.h"
@@ -44,6 +43,7 @@
 #include "ckpt/tty.h"
 #include "ckpt/written_pages.h"
 #include "common/error.h"
+#include "common/meminfo.h"
 
 namespace fsched::ckpt {
 namespace {
@@ -138,7 +138,7 @@ void write_page_hashes(ImageWriter& img, const PageHashing& h) {
   img.append_pages(std::as_bytes(std::span(h.tail)));
 }
 
-// "NNN kB" (/proc/PID/status, /proc/meminfo) in bytes; 0 if malformed.
+// "NNN kB" (/proc/PID/status) in bytes; 0 if malformed.
 std::uint64_t kb_field(const std::string& v) {
   auto n = parse_ints(v);
   return n.empty() || n[0] < 0 ? 0 : static_cast<std::uint64_t>(n[0]) * 1024;
@@ -175,16 +175,8 @@ std::uint64_t hold_budget(pid_t root) {
       // exited meanwhile: an estimate
     }
   }
-  std::uint64_t avail = 0;
-  try {
-    std::istringstream in(read_file("/proc/meminfo"));
-    for (std::string line; std::getline(in, line);)
-      if (line.starts_with("MemAvailable:")) avail = kb_field(line.substr(13));
-  } catch (const Error&) {
-    return 0;
-  }
   if (job > kMaxHoldBytes) return 0;
-  return std::min(job + 2 * kChunkRawBytes, avail / 8);
+  return std::min(job + 2 * kChunkRawBytes, meminfo_kib("MemAvailable:") * 1024 / 8);
 }
 
 }  // namespace

@@ -311,8 +311,7 @@ class ImageWriterImpl final : public ImageWriter {
       return;
     }
     if (holding_) release_held();
-    AlignedBuffer old = hand_to_worker(std::move(fill_), fill_len_);
-    fill_ = std::move(old);
+    fill_ = hand_to_worker(std::move(fill_), fill_len_);
     fill_len_ = 0;
   }
 

@@ -15,6 +15,7 @@
 #include <spdlog/spdlog.h>
 
 #include "common/error.h"
+#include "common/meminfo.h"
 #include "common/failure.h"
 #include "proto/json_number.h"
 #include "noded/spawn.h"
@@ -97,16 +98,6 @@ std::pair<double, double> cpu_and_iowait() {
   if (first || dt == 0) return {0.0, 0.0};
   return {1.0 - static_cast<double>(di + dw) / static_cast<double>(dt),
           static_cast<double>(dw) / static_cast<double>(dt)};
-}
-
-// A /proc/meminfo field ("MemTotal:", "MemAvailable:") in MiB; 0 if absent.
-uint64_t meminfo_mib(std::string_view field) {
-  std::ifstream in("/proc/meminfo");
-  std::string key, unit;
-  uint64_t kb = 0;
-  while (in >> key >> kb >> unit)
-    if (key == field) return kb / 1024;
-  return 0;
 }
 
 // The integer fields of the controller's requests, checked before a handler reads
@@ -832,7 +823,7 @@ nlohmann::json NodeDaemon::status() const {
   }
   long cpus = ::sysconf(_SC_NPROCESSORS_ONLN);
   auto [cpu_util, io_wait] = cpu_and_iowait();
-  uint64_t total = meminfo_mib("MemTotal:"), avail = meminfo_mib("MemAvailable:");
+  uint64_t total = meminfo_kib("MemTotal:") / 1024, avail = meminfo_kib("MemAvailable:") / 1024;
   double mem_util = total ? 1.0 - static_cast<double>(avail) / static_cast<double>(total) : 0.0;
   return {{"name", name_},
           {"cpus", me_->cpus},
