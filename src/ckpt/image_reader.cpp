@@ -109,9 +109,12 @@ class ImageReaderImpl final : public ImageReader {
     verified_file_ = std::move(v.file);
   }
 
-  std::unique_ptr<PageReader> pages() const override {
+  std::unique_ptr<PageReader> pages() const override { return pages_at(0, nullptr); }
+
+  std::unique_ptr<PageReader> pages_at(std::uint64_t off,
+                                       std::shared_ptr<ChunkBufferPool> pool) const override {
     return make_page_reader(table_, pages_path_, verified_ ? verified_file_ : nullptr, verified_,
-                            sections_);
+                            sections_, off, std::move(pool));
   }
 
  private:

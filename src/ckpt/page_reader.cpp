@@ -31,12 +31,17 @@ namespace {
 // is the first in the stream whatever the timing (see ChunkClaims).
 struct SharedDelivery {
   SharedDelivery(PageSink& to, const ChunkTable& chunk_table, std::size_t first_chunk,
-                 std::size_t end_chunk)
-      : sink(to), table(chunk_table), first(first_chunk), claims(first_chunk, end_chunk) {}
+                 std::size_t end_chunk, std::size_t first_skip)
+      : sink(to),
+        table(chunk_table),
+        first(first_chunk),
+        skip(first_skip),
+        claims(first_chunk, end_chunk) {}
 
   PageSink& sink;
   const ChunkTable& table;
   const std::size_t first;
+  const std::size_t skip;             // bytes of chunk `first` before the delivery (a skip_to())
   std::vector<std::uint64_t> starts;  // offsets in the delivery of chunks first..end-1
   ChunkClaims claims;
 
@@ -45,7 +50,8 @@ struct SharedDelivery {
     while (std::optional<std::size_t> i = claims.claim()) {
       try {
         ChunkBytes b = dec.get(*i, buf);
-        sink.put(b.data, table.chunks[*i].raw, starts[*i - first]);
+        const std::size_t from = *i == first ? skip : 0;
+        sink.put(b.data + from, table.chunks[*i].raw - from, starts[*i - first]);
       } catch (...) {
         claims.failed(*i, std::current_exception());
       }
@@ -58,20 +64,34 @@ class PageReaderImpl final : public PageReader {
   // file: pages.img as verify_chunks() mapped it, or null to open it.
   PageReaderImpl(std::shared_ptr<const ChunkTable> table, fs::path pages_path,
                  std::shared_ptr<const PagesFile> file, bool verified,
-                 std::vector<std::pair<Section, std::uint64_t>> sections)
+                 std::vector<std::pair<Section, std::uint64_t>> sections, std::uint64_t start,
+                 std::shared_ptr<ChunkBufferPool> pool)
       : table_(std::move(table)),
         path_(std::move(pages_path)),
         file_(std::move(file)),
-        sections_(std::move(sections)) {
+        sections_(std::move(sections)),
+        pool_(std::move(pool)) {
+    if (start > table_->logical_bytes)
+      bad_image("{}: reader to start at stream offset {} (stream of {} bytes)", path_.native(),
+                start, table_->logical_bytes);
     if (table_->chunks.empty()) return;
     if (!file_) file_ = std::make_shared<const PagesFile>(path_);
     mine_.emplace(*file_, *table_, verified);
     theirs_.emplace(*file_, *table_, verified);
     share_ = usable_cpus() > 1;
-    buf_ = std::make_unique_for_overwrite<std::byte[]>(table_->max_raw);
-    next_ = std::make_unique_for_overwrite<std::byte[]>(table_->max_raw);
-    task_ = Task::kDecode;  // chunk 0 into next_
-    want_ = 0;
+    auto buffer = [&] {
+      return pool_ ? pool_->take(table_->max_raw)
+                   : std::make_unique_for_overwrite<std::byte[]>(table_->max_raw);
+    };
+    buf_ = buffer();
+    next_ = buffer();
+    if (start == 0) {
+      task_ = Task::kDecode;  // chunk 0 into next_
+      want_ = 0;
+      ahead_ = true;
+    } else {
+      skip_lazily(start);  // nothing decoded until it is needed
+    }
     worker_ = std::thread([this] { worker_loop(); });
   }
 
@@ -83,6 +103,10 @@ class PageReaderImpl final : public PageReader {
     }
     cv_.notify_all();
     worker_.join();
+    if (pool_) {
+      pool_->give(std::move(buf_), table_->max_raw);
+      pool_->give(std::move(next_), table_->max_raw);
+    }
   }
 
   std::span<const std::byte> next(std::size_t max) override {
@@ -138,35 +162,7 @@ class PageReaderImpl final : public PageReader {
       pos_ = off;
       return;
     }
-    // The chunk that holds `off`: consumed_ (being decoded ahead) or a later one.
-    const auto& chunks = table_->chunks;
-    std::uint64_t start = pos_ + (cur_len_ - cur_pos_);
-    std::size_t k = consumed_;
-    while (k < chunks.size() && start + chunks[k].raw <= off) start += chunks[k++].raw;
-    if (k != consumed_) {
-      {
-        std::unique_lock lk(mu_);
-        cv_.wait(lk, [&] { return task_ == Task::kNone; });
-        if (error_) {
-          failed_ = error_;
-          std::rethrow_exception(failed_);
-        }
-        consumed_ = k;
-        if (k < chunks.size()) {
-          want_ = k;
-          task_ = Task::kDecode;
-        }
-      }
-      cv_.notify_all();
-    }
-    cur_ = {};
-    cur_len_ = cur_pos_ = 0;
-    pos_ = start;
-    if (off > pos_) {
-      take_chunk(true);
-      cur_pos_ = static_cast<std::size_t>(off - pos_);
-      pos_ = off;
-    }
+    skip_lazily(off);
   }
 
   std::uint64_t position() const override { return pos_; }
@@ -203,28 +199,62 @@ class PageReaderImpl final : public PageReader {
  private:
   enum class Task { kNone, kDecode, kDeliver };
 
-  // Makes the chunk the worker decoded (chunk consumed_) the current one and, if
-  // `prefetch`, asks the worker for the one after it (into the buffer the caller's
-  // previous views pointed into).
+  // Makes chunk consumed_ the current one, entered lead_ bytes in: the one the worker
+  // decoded ahead, or decoded now by the worker if it was not asked. If `prefetch`,
+  // asks the worker for the one after it (into the buffer the caller's previous views
+  // pointed into).
   void take_chunk(bool prefetch) {
-    {
-      std::unique_lock lk(mu_);
+    std::unique_lock lk(mu_);
+    cv_.wait(lk, [&] { return task_ == Task::kNone; });
+    if (!ahead_ && !error_) {  // nothing decoded ahead: now, and wait for it
+      want_ = consumed_;
+      task_ = Task::kDecode;
+      cv_.notify_all();
       cv_.wait(lk, [&] { return task_ == Task::kNone; });
-      if (error_) {
-        failed_ = error_;
-        std::rethrow_exception(failed_);
-      }
-      std::swap(buf_, next_);
-      cur_ = decoded_;  // its data stays where it was: the buffers swapped owners only
-      cur_len_ = table_->chunks[consumed_].raw;
-      cur_pos_ = 0;
-      ++consumed_;
-      if (prefetch && consumed_ < table_->chunks.size()) {
-        want_ = consumed_;
-        task_ = Task::kDecode;
-      }
     }
-    cv_.notify_all();
+    if (error_) {
+      failed_ = error_;
+      std::rethrow_exception(failed_);
+    }
+    std::swap(buf_, next_);
+    cur_ = decoded_;  // its data stays where it was: the buffers swapped owners only
+    cur_len_ = table_->chunks[consumed_].raw;
+    cur_pos_ = lead_;
+    lead_ = 0;
+    ++consumed_;
+    ahead_ = prefetch && consumed_ < table_->chunks.size();
+    if (ahead_) {
+      want_ = consumed_;
+      task_ = Task::kDecode;
+      cv_.notify_all();
+    }
+  }
+
+  // Moves to stream offset `off` (not before the position) without decoding anything:
+  // the chunk that holds it is decoded when it is needed, by whichever thread takes
+  // it. A decode ahead of another chunk is waited for (and its error thrown).
+  void skip_lazily(std::uint64_t off) {
+    const auto& chunks = table_->chunks;
+    // Stream offset of chunk consumed_ (the next one to take).
+    std::uint64_t start = pos_ + (cur_len_ - cur_pos_) - lead_;
+    std::size_t k = consumed_;
+    while (k < chunks.size() && start + chunks[k].raw <= off) start += chunks[k++].raw;
+    if (k != consumed_) {
+      if (ahead_) {
+        std::unique_lock lk(mu_);
+        cv_.wait(lk, [&] { return task_ == Task::kNone; });
+        if (error_) {
+          failed_ = error_;
+          std::rethrow_exception(failed_);
+        }
+      }
+      consumed_ = k;
+      ahead_ = false;
+    }
+    cur_ = {};
+    cur_len_ = cur_pos_ = 0;
+    pos_ = off;
+    lead_ = static_cast<std::size_t>(off - start);
   }
 
   // The whole chunks among the next `left` bytes (the current chunk used up), through
@@ -233,30 +263,39 @@ class PageReaderImpl final : public PageReader {
   void deliver_shared(PageSink& sink, std::uint64_t& at, std::uint64_t& left) {
     const auto& chunks = table_->chunks;
     std::size_t k0 = consumed_, k1 = consumed_;
-    std::uint64_t bytes = 0;
-    while (k1 < chunks.size() && bytes + chunks[k1].raw <= left) bytes += chunks[k1++].raw;
+    // The first chunk from lead_ on (after a skip_to()), the others whole.
+    std::uint64_t bytes = 0, skip = lead_;
+    while (k1 < chunks.size() && bytes + (chunks[k1].raw - skip) <= left) {
+      bytes += chunks[k1++].raw - skip;
+      skip = 0;
+    }
     if (k1 - k0 < 2) return;
 
-    // Chunk k0 is the one the worker decoded or is decoding; the others go in turn to
-    // whichever thread is free.
-    take_chunk(false);
-    SharedDelivery job(sink, *table_, k0 + 1, k1);
-    std::uint64_t end = at + cur_len_;
-    job.starts.reserve(k1 - k0 - 1);
-    for (std::size_t k = k0 + 1; k < k1; ++k) {
+    // Chunk k0, if the worker decoded or is decoding it, is the caller's; the others
+    // (all of them if not) go in turn to whichever thread is free.
+    const bool held = ahead_;
+    if (held) take_chunk(false);
+    const std::size_t shared0 = held ? k0 + 1 : k0;
+    SharedDelivery job(sink, *table_, shared0, k1, held ? 0 : lead_);
+    std::uint64_t end = held ? at + (cur_len_ - cur_pos_) : at;
+    job.starts.reserve(k1 - shared0);
+    for (std::size_t k = shared0; k < k1; ++k) {
       job.starts.push_back(end);
-      end += chunks[k].raw;
+      end += chunks[k].raw - (k == shared0 ? job.skip : 0);
     }
+    lead_ = 0;
     {
       std::lock_guard lk(mu_);
       job_ = &job;
       task_ = Task::kDeliver;
     }
     cv_.notify_all();
-    try {
-      sink.put(cur_.data, cur_len_, at);
-    } catch (...) {
-      job.claims.failed(k0, std::current_exception());
+    if (held) {
+      try {
+        sink.put(cur_.data + cur_pos_, cur_len_ - cur_pos_, at);
+      } catch (...) {
+        job.claims.failed(k0, std::current_exception());
+      }
     }
     job.run(*mine_, buf_.get());  // chunk k0 is written: its buffer is free
     {
@@ -274,7 +313,8 @@ class PageReaderImpl final : public PageReader {
       failed_ = e;
       std::rethrow_exception(failed_);
     }
-    if (consumed_ < chunks.size()) {
+    ahead_ = consumed_ < chunks.size();
+    if (ahead_) {
       {
         std::lock_guard lk(mu_);
         want_ = consumed_;
@@ -340,6 +380,7 @@ class PageReaderImpl final : public PageReader {
   const fs::path path_;
   std::shared_ptr<const PagesFile> file_;
   const std::vector<std::pair<Section, std::uint64_t>> sections_;  // manifest "sections"
+  const std::shared_ptr<ChunkBufferPool> pool_;                    // of buf_ and next_, or null
   bool share_ = false;  // more than one usable CPU: deliver() uses the worker too
 
   // Caller side.
@@ -347,8 +388,12 @@ class PageReaderImpl final : public PageReader {
   std::unique_ptr<std::byte[]> buf_;  // the current chunk's buffer
   ChunkBytes cur_;                    // the current chunk: in buf_ or in the mapped file
   std::size_t cur_len_ = 0, cur_pos_ = 0;
-  std::size_t consumed_ = 0;  // chunks taken from the worker
-  std::uint64_t pos_ = 0;     // logical stream position
+  std::size_t consumed_ = 0;  // chunks taken from the worker, or passed over
+  // The worker was asked to decode chunk consumed_ (and may be done); else nothing is
+  // decoded ahead and take_chunk() asks for it.
+  bool ahead_ = false;
+  std::size_t lead_ = 0;   // bytes of chunk consumed_ skipped (skip_to()) before it was taken
+  std::uint64_t pos_ = 0;  // logical stream position
   std::exception_ptr failed_;
 
   // Shared; guarded by mu_. While task_ is not kNone, next_, decoded_ and theirs_ are
@@ -371,9 +416,33 @@ class PageReaderImpl final : public PageReader {
 std::unique_ptr<PageReader> make_page_reader(
     std::shared_ptr<const ChunkTable> table, fs::path pages_path,
     std::shared_ptr<const PagesFile> file, bool verified,
-    std::vector<std::pair<Section, std::uint64_t>> sections) {
+    std::vector<std::pair<Section, std::uint64_t>> sections, std::uint64_t start,
+    std::shared_ptr<ChunkBufferPool> pool) {
   return std::make_unique<PageReaderImpl>(std::move(table), std::move(pages_path), std::move(file),
-                                          verified, std::move(sections));
+                                          verified, std::move(sections), start, std::move(pool));
 }
 
 }  // namespace fsched::ckpt::image_detail
+
+namespace fsched::ckpt {
+
+std::unique_ptr<std::byte[]> ChunkBufferPool::take(std::size_t bytes) {
+  {
+    std::lock_guard lk(mu_);
+    for (auto it = free_.begin(); it != free_.end(); ++it) {
+      if (it->first < bytes) continue;
+      std::unique_ptr<std::byte[]> b = std::move(it->second);
+      free_.erase(it);
+      return b;
+    }
+  }
+  return std::make_unique_for_overwrite<std::byte[]>(bytes);
+}
+
+void ChunkBufferPool::give(std::unique_ptr<std::byte[]> b, std::size_t bytes) {
+  if (!b) return;
+  std::lock_guard lk(mu_);
+  free_.emplace_back(bytes, std::move(b));
+}
+
+}  // namespace fsched::ckpt

@@ -28,13 +28,11 @@ struct ParentChain::Link {
   // Shared memory objects, deleted files and SysV segments by key (ShmObject::key,
   // DeletedFile::key, sysv_object_key): byte offsets in the object.
   std::map<std::string, std::vector<Seg>> objects;
-  std::unique_ptr<PageReader> pages;  // forward-only; reopened to go back
+  std::unique_ptr<PageReader> pages;  // during a delivery only
 
-  // Moves the reader to stream offset `off` (reopening it to go back), passing over
-  // the chunks before it unread.
-  void seek(std::uint64_t off) {
-    if (!pages || pages->position() > off) pages = reader->pages();
-    pages->skip_to(off);
+  // A reader at stream offset `off`, with nothing decoded before it.
+  void open_at(std::uint64_t off, const std::shared_ptr<ChunkBufferPool>& pool) {
+    pages = reader->pages_at(off, pool);
   }
 };
 
@@ -336,10 +334,13 @@ void ParentChain::fill_ranges(const std::function<const std::vector<Seg>*(Link&)
     const std::uint64_t lo = pieces.front().off;
     std::uint64_t hi = lo;
     for (const Piece& p : pieces) hi = std::max(hi, p.off + p.len);
-    link->seek(lo);
-    // One delivery from the first piece to the end of the last: whole chunks decode
-    // on two threads, zero-copy from the page cache (PageReader::deliver).
+    // One delivery from the first piece to the end of the last: chunks decode on two
+    // threads, zero-copy from the page cache (PageReader::deliver). A reader made for
+    // it, not kept: its buffers go to the next link's (a process's pieces rarely share
+    // a chunk with the next process's, and a new reader decodes nothing ahead).
+    link->open_at(lo, buffers_);
     deliver(*link, pieces, lo, hi);
+    link->pages.reset();
   }
 }
 

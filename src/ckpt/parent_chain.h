@@ -102,6 +102,8 @@ class ParentChain {
                    const std::function<void(Link&, std::span<const Piece>, std::uint64_t,
                                             std::uint64_t)>& deliver);
   std::vector<std::unique_ptr<Link>> links_;
+  // The chunk buffers of the links' readers, which are made one at a time.
+  std::shared_ptr<ChunkBufferPool> buffers_ = std::make_shared<ChunkBufferPool>();
 };
 
 // The directory of the parent named by `m` (an incremental image in `dir`).

@@ -1659,6 +1659,55 @@ TEST(ImageCopyToProcess, LargeCopySharedWithTheWorker) {
   check_copy(*r, data);
 }
 
+// A delivery from the middle of the stream -- a reader made there (pages_at) or moved
+// there (skip_to), nothing decoded yet, the first chunk entered part-way and shared
+// with the worker like the others -- lands the stream's bytes from that offset, then
+// the reader goes on from where the delivery ended; from a verified image and not.
+TEST(ImageCopyToProcess, DeliveryFromTheMiddleOfTheStream) {
+  TempDir tmp;
+  fs::path dir = tmp.path() / "img";
+  auto data = large_stream();
+  write_image(dir, data);
+  auto r = ImageReader::open(dir);
+  // In raw chunk 0, on a chunk boundary, in zstd chunk 3, on its last byte.
+  const std::size_t starts[] = {4096, 2 * kChunk, 3 * kChunk + 12345, 4 * kChunk - 4096 * 3 - 1};
+  auto pool = std::make_shared<ChunkBufferPool>();
+  for (bool verified : {false, true}) {
+    if (verified) r->verify_chunks();
+    for (bool at : {true, false}) {
+      for (std::size_t off : starts) {
+        SCOPED_TRACE(fmt::format("verified {} pages_at {} offset {}", verified, at, off));
+        // Made one after another, the readers pass their buffers on through the pool.
+        std::unique_ptr<PageReader> pr = at ? r->pages_at(off, pool) : r->pages();
+        if (!at) {
+          std::byte b[7];
+          pr->read(std::span(b));  // chunk 0 decoded, then passed over (or not)
+          pr->skip_to(off);
+        }
+        ASSERT_EQ(pr->position(), off);
+        const std::size_t len = 5 * kChunk + 777;
+        std::vector<std::byte> got(len, std::byte{0x5a});
+        iovec io{got.data(), len};
+        copy_to_process(*pr, ::getpid(), std::span(&io, 1));
+        ASSERT_TRUE(
+            std::equal(got.begin(), got.end(), data.begin() + static_cast<std::ptrdiff_t>(off)));
+        std::byte next[100];
+        pr->read(std::span(next));
+        EXPECT_TRUE(
+            std::equal(next, next + 100, data.begin() + static_cast<std::ptrdiff_t>(off + len)));
+        const std::size_t later = std::min(off + len + 100 + 2 * kChunk, data.size() - 50);
+        pr->skip_to(later);
+        auto v = pr->next(50);
+        ASSERT_EQ(v.size(), 50u);
+        EXPECT_TRUE(
+            std::equal(v.begin(), v.end(), data.begin() + static_cast<std::ptrdiff_t>(later)));
+      }
+    }
+  }
+  EXPECT_THAT(error_of([&] { r->pages_at(data.size() + 1, pool); }), HasSubstr("stream offset"));
+  EXPECT_EQ(r->pages_at(data.size(), pool)->position(), data.size());
+}
+
 TEST(ImageCopyToProcess, VerifiedImageOutOfThePageCache) {
   // zstd chunks of a verified image are decompressed in place only where resident;
   // the others are read (and checked) again.
