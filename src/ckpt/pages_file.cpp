@@ -4,12 +4,15 @@
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cstring>
 #include <limits>
+#include <optional>
 
 #include "ckpt/image_files.h"
 
@@ -92,8 +95,43 @@ std::size_t PagesFile::hash(std::uint64_t off, std::size_t n, XXH3_state_t* stat
   return done;
 }
 
+namespace {
+
+// cachestat(2) (Linux 6.5, include/uapi/linux/mman.h), which Debian 12's headers
+// predate: the same number on every architecture.
+constexpr long kSysCachestat = 451;
+struct CachestatRange {
+  std::uint64_t off, len;
+};
+struct Cachestat {
+  std::uint64_t nr_cache, nr_dirty, nr_writeback, nr_evicted, nr_recently_evicted;
+};
+std::atomic<bool> g_no_cachestat{false};  // the kernel said ENOSYS once
+
+// Whether every page of [off, off + n) (n >= 1) of fd is in the page cache, by
+// cachestat(2); nothing if it cannot tell (no such system call, or a file system
+// without a page cache for it). It walks the page cache's folios where mincore(2)
+// looks up each page: over 2 GiB of pages.img in kIoBlockBytes blocks, 5-10 ms
+// against 20-85 ms for mincore on these machines -- verify_chunks() asks for every
+// block.
+std::optional<bool> all_cached(int fd, std::uint64_t off, std::size_t n, std::size_t page) {
+  if (g_no_cachestat.load(std::memory_order_relaxed)) return std::nullopt;
+  CachestatRange range{off, n};
+  Cachestat cs{};
+  if (::syscall(kSysCachestat, fd, &range, &cs, 0) != 0) {
+    if (errno == ENOSYS) g_no_cachestat.store(true, std::memory_order_relaxed);
+    return std::nullopt;
+  }
+  const std::uint64_t first = off / page, last = (off + n - 1) / page;
+  return cs.nr_cache >= last - first + 1;
+}
+
+}  // namespace
+
 const std::byte* PagesFile::resident(std::uint64_t off, std::size_t n) const {
   if (!map_ || off > size_ || n > size_ - off || n == 0) return nullptr;
+  if (std::optional<bool> cached = all_cached(fd_.get(), off, n, page_))
+    return *cached ? map_ + off : nullptr;
   auto start = reinterpret_cast<std::uintptr_t>(map_ + off);
   auto end = start + n;
   start &= ~static_cast<std::uintptr_t>(page_ - 1);

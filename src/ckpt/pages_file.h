@@ -19,14 +19,15 @@ constexpr std::size_t kIoBlockBytes = 512u << 10;
 constexpr std::size_t kMinPageBytes = 4096;
 
 // pages.img opened for reading. Unless mmap(2) fails it is also mapped (read-only,
-// shared): a block whose pages are all in the page cache (mincore(2)) is then read
+// shared): a block whose pages are all in the page cache (cachestat(2), or mincore(2)
+// on kernels before 6.5) is then read
 // from the mapping -- a user-space memcpy, or hashing in place -- which on the
 // machines we measured is 3-5x faster than the in-kernel copy of pread(2) (2 GiB warm:
 // ~0.3 s instead of ~1 s); every other block is read with pread(2), so that a short
 // file or an I/O error is reported as an fsched::Error, not SIGBUS. The exceptions:
 // the file truncated, or a page evicted and then failing to read back, between the
-// mincore() and the access; or an I/O error on a page the kernel was still reading
-// ahead (mincore counts it). Committed images are never modified. Thread-safe: no
+// check and the access; or an I/O error on a page the kernel was still reading ahead
+// (both checks count it). Committed images are never modified. Thread-safe: no
 // state changes after construction.
 class PagesFile {
  public:
@@ -51,7 +52,8 @@ class PagesFile {
   const std::byte* map() const { return map_; }
 
   // [off, off+n) in the mapping if it lies within the mapped file and all its pages
-  // are in the page cache (mincore(2)), for reading in place; else nullptr.
+  // are in the page cache (cachestat(2), else mincore(2)), for reading in place; else
+  // nullptr.
   const std::byte* resident_range(std::uint64_t off, std::uint64_t n) const;
 
   // Copies [off, off+n) into dst and feeds the copy to `state` (unless null) block by
