@@ -82,6 +82,10 @@ struct DumpStats {
   bool incremental = false;                // pages since DumpOptions::parent only
   TrackMethod track = TrackMethod::kNone;  // how those were found (kNone: a full image)
   std::string full_because;                // why not, when a parent was given
+  // Bytes of page stream copied under the freeze and compressed and written only after
+  // the thaw (ImageWriter::hold: a dump left running), as held at the thaw; 0 when
+  // nothing was held or the job outgrew the estimate.
+  std::uint64_t held_bytes = 0;
   // What kept the job from running while its TCP connections were in repair mode, so
   // that a dumper killed then cannot harm it (cgroup_freeze.h): "cgroup PATH", "none:
   // WHY" (only ptrace), "" when the job had no connection.

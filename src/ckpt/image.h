@@ -170,7 +170,8 @@ class ImageWriter {
   // Hands the held chunks, in stream order, to the compression threads, and stops
   // holding. Throws like append_pages().
   virtual void release_held() = 0;
-  // Bytes of the full chunks hold() keeps in memory now (not the one being filled).
+  // Bytes of page stream hold() keeps in memory now: the full chunks held and the one
+  // being filled; 0 when not holding (never asked, or released).
   virtual std::uint64_t held_bytes() const = 0;
 
   // Section s of the page stream starts here, at logical_bytes(): commit() records it

@@ -199,7 +199,12 @@ class ImageWriterImpl final : public ImageWriter {
     held_.clear();
   }
 
-  std::uint64_t held_bytes() const override { return std::uint64_t{held_.size()} * kChunkRawBytes; }
+  std::uint64_t held_bytes() const override {
+    if (!holding_) return 0;
+    std::uint64_t n = fill_len_;
+    for (const Held& h : held_) n += h.len;
+    return n;
+  }
 
   void begin_section(Section sec) override {
     check_usable();

@@ -291,6 +291,7 @@ int main(int argc, char** argv) {
             {"incremental", st.incremental},   {"track_method", ck::to_string(st.track)}};
         if (!st.full_because.empty()) j["full_because"] = st.full_because;
         if (!st.tcp_freeze.empty()) j["tcp_freeze"] = st.tcp_freeze;
+        if (dopt.leave_running) j["held_bytes"] = st.held_bytes;
         for (auto& [name, ms] : st.phases_ms) j["phases_ms"][name] = ms;
         std::cout << j.dump() << "\n";
       } else {
