@@ -146,7 +146,8 @@ std::uint64_t kb_field(const std::string& v) {
   return n.empty() || n[0] < 0 ? 0 : static_cast<std::uint64_t>(n[0]) * 1024;
 }
 
-// Most processes hold_budget() looks at: a bigger job gets no more than their memory held.
+// Most processes the hold budgets look at: a bigger job gets no more than their memory
+// held.
 constexpr std::size_t kHoldScanProcesses = 4096;
 // Largest job memory a dump holds (ImageWriter::hold). Holding costs the buffers' pages
 // before the freeze and as many page-cache pages after it: on our VMs, where fresh
@@ -154,6 +155,26 @@ constexpr std::size_t kHoldScanProcesses = 4096;
 // from 1.9 to 6 s while its freeze went from 670 to 470-600 ms; the ~200 MiB python3
 // job's freeze halved (174 to 80 ms) for ~80 ms more dump time.
 constexpr std::uint64_t kMaxHoldBytes = 1ull << 30;
+
+// Calls visit(pid) for each process of the running tree of `root` (children from
+// /proc/PID/task/*/children), root first, at most kHoldScanProcesses of them, until
+// visit returns false: the hold budgets' estimates, before the freeze. A process gone
+// meanwhile (visit or listing its children throwing Error) is passed over, and its
+// children with it.
+template <typename Visit>
+void for_each_job_process(pid_t root, Visit&& visit) {
+  std::vector<pid_t> todo{root};
+  for (std::size_t seen = 0; !todo.empty() && seen < kHoldScanProcesses; ++seen) {
+    const pid_t pid = todo.back();
+    todo.pop_back();
+    try {
+      if (!visit(pid)) return;
+      for (pid_t c : list_children(pid)) todo.push_back(c);
+    } catch (const Error&) {
+      // exited meanwhile: an estimate
+    }
+  }
+}
 
 // What a dump that thaws the job before its commit holds in memory (ImageWriter::hold):
 // the job's resident memory as read before the freeze (RssAnon + RssShmem of each
@@ -165,18 +186,11 @@ constexpr std::uint64_t kMaxHoldBytes = 1ull << 30;
 // hold.
 std::uint64_t hold_budget(pid_t root) {
   std::uint64_t job = 0;
-  std::vector<pid_t> todo{root};
-  for (std::size_t seen = 0; !todo.empty() && seen < kHoldScanProcesses; ++seen) {
-    const pid_t pid = todo.back();
-    todo.pop_back();
-    try {
-      auto st = read_status(pid);
-      job += kb_field(st["RssAnon"]) + kb_field(st["RssShmem"]);
-      for (pid_t c : list_children(pid)) todo.push_back(c);
-    } catch (const Error&) {
-      // exited meanwhile: an estimate
-    }
-  }
+  for_each_job_process(root, [&](pid_t pid) {
+    auto st = read_status(pid);
+    job += kb_field(st["RssAnon"]) + kb_field(st["RssShmem"]);
+    return true;
+  });
   if (job > kMaxHoldBytes) return 0;
   return std::min(job + 2 * kChunkRawBytes, meminfo_kib("MemAvailable:") * 1024 / 8);
 }
@@ -188,34 +202,28 @@ std::uint64_t hold_budget(pid_t root) {
 // memory's changed pages, the other sections). Without it the incremental's pages are
 // compressed and written into new page-cache pages under the freeze: 300-390 ms of a
 // 101 MiB incremental's freeze on a VM where fresh memory is slow, ~60 ms where it is
-// not. 0 when the count fails (a process that exited is passed over).
+// not. 0 when a scan fails (a process that exited is passed over).
 std::uint64_t incremental_hold_budget(pid_t root) {
   std::uint64_t written = 0;
-  std::vector<pid_t> todo{root};
-  try {
-    for (std::size_t seen = 0; !todo.empty() && seen < kHoldScanProcesses; ++seen) {
-      const pid_t pid = todo.back();
-      todo.pop_back();
-      UniqueFd pm(::open(fmt::format("/proc/{}/pagemap", pid).c_str(), O_RDONLY | O_CLOEXEC));
-      if (!pm) continue;  // exited meanwhile
-      std::vector<MapsEntry> maps;
+  bool unknown = false;  // a scan failed: no estimate, nothing held
+  for_each_job_process(root, [&](pid_t pid) {
+    UniqueFd pm(::open(fmt::format("/proc/{}/pagemap", pid).c_str(), O_RDONLY | O_CLOEXEC));
+    if (!pm) fail_errno("cannot open /proc/{}/pagemap", pid);  // exited meanwhile
+    for (const MapsEntry& v : read_maps(pid)) {
+      if (v.perms.size() < 4 || v.perms[1] != 'w' || v.perms[3] != 'p') continue;
+      std::vector<PageStates> states;
       try {
-        maps = read_maps(pid);
-        for (pid_t c : list_children(pid)) todo.push_back(c);
+        states = scan_pages(pm.get(), v.start, v.end, false, fmt::format("process {}", pid));
       } catch (const Error&) {
-        continue;
+        unknown = true;
+        return false;
       }
-      for (const MapsEntry& v : maps) {
-        if (v.perms.size() < 4 || v.perms[1] != 'w' || v.perms[3] != 'p') continue;
-        for (const PageStates& r :
-             scan_pages(pm.get(), v.start, v.end, false, fmt::format("process {}", pid)))
-          if (r.written && r.present) written += r.end - r.start;
-      }
-      if (written > kMaxHoldBytes) return 0;
+      for (const PageStates& r : states)
+        if (r.written && r.present) written += r.end - r.start;
     }
-  } catch (const Error&) {
-    return 0;  // no estimate: nothing held
-  }
+    return written <= kMaxHoldBytes;
+  });
+  if (unknown || written > kMaxHoldBytes) return 0;
   const std::uint64_t want = written + written / 4 + 2 * kChunkRawBytes;
   if (want > kMaxHoldBytes) return 0;
   return std::min(want, meminfo_kib("MemAvailable:") * 1024 / 8);

@@ -28,12 +28,6 @@ struct ParentChain::Link {
   // Shared memory objects, deleted files and SysV segments by key (ShmObject::key,
   // DeletedFile::key, sysv_object_key): byte offsets in the object.
   std::map<std::string, std::vector<Seg>> objects;
-  std::unique_ptr<PageReader> pages;  // during a delivery only
-
-  // A reader at stream offset `off`, with nothing decoded before it.
-  void open_at(std::uint64_t off, const std::shared_ptr<ChunkBufferPool>& pool) {
-    pages = reader->pages_at(off, pool);
-  }
 };
 
 ParentChain::~ParentChain() = default;
@@ -295,8 +289,8 @@ class ObjectSink final : public PageSink {
 
 void ParentChain::fill_ranges(const std::function<const std::vector<Seg>*(Link&)>& segs_of,
                               std::vector<std::pair<std::uint64_t, std::uint64_t>> ranges,
-                              const std::function<void(Link&, std::span<const Piece>, std::uint64_t,
-                                                       std::uint64_t)>& deliver) {
+                              const std::function<void(Link&, PageReader&, std::span<const Piece>,
+                                                       std::uint64_t, std::uint64_t)>& deliver) {
   for (auto& link : links_) {
     if (ranges.empty()) return;
     const std::vector<Seg>* found = segs_of(*link);
@@ -338,9 +332,7 @@ void ParentChain::fill_ranges(const std::function<const std::vector<Seg>*(Link&)
     // threads, zero-copy from the page cache (PageReader::deliver). A reader made for
     // it, not kept: its buffers go to the next link's (a process's pieces rarely share
     // a chunk with the next process's, and a new reader decodes nothing ahead).
-    link->open_at(lo, buffers_);
-    deliver(*link, pieces, lo, hi);
-    link->pages.reset();
+    deliver(*link, *link->reader->pages_at(lo, buffers_), pieces, lo, hi);
   }
 }
 
@@ -352,9 +344,10 @@ void ParentChain::fill(int pid, pid_t host_pid,
         return it == l.segs.end() ? nullptr : &it->second;
       },
       std::move(ranges),
-      [&](Link& l, std::span<const Piece> pieces, std::uint64_t lo, std::uint64_t hi) {
+      [&](Link& l, PageReader& pages, std::span<const Piece> pieces, std::uint64_t lo,
+          std::uint64_t hi) {
         ScatterSink sink(pid, host_pid, pieces, lo, l.dir);
-        l.pages->deliver(hi - lo, sink);
+        pages.deliver(hi - lo, sink);
       });
 }
 
@@ -369,9 +362,10 @@ void ParentChain::fill_key(const std::string& key, std::uint64_t size,
         return it == l.objects.end() ? nullptr : &it->second;
       },
       std::move(ranges),
-      [&](Link& l, std::span<const Piece> pieces, std::uint64_t lo, std::uint64_t hi) {
+      [&](Link&, PageReader& pages, std::span<const Piece> pieces, std::uint64_t lo,
+          std::uint64_t hi) {
         ObjectSink sink(size, pieces, lo, write);
-        l.pages->deliver(hi - lo, sink);
+        pages.deliver(hi - lo, sink);
       });
 }
 

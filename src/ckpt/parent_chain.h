@@ -95,12 +95,13 @@ class ParentChain {
                 const std::vector<std::pair<std::uint64_t, std::uint64_t>>& runs,
                 const ObjectWrite& write);
   // The common walk of fill(), fill_object() and fill_memory(): for each link, newest first, the
-  // pieces of `ranges` it stores are handed to `deliver`; those it takes from its
-  // parent go on to the next link. `segs_of` gives a link's segments (null: none).
+  // pieces of `ranges` it stores are handed to `deliver`, with a reader of the link's
+  // page stream standing at the first of them; those it takes from its parent go on to
+  // the next link. `segs_of` gives a link's segments (null: none).
   void fill_ranges(const std::function<const std::vector<Seg>*(Link&)>& segs_of,
                    std::vector<std::pair<std::uint64_t, std::uint64_t>> ranges,
-                   const std::function<void(Link&, std::span<const Piece>, std::uint64_t,
-                                            std::uint64_t)>& deliver);
+                   const std::function<void(Link&, PageReader&, std::span<const Piece>,
+                                            std::uint64_t, std::uint64_t)>& deliver);
   std::vector<std::unique_ptr<Link>> links_;
   // The chunk buffers of the links' readers, which are made one at a time.
   std::shared_ptr<ChunkBufferPool> buffers_ = std::make_shared<ChunkBufferPool>();

@@ -669,17 +669,16 @@ class E2E:
 
     def dump_ok(self, job: Job, image: Path, *, leave_running: bool = False,
                 extra: tuple[str, ...] = ()) -> dict:
-        r, stats = self.engine.dump(job.init_pid, image, leave_running=leave_running, extra=extra)
         # A job that reads a file of /proc (python's open("/proc/self/status").read())
         # holds its fd for a moment: a dump then is refused (files of /proc would name
         # other processes after a restore) and leaves the job running unharmed. Another
         # dump a moment later is what a user would do; 10 tries.
-        for _ in range(9):
+        for _ in range(10):
+            r, stats = self.engine.dump(job.init_pid, image, leave_running=leave_running,
+                                        extra=extra)
             if r.rc == 0 or "files of /proc are not supported" not in r.stderr:
                 break
             time.sleep(0.05)
-            r, stats = self.engine.dump(job.init_pid, image, leave_running=leave_running,
-                                        extra=extra)
         assert r.rc == 0, f"dump of {job.spec.name} failed ({r.rc}): {r.stderr.strip()}"
         assert image.is_dir() and (image / "manifest.json").is_file(), f"no image at {image}"
         assert not Path(str(image) + ".tmp").exists(), "dump left DIR.tmp behind"
