@@ -11,6 +11,11 @@
 #include <sys/resource.h>
 #include <sys/syscall.h>
 
+#include <charconv>
+#include <optional>
+#include <sstream>
+#include <string_view>
+
 #include "ckpt/confine.h"
 #include "ckpt/proc.h"
 #include "ckpt/remote.h"
@@ -22,6 +27,45 @@ namespace {
 const char* const kRlimitNames[] = {"CPU",      "FSIZE",  "DATA",    "STACK", "CORE",  "RSS",
                                     "NPROC",    "NOFILE", "MEMLOCK", "AS",    "LOCKS", "SIGPENDING",
                                     "MSGQUEUE", "NICE",   "RTPRIO",  "RTTIME"};
+
+// The rows of /proc/PID/limits (fs/proc/base.c, proc_pid_limits), in RLIMIT_* order.
+constexpr std::string_view kLimitsRows[] = {
+    "Max cpu time",       "Max file size",        "Max data size",        "Max stack size",
+    "Max core file size", "Max resident set",     "Max processes",        "Max open files",
+    "Max locked memory",  "Max address space",    "Max file locks",       "Max pending signals",
+    "Max msgqueue size",  "Max nice priority",    "Max realtime priority", "Max realtime timeout"};
+static_assert(std::size(kLimitsRows) == RLIMIT_NLIMITS);
+
+// The limits of process `pid` as /proc/PID/limits shows them: a header, then one row
+// per limit, "%-25s %-20s %-20s %-10s" (name, soft, hard, units), each value a number
+// or "unlimited". Nothing when the file does not read exactly so (another kernel's):
+// the caller then asks the process itself.
+std::optional<std::vector<Rlimit>> read_proc_limits(pid_t pid) {
+  std::istringstream in(read_file(fmt::format("/proc/{}/limits", pid)));
+  std::string line;
+  if (!std::getline(in, line) || !line.starts_with("Limit ")) return std::nullopt;
+  auto value = [](std::string_view field) -> std::optional<std::uint64_t> {
+    while (!field.empty() && field.back() == ' ') field.remove_suffix(1);
+    if (field == "unlimited") return RLIM64_INFINITY;
+    std::uint64_t v = 0;
+    auto [end, ec] = std::from_chars(field.data(), field.data() + field.size(), v);
+    if (ec != std::errc() || end != field.data() + field.size() || field.empty())
+      return std::nullopt;
+    return v;
+  };
+  std::vector<Rlimit> out;
+  for (int res = 0; res < RLIMIT_NLIMITS; ++res) {
+    if (!std::getline(in, line) || line.size() < 67) return std::nullopt;
+    std::string_view l(line);
+    std::string_view name = l.substr(0, 25);
+    while (!name.empty() && name.back() == ' ') name.remove_suffix(1);
+    if (name != kLimitsRows[res] || l[25] != ' ' || l[46] != ' ') return std::nullopt;
+    auto soft = value(l.substr(26, 20)), hard = value(l.substr(47, 20));
+    if (!soft || !hard) return std::nullopt;
+    out.push_back({res, *soft, *hard});
+  }
+  return out;
+}
 
 std::vector<unsigned> to_uints(const std::vector<long long>& v) {
   return std::vector<unsigned>(v.begin(), v.end());
@@ -42,6 +86,12 @@ void dump_creds(DumpProcess& p) {
   r.dumpable =
       static_cast<int>(p.inj->call_ok("prctl(PR_GET_DUMPABLE)", SYS_prctl, PR_GET_DUMPABLE));
   r.rlimits.clear();
+  // From /proc/PID/limits when it reads as expected: sixteen injected prlimit64 calls
+  // cost the frozen job ~3 ms.
+  if (std::optional<std::vector<Rlimit>> l = read_proc_limits(p.host_pid)) {
+    r.rlimits = std::move(*l);
+    return;
+  }
   for (int res = 0; res < RLIMIT_NLIMITS; ++res) {
     p.inj->call_ok(fmt::format("prlimit64(RLIMIT_{})", kRlimitNames[res]), SYS_prlimit64, 0,
                    static_cast<std::uint64_t>(res), 0, p.scratch);

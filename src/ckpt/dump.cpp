@@ -390,6 +390,7 @@ DumpStats dump(const DumpOptions& o) {
   }
   st.processes = static_cast<int>(procs.size());
   const std::vector<std::string> numa = numa_maps.get();
+  phase("layout");
   std::optional<TermSignalsBlocked> blocked(std::in_place);
   try {
     for (std::size_t i = 0; i < procs.size(); ++i) {
@@ -418,6 +419,7 @@ DumpStats dump(const DumpOptions& o) {
     throw;
   }
   blocked.reset();
+  phase("process");
   for (auto& p : procs)
     if (!p.zombie) dump_files(p, procs);
   dump_ttys(procs);  // both ends of each pty, controlling terminals (tty.h)

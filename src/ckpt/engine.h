@@ -77,7 +77,10 @@ struct DumpStats {
   std::uint64_t image_bytes = 0;   // bytes of the image directory's files
   double freeze_ms = 0;            // how long the job was stopped
   double dump_ms = 0;              // the whole dump, including the durable commit
-  // Where the time went, in order: {"seize", ms}, {"state", ms}, {"pages", ms} ...
+  // Where the time went, in order: {"seize", ms} (freeze and attach), {"layout", ms}
+  // (ids, namespaces, mappings), {"process", ms} (threads, signals, credentials...),
+  // {"state", ms} (files, sockets), {"pages", ms}, then "thaw" and "commit" or
+  // "commit" and "kill".
   std::vector<std::pair<std::string, double>> phases_ms;
   bool incremental = false;                // pages since DumpOptions::parent only
   TrackMethod track = TrackMethod::kNone;  // how those were found (kNone: a full image)

@@ -155,13 +155,19 @@ void dump_mm_locks(DumpProcess& p) {
   Process& r = p.rec;
   std::string who = fmt::format("process {} (pid {} in the job)", p.host_pid, r.pid);
   // mlockall(MCL_FUTURE) lives in mm->def_flags, which no /proc file shows; but every
-  // mapping made since carries it, the dumper's scratch mapping too.
+  // mapping made since carries it, the dumper's scratch mapping too. A locked mapping
+  // counts in mm->locked_vm (mmap_region), so with VmLck at 0 the scratch is not
+  // locked, and smaps, which walks every page table (~8 ms a GiB, frozen), is not read.
   r.mlockall = 0;
-  for (auto& e : read_smaps(p.host_pid))
-    if (e.start <= p.scratch && p.scratch < e.end) {
-      if (has(e.vmflags, "lo")) r.mlockall |= MCL_FUTURE;
-      if (has(e.vmflags, "lf")) r.mlockall |= MCL_ONFAULT;
-    }
+  const auto status = read_status(p.host_pid);
+  const auto vmlck = status.find("VmLck");
+  if (vmlck == status.end() || std::stoull(vmlck->second) != 0) {
+    for (auto& e : read_smaps(p.host_pid))
+      if (e.start <= p.scratch && p.scratch < e.end) {
+        if (has(e.vmflags, "lo")) r.mlockall |= MCL_FUTURE;
+        if (has(e.vmflags, "lf")) r.mlockall |= MCL_ONFAULT;
+      }
+  }
   long merge = p.inj->call(SYS_prctl, kPrGetMemoryMerge);
   if (merge > 0)
     fail_unsupported("{}: KSM merging of all its memory (PR_SET_MEMORY_MERGE) is not supported",

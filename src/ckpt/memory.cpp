@@ -273,22 +273,8 @@ std::uint64_t dump_pages_impl(DumpProcess& p, ImageWriter& img, JobTracking* tra
         else
           remote.push_back({reinterpret_cast<void*>(addr), kPage});
       }
+      if ((v.prot & PROT_READ) && !running) return remote_readv(pid, remote, dst);
       std::size_t done = 0;
-      if ((v.prot & PROT_READ) && !running) {
-        // process_vm_readv takes at most IOV_MAX (limits.h) remote iovecs per call.
-        for (std::size_t r = 0; r < remote.size(); r += std::size_t{IOV_MAX}) {
-          std::size_t cnt = std::min<std::size_t>(IOV_MAX, remote.size() - r);
-          std::size_t len = 0;
-          for (std::size_t j = r; j < r + cnt; ++j) len += remote[j].iov_len;
-          iovec local{dst + done, len};
-          ssize_t got = ::process_vm_readv(pid, &local, 1, &remote[r], cnt, 0);
-          if (got != static_cast<ssize_t>(len))
-            fail_errno("cannot read memory of process {} at {:#x}", pid,
-                       reinterpret_cast<std::uint64_t>(remote[r].iov_base));
-          done += len;
-        }
-        return;
-      }
       if (!mem) {
         mem.reset(::open(fmt::format("/proc/{}/mem", pid).c_str(), O_RDONLY | O_CLOEXEC));
         if (!mem) fail_errno("cannot open /proc/{}/mem", pid);

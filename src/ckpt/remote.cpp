@@ -6,7 +6,9 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include <climits>
 #include <cstring>
+#include <future>
 
 #include "ckpt/inject.h"
 #include "ckpt/restore_context.h"
@@ -20,6 +22,54 @@ void remote_read(pid_t pid, std::uint64_t addr, void* out, std::size_t len) {
   ssize_t n = ::process_vm_readv(pid, &local, 1, &remote, 1, 0);
   if (n != static_cast<ssize_t>(len))
     fail_errno("cannot read {} bytes at {:#x} of process {}", len, addr, pid);
+}
+
+namespace {
+
+void readv_serial(pid_t pid, std::span<const iovec> remote, std::byte* out) {
+  for (std::size_t r = 0; r < remote.size(); r += std::size_t{IOV_MAX}) {
+    const std::size_t cnt = std::min<std::size_t>(IOV_MAX, remote.size() - r);
+    std::size_t len = 0;
+    for (std::size_t j = r; j < r + cnt; ++j) len += remote[j].iov_len;
+    iovec local{out, len};
+    ssize_t got = ::process_vm_readv(pid, &local, 1, &remote[r], cnt, 0);
+    if (got < 0)
+      fail_errno("cannot read memory of process {} at {:#x}", pid,
+                 reinterpret_cast<std::uint64_t>(remote[r].iov_base));
+    if (got != static_cast<ssize_t>(len)) {
+      // A partial read stops at the first range it could not read (process_vm_readv(2)).
+      std::size_t left = static_cast<std::size_t>(got), j = r;
+      while (left >= remote[j].iov_len) left -= remote[j++].iov_len;
+      fail("cannot read memory of process {} at {:#x}: not mapped (or no longer)", pid,
+           reinterpret_cast<std::uint64_t>(remote[j].iov_base) + left);
+    }
+    out += len;
+  }
+}
+
+constexpr std::size_t kParallelReadBytes = 256 * 1024;
+
+}  // namespace
+
+void remote_readv(pid_t pid, std::span<const iovec> remote, std::byte* out) {
+  std::size_t total = 0;
+  for (const iovec& io : remote) total += io.iov_len;
+  if (total < kParallelReadBytes || remote.size() < 2) return readv_serial(pid, remote, out);
+  // Split at a range boundary near the middle.
+  std::size_t split = 0, before = 0;
+  while (split < remote.size() - 1 && before + remote[split].iov_len <= total / 2)
+    before += remote[split++].iov_len;
+  if (split == 0) before += remote[split++].iov_len;
+  auto second = std::async(std::launch::async,
+                           [&] { readv_serial(pid, remote.subspan(split), out + before); });
+  std::exception_ptr first_failed;
+  try {
+    readv_serial(pid, remote.first(split), out);
+  } catch (...) {
+    first_failed = std::current_exception();
+  }
+  second.get();  // its error, or it is done with `out` before ours is thrown
+  if (first_failed) std::rethrow_exception(first_failed);
 }
 
 void remote_write(pid_t pid, std::uint64_t addr, const void* data, std::size_t len) {

@@ -5,9 +5,11 @@
 #pragma once
 
 #include <sys/types.h>
+#include <sys/uio.h>
 
 #include <cstddef>
 #include <cstdint>
+#include <span>
 #include <string>
 
 #include "common/fd.h"
@@ -21,6 +23,13 @@ struct InjectionArea;
 // naming the address and process unless all of them were copied.
 void remote_read(pid_t pid, std::uint64_t addr, void* out, std::size_t len);
 void remote_write(pid_t pid, std::uint64_t addr, const void* data, std::size_t len);
+
+// Copies the ranges `remote` of process `pid`, in order, to `out`, which must hold the
+// sum of their lengths (process_vm_readv(2), IOV_MAX ranges a call). Of 256 KiB or
+// more, the second half is copied by a second thread meanwhile: the copy out of a
+// frozen job is bound by the page pinning and copying of one core, not by memory.
+// Throws Error naming the process and the first address not read.
+void remote_readv(pid_t pid, std::span<const iovec> remote, std::byte* out);
 
 // Writes a NUL-terminated string into the injection area's data at offset `off`;
 // returns its address in the target. Throws Error if it does not fit.

@@ -16,7 +16,7 @@ PYTHON = "/usr/bin/python3"
 # bytes objects and a hash; one progress line per step to stdout and to an output file
 # kept open in append mode. MODE "pipechild" talks to a /bin/cat child through two pipes.
 COMPUTE_PY = r'''
-import hashlib, math, os, random, sys, time
+import hashlib, math, os, random, resource, sys, time
 
 mode, out_path, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
 rng = random.Random(20240601)
@@ -26,6 +26,11 @@ blobs = []
 acc = 0.0
 h = hashlib.sha256()
 child = None
+# Soft limits of its own, which it prints at the end: a restore must give them back.
+LIMITS = (resource.RLIMIT_NOFILE, resource.RLIMIT_STACK, resource.RLIMIT_DATA)
+for res, soft in zip(LIMITS, (777, 6 << 20, 3 << 30)):
+    hard = resource.getrlimit(res)[1]
+    resource.setrlimit(res, (soft if hard == resource.RLIM_INFINITY else min(soft, hard), hard))
 if mode == "pipechild":
     import subprocess
     child = subprocess.Popen(["/bin/cat"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
@@ -55,7 +60,8 @@ if child:
 with open("result.txt", "w") as f:
     f.write(f"{acc!r} {sum(table.values())} {len(blobs)}\n")
 print(f"done uid={os.getuid()} euid={os.geteuid()} gid={os.getgid()} "
-      f"groups={sorted(os.getgroups())} cwd={os.getcwd()}", flush=True)
+      f"groups={sorted(os.getgroups())} cwd={os.getcwd()} "
+      f"limits={[resource.getrlimit(r) for r in LIMITS]}", flush=True)
 print("end", file=sys.stderr, flush=True)
 '''
 

@@ -27,6 +27,9 @@ def test_python_as_user(e2e: E2E, test_user, point):
     # The job prints its credentials when it ends, after the restore.
     uid, gid = user_ids(test_user)
     assert f"done uid={uid} euid={uid} gid={gid} groups=[{gid}]" in ref.snap["stdout"].text
+    # Its own soft limits, printed after the restore (the restored run's output must
+    # equal this one's): the dump reads them with prlimit(2).
+    assert "limits=[(777, " in ref.snap["stdout"].text, ref.snap["stdout"].text[-300:]
 
 
 @pytest.mark.parametrize("point", POINTS)
