@@ -30,10 +30,10 @@ const char* const kRlimitNames[] = {"CPU",      "FSIZE",  "DATA",    "STACK", "C
 
 // The rows of /proc/PID/limits (fs/proc/base.c, proc_pid_limits), in RLIMIT_* order.
 constexpr std::string_view kLimitsRows[] = {
-    "Max cpu time",       "Max file size",        "Max data size",        "Max stack size",
-    "Max core file size", "Max resident set",     "Max processes",        "Max open files",
-    "Max locked memory",  "Max address space",    "Max file locks",       "Max pending signals",
-    "Max msgqueue size",  "Max nice priority",    "Max realtime priority", "Max realtime timeout"};
+    "Max cpu time",       "Max file size",     "Max data size",         "Max stack size",
+    "Max core file size", "Max resident set",  "Max processes",         "Max open files",
+    "Max locked memory",  "Max address space", "Max file locks",        "Max pending signals",
+    "Max msgqueue size",  "Max nice priority", "Max realtime priority", "Max realtime timeout"};
 static_assert(std::size(kLimitsRows) == RLIMIT_NLIMITS);
 
 // The limits of process `pid` as /proc/PID/limits shows them: a header, then one row
