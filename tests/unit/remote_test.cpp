@@ -27,8 +27,8 @@ constexpr std::size_t kPages = 1024;  // 4 MiB
 class PatternChild {
  public:
   PatternChild() {
-    void* m = ::mmap(nullptr, kPages * kPage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-                     -1, 0);
+    void* m =
+        ::mmap(nullptr, kPages * kPage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     EXPECT_NE(m, MAP_FAILED);
     area_ = static_cast<std::byte*>(m);
     for (std::size_t i = 0; i < kPages; ++i) std::memset(area_ + i * kPage, fill(i), kPage);
@@ -59,9 +59,9 @@ void expect_pages(const PatternChild& c, const std::vector<iovec>& ranges,
                   const std::vector<std::byte>& out) {
   std::size_t at = 0;
   for (const iovec& r : ranges) {
-    const std::size_t first = (static_cast<std::byte*>(r.iov_base) -
-                               static_cast<std::byte*>(c.range(0, 0).iov_base)) /
-                              kPage;
+    const std::size_t first =
+        (static_cast<std::byte*>(r.iov_base) - static_cast<std::byte*>(c.range(0, 0).iov_base)) /
+        kPage;
     for (std::size_t p = 0; p < r.iov_len / kPage; ++p, at += kPage) {
       ASSERT_EQ(out[at], std::byte(PatternChild::fill(first + p))) << "page " << first + p;
       ASSERT_EQ(out[at + kPage - 1], std::byte(PatternChild::fill(first + p)));
