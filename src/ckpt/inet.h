@@ -1,5 +1,5 @@
-// TCP and UDP sockets of the job (IPv4 and IPv6), FdKind::kInet; one unit, dump and
-// restore side by side.
+// TCP and UDP sockets of the job (IPv4 and IPv6), FdKind::kInet; one unit, its dump side
+// in inet.cpp, its restore side in inet_restore.cpp.
 //
 // Restored:
 //  - TCP listening sockets: bound address and port, backlog, options. One with

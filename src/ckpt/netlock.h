@@ -27,7 +27,7 @@
 // answers with a reset. A restore of the image on this host takes them over
 // (take_held_sockets: the guardian hands them to a root client of its abstract socket,
 // whose name the manifest records) and gives each to the restored process as it is,
-// queues and sequence numbers intact, when it matches the image (inet.cpp); so the
+// queues and sequence numbers intact, when it matches the image (inet_restore.cpp); so the
 // connection never has a moment without its socket. After `hold` seconds the guardian
 // closes them (silently: repair mode) and a peer's next segment is answered with a
 // reset, which a restored program sees as ECONNRESET.

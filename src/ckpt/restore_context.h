@@ -78,7 +78,7 @@ struct PipeEnds {
   std::map<std::pair<int, int>, int> reopened;
 };
 using PipeTable = std::map<std::uint64_t, PipeEnds>;  // by pipe inode
-// ... and Unix sockets (sockets.cpp): socket inode -> fd in init.
+// ... and Unix sockets (sockets_restore.cpp): socket inode -> fd in init.
 using SocketTable = std::map<std::uint64_t, int>;
 
 }  // namespace fsched::ckpt

@@ -17,7 +17,7 @@
 // namespace for the moment of the call (StandIns). A zombie makes its sockets before
 // it exits again (pstree.h make_zombies). A connection the restore remakes through a
 // scratch path (its listener was closed) is connected by its maker too, from a working
-// directory in the scratch file system (sockets.cpp).
+// directory in the scratch file system (sockets_restore.cpp).
 //
 // Refused at dump: a socket made by a process outside the job's PID namespace (the job
 // sees pid 0 in its credentials, which no process of a restored job can give).

@@ -2,7 +2,6 @@
 
 #include <signal.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -11,13 +10,13 @@
 #include <sstream>
 #include <thread>
 
-#include <fmt/chrono.h>
 #include <spdlog/spdlog.h>
 
 #include "common/error.h"
 #include "common/meminfo.h"
 #include "common/failure.h"
 #include "proto/json_number.h"
+#include "noded/node_internal.h"
 #include "noded/spawn.h"
 
 namespace fsched::noded {
@@ -26,22 +25,15 @@ namespace {
 using proto::RpcError;
 namespace fs = std::filesystem;
 
+}  // namespace
+
+namespace node_detail {
+
 std::string read_file(const fs::path& p) {
   std::ifstream in(p);
   std::stringstream ss;
   ss << in.rdbuf();
   return ss.str();
-}
-
-void write_file(const fs::path& p, std::string_view text, mode_t mode) {
-  fs::path tmp = p;
-  tmp += ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::trunc | std::ios::binary);
-    if (!(out << text) || !out.flush()) fail_errno("cannot write {}", tmp.string());
-  }
-  if (::chmod(tmp.c_str(), mode) < 0) fail_errno("chmod {}", tmp.string());
-  fs::rename(tmp, p);
 }
 
 // State letter and start time of a process, from /proc/PID/stat (proc(5)).
@@ -61,6 +53,27 @@ bool alive(const LocalJob& j) {
   unsigned long long t = 0;
   if (!proc_stat(j.pid, st, t)) return false;
   return t == j.start_ticks && st != 'Z' && st != 'X';
+}
+
+double unix_now() {
+  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+}  // namespace node_detail
+
+using namespace node_detail;
+
+namespace {
+
+void write_file(const fs::path& p, std::string_view text, mode_t mode) {
+  fs::path tmp = p;
+  tmp += ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc | std::ios::binary);
+    if (!(out << text) || !out.flush()) fail_errno("cannot write {}", tmp.string());
+  }
+  if (::chmod(tmp.c_str(), mode) < 0) fail_errno("chmod {}", tmp.string());
+  fs::rename(tmp, p);
 }
 
 // The reply to an operation that did not succeed: 504 for a timeout, else the status of
@@ -154,18 +167,6 @@ fs::path ready_spool(const proto::Config& cfg) {
   return cfg.slurmd_spool_dir;
 }
 
-uint64_t tree_bytes(const fs::path& dir) {
-  uint64_t n = 0;
-  std::error_code ec;
-  for (auto it = fs::recursive_directory_iterator(dir, ec);
-       !ec && it != fs::recursive_directory_iterator(); it.increment(ec))
-    if (it->is_regular_file(ec)) n += it->file_size(ec);
-  return n;
-}
-
-double unix_now() {
-  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
-}
 }  // namespace
 
 NodeDaemon::NodeDaemon(proto::Config cfg, std::string name)
@@ -331,305 +332,6 @@ nlohmann::json NodeDaemon::launch(const proto::Request& r, bool restore) {
     throw op_error(rec, fmt::format("{} of job {} on {} failed: {}", restore ? "restore" : "launch",
                                     id, name_, rec.error));
   return {{"pid", rec.pid}};
-}
-
-OpRecord NodeDaemon::run_op(OpRecord rec, const std::vector<std::string>& argv,
-                            const std::map<std::string, std::string>& env, const fs::path& cgroup) {
-  int64_t id = rec.job_id;
-  auto give_up = [&](const std::string& why) {
-    std::lock_guard l(mu_);
-    ops_.erase(id);
-    if (rec.kind == OpKind::Vacate)
-      if (auto it = jobs_.find(id); it != jobs_.end()) it->second.vacating = false;
-    throw RpcError(500,
-                   fmt::format("job {}: cannot start the {}: {}", id, to_string(rec.kind), why));
-  };
-  UniqueFd lock;
-  pid_t runner = 0;
-  try {
-    lock = oplog_.try_lock(id);
-    if (!lock) {
-      std::lock_guard l(mu_);
-      ops_.erase(id);
-      throw RpcError(409, fmt::format("job {}: an earlier operation's runner still holds {}", id,
-                                      oplog_.lock_path(id).string()));
-    }
-    // Recorded before it starts: a restarted fschedd must know it may be under way.
-    oplog_.put(rec);
-  } catch (const RpcError&) {
-    throw;
-  } catch (const std::exception& e) {
-    give_up(e.what());
-  }
-  {
-    std::lock_guard l(mu_);
-    ops_[id] = rec;
-  }
-  spdlog::info("job {}: {} started ({})", id, to_string(rec.kind),
-               rec.image_dir.empty() ? "-" : rec.image_dir);
-  try {
-    runner = oplog_.start_runner(id, lock, argv, env, rec.timeout_s, cgroup);
-  } catch (const std::exception& e) {
-    oplog_.remove(id);
-    give_up(e.what());
-  }
-  lock.reset();  // the runner holds the flock now
-  int st = 0;
-  while (::waitpid(runner, &st, 0) < 0 && errno == EINTR) {
-  }
-  finish_op(rec, oplog_.result(id));
-  return rec;
-}
-
-// A dump killed inside a TCP repair window leaves the run's cgroup frozen until the
-// network lock's guardian has taken the job's sockets out of repair mode and thawed it
-// (src/ckpt/cgroup_freeze.h), within milliseconds. Had the guardian died too, the job
-// would stay frozen for good: it is thawed here once the guardian had its moment.
-// Nothing else sets a run's own cgroup.freeze (the lease freezes "jobs", above it).
-void NodeDaemon::thaw_after_failed_dump(int64_t id) {
-  int64_t generation = 0;
-  {
-    std::lock_guard l(mu_);
-    auto it = jobs_.find(id);
-    if (it == jobs_.end() || it->second.ended) return;
-    generation = it->second.generation;
-  }
-  const fs::path path = jobs_cg_.path() / run_cgroup_name(id, generation);
-  std::error_code ec;
-  if (!fs::is_directory(path, ec)) return;
-  try {
-    Cgroup cg(path);
-    for (int i = 0; i < 20 && cg.freeze_set(); ++i)
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    if (cg.freeze_set()) {
-      cg.freeze(false);
-      spdlog::warn(
-          "job {}: its failed dump left its cgroup frozen (the network lock's guardian is gone "
-          "too): thawed",
-          id);
-    }
-    cg.release();
-  } catch (const std::exception& e) {
-    spdlog::warn("job {}: cannot check whether its failed dump left it frozen: {}", id, e.what());
-  }
-}
-
-bool NodeDaemon::verify_image(const std::string& dir, std::string& why) const {
-  std::error_code ec;
-  if (!fs::is_directory(dir, ec)) {
-    why = fmt::format(
-        "no complete image at {} (the engine renames {}.tmp only when it is complete)", dir, dir);
-    return false;
-  }
-  try {
-    SpawnResult res =
-        spawn_wait({ckpt_tool(), "verify", "--dir", dir}, {{"PATH", "/usr/bin:/bin"}}, 600);
-    if (res.exit_code() == 0) return true;
-    why = "image verification failed: " + res.error_line();
-  } catch (const std::exception& e) {
-    why = fmt::format("cannot verify {}: {}", dir, e.what());
-  }
-  return false;
-}
-
-void NodeDaemon::finish_op(OpRecord& rec, const std::optional<RunnerResult>& res) {
-  int64_t id = rec.job_id;
-  std::error_code ec;
-  bool engine_ok = res && res->exit_code == 0 && !res->timed_out;
-  if (rec.is_dump()) {
-    fs::path tmp = rec.image_dir + ".tmp";
-    std::string why;
-    if (engine_ok) {
-      rec.outcome = OpOutcome::Ok;
-      json st = json::parse(res->out, nullptr, false);
-      if (st.is_object()) {
-        rec.size = st.value("image_bytes", uint64_t{0});
-        rec.freeze_ms = st.value("freeze_ms", 0.0);
-        rec.dump_ms = st.value("dump_ms", 0.0);
-        const bool incremental = st.value("incremental", false);
-        rec.image_kind = !incremental ? "full" : rec.pre_dump_bytes ? "pre-dump" : "incremental";
-        if (!incremental && rec.pre_dump_bytes) {
-          // Full after all (the job's tracking did not go back to the pre-dump): the
-          // pre-dump image is of no use.
-          fs::remove_all(rec.image_dir + ".pre", ec);
-          rec.pre_dump_bytes = 0;
-        }
-      }
-    } else if (res && res->timed_out) {
-      // Killed by CheckpointTimeout: whatever it left is not an image to keep.
-      rec.outcome = OpOutcome::Timeout;
-      rec.error = fmt::format("the dump took longer than CheckpointTimeout ({} s) and was stopped",
-                              rec.timeout_s);
-      fs::remove_all(rec.image_dir, ec);
-    } else if (verify_image(rec.image_dir, why)) {
-      // The engine's report is missing (or it died after the rename): the image
-      // itself, not how the RPC ended, says whether the checkpoint exists.
-      rec.outcome = OpOutcome::Ok;
-      rec.size = tree_bytes(rec.image_dir);
-      spdlog::info("job {}: {} to {} has no engine report, but the image is complete and verified",
-                   id, to_string(rec.kind), rec.image_dir);
-    } else {
-      rec.outcome = OpOutcome::Failed;
-      rec.error = res ? res->error_line : "the dump's runner ended without a result; " + why;
-      // A partial or unverifiable image is no checkpoint: remove it here, on the node
-      // that wrote it.
-      if (fs::exists(rec.image_dir, ec)) fs::remove_all(rec.image_dir, ec);
-    }
-    fs::remove_all(tmp, ec);
-    if (!engine_ok) thaw_after_failed_dump(id);
-    std::lock_guard l(mu_);
-    auto it = jobs_.find(id);
-    if (rec.kind == OpKind::Vacate && it != jobs_.end()) {
-      if (rec.outcome == OpOutcome::Ok) {
-        // The job continues from the image only: the dumped run must be surely gone,
-        // also if the engine died between the rename and its kill.
-        if (alive(it->second)) {
-          spdlog::warn("job {}: still running after its vacate dump: SIGKILL", id);
-          ::kill(it->second.pid, SIGKILL);
-        }
-        it->second.vacating = true;  // until the controller has the outcome
-        end_run_cgroup(id);          // and whatever the job left behind
-        // Its files go now, as the vacate's last step: once the controller has the
-        // outcome it may restore the job on another node into the same spool path.
-        fs::remove_all(job_dir(id), ec);
-      } else {
-        it->second.vacating = false;
-      }
-    }
-  } else {
-    fs::path pidfile = job_dir(id) / "init.pid";
-    std::string pid_text = read_file(pidfile);
-    pid_t pid = pid_text.empty() ? 0 : static_cast<pid_t>(std::atol(pid_text.c_str()));
-    if (engine_ok && pid > 0) {
-      rec.outcome = OpOutcome::Ok;
-    } else if (!res && pid > 0) {
-      // No result, but the engine wrote the pid file, which it does only once the job
-      // (or the restored tree) exists: it runs, and is ours to track.
-      rec.outcome = OpOutcome::Ok;
-      spdlog::info("job {}: {} has no engine report, but init {} was started: tracking it", id,
-                   to_string(rec.kind), pid);
-    } else {
-      rec.outcome = OpOutcome::Failed;
-      rec.error = res ? (engine_ok ? "the engine wrote no pid file" : res->error_line)
-                      : "the runner ended without a result and no job was started";
-    }
-    bool stale = false;
-    {
-      std::lock_guard l(mu_);
-      auto sg = stale_gen_.find(id);
-      stale = sg != stale_gen_.end() && rec.generation <= sg->second;
-    }
-    if (rec.outcome == OpOutcome::Ok && stale) {
-      // Told stale while it started: it must not run (its cgroup was killed).
-      rec.outcome = OpOutcome::Failed;
-      rec.failure = to_string(FailureClass::kTransient);
-      rec.error = fmt::format("generation {} of job {} was declared stale while it started",
-                              rec.generation, id);
-    }
-    if (rec.outcome != OpOutcome::Ok) {
-      std::lock_guard l(mu_);
-      end_run_cgroup(id);
-    }
-    if (rec.outcome == OpOutcome::Ok) {
-      LocalJob j;
-      j.job_id = id;
-      j.node = name_;
-      j.pid = pid;
-      j.generation = rec.generation;
-      char st = 0;
-      if (!proc_stat(j.pid, st, j.start_ticks))
-        j.start_ticks = 0;  // a very short job, ended already
-      rec.pid = pid;
-      try {
-        persist(j);
-      } catch (const std::exception& e) {
-        spdlog::warn("job {}: {}", id, e.what());
-      }
-      std::lock_guard l(mu_);
-      jobs_[id] = j;
-    }
-  }
-  // The engine's exit code says whose fault it was; an engine that succeeded but left
-  // no pid file, or no result at all, tells nothing against the image.
-  if (rec.outcome != OpOutcome::Ok && rec.failure.empty())
-    rec.failure = to_string(engine_ok ? FailureClass::kTransient : failure_of(res));
-  rec.phase = OpPhase::Done;
-  try {
-    oplog_.put(rec);
-  } catch (const std::exception& e) {
-    spdlog::warn("job {}: {}", id, e.what());
-  }
-  {
-    std::lock_guard l(mu_);
-    ops_[id] = rec;
-  }
-  if (rec.outcome == OpOutcome::Ok)
-    spdlog::info("job {}: {} done{}", id, to_string(rec.kind),
-                 rec.is_dump() ? fmt::format(": {} bytes at {}", rec.size, rec.image_dir)
-                               : fmt::format(": init {}", rec.pid));
-  else
-    spdlog::warn("job {}: {} {}: {}", id, to_string(rec.kind),
-                 rec.outcome == OpOutcome::Timeout ? "timed out" : "failed", rec.error);
-}
-
-void NodeDaemon::recover_op(OpRecord rec) {
-  int64_t id = rec.job_id;
-  spdlog::info("job {}: {} was under way when fschedd stopped: waiting for it", id,
-               to_string(rec.kind));
-  for (;;) {
-    {
-      std::lock_guard l(mu_);
-      if (stopping_) return;
-    }
-    try {
-      // The runner holds the lock for as long as it lives.
-      if (UniqueFd lock = oplog_.try_lock(id)) break;
-    } catch (const std::exception& e) {
-      spdlog::warn("job {}: {}", id, e.what());
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(200));
-  }
-  finish_op(rec, oplog_.result(id));
-}
-
-void NodeDaemon::supersede_done_op(int64_t id) {
-  auto op = ops_.find(id);
-  if (op == ops_.end() || op->second.phase != OpPhase::Done) return;
-  // The controller asks something new of this job, which it does only once it holds
-  // the previous operation's outcome (a checkpoint it waits for keeps the job busy, a
-  // start it waits for keeps it from new requests): the unsent report is moot.
-  if (op->second.kind == OpKind::Vacate && op->second.outcome == OpOutcome::Ok)
-    jobs_.erase(id);  // the dumped run is gone and its files too (finish_op made sure)
-  ops_.erase(op);
-  oplog_.remove(id);
-}
-
-void NodeDaemon::report_ops() {
-  std::vector<OpRecord> done;
-  {
-    std::lock_guard l(mu_);
-    for (auto& [id, op] : ops_)
-      if (op.phase == OpPhase::Done) done.push_back(op);
-  }
-  for (auto& op : done) {
-    try {
-      json body = op.report();
-      body["name"] = name_;
-      controller(10).call("POST", "/v1/nodes/op_done", body);
-    } catch (const std::exception& e) {
-      // The controller is away: the outcome waits in the op record.
-      spdlog::debug("job {}: {} outcome not reported yet: {}", op.job_id, to_string(op.kind),
-                    e.what());
-      continue;
-    }
-    std::lock_guard l(mu_);
-    auto it = ops_.find(op.job_id);
-    if (it == ops_.end() || it->second.phase != OpPhase::Done || it->second.started != op.started)
-      continue;
-    ops_.erase(it);
-    oplog_.remove(op.job_id);
-    if (op.kind == OpKind::Vacate && op.outcome == OpOutcome::Ok) jobs_.erase(op.job_id);
-  }
 }
 
 nlohmann::json NodeDaemon::checkpoint(const proto::Request& r) {
@@ -990,165 +692,6 @@ void NodeDaemon::heartbeat() {
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
   }
-}
-
-// ------------------------------------------------------------------ fencing
-
-void NodeDaemon::check_fencing(const LaunchRequest& q) const {
-  std::lock_guard l(mu_);
-  check_fencing_locked(q);
-}
-
-void NodeDaemon::check_fencing_locked(const LaunchRequest& q) const {
-  int64_t id = q.job_id;
-  if (lease_->expired())
-    throw RpcError(503,
-                   fmt::format("node {}'s lease has expired (no successful heartbeat in time): "
-                               "no new runs until the controller answers",
-                               name_),
-                   FailureClass::kTransient);
-  if (q.issued != 0) {
-    double age = unix_now() - q.issued;
-    if (age > cfg_.cred_expire)
-      throw RpcError(409, fmt::format("job {}: request issued {:.0f} s ago, more than AuthInfo "
-                                      "cred_expire ({} s): refused as stale",
-                                      id, age, cfg_.cred_expire));
-  }
-  // A vacated run (dumped and killed, the controller maybe not yet told) is not one the
-  // node has: its restore may come with the same generation from an older controller.
-  if (auto it = jobs_.find(id);
-      it != jobs_.end() && !it->second.vacating && q.generation <= it->second.generation)
-    throw RpcError(409, fmt::format("job {}: generation {} is not newer than generation {} that "
-                                    "node {} runs: refused as stale",
-                                    id, q.generation, it->second.generation, name_));
-  if (auto it = stale_gen_.find(id); it != stale_gen_.end() && q.generation <= it->second)
-    throw RpcError(409, fmt::format("job {}: generation {} is not newer than generation {}, which "
-                                    "the controller declared stale: refused",
-                                    id, q.generation, it->second));
-}
-
-void NodeDaemon::remember_stale(int64_t id, int64_t generation) {
-  constexpr size_t kMaxStale = 4096;
-  auto [it, added] = stale_gen_.try_emplace(id, generation);
-  if (!added) {
-    it->second = std::max(it->second, generation);
-    return;
-  }
-  stale_order_.push_back(id);
-  while (stale_order_.size() > kMaxStale) {
-    stale_gen_.erase(stale_order_.front());
-    stale_order_.pop_front();
-  }
-}
-
-void NodeDaemon::end_run_cgroup(int64_t id) {
-  auto it = run_cg_.find(id);
-  if (it == run_cg_.end()) return;
-  try {
-    it->second.cg.kill();
-  } catch (const std::exception& e) {
-    spdlog::warn("job {}: {}", id, e.what());
-  }
-  ending_.push_back(std::move(it->second.cg));
-  run_cg_.erase(it);
-}
-
-void NodeDaemon::remove_ended_cgroups() {
-  // Under mu_, and without killing again: a launch may take over a directory of the
-  // same name (launch()), and must find it neither removed nor killed under it.
-  std::lock_guard l(mu_);
-  std::vector<Cgroup> busy;
-  for (auto& cg : ending_)
-    if (!cg.try_remove()) busy.push_back(std::move(cg));
-  ending_ = std::move(busy);
-}
-
-int NodeDaemon::on_heartbeat_reply(const proto::HeartbeatReply& reply,
-                                   Lease::Clock::time_point sent) {
-  int killed = 0;
-  {
-    std::lock_guard l(mu_);
-    // First the stale runs, while still frozen: thawed, they would run on for a moment
-    // beside their newer copy.
-    for (const auto& st : reply.stale) {
-      remember_stale(st.job_id, st.generation);
-      bool hit = false;
-      if (auto rc = run_cg_.find(st.job_id);
-          rc != run_cg_.end() && rc->second.generation == st.generation) {
-        end_run_cgroup(st.job_id);
-        hit = true;
-      }
-      auto it = jobs_.find(st.job_id);
-      if (it != jobs_.end() && it->second.generation == st.generation) {
-        LocalJob j = it->second;
-        if (alive(j)) ::kill(j.pid, SIGKILL);  // in case it had no cgroup (older fschedd)
-        jobs_.erase(it);
-        hit = true;
-        // Its files, unless they are already those of a newer run (the nodes of a test
-        // cluster share the spool directory).
-        std::error_code ec;
-        try {
-          LocalJob on_disk = json::parse(read_file(job_dir(j.job_id) / "job.json")).get<LocalJob>();
-          if (on_disk.node == name_ && on_disk.generation == j.generation)
-            fs::remove_all(job_dir(j.job_id), ec);
-        } catch (const std::exception&) {
-        }
-      }
-      if (hit) {
-        ++killed;
-        spdlog::warn("job {}: generation {} is stale (the controller moved or ended it): killed",
-                     st.job_id, st.generation);
-      }
-    }
-  }
-  int seconds = reply.lease > 0 ? reply.lease : cfg_.slurmd_timeout;
-  lease_->renew(sent, std::chrono::seconds(seconds));
-  if (lease_->expired()) {
-    // A reply that took longer than the lease (a stopped controller answering at
-    // last): the jobs stay frozen until a heartbeat is answered in time.
-    spdlog::warn("heartbeat answered after its lease ({} s) had run out: jobs stay frozen",
-                 seconds);
-  } else if (lease_->thaw()) {
-    spdlog::info("lease renewed: {} stale runs killed, jobs thawed", killed);
-  } else if (killed) {
-    spdlog::info("{} stale runs killed", killed);
-  }
-  frozen_logged_ = false;
-  return killed;
-}
-
-std::vector<proto::RunRef> NodeDaemon::runs() const {
-  std::lock_guard l(mu_);
-  std::vector<proto::RunRef> out;
-  for (auto& [id, j] : jobs_) out.push_back({id, j.generation});
-  return out;
-}
-
-void NodeDaemon::log_lease() {
-  int err = lease_->guard_errno();
-  if (err != guard_err_logged_ && err != 0)
-    spdlog::error("the lease guard cannot freeze the jobs: {}: {}",
-                  (jobs_cg_.path() / "cgroup.freeze").string(), Error::errno_text(err));
-  guard_err_logged_ = err;
-  if (!lease_->frozen()) return;
-  if (frozen_logged_) return;
-  frozen_logged_ = true;
-  // The guard's monotonic instant, as wall-clock time for the log.
-  auto ago = Lease::Clock::now() - lease_->frozen_at();
-  auto wall = std::chrono::system_clock::now() -
-              std::chrono::duration_cast<std::chrono::system_clock::duration>(ago);
-  auto expiry = lease_->expiry();
-  if (expiry.time_since_epoch().count() == 0)
-    spdlog::warn(
-        "no lease yet (fschedd started): jobs frozen at {:%FT%T} until the controller "
-        "answers",
-        fmt::localtime(std::chrono::system_clock::to_time_t(wall)));
-  else
-    spdlog::warn("lease expired at {:%FT%T}: jobs frozen",
-                 fmt::localtime(std::chrono::system_clock::to_time_t(
-                     std::chrono::system_clock::now() -
-                     std::chrono::duration_cast<std::chrono::system_clock::duration>(
-                         Lease::Clock::now() - expiry))));
 }
 
 }  // namespace fsched::noded
