@@ -70,6 +70,15 @@ void expect_pages(const PatternChild& c, const std::vector<iovec>& ranges,
   EXPECT_EQ(at, out.size());
 }
 
+// Reads `ranges` of the child with remote_readv and checks what came back.
+void expect_read(const PatternChild& c, const std::vector<iovec>& ranges) {
+  std::size_t bytes = 0;
+  for (const iovec& r : ranges) bytes += r.iov_len;
+  std::vector<std::byte> out(bytes);
+  remote_readv(c.pid(), ranges, out.data());
+  expect_pages(c, ranges, out);
+}
+
 TEST(RemoteReadv, ScatteredPagesInOrderOnBothSidesOfTheSplit) {
   PatternChild child;
   // Every third page: 342 single-page ranges (1.3 MiB, read by two threads), then the
@@ -77,10 +86,8 @@ TEST(RemoteReadv, ScatteredPagesInOrderOnBothSidesOfTheSplit) {
   std::vector<iovec> ranges;
   for (std::size_t i = 0; i < kPages; i += 3) ranges.push_back(child.range(i, 1));
   for (std::size_t n : {ranges.size(), std::size_t{40}}) {
-    std::vector<iovec> some(ranges.begin(), ranges.begin() + static_cast<std::ptrdiff_t>(n));
-    std::vector<std::byte> out(n * kPage);
-    remote_readv(child.pid(), some, out.data());
-    expect_pages(child, some, out);
+    expect_read(
+        child, std::vector<iovec>(ranges.begin(), ranges.begin() + static_cast<std::ptrdiff_t>(n)));
   }
 }
 
@@ -88,14 +95,9 @@ TEST(RemoteReadv, UnevenRuns) {
   PatternChild child;
   // Runs of 5 down to 1 pages with one-page gaps: the halves split unevenly by count.
   std::vector<iovec> ranges;
-  std::size_t total = 0;
-  for (std::size_t i = 0, len = 5; i + len <= kPages; i += len + 1, len = len > 1 ? len - 1 : 5) {
+  for (std::size_t i = 0, len = 5; i + len <= kPages; i += len + 1, len = len > 1 ? len - 1 : 5)
     ranges.push_back(child.range(i, len));
-    total += len;
-  }
-  std::vector<std::byte> out(total * kPage);
-  remote_readv(child.pid(), ranges, out.data());
-  expect_pages(child, ranges, out);
+  expect_read(child, ranges);
 }
 
 TEST(RemoteReadv, MoreRangesThanIovMaxInEachHalf) {
@@ -104,9 +106,7 @@ TEST(RemoteReadv, MoreRangesThanIovMaxInEachHalf) {
   // thread's half takes two calls of at most IOV_MAX ranges.
   std::vector<iovec> ranges;
   for (std::size_t i = 0; i < 2500; ++i) ranges.push_back(child.range(i % kPages, 1));
-  std::vector<std::byte> out(ranges.size() * kPage);
-  remote_readv(child.pid(), ranges, out.data());
-  expect_pages(child, ranges, out);
+  expect_read(child, ranges);
 }
 
 TEST(RemoteReadv, UnmappedRangeThrowsNamingProcessAndAddress) {
