@@ -14,6 +14,7 @@ pkgs=(
   clang libclang-rt-14-dev    # scripts/fuzz.sh: clang, libFuzzer and the sanitizer runtimes
   clang-format                # scripts/check-format.sh (clang-format 14)
   iproute2 util-linux         # tests/e2e/netcluster.py: ip netns, veth, bridge; nsenter
+  strace                      # tests/e2e/test_net_lock.py: a dumper stopped right after its kill(2)
   openjdk-17-jdk-headless nodejs git perl  # tests/e2e/soak.py: real programs dumped and restored
   chromium                    # tests/e2e/test_console.py: the web console in headless Chromium
 )

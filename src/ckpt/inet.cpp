@@ -498,6 +498,8 @@ void InetRepair::keep_for_kill() {
   // Frozen until the kill (job_killed), or until end_repair() if the dump fails first.
   if (!held_->sockets.empty()) held_->freezer.freeze();
   for (auto& h : held_->sockets) set_repair(h.fd.get(), TCP_REPAIR_ON, h.who);
+  // The last step before the kill: from here a dumper that dies still kills the job.
+  if (held_->lock) held_->lock->killing();
 }
 
 void InetRepair::job_killed() {

@@ -93,7 +93,9 @@ class InetRepair {
   void check_unchanged() const;
   // The job is about to be killed: its connections go into repair mode (locked still),
   // so that their close sends nothing to the peers the restored job will talk to.
-  // Throws Error naming a socket that cannot.
+  // Last, the network lock's guardian is told (NetLock::killing): from then on the
+  // job dies and its sockets are held even if the dumper dies before its own kill.
+  // Throws Error naming a socket that cannot go into repair mode.
   void keep_for_kill();
   // The job is dead: the network lock's guardian holds its sockets for a restore.
   void job_killed();

@@ -36,6 +36,7 @@ constexpr char kDismiss = 'Q';  // dumper -> guardian: end without touching the 
 constexpr char kHold = 'H';     // dumper -> guardian: the job is dead; hold (+ u32 seconds)
 constexpr char kHeld = 'F';     // guardian -> restore: a held socket follows (SCM_RIGHTS)
 constexpr char kThaw = 'T';     // dumper -> guardian: the job's cgroup.freeze follows (SCM_RIGHTS)
+constexpr char kKill = 'K';     // dumper -> guardian: the job is being killed; kill it too
 
 bool send_msg(int chan, const void* data, std::size_t len, int fd) {
   iovec iov{const_cast<void*>(data), len};
@@ -146,7 +147,8 @@ long now_ms() {
   close_all_but(chan, job, lsn);
   ::prctl(PR_SET_NAME, "fsched-netlock", 0, 0, 0);
   std::size_t n = 0;
-  int thaw = -1;  // cgroup.freeze of the job's cgroup (cgroup_freeze.h), once sent
+  int thaw = -1;         // cgroup.freeze of the job's cgroup (cgroup_freeze.h), once sent
+  bool killing = false;  // kKill came: the job dies whatever becomes of the dumper
   auto thaw_job = [&thaw] {
     if (thaw >= 0) [[maybe_unused]]
       ssize_t w = ::pwrite(thaw, "0", 1, 0);
@@ -171,6 +173,13 @@ long now_ms() {
       }
       if (got >= 0) ::close(got);
       if (buf[0] == kDismiss) ::_exit(0);
+      if (buf[0] == kKill) {
+        // Sent by the guardian too, so that the kill does not hang on the dumper
+        // living through its kill(2): a job that dies takes its sockets with it.
+        killing = true;
+        ::syscall(SYS_pidfd_send_signal, job, SIGKILL, nullptr, 0U);
+        continue;
+      }
       if (buf[0] == kHold && r == 5) {
         std::uint32_t s = 0;
         std::memcpy(&s, buf + 1, sizeof s);
@@ -181,9 +190,11 @@ long now_ms() {
       continue;
     }
     // The dumper is gone without a word. A living job's sockets are given back; a dead
-    // job's wait for a restore, as if the dumper had said so.
+    // or dying job's wait for a restore, as if the dumper had said so. A job being
+    // killed is not dead yet (its init exits last, after the rest of its namespace):
+    // taken out of repair mode, its sockets would send the peer a reset as they close.
     pollfd p{job, POLLIN, 0};
-    if (::poll(&p, 1, 0) == 1) {
+    if (killing || ::poll(&p, 1, 0) == 1) {
       thaw_job();
       hold_for_restore(lsn, slots, n, hold_s);
     }
@@ -292,6 +303,12 @@ void NetLock::release() noexcept {
   }
   fds_.clear();
   end(kDismiss, 0);
+}
+
+void NetLock::killing() noexcept {
+  if (done_ || guardian_ < 0) return;
+  // Not sent: the guardian is gone, and there is nothing left to hold anyway.
+  send_msg(chan_.get(), &kKill, 1, -1);
 }
 
 void NetLock::hold(unsigned hold_s) noexcept {

@@ -70,6 +70,12 @@ class NetLock {
   // retransmitted by their senders) and the guardian ends without touching them.
   // Errors are ignored: each socket is tried.
   void release() noexcept;
+  // The job is about to be killed, its sockets in repair mode (for a silent close):
+  // the guardian sends its init SIGKILL too (pidfd_send_signal(2)), and from then on a
+  // dumper that dies leaves the sockets held for a restore, as hold() would, instead
+  // of giving them back to a job that is dying. Call right before the dumper's own
+  // kill. A guardian that cannot be told is gone already: nothing is reported.
+  void killing() noexcept;
   // The job was killed: the guardian keeps the sockets, locked and in repair mode,
   // until a restore takes them or `hold_s` seconds pass (0: closes them now).
   void hold(unsigned hold_s) noexcept;

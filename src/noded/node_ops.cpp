@@ -77,7 +77,15 @@ OpRecord NodeDaemon::run_op(OpRecord rec, const std::vector<std::string>& argv,
   int st = 0;
   while (::waitpid(runner, &st, 0) < 0 && errno == EINTR) {
   }
-  finish_op(rec, oplog_.result(id));
+  std::optional<RunnerResult> res = oplog_.result(id);
+  if (!res)
+    // Killed from outside (it is fschedd's own child): the image decides below, and
+    // the log says what became of the runner.
+    spdlog::warn("job {}: the {}'s runner (pid {}) left no result: {}", id, to_string(rec.kind),
+                 runner,
+                 WIFSIGNALED(st) ? fmt::format("killed by signal {}", WTERMSIG(st))
+                                 : fmt::format("exit status {}", WEXITSTATUS(st)));
+  finish_op(rec, res);
   return rec;
 }
 

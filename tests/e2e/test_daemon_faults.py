@@ -173,6 +173,24 @@ def test_fschedd_killed_during_checkpoint(e2e, build_dir, cluster, test_user, re
     finish_and_compare(c, jid, d, reference, w)
 
 
+def cluster_dumpers(c: Cluster) -> list[int]:
+    """The engines dumping into cluster c's checkpoint directory: fsched-ckpt itself
+    (argv[0]), not the fschedd runner whose arguments name it, and not the dumps of
+    another test file's cluster running at the same time."""
+    found = []
+    for e in os.scandir("/proc"):
+        if not e.name.isdigit():
+            continue
+        try:
+            argv = Path(f"/proc/{e.name}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if (len(argv) > 1 and argv[0].endswith(b"/fsched-ckpt") and argv[1] == b"dump"
+                and any(a.startswith(bytes(c.ckpt_dir) + b"/") for a in argv)):
+            found.append(int(e.name))
+    return found
+
+
 def test_dumper_and_fschedd_killed_image_failed_and_removed(e2e, build_dir, cluster, test_user, reference):
     """fschedd and the engine both killed mid-dump: the image is incomplete, so Failed,
     and nothing of it stays on disk; the job runs on unharmed."""
@@ -183,9 +201,7 @@ def test_dumper_and_fschedd_killed_image_failed_and_removed(e2e, build_dir, clus
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     wait_dump_started(c, jid)
     c.kill_node("node1", signal.SIGKILL)
-    dumpers = [int(e.name) for e in os.scandir("/proc") if e.name.isdigit() and
-               b"fsched-ckpt\0dump" in Path(f"/proc/{e.name}/cmdline").read_bytes()
-               if Path(f"/proc/{e.name}/cmdline").exists()]
+    dumpers = cluster_dumpers(c)
     assert dumpers, "the dump should still be running"
     for pid in dumpers:
         os.kill(pid, signal.SIGKILL)

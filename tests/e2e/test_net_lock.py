@@ -8,12 +8,16 @@ the job's receive window is open and data is in flight during every dump.
   (lost with the killed job) or the dump gives up because a sequence number moved.
 - Its dumper SIGKILLed at random instants (while the sockets are locked and in repair
   mode): the guardian gives them back, the job goes on unharmed, and no guardian is
-  left behind."""
+  left behind.
+- Its dumper SIGKILLed right after its kill(2) of the job, while the job is dying: the
+  guardian holds the sockets (it does not give them back to a dying job, whose close
+  would reset the connection), and the restore takes them over."""
 from __future__ import annotations
 
 import os
 import random
 import shutil
+import signal
 import socketserver
 import subprocess
 import threading
@@ -226,3 +230,52 @@ def test_dumper_killed_while_locked(e2e: E2E, stream_server, job_cgroup):
     assert job.progress(ref) < 1.0, "the job ended before the trials did: make it longer"
     assert job.wait_end(120) == ref.status
     job.assert_matches(ref, " after its dumpers were killed")
+
+
+def test_dumper_killed_while_the_job_dies(e2e: E2E, stream_server, job_cgroup):
+    """strace stops the dumper for 5 s right after its kill(2) of the job's init (the
+    dump's last step), and the dumper is SIGKILLed there. The job's init cannot have
+    ended yet (its traced threads wait for their tracer), so only the dump's word to the
+    guardian before the kill tells it the job is dying: its sockets must be held, not
+    taken out of repair mode, and the restore must continue the stream without a
+    reset."""
+    before = frozenset(_guardians(0))
+    spec = stream_spec(stream_server, "netlock_kill_at_kill", mib=4 * MIB)
+    ref = e2e.reference(spec)
+    job = e2e.job(spec)
+    job.cgroup = job_cgroup
+    job.start_detached()
+    job.wait_progress(ref, 0.2)
+    image = e2e.image("netlock_kill_at_kill/0")
+    trace = e2e.jobs_dir / "netlock_kill_at_kill.strace"
+    # The dumper's kill(2)s: kill(PID, 0) as it starts, then the job's kill
+    # (FrozenTree::kill), checked below. Only the main thread is traced (no -f), so the
+    # guardian it forks runs free.
+    strace = subprocess.Popen(["strace", "-o", str(trace), "-e", "trace=kill",
+                               "-e", "inject=kill:delay_exit=5000000:when=2+",
+                               str(e2e.engine.bin), "dump", "--pid", str(job.init_pid),
+                               "--dir", str(image)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    dumper = None
+    while time.monotonic() < deadline and strace.poll() is None:
+        text = trace.read_text() if trace.exists() else ""
+        if f"kill({job.init_pid}, SIGKILL)" in text and "DELAYED" in text:
+            dumper = int(Path(f"/proc/{strace.pid}/task/{strace.pid}/children").read_text().split()[0])
+            break
+        time.sleep(0.01)
+    assert dumper, (f"the dumper never reached its kill of the job: {trace.read_text() if trace.exists() else ''} "
+                    f"{strace.stderr.read().decode() if strace.poll() is not None else ''}")
+    os.kill(dumper, signal.SIGKILL)
+    strace.wait(30)
+    assert (image / "manifest.json").is_file(), "the image was committed before the kill"
+    assert wait_gone(job.init_pid, 10), "the job outlived its kill"
+    held = _guardians(0, before)
+    assert len(held) == 1, f"the guardian should hold the dying job's socket: {held}"
+    assert (job_cgroup / "cgroup.freeze").read_text().strip() == "0"
+    job.paused()
+    time.sleep(1.0)  # the server retransmits meanwhile: the held socket drops, never resets
+    e2e.restore_detached_ok(job, image)
+    assert _guardians(besides=before) == [], "the restore did not take the held socket"
+    assert job.wait_end(120) == ref.status
+    job.assert_matches(ref, " after its dumper was killed as the job died")
