@@ -23,6 +23,7 @@
 #include "ckpt/inet.h"
 #include "ckpt/madvise.h"
 #include "ckpt/mem_tracking.h"
+#include "ckpt/precopy.h"
 #include "ckpt/locks.h"
 #include "ckpt/memory.h"
 #include "ckpt/namespaces.h"
@@ -203,6 +204,12 @@ std::uint64_t hold_budget(pid_t root) {
 // compressed and written into new page-cache pages under the freeze: 300-390 ms of a
 // 101 MiB incremental's freeze on a VM where fresh memory is slow, ~60 ms where it is
 // not. 0 when a scan fails (a process that exited is passed over).
+std::uint64_t hold_budget_for_written(std::uint64_t written) {
+  const std::uint64_t want = written + written / 4 + 2 * kChunkRawBytes;
+  if (want > kMaxHoldBytes) return 0;
+  return std::min(want, meminfo_kib("MemAvailable:") * 1024 / 8);
+}
+
 std::uint64_t incremental_hold_budget(pid_t root) {
   std::uint64_t written = 0;
   bool unknown = false;  // a scan failed: no estimate, nothing held
@@ -224,9 +231,25 @@ std::uint64_t incremental_hold_budget(pid_t root) {
     return written <= kMaxHoldBytes;
   });
   if (unknown || written > kMaxHoldBytes) return 0;
-  const std::uint64_t want = written + written / 4 + 2 * kChunkRawBytes;
-  if (want > kMaxHoldBytes) return 0;
-  return std::min(want, meminfo_kib("MemAvailable:") * 1024 / 8);
+  return hold_budget_for_written(written);
+}
+
+// The pre-copy round (precopy.h) of an incremental dump left running on `parent_id`,
+// copying at most what a hold of the written pages may take. Errors after the job's
+// tracking was claimed go to `failed` (the dump is then full).
+std::optional<PreCopy> pre_copy(pid_t root, const std::string& parent_id, std::string& failed) {
+  std::vector<pid_t> pids;
+  for_each_job_process(root, [&](pid_t pid) {
+    pids.push_back(pid);
+    return true;
+  });
+  const std::uint64_t max_bytes = std::min(kMaxHoldBytes, meminfo_kib("MemAvailable:") * 1024 / 8);
+  try {
+    return PreCopy::run(root, pids, parent_id, max_bytes);
+  } catch (const Error& e) {
+    failed = e.what();
+    return std::nullopt;
+  }
 }
 
 }  // namespace
@@ -342,8 +365,19 @@ DumpStats dump(const DumpOptions& o) {
   // size, an incremental one the pages the kernel says were written; one comparing
   // hashes holds nothing (which pages it stores is known only under the freeze).
   if (o.leave_running && o.parent.empty()) img->hold(hold_budget(o.pid));
-  if (o.leave_running && !o.parent.empty() && method == TrackMethod::kKernel)
-    img->hold(incremental_hold_budget(o.pid));
+  // An incremental left running first copies, while the job runs, what was written
+  // since the parent; the freeze then reads only what was written after that.
+  std::optional<PreCopy> pre;
+  std::string pre_copy_failed;
+  if (o.leave_running && !o.parent.empty() && method == TrackMethod::kKernel) {
+    const auto t_pre = std::chrono::steady_clock::now();
+    pre = pre_copy(o.pid, parent_id, pre_copy_failed);
+    if (pre) {
+      st.pre_copy_ms = ms_since(t_pre);
+      st.pre_copied_bytes = pre->copied_bytes();
+    }
+    img->hold(pre ? hold_budget_for_written(pre->found_bytes()) : incremental_hold_budget(o.pid));
+  }
   auto t_freeze = std::chrono::steady_clock::now();
   std::unique_ptr<FrozenTree> frozen = freeze_job(o.pid, t_freeze);
   PhaseLog phase(st, t_freeze);
@@ -440,14 +474,16 @@ DumpStats dump(const DumpOptions& o) {
                             : "the parent image holds no page hashes (it was not dumped with "
                               "--track-method hash)";
   } else if (!o.parent.empty()) {
-    st.incremental = tracking.epoch() == parent_id;
+    st.incremental = tracking.epoch() == (pre ? pre->epoch() : parent_id);
     if (!st.incremental)
-      st.full_because = tracking.epoch().empty()
-                            ? "the job's written pages are not tracked (no dump with "
-                              "--track-mem since it started or was restored)"
-                        : tracking.epoch() == "resetting"
-                            ? "a dump failed or was killed since the parent"
-                            : "the job's tracking goes back to another image than the parent";
+      st.full_because =
+          !pre_copy_failed.empty() ? "the pre-copy round failed: " + pre_copy_failed
+          : pre                    ? "another dump of the job ran during this one's pre-copy round"
+          : tracking.epoch().empty() ? "the job's written pages are not tracked (no dump with "
+                                       "--track-mem since it started or was restored)"
+          : tracking.epoch() == "resetting" || tracking.epoch().starts_with("pre-copy ")
+              ? "a dump failed or was killed since the parent"
+              : "the job's tracking goes back to another image than the parent";
   }
   if (tracked && !hash_vmas) tracking.prepare(procs);
   if (st.incremental) st.track = method;
@@ -476,8 +512,9 @@ DumpStats dump(const DumpOptions& o) {
       case Section::kPages:
         for (auto& p : procs)
           if (!p.zombie)
-            st.memory_bytes += dump_pages(p, *img, tracked && !hash_vmas ? &tracking : nullptr,
-                                          st.incremental, hash_vmas ? &*hashing : nullptr);
+            st.memory_bytes +=
+                dump_pages(p, *img, tracked && !hash_vmas ? &tracking : nullptr, st.incremental,
+                           hash_vmas ? &*hashing : nullptr, pre ? &*pre : nullptr);
         break;
       case Section::kPipes:
         dump_pipes(procs, m, *img);

@@ -89,6 +89,11 @@ struct DumpStats {
   // the thaw (ImageWriter::hold: a dump left running), as held at the thaw; 0 when
   // nothing was held or the job outgrew the estimate.
   std::uint64_t held_bytes = 0;
+  // The pre-copy round of an incremental dump left running (precopy.h), before the
+  // freeze: bytes of pages it found written since the parent and copied out of the
+  // running job, and how long it took (ms); 0 when there was none.
+  std::uint64_t pre_copied_bytes = 0;
+  double pre_copy_ms = 0;
   // What kept the job from running while its TCP connections were in repair mode, so
   // that a dumper killed then cannot harm it (cgroup_freeze.h): "cgroup PATH", "none:
   // WHY" (only ptrace), "" when the job had no connection.
@@ -141,5 +146,9 @@ std::vector<Feature> check_kernel();
 
 // The XCR0 register of this CPU: which xstate components (SSE, AVX, AVX-512...) exist.
 std::uint64_t cpu_xfeatures();
+
+// 32 lowercase hex digits from getrandom(2): image ids, tracking epochs. Throws Error
+// if getrandom fails.
+std::string random_id();
 
 }  // namespace fsched::ckpt

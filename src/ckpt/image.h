@@ -66,6 +66,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <span>
@@ -173,6 +174,18 @@ class ImageWriter {
   // Bytes of page stream hold() keeps in memory now: the full chunks held and the one
   // being filled; 0 when not holding (never asked, or released).
   virtual std::uint64_t held_bytes() const = 0;
+
+  // Fills part of a deferred append: the bytes [offset, offset + dst.size()) of it, in
+  // dst. Must not throw.
+  using DeferredFill = std::function<void(std::uint64_t offset, std::span<std::byte> dst)>;
+  // Appends `n` bytes whose contents `fill` provides later: while holding (hold()), the
+  // bytes are reserved in the held chunks and filled only when the held chunks go to
+  // compression (release_held(), commit(), or a chunk that does not fit the budget),
+  // so that a dump can put pages it copied before the freeze into the stream without
+  // copying them while the job is frozen. When not holding, fill runs at once. `fill`
+  // is called once or more, for pieces that together cover [0, n), and must stay
+  // callable (its sources alive) until commit(). Throws like append_pages().
+  virtual void append_deferred(std::size_t n, DeferredFill fill) = 0;
 
   // Section s of the page stream starts here, at logical_bytes(): commit() records it
   // in manifest "sections". Sections must begin in kSectionOrder, each once (any may be

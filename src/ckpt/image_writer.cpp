@@ -19,6 +19,7 @@
 #include <condition_variable>
 #include <cstring>
 #include <exception>
+#include <memory>
 #include <mutex>
 #include <new>
 #include <thread>
@@ -192,7 +193,24 @@ class ImageWriterImpl final : public ImageWriter {
     holding_ = true;
   }
 
+  void append_deferred(std::size_t n, DeferredFill fill) override {
+    check_usable();
+    auto shared = std::make_shared<DeferredFill>(std::move(fill));
+    for (std::uint64_t off = 0; off < n;) {
+      auto space = append_space();
+      const std::size_t k = std::min<std::uint64_t>(space.size(), n - off);
+      if (holding_)
+        deferred_.push_back({space.first(k), off, shared});
+      else
+        (*shared)(off, space.first(k));
+      // A chunk handed on here was filled first: release_held() fills every piece.
+      append_done(k);
+      off += k;
+    }
+  }
+
   void release_held() override {
+    fill_deferred();
     holding_ = false;
     spare_.clear();
     for (Held& h : held_) hand_to_worker(std::move(h.buf), h.len);  // rethrows a worker's error
@@ -303,6 +321,13 @@ class ImageWriterImpl final : public ImageWriter {
       if (error_) std::rethrow_exception(error_);
     }
     if (broken_) fail("{}: image writer unusable after an earlier failed commit", dir_.native());
+  }
+
+  // The pieces of deferred appends (append_deferred), filled before any chunk holding
+  // one leaves the held set.
+  void fill_deferred() {
+    for (Deferred& d : deferred_) (*d.fill)(d.offset, d.dst);
+    deferred_.clear();
   }
 
   // Hands the full fill_ buffer on, and takes an empty one to fill next: kept (hold())
@@ -492,6 +517,14 @@ class ImageWriterImpl final : public ImageWriter {
   };
   bool holding_ = false;
   std::vector<Held> held_;
+  // append_deferred() pieces not yet filled: only while holding_, in held or fill_
+  // buffers, whose memory does not move while they are held.
+  struct Deferred {
+    std::span<std::byte> dst;
+    std::uint64_t offset;
+    std::shared_ptr<DeferredFill> fill;
+  };
+  std::vector<Deferred> deferred_;
   std::vector<AlignedBuffer> spare_;  // populated, not yet filled
 
   // Shared with the workers; guarded by mu_ (a Worker's job fields are its own while

@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
+#include "ckpt/engine.h"
 #include "ckpt/inject.h"
 #include "ckpt/proc.h"
 #include "ckpt/remote.h"
@@ -59,17 +60,36 @@ JobTracking JobTracking::attach(std::span<DumpProcess> procs) {
   if (!init_fds_with_link(init.host_pid, kUffdLink).empty())
     for (DumpProcess& p : procs) p.uffd_wp_ours = true;
   if (!t.memfd_) return t;
+  t.read_state();
+  return t;
+}
+
+std::optional<TrackingState> JobTracking::claim_for_pre_copy(pid_t init_host_pid,
+                                                             const std::string& parent_id) {
+  JobTracking t;
+  for (int fd : init_fds_with_link(init_host_pid, memfd_link())) {
+    t.memfd_ = grab_fd(init_host_pid, fd, "the job's tracking state");
+    break;
+  }
+  if (!t.memfd_) return std::nullopt;
+  t.read_state();
+  if (parent_id.empty() || t.state_.epoch != parent_id) return std::nullopt;
+  t.state_.epoch = "pre-copy " + random_id();
+  t.write_state();
+  return t.state_;
+}
+
+void JobTracking::read_state() {
   std::string text(kMaxTrackingStateBytes, '\0');
-  ssize_t n = ::pread(t.memfd_.get(), text.data(), text.size(), 0);
+  ssize_t n = ::pread(memfd_.get(), text.data(), text.size(), 0);
   if (n < 0) fail_errno("the job's tracking state: read");
   text.resize(static_cast<std::size_t>(n));
   try {
-    t.state_ = nlohmann::json::parse(text).get<TrackingState>();
+    state_ = nlohmann::json::parse(text).get<TrackingState>();
   } catch (const std::exception&) {
     // Cut short by a dumper that died while writing it: unusable, start over.
-    t.state_ = TrackingState{};
+    state_ = TrackingState{};
   }
-  return t;
 }
 
 void JobTracking::write_state() {

@@ -61,6 +61,16 @@ class JobTracking {
   // The epoch found ("" if none).
   const std::string& epoch() const { return state_.epoch; }
 
+  // Before a dump's freeze, with the job running (precopy.h): when the state in the
+  // job's init (host pid `init_host_pid`) names `parent_id`, marks it "pre-copy
+  // <random>" and returns that state, whose epoch is then what the dump's attach()
+  // must find for the written bits to still go back to the parent (a dump or pre-copy
+  // in between would have changed it). nullopt, with nothing changed, when the job
+  // has no state or it names another image. Throws Error when the state cannot be
+  // read or written.
+  static std::optional<TrackingState> claim_for_pre_copy(pid_t init_host_pid,
+                                                         const std::string& parent_id);
+
   // Makes every live process of the job tracked: its userfaultfd from init when it is
   // the same process (pid and start time), else a new one made in it by injection and
   // handed to init. Registers the private, non-kernel VMAs of each (those the kernel
@@ -84,6 +94,7 @@ class JobTracking {
 
  private:
   JobTracking() = default;
+  void read_state();
   void write_state();
 
   TrackingState state_;

@@ -25,6 +25,7 @@
 #include "ckpt/fsaccess.h"
 #include "ckpt/madvise.h"
 #include "ckpt/mem_tracking.h"
+#include "ckpt/precopy.h"
 #include "ckpt/mempolicy.h"
 #include "ckpt/page_hashes.h"
 #include "ckpt/page_restore.h"
@@ -204,22 +205,28 @@ void dump_memory_injected(DumpProcess& p) {
 
 namespace {
 std::uint64_t dump_pages_impl(DumpProcess& p, ImageWriter& img, JobTracking* tracking,
-                              bool incremental, PageHashing* hashing, bool running);
+                              bool incremental, PageHashing* hashing, const PreCopy* pre,
+                              bool running);
 }  // namespace
 
 std::uint64_t dump_pages(DumpProcess& p, ImageWriter& img, JobTracking* tracking, bool incremental,
-                         PageHashing* hashing) {
-  return dump_pages_impl(p, img, tracking, incremental, hashing, false);
+                         PageHashing* hashing, const PreCopy* pre) {
+  return dump_pages_impl(p, img, tracking, incremental, hashing, pre, false);
 }
 
 std::uint64_t dump_pages_running(DumpProcess& p, ImageWriter& img, PageHashing* hashing) {
-  return dump_pages_impl(p, img, nullptr, false, hashing, true);
+  return dump_pages_impl(p, img, nullptr, false, hashing, nullptr, true);
 }
 
 namespace {
 std::uint64_t dump_pages_impl(DumpProcess& p, ImageWriter& img, JobTracking* tracking,
-                              bool incremental, PageHashing* hashing, bool running) {
+                              bool incremental, PageHashing* hashing, const PreCopy* pre,
+                              bool running) {
   pid_t pid = p.host_pid;
+  // The pre-copy round's pages of this process (the same one: pid and start time).
+  const PreCopy::Process* copied = nullptr;
+  if (pre && incremental && tracking)
+    copied = pre->process(pid, std::stoull(read_stat(pid).at(21)));
   UniqueFd pagemap(::open(fmt::format("/proc/{}/pagemap", pid).c_str(), O_RDONLY | O_CLOEXEC));
   if (!pagemap && running && errno == ENOENT) {  // exited since the freeze: nothing to keep
     for (Vma& v : p.rec.vmas) v.runs.clear();
@@ -255,10 +262,6 @@ std::uint64_t dump_pages_impl(DumpProcess& p, ImageWriter& img, JobTracking* tra
     std::optional<std::vector<PageStates>> states;
     if (tracking) states = tracking->reset_scan(p, v.start, v.end, file);
     if (states && incremental) v.track = TrackMethod::kKernel;
-    if (states && incremental)
-      for (const PageStates& s : *states)
-        if (!s.written && s.present)
-          v.parent_runs.emplace_back((s.start - v.start) / kPage, (s.end - s.start) / kPage);
 
     // Reads the pages idx[k, k + n) of this VMA to dst.
     auto read_pages = [&](const std::vector<std::uint64_t>& idx, std::size_t k, std::size_t n,
@@ -350,17 +353,86 @@ std::uint64_t dump_pages_impl(DumpProcess& p, ImageWriter& img, JobTracking* tra
       }
       idx.clear();
     };
+    // Pages of the pre-copy round to append (deferred), in address order from
+    // deferred_at: the source of each of those consecutive pages.
+    std::vector<const std::byte*> deferred;
+    std::uint64_t deferred_at = 0;
+    auto flush_deferred = [&] {
+      if (deferred.empty()) return;
+      const std::uint64_t at = (deferred_at - v.start) / kPage;
+      if (!v.runs.empty() && v.runs.back().first + v.runs.back().second == at)
+        v.runs.back().second += deferred.size();
+      else
+        v.runs.emplace_back(at, deferred.size());
+      const std::size_t bytes = deferred.size() * kPage;
+      img.append_deferred(bytes,
+                          [src = std::move(deferred)](std::uint64_t off, std::span<std::byte> dst) {
+                            for (std::size_t done = 0; done < dst.size();) {
+                              const std::uint64_t o = off + done;
+                              const std::size_t in_page = static_cast<std::size_t>(o % kPage);
+                              const std::size_t k = std::min(kPage - in_page, dst.size() - done);
+                              std::memcpy(dst.data() + done, src[o / kPage] + in_page, k);
+                              done += k;
+                            }
+                          });
+      stored += bytes;
+      deferred = {};
+    };
+    auto fresh = [&](std::uint64_t a) {
+      flush_deferred();
+      idx.push_back((a - v.start) / kPage);
+      if (idx.size() == pm.size()) store();
+    };
+    auto from_parent = [&](std::uint64_t s, std::uint64_t e) {
+      if (s >= e) return;
+      const std::uint64_t at = (s - v.start) / kPage, n = (e - s) / kPage;
+      if (!v.parent_runs.empty() && v.parent_runs.back().first + v.parent_runs.back().second == at)
+        v.parent_runs.back().second += n;
+      else
+        v.parent_runs.emplace_back(at, n);
+    };
     // A page is stored when it is the job's own (not the mapped file's) and in memory
-    // or swapped out, unless the parent chain has it (not written since the last reset).
+    // or swapped out, unless the parent chain has it (not written since the last reset,
+    // nor found written by the pre-copy round, which reset it: its copy is stored).
     if (states) {
+      std::size_t r = 0;  // the next of copied->ranges that may overlap
       for (const PageStates& s : *states) {
-        if (s.guard || !s.present || (file && s.file) || (incremental && !s.written)) continue;
-        for (std::uint64_t a = s.start; a < s.end; a += kPage) {
-          idx.push_back((a - v.start) / kPage);
-          if (idx.size() == pm.size()) store();
+        if (!s.present) continue;
+        const bool own = !s.guard && !(file && s.file);
+        if (!incremental || s.written) {
+          if (own)
+            for (std::uint64_t a = s.start; a < s.end; a += kPage) fresh(a);
+          continue;
         }
+        // Not written since the last reset: the parent chain's, unless the pre-copy
+        // round found it written (and reset it): then it is a written page, stored
+        // from the round's copy when it has one.
+        std::uint64_t cur = s.start;
+        if (copied) {
+          const auto& ranges = copied->ranges;
+          while (r < ranges.size() && ranges[r].end <= s.start) ++r;
+          for (; r < ranges.size() && ranges[r].start < s.end; ++r) {
+            const PreCopy::Range& c = ranges[r];
+            const std::uint64_t lo = std::max(c.start, s.start), hi = std::min(c.end, s.end);
+            from_parent(cur, lo);
+            for (std::uint64_t a = lo; a < hi && own; a += kPage) {
+              if (!c.data) {
+                fresh(a);
+                continue;
+              }
+              store();
+              if (!deferred.empty() && deferred_at + deferred.size() * kPage != a) flush_deferred();
+              if (deferred.empty()) deferred_at = a;
+              deferred.push_back(c.data + (a - c.start));
+            }
+            cur = hi;
+            if (c.end > s.end) break;  // it goes on into the next state range
+          }
+        }
+        from_parent(cur, s.end);
       }
       store();
+      flush_deferred();
       continue;
     }
     for (std::uint64_t first = 0; first < npages; first += pm.size()) {

@@ -16,6 +16,7 @@ namespace fsched::ckpt {
 
 class JobTracking;
 class ParentChain;
+class PreCopy;
 struct PageHashing;
 
 // Dump, in three steps: the VMA layout, mm fields and auxv (before any injection,
@@ -26,6 +27,9 @@ struct PageHashing;
 // With `tracking` (mem_tracking.h), the written state of each tracked VMA is read and
 // reset first; with `incremental` too, only its pages written since the parent image
 // are read, and those not written go to Vma::parent_runs (docs/incremental.md).
+// With `pre` too (precopy.h), a page not written since that round but found written
+// by it is stored from the round's copy, put into the stream by
+// ImageWriter::append_deferred (after the thaw when the writer holds), not read now.
 //
 // With `hashing` instead (page_hashes.h), every private page is read and hashed; with
 // a parent to compare with, a page equal to the parent's at its address goes to
@@ -33,7 +37,8 @@ struct PageHashing;
 void dump_memory_layout(DumpProcess& p);
 void dump_memory_injected(DumpProcess& p);
 std::uint64_t dump_pages(DumpProcess& p, ImageWriter& img, JobTracking* tracking = nullptr,
-                         bool incremental = false, PageHashing* hashing = nullptr);
+                         bool incremental = false, PageHashing* hashing = nullptr,
+                         const PreCopy* pre = nullptr);
 // Pre-dump (docs/incremental.md): the same from a job that runs again, its pages
 // write-protected beforehand (JobTracking::reset_all). Reads through /proc/PID/mem;
 // pages of a range unmapped meanwhile (EIO) are left out, which is safe: whatever is

@@ -143,4 +143,42 @@ std::vector<PageStates> scan_pages(int pagemap, std::uint64_t start, std::uint64
   return out;
 }
 
+std::vector<PageStates> reset_written(int pagemap, std::uint64_t start, std::uint64_t end,
+                                      const std::string& what) {
+  std::vector<PageStates> out;
+  static const std::uint64_t guard_mask = scan_accepts(kPageIsGuard) ? kPageIsGuard : 0;
+  std::vector<PageRegion> vec(kRegionsPerCall);
+  for (std::uint64_t at = start; at < end;) {
+    PmScanArg a{};
+    a.size = sizeof a;
+    a.flags = kPmScanWpMatching;
+    a.start = at;
+    a.end = end;
+    a.vec = reinterpret_cast<std::uint64_t>(vec.data());
+    a.vec_len = vec.size();
+    a.category_mask = kPageIsWritten;
+    a.return_mask = kPageIsWritten | kPageIsPresent | kPageIsSwapped | kPageIsFile | guard_mask;
+    long n = ::ioctl(pagemap, kPagemapScan, &a);
+    if (n < 0) fail_errno("{}: PAGEMAP_SCAN {:#x}-{:#x}", what, at, end);
+    for (long i = 0; i < n; ++i) {
+      const PageRegion& r = vec[static_cast<std::size_t>(i)];
+      PageStates st{r.start,
+                    r.end,
+                    true,
+                    (r.categories & (kPageIsPresent | kPageIsSwapped)) != 0,
+                    (r.categories & kPageIsFile) != 0,
+                    (r.categories & kPageIsGuard) != 0};
+      if (!out.empty() && out.back().end == st.start && out.back().present == st.present &&
+          out.back().file == st.file && out.back().guard == st.guard)
+        out.back().end = st.end;
+      else
+        out.push_back(st);
+    }
+    const std::uint64_t stop = std::min(a.walk_end ? a.walk_end : end, end);
+    if (stop <= at) fail("{}: PAGEMAP_SCAN made no progress at {:#x}", what, at);
+    at = stop;
+  }
+  return out;
+}
+
 }  // namespace fsched::ckpt

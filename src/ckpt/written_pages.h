@@ -28,6 +28,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/fd.h"
@@ -75,5 +76,14 @@ struct PageStates {
 // `what` and the address on an ioctl failure.
 std::vector<PageStates> scan_pages(int pagemap, std::uint64_t start, std::uint64_t end, bool reset,
                                    const std::string& what, bool report_file = false);
+
+// The pages of [start, end) written since the last reset, in address order (each run
+// with its `present`, `file` and `guard`; `written` set), write-protecting them again
+// in the same walk (PM_SCAN_WP_MATCHING). Unlike scan_pages with `reset`, ranges no
+// userfaultfd tracks are passed over, unreported and untouched, rather than failing
+// the scan: for a job that is running, whose mappings may change between reading its
+// maps and the walk. Throws Error naming `what`.
+std::vector<PageStates> reset_written(int pagemap, std::uint64_t start, std::uint64_t end,
+                                      const std::string& what);
 
 }  // namespace fsched::ckpt

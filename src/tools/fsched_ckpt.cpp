@@ -292,6 +292,10 @@ int main(int argc, char** argv) {
         if (!st.full_because.empty()) j["full_because"] = st.full_because;
         if (!st.tcp_freeze.empty()) j["tcp_freeze"] = st.tcp_freeze;
         if (dopt.leave_running) j["held_bytes"] = st.held_bytes;
+        if (dopt.leave_running && !dopt.parent.empty()) {
+          j["pre_copied_bytes"] = st.pre_copied_bytes;
+          j["pre_copy_ms"] = st.pre_copy_ms;
+        }
         for (auto& [name, ms] : st.phases_ms) j["phases_ms"][name] = ms;
         std::cout << j.dump() << "\n";
       } else {

@@ -142,6 +142,10 @@ def _chain(e2e: E2E, job: Job, ref, name: str, links: int, mappings: bool = Fals
                 assert st["held_bytes"] == 0, st
             else:
                 assert st["held_bytes"] > 0, st
+                # ... and most of them before the freeze, by the pre-copy round
+                # (precopy.h), the job running: the chain restored below proves the
+                # copies true, with the job writing all the while.
+                assert st["pre_copied_bytes"] > 0 and st["pre_copy_ms"] > 0, st
         if shared:
             objs = m["shm"]
             assert objs and all(o.get("track") == "hash" for o in objs), objs

@@ -724,6 +724,86 @@ TEST(ImageTest, HoldKeepsNothingBelowTwoChunksAndCommitReleases) {
   expect_reads_back(tmp.path() / "held", data);
 }
 
+// append_deferred(): the bytes' place in the stream is taken at once, their contents
+// given later by the fill, piece by piece (a piece ends where a chunk does).
+struct DeferredSource {
+  std::span<const std::byte> src;                            // what the fill copies from
+  std::vector<std::pair<std::uint64_t, std::size_t>> calls;  // (offset, size) per call
+  ImageWriter::DeferredFill fill() {
+    return [this](std::uint64_t off, std::span<std::byte> dst) {
+      calls.emplace_back(off, dst.size());
+      std::memcpy(dst.data(), src.data() + off, dst.size());
+    };
+  }
+};
+
+TEST(ImageTest, DeferredAppendWhileHoldingIsFilledAtRelease) {
+  TempDir tmp;
+  fs::path dir = tmp.path() / "img";
+  auto data = random_bytes(4 * kChunk, 11);
+  auto w = ImageWriter::create(dir, 1);
+  w->hold(6 * kChunk);
+  // 5 bytes first, so that the deferred part straddles two chunk boundaries unaligned.
+  w->append_pages(std::span(data).subspan(0, 5));
+  DeferredSource d{std::span(data).subspan(5, 2 * kChunk + 100), {}};
+  w->append_deferred(d.src.size(), d.fill());
+  EXPECT_TRUE(d.calls.empty());  // not yet: the chunks are held
+  w->append_pages(std::span(data).subspan(5 + d.src.size()));
+  EXPECT_EQ(w->held_bytes(), data.size());
+  w->release_held();
+  ASSERT_EQ(d.calls.size(), 3u);  // the rest of chunk 0, all of chunk 1, the start of 2
+  EXPECT_EQ(d.calls[0], (std::pair<std::uint64_t, std::size_t>{0, kChunk - 5}));
+  EXPECT_EQ(d.calls[1], (std::pair<std::uint64_t, std::size_t>{kChunk - 5, kChunk}));
+  EXPECT_EQ(d.calls[2], (std::pair<std::uint64_t, std::size_t>{2 * kChunk - 5, 105}));
+  w->commit(json::object());
+  expect_reads_back(dir, data);
+}
+
+TEST(ImageTest, DeferredAppendIsFilledWhenTheHoldRunsOutOrAtOnceWithoutHold) {
+  TempDir tmp;
+  auto data = random_bytes(6 * kChunk + 300, 12);
+  {
+    // Held until the budget runs out midway through the deferred bytes: what was
+    // reserved is filled before its chunks go to compression, the rest at once.
+    auto w = ImageWriter::create(tmp.path() / "outgrown", 1);
+    w->hold(3 * kChunk);
+    DeferredSource d{std::span(data).subspan(0, 5 * kChunk), {}};
+    w->append_deferred(d.src.size(), d.fill());
+    EXPECT_EQ(w->held_bytes(), 0u);
+    std::uint64_t covered = 0;
+    for (auto [off, n] : d.calls) {
+      EXPECT_EQ(off, covered);
+      covered += n;
+    }
+    EXPECT_EQ(covered, d.src.size());
+    w->append_pages(std::span(data).subspan(d.src.size()));
+    w->commit(json::object());  // commit fills nothing twice
+    EXPECT_EQ(d.calls.size(), 5u);
+    expect_reads_back(tmp.path() / "outgrown", data);
+  }
+  {
+    auto w = ImageWriter::create(tmp.path() / "unheld", 1);
+    DeferredSource d{std::span(data).subspan(0, kChunk + 1), {}};
+    w->append_deferred(d.src.size(), d.fill());
+    EXPECT_EQ(d.calls.size(), 2u);  // at once, chunk by chunk
+    w->append_pages(std::span(data).subspan(d.src.size()));
+    w->commit(json::object());
+    expect_reads_back(tmp.path() / "unheld", data);
+  }
+  {
+    // Held to the end: commit() fills them.
+    auto w = ImageWriter::create(tmp.path() / "committed", 1);
+    w->hold(10 * kChunk);
+    w->append_pages(std::span(data).subspan(0, 7));
+    DeferredSource d{std::span(data).subspan(7), {}};
+    w->append_deferred(d.src.size(), d.fill());
+    EXPECT_TRUE(d.calls.empty());
+    w->commit(json::object());
+    EXPECT_FALSE(d.calls.empty());
+    expect_reads_back(tmp.path() / "committed", data);
+  }
+}
+
 TEST(ImageTest, ExplicitZstdTrueAccepted) {
   TempDir tmp;
   fs::path dir = tmp.path() / "img";
