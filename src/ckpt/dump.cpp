@@ -196,20 +196,23 @@ std::uint64_t hold_budget(pid_t root) {
   return std::min(job + 2 * kChunkRawBytes, meminfo_kib("MemAvailable:") * 1024 / 8);
 }
 
-// The same for an incremental dump with the kernel's tracking: the pages of the
-// private writable mappings written since the last reset, counted before the freeze
-// (PAGEMAP_SCAN of /proc/PID/pagemap without reset, written_pages.h), a quarter more
-// for what the job writes until it is frozen, and two chunks for the rest (shared
-// memory's changed pages, the other sections). Without it the incremental's pages are
-// compressed and written into new page-cache pages under the freeze: 300-390 ms of a
-// 101 MiB incremental's freeze on a VM where fresh memory is slow, ~60 ms where it is
-// not. 0 when a scan fails (a process that exited is passed over).
-std::uint64_t hold_budget_for_written(std::uint64_t written) {
-  const std::uint64_t want = written + written / 4 + 2 * kChunkRawBytes;
+// The same for an incremental dump with the kernel's tracking: the bytes of the pages
+// written since the parent (counted by the pre-copy round, precopy.h, or just before
+// the freeze without it), `more_per_4` quarters more for what the job writes until it
+// is frozen (the round takes a while: as much again; else a quarter), and two chunks
+// for the rest (shared memory's changed pages, the other sections). Without it the incremental's
+// pages are compressed and written into new page-cache pages under the freeze: 300-390 ms of a 101
+// MiB incremental's freeze on a VM where fresh memory is slow, ~60 ms where it is not.
+std::uint64_t hold_budget_for_written(std::uint64_t written, std::uint64_t more_per_4) {
+  const std::uint64_t want = written + written * more_per_4 / 4 + 2 * kChunkRawBytes;
   if (want > kMaxHoldBytes) return 0;
   return std::min(want, meminfo_kib("MemAvailable:") * 1024 / 8);
 }
 
+// Without the pre-copy round (DumpOptions::pre_copy off): the pages of the private
+// writable mappings written since the last reset, counted before the freeze
+// (PAGEMAP_SCAN of /proc/PID/pagemap without reset), for the hold. 0 when a scan fails
+// (a process that exited is passed over).
 std::uint64_t incremental_hold_budget(pid_t root) {
   std::uint64_t written = 0;
   bool unknown = false;  // a scan failed: no estimate, nothing held
@@ -231,7 +234,7 @@ std::uint64_t incremental_hold_budget(pid_t root) {
     return written <= kMaxHoldBytes;
   });
   if (unknown || written > kMaxHoldBytes) return 0;
-  return hold_budget_for_written(written);
+  return hold_budget_for_written(written, 1);
 }
 
 // The pre-copy round (precopy.h) of an incremental dump left running on `parent_id`,
@@ -246,7 +249,7 @@ std::optional<PreCopy> pre_copy(pid_t root, const std::string& parent_id, std::s
   const std::uint64_t max_bytes = std::min(kMaxHoldBytes, meminfo_kib("MemAvailable:") * 1024 / 8);
   try {
     return PreCopy::run(root, pids, parent_id, max_bytes);
-  } catch (const Error& e) {
+  } catch (const std::exception& e) {  // Error, or std::bad_alloc for the copies
     failed = e.what();
     return std::nullopt;
   }
@@ -371,12 +374,17 @@ DumpStats dump(const DumpOptions& o) {
   std::string pre_copy_failed;
   if (o.leave_running && !o.parent.empty() && method == TrackMethod::kKernel) {
     const auto t_pre = std::chrono::steady_clock::now();
-    pre = pre_copy(o.pid, parent_id, pre_copy_failed);
+    if (o.pre_copy) pre = pre_copy(o.pid, parent_id, pre_copy_failed);
     if (pre) {
       st.pre_copy_ms = ms_since(t_pre);
       st.pre_copied_bytes = pre->copied_bytes();
     }
-    img->hold(pre ? hold_budget_for_written(pre->found_bytes()) : incremental_hold_budget(o.pid));
+    // Without the round: the job's tracking does not go back to the parent (the dump
+    // is full, and holds as one), the round failed (full if it had claimed it), or
+    // it was turned off (the written pages are counted for the hold).
+    img->hold(pre          ? hold_budget_for_written(pre->found_bytes(), 4)
+              : o.pre_copy ? hold_budget(o.pid)
+                           : incremental_hold_budget(o.pid));
   }
   auto t_freeze = std::chrono::steady_clock::now();
   std::unique_ptr<FrozenTree> frozen = freeze_job(o.pid, t_freeze);

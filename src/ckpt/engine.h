@@ -70,6 +70,11 @@ struct DumpOptions {
   // job, but the dump reads and hashes all its memory while frozen). Unset: kKernel
   // where the kernel has it (written_pages.h), else kHash. Used with track_mem or parent.
   std::optional<TrackMethod> track_method;
+  // An incremental dump left running with the kernel's tracking first copies, while
+  // the job runs, the pages written since the parent (precopy.h), so that the freeze
+  // copies only what is written after that. Off: those pages are copied under the
+  // freeze, and the dump needs no memory for the copies (up to what it stores).
+  bool pre_copy = true;
 };
 struct DumpStats {
   int processes = 0, threads = 0;

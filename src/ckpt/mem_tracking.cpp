@@ -45,6 +45,21 @@ std::vector<int> init_fds_with_link(pid_t init, std::string_view link) {
   return out;
 }
 
+// Takes the state's lock (JobTracking::attach) on memfd `fd`; false when another
+// process holds it, whose pid goes to `holder`.
+bool lock_state(int fd, pid_t& holder) {
+  struct flock fl {};
+  fl.l_type = F_WRLCK;
+  fl.l_whence = SEEK_SET;
+  if (::fcntl(fd, F_SETLK, &fl) == 0) return true;
+  if (errno != EAGAIN && errno != EACCES) fail_errno("the job's tracking state: lock");
+  struct flock who {};
+  who.l_type = F_WRLCK;
+  who.l_whence = SEEK_SET;
+  holder = ::fcntl(fd, F_GETLK, &who) == 0 && who.l_type != F_UNLCK ? who.l_pid : 0;
+  return false;
+}
+
 }  // namespace
 
 bool is_tracking_handle(std::string_view link) { return link == kUffdLink || link == memfd_link(); }
@@ -60,23 +75,30 @@ JobTracking JobTracking::attach(std::span<DumpProcess> procs) {
   if (!init_fds_with_link(init.host_pid, kUffdLink).empty())
     for (DumpProcess& p : procs) p.uffd_wp_ours = true;
   if (!t.memfd_) return t;
+  pid_t holder = 0;
+  if (!lock_state(t.memfd_.get(), holder))
+    fail(
+        "the job's written-page tracking is held by another dump of this job under way "
+        "(process {}): one dump of a job at a time",
+        holder);
   t.read_state();
   return t;
 }
 
-std::optional<TrackingState> JobTracking::claim_for_pre_copy(pid_t init_host_pid,
-                                                             const std::string& parent_id) {
+std::optional<JobTracking::Claim> JobTracking::claim_for_pre_copy(pid_t init_host_pid,
+                                                                  const std::string& parent_id) {
   JobTracking t;
   for (int fd : init_fds_with_link(init_host_pid, memfd_link())) {
     t.memfd_ = grab_fd(init_host_pid, fd, "the job's tracking state");
     break;
   }
-  if (!t.memfd_) return std::nullopt;
+  pid_t holder = 0;
+  if (!t.memfd_ || !lock_state(t.memfd_.get(), holder)) return std::nullopt;
   t.read_state();
   if (parent_id.empty() || t.state_.epoch != parent_id) return std::nullopt;
   t.state_.epoch = "pre-copy " + random_id();
   t.write_state();
-  return t.state_;
+  return Claim{t.state_, std::move(t.memfd_)};
 }
 
 void JobTracking::read_state() {
@@ -110,6 +132,9 @@ void JobTracking::prepare(std::span<DumpProcess> procs) {
                                init.scratch, MFD_CLOEXEC);
     });
     memfd_ = grab_fd(init.host_pid, static_cast<int>(fd), "the job's tracking state");
+    pid_t holder = 0;
+    if (!lock_state(memfd_.get(), holder))  // new: nobody else can have it yet
+      fail("the job's written-page tracking is held by another dump (process {})", holder);
   }
   // Before any reset: a dump that dies from here on leaves the state unusable.
   const TrackingState before = state_;

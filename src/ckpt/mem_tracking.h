@@ -55,21 +55,32 @@ bool is_tracking_handle(std::string_view link);
 class JobTracking {
  public:
   // Finds the state in init (procs.front(), pid 1); none yet: an empty state. Throws
-  // Error if the state is there but cannot be read or parsed.
+  // Error if the state is there but cannot be read or parsed, or if another dump of
+  // the job holds it.
+  //
+  // The lock: one dumper process at a time may read, reset and write the tracking, or
+  // the written bits of one would be reset by the other unseen. It is a POSIX record
+  // lock (fcntl(2) F_SETLK) on the state's memfd, taken here (or by
+  // claim_for_pre_copy, or by prepare() on a memfd it makes) and held until the
+  // process closes its references to the memfd, at the end of the dump.
   static JobTracking attach(std::span<DumpProcess> procs);
 
   // The epoch found ("" if none).
   const std::string& epoch() const { return state_.epoch; }
 
+  // The tracking state claimed by a pre-copy round: the state as claimed, and our
+  // reference to its memfd, which holds the state's lock (below) until the dump ends.
+  struct Claim {
+    TrackingState state;
+    UniqueFd memfd;
+  };
   // Before a dump's freeze, with the job running (precopy.h): when the state in the
-  // job's init (host pid `init_host_pid`) names `parent_id`, marks it "pre-copy
-  // <random>" and returns that state, whose epoch is then what the dump's attach()
-  // must find for the written bits to still go back to the parent (a dump or pre-copy
-  // in between would have changed it). nullopt, with nothing changed, when the job
-  // has no state or it names another image. Throws Error when the state cannot be
-  // read or written.
-  static std::optional<TrackingState> claim_for_pre_copy(pid_t init_host_pid,
-                                                         const std::string& parent_id);
+  // job's init (host pid `init_host_pid`) names `parent_id` and no other dump holds
+  // it, locks it, marks it "pre-copy <random>" and returns it; its epoch is then what
+  // the dump's attach() must find for the written bits to still go back to the parent.
+  // nullopt, with nothing changed, when the job has no state, it names another image,
+  // or another dump holds it. Throws Error when the state cannot be read or written.
+  static std::optional<Claim> claim_for_pre_copy(pid_t init_host_pid, const std::string& parent_id);
 
   // Makes every live process of the job tracked: its userfaultfd from init when it is
   // the same process (pid and start time), else a new one made in it by injection and

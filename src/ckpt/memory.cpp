@@ -396,10 +396,18 @@ std::uint64_t dump_pages_impl(DumpProcess& p, ImageWriter& img, JobTracking* tra
     // nor found written by the pre-copy round, which reset it: its copy is stored).
     if (states) {
       std::size_t r = 0;  // the next of copied->ranges that may overlap
+      if (copied)
+        r = static_cast<std::size_t>(
+            std::lower_bound(copied->ranges.begin(), copied->ranges.end(), v.start,
+                             [](const PreCopy::Range& c, std::uint64_t a) { return c.end <= a; }) -
+            copied->ranges.begin());
       for (const PageStates& s : *states) {
         if (!s.present) continue;
         const bool own = !s.guard && !(file && s.file);
-        if (!incremental || s.written) {
+        // In a private file mapping, a page reported unwritten but only swapped may be
+        // a marker the kernel left where it zapped a protected page, which shows the
+        // file again: read like a written page, never taken from the parent chain.
+        if (!incremental || s.written || (file && s.swapped)) {
           if (own)
             for (std::uint64_t a = s.start; a < s.end; a += kPage) fresh(a);
           continue;
@@ -416,7 +424,9 @@ std::uint64_t dump_pages_impl(DumpProcess& p, ImageWriter& img, JobTracking* tra
             const std::uint64_t lo = std::max(c.start, s.start), hi = std::min(c.end, s.end);
             from_parent(cur, lo);
             for (std::uint64_t a = lo; a < hi && own; a += kPage) {
-              if (!c.data) {
+              // The round's copy of a page of a private file mapping may be of a page
+              // zapped since (see above): such a page is read again.
+              if (!c.data || file) {
                 fresh(a);
                 continue;
               }

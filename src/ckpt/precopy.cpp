@@ -30,7 +30,7 @@ std::optional<Seen> see(pid_t host_pid) {
     auto ns = parse_ints(st["NSpid"]);
     if (ns.empty()) return std::nullopt;
     return Seen{static_cast<int>(ns.back()), std::stoull(read_stat(host_pid).at(21))};
-  } catch (const Error&) {
+  } catch (const std::exception&) {  // Error reading /proc; a malformed stat field
     return std::nullopt;
   }
 }
@@ -39,10 +39,13 @@ std::optional<Seen> see(pid_t host_pid) {
 
 std::optional<PreCopy> PreCopy::run(pid_t init_host_pid, std::span<const pid_t> host_pids,
                                     const std::string& parent_id, std::uint64_t max_bytes) {
-  std::optional<TrackingState> state = JobTracking::claim_for_pre_copy(init_host_pid, parent_id);
-  if (!state) return std::nullopt;
+  std::optional<JobTracking::Claim> claim =
+      JobTracking::claim_for_pre_copy(init_host_pid, parent_id);
+  if (!claim) return std::nullopt;
   PreCopy pc;
-  pc.epoch_ = state->epoch;
+  pc.epoch_ = claim->state.epoch;
+  pc.state_lock_ = std::move(claim->memfd);
+  const TrackingState* state = &claim->state;
   // Find and reset, process by process: the tracked ones only (the others have no
   // userfaultfd; the dump stores all their pages anyway).
   for (pid_t host : host_pids) {

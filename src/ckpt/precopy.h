@@ -11,10 +11,11 @@
 // made, moved or unmapped: none of these can report a copied page as unwritten (a
 // mapping no userfaultfd tracks reads as written), so nothing stale is used.
 //
-// The round claims the job's tracking first (JobTracking::claim_for_pre_copy): its
-// epoch reads "pre-copy <random>" from then on, and the dump is incremental only if
-// it still reads so under the freeze. A dump or pre-copy that ran meanwhile, or one
-// that dies after this round, leaves the next dump full rather than wrong.
+// The round claims the job's tracking first (JobTracking::claim_for_pre_copy): it
+// takes the tracking's lock, which the dump holds until it ends, so that no other
+// dump resets the written bits meanwhile; the epoch reads "pre-copy <random>" from
+// then on, and the dump is incremental only if it still reads so under the freeze. A
+// dump that dies after this round leaves the next dump full rather than wrong.
 #pragma once
 
 #include <sys/types.h>
@@ -26,6 +27,8 @@
 #include <span>
 #include <string>
 #include <vector>
+
+#include "common/fd.h"
 
 namespace fsched::ckpt {
 
@@ -67,6 +70,7 @@ class PreCopy {
 
  private:
   std::string epoch_;
+  UniqueFd state_lock_;  // the claim's reference to the tracking state: holds its lock
   std::vector<Process> procs_;
   std::unique_ptr<std::byte[]> data_;
   std::uint64_t found_ = 0, copied_ = 0;

@@ -103,10 +103,11 @@ std::vector<PageStates> scan_pages(int pagemap, std::uint64_t start, std::uint64
                   (cat & kPageIsWritten) != 0,
                   (cat & (kPageIsPresent | kPageIsSwapped)) != 0,
                   (cat & kPageIsFile) != 0,
-                  (cat & kPageIsGuard) != 0};
+                  (cat & kPageIsGuard) != 0,
+                  (cat & (kPageIsPresent | kPageIsSwapped)) == kPageIsSwapped};
     if (!out.empty() && out.back().end == s && out.back().written == st.written &&
         out.back().present == st.present && out.back().file == st.file &&
-        out.back().guard == st.guard)
+        out.back().guard == st.guard && out.back().swapped == st.swapped)
       out.back().end = e;
     else
       out.push_back(st);
@@ -167,9 +168,11 @@ std::vector<PageStates> reset_written(int pagemap, std::uint64_t start, std::uin
                     true,
                     (r.categories & (kPageIsPresent | kPageIsSwapped)) != 0,
                     (r.categories & kPageIsFile) != 0,
-                    (r.categories & kPageIsGuard) != 0};
+                    (r.categories & kPageIsGuard) != 0,
+                    (r.categories & (kPageIsPresent | kPageIsSwapped)) == kPageIsSwapped};
       if (!out.empty() && out.back().end == st.start && out.back().present == st.present &&
-          out.back().file == st.file && out.back().guard == st.guard)
+          out.back().file == st.file && out.back().guard == st.guard &&
+          out.back().swapped == st.swapped)
         out.back().end = st.end;
       else
         out.push_back(st);

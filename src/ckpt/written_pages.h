@@ -63,6 +63,11 @@ struct PageStates {
   bool present = false;  // in memory, swapped out, or a hole protected by the last reset
   bool file = false;     // a page of the mapped file or shared object (PAGE_IS_FILE)
   bool guard = false;    // a guard marker (MADV_GUARD_INSTALL; PAGE_IS_GUARD)
+  // Not in memory (PAGE_IS_SWAPPED only): swapped out, or only a write-protect marker.
+  // In a private file mapping the kernel leaves such a marker where it zaps a
+  // protected page (MADV_DONTNEED, truncation): the page then shows the file again,
+  // although the scan reports it unwritten.
+  bool swapped = false;
 };
 
 // The state of every page in [start, end) of the process whose /proc/PID/pagemap is

@@ -188,6 +188,10 @@ int main(int argc, char** argv) {
                    "seconds a killed job's TCP sockets stay held, locked, for a restore on this "
                    "host to take them over (default 120; 0: closed at once)")
       ->check(CLI::Range(0, 86400));
+  dump->add_flag("!--no-pre-copy", dopt.pre_copy,
+                 "with --parent and --leave-running: copy the pages written since the parent "
+                 "under the freeze instead of before it, with the job running (no memory for "
+                 "the early copies; a longer freeze)");
   dump->add_flag("--track-mem", dopt.track_mem,
                  "track the pages the job writes from now on, for a later dump with --parent "
                  "(needs --leave-running; implied by --parent with --leave-running)");

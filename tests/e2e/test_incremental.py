@@ -136,7 +136,7 @@ def _chain(e2e: E2E, job: Job, ref, name: str, links: int, mappings: bool = Fals
                     else "kernel" in tracks and tracks <= {"kernel", "none"}), tracks
             assert st["track_method"] == (method or "kernel"), st
             # Left running, the incremental's pages were copied under the freeze and
-            # written after the thaw (dump.cpp incremental_hold_budget) with the kernel's
+            # written after the thaw (dump.cpp hold_budget_for_written) with the kernel's
             # tracking; with hashes, which pages it stores is not known before the freeze.
             if method == "hash":
                 assert st["held_bytes"] == 0, st
