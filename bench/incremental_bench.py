@@ -15,6 +15,8 @@ A job (bench/dirty_job) holds --mib MiB of incompressible memory and rewrites --
   round, then dumped on the pre-dump (killed), and a third pre-dumped and dumped left
   running (the scheduler's periodic checkpoint with CRIU_PreDump): freeze times
   (target: at most 100 ms on the pre-dump, where the plain dump freezes for seconds);
+- pre-copy: incrementals of one job left running, with and without the pre-copy
+  round (`--no-pre-copy`) in turn: freeze, the freeze's pages phase and dump time;
 - tracking: the rounds of the chain's job (each after a dump that reset the tracking:
   every first write to a page takes a fault) against the same rounds of a job never
   dumped, each round after a sync (so that no writeback of an image runs beside it):
@@ -181,6 +183,30 @@ def one_run(ckpt: Path, prog: Path, scratch: Path, mib: int, percent: float,
         out["predump_leave_freeze_ms"] = st["freeze_ms"]
     finally:
         pre.kill()
+    # The pre-copy round (precopy.h) on and off, side by side: incrementals of one job
+    # left running, alternating `--no-pre-copy`, each after a round.
+    if not method or method[1] == "kernel":
+        shutil.rmtree(images, ignore_errors=True)
+        images.mkdir()
+        ab = Job(ckpt, prog, scratch, "pre-copy", args)
+        try:
+            ab.dump(images / "0", "--leave-running", "--track-mem", *method)
+            on, off = [], []
+            for i in range(1, 9):
+                os.sync()
+                ab.round()
+                st = ab.dump(images / str(i), "--leave-running", "--parent", str(images / str(i - 1)),
+                             *(() if i % 2 else ("--no-pre-copy",)), *method)
+                assert st["incremental"], st
+                (on if i % 2 else off).append(st)
+                shutil.rmtree(images / str(i - 1))
+        finally:
+            ab.kill()
+        for name, sts in (("on", on), ("off", off)):
+            out[f"precopy_{name}_freeze_ms"] = statistics.median(s["freeze_ms"] for s in sts)
+            out[f"precopy_{name}_pages_ms"] = statistics.median(s["phases_ms"]["pages"] for s in sts)
+            out[f"precopy_{name}_dump_ms"] = statistics.median(s["dump_ms"] for s in sts)
+        out["precopy_on_round_ms"] = statistics.median(s["pre_copy_ms"] for s in on)
     plain2 = Job(ckpt, prog, scratch, "untracked", args)
     try:
         untracked = []
@@ -219,6 +245,13 @@ def main():
           f"after the image is durable); dump on a pre-dump left running "
           f"{med['predump_leave_freeze_ms']:.0f} ms; incremental left running "
           f"{med['incr_freeze_ms']:.0f} ms")
+    if "precopy_on_freeze_ms" in med:
+        print(f"  incrementals left running with / without the pre-copy round (alternating, 4 "
+              f"each per run): frozen {med['precopy_on_freeze_ms']:.0f} / "
+              f"{med['precopy_off_freeze_ms']:.0f} ms (pages phase {med['precopy_on_pages_ms']:.0f} / "
+              f"{med['precopy_off_pages_ms']:.0f} ms), dump {med['precopy_on_dump_ms']:.0f} / "
+              f"{med['precopy_off_dump_ms']:.0f} ms; the round {med['precopy_on_round_ms']:.0f} ms "
+              f"before the freeze")
     print("  phases of the dump on a pre-dump: " + ", ".join(
         f"{k[len('predump_phase_'):-3]} {med[k]:.0f}" for k in med
         if k.startswith("predump_phase_")))
