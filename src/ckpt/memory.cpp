@@ -404,10 +404,7 @@ std::uint64_t dump_pages_impl(DumpProcess& p, ImageWriter& img, JobTracking* tra
       for (const PageStates& s : *states) {
         if (!s.present) continue;
         const bool own = !s.guard && !(file && s.file);
-        // In a private file mapping, a page reported unwritten but only swapped may be
-        // a marker the kernel left where it zapped a protected page, which shows the
-        // file again: read like a written page, never taken from the parent chain.
-        if (!incremental || s.written || (file && s.swapped)) {
+        if (!incremental || s.written) {
           if (own)
             for (std::uint64_t a = s.start; a < s.end; a += kPage) fresh(a);
           continue;
@@ -425,7 +422,8 @@ std::uint64_t dump_pages_impl(DumpProcess& p, ImageWriter& img, JobTracking* tra
             from_parent(cur, lo);
             for (std::uint64_t a = lo; a < hi && own; a += kPage) {
               // The round's copy of a page of a private file mapping may be of a page
-              // zapped since (see above): such a page is read again.
+              // zapped since, which shows the file again, while the scan reports the
+              // kernel's marker there as unwritten (PageStates::swapped): read again.
               if (!c.data || file) {
                 fresh(a);
                 continue;
