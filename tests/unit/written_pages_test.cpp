@@ -151,13 +151,19 @@ TEST(WrittenPages, ReportsWhatWasWrittenSinceTheLastReset) {
   EXPECT_EQ(pages_where(s, a, false, true).size(), kPages);
 }
 
-TEST(WrittenPages, MovedMappingIsAllWrittenAndNotTracked) {
-  ASSERT_TRUE(written_tracking_available()) << "no UFFD_FEATURE_WP_ASYNC or PAGEMAP_SCAN";
-  Child c;
+// Registers the child's whole mapping for tracking and resets it once, as a dump does.
+void track_and_reset(Child& c) {
   const std::uint64_t a = c.base_, e = a + kPages * kPage;
   start_wp_async(c.uffd_.get(), "test");
   ASSERT_TRUE(track_range(c.uffd_.get(), a, e, "test"));
   scan_pages(c.pagemap_.get(), a, e, true, "test");
+}
+
+TEST(WrittenPages, MovedMappingIsAllWrittenAndNotTracked) {
+  ASSERT_TRUE(written_tracking_available()) << "no UFFD_FEATURE_WP_ASYNC or PAGEMAP_SCAN";
+  Child c;
+  const std::uint64_t a = c.base_;
+  ASSERT_NO_FATAL_FAILURE(track_and_reset(c));
   const std::uint64_t b = c.command('r');
   ASSERT_NE(b, reinterpret_cast<std::uint64_t>(MAP_FAILED)) << "the child's mremap failed";
   ASSERT_NE(b, a);
@@ -172,9 +178,7 @@ TEST(WrittenPages, ResetWrittenReportsTheJobsOwnWrittenPagesAndPassesOverUntrack
   ASSERT_TRUE(written_tracking_available()) << "no UFFD_FEATURE_WP_ASYNC or PAGEMAP_SCAN";
   Child c;
   const std::uint64_t a = c.base_, e = a + kPages * kPage;
-  start_wp_async(c.uffd_.get(), "test");
-  ASSERT_TRUE(track_range(c.uffd_.get(), a, e, "test"));
-  scan_pages(c.pagemap_.get(), a, e, true, "test");
+  ASSERT_NO_FATAL_FAILURE(track_and_reset(c));
   c.command('w');
   // Pages 3, 7 and 20 hold data written since; 10 was zapped (written, nothing there:
   // reported too, as the reset protects it as well).
@@ -204,9 +208,7 @@ TEST(WrittenPages, ClosingTheLastUserfaultfdStopsTracking) {
   ASSERT_TRUE(written_tracking_available()) << "no UFFD_FEATURE_WP_ASYNC or PAGEMAP_SCAN";
   Child c;
   const std::uint64_t a = c.base_, e = a + kPages * kPage;
-  start_wp_async(c.uffd_.get(), "test");
-  ASSERT_TRUE(track_range(c.uffd_.get(), a, e, "test"));
-  scan_pages(c.pagemap_.get(), a, e, true, "test");
+  ASSERT_NO_FATAL_FAILURE(track_and_reset(c));
   c.uffd_.reset();
   auto s = scan_pages(c.pagemap_.get(), a, e, false, "test");
   EXPECT_EQ(pages_where(s, a, true, true).size(), kPages);
