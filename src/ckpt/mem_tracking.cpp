@@ -60,6 +60,13 @@ bool lock_state(int fd, pid_t& holder) {
   return false;
 }
 
+// Our reference to the state memfd in the job's init (host pid `init`); none yet: null.
+UniqueFd grab_state_memfd(pid_t init) {
+  for (int fd : init_fds_with_link(init, memfd_link()))
+    return grab_fd(init, fd, "the job's tracking state");
+  return {};
+}
+
 }  // namespace
 
 bool is_tracking_handle(std::string_view link) { return link == kUffdLink || link == memfd_link(); }
@@ -68,10 +75,7 @@ JobTracking JobTracking::attach(std::span<DumpProcess> procs) {
   JobTracking t;
   const DumpProcess& init = procs.front();
   if (init.rec.pid != 1) fail("internal: the job's init is not the first process");
-  for (int fd : init_fds_with_link(init.host_pid, memfd_link())) {
-    t.memfd_ = grab_fd(init.host_pid, fd, "the job's tracking state");
-    break;
-  }
+  t.memfd_ = grab_state_memfd(init.host_pid);
   if (!init_fds_with_link(init.host_pid, kUffdLink).empty())
     for (DumpProcess& p : procs) p.uffd_wp_ours = true;
   if (!t.memfd_) return t;
@@ -88,10 +92,7 @@ JobTracking JobTracking::attach(std::span<DumpProcess> procs) {
 std::optional<JobTracking::Claim> JobTracking::claim_for_pre_copy(pid_t init_host_pid,
                                                                   const std::string& parent_id) {
   JobTracking t;
-  for (int fd : init_fds_with_link(init_host_pid, memfd_link())) {
-    t.memfd_ = grab_fd(init_host_pid, fd, "the job's tracking state");
-    break;
-  }
+  t.memfd_ = grab_state_memfd(init_host_pid);
   pid_t holder = 0;
   if (!t.memfd_ || !lock_state(t.memfd_.get(), holder)) return std::nullopt;
   t.read_state();
